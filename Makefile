@@ -1,0 +1,49 @@
+# The front door: `make run` and `make test` set everything up the first time.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard protos/mcp/v1/*.proto)
+STAMP_DEPS := $(VENV)/.installed mcp_server/proto/.stamp
+
+.PHONY: run test lint typecheck proto buf-lint bench node clean setup
+
+setup: $(STAMP_DEPS)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+mcp_server/proto/.stamp: $(PROTOS) tools/gen_protos.py $(VENV)/.installed
+	$(PY) tools/gen_protos.py
+	touch $@
+
+proto: mcp_server/proto/.stamp
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node: node_modules/.installed
+
+## run: serve on 127.0.0.1:50051 with the bundled plugins on the embedded store
+run: setup
+	$(PY) -m mcp_server --bundled-plugins $(ARGS)
+
+## test: lint, type-check, then the whole suite (needs Redis on 127.0.0.1:6379 or MCP_TEST_REDIS_URL)
+test: setup node lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check mcp_server protocol_plugins tests tools
+	$(VENV)/bin/mypy
+
+buf-lint: node
+	npx buf lint protos
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules mcp_server/proto/*_pb2* mcp_server/proto/.stamp .mcp

@@ -1,0 +1,40 @@
+"""ProtocolRegistry servicer: unpack, call the directory, pack."""
+
+from __future__ import annotations
+
+import grpc
+
+from mcp_server.errors import FieldViolation, InvalidArgument
+from mcp_server.orchestrator import Orchestrator
+from mcp_server.proto import registry_pb2, registry_pb2_grpc
+from mcp_server.state.common import decode_token, encode_token
+
+
+class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
+        self.directory = orchestrator.directory
+
+    async def RegisterProtocol(self, request: registry_pb2.RegisterProtocolRequest, context: grpc.aio.ServicerContext) -> registry_pb2.RegisterProtocolResponse:
+        ttl = request.ttl.ToTimedelta().total_seconds()
+        if ttl < 0:
+            raise InvalidArgument("ttl must not be negative", violations=[FieldViolation("ttl", "must be zero (no expiry) or positive")])
+        return registry_pb2.RegisterProtocolResponse(protocols=await self.directory.register(request.address, ttl))
+
+    async def DeregisterProtocol(self, request: registry_pb2.DeregisterProtocolRequest, context: grpc.aio.ServicerContext) -> registry_pb2.DeregisterProtocolResponse:
+        if not (request.name or request.address):
+            raise InvalidArgument("name or address is required", violations=[FieldViolation("target", "set name or address")])
+        return registry_pb2.DeregisterProtocolResponse(removed=await self.directory.deregister(request.name, request.address))
+
+    async def ListProtocols(self, request: registry_pb2.ListProtocolsRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ListProtocolsResponse:
+        size = self.orchestrator.page_size(request.page_size)
+        after = decode_token(request.page_token)
+        entries = [e for e in await self.directory.list() if e.manifest.name > after]
+        page = entries[:size]
+        token = encode_token(page[-1].manifest.name) if len(entries) > size else ""
+        return registry_pb2.ListProtocolsResponse(protocols=page, next_page_token=token)
+
+    async def GetProtocol(self, request: registry_pb2.GetProtocolRequest, context: grpc.aio.ServicerContext) -> registry_pb2.GetProtocolResponse:
+        if not request.name:
+            raise InvalidArgument("name is required", violations=[FieldViolation("name", "is required")])
+        return registry_pb2.GetProtocolResponse(protocol=await self.directory.get(request.name))

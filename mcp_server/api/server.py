@@ -1,0 +1,109 @@
+"""Build and run the orchestrator's gRPC server: the four services, health, reflection.
+
+SIGTERM and SIGINT stop accepting new RPCs, give in-flight ones `shutdown_grace` seconds,
+stop the dispatcher (tasks still running are left to resume), then close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mcp_server.api.errors import ErrorInterceptor
+from mcp_server.api.registry import RegistryServicer
+from mcp_server.api.tasks import TaskServicer
+from mcp_server.api.workflows import WorkflowServicer
+from mcp_server.orchestrator import Orchestrator
+from mcp_server.plugin_host import BUNDLED, PluginProcess, start_plugin
+from mcp_server.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
+from mcp_server.settings import Settings
+from mcp_server.state import open_store
+
+log = logging.getLogger(__name__)
+SERVICES = (
+    task_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+    workflow_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
+    registry_pb2.DESCRIPTOR.services_by_name["ProtocolRegistry"].full_name,
+)
+
+
+@dataclass
+class RunningServer:
+    """A started orchestrator: its gRPC server, its domain, the plugins it started."""
+
+    server: grpc.aio.Server
+    orchestrator: Orchestrator
+    address: str
+    health: health.aio.HealthServicer
+    plugins: list[PluginProcess] = field(default_factory=list)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.orchestrator.settings.shutdown_grace if grace is None else grace
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        await self.orchestrator.stop()
+        await self.orchestrator.store.close()
+        for plugin in self.plugins:
+            await plugin.stop()
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    """Open the store, start plugins if asked, serve, and register the plugin addresses."""
+    store = await open_store(settings.store_url)
+    orchestrator = Orchestrator(settings, store)
+    limits = settings.limits
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[("grpc.max_receive_message_length", limits.max_message_bytes),
+                 ("grpc.max_send_message_length", limits.max_message_bytes)])
+    task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(orchestrator), server)
+    workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(orchestrator), server)
+    registry_pb2_grpc.add_ProtocolRegistryServicer_to_server(RegistryServicer(orchestrator), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {settings.listen}")
+    address = f"{settings.listen.rsplit(':', 1)[0]}:{port}"
+    await server.start()
+    running = RunningServer(server, orchestrator, address, health_servicer)
+    plugins = list(settings.plugins)
+    if settings.bundled_plugins:
+        running.plugins = list(await asyncio.gather(*(start_plugin(m) for m in BUNDLED)))
+        plugins += [p.address for p in running.plugins]
+    for plugin_address in plugins:
+        entries = await orchestrator.directory.register(plugin_address)
+        log.info("registered %s at %s", ", ".join(e.manifest.name for e in entries), plugin_address)
+    await orchestrator.start()
+    for name in ("", *SERVICES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("mCP orchestrator serving on %s (store %s)", address, settings.store_url)
+    return running
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    running = await start_server(settings)
+    print(f"mCP orchestrator listening on {running.address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mcp_server.settings import settings_from
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings_from(argv)))

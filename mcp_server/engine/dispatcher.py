@@ -1,0 +1,133 @@
+"""Dispatcher: takes tasks from the store's priority queue and runs them, within limits.
+
+It claims a task with a lease, keeps renewing the lease while the task runs, and takes over
+tasks whose lease ran out (their replica died). At most `max_tasks_in_flight` tasks run at
+once on this replica; the rest wait in the queue in priority order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from mcp_server.engine.plans import PlanCache
+from mcp_server.engine.runner import TaskRunner
+from mcp_server.engine.ports import Store
+from mcp_server.errors import LeaseLost, McpError, Unavailable
+from mcp_server.proto import task_pb2
+from mcp_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Running:
+    task: asyncio.Task[None]
+    lease_token: int
+    cancel: dict[str, str] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Runs queued tasks on this replica."""
+
+    def __init__(self, store: Store, runner: TaskRunner, plans: PlanCache, settings: Settings) -> None:
+        self.store = store
+        self.runner = runner
+        self.plans = plans
+        self.settings = settings
+        self._running: dict[str, _Running] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._finished = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def start(self) -> None:
+        self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),
+                       asyncio.create_task(self._lease_loop(), name="leases")]
+
+    def wake(self) -> None:
+        """Something was queued: look at the queue now rather than at the next poll."""
+        self._wake.set()
+
+    async def cancel(self, task_id: str, reason: str) -> bool:
+        """Cancel a task running here: its plugin calls are cancelled and it ends CANCELLED.
+        Returns False when the task does not run on this replica."""
+        running = self._running.get(task_id)
+        if running is None:
+            return False
+        running.cancel["reason"] = reason
+        running.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(running.task)
+        return True
+
+    async def wait_idle(self) -> None:
+        while self._running:
+            await asyncio.sleep(0.01)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give running tasks `grace` seconds, then leave the rest to be resumed."""
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._running:
+            await asyncio.wait([r.task for r in self._running.values()], timeout=grace)
+        for task_id, running in list(self._running.items()):
+            running.task.cancel()
+            with contextlib.suppress(BaseException):
+                await running.task
+            # Expire the lease now so that a restart or another replica resumes it at once.
+            with contextlib.suppress(McpError):
+                await self.store.renew_lease(task_id, running.lease_token, 0)
+
+    async def _claim_loop(self) -> None:
+        with contextlib.suppress(Unavailable):
+            await self.store.release_expired_leases()  # tasks of a replica that died while we were down
+        while True:
+            claimed = None
+            if len(self._running) < self.settings.limits.max_tasks_in_flight:
+                try:
+                    claimed = await self.store.claim_task(self.settings.replica_id, self.settings.lease_seconds)
+                except Unavailable as exc:
+                    log.warning("cannot claim tasks: %s", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+            if claimed is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.25)
+                continue
+            task, token = claimed
+            running = _Running(asyncio.create_task(self._run(task, token), name=f"task {task.task_id}"), token)
+            self._running[task.task_id] = running
+
+    async def _run(self, task: task_pb2.Task, token: int) -> None:
+        try:
+            plan = await self.plans.get(task.workflow_id, task.workflow_version)
+            await self.runner.resume_from(task, plan, token, self._running[task.task_id].cancel)
+        except LeaseLost:
+            pass
+        except McpError as exc:
+            log.error("task %s could not run: %s", task.task_id, exc)
+        finally:
+            self._running.pop(task.task_id, None)
+            self._wake.set()
+
+    async def _lease_loop(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                for task_id, running in list(self._running.items()):
+                    if not await self.store.renew_lease(task_id, running.lease_token, self.settings.lease_seconds):
+                        log.warning("task %s: lease lost, stopping it here", task_id)
+                        running.task.cancel()
+                if await self.store.release_expired_leases():
+                    self._wake.set()
+            except Unavailable as exc:
+                log.warning("lease upkeep paused: %s", exc)

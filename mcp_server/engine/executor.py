@@ -1,0 +1,70 @@
+"""Run any plan node: skip it if an earlier life of the run finished it, else record its
+start, dispatch on its kind, and record how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from mcp_server.engine.cel import Expression, ExpressionError
+from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
+from mcp_server.engine.plan import PlanNode
+
+NodeRunner = Callable[[Any, str, Any, RunContext, Mapping[str, Any]], Awaitable[NodeResult]]
+_RUNNERS: dict[str, NodeRunner] = {}
+
+
+def runs(kind: str) -> Callable[[NodeRunner], NodeRunner]:
+    """Register the coroutine that runs nodes of `kind`."""
+
+    def register(runner: NodeRunner) -> NodeRunner:
+        _RUNNERS[kind] = runner
+        return runner
+
+    return register
+
+
+async def execute(node: PlanNode, path: str, value: Any, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+    """Run `node` at `path` with input `value`; raise NodeFailed if it fails."""
+    done = ctx.finished(path)
+    if done is not None:
+        ctx.outputs_by_id[node.id] = done.output
+        return done
+    protocol = getattr(node, "protocol", "")
+    ctx.begin(path, node.id, node.kind, protocol)
+    try:
+        result = await _RUNNERS[node.kind](node, path, value, ctx, scope)
+    except asyncio.CancelledError:
+        ctx.fail(path, "CANCELLED", f"{node.kind} {node.id} was cancelled", cancelled=True)
+        raise
+    except NodeFailed as exc:
+        ctx.fail(path, exc.code, exc.message)
+        raise
+    except TimeoutError:
+        # A timeout of an enclosing scope: record it here, let the owner of the timeout report it.
+        ctx.fail(path, "DEADLINE_EXCEEDED", f"{node.kind} {node.id}: a timeout ran out")
+        raise
+    ctx.outputs_by_id[node.id] = result.output
+    ctx.complete(path, result)
+    await ctx.checkpoint()
+    return result
+
+
+def evaluate(expression: Expression, variables: dict[str, Any], node_id: str, what: str) -> Any:
+    """Evaluate a node's expression; a runtime error fails the node with a message naming both."""
+    try:
+        return expression.evaluate(variables)
+    except ExpressionError as exc:
+        raise NodeFailed("INVALID_ARGUMENT", f"node {node_id}: {what} {exc}") from None
+
+
+def child_path(parent: str, child_id: str, round_or_visit: int = 1) -> str:
+    """`parent/child`, with `#n` for the n-th round or visit (n >= 2)."""
+    suffix = f"#{round_or_visit}" if round_or_visit > 1 else ""
+    return f"{parent}/{child_id}{suffix}"
+
+
+def load_node_runners() -> None:
+    """Import the node modules so that each registers its runner."""
+    from mcp_server.engine import adaptive, mapping, parallel, sequence, step, supervise  # noqa: F401

@@ -1,0 +1,142 @@
+"""The executable plan: an immutable tree compiled once per workflow version.
+
+Each node kind has its own frozen dataclass; CEL expressions are already compiled and every
+default (retry policy, timeouts, bounds) is already resolved, so running a node never has to
+look at the workflow definition again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from mcp_server.engine.cel import Expression
+
+DEFAULT_RETRYABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one protocol call is retried.
+
+    Attempt n (n >= 2) waits min(initial_backoff * multiplier**(n-2), max_backoff) seconds,
+    plus or minus `jitter` times that. Only errors whose gRPC code is in `retryable_codes`
+    are retried.
+    """
+
+    max_attempts: int = 3
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    retryable_codes: frozenset[str] = DEFAULT_RETRYABLE_CODES
+
+
+@dataclass(frozen=True)
+class FallbackPlan:
+    protocol: str
+    input: Expression | None
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    id: str
+    protocol: str
+    input: Expression | None
+    retry: RetryPolicy
+    timeout: float | None
+    attempt_timeout: float | None
+    fallbacks: tuple[FallbackPlan, ...] = ()
+    stream: bool = False
+    kind: str = "step"
+
+
+@dataclass(frozen=True)
+class SequencePlan:
+    id: str
+    children: tuple[PlanNode, ...]
+    kind: str = "sequence"
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    id: str
+    children: tuple[PlanNode, ...]
+    join: str  # "all" | "any" | "quorum"
+    quorum: int
+    fail_fast: bool
+    max_concurrency: int
+    kind: str = "parallel"
+
+    @property
+    def required(self) -> int:
+        """How many children must complete for the join to be met."""
+        if self.join == "any":
+            return 1
+        if self.join == "quorum":
+            return self.quorum
+        return len(self.children)
+
+
+@dataclass(frozen=True)
+class MapPlan:
+    id: str
+    items: Expression
+    body: PlanNode
+    max_concurrency: int
+    fail_fast: bool
+    max_items: int
+    kind: str = "map"
+
+
+@dataclass(frozen=True)
+class SupervisePlan:
+    id: str
+    supervisor: str
+    children: tuple[PlanNode, ...]
+    max_rounds: int
+    retry: RetryPolicy
+    attempt_timeout: float | None
+    kind: str = "supervise"
+
+
+@dataclass(frozen=True)
+class TransitionPlan:
+    when: Expression | None
+    to: str
+
+
+@dataclass(frozen=True)
+class StatePlan:
+    name: str
+    node: PlanNode
+    transitions: tuple[TransitionPlan, ...]
+    terminal: bool
+
+
+@dataclass(frozen=True)
+class AdaptivePlan:
+    id: str
+    initial_state: str
+    states: dict[str, StatePlan]
+    router: str | None
+    max_transitions: int
+    retry: RetryPolicy
+    attempt_timeout: float | None
+    kind: str = "adaptive"
+
+
+PlanNode = Union[StepPlan, SequencePlan, ParallelPlan, MapPlan, SupervisePlan, AdaptivePlan]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A compiled workflow version."""
+
+    workflow_id: str
+    version: int
+    root: PlanNode
+    task_timeout: float | None
+    node_count: int
+    depth: int
+    protocols: frozenset[str] = field(default_factory=frozenset)

@@ -1,0 +1,92 @@
+"""The two interfaces the engine is given: how to call a protocol, and where state lives."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mcp_server.proto import protocol_pb2, task_pb2, workflow_pb2, registry_pb2
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Where a protocol call comes from; sent to the plugin as its ExecutionContext."""
+
+    task_id: str
+    step_path: str
+    attempt: int
+    idempotency_key: str
+    workflow_id: str = ""
+    workflow_version: int = 0
+
+
+@dataclass(frozen=True)
+class CallResult:
+    output: dict[str, Any]
+    directive: protocol_pb2.Directive | None = None
+
+
+class ProtocolCallError(Exception):
+    """A protocol call failed. `code` is the gRPC status code name, e.g. "UNAVAILABLE"."""
+
+    def __init__(self, code: str, message: str, *, breaker_open: bool = False) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.breaker_open = breaker_open
+
+
+ProgressCallback = Callable[[protocol_pb2.Progress], Awaitable[None]]
+
+
+class ProtocolCaller(Protocol):
+    """Calls one protocol once. Retries, fallbacks and step timeouts are the engine's job;
+    the caller applies the per-attempt deadline and the protocol's circuit breaker."""
+
+    async def call(
+        self,
+        protocol: str,
+        input_data: dict[str, Any],
+        context: CallContext,
+        *,
+        timeout: float | None,
+        on_progress: ProgressCallback | None = None,
+    ) -> CallResult: ...
+
+
+class Store(Protocol):
+    """Durable state: workflow versions, task snapshots, event logs, the task queue and the
+    protocol registry. Implemented by `state.sqlite` and `state.redis`; both pass
+    tests/contract/test_store_contract.py."""
+
+    # workflows
+    async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow: ...
+    async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow | None: ...
+    async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]: ...
+    async def delete_workflow(self, workflow_id: str) -> int: ...
+
+    # tasks
+    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent) -> tuple[task_pb2.Task, bool]: ...
+    async def get_task(self, task_id: str) -> task_pb2.Task | None: ...
+    async def list_tasks(
+        self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str
+    ) -> tuple[list[task_pb2.Task], str]: ...
+    async def save_task(self, task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent], lease_token: int) -> None: ...
+    async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None: ...
+    async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]: ...
+    async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]: ...
+
+    # queue and leases
+    async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None: ...
+    async def renew_lease(self, task_id: str, lease_token: int, lease_seconds: float) -> bool: ...
+    async def release_expired_leases(self) -> int: ...
+    async def queue_length(self) -> int: ...
+
+    # registry
+    async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None: ...
+    async def delete_protocols(self, name: str = "", address: str = "") -> int: ...
+    async def list_protocol_entries(self) -> list[registry_pb2.RegisteredProtocol]: ...
+
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...

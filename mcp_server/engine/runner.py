@@ -1,0 +1,83 @@
+"""TaskRunner: run one task from its snapshot to a terminal state.
+
+A fresh task and a task taken over after a crash run the same way: `resume_from` replays
+the plan tree, skipping every node the snapshot records as completed, so finished steps are
+never called again and the step that was in flight runs again with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from google.rpc import code_pb2, status_pb2
+
+from mcp_server.engine.context import E, NodeFailed, RunContext, now
+from mcp_server.engine.executor import execute, load_node_runners
+from mcp_server.engine.plan import Plan
+from mcp_server.engine.ports import ProtocolCaller, Store
+from mcp_server.engine.values import python_to_value, struct_to_dict
+from mcp_server.errors import LeaseLost
+from mcp_server.proto import task_pb2
+
+log = logging.getLogger(__name__)
+load_node_runners()
+
+
+class TaskRunner:
+    """Runs tasks with one protocol caller and one store."""
+
+    def __init__(self, caller: ProtocolCaller, store: Store) -> None:
+        self.caller = caller
+        self.store = store
+
+    async def resume_from(self, snapshot: task_pb2.Task, plan: Plan, lease_token: int,
+                          cancel_reason: dict[str, str] | None = None) -> task_pb2.Task:
+        """Run the task in `snapshot` to its end and return its final state.
+
+        Cancelling the coroutine with a reason in `cancel_reason["reason"]` marks the task
+        CANCELLED; cancelling it without one (server shutdown) leaves it RUNNING for another
+        replica or a restart to resume. Raises LeaseLost if another replica took it over.
+        """
+        task = snapshot
+        ctx = RunContext(task=task, store=self.store, caller=self.caller, lease_token=lease_token,
+                         task_input=struct_to_dict(task.input_data))
+        resumed = task.status == task_pb2.TASK_STATUS_RUNNING
+        task.status = task_pb2.TASK_STATUS_RUNNING
+        if not task.HasField("start_time"):
+            task.start_time.CopyFrom(now())
+        ctx.emit(E.TASK_EVENT_TYPE_RESUMED if resumed else E.TASK_EVENT_TYPE_STARTED,
+                 message=("resumed from snapshot" if resumed else "started") + f" by lease {lease_token}")
+        try:
+            await ctx.checkpoint()
+            async with asyncio.timeout(plan.task_timeout):
+                result = await execute(plan.root, plan.root.id, ctx.task_input, ctx, {})
+            task.result.CopyFrom(python_to_value(result.output))
+            self._finish(ctx, task_pb2.TASK_STATUS_COMPLETED, E.TASK_EVENT_TYPE_COMPLETED, "OK", "completed")
+        except NodeFailed as exc:
+            self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, exc.code, exc.message)
+        except TimeoutError:
+            self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, "DEADLINE_EXCEEDED",
+                         f"the task timeout of {plan.task_timeout:g}s ran out")
+        except asyncio.CancelledError:
+            reason = (cancel_reason or {}).get("reason")
+            if reason is None:
+                raise
+            self._finish(ctx, task_pb2.TASK_STATUS_CANCELLED, E.TASK_EVENT_TYPE_CANCELLED, "CANCELLED", reason)
+        except LeaseLost:
+            log.warning("task %s: lease %d lost; another replica owns it now", task.task_id, lease_token)
+            raise
+        await ctx.checkpoint()
+        return task
+
+    @staticmethod
+    def _finish(ctx: RunContext, status: int, event: int, code: str, message: str) -> None:
+        task = ctx.task
+        task.status = status  # type: ignore[assignment]
+        task.end_time.CopyFrom(now())
+        if code != "OK":
+            task.error.CopyFrom(status_pb2.Status(code=code_pb2.Code.Value(code) if code in code_pb2.Code.keys() else code_pb2.UNKNOWN,
+                                                  message=message))
+        data: dict[str, Any] = {"code": code}
+        ctx.emit(event, message=message, data=data)

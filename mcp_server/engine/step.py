@@ -1,0 +1,142 @@
+"""Step nodes: one protocol call, wrapped in the step's retry policy, timeouts and fallbacks.
+
+Order of defences: per-attempt deadline (applied by the caller) -> retries with exponential
+backoff and jitter on retryable codes -> the protocol's breaker (an open breaker fails the
+attempt at once and is never retried) -> the fallbacks in order -> the step fails. The step
+timeout bounds all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
+from mcp_server.engine.executor import evaluate, runs
+from mcp_server.engine.plan import RetryPolicy, StepPlan
+from mcp_server.engine.ports import CallContext, ProtocolCallError
+from mcp_server.engine.values import as_object
+from mcp_server.proto import protocol_pb2
+
+
+def backoff(policy: RetryPolicy, retry_number: int) -> float:
+    """Seconds to wait before retry `retry_number` (1 for the first retry)."""
+    base = min(policy.initial_backoff * policy.multiplier ** (retry_number - 1), policy.max_backoff)
+    return max(0.0, base * (1 + policy.jitter * (2 * random.random() - 1)))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One protocol call to make, with the policy around it."""
+
+    protocol: str
+    input: dict[str, Any]
+    retry: RetryPolicy
+    attempt_timeout: float | None
+    stream: bool = False
+
+
+async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResult:
+    """Call a protocol, retrying per policy; every retry is an event. Raises ProtocolCallError."""
+    state = ctx.state(path)
+
+    def retryable(exc: BaseException) -> bool:
+        return isinstance(exc, ProtocolCallError) and not exc.breaker_open and exc.code in call.retry.retryable_codes
+
+    def wait(retry_state: RetryCallState) -> float:
+        return backoff(call.retry, retry_state.attempt_number)
+
+    def before_sleep(retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        pause = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        ctx.emit(E.TASK_EVENT_TYPE_STEP_RETRYING, step_path=path, protocol=call.protocol,
+                 attempt=retry_state.attempt_number, flush_soon=True,
+                 message=f"attempt {retry_state.attempt_number} failed: {error}; retrying in {pause:.3f}s",
+                 data={"error": str(error), "wait_seconds": pause, "code": getattr(error, "code", "")})
+
+    async def on_progress(progress: protocol_pb2.Progress) -> None:
+        ctx.emit(E.TASK_EVENT_TYPE_PROGRESS, step_path=path, protocol=call.protocol, flush_soon=True,
+                 message=progress.message, data={"fraction": progress.fraction})
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(call.retry.max_attempts),
+        wait=wait,
+        retry=retry_if_exception(retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            state.attempts += 1
+            context = CallContext(
+                task_id=ctx.task.task_id,
+                step_path=path,
+                attempt=state.attempts,
+                idempotency_key=f"{ctx.task.task_id}/{path}/{call.protocol}",
+                workflow_id=ctx.task.workflow_id,
+                workflow_version=ctx.task.workflow_version,
+            )
+            result = await ctx.caller.call(call.protocol, call.input, context, timeout=call.attempt_timeout,
+                                       on_progress=on_progress if call.stream else None)
+            return NodeResult(result.output, result.directive)
+    raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+@runs("step")
+async def run_step(node: StepPlan, path: str, value: Any, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+    variables = ctx.variables(value, scope)
+    primary_input = as_object(evaluate(node.input, variables, node.id, "input") if node.input else value)
+    try:
+        async with asyncio.timeout(node.timeout):
+            return await _run_candidates(node, path, primary_input, variables, ctx)
+    except TimeoutError:
+        raise NodeFailed("DEADLINE_EXCEEDED", f"step {node.id}: the step timeout of {node.timeout:g}s ran out") from None
+
+
+async def _run_candidates(node: StepPlan, path: str, primary_input: dict[str, Any],
+                          variables: dict[str, Any], ctx: RunContext) -> NodeResult:
+    candidates = [(node.protocol, primary_input)]
+    for fb in node.fallbacks:
+        fb_input = as_object(evaluate(fb.input, variables, node.id, "fallback input")) if fb.input else primary_input
+        candidates.append((fb.protocol, fb_input))
+    errors: list[str] = []
+    last_code = "UNAVAILABLE"
+    for index, (protocol, input_data) in enumerate(candidates):
+        if index > 0:
+            ctx.emit(E.TASK_EVENT_TYPE_FALLBACK_USED, step_path=path, protocol=protocol, flush_soon=True,
+                     message=f"{candidates[index - 1][0]} failed; falling back to {protocol}",
+                     data={"failed": candidates[index - 1][0], "error": errors[-1]})
+        call = Call(protocol, input_data, node.retry, node.attempt_timeout, node.stream)
+        try:
+            result = await call_with_retries(call, path, ctx)
+        except ProtocolCallError as exc:
+            errors.append(f"{protocol}: {exc}")
+            last_code = exc.code
+            continue
+        if index > 0:
+            ctx.state(path).fallback_protocol = protocol
+        return result
+    raise NodeFailed(last_code, f"step {node.id} failed: " + "; ".join(errors))
+
+
+async def run_auxiliary_call(call: Call, path: str, owner: str, ctx: RunContext) -> NodeResult:
+    """Run a call a composite node makes for itself (a supervisor, a router) as a step of its
+    own at `path`, so that it is recorded, evented and not repeated after a resume."""
+    done = ctx.finished(path)
+    if done is not None:
+        return done
+    ctx.begin(path, path.rsplit("/", 1)[-1].split("#")[0], "step", call.protocol)
+    try:
+        result = await call_with_retries(call, path, ctx)
+    except ProtocolCallError as exc:
+        message = f"{owner}: {call.protocol} failed: {exc}"
+        ctx.fail(path, exc.code, message)
+        raise NodeFailed(exc.code, message) from None
+    ctx.complete(path, result)
+    await ctx.checkpoint()
+    return result

@@ -1,0 +1,115 @@
+"""The one exception hierarchy of the server.
+
+Each class knows the gRPC status code it means to a caller; `api/errors.py` turns them into
+`google.rpc.Status` replies in one place. The engine and the stores raise these and nothing
+else crosses a layer boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from grpc import StatusCode
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request: which one (dotted path) and why."""
+
+    field: str
+    description: str
+
+
+class McpError(Exception):
+    """Base of every error the server reports to a caller."""
+
+    code: StatusCode = StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        violations: list[FieldViolation] | None = None,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.violations: list[FieldViolation] = list(violations or [])
+        if reason:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(McpError):
+    """The request is malformed; `violations` names each bad field."""
+
+    code = StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+
+class NotFound(McpError):
+    code = StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(McpError):
+    code = StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(McpError):
+    """The request is well formed but the system is not in a state to do it."""
+
+    code = StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(McpError):
+    """A limit was reached: a size, a queue, a rate."""
+
+    code = StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(McpError):
+    """A dependency (the store, a plugin) cannot be reached right now; retrying may help."""
+
+    code = StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(McpError):
+    code = StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(McpError):
+    code = StatusCode.CANCELLED
+    reason = "CANCELLED"
+
+
+class LeaseLost(McpError):
+    """This replica no longer owns the task: another one took it over."""
+
+    code = StatusCode.ABORTED
+    reason = "LEASE_LOST"
+
+
+@dataclass
+class ViolationCollector:
+    """Accumulates field violations so validation reports every problem at once."""
+
+    violations: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, field_path: str, description: str) -> None:
+        self.violations.append(FieldViolation(field_path, description))
+
+    def raise_if_any(self, message: str) -> None:
+        if self.violations:
+            first = self.violations[0]
+            detail = f"{message}: {first.field}: {first.description}"
+            if len(self.violations) > 1:
+                detail += f" (and {len(self.violations) - 1} more)"
+            raise InvalidArgument(detail, violations=self.violations)

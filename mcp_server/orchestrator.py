@@ -1,0 +1,176 @@
+"""Orchestrator: what the server does, independent of how requests arrive.
+
+The gRPC servicers in `api/` unpack a request, call one method here and pack the reply.
+Everything here raises McpError subclasses only; `api/errors.py` maps them to statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+from mcp_server.engine.compiler import compile_workflow
+from mcp_server.engine.context import make_event, now
+from mcp_server.engine.dispatcher import Dispatcher
+from mcp_server.engine.plan import Plan
+from mcp_server.engine.plans import PlanCache
+from mcp_server.engine.ports import Store
+from mcp_server.engine.runner import TaskRunner
+from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from mcp_server.proto import task_pb2, workflow_pb2
+from mcp_server.protocols.breakers import BreakerBoard, BreakerSettings
+from mcp_server.protocols.caller import GrpcProtocolCaller
+from mcp_server.protocols.channels import ChannelPool
+from mcp_server.protocols.registry import ProtocolDirectory
+from mcp_server.settings import Settings
+from mcp_server.state.common import TERMINAL
+
+E = task_pb2.TaskEventType
+TERMINAL_EVENTS = frozenset({E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED})
+MAX_REQUEST_ID = 128
+
+
+class Orchestrator:
+    """The server's domain: workflows, tasks, the registry, and the replica's dispatcher."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.channels = ChannelPool(settings.limits.max_message_bytes)
+        self.breakers = BreakerBoard(BreakerSettings())
+        self.directory = ProtocolDirectory(store, self.channels, self.breakers)
+        self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers)
+        self.plans = PlanCache(store, settings)
+        self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store), self.plans, settings)
+        self._background: list[asyncio.Task[None]] = []
+        self._watchers: dict[str, int] = {}
+
+    async def start(self) -> None:
+        await self.directory.refresh(force=True)
+        self.dispatcher.start()
+        self._background.append(asyncio.create_task(self.directory.keep_fresh()))
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop(self.settings.shutdown_grace)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.channels.close()
+
+    # ---- workflows ------------------------------------------------------------------------
+    async def validate_workflow(self, workflow: workflow_pb2.Workflow) -> Plan:
+        """Compile `workflow` against the registered protocols; raise InvalidArgument if bad."""
+        await self.directory.refresh(force=True)
+        return compile_workflow(workflow, self.settings.limits, known_protocols=self.directory.known_names(),
+                                default_step_timeout=self.settings.default_step_timeout,
+                                default_task_timeout=self.settings.default_task_timeout)
+
+    async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
+        await self.validate_workflow(workflow)
+        return await self.store.create_workflow(workflow)
+
+    async def get_workflow(self, workflow_id: str, version: int) -> workflow_pb2.Workflow:
+        _require("workflow_id", workflow_id)
+        if version < 0:
+            raise InvalidArgument("version must not be negative", violations=[FieldViolation("version", "must be 0 (latest) or a version number")])
+        workflow = await self.store.get_workflow(workflow_id, version)
+        if workflow is None:
+            which = f"version {version}" if version else "any version"
+            raise NotFound(f"workflow {workflow_id!r} ({which}) not found", reason="WORKFLOW_NOT_FOUND", metadata={"workflow_id": workflow_id})
+        return workflow
+
+    async def delete_workflow(self, workflow_id: str) -> int:
+        _require("workflow_id", workflow_id)
+        deleted = await self.store.delete_workflow(workflow_id)
+        if not deleted:
+            raise NotFound(f"workflow {workflow_id!r} not found", reason="WORKFLOW_NOT_FOUND", metadata={"workflow_id": workflow_id})
+        return deleted
+
+    # ---- tasks ----------------------------------------------------------------------------
+    async def submit_task(self, request: task_pb2.SubmitTaskRequest, owner: str = "") -> tuple[task_pb2.Task, bool]:
+        """Queue a run. The same request_id returns the first task (created=False)."""
+        _require("workflow_id", request.workflow_id)
+        limits = self.settings.limits
+        size = request.input_data.ByteSize()
+        if size > limits.max_input_bytes:
+            raise InvalidArgument(f"input_data is {size} bytes; the limit is {limits.max_input_bytes}",
+                                  violations=[FieldViolation("input_data", f"{size} bytes exceeds the limit of {limits.max_input_bytes}")],
+                                  reason="INPUT_TOO_LARGE")
+        if len(request.request_id) > MAX_REQUEST_ID:
+            raise InvalidArgument("request_id is too long", violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters")])
+        workflow = await self.get_workflow(request.workflow_id, request.workflow_version)
+        await self.plans.get(workflow.workflow_id, workflow.version)
+        if await self.store.queue_length() >= limits.max_queue_length:
+            raise ResourceExhausted(f"the queue holds {limits.max_queue_length} tasks, its limit; retry later", reason="QUEUE_FULL")
+        task = task_pb2.Task(
+            task_id=uuid.uuid4().hex, workflow_id=workflow.workflow_id, workflow_version=workflow.version,
+            input_data=request.input_data, status=task_pb2.TASK_STATUS_PENDING, priority=request.priority,
+            request_id=request.request_id, labels=dict(request.labels), create_time=now(), last_sequence=1, owner=owner)
+        event = make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED, message=f"queued with priority {task.priority}")
+        stored, created = await self.store.create_task(task, event)
+        if created:
+            self.dispatcher.wake()
+        return stored, created
+
+    async def get_task(self, task_id: str) -> task_pb2.Task:
+        _require("task_id", task_id)
+        task = await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id!r} not found", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
+        return task
+
+    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str) -> tuple[list[task_pb2.Task], str]:
+        return await self.store.list_tasks(self.page_size(page_size), page_token, statuses, workflow_id)
+
+    async def cancel_task(self, task_id: str, reason: str) -> task_pb2.Task:
+        """Cancel a pending or running task; cancelling a cancelled task again changes nothing."""
+        task = await self.get_task(task_id)
+        if task.status == task_pb2.TASK_STATUS_CANCELLED:
+            return task
+        if task.status in TERMINAL:
+            raise FailedPrecondition(f"task {task_id} already finished as {task_pb2.TaskStatus.Name(task.status)}", reason="TASK_FINISHED")
+        why = reason or "cancelled by request"
+        event = task_pb2.TaskEvent(task_id=task_id, type=E.TASK_EVENT_TYPE_CANCELLED, time=now(), message=why)
+        cancelled = await self.store.cancel_pending(task_id, event)
+        if cancelled is None and not await self.dispatcher.cancel(task_id, why):
+            latest = await self.get_task(task_id)
+            if latest.status in TERMINAL:
+                return latest
+            raise FailedPrecondition(f"task {task_id} runs on another replica; cancel it there", reason="TASK_REMOTE")
+        return await self.get_task(task_id)
+
+    async def watch_task(self, task_id: str, after_sequence: int) -> AsyncIterator[task_pb2.TaskEvent]:
+        """Every event after `after_sequence`, then live ones, until the terminal event."""
+        await self.get_task(task_id)
+        if self._watchers.get(task_id, 0) >= self.settings.limits.max_watchers_per_task:
+            raise ResourceExhausted(f"task {task_id} has {self.settings.limits.max_watchers_per_task} watchers, the limit", reason="TOO_MANY_WATCHERS")
+        self._watchers[task_id] = self._watchers.get(task_id, 0) + 1
+        try:
+            sequence = after_sequence
+            events = await self.store.read_events(task_id, sequence)
+            while True:
+                for event in events:
+                    yield event
+                    sequence = event.sequence
+                    if event.type in TERMINAL_EVENTS:
+                        return
+                if not events:
+                    task = await self.get_task(task_id)
+                    if task.status in TERMINAL and task.last_sequence <= sequence:
+                        return
+                events = await self.store.wait_events(task_id, sequence, timeout=1.0)
+        finally:
+            self._watchers[task_id] -= 1
+            if not self._watchers[task_id]:
+                del self._watchers[task_id]
+
+    def page_size(self, requested: int) -> int:
+        if requested < 0:
+            raise InvalidArgument("page_size must not be negative", violations=[FieldViolation("page_size", "must be 0 (default) or positive")])
+        return min(requested or 50, self.settings.limits.max_page_size)
+
+
+def _require(field: str, value: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{field} is required", violations=[FieldViolation(field, "is required")])

@@ -1,0 +1,56 @@
+"""Start plugin processes and learn their addresses (used for the bundled plugins and in tests).
+
+Each plugin prints `MCP_PLUGIN_LISTENING host:port` once it serves; we wait for that line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from dataclasses import dataclass
+
+READY_LINE = "MCP_PLUGIN_LISTENING"
+BUNDLED = ("protocol_plugins.testkit", "protocol_plugins.cognitive")
+
+
+@dataclass
+class PluginProcess:
+    module: str
+    process: asyncio.subprocess.Process
+    address: str
+
+    async def stop(self, grace: float = 3.0) -> None:
+        if self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), grace)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def start_plugin(module: str, listen: str = "127.0.0.1:0", timeout: float = 20.0) -> PluginProcess:
+    """Run `python -m protocol_plugins.run MODULE` and wait until it serves."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "protocol_plugins.run", module, "--listen", listen,
+        stdout=asyncio.subprocess.PIPE, stderr=None)
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(timeout):
+            while line := (await process.stdout.readline()).decode():
+                if line.startswith(READY_LINE):
+                    address = line.split()[1]
+                    asyncio.ensure_future(_drain(process.stdout))
+                    return PluginProcess(module, process, address)
+    except TimeoutError:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
+    raise RuntimeError(f"plugin {module} did not start (exit code {process.returncode})")
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass

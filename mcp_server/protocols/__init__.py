@@ -1,0 +1,1 @@
+"""Reaching plugins: which address serves which protocol, pooled channels, breakers, bulkheads."""

@@ -1,0 +1,100 @@
+"""GrpcProtocolCaller: the engine's ProtocolCaller over real gRPC.
+
+One attempt = look the protocol up, wait for a place in its bulkhead, pass its breaker, call
+Execute (or ExecuteStream) with the attempt deadline, and turn whatever happens into a
+CallResult or a ProtocolCallError. The engine decides about retries and fallbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pybreaker
+from google.protobuf import timestamp_pb2
+
+from mcp_server.engine.ports import CallContext, CallResult, ProgressCallback, ProtocolCallError
+from mcp_server.engine.values import dict_to_struct, struct_to_dict
+from mcp_server.proto import protocol_pb2, protocol_pb2_grpc
+from mcp_server.protocols.breakers import UNHEALTHY_CODES, BreakerBoard
+from mcp_server.protocols.channels import ChannelPool
+from mcp_server.protocols.registry import ProtocolDirectory
+
+
+class GrpcProtocolCaller:
+    """Calls registered plugins over gRPC."""
+
+    def __init__(self, directory: ProtocolDirectory, channels: ChannelPool, breakers: BreakerBoard) -> None:
+        self.directory = directory
+        self.channels = channels
+        self.breakers = breakers
+        self._bulkheads: dict[str, asyncio.Semaphore] = {}
+
+    def _bulkhead(self, protocol: str, limit: int) -> asyncio.Semaphore | None:
+        if limit <= 0:
+            return None
+        semaphore = self._bulkheads.get(protocol)
+        if semaphore is None:
+            semaphore = self._bulkheads[protocol] = asyncio.Semaphore(limit)
+        return semaphore
+
+    async def call(self, protocol: str, input_data: dict[str, Any], context: CallContext, *,
+                   timeout: float | None, on_progress: ProgressCallback | None = None) -> CallResult:
+        entry = self.directory.lookup(protocol)
+        if entry is None:
+            await self.directory.refresh(force=True)
+            entry = self.directory.lookup(protocol)
+        if entry is None:
+            raise ProtocolCallError("UNAVAILABLE", f"no plugin is registered for protocol {protocol!r}")
+        request = protocol_pb2.ExecuteRequest(protocol=protocol, input=dict_to_struct(input_data), context=_context(context, timeout))
+        bulkhead = self._bulkhead(protocol, entry.manifest.max_concurrency)
+        if bulkhead is None:
+            return await self._guarded(protocol, entry.address, request, timeout, on_progress)
+        async with bulkhead:
+            return await self._guarded(protocol, entry.address, request, timeout, on_progress)
+
+    async def _guarded(self, protocol: str, address: str, request: protocol_pb2.ExecuteRequest,
+                       timeout: float | None, on_progress: ProgressCallback | None) -> CallResult:
+        try:
+            with self.breakers.get(protocol).calling():
+                response = await self._invoke(address, request, timeout, on_progress)
+        except pybreaker.CircuitBreakerError:
+            raise ProtocolCallError("UNAVAILABLE", f"the circuit breaker of {protocol} is open", breaker_open=True) from None
+        except ProtocolCallError as exc:
+            self.directory.record_health(protocol, exc.code not in UNHEALTHY_CODES)
+            raise
+        self.directory.record_health(protocol, True)
+        directive = response.directive if response.HasField("directive") else None
+        return CallResult(struct_to_dict(response.output), directive)
+
+    async def _invoke(self, address: str, request: protocol_pb2.ExecuteRequest, timeout: float | None,
+                      on_progress: ProgressCallback | None) -> protocol_pb2.ExecuteResponse:
+        stub = protocol_pb2_grpc.ProtocolServiceStub(self.channels.get(address))
+        try:
+            if on_progress is None:
+                response: protocol_pb2.ExecuteResponse = await stub.Execute(request, timeout=timeout)
+                return response
+            async for message in stub.ExecuteStream(request, timeout=timeout):
+                if message.HasField("progress"):
+                    await on_progress(message.progress)
+                elif message.HasField("result"):
+                    return message.result
+        except grpc.aio.AioRpcError as exc:
+            details = exc.details() or ""
+            if exc.code() == grpc.StatusCode.INTERNAL and "parse" in details.lower():
+                details = f"the plugin's response is not a valid ExecuteResponse ({details})"
+            raise ProtocolCallError(exc.code().name, details or exc.code().name) from None
+        raise ProtocolCallError("INTERNAL", "the plugin's stream ended without a result")
+
+
+def _context(context: CallContext, timeout: float | None) -> protocol_pb2.ExecutionContext:
+    message = protocol_pb2.ExecutionContext(
+        task_id=context.task_id, step_path=context.step_path, attempt=context.attempt,
+        idempotency_key=context.idempotency_key, workflow_id=context.workflow_id,
+        workflow_version=context.workflow_version)
+    if timeout is not None:
+        deadline = timestamp_pb2.Timestamp()
+        deadline.GetCurrentTime()
+        message.deadline.FromNanoseconds(deadline.ToNanoseconds() + int(timeout * 1e9))
+    return message

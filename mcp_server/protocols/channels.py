@@ -1,0 +1,34 @@
+"""ChannelPool: one grpc.aio channel per plugin address, created once and reused."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ChannelPool:
+    """Channels by address. Closing the pool closes every channel."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.enable_retries", 0),  # the engine owns retries
+        ]
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        return channel
+
+    async def discard(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close()
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

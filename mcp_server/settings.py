@@ -1,0 +1,95 @@
+"""Server configuration: typed, frozen, built once from flags and environment variables.
+
+Every knob has a default that runs on a bare machine: the embedded SQLite store, loopback
+address, and limits sized for a small server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request or one run may use. Every one is configurable."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_input_bytes: int = 1024 * 1024
+    max_workflow_nodes: int = 500
+    max_workflow_depth: int = 16
+    max_rounds: int = 10
+    max_transitions: int = 100
+    max_map_items: int = 10_000
+    max_concurrency: int = 256
+    max_expression_length: int = 2048
+    max_tasks_in_flight: int = 1000
+    max_queue_length: int = 100_000
+    max_watchers_per_task: int = 1000
+    max_page_size: int = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the orchestrator needs to start."""
+
+    listen: str = "127.0.0.1:50051"
+    store_url: str = "sqlite:///.mcp/mcp.db"
+    plugins: tuple[str, ...] = ()
+    bundled_plugins: bool = False
+    replica_id: str = field(default_factory=lambda: f"replica-{os.getpid()}")
+    lease_seconds: float = 15.0
+    default_step_timeout: float = 60.0
+    default_task_timeout: float = 3600.0
+    shutdown_grace: float = 10.0
+    limits: Limits = field(default_factory=Limits)
+
+
+_ENV_PREFIX = "MCP_"
+
+
+def _coerce(value: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return value.lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, tuple):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+def limits_from_env(env: dict[str, str]) -> Limits:
+    """Read `MCP_LIMIT_<NAME>` variables, e.g. MCP_LIMIT_MAX_INPUT_BYTES=65536."""
+    base = Limits()
+    changes = {
+        f.name: _coerce(env[key], getattr(base, f.name))
+        for f in fields(Limits)
+        if (key := f"{_ENV_PREFIX}LIMIT_{f.name.upper()}") in env
+    }
+    return replace(base, **changes)
+
+
+def settings_from(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Build settings from defaults, then `MCP_*` environment variables, then flags."""
+    env = dict(os.environ if env is None else env)
+    base = Settings()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        key = f"{_ENV_PREFIX}{f.name.upper()}"
+        if f.name != "limits" and key in env:
+            values[f.name] = _coerce(env[key], getattr(base, f.name))
+    parser = argparse.ArgumentParser(prog="mcp-server", description="Run the mCP orchestrator.")
+    parser.add_argument("--listen", help=f"address to serve on (default {base.listen})")
+    parser.add_argument("--store", dest="store_url", help="sqlite:///PATH or redis://HOST:PORT/DB")
+    parser.add_argument("--plugin", dest="plugins", action="append", help="plugin address to register")
+    parser.add_argument("--bundled-plugins", action="store_true", default=None, help="start the bundled plugins")
+    parser.add_argument("--replica-id", help="name of this replica in leases")
+    args = parser.parse_args(argv or [])
+    for name, value in vars(args).items():
+        if value is not None:
+            values[name] = tuple(value) if name == "plugins" else value
+    return replace(base, limits=limits_from_env(env), **values)

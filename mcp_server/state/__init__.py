@@ -1,0 +1,21 @@
+"""Stores: where workflows, task snapshots, event logs, the queue and the registry live.
+
+`open_store(url)` picks the backend: `sqlite:///path` (embedded default) or `redis://...`.
+"""
+
+from __future__ import annotations
+
+from mcp_server.engine.ports import Store
+
+
+async def open_store(url: str) -> Store:
+    """Open the store named by `url`. Raises ValueError for an unknown scheme."""
+    if url.startswith("sqlite://"):
+        from mcp_server.state.sqlite import SqliteStore
+
+        return await SqliteStore.open(url.removeprefix("sqlite://"))
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from mcp_server.state.redis import RedisStore
+
+        return await RedisStore.open(url)
+    raise ValueError(f"unknown store URL {url!r}: use sqlite:///PATH or redis://HOST:PORT/DB")

@@ -1,0 +1,46 @@
+"""Pieces both store backends share: paging tokens, status sets, event serialisation."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from mcp_server.engine.context import now
+from mcp_server.errors import FieldViolation, InvalidArgument
+from mcp_server.proto import task_pb2
+
+ACTIVE = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
+TERMINAL = (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED)
+
+
+def encode_token(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str, field: str = "page_token") -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument(
+            f"{field} is not a token this server issued",
+            violations=[FieldViolation(field, "pass next_page_token from the previous page, unchanged")],
+        ) from None
+
+
+def now_seconds() -> float:
+    return time.time()
+
+
+def mark_cancelled(task: task_pb2.Task, event: task_pb2.TaskEvent) -> task_pb2.TaskEvent:
+    """Turn a pending task into a cancelled one; returns the event numbered after its last."""
+    task.status = task_pb2.TASK_STATUS_CANCELLED
+    task.end_time.CopyFrom(now())
+    task.error.code = 1  # google.rpc.Code.CANCELLED
+    task.error.message = event.message
+    task.last_sequence += 1
+    numbered = task_pb2.TaskEvent()
+    numbered.CopyFrom(event)
+    numbered.sequence = task.last_sequence
+    return numbered

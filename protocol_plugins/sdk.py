@@ -1,0 +1,236 @@
+"""The plugin SDK: write a protocol as a function, serve it as a ProtocolService.
+
+    from protocol_plugins.sdk import Plugin
+
+    plugin = Plugin("greeter")
+
+    @plugin.protocol("greet", description="Says hello")
+    async def greet(data: dict, ctx: Context) -> dict:
+        return {"greeting": f"hello {data.get('name', 'world')}"}
+
+    if __name__ == "__main__":
+        plugin.main()          # --listen, --register ORCHESTRATOR, --ttl
+
+A handler receives the input as a dict and returns a dict (the output) or a `Reply` with a
+directive (`accept`, `retry`, `fail`, `goto`). Raising ProtocolError answers with that gRPC
+code; any other exception answers INTERNAL with its message: the step fails, the plugin and
+the orchestrator stay up. The server serves health and reflection too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mcp_server.engine.values import dict_to_struct, struct_to_dict
+from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+log = logging.getLogger(__name__)
+READY_LINE = "MCP_PLUGIN_LISTENING"
+
+
+class ProtocolError(Exception):
+    """Raise from a handler to answer with a specific gRPC status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Reply:
+    """An output with a directive for the orchestrator."""
+
+    output: dict[str, Any] = field(default_factory=dict)
+    directive: protocol_pb2.Directive | None = None
+
+
+def accept(output: dict[str, Any] | None = None, **extra: Any) -> Reply:
+    """Supervisor verdict: accept; `output`, when given, replaces the children's outputs."""
+    decision = protocol_pb2.SupervisorDecision(verdict=protocol_pb2.VERDICT_ACCEPT)
+    if output is not None:
+        decision.output.CopyFrom(dict_to_struct(output))
+    return Reply(extra, protocol_pb2.Directive(decision=decision))
+
+
+def retry(feedback: str = "", children: list[str] | None = None, per_child: dict[str, str] | None = None, **extra: Any) -> Reply:
+    """Supervisor verdict: run `children` (all when empty) again with this feedback."""
+    decision = protocol_pb2.SupervisorDecision(verdict=protocol_pb2.VERDICT_RETRY, feedback=feedback,
+                                               retry_children=children or [], child_feedback=per_child or {})
+    return Reply(extra, protocol_pb2.Directive(decision=decision))
+
+
+def fail(reason: str, **extra: Any) -> Reply:
+    """Supervisor verdict: fail the supervised node with `reason`."""
+    return Reply(extra, protocol_pb2.Directive(decision=protocol_pb2.SupervisorDecision(verdict=protocol_pb2.VERDICT_FAIL, reason=reason)))
+
+
+def goto(state: str, **output: Any) -> Reply:
+    """Router answer: the enclosing adaptive node goes to `state` next."""
+    return Reply(output, protocol_pb2.Directive(next_state=state))
+
+
+class Context:
+    """What a handler knows about the call: where it comes from, and a way to report progress."""
+
+    def __init__(self, request: protocol_pb2.ExecuteRequest, grpc_context: grpc.aio.ServicerContext,
+                 progress_queue: asyncio.Queue[protocol_pb2.Progress] | None = None) -> None:
+        self.task_id = request.context.task_id
+        self.step_path = request.context.step_path
+        self.attempt = request.context.attempt
+        self.idempotency_key = request.context.idempotency_key
+        self.grpc_context = grpc_context
+        self._progress = progress_queue
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the caller's deadline, or None if it set none."""
+        remaining: float | None = self.grpc_context.time_remaining()
+        return remaining
+
+    async def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress; sent to the orchestrator when it called ExecuteStream."""
+        if self._progress is not None:
+            await self._progress.put(protocol_pb2.Progress(fraction=fraction, message=message))
+
+
+Handler = Callable[[dict[str, Any], Context], Awaitable[Any] | Any]
+
+
+@dataclass
+class _Registered:
+    manifest: protocol_pb2.ProtocolManifest
+    handler: Handler
+
+
+class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
+    """A set of protocols served together as one ProtocolService."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.protocols: dict[str, _Registered] = {}
+
+    def protocol(self, name: str, *, description: str = "", version: str = "1.0.0",
+                 type: int = protocol_pb2.PROTOCOL_TYPE_TRANSFORM, max_concurrency: int = 0,
+                 dependencies: tuple[str, ...] = (), input_schema: dict[str, Any] | None = None,
+                 output_schema: dict[str, Any] | None = None) -> Callable[[Handler], Handler]:
+        """Register the decorated function as protocol `name`."""
+        def register(handler: Handler) -> Handler:
+            manifest = protocol_pb2.ProtocolManifest(
+                name=name, version=version, type=type,  # type: ignore[arg-type]
+                description=description or (inspect.getdoc(handler) or "").split("\n")[0],
+                dependencies=list(dependencies), max_concurrency=max_concurrency)
+            if input_schema:
+                manifest.input_schema.CopyFrom(dict_to_struct(input_schema))
+            if output_schema:
+                manifest.output_schema.CopyFrom(dict_to_struct(output_schema))
+            self.protocols[name] = _Registered(manifest, handler)
+            return handler
+        return register
+
+    # ---- ProtocolService ------------------------------------------------------------------
+    async def Describe(self, request: protocol_pb2.DescribeRequest, context: grpc.aio.ServicerContext) -> protocol_pb2.DescribeResponse:
+        return protocol_pb2.DescribeResponse(protocols=[p.manifest for p in self.protocols.values()])
+
+    async def Execute(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> protocol_pb2.ExecuteResponse:
+        return await self._run(request, context, Context(request, context))
+
+    async def ExecuteStream(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[protocol_pb2.ExecuteStreamResponse]:  # type: ignore[override]
+        queue: asyncio.Queue[protocol_pb2.Progress] = asyncio.Queue()
+        work = asyncio.ensure_future(self._run(request, context, Context(request, context, queue)))
+        try:
+            while not work.done() or not queue.empty():
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({work, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield protocol_pb2.ExecuteStreamResponse(progress=getter.result())
+                else:
+                    getter.cancel()
+            yield protocol_pb2.ExecuteStreamResponse(result=await work)
+        finally:
+            work.cancel()
+
+    async def _run(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext, ctx: Context) -> protocol_pb2.ExecuteResponse:
+        registered = self.protocols.get(request.protocol)
+        if registered is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{self.name} does not host protocol {request.protocol!r}")
+            raise AssertionError("unreachable")
+        try:
+            result = registered.handler(struct_to_dict(request.input), ctx)
+            if inspect.isawaitable(result):
+                result = await result
+        except ProtocolError as exc:
+            await context.abort(exc.code, exc.message)
+            raise AssertionError("unreachable") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.protocol}: bad input: {exc}")
+            raise AssertionError("unreachable") from None
+        reply = result if isinstance(result, Reply) else Reply(result)
+        if not isinstance(reply.output, dict):
+            await context.abort(grpc.StatusCode.INTERNAL, f"{request.protocol} returned {type(reply.output).__name__}, not an object")
+        response = protocol_pb2.ExecuteResponse(output=dict_to_struct(reply.output))
+        if reply.directive is not None:
+            response.directive.CopyFrom(reply.directive)
+        return response
+
+    # ---- serving --------------------------------------------------------------------------
+    async def start(self, listen: str = "127.0.0.1:0") -> tuple[grpc.aio.Server, str]:
+        """Start serving on `listen`; return the server and the address it bound."""
+        server = grpc.aio.server()
+        protocol_pb2_grpc.add_ProtocolServiceServicer_to_server(self, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = (protocol_pb2.DESCRIPTOR.services_by_name["ProtocolService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        host = listen.rsplit(":", 1)[0]
+        port = server.add_insecure_port(listen)
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        return server, f"{host}:{port}"
+
+    async def serve(self, listen: str = "127.0.0.1:0", register: str | None = None, ttl: float = 30.0) -> None:
+        """Serve until SIGTERM/SIGINT; announce the address on stdout; self-register if asked."""
+        server, address = await self.start(listen)
+        print(f"{READY_LINE} {address}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        renewer = asyncio.create_task(self._keep_registered(register, address, ttl)) if register else None
+        await stop.wait()
+        if renewer:
+            renewer.cancel()
+        await server.stop(grace=2)
+
+    async def _keep_registered(self, orchestrator: str, address: str, ttl: float) -> None:
+        async with grpc.aio.insecure_channel(orchestrator) as channel:
+            stub = registry_pb2_grpc.ProtocolRegistryStub(channel)
+            request = registry_pb2.RegisterProtocolRequest(address=address, ttl=duration_pb2.Duration(seconds=int(ttl)))
+            while True:
+                try:
+                    await stub.RegisterProtocol(request, timeout=5)
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("could not register with %s: %s", orchestrator, exc.details())
+                await asyncio.sleep(max(1.0, ttl / 3))
+
+    def main(self, argv: list[str] | None = None) -> None:
+        """Command-line entry: `--listen ADDRESS --register ORCHESTRATOR --ttl SECONDS`."""
+        parser = argparse.ArgumentParser(prog=self.name, description=f"Serve the {self.name} protocol plugin.")
+        parser.add_argument("--listen", default="127.0.0.1:0")
+        parser.add_argument("--register", help="orchestrator address to register with (and keep renewing)")
+        parser.add_argument("--ttl", type=float, default=30.0)
+        args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+        logging.basicConfig(level=logging.INFO)
+        asyncio.run(self.serve(args.listen, args.register, args.ttl))

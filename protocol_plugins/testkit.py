@@ -1,0 +1,143 @@
+"""testkit: small, observable protocols for trying the engine out and for its tests.
+
+The plugin counts what it sees (calls by idempotency key, calls in flight, cancellations),
+and the `stats` protocol reports those counts, so a test can check on the plugin side what
+the orchestrator really did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+import grpc
+
+from mcp_server.proto import protocol_pb2
+from protocol_plugins.sdk import Context, Plugin, ProtocolError, Reply, accept, goto, retry
+
+plugin = Plugin("testkit")
+T = protocol_pb2
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.by_protocol: collections.Counter[str] = collections.Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.cancelled = 0
+        self.seen_feedback: list[str] = []
+
+    def record(self, protocol: str, ctx: Context) -> None:
+        self.calls[ctx.idempotency_key] += 1
+        self.by_protocol[protocol] += 1
+
+
+stats = _Stats()
+
+
+@plugin.protocol("echo", description="Returns its input unchanged")
+async def echo(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("echo", ctx)
+    return data
+
+
+@plugin.protocol("append", description="Appends `suffix` (default: the step path) to `text`")
+async def append(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("append", ctx)
+    suffix = str(data.get("suffix") or ctx.step_path.rsplit("/", 1)[-1])
+    return {"text": str(data.get("text", "")) + suffix, "trail": [*data.get("trail", []), ctx.step_path]}
+
+
+@plugin.protocol("sleep", description="Sleeps `ms` milliseconds; counts calls in flight and cancellations")
+async def sleep(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("sleep", ctx)
+    stats.in_flight += 1
+    stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+    try:
+        milliseconds = float(data.get("ms", 100))
+        steps = 4 if data.get("progress") else 1
+        for i in range(steps):
+            await asyncio.sleep(milliseconds / 1000 / steps)
+            await ctx.progress((i + 1) / steps, f"slept {(i + 1) * milliseconds / steps:.0f} ms")
+        return {**data, "slept_ms": milliseconds}
+    except asyncio.CancelledError:
+        stats.cancelled += 1
+        raise
+    finally:
+        stats.in_flight -= 1
+
+
+@plugin.protocol("fail", description="Fails with gRPC code `code` (default UNAVAILABLE)")
+async def fail_call(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("fail", ctx)
+    code = grpc.StatusCode[str(data.get("code", "UNAVAILABLE"))]
+    raise ProtocolError(code, str(data.get("message", "asked to fail")))
+
+
+@plugin.protocol("flaky", description="Fails with UNAVAILABLE for the first `failures` attempts of each step")
+async def flaky(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("flaky", ctx)
+    if stats.calls[ctx.idempotency_key] <= int(data.get("failures", 1)):
+        raise ProtocolError(grpc.StatusCode.UNAVAILABLE, f"flaky: attempt {ctx.attempt} fails on purpose")
+    return {**data, "attempts_seen": stats.calls[ctx.idempotency_key]}
+
+
+@plugin.protocol("draft", description="Writes a draft whose score rises once it has received feedback",
+                 type=T.PROTOCOL_TYPE_GENERATION)
+async def draft(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("draft", ctx)
+    feedback = str(data.get("feedback", ""))
+    if feedback:
+        stats.seen_feedback.append(feedback)
+    return {"text": f"draft of {data.get('topic', 'something')}" + (f" (revised: {feedback})" if feedback else ""),
+            "score": 0.9 if feedback else 0.4, "feedback_received": feedback}
+
+
+@plugin.protocol("threshold_supervisor", description="Accepts when every child's `score` reaches `threshold` (input, default 0.8)",
+                 type=T.PROTOCOL_TYPE_SUPERVISOR)
+async def threshold_supervisor(data: dict[str, Any], ctx: Context) -> Reply:
+    stats.record("threshold_supervisor", ctx)
+    threshold = float(data.get("input", {}).get("threshold", 0.8)) if isinstance(data.get("input"), dict) else 0.8
+    children: dict[str, Any] = data.get("children", {})
+    weak = sorted(cid for cid, out in children.items() if not isinstance(out, dict) or float(out.get("score", 0)) < threshold)
+    if not weak:
+        return accept(None, round=data.get("round"))
+    return retry(f"raise the score above {threshold}", children=weak)
+
+
+@plugin.protocol("silent_supervisor", description="A broken supervisor: answers without a decision",
+                 type=T.PROTOCOL_TYPE_SUPERVISOR)
+async def silent_supervisor(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("silent_supervisor", ctx)
+    return {"thoughts": "none"}
+
+
+@plugin.protocol("route", description="Names the next state: `next` from the input or output", type=T.PROTOCOL_TYPE_ROUTER)
+async def route(data: dict[str, Any], ctx: Context) -> Reply:
+    stats.record("route", ctx)
+    output = data.get("output") if isinstance(data.get("output"), dict) else data
+    return goto(str(output.get("next", data.get("next", ""))), routed=True)
+
+
+@plugin.protocol("counter", description="Adds 1 to `n`")
+async def counter(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("counter", ctx)
+    return {**data, "n": int(data.get("n", 0)) + 1}
+
+
+@plugin.protocol("stats", description="Reports what this plugin has seen since the last reset")
+async def report(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    result = {"calls": dict(stats.calls), "by_protocol": dict(stats.by_protocol), "in_flight": stats.in_flight,
+              "max_in_flight": stats.max_in_flight, "cancelled": stats.cancelled, "seen_feedback": list(stats.seen_feedback)}
+    if data.get("reset"):
+        stats.reset()
+    return result
+
+
+if __name__ == "__main__":
+    plugin.main()

@@ -35,7 +35,8 @@ LEXICON: dict[str, tuple[float, float, str]] = {
 NEGATIONS = {"not", "no", "never", "n't", "hardly"}
 INTENSIFIERS = {"very": 1.5, "really": 1.4, "extremely": 1.8, "so": 1.3, "quite": 1.2, "slightly": 0.6}
 WORD = re.compile(r"[A-Za-z']+")
-SENTENCE = re.compile(r"(?<=[.!?])\s+")
+SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "prof", "st", "vs", "etc", "e.g", "i.e", "inc", "corp", "ltd", "jr", "sr", "no"}
 STOPWORDS = set("a an the and or but if of to in on at by for with from is are was were be been it this that as "
                 "i you he she we they them his her its our their my your not no so do does did has have had".split())
 
@@ -77,13 +78,28 @@ def emotion(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     }
 
 
+def split_sentences(text: str) -> list[str]:
+    """Split at sentence ends, but not after abbreviations such as "Dr." or "e.g."."""
+    sentences: list[str] = []
+    start = 0
+    for match in SENTENCE_END.finditer(text):
+        last_word = text[start:match.start()].rsplit(None, 1)[-1].lower() if text[start:match.start()].strip() else ""
+        if last_word.rstrip(".") in ABBREVIATIONS or len(last_word) == 1:
+            continue
+        sentences.append(text[start:match.end()].strip())
+        start = match.end()
+    if text[start:].strip():
+        sentences.append(text[start:].strip())
+    return sentences
+
+
 def _content_words(sentence: str) -> set[str]:
     return {w.lower() for w in WORD.findall(sentence) if w.lower() not in STOPWORDS and len(w) > 2}
 
 
 @plugin.protocol("summarize", type=T.PROTOCOL_TYPE_TRANSFORM, description="Extractive TextRank summary (`sentences`, default 2)")
 def summarize(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    sentences = [s.strip() for s in SENTENCE.split(_text(data).strip()) if s.strip()]
+    sentences = split_sentences(_text(data))
     keep = max(1, int(data.get("sentences", 2)))
     if len(sentences) <= keep:
         return {"summary": " ".join(sentences), "sentences": sentences, "scores": [1.0] * len(sentences)}

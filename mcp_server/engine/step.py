@@ -91,6 +91,9 @@ async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResul
 async def run_step(node: StepPlan, path: str, value: Any, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
     variables = ctx.variables(value, scope)
     primary_input = as_object(evaluate(node.input, variables, node.id, "input") if node.input else value)
+    if scope.get("feedback") and "feedback" not in primary_input:
+        # A supervisor sent this subtree back: its feedback reaches every step's input.
+        primary_input = {**primary_input, "feedback": scope["feedback"], "round": scope.get("round", 1)}
     try:
         async with asyncio.timeout(node.timeout):
             return await _run_candidates(node, path, primary_input, variables, ctx)

@@ -1,0 +1,198 @@
+"""`mcp`: apply workflows, submit and watch tasks, inspect protocols.
+
+The server address comes from --server or MCP_SERVER (default 127.0.0.1:50051). Every
+command takes --json for machine-readable output. Errors print the server's message and
+each field violation, and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from mcp_server.cli import render
+from mcp_server.proto import (
+    registry_pb2,
+    registry_pb2_grpc,
+    task_pb2,
+    task_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
+
+
+def load_workflow(path: str) -> workflow_pb2.Workflow:
+    """Read a YAML or JSON workflow file; the schema is enforced by protobuf's json_format."""
+    text = Path(path).read_text()
+    data = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    return json_format.ParseDict(data, workflow_pb2.Workflow())
+
+
+def parse_input(text: str | None) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    if text:
+        source = Path(text[1:]).read_text() if text.startswith("@") else text
+        value = json.loads(source)
+        if not isinstance(value, dict):
+            raise SystemExit("--input must be a JSON object")
+        message.update(value)
+    return message
+
+
+class Client:
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.tasks = task_pb2_grpc.TaskServiceStub(self.channel)
+        self.workflows = workflow_pb2_grpc.WorkflowServiceStub(self.channel)
+        self.registry = registry_pb2_grpc.ProtocolRegistryStub(self.channel)
+
+
+async def watch(client: Client, task_id: str, after: int, as_json: bool) -> int:
+    final = 0
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after)):
+        if as_json:
+            print(json.dumps(render.to_json(event)), flush=True)
+        else:
+            render.event_line(event)
+        final = event.type
+    return 0 if final == task_pb2.TASK_EVENT_TYPE_COMPLETED else 2
+
+
+async def run(args: argparse.Namespace) -> int:
+    client = Client(args.server)
+    out = render.print_json if args.json else None
+    cmd = (args.group, args.command)
+    if cmd == ("workflow", "apply"):
+        created = (await client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=load_workflow(args.file)))).workflow
+        (out or (lambda v: render.console.print(f"workflow [bold]{v['workflow_id']}[/bold] version {v['version']} created")))(render.to_json(created))
+    elif cmd == ("workflow", "validate"):
+        reply = await client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=load_workflow(args.file)))
+        (out or (lambda v: render.console.print(f"valid: {v.get('node_count')} nodes, depth {v.get('depth')}")))(render.to_json(reply))
+    elif cmd == ("workflow", "get"):
+        workflow = (await client.workflows.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id=args.id, version=args.version))).workflow
+        (out or (lambda v: print(yaml.safe_dump(v, sort_keys=False))))(render.to_json(workflow))
+    elif cmd == ("workflow", "list"):
+        reply = await client.workflows.ListWorkflows(workflow_pb2.ListWorkflowsRequest(page_size=args.page_size))
+        (out or (lambda v: [print(f"{w['workflow_id']}\tv{w['version']}\t{w.get('description', '')}") for w in v.get("workflows", [])]))(render.to_json(reply))
+    elif cmd == ("workflow", "delete"):
+        reply = await client.workflows.DeleteWorkflow(workflow_pb2.DeleteWorkflowRequest(workflow_id=args.id))
+        (out or print)(render.to_json(reply))
+    elif cmd == ("task", "submit"):
+        request = task_pb2.SubmitTaskRequest(workflow_id=args.workflow, workflow_version=args.version, input_data=parse_input(args.input),
+                                             priority=args.priority, request_id=args.request_id or "")
+        reply = await client.tasks.SubmitTask(request)
+        if args.watch:
+            if not args.json:
+                render.console.print(f"task [bold]{reply.task.task_id}[/bold] submitted; watching")
+            code = await watch(client, reply.task.task_id, 0, args.json)
+            if not args.json:
+                render.task_summary((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id))).task)
+            return code
+        (out or (lambda v: print(v["task"]["task_id"])))(render.to_json(reply))
+    elif cmd == ("task", "get"):
+        task = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=args.id))).task
+        out(render.to_json(task)) if out else render.task_summary(task)
+    elif cmd == ("task", "list"):
+        statuses = [task_pb2.TaskStatus.Value(f"TASK_STATUS_{s.upper()}") for s in args.status]
+        reply = await client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=args.page_size, statuses=statuses, workflow_id=args.workflow or ""))
+        out(render.to_json(reply)) if out else render.task_rows(list(reply.tasks))
+    elif cmd == ("task", "cancel"):
+        task = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=args.id, reason=args.reason or ""))).task
+        out(render.to_json(task)) if out else render.task_summary(task)
+    elif cmd == ("task", "watch"):
+        return await watch(client, args.id, args.after, args.json)
+    elif cmd == ("protocol", "list"):
+        reply = await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())
+        (out or _print_protocols)(render.to_json(reply))
+    elif cmd == ("protocol", "register"):
+        reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=args.address))
+        (out or _print_protocols)(render.to_json(reply))
+    await client.channel.close()
+    return 0
+
+
+def _print_protocols(value: dict[str, Any]) -> None:
+    for entry in value.get("protocols", []):
+        manifest = entry["manifest"]
+        print(f"{manifest['name']:<24}{entry['address']:<22}{entry.get('health', '')[13:]:<12}{entry.get('breaker', '')[14:]:<10}{manifest.get('description', '')}")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mcp", description="Client for the mCP orchestrator.")
+    root.add_argument("--server", default=os.environ.get("MCP_SERVER", "127.0.0.1:50051"))
+    root.add_argument("--json", action="store_true", help="print JSON")
+    groups = root.add_subparsers(dest="group", required=True)
+
+    wf = groups.add_parser("workflow").add_subparsers(dest="command", required=True)
+    wf.add_parser("apply", help="create a workflow (a new version) from YAML or JSON").add_argument("file")
+    wf.add_parser("validate", help="check a workflow file without storing it").add_argument("file")
+    get = wf.add_parser("get")
+    get.add_argument("id")
+    get.add_argument("--version", type=int, default=0)
+    wf.add_parser("list").add_argument("--page-size", type=int, default=100)
+    wf.add_parser("delete").add_argument("id")
+
+    task = groups.add_parser("task").add_subparsers(dest="command", required=True)
+    submit = task.add_parser("submit")
+    submit.add_argument("workflow")
+    submit.add_argument("--version", type=int, default=0)
+    submit.add_argument("--input", help="JSON object, or @FILE")
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--request-id")
+    submit.add_argument("--watch", action="store_true", help="follow the task to its end")
+    task.add_parser("get").add_argument("id")
+    lst = task.add_parser("list")
+    lst.add_argument("--status", action="append", default=[], choices=["pending", "running", "completed", "failed", "cancelled"])
+    lst.add_argument("--workflow")
+    lst.add_argument("--page-size", type=int, default=50)
+    cancel = task.add_parser("cancel")
+    cancel.add_argument("id")
+    cancel.add_argument("--reason")
+    w = task.add_parser("watch")
+    w.add_argument("id")
+    w.add_argument("--after", type=int, default=0, help="replay events after this sequence number")
+
+    proto = groups.add_parser("protocol").add_subparsers(dest="command", required=True)
+    proto.add_parser("list")
+    proto.add_parser("register").add_argument("address")
+    return root
+
+
+def describe_error(error: grpc.aio.AioRpcError) -> str:
+    lines = [f"error: {error.code().name}: {error.details()}"]
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        code = asyncio.run(run(args))
+    except grpc.aio.AioRpcError as exc:
+        print(describe_error(exc), file=sys.stderr)
+        code = 1
+    except (OSError, ValueError, json_format.ParseError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

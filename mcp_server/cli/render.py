@@ -1,0 +1,65 @@
+"""How the CLI shows things: events as coloured lines, tasks and lists as tables, or JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mcp_server.proto import task_pb2
+
+console = Console(highlight=False)
+EVENT_STYLE = {
+    "COMPLETED": "green", "STEP_COMPLETED": "green", "FAILED": "bold red", "STEP_FAILED": "red",
+    "CANCELLED": "yellow", "STEP_RETRYING": "yellow", "FALLBACK_USED": "magenta", "TRANSITION_TAKEN": "cyan",
+    "SUPERVISOR_DECISION": "cyan", "BREAKER_STATE_CHANGED": "magenta",
+}
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def event_line(event: task_pb2.TaskEvent) -> None:
+    kind = task_pb2.TaskEventType.Name(event.type).removeprefix("TASK_EVENT_TYPE_")
+    style = EVENT_STYLE.get(kind, "white")
+    when = event.time.ToDatetime().strftime("%H:%M:%S.%f")[:-3]
+    where = f" {event.step_path}" if event.step_path else ""
+    protocol = escape(f" [{event.protocol}]") if event.protocol else ""
+    attempt = f" #{event.attempt}" if event.attempt > 1 else ""
+    console.print(f"[dim]{event.sequence:>4} {when}[/dim] [{style}]{kind:<20}[/{style}]{escape(where)}{protocol}{attempt} [dim]{escape(event.message)}[/dim]", soft_wrap=True)
+
+
+def task_summary(task: task_pb2.Task) -> None:
+    status = task_pb2.TaskStatus.Name(task.status).removeprefix("TASK_STATUS_")
+    console.print(f"task [bold]{task.task_id}[/bold]  workflow {task.workflow_id} v{task.workflow_version}  status [bold]{status}[/bold]")
+    if task.steps:
+        table = Table("path", "protocol", "status", "attempts")
+        table.add_column("output", no_wrap=True, overflow="ellipsis", max_width=60)
+        for step in task.steps:
+            output = json.dumps(json_format.MessageToDict(step.output)) if step.HasField("output") else step.error.message
+            table.add_row(step.path, step.protocol, task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_"),
+                          str(step.attempts), output[:80])
+        console.print(table)
+    if task.HasField("result"):
+        console.print("result:", json.dumps(json_format.MessageToDict(task.result), indent=2))
+    if task.error.message:
+        console.print(f"[red]error: {task.error.message}[/red]")
+
+
+def task_rows(tasks: list[task_pb2.Task]) -> None:
+    table = Table("task_id", "workflow", "status", "priority", "created")
+    for task in tasks:
+        table.add_row(task.task_id, f"{task.workflow_id} v{task.workflow_version}",
+                      task_pb2.TaskStatus.Name(task.status).removeprefix("TASK_STATUS_"), str(task.priority),
+                      task.create_time.ToDatetime().isoformat(timespec="seconds"))
+    console.print(table)

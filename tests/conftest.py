@@ -1,0 +1,115 @@
+"""Shared fixtures: real plugin processes, a real orchestrator on loopback, real stores.
+
+Plugins are started once per session as separate processes. Each test gets its own
+orchestrator (its own gRPC server on a free port) and its own store: a fresh in-memory SQLite
+database, or a fresh key prefix on the Redis at MCP_TEST_REDIS_URL (default
+redis://127.0.0.1:6379/0), deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+import redis
+
+from mcp_server.api.server import RunningServer, start_server
+from mcp_server.plugin_host import READY_LINE
+from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2_grpc, task_pb2_grpc, workflow_pb2_grpc
+from mcp_server.settings import Limits, Settings
+
+REDIS_URL = os.environ.get("MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@dataclass
+class PluginProc:
+    module: str
+    process: subprocess.Popen[str]
+    address: str
+
+
+def spawn_plugin(module: str, listen: str = "127.0.0.1:0") -> PluginProc:
+    """Start a plugin process and wait for its ready line."""
+    process = subprocess.Popen([sys.executable, "-m", "protocol_plugins.run", module, "--listen", listen],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith(READY_LINE):
+        process.kill()
+        raise RuntimeError(f"plugin {module} did not start: {line!r}")
+    return PluginProc(module, process, line.split()[1])
+
+
+@pytest.fixture(scope="session")
+def plugins() -> Iterator[dict[str, PluginProc]]:
+    procs = {m: spawn_plugin(f"protocol_plugins.{m}") for m in ("testkit", "cognitive")}
+    yield procs
+    for proc in procs.values():
+        proc.process.terminate()
+        proc.process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    prefix = f"mcptest:{uuid.uuid4().hex[:12]}:"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"these tests need Redis at {REDIS_URL} (set MCP_TEST_REDIS_URL); .ci/run starts one")
+    yield f"{REDIS_URL}?prefix={prefix}"
+    keys = list(client.scan_iter(f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
+    if request.param == "sqlite":
+        return "sqlite://:memory:"
+    return str(request.getfixturevalue("redis_url"))
+
+
+def make_settings(store_url: str, plugin_addresses: tuple[str, ...], **overrides: object) -> Settings:
+    limits = overrides.pop("limits", Limits())
+    return Settings(listen="127.0.0.1:0", store_url=store_url, plugins=plugin_addresses, lease_seconds=3.0,
+                    shutdown_grace=1.0, limits=limits, replica_id=f"test-{uuid.uuid4().hex[:6]}", **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def server(plugins: dict[str, PluginProc]) -> AsyncIterator[RunningServer]:
+    """An orchestrator on the embedded store with both bundled plugins registered."""
+    running = await start_server(make_settings("sqlite://:memory:", tuple(p.address for p in plugins.values())))
+    yield running
+    await running.stop(0.5)
+
+
+@dataclass
+class Client:
+    channel: grpc.aio.Channel
+    tasks: task_pb2_grpc.TaskServiceStub
+    workflows: workflow_pb2_grpc.WorkflowServiceStub
+    registry: registry_pb2_grpc.ProtocolRegistryStub
+
+
+@pytest.fixture
+async def client(server: RunningServer) -> AsyncIterator[Client]:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        yield Client(channel, task_pb2_grpc.TaskServiceStub(channel), workflow_pb2_grpc.WorkflowServiceStub(channel),
+                     registry_pb2_grpc.ProtocolRegistryStub(channel))
+
+
+@pytest.fixture
+async def testkit(plugins: dict[str, PluginProc]) -> AsyncIterator[protocol_pb2_grpc.ProtocolServiceStub]:
+    """A direct channel to the testkit plugin, to read and reset what it observed."""
+    async with grpc.aio.insecure_channel(plugins["testkit"].address) as channel:
+        stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
+        await stub.Execute(protocol_pb2.ExecuteRequest(protocol="stats", input={"reset": True}))
+        yield stub

@@ -1,0 +1,95 @@
+"""Helpers for tests: build workflows from dicts, run tasks to the end, read error details."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2
+
+from mcp_server.engine.values import struct_to_dict
+from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, task_pb2, workflow_pb2
+
+TERMINAL = {task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED}
+
+
+def workflow(workflow_id: str, root: dict[str, Any], **extra: Any) -> workflow_pb2.Workflow:
+    return json_format.ParseDict({"workflow_id": workflow_id, "root": root, **extra}, workflow_pb2.Workflow())
+
+
+def step(node_id: str, protocol: str, input_expr: str = "", **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"protocol": protocol, **extra}
+    if input_expr:
+        body["input"] = input_expr
+    return {"id": node_id, "step": body}
+
+
+async def create(client: Any, wf: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
+    reply = await client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=wf))
+    return reply.workflow
+
+
+async def submit(client: Any, workflow_id: str, data: dict[str, Any] | None = None, **kwargs: Any) -> task_pb2.Task:
+    request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, **kwargs)
+    if data:
+        request.input_data.update(data)
+    return (await client.tasks.SubmitTask(request)).task
+
+
+async def wait_done(client: Any, task_id: str, timeout: float = 30.0) -> task_pb2.Task:
+    """Follow the task's events until its terminal event, then return the task."""
+    async with asyncio.timeout(timeout):
+        async for _ in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+            pass
+    task = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))).task
+    assert task.status in TERMINAL, task
+    return task
+
+
+async def run(client: Any, wf: workflow_pb2.Workflow, data: dict[str, Any] | None = None, timeout: float = 30.0) -> task_pb2.Task:
+    await create(client, wf)
+    task = await submit(client, wf.workflow_id, data)
+    return await wait_done(client, task.task_id, timeout)
+
+
+async def events(client: Any, task_id: str, after: int = 0) -> list[task_pb2.TaskEvent]:
+    return [e async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after))]
+
+
+def result(task: task_pb2.Task) -> Any:
+    return json_format.MessageToDict(task.result)
+
+
+def step_states(task: task_pb2.Task) -> dict[str, task_pb2.StepState]:
+    return {s.path: s for s in task.steps}
+
+
+def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The BadRequest field violations carried in an error's google.rpc.Status details."""
+    found: dict[str, str] = {}
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    found.update({v.field: v.description for v in bad.field_violations})
+    return found
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    return info.reason
+    return ""
+
+
+async def plugin_stats(testkit: protocol_pb2_grpc.ProtocolServiceStub) -> dict[str, Any]:
+    reply = await testkit.Execute(protocol_pb2.ExecuteRequest(protocol="stats"))
+    return struct_to_dict(reply.output)

@@ -1,0 +1,160 @@
+"""TaskService over real gRPC: submit, get, list, cancel, watch, and their errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from mcp_server.proto import task_pb2
+from tests.helpers import create, error_reason, events, result, step, step_states, submit, violations, wait_done, workflow
+
+pytestmark = pytest.mark.asyncio
+E = task_pb2.TaskEventType
+
+
+async def test_a_sequence_passes_each_output_to_the_next_step_and_records_every_step(client):
+    wf = workflow("seq", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append"), step("c", "append")]}})
+    await create(client, wf)
+    task = await wait_done(client, (await submit(client, "seq", {"text": ">"})).task_id)
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED
+    assert result(task)["text"] == ">abc"
+    assert result(task)["trail"] == ["root/a", "root/b", "root/c"]
+    states = step_states(task)
+    assert [p for p in states] == ["root", "root/a", "root/b", "root/c"]
+    assert all(s.status == task_pb2.STEP_STATUS_COMPLETED for s in states.values())
+    assert states["root/b"].protocol == "append" and states["root/b"].attempts == 1
+    assert states["root/b"].output.struct_value.fields["text"].string_value == ">ab"
+    assert task.start_time.seconds and task.end_time.seconds and task.workflow_version == 1
+
+
+async def test_watch_replays_a_gapless_log_and_ends_after_the_terminal_event(client):
+    await create(client, workflow("w", {"id": "root", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}}))
+    task = await submit(client, "w", {"x": 1})
+    log = await events(client, task.task_id)
+    assert [e.sequence for e in log] == list(range(1, len(log) + 1))
+    assert log[0].type == E.TASK_EVENT_TYPE_QUEUED and log[-1].type == E.TASK_EVENT_TYPE_COMPLETED
+    assert [e.step_path for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED] == ["root/a", "root/b", "root"]
+    tail = await events(client, task.task_id, after=3)
+    assert [e.sequence for e in tail] == list(range(4, len(log) + 1))
+    past_end = await events(client, task.task_id, after=len(log) + 50)
+    assert past_end == []
+
+
+async def test_watch_past_the_end_of_a_running_task_waits_for_new_events(client):
+    await create(client, workflow("slow", step("nap", "sleep", "{'ms': 400}")))
+    task = await submit(client, "slow")
+    await asyncio.sleep(0.15)
+    current = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.last_sequence
+    later = await events(client, task.task_id, after=current)
+    assert later and later[0].sequence == current + 1
+    assert later[-1].type == E.TASK_EVENT_TYPE_COMPLETED
+
+
+async def test_several_watchers_see_the_same_events_live(client):
+    await create(client, workflow("multi", {"id": "r", "sequence": {"children": [step("a", "sleep", "{'ms': 100}"), step("b", "echo")]}}))
+    task = await submit(client, "multi")
+    logs = await asyncio.gather(*(events(client, task.task_id) for _ in range(5)))
+    assert all([e.sequence for e in log] == [e.sequence for e in logs[0]] for log in logs)
+
+
+async def test_same_request_id_returns_the_same_task(client):
+    await create(client, workflow("idem", step("s", "echo")))
+    first = await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="idem", request_id="req-1"))
+    again = await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="idem", request_id="req-1"))
+    other = await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="idem", request_id="req-2"))
+    assert first.created and not again.created and other.created
+    assert again.task.task_id == first.task.task_id != other.task.task_id
+    listed = await client.tasks.ListTasks(task_pb2.ListTasksRequest(workflow_id="idem"))
+    assert len(listed.tasks) == 2
+
+
+async def test_list_filters_by_status_and_workflow_and_pages_newest_first(client):
+    await create(client, workflow("ok", step("s", "echo")))
+    await create(client, workflow("bad", step("s", "fail", "{'code': 'INVALID_ARGUMENT'}")))
+    ok_ids = [(await submit(client, "ok")).task_id for _ in range(5)]
+    bad_id = (await submit(client, "bad")).task_id
+    for task_id in [*ok_ids, bad_id]:
+        await wait_done(client, task_id)
+    failed = await client.tasks.ListTasks(task_pb2.ListTasksRequest(statuses=[task_pb2.TASK_STATUS_FAILED]))
+    assert [t.task_id for t in failed.tasks] == [bad_id]
+    seen, token = [], ""
+    while True:
+        page = await client.tasks.ListTasks(task_pb2.ListTasksRequest(workflow_id="ok", page_size=2, page_token=token))
+        seen += [t.task_id for t in page.tasks]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ok_ids))
+
+
+async def test_cancel_stops_a_running_task_and_a_second_cancel_is_harmless(client, testkit):
+    await create(client, workflow("long", step("nap", "sleep", "{'ms': 10000}")))
+    task = await submit(client, "long")
+    await asyncio.sleep(0.3)
+    cancelled = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="changed my mind"))).task
+    assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED
+    again = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))).task
+    assert again.status == task_pb2.TASK_STATUS_CANCELLED
+    log = await events(client, task.task_id)
+    assert log[-1].type == E.TASK_EVENT_TYPE_CANCELLED and "changed my mind" in log[-1].message
+    from tests.helpers import plugin_stats
+    for _ in range(50):
+        if (await plugin_stats(testkit))["cancelled"] >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (await plugin_stats(testkit))["cancelled"] == 1
+
+
+async def test_cancel_of_a_finished_task_is_failed_precondition(client):
+    await create(client, workflow("quick", step("s", "echo")))
+    task = await wait_done(client, (await submit(client, "quick")).task_id)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(err.value) == "TASK_FINISHED"
+
+
+async def test_unknown_workflow_and_unknown_task_are_not_found(client):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(client, "never-created")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_reason(err.value) == "WORKFLOW_NOT_FOUND"
+    for call in (client.tasks.GetTask(task_pb2.GetTaskRequest(task_id="nope")),
+                 client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id="nope"))):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await events(client, "nope")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_input_over_the_size_limit_is_rejected_naming_the_field(client):
+    await create(client, workflow("big", step("s", "echo")))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await submit(client, "big", {"blob": "x" * (1024 * 1024 + 10)})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input_data" in violations(err.value)
+
+
+async def test_empty_required_fields_are_invalid_argument(client):
+    for call, field in ((client.tasks.SubmitTask(task_pb2.SubmitTaskRequest()), "workflow_id"),
+                        (client.tasks.GetTask(task_pb2.GetTaskRequest()), "task_id"),
+                        (client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=-1)), "page_size")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in violations(err.value)
+
+
+async def test_higher_priority_runs_first(server, client):
+    await create(client, workflow("prio", step("s", "echo")))
+    await server.orchestrator.dispatcher.stop(0)  # hold the queue while we fill it
+    low = [await submit(client, "prio", priority=1) for _ in range(3)]
+    high = await submit(client, "prio", priority=9)
+    server.orchestrator.dispatcher.start()
+    done = [await wait_done(client, t.task_id) for t in [*low, high]]
+    order = sorted(done, key=lambda t: t.start_time.ToNanoseconds())
+    assert order[0].task_id == high.task_id
+    assert [t.task_id for t in order[1:]] == [t.task_id for t in low]

@@ -19,6 +19,7 @@ class PluginProcess:
     module: str
     process: asyncio.subprocess.Process
     address: str
+    drain: asyncio.Future[None] | None = None  # keeps reading stdout so the pipe never fills
 
     async def stop(self, grace: float = 3.0) -> None:
         if self.process.returncode is None:
@@ -41,8 +42,7 @@ async def start_plugin(module: str, listen: str = "127.0.0.1:0", timeout: float 
             while line := (await process.stdout.readline()).decode():
                 if line.startswith(READY_LINE):
                     address = line.split()[1]
-                    asyncio.ensure_future(_drain(process.stdout))
-                    return PluginProcess(module, process, address)
+                    return PluginProcess(module, process, address, asyncio.ensure_future(_drain(process.stdout)))
     except TimeoutError:
         pass
     with contextlib.suppress(ProcessLookupError):

@@ -37,8 +37,12 @@ INTENSIFIERS = {"very": 1.5, "really": 1.4, "extremely": 1.8, "so": 1.3, "quite"
 WORD = re.compile(r"[A-Za-z']+")
 SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "prof", "st", "vs", "etc", "e.g", "i.e", "inc", "corp", "ltd", "jr", "sr", "no"}
-STOPWORDS = set("a an the and or but if of to in on at by for with from is are was were be been it this that as "
-                "i you he she we they them his her its our their my your not no so do does did has have had".split())
+STOPWORDS = {
+    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from",
+    "is", "are", "was", "were", "be", "been", "it", "this", "that", "as", "i", "you", "he", "she", "we",
+    "they", "them", "his", "her", "its", "our", "their", "my", "your", "not", "no", "so", "do", "does",
+    "did", "has", "have", "had",
+}
 
 
 def _text(data: dict[str, Any]) -> str:

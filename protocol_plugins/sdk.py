@@ -123,13 +123,13 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         self.protocols: dict[str, _Registered] = {}
 
     def protocol(self, name: str, *, description: str = "", version: str = "1.0.0",
-                 type: int = protocol_pb2.PROTOCOL_TYPE_TRANSFORM, max_concurrency: int = 0,
+                 type: protocol_pb2.ProtocolType = protocol_pb2.PROTOCOL_TYPE_TRANSFORM, max_concurrency: int = 0,
                  dependencies: tuple[str, ...] = (), input_schema: dict[str, Any] | None = None,
                  output_schema: dict[str, Any] | None = None) -> Callable[[Handler], Handler]:
         """Register the decorated function as protocol `name`."""
         def register(handler: Handler) -> Handler:
             manifest = protocol_pb2.ProtocolManifest(
-                name=name, version=version, type=type,  # type: ignore[arg-type]
+                name=name, version=version, type=type,
                 description=description or (inspect.getdoc(handler) or "").split("\n")[0],
                 dependencies=list(dependencies), max_concurrency=max_concurrency)
             if input_schema:
@@ -147,7 +147,7 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
     async def Execute(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> protocol_pb2.ExecuteResponse:
         return await self._run(request, context, Context(request, context))
 
-    async def ExecuteStream(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[protocol_pb2.ExecuteStreamResponse]:  # type: ignore[override]
+    async def ExecuteStream(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[protocol_pb2.ExecuteStreamResponse]:
         queue: asyncio.Queue[protocol_pb2.Progress] = asyncio.Queue()
         work = asyncio.ensure_future(self._run(request, context, Context(request, context, queue)))
         try:

@@ -106,7 +106,8 @@ async def threshold_supervisor(data: dict[str, Any], ctx: Context) -> Reply:
     children: dict[str, Any] = data.get("children", {})
     weak = sorted(cid for cid, out in children.items() if not isinstance(out, dict) or float(out.get("score", 0)) < threshold)
     if not weak:
-        return accept(None, round=data.get("round"))
+        lowest = min((float(out.get("score", 0)) for out in children.values()), default=1.0)
+        return accept({"score": lowest, "round": data.get("round"), "outputs": children})
     return retry(f"raise the score above {threshold}", children=weak)
 
 
@@ -120,7 +121,7 @@ async def silent_supervisor(data: dict[str, Any], ctx: Context) -> dict[str, Any
 @plugin.protocol("route", description="Names the next state: `next` from the input or output", type=T.PROTOCOL_TYPE_ROUTER)
 async def route(data: dict[str, Any], ctx: Context) -> Reply:
     stats.record("route", ctx)
-    output = data.get("output") if isinstance(data.get("output"), dict) else data
+    output: dict[str, Any] = data["output"] if isinstance(data.get("output"), dict) else data
     return goto(str(output.get("next", data.get("next", ""))), routed=True)
 
 

@@ -18,10 +18,12 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
     async def RegisterProtocol(self, request: registry_pb2.RegisterProtocolRequest, context: grpc.aio.ServicerContext) -> registry_pb2.RegisterProtocolResponse:
         ttl = request.ttl.ToTimedelta().total_seconds()
         if ttl < 0:
-            raise InvalidArgument("ttl must not be negative", violations=[FieldViolation("ttl", "must be zero (no expiry) or positive")])
+            raise InvalidArgument("ttl must not be negative",
+                                  violations=[FieldViolation("ttl", "must be zero (no expiry) or positive")])
         return registry_pb2.RegisterProtocolResponse(protocols=await self.directory.register(request.address, ttl))
 
-    async def DeregisterProtocol(self, request: registry_pb2.DeregisterProtocolRequest, context: grpc.aio.ServicerContext) -> registry_pb2.DeregisterProtocolResponse:
+    async def DeregisterProtocol(self, request: registry_pb2.DeregisterProtocolRequest,
+                                 context: grpc.aio.ServicerContext) -> registry_pb2.DeregisterProtocolResponse:
         if not (request.name or request.address):
             raise InvalidArgument("name or address is required", violations=[FieldViolation("target", "set name or address")])
         return registry_pb2.DeregisterProtocolResponse(removed=await self.directory.deregister(request.name, request.address))

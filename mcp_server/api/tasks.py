@@ -28,6 +28,6 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     async def CancelTask(self, request: task_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.CancelTaskResponse:
         return task_pb2.CancelTaskResponse(task=await self.orchestrator.cancel_task(request.task_id, request.reason))
 
-    async def WatchTask(self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.TaskEvent]:  # type: ignore[override]
+    async def WatchTask(self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.TaskEvent]:
         async for event in self.orchestrator.watch_task(request.task_id, request.after_sequence):
             yield event

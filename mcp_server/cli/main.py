@@ -103,7 +103,7 @@ async def run(args: argparse.Namespace) -> int:
         task = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=args.id))).task
         out(render.to_json(task)) if out else render.task_summary(task)
     elif cmd == ("task", "list"):
-        statuses = [task_pb2.TaskStatus.Value(f"TASK_STATUS_{s.upper()}") for s in args.status]
+        statuses = [task_pb2.TaskStatus.Name(task_pb2.TaskStatus.Value(f"TASK_STATUS_{s.upper()}")) for s in args.status]
         reply = await client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=args.page_size, statuses=statuses, workflow_id=args.workflow or ""))
         out(render.to_json(reply)) if out else render.task_rows(list(reply.tasks))
     elif cmd == ("task", "cancel"):
@@ -124,7 +124,9 @@ async def run(args: argparse.Namespace) -> int:
 def _print_protocols(value: dict[str, Any]) -> None:
     for entry in value.get("protocols", []):
         manifest = entry["manifest"]
-        print(f"{manifest['name']:<24}{entry['address']:<22}{entry.get('health', '')[13:]:<12}{entry.get('breaker', '')[14:]:<10}{manifest.get('description', '')}")
+        health = entry.get("health", "").removeprefix("HEALTH_STATE_")
+        breaker = entry.get("breaker", "").removeprefix("BREAKER_STATE_")
+        print(f"{manifest['name']:<24}{entry['address']:<22}{health:<12}{breaker:<10}{manifest.get('description', '')}")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -36,7 +36,8 @@ def event_line(event: task_pb2.TaskEvent) -> None:
     where = f" {event.step_path}" if event.step_path else ""
     protocol = escape(f" [{event.protocol}]") if event.protocol else ""
     attempt = f" #{event.attempt}" if event.attempt > 1 else ""
-    console.print(f"[dim]{event.sequence:>4} {when}[/dim] [{style}]{kind:<20}[/{style}]{escape(where)}{protocol}{attempt} [dim]{escape(event.message)}[/dim]", soft_wrap=True)
+    console.print(f"[dim]{event.sequence:>4} {when}[/dim] [{style}]{kind:<20}[/{style}]{escape(where)}{protocol}{attempt} "
+                  f"[dim]{escape(event.message)}[/dim]", soft_wrap=True)
 
 
 def task_summary(task: task_pb2.Task) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from google.protobuf import duration_pb2
+from grpc import StatusCode
 
 from mcp_server.engine.cel import Expression, ExpressionError, compile_expression
 from mcp_server.engine.plan import (
@@ -35,16 +36,12 @@ from mcp_server.settings import Limits
 
 WORKFLOW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-GRPC_CODES = frozenset(
-    "OK CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND ALREADY_EXISTS "
-    "PERMISSION_DENIED RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE "
-    "UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED".split()
-)
+GRPC_CODES = frozenset(code.name for code in StatusCode)
 # Retrying these can never help: the same request would fail the same way.
-NEVER_RETRYABLE = frozenset(
-    {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-     "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNIMPLEMENTED", "UNAUTHENTICATED", "CANCELLED"}
-)
+NEVER_RETRYABLE = frozenset({
+    "OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+    "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNIMPLEMENTED", "UNAUTHENTICATED", "CANCELLED",
+})
 MAX_DURATION_SECONDS = 7 * 24 * 3600
 MAX_BACKOFF_SECONDS = 3600
 MAX_ATTEMPTS = 100

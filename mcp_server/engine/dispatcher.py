@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass, field
 
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.runner import TaskRunner
 from mcp_server.engine.ports import Store
+from mcp_server.engine.runner import TaskRunner
 from mcp_server.errors import LeaseLost, McpError, Unavailable
 from mcp_server.proto import task_pb2
 from mcp_server.settings import Settings
@@ -65,10 +65,6 @@ class Dispatcher:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(running.task)
         return True
-
-    async def wait_idle(self) -> None:
-        while self._running:
-            await asyncio.sleep(0.01)
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; give running tasks `grace` seconds, then leave the rest to be resumed."""

@@ -28,7 +28,7 @@ async def join_branches(
         async with semaphore:
             return await branch()
 
-    tasks = {asyncio.ensure_future(bounded(b)): i for i, b in enumerate(branches)}
+    tasks: dict[asyncio.Future[NodeResult], int] = {asyncio.ensure_future(bounded(b)): i for i, b in enumerate(branches)}
     pending: set[asyncio.Future[NodeResult]] = set(tasks)
     results: dict[int, NodeResult] = {}
     failures: dict[int, NodeFailed] = {}

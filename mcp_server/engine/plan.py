@@ -8,7 +8,6 @@ look at the workflow definition again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from mcp_server.engine.cel import Expression
 
@@ -126,7 +125,7 @@ class AdaptivePlan:
     kind: str = "adaptive"
 
 
-PlanNode = Union[StepPlan, SequencePlan, ParallelPlan, MapPlan, SupervisePlan, AdaptivePlan]
+PlanNode = StepPlan | SequencePlan | ParallelPlan | MapPlan | SupervisePlan | AdaptivePlan
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mcp_server.proto import protocol_pb2, task_pb2, workflow_pb2, registry_pb2
+from mcp_server.proto import protocol_pb2, registry_pb2, task_pb2, workflow_pb2
 
 
 @dataclass(frozen=True)

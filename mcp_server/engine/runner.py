@@ -77,7 +77,7 @@ class TaskRunner:
         task.status = status  # type: ignore[assignment]
         task.end_time.CopyFrom(now())
         if code != "OK":
-            task.error.CopyFrom(status_pb2.Status(code=code_pb2.Code.Value(code) if code in code_pb2.Code.keys() else code_pb2.UNKNOWN,
+            task.error.CopyFrom(status_pb2.Status(code=code_pb2.Code.Value(code) if code in code_pb2.Code else code_pb2.UNKNOWN,
                                                   message=message))
         data: dict[str, Any] = {"code": code}
         ctx.emit(event, message=message, data=data)

@@ -45,7 +45,8 @@ async def run_supervise(node: SupervisePlan, path: str, value: Any, ctx: RunCont
             output = struct_to_dict(decision.output) if decision.HasField("output") else dict(outputs)
             return NodeResult(output)
         if verdict == "fail":
-            raise NodeFailed("ABORTED", f"supervise {node.id}: supervisor {node.supervisor} failed round {round_number}: {decision.reason or 'no reason given'}")
+            reason = decision.reason or "no reason given"
+            raise NodeFailed("ABORTED", f"supervise {node.id}: supervisor {node.supervisor} failed round {round_number}: {reason}")
         to_run, feedback = _retry_targets(node, decision)
         history.append({"round": round_number, "feedback": decision.feedback, "children": dict(decision.child_feedback),
                         "retry": [c.id for c in to_run]})

@@ -8,7 +8,7 @@ CallResult or a ProtocolCallError. The engine decides about retries and fallback
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pybreaker
@@ -73,13 +73,12 @@ class GrpcProtocolCaller:
         stub = protocol_pb2_grpc.ProtocolServiceStub(self.channels.get(address))
         try:
             if on_progress is None:
-                response: protocol_pb2.ExecuteResponse = await stub.Execute(request, timeout=timeout)
-                return response
+                return cast(protocol_pb2.ExecuteResponse, await stub.Execute(request, timeout=timeout))
             async for message in stub.ExecuteStream(request, timeout=timeout):
                 if message.HasField("progress"):
                     await on_progress(message.progress)
                 elif message.HasField("result"):
-                    return message.result
+                    return cast(protocol_pb2.ExecuteResponse, message.result)
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
             if exc.code() == grpc.StatusCode.INTERNAL and "parse" in details.lower():

@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError, TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mcp_server.engine.context import now
 from mcp_server.errors import LeaseLost, Unavailable
@@ -226,11 +227,11 @@ class RedisStore:
                     await self._do(pipe.watch(key, self.p + "queue"))
                     data, status, member = await self._do(pipe.hmget(key, "data", "status", "member"))
                     if data is None or int(status) != task_pb2.TASK_STATUS_PENDING or await self._do(pipe.zscore(self.p + "queue", member)) is None:
-                        await pipe.reset()
+                        await pipe.reset()  # type: ignore[no-untyped-call]
                         return None
                     task = task_pb2.Task.FromString(data)
                     numbered = mark_cancelled(task, event)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.hset(key, mapping={"data": task.SerializeToString(), "status": task.status})
                     pipe.zrem(self.p + "queue", member)
                     pipe.xadd(f"{self.p}ev:{task_id}", {"e": numbered.SerializeToString()}, id=f"0-{numbered.sequence}")

@@ -134,7 +134,8 @@ class SqliteStore:
 
     async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str) -> tuple[list[task_pb2.Task], str]:
         before = int(decode_token(page_token) or 2**62)
-        sql, args = "SELECT seq, data FROM tasks WHERE seq < ?", [before]
+        sql = "SELECT seq, data FROM tasks WHERE seq < ?"
+        args: list[object] = [before]
         if statuses:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args += list(statuses)

@@ -138,7 +138,7 @@ class RunContext:
     def fail(self, path: str, code: str, message: str, *, cancelled: bool = False) -> None:
         state = self._states[path]
         state.status = task_pb2.STEP_STATUS_CANCELLED if cancelled else task_pb2.STEP_STATUS_FAILED
-        state.error.CopyFrom(status_pb2.Status(code=_code_number(code), message=message))
+        state.error.CopyFrom(status_pb2.Status(code=code_number(code), message=message))
         state.end_time.CopyFrom(now())
         if not cancelled:
             self.emit(E.TASK_EVENT_TYPE_STEP_FAILED, step_path=path, protocol=state.protocol,
@@ -152,7 +152,8 @@ class RunContext:
         return {"input": self.task_input, "prev": prev, "steps": self.outputs_by_id, **scope}
 
 
-def _code_number(code: str) -> int:
+def code_number(code: str) -> int:
+    """The google.rpc.Code number of a status code name; UNKNOWN for a name that is not one."""
     try:
         return int(code_pb2.Code.Value(code))
     except ValueError:

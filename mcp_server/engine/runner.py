@@ -11,9 +11,9 @@ import asyncio
 import logging
 from typing import Any
 
-from google.rpc import code_pb2, status_pb2
+from google.rpc import status_pb2
 
-from mcp_server.engine.context import E, NodeFailed, RunContext, now
+from mcp_server.engine.context import E, NodeFailed, RunContext, code_number, now
 from mcp_server.engine.executor import execute, load_node_runners
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.ports import ProtocolCaller, Store
@@ -68,6 +68,9 @@ class TaskRunner:
         except LeaseLost:
             log.warning("task %s: lease %d lost; another replica owns it now", task.task_id, lease_token)
             raise
+        except Exception as exc:  # a bug must fail its task, never leave it RUNNING forever
+            log.exception("task %s: internal error", task.task_id)
+            self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}")
         await ctx.checkpoint()
         return task
 
@@ -77,7 +80,6 @@ class TaskRunner:
         task.status = status  # type: ignore[assignment]
         task.end_time.CopyFrom(now())
         if code != "OK":
-            task.error.CopyFrom(status_pb2.Status(code=code_pb2.Code.Value(code) if code in code_pb2.Code else code_pb2.UNKNOWN,
-                                                  message=message))
+            task.error.CopyFrom(status_pb2.Status(code=code_number(code), message=message))
         data: dict[str, Any] = {"code": code}
         ctx.emit(event, message=message, data=data)

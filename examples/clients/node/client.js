@@ -1,0 +1,66 @@
+// A Node.js client of the mCP orchestrator: submit a task, watch it live, print a JSON summary.
+// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON]
+'use strict';
+const path = require('path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const PROTOS = path.resolve(__dirname, '../../../protos');
+const definition = protoLoader.loadSync(['mcp/v1/task.proto'], {
+  includeDirs: [PROTOS], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
+});
+const mcp = grpc.loadPackageDefinition(definition).mcp.v1;
+
+// google.protobuf.Struct <-> plain JSON (protobufjs names the well-known types' fields in camelCase)
+function toValue(v) {
+  if (v === null || v === undefined) return { nullValue: 'NULL_VALUE' };
+  if (typeof v === 'number') return { numberValue: v };
+  if (typeof v === 'string') return { stringValue: v };
+  if (typeof v === 'boolean') return { boolValue: v };
+  if (Array.isArray(v)) return { listValue: { values: v.map(toValue) } };
+  return { structValue: toStruct(v) };
+}
+function toStruct(obj) {
+  const fields = {};
+  for (const [k, v] of Object.entries(obj)) fields[k] = toValue(v);
+  return { fields };
+}
+function fromValue(v) {
+  if (!v || !v.kind) return null;
+  switch (v.kind) {
+    case 'structValue': return fromStruct(v.structValue);
+    case 'listValue': return (v.listValue.values || []).map(fromValue);
+    case 'nullValue': return null;
+    default: return v[v.kind];
+  }
+}
+function fromStruct(s) {
+  const out = {};
+  for (const [k, v] of Object.entries((s && s.fields) || {})) out[k] = fromValue(v);
+  return out;
+}
+
+async function main() {
+  const [address, workflowId, inputJson] = process.argv.slice(2);
+  const tasks = new mcp.TaskService(address, grpc.credentials.createInsecure());
+  const submit = (req) => new Promise((resolve, reject) => tasks.SubmitTask(req, (err, res) => (err ? reject(err) : resolve(res))));
+  const get = (req) => new Promise((resolve, reject) => tasks.GetTask(req, (err, res) => (err ? reject(err) : resolve(res))));
+
+  const input = JSON.parse(inputJson || '{}');
+  const { task } = await submit({ workflow_id: workflowId, input_data: toStruct(input), request_id: `node-${Date.now()}` });
+  const events = [];
+  await new Promise((resolve, reject) => {
+    const stream = tasks.WatchTask({ task_id: task.task_id, after_sequence: 0 });
+    stream.on('data', (event) => {
+      events.push({ sequence: event.sequence, type: event.type, step_path: event.step_path });
+      process.stderr.write(`${event.sequence} ${event.type} ${event.step_path}\n`);
+    });
+    stream.on('end', resolve);
+    stream.on('error', reject);
+  });
+  const final = (await get({ task_id: task.task_id })).task;
+  console.log(JSON.stringify({ task_id: task.task_id, status: final.status, result: fromValue(final.result), events }));
+  tasks.close();
+}
+
+main().catch((err) => { console.error(`error: ${err.code} ${err.details || err.message}`); process.exit(1); });

@@ -1,0 +1,63 @@
+// A protocol plugin written in Node.js: serves mcp.v1.ProtocolService with one protocol,
+// `word_stats`, which counts the words of `text` and reverses their order.
+// usage: node plugin.js [HOST:PORT]   (prints "MCP_PLUGIN_LISTENING host:port" when ready)
+'use strict';
+const path = require('path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const PROTOS = path.resolve(__dirname, '../../../protos');
+const definition = protoLoader.loadSync(['mcp/v1/protocol.proto'], {
+  includeDirs: [PROTOS], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
+});
+const mcp = grpc.loadPackageDefinition(definition).mcp.v1;
+
+const str = (s) => ({ stringValue: s });
+const num = (n) => ({ numberValue: n });
+
+function wordStats(input) {
+  const textValue = input.fields && input.fields.text;
+  if (!textValue || textValue.kind !== 'stringValue') {
+    const err = new Error('word_stats needs a string field `text`');
+    err.code = grpc.status.INVALID_ARGUMENT;
+    throw err;
+  }
+  const words = textValue.stringValue.split(/\s+/).filter(Boolean);
+  return { fields: { words: num(words.length), reversed: str(words.reverse().join(' ')), by: str('node') } };
+}
+
+const service = {
+  Describe(call, callback) {
+    callback(null, { protocols: [{ name: 'word_stats', version: '1.0.0', type: 'PROTOCOL_TYPE_ANALYSIS',
+      description: 'Counts words and reverses their order (a plugin written in Node.js)', max_concurrency: 0 }] });
+  },
+  Execute(call, callback) {
+    if (call.request.protocol !== 'word_stats') {
+      callback({ code: grpc.status.NOT_FOUND, details: `no protocol ${call.request.protocol}` });
+      return;
+    }
+    try {
+      callback(null, { output: wordStats(call.request.input || {}) });
+    } catch (err) {
+      callback({ code: err.code || grpc.status.INTERNAL, details: err.message });
+    }
+  },
+  ExecuteStream(call) {
+    try {
+      call.write({ progress: { fraction: 0.5, message: 'counting' } });
+      call.write({ result: { output: wordStats(call.request.input || {}) } });
+      call.end();
+    } catch (err) {
+      call.destroy({ code: err.code || grpc.status.INTERNAL, details: err.message });
+    }
+  },
+};
+
+const server = new grpc.Server();
+server.addService(mcp.ProtocolService.service, service);
+const address = process.argv[2] || '127.0.0.1:0';
+server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
+  if (err) { console.error(err.message); process.exit(1); }
+  console.log(`MCP_PLUGIN_LISTENING ${address.replace(/:\d+$/, '')}:${port}`);
+});
+process.on('SIGTERM', () => server.tryShutdown(() => process.exit(0)));

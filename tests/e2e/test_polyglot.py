@@ -1,0 +1,56 @@
+"""Polyglot: a Node.js client submits and watches a task; a Node.js plugin serves a step."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mcp_server.proto import registry_pb2, task_pb2
+from tests.helpers import create, result, run, step, workflow
+
+pytestmark = pytest.mark.asyncio
+ROOT = Path(__file__).resolve().parents[2]
+NODE = shutil.which("node")
+
+
+@pytest.fixture(scope="module")
+def node_plugin():
+    assert NODE, "node is required for the polyglot tests"
+    process = subprocess.Popen([NODE, str(ROOT / "examples/plugins/node/plugin.js")], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("MCP_PLUGIN_LISTENING"), line
+    yield line.split()[1]
+    process.terminate()
+    process.wait(timeout=10)
+
+
+async def test_node_client_submits_a_task_and_watches_it_to_the_end(server, client):
+    await create(client, workflow("for-node", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
+    proc = await asyncio.create_subprocess_exec(NODE, str(ROOT / "examples/clients/node/client.js"), server.address, "for-node",
+                                                json.dumps({"text": "js:"}), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["status"] == "TASK_STATUS_COMPLETED"
+    assert summary["result"]["text"] == "js:ab"
+    sequences = [e["sequence"] for e in summary["events"]]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert summary["events"][-1]["type"] == "TASK_EVENT_TYPE_COMPLETED"
+
+
+async def test_a_plugin_written_in_node_runs_a_step(server, client, node_plugin):
+    reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=node_plugin))
+    assert [p.manifest.name for p in reply.protocols] == ["word_stats"]
+    wf = workflow("node-step", {"id": "root", "sequence": {"children": [
+        step("count", "word_stats"), step("again", "word_stats", "{'text': prev.reversed}", stream=True)]}})
+    task = await run(client, wf, {"text": "one two three"})
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    assert result(task) == {"words": 3, "reversed": "one two three", "by": "node"}
+    bad = await run(client, workflow("node-bad", step("count", "word_stats")), {"nope": 1})
+    assert bad.status == task_pb2.TASK_STATUS_FAILED and "INVALID_ARGUMENT" in bad.error.message

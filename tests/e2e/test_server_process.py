@@ -1,0 +1,98 @@
+"""The server as users run it (`python -m mcp_server --bundled-plugins`) and the `mcp` CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server_process(tmp_path_factory):
+    address = f"127.0.0.1:{free_port()}"
+    db = tmp_path_factory.mktemp("store") / "mcp.db"
+    process = subprocess.Popen([sys.executable, "-m", "mcp_server", "--bundled-plugins", "--listen", address, "--store", f"sqlite:///{db}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    for line in process.stdout:
+        if "listening on" in line or time.monotonic() > deadline:
+            break
+    yield address, process
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def mcp(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mcp_server.cli.main", "--server", address, *args],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_cli_applies_every_example_and_runs_the_showcase(server_process):
+    address, _ = server_process
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        applied = mcp(address, "workflow", "apply", str(example))
+        assert applied.returncode == 0, applied.stderr
+        assert "version" in applied.stdout
+    text = "Dr. Ada Lovelace works at Acme Corp in London. I am really happy with the results. The team was delighted."
+    watched = mcp(address, "task", "submit", "showcase", "--input", json.dumps({"text": text}), "--watch")
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "TRANSITION_TAKEN" in watched.stdout and "SUPERVISOR_DECISION" in watched.stdout
+    assert "COMPLETED" in watched.stdout
+    as_json = mcp(address, "--json", "task", "list", "--status", "completed")
+    tasks = json.loads(as_json.stdout)["tasks"]
+    assert tasks and tasks[0]["workflow_id"] == "showcase"
+    shown = json.loads(mcp(address, "--json", "task", "get", tasks[0]["task_id"]).stdout)
+    assert shown["status"] == "TASK_STATUS_COMPLETED" and len(shown["result"]) == 3  # one per entity found
+
+
+def test_cli_reports_field_violations_and_exits_non_zero(server_process, tmp_path):
+    address, _ = server_process
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workflow_id: bad\nroot:\n  id: r\n  sequence: {}\n")
+    out = mcp(address, "workflow", "apply", str(bad))
+    assert out.returncode == 1
+    assert "INVALID_ARGUMENT" in out.stderr and "workflow.root.sequence.children" in out.stderr
+    missing = mcp(address, "task", "get", "no-such-task")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+EXAMPLE_INPUTS = {
+    "sequence.yaml": ("text-pipeline", {"text": "The launch went well. Customers were delighted. Support had a calm week. Sales grew."}),
+    "parallel.yaml": ("analyse-all", {"text": "Grace Hopper works at Remington Rand. She was very happy."}),
+    "map.yaml": ("review-moods", {"reviews": ["I love it", "Terrible and broken", "It is fine"]}),
+    "supervise.yaml": ("supervised-draft", {"topic": "tea"}),
+    "adaptive.yaml": ("triage", {"text": "I am furious, the product is broken and awful."}),
+}
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLE_INPUTS))
+def test_every_example_runs_to_completion(server_process, example):
+    address, _ = server_process
+    workflow_id, data = EXAMPLE_INPUTS[example]
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / example)).returncode == 0
+    out = mcp(address, "--json", "task", "submit", workflow_id, "--input", json.dumps(data), "--watch")
+    assert out.returncode == 0, (workflow_id, out.stdout[-2000:], out.stderr)
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert events[-1]["type"] == "TASK_EVENT_TYPE_COMPLETED", (workflow_id, events[-1])
+
+
+def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
+    _, process = server_process
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0

@@ -1,0 +1,71 @@
+"""Property: any well-formed definition either completes or fails with a clear error; none hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mcp_server.proto import task_pb2
+from tests.helpers import create, submit, wait_done, workflow
+
+pytestmark = pytest.mark.asyncio
+_ids = itertools.count()
+
+LEAVES = [
+    ("echo", ""),
+    ("counter", "{'n': 1}"),
+    ("sleep", "{'ms': 5}"),
+    ("fail", "{'code': 'INVALID_ARGUMENT'}"),
+    ("fail", "{'code': 'UNAVAILABLE'}"),
+    ("flaky", "{'failures': 1}"),
+    ("echo", "{'v': input.missing}"),  # a CEL runtime error
+]
+
+
+def leaf() -> st.SearchStrategy[dict[str, Any]]:
+    def build(choice: tuple[str, str]) -> dict[str, Any]:
+        protocol, expr = choice
+        body: dict[str, Any] = {"protocol": protocol, "retry": {"max_attempts": 2, "initial_backoff": "0.001s"}}
+        if expr:
+            body["input"] = expr
+        return {"id": f"n{next(_ids)}", "step": body}
+    return st.sampled_from(LEAVES).map(build)
+
+
+def composite(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    many = st.lists(children, min_size=1, max_size=3)
+    return st.one_of(
+        many.map(lambda c: {"id": f"n{next(_ids)}", "sequence": {"children": c}}),
+        st.tuples(many, st.sampled_from(["JOIN_POLICY_ALL", "JOIN_POLICY_ANY"]), st.booleans()).map(
+            lambda t: {"id": f"n{next(_ids)}", "parallel": {"children": t[0], "join": t[1], "fail_fast": t[2]}}),
+        children.map(lambda body: {"id": f"n{next(_ids)}", "map": {"items": "[1, 2, 3]", "body": body, "max_concurrency": 2}}),
+        many.map(lambda c: {"id": f"n{next(_ids)}", "supervise": {"supervisor": "threshold_supervisor", "max_rounds": 2, "children": c}}),
+        st.tuples(children, children).map(lambda pair: {"id": f"n{next(_ids)}", "adaptive": {"max_transitions": 3, "states": [
+            {"name": "a", "node": pair[0], "transitions": [{"when": "size(steps) > 100", "to": "a"}, {"to": "b"}]},
+            {"name": "b", "node": pair[1], "terminal": True}]}}),
+    )
+
+
+definitions = st.recursive(leaf(), composite, max_leaves=8)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(root=definitions)
+async def test_random_well_formed_workflows_complete_or_fail_clearly(client, root):
+    wf = workflow(f"random-{uuid.uuid4().hex[:8]}", root)
+    await create(client, wf)
+    task = await submit(client, wf.workflow_id, {"n": 0})
+    finished = await asyncio.wait_for(wait_done(client, task.task_id, timeout=30), 35)
+    assert finished.status in (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED)
+    if finished.status == task_pb2.TASK_STATUS_FAILED:
+        assert finished.error.code != 0 and finished.error.message
+        assert "internal error" not in finished.error.message
+    else:
+        assert finished.HasField("result")
+    assert all(s.status != task_pb2.STEP_STATUS_RUNNING for s in finished.steps)

@@ -1,0 +1,99 @@
+"""Pure pieces of the engine: compiling definitions, CEL, values, backoff. No server needed."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import json_format
+
+from mcp_server.engine.cel import ExpressionError, compile_expression
+from mcp_server.engine.compiler import compile_workflow
+from mcp_server.engine.plan import AdaptivePlan, ParallelPlan, RetryPolicy, SequencePlan, StepPlan
+from mcp_server.engine.step import backoff
+from mcp_server.engine.values import as_object, normalize, python_to_value, value_to_python
+from mcp_server.errors import InvalidArgument
+from mcp_server.proto import workflow_pb2
+from mcp_server.settings import Limits
+
+
+def wf(root: dict, **extra: object) -> workflow_pb2.Workflow:
+    return json_format.ParseDict({"workflow_id": "w", "root": root, **extra}, workflow_pb2.Workflow())
+
+
+def test_compiles_defaults_into_every_step():
+    plan = compile_workflow(wf({"id": "r", "sequence": {"children": [{"step": {"protocol": "a"}}, {"step": {"protocol": "b", "timeout": "2s"}}]}},
+                               defaults={"retry": {"max_attempts": 5}, "step_timeout": "9s", "task_timeout": "60s"}), Limits())
+    assert isinstance(plan.root, SequencePlan)
+    first, second = plan.root.children
+    assert isinstance(first, StepPlan) and first.id == "a" and first.retry.max_attempts == 5 and first.timeout == 9.0
+    assert isinstance(second, StepPlan) and second.timeout == 2.0
+    assert plan.task_timeout == 60.0 and plan.node_count == 3 and plan.depth == 2
+
+
+def test_reports_every_violation_at_once():
+    with pytest.raises(InvalidArgument) as err:
+        compile_workflow(wf({"id": "r", "parallel": {"join": "JOIN_POLICY_QUORUM", "quorum": 5, "children": [
+            {"id": "x", "step": {"protocol": ""}}, {"id": "x", "step": {"protocol": "p", "input": "1 +"}}]}}), Limits())
+    fields = {v.field for v in err.value.violations}
+    assert fields == {"workflow.root.parallel.quorum", "workflow.root.parallel.children[0].step.protocol",
+                      "workflow.root.parallel.children[1].id", "workflow.root.parallel.children[1].step.input"}
+
+
+def test_unknown_protocols_are_checked_only_when_the_registry_is_given():
+    definition = wf({"step": {"protocol": "ghost"}})
+    assert compile_workflow(definition, Limits()).protocols == {"ghost"}
+    with pytest.raises(InvalidArgument):
+        compile_workflow(definition, Limits(), known_protocols={"real"})
+
+
+def test_adaptive_needs_a_terminal_state_and_known_targets():
+    states = [{"name": "a", "node": {"step": {"protocol": "p"}}, "transitions": [{"to": "a"}]}]
+    with pytest.raises(InvalidArgument) as err:
+        compile_workflow(wf({"id": "m", "adaptive": {"states": states}}), Limits())
+    assert any("terminal" in v.description for v in err.value.violations)
+    states.append({"name": "end", "terminal": True, "node": {"id": "e", "step": {"protocol": "p"}}})
+    plan = compile_workflow(wf({"id": "m", "adaptive": {"states": states}}), Limits())
+    assert isinstance(plan.root, AdaptivePlan) and plan.root.initial_state == "a" and plan.root.max_transitions == Limits().max_transitions
+
+
+def test_workflow_limits_may_only_tighten_server_limits():
+    with pytest.raises(InvalidArgument) as err:
+        compile_workflow(wf({"step": {"protocol": "p"}}, limits={"max_nodes": 10**6}), Limits())
+    assert err.value.violations[0].field == "workflow.limits.max_nodes"
+
+
+def test_expression_length_is_limited():
+    with pytest.raises(InvalidArgument) as err:
+        compile_workflow(wf({"step": {"protocol": "p", "input": "1 + " * 1000 + "1"}}), Limits(max_expression_length=100))
+    assert "limit is 100" in err.value.violations[0].description
+
+
+def test_parallel_join_sizes():
+    plan = compile_workflow(wf({"id": "r", "parallel": {"join": "JOIN_POLICY_ANY", "children": [{"step": {"protocol": "a"}}, {"step": {"protocol": "b"}}]}}), Limits())
+    assert isinstance(plan.root, ParallelPlan) and plan.root.required == 1
+
+
+def test_cel_sees_whole_json_numbers_as_ints():
+    assert compile_expression("input.count + 1").evaluate({"input": normalize({"count": 2.0})}) == 3
+    assert compile_expression("input.score >= 0.5").evaluate({"input": {"score": 0.75}}) is True
+    assert compile_expression("[1, 2, 3].map(x, x * 2)").evaluate({}) == [2, 4, 6]
+
+
+def test_cel_errors_name_the_expression():
+    with pytest.raises(ExpressionError, match="Syntax error"):
+        compile_expression("input.")
+    with pytest.raises(ExpressionError) as err:
+        compile_expression("input.a.b").evaluate({"input": {}})
+    assert "'a'" in str(err.value) and "input.a.b" in str(err.value)
+
+
+def test_values_round_trip_through_protobuf():
+    value = {"a": [1, 2.5, "x", None, True], "b": {"c": {}}}
+    assert value_to_python(python_to_value(value)) == value
+    assert as_object([1, 2]) == {"value": [1, 2]} and as_object(None) == {} and as_object({"k": 1}) == {"k": 1}
+
+
+def test_backoff_grows_by_the_multiplier_and_stops_at_the_maximum():
+    policy = RetryPolicy(initial_backoff=0.1, max_backoff=1.0, multiplier=2.0, jitter=0.0)
+    assert [round(backoff(policy, n), 3) for n in (1, 2, 3, 4, 5)] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    jittered = RetryPolicy(initial_backoff=1.0, jitter=0.5)
+    assert all(0.5 <= backoff(jittered, 1) <= 1.5 for _ in range(100))

@@ -68,7 +68,8 @@ def test_expression_length_is_limited():
 
 
 def test_parallel_join_sizes():
-    plan = compile_workflow(wf({"id": "r", "parallel": {"join": "JOIN_POLICY_ANY", "children": [{"step": {"protocol": "a"}}, {"step": {"protocol": "b"}}]}}), Limits())
+    children = [{"step": {"protocol": "a"}}, {"step": {"protocol": "b"}}]
+    plan = compile_workflow(wf({"id": "r", "parallel": {"join": "JOIN_POLICY_ANY", "children": children}}), Limits())
     assert isinstance(plan.root, ParallelPlan) and plan.root.required == 1
 
 

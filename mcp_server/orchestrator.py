@@ -38,9 +38,9 @@ class Orchestrator:
         self.settings = settings
         self.store = store
         self.channels = ChannelPool(settings.limits.max_message_bytes)
-        self.breakers = BreakerBoard(BreakerSettings())
+        self.breakers = BreakerBoard(BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_seconds), shared=store)
         self.directory = ProtocolDirectory(store, self.channels, self.breakers)
-        self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers)
+        self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, settings.concurrency_overrides())
         self.plans = PlanCache(store, settings)
         self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store), self.plans, settings)
         self._background: list[asyncio.Task[None]] = []
@@ -50,6 +50,7 @@ class Orchestrator:
         await self.directory.refresh(force=True)
         self.dispatcher.start()
         self._background.append(asyncio.create_task(self.directory.keep_fresh()))
+        self._background.append(asyncio.create_task(self.breakers.sync_forever()))
 
     async def stop(self) -> None:
         await self.dispatcher.stop(self.settings.shutdown_grace)

@@ -44,7 +44,20 @@ class Settings:
     default_step_timeout: float = 60.0
     default_task_timeout: float = 3600.0
     shutdown_grace: float = 10.0
+    breaker_failure_threshold: int = 5
+    breaker_reset_seconds: float = 30.0
+    # "protocol=N" entries: at most N calls in flight to that protocol (overrides its manifest)
+    protocol_concurrency: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
+
+    def concurrency_overrides(self) -> dict[str, int]:
+        overrides = {}
+        for entry in self.protocol_concurrency:
+            name, _, value = entry.partition("=")
+            if not name or not value.isdigit():
+                raise ValueError(f"protocol_concurrency entry {entry!r} must look like name=N")
+            overrides[name] = int(value)
+        return overrides
 
 
 _ENV_PREFIX = "MCP_"

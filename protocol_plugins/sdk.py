@@ -186,10 +186,26 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         return response
 
     # ---- serving --------------------------------------------------------------------------
+    def serialize_execute_response(self, response: Any) -> bytes:
+        """How Execute's answer goes on the wire (the chaos plugin overrides it to send garbage)."""
+        return bytes(response.SerializeToString())
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        p = protocol_pb2
+        return grpc.method_handlers_generic_handler("mcp.v1.ProtocolService", {
+            "Describe": grpc.unary_unary_rpc_method_handler(
+                self.Describe, request_deserializer=p.DescribeRequest.FromString, response_serializer=p.DescribeResponse.SerializeToString),
+            "Execute": grpc.unary_unary_rpc_method_handler(
+                self.Execute, request_deserializer=p.ExecuteRequest.FromString, response_serializer=self.serialize_execute_response),
+            "ExecuteStream": grpc.unary_stream_rpc_method_handler(
+                self.ExecuteStream, request_deserializer=p.ExecuteRequest.FromString,
+                response_serializer=p.ExecuteStreamResponse.SerializeToString),
+        })
+
     async def start(self, listen: str = "127.0.0.1:0") -> tuple[grpc.aio.Server, str]:
         """Start serving on `listen`; return the server and the address it bound."""
         server = grpc.aio.server()
-        protocol_pb2_grpc.add_ProtocolServiceServicer_to_server(self, server)
+        server.add_generic_rpc_handlers((self._handlers(),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = (protocol_pb2.DESCRIPTOR.services_by_name["ProtocolService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)

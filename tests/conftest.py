@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -48,7 +48,7 @@ def spawn_plugin(module: str, listen: str = "127.0.0.1:0") -> PluginProc:
 
 @pytest.fixture(scope="session")
 def plugins() -> Iterator[dict[str, PluginProc]]:
-    procs = {m: spawn_plugin(f"protocol_plugins.{m}") for m in ("testkit", "cognitive")}
+    procs = {m: spawn_plugin(f"protocol_plugins.{m}") for m in ("testkit", "cognitive", "chaos")}
     yield procs
     for proc in procs.values():
         proc.process.terminate()
@@ -113,3 +113,30 @@ async def testkit(plugins: dict[str, PluginProc]) -> AsyncIterator[protocol_pb2_
         stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
         await stub.Execute(protocol_pb2.ExecuteRequest(protocol="stats", input={"reset": True}))
         yield stub
+
+
+@pytest.fixture(scope="session")
+def chaos_plugin(plugins: dict[str, PluginProc]) -> PluginProc:
+    return plugins["chaos"]
+
+
+@pytest.fixture
+async def server_factory(plugins: dict[str, PluginProc]) -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
+    """Start orchestrators with custom settings (the session's plugins registered); stop them after."""
+    started: list[RunningServer] = []
+
+    async def start(store: str = "sqlite://:memory:", extra_plugins: tuple[str, ...] = (), **overrides: object) -> RunningServer:
+        addresses = (*(p.address for p in plugins.values()), *extra_plugins)
+        running = await start_server(make_settings(store, addresses, **overrides))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop(0.5)
+
+
+def client_for(running: RunningServer) -> Client:
+    channel = grpc.aio.insecure_channel(running.address)
+    return Client(channel, task_pb2_grpc.TaskServiceStub(channel), workflow_pb2_grpc.WorkflowServiceStub(channel),
+                  registry_pb2_grpc.ProtocolRegistryStub(channel))

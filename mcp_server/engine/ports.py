@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,7 +37,12 @@ class ProtocolCallError(Exception):
         self.breaker_open = breaker_open
 
 
-ProgressCallback = Callable[[protocol_pb2.Progress], Awaitable[None]]
+class CallObserver(Protocol):
+    """What a caller reports while a call is under way; the engine turns it into events."""
+
+    async def progress(self, progress: protocol_pb2.Progress) -> None: ...
+
+    def breaker_changed(self, protocol: str, old: str, new: str) -> None: ...
 
 
 class ProtocolCaller(Protocol):
@@ -51,7 +56,8 @@ class ProtocolCaller(Protocol):
         context: CallContext,
         *,
         timeout: float | None,
-        on_progress: ProgressCallback | None = None,
+        stream: bool = False,
+        observer: CallObserver | None = None,
     ) -> CallResult: ...
 
 
@@ -87,6 +93,10 @@ class Store(Protocol):
     async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None: ...
     async def delete_protocols(self, name: str = "", address: str = "") -> int: ...
     async def list_protocol_entries(self) -> list[registry_pb2.RegisteredProtocol]: ...
+
+    # circuit breakers shared by replicas
+    async def put_breaker_state(self, protocol: str, state: str) -> None: ...
+    async def breaker_states(self) -> dict[str, str]: ...
 
     async def ping(self) -> None: ...
     async def close(self) -> None: ...

@@ -41,6 +41,22 @@ class Call:
     stream: bool = False
 
 
+class _StepObserver:
+    """Turns what happens during a step's calls into the task's events."""
+
+    def __init__(self, ctx: RunContext, path: str) -> None:
+        self.ctx = ctx
+        self.path = path
+
+    async def progress(self, progress: protocol_pb2.Progress) -> None:
+        self.ctx.emit(E.TASK_EVENT_TYPE_PROGRESS, step_path=self.path, flush_soon=True,
+                      message=progress.message, data={"fraction": progress.fraction})
+
+    def breaker_changed(self, protocol: str, old: str, new: str) -> None:
+        self.ctx.emit(E.TASK_EVENT_TYPE_BREAKER_STATE_CHANGED, step_path=self.path, protocol=protocol, flush_soon=True,
+                      message=f"circuit breaker of {protocol}: {old} -> {new}", data={"from": old, "to": new})
+
+
 async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResult:
     """Call a protocol, retrying per policy; every retry is an event. Raises ProtocolCallError."""
     state = ctx.state(path)
@@ -59,9 +75,7 @@ async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResul
                  message=f"attempt {retry_state.attempt_number} failed: {error}; retrying in {pause:.3f}s",
                  data={"error": str(error), "wait_seconds": pause, "code": getattr(error, "code", "")})
 
-    async def on_progress(progress: protocol_pb2.Progress) -> None:
-        ctx.emit(E.TASK_EVENT_TYPE_PROGRESS, step_path=path, protocol=call.protocol, flush_soon=True,
-                 message=progress.message, data={"fraction": progress.fraction})
+    observer = _StepObserver(ctx, path)
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(call.retry.max_attempts),
@@ -82,7 +96,7 @@ async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResul
                 workflow_version=ctx.task.workflow_version,
             )
             result = await ctx.caller.call(call.protocol, call.input, context, timeout=call.attempt_timeout,
-                                       on_progress=on_progress if call.stream else None)
+                                           stream=call.stream, observer=observer)
             return NodeResult(result.output, result.directive)
     raise AssertionError("unreachable: tenacity re-raises the last error")
 

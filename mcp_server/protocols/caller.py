@@ -14,7 +14,7 @@ import grpc
 import pybreaker
 from google.protobuf import timestamp_pb2
 
-from mcp_server.engine.ports import CallContext, CallResult, ProgressCallback, ProtocolCallError
+from mcp_server.engine.ports import CallContext, CallObserver, CallResult, ProtocolCallError
 from mcp_server.engine.values import dict_to_struct, struct_to_dict
 from mcp_server.proto import protocol_pb2, protocol_pb2_grpc
 from mcp_server.protocols.breakers import UNHEALTHY_CODES, BreakerBoard
@@ -25,10 +25,12 @@ from mcp_server.protocols.registry import ProtocolDirectory
 class GrpcProtocolCaller:
     """Calls registered plugins over gRPC."""
 
-    def __init__(self, directory: ProtocolDirectory, channels: ChannelPool, breakers: BreakerBoard) -> None:
+    def __init__(self, directory: ProtocolDirectory, channels: ChannelPool, breakers: BreakerBoard,
+                 concurrency_overrides: dict[str, int] | None = None) -> None:
         self.directory = directory
         self.channels = channels
         self.breakers = breakers
+        self.concurrency_overrides = dict(concurrency_overrides or {})
         self._bulkheads: dict[str, asyncio.Semaphore] = {}
 
     def _bulkhead(self, protocol: str, limit: int) -> asyncio.Semaphore | None:
@@ -40,7 +42,7 @@ class GrpcProtocolCaller:
         return semaphore
 
     async def call(self, protocol: str, input_data: dict[str, Any], context: CallContext, *,
-                   timeout: float | None, on_progress: ProgressCallback | None = None) -> CallResult:
+                   timeout: float | None, stream: bool = False, observer: CallObserver | None = None) -> CallResult:
         entry = self.directory.lookup(protocol)
         if entry is None:
             await self.directory.refresh(force=True)
@@ -48,41 +50,57 @@ class GrpcProtocolCaller:
         if entry is None:
             raise ProtocolCallError("UNAVAILABLE", f"no plugin is registered for protocol {protocol!r}")
         request = protocol_pb2.ExecuteRequest(protocol=protocol, input=dict_to_struct(input_data), context=_context(context, timeout))
-        bulkhead = self._bulkhead(protocol, entry.manifest.max_concurrency)
+        bulkhead = self._bulkhead(protocol, self.concurrency_overrides.get(protocol, entry.manifest.max_concurrency))
         if bulkhead is None:
-            return await self._guarded(protocol, entry.address, request, timeout, on_progress)
+            return await self._guarded(protocol, entry.address, request, timeout, stream, observer)
         async with bulkhead:
-            return await self._guarded(protocol, entry.address, request, timeout, on_progress)
+            return await self._guarded(protocol, entry.address, request, timeout, stream, observer)
 
     async def _guarded(self, protocol: str, address: str, request: protocol_pb2.ExecuteRequest,
-                       timeout: float | None, on_progress: ProgressCallback | None) -> CallResult:
+                       timeout: float | None, stream: bool, observer: CallObserver | None) -> CallResult:
+        before = self.breakers.state_name(protocol)
         try:
             with self.breakers.get(protocol).calling():
-                response = await self._invoke(address, request, timeout, on_progress)
+                response = await self._invoke(address, request, timeout, observer if stream else None)
         except pybreaker.CircuitBreakerError:
+            self._report_breaker(protocol, before, observer)
             raise ProtocolCallError("UNAVAILABLE", f"the circuit breaker of {protocol} is open", breaker_open=True) from None
         except ProtocolCallError as exc:
             self.directory.record_health(protocol, exc.code not in UNHEALTHY_CODES)
+            self._report_breaker(protocol, before, observer)
             raise
         self.directory.record_health(protocol, True)
+        self._report_breaker(protocol, before, observer)
         directive = response.directive if response.HasField("directive") else None
         return CallResult(struct_to_dict(response.output), directive)
 
+    def _report_breaker(self, protocol: str, before: str, observer: CallObserver | None) -> None:
+        after = self.breakers.state_name(protocol)
+        if after != before and observer is not None:
+            observer.breaker_changed(protocol, before, after)
+
     async def _invoke(self, address: str, request: protocol_pb2.ExecuteRequest, timeout: float | None,
-                      on_progress: ProgressCallback | None) -> protocol_pb2.ExecuteResponse:
+                      observer: CallObserver | None) -> protocol_pb2.ExecuteResponse:
         stub = protocol_pb2_grpc.ProtocolServiceStub(self.channels.get(address))
         try:
-            if on_progress is None:
-                return cast(protocol_pb2.ExecuteResponse, await stub.Execute(request, timeout=timeout))
+            if observer is None:
+                response = await stub.Execute(request, timeout=timeout)
+                if response is None:  # grpc hands back None when the bytes do not parse
+                    raise ProtocolCallError("INTERNAL", "the plugin's response is not a valid ExecuteResponse (it does not parse)")
+                return cast(protocol_pb2.ExecuteResponse, response)
             async for message in stub.ExecuteStream(request, timeout=timeout):
+                if message is None:
+                    raise ProtocolCallError("INTERNAL", "the plugin's stream sent a message that is not an ExecuteStreamResponse")
                 if message.HasField("progress"):
-                    await on_progress(message.progress)
+                    await observer.progress(message.progress)
                 elif message.HasField("result"):
                     return cast(protocol_pb2.ExecuteResponse, message.result)
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
-            if exc.code() == grpc.StatusCode.INTERNAL and "parse" in details.lower():
+            if exc.code() == grpc.StatusCode.INTERNAL and "pars" in details.lower():
                 details = f"the plugin's response is not a valid ExecuteResponse ({details})"
+            elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
+                details = f"the attempt deadline of {timeout:g}s ran out ({details})"
             raise ProtocolCallError(exc.code().name, details or exc.code().name) from None
         raise ProtocolCallError("INTERNAL", "the plugin's stream ended without a result")
 

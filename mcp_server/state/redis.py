@@ -287,6 +287,13 @@ class RedisStore:
         entries = [registry_pb2.RegisteredProtocol.FromString(v) for v in values.values()]
         return sorted(entries, key=lambda e: e.manifest.name)
 
+    async def put_breaker_state(self, protocol: str, state: str) -> None:
+        await self._do(self.r.hset(self.p + "breakers", protocol, state))
+
+    async def breaker_states(self) -> dict[str, str]:
+        values = await self._do(self.r.hgetall(self.p + "breakers"))
+        return {k.decode(): v.decode() for k, v in values.items()}
+
     async def ping(self) -> None:
         await self._do(self.r.ping())
 

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS events (
   task_id TEXT NOT NULL, sequence INTEGER NOT NULL, data BLOB NOT NULL,
   PRIMARY KEY (task_id, sequence));
 CREATE TABLE IF NOT EXISTS protocols (name TEXT PRIMARY KEY, address TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT NULL);
 """
 
 
@@ -245,6 +246,12 @@ class SqliteStore:
     async def list_protocol_entries(self) -> list[registry_pb2.RegisteredProtocol]:
         rows = await self._rows("SELECT data FROM protocols ORDER BY name")
         return [registry_pb2.RegisteredProtocol.FromString(r[0]) for r in rows]
+
+    async def put_breaker_state(self, protocol: str, state: str) -> None:
+        await self._transaction([("INSERT OR REPLACE INTO breakers VALUES (?, ?)", (protocol, state))])
+
+    async def breaker_states(self) -> dict[str, str]:
+        return {str(r[0]): str(r[1]) for r in await self._rows("SELECT protocol, state FROM breakers")}
 
     async def ping(self) -> None:
         await self._rows("SELECT 1")

@@ -42,7 +42,7 @@ class Orchestrator:
         self.directory = ProtocolDirectory(store, self.channels, self.breakers)
         self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, settings.concurrency_overrides())
         self.plans = PlanCache(store, settings)
-        self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store), self.plans, settings)
+        self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store, settings.replica_id), self.plans, settings)
         self._background: list[asyncio.Task[None]] = []
         self._watchers: dict[str, int] = {}
 

@@ -137,6 +137,10 @@ async def server_factory(plugins: dict[str, PluginProc]) -> AsyncIterator[Callab
 
 
 def client_for(running: RunningServer) -> Client:
-    channel = grpc.aio.insecure_channel(running.address)
+    return client_for_address(running.address)
+
+
+def client_for_address(address: str) -> Client:
+    channel = grpc.aio.insecure_channel(address)
     return Client(channel, task_pb2_grpc.TaskServiceStub(channel), workflow_pb2_grpc.WorkflowServiceStub(channel),
                   registry_pb2_grpc.ProtocolRegistryStub(channel))

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Running:
-    task: asyncio.Task[None]
     lease_token: int
+    task: asyncio.Task[None] = field(init=False)
     cancel: dict[str, str] = field(default_factory=dict)
 
 
@@ -99,19 +99,28 @@ class Dispatcher:
                     await asyncio.wait_for(self._wake.wait(), timeout=0.25)
                 continue
             task, token = claimed
-            running = _Running(asyncio.create_task(self._run(task, token), name=f"task {task.task_id}"), token)
+            stale = self._running.get(task.task_id)
+            if stale is not None:
+                # Our own lease ran out (the store was unreachable) and we claimed the task again:
+                # the old run is fenced out already; stop it before the new one starts.
+                stale.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await stale.task
+            running = _Running(token)
+            running.task = asyncio.create_task(self._run(task, running), name=f"task {task.task_id}")
             self._running[task.task_id] = running
 
-    async def _run(self, task: task_pb2.Task, token: int) -> None:
+    async def _run(self, task: task_pb2.Task, running: _Running) -> None:
         try:
             plan = await self.plans.get(task.workflow_id, task.workflow_version)
-            await self.runner.resume_from(task, plan, token, self._running[task.task_id].cancel)
+            await self.runner.resume_from(task, plan, running.lease_token, running.cancel)
         except LeaseLost:
             pass
         except McpError as exc:
             log.error("task %s could not run: %s", task.task_id, exc)
         finally:
-            self._running.pop(task.task_id, None)
+            if self._running.get(task.task_id) is running:
+                del self._running[task.task_id]
             self._wake.set()
 
     async def _lease_loop(self) -> None:

@@ -28,9 +28,10 @@ load_node_runners()
 class TaskRunner:
     """Runs tasks with one protocol caller and one store."""
 
-    def __init__(self, caller: ProtocolCaller, store: Store) -> None:
+    def __init__(self, caller: ProtocolCaller, store: Store, replica_id: str = "") -> None:
         self.caller = caller
         self.store = store
+        self.replica_id = replica_id
 
     async def resume_from(self, snapshot: task_pb2.Task, plan: Plan, lease_token: int,
                           cancel_reason: dict[str, str] | None = None) -> task_pb2.Task:
@@ -48,7 +49,8 @@ class TaskRunner:
         if not task.HasField("start_time"):
             task.start_time.CopyFrom(now())
         ctx.emit(E.TASK_EVENT_TYPE_RESUMED if resumed else E.TASK_EVENT_TYPE_STARTED,
-                 message=("resumed from snapshot" if resumed else "started") + f" by lease {lease_token}")
+                 message=("resumed from snapshot" if resumed else "started") + f" by {self.replica_id or 'a replica'} (lease {lease_token})",
+                 data={"replica": self.replica_id, "lease": lease_token})
         try:
             await ctx.checkpoint()
             async with asyncio.timeout(plan.task_timeout):

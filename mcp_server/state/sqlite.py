@@ -54,6 +54,9 @@ class SqliteStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path or ":memory:", isolation_level=None)
         await db.executescript(SCHEMA)
+        # One process owns the file, so a lease found at open belongs to a process that is gone:
+        # expire them all now, and the dispatcher resumes those tasks at once.
+        await db.execute("UPDATE tasks SET lease_expires = 0 WHERE lease_expires IS NOT NULL")
         return cls(db)
 
     async def _transaction(self, statements: Sequence[tuple[str, Sequence[object]]]) -> list[int]:

@@ -1,0 +1,132 @@
+"""Crash recovery with real processes: kill -9 an orchestrator mid-run; the task resumes from its
+snapshot, finished steps are not called again, and the event log stays gapless."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from mcp_server.proto import task_pb2
+from tests.conftest import Client, client_for_address
+from tests.e2e.test_server_process import free_port
+from tests.helpers import create, plugin_stats, step, submit, wait_done, workflow
+
+pytestmark = pytest.mark.asyncio
+E = task_pb2.TaskEventType
+
+
+def start_orchestrator(address: str, store: str, plugin_address: str, replica: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "MCP_LEASE_SECONDS": "1.5"}
+    process = subprocess.Popen([sys.executable, "-m", "mcp_server", "--listen", address, "--store", store, "--plugin", plugin_address,
+                                "--replica-id", replica], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "listening on" in line:
+            break
+    assert process.poll() is None, "orchestrator did not start"
+    return process
+
+
+def connect(address: str) -> Client:
+    return client_for_address(address)
+
+
+async def read_log(client: Client, task_id: str) -> list[task_pb2.TaskEvent]:
+    return [e async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id))]
+
+
+def assert_gapless(log: list[task_pb2.TaskEvent]) -> None:
+    assert [e.sequence for e in log] == list(range(1, len(log) + 1))
+    assert log[-1].type == E.TASK_EVENT_TYPE_COMPLETED
+
+
+def assert_no_finished_step_ran_twice(log: list[task_pb2.TaskEvent], calls: dict[str, Any]) -> None:
+    """Steps whose completion was written before the takeover were never called again."""
+    resumed_at = next((e.sequence for e in log if e.type == E.TASK_EVENT_TYPE_RESUMED), None)
+    completed = [e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED and e.protocol]
+    paths = [e.step_path for e in completed]
+    assert len(paths) == len(set(paths)), "a step completed twice"
+    for event in completed:
+        key = f"{event.task_id}/{event.step_path}/{event.protocol}"
+        limit = 1 if resumed_at is None or event.sequence < resumed_at else 2
+        assert 1 <= calls[key] <= limit, (key, calls[key], resumed_at)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, testkit, tmp_path, request, backend):
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    plugin = plugins["testkit"].address
+    first = start_orchestrator(address, store, plugin, "first")
+    client = connect(address)
+    wf = workflow("five", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 250}") for i in range(1, 6)]}})
+    await create(client, wf)
+    task = await submit(client, "five")
+    seen: list[task_pb2.TaskEvent] = []
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+        seen.append(event)
+        if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "root/s3":
+            break
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    await client.channel.close()
+
+    second = start_orchestrator(address, store, plugin, "second")
+    try:
+        client = connect(address)
+        rest = [e async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=seen[-1].sequence))]
+        log = seen + rest
+        assert_gapless(log)
+        assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in rest)
+        calls = (await plugin_stats(testkit))["calls"]
+        for i in (1, 2, 4, 5):
+            assert calls[f"{task.task_id}/root/s{i}/sleep"] == 1, f"s{i} ran {calls[f'{task.task_id}/root/s{i}/sleep']} times"
+        assert calls[f"{task.task_id}/root/s3/sleep"] == 2  # in flight at the kill: re-run, same idempotency key
+        assert_no_finished_step_ran_twice(log, calls)
+        final = await wait_done(client, task.task_id)
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED
+        await client.channel.close()
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
+async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, testkit, redis_url):
+    plugin = plugins["testkit"].address
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    replicas = [start_orchestrator(a, redis_url, plugin, f"replica-{i}") for i, a in enumerate(addresses)]
+    clients = [connect(a) for a in addresses]
+    try:
+        wf = workflow("three", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 200}") for i in range(1, 4)]}})
+        await create(clients[0], wf)
+        tasks = [await submit(clients[i % 3], "three") for i in range(200)]
+        replicas[1].send_signal(signal.SIGKILL)
+        replicas[1].wait(timeout=10)
+        survivors = [clients[0], clients[2]]
+        logs = await asyncio.gather(*(read_log(survivors[i % 2], t.task_id) for i, t in enumerate(tasks)))
+        calls = (await plugin_stats(testkit))["calls"]
+        resumed = 0
+        for task, log in zip(tasks, logs):
+            assert_gapless(log)
+            assert_no_finished_step_ran_twice(log, calls)
+            resumed += any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in log)
+            # a watcher that reconnects part-way receives exactly the rest
+            middle = log[len(log) // 2].sequence
+            tail = [e async for e in survivors[0].tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=middle))]
+            assert [e.sequence for e in tail] == list(range(middle + 1, len(log) + 1))
+        assert resumed >= 1, "the killed replica was running no task: the test proved nothing"
+        starters = {e.data.fields["replica"].string_value for log in logs for e in log if e.type == E.TASK_EVENT_TYPE_STARTED}
+        assert starters == {"replica-0", "replica-1", "replica-2"}  # the work was spread over all three
+    finally:
+        for client in clients:
+            await client.channel.close()
+        for process in replicas:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)

@@ -44,6 +44,8 @@ class Settings:
     default_step_timeout: float = 60.0
     default_task_timeout: float = 3600.0
     shutdown_grace: float = 10.0
+    # finished tasks and their event logs are deleted this long after they end
+    retention_seconds: float = 7 * 24 * 3600.0
     breaker_failure_threshold: int = 5
     breaker_reset_seconds: float = 30.0
     # "protocol=N" entries: at most N calls in flight to that protocol (overrides its manifest)

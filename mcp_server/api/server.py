@@ -56,7 +56,7 @@ class RunningServer:
 
 async def start_server(settings: Settings) -> RunningServer:
     """Open the store, start plugins if asked, serve, and register the plugin addresses."""
-    store = await open_store(settings.store_url)
+    store = await open_store(settings.store_url, settings.retention_seconds)
     orchestrator = Orchestrator(settings, store)
     limits = settings.limits
     server = grpc.aio.server(

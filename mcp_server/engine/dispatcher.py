@@ -125,9 +125,13 @@ class Dispatcher:
 
     async def _lease_loop(self) -> None:
         interval = self.settings.lease_seconds / 3
+        rounds = 0
         while True:
             await asyncio.sleep(interval)
+            rounds += 1
             try:
+                if rounds % 10 == 0:
+                    await self.store.purge_finished()
                 for task_id, running in list(self._running.items()):
                     if not await self.store.renew_lease(task_id, running.lease_token, self.settings.lease_seconds):
                         log.warning("task %s: lease lost, stopping it here", task_id)

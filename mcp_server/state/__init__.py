@@ -8,14 +8,15 @@ from __future__ import annotations
 from mcp_server.engine.ports import Store
 
 
-async def open_store(url: str) -> Store:
-    """Open the store named by `url`. Raises ValueError for an unknown scheme."""
+async def open_store(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> Store:
+    """Open the store named by `url`; finished tasks are kept `retention_seconds`.
+    Raises ValueError for an unknown scheme."""
     if url.startswith("sqlite://"):
         from mcp_server.state.sqlite import SqliteStore
 
-        return await SqliteStore.open(url.removeprefix("sqlite://"))
+        return await SqliteStore.open(url.removeprefix("sqlite://"), retention_seconds)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from mcp_server.state.redis import RedisStore
 
-        return await RedisStore.open(url)
+        return await RedisStore.open(url, retention_seconds)
     raise ValueError(f"unknown store URL {url!r}: use sqlite:///PATH or redis://HOST:PORT/DB")

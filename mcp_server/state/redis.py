@@ -34,7 +34,7 @@ if existing then return {0, existing} end
 local counter = redis.call('INCR', KEYS[6])
 local member = string.format('%020d:%s', counter, ARGV[1])
 redis.call('HSET', KEYS[2], 'data', ARGV[2], 'status', ARGV[3], 'token', 0, 'member', member,
-           'priority', ARGV[4], 'workflow', ARGV[6], 'counter', counter)
+           'priority', ARGV[4], 'workflow', ARGV[6], 'counter', counter, 'req', KEYS[1])
 redis.call('XADD', KEYS[3], '0-1', 'e', ARGV[5])
 redis.call('ZADD', KEYS[4], -tonumber(ARGV[4]), member)
 redis.call('ZADD', KEYS[5], counter, ARGV[1])
@@ -45,8 +45,14 @@ return {1, ARGV[1]}
 SAVE_TASK = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'status', ARGV[3])
-if ARGV[4] == '1' then redis.call('ZREM', KEYS[3], ARGV[5]) end
-for i = 6, #ARGV, 2 do redis.call('XADD', KEYS[2], '0-' .. ARGV[i], 'e', ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do redis.call('XADD', KEYS[2], '0-' .. ARGV[i], 'e', ARGV[i + 1]) end
+if ARGV[4] == '1' then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  local req = redis.call('HGET', KEYS[1], 'req')
+  if req and req ~= KEYS[1] then redis.call('PEXPIRE', req, ARGV[6]) end
+end
 return 1
 """
 
@@ -92,9 +98,10 @@ return n
 class RedisStore:
     """Store backed by Redis (see Store in engine/ports.py for the contract)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "mcp:") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "mcp:", retention_seconds: float = 7 * 24 * 3600.0) -> None:
         self.r = client
         self.p = prefix
+        self.retention_ms = max(1, int(retention_seconds * 1000))
         self._create = client.register_script(CREATE_TASK)
         self._save = client.register_script(SAVE_TASK)
         self._claim = client.register_script(CLAIM_TASK)
@@ -102,14 +109,14 @@ class RedisStore:
         self._release = client.register_script(RELEASE_EXPIRED)
 
     @classmethod
-    async def open(cls, url: str) -> RedisStore:
+    async def open(cls, url: str, retention_seconds: float = 7 * 24 * 3600.0) -> RedisStore:
         """Connect to `url`; a `prefix=` query parameter namespaces every key (default `mcp:`)."""
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", ["mcp:"])[0]
         clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         client = aioredis.from_url(clean, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
-        store = cls(client, prefix)
+        store = cls(client, prefix, retention_seconds)
         await store.ping()
         return store
 
@@ -190,15 +197,16 @@ class RedisStore:
         return task_pb2.Task.FromString(data) if data else None
 
     async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str) -> tuple[list[task_pb2.Task], str]:
+        """Newest first. The token is the creation counter of the last task returned, so pages
+        stay stable while tasks arrive (they sort before it) or expire (they drop out)."""
         before = decode_token(page_token)
         high = f"({before}" if before else "+inf"
         wanted = {str(s).encode() for s in statuses}
-        tasks: list[task_pb2.Task] = []
-        last_counter = ""
-        while len(tasks) < page_size:
+        found: list[tuple[int, task_pb2.Task]] = []
+        while len(found) <= page_size:
             batch = await self._do(self.r.zrevrangebyscore(self.p + "tasks", high, "-inf", start=0, num=200, withscores=True))
             if not batch:
-                return tasks, ""
+                break
             async with self.r.pipeline(transaction=False) as pipe:
                 for task_id, _ in batch:
                     pipe.hmget(self._task_key(task_id.decode()), "data", "status", "workflow")
@@ -207,14 +215,16 @@ class RedisStore:
                 high = f"({int(score)}"
                 if data is None or (wanted and status not in wanted) or (workflow_id and workflow.decode() != workflow_id):
                     continue
-                tasks.append(task_pb2.Task.FromString(data))
-                last_counter = str(int(score))
-                if len(tasks) == page_size:
+                found.append((int(score), task_pb2.Task.FromString(data)))
+                if len(found) > page_size:
                     break
-        return tasks, encode_token(last_counter)
+        page = found[:page_size]
+        token = encode_token(str(page[-1][0])) if len(found) > page_size else ""
+        return [task for _, task in page], token
 
     async def save_task(self, task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent], lease_token: int) -> None:
-        args: list[Any] = [lease_token, task.SerializeToString(), task.status, int(task.status in TERMINAL), task.task_id]
+        args: list[Any] = [lease_token, task.SerializeToString(), task.status, int(task.status in TERMINAL), task.task_id,
+                           self.retention_ms]
         for event in events:
             args += [event.sequence, event.SerializeToString()]
         await self._do(self._save(keys=[self._task_key(task.task_id), f"{self.p}ev:{task.task_id}", self.p + "leases"], args=args))
@@ -235,6 +245,8 @@ class RedisStore:
                     pipe.hset(key, mapping={"data": task.SerializeToString(), "status": task.status})
                     pipe.zrem(self.p + "queue", member)
                     pipe.xadd(f"{self.p}ev:{task_id}", {"e": numbered.SerializeToString()}, id=f"0-{numbered.sequence}")
+                    pipe.pexpire(key, self.retention_ms)
+                    pipe.pexpire(f"{self.p}ev:{task_id}", self.retention_ms)
                     await self._do(pipe.execute())
                     return task
                 except aioredis.WatchError:
@@ -267,6 +279,23 @@ class RedisStore:
         count = await self._do(self._release(keys=[self.p + "leases", self.p + "queue"],
                                              args=[int(now_seconds() * 1000), self.p + "task:", *ACTIVE]))
         return int(count)
+
+    async def purge_finished(self) -> int:
+        """Redis expires finished tasks itself; this drops their ids from the listing index."""
+        removed = 0
+        cursor = 0
+        while True:
+            cursor, batch = await self._do(self.r.zscan(self.p + "tasks", cursor, count=500))
+            if batch:
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for task_id, _ in batch:
+                        pipe.exists(self._task_key(task_id.decode()))
+                    alive = await self._do(pipe.execute())
+                gone = [task_id for (task_id, _), exists in zip(batch, alive) if not exists]
+                if gone:
+                    removed += int(await self._do(self.r.zrem(self.p + "tasks", *gone)))
+            if cursor == 0:
+                return removed
 
     async def queue_length(self) -> int:
         return int(await self._do(self.r.zcard(self.p + "queue")))

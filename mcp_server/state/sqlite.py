@@ -29,9 +29,10 @@ CREATE TABLE IF NOT EXISTS tasks (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, workflow_id TEXT NOT NULL,
   status INTEGER NOT NULL, priority INTEGER NOT NULL, request_id TEXT UNIQUE, data BLOB NOT NULL,
   queued INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, lease_token INTEGER NOT NULL DEFAULT 0,
-  lease_expires REAL);
+  lease_expires REAL, finished_at REAL);
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queued, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_expires);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
 CREATE TABLE IF NOT EXISTS events (
   task_id TEXT NOT NULL, sequence INTEGER NOT NULL, data BLOB NOT NULL,
   PRIMARY KEY (task_id, sequence));
@@ -43,13 +44,14 @@ CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT N
 class SqliteStore:
     """Store backed by one SQLite file (see Store in engine/ports.py for the contract)."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, retention_seconds: float) -> None:
         self.db = db
+        self.retention_seconds = retention_seconds
         self._lock = asyncio.Lock()
         self._changed: defaultdict[str, asyncio.Condition] = defaultdict(asyncio.Condition)
 
     @classmethod
-    async def open(cls, path: str) -> SqliteStore:
+    async def open(cls, path: str, retention_seconds: float = 7 * 24 * 3600.0) -> SqliteStore:
         if path not in ("", ":memory:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path or ":memory:", isolation_level=None)
@@ -57,7 +59,7 @@ class SqliteStore:
         # One process owns the file, so a lease found at open belongs to a process that is gone:
         # expire them all now, and the dispatcher resumes those tasks at once.
         await db.execute("UPDATE tasks SET lease_expires = 0 WHERE lease_expires IS NOT NULL")
-        return cls(db)
+        return cls(db, retention_seconds)
 
     async def _transaction(self, statements: Sequence[tuple[str, Sequence[object]]]) -> list[int]:
         async with self._lock:
@@ -153,9 +155,9 @@ class SqliteStore:
     async def save_task(self, task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent], lease_token: int) -> None:
         terminal = task.status in TERMINAL
         statements: list[tuple[str, Sequence[object]]] = [(
-            "UPDATE tasks SET data=?, status=?, lease_expires=CASE WHEN ? THEN NULL ELSE lease_expires END "
-            "WHERE task_id=? AND lease_token=?",
-            (task.SerializeToString(), task.status, terminal, task.task_id, lease_token))]
+            "UPDATE tasks SET data=?, status=?, lease_expires=CASE WHEN ? THEN NULL ELSE lease_expires END, "
+            "finished_at=CASE WHEN ? THEN ? ELSE NULL END WHERE task_id=? AND lease_token=?",
+            (task.SerializeToString(), task.status, terminal, terminal, now_seconds(), task.task_id, lease_token))]
         statements += [("INSERT INTO events VALUES (?,?,?)", (e.task_id, e.sequence, e.SerializeToString())) for e in events]
         async with self._lock:
             try:
@@ -181,8 +183,8 @@ class SqliteStore:
             task = task_pb2.Task.FromString(rows[0][0])
             numbered = mark_cancelled(task, event)
             await self.db.execute("BEGIN IMMEDIATE")
-            await self.db.execute("UPDATE tasks SET data=?, status=?, queued=0 WHERE task_id=?",
-                                  (task.SerializeToString(), task.status, task_id))
+            await self.db.execute("UPDATE tasks SET data=?, status=?, queued=0, finished_at=? WHERE task_id=?",
+                                  (task.SerializeToString(), task.status, now_seconds(), task_id))
             await self.db.execute("INSERT INTO events VALUES (?,?,?)", (task_id, numbered.sequence, numbered.SerializeToString()))
             await self.db.execute("COMMIT")
         await self._notify(task_id)
@@ -233,6 +235,14 @@ class SqliteStore:
             f"UPDATE tasks SET queued=1, lease_expires=NULL, lease_owner=NULL WHERE lease_expires IS NOT NULL "
             f"AND lease_expires <= ? AND status IN ({','.join(str(s) for s in ACTIVE)})", (now_seconds(),))])
         return counts[0]
+
+    async def purge_finished(self) -> int:
+        cutoff = now_seconds() - self.retention_seconds
+        counts = await self._transaction([
+            ("DELETE FROM events WHERE task_id IN (SELECT task_id FROM tasks WHERE finished_at < ?)", (cutoff,)),
+            ("DELETE FROM tasks WHERE finished_at < ?", (cutoff,)),
+        ])
+        return counts[1]
 
     async def queue_length(self) -> int:
         rows = await self._rows("SELECT COUNT(*) FROM tasks WHERE queued=1")

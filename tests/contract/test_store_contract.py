@@ -154,3 +154,40 @@ async def test_registry_entries_round_trip(store):
     assert [e.manifest.name for e in await store.list_protocol_entries()] == ["p"]
     assert await store.delete_protocols(address="127.0.0.1:9") == 1
     assert await store.list_protocol_entries() == []
+
+
+async def test_finished_tasks_expire_after_the_retention_time(store_url):
+    store = await open_store(store_url, retention_seconds=0.3)
+    try:
+        task, event = new_task()
+        await store.create_task(task, event)
+        claimed, token = await store.claim_task("me", 30)
+        claimed.status = task_pb2.TASK_STATUS_COMPLETED
+        claimed.last_sequence = 2
+        await store.save_task(claimed, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_COMPLETED)], token)
+        keeper, keeper_event = new_task()
+        await store.create_task(keeper, keeper_event)
+        assert await store.get_task(task.task_id) is not None
+        await asyncio.sleep(0.5)
+        await store.purge_finished()
+        assert await store.get_task(task.task_id) is None
+        assert await store.read_events(task.task_id, 0) == []
+        listed, _ = await store.list_tasks(10, "", [], "")
+        assert [t.task_id for t in listed] == [keeper.task_id]  # the pending task stays
+    finally:
+        await store.close()
+
+
+async def test_list_paging_is_stable_while_tasks_come_and_go(store):
+    older = []
+    for _ in range(6):
+        task, event = new_task()
+        await store.create_task(task, event)
+        older.append(task.task_id)
+    first, token = await store.list_tasks(3, "", [], "")
+    for _ in range(3):  # newer tasks arrive between pages
+        task, event = new_task()
+        await store.create_task(task, event)
+    second, end = await store.list_tasks(3, token, [], "")
+    assert [t.task_id for t in first + second] == list(reversed(older))
+    assert end == ""

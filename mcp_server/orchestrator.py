@@ -135,10 +135,12 @@ class Orchestrator:
         event = task_pb2.TaskEvent(task_id=task_id, type=E.TASK_EVENT_TYPE_CANCELLED, time=now(), message=why)
         cancelled = await self.store.cancel_pending(task_id, event)
         if cancelled is None and not await self.dispatcher.cancel(task_id, why):
-            latest = await self.get_task(task_id)
-            if latest.status in TERMINAL:
-                return latest
-            raise FailedPrecondition(f"task {task_id} runs on another replica; cancel it there", reason="TASK_REMOTE")
+            # It runs on another replica: leave a request there; that replica acts within a second.
+            await self.store.request_cancel(task_id, why)
+            async with asyncio.timeout(self.settings.lease_seconds + 5):
+                while (latest := await self.get_task(task_id)).status not in TERMINAL:
+                    await self.store.wait_events(task_id, latest.last_sequence, timeout=0.5)
+            return latest
         return await self.get_task(task_id)
 
     async def watch_task(self, task_id: str, after_sequence: int) -> AsyncIterator[task_pb2.TaskEvent]:

@@ -48,7 +48,8 @@ class Dispatcher:
 
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),
-                       asyncio.create_task(self._lease_loop(), name="leases")]
+                       asyncio.create_task(self._lease_loop(), name="leases"),
+                       asyncio.create_task(self._cancel_loop(), name="cancels")]
 
     def wake(self) -> None:
         """Something was queued: look at the queue now rather than at the next poll."""
@@ -122,6 +123,19 @@ class Dispatcher:
             if self._running.get(task.task_id) is running:
                 del self._running[task.task_id]
             self._wake.set()
+
+    async def _cancel_loop(self, interval: float = 0.5) -> None:
+        """Act on cancel requests that other replicas left for tasks running here."""
+        while True:
+            await asyncio.sleep(interval)
+            if not self._running:
+                continue
+            try:
+                requests = await self.store.cancel_requests(list(self._running))
+            except Unavailable:
+                continue
+            for task_id, reason in requests.items():
+                await self.cancel(task_id, reason)
 
     async def _lease_loop(self) -> None:
         interval = self.settings.lease_seconds / 3

@@ -11,7 +11,6 @@ import asyncio
 import time
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from mcp_server.engine.context import now
 from mcp_server.engine.ports import Store
@@ -63,7 +62,7 @@ class ProtocolDirectory:
             entry = registry_pb2.RegisteredProtocol(manifest=manifest, address=address, health=registry_pb2.HEALTH_STATE_SERVING,
                                                     register_time=now())
             if ttl_seconds > 0:
-                entry.expire_time.CopyFrom(timestamp_pb2.Timestamp(seconds=int(time.time() + ttl_seconds)))
+                entry.expire_time.FromNanoseconds(int((time.time() + ttl_seconds) * 1e9))
             await self.store.put_protocol(entry)
             self._cache[manifest.name] = entry
             entries.append(self._decorate(entry))

@@ -252,6 +252,16 @@ class RedisStore:
                 except aioredis.WatchError:
                     continue
 
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        await self._do(self.r.hset(self._task_key(task_id), "cancel", reason))
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(self._task_key(task_id), "cancel")
+            reasons = await self._do(pipe.execute())
+        return {task_id: reason.decode() for task_id, reason in zip(task_ids, reasons) if reason}
+
     async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]:
         entries = await self._do(self.r.xrange(f"{self.p}ev:{task_id}", f"(0-{after_sequence}", "+", count=limit))
         return [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS tasks (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, workflow_id TEXT NOT NULL,
   status INTEGER NOT NULL, priority INTEGER NOT NULL, request_id TEXT UNIQUE, data BLOB NOT NULL,
   queued INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, lease_token INTEGER NOT NULL DEFAULT 0,
-  lease_expires REAL, finished_at REAL);
+  lease_expires REAL, finished_at REAL, cancel_reason TEXT);
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queued, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_expires);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
@@ -189,6 +189,16 @@ class SqliteStore:
             await self.db.execute("COMMIT")
         await self._notify(task_id)
         return task
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        await self._transaction([("UPDATE tasks SET cancel_reason=? WHERE task_id=?", (reason, task_id))])
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
+        if not task_ids:
+            return {}
+        rows = await self._rows(f"SELECT task_id, cancel_reason FROM tasks WHERE cancel_reason IS NOT NULL "
+                                f"AND task_id IN ({','.join('?' * len(task_ids))})", list(task_ids))
+        return {str(r[0]): str(r[1]) for r in rows}
 
     async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]:
         rows = await self._rows("SELECT data FROM events WHERE task_id=? AND sequence>? ORDER BY sequence LIMIT ?",

@@ -130,3 +130,30 @@ async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, te
             if process.poll() is None:
                 process.terminate()
                 process.wait(timeout=15)
+
+
+async def test_cancel_on_one_replica_stops_a_task_running_on_another(plugins, testkit, redis_url):
+    plugin = plugins["testkit"].address
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    replicas = [start_orchestrator(a, redis_url, plugin, f"r{i}") for i, a in enumerate(addresses)]
+    clients = [connect(a) for a in addresses]
+    try:
+        await create(clients[0], workflow("long-haul", step("nap", "sleep", "{'ms': 20000}")))
+        task = await submit(clients[0], "long-haul")
+        started = None
+        async for event in clients[0].tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+            if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "nap":
+                break
+            if event.type == E.TASK_EVENT_TYPE_STARTED:
+                started = event.data.fields["replica"].string_value
+        runner = int(started[-1])
+        other = clients[1 - runner]
+        cancelled = (await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="from afar"))).task
+        assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED and "from afar" in cancelled.error.message
+        assert (await plugin_stats(testkit))["cancelled"] == 1
+    finally:
+        for client in clients:
+            await client.channel.close()
+        for process in replicas:
+            process.terminate()
+            process.wait(timeout=15)

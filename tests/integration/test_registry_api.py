@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -69,3 +71,17 @@ async def test_health_and_reflection_are_served(server):
             services = {s.name for s in response.list_services_response.service}
             break
     assert {"mcp.v1.TaskService", "mcp.v1.WorkflowService", "mcp.v1.ProtocolRegistry", "grpc.health.v1.Health"} <= services
+
+
+async def test_a_self_registration_expires_unless_renewed(client, plugins):
+    from google.protobuf import duration_pb2
+
+    await client.registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(address=plugins["cognitive"].address))
+    ttl = duration_pb2.Duration(nanos=600_000_000)
+    reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=plugins["cognitive"].address, ttl=ttl))
+    assert all(p.HasField("expire_time") for p in reply.protocols)
+    assert (await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))).protocol.manifest.name == "emotion"
+    await asyncio.sleep(2.5)  # past the TTL and past the registry cache's refresh
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

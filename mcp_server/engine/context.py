@@ -1,8 +1,14 @@
 """RunContext: the mutable state of one task run: step states, events, checkpoints.
 
 It owns the task snapshot while the task runs. Events get their sequence numbers here, in
-the order they happen; `checkpoint()` writes the snapshot and every event not yet written
-in one atomic store call, so the log and the snapshot never disagree.
+the order they happen; a checkpoint writes the snapshot and every event not yet written in
+one atomic store call, so the log and the snapshot never disagree.
+
+Writes are behind, not in the way: a node's completion starts a background checkpoint that
+runs while the next plugin call is under way, and whatever happened meanwhile (the next
+step's start) rides along in the same write, so a sequence costs one store round trip per
+step. A run notices a lost lease at the next node it starts, and while the store is down it
+pauses there until the pending writes go through.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ class RunContext:
     _pending: list[task_pb2.TaskEvent] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _background: asyncio.Task[None] | None = None
+    _lease_lost: LeaseLost | None = None
+    _store_down: bool = False
 
     def __post_init__(self) -> None:
         self._states = {s.path: s for s in self.task.steps}
@@ -78,15 +86,31 @@ class RunContext:
         self.task.last_sequence += 1
         event = make_event(self.task.task_id, self.task.last_sequence, type_, **fields)
         self._pending.append(event)
-        if flush_soon and (self._background is None or self._background.done()):
-            self._background = asyncio.get_running_loop().create_task(self._flush_quietly())
+        if flush_soon:
+            self.flush_soon()
         return event
 
-    async def _flush_quietly(self) -> None:
+    def flush_soon(self) -> None:
+        """Start writing pending events in the background, unless a write is under way already
+        (it picks them up when it is done)."""
+        if self._background is None or self._background.done():
+            self._background = asyncio.get_running_loop().create_task(self._flush_in_background())
+
+    async def _flush_in_background(self) -> None:
         try:
-            await self.checkpoint()
-        except LeaseLost:
-            pass  # the run notices at its next checkpoint
+            while self._pending:
+                await self.checkpoint()
+        except LeaseLost as exc:
+            self._lease_lost = exc  # raised where the run next starts a node
+
+    async def ready_for_next_node(self) -> None:
+        """Raise LeaseLost if another replica took the task; wait while the store is down."""
+        if self._lease_lost is not None:
+            raise self._lease_lost
+        if self._store_down and self._background is not None:
+            await asyncio.shield(self._background)
+            if self._lease_lost is not None:
+                raise self._lease_lost
 
     async def checkpoint(self) -> None:
         """Write the snapshot and the pending events atomically; wait out store outages."""
@@ -98,8 +122,10 @@ class RunContext:
             while True:
                 try:
                     await self.store.save_task(self.task, events, self.lease_token)
+                    self._store_down = False
                     return
                 except Unavailable as exc:
+                    self._store_down = True
                     log.warning("store unavailable, task %s paused: %s", self.task.task_id, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
@@ -113,7 +139,8 @@ class RunContext:
         directive = state.directive if state.HasField("directive") else None
         return NodeResult(value_to_python(state.output), directive)
 
-    def begin(self, path: str, node_id: str, kind: str, protocol: str = "") -> task_pb2.StepState:
+    async def begin(self, path: str, node_id: str, kind: str, protocol: str = "") -> task_pb2.StepState:
+        await self.ready_for_next_node()
         state = self._states.get(path)
         if state is None:
             state = self.task.steps.add(path=path, node_id=node_id, kind=kind, protocol=protocol)
@@ -133,7 +160,7 @@ class RunContext:
             state.directive.CopyFrom(result.directive)
         state.end_time.CopyFrom(now())
         self.emit(E.TASK_EVENT_TYPE_STEP_COMPLETED, step_path=path, protocol=state.protocol,
-                  attempt=state.attempts, message=f"{state.kind} {state.node_id} completed")
+                  attempt=state.attempts, message=f"{state.kind} {state.node_id} completed", flush_soon=True)
 
     def fail(self, path: str, code: str, message: str, *, cancelled: bool = False) -> None:
         state = self._states[path]

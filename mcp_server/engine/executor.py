@@ -32,7 +32,7 @@ async def execute(node: PlanNode, path: str, value: Any, ctx: RunContext, scope:
         ctx.outputs_by_id[node.id] = done.output
         return done
     protocol = getattr(node, "protocol", "")
-    ctx.begin(path, node.id, node.kind, protocol)
+    await ctx.begin(path, node.id, node.kind, protocol)
     try:
         result = await _RUNNERS[node.kind](node, path, value, ctx, scope)
     except asyncio.CancelledError:
@@ -46,8 +46,7 @@ async def execute(node: PlanNode, path: str, value: Any, ctx: RunContext, scope:
         ctx.fail(path, "DEADLINE_EXCEEDED", f"{node.kind} {node.id}: a timeout ran out")
         raise
     ctx.outputs_by_id[node.id] = result.output
-    ctx.complete(path, result)
-    await ctx.checkpoint()
+    ctx.complete(path, result)  # written in the background, together with what happens next
     return result
 
 

@@ -50,9 +50,8 @@ class TaskRunner:
             task.start_time.CopyFrom(now())
         ctx.emit(E.TASK_EVENT_TYPE_RESUMED if resumed else E.TASK_EVENT_TYPE_STARTED,
                  message=("resumed from snapshot" if resumed else "started") + f" by {self.replica_id or 'a replica'} (lease {lease_token})",
-                 data={"replica": self.replica_id, "lease": lease_token})
+                 data={"replica": self.replica_id, "lease": lease_token}, flush_soon=True)
         try:
-            await ctx.checkpoint()
             async with asyncio.timeout(plan.task_timeout):
                 result = await execute(plan.root, plan.root.id, ctx.task_input, ctx, {})
             task.result.CopyFrom(python_to_value(result.output))

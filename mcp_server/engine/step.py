@@ -147,7 +147,7 @@ async def run_auxiliary_call(call: Call, path: str, owner: str, ctx: RunContext)
     done = ctx.finished(path)
     if done is not None:
         return done
-    ctx.begin(path, path.rsplit("/", 1)[-1].split("#")[0], "step", call.protocol)
+    await ctx.begin(path, path.rsplit("/", 1)[-1].split("#")[0], "step", call.protocol)
     try:
         result = await call_with_retries(call, path, ctx)
     except ProtocolCallError as exc:
@@ -155,5 +155,4 @@ async def run_auxiliary_call(call: Call, path: str, owner: str, ctx: RunContext)
         ctx.fail(path, exc.code, message)
         raise NodeFailed(exc.code, message) from None
     ctx.complete(path, result)
-    await ctx.checkpoint()
     return result

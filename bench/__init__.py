@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench`. Client, orchestrator and plugin run as separate processes."""

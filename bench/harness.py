@@ -1,0 +1,145 @@
+"""Processes and measurement helpers for the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from mcp_server.plugin_host import READY_LINE
+from mcp_server.proto import task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    process: subprocess.Popen[str]
+    address: str
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_plugin(module: str = "protocol_plugins.testkit") -> Proc:
+    process = subprocess.Popen([sys.executable, "-m", "protocol_plugins.run", module], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith(READY_LINE), line
+    return Proc(process, line.split()[1])
+
+
+def start_orchestrator(store: str, plugins: list[str], replica: str = "bench", **env: str) -> Proc:
+    address = f"127.0.0.1:{free_port()}"
+    args = [sys.executable, "-m", "mcp_server", "--listen", address, "--store", store, "--replica-id", replica]
+    for plugin in plugins:
+        args += ["--plugin", plugin]
+    environment = {**os.environ, "MCP_LIMIT_MAX_TASKS_IN_FLIGHT": "20000", "MCP_LIMIT_MAX_CONCURRENCY": "1000", **env}
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "listening on" in line:
+            break
+    assert process.poll() is None, "orchestrator did not start"
+    return Proc(process, address)
+
+
+@dataclass
+class Stat:
+    """Median of several runs, with the min and max of the runs."""
+
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"median": self.median, "min": min(self.runs), "max": max(self.runs), "runs": self.runs}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def repeat(times: int, measure: Callable[[], Awaitable[float]]) -> Stat:
+    stat = Stat()
+    for _ in range(times):
+        stat.runs.append(await measure())
+    return stat
+
+
+class Orchestrated:
+    """A client of one orchestrator: create workflows, run tasks to their end."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        self.tasks = task_pb2_grpc.TaskServiceStub(self.channel)
+        self.workflows = workflow_pb2_grpc.WorkflowServiceStub(self.channel)
+
+    async def create(self, definition: dict[str, Any]) -> None:
+        workflow = json_format.ParseDict(definition, workflow_pb2.Workflow())
+        await self.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow))
+
+    async def run(self, workflow_id: str, data: dict[str, Any] | None = None) -> float:
+        """Seconds from submit to the terminal event."""
+        started = time.perf_counter()
+        request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id)
+        if data:
+            request.input_data.update(data)
+        task = (await self.tasks.SubmitTask(request)).task
+        async for event in self.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+            last = event
+        elapsed = time.perf_counter() - started
+        assert last.type == task_pb2.TASK_EVENT_TYPE_COMPLETED, last
+        return elapsed
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def chain(workflow_id: str, steps: int, protocol: str = "echo", expr: str = "") -> dict[str, Any]:
+    children = [{"id": f"s{i}", "step": {"protocol": protocol, **({"input": expr} if expr else {})}} for i in range(steps)]
+    return {"workflow_id": workflow_id, "root": {"id": "root", "sequence": {"children": children}}}
+
+
+async def throughput(run_one: Callable[[], Awaitable[Any]], in_flight: int, total: int) -> float:
+    """Completions per second with `in_flight` concurrent runners doing `total` runs."""
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await run_one()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return total / (time.perf_counter() - started)

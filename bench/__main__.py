@@ -82,38 +82,47 @@ async def bench_floors_and_orchestrated(plugin: Proc, quick: bool) -> None:
              ("floor+redis: 10-step chain, p50 ms", floor10, ""),
              ("floor+redis: chains/s, 64 in flight", floor_tps, "")]
     for backend in ("redis", "sqlite"):
-        url = f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:" if backend == "redis" else f"sqlite:///{tempfile.mkdtemp()}/bench.db"
-        orchestrator = start_orchestrator(url, [plugin.address])
-        client = Orchestrated(orchestrator.address)
-        await client.create(chain("three", 3))
-        await client.create(chain("ten", 10))
-        await client.run("three")
-        all_samples: list[float] = []
-
-        async def three_p50() -> float:
-            got = await latency_samples(lambda: client.run("three"), samples)
-            all_samples.extend(got)
-            return percentile(got, 0.5) * 1000
-
-        lat = await repeat(runs, three_p50)
-        p99 = percentile(all_samples, 0.99) * 1000
-        ten = await repeat(runs, lambda: p50(lambda: client.run("ten")))
-        tps = await repeat(runs, lambda: throughput(lambda: client.run("three"), 64, total))
-        overhead = Stat([(t - f) / 10 for t, f in zip(ten.runs, floor10.runs)])
-        rows += [(f"{backend}: 3-step task, submit->result p50 ms", lat, f"{lat.median / floor_redis.median:.2f}x floor+redis"),
-                 (f"{backend}: 3-step task p99 ms", f"{p99:.3f}", ""),
-                 (f"{backend}: tasks/s, 64 in flight", tps, f"{tps.median / floor_tps.median:.0%} of floor+redis"),
-                 (f"{backend}: 10-step task p50 ms", ten, ""),
-                 (f"{backend}: per-step overhead above floor+redis, ms", overhead, "(10-step task - 10-step floor) / 10")]
-        if backend == "redis":
-            writes, reads = await round_trips_per_step(client)
-            rows.append(("redis: orchestrator writes (EVALSHA) per step, 10-step task", f"{writes:.2f}", "snapshot+events, atomic"))
-            rows.append(("redis: watcher reads (XREAD) per step, 10-step task", f"{reads:.2f}", "one watcher"))
-        await client.close()
-        orchestrator.stop()
+        rows += await orchestrated_rows(backend, plugin, samples, runs, total, floor_redis, floor10, floor_tps)
     table("Latency and throughput (3-step no-op chain)", rows)
     await store.aclose()
     await channel.close()
+
+
+async def orchestrated_rows(backend: str, plugin: Proc, samples: int, runs: int, total: int,
+                            floor_redis: Stat, floor10: Stat, floor_tps: Stat) -> list[tuple[str, Stat | float | str, str]]:
+    url = f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:" if backend == "redis" else f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+    orchestrator = start_orchestrator(url, [plugin.address])
+    client = Orchestrated(orchestrator.address)
+    await client.create(chain("three", 3))
+    await client.create(chain("ten", 10))
+    await client.run("three")
+    all_samples: list[float] = []
+
+    async def p50_of(workflow_id: str, keep: bool = False) -> float:
+        got = await latency_samples(lambda: client.run(workflow_id), samples)
+        if keep:
+            all_samples.extend(got)
+        return percentile(got, 0.5) * 1000
+
+    lat = await repeat(runs, lambda: p50_of("three", keep=True))
+    p99 = percentile(all_samples, 0.99) * 1000
+    ten = await repeat(runs, lambda: p50_of("ten"))
+    tps = await repeat(runs, lambda: throughput(lambda: client.run("three"), 64, total))
+    overhead = Stat([(t - f) / 10 for t, f in zip(ten.runs, floor10.runs)])
+    rows: list[tuple[str, Stat | float | str, str]] = [
+        (f"{backend}: 3-step task, submit->result p50 ms", lat, f"{lat.median / floor_redis.median:.2f}x floor+redis"),
+        (f"{backend}: 3-step task p99 ms", f"{p99:.3f}", ""),
+        (f"{backend}: tasks/s, 64 in flight", tps, f"{tps.median / floor_tps.median:.0%} of floor+redis"),
+        (f"{backend}: 10-step task p50 ms", ten, ""),
+        (f"{backend}: per-step overhead above floor+redis, ms", overhead, "(10-step task - 10-step floor) / 10"),
+    ]
+    if backend == "redis":
+        writes, reads = await round_trips_per_step(client)
+        rows.append(("redis: orchestrator writes (EVALSHA) per step, 10-step task", f"{writes:.2f}", "snapshot+events, atomic"))
+        rows.append(("redis: watcher reads (XREAD) per step, 10-step task", f"{reads:.2f}", "one watcher"))
+    await client.close()
+    orchestrator.stop()
+    return rows
 
 
 async def round_trips_per_step(client: Orchestrated) -> tuple[float, float]:
@@ -188,26 +197,29 @@ async def bench_scale(plugin: Proc, quick: bool) -> None:
     orchestrator.stop()
 
 
+async def replica_throughput(plugin: Proc, replicas: int, total: int) -> Stat:
+    url = f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
+    procs = [start_orchestrator(url, [plugin.address], replica=f"r{i}") for i in range(replicas)]
+    clients = [Orchestrated(p.address) for p in procs]
+    await clients[0].create(chain("three", 3))
+    turn = 0
+
+    async def run_one() -> float:
+        nonlocal turn
+        turn += 1
+        return await clients[turn % replicas].run("three")
+
+    result = await repeat(3, lambda: throughput(run_one, 64, total))
+    for c in clients:
+        await c.close()
+    for p in procs:
+        p.stop()
+    return result
+
+
 async def bench_replicas(plugin: Proc, quick: bool) -> None:
     total = 128 if quick else 640
-    results = {}
-    for replicas in (1, 2):
-        url = f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
-        procs = [start_orchestrator(url, [plugin.address], replica=f"r{i}") for i in range(replicas)]
-        clients = [Orchestrated(p.address) for p in procs]
-        await clients[0].create(chain("three", 3))
-        turn = 0
-
-        async def run_one() -> float:
-            nonlocal turn
-            turn += 1
-            return await clients[turn % replicas].run("three")
-
-        results[replicas] = await repeat(3, lambda: throughput(run_one, 64, total))
-        for c in clients:
-            await c.close()
-        for p in procs:
-            p.stop()
+    results = {replicas: await replica_throughput(plugin, replicas, total) for replicas in (1, 2)}
     table("Scale-out: 3-step tasks/s with 64 in flight, replicas on one Redis (2 cores shared by all processes)", [
         ("one replica", results[1], ""),
         ("two replicas", results[2], f"{results[2].median / results[1].median:.2f}x one replica"),
@@ -215,6 +227,20 @@ async def bench_replicas(plugin: Proc, quick: bool) -> None:
 
 
 # ---- streaming ------------------------------------------------------------------------------
+async def watch_delays(client: Orchestrated, watchers: int) -> list[float]:
+    """Milliseconds from each event's write time to its arrival, over every watcher."""
+    task = (await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="ticker"))).task
+    delays: list[float] = []
+
+    async def watch() -> None:
+        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+            if event.type in (task_pb2.TASK_EVENT_TYPE_STEP_STARTED, task_pb2.TASK_EVENT_TYPE_STEP_COMPLETED) and event.sequence > 3:
+                delays.append((time.time() - event.time.ToNanoseconds() / 1e9) * 1000)
+
+    await asyncio.gather(*(watch() for _ in range(watchers)))
+    return delays
+
+
 async def bench_streaming(plugin: Proc, quick: bool) -> None:
     orchestrator = start_orchestrator(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [plugin.address])
     client = Orchestrated(orchestrator.address)
@@ -222,15 +248,7 @@ async def bench_streaming(plugin: Proc, quick: bool) -> None:
     watchers = 100
     stat_p50, stat_p99 = Stat(), Stat()
     for _ in range(3):
-        task = (await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="ticker"))).task
-        delays: list[float] = []
-
-        async def watch(task_id: str = task.task_id) -> None:
-            async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
-                if event.type in (task_pb2.TASK_EVENT_TYPE_STEP_STARTED, task_pb2.TASK_EVENT_TYPE_STEP_COMPLETED) and event.sequence > 3:
-                    delays.append((time.time() - event.time.ToNanoseconds() / 1e9) * 1000)
-
-        await asyncio.gather(*(watch() for _ in range(watchers)))
+        delays = await watch_delays(client, watchers)
         stat_p50.runs.append(percentile(delays, 0.5))
         stat_p99.runs.append(percentile(delays, 0.99))
     table(f"Streaming: event time -> arrival at {watchers} watchers of one task (redis store)", [

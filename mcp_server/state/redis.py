@@ -14,6 +14,7 @@ sorted set (expiry ms), `tasks` sorted set (creation counter), `req:<request_id>
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -102,6 +103,7 @@ class RedisStore:
         self.r = client
         self.p = prefix
         self.retention_ms = max(1, int(retention_seconds * 1000))
+        self._hub = _StreamHub(self)
         self._create = client.register_script(CREATE_TASK)
         self._save = client.register_script(SAVE_TASK)
         self._claim = client.register_script(CLAIM_TASK)
@@ -115,7 +117,10 @@ class RedisStore:
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", ["mcp:"])[0]
         clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
-        client = aioredis.from_url(clean, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+        # A bounded pool that makes a command wait for a free connection rather than fail.
+        pool = aioredis.BlockingConnectionPool.from_url(clean, max_connections=64, timeout=10, socket_timeout=5,
+                                                        socket_connect_timeout=2, health_check_interval=30)
+        client = aioredis.Redis(connection_pool=pool)
         store = cls(client, prefix, retention_seconds)
         await store.ping()
         return store
@@ -267,10 +272,15 @@ class RedisStore:
         return [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
-        reply = await self._do(self.r.xread({f"{self.p}ev:{task_id}": f"0-{after_sequence}"}, count=1000, block=max(1, int(timeout * 1000))))
-        if not reply:
-            return []
-        return [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in reply[0][1]]
+        """Events after `after_sequence`, waiting up to `timeout` for one. However many watchers
+        follow a task on this replica, one blocking XREAD follows all of them (see _StreamHub)."""
+        key = f"{self.p}ev:{task_id}"
+        if not self._hub.covers(key, after_sequence):
+            events = await self.read_events(task_id, after_sequence)
+            if events:
+                return events
+        followed = await self._hub.wait(key, after_sequence, timeout)
+        return await self.read_events(task_id, after_sequence) if followed is None else followed
 
     # ---- queue and leases -----------------------------------------------------------------
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
@@ -338,3 +348,92 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.r.aclose()
+
+
+
+class _Stream:
+    """What one replica knows of one followed event stream."""
+
+    def __init__(self, after_sequence: int) -> None:
+        self.start = after_sequence
+        self.last_id = f"0-{after_sequence}"
+        self.events: list[task_pb2.TaskEvent] = []
+        self.waiters: set[asyncio.Future[None]] = set()
+        self.watchers = 0
+        self.error: Unavailable | None = None
+
+    def wake(self) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def newer_than(self, after_sequence: int) -> bool:
+        return bool(self.events) and self.events[-1].sequence > after_sequence
+
+
+class _StreamHub:
+    """Follows every watched task's event stream with one blocking XREAD over all of them, so
+    a replica holds one Redis connection for its watchers however many there are.
+
+    The read blocks for at most `BLOCK_MS`, so a newly watched stream joins within that time.
+    Cancelling a blocked read to include it sooner is not safe: the reply of the cancelled
+    read can still arrive and be taken for the answer to the next command."""
+
+    BLOCK_MS = 50
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.streams: dict[str, _Stream] = {}
+        self.reader: asyncio.Task[None] | None = None
+
+    def covers(self, key: str, after_sequence: int) -> bool:
+        """True when the hub already holds every event of `key` after `after_sequence`."""
+        stream = self.streams.get(key)
+        return stream is not None and stream.start <= after_sequence
+
+    async def wait(self, key: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent] | None:
+        """New events of `key` after `after_sequence`; [] on timeout; None when the hub began
+        following after that point (the caller reads the stream itself)."""
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = self.streams[key] = _Stream(after_sequence)
+            if self.reader is None or self.reader.done():
+                self.reader = asyncio.get_running_loop().create_task(self._read())
+        stream.watchers += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stream.waiters.add(waiter)
+        try:
+            if not stream.newer_than(after_sequence):
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                except TimeoutError:
+                    if stream.error is not None:
+                        raise stream.error from None
+                    return []
+            if after_sequence < stream.start:
+                return None
+            return [e for e in stream.events if e.sequence > after_sequence]
+        finally:
+            stream.waiters.discard(waiter)
+            stream.watchers -= 1
+            if stream.watchers == 0 and self.streams.get(key) is stream:
+                del self.streams[key]
+
+    async def _read(self) -> None:
+        while self.streams:
+            wanted: dict[Any, Any] = {key: stream.last_id for key, stream in self.streams.items()}
+            try:
+                reply = await self.store._do(self.store.r.xread(wanted, count=1000, block=self.BLOCK_MS))
+            except Unavailable as exc:
+                for stream in self.streams.values():
+                    stream.error = exc
+                await asyncio.sleep(0.2)
+                continue
+            for raw_key, entries in reply or []:
+                found = self.streams.get(raw_key.decode())
+                if found is None or not entries:
+                    continue
+                found.last_id = entries[-1][0].decode()
+                found.events += [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]
+                found.error = None
+                found.wake()

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 
 READY_LINE = "MCP_PLUGIN_LISTENING"
-BUNDLED = ("protocol_plugins.testkit", "protocol_plugins.cognitive")
+BUNDLED = ("protocol_plugins.testkit", "protocol_plugins.cognitive", "protocol_plugins.writing")
 
 
 @dataclass

@@ -87,10 +87,10 @@ async def flaky(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {**data, "attempts_seen": stats.calls[ctx.idempotency_key]}
 
 
-@plugin.protocol("draft", description="Writes a draft whose score rises once it has received feedback",
+@plugin.protocol("scored_draft", description="Writes a draft whose score rises once it has received feedback",
                  type=T.PROTOCOL_TYPE_GENERATION)
 async def draft(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    stats.record("draft", ctx)
+    stats.record("scored_draft", ctx)
     feedback = str(data.get("feedback", ""))
     if feedback:
         stats.seen_feedback.append(feedback)
@@ -118,9 +118,9 @@ async def silent_supervisor(data: dict[str, Any], ctx: Context) -> dict[str, Any
     return {"thoughts": "none"}
 
 
-@plugin.protocol("route", description="Names the next state: `next` from the input or output", type=T.PROTOCOL_TYPE_ROUTER)
+@plugin.protocol("goto", description="Names the next state: `next` from the input or output", type=T.PROTOCOL_TYPE_ROUTER)
 async def route(data: dict[str, Any], ctx: Context) -> Reply:
-    stats.record("route", ctx)
+    stats.record("goto", ctx)
     output: dict[str, Any] = data["output"] if isinstance(data.get("output"), dict) else data
     return goto(str(output.get("next", data.get("next", ""))), routed=True)
 

@@ -48,7 +48,7 @@ def spawn_plugin(module: str, listen: str = "127.0.0.1:0") -> PluginProc:
 
 @pytest.fixture(scope="session")
 def plugins() -> Iterator[dict[str, PluginProc]]:
-    procs = {m: spawn_plugin(f"protocol_plugins.{m}") for m in ("testkit", "cognitive", "chaos")}
+    procs = {m: spawn_plugin(f"protocol_plugins.{m}") for m in ("testkit", "cognitive", "writing", "chaos")}
     yield procs
     for proc in procs.values():
         proc.process.terminate()

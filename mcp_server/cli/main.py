@@ -19,8 +19,11 @@ import grpc
 import yaml
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
+from rich.live import Live
 
 from mcp_server.cli import render
+from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
+from mcp_server.cli.tree import RunTree
 from mcp_server.proto import (
     registry_pb2,
     registry_pb2_grpc,
@@ -57,14 +60,25 @@ class Client:
         self.registry = registry_pb2_grpc.ProtocolRegistryStub(self.channel)
 
 
-async def watch(client: Client, task_id: str, after: int, as_json: bool) -> int:
+async def watch(client: Client, task_id: str, after: int, as_json: bool, plain: bool = False) -> int:
+    """Follow a task: a live tree on a terminal, one line per event otherwise, or JSON lines.
+    Exit status 0 when the task completed, 2 when it failed or was cancelled."""
     final = 0
-    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after)):
-        if as_json:
-            print(json.dumps(render.to_json(event)), flush=True)
-        else:
-            render.event_line(event)
-        final = event.type
+    stream = client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after))
+    if as_json or plain or not render.console.is_terminal:
+        async for event in stream:
+            if as_json:
+                print(json.dumps(render.to_json(event)), flush=True)
+            else:
+                render.event_line(event)
+            final = event.type
+    else:
+        tree = RunTree(task_id)
+        with Live(tree.render(), console=render.console, refresh_per_second=10) as live:
+            async for event in stream:
+                tree.apply(event)
+                live.update(tree.render())
+                final = event.type
     return 0 if final == task_pb2.TASK_EVENT_TYPE_COMPLETED else 2
 
 
@@ -94,7 +108,7 @@ async def run(args: argparse.Namespace) -> int:
         if args.watch:
             if not args.json:
                 render.console.print(f"task [bold]{reply.task.task_id}[/bold] submitted; watching")
-            code = await watch(client, reply.task.task_id, 0, args.json)
+            code = await watch(client, reply.task.task_id, 0, args.json, args.plain)
             if not args.json:
                 render.task_summary((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id))).task)
             return code
@@ -110,7 +124,15 @@ async def run(args: argparse.Namespace) -> int:
         task = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=args.id, reason=args.reason or ""))).task
         out(render.to_json(task)) if out else render.task_summary(task)
     elif cmd == ("task", "watch"):
-        return await watch(client, args.id, args.after, args.json)
+        return await watch(client, args.id, args.after, args.json, args.plain)
+    elif cmd == ("workflow", "graph"):
+        workflow = (await client.workflows.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id=args.id, version=args.version))).workflow
+        graph = workflow_graph(workflow)
+        print(to_dot(graph) if args.format == "dot" else to_mermaid(graph))
+    elif cmd == ("task", "graph"):
+        task = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=args.id))).task
+        graph = task_graph(task)
+        print(to_dot(graph) if args.format == "dot" else to_mermaid(graph))
     elif cmd == ("protocol", "list"):
         reply = await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())
         (out or _print_protocols)(render.to_json(reply))
@@ -143,6 +165,10 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("--version", type=int, default=0)
     wf.add_parser("list").add_argument("--page-size", type=int, default=100)
     wf.add_parser("delete").add_argument("id")
+    wgraph = wf.add_parser("graph", help="the definition as a Mermaid or Graphviz DOT graph")
+    wgraph.add_argument("id")
+    wgraph.add_argument("--version", type=int, default=0)
+    wgraph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
 
     task = groups.add_parser("task").add_subparsers(dest="command", required=True)
     submit = task.add_parser("submit")
@@ -152,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--request-id")
     submit.add_argument("--watch", action="store_true", help="follow the task to its end")
+    submit.add_argument("--plain", action="store_true", help="with --watch: one line per event instead of a live tree")
     task.add_parser("get").add_argument("id")
     lst = task.add_parser("list")
     lst.add_argument("--status", action="append", default=[], choices=["pending", "running", "completed", "failed", "cancelled"])
@@ -163,6 +190,10 @@ def parser() -> argparse.ArgumentParser:
     w = task.add_parser("watch")
     w.add_argument("id")
     w.add_argument("--after", type=int, default=0, help="replay events after this sequence number")
+    w.add_argument("--plain", action="store_true", help="one line per event instead of a live tree")
+    tgraph = task.add_parser("graph", help="the path a task took, as Mermaid or Graphviz DOT")
+    tgraph.add_argument("id")
+    tgraph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
 
     proto = groups.add_parser("protocol").add_subparsers(dest="command", required=True)
     proto.add_parser("list")

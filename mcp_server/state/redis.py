@@ -15,6 +15,8 @@ sorted set (expiry ms), `tasks` sorted set (creation counter), `req:<request_id>
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -360,6 +362,7 @@ class _Stream:
         self.events: list[task_pb2.TaskEvent] = []
         self.waiters: set[asyncio.Future[None]] = set()
         self.watchers = 0
+        self.idle_since = 0.0
         self.error: Unavailable | None = None
 
     def wake(self) -> None:
@@ -375,16 +378,21 @@ class _StreamHub:
     """Follows every watched task's event stream with one blocking XREAD over all of them, so
     a replica holds one Redis connection for its watchers however many there are.
 
-    The read blocks for at most `BLOCK_MS`, so a newly watched stream joins within that time.
-    Cancelling a blocked read to include it sooner is not safe: the reply of the cancelled
-    read can still arrive and be taken for the answer to the next command."""
+    A newly watched stream must join the read at once. Cancelling the blocked XREAD is not
+    safe (its reply can still arrive and be taken for the answer to the next command), so the
+    read also follows a private wake-up stream: adding a stream appends to it, which ends the
+    blocked read, and the next read includes the new stream. A stream nobody waits on is kept
+    for `IDLE_SECONDS`, so a watcher going from one wait to the next does not re-join."""
 
-    BLOCK_MS = 50
+    BLOCK_MS = 1000
+    IDLE_SECONDS = 5.0
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         self.streams: dict[str, _Stream] = {}
         self.reader: asyncio.Task[None] | None = None
+        self.wake_key = f"{store.p}hub:{uuid.uuid4().hex}"
+        self.wake_id = "0-0"
 
     def covers(self, key: str, after_sequence: int) -> bool:
         """True when the hub already holds every event of `key` after `after_sequence`."""
@@ -397,9 +405,9 @@ class _StreamHub:
         stream = self.streams.get(key)
         if stream is None:
             stream = self.streams[key] = _Stream(after_sequence)
-            if self.reader is None or self.reader.done():
-                self.reader = asyncio.get_running_loop().create_task(self._read())
+            await self._include_new_stream()
         stream.watchers += 1
+        stream.idle_since = 0.0
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         stream.waiters.add(waiter)
         try:
@@ -416,12 +424,28 @@ class _StreamHub:
         finally:
             stream.waiters.discard(waiter)
             stream.watchers -= 1
-            if stream.watchers == 0 and self.streams.get(key) is stream:
-                del self.streams[key]
+            if stream.watchers == 0:
+                stream.idle_since = time.monotonic()
+
+    async def _include_new_stream(self) -> None:
+        if self.reader is None or self.reader.done():
+            self.reader = asyncio.get_running_loop().create_task(self._read())
+            return
+        async with self.store.r.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=16, approximate=True)
+            pipe.expire(self.wake_key, 3600)
+            await self.store._do(pipe.execute())
+
+    def _prune(self) -> None:
+        cutoff = time.monotonic() - self.IDLE_SECONDS
+        for key in [k for k, s in self.streams.items() if s.watchers == 0 and 0 < s.idle_since < cutoff]:
+            del self.streams[key]
 
     async def _read(self) -> None:
         while self.streams:
+            self._prune()
             wanted: dict[Any, Any] = {key: stream.last_id for key, stream in self.streams.items()}
+            wanted[self.wake_key] = self.wake_id
             try:
                 reply = await self.store._do(self.store.r.xread(wanted, count=1000, block=self.BLOCK_MS))
             except Unavailable as exc:
@@ -430,7 +454,11 @@ class _StreamHub:
                 await asyncio.sleep(0.2)
                 continue
             for raw_key, entries in reply or []:
-                found = self.streams.get(raw_key.decode())
+                key = raw_key.decode()
+                if key == self.wake_key:
+                    self.wake_id = entries[-1][0].decode()
+                    continue
+                found = self.streams.get(key)
                 if found is None or not entries:
                     continue
                 found.last_id = entries[-1][0].decode()

@@ -76,7 +76,8 @@ EXAMPLE_INPUTS = {
     "sequence.yaml": ("text-pipeline", {"text": "The launch went well. Customers were delighted. Support had a calm week. Sales grew."}),
     "parallel.yaml": ("analyse-all", {"text": "Grace Hopper works at Remington Rand. She was very happy."}),
     "map.yaml": ("review-moods", {"reviews": ["I love it", "Terrible and broken", "It is fine"]}),
-    "supervise.yaml": ("supervised-draft", {"topic": "tea"}),
+    "supervise.yaml": ("supervised-draft", {"topic": "tea", "points": ["green tea is mild", "black tea is strong"]}),
+    "write_loop.yaml": ("write-loop", {"topic": "tea", "points": ["it is really very good", "it is is cheap"]}),
     "adaptive.yaml": ("triage", {"text": "I am furious, the product is broken and awful."}),
 }
 

@@ -90,7 +90,7 @@ async def test_map_paths_name_each_item_and_cel_sees_item_and_index(client):
 
 async def test_supervisor_retry_carries_feedback_into_the_retried_child(client, testkit):
     wf = workflow("sup", {"id": "review", "supervise": {"supervisor": "threshold_supervisor", "max_rounds": 3,
-                                                        "children": [step("d1", "draft"), step("d2", "echo", "{'score': 0.95}")]}})
+                                                        "children": [step("d1", "scored_draft"), step("d2", "echo", "{'score': 0.95}")]}})
     task = await run(client, wf, {"topic": "tea"})
     assert task.status == COMPLETED
     accepted = result(task)
@@ -105,7 +105,7 @@ async def test_supervisor_retry_carries_feedback_into_the_retried_child(client, 
 
 
 async def test_a_supervisor_tree_two_levels_deep(client):
-    inner = {"id": "team", "supervise": {"supervisor": "threshold_supervisor", "children": [step("writer", "draft")]}}
+    inner = {"id": "team", "supervise": {"supervisor": "threshold_supervisor", "children": [step("writer", "scored_draft")]}}
     wf = workflow("tree", {"id": "lead", "supervise": {"supervisor": "threshold_supervisor",
                                                        "children": [inner, step("checker", "echo", "{'score': 1.0}")]}})
     task = await run(client, wf, {"topic": "x"})
@@ -156,17 +156,17 @@ async def test_an_adaptive_loop_stops_at_its_bound(client):
 
 
 async def test_a_router_directive_picks_the_next_state(client):
-    states = [{"name": "start", "node": step("pick", "route", "{'next': input.where}")},
+    states = [{"name": "start", "node": step("pick", "goto", "{'next': input.where}")},
               {"name": "left", "terminal": True, "node": step("l", "echo", "{'went': 'left'}")},
               {"name": "right", "terminal": True, "node": step("r", "echo", "{'went': 'right'}")}]
-    wf = workflow("routed", {"id": "m", "adaptive": {"states": states, "router": "route"}})
+    wf = workflow("routed", {"id": "m", "adaptive": {"states": states, "router": "goto"}})
     assert result(await run(client, wf, {"where": "right"})) == {"went": "right"}
 
 
 async def test_a_router_naming_an_unknown_state_fails_cleanly(client):
-    states = [{"name": "start", "node": step("pick", "route", "{'next': 'atlantis'}")},
+    states = [{"name": "start", "node": step("pick", "goto", "{'next': 'atlantis'}")},
               {"name": "end", "terminal": True, "node": step("e", "echo")}]
-    task = await run(client, workflow("lost", {"id": "m", "adaptive": {"states": states, "router": "route"}}))
+    task = await run(client, workflow("lost", {"id": "m", "adaptive": {"states": states, "router": "goto"}}))
     assert task.status == FAILED
     assert "unknown state 'atlantis'" in task.error.message
 

@@ -1,0 +1,169 @@
+"""Graphs of workflows and of task runs, as Mermaid or Graphviz DOT.
+
+A workflow becomes nodes (steps, supervisors, states) and edges (sequence order, fan-out and
+join, supervisor review and retry, adaptive transitions with their CEL conditions), grouped
+in clusters per composite node. A task becomes the tree of what actually ran, coloured by
+status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mcp_server.proto import task_pb2, workflow_pb2
+
+
+@dataclass
+class Graph:
+    nodes: dict[str, str] = field(default_factory=dict)  # id -> label
+    edges: list[tuple[str, str, str, bool]] = field(default_factory=list)  # from, to, label, dashed
+    clusters: list[tuple[str, str, list[str]]] = field(default_factory=list)  # id, label, member node ids
+    styles: dict[str, str] = field(default_factory=dict)  # node id -> status class
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+def _add(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[str], list[str], list[str]]:
+    """Add `node`; return its entry ids, exit ids and every node id it contains."""
+    kind = node.WhichOneof("kind")
+    name = _safe(f"{prefix}{node.id or kind}")
+    if kind == "step":
+        graph.nodes[name] = f"{node.id or node.step.protocol}\\n[{node.step.protocol}]"
+        return [name], [name], [name]
+    members: list[str] = []
+    if kind == "sequence":
+        entry: list[str] = []
+        exits: list[str] = []
+        for child in node.sequence.children:
+            c_entry, c_exit, c_all = _add(graph, child, f"{name}_")
+            members += c_all
+            for a in exits:
+                for b in c_entry:
+                    graph.edges.append((a, b, "", False))
+            entry = entry or c_entry
+            exits = c_exit
+        graph.clusters.append((name, f"sequence {node.id}", members))
+        return entry, exits, members
+    if kind in ("parallel", "map"):
+        children = list(node.parallel.children) if kind == "parallel" else [node.map.body]
+        entry, exits = [], []
+        for child in children:
+            c_entry, c_exit, c_all = _add(graph, child, f"{name}_")
+            entry += c_entry
+            exits += c_exit
+            members += c_all
+        label = f"parallel {node.id}" if kind == "parallel" else f"map {node.id} over {node.map.items}"
+        graph.clusters.append((name, label, members))
+        return entry, exits, members
+    if kind == "supervise":
+        judge = f"{name}_supervisor"
+        graph.nodes[judge] = f"supervisor\\n[{node.supervise.supervisor}]"
+        entry = []
+        for child in node.supervise.children:
+            c_entry, c_exit, c_all = _add(graph, child, f"{name}_")
+            entry += c_entry
+            members += c_all
+            graph.edges += [(e, judge, "review", False) for e in c_exit]
+            graph.edges += [(judge, e, "retry", True) for e in c_entry]
+        members.append(judge)
+        graph.clusters.append((name, f"supervise {node.id}", members))
+        return entry, [judge], members
+    if kind == "adaptive":
+        adaptive = node.adaptive
+        bounds: dict[str, tuple[list[str], list[str]]] = {}
+        for state in adaptive.states:
+            s_entry, s_exit, s_all = _add(graph, state.node, f"{name}_{state.name}_")
+            bounds[state.name] = (s_entry, s_exit)
+            members += s_all
+        exits = []
+        for state in adaptive.states:
+            if state.terminal:
+                exits += bounds[state.name][1]
+            for transition in state.transitions:
+                for a in bounds[state.name][1]:
+                    for b in bounds.get(transition.to, ([], []))[0]:
+                        graph.edges.append((a, b, transition.when or "otherwise", False))
+        initial = adaptive.initial_state or (adaptive.states[0].name if adaptive.states else "")
+        label = f"adaptive {node.id}" + (f" (router {adaptive.router})" if adaptive.router else "")
+        graph.clusters.append((name, label, members))
+        return bounds.get(initial, ([], []))[0], exits, members
+    graph.nodes[name] = f"{node.id} (empty)"
+    return [name], [name], [name]
+
+
+def workflow_graph(workflow: workflow_pb2.Workflow) -> Graph:
+    graph = Graph()
+    entry, exits, _ = _add(graph, workflow.root, "")
+    graph.nodes["start"] = "input"
+    graph.nodes["end"] = "result"
+    graph.edges += [("start", e, "", False) for e in entry] + [(e, "end", "", False) for e in exits]
+    return graph
+
+
+STATUS_CLASS = {
+    task_pb2.STEP_STATUS_COMPLETED: "completed", task_pb2.STEP_STATUS_FAILED: "failed",
+    task_pb2.STEP_STATUS_RUNNING: "running", task_pb2.STEP_STATUS_CANCELLED: "cancelled",
+}
+
+
+def task_graph(task: task_pb2.Task) -> Graph:
+    """The tree of executions a task went through: each step path, its status and attempts."""
+    graph = Graph()
+    paths = {s.path for s in task.steps}
+    for state in sorted(task.steps, key=lambda s: (s.start_time.ToNanoseconds(), s.path)):
+        name = _safe(state.path)
+        detail = f"[{state.protocol}] x{state.attempts}" if state.protocol else state.kind
+        graph.nodes[name] = f"{state.path.rsplit('/', 1)[-1]}\\n{detail}"
+        graph.styles[name] = STATUS_CLASS.get(state.status, "running")
+        parent = state.path.rsplit("/", 1)[0] if "/" in state.path else ""
+        if parent in paths:
+            graph.edges.append((_safe(parent), name, "", False))
+    return graph
+
+
+def to_mermaid(graph: Graph) -> str:
+    lines = ["flowchart TD"]
+    clustered = {m for _, _, members in graph.clusters for m in members}
+    for node_id, label in graph.nodes.items():
+        if node_id not in clustered:
+            lines.append(f'  {node_id}["{label}"]')
+    for cluster_id, label, members in reversed(graph.clusters):
+        lines.append(f'  subgraph {cluster_id}["{label}"]')
+        lines += [f'    {m}["{graph.nodes[m]}"]' for m in members if m in graph.nodes]
+        lines.append("  end")
+    for a, b, label, dashed in graph.edges:
+        arrow = "-.->" if dashed else "-->"
+        lines.append(f'  {a} {arrow}|"{label}"| {b}' if label else f"  {a} {arrow} {b}")
+    for status, colour in (("completed", "#c8f7c5"), ("failed", "#f7c5c5"), ("running", "#fff3b0"), ("cancelled", "#dddddd")):
+        members = [n for n, s in graph.styles.items() if s == status]
+        if members:
+            lines.append(f"  classDef {status} fill:{colour}")
+            lines.append(f"  class {','.join(members)} {status}")
+    return "\n".join(lines)
+
+
+def to_dot(graph: Graph) -> str:
+    colours = {"completed": "palegreen", "failed": "lightpink", "running": "lightyellow", "cancelled": "lightgrey"}
+    lines = ["digraph workflow {", "  rankdir=TB;", "  node [shape=box, style=rounded];"]
+    clustered = {m for _, _, members in graph.clusters for m in members}
+    for node_id, label in graph.nodes.items():
+        if node_id not in clustered:
+            lines.append(f'  {node_id} [label="{label}"{_dot_fill(graph, node_id, colours)}];')
+    for cluster_id, label, members in graph.clusters:
+        lines.append(f'  subgraph cluster_{cluster_id} {{ label="{label}";')
+        lines += [f'    {m} [label="{graph.nodes[m]}"];' for m in members if m in graph.nodes]
+        lines.append("  }")
+    for a, b, label, dashed in graph.edges:
+        attrs = [f'label="{label}"'] if label else []
+        if dashed:
+            attrs.append("style=dashed")
+        lines.append(f"  {a} -> {b}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _dot_fill(graph: Graph, node_id: str, colours: dict[str, str]) -> str:
+    status = graph.styles.get(node_id)
+    return f', style="rounded,filled", fillcolor={colours[status]}' if status else ""

@@ -102,14 +102,12 @@ class Orchestrator:
             raise InvalidArgument("request_id is too long", violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters")])
         workflow = await self.get_workflow(request.workflow_id, request.workflow_version)
         await self.plans.get(workflow.workflow_id, workflow.version)
-        if await self.store.queue_length() >= limits.max_queue_length:
-            raise ResourceExhausted(f"the queue holds {limits.max_queue_length} tasks, its limit; retry later", reason="QUEUE_FULL")
         task = task_pb2.Task(
             task_id=uuid.uuid4().hex, workflow_id=workflow.workflow_id, workflow_version=workflow.version,
             input_data=request.input_data, status=task_pb2.TASK_STATUS_PENDING, priority=request.priority,
             request_id=request.request_id, labels=dict(request.labels), create_time=now(), last_sequence=1, owner=owner)
         event = make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED, message=f"queued with priority {task.priority}")
-        stored, created = await self.store.create_task(task, event)
+        stored, created = await self.store.create_task(task, event, limits.max_queue_length)
         if created:
             self.dispatcher.wake()
         return stored, created

@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2
 
 from mcp_server.engine.ports import CallContext, CallObserver, CallResult, ProtocolCallError
 from mcp_server.engine.values import dict_to_struct, struct_to_dict
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc
+from mcp_server.proto import protocol_pb2
 from mcp_server.protocols.breakers import UNHEALTHY_CODES, BreakerBoard
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.registry import ProtocolDirectory
@@ -81,7 +81,7 @@ class GrpcProtocolCaller:
 
     async def _invoke(self, address: str, request: protocol_pb2.ExecuteRequest, timeout: float | None,
                       observer: CallObserver | None) -> protocol_pb2.ExecuteResponse:
-        stub = protocol_pb2_grpc.ProtocolServiceStub(self.channels.get(address))
+        stub = self.channels.stub(address)
         try:
             if observer is None:
                 response = await stub.Execute(request, timeout=timeout)

@@ -1,8 +1,10 @@
-"""ChannelPool: one grpc.aio channel per plugin address, created once and reused."""
+"""ChannelPool: one grpc.aio channel (and stub) per plugin address, created once and reused."""
 
 from __future__ import annotations
 
 import grpc
+
+from mcp_server.proto import protocol_pb2_grpc
 
 
 class ChannelPool:
@@ -10,6 +12,7 @@ class ChannelPool:
 
     def __init__(self, max_message_bytes: int) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, protocol_pb2_grpc.ProtocolServiceStub] = {}
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -23,7 +26,14 @@ class ChannelPool:
             self._channels[address] = channel
         return channel
 
+    def stub(self, address: str) -> protocol_pb2_grpc.ProtocolServiceStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            stub = self._stubs[address] = protocol_pb2_grpc.ProtocolServiceStub(self.get(address))
+        return stub
+
     async def discard(self, address: str) -> None:
+        self._stubs.pop(address, None)
         channel = self._channels.pop(address, None)
         if channel is not None:
             await channel.close()
@@ -32,3 +42,4 @@ class ChannelPool:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._stubs.clear()

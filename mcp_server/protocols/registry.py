@@ -15,7 +15,7 @@ import grpc
 from mcp_server.engine.context import now
 from mcp_server.engine.ports import Store
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2
+from mcp_server.proto import protocol_pb2, registry_pb2
 from mcp_server.protocols.breakers import BreakerBoard
 from mcp_server.protocols.channels import ChannelPool
 
@@ -45,7 +45,7 @@ class ProtocolDirectory:
         """
         if not address or ":" not in address:
             raise InvalidArgument("address must be host:port", violations=[FieldViolation("address", "must be host:port, e.g. 127.0.0.1:50061")])
-        stub = protocol_pb2_grpc.ProtocolServiceStub(self.channels.get(address))
+        stub = self.channels.stub(address)
         try:
             described = await stub.Describe(protocol_pb2.DescribeRequest(), timeout=DESCRIBE_TIMEOUT)
         except grpc.aio.AioRpcError as exc:

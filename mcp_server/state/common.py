@@ -6,7 +6,7 @@ import base64
 import time
 
 from mcp_server.engine.context import now
-from mcp_server.errors import FieldViolation, InvalidArgument
+from mcp_server.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from mcp_server.proto import task_pb2
 
 ACTIVE = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
@@ -44,3 +44,10 @@ def mark_cancelled(task: task_pb2.Task, event: task_pb2.TaskEvent) -> task_pb2.T
     numbered.CopyFrom(event)
     numbered.sequence = task.last_sequence
     return numbered
+
+
+class QueueFull(ResourceExhausted):
+    """The queue holds its maximum number of tasks; raised by create_task."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the queue holds {limit} tasks, its limit; retry later", reason="QUEUE_FULL")

@@ -29,11 +29,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mcp_server.engine.context import now
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
-from mcp_server.state.common import ACTIVE, TERMINAL, decode_token, encode_token, mark_cancelled, now_seconds
+from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, decode_token, encode_token, mark_cancelled, now_seconds
+
+LATEST_WORKFLOW = """
+local version = redis.call('HGET', KEYS[2], ARGV[1])
+if not version then return nil end
+return redis.call('HGET', KEYS[1], version)
+"""
 
 CREATE_TASK = """
 local existing = redis.call('GET', KEYS[1])
 if existing then return {0, existing} end
+if tonumber(ARGV[7]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) then return {2, ''} end
 local counter = redis.call('INCR', KEYS[6])
 local member = string.format('%020d:%s', counter, ARGV[1])
 redis.call('HSET', KEYS[2], 'data', ARGV[2], 'status', ARGV[3], 'token', 0, 'member', member,
@@ -111,6 +118,7 @@ class RedisStore:
         self._claim = client.register_script(CLAIM_TASK)
         self._renew = client.register_script(RENEW_LEASE)
         self._release = client.register_script(RELEASE_EXPIRED)
+        self._latest = client.register_script(LATEST_WORKFLOW)
 
     @classmethod
     async def open(cls, url: str, retention_seconds: float = 7 * 24 * 3600.0) -> RedisStore:
@@ -153,12 +161,10 @@ class RedisStore:
 
     async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow | None:
         key = f"{self.p}wf:{workflow_id}"
-        if not version:
-            versions = await self._do(self.r.hkeys(key))
-            if not versions:
-                return None
-            version = max(int(v) for v in versions)
-        data = await self._do(self.r.hget(key, str(version)))
+        if version:
+            data = await self._do(self.r.hget(key, str(version)))
+        else:
+            data = await self._do(self._latest(keys=[key, self.p + "wfver"], args=[workflow_id]))
         return workflow_pb2.Workflow.FromString(data) if data else None
 
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
@@ -186,12 +192,15 @@ class RedisStore:
     def _task_key(self, task_id: str) -> str:
         return f"{self.p}task:{task_id}"
 
-    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent) -> tuple[task_pb2.Task, bool]:
+    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0) -> tuple[task_pb2.Task, bool]:
         key = self._task_key(task.task_id)
         request_key = f"{self.p}req:{task.request_id}" if task.request_id else key
         created, task_id = await self._do(self._create(
             keys=[request_key, key, f"{self.p}ev:{task.task_id}", self.p + "queue", self.p + "tasks", self.p + "counter"],
-            args=[task.task_id, task.SerializeToString(), task.status, task.priority, event.SerializeToString(), task.workflow_id]))
+            args=[task.task_id, task.SerializeToString(), task.status, task.priority, event.SerializeToString(), task.workflow_id,
+                  max_queue]))
+        if created == 2:
+            raise QueueFull(max_queue)
         if created:
             return task, True
         existing = await self.get_task(task_id.decode())
@@ -235,6 +244,7 @@ class RedisStore:
         for event in events:
             args += [event.sequence, event.SerializeToString()]
         await self._do(self._save(keys=[self._task_key(task.task_id), f"{self.p}ev:{task.task_id}", self.p + "leases"], args=args))
+        self._hub.written(f"{self.p}ev:{task.task_id}", events)
 
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
         key = self._task_key(task_id)
@@ -373,6 +383,19 @@ class _Stream:
     def newer_than(self, after_sequence: int) -> bool:
         return bool(self.events) and self.events[-1].sequence > after_sequence
 
+    @property
+    def last_sequence(self) -> int:
+        return self.events[-1].sequence if self.events else self.start
+
+    def add(self, events: list[task_pb2.TaskEvent]) -> None:
+        """Append the events that continue this stream; ignore ones already here."""
+        fresh = [e for e in events if e.sequence > self.last_sequence]
+        if fresh and fresh[0].sequence == self.last_sequence + 1:
+            self.events += fresh
+            self.last_id = f"0-{fresh[-1].sequence}"
+            self.error = None
+            self.wake()
+
 
 class _StreamHub:
     """Follows every watched task's event stream with one blocking XREAD over all of them, so
@@ -427,6 +450,13 @@ class _StreamHub:
             if stream.watchers == 0:
                 stream.idle_since = time.monotonic()
 
+    def written(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
+        """Events this replica just wrote reach its own watchers at once, without waiting for
+        the XREAD to see them (only after the write succeeded, so nothing unwritten is shown)."""
+        stream = self.streams.get(key)
+        if stream is not None and events:
+            stream.add(list(events))
+
     async def _include_new_stream(self) -> None:
         if self.reader is None or self.reader.done():
             self.reader = asyncio.get_running_loop().create_task(self._read())
@@ -459,9 +489,5 @@ class _StreamHub:
                     self.wake_id = entries[-1][0].decode()
                     continue
                 found = self.streams.get(key)
-                if found is None or not entries:
-                    continue
-                found.last_id = entries[-1][0].decode()
-                found.events += [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]
-                found.error = None
-                found.wake()
+                if found is not None and entries:
+                    found.add([task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries])

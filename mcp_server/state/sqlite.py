@@ -17,7 +17,7 @@ import aiosqlite
 from mcp_server.engine.context import now
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
-from mcp_server.state.common import ACTIVE, TERMINAL, decode_token, encode_token, mark_cancelled, now_seconds
+from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, decode_token, encode_token, mark_cancelled, now_seconds
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -115,11 +115,13 @@ class SqliteStore:
         return (await self._transaction([("DELETE FROM workflows WHERE workflow_id=?", (workflow_id,))]))[0]
 
     # ---- tasks ----------------------------------------------------------------------------
-    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent) -> tuple[task_pb2.Task, bool]:
+    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0) -> tuple[task_pb2.Task, bool]:
         if task.request_id:
             rows = await self._rows("SELECT data FROM tasks WHERE request_id=?", (task.request_id,))
             if rows:
                 return task_pb2.Task.FromString(rows[0][0]), False
+        if max_queue and await self.queue_length() >= max_queue:  # one writer process: no race to guard
+            raise QueueFull(max_queue)
         try:
             await self._transaction([
                 ("INSERT INTO tasks (task_id, workflow_id, status, priority, request_id, data, queued) VALUES (?,?,?,?,?,?,1)",

@@ -61,6 +61,22 @@ def test_cli_applies_every_example_and_runs_the_showcase(server_process):
     assert shown["status"] == "TASK_STATUS_COMPLETED" and len(shown["result"]) == 3  # one per entity found
 
 
+def test_cli_draws_workflows_and_task_runs_as_graphs(server_process):
+    address, _ = server_process
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "showcase.yaml")).returncode == 0
+    mermaid = mcp(address, "workflow", "graph", "showcase").stdout
+    assert mermaid.startswith("flowchart TD") and "subgraph" in mermaid and "output.score >= 0.8" in mermaid
+    assert "-.->|\"retry\"|" in mermaid  # the supervisor's retry edge
+    dot = mcp(address, "workflow", "graph", "showcase", "--format", "dot").stdout
+    assert dot.startswith("digraph workflow") and "cluster_" in dot
+    text = json.dumps({"text": "Grace Hopper works at Remington Rand. She was very happy."})
+    submitted = mcp(address, "--json", "task", "submit", "showcase", "--input", text)
+    task_id = json.loads(submitted.stdout)["task"]["task_id"]
+    assert mcp(address, "task", "watch", task_id, "--plain").returncode == 0
+    run_graph = mcp(address, "task", "graph", task_id).stdout
+    assert "classDef completed" in run_graph and "root_drafting_reply" in run_graph
+
+
 def test_cli_reports_field_violations_and_exits_non_zero(server_process, tmp_path):
     address, _ = server_process
     bad = tmp_path / "bad.yaml"

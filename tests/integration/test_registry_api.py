@@ -85,3 +85,26 @@ async def test_a_self_registration_expires_unless_renewed(client, plugins):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_plugin_registers_itself_and_keeps_renewing(server, client):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.writing", "--register", server.address,
+                                "--ttl", "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        address = process.stdout.readline().split()[1]  # type: ignore[union-attr]
+        async with asyncio.timeout(10):
+            while True:
+                entries = {p.manifest.name: p for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols}
+                if entries.get("critique") and entries["critique"].address == address:
+                    break
+                await asyncio.sleep(0.1)
+        first_expiry = entries["critique"].expire_time.ToNanoseconds()
+        await asyncio.sleep(3.0)  # past the first TTL: it is still there because it renewed
+        renewed = (await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="critique"))).protocol
+        assert renewed.address == address and renewed.expire_time.ToNanoseconds() > first_expiry
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

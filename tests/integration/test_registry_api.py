@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import grpc
 import pytest
@@ -88,13 +89,11 @@ async def test_a_self_registration_expires_unless_renewed(client, plugins):
 
 
 async def test_a_plugin_registers_itself_and_keeps_renewing(server, client):
-    import subprocess
-    import sys
-
-    process = subprocess.Popen([sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.writing", "--register", server.address,
-                                "--ttl", "2"], stdout=subprocess.PIPE, text=True)
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.writing",
+                                                   "--register", server.address, "--ttl", "2", stdout=asyncio.subprocess.PIPE)
     try:
-        address = process.stdout.readline().split()[1]  # type: ignore[union-attr]
+        assert process.stdout is not None
+        address = (await process.stdout.readline()).decode().split()[1]
         async with asyncio.timeout(10):
             while True:
                 entries = {p.manifest.name: p for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols}
@@ -107,4 +106,4 @@ async def test_a_plugin_registers_itself_and_keeps_renewing(server, client):
         assert renewed.address == address and renewed.expire_time.ToNanoseconds() > first_expiry
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        await asyncio.wait_for(process.wait(), 10)

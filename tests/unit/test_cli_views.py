@@ -33,4 +33,4 @@ def test_the_tree_nests_paths_and_shows_retries_timings_and_outcome():
     assert "fetch [http] attempt 2 40 ms" in text
     assert "judge#2 [critic]" in text and "boom" in text
     lines = text.splitlines()
-    assert lines.index(next(l for l in lines if "fetch" in l)) > lines.index(next(l for l in lines if "root" in l))
+    assert lines.index(next(line for line in lines if "fetch" in line)) > lines.index(next(line for line in lines if "root" in line))

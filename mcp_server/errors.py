@@ -1,6 +1,6 @@
 """The one exception hierarchy of the server.
 
-Each class knows the gRPC status code it means to a caller; `api/errors.py` turns them into
+Each class knows the gRPC status code it means to a caller; `api/interceptor.py` turns them into
 `google.rpc.Status` replies in one place. The engine and the stores raise these and nothing
 else crosses a layer boundary.
 """
@@ -64,6 +64,20 @@ class FailedPrecondition(McpError):
 
     code = StatusCode.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(McpError):
+    """No credentials, or credentials that name no principal."""
+
+    code = StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(McpError):
+    """The caller is known but lacks the role the call needs."""
+
+    code = StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
 
 
 class ResourceExhausted(McpError):

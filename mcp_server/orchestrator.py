@@ -1,7 +1,7 @@
 """Orchestrator: what the server does, independent of how requests arrive.
 
 The gRPC servicers in `api/` unpack a request, call one method here and pack the reply.
-Everything here raises McpError subclasses only; `api/errors.py` maps them to statuses.
+Everything here raises McpError subclasses only; `api/interceptor.py` maps them to statuses.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
+from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.context import make_event, now
 from mcp_server.engine.dispatcher import Dispatcher
@@ -23,8 +24,10 @@ from mcp_server.protocols.breakers import BreakerBoard, BreakerSettings
 from mcp_server.protocols.caller import GrpcProtocolCaller
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.registry import ProtocolDirectory
+from mcp_server.ratelimit import RateLimiter
 from mcp_server.settings import Settings
 from mcp_server.state.common import TERMINAL
+from mcp_server.tls import plugin_credentials
 
 E = task_pb2.TaskEventType
 TERMINAL_EVENTS = frozenset({E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED})
@@ -37,7 +40,7 @@ class Orchestrator:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.channels = ChannelPool(settings.limits.max_message_bytes)
+        self.channels = ChannelPool(settings.limits.max_message_bytes, plugin_credentials(settings))
         self.breakers = BreakerBoard(BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_seconds), shared=store)
         self.directory = ProtocolDirectory(store, self.channels, self.breakers)
         self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, settings.concurrency_overrides())
@@ -45,6 +48,7 @@ class Orchestrator:
         self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store, settings.replica_id), self.plans, settings)
         self._background: list[asyncio.Task[None]] = []
         self._watchers: dict[str, int] = {}
+        self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
 
     async def start(self) -> None:
         await self.directory.refresh(force=True)
@@ -89,9 +93,11 @@ class Orchestrator:
         return deleted
 
     # ---- tasks ----------------------------------------------------------------------------
-    async def submit_task(self, request: task_pb2.SubmitTaskRequest, owner: str = "") -> tuple[task_pb2.Task, bool]:
-        """Queue a run. The same request_id returns the first task (created=False)."""
+    async def submit_task(self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN) -> tuple[task_pb2.Task, bool]:
+        """Queue a run owned by `principal`. The same request_id returns the first task
+        (created=False). Raises ResourceExhausted past the principal's submission rate."""
         _require("workflow_id", request.workflow_id)
+        self.rate_limiter.take(principal.name)
         limits = self.settings.limits
         size = request.input_data.ByteSize()
         if size > limits.max_input_bytes:
@@ -105,26 +111,30 @@ class Orchestrator:
         task = task_pb2.Task(
             task_id=uuid.uuid4().hex, workflow_id=workflow.workflow_id, workflow_version=workflow.version,
             input_data=request.input_data, status=task_pb2.TASK_STATUS_PENDING, priority=request.priority,
-            request_id=request.request_id, labels=dict(request.labels), create_time=now(), last_sequence=1, owner=owner)
+            request_id=request.request_id, labels=dict(request.labels), create_time=now(), last_sequence=1, owner=principal.name)
         event = make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED, message=f"queued with priority {task.priority}")
         stored, created = await self.store.create_task(task, event, limits.max_queue_length)
         if created:
             self.dispatcher.wake()
         return stored, created
 
-    async def get_task(self, task_id: str) -> task_pb2.Task:
+    async def get_task(self, task_id: str, principal: Principal = ANONYMOUS_ADMIN) -> task_pb2.Task:
+        """The task, if `principal` may see it: its owner, or an admin. Another principal's task
+        answers NOT_FOUND, exactly like a task that does not exist."""
         _require("task_id", task_id)
         task = await self.store.get_task(task_id)
-        if task is None:
+        if task is None or not (principal.is_admin or task.owner == principal.name):
             raise NotFound(f"task {task_id!r} not found", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
         return task
 
-    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str) -> tuple[list[task_pb2.Task], str]:
-        return await self.store.list_tasks(self.page_size(page_size), page_token, statuses, workflow_id)
+    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str,
+                         principal: Principal = ANONYMOUS_ADMIN) -> tuple[list[task_pb2.Task], str]:
+        owner = "" if principal.is_admin else principal.name
+        return await self.store.list_tasks(self.page_size(page_size), page_token, statuses, workflow_id, owner)
 
-    async def cancel_task(self, task_id: str, reason: str) -> task_pb2.Task:
+    async def cancel_task(self, task_id: str, reason: str, principal: Principal = ANONYMOUS_ADMIN) -> task_pb2.Task:
         """Cancel a pending or running task; cancelling a cancelled task again changes nothing."""
-        task = await self.get_task(task_id)
+        task = await self.get_task(task_id, principal)
         if task.status == task_pb2.TASK_STATUS_CANCELLED:
             return task
         if task.status in TERMINAL:
@@ -141,9 +151,9 @@ class Orchestrator:
             return latest
         return await self.get_task(task_id)
 
-    async def watch_task(self, task_id: str, after_sequence: int) -> AsyncIterator[task_pb2.TaskEvent]:
+    async def watch_task(self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[task_pb2.TaskEvent]:
         """Every event after `after_sequence`, then live ones, until the terminal event."""
-        await self.get_task(task_id)
+        await self.get_task(task_id, principal)
         if self._watchers.get(task_id, 0) >= self.settings.limits.max_watchers_per_task:
             raise ResourceExhausted(f"task {task_id} has {self.settings.limits.max_watchers_per_task} watchers, the limit", reason="TOO_MANY_WATCHERS")
         self._watchers[task_id] = self._watchers.get(task_id, 0) + 1

@@ -29,6 +29,8 @@ class Limits:
     max_queue_length: int = 100_000
     max_watchers_per_task: int = 1000
     max_page_size: int = 1000
+    # task submissions per principal per second (a token bucket with a burst of twice that); 0: no limit
+    submissions_per_second: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,18 @@ class Settings:
     breaker_reset_seconds: float = 30.0
     # "protocol=N" entries: at most N calls in flight to that protocol (overrides its manifest)
     protocol_concurrency: tuple[str, ...] = ()
+    # TLS for the server: certificate and key (PEM); with a client CA, clients must present a
+    # certificate it signed (mTLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # TLS for calls to plugins: the CA that signed their certificates; with a client
+    # certificate and key, the orchestrator authenticates itself to them (mTLS).
+    plugin_tls_ca: str = ""
+    plugin_tls_cert: str = ""
+    plugin_tls_key: str = ""
+    # Principals file (YAML or JSON); empty: no authentication.
+    auth_file: str = ""
     limits: Limits = field(default_factory=Limits)
 
     def concurrency_overrides(self) -> dict[str, int]:
@@ -103,6 +117,11 @@ def settings_from(argv: list[str] | None = None, env: dict[str, str] | None = No
     parser.add_argument("--plugin", dest="plugins", action="append", help="plugin address to register")
     parser.add_argument("--bundled-plugins", action="store_true", default=None, help="start the bundled plugins")
     parser.add_argument("--replica-id", help="name of this replica in leases")
+    parser.add_argument("--tls-cert", help="server certificate (PEM)")
+    parser.add_argument("--tls-key", help="server private key (PEM)")
+    parser.add_argument("--tls-client-ca", help="CA of client certificates: turns on mTLS")
+    parser.add_argument("--plugin-tls-ca", help="CA of plugin certificates: call plugins over TLS")
+    parser.add_argument("--auth-file", help="principals file: turns on bearer-token authentication")
     args = parser.parse_args(argv or [])
     for name, value in vars(args).items():
         if value is not None:

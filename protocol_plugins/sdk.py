@@ -27,6 +27,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -202,8 +203,8 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
                 response_serializer=p.ExecuteStreamResponse.SerializeToString),
         })
 
-    async def start(self, listen: str = "127.0.0.1:0") -> tuple[grpc.aio.Server, str]:
-        """Start serving on `listen`; return the server and the address it bound."""
+    async def start(self, listen: str = "127.0.0.1:0", credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, str]:
+        """Start serving on `listen` (over TLS with `credentials`); return the server and the address it bound."""
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((self._handlers(),))
         health_servicer = health.aio.HealthServicer()
@@ -211,14 +212,15 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         names = (protocol_pb2.DESCRIPTOR.services_by_name["ProtocolService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         host = listen.rsplit(":", 1)[0]
-        port = server.add_insecure_port(listen)
+        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         return server, f"{host}:{port}"
 
-    async def serve(self, listen: str = "127.0.0.1:0", register: str | None = None, ttl: float = 30.0) -> None:
+    async def serve(self, listen: str = "127.0.0.1:0", register: str | None = None, ttl: float = 30.0,
+                    credentials: grpc.ServerCredentials | None = None) -> None:
         """Serve until SIGTERM/SIGINT; announce the address on stdout; self-register if asked."""
-        server, address = await self.start(listen)
+        server, address = await self.start(listen, credentials)
         print(f"{READY_LINE} {address}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -247,6 +249,14 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         parser.add_argument("--listen", default="127.0.0.1:0")
         parser.add_argument("--register", help="orchestrator address to register with (and keep renewing)")
         parser.add_argument("--ttl", type=float, default=30.0)
+        parser.add_argument("--tls-cert", help="serve over TLS with this certificate (PEM)")
+        parser.add_argument("--tls-key", help="and this private key (PEM)")
+        parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mTLS)")
         args = parser.parse_args(argv if argv is not None else sys.argv[1:])
         logging.basicConfig(level=logging.INFO)
-        asyncio.run(self.serve(args.listen, args.register, args.ttl))
+        credentials = None
+        if args.tls_cert:
+            client_ca = Path(args.tls_client_ca).read_bytes() if args.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials([(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())],
+                                                      root_certificates=client_ca, require_client_auth=client_ca is not None)
+        asyncio.run(self.serve(args.listen, args.register, args.ttl, credentials))

@@ -125,8 +125,9 @@ async def server_factory(plugins: dict[str, PluginProc]) -> AsyncIterator[Callab
     """Start orchestrators with custom settings (the session's plugins registered); stop them after."""
     started: list[RunningServer] = []
 
-    async def start(store: str = "sqlite://:memory:", extra_plugins: tuple[str, ...] = (), **overrides: object) -> RunningServer:
-        addresses = (*(p.address for p in plugins.values()), *extra_plugins)
+    async def start(store: str = "sqlite://:memory:", extra_plugins: tuple[str, ...] = (), session_plugins: bool = True,
+                    **overrides: object) -> RunningServer:
+        addresses = (*(p.address for p in plugins.values() if session_plugins), *extra_plugins)
         running = await start_server(make_settings(store, addresses, **overrides))
         started.append(running)
         return running

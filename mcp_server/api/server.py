@@ -15,15 +15,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mcp_server.api.errors import ErrorInterceptor
+from mcp_server.api.interceptor import EdgeInterceptor
 from mcp_server.api.registry import RegistryServicer
 from mcp_server.api.tasks import TaskServicer
 from mcp_server.api.workflows import WorkflowServicer
+from mcp_server.auth import Authenticator
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.plugin_host import BUNDLED, PluginProcess, start_plugin
 from mcp_server.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_server.settings import Settings
 from mcp_server.state import open_store
+from mcp_server.tls import server_credentials
 
 log = logging.getLogger(__name__)
 SERVICES = (
@@ -60,7 +62,7 @@ async def start_server(settings: Settings) -> RunningServer:
     orchestrator = Orchestrator(settings, store)
     limits = settings.limits
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[EdgeInterceptor(Authenticator.from_file(settings.auth_file) if settings.auth_file else None)],
         options=[("grpc.max_receive_message_length", limits.max_message_bytes),
                  ("grpc.max_send_message_length", limits.max_message_bytes)])
     task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(orchestrator), server)
@@ -69,24 +71,33 @@ async def start_server(settings: Settings) -> RunningServer:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(settings.listen)
+    credentials = server_credentials(settings)
+    port = server.add_secure_port(settings.listen, credentials) if credentials else server.add_insecure_port(settings.listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {settings.listen}")
     address = f"{settings.listen.rsplit(':', 1)[0]}:{port}"
     await server.start()
     running = RunningServer(server, orchestrator, address, health_servicer)
+    try:
+        await _start_plugins_and_dispatch(running, settings)
+    except BaseException:
+        await running.stop(0)  # a server that cannot start leaves nothing behind
+        raise
+    for name in ("", *SERVICES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("mCP orchestrator serving on %s (store %s)", address, settings.store_url)
+    return running
+
+
+async def _start_plugins_and_dispatch(running: RunningServer, settings: Settings) -> None:
     plugins = list(settings.plugins)
     if settings.bundled_plugins:
         running.plugins = list(await asyncio.gather(*(start_plugin(m) for m in BUNDLED)))
         plugins += [p.address for p in running.plugins]
     for plugin_address in plugins:
-        entries = await orchestrator.directory.register(plugin_address)
+        entries = await running.orchestrator.directory.register(plugin_address)
         log.info("registered %s at %s", ", ".join(e.manifest.name for e in entries), plugin_address)
-    await orchestrator.start()
-    for name in ("", *SERVICES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("mCP orchestrator serving on %s (store %s)", address, settings.store_url)
-    return running
+    await running.orchestrator.start()
 
 
 async def serve(settings: Settings) -> None:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from mcp_server.auth import current_principal
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.proto import task_pb2, task_pb2_grpc
 
@@ -15,19 +16,20 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self.orchestrator = orchestrator
 
     async def SubmitTask(self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.SubmitTaskResponse:
-        task, created = await self.orchestrator.submit_task(request)
+        task, created = await self.orchestrator.submit_task(request, current_principal.get())
         return task_pb2.SubmitTaskResponse(task=task, created=created)
 
     async def GetTask(self, request: task_pb2.GetTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.GetTaskResponse:
-        return task_pb2.GetTaskResponse(task=await self.orchestrator.get_task(request.task_id))
+        return task_pb2.GetTaskResponse(task=await self.orchestrator.get_task(request.task_id, current_principal.get()))
 
     async def ListTasks(self, request: task_pb2.ListTasksRequest, context: grpc.aio.ServicerContext) -> task_pb2.ListTasksResponse:
-        tasks, token = await self.orchestrator.list_tasks(request.page_size, request.page_token, list(request.statuses), request.workflow_id)
+        tasks, token = await self.orchestrator.list_tasks(request.page_size, request.page_token, list(request.statuses), request.workflow_id,
+                                                           current_principal.get())
         return task_pb2.ListTasksResponse(tasks=tasks, next_page_token=token)
 
     async def CancelTask(self, request: task_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.CancelTaskResponse:
-        return task_pb2.CancelTaskResponse(task=await self.orchestrator.cancel_task(request.task_id, request.reason))
+        return task_pb2.CancelTaskResponse(task=await self.orchestrator.cancel_task(request.task_id, request.reason, current_principal.get()))
 
     async def WatchTask(self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.TaskEvent]:
-        async for event in self.orchestrator.watch_task(request.task_id, request.after_sequence):
+        async for event in self.orchestrator.watch_task(request.task_id, request.after_sequence, current_principal.get()):
             yield event

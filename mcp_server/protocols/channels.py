@@ -10,7 +10,8 @@ from mcp_server.proto import protocol_pb2_grpc
 class ChannelPool:
     """Channels by address. Closing the pool closes every channel."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, protocol_pb2_grpc.ProtocolServiceStub] = {}
         self._options = [
@@ -22,7 +23,10 @@ class ChannelPool:
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(address, self._credentials, options=self._options)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
             self._channels[address] = channel
         return channel
 

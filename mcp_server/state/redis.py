@@ -44,7 +44,7 @@ if tonumber(ARGV[7]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) t
 local counter = redis.call('INCR', KEYS[6])
 local member = string.format('%020d:%s', counter, ARGV[1])
 redis.call('HSET', KEYS[2], 'data', ARGV[2], 'status', ARGV[3], 'token', 0, 'member', member,
-           'priority', ARGV[4], 'workflow', ARGV[6], 'counter', counter, 'req', KEYS[1])
+           'priority', ARGV[4], 'workflow', ARGV[6], 'counter', counter, 'req', KEYS[1], 'owner', ARGV[8])
 redis.call('XADD', KEYS[3], '0-1', 'e', ARGV[5])
 redis.call('ZADD', KEYS[4], -tonumber(ARGV[4]), member)
 redis.call('ZADD', KEYS[5], counter, ARGV[1])
@@ -198,7 +198,7 @@ class RedisStore:
         created, task_id = await self._do(self._create(
             keys=[request_key, key, f"{self.p}ev:{task.task_id}", self.p + "queue", self.p + "tasks", self.p + "counter"],
             args=[task.task_id, task.SerializeToString(), task.status, task.priority, event.SerializeToString(), task.workflow_id,
-                  max_queue]))
+                  max_queue, task.owner]))
         if created == 2:
             raise QueueFull(max_queue)
         if created:
@@ -212,7 +212,8 @@ class RedisStore:
         data = await self._do(self.r.hget(self._task_key(task_id), "data"))
         return task_pb2.Task.FromString(data) if data else None
 
-    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str) -> tuple[list[task_pb2.Task], str]:
+    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str,
+                         owner: str = "") -> tuple[list[task_pb2.Task], str]:
         """Newest first. The token is the creation counter of the last task returned, so pages
         stay stable while tasks arrive (they sort before it) or expire (they drop out)."""
         before = decode_token(page_token)
@@ -225,11 +226,13 @@ class RedisStore:
                 break
             async with self.r.pipeline(transaction=False) as pipe:
                 for task_id, _ in batch:
-                    pipe.hmget(self._task_key(task_id.decode()), "data", "status", "workflow")
+                    pipe.hmget(self._task_key(task_id.decode()), "data", "status", "workflow", "owner")
                 rows = await self._do(pipe.execute())
-            for (_, score), (data, status, workflow) in zip(batch, rows):
+            for (_, score), (data, status, workflow, task_owner) in zip(batch, rows):
                 high = f"({int(score)}"
                 if data is None or (wanted and status not in wanted) or (workflow_id and workflow.decode() != workflow_id):
+                    continue
+                if owner and (task_owner or b"").decode() != owner:
                     continue
                 found.append((int(score), task_pb2.Task.FromString(data)))
                 if len(found) > page_size:

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS tasks (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, workflow_id TEXT NOT NULL,
   status INTEGER NOT NULL, priority INTEGER NOT NULL, request_id TEXT UNIQUE, data BLOB NOT NULL,
   queued INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, lease_token INTEGER NOT NULL DEFAULT 0,
-  lease_expires REAL, finished_at REAL, cancel_reason TEXT);
+  lease_expires REAL, finished_at REAL, cancel_reason TEXT, owner TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queued, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_expires);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
@@ -124,8 +124,8 @@ class SqliteStore:
             raise QueueFull(max_queue)
         try:
             await self._transaction([
-                ("INSERT INTO tasks (task_id, workflow_id, status, priority, request_id, data, queued) VALUES (?,?,?,?,?,?,1)",
-                 (task.task_id, task.workflow_id, task.status, task.priority, task.request_id or None, task.SerializeToString())),
+                ("INSERT INTO tasks (task_id, workflow_id, status, priority, request_id, data, queued, owner) VALUES (?,?,?,?,?,?,1,?)",
+                 (task.task_id, task.workflow_id, task.status, task.priority, task.request_id or None, task.SerializeToString(), task.owner)),
                 ("INSERT INTO events VALUES (?,?,?)", (task.task_id, event.sequence, event.SerializeToString())),
             ])
         except Unavailable as exc:
@@ -140,7 +140,8 @@ class SqliteStore:
         rows = await self._rows("SELECT data FROM tasks WHERE task_id=?", (task_id,))
         return task_pb2.Task.FromString(rows[0][0]) if rows else None
 
-    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str) -> tuple[list[task_pb2.Task], str]:
+    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str,
+                         owner: str = "") -> tuple[list[task_pb2.Task], str]:
         before = int(decode_token(page_token) or 2**62)
         sql = "SELECT seq, data FROM tasks WHERE seq < ?"
         args: list[object] = [before]
@@ -150,6 +151,9 @@ class SqliteStore:
         if workflow_id:
             sql += " AND workflow_id=?"
             args.append(workflow_id)
+        if owner:
+            sql += " AND owner=?"
+            args.append(owner)
         rows = await self._rows(sql + " ORDER BY seq DESC LIMIT ?", [*args, page_size + 1])
         tasks = [task_pb2.Task.FromString(r[1]) for r in rows[:page_size]]
         return tasks, encode_token(str(rows[page_size - 1][0])) if len(rows) > page_size else ""

@@ -107,3 +107,12 @@ async def test_a_plugin_registers_itself_and_keeps_renewing(server, client):
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 10)
+
+
+async def test_a_server_whose_plugin_does_not_answer_fails_to_start_cleanly():
+    from mcp_server.api.server import start_server
+    from mcp_server.errors import FailedPrecondition
+    from tests.conftest import make_settings
+
+    with pytest.raises(FailedPrecondition, match="did not answer Describe"):
+        await start_server(make_settings("sqlite://:memory:", ("127.0.0.1:1",)))

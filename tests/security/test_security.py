@@ -1,0 +1,180 @@
+"""TLS and mTLS (server and plugin calls), bearer-token authentication, per-principal task
+isolation, roles, rate limits, and malformed request bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mcp_server.auth import hash_token
+from mcp_server.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
+from mcp_server.settings import Limits
+from tests.conftest import Client
+from tests.helpers import error_reason, step, workflow
+from tests.security.certs import make_pki
+
+pytestmark = pytest.mark.asyncio
+TOKENS = {"alice": "alice-secret", "bob": "bob-secret", "root": "root-secret", "writer": "writer-secret", "ops": "ops-secret"}
+ROLES = {"alice": [], "bob": [], "root": ["admin"], "writer": ["author"], "ops": ["operator"]}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def secure_client(address: str, pki, with_client_cert: bool) -> Client:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.read_bytes(),
+        private_key=pki.client_key.read_bytes() if with_client_cert else None,
+        certificate_chain=pki.client_cert.read_bytes() if with_client_cert else None)
+    channel = grpc.aio.secure_channel(address, credentials)
+    return Client(channel, task_pb2_grpc.TaskServiceStub(channel), workflow_pb2_grpc.WorkflowServiceStub(channel),
+                  registry_pb2_grpc.ProtocolRegistryStub(channel))
+
+
+async def test_tls_serves_tls_clients_and_refuses_plaintext(server_factory, pki):
+    running = await server_factory(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    client = secure_client(running.address, pki, with_client_cert=False)
+    listed = await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())
+    assert listed.protocols
+    async with grpc.aio.insecure_channel(running.address) as plain:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await registry_pb2_grpc.ProtocolRegistryStub(plain).ListProtocols(registry_pb2.ListProtocolsRequest(), timeout=3)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    await client.channel.close()
+
+
+async def test_mtls_requires_a_client_certificate_from_the_ca(server_factory, pki):
+    running = await server_factory(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), tls_client_ca=str(pki.ca))
+    anonymous = secure_client(running.address, pki, with_client_cert=False)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await anonymous.registry.ListProtocols(registry_pb2.ListProtocolsRequest(), timeout=3)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    known = secure_client(running.address, pki, with_client_cert=True)
+    assert (await known.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols
+    await anonymous.channel.close()
+    await known.channel.close()
+
+
+async def test_plugin_calls_go_over_mtls(server_factory, pki):
+    plugin = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.writing", "--listen", "127.0.0.1:0",
+        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca),
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        assert plugin.stdout is not None
+        address = (await plugin.stdout.readline()).decode().split()[1]
+        running = await server_factory(session_plugins=False, plugin_tls_ca=str(pki.ca), plugin_tls_cert=str(pki.client_cert),
+                                       plugin_tls_key=str(pki.client_key))
+        from tests.conftest import client_for
+        from tests.helpers import run
+
+        client = client_for(running)
+        reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=address))
+        assert "critique" in {p.manifest.name for p in reply.protocols}
+        task = await run(client, workflow("tls-step", step("c", "critique")), {"text": "This is fine. In short, it works well enough."})
+        assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+        await client.channel.close()
+    finally:
+        plugin.terminate()
+        await plugin.wait()
+
+
+@pytest.fixture
+async def authed(server_factory, tmp_path):
+    principals = [{"name": n, "token_sha256": hash_token(t), "roles": ROLES[n]} for n, t in TOKENS.items()]
+    path = tmp_path / "principals.json"
+    path.write_text(json.dumps({"principals": principals}))
+    running = await server_factory(auth_file=str(path), limits=Limits(submissions_per_second=5))
+    channel = grpc.aio.insecure_channel(running.address)
+    yield running, channel
+    await channel.close()
+
+
+def as_user(name: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {TOKENS[name]}")]
+
+
+async def test_missing_or_bad_tokens_are_unauthenticated_and_health_stays_open(authed):
+    _, channel = authed
+    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    for metadata, reason in (([], "NO_TOKEN"), ([("authorization", "Bearer nope")], "BAD_TOKEN"), ([("authorization", "Basic x")], "NO_TOKEN")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await tasks.ListTasks(task_pb2.ListTasksRequest(), metadata=metadata)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and error_reason(err.value) == reason
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_tasks_are_isolated_per_principal_and_admins_see_all(authed):
+    _, channel = authed
+    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+    await workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow("mine", step("s", "echo"))), metadata=as_user("writer"))
+    alices = (await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="mine"), metadata=as_user("alice"))).task
+    assert alices.owner == "alice"
+    for call in (tasks.GetTask(task_pb2.GetTaskRequest(task_id=alices.task_id), metadata=as_user("bob")),
+                 tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=alices.task_id), metadata=as_user("bob"))):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # indistinguishable from a task that does not exist
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=alices.task_id), metadata=as_user("bob")):
+            pass
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (await tasks.ListTasks(task_pb2.ListTasksRequest(), metadata=as_user("bob"))).tasks == []
+    bobs = (await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="mine"), metadata=as_user("bob"))).task
+    assert [t.task_id for t in (await tasks.ListTasks(task_pb2.ListTasksRequest(), metadata=as_user("alice"))).tasks] == [alices.task_id]
+    everyone = {t.task_id for t in (await tasks.ListTasks(task_pb2.ListTasksRequest(), metadata=as_user("root"))).tasks}
+    assert everyone == {alices.task_id, bobs.task_id}
+    assert (await tasks.GetTask(task_pb2.GetTaskRequest(task_id=alices.task_id), metadata=as_user("root"))).task.owner == "alice"
+
+
+async def test_workflow_and_registry_changes_need_their_roles(authed):
+    _, channel = authed
+    workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+    registry = registry_pb2_grpc.ProtocolRegistryStub(channel)
+    create = workflow_pb2.CreateWorkflowRequest(workflow=workflow("roles", step("s", "echo")))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await workflows.CreateWorkflow(create, metadata=as_user("alice"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and error_reason(err.value) == "MISSING_ROLE"
+    assert (await workflows.CreateWorkflow(create, metadata=as_user("writer"))).workflow.version == 1
+    assert (await workflows.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id="roles"), metadata=as_user("alice"))).workflow
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(name="echo"), metadata=as_user("writer"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (await registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(name="echo"), metadata=as_user("ops"))).removed == 1
+
+
+async def test_submissions_per_principal_are_rate_limited(authed):
+    _, channel = authed
+    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    await workflow_pb2_grpc.WorkflowServiceStub(channel).CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("rate", step("s", "echo"))), metadata=as_user("root"))
+    accepted, limited = 0, None
+    for _ in range(30):
+        try:
+            await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="rate"), metadata=as_user("alice"))
+            accepted += 1
+        except grpc.aio.AioRpcError as exc:
+            limited = exc
+            break
+    assert limited is not None and limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(limited) == "RATE_LIMITED"
+    assert 5 <= accepted <= 12  # a burst of 10, refilled at 5 per second while we submit
+    # another principal has its own bucket
+    await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="rate"), metadata=as_user("bob"))
+
+
+async def test_malformed_request_bytes_are_invalid_argument_not_internal(server):
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        raw = channel.unary_unary("/mcp.v1.TaskService/GetTask", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw(b"\xff\xff\xff\xff\x0f not protobuf")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid GetTask message" in err.value.details()

@@ -22,16 +22,20 @@ from mcp_server.errors import InvalidArgument, McpError
 
 log = logging.getLogger(__name__)
 DOMAIN = "mcp.v1"
+MAX_VIOLATIONS = 15
 
 
 def to_status(error: McpError) -> status_pb2.Status:
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message[:1000])
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
     status.details.append(info)
     if error.violations:
+        # The details travel in a trailer, and clients refuse trailers over 8 KB by default:
+        # send the first violations, each cut to a readable length; the message counts the rest.
         bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description) for v in error.violations])
+            error_details_pb2.BadRequest.FieldViolation(field=v.field[:200], description=v.description[:300])
+            for v in error.violations[:MAX_VIOLATIONS]])
         detail = any_pb2.Any()
         detail.Pack(bad)
         status.details.append(detail)

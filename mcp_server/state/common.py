@@ -29,6 +29,17 @@ def decode_token(token: str, field: str = "page_token") -> str:
         ) from None
 
 
+def decode_position(token: str) -> int | None:
+    """A list position token (a creation counter); None for the first page."""
+    text = decode_token(token)
+    if not text:
+        return None
+    if not text.isdigit():
+        raise InvalidArgument("page_token is not a token this server issued",
+                              violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")])
+    return int(text)
+
+
 def now_seconds() -> float:
     return time.time()
 

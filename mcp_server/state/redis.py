@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mcp_server.engine.context import now
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
-from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, decode_token, encode_token, mark_cancelled, now_seconds
+from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, decode_position, decode_token, encode_token, mark_cancelled, now_seconds
 
 LATEST_WORKFLOW = """
 local version = redis.call('HGET', KEYS[2], ARGV[1])
@@ -216,8 +216,8 @@ class RedisStore:
                          owner: str = "") -> tuple[list[task_pb2.Task], str]:
         """Newest first. The token is the creation counter of the last task returned, so pages
         stay stable while tasks arrive (they sort before it) or expire (they drop out)."""
-        before = decode_token(page_token)
-        high = f"({before}" if before else "+inf"
+        before = decode_position(page_token)
+        high = "+inf" if before is None else f"({before}"
         wanted = {str(s).encode() for s in statuses}
         found: list[tuple[int, task_pb2.Task]] = []
         while len(found) <= page_size:

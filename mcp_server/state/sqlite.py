@@ -17,7 +17,7 @@ import aiosqlite
 from mcp_server.engine.context import now
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
-from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, decode_token, encode_token, mark_cancelled, now_seconds
+from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, decode_position, decode_token, encode_token, mark_cancelled, now_seconds
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -142,7 +142,8 @@ class SqliteStore:
 
     async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str,
                          owner: str = "") -> tuple[list[task_pb2.Task], str]:
-        before = int(decode_token(page_token) or 2**62)
+        position = decode_position(page_token)
+        before = 2**62 if position is None else position
         sql = "SELECT seq, data FROM tasks WHERE seq < ?"
         args: list[object] = [before]
         if statuses:

@@ -117,3 +117,12 @@ async def test_missing_workflow_and_bad_ids_are_invalid_argument(client):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.workflows.ListWorkflows(workflow_pb2.ListWorkflowsRequest(page_token="!!garbage"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_definition_with_hundreds_of_violations_still_gets_a_readable_answer(client):
+    bad = {"id": "r", "sequence": {"children": [step(f"s{i}" * 20, f"missing-protocol-{i}" * 5, "1 +") for i in range(200)]}}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=workflow("many", bad)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "more)" in err.value.details()
+    assert 1 <= len(violations(err.value)) <= 15

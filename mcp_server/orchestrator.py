@@ -16,9 +16,9 @@ from mcp_server.engine.context import make_event, now
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import Store
+from mcp_server.engine.ports import EventListener, Store
 from mcp_server.engine.runner import TaskRunner
-from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, McpError, NotFound, ResourceExhausted
 from mcp_server.proto import task_pb2, workflow_pb2
 from mcp_server.protocols.breakers import BreakerBoard, BreakerSettings
 from mcp_server.protocols.caller import GrpcProtocolCaller
@@ -27,6 +27,8 @@ from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.settings import Settings
 from mcp_server.state.common import TERMINAL
+from mcp_server.telemetry.metrics import BREAKER_VALUES, Metrics, instrument_store
+from mcp_server.telemetry.tracing import TaskTracer
 from mcp_server.tls import plugin_credentials
 
 E = task_pb2.TaskEventType
@@ -37,15 +39,20 @@ MAX_REQUEST_ID = 128
 class Orchestrator:
     """The server's domain: workflows, tasks, the registry, and the replica's dispatcher."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, tracer: TaskTracer | None = None) -> None:
         self.settings = settings
-        self.store = store
+        self.metrics = Metrics()
+        self.store = store = instrument_store(store, self.metrics)
+        self.tracer = tracer
+        self.listeners: list[EventListener] = [self.metrics.on_event]
+        if tracer is not None:
+            self.listeners.append(tracer.on_event)
         self.channels = ChannelPool(settings.limits.max_message_bytes, plugin_credentials(settings))
         self.breakers = BreakerBoard(BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_seconds), shared=store)
         self.directory = ProtocolDirectory(store, self.channels, self.breakers)
-        self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, settings.concurrency_overrides())
+        self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, settings.concurrency_overrides(), tracer)
         self.plans = PlanCache(store, settings)
-        self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store, settings.replica_id), self.plans, settings)
+        self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store, settings.replica_id, self.listeners), self.plans, settings)
         self._background: list[asyncio.Task[None]] = []
         self._watchers: dict[str, int] = {}
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
@@ -55,6 +62,7 @@ class Orchestrator:
         self.dispatcher.start()
         self._background.append(asyncio.create_task(self.directory.keep_fresh()))
         self._background.append(asyncio.create_task(self.breakers.sync_forever()))
+        self._background.append(asyncio.create_task(self._sample_forever()))
 
     async def stop(self) -> None:
         await self.dispatcher.stop(self.settings.shutdown_grace)
@@ -116,6 +124,8 @@ class Orchestrator:
         stored, created = await self.store.create_task(task, event, limits.max_queue_length)
         if created:
             self.dispatcher.wake()
+            for listener in self.listeners:
+                listener(stored, event)
         return stored, created
 
     async def get_task(self, task_id: str, principal: Principal = ANONYMOUS_ADMIN) -> task_pb2.Task:
@@ -175,6 +185,23 @@ class Orchestrator:
             self._watchers[task_id] -= 1
             if not self._watchers[task_id]:
                 del self._watchers[task_id]
+
+    async def _sample_forever(self, interval: float = 5.0) -> None:
+        """Refresh the gauges: queue depth by priority, tasks in flight, watchers, breakers."""
+        while True:
+            self.metrics.in_flight.set(self.dispatcher.in_flight)
+            self.metrics.watchers.set(sum(self._watchers.values()))
+            for protocol, state in self.breakers.states().items():
+                self.metrics.breaker_state.labels(protocol).set(BREAKER_VALUES.get(state, 0))
+            try:
+                depth = await self.store.queue_depth_by_priority()
+            except McpError:
+                depth = None
+            if depth is not None:
+                self.metrics.queue_depth.clear()
+                for priority, count in depth.items():
+                    self.metrics.queue_depth.labels(str(priority)).set(count)
+            await asyncio.sleep(interval)
 
     def page_size(self, requested: int) -> int:
         if requested < 0:

@@ -64,6 +64,11 @@ class Settings:
     plugin_tls_key: str = ""
     # Principals file (YAML or JSON); empty: no authentication.
     auth_file: str = ""
+    # Prometheus /metrics on this port (0: off), traces ("" off, "console"), logs ("text" or "json")
+    metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
+    tracing: str = ""
+    log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
 
     def concurrency_overrides(self) -> dict[str, int]:
@@ -122,6 +127,9 @@ def settings_from(argv: list[str] | None = None, env: dict[str, str] | None = No
     parser.add_argument("--tls-client-ca", help="CA of client certificates: turns on mTLS")
     parser.add_argument("--plugin-tls-ca", help="CA of plugin certificates: call plugins over TLS")
     parser.add_argument("--auth-file", help="principals file: turns on bearer-token authentication")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--tracing", choices=["", "console"], help="export OpenTelemetry spans")
+    parser.add_argument("--log-format", choices=["text", "json"])
     args = parser.parse_args(argv or [])
     for name, value in vars(args).items():
         if value is not None:

@@ -94,6 +94,8 @@ class Context:
         self.attempt = request.context.attempt
         self.idempotency_key = request.context.idempotency_key
         self.grpc_context = grpc_context
+        # the caller's metadata, e.g. W3C `traceparent` to join the orchestrator's trace
+        self.metadata = {k: v for k, v in (grpc_context.invocation_metadata() or ()) if isinstance(v, str)}
         self._progress = progress_queue
 
     def time_remaining(self) -> float | None:

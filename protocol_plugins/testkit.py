@@ -131,6 +131,11 @@ async def counter(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {**data, "n": int(data.get("n", 0)) + 1}
 
 
+@plugin.protocol("whoami", description="Returns the call's context and metadata as the plugin saw them")
+async def whoami(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    return {"task_id": ctx.task_id, "step_path": ctx.step_path, "traceparent": ctx.metadata.get("traceparent", "")}
+
+
 @plugin.protocol("stats", description="Reports what this plugin has seen since the last reset")
 async def report(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     result = {"calls": dict(stats.calls), "by_protocol": dict(stats.by_protocol), "in_flight": stats.in_flight,

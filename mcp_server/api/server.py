@@ -20,11 +20,14 @@ from mcp_server.api.registry import RegistryServicer
 from mcp_server.api.tasks import TaskServicer
 from mcp_server.api.workflows import WorkflowServicer
 from mcp_server.auth import Authenticator
+from mcp_server.errors import McpError
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.plugin_host import BUNDLED, PluginProcess, start_plugin
 from mcp_server.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_server.settings import Settings
 from mcp_server.state import open_store
+from mcp_server.telemetry.logs import configure as configure_logging
+from mcp_server.telemetry.tracing import TaskTracer, provider_for
 from mcp_server.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -44,9 +47,12 @@ class RunningServer:
     address: str
     health: health.aio.HealthServicer
     plugins: list[PluginProcess] = field(default_factory=list)
+    health_task: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.orchestrator.settings.shutdown_grace if grace is None else grace
+        if self.health_task is not None:
+            self.health_task.cancel()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
@@ -56,10 +62,13 @@ class RunningServer:
             await plugin.stop()
 
 
-async def start_server(settings: Settings) -> RunningServer:
-    """Open the store, start plugins if asked, serve, and register the plugin addresses."""
+async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> RunningServer:
+    """Open the store, start plugins if asked, serve, and register the plugin addresses.
+    `tracer` overrides the one `settings.tracing` would build (tests pass an in-memory one)."""
     store = await open_store(settings.store_url, settings.retention_seconds)
-    orchestrator = Orchestrator(settings, store)
+    if tracer is None and settings.tracing:
+        tracer = TaskTracer(provider_for(settings.tracing, f"mcp-server/{settings.replica_id}"))
+    orchestrator = Orchestrator(settings, store, tracer)
     limits = settings.limits
     server = grpc.aio.server(
         interceptors=[EdgeInterceptor(Authenticator.from_file(settings.auth_file) if settings.auth_file else None)],
@@ -98,6 +107,28 @@ async def _start_plugins_and_dispatch(running: RunningServer, settings: Settings
         entries = await running.orchestrator.directory.register(plugin_address)
         log.info("registered %s at %s", ", ".join(e.manifest.name for e in entries), plugin_address)
     await running.orchestrator.start()
+    if settings.metrics_port:
+        running.orchestrator.metrics.serve(settings.metrics_port, settings.metrics_address)
+    running.health_task = asyncio.create_task(_report_health(running))
+
+
+async def _report_health(running: RunningServer, interval: float = 1.0) -> None:
+    """Health means the store answers: every service turns NOT_SERVING while it does not."""
+    serving: bool | None = None
+    while True:
+        try:
+            await running.orchestrator.store.ping()
+            ok = True
+        except McpError:
+            ok = False
+        if ok != serving:
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *SERVICES):
+                await running.health.set(name, status)
+            if serving is not None:
+                log.warning("store %s: health is now %s", "back" if ok else "unreachable", "SERVING" if ok else "NOT_SERVING")
+            serving = ok
+        await asyncio.sleep(interval)
 
 
 async def serve(settings: Settings) -> None:
@@ -116,5 +147,6 @@ async def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     from mcp_server.settings import settings_from
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings_from(argv)))
+    settings = settings_from(argv)
+    configure_logging(settings.log_format)
+    asyncio.run(serve(settings))

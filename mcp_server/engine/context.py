@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
-from mcp_server.engine.ports import ProtocolCaller, Store
+from mcp_server.engine.ports import EventListener, ProtocolCaller, Store
 from mcp_server.engine.values import dict_to_struct, python_to_value, value_to_python
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import protocol_pb2, task_pb2
@@ -70,6 +70,7 @@ class RunContext:
     lease_token: int
     task_input: dict[str, Any]
     outputs_by_id: dict[str, Any] = field(default_factory=dict)
+    listeners: Sequence[EventListener] = ()
     _states: dict[str, task_pb2.StepState] = field(default_factory=dict)
     _pending: list[task_pb2.TaskEvent] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -86,6 +87,8 @@ class RunContext:
         self.task.last_sequence += 1
         event = make_event(self.task.task_id, self.task.last_sequence, type_, **fields)
         self._pending.append(event)
+        for listener in self.listeners:
+            listener(self.task, event)
         if flush_soon:
             self.flush_soon()
         return event
@@ -160,7 +163,8 @@ class RunContext:
             state.directive.CopyFrom(result.directive)
         state.end_time.CopyFrom(now())
         self.emit(E.TASK_EVENT_TYPE_STEP_COMPLETED, step_path=path, protocol=state.protocol,
-                  attempt=state.attempts, message=f"{state.kind} {state.node_id} completed", flush_soon=True)
+                  attempt=state.attempts, message=f"{state.kind} {state.node_id} completed", flush_soon=True,
+                  data={"duration_ms": _duration_ms(state), "kind": state.kind})
 
     def fail(self, path: str, code: str, message: str, *, cancelled: bool = False) -> None:
         state = self._states[path]
@@ -169,7 +173,7 @@ class RunContext:
         state.end_time.CopyFrom(now())
         if not cancelled:
             self.emit(E.TASK_EVENT_TYPE_STEP_FAILED, step_path=path, protocol=state.protocol,
-                      attempt=state.attempts, message=message, data={"code": code})
+                      attempt=state.attempts, message=message, data={"code": code, "duration_ms": _duration_ms(state), "kind": state.kind})
 
     def state(self, path: str) -> task_pb2.StepState:
         return self._states[path]
@@ -177,6 +181,10 @@ class RunContext:
     def variables(self, prev: Any, scope: Mapping[str, Any]) -> dict[str, Any]:
         """The CEL context: see docs/cel.md."""
         return {"input": self.task_input, "prev": prev, "steps": self.outputs_by_id, **scope}
+
+
+def _duration_ms(state: task_pb2.StepState) -> float:
+    return round((state.end_time.ToNanoseconds() - state.start_time.ToNanoseconds()) / 1e6, 3)
 
 
 def code_number(code: str) -> int:

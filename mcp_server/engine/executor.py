@@ -9,6 +9,7 @@ from typing import Any
 
 from mcp_server.engine.cel import Expression, ExpressionError
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
+from mcp_server.engine.logcontext import step_path_var
 from mcp_server.engine.plan import PlanNode
 
 NodeRunner = Callable[[Any, str, Any, RunContext, Mapping[str, Any]], Awaitable[NodeResult]]
@@ -32,6 +33,7 @@ async def execute(node: PlanNode, path: str, value: Any, ctx: RunContext, scope:
         ctx.outputs_by_id[node.id] = done.output
         return done
     protocol = getattr(node, "protocol", "")
+    step_path_var.set(path)
     await ctx.begin(path, node.id, node.kind, protocol)
     try:
         result = await _RUNNERS[node.kind](node, path, value, ctx, scope)

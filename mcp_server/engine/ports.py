@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mcp_server.proto import protocol_pb2, registry_pb2, task_pb2, workflow_pb2
+
+EventListener = Callable[[task_pb2.Task, task_pb2.TaskEvent], None]
+"""Told of every event a run emits, as it is emitted (for metrics, traces, logs). It must not
+block and must not raise."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Store(Protocol):
     async def renew_lease(self, task_id: str, lease_token: int, lease_seconds: float) -> bool: ...
     async def release_expired_leases(self) -> int: ...
     async def queue_length(self) -> int: ...
+    async def queue_depth_by_priority(self) -> dict[int, int]: ...
     async def purge_finished(self) -> int: ...
 
     # registry

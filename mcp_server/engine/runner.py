@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from google.rpc import status_pb2
 
 from mcp_server.engine.context import E, NodeFailed, RunContext, code_number, now
 from mcp_server.engine.executor import execute, load_node_runners
+from mcp_server.engine.logcontext import task_id_var
 from mcp_server.engine.plan import Plan
-from mcp_server.engine.ports import ProtocolCaller, Store
+from mcp_server.engine.ports import EventListener, ProtocolCaller, Store
 from mcp_server.engine.values import python_to_value, struct_to_dict
 from mcp_server.errors import LeaseLost
 from mcp_server.proto import task_pb2
@@ -28,10 +30,11 @@ load_node_runners()
 class TaskRunner:
     """Runs tasks with one protocol caller and one store."""
 
-    def __init__(self, caller: ProtocolCaller, store: Store, replica_id: str = "") -> None:
+    def __init__(self, caller: ProtocolCaller, store: Store, replica_id: str = "", listeners: Sequence[EventListener] = ()) -> None:
         self.caller = caller
         self.store = store
         self.replica_id = replica_id
+        self.listeners = tuple(listeners)
 
     async def resume_from(self, snapshot: task_pb2.Task, plan: Plan, lease_token: int,
                           cancel_reason: dict[str, str] | None = None) -> task_pb2.Task:
@@ -42,8 +45,9 @@ class TaskRunner:
         replica or a restart to resume. Raises LeaseLost if another replica took it over.
         """
         task = snapshot
+        task_id_var.set(task.task_id)
         ctx = RunContext(task=task, store=self.store, caller=self.caller, lease_token=lease_token,
-                         task_input=struct_to_dict(task.input_data))
+                         task_input=struct_to_dict(task.input_data), listeners=self.listeners)
         resumed = task.status == task_pb2.TASK_STATUS_RUNNING
         task.status = task_pb2.TASK_STATUS_RUNNING
         if not task.HasField("start_time"):

@@ -82,6 +82,9 @@ class BreakerBoard:
         breaker = self._breakers.get(protocol)
         return str(breaker.current_state) if breaker is not None else pybreaker.STATE_CLOSED
 
+    def states(self) -> dict[str, str]:
+        return {name: str(breaker.current_state) for name, breaker in self._breakers.items()}
+
     def state_of(self, protocol: str) -> int:
         return int(STATE_NUMBERS.get(self.state_name(protocol), registry_pb2.BREAKER_STATE_UNSPECIFIED))
 

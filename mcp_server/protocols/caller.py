@@ -8,6 +8,7 @@ CallResult or a ProtocolCallError. The engine decides about retries and fallback
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, cast
 
 import grpc
@@ -20,13 +21,15 @@ from mcp_server.proto import protocol_pb2
 from mcp_server.protocols.breakers import UNHEALTHY_CODES, BreakerBoard
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.registry import ProtocolDirectory
+from mcp_server.telemetry.tracing import TaskTracer, finish_call
 
 
 class GrpcProtocolCaller:
     """Calls registered plugins over gRPC."""
 
     def __init__(self, directory: ProtocolDirectory, channels: ChannelPool, breakers: BreakerBoard,
-                 concurrency_overrides: dict[str, int] | None = None) -> None:
+                 concurrency_overrides: dict[str, int] | None = None, tracer: TaskTracer | None = None) -> None:
+        self.tracer = tracer
         self.directory = directory
         self.channels = channels
         self.breakers = breakers
@@ -51,17 +54,30 @@ class GrpcProtocolCaller:
             raise ProtocolCallError("UNAVAILABLE", f"no plugin is registered for protocol {protocol!r}")
         request = protocol_pb2.ExecuteRequest(protocol=protocol, input=dict_to_struct(input_data), context=_context(context, timeout))
         bulkhead = self._bulkhead(protocol, self.concurrency_overrides.get(protocol, entry.manifest.max_concurrency))
+        if self.tracer is None:
+            return await self._bounded(bulkhead, protocol, entry.address, request, timeout, stream, observer, ())
+        span, metadata = self.tracer.start_call(context.task_id, context.step_path, protocol)
+        try:
+            result = await self._bounded(bulkhead, protocol, entry.address, request, timeout, stream, observer, metadata)
+        except BaseException as exc:
+            finish_call(span, exc)
+            raise
+        finish_call(span)
+        return result
+
+    async def _bounded(self, bulkhead: asyncio.Semaphore | None, protocol: str, address: str, request: protocol_pb2.ExecuteRequest,
+                       timeout: float | None, stream: bool, observer: CallObserver | None, metadata: Sequence[tuple[str, str]]) -> CallResult:
         if bulkhead is None:
-            return await self._guarded(protocol, entry.address, request, timeout, stream, observer)
+            return await self._guarded(protocol, address, request, timeout, stream, observer, metadata)
         async with bulkhead:
-            return await self._guarded(protocol, entry.address, request, timeout, stream, observer)
+            return await self._guarded(protocol, address, request, timeout, stream, observer, metadata)
 
     async def _guarded(self, protocol: str, address: str, request: protocol_pb2.ExecuteRequest,
-                       timeout: float | None, stream: bool, observer: CallObserver | None) -> CallResult:
+                       timeout: float | None, stream: bool, observer: CallObserver | None, metadata: Sequence[tuple[str, str]]) -> CallResult:
         before = self.breakers.state_name(protocol)
         try:
             with self.breakers.get(protocol).calling():
-                response = await self._invoke(address, request, timeout, observer if stream else None)
+                response = await self._invoke(address, request, timeout, observer if stream else None, metadata)
         except pybreaker.CircuitBreakerError:
             self._report_breaker(protocol, before, observer)
             raise ProtocolCallError("UNAVAILABLE", f"the circuit breaker of {protocol} is open", breaker_open=True) from None
@@ -80,15 +96,15 @@ class GrpcProtocolCaller:
             observer.breaker_changed(protocol, before, after)
 
     async def _invoke(self, address: str, request: protocol_pb2.ExecuteRequest, timeout: float | None,
-                      observer: CallObserver | None) -> protocol_pb2.ExecuteResponse:
+                      observer: CallObserver | None, metadata: Sequence[tuple[str, str]] = ()) -> protocol_pb2.ExecuteResponse:
         stub = self.channels.stub(address)
         try:
             if observer is None:
-                response = await stub.Execute(request, timeout=timeout)
+                response = await stub.Execute(request, timeout=timeout, metadata=tuple(metadata) or None)
                 if response is None:  # grpc hands back None when the bytes do not parse
                     raise ProtocolCallError("INTERNAL", "the plugin's response is not a valid ExecuteResponse (it does not parse)")
                 return cast(protocol_pb2.ExecuteResponse, response)
-            async for message in stub.ExecuteStream(request, timeout=timeout):
+            async for message in stub.ExecuteStream(request, timeout=timeout, metadata=tuple(metadata) or None):
                 if message is None:
                     raise ProtocolCallError("INTERNAL", "the plugin's stream sent a message that is not an ExecuteStreamResponse")
                 if message.HasField("progress"):

@@ -332,6 +332,14 @@ class RedisStore:
             if cursor == 0:
                 return removed
 
+    async def queue_depth_by_priority(self, sample: int = 10_000) -> dict[int, int]:
+        """Counts per priority over the first `sample` queued tasks (exact below that size)."""
+        entries = await self._do(self.r.zrange(self.p + "queue", 0, sample - 1, withscores=True))
+        depth: dict[int, int] = {}
+        for _, score in entries:
+            depth[int(-score)] = depth.get(int(-score), 0) + 1
+        return depth
+
     async def queue_length(self) -> int:
         return int(await self._do(self.r.zcard(self.p + "queue")))
 

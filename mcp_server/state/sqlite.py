@@ -261,6 +261,10 @@ class SqliteStore:
         ])
         return counts[1]
 
+    async def queue_depth_by_priority(self) -> dict[int, int]:
+        rows = await self._rows("SELECT priority, COUNT(*) FROM tasks WHERE queued=1 GROUP BY priority")
+        return {int(r[0]): int(r[1]) for r in rows}
+
     async def queue_length(self) -> int:
         rows = await self._rows("SELECT COUNT(*) FROM tasks WHERE queued=1")
         return int(rows[0][0])

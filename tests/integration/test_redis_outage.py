@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mcp_server.proto import task_pb2
 from tests.conftest import client_for
@@ -35,6 +36,16 @@ def start_redis(port: int, directory: str) -> subprocess.Popen[bytes]:
     raise RuntimeError("redis did not start")
 
 
+async def wait_for_health(health: health_pb2_grpc.HealthStub, wanted: int) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            statuses = [(await health.Check(health_pb2.HealthCheckRequest(service=s))).status
+                        for s in ("", "mcp.v1.TaskService", "mcp.v1.WorkflowService", "mcp.v1.ProtocolRegistry")]
+            if set(statuses) == {wanted}:
+                return
+            await asyncio.sleep(0.1)
+
+
 async def test_tasks_pause_while_redis_is_down_and_finish_when_it_returns(server_factory, tmp_path):
     port = free_port()
     redis_process = start_redis(port, str(tmp_path))
@@ -54,9 +65,11 @@ async def test_tasks_pause_while_redis_is_down_and_finish_when_it_returns(server
             await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "redis store unreachable" in err.value.details()
-        await asyncio.sleep(1.0)
+        health = health_pb2_grpc.HealthStub(client.channel)
+        await wait_for_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
 
         redis_process = start_redis(port, str(tmp_path))
+        await wait_for_health(health, health_pb2.HealthCheckResponse.SERVING)
         done = await wait_done(client, task.task_id, timeout=30)
         assert done.status == task_pb2.TASK_STATUS_COMPLETED
         log = await events(client, task.task_id)

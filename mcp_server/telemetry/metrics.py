@@ -1,0 +1,105 @@
+"""Prometheus metrics (prometheus-client), served over HTTP on `--metrics-port`.
+
+See docs/metrics.md for what each one means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from mcp_server.proto import task_pb2
+
+log = logging.getLogger(__name__)
+StoreT = TypeVar("StoreT")
+E = task_pb2.TaskEventType
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+TERMINAL = {E.TASK_EVENT_TYPE_COMPLETED: "completed", E.TASK_EVENT_TYPE_FAILED: "failed", E.TASK_EVENT_TYPE_CANCELLED: "cancelled"}
+
+
+class Metrics:
+    """Every metric of one orchestrator, on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.tasks_submitted = Counter("mcp_tasks_submitted_total", "Tasks accepted, by workflow", ["workflow"], registry=r)
+        self.tasks_finished = Counter("mcp_tasks_finished_total", "Tasks that ended, by workflow and outcome", ["workflow", "status"], registry=r)
+        self.steps = Histogram("mcp_step_duration_seconds", "Duration of protocol steps (all attempts), by protocol and outcome",
+                               ["protocol", "status"], buckets=STEP_BUCKETS, registry=r)
+        self.retries = Counter("mcp_step_retries_total", "Retried protocol calls, by protocol and gRPC code", ["protocol", "code"], registry=r)
+        self.fallbacks = Counter("mcp_fallbacks_total", "Fallbacks used, by the fallback protocol", ["protocol"], registry=r)
+        self.breaker_changes = Counter("mcp_breaker_transitions_total", "Circuit breaker state changes seen by tasks",
+                                       ["protocol", "state"], registry=r)
+        self.breaker_state = Gauge("mcp_breaker_state", "Breaker state per protocol: 0 closed, 1 half-open, 2 open", ["protocol"], registry=r)
+        self.transitions = Counter("mcp_adaptive_transitions_total", "Adaptive state transitions taken", registry=r)
+        self.decisions = Counter("mcp_supervisor_decisions_total", "Supervisor decisions, by verdict", ["verdict"], registry=r)
+        self.takeovers = Counter("mcp_lease_takeovers_total", "Tasks resumed from a snapshot (after a crash or lease loss)", registry=r)
+        self.queue_depth = Gauge("mcp_queue_depth", "Tasks waiting in the queue, by priority", ["priority"], registry=r)
+        self.in_flight = Gauge("mcp_tasks_in_flight", "Tasks running on this replica", registry=r)
+        self.watchers = Gauge("mcp_watchers", "WatchTask streams open on this replica", registry=r)
+        self.store_latency = Histogram("mcp_store_operation_seconds", "Store call latency, by operation", ["operation"],
+                                       buckets=STORE_BUCKETS, registry=r)
+        self.store_errors = Counter("mcp_store_errors_total", "Store calls that failed, by operation", ["operation"], registry=r)
+
+    def on_event(self, task: task_pb2.Task, event: task_pb2.TaskEvent) -> None:
+        """EventListener: count what the event says happened."""
+        data = event.data.fields
+        if event.type == E.TASK_EVENT_TYPE_QUEUED:
+            self.tasks_submitted.labels(task.workflow_id).inc()
+        elif event.type in TERMINAL:
+            self.tasks_finished.labels(task.workflow_id, TERMINAL[event.type]).inc()
+        elif event.type in (E.TASK_EVENT_TYPE_STEP_COMPLETED, E.TASK_EVENT_TYPE_STEP_FAILED) and event.protocol:
+            status = "completed" if event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED else "failed"
+            self.steps.labels(event.protocol, status).observe(data["duration_ms"].number_value / 1000 if "duration_ms" in data else 0)
+        elif event.type == E.TASK_EVENT_TYPE_STEP_RETRYING:
+            self.retries.labels(event.protocol, data["code"].string_value if "code" in data else "").inc()
+        elif event.type == E.TASK_EVENT_TYPE_FALLBACK_USED:
+            self.fallbacks.labels(event.protocol).inc()
+        elif event.type == E.TASK_EVENT_TYPE_BREAKER_STATE_CHANGED:
+            self.breaker_changes.labels(event.protocol, data["to"].string_value if "to" in data else "").inc()
+        elif event.type == E.TASK_EVENT_TYPE_TRANSITION_TAKEN:
+            self.transitions.inc()
+        elif event.type == E.TASK_EVENT_TYPE_SUPERVISOR_DECISION:
+            self.decisions.labels(data["verdict"].string_value if "verdict" in data else "").inc()
+        elif event.type == E.TASK_EVENT_TYPE_RESUMED:
+            self.takeovers.inc()
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
+        """Serve /metrics on `port` (a daemon thread of prometheus-client; it never touches the loop)."""
+        start_http_server(port, addr=address, registry=self.registry)
+
+
+def instrument_store(store: StoreT, metrics: Metrics) -> StoreT:
+    """Wrap every coroutine method of `store` so its latency and failures are measured."""
+    for name in dir(store):
+        if name.startswith("_"):
+            continue
+        method = getattr(store, name)
+        if asyncio.iscoroutinefunction(method):
+            setattr(store, name, _timed(name, method, metrics))
+    return store
+
+
+def _timed(name: str, method: Callable[..., Awaitable[Any]], metrics: Metrics) -> Callable[..., Awaitable[Any]]:
+    histogram = metrics.store_latency.labels(name)
+    errors = metrics.store_errors.labels(name)
+
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        except Exception:
+            errors.inc()
+            raise
+        finally:
+            histogram.observe(time.perf_counter() - started)
+
+    return timed

@@ -76,7 +76,7 @@ async def test_one_trace_per_task_with_spans_per_step_and_plugin_call_propagated
         await running.stop(0.5)
 
 
-def test_json_logs_carry_task_and_step():
+async def test_json_logs_carry_task_and_step():
     record = logging.LogRecord("mcp_server.engine", logging.WARNING, __file__, 1, "store unavailable", None, None)
     task_token, step_token = task_id_var.set("t-42"), step_path_var.set("root/review/draft#2")
     try:

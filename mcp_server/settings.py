@@ -25,6 +25,9 @@ class Limits:
     max_map_items: int = 10_000
     max_concurrency: int = 256
     max_expression_length: int = 2048
+    # comprehensions (map, filter, all, exists, exists_one) per CEL expression: evaluation cost
+    # grows with the input size to the power of how deeply they nest
+    max_expression_comprehensions: int = 3
     max_tasks_in_flight: int = 1000
     max_queue_length: int = 100_000
     max_watchers_per_task: int = 1000

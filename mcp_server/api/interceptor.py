@@ -15,8 +15,10 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from mcp_server.api.validation import validate_request
 from mcp_server.auth import Authenticator, current_principal
 from mcp_server.errors import InvalidArgument, McpError
 
@@ -77,12 +79,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
     def _enter(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         if isinstance(request, _Malformed):
             raise InvalidArgument(f"the request is not a valid {method.rsplit('/', 1)[-1]} message: {request.error}", reason="MALFORMED_REQUEST")
-        if self.authenticator is None:
-            return
-        metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
-        principal = self.authenticator.authenticate(method, metadata)
-        if principal is not None:
-            current_principal.set(principal)
+        if self.authenticator is not None:
+            metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+            principal = self.authenticator.authenticate(method, metadata)
+            if principal is not None:
+                current_principal.set(principal)
+        if isinstance(request, Message):
+            validate_request(request)  # the rules declared in the protos, after authentication
 
     def _wrap_unary(self, method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

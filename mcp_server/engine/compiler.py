@@ -36,6 +36,7 @@ from mcp_server.settings import Limits
 
 WORKFLOW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+COMPREHENSION = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(")
 GRPC_CODES = frozenset(code.name for code in StatusCode)
 # Retrying these can never help: the same request would fail the same way.
 NEVER_RETRYABLE = frozenset({
@@ -192,6 +193,11 @@ def _expression(source: str, path: str, scope: _Scope) -> Expression | None:
         return None
     if len(source) > scope.limits.max_expression_length:
         scope.violations.add(path, f"expression is {len(source)} characters; the limit is {scope.limits.max_expression_length}")
+        return None
+    comprehensions = len(COMPREHENSION.findall(source))
+    if comprehensions > scope.limits.max_expression_comprehensions:
+        scope.violations.add(path, f"expression uses {comprehensions} comprehensions (map, filter, all, exists); "
+                                   f"the limit is {scope.limits.max_expression_comprehensions}")
         return None
     try:
         return compile_expression(source)

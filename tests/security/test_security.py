@@ -178,3 +178,27 @@ async def test_malformed_request_bytes_are_invalid_argument_not_internal(server)
             await raw(b"\xff\xff\xff\xff\x0f not protobuf")
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "not a valid GetTask message" in err.value.details()
+
+
+async def test_field_rules_declared_in_the_protos_are_enforced_at_the_edge(client):
+    from tests.helpers import violations
+
+    rules = task_pb2.SubmitTaskRequest.DESCRIPTOR.fields_by_name["workflow_id"].GetOptions()
+    from mcp_server.proto import validate_pb2
+
+    assert rules.Extensions[validate_pb2.rules].max_len == 128  # readable by any client from the contract
+    cases = [
+        (client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="bad id!")), "workflow_id", "must match"),
+        (client.tasks.GetTask(task_pb2.GetTaskRequest(task_id="x" * 100)), "task_id", "at most 64"),
+        (client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=20000)), "page_size", "at most 10000"),
+        (client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="w", labels={str(i): "v" for i in range(70)})), "labels", "entries"),
+        (client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(
+            workflow=workflow("ok", step("s", "echo"), description="d" * 5000))), "workflow.description", "at most 4096"),
+        (client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address="no port")), "address", "must match"),
+    ]
+    for call, field, why in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        found = violations(err.value)
+        assert field in found and why in found[field], (field, found)

@@ -98,3 +98,11 @@ def test_backoff_grows_by_the_multiplier_and_stops_at_the_maximum():
     assert [round(backoff(policy, n), 3) for n in (1, 2, 3, 4, 5)] == [0.1, 0.2, 0.4, 0.8, 1.0]
     jittered = RetryPolicy(initial_backoff=1.0, jitter=0.5)
     assert all(0.5 <= backoff(jittered, 1) <= 1.5 for _ in range(100))
+
+
+def test_nested_comprehensions_are_limited_to_bound_evaluation_cost():
+    nested = "input.a.map(x, input.a.map(y, input.a.map(z, input.a.filter(w, w > x + y + z))))"
+    with pytest.raises(InvalidArgument) as err:
+        compile_workflow(wf({"step": {"protocol": "p", "input": nested}}), Limits())
+    assert "4 comprehensions" in err.value.violations[0].description
+    assert compile_workflow(wf({"step": {"protocol": "p", "input": "input.a.map(x, x * 2)"}}), Limits())

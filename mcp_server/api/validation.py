@@ -1,0 +1,90 @@
+"""Enforce the field rules declared in the protos (`(mcp.v1.rules)`, validate.proto).
+
+Rules are read once per message type from the descriptors, then every request is checked
+before its handler runs; all violations are reported together, each naming its field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from mcp_server.errors import FieldViolation, InvalidArgument
+from mcp_server.proto import validate_pb2
+
+RULES: Any = validate_pb2.rules  # the typed stubs do not model extension descriptors
+
+
+@dataclass(frozen=True)
+class _Check:
+    field: FieldDescriptor
+    rules: validate_pb2.FieldRules
+    pattern: re.Pattern[str] | None
+
+
+@cache
+def _checks(descriptor: Descriptor) -> tuple[tuple[_Check, ...], tuple[FieldDescriptor, ...]]:
+    """The rule checks of a message type, and its message fields that have rules inside."""
+    checks = []
+    nested = []
+    for field in descriptor.fields:
+        options = field.GetOptions()
+        if options.HasExtension(RULES):
+            rules = options.Extensions[RULES]
+            checks.append(_Check(field, rules, re.compile(rules.pattern) if rules.pattern else None))
+        if field.message_type is not None and not field.message_type.GetOptions().map_entry and _has_rules(field.message_type):
+            nested.append(field)
+    return tuple(checks), tuple(nested)
+
+
+@cache
+def _has_rules(descriptor: Descriptor) -> bool:
+    return any(f.GetOptions().HasExtension(RULES) for f in descriptor.fields)
+
+
+def violations_of(message: Message, prefix: str = "") -> list[FieldViolation]:
+    found: list[FieldViolation] = []
+    checks, nested = _checks(message.DESCRIPTOR)
+    for check in checks:
+        found += _check(message, check, f"{prefix}{check.field.name}")
+    for field in nested:
+        if not field.is_repeated and message.HasField(field.name):
+            found += violations_of(getattr(message, field.name), f"{prefix}{field.name}.")
+    return found
+
+
+def _check(message: Message, check: _Check, path: str) -> list[FieldViolation]:
+    field, rules = check.field, check.rules
+    value = getattr(message, field.name)
+    repeated = field.is_repeated
+    present = message.HasField(field.name) if field.message_type is not None and not repeated else bool(value)
+    if rules.required and not present:
+        return [FieldViolation(path, "is required")]
+    problems = []
+    if repeated and rules.max_len and len(value) > rules.max_len:
+        problems.append(f"has {len(value)} entries; at most {rules.max_len} are allowed")
+    if isinstance(value, str):
+        if rules.max_len and len(value) > rules.max_len:
+            problems.append(f"is {len(value)} characters; at most {rules.max_len} are allowed")
+        elif value and check.pattern is not None and not check.pattern.fullmatch(value):
+            problems.append(f"must match {rules.pattern}")
+    if isinstance(value, int) and not isinstance(value, bool) and not repeated:
+        if rules.has_min and value < rules.min:
+            problems.append(f"must be at least {rules.min}")
+        if rules.has_max and value > rules.max:
+            problems.append(f"must be at most {rules.max}")
+    return [FieldViolation(path, p) for p in problems]
+
+
+def validate_request(message: Message) -> None:
+    """Raise InvalidArgument listing every field of `message` that breaks its declared rules."""
+    found = violations_of(message)
+    if found:
+        first = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise InvalidArgument(f"{first.field} {first.description}{more}", violations=found)

@@ -31,7 +31,7 @@ node: node_modules/.installed
 run: setup
 	$(PY) -m mcp_server --bundled-plugins $(ARGS)
 
-## test: lint, type-check, then the whole suite (needs Redis on 127.0.0.1:6379 or MCP_TEST_REDIS_URL)
+## test: lint, type-check, then the whole suite (starts a private Redis if none answers)
 test: setup node lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -8,7 +8,7 @@ redis://127.0.0.1:6379/0), deleted afterwards.
 
 from __future__ import annotations
 
-import os
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -23,8 +23,7 @@ from mcp_server.api.server import RunningServer, start_server
 from mcp_server.plugin_host import READY_LINE
 from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2_grpc, task_pb2_grpc, workflow_pb2_grpc
 from mcp_server.settings import Limits, Settings
-
-REDIS_URL = os.environ.get("MCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.support.redis_server import TestRedis
 
 
 @dataclass
@@ -55,15 +54,20 @@ def plugins() -> Iterator[dict[str, PluginProc]]:
         proc.process.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def redis_base_url() -> Iterator[str]:
+    """A real Redis: the configured one, the local one, or a private one started for the session."""
+    server = TestRedis()
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def redis_url(redis_base_url: str) -> Iterator[str]:
+    """A fresh key prefix on the test Redis, deleted afterwards."""
     prefix = f"mcptest:{uuid.uuid4().hex[:12]}:"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"these tests need Redis at {REDIS_URL} (set MCP_TEST_REDIS_URL); .ci/run starts one")
-    yield f"{REDIS_URL}?prefix={prefix}"
+    client = redis.Redis.from_url(redis_base_url)
+    yield f"{redis_base_url}?prefix={prefix}"
     keys = list(client.scan_iter(f"{prefix}*", count=1000))
     if keys:
         client.delete(*keys)
@@ -88,7 +92,7 @@ async def server(plugins: dict[str, PluginProc]) -> AsyncIterator[RunningServer]
     """An orchestrator on the embedded store with both bundled plugins registered."""
     running = await start_server(make_settings("sqlite://:memory:", tuple(p.address for p in plugins.values())))
     yield running
-    await running.stop(0.5)
+    await asyncio.wait_for(running.stop(0.5), 30)
 
 
 @dataclass
@@ -134,7 +138,7 @@ async def server_factory(plugins: dict[str, PluginProc]) -> AsyncIterator[Callab
 
     yield start
     for running in started:
-        await running.stop(0.5)
+        await asyncio.wait_for(running.stop(0.5), 30)
 
 
 def client_for(running: RunningServer) -> Client:

@@ -74,10 +74,14 @@ class Dispatcher:
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._running:
             await asyncio.wait([r.task for r in self._running.values()], timeout=grace)
-        for task_id, running in list(self._running.items()):
+        leftovers = list(self._running.items())
+        for _, running in leftovers:
             running.task.cancel()
-            with contextlib.suppress(BaseException):
-                await running.task
+        if leftovers:
+            _, stuck = await asyncio.wait([r.task for _, r in leftovers], timeout=5)
+            if stuck:
+                log.error("%d task runs did not stop within 5 s of being cancelled", len(stuck))
+        for task_id, running in leftovers:
             # Expire the lease now so that a restart or another replica resumes it at once.
             with contextlib.suppress(McpError):
                 await self.store.renew_lease(task_id, running.lease_token, 0)

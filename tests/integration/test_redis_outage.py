@@ -3,37 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
-import time
 
 import grpc
 import pytest
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mcp_server.proto import task_pb2
 from tests.conftest import client_for
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, events, step, submit, wait_done, workflow
+from tests.support.redis_server import start_private_redis
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
 
 
 def start_redis(port: int, directory: str) -> subprocess.Popen[bytes]:
-    server = shutil.which("redis-server")
-    assert server, "redis-server is needed for the outage test"
-    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--appendonly", "yes",
-                                "--appendfsync", "always", "--save", ""], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return process
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis did not start")
+    return start_private_redis(port, directory, persistent=True)
 
 
 async def wait_for_health(health: health_pb2_grpc.HealthStub, wanted: int) -> None:

@@ -44,8 +44,12 @@ def task_summary(task: task_pb2.Task) -> None:
     status = task_pb2.TaskStatus.Name(task.status).removeprefix("TASK_STATUS_")
     console.print(f"task [bold]{task.task_id}[/bold]  workflow {task.workflow_id} v{task.workflow_version}  status [bold]{status}[/bold]")
     if task.steps:
-        table = Table("path", "protocol", "status", "attempts")
-        table.add_column("output", no_wrap=True, overflow="ellipsis", max_width=60)
+        table = Table()
+        table.add_column("path", min_width=18, overflow="fold")
+        table.add_column("protocol", min_width=8)
+        table.add_column("status", min_width=9)
+        table.add_column("attempts", justify="right")
+        table.add_column("output", no_wrap=True, overflow="ellipsis", max_width=50)
         for step in task.steps:
             output = json.dumps(json_format.MessageToDict(step.output)) if step.HasField("output") else step.error.message
             table.add_row(step.path, step.protocol, task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_"),

@@ -25,8 +25,8 @@ class ContextFilter(logging.Filter):
     """Adds task_id and step_path to text records too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.task_id = task_id_var.get()
-        record.step_path = step_path_var.get()
+        task_id, step_path = task_id_var.get(), step_path_var.get()
+        record.task_context = f" [task {task_id} {step_path}]".rstrip() if task_id else ""
         return True
 
 
@@ -36,5 +36,5 @@ def configure(fmt: str = "text", level: int = logging.INFO) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.addFilter(ContextFilter())
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s [%(task_id)s %(step_path)s]"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(task_context)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -66,27 +66,31 @@ def step_states(task: task_pb2.Task) -> dict[str, task_pb2.StepState]:
     return {s.path: s for s in task.steps}
 
 
+def _details(error: grpc.aio.AioRpcError) -> list[Any]:
+    """The google.rpc.Status details an error carries in its trailer."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            return list(status_pb2.Status.FromString(value).details)
+    return []
+
+
 def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The BadRequest field violations carried in an error's google.rpc.Status details."""
     found: dict[str, str] = {}
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    found.update({v.field: v.description for v in bad.field_violations})
+    for detail in _details(error):
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found.update({v.field: v.description for v in bad.field_violations})
     return found
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    return info.reason
+    for detail in _details(error):
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
     return ""
 
 

@@ -81,10 +81,9 @@ class Dispatcher:
             _, stuck = await asyncio.wait([r.task for _, r in leftovers], timeout=5)
             if stuck:
                 log.error("%d task runs did not stop within 5 s of being cancelled", len(stuck))
-        for task_id, running in leftovers:
-            # Expire the lease now so that a restart or another replica resumes it at once.
-            with contextlib.suppress(McpError):
-                await self.store.renew_lease(task_id, running.lease_token, 0)
+        # Expire the leases now so that a restart or another replica resumes those tasks at once.
+        with contextlib.suppress(McpError):
+            await self.store.renew_leases({task_id: running.lease_token for task_id, running in leftovers}, 0)
 
     async def _claim_loop(self) -> None:
         with contextlib.suppress(Unavailable):
@@ -150,10 +149,12 @@ class Dispatcher:
             try:
                 if rounds % 10 == 0:
                     await self.store.purge_finished()
-                for task_id, running in list(self._running.items()):
-                    if not await self.store.renew_lease(task_id, running.lease_token, self.settings.lease_seconds):
+                held = dict(self._running)
+                lost = await self.store.renew_leases({t: r.lease_token for t, r in held.items()}, self.settings.lease_seconds)
+                for task_id in lost:
+                    if self._running.get(task_id) is held[task_id]:
                         log.warning("task %s: lease lost, stopping it here", task_id)
-                        running.task.cancel()
+                        held[task_id].task.cancel()
                 if await self.store.release_expired_leases():
                     self._wake.set()
             except Unavailable as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,7 +91,9 @@ class Store(Protocol):
 
     # queue and leases
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None: ...
-    async def renew_lease(self, task_id: str, lease_token: int, lease_seconds: float) -> bool: ...
+    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
+        """Renew the leases {task_id: token} in one call; return the task ids whose lease is lost."""
+        ...
     async def release_expired_leases(self) -> int: ...
     async def queue_length(self) -> int: ...
     async def queue_depth_by_priority(self) -> dict[int, int]: ...

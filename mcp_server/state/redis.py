@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -81,11 +81,17 @@ while true do
 end
 """
 
-RENEW_LEASE = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-if not redis.call('ZSCORE', KEYS[2], ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return 1
+RENEW_LEASES = """
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local task_id, token = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', ARGV[2] .. task_id, 'token') == token and redis.call('ZSCORE', KEYS[1], task_id) then
+    redis.call('ZADD', KEYS[1], ARGV[1], task_id)
+  else
+    table.insert(lost, task_id)
+  end
+end
+return lost
 """
 
 RELEASE_EXPIRED = """
@@ -116,7 +122,7 @@ class RedisStore:
         self._create = client.register_script(CREATE_TASK)
         self._save = client.register_script(SAVE_TASK)
         self._claim = client.register_script(CLAIM_TASK)
-        self._renew = client.register_script(RENEW_LEASE)
+        self._renew = client.register_script(RENEW_LEASES)
         self._release = client.register_script(RELEASE_EXPIRED)
         self._latest = client.register_script(LATEST_WORKFLOW)
 
@@ -305,10 +311,15 @@ class RedisStore:
             return None
         return task_pb2.Task.FromString(reply[0]), int(reply[1])
 
-    async def renew_lease(self, task_id: str, lease_token: int, lease_seconds: float) -> bool:
-        renewed = await self._do(self._renew(keys=[self._task_key(task_id), self.p + "leases"],
-                                             args=[lease_token, int((now_seconds() + lease_seconds) * 1000), task_id]))
-        return bool(renewed)
+    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
+        """Renew every lease in one round trip; return the tasks whose lease is no longer held."""
+        if not leases:
+            return []
+        args: list[Any] = [int((now_seconds() + lease_seconds) * 1000), self.p + "task:"]
+        for task_id, token in leases.items():
+            args += [task_id, token]
+        lost = await self._do(self._renew(keys=[self.p + "leases"], args=args))
+        return [t.decode() for t in lost]
 
     async def release_expired_leases(self) -> int:
         count = await self._do(self._release(keys=[self.p + "leases", self.p + "queue"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -241,11 +241,13 @@ class SqliteStore:
                                   (owner, token, now_seconds() + lease_seconds, task_id))
         return task_pb2.Task.FromString(data), token
 
-    async def renew_lease(self, task_id: str, lease_token: int, lease_seconds: float) -> bool:
-        counts = await self._transaction([(
-            "UPDATE tasks SET lease_expires=? WHERE task_id=? AND lease_token=? AND lease_expires IS NOT NULL",
-            (now_seconds() + lease_seconds, task_id, lease_token))])
-        return counts[0] == 1
+    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
+        if not leases:
+            return []
+        expires = now_seconds() + lease_seconds
+        sql = "UPDATE tasks SET lease_expires=? WHERE task_id=? AND lease_token=? AND lease_expires IS NOT NULL"
+        counts = await self._transaction([(sql, (expires, task_id, token)) for task_id, token in leases.items()])
+        return [task_id for task_id, count in zip(leases, counts) if count != 1]
 
     async def release_expired_leases(self) -> int:
         counts = await self._transaction([(

@@ -82,13 +82,14 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(s
     task, event = new_task()
     await store.create_task(task, event)
     _, old_token = await store.claim_task("replica-a", 0.2)
-    assert await store.renew_lease(task.task_id, old_token, 0.2)
+    assert await store.renew_leases({task.task_id: old_token}, 0.2) == []
     assert await store.claim_task("replica-b", 30) is None
     await asyncio.sleep(0.3)
     assert await store.release_expired_leases() == 1
     taken, new_token = await store.claim_task("replica-b", 30)
     assert taken.task_id == task.task_id and new_token > old_token
-    assert not await store.renew_lease(task.task_id, old_token, 30)
+    assert await store.renew_leases({task.task_id: old_token}, 30) == [task.task_id]
+    assert await store.renew_leases({taken.task_id: new_token}, 30) == []
     with pytest.raises(LeaseLost):
         await store.save_task(taken, [], old_token)
     await store.save_task(taken, [], new_token)

@@ -57,7 +57,7 @@ async def _run_children(children: list[PlanNode], path: str, value: Any, round_n
                         outputs: dict[str, Any], ctx: RunContext, scope: Mapping[str, Any]) -> None:
     def branch(child: PlanNode) -> Branch:
         child_input = value
-        child_scope = {**scope, "round": round_number, "feedback": feedback.get(child.id, "")}
+        child_scope = {**scope, "round": round_number, "feedback": feedback.get(child.id, ""), "children": dict(outputs)}
         if round_number > 1:
             child_input = {**as_object(value), "feedback": feedback.get(child.id, ""), "round": round_number,
                            "previous_output": outputs.get(child.id)}

@@ -104,6 +104,17 @@ async def test_supervisor_retry_carries_feedback_into_the_retried_child(client, 
     assert (await plugin_stats(testkit))["seen_feedback"] == ["raise the score above 0.8"]
 
 
+async def test_a_retried_child_sees_its_siblings_outputs_and_round_in_cel(client):
+    wf = workflow("sup-cel", {"id": "s", "supervise": {"supervisor": "threshold_supervisor", "max_rounds": 3, "children": [
+        step("low", "echo", "{'score': round > 1 ? 0.9 : 0.1, 'sibling': has(children.high) ? children.high.score : -1.0, 'fb': feedback}"),
+        step("high", "echo", "{'score': 1.0}")]}})
+    task = await run(client, wf)
+    assert task.status == COMPLETED, task.error
+    low = result(task)["outputs"]["low"]
+    assert {k: low[k] for k in ("score", "sibling", "fb")} == {"score": 0.9, "sibling": 1, "fb": "raise the score above 0.8"}
+    assert low["feedback"] == "raise the score above 0.8" and low["round"] == 2  # also merged into the step's input
+
+
 async def test_a_supervisor_tree_two_levels_deep(client):
     inner = {"id": "team", "supervise": {"supervisor": "threshold_supervisor", "children": [step("writer", "scored_draft")]}}
     wf = workflow("tree", {"id": "lead", "supervise": {"supervisor": "threshold_supervisor",

@@ -50,7 +50,7 @@ class _Publisher(pybreaker.CircuitBreakerListener):
     def __init__(self, board: BreakerBoard) -> None:
         self.board = board
 
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:  # noqa: ARG002 (the listener signature)
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         self.board.changed(str(cb.name), str(new_state.name))
 
 

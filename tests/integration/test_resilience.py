@@ -4,7 +4,6 @@ bulkheads, admission, and a plugin process killed mid-call and restarted."""
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import grpc
 import pytest
@@ -195,7 +194,6 @@ async def test_cancel_reaches_the_plugin_call(client, chaos_plugin):
                 break
             await asyncio.sleep(0.05)
         assert after == before + 1
-    assert sys.executable  # the plugin is a separate process: the cancellation crossed the wire
 
 
 async def test_breaker_state_is_shared_by_replicas_on_one_redis(server_factory, redis_url):

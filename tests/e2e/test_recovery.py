@@ -4,10 +4,12 @@ snapshot, finished steps are not called again, and the event log stays gapless."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -97,12 +99,25 @@ async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, t
         second.wait(timeout=15)
 
 
-async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, testkit, redis_url):
-    plugin = plugins["testkit"].address
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    replicas = [start_orchestrator(a, redis_url, plugin, f"replica-{i}") for i, a in enumerate(addresses)]
+@contextlib.asynccontextmanager
+async def replica_set(count: int, store: str, plugin: str, name: str) -> AsyncIterator[tuple[list[subprocess.Popen[str]], list[Client]]]:
+    """`count` orchestrator processes on one store, with a client for each; all stopped after."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(count)]
+    replicas = [start_orchestrator(a, store, plugin, f"{name}{i}") for i, a in enumerate(addresses)]
     clients = [connect(a) for a in addresses]
     try:
+        yield replicas, clients
+    finally:
+        for client in clients:
+            await client.channel.close()
+        for process in replicas:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)
+
+
+async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, testkit, redis_url):
+    async with replica_set(3, redis_url, plugins["testkit"].address, "replica-") as (replicas, clients):
         wf = workflow("three", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 200}") for i in range(1, 4)]}})
         await create(clients[0], wf)
         tasks = [await submit(clients[i % 3], "three") for i in range(200)]
@@ -123,21 +138,10 @@ async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, te
         assert resumed >= 1, "the killed replica was running no task: the test proved nothing"
         starters = {e.data.fields["replica"].string_value for log in logs for e in log if e.type == E.TASK_EVENT_TYPE_STARTED}
         assert starters == {"replica-0", "replica-1", "replica-2"}  # the work was spread over all three
-    finally:
-        for client in clients:
-            await client.channel.close()
-        for process in replicas:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=15)
 
 
 async def test_cancel_on_one_replica_stops_a_task_running_on_another(plugins, testkit, redis_url):
-    plugin = plugins["testkit"].address
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    replicas = [start_orchestrator(a, redis_url, plugin, f"r{i}") for i, a in enumerate(addresses)]
-    clients = [connect(a) for a in addresses]
-    try:
+    async with replica_set(2, redis_url, plugins["testkit"].address, "r") as (_, clients):
         await create(clients[0], workflow("long-haul", step("nap", "sleep", "{'ms': 20000}")))
         task = await submit(clients[0], "long-haul")
         started = None
@@ -151,9 +155,3 @@ async def test_cancel_on_one_replica_stops_a_task_running_on_another(plugins, te
         cancelled = (await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="from afar"))).task
         assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED and "from afar" in cancelled.error.message
         assert (await plugin_stats(testkit))["cancelled"] == 1
-    finally:
-        for client in clients:
-            await client.channel.close()
-        for process in replicas:
-            process.terminate()
-            process.wait(timeout=15)

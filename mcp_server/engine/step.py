@@ -57,47 +57,64 @@ class _StepObserver:
                       message=f"circuit breaker of {protocol}: {old} -> {new}", data={"from": old, "to": new})
 
 
-async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResult:
-    """Call a protocol, retrying per policy; every retry is an event. Raises ProtocolCallError."""
+def _retryable(policy: RetryPolicy, error: BaseException) -> bool:
+    return isinstance(error, ProtocolCallError) and not error.breaker_open and error.code in policy.retryable_codes
+
+
+def _announce_retry(ctx: RunContext, path: str, call: Call, attempt: int, error: BaseException | None, pause: float) -> None:
+    ctx.emit(E.TASK_EVENT_TYPE_STEP_RETRYING, step_path=path, protocol=call.protocol, attempt=attempt, flush_soon=True,
+             message=f"attempt {attempt} failed: {error}; retrying in {pause:.3f}s",
+             data={"error": str(error), "wait_seconds": pause, "code": getattr(error, "code", "")})
+
+
+async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserver) -> NodeResult:
     state = ctx.state(path)
+    state.attempts += 1
+    context = CallContext(
+        task_id=ctx.task.task_id,
+        step_path=path,
+        attempt=state.attempts,
+        idempotency_key=f"{ctx.task.task_id}/{path}/{call.protocol}",
+        workflow_id=ctx.task.workflow_id,
+        workflow_version=ctx.task.workflow_version,
+    )
+    result = await ctx.caller.call(call.protocol, call.input, context, timeout=call.attempt_timeout,
+                                   stream=call.stream, observer=observer)
+    return NodeResult(result.output, result.directive)
 
-    def retryable(exc: BaseException) -> bool:
-        return isinstance(exc, ProtocolCallError) and not exc.breaker_open and exc.code in call.retry.retryable_codes
 
-    def wait(retry_state: RetryCallState) -> float:
-        return backoff(call.retry, retry_state.attempt_number)
+async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResult:
+    """Call a protocol, retrying per policy; every retry is an event. Raises ProtocolCallError.
+
+    The first attempt runs without any retry machinery (most calls succeed, and thousands may
+    be in flight at once); when it fails with a retryable code, tenacity runs the rest."""
+    observer = _StepObserver(ctx, path)
+    policy = call.retry
+    try:
+        return await _attempt(call, path, ctx, observer)
+    except ProtocolCallError as first:
+        if policy.max_attempts <= 1 or not _retryable(policy, first):
+            raise
+        pause = backoff(policy, 1)
+        _announce_retry(ctx, path, call, 1, first, pause)
+    await asyncio.sleep(pause)
 
     def before_sleep(retry_state: RetryCallState) -> None:
         error = retry_state.outcome.exception() if retry_state.outcome else None
         pause = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        ctx.emit(E.TASK_EVENT_TYPE_STEP_RETRYING, step_path=path, protocol=call.protocol,
-                 attempt=retry_state.attempt_number, flush_soon=True,
-                 message=f"attempt {retry_state.attempt_number} failed: {error}; retrying in {pause:.3f}s",
-                 data={"error": str(error), "wait_seconds": pause, "code": getattr(error, "code", "")})
+        _announce_retry(ctx, path, call, retry_state.attempt_number + 1, error, pause)
 
-    observer = _StepObserver(ctx, path)
-
+    # tenacity counts from the second attempt: its attempt n is the step's attempt n + 1
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(call.retry.max_attempts),
-        wait=wait,
-        retry=retry_if_exception(retryable),
+        stop=stop_after_attempt(policy.max_attempts - 1),
+        wait=lambda retry_state: backoff(policy, retry_state.attempt_number + 1),
+        retry=retry_if_exception(lambda error: _retryable(policy, error)),
         before_sleep=before_sleep,
         reraise=True,
     )
     async for attempt in retrying:
         with attempt:
-            state.attempts += 1
-            context = CallContext(
-                task_id=ctx.task.task_id,
-                step_path=path,
-                attempt=state.attempts,
-                idempotency_key=f"{ctx.task.task_id}/{path}/{call.protocol}",
-                workflow_id=ctx.task.workflow_id,
-                workflow_version=ctx.task.workflow_version,
-            )
-            result = await ctx.caller.call(call.protocol, call.input, context, timeout=call.attempt_timeout,
-                                           stream=call.stream, observer=observer)
-            return NodeResult(result.output, result.directive)
+            return await _attempt(call, path, ctx, observer)
     raise AssertionError("unreachable: tenacity re-raises the last error")
 
 

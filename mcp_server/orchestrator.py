@@ -19,14 +19,14 @@ from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import EventListener, Store
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, McpError, NotFound, ResourceExhausted
-from mcp_server.proto import task_pb2, workflow_pb2
+from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.protocols.breakers import BreakerBoard, BreakerSettings
 from mcp_server.protocols.caller import GrpcProtocolCaller
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.settings import Settings
-from mcp_server.state.common import TERMINAL
+from mcp_server.state.common import TERMINAL, decode_token, encode_token
 from mcp_server.telemetry.metrics import BREAKER_VALUES, Metrics, instrument_store
 from mcp_server.telemetry.tracing import TaskTracer
 from mcp_server.tls import plugin_credentials
@@ -92,6 +92,18 @@ class Orchestrator:
             which = f"version {version}" if version else "any version"
             raise NotFound(f"workflow {workflow_id!r} ({which}) not found", reason="WORKFLOW_NOT_FOUND", metadata={"workflow_id": workflow_id})
         return workflow
+
+    async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
+        """The latest version of each workflow, by workflow_id."""
+        return await self.store.list_workflows(self.page_size(page_size), page_token)
+
+    async def list_protocols(self, page_size: int, page_token: str) -> tuple[list[registry_pb2.RegisteredProtocol], str]:
+        """Registered protocols by name, with their health and breaker state."""
+        size = self.page_size(page_size)
+        after = decode_token(page_token)
+        entries = [e for e in await self.directory.list() if e.manifest.name > after]
+        page = entries[:size]
+        return page, encode_token(page[-1].manifest.name) if len(entries) > size else ""
 
     async def delete_workflow(self, workflow_id: str) -> int:
         _require("workflow_id", workflow_id)

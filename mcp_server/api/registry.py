@@ -7,7 +7,6 @@ import grpc
 from mcp_server.errors import FieldViolation, InvalidArgument
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.proto import registry_pb2, registry_pb2_grpc
-from mcp_server.state.common import decode_token, encode_token
 
 
 class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
@@ -29,12 +28,8 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
         return registry_pb2.DeregisterProtocolResponse(removed=await self.directory.deregister(request.name, request.address))
 
     async def ListProtocols(self, request: registry_pb2.ListProtocolsRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ListProtocolsResponse:
-        size = self.orchestrator.page_size(request.page_size)
-        after = decode_token(request.page_token)
-        entries = [e for e in await self.directory.list() if e.manifest.name > after]
-        page = entries[:size]
-        token = encode_token(page[-1].manifest.name) if len(entries) > size else ""
-        return registry_pb2.ListProtocolsResponse(protocols=page, next_page_token=token)
+        protocols, token = await self.orchestrator.list_protocols(request.page_size, request.page_token)
+        return registry_pb2.ListProtocolsResponse(protocols=protocols, next_page_token=token)
 
     async def GetProtocol(self, request: registry_pb2.GetProtocolRequest, context: grpc.aio.ServicerContext) -> registry_pb2.GetProtocolResponse:
         if not request.name:

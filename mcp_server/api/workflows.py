@@ -26,8 +26,7 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         return workflow_pb2.GetWorkflowResponse(workflow=await self.orchestrator.get_workflow(request.workflow_id, request.version))
 
     async def ListWorkflows(self, request: workflow_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext) -> workflow_pb2.ListWorkflowsResponse:
-        size = self.orchestrator.page_size(request.page_size)
-        workflows, token = await self.orchestrator.store.list_workflows(size, request.page_token)
+        workflows, token = await self.orchestrator.list_workflows(request.page_size, request.page_token)
         return workflow_pb2.ListWorkflowsResponse(workflows=workflows, next_page_token=token)
 
     async def DeleteWorkflow(self, request: workflow_pb2.DeleteWorkflowRequest, context: grpc.aio.ServicerContext) -> workflow_pb2.DeleteWorkflowResponse:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import time
 
+from google.rpc import code_pb2
+
 from mcp_server.engine.context import now
 from mcp_server.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from mcp_server.proto import task_pb2
@@ -48,7 +50,7 @@ def mark_cancelled(task: task_pb2.Task, event: task_pb2.TaskEvent) -> task_pb2.T
     """Turn a pending task into a cancelled one; returns the event numbered after its last."""
     task.status = task_pb2.TASK_STATUS_CANCELLED
     task.end_time.CopyFrom(now())
-    task.error.code = 1  # google.rpc.Code.CANCELLED
+    task.error.code = code_pb2.CANCELLED
     task.error.message = event.message
     task.last_sequence += 1
     numbered = task_pb2.TaskEvent()

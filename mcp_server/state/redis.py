@@ -14,9 +14,6 @@ sorted set (expiry ms), `tasks` sorted set (creation counter), `req:<request_id>
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -30,6 +27,7 @@ from mcp_server.engine.context import now
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, decode_position, decode_token, encode_token, mark_cancelled, now_seconds
+from mcp_server.state.redis_streams import StreamHub
 
 LATEST_WORKFLOW = """
 local version = redis.call('HGET', KEYS[2], ARGV[1])
@@ -118,7 +116,7 @@ class RedisStore:
         self.r = client
         self.p = prefix
         self.retention_ms = max(1, int(retention_seconds * 1000))
-        self._hub = _StreamHub(self)
+        self._hub = StreamHub(self)
         self._create = client.register_script(CREATE_TASK)
         self._save = client.register_script(SAVE_TASK)
         self._claim = client.register_script(CLAIM_TASK)
@@ -294,7 +292,7 @@ class RedisStore:
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
         """Events after `after_sequence`, waiting up to `timeout` for one. However many watchers
-        follow a task on this replica, one blocking XREAD follows all of them (see _StreamHub)."""
+        follow a task on this replica, one blocking XREAD follows all of them (see redis_streams.StreamHub)."""
         key = f"{self.p}ev:{task_id}"
         if not self._hub.covers(key, after_sequence):
             events = await self.read_events(task_id, after_sequence)
@@ -384,132 +382,3 @@ class RedisStore:
         await self.r.aclose()
 
 
-
-class _Stream:
-    """What one replica knows of one followed event stream."""
-
-    def __init__(self, after_sequence: int) -> None:
-        self.start = after_sequence
-        self.last_id = f"0-{after_sequence}"
-        self.events: list[task_pb2.TaskEvent] = []
-        self.waiters: set[asyncio.Future[None]] = set()
-        self.watchers = 0
-        self.idle_since = 0.0
-        self.error: Unavailable | None = None
-
-    def wake(self) -> None:
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def newer_than(self, after_sequence: int) -> bool:
-        return bool(self.events) and self.events[-1].sequence > after_sequence
-
-    @property
-    def last_sequence(self) -> int:
-        return self.events[-1].sequence if self.events else self.start
-
-    def add(self, events: list[task_pb2.TaskEvent]) -> None:
-        """Append the events that continue this stream; ignore ones already here."""
-        fresh = [e for e in events if e.sequence > self.last_sequence]
-        if fresh and fresh[0].sequence == self.last_sequence + 1:
-            self.events += fresh
-            self.last_id = f"0-{fresh[-1].sequence}"
-            self.error = None
-            self.wake()
-
-
-class _StreamHub:
-    """Follows every watched task's event stream with one blocking XREAD over all of them, so
-    a replica holds one Redis connection for its watchers however many there are.
-
-    A newly watched stream must join the read at once. Cancelling the blocked XREAD is not
-    safe (its reply can still arrive and be taken for the answer to the next command), so the
-    read also follows a private wake-up stream: adding a stream appends to it, which ends the
-    blocked read, and the next read includes the new stream. A stream nobody waits on is kept
-    for `IDLE_SECONDS`, so a watcher going from one wait to the next does not re-join."""
-
-    BLOCK_MS = 1000
-    IDLE_SECONDS = 5.0
-
-    def __init__(self, store: RedisStore) -> None:
-        self.store = store
-        self.streams: dict[str, _Stream] = {}
-        self.reader: asyncio.Task[None] | None = None
-        self.wake_key = f"{store.p}hub:{uuid.uuid4().hex}"
-        self.wake_id = "0-0"
-
-    def covers(self, key: str, after_sequence: int) -> bool:
-        """True when the hub already holds every event of `key` after `after_sequence`."""
-        stream = self.streams.get(key)
-        return stream is not None and stream.start <= after_sequence
-
-    async def wait(self, key: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent] | None:
-        """New events of `key` after `after_sequence`; [] on timeout; None when the hub began
-        following after that point (the caller reads the stream itself)."""
-        stream = self.streams.get(key)
-        if stream is None:
-            stream = self.streams[key] = _Stream(after_sequence)
-            await self._include_new_stream()
-        stream.watchers += 1
-        stream.idle_since = 0.0
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        stream.waiters.add(waiter)
-        try:
-            if not stream.newer_than(after_sequence):
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
-                except TimeoutError:
-                    if stream.error is not None:
-                        raise stream.error from None
-                    return []
-            if after_sequence < stream.start:
-                return None
-            return [e for e in stream.events if e.sequence > after_sequence]
-        finally:
-            stream.waiters.discard(waiter)
-            stream.watchers -= 1
-            if stream.watchers == 0:
-                stream.idle_since = time.monotonic()
-
-    def written(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
-        """Events this replica just wrote reach its own watchers at once, without waiting for
-        the XREAD to see them (only after the write succeeded, so nothing unwritten is shown)."""
-        stream = self.streams.get(key)
-        if stream is not None and events:
-            stream.add(list(events))
-
-    async def _include_new_stream(self) -> None:
-        if self.reader is None or self.reader.done():
-            self.reader = asyncio.get_running_loop().create_task(self._read())
-            return
-        async with self.store.r.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=16, approximate=True)
-            pipe.expire(self.wake_key, 3600)
-            await self.store._do(pipe.execute())
-
-    def _prune(self) -> None:
-        cutoff = time.monotonic() - self.IDLE_SECONDS
-        for key in [k for k, s in self.streams.items() if s.watchers == 0 and 0 < s.idle_since < cutoff]:
-            del self.streams[key]
-
-    async def _read(self) -> None:
-        while self.streams:
-            self._prune()
-            wanted: dict[Any, Any] = {key: stream.last_id for key, stream in self.streams.items()}
-            wanted[self.wake_key] = self.wake_id
-            try:
-                reply = await self.store._do(self.store.r.xread(wanted, count=1000, block=self.BLOCK_MS))
-            except Unavailable as exc:
-                for stream in self.streams.values():
-                    stream.error = exc
-                await asyncio.sleep(0.2)
-                continue
-            for raw_key, entries in reply or []:
-                key = raw_key.decode()
-                if key == self.wake_key:
-                    self.wake_id = entries[-1][0].decode()
-                    continue
-                found = self.streams.get(key)
-                if found is not None and entries:
-                    found.add([task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries])

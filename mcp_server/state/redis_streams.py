@@ -1,0 +1,145 @@
+"""Following task event streams on Redis for this replica's watchers (see StreamHub)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from mcp_server.errors import Unavailable
+from mcp_server.proto import task_pb2
+
+if TYPE_CHECKING:
+    from mcp_server.state.redis import RedisStore
+
+
+class _Stream:
+    """What one replica knows of one followed event stream."""
+
+    def __init__(self, after_sequence: int) -> None:
+        self.start = after_sequence
+        self.last_id = f"0-{after_sequence}"
+        self.events: list[task_pb2.TaskEvent] = []
+        self.waiters: set[asyncio.Future[None]] = set()
+        self.watchers = 0
+        self.idle_since = 0.0
+        self.error: Unavailable | None = None
+
+    def wake(self) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def newer_than(self, after_sequence: int) -> bool:
+        return bool(self.events) and self.events[-1].sequence > after_sequence
+
+    @property
+    def last_sequence(self) -> int:
+        return self.events[-1].sequence if self.events else self.start
+
+    def add(self, events: list[task_pb2.TaskEvent]) -> None:
+        """Append the events that continue this stream; ignore ones already here."""
+        fresh = [e for e in events if e.sequence > self.last_sequence]
+        if fresh and fresh[0].sequence == self.last_sequence + 1:
+            self.events += fresh
+            self.last_id = f"0-{fresh[-1].sequence}"
+            self.error = None
+            self.wake()
+
+
+class StreamHub:
+    """Follows every watched task's event stream with one blocking XREAD over all of them, so
+    a replica holds one Redis connection for its watchers however many there are.
+
+    A newly watched stream must join the read at once. Cancelling the blocked XREAD is not
+    safe (its reply can still arrive and be taken for the answer to the next command), so the
+    read also follows a private wake-up stream: adding a stream appends to it, which ends the
+    blocked read, and the next read includes the new stream. A stream nobody waits on is kept
+    for `IDLE_SECONDS`, so a watcher going from one wait to the next does not re-join."""
+
+    BLOCK_MS = 1000
+    IDLE_SECONDS = 5.0
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.streams: dict[str, _Stream] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.wake_key = f"{store.p}hub:{uuid.uuid4().hex}"
+        self.wake_id = "0-0"
+
+    def covers(self, key: str, after_sequence: int) -> bool:
+        """True when the hub already holds every event of `key` after `after_sequence`."""
+        stream = self.streams.get(key)
+        return stream is not None and stream.start <= after_sequence
+
+    async def wait(self, key: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent] | None:
+        """New events of `key` after `after_sequence`; [] on timeout; None when the hub began
+        following after that point (the caller reads the stream itself)."""
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = self.streams[key] = _Stream(after_sequence)
+            await self._include_new_stream()
+        stream.watchers += 1
+        stream.idle_since = 0.0
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stream.waiters.add(waiter)
+        try:
+            if not stream.newer_than(after_sequence):
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                except TimeoutError:
+                    if stream.error is not None:
+                        raise stream.error from None
+                    return []
+            if after_sequence < stream.start:
+                return None
+            return [e for e in stream.events if e.sequence > after_sequence]
+        finally:
+            stream.waiters.discard(waiter)
+            stream.watchers -= 1
+            if stream.watchers == 0:
+                stream.idle_since = time.monotonic()
+
+    def written(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
+        """Events this replica just wrote reach its own watchers at once, without waiting for
+        the XREAD to see them (only after the write succeeded, so nothing unwritten is shown)."""
+        stream = self.streams.get(key)
+        if stream is not None and events:
+            stream.add(list(events))
+
+    async def _include_new_stream(self) -> None:
+        if self.reader is None or self.reader.done():
+            self.reader = asyncio.get_running_loop().create_task(self._read())
+            return
+        async with self.store.r.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=16, approximate=True)
+            pipe.expire(self.wake_key, 3600)
+            await self.store._do(pipe.execute())
+
+    def _prune(self) -> None:
+        cutoff = time.monotonic() - self.IDLE_SECONDS
+        for key in [k for k, s in self.streams.items() if s.watchers == 0 and 0 < s.idle_since < cutoff]:
+            del self.streams[key]
+
+    async def _read(self) -> None:
+        while self.streams:
+            self._prune()
+            wanted: dict[Any, Any] = {key: stream.last_id for key, stream in self.streams.items()}
+            wanted[self.wake_key] = self.wake_id
+            try:
+                reply = await self.store._do(self.store.r.xread(wanted, count=1000, block=self.BLOCK_MS))
+            except Unavailable as exc:
+                for stream in self.streams.values():
+                    stream.error = exc
+                await asyncio.sleep(0.2)
+                continue
+            for raw_key, entries in reply or []:
+                key = raw_key.decode()
+                if key == self.wake_key:
+                    self.wake_id = entries[-1][0].decode()
+                    continue
+                found = self.streams.get(key)
+                if found is not None and entries:
+                    found.add([task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries])

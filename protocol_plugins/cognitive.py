@@ -101,7 +101,11 @@ def _content_words(sentence: str) -> set[str]:
     return {w.lower() for w in WORD.findall(sentence) if w.lower() not in STOPWORDS and len(w) > 2}
 
 
-@plugin.protocol("summarize", type=T.PROTOCOL_TYPE_TRANSFORM, description="Extractive TextRank summary (`sentences`, default 2)")
+@plugin.protocol("summarize", type=T.PROTOCOL_TYPE_TRANSFORM, description="Extractive TextRank summary (`sentences`, default 2)",
+                 cpu_millis=200, memory_mb=64, max_concurrency=16,
+                 input_schema={"type": "object", "required": ["text"],
+                               "properties": {"text": {"type": "string"}, "sentences": {"type": "integer", "minimum": 1}}},
+                 output_schema={"type": "object", "properties": {"summary": {"type": "string"}, "sentences": {"type": "array"}}})
 def summarize(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     sentences = split_sentences(_text(data))
     keep = max(1, int(data.get("sentences", 2)))

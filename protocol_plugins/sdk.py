@@ -128,13 +128,18 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
     def protocol(self, name: str, *, description: str = "", version: str = "1.0.0",
                  type: protocol_pb2.ProtocolType = protocol_pb2.PROTOCOL_TYPE_TRANSFORM, max_concurrency: int = 0,
                  dependencies: tuple[str, ...] = (), input_schema: dict[str, Any] | None = None,
-                 output_schema: dict[str, Any] | None = None) -> Callable[[Handler], Handler]:
-        """Register the decorated function as protocol `name`."""
+                 output_schema: dict[str, Any] | None = None, cpu_millis: int = 0, memory_mb: int = 0,
+                 gpu: bool = False) -> Callable[[Handler], Handler]:
+        """Register the decorated function as protocol `name`, with its manifest: version, type,
+        description (default: the docstring's first line), dependencies, resource needs, the
+        calls it accepts at once (`max_concurrency`, which the orchestrator honours) and JSON
+        Schemas of its input and output."""
         def register(handler: Handler) -> Handler:
             manifest = protocol_pb2.ProtocolManifest(
                 name=name, version=version, type=type,
                 description=description or (inspect.getdoc(handler) or "").split("\n")[0],
-                dependencies=list(dependencies), max_concurrency=max_concurrency)
+                dependencies=list(dependencies), max_concurrency=max_concurrency,
+                resources=protocol_pb2.ResourceRequirements(cpu_millis=cpu_millis, memory_mb=memory_mb, gpu=gpu))
             if input_schema:
                 manifest.input_schema.CopyFrom(dict_to_struct(input_schema))
             if output_schema:

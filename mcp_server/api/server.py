@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,16 +52,25 @@ class RunningServer:
     health_task: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float | None = None) -> None:
+        """Stop serving, then the dispatcher, the store and the plugins. Each stage has a time
+        limit, so shutdown always ends; a stage that overruns is logged and skipped."""
         grace = self.orchestrator.settings.shutdown_grace if grace is None else grace
         if self.health_task is not None:
             self.health_task.cancel()
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(grace)
-        await self.orchestrator.stop()
-        await self.orchestrator.store.close()
+        await _bounded_stage("gRPC server", self.server.stop(grace), grace + 5)
+        await _bounded_stage("dispatcher", self.orchestrator.stop(), grace + 10)
+        await _bounded_stage("store", self.orchestrator.store.close(), 5)
         for plugin in self.plugins:
-            await plugin.stop()
+            await _bounded_stage(f"plugin {plugin.module}", plugin.stop(), 10)
+
+
+async def _bounded_stage(name: str, stage: Awaitable[Any], seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stage, seconds)
+    except TimeoutError:
+        log.error("shutdown: %s did not stop within %.0f s; going on without it", name, seconds)
 
 
 async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> RunningServer:

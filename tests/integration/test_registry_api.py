@@ -116,3 +116,10 @@ async def test_a_server_whose_plugin_does_not_answer_fails_to_start_cleanly():
 
     with pytest.raises(FailedPrecondition, match="did not answer Describe"):
         await start_server(make_settings("sqlite://:memory:", ("127.0.0.1:1",)))
+
+
+async def test_manifests_carry_resources_concurrency_and_schemas(client):
+    got = (await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="summarize"))).protocol.manifest
+    assert got.resources.cpu_millis == 200 and got.resources.memory_mb == 64 and got.max_concurrency == 16
+    assert [v.string_value for v in got.input_schema.fields["required"].list_value.values] == ["text"]
+    assert got.version == "1.0.0" and got.type == protocol_pb2.PROTOCOL_TYPE_TRANSFORM

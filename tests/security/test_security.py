@@ -202,3 +202,15 @@ async def test_field_rules_declared_in_the_protos_are_enforced_at_the_edge(clien
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         found = violations(err.value)
         assert field in found and why in found[field], (field, found)
+
+
+async def test_messages_over_the_size_limit_are_refused(server_factory):
+    from tests.conftest import client_for
+
+    running = await server_factory(limits=Limits(max_message_bytes=64 * 1024, max_input_bytes=1024 * 1024))
+    client = client_for(running)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(
+            workflow=workflow("big", step("s", "echo"), labels={f"k{i}": "v" * 1000 for i in range(100)})))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await client.channel.close()

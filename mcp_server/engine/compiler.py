@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from google.protobuf import duration_pb2
-from grpc import StatusCode
+from google.rpc import code_pb2
 
 from mcp_server.engine.cel import Expression, ExpressionError, compile_expression
 from mcp_server.engine.plan import (
@@ -37,7 +37,7 @@ from mcp_server.settings import Limits
 WORKFLOW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 COMPREHENSION = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(")
-GRPC_CODES = frozenset(code.name for code in StatusCode)
+GRPC_CODES = frozenset(code_pb2.Code.keys())
 # Retrying these can never help: the same request would fail the same way.
 NEVER_RETRYABLE = frozenset({
     "OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",

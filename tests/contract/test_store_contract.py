@@ -29,6 +29,14 @@ def new_task(workflow_id: str = "wf", priority: int = 0, request_id: str = "") -
     return task, make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED)
 
 
+async def claim_and_complete(store, task: task_pb2.Task, lease_seconds: float) -> None:
+    """Claim `task` and write it COMPLETED with its terminal event."""
+    claimed, token = await store.claim_task("me", lease_seconds)
+    claimed.status = task_pb2.TASK_STATUS_COMPLETED
+    claimed.last_sequence = 2
+    await store.save_task(claimed, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_COMPLETED)], token)
+
+
 async def test_workflow_versions_are_numbered_and_immutable(store):
     first = await store.create_workflow(workflow_pb2.Workflow(workflow_id="w", description="1"))
     second = await store.create_workflow(workflow_pb2.Workflow(workflow_id="w", description="2"))
@@ -98,10 +106,7 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(s
 async def test_finished_tasks_hold_no_lease(store):
     task, event = new_task()
     await store.create_task(task, event)
-    claimed, token = await store.claim_task("me", 0.1)
-    claimed.status = task_pb2.TASK_STATUS_COMPLETED
-    claimed.last_sequence = 2
-    await store.save_task(claimed, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_COMPLETED)], token)
+    await claim_and_complete(store, task, 0.1)
     await asyncio.sleep(0.2)
     assert await store.release_expired_leases() == 0
     assert await store.claim_task("me", 1) is None
@@ -162,10 +167,7 @@ async def test_finished_tasks_expire_after_the_retention_time(store_url):
     try:
         task, event = new_task()
         await store.create_task(task, event)
-        claimed, token = await store.claim_task("me", 30)
-        claimed.status = task_pb2.TASK_STATUS_COMPLETED
-        claimed.last_sequence = 2
-        await store.save_task(claimed, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_COMPLETED)], token)
+        await claim_and_complete(store, task, 30)
         keeper, keeper_event = new_task()
         await store.create_task(keeper, keeper_event)
         assert await store.get_task(task.task_id) is not None

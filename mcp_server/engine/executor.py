@@ -32,22 +32,30 @@ async def execute(node: PlanNode, path: str, value: Any, ctx: RunContext, scope:
     if done is not None:
         ctx.outputs_by_id[node.id] = done.output
         return done
-    protocol = getattr(node, "protocol", "")
     step_path_var.set(path)
-    await ctx.begin(path, node.id, node.kind, protocol)
+    result = await run_recorded(ctx, path, node.id, node.kind, getattr(node, "protocol", ""),
+                                lambda: _RUNNERS[node.kind](node, path, value, ctx, scope))
+    ctx.outputs_by_id[node.id] = result.output
+    return result
+
+
+async def run_recorded(ctx: RunContext, path: str, node_id: str, kind: str, protocol: str,
+                       body: Callable[[], Awaitable[NodeResult]]) -> NodeResult:
+    """Record the start of the node at `path`, run `body`, and record how it ended, whichever
+    way that is (completed, failed, cancelled, timed out), so no state is left RUNNING."""
+    await ctx.begin(path, node_id, kind, protocol)
     try:
-        result = await _RUNNERS[node.kind](node, path, value, ctx, scope)
+        result = await body()
     except asyncio.CancelledError:
-        ctx.fail(path, "CANCELLED", f"{node.kind} {node.id} was cancelled", cancelled=True)
+        ctx.fail(path, "CANCELLED", f"{kind} {node_id} was cancelled", cancelled=True)
         raise
     except NodeFailed as exc:
         ctx.fail(path, exc.code, exc.message)
         raise
     except TimeoutError:
         # A timeout of an enclosing scope: record it here, let the owner of the timeout report it.
-        ctx.fail(path, "DEADLINE_EXCEEDED", f"{node.kind} {node.id}: a timeout ran out")
+        ctx.fail(path, "DEADLINE_EXCEEDED", f"{kind} {node_id}: a timeout ran out")
         raise
-    ctx.outputs_by_id[node.id] = result.output
     ctx.complete(path, result)  # written in the background, together with what happens next
     return result
 

@@ -17,7 +17,7 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
-from mcp_server.engine.executor import evaluate, runs
+from mcp_server.engine.executor import evaluate, run_recorded, runs
 from mcp_server.engine.plan import RetryPolicy, StepPlan
 from mcp_server.engine.ports import CallContext, ProtocolCallError
 from mcp_server.engine.values import as_object
@@ -164,12 +164,11 @@ async def run_auxiliary_call(call: Call, path: str, owner: str, ctx: RunContext)
     done = ctx.finished(path)
     if done is not None:
         return done
-    await ctx.begin(path, path.rsplit("/", 1)[-1].split("#")[0], "step", call.protocol)
-    try:
-        result = await call_with_retries(call, path, ctx)
-    except ProtocolCallError as exc:
-        message = f"{owner}: {call.protocol} failed: {exc}"
-        ctx.fail(path, exc.code, message)
-        raise NodeFailed(exc.code, message) from None
-    ctx.complete(path, result)
-    return result
+
+    async def body() -> NodeResult:
+        try:
+            return await call_with_retries(call, path, ctx)
+        except ProtocolCallError as exc:
+            raise NodeFailed(exc.code, f"{owner}: {call.protocol} failed: {exc}") from None
+
+    return await run_recorded(ctx, path, path.rsplit("/", 1)[-1].split("#")[0], "step", call.protocol, body)

@@ -62,6 +62,18 @@ async def test_fail_fast_cancels_the_other_branches(client, testkit):
     await _eventually(lambda s: s["cancelled"] == 1, testkit)
 
 
+async def test_a_supervisor_call_cancelled_by_a_failing_sibling_is_recorded_cancelled(client):
+    # The supervisor call is a step of its own; cancelling it mid-call must not leave it RUNNING.
+    sup = {"id": "sup", "supervise": {"supervisor": "sleep", "children": [step("child", "echo")]}}
+    wf = workflow("p-ff-sup", par("ff", sup, seq("late", step("wait", "sleep", "{'ms': 30}"),
+                                                 step("boom", "fail", "{'code': 'INVALID_ARGUMENT'}")), fail_fast=True))
+    task = await run(client, wf, timeout=10)
+    assert task.status == FAILED
+    states = step_states(task)
+    assert states["ff/sup/supervisor"].status == task_pb2.STEP_STATUS_CANCELLED
+    assert all(s.status != task_pb2.STEP_STATUS_RUNNING for s in task.steps)
+
+
 async def test_without_fail_fast_all_branches_finish_before_the_failure(client, testkit):
     wf = workflow("p-noff", par("nf", step("boom", "fail", "{'code': 'INVALID_ARGUMENT'}"), step("slow", "sleep", "{'ms': 200}")))
     task = await run(client, wf)

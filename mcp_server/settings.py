@@ -18,6 +18,9 @@ class Limits:
 
     max_message_bytes: int = 4 * 1024 * 1024
     max_input_bytes: int = 1024 * 1024
+    # how deeply objects and lists may nest in any value that enters: a task's input, a plugin's
+    # output, a CEL result. Kept well inside protobuf's parse limit, so every stored task reads back.
+    max_value_depth: int = 32
     max_workflow_nodes: int = 500
     max_workflow_depth: int = 16
     max_rounds: int = 10

@@ -125,6 +125,15 @@ async def route(data: dict[str, Any], ctx: Context) -> Reply:
     return goto(str(output.get("next", data.get("next", ""))), routed=True)
 
 
+@plugin.protocol("nest", description="Returns `levels` lists nested in one another under `v` (for the value-depth limit)")
+async def nest(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("nest", ctx)
+    value: Any = "bottom"
+    for _ in range(int(data.get("levels", 1))):
+        value = [value]
+    return {"v": value}
+
+
 @plugin.protocol("counter", description="Adds 1 to `n`")
 async def counter(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("counter", ctx)

@@ -7,14 +7,30 @@ of an expression is limited at validation time.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import cel
 
-from mcp_server.engine.values import normalize, to_json_compatible
+from mcp_server.engine.values import ValueTooDeep, nesting_depth, normalize, to_json_compatible
 
 VARIABLES = ("input", "prev", "steps", "output", "children", "item", "index", "round", "feedback")
+# Where each variable has a value (docs/cel.md); the compiler admits a name only where it has one.
+EVERYWHERE = frozenset({"input", "prev", "steps"})
+IN_MAP_BODY = frozenset({"item", "index"})
+IN_SUPERVISED_CHILD = frozenset({"round", "feedback", "children"})
+IN_TRANSITION = frozenset({"output"})
+# The functions the evaluator has (the Rust binding's standard library, without the optional
+# Python extras); operators (`_+_`, `@in`, `!_`) are not names a user writes.
+FUNCTIONS = frozenset({
+    "size", "contains", "startsWith", "endsWith", "matches", "int", "uint", "double", "string", "bytes",
+    "timestamp", "duration", "dyn", "type", "getFullYear", "getMonth", "getDate", "getDayOfMonth",
+    "getDayOfWeek", "getDayOfYear", "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+    "of", "none", "hasValue", "value", "orValue", "or", "ofNonZeroValue",
+})
+NAMESPACES = frozenset({"optional"})
+_BOUND = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
 
 
 class ExpressionError(Exception):
@@ -27,6 +43,7 @@ class Expression:
 
     source: str
     program: Any
+    max_depth: int = 32
 
     def evaluate(self, variables: dict[str, Any]) -> Any:
         try:
@@ -35,17 +52,29 @@ class Expression:
             raise ExpressionError(f"no such key {exc} in `{self.source}`") from None
         except Exception as exc:  # the cel binding raises plain TypeError/ValueError/RuntimeError
             raise ExpressionError(f"`{self.source}`: {exc}") from None
+        depth = nesting_depth(result, self.max_depth)
+        if depth > self.max_depth:
+            raise ExpressionError(str(ValueTooDeep(f"`{self.source}` yields a value that", depth, self.max_depth)))
         return normalize(to_json_compatible(result))
 
 
-def compile_expression(source: str) -> Expression:
-    """Compile `source`; raise ExpressionError with the parser's message if it does not compile."""
+def compile_expression(source: str, max_depth: int = 32, variables: frozenset[str] | None = None) -> Expression:
+    """Compile `source`; raise ExpressionError with the parser's message if it does not compile,
+    or naming the first function the evaluator lacks or variable that has no value here
+    (`variables`; None skips the variable check)."""
     try:
         program = cel.compile(source)
     except Exception as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ExpressionError(first_line) from None
-    # Unknown variables are reported at evaluation: the binding lists comprehension
-    # variables (`x` in `list.map(x, ...)`) among the free ones, so a compile-time check would
-    # reject valid expressions.
-    return Expression(source, program)
+    unknown = sorted(f for f in program.functions() if f[0] not in "_@!" and f not in FUNCTIONS)
+    if unknown:
+        raise ExpressionError(f"unknown function {unknown[0]!r}")
+    if variables is not None:
+        # The binding lists comprehension variables (`x` in `list.map(x, ...)`) among the free ones.
+        allowed = variables | NAMESPACES | set(_BOUND.findall(source))
+        strangers = sorted(v for v in program.variables() if v not in allowed)
+        if strangers:
+            where = ", ".join(sorted(variables))
+            raise ExpressionError(f"unknown variable {strangers[0]!r}; the variables here are {where} (see docs/cel.md)")
+    return Expression(source, program, max_depth)

@@ -26,6 +26,7 @@ from mcp_server.engine.ports import EventListener, ProtocolCaller, Store
 from mcp_server.engine.values import dict_to_struct, python_to_value, value_to_python
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import protocol_pb2, task_pb2
+from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
 E = task_pb2.TaskEventType
@@ -71,6 +72,7 @@ class RunContext:
     task_input: dict[str, Any]
     outputs_by_id: dict[str, Any] = field(default_factory=dict)
     listeners: Sequence[EventListener] = ()
+    limits: Limits = field(default_factory=Limits)
     _states: dict[str, task_pb2.StepState] = field(default_factory=dict)
     _pending: list[task_pb2.TaskEvent] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -11,6 +11,7 @@ from mcp_server.engine.cel import Expression, ExpressionError
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.logcontext import step_path_var
 from mcp_server.engine.plan import PlanNode
+from mcp_server.engine.values import ValueTooDeep, check_depth
 
 NodeRunner = Callable[[Any, str, Any, RunContext, Mapping[str, Any]], Awaitable[NodeResult]]
 _RUNNERS: dict[str, NodeRunner] = {}
@@ -56,6 +57,11 @@ async def run_recorded(ctx: RunContext, path: str, node_id: str, kind: str, prot
         # A timeout of an enclosing scope: record it here, let the owner of the timeout report it.
         ctx.fail(path, "DEADLINE_EXCEEDED", f"{kind} {node_id}: a timeout ran out")
         raise
+    try:
+        check_depth(result.output, ctx.limits.max_value_depth, f"the output of {kind} {node_id}")
+    except ValueTooDeep as exc:
+        ctx.fail(path, "INVALID_ARGUMENT", str(exc))
+        raise NodeFailed("INVALID_ARGUMENT", str(exc)) from None
     ctx.complete(path, result)  # written in the background, together with what happens next
     return result
 

@@ -22,6 +22,7 @@ from mcp_server.engine.ports import EventListener, ProtocolCaller, Store
 from mcp_server.engine.values import python_to_value, struct_to_dict
 from mcp_server.errors import LeaseLost
 from mcp_server.proto import task_pb2
+from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
 load_node_runners()
@@ -30,8 +31,10 @@ load_node_runners()
 class TaskRunner:
     """Runs tasks with one protocol caller and one store."""
 
-    def __init__(self, caller: ProtocolCaller, store: Store, replica_id: str = "", listeners: Sequence[EventListener] = ()) -> None:
+    def __init__(self, caller: ProtocolCaller, store: Store, replica_id: str = "", listeners: Sequence[EventListener] = (),
+                 limits: Limits | None = None) -> None:
         self.caller = caller
+        self.limits = limits or Limits()
         self.store = store
         self.replica_id = replica_id
         self.listeners = tuple(listeners)
@@ -47,7 +50,7 @@ class TaskRunner:
         task = snapshot
         task_id_var.set(task.task_id)
         ctx = RunContext(task=task, store=self.store, caller=self.caller, lease_token=lease_token,
-                         task_input=struct_to_dict(task.input_data), listeners=self.listeners)
+                         task_input=struct_to_dict(task.input_data), listeners=self.listeners, limits=self.limits)
         resumed = task.status == task_pb2.TASK_STATUS_RUNNING
         task.status = task_pb2.TASK_STATUS_RUNNING
         if not task.HasField("start_time"):

@@ -20,7 +20,7 @@ from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import evaluate, run_recorded, runs
 from mcp_server.engine.plan import RetryPolicy, StepPlan
 from mcp_server.engine.ports import CallContext, ProtocolCallError
-from mcp_server.engine.values import as_object
+from mcp_server.engine.values import ValueTooDeep, as_object, check_depth, struct_to_dict
 from mcp_server.proto import protocol_pb2
 
 
@@ -78,8 +78,19 @@ async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserv
         workflow_id=ctx.task.workflow_id,
         workflow_version=ctx.task.workflow_version,
     )
+    try:
+        check_depth(call.input, ctx.limits.max_value_depth, f"the input of {call.protocol}")
+    except ValueTooDeep as exc:  # the plugin could not even parse it
+        raise ProtocolCallError("INVALID_ARGUMENT", str(exc)) from None
     result = await ctx.caller.call(call.protocol, call.input, context, timeout=call.attempt_timeout,
                                    stream=call.stream, observer=observer)
+    try:
+        check_depth(result.output, ctx.limits.max_value_depth, f"the output of {call.protocol}")
+        if result.directive is not None and result.directive.decision.HasField("output"):
+            check_depth(struct_to_dict(result.directive.decision.output), ctx.limits.max_value_depth,
+                        f"the decision output of {call.protocol}")
+    except ValueTooDeep as exc:
+        raise ProtocolCallError("INVALID_ARGUMENT", str(exc)) from None
     return NodeResult(result.output, result.directive)
 
 

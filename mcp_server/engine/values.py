@@ -71,3 +71,66 @@ def as_object(value: JsonValue) -> dict[str, JsonValue]:
     if value is None:
         return {}
     return {"value": value}
+
+
+def nesting_depth(value: JsonValue, stop_after: int) -> int:
+    """How deeply objects and lists nest in `value` (a scalar is 0, `{"a": [1]}` is 2).
+
+    Iterative, so a value nested far past Python's recursion limit (a CEL literal can be) is
+    measured safely; counting stops once the depth passes `stop_after`."""
+    deepest = 0
+    stack: list[tuple[JsonValue, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def message_depth(message: struct_pb2.Struct | struct_pb2.Value | struct_pb2.ListValue, stop_after: int) -> int:
+    """`nesting_depth` of a Struct, Value or ListValue, read from the message itself."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(message, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, struct_pb2.Value):
+            kind = item.WhichOneof("kind")
+            if kind == "struct_value":
+                item = item.struct_value
+            elif kind == "list_value":
+                item = item.list_value
+            else:
+                continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        children = item.fields.values() if isinstance(item, struct_pb2.Struct) else item.values
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+class ValueTooDeep(ValueError):
+    """A value nests deeper than the limit; the message says how deep and what the limit is."""
+
+    def __init__(self, what: str, depth: int, limit: int) -> None:
+        # Measuring stops just past the limit, so the exact depth of a deeper value is not known.
+        super().__init__(f"{what} nests more than {limit} levels deep; the limit is {limit} (MCP_LIMIT_MAX_VALUE_DEPTH)")
+        self.depth = depth
+        self.limit = limit
+
+
+def check_depth(value: JsonValue, limit: int, what: str) -> None:
+    """Raise ValueTooDeep if `value` nests deeper than `limit`."""
+    depth = nesting_depth(value, limit)
+    if depth > limit:
+        raise ValueTooDeep(what, depth, limit)

@@ -14,6 +14,7 @@ import grpc
 
 from mcp_server.engine.context import now
 from mcp_server.engine.ports import Store
+from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mcp_server.proto import protocol_pb2, registry_pb2
 from mcp_server.protocols.breakers import BreakerBoard
@@ -29,8 +30,9 @@ def _expired(entry: registry_pb2.RegisteredProtocol, at: float) -> bool:
 class ProtocolDirectory:
     """The registry of protocols, shared through the store."""
 
-    def __init__(self, store: Store, channels: ChannelPool, breakers: BreakerBoard) -> None:
+    def __init__(self, store: Store, channels: ChannelPool, breakers: BreakerBoard, max_value_depth: int = 32) -> None:
         self.store = store
+        self.max_value_depth = max_value_depth
         self.channels = channels
         self.breakers = breakers
         self._cache: dict[str, registry_pb2.RegisteredProtocol] = {}
@@ -57,6 +59,10 @@ class ProtocolDirectory:
             ) from None
         if not described.protocols:
             raise FailedPrecondition(f"plugin at {address} hosts no protocols", reason="PLUGIN_EMPTY")
+        problems = [v for manifest in described.protocols for v in self._manifest_problems(manifest)]
+        if problems:
+            raise FailedPrecondition(f"plugin at {address} describes its protocols wrongly: {problems[0].field} {problems[0].description}",
+                                     violations=problems, reason="PLUGIN_MANIFEST_INVALID")
         entries = []
         for manifest in described.protocols:
             entry = registry_pb2.RegisteredProtocol(manifest=manifest, address=address, health=registry_pb2.HEALTH_STATE_SERVING,
@@ -67,6 +73,15 @@ class ProtocolDirectory:
             self._cache[manifest.name] = entry
             entries.append(self._decorate(entry))
         return entries
+
+    def _manifest_problems(self, manifest: protocol_pb2.ProtocolManifest) -> list[FieldViolation]:
+        """What in a plugin's manifest the registry cannot accept, as violations naming the field."""
+        found = []
+        for name in ("input_schema", "output_schema"):
+            depth = message_depth(getattr(manifest, name), self.max_value_depth)
+            if depth > self.max_value_depth:
+                found.append(FieldViolation(f"protocols[{manifest.name}].{name}", str(ValueTooDeep("the schema", depth, self.max_value_depth))))
+        return found
 
     async def deregister(self, name: str = "", address: str = "") -> int:
         removed = await self.store.delete_protocols(name=name, address=address)

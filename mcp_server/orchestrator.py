@@ -7,6 +7,7 @@ Everything here raises McpError subclasses only; `api/interceptor.py` maps them 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -18,6 +19,7 @@ from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import EventListener, Store
 from mcp_server.engine.runner import TaskRunner
+from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, McpError, NotFound, ResourceExhausted
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.protocols.breakers import BreakerBoard, BreakerSettings
@@ -49,10 +51,10 @@ class Orchestrator:
             self.listeners.append(tracer.on_event)
         self.channels = ChannelPool(settings.limits.max_message_bytes, plugin_credentials(settings))
         self.breakers = BreakerBoard(BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_seconds), shared=store)
-        self.directory = ProtocolDirectory(store, self.channels, self.breakers)
+        self.directory = ProtocolDirectory(store, self.channels, self.breakers, settings.limits.max_value_depth)
         self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, settings.concurrency_overrides(), tracer)
         self.plans = PlanCache(store, settings)
-        self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store, settings.replica_id, self.listeners), self.plans, settings)
+        self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store, settings.replica_id, self.listeners, settings.limits), self.plans, settings)
         self._background: list[asyncio.Task[None]] = []
         self._watchers: dict[str, int] = {}
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
@@ -124,6 +126,10 @@ class Orchestrator:
             raise InvalidArgument(f"input_data is {size} bytes; the limit is {limits.max_input_bytes}",
                                   violations=[FieldViolation("input_data", f"{size} bytes exceeds the limit of {limits.max_input_bytes}")],
                                   reason="INPUT_TOO_LARGE")
+        depth = message_depth(request.input_data, limits.max_value_depth)
+        if depth > limits.max_value_depth:
+            problem = str(ValueTooDeep("input_data", depth, limits.max_value_depth))
+            raise InvalidArgument(problem, violations=[FieldViolation("input_data", problem)], reason="VALUE_TOO_DEEP")
         if len(request.request_id) > MAX_REQUEST_ID:
             raise InvalidArgument("request_id is too long", violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters")])
         workflow = await self.get_workflow(request.workflow_id, request.workflow_version)
@@ -133,7 +139,8 @@ class Orchestrator:
             input_data=request.input_data, status=task_pb2.TASK_STATUS_PENDING, priority=request.priority,
             request_id=request.request_id, labels=dict(request.labels), create_time=now(), last_sequence=1, owner=principal.name)
         event = make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED, message=f"queued with priority {task.priority}")
-        stored, created = await self.store.create_task(task, event, limits.max_queue_length)
+        fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
+        stored, created = await self.store.create_task(task, event, limits.max_queue_length, fingerprint)
         if created:
             self.dispatcher.wake()
             for listener in self.listeners:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 
 from google.rpc import code_pb2
 
 from mcp_server.engine.context import now
-from mcp_server.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, ResourceExhausted
 from mcp_server.proto import task_pb2
 
 ACTIVE = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
@@ -64,3 +65,17 @@ class QueueFull(ResourceExhausted):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"the queue holds {limit} tasks, its limit; retry later", reason="QUEUE_FULL")
+
+
+class RequestIdReused(AlreadyExists):
+    """The principal used this request_id before for a different request; raised by create_task."""
+
+    def __init__(self, request_id: str, task_id: str) -> None:
+        super().__init__(f"request_id {request_id!r} was used before for a different request (task {task_id}): "
+                         "a request_id names one submission; use a new one for a new request",
+                         reason="REQUEST_ID_REUSED", metadata={"request_id": request_id})
+
+
+def request_key(owner: str, request_id: str) -> str:
+    """The idempotency key of a submission: the request_id within its principal's namespace."""
+    return hashlib.sha256(f"{owner}\0{request_id}".encode()).hexdigest()

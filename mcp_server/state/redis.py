@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -26,7 +28,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mcp_server.engine.context import now
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
-from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, decode_position, decode_token, encode_token, mark_cancelled, now_seconds
+from mcp_server.state.common import (
+    ACTIVE,
+    TERMINAL,
+    QueueFull,
+    RequestIdReused,
+    decode_position,
+    decode_token,
+    encode_token,
+    mark_cancelled,
+    now_seconds,
+    request_key,
+)
 from mcp_server.state.redis_streams import StreamHub
 
 LATEST_WORKFLOW = """
@@ -36,13 +49,16 @@ return redis.call('HGET', KEYS[1], version)
 """
 
 CREATE_TASK = """
-local existing = redis.call('GET', KEYS[1])
-if existing then return {0, existing} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {3, ARGV[1]} end
+if KEYS[1] ~= KEYS[2] then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return {0, existing, redis.call('HGET', ARGV[10] .. existing, 'fp') or ''} end
+end
 if tonumber(ARGV[7]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) then return {2, ''} end
 local counter = redis.call('INCR', KEYS[6])
 local member = string.format('%020d:%s', counter, ARGV[1])
 redis.call('HSET', KEYS[2], 'data', ARGV[2], 'status', ARGV[3], 'token', 0, 'member', member,
-           'priority', ARGV[4], 'workflow', ARGV[6], 'counter', counter, 'req', KEYS[1], 'owner', ARGV[8])
+           'priority', ARGV[4], 'workflow', ARGV[6], 'counter', counter, 'req', KEYS[1], 'owner', ARGV[8], 'fp', ARGV[9], 'seq', 1)
 redis.call('XADD', KEYS[3], '0-1', 'e', ARGV[5])
 redis.call('ZADD', KEYS[4], -tonumber(ARGV[4]), member)
 redis.call('ZADD', KEYS[5], counter, ARGV[1])
@@ -52,8 +68,17 @@ return {1, ARGV[1]}
 
 SAVE_TASK = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
+-- events already in the log were written by an earlier try of this same call: skip them
+local last = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'status', ARGV[3])
-for i = 7, #ARGV, 2 do redis.call('XADD', KEYS[2], '0-' .. ARGV[i], 'e', ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if seq > last then
+    redis.call('XADD', KEYS[2], '0-' .. ARGV[i], 'e', ARGV[i + 1])
+    last = seq
+  end
+end
+redis.call('HSET', KEYS[1], 'seq', last)
 if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[3], ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
@@ -72,7 +97,7 @@ while true do
   local key = ARGV[3] .. task_id
   if redis.call('EXISTS', key) == 1 then
     local token = redis.call('HINCRBY', key, 'token', 1)
-    redis.call('HSET', key, 'owner', ARGV[2])
+    redis.call('HSET', key, 'holder', ARGV[2])
     redis.call('ZADD', KEYS[2], ARGV[1], task_id)
     return {redis.call('HGET', key, 'data'), token}
   end
@@ -131,9 +156,13 @@ class RedisStore:
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", ["mcp:"])[0]
         clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
-        # A bounded pool that makes a command wait for a free connection rather than fail.
-        pool = aioredis.BlockingConnectionPool.from_url(clean, max_connections=64, timeout=10, socket_timeout=5,
-                                                        socket_connect_timeout=2, health_check_interval=30)
+        # A bounded pool that makes a command wait for a free connection rather than fail. A command
+        # that meets a dead connection (Redis restarted) reconnects and is sent once more: every
+        # script here is safe to repeat (fenced, or idempotent by key or by sequence number).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            clean, max_connections=64, timeout=10, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError])
         client = aioredis.Redis(connection_pool=pool)
         store = cls(client, prefix, retention_seconds)
         await store.ping()
@@ -196,17 +225,22 @@ class RedisStore:
     def _task_key(self, task_id: str) -> str:
         return f"{self.p}task:{task_id}"
 
-    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0) -> tuple[task_pb2.Task, bool]:
+    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
+                          fingerprint: str = "") -> tuple[task_pb2.Task, bool]:
         key = self._task_key(task.task_id)
-        request_key = f"{self.p}req:{task.request_id}" if task.request_id else key
-        created, task_id = await self._do(self._create(
-            keys=[request_key, key, f"{self.p}ev:{task.task_id}", self.p + "queue", self.p + "tasks", self.p + "counter"],
+        idempotency_key = f"{self.p}req:{request_key(task.owner, task.request_id)}" if task.request_id else key
+        # Safe to repeat after a lost reply: the task key, or the request key, says it is done.
+        reply = await self._do(self._create(
+            keys=[idempotency_key, key, f"{self.p}ev:{task.task_id}", self.p + "queue", self.p + "tasks", self.p + "counter"],
             args=[task.task_id, task.SerializeToString(), task.status, task.priority, event.SerializeToString(), task.workflow_id,
-                  max_queue, task.owner]))
+                  max_queue, task.owner, fingerprint, self.p + "task:"]))
+        created, task_id = reply[0], reply[1]
         if created == 2:
             raise QueueFull(max_queue)
         if created:
             return task, True
+        if reply[2].decode() != fingerprint:
+            raise RequestIdReused(task.request_id, task_id.decode())
         existing = await self.get_task(task_id.decode())
         if existing is None:
             raise Unavailable(f"request_id {task.request_id!r} names task {task_id!r}, which has expired")
@@ -266,7 +300,7 @@ class RedisStore:
                     task = task_pb2.Task.FromString(data)
                     numbered = mark_cancelled(task, event)
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hset(key, mapping={"data": task.SerializeToString(), "status": task.status})
+                    pipe.hset(key, mapping={"data": task.SerializeToString(), "status": task.status, "seq": numbered.sequence})
                     pipe.zrem(self.p + "queue", member)
                     pipe.xadd(f"{self.p}ev:{task_id}", {"e": numbered.SerializeToString()}, id=f"0-{numbered.sequence}")
                     pipe.pexpire(key, self.retention_ms)

@@ -17,7 +17,7 @@ import aiosqlite
 from mcp_server.engine.context import now
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
-from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, decode_position, decode_token, encode_token, mark_cancelled, now_seconds
+from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, RequestIdReused, decode_position, decode_token, encode_token, mark_cancelled, now_seconds
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -27,9 +27,10 @@ CREATE TABLE IF NOT EXISTS workflows (
   PRIMARY KEY (workflow_id, version));
 CREATE TABLE IF NOT EXISTS tasks (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, workflow_id TEXT NOT NULL,
-  status INTEGER NOT NULL, priority INTEGER NOT NULL, request_id TEXT UNIQUE, data BLOB NOT NULL,
+  status INTEGER NOT NULL, priority INTEGER NOT NULL, request_id TEXT, request_fp TEXT, data BLOB NOT NULL,
   queued INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, lease_token INTEGER NOT NULL DEFAULT 0,
   lease_expires REAL, finished_at REAL, cancel_reason TEXT, owner TEXT NOT NULL DEFAULT '');
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_request ON tasks (owner, request_id);
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queued, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_expires);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
@@ -115,26 +116,37 @@ class SqliteStore:
         return (await self._transaction([("DELETE FROM workflows WHERE workflow_id=?", (workflow_id,))]))[0]
 
     # ---- tasks ----------------------------------------------------------------------------
-    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0) -> tuple[task_pb2.Task, bool]:
-        if task.request_id:
-            rows = await self._rows("SELECT data FROM tasks WHERE request_id=?", (task.request_id,))
-            if rows:
-                return task_pb2.Task.FromString(rows[0][0]), False
+    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
+                          fingerprint: str = "") -> tuple[task_pb2.Task, bool]:
+        if task.request_id and (existing := await self._by_request(task, fingerprint)) is not None:
+            return existing, False
         if max_queue and await self.queue_length() >= max_queue:  # one writer process: no race to guard
             raise QueueFull(max_queue)
         try:
             await self._transaction([
-                ("INSERT INTO tasks (task_id, workflow_id, status, priority, request_id, data, queued, owner) VALUES (?,?,?,?,?,?,1,?)",
-                 (task.task_id, task.workflow_id, task.status, task.priority, task.request_id or None, task.SerializeToString(), task.owner)),
+                ("INSERT INTO tasks (task_id, workflow_id, status, priority, request_id, request_fp, data, queued, owner) "
+                 "VALUES (?,?,?,?,?,?,?,1,?)",
+                 (task.task_id, task.workflow_id, task.status, task.priority, task.request_id or None, fingerprint,
+                  task.SerializeToString(), task.owner)),
                 ("INSERT INTO events VALUES (?,?,?)", (task.task_id, event.sequence, event.SerializeToString())),
             ])
         except Unavailable as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError) and task.request_id:
-                rows = await self._rows("SELECT data FROM tasks WHERE request_id=?", (task.request_id,))
-                return task_pb2.Task.FromString(rows[0][0]), False
+                existing = await self._by_request(task, fingerprint)
+                if existing is not None:
+                    return existing, False
             raise
         await self._notify(task.task_id)
         return task, True
+
+    async def _by_request(self, task: task_pb2.Task, fingerprint: str) -> task_pb2.Task | None:
+        rows = await self._rows("SELECT data, request_fp FROM tasks WHERE owner=? AND request_id=?", (task.owner, task.request_id))
+        if not rows:
+            return None
+        existing = task_pb2.Task.FromString(rows[0][0])
+        if (rows[0][1] or "") != fingerprint:
+            raise RequestIdReused(task.request_id, existing.task_id)
+        return existing
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
         rows = await self._rows("SELECT data FROM tasks WHERE task_id=?", (task_id,))

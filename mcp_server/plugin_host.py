@@ -11,7 +11,8 @@ import sys
 from dataclasses import dataclass
 
 READY_LINE = "MCP_PLUGIN_LISTENING"
-BUNDLED = ("protocol_plugins.testkit", "protocol_plugins.cognitive", "protocol_plugins.writing")
+# The real protocols only: the testkit and chaos plugins are test doubles, started by the tests.
+BUNDLED = ("protocol_plugins.basics", "protocol_plugins.cognitive", "protocol_plugins.writing")
 
 
 @dataclass

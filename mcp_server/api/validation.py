@@ -25,6 +25,7 @@ class _Check:
     field: FieldDescriptor
     rules: validate_pb2.FieldRules
     pattern: re.Pattern[str] | None
+    key_pattern: re.Pattern[str] | None = None
 
 
 @cache
@@ -36,7 +37,8 @@ def _checks(descriptor: Descriptor) -> tuple[tuple[_Check, ...], tuple[FieldDesc
         options = field.GetOptions()
         if options.HasExtension(RULES):
             rules = options.Extensions[RULES]
-            checks.append(_Check(field, rules, re.compile(rules.pattern) if rules.pattern else None))
+            checks.append(_Check(field, rules, re.compile(rules.pattern) if rules.pattern else None,
+                                 re.compile(rules.key_pattern) if rules.key_pattern else None))
         if field.message_type is not None and not field.message_type.GetOptions().map_entry and _has_rules(field.message_type):
             nested.append(field)
     return tuple(checks), tuple(nested)
@@ -68,6 +70,8 @@ def _check(message: Message, check: _Check, path: str) -> list[FieldViolation]:
     problems = []
     if repeated and rules.max_len and len(value) > rules.max_len:
         problems.append(f"has {len(value)} entries; at most {rules.max_len} are allowed")
+    if _is_map(field):
+        return [FieldViolation(path, p) for p in problems] + _map_entry_violations(value, check, path)
     if isinstance(value, str):
         if rules.max_len and len(value) > rules.max_len:
             problems.append(f"is {len(value)} characters; at most {rules.max_len} are allowed")
@@ -79,6 +83,25 @@ def _check(message: Message, check: _Check, path: str) -> list[FieldViolation]:
         if rules.has_max and value > rules.max:
             problems.append(f"must be at most {rules.max}")
     return [FieldViolation(path, p) for p in problems]
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def _map_entry_violations(entries: Any, check: _Check, path: str) -> list[FieldViolation]:
+    rules, found = check.rules, []
+    for key in sorted(entries):
+        shown = key if len(key) <= 40 else key[:40] + "..."
+        where = f"{path}[{shown!r}]"
+        if rules.key_max_len and len(key) > rules.key_max_len:
+            found.append(FieldViolation(where, f"key is {len(key)} characters; at most {rules.key_max_len} are allowed"))
+        elif check.key_pattern is not None and not check.key_pattern.fullmatch(key):
+            found.append(FieldViolation(where, f"key must match {rules.key_pattern}"))
+        value = entries[key]
+        if rules.value_max_len and isinstance(value, str) and len(value) > rules.value_max_len:
+            found.append(FieldViolation(where, f"value is {len(value)} characters; at most {rules.value_max_len} are allowed"))
+    return found
 
 
 def validate_request(message: Message) -> None:

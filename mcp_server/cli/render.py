@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mcp_server.engine.values import normalize
 from mcp_server.proto import task_pb2
 
 console = Console(highlight=False)
@@ -22,7 +23,13 @@ EVENT_STYLE = {
 
 
 def to_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """A message as JSON, with whole numbers shown as integers: Struct numbers are doubles on the
+    wire, and `"index": 0.0` is not what anyone wrote."""
+    return dict(normalize(json_format.MessageToDict(message, preserving_proto_field_name=True)))
+
+
+def value_json(message: Message) -> Any:
+    return normalize(json_format.MessageToDict(message))
 
 
 def print_json(value: Any) -> None:
@@ -51,12 +58,12 @@ def task_summary(task: task_pb2.Task) -> None:
         table.add_column("attempts", justify="right")
         table.add_column("output", no_wrap=True, overflow="ellipsis", max_width=50)
         for step in task.steps:
-            output = json.dumps(json_format.MessageToDict(step.output)) if step.HasField("output") else step.error.message
+            output = json.dumps(value_json(step.output)) if step.HasField("output") else step.error.message
             table.add_row(step.path, step.protocol, task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_"),
                           str(step.attempts), output[:80])
         console.print(table)
     if task.HasField("result"):
-        console.print("result:", json.dumps(json_format.MessageToDict(task.result), indent=2))
+        console.print("result:", json.dumps(value_json(task.result), indent=2))
     if task.error.message:
         console.print(f"[red]error: {task.error.message}[/red]")
 

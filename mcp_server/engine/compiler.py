@@ -7,14 +7,15 @@ violation names the field (for example `workflow.root.sequence.children[1].step.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2
 
-from mcp_server.engine.cel import Expression, ExpressionError, compile_expression
+from mcp_server.engine.cel import EVERYWHERE, IN_MAP_BODY, IN_SUPERVISED_CHILD, IN_TRANSITION, Expression, ExpressionError, compile_expression
 from mcp_server.engine.plan import (
     DEFAULT_RETRYABLE_CODES,
     AdaptivePlan,
@@ -66,6 +67,7 @@ class _Scope:
     max_transitions: int
     max_map_items: int
     max_concurrency: int
+    variables: frozenset[str] = EVERYWHERE
     ids: dict[str, str] = field(default_factory=dict)
     node_count: int = 0
     depth: int = 0
@@ -123,6 +125,17 @@ def compile_workflow(
         depth=scope.depth,
         protocols=frozenset(scope.protocols),
     )
+
+
+@contextmanager
+def _variables(scope: _Scope, extra: frozenset[str]) -> Iterator[None]:
+    """Compile a subtree whose expressions also see `extra` (a map body, a supervised child)."""
+    outer = scope.variables
+    scope.variables = outer | extra
+    try:
+        yield
+    finally:
+        scope.variables = outer
 
 
 def _bounded(value: int, server_max: int, path: str, violations: ViolationCollector) -> int:
@@ -188,7 +201,7 @@ def _retry_policy(
     )
 
 
-def _expression(source: str, path: str, scope: _Scope) -> Expression | None:
+def _expression(source: str, path: str, scope: _Scope, extra: frozenset[str] = frozenset()) -> Expression | None:
     if not source:
         return None
     if len(source) > scope.limits.max_expression_length:
@@ -200,7 +213,7 @@ def _expression(source: str, path: str, scope: _Scope) -> Expression | None:
                                    f"the limit is {scope.limits.max_expression_comprehensions}")
         return None
     try:
-        return compile_expression(source)
+        return compile_expression(source, scope.limits.max_value_depth, scope.variables | extra)
     except ExpressionError as exc:
         scope.violations.add(path, f"CEL does not compile: {exc}")
         return None
@@ -315,7 +328,8 @@ def _map(node_id: str, mp: workflow_pb2.MapNode, path: str, scope: _Scope, depth
     if not mp.HasField("body"):
         scope.violations.add(f"{path}.body", "a map node needs a body")
         return None
-    body = _node(mp.body, f"{path}.body", scope, depth + 1, default_id=_default_id(mp.body, 0))
+    with _variables(scope, IN_MAP_BODY):
+        body = _node(mp.body, f"{path}.body", scope, depth + 1, default_id=_default_id(mp.body, 0))
     if items is None or body is None:
         return None
     return MapPlan(node_id, items, body, _concurrency(mp.max_concurrency, f"{path}.max_concurrency", scope), mp.fail_fast, scope.max_map_items)
@@ -330,7 +344,8 @@ def _rounds(value: int, limit: int, path: str, scope: _Scope, default: int) -> i
 
 def _supervise(node_id: str, sup: workflow_pb2.SuperviseNode, path: str, scope: _Scope, depth: int) -> SupervisePlan:
     _protocol(sup.supervisor, f"{path}.supervisor", scope)
-    children = _children(sup.children, f"{path}.children", scope, depth, "supervise")
+    with _variables(scope, IN_SUPERVISED_CHILD):
+        children = _children(sup.children, f"{path}.children", scope, depth, "supervise")
     return SupervisePlan(
         id=node_id,
         supervisor=sup.supervisor,
@@ -363,7 +378,7 @@ def _adaptive(node_id: str, ada: workflow_pb2.AdaptiveNode, path: str, scope: _S
         for j, tr in enumerate(state.transitions):
             if tr.to not in names:
                 scope.violations.add(f"{spath}.transitions[{j}].to", f"unknown state {tr.to!r}; states are {', '.join(names)}")
-            transitions.append(TransitionPlan(_expression(tr.when, f"{spath}.transitions[{j}].when", scope), tr.to))
+            transitions.append(TransitionPlan(_expression(tr.when, f"{spath}.transitions[{j}].when", scope, IN_TRANSITION), tr.to))
         if state.terminal and state.transitions:
             scope.violations.add(f"{spath}.transitions", "a terminal state has no transitions")
         if not state.terminal and not state.transitions and not ada.router:

@@ -109,6 +109,33 @@ def test_every_example_runs_to_completion(server_process, example):
     assert events[-1]["type"] == "TASK_EVENT_TYPE_COMPLETED", (workflow_id, events[-1])
 
 
+TEST_DOUBLES = {"fail", "flaky", "silent_supervisor", "stats", "whoami", "nest", "sleep", "chaos", "chaos_stats"}
+
+
+def test_the_bundled_plugins_are_the_real_protocols_only(server_process):
+    address, _ = server_process
+    listed = json.loads(mcp(address, "--json", "protocol", "list").stdout)["protocols"]
+    names = {p["manifest"]["name"] for p in listed}
+    assert {"echo", "emotion", "summarize", "entities", "reason", "draft", "critique", "revise", "route", "quality_supervisor"} <= names
+    assert not names & TEST_DOUBLES
+
+
+def test_the_cli_prints_whole_numbers_as_integers(server_process, tmp_path):
+    address, _ = server_process
+    definition = tmp_path / "numbers.yaml"
+    definition.write_text("workflow_id: numbers\nroot:\n  id: shape\n  step:\n    protocol: echo\n"
+                          "    input: \"{'index': 0, 'sentences': 3, 'ratio': 0.5, 'nested': [{'n': 7}]}\"\n")
+    assert mcp(address, "workflow", "apply", str(definition)).returncode == 0
+    submitted = json.loads(mcp(address, "--json", "task", "submit", "numbers", "--input", "{}").stdout)
+    task_id = submitted["task"]["task_id"]
+    assert mcp(address, "task", "watch", task_id, "--plain").returncode == 0
+    result = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)["result"]
+    assert result == {"index": 0, "sentences": 3, "ratio": 0.5, "nested": [{"n": 7}]}
+    assert [type(v) for v in (result["index"], result["sentences"], result["nested"][0]["n"], result["ratio"])] == [int, int, int, float]
+    human = mcp(address, "task", "get", task_id).stdout
+    assert '"index": 0' in human and "0.0" not in human and "3.0" not in human
+
+
 def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
     _, process = server_process
     process.send_signal(signal.SIGTERM)

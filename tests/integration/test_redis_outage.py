@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mcp_server.proto import task_pb2
+from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, events, step, submit, wait_done, workflow
@@ -66,3 +69,53 @@ async def test_tasks_pause_while_redis_is_down_and_finish_when_it_returns(server
     finally:
         redis_process.terminate()
         redis_process.wait(timeout=10)
+
+
+async def test_right_after_a_redis_restart_every_rpc_succeeds(server_factory, plugins, tmp_path):
+    """Connections that Redis closed when it stopped are replaced on first use: after each
+    restart, 50 consecutive calls of each RPC succeed, none answers UNAVAILABLE."""
+    port = free_port()
+    holder = [start_redis(port, str(tmp_path))]
+    testkit = plugins["testkit"].address
+    try:
+        running = await server_factory(store=f"redis://127.0.0.1:{port}/0", limits=Limits(max_tasks_in_flight=1))
+        client = client_for(running)
+        await create(client, workflow("quick", step("s", "echo")))
+        await create(client, workflow("hold", step("s", "sleep", "{'ms': 60000}")))
+        done = await wait_done(client, (await submit(client, "quick")).task_id)
+        await submit(client, "hold")  # takes the one place, so what follows stays queued
+        queued = [await submit(client, "quick") for _ in range(50)]
+        for i in range(50):
+            await create(client, workflow(f"doomed-{i}", step("s", "echo")))
+        wf = workflow("quick", step("s", "echo"))
+        calls: dict[str, Callable[[int], Awaitable[Any]]] = {
+            "SubmitTask": lambda i: submit(client, "quick"),
+            "GetTask": lambda i: client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=done.task_id)),
+            "ListTasks": lambda i: client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=10)),
+            "WatchTask": lambda i: events(client, done.task_id),
+            "CancelTask": lambda i: client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=queued[i].task_id)),
+            "CreateWorkflow": lambda i: create(client, wf),
+            "GetWorkflow": lambda i: client.workflows.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id="quick")),
+            "ListWorkflows": lambda i: client.workflows.ListWorkflows(workflow_pb2.ListWorkflowsRequest()),
+            "ValidateWorkflow": lambda i: client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=wf)),
+            "DeleteWorkflow": lambda i: client.workflows.DeleteWorkflow(workflow_pb2.DeleteWorkflowRequest(workflow_id=f"doomed-{i}")),
+            "RegisterProtocol": lambda i: client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=testkit)),
+            "ListProtocols": lambda i: client.registry.ListProtocols(registry_pb2.ListProtocolsRequest()),
+            "GetProtocol": lambda i: client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="echo")),
+            "DeregisterProtocol": lambda i: client.registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(name=f"gone-{i}")),
+        }
+        for name, call in calls.items():
+            holder[0].terminate()
+            holder[0].wait(timeout=10)
+            holder[0] = start_redis(port, str(tmp_path))  # returns once it answers PING
+            for i in range(50):
+                try:
+                    await call(i)
+                except grpc.aio.AioRpcError as exc:
+                    raise AssertionError(f"{name} call {i + 1} after the restart: {exc.code().name} {exc.details()}") from None
+        cancelled = await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=queued[49].task_id))
+        assert cancelled.task.status == task_pb2.TASK_STATUS_CANCELLED
+        await client.channel.close()
+    finally:
+        holder[0].terminate()
+        holder[0].wait(timeout=10)

@@ -15,9 +15,10 @@ from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.context import make_event, now
 from mcp_server.engine.dispatcher import Dispatcher
+from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import EventListener, Store
+from mcp_server.engine.ports import EventListener, Store, TaskFilter
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, McpError, NotFound, ResourceExhausted
@@ -28,7 +29,8 @@ from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.settings import Settings
-from mcp_server.state.common import TERMINAL, decode_token, encode_token
+from mcp_server.state.common import TERMINAL, decode_token, encode_token, request_task_id
+from mcp_server.task_views import TaskViews, chunks, steps_start, steps_token
 from mcp_server.telemetry.metrics import BREAKER_VALUES, Metrics, instrument_store
 from mcp_server.telemetry.tracing import TaskTracer
 from mcp_server.tls import plugin_credentials
@@ -54,6 +56,7 @@ class Orchestrator:
         self.directory = ProtocolDirectory(store, self.channels, self.breakers, settings.limits.max_value_depth)
         self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, settings.concurrency_overrides(), tracer)
         self.plans = PlanCache(store, settings)
+        self.views = TaskViews(store, settings.limits)
         self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store, settings.replica_id, self.listeners, settings.limits), self.plans, settings)
         self._background: list[asyncio.Task[None]] = []
         self._watchers: dict[str, int] = {}
@@ -134,22 +137,36 @@ class Orchestrator:
             raise InvalidArgument("request_id is too long", violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters")])
         workflow = await self.get_workflow(request.workflow_id, request.workflow_version)
         await self.plans.get(workflow.workflow_id, workflow.version)
+        task_id = request_task_id(principal.name, request.request_id) if request.request_id else uuid.uuid4().hex
         task = task_pb2.Task(
-            task_id=uuid.uuid4().hex, workflow_id=workflow.workflow_id, workflow_version=workflow.version,
+            task_id=task_id, workflow_id=workflow.workflow_id, workflow_version=workflow.version,
             input_data=request.input_data, status=task_pb2.TASK_STATUS_PENDING, priority=request.priority,
             request_id=request.request_id, labels=dict(request.labels), create_time=now(), last_sequence=1, owner=principal.name)
+        values = {}
+        given = Payload.of_struct(request.input_data)
+        if given.size > limits.inline_value_bytes:  # stored once, beside the task, and read by reference
+            values[given.sha256] = given.serialized()
+            task.ClearField("input_data")
+            task.input_ref.CopyFrom(task_pb2.ValueRef(size_bytes=given.size, sha256=given.sha256))
         event = make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED, message=f"queued with priority {task.priority}")
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
-        stored, created = await self.store.create_task(task, event, limits.max_queue_length, fingerprint)
+        stored, created = await self.store.create_task(task, event, limits.max_queue_length, fingerprint, values)
         if created:
             self.dispatcher.wake()
             for listener in self.listeners:
                 listener(stored, event)
-        return stored, created
+        return self.views.basic(stored), created
 
-    async def get_task(self, task_id: str, principal: Principal = ANONYMOUS_ADMIN) -> task_pb2.Task:
+    async def get_task(self, task_id: str, principal: Principal = ANONYMOUS_ADMIN, view: int = task_pb2.TASK_VIEW_FULL) -> task_pb2.Task:
         """The task, if `principal` may see it: its owner, or an admin. Another principal's task
-        answers NOT_FOUND, exactly like a task that does not exist."""
+        answers NOT_FOUND, exactly like a task that does not exist. FULL carries the step states
+        that fit in one response; BASIC none."""
+        header = await self._header(task_id, principal)
+        if view == task_pb2.TASK_VIEW_BASIC:
+            return self.views.basic(header)
+        return await self.views.full(header)
+
+    async def _header(self, task_id: str, principal: Principal) -> task_pb2.Task:
         _require("task_id", task_id)
         task = await self.store.get_task(task_id)
         if task is None or not (principal.is_admin or task.owner == principal.name):
@@ -157,15 +174,42 @@ class Orchestrator:
         return task
 
     async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str,
-                         principal: Principal = ANONYMOUS_ADMIN) -> tuple[list[task_pb2.Task], str]:
-        owner = "" if principal.is_admin else principal.name
-        return await self.store.list_tasks(self.page_size(page_size), page_token, statuses, workflow_id, owner)
+                         principal: Principal = ANONYMOUS_ADMIN, view: int = task_pb2.TASK_VIEW_BASIC,
+                         owner: str = "") -> tuple[list[task_pb2.Task], str, int]:
+        """Tasks newest first, as many as fit in one response; an admin may filter by owner,
+        anyone else sees only their own."""
+        if not principal.is_admin:
+            if owner and owner != principal.name:
+                return [], "", 0  # another principal's tasks do not exist for this caller
+            owner = principal.name
+        where = TaskFilter(tuple(statuses), workflow_id, owner)
+        page = await self.store.list_tasks(self.page_size(page_size), page_token, where)
+        shown = await self.views.many(page.tasks, with_steps=view == task_pb2.TASK_VIEW_FULL)
+        more = page.more or len(shown) < len(page.tasks)
+        return shown, page.after[len(shown) - 1] if shown and more else "", page.total
+
+    async def list_task_steps(self, task_id: str, page_size: int, page_token: str,
+                              principal: Principal = ANONYMOUS_ADMIN) -> tuple[list[task_pb2.StepState], str, int]:
+        """A task's step states in the order they first started, as many as fit in one response."""
+        header = await self._header(task_id, principal)
+        start = steps_start(task_id, page_token)
+        page = await self.views.steps(task_id, start, self.page_size(page_size))
+        token = steps_token(task_id, page.next_index) if page.next_index is not None else ""
+        return page.steps, token, header.step_count
+
+    async def read_value(self, task_id: str, step_path: str, field: int,
+                         principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[task_pb2.ValueChunk]:
+        """One value of a task, in chunks (see ReadValue in task.proto)."""
+        header = await self._header(task_id, principal)
+        data = await self.views.value_bytes(header, step_path, field)
+        async for chunk in chunks(data, hashlib.sha256(data).hexdigest()):
+            yield chunk
 
     async def cancel_task(self, task_id: str, reason: str, principal: Principal = ANONYMOUS_ADMIN) -> task_pb2.Task:
         """Cancel a pending or running task; cancelling a cancelled task again changes nothing."""
-        task = await self.get_task(task_id, principal)
+        task = await self._header(task_id, principal)
         if task.status == task_pb2.TASK_STATUS_CANCELLED:
-            return task
+            return await self.get_task(task_id, principal)
         if task.status in TERMINAL:
             raise FailedPrecondition(f"task {task_id} already finished as {task_pb2.TaskStatus.Name(task.status)}", reason="TASK_FINISHED")
         why = reason or "cancelled by request"
@@ -175,14 +219,13 @@ class Orchestrator:
             # It runs on another replica: leave a request there; that replica acts within a second.
             await self.store.request_cancel(task_id, why)
             async with asyncio.timeout(self.settings.lease_seconds + 5):
-                while (latest := await self.get_task(task_id)).status not in TERMINAL:
+                while (latest := await self._header(task_id, principal)).status not in TERMINAL:
                     await self.store.wait_events(task_id, latest.last_sequence, timeout=0.5)
-            return latest
-        return await self.get_task(task_id)
+        return await self.get_task(task_id, principal)
 
     async def watch_task(self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[task_pb2.TaskEvent]:
         """Every event after `after_sequence`, then live ones, until the terminal event."""
-        await self.get_task(task_id, principal)
+        await self._header(task_id, principal)
         if self._watchers.get(task_id, 0) >= self.settings.limits.max_watchers_per_task:
             raise ResourceExhausted(f"task {task_id} has {self.settings.limits.max_watchers_per_task} watchers, the limit", reason="TOO_MANY_WATCHERS")
         self._watchers[task_id] = self._watchers.get(task_id, 0) + 1
@@ -196,7 +239,7 @@ class Orchestrator:
                     if event.type in TERMINAL_EVENTS:
                         return
                 if not events:
-                    task = await self.get_task(task_id)
+                    task = await self._header(task_id, principal)
                     if task.status in TERMINAL and task.last_sequence <= sequence:
                         return
                 events = await self.store.wait_events(task_id, sequence, timeout=1.0)

@@ -21,6 +21,10 @@ class Limits:
     # how deeply objects and lists may nest in any value that enters: a task's input, a plugin's
     # output, a CEL result. Kept well inside protobuf's parse limit, so every stored task reads back.
     max_value_depth: int = 32
+    # a value (an input, an output, a result) above this size is returned by reference in
+    # responses and read with ReadValue; one above max_value_bytes fails its step
+    inline_value_bytes: int = 64 * 1024
+    max_value_bytes: int = 16 * 1024 * 1024
     max_workflow_nodes: int = 500
     max_workflow_depth: int = 16
     max_rounds: int = 10

@@ -20,12 +20,24 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         return task_pb2.SubmitTaskResponse(task=task, created=created)
 
     async def GetTask(self, request: task_pb2.GetTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.GetTaskResponse:
-        return task_pb2.GetTaskResponse(task=await self.orchestrator.get_task(request.task_id, current_principal.get()))
+        view = request.view or task_pb2.TASK_VIEW_FULL
+        return task_pb2.GetTaskResponse(task=await self.orchestrator.get_task(request.task_id, current_principal.get(), view))
 
     async def ListTasks(self, request: task_pb2.ListTasksRequest, context: grpc.aio.ServicerContext) -> task_pb2.ListTasksResponse:
-        tasks, token = await self.orchestrator.list_tasks(request.page_size, request.page_token, list(request.statuses), request.workflow_id,
-                                                           current_principal.get())
-        return task_pb2.ListTasksResponse(tasks=tasks, next_page_token=token)
+        tasks, token, total = await self.orchestrator.list_tasks(
+            request.page_size, request.page_token, list(request.statuses), request.workflow_id, current_principal.get(),
+            request.view or task_pb2.TASK_VIEW_BASIC, request.owner)
+        return task_pb2.ListTasksResponse(tasks=tasks, next_page_token=token, total_size=total)
+
+    async def ListTaskSteps(self, request: task_pb2.ListTaskStepsRequest,
+                            context: grpc.aio.ServicerContext) -> task_pb2.ListTaskStepsResponse:
+        steps, token, total = await self.orchestrator.list_task_steps(request.task_id, request.page_size, request.page_token,
+                                                                      current_principal.get())
+        return task_pb2.ListTaskStepsResponse(steps=steps, next_page_token=token, total_size=total)
+
+    async def ReadValue(self, request: task_pb2.ReadValueRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.ValueChunk]:
+        async for chunk in self.orchestrator.read_value(request.task_id, request.step_path, request.field, current_principal.get()):
+            yield chunk
 
     async def CancelTask(self, request: task_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.CancelTaskResponse:
         return task_pb2.CancelTaskResponse(task=await self.orchestrator.cancel_task(request.task_id, request.reason, current_principal.get()))

@@ -15,12 +15,13 @@ from typing import Any
 
 from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import child_path, evaluate, execute, runs
+from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import AdaptivePlan, StatePlan
 from mcp_server.engine.step import Call, run_auxiliary_call
 
 
 @runs("adaptive")
-async def run_adaptive(node: AdaptivePlan, path: str, value: Any, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+async def run_adaptive(node: AdaptivePlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
     visits: Counter[str] = Counter()
     state = node.states[node.initial_state]
     current = value
@@ -42,17 +43,17 @@ async def run_adaptive(node: AdaptivePlan, path: str, value: Any, ctx: RunContex
         current = result.output
 
 
-async def _next_state(node: AdaptivePlan, state: StatePlan, path: str, number: int, current: Any, result: NodeResult,
+async def _next_state(node: AdaptivePlan, state: StatePlan, path: str, number: int, current: Payload, result: NodeResult,
                       ctx: RunContext, scope: Mapping[str, Any]) -> tuple[str, str]:
     if result.directive is not None and result.directive.WhichOneof("kind") == "next_state":
         return result.directive.next_state, "directive"
     if node.router:
         return await _ask_router(node, state, path, number, current, result, ctx), f"router {node.router}"
-    variables = {**ctx.variables(current, scope), "output": result.output}
     for index, transition in enumerate(state.transitions):
         if transition.when is None:
             return transition.to, "default"
-        holds = evaluate(transition.when, variables, node.id, f"transition {state.name}[{index}]")
+        holds = evaluate(transition.when, ctx, current, scope, node.id, f"transition {state.name}[{index}]",
+                         extra={"output": result.output})
         if not isinstance(holds, bool):
             raise NodeFailed("INVALID_ARGUMENT", f"node {node.id}: transition condition `{transition.when.source}` yielded {type(holds).__name__}, not bool")
         if holds:
@@ -60,14 +61,16 @@ async def _next_state(node: AdaptivePlan, state: StatePlan, path: str, number: i
     raise NodeFailed("FAILED_PRECONDITION", f"adaptive {node.id}: no transition from state {state.name} matched")
 
 
-async def _ask_router(node: AdaptivePlan, state: StatePlan, path: str, number: int, current: Any, result: NodeResult,
+async def _ask_router(node: AdaptivePlan, state: StatePlan, path: str, number: int, current: Payload, result: NodeResult,
                       ctx: RunContext) -> str:
     assert node.router is not None
-    call = Call(node.router, {"state": state.name, "output": result.output, "input": current,
-                              "states": sorted(node.states)}, node.retry, node.attempt_timeout)
+    question = Payload.of_python({"state": state.name, "output": result.output.python(), "input": current.python(),
+                                  "states": sorted(node.states)})
+    call = Call(node.router, question, node.retry, node.attempt_timeout)
     done = await run_auxiliary_call(call, child_path(path, "router", number), f"adaptive {node.id}", ctx)
     if done.directive is not None and done.directive.WhichOneof("kind") == "next_state":
         return done.directive.next_state
-    if isinstance(done.output, dict) and isinstance(done.output.get("next_state"), str):
-        return str(done.output["next_state"])
+    answer = done.output.python()
+    if isinstance(answer, dict) and isinstance(answer.get("next_state"), str):
+        return str(answer["next_state"])
     raise NodeFailed("FAILED_PRECONDITION", f"adaptive {node.id}: router {node.router} named no next state")

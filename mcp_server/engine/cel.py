@@ -44,6 +44,8 @@ class Expression:
     source: str
     program: Any
     max_depth: int = 32
+    # the variables the expression reads: only these are converted and handed to CEL
+    names: frozenset[str] = frozenset(VARIABLES)
 
     def evaluate(self, variables: dict[str, Any]) -> Any:
         try:
@@ -77,4 +79,4 @@ def compile_expression(source: str, max_depth: int = 32, variables: frozenset[st
         if strangers:
             where = ", ".join(sorted(variables))
             raise ExpressionError(f"unknown variable {strangers[0]!r}; the variables here are {where} (see docs/cel.md)")
-    return Expression(source, program, max_depth)
+    return Expression(source, program, max_depth, frozenset(program.variables()))

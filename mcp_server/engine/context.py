@@ -1,8 +1,10 @@
 """RunContext: the mutable state of one task run: step states, events, checkpoints.
 
-It owns the task snapshot while the task runs. Events get their sequence numbers here, in
-the order they happen; a checkpoint writes the snapshot and every event not yet written in
-one atomic store call, so the log and the snapshot never disagree.
+It owns the task while the task runs. Events get their sequence numbers here, in the order
+they happen. A checkpoint writes, in one atomic and fenced store call, only what changed since
+the last one: the task's live header, the step records that changed, the events not yet
+written and the large values not yet stored (see records.py), so the cost of a step does not
+grow with the steps before it.
 
 Writes are behind, not in the way: a node's completion starts a background checkpoint that
 runs while the next plugin call is under way, and whatever happened meanwhile (the next
@@ -22,8 +24,10 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
-from mcp_server.engine.ports import EventListener, ProtocolCaller, Store
-from mcp_server.engine.values import dict_to_struct, python_to_value, value_to_python
+from mcp_server.engine.payload import Payload
+from mcp_server.engine.ports import Checkpoint, EventListener, ProtocolCaller, StepRecord, Store
+from mcp_server.engine.records import TASK_RESULT, TASK_RESULT_REF, ValueSink, step_record, stored_refs, value_of
+from mcp_server.engine.values import dict_to_struct
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import protocol_pb2, task_pb2
 from mcp_server.settings import Limits
@@ -50,7 +54,7 @@ def make_event(task_id: str, sequence: int, type_: int, **fields: Any) -> task_p
 class NodeResult:
     """What a node produced: its output value and, from a step, the protocol's directive."""
 
-    output: Any
+    output: Payload
     directive: protocol_pb2.Directive | None = None
 
 
@@ -64,24 +68,44 @@ class NodeFailed(Exception):
 
 
 @dataclass
+class _Step:
+    """One node execution: its state (without values) and its values."""
+
+    index: int
+    state: task_pb2.StepState
+    input: Payload | None = None
+    output: Payload | None = None
+
+
+@dataclass
 class RunContext:
     task: task_pb2.Task
     store: Store
     caller: ProtocolCaller
     lease_token: int
-    task_input: dict[str, Any]
-    outputs_by_id: dict[str, Any] = field(default_factory=dict)
+    task_input: Payload
+    outputs_by_id: dict[str, Payload] = field(default_factory=dict)
     listeners: Sequence[EventListener] = ()
     limits: Limits = field(default_factory=Limits)
-    _states: dict[str, task_pb2.StepState] = field(default_factory=dict)
+    result: Payload | None = None
+    _steps: dict[str, _Step] = field(default_factory=dict)
+    _dirty: dict[str, None] = field(default_factory=dict)  # an ordered set of paths
     _pending: list[task_pb2.TaskEvent] = field(default_factory=list)
+    _values: ValueSink = field(default_factory=ValueSink)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _background: asyncio.Task[None] | None = None
     _lease_lost: LeaseLost | None = None
     _store_down: bool = False
 
-    def __post_init__(self) -> None:
-        self._states = {s.path: s for s in self.task.steps}
+    async def restore(self) -> None:
+        """Load the step records and values an earlier life of this run wrote."""
+        records = await self.store.read_steps(self.task.task_id, 0, 1 << 30)
+        states = [(r.index, task_pb2.StepState.FromString(r.data)) for r in records]
+        digests = sorted({d for _, state in states for d in stored_refs(state)})
+        values = await self.store.read_values(self.task.task_id, digests) if digests else {}
+        self._values.stored.update(values)
+        for index, state in states:
+            self._steps[state.path] = _Step(index, state, _take_value(state, "input", values), _take_value(state, "output", values))
 
     # ---- events -------------------------------------------------------------------------
     def emit(self, type_: int, *, flush_soon: bool = False, **fields: Any) -> task_pb2.TaskEvent:
@@ -96,14 +120,14 @@ class RunContext:
         return event
 
     def flush_soon(self) -> None:
-        """Start writing pending events in the background, unless a write is under way already
+        """Start writing pending changes in the background, unless a write is under way already
         (it picks them up when it is done)."""
         if self._background is None or self._background.done():
             self._background = asyncio.get_running_loop().create_task(self._flush_in_background())
 
     async def _flush_in_background(self) -> None:
         try:
-            while self._pending:
+            while self._pending or self._dirty:
                 await self.checkpoint()
         except LeaseLost as exc:
             self._lease_lost = exc  # raised where the run next starts a node
@@ -118,15 +142,21 @@ class RunContext:
                 raise self._lease_lost
 
     async def checkpoint(self) -> None:
-        """Write the snapshot and the pending events atomically; wait out store outages."""
+        """Write what changed, atomically; wait out store outages."""
         async with self._lock:
-            if not self._pending:
+            if not self._pending and not self._dirty:
                 return
             events, self._pending = self._pending, []
+            paths, self._dirty = list(self._dirty), {}
+            steps = [StepRecord(self._steps[p].index, p, self._record(p)) for p in paths]
+            live = self._live()
+            values = self._values.take()
+            checkpoint = Checkpoint(self.task.task_id, self.lease_token, self.task.status, live, steps, events, values)
             delay = 0.05
             while True:
                 try:
-                    await self.store.save_task(self.task, events, self.lease_token)
+                    await self.store.save_checkpoint(checkpoint)
+                    self._values.written(values)
                     self._store_down = False
                     return
                 except Unavailable as exc:
@@ -134,55 +164,114 @@ class RunContext:
                     log.warning("store unavailable, task %s paused: %s", self.task.task_id, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
+                except BaseException:
+                    self._values.rejected(values)
+                    raise
+
+    def _record(self, path: str) -> bytes:
+        step = self._steps[path]
+        return step_record(step.state, step.input, step.output, self._values)
+
+    def _live(self) -> bytes:
+        """The header fields that change while the task runs, serialized."""
+        task = self.task
+        live = task_pb2.Task(status=task.status, last_sequence=task.last_sequence, step_count=len(self._steps))
+        for name in ("start_time", "end_time", "error"):
+            if task.HasField(name):
+                getattr(live, name).CopyFrom(getattr(task, name))
+        data = live.SerializeToString()
+        if self.result is not None:  # written once, at the end: inline up to the inline limit
+            data += self._values.encode(self.result, TASK_RESULT, TASK_RESULT_REF, self.limits.inline_value_bytes + 1)
+        return data
 
     # ---- step states --------------------------------------------------------------------
     def finished(self, path: str) -> NodeResult | None:
         """The result of a node that completed before (in an earlier life of this run)."""
-        state = self._states.get(path)
-        if state is None or state.status != task_pb2.STEP_STATUS_COMPLETED:
+        step = self._steps.get(path)
+        if step is None or step.state.status != task_pb2.STEP_STATUS_COMPLETED or step.output is None:
             return None
-        directive = state.directive if state.HasField("directive") else None
-        return NodeResult(value_to_python(state.output), directive)
+        directive = step.state.directive if step.state.HasField("directive") else None
+        return NodeResult(step.output, directive)
 
     async def begin(self, path: str, node_id: str, kind: str, protocol: str = "") -> task_pb2.StepState:
         await self.ready_for_next_node()
-        state = self._states.get(path)
-        if state is None:
-            state = self.task.steps.add(path=path, node_id=node_id, kind=kind, protocol=protocol)
-            self._states[path] = state
+        step = self._steps.get(path)
+        if step is None:
+            step = self._steps[path] = _Step(len(self._steps), task_pb2.StepState(path=path, node_id=node_id, kind=kind, protocol=protocol))
+        state = step.state
         state.status = task_pb2.STEP_STATUS_RUNNING
         state.start_time.CopyFrom(now())
         state.ClearField("error")
+        self._dirty[path] = None
         self.emit(E.TASK_EVENT_TYPE_STEP_STARTED, step_path=path, protocol=protocol,
                   message=f"{kind} {node_id} started", flush_soon=True)
         return state
 
+    def record_input(self, path: str, value: Payload) -> None:
+        """What a step's protocol is about to receive (written with the step's start)."""
+        self._steps[path].input = value
+        self._dirty[path] = None
+
     def complete(self, path: str, result: NodeResult) -> None:
-        state = self._states[path]
+        step = self._steps[path]
+        state = step.state
         state.status = task_pb2.STEP_STATUS_COMPLETED
-        state.output.CopyFrom(python_to_value(result.output))
+        step.output = result.output
         if result.directive is not None:
             state.directive.CopyFrom(result.directive)
         state.end_time.CopyFrom(now())
+        self._dirty[path] = None
         self.emit(E.TASK_EVENT_TYPE_STEP_COMPLETED, step_path=path, protocol=state.protocol,
                   attempt=state.attempts, message=f"{state.kind} {state.node_id} completed", flush_soon=True,
                   data={"duration_ms": _duration_ms(state), "kind": state.kind})
 
     def fail(self, path: str, code: str, message: str, *, cancelled: bool = False) -> None:
-        state = self._states[path]
+        state = self._steps[path].state
         state.status = task_pb2.STEP_STATUS_CANCELLED if cancelled else task_pb2.STEP_STATUS_FAILED
         state.error.CopyFrom(status_pb2.Status(code=code_number(code), message=message))
         state.end_time.CopyFrom(now())
+        self._dirty[path] = None
         if not cancelled:
             self.emit(E.TASK_EVENT_TYPE_STEP_FAILED, step_path=path, protocol=state.protocol,
                       attempt=state.attempts, message=message, data={"code": code, "duration_ms": _duration_ms(state), "kind": state.kind})
 
     def state(self, path: str) -> task_pb2.StepState:
-        return self._states[path]
+        """The state of the node at `path`, to change (the change is written with the next checkpoint)."""
+        self._dirty[path] = None
+        return self._steps[path].state
 
-    def variables(self, prev: Any, scope: Mapping[str, Any]) -> dict[str, Any]:
-        """The CEL context: see docs/cel.md."""
-        return {"input": self.task_input, "prev": prev, "steps": self.outputs_by_id, **scope}
+    def variables(self, prev: Payload, scope: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+        """The CEL context (docs/cel.md), holding only the variables an expression names, so
+        that a long run's outputs are not converted for an expression that never reads them."""
+        found: dict[str, Any] = {}
+        if "input" in names:
+            found["input"] = self.task_input.python()
+        if "prev" in names:
+            found["prev"] = prev.python()
+        if "steps" in names:
+            found["steps"] = {node_id: output.python() for node_id, output in self.outputs_by_id.items()}
+        for name in names & scope.keys():
+            found[name] = _plain(scope[name])
+        return found
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Payload):
+        return value.python()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _take_value(state: task_pb2.StepState, name: str, values: dict[str, bytes]) -> Payload | None:
+    """Move a stored value (inline, or by reference) out of a step record into a Payload."""
+    inline = None
+    if state.HasField(name):
+        inline = Payload.of_bytes(getattr(state, name).SerializeToString())
+    ref = getattr(state, f"{name}_ref") if state.HasField(f"{name}_ref") else None
+    state.ClearField(name)
+    state.ClearField(f"{name}_ref")
+    return value_of(inline, ref, values)
 
 
 def _duration_ms(state: task_pb2.StepState) -> float:

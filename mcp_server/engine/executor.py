@@ -10,10 +10,12 @@ from typing import Any
 from mcp_server.engine.cel import Expression, ExpressionError
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.logcontext import step_path_var
+from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import PlanNode
-from mcp_server.engine.values import ValueTooDeep, check_depth
+from mcp_server.engine.values import ValueTooDeep
+from mcp_server.settings import Limits
 
-NodeRunner = Callable[[Any, str, Any, RunContext, Mapping[str, Any]], Awaitable[NodeResult]]
+NodeRunner = Callable[[Any, str, Payload, RunContext, Mapping[str, Any]], Awaitable[NodeResult]]
 _RUNNERS: dict[str, NodeRunner] = {}
 
 
@@ -27,7 +29,7 @@ def runs(kind: str) -> Callable[[NodeRunner], NodeRunner]:
     return register
 
 
-async def execute(node: PlanNode, path: str, value: Any, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+async def execute(node: PlanNode, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
     """Run `node` at `path` with input `value`; raise NodeFailed if it fails."""
     done = ctx.finished(path)
     if done is not None:
@@ -57,21 +59,36 @@ async def run_recorded(ctx: RunContext, path: str, node_id: str, kind: str, prot
         # A timeout of an enclosing scope: record it here, let the owner of the timeout report it.
         ctx.fail(path, "DEADLINE_EXCEEDED", f"{kind} {node_id}: a timeout ran out")
         raise
-    try:
-        check_depth(result.output, ctx.limits.max_value_depth, f"the output of {kind} {node_id}")
-    except ValueTooDeep as exc:
-        ctx.fail(path, "INVALID_ARGUMENT", str(exc))
-        raise NodeFailed("INVALID_ARGUMENT", str(exc)) from None
+    problem = output_problem(result.output, ctx.limits, f"the output of {kind} {node_id}")
+    if problem is not None:
+        ctx.fail(path, *problem)
+        raise NodeFailed(*problem)
     ctx.complete(path, result)  # written in the background, together with what happens next
     return result
 
 
-def evaluate(expression: Expression, variables: dict[str, Any], node_id: str, what: str) -> Any:
-    """Evaluate a node's expression; a runtime error fails the node with a message naming both."""
+def evaluate(expression: Expression, ctx: RunContext, prev: Payload, scope: Mapping[str, Any], node_id: str, what: str,
+             extra: Mapping[str, Any] | None = None) -> Any:
+    """Evaluate a node's expression against the run's variables (and `extra`); a runtime error
+    fails the node with a message naming both."""
+    variables = ctx.variables(prev, scope, expression.names)
+    if extra:
+        variables.update({k: v.python() if isinstance(v, Payload) else v for k, v in extra.items() if k in expression.names})
     try:
         return expression.evaluate(variables)
     except ExpressionError as exc:
         raise NodeFailed("INVALID_ARGUMENT", f"node {node_id}: {what} {exc}") from None
+
+
+def output_problem(output: Payload, limits: Limits, what: str) -> tuple[str, str] | None:
+    """Why `output` cannot be kept (too deep, too large), as (code, message), or None."""
+    depth = output.depth(limits.max_value_depth)
+    if depth > limits.max_value_depth:
+        return "INVALID_ARGUMENT", str(ValueTooDeep(what, depth, limits.max_value_depth))
+    if output.size > limits.max_value_bytes:
+        return "RESOURCE_EXHAUSTED", (f"{what} is {output.size} bytes; a value may hold at most {limits.max_value_bytes} "
+                                      "(MCP_LIMIT_MAX_VALUE_BYTES)")
+    return None
 
 
 def child_path(parent: str, child_id: str, round_or_visit: int = 1) -> str:

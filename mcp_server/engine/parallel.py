@@ -11,11 +11,12 @@ from typing import Any
 from mcp_server.engine.context import NodeResult, RunContext
 from mcp_server.engine.executor import child_path, execute, runs
 from mcp_server.engine.fanout import Branch, join_branches
+from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import ParallelPlan, PlanNode
 
 
 @runs("parallel")
-async def run_parallel(node: ParallelPlan, path: str, value: Any, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+async def run_parallel(node: ParallelPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
     def branch(child: PlanNode) -> Branch:
         return lambda: execute(child, child_path(path, child.id), value, ctx, scope)
 
@@ -26,4 +27,4 @@ async def run_parallel(node: ParallelPlan, path: str, value: Any, ctx: RunContex
         fail_fast=node.fail_fast,
         max_concurrency=node.max_concurrency,
     )
-    return NodeResult({node.children[i].id: results[i].output for i in sorted(results)})
+    return NodeResult(Payload.object_of({node.children[i].id: results[i].output for i in sorted(results)}))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
+from mcp_server.engine.payload import Payload
 from mcp_server.proto import protocol_pb2, registry_pb2, task_pb2, workflow_pb2
 
 EventListener = Callable[[task_pb2.Task, task_pb2.TaskEvent], None]
@@ -27,18 +28,20 @@ class CallContext:
 
 @dataclass(frozen=True)
 class CallResult:
-    output: dict[str, Any]
+    output: Payload
     directive: protocol_pb2.Directive | None = None
 
 
 class ProtocolCallError(Exception):
     """A protocol call failed. `code` is the gRPC status code name, e.g. "UNAVAILABLE"."""
 
-    def __init__(self, code: str, message: str, *, breaker_open: bool = False) -> None:
+    def __init__(self, code: str, message: str, *, breaker_open: bool = False, final: bool = False) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.breaker_open = breaker_open
+        # trying the same call again cannot help (the engine refused it before sending)
+        self.final = final
 
 
 class CallObserver(Protocol):
@@ -56,7 +59,7 @@ class ProtocolCaller(Protocol):
     async def call(
         self,
         protocol: str,
-        input_data: dict[str, Any],
+        input_data: Payload,
         context: CallContext,
         *,
         timeout: float | None,
@@ -65,10 +68,56 @@ class ProtocolCaller(Protocol):
     ) -> CallResult: ...
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """One step state as stored: a serialized StepState whose values at or above
+    SHARED_VALUE_BYTES are ValueRefs into the task's value store (content-addressed)."""
+
+    index: int
+    path: str
+    data: bytes
+
+
+@dataclass
+class Checkpoint:
+    """What one atomic, fenced write adds to a task: never the whole task again, only what changed."""
+
+    task_id: str
+    lease_token: int
+    status: int
+    # a serialized Task with only the fields that change: status, times, error, last_sequence,
+    # step_count, result or result_ref. A read appends it to the fixed part written at create.
+    live: bytes
+    steps: Sequence[StepRecord] = ()
+    events: Sequence[task_pb2.TaskEvent] = ()
+    # serialized Values by SHA-256 that the task's value store does not hold yet
+    values: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """What ListTasks asks for; empty fields match everything."""
+
+    statuses: tuple[int, ...] = ()
+    workflow_id: str = ""
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of ListTasks from the store: the tasks, for each the page token that goes on
+    after it, whether more tasks follow the last one, and how many match in all (0: unknown)."""
+
+    tasks: list[task_pb2.Task]
+    after: list[str]
+    more: bool
+    total: int
+
+
 class Store(Protocol):
-    """Durable state: workflow versions, task snapshots, event logs, the task queue and the
-    protocol registry. Implemented by `state.sqlite` and `state.redis`; both pass
-    tests/contract/test_store_contract.py."""
+    """Durable state: workflow versions, tasks (a fixed part, a live part, step records, large
+    values), event logs, the task queue and the protocol registry. Implemented by
+    `state.sqlite` and `state.redis`; both pass tests/contract/test_store_contract.py."""
 
     # workflows
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow: ...
@@ -78,15 +127,33 @@ class Store(Protocol):
 
     # tasks
     async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
-                          fingerprint: str = "") -> tuple[task_pb2.Task, bool]:
-        """Store and queue `task`. A task of the same owner with the same request_id is returned
-        instead (created False) when its fingerprint matches; when it does not, RequestIdReused."""
+                          fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
+        """Store `task` (its fixed part: everything but status and what changes while it runs)
+        with its first event and the `values` its input refers to, and queue it. A task of the
+        same owner with the same request_id is returned instead (created False) when its
+        fingerprint matches; when it does not, RequestIdReused. QueueFull past `max_queue`."""
         ...
-    async def get_task(self, task_id: str) -> task_pb2.Task | None: ...
-    async def list_tasks(
-        self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str, owner: str = ""
-    ) -> tuple[list[task_pb2.Task], str]: ...
-    async def save_task(self, task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent], lease_token: int) -> None: ...
+
+    async def get_task(self, task_id: str) -> task_pb2.Task | None:
+        """The task without its step states (fixed part merged with the live part)."""
+        ...
+
+    async def list_tasks(self, page_size: int, page_token: str, where: TaskFilter) -> TaskPage:
+        """Tasks newest first, as get_task returns them."""
+        ...
+
+    async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
+        """Step records with index >= start, in index order, at most `limit`."""
+        ...
+
+    async def read_step(self, task_id: str, path: str) -> StepRecord | None: ...
+    async def read_values(self, task_id: str, digests: Sequence[str]) -> dict[str, bytes]: ...
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Write the checkpoint atomically if `lease_token` still holds the task (LeaseLost if
+        not). Safe to repeat: events already in the log are skipped."""
+        ...
+
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None: ...
     async def request_cancel(self, task_id: str, reason: str) -> None: ...
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]: ...

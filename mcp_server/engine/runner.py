@@ -17,10 +17,10 @@ from google.rpc import status_pb2
 from mcp_server.engine.context import E, NodeFailed, RunContext, code_number, now
 from mcp_server.engine.executor import execute, load_node_runners
 from mcp_server.engine.logcontext import task_id_var
+from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.ports import EventListener, ProtocolCaller, Store
-from mcp_server.engine.values import python_to_value, struct_to_dict
-from mcp_server.errors import LeaseLost
+from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import task_pb2
 from mcp_server.settings import Limits
 
@@ -50,7 +50,10 @@ class TaskRunner:
         task = snapshot
         task_id_var.set(task.task_id)
         ctx = RunContext(task=task, store=self.store, caller=self.caller, lease_token=lease_token,
-                         task_input=struct_to_dict(task.input_data), listeners=self.listeners, limits=self.limits)
+                         task_input=await self._input(task), listeners=self.listeners, limits=self.limits)
+        task.ClearField("input_data")  # held once, by the run's input payload
+        if task.step_count:
+            await ctx.restore()
         resumed = task.status == task_pb2.TASK_STATUS_RUNNING
         task.status = task_pb2.TASK_STATUS_RUNNING
         if not task.HasField("start_time"):
@@ -61,7 +64,7 @@ class TaskRunner:
         try:
             async with asyncio.timeout(plan.task_timeout):
                 result = await execute(plan.root, plan.root.id, ctx.task_input, ctx, {})
-            task.result.CopyFrom(python_to_value(result.output))
+            ctx.result = result.output
             self._finish(ctx, task_pb2.TASK_STATUS_COMPLETED, E.TASK_EVENT_TYPE_COMPLETED, "OK", "completed")
         except NodeFailed as exc:
             self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, exc.code, exc.message)
@@ -81,6 +84,15 @@ class TaskRunner:
             self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}")
         await ctx.checkpoint()
         return task
+
+    async def _input(self, task: task_pb2.Task) -> Payload:
+        """The task's input: inline in the task, or in its value store when it is large."""
+        if not task.input_ref.sha256:
+            return Payload.of_struct(task.input_data)
+        values = await self.store.read_values(task.task_id, [task.input_ref.sha256])
+        if task.input_ref.sha256 not in values:
+            raise Unavailable(f"task {task.task_id}: its input {task.input_ref.sha256} is missing from the store")
+        return Payload.of_bytes(values[task.input_ref.sha256])
 
     @staticmethod
     def _finish(ctx: RunContext, status: int, event: int, code: str, message: str) -> None:

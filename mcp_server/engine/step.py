@@ -16,12 +16,18 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from mcp_server.engine.cel import Expression
 from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import evaluate, run_recorded, runs
+from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import RetryPolicy, StepPlan
-from mcp_server.engine.ports import CallContext, ProtocolCallError
-from mcp_server.engine.values import ValueTooDeep, as_object, check_depth, struct_to_dict
+from mcp_server.engine.ports import CallContext, CallResult, ProtocolCallError
+from mcp_server.engine.values import ValueTooDeep, as_object
 from mcp_server.proto import protocol_pb2
+from mcp_server.settings import Limits
+
+# room in a plugin call's message for everything but the input (protocol name, context, framing)
+REQUEST_OVERHEAD_BYTES = 16 * 1024
 
 
 def backoff(policy: RetryPolicy, retry_number: int) -> float:
@@ -35,7 +41,7 @@ class Call:
     """One protocol call to make, with the policy around it."""
 
     protocol: str
-    input: dict[str, Any]
+    input: Payload
     retry: RetryPolicy
     attempt_timeout: float | None
     stream: bool = False
@@ -58,7 +64,32 @@ class _StepObserver:
 
 
 def _retryable(policy: RetryPolicy, error: BaseException) -> bool:
-    return isinstance(error, ProtocolCallError) and not error.breaker_open and error.code in policy.retryable_codes
+    return (isinstance(error, ProtocolCallError) and not error.breaker_open and not error.final
+            and error.code in policy.retryable_codes)
+
+
+def _sendable(call: Call, limits: Limits) -> None:
+    """Refuse, before sending, an input the plugin could not parse or the channel would not carry."""
+    depth = call.input.depth(limits.max_value_depth)
+    if depth > limits.max_value_depth:
+        raise ProtocolCallError("INVALID_ARGUMENT", str(ValueTooDeep(f"the input of {call.protocol}", depth, limits.max_value_depth)),
+                                final=True)
+    room = limits.max_message_bytes - REQUEST_OVERHEAD_BYTES
+    if call.input.size > room:
+        raise ProtocolCallError("RESOURCE_EXHAUSTED", f"the input of {call.protocol} is {call.input.size} bytes; a plugin call carries "
+                                f"at most {room} (MCP_LIMIT_MAX_MESSAGE_BYTES, less {REQUEST_OVERHEAD_BYTES} for the call)", final=True)
+
+
+def _keepable(result: CallResult, protocol: str, limits: Limits) -> NodeResult:
+    """The call's result, unless its output (or a supervisor's replacement output) is too deep."""
+    outputs = [(result.output, f"the output of {protocol}")]
+    if result.directive is not None and result.directive.decision.HasField("output"):
+        outputs.append((Payload.of_struct(result.directive.decision.output), f"the decision output of {protocol}"))
+    for output, what in outputs:
+        depth = output.depth(limits.max_value_depth)
+        if depth > limits.max_value_depth:
+            raise ProtocolCallError("INVALID_ARGUMENT", str(ValueTooDeep(what, depth, limits.max_value_depth)))
+    return NodeResult(result.output, result.directive)
 
 
 def _announce_retry(ctx: RunContext, path: str, call: Call, attempt: int, error: BaseException | None, pause: float) -> None:
@@ -78,20 +109,9 @@ async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserv
         workflow_id=ctx.task.workflow_id,
         workflow_version=ctx.task.workflow_version,
     )
-    try:
-        check_depth(call.input, ctx.limits.max_value_depth, f"the input of {call.protocol}")
-    except ValueTooDeep as exc:  # the plugin could not even parse it
-        raise ProtocolCallError("INVALID_ARGUMENT", str(exc)) from None
     result = await ctx.caller.call(call.protocol, call.input, context, timeout=call.attempt_timeout,
                                    stream=call.stream, observer=observer)
-    try:
-        check_depth(result.output, ctx.limits.max_value_depth, f"the output of {call.protocol}")
-        if result.directive is not None and result.directive.decision.HasField("output"):
-            check_depth(struct_to_dict(result.directive.decision.output), ctx.limits.max_value_depth,
-                        f"the decision output of {call.protocol}")
-    except ValueTooDeep as exc:
-        raise ProtocolCallError("INVALID_ARGUMENT", str(exc)) from None
-    return NodeResult(result.output, result.directive)
+    return _keepable(result, call.protocol, ctx.limits)
 
 
 async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResult:
@@ -99,6 +119,7 @@ async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResul
 
     The first attempt runs without any retry machinery (most calls succeed, and thousands may
     be in flight at once); when it fails with a retryable code, tenacity runs the rest."""
+    _sendable(call, ctx.limits)
     observer = _StepObserver(ctx, path)
     policy = call.retry
     try:
@@ -130,24 +151,31 @@ async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResul
 
 
 @runs("step")
-async def run_step(node: StepPlan, path: str, value: Any, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
-    variables = ctx.variables(value, scope)
-    primary_input = as_object(evaluate(node.input, variables, node.id, "input") if node.input else value)
-    if scope.get("feedback") and "feedback" not in primary_input:
+async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+    primary_input = _input(node.input, value, ctx, scope, node.id, "input")
+    if scope.get("feedback") and "feedback" not in primary_input.struct().fields:
         # A supervisor sent this subtree back: its feedback reaches every step's input.
-        primary_input = {**primary_input, "feedback": scope["feedback"], "round": scope.get("round", 1)}
+        primary_input = Payload.of_python({**primary_input.python(), "feedback": scope["feedback"], "round": scope.get("round", 1)})
+    ctx.record_input(path, primary_input)
     try:
         async with asyncio.timeout(node.timeout):
-            return await _run_candidates(node, path, primary_input, variables, ctx)
+            return await _run_candidates(node, path, primary_input, value, scope, ctx)
     except TimeoutError:
         raise NodeFailed("DEADLINE_EXCEEDED", f"step {node.id}: the step timeout of {node.timeout:g}s ran out") from None
 
 
-async def _run_candidates(node: StepPlan, path: str, primary_input: dict[str, Any],
-                          variables: dict[str, Any], ctx: RunContext) -> NodeResult:
+def _input(expression: Expression | None, value: Payload, ctx: RunContext, scope: Mapping[str, Any], node_id: str, what: str) -> Payload:
+    """A step's input: its expression's result, else the value it was given; always an object."""
+    if expression is None:
+        return value.as_object()
+    return Payload.of_python(as_object(evaluate(expression, ctx, value, scope, node_id, what)))
+
+
+async def _run_candidates(node: StepPlan, path: str, primary_input: Payload, value: Payload,
+                          scope: Mapping[str, Any], ctx: RunContext) -> NodeResult:
     candidates = [(node.protocol, primary_input)]
     for fb in node.fallbacks:
-        fb_input = as_object(evaluate(fb.input, variables, node.id, "fallback input")) if fb.input else primary_input
+        fb_input = _input(fb.input, value, ctx, scope, node.id, "fallback input") if fb.input else primary_input
         candidates.append((fb.protocol, fb_input))
     errors: list[str] = []
     last_code = "UNAVAILABLE"
@@ -165,6 +193,7 @@ async def _run_candidates(node: StepPlan, path: str, primary_input: dict[str, An
             continue
         if index > 0:
             ctx.state(path).fallback_protocol = protocol
+            ctx.record_input(path, input_data)
         return result
     raise NodeFailed(last_code, f"step {node.id} failed: " + "; ".join(errors))
 
@@ -177,6 +206,7 @@ async def run_auxiliary_call(call: Call, path: str, owner: str, ctx: RunContext)
         return done
 
     async def body() -> NodeResult:
+        ctx.record_input(path, call.input)
         try:
             return await call_with_retries(call, path, ctx)
         except ProtocolCallError as exc:

@@ -15,9 +15,10 @@ from typing import Any
 from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import child_path, execute, runs
 from mcp_server.engine.fanout import Branch, join_branches
+from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import PlanNode, SupervisePlan
 from mcp_server.engine.step import Call, run_auxiliary_call
-from mcp_server.engine.values import as_object, struct_to_dict
+from mcp_server.engine.values import as_object
 from mcp_server.proto import protocol_pb2
 
 VERDICTS = {
@@ -28,8 +29,8 @@ VERDICTS = {
 
 
 @runs("supervise")
-async def run_supervise(node: SupervisePlan, path: str, value: Any, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
-    outputs: dict[str, Any] = {}
+async def run_supervise(node: SupervisePlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+    outputs: dict[str, Payload] = {}
     feedback: dict[str, str] = {}
     history: list[dict[str, Any]] = []
     to_run = list(node.children)
@@ -42,8 +43,7 @@ async def run_supervise(node: SupervisePlan, path: str, value: Any, ctx: RunCont
                  data={"verdict": verdict, "round": round_number, "retry_children": list(decision.retry_children),
                        "feedback": decision.feedback, "reason": decision.reason})
         if verdict == "accept":
-            output = struct_to_dict(decision.output) if decision.HasField("output") else dict(outputs)
-            return NodeResult(output)
+            return NodeResult(Payload.of_struct(decision.output) if decision.HasField("output") else Payload.object_of(outputs))
         if verdict == "fail":
             reason = decision.reason or "no reason given"
             raise NodeFailed("ABORTED", f"supervise {node.id}: supervisor {node.supervisor} failed round {round_number}: {reason}")
@@ -53,14 +53,15 @@ async def run_supervise(node: SupervisePlan, path: str, value: Any, ctx: RunCont
     raise NodeFailed("ABORTED", f"supervise {node.id}: no output accepted after max_rounds={node.max_rounds} rounds")
 
 
-async def _run_children(children: list[PlanNode], path: str, value: Any, round_number: int, feedback: dict[str, str],
-                        outputs: dict[str, Any], ctx: RunContext, scope: Mapping[str, Any]) -> None:
+async def _run_children(children: list[PlanNode], path: str, value: Payload, round_number: int, feedback: dict[str, str],
+                        outputs: dict[str, Payload], ctx: RunContext, scope: Mapping[str, Any]) -> None:
     def branch(child: PlanNode) -> Branch:
         child_input = value
         child_scope = {**scope, "round": round_number, "feedback": feedback.get(child.id, ""), "children": dict(outputs)}
         if round_number > 1:
-            child_input = {**as_object(value), "feedback": feedback.get(child.id, ""), "round": round_number,
-                           "previous_output": outputs.get(child.id)}
+            previous = outputs.get(child.id)
+            child_input = Payload.of_python({**as_object(value.python()), "feedback": feedback.get(child.id, ""), "round": round_number,
+                                             "previous_output": None if previous is None else previous.python()})
         return lambda: execute(child, child_path(path, child.id, round_number), child_input, ctx, child_scope)
 
     results = await join_branches(f"supervise round {round_number}", [branch(c) for c in children],
@@ -69,10 +70,11 @@ async def _run_children(children: list[PlanNode], path: str, value: Any, round_n
         outputs[children[index].id] = result.output
 
 
-async def _ask_supervisor(node: SupervisePlan, path: str, value: Any, round_number: int, outputs: dict[str, Any],
+async def _ask_supervisor(node: SupervisePlan, path: str, value: Payload, round_number: int, outputs: dict[str, Payload],
                           history: list[dict[str, Any]], ctx: RunContext) -> protocol_pb2.SupervisorDecision:
-    call = Call(node.supervisor, {"input": value, "children": outputs, "round": round_number, "history": history},
-                node.retry, node.attempt_timeout)
+    question = Payload.of_python({"input": value.python(), "children": {k: v.python() for k, v in outputs.items()},
+                                  "round": round_number, "history": history})
+    call = Call(node.supervisor, question, node.retry, node.attempt_timeout)
     done = await run_auxiliary_call(call, child_path(path, "supervisor", round_number), f"supervise {node.id}", ctx)
     if done.directive is None or done.directive.WhichOneof("kind") != "decision" or done.directive.decision.verdict not in VERDICTS:
         raise NodeFailed("FAILED_PRECONDITION", f"supervise {node.id}: supervisor {node.supervisor} returned no decision (accept, retry or fail)")

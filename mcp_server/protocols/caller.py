@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import grpc
 import pybreaker
 from google.protobuf import timestamp_pb2
 
+from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import CallContext, CallObserver, CallResult, ProtocolCallError
-from mcp_server.engine.values import dict_to_struct, struct_to_dict
 from mcp_server.proto import protocol_pb2
 from mcp_server.protocols.breakers import UNHEALTHY_CODES, BreakerBoard
 from mcp_server.protocols.channels import ChannelPool
@@ -44,7 +44,7 @@ class GrpcProtocolCaller:
             semaphore = self._bulkheads[protocol] = asyncio.Semaphore(limit)
         return semaphore
 
-    async def call(self, protocol: str, input_data: dict[str, Any], context: CallContext, *,
+    async def call(self, protocol: str, input_data: Payload, context: CallContext, *,
                    timeout: float | None, stream: bool = False, observer: CallObserver | None = None) -> CallResult:
         entry = self.directory.lookup(protocol)
         if entry is None:
@@ -52,7 +52,7 @@ class GrpcProtocolCaller:
             entry = self.directory.lookup(protocol)
         if entry is None:
             raise ProtocolCallError("UNAVAILABLE", f"no plugin is registered for protocol {protocol!r}")
-        request = protocol_pb2.ExecuteRequest(protocol=protocol, input=dict_to_struct(input_data), context=_context(context, timeout))
+        request = protocol_pb2.ExecuteRequest(protocol=protocol, input=input_data.struct(), context=_context(context, timeout))
         bulkhead = self._bulkhead(protocol, self.concurrency_overrides.get(protocol, entry.manifest.max_concurrency))
         if self.tracer is None:
             return await self._bounded(bulkhead, protocol, entry.address, request, timeout, stream, observer, ())
@@ -88,7 +88,7 @@ class GrpcProtocolCaller:
         self.directory.record_health(protocol, True)
         self._report_breaker(protocol, before, observer)
         directive = response.directive if response.HasField("directive") else None
-        return CallResult(struct_to_dict(response.output), directive)
+        return CallResult(Payload.of_struct(response.output), directive)
 
     def _report_breaker(self, protocol: str, before: str, observer: CallObserver | None) -> None:
         after = self.breakers.state_name(protocol)

@@ -1,4 +1,4 @@
-"""Pieces both store backends share: paging tokens, status sets, event serialisation."""
+"""Pieces both store backends share: paging tokens, status sets, the task's two parts."""
 
 from __future__ import annotations
 
@@ -47,6 +47,35 @@ def now_seconds() -> float:
     return time.time()
 
 
+LAYOUT_VERSION = 2
+LAYOUT_MISMATCH = ("was written by another build (state layout {found}); this build reads layout {wanted} only and has no "
+                   "upgrade path: drain the old deployment, then start on an empty store (docs/operations.md)")
+
+
+def fixed_part(task: task_pb2.Task) -> bytes:
+    """What never changes after SubmitTask: everything but the live fields (see live_part)."""
+    fixed = task_pb2.Task()
+    fixed.CopyFrom(task)
+    for name in ("status", "result", "result_ref", "error", "start_time", "end_time", "steps", "step_count", "last_sequence"):
+        fixed.ClearField(name)
+    return fixed.SerializeToString()
+
+
+def live_part(task: task_pb2.Task) -> bytes:
+    """The header fields that change while a task runs (the engine writes them, see RunContext)."""
+    live = task_pb2.Task(status=task.status, last_sequence=task.last_sequence, step_count=task.step_count)
+    for name in ("start_time", "end_time", "error", "result", "result_ref"):
+        if task.HasField(name):
+            getattr(live, name).CopyFrom(getattr(task, name))
+    return live.SerializeToString()
+
+
+def assemble(fixed: bytes, live: bytes) -> task_pb2.Task:
+    """The task (without step states) from its two stored parts: protobuf merges concatenated
+    messages, and the live part comes last, so its fields win."""
+    return task_pb2.Task.FromString(fixed + live)
+
+
 def mark_cancelled(task: task_pb2.Task, event: task_pb2.TaskEvent) -> task_pb2.TaskEvent:
     """Turn a pending task into a cancelled one; returns the event numbered after its last."""
     task.status = task_pb2.TASK_STATUS_CANCELLED
@@ -76,6 +105,7 @@ class RequestIdReused(AlreadyExists):
                          reason="REQUEST_ID_REUSED", metadata={"request_id": request_id})
 
 
-def request_key(owner: str, request_id: str) -> str:
-    """The idempotency key of a submission: the request_id within its principal's namespace."""
-    return hashlib.sha256(f"{owner}\0{request_id}".encode()).hexdigest()
+def request_task_id(owner: str, request_id: str) -> str:
+    """The id of the task a principal's request_id names: the idempotency key lives in the
+    principal's namespace, and the store dedupes on the task's own key."""
+    return hashlib.sha256(f"{owner}\0{request_id}".encode()).hexdigest()[:32]

@@ -1,19 +1,18 @@
 """The production store: Redis through redis.asyncio; several replicas share one Redis.
 
-Every write that must be atomic is one Lua script (one round trip): a step's snapshot plus
-its events (checked against the lease's fencing token), a claim from the queue, a lease
-renewal, the takeover of expired leases. Event logs are Redis Streams whose entry IDs are
-`0-<sequence>`, so `XREAD BLOCK` follows a task live from any replica.
-
-Keys (prefix `mcp:` unless the URL sets `?prefix=`): `wf:<id>` hash version -> Workflow, `wfids` sorted set, `task:<id>`
-hash (data, status, token, member, priority), `ev:<id>` stream, `queue` sorted set
-(score -priority, member `<counter>:<task_id>` so equal priorities pop FIFO), `leases`
-sorted set (expiry ms), `tasks` sorted set (creation counter), `req:<request_id>`,
-`protocols` hash.
+Every write that must be atomic is one Lua script on the keys of one partition (see
+redis_layout.py for the keys and redis_scripts.py for the scripts): creating a task, claiming
+tasks, a checkpoint (live header, changed step records, new values, events, index moves,
+fenced by the lease token), a cancel, a purge. Reads assemble a task from its fixed and live
+parts; step records and large values are read only when asked for. Event logs are Redis
+Streams whose entry IDs are `0-<sequence>`, so `XREAD BLOCK` follows a task live from any
+replica.
 """
 
 from __future__ import annotations
 
+import base64
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -26,135 +25,61 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mcp_server.engine.context import now
-from mcp_server.errors import LeaseLost, Unavailable
+from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
+from mcp_server.errors import FieldViolation, InvalidArgument, LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_server.state import redis_scripts as lua
 from mcp_server.state.common import (
-    ACTIVE,
+    LAYOUT_MISMATCH,
+    LAYOUT_VERSION,
     TERMINAL,
     QueueFull,
     RequestIdReused,
-    decode_position,
+    assemble,
     decode_token,
     encode_token,
+    fixed_part,
+    live_part,
     mark_cancelled,
     now_seconds,
-    request_key,
+    request_task_id,
 )
+from mcp_server.state.redis_layout import DEFAULT_PARTITIONS, Layout
 from mcp_server.state.redis_streams import StreamHub
 
-LATEST_WORKFLOW = """
-local version = redis.call('HGET', KEYS[2], ARGV[1])
-if not version then return nil end
-return redis.call('HGET', KEYS[1], version)
-"""
-
-CREATE_TASK = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return {3, ARGV[1]} end
-if KEYS[1] ~= KEYS[2] then
-  local existing = redis.call('GET', KEYS[1])
-  if existing then return {0, existing, redis.call('HGET', ARGV[10] .. existing, 'fp') or ''} end
-end
-if tonumber(ARGV[7]) > 0 and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[7]) then return {2, ''} end
-local counter = redis.call('INCR', KEYS[6])
-local member = string.format('%020d:%s', counter, ARGV[1])
-redis.call('HSET', KEYS[2], 'data', ARGV[2], 'status', ARGV[3], 'token', 0, 'member', member,
-           'priority', ARGV[4], 'workflow', ARGV[6], 'counter', counter, 'req', KEYS[1], 'owner', ARGV[8], 'fp', ARGV[9], 'seq', 1)
-redis.call('XADD', KEYS[3], '0-1', 'e', ARGV[5])
-redis.call('ZADD', KEYS[4], -tonumber(ARGV[4]), member)
-redis.call('ZADD', KEYS[5], counter, ARGV[1])
-if KEYS[1] ~= KEYS[2] then redis.call('SET', KEYS[1], ARGV[1]) end
-return {1, ARGV[1]}
-"""
-
-SAVE_TASK = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
--- events already in the log were written by an earlier try of this same call: skip them
-local last = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-redis.call('HSET', KEYS[1], 'data', ARGV[2], 'status', ARGV[3])
-for i = 7, #ARGV, 2 do
-  local seq = tonumber(ARGV[i])
-  if seq > last then
-    redis.call('XADD', KEYS[2], '0-' .. ARGV[i], 'e', ARGV[i + 1])
-    last = seq
-  end
-end
-redis.call('HSET', KEYS[1], 'seq', last)
-if ARGV[4] == '1' then
-  redis.call('ZREM', KEYS[3], ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
-  local req = redis.call('HGET', KEYS[1], 'req')
-  if req and req ~= KEYS[1] then redis.call('PEXPIRE', req, ARGV[6]) end
-end
-return 1
-"""
-
-CLAIM_TASK = """
-while true do
-  local popped = redis.call('ZPOPMIN', KEYS[1])
-  if #popped == 0 then return nil end
-  local task_id = string.sub(popped[1], 22)
-  local key = ARGV[3] .. task_id
-  if redis.call('EXISTS', key) == 1 then
-    local token = redis.call('HINCRBY', key, 'token', 1)
-    redis.call('HSET', key, 'holder', ARGV[2])
-    redis.call('ZADD', KEYS[2], ARGV[1], task_id)
-    return {redis.call('HGET', key, 'data'), token}
-  end
-end
-"""
-
-RENEW_LEASES = """
-local lost = {}
-for i = 3, #ARGV, 2 do
-  local task_id, token = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', ARGV[2] .. task_id, 'token') == token and redis.call('ZSCORE', KEYS[1], task_id) then
-    redis.call('ZADD', KEYS[1], ARGV[1], task_id)
-  else
-    table.insert(lost, task_id)
-  end
-end
-return lost
-"""
-
-RELEASE_EXPIRED = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-local n = 0
-for _, task_id in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], task_id)
-  local key = ARGV[2] .. task_id
-  local status = redis.call('HGET', key, 'status')
-  if status == ARGV[3] or status == ARGV[4] then
-    local fields = redis.call('HMGET', key, 'member', 'priority')
-    redis.call('ZADD', KEYS[2], -tonumber(fields[2]), fields[1])
-    n = n + 1
-  end
-end
-return n
-"""
+PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
+# finished tasks' keys also carry a TTL this much past the retention, in case no replica purges them
+BACKSTOP_MS = 3600 * 1000
+QUEUE_LENGTH_CACHE_SECONDS = 0.1
 
 
 class RedisStore:
     """Store backed by Redis (see Store in engine/ports.py for the contract)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "mcp:", retention_seconds: float = 7 * 24 * 3600.0) -> None:
+    def __init__(self, client: aioredis.Redis, layout: Layout, retention_seconds: float = 7 * 24 * 3600.0) -> None:
         self.r = client
-        self.p = prefix
+        self.layout = layout
         self.retention_ms = max(1, int(retention_seconds * 1000))
         self._hub = StreamHub(self)
-        self._create = client.register_script(CREATE_TASK)
-        self._save = client.register_script(SAVE_TASK)
-        self._claim = client.register_script(CLAIM_TASK)
-        self._renew = client.register_script(RENEW_LEASES)
-        self._release = client.register_script(RELEASE_EXPIRED)
-        self._latest = client.register_script(LATEST_WORKFLOW)
+        self._create = client.register_script(lua.CREATE_TASK)
+        self._checkpoint = client.register_script(lua.CHECKPOINT)
+        self._claim = client.register_script(lua.CLAIM_TASKS)
+        self._renew = client.register_script(lua.RENEW_LEASES)
+        self._release = client.register_script(lua.RELEASE_EXPIRED)
+        self._cancel = client.register_script(lua.CANCEL_PENDING)
+        self._purge = client.register_script(lua.PURGE_FINISHED)
+        self._latest = client.register_script(lua.LATEST_WORKFLOW)
+        self._queue_length: tuple[float, int] = (0.0, 0)
 
     @classmethod
     async def open(cls, url: str, retention_seconds: float = 7 * 24 * 3600.0) -> RedisStore:
-        """Connect to `url`; a `prefix=` query parameter namespaces every key (default `mcp:`)."""
+        """Connect to `url`. Query parameters: `prefix=` namespaces every key (default `mcp:`),
+        `partitions=` sets the partition count of a new store (default 16; an existing store
+        keeps the count it was created with). Refuses a store written with another layout."""
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", ["mcp:"])[0]
+        wanted = query.pop("partitions", [""])[0]
         clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         # A bounded pool that makes a command wait for a free connection rather than fail. A command
         # that meets a dead connection (Redis restarted) reconnects and is sent once more: every
@@ -164,9 +89,12 @@ class RedisStore:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
             retry_on_error=[RedisConnectionError, RedisTimeoutError])
         client = aioredis.Redis(connection_pool=pool)
-        store = cls(client, prefix, retention_seconds)
-        await store.ping()
-        return store
+        try:
+            layout = await _agree_on_layout(client, prefix, int(wanted) if wanted else None)
+        except BaseException:
+            await client.aclose()
+            raise
+        return cls(client, layout, retention_seconds)
 
     async def _do(self, coro: Any) -> Any:
         try:
@@ -184,26 +112,26 @@ class RedisStore:
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         stored = workflow_pb2.Workflow()
         stored.CopyFrom(workflow)
-        stored.version = int(await self._do(self.r.hincrby(self.p + "wfver", workflow.workflow_id, 1)))
+        stored.version = int(await self._do(self.r.hincrby(self.layout.workflow_versions, workflow.workflow_id, 1)))
         stored.create_time.CopyFrom(now())
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(f"{self.p}wf:{stored.workflow_id}", str(stored.version), stored.SerializeToString())
-            pipe.zadd(self.p + "wfids", {stored.workflow_id: 0})
+            pipe.hset(self.layout.workflow(stored.workflow_id), str(stored.version), stored.SerializeToString())
+            pipe.zadd(self.layout.workflow_ids, {stored.workflow_id: 0})
             await self._do(pipe.execute())
         return stored
 
     async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow | None:
-        key = f"{self.p}wf:{workflow_id}"
+        key = self.layout.workflow(workflow_id)
         if version:
             data = await self._do(self.r.hget(key, str(version)))
         else:
-            data = await self._do(self._latest(keys=[key, self.p + "wfver"], args=[workflow_id]))
+            data = await self._do(self._latest(keys=[key, self.layout.workflow_versions], args=[workflow_id]))
         return workflow_pb2.Workflow.FromString(data) if data else None
 
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
         after = decode_token(page_token)
         low = f"({after}" if after else "-"
-        ids = await self._do(self.r.zrangebylex(self.p + "wfids", low, "+", start=0, num=page_size + 1))
+        ids = await self._do(self.r.zrangebylex(self.layout.workflow_ids, low, "+", start=0, num=page_size + 1))
         workflows = []
         for raw in ids[:page_size]:
             workflow = await self.get_workflow(raw.decode())
@@ -213,206 +141,350 @@ class RedisStore:
         return workflows, token
 
     async def delete_workflow(self, workflow_id: str) -> int:
-        key = f"{self.p}wf:{workflow_id}"
+        key = self.layout.workflow(workflow_id)
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hlen(key)
             pipe.delete(key)
-            pipe.zrem(self.p + "wfids", workflow_id)
+            pipe.zrem(self.layout.workflow_ids, workflow_id)
             count, _, _ = await self._do(pipe.execute())
         return int(count)
 
     # ---- tasks ----------------------------------------------------------------------------
-    def _task_key(self, task_id: str) -> str:
-        return f"{self.p}task:{task_id}"
-
     async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
-                          fingerprint: str = "") -> tuple[task_pb2.Task, bool]:
-        key = self._task_key(task.task_id)
-        idempotency_key = f"{self.p}req:{request_key(task.owner, task.request_id)}" if task.request_id else key
-        # Safe to repeat after a lost reply: the task key, or the request key, says it is done.
-        reply = await self._do(self._create(
-            keys=[idempotency_key, key, f"{self.p}ev:{task.task_id}", self.p + "queue", self.p + "tasks", self.p + "counter"],
-            args=[task.task_id, task.SerializeToString(), task.status, task.priority, event.SerializeToString(), task.workflow_id,
-                  max_queue, task.owner, fingerprint, self.p + "task:"]))
-        created, task_id = reply[0], reply[1]
-        if created == 2:
+                          fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
+        if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
+            task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
+        """A task with a request_id has an id derived from its owner and request_id (see
+        Orchestrator.submit_task), so the dedupe is the task's own key; without one, a second
+        run of the script (a lost reply) finds the task it made and says so."""
+        if max_queue and await self._cached_queue_length() >= max_queue:
             raise QueueFull(max_queue)
-        if created:
+        partition = self.layout.partition_of(task.task_id)
+        keys = self.layout.task(task.task_id)
+        args: list[Any] = [task.task_id, fixed_part(task), live_part(task), task.status, task.priority, task.owner,
+                           task.workflow_id, fingerprint, event.SerializeToString()]
+        for digest, data in (values or {}).items():
+            args += [digest, data]
+        created, detail = await self._do(self._create(
+            keys=[keys.header, keys.events, self.layout.queue(partition), keys.values,
+                  *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id)], args=args))
+        if created or not task.request_id:
+            self._hub.written(keys.events, [event])
             return task, True
-        if reply[2].decode() != fingerprint:
-            raise RequestIdReused(task.request_id, task_id.decode())
-        existing = await self.get_task(task_id.decode())
+        if detail.decode() != fingerprint:
+            raise RequestIdReused(task.request_id, task.task_id)
+        existing = await self.get_task(task.task_id)
         if existing is None:
-            raise Unavailable(f"request_id {task.request_id!r} names task {task_id!r}, which has expired")
+            raise Unavailable(f"task {task.task_id} was purged while it was being read; submit again")
         return existing, False
 
-    async def get_task(self, task_id: str) -> task_pb2.Task | None:
-        data = await self._do(self.r.hget(self._task_key(task_id), "data"))
-        return task_pb2.Task.FromString(data) if data else None
+    async def _cached_queue_length(self) -> int:
+        """The queue limit is checked against a count at most QUEUE_LENGTH_CACHE_SECONDS old
+        (one round trip per tenth of a second, not per submission): under a burst the queue can
+        pass its limit by what arrives in that time."""
+        taken, length = self._queue_length
+        if time.monotonic() - taken > QUEUE_LENGTH_CACHE_SECONDS:
+            length = await self.queue_length()
+            self._queue_length = (time.monotonic(), length)
+        return length
 
-    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str,
-                         owner: str = "") -> tuple[list[task_pb2.Task], str]:
-        """Newest first. The token is the creation counter of the last task returned, so pages
-        stay stable while tasks arrive (they sort before it) or expire (they drop out)."""
-        before = decode_position(page_token)
-        high = "+inf" if before is None else f"({before}"
-        wanted = {str(s).encode() for s in statuses}
-        found: list[tuple[int, task_pb2.Task]] = []
+    async def get_task(self, task_id: str) -> task_pb2.Task | None:
+        fixed, live = await self._do(self.r.hmget(self.layout.task(task_id).header, "f", "v"))
+        return assemble(fixed, live) if fixed is not None else None
+
+    async def list_tasks(self, page_size: int, page_token: str, where: TaskFilter) -> TaskPage:
+        """Newest first, merged from the partitions' indexes: a page reads about `page_size`
+        entries per index it needs, never every task. The token is the (creation time, task id)
+        of the last task returned, so pages stay stable while tasks arrive or are purged."""
+        cursor = _decode_cursor(page_token)
+        owner = where.owner or None
+        workflow = where.workflow_id if where.workflow_id and owner is None else None
+        also_workflow = where.workflow_id if owner is not None else ""  # no index has both: filter
+        keys = [self.layout.index(p, s, owner, workflow) for p in range(self.layout.partitions) for s in where.statuses or (0,)]
+        found: list[tuple[tuple[float, str], task_pb2.Task]] = []
+        total = -1
         while len(found) <= page_size:
-            batch = await self._do(self.r.zrevrangebyscore(self.p + "tasks", high, "-inf", start=0, num=200, withscores=True))
-            if not batch:
+            want = page_size + 1 - len(found) if not also_workflow else 4 * (page_size + 1)
+            entries, counted = await self._index_entries(keys, cursor, want, count=total < 0)
+            total = counted if total < 0 else total
+            if not entries:
                 break
-            async with self.r.pipeline(transaction=False) as pipe:
-                for task_id, _ in batch:
-                    pipe.hmget(self._task_key(task_id.decode()), "data", "status", "workflow", "owner")
-                rows = await self._do(pipe.execute())
-            for (_, score), (data, status, workflow, task_owner) in zip(batch, rows):
-                high = f"({int(score)}"
-                if data is None or (wanted and status not in wanted) or (workflow_id and workflow.decode() != workflow_id):
-                    continue
-                if owner and (task_owner or b"").decode() != owner:
-                    continue
-                found.append((int(score), task_pb2.Task.FromString(data)))
+            rows = await self._headers([task_id for _, task_id in entries])
+            for entry, (fixed, live, task_workflow) in zip(entries, rows):
+                cursor = entry
+                if fixed is None or (also_workflow and (task_workflow or b"").decode() != also_workflow):
+                    continue  # purged since it was indexed, or another workflow
+                found.append((entry, assemble(fixed, live)))
                 if len(found) > page_size:
                     break
+            if len(entries) < want:
+                break
         page = found[:page_size]
-        token = encode_token(str(page[-1][0])) if len(found) > page_size else ""
-        return [task for _, task in page], token
+        return TaskPage([task for _, task in page], [_encode_cursor(entry) for entry, _ in page], len(found) > page_size,
+                        0 if also_workflow else total)
 
-    async def save_task(self, task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent], lease_token: int) -> None:
-        args: list[Any] = [lease_token, task.SerializeToString(), task.status, int(task.status in TERMINAL), task.task_id,
-                           self.retention_ms]
-        for event in events:
+    async def _index_entries(self, keys: list[str], after: tuple[float, str] | None, want: int,
+                             count: bool) -> tuple[list[tuple[float, str]], int]:
+        """The `want` newest entries of the union of `keys` strictly after `after`, and (if
+        asked) how many entries the keys hold in all."""
+        high = "+inf" if after is None else repr(after[0])
+        ties = 16  # entries created in the same microsecond as the cursor, skipped below
+        async with self.r.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrevrangebyscore(key, high, "-inf", start=0, num=want + ties, withscores=True)
+            if count:
+                for key in keys:
+                    pipe.zcard(key)
+            replies = await self._do(pipe.execute())
+        merged = {(score, raw.decode()) for reply in replies[:len(keys)] for raw, score in reply}
+        if after is not None:
+            merged = {e for e in merged if e[0] < after[0] or (e[0] == after[0] and e[1] < after[1])}
+        total = sum(int(n) for n in replies[len(keys):]) if count else 0
+        return sorted(merged, reverse=True)[:want], total
+
+    async def _headers(self, task_ids: list[str]) -> list[Any]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hmget(self.layout.task(task_id).header, "f", "v", "wf")
+            return list(await self._do(pipe.execute()))
+
+    async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
+        keys = self.layout.task(task_id)
+        records: list[StepRecord] = []
+        batch = 1000
+        while len(records) < limit:
+            indexes = list(range(start + len(records), start + len(records) + min(batch, limit - len(records))))
+            paths = await self._do(self.r.hmget(keys.order, [str(i) for i in indexes]))
+            known = [(i, p.decode()) for i, p in zip(indexes, paths) if p is not None]
+            if not known:
+                break
+            datas = await self._do(self.r.hmget(keys.steps, [p for _, p in known]))
+            records += [StepRecord(i, p, d) for (i, p), d in zip(known, datas) if d is not None]
+            if len(known) < len(indexes):
+                break
+        return records
+
+    async def read_step(self, task_id: str, path: str) -> StepRecord | None:
+        data = await self._do(self.r.hget(self.layout.task(task_id).steps, path))
+        if data is None:
+            return None
+        return StepRecord(-1, path, data)
+
+    async def read_values(self, task_id: str, digests: Sequence[str]) -> dict[str, bytes]:
+        if not digests:
+            return {}
+        found = await self._do(self.r.hmget(self.layout.task(task_id).values, list(digests)))
+        return {d: v for d, v in zip(digests, found) if v is not None}
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        partition = self.layout.partition_of(checkpoint.task_id)
+        keys = self.layout.task(checkpoint.task_id)
+        args: list[Any] = [checkpoint.lease_token, checkpoint.live, checkpoint.status, int(checkpoint.status in TERMINAL),
+                           self.retention_ms, BACKSTOP_MS, self.layout.index_prefix(partition), checkpoint.task_id, len(checkpoint.steps)]
+        for step in checkpoint.steps:
+            args += [step.index, step.path, step.data]
+        args.append(len(checkpoint.values))
+        for digest, data in checkpoint.values.items():
+            args += [digest, data]
+        for event in checkpoint.events:
             args += [event.sequence, event.SerializeToString()]
-        await self._do(self._save(keys=[self._task_key(task.task_id), f"{self.p}ev:{task.task_id}", self.p + "leases"], args=args))
-        self._hub.written(f"{self.p}ev:{task.task_id}", events)
+        await self._do(self._checkpoint(keys=[*keys.all, self.layout.leases(partition), self.layout.expiry(partition)], args=args))
+        self._hub.written(keys.events, checkpoint.events)
 
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
-        key = self._task_key(task_id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await self._do(pipe.watch(key, self.p + "queue"))
-                    data, status, member = await self._do(pipe.hmget(key, "data", "status", "member"))
-                    if data is None or int(status) != task_pb2.TASK_STATUS_PENDING or await self._do(pipe.zscore(self.p + "queue", member)) is None:
-                        await pipe.reset()  # type: ignore[no-untyped-call]
-                        return None
-                    task = task_pb2.Task.FromString(data)
-                    numbered = mark_cancelled(task, event)
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hset(key, mapping={"data": task.SerializeToString(), "status": task.status, "seq": numbered.sequence})
-                    pipe.zrem(self.p + "queue", member)
-                    pipe.xadd(f"{self.p}ev:{task_id}", {"e": numbered.SerializeToString()}, id=f"0-{numbered.sequence}")
-                    pipe.pexpire(key, self.retention_ms)
-                    pipe.pexpire(f"{self.p}ev:{task_id}", self.retention_ms)
-                    await self._do(pipe.execute())
-                    return task
-                except aioredis.WatchError:
-                    continue
+        """Compare-and-set: the cancel applies only if the task is still queued and unchanged
+        since it was read (else it is read again)."""
+        partition = self.layout.partition_of(task_id)
+        keys = self.layout.task(task_id)
+        for _ in range(20):
+            fixed, live, status, sequence = await self._do(self.r.hmget(keys.header, "f", "v", "st", "seq"))
+            if fixed is None or int(status) != PENDING:
+                return None
+            task = assemble(fixed, live)
+            numbered = mark_cancelled(task, event)
+            done = await self._do(self._cancel(
+                keys=[keys.header, self.layout.queue(partition), keys.events, self.layout.expiry(partition)],
+                args=[live_part(task), task.status, numbered.sequence, numbered.SerializeToString(), self.retention_ms, BACKSTOP_MS,
+                      self.layout.index_prefix(partition), task_id, sequence, PENDING]))
+            if done:
+                self._hub.written(keys.events, [numbered])
+                return task
+        return None
 
     async def request_cancel(self, task_id: str, reason: str) -> None:
-        await self._do(self.r.hset(self._task_key(task_id), "cancel", reason))
+        await self._do(self.r.hset(self.layout.task(task_id).header, "cx", reason))
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
         async with self.r.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
-                pipe.hget(self._task_key(task_id), "cancel")
+                pipe.hget(self.layout.task(task_id).header, "cx")
             reasons = await self._do(pipe.execute())
         return {task_id: reason.decode() for task_id, reason in zip(task_ids, reasons) if reason}
 
     async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]:
-        entries = await self._do(self.r.xrange(f"{self.p}ev:{task_id}", f"(0-{after_sequence}", "+", count=limit))
+        entries = await self._do(self.r.xrange(self.layout.task(task_id).events, f"(0-{after_sequence}", "+", count=limit))
         return [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
         """Events after `after_sequence`, waiting up to `timeout` for one. However many watchers
-        follow a task on this replica, one blocking XREAD follows all of them (see redis_streams.StreamHub)."""
-        key = f"{self.p}ev:{task_id}"
+        follow a partition's tasks on this replica, one blocking XREAD follows all of them (see
+        redis_streams.StreamHub)."""
+        key = self.layout.task(task_id).events
         if not self._hub.covers(key, after_sequence):
             events = await self.read_events(task_id, after_sequence)
             if events:
                 return events
-        followed = await self._hub.wait(key, after_sequence, timeout)
+        followed = await self._hub.wait(key, self.layout.partition_of(task_id), after_sequence, timeout)
         return await self.read_events(task_id, after_sequence) if followed is None else followed
 
     # ---- queue and leases -----------------------------------------------------------------
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
-        reply = await self._do(self._claim(keys=[self.p + "queue", self.p + "leases"],
-                                           args=[int((now_seconds() + lease_seconds) * 1000), owner, self.p + "task:"]))
-        if not reply:
-            return None
-        return task_pb2.Task.FromString(reply[0]), int(reply[1])
+        claimed = await self.claim_tasks(owner, lease_seconds, 1)
+        return claimed[0] if claimed else None
+
+    async def claim_tasks(self, owner: str, lease_seconds: float, count: int) -> list[tuple[task_pb2.Task, int]]:
+        """Claim up to `count` tasks in priority order, FIFO within a priority, as far as one look
+        at the partitions' heads can tell: the partition whose head is first (highest priority,
+        then oldest) gives its tasks, down to the priority of the next partition's head. Every
+        partition's head is looked at on every claim, so none starves."""
+        heads = await self._queue_heads()
+        if not heads:
+            return []
+        order = sorted(heads, key=lambda p: heads[p])
+        best = order[0]
+        bound = repr(heads[order[1]][0]) if len(order) > 1 else "+inf"
+        reply = await self._do(self._claim(
+            keys=[self.layout.queue(best), self.layout.leases(best)],
+            args=[int((now_seconds() + lease_seconds) * 1000), owner, self.layout.task_prefix(best), count, bound, PENDING, RUNNING]))
+        return [(assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
+
+    async def _queue_heads(self) -> dict[int, tuple[float, bytes]]:
+        """Each non-empty partition's first entry: (-priority, `<create micros>:<task id>`)."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for partition in range(self.layout.partitions):
+                pipe.zrange(self.layout.queue(partition), 0, 0, withscores=True)
+            replies = await self._do(pipe.execute())
+        return {p: (reply[0][1], reply[0][0]) for p, reply in enumerate(replies) if reply}
 
     async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
-        """Renew every lease in one round trip; return the tasks whose lease is no longer held."""
+        """Renew every lease, one script per partition, all in one round trip; return the
+        tasks whose lease is no longer held."""
         if not leases:
             return []
-        args: list[Any] = [int((now_seconds() + lease_seconds) * 1000), self.p + "task:"]
+        expiry = int((now_seconds() + lease_seconds) * 1000)
+        by_partition: dict[int, list[Any]] = {}
         for task_id, token in leases.items():
-            args += [task_id, token]
-        lost = await self._do(self._renew(keys=[self.p + "leases"], args=args))
-        return [t.decode() for t in lost]
+            by_partition.setdefault(self.layout.partition_of(task_id), []).extend([task_id, token])
+        async with self.r.pipeline(transaction=False) as pipe:
+            for partition, pairs in by_partition.items():
+                await self._renew(keys=[self.layout.leases(partition)], args=[expiry, self.layout.task_prefix(partition), *pairs],
+                                  client=pipe)
+            replies = await self._do(pipe.execute())
+        return [t.decode() for lost in replies for t in lost]
 
     async def release_expired_leases(self) -> int:
-        count = await self._do(self._release(keys=[self.p + "leases", self.p + "queue"],
-                                             args=[int(now_seconds() * 1000), self.p + "task:", *ACTIVE]))
-        return int(count)
+        now_ms = int(now_seconds() * 1000)
+        async with self.r.pipeline(transaction=False) as pipe:
+            for p in range(self.layout.partitions):
+                await self._release(keys=[self.layout.leases(p), self.layout.queue(p)],
+                                    args=[now_ms, self.layout.task_prefix(p), PENDING, RUNNING], client=pipe)
+            return sum(int(n) for n in await self._do(pipe.execute()))
 
     async def purge_finished(self) -> int:
-        """Redis expires finished tasks itself; this drops their ids from the listing index."""
-        removed = 0
-        cursor = 0
-        while True:
-            cursor, batch = await self._do(self.r.zscan(self.p + "tasks", cursor, count=500))
-            if batch:
-                async with self.r.pipeline(transaction=False) as pipe:
-                    for task_id, _ in batch:
-                        pipe.exists(self._task_key(task_id.decode()))
-                    alive = await self._do(pipe.execute())
-                gone = [task_id for (task_id, _), exists in zip(batch, alive) if not exists]
-                if gone:
-                    removed += int(await self._do(self.r.zrem(self.p + "tasks", *gone)))
-            if cursor == 0:
-                return removed
+        """Delete the tasks whose retention ran out, with their index entries."""
+        now_ms = int(now_seconds() * 1000)
+        async with self.r.pipeline(transaction=False) as pipe:
+            for p in range(self.layout.partitions):
+                await self._purge(keys=[self.layout.expiry(p)], args=[now_ms, self.layout.task_prefix(p), self.layout.index_prefix(p)],
+                                  client=pipe)
+            return sum(int(n) for n in await self._do(pipe.execute()))
 
     async def queue_depth_by_priority(self, sample: int = 10_000) -> dict[int, int]:
-        """Counts per priority over the first `sample` queued tasks (exact below that size)."""
-        entries = await self._do(self.r.zrange(self.p + "queue", 0, sample - 1, withscores=True))
+        """Counts per priority over the first `sample` queued tasks of each partition (exact below that)."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for p in range(self.layout.partitions):
+                pipe.zrange(self.layout.queue(p), 0, sample - 1, withscores=True)
+            replies = await self._do(pipe.execute())
         depth: dict[int, int] = {}
-        for _, score in entries:
-            depth[int(-score)] = depth.get(int(-score), 0) + 1
+        for entries in replies:
+            for _, score in entries:
+                depth[int(-score)] = depth.get(int(-score), 0) + 1
         return depth
 
     async def queue_length(self) -> int:
-        return int(await self._do(self.r.zcard(self.p + "queue")))
+        async with self.r.pipeline(transaction=False) as pipe:
+            for p in range(self.layout.partitions):
+                pipe.zcard(self.layout.queue(p))
+            return sum(int(n) for n in await self._do(pipe.execute()))
 
     # ---- registry -------------------------------------------------------------------------
     async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None:
-        await self._do(self.r.hset(self.p + "protocols", entry.manifest.name, entry.SerializeToString()))
+        await self._do(self.r.hset(self.layout.protocols, entry.manifest.name, entry.SerializeToString()))
 
     async def delete_protocols(self, name: str = "", address: str = "") -> int:
         entries = await self.list_protocol_entries()
         doomed = [e.manifest.name for e in entries if e.manifest.name == name or (address and e.address == address)]
         if not doomed:
             return 0
-        return int(await self._do(self.r.hdel(self.p + "protocols", *doomed)))
+        return int(await self._do(self.r.hdel(self.layout.protocols, *doomed)))
 
     async def list_protocol_entries(self) -> list[registry_pb2.RegisteredProtocol]:
-        values = await self._do(self.r.hgetall(self.p + "protocols"))
+        values = await self._do(self.r.hgetall(self.layout.protocols))
         entries = [registry_pb2.RegisteredProtocol.FromString(v) for v in values.values()]
         return sorted(entries, key=lambda e: e.manifest.name)
 
     async def put_breaker_state(self, protocol: str, state: str) -> None:
-        await self._do(self.r.hset(self.p + "breakers", protocol, state))
+        await self._do(self.r.hset(self.layout.breakers, protocol, state))
 
     async def breaker_states(self) -> dict[str, str]:
-        values = await self._do(self.r.hgetall(self.p + "breakers"))
+        values = await self._do(self.r.hgetall(self.layout.breakers))
         return {k.decode(): v.decode() for k, v in values.items()}
 
     async def ping(self) -> None:
         await self._do(self.r.ping())
 
     async def close(self) -> None:
+        await self._hub.close()
         await self.r.aclose()
 
 
+async def _agree_on_layout(client: aioredis.Redis, prefix: str, wanted: int | None) -> Layout:
+    """The layout this store was created with (recording ours if it is new); refuse another."""
+    if wanted is not None:
+        Layout(prefix, wanted)  # validates the prefix and the count
+    layout_key = Layout(prefix).meta
+    try:
+        if await client.exists(f"{prefix}tasks", f"{prefix}queue"):  # keys only layout 1 wrote
+            raise RuntimeError(f"the Redis store at prefix {prefix!r} " + LAYOUT_MISMATCH.format(found=1, wanted=LAYOUT_VERSION))
+        await client.hsetnx(layout_key, "version", LAYOUT_VERSION)
+        await client.hsetnx(layout_key, "partitions", wanted or DEFAULT_PARTITIONS)
+        meta = {_text(k): _text(v) for k, v in (await client.hgetall(layout_key)).items()}
+    except RedisError as exc:
+        raise Unavailable(f"redis store unreachable: {exc}") from exc
+    if meta.get("version") != str(LAYOUT_VERSION):
+        raise RuntimeError(f"the Redis store at prefix {prefix!r} " + LAYOUT_MISMATCH.format(found=meta.get("version"), wanted=LAYOUT_VERSION))
+    stored = int(meta["partitions"])
+    if wanted is not None and wanted != stored:
+        raise ValueError(f"the Redis store at prefix {prefix!r} has {stored} partitions; partitions={wanted} cannot change that")
+    return Layout(prefix, stored)
+
+
+def _encode_cursor(entry: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(f"{entry[0]!r}:{entry[1]}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[float, str] | None:
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        score, task_id = text.split(":", 1)
+        return float(score), task_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("page_token is not a token this server issued",
+                              violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")]) from None
+
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ class _Stream:
     def last_sequence(self) -> int:
         return self.events[-1].sequence if self.events else self.start
 
-    def add(self, events: list[task_pb2.TaskEvent]) -> None:
+    def add(self, events: Sequence[task_pb2.TaskEvent]) -> None:
         """Append the events that continue this stream; ignore ones already here."""
         fresh = [e for e in events if e.sequence > self.last_sequence]
         if fresh and fresh[0].sequence == self.last_sequence + 1:
@@ -49,38 +50,91 @@ class _Stream:
             self.wake()
 
 
-class StreamHub:
-    """Follows every watched task's event stream with one blocking XREAD over all of them, so
-    a replica holds one Redis connection for its watchers however many there are.
+class _PartitionReader:
+    """One blocking XREAD over every followed stream of one partition (one slot, so the read
+    is legal on a cluster), plus this replica's private wake-up stream in that partition."""
 
-    A newly watched stream must join the read at once. Cancelling the blocked XREAD is not
-    safe (its reply can still arrive and be taken for the answer to the next command), so the
-    read also follows a private wake-up stream: adding a stream appends to it, which ends the
-    blocked read, and the next read includes the new stream. A stream nobody waits on is kept
-    for `IDLE_SECONDS`, so a watcher going from one wait to the next does not re-join."""
+    def __init__(self, hub: StreamHub, partition: int) -> None:
+        self.hub = hub
+        self.streams: dict[str, _Stream] = {}
+        self.wake_key = f"{hub.store.layout.wake(partition)}:{hub.replica}"
+        self.wake_id = "0-0"
+        self.task: asyncio.Task[None] | None = None
+
+    async def include(self, key: str, stream: _Stream) -> None:
+        """Follow `key` from now on. A blocked XREAD cannot be cancelled safely (its reply can
+        still arrive and be taken for the answer to the next command), so a new stream joins by
+        writing to the wake-up stream, which ends the blocked read."""
+        self.streams[key] = stream
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._read())
+            return
+        store = self.hub.store
+        async with store.r.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=16, approximate=True)
+            pipe.expire(self.wake_key, 3600)
+            await store._do(pipe.execute())
+
+    def prune(self) -> None:
+        cutoff = time.monotonic() - StreamHub.IDLE_SECONDS
+        for key in [k for k, s in self.streams.items() if s.watchers == 0 and 0 < s.idle_since < cutoff]:
+            del self.streams[key]
+            self.hub.streams.pop(key, None)
+
+    async def _read(self) -> None:
+        store = self.hub.store
+        while self.streams:
+            self.prune()
+            if not self.streams:
+                return
+            wanted: dict[Any, Any] = {key: stream.last_id for key, stream in self.streams.items()}
+            wanted[self.wake_key] = self.wake_id
+            try:
+                reply = await store._do(store.r.xread(wanted, count=1000, block=StreamHub.BLOCK_MS))
+            except Unavailable as exc:
+                for stream in self.streams.values():
+                    stream.error = exc
+                await asyncio.sleep(0.2)
+                continue
+            for raw_key, entries in reply or []:
+                key = raw_key.decode()
+                if key == self.wake_key:
+                    self.wake_id = entries[-1][0].decode()
+                    continue
+                found = self.streams.get(key)
+                if found is not None and entries:
+                    found.add([task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries])
+
+
+class StreamHub:
+    """Follows the event streams this replica's watchers want, with one blocking XREAD per
+    partition however many watchers and tasks there are. A stream nobody waits on is kept for
+    IDLE_SECONDS, so a watcher going from one wait to the next does not re-join."""
 
     BLOCK_MS = 1000
     IDLE_SECONDS = 5.0
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
+        self.replica = uuid.uuid4().hex
         self.streams: dict[str, _Stream] = {}
-        self.reader: asyncio.Task[None] | None = None
-        self.wake_key = f"{store.p}hub:{uuid.uuid4().hex}"
-        self.wake_id = "0-0"
+        self.readers: dict[int, _PartitionReader] = {}
 
     def covers(self, key: str, after_sequence: int) -> bool:
         """True when the hub already holds every event of `key` after `after_sequence`."""
         stream = self.streams.get(key)
         return stream is not None and stream.start <= after_sequence
 
-    async def wait(self, key: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent] | None:
+    async def wait(self, key: str, partition: int, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent] | None:
         """New events of `key` after `after_sequence`; [] on timeout; None when the hub began
         following after that point (the caller reads the stream itself)."""
         stream = self.streams.get(key)
         if stream is None:
             stream = self.streams[key] = _Stream(after_sequence)
-            await self._include_new_stream()
+            reader = self.readers.get(partition)
+            if reader is None:
+                reader = self.readers[partition] = _PartitionReader(self, partition)
+            await reader.include(key, stream)
         stream.watchers += 1
         stream.idle_since = 0.0
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -107,39 +161,11 @@ class StreamHub:
         the XREAD to see them (only after the write succeeded, so nothing unwritten is shown)."""
         stream = self.streams.get(key)
         if stream is not None and events:
-            stream.add(list(events))
+            stream.add(events)
 
-    async def _include_new_stream(self) -> None:
-        if self.reader is None or self.reader.done():
-            self.reader = asyncio.get_running_loop().create_task(self._read())
-            return
-        async with self.store.r.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=16, approximate=True)
-            pipe.expire(self.wake_key, 3600)
-            await self.store._do(pipe.execute())
-
-    def _prune(self) -> None:
-        cutoff = time.monotonic() - self.IDLE_SECONDS
-        for key in [k for k, s in self.streams.items() if s.watchers == 0 and 0 < s.idle_since < cutoff]:
-            del self.streams[key]
-
-    async def _read(self) -> None:
-        while self.streams:
-            self._prune()
-            wanted: dict[Any, Any] = {key: stream.last_id for key, stream in self.streams.items()}
-            wanted[self.wake_key] = self.wake_id
-            try:
-                reply = await self.store._do(self.store.r.xread(wanted, count=1000, block=self.BLOCK_MS))
-            except Unavailable as exc:
-                for stream in self.streams.values():
-                    stream.error = exc
-                await asyncio.sleep(0.2)
-                continue
-            for raw_key, entries in reply or []:
-                key = raw_key.decode()
-                if key == self.wake_key:
-                    self.wake_id = entries[-1][0].decode()
-                    continue
-                found = self.streams.get(key)
-                if found is not None and entries:
-                    found.add([task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries])
+    async def close(self) -> None:
+        for reader in self.readers.values():
+            if reader.task is not None:
+                reader.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader.task

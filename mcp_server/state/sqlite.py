@@ -1,7 +1,13 @@
-"""The embedded store: SQLite through aiosqlite (a worker thread), so the event loop never blocks.
+"""The embedded store: one SQLite file, used from one worker thread so the event loop never blocks.
 
-One process owns the file. Every step's snapshot and events go in one transaction. Watchers
-in this process are woken by an in-memory condition when a task's log grows.
+Every operation is one function run on that thread, so a checkpoint (the live header, the
+changed step records, new values, events) is one transaction and one hop off the loop. One
+process owns the file. Watchers in this process are woken by an in-memory condition when a
+task's log grows.
+
+Tables: `tasks` (a row per task: its fixed and live parts, the columns listing and the queue
+need), `steps` (a row per step record, keyed by task and index), `task_values` (large values
+by task and SHA-256), `events`, `workflows`, `protocols`, `breakers`, `meta` (the layout).
 """
 
 from __future__ import annotations
@@ -9,34 +15,63 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from mcp_server.engine.context import now
+from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
-from mcp_server.state.common import ACTIVE, TERMINAL, QueueFull, RequestIdReused, decode_position, decode_token, encode_token, mark_cancelled, now_seconds
+from mcp_server.state.common import (
+    ACTIVE,
+    LAYOUT_MISMATCH,
+    LAYOUT_VERSION,
+    TERMINAL,
+    QueueFull,
+    RequestIdReused,
+    assemble,
+    decode_position,
+    decode_token,
+    encode_token,
+    fixed_part,
+    live_part,
+    mark_cancelled,
+    now_seconds,
+    request_task_id,
+)
 
+T = TypeVar("T")
 SCHEMA = """
 PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS workflows (
   workflow_id TEXT NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL,
   PRIMARY KEY (workflow_id, version));
 CREATE TABLE IF NOT EXISTS tasks (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, workflow_id TEXT NOT NULL,
-  status INTEGER NOT NULL, priority INTEGER NOT NULL, request_id TEXT, request_fp TEXT, data BLOB NOT NULL,
-  queued INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, lease_token INTEGER NOT NULL DEFAULT 0,
-  lease_expires REAL, finished_at REAL, cancel_reason TEXT, owner TEXT NOT NULL DEFAULT '');
+  owner TEXT NOT NULL DEFAULT '', status INTEGER NOT NULL, priority INTEGER NOT NULL,
+  request_id TEXT, request_fp TEXT NOT NULL DEFAULT '', fixed BLOB NOT NULL, live BLOB NOT NULL,
+  last_sequence INTEGER NOT NULL, queued INTEGER NOT NULL DEFAULT 0, lease_owner TEXT,
+  lease_token INTEGER NOT NULL DEFAULT 0, lease_expires REAL, finished_at REAL, cancel_reason TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_request ON tasks (owner, request_id);
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queued, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_expires);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
+CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, status, seq);
+CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id, status, seq);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, seq);
+CREATE TABLE IF NOT EXISTS steps (
+  task_id TEXT NOT NULL, idx INTEGER NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL,
+  PRIMARY KEY (task_id, idx)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS steps_by_path ON steps (task_id, path);
+CREATE TABLE IF NOT EXISTS task_values (
+  task_id TEXT NOT NULL, digest TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (task_id, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
   task_id TEXT NOT NULL, sequence INTEGER NOT NULL, data BLOB NOT NULL,
-  PRIMARY KEY (task_id, sequence));
+  PRIMARY KEY (task_id, sequence)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS protocols (name TEXT PRIMARY KEY, address TEXT NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT NULL);
 """
@@ -45,61 +80,57 @@ CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT N
 class SqliteStore:
     """Store backed by one SQLite file (see Store in engine/ports.py for the contract)."""
 
-    def __init__(self, db: aiosqlite.Connection, retention_seconds: float) -> None:
+    def __init__(self, db: sqlite3.Connection, worker: ThreadPoolExecutor, retention_seconds: float) -> None:
         self.db = db
+        self.worker = worker
         self.retention_seconds = retention_seconds
-        self._lock = asyncio.Lock()
         self._changed: defaultdict[str, asyncio.Condition] = defaultdict(asyncio.Condition)
 
     @classmethod
     async def open(cls, path: str, retention_seconds: float = 7 * 24 * 3600.0) -> SqliteStore:
-        if path not in ("", ":memory:"):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path or ":memory:", isolation_level=None)
-        await db.executescript(SCHEMA)
-        # One process owns the file, so a lease found at open belongs to a process that is gone:
-        # expire them all now, and the dispatcher resumes those tasks at once.
-        await db.execute("UPDATE tasks SET lease_expires = 0 WHERE lease_expires IS NOT NULL")
-        return cls(db, retention_seconds)
-
-    async def _transaction(self, statements: Sequence[tuple[str, Sequence[object]]]) -> list[int]:
-        async with self._lock:
-            try:
-                await self.db.execute("BEGIN IMMEDIATE")
-                counts = []
-                for sql, args in statements:
-                    cursor = await self.db.execute(sql, args)
-                    counts.append(cursor.rowcount)
-                await self.db.execute("COMMIT")
-                return counts
-            except sqlite3.Error as exc:
-                await self.db.execute("ROLLBACK")
-                raise Unavailable(f"sqlite store: {exc}") from exc
-
-    async def _rows(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """Open (or create) the file at `path` (":memory:" or "" for a private in-memory one).
+        Refuses a file written with another state layout."""
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        loop = asyncio.get_running_loop()
         try:
-            async with self.db.execute(sql, args) as cursor:
-                return list(await cursor.fetchall())
-        except sqlite3.Error as exc:
-            raise Unavailable(f"sqlite store: {exc}") from exc
+            db = await loop.run_in_executor(worker, _connect, path)
+        except BaseException:
+            worker.shutdown(wait=False)
+            raise
+        return cls(db, worker, retention_seconds)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the store's thread; a database error is UNAVAILABLE, and leaves nothing half done."""
+        def guarded(db: sqlite3.Connection) -> T:
+            try:
+                return work(db)
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.rollback()
+                raise Unavailable(f"sqlite store: {exc}") from exc
+        return await asyncio.get_running_loop().run_in_executor(self.worker, guarded, self.db)
 
     # ---- workflows ------------------------------------------------------------------------
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
-        async with self._lock:
-            rows = await self._rows("SELECT COALESCE(MAX(version), 0) FROM workflows WHERE workflow_id=?", (workflow.workflow_id,))
-            stored = workflow_pb2.Workflow()
-            stored.CopyFrom(workflow)
-            stored.version = int(rows[0][0]) + 1
-            stored.create_time.CopyFrom(now())
-            await self.db.execute("INSERT INTO workflows VALUES (?, ?, ?)",
-                                  (stored.workflow_id, stored.version, stored.SerializeToString()))
-        return stored
+        stored = workflow_pb2.Workflow()
+        stored.CopyFrom(workflow)
+        stored.create_time.CopyFrom(now())
+
+        def insert(db: sqlite3.Connection) -> workflow_pb2.Workflow:
+            with db:
+                row = db.execute("SELECT COALESCE(MAX(version), 0) FROM workflows WHERE workflow_id=?", (workflow.workflow_id,)).fetchone()
+                stored.version = int(row[0]) + 1
+                db.execute("INSERT INTO workflows VALUES (?, ?, ?)", (stored.workflow_id, stored.version, stored.SerializeToString()))
+            return stored
+        return await self._run(insert)
 
     async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow | None:
+        args: tuple[object, ...]
         if version:
-            rows = await self._rows("SELECT data FROM workflows WHERE workflow_id=? AND version=?", (workflow_id, version))
+            sql, args = "SELECT data FROM workflows WHERE workflow_id=? AND version=?", (workflow_id, version)
         else:
-            rows = await self._rows("SELECT data FROM workflows WHERE workflow_id=? ORDER BY version DESC LIMIT 1", (workflow_id,))
+            sql, args = "SELECT data FROM workflows WHERE workflow_id=? ORDER BY version DESC LIMIT 1", (workflow_id,)
+        rows = await self._rows(sql, args)
         return workflow_pb2.Workflow.FromString(rows[0][0]) if rows else None
 
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
@@ -113,104 +144,125 @@ class SqliteStore:
         return workflows, token
 
     async def delete_workflow(self, workflow_id: str) -> int:
-        return (await self._transaction([("DELETE FROM workflows WHERE workflow_id=?", (workflow_id,))]))[0]
+        return await self._write("DELETE FROM workflows WHERE workflow_id=?", (workflow_id,))
 
     # ---- tasks ----------------------------------------------------------------------------
     async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
-                          fingerprint: str = "") -> tuple[task_pb2.Task, bool]:
-        if task.request_id and (existing := await self._by_request(task, fingerprint)) is not None:
-            return existing, False
-        if max_queue and await self.queue_length() >= max_queue:  # one writer process: no race to guard
-            raise QueueFull(max_queue)
-        try:
-            await self._transaction([
-                ("INSERT INTO tasks (task_id, workflow_id, status, priority, request_id, request_fp, data, queued, owner) "
-                 "VALUES (?,?,?,?,?,?,?,1,?)",
-                 (task.task_id, task.workflow_id, task.status, task.priority, task.request_id or None, fingerprint,
-                  task.SerializeToString(), task.owner)),
-                ("INSERT INTO events VALUES (?,?,?)", (task.task_id, event.sequence, event.SerializeToString())),
-            ])
-        except Unavailable as exc:
-            if isinstance(exc.__cause__, sqlite3.IntegrityError) and task.request_id:
-                existing = await self._by_request(task, fingerprint)
-                if existing is not None:
+                          fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
+        if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
+            task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
+        def insert(db: sqlite3.Connection) -> tuple[task_pb2.Task, bool]:
+            if task.request_id:
+                row = db.execute("SELECT fixed, live, request_fp FROM tasks WHERE owner=? AND request_id=?",
+                                 (task.owner, task.request_id)).fetchone()
+                if row is not None:
+                    existing = assemble(row[0], row[1])
+                    if row[2] != fingerprint:
+                        raise RequestIdReused(task.request_id, existing.task_id)
                     return existing, False
-            raise
+            if max_queue and db.execute("SELECT COUNT(*) FROM tasks WHERE queued=1").fetchone()[0] >= max_queue:
+                raise QueueFull(max_queue)
+            with db:
+                db.execute("INSERT INTO tasks (task_id, workflow_id, owner, status, priority, request_id, request_fp, fixed, live, "
+                           "last_sequence, queued) VALUES (?,?,?,?,?,?,?,?,?,?,1)",
+                           (task.task_id, task.workflow_id, task.owner, task.status, task.priority, task.request_id or None,
+                            fingerprint, fixed_part(task), live_part(task), task.last_sequence))
+                db.execute("INSERT INTO events VALUES (?,?,?)", (task.task_id, event.sequence, event.SerializeToString()))
+                db.executemany("INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
+                               [(task.task_id, d, data) for d, data in (values or {}).items()])
+            return task, True
+        created = await self._run(insert)
         await self._notify(task.task_id)
-        return task, True
-
-    async def _by_request(self, task: task_pb2.Task, fingerprint: str) -> task_pb2.Task | None:
-        rows = await self._rows("SELECT data, request_fp FROM tasks WHERE owner=? AND request_id=?", (task.owner, task.request_id))
-        if not rows:
-            return None
-        existing = task_pb2.Task.FromString(rows[0][0])
-        if (rows[0][1] or "") != fingerprint:
-            raise RequestIdReused(task.request_id, existing.task_id)
-        return existing
+        return created
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
-        rows = await self._rows("SELECT data FROM tasks WHERE task_id=?", (task_id,))
-        return task_pb2.Task.FromString(rows[0][0]) if rows else None
+        rows = await self._rows("SELECT fixed, live FROM tasks WHERE task_id=?", (task_id,))
+        return assemble(rows[0][0], rows[0][1]) if rows else None
 
-    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str,
-                         owner: str = "") -> tuple[list[task_pb2.Task], str]:
+    async def list_tasks(self, page_size: int, page_token: str, where: TaskFilter) -> TaskPage:
+        """Newest first. The token is the row number of the last task returned, so pages stay
+        stable while tasks arrive (they sort before it) or are purged (they drop out)."""
         position = decode_position(page_token)
-        before = 2**62 if position is None else position
-        sql = "SELECT seq, data FROM tasks WHERE seq < ?"
-        args: list[object] = [before]
-        if statuses:
-            sql += f" AND status IN ({','.join('?' * len(statuses))})"
-            args += list(statuses)
-        if workflow_id:
-            sql += " AND workflow_id=?"
-            args.append(workflow_id)
-        if owner:
-            sql += " AND owner=?"
-            args.append(owner)
-        rows = await self._rows(sql + " ORDER BY seq DESC LIMIT ?", [*args, page_size + 1])
-        tasks = [task_pb2.Task.FromString(r[1]) for r in rows[:page_size]]
-        return tasks, encode_token(str(rows[page_size - 1][0])) if len(rows) > page_size else ""
+        conditions: list[str] = []
+        args: list[object] = []
+        if where.statuses:
+            conditions.append(f"status IN ({','.join('?' * len(where.statuses))})")
+            args += list(where.statuses)
+        if where.workflow_id:
+            conditions.append("workflow_id=?")
+            args.append(where.workflow_id)
+        if where.owner:
+            conditions.append("owner=?")
+            args.append(where.owner)
+        filtered = " AND ".join(conditions) or "1"
 
-    async def save_task(self, task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent], lease_token: int) -> None:
-        terminal = task.status in TERMINAL
-        statements: list[tuple[str, Sequence[object]]] = [(
-            "UPDATE tasks SET data=?, status=?, lease_expires=CASE WHEN ? THEN NULL ELSE lease_expires END, "
-            "finished_at=CASE WHEN ? THEN ? ELSE NULL END WHERE task_id=? AND lease_token=?",
-            (task.SerializeToString(), task.status, terminal, terminal, now_seconds(), task.task_id, lease_token))]
-        statements += [("INSERT INTO events VALUES (?,?,?)", (e.task_id, e.sequence, e.SerializeToString())) for e in events]
-        async with self._lock:
-            try:
-                await self.db.execute("BEGIN IMMEDIATE")
-                cursor = await self.db.execute(*statements[0])
-                if cursor.rowcount != 1:
-                    await self.db.execute("ROLLBACK")
-                    raise LeaseLost(f"task {task.task_id}: lease {lease_token} is no longer held")
-                for sql, args in statements[1:]:
-                    await self.db.execute(sql, args)
-                await self.db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                await self.db.execute("ROLLBACK")
-                raise Unavailable(f"sqlite store: {exc}") from exc
-        await self._notify(task.task_id)
+        def select(db: sqlite3.Connection) -> tuple[list[Any], int]:
+            rows = db.execute(f"SELECT seq, fixed, live FROM tasks WHERE {filtered} AND seq < ? ORDER BY seq DESC LIMIT ?",
+                              [*args, 2**62 if position is None else position, page_size + 1]).fetchall()
+            total = db.execute(f"SELECT COUNT(*) FROM tasks WHERE {filtered}", args).fetchone()[0]
+            return rows, int(total)
+        rows, total = await self._run(select)
+        page = rows[:page_size]
+        return TaskPage([assemble(r[1], r[2]) for r in page], [encode_token(str(r[0])) for r in page], len(rows) > page_size, total)
+
+    async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
+        rows = await self._rows("SELECT idx, path, data FROM steps WHERE task_id=? AND idx>=? ORDER BY idx LIMIT ?",
+                                (task_id, start, min(limit, 2**62)))
+        return [StepRecord(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    async def read_step(self, task_id: str, path: str) -> StepRecord | None:
+        rows = await self._rows("SELECT idx, path, data FROM steps WHERE task_id=? AND path=?", (task_id, path))
+        return StepRecord(int(rows[0][0]), str(rows[0][1]), bytes(rows[0][2])) if rows else None
+
+    async def read_values(self, task_id: str, digests: Sequence[str]) -> dict[str, bytes]:
+        if not digests:
+            return {}
+        rows = await self._rows(f"SELECT digest, data FROM task_values WHERE task_id=? AND digest IN ({','.join('?' * len(digests))})",
+                                [task_id, *digests])
+        return {str(r[0]): bytes(r[1]) for r in rows}
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        terminal = checkpoint.status in TERMINAL
+        last = checkpoint.events[-1].sequence if checkpoint.events else 0
+
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                updated = db.execute(
+                    "UPDATE tasks SET live=?, status=?, last_sequence=MAX(last_sequence, ?), "
+                    "lease_expires=CASE WHEN ? THEN NULL ELSE lease_expires END, finished_at=CASE WHEN ? THEN ? ELSE NULL END "
+                    "WHERE task_id=? AND lease_token=?",
+                    (checkpoint.live, checkpoint.status, last, terminal, terminal, now_seconds(), checkpoint.task_id, checkpoint.lease_token))
+                if updated.rowcount != 1:
+                    raise LeaseLost(f"task {checkpoint.task_id}: lease {checkpoint.lease_token} is no longer held")
+                db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?)",
+                               [(checkpoint.task_id, s.index, s.path, s.data) for s in checkpoint.steps])
+                db.executemany("INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
+                               [(checkpoint.task_id, d, data) for d, data in checkpoint.values.items()])
+                db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?)",
+                               [(e.task_id, e.sequence, e.SerializeToString()) for e in checkpoint.events])
+        await self._run(write)
+        await self._notify(checkpoint.task_id)
 
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
-        async with self._lock:
-            rows = await self._rows("SELECT data FROM tasks WHERE task_id=? AND queued=1 AND status=?",
-                                    (task_id, task_pb2.TASK_STATUS_PENDING))
-            if not rows:
+        def cancel(db: sqlite3.Connection) -> task_pb2.Task | None:
+            row = db.execute("SELECT fixed, live FROM tasks WHERE task_id=? AND queued=1 AND status=?",
+                             (task_id, task_pb2.TASK_STATUS_PENDING)).fetchone()
+            if row is None:
                 return None
-            task = task_pb2.Task.FromString(rows[0][0])
+            task = assemble(row[0], row[1])
             numbered = mark_cancelled(task, event)
-            await self.db.execute("BEGIN IMMEDIATE")
-            await self.db.execute("UPDATE tasks SET data=?, status=?, queued=0, finished_at=? WHERE task_id=?",
-                                  (task.SerializeToString(), task.status, now_seconds(), task_id))
-            await self.db.execute("INSERT INTO events VALUES (?,?,?)", (task_id, numbered.sequence, numbered.SerializeToString()))
-            await self.db.execute("COMMIT")
-        await self._notify(task_id)
-        return task
+            with db:
+                db.execute("UPDATE tasks SET live=?, status=?, last_sequence=?, queued=0, finished_at=? WHERE task_id=?",
+                           (live_part(task), task.status, task.last_sequence, now_seconds(), task_id))
+                db.execute("INSERT INTO events VALUES (?,?,?)", (task_id, numbered.sequence, numbered.SerializeToString()))
+            return task
+        cancelled = await self._run(cancel)
+        if cancelled is not None:
+            await self._notify(task_id)
+        return cancelled
 
     async def request_cancel(self, task_id: str, reason: str) -> None:
-        await self._transaction([("UPDATE tasks SET cancel_reason=? WHERE task_id=?", (reason, task_id))])
+        await self._write("UPDATE tasks SET cancel_reason=? WHERE task_id=?", (reason, task_id))
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
         if not task_ids:
@@ -244,36 +296,47 @@ class SqliteStore:
 
     # ---- queue and leases -----------------------------------------------------------------
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
-        async with self._lock:
-            rows = await self._rows("SELECT task_id, data, lease_token FROM tasks WHERE queued=1 ORDER BY priority DESC, seq LIMIT 1")
-            if not rows:
+        def claim(db: sqlite3.Connection) -> tuple[task_pb2.Task, int] | None:
+            row = db.execute("SELECT task_id, fixed, live, lease_token FROM tasks WHERE queued=1 ORDER BY priority DESC, seq LIMIT 1").fetchone()
+            if row is None:
                 return None
-            task_id, data, token = rows[0][0], rows[0][1], int(rows[0][2]) + 1
-            await self.db.execute("UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=? WHERE task_id=?",
-                                  (owner, token, now_seconds() + lease_seconds, task_id))
-        return task_pb2.Task.FromString(data), token
+            token = int(row[3]) + 1
+            with db:
+                db.execute("UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=? WHERE task_id=?",
+                           (owner, token, now_seconds() + lease_seconds, row[0]))
+            return assemble(row[1], row[2]), token
+        return await self._run(claim)
 
     async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
         if not leases:
             return []
         expires = now_seconds() + lease_seconds
-        sql = "UPDATE tasks SET lease_expires=? WHERE task_id=? AND lease_token=? AND lease_expires IS NOT NULL"
-        counts = await self._transaction([(sql, (expires, task_id, token)) for task_id, token in leases.items()])
-        return [task_id for task_id, count in zip(leases, counts) if count != 1]
+
+        def renew(db: sqlite3.Connection) -> list[str]:
+            lost = []
+            with db:
+                for task_id, token in leases.items():
+                    cursor = db.execute("UPDATE tasks SET lease_expires=? WHERE task_id=? AND lease_token=? AND lease_expires IS NOT NULL",
+                                        (expires, task_id, token))
+                    if cursor.rowcount != 1:
+                        lost.append(task_id)
+            return lost
+        return await self._run(renew)
 
     async def release_expired_leases(self) -> int:
-        counts = await self._transaction([(
+        return await self._write(
             f"UPDATE tasks SET queued=1, lease_expires=NULL, lease_owner=NULL WHERE lease_expires IS NOT NULL "
-            f"AND lease_expires <= ? AND status IN ({','.join(str(s) for s in ACTIVE)})", (now_seconds(),))])
-        return counts[0]
+            f"AND lease_expires <= ? AND status IN ({','.join(str(s) for s in ACTIVE)})", (now_seconds(),))
 
     async def purge_finished(self) -> int:
         cutoff = now_seconds() - self.retention_seconds
-        counts = await self._transaction([
-            ("DELETE FROM events WHERE task_id IN (SELECT task_id FROM tasks WHERE finished_at < ?)", (cutoff,)),
-            ("DELETE FROM tasks WHERE finished_at < ?", (cutoff,)),
-        ])
-        return counts[1]
+
+        def purge(db: sqlite3.Connection) -> int:
+            with db:
+                for table in ("events", "steps", "task_values"):
+                    db.execute(f"DELETE FROM {table} WHERE task_id IN (SELECT task_id FROM tasks WHERE finished_at < ?)", (cutoff,))
+                return int(db.execute("DELETE FROM tasks WHERE finished_at < ?", (cutoff,)).rowcount)
+        return await self._run(purge)
 
     async def queue_depth_by_priority(self) -> dict[int, int]:
         rows = await self._rows("SELECT priority, COUNT(*) FROM tasks WHERE queued=1 GROUP BY priority")
@@ -285,18 +348,17 @@ class SqliteStore:
 
     # ---- registry -------------------------------------------------------------------------
     async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None:
-        await self._transaction([("INSERT OR REPLACE INTO protocols VALUES (?,?,?)",
-                                  (entry.manifest.name, entry.address, entry.SerializeToString()))])
+        await self._write("INSERT OR REPLACE INTO protocols VALUES (?,?,?)", (entry.manifest.name, entry.address, entry.SerializeToString()))
 
     async def delete_protocols(self, name: str = "", address: str = "") -> int:
-        return (await self._transaction([("DELETE FROM protocols WHERE name=? OR address=?", (name, address))]))[0]
+        return await self._write("DELETE FROM protocols WHERE name=? OR address=?", (name, address))
 
     async def list_protocol_entries(self) -> list[registry_pb2.RegisteredProtocol]:
         rows = await self._rows("SELECT data FROM protocols ORDER BY name")
         return [registry_pb2.RegisteredProtocol.FromString(r[0]) for r in rows]
 
     async def put_breaker_state(self, protocol: str, state: str) -> None:
-        await self._transaction([("INSERT OR REPLACE INTO breakers VALUES (?, ?)", (protocol, state))])
+        await self._write("INSERT OR REPLACE INTO breakers VALUES (?, ?)", (protocol, state))
 
     async def breaker_states(self) -> dict[str, str]:
         return {str(r[0]): str(r[1]) for r in await self._rows("SELECT protocol, state FROM breakers")}
@@ -305,4 +367,34 @@ class SqliteStore:
         await self._rows("SELECT 1")
 
     async def close(self) -> None:
-        await self.db.close()
+        await self._run(lambda db: db.close())
+        self.worker.shutdown(wait=True)
+
+    # ---- helpers --------------------------------------------------------------------------
+    async def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        return await self._run(lambda db: db.execute(sql, args).fetchall())
+
+    async def _write(self, sql: str, args: Sequence[object] = ()) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            with db:
+                return int(db.execute(sql, args).rowcount)
+        return await self._run(write)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path not in ("", ":memory:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level="DEFERRED")
+    had_tasks = db.execute("SELECT 1 FROM sqlite_master WHERE name='tasks'").fetchone() is not None
+    had_meta = db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() is not None
+    found = db.execute("SELECT value FROM meta WHERE key='layout'").fetchone() if had_meta else None
+    if had_tasks and (found is None or found[0] != str(LAYOUT_VERSION)):
+        db.close()
+        raise RuntimeError(f"the SQLite store at {path} " + LAYOUT_MISMATCH.format(found=found[0] if found else 1, wanted=LAYOUT_VERSION))
+    db.executescript(SCHEMA)
+    with db:
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (str(LAYOUT_VERSION),))
+        # One process owns the file, so a lease found at open belongs to a process that is gone:
+        # expire them all now, and the dispatcher resumes those tasks at once.
+        db.execute("UPDATE tasks SET lease_expires = 0 WHERE lease_expires IS NOT NULL")
+    return db

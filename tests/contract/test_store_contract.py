@@ -8,9 +8,11 @@ import uuid
 import pytest
 
 from mcp_server.engine.context import make_event, now
+from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter
 from mcp_server.errors import LeaseLost
 from mcp_server.proto import protocol_pb2, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.state import open_store
+from mcp_server.state.common import RequestIdReused
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
@@ -23,18 +25,27 @@ async def store(store_url):
     await opened.close()
 
 
-def new_task(workflow_id: str = "wf", priority: int = 0, request_id: str = "") -> tuple[task_pb2.Task, task_pb2.TaskEvent]:
-    task = task_pb2.Task(task_id=uuid.uuid4().hex, workflow_id=workflow_id, workflow_version=1, priority=priority,
+def new_task(workflow_id: str = "wf", priority: int = 0, request_id: str = "", owner: str = "") -> tuple[task_pb2.Task, task_pb2.TaskEvent]:
+    task = task_pb2.Task(task_id=uuid.uuid4().hex, workflow_id=workflow_id, workflow_version=1, priority=priority, owner=owner,
                          status=task_pb2.TASK_STATUS_PENDING, request_id=request_id, create_time=now(), last_sequence=1)
+    task.input_data.update({"n": 1})
     return task, make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED)
+
+
+def checkpoint(task: task_pb2.Task, token: int, status: int, events: list[task_pb2.TaskEvent],
+               steps: list[StepRecord] | None = None, values: dict[str, bytes] | None = None) -> Checkpoint:
+    live = task_pb2.Task(status=status, last_sequence=max([e.sequence for e in events], default=1), step_count=len(steps or []))
+    return Checkpoint(task.task_id, token, status, live.SerializeToString(), steps or [], events, values or {})
 
 
 async def claim_and_complete(store, task: task_pb2.Task, lease_seconds: float) -> None:
     """Claim `task` and write it COMPLETED with its terminal event."""
     claimed, token = await store.claim_task("me", lease_seconds)
-    claimed.status = task_pb2.TASK_STATUS_COMPLETED
-    claimed.last_sequence = 2
-    await store.save_task(claimed, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_COMPLETED)], token)
+    await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_COMPLETED, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_COMPLETED)]))
+
+
+def ids(page) -> list[str]:
+    return [t.task_id for t in page.tasks]
 
 
 async def test_workflow_versions_are_numbered_and_immutable(store):
@@ -55,35 +66,82 @@ async def test_request_id_dedupes_task_creation(store):
     existing, fresh_again = await store.create_task(again_task, again_event)
     assert fresh and not fresh_again and existing.task_id == created.task_id
     assert await store.queue_length() == 1
+    other_task, other_event = new_task(request_id="same", owner="someone-else")
+    theirs, fresh_theirs = await store.create_task(other_task, other_event)
+    assert fresh_theirs and theirs.task_id != created.task_id
+    changed, changed_event = new_task(request_id="same")
+    with pytest.raises(RequestIdReused):
+        await store.create_task(changed, changed_event, fingerprint="another request")
 
 
 async def test_claims_come_in_priority_order_fifo_within_a_priority(store):
-    ids = []
+    made = []
     for priority in (1, 5, 1, 5, 3):
         task, event = new_task(priority=priority)
         await store.create_task(task, event)
-        ids.append((priority, task.task_id))
+        made.append((priority, task.task_id))
     claimed = []
     while (claim := await store.claim_task("me", 30)) is not None:
         claimed.append(claim[0].task_id)
-    expected = [i for _, i in sorted(ids, key=lambda p: -p[0])]  # sorted() is stable: FIFO within a priority
+    expected = [i for _, i in sorted(made, key=lambda p: -p[0])]  # sorted() is stable: FIFO within a priority
     assert claimed == expected
 
 
-async def test_snapshot_and_events_are_written_together_and_fenced_by_the_lease(store):
+async def test_a_checkpoint_writes_header_steps_values_and_events_together_fenced_by_the_lease(store):
     task, event = new_task()
     await store.create_task(task, event)
     claimed, token = await store.claim_task("replica-a", 30)
-    claimed.status = task_pb2.TASK_STATUS_RUNNING
-    claimed.last_sequence = 3
-    await store.save_task(claimed, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED),
-                                    make_event(task.task_id, 3, E.TASK_EVENT_TYPE_STEP_STARTED, step_path="root")], token)
+    assert claimed.input_data["n"] == 1 and claimed.status == task_pb2.TASK_STATUS_PENDING
+    step = task_pb2.StepState(path="root", node_id="root", kind="step", status=task_pb2.STEP_STATUS_RUNNING,
+                              input_ref=task_pb2.ValueRef(sha256="d1", size_bytes=5))
+    await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING,
+                                           [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED),
+                                            make_event(task.task_id, 3, E.TASK_EVENT_TYPE_STEP_STARTED, step_path="root")],
+                                           [StepRecord(0, "root", step.SerializeToString())], {"d1": b"value"}))
     assert [e.sequence for e in await store.read_events(task.task_id, 0)] == [1, 2, 3]
     assert [e.sequence for e in await store.read_events(task.task_id, 2)] == [3]
-    assert (await store.get_task(task.task_id)).status == task_pb2.TASK_STATUS_RUNNING
+    read = await store.get_task(task.task_id)
+    assert (read.status, read.last_sequence, read.step_count, read.input_data["n"]) == (task_pb2.TASK_STATUS_RUNNING, 3, 1, 1)
+    assert [(r.index, r.path) for r in await store.read_steps(task.task_id, 0, 10)] == [(0, "root")]
+    assert task_pb2.StepState.FromString((await store.read_step(task.task_id, "root")).data).input_ref.sha256 == "d1"
+    assert await store.read_values(task.task_id, ["d1", "nope"]) == {"d1": b"value"}
     with pytest.raises(LeaseLost):
-        await store.save_task(claimed, [make_event(task.task_id, 4, E.TASK_EVENT_TYPE_PROGRESS)], token + 1)
+        await store.save_checkpoint(checkpoint(claimed, token + 1, task_pb2.TASK_STATUS_RUNNING, [make_event(task.task_id, 4, E.TASK_EVENT_TYPE_PROGRESS)]))
     assert [e.sequence for e in await store.read_events(task.task_id, 0)] == [1, 2, 3]
+
+
+async def test_a_repeated_checkpoint_changes_nothing(store):
+    # A reply lost to a dropped connection is answered by sending the same checkpoint again.
+    task, event = new_task()
+    await store.create_task(task, event)
+    claimed, token = await store.claim_task("me", 30)
+    same = checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED)],
+                      [StepRecord(0, "a", task_pb2.StepState(path="a").SerializeToString())], {"d": b"v"})
+    await store.save_checkpoint(same)
+    await store.save_checkpoint(same)
+    assert [e.sequence for e in await store.read_events(task.task_id, 0)] == [1, 2]
+    assert [r.path for r in await store.read_steps(task.task_id, 0, 10)] == ["a"]
+
+
+async def test_step_records_are_kept_by_index_and_rewritten_in_place(store):
+    task, event = new_task()
+    await store.create_task(task, event)
+    claimed, token = await store.claim_task("me", 30)
+    sequence = 1
+    for index in range(250):
+        sequence += 1
+        state = task_pb2.StepState(path=f"root/s{index}", status=task_pb2.STEP_STATUS_RUNNING)
+        started = make_event(task.task_id, sequence, E.TASK_EVENT_TYPE_STEP_STARTED)
+        await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING, [started],
+                                               [StepRecord(index, state.path, state.SerializeToString())]))
+    done = task_pb2.StepState(path="root/s7", status=task_pb2.STEP_STATUS_COMPLETED)
+    await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING, [], [StepRecord(7, done.path, done.SerializeToString())]))
+    page = await store.read_steps(task.task_id, 5, 4)
+    assert [(r.index, r.path) for r in page] == [(i, f"root/s{i}") for i in range(5, 9)]
+    assert task_pb2.StepState.FromString(page[2].data).status == task_pb2.STEP_STATUS_COMPLETED
+    assert len(await store.read_steps(task.task_id, 0, 10_000)) == 250
+    assert await store.read_steps(task.task_id, 250, 10) == []
+    assert await store.read_step(task.task_id, "root/nope") is None
 
 
 async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(store):
@@ -99,8 +157,8 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(s
     assert await store.renew_leases({task.task_id: old_token}, 30) == [task.task_id]
     assert await store.renew_leases({taken.task_id: new_token}, 30) == []
     with pytest.raises(LeaseLost):
-        await store.save_task(taken, [], old_token)
-    await store.save_task(taken, [], new_token)
+        await store.save_checkpoint(checkpoint(taken, old_token, task_pb2.TASK_STATUS_RUNNING, []))
+    await store.save_checkpoint(checkpoint(taken, new_token, task_pb2.TASK_STATUS_RUNNING, []))
 
 
 async def test_finished_tasks_hold_no_lease(store):
@@ -133,8 +191,7 @@ async def test_wait_events_wakes_when_the_log_grows(store):
     claimed, token = await store.claim_task("me", 30)
     waiter = asyncio.create_task(store.wait_events(task.task_id, 1, timeout=3.0))
     await asyncio.sleep(0.1)
-    claimed.last_sequence = 2
-    await store.save_task(claimed, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED)], token)
+    await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED)]))
     got = await asyncio.wait_for(waiter, 3.0)
     assert [e.sequence for e in got] == [2]
     assert await store.wait_events(task.task_id, 2, timeout=0.1) == []
@@ -146,12 +203,31 @@ async def test_list_tasks_filters_and_pages(store):
         task, event = new_task(workflow_id="a" if i % 2 == 0 else "b")
         await store.create_task(task, event)
         made.append(task)
-    page, token = await store.list_tasks(2, "", [], "a")
-    rest, end = await store.list_tasks(2, token, [], "a")
-    assert [t.task_id for t in page + rest] == [made[4].task_id, made[2].task_id, made[0].task_id]
-    assert end == ""
-    pending, _ = await store.list_tasks(10, "", [task_pb2.TASK_STATUS_COMPLETED], "")
-    assert pending == []
+    page = await store.list_tasks(2, "", TaskFilter(workflow_id="a"))
+    assert page.more and page.total == 3
+    rest = await store.list_tasks(2, page.after[-1], TaskFilter(workflow_id="a"))
+    assert ids(page) + ids(rest) == [made[4].task_id, made[2].task_id, made[0].task_id]
+    assert not rest.more
+    assert (await store.list_tasks(10, "", TaskFilter(statuses=(task_pb2.TASK_STATUS_COMPLETED,)))).tasks == []
+
+
+async def test_list_tasks_reads_the_index_of_the_status_owner_and_workflow_asked_for(store):
+    mine = []
+    for i in range(6):
+        task, event = new_task(workflow_id="w1" if i % 2 else "w2", owner="ann" if i < 4 else "ben")
+        await store.create_task(task, event)
+        mine.append(task)
+    await claim_and_complete(store, mine[0], 30)  # the oldest: claims go oldest first
+    completed = (task_pb2.TASK_STATUS_COMPLETED,)
+    assert ids(await store.list_tasks(10, "", TaskFilter(owner="ann"))) == [t.task_id for t in reversed(mine[:4])]
+    assert ids(await store.list_tasks(10, "", TaskFilter(statuses=completed, owner="ann"))) == [mine[0].task_id]
+    assert ids(await store.list_tasks(10, "", TaskFilter(statuses=completed, owner="ben"))) == []
+    both = await store.list_tasks(10, "", TaskFilter(owner="ann", workflow_id="w1"))
+    assert ids(both) == [mine[3].task_id, mine[1].task_id]
+    pending = await store.list_tasks(10, "", TaskFilter(statuses=(task_pb2.TASK_STATUS_PENDING,), workflow_id="w2"))
+    assert ids(pending) == [mine[4].task_id, mine[2].task_id] and pending.total == 2
+    any_status = await store.list_tasks(10, "", TaskFilter(statuses=(task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_COMPLETED)))
+    assert ids(any_status) == [t.task_id for t in reversed(mine)] and any_status.total == 6
 
 
 async def test_registry_entries_round_trip(store):
@@ -175,8 +251,9 @@ async def test_finished_tasks_expire_after_the_retention_time(store_url):
         await store.purge_finished()
         assert await store.get_task(task.task_id) is None
         assert await store.read_events(task.task_id, 0) == []
-        listed, _ = await store.list_tasks(10, "", [], "")
-        assert [t.task_id for t in listed] == [keeper.task_id]  # the pending task stays
+        assert await store.read_steps(task.task_id, 0, 10) == [] and await store.read_values(task.task_id, ["d"]) == {}
+        assert ids(await store.list_tasks(10, "", TaskFilter())) == [keeper.task_id]  # the pending task stays
+        assert ids(await store.list_tasks(10, "", TaskFilter(statuses=(task_pb2.TASK_STATUS_COMPLETED,)))) == []
     finally:
         await store.close()
 
@@ -187,10 +264,10 @@ async def test_list_paging_is_stable_while_tasks_come_and_go(store):
         task, event = new_task()
         await store.create_task(task, event)
         older.append(task.task_id)
-    first, token = await store.list_tasks(3, "", [], "")
+    first = await store.list_tasks(3, "", TaskFilter())
     for _ in range(3):  # newer tasks arrive between pages
         task, event = new_task()
         await store.create_task(task, event)
-    second, end = await store.list_tasks(3, token, [], "")
-    assert [t.task_id for t in first + second] == list(reversed(older))
-    assert end == ""
+    second = await store.list_tasks(3, first.after[-1], TaskFilter())
+    assert ids(first) + ids(second) == list(reversed(older))
+    assert not second.more

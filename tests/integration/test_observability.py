@@ -49,7 +49,7 @@ async def test_prometheus_metrics_count_tasks_steps_retries_fallbacks_and_store_
     assert samples['mcp_step_duration_seconds_count{protocol="echo",status="completed"}'] >= 2
     assert samples['mcp_step_retries_total{code="UNAVAILABLE",protocol="chaos"}'] == 1
     assert samples['mcp_fallbacks_total{protocol="echo"}'] == 1
-    assert samples['mcp_store_operation_seconds_count{operation="save_task"}'] > 0
+    assert samples['mcp_store_operation_seconds_count{operation="save_checkpoint"}'] > 0
     assert 'mcp_tasks_in_flight' in samples and 'mcp_watchers' in samples
     await client.channel.close()
 

@@ -1,0 +1,73 @@
+"""How a run's state is laid out for the store: step records, the live header, shared values.
+
+A value of SHARED_VALUE_BYTES or more is stored once per task in a content-addressed value
+store and referenced (ValueRef) from every record that holds it: a step's output and the next
+step's input are one stored copy. Smaller values are written inline. Records are assembled
+by appending length-delimited fields to a serialized StepState, so a value's bytes (already
+serialized once, by the Payload) are never copied into a new message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mcp_server.engine.payload import Payload, length_delimited
+from mcp_server.proto import task_pb2
+
+SHARED_VALUE_BYTES = 1024
+
+# field numbers in task.proto
+STEP_OUTPUT, STEP_INPUT, STEP_OUTPUT_REF, STEP_INPUT_REF = 6, 13, 14, 15
+TASK_INPUT_REF, TASK_RESULT, TASK_RESULT_REF = 17, 6, 18
+
+
+@dataclass
+class ValueSink:
+    """The task's content-addressed values: which the store holds, which the next write adds."""
+
+    stored: set[str] = field(default_factory=set)
+    unsent: dict[str, bytes] = field(default_factory=dict)
+
+    def encode(self, payload: Payload, inline_field: int, ref_field: int, inline_below: int = SHARED_VALUE_BYTES) -> bytes:
+        """The record bytes that hold `payload`: inline, or as a reference to a shared copy."""
+        if payload.size < inline_below:
+            return length_delimited(inline_field, payload.serialized())
+        digest = payload.sha256
+        if digest not in self.stored:
+            self.unsent.setdefault(digest, payload.serialized())
+        return length_delimited(ref_field, task_pb2.ValueRef(size_bytes=payload.size, sha256=digest).SerializeToString())
+
+    def take(self) -> dict[str, bytes]:
+        """The values to send with the next write (they count as stored once it succeeds)."""
+        values, self.unsent = self.unsent, {}
+        return values
+
+    def written(self, values: dict[str, bytes]) -> None:
+        self.stored.update(values)
+
+    def rejected(self, values: dict[str, bytes]) -> None:
+        for digest, data in values.items():
+            self.unsent.setdefault(digest, data)
+
+
+def step_record(state: task_pb2.StepState, input_value: Payload | None, output: Payload | None, sink: ValueSink) -> bytes:
+    """A StepState (without input or output) plus its values, serialized for the store."""
+    data = state.SerializeToString()
+    if input_value is not None:
+        data += sink.encode(input_value, STEP_INPUT, STEP_INPUT_REF)
+    if output is not None:
+        data += sink.encode(output, STEP_OUTPUT, STEP_OUTPUT_REF)
+    return data
+
+
+def value_of(inline: Payload | None, ref: task_pb2.ValueRef | None, values: dict[str, bytes]) -> Payload | None:
+    """Rebuild a stored value from its inline form or its reference (and the fetched values)."""
+    if ref is not None and ref.sha256:
+        data = values.get(ref.sha256)
+        return None if data is None else Payload.of_bytes(data)
+    return inline
+
+
+def stored_refs(state: task_pb2.StepState) -> list[str]:
+    """The digests a stored step record refers to."""
+    return [ref.sha256 for ref in (state.input_ref, state.output_ref) if ref.sha256]

@@ -1,0 +1,148 @@
+"""Where everything lives in Redis (state layout 2), on one node or on a Redis Cluster.
+
+Tasks are spread over a fixed number of partitions (16 by default, fixed when the store is
+first used). Each partition has its own hash tag, and everything of a partition shares it:
+its queue, its leases, its listing indexes and every key of every task in it. So each write
+(create, claim, checkpoint, cancel, purge) touches one slot and is one Lua script, atomic on a
+single node and on a cluster alike. The tags are chosen so that their slots spread evenly
+over the 16,384 slots, hence over a cluster's masters.
+
+    {P}              the prefix (`mcp:` unless the URL says `?prefix=`), T a partition tag
+    P{T}:q           queue: zset, score -priority, member `<create micros>:<task_id>` (FIFO within a priority)
+    P{T}:l           leases: zset task_id -> expiry (ms)
+    P{T}:x           retention: zset task_id -> when a finished task is purged (ms)
+    P{T}:w           the wake-up stream of this replica set's watchers (see redis_streams)
+    P{T}:i:<index>   listing indexes: zset task_id -> create micros; <index> is `a` (all),
+                     `s:<status>`, `o:<owner>`, `os:<status>:<owner>`, `w:<workflow>`, `ws:<status>:<workflow>`
+    P{T}:t:<id>      the task's header hash: f (fixed part), v (live part), st, tok (fencing
+                     token), seq (last event written), pr, ow, wf, ct, fp, qm, by, cx
+    P{T}:t:<id>:s    step records: hash path -> serialized StepState
+    P{T}:t:<id>:o    step order: hash index -> path
+    P{T}:t:<id>:e    events: stream, entry id 0-<sequence>
+    P{T}:t:<id>:v    large values: hash SHA-256 -> serialized Value
+    P{wf}:...        workflows;  P{reg}:...  registry and breakers;  P{meta}:layout  the layout
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import cached_property
+
+from redis.crc import key_slot
+
+SLOTS = 16384
+DEFAULT_PARTITIONS = 16
+MAX_PARTITIONS = 1024
+
+
+def partition_tags(count: int) -> tuple[str, ...]:
+    """One hash tag per partition, the i-th hashing into the i-th of `count` equal slot ranges."""
+    tags = []
+    for index in range(count):
+        low, high = index * SLOTS // count, (index + 1) * SLOTS // count
+        attempt = 0
+        while not low <= key_slot(f"p{index}.{attempt}".encode()) < high:
+            attempt += 1
+        tags.append(f"p{index}.{attempt}")
+    return tuple(tags)
+
+
+@dataclass(frozen=True)
+class TaskKeys:
+    header: str
+    steps: str
+    order: str
+    events: str
+    values: str
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (self.header, self.steps, self.order, self.events, self.values)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Key names for one prefix and partition count."""
+
+    prefix: str
+    partitions: int = DEFAULT_PARTITIONS
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"the key prefix {self.prefix!r} must not contain braces (they would change the hash tags)")
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be between 1 and {MAX_PARTITIONS}")
+
+    @cached_property
+    def tags(self) -> tuple[str, ...]:
+        return partition_tags(self.partitions)
+
+    def partition_of(self, task_id: str) -> int:
+        return zlib.crc32(task_id.encode()) % self.partitions
+
+    def base(self, partition: int) -> str:
+        return f"{self.prefix}{{{self.tags[partition]}}}:"
+
+    def task(self, task_id: str) -> TaskKeys:
+        head = f"{self.base(self.partition_of(task_id))}t:{task_id}"
+        return TaskKeys(head, f"{head}:s", f"{head}:o", f"{head}:e", f"{head}:v")
+
+    def task_prefix(self, partition: int) -> str:
+        """What a script prepends to a task id to name its header (and, with a suffix, its other keys)."""
+        return f"{self.base(partition)}t:"
+
+    def queue(self, partition: int) -> str:
+        return f"{self.base(partition)}q"
+
+    def leases(self, partition: int) -> str:
+        return f"{self.base(partition)}l"
+
+    def expiry(self, partition: int) -> str:
+        return f"{self.base(partition)}x"
+
+    def wake(self, partition: int) -> str:
+        return f"{self.base(partition)}w"
+
+    def index_prefix(self, partition: int) -> str:
+        return f"{self.base(partition)}i:"
+
+    def index(self, partition: int, status: int = 0, owner: str | None = None, workflow: str | None = None) -> str:
+        """The index that lists exactly the tasks of one status (0: any), owner and/or workflow.
+        With both an owner and a workflow, the owner's index (the caller filters the rest)."""
+        base = self.index_prefix(partition)
+        if owner is not None:
+            return f"{base}os:{status}:{owner}" if status else f"{base}o:{owner}"
+        if workflow is not None:
+            return f"{base}ws:{status}:{workflow}" if status else f"{base}w:{workflow}"
+        return f"{base}s:{status}" if status else f"{base}a"
+
+    def indexes_of(self, partition: int, status: int, owner: str, workflow: str) -> list[str]:
+        """Every index a task of this status, owner and workflow belongs to."""
+        return [self.index(partition), self.index(partition, status), self.index(partition, 0, owner),
+                self.index(partition, status, owner), self.index(partition, 0, workflow=workflow),
+                self.index(partition, status, workflow=workflow)]
+
+    # ---- global structures, each in one slot ------------------------------------------------
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}{{meta}}:layout"
+
+    def workflow(self, workflow_id: str) -> str:
+        return f"{self.prefix}{{wf}}:wf:{workflow_id}"
+
+    @property
+    def workflow_versions(self) -> str:
+        return f"{self.prefix}{{wf}}:ver"
+
+    @property
+    def workflow_ids(self) -> str:
+        return f"{self.prefix}{{wf}}:ids"
+
+    @property
+    def protocols(self) -> str:
+        return f"{self.prefix}{{reg}}:protocols"
+
+    @property
+    def breakers(self) -> str:
+        return f"{self.prefix}{{reg}}:breakers"

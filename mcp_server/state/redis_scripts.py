@@ -1,0 +1,182 @@
+"""The Lua scripts of the Redis store. Each touches the keys of one partition only (one slot),
+and each is safe to run twice: a reply lost to a dropped connection is answered by running it
+again (see RedisStore.open). Key names follow redis_layout.py; the status indexes a script
+moves a task between are named inside the script from the index prefix it is given."""
+
+from __future__ import annotations
+
+# Moving a task between the status indexes, shared by the scripts that change a status.
+_MOVE_STATUS = """
+local function move_status(idx, task_id, old, new, owner, workflow, score)
+  if old == new then return end
+  redis.call('ZREM', idx .. 's:' .. old, task_id)
+  redis.call('ZREM', idx .. 'os:' .. old .. ':' .. owner, task_id)
+  redis.call('ZREM', idx .. 'ws:' .. old .. ':' .. workflow, task_id)
+  redis.call('ZADD', idx .. 's:' .. new, score, task_id)
+  redis.call('ZADD', idx .. 'os:' .. new .. ':' .. owner, score, task_id)
+  redis.call('ZADD', idx .. 'ws:' .. new .. ':' .. workflow, score, task_id)
+end
+local function expire_task(head, ms)
+  for _, suffix in ipairs({'', ':s', ':o', ':e', ':v'}) do redis.call('PEXPIRE', head .. suffix, ms) end
+end
+"""
+
+# KEYS: header, events, queue, values, the six indexes (see Layout.indexes_of)
+# ARGV: task_id, fixed, live, status, priority, owner, workflow, fingerprint, event,
+#       then digest, value pairs
+# -> {1, micros} created; {0, fingerprint} it exists already
+CREATE_TASK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
+local now = redis.call('TIME')
+local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local member = string.format('%016d', micros) .. ':' .. ARGV[1]
+redis.call('HSET', KEYS[1], 'f', ARGV[2], 'v', ARGV[3], 'st', ARGV[4], 'tok', 0, 'seq', 1, 'pr', ARGV[5],
+           'ow', ARGV[6], 'wf', ARGV[7], 'ct', micros, 'fp', ARGV[8], 'qm', member)
+redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[9])
+redis.call('ZADD', KEYS[3], -tonumber(ARGV[5]), member)
+for i = 10, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
+for i = 5, #KEYS do redis.call('ZADD', KEYS[i], micros, ARGV[1]) end
+return {1, micros}
+"""
+
+# KEYS: header, steps, order, events, values, leases, retention
+# ARGV: token, live, status, terminal (0/1), retention ms, backstop ms, index prefix, task_id,
+#       #steps, then (index, path, record) triples, #values, then (digest, value) pairs,
+#       then (sequence, event) pairs
+CHECKPOINT = _MOVE_STATUS + """
+local head = KEYS[1]
+if redis.call('HGET', head, 'tok') ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
+local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq')
+redis.call('HSET', head, 'v', ARGV[2], 'st', ARGV[3])
+move_status(ARGV[7], ARGV[8], fields[1], ARGV[3], fields[2], fields[3], fields[4])
+local i = 10
+for _ = 1, tonumber(ARGV[9]) do
+  redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 3
+end
+local values = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, values do
+  redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+-- events already in the log were written by an earlier run of this same call: skip them
+local last = tonumber(fields[5] or '0')
+while i < #ARGV do
+  local sequence = tonumber(ARGV[i])
+  if sequence > last then
+    redis.call('XADD', KEYS[4], '0-' .. ARGV[i], 'e', ARGV[i + 1])
+    last = sequence
+  end
+  i = i + 2
+end
+redis.call('HSET', head, 'seq', last)
+if ARGV[4] == '1' then
+  redis.call('ZREM', KEYS[6], ARGV[8])
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[7], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5]), ARGV[8])
+  expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
+end
+return 1
+"""
+
+# KEYS: queue, leases
+# ARGV: lease expiry ms, holder, task key prefix, how many, worst score to take (or '+inf'),
+#       the statuses that may run (pending, running)
+# -> {fixed, live, token, ...} for each task claimed
+CLAIM_TASKS = """
+local claimed = {}
+while #claimed < 3 * tonumber(ARGV[4]) do
+  local popped = redis.call('ZPOPMIN', KEYS[1])
+  if #popped == 0 then break end
+  if ARGV[5] ~= '+inf' and tonumber(popped[2]) > tonumber(ARGV[5]) then
+    redis.call('ZADD', KEYS[1], popped[2], popped[1])
+    break
+  end
+  local task_id = string.sub(popped[1], 18)
+  local head = ARGV[3] .. task_id
+  local status = redis.call('HGET', head, 'st')
+  if status == ARGV[6] or status == ARGV[7] then
+    local token = redis.call('HINCRBY', head, 'tok', 1)
+    redis.call('HSET', head, 'by', ARGV[2])
+    redis.call('ZADD', KEYS[2], ARGV[1], task_id)
+    local parts = redis.call('HMGET', head, 'f', 'v')
+    table.insert(claimed, parts[1])
+    table.insert(claimed, parts[2])
+    table.insert(claimed, token)
+  end
+end
+return claimed
+"""
+
+# KEYS: leases; ARGV: expiry ms, task key prefix, then (task_id, token) pairs -> the task ids lost
+RENEW_LEASES = """
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local task_id, token = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', ARGV[2] .. task_id, 'tok') == token and redis.call('ZSCORE', KEYS[1], task_id) then
+    redis.call('ZADD', KEYS[1], ARGV[1], task_id)
+  else
+    table.insert(lost, task_id)
+  end
+end
+return lost
+"""
+
+# KEYS: leases, queue; ARGV: now ms, task key prefix, pending, running -> how many went back to the queue
+RELEASE_EXPIRED = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+local n = 0
+for _, task_id in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], task_id)
+  local fields = redis.call('HMGET', ARGV[2] .. task_id, 'st', 'qm', 'pr')
+  if fields[1] == ARGV[3] or fields[1] == ARGV[4] then
+    redis.call('ZADD', KEYS[2], -tonumber(fields[3]), fields[2])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS: header, queue, events, retention
+# ARGV: live, status, sequence, event, retention ms, backstop ms, index prefix, task_id,
+#       the sequence the caller read (compare-and-set), pending
+CANCEL_PENDING = _MOVE_STATUS + """
+local head = KEYS[1]
+local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq', 'qm')
+if fields[1] ~= ARGV[10] or fields[5] ~= ARGV[9] or not redis.call('ZSCORE', KEYS[2], fields[6]) then return 0 end
+redis.call('ZREM', KEYS[2], fields[6])
+redis.call('HSET', head, 'v', ARGV[1], 'st', ARGV[2], 'seq', ARGV[3])
+move_status(ARGV[7], ARGV[8], fields[1], ARGV[2], fields[2], fields[3], fields[4])
+redis.call('XADD', KEYS[3], '0-' .. ARGV[3], 'e', ARGV[4])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[4], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5]), ARGV[8])
+expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
+return 1
+"""
+
+# KEYS: retention; ARGV: now ms, task key prefix, index prefix -> how many tasks were purged
+PURGE_FINISHED = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
+local idx = ARGV[3]
+for _, task_id in ipairs(due) do
+  local head = ARGV[2] .. task_id
+  local f = redis.call('HMGET', head, 'st', 'ow', 'wf')
+  if f[1] then
+    for _, key in ipairs({'a', 's:' .. f[1], 'o:' .. f[2], 'os:' .. f[1] .. ':' .. f[2], 'w:' .. f[3], 'ws:' .. f[1] .. ':' .. f[3]}) do
+      redis.call('ZREM', idx .. key, task_id)
+    end
+  end
+  redis.call('DEL', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v')
+  redis.call('ZREM', KEYS[1], task_id)
+end
+return #due
+"""
+
+# KEYS: the workflow's versions hash, the latest-version hash; ARGV: workflow_id
+LATEST_WORKFLOW = """
+local version = redis.call('HGET', KEYS[2], ARGV[1])
+if not version then return nil end
+return redis.call('HGET', KEYS[1], version)
+"""

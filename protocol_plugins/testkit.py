@@ -12,7 +12,9 @@ import collections
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
 
+from mcp_server.engine.values import dict_to_struct
 from mcp_server.proto import protocol_pb2
 from protocol_plugins.sdk import Context, Plugin, ProtocolError, Reply, accept, goto, retry
 
@@ -132,6 +134,28 @@ async def nest(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     for _ in range(int(data.get("levels", 1))):
         value = [value]
     return {"v": value}
+
+
+@plugin.protocol("sized", description="Returns an output that is exactly `bytes` long as a serialized google.protobuf.Value")
+async def sized(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("sized", ctx)
+    return exactly(int(data.get("bytes", 100)), str(data.get("tag", "")))
+
+
+def exactly(size: int, tag: str) -> dict[str, Any]:
+    """An object of `tag` plus padding whose serialized Value has exactly `size` bytes."""
+    for pad in range(0, 24):
+        for length in range(max(0, size - 48), size):
+            candidate = {"tag": tag, "data": "x" * length, **({"p": "y" * pad} if pad else {})}
+            if struct_pb2.Value(struct_value=dict_to_struct(candidate)).ByteSize() == size:
+                return candidate
+    raise ValueError(f"cannot make an output of exactly {size} bytes")
+
+
+@plugin.protocol("stamp", description="Returns its input with `stamp` set to the step path (same size, new content)")
+async def stamp(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("stamp", ctx)
+    return {**data, "stamp": ctx.step_path}
 
 
 @plugin.protocol("counter", description="Adds 1 to `n`")

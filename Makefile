@@ -36,7 +36,7 @@ test: setup node lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check mcp_server protocol_plugins tests tools
+	$(VENV)/bin/ruff check mcp_server protocol_plugins tests tools bench
 	$(VENV)/bin/mypy
 
 buf-lint: node

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +20,12 @@ import grpc
 import redis as redis_sync
 import redis.asyncio as aioredis
 
+from bench.baseline import prepare
 from bench.harness import Orchestrated, Proc, Stat, chain, percentile, repeat, start_orchestrator, start_plugin, throughput
+from bench.layout import bench_layout
+from bench.report import REDIS, RESULTS, table
 from mcp_server.engine.values import dict_to_struct
 from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
-
-REDIS = os.environ.get("MCP_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-RESULTS: dict[str, Any] = {}
-
-
-def table(title: str, rows: list[tuple[str, Stat | float | str, str]]) -> None:
-    print(f"\n{title}")
-    print(f"  {'measure':<52}{'median':>12}{'min':>12}{'max':>12}  note")
-    for name, stat, note in rows:
-        if isinstance(stat, Stat):
-            print(f"  {name:<52}{stat.median:>12.3f}{min(stat.runs):>12.3f}{max(stat.runs):>12.3f}  {note}")
-            RESULTS[f"{title} / {name}"] = stat.as_dict()
-        else:
-            print(f"  {name:<52}{stat!s:>12}{'':>24}  {note}")
-            RESULTS[f"{title} / {name}"] = stat
 
 
 # ---- floors ---------------------------------------------------------------------------------
@@ -63,7 +51,7 @@ async def latency_samples(run: Any, samples: int) -> list[float]:
     return [await run() for _ in range(samples)]
 
 
-async def bench_floors_and_orchestrated(plugin: Proc, quick: bool) -> None:
+async def bench_floors_and_orchestrated(plugin: Proc, quick: bool, baseline: Path | None = None) -> None:
     samples, runs, total = (40, 3, 128) if quick else (150, 3, 640)
     channel = grpc.aio.insecure_channel(plugin.address)
     stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
@@ -83,15 +71,18 @@ async def bench_floors_and_orchestrated(plugin: Proc, quick: bool) -> None:
              ("floor+redis: chains/s, 64 in flight", floor_tps, "")]
     for backend in ("redis", "sqlite"):
         rows += await orchestrated_rows(backend, plugin, samples, runs, total, floor_redis, floor10, floor_tps)
+    if baseline is not None:
+        rows += await orchestrated_rows("redis", plugin, samples, runs, total, floor_redis, floor10, floor_tps, code=baseline)
     table("Latency and throughput (3-step no-op chain)", rows)
     await store.aclose()
     await channel.close()
 
 
-async def orchestrated_rows(backend: str, plugin: Proc, samples: int, runs: int, total: int,
-                            floor_redis: Stat, floor10: Stat, floor_tps: Stat) -> list[tuple[str, Stat | float | str, str]]:
+async def orchestrated_rows(backend: str, plugin: Proc, samples: int, runs: int, total: int, floor_redis: Stat, floor10: Stat,
+                            floor_tps: Stat, code: Path | None = None) -> list[tuple[str, Stat | float | str, str]]:
     url = f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:" if backend == "redis" else f"sqlite:///{tempfile.mkdtemp()}/bench.db"
-    orchestrator = start_orchestrator(url, [plugin.address])
+    orchestrator = start_orchestrator(url, [plugin.address], code=code)
+    backend = f"{backend} (before: {code.name[:8]})" if code is not None else backend
     client = Orchestrated(orchestrator.address)
     await client.create(chain("three", 3))
     await client.create(chain("ten", 10))
@@ -116,10 +107,10 @@ async def orchestrated_rows(backend: str, plugin: Proc, samples: int, runs: int,
         (f"{backend}: 10-step task p50 ms", ten, ""),
         (f"{backend}: per-step overhead above floor+redis, ms", overhead, "(10-step task - 10-step floor) / 10"),
     ]
-    if backend == "redis":
+    if backend.startswith("redis"):
         writes, reads = await round_trips_per_step(client)
-        rows.append(("redis: orchestrator writes (EVALSHA) per step, 10-step task", f"{writes:.2f}", "snapshot+events, atomic"))
-        rows.append(("redis: watcher reads (XREAD) per step, 10-step task", f"{reads:.2f}", "one watcher"))
+        rows.append((f"{backend}: orchestrator writes (EVALSHA) per step, 10-step task", f"{writes:.2f}", "atomic checkpoints"))
+        rows.append((f"{backend}: watcher reads (XREAD) per step, 10-step task", f"{reads:.2f}", "one watcher"))
     await client.close()
     orchestrator.stop()
     return rows
@@ -262,11 +253,13 @@ async def bench_streaming(plugin: Proc, quick: bool) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--only", action="append", help="fanout, latency, scale, replicas, streaming")
+    parser.add_argument("--only", action="append", help="latency, fanout, streaming, replicas, scale, layout")
+    parser.add_argument("--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares")
     args = parser.parse_args()
+    baseline = prepare(args.baseline) if args.baseline else None
     plugin = start_plugin()
-    suites = {"latency": bench_floors_and_orchestrated, "fanout": bench_fanout, "streaming": bench_streaming,
-              "replicas": bench_replicas, "scale": bench_scale}
+    suites = {"latency": partial(bench_floors_and_orchestrated, baseline=baseline), "fanout": bench_fanout, "streaming": bench_streaming,
+              "replicas": bench_replicas, "scale": bench_scale, "layout": partial(bench_layout, baseline=baseline)}
     try:
         for name, suite in suites.items():
             if not args.only or name in args.only:
@@ -274,7 +267,7 @@ async def main() -> None:
     finally:
         plugin.stop()
         sync = redis_sync.Redis.from_url(REDIS)
-        for key in sync.scan_iter("bench:*", count=1000):
+        for key in [*sync.scan_iter("bench:*", count=1000)]:
             sync.delete(key)
         sync.close()
     out = Path(__file__).parent / "results"

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -55,13 +56,17 @@ def start_plugin(module: str = "protocol_plugins.testkit") -> Proc:
     return Proc(process, line.split()[1])
 
 
-def start_orchestrator(store: str, plugins: list[str], replica: str = "bench", **env: str) -> Proc:
+def start_orchestrator(store: str, plugins: list[str], replica: str = "bench", code: Path | None = None, **env: str) -> Proc:
+    """Run an orchestrator process; `code` runs another checkout of the server (a baseline)."""
     address = f"127.0.0.1:{free_port()}"
     args = [sys.executable, "-m", "mcp_server", "--listen", address, "--store", store, "--replica-id", replica]
     for plugin in plugins:
         args += ["--plugin", plugin]
     environment = {**os.environ, "MCP_LIMIT_MAX_TASKS_IN_FLIGHT": "20000", "MCP_LIMIT_MAX_CONCURRENCY": "1000", **env}
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    if code is not None:
+        environment["PYTHONPATH"] = str(code)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+                               cwd=code)
     assert process.stdout is not None
     for line in process.stdout:
         if "listening on" in line:

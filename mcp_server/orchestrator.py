@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -38,6 +39,7 @@ from mcp_server.tls import plugin_credentials
 E = task_pb2.TaskEventType
 TERMINAL_EVENTS = frozenset({E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED})
 MAX_REQUEST_ID = 128
+BACKLOG_CACHE_SECONDS = 0.1
 
 
 class Orchestrator:
@@ -61,6 +63,7 @@ class Orchestrator:
         self._background: list[asyncio.Task[None]] = []
         self._watchers: dict[str, int] = {}
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
+        self._queue_length = (0.0, 0)
 
     async def start(self) -> None:
         await self.directory.refresh(force=True)
@@ -150,12 +153,27 @@ class Orchestrator:
             task.input_ref.CopyFrom(task_pb2.ValueRef(size_bytes=given.size, sha256=given.sha256))
         event = make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED, message=f"queued with priority {task.priority}")
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
-        stored, created = await self.store.create_task(task, event, limits.max_queue_length, fingerprint, values)
+        # With room here and nothing waiting in the queue, the task starts on this replica at once,
+        # leased as it is stored: no trip through the queue, no claim round trip.
+        holder = self.settings.replica_id if self.dispatcher.has_room() and await self._backlog() == 0 else ""
+        stored, created, token = await self.store.create_leased(task, event, holder, self.settings.lease_seconds,
+                                                                limits.max_queue_length, fingerprint, values)
         if created:
-            self.dispatcher.wake()
             for listener in self.listeners:
                 listener(stored, event)
+            if token:
+                self.dispatcher.adopt(stored, token)
+            else:
+                self.dispatcher.wake()
         return self.views.basic(stored), created
+
+    async def _backlog(self) -> int:
+        """Tasks waiting in the queue, counted at most BACKLOG_CACHE_SECONDS ago."""
+        taken, length = self._queue_length
+        if time.monotonic() - taken > BACKLOG_CACHE_SECONDS:
+            length = await self.store.queue_length()
+            self._queue_length = (time.monotonic(), length)
+        return length
 
     async def get_task(self, task_id: str, principal: Principal = ANONYMOUS_ADMIN, view: int = task_pb2.TASK_VIEW_FULL) -> task_pb2.Task:
         """The task, if `principal` may see it: its owner, or an admin. Another principal's task

@@ -41,12 +41,14 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._finished = asyncio.Event()
+        self._started = False
 
     @property
     def in_flight(self) -> int:
         return len(self._running)
 
     def start(self) -> None:
+        self._started = True
         self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),
                        asyncio.create_task(self._lease_loop(), name="leases"),
                        asyncio.create_task(self._cancel_loop(), name="cancels")]
@@ -54,6 +56,17 @@ class Dispatcher:
     def wake(self) -> None:
         """Something was queued: look at the queue now rather than at the next poll."""
         self._wake.set()
+
+    def has_room(self) -> bool:
+        """Whether this replica may start another task now (not once it is stopping)."""
+        return self._started and len(self._running) < self.settings.limits.max_tasks_in_flight
+
+    def adopt(self, task: task_pb2.Task, lease_token: int) -> None:
+        """Run a task this replica leased when it stored it (see Store.create_leased): it starts
+        at once, without a trip through the queue."""
+        snapshot = task_pb2.Task()
+        snapshot.CopyFrom(task)  # the run changes its copy; the caller keeps its own
+        self._start(snapshot, lease_token)
 
     async def cancel(self, task_id: str, reason: str) -> bool:
         """Cancel a task running here: its plugin calls are cancelled and it ends CANCELLED.
@@ -69,6 +82,7 @@ class Dispatcher:
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; give running tasks `grace` seconds, then leave the rest to be resumed."""
+        self._started = False
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -110,9 +124,12 @@ class Dispatcher:
                 stale.task.cancel()
                 with contextlib.suppress(BaseException):
                     await stale.task
-            running = _Running(token)
-            running.task = asyncio.create_task(self._run(task, running), name=f"task {task.task_id}")
-            self._running[task.task_id] = running
+            self._start(task, token)
+
+    def _start(self, task: task_pb2.Task, token: int) -> None:
+        running = _Running(token)
+        running.task = asyncio.create_task(self._run(task, running), name=f"task {task.task_id}")
+        self._running[task.task_id] = running
 
     async def _run(self, task: task_pb2.Task, running: _Running) -> None:
         try:

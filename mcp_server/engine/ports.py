@@ -134,6 +134,14 @@ class Store(Protocol):
         fingerprint matches; when it does not, RequestIdReused. QueueFull past `max_queue`."""
         ...
 
+    async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
+                            max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
+                            ) -> tuple[task_pb2.Task, bool, int]:
+        """create_task for a task that `holder` starts at once: it is stored already leased
+        (the lease token is returned; 0 when an existing task was returned) and never queued.
+        If the holder dies, the lease runs out and the task is queued like any other."""
+        ...
+
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
         """The task without its step states (fixed part merged with the live part)."""
         ...

@@ -54,7 +54,9 @@ class TaskRunner:
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.step_count:
             await ctx.restore()
-        resumed = task.status == task_pb2.TASK_STATUS_RUNNING
+        # A lease taken over from a replica that died (or one that ran it before) is a resumption,
+        # even if that replica died before writing anything: its call may have reached a plugin.
+        resumed = task.status == task_pb2.TASK_STATUS_RUNNING or lease_token > 1
         task.status = task_pb2.TASK_STATUS_RUNNING
         if not task.HasField("start_time"):
             task.start_time.CopyFrom(now())

@@ -152,31 +152,40 @@ class RedisStore:
     # ---- tasks ----------------------------------------------------------------------------
     async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
                           fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
+        stored, created, _ = await self.create_leased(task, event, "", 0.0, max_queue, fingerprint, values)
+        return stored, created
+
+    async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
+                            max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
+                            ) -> tuple[task_pb2.Task, bool, int]:
+        """A task with a request_id has an id derived from its owner and request_id, so the
+        dedupe is the task's own key; without one, a second run of the script (a lost reply)
+        finds the task it made and says so."""
         if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
             task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
-        """A task with a request_id has an id derived from its owner and request_id (see
-        Orchestrator.submit_task), so the dedupe is the task's own key; without one, a second
-        run of the script (a lost reply) finds the task it made and says so."""
-        if max_queue and await self._cached_queue_length() >= max_queue:
+        if max_queue and not holder and await self._cached_queue_length() >= max_queue:
             raise QueueFull(max_queue)
         partition = self.layout.partition_of(task.task_id)
         keys = self.layout.task(task.task_id)
         args: list[Any] = [task.task_id, fixed_part(task), live_part(task), task.status, task.priority, task.owner,
-                           task.workflow_id, fingerprint, event.SerializeToString()]
+                           task.workflow_id, fingerprint, event.SerializeToString(), holder,
+                           int((now_seconds() + lease_seconds) * 1000)]
         for digest, data in (values or {}).items():
             args += [digest, data]
         created, detail = await self._do(self._create(
-            keys=[keys.header, keys.events, self.layout.queue(partition), keys.values,
+            keys=[keys.header, keys.events, self.layout.queue(partition), keys.values, self.layout.leases(partition),
                   *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id)], args=args))
-        if created or not task.request_id:
+        if created:
             self._hub.written(keys.events, [event])
-            return task, True
+            return task, True, int(detail)
+        if not task.request_id:  # our own earlier try: the lease (if any) was granted then
+            return task, True, 1 if holder else 0
         if detail.decode() != fingerprint:
             raise RequestIdReused(task.request_id, task.task_id)
         existing = await self.get_task(task.task_id)
         if existing is None:
             raise Unavailable(f"task {task.task_id} was purged while it was being read; submit again")
-        return existing, False
+        return existing, False, 0
 
     async def _cached_queue_length(self) -> int:
         """The queue limit is checked against a count at most QUEUE_LENGTH_CACHE_SECONDS old

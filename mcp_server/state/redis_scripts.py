@@ -21,10 +21,10 @@ local function expire_task(head, ms)
 end
 """
 
-# KEYS: header, events, queue, values, the six indexes (see Layout.indexes_of)
+# KEYS: header, events, queue, values, leases, the six indexes (see Layout.indexes_of)
 # ARGV: task_id, fixed, live, status, priority, owner, workflow, fingerprint, event,
-#       then digest, value pairs
-# -> {1, micros} created; {0, fingerprint} it exists already
+#       holder ('' to queue the task), lease expiry ms, then digest, value pairs
+# -> {1, token} created (token 0 when queued); {0, fingerprint} it exists already
 CREATE_TASK = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
 local now = redis.call('TIME')
@@ -33,10 +33,17 @@ local member = string.format('%016d', micros) .. ':' .. ARGV[1]
 redis.call('HSET', KEYS[1], 'f', ARGV[2], 'v', ARGV[3], 'st', ARGV[4], 'tok', 0, 'seq', 1, 'pr', ARGV[5],
            'ow', ARGV[6], 'wf', ARGV[7], 'ct', micros, 'fp', ARGV[8], 'qm', member)
 redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[9])
-redis.call('ZADD', KEYS[3], -tonumber(ARGV[5]), member)
-for i = 10, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
-for i = 5, #KEYS do redis.call('ZADD', KEYS[i], micros, ARGV[1]) end
-return {1, micros}
+local token = 0
+if ARGV[10] == '' then
+  redis.call('ZADD', KEYS[3], -tonumber(ARGV[5]), member)
+else  -- started at once by the replica that took the submission: leased, never queued
+  token = 1
+  redis.call('HSET', KEYS[1], 'tok', 1, 'by', ARGV[10])
+  redis.call('ZADD', KEYS[5], ARGV[11], ARGV[1])
+end
+for i = 12, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
+for i = 6, #KEYS do redis.call('ZADD', KEYS[i], micros, ARGV[1]) end
+return {1, token}
 """
 
 # KEYS: header, steps, order, events, values, leases, retention

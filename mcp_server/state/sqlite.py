@@ -149,9 +149,16 @@ class SqliteStore:
     # ---- tasks ----------------------------------------------------------------------------
     async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
                           fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
+        stored, created, _ = await self.create_leased(task, event, "", 0.0, max_queue, fingerprint, values)
+        return stored, created
+
+    async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
+                            max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
+                            ) -> tuple[task_pb2.Task, bool, int]:
         if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
             task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
-        def insert(db: sqlite3.Connection) -> tuple[task_pb2.Task, bool]:
+
+        def insert(db: sqlite3.Connection) -> tuple[task_pb2.Task, bool, int]:
             if task.request_id:
                 row = db.execute("SELECT fixed, live, request_fp FROM tasks WHERE owner=? AND request_id=?",
                                  (task.owner, task.request_id)).fetchone()
@@ -159,18 +166,19 @@ class SqliteStore:
                     existing = assemble(row[0], row[1])
                     if row[2] != fingerprint:
                         raise RequestIdReused(task.request_id, existing.task_id)
-                    return existing, False
-            if max_queue and db.execute("SELECT COUNT(*) FROM tasks WHERE queued=1").fetchone()[0] >= max_queue:
+                    return existing, False, 0
+            if max_queue and not holder and db.execute("SELECT COUNT(*) FROM tasks WHERE queued=1").fetchone()[0] >= max_queue:
                 raise QueueFull(max_queue)
+            leased = (0, holder, 1, now_seconds() + lease_seconds) if holder else (1, None, 0, None)
             with db:
                 db.execute("INSERT INTO tasks (task_id, workflow_id, owner, status, priority, request_id, request_fp, fixed, live, "
-                           "last_sequence, queued) VALUES (?,?,?,?,?,?,?,?,?,?,1)",
+                           "last_sequence, queued, lease_owner, lease_token, lease_expires) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                            (task.task_id, task.workflow_id, task.owner, task.status, task.priority, task.request_id or None,
-                            fingerprint, fixed_part(task), live_part(task), task.last_sequence))
+                            fingerprint, fixed_part(task), live_part(task), task.last_sequence, *leased))
                 db.execute("INSERT INTO events VALUES (?,?,?)", (task.task_id, event.sequence, event.SerializeToString()))
                 db.executemany("INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
                                [(task.task_id, d, data) for d, data in (values or {}).items()])
-            return task, True
+            return task, True, 1 if holder else 0
         created = await self._run(insert)
         await self._notify(task.task_id)
         return created

@@ -409,10 +409,11 @@ class RedisStore:
             return sum(int(n) for n in await self._do(pipe.execute()))
 
     async def queue_depth_by_priority(self, sample: int = 10_000) -> dict[int, int]:
-        """Counts per priority over the first `sample` queued tasks of each partition (exact below that)."""
+        """Counts per priority over the first `sample` queued tasks in all (exact below that)."""
+        each = max(1, sample // self.layout.partitions)
         async with self.r.pipeline(transaction=False) as pipe:
             for p in range(self.layout.partitions):
-                pipe.zrange(self.layout.queue(p), 0, sample - 1, withscores=True)
+                pipe.zrange(self.layout.queue(p), 0, each - 1, withscores=True)
             replies = await self._do(pipe.execute())
         depth: dict[int, int] = {}
         for entries in replies:

@@ -21,6 +21,7 @@ import redis as redis_sync
 import redis.asyncio as aioredis
 
 from bench.baseline import prepare
+from bench.chains import bench_chains, fanout_floor
 from bench.harness import Orchestrated, Proc, Stat, chain, percentile, repeat, start_orchestrator, start_plugin, throughput
 from bench.layout import bench_layout
 from bench.report import REDIS, RESULTS, table
@@ -142,12 +143,16 @@ async def bench_fanout(plugin: Proc, quick: bool) -> None:
     await client.create({"workflow_id": "map", "root": {"id": "m", "map": {
         "items": "input.items.map(i, {'ms': 100, 'i': i})", "max_concurrency": 100,
         "body": {"id": "nap", "step": {"protocol": "sleep"}}}}})
+    channel = grpc.aio.insecure_channel(plugin.address)
+    bare = await repeat(3, lambda: fanout_floor(protocol_pb2_grpc.ProtocolServiceStub(channel), 100, 100))
+    await channel.close()
     fan = await repeat(3, lambda: client.run("fan"))
     fan_ms = Stat([r * 1000 for r in fan.runs])
     mapped = await repeat(3, lambda: client.run("map", {"items": list(range(items))}))
     ideal = items / 100 * 0.1
     table("Fan-out (plugin sleeps 100 ms per call)", [
-        ("parallel of 100 branches: wall ms", fan_ms, f"{fan_ms.median / 100:.2f}x the 100 ms floor"),
+        ("bare gRPC: 100 concurrent calls from a client, wall ms", bare, ""),
+        ("parallel of 100 branches: wall ms", fan_ms, f"{fan_ms.median / bare.median:.2f}x the bare gather"),
         (f"map over {items} items, max_concurrency 100: wall s", mapped, f"{mapped.median / ideal:.2f}x the {ideal:.1f} s floor"),
     ])
     await client.close()
@@ -253,12 +258,14 @@ async def bench_streaming(plugin: Proc, quick: bool) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--only", action="append", help="latency, fanout, streaming, replicas, scale, layout")
+    parser.add_argument("--only", action="append", help="chains, steps, fanout, streaming, replicas, scale, layout")
     parser.add_argument("--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares")
+    parser.add_argument("--variant", action="append", help='chains: also run the server with an environment, "NAME:VAR=VALUE,..."')
     args = parser.parse_args()
     baseline = prepare(args.baseline) if args.baseline else None
     plugin = start_plugin()
-    suites = {"latency": partial(bench_floors_and_orchestrated, baseline=baseline), "fanout": bench_fanout, "streaming": bench_streaming,
+    suites = {"chains": partial(bench_chains, baseline=baseline, variants=args.variant),
+              "steps": partial(bench_floors_and_orchestrated, baseline=baseline), "fanout": bench_fanout, "streaming": bench_streaming,
               "replicas": bench_replicas, "scale": bench_scale, "layout": partial(bench_layout, baseline=baseline)}
     try:
         for name, suite in suites.items():

@@ -64,7 +64,7 @@ def start_orchestrator(store: str, plugins: list[str], replica: str = "bench", c
         args += ["--plugin", plugin]
     environment = {**os.environ, "MCP_LIMIT_MAX_TASKS_IN_FLIGHT": "20000", "MCP_LIMIT_MAX_CONCURRENCY": "1000", **env}
     if code is not None:
-        environment["PYTHONPATH"] = str(code)
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in (environment.get("PYTHONPATH", ""), str(code)) if p)
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
                                cwd=code)
     assert process.stdout is not None
@@ -148,3 +148,34 @@ async def throughput(run_one: Callable[[], Awaitable[Any]], in_flight: int, tota
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     return total / (time.perf_counter() - started)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by a set of processes between start() and stop()."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.before: list[float] = []
+
+    def start(self) -> None:
+        self.before = [cpu_seconds(p) for p in self.pids]
+
+    def stop(self) -> list[float]:
+        return [cpu_seconds(p) - b for p, b in zip(self.pids, self.before)]
+
+
+def start_thin(plugin: str, redis_url: str) -> Proc:
+    """The thinnest orchestrator (bench/thin.py) as its own process."""
+    process = subprocess.Popen([sys.executable, "-m", "bench.thin", "--plugin", plugin, "--redis", redis_url],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("THIN_LISTENING"), line
+    return Proc(process, line.split()[1])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -39,7 +38,6 @@ from mcp_server.tls import plugin_credentials
 E = task_pb2.TaskEventType
 TERMINAL_EVENTS = frozenset({E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED})
 MAX_REQUEST_ID = 128
-BACKLOG_CACHE_SECONDS = 0.1
 
 
 class Orchestrator:
@@ -63,7 +61,6 @@ class Orchestrator:
         self._background: list[asyncio.Task[None]] = []
         self._watchers: dict[str, int] = {}
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
-        self._queue_length = (0.0, 0)
 
     async def start(self) -> None:
         await self.directory.refresh(force=True)
@@ -138,11 +135,14 @@ class Orchestrator:
             raise InvalidArgument(problem, violations=[FieldViolation("input_data", problem)], reason="VALUE_TOO_DEEP")
         if len(request.request_id) > MAX_REQUEST_ID:
             raise InvalidArgument("request_id is too long", violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters")])
-        workflow = await self.get_workflow(request.workflow_id, request.workflow_version)
-        await self.plans.get(workflow.workflow_id, workflow.version)
+        version = request.workflow_version or await self.store.latest_workflow_version(request.workflow_id)
+        if not version:
+            raise NotFound(f"workflow {request.workflow_id!r} (any version) not found", reason="WORKFLOW_NOT_FOUND",
+                           metadata={"workflow_id": request.workflow_id})
+        plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
         task_id = request_task_id(principal.name, request.request_id) if request.request_id else uuid.uuid4().hex
         task = task_pb2.Task(
-            task_id=task_id, workflow_id=workflow.workflow_id, workflow_version=workflow.version,
+            task_id=task_id, workflow_id=plan.workflow_id, workflow_version=version,
             input_data=request.input_data, status=task_pb2.TASK_STATUS_PENDING, priority=request.priority,
             request_id=request.request_id, labels=dict(request.labels), create_time=now(), last_sequence=1, owner=principal.name)
         values = {}
@@ -155,7 +155,7 @@ class Orchestrator:
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
         # With room here and nothing waiting in the queue, the task starts on this replica at once,
         # leased as it is stored: no trip through the queue, no claim round trip.
-        holder = self.settings.replica_id if self.dispatcher.has_room() and await self._backlog() == 0 else ""
+        holder = self.settings.replica_id if self.dispatcher.has_room() and self.dispatcher.queue_seen_empty() else ""
         stored, created, token = await self.store.create_leased(task, event, holder, self.settings.lease_seconds,
                                                                 limits.max_queue_length, fingerprint, values)
         if created:
@@ -166,14 +166,6 @@ class Orchestrator:
             else:
                 self.dispatcher.wake()
         return self.views.basic(stored), created
-
-    async def _backlog(self) -> int:
-        """Tasks waiting in the queue, counted at most BACKLOG_CACHE_SECONDS ago."""
-        taken, length = self._queue_length
-        if time.monotonic() - taken > BACKLOG_CACHE_SECONDS:
-            length = await self.store.queue_length()
-            self._queue_length = (time.monotonic(), length)
-        return length
 
     async def get_task(self, task_id: str, principal: Principal = ANONYMOUS_ADMIN, view: int = task_pb2.TASK_VIEW_FULL) -> task_pb2.Task:
         """The task, if `principal` may see it: its owner, or an admin. Another principal's task
@@ -249,7 +241,7 @@ class Orchestrator:
         self._watchers[task_id] = self._watchers.get(task_id, 0) + 1
         try:
             sequence = after_sequence
-            events = await self.store.read_events(task_id, sequence)
+            events = await self.store.wait_events(task_id, sequence, timeout=0)
             while True:
                 for event in events:
                     yield event

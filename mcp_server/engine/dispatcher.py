@@ -42,6 +42,7 @@ class Dispatcher:
         self._loops: list[asyncio.Task[None]] = []
         self._finished = asyncio.Event()
         self._started = False
+        self._queue_empty = False
 
     @property
     def in_flight(self) -> int:
@@ -60,6 +61,11 @@ class Dispatcher:
     def has_room(self) -> bool:
         """Whether this replica may start another task now (not once it is stopping)."""
         return self._started and len(self._running) < self.settings.limits.max_tasks_in_flight
+
+    def queue_seen_empty(self) -> bool:
+        """Whether this replica's latest look at the queue found nothing waiting (it looks at
+        least every quarter second while it has room, and at once when woken)."""
+        return self._queue_empty
 
     def adopt(self, task: task_pb2.Task, lease_token: int) -> None:
         """Run a task this replica leased when it stored it (see Store.create_leased): it starts
@@ -111,6 +117,7 @@ class Dispatcher:
                     log.warning("cannot claim tasks: %s", exc)
                     await asyncio.sleep(0.5)
                     continue
+            self._queue_empty = claimed is None
             if claimed is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):

@@ -44,6 +44,7 @@ from mcp_server.state.common import (
     now_seconds,
     request_task_id,
 )
+from mcp_server.state.redis_connection import PackedConnection
 from mcp_server.state.redis_layout import DEFAULT_PARTITIONS, Layout
 from mcp_server.state.redis_streams import StreamHub
 
@@ -69,6 +70,7 @@ class RedisStore:
         self._cancel = client.register_script(lua.CANCEL_PENDING)
         self._purge = client.register_script(lua.PURGE_FINISHED)
         self._latest = client.register_script(lua.LATEST_WORKFLOW)
+        self._latest_version = client.register_script(lua.LATEST_VERSION)
         self._queue_length: tuple[float, int] = (0.0, 0)
 
     @classmethod
@@ -87,7 +89,7 @@ class RedisStore:
         pool = aioredis.BlockingConnectionPool.from_url(
             clean, max_connections=64, timeout=10, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError])
+            retry_on_error=[RedisConnectionError, RedisTimeoutError], connection_class=PackedConnection)
         client = aioredis.Redis(connection_pool=pool)
         try:
             layout = await _agree_on_layout(client, prefix, int(wanted) if wanted else None)
@@ -127,6 +129,10 @@ class RedisStore:
         else:
             data = await self._do(self._latest(keys=[key, self.layout.workflow_versions], args=[workflow_id]))
         return workflow_pb2.Workflow.FromString(data) if data else None
+
+    async def latest_workflow_version(self, workflow_id: str) -> int:
+        return int(await self._do(self._latest_version(keys=[self.layout.workflow(workflow_id), self.layout.workflow_versions],
+                                                       args=[workflow_id])))
 
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
         after = decode_token(page_token)
@@ -176,7 +182,7 @@ class RedisStore:
             keys=[keys.header, keys.events, self.layout.queue(partition), keys.values, self.layout.leases(partition),
                   *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id)], args=args))
         if created:
-            self._hub.written(keys.events, [event])
+            self._hub.written(keys.events, [event], writer=bool(holder))
             return task, True, int(detail)
         if not task.request_id:  # our own earlier try: the lease (if any) was granted then
             return task, True, 1 if holder else 0
@@ -297,7 +303,8 @@ class RedisStore:
             args += [digest, data]
         for event in checkpoint.events:
             args += [event.sequence, event.SerializeToString()]
-        await self._do(self._checkpoint(keys=[*keys.all, self.layout.leases(partition), self.layout.expiry(partition)], args=args))
+        await self._do(self._checkpoint(keys=[*keys.all, self.layout.leases(partition), self.layout.expiry(partition),
+                                              self.layout.cancels(partition)], args=args))
         self._hub.written(keys.events, checkpoint.events)
 
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
@@ -316,19 +323,34 @@ class RedisStore:
                 args=[live_part(task), task.status, numbered.sequence, numbered.SerializeToString(), self.retention_ms, BACKSTOP_MS,
                       self.layout.index_prefix(partition), task_id, sequence, PENDING]))
             if done:
-                self._hub.written(keys.events, [numbered])
+                self._hub.written(keys.events, [numbered], writer=False)
                 return task
         return None
 
     async def request_cancel(self, task_id: str, reason: str) -> None:
-        await self._do(self.r.hset(self.layout.task(task_id).header, "cx", reason))
+        partition = self.layout.partition_of(task_id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.layout.task(task_id).header, "cx", reason)
+            pipe.zadd(self.layout.cancels(partition), {task_id: int(now_seconds() * 1000)})
+            await self._do(pipe.execute())
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """The cancel requests among `task_ids`. Reads each partition's pending requests (one
+        small read per partition, however many tasks run here), then the reasons of ours."""
+        if not task_ids:
+            return {}
         async with self.r.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
+            for partition in range(self.layout.partitions):
+                pipe.zrange(self.layout.cancels(partition), 0, 999)
+            pending = {raw.decode() for reply in await self._do(pipe.execute()) for raw in reply}
+        ours = [task_id for task_id in task_ids if task_id in pending]
+        if not ours:
+            return {}
+        async with self.r.pipeline(transaction=False) as pipe:
+            for task_id in ours:
                 pipe.hget(self.layout.task(task_id).header, "cx")
             reasons = await self._do(pipe.execute())
-        return {task_id: reason.decode() for task_id, reason in zip(task_ids, reasons) if reason}
+        return {task_id: reason.decode() for task_id, reason in zip(ours, reasons) if reason}
 
     async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]:
         entries = await self._do(self.r.xrange(self.layout.task(task_id).events, f"(0-{after_sequence}", "+", count=limit))
@@ -339,11 +361,16 @@ class RedisStore:
         follow a partition's tasks on this replica, one blocking XREAD follows all of them (see
         redis_streams.StreamHub)."""
         key = self.layout.task(task_id).events
+        partition = self.layout.partition_of(task_id)
         if not self._hub.covers(key, after_sequence):
+            # Follow first, then read: what is written meanwhile reaches the hub, what was written
+            # before is in the read, so no event falls between the two.
+            await self._hub.follow(key, partition, after_sequence)
             events = await self.read_events(task_id, after_sequence)
+            self._hub.feed(key, events)
             if events:
                 return events
-        followed = await self._hub.wait(key, self.layout.partition_of(task_id), after_sequence, timeout)
+        followed = await self._hub.wait(key, partition, after_sequence, timeout)
         return await self.read_events(task_id, after_sequence) if followed is None else followed
 
     # ---- queue and leases -----------------------------------------------------------------

@@ -11,6 +11,7 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:q           queue: zset, score -priority, member `<create micros>:<task_id>` (FIFO within a priority)
     P{T}:l           leases: zset task_id -> expiry (ms)
     P{T}:x           retention: zset task_id -> when a finished task is purged (ms)
+    P{T}:c           cancel requests: zset task_id -> when it was asked (ms), until the task ends
     P{T}:w           the wake-up stream of this replica set's watchers (see redis_streams)
     P{T}:i:<index>   listing indexes: zset task_id -> create micros; <index> is `a` (all),
                      `s:<status>`, `o:<owner>`, `os:<status>:<owner>`, `w:<workflow>`, `ws:<status>:<workflow>`
@@ -100,6 +101,10 @@ class Layout:
 
     def expiry(self, partition: int) -> str:
         return f"{self.base(partition)}x"
+
+    def cancels(self, partition: int) -> str:
+        """Cancel requests for tasks of this partition: zset task_id -> when it was asked (ms)."""
+        return f"{self.base(partition)}c"
 
     def wake(self, partition: int) -> str:
         return f"{self.base(partition)}w"

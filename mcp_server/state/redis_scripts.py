@@ -46,7 +46,7 @@ for i = 6, #KEYS do redis.call('ZADD', KEYS[i], micros, ARGV[1]) end
 return {1, token}
 """
 
-# KEYS: header, steps, order, events, values, leases, retention
+# KEYS: header, steps, order, events, values, leases, retention, cancel requests
 # ARGV: token, live, status, terminal (0/1), retention ms, backstop ms, index prefix, task_id,
 #       #steps, then (index, path, record) triples, #values, then (digest, value) pairs,
 #       then (sequence, event) pairs
@@ -81,6 +81,7 @@ end
 redis.call('HSET', head, 'seq', last)
 if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[6], ARGV[8])
+  redis.call('ZREM', KEYS[8], ARGV[8])
   local now = redis.call('TIME')
   redis.call('ZADD', KEYS[7], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5]), ARGV[8])
   expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
@@ -186,4 +187,11 @@ LATEST_WORKFLOW = """
 local version = redis.call('HGET', KEYS[2], ARGV[1])
 if not version then return nil end
 return redis.call('HGET', KEYS[1], version)
+"""
+
+# KEYS: the workflow's versions hash, the latest-version hash; ARGV: workflow_id -> the version, or 0
+LATEST_VERSION = """
+local version = redis.call('HGET', KEYS[2], ARGV[1])
+if version and redis.call('HEXISTS', KEYS[1], version) == 1 then return tonumber(version) end
+return 0
 """

@@ -27,6 +27,7 @@ class _Stream:
         self.watchers = 0
         self.idle_since = 0.0
         self.error: Unavailable | None = None
+        self.ahead: dict[int, task_pb2.TaskEvent] = {}  # arrived before the events they follow
 
     def wake(self) -> None:
         for waiter in self.waiters:
@@ -41,11 +42,18 @@ class _Stream:
         return self.events[-1].sequence if self.events else self.start
 
     def add(self, events: Sequence[task_pb2.TaskEvent]) -> None:
-        """Append the events that continue this stream; ignore ones already here."""
-        fresh = [e for e in events if e.sequence > self.last_sequence]
-        if fresh and fresh[0].sequence == self.last_sequence + 1:
-            self.events += fresh
-            self.last_id = f"0-{fresh[-1].sequence}"
+        """Append the events that continue this stream; ignore ones already here, and hold ones
+        that arrive ahead of a gap (a local write can overtake the read that fills it)."""
+        last = self.last_sequence
+        for event in events:
+            if event.sequence > last:
+                self.ahead[event.sequence] = event
+        grown = False
+        while (following := self.ahead.pop(self.last_sequence + 1, None)) is not None:
+            self.events.append(following)
+            grown = True
+        if grown:
+            self.last_id = f"0-{self.last_sequence}"
             self.error = None
             self.wake()
 
@@ -64,10 +72,13 @@ class _PartitionReader:
     async def include(self, key: str, stream: _Stream) -> None:
         """Follow `key` from now on. A blocked XREAD cannot be cancelled safely (its reply can
         still arrive and be taken for the answer to the next command), so a new stream joins by
-        writing to the wake-up stream, which ends the blocked read."""
+        writing to the wake-up stream, which ends the blocked read. A stream this replica writes
+        itself needs no read: it joins the XREAD only once its local writes stop."""
         self.streams[key] = stream
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._read())
+            return
+        if self.hub.is_local(key):
             return
         store = self.hub.store
         async with store.r.pipeline(transaction=False) as pipe:
@@ -87,7 +98,10 @@ class _PartitionReader:
             self.prune()
             if not self.streams:
                 return
-            wanted: dict[Any, Any] = {key: stream.last_id for key, stream in self.streams.items()}
+            wanted: dict[Any, Any] = {key: s.last_id for key, s in self.streams.items() if not self.hub.is_local(key)}
+            if not wanted:  # every stream followed here is written here: nothing to read
+                await asyncio.sleep(StreamHub.LOCAL_RECHECK_SECONDS)
+                continue
             wanted[self.wake_key] = self.wake_id
             try:
                 reply = await store._do(store.r.xread(wanted, count=1000, block=StreamHub.BLOCK_MS))
@@ -113,28 +127,46 @@ class StreamHub:
 
     BLOCK_MS = 1000
     IDLE_SECONDS = 5.0
+    # a stream this replica wrote within this time is fed by its own writes, not by XREAD
+    LOCAL_SECONDS = 5.0
+    LOCAL_RECHECK_SECONDS = 0.25
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         self.replica = uuid.uuid4().hex
         self.streams: dict[str, _Stream] = {}
         self.readers: dict[int, _PartitionReader] = {}
+        self.local: dict[str, float] = {}  # stream key -> until when this replica is its writer
+        self._local_pruned = 0.0
 
     def covers(self, key: str, after_sequence: int) -> bool:
         """True when the hub already holds every event of `key` after `after_sequence`."""
         stream = self.streams.get(key)
         return stream is not None and stream.start <= after_sequence
 
+    async def follow(self, key: str, partition: int, after_sequence: int) -> None:
+        """Start following `key` from `after_sequence`: from now on, whatever is written there
+        reaches the hub (by this replica's own writes, or by XREAD). The caller then reads the
+        stream once, for what was written before, and passes that to `feed`."""
+        if key in self.streams:
+            return
+        stream = self.streams[key] = _Stream(after_sequence)
+        reader = self.readers.get(partition)
+        if reader is None:
+            reader = self.readers[partition] = _PartitionReader(self, partition)
+        await reader.include(key, stream)
+
+    def feed(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
+        """Events read from the stream itself (see follow)."""
+        stream = self.streams.get(key)
+        if stream is not None and events:
+            stream.add(events)
+
     async def wait(self, key: str, partition: int, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent] | None:
         """New events of `key` after `after_sequence`; [] on timeout; None when the hub began
         following after that point (the caller reads the stream itself)."""
-        stream = self.streams.get(key)
-        if stream is None:
-            stream = self.streams[key] = _Stream(after_sequence)
-            reader = self.readers.get(partition)
-            if reader is None:
-                reader = self.readers[partition] = _PartitionReader(self, partition)
-            await reader.include(key, stream)
+        await self.follow(key, partition, after_sequence)
+        stream = self.streams[key]
         stream.watchers += 1
         stream.idle_since = 0.0
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -156,12 +188,23 @@ class StreamHub:
             if stream.watchers == 0:
                 stream.idle_since = time.monotonic()
 
-    def written(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
+    def written(self, key: str, events: Sequence[task_pb2.TaskEvent], writer: bool = True) -> None:
         """Events this replica just wrote reach its own watchers at once, without waiting for
-        the XREAD to see them (only after the write succeeded, so nothing unwritten is shown)."""
+        the XREAD to see them (only after the write succeeded, so nothing unwritten is shown).
+        `writer`: this replica runs the task, so it writes what follows too."""
+        now = time.monotonic()
+        if writer:
+            self.local[key] = now + self.LOCAL_SECONDS
+        if now - self._local_pruned > self.LOCAL_SECONDS:
+            self.local = {k: until for k, until in self.local.items() if until > now}
+            self._local_pruned = now
         stream = self.streams.get(key)
         if stream is not None and events:
             stream.add(events)
+
+    def is_local(self, key: str) -> bool:
+        """Whether this replica wrote `key` lately (so its own writes feed its watchers)."""
+        return self.local.get(key, 0.0) > time.monotonic()
 
     async def close(self) -> None:
         for reader in self.readers.values():

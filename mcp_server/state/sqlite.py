@@ -133,6 +133,10 @@ class SqliteStore:
         rows = await self._rows(sql, args)
         return workflow_pb2.Workflow.FromString(rows[0][0]) if rows else None
 
+    async def latest_workflow_version(self, workflow_id: str) -> int:
+        rows = await self._rows("SELECT COALESCE(MAX(version), 0) FROM workflows WHERE workflow_id=?", (workflow_id,))
+        return int(rows[0][0])
+
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
         after = decode_token(page_token)
         rows = await self._rows(

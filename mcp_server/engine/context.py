@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import Checkpoint, EventListener, ProtocolCaller, StepRecord, Store
 from mcp_server.engine.records import TASK_RESULT, TASK_RESULT_REF, ValueSink, step_record, stored_refs, value_of
-from mcp_server.engine.values import dict_to_struct
+from mcp_server.engine.values import python_to_value
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import protocol_pb2, task_pb2
 from mcp_server.settings import Limits
@@ -37,17 +39,30 @@ E = task_pb2.TaskEventType
 
 
 def now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
+    """The current time (Timestamp.GetCurrentTime goes through datetime: five times slower)."""
+    nanos = time.time_ns()
+    return timestamp_pb2.Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 def make_event(task_id: str, sequence: int, type_: int, **fields: Any) -> task_pb2.TaskEvent:
     data = fields.pop("data", None)
     event = task_pb2.TaskEvent(task_id=task_id, sequence=sequence, type=type_, time=now(), **fields)  # type: ignore[arg-type]
     if data:
-        event.data.CopyFrom(dict_to_struct(data))
+        _fill_data(event.data, data)
     return event
+
+
+def _fill_data(struct: struct_pb2.Struct, data: Mapping[str, Any]) -> None:
+    """An event's data: flat scalars are set directly (most events), anything else converted."""
+    for key, value in data.items():
+        if isinstance(value, str):
+            struct.fields[key].string_value = value
+        elif isinstance(value, bool):
+            struct.fields[key].bool_value = value
+        elif isinstance(value, (int, float)) and math.isfinite(value):
+            struct.fields[key].number_value = value
+        else:
+            struct.fields[key].CopyFrom(python_to_value(value))
 
 
 @dataclass(frozen=True)

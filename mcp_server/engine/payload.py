@@ -87,7 +87,7 @@ def _fill(message: struct_pb2.Value, python: Any) -> None:
 class Payload:
     """A JSON value; build one with the `of_*` constructors."""
 
-    __slots__ = ("_bytes", "_python", "_sha", "_struct", "_value")
+    __slots__ = ("_bytes", "_depth", "_python", "_sha", "_struct", "_value")
 
     def __init__(self) -> None:
         self._struct: struct_pb2.Struct | None = None
@@ -95,6 +95,7 @@ class Payload:
         self._python: Any = _MISSING
         self._bytes: bytes | None = None
         self._sha: str | None = None
+        self._depth: tuple[int, int] | None = None  # (stop_after, depth) of the last measure
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -193,10 +194,16 @@ class Payload:
         return self._bytes
 
     def depth(self, stop_after: int) -> int:
-        """How deeply objects and lists nest (see values.nesting_depth), from whichever form is at hand."""
+        """How deeply objects and lists nest (see values.nesting_depth), from whichever form is at
+        hand; measured once (a payload is checked where it enters and again where it is kept)."""
+        if self._depth is not None and self._depth[0] == stop_after:
+            return self._depth[1]
         if self._python is not _MISSING:
-            return nesting_depth(self._python, stop_after)
-        return message_depth(self._struct if self._struct is not None else self.value(), stop_after)
+            depth = nesting_depth(self._python, stop_after)
+        else:
+            depth = message_depth(self._struct if self._struct is not None else self.value(), stop_after)
+        self._depth = (stop_after, depth)
+        return depth
 
     @property
     def size(self) -> int:

@@ -8,12 +8,12 @@ CallResult or a ProtocolCallError. The engine decides about retries and fallback
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import cast
 
 import grpc
 import pybreaker
-from google.protobuf import timestamp_pb2
 
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import CallContext, CallObserver, CallResult, ProtocolCallError
@@ -127,7 +127,5 @@ def _context(context: CallContext, timeout: float | None) -> protocol_pb2.Execut
         idempotency_key=context.idempotency_key, workflow_id=context.workflow_id,
         workflow_version=context.workflow_version)
     if timeout is not None:
-        deadline = timestamp_pb2.Timestamp()
-        deadline.GetCurrentTime()
-        message.deadline.FromNanoseconds(deadline.ToNanoseconds() + int(timeout * 1e9))
+        message.deadline.FromNanoseconds(time.time_ns() + int(timeout * 1e9))
     return message

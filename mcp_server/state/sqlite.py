@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +40,7 @@ from mcp_server.state.common import (
     now_seconds,
     request_task_id,
 )
+from mcp_server.state.followers import Followers
 
 T = TypeVar("T")
 SCHEMA = """
@@ -84,7 +84,7 @@ class SqliteStore:
         self.db = db
         self.worker = worker
         self.retention_seconds = retention_seconds
-        self._changed: defaultdict[str, asyncio.Condition] = defaultdict(asyncio.Condition)
+        self._followers = Followers()
 
     @classmethod
     async def open(cls, path: str, retention_seconds: float = 7 * 24 * 3600.0) -> SqliteStore:
@@ -184,7 +184,8 @@ class SqliteStore:
                                [(task.task_id, d, data) for d, data in (values or {}).items()])
             return task, True, 1 if holder else 0
         created = await self._run(insert)
-        await self._notify(task.task_id)
+        if created[1]:
+            self._written(task.task_id, [event])
         return created
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
@@ -253,7 +254,7 @@ class SqliteStore:
                 db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?)",
                                [(e.task_id, e.sequence, e.SerializeToString()) for e in checkpoint.events])
         await self._run(write)
-        await self._notify(checkpoint.task_id)
+        self._written(checkpoint.task_id, checkpoint.events)
 
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
         def cancel(db: sqlite3.Connection) -> task_pb2.Task | None:
@@ -267,10 +268,11 @@ class SqliteStore:
                 db.execute("UPDATE tasks SET live=?, status=?, last_sequence=?, queued=0, finished_at=? WHERE task_id=?",
                            (live_part(task), task.status, task.last_sequence, now_seconds(), task_id))
                 db.execute("INSERT INTO events VALUES (?,?,?)", (task_id, numbered.sequence, numbered.SerializeToString()))
+            events.append(numbered)
             return task
+        events: list[task_pb2.TaskEvent] = []
         cancelled = await self._run(cancel)
-        if cancelled is not None:
-            await self._notify(task_id)
+        self._written(task_id, events)
         return cancelled
 
     async def request_cancel(self, task_id: str, reason: str) -> None:
@@ -289,22 +291,21 @@ class SqliteStore:
         return [task_pb2.TaskEvent.FromString(r[0]) for r in rows]
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
-        condition = self._changed[task_id]
-        async with condition:
+        """Events after `after_sequence`, waiting up to `timeout` for one. Every write is this
+        process's, so a followed log is fed from memory after the write commits: one read
+        when a watcher starts, none per event after that."""
+        if not self._followers.covers(task_id, after_sequence):
+            self._followers.prune()
+            self._followers.follow(task_id, after_sequence)  # first follow, then read: nothing falls between
             events = await self.read_events(task_id, after_sequence)
+            self._followers.add(task_id, events)
             if events:
                 return events
-            try:
-                await asyncio.wait_for(condition.wait(), timeout)
-            except TimeoutError:
-                return []
-        return await self.read_events(task_id, after_sequence)
+        followed = await self._followers.wait(task_id, after_sequence, timeout)
+        return await self.read_events(task_id, after_sequence) if followed is None else followed
 
-    async def _notify(self, task_id: str) -> None:
-        condition = self._changed.get(task_id)
-        if condition is not None:
-            async with condition:
-                condition.notify_all()
+    def _written(self, task_id: str, events: Sequence[task_pb2.TaskEvent]) -> None:
+        self._followers.add(task_id, events)
 
     # ---- queue and leases -----------------------------------------------------------------
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:

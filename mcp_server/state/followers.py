@@ -1,0 +1,120 @@
+"""Event logs followed in memory for this process's watchers, shared by both stores.
+
+A watcher follows a task's log first and reads the store second: whatever is written after
+it follows reaches it from memory (the writes of this process, or on Redis the replica's
+XREAD), whatever was written before is in the read, and events that arrive ahead of a gap are
+held until the gap is filled. So a watcher sees every event once, in order, and a log that
+this process writes costs no store read per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from mcp_server.errors import McpError
+from mcp_server.proto import task_pb2
+
+
+class FollowedLog:
+    """What this process knows of one task's event log, from `start` on."""
+
+    def __init__(self, after_sequence: int) -> None:
+        self.start = after_sequence
+        self.events: list[task_pb2.TaskEvent] = []
+        self.waiters: set[asyncio.Future[None]] = set()
+        self.watchers = 0
+        self.idle_since = 0.0
+        self.error: McpError | None = None
+        self.ahead: dict[int, task_pb2.TaskEvent] = {}  # arrived before the events they follow
+
+    @property
+    def last_sequence(self) -> int:
+        return self.events[-1].sequence if self.events else self.start
+
+    def newer_than(self, after_sequence: int) -> bool:
+        return bool(self.events) and self.events[-1].sequence > after_sequence
+
+    def add(self, events: Sequence[task_pb2.TaskEvent]) -> bool:
+        """Append the events that continue this log; ignore ones already here, hold ones that
+        arrive ahead of a gap. True when the log grew."""
+        last = self.last_sequence
+        for event in events:
+            if event.sequence > last:
+                self.ahead[event.sequence] = event
+        grown = False
+        while (following := self.ahead.pop(self.last_sequence + 1, None)) is not None:
+            self.events.append(following)
+            grown = True
+        if grown:
+            self.error = None
+            for waiter in self.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        return grown
+
+    def failed(self, error: McpError) -> None:
+        """The source of this log cannot be read right now; waiters time out with `error`."""
+        self.error = error
+
+
+class Followers:
+    """The logs this process follows, by key. A log nobody waits on is kept `idle_seconds`,
+    so a watcher going from one wait to the next does not start over."""
+
+    def __init__(self, idle_seconds: float = 5.0) -> None:
+        self.logs: dict[str, FollowedLog] = {}
+        self.idle_seconds = idle_seconds
+
+    def covers(self, key: str, after_sequence: int) -> bool:
+        """True when every event of `key` after `after_sequence` reaches this process's memory."""
+        log = self.logs.get(key)
+        return log is not None and log.start <= after_sequence
+
+    def follow(self, key: str, after_sequence: int) -> tuple[FollowedLog, bool]:
+        """The log of `key`, followed from `after_sequence` if it is new (the bool says so)."""
+        log = self.logs.get(key)
+        if log is not None:
+            return log, False
+        log = self.logs[key] = FollowedLog(after_sequence)
+        return log, True
+
+    def add(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
+        """Events of `key` read from the store, or written by this process."""
+        log = self.logs.get(key)
+        if log is not None and events:
+            log.add(events)
+
+    async def wait(self, key: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent] | None:
+        """Events of a followed log after `after_sequence`, waiting up to `timeout` for one; []
+        on timeout; None when the log starts after that point (the caller reads the store)."""
+        log = self.logs[key]
+        log.watchers += 1
+        log.idle_since = 0.0
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        log.waiters.add(waiter)
+        try:
+            if not log.newer_than(after_sequence):
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                except TimeoutError:
+                    if log.error is not None:
+                        raise log.error from None
+                    return []
+            if after_sequence < log.start:
+                return None
+            return [e for e in log.events if e.sequence > after_sequence]
+        finally:
+            log.waiters.discard(waiter)
+            log.watchers -= 1
+            if log.watchers == 0:
+                log.idle_since = time.monotonic()
+
+    def prune(self) -> list[str]:
+        """Forget the logs nobody waited on for `idle_seconds`; returns their keys."""
+        cutoff = time.monotonic() - self.idle_seconds
+        gone = [k for k, log in self.logs.items() if log.watchers == 0 and 0 < log.idle_since < cutoff]
+        for key in gone:
+            del self.logs[key]
+        return gone

@@ -116,6 +116,9 @@ async def bench_chains(plugin: Proc, quick: bool, baseline: Path | None = None, 
             await client.create(chain("three", 3))
             await client.run("three")
             systems.append(System(name, _runner(client), {**here, "orchestrator": orchestrator.process.pid}))
+            if name == "this server, redis store":
+                systems.append(System(f"{name}, WatchTaskEvents", _runner(client, batched=True),
+                                      {**here, "orchestrator": orchestrator.process.pid}))
         for _ in range(rounds):
             for system in systems:
                 await system.round(samples, total)
@@ -130,8 +133,8 @@ async def bench_chains(plugin: Proc, quick: bool, baseline: Path | None = None, 
     table("3-step chain of no-op steps against the thinnest orchestrator (same run, rounds interleaved)", rows)
 
 
-def _runner(client: Orchestrated) -> Callable[[], Awaitable[float]]:
-    return lambda: client.run("three")
+def _runner(client: Orchestrated, batched: bool = False) -> Callable[[], Awaitable[float]]:
+    return lambda: client.run("three", batched=batched)
 
 
 async def bare_chain(stub: protocol_pb2_grpc.ProtocolServiceStub, steps: int) -> None:

@@ -113,15 +113,21 @@ class Orchestrated:
         workflow = json_format.ParseDict(definition, workflow_pb2.Workflow())
         await self.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow))
 
-    async def run(self, workflow_id: str, data: dict[str, Any] | None = None) -> float:
-        """Seconds from submit to the terminal event."""
+    async def run(self, workflow_id: str, data: dict[str, Any] | None = None, batched: bool = False) -> float:
+        """Seconds from submit to the terminal event, read with WatchTask (or, batched,
+        WatchTaskEvents)."""
         started = time.perf_counter()
         request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id)
         if data:
             request.input_data.update(data)
         task = (await self.tasks.SubmitTask(request)).task
-        async for event in self.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-            last = event
+        watch = task_pb2.WatchTaskRequest(task_id=task.task_id)
+        if batched:
+            async for message in self.tasks.WatchTaskEvents(watch):
+                last = message.events[-1]
+        else:
+            async for event in self.tasks.WatchTask(watch):
+                last = event
         elapsed = time.perf_counter() - started
         assert last.type == task_pb2.TASK_EVENT_TYPE_COMPLETED, last
         return elapsed

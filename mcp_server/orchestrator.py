@@ -235,6 +235,13 @@ class Orchestrator:
 
     async def watch_task(self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[task_pb2.TaskEvent]:
         """Every event after `after_sequence`, then live ones, until the terminal event."""
+        async for batch in self.watch_task_batches(task_id, after_sequence, principal):
+            for event in batch:
+                yield event
+
+    async def watch_task_batches(self, task_id: str, after_sequence: int,
+                                 principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[list[task_pb2.TaskEvent]]:
+        """watch_task, the events that are ready together in one list."""
         await self._header(task_id, principal)
         if self._watchers.get(task_id, 0) >= self.settings.limits.max_watchers_per_task:
             raise ResourceExhausted(f"task {task_id} has {self.settings.limits.max_watchers_per_task} watchers, the limit", reason="TOO_MANY_WATCHERS")
@@ -243,11 +250,13 @@ class Orchestrator:
             sequence = after_sequence
             events = await self.store.wait_events(task_id, sequence, timeout=0)
             while True:
-                for event in events:
-                    yield event
-                    sequence = event.sequence
+                for index, event in enumerate(events):
                     if event.type in TERMINAL_EVENTS:
+                        yield events[:index + 1]
                         return
+                if events:
+                    yield events
+                    sequence = events[-1].sequence
                 if not events:
                     task = await self._header(task_id, principal)
                     if task.status in TERMINAL and task.last_sequence <= sequence:

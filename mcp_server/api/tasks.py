@@ -45,3 +45,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     async def WatchTask(self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.TaskEvent]:
         async for event in self.orchestrator.watch_task(request.task_id, request.after_sequence, current_principal.get()):
             yield event
+
+    async def WatchTaskEvents(self, request: task_pb2.WatchTaskRequest,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.WatchTaskEventsResponse]:
+        async for batch in self.orchestrator.watch_task_batches(request.task_id, request.after_sequence, current_principal.get()):
+            yield task_pb2.WatchTaskEventsResponse(events=batch)

@@ -59,6 +59,19 @@ async def test_several_watchers_see_the_same_events_live(client):
     assert all([e.sequence for e in log] == [e.sequence for e in logs[0]] for log in logs)
 
 
+async def test_watch_task_events_sends_the_same_log_in_fewer_messages(client):
+    await create(client, workflow("batched", {"id": "r", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 20}") for i in range(4)]}}))
+    task = await submit(client, "batched")
+    batches = [list(m.events) async for m in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id))]
+    flat = [e for batch in batches for e in batch]
+    assert [e.sequence for e in flat] == [e.sequence for e in await events(client, task.task_id)]
+    assert flat[-1].type == E.TASK_EVENT_TYPE_COMPLETED and all(batch for batch in batches)
+    assert len(batches) < len(flat)  # events written together arrive together
+    tail = [e async for m in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=5))
+            for e in m.events]
+    assert [e.sequence for e in tail] == list(range(6, len(flat) + 1))
+
+
 async def test_same_request_id_returns_the_same_task(client):
     await create(client, workflow("idem", step("s", "echo")))
     first = await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="idem", request_id="req-1"))

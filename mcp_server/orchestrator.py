@@ -23,9 +23,12 @@ from mcp_server.engine.runner import TaskRunner
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, McpError, NotFound, ResourceExhausted
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_server.protocols.admission import Admission
 from mcp_server.protocols.breakers import BreakerBoard, BreakerSettings
 from mcp_server.protocols.caller import GrpcProtocolCaller
+from mcp_server.protocols.capacity import RESOURCES, Resources, never_fits
 from mcp_server.protocols.channels import ChannelPool
+from mcp_server.protocols.outliers import OutlierSettings
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.settings import Settings
@@ -53,8 +56,12 @@ class Orchestrator:
             self.listeners.append(tracer.on_event)
         self.channels = ChannelPool(settings.limits.max_message_bytes, plugin_credentials(settings))
         self.breakers = BreakerBoard(BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_seconds), shared=store)
-        self.directory = ProtocolDirectory(store, self.channels, self.breakers, settings.limits.max_value_depth)
-        self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, settings.concurrency_overrides(), tracer)
+        outliers = OutlierSettings(settings.outlier_consecutive_failures, settings.outlier_ejection_seconds,
+                                   recent_failure_seconds=settings.outlier_recent_failure_seconds)
+        self.directory = ProtocolDirectory(store, self.channels, self.breakers, settings.limits.max_value_depth, outliers)
+        self.admission = Admission(store, settings.lease_seconds)
+        self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, self.admission,
+                                         settings.concurrency_overrides(), tracer)
         self.plans = PlanCache(store, settings)
         self.views = TaskViews(store, settings.limits)
         self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store, settings.replica_id, self.listeners, settings.limits), self.plans, settings)
@@ -67,7 +74,8 @@ class Orchestrator:
         self.dispatcher.start()
         self._background.append(asyncio.create_task(self.directory.keep_fresh()))
         self._background.append(asyncio.create_task(self.breakers.sync_forever()))
-        self._background.append(asyncio.create_task(self._sample_forever()))
+        self._background.append(asyncio.create_task(self.admission.keep_leases()))
+        self._background.append(asyncio.create_task(self._sample_forever(self.settings.metrics_sample_seconds)))
 
     async def stop(self) -> None:
         await self.dispatcher.stop(self.settings.shutdown_grace)
@@ -80,9 +88,26 @@ class Orchestrator:
     async def validate_workflow(self, workflow: workflow_pb2.Workflow) -> Plan:
         """Compile `workflow` against the registered protocols; raise InvalidArgument if bad."""
         await self.directory.refresh(force=True)
-        return compile_workflow(workflow, self.settings.limits, known_protocols=self.directory.known_names(),
+        plan = compile_workflow(workflow, self.settings.limits, known_protocols=self.directory.known_names(),
                                 default_step_timeout=self.settings.default_step_timeout,
                                 default_task_timeout=self.settings.default_task_timeout)
+        self._check_capacity(plan)
+        return plan
+
+    def _check_capacity(self, plan: Plan) -> None:
+        """Refuse a workflow with a step no registered instance could ever run: it needs more of
+        a resource than any instance of its protocol offers."""
+        problems = []
+        for path, name in plan.protocol_uses:
+            instances = self.directory.instances(name)
+            sized = [(i, Resources.needs_of(i.manifest.resources), Resources.of_capacity(i.capacity)) for i in instances]
+            if sized and all(never_fits(capacity, needs) for _, needs, capacity in sized):
+                offers = "; ".join(f"{i.address} offers {capacity.describe()}" for i, _, capacity in sized)
+                problems.append(FieldViolation(path, f"protocol {name} needs {sized[0][1].describe()} per call, more than any "
+                                                     f"registered instance offers ({offers})"))
+        if problems:
+            raise FailedPrecondition(f"workflow {plan.workflow_id!r} can never run: {problems[0].field}: {problems[0].description}",
+                                     violations=problems, reason="INSUFFICIENT_CAPACITY")
 
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         await self.validate_workflow(workflow)
@@ -103,12 +128,17 @@ class Orchestrator:
         return await self.store.list_workflows(self.page_size(page_size), page_token)
 
     async def list_protocols(self, page_size: int, page_token: str) -> tuple[list[registry_pb2.RegisteredProtocol], str]:
-        """Registered protocols by name, with their health and breaker state."""
+        """Protocol instances by name then address, with health, breaker, ejection and use."""
         size = self.page_size(page_size)
         after = decode_token(page_token)
-        entries = [e for e in await self.directory.list() if e.manifest.name > after]
+        entries = [e for e in await self.directory.listing() if f"{e.manifest.name}\0{e.address}" > after]
         page = entries[:size]
-        return page, encode_token(page[-1].manifest.name) if len(entries) > size else ""
+        return page, encode_token(f"{page[-1].manifest.name}\0{page[-1].address}") if len(entries) > size else ""
+
+    async def get_protocol(self, name: str) -> list[registry_pb2.RegisteredProtocol]:
+        """Every instance of protocol `name` (NotFound when there is none)."""
+        _require("name", name)
+        return await self.directory.get(name)
 
     async def delete_workflow(self, workflow_id: str) -> int:
         _require("workflow_id", workflow_id)
@@ -274,6 +304,9 @@ class Orchestrator:
             self.metrics.watchers.set(sum(self._watchers.values()))
             for protocol, state in self.breakers.states().items():
                 self.metrics.breaker_state.labels(protocol).set(BREAKER_VALUES.get(state, 0))
+            for protocol, waiting in self.admission.waiting.items():
+                self.metrics.capacity_waiters.labels(protocol).set(waiting)
+            await self._sample_capacity()
             try:
                 depth = await self.store.queue_depth_by_priority()
             except McpError:
@@ -283,6 +316,19 @@ class Orchestrator:
                 for priority, count in depth.items():
                     self.metrics.queue_depth.labels(str(priority)).set(count)
             await asyncio.sleep(interval)
+
+    async def _sample_capacity(self) -> None:
+        try:
+            use = {a: Resources.decode(u) for a, u in (await self.store.capacity_in_use()).items()}
+        except McpError:
+            return
+        for name in self.directory.known_names():
+            for instance in self.directory.instances(name):
+                capacity = Resources.of_capacity(instance.capacity)
+                used = use.get(instance.address, Resources())
+                for resource, offered, held in zip(RESOURCES, capacity.amounts, used.amounts):
+                    self.metrics.instance_capacity.labels(instance.address, resource).set(offered)
+                    self.metrics.instance_in_use.labels(instance.address, resource).set(held)
 
     def page_size(self, requested: int) -> int:
         if requested < 0:

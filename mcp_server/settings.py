@@ -60,6 +60,10 @@ class Settings:
     retention_seconds: float = 7 * 24 * 3600.0
     breaker_failure_threshold: int = 5
     breaker_reset_seconds: float = 30.0
+    # outlier ejection of one plugin instance among several (see protocols/outliers.py)
+    outlier_consecutive_failures: int = 3
+    outlier_ejection_seconds: float = 10.0
+    outlier_recent_failure_seconds: float = 2.0
     # "protocol=N" entries: at most N calls in flight to that protocol (overrides its manifest)
     protocol_concurrency: tuple[str, ...] = ()
     # TLS for the server: certificate and key (PEM); with a client CA, clients must present a
@@ -77,6 +81,8 @@ class Settings:
     # Prometheus /metrics on this port (0: off), traces ("" off, "console"), logs ("text" or "json")
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
+    # how often gauges that need a store read (queue depth, capacity in use) are refreshed
+    metrics_sample_seconds: float = 5.0
     tracing: str = ""
     log_format: str = "text"
     limits: Limits = field(default_factory=Limits)

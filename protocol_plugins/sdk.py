@@ -9,7 +9,7 @@
         return {"greeting": f"hello {data.get('name', 'world')}"}
 
     if __name__ == "__main__":
-        plugin.main()          # --listen, --register ORCHESTRATOR, --ttl
+        plugin.main()          # --listen, --register ORCHESTRATOR, --ttl, --capacity gpus=1
 
 A handler receives the input as a dict and returns a dict (the output) or a `Reply` with a
 directive (`accept`, `retry`, `fail`, `goto`). Raising ProtocolError answers with that gRPC
@@ -118,28 +118,54 @@ class _Registered:
     handler: Handler
 
 
-class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
-    """A set of protocols served together as one ProtocolService."""
+def parse_capacity(text: str) -> protocol_pb2.Capacity:
+    """`gpus=1,cpu_millis=4000,memory_mb=8192` as a Capacity; raises ValueError naming what is wrong."""
+    capacity = protocol_pb2.Capacity()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, amount = item.partition("=")
+        if name not in ("cpu_millis", "memory_mb", "gpus"):
+            raise ValueError(f"unknown resource {name!r}: use cpu_millis, memory_mb or gpus")
+        if not amount.isdigit():
+            raise ValueError(f"{name} must be a whole number of at least 0, not {amount!r}")
+        setattr(capacity, name, int(amount))
+    return capacity
 
-    def __init__(self, name: str) -> None:
+
+def _capacity_argument(text: str) -> protocol_pb2.Capacity:
+    try:
+        return parse_capacity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
+    """A set of protocols served together as one ProtocolService.
+
+    `capacity` is what this instance offers to all the calls it runs at once (cpu_millis,
+    memory_mb, gpus; unset or 0 means unlimited): the orchestrator starts a call here only when
+    what is left covers the call's needs (declared per protocol)."""
+
+    def __init__(self, name: str, capacity: protocol_pb2.Capacity | dict[str, int] | None = None) -> None:
         self.name = name
         self.protocols: dict[str, _Registered] = {}
+        self.capacity = capacity if isinstance(capacity, protocol_pb2.Capacity) else protocol_pb2.Capacity(**(capacity or {}))
 
     def protocol(self, name: str, *, description: str = "", version: str = "1.0.0",
                  type: protocol_pb2.ProtocolType = protocol_pb2.PROTOCOL_TYPE_TRANSFORM, max_concurrency: int = 0,
                  dependencies: tuple[str, ...] = (), input_schema: dict[str, Any] | None = None,
                  output_schema: dict[str, Any] | None = None, cpu_millis: int = 0, memory_mb: int = 0,
-                 gpu: bool = False) -> Callable[[Handler], Handler]:
+                 gpu: bool = False, gpus: int = 0) -> Callable[[Handler], Handler]:
         """Register the decorated function as protocol `name`, with its manifest: version, type,
-        description (default: the docstring's first line), dependencies, resource needs, the
-        calls it accepts at once (`max_concurrency`, which the orchestrator honours) and JSON
-        Schemas of its input and output."""
+        description (default: the docstring's first line), dependencies, what one call needs
+        (`cpu_millis`, `memory_mb`, `gpus`; the orchestrator admits a call only where they are
+        free), the calls it accepts at once (`max_concurrency`, which the orchestrator honours)
+        and JSON Schemas of its input and output."""
         def register(handler: Handler) -> Handler:
             manifest = protocol_pb2.ProtocolManifest(
                 name=name, version=version, type=type,
                 description=description or (inspect.getdoc(handler) or "").split("\n")[0],
                 dependencies=list(dependencies), max_concurrency=max_concurrency,
-                resources=protocol_pb2.ResourceRequirements(cpu_millis=cpu_millis, memory_mb=memory_mb, gpu=gpu))
+                resources=protocol_pb2.ResourceRequirements(cpu_millis=cpu_millis, memory_mb=memory_mb, gpu=gpu, gpus=gpus))
             if input_schema:
                 manifest.input_schema.CopyFrom(dict_to_struct(input_schema))
             if output_schema:
@@ -150,7 +176,7 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
 
     # ---- ProtocolService ------------------------------------------------------------------
     async def Describe(self, request: protocol_pb2.DescribeRequest, context: grpc.aio.ServicerContext) -> protocol_pb2.DescribeResponse:
-        return protocol_pb2.DescribeResponse(protocols=[p.manifest for p in self.protocols.values()])
+        return protocol_pb2.DescribeResponse(protocols=[p.manifest for p in self.protocols.values()], capacity=self.capacity)
 
     async def Execute(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> protocol_pb2.ExecuteResponse:
         return await self._run(request, context, Context(request, context))
@@ -251,16 +277,19 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
                 await asyncio.sleep(max(1.0, ttl / 3))
 
     def main(self, argv: list[str] | None = None) -> None:
-        """Command-line entry: `--listen ADDRESS --register ORCHESTRATOR --ttl SECONDS`."""
+        """Command-line entry: `--listen ADDRESS --register ORCHESTRATOR --ttl SECONDS --capacity gpus=1,...`."""
         parser = argparse.ArgumentParser(prog=self.name, description=f"Serve the {self.name} protocol plugin.")
         parser.add_argument("--listen", default="127.0.0.1:0")
         parser.add_argument("--register", help="orchestrator address to register with (and keep renewing)")
         parser.add_argument("--ttl", type=float, default=30.0)
+        parser.add_argument("--capacity", type=_capacity_argument, help="what this instance offers, e.g. gpus=1,cpu_millis=4000 (0: unlimited)")
         parser.add_argument("--tls-cert", help="serve over TLS with this certificate (PEM)")
         parser.add_argument("--tls-key", help="and this private key (PEM)")
         parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mTLS)")
         args = parser.parse_args(argv if argv is not None else sys.argv[1:])
         logging.basicConfig(level=logging.INFO)
+        if args.capacity is not None:
+            self.capacity = args.capacity
         credentials = None
         if args.tls_cert:
             client_ca = Path(args.tls_client_ca).read_bytes() if args.tls_client_ca else None

@@ -33,9 +33,9 @@ class PluginProc:
     address: str
 
 
-def spawn_plugin(module: str, listen: str = "127.0.0.1:0") -> PluginProc:
-    """Start a plugin process and wait for its ready line."""
-    process = subprocess.Popen([sys.executable, "-m", "protocol_plugins.run", module, "--listen", listen],
+def spawn_plugin(module: str, listen: str = "127.0.0.1:0", *extra: str) -> PluginProc:
+    """Start a plugin process (with `extra` arguments, e.g. "--capacity", "gpus=1") and wait for its ready line."""
+    process = subprocess.Popen([sys.executable, "-m", "protocol_plugins.run", module, "--listen", listen, *extra],
                                stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()

@@ -32,6 +32,5 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
         return registry_pb2.ListProtocolsResponse(protocols=protocols, next_page_token=token)
 
     async def GetProtocol(self, request: registry_pb2.GetProtocolRequest, context: grpc.aio.ServicerContext) -> registry_pb2.GetProtocolResponse:
-        if not request.name:
-            raise InvalidArgument("name is required", violations=[FieldViolation("name", "is required")])
-        return registry_pb2.GetProtocolResponse(protocol=await self.directory.get(request.name))
+        instances = await self.orchestrator.get_protocol(request.name)
+        return registry_pb2.GetProtocolResponse(protocol=instances[0], instances=instances)

@@ -144,11 +144,22 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _print_protocols(value: dict[str, Any]) -> None:
-    for entry in value.get("protocols", []):
+    """One line per protocol instance: where, how it is, what it offers and what is in use."""
+    entries = value.get("protocols") or value.get("instances") or []
+    print(f"{'PROTOCOL':<22}{'ADDRESS':<22}{'HEALTH':<12}{'BREAKER':<10}{'EJECTED':<9}{'CALLS':>6}  CAPACITY (in use / offered)")
+    for entry in entries:
         manifest = entry["manifest"]
         health = entry.get("health", "").removeprefix("HEALTH_STATE_")
         breaker = entry.get("breaker", "").removeprefix("BREAKER_STATE_")
-        print(f"{manifest['name']:<24}{entry['address']:<22}{health:<12}{breaker:<10}{manifest.get('description', '')}")
+        ejected = "until " + entry["ejected_until"][11:19] if entry.get("ejected_until") else "no"
+        print(f"{manifest['name']:<22}{entry['address']:<22}{health:<12}{breaker:<10}{ejected:<9}"
+              f"{entry.get('calls_in_flight', 0):>6}  {_capacity_text(entry)}")
+
+
+def _capacity_text(entry: dict[str, Any]) -> str:
+    offered, used = entry.get("capacity", {}), entry.get("capacity_in_use", {})
+    parts = [f"{name} {used.get(name, 0)}/{offered[name]}" for name in ("cpu_millis", "memory_mb", "gpus") if offered.get(name)]
+    return ", ".join(parts) or "unlimited"
 
 
 def parser() -> argparse.ArgumentParser:

@@ -72,6 +72,7 @@ class _Scope:
     node_count: int = 0
     depth: int = 0
     protocols: set[str] = field(default_factory=set)
+    uses: list[tuple[str, str]] = field(default_factory=list)
 
 
 def compile_workflow(
@@ -124,6 +125,7 @@ def compile_workflow(
         node_count=scope.node_count,
         depth=scope.depth,
         protocols=frozenset(scope.protocols),
+        protocol_uses=tuple(scope.uses),
     )
 
 
@@ -226,6 +228,7 @@ def _protocol(name: str, path: str, scope: _Scope) -> None:
         scope.violations.add(path, f"unknown protocol {name!r}: no registered plugin serves it")
     else:
         scope.protocols.add(name)
+        scope.uses.append((path, name))
 
 
 def _children(

@@ -139,3 +139,5 @@ class Plan:
     node_count: int
     depth: int
     protocols: frozenset[str] = field(default_factory=frozenset)
+    # every place the workflow names a protocol: (field path, protocol name)
+    protocol_uses: tuple[tuple[str, str], ...] = ()

@@ -24,6 +24,8 @@ class CallContext:
     idempotency_key: str
     workflow_id: str = ""
     workflow_version: int = 0
+    # the task's priority: calls waiting for capacity are granted in this order
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class ProtocolCallError(Exception):
         self.breaker_open = breaker_open
         # trying the same call again cannot help (the engine refused it before sending)
         self.final = final
+        # only the instance that answered failed; other instances of the protocol serve
+        self.instance_only = False
 
 
 class CallObserver(Protocol):
@@ -50,6 +54,14 @@ class CallObserver(Protocol):
     async def progress(self, progress: protocol_pb2.Progress) -> None: ...
 
     def breaker_changed(self, protocol: str, old: str, new: str) -> None: ...
+
+    def waiting(self, protocol: str, needs: str, why: str) -> None:
+        """The call waits for an instance with enough free capacity (`needs`, described)."""
+        ...
+
+    def granted(self, protocol: str, address: str) -> None:
+        """The waiting call got capacity on `address` and starts."""
+        ...
 
 
 class ProtocolCaller(Protocol):
@@ -92,6 +104,24 @@ class Checkpoint:
     events: Sequence[task_pb2.TaskEvent] = ()
     # serialized Values by SHA-256 that the task's value store does not hold yet
     values: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CapacityRequest:
+    """A call asking the capacity ledger for room on one of `candidates`.
+
+    `member` ranks it among the waiters (`<enqueued ms>:<waiter_id>`, FIFO) after `priority`;
+    `needs` and each candidate's capacity are `c,m,g` strings (cpu_millis, memory_mb, gpus;
+    a capacity of 0 is unlimited). A grant is held for `lease_seconds` unless renewed; a
+    waiter that stops asking is forgotten after `wait_seconds`."""
+
+    waiter_id: str
+    member: str
+    priority: int
+    needs: str
+    candidates: Mapping[str, str]
+    lease_seconds: float
+    wait_seconds: float
 
 
 @dataclass(frozen=True)
@@ -186,6 +216,21 @@ class Store(Protocol):
     async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None: ...
     async def delete_protocols(self, name: str = "", address: str = "") -> int: ...
     async def list_protocol_entries(self) -> list[registry_pb2.RegisteredProtocol]: ...
+
+    # capacity of plugin instances, shared by replicas (see protocols/capacity.py)
+    async def acquire_capacity(self, request: CapacityRequest) -> str | None:
+        """Register or refresh the waiter, grant every waiter that fits in order, and return
+        the instance granted to this one (None: ask again later)."""
+        ...
+
+    async def release_capacity(self, waiter_id: str, member: str) -> None:
+        """Give back a grant, or withdraw a waiter."""
+        ...
+
+    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None: ...
+    async def capacity_in_use(self) -> dict[str, str]:
+        """What calls hold now on each instance, as `c,m,g` by address."""
+        ...
 
     # circuit breakers shared by replicas
     async def put_breaker_state(self, protocol: str, state: str) -> None: ...

@@ -53,10 +53,19 @@ class _StepObserver:
     def __init__(self, ctx: RunContext, path: str) -> None:
         self.ctx = ctx
         self.path = path
+        self.waiting_for = ""  # what the step waits for, while it waits for capacity
 
     async def progress(self, progress: protocol_pb2.Progress) -> None:
         self.ctx.emit(E.TASK_EVENT_TYPE_PROGRESS, step_path=self.path, flush_soon=True,
                       message=progress.message, data={"fraction": progress.fraction})
+
+    def waiting(self, protocol: str, needs: str, why: str) -> None:
+        self.waiting_for = f"{needs} on an instance of {protocol}"
+        self.ctx.emit(E.TASK_EVENT_TYPE_STEP_WAITING, step_path=self.path, protocol=protocol, flush_soon=True,
+                      message=f"waiting for {self.waiting_for}: {why}", data={"needs": needs})
+
+    def granted(self, protocol: str, address: str) -> None:
+        self.waiting_for = ""
 
     def breaker_changed(self, protocol: str, old: str, new: str) -> None:
         self.ctx.emit(E.TASK_EVENT_TYPE_BREAKER_STATE_CHANGED, step_path=self.path, protocol=protocol, flush_soon=True,
@@ -108,19 +117,20 @@ async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserv
         idempotency_key=f"{ctx.task.task_id}/{path}/{call.protocol}",
         workflow_id=ctx.task.workflow_id,
         workflow_version=ctx.task.workflow_version,
+        priority=ctx.task.priority,
     )
     result = await ctx.caller.call(call.protocol, call.input, context, timeout=call.attempt_timeout,
                                    stream=call.stream, observer=observer)
     return _keepable(result, call.protocol, ctx.limits)
 
 
-async def call_with_retries(call: Call, path: str, ctx: RunContext) -> NodeResult:
+async def call_with_retries(call: Call, path: str, ctx: RunContext, observer: _StepObserver | None = None) -> NodeResult:
     """Call a protocol, retrying per policy; every retry is an event. Raises ProtocolCallError.
 
     The first attempt runs without any retry machinery (most calls succeed, and thousands may
     be in flight at once); when it fails with a retryable code, tenacity runs the rest."""
     _sendable(call, ctx.limits)
-    observer = _StepObserver(ctx, path)
+    observer = observer or _StepObserver(ctx, path)
     policy = call.retry
     try:
         return await _attempt(call, path, ctx, observer)
@@ -157,10 +167,14 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
         # A supervisor sent this subtree back: its feedback reaches every step's input.
         primary_input = Payload.of_python({**primary_input.python(), "feedback": scope["feedback"], "round": scope.get("round", 1)})
     ctx.record_input(path, primary_input)
+    observer = _StepObserver(ctx, path)
     try:
         async with asyncio.timeout(node.timeout):
-            return await _run_candidates(node, path, primary_input, value, scope, ctx)
+            return await _run_candidates(node, path, primary_input, value, scope, ctx, observer)
     except TimeoutError:
+        if observer.waiting_for:
+            raise NodeFailed("RESOURCE_EXHAUSTED", f"step {node.id}: the step timeout of {node.timeout:g}s ran out while it waited "
+                                                   f"for {observer.waiting_for}") from None
         raise NodeFailed("DEADLINE_EXCEEDED", f"step {node.id}: the step timeout of {node.timeout:g}s ran out") from None
 
 
@@ -172,7 +186,7 @@ def _input(expression: Expression | None, value: Payload, ctx: RunContext, scope
 
 
 async def _run_candidates(node: StepPlan, path: str, primary_input: Payload, value: Payload,
-                          scope: Mapping[str, Any], ctx: RunContext) -> NodeResult:
+                          scope: Mapping[str, Any], ctx: RunContext, observer: _StepObserver) -> NodeResult:
     candidates = [(node.protocol, primary_input)]
     for fb in node.fallbacks:
         fb_input = _input(fb.input, value, ctx, scope, node.id, "fallback input") if fb.input else primary_input
@@ -186,7 +200,7 @@ async def _run_candidates(node: StepPlan, path: str, primary_input: Payload, val
                      data={"failed": candidates[index - 1][0], "error": errors[-1]})
         call = Call(protocol, input_data, node.retry, node.attempt_timeout, node.stream)
         try:
-            result = await call_with_retries(call, path, ctx)
+            result = await call_with_retries(call, path, ctx, observer)
         except ProtocolCallError as exc:
             errors.append(f"{protocol}: {exc}")
             last_code = exc.code

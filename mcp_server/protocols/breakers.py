@@ -33,7 +33,9 @@ STATE_NUMBERS = {
 
 
 def _healthy_failure(error: BaseException) -> bool:
-    return not isinstance(error, ProtocolCallError) or error.code not in UNHEALTHY_CODES
+    """Failures that say nothing about the protocol as a whole: a rejected input, or one
+    instance failing while others serve (outlier ejection deals with that instance)."""
+    return not isinstance(error, ProtocolCallError) or error.code not in UNHEALTHY_CODES or error.instance_only
 
 
 @dataclass(frozen=True)

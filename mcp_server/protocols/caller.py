@@ -1,8 +1,14 @@
 """GrpcProtocolCaller: the engine's ProtocolCaller over real gRPC.
 
-One attempt = look the protocol up, wait for a place in its bulkhead, pass its breaker, call
-Execute (or ExecuteStream) with the attempt deadline, and turn whatever happens into a
-CallResult or a ProtocolCallError. The engine decides about retries and fallbacks.
+One attempt = find the protocol's usable instances, place the call on one of them (least
+loaded first; through admission when the call needs capacity some instance limits), wait for
+a place in the protocol's bulkhead, pass its breaker, call Execute (or ExecuteStream) with the
+attempt deadline, and turn whatever happens into a CallResult or a ProtocolCallError. The
+engine decides about retries and fallbacks.
+
+A failure of one instance while others can serve counts against that instance (outlier
+ejection), not against the protocol's breaker: the breaker opens only when the protocol as a
+whole fails.
 """
 
 from __future__ import annotations
@@ -10,31 +16,92 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pybreaker
 
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import CallContext, CallObserver, CallResult, ProtocolCallError
-from mcp_server.proto import protocol_pb2
+from mcp_server.proto import protocol_pb2, registry_pb2
+from mcp_server.protocols.admission import Admission, Grant
 from mcp_server.protocols.breakers import UNHEALTHY_CODES, BreakerBoard
+from mcp_server.protocols.capacity import Resources, least_loaded, limits
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.telemetry.tracing import TaskTracer, finish_call
 
 
 class GrpcProtocolCaller:
-    """Calls registered plugins over gRPC."""
+    """Calls registered plugin instances over gRPC."""
 
-    def __init__(self, directory: ProtocolDirectory, channels: ChannelPool, breakers: BreakerBoard,
+    def __init__(self, directory: ProtocolDirectory, channels: ChannelPool, breakers: BreakerBoard, admission: Admission,
                  concurrency_overrides: dict[str, int] | None = None, tracer: TaskTracer | None = None) -> None:
         self.tracer = tracer
         self.directory = directory
         self.channels = channels
         self.breakers = breakers
+        self.admission = admission
         self.concurrency_overrides = dict(concurrency_overrides or {})
         self._bulkheads: dict[str, asyncio.Semaphore] = {}
+        self._turn = 0
+
+    async def call(self, protocol: str, input_data: Payload, context: CallContext, *,
+                   timeout: float | None, stream: bool = False, observer: CallObserver | None = None) -> CallResult:
+        instances = await self._instances(protocol)
+        manifest = instances[0].manifest
+        request = protocol_pb2.ExecuteRequest(protocol=protocol, input=input_data.struct(), context=_context(context, timeout))
+        metadata: Sequence[tuple[str, str]] = ()
+        span = None
+        if self.tracer is not None:
+            span, metadata = self.tracer.start_call(context.task_id, context.step_path, protocol)
+        grant: Grant | None = None
+        address = ""
+        try:
+            address, grant = await self._place(protocol, manifest, instances, context.priority, observer)
+            bulkhead = self._bulkhead(protocol, self.concurrency_overrides.get(protocol, manifest.max_concurrency))
+            if bulkhead is None:
+                result = await self._guarded(protocol, address, request, timeout, stream, observer, metadata)
+            else:
+                async with bulkhead:
+                    result = await self._guarded(protocol, address, request, timeout, stream, observer, metadata)
+        except BaseException as exc:
+            if span is not None:
+                finish_call(span, exc)
+            raise
+        finally:
+            if address:
+                self.directory.calls_in_flight[address] -= 1
+            if grant is not None:
+                await asyncio.shield(self.admission.release(grant))
+        if span is not None:
+            finish_call(span)
+        return result
+
+    async def _instances(self, protocol: str) -> list[registry_pb2.RegisteredProtocol]:
+        instances = self.directory.instances(protocol)
+        if not instances:
+            await self.directory.refresh(force=True)
+            instances = self.directory.instances(protocol)
+        if not instances:
+            raise ProtocolCallError("UNAVAILABLE", f"no plugin is registered for protocol {protocol!r}")
+        return instances
+
+    async def _place(self, protocol: str, manifest: protocol_pb2.ProtocolManifest, instances: list[registry_pb2.RegisteredProtocol],
+                     priority: int, observer: CallObserver | None) -> tuple[str, Grant | None]:
+        """The instance this call goes to (and its capacity grant, when it needs one)."""
+        usable = self.directory.outliers.usable([i.address for i in instances])
+        capacities = {i.address: Resources.of_capacity(i.capacity) for i in instances if i.address in usable}
+        needs = Resources.needs_of(manifest.resources)
+        grant = None
+        if needs and any(limits(c, needs) for c in capacities.values()):
+            grant = await self.admission.acquire(protocol, needs, capacities, priority, observer)
+            address = grant.address
+        else:
+            self._turn += 1
+            address = least_loaded(usable, self.directory.calls_in_flight, self._turn)
+        self.directory.calls_in_flight[address] = self.directory.calls_in_flight.get(address, 0) + 1
+        return address, grant
 
     def _bulkhead(self, protocol: str, limit: int) -> asyncio.Semaphore | None:
         if limit <= 0:
@@ -44,48 +111,28 @@ class GrpcProtocolCaller:
             semaphore = self._bulkheads[protocol] = asyncio.Semaphore(limit)
         return semaphore
 
-    async def call(self, protocol: str, input_data: Payload, context: CallContext, *,
-                   timeout: float | None, stream: bool = False, observer: CallObserver | None = None) -> CallResult:
-        entry = self.directory.lookup(protocol)
-        if entry is None:
-            await self.directory.refresh(force=True)
-            entry = self.directory.lookup(protocol)
-        if entry is None:
-            raise ProtocolCallError("UNAVAILABLE", f"no plugin is registered for protocol {protocol!r}")
-        request = protocol_pb2.ExecuteRequest(protocol=protocol, input=input_data.struct(), context=_context(context, timeout))
-        bulkhead = self._bulkhead(protocol, self.concurrency_overrides.get(protocol, entry.manifest.max_concurrency))
-        if self.tracer is None:
-            return await self._bounded(bulkhead, protocol, entry.address, request, timeout, stream, observer, ())
-        span, metadata = self.tracer.start_call(context.task_id, context.step_path, protocol)
-        try:
-            result = await self._bounded(bulkhead, protocol, entry.address, request, timeout, stream, observer, metadata)
-        except BaseException as exc:
-            finish_call(span, exc)
-            raise
-        finish_call(span)
-        return result
-
-    async def _bounded(self, bulkhead: asyncio.Semaphore | None, protocol: str, address: str, request: protocol_pb2.ExecuteRequest,
-                       timeout: float | None, stream: bool, observer: CallObserver | None, metadata: Sequence[tuple[str, str]]) -> CallResult:
-        if bulkhead is None:
-            return await self._guarded(protocol, address, request, timeout, stream, observer, metadata)
-        async with bulkhead:
-            return await self._guarded(protocol, address, request, timeout, stream, observer, metadata)
-
-    async def _guarded(self, protocol: str, address: str, request: protocol_pb2.ExecuteRequest,
-                       timeout: float | None, stream: bool, observer: CallObserver | None, metadata: Sequence[tuple[str, str]]) -> CallResult:
+    async def _guarded(self, protocol: str, address: str, request: protocol_pb2.ExecuteRequest, timeout: float | None,
+                       stream: bool, observer: CallObserver | None, metadata: Sequence[tuple[str, str]]) -> CallResult:
         before = self.breakers.state_name(protocol)
         try:
             with self.breakers.get(protocol).calling():
-                response = await self._invoke(address, request, timeout, observer if stream else None, metadata)
+                try:
+                    response = await self._invoke(address, request, timeout, observer if stream else None, metadata)
+                except ProtocolCallError as exc:
+                    unhealthy = exc.code in UNHEALTHY_CODES
+                    self.directory.record_health(address, not unhealthy)
+                    # One instance failing while others serve is that instance's outlier record
+                    # (it is ejected after repeated failures), not a failure of the protocol.
+                    others = [i.address for i in self.directory.instances(protocol) if i.address != address]
+                    exc.instance_only = unhealthy and bool(self.directory.outliers.serving(others))
+                    raise
         except pybreaker.CircuitBreakerError:
             self._report_breaker(protocol, before, observer)
             raise ProtocolCallError("UNAVAILABLE", f"the circuit breaker of {protocol} is open", breaker_open=True) from None
-        except ProtocolCallError as exc:
-            self.directory.record_health(protocol, exc.code not in UNHEALTHY_CODES)
+        except ProtocolCallError:
             self._report_breaker(protocol, before, observer)
             raise
-        self.directory.record_health(protocol, True)
+        self.directory.record_health(address, True)
         self._report_breaker(protocol, before, observer)
         directive = response.directive if response.HasField("directive") else None
         return CallResult(Payload.of_struct(response.output), directive)
@@ -102,23 +149,29 @@ class GrpcProtocolCaller:
             if observer is None:
                 response = await stub.Execute(request, timeout=timeout, metadata=tuple(metadata) or None)
                 if response is None:  # grpc hands back None when the bytes do not parse
-                    raise ProtocolCallError("INTERNAL", "the plugin's response is not a valid ExecuteResponse (it does not parse)")
+                    raise ProtocolCallError("INTERNAL", f"the response of {address} is not a valid ExecuteResponse (it does not parse)")
                 return cast(protocol_pb2.ExecuteResponse, response)
             async for message in stub.ExecuteStream(request, timeout=timeout, metadata=tuple(metadata) or None):
                 if message is None:
-                    raise ProtocolCallError("INTERNAL", "the plugin's stream sent a message that is not an ExecuteStreamResponse")
+                    raise ProtocolCallError("INTERNAL", f"the stream of {address} sent a message that is not an ExecuteStreamResponse")
                 if message.HasField("progress"):
                     await observer.progress(message.progress)
                 elif message.HasField("result"):
                     return cast(protocol_pb2.ExecuteResponse, message.result)
         except grpc.aio.AioRpcError as exc:
-            details = exc.details() or ""
-            if exc.code() == grpc.StatusCode.INTERNAL and "pars" in details.lower():
-                details = f"the plugin's response is not a valid ExecuteResponse ({details})"
-            elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
-                details = f"the attempt deadline of {timeout:g}s ran out ({details})"
-            raise ProtocolCallError(exc.code().name, details or exc.code().name) from None
-        raise ProtocolCallError("INTERNAL", "the plugin's stream ended without a result")
+            raise _call_error(exc, address, timeout) from None
+        raise ProtocolCallError("INTERNAL", f"the stream of {address} ended without a result")
+
+
+def _call_error(exc: grpc.aio.AioRpcError, address: str, timeout: float | None) -> ProtocolCallError:
+    details: Any = exc.details() or ""
+    if exc.code() == grpc.StatusCode.INTERNAL and "pars" in details.lower():
+        details = f"the plugin's response is not a valid ExecuteResponse ({details})"
+    elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
+        details = f"the attempt deadline of {timeout:g}s ran out ({details})"
+    elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+        details = f"instance {address}: {details}"
+    return ProtocolCallError(exc.code().name, details or exc.code().name)
 
 
 def _context(context: CallContext, timeout: float | None) -> protocol_pb2.ExecutionContext:

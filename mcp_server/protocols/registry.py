@@ -1,8 +1,10 @@
-"""ProtocolDirectory: which plugin address serves which protocol.
+"""ProtocolDirectory: which plugin instances serve which protocol.
 
-Entries live in the store, so every replica sees the same registry; each replica keeps a
-cache that it refreshes on its own changes and every few seconds. A registration with a TTL
-expires unless the plugin renews it by registering again.
+A protocol may be served by many instances (plugin addresses); registering another address
+adds instances, the same address replaces its own. Entries live in the store, so every
+replica sees the same registry; each replica keeps a cache that it refreshes on its own
+changes and every few seconds. A registration with a TTL expires, instance by instance,
+unless the plugin renews it by registering again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mcp_server.proto import protocol_pb2, registry_pb2
 from mcp_server.protocols.breakers import BreakerBoard
+from mcp_server.protocols.capacity import RESOURCES, Resources
 from mcp_server.protocols.channels import ChannelPool
+from mcp_server.protocols.outliers import Outliers, OutlierSettings
 
 DESCRIBE_TIMEOUT = 5.0
 
@@ -28,23 +32,25 @@ def _expired(entry: registry_pb2.RegisteredProtocol, at: float) -> bool:
 
 
 class ProtocolDirectory:
-    """The registry of protocols, shared through the store."""
+    """The registry of protocol instances, shared through the store."""
 
-    def __init__(self, store: Store, channels: ChannelPool, breakers: BreakerBoard, max_value_depth: int = 32) -> None:
+    def __init__(self, store: Store, channels: ChannelPool, breakers: BreakerBoard, max_value_depth: int = 32,
+                 outliers: OutlierSettings | None = None) -> None:
         self.store = store
-        self.max_value_depth = max_value_depth
         self.channels = channels
         self.breakers = breakers
-        self._cache: dict[str, registry_pb2.RegisteredProtocol] = {}
+        self.max_value_depth = max_value_depth
+        self.outliers = Outliers(outliers)
+        self.calls_in_flight: dict[str, int] = {}
+        self._cache: dict[str, list[registry_pb2.RegisteredProtocol]] = {}
         self._health: dict[str, int] = {}
         self._refreshed = 0.0
 
     async def register(self, address: str, ttl_seconds: float = 0.0) -> list[registry_pb2.RegisteredProtocol]:
-        """Ask the plugin at `address` what it serves and register all of it.
+        """Ask the plugin at `address` what it serves and register all of it as instances there.
 
         Raises InvalidArgument for an empty address and FailedPrecondition when the plugin
-        does not answer Describe (with the gRPC error it gave).
-        """
+        does not answer Describe (with the gRPC error it gave) or describes itself wrongly."""
         if not address or ":" not in address:
             raise InvalidArgument("address must be host:port", violations=[FieldViolation("address", "must be host:port, e.g. 127.0.0.1:50061")])
         stub = self.channels.stub(address)
@@ -59,31 +65,35 @@ class ProtocolDirectory:
             ) from None
         if not described.protocols:
             raise FailedPrecondition(f"plugin at {address} hosts no protocols", reason="PLUGIN_EMPTY")
-        problems = [v for manifest in described.protocols for v in self._manifest_problems(manifest)]
+        problems = _negatives("capacity", described.capacity)
+        problems += [v for manifest in described.protocols for v in self._manifest_problems(manifest)]
         if problems:
-            raise FailedPrecondition(f"plugin at {address} describes its protocols wrongly: {problems[0].field} {problems[0].description}",
+            raise FailedPrecondition(f"plugin at {address} describes itself wrongly: {problems[0].field} {problems[0].description}",
                                      violations=problems, reason="PLUGIN_MANIFEST_INVALID")
         entries = []
         for manifest in described.protocols:
             entry = registry_pb2.RegisteredProtocol(manifest=manifest, address=address, health=registry_pb2.HEALTH_STATE_SERVING,
-                                                    register_time=now())
+                                                    register_time=now(), capacity=described.capacity)
             if ttl_seconds > 0:
                 entry.expire_time.FromNanoseconds(int((time.time() + ttl_seconds) * 1e9))
             await self.store.put_protocol(entry)
-            self._cache[manifest.name] = entry
-            entries.append(self._decorate(entry))
-        return entries
+            entries.append(entry)
+        await self.refresh(force=True)
+        return [self._decorate(e, {}) for e in entries]
 
     def _manifest_problems(self, manifest: protocol_pb2.ProtocolManifest) -> list[FieldViolation]:
         """What in a plugin's manifest the registry cannot accept, as violations naming the field."""
-        found = []
+        found = _negatives(f"protocols[{manifest.name}].resources", manifest.resources)
         for name in ("input_schema", "output_schema"):
             depth = message_depth(getattr(manifest, name), self.max_value_depth)
             if depth > self.max_value_depth:
                 found.append(FieldViolation(f"protocols[{manifest.name}].{name}", str(ValueTooDeep("the schema", depth, self.max_value_depth))))
+        if manifest.max_concurrency < 0:
+            found.append(FieldViolation(f"protocols[{manifest.name}].max_concurrency", "must not be negative (0: no limit)"))
         return found
 
     async def deregister(self, name: str = "", address: str = "") -> int:
+        """Remove every instance of protocol `name`, or every protocol at `address`."""
         removed = await self.store.delete_protocols(name=name, address=address)
         await self.refresh(force=True)
         return removed
@@ -92,37 +102,60 @@ class ProtocolDirectory:
         if not force and time.monotonic() - self._refreshed < max_age:
             return
         at = time.time()
-        self._cache = {e.manifest.name: e for e in await self.store.list_protocol_entries() if not _expired(e, at)}
+        cache: dict[str, list[registry_pb2.RegisteredProtocol]] = {}
+        for entry in await self.store.list_protocol_entries():
+            if not _expired(entry, at):
+                cache.setdefault(entry.manifest.name, []).append(entry)
+        self._cache = cache
         self._refreshed = time.monotonic()
 
-    async def list(self) -> list[registry_pb2.RegisteredProtocol]:
+    async def listing(self) -> list[registry_pb2.RegisteredProtocol]:
+        """Every instance, by protocol name then address, with health, breaker, ejection and use."""
         await self.refresh()
-        return [self._decorate(e) for _, e in sorted(self._cache.items())]
+        use = await self._use()
+        return [self._decorate(e, use) for _, entries in sorted(self._cache.items()) for e in entries]
 
-    async def get(self, name: str) -> registry_pb2.RegisteredProtocol:
+    async def get(self, name: str) -> list[registry_pb2.RegisteredProtocol]:
+        """Every instance of protocol `name`; NotFound when there is none."""
         await self.refresh()
-        entry = self._cache.get(name)
-        if entry is None:
-            raise NotFound(f"protocol {name!r} is not registered", reason="PROTOCOL_NOT_FOUND")
-        return self._decorate(entry)
+        entries = self._cache.get(name)
+        if not entries:
+            raise NotFound(f"protocol {name!r} is not registered", reason="PROTOCOL_NOT_FOUND", metadata={"protocol": name})
+        use = await self._use()
+        return [self._decorate(e, use) for e in entries]
 
     def known_names(self) -> frozenset[str]:
         return frozenset(self._cache)
 
-    def lookup(self, name: str) -> registry_pb2.RegisteredProtocol | None:
-        entry = self._cache.get(name)
-        if entry is not None and _expired(entry, time.time()):
-            return None
-        return entry
+    def instances(self, name: str) -> list[registry_pb2.RegisteredProtocol]:
+        """The unexpired instances of `name` (from the cache), by address."""
+        at = time.time()
+        return [e for e in self._cache.get(name, ()) if not _expired(e, at)]
 
-    def record_health(self, name: str, reachable: bool) -> None:
-        self._health[name] = registry_pb2.HEALTH_STATE_SERVING if reachable else registry_pb2.HEALTH_STATE_UNREACHABLE
+    def record_health(self, address: str, reachable: bool) -> None:
+        self._health[address] = registry_pb2.HEALTH_STATE_SERVING if reachable else registry_pb2.HEALTH_STATE_UNREACHABLE
+        if reachable:
+            self.outliers.succeeded(address)
+        else:
+            self.outliers.failed(address)
 
-    def _decorate(self, entry: registry_pb2.RegisteredProtocol) -> registry_pb2.RegisteredProtocol:
+    async def _use(self) -> dict[str, Resources]:
+        try:
+            return {a: Resources.decode(u) for a, u in (await self.store.capacity_in_use()).items()}
+        except Exception:  # listing must work while the ledger cannot be read
+            return {}
+
+    def _decorate(self, entry: registry_pb2.RegisteredProtocol, use: dict[str, Resources]) -> registry_pb2.RegisteredProtocol:
         view = registry_pb2.RegisteredProtocol()
         view.CopyFrom(entry)
-        view.health = self._health.get(entry.manifest.name, entry.health)  # type: ignore[assignment]
+        view.health = self._health.get(entry.address, entry.health)  # type: ignore[assignment]
         view.breaker = self.breakers.state_of(entry.manifest.name)  # type: ignore[assignment]
+        view.calls_in_flight = self.calls_in_flight.get(entry.address, 0)
+        if entry.address in use:
+            view.capacity_in_use.CopyFrom(use[entry.address].as_capacity())
+        ejected = self.outliers.ejected_until(entry.address)
+        if ejected:
+            view.ejected_until.FromNanoseconds(int(ejected * 1e9))
         return view
 
     async def keep_fresh(self, interval: float = 2.0) -> None:
@@ -133,3 +166,8 @@ class ProtocolDirectory:
                 await self.refresh(force=True)
             except Exception:  # the store may be down; the cache keeps serving until it returns
                 continue
+
+
+def _negatives(prefix: str, message: protocol_pb2.Capacity | protocol_pb2.ResourceRequirements) -> list[FieldViolation]:
+    return [FieldViolation(f"{prefix}.{name}", "must not be negative") for name in RESOURCES
+            if getattr(message, name) < 0]

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mcp_server.engine.context import now
-from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
+from mcp_server.engine.ports import CapacityRequest, Checkpoint, StepRecord, TaskFilter, TaskPage
 from mcp_server.errors import FieldViolation, InvalidArgument, LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.state import redis_scripts as lua
@@ -71,6 +71,9 @@ class RedisStore:
         self._purge = client.register_script(lua.PURGE_FINISHED)
         self._latest = client.register_script(lua.LATEST_WORKFLOW)
         self._latest_version = client.register_script(lua.LATEST_VERSION)
+        self._acquire = client.register_script(lua.ACQUIRE_CAPACITY)
+        self._release_capacity = client.register_script(lua.RELEASE_CAPACITY)
+        self._renew_capacity = client.register_script(lua.RENEW_CAPACITY)
         self._queue_length: tuple[float, int] = (0.0, 0)
 
     @classmethod
@@ -456,11 +459,11 @@ class RedisStore:
 
     # ---- registry -------------------------------------------------------------------------
     async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None:
-        await self._do(self.r.hset(self.layout.protocols, entry.manifest.name, entry.SerializeToString()))
+        await self._do(self.r.hset(self.layout.protocols, _instance(entry), entry.SerializeToString()))
 
     async def delete_protocols(self, name: str = "", address: str = "") -> int:
         entries = await self.list_protocol_entries()
-        doomed = [e.manifest.name for e in entries if e.manifest.name == name or (address and e.address == address)]
+        doomed = [_instance(e) for e in entries if e.manifest.name == name or (address and e.address == address)]
         if not doomed:
             return 0
         return int(await self._do(self.r.hdel(self.layout.protocols, *doomed)))
@@ -468,7 +471,28 @@ class RedisStore:
     async def list_protocol_entries(self) -> list[registry_pb2.RegisteredProtocol]:
         values = await self._do(self.r.hgetall(self.layout.protocols))
         entries = [registry_pb2.RegisteredProtocol.FromString(v) for v in values.values()]
-        return sorted(entries, key=lambda e: e.manifest.name)
+        return sorted(entries, key=lambda e: (e.manifest.name, e.address))
+
+    async def acquire_capacity(self, request: CapacityRequest) -> str | None:
+        now_ms = int(now_seconds() * 1000)
+        args: list[Any] = [request.member, request.waiter_id, -request.priority, request.needs, now_ms,
+                           now_ms + int(request.wait_seconds * 1000), now_ms + int(request.lease_seconds * 1000)]
+        for address, capacity in request.candidates.items():
+            args += [address, capacity]
+        granted = await self._do(self._acquire(keys=list(self.layout.capacity), args=args))
+        return granted.decode() if granted else None
+
+    async def release_capacity(self, waiter_id: str, member: str) -> None:
+        await self._do(self._release_capacity(keys=list(self.layout.capacity), args=[member, waiter_id]))
+
+    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
+        if waiter_ids:
+            expiry = int((now_seconds() + lease_seconds) * 1000)
+            await self._do(self._renew_capacity(keys=list(self.layout.capacity[:2]), args=[expiry, *waiter_ids]))
+
+    async def capacity_in_use(self) -> dict[str, str]:
+        values = await self._do(self.r.hgetall(self.layout.capacity[5]))
+        return {_text(k): _text(v) for k, v in values.items()}
 
     async def put_breaker_state(self, protocol: str, state: str) -> None:
         await self._do(self.r.hset(self.layout.breakers, protocol, state))
@@ -525,3 +549,8 @@ def _decode_cursor(token: str) -> tuple[float, str] | None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _instance(entry: registry_pb2.RegisteredProtocol) -> str:
+    """The registry's field for one instance: protocol name and address."""
+    return f"{entry.manifest.name}\0{entry.address}"

@@ -22,6 +22,7 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:t:<id>:e    events: stream, entry id 0-<sequence>
     P{T}:t:<id>:v    large values: hash SHA-256 -> serialized Value
     P{wf}:...        workflows;  P{reg}:...  registry and breakers;  P{meta}:layout  the layout
+    P{cap}:...       the capacity ledger of plugin instances: grants, waiters, capacities, use
 """
 
 from __future__ import annotations
@@ -151,3 +152,9 @@ class Layout:
     @property
     def breakers(self) -> str:
         return f"{self.prefix}{{reg}}:breakers"
+
+    @property
+    def capacity(self) -> tuple[str, ...]:
+        """The capacity ledger, in one slot: grants, grant data, waiters, waiter data,
+        capacities, in use (see redis_scripts.ACQUIRE_CAPACITY)."""
+        return tuple(f"{self.prefix}{{cap}}:{name}" for name in ("g", "gd", "w", "wd", "c", "u"))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mcp_server.engine.context import now
-from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
+from mcp_server.engine.ports import CapacityRequest, Checkpoint, StepRecord, TaskFilter, TaskPage
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.state.common import (
@@ -41,6 +41,7 @@ from mcp_server.state.common import (
     request_task_id,
 )
 from mcp_server.state.followers import Followers
+from mcp_server.state.ledger import MemoryLedger
 
 T = TypeVar("T")
 SCHEMA = """
@@ -72,7 +73,8 @@ CREATE TABLE IF NOT EXISTS task_values (
 CREATE TABLE IF NOT EXISTS events (
   task_id TEXT NOT NULL, sequence INTEGER NOT NULL, data BLOB NOT NULL,
   PRIMARY KEY (task_id, sequence)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS protocols (name TEXT PRIMARY KEY, address TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS protocol_instances (
+  name TEXT NOT NULL, address TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (name, address));
 CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT NULL);
 """
 
@@ -85,6 +87,7 @@ class SqliteStore:
         self.worker = worker
         self.retention_seconds = retention_seconds
         self._followers = Followers()
+        self._ledger = MemoryLedger()
 
     @classmethod
     async def open(cls, path: str, retention_seconds: float = 7 * 24 * 3600.0) -> SqliteStore:
@@ -361,14 +364,27 @@ class SqliteStore:
 
     # ---- registry -------------------------------------------------------------------------
     async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None:
-        await self._write("INSERT OR REPLACE INTO protocols VALUES (?,?,?)", (entry.manifest.name, entry.address, entry.SerializeToString()))
+        await self._write("INSERT OR REPLACE INTO protocol_instances VALUES (?,?,?)",
+                          (entry.manifest.name, entry.address, entry.SerializeToString()))
 
     async def delete_protocols(self, name: str = "", address: str = "") -> int:
-        return await self._write("DELETE FROM protocols WHERE name=? OR address=?", (name, address))
+        return await self._write("DELETE FROM protocol_instances WHERE name=? OR address=?", (name, address))
 
     async def list_protocol_entries(self) -> list[registry_pb2.RegisteredProtocol]:
-        rows = await self._rows("SELECT data FROM protocols ORDER BY name")
+        rows = await self._rows("SELECT data FROM protocol_instances ORDER BY name, address")
         return [registry_pb2.RegisteredProtocol.FromString(r[0]) for r in rows]
+
+    async def acquire_capacity(self, request: CapacityRequest) -> str | None:
+        return self._ledger.acquire(request)
+
+    async def release_capacity(self, waiter_id: str, member: str) -> None:
+        self._ledger.release(waiter_id)
+
+    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
+        self._ledger.renew(waiter_ids, lease_seconds)
+
+    async def capacity_in_use(self) -> dict[str, str]:
+        return self._ledger.use()
 
     async def put_breaker_state(self, protocol: str, state: str) -> None:
         await self._write("INSERT OR REPLACE INTO breakers VALUES (?, ?)", (protocol, state))

@@ -48,6 +48,12 @@ class Metrics:
         self.store_latency = Histogram("mcp_store_operation_seconds", "Store call latency, by operation", ["operation"],
                                        buckets=STORE_BUCKETS, registry=r)
         self.store_errors = Counter("mcp_store_errors_total", "Store calls that failed, by operation", ["operation"], registry=r)
+        self.instance_capacity = Gauge("mcp_instance_capacity", "What a plugin instance offers (0: unlimited), by resource",
+                                       ["address", "resource"], registry=r)
+        self.instance_in_use = Gauge("mcp_instance_capacity_in_use", "What calls of every replica hold on a plugin instance",
+                                     ["address", "resource"], registry=r)
+        self.capacity_waiters = Gauge("mcp_capacity_waiters", "Calls of this replica waiting for capacity, by protocol",
+                                      ["protocol"], registry=r)
 
     def on_event(self, task: task_pb2.Task, event: task_pb2.TaskEvent) -> None:
         """EventListener: count what the event says happened."""

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from mcp_server.engine.context import make_event, now
-from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter
+from mcp_server.engine.ports import CapacityRequest, Checkpoint, StepRecord, TaskFilter
 from mcp_server.errors import LeaseLost
 from mcp_server.proto import protocol_pb2, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.state import open_store
@@ -271,3 +271,57 @@ async def test_list_paging_is_stable_while_tasks_come_and_go(store):
     second = await store.list_tasks(3, first.after[-1], TaskFilter())
     assert ids(first) + ids(second) == list(reversed(older))
     assert not second.more
+
+
+# ---- the capacity ledger -------------------------------------------------------------------
+def ask(waiter: str, needs: str, candidates: dict[str, str], priority: int = 0, at: int = 0, lease: float = 30.0) -> CapacityRequest:
+    return CapacityRequest(waiter, f"{at:015d}:{waiter}", priority, needs, candidates, lease, 3.0)
+
+
+async def test_capacity_is_granted_while_it_lasts_and_given_back(store):
+    gpu = {"a:1": "0,0,1", "b:1": "0,0,1"}
+    first = await store.acquire_capacity(ask("w1", "0,0,1", gpu, at=1))
+    second = await store.acquire_capacity(ask("w2", "0,0,1", gpu, at=2))
+    assert {first, second} == {"a:1", "b:1"}  # the least loaded first: one each
+    assert await store.acquire_capacity(ask("w3", "0,0,1", gpu, at=3)) is None
+    assert (await store.capacity_in_use())[first] == "0,0,1"
+    await store.release_capacity("w1", f"{1:015d}:w1")
+    assert await store.acquire_capacity(ask("w3", "0,0,1", gpu, at=3)) == first
+    assert await store.acquire_capacity(ask("w1", "0,0,1", gpu, at=1)) is None  # a given-back grant is gone
+
+
+async def test_waiters_are_granted_by_priority_then_first_come(store):
+    one = {"a:1": "0,0,1"}
+    assert await store.acquire_capacity(ask("holder", "0,0,1", one, at=1)) == "a:1"
+    for waiter, priority, at in (("low-early", 0, 2), ("high-late", 5, 3), ("low-late", 0, 4)):
+        assert await store.acquire_capacity(ask(waiter, "0,0,1", one, priority, at)) is None
+    order = []
+    holder, holder_at = "holder", 1
+    for _ in range(3):
+        await store.release_capacity(holder, f"{holder_at:015d}:{holder}")
+        for waiter, priority, at in (("low-early", 0, 2), ("high-late", 5, 3), ("low-late", 0, 4)):
+            if waiter not in order and await store.acquire_capacity(ask(waiter, "0,0,1", one, priority, at)) == "a:1":
+                order.append(waiter)
+                holder, holder_at = waiter, at
+                break
+    assert order == ["high-late", "low-early", "low-late"]
+
+
+async def test_a_call_that_needs_more_holds_back_the_smaller_ones_behind_it(store):
+    two = {"a:1": "0,0,2"}
+    assert await store.acquire_capacity(ask("one", "0,0,1", two, at=1)) == "a:1"
+    assert await store.acquire_capacity(ask("pair", "0,0,2", two, at=2)) is None  # waits for both GPUs
+    assert await store.acquire_capacity(ask("small", "0,0,1", two, at=3)) is None  # would fit, but the pair came first
+    await store.release_capacity("one", f"{1:015d}:one")
+    assert await store.acquire_capacity(ask("small", "0,0,1", two, at=3)) is None
+    assert await store.acquire_capacity(ask("pair", "0,0,2", two, at=2)) == "a:1"  # granted when it asked, or on its behalf
+
+
+async def test_a_lease_that_runs_out_gives_the_capacity_back(store):
+    one = {"a:1": "0,0,1"}
+    assert await store.acquire_capacity(ask("dies", "0,0,1", one, at=1, lease=0.2)) == "a:1"
+    assert await store.acquire_capacity(ask("next", "0,0,1", one, at=2)) is None
+    await store.renew_capacity(["dies"], 0.2)
+    await asyncio.sleep(0.35)
+    assert await store.acquire_capacity(ask("next", "0,0,1", one, at=2)) == "a:1"
+    assert (await store.capacity_in_use())["a:1"] == "0,0,1"

@@ -47,6 +47,7 @@ async def test_node_client_submits_a_task_and_watches_it_to_the_end(server, clie
 async def test_a_plugin_written_in_node_runs_a_step(server, client, node_plugin):
     reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=node_plugin))
     assert [p.manifest.name for p in reply.protocols] == ["word_stats"]
+    assert reply.protocols[0].capacity.cpu_millis == 2000 and reply.protocols[0].manifest.resources.cpu_millis == 100
     wf = workflow("node-step", {"id": "root", "sequence": {"children": [
         step("count", "word_stats"), step("again", "word_stats", "{'text': prev.reversed}", stream=True)]}})
     task = await run(client, wf, {"text": "one two three"})

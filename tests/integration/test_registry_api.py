@@ -96,14 +96,15 @@ async def test_a_plugin_registers_itself_and_keeps_renewing(server, client):
         address = (await process.stdout.readline()).decode().split()[1]
         async with asyncio.timeout(10):
             while True:
-                entries = {p.manifest.name: p for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols}
-                if entries.get("critique") and entries["critique"].address == address:
+                entries = {(p.manifest.name, p.address): p for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols}
+                if ("critique", address) in entries:
                     break
                 await asyncio.sleep(0.1)
-        first_expiry = entries["critique"].expire_time.ToNanoseconds()
+        first_expiry = entries[("critique", address)].expire_time.ToNanoseconds()
         await asyncio.sleep(3.0)  # past the first TTL: it is still there because it renewed
-        renewed = (await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="critique"))).protocol
-        assert renewed.address == address and renewed.expire_time.ToNanoseconds() > first_expiry
+        instances = (await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="critique"))).instances
+        renewed = next(i for i in instances if i.address == address)  # beside the session's own instance
+        assert renewed.expire_time.ToNanoseconds() > first_expiry and len(instances) == 2
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 10)

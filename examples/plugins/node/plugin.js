@@ -1,5 +1,7 @@
 // A protocol plugin written in Node.js: serves mcp.v1.ProtocolService with one protocol,
 // `word_stats`, which counts the words of `text` and reverses their order.
+// It declares what one call needs (100 millicores) and what this instance offers (2000
+// millicores): the orchestrator runs at most 20 of its calls at once, across all replicas.
 // usage: node plugin.js [HOST:PORT]   (prints "MCP_PLUGIN_LISTENING host:port" when ready)
 'use strict';
 const path = require('path');
@@ -28,8 +30,12 @@ function wordStats(input) {
 
 const service = {
   Describe(call, callback) {
-    callback(null, { protocols: [{ name: 'word_stats', version: '1.0.0', type: 'PROTOCOL_TYPE_ANALYSIS',
-      description: 'Counts words and reverses their order (a plugin written in Node.js)', max_concurrency: 0 }] });
+    callback(null, {
+      protocols: [{ name: 'word_stats', version: '1.0.0', type: 'PROTOCOL_TYPE_ANALYSIS',
+        description: 'Counts words and reverses their order (a plugin written in Node.js)', max_concurrency: 0,
+        resources: { cpu_millis: 100 } }],
+      capacity: { cpu_millis: 2000 },
+    });
   },
   Execute(call, callback) {
     if (call.request.protocol !== 'word_stats') {

@@ -1,0 +1,67 @@
+"""The capacity ledger in memory, for the embedded store (one process owns every call, so
+memory is the shared place). It applies the same rule as the Redis script: see
+protocols/capacity.grant_in_order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mcp_server.engine.ports import CapacityRequest
+from mcp_server.protocols.capacity import Resources, Waiter, grant_in_order
+
+
+@dataclass
+class _Waiting:
+    rank: tuple[int, str]
+    waiter: Waiter
+    expires: float
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self.capacities: dict[str, Resources] = {}
+        self.in_use: dict[str, Resources] = {}
+        self.grants: dict[str, tuple[str, Resources, float]] = {}
+        self.waiting: dict[str, _Waiting] = {}
+
+    def acquire(self, request: CapacityRequest) -> str | None:
+        now = time.monotonic()
+        self._expire(now)
+        if request.waiter_id in self.grants:
+            return self.grants[request.waiter_id][0]
+        for address, capacity in request.candidates.items():
+            self.capacities[address] = Resources.decode(capacity)
+        waiter = Waiter(request.waiter_id, Resources.decode(request.needs), tuple(request.candidates))
+        self.waiting[request.waiter_id] = _Waiting((-request.priority, request.member), waiter, now + request.wait_seconds)
+        queue = [w.waiter for w in sorted(self.waiting.values(), key=lambda w: w.rank)]
+        for waiter_id, address in grant_in_order(queue, self.capacities, self.in_use).items():
+            needs = self.waiting.pop(waiter_id).waiter.needs
+            self.in_use[address] = self.in_use.get(address, Resources()).plus(needs)
+            self.grants[waiter_id] = (address, needs, now + request.lease_seconds)
+        granted = self.grants.get(request.waiter_id)
+        return granted[0] if granted else None
+
+    def release(self, waiter_id: str) -> None:
+        self.waiting.pop(waiter_id, None)
+        grant = self.grants.pop(waiter_id, None)
+        if grant is not None:
+            address, needs, _ = grant
+            self.in_use[address] = self.in_use[address].minus(needs)
+
+    def renew(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
+        until = time.monotonic() + lease_seconds
+        for waiter_id in waiter_ids:
+            if waiter_id in self.grants:
+                address, needs, _ = self.grants[waiter_id]
+                self.grants[waiter_id] = (address, needs, until)
+
+    def use(self) -> dict[str, str]:
+        return {address: used.encode() for address, used in self.in_use.items()}
+
+    def _expire(self, now: float) -> None:
+        for waiter_id in [w for w, (_, _, until) in self.grants.items() if until < now]:
+            self.release(waiter_id)
+        for waiter_id in [w for w, waiting in self.waiting.items() if waiting.expires < now]:
+            del self.waiting[waiter_id]

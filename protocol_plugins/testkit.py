@@ -48,6 +48,12 @@ async def echo(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return data
 
 
+@plugin.protocol("gpu_echo", gpus=1, description="Returns its input; needs one GPU (for admission with --capacity)")
+async def gpu_echo(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("gpu_echo", ctx)
+    return data
+
+
 @plugin.protocol("append", description="Appends `suffix` (default: the step path) to `text`")
 async def append(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("append", ctx)

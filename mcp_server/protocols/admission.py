@@ -44,6 +44,7 @@ class Admission:
         self.held: dict[str, Grant] = {}
         self.waiting: Counter[str] = Counter()  # protocol -> calls of this replica waiting
         self._released = asyncio.Event()
+        self._giving: set[asyncio.Task[None]] = set()
 
     async def acquire(self, protocol: str, needs: Resources, candidates: Mapping[str, Resources], priority: int,
                       observer: CallObserver | None) -> Grant:
@@ -76,9 +77,15 @@ class Admission:
             observer.granted(protocol, address)
         return grant
 
-    async def release(self, grant: Grant) -> None:
-        """Give the capacity back (if the store cannot be reached, the lease gives it back)."""
+    def release(self, grant: Grant) -> None:
+        """Give the capacity back, in the background: the call's result does not wait for the
+        write (if the store cannot be reached, the lease gives it back)."""
         self.held.pop(grant.waiter_id, None)
+        giving = asyncio.get_running_loop().create_task(self._give_back(grant))
+        self._giving.add(giving)
+        giving.add_done_callback(self._giving.discard)
+
+    async def _give_back(self, grant: Grant) -> None:
         await self._withdraw(grant.waiter_id, grant.member)
         self._released.set()
 

@@ -73,7 +73,7 @@ class GrpcProtocolCaller:
             if address:
                 self.directory.calls_in_flight[address] -= 1
             if grant is not None:
-                await asyncio.shield(self.admission.release(grant))
+                self.admission.release(grant)
         if span is not None:
             finish_call(span)
         return result

@@ -23,6 +23,7 @@ from mcp_server.api.server import RunningServer, start_server
 from mcp_server.plugin_host import READY_LINE
 from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2_grpc, task_pb2_grpc, workflow_pb2_grpc
 from mcp_server.settings import Limits, Settings
+from tests.support.redis_cluster import LocalCluster, start_cluster
 from tests.support.redis_server import TestRedis
 
 
@@ -72,6 +73,27 @@ def redis_url(redis_base_url: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real six-node Redis Cluster for the session (see tests/support/redis_cluster.py)."""
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh key prefix on the session's Redis Cluster, deleted afterwards."""
+    prefix = f"mcptest:{uuid.uuid4().hex[:12]}:"
+    yield f"{redis_cluster.url}?prefix={prefix}"
+    for port in redis_cluster.masters():
+        client = redis.Redis(port=port)
+        keys = list(client.scan_iter(f"{prefix}*", count=1000))
+        for key in keys:
+            client.delete(key)
+        client.close()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

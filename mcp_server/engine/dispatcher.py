@@ -117,6 +117,10 @@ class Dispatcher:
                     log.warning("cannot claim tasks: %s", exc)
                     await asyncio.sleep(0.5)
                     continue
+                except Exception:  # a bug must not stop this replica from ever claiming again
+                    log.exception("claiming tasks failed unexpectedly; trying again")
+                    await asyncio.sleep(0.5)
+                    continue
             self._queue_empty = claimed is None
             if claimed is None:
                 self._wake.clear()
@@ -161,6 +165,9 @@ class Dispatcher:
                 requests = await self.store.cancel_requests(list(self._running))
             except Unavailable:
                 continue
+            except Exception:  # a bug must not stop cancels for good
+                log.exception("reading cancel requests failed unexpectedly; trying again")
+                continue
             for task_id, reason in requests.items():
                 await self.cancel(task_id, reason)
 
@@ -183,3 +190,5 @@ class Dispatcher:
                     self._wake.set()
             except Unavailable as exc:
                 log.warning("lease upkeep paused: %s", exc)
+            except Exception:  # a bug must not stop lease upkeep for good
+                log.exception("lease upkeep failed unexpectedly; trying again")

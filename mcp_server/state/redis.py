@@ -1,4 +1,5 @@
-"""The production store: Redis through redis.asyncio; several replicas share one Redis.
+"""The production store: Redis through redis.asyncio, on one node or on a Redis Cluster;
+several orchestrator replicas share it.
 
 Every write that must be atomic is one Lua script on the keys of one partition (see
 redis_layout.py for the keys and redis_scripts.py for the scripts): creating a task, claiming
@@ -7,21 +8,31 @@ fenced by the lease token), a cancel, a purge. Reads assemble a task from its fi
 parts; step records and large values are read only when asked for. Event logs are Redis
 Streams whose entry IDs are `0-<sequence>`, so `XREAD BLOCK` follows a task live from any
 replica.
+
+On a cluster (`redis-cluster://`), redis-py's RedisCluster routes each script by its keys
+(all in one slot by design) and follows the cluster through failovers; calls that span
+partitions go out together (a pipeline on one node, concurrent calls on a cluster). With
+`wait_replicas=N`, a create and a checkpoint count as done only once N replicas have them
+(WAIT, sent on the connection that wrote).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mcp_server.engine.context import now
@@ -52,13 +63,18 @@ PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
 # finished tasks' keys also carry a TTL this much past the retention, in case no replica purges them
 BACKSTOP_MS = 3600 * 1000
 QUEUE_LENGTH_CACHE_SECONDS = 0.1
+# how long a write waits for its replicas (wait_replicas) before it is retried
+WAIT_TIMEOUT_MS = 2000
 
 
 class RedisStore:
     """Store backed by Redis (see Store in engine/ports.py for the contract)."""
 
-    def __init__(self, client: aioredis.Redis, layout: Layout, retention_seconds: float = 7 * 24 * 3600.0) -> None:
-        self.r = client
+    def __init__(self, client: aioredis.Redis | RedisCluster, layout: Layout, retention_seconds: float = 7 * 24 * 3600.0,
+                 wait_replicas: int = 0) -> None:
+        self.r: Any = client
+        self.cluster = isinstance(client, RedisCluster)
+        self.wait_replicas = wait_replicas
         self.layout = layout
         self.retention_ms = max(1, int(retention_seconds * 1000))
         self._hub = StreamHub(self)
@@ -85,27 +101,34 @@ class RedisStore:
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", ["mcp:"])[0]
         wanted = query.pop("partitions", [""])[0]
+        wait_replicas = int(query.pop("wait_replicas", ["0"])[0])
         clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
-        # A bounded pool that makes a command wait for a free connection rather than fail. A command
-        # that meets a dead connection (Redis restarted) reconnects and is sent once more: every
-        # script here is safe to repeat (fenced, or idempotent by key or by sequence number).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            clean, max_connections=64, timeout=10, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError], connection_class=PackedConnection)
-        client = aioredis.Redis(connection_pool=pool)
+        client: aioredis.Redis | RedisCluster
+        if parts.scheme == "redis-cluster":
+            client = await _connect_cluster(parts.netloc)
+        else:
+            client = await _connect_node(clean, parts.netloc)
         try:
             layout = await _agree_on_layout(client, prefix, int(wanted) if wanted else None)
         except BaseException:
             await client.aclose()
             raise
-        return cls(client, layout, retention_seconds)
+        return cls(client, layout, retention_seconds, wait_replicas)
 
     async def _do(self, coro: Any) -> Any:
         try:
             return await coro
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise Unavailable(f"redis store unreachable: {exc}") from exc
+        except RedisClusterException as exc:
+            raise Unavailable(f"redis cluster: {exc}") from exc
+        except (AttributeError, TypeError) as exc:
+            # redis-py 8.1 lets a write on a connection the peer just closed (a failover, a
+            # restart) escape as AttributeError or TypeError from the transport, not as a
+            # ConnectionError (redis/redis-py#4287, fixed after 8.1): treat those as one.
+            if not _raised_by_the_connection(exc):
+                raise
+            raise Unavailable(f"redis store unreachable: a connection closed under a command ({type(exc).__name__}: {exc})") from exc
         except ResponseError as exc:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost("lease is no longer held") from exc
@@ -113,13 +136,23 @@ class RedisStore:
         except RedisError as exc:
             raise Unavailable(f"redis store error: {exc}") from exc
 
+    @contextlib.asynccontextmanager
+    async def _pipeline(self, transaction: bool = False) -> AsyncIterator[Any]:
+        """A pipeline whose errors are the store's, opening included (on a cluster, opening one
+        may reach a node, and fail like any command)."""
+        try:
+            async with self.r.pipeline(transaction=transaction) as pipe:
+                yield pipe
+        except (RedisError, RedisClusterException, OSError, AttributeError, TypeError) as exc:
+            await self._do(_raise(exc))
+
     # ---- workflows ------------------------------------------------------------------------
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         stored = workflow_pb2.Workflow()
         stored.CopyFrom(workflow)
         stored.version = int(await self._do(self.r.hincrby(self.layout.workflow_versions, workflow.workflow_id, 1)))
         stored.create_time.CopyFrom(now())
-        async with self.r.pipeline(transaction=True) as pipe:
+        async with self._pipeline(transaction=True) as pipe:
             pipe.hset(self.layout.workflow(stored.workflow_id), str(stored.version), stored.SerializeToString())
             pipe.zadd(self.layout.workflow_ids, {stored.workflow_id: 0})
             await self._do(pipe.execute())
@@ -151,7 +184,7 @@ class RedisStore:
 
     async def delete_workflow(self, workflow_id: str) -> int:
         key = self.layout.workflow(workflow_id)
-        async with self.r.pipeline(transaction=True) as pipe:
+        async with self._pipeline(transaction=True) as pipe:
             pipe.hlen(key)
             pipe.delete(key)
             pipe.zrem(self.layout.workflow_ids, workflow_id)
@@ -181,9 +214,9 @@ class RedisStore:
                            int((now_seconds() + lease_seconds) * 1000)]
         for digest, data in (values or {}).items():
             args += [digest, data]
-        created, detail = await self._do(self._create(
-            keys=[keys.header, keys.events, self.layout.queue(partition), keys.values, self.layout.leases(partition),
-                  *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id)], args=args))
+        created, detail = await self._written(self._create, [keys.header, keys.events, self.layout.queue(partition), keys.values,
+                                                             self.layout.leases(partition),
+                                                             *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id)], args)
         if created:
             self._hub.written(keys.events, [event], writer=bool(holder))
             return task, True, int(detail)
@@ -247,7 +280,7 @@ class RedisStore:
         asked) how many entries the keys hold in all."""
         high = "+inf" if after is None else repr(after[0])
         ties = 16  # entries created in the same microsecond as the cursor, skipped below
-        async with self.r.pipeline(transaction=False) as pipe:
+        async with self._pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.zrevrangebyscore(key, high, "-inf", start=0, num=want + ties, withscores=True)
             if count:
@@ -261,7 +294,7 @@ class RedisStore:
         return sorted(merged, reverse=True)[:want], total
 
     async def _headers(self, task_ids: list[str]) -> list[Any]:
-        async with self.r.pipeline(transaction=False) as pipe:
+        async with self._pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.hmget(self.layout.task(task_id).header, "f", "v", "wf")
             return list(await self._do(pipe.execute()))
@@ -306,8 +339,8 @@ class RedisStore:
             args += [digest, data]
         for event in checkpoint.events:
             args += [event.sequence, event.SerializeToString()]
-        await self._do(self._checkpoint(keys=[*keys.all, self.layout.leases(partition), self.layout.expiry(partition),
-                                              self.layout.cancels(partition)], args=args))
+        await self._written(self._checkpoint, [*keys.all, self.layout.leases(partition), self.layout.expiry(partition),
+                                               self.layout.cancels(partition)], args)
         self._hub.written(keys.events, checkpoint.events)
 
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
@@ -332,7 +365,7 @@ class RedisStore:
 
     async def request_cancel(self, task_id: str, reason: str) -> None:
         partition = self.layout.partition_of(task_id)
-        async with self.r.pipeline(transaction=True) as pipe:
+        async with self._pipeline(transaction=True) as pipe:
             pipe.hset(self.layout.task(task_id).header, "cx", reason)
             pipe.zadd(self.layout.cancels(partition), {task_id: int(now_seconds() * 1000)})
             await self._do(pipe.execute())
@@ -342,14 +375,14 @@ class RedisStore:
         small read per partition, however many tasks run here), then the reasons of ours."""
         if not task_ids:
             return {}
-        async with self.r.pipeline(transaction=False) as pipe:
+        async with self._pipeline(transaction=False) as pipe:
             for partition in range(self.layout.partitions):
                 pipe.zrange(self.layout.cancels(partition), 0, 999)
             pending = {raw.decode() for reply in await self._do(pipe.execute()) for raw in reply}
         ours = [task_id for task_id in task_ids if task_id in pending]
         if not ours:
             return {}
-        async with self.r.pipeline(transaction=False) as pipe:
+        async with self._pipeline(transaction=False) as pipe:
             for task_id in ours:
                 pipe.hget(self.layout.task(task_id).header, "cx")
             reasons = await self._do(pipe.execute())
@@ -399,7 +432,7 @@ class RedisStore:
 
     async def _queue_heads(self) -> dict[int, tuple[float, bytes]]:
         """Each non-empty partition's first entry: (-priority, `<create micros>:<task id>`)."""
-        async with self.r.pipeline(transaction=False) as pipe:
+        async with self._pipeline(transaction=False) as pipe:
             for partition in range(self.layout.partitions):
                 pipe.zrange(self.layout.queue(partition), 0, 0, withscores=True)
             replies = await self._do(pipe.execute())
@@ -414,34 +447,68 @@ class RedisStore:
         by_partition: dict[int, list[Any]] = {}
         for task_id, token in leases.items():
             by_partition.setdefault(self.layout.partition_of(task_id), []).extend([task_id, token])
-        async with self.r.pipeline(transaction=False) as pipe:
-            for partition, pairs in by_partition.items():
-                await self._renew(keys=[self.layout.leases(partition)], args=[expiry, self.layout.task_prefix(partition), *pairs],
-                                  client=pipe)
-            replies = await self._do(pipe.execute())
+        replies = await self._scripts([(self._renew, [self.layout.leases(partition)],
+                                        [expiry, self.layout.task_prefix(partition), *pairs]) for partition, pairs in by_partition.items()])
         return [t.decode() for lost in replies for t in lost]
 
     async def release_expired_leases(self) -> int:
         now_ms = int(now_seconds() * 1000)
-        async with self.r.pipeline(transaction=False) as pipe:
-            for p in range(self.layout.partitions):
-                await self._release(keys=[self.layout.leases(p), self.layout.queue(p)],
-                                    args=[now_ms, self.layout.task_prefix(p), PENDING, RUNNING], client=pipe)
-            return sum(int(n) for n in await self._do(pipe.execute()))
+        replies = await self._scripts([(self._release, [self.layout.leases(p), self.layout.queue(p)],
+                                        [now_ms, self.layout.task_prefix(p), PENDING, RUNNING]) for p in range(self.layout.partitions)])
+        return sum(int(n) for n in replies)
 
     async def purge_finished(self) -> int:
         """Delete the tasks whose retention ran out, with their index entries."""
         now_ms = int(now_seconds() * 1000)
-        async with self.r.pipeline(transaction=False) as pipe:
-            for p in range(self.layout.partitions):
-                await self._purge(keys=[self.layout.expiry(p)], args=[now_ms, self.layout.task_prefix(p), self.layout.index_prefix(p)],
-                                  client=pipe)
-            return sum(int(n) for n in await self._do(pipe.execute()))
+        replies = await self._scripts([(self._purge, [self.layout.expiry(p)], [now_ms, self.layout.task_prefix(p), self.layout.index_prefix(p)])
+                                       for p in range(self.layout.partitions)])
+        return sum(int(n) for n in replies)
+
+    async def _scripts(self, calls: Sequence[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run one script per partition: in one pipeline on a single node, as concurrent calls
+        on a cluster (redis-py routes each by its keys; scripts do not go into its pipelines)."""
+        if self.cluster:
+            return list(await self._do(asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in calls))))
+        async with self._pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await self._do(pipe.execute()))
+
+    async def _written(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a write script; with wait_replicas, return only once that many replicas have it
+        (WAIT must follow the write on the same connection: one pipeline to the slot's master)."""
+        if not self.wait_replicas:
+            return await self._do(script(keys=keys, args=args))
+        for _ in range(3):
+            if self.cluster:
+                node = self.r.get_node_from_key(keys[0])
+                commands = [PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
+                            PipelineCommand(1, "WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)]
+                await self._do(node.execute_pipeline(commands))
+                result, acked = commands[0].result, commands[1].result
+            else:
+                async with self._pipeline(transaction=False) as pipe:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+                    result, acked = await self._do(pipe.execute(raise_on_error=False))
+            if isinstance(result, NoScriptError):
+                await self._do(self.r.script_load(script.script))
+                continue
+            if isinstance(result, Exception):
+                if self.cluster and isinstance(result, (MovedError, AskError, RedisConnectionError)):
+                    await self._do(self.r.nodes_manager.initialize())  # the slot moved (a failover): look again
+                    continue
+                await self._do(_raise(result))
+            if isinstance(acked, Exception) or int(acked) < self.wait_replicas:
+                raise Unavailable(f"a write reached {acked} of the {self.wait_replicas} replicas it must reach "
+                                  f"within {WAIT_TIMEOUT_MS} ms (wait_replicas); it is retried")
+            return result
+        raise Unavailable("the cluster moved the slot under a write three times; it is retried")
 
     async def queue_depth_by_priority(self, sample: int = 10_000) -> dict[int, int]:
         """Counts per priority over the first `sample` queued tasks in all (exact below that)."""
         each = max(1, sample // self.layout.partitions)
-        async with self.r.pipeline(transaction=False) as pipe:
+        async with self._pipeline(transaction=False) as pipe:
             for p in range(self.layout.partitions):
                 pipe.zrange(self.layout.queue(p), 0, each - 1, withscores=True)
             replies = await self._do(pipe.execute())
@@ -452,7 +519,7 @@ class RedisStore:
         return depth
 
     async def queue_length(self) -> int:
-        async with self.r.pipeline(transaction=False) as pipe:
+        async with self._pipeline(transaction=False) as pipe:
             for p in range(self.layout.partitions):
                 pipe.zcard(self.layout.queue(p))
             return sum(int(n) for n in await self._do(pipe.execute()))
@@ -502,20 +569,72 @@ class RedisStore:
         return {k.decode(): v.decode() for k, v in values.items()}
 
     async def ping(self) -> None:
-        await self._do(self.r.ping())
+        """On a cluster, also that every slot is served (a node can answer while a slot has none)."""
+        if not self.cluster:
+            await self._do(self.r.ping())
+            return
+        info = await self._do(self.r.cluster_info(target_nodes=RedisCluster.RANDOM))
+        if info.get("cluster_state") != "ok":
+            assigned = info.get("cluster_slots_ok", "?")
+            raise Unavailable(f"redis cluster state is {info.get('cluster_state')}: {assigned} of 16384 slots are served")
 
     async def close(self) -> None:
         await self._hub.close()
         await self.r.aclose()
 
 
-async def _agree_on_layout(client: aioredis.Redis, prefix: str, wanted: int | None) -> Layout:
+async def _connect_node(url: str, where: str) -> aioredis.Redis:
+    """One Redis node. A bounded pool makes a command wait for a free connection rather than
+    fail. A command that meets a dead connection (Redis restarted) reconnects and is sent once
+    more: every script here is safe to repeat (fenced, or idempotent by key or by sequence)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=64, timeout=10, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError], connection_class=PackedConnection)
+    client = aioredis.Redis(connection_pool=pool)
+    try:
+        if (await client.info("cluster")).get("cluster_enabled"):
+            raise RuntimeError(f"{where} is a node of a Redis Cluster: use redis-cluster://{where} (redis:// means a single node)")
+    except RedisError:
+        pass  # unreachable now: the server starts and reports UNAVAILABLE until Redis answers
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+async def _connect_cluster(where: str) -> RedisCluster:
+    """A Redis Cluster from any of its nodes (`host:port,host:port`); refuses to start when none
+    answers, or when they are not a cluster."""
+    nodes = []
+    for address in filter(None, where.split(",")):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"redis-cluster node {address!r} must be HOST:PORT")
+        nodes.append(ClusterNode(host, int(port)))
+    if not nodes:
+        raise ValueError("redis-cluster:// needs at least one HOST:PORT")
+    client = RedisCluster(startup_nodes=nodes, require_full_coverage=True, socket_timeout=5, socket_connect_timeout=2,
+                          max_connections=64, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6))
+    try:
+        await client.initialize()
+    except (RedisClusterException, RedisError, OSError) as exc:
+        await client.aclose()
+        tried = ", ".join(f"{n.host}:{n.port}" for n in nodes)
+        if "cluster mode is not enabled" in str(exc).lower() or "cluster support disabled" in str(exc).lower():
+            raise RuntimeError(f"{tried} is not a Redis Cluster (cluster mode is not enabled): use redis://{nodes[0].host}:"
+                               f"{nodes[0].port} for a single node") from None
+        raise RuntimeError(f"no Redis Cluster node answered (tried {tried}): {exc}") from None
+    return client
+
+
+async def _agree_on_layout(client: aioredis.Redis | RedisCluster, prefix: str, wanted: int | None) -> Layout:
     """The layout this store was created with (recording ours if it is new); refuse another."""
     if wanted is not None:
         Layout(prefix, wanted)  # validates the prefix and the count
     layout_key = Layout(prefix).meta
     try:
-        if await client.exists(f"{prefix}tasks", f"{prefix}queue"):  # keys only layout 1 wrote
+        if await client.exists(f"{prefix}tasks") or await client.exists(f"{prefix}queue"):  # keys only layout 1 wrote
             raise RuntimeError(f"the Redis store at prefix {prefix!r} " + LAYOUT_MISMATCH.format(found=1, wanted=LAYOUT_VERSION))
         await client.hsetnx(layout_key, "version", LAYOUT_VERSION)
         await client.hsetnx(layout_key, "partitions", wanted or DEFAULT_PARTITIONS)
@@ -554,3 +673,13 @@ def _text(value: bytes | str) -> str:
 def _instance(entry: registry_pb2.RegisteredProtocol) -> str:
     """The registry's field for one instance: protocol name and address."""
     return f"{entry.manifest.name}\0{entry.address}"
+
+
+async def _raise(error: Exception) -> Any:
+    raise error
+
+
+def _raised_by_the_connection(error: BaseException) -> bool:
+    """Whether `error` was raised inside redis-py's or asyncio's connection code (not ours)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and any(part in frames[-1].filename for part in ("/redis/", "/asyncio/"))

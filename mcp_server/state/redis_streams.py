@@ -40,7 +40,7 @@ class _PartitionReader:
         if self.hub.is_local(key):
             return
         store = self.hub.store
-        async with store.r.pipeline(transaction=False) as pipe:
+        async with store._pipeline() as pipe:
             pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=16, approximate=True)
             pipe.expire(self.wake_key, 3600)
             await store._do(pipe.execute())

@@ -18,9 +18,17 @@ pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
 
 
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+def any_store_url(request):
+    """Every store: the embedded one, one Redis node, a real Redis Cluster."""
+    if request.param == "sqlite":
+        return "sqlite://:memory:"
+    return request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
+
+
 @pytest.fixture
-async def store(store_url):
-    opened = await open_store(store_url)
+async def store(any_store_url):
+    opened = await open_store(any_store_url)
     yield opened
     await opened.close()
 
@@ -238,8 +246,8 @@ async def test_registry_entries_round_trip(store):
     assert await store.list_protocol_entries() == []
 
 
-async def test_finished_tasks_expire_after_the_retention_time(store_url):
-    store = await open_store(store_url, retention_seconds=0.3)
+async def test_finished_tasks_expire_after_the_retention_time(any_store_url):
+    store = await open_store(any_store_url, retention_seconds=0.3)
     try:
         task, event = new_task()
         await store.create_task(task, event)

@@ -1,0 +1,196 @@
+"""The state spread over a real Redis Cluster (six local nodes), orchestrators as real
+processes: the keys land on every master; every task completes through a kill -9 of an
+orchestrator and, separately, of a Redis master (with wait_replicas=1), with gapless logs, no
+finished step run again, and watchers that follow their tasks through both."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mcp_server.proto import task_pb2
+from tests.conftest import Client, client_for_address
+from tests.e2e.test_recovery import assert_gapless, assert_no_finished_step_ran_twice
+from tests.e2e.test_server_process import free_port
+from tests.helpers import create, plugin_stats, step, submit, workflow
+from tests.support.processes import start_orchestrator
+from tests.support.redis_cluster import LocalCluster, start_cluster
+
+pytestmark = pytest.mark.asyncio
+E = task_pb2.TaskEventType
+CHAIN = workflow("chain", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 150}") for i in range(1, 5)]}})
+
+
+@pytest.fixture
+def own_cluster() -> Any:
+    """A cluster of its own, for a test that kills one of its masters."""
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+async def orchestrators(count: int, store: str, plugin: str, name: str) -> tuple[list[subprocess.Popen[bytes]], list[Client]]:
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(count)]
+    processes = [start_orchestrator(a, store, [plugin], f"{name}{i}", MCP_LEASE_SECONDS="1.5") for i, a in enumerate(addresses)]
+    return processes, [client_for_address(a) for a in addresses]
+
+
+async def stop(processes: list[subprocess.Popen[bytes]], clients: list[Client]) -> None:
+    for client in clients:
+        await client.channel.close()
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=15)
+
+
+async def follow(client: Client, task_id: str) -> list[task_pb2.TaskEvent]:
+    """Watch a task to its end, reconnecting after a dropped stream exactly where it stopped."""
+    log: list[task_pb2.TaskEvent] = []
+    for _ in range(50):
+        try:
+            after = log[-1].sequence if log else 0
+            async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after)):
+                log.append(event)
+            if log and log[-1].type in (E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED):
+                return log
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            await asyncio.sleep(0.3)
+    raise AssertionError(f"task {task_id} did not end")
+
+
+def keys_per_master(cluster: LocalCluster, prefix: str) -> dict[int, int]:
+    found = {}
+    for port in cluster.masters():
+        client = redis.Redis(port=port)
+        found[port] = sum(1 for _ in client.scan_iter(f"{prefix}*", count=1000))
+        client.close()
+    return found
+
+
+async def test_three_orchestrators_spread_300_tasks_over_every_master(plugins, testkit, redis_cluster, cluster_url):
+    processes, clients = await orchestrators(3, cluster_url, plugins["testkit"].address, "spread")
+    try:
+        await create(clients[0], workflow("quick", {"id": "root", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}}))
+        tasks = await asyncio.gather(*(submit(clients[i % 3], "quick") for i in range(300)))
+        logs = await asyncio.gather(*(follow(clients[i % 3], t.task_id) for i, t in enumerate(tasks)))
+        assert all(log[-1].type == E.TASK_EVENT_TYPE_COMPLETED for log in logs)
+        prefix = cluster_url.split("prefix=")[1]
+        spread = keys_per_master(redis_cluster, prefix)
+        assert len(spread) == 3 and all(count > 100 for count in spread.values()), spread
+        listed = await clients[1].tasks.ListTasks(task_pb2.ListTasksRequest(page_size=1000))
+        assert listed.total_size == 300 and len(listed.tasks) == 300
+    finally:
+        await stop(processes, clients)
+
+
+async def test_a_killed_orchestrator_s_tasks_finish_elsewhere_on_the_cluster(plugins, testkit, cluster_url):
+    processes, clients = await orchestrators(3, cluster_url, plugins["testkit"].address, "crash")
+    try:
+        await create(clients[0], CHAIN)
+        tasks = await asyncio.gather(*(submit(clients[i % 3], "chain") for i in range(30)))
+        await asyncio.sleep(0.4)
+        processes[1].send_signal(signal.SIGKILL)
+        processes[1].wait(timeout=10)
+        survivors = [clients[0], clients[2]]
+        logs = await asyncio.wait_for(asyncio.gather(*(follow(survivors[i % 2], t.task_id) for i, t in enumerate(tasks))), 90)
+        calls = (await plugin_stats(testkit))["calls"]
+        for log in logs:
+            assert_gapless(log)
+            assert_no_finished_step_ran_twice(log, calls)
+        assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for log in logs for e in log), "the killed replica ran nothing"
+    finally:
+        await stop(processes, clients)
+
+
+async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins, testkit, own_cluster):
+    store = f"{own_cluster.url}?prefix=failover:&wait_replicas=1"
+    processes, clients = await orchestrators(2, store, plugins["testkit"].address, "failover")
+    try:
+        await create(clients[0], CHAIN)
+        tasks = await asyncio.gather(*(submit(clients[i % 2], "chain") for i in range(24)))
+        watchers = [asyncio.create_task(follow(clients[0], t.task_id)) for t in tasks]  # all on one surviving orchestrator
+        await asyncio.sleep(0.5)
+        victim = own_cluster.masters()[0]
+        own_cluster.kill(victim)
+        await asyncio.to_thread(own_cluster.wait_failover, victim)  # its replica takes over after the node timeout (2 s)
+        # The promoted replica has no replica of its own, so with wait_replicas=1 its partitions
+        # cannot acknowledge writes (they pause) until the dead node comes back, as its replica.
+        own_cluster.start_node(victim)
+        logs = await asyncio.wait_for(asyncio.gather(*watchers), 120)
+        calls = (await plugin_stats(testkit))["calls"]
+        for log in logs:
+            assert_gapless(log)
+            assert_no_finished_step_ran_twice(log, calls)
+        async with asyncio.timeout(20):  # a replica was promoted; the dead node came back as its replica
+            while victim in own_cluster.masters() or len(own_cluster.masters()) != 3:
+                await asyncio.sleep(0.2)
+        health = health_pb2_grpc.HealthStub(clients[1].channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await stop(processes, clients)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+def server_exits(store: str) -> str:
+    """Start a server on `store`; it must refuse to start. Returns what it said."""
+    result = subprocess.run([sys.executable, "-m", "mcp_server", "--listen", f"127.0.0.1:{free_port()}", "--store", store],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+async def test_a_cluster_url_with_no_reachable_node_refuses_to_start_naming_the_nodes():
+    first, second = free_port(), free_port()
+    said = await asyncio.to_thread(server_exits, f"redis-cluster://127.0.0.1:{first},127.0.0.1:{second}")
+    assert "no Redis Cluster node answered" in said and f"127.0.0.1:{first}" in said and f"127.0.0.1:{second}" in said
+
+
+async def test_single_node_and_cluster_urls_pointed_at_the_other_kind_are_refused(redis_cluster, redis_base_url):
+    node = f"127.0.0.1:{redis_cluster.ports[0]}"
+    said = await asyncio.to_thread(server_exits, f"redis://{node}/0")
+    assert "is a node of a Redis Cluster: use redis-cluster://" in said
+    single = redis_base_url.split("//")[1].split("/")[0]
+    said = await asyncio.to_thread(server_exits, f"redis-cluster://{single}")
+    assert "is not a Redis Cluster" in said and "use redis://" in said
+
+
+async def test_a_cluster_with_a_slot_not_served_is_not_serving_and_answers_unavailable(server_factory, own_cluster):
+    running = await server_factory(store=f"{own_cluster.url}?prefix=uncovered:")
+    client = client_for_address(running.address)
+    await create(client, workflow("any", step("s", "echo")))
+    # take every slot of one master away: a third of the keys have nowhere to go
+    master = own_cluster.masters()[0]
+    node = redis.Redis(port=master)
+    slots = [s for start, end, owner, *_ in node.execute_command("CLUSTER SLOTS") if int(owner[1]) == master
+             for s in range(int(start), int(end) + 1)]
+    for port in own_cluster.masters() + [p for p in own_cluster.ports if p not in own_cluster.masters()]:
+        other = redis.Redis(port=port)
+        try:
+            other.execute_command("CLUSTER", "DELSLOTS", *slots)
+        except redis.RedisError:
+            pass
+        other.close()
+    node.close()
+    health = health_pb2_grpc.HealthStub(client.channel)
+    async with asyncio.timeout(20):
+        while (await health.Check(health_pb2.HealthCheckRequest())).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+            await asyncio.sleep(0.2)
+    failures = 0
+    for _ in range(20):
+        try:
+            await submit(client, "any")
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE and "redis" in err.details().lower()
+            failures += 1
+    assert failures > 0
+    await client.channel.close()

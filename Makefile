@@ -3,23 +3,26 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/mcp/v1/*.proto)
-STAMP_DEPS := $(VENV)/.installed mcp_server/proto/.stamp
+SDK := sdk/python
+STAMP_DEPS := $(VENV)/.installed $(SDK)/mcp_sdk/proto/.stamp
 
 .PHONY: run test lint typecheck proto buf-lint bench node clean setup
 
 setup: $(STAMP_DEPS)
 
-$(VENV)/.installed: pyproject.toml
+# Both packages, editable: the SDK (contract code, client, plugin side) and the server on it.
+$(VENV)/.installed: pyproject.toml $(SDK)/pyproject.toml $(SDK)/setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e './$(SDK)[yaml]' -e '.[dev]'
 	touch $@
 
-mcp_server/proto/.stamp: $(PROTOS) tools/gen_protos.py $(VENV)/.installed
-	$(PY) tools/gen_protos.py
+# The contract code is generated from protos/, never committed (the SDK's build does the same).
+$(SDK)/mcp_sdk/proto/.stamp: $(PROTOS) $(SDK)/codegen.py $(VENV)/.installed
+	$(PY) $(SDK)/codegen.py
 	touch $@
 
-proto: mcp_server/proto/.stamp
+proto: $(SDK)/mcp_sdk/proto/.stamp
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -36,7 +39,7 @@ test: setup node lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check mcp_server protocol_plugins tests tools bench
+	$(VENV)/bin/ruff check mcp_server protocol_plugins tests bench $(SDK)
 	$(VENV)/bin/mypy
 
 buf-lint: node
@@ -46,4 +49,4 @@ bench: setup
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules mcp_server/proto/*_pb2* mcp_server/proto/.stamp .mcp
+	rm -rf $(VENV) node_modules $(SDK)/mcp_sdk/proto .mcp

@@ -28,8 +28,8 @@ from bench.cluster import bench_cluster
 from bench.harness import Orchestrated, Proc, Stat, chain, percentile, repeat, start_orchestrator, start_plugin, throughput
 from bench.layout import bench_layout
 from bench.report import REDIS, RESULTS, table
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 from mcp_server.engine.values import dict_to_struct
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 
 
 # ---- floors ---------------------------------------------------------------------------------

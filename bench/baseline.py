@@ -17,9 +17,18 @@ def prepare(ref: str) -> Path:
     sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout.strip()
     target = BASELINES / sha
-    if not (target / "mcp_server" / "proto" / "task_pb2.py").exists():
+    marker = target / ".prepared"
+    if not marker.exists():
         target.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "archive", sha], cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-        subprocess.run([sys.executable, "tools/gen_protos.py"], cwd=target, check=True, capture_output=True)
+        # Before the SDK the contract code was generated into mcp_server/proto by tools/gen_protos.py.
+        generator = "sdk/python/codegen.py" if (target / "sdk" / "python" / "codegen.py").exists() else "tools/gen_protos.py"
+        subprocess.run([sys.executable, generator], cwd=target, check=True, capture_output=True)
+        marker.touch()
     return target
+
+
+def import_paths(code: Path) -> list[str]:
+    """What goes on PYTHONPATH to import that checkout's server (and its SDK, once it had one)."""
+    return [str(code)] + ([str(code / "sdk" / "python")] if (code / "sdk" / "python").is_dir() else [])

@@ -13,7 +13,7 @@ import redis as redis_sync
 from bench.chains import redis_pid
 from bench.harness import CpuMeter, Orchestrated, Proc, chain, start_orchestrator
 from bench.report import REDIS, table
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 
 USABLE = 0.7  # run a core at 70% at most: headroom for bursts and recovery
 

@@ -27,8 +27,8 @@ import redis as redis_sync
 
 from bench.harness import CpuMeter, Orchestrated, Proc, Stat, chain, percentile, start_orchestrator, start_thin, throughput
 from bench.report import REDIS, table
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
 from mcp_server.engine.values import dict_to_struct
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc
 
 Row = tuple[str, Stat | float | str, str]
 

@@ -12,7 +12,7 @@ import grpc
 from bench.chains import System, fanout_floor, redis_pid
 from bench.harness import Orchestrated, Proc, Stat, chain, repeat, start_orchestrator
 from bench.report import REDIS, table
-from mcp_server.proto import protocol_pb2_grpc
+from mcp_sdk.proto import protocol_pb2_grpc
 from tests.support.redis_cluster import start_cluster
 
 USABLE = 0.7

@@ -17,8 +17,9 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from bench.baseline import import_paths
+from mcp_sdk.proto import task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_server.plugin_host import READY_LINE
-from mcp_server.proto import task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 
 
 def free_port() -> int:
@@ -64,7 +65,7 @@ def start_orchestrator(store: str, plugins: list[str], replica: str = "bench", c
         args += ["--plugin", plugin]
     environment = {**os.environ, "MCP_LIMIT_MAX_TASKS_IN_FLIGHT": "20000", "MCP_LIMIT_MAX_CONCURRENCY": "1000", **env}
     if code is not None:
-        environment["PYTHONPATH"] = os.pathsep.join(p for p in (environment.get("PYTHONPATH", ""), str(code)) if p)
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in (environment.get("PYTHONPATH", ""), *import_paths(code)) if p)
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
                                cwd=code)
     assert process.stdout is not None

@@ -17,8 +17,8 @@ from google.protobuf import struct_pb2
 
 from bench.harness import Orchestrated, Proc, Stat, chain, free_port, percentile, start_orchestrator
 from bench.report import table
+from mcp_sdk.proto import task_pb2
 from mcp_server.engine.context import make_event, now
-from mcp_server.proto import task_pb2
 from mcp_server.state import open_store
 
 PAYLOADS = {"100 B": 100, "10 KB": 10_000, "100 KB": 100_000}

@@ -16,7 +16,7 @@ import uuid
 import grpc
 import redis.asyncio as aioredis
 
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
 
 READY_LINE = "THIN_LISTENING"
 

@@ -11,13 +11,7 @@ from dataclasses import dataclass, field
 
 from grpc import StatusCode
 
-
-@dataclass(frozen=True)
-class FieldViolation:
-    """One bad field of a request: which one (dotted path) and why."""
-
-    field: str
-    description: str
+from mcp_sdk.errors import FieldViolation as FieldViolation  # one type for a bad field, both sides of the wire
 
 
 class McpError(Exception):

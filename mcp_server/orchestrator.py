@@ -11,6 +11,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
+from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.context import make_event, now
@@ -22,7 +23,6 @@ from mcp_server.engine.ports import EventListener, Store, TaskFilter
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, McpError, NotFound, ResourceExhausted
-from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.protocols.admission import Admission
 from mcp_server.protocols.breakers import BreakerBoard, BreakerSettings
 from mcp_server.protocols.caller import GrpcProtocolCaller

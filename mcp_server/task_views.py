@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import Store
 from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
-from mcp_server.proto import task_pb2
 from mcp_server.settings import Limits
 
 INPUT, OUTPUT = task_pb2.VALUE_FIELD_INPUT, task_pb2.VALUE_FIELD_OUTPUT

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcp_server.proto import protocol_pb2
-from protocol_plugins.sdk import Context, Plugin
+from mcp_sdk.plugin import Context, Plugin
+from mcp_sdk.proto import protocol_pb2
 
 plugin = Plugin("basics")
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import grpc
 
-from mcp_server.proto import protocol_pb2
-from protocol_plugins.sdk import Context, Plugin, ProtocolError
+from mcp_sdk.plugin import Context, Plugin, ProtocolError
+from mcp_sdk.proto import protocol_pb2
 
 MALFORMED = b"\xff\xff\xff\xff this is not a protobuf message"
 

@@ -13,8 +13,8 @@ import math
 import re
 from typing import Any
 
-from mcp_server.proto import protocol_pb2
-from protocol_plugins.sdk import Context, Plugin
+from mcp_sdk.plugin import Context, Plugin
+from mcp_sdk.proto import protocol_pb2
 
 plugin = Plugin("cognitive")
 T = protocol_pb2

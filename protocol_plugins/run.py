@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from protocol_plugins.sdk import Plugin
+from mcp_sdk.plugin import Plugin
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(args[0])
     plugin = getattr(module, "plugin", None)
     if not isinstance(plugin, Plugin):
-        sys.exit(f"{args[0]} has no `plugin` (a protocol_plugins.sdk.Plugin)")
+        sys.exit(f"{args[0]} has no `plugin` (a mcp_sdk.plugin.Plugin)")
     plugin.main(args[1:])
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from mcp_server.engine.values import dict_to_struct
-from mcp_server.proto import protocol_pb2
-from protocol_plugins.sdk import Context, Plugin, ProtocolError, Reply, accept, goto, retry
+from mcp_sdk.plugin import Context, Plugin, ProtocolError, Reply, accept, goto, retry
+from mcp_sdk.proto import protocol_pb2
+from mcp_sdk.values import dict_to_struct
 
 plugin = Plugin("testkit")
 T = protocol_pb2

@@ -20,8 +20,8 @@ import itertools
 import re
 from typing import Any
 
-from mcp_server.proto import protocol_pb2
-from protocol_plugins.sdk import Context, Plugin, Reply, accept, goto, retry
+from mcp_sdk.plugin import Context, Plugin, Reply, accept, goto, retry
+from mcp_sdk.proto import protocol_pb2
 
 plugin = Plugin("writing")
 T = protocol_pb2

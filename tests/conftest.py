@@ -19,9 +19,9 @@ import grpc
 import pytest
 import redis
 
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2_grpc, task_pb2_grpc, workflow_pb2_grpc
 from mcp_server.api.server import RunningServer, start_server
 from mcp_server.plugin_host import READY_LINE
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2_grpc, task_pb2_grpc, workflow_pb2_grpc
 from mcp_server.settings import Limits, Settings
 from tests.support.redis_cluster import LocalCluster, start_cluster
 from tests.support.redis_server import TestRedis

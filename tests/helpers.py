@@ -9,8 +9,8 @@ import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2, workflow_pb2
 from mcp_server.engine.values import struct_to_dict
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, task_pb2, workflow_pb2
 
 TERMINAL = {task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
+from mcp_sdk.proto import registry_pb2, registry_pb2_grpc
 from mcp_server.errors import FieldViolation, InvalidArgument
 from mcp_server.orchestrator import Orchestrator
-from mcp_server.proto import registry_pb2, registry_pb2_grpc
 
 
 class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_server.api.interceptor import EdgeInterceptor
 from mcp_server.api.registry import RegistryServicer
 from mcp_server.api.tasks import TaskServicer
@@ -25,7 +26,6 @@ from mcp_server.auth import Authenticator
 from mcp_server.errors import McpError
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.plugin_host import BUNDLED, PluginProcess, start_plugin
-from mcp_server.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_server.settings import Settings
 from mcp_server.state import open_store
 from mcp_server.telemetry.logs import configure as configure_logging
@@ -84,7 +84,9 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
     server = grpc.aio.server(
         interceptors=[EdgeInterceptor(Authenticator.from_file(settings.auth_file) if settings.auth_file else None)],
         options=[("grpc.max_receive_message_length", limits.max_message_bytes),
-                 ("grpc.max_send_message_length", limits.max_message_bytes)])
+                 ("grpc.max_send_message_length", limits.max_message_bytes),
+                 # the SDK pings a quiet watch every 30 s to notice a dead network; welcome that
+                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000)])
     task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(orchestrator), server)
     workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(orchestrator), server)
     registry_pb2_grpc.add_ProtocolRegistryServicer_to_server(RegistryServicer(orchestrator), server)

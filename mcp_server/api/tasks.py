@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from mcp_sdk.proto import task_pb2, task_pb2_grpc
 from mcp_server.auth import current_principal
 from mcp_server.orchestrator import Orchestrator
-from mcp_server.proto import task_pb2, task_pb2_grpc
 
 
 class TaskServicer(task_pb2_grpc.TaskServiceServicer):

@@ -14,8 +14,8 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from mcp_sdk.proto import validate_pb2
 from mcp_server.errors import FieldViolation, InvalidArgument
-from mcp_server.proto import validate_pb2
 
 RULES: Any = validate_pb2.rules  # the typed stubs do not model extension descriptors
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
+from mcp_sdk.proto import workflow_pb2, workflow_pb2_grpc
 from mcp_server.errors import FieldViolation, InvalidArgument
 from mcp_server.orchestrator import Orchestrator
-from mcp_server.proto import workflow_pb2, workflow_pb2_grpc
 
 
 def _workflow_of(request: workflow_pb2.CreateWorkflowRequest | workflow_pb2.ValidateWorkflowRequest) -> workflow_pb2.Workflow:

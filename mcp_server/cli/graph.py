@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mcp_server.proto import task_pb2, workflow_pb2
+from mcp_sdk.proto import task_pb2, workflow_pb2
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """`mcp`: apply workflows, submit and watch tasks, inspect protocols.
 
-The server address comes from --server or MCP_SERVER (default 127.0.0.1:50051). Every
-command takes --json for machine-readable output. Errors print the server's message and
-each field violation, and exit with status 1.
+The server address comes from --server or MCP_SERVER (default 127.0.0.1:50051), a token from
+--token or MCP_TOKEN, a CA for TLS from --tls-ca or MCP_TLS_CA. Every command takes --json for
+machine-readable output. Errors print the server's message and each field violation, and exit
+with status 1. Built on the SDK's client (mcp_sdk), as any other client would be.
 """
 
 from __future__ import annotations
@@ -15,56 +16,39 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
-from google.protobuf import json_format, struct_pb2
-from google.rpc import error_details_pb2, status_pb2
 from rich.live import Live
 
+from mcp_sdk.client import Client, Tls, workflow_from
+from mcp_sdk.errors import McpError
+from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.cli import render
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.tree import RunTree
-from mcp_server.proto import (
-    registry_pb2,
-    registry_pb2_grpc,
-    task_pb2,
-    task_pb2_grpc,
-    workflow_pb2,
-    workflow_pb2_grpc,
-)
 
 
 def load_workflow(path: str) -> workflow_pb2.Workflow:
     """Read a YAML or JSON workflow file; the schema is enforced by protobuf's json_format."""
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
-    return json_format.ParseDict(data, workflow_pb2.Workflow())
+    return workflow_from(Path(path).read_text())
 
 
-def parse_input(text: str | None) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    if text:
-        source = Path(text[1:]).read_text() if text.startswith("@") else text
-        value = json.loads(source)
-        if not isinstance(value, dict):
-            raise SystemExit("--input must be a JSON object")
-        message.update(value)
-    return message
-
-
-class Client:
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
-        self.tasks = task_pb2_grpc.TaskServiceStub(self.channel)
-        self.workflows = workflow_pb2_grpc.WorkflowServiceStub(self.channel)
-        self.registry = registry_pb2_grpc.ProtocolRegistryStub(self.channel)
+def parse_input(text: str | None) -> dict[str, Any]:
+    """--input: a JSON object, or @FILE holding one."""
+    if not text:
+        return {}
+    source = Path(text[1:]).read_text() if text.startswith("@") else text
+    value = json.loads(source)
+    if not isinstance(value, dict):
+        raise SystemExit("--input must be a JSON object")
+    return value
 
 
 async def watch(client: Client, task_id: str, after: int, as_json: bool, plain: bool = False) -> int:
-    """Follow a task: a live tree on a terminal, one line per event otherwise, or JSON lines.
-    Exit status 0 when the task completed, 2 when it failed or was cancelled."""
+    """Follow a task (through reconnects: the SDK resumes after the last event shown): a live tree on
+    a terminal, one line per event otherwise, or JSON lines. Exit status 0 when the task completed,
+    2 when it failed or was cancelled."""
     final = 0
-    stream = client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after))
+    stream = client.watch(task_id, after)
     if as_json or plain or not render.console.is_terminal:
         async for event in stream:
             if as_json:
@@ -83,63 +67,63 @@ async def watch(client: Client, task_id: str, after: int, as_json: bool, plain: 
 
 
 async def run(args: argparse.Namespace) -> int:
-    client = Client(args.server)
+    tls = Tls.from_files(ca=args.tls_ca) if args.tls_ca else None
+    async with Client(args.server, token=args.token, tls=tls) as client:
+        return await _command(client, args)
+
+
+async def _command(client: Client, args: argparse.Namespace) -> int:
     out = render.print_json if args.json else None
     cmd = (args.group, args.command)
     if cmd == ("workflow", "apply"):
-        created = (await client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=load_workflow(args.file)))).workflow
+        created = await client.create_workflow(load_workflow(args.file))
         (out or (lambda v: render.console.print(f"workflow [bold]{v['workflow_id']}[/bold] version {v['version']} created")))(render.to_json(created))
     elif cmd == ("workflow", "validate"):
-        reply = await client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=load_workflow(args.file)))
+        reply = await client.validate_workflow(load_workflow(args.file))
         (out or (lambda v: render.console.print(f"valid: {v.get('node_count')} nodes, depth {v.get('depth')}")))(render.to_json(reply))
     elif cmd == ("workflow", "get"):
-        workflow = (await client.workflows.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id=args.id, version=args.version))).workflow
+        workflow = await client.get_workflow(args.id, args.version)
         (out or (lambda v: print(yaml.safe_dump(v, sort_keys=False))))(render.to_json(workflow))
     elif cmd == ("workflow", "list"):
-        reply = await client.workflows.ListWorkflows(workflow_pb2.ListWorkflowsRequest(page_size=args.page_size))
-        (out or (lambda v: [print(f"{w['workflow_id']}\tv{w['version']}\t{w.get('description', '')}") for w in v.get("workflows", [])]))(render.to_json(reply))
+        workflows = {"workflows": [render.to_json(w) for w in await client.list_workflows()]}
+        (out or (lambda v: [print(f"{w['workflow_id']}\tv{w['version']}\t{w.get('description', '')}") for w in v["workflows"]]))(workflows)
     elif cmd == ("workflow", "delete"):
-        reply = await client.workflows.DeleteWorkflow(workflow_pb2.DeleteWorkflowRequest(workflow_id=args.id))
-        (out or print)(render.to_json(reply))
+        (out or print)(render.to_json(await client.delete_workflow(args.id)))
     elif cmd == ("task", "submit"):
-        request = task_pb2.SubmitTaskRequest(workflow_id=args.workflow, workflow_version=args.version, input_data=parse_input(args.input),
-                                             priority=args.priority, request_id=args.request_id or "")
-        reply = await client.tasks.SubmitTask(request)
+        task = await client.submit(args.workflow, parse_input(args.input), version=args.version, priority=args.priority,
+                                   request_id=args.request_id)
         if args.watch:
             if not args.json:
-                render.console.print(f"task [bold]{reply.task.task_id}[/bold] submitted; watching")
-            code = await watch(client, reply.task.task_id, 0, args.json, args.plain)
+                render.console.print(f"task [bold]{task.task_id}[/bold] submitted; watching")
+            code = await watch(client, task.task_id, 0, args.json, args.plain)
             if not args.json:
-                render.task_summary((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id))).task)
+                render.task_summary(await client.get(task.task_id))
             return code
-        (out or (lambda v: print(v["task"]["task_id"])))(render.to_json(reply))
+        (out or (lambda v: print(v["task"]["task_id"])))({"task": render.to_json(task)})
     elif cmd == ("task", "get"):
-        task = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=args.id))).task
+        task = await client.get(args.id)
         out(render.to_json(task)) if out else render.task_summary(task)
     elif cmd == ("task", "list"):
-        statuses = [task_pb2.TaskStatus.Name(task_pb2.TaskStatus.Value(f"TASK_STATUS_{s.upper()}")) for s in args.status]
-        reply = await client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=args.page_size, statuses=statuses, workflow_id=args.workflow or ""))
-        out(render.to_json(reply)) if out else render.task_rows(list(reply.tasks))
+        statuses = [f"TASK_STATUS_{s.upper()}" for s in args.status]
+        listed = await client.list_tasks(statuses=statuses, workflow_id=args.workflow or "", page_size=args.page_size)
+        out(render.to_json(listed)) if out else render.task_rows(list(listed.tasks))
     elif cmd == ("task", "cancel"):
-        task = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=args.id, reason=args.reason or ""))).task
+        task = await client.cancel(args.id, args.reason or "")
         out(render.to_json(task)) if out else render.task_summary(task)
     elif cmd == ("task", "watch"):
         return await watch(client, args.id, args.after, args.json, args.plain)
     elif cmd == ("workflow", "graph"):
-        workflow = (await client.workflows.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id=args.id, version=args.version))).workflow
-        graph = workflow_graph(workflow)
+        graph = workflow_graph(await client.get_workflow(args.id, args.version))
         print(to_dot(graph) if args.format == "dot" else to_mermaid(graph))
     elif cmd == ("task", "graph"):
-        task = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=args.id))).task
+        task = await client.get(args.id, steps=False)
+        task.steps.extend([step async for step in client.steps(args.id)])  # every step, however many pages
         graph = task_graph(task)
         print(to_dot(graph) if args.format == "dot" else to_mermaid(graph))
     elif cmd == ("protocol", "list"):
-        reply = await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())
-        (out or _print_protocols)(render.to_json(reply))
+        (out or _print_protocols)({"protocols": [render.to_json(p) for p in await client.list_protocols()]})
     elif cmd == ("protocol", "register"):
-        reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=args.address))
-        (out or _print_protocols)(render.to_json(reply))
-    await client.channel.close()
+        (out or _print_protocols)({"protocols": [render.to_json(p) for p in await client.register_protocols(args.address)]})
     return 0
 
 
@@ -165,6 +149,8 @@ def _capacity_text(entry: dict[str, Any]) -> str:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mcp", description="Client for the mCP orchestrator.")
     root.add_argument("--server", default=os.environ.get("MCP_SERVER", "127.0.0.1:50051"))
+    root.add_argument("--token", default=os.environ.get("MCP_TOKEN"), help="bearer token (default: $MCP_TOKEN)")
+    root.add_argument("--tls-ca", default=os.environ.get("MCP_TLS_CA"), help="reach the server over TLS, trusting this CA (PEM)")
     root.add_argument("--json", action="store_true", help="print JSON")
     groups = root.add_subparsers(dest="group", required=True)
 
@@ -212,27 +198,14 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-def describe_error(error: grpc.aio.AioRpcError) -> str:
-    lines = [f"error: {error.code().name}: {error.details()}"]
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         code = asyncio.run(run(args))
-    except grpc.aio.AioRpcError as exc:
-        print(describe_error(exc), file=sys.stderr)
+    except McpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         code = 1
-    except (OSError, ValueError, json_format.ParseError, yaml.YAMLError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     sys.exit(code)

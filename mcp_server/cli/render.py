@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.engine.values import normalize
-from mcp_server.proto import task_pb2
 
 console = Console(highlight=False)
 EVENT_STYLE = {

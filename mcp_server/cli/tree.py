@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from rich.markup import escape
 from rich.tree import Tree
 
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 
 E = task_pb2.TaskEventType
 ICONS = {"running": "[yellow]●[/]", "completed": "[green]✔[/]", "failed": "[red]✘[/]", "retrying": "[yellow]↻[/]", "cancelled": "[dim]⊘[/]"}

@@ -15,6 +15,7 @@ from typing import TypeVar
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2
 
+from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.cel import EVERYWHERE, IN_MAP_BODY, IN_SUPERVISED_CHILD, IN_TRANSITION, Expression, ExpressionError, compile_expression
 from mcp_server.engine.plan import (
     DEFAULT_RETRYABLE_CODES,
@@ -32,7 +33,6 @@ from mcp_server.engine.plan import (
     TransitionPlan,
 )
 from mcp_server.errors import ViolationCollector
-from mcp_server.proto import workflow_pb2
 from mcp_server.settings import Limits
 
 WORKFLOW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -12,11 +12,11 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import Store
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.errors import LeaseLost, McpError, Unavailable
-from mcp_server.proto import task_pb2
 from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)

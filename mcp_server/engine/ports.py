@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mcp_sdk.proto import protocol_pb2, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.engine.payload import Payload
-from mcp_server.proto import protocol_pb2, registry_pb2, task_pb2, workflow_pb2
 
 EventListener = Callable[[task_pb2.Task, task_pb2.TaskEvent], None]
 """Told of every event a run emits, as it is emitted (for metrics, traces, logs). It must not

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.engine.payload import Payload, length_delimited
-from mcp_server.proto import task_pb2
 
 SHARED_VALUE_BYTES = 1024
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from google.rpc import status_pb2
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.engine.context import E, NodeFailed, RunContext, code_number, now
 from mcp_server.engine.executor import execute, load_node_runners
 from mcp_server.engine.logcontext import task_id_var
@@ -21,7 +22,6 @@ from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.ports import EventListener, ProtocolCaller, Store
 from mcp_server.errors import LeaseLost, Unavailable
-from mcp_server.proto import task_pb2
 from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from mcp_sdk.proto import protocol_pb2
 from mcp_server.engine.cel import Expression
 from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import evaluate, run_recorded, runs
@@ -23,7 +24,6 @@ from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import RetryPolicy, StepPlan
 from mcp_server.engine.ports import CallContext, CallResult, ProtocolCallError
 from mcp_server.engine.values import ValueTooDeep, as_object
-from mcp_server.proto import protocol_pb2
 from mcp_server.settings import Limits
 
 # room in a plugin call's message for everything but the input (protocol name, context, framing)

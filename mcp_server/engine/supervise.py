@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mcp_sdk.proto import protocol_pb2
 from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import child_path, execute, runs
 from mcp_server.engine.fanout import Branch, join_branches
@@ -19,7 +20,6 @@ from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import PlanNode, SupervisePlan
 from mcp_server.engine.step import Call, run_auxiliary_call
 from mcp_server.engine.values import as_object
-from mcp_server.proto import protocol_pb2
 
 VERDICTS = {
     protocol_pb2.VERDICT_ACCEPT: "accept",

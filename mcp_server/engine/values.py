@@ -1,67 +1,17 @@
-"""Conversions between protobuf Struct/Value and the plain Python values the engine works on.
-
-Struct numbers are doubles; whole numbers are handed to CEL as ints so that `input.count + 1`
-works as a JSON user expects (CEL never mixes int and double implicitly).
+"""The engine's view of values: the conversions (shared with the SDK, `mcp_sdk.values`) and the
+shape rules a step's values follow (an input is an object; nesting is limited).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
-JsonValue = Any
+from mcp_sdk.values import JsonValue, dict_to_struct, normalize, python_to_value, struct_to_dict, to_json_compatible, value_to_python
 
-
-def struct_to_dict(message: struct_pb2.Struct) -> dict[str, JsonValue]:
-    return {k: normalize(v) for k, v in json_format.MessageToDict(message).items()}
-
-
-def value_to_python(message: struct_pb2.Value) -> JsonValue:
-    if message.WhichOneof("kind") is None:
-        return None
-    return normalize(json_format.MessageToDict(message))
-
-
-def normalize(value: JsonValue) -> JsonValue:
-    """Turn integral floats into ints, recursively, and leave everything else as is."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: normalize(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [normalize(v) for v in value]
-    return value
-
-
-def to_json_compatible(value: Any) -> JsonValue:
-    """Make a CEL or plugin result storable as a Struct value (bytes and the like become text)."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return {str(k): to_json_compatible(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_compatible(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def python_to_value(value: JsonValue) -> struct_pb2.Value:
-    message = struct_pb2.Value()
-    json_format.ParseDict(to_json_compatible(value), message)
-    return message
-
-
-def dict_to_struct(value: dict[str, JsonValue]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(to_json_compatible(value))
-    return message
+__all__ = ["JsonValue", "ValueTooDeep", "as_object", "check_depth", "dict_to_struct", "message_depth", "nesting_depth", "normalize",
+           "python_to_value", "struct_to_dict", "to_json_compatible", "value_to_python"]
 
 
 def as_object(value: JsonValue) -> dict[str, JsonValue]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import pybreaker
 
+from mcp_sdk.proto import registry_pb2
 from mcp_server.engine.ports import ProtocolCallError
-from mcp_server.proto import registry_pb2
 
 log = logging.getLogger(__name__)
 UNHEALTHY_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED", "DATA_LOSS"})

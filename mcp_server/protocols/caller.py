@@ -21,9 +21,9 @@ from typing import Any, cast
 import grpc
 import pybreaker
 
+from mcp_sdk.proto import protocol_pb2, registry_pb2
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import CallContext, CallObserver, CallResult, ProtocolCallError
-from mcp_server.proto import protocol_pb2, registry_pb2
 from mcp_server.protocols.admission import Admission, Grant
 from mcp_server.protocols.breakers import UNHEALTHY_CODES, BreakerBoard
 from mcp_server.protocols.capacity import Resources, least_loaded, limits

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mcp_server.proto import protocol_pb2
+from mcp_sdk.proto import protocol_pb2
 
 RESOURCES = ("cpu_millis", "memory_mb", "gpus")
 UNLIMITED = -1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from mcp_server.proto import protocol_pb2_grpc
+from mcp_sdk.proto import protocol_pb2_grpc
 
 
 class ChannelPool:

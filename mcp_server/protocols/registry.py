@@ -14,11 +14,11 @@ import time
 
 import grpc
 
+from mcp_sdk.proto import protocol_pb2, registry_pb2
 from mcp_server.engine.context import now
 from mcp_server.engine.ports import Store
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from mcp_server.proto import protocol_pb2, registry_pb2
 from mcp_server.protocols.breakers import BreakerBoard
 from mcp_server.protocols.capacity import RESOURCES, Resources
 from mcp_server.protocols.channels import ChannelPool

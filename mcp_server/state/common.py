@@ -8,9 +8,9 @@ import time
 
 from google.rpc import code_pb2
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.engine.context import now
 from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, ResourceExhausted
-from mcp_server.proto import task_pb2
 
 ACTIVE = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
 TERMINAL = (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED)

@@ -13,8 +13,8 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.errors import McpError
-from mcp_server.proto import task_pb2
 
 
 class FollowedLog:

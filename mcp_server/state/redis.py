@@ -35,10 +35,10 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterEx
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.engine.context import now
 from mcp_server.engine.ports import CapacityRequest, Checkpoint, StepRecord, TaskFilter, TaskPage
 from mcp_server.errors import FieldViolation, InvalidArgument, LeaseLost, Unavailable
-from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.state import redis_scripts as lua
 from mcp_server.state.common import (
     LAYOUT_MISMATCH,

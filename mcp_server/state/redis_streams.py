@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.errors import Unavailable
-from mcp_server.proto import task_pb2
 from mcp_server.state.followers import Followers
 
 if TYPE_CHECKING:

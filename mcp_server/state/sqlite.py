@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.engine.context import now
 from mcp_server.engine.ports import CapacityRequest, Checkpoint, StepRecord, TaskFilter, TaskPage
 from mcp_server.errors import LeaseLost, Unavailable
-from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.state.common import (
     ACTIVE,
     LAYOUT_MISMATCH,

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 
 log = logging.getLogger(__name__)
 StoreT = TypeVar("StoreT")

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, Status, StatusCode
 
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 
 E = task_pb2.TaskEventType
 ENDS = {E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED}

@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
+from mcp_sdk.proto import protocol_pb2, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.engine.context import make_event, now
 from mcp_server.engine.ports import CapacityRequest, Checkpoint, StepRecord, TaskFilter
 from mcp_server.errors import LeaseLost
-from mcp_server.proto import protocol_pb2, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.state import open_store
 from mcp_server.state.common import RequestIdReused
 

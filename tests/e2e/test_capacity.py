@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.engine.values import struct_to_dict
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
 from tests.conftest import PluginProc, client_for, client_for_address, spawn_plugin
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, error_reason, events, run, step, step_states, submit, violations, wait_done, workflow

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server.proto import registry_pb2, task_pb2
+from mcp_sdk.proto import registry_pb2, task_pb2
 from tests.helpers import create, result, run, step, workflow
 
 pytestmark = pytest.mark.asyncio

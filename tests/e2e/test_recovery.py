@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 from tests.conftest import Client, client_for_address
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, plugin_stats, step, submit, wait_done, workflow

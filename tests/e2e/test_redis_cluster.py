@@ -16,7 +16,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 from tests.conftest import Client, client_for_address
 from tests.e2e.test_recovery import assert_gapless, assert_no_finished_step_ran_twice
 from tests.e2e.test_server_process import free_port

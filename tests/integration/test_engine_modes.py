@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 from tests.helpers import events, plugin_stats, result, run, step, step_states, workflow
 
 pytestmark = pytest.mark.asyncio

@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 import pytest
 
+from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.auth import hash_token
 from mcp_server.plugin_host import start_plugin
-from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.helpers import create, error_reason, events, run, step, step_states, submit, violations, wait_done, workflow

@@ -11,8 +11,8 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
+from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.auth import hash_token
-from mcp_server.proto import task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import Client, client_for
 from tests.helpers import create, error_reason, run, step, step_states, submit, violations, wait_done, workflow

@@ -10,9 +10,9 @@ import urllib.request
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.api.server import start_server
 from mcp_server.engine.logcontext import step_path_var, task_id_var
-from mcp_server.proto import task_pb2
 from mcp_server.telemetry.logs import JsonFormatter
 from mcp_server.telemetry.tracing import TaskTracer, provider_for
 from tests.conftest import client_for, make_settings

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mcp_server.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.e2e.test_server_process import free_port

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from mcp_server.proto import protocol_pb2, registry_pb2
+from mcp_sdk.proto import protocol_pb2, registry_pb2
 from tests.helpers import error_reason, violations
 
 pytestmark = pytest.mark.asyncio

@@ -8,7 +8,7 @@ import asyncio
 import grpc
 import pytest
 
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2
 from tests.conftest import client_for, spawn_plugin
 from tests.helpers import create, error_reason, events, plugin_stats, run, step, step_states, submit, wait_done, workflow
 

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 from tests.helpers import create, error_reason, events, result, step, step_states, submit, violations, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 from mcp_server.state.redis_streams import StreamHub
 from tests.conftest import client_for
 from tests.helpers import create, step, workflow

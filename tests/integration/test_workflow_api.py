@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from mcp_server.proto import workflow_pb2
+from mcp_sdk.proto import workflow_pb2
 from tests.helpers import create, step, violations, workflow
 
 pytestmark = pytest.mark.asyncio

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.auth import hash_token
-from mcp_server.proto import task_pb2, workflow_pb2
 from tests.conftest import Client, client_for
 from tests.helpers import error_reason, step, workflow
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcp_server.proto import task_pb2
+from mcp_sdk.proto import task_pb2
 from tests.helpers import create, submit, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcp_server.proto import task_pb2, workflow_pb2
+from mcp_sdk.proto import task_pb2, workflow_pb2
 from tests.helpers import create, step, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio

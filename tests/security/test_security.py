@@ -11,8 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_server.auth import hash_token
-from mcp_server.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_server.settings import Limits
 from tests.conftest import Client
 from tests.helpers import error_reason, step, workflow
@@ -184,7 +184,7 @@ async def test_field_rules_declared_in_the_protos_are_enforced_at_the_edge(clien
     from tests.helpers import violations
 
     rules = task_pb2.SubmitTaskRequest.DESCRIPTOR.fields_by_name["workflow_id"].GetOptions()
-    from mcp_server.proto import validate_pb2
+    from mcp_sdk.proto import validate_pb2
 
     assert rules.Extensions[validate_pb2.rules].max_len == 128  # readable by any client from the contract
     cases = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol_plugins.sdk import Context, Plugin
+from mcp_sdk.plugin import Context, Plugin
 
 plugin = Plugin("deep-schema")
 schema: dict[str, Any] = {"type": "string"}

@@ -7,7 +7,7 @@ import asyncio
 import os
 from typing import Any
 
-from protocol_plugins.sdk import Context, Plugin
+from mcp_sdk.plugin import Context, Plugin
 
 plugin = Plugin("gpu-box")
 seen: dict[str, Any] = {"in_flight": 0, "max_in_flight": 0, "calls": [], "cancelled": 0}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 from rich.console import Console
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.cli.tree import RunTree
-from mcp_server.proto import task_pb2
 
 E = task_pb2.TaskEventType
 

@@ -1,6 +1,6 @@
 """The plugin SDK: write a protocol as a function, serve it as a ProtocolService.
 
-    from protocol_plugins.sdk import Plugin
+    from mcp_sdk.plugin import Context, Plugin
 
     plugin = Plugin("greeter")
 
@@ -9,7 +9,7 @@
         return {"greeting": f"hello {data.get('name', 'world')}"}
 
     if __name__ == "__main__":
-        plugin.main()          # --listen, --register ORCHESTRATOR, --ttl, --capacity gpus=1
+        plugin.main()          # --listen, --register ORCHESTRATOR, --ttl, --capacity gpus=1, TLS
 
 A handler receives the input as a dict and returns a dict (the output) or a `Reply` with a
 directive (`accept`, `retry`, `fail`, `goto`). Raising ProtocolError answers with that gRPC
@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import inspect
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mcp_server.engine.values import dict_to_struct, struct_to_dict
-from mcp_server.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, registry_pb2_grpc
+from mcp_sdk.client import Client, Tls
+from mcp_sdk.errors import McpError
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
+from mcp_sdk.values import dict_to_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
 READY_LINE = "MCP_PLUGIN_LISTENING"
@@ -251,33 +253,35 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         return server, f"{host}:{port}"
 
     async def serve(self, listen: str = "127.0.0.1:0", register: str | None = None, ttl: float = 30.0,
-                    credentials: grpc.ServerCredentials | None = None) -> None:
-        """Serve until SIGTERM/SIGINT; announce the address on stdout; self-register if asked."""
+                    credentials: grpc.ServerCredentials | None = None, *, register_token: str | None = None,
+                    register_tls: Tls | bool | None = None) -> None:
+        """Serve until SIGTERM/SIGINT; announce the address on stdout; with `register`, register with
+        that orchestrator (as an operator: `register_token`, over TLS with `register_tls`) and renew."""
         server, address = await self.start(listen, credentials)
         print(f"{READY_LINE} {address}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        renewer = asyncio.create_task(self._keep_registered(register, address, ttl)) if register else None
+        renewer = asyncio.create_task(self._keep_registered(register, address, ttl, register_token, register_tls)) if register else None
         await stop.wait()
         if renewer:
             renewer.cancel()
         await server.stop(grace=2)
 
-    async def _keep_registered(self, orchestrator: str, address: str, ttl: float) -> None:
-        async with grpc.aio.insecure_channel(orchestrator) as channel:
-            stub = registry_pb2_grpc.ProtocolRegistryStub(channel)
-            request = registry_pb2.RegisterProtocolRequest(address=address, ttl=duration_pb2.Duration(seconds=int(ttl)))
+    async def _keep_registered(self, orchestrator: str, address: str, ttl: float, token: str | None, tls: Tls | bool | None) -> None:
+        async with Client(orchestrator, token=token, tls=tls, timeout=5) as client:
             while True:
                 try:
-                    await stub.RegisterProtocol(request, timeout=5)
-                except grpc.aio.AioRpcError as exc:
-                    log.warning("could not register with %s: %s", orchestrator, exc.details())
+                    await client.register_protocols(address, ttl=int(ttl))
+                except McpError as exc:
+                    log.warning("could not register with %s: %s", orchestrator, exc)
                 await asyncio.sleep(max(1.0, ttl / 3))
 
     def main(self, argv: list[str] | None = None) -> None:
-        """Command-line entry: `--listen ADDRESS --register ORCHESTRATOR --ttl SECONDS --capacity gpus=1,...`."""
+        """Command-line entry: `--listen ADDRESS --register ORCHESTRATOR --ttl SECONDS --capacity gpus=1,...`,
+        TLS to serve (`--tls-cert/--tls-key/--tls-client-ca`) and to register (`--register-tls-ca`,
+        `--register-token` or MCP_TOKEN)."""
         parser = argparse.ArgumentParser(prog=self.name, description=f"Serve the {self.name} protocol plugin.")
         parser.add_argument("--listen", default="127.0.0.1:0")
         parser.add_argument("--register", help="orchestrator address to register with (and keep renewing)")
@@ -286,6 +290,9 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         parser.add_argument("--tls-cert", help="serve over TLS with this certificate (PEM)")
         parser.add_argument("--tls-key", help="and this private key (PEM)")
         parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mTLS)")
+        parser.add_argument("--register-token", default=os.environ.get("MCP_TOKEN"),
+                            help="bearer token of an operator, when the orchestrator checks tokens (default: $MCP_TOKEN)")
+        parser.add_argument("--register-tls-ca", help="reach the orchestrator over TLS, trusting this CA (PEM)")
         args = parser.parse_args(argv if argv is not None else sys.argv[1:])
         logging.basicConfig(level=logging.INFO)
         if args.capacity is not None:
@@ -295,4 +302,5 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             client_ca = Path(args.tls_client_ca).read_bytes() if args.tls_client_ca else None
             credentials = grpc.ssl_server_credentials([(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())],
                                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
-        asyncio.run(self.serve(args.listen, args.register, args.ttl, credentials))
+        register_tls = Tls.from_files(ca=args.register_tls_ca) if args.register_tls_ca else None
+        asyncio.run(self.serve(args.listen, args.register, args.ttl, credentials, register_token=args.register_token, register_tls=register_tls))

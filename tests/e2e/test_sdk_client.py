@@ -1,0 +1,253 @@
+"""The SDK's client against real servers: a watch that outlives a kill -9 and restart of the
+server and dropped connections (every event once, in order), results and typed errors, bad
+input, tokens, and the blocking client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+
+import grpc
+import pytest
+
+from mcp_sdk import Client, McpError, SyncClient, TaskCancelled, TaskFailed
+from mcp_sdk.proto import task_pb2
+from mcp_sdk.values import python_to_value
+from mcp_server.auth import hash_token
+from tests.e2e.test_server_process import free_port
+from tests.support.processes import start_orchestrator
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.asyncio
+E = task_pb2.TaskEventType
+
+
+def sleeps(workflow_id: str, count: int, ms: int) -> dict[str, object]:
+    """A sequence of `count` steps that each sleep `ms` milliseconds."""
+    children = [{"id": f"s{i}", "step": {"protocol": "sleep", "input": f"{{'ms': {ms}}}"}} for i in range(1, count + 1)]
+    return {"workflow_id": workflow_id, "root": {"id": "root", "sequence": {"children": children}}}
+
+
+def assert_every_event_once(events: list[task_pb2.TaskEvent], last_sequence: int) -> None:
+    assert [e.sequence for e in events] == list(range(1, last_sequence + 1))
+    assert events[-1].type == E.TASK_EVENT_TYPE_COMPLETED
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_watch_delivers_every_event_once_across_a_kill_9_and_restart_of_the_server(plugins, tmp_path, request, backend):
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    env = {"MCP_LEASE_SECONDS": "1.5"}
+    server = start_orchestrator(address, store, [plugins["testkit"].address], "first", **env)
+    restarted: list[subprocess.Popen[bytes]] = []
+
+    async def kill_and_restart() -> None:
+        server.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(server.wait, 10)
+        await asyncio.sleep(0.5)  # the watch finds nobody there for a while
+        restarted.append(await asyncio.to_thread(start_orchestrator, address, store, [plugins["testkit"].address], "second", **env))
+
+    try:
+        async with Client(address, watch_give_up_after=60) as client:
+            await client.create_workflow(sleeps("six-sleeps", 6, 300))
+            task = await client.submit("six-sleeps")
+            events: list[task_pb2.TaskEvent] = []
+            restart: asyncio.Task[None] | None = None
+            async with asyncio.timeout(60):
+                async for event in client.watch(task.task_id):
+                    events.append(event)
+                    if restart is None and event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED and event.step_path == "root/s2":
+                        restart = asyncio.create_task(kill_and_restart())
+            assert restart is not None and restart.done() and restarted, "the server was not restarted during the watch"
+            final = await client.get(task.task_id, steps=False)
+            assert final.status == task_pb2.TASK_STATUS_COMPLETED
+            assert_every_event_once(events, final.last_sequence)
+            assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events), "the task was not taken over by the restarted server"
+    finally:
+        for process in (server, *restarted):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)
+
+
+async def test_watch_delivers_every_event_once_across_dropped_connections(server_factory):
+    running = await server_factory()
+    proxy = await TcpProxy(running.address).start()
+    try:
+        async with Client(proxy.address, watch_give_up_after=30) as client:
+            await client.create_workflow(sleeps("five-sleeps", 5, 150))
+            task = await client.submit("five-sleeps")
+            events: list[task_pb2.TaskEvent] = []
+            dropped = 0
+            async with asyncio.timeout(30):
+                async for event in client.watch(task.task_id):
+                    events.append(event)
+                    if event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED:
+                        dropped += proxy.drop()
+            final = await client.get(task.task_id, steps=False)
+            assert_every_event_once(events, final.last_sequence)
+            assert dropped >= 5 and proxy.connections >= 5, (dropped, proxy.connections)
+    finally:
+        await proxy.stop()
+
+
+async def test_watch_notices_a_connection_that_silently_died_and_resumes_on_a_new_one(server_factory):
+    """Nothing is closed, bytes just stop arriving: only keepalive pings can tell (the default
+    is 30 s plus a 10 s timeout; here 1 s and 1 s, to keep the test short)."""
+    running = await server_factory()
+    proxy = await TcpProxy(running.address).start()
+    quick_keepalive = [("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 1000), ("grpc.http2.ping_timeout_ms", 1000)]
+    try:
+        async with Client(proxy.address, watch_give_up_after=30, channel_options=quick_keepalive) as client:
+            await client.create_workflow(sleeps("three-slow", 3, 1500))
+            task = await client.submit("three-slow")
+            events: list[task_pb2.TaskEvent] = []
+            async with asyncio.timeout(40):
+                async for event in client.watch(task.task_id):
+                    events.append(event)
+                    if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "root/s1":
+                        assert proxy.freeze() >= 2
+            final = await client.get(task.task_id, steps=False)
+            assert_every_event_once(events, final.last_sequence)
+            assert proxy.connections >= 2, "the watch never left the dead connection"
+    finally:
+        await proxy.stop()
+
+
+async def test_watch_after_a_sequence_resumes_there_and_ends_at_once_on_a_finished_task(server_factory):
+    running = await server_factory()
+    async with Client(running.address) as client:
+        await client.create_workflow(sleeps("two-sleeps", 2, 10))
+        task = await client.submit("two-sleeps")
+        assert await client.result(task.task_id, timeout=30) is not None
+        everything = [e async for e in client.watch(task.task_id)]
+        tail = [e async for e in client.watch(task.task_id, after=3)]
+        assert [e.sequence for e in tail] == [e.sequence for e in everything[3:]]
+        assert [e async for e in client.watch(task.task_id, after=everything[-1].sequence)] == []
+
+
+async def test_result_of_a_failed_task_raises_task_failed_with_the_tasks_error(server_factory):
+    running = await server_factory()
+    async with Client(running.address) as client:
+        await client.create_workflow({"workflow_id": "fails", "root": {"id": "boom", "step": {
+            "protocol": "fail", "input": "{'code': 'FAILED_PRECONDITION', 'message': 'the ledger is closed'}"}}})
+        task = await client.submit("fails")
+        with pytest.raises(TaskFailed) as failed:
+            await client.result(task.task_id, timeout=30)
+        stored = await client.get(task.task_id, steps=False)
+        assert stored.status == task_pb2.TASK_STATUS_FAILED
+        assert failed.value.code.value[0] == stored.error.code != 0
+        assert failed.value.message == stored.error.message and "the ledger is closed" in failed.value.message
+        assert failed.value.task_id == task.task_id and isinstance(failed.value, McpError)
+
+
+async def test_result_of_a_cancelled_task_raises_task_cancelled(server_factory):
+    running = await server_factory()
+    async with Client(running.address) as client:
+        await client.create_workflow(sleeps("long", 1, 20_000))
+        task = await client.submit("long")
+        waiting = asyncio.create_task(client.result(task.task_id, timeout=30))
+        await client.cancel(task.task_id, "changed my mind")
+        with pytest.raises(TaskCancelled) as cancelled:
+            await waiting
+        assert cancelled.value.code == grpc.StatusCode.CANCELLED and "changed my mind" in cancelled.value.message
+
+
+async def test_result_returns_plain_values_and_reads_a_large_result_through_its_reference(server_factory):
+    running = await server_factory()
+    async with Client(running.address) as client:
+        await client.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+        assert await client.run("echo", {"n": 3, "ok": True, "xs": [1, 2.5, "a"], "none": None}, timeout=30) == \
+            {"n": 3, "ok": True, "xs": [1, 2.5, "a"], "none": None}
+        await client.create_workflow({"workflow_id": "big", "root": {"id": "s", "step": {"protocol": "sized", "input": "{'bytes': 300000}"}}})
+        task = await client.submit("big")
+        result = await client.result(task.task_id, timeout=30)
+        assert (await client.get(task.task_id, steps=False)).HasField("result_ref"), "the result should be above the inline limit"
+        assert python_to_value(result).ByteSize() == 300_000
+        assert await client.read_value(task.task_id, "s") == result  # the step's output, read the same way
+
+
+async def test_a_malformed_definition_raises_with_the_field_violations(server_factory):
+    running = await server_factory()
+    async with Client(running.address) as client:
+        with pytest.raises(McpError) as refused:  # the server's compiler refuses it
+            await client.create_workflow({"workflow_id": "bad", "root": {"id": "root", "sequence": {"children": []}}})
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and refused.value.violations
+        assert any(v.field.startswith("workflow.root") for v in refused.value.violations), refused.value.violations
+        with pytest.raises(McpError) as unknown:  # an unknown protocol, in YAML
+            await client.validate_workflow("workflow_id: ghost\nroot:\n  id: g\n  step:\n    protocol: no_such_protocol\n")
+        assert unknown.value.code == grpc.StatusCode.INVALID_ARGUMENT and "no_such_protocol" in str(unknown.value)
+        with pytest.raises(McpError) as misshapen:  # not even a Workflow: refused before any call
+            await client.create_workflow({"workflow_id": "odd", "root": {"id": "r", "no_such_field": 1}})
+        assert misshapen.value.code == grpc.StatusCode.INVALID_ARGUMENT and misshapen.value.reason == "MALFORMED_DEFINITION"
+        assert misshapen.value.violations[0].field == "workflow" and "no_such_field" in misshapen.value.violations[0].description
+        with pytest.raises(McpError) as bad_submit:
+            await client.submit("bad id with spaces")
+        assert bad_submit.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in bad_submit.value.violations] == ["workflow_id"]
+
+
+async def test_watching_a_task_that_does_not_exist_raises_not_found_at_once(server_factory):
+    running = await server_factory()
+    async with Client(running.address, watch_give_up_after=None) as client:  # would retry forever if it retried
+        async with asyncio.timeout(10):
+            with pytest.raises(McpError) as missing:
+                async for _ in client.watch("no-such-task"):
+                    pass
+            assert missing.value.code == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(McpError) as missing_result:
+                await client.result("no-such-task")
+            assert missing_result.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_submit_is_idempotent_with_a_request_id_and_distinct_without(server_factory):
+    running = await server_factory()
+    async with Client(running.address) as client:
+        await client.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+        first = await client.submit("echo", {"a": 1}, request_id="order-42", labels={"team": "ml"}, priority=3)
+        again = await client.submit("echo", {"a": 1}, request_id="order-42", labels={"team": "ml"}, priority=3)
+        assert again.task_id == first.task_id and first.labels["team"] == "ml" and first.priority == 3
+        assert (await client.submit("echo", {"a": 1})).task_id != (await client.submit("echo", {"a": 1})).task_id
+
+
+async def test_a_token_is_sent_as_the_bearer_and_a_missing_one_is_refused(server_factory, tmp_path):
+    principals = [{"name": "ada", "token_sha256": hash_token("ada-token"), "roles": ["author"]},
+                  {"name": "bob", "token_sha256": hash_token("bob-token"), "roles": []}]
+    (tmp_path / "principals.json").write_text(json.dumps({"principals": principals}))
+    running = await server_factory(auth_file=str(tmp_path / "principals.json"))
+    async with Client(running.address, token="ada-token") as ada, Client(running.address, token="bob-token") as bob, \
+            Client(running.address) as nobody:
+        await ada.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+        task = await ada.submit("echo", {"x": 1})
+        assert await ada.result(task.task_id, timeout=30) == {"x": 1}
+        with pytest.raises(McpError) as other:
+            await bob.get(task.task_id)
+        assert other.value.code == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(McpError) as anonymous:
+            await nobody.list_protocols()
+        assert anonymous.value.code == grpc.StatusCode.UNAUTHENTICATED and anonymous.value.reason == "NO_TOKEN"
+
+
+async def test_the_blocking_client_does_the_same_from_plain_code(server_factory):
+    running = await server_factory()
+
+    def script() -> None:
+        with SyncClient(running.address) as client:
+            client.create_workflow(json.dumps(sleeps("three-sleeps", 3, 20)))
+            task = client.submit("three-sleeps")
+            events = list(client.watch(task.task_id))
+            assert_every_event_once(events, client.get(task.task_id).last_sequence)
+            assert client.result(task.task_id, timeout=30) == {"ms": 20, "slept_ms": 20}
+            assert {p.manifest.name for p in client.list_protocols()} >= {"echo", "sleep"}
+            first_two = client.watch(task.task_id)
+            assert [next(first_two).sequence, next(first_two).sequence] == [1, 2]
+            first_two.close()  # stopping early closes the stream
+            try:
+                client.get("no-such-task")
+            except McpError as exc:
+                assert exc.code == grpc.StatusCode.NOT_FOUND
+            else:
+                raise AssertionError("get of a missing task did not raise")
+    await asyncio.to_thread(script)

@@ -1,0 +1,77 @@
+"""A TCP proxy on loopback that can cut every connection through it on demand: a dropped network
+between a client and the server, with real sockets, while the server itself stays up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to `target`; `drop()` closes every open connection and
+    `freeze()` stops forwarding on them without closing anything (a network path that silently
+    died); new connections are served as before either way."""
+
+    def __init__(self, target: str) -> None:
+        self.target_host, port = target.rsplit(":", 1)
+        self.target_port = int(port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._frozen: set[asyncio.StreamWriter] = set()
+        self.connections = 0
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def stop(self) -> None:
+        self.drop()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def drop(self) -> int:
+        """Cut every connection now; returns how many sockets were closed."""
+        writers, self._writers = self._writers, set()
+        for writer in writers:
+            transport = writer.transport
+            if hasattr(transport, "abort"):
+                transport.abort()  # a reset, not a polite close
+            else:
+                writer.close()
+        return len(writers)
+
+    def freeze(self) -> int:
+        """Stop forwarding on every open connection, leaving the sockets open; returns how many."""
+        self._frozen |= self._writers
+        self._writers = set()
+        return len(self._frozen)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            server_reader, server_writer = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            client_writer.close()
+            return
+        self._writers |= {client_writer, server_writer}
+        await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if writer in self._frozen:
+                    continue  # swallowed: nothing arrives, nothing is closed
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()

@@ -21,14 +21,20 @@ class Graph:
     styles: dict[str, str] = field(default_factory=dict)  # node id -> status class
 
 
-def _safe(text: str) -> str:
+def _clean(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
+
+
+def _safe(text: str) -> str:
+    """A graph node id for `text`: prefixed, so that no id is one of Mermaid's or DOT's keywords
+    (a node called `end`, `graph` or `subgraph` would break the graph)."""
+    return "n_" + _clean(text)
 
 
 def _add(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[str], list[str], list[str]]:
     """Add `node`; return its entry ids, exit ids and every node id it contains."""
     kind = node.WhichOneof("kind")
-    name = _safe(f"{prefix}{node.id or kind}")
+    name = f"{prefix}{_clean(node.id or kind or '')}"  # prefix: "n_" at the root, the parent's name below
     if kind == "step":
         graph.nodes[name] = f"{node.id or node.step.protocol}\\n[{node.step.protocol}]"
         return [name], [name], [name]
@@ -74,7 +80,7 @@ def _add(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[str],
         adaptive = node.adaptive
         bounds: dict[str, tuple[list[str], list[str]]] = {}
         for state in adaptive.states:
-            s_entry, s_exit, s_all = _add(graph, state.node, f"{name}_{state.name}_")
+            s_entry, s_exit, s_all = _add(graph, state.node, f"{name}_{_clean(state.name)}_")
             bounds[state.name] = (s_entry, s_exit)
             members += s_all
         exits = []
@@ -95,10 +101,10 @@ def _add(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[str],
 
 def workflow_graph(workflow: workflow_pb2.Workflow) -> Graph:
     graph = Graph()
-    entry, exits, _ = _add(graph, workflow.root, "")
-    graph.nodes["start"] = "input"
-    graph.nodes["end"] = "result"
-    graph.edges += [("start", e, "", False) for e in entry] + [(e, "end", "", False) for e in exits]
+    entry, exits, _ = _add(graph, workflow.root, "n_")
+    graph.nodes["wf_input"] = "input"
+    graph.nodes["wf_result"] = "result"
+    graph.edges += [("wf_input", e, "", False) for e in entry] + [(e, "wf_result", "", False) for e in exits]
     return graph
 
 
@@ -123,19 +129,28 @@ def task_graph(task: task_pb2.Task) -> Graph:
     return graph
 
 
+def mermaid_text(label: str) -> str:
+    """A label as Mermaid text: quotes, angle brackets and ampersands as Mermaid's entity codes,
+    so a CEL condition such as `output.tag == "<b>"` neither ends the label nor becomes markup."""
+    return "".join(_MERMAID_ENTITIES.get(c, c) for c in label)
+
+
+_MERMAID_ENTITIES = {'"': "#quot;", "<": "#lt;", ">": "#gt;", "&": "#amp;", "#": "#35;"}
+
+
 def to_mermaid(graph: Graph) -> str:
     lines = ["flowchart TD"]
     clustered = {m for _, _, members in graph.clusters for m in members}
     for node_id, label in graph.nodes.items():
         if node_id not in clustered:
-            lines.append(f'  {node_id}["{label}"]')
+            lines.append(f'  {node_id}["{mermaid_text(label)}"]')
     for cluster_id, label, members in reversed(graph.clusters):
-        lines.append(f'  subgraph {cluster_id}["{label}"]')
-        lines += [f'    {m}["{graph.nodes[m]}"]' for m in members if m in graph.nodes]
+        lines.append(f'  subgraph {cluster_id}["{mermaid_text(label)}"]')
+        lines += [f'    {m}["{mermaid_text(graph.nodes[m])}"]' for m in members if m in graph.nodes]
         lines.append("  end")
     for a, b, label, dashed in graph.edges:
         arrow = "-.->" if dashed else "-->"
-        lines.append(f'  {a} {arrow}|"{label}"| {b}' if label else f"  {a} {arrow} {b}")
+        lines.append(f'  {a} {arrow}|"{mermaid_text(label)}"| {b}' if label else f"  {a} {arrow} {b}")
     for status, colour in (("completed", "#c8f7c5"), ("failed", "#f7c5c5"), ("running", "#fff3b0"), ("cancelled", "#dddddd")):
         members = [n for n, s in graph.styles.items() if s == status]
         if members:
@@ -144,19 +159,24 @@ def to_mermaid(graph: Graph) -> str:
     return "\n".join(lines)
 
 
+def _dot_text(label: str) -> str:
+    """A label inside DOT's double quotes (the `\\n` line breaks the labels carry stay breaks)."""
+    return label.replace('"', '\\"')
+
+
 def to_dot(graph: Graph) -> str:
     colours = {"completed": "palegreen", "failed": "lightpink", "running": "lightyellow", "cancelled": "lightgrey"}
     lines = ["digraph workflow {", "  rankdir=TB;", "  node [shape=box, style=rounded];"]
     clustered = {m for _, _, members in graph.clusters for m in members}
     for node_id, label in graph.nodes.items():
         if node_id not in clustered:
-            lines.append(f'  {node_id} [label="{label}"{_dot_fill(graph, node_id, colours)}];')
+            lines.append(f'  {node_id} [label="{_dot_text(label)}"{_dot_fill(graph, node_id, colours)}];')
     for cluster_id, label, members in graph.clusters:
-        lines.append(f'  subgraph cluster_{cluster_id} {{ label="{label}";')
-        lines += [f'    {m} [label="{graph.nodes[m]}"];' for m in members if m in graph.nodes]
+        lines.append(f'  subgraph cluster_{cluster_id} {{ label="{_dot_text(label)}";')
+        lines += [f'    {m} [label="{_dot_text(graph.nodes[m])}"];' for m in members if m in graph.nodes]
         lines.append("  }")
     for a, b, label, dashed in graph.edges:
-        attrs = [f'label="{label}"'] if label else []
+        attrs = [f'label="{_dot_text(label)}"'] if label else []
         if dashed:
             attrs.append("style=dashed")
         lines.append(f"  {a} -> {b}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")

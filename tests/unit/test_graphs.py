@@ -1,0 +1,39 @@
+"""The graphs of `mcp workflow graph`, `mcp task graph` and the console: labels that cannot break
+out of Mermaid or DOT, and node ids that are never a keyword of either."""
+
+from __future__ import annotations
+
+import re
+
+from google.protobuf import json_format
+
+from mcp_sdk.proto import workflow_pb2
+from mcp_server.cli.graph import to_dot, to_mermaid, workflow_graph
+
+HOSTILE_CONDITION = 'output.x == "<img src=x onerror=\\"alert(1)\\">" && output.y != "a&b#c"'
+
+
+def adaptive(root_id: str, state_node_ids: tuple[str, str]) -> workflow_pb2.Workflow:
+    first, second = state_node_ids
+    return json_format.ParseDict({"workflow_id": "w", "root": {"id": root_id, "adaptive": {"initial_state": "a", "states": [
+        {"name": "a", "node": {"id": first, "step": {"protocol": "echo"}}, "transitions": [{"when": HOSTILE_CONDITION, "to": "b"}, {"to": "b"}]},
+        {"name": "b", "terminal": True, "node": {"id": second, "step": {"protocol": "echo"}}}]}}}, workflow_pb2.Workflow())
+
+
+def test_mermaid_labels_carry_quotes_and_markup_as_entity_codes():
+    text = to_mermaid(workflow_graph(adaptive("r", ("s", "t"))))
+    labels = re.findall(r'\["([^"]*)"\]|\|"([^"]*)"\|', text)
+    assert labels, text
+    for line in text.splitlines():
+        assert "<" not in line and ">" not in line.replace("-->", "").replace("-.->", ""), line
+    assert "#quot;#lt;img src=x onerror=\\#quot;alert(1)\\#quot;#gt;#quot;" in text
+    assert "a#amp;b#35;c" in text
+
+
+def test_node_ids_are_never_mermaid_or_dot_keywords():
+    text = to_mermaid(workflow_graph(adaptive("end", ("graph", "subgraph"))))
+    ids = set(re.findall(r"^\s*(\w+)\[", text, re.MULTILINE)) | set(re.findall(r"subgraph (\w+)\[", text))
+    assert ids and not ids & {"end", "graph", "subgraph", "style", "class", "click", "flowchart"}, ids
+    dot = to_dot(workflow_graph(adaptive("node", ("edge", "digraph"))))
+    assert re.search(r'label="[^"]*\\"', dot), "a quote inside a DOT label must be escaped"
+    assert not re.search(r"^\s*(edge|digraph|graph|subgraph) \[|^\s*node \[label", dot, re.MULTILINE)

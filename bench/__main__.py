@@ -25,6 +25,7 @@ from bench.baseline import prepare
 from bench.capacity import bench_capacity
 from bench.chains import bench_chains, fanout_floor
 from bench.cluster import bench_cluster
+from bench.console import bench_console
 from bench.harness import Orchestrated, Proc, Stat, chain, percentile, repeat, start_orchestrator, start_plugin, throughput
 from bench.layout import bench_layout
 from bench.report import REDIS, RESULTS, table
@@ -261,7 +262,7 @@ async def bench_streaming(plugin: Proc, quick: bool) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--only", action="append", help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster")
+    parser.add_argument("--only", action="append", help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console")
     parser.add_argument("--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares")
     parser.add_argument("--variant", action="append", help='chains: also run the server with an environment, "NAME:VAR=VALUE,..."')
     args = parser.parse_args()
@@ -270,7 +271,8 @@ async def main() -> None:
     suites = {"chains": partial(bench_chains, baseline=baseline, variants=args.variant),
               "steps": partial(bench_floors_and_orchestrated, baseline=baseline), "fanout": bench_fanout, "streaming": bench_streaming,
               "replicas": bench_replicas, "scale": bench_scale, "capacity": bench_capacity,
-              "admission": bench_admission, "cluster": bench_cluster, "layout": partial(bench_layout, baseline=baseline)}
+              "admission": bench_admission, "cluster": bench_cluster, "layout": partial(bench_layout, baseline=baseline),
+              "console": bench_console}
     try:
         for name, suite in suites.items():
             if not args.only or name in args.only:

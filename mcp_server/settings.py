@@ -85,6 +85,10 @@ class Settings:
     metrics_sample_seconds: float = 5.0
     tracing: str = ""
     log_format: str = "text"
+    # the web console on this HOST:PORT ("" off); it calls this server's API like any client, over
+    # TLS (trusting console_tls_ca, or the server's own certificate) when the server serves TLS
+    console_listen: str = ""
+    console_tls_ca: str = ""
     limits: Limits = field(default_factory=Limits)
 
     def concurrency_overrides(self) -> dict[str, int]:
@@ -146,6 +150,7 @@ def settings_from(argv: list[str] | None = None, env: dict[str, str] | None = No
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     parser.add_argument("--tracing", choices=["", "console"], help="export OpenTelemetry spans")
     parser.add_argument("--log-format", choices=["text", "json"])
+    parser.add_argument("--console-listen", help="serve the web console on HOST:PORT (e.g. 127.0.0.1:8080)")
     args = parser.parse_args(argv or [])
     for name, value in vars(args).items():
         if value is not None:

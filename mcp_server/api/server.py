@@ -17,12 +17,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mcp_sdk.client import Tls
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_server.api.interceptor import EdgeInterceptor
 from mcp_server.api.registry import RegistryServicer
 from mcp_server.api.tasks import TaskServicer
 from mcp_server.api.workflows import WorkflowServicer
 from mcp_server.auth import Authenticator
+from mcp_server.console.app import RunningConsole, start_console
 from mcp_server.errors import McpError
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.plugin_host import BUNDLED, PluginProcess, start_plugin
@@ -50,6 +52,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     plugins: list[PluginProcess] = field(default_factory=list)
     health_task: asyncio.Task[None] | None = None
+    console: RunningConsole | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving, then the dispatcher, the store and the plugins. Each stage has a time
@@ -57,6 +60,8 @@ class RunningServer:
         grace = self.orchestrator.settings.shutdown_grace if grace is None else grace
         if self.health_task is not None:
             self.health_task.cancel()
+        if self.console is not None:
+            await _bounded_stage("console", self.console.stop(), 5)
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await _bounded_stage("gRPC server", self.server.stop(grace), grace + 5)
@@ -123,6 +128,27 @@ async def _start_plugins_and_dispatch(running: RunningServer, settings: Settings
     if settings.metrics_port:
         running.orchestrator.metrics.serve(settings.metrics_port, settings.metrics_address)
     running.health_task = asyncio.create_task(_report_health(running))
+    if settings.console_listen:
+        running.console = await start_console(_loopback(running.address), settings.console_listen, tls=_console_tls(settings))
+
+
+def _loopback(address: str) -> str:
+    """Where a client on this machine reaches a server listening on `address` (0.0.0.0 included)."""
+    host, _, port = address.rpartition(":")
+    return f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "::", "") else address
+
+
+def _console_tls(settings: Settings) -> Tls | None:
+    """How the in-process console reaches a server that serves TLS: trusting console_tls_ca, or the
+    server's certificate itself (which works for a self-signed one); the certificate must name
+    127.0.0.1. A server that requires client certificates needs the console run apart, with its
+    own: `mcp console --server ...`."""
+    if not settings.tls_cert:
+        return None
+    if settings.tls_client_ca:
+        raise ValueError("the in-process console cannot present a client certificate to a server that requires one (mTLS): "
+                         "run it apart with `mcp console --server ADDRESS --tls-ca CA`")
+    return Tls.from_files(ca=settings.console_tls_ca or settings.tls_cert)
 
 
 async def _report_health(running: RunningServer, interval: float = 1.0) -> None:
@@ -144,15 +170,22 @@ async def _report_health(running: RunningServer, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down cleanly."""
-    running = await start_server(settings)
-    print(f"mCP orchestrator listening on {running.address}", flush=True)
+async def stop_signal() -> None:
+    """Return when the process receives SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    running = await start_server(settings)
+    print(f"mCP orchestrator listening on {running.address}", flush=True)
+    if running.console is not None:
+        print(f"mCP console on {running.console.url}", flush=True)
+    await stop_signal()
     log.info("shutting down")
     await running.stop()
 

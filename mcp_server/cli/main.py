@@ -1,7 +1,8 @@
 """`mcp`: apply workflows, submit and watch tasks, inspect protocols.
 
 The server address comes from --server or MCP_SERVER (default 127.0.0.1:50051), a token from
---token or MCP_TOKEN, a CA for TLS from --tls-ca or MCP_TLS_CA. Every command takes --json for
+--token or MCP_TOKEN, a CA for TLS from --tls-ca or MCP_TLS_CA (and a client certificate from
+--tls-cert/--tls-key). `mcp console` serves the web console for that server. Every command takes --json for
 machine-readable output. Errors print the server's message and each field violation, and exit
 with status 1. Built on the SDK's client (mcp_sdk), as any other client would be.
 """
@@ -22,9 +23,11 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
+from mcp_server.api.server import stop_signal
 from mcp_server.cli import render
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.tree import RunTree
+from mcp_server.console.app import start_console
 
 
 def load_workflow(path: str) -> workflow_pb2.Workflow:
@@ -66,10 +69,26 @@ async def watch(client: Client, task_id: str, after: int, as_json: bool, plain: 
     return 0 if final == task_pb2.TASK_EVENT_TYPE_COMPLETED else 2
 
 
+def _tls(args: argparse.Namespace) -> Tls | None:
+    if not (args.tls_ca or args.tls_cert):
+        return None
+    return Tls.from_files(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+
+
 async def run(args: argparse.Namespace) -> int:
-    tls = Tls.from_files(ca=args.tls_ca) if args.tls_ca else None
-    async with Client(args.server, token=args.token, tls=tls) as client:
+    if args.group == "console":
+        return await serve_console(args)
+    async with Client(args.server, token=args.token, tls=_tls(args)) as client:
         return await _command(client, args)
+
+
+async def serve_console(args: argparse.Namespace) -> int:
+    """`mcp console`: the web console for the server at --server, until Ctrl-C or SIGTERM."""
+    console = await start_console(args.server, args.listen, tls=_tls(args))
+    print(f"mCP console on {console.url} for the orchestrator at {args.server}", flush=True)
+    await stop_signal()
+    await console.stop()
+    return 0
 
 
 async def _command(client: Client, args: argparse.Namespace) -> int:
@@ -151,6 +170,8 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--server", default=os.environ.get("MCP_SERVER", "127.0.0.1:50051"))
     root.add_argument("--token", default=os.environ.get("MCP_TOKEN"), help="bearer token (default: $MCP_TOKEN)")
     root.add_argument("--tls-ca", default=os.environ.get("MCP_TLS_CA"), help="reach the server over TLS, trusting this CA (PEM)")
+    root.add_argument("--tls-cert", default=os.environ.get("MCP_TLS_CERT"), help="client certificate, for a server that requires one (mTLS)")
+    root.add_argument("--tls-key", default=os.environ.get("MCP_TLS_KEY"), help="and its private key (PEM)")
     root.add_argument("--json", action="store_true", help="print JSON")
     groups = root.add_subparsers(dest="group", required=True)
 
@@ -191,6 +212,10 @@ def parser() -> argparse.ArgumentParser:
     tgraph = task.add_parser("graph", help="the path a task took, as Mermaid or Graphviz DOT")
     tgraph.add_argument("id")
     tgraph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+
+    console = groups.add_parser("console", help="serve the web console for the server at --server")
+    console.add_argument("--listen", default=os.environ.get("MCP_CONSOLE_LISTEN", "127.0.0.1:8080"), help="HOST:PORT to serve on")
+    console.set_defaults(command="serve")
 
     proto = groups.add_parser("protocol").add_subparsers(dest="command", required=True)
     proto.add_parser("list")

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,46 @@ def test_the_cli_prints_whole_numbers_as_integers(server_process, tmp_path):
     assert [type(v) for v in (result["index"], result["sentences"], result["nested"][0]["n"], result["ratio"])] == [int, int, int, float]
     human = mcp(address, "task", "get", task_id).stdout
     assert '"index": 0' in human and "0.0" not in human and "3.0" not in human
+
+
+def read_until(process: subprocess.Popen[str], marker: str, seconds: float = 30) -> str:
+    """The first line of the process's output containing `marker`."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + seconds
+    for line in process.stdout:
+        if marker in line:
+            return line.strip()
+        assert time.monotonic() < deadline, f"no {marker!r} in time"
+    raise AssertionError(f"the process ended without printing {marker!r}")
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_the_console_is_served_by_the_server_and_by_mcp_console_apart(server_process, tmp_path):
+    address, _ = server_process
+    served = subprocess.Popen([sys.executable, "-m", "mcp_server", "--listen", f"127.0.0.1:{free_port()}", "--store", f"sqlite:///{tmp_path}/c.db",
+                               "--console-listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    apart = subprocess.Popen([sys.executable, "-m", "mcp_server.cli.main", "--server", address, "console", "--listen", "127.0.0.1:0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        inside = read_until(served, "mCP console on").split()[-1]
+        outside = read_until(apart, "mCP console on").split()[3]
+        status, page = fetch(f"{inside}/tasks")
+        assert status == 200 and "<h1>Tasks</h1>" in page
+        status, page = fetch(f"{outside}/protocols")
+        assert status == 200 and "echo" in page  # the bundled plugins of the server it is a client of
+        assert fetch(f"{outside}/tasks/nope")[0] == 404
+    finally:
+        for process in (served, apart):
+            process.send_signal(signal.SIGTERM)
+        assert apart.wait(timeout=20) == 0
+        assert served.wait(timeout=20) == 0
 
 
 def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):

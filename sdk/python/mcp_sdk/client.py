@@ -18,6 +18,7 @@ none is given).
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import random
@@ -177,6 +178,7 @@ class Client:
         self.timeout = timeout
         self.watch_give_up_after = watch_give_up_after
         self._metadata = bearer_metadata(token)
+        self._owns_channel = True
         self.channel = open_channel(address, tls, channel_options)
         self.tasks = task_pb2_grpc.TaskServiceStub(self.channel)
         self.workflows = workflow_pb2_grpc.WorkflowServiceStub(self.channel)
@@ -189,7 +191,17 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        """Close the connection (a client from `with_token` leaves its parent's open)."""
+        if self._owns_channel:
+            await self.channel.close()
+
+    def with_token(self, token: str | None) -> Client:
+        """A client on this one's connection that calls as another principal: for a gateway or a
+        console that serves many users over one channel."""
+        other = copy.copy(self)
+        other._metadata = bearer_metadata(token)
+        other._owns_channel = False
+        return other
 
     async def _call(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
         """A unary call with the token and timeout; failures as McpError. (The stubs are untyped:
@@ -274,18 +286,27 @@ class Client:
         reply: task_pb2.CancelTaskResponse = await self._call(self.tasks.CancelTask, task_pb2.CancelTaskRequest(task_id=task_id, reason=reason))
         return reply.task
 
-    async def read_value(self, task_id: str, step_path: str = "", field: task_pb2.ValueField = task_pb2.VALUE_FIELD_OUTPUT) -> JsonValue:
+    async def read_value(self, task_id: str, step_path: str = "", field: task_pb2.ValueField = task_pb2.VALUE_FIELD_OUTPUT, *,
+                         max_bytes: int | None = None) -> JsonValue:
         """A value too large to travel inline (a ValueRef's): a step's output or input, or with no
-        step path the task's result or input. Checked against its SHA-256."""
+        step path the task's result or input. Checked against its SHA-256. With `max_bytes`, a
+        larger value is not read: McpError OUT_OF_RANGE (reason VALUE_TOO_LARGE, its size in
+        metadata["size_bytes"])."""
         request = task_pb2.ReadValueRequest(task_id=task_id, step_path=step_path, field=field)
         data = bytearray()
         sha256 = ""
+        call: Any = self.tasks.ReadValue(request, metadata=self._metadata, timeout=self.timeout)
         try:
-            async for chunk in self.tasks.ReadValue(request, metadata=self._metadata, timeout=self.timeout):
+            async for chunk in call:
+                if max_bytes is not None and chunk.size_bytes > max_bytes:
+                    raise McpError(grpc.StatusCode.OUT_OF_RANGE, f"the value is {chunk.size_bytes} bytes, above the {max_bytes} asked for",
+                                   reason="VALUE_TOO_LARGE", metadata={"size_bytes": str(chunk.size_bytes)})
                 data += chunk.data
                 sha256 = chunk.sha256
         except grpc.aio.AioRpcError as exc:
             raise McpError.from_rpc_error(exc) from None
+        finally:
+            call.cancel()
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
             raise McpError(grpc.StatusCode.DATA_LOSS, f"value of {task_id}/{step_path or '(task)'} does not match its SHA-256", reason="CHECKSUM_MISMATCH")
         return value_to_python(struct_pb2.Value.FromString(bytes(data)))

@@ -88,8 +88,9 @@ class SyncClient:
     def cancel(self, task_id: str, reason: str = "") -> task_pb2.Task:
         return self._run(self._client.cancel(task_id, reason))
 
-    def read_value(self, task_id: str, step_path: str = "", field: task_pb2.ValueField = task_pb2.VALUE_FIELD_OUTPUT) -> JsonValue:
-        return self._run(self._client.read_value(task_id, step_path, field))
+    def read_value(self, task_id: str, step_path: str = "", field: task_pb2.ValueField = task_pb2.VALUE_FIELD_OUTPUT, *,
+                   max_bytes: int | None = None) -> JsonValue:
+        return self._run(self._client.read_value(task_id, step_path, field, max_bytes=max_bytes))
 
     def watch(self, task_id: str, after: int = 0) -> Iterator[task_pb2.TaskEvent]:
         """The events of `Client.watch`, as a plain iterator (close it to stop watching early)."""

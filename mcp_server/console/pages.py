@@ -1,0 +1,167 @@
+"""The console's pages: tasks, one task, workflows, one workflow (with its submit form),
+protocols, and signing in and out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+import yaml
+from aiohttp import web
+
+from mcp_sdk.errors import McpError
+from mcp_server.cli.graph import to_mermaid, workflow_graph
+from mcp_server.console.base import api, render
+from mcp_server.console.present import TASK_STATUSES, message_json, protocol_view, step_view, task_view
+from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
+
+PAGE_SIZE = 50
+STEPS_SHOWN = 1000  # steps listed on a task's page; the rest are counted (ListTaskSteps pages them all)
+
+
+def redirect(location: str) -> web.Response:
+    """303 See Other: after a POST, the browser GETs the page that shows the outcome."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    return redirect("/tasks")
+
+
+async def tasks(request: web.Request) -> web.StreamResponse:
+    """Newest first, filtered by status and workflow, a page at a time, with a count per status."""
+    statuses = [s.lower() for s in request.query.getall("status", []) if s]
+    unknown = [s for s in statuses if s not in TASK_STATUSES]
+    if unknown:
+        raise web.HTTPBadRequest(text=f"unknown status {unknown[0]!r}: use one of {', '.join(TASK_STATUSES)}")
+    workflow_id = request.query.get("workflow", "").strip()
+    page_token = request.query.get("page", "")
+    client = api(request)
+    names = [f"TASK_STATUS_{s.upper()}" for s in statuses]
+    listed, *counted = await asyncio.gather(
+        client.list_tasks(statuses=names, workflow_id=workflow_id, page_size=PAGE_SIZE, page_token=page_token),
+        *(client.list_tasks(statuses=[f"TASK_STATUS_{s.upper()}"], workflow_id=workflow_id, page_size=1) for s in TASK_STATUSES))
+    counts = {status: reply.total_size for status, reply in zip(TASK_STATUSES, counted)}
+    return render(request, "tasks.html", {
+        "tasks": [task_view(t) for t in listed.tasks], "total": listed.total_size, "next_page": listed.next_page_token,
+        "first_page": not page_token, "counts": counts, "statuses": statuses, "all_statuses": TASK_STATUSES, "workflow_id": workflow_id,
+    })
+
+
+async def task(request: web.Request) -> web.StreamResponse:
+    """One task: its header, steps, and the live parts (tree, events, graph) the script fills in."""
+    task_id = request.match_info["task_id"]
+    client = api(request)
+    header = await client.get(task_id, steps=False)
+    steps = []
+    async for step in client.steps(task_id):
+        steps.append(step_view(step))
+        if len(steps) >= STEPS_SHOWN:
+            break
+    return render(request, "task.html", {"task": task_view(header), "steps": steps, "more_steps": max(0, header.step_count - len(steps))})
+
+
+async def cancel(request: web.Request) -> web.StreamResponse:
+    task_id = request.match_info["task_id"]
+    await api(request).cancel(task_id, "cancelled from the console")
+    return redirect(f"/tasks/{task_id}")
+
+
+async def workflows(request: web.Request) -> web.StreamResponse:
+    rows = [{"workflow_id": w.workflow_id, "version": w.version, "description": w.description, "root": w.root.WhichOneof("kind") or "",
+             "created": w.create_time.ToDatetime().isoformat(timespec="seconds") + "Z" if w.create_time.seconds else ""}
+            for w in await api(request).list_workflows()]
+    return render(request, "workflows.html", {"workflows": sorted(rows, key=lambda r: r["workflow_id"])})
+
+
+async def workflow(request: web.Request, form: dict[str, Any] | None = None, problem: McpError | str | None = None,
+                   status: int = 200) -> web.StreamResponse:
+    """A workflow version: its definition as YAML and as a graph, its versions, and a submit form."""
+    workflow_id = request.match_info["workflow_id"]
+    version = _whole_number(request.query.get("version", "0"), "version")
+    client = api(request)
+    shown, latest = await asyncio.gather(client.get_workflow(workflow_id, version), client.get_workflow(workflow_id))
+    definition = message_json(shown)
+    return render(request, "workflow.html", {
+        "workflow": {"workflow_id": shown.workflow_id, "version": shown.version, "description": shown.description},
+        "versions": list(range(latest.version, 0, -1)), "yaml": yaml.safe_dump(definition, sort_keys=False, allow_unicode=True),
+        "mermaid": to_mermaid(workflow_graph(shown)),
+        "form": form or {"input": "{}", "priority": "0", "labels": "", "version": str(shown.version)},
+        "problem": problem if isinstance(problem, str) else None, "error": problem if isinstance(problem, McpError) else None,
+    }, status=status)
+
+
+async def submit(request: web.Request) -> web.StreamResponse:
+    """Submit a task from the form; a bad form shows the workflow page again with what is wrong."""
+    workflow_id = request.match_info["workflow_id"]
+    posted = await request.post()
+    form = {name: str(posted.get(name, "")) for name in ("input", "priority", "labels", "version")}
+    try:
+        data = json.loads(form["input"] or "{}")
+        if not isinstance(data, dict):
+            raise ValueError("the input must be a JSON object, such as {\"text\": \"hello\"}")
+        labels = dict(_label(line) for line in form["labels"].splitlines() if line.strip())
+        priority = int(form["priority"] or 0)
+        version = int(form["version"] or 0)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        return await workflow(request, form, f"cannot submit: {exc}", status=400)
+    try:
+        created = await api(request).submit(workflow_id, data, priority=priority, labels=labels, version=version)
+    except McpError as error:
+        if error.code != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        return await workflow(request, form, error, status=400)
+    return redirect(f"/tasks/{created.task_id}")
+
+
+def _label(line: str) -> tuple[str, str]:
+    key, sep, value = line.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"a label is KEY=VALUE, one per line, not {line.strip()!r}")
+    return key.strip(), value.strip()
+
+
+def _whole_number(text: str, name: str) -> int:
+    if not text.isdigit():
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number, not {text!r}")
+    return int(text)
+
+
+async def protocols(request: web.Request) -> web.StreamResponse:
+    entries = [protocol_view(p) for p in await api(request).list_protocols()]
+    return render(request, "protocols.html", {"protocols": sorted(entries, key=lambda p: (p["name"], p["address"]))})
+
+
+def _next_path(text: str) -> str:
+    """Where to go after signing in: a path of this console, never another site."""
+    return text if text.startswith("/") and not text.startswith("//") and "\\" not in text else "/tasks"
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    return render(request, "login.html", {"next": _next_path(request.query.get("next", "/tasks")), "problem": None})
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """Check the token with the server (a call it must authenticate), then keep it in the session cookie."""
+    posted = await request.post()
+    token = str(posted.get("token", "")).strip()
+    target = _next_path(str(posted.get("next", "/tasks")))
+    try:
+        if not token:
+            raise McpError(grpc.StatusCode.UNAUTHENTICATED, "enter a token")
+        await api(request).with_token(token).list_tasks(page_size=1)
+    except McpError as error:
+        if error.code != grpc.StatusCode.UNAUTHENTICATED:
+            raise
+        return render(request, "login.html", {"next": target, "problem": "the server did not accept this token"}, status=401)
+    response = redirect(target)
+    set_cookie(response, request, TOKEN_COOKIE, token)
+    return response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    response = redirect("/login")
+    clear_cookie(response, TOKEN_COOKIE)
+    return response

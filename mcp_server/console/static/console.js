@@ -1,0 +1,325 @@
+// The console's pages, live. Every value from a task (inputs, outputs, errors, labels, messages)
+// goes into the page through textContent, never as markup.
+"use strict";
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+async function fetchJson(url) {
+  const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  return response.json();
+}
+
+// ---- graphs (Mermaid, from the same code as `mcp workflow graph`) ----------------------------
+// Mermaid (3.5 MB) is loaded when the first graph is drawn, not before the page's own script:
+// the event stream starts at once, and the page shows events while Mermaid is still parsing.
+let mermaidLoading = null;
+let graphCounter = 0;
+
+function loadMermaid() {
+  mermaidLoading ??= new Promise((resolve) => {
+    const script = document.createElement("script");
+    script.src = "/static/vendor/mermaid.min.js";
+    script.onload = () => {
+      window.mermaid.initialize({ startOnLoad: false, securityLevel: "strict", theme: "neutral" });
+      resolve(true);
+    };
+    script.onerror = () => resolve(false);
+    document.head.append(script);
+  });
+  return mermaidLoading;
+}
+
+async function drawGraph(target, source) {
+  if (!(await loadMermaid())) {  // the bundle is installed by `make`; without it, show the source
+    target.replaceChildren(el("pre", "value", source), el("p", "dim", "Mermaid is not installed here: run `make console-assets`."));
+    return;
+  }
+  graphCounter += 1;
+  const { svg } = await window.mermaid.render(`graph-${graphCounter}`, source);
+  // Markup from Mermaid alone: in strict mode it sanitizes the SVG it makes (with DOMPurify), the
+  // labels in it were escaped by the server (graph.mermaid_text), and the page's CSP runs no inline script.
+  target.innerHTML = svg;
+}
+
+// ---- /tasks ------------------------------------------------------------------------------
+function tasksPage() {
+  const table = document.getElementById("task-table");
+  const total = document.getElementById("total");
+  const shown = Number(total.textContent);
+  const checked = [...document.querySelectorAll('#filters input[name="status"]:checked')].map((box) => box.value);
+  const stream = new EventSource(`/tasks/counts?workflow=${encodeURIComponent(table.dataset.workflow || "")}`);
+  stream.addEventListener("counts", (message) => {
+    const counts = JSON.parse(message.data);
+    for (const [status, count] of Object.entries(counts)) {
+      const badge = document.querySelector(`[data-count="${status}"]`);
+      if (badge) badge.textContent = String(count);
+    }
+    const matching = Object.entries(counts).filter(([status]) => checked.length === 0 || checked.includes(status))
+      .reduce((sum, [, count]) => sum + count, 0);
+    total.textContent = String(matching);
+    document.getElementById("fresh").hidden = matching === shown;
+  });
+}
+
+// ---- /tasks/{id} ---------------------------------------------------------------------------
+const STATUS_OF_EVENT = {
+  STEP_STARTED: "running", STEP_COMPLETED: "completed", STEP_FAILED: "failed", STEP_RETRYING: "retrying", STEP_WAITING: "waiting",
+};
+const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
+
+class RunTree {
+  // The CLI's live tree (mcp_server/cli/tree.py), as DOM: one line per node, nested by step path.
+  constructor(root) {
+    this.root = root;
+    this.lines = new Map();
+  }
+
+  line(path) {
+    return this.lines.get(path);
+  }
+
+  start(event) {
+    const path = event.step_path;
+    const parentPath = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : "";
+    const parent = this.lines.get(parentPath);
+    const list = parent ? parent.children : this.root;
+    const item = el("li", "node running");
+    item.dataset.path = path;
+    const row = el("div", "row");
+    const parts = {
+      icon: el("span", "icon"), name: el("span", "name", path.split("/").pop()), protocol: el("span", "protocol dim", event.protocol ? `[${event.protocol}]` : ""),
+      attempt: el("span", "attempt"), took: el("span", "took dim"), note: el("span", "note dim"),
+    };
+    row.append(parts.icon, parts.name, parts.protocol, parts.attempt, parts.took, parts.note);
+    const children = el("ul");
+    item.append(row, children);
+    list.append(item);
+    const line = { item, children, parts, started: Date.parse(event.time), attempt: 1 };
+    this.lines.set(path, line);
+    return line;
+  }
+
+  apply(event) {
+    let line = event.step_path ? this.line(event.step_path) : undefined;
+    if (event.type === "STEP_STARTED") {
+      if (line) {
+        line.started = Date.parse(event.time);  // a retry: the same line, timed from this attempt
+      } else {
+        line = this.start(event);
+      }
+      this.mark(line, "running");
+    } else if (line && event.type === "STEP_COMPLETED") {
+      line.attempt = Math.max(line.attempt, event.attempt || 1);
+      this.finish(line, event, "completed");
+    } else if (line && event.type === "STEP_FAILED") {
+      this.finish(line, event, "failed");
+      line.parts.note.textContent = event.message;
+    } else if (line && event.type === "STEP_RETRYING") {
+      line.attempt = (event.attempt || 1) + 1;
+      this.mark(line, "retrying");
+      line.parts.note.textContent = event.message;
+    } else if (line && event.type === "STEP_WAITING") {
+      this.mark(line, "waiting");
+      line.parts.note.textContent = event.message;
+    } else if (line && (event.type === "FALLBACK_USED" || event.type === "PROGRESS")) {
+      this.mark(line, "running");
+      line.parts.note.textContent = event.message;
+    } else if (line && (event.type === "TRANSITION_TAKEN" || event.type === "SUPERVISOR_DECISION")) {
+      line.parts.note.textContent = event.message;
+    } else if (event.type === "CANCELLED") {
+      for (const open of this.lines.values()) {
+        if (open.item.classList.contains("running") || open.item.classList.contains("retrying")) this.mark(open, "cancelled");
+      }
+    }
+    if (line) line.parts.attempt.textContent = line.attempt > 1 ? `attempt ${line.attempt}` : "";
+    return line;
+  }
+
+  mark(line, status) {
+    line.item.classList.remove("running", "completed", "failed", "retrying", "waiting", "cancelled");
+    line.item.classList.add(status);
+    line.item.dataset.status = status;
+  }
+
+  finish(line, event, status) {
+    this.mark(line, status);
+    const took = Date.parse(event.time) - line.started;
+    if (Number.isFinite(took)) line.parts.took.textContent = `${took} ms`;
+  }
+}
+
+function stepRow(path, protocol) {
+  const body = document.querySelector("#steps tbody");
+  let row = [...body.rows].find((r) => r.dataset.path === path);
+  if (row) return row;
+  row = document.createElement("tr");
+  row.dataset.path = path;
+  const cells = [el("td", "mono path", path), el("td", "", protocol), el("td"), el("td", "attempts", "1"), el("td", "took"), el("td"), el("td")];
+  cells[2].append(el("span", "badge running step-status", "running"));
+  cells[5].append(el("pre", "value input"));
+  cells[6].append(el("pre", "value output"), el("p", "problem error"));
+  row.append(...cells);
+  body.append(row);
+  document.getElementById("step-count").textContent = String(body.rows.length);
+  return row;
+}
+
+function setValue(pre, value, ref, taskId, path, field) {
+  if (value !== null && value !== undefined) {
+    pre.textContent = value;
+  } else if (ref) {
+    const link = el("a", "", "read it");
+    link.href = `/tasks/${encodeURIComponent(taskId)}/value?path=${encodeURIComponent(path)}&field=${field}`;
+    pre.replaceChildren(document.createTextNode(`${ref.size_bytes} bytes: `), link);
+  }
+}
+
+async function refreshStep(taskId, path, row) {
+  try {
+    const values = await fetchJson(`/tasks/${encodeURIComponent(taskId)}/step.json?path=${encodeURIComponent(path)}`);
+    setValue(row.querySelector("pre.input"), values.input, values.input_ref, taskId, path, "input");
+    setValue(row.querySelector("pre.output"), values.output, values.output_ref, taskId, path, "output");
+  } catch (error) {
+    row.querySelector("p.error").textContent = `could not load the step's values: ${error.message}`;
+  }
+}
+
+function appendEvent(body, event) {
+  const row = document.createElement("tr");
+  row.dataset.sequence = String(event.sequence);
+  row.className = event.type.toLowerCase();
+  for (const value of [event.sequence, event.time, event.type, event.step_path, event.protocol, event.attempt || "", event.message]) {
+    row.append(el("td", "", value));
+  }
+  body.append(row);
+}
+
+async function refreshHeader(taskId) {
+  const task = await fetchJson(`/tasks/${encodeURIComponent(taskId)}/task.json`);
+  const status = document.getElementById("status");
+  status.textContent = task.status;
+  status.className = `badge ${task.status.toLowerCase()}`;
+  document.getElementById("started").textContent = task.started;
+  document.getElementById("ended").textContent = task.ended;
+  document.getElementById("took").textContent = task.duration_ms === null ? "" : `${task.duration_ms} ms`;
+  const failure = document.getElementById("task-error");
+  failure.textContent = task.error ? task.error.message : "";
+  failure.hidden = !task.error;
+  setValue(document.getElementById("result"), task.result, task.result_ref, taskId, "", "output");
+  if (task.terminal) document.getElementById("cancel-form")?.remove();
+}
+
+function taskPage() {
+  const section = document.getElementById("task");
+  const taskId = section.dataset.taskId;
+  const liveAfter = Number(section.dataset.lastSequence);  // events after this one arrive live, not in the replay
+  const tree = new RunTree(document.getElementById("tree"));
+  const log = document.querySelector("#events tbody");
+  const graph = document.getElementById("graph");
+  const latencies = [];
+  window.mcpConsole = { latencies };
+  // Drawing a graph keeps the page busy for a moment: while the task runs it is redrawn at most
+  // every 5 s, when the browser is idle, so that events are never queued behind it.
+  let graphDue = null;
+  const redrawGraph = async () => {
+    graphDue = null;
+    const response = await fetch(graph.dataset.source, { credentials: "same-origin" });
+    if (response.ok) await drawGraph(graph, await response.text());
+  };
+  const whenIdle = (work) => (window.requestIdleCallback ? requestIdleCallback(work, { timeout: 5000 }) : setTimeout(work, 50));
+  const scheduleGraph = (delay) => {
+    if (graphDue === null) graphDue = setTimeout(() => whenIdle(redrawGraph), delay);
+  };
+  // The first drawing (which loads Mermaid) comes before the event stream opens, so that no live
+  // event waits behind it; events written meanwhile arrive in the stream's replay.
+  const firstGraph = Promise.race([redrawGraph().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 3000))]);
+  firstGraph.then(() => follow());
+
+  function follow() {
+    const stream = new EventSource(`/tasks/${encodeURIComponent(taskId)}/events`);
+    let listeningSince = Infinity;  // events written after this were shown by a page already listening
+    stream.addEventListener("open", () => {
+      listeningSince = Math.min(listeningSince, Date.now());
+    });
+    stream.addEventListener("task", (message) => {
+      const event = JSON.parse(message.data);
+      appendEvent(log, event);
+      const line = tree.apply(event);
+      const status = STATUS_OF_EVENT[event.type];
+      if (event.step_path && status) {
+        const row = stepRow(event.step_path, event.protocol);
+        const badge = row.querySelector(".step-status");
+        badge.textContent = status;
+        badge.className = `badge ${status} step-status`;
+        if (event.type === "STEP_RETRYING") row.querySelector(".attempts").textContent = String((event.attempt || 1) + 1);
+        if (event.type === "STEP_COMPLETED" && line) row.querySelector(".took").textContent = line.parts.took.textContent;
+        if (event.type === "STEP_FAILED") row.querySelector("p.error").textContent = event.message;
+        if (event.type === "STEP_COMPLETED" && event.sequence > liveAfter) refreshStep(taskId, event.step_path, row);
+        if (event.type === "STEP_STARTED" || event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") scheduleGraph(5000);
+      }
+      if (event.type === "STEP_COMPLETED" && Date.parse(event.time) >= listeningSince && line) {
+        // How long after the event was written the page showed it (the console's latency target).
+        const shownAfter = Date.now() - Date.parse(event.time);
+        line.item.dataset.shownAfterMs = String(shownAfter);
+        latencies.push(shownAfter);
+      }
+      if (event.type === "STARTED") {
+        const badge = document.getElementById("status");
+        badge.textContent = "RUNNING";
+        badge.className = "badge running";
+      }
+      if (TERMINAL.has(event.type)) {
+        stream.close();
+        const badge = document.getElementById("status");
+        badge.textContent = event.type;
+        badge.className = `badge ${event.type.toLowerCase()}`;
+        refreshHeader(taskId);
+        clearTimeout(graphDue);
+        graphDue = null;
+        whenIdle(redrawGraph);
+      }
+    });
+    stream.addEventListener("end", () => stream.close());
+  }
+}
+
+// ---- /workflows/{id} -------------------------------------------------------------------------
+function workflowPage() {
+  const source = document.getElementById("graph-source");
+  if (source) drawGraph(document.getElementById("graph"), source.textContent);
+}
+
+// ---- /protocols ------------------------------------------------------------------------------
+function protocolsPage() {
+  const body = document.querySelector("#protocol-table tbody");
+  const refresh = async () => {
+    try {
+      const entries = await fetchJson("/protocols.json");
+      const rows = entries.map((p) => {
+        const row = document.createElement("tr");
+        const name = el("td", "", `${p.name} `);
+        name.append(el("span", "dim", p.version));
+        const health = el("td");
+        health.append(el("span", `badge ${p.health.toLowerCase()}`, p.health.toLowerCase()));
+        const breaker = el("td");
+        breaker.append(el("span", `badge breaker-${p.breaker.toLowerCase()}`, p.breaker.toLowerCase()));
+        row.append(name, el("td", "", p.type.toLowerCase()), el("td", "mono", p.address), health, breaker, el("td", "mono", p.ejected_until),
+          el("td", "", p.calls_in_flight), el("td", "", p.capacity), el("td", "", p.description));
+        return row;
+      });
+      if (rows.length) body.replaceChildren(...rows);
+    } catch (error) {
+      // the server is away for a moment: keep what is shown, try again at the next tick
+    }
+  };
+  setInterval(refresh, 3000);
+}
+
+const PAGES = { tasks: tasksPage, task: taskPage, workflow: workflowPage, protocols: protocolsPage };
+PAGES[document.body.dataset.page]?.();

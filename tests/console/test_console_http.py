@@ -1,0 +1,122 @@
+"""The console over plain HTTP (aiohttp's client against the real console): CSRF on every POST,
+the security headers, bad queries, errors as JSON for scripts, the event stream resumed after
+Last-Event-ID, and sign-in with a token."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import aiohttp
+import pytest
+
+from mcp_server.auth import hash_token
+
+pytestmark = pytest.mark.asyncio
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf-token" content="([0-9a-f]{64})"', page)
+    assert found, "the page carries no CSRF token"
+    return found.group(1)
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> list[dict[str, str]]:
+    """The server-sent events of a finished stream, each as its fields."""
+    events, current = [], {}
+    async for raw in response.content:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if current:
+                events.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            current[name] = value
+    return events
+
+
+async def test_every_post_needs_the_csrf_token_of_this_browser(console, api):
+    await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await (await browser.get(f"{console.console.url}/workflows/echo")).text()
+        token = csrf_of(page)
+        missing = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": "{}"}, allow_redirects=False)
+        assert missing.status == 403
+        forged = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": "{}", "csrf": "0" * 64}, allow_redirects=False)
+        assert forged.status == 403
+        assert (await api.list_tasks()).total_size == 0
+        accepted = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": '{"a": 1}', "csrf": token},
+                                      allow_redirects=False)
+        assert accepted.status == 303 and accepted.headers["Location"].startswith("/tasks/")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other_browser:  # another seed: the token is useless there
+        stolen = await other_browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": "{}", "csrf": token},
+                                          allow_redirects=False)
+        assert stolen.status == 403
+    assert (await api.list_tasks()).total_size == 1
+
+
+async def test_pages_carry_the_security_headers_and_cookies_are_strict(console):
+    async with aiohttp.ClientSession() as browser:
+        response = await browser.get(f"{console.console.url}/tasks")
+        assert response.status == 200
+        csp = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+        assert "frame-ancestors 'none'" in csp and response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Cache-Control"] == "no-store"
+        seed = response.cookies["mcp_seed"]
+        assert seed["httponly"] and seed["samesite"] == "Strict" and seed["path"] == "/"
+        script = await browser.get(f"{console.console.url}/static/console.js")
+        assert script.status == 200 and "max-age" in script.headers["Cache-Control"]
+        mermaid = await browser.get(f"{console.console.url}/static/vendor/mermaid.min.js")
+        assert mermaid.status == 200, "Mermaid is not installed: make console-assets"
+
+
+async def test_bad_queries_and_missing_things_are_clear_errors(console):
+    async with aiohttp.ClientSession() as browser:
+        bad = await browser.get(f"{console.console.url}/tasks?status=exploded")
+        assert bad.status == 400 and "unknown status &#39;exploded&#39;" in await bad.text()  # escaped, as everything is
+        missing = await browser.get(f"{console.console.url}/tasks/no-such-task")
+        assert missing.status == 404 and "not found" in (await missing.text()).lower()
+        as_json = await browser.get(f"{console.console.url}/tasks/no-such-task/task.json")
+        assert as_json.status == 404 and (await as_json.json())["code"] == "NOT_FOUND"
+        stream = await browser.get(f"{console.console.url}/tasks/no-such-task/events")
+        assert stream.status == 404 and (await stream.json())["code"] == "NOT_FOUND"
+        bad_id = await browser.get(f"{console.console.url}/tasks/{'x' * 300}")
+        assert bad_id.status == 400
+        nowhere = await browser.get(f"{console.console.url}/no/such/page")
+        assert nowhere.status == 404
+        version = await browser.get(f"{console.console.url}/workflows/echo?version=abc")
+        assert version.status == 400
+
+
+async def test_the_event_stream_resumes_after_last_event_id_and_ends_after_the_terminal_event(console, api):
+    await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+    task = await api.submit("echo", {"a": 1})
+    await api.result(task.task_id, timeout=30)
+    last = (await api.get(task.task_id, steps=False)).last_sequence
+    async with aiohttp.ClientSession() as browser:
+        everything = await sse_events(await browser.get(f"{console.console.url}/tasks/{task.task_id}/events"))
+        resumed = await sse_events(await browser.get(f"{console.console.url}/tasks/{task.task_id}/events", headers={"Last-Event-ID": "3"}))
+    assert [int(e["id"]) for e in everything if e.get("event") == "task"] == list(range(1, last + 1))
+    assert [int(e["id"]) for e in resumed if e.get("event") == "task"] == list(range(4, last + 1))
+    assert everything[-1]["event"] == "end" and json.loads(everything[-2]["data"])["type"] == "COMPLETED"
+
+
+async def test_signing_in_checks_the_token_with_the_server(server_factory, tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"principals": [{"name": "ada", "token_sha256": hash_token("ada-secret"), "roles": []}]}))
+    running = await server_factory(auth_file=str(tmp_path / "p.json"), console_listen="127.0.0.1:0")
+    url = running.console.url
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        away = await browser.get(f"{url}/tasks", allow_redirects=False)
+        assert away.status == 303 and away.headers["Location"] == "/login?next=%2Ftasks"
+        assert (await browser.get(f"{url}/tasks.json")).status == 404
+        form = await (await browser.get(f"{url}/login")).text()
+        refused = await browser.post(f"{url}/login", data={"token": "guess", "csrf": csrf_of(form), "next": "/tasks"}, allow_redirects=False)
+        assert refused.status == 401
+        elsewhere = await browser.post(f"{url}/login", data={"token": "ada-secret", "csrf": csrf_of(form), "next": "//evil.example/x"},
+                                       allow_redirects=False)
+        assert elsewhere.status == 303 and elsewhere.headers["Location"] == "/tasks"  # never to another site
+        cookie = elsewhere.cookies["mcp_token"]
+        assert cookie.value == "ada-secret" and cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["expires"]
+        assert (await browser.get(f"{url}/tasks", allow_redirects=False)).status == 200

@@ -63,9 +63,12 @@ class Followers:
     """The logs this process follows, by key. A log nobody waits on is kept `idle_seconds`,
     so a watcher going from one wait to the next does not start over."""
 
+    PRUNE_EVERY_SECONDS = 1.0
+
     def __init__(self, idle_seconds: float = 5.0) -> None:
         self.logs: dict[str, FollowedLog] = {}
         self.idle_seconds = idle_seconds
+        self._pruned_at = 0.0
 
     def covers(self, key: str, after_sequence: int) -> bool:
         """True when every event of `key` after `after_sequence` reaches this process's memory."""
@@ -112,8 +115,14 @@ class Followers:
                 log.idle_since = time.monotonic()
 
     def prune(self) -> list[str]:
-        """Forget the logs nobody waited on for `idle_seconds`; returns their keys."""
-        cutoff = time.monotonic() - self.idle_seconds
+        """Forget the logs nobody waited on for `idle_seconds`; returns their keys. Called on every
+        wait, it looks at the logs at most once a second: under load there are thousands of them
+        (each finished task's is kept a while), and scanning them per event cost 13% of the CPU."""
+        now = time.monotonic()
+        if now - self._pruned_at < self.PRUNE_EVERY_SECONDS:
+            return []
+        self._pruned_at = now
+        cutoff = now - self.idle_seconds
         gone = [k for k, log in self.logs.items() if log.watchers == 0 and 0 < log.idle_since < cutoff]
         for key in gone:
             del self.logs[key]

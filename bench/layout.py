@@ -74,7 +74,7 @@ async def bench_layout(plugin: Proc, quick: bool, baseline: Path | None = None) 
 
 
 async def _per_step_costs(plugin: Proc, url: str, label: str, code: Path | None, quick: bool) -> None:
-    orchestrator = start_orchestrator(f"{url}?prefix=layout{uuid.uuid4().hex[:6]}:", [plugin.address], code=code,
+    orchestrator = start_orchestrator(f"{url}?prefix=bench:layout{uuid.uuid4().hex[:6]}:", [plugin.address], code=code,
                                       MCP_LIMIT_MAX_WORKFLOW_NODES="2000", MCP_LIMIT_MAX_INPUT_BYTES=str(2 * 1024 * 1024))
     client = Orchestrated(orchestrator.address)
     for steps in LENGTHS:
@@ -105,7 +105,7 @@ async def _per_step_costs(plugin: Proc, url: str, label: str, code: Path | None,
 async def _long_and_large(plugin: Proc, url: str, quick: bool) -> None:
     rows: list[tuple[str, Stat | float | str, str]] = []
     for backend in ("redis", "sqlite"):
-        store = f"{url}?prefix=long{uuid.uuid4().hex[:6]}:" if backend == "redis" else f"sqlite:///{tempfile.mkdtemp()}/long.db"
+        store = f"{url}?prefix=bench:long{uuid.uuid4().hex[:6]}:" if backend == "redis" else f"sqlite:///{tempfile.mkdtemp()}/long.db"
         orchestrator = start_orchestrator(store, [plugin.address], MCP_LIMIT_MAX_WORKFLOW_NODES="2000")
         client = Orchestrated(orchestrator.address)
         try:
@@ -143,7 +143,7 @@ async def _read_back(client: Orchestrated) -> float:
 async def _listing(plugin: Proc, url: str, quick: bool) -> None:
     """One principal's 10 tasks among 100,000 of another's: ListTasks reads the owner index."""
     others = 20_000 if quick else 100_000
-    prefix = f"list{uuid.uuid4().hex[:6]}:"
+    prefix = f"bench:list{uuid.uuid4().hex[:6]}:"
     store = await open_store(f"{url}?prefix={prefix}")
     semaphore = asyncio.Semaphore(256)
 

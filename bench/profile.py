@@ -14,6 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
+import redis.asyncio as aioredis
+
 from bench.harness import Orchestrated, chain, start_orchestrator, start_plugin
 from bench.report import REDIS
 
@@ -63,7 +65,8 @@ async def main() -> None:
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     plugin = start_plugin()
-    url = f"{REDIS}?prefix=prof{uuid.uuid4().hex[:6]}:" if args.store == "redis" else f"sqlite:///{tempfile.mkdtemp()}/p.db"
+    prefix = f"bench:prof{uuid.uuid4().hex[:6]}:"
+    url = f"{REDIS}?prefix={prefix}" if args.store == "redis" else f"sqlite:///{tempfile.mkdtemp()}/p.db"
     orchestrator = start_orchestrator(url, [plugin.address])
     out = Path(tempfile.mkdtemp()) / "profile.txt"
     try:
@@ -78,6 +81,17 @@ async def main() -> None:
     finally:
         orchestrator.stop()
         plugin.stop()
+        if args.store == "redis":
+            await forget(prefix)
+
+
+async def forget(prefix: str) -> None:
+    """Delete what the profiled run left in Redis."""
+    store = aioredis.Redis.from_url(REDIS)
+    keys = [key async for key in store.scan_iter(f"{prefix}*", count=1000)]
+    for start in range(0, len(keys), 1000):
+        await store.unlink(*keys[start:start + 1000])
+    await store.aclose()
 
 
 if __name__ == "__main__":

@@ -120,3 +120,19 @@ async def test_signing_in_checks_the_token_with_the_server(server_factory, tmp_p
         cookie = elsewhere.cookies["mcp_token"]
         assert cookie.value == "ada-secret" and cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["expires"]
         assert (await browser.get(f"{url}/tasks", allow_redirects=False)).status == 200
+
+
+async def test_a_large_value_is_a_link_to_the_whole_of_it_read_through_its_reference(console, api):
+    await api.create_workflow({"workflow_id": "big", "root": {"id": "s", "step": {"protocol": "sized", "input": "{'bytes': 300000}"}}})
+    task = await api.submit("big")
+    result = await api.result(task.task_id, timeout=30)
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/tasks/{task.task_id}")).text()
+        assert "300000 bytes: <a href=\"/tasks/" in page and "value?path=s&amp;field=output" in page
+        whole = await browser.get(f"{console.console.url}/tasks/{task.task_id}/value?path=s&field=output")
+        assert whole.status == 200 and whole.content_type == "application/json"
+        assert await whole.json() == result
+        preview = await (await browser.get(f"{console.console.url}/tasks/{task.task_id}/step.json?path=s")).json()
+        assert preview["output"].startswith("{") and preview["input"] == '{\n  "bytes": 300000\n}'
+        bad_field = await browser.get(f"{console.console.url}/tasks/{task.task_id}/value?path=s&field=secret")
+        assert bad_field.status == 400

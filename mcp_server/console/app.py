@@ -9,6 +9,7 @@ that looks like markup is shown as text and can run nothing.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -134,7 +135,11 @@ class RunningConsole:
 
 
 async def start_console(server_address: str, listen: str, *, tls: Tls | None = None, secret: bytes | None = None) -> RunningConsole:
-    """Serve the console on `listen` (HOST:PORT; port 0 picks one) for the orchestrator at `server_address`."""
+    """Serve the console on `listen` (HOST:PORT; port 0 picks one) for the orchestrator at `server_address`.
+
+    `secret` keys the CSRF tokens: by default MCP_CONSOLE_SECRET, else random per process (set it
+    when several consoles serve one address, or for forms to survive a console restart)."""
+    secret = secret or os.environ.get("MCP_CONSOLE_SECRET", "").encode() or None
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"console address {listen!r} must look like HOST:PORT")

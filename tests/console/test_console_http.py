@@ -136,3 +136,21 @@ async def test_a_large_value_is_a_link_to_the_whole_of_it_read_through_its_refer
         assert preview["output"].startswith("{") and preview["input"] == '{\n  "bytes": 300000\n}'
         bad_field = await browser.get(f"{console.console.url}/tasks/{task.task_id}/value?path=s&field=secret")
         assert bad_field.status == 400
+
+
+async def test_consoles_sharing_a_secret_accept_each_others_forms(console, api, monkeypatch):
+    from mcp_server.console.app import start_console
+
+    monkeypatch.setenv("MCP_CONSOLE_SECRET", "shared by both consoles")
+    first, second = await start_console(console.address, "127.0.0.1:0"), await start_console(console.address, "127.0.0.1:0")
+    try:
+        await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            token = csrf_of(await (await browser.get(f"{first.url}/workflows/echo")).text())
+            seed = next(c for c in browser.cookie_jar if c.key == "mcp_seed").value
+            posted = await browser.post(f"{second.url}/workflows/echo/submit", data={"input": "{}", "csrf": token},
+                                        cookies={"mcp_seed": seed}, allow_redirects=False)
+            assert posted.status == 303
+    finally:
+        await first.stop()
+        await second.stop()

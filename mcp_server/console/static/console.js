@@ -261,7 +261,7 @@ function taskPage() {
         if (event.type === "STEP_COMPLETED" && line) row.querySelector(".took").textContent = line.parts.took.textContent;
         if (event.type === "STEP_FAILED") row.querySelector("p.error").textContent = event.message;
         if (event.type === "STEP_COMPLETED" && event.sequence > liveAfter) refreshStep(taskId, event.step_path, row);
-        if (event.type === "STEP_STARTED" || event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") //scheduleGraph(5000);
+        if (event.type === "STEP_STARTED" || event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") scheduleGraph(5000);
       }
       if (event.type === "STEP_COMPLETED" && Date.parse(event.time) >= listeningSince && line) {
         // How long after the event was written the page showed it (the console's latency target).

@@ -251,3 +251,28 @@ async def test_the_blocking_client_does_the_same_from_plain_code(server_factory)
             else:
                 raise AssertionError("get of a missing task did not raise")
     await asyncio.to_thread(script)
+
+
+async def test_watch_falls_back_to_watch_task_on_a_server_without_the_batched_watch():
+    """An older server (only WatchTask; WatchTaskEvents answers UNIMPLEMENTED), as a real gRPC
+    server on loopback."""
+    from mcp_sdk.proto import task_pb2_grpc
+
+    kinds = [E.TASK_EVENT_TYPE_QUEUED, E.TASK_EVENT_TYPE_STARTED, E.TASK_EVENT_TYPE_COMPLETED]
+
+    class OlderTaskService(task_pb2_grpc.TaskServiceServicer):
+        async def WatchTask(self, request, context):
+            for sequence, kind in enumerate(kinds, start=1):
+                if sequence > request.after_sequence:
+                    yield task_pb2.TaskEvent(task_id=request.task_id, sequence=sequence, type=kind)
+
+    server = grpc.aio.server()
+    task_pb2_grpc.add_TaskServiceServicer_to_server(OlderTaskService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with Client(f"127.0.0.1:{port}") as client:
+            assert [e.sequence async for e in client.watch("t1")] == [1, 2, 3]
+            assert [e.sequence async for e in client.watch("t1", after=1)] == [2, 3]
+    finally:
+        await server.stop(0)

@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import error_details_pb2, status_pb2
 
+from mcp_sdk.errors import McpError
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2, workflow_pb2
 from mcp_server.engine.values import struct_to_dict
 
@@ -66,32 +66,15 @@ def step_states(task: task_pb2.Task) -> dict[str, task_pb2.StepState]:
     return {s.path: s for s in task.steps}
 
 
-def _details(error: grpc.aio.AioRpcError) -> list[Any]:
-    """The google.rpc.Status details an error carries in its trailer."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            return list(status_pb2.Status.FromString(value).details)
-    return []
-
-
 def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The BadRequest field violations carried in an error's google.rpc.Status details."""
-    found: dict[str, str] = {}
-    for detail in _details(error):
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
+    return {v.field: v.description for v in McpError.from_rpc_error(error).violations}
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:
-    for detail in _details(error):
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
+    """The ErrorInfo reason of an error ("" when it carries none)."""
+    read = McpError.from_rpc_error(error)
+    return read.reason if read.domain else ""
 
 
 async def plugin_stats(testkit: protocol_pb2_grpc.ProtocolServiceStub) -> dict[str, Any]:

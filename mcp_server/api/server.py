@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from mcp_server.errors import McpError
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.plugin_host import BUNDLED, PluginProcess, start_plugin
 from mcp_server.settings import Settings
+from mcp_server.shutdown import stop_signal
 from mcp_server.state import open_store
 from mcp_server.telemetry.logs import configure as configure_logging
 from mcp_server.telemetry.tracing import TaskTracer, provider_for
@@ -168,15 +168,6 @@ async def _report_health(running: RunningServer, interval: float = 1.0) -> None:
                 log.warning("store %s: health is now %s", "back" if ok else "unreachable", "SERVING" if ok else "NOT_SERVING")
             serving = ok
         await asyncio.sleep(interval)
-
-
-async def stop_signal() -> None:
-    """Return when the process receives SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def serve(settings: Settings) -> None:

@@ -23,11 +23,11 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_server.api.server import stop_signal
 from mcp_server.cli import render
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.tree import RunTree
 from mcp_server.console.app import start_console
+from mcp_server.shutdown import stop_signal
 
 
 def load_workflow(path: str) -> workflow_pb2.Workflow:

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mcp_sdk.proto import task_pb2
+from mcp_sdk.values import message_to_dict
 from mcp_server.engine.values import normalize
 
 console = Console(highlight=False)
@@ -25,7 +26,7 @@ EVENT_STYLE = {
 def to_json(message: Message) -> dict[str, Any]:
     """A message as JSON, with whole numbers shown as integers: Struct numbers are doubles on the
     wire, and `"index": 0.0` is not what anyone wrote."""
-    return dict(normalize(json_format.MessageToDict(message, preserving_proto_field_name=True)))
+    return message_to_dict(message)
 
 
 def value_json(message: Message) -> Any:

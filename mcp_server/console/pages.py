@@ -12,9 +12,10 @@ import yaml
 from aiohttp import web
 
 from mcp_sdk.errors import McpError
+from mcp_sdk.values import message_to_dict
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console.base import api, render
-from mcp_server.console.present import TASK_STATUSES, message_json, protocol_view, step_view, task_view
+from mcp_server.console.present import TASK_STATUSES, protocol_view, step_view, task_view
 from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
 
 PAGE_SIZE = 50
@@ -83,7 +84,7 @@ async def workflow(request: web.Request, form: dict[str, Any] | None = None, pro
     version = _whole_number(request.query.get("version", "0"), "version")
     client = api(request)
     shown, latest = await asyncio.gather(client.get_workflow(workflow_id, version), client.get_workflow(workflow_id))
-    definition = message_json(shown)
+    definition = message_to_dict(shown)
     return render(request, "workflow.html", {
         "workflow": {"workflow_id": shown.workflow_id, "version": shown.version, "description": shown.description},
         "versions": list(range(latest.version, 0, -1)), "yaml": yaml.safe_dump(definition, sort_keys=False, allow_unicode=True),

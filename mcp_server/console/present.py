@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf import timestamp_pb2
 
 from mcp_sdk.proto import protocol_pb2, registry_pb2, task_pb2
-from mcp_sdk.values import normalize, value_to_python
+from mcp_sdk.values import struct_to_dict, value_to_python
 
 # A value longer than this (as JSON text) is cut in the page, with a link to the whole of it.
 PREVIEW_CHARS = 20_000
@@ -48,10 +47,6 @@ def json_text(value: Any) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + f"\n… ({len(text) - PREVIEW_CHARS:,} more characters)"
 
 
-def message_json(message: Message) -> dict[str, Any]:
-    return dict(normalize(json_format.MessageToDict(message, preserving_proto_field_name=True)))
-
-
 def ref_view(ref: task_pb2.ValueRef) -> dict[str, Any]:
     return {"size_bytes": ref.size_bytes, "sha256": ref.sha256, "step_path": ref.step_path,
             "field": "input" if ref.field == task_pb2.VALUE_FIELD_INPUT else "output"}
@@ -65,7 +60,7 @@ def task_view(task: task_pb2.Task) -> dict[str, Any]:
         "labels": dict(sorted(task.labels.items())), "created": iso(task.create_time), "started": iso(task.start_time),
         "ended": iso(task.end_time), "duration_ms": millis_between(task.start_time, task.end_time),
         "queued_ms": millis_between(task.create_time, task.start_time), "last_sequence": task.last_sequence, "step_count": task.step_count,
-        "input": json_text(json_format.MessageToDict(task.input_data)) if not task.HasField("input_ref") else None,
+        "input": json_text(struct_to_dict(task.input_data)) if not task.HasField("input_ref") else None,
         "input_ref": ref_view(task.input_ref) if task.HasField("input_ref") else None,
         "result": json_text(value_to_python(task.result)) if task.HasField("result") else None,
         "result_ref": ref_view(task.result_ref) if task.HasField("result_ref") else None,
@@ -93,7 +88,7 @@ def event_view(event: task_pb2.TaskEvent) -> dict[str, Any]:
     """One event, for the page's script (which shows every field as text)."""
     return {"sequence": event.sequence, "time": iso(event.time), "type": event_type(event.type), "step_path": event.step_path,
             "protocol": event.protocol, "attempt": event.attempt, "message": event.message,
-            "data": normalize(json_format.MessageToDict(event.data)) if event.data.fields else None}
+            "data": struct_to_dict(event.data) if event.data.fields else None}
 
 
 def protocol_view(entry: registry_pb2.RegisteredProtocol) -> dict[str, Any]:

@@ -4,6 +4,7 @@ shape rules a step's values follow (an input is an object; nesting is limited).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -28,43 +29,43 @@ def nesting_depth(value: JsonValue, stop_after: int) -> int:
 
     Iterative, so a value nested far past Python's recursion limit (a CEL literal can be) is
     measured safely; counting stops once the depth passes `stop_after`."""
+    return _deepest(value, _plain_children, stop_after)
+
+
+def message_depth(message: struct_pb2.Struct | struct_pb2.Value | struct_pb2.ListValue, stop_after: int) -> int:
+    """`nesting_depth` of a Struct, Value or ListValue, read from the message itself."""
+    return _deepest(message, _message_children, stop_after)
+
+
+def _plain_children(item: Any) -> Iterable[Any] | None:
+    """An object's or list's members; None for a scalar."""
+    if isinstance(item, dict):
+        return item.values()
+    return item if isinstance(item, (list, tuple)) else None
+
+
+def _message_children(item: Any) -> Iterable[Any] | None:
+    """A Struct's or ListValue's members (through a Value that holds one); None for a scalar."""
+    if isinstance(item, struct_pb2.Value):
+        kind = item.WhichOneof("kind")
+        if kind not in ("struct_value", "list_value"):
+            return None
+        item = getattr(item, kind)
+    return item.fields.values() if isinstance(item, struct_pb2.Struct) else item.values
+
+
+def _deepest(root: Any, children_of: Callable[[Any], Iterable[Any] | None], stop_after: int) -> int:
     deepest = 0
-    stack: list[tuple[JsonValue, int]] = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(root, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, (list, tuple)):
-            children = item
-        else:
+        children = children_of(item)
+        if children is None:
             continue
         depth += 1
         deepest = max(deepest, depth)
         if deepest > stop_after:
             return deepest
-        stack.extend((child, depth) for child in children)
-    return deepest
-
-
-def message_depth(message: struct_pb2.Struct | struct_pb2.Value | struct_pb2.ListValue, stop_after: int) -> int:
-    """`nesting_depth` of a Struct, Value or ListValue, read from the message itself."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(message, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, struct_pb2.Value):
-            kind = item.WhichOneof("kind")
-            if kind == "struct_value":
-                item = item.struct_value
-            elif kind == "list_value":
-                item = item.list_value
-            else:
-                continue
-        depth += 1
-        deepest = max(deepest, depth)
-        if deepest > stop_after:
-            return deepest
-        children = item.fields.values() if isinstance(item, struct_pb2.Struct) else item.values
         stack.extend((child, depth) for child in children)
     return deepest
 

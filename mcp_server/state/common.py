@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from collections.abc import Mapping
 
 from google.rpc import code_pb2
 
@@ -109,3 +110,18 @@ def request_task_id(owner: str, request_id: str) -> str:
     """The id of the task a principal's request_id names: the idempotency key lives in the
     principal's namespace, and the store dedupes on the task's own key."""
     return hashlib.sha256(f"{owner}\0{request_id}".encode()).hexdigest()[:32]
+
+
+class CreateTask:
+    """`create_task`, which both stores derive the same way from their `create_leased`."""
+
+    async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
+                            max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
+                            ) -> tuple[task_pb2.Task, bool, int]:
+        raise NotImplementedError
+
+    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
+                          fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
+        """Store a new PENDING task (see Store.create_task): create_leased with no holder."""
+        stored, created, _ = await self.create_leased(task, event, "", 0.0, max_queue, fingerprint, values)
+        return stored, created

@@ -44,6 +44,7 @@ from mcp_server.state.common import (
     LAYOUT_MISMATCH,
     LAYOUT_VERSION,
     TERMINAL,
+    CreateTask,
     QueueFull,
     RequestIdReused,
     assemble,
@@ -67,7 +68,7 @@ QUEUE_LENGTH_CACHE_SECONDS = 0.1
 WAIT_TIMEOUT_MS = 2000
 
 
-class RedisStore:
+class RedisStore(CreateTask):
     """Store backed by Redis (see Store in engine/ports.py for the contract)."""
 
     def __init__(self, client: aioredis.Redis | RedisCluster, layout: Layout, retention_seconds: float = 7 * 24 * 3600.0,
@@ -192,11 +193,6 @@ class RedisStore:
         return int(count)
 
     # ---- tasks ----------------------------------------------------------------------------
-    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
-                          fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
-        stored, created, _ = await self.create_leased(task, event, "", 0.0, max_queue, fingerprint, values)
-        return stored, created
-
     async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
                             max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
                             ) -> tuple[task_pb2.Task, bool, int]:

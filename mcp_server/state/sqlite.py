@@ -28,6 +28,7 @@ from mcp_server.state.common import (
     LAYOUT_MISMATCH,
     LAYOUT_VERSION,
     TERMINAL,
+    CreateTask,
     QueueFull,
     RequestIdReused,
     assemble,
@@ -79,7 +80,7 @@ CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT N
 """
 
 
-class SqliteStore:
+class SqliteStore(CreateTask):
     """Store backed by one SQLite file (see Store in engine/ports.py for the contract)."""
 
     def __init__(self, db: sqlite3.Connection, worker: ThreadPoolExecutor, retention_seconds: float) -> None:
@@ -154,11 +155,6 @@ class SqliteStore:
         return await self._write("DELETE FROM workflows WHERE workflow_id=?", (workflow_id,))
 
     # ---- tasks ----------------------------------------------------------------------------
-    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
-                          fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
-        stored, created, _ = await self.create_leased(task, event, "", 0.0, max_queue, fingerprint, values)
-        return stored, created
-
     async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
                             max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
                             ) -> tuple[task_pb2.Task, bool, int]:

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
 JsonValue = Any
 
@@ -25,6 +26,11 @@ def value_to_python(message: struct_pb2.Value) -> JsonValue:
     if message.WhichOneof("kind") is None:
         return None
     return normalize(json_format.MessageToDict(message))
+
+
+def message_to_dict(message: Message) -> dict[str, JsonValue]:
+    """Any message as a dict with the .proto field names, whole numbers as ints (for JSON output)."""
+    return dict(normalize(json_format.MessageToDict(message, preserving_proto_field_name=True)))
 
 
 def normalize(value: JsonValue) -> JsonValue:

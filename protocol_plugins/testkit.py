@@ -133,12 +133,13 @@ async def route(data: dict[str, Any], ctx: Context) -> Reply:
     return goto(str(output.get("next", data.get("next", ""))), routed=True)
 
 
-@plugin.protocol("nest", description="Returns `levels` lists nested in one another under `v` (for the value-depth limit)")
+@plugin.protocol("nest", description="Returns `levels` lists (objects with `objects: true`) nested in one another under `v` "
+                 "(for the value-depth limit)")
 async def nest(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("nest", ctx)
     value: Any = "bottom"
     for _ in range(int(data.get("levels", 1))):
-        value = [value]
+        value = {"v": value} if data.get("objects") else [value]
     return {"v": value}
 
 

@@ -23,6 +23,7 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
+from mcp_sdk.values import strict_json
 from mcp_server.cli import render
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.tree import RunTree
@@ -40,7 +41,7 @@ def parse_input(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     source = Path(text[1:]).read_text() if text.startswith("@") else text
-    value = json.loads(source)
+    value = strict_json(source)
     if not isinstance(value, dict):
         raise SystemExit("--input must be a JSON object")
     return value

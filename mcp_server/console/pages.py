@@ -4,7 +4,6 @@ protocols, and signing in and out."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import grpc
@@ -12,7 +11,7 @@ import yaml
 from aiohttp import web
 
 from mcp_sdk.errors import McpError
-from mcp_sdk.values import message_to_dict
+from mcp_sdk.values import message_to_dict, strict_json
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console.base import api, render
 from mcp_server.console.present import TASK_STATUSES, protocol_view, step_view, task_view
@@ -100,7 +99,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     posted = await request.post()
     form = {name: str(posted.get(name, "")) for name in ("input", "priority", "labels", "version")}
     try:
-        data = json.loads(form["input"] or "{}")
+        data = strict_json(form["input"] or "{}")
         if not isinstance(data, dict):
             raise ValueError("the input must be a JSON object, such as {\"text\": \"hello\"}")
         labels = dict(_label(line) for line in form["labels"].splitlines() if line.strip())

@@ -154,3 +154,28 @@ async def test_consoles_sharing_a_secret_accept_each_others_forms(console, api, 
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_bad_inputs_in_the_submit_form_are_explained_and_submit_nothing(console, api):
+    await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+    inputs = {"nested too deeply for protobuf": json.dumps(nested_objects(60)), "past the server's depth limit": json.dumps(nested_objects(33)),
+              "above the input size limit": json.dumps({"text": "x" * 1_100_000}), "not an object": "[1, 2]",
+              "NaN": '{"a": NaN}', "not JSON": "{'single': 'quotes'}"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        token = csrf_of(await (await browser.get(f"{console.console.url}/workflows/echo")).text())
+        for name, text in inputs.items():
+            answer = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": text, "csrf": token}, allow_redirects=False)
+            page = await answer.text()
+            assert answer.status == 400 and 'id="submit-problem"' in page, (name, answer.status, page[:300])
+        huge = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": "x" * 3_000_000, "csrf": token},
+                                  allow_redirects=False)
+        assert huge.status == 413
+    assert (await api.list_tasks()).total_size == 0
+
+
+def nested_objects(levels: int) -> dict[str, object]:
+    """An object `levels` objects deep."""
+    value: dict[str, object] = {"bottom": True}
+    for _ in range(levels - 1):
+        value = {"d": value}
+    return value

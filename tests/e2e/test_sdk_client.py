@@ -183,6 +183,16 @@ async def test_a_malformed_definition_raises_with_the_field_violations(server_fa
             await client.create_workflow({"workflow_id": "odd", "root": {"id": "r", "no_such_field": 1}})
         assert misshapen.value.code == grpc.StatusCode.INVALID_ARGUMENT and misshapen.value.reason == "MALFORMED_DEFINITION"
         assert misshapen.value.violations[0].field == "workflow" and "no_such_field" in misshapen.value.violations[0].description
+        too_deep: dict[str, object] = {"bottom": True}
+        for _ in range(60):
+            too_deep = {"d": too_deep}
+        with pytest.raises(McpError) as deep_submit:  # cannot even become a Struct: refused before the call
+            await client.submit("anything", too_deep)
+        assert deep_submit.value.code == grpc.StatusCode.INVALID_ARGUMENT and deep_submit.value.reason == "VALUE_TOO_DEEP"
+        assert [v.field for v in deep_submit.value.violations] == ["input_data"]
+        with pytest.raises(McpError) as not_json:
+            await client.create_workflow('{"workflow_id": "w", "root": {"id": "r", "step": {"protocol": "echo"}}, "x": NaN}')
+        assert not_json.value.reason == "MALFORMED_DEFINITION"
         with pytest.raises(McpError) as bad_submit:
             await client.submit("bad id with spaces")
         assert bad_submit.value.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -68,6 +68,15 @@ async def test_a_plugin_output_nested_past_the_limit_fails_its_step_and_the_task
     await read_back_everywhere(client, task.task_id)
 
 
+async def test_a_plugin_output_too_deep_for_protobuf_fails_its_step_and_the_plugin_stays_up(client):
+    task = await run(client, workflow("depth-proto", step("deep", "nest", "{'levels': 60, 'objects': true}")))
+    assert task.status == task_pb2.TASK_STATUS_FAILED
+    state = step_states(task)["deep"]
+    assert "nest returned an output that cannot be sent" in state.error.message and "than protobuf can carry" in state.error.message
+    again = await run(client, workflow("depth-proto-ok", step("fine", "nest", "{'levels': 3, 'objects': true}")))
+    assert again.status == task_pb2.TASK_STATUS_COMPLETED  # the plugin is still serving
+
+
 async def test_a_cel_result_nested_past_the_limit_fails_the_node(client):
     literal = "[" * 40 + "1" + "]" * 40
     task = await run(client, workflow("depth-cel", step("s", "echo", "{'v': " + literal + "}")))

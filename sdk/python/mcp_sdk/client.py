@@ -35,7 +35,7 @@ from google.protobuf import json_format, struct_pb2
 
 from mcp_sdk.errors import FieldViolation, McpError, task_error
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
-from mcp_sdk.values import JsonValue, dict_to_struct, value_to_python
+from mcp_sdk.values import JsonValue, sendable_struct, strict_json, value_to_python
 
 TERMINAL_EVENTS = frozenset({task_pb2.TASK_EVENT_TYPE_COMPLETED, task_pb2.TASK_EVENT_TYPE_FAILED, task_pb2.TASK_EVENT_TYPE_CANCELLED})
 TERMINAL_STATUSES = frozenset({task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED})
@@ -139,8 +139,8 @@ def workflow_from(definition: workflow_pb2.Workflow | Mapping[str, Any] | str) -
     data: Any = definition
     if isinstance(definition, str):
         try:
-            data = json.loads(definition)
-        except json.JSONDecodeError:
+            data = strict_json(definition)
+        except ValueError:  # JSONDecodeError is one
             data = _load_yaml(definition)
     if not isinstance(data, Mapping):
         raise _bad_definition(f"a workflow definition is an object, not {type(data).__name__}")
@@ -257,7 +257,12 @@ class Client:
 
         `request_id` makes the submission idempotent for this principal: the same id returns the
         first task. When none is given one is generated, so that gRPC's retries never submit twice."""
-        request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, workflow_version=version, input_data=dict_to_struct(dict(input or {})),
+        try:
+            input_data = sendable_struct(dict(input or {}))
+        except ValueError as exc:  # too deep for protobuf: refused here, as the server would refuse it
+            raise McpError(grpc.StatusCode.INVALID_ARGUMENT, f"input_data: {exc}", reason="VALUE_TOO_DEEP",
+                           violations=(FieldViolation("input_data", str(exc)),)) from None
+        request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, workflow_version=version, input_data=input_data,
                                              priority=priority, request_id=request_id or uuid.uuid4().hex, labels=dict(labels or {}))
         reply: task_pb2.SubmitTaskResponse = await self._call(self.tasks.SubmitTask, request)
         return reply.task

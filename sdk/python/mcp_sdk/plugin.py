@@ -38,7 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
-from mcp_sdk.values import dict_to_struct, struct_to_dict
+from mcp_sdk.values import dict_to_struct, sendable_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
 READY_LINE = "MCP_PLUGIN_LISTENING"
@@ -216,7 +216,11 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         reply = result if isinstance(result, Reply) else Reply(result)
         if not isinstance(reply.output, dict):
             await context.abort(grpc.StatusCode.INTERNAL, f"{request.protocol} returned {type(reply.output).__name__}, not an object")
-        response = protocol_pb2.ExecuteResponse(output=dict_to_struct(reply.output))
+        try:
+            response = protocol_pb2.ExecuteResponse(output=sendable_struct(reply.output))
+        except ValueError as exc:  # nested too deeply to send: the step fails, the plugin stays up
+            await context.abort(grpc.StatusCode.INTERNAL, f"{request.protocol} returned an output that cannot be sent: {exc}")
+            raise AssertionError("unreachable") from None
         if reply.directive is not None:
             response.directive.CopyFrom(reply.directive)
         return response

@@ -7,13 +7,23 @@ infinities their names, anything else its `str`.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 JsonValue = Any
+
+
+def strict_json(text: str) -> JsonValue:
+    """Parse JSON as the standard has it: NaN and Infinity (which Python's json accepts) are refused
+    with ValueError, so an input cannot carry a value it will not get back."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON: use a string or null")
+    return json.loads(text, parse_constant=refuse)
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, JsonValue]:
@@ -69,7 +79,73 @@ def python_to_value(value: JsonValue) -> struct_pb2.Value:
 
 
 def dict_to_struct(value: dict[str, JsonValue]) -> struct_pb2.Struct:
-    """A dict as a Struct."""
+    """A dict as a Struct (see sendable_struct for one that must cross the wire)."""
     message = struct_pb2.Struct()
     message.update(to_json_compatible(value))
     return message
+
+
+# protobuf parses at most 100 nested messages. An object costs three of them (Struct, map entry,
+# Value), a list two (ListValue, Value); a few are left for the messages around the value.
+MAX_SENDABLE_LEVELS = 96
+
+
+def sendable_struct(value: dict[str, JsonValue]) -> struct_pb2.Struct:
+    """dict_to_struct for a value about to be sent: ValueError, saying so, when it nests deeper
+    than protobuf can parse (the receiver would refuse the whole message)."""
+    if _deepest(value, _plain_children, MAX_SENDABLE_LEVELS, _protobuf_levels) > MAX_SENDABLE_LEVELS:
+        raise ValueError("the value nests more objects or lists deep than protobuf can carry (about 32 objects)")
+    return dict_to_struct(value)
+
+
+def _protobuf_levels(item: Any) -> int:
+    return 3 if isinstance(item, dict) else 2
+
+
+def nesting_depth(value: JsonValue, stop_after: int) -> int:
+    """How deeply objects and lists nest in `value` (a scalar is 0, `{"a": [1]}` is 2).
+
+    Iterative, so a value nested far past Python's recursion limit (a CEL literal can be) is
+    measured safely; counting stops once the depth passes `stop_after`."""
+    return _deepest(value, _plain_children, stop_after)
+
+
+def message_depth(message: struct_pb2.Struct | struct_pb2.Value | struct_pb2.ListValue, stop_after: int) -> int:
+    """`nesting_depth` of a Struct, Value or ListValue, read from the message itself."""
+    return _deepest(message, _message_children, stop_after)
+
+
+def _plain_children(item: Any) -> Iterable[Any] | None:
+    """An object's or list's members; None for a scalar."""
+    if isinstance(item, dict):
+        return item.values()
+    return item if isinstance(item, (list, tuple)) else None
+
+
+def _message_children(item: Any) -> Iterable[Any] | None:
+    """A Struct's or ListValue's members (through a Value that holds one); None for a scalar."""
+    if isinstance(item, struct_pb2.Value):
+        kind = item.WhichOneof("kind")
+        if kind not in ("struct_value", "list_value"):
+            return None
+        item = getattr(item, kind)
+    return item.fields.values() if isinstance(item, struct_pb2.Struct) else item.values
+
+
+def _deepest(root: Any, children_of: Callable[[Any], Iterable[Any] | None], stop_after: int,
+             levels_of: Callable[[Any], int] = lambda item: 1) -> int:
+    """How deep `root` nests, counting `levels_of` each object or list (1 by default)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = children_of(item)
+        if children is None:
+            continue
+        depth += levels_of(item)
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+

@@ -59,7 +59,7 @@ class Orchestrator:
         outliers = OutlierSettings(settings.outlier_consecutive_failures, settings.outlier_ejection_seconds,
                                    recent_failure_seconds=settings.outlier_recent_failure_seconds)
         self.directory = ProtocolDirectory(store, self.channels, self.breakers, settings.limits.max_value_depth, outliers)
-        self.admission = Admission(store, settings.lease_seconds)
+        self.admission = Admission(store, settings.lease_seconds, settings.capacity_keep_seconds)
         self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, self.admission,
                                          settings.concurrency_overrides(), tracer)
         self.plans = PlanCache(store, settings)
@@ -82,6 +82,7 @@ class Orchestrator:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.admission.close()
         await self.channels.close()
 
     # ---- workflows ------------------------------------------------------------------------

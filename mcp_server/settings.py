@@ -64,6 +64,9 @@ class Settings:
     outlier_consecutive_failures: int = 3
     outlier_ejection_seconds: float = 10.0
     outlier_recent_failure_seconds: float = 2.0
+    # while no call waits for capacity, a finished call's grant is kept this long for the next
+    # call on this replica (no store round trip); 0: every call asks the shared ledger
+    capacity_keep_seconds: float = 0.25
     # "protocol=N" entries: at most N calls in flight to that protocol (overrides its manifest)
     protocol_concurrency: tuple[str, ...] = ()
     # TLS for the server: certificate and key (PEM); with a client CA, clients must present a

@@ -223,8 +223,12 @@ class Store(Protocol):
         the instance granted to this one (None: ask again later)."""
         ...
 
-    async def release_capacity(self, waiter_id: str, member: str) -> None:
-        """Give back a grant, or withdraw a waiter."""
+    async def release_capacity(self, waiter_id: str, member: str) -> int:
+        """Give back a grant, or withdraw a waiter; return how many calls wait now."""
+        ...
+
+    async def capacity_waiting(self) -> int:
+        """How many calls of any replica wait for capacity now."""
         ...
 
     async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None: ...

@@ -57,6 +57,10 @@ class MemoryLedger:
                 address, needs, _ = self.grants[waiter_id]
                 self.grants[waiter_id] = (address, needs, until)
 
+    def waiting_count(self) -> int:
+        self._expire(time.monotonic())
+        return len(self.waiting)
+
     def use(self) -> dict[str, str]:
         return {address: used.encode() for address, used in self.in_use.items()}
 

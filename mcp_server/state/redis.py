@@ -545,8 +545,11 @@ class RedisStore(CreateTask):
         granted = await self._do(self._acquire(keys=list(self.layout.capacity), args=args))
         return granted.decode() if granted else None
 
-    async def release_capacity(self, waiter_id: str, member: str) -> None:
-        await self._do(self._release_capacity(keys=list(self.layout.capacity), args=[member, waiter_id]))
+    async def release_capacity(self, waiter_id: str, member: str) -> int:
+        return int(await self._do(self._release_capacity(keys=list(self.layout.capacity), args=[member, waiter_id])))
+
+    async def capacity_waiting(self) -> int:
+        return int(await self._do(self.r.zcard(self.layout.capacity[2])))
 
     async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
         if waiter_ids:

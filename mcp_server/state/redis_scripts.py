@@ -291,12 +291,13 @@ if mine then return string.match(mine, '^(.*)|') end
 return false
 """
 
-# KEYS: as ACQUIRE_CAPACITY; ARGV: member, id -> gives back a grant, or withdraws a waiter
+# KEYS: as ACQUIRE_CAPACITY; ARGV: member, id -> gives back a grant, or withdraws a waiter; returns
+# how many calls wait now
 RELEASE_CAPACITY = _CAPACITY + """
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 give_back(ARGV[2])
-return 1
+return redis.call('ZCARD', KEYS[3])
 """
 
 # KEYS: grants, grant data; ARGV: expiry ms, ids -> keeps the grants alive

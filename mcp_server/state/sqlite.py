@@ -373,8 +373,12 @@ class SqliteStore(CreateTask):
     async def acquire_capacity(self, request: CapacityRequest) -> str | None:
         return self._ledger.acquire(request)
 
-    async def release_capacity(self, waiter_id: str, member: str) -> None:
+    async def release_capacity(self, waiter_id: str, member: str) -> int:
         self._ledger.release(waiter_id)
+        return self._ledger.waiting_count()
+
+    async def capacity_waiting(self) -> int:
+        return self._ledger.waiting_count()
 
     async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
         self._ledger.renew(waiter_ids, lease_seconds)

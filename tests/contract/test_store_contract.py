@@ -320,9 +320,12 @@ async def test_a_call_that_needs_more_holds_back_the_smaller_ones_behind_it(stor
     assert await store.acquire_capacity(ask("one", "0,0,1", two, at=1)) == "a:1"
     assert await store.acquire_capacity(ask("pair", "0,0,2", two, at=2)) is None  # waits for both GPUs
     assert await store.acquire_capacity(ask("small", "0,0,1", two, at=3)) is None  # would fit, but the pair came first
-    await store.release_capacity("one", f"{1:015d}:one")
+    assert await store.capacity_waiting() == 2
+    assert await store.release_capacity("one", f"{1:015d}:one") == 2  # how many wait, told to the one giving back
     assert await store.acquire_capacity(ask("small", "0,0,1", two, at=3)) is None
     assert await store.acquire_capacity(ask("pair", "0,0,2", two, at=2)) == "a:1"  # granted when it asked, or on its behalf
+    assert await store.release_capacity("small", f"{3:015d}:small") == 0  # a withdrawn waiter waits no more
+    assert await store.capacity_waiting() == 0
 
 
 async def test_a_lease_that_runs_out_gives_the_capacity_back(store):

@@ -3,7 +3,8 @@
 A 3-step chain of no-op (`echo`) steps, 64 in flight for throughput, one at a time for
 latency. The floor is bench/thin.py: client -> grpc.aio orchestrator -> step, one Redis MULTI
 per step, the result in the reply. This server's result is read the way its clients read it,
-by watching the task to its terminal event. CPU is counted in every process involved
+by watching the task to its terminal event (WatchTask, WatchTaskEvents), and in one RunTask
+call that answers with the finished task, as the floor answers with the result. CPU is counted in every process involved
 (client, orchestrator, plugin, Redis), per chain.
 
 Every system runs at once and the rounds interleave (round 1 of each, then round 2 of each...),
@@ -119,6 +120,8 @@ async def bench_chains(plugin: Proc, quick: bool, baseline: Path | None = None, 
             if name == "this server, redis store":
                 systems.append(System(f"{name}, WatchTaskEvents", _runner(client, batched=True),
                                       {**here, "orchestrator": orchestrator.process.pid}))
+            if code is None and not env:
+                systems.append(System(f"{name}, RunTask", _runner(client, unary=True), {**here, "orchestrator": orchestrator.process.pid}))
         for _ in range(rounds):
             for system in systems:
                 await system.round(samples, total)
@@ -133,8 +136,8 @@ async def bench_chains(plugin: Proc, quick: bool, baseline: Path | None = None, 
     table("3-step chain of no-op steps against the thinnest orchestrator (same run, rounds interleaved)", rows)
 
 
-def _runner(client: Orchestrated, batched: bool = False) -> Callable[[], Awaitable[float]]:
-    return lambda: client.run("three", batched=batched)
+def _runner(client: Orchestrated, batched: bool = False, unary: bool = False) -> Callable[[], Awaitable[float]]:
+    return lambda: client.run("three", batched=batched, unary=unary)
 
 
 async def bare_chain(stub: protocol_pb2_grpc.ProtocolServiceStub, steps: int) -> None:

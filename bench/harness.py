@@ -114,13 +114,17 @@ class Orchestrated:
         workflow = json_format.ParseDict(definition, workflow_pb2.Workflow())
         await self.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow))
 
-    async def run(self, workflow_id: str, data: dict[str, Any] | None = None, batched: bool = False) -> float:
+    async def run(self, workflow_id: str, data: dict[str, Any] | None = None, batched: bool = False, unary: bool = False) -> float:
         """Seconds from submit to the terminal event, read with WatchTask (or, batched,
-        WatchTaskEvents)."""
+        WatchTaskEvents); `unary`: one RunTask call, answered with the finished task."""
         started = time.perf_counter()
         request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id)
         if data:
             request.input_data.update(data)
+        if unary:
+            finished = (await self.tasks.RunTask(request)).task
+            assert finished.status == task_pb2.TASK_STATUS_COMPLETED, finished
+            return time.perf_counter() - started
         task = (await self.tasks.SubmitTask(request)).task
         watch = task_pb2.WatchTaskRequest(task_id=task.task_id)
         if batched:

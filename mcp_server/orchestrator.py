@@ -7,9 +7,10 @@ Everything here raises McpError subclasses only; `api/interceptor.py` maps them 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
@@ -198,6 +199,44 @@ class Orchestrator:
                 self.dispatcher.wake()
         return self.views.basic(stored), created
 
+    async def run_task(self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN,
+                       submitted: Callable[[task_pb2.Task], Awaitable[None]] | None = None) -> tuple[task_pb2.Task, bool]:
+        """submit_task, then wait for the task to end and return it (BASIC view). `submitted`
+        hears of the task as soon as it is queued."""
+        task, created = await self.submit_task(request, principal)
+        if submitted is not None:
+            await submitted(task)
+        if task.status not in TERMINAL:
+            await self._until_ended(task.task_id, task.last_sequence, principal)
+            task = await self._header(task.task_id, principal)
+        return self.views.basic(task), created
+
+    async def _until_ended(self, task_id: str, after_sequence: int, principal: Principal) -> None:
+        """Follow the task's log (as a watcher, within the same limit) until its terminal event."""
+        with self._watching(task_id):
+            sequence = after_sequence
+            while True:
+                events = await self.store.wait_events(task_id, sequence, timeout=1.0)
+                if any(event.type in TERMINAL_EVENTS for event in events):
+                    return
+                if events:
+                    sequence = events[-1].sequence
+                elif (await self._header(task_id, principal)).status in TERMINAL:
+                    return
+
+    @contextlib.contextmanager
+    def _watching(self, task_id: str) -> Iterator[None]:
+        """Count one more watcher of `task_id` while the block runs, within the limit per task."""
+        if self._watchers.get(task_id, 0) >= self.settings.limits.max_watchers_per_task:
+            raise ResourceExhausted(f"task {task_id} has {self.settings.limits.max_watchers_per_task} watchers, the limit", reason="TOO_MANY_WATCHERS")
+        self._watchers[task_id] = self._watchers.get(task_id, 0) + 1
+        try:
+            yield
+        finally:
+            self._watchers[task_id] -= 1
+            if not self._watchers[task_id]:
+                del self._watchers[task_id]
+
     async def get_task(self, task_id: str, principal: Principal = ANONYMOUS_ADMIN, view: int = task_pb2.TASK_VIEW_FULL) -> task_pb2.Task:
         """The task, if `principal` may see it: its owner, or an admin. Another principal's task
         answers NOT_FOUND, exactly like a task that does not exist. FULL carries the step states
@@ -274,10 +313,7 @@ class Orchestrator:
                                  principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[list[task_pb2.TaskEvent]]:
         """watch_task, the events that are ready together in one list."""
         await self._header(task_id, principal)
-        if self._watchers.get(task_id, 0) >= self.settings.limits.max_watchers_per_task:
-            raise ResourceExhausted(f"task {task_id} has {self.settings.limits.max_watchers_per_task} watchers, the limit", reason="TOO_MANY_WATCHERS")
-        self._watchers[task_id] = self._watchers.get(task_id, 0) + 1
-        try:
+        with self._watching(task_id):
             sequence = after_sequence
             events = await self.store.wait_events(task_id, sequence, timeout=0)
             while True:
@@ -293,10 +329,6 @@ class Orchestrator:
                     if task.status in TERMINAL and task.last_sequence <= sequence:
                         return
                 events = await self.store.wait_events(task_id, sequence, timeout=1.0)
-        finally:
-            self._watchers[task_id] -= 1
-            if not self._watchers[task_id]:
-                del self._watchers[task_id]
 
     async def _sample_forever(self, interval: float = 5.0) -> None:
         """Refresh the gauges: queue depth by priority, tasks in flight, watchers, breakers."""

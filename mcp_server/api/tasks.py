@@ -10,6 +10,8 @@ from mcp_sdk.proto import task_pb2, task_pb2_grpc
 from mcp_server.auth import current_principal
 from mcp_server.orchestrator import Orchestrator
 
+TASK_ID_HEADER = "mcp-task-id"
+
 
 class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     def __init__(self, orchestrator: Orchestrator) -> None:
@@ -17,6 +19,13 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
 
     async def SubmitTask(self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.SubmitTaskResponse:
         task, created = await self.orchestrator.submit_task(request, current_principal.get())
+        return task_pb2.SubmitTaskResponse(task=task, created=created)
+
+    async def RunTask(self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.SubmitTaskResponse:
+        async def submitted(task: task_pb2.Task) -> None:
+            await context.send_initial_metadata(((TASK_ID_HEADER, task.task_id),))
+
+        task, created = await self.orchestrator.run_task(request, current_principal.get(), submitted)
         return task_pb2.SubmitTaskResponse(task=task, created=created)
 
     async def GetTask(self, request: task_pb2.GetTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.GetTaskResponse:

@@ -286,3 +286,60 @@ async def test_watch_falls_back_to_watch_task_on_a_server_without_the_batched_wa
             assert [e.sequence async for e in client.watch("t1", after=1)] == [2, 3]
     finally:
         await server.stop(0)
+
+
+async def test_run_falls_back_to_submit_and_watch_on_a_server_without_run_task():
+    """An older server (no RunTask), as a real gRPC server on loopback: `run` submits, watches
+    and reads the result instead."""
+    from mcp_sdk.proto import task_pb2_grpc
+
+    class OlderTaskService(task_pb2_grpc.TaskServiceServicer):
+        async def SubmitTask(self, request, context):
+            return task_pb2.SubmitTaskResponse(task=task_pb2.Task(task_id="t1", status=task_pb2.TASK_STATUS_PENDING), created=True)
+
+        async def GetTask(self, request, context):
+            task = task_pb2.Task(task_id="t1", status=task_pb2.TASK_STATUS_COMPLETED, last_sequence=2)
+            task.result.CopyFrom(python_to_value({"echoed": request.task_id}))
+            return task_pb2.GetTaskResponse(task=task)
+
+        async def WatchTaskEvents(self, request, context):
+            done = task_pb2.TaskEvent(task_id="t1", sequence=2, type=E.TASK_EVENT_TYPE_COMPLETED)
+            yield task_pb2.WatchTaskEventsResponse(events=[done])
+
+    server = grpc.aio.server()
+    task_pb2_grpc.add_TaskServiceServicer_to_server(OlderTaskService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with Client(f"127.0.0.1:{port}") as client:
+            assert await client.run("anything", timeout=10) == {"echoed": "t1"}
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_run_returns_the_result_across_a_kill_9_and_restart_of_the_server(plugins, tmp_path, request, backend):
+    """RunTask is asked again with the same request id after the server dies: the same task,
+    finished by the restarted server, and its result."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    env = {"MCP_LEASE_SECONDS": "1.5"}
+    server = start_orchestrator(address, store, [plugins["testkit"].address], "first", **env)
+    restarted: list[subprocess.Popen[bytes]] = []
+    try:
+        async with Client(address, watch_give_up_after=60) as client:
+            await client.create_workflow(sleeps("four-sleeps", 4, 300))
+            running = asyncio.create_task(client.run("four-sleeps", request_id="run-through-a-crash", timeout=60))
+            await asyncio.sleep(0.6)  # the task is under way, RunTask waiting
+            server.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(server.wait, 10)
+            assert not running.done()
+            restarted.append(await asyncio.to_thread(start_orchestrator, address, store, [plugins["testkit"].address], "second", **env))
+            assert await running == {"ms": 300, "slept_ms": 300}  # the last step's output
+            tasks = (await client.list_tasks(workflow_id="four-sleeps")).tasks
+            assert len(tasks) == 1 and tasks[0].status == task_pb2.TASK_STATUS_COMPLETED  # asked twice, submitted once
+    finally:
+        for process in (server, *restarted):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)

@@ -171,3 +171,46 @@ async def test_higher_priority_runs_first(server, client):
     order = sorted(done, key=lambda t: t.start_time.ToNanoseconds())
     assert order[0].task_id == high.task_id
     assert [t.task_id for t in order[1:]] == [t.task_id for t in low]
+
+
+# ---- RunTask: submit and wait in one call ---------------------------------------------------
+async def test_run_task_answers_with_the_finished_task_and_its_result(client):
+    await create(client, workflow("ran", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
+    request = task_pb2.SubmitTaskRequest(workflow_id="ran", request_id="run-once")
+    request.input_data.update({"text": ">"})
+    call = client.tasks.RunTask(request)
+    header = dict(await call.initial_metadata())
+    reply = await call
+    assert reply.created and reply.task.status == task_pb2.TASK_STATUS_COMPLETED
+    assert header["mcp-task-id"] == reply.task.task_id  # sent before the task ended
+    assert result(reply.task)["text"] == ">ab" and not reply.task.steps  # the BASIC view
+    log = await events(client, reply.task.task_id)
+    assert log[-1].type == E.TASK_EVENT_TYPE_COMPLETED and reply.task.last_sequence == log[-1].sequence
+    again = await client.tasks.RunTask(request)  # the same request id: the same task, already ended
+    assert not again.created and again.task.task_id == reply.task.task_id and result(again.task)["text"] == ">ab"
+
+
+async def test_run_task_of_a_failing_workflow_answers_with_the_failed_task(client):
+    await create(client, workflow("ran-fail", step("f", "fail", "{'code': 'INVALID_ARGUMENT', 'message': 'no good'}")))
+    reply = await client.tasks.RunTask(task_pb2.SubmitTaskRequest(workflow_id="ran-fail"))
+    assert reply.task.status == task_pb2.TASK_STATUS_FAILED and "no good" in reply.task.error.message
+
+
+async def test_run_task_refuses_what_submit_refuses(client):
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await client.tasks.RunTask(task_pb2.SubmitTaskRequest())
+    assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "workflow_id" in violations(missing.value)
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await client.tasks.RunTask(task_pb2.SubmitTaskRequest(workflow_id="nobody-made-this"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and error_reason(unknown.value) == "WORKFLOW_NOT_FOUND"
+
+
+async def test_a_run_task_whose_deadline_ends_first_leaves_the_task_running_and_named(client):
+    await create(client, workflow("ran-slow", step("nap", "sleep", "{'ms': 600}")))
+    call = client.tasks.RunTask(task_pb2.SubmitTaskRequest(workflow_id="ran-slow"), timeout=0.2)
+    task_id = dict(await call.initial_metadata())["mcp-task-id"]
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await call
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finished = await wait_done(client, task_id)
+    assert finished.status == task_pb2.TASK_STATUS_COMPLETED  # the task ran on; its id came in the headers

@@ -129,6 +129,17 @@ class Backoff:
         await asyncio.sleep(random.uniform(delay / 2, delay))
 
 
+def _submit_request(workflow_id: str, input: Mapping[str, JsonValue] | None, request_id: str | None, priority: int,
+                    labels: Mapping[str, str] | None, version: int) -> task_pb2.SubmitTaskRequest:
+    try:
+        input_data = sendable_struct(dict(input or {}))
+    except ValueError as exc:  # too deep for protobuf: refused here, as the server would refuse it
+        raise McpError(grpc.StatusCode.INVALID_ARGUMENT, f"input_data: {exc}", reason="VALUE_TOO_DEEP",
+                       violations=(FieldViolation("input_data", str(exc)),)) from None
+    return task_pb2.SubmitTaskRequest(workflow_id=workflow_id, workflow_version=version, input_data=input_data,
+                                      priority=priority, request_id=request_id or uuid.uuid4().hex, labels=dict(labels or {}))
+
+
 def workflow_from(definition: workflow_pb2.Workflow | Mapping[str, Any] | str) -> workflow_pb2.Workflow:
     """A Workflow message from itself, a dict, or JSON or YAML text (YAML needs PyYAML: `mcp-sdk[yaml]`).
 
@@ -257,13 +268,7 @@ class Client:
 
         `request_id` makes the submission idempotent for this principal: the same id returns the
         first task. When none is given one is generated, so that gRPC's retries never submit twice."""
-        try:
-            input_data = sendable_struct(dict(input or {}))
-        except ValueError as exc:  # too deep for protobuf: refused here, as the server would refuse it
-            raise McpError(grpc.StatusCode.INVALID_ARGUMENT, f"input_data: {exc}", reason="VALUE_TOO_DEEP",
-                           violations=(FieldViolation("input_data", str(exc)),)) from None
-        request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, workflow_version=version, input_data=input_data,
-                                             priority=priority, request_id=request_id or uuid.uuid4().hex, labels=dict(labels or {}))
+        request = _submit_request(workflow_id, input, request_id, priority, labels, version)
         reply: task_pb2.SubmitTaskResponse = await self._call(self.tasks.SubmitTask, request)
         return reply.task
 
@@ -360,17 +365,38 @@ class Client:
                 async for _ in self.watch(task_id, after=task.last_sequence):
                     pass
                 task = await self.get(task_id, steps=False)
-            if task.status != task_pb2.TASK_STATUS_COMPLETED:
-                raise task_error(task)
-            if task.HasField("result_ref"):
-                return await self.read_value(task_id)
-            return value_to_python(task.result)
+            return await self._outcome(task)
+
+    async def _outcome(self, task: task_pb2.Task) -> JsonValue:
+        """A finished task's result, or its error raised."""
+        if task.status != task_pb2.TASK_STATUS_COMPLETED:
+            raise task_error(task)
+        if task.HasField("result_ref"):
+            return await self.read_value(task.task_id)
+        return value_to_python(task.result)
 
     async def run(self, workflow_id: str, input: Mapping[str, JsonValue] | None = None, *, timeout: float | None = None,
-                  **submit_options: Any) -> JsonValue:
-        """Submit a task and wait for its result (see `submit` and `result`)."""
-        task = await self.submit(workflow_id, input, **submit_options)
-        return await self.result(task.task_id, timeout=timeout)
+                  request_id: str | None = None, priority: int = 0, labels: Mapping[str, str] | None = None,
+                  version: int = 0) -> JsonValue:
+        """Submit a task and wait for its result, in one RunTask call (options as `submit`; raises
+        as `result`). A cut connection or a restarting server is waited out as `watch` does, by
+        asking again with the same request id, which waits for the same task. On a server
+        without RunTask: `submit`, then `result`."""
+        request = _submit_request(workflow_id, input, request_id, priority, labels, version)
+        backoff = Backoff(give_up_after=self.watch_give_up_after)
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    reply: task_pb2.SubmitTaskResponse = await self.tasks.RunTask(request, metadata=self._metadata)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        submitted: task_pb2.SubmitTaskResponse = await self._call(self.tasks.SubmitTask, request)
+                        return await self.result(submitted.task.task_id)
+                    if exc.code() not in RESUMABLE_CODES or backoff.exhausted():
+                        raise McpError.from_rpc_error(exc) from None
+                await backoff.sleep()
+            return await self._outcome(reply.task)
 
     # ---- protocols ------------------------------------------------------------------------
     async def list_protocols(self) -> list[registry_pb2.RegisteredProtocol]:

@@ -17,6 +17,7 @@ from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.context import make_event, now
 from mcp_server.engine.dispatcher import Dispatcher
+from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
@@ -39,7 +40,6 @@ from mcp_server.telemetry.metrics import BREAKER_VALUES, Metrics, instrument_sto
 from mcp_server.telemetry.tracing import TaskTracer
 from mcp_server.tls import plugin_credentials
 
-E = task_pb2.TaskEventType
 TERMINAL_EVENTS = frozenset({E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED})
 MAX_REQUEST_ID = 128
 

@@ -27,6 +27,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
 from mcp_sdk.proto import protocol_pb2, task_pb2
+from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import Checkpoint, EventListener, ProtocolCaller, StepRecord, Store
 from mcp_server.engine.records import TASK_RESULT, TASK_RESULT_REF, ValueSink, step_record, stored_refs, value_of
@@ -35,7 +36,6 @@ from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
-E = task_pb2.TaskEventType
 
 
 def now() -> timestamp_pb2.Timestamp:

@@ -30,19 +30,24 @@ async def join_branches(
 
     tasks: dict[asyncio.Future[NodeResult], int] = {asyncio.ensure_future(bounded(b)): i for i, b in enumerate(branches)}
     pending: set[asyncio.Future[NodeResult]] = set(tasks)
+    # Each branch reports its own end (asyncio.wait would re-arm a callback on every pending
+    # branch for each one that ends: quadratic in the number of branches).
+    ended: asyncio.Queue[asyncio.Future[NodeResult]] = asyncio.Queue()
+    for task in tasks:
+        task.add_done_callback(ended.put_nowait)
     results: dict[int, NodeResult] = {}
     failures: dict[int, NodeFailed] = {}
     try:
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                error = future.exception()
-                if isinstance(error, NodeFailed):
-                    failures[tasks[future]] = error
-                elif error is not None:
-                    raise error
-                else:
-                    results[tasks[future]] = future.result()
+            future = await ended.get()
+            pending.discard(future)
+            error = future.exception()
+            if isinstance(error, NodeFailed):
+                failures[tasks[future]] = error
+            elif error is not None:
+                raise error
+            else:
+                results[tasks[future]] = future.result()
             if len(results) >= required:
                 return results
             if len(results) + len(pending) < required and (fail_fast or not pending):

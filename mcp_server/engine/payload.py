@@ -195,15 +195,33 @@ class Payload:
 
     def depth(self, stop_after: int) -> int:
         """How deeply objects and lists nest (see values.nesting_depth), from whichever form is at
-        hand; measured once (a payload is checked where it enters and again where it is kept)."""
+        hand; measured once (a payload is checked where it enters and again where it is kept).
+
+        A value too small to nest deeper than `stop_after` is not walked: every level costs at
+        least two bytes serialized (a field's tag and length), so half its size bounds its depth,
+        and that bound is returned instead."""
         if self._depth is not None and self._depth[0] == stop_after:
             return self._depth[1]
-        if self._python is not _MISSING:
+        size = self._known_size()
+        if size is not None and size // 2 <= stop_after:
+            depth = size // 2
+        elif self._python is not _MISSING:
             depth = nesting_depth(self._python, stop_after)
         else:
             depth = message_depth(self._struct if self._struct is not None else self.value(), stop_after)
         self._depth = (stop_after, depth)
         return depth
+
+    def _known_size(self) -> int | None:
+        """The serialized size, if it can be had without converting (protobuf computes it in C)."""
+        if self._bytes is not None:
+            return len(self._bytes)
+        if self._value is not None:
+            return self._value.ByteSize()
+        if self._struct is not None:
+            inner = self._struct.ByteSize()
+            return inner + 1 + max(1, (inner.bit_length() + 6) // 7)  # as a Value: struct_value's tag and length
+        return None
 
     @property
     def size(self) -> int:

@@ -15,7 +15,8 @@ from typing import Any
 from google.rpc import status_pb2
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.context import E, NodeFailed, RunContext, code_number, now
+from mcp_server.engine.context import NodeFailed, RunContext, code_number, now
+from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import execute, load_node_runners
 from mcp_server.engine.logcontext import task_id_var
 from mcp_server.engine.payload import Payload

@@ -18,7 +18,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from mcp_sdk.proto import protocol_pb2
 from mcp_server.engine.cel import Expression
-from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
+from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
+from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import evaluate, run_recorded, runs
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import RetryPolicy, StepPlan

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcp_sdk.proto import protocol_pb2
-from mcp_server.engine.context import E, NodeFailed, NodeResult, RunContext
+from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
+from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import child_path, execute, runs
 from mcp_server.engine.fanout import Branch, join_branches
 from mcp_server.engine.payload import Payload

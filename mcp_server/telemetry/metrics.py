@@ -14,14 +14,15 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.event_types import E
 
 log = logging.getLogger(__name__)
 StoreT = TypeVar("StoreT")
-E = task_pb2.TaskEventType
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 TERMINAL = {E.TASK_EVENT_TYPE_COMPLETED: "completed", E.TASK_EVENT_TYPE_FAILED: "failed", E.TASK_EVENT_TYPE_CANCELLED: "cancelled"}
+STEP_ENDS = {E.TASK_EVENT_TYPE_STEP_COMPLETED: "completed", E.TASK_EVENT_TYPE_STEP_FAILED: "failed"}
 
 
 class Metrics:
@@ -34,6 +35,7 @@ class Metrics:
         self.tasks_finished = Counter("mcp_tasks_finished_total", "Tasks that ended, by workflow and outcome", ["workflow", "status"], registry=r)
         self.steps = Histogram("mcp_step_duration_seconds", "Duration of protocol steps (all attempts), by protocol and outcome",
                                ["protocol", "status"], buckets=STEP_BUCKETS, registry=r)
+        self._step_children: dict[tuple[str, str], Any] = {}
         self.retries = Counter("mcp_step_retries_total", "Retried protocol calls, by protocol and gRPC code", ["protocol", "code"], registry=r)
         self.fallbacks = Counter("mcp_fallbacks_total", "Fallbacks used, by the fallback protocol", ["protocol"], registry=r)
         self.breaker_changes = Counter("mcp_breaker_transitions_total", "Circuit breaker state changes seen by tasks",
@@ -56,27 +58,41 @@ class Metrics:
                                       ["protocol"], registry=r)
 
     def on_event(self, task: task_pb2.Task, event: task_pb2.TaskEvent) -> None:
-        """EventListener: count what the event says happened."""
-        data = event.data.fields
-        if event.type == E.TASK_EVENT_TYPE_QUEUED:
+        """EventListener: count what the event says happened. Runs for every event, so the
+        common ones come first and their labelled children are looked up once."""
+        kind = event.type
+        if kind == E.TASK_EVENT_TYPE_STEP_STARTED:
+            return
+        if kind in STEP_ENDS:
+            if event.protocol:
+                data = event.data.fields
+                seconds = data["duration_ms"].number_value / 1000 if "duration_ms" in data else 0
+                self._step_child(event.protocol, STEP_ENDS[kind]).observe(seconds)
+        elif kind == E.TASK_EVENT_TYPE_QUEUED:
             self.tasks_submitted.labels(task.workflow_id).inc()
-        elif event.type in TERMINAL:
-            self.tasks_finished.labels(task.workflow_id, TERMINAL[event.type]).inc()
-        elif event.type in (E.TASK_EVENT_TYPE_STEP_COMPLETED, E.TASK_EVENT_TYPE_STEP_FAILED) and event.protocol:
-            status = "completed" if event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED else "failed"
-            self.steps.labels(event.protocol, status).observe(data["duration_ms"].number_value / 1000 if "duration_ms" in data else 0)
-        elif event.type == E.TASK_EVENT_TYPE_STEP_RETRYING:
+        elif kind in TERMINAL:
+            self.tasks_finished.labels(task.workflow_id, TERMINAL[kind]).inc()
+        elif kind == E.TASK_EVENT_TYPE_STEP_RETRYING:
+            data = event.data.fields
             self.retries.labels(event.protocol, data["code"].string_value if "code" in data else "").inc()
-        elif event.type == E.TASK_EVENT_TYPE_FALLBACK_USED:
+        elif kind == E.TASK_EVENT_TYPE_FALLBACK_USED:
             self.fallbacks.labels(event.protocol).inc()
-        elif event.type == E.TASK_EVENT_TYPE_BREAKER_STATE_CHANGED:
+        elif kind == E.TASK_EVENT_TYPE_BREAKER_STATE_CHANGED:
+            data = event.data.fields
             self.breaker_changes.labels(event.protocol, data["to"].string_value if "to" in data else "").inc()
-        elif event.type == E.TASK_EVENT_TYPE_TRANSITION_TAKEN:
+        elif kind == E.TASK_EVENT_TYPE_TRANSITION_TAKEN:
             self.transitions.inc()
-        elif event.type == E.TASK_EVENT_TYPE_SUPERVISOR_DECISION:
+        elif kind == E.TASK_EVENT_TYPE_SUPERVISOR_DECISION:
+            data = event.data.fields
             self.decisions.labels(data["verdict"].string_value if "verdict" in data else "").inc()
-        elif event.type == E.TASK_EVENT_TYPE_RESUMED:
+        elif kind == E.TASK_EVENT_TYPE_RESUMED:
             self.takeovers.inc()
+
+    def _step_child(self, protocol: str, status: str) -> Any:
+        child = self._step_children.get((protocol, status))
+        if child is None:
+            child = self._step_children[(protocol, status)] = self.steps.labels(protocol, status)
+        return child
 
     def serve(self, port: int, address: str = "127.0.0.1") -> None:
         """Serve /metrics on `port` (a daemon thread of prometheus-client; it never touches the loop)."""

@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 from opentelemetry.trace import Span, Status, StatusCode
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.event_types import E
 
-E = task_pb2.TaskEventType
 ENDS = {E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED}
 
 

@@ -34,7 +34,7 @@ from mcp_server.protocols.outliers import OutlierSettings
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.settings import Settings
-from mcp_server.state.common import TERMINAL, decode_token, encode_token, request_task_id
+from mcp_server.state.common import TERMINAL, assemble, decode_token, encode_token, fixed_part, request_task_id
 from mcp_server.task_views import TaskViews, chunks, steps_start, steps_token
 from mcp_server.telemetry.metrics import BREAKER_VALUES, Metrics, instrument_store
 from mcp_server.telemetry.tracing import TaskTracer
@@ -204,12 +204,19 @@ class Orchestrator:
         """submit_task, then wait for the task to end and return it (BASIC view). `submitted`
         hears of the task as soon as it is queued."""
         task, created = await self.submit_task(request, principal)
+        ended_here = self.dispatcher.end_of(task.task_id)  # looked up now: the run may end while we send
         if submitted is not None:
             await submitted(task)
-        if task.status not in TERMINAL:
-            await self._until_ended(task.task_id, task.last_sequence, principal)
-            task = await self._header(task.task_id, principal)
-        return self.views.basic(task), created
+        if task.status in TERMINAL:
+            return task, created
+        if ended_here is not None and (live := await ended_here):
+            # The run ended on this replica and wrote its end: the header is the stored fixed part
+            # and that live part, exactly as the store would assemble it; no read needed.
+            final = assemble(fixed_part(task), live)
+            if final.status in TERMINAL:
+                return self.views.basic(final), created
+        await self._until_ended(task.task_id, task.last_sequence, principal)
+        return self.views.basic(await self._header(task.task_id, principal)), created
 
     async def _until_ended(self, task_id: str, after_sequence: int, principal: Principal) -> None:
         """Follow the task's log (as a watcher, within the same limit) until its terminal event."""

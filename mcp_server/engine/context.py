@@ -111,6 +111,7 @@ class RunContext:
     _background: asyncio.Task[None] | None = None
     _lease_lost: LeaseLost | None = None
     _store_down: bool = False
+    written_live: bytes = b""  # the live header part of the latest checkpoint written
 
     async def restore(self) -> None:
         """Load the step records and values an earlier life of this run wrote."""
@@ -171,6 +172,7 @@ class RunContext:
             while True:
                 try:
                     await self.store.save_checkpoint(checkpoint)
+                    self.written_live = live
                     self._values.written(values)
                     self._store_down = False
                     return

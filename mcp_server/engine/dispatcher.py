@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from mcp_sdk.proto import task_pb2
@@ -27,6 +28,7 @@ class _Running:
     lease_token: int
     task: asyncio.Task[None] = field(init=False)
     cancel: dict[str, str] = field(default_factory=dict)
+    final_live: bytes | None = None  # set when the run has ended and written its end
 
 
 class Dispatcher:
@@ -73,6 +75,20 @@ class Dispatcher:
         snapshot = task_pb2.Task()
         snapshot.CopyFrom(task)  # the run changes its copy; the caller keeps its own
         self._start(snapshot, lease_token)
+
+    def end_of(self, task_id: str) -> Awaitable[bytes | None] | None:
+        """For a task running here: an awaitable of the live part of its header once its run
+        has ended and written it (None if the run ended otherwise: lease lost, store trouble).
+        None when the task does not run here. Waiting does not hold up or cancel the run."""
+        running = self._running.get(task_id)
+        if running is None:
+            return None
+
+        async def ended() -> bytes | None:
+            await asyncio.shield(running.task)
+            return running.final_live
+
+        return ended()
 
     async def cancel(self, task_id: str, reason: str) -> bool:
         """Cancel a task running here: its plugin calls are cancelled and it ends CANCELLED.
@@ -145,7 +161,7 @@ class Dispatcher:
     async def _run(self, task: task_pb2.Task, running: _Running) -> None:
         try:
             plan = await self.plans.get(task.workflow_id, task.workflow_version)
-            await self.runner.resume_from(task, plan, running.lease_token, running.cancel)
+            running.final_live = await self.runner.resume_from(task, plan, running.lease_token, running.cancel)
         except LeaseLost:
             pass
         except McpError as exc:

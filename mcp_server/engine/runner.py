@@ -41,8 +41,9 @@ class TaskRunner:
         self.listeners = tuple(listeners)
 
     async def resume_from(self, snapshot: task_pb2.Task, plan: Plan, lease_token: int,
-                          cancel_reason: dict[str, str] | None = None) -> task_pb2.Task:
-        """Run the task in `snapshot` to its end and return its final state.
+                          cancel_reason: dict[str, str] | None = None) -> bytes:
+        """Run the task in `snapshot` to its end; return the live part of its header as last
+        written (see state.common.live_part): its final state, once written.
 
         Cancelling the coroutine with a reason in `cancel_reason["reason"]` marks the task
         CANCELLED; cancelling it without one (server shutdown) leaves it RUNNING for another
@@ -86,7 +87,7 @@ class TaskRunner:
             log.exception("task %s: internal error", task.task_id)
             self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}")
         await ctx.checkpoint()
-        return task
+        return ctx.written_live
 
     async def _input(self, task: task_pb2.Task) -> Payload:
         """The task's input: inline in the task, or in its value store when it is large."""

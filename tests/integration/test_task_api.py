@@ -186,6 +186,8 @@ async def test_run_task_answers_with_the_finished_task_and_its_result(client):
     assert result(reply.task)["text"] == ">ab" and not reply.task.steps  # the BASIC view
     log = await events(client, reply.task.task_id)
     assert log[-1].type == E.TASK_EVENT_TYPE_COMPLETED and reply.task.last_sequence == log[-1].sequence
+    stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+    assert reply.task == stored  # answered from the run's own end, exactly what the store holds
     again = await client.tasks.RunTask(request)  # the same request id: the same task, already ended
     assert not again.created and again.task.task_id == reply.task.task_id and result(again.task)["text"] == ">ab"
 
@@ -194,6 +196,19 @@ async def test_run_task_of_a_failing_workflow_answers_with_the_failed_task(clien
     await create(client, workflow("ran-fail", step("f", "fail", "{'code': 'INVALID_ARGUMENT', 'message': 'no good'}")))
     reply = await client.tasks.RunTask(task_pb2.SubmitTaskRequest(workflow_id="ran-fail"))
     assert reply.task.status == task_pb2.TASK_STATUS_FAILED and "no good" in reply.task.error.message
+    stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+    assert reply.task == stored
+
+
+async def test_run_task_answers_with_a_large_input_and_result_by_reference_as_get_task_does(client):
+    await create(client, workflow("ran-big", step("e", "echo")))
+    request = task_pb2.SubmitTaskRequest(workflow_id="ran-big")
+    request.input_data.update({"blob": "x" * 200_000})
+    reply = await client.tasks.RunTask(request)
+    assert reply.task.status == task_pb2.TASK_STATUS_COMPLETED
+    assert reply.task.HasField("result_ref") and reply.task.HasField("input_ref") and not reply.task.HasField("result")
+    stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+    assert reply.task == stored
 
 
 async def test_run_task_refuses_what_submit_refuses(client):
@@ -214,3 +229,29 @@ async def test_a_run_task_whose_deadline_ends_first_leaves_the_task_running_and_
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finished = await wait_done(client, task_id)
     assert finished.status == task_pb2.TASK_STATUS_COMPLETED  # the task ran on; its id came in the headers
+
+
+async def test_run_task_on_redis_answers_as_get_task_does_whichever_replica_ran_the_task(server_factory, redis_url):
+    """Two replicas on one Redis. A RunTask to the one that runs tasks is answered from the run's
+    own end; one to a replica with no room to run anything (max tasks in flight 0) waits while
+    the other replica claims and runs the task, and is answered from the store. Both answers
+    are what GetTask says."""
+    from dataclasses import replace
+
+    from mcp_server.settings import Limits
+    from tests.conftest import client_for
+
+    worker = await server_factory(redis_url)
+    front = await server_factory(redis_url, limits=replace(Limits(), max_tasks_in_flight=0))
+    clients = [client_for(worker), client_for(front)]
+    await create(clients[0], workflow("ran-redis", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
+    for client in clients:
+        request = task_pb2.SubmitTaskRequest(workflow_id="ran-redis")
+        request.input_data.update({"text": "-"})
+        reply = await client.tasks.RunTask(request, timeout=30)
+        stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+        assert reply.task == stored and result(reply.task)["text"] == "-ab"
+        started = [e for e in await events(client, reply.task.task_id) if e.type == E.TASK_EVENT_TYPE_STARTED]
+        assert started[0].data.fields["replica"].string_value == worker.orchestrator.settings.replica_id  # the worker ran both
+    for client in clients:
+        await client.channel.close()

@@ -91,9 +91,9 @@ class GrpcProtocolCaller:
                      priority: int, observer: CallObserver | None) -> tuple[str, Grant | None]:
         """The instance this call goes to (and its capacity grant, when it needs one)."""
         usable = self.directory.outliers.usable([i.address for i in instances])
-        capacities = {i.address: Resources.of_capacity(i.capacity) for i in instances if i.address in usable}
         needs = Resources.needs_of(manifest.resources)
         grant = None
+        capacities = {i.address: Resources.of_capacity(i.capacity) for i in instances if i.address in usable} if needs else {}
         if needs and any(limits(c, needs) for c in capacities.values()):
             grant = await self.admission.acquire(protocol, needs, capacities, priority, observer)
             address = grant.address

@@ -178,11 +178,11 @@ async def test_run_task_answers_with_the_finished_task_and_its_result(client):
     await create(client, workflow("ran", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
     request = task_pb2.SubmitTaskRequest(workflow_id="ran", request_id="run-once")
     request.input_data.update({"text": ">"})
-    call = client.tasks.RunTask(request)
+    call = client.tasks.RunTask(request, timeout=30)
     header = dict(await call.initial_metadata())
     reply = await call
     assert reply.created and reply.task.status == task_pb2.TASK_STATUS_COMPLETED
-    assert header["mcp-task-id"] == reply.task.task_id  # sent before the task ended
+    assert header["mcp-task-id"] == reply.task.task_id  # sent before the task ended (the call has a deadline)
     assert result(reply.task)["text"] == ">ab" and not reply.task.steps  # the BASIC view
     log = await events(client, reply.task.task_id)
     assert log[-1].type == E.TASK_EVENT_TYPE_COMPLETED and reply.task.last_sequence == log[-1].sequence

@@ -65,7 +65,8 @@ class Orchestrator:
                                          settings.concurrency_overrides(), tracer)
         self.plans = PlanCache(store, settings)
         self.views = TaskViews(store, settings.limits)
-        self.dispatcher = Dispatcher(store, TaskRunner(self.caller, store, settings.replica_id, self.listeners, settings.limits), self.plans, settings)
+        runner = TaskRunner(self.caller, store, settings.replica_id, self.listeners, settings.limits, settings.start_write_delay)
+        self.dispatcher = Dispatcher(store, runner, self.plans, settings)
         self._background: list[asyncio.Task[None]] = []
         self._watchers: dict[str, int] = {}
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)

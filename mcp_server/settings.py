@@ -53,6 +53,9 @@ class Settings:
     bundled_plugins: bool = False
     replica_id: str = field(default_factory=lambda: f"replica-{os.getpid()}")
     lease_seconds: float = 15.0
+    # a start (of a task or a step) is written with the next write, or on its own this long after:
+    # a step that ends sooner costs one write, not two; watchers see a start at most this late
+    start_write_delay: float = 0.02
     default_step_timeout: float = 60.0
     default_task_timeout: float = 3600.0
     shutdown_grace: float = 10.0

@@ -115,6 +115,10 @@ class RunContext:
     _background: asyncio.Task[None] | None = None
     _lease_lost: LeaseLost | None = None
     _store_down: bool = False
+    # a start (of the task or a step) is written with the next write, or on its own this long
+    # after: a step that ends sooner carries its start with its end (one write, not two)
+    start_write_delay: float = 0.0
+    _flush_timer: asyncio.TimerHandle | None = None
     written_live: bytes = b""  # the live header part of the latest checkpoint written
 
     async def restore(self) -> None:
@@ -142,8 +146,27 @@ class RunContext:
     def flush_soon(self) -> None:
         """Start writing pending changes in the background, unless a write is under way already
         (it picks them up when it is done)."""
+        self.cancel_delayed_flush()
         if self._background is None or self._background.done():
             self._background = asyncio.get_running_loop().create_task(self._flush_in_background())
+
+    def flush_within(self, delay: float) -> None:
+        """Have pending changes written within `delay` seconds: by the next write, if one comes
+        sooner, else on their own."""
+        if delay <= 0:
+            self.flush_soon()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(delay, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
+        if self._pending or self._dirty:
+            self.flush_soon()
+
+    def cancel_delayed_flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
 
     async def _flush_in_background(self) -> None:
         try:
@@ -225,8 +248,8 @@ class RunContext:
         state.start_time.CopyFrom(timestamp_of(step.started_ns))
         state.ClearField("error")
         self._dirty[path] = None
-        self.emit(E.TASK_EVENT_TYPE_STEP_STARTED, step_path=path, protocol=protocol,
-                  message=f"{kind} {node_id} started", flush_soon=True)
+        self.emit(E.TASK_EVENT_TYPE_STEP_STARTED, step_path=path, protocol=protocol, message=f"{kind} {node_id} started")
+        self.flush_within(self.start_write_delay)
         return state
 
     def record_input(self, path: str, value: Payload) -> None:

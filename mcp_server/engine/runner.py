@@ -33,8 +33,9 @@ class TaskRunner:
     """Runs tasks with one protocol caller and one store."""
 
     def __init__(self, caller: ProtocolCaller, store: Store, replica_id: str = "", listeners: Sequence[EventListener] = (),
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, start_write_delay: float = 0.0) -> None:
         self.caller = caller
+        self.start_write_delay = start_write_delay
         self.limits = limits or Limits()
         self.store = store
         self.replica_id = replica_id
@@ -52,7 +53,8 @@ class TaskRunner:
         task = snapshot
         task_id_var.set(task.task_id)
         ctx = RunContext(task=task, store=self.store, caller=self.caller, lease_token=lease_token,
-                         task_input=await self._input(task), listeners=self.listeners, limits=self.limits)
+                         task_input=await self._input(task), listeners=self.listeners, limits=self.limits,
+                         start_write_delay=self.start_write_delay)
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.step_count:
             await ctx.restore()
@@ -64,7 +66,8 @@ class TaskRunner:
             task.start_time.CopyFrom(now())
         ctx.emit(E.TASK_EVENT_TYPE_RESUMED if resumed else E.TASK_EVENT_TYPE_STARTED,
                  message=("resumed from snapshot" if resumed else "started") + f" by {self.replica_id or 'a replica'} (lease {lease_token})",
-                 data={"replica": self.replica_id, "lease": lease_token}, flush_soon=True)
+                 data={"replica": self.replica_id, "lease": lease_token})
+        ctx.flush_within(self.start_write_delay)
         try:
             async with asyncio.timeout(plan.task_timeout):
                 result = await execute(plan.root, plan.root.id, ctx.task_input, ctx, {})
@@ -86,6 +89,8 @@ class TaskRunner:
         except Exception as exc:  # a bug must fail its task, never leave it RUNNING forever
             log.exception("task %s: internal error", task.task_id)
             self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            ctx.cancel_delayed_flush()
         await ctx.checkpoint()
         return ctx.written_live
 

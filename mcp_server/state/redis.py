@@ -23,8 +23,8 @@ import base64
 import contextlib
 import time
 import traceback
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -57,6 +57,7 @@ from mcp_server.state.common import (
     request_task_id,
 )
 from mcp_server.state.redis_connection import PackedConnection
+from mcp_server.state.redis_lane import RedisLane
 from mcp_server.state.redis_layout import DEFAULT_PARTITIONS, Layout
 from mcp_server.state.redis_streams import StreamHub
 
@@ -72,8 +73,9 @@ class RedisStore(CreateTask):
     """Store backed by Redis (see Store in engine/ports.py for the contract)."""
 
     def __init__(self, client: aioredis.Redis | RedisCluster, layout: Layout, retention_seconds: float = 7 * 24 * 3600.0,
-                 wait_replicas: int = 0) -> None:
+                 wait_replicas: int = 0, lane: RedisLane | None = None) -> None:
         self.r: Any = client
+        self.lane = lane  # the hot write scripts' own connection (single node, plain TCP); else redis-py
         self.cluster = isinstance(client, RedisCluster)
         self.wait_replicas = wait_replicas
         self.layout = layout
@@ -97,24 +99,29 @@ class RedisStore(CreateTask):
     async def open(cls, url: str, retention_seconds: float = 7 * 24 * 3600.0) -> RedisStore:
         """Connect to `url`. Query parameters: `prefix=` namespaces every key (default `mcp:`),
         `partitions=` sets the partition count of a new store (default 16; an existing store
-        keeps the count it was created with). Refuses a store written with another layout."""
+        keeps the count it was created with), `lane=off` sends the hot write scripts through
+        redis-py too (see redis_lane.py). Refuses a store written with another layout."""
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", ["mcp:"])[0]
         wanted = query.pop("partitions", [""])[0]
         wait_replicas = int(query.pop("wait_replicas", ["0"])[0])
+        use_lane = query.pop("lane", ["on"])[0] != "off"
         clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         client: aioredis.Redis | RedisCluster
+        lane = None
         if parts.scheme == "redis-cluster":
             client = await _connect_cluster(parts.netloc)
         else:
             client = await _connect_node(clean, parts.netloc)
+            if parts.scheme == "redis" and use_lane:
+                lane = RedisLane.for_pool(client.connection_pool.connection_kwargs)
         try:
             layout = await _agree_on_layout(client, prefix, int(wanted) if wanted else None)
         except BaseException:
             await client.aclose()
             raise
-        return cls(client, layout, retention_seconds, wait_replicas)
+        return cls(client, layout, retention_seconds, wait_replicas, lane)
 
     async def _do(self, coro: Any) -> Any:
         try:
@@ -168,8 +175,9 @@ class RedisStore(CreateTask):
         return workflow_pb2.Workflow.FromString(data) if data else None
 
     async def latest_workflow_version(self, workflow_id: str) -> int:
-        return int(await self._do(self._latest_version(keys=[self.layout.workflow(workflow_id), self.layout.workflow_versions],
-                                                       args=[workflow_id])))
+        """Asked on every submit without a version: through the lane when there is one."""
+        return int(await self._do(self._script(self._latest_version, [self.layout.workflow(workflow_id), self.layout.workflow_versions],
+                                               [workflow_id])))
 
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
         after = decode_token(page_token)
@@ -470,11 +478,18 @@ class RedisStore(CreateTask):
                 await script(keys=keys, args=args, client=pipe)
             return list(await self._do(pipe.execute()))
 
+    def _script(self, script: Any, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """Run a script that is safe to send twice (fenced, or idempotent): through the lane when
+        there is one, else redis-py."""
+        if self.lane is not None:
+            return self.lane.evalsha(script.sha, script.script, keys, args)
+        return cast(Awaitable[Any], script(keys=keys, args=args))
+
     async def _written(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a write script; with wait_replicas, return only once that many replicas have it
         (WAIT must follow the write on the same connection: one pipeline to the slot's master)."""
         if not self.wait_replicas:
-            return await self._do(script(keys=keys, args=args))
+            return await self._do(self._script(script, keys, args))
         for _ in range(3):
             if self.cluster:
                 node = self.r.get_node_from_key(keys[0])
@@ -579,6 +594,8 @@ class RedisStore(CreateTask):
 
     async def close(self) -> None:
         await self._hub.close()
+        if self.lane is not None:
+            await self.lane.close()
         await self.r.aclose()
 
 

@@ -152,11 +152,14 @@ async def bench_fanout(plugin: Proc, quick: bool) -> None:
     await channel.close()
     fan = await repeat(3, lambda: client.run("fan"))
     fan_ms = Stat([r * 1000 for r in fan.runs])
+    fan_unary = await repeat(3, lambda: client.run("fan", unary=True))
+    fan_unary_ms = Stat([r * 1000 for r in fan_unary.runs])
     mapped = await repeat(3, lambda: client.run("map", {"items": list(range(items))}))
     ideal = items / 100 * 0.1
     table("Fan-out (plugin sleeps 100 ms per call)", [
         ("bare gRPC: 100 concurrent calls from a client, wall ms", bare, ""),
-        ("parallel of 100 branches: wall ms", fan_ms, f"{fan_ms.median / bare.median:.2f}x the bare gather"),
+        ("parallel of 100 branches, watched: wall ms", fan_ms, f"{fan_ms.median / bare.median:.2f}x the bare gather"),
+        ("parallel of 100 branches, RunTask: wall ms", fan_unary_ms, f"{fan_unary_ms.median / bare.median:.2f}x the bare gather"),
         (f"map over {items} items, max_concurrency 100: wall s", mapped, f"{mapped.median / ideal:.2f}x the {ideal:.1f} s floor"),
     ])
     await client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 import uuid
@@ -191,13 +192,18 @@ async def bench_scale(plugin: Proc, quick: bool) -> None:
         started = time.perf_counter()
         await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=ids[0]))
         probes.append((time.perf_counter() - started) * 1000)
+    await client.close()
+    orchestrator.stop()
+    measured = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.callmem", "--plugin", plugin.address, "--calls", str(count),
+                                                    stdout=asyncio.subprocess.PIPE)
+    floor = (await measured.communicate())[0].decode().split()[-1]
+    per_task = (rss_after - rss_before) / count
     table(f"Scale: {count} tasks in flight on a slow plugin (redis store)", [
-        ("orchestrator RSS growth per task in flight, KB", f"{(rss_after - rss_before) / count:.1f}", f"{rss_before} KB -> {rss_after} KB"),
+        ("orchestrator RSS growth per task in flight, KB", f"{per_task:.1f}", f"{rss_before} KB -> {rss_after} KB"),
+        ("floor: one grpc.aio call in flight, RSS per call, KB", floor, f"a waiting task holds one; {per_task - float(floor):.1f} KB is the task's own"),
         ("GetTask latency under that load, p50 ms (loop-lag proxy)", f"{percentile(probes, 0.5):.2f}", ""),
         ("GetTask latency under that load, p99 ms", f"{percentile(probes, 0.99):.2f}", ""),
     ])
-    await client.close()
-    orchestrator.stop()
 
 
 async def replica_throughput(plugin: Proc, replicas: int, total: int) -> Stat:

@@ -255,3 +255,16 @@ async def test_run_task_on_redis_answers_as_get_task_does_whichever_replica_ran_
         assert started[0].data.fields["replica"].string_value == worker.orchestrator.settings.replica_id  # the worker ran both
     for client in clients:
         await client.channel.close()
+
+
+async def test_a_long_step_s_start_is_written_and_watched_while_it_runs(client):
+    """Starts are written with the next write or within the start write delay: a step that
+    runs long still shows as started, durably, long before it ends."""
+    await create(client, workflow("long-start", step("nap", "sleep", "{'ms': 1500}")))
+    task = await submit(client, "long-start")
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+        if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "nap":
+            break
+    seen = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
+    assert seen.status == task_pb2.TASK_STATUS_RUNNING and step_states(seen)["nap"].status == task_pb2.STEP_STATUS_RUNNING
+    assert (await wait_done(client, task.task_id)).status == task_pb2.TASK_STATUS_COMPLETED

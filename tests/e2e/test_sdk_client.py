@@ -5,9 +5,12 @@ input, tokens, and the blocking client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -263,6 +266,21 @@ async def test_the_blocking_client_does_the_same_from_plain_code(server_factory)
     await asyncio.to_thread(script)
 
 
+@contextlib.asynccontextmanager
+async def older_server(servicer: Any) -> AsyncIterator[str]:
+    """A TaskService of an older server (only what `servicer` implements), as a real gRPC server on loopback."""
+    from mcp_sdk.proto import task_pb2_grpc
+
+    server = grpc.aio.server()
+    task_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
 async def test_watch_falls_back_to_watch_task_on_a_server_without_the_batched_watch():
     """An older server (only WatchTask; WatchTaskEvents answers UNIMPLEMENTED), as a real gRPC
     server on loopback."""
@@ -276,16 +294,9 @@ async def test_watch_falls_back_to_watch_task_on_a_server_without_the_batched_wa
                 if sequence > request.after_sequence:
                     yield task_pb2.TaskEvent(task_id=request.task_id, sequence=sequence, type=kind)
 
-    server = grpc.aio.server()
-    task_pb2_grpc.add_TaskServiceServicer_to_server(OlderTaskService(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with Client(f"127.0.0.1:{port}") as client:
-            assert [e.sequence async for e in client.watch("t1")] == [1, 2, 3]
-            assert [e.sequence async for e in client.watch("t1", after=1)] == [2, 3]
-    finally:
-        await server.stop(0)
+    async with older_server(OlderTaskService()) as address, Client(address) as client:
+        assert [e.sequence async for e in client.watch("t1")] == [1, 2, 3]
+        assert [e.sequence async for e in client.watch("t1", after=1)] == [2, 3]
 
 
 async def test_run_falls_back_to_submit_and_watch_on_a_server_without_run_task():
@@ -306,15 +317,8 @@ async def test_run_falls_back_to_submit_and_watch_on_a_server_without_run_task()
             done = task_pb2.TaskEvent(task_id="t1", sequence=2, type=E.TASK_EVENT_TYPE_COMPLETED)
             yield task_pb2.WatchTaskEventsResponse(events=[done])
 
-    server = grpc.aio.server()
-    task_pb2_grpc.add_TaskServiceServicer_to_server(OlderTaskService(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with Client(f"127.0.0.1:{port}") as client:
-            assert await client.run("anything", timeout=10) == {"echoed": "t1"}
-    finally:
-        await server.stop(0)
+    async with older_server(OlderTaskService()) as address, Client(address) as client:
+        assert await client.run("anything", timeout=10) == {"echoed": "t1"}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])

@@ -31,58 +31,51 @@ async def redis_client(redis_base_url):
     await client.aclose()
 
 
-async def test_every_caller_gets_its_own_reply_with_hundreds_in_flight(redis_client, redis_base_url):
-    lane = lane_for(redis_base_url)
-    key = f"mcptest:lane:{uuid.uuid4().hex}"
-    try:
-        replies = await asyncio.gather(*(lane.call("ECHO", f"reply-{i}") for i in range(500)))
-        assert replies == [f"reply-{i}".encode() for i in range(500)]
-        counts = await asyncio.gather(*(lane.call("INCR", key) for _ in range(200)))
-        assert sorted(counts) == list(range(1, 201)) and counts == sorted(counts)  # in order, each once
-    finally:
-        await redis_client.delete(key)
-        await lane.close()
+@pytest.fixture
+async def lane(redis_base_url):
+    made = lane_for(redis_base_url)
+    yield made
+    await made.close()
 
 
-async def test_an_error_reply_fails_only_its_own_caller(redis_client, redis_base_url):
-    lane = lane_for(redis_base_url)
-    key = f"mcptest:lane:{uuid.uuid4().hex}"
-    try:
-        await redis_client.set(key, "text")
-        results = await asyncio.gather(lane.call("ECHO", "before"), lane.call("INCR", key), lane.call("ECHO", "after"),
-                                       return_exceptions=True)
-        assert results[0] == b"before" and results[2] == b"after"
-        assert isinstance(results[1], ResponseError) and "not an integer" in str(results[1])
-    finally:
-        await redis_client.delete(key)
-        await lane.close()
+@pytest.fixture
+async def key(redis_client):
+    """A fresh key, deleted afterwards."""
+    name = f"mcptest:lane:{uuid.uuid4().hex}"
+    yield name
+    await redis_client.delete(name)
 
 
-async def test_a_script_flushed_from_the_server_is_loaded_again(redis_client, redis_base_url):
-    lane = lane_for(redis_base_url)
-    key = f"mcptest:lane:{uuid.uuid4().hex}"
+async def test_every_caller_gets_its_own_reply_with_hundreds_in_flight(lane, key):
+    replies = await asyncio.gather(*(lane.call("ECHO", f"reply-{i}") for i in range(500)))
+    assert replies == [f"reply-{i}".encode() for i in range(500)]
+    counts = await asyncio.gather(*(lane.call("INCR", key) for _ in range(200)))
+    assert counts == list(range(1, 201))  # in order, each once
+
+
+async def test_an_error_reply_fails_only_its_own_caller(redis_client, lane, key):
+    await redis_client.set(key, "text")
+    results = await asyncio.gather(lane.call("ECHO", "before"), lane.call("INCR", key), lane.call("ECHO", "after"),
+                                   return_exceptions=True)
+    assert results[0] == b"before" and results[2] == b"after"
+    assert isinstance(results[1], ResponseError) and "not an integer" in str(results[1])
+
+
+async def test_a_script_flushed_from_the_server_is_loaded_again(redis_client, lane, key):
     sha = await redis_client.script_load(COUNT_UP)
-    try:
-        assert await lane.evalsha(sha, COUNT_UP, [key], [2]) == 2
-        await redis_client.script_flush()
-        assert await lane.evalsha(sha, COUNT_UP, [key], [3]) == 5
-    finally:
-        await redis_client.delete(key)
-        await lane.close()
+    assert await lane.evalsha(sha, COUNT_UP, [key], [2]) == 2
+    await redis_client.script_flush()
+    assert await lane.evalsha(sha, COUNT_UP, [key], [3]) == 5
 
 
-async def test_a_killed_connection_is_replaced_and_the_command_sent_once_more(redis_client, redis_base_url):
-    lane = lane_for(redis_base_url)
-    try:
-        assert await lane.call("PING") == b"PONG"
-        clients = await redis_client.client_list()
-        mine = [c["id"] for c in clients if c.get("name") == LANE_CLIENT_NAME and c["cmd"] == "ping"]
-        assert mine, clients
-        for client_id in mine:
-            await redis_client.client_kill_filter(_id=client_id)
-        assert await lane.call("ECHO", "still here") == b"still here"
-    finally:
-        await lane.close()
+async def test_a_killed_connection_is_replaced_and_the_command_sent_once_more(redis_client, lane):
+    assert await lane.call("PING") == b"PONG"
+    clients = await redis_client.client_list()
+    mine = [c["id"] for c in clients if c.get("name") == LANE_CLIENT_NAME and c["cmd"] == "ping"]
+    assert mine, clients
+    for client_id in mine:
+        await redis_client.client_kill_filter(_id=client_id)
+    assert await lane.call("ECHO", "still here") == b"still here"
 
 
 async def test_a_server_that_stops_answering_fails_the_waiting_commands():

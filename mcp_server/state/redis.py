@@ -244,7 +244,10 @@ class RedisStore(CreateTask):
         return length
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
-        fixed, live = await self._do(self.r.hmget(self.layout.task(task_id).header, "f", "v"))
+        """Read on every watch start and GetTask: through the lane when there is one."""
+        header = self.layout.task(task_id).header
+        reply = self.lane.call("HMGET", header, "f", "v") if self.lane is not None else self.r.hmget(header, "f", "v")
+        fixed, live = await self._do(reply)
         return assemble(fixed, live) if fixed is not None else None
 
     async def list_tasks(self, page_size: int, page_token: str, where: TaskFilter) -> TaskPage:
@@ -393,8 +396,12 @@ class RedisStore(CreateTask):
         return {task_id: reason.decode() for task_id, reason in zip(ours, reasons) if reason}
 
     async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]:
-        entries = await self._do(self.r.xrange(self.layout.task(task_id).events, f"(0-{after_sequence}", "+", count=limit))
-        return [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]
+        key, start = self.layout.task(task_id).events, f"(0-{after_sequence}"
+        if self.lane is None:
+            entries = await self._do(self.r.xrange(key, start, "+", count=limit))
+            return [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]
+        raw = await self._do(self.lane.call("XRANGE", key, start, "+", "COUNT", limit))  # [[id, [field, value, ...]], ...]
+        return [task_pb2.TaskEvent.FromString(fields[fields.index(b"e") + 1]) for _, fields in raw]
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
         """Events after `after_sequence`, waiting up to `timeout` for one. However many watchers

@@ -5,8 +5,10 @@ machine (pool, timeouts, retry wrapper, response callbacks), where packing it, w
 parsing the reply with hiredis take about 70 us (docs/performance.md). The lane sends the
 commands of every task over one connection and hands the replies back first in, first out
 (Redis answers a connection's commands in order); commands issued in the same turn of the
-event loop go out in one write. Only the checkpoint and create scripts take the lane; every
-other command, pipelines and the cluster client stay on redis-py.
+event loop go out in one write. The hot commands take the lane (the checkpoint and create
+scripts, the latest-version lookup of a submit, the header and event reads of a watch start);
+everything else, pipelines and the cluster client stay on redis-py. Never a blocking command
+(XREAD BLOCK and the like): it would hold up every command behind it.
 
 Failure: a lost connection fails every command waiting on it with LaneClosed (a redis-py
 ConnectionError, so the store reports UNAVAILABLE as for any other); a command is sent once

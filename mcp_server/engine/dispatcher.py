@@ -167,9 +167,14 @@ class Dispatcher:
         except McpError as exc:
             log.error("task %s could not run: %s", task.task_id, exc)
         finally:
+            was_full = len(self._running) >= self.settings.limits.max_tasks_in_flight
             if self._running.get(task.task_id) is running:
                 del self._running[task.task_id]
-            self._wake.set()
+            # Look at the queue now only if the freed room may be wanted: this replica was full,
+            # or its last look found tasks waiting. Otherwise the regular look (every quarter
+            # second) finds what other replicas queue meanwhile, as it does on an idle replica.
+            if was_full or not self._queue_empty:
+                self._wake.set()
 
     async def _cancel_loop(self, interval: float = 0.5) -> None:
         """Act on cancel requests that other replicas left for tasks running here."""

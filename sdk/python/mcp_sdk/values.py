@@ -107,6 +107,8 @@ def nesting_depth(value: JsonValue, stop_after: int) -> int:
 
     Iterative, so a value nested far past Python's recursion limit (a CEL literal can be) is
     measured safely; counting stops once the depth passes `stop_after`."""
+    if isinstance(value, dict) and not any(isinstance(v, (dict, list, tuple)) for v in value.values()):
+        return 1  # a flat object, the usual step input: no walk
     return _deepest(value, _plain_children, stop_after)
 
 

@@ -44,6 +44,17 @@ async def test_node_client_submits_a_task_and_watches_it_to_the_end(server, clie
     assert summary["events"][-1]["type"] == "TASK_EVENT_TYPE_COMPLETED"
 
 
+async def test_node_client_runs_a_task_in_one_run_task_call(server, client):
+    await create(client, workflow("for-node-run", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
+    proc = await asyncio.create_subprocess_exec(NODE, str(ROOT / "examples/clients/node/client.js"), server.address, "for-node-run",
+                                                json.dumps({"text": "run:"}), "--run", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["status"] == "TASK_STATUS_COMPLETED" and summary["result"]["text"] == "run:ab"
+    assert summary["header_task_id"] == summary["task_id"]  # the id came at once, in the response headers
+
+
 async def test_a_plugin_written_in_node_runs_a_step(server, client, node_plugin):
     reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=node_plugin))
     assert [p.manifest.name for p in reply.protocols] == ["word_stats"]

@@ -1,5 +1,7 @@
 // A Node.js client of the mCP orchestrator: submit a task, watch it live, print a JSON summary.
-// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON]
+// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run]
+// With --run: one RunTask call (submit and wait), with a deadline, so the task id also comes at
+// once in the `mcp-task-id` response header.
 'use strict';
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
@@ -47,6 +49,19 @@ async function main() {
   const get = (req) => new Promise((resolve, reject) => tasks.GetTask(req, (err, res) => (err ? reject(err) : resolve(res))));
 
   const input = JSON.parse(inputJson || '{}');
+  if (process.argv.includes('--run')) {
+    let headerTaskId = null;
+    const deadline = new Date(Date.now() + 60_000);
+    const reply = await new Promise((resolve, reject) => {
+      const call = tasks.RunTask({ workflow_id: workflowId, input_data: toStruct(input), request_id: `node-run-${Date.now()}` },
+        { deadline }, (err, res) => (err ? reject(err) : resolve(res)));
+      call.on('metadata', (metadata) => { headerTaskId = (metadata.get('mcp-task-id') || [null])[0]; });
+    });
+    const done = reply.task;
+    console.log(JSON.stringify({ task_id: done.task_id, header_task_id: headerTaskId, status: done.status, result: fromValue(done.result) }));
+    tasks.close();
+    return;
+  }
   const { task } = await submit({ workflow_id: workflowId, input_data: toStruct(input), request_id: `node-${Date.now()}` });
   const events = [];
   await new Promise((resolve, reject) => {

@@ -65,10 +65,13 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
-        while (reply := self.reader.gets()) is not False:
-            future, _ = self.waiting.popleft()
-            if not future.done():  # a caller that gave up (cancelled) leaves its reply unread
-                future.set_result(reply)
+        try:
+            while (reply := self.reader.gets()) is not False:
+                future, _ = self.waiting.popleft()
+                if not future.done():  # a caller that gave up (cancelled) leaves its reply unread
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # not Redis speaking, or a reply nobody asked for
+            self.close(f"the connection to Redis is out of step ({type(exc).__name__}: {exc})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close(f"the connection to Redis was lost ({exc or 'closed'})")

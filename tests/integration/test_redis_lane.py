@@ -123,3 +123,25 @@ async def test_a_refused_handshake_is_reported(redis_base_url):
             await lane.call("PING")
     finally:
         await lane.close()
+
+
+async def test_a_peer_that_does_not_speak_redis_fails_the_command_with_a_clear_error(redis_base_url):
+    """A server that answers garbage (not RESP): the waiting command fails with LaneClosed
+    naming it, instead of hanging or being handed someone else's reply."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        await reader.read(65536)
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    lane = RedisLane("127.0.0.1", server.sockets[0].getsockname()[1], reply_timeout=5)
+    lane._handshake = lambda: []  # type: ignore[method-assign]
+    try:
+        with pytest.raises(LaneClosed, match="out of step"):
+            await asyncio.wait_for(lane.call("PING"), timeout=10)
+    finally:
+        await lane.close()
+        server.close()
+        await server.wait_closed()

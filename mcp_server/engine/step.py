@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -183,7 +184,17 @@ def _input(expression: Expression | None, value: Payload, ctx: RunContext, scope
     """A step's input: its expression's result, else the value it was given; always an object."""
     if expression is None:
         return value.as_object()
+    if not expression.names:
+        # A literal (`{'ms': 100}`): CEL is pure, so it is the same value in every run; evaluated
+        # once, and its one Payload (shared like any value, never changed) serves them all.
+        constant = _CONSTANT_INPUTS.get(expression)
+        if constant is None:
+            constant = _CONSTANT_INPUTS[expression] = Payload.of_python(as_object(evaluate(expression, ctx, value, scope, node_id, what)))
+        return constant
     return Payload.of_python(as_object(evaluate(expression, ctx, value, scope, node_id, what)))
+
+
+_CONSTANT_INPUTS: weakref.WeakKeyDictionary[Expression, Payload] = weakref.WeakKeyDictionary()
 
 
 async def _run_candidates(node: StepPlan, path: str, primary_input: Payload, value: Payload,

@@ -182,7 +182,7 @@ async def test_run_task_answers_with_the_finished_task_and_its_result(client):
     header = dict(await call.initial_metadata())
     reply = await call
     assert reply.created and reply.task.status == task_pb2.TASK_STATUS_COMPLETED
-    assert header["mcp-task-id"] == reply.task.task_id  # sent before the task ended (the call has a deadline)
+    assert header["mcp-task-id"] == reply.task.task_id  # the call has a deadline (that it came early: the Node test)
     assert result(reply.task)["text"] == ">ab" and not reply.task.steps  # the BASIC view
     log = await events(client, reply.task.task_id)
     assert log[-1].type == E.TASK_EVENT_TYPE_COMPLETED and reply.task.last_sequence == log[-1].sequence
@@ -268,3 +268,18 @@ async def test_a_long_step_s_start_is_written_and_watched_while_it_runs(client):
     seen = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
     assert seen.status == task_pb2.TASK_STATUS_RUNNING and step_states(seen)["nap"].status == task_pb2.STEP_STATUS_RUNNING
     assert (await wait_done(client, task.task_id)).status == task_pb2.TASK_STATUS_COMPLETED
+
+
+async def test_a_run_task_whose_task_is_cancelled_answers_with_the_cancelled_task(client):
+    await create(client, workflow("ran-cancel", step("nap", "sleep", "{'ms': 5000}")))
+    call = client.tasks.RunTask(task_pb2.SubmitTaskRequest(workflow_id="ran-cancel"), timeout=30)
+    listed: list[task_pb2.Task] = []
+    while not listed:  # a Python unary call hands over its headers only with the answer: find the task by listing
+        await asyncio.sleep(0.05)
+        listed = list((await client.tasks.ListTasks(task_pb2.ListTasksRequest(workflow_id="ran-cancel"))).tasks)
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=listed[0].task_id, reason="changed my mind"))
+    reply = await call
+    assert reply.task.task_id == listed[0].task_id
+    assert reply.task.status == task_pb2.TASK_STATUS_CANCELLED and "changed my mind" in reply.task.error.message
+    stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+    assert reply.task == stored

@@ -51,14 +51,20 @@ async function main() {
   const input = JSON.parse(inputJson || '{}');
   if (process.argv.includes('--run')) {
     let headerTaskId = null;
+    let statusAtHeader = null;
     const deadline = new Date(Date.now() + 60_000);
     const reply = await new Promise((resolve, reject) => {
       const call = tasks.RunTask({ workflow_id: workflowId, input_data: toStruct(input), request_id: `node-run-${Date.now()}` },
         { deadline }, (err, res) => (err ? reject(err) : resolve(res)));
-      call.on('metadata', (metadata) => { headerTaskId = (metadata.get('mcp-task-id') || [null])[0]; });
+      call.on('metadata', (metadata) => {
+        headerTaskId = (metadata.get('mcp-task-id') || [null])[0];
+        // where the task stood when its id arrived: the id comes at once, before the task ends
+        if (headerTaskId) statusAtHeader = get({ task_id: headerTaskId }).then((r) => r.task.status);
+      });
     });
     const done = reply.task;
-    console.log(JSON.stringify({ task_id: done.task_id, header_task_id: headerTaskId, status: done.status, result: fromValue(done.result) }));
+    console.log(JSON.stringify({ task_id: done.task_id, header_task_id: headerTaskId, status_at_header: await statusAtHeader,
+      status: done.status, result: fromValue(done.result) }));
     tasks.close();
     return;
   }

@@ -347,6 +347,7 @@ class Orchestrator:
                 self.metrics.breaker_state.labels(protocol).set(BREAKER_VALUES.get(state, 0))
             for protocol, waiting in self.admission.waiting.items():
                 self.metrics.capacity_waiters.labels(protocol).set(waiting)
+            self.metrics.capacity_kept.set(self.admission.kept_count)
             await self._sample_capacity()
             try:
                 depth = await self.store.queue_depth_by_priority()

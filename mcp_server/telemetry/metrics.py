@@ -54,6 +54,8 @@ class Metrics:
                                        ["address", "resource"], registry=r)
         self.instance_in_use = Gauge("mcp_instance_capacity_in_use", "What calls of every replica hold on a plugin instance",
                                      ["address", "resource"], registry=r)
+        self.capacity_kept = Gauge("mcp_capacity_kept_grants", "Grants this replica keeps for its next calls while nobody waits",
+                                   registry=r)
         self.capacity_waiters = Gauge("mcp_capacity_waiters", "Calls of this replica waiting for capacity, by protocol",
                                       ["protocol"], registry=r)
 

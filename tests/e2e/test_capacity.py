@@ -238,5 +238,6 @@ async def test_capacity_in_use_shows_in_the_cli_and_the_metrics(server_factory, 
     samples = await asyncio.to_thread(scrape, port)
     assert samples[f'mcp_instance_capacity{{address="{box.address}",resource="gpus"}}'] == 1
     assert samples[f'mcp_instance_capacity_in_use{{address="{box.address}",resource="gpus"}}'] == 1
+    assert samples["mcp_capacity_kept_grants"] == 0  # the one grant is in use, not kept
     await wait_done(client, task.task_id)
     await client.channel.close()

@@ -12,10 +12,8 @@ by task and SHA-256), `events`, `workflows`, `protocols`, `breakers`, `meta` (th
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +41,7 @@ from mcp_server.state.common import (
 )
 from mcp_server.state.followers import Followers
 from mcp_server.state.ledger import MemoryLedger
+from mcp_server.state.store_thread import StoreThread
 
 T = TypeVar("T")
 SCHEMA = """
@@ -83,7 +82,7 @@ CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT N
 class SqliteStore(CreateTask):
     """Store backed by one SQLite file (see Store in engine/ports.py for the contract)."""
 
-    def __init__(self, db: sqlite3.Connection, worker: ThreadPoolExecutor, retention_seconds: float) -> None:
+    def __init__(self, db: sqlite3.Connection, worker: StoreThread, retention_seconds: float) -> None:
         self.db = db
         self.worker = worker
         self.retention_seconds = retention_seconds
@@ -94,12 +93,11 @@ class SqliteStore(CreateTask):
     async def open(cls, path: str, retention_seconds: float = 7 * 24 * 3600.0) -> SqliteStore:
         """Open (or create) the file at `path` (":memory:" or "" for a private in-memory one).
         Refuses a file written with another state layout."""
-        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        loop = asyncio.get_running_loop()
+        worker = StoreThread("sqlite-store")
         try:
-            db = await loop.run_in_executor(worker, _connect, path)
+            db = await worker.run(lambda: _connect(path))
         except BaseException:
-            worker.shutdown(wait=False)
+            await worker.stop()
             raise
         return cls(db, worker, retention_seconds)
 
@@ -112,7 +110,7 @@ class SqliteStore(CreateTask):
                 if db.in_transaction:
                     db.rollback()
                 raise Unavailable(f"sqlite store: {exc}") from exc
-        return await asyncio.get_running_loop().run_in_executor(self.worker, guarded, self.db)
+        return await self.worker.run(lambda: guarded(self.db))
 
     # ---- workflows ------------------------------------------------------------------------
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
@@ -397,7 +395,7 @@ class SqliteStore(CreateTask):
 
     async def close(self) -> None:
         await self._run(lambda db: db.close())
-        self.worker.shutdown(wait=True)
+        await self.worker.stop()
 
     # ---- helpers --------------------------------------------------------------------------
     async def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -149,12 +150,15 @@ async def bench_fanout(plugin: Proc, quick: bool) -> None:
         "items": "input.items.map(i, {'ms': 100, 'i': i})", "max_concurrency": 100,
         "body": {"id": "nap", "step": {"protocol": "sleep"}}}}})
     channel = grpc.aio.insecure_channel(plugin.address)
-    bare = await repeat(3, lambda: fanout_floor(protocol_pb2_grpc.ProtocolServiceStub(channel), 100, 100))
+    stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
+    await fanout_floor(stub, 100, 100)
+    await client.run("fan", unary=True)  # warm both up
+    bare, fan_ms, fan_unary_ms = Stat(), Stat(), Stat()
+    for _ in range(3 if quick else 7):  # rounds interleaved, so the drift of the machine falls on all three alike
+        bare.runs.append(await fanout_floor(stub, 100, 100))
+        fan_ms.runs.append(await client.run("fan") * 1000)
+        fan_unary_ms.runs.append(await client.run("fan", unary=True) * 1000)
     await channel.close()
-    fan = await repeat(3, lambda: client.run("fan"))
-    fan_ms = Stat([r * 1000 for r in fan.runs])
-    fan_unary = await repeat(3, lambda: client.run("fan", unary=True))
-    fan_unary_ms = Stat([r * 1000 for r in fan_unary.runs])
     mapped = await repeat(3, lambda: client.run("map", {"items": list(range(items))}))
     ideal = items / 100 * 0.1
     table("Fan-out (plugin sleeps 100 ms per call)", [
@@ -277,7 +281,7 @@ async def main() -> None:
     args = parser.parse_args()
     baseline = prepare(args.baseline) if args.baseline else None
     plugin = start_plugin()
-    suites = {"chains": partial(bench_chains, baseline=baseline, variants=args.variant),
+    suites: dict[str, Callable[[Proc, bool], Awaitable[None]]] = {"chains": partial(bench_chains, baseline=baseline, variants=args.variant),
               "steps": partial(bench_floors_and_orchestrated, baseline=baseline), "fanout": bench_fanout, "streaming": bench_streaming,
               "replicas": bench_replicas, "scale": bench_scale, "capacity": bench_capacity,
               "admission": bench_admission, "cluster": bench_cluster, "layout": partial(bench_layout, baseline=baseline),

@@ -38,10 +38,11 @@ def start_testkit(*extra: str) -> Proc:
 async def bench_admission(plugin: Proc, quick: bool) -> None:
     pairs, rounds, total = (150, 3, 192) if quick else (600, 5, 640)
     plain, limited = start_testkit(), start_testkit("--capacity", "gpus=1000")
-    setups = [("capacity unset (no admission)", plain, {}),
+    setups: list[tuple[str, Proc, dict[str, str]]] = [("capacity unset (no admission)", plain, {}),
               ("capacity set and free, kept grants off", limited, {"MCP_CAPACITY_KEEP_SECONDS": "0"}),
               ("capacity set and free, kept grants on", limited, {})]
-    servers = [start_orchestrator(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [box.address], **env) for _, box, env in setups]
+    servers = [start_orchestrator(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [box.address], "bench", None, **env)
+               for _, box, env in setups]
     clients = [Orchestrated(s.address) for s in servers]
     try:
         runs: list[Callable[[], Awaitable[float]]] = []

@@ -57,7 +57,7 @@ async def bench_cluster(plugin: Proc, quick: bool) -> None:
         for server in servers:
             server.stop()
         cluster.stop()
-    rows = []
+    rows: list[tuple[str, Stat | float | str, str]] = []
     for system in systems:
         redis_cpu = sum(v for k, values in system.cpu_by_process.items() if k.startswith("redis") for v in [sorted(values)[len(values) // 2]])
         rows += [(f"{system.name}: 3-step p50 ms", system.p50, ""), (f"{system.name}: chains/s, 64 in flight", system.rate, ""),

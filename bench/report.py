@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from bench.harness import Stat
@@ -11,7 +12,7 @@ REDIS = os.environ.get("MCP_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 RESULTS: dict[str, Any] = {}
 
 
-def table(title: str, rows: list[tuple[str, Stat | float | str, str]]) -> None:
+def table(title: str, rows: Sequence[tuple[str, Stat | float | str, str]]) -> None:
     print(f"\n{title}")
     print(f"  {'measure':<52}{'median':>12}{'min':>12}{'max':>12}  note")
     for name, stat, note in rows:

@@ -118,7 +118,7 @@ class LocalCluster:
         while time.monotonic() < deadline:
             client = redis.Redis(port=live[0], socket_timeout=2)
             try:
-                owners = {int(owner[1]) for _, _, owner, *_ in client.execute_command("CLUSTER SLOTS")}
+                owners = {int(owner[1]) for _, _, owner, *_ in client.execute_command("CLUSTER SLOTS")}  # type: ignore[no-untyped-call]
                 if dead not in owners and len(owners) == 3:
                     self.wait_ok(timeout)
                     return

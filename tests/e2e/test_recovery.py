@@ -4,12 +4,8 @@ snapshot, finished steps are not called again, and the event log stays gapless."
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,21 +14,15 @@ from mcp_sdk.proto import task_pb2
 from tests.conftest import Client, client_for_address
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, plugin_stats, step, submit, wait_done, workflow
+from tests.support.processes import replica_set
+from tests.support.processes import start_orchestrator as start_process
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
 
 
-def start_orchestrator(address: str, store: str, plugin_address: str, replica: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "MCP_LEASE_SECONDS": "1.5"}
-    process = subprocess.Popen([sys.executable, "-m", "mcp_server", "--listen", address, "--store", store, "--plugin", plugin_address,
-                                "--replica-id", replica], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "listening on" in line:
-            break
-    assert process.poll() is None, "orchestrator did not start"
-    return process
+def start_orchestrator(address: str, store: str, plugin_address: str, replica: str) -> subprocess.Popen[bytes]:
+    return start_process(address, store, [plugin_address], replica, MCP_LEASE_SECONDS="1.5")
 
 
 def connect(address: str) -> Client:
@@ -99,25 +89,8 @@ async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, t
         second.wait(timeout=15)
 
 
-@contextlib.asynccontextmanager
-async def replica_set(count: int, store: str, plugin: str, name: str) -> AsyncIterator[tuple[list[subprocess.Popen[str]], list[Client]]]:
-    """`count` orchestrator processes on one store, with a client for each; all stopped after."""
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(count)]
-    replicas = [start_orchestrator(a, store, plugin, f"{name}{i}") for i, a in enumerate(addresses)]
-    clients = [connect(a) for a in addresses]
-    try:
-        yield replicas, clients
-    finally:
-        for client in clients:
-            await client.channel.close()
-        for process in replicas:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=15)
-
-
 async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, testkit, redis_url):
-    async with replica_set(3, redis_url, plugins["testkit"].address, "replica-") as (replicas, clients):
+    async with replica_set(3, redis_url, [plugins["testkit"].address], "replica-", MCP_LEASE_SECONDS="1.5") as (replicas, clients):
         wf = workflow("three", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 200}") for i in range(1, 4)]}})
         await create(clients[0], wf)
         tasks = [await submit(clients[i % 3], "three") for i in range(200)]
@@ -141,7 +114,7 @@ async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, te
 
 
 async def test_cancel_on_one_replica_stops_a_task_running_on_another(plugins, testkit, redis_url):
-    async with replica_set(2, redis_url, plugins["testkit"].address, "r") as (_, clients):
+    async with replica_set(2, redis_url, [plugins["testkit"].address], "r", MCP_LEASE_SECONDS="1.5") as (_, clients):
         await create(clients[0], workflow("long-haul", step("nap", "sleep", "{'ms': 20000}")))
         task = await submit(clients[0], "long-haul")
         started = None

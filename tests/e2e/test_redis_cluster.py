@@ -21,7 +21,7 @@ from tests.conftest import Client, client_for_address
 from tests.e2e.test_recovery import assert_gapless, assert_no_finished_step_ran_twice
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, plugin_stats, step, submit, workflow
-from tests.support.processes import start_orchestrator
+from tests.support.processes import replica_set
 from tests.support.redis_cluster import LocalCluster, start_cluster
 
 pytestmark = pytest.mark.asyncio
@@ -35,21 +35,6 @@ def own_cluster() -> Any:
     cluster = start_cluster()
     yield cluster
     cluster.stop()
-
-
-async def orchestrators(count: int, store: str, plugin: str, name: str) -> tuple[list[subprocess.Popen[bytes]], list[Client]]:
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(count)]
-    processes = [start_orchestrator(a, store, [plugin], f"{name}{i}", MCP_LEASE_SECONDS="1.5") for i, a in enumerate(addresses)]
-    return processes, [client_for_address(a) for a in addresses]
-
-
-async def stop(processes: list[subprocess.Popen[bytes]], clients: list[Client]) -> None:
-    for client in clients:
-        await client.channel.close()
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=15)
 
 
 async def follow(client: Client, task_id: str) -> list[task_pb2.TaskEvent]:
@@ -78,8 +63,7 @@ def keys_per_master(cluster: LocalCluster, prefix: str) -> dict[int, int]:
 
 
 async def test_three_orchestrators_spread_300_tasks_over_every_master(plugins, testkit, redis_cluster, cluster_url):
-    processes, clients = await orchestrators(3, cluster_url, plugins["testkit"].address, "spread")
-    try:
+    async with replica_set(3, cluster_url, [plugins["testkit"].address], "spread", MCP_LEASE_SECONDS="1.5") as (_, clients):
         await create(clients[0], workflow("quick", {"id": "root", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}}))
         tasks = await asyncio.gather(*(submit(clients[i % 3], "quick") for i in range(300)))
         logs = await asyncio.gather(*(follow(clients[i % 3], t.task_id) for i, t in enumerate(tasks)))
@@ -89,13 +73,10 @@ async def test_three_orchestrators_spread_300_tasks_over_every_master(plugins, t
         assert len(spread) == 3 and all(count > 100 for count in spread.values()), spread
         listed = await clients[1].tasks.ListTasks(task_pb2.ListTasksRequest(page_size=1000))
         assert listed.total_size == 300 and len(listed.tasks) == 300
-    finally:
-        await stop(processes, clients)
 
 
 async def test_a_killed_orchestrator_s_tasks_finish_elsewhere_on_the_cluster(plugins, testkit, cluster_url):
-    processes, clients = await orchestrators(3, cluster_url, plugins["testkit"].address, "crash")
-    try:
+    async with replica_set(3, cluster_url, [plugins["testkit"].address], "crash", MCP_LEASE_SECONDS="1.5") as (processes, clients):
         await create(clients[0], CHAIN)
         tasks = await asyncio.gather(*(submit(clients[i % 3], "chain") for i in range(30)))
         await asyncio.sleep(0.4)
@@ -108,14 +89,11 @@ async def test_a_killed_orchestrator_s_tasks_finish_elsewhere_on_the_cluster(plu
             assert_gapless(log)
             assert_no_finished_step_ran_twice(log, calls)
         assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for log in logs for e in log), "the killed replica ran nothing"
-    finally:
-        await stop(processes, clients)
 
 
 async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins, testkit, own_cluster):
     store = f"{own_cluster.url}?prefix=failover:&wait_replicas=1"
-    processes, clients = await orchestrators(2, store, plugins["testkit"].address, "failover")
-    try:
+    async with replica_set(2, store, [plugins["testkit"].address], "failover", MCP_LEASE_SECONDS="1.5") as (_, clients):
         await create(clients[0], CHAIN)
         tasks = await asyncio.gather(*(submit(clients[i % 2], "chain") for i in range(24)))
         watchers = [asyncio.create_task(follow(clients[0], t.task_id)) for t in tasks]  # all on one surviving orchestrator
@@ -136,8 +114,6 @@ async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins,
                 await asyncio.sleep(0.2)
         health = health_pb2_grpc.HealthStub(clients[1].channel)
         assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        await stop(processes, clients)
 
 
 # ---- bad input -------------------------------------------------------------------------------

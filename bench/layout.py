@@ -20,6 +20,7 @@ from bench.report import table
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.context import make_event, now
 from mcp_server.state import open_store
+from tests.support.redis_server import start_redis_server
 
 PAYLOADS = {"100 B": 100, "10 KB": 10_000, "100 KB": 100_000}
 LENGTHS = (10, 200)
@@ -29,17 +30,7 @@ def start_aof_redis() -> tuple[subprocess.Popen[bytes], str]:
     """A private Redis that appends every write to its AOF, and never rewrites it during a run."""
     port = free_port()
     directory = tempfile.mkdtemp(prefix="bench-redis-")
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
-                                "--appendonly", "yes", "--appendfsync", "no", "--auto-aof-rewrite-percentage", "0"],
-                               stdout=subprocess.DEVNULL)
-    client = redis_sync.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis_sync.ConnectionError:
-            time.sleep(0.05)
-    client.close()
+    process = start_redis_server(port, directory, "--appendonly", "yes", "--appendfsync", "no", "--auto-aof-rewrite-percentage", "0")
     return process, f"redis://127.0.0.1:{port}/0"
 
 

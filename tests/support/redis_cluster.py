@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from tests.support.redis_server import redis_server_binary
+from tests.support.redis_server import redis_server_binary, start_redis_server
 
 NODE_TIMEOUT_MS = 2000
 
@@ -60,21 +60,8 @@ class LocalCluster:
     def start_node(self, port: int) -> None:
         node_dir = os.path.join(self.directory, str(port))
         os.makedirs(node_dir, exist_ok=True)
-        self.processes[port] = subprocess.Popen(
-            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", node_dir, "--save", "",
-             "--appendonly", "yes", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-             "--cluster-node-timeout", str(NODE_TIMEOUT_MS)], stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=port, socket_connect_timeout=0.5)
-        try:
-            for _ in range(100):
-                try:
-                    client.ping()
-                    return
-                except redis.RedisError:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-        raise RuntimeError(f"redis cluster node {port} did not start")
+        self.processes[port] = start_redis_server(port, node_dir, "--appendonly", "yes", "--cluster-enabled", "yes",
+                                                  "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))
 
     def masters(self) -> list[int]:
         """The ports of the nodes that are masters now (and serve slots)."""

@@ -41,17 +41,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_private_redis(port: int, directory: str, persistent: bool = False) -> subprocess.Popen[bytes]:
-    args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", ""]
-    args += ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+def start_redis_server(port: int, directory: str, *options: str) -> subprocess.Popen[bytes]:
+    """redis-server on 127.0.0.1:`port`, keeping its files in `directory`, with `options`;
+    returns once it answers."""
+    process = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
+                                "--save", "", *options], stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         if _answers(url):
             return process
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError("redis-server did not start")
+    raise RuntimeError(f"redis-server on port {port} did not start")
+
+
+def start_private_redis(port: int, directory: str, persistent: bool = False) -> subprocess.Popen[bytes]:
+    return start_redis_server(port, directory, *(("--appendonly", "yes", "--appendfsync", "always") if persistent else ("--appendonly", "no")))
 
 
 class TestRedis:

@@ -216,21 +216,10 @@ class Orchestrator:
             final = assemble(fixed_part(task), live)
             if final.status in TERMINAL:
                 return self.views.basic(final), created
-        await self._until_ended(task.task_id, task.last_sequence, principal)
+        # It runs elsewhere (or its run here did not end it): follow its log as a watcher does.
+        async for _ in self.watch_task_batches(task.task_id, task.last_sequence, principal):
+            pass
         return self.views.basic(await self._header(task.task_id, principal)), created
-
-    async def _until_ended(self, task_id: str, after_sequence: int, principal: Principal) -> None:
-        """Follow the task's log (as a watcher, within the same limit) until its terminal event."""
-        with self._watching(task_id):
-            sequence = after_sequence
-            while True:
-                events = await self.store.wait_events(task_id, sequence, timeout=1.0)
-                if any(event.type in TERMINAL_EVENTS for event in events):
-                    return
-                if events:
-                    sequence = events[-1].sequence
-                elif (await self._header(task_id, principal)).status in TERMINAL:
-                    return
 
     @contextlib.contextmanager
     def _watching(self, task_id: str) -> Iterator[None]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from mcp_sdk.proto import task_pb2
@@ -76,19 +75,22 @@ class Dispatcher:
         snapshot.CopyFrom(task)  # the run changes its copy; the caller keeps its own
         self._start(snapshot, lease_token)
 
-    def end_of(self, task_id: str) -> Awaitable[bytes | None] | None:
-        """For a task running here: an awaitable of the live part of its header once its run
-        has ended and written it (None if the run ended otherwise: lease lost, store trouble).
-        None when the task does not run here. Waiting does not hold up or cancel the run."""
+    def end_of(self, task_id: str) -> asyncio.Future[bytes | None] | None:
+        """For a task running here: a future of the live part of its header once its run has
+        ended and written it (None if the run ended otherwise: lease lost, store trouble, this
+        replica stopping). None when the task does not run here. Waiting on the future (or
+        dropping it) neither holds up nor cancels the run."""
         running = self._running.get(task_id)
         if running is None:
             return None
+        ended: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
-        async def ended() -> bytes | None:
-            await asyncio.shield(running.task)
-            return running.final_live
+        def settle(run: asyncio.Task[None]) -> None:
+            if not ended.done():
+                ended.set_result(None if run.cancelled() else running.final_live)
 
-        return ended()
+        running.task.add_done_callback(settle)
+        return ended
 
     async def cancel(self, task_id: str, reason: str) -> bool:
         """Cancel a task running here: its plugin calls are cancelled and it ends CANCELLED.

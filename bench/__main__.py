@@ -152,12 +152,12 @@ async def bench_fanout(plugin: Proc, quick: bool) -> None:
     channel = grpc.aio.insecure_channel(plugin.address)
     stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
     await fanout_floor(stub, 100, 100)
-    await client.run("fan", unary=True)  # warm both up
+    await client.run("fan", read="run")  # warm both up
     bare, fan_ms, fan_unary_ms = Stat(), Stat(), Stat()
     for _ in range(3 if quick else 7):  # rounds interleaved, so the drift of the machine falls on all three alike
         bare.runs.append(await fanout_floor(stub, 100, 100))
         fan_ms.runs.append(await client.run("fan") * 1000)
-        fan_unary_ms.runs.append(await client.run("fan", unary=True) * 1000)
+        fan_unary_ms.runs.append(await client.run("fan", read="run") * 1000)
     await channel.close()
     mapped = await repeat(3, lambda: client.run("map", {"items": list(range(items))}))
     ideal = items / 100 * 0.1

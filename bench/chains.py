@@ -118,10 +118,12 @@ async def bench_chains(plugin: Proc, quick: bool, baseline: Path | None = None, 
             await client.run("three")
             systems.append(System(name, _runner(client), {**here, "orchestrator": orchestrator.process.pid}))
             if name == "this server, redis store":
-                systems.append(System(f"{name}, WatchTaskEvents", _runner(client, batched=True),
+                systems.append(System(f"{name}, WatchTaskEvents", _runner(client, "events"),
                                       {**here, "orchestrator": orchestrator.process.pid}))
             if code is None and not env:
-                systems.append(System(f"{name}, RunTask", _runner(client, unary=True), {**here, "orchestrator": orchestrator.process.pid}))
+                systems.append(System(f"{name}, SubmitAndWatchTask", _runner(client, "submit-watch"),
+                                      {**here, "orchestrator": orchestrator.process.pid}))
+                systems.append(System(f"{name}, RunTask", _runner(client, "run"), {**here, "orchestrator": orchestrator.process.pid}))
         for _ in range(rounds):
             for system in systems:
                 await system.round(samples, total)
@@ -136,8 +138,8 @@ async def bench_chains(plugin: Proc, quick: bool, baseline: Path | None = None, 
     table("3-step chain of no-op steps against the thinnest orchestrator (same run, rounds interleaved)", rows)
 
 
-def _runner(client: Orchestrated, batched: bool = False, unary: bool = False) -> Callable[[], Awaitable[float]]:
-    return lambda: client.run("three", batched=batched, unary=unary)
+def _runner(client: Orchestrated, read: str = "watch") -> Callable[[], Awaitable[float]]:
+    return lambda: client.run("three", read=read)
 
 
 async def bare_chain(stub: protocol_pb2_grpc.ProtocolServiceStub, steps: int) -> None:

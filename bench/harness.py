@@ -114,25 +114,30 @@ class Orchestrated:
         workflow = json_format.ParseDict(definition, workflow_pb2.Workflow())
         await self.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow))
 
-    async def run(self, workflow_id: str, data: dict[str, Any] | None = None, batched: bool = False, unary: bool = False) -> float:
-        """Seconds from submit to the terminal event, read with WatchTask (or, batched,
-        WatchTaskEvents); `unary`: one RunTask call, answered with the finished task."""
+    async def run(self, workflow_id: str, data: dict[str, Any] | None = None, read: str = "watch") -> float:
+        """Seconds from submit to the end of the task, read by `read`: "watch" (SubmitTask, then
+        WatchTask), "events" (SubmitTask, then WatchTaskEvents), "submit-watch" (one
+        SubmitAndWatchTask stream) or "run" (one RunTask call, answered with the finished task)."""
         started = time.perf_counter()
         request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id)
         if data:
             request.input_data.update(data)
-        if unary:
+        if read == "run":
             finished = (await self.tasks.RunTask(request)).task
             assert finished.status == task_pb2.TASK_STATUS_COMPLETED, finished
             return time.perf_counter() - started
-        task = (await self.tasks.SubmitTask(request)).task
-        watch = task_pb2.WatchTaskRequest(task_id=task.task_id)
-        if batched:
-            async for message in self.tasks.WatchTaskEvents(watch):
-                last = message.events[-1]
+        if read == "submit-watch":
+            async for reply in self.tasks.SubmitAndWatchTask(request):
+                last = reply.events[-1]
         else:
-            async for event in self.tasks.WatchTask(watch):
-                last = event
+            task = (await self.tasks.SubmitTask(request)).task
+            watch = task_pb2.WatchTaskRequest(task_id=task.task_id)
+            if read == "events":
+                async for message in self.tasks.WatchTaskEvents(watch):
+                    last = message.events[-1]
+            else:
+                async for event in self.tasks.WatchTask(watch):
+                    last = event
         elapsed = time.perf_counter() - started
         assert last.type == task_pb2.TASK_EVENT_TYPE_COMPLETED, last
         return elapsed

@@ -1,6 +1,7 @@
-"""`python -m bench.profile [--store redis|sqlite] [--seconds N] [--unary]`: sample the orchestrator with
-py-spy while clients run 3-step chains, 64 in flight, and print where its time goes (own time
-and total time per function). The profile-and-fix rounds in docs/performance.md start here."""
+"""`python -m bench.profile [--store redis|sqlite] [--seconds N] [--read watch|events|submit-watch|run]`: sample the
+orchestrator with py-spy while clients run 3-step chains, 64 in flight, each read by WatchTask,
+WatchTaskEvents, one SubmitAndWatchTask stream or one RunTask call, and print where its time goes (own time and total time per
+function). The profile-and-fix rounds in docs/performance.md start here."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from bench.harness import Orchestrated, chain, start_orchestrator, start_plugin
 from bench.report import REDIS
 
 
-async def load(address: str, seconds: float, unary: bool, in_flight: int = 64) -> int:
+async def load(address: str, seconds: float, read: str, in_flight: int = 64) -> int:
     client = Orchestrated(address)
     await client.create(chain("three", 3))
     done = 0
@@ -29,7 +30,7 @@ async def load(address: str, seconds: float, unary: bool, in_flight: int = 64) -
     async def worker() -> None:
         nonlocal done
         while time.monotonic() < stop:
-            await client.run("three", unary=unary)
+            await client.run("three", read=read)
             done += 1
 
     await asyncio.gather(*(worker() for _ in range(in_flight)))
@@ -62,7 +63,8 @@ async def main() -> None:
     parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--top", type=int, default=40)
-    parser.add_argument("--unary", action="store_true", help="RunTask instead of SubmitTask + WatchTask")
+    parser.add_argument("--read", choices=["watch", "events", "submit-watch", "run"], default="watch",
+                        help="how a chain's end is read: SubmitTask + WatchTask, SubmitTask + WatchTaskEvents, SubmitAndWatchTask, or RunTask")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     plugin = start_plugin()
@@ -75,7 +77,7 @@ async def main() -> None:
             spy, "record", "--pid", str(orchestrator.process.pid), "--format", "raw", "--output", str(out),
             "--duration", str(int(args.seconds)), "--rate", "250", "--nonblocking",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        done = await load(orchestrator.address, args.seconds, args.unary)
+        done = await load(orchestrator.address, args.seconds, args.read)
         await asyncio.wait_for(recorder.wait(), 60)
         print(f"{done} chains in {args.seconds:.0f} s: {done / args.seconds:.0f}/s")
         summarize(out, args.top)

@@ -310,6 +310,18 @@ class Orchestrator:
                                  principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[list[task_pb2.TaskEvent]]:
         """watch_task, the events that are ready together in one list."""
         await self._header(task_id, principal)
+        async for batch in self._follow(task_id, after_sequence, principal):
+            yield batch
+
+    async def submit_and_watch(self, request: task_pb2.SubmitTaskRequest,
+                               principal: Principal = ANONYMOUS_ADMIN) -> tuple[task_pb2.Task, bool, AsyncIterator[list[task_pb2.TaskEvent]]]:
+        """submit_task, and the task's events from its first, as watch_task_batches gives them.
+        The task is the caller's own (its id is derived from the principal), so no header is read."""
+        task, created = await self.submit_task(request, principal)
+        return task, created, self._follow(task.task_id, 0, principal)
+
+    async def _follow(self, task_id: str, after_sequence: int, principal: Principal) -> AsyncIterator[list[task_pb2.TaskEvent]]:
+        """The events of a task the caller may see, after `after_sequence`, until the terminal one."""
         with self._watching(task_id):
             sequence = after_sequence
             events = await self.store.wait_events(task_id, sequence, timeout=0)

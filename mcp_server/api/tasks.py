@@ -31,6 +31,16 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         task, created = await self.orchestrator.run_task(request, current_principal.get(), submitted)
         return task_pb2.SubmitTaskResponse(task=task, created=created)
 
+    async def SubmitAndWatchTask(self, request: task_pb2.SubmitTaskRequest,
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.SubmitAndWatchTaskResponse]:
+        task, created, batches = await self.orchestrator.submit_and_watch(request, current_principal.get())
+        submitted: task_pb2.SubmitTaskResponse | None = task_pb2.SubmitTaskResponse(task=task, created=created)
+        async for batch in batches:
+            yield task_pb2.SubmitAndWatchTaskResponse(submitted=submitted, events=batch)
+            submitted = None
+        if submitted is not None:  # nothing to stream (an ended task whose events are gone): still say which task
+            yield task_pb2.SubmitAndWatchTaskResponse(submitted=submitted)
+
     async def GetTask(self, request: task_pb2.GetTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.GetTaskResponse:
         view = request.view or task_pb2.TASK_VIEW_FULL
         return task_pb2.GetTaskResponse(task=await self.orchestrator.get_task(request.task_id, current_principal.get(), view))

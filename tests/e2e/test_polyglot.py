@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mcp_sdk.proto import registry_pb2, task_pb2
-from tests.helpers import create, result, run, step, workflow
+from tests.helpers import create, events, result, run, step, workflow
 
 pytestmark = pytest.mark.asyncio
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +42,20 @@ async def test_node_client_submits_a_task_and_watches_it_to_the_end(server, clie
     sequences = [e["sequence"] for e in summary["events"]]
     assert sequences == list(range(1, len(sequences) + 1))
     assert summary["events"][-1]["type"] == "TASK_EVENT_TYPE_COMPLETED"
+
+
+async def test_node_client_submits_and_follows_a_task_in_one_stream(server, client):
+    await create(client, workflow("for-node-follow", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
+    proc = await asyncio.create_subprocess_exec(NODE, str(ROOT / "examples/clients/node/client.js"), server.address, "for-node-follow",
+                                                json.dumps({"text": "follow:"}), "--follow", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["status"] == "TASK_STATUS_COMPLETED" and summary["result"]["text"] == "follow:ab"
+    stored = await events(client, summary["task_id"])
+    assert [(e["sequence"], e["step_path"]) for e in summary["events"]] == [(e.sequence, e.step_path) for e in stored]
+    assert summary["events"][0]["type"] == "TASK_EVENT_TYPE_QUEUED" and summary["events"][-1]["type"] == "TASK_EVENT_TYPE_COMPLETED"
 
 
 async def test_node_client_runs_a_task_in_one_run_task_call(server, client):

@@ -257,6 +257,8 @@ async def test_the_blocking_client_does_the_same_from_plain_code(server_factory)
             first_two = client.watch(task.task_id)
             assert [next(first_two).sequence, next(first_two).sequence] == [1, 2]
             first_two.close()  # stopping early closes the stream
+            followed = list(client.submit_and_watch("three-sleeps"))
+            assert_every_event_once(followed, client.get(followed[0].task_id).last_sequence)
             try:
                 client.get("no-such-task")
             except McpError as exc:
@@ -347,3 +349,102 @@ async def test_run_returns_the_result_across_a_kill_9_and_restart_of_the_server(
             if process.poll() is None:
                 process.terminate()
                 process.wait(timeout=15)
+
+
+# ---- submit_and_watch: SubmitAndWatchTask ----------------------------------------------------
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_submit_and_watch_delivers_every_event_once_across_a_kill_9_and_restart(plugins, tmp_path, request, backend):
+    """The stream that submitted the task dies with the server; the SDK goes on watching after
+    the last event it delivered, on the restarted server, which takes the task over."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    env = {"MCP_LEASE_SECONDS": "1.5"}
+    server = start_orchestrator(address, store, [plugins["testkit"].address], "first", **env)
+    restarted: list[subprocess.Popen[bytes]] = []
+
+    async def kill_and_restart() -> None:
+        server.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(server.wait, 10)
+        await asyncio.sleep(0.5)
+        restarted.append(await asyncio.to_thread(start_orchestrator, address, store, [plugins["testkit"].address], "second", **env))
+
+    try:
+        async with Client(address, watch_give_up_after=60) as client:
+            await client.create_workflow(sleeps("six-followed", 6, 300))
+            events: list[task_pb2.TaskEvent] = []
+            restart: asyncio.Task[None] | None = None
+            async with asyncio.timeout(60):
+                async for event in client.submit_and_watch("six-followed", request_id="followed-through-a-crash"):
+                    events.append(event)
+                    if restart is None and event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED and event.step_path == "root/s2":
+                        restart = asyncio.create_task(kill_and_restart())
+            assert restart is not None and restart.done() and restarted, "the server was not restarted during the stream"
+            final = await client.get(events[0].task_id, steps=False)
+            assert final.status == task_pb2.TASK_STATUS_COMPLETED
+            assert_every_event_once(events, final.last_sequence)
+            assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events)
+            assert len((await client.list_tasks(workflow_id="six-followed")).tasks) == 1
+    finally:
+        for process in (server, *restarted):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)
+
+
+async def test_submit_and_watch_delivers_every_event_once_across_dropped_connections(server_factory):
+    running = await server_factory()
+    proxy = await TcpProxy(running.address).start()
+    try:
+        async with Client(proxy.address, watch_give_up_after=30) as client:
+            await client.create_workflow(sleeps("five-followed", 5, 150))
+            events: list[task_pb2.TaskEvent] = []
+            dropped = 0
+            async with asyncio.timeout(30):
+                async for event in client.submit_and_watch("five-followed"):
+                    events.append(event)
+                    if event.type in (E.TASK_EVENT_TYPE_QUEUED, E.TASK_EVENT_TYPE_STEP_COMPLETED):
+                        dropped += proxy.drop()
+            final = await client.get(events[0].task_id, steps=False)
+            assert_every_event_once(events, final.last_sequence)
+            assert dropped >= 5 and proxy.connections >= 5, (dropped, proxy.connections)
+            assert len((await client.list_tasks(workflow_id="five-followed")).tasks) == 1
+    finally:
+        await proxy.stop()
+
+
+async def test_submit_and_watch_asks_again_with_the_same_request_id_when_refused_before_the_first_message():
+    """A server that is unavailable for the first call (nothing streamed, so no task id is
+    known): the SDK asks again with the same request, as a real gRPC server on loopback sees."""
+    from mcp_sdk.proto import task_pb2_grpc
+
+    seen: list[str] = []
+
+    class FlakyTaskService(task_pb2_grpc.TaskServiceServicer):
+        async def SubmitAndWatchTask(self, request, context):
+            seen.append(request.request_id)
+            if len(seen) == 1:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "starting up")
+            task = task_pb2.Task(task_id="t1", status=task_pb2.TASK_STATUS_PENDING)
+            yield task_pb2.SubmitAndWatchTaskResponse(submitted=task_pb2.SubmitTaskResponse(task=task, created=True),
+                                                      events=[task_pb2.TaskEvent(task_id="t1", sequence=1, type=E.TASK_EVENT_TYPE_QUEUED)])
+            yield task_pb2.SubmitAndWatchTaskResponse(events=[task_pb2.TaskEvent(task_id="t1", sequence=2, type=E.TASK_EVENT_TYPE_COMPLETED)])
+
+    async with older_server(FlakyTaskService()) as address, Client(address) as client:
+        assert [e.sequence async for e in client.submit_and_watch("anything")] == [1, 2]
+    assert len(seen) == 2 and seen[0] == seen[1] and seen[0]  # one generated request id, sent twice
+
+
+async def test_submit_and_watch_falls_back_to_submit_and_watch_task_events_on_an_older_server():
+    from mcp_sdk.proto import task_pb2_grpc
+
+    class OlderTaskService(task_pb2_grpc.TaskServiceServicer):
+        async def SubmitTask(self, request, context):
+            return task_pb2.SubmitTaskResponse(task=task_pb2.Task(task_id="t7", status=task_pb2.TASK_STATUS_PENDING), created=True)
+
+        async def WatchTaskEvents(self, request, context):
+            kinds = [E.TASK_EVENT_TYPE_QUEUED, E.TASK_EVENT_TYPE_STARTED, E.TASK_EVENT_TYPE_COMPLETED]
+            yield task_pb2.WatchTaskEventsResponse(events=[task_pb2.TaskEvent(task_id=request.task_id, sequence=i, type=k)
+                                                           for i, k in enumerate(kinds, start=1) if i > request.after_sequence])
+
+    async with older_server(OlderTaskService()) as address, Client(address) as client:
+        assert [(e.task_id, e.sequence) async for e in client.submit_and_watch("anything")] == [("t7", 1), ("t7", 2), ("t7", 3)]

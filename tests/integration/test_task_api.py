@@ -283,3 +283,83 @@ async def test_a_run_task_whose_task_is_cancelled_answers_with_the_cancelled_tas
     assert reply.task.status == task_pb2.TASK_STATUS_CANCELLED and "changed my mind" in reply.task.error.message
     stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
     assert reply.task == stored
+
+
+# ---- SubmitAndWatchTask: submit and follow in one stream ------------------------------------
+async def submit_and_watch(client, request: task_pb2.SubmitTaskRequest) -> list[task_pb2.SubmitAndWatchTaskResponse]:
+    return [reply async for reply in client.tasks.SubmitAndWatchTask(request, timeout=30)]
+
+
+async def test_submit_and_watch_streams_the_submitted_task_then_its_whole_log(client):
+    await create(client, workflow("saw", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "sleep", "{'ms': 50}")]}}))
+    request = task_pb2.SubmitTaskRequest(workflow_id="saw", request_id="saw-once")
+    request.input_data.update({"text": ">"})
+    replies = await submit_and_watch(client, request)
+    first = replies[0].submitted
+    assert first.created and first.task.workflow_id == "saw" and first.task.task_id
+    assert all(not r.HasField("submitted") for r in replies[1:]) and all(r.events for r in replies)
+    streamed = [e for r in replies for e in r.events]
+    assert streamed[0].type == E.TASK_EVENT_TYPE_QUEUED and streamed[-1].type == E.TASK_EVENT_TYPE_COMPLETED
+    assert all(e.task_id == first.task.task_id for e in streamed)
+    assert streamed == await events(client, first.task.task_id)  # the whole log, gap-free, as a watch replays it
+    again = await submit_and_watch(client, request)  # the same request id: the same task, streamed from its first event
+    assert not again[0].submitted.created and again[0].submitted.task.task_id == first.task.task_id
+    assert [e for r in again for e in r.events] == streamed
+
+
+async def test_submit_and_watch_streams_a_failure_to_its_terminal_event(client):
+    await create(client, workflow("saw-fail", step("f", "fail", "{'code': 'INVALID_ARGUMENT', 'message': 'no good'}")))
+    replies = await submit_and_watch(client, task_pb2.SubmitTaskRequest(workflow_id="saw-fail"))
+    last = replies[-1].events[-1]
+    assert last.type == E.TASK_EVENT_TYPE_FAILED and "no good" in last.message
+
+
+async def test_submit_and_watch_refuses_what_submit_refuses_before_streaming(client):
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await submit_and_watch(client, task_pb2.SubmitTaskRequest())
+    assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "workflow_id" in violations(missing.value)
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await submit_and_watch(client, task_pb2.SubmitTaskRequest(workflow_id="nobody-made-this"))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and error_reason(unknown.value) == "WORKFLOW_NOT_FOUND"
+
+
+async def test_a_broken_submit_and_watch_goes_on_with_a_watch_after_the_last_event_seen(client):
+    """The client reads the first messages and drops the stream; the task runs on, and a watch
+    after the last sequence it saw gives the rest of the log, nothing twice, nothing missing."""
+    await create(client, workflow("saw-cut", {"id": "r", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 60}") for i in range(3)]}}))
+    call = client.tasks.SubmitAndWatchTask(task_pb2.SubmitTaskRequest(workflow_id="saw-cut"), timeout=30)
+    seen: list[task_pb2.TaskEvent] = []
+    task_id = ""
+    async for reply in call:
+        task_id = task_id or reply.submitted.task.task_id
+        seen += reply.events
+        if any(e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED for e in seen):
+            break
+    call.cancel()
+    rest = [e async for m in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=seen[-1].sequence))
+            for e in m.events]
+    assert seen + rest == await events(client, task_id)
+    assert rest[-1].type == E.TASK_EVENT_TYPE_COMPLETED
+
+
+async def test_submit_and_watch_on_redis_follows_a_task_another_replica_runs(server_factory, redis_url):
+    """Two replicas on one Redis; the one called has no room to run anything, so the other
+    claims the task: the stream follows it there, from the first event to the last."""
+    from dataclasses import replace
+
+    from mcp_server.settings import Limits
+    from tests.conftest import client_for
+
+    worker = await server_factory(redis_url)
+    front = await server_factory(redis_url, limits=replace(Limits(), max_tasks_in_flight=0))
+    clients = [client_for(worker), client_for(front)]
+    await create(clients[0], workflow("saw-redis", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
+    for client in clients:
+        replies = await submit_and_watch(client, task_pb2.SubmitTaskRequest(workflow_id="saw-redis"))
+        task_id = replies[0].submitted.task.task_id
+        streamed = [e for r in replies for e in r.events]
+        assert streamed == await events(client, task_id) and streamed[-1].type == E.TASK_EVENT_TYPE_COMPLETED
+        started = [e for e in streamed if e.type == E.TASK_EVENT_TYPE_STARTED]
+        assert started[0].data.fields["replica"].string_value == worker.orchestrator.settings.replica_id
+    for client in clients:
+        await client.channel.close()

@@ -136,6 +136,28 @@ async def test_tasks_are_isolated_per_principal_and_admins_see_all(authed):
     assert (await tasks.GetTask(task_pb2.GetTaskRequest(task_id=alices.task_id), metadata=as_user("root"))).task.owner == "alice"
 
 
+async def test_submit_and_watch_streams_only_the_caller_s_own_task(authed):
+    """The same request id from two principals makes two tasks: each stream shows its caller's
+    task only; without a token the call is refused before anything is submitted."""
+    _, channel = authed
+    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+    await workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow("followed", step("s", "echo"))), metadata=as_user("writer"))
+    request = task_pb2.SubmitTaskRequest(workflow_id="followed", request_id="same-key")
+    streams = {}
+    for name in ("alice", "bob"):
+        streams[name] = [r async for r in tasks.SubmitAndWatchTask(request, metadata=as_user(name))]
+    alices, bobs = (streams[name][0].submitted.task for name in ("alice", "bob"))
+    assert alices.owner == "alice" and bobs.owner == "bob" and alices.task_id != bobs.task_id
+    assert {e.task_id for r in streams["bob"] for e in r.events} == {bobs.task_id}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in tasks.SubmitAndWatchTask(task_pb2.SubmitTaskRequest(workflow_id="followed", request_id="no-token")):
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    listed = (await tasks.ListTasks(task_pb2.ListTasksRequest(workflow_id="followed"), metadata=as_user("root"))).tasks
+    assert {t.task_id for t in listed} == {alices.task_id, bobs.task_id}  # nothing submitted without a token
+
+
 async def test_workflow_and_registry_changes_need_their_roles(authed):
     _, channel = authed
     workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)

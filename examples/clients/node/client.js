@@ -1,7 +1,8 @@
 // A Node.js client of the mCP orchestrator: submit a task, watch it live, print a JSON summary.
-// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run]
+// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run | --follow]
 // With --run: one RunTask call (submit and wait), with a deadline, so the task id also comes at
-// once in the `mcp-task-id` response header.
+// once in the `mcp-task-id` response header. With --follow: one SubmitAndWatchTask stream (submit,
+// then every event to the end; the first message names the task).
 'use strict';
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
@@ -68,17 +69,32 @@ async function main() {
     tasks.close();
     return;
   }
-  const { task } = await submit({ workflow_id: workflowId, input_data: toStruct(input), request_id: `node-${Date.now()}` });
+  const request = { workflow_id: workflowId, input_data: toStruct(input), request_id: `node-${Date.now()}` };
   const events = [];
-  await new Promise((resolve, reject) => {
-    const stream = tasks.WatchTask({ task_id: task.task_id, after_sequence: 0 });
-    stream.on('data', (event) => {
-      events.push({ sequence: event.sequence, type: event.type, step_path: event.step_path });
-      process.stderr.write(`${event.sequence} ${event.type} ${event.step_path}\n`);
+  const seen = (event) => {
+    events.push({ sequence: event.sequence, type: event.type, step_path: event.step_path });
+    process.stderr.write(`${event.sequence} ${event.type} ${event.step_path}\n`);
+  };
+  let task;
+  if (process.argv.includes('--follow')) {
+    await new Promise((resolve, reject) => {
+      const stream = tasks.SubmitAndWatchTask(request);
+      stream.on('data', (reply) => {
+        if (reply.submitted) task = reply.submitted.task;
+        reply.events.forEach(seen);
+      });
+      stream.on('end', resolve);
+      stream.on('error', reject);
     });
-    stream.on('end', resolve);
-    stream.on('error', reject);
-  });
+  } else {
+    ({ task } = await submit(request));
+    await new Promise((resolve, reject) => {
+      const stream = tasks.WatchTask({ task_id: task.task_id, after_sequence: 0 });
+      stream.on('data', seen);
+      stream.on('end', resolve);
+      stream.on('error', reject);
+    });
+  }
   const final = (await get({ task_id: task.task_id })).task;
   console.log(JSON.stringify({ task_id: task.task_id, status: final.status, result: fromValue(final.result), events }));
   tasks.close();

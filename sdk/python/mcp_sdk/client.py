@@ -356,6 +356,48 @@ class Client:
                 call.cancel()
             await backoff.sleep()
 
+    async def submit_and_watch(self, workflow_id: str, input: Mapping[str, JsonValue] | None = None, *,
+                               request_id: str | None = None, priority: int = 0, labels: Mapping[str, str] | None = None,
+                               version: int = 0) -> AsyncGenerator[task_pb2.TaskEvent, None]:
+        """Submit a task and yield its events from the first (QUEUED, which names the task in
+        `task_id`) to the terminal one, each once, in one SubmitAndWatchTask stream (options as
+        `submit`). A cut connection or a restarting server is waited out as `watch` does: once the
+        task is known the watch goes on after the last event delivered, before that the same
+        request id is asked again, which streams the same task. On a server without
+        SubmitAndWatchTask: `submit`, then `watch`."""
+        request = _submit_request(workflow_id, input, request_id, priority, labels, version)
+        backoff = Backoff(give_up_after=self.watch_give_up_after)
+        last = 0
+        task_id = ""
+        while not task_id:
+            call: Any = self.tasks.SubmitAndWatchTask(request, metadata=self._metadata)
+            try:
+                async for reply in call:
+                    if reply.HasField("submitted"):
+                        task_id = reply.submitted.task.task_id
+                    for event in reply.events:
+                        if event.sequence <= last:
+                            continue
+                        last = event.sequence
+                        backoff.reset()
+                        yield event
+                        if event.type in TERMINAL_EVENTS:
+                            return
+                if task_id:  # ended cleanly: the task ended and nothing is left
+                    return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    task_id = (await self._call(self.tasks.SubmitTask, request)).task.task_id
+                    break
+                if exc.code() not in RESUMABLE_CODES or backoff.exhausted():
+                    raise McpError.from_rpc_error(exc) from None
+            finally:
+                call.cancel()
+            if not task_id:
+                await backoff.sleep()
+        async for event in self.watch(task_id, after=last):
+            yield event
+
     async def result(self, task_id: str, timeout: float | None = None) -> JsonValue:
         """Wait for the task to end; return its result as plain values, or raise TaskFailed (with the
         task's error code and message) or TaskCancelled. `timeout` (seconds) raises TimeoutError."""

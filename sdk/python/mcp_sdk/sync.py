@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -94,8 +94,14 @@ class SyncClient:
 
     def watch(self, task_id: str, after: int = 0) -> Iterator[task_pb2.TaskEvent]:
         """The events of `Client.watch`, as a plain iterator (close it to stop watching early)."""
-        events = self._client.watch(task_id, after)
+        return self._iterate(self._client.watch(task_id, after))
 
+    def submit_and_watch(self, workflow_id: str, input: Mapping[str, JsonValue] | None = None,
+                         **submit_options: Any) -> Iterator[task_pb2.TaskEvent]:
+        """The events of `Client.submit_and_watch`, as a plain iterator."""
+        return self._iterate(self._client.submit_and_watch(workflow_id, input, **submit_options))
+
+    def _iterate(self, events: AsyncGenerator[task_pb2.TaskEvent, None]) -> Iterator[task_pb2.TaskEvent]:
         async def next_event() -> task_pb2.TaskEvent:
             return await anext(events)
         try:

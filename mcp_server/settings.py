@@ -91,6 +91,10 @@ class Settings:
     metrics_sample_seconds: float = 5.0
     tracing: str = ""
     log_format: str = "text"
+    # the objects that exist once the server process has started (modules, plans, channels) are
+    # frozen out of the way of Python's cycle collector: a full collection then walks only what
+    # came after (see api/server.py tune_collector)
+    gc_freeze: bool = True
     # the web console on this HOST:PORT ("" off); it calls this server's API like any client, over
     # TLS (trusting console_tls_ca, or the server's own certificate) when the server serves TLS
     console_listen: str = ""

@@ -7,6 +7,7 @@ stop the dispatcher (tasks still running are left to resume), then close the sto
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -173,12 +174,22 @@ async def _report_health(running: RunningServer, interval: float = 1.0) -> None:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     running = await start_server(settings)
+    tune_collector(settings)  # the process's own objects, not in start_server: tests run many servers in one process
     print(f"mCP orchestrator listening on {running.address}", flush=True)
     if running.console is not None:
         print(f"mCP console on {running.console.url}", flush=True)
     await stop_signal()
     log.info("shutting down")
     await running.stop()
+
+
+def tune_collector(settings: Settings) -> None:
+    """Freeze what the started server holds out of the cycle collector's way (Settings.gc_freeze):
+    a full collection walked every object of the process, 40-50 ms on this machine during which
+    no task moves, and cost 11-15% of the CPU of a 100-branch fan-out."""
+    if settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> None:

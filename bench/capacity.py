@@ -27,14 +27,14 @@ def commands(url: str) -> int:
 
 
 async def run_batch(client: Orchestrated, workflow_id: str, count: int, watch: bool) -> None:
-    """`count` tasks, 64 in flight, each read to its end by a watcher, or only submitted (then
-    waited for through ListTasks)."""
+    """`count` tasks, 64 in flight, each submitted and followed to its end in one
+    SubmitAndWatchTask stream, or only submitted (then waited for through ListTasks)."""
     semaphore = asyncio.Semaphore(64)
 
     async def one() -> None:
         async with semaphore:
             if watch:
-                await client.run(workflow_id)
+                await client.run(workflow_id, read="submit-watch")
             else:
                 await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id=workflow_id))
 

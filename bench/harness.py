@@ -128,7 +128,8 @@ class Orchestrated:
             return time.perf_counter() - started
         if read == "submit-watch":
             async for reply in self.tasks.SubmitAndWatchTask(request):
-                last = reply.events[-1]
+                if reply.events:
+                    last = reply.events[-1]
         else:
             task = (await self.tasks.SubmitTask(request)).task
             watch = task_pb2.WatchTaskRequest(task_id=task.task_id)

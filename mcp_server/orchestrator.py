@@ -316,7 +316,8 @@ class Orchestrator:
     async def submit_and_watch(self, request: task_pb2.SubmitTaskRequest,
                                principal: Principal = ANONYMOUS_ADMIN) -> tuple[task_pb2.Task, bool, AsyncIterator[list[task_pb2.TaskEvent]]]:
         """submit_task, and the task's events from its first, as watch_task_batches gives them.
-        The task is the caller's own (its id is derived from the principal), so no header is read."""
+        No header is read to check who may see it: the caller has just submitted it (or, with a
+        request id it used before, it is the task that request id made for this principal)."""
         task, created = await self.submit_task(request, principal)
         return task, created, self._follow(task.task_id, 0, principal)
 

@@ -448,3 +448,21 @@ async def test_submit_and_watch_falls_back_to_submit_and_watch_task_events_on_an
 
     async with older_server(OlderTaskService()) as address, Client(address) as client:
         assert [(e.task_id, e.sequence) async for e in client.submit_and_watch("anything")] == [("t7", 1), ("t7", 2), ("t7", 3)]
+
+
+async def test_submit_and_watch_raises_when_a_server_ends_the_stream_without_naming_the_task():
+    """A broken server (as a real gRPC server on loopback) that ends the stream at once: a clear
+    error, not a retry loop."""
+    from mcp_sdk.proto import task_pb2_grpc
+
+    class BrokenTaskService(task_pb2_grpc.TaskServiceServicer):
+        async def SubmitAndWatchTask(self, request, context):
+            return
+            yield  # an async generator that sends nothing
+
+    async with older_server(BrokenTaskService()) as address, Client(address) as client:
+        with pytest.raises(McpError) as raised:
+            async with asyncio.timeout(10):
+                async for _ in client.submit_and_watch("anything"):
+                    pass
+        assert raised.value.code == grpc.StatusCode.INTERNAL and "without naming the task" in str(raised.value)

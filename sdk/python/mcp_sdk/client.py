@@ -385,6 +385,7 @@ class Client:
                             return
                 if task_id:  # ended cleanly: the task ended and nothing is left
                     return
+                raise McpError(grpc.StatusCode.INTERNAL, "the server ended SubmitAndWatchTask without naming the task")
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     task_id = (await self._call(self.tasks.SubmitTask, request)).task.task_id

@@ -15,6 +15,8 @@ from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, Re
 
 ACTIVE = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
 TERMINAL = (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED)
+# events read from a task's log at once; a watcher that starts behind reads on page by page
+EVENTS_PAGE = 1000
 
 
 def encode_token(value: str) -> str:

@@ -83,6 +83,13 @@ class Followers:
         log = self.logs[key] = FollowedLog(after_sequence)
         return log, True
 
+    def unfollow(self, key: str) -> None:
+        """Stop following `key`, unless someone waits on it: the read that was to fill its log
+        stopped at a page's end, so the log cannot yet continue from the store's end."""
+        log = self.logs.get(key)
+        if log is not None and log.watchers == 0 and not log.waiters:
+            del self.logs[key]
+
     def add(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
         """Events of `key` read from the store, or written by this process."""
         log = self.logs.get(key)

@@ -41,6 +41,7 @@ from mcp_server.engine.ports import CapacityRequest, Checkpoint, StepRecord, Tas
 from mcp_server.errors import FieldViolation, InvalidArgument, LeaseLost, Unavailable
 from mcp_server.state import redis_scripts as lua
 from mcp_server.state.common import (
+    EVENTS_PAGE,
     LAYOUT_MISMATCH,
     LAYOUT_VERSION,
     TERMINAL,
@@ -395,7 +396,7 @@ class RedisStore(CreateTask):
             reasons = await self._do(pipe.execute())
         return {task_id: reason.decode() for task_id, reason in zip(ours, reasons) if reason}
 
-    async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]:
+    async def read_events(self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE) -> list[task_pb2.TaskEvent]:
         key, start = self.layout.task(task_id).events, f"(0-{after_sequence}"
         if self.lane is None:
             entries = await self._do(self.r.xrange(key, start, "+", count=limit))
@@ -413,7 +414,10 @@ class RedisStore(CreateTask):
             # Follow first, then read: what is written meanwhile reaches the hub, what was written
             # before is in the read, so no event falls between the two.
             await self._hub.follow(key, partition, after_sequence)
-            events = await self.read_events(task_id, after_sequence)
+            events = await self.read_events(task_id, after_sequence, EVENTS_PAGE)
+            if len(events) == EVENTS_PAGE:  # more are stored after this page: read on from there next time
+                self._hub.followers.unfollow(key)
+                return events
             self._hub.feed(key, events)
             if events:
                 return events

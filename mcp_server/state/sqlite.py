@@ -23,6 +23,7 @@ from mcp_server.engine.ports import CapacityRequest, Checkpoint, StepRecord, Tas
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.state.common import (
     ACTIVE,
+    EVENTS_PAGE,
     LAYOUT_MISMATCH,
     LAYOUT_VERSION,
     TERMINAL,
@@ -282,7 +283,7 @@ class SqliteStore(CreateTask):
                                 f"AND task_id IN ({','.join('?' * len(task_ids))})", list(task_ids))
         return {str(r[0]): str(r[1]) for r in rows}
 
-    async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]:
+    async def read_events(self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE) -> list[task_pb2.TaskEvent]:
         rows = await self._rows("SELECT data FROM events WHERE task_id=? AND sequence>? ORDER BY sequence LIMIT ?",
                                 (task_id, after_sequence, limit))
         return [task_pb2.TaskEvent.FromString(r[0]) for r in rows]
@@ -294,7 +295,10 @@ class SqliteStore(CreateTask):
         if not self._followers.covers(task_id, after_sequence):
             self._followers.prune()
             self._followers.follow(task_id, after_sequence)  # first follow, then read: nothing falls between
-            events = await self.read_events(task_id, after_sequence)
+            events = await self.read_events(task_id, after_sequence, EVENTS_PAGE)
+            if len(events) == EVENTS_PAGE:  # more are stored after this page: read on from there next time
+                self._followers.unfollow(task_id)
+                return events
             self._followers.add(task_id, events)
             if events:
                 return events

@@ -3,6 +3,7 @@ large values by reference, step pages, ReadValue, and the bad input around them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
@@ -58,6 +59,23 @@ async def test_a_thousand_step_sequence_completes_and_reads_back(api):
     assert all(s.status == task_pb2.STEP_STATUS_COMPLETED for s in steps)
     data, _ = await read_value(api, task.task_id)
     assert json_format.MessageToDict(struct_pb2.Value.FromString(data)) == {"n": 1}
+
+
+async def test_a_watch_that_starts_behind_a_log_of_thousands_of_events_reads_it_all(api):
+    """A watch that starts after the task wrote more events than one read returns (a page of
+    1,000) reads on page by page: it used to wait for live events past the first page forever."""
+    await create(api, workflow("wide", {"id": "m", "map": {"items": "input.items", "max_concurrency": 100, "body": step("e", "echo")}}))
+    submitted = await submit(api, "wide", {"items": list(range(1200))})
+    async with asyncio.timeout(120):  # nobody watches while it runs: no log is followed in memory
+        while (task := (await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=submitted.task_id))).task).status != COMPLETED:
+            await asyncio.sleep(0.1)
+    assert task.last_sequence > 2400
+    every = list(range(1, task.last_sequence + 1))
+    watched = [e async for e in api.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id))]
+    assert [e.sequence for e in watched] == every
+    batched = [e async for m in api.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=700))
+               for e in m.events]
+    assert [e.sequence for e in batched] == every[700:] and batched[-1].type == task_pb2.TASK_EVENT_TYPE_COMPLETED
 
 
 async def test_a_chain_of_large_outputs_is_stored_once_per_value_and_read_back_by_reference(api):

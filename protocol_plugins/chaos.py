@@ -29,7 +29,10 @@ MALFORMED = b"\xff\xff\xff\xff this is not a protobuf message"
 
 
 class ChaosPlugin(Plugin):
-    """A Plugin whose Execute can also answer with raw bytes."""
+    """A Plugin whose Execute can also answer with raw bytes. It serves no ExecuteMany, so the
+    orchestrator calls it with Execute, as it calls any plugin without it."""
+
+    call_streams = False
 
     def serialize_execute_response(self, response: Any) -> bytes:
         return response if isinstance(response, bytes) else super().serialize_execute_response(response)

@@ -26,12 +26,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -90,18 +92,24 @@ class Context:
     """What a handler knows about the call: where it comes from, and a way to report progress."""
 
     def __init__(self, request: protocol_pb2.ExecuteRequest, grpc_context: grpc.aio.ServicerContext,
-                 progress_queue: asyncio.Queue[protocol_pb2.Progress] | None = None) -> None:
+                 progress_queue: asyncio.Queue[protocol_pb2.Progress] | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
         self.task_id = request.context.task_id
         self.step_path = request.context.step_path
         self.attempt = request.context.attempt
         self.idempotency_key = request.context.idempotency_key
-        self.grpc_context = grpc_context
+        self.grpc_context = grpc_context  # of the call; for a call carried by ExecuteMany, of that stream
         # the caller's metadata, e.g. W3C `traceparent` to join the orchestrator's trace
-        self.metadata = {k: v for k, v in (grpc_context.invocation_metadata() or ()) if isinstance(v, str)}
+        if metadata is None:
+            metadata = {k: v for k, v in (grpc_context.invocation_metadata() or ()) if isinstance(v, str)}
+        self.metadata = metadata
+        self._deadline = request.context.deadline.ToNanoseconds() / 1e9 if request.context.HasField("deadline") else None
         self._progress = progress_queue
 
     def time_remaining(self) -> float | None:
         """Seconds until the caller's deadline, or None if it set none."""
+        if self._deadline is not None:
+            return max(0.0, self._deadline - time.time())
         remaining: float | None = self.grpc_context.time_remaining()
         return remaining
 
@@ -140,12 +148,82 @@ def _capacity_argument(text: str) -> protocol_pb2.Capacity:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _CallStream:
+    """The calls of one ExecuteMany stream: each runs as a task; outcomes wait in `ready` until
+    the stream sends them, as many per message as fit in what the orchestrator accepts."""
+
+    def __init__(self, plugin: Plugin, context: grpc.aio.ServicerContext) -> None:
+        self.plugin = plugin
+        self.context = context
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self.ready: list[protocol_pb2.ExecuteOutcome] = []
+        self.wake = asyncio.Event()
+        self.max_response_bytes = 4 * 1024 * 1024
+
+    async def __aenter__(self) -> _CallStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self.running.values():  # the orchestrator went away: nobody waits for these
+            task.cancel()
+        self.running.clear()
+
+    async def read(self, requests: AsyncIterator[protocol_pb2.ExecuteManyRequest]) -> None:
+        async for message in requests:
+            if message.max_response_bytes:
+                self.max_response_bytes = message.max_response_bytes
+            for call in message.calls:
+                if call.id not in self.running:
+                    self.running[call.id] = asyncio.ensure_future(self._run(call))
+            for call_id in message.cancel:
+                task = self.running.pop(call_id, None)
+                if task is not None:
+                    task.cancel()
+        self.wake.set()  # the orchestrator closed its side: finish with what is running
+
+    async def _run(self, call: protocol_pb2.ExecuteCall) -> None:
+        outcome = protocol_pb2.ExecuteOutcome(id=call.id)
+        try:
+            outcome.response.CopyFrom(await self.plugin._answer(call.request, Context(call.request, self.context, metadata=dict(call.metadata))))
+        except ProtocolError as exc:
+            outcome.error.code, outcome.error.message = exc.code.value[0], exc.message
+        except Exception as exc:  # a handler's bug fails its call, as Execute answers UNKNOWN
+            log.exception("protocol %s failed", call.request.protocol)
+            outcome.error.code, outcome.error.message = grpc.StatusCode.UNKNOWN.value[0], f"{type(exc).__name__}: {exc}"
+        if outcome.ByteSize() + 16 > self.max_response_bytes:
+            outcome = protocol_pb2.ExecuteOutcome(id=call.id, error=status_pb2.Status(
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                message=f"{call.request.protocol}: the output is {outcome.ByteSize()} bytes; the orchestrator accepts {self.max_response_bytes}"))
+        if self.running.pop(call.id, None) is not None:  # not cancelled meanwhile
+            self.ready.append(outcome)
+            self.wake.set()
+
+    async def outcomes(self, reader: asyncio.Future[None]) -> protocol_pb2.ExecuteManyResponse | None:
+        """The next message to send; None once the orchestrator has closed its side and every call has answered."""
+        while not self.ready:
+            if reader.done() and not self.running:
+                reader.result()  # a broken stream raises here
+                return None
+            self.wake.clear()
+            await self.wake.wait()
+        batch = protocol_pb2.ExecuteManyResponse()
+        size = 0
+        while self.ready and (not batch.outcomes or size + self.ready[0].ByteSize() + 16 <= self.max_response_bytes):
+            outcome = self.ready.pop(0)
+            size += outcome.ByteSize() + 16
+            batch.outcomes.append(outcome)
+        return batch
+
+
 class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
     """A set of protocols served together as one ProtocolService.
 
     `capacity` is what this instance offers to all the calls it runs at once (cpu_millis,
     memory_mb, gpus; unset or 0 means unlimited): the orchestrator starts a call here only when
     what is left covers the call's needs (declared per protocol)."""
+
+    # serve ExecuteMany (many calls over one stream); without it the orchestrator uses Execute
+    call_streams = True
 
     def __init__(self, name: str, capacity: protocol_pb2.Capacity | dict[str, int] | None = None) -> None:
         self.name = name
@@ -181,11 +259,30 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         return protocol_pb2.DescribeResponse(protocols=[p.manifest for p in self.protocols.values()], capacity=self.capacity)
 
     async def Execute(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> protocol_pb2.ExecuteResponse:
-        return await self._run(request, context, Context(request, context))
+        try:
+            return await self._answer(request, Context(request, context))
+        except ProtocolError as exc:
+            await context.abort(exc.code, exc.message)
+            raise AssertionError("unreachable") from None
+
+    async def ExecuteMany(self, requests: AsyncIterator[protocol_pb2.ExecuteManyRequest],
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[protocol_pb2.ExecuteManyResponse]:
+        """Many Execute calls over one stream (see protocol.proto): each runs as its own task and
+        its outcome goes back with the others ready at the same time."""
+        async with _CallStream(self, context) as calls:
+            reader = asyncio.ensure_future(calls.read(requests))
+            try:
+                while True:
+                    batch = await calls.outcomes(reader)
+                    if batch is None:
+                        return
+                    yield batch
+            finally:
+                reader.cancel()
 
     async def ExecuteStream(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[protocol_pb2.ExecuteStreamResponse]:
         queue: asyncio.Queue[protocol_pb2.Progress] = asyncio.Queue()
-        work = asyncio.ensure_future(self._run(request, context, Context(request, context, queue)))
+        work = asyncio.ensure_future(self._answer(request, Context(request, context, queue)))
         try:
             while not work.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())
@@ -195,32 +292,29 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
                 else:
                     getter.cancel()
             yield protocol_pb2.ExecuteStreamResponse(result=await work)
+        except ProtocolError as exc:
+            await context.abort(exc.code, exc.message)
         finally:
             work.cancel()
 
-    async def _run(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext, ctx: Context) -> protocol_pb2.ExecuteResponse:
+    async def _answer(self, request: protocol_pb2.ExecuteRequest, ctx: Context) -> protocol_pb2.ExecuteResponse:
+        """Run the handler of `request`; raise ProtocolError with the status the call ends with."""
         registered = self.protocols.get(request.protocol)
         if registered is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"{self.name} does not host protocol {request.protocol!r}")
-            raise AssertionError("unreachable")
+            raise ProtocolError(grpc.StatusCode.NOT_FOUND, f"{self.name} does not host protocol {request.protocol!r}")
         try:
             result = registered.handler(struct_to_dict(request.input), ctx)
             if inspect.isawaitable(result):
                 result = await result
-        except ProtocolError as exc:
-            await context.abort(exc.code, exc.message)
-            raise AssertionError("unreachable") from None
         except (ValueError, KeyError, TypeError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.protocol}: bad input: {exc}")
-            raise AssertionError("unreachable") from None
+            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.protocol}: bad input: {exc}") from None
         reply = result if isinstance(result, Reply) else Reply(result)
         if not isinstance(reply.output, dict):
-            await context.abort(grpc.StatusCode.INTERNAL, f"{request.protocol} returned {type(reply.output).__name__}, not an object")
+            raise ProtocolError(grpc.StatusCode.INTERNAL, f"{request.protocol} returned {type(reply.output).__name__}, not an object")
         try:
             response = protocol_pb2.ExecuteResponse(output=sendable_struct(reply.output))
         except ValueError as exc:  # nested too deeply to send: the step fails, the plugin stays up
-            await context.abort(grpc.StatusCode.INTERNAL, f"{request.protocol} returned an output that cannot be sent: {exc}")
-            raise AssertionError("unreachable") from None
+            raise ProtocolError(grpc.StatusCode.INTERNAL, f"{request.protocol} returned an output that cannot be sent: {exc}") from None
         if reply.directive is not None:
             response.directive.CopyFrom(reply.directive)
         return response
@@ -240,6 +334,9 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             "ExecuteStream": grpc.unary_stream_rpc_method_handler(
                 self.ExecuteStream, request_deserializer=p.ExecuteRequest.FromString,
                 response_serializer=p.ExecuteStreamResponse.SerializeToString),
+            **({"ExecuteMany": grpc.stream_stream_rpc_method_handler(
+                self.ExecuteMany, request_deserializer=p.ExecuteManyRequest.FromString,
+                response_serializer=p.ExecuteManyResponse.SerializeToString)} if self.call_streams else {}),
         })
 
     async def start(self, listen: str = "127.0.0.1:0", credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, str]:

@@ -55,7 +55,7 @@ class Orchestrator:
         self.listeners: list[EventListener] = [self.metrics.on_event]
         if tracer is not None:
             self.listeners.append(tracer.on_event)
-        self.channels = ChannelPool(settings.limits.max_message_bytes, plugin_credentials(settings))
+        self.channels = ChannelPool(settings.limits.max_message_bytes, plugin_credentials(settings), settings.plugin_call_streams)
         self.breakers = BreakerBoard(BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_seconds), shared=store)
         outliers = OutlierSettings(settings.outlier_consecutive_failures, settings.outlier_ejection_seconds,
                                    recent_failure_seconds=settings.outlier_recent_failure_seconds)

@@ -70,6 +70,9 @@ class Settings:
     # while no call waits for capacity, a finished call's grant is kept this long for the next
     # call on this replica (no store round trip); 0: every call asks the shared ledger
     capacity_keep_seconds: float = 0.25
+    # plain plugin calls travel over one ExecuteMany stream per plugin instance (plugins without
+    # it are called with Execute); false: every call is an Execute call of its own
+    plugin_call_streams: bool = True
     # "protocol=N" entries: at most N calls in flight to that protocol (overrides its manifest)
     protocol_concurrency: tuple[str, ...] = ()
     # TLS for the server: certificate and key (PEM); with a client CA, clients must present a

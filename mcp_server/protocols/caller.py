@@ -26,6 +26,7 @@ from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import CallContext, CallObserver, CallResult, ProtocolCallError
 from mcp_server.protocols.admission import Admission, Grant
 from mcp_server.protocols.breakers import UNHEALTHY_CODES, BreakerBoard
+from mcp_server.protocols.call_streams import UseExecute
 from mcp_server.protocols.capacity import Resources, least_loaded, limits
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.registry import ProtocolDirectory
@@ -147,6 +148,11 @@ class GrpcProtocolCaller:
         stub = self.channels.stub(address)
         try:
             if observer is None:
+                if self.channels.streams.serves(address):
+                    try:
+                        return await self.channels.streams.execute(address, request, timeout, dict(metadata))
+                    except UseExecute:
+                        pass  # this instance does not serve ExecuteMany: the same call as Execute
                 response = await stub.Execute(request, timeout=timeout, metadata=tuple(metadata) or None)
                 if response is None:  # grpc hands back None when the bytes do not parse
                     raise ProtocolCallError("INTERNAL", f"the response of {address} is not a valid ExecuteResponse (it does not parse)")

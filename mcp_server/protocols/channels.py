@@ -1,16 +1,20 @@
-"""ChannelPool: one grpc.aio channel (and stub) per plugin address, created once and reused."""
+"""ChannelPool: one grpc.aio channel (and stub, and ExecuteMany stream) per plugin address,
+created once and reused."""
 
 from __future__ import annotations
 
 import grpc
 
 from mcp_sdk.proto import protocol_pb2_grpc
+from mcp_server.protocols.call_streams import CallStreams
 
 
 class ChannelPool:
-    """Channels by address. Closing the pool closes every channel."""
+    """Channels by address. Closing the pool closes every channel. `call_streams`: carry plain
+    calls over each instance's ExecuteMany stream (see call_streams.py)."""
 
-    def __init__(self, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(self, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None, call_streams: bool = True) -> None:
+        self.streams = CallStreams(self.get, max_message_bytes, enabled=call_streams)
         self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, protocol_pb2_grpc.ProtocolServiceStub] = {}
@@ -37,12 +41,14 @@ class ChannelPool:
         return stub
 
     async def discard(self, address: str) -> None:
+        await self.streams.discard(address)
         self._stubs.pop(address, None)
         channel = self._channels.pop(address, None)
         if channel is not None:
             await channel.close()
 
     async def close(self) -> None:
+        await self.streams.close()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

@@ -181,11 +181,28 @@ async def bench_fanout(plugin: Proc, quick: bool) -> None:
 # ---- scale ----------------------------------------------------------------------------------
 async def bench_scale(plugin: Proc, quick: bool) -> None:
     count = 2000 if quick else 10_000
-    orchestrator = start_orchestrator(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [plugin.address])
+    rows: list[tuple[str, Stat | float | str, str]] = []
+    for label, env in (("plugin calls over ExecuteMany", {}), ("every plugin call an Execute call", {"MCP_PLUGIN_CALL_STREAMS": "false"})):
+        per_task, probes = await _tasks_in_flight(plugin, count, env)
+        rows += [(f"{label}: orchestrator RSS growth per task in flight, KB", f"{per_task:.1f}", ""),
+                 (f"{label}: GetTask under that load, p50 / p99 ms (loop-lag proxy)", f"{percentile(probes, 0.5):.2f}",
+                  f"p99 {percentile(probes, 0.99):.2f}")]
+    measured = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.callmem", "--plugin", plugin.address, "--calls", str(count),
+                                                    stdout=asyncio.subprocess.PIPE)
+    floor = (await measured.communicate())[0].decode().split()[-1]
+    rows.append(("one pending unary gRPC call by itself, RSS per call, KB", floor, "what each waiting task holds when its calls are Execute calls"))
+    table(f"Scale: {count} tasks in flight on a slow plugin (redis store)", rows)
+
+
+async def _tasks_in_flight(plugin: Proc, count: int, env: dict[str, str]) -> tuple[float, list[float]]:
+    """Orchestrator RSS growth per task with `count` tasks waiting on a 2-minute step, and
+    GetTask latencies meanwhile."""
+    orchestrator = start_orchestrator(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [plugin.address], "bench", None, **env)
     client = Orchestrated(orchestrator.address)
     await client.create({"workflow_id": "slow", "root": {"id": "wait", "step": {"protocol": "sleep", "input": "{'ms': 120000}",
                                                                                   "timeout": "600s"}}})
     await client.create(chain("probe", 1))
+    await client.run("probe", read="run")
     await asyncio.sleep(1)
     rss_before = orchestrator.rss_kb()
     ids = []
@@ -205,16 +222,7 @@ async def bench_scale(plugin: Proc, quick: bool) -> None:
         probes.append((time.perf_counter() - started) * 1000)
     await client.close()
     orchestrator.stop()
-    measured = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.callmem", "--plugin", plugin.address, "--calls", str(count),
-                                                    stdout=asyncio.subprocess.PIPE)
-    floor = (await measured.communicate())[0].decode().split()[-1]
-    per_task = (rss_after - rss_before) / count
-    table(f"Scale: {count} tasks in flight on a slow plugin (redis store)", [
-        ("orchestrator RSS growth per task in flight, KB", f"{per_task:.1f}", f"{rss_before} KB -> {rss_after} KB"),
-        ("floor: one grpc.aio call in flight, RSS per call, KB", floor, f"a waiting task holds one; {per_task - float(floor):.1f} KB is the task's own"),
-        ("GetTask latency under that load, p50 ms (loop-lag proxy)", f"{percentile(probes, 0.5):.2f}", ""),
-        ("GetTask latency under that load, p99 ms", f"{percentile(probes, 0.99):.2f}", ""),
-    ])
+    return (rss_after - rss_before) / count, probes
 
 
 async def replica_throughput(plugin: Proc, replicas: int, total: int) -> Stat:

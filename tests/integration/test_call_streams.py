@@ -82,10 +82,11 @@ async def test_a_plugin_without_execute_many_is_called_with_execute(client, serv
 
 
 class _GarbageStreams:
-    """A plugin whose ExecuteMany answers with bytes that do not parse, and whose Execute works:
-    a real gRPC server on loopback."""
+    """A plugin whose ExecuteMany answers with bytes that do not parse (or, `confused`, answers
+    every call twice and ids nobody asked for), and whose Execute works: a real gRPC server on
+    loopback."""
 
-    def __init__(self) -> None:
+    def __init__(self, confused: bool = False) -> None:
         self.server = grpc.aio.server()
         self.stream_calls = 0
         self.execute_calls = 0
@@ -99,9 +100,17 @@ class _GarbageStreams:
             return protocol_pb2.ExecuteResponse(output=request.input)
 
         async def execute_many(requests: AsyncIterator[bytes], context: object) -> AsyncIterator[bytes]:
-            async for _ in requests:
+            async for data in requests:
                 self.stream_calls += 1
-                yield b"\xff\xff\xff\xff not an ExecuteManyResponse"
+                if not confused:
+                    yield b"\xff\xff\xff\xff not an ExecuteManyResponse"
+                    continue
+                reply = protocol_pb2.ExecuteManyResponse()
+                for call in protocol_pb2.ExecuteManyRequest.FromString(data).calls:
+                    for _ in range(2):
+                        reply.outcomes.add(id=call.id, response=protocol_pb2.ExecuteResponse(output=call.request.input))
+                    reply.outcomes.add(id=call.id + 10_000, response=protocol_pb2.ExecuteResponse())
+                yield reply.SerializeToString()
 
         p = protocol_pb2
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("mcp.v1.ProtocolService", {
@@ -125,6 +134,22 @@ async def test_a_stream_that_sends_garbage_fails_the_calls_on_it_then_the_instan
         assert not running.orchestrator.channels.streams.serves(plugin.address)
         again = await run(client, workflow("garbled-again", step("g", "garbled_echo", "{'x': 8}")))
         assert result(again) == {"x": 8} and plugin.stream_calls == 1  # no stream any more
+        await client.channel.close()
+    finally:
+        await plugin.server.stop(0)
+
+
+async def test_answers_twice_or_to_ids_nobody_asked_for_are_ignored(server_factory):
+    plugin = _GarbageStreams(confused=True)
+    await plugin.server.start()
+    try:
+        running = await server_factory(extra_plugins=(plugin.address,), session_plugins=False)
+        client = client_for(running)
+        branches = [step(f"g{i}", "garbled_echo", f"{{'i': {i}}}") for i in range(10)]
+        task = await run(client, workflow("confused", {"id": "fan", "parallel": {"children": branches}}))
+        assert task.status == task_pb2.TASK_STATUS_COMPLETED
+        assert result(task) == {f"g{i}": {"i": i} for i in range(10)}  # each call's own answer, once
+        assert plugin.execute_calls == 0 and running.orchestrator.channels.streams.serves(plugin.address)
         await client.channel.close()
     finally:
         await plugin.server.stop(0)

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,41 +37,64 @@ def assert_every_event_once(events: list[task_pb2.TaskEvent], last_sequence: int
     assert events[-1].type == E.TASK_EVENT_TYPE_COMPLETED
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-async def test_watch_delivers_every_event_once_across_a_kill_9_and_restart_of_the_server(plugins, tmp_path, request, backend):
-    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
-    address = f"127.0.0.1:{free_port()}"
-    env = {"MCP_LEASE_SECONDS": "1.5"}
-    server = start_orchestrator(address, store, [plugins["testkit"].address], "first", **env)
-    restarted: list[subprocess.Popen[bytes]] = []
+class RestartableServer:
+    """An orchestrator process on a fixed address and store (SQLite file or Redis) that a test
+    kills with SIGKILL and starts again; every process it started is stopped at the end."""
 
-    async def kill_and_restart() -> None:
-        server.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(server.wait, 10)
-        await asyncio.sleep(0.5)  # the watch finds nobody there for a while
-        restarted.append(await asyncio.to_thread(start_orchestrator, address, store, [plugins["testkit"].address], "second", **env))
+    def __init__(self, store: str, plugin: str) -> None:
+        self.address = f"127.0.0.1:{free_port()}"
+        self.store = store
+        self.plugin = plugin
+        self.env = {"MCP_LEASE_SECONDS": "1.5"}
+        self.processes = [start_orchestrator(self.address, store, [plugin], "first", **self.env)]
 
-    try:
-        async with Client(address, watch_give_up_after=60) as client:
-            await client.create_workflow(sleeps("six-sleeps", 6, 300))
-            task = await client.submit("six-sleeps")
-            events: list[task_pb2.TaskEvent] = []
-            restart: asyncio.Task[None] | None = None
-            async with asyncio.timeout(60):
-                async for event in client.watch(task.task_id):
-                    events.append(event)
-                    if restart is None and event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED and event.step_path == "root/s2":
-                        restart = asyncio.create_task(kill_and_restart())
-            assert restart is not None and restart.done() and restarted, "the server was not restarted during the watch"
-            final = await client.get(task.task_id, steps=False)
-            assert final.status == task_pb2.TASK_STATUS_COMPLETED
-            assert_every_event_once(events, final.last_sequence)
-            assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events), "the task was not taken over by the restarted server"
-    finally:
-        for process in (server, *restarted):
+    @property
+    def restarted(self) -> bool:
+        return len(self.processes) > 1
+
+    async def kill(self) -> None:
+        self.processes[-1].send_signal(signal.SIGKILL)
+        await asyncio.to_thread(self.processes[-1].wait, 10)
+
+    async def start_again(self) -> None:
+        self.processes.append(await asyncio.to_thread(start_orchestrator, self.address, self.store, [self.plugin], "second", **self.env))
+
+    async def kill_and_restart(self) -> None:
+        await self.kill()
+        await asyncio.sleep(0.5)  # the client finds nobody there for a while
+        await self.start_again()
+
+    def stop(self) -> None:
+        for process in self.processes:
             if process.poll() is None:
                 process.terminate()
                 process.wait(timeout=15)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def restartable(request, plugins, tmp_path):
+    store = f"sqlite:///{tmp_path}/mcp.db" if request.param == "sqlite" else request.getfixturevalue("redis_url")
+    server = RestartableServer(store, plugins["testkit"].address)
+    yield server
+    server.stop()
+
+
+async def test_watch_delivers_every_event_once_across_a_kill_9_and_restart_of_the_server(restartable):
+    async with Client(restartable.address, watch_give_up_after=60) as client:
+        await client.create_workflow(sleeps("six-sleeps", 6, 300))
+        task = await client.submit("six-sleeps")
+        events: list[task_pb2.TaskEvent] = []
+        restart: asyncio.Task[None] | None = None
+        async with asyncio.timeout(60):
+            async for event in client.watch(task.task_id):
+                events.append(event)
+                if restart is None and event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED and event.step_path == "root/s2":
+                    restart = asyncio.create_task(restartable.kill_and_restart())
+        assert restart is not None and restart.done() and restartable.restarted, "the server was not restarted during the watch"
+        final = await client.get(task.task_id, steps=False)
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED
+        assert_every_event_once(events, final.last_sequence)
+        assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events), "the task was not taken over by the restarted server"
 
 
 async def test_watch_delivers_every_event_once_across_dropped_connections(server_factory):
@@ -323,72 +345,40 @@ async def test_run_falls_back_to_submit_and_watch_on_a_server_without_run_task()
         assert await client.run("anything", timeout=10) == {"echoed": "t1"}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-async def test_run_returns_the_result_across_a_kill_9_and_restart_of_the_server(plugins, tmp_path, request, backend):
+async def test_run_returns_the_result_across_a_kill_9_and_restart_of_the_server(restartable):
     """RunTask is asked again with the same request id after the server dies: the same task,
     finished by the restarted server, and its result."""
-    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
-    address = f"127.0.0.1:{free_port()}"
-    env = {"MCP_LEASE_SECONDS": "1.5"}
-    server = start_orchestrator(address, store, [plugins["testkit"].address], "first", **env)
-    restarted: list[subprocess.Popen[bytes]] = []
-    try:
-        async with Client(address, watch_give_up_after=60) as client:
-            await client.create_workflow(sleeps("four-sleeps", 4, 300))
-            running = asyncio.create_task(client.run("four-sleeps", request_id="run-through-a-crash", timeout=60))
-            await asyncio.sleep(0.6)  # the task is under way, RunTask waiting
-            server.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(server.wait, 10)
-            assert not running.done()
-            restarted.append(await asyncio.to_thread(start_orchestrator, address, store, [plugins["testkit"].address], "second", **env))
-            assert await running == {"ms": 300, "slept_ms": 300}  # the last step's output
-            tasks = (await client.list_tasks(workflow_id="four-sleeps")).tasks
-            assert len(tasks) == 1 and tasks[0].status == task_pb2.TASK_STATUS_COMPLETED  # asked twice, submitted once
-    finally:
-        for process in (server, *restarted):
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=15)
+    async with Client(restartable.address, watch_give_up_after=60) as client:
+        await client.create_workflow(sleeps("four-sleeps", 4, 300))
+        running = asyncio.create_task(client.run("four-sleeps", request_id="run-through-a-crash", timeout=60))
+        await asyncio.sleep(0.6)  # the task is under way, RunTask waiting
+        await restartable.kill()
+        assert not running.done()
+        await restartable.start_again()
+        assert await running == {"ms": 300, "slept_ms": 300}  # the last step's output
+        tasks = (await client.list_tasks(workflow_id="four-sleeps")).tasks
+        assert len(tasks) == 1 and tasks[0].status == task_pb2.TASK_STATUS_COMPLETED  # asked twice, submitted once
 
 
 # ---- submit_and_watch: SubmitAndWatchTask ----------------------------------------------------
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-async def test_submit_and_watch_delivers_every_event_once_across_a_kill_9_and_restart(plugins, tmp_path, request, backend):
+async def test_submit_and_watch_delivers_every_event_once_across_a_kill_9_and_restart(restartable):
     """The stream that submitted the task dies with the server; the SDK goes on watching after
     the last event it delivered, on the restarted server, which takes the task over."""
-    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
-    address = f"127.0.0.1:{free_port()}"
-    env = {"MCP_LEASE_SECONDS": "1.5"}
-    server = start_orchestrator(address, store, [plugins["testkit"].address], "first", **env)
-    restarted: list[subprocess.Popen[bytes]] = []
-
-    async def kill_and_restart() -> None:
-        server.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(server.wait, 10)
-        await asyncio.sleep(0.5)
-        restarted.append(await asyncio.to_thread(start_orchestrator, address, store, [plugins["testkit"].address], "second", **env))
-
-    try:
-        async with Client(address, watch_give_up_after=60) as client:
-            await client.create_workflow(sleeps("six-followed", 6, 300))
-            events: list[task_pb2.TaskEvent] = []
-            restart: asyncio.Task[None] | None = None
-            async with asyncio.timeout(60):
-                async for event in client.submit_and_watch("six-followed", request_id="followed-through-a-crash"):
-                    events.append(event)
-                    if restart is None and event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED and event.step_path == "root/s2":
-                        restart = asyncio.create_task(kill_and_restart())
-            assert restart is not None and restart.done() and restarted, "the server was not restarted during the stream"
-            final = await client.get(events[0].task_id, steps=False)
-            assert final.status == task_pb2.TASK_STATUS_COMPLETED
-            assert_every_event_once(events, final.last_sequence)
-            assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events)
-            assert len((await client.list_tasks(workflow_id="six-followed")).tasks) == 1
-    finally:
-        for process in (server, *restarted):
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=15)
+    async with Client(restartable.address, watch_give_up_after=60) as client:
+        await client.create_workflow(sleeps("six-followed", 6, 300))
+        events: list[task_pb2.TaskEvent] = []
+        restart: asyncio.Task[None] | None = None
+        async with asyncio.timeout(60):
+            async for event in client.submit_and_watch("six-followed", request_id="followed-through-a-crash"):
+                events.append(event)
+                if restart is None and event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED and event.step_path == "root/s2":
+                    restart = asyncio.create_task(restartable.kill_and_restart())
+        assert restart is not None and restart.done() and restartable.restarted, "the server was not restarted during the stream"
+        final = await client.get(events[0].task_id, steps=False)
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED
+        assert_every_event_once(events, final.last_sequence)
+        assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events)
+        assert len((await client.list_tasks(workflow_id="six-followed")).tasks) == 1
 
 
 async def test_submit_and_watch_delivers_every_event_once_across_dropped_connections(server_factory):

@@ -19,9 +19,10 @@ NODE = shutil.which("node")
 
 
 @pytest.fixture(scope="module")
-def node_plugin():
+def node_plugin(request):
     assert NODE, "node is required for the polyglot tests"
-    process = subprocess.Popen([NODE, str(ROOT / "examples/plugins/node/plugin.js")], stdout=subprocess.PIPE, text=True)
+    flags = ["--execute-only"] if getattr(request, "param", "") == "execute-only" else []
+    process = subprocess.Popen([NODE, str(ROOT / "examples/plugins/node/plugin.js"), *flags], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith("MCP_PLUGIN_LISTENING"), line
@@ -71,7 +72,8 @@ async def test_node_client_runs_a_task_in_one_run_task_call(server, client):
     assert summary["status_at_header"] in ("TASK_STATUS_PENDING", "TASK_STATUS_RUNNING")  # the id came at once, before the end
 
 
-async def test_a_plugin_written_in_node_runs_a_step(server, client, node_plugin):
+@pytest.mark.parametrize("node_plugin", ["execute-many", "execute-only"], indirect=True)
+async def test_a_plugin_written_in_node_runs_a_step(server, client, node_plugin, request):
     reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=node_plugin))
     assert [p.manifest.name for p in reply.protocols] == ["word_stats"]
     assert reply.protocols[0].capacity.cpu_millis == 2000 and reply.protocols[0].manifest.resources.cpu_millis == 100
@@ -82,3 +84,8 @@ async def test_a_plugin_written_in_node_runs_a_step(server, client, node_plugin)
     assert result(task) == {"words": 3, "reversed": "one two three", "by": "node"}
     bad = await run(client, workflow("node-bad", step("count", "word_stats")), {"nope": 1})
     assert bad.status == task_pb2.TASK_STATUS_FAILED and "INVALID_ARGUMENT" in bad.error.message
+    streams = server.orchestrator.channels.streams
+    if request.node.callspec.params["node_plugin"] == "execute-many":  # plain calls went over its ExecuteMany stream
+        assert node_plugin in streams.open_to()
+    else:  # it answered UNIMPLEMENTED: called with Execute
+        assert not streams.serves(node_plugin) and node_plugin not in streams.open_to()

@@ -17,6 +17,7 @@ or is too large): with Execute, only the call concerned fails.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable, Mapping
 
@@ -45,7 +46,7 @@ class _Stream:
                                             response_deserializer=protocol_pb2.ExecuteManyResponse.FromString)
         self.call = open_stream()
         self.pending: dict[int, asyncio.Future[protocol_pb2.ExecuteResponse]] = {}
-        self.outbox: list[protocol_pb2.ExecuteCall] = []
+        self.outbox: collections.deque[protocol_pb2.ExecuteCall] = collections.deque()  # thousands may queue in one turn
         self.cancels: list[int] = []
         self.last_id = 0
         self.answered = False  # the plugin has sent something: it serves ExecuteMany
@@ -86,12 +87,12 @@ class _Stream:
                 while self.outbox:
                     call = self.outbox[0]
                     if call.id not in self.pending:  # given up on before it was sent
-                        self.outbox.pop(0)
+                        self.outbox.popleft()
                         continue
                     call_size = call.ByteSize() + ENVELOPE_BYTES
                     if message.calls and size + call_size > self.max_message_bytes:
                         break
-                    message.calls.append(self.outbox.pop(0))
+                    message.calls.append(self.outbox.popleft())
                     size += call_size
                 message.cancel.extend(self.cancels)
                 self.cancels.clear()
@@ -164,11 +165,11 @@ class _Stream:
                 await asyncio.gather(task, return_exceptions=True)
 
 
+_CODE_NAMES = {code.value[0]: str(code.name) for code in grpc.StatusCode}
+
+
 def _code_name(number: int) -> str:
-    for code in grpc.StatusCode:
-        if code.value[0] == number:
-            return str(code.name)
-    return "UNKNOWN"
+    return _CODE_NAMES.get(number, "UNKNOWN")
 
 
 class CallStreams:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import inspect
 import logging
 import os
@@ -156,7 +157,7 @@ class _CallStream:
         self.plugin = plugin
         self.context = context
         self.running: dict[int, asyncio.Task[None]] = {}
-        self.ready: list[protocol_pb2.ExecuteOutcome] = []
+        self.ready: collections.deque[protocol_pb2.ExecuteOutcome] = collections.deque()
         self.wake = asyncio.Event()
         self.max_response_bytes = 4 * 1024 * 1024
 
@@ -209,7 +210,7 @@ class _CallStream:
         batch = protocol_pb2.ExecuteManyResponse()
         size = 0
         while self.ready and (not batch.outcomes or size + self.ready[0].ByteSize() + 16 <= self.max_response_bytes):
-            outcome = self.ready.pop(0)
+            outcome = self.ready.popleft()
             size += outcome.ByteSize() + 16
             batch.outcomes.append(outcome)
         return batch

@@ -71,16 +71,30 @@ async def test_instances_never_run_more_than_their_capacity_across_three_replica
             process.wait(timeout=15)
 
 
+async def until_event(client: Any, task_id: str, kind: int, timeout: float = 20.0) -> None:
+    """Follow the task until an event of `kind` arrives."""
+    async with asyncio.timeout(timeout):
+        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+            if event.type == kind:
+                return
+    raise AssertionError(f"task {task_id} ended without event {kind}")
+
+
 async def test_a_high_priority_task_submitted_last_gets_the_gpu_next(server_factory, gpu_boxes):
     box = gpu_boxes[0]
     running = await server_factory(store="sqlite://:memory:", session_plugins=False, extra_plugins=(box.address,))
     client = client_for(running)
-    await create(client, workflow("job", step("r", "render", "{'ms': 300, 'tag': input.tag}")))
+    await create(client, workflow("job", step("r", "render", "{'ms': input.ms, 'tag': input.tag}")))
     await stats(box, reset=True)
-    for i in range(4):
-        await submit(client, "job", {"tag": f"low{i}"}, priority=0)
-        await asyncio.sleep(0.05)  # submitted in order: low0 holds the GPU, the others wait
-    urgent = await submit(client, "job", {"tag": "high"}, priority=9)
+    # low0 holds the GPU long enough for everything below to queue behind it, however slow the machine
+    holder = await submit(client, "job", {"tag": "low0", "ms": 2500}, priority=0)
+    await until_event(client, holder.task_id, E.TASK_EVENT_TYPE_STEP_STARTED)
+    for i in range(1, 4):
+        waiting = await submit(client, "job", {"tag": f"low{i}", "ms": 100}, priority=0)
+        await until_event(client, waiting.task_id, E.TASK_EVENT_TYPE_STEP_WAITING)
+    urgent = await submit(client, "job", {"tag": "high", "ms": 100}, priority=9)
+    await until_event(client, urgent.task_id, E.TASK_EVENT_TYPE_STEP_WAITING)
+    assert (await stats(box))["calls"] == ["low0"]  # all four queued while low0 still held the GPU
     done = await wait_done(client, urgent.task_id, timeout=30)
     assert done.status == task_pb2.TASK_STATUS_COMPLETED
     assert (await stats(box))["calls"][:2] == ["low0", "high"]

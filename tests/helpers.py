@@ -77,6 +77,15 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
     return read.reason if read.domain else ""
 
 
-async def plugin_stats(testkit: protocol_pb2_grpc.ProtocolServiceStub) -> dict[str, Any]:
-    reply = await testkit.Execute(protocol_pb2.ExecuteRequest(protocol="stats"))
+async def plugin_stats(testkit: protocol_pb2_grpc.ProtocolServiceStub, protocol: str = "stats") -> dict[str, Any]:
+    reply = await testkit.Execute(protocol_pb2.ExecuteRequest(protocol=protocol))
     return struct_to_dict(reply.output)
+
+
+async def until_plugin_called(plugin: protocol_pb2_grpc.ProtocolServiceStub, task_id: str, protocol: str = "stats",
+                              timeout: float = 20.0) -> None:
+    """Wait until the plugin's stats protocol lists a call of the task (keys start with the task id),
+    so a test cancels or kills what has really reached the plugin, however slow the machine."""
+    async with asyncio.timeout(timeout):
+        while not any(key.startswith(task_id) for key in (await plugin_stats(plugin, protocol))["calls"]):
+            await asyncio.sleep(0.02)

@@ -184,8 +184,8 @@ async def test_a_step_waiting_for_capacity_fails_at_its_timeout_naming_the_resou
     client = client_for(running)
     await stats(gpu_boxes[0], reset=True)
     await create(client, workflow("hog", step("r", "render", "{'ms': 3000, 'tag': 'hog'}")))
-    await submit(client, "hog")
-    await asyncio.sleep(0.3)
+    hog = await submit(client, "hog")
+    await until_event(client, hog.task_id, E.TASK_EVENT_TYPE_STEP_STARTED)
     late = await run(client, workflow("patient", step("r", "render", "{'ms': 10, 'tag': 'patient'}", timeout="0.5s")))
     assert late.status == task_pb2.TASK_STATUS_FAILED
     assert late.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
@@ -235,9 +235,10 @@ async def test_capacity_in_use_shows_in_the_cli_and_the_metrics(server_factory, 
     box = gpu_boxes[0]
     running = await server_factory(session_plugins=False, extra_plugins=(box.address,), metrics_port=port, metrics_sample_seconds=0.2)
     client = client_for(running)
-    await create(client, workflow("busy", step("r", "render", "{'ms': 2500}")))
+    await create(client, workflow("busy", step("r", "render", "{'ms': 8000}")))
     task = await submit(client, "busy")
-    await asyncio.sleep(0.8)
+    await until_event(client, task.task_id, E.TASK_EVENT_TYPE_STEP_STARTED)
+    await asyncio.sleep(0.6)  # past a metrics sample (0.2 s) with the GPU held
 
     def cli(*args: str) -> str:
         return subprocess.run([sys.executable, "-m", "mcp_server.cli.main", "--server", running.address, *args],
@@ -253,5 +254,6 @@ async def test_capacity_in_use_shows_in_the_cli_and_the_metrics(server_factory, 
     assert samples[f'mcp_instance_capacity{{address="{box.address}",resource="gpus"}}'] == 1
     assert samples[f'mcp_instance_capacity_in_use{{address="{box.address}",resource="gpus"}}'] == 1
     assert samples["mcp_capacity_kept_grants"] == 0  # the one grant is in use, not kept
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))
     await wait_done(client, task.task_id)
     await client.channel.close()

@@ -14,10 +14,10 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from mcp_sdk.proto import protocol_pb2, task_pb2
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for, spawn_plugin
-from tests.helpers import plugin_stats, result, run, step, step_states, submit, wait_done, workflow
+from tests.helpers import plugin_stats, result, run, step, step_states, submit, until_plugin_called, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 FAST_RETRY = {"max_attempts": 3, "initial_backoff": "0.05s", "max_backoff": "0.1s"}
@@ -181,7 +181,8 @@ async def test_a_plugin_killed_under_the_stream_fails_its_calls_as_unavailable_a
         await create(client, workflow("survives", step("nap", "sleep", "{'ms': 800}",
                                                        retry={"max_attempts": 5, "initial_backoff": "0.3s", "max_backoff": "0.5s"})))
         task = await submit(client, "survives")
-        await asyncio.sleep(0.3)  # the call is on the stream
+        async with grpc.aio.insecure_channel(plugin.address) as channel:
+            await until_plugin_called(protocol_pb2_grpc.ProtocolServiceStub(channel), task.task_id)  # the call is on the stream
         plugin.process.send_signal(signal.SIGKILL)
         plugin.process.wait(timeout=10)
         restarted = spawn_plugin("protocol_plugins.testkit", f"127.0.0.1:{port}")

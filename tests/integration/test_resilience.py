@@ -10,7 +10,7 @@ import pytest
 
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2
 from tests.conftest import client_for, spawn_plugin
-from tests.helpers import create, error_reason, events, plugin_stats, run, step, step_states, submit, wait_done, workflow
+from tests.helpers import create, error_reason, events, plugin_stats, run, step, step_states, submit, until_plugin_called, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
@@ -185,7 +185,7 @@ async def test_cancel_reaches_the_plugin_call(client, chaos_plugin):
         before = (await stub.Execute(protocol_pb2.ExecuteRequest(protocol="chaos_stats"))).output.fields["cancelled"].number_value
         await create(client, workflow("hang-cancel", chaos("c", "{'action': 'hang'}")))
         task = await submit(client, "hang-cancel")
-        await asyncio.sleep(0.3)
+        await until_plugin_called(stub, task.task_id, "chaos_stats")
         await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))
         for _ in range(40):
             after = (await stub.Execute(protocol_pb2.ExecuteRequest(protocol="chaos_stats"))).output.fields["cancelled"].number_value

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from tests.helpers import create, error_reason, events, result, step, step_states, submit, violations, wait_done, workflow
+from tests.helpers import create, error_reason, events, result, step, step_states, submit, until_plugin_called, violations, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
@@ -105,7 +105,7 @@ async def test_list_filters_by_status_and_workflow_and_pages_newest_first(client
 async def test_cancel_stops_a_running_task_and_a_second_cancel_is_harmless(client, testkit):
     await create(client, workflow("long", step("nap", "sleep", "{'ms': 10000}")))
     task = await submit(client, "long")
-    await asyncio.sleep(0.3)
+    await until_plugin_called(testkit, task.task_id)
     cancelled = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="changed my mind"))).task
     assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED
     again = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))).task

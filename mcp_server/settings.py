@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from mcp_sdk.serving import DEFAULT_MAX_PENDING_CALLS
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -98,6 +100,10 @@ class Settings:
     # frozen out of the way of Python's cycle collector: a full collection then walks only what
     # came after (see api/server.py tune_collector)
     gc_freeze: bool = True
+    # calls received but not yet taken up by the server's event loop, before gRPC starts shedding
+    # them at random (up to twice this, all are shed); a shed call ends CANCELLED with no details,
+    # so the limit sits well above any burst the process can absorb (gRPC's own default is 1,000)
+    max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS
     # the web console on this HOST:PORT ("" off); it calls this server's API like any client, over
     # TLS (trusting console_tls_ca, or the server's own certificate) when the server serves TLS
     console_listen: str = ""

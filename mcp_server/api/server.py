@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mcp_sdk.client import Tls
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
+from mcp_sdk.serving import pending_call_options
 from mcp_server.api.interceptor import EdgeInterceptor
 from mcp_server.api.registry import RegistryServicer
 from mcp_server.api.tasks import TaskServicer
@@ -92,7 +93,8 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
         options=[("grpc.max_receive_message_length", limits.max_message_bytes),
                  ("grpc.max_send_message_length", limits.max_message_bytes),
                  # the SDK pings a quiet watch every 30 s to notice a dead network; welcome that
-                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000)])
+                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                 *pending_call_options(settings.max_pending_calls)])
     task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(orchestrator), server)
     workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(orchestrator), server)
     registry_pb2_grpc.add_ProtocolRegistryServicer_to_server(RegistryServicer(orchestrator), server)

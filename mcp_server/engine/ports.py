@@ -47,6 +47,16 @@ class ProtocolCallError(Exception):
         # only the instance that answered failed; other instances of the protocol serve
         self.instance_only = False
 
+    @classmethod
+    def from_plugin(cls, code: str, message: str, address: str) -> ProtocolCallError:
+        """The error a plugin call ended with. The orchestrator stops waiting on a call by
+        cancelling its own task, never with a CANCELLED status, so a CANCELLED that comes back
+        was the instance's or the transport's doing (a server shutting down, gRPC shedding a
+        burst): the call may never have run, and it is UNAVAILABLE, retried by policy."""
+        if code == "CANCELLED":
+            return cls("UNAVAILABLE", f"instance {address} cancelled the call ({message or 'no details'})")
+        return cls(code, message or code)
+
 
 class CallObserver(Protocol):
     """What a caller reports while a call is under way; the engine turns it into events."""

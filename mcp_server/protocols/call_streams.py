@@ -117,8 +117,7 @@ class _Stream:
                     if future is None or future.done():
                         continue  # given up on
                     if outcome.HasField("error"):
-                        code = _code_name(outcome.error.code)
-                        future.set_exception(ProtocolCallError(code, outcome.error.message or code))
+                        future.set_exception(ProtocolCallError.from_plugin(_code_name(outcome.error.code), outcome.error.message, self.address))
                     else:
                         future.set_result(outcome.response)
             self._end("the plugin ended the stream", False)

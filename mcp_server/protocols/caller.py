@@ -177,7 +177,7 @@ def _call_error(exc: grpc.aio.AioRpcError, address: str, timeout: float | None) 
         details = f"the attempt deadline of {timeout:g}s ran out ({details})"
     elif exc.code() == grpc.StatusCode.UNAVAILABLE:
         details = f"instance {address}: {details}"
-    return ProtocolCallError(exc.code().name, details or exc.code().name)
+    return ProtocolCallError.from_plugin(exc.code().name, details, address)
 
 
 def _context(context: CallContext, timeout: float | None) -> protocol_pb2.ExecutionContext:

@@ -31,6 +31,25 @@ async def test_retryable_failures_are_retried_with_an_event_per_retry(client):
     assert "retrying in" in retries[0].message
 
 
+@pytest.mark.parametrize("transport", ["Execute", "ExecuteMany"])
+async def test_a_call_the_plugin_cancelled_is_retried_as_unavailable(client, transport):
+    """The orchestrator never ends its own calls with a CANCELLED status, so one that comes back
+    was the plugin's or gRPC's doing (a server shutting down, a burst shed) and is retried."""
+    if transport == "Execute":  # the chaos plugin serves no ExecuteMany
+        node = chaos("c", "{'action': 'fail_times', 'times': 1, 'code': 'CANCELLED'}", retry=FAST_RETRY)
+    else:  # testkit serves it; its `fail` fails every attempt
+        node = step("c", "fail", "{'code': 'CANCELLED', 'message': 'shed'}", retry=FAST_RETRY)
+    task = await run(client, workflow(f"cancelled-{transport}", node))
+    retries = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING]
+    assert retries and all(e.data.fields["code"].string_value == "UNAVAILABLE" for e in retries)
+    assert "cancelled the call" in retries[0].message
+    if transport == "Execute":
+        assert task.status == task_pb2.TASK_STATUS_COMPLETED and step_states(task)["c"].attempts == 2
+    else:
+        assert task.status == task_pb2.TASK_STATUS_FAILED and step_states(task)["c"].attempts == 3
+        assert task.error.code == grpc.StatusCode.UNAVAILABLE.value[0] and "shed" in task.error.message
+
+
 async def test_a_non_retryable_code_is_not_retried(client):
     task = await run(client, workflow("no-retry", chaos("c", "{'action': 'fail', 'code': 'INVALID_ARGUMENT'}", retry={"max_attempts": 5})))
     assert task.status == task_pb2.TASK_STATUS_FAILED

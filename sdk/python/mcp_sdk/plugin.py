@@ -41,6 +41,7 @@ from grpc_reflection.v1alpha import reflection
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
+from mcp_sdk.serving import DEFAULT_MAX_PENDING_CALLS, pending_call_options
 from mcp_sdk.values import dict_to_struct, sendable_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,8 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
 
     # serve ExecuteMany (many calls over one stream); without it the orchestrator uses Execute
     call_streams = True
+    # calls received and waiting for the event loop before gRPC sheds any (see mcp_sdk.serving)
+    max_pending_calls = DEFAULT_MAX_PENDING_CALLS
 
     def __init__(self, name: str, capacity: protocol_pb2.Capacity | dict[str, int] | None = None) -> None:
         self.name = name
@@ -342,7 +345,7 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
 
     async def start(self, listen: str = "127.0.0.1:0", credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, str]:
         """Start serving on `listen` (over TLS with `credentials`); return the server and the address it bound."""
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=pending_call_options(self.max_pending_calls))
         server.add_generic_rpc_handlers((self._handlers(),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -381,7 +384,8 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
                 await asyncio.sleep(max(1.0, ttl / 3))
 
     def main(self, argv: list[str] | None = None) -> None:
-        """Command-line entry: `--listen ADDRESS --register ORCHESTRATOR --ttl SECONDS --capacity gpus=1,...`,
+        """Command-line entry: `--listen ADDRESS --register ORCHESTRATOR --ttl SECONDS --capacity gpus=1,...
+        --max-pending-calls N`,
         TLS to serve (`--tls-cert/--tls-key/--tls-client-ca`) and to register (`--register-tls-ca`,
         `--register-token` or MCP_TOKEN)."""
         parser = argparse.ArgumentParser(prog=self.name, description=f"Serve the {self.name} protocol plugin.")
@@ -395,8 +399,13 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         parser.add_argument("--register-token", default=os.environ.get("MCP_TOKEN"),
                             help="bearer token of an operator, when the orchestrator checks tokens (default: $MCP_TOKEN)")
         parser.add_argument("--register-tls-ca", help="reach the orchestrator over TLS, trusting this CA (PEM)")
+        parser.add_argument("--max-pending-calls", type=int, default=self.max_pending_calls,
+                            help=f"calls received and waiting for the event loop before gRPC sheds any (default {self.max_pending_calls})")
         args = parser.parse_args(argv if argv is not None else sys.argv[1:])
         logging.basicConfig(level=logging.INFO)
+        if args.max_pending_calls < 1:
+            parser.error("--max-pending-calls must be at least 1")
+        self.max_pending_calls = args.max_pending_calls
         if args.capacity is not None:
             self.capacity = args.capacity
         credentials = None

@@ -55,6 +55,7 @@ test: setup node console-assets browser lint
 
 lint: setup
 	$(VENV)/bin/ruff check mcp_server protocol_plugins tests bench $(SDK)
+	$(VENV)/bin/ruff format --check mcp_server protocol_plugins tests bench $(SDK)
 	$(VENV)/bin/mypy
 	node --check mcp_server/console/static/console.js
 

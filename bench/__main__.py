@@ -28,7 +28,17 @@ from bench.capacity import bench_capacity
 from bench.chains import bench_chains, fanout_floor
 from bench.cluster import bench_cluster
 from bench.console import bench_console
-from bench.harness import Orchestrated, Proc, Stat, chain, percentile, repeat, start_orchestrator, start_plugin, throughput
+from bench.harness import (
+    Orchestrated,
+    Proc,
+    Stat,
+    chain,
+    percentile,
+    repeat,
+    start_orchestrator,
+    start_plugin,
+    throughput,
+)
 from bench.layout import bench_layout
 from bench.report import REDIS, RESULTS, table
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
@@ -43,8 +53,11 @@ async def floor_chain(stub: protocol_pb2_grpc.ProtocolServiceStub, steps: int, s
     value = dict_to_struct({"x": 1, "pad": "p" * 64})
     key = uuid.uuid4().hex
     for i in range(steps):
-        response = await stub.Execute(protocol_pb2.ExecuteRequest(protocol="echo", input=value,
-                                                                  context=protocol_pb2.ExecutionContext(task_id=key, step_path=f"s{i}")))
+        response = await stub.Execute(
+            protocol_pb2.ExecuteRequest(
+                protocol="echo", input=value, context=protocol_pb2.ExecutionContext(task_id=key, step_path=f"s{i}")
+            )
+        )
         value = response.output
         if store is not None:
             async with store.pipeline(transaction=True) as pipe:
@@ -72,22 +85,39 @@ async def bench_floors_and_orchestrated(plugin: Proc, quick: bool, baseline: Pat
     floor_redis = await repeat(runs, lambda: p50(lambda: floor_chain(stub, 3, store)))
     floor10 = await repeat(runs, lambda: p50(lambda: floor_chain(stub, 10, store)))
     floor_tps = await repeat(runs, lambda: throughput(lambda: floor_chain(stub, 3, store), 64, total))
-    rows += [("floor: 3-step chain, bare grpc.aio, p50 ms", floor, ""),
-             ("floor+redis: 3-step chain + 1 pipelined write/step, p50 ms", floor_redis, ""),
-             ("floor+redis: 10-step chain, p50 ms", floor10, ""),
-             ("floor+redis: chains/s, 64 in flight", floor_tps, "")]
+    rows += [
+        ("floor: 3-step chain, bare grpc.aio, p50 ms", floor, ""),
+        ("floor+redis: 3-step chain + 1 pipelined write/step, p50 ms", floor_redis, ""),
+        ("floor+redis: 10-step chain, p50 ms", floor10, ""),
+        ("floor+redis: chains/s, 64 in flight", floor_tps, ""),
+    ]
     for backend in ("redis", "sqlite"):
         rows += await orchestrated_rows(backend, plugin, samples, runs, total, floor_redis, floor10, floor_tps)
     if baseline is not None:
-        rows += await orchestrated_rows("redis", plugin, samples, runs, total, floor_redis, floor10, floor_tps, code=baseline)
+        rows += await orchestrated_rows(
+            "redis", plugin, samples, runs, total, floor_redis, floor10, floor_tps, code=baseline
+        )
     table("Latency and throughput (3-step no-op chain)", rows)
     await store.aclose()
     await channel.close()
 
 
-async def orchestrated_rows(backend: str, plugin: Proc, samples: int, runs: int, total: int, floor_redis: Stat, floor10: Stat,
-                            floor_tps: Stat, code: Path | None = None) -> list[tuple[str, Stat | float | str, str]]:
-    url = f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:" if backend == "redis" else f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+async def orchestrated_rows(
+    backend: str,
+    plugin: Proc,
+    samples: int,
+    runs: int,
+    total: int,
+    floor_redis: Stat,
+    floor10: Stat,
+    floor_tps: Stat,
+    code: Path | None = None,
+) -> list[tuple[str, Stat | float | str, str]]:
+    url = (
+        f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
+        if backend == "redis"
+        else f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+    )
     orchestrator = start_orchestrator(url, [plugin.address], code=code)
     backend = f"{backend} (before: {code.name[:8]})" if code is not None else backend
     client = Orchestrated(orchestrator.address)
@@ -116,7 +146,9 @@ async def orchestrated_rows(backend: str, plugin: Proc, samples: int, runs: int,
     ]
     if backend.startswith("redis"):
         writes, reads = await round_trips_per_step(client)
-        rows.append((f"{backend}: orchestrator writes (EVALSHA) per step, 10-step task", f"{writes:.2f}", "atomic checkpoints"))
+        rows.append(
+            (f"{backend}: orchestrator writes (EVALSHA) per step, 10-step task", f"{writes:.2f}", "atomic checkpoints")
+        )
         rows.append((f"{backend}: watcher reads (XREAD) per step, 10-step task", f"{reads:.2f}", "one watcher"))
     await client.close()
     orchestrator.stop()
@@ -146,11 +178,23 @@ async def bench_fanout(plugin: Proc, quick: bool) -> None:
     client, redis_client = Orchestrated(orchestrator.address), Orchestrated(on_redis.address)
     branches = [{"id": f"b{i}", "step": {"protocol": "sleep", "input": "{'ms': 100}"}} for i in range(100)]
     for each in (client, redis_client):
-        await each.create({"workflow_id": "fan", "root": {"id": "fan", "parallel": {"children": branches, "max_concurrency": 100}}})
+        await each.create(
+            {"workflow_id": "fan", "root": {"id": "fan", "parallel": {"children": branches, "max_concurrency": 100}}}
+        )
     items = 300 if quick else 1000
-    await client.create({"workflow_id": "map", "root": {"id": "m", "map": {
-        "items": "input.items.map(i, {'ms': 100, 'i': i})", "max_concurrency": 100,
-        "body": {"id": "nap", "step": {"protocol": "sleep"}}}}})
+    await client.create(
+        {
+            "workflow_id": "map",
+            "root": {
+                "id": "m",
+                "map": {
+                    "items": "input.items.map(i, {'ms': 100, 'i': i})",
+                    "max_concurrency": 100,
+                    "body": {"id": "nap", "step": {"protocol": "sleep"}},
+                },
+            },
+        }
+    )
     channel = grpc.aio.insecure_channel(plugin.address)
     stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
     await fanout_floor(stub, 100, 100)
@@ -167,13 +211,32 @@ async def bench_fanout(plugin: Proc, quick: bool) -> None:
     on_redis.stop()
     mapped = await repeat(3, lambda: client.run("map", {"items": list(range(items))}))
     ideal = items / 100 * 0.1
-    table("Fan-out (plugin sleeps 100 ms per call)", [
-        ("bare gRPC: 100 concurrent calls from a client, wall ms", bare, ""),
-        ("parallel of 100 branches, sqlite, SubmitAndWatchTask: wall ms", fan_ms, f"{fan_ms.median / bare.median:.2f}x the bare gather"),
-        ("parallel of 100 branches, sqlite, RunTask: wall ms", fan_unary_ms, f"{fan_unary_ms.median / bare.median:.2f}x the bare gather"),
-        ("parallel of 100 branches, redis, RunTask: wall ms", fan_redis_ms, f"{fan_redis_ms.median / bare.median:.2f}x the bare gather"),
-        (f"map over {items} items, max_concurrency 100, sqlite: wall s", mapped, f"{mapped.median / ideal:.2f}x the {ideal:.1f} s floor"),
-    ])
+    table(
+        "Fan-out (plugin sleeps 100 ms per call)",
+        [
+            ("bare gRPC: 100 concurrent calls from a client, wall ms", bare, ""),
+            (
+                "parallel of 100 branches, sqlite, SubmitAndWatchTask: wall ms",
+                fan_ms,
+                f"{fan_ms.median / bare.median:.2f}x the bare gather",
+            ),
+            (
+                "parallel of 100 branches, sqlite, RunTask: wall ms",
+                fan_unary_ms,
+                f"{fan_unary_ms.median / bare.median:.2f}x the bare gather",
+            ),
+            (
+                "parallel of 100 branches, redis, RunTask: wall ms",
+                fan_redis_ms,
+                f"{fan_redis_ms.median / bare.median:.2f}x the bare gather",
+            ),
+            (
+                f"map over {items} items, max_concurrency 100, sqlite: wall s",
+                mapped,
+                f"{mapped.median / ideal:.2f}x the {ideal:.1f} s floor",
+            ),
+        ],
+    )
     await client.close()
     orchestrator.stop()
 
@@ -182,25 +245,53 @@ async def bench_fanout(plugin: Proc, quick: bool) -> None:
 async def bench_scale(plugin: Proc, quick: bool) -> None:
     count = 2000 if quick else 10_000
     rows: list[tuple[str, Stat | float | str, str]] = []
-    for label, env in (("plugin calls over ExecuteMany", {}), ("every plugin call an Execute call", {"MCP_PLUGIN_CALL_STREAMS": "false"})):
+    for label, env in (
+        ("plugin calls over ExecuteMany", {}),
+        ("every plugin call an Execute call", {"MCP_PLUGIN_CALL_STREAMS": "false"}),
+    ):
         per_task, probes = await _tasks_in_flight(plugin, count, env)
-        rows += [(f"{label}: orchestrator RSS growth per task in flight, KB", f"{per_task:.1f}", ""),
-                 (f"{label}: GetTask under that load, p50 / p99 ms (loop-lag proxy)", f"{percentile(probes, 0.5):.2f}",
-                  f"p99 {percentile(probes, 0.99):.2f}")]
-    measured = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.callmem", "--plugin", plugin.address, "--calls", str(count),
-                                                    stdout=asyncio.subprocess.PIPE)
+        rows += [
+            (f"{label}: orchestrator RSS growth per task in flight, KB", f"{per_task:.1f}", ""),
+            (
+                f"{label}: GetTask under that load, p50 / p99 ms (loop-lag proxy)",
+                f"{percentile(probes, 0.5):.2f}",
+                f"p99 {percentile(probes, 0.99):.2f}",
+            ),
+        ]
+    measured = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.callmem",
+        "--plugin",
+        plugin.address,
+        "--calls",
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
+    )
     floor = (await measured.communicate())[0].decode().split()[-1]
-    rows.append(("one pending unary gRPC call by itself, RSS per call, KB", floor, "what each waiting task holds when its calls are Execute calls"))
+    rows.append(
+        (
+            "one pending unary gRPC call by itself, RSS per call, KB",
+            floor,
+            "what each waiting task holds when its calls are Execute calls",
+        )
+    )
     table(f"Scale: {count} tasks in flight on a slow plugin (redis store)", rows)
 
 
 async def _tasks_in_flight(plugin: Proc, count: int, env: dict[str, str]) -> tuple[float, list[float]]:
     """Orchestrator RSS growth per task with `count` tasks waiting on a 2-minute step, and
     GetTask latencies meanwhile."""
-    orchestrator = start_orchestrator(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [plugin.address], "bench", None, **env)
+    orchestrator = start_orchestrator(
+        f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [plugin.address], "bench", None, **env
+    )
     client = Orchestrated(orchestrator.address)
-    await client.create({"workflow_id": "slow", "root": {"id": "wait", "step": {"protocol": "sleep", "input": "{'ms': 120000}",
-                                                                                  "timeout": "600s"}}})
+    await client.create(
+        {
+            "workflow_id": "slow",
+            "root": {"id": "wait", "step": {"protocol": "sleep", "input": "{'ms': 120000}", "timeout": "600s"}},
+        }
+    )
     await client.create(chain("probe", 1))
     await client.run("probe", read="run")
     await asyncio.sleep(1)
@@ -248,10 +339,13 @@ async def replica_throughput(plugin: Proc, replicas: int, total: int) -> Stat:
 async def bench_replicas(plugin: Proc, quick: bool) -> None:
     total = 128 if quick else 640
     results = {replicas: await replica_throughput(plugin, replicas, total) for replicas in (1, 2)}
-    table("Scale-out: 3-step tasks/s with 64 in flight, replicas on one Redis (2 cores shared by all processes)", [
-        ("one replica", results[1], ""),
-        ("two replicas", results[2], f"{results[2].median / results[1].median:.2f}x one replica"),
-    ])
+    table(
+        "Scale-out: 3-step tasks/s with 64 in flight, replicas on one Redis (2 cores shared by all processes)",
+        [
+            ("one replica", results[1], ""),
+            ("two replicas", results[2], f"{results[2].median / results[1].median:.2f}x one replica"),
+        ],
+    )
 
 
 # ---- streaming ------------------------------------------------------------------------------
@@ -262,7 +356,10 @@ async def watch_delays(client: Orchestrated, watchers: int) -> list[float]:
 
     async def watch() -> None:
         async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-            if event.type in (task_pb2.TASK_EVENT_TYPE_STEP_STARTED, task_pb2.TASK_EVENT_TYPE_STEP_COMPLETED) and event.sequence > 3:
+            if (
+                event.type in (task_pb2.TASK_EVENT_TYPE_STEP_STARTED, task_pb2.TASK_EVENT_TYPE_STEP_COMPLETED)
+                and event.sequence > 3
+            ):
                 delays.append((time.time() - event.time.ToNanoseconds() / 1e9) * 1000)
 
     await asyncio.gather(*(watch() for _ in range(watchers)))
@@ -279,10 +376,13 @@ async def bench_streaming(plugin: Proc, quick: bool) -> None:
         delays = await watch_delays(client, watchers)
         stat_p50.runs.append(percentile(delays, 0.5))
         stat_p99.runs.append(percentile(delays, 0.99))
-    table(f"Streaming: event time -> arrival at {watchers} watchers of one task (redis store)", [
-        ("p50 ms", stat_p50, "includes the write-behind of started events"),
-        ("p99 ms", stat_p99, ""),
-    ])
+    table(
+        f"Streaming: event time -> arrival at {watchers} watchers of one task (redis store)",
+        [
+            ("p50 ms", stat_p50, "includes the write-behind of started events"),
+            ("p99 ms", stat_p99, ""),
+        ],
+    )
     await client.close()
     orchestrator.stop()
 
@@ -290,17 +390,33 @@ async def bench_streaming(plugin: Proc, quick: bool) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--only", action="append", help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console")
-    parser.add_argument("--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares")
-    parser.add_argument("--variant", action="append", help='chains: also run the server with an environment, "NAME:VAR=VALUE,..."')
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console",
+    )
+    parser.add_argument(
+        "--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares"
+    )
+    parser.add_argument(
+        "--variant", action="append", help='chains: also run the server with an environment, "NAME:VAR=VALUE,..."'
+    )
     args = parser.parse_args()
     baseline = prepare(args.baseline) if args.baseline else None
     plugin = start_plugin()
-    suites: dict[str, Callable[[Proc, bool], Awaitable[None]]] = {"chains": partial(bench_chains, baseline=baseline, variants=args.variant),
-              "steps": partial(bench_floors_and_orchestrated, baseline=baseline), "fanout": bench_fanout, "streaming": bench_streaming,
-              "replicas": bench_replicas, "scale": bench_scale, "capacity": bench_capacity,
-              "admission": bench_admission, "cluster": bench_cluster, "layout": partial(bench_layout, baseline=baseline),
-              "console": bench_console}
+    suites: dict[str, Callable[[Proc, bool], Awaitable[None]]] = {
+        "chains": partial(bench_chains, baseline=baseline, variants=args.variant),
+        "steps": partial(bench_floors_and_orchestrated, baseline=baseline),
+        "fanout": bench_fanout,
+        "streaming": bench_streaming,
+        "replicas": bench_replicas,
+        "scale": bench_scale,
+        "capacity": bench_capacity,
+        "admission": bench_admission,
+        "cluster": bench_cluster,
+        "layout": partial(bench_layout, baseline=baseline),
+        "console": bench_console,
+    }
     try:
         for name, suite in suites.items():
             if not args.only or name in args.only:

@@ -27,8 +27,11 @@ CALLS_PER_CHAIN = 3
 
 
 def start_testkit(*extra: str) -> Proc:
-    process = subprocess.Popen([sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.testkit", *extra],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.testkit", *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith(READY_LINE), line
@@ -38,11 +41,15 @@ def start_testkit(*extra: str) -> Proc:
 async def bench_admission(plugin: Proc, quick: bool) -> None:
     pairs, rounds, total = (150, 3, 192) if quick else (600, 5, 640)
     plain, limited = start_testkit(), start_testkit("--capacity", "gpus=1000")
-    setups: list[tuple[str, Proc, dict[str, str]]] = [("capacity unset (no admission)", plain, {}),
-              ("capacity set and free, kept grants off", limited, {"MCP_CAPACITY_KEEP_SECONDS": "0"}),
-              ("capacity set and free, kept grants on", limited, {})]
-    servers = [start_orchestrator(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [box.address], "bench", None, **env)
-               for _, box, env in setups]
+    setups: list[tuple[str, Proc, dict[str, str]]] = [
+        ("capacity unset (no admission)", plain, {}),
+        ("capacity set and free, kept grants off", limited, {"MCP_CAPACITY_KEEP_SECONDS": "0"}),
+        ("capacity set and free, kept grants on", limited, {}),
+    ]
+    servers = [
+        start_orchestrator(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [box.address], "bench", None, **env)
+        for _, box, env in setups
+    ]
     clients = [Orchestrated(s.address) for s in servers]
     try:
         runs: list[Callable[[], Awaitable[float]]] = []
@@ -71,14 +78,18 @@ async def bench_admission(plugin: Proc, quick: bool) -> None:
             proc.stop()
     rows: list[tuple[str, Stat | float | str, str]] = []
     for (name, _, _), times, rate, cpu in zip(setups, latencies, rates, cpus):
-        rows += [(f"{name}: p50 ms, one at a time", f"{percentile(times, 0.5):.3f}", ""),
-                 (f"{name}: chains/s, 64 in flight", rate, ""),
-                 (f"{name}: CPU ms per chain, all processes", cpu, "")]
+        rows += [
+            (f"{name}: p50 ms, one at a time", f"{percentile(times, 0.5):.3f}", ""),
+            (f"{name}: chains/s, 64 in flight", rate, ""),
+            (f"{name}: CPU ms per chain, all processes", cpu, ""),
+        ]
     for i in (1, 2):
         added = statistics.median(b - a for a, b in zip(latencies[0], latencies[i])) / CALLS_PER_CHAIN
         cpu_added = (cpus[i].median - cpus[0].median) / CALLS_PER_CHAIN
-        rows += [(f"{setups[i][0]}: ms added per call (paired p50)", f"{added:.3f}", "target < 0.2 ms"),
-                 (f"{setups[i][0]}: CPU ms added per call", f"{cpu_added:.3f}", "")]
+        rows += [
+            (f"{setups[i][0]}: ms added per call (paired p50)", f"{added:.3f}", "target < 0.2 ms"),
+            (f"{setups[i][0]}: CPU ms added per call", f"{cpu_added:.3f}", ""),
+        ]
     table("Admission with capacity free: 3-step chain of gpu_echo (same run, paired samples)", rows)
 
 

@@ -14,8 +14,9 @@ BASELINES = ROOT / "bench" / ".baseline"
 def prepare(ref: str) -> Path:
     """Unpack `ref` (a commit, tag or branch) under bench/.baseline/<sha> and generate its protos.
     It runs on this checkout's virtual environment, so it must not need packages this one lacks."""
-    sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
     target = BASELINES / sha
     marker = target / ".prepared"
     if not marker.exists():
@@ -23,7 +24,9 @@ def prepare(ref: str) -> Path:
         archive = subprocess.run(["git", "archive", sha], cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
         # Before the SDK the contract code was generated into mcp_server/proto by tools/gen_protos.py.
-        generator = "sdk/python/codegen.py" if (target / "sdk" / "python" / "codegen.py").exists() else "tools/gen_protos.py"
+        generator = (
+            "sdk/python/codegen.py" if (target / "sdk" / "python" / "codegen.py").exists() else "tools/gen_protos.py"
+        )
         subprocess.run([sys.executable, generator], cwd=target, check=True, capture_output=True)
         marker.touch()
     return target

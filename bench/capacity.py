@@ -40,8 +40,9 @@ async def run_batch(client: Orchestrated, workflow_id: str, count: int, watch: b
 
     await asyncio.gather(*(one() for _ in range(count)))
     if not watch:
-        request = task_pb2.ListTasksRequest(page_size=1, workflow_id=workflow_id,
-                                            statuses=[task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING])
+        request = task_pb2.ListTasksRequest(
+            page_size=1, workflow_id=workflow_id, statuses=[task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING]
+        )
         while (await client.tasks.ListTasks(request)).total_size:
             await asyncio.sleep(0.05)
 
@@ -72,8 +73,13 @@ async def bench_capacity(plugin: Proc, quick: bool) -> None:
         orchestrator.stop()
     rows = []
     for (steps, watch), (orch, red, ops) in sorted(costs.items()):
-        rows.append((f"{steps}-step task, {'watched' if watch else 'not watched'}: orchestrator CPU ms", f"{orch:.2f}",
-                     f"redis CPU {red:.3f} ms, {ops:.1f} redis commands (in scripts too)"))
+        rows.append(
+            (
+                f"{steps}-step task, {'watched' if watch else 'not watched'}: orchestrator CPU ms",
+                f"{orch:.2f}",
+                f"redis CPU {red:.3f} ms, {ops:.1f} redis commands (in scripts too)",
+            )
+        )
     per_step = (costs[(10, False)][0] - costs[(3, False)][0]) / 7
     per_task = costs[(3, False)][0] - 3 * per_step
     per_watcher = ((costs[(3, True)][0] - costs[(3, False)][0]) + (costs[(10, True)][0] - costs[(10, False)][0])) / 2
@@ -82,15 +88,34 @@ async def bench_capacity(plugin: Proc, quick: bool) -> None:
     redis_watch = ((costs[(3, True)][1] - costs[(3, False)][1]) + (costs[(10, True)][1] - costs[(10, False)][1])) / 2
     five = per_task + 5 * per_step + per_watcher
     five_redis = redis_task + 5 * redis_step + redis_watch
-    rows += [("orchestrator CPU ms: per task (fixed part)", f"{per_task:.2f}", ""),
-             ("orchestrator CPU ms: per step", f"{per_step:.3f}", ""),
-             ("orchestrator CPU ms: per watcher (a whole task's events)", f"{per_watcher:.3f}", ""),
-             ("redis CPU ms: per task / per step / per watcher", f"{redis_task:.3f}", f"{redis_step:.3f} / {redis_watch:.3f}"),
-             ("5-step task, watched: orchestrator CPU ms", f"{five:.2f}", f"one core at {USABLE:.0%}: {USABLE * 1000 / five:.0f} tasks/s"),
-             ("5-step task, watched: redis CPU ms", f"{five_redis:.3f}", f"one Redis core at {USABLE:.0%}: {USABLE * 1000 / five_redis:.0f} tasks/s")]
+    rows += [
+        ("orchestrator CPU ms: per task (fixed part)", f"{per_task:.2f}", ""),
+        ("orchestrator CPU ms: per step", f"{per_step:.3f}", ""),
+        ("orchestrator CPU ms: per watcher (a whole task's events)", f"{per_watcher:.3f}", ""),
+        (
+            "redis CPU ms: per task / per step / per watcher",
+            f"{redis_task:.3f}",
+            f"{redis_step:.3f} / {redis_watch:.3f}",
+        ),
+        (
+            "5-step task, watched: orchestrator CPU ms",
+            f"{five:.2f}",
+            f"one core at {USABLE:.0%}: {USABLE * 1000 / five:.0f} tasks/s",
+        ),
+        (
+            "5-step task, watched: redis CPU ms",
+            f"{five_redis:.3f}",
+            f"one Redis core at {USABLE:.0%}: {USABLE * 1000 / five_redis:.0f} tasks/s",
+        ),
+    ]
     for rate in (1_000, 10_000):
         replicas = rate * five / 1000 / USABLE
         shards = rate * five_redis / 1000 / USABLE
-        rows.append((f"{rate:,} tasks/s of 5-step workflows: orchestrator cores (replicas)", f"{replicas:.1f}",
-                     f"redis shards (masters): {shards:.1f}"))
+        rows.append(
+            (
+                f"{rate:,} tasks/s of 5-step workflows: orchestrator cores (replicas)",
+                f"{replicas:.1f}",
+                f"redis shards (masters): {shards:.1f}",
+            )
+        )
     table("Capacity model inputs (one orchestrator, redis store, 64 in flight)", rows)

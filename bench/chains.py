@@ -26,7 +26,17 @@ from typing import Any
 import grpc
 import redis as redis_sync
 
-from bench.harness import CpuMeter, Orchestrated, Proc, Stat, chain, percentile, start_orchestrator, start_thin, throughput
+from bench.harness import (
+    CpuMeter,
+    Orchestrated,
+    Proc,
+    Stat,
+    chain,
+    percentile,
+    start_orchestrator,
+    start_thin,
+    throughput,
+)
 from bench.report import REDIS, table
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
 from mcp_server.engine.values import dict_to_struct
@@ -67,11 +77,16 @@ class System:
 
         split = ", ".join(f"{k} {sorted(v)[len(v) // 2]:.2f}" for k, v in self.cpu_by_process.items())
         if floor is None:
-            return [(f"{self.name}: p50 ms", self.p50, ""), (f"{self.name}: chains/s, 64 in flight", self.rate, ""),
-                    (f"{self.name}: CPU ms per chain, all processes", self.cpu, split)]
-        return [(f"{self.name}: p50 ms", self.p50, ratio(self.p50, floor.p50)),
-                (f"{self.name}: chains/s, 64 in flight", self.rate, ratio(self.rate, floor.rate)),
-                (f"{self.name}: CPU ms per chain, all processes", self.cpu, f"{ratio(self.cpu, floor.cpu)}; {split}")]
+            return [
+                (f"{self.name}: p50 ms", self.p50, ""),
+                (f"{self.name}: chains/s, 64 in flight", self.rate, ""),
+                (f"{self.name}: CPU ms per chain, all processes", self.cpu, split),
+            ]
+        return [
+            (f"{self.name}: p50 ms", self.p50, ratio(self.p50, floor.p50)),
+            (f"{self.name}: chains/s, 64 in flight", self.rate, ratio(self.rate, floor.rate)),
+            (f"{self.name}: CPU ms per chain, all processes", self.cpu, f"{ratio(self.cpu, floor.cpu)}; {split}"),
+        ]
 
 
 def redis_pid(url: str) -> int:
@@ -82,18 +97,29 @@ def redis_pid(url: str) -> int:
         client.close()
 
 
-async def bench_chains(plugin: Proc, quick: bool, baseline: Path | None = None, variants: list[str] | None = None) -> None:
+async def bench_chains(
+    plugin: Proc, quick: bool, baseline: Path | None = None, variants: list[str] | None = None
+) -> None:
     """`variants`: extra runs of this server on Redis with some environment, each
     "NAME:VAR=VALUE[,VAR=VALUE]" (for example "no hiredis:PYTHONPATH=bench/variants/no_hiredis")."""
     samples, rounds, total = (40, 3, 192) if quick else (150, 5, 640)
     here = {"client": os.getpid(), "plugin": plugin.process.pid, "redis": redis_pid(REDIS)}
     servers: list[tuple[str, str, Path | None, dict[str, str]]] = [
-        ("this server, redis store", "redis", None, {}), ("this server, sqlite store", "sqlite", None, {})]
+        ("this server, redis store", "redis", None, {}),
+        ("this server, sqlite store", "sqlite", None, {}),
+    ]
     if baseline is not None:
         servers.append((f"before ({baseline.name[:8]}), redis store", "redis", baseline, {}))
     for variant in variants or []:
         label, _, settings = variant.partition(":")
-        servers.append((f"this server, redis store, {label}", "redis", None, dict(i.split("=", 1) for i in settings.split(",") if i)))
+        servers.append(
+            (
+                f"this server, redis store, {label}",
+                "redis",
+                None,
+                dict(i.split("=", 1) for i in settings.split(",") if i),
+            )
+        )
     procs: list[Proc] = []
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
@@ -105,11 +131,24 @@ async def bench_chains(plugin: Proc, quick: bool, baseline: Path | None = None, 
         thin_channel = grpc.aio.insecure_channel(thin.address)
         closers.append(thin_channel.close)
         thin_stub = protocol_pb2_grpc.ProtocolServiceStub(thin_channel)
-        systems = [System("bare gRPC: the client calls the plugin 3 times", lambda: bare_chain(bare_stub, 3),
-                          {"client": here["client"], "plugin": here["plugin"]}),
-                   System("thin orchestrator + Redis (the floor)", lambda: thin_chain(thin_stub, 3), {**here, "orchestrator": thin.process.pid})]
+        systems = [
+            System(
+                "bare gRPC: the client calls the plugin 3 times",
+                lambda: bare_chain(bare_stub, 3),
+                {"client": here["client"], "plugin": here["plugin"]},
+            ),
+            System(
+                "thin orchestrator + Redis (the floor)",
+                lambda: thin_chain(thin_stub, 3),
+                {**here, "orchestrator": thin.process.pid},
+            ),
+        ]
         for name, backend, code, env in servers:
-            url = f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:" if backend == "redis" else f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+            url = (
+                f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
+                if backend == "redis"
+                else f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+            )
             orchestrator = start_orchestrator(url, [plugin.address], code=code, **env)
             procs.append(orchestrator)
             client = Orchestrated(orchestrator.address)
@@ -118,12 +157,26 @@ async def bench_chains(plugin: Proc, quick: bool, baseline: Path | None = None, 
             await client.run("three")
             systems.append(System(name, _runner(client), {**here, "orchestrator": orchestrator.process.pid}))
             if name == "this server, redis store":
-                systems.append(System(f"{name}, WatchTaskEvents", _runner(client, "events"),
-                                      {**here, "orchestrator": orchestrator.process.pid}))
+                systems.append(
+                    System(
+                        f"{name}, WatchTaskEvents",
+                        _runner(client, "events"),
+                        {**here, "orchestrator": orchestrator.process.pid},
+                    )
+                )
             if code is None and not env:
-                systems.append(System(f"{name}, SubmitAndWatchTask", _runner(client, "submit-watch"),
-                                      {**here, "orchestrator": orchestrator.process.pid}))
-                systems.append(System(f"{name}, RunTask", _runner(client, "run"), {**here, "orchestrator": orchestrator.process.pid}))
+                systems.append(
+                    System(
+                        f"{name}, SubmitAndWatchTask",
+                        _runner(client, "submit-watch"),
+                        {**here, "orchestrator": orchestrator.process.pid},
+                    )
+                )
+                systems.append(
+                    System(
+                        f"{name}, RunTask", _runner(client, "run"), {**here, "orchestrator": orchestrator.process.pid}
+                    )
+                )
         for _ in range(rounds):
             for system in systems:
                 await system.round(samples, total)
@@ -145,8 +198,13 @@ def _runner(client: Orchestrated, read: str = "watch") -> Callable[[], Awaitable
 async def bare_chain(stub: protocol_pb2_grpc.ProtocolServiceStub, steps: int) -> None:
     value = dict_to_struct({"x": 1})
     for i in range(steps):
-        value = (await stub.Execute(protocol_pb2.ExecuteRequest(protocol="echo", input=value,
-                                                                context=protocol_pb2.ExecutionContext(step_path=f"s{i}")))).output
+        value = (
+            await stub.Execute(
+                protocol_pb2.ExecuteRequest(
+                    protocol="echo", input=value, context=protocol_pb2.ExecutionContext(step_path=f"s{i}")
+                )
+            )
+        ).output
 
 
 async def thin_chain(stub: protocol_pb2_grpc.ProtocolServiceStub, steps: int) -> None:
@@ -156,6 +214,10 @@ async def thin_chain(stub: protocol_pb2_grpc.ProtocolServiceStub, steps: int) ->
 async def fanout_floor(stub: protocol_pb2_grpc.ProtocolServiceStub, branches: int, ms: int) -> float:
     """Wall ms of `branches` concurrent `ms` plugin calls made straight from a client."""
     started = time.perf_counter()
-    await asyncio.gather(*(stub.Execute(protocol_pb2.ExecuteRequest(protocol="sleep", input=dict_to_struct({"ms": ms})))
-                           for _ in range(branches)))
+    await asyncio.gather(
+        *(
+            stub.Execute(protocol_pb2.ExecuteRequest(protocol="sleep", input=dict_to_struct({"ms": ms})))
+            for _ in range(branches)
+        )
+    )
     return (time.perf_counter() - started) * 1000

@@ -24,9 +24,11 @@ async def bench_cluster(plugin: Proc, quick: bool) -> None:
     servers: list[Proc] = []
     clients: list[Orchestrated] = []
     try:
-        stores = {"one redis node": f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:",
-                  "cluster": f"{cluster.url}?prefix=bench:",
-                  "cluster, wait_replicas=1": f"{cluster.url}?prefix=benchwait:&wait_replicas=1"}
+        stores = {
+            "one redis node": f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:",
+            "cluster": f"{cluster.url}?prefix=bench:",
+            "cluster, wait_replicas=1": f"{cluster.url}?prefix=benchwait:&wait_replicas=1",
+        }
         node_pids = {f"redis {port}": process.pid for port, process in cluster.processes.items()}
         systems = []
         for name, url in stores.items():
@@ -35,18 +37,38 @@ async def bench_cluster(plugin: Proc, quick: bool) -> None:
             client = Orchestrated(server.address)
             clients.append(client)
             await client.create(chain("three", 3))
-            await client.create({"workflow_id": "fan", "root": {"id": "fan", "parallel": {"max_concurrency": 100, "children": [
-                {"id": f"b{i}", "step": {"protocol": "sleep", "input": "{'ms': 100}"}} for i in range(100)]}}})
+            await client.create(
+                {
+                    "workflow_id": "fan",
+                    "root": {
+                        "id": "fan",
+                        "parallel": {
+                            "max_concurrency": 100,
+                            "children": [
+                                {"id": f"b{i}", "step": {"protocol": "sleep", "input": "{'ms': 100}"}}
+                                for i in range(100)
+                            ],
+                        },
+                    },
+                }
+            )
             await client.run("three")
             redis = {"redis": redis_pid(REDIS)} if name == "one redis node" else node_pids
-            systems.append(System(name, _runner(client), {"client": os.getpid(), "orchestrator": server.process.pid,
-                                                          "plugin": plugin.process.pid, **redis}))
+            systems.append(
+                System(
+                    name,
+                    _runner(client),
+                    {"client": os.getpid(), "orchestrator": server.process.pid, "plugin": plugin.process.pid, **redis},
+                )
+            )
         for _ in range(rounds):
             for system in systems:
                 await system.round(samples, total)
         fans: dict[str, Stat] = {}
         channel = grpc.aio.insecure_channel(plugin.address)
-        fans["bare gRPC gather"] = await repeat(3, lambda: fanout_floor(protocol_pb2_grpc.ProtocolServiceStub(channel), 100, 100))
+        fans["bare gRPC gather"] = await repeat(
+            3, lambda: fanout_floor(protocol_pb2_grpc.ProtocolServiceStub(channel), 100, 100)
+        )
         await channel.close()
         for name, client in zip(stores, clients):
             fans[name] = Stat([r * 1000 for r in (await repeat(3, lambda c=client: c.run("fan"))).runs])  # type: ignore[misc]
@@ -59,17 +81,35 @@ async def bench_cluster(plugin: Proc, quick: bool) -> None:
         cluster.stop()
     rows: list[tuple[str, Stat | float | str, str]] = []
     for system in systems:
-        redis_cpu = sum(v for k, values in system.cpu_by_process.items() if k.startswith("redis") for v in [sorted(values)[len(values) // 2]])
-        rows += [(f"{system.name}: 3-step p50 ms", system.p50, ""), (f"{system.name}: chains/s, 64 in flight", system.rate, ""),
-                 (f"{system.name}: CPU ms per chain, all processes", system.cpu, f"redis (all nodes) {redis_cpu:.2f}")]
+        redis_cpu = sum(
+            v
+            for k, values in system.cpu_by_process.items()
+            if k.startswith("redis")
+            for v in [sorted(values)[len(values) // 2]]
+        )
+        rows += [
+            (f"{system.name}: 3-step p50 ms", system.p50, ""),
+            (f"{system.name}: chains/s, 64 in flight", system.rate, ""),
+            (f"{system.name}: CPU ms per chain, all processes", system.cpu, f"redis (all nodes) {redis_cpu:.2f}"),
+        ]
     rows += [(f"fan-out 100 x 100 ms, {name}: wall ms", stat, "") for name, stat in fans.items()]
     clustered = systems[1]
-    per_master = sum(sorted(v)[len(v) // 2] for k, v in clustered.cpu_by_process.items() if k.startswith("redis")) / max(len(masters), 1)
+    per_master = sum(
+        sorted(v)[len(v) // 2] for k, v in clustered.cpu_by_process.items() if k.startswith("redis")
+    ) / max(len(masters), 1)
     orchestrator = sorted(clustered.cpu_by_process["orchestrator"])[1]
-    rows += [("cluster: redis CPU ms per 3-step task, per master (replicas included)", f"{per_master:.3f}",
-              f"one master core at {USABLE:.0%}: {USABLE * 1000 / per_master:.0f} 3-step tasks/s"),
-             ("cluster: orchestrator CPU ms per 3-step task", f"{orchestrator:.2f}",
-              f"one orchestrator core at {USABLE:.0%}: {USABLE * 1000 / orchestrator:.0f} 3-step tasks/s")]
+    rows += [
+        (
+            "cluster: redis CPU ms per 3-step task, per master (replicas included)",
+            f"{per_master:.3f}",
+            f"one master core at {USABLE:.0%}: {USABLE * 1000 / per_master:.0f} 3-step tasks/s",
+        ),
+        (
+            "cluster: orchestrator CPU ms per 3-step task",
+            f"{orchestrator:.2f}",
+            f"one orchestrator core at {USABLE:.0%}: {USABLE * 1000 / orchestrator:.0f} 3-step tasks/s",
+        ),
+    ]
     table("Redis Cluster: 3 masters + 3 replicas on the same 2 cores (same run, rounds interleaved)", rows)
 
 

@@ -67,8 +67,10 @@ async def sse_delays(session: aiohttp.ClientSession, url: str) -> list[float]:
 
 async def bench_console(plugin: Proc, quick: bool) -> None:
     count = 2_000 if quick else 10_000
-    for store_name, store in (("sqlite", f"sqlite:////tmp/bench-console-{uuid.uuid4().hex[:8]}.db"),
-                              ("redis", f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:")):
+    for store_name, store in (
+        ("sqlite", f"sqlite:////tmp/bench-console-{uuid.uuid4().hex[:8]}.db"),
+        ("redis", f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"),
+    ):
         console_port = free_port()
         orchestrator = start_orchestrator(store, [plugin.address], MCP_CONSOLE_LISTEN=f"127.0.0.1:{console_port}")
         url = f"http://127.0.0.1:{console_port}"
@@ -89,24 +91,40 @@ async def bench_console(plugin: Proc, quick: bool) -> None:
                 next_token = re.search(r'id="next-page" href="\?[^"]*page=([^"&]+)', await first.text())
                 rows: list[tuple[str, Stat | float | str, str]] = []
                 runs = 3
-                for name, path in (("first page, no filter", "/tasks"), ("first page, status=completed", "/tasks?status=completed"),
-                                   ("first page, workflow=other (100 of them)", "/tasks?workflow=other"),
-                                   ("second page", f"/tasks?page={next_token.group(1) if next_token else ''}")):
+                for name, path in (
+                    ("first page, no filter", "/tasks"),
+                    ("first page, status=completed", "/tasks?status=completed"),
+                    ("first page, workflow=other (100 of them)", "/tasks?workflow=other"),
+                    ("second page", f"/tasks?page={next_token.group(1) if next_token else ''}"),
+                ):
                     p50, p95 = Stat(), Stat()
                     for _ in range(runs):
                         samples = await page_times(session, url + path, 20 if quick else 50)
                         p50.runs.append(percentile(samples, 0.5))
                         p95.runs.append(percentile(samples, 0.95))
-                    rows.append((f"{name}: p50 ms", p50, f"{p50.median / TARGET_LIST_MS:.2f}x of the {TARGET_LIST_MS:.0f} ms target"))
+                    rows.append(
+                        (
+                            f"{name}: p50 ms",
+                            p50,
+                            f"{p50.median / TARGET_LIST_MS:.2f}x of the {TARGET_LIST_MS:.0f} ms target",
+                        )
+                    )
                     rows.append((f"{name}: p95 ms", p95, ""))
                 task_page = await page_times(session, f"{url}/tasks/{ticker.task_id}", 20)
                 rows.append(("a task page (20 steps): p50 ms", Stat([percentile(task_page, 0.5)]), ""))
                 live = delays[1:]  # the first ones may be replayed, not live
-                rows.append(("step event -> console SSE: p50 ms", Stat([percentile(live, 0.5)]),
-                             f"{percentile(live, 0.5) / TARGET_EVENT_MS:.2f}x of the {TARGET_EVENT_MS:.0f} ms target (server side)"))
+                rows.append(
+                    (
+                        "step event -> console SSE: p50 ms",
+                        Stat([percentile(live, 0.5)]),
+                        f"{percentile(live, 0.5) / TARGET_EVENT_MS:.2f}x"
+                        f" of the {TARGET_EVENT_MS:.0f} ms target (server side)",
+                    )
+                )
                 rows.append(("step event -> console SSE: max ms", Stat([max(live)]), ""))
-            table(f"Console ({store_name} store, {count:,} tasks, filled in {filled:.0f} s): HTTP GET as a browser would", rows)
+            table(
+                f"Console ({store_name} store, {count:,} tasks, filled in {filled:.0f} s): HTTP GET as a browser would",
+                rows,
+            )
         finally:
             orchestrator.stop()
-
-

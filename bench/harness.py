@@ -50,14 +50,18 @@ class Proc:
 
 
 def start_plugin(module: str = "protocol_plugins.testkit") -> Proc:
-    process = subprocess.Popen([sys.executable, "-m", "protocol_plugins.run", module], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "protocol_plugins.run", module], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith(READY_LINE), line
     return Proc(process, line.split()[1])
 
 
-def start_orchestrator(store: str, plugins: list[str], replica: str = "bench", code: Path | None = None, **env: str) -> Proc:
+def start_orchestrator(
+    store: str, plugins: list[str], replica: str = "bench", code: Path | None = None, **env: str
+) -> Proc:
     """Run an orchestrator process; `code` runs another checkout of the server (a baseline)."""
     address = f"127.0.0.1:{free_port()}"
     args = [sys.executable, "-m", "mcp_server", "--listen", address, "--store", store, "--replica-id", replica]
@@ -65,9 +69,12 @@ def start_orchestrator(store: str, plugins: list[str], replica: str = "bench", c
         args += ["--plugin", plugin]
     environment = {**os.environ, "MCP_LIMIT_MAX_TASKS_IN_FLIGHT": "20000", "MCP_LIMIT_MAX_CONCURRENCY": "1000", **env}
     if code is not None:
-        environment["PYTHONPATH"] = os.pathsep.join(p for p in (environment.get("PYTHONPATH", ""), *import_paths(code)) if p)
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
-                               cwd=code)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            p for p in (environment.get("PYTHONPATH", ""), *import_paths(code)) if p
+        )
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=code
+    )
     assert process.stdout is not None
     for line in process.stdout:
         if "listening on" in line:
@@ -106,7 +113,9 @@ class Orchestrated:
     """A client of one orchestrator: create workflows, run tasks to their end."""
 
     def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        self.channel = grpc.aio.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
         self.tasks = task_pb2_grpc.TaskServiceStub(self.channel)
         self.workflows = workflow_pb2_grpc.WorkflowServiceStub(self.channel)
 
@@ -148,7 +157,9 @@ class Orchestrated:
 
 
 def chain(workflow_id: str, steps: int, protocol: str = "echo", expr: str = "") -> dict[str, Any]:
-    children = [{"id": f"s{i}", "step": {"protocol": protocol, **({"input": expr} if expr else {})}} for i in range(steps)]
+    children = [
+        {"id": f"s{i}", "step": {"protocol": protocol, **({"input": expr} if expr else {})}} for i in range(steps)
+    ]
     return {"workflow_id": workflow_id, "root": {"id": "root", "sequence": {"children": children}}}
 
 
@@ -190,8 +201,11 @@ class CpuMeter:
 
 def start_thin(plugin: str, redis_url: str) -> Proc:
     """The thinnest orchestrator (bench/thin.py) as its own process."""
-    process = subprocess.Popen([sys.executable, "-m", "bench.thin", "--plugin", plugin, "--redis", redis_url],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.thin", "--plugin", plugin, "--redis", redis_url],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith("THIN_LISTENING"), line

@@ -30,7 +30,9 @@ def start_aof_redis() -> tuple[subprocess.Popen[bytes], str]:
     """A private Redis that appends every write to its AOF, and never rewrites it during a run."""
     port = free_port()
     directory = tempfile.mkdtemp(prefix="bench-redis-")
-    process = start_redis_server(port, directory, "--appendonly", "yes", "--appendfsync", "no", "--auto-aof-rewrite-percentage", "0")
+    process = start_redis_server(
+        port, directory, "--appendonly", "yes", "--appendfsync", "no", "--auto-aof-rewrite-percentage", "0"
+    )
     return process, f"redis://127.0.0.1:{port}/0"
 
 
@@ -42,7 +44,9 @@ def aof_bytes(url: str) -> int:
         client.close()
 
 
-async def per_step(client: Orchestrated, url: str, workflow_id: str, steps: int, payload: dict[str, Any]) -> tuple[float, float]:
+async def per_step(
+    client: Orchestrated, url: str, workflow_id: str, steps: int, payload: dict[str, Any]
+) -> tuple[float, float]:
     """(bytes written per step, ms per step) of one run."""
     await asyncio.sleep(0.2)  # let the previous run's background writes land
     before = aof_bytes(url)
@@ -65,8 +69,13 @@ async def bench_layout(plugin: Proc, quick: bool, baseline: Path | None = None) 
 
 
 async def _per_step_costs(plugin: Proc, url: str, label: str, code: Path | None, quick: bool) -> None:
-    orchestrator = start_orchestrator(f"{url}?prefix=bench:layout{uuid.uuid4().hex[:6]}:", [plugin.address], code=code,
-                                      MCP_LIMIT_MAX_WORKFLOW_NODES="2000", MCP_LIMIT_MAX_INPUT_BYTES=str(2 * 1024 * 1024))
+    orchestrator = start_orchestrator(
+        f"{url}?prefix=bench:layout{uuid.uuid4().hex[:6]}:",
+        [plugin.address],
+        code=code,
+        MCP_LIMIT_MAX_WORKFLOW_NODES="2000",
+        MCP_LIMIT_MAX_INPUT_BYTES=str(2 * 1024 * 1024),
+    )
     client = Orchestrated(orchestrator.address)
     for steps in LENGTHS:
         await client.create(chain(f"c{steps}", steps, "stamp"))
@@ -82,11 +91,20 @@ async def _per_step_costs(plugin: Proc, url: str, label: str, code: Path | None,
                 timing[steps] = Stat([r[1] for r in runs])
             grow = written[200].median / written[10].median
             slow = timing[200].median / timing[10].median
-            rows += [(f"{label} {name}: bytes written per step, 10 steps", written[10], f"{written[10].median / size:.2f}x the payload"),
-                     (f"{label} {name}: bytes written per step, 200 steps", written[200],
-                      f"{written[200].median / size:.2f}x the payload; {grow:.2f}x of at 10 steps"),
-                     (f"{label} {name}: ms per step, 10 steps", timing[10], ""),
-                     (f"{label} {name}: ms per step, 200 steps", timing[200], f"{slow:.2f}x of at 10 steps")]
+            rows += [
+                (
+                    f"{label} {name}: bytes written per step, 10 steps",
+                    written[10],
+                    f"{written[10].median / size:.2f}x the payload",
+                ),
+                (
+                    f"{label} {name}: bytes written per step, 200 steps",
+                    written[200],
+                    f"{written[200].median / size:.2f}x the payload; {grow:.2f}x of at 10 steps",
+                ),
+                (f"{label} {name}: ms per step, 10 steps", timing[10], ""),
+                (f"{label} {name}: ms per step, 200 steps", timing[200], f"{slow:.2f}x of at 10 steps"),
+            ]
     finally:
         await client.close()
         orchestrator.stop()
@@ -96,18 +114,30 @@ async def _per_step_costs(plugin: Proc, url: str, label: str, code: Path | None,
 async def _long_and_large(plugin: Proc, url: str, quick: bool) -> None:
     rows: list[tuple[str, Stat | float | str, str]] = []
     for backend in ("redis", "sqlite"):
-        store = f"{url}?prefix=bench:long{uuid.uuid4().hex[:6]}:" if backend == "redis" else f"sqlite:///{tempfile.mkdtemp()}/long.db"
+        store = (
+            f"{url}?prefix=bench:long{uuid.uuid4().hex[:6]}:"
+            if backend == "redis"
+            else f"sqlite:///{tempfile.mkdtemp()}/long.db"
+        )
         orchestrator = start_orchestrator(store, [plugin.address], MCP_LIMIT_MAX_WORKFLOW_NODES="2000")
         client = Orchestrated(orchestrator.address)
         try:
             await client.create(chain("thousand", 1000))
             await client.create(chain("big", 200, "stamp"))
-            for workflow_id, payload, name in (("thousand", {"n": 1}, "1,000-step sequence"),
-                                               ("big", {"text": "x" * 100_000}, "200-step chain of 100 KB outputs")):
+            for workflow_id, payload, name in (
+                ("thousand", {"n": 1}, "1,000-step sequence"),
+                ("big", {"text": "x" * 100_000}, "200-step chain of 100 KB outputs"),
+            ):
                 ran = await client.run(workflow_id, payload)
                 read = await _read_back(client)
-                rows += [(f"{backend}: {name}, run s", f"{ran:.2f}", "submit -> terminal event"),
-                         (f"{backend}: {name}, read back ms", f"{read * 1000:.1f}", "GetTask + every ListTaskSteps page + ReadValue")]
+                rows += [
+                    (f"{backend}: {name}, run s", f"{ran:.2f}", "submit -> terminal event"),
+                    (
+                        f"{backend}: {name}, read back ms",
+                        f"{read * 1000:.1f}",
+                        "GetTask + every ListTaskSteps page + ReadValue",
+                    ),
+                ]
         finally:
             await client.close()
             orchestrator.stop()
@@ -120,7 +150,9 @@ async def _read_back(client: Orchestrated) -> float:
     await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=latest.task_id))
     token, seen = "", 0
     while True:
-        page = await client.tasks.ListTaskSteps(task_pb2.ListTaskStepsRequest(task_id=latest.task_id, page_token=token, page_size=500))
+        page = await client.tasks.ListTaskSteps(
+            task_pb2.ListTaskStepsRequest(task_id=latest.task_id, page_token=token, page_size=500)
+        )
         seen += len(page.steps)
         token = page.next_page_token
         if not token:
@@ -140,8 +172,15 @@ async def _listing(plugin: Proc, url: str, quick: bool) -> None:
 
     async def create(owner: str) -> None:
         async with semaphore:
-            task = task_pb2.Task(task_id=uuid.uuid4().hex, workflow_id="w", workflow_version=1, owner=owner, create_time=now(),
-                                 status=task_pb2.TASK_STATUS_PENDING, last_sequence=1)
+            task = task_pb2.Task(
+                task_id=uuid.uuid4().hex,
+                workflow_id="w",
+                workflow_version=1,
+                owner=owner,
+                create_time=now(),
+                status=task_pb2.TASK_STATUS_PENDING,
+                last_sequence=1,
+            )
             await store.create_task(task, make_event(task.task_id, 1, task_pb2.TASK_EVENT_TYPE_QUEUED))
 
     started = time.perf_counter()
@@ -155,18 +194,37 @@ async def _listing(plugin: Proc, url: str, quick: bool) -> None:
     try:
         mine = await _latencies(client, task_pb2.ListTasksRequest(owner="ann", page_size=10), expect=10)
         first_page = await _latencies(client, task_pb2.ListTasksRequest(page_size=50), expect=50)
-        pending = await _latencies(client, task_pb2.ListTasksRequest(page_size=50, statuses=[task_pb2.TASK_STATUS_PENDING]), expect=50)
+        pending = await _latencies(
+            client, task_pb2.ListTasksRequest(page_size=50, statuses=[task_pb2.TASK_STATUS_PENDING]), expect=50
+        )
     finally:
         await client.close()
         orchestrator.stop()
-    table(f"State layout: ListTasks among {others:,} tasks (redis store, {filled:.0f} s to create them)", [
-        ("one principal's 10 tasks, p50 ms", f"{percentile(mine, 0.5):.2f}", f"p99 {percentile(mine, 0.99):.2f}; target < 5 ms"),
-        ("first page of 50, no filter, p50 ms", f"{percentile(first_page, 0.5):.2f}", f"p99 {percentile(first_page, 0.99):.2f}"),
-        ("first page of 50 PENDING, p50 ms", f"{percentile(pending, 0.5):.2f}", f"p99 {percentile(pending, 0.99):.2f}"),
-    ])
+    table(
+        f"State layout: ListTasks among {others:,} tasks (redis store, {filled:.0f} s to create them)",
+        [
+            (
+                "one principal's 10 tasks, p50 ms",
+                f"{percentile(mine, 0.5):.2f}",
+                f"p99 {percentile(mine, 0.99):.2f}; target < 5 ms",
+            ),
+            (
+                "first page of 50, no filter, p50 ms",
+                f"{percentile(first_page, 0.5):.2f}",
+                f"p99 {percentile(first_page, 0.99):.2f}",
+            ),
+            (
+                "first page of 50 PENDING, p50 ms",
+                f"{percentile(pending, 0.5):.2f}",
+                f"p99 {percentile(pending, 0.99):.2f}",
+            ),
+        ],
+    )
 
 
-async def _latencies(client: Orchestrated, request: task_pb2.ListTasksRequest, expect: int, samples: int = 200) -> list[float]:
+async def _latencies(
+    client: Orchestrated, request: task_pb2.ListTasksRequest, expect: int, samples: int = 200
+) -> list[float]:
     found = []
     for _ in range(samples):
         started = time.perf_counter()

@@ -1,7 +1,7 @@
-"""`python -m bench.profile [--store redis|sqlite] [--seconds N] [--read watch|events|submit-watch|run]`: sample the
-orchestrator with py-spy while clients run 3-step chains, 64 in flight, each read by WatchTask,
-WatchTaskEvents, one SubmitAndWatchTask stream or one RunTask call, and print where its time goes (own time and total time per
-function). The profile-and-fix rounds in docs/performance.md start here."""
+"""`python -m bench.profile [--store redis|sqlite] [--seconds N] [--read watch|events|submit-watch|run]`:
+sample the orchestrator with py-spy while clients run 3-step chains, 64 in flight, each read by
+WatchTask, WatchTaskEvents, one SubmitAndWatchTask stream or one RunTask call, and print where its
+time goes (own time and total time per function). The profile-and-fix rounds in docs/performance.md start here."""
 
 from __future__ import annotations
 
@@ -63,8 +63,13 @@ async def main() -> None:
     parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--top", type=int, default=40)
-    parser.add_argument("--read", choices=["watch", "events", "submit-watch", "run"], default="watch",
-                        help="how a chain's end is read: SubmitTask + WatchTask, SubmitTask + WatchTaskEvents, SubmitAndWatchTask, or RunTask")
+    parser.add_argument(
+        "--read",
+        choices=["watch", "events", "submit-watch", "run"],
+        default="watch",
+        help="how a chain's end is read: SubmitTask + WatchTask, SubmitTask + WatchTaskEvents,"
+        " SubmitAndWatchTask, or RunTask",
+    )
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     plugin = start_plugin()
@@ -74,9 +79,22 @@ async def main() -> None:
     out = Path(tempfile.mkdtemp()) / "profile.txt"
     try:
         recorder = await asyncio.create_subprocess_exec(
-            spy, "record", "--pid", str(orchestrator.process.pid), "--format", "raw", "--output", str(out),
-            "--duration", str(int(args.seconds)), "--rate", "250", "--nonblocking",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            spy,
+            "record",
+            "--pid",
+            str(orchestrator.process.pid),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--duration",
+            str(int(args.seconds)),
+            "--rate",
+            "250",
+            "--nonblocking",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         done = await load(orchestrator.address, args.seconds, args.read)
         await asyncio.wait_for(recorder.wait(), 60)
         print(f"{done} chains in {args.seconds:.0f} s: {done / args.seconds:.0f}/s")
@@ -93,7 +111,7 @@ async def forget(prefix: str) -> None:
     store = aioredis.Redis.from_url(REDIS)
     keys = [key async for key in store.scan_iter(f"{prefix}*", count=1000)]
     for start in range(0, len(keys), 1000):
-        await store.unlink(*keys[start:start + 1000])
+        await store.unlink(*keys[start : start + 1000])
     await store.aclose()
 
 

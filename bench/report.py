@@ -22,5 +22,3 @@ def table(title: str, rows: Sequence[tuple[str, Stat | float | str, str]]) -> No
         else:
             print(f"  {name:<52}{stat!s:>12}{'':>24}  {note}")
             RESULTS[f"{title} / {name}"] = stat
-
-

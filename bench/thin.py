@@ -26,13 +26,16 @@ class ThinOrchestrator(protocol_pb2_grpc.ProtocolServiceServicer):
         self.plugin = plugin
         self.store = store
 
-    async def Execute(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> protocol_pb2.ExecuteResponse:
+    async def Execute(
+        self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> protocol_pb2.ExecuteResponse:
         steps = int(request.input.fields["steps"].number_value)
         run = uuid.uuid4().hex
         value = request.input
         for index in range(steps):
-            call = protocol_pb2.ExecuteRequest(protocol="echo", input=value,
-                                               context=protocol_pb2.ExecutionContext(task_id=run, step_path=f"s{index}"))
+            call = protocol_pb2.ExecuteRequest(
+                protocol="echo", input=value, context=protocol_pb2.ExecutionContext(task_id=run, step_path=f"s{index}")
+            )
             value = (await self.plugin.Execute(call)).output
             async with self.store.pipeline(transaction=True) as pipe:
                 pipe.hset(f"bench:thin:{run}", mapping={"step": index, "output": value.SerializeToString()})
@@ -45,7 +48,9 @@ async def serve(plugin_address: str, redis_url: str) -> None:
     channel = grpc.aio.insecure_channel(plugin_address)
     store = aioredis.from_url(redis_url)
     server = grpc.aio.server()
-    protocol_pb2_grpc.add_ProtocolServiceServicer_to_server(ThinOrchestrator(protocol_pb2_grpc.ProtocolServiceStub(channel), store), server)
+    protocol_pb2_grpc.add_ProtocolServiceServicer_to_server(
+        ThinOrchestrator(protocol_pb2_grpc.ProtocolServiceStub(channel), store), server
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"{READY_LINE} 127.0.0.1:{port}", flush=True)

@@ -41,9 +41,15 @@ class Principal:
 
 
 ANONYMOUS_ADMIN = Principal("", frozenset({"admin"}))
-current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal", default=ANONYMOUS_ADMIN)
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar(
+    "current_principal", default=ANONYMOUS_ADMIN
+)
 
-OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+OPEN_METHODS = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 REQUIRED_ROLE = {
     "/mcp.v1.WorkflowService/CreateWorkflow": "author",
     "/mcp.v1.WorkflowService/DeleteWorkflow": "author",
@@ -89,6 +95,9 @@ class Authenticator:
             raise Unauthenticated("unknown or revoked token", reason="BAD_TOKEN")
         role = REQUIRED_ROLE.get(method)
         if role and not principal.may(role):
-            raise PermissionDenied(f"{principal.name} lacks the {role!r} role for {method.rsplit('/', 1)[-1]}", reason="MISSING_ROLE",
-                                   metadata={"role": role})
+            raise PermissionDenied(
+                f"{principal.name} lacks the {role!r} role for {method.rsplit('/', 1)[-1]}",
+                reason="MISSING_ROLE",
+                metadata={"role": role},
+            )
         return principal

@@ -55,17 +55,29 @@ class Orchestrator:
         self.listeners: list[EventListener] = [self.metrics.on_event]
         if tracer is not None:
             self.listeners.append(tracer.on_event)
-        self.channels = ChannelPool(settings.limits.max_message_bytes, plugin_credentials(settings), settings.plugin_call_streams)
-        self.breakers = BreakerBoard(BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_seconds), shared=store)
-        outliers = OutlierSettings(settings.outlier_consecutive_failures, settings.outlier_ejection_seconds,
-                                   recent_failure_seconds=settings.outlier_recent_failure_seconds)
-        self.directory = ProtocolDirectory(store, self.channels, self.breakers, settings.limits.max_value_depth, outliers)
+        self.channels = ChannelPool(
+            settings.limits.max_message_bytes, plugin_credentials(settings), settings.plugin_call_streams
+        )
+        self.breakers = BreakerBoard(
+            BreakerSettings(settings.breaker_failure_threshold, settings.breaker_reset_seconds), shared=store
+        )
+        outliers = OutlierSettings(
+            settings.outlier_consecutive_failures,
+            settings.outlier_ejection_seconds,
+            recent_failure_seconds=settings.outlier_recent_failure_seconds,
+        )
+        self.directory = ProtocolDirectory(
+            store, self.channels, self.breakers, settings.limits.max_value_depth, outliers
+        )
         self.admission = Admission(store, settings.lease_seconds, settings.capacity_keep_seconds)
-        self.caller = GrpcProtocolCaller(self.directory, self.channels, self.breakers, self.admission,
-                                         settings.concurrency_overrides(), tracer)
+        self.caller = GrpcProtocolCaller(
+            self.directory, self.channels, self.breakers, self.admission, settings.concurrency_overrides(), tracer
+        )
         self.plans = PlanCache(store, settings)
         self.views = TaskViews(store, settings.limits)
-        runner = TaskRunner(self.caller, store, settings.replica_id, self.listeners, settings.limits, settings.start_write_delay)
+        runner = TaskRunner(
+            self.caller, store, settings.replica_id, self.listeners, settings.limits, settings.start_write_delay
+        )
         self.dispatcher = Dispatcher(store, runner, self.plans, settings)
         self._background: list[asyncio.Task[None]] = []
         self._watchers: dict[str, int] = {}
@@ -91,9 +103,13 @@ class Orchestrator:
     async def validate_workflow(self, workflow: workflow_pb2.Workflow) -> Plan:
         """Compile `workflow` against the registered protocols; raise InvalidArgument if bad."""
         await self.directory.refresh(force=True)
-        plan = compile_workflow(workflow, self.settings.limits, known_protocols=self.directory.known_names(),
-                                default_step_timeout=self.settings.default_step_timeout,
-                                default_task_timeout=self.settings.default_task_timeout)
+        plan = compile_workflow(
+            workflow,
+            self.settings.limits,
+            known_protocols=self.directory.known_names(),
+            default_step_timeout=self.settings.default_step_timeout,
+            default_task_timeout=self.settings.default_task_timeout,
+        )
         self._check_capacity(plan)
         return plan
 
@@ -103,14 +119,24 @@ class Orchestrator:
         problems = []
         for path, name in plan.protocol_uses:
             instances = self.directory.instances(name)
-            sized = [(i, Resources.needs_of(i.manifest.resources), Resources.of_capacity(i.capacity)) for i in instances]
+            sized = [
+                (i, Resources.needs_of(i.manifest.resources), Resources.of_capacity(i.capacity)) for i in instances
+            ]
             if sized and all(never_fits(capacity, needs) for _, needs, capacity in sized):
                 offers = "; ".join(f"{i.address} offers {capacity.describe()}" for i, _, capacity in sized)
-                problems.append(FieldViolation(path, f"protocol {name} needs {sized[0][1].describe()} per call, more than any "
-                                                     f"registered instance offers ({offers})"))
+                problems.append(
+                    FieldViolation(
+                        path,
+                        f"protocol {name} needs {sized[0][1].describe()} per call, more than any "
+                        f"registered instance offers ({offers})",
+                    )
+                )
         if problems:
-            raise FailedPrecondition(f"workflow {plan.workflow_id!r} can never run: {problems[0].field}: {problems[0].description}",
-                                     violations=problems, reason="INSUFFICIENT_CAPACITY")
+            raise FailedPrecondition(
+                f"workflow {plan.workflow_id!r} can never run: {problems[0].field}: {problems[0].description}",
+                violations=problems,
+                reason="INSUFFICIENT_CAPACITY",
+            )
 
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         await self.validate_workflow(workflow)
@@ -119,18 +145,27 @@ class Orchestrator:
     async def get_workflow(self, workflow_id: str, version: int) -> workflow_pb2.Workflow:
         _require("workflow_id", workflow_id)
         if version < 0:
-            raise InvalidArgument("version must not be negative", violations=[FieldViolation("version", "must be 0 (latest) or a version number")])
+            raise InvalidArgument(
+                "version must not be negative",
+                violations=[FieldViolation("version", "must be 0 (latest) or a version number")],
+            )
         workflow = await self.store.get_workflow(workflow_id, version)
         if workflow is None:
             which = f"version {version}" if version else "any version"
-            raise NotFound(f"workflow {workflow_id!r} ({which}) not found", reason="WORKFLOW_NOT_FOUND", metadata={"workflow_id": workflow_id})
+            raise NotFound(
+                f"workflow {workflow_id!r} ({which}) not found",
+                reason="WORKFLOW_NOT_FOUND",
+                metadata={"workflow_id": workflow_id},
+            )
         return workflow
 
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
         """The latest version of each workflow, by workflow_id."""
         return await self.store.list_workflows(self.page_size(page_size), page_token)
 
-    async def list_protocols(self, page_size: int, page_token: str) -> tuple[list[registry_pb2.RegisteredProtocol], str]:
+    async def list_protocols(
+        self, page_size: int, page_token: str
+    ) -> tuple[list[registry_pb2.RegisteredProtocol], str]:
         """Protocol instances by name then address, with health, breaker, ejection and use."""
         size = self.page_size(page_size)
         after = decode_token(page_token)
@@ -147,11 +182,17 @@ class Orchestrator:
         _require("workflow_id", workflow_id)
         deleted = await self.store.delete_workflow(workflow_id)
         if not deleted:
-            raise NotFound(f"workflow {workflow_id!r} not found", reason="WORKFLOW_NOT_FOUND", metadata={"workflow_id": workflow_id})
+            raise NotFound(
+                f"workflow {workflow_id!r} not found",
+                reason="WORKFLOW_NOT_FOUND",
+                metadata={"workflow_id": workflow_id},
+            )
         return deleted
 
     # ---- tasks ----------------------------------------------------------------------------
-    async def submit_task(self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN) -> tuple[task_pb2.Task, bool]:
+    async def submit_task(
+        self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN
+    ) -> tuple[task_pb2.Task, bool]:
         """Queue a run owned by `principal`. The same request_id returns the first task
         (created=False). Raises ResourceExhausted past the principal's submission rate."""
         _require("workflow_id", request.workflow_id)
@@ -159,25 +200,44 @@ class Orchestrator:
         limits = self.settings.limits
         size = request.input_data.ByteSize()
         if size > limits.max_input_bytes:
-            raise InvalidArgument(f"input_data is {size} bytes; the limit is {limits.max_input_bytes}",
-                                  violations=[FieldViolation("input_data", f"{size} bytes exceeds the limit of {limits.max_input_bytes}")],
-                                  reason="INPUT_TOO_LARGE")
+            raise InvalidArgument(
+                f"input_data is {size} bytes; the limit is {limits.max_input_bytes}",
+                violations=[
+                    FieldViolation("input_data", f"{size} bytes exceeds the limit of {limits.max_input_bytes}")
+                ],
+                reason="INPUT_TOO_LARGE",
+            )
         depth = message_depth(request.input_data, limits.max_value_depth)
         if depth > limits.max_value_depth:
             problem = str(ValueTooDeep("input_data", depth, limits.max_value_depth))
             raise InvalidArgument(problem, violations=[FieldViolation("input_data", problem)], reason="VALUE_TOO_DEEP")
         if len(request.request_id) > MAX_REQUEST_ID:
-            raise InvalidArgument("request_id is too long", violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters")])
+            raise InvalidArgument(
+                "request_id is too long",
+                violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters")],
+            )
         version = request.workflow_version or await self.store.latest_workflow_version(request.workflow_id)
         if not version:
-            raise NotFound(f"workflow {request.workflow_id!r} (any version) not found", reason="WORKFLOW_NOT_FOUND",
-                           metadata={"workflow_id": request.workflow_id})
+            raise NotFound(
+                f"workflow {request.workflow_id!r} (any version) not found",
+                reason="WORKFLOW_NOT_FOUND",
+                metadata={"workflow_id": request.workflow_id},
+            )
         plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
         task_id = request_task_id(principal.name, request.request_id) if request.request_id else uuid.uuid4().hex
         task = task_pb2.Task(
-            task_id=task_id, workflow_id=plan.workflow_id, workflow_version=version,
-            input_data=request.input_data, status=task_pb2.TASK_STATUS_PENDING, priority=request.priority,
-            request_id=request.request_id, labels=dict(request.labels), create_time=now(), last_sequence=1, owner=principal.name)
+            task_id=task_id,
+            workflow_id=plan.workflow_id,
+            workflow_version=version,
+            input_data=request.input_data,
+            status=task_pb2.TASK_STATUS_PENDING,
+            priority=request.priority,
+            request_id=request.request_id,
+            labels=dict(request.labels),
+            create_time=now(),
+            last_sequence=1,
+            owner=principal.name,
+        )
         values = {}
         given = Payload.of_struct(request.input_data)
         if given.size > limits.inline_value_bytes:  # stored once, beside the task, and read by reference
@@ -185,12 +245,15 @@ class Orchestrator:
             task.ClearField("input_data")
             task.input_ref.CopyFrom(task_pb2.ValueRef(size_bytes=given.size, sha256=given.sha256))
         event = make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED, message=f"queued with priority {task.priority}")
-        fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
+        fingerprint = (
+            hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
+        )
         # With room here and nothing waiting in the queue, the task starts on this replica at once,
         # leased as it is stored: no trip through the queue, no claim round trip.
         holder = self.settings.replica_id if self.dispatcher.has_room() and self.dispatcher.queue_seen_empty() else ""
-        stored, created, token = await self.store.create_leased(task, event, holder, self.settings.lease_seconds,
-                                                                limits.max_queue_length, fingerprint, values)
+        stored, created, token = await self.store.create_leased(
+            task, event, holder, self.settings.lease_seconds, limits.max_queue_length, fingerprint, values
+        )
         if created:
             for listener in self.listeners:
                 listener(stored, event)
@@ -200,8 +263,12 @@ class Orchestrator:
                 self.dispatcher.wake()
         return self.views.basic(stored), created
 
-    async def run_task(self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN,
-                       submitted: Callable[[task_pb2.Task], Awaitable[None]] | None = None) -> tuple[task_pb2.Task, bool]:
+    async def run_task(
+        self,
+        request: task_pb2.SubmitTaskRequest,
+        principal: Principal = ANONYMOUS_ADMIN,
+        submitted: Callable[[task_pb2.Task], Awaitable[None]] | None = None,
+    ) -> tuple[task_pb2.Task, bool]:
         """submit_task, then wait for the task to end and return it (BASIC view). `submitted`
         hears of the task as soon as it is queued."""
         task, created = await self.submit_task(request, principal)
@@ -225,7 +292,10 @@ class Orchestrator:
     def _watching(self, task_id: str) -> Iterator[None]:
         """Count one more watcher of `task_id` while the block runs, within the limit per task."""
         if self._watchers.get(task_id, 0) >= self.settings.limits.max_watchers_per_task:
-            raise ResourceExhausted(f"task {task_id} has {self.settings.limits.max_watchers_per_task} watchers, the limit", reason="TOO_MANY_WATCHERS")
+            raise ResourceExhausted(
+                f"task {task_id} has {self.settings.limits.max_watchers_per_task} watchers, the limit",
+                reason="TOO_MANY_WATCHERS",
+            )
         self._watchers[task_id] = self._watchers.get(task_id, 0) + 1
         try:
             yield
@@ -234,7 +304,9 @@ class Orchestrator:
             if not self._watchers[task_id]:
                 del self._watchers[task_id]
 
-    async def get_task(self, task_id: str, principal: Principal = ANONYMOUS_ADMIN, view: int = task_pb2.TASK_VIEW_FULL) -> task_pb2.Task:
+    async def get_task(
+        self, task_id: str, principal: Principal = ANONYMOUS_ADMIN, view: int = task_pb2.TASK_VIEW_FULL
+    ) -> task_pb2.Task:
         """The task, if `principal` may see it: its owner, or an admin. Another principal's task
         answers NOT_FOUND, exactly like a task that does not exist. FULL carries the step states
         that fit in one response; BASIC none."""
@@ -250,9 +322,16 @@ class Orchestrator:
             raise NotFound(f"task {task_id!r} not found", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
         return task
 
-    async def list_tasks(self, page_size: int, page_token: str, statuses: Sequence[int], workflow_id: str,
-                         principal: Principal = ANONYMOUS_ADMIN, view: int = task_pb2.TASK_VIEW_BASIC,
-                         owner: str = "") -> tuple[list[task_pb2.Task], str, int]:
+    async def list_tasks(
+        self,
+        page_size: int,
+        page_token: str,
+        statuses: Sequence[int],
+        workflow_id: str,
+        principal: Principal = ANONYMOUS_ADMIN,
+        view: int = task_pb2.TASK_VIEW_BASIC,
+        owner: str = "",
+    ) -> tuple[list[task_pb2.Task], str, int]:
         """Tasks newest first, as many as fit in one response; an admin may filter by owner,
         anyone else sees only their own."""
         if not principal.is_admin:
@@ -265,8 +344,9 @@ class Orchestrator:
         more = page.more or len(shown) < len(page.tasks)
         return shown, page.after[len(shown) - 1] if shown and more else "", page.total
 
-    async def list_task_steps(self, task_id: str, page_size: int, page_token: str,
-                              principal: Principal = ANONYMOUS_ADMIN) -> tuple[list[task_pb2.StepState], str, int]:
+    async def list_task_steps(
+        self, task_id: str, page_size: int, page_token: str, principal: Principal = ANONYMOUS_ADMIN
+    ) -> tuple[list[task_pb2.StepState], str, int]:
         """A task's step states in the order they first started, as many as fit in one response."""
         header = await self._header(task_id, principal)
         start = steps_start(task_id, page_token)
@@ -274,8 +354,9 @@ class Orchestrator:
         token = steps_token(task_id, page.next_index) if page.next_index is not None else ""
         return page.steps, token, header.step_count
 
-    async def read_value(self, task_id: str, step_path: str, field: int,
-                         principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[task_pb2.ValueChunk]:
+    async def read_value(
+        self, task_id: str, step_path: str, field: int, principal: Principal = ANONYMOUS_ADMIN
+    ) -> AsyncIterator[task_pb2.ValueChunk]:
         """One value of a task, in chunks (see ReadValue in task.proto)."""
         header = await self._header(task_id, principal)
         data = await self.views.value_bytes(header, step_path, field)
@@ -288,7 +369,9 @@ class Orchestrator:
         if task.status == task_pb2.TASK_STATUS_CANCELLED:
             return await self.get_task(task_id, principal)
         if task.status in TERMINAL:
-            raise FailedPrecondition(f"task {task_id} already finished as {task_pb2.TaskStatus.Name(task.status)}", reason="TASK_FINISHED")
+            raise FailedPrecondition(
+                f"task {task_id} already finished as {task_pb2.TaskStatus.Name(task.status)}", reason="TASK_FINISHED"
+            )
         why = reason or "cancelled by request"
         event = task_pb2.TaskEvent(task_id=task_id, type=E.TASK_EVENT_TYPE_CANCELLED, time=now(), message=why)
         cancelled = await self.store.cancel_pending(task_id, event)
@@ -300,28 +383,34 @@ class Orchestrator:
                     await self.store.wait_events(task_id, latest.last_sequence, timeout=0.5)
         return await self.get_task(task_id, principal)
 
-    async def watch_task(self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[task_pb2.TaskEvent]:
+    async def watch_task(
+        self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
         """Every event after `after_sequence`, then live ones, until the terminal event."""
         async for batch in self.watch_task_batches(task_id, after_sequence, principal):
             for event in batch:
                 yield event
 
-    async def watch_task_batches(self, task_id: str, after_sequence: int,
-                                 principal: Principal = ANONYMOUS_ADMIN) -> AsyncIterator[list[task_pb2.TaskEvent]]:
+    async def watch_task_batches(
+        self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN
+    ) -> AsyncIterator[list[task_pb2.TaskEvent]]:
         """watch_task, the events that are ready together in one list."""
         await self._header(task_id, principal)
         async for batch in self._follow(task_id, after_sequence, principal):
             yield batch
 
-    async def submit_and_watch(self, request: task_pb2.SubmitTaskRequest,
-                               principal: Principal = ANONYMOUS_ADMIN) -> tuple[task_pb2.Task, bool, AsyncIterator[list[task_pb2.TaskEvent]]]:
+    async def submit_and_watch(
+        self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN
+    ) -> tuple[task_pb2.Task, bool, AsyncIterator[list[task_pb2.TaskEvent]]]:
         """submit_task, and the task's events from its first, as watch_task_batches gives them.
         No header is read to check who may see it: the caller has just submitted it (or, with a
         request id it used before, it is the task that request id made for this principal)."""
         task, created = await self.submit_task(request, principal)
         return task, created, self._follow(task.task_id, 0, principal)
 
-    async def _follow(self, task_id: str, after_sequence: int, principal: Principal) -> AsyncIterator[list[task_pb2.TaskEvent]]:
+    async def _follow(
+        self, task_id: str, after_sequence: int, principal: Principal
+    ) -> AsyncIterator[list[task_pb2.TaskEvent]]:
         """The events of a task the caller may see, after `after_sequence`, until the terminal one."""
         with self._watching(task_id):
             sequence = after_sequence
@@ -329,7 +418,7 @@ class Orchestrator:
             while True:
                 for index, event in enumerate(events):
                     if event.type in TERMINAL_EVENTS:
-                        yield events[:index + 1]
+                        yield events[: index + 1]
                         return
                 if events:
                     yield events
@@ -376,7 +465,10 @@ class Orchestrator:
 
     def page_size(self, requested: int) -> int:
         if requested < 0:
-            raise InvalidArgument("page_size must not be negative", violations=[FieldViolation("page_size", "must be 0 (default) or positive")])
+            raise InvalidArgument(
+                "page_size must not be negative",
+                violations=[FieldViolation("page_size", "must be 0 (default) or positive")],
+            )
         return min(requested or 50, self.settings.limits.max_page_size)
 
 

@@ -35,8 +35,15 @@ class PluginProcess:
 async def start_plugin(module: str, listen: str = "127.0.0.1:0", timeout: float = 20.0) -> PluginProcess:
     """Run `python -m protocol_plugins.run MODULE` and wait until it serves."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "protocol_plugins.run", module, "--listen", listen,
-        stdout=asyncio.subprocess.PIPE, stderr=None)
+        sys.executable,
+        "-m",
+        "protocol_plugins.run",
+        module,
+        "--listen",
+        listen,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=None,
+    )
     assert process.stdout is not None
     try:
         async with asyncio.timeout(timeout):

@@ -37,6 +37,9 @@ class RateLimiter:
         bucket.updated = now
         if bucket.tokens < 1:
             wait = (1 - bucket.tokens) / self.rate
-            raise ResourceExhausted(f"more than {self.rate:g} submissions per second; retry in {wait:.2f}s",
-                                    reason="RATE_LIMITED", metadata={"retry_after_seconds": f"{wait:.3f}"})
+            raise ResourceExhausted(
+                f"more than {self.rate:g} submissions per second; retry in {wait:.2f}s",
+                reason="RATE_LIMITED",
+                metadata={"retry_after_seconds": f"{wait:.3f}"},
+            )
         bucket.tokens -= 1

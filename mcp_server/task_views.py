@@ -126,9 +126,14 @@ class TaskViews:
             return await self._task_value(header, field)
         record = await self.store.read_step(header.task_id, step_path)
         if record is None:
-            raise NotFound(f"task {header.task_id} has no step {step_path!r}", reason="STEP_NOT_FOUND",
-                           violations=[FieldViolation("step_path", "no step of this task has this path (ListTaskSteps lists them)")],
-                           metadata={"task_id": header.task_id, "step_path": step_path})
+            raise NotFound(
+                f"task {header.task_id} has no step {step_path!r}",
+                reason="STEP_NOT_FOUND",
+                violations=[
+                    FieldViolation("step_path", "no step of this task has this path (ListTaskSteps lists them)")
+                ],
+                metadata={"task_id": header.task_id, "step_path": step_path},
+            )
         state = task_pb2.StepState.FromString(record.data)
         name = "input" if field == INPUT else "output"
         if state.HasField(name):
@@ -137,9 +142,12 @@ class TaskViews:
         if ref.sha256:
             return await self._stored(header.task_id, ref.sha256)
         status = task_pb2.StepStatus.Name(state.status).removeprefix("STEP_STATUS_")
-        raise NotFound(f"step {step_path!r} of task {header.task_id} has no {name} ({status}, kind {state.kind})",
-                       reason="VALUE_NOT_FOUND", violations=[FieldViolation("field", f"this step has no {name}")],
-                       metadata={"task_id": header.task_id, "step_path": step_path})
+        raise NotFound(
+            f"step {step_path!r} of task {header.task_id} has no {name} ({status}, kind {state.kind})",
+            reason="VALUE_NOT_FOUND",
+            violations=[FieldViolation("field", f"this step has no {name}")],
+            metadata={"task_id": header.task_id, "step_path": step_path},
+        )
 
     async def _task_value(self, header: task_pb2.Task, field: int) -> bytes:
         if field == INPUT:
@@ -151,22 +159,30 @@ class TaskViews:
         if header.HasField("result"):
             return bytes(header.result.SerializeToString())
         status = task_pb2.TaskStatus.Name(header.status).removeprefix("TASK_STATUS_")
-        raise NotFound(f"task {header.task_id} has no result ({status})", reason="VALUE_NOT_FOUND",
-                       violations=[FieldViolation("field", "the task has no result until it completes")],
-                       metadata={"task_id": header.task_id})
+        raise NotFound(
+            f"task {header.task_id} has no result ({status})",
+            reason="VALUE_NOT_FOUND",
+            violations=[FieldViolation("field", "the task has no result until it completes")],
+            metadata={"task_id": header.task_id},
+        )
 
     async def _stored(self, task_id: str, digest: str) -> bytes:
         found = await self.store.read_values(task_id, [digest])
         if digest not in found:
-            raise NotFound(f"value {digest} of task {task_id} is gone (the task was purged)", reason="VALUE_NOT_FOUND",
-                           metadata={"task_id": task_id})
+            raise NotFound(
+                f"value {digest} of task {task_id} is gone (the task was purged)",
+                reason="VALUE_NOT_FOUND",
+                metadata={"task_id": task_id},
+            )
         return found[digest]
 
 
 async def chunks(data: bytes, digest: str) -> AsyncIterator[task_pb2.ValueChunk]:
     """`data` as ValueChunks of at most CHUNK_BYTES (one, possibly empty, for a small value)."""
     for offset in range(0, max(len(data), 1), CHUNK_BYTES):
-        yield task_pb2.ValueChunk(data=data[offset:offset + CHUNK_BYTES], offset=offset, size_bytes=len(data), sha256=digest)
+        yield task_pb2.ValueChunk(
+            data=data[offset : offset + CHUNK_BYTES], offset=offset, size_bytes=len(data), sha256=digest
+        )
 
 
 def steps_token(task_id: str, index: int) -> str:
@@ -181,10 +197,13 @@ def steps_start(task_id: str, token: str) -> int:
         owner, index = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().rsplit(":", 1)
         start = int(index)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("page_token is not a token this server issued",
-                              violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")]) from None
+        raise InvalidArgument(
+            "page_token is not a token this server issued",
+            violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")],
+        ) from None
     if owner != task_id or start < 0:
-        raise InvalidArgument("page_token belongs to another task's steps",
-                              violations=[FieldViolation("page_token", f"this token pages the steps of another task, not {task_id}")])
+        raise InvalidArgument(
+            "page_token belongs to another task's steps",
+            violations=[FieldViolation("page_token", f"this token pages the steps of another task, not {task_id}")],
+        )
     return start
-

@@ -20,8 +20,11 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if not settings.tls_key:
         raise ValueError("tls_cert needs tls_key")
     client_ca = _read(settings.tls_client_ca) if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials([(_read(settings.tls_key), _read(settings.tls_cert))],
-                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
+    return grpc.ssl_server_credentials(
+        [(_read(settings.tls_key), _read(settings.tls_cert))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def plugin_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
@@ -30,4 +33,6 @@ def plugin_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
         return None
     key = _read(settings.plugin_tls_key) if settings.plugin_tls_key else None
     cert = _read(settings.plugin_tls_cert) if settings.plugin_tls_cert else None
-    return grpc.ssl_channel_credentials(root_certificates=_read(settings.plugin_tls_ca), private_key=key, certificate_chain=cert)
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.plugin_tls_ca), private_key=key, certificate_chain=cert
+    )

@@ -14,8 +14,11 @@ from mcp_sdk.proto import protocol_pb2
 plugin = Plugin("basics")
 
 
-@plugin.protocol("echo", type=protocol_pb2.PROTOCOL_TYPE_TRANSFORM,
-                 description="Returns its input unchanged (shape it with the step's input expression)")
+@plugin.protocol(
+    "echo",
+    type=protocol_pb2.PROTOCOL_TYPE_TRANSFORM,
+    description="Returns its input unchanged (shape it with the step's input expression)",
+)
 async def echo(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return data
 

@@ -76,7 +76,12 @@ async def chaos(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     except asyncio.CancelledError:
         cancelled["count"] += 1
         raise
-    return {**data, "served_by": os.getpid(), "calls_seen": seen[ctx.idempotency_key], "cancelled_so_far": cancelled["count"]}
+    return {
+        **data,
+        "served_by": os.getpid(),
+        "calls_seen": seen[ctx.idempotency_key],
+        "cancelled_so_far": cancelled["count"],
+    }
 
 
 @plugin.protocol("chaos_stats", description="Calls seen by idempotency key, and cancellations")

@@ -21,27 +21,115 @@ T = protocol_pb2
 
 # word -> (valence -1..1, arousal 0..1, emotion)
 LEXICON: dict[str, tuple[float, float, str]] = {
-    "happy": (0.8, 0.6, "joy"), "joy": (0.9, 0.7, "joy"), "love": (0.9, 0.6, "joy"), "great": (0.7, 0.5, "joy"),
-    "good": (0.5, 0.3, "joy"), "excellent": (0.8, 0.6, "joy"), "delighted": (0.9, 0.7, "joy"), "glad": (0.6, 0.4, "joy"),
-    "wonderful": (0.8, 0.6, "joy"), "thanks": (0.5, 0.3, "joy"), "calm": (0.4, 0.1, "trust"), "trust": (0.6, 0.3, "trust"),
-    "reliable": (0.5, 0.2, "trust"), "sad": (-0.7, 0.3, "sadness"), "unhappy": (-0.7, 0.4, "sadness"),
-    "disappointed": (-0.6, 0.4, "sadness"), "lost": (-0.4, 0.3, "sadness"), "sorry": (-0.3, 0.3, "sadness"),
-    "angry": (-0.8, 0.9, "anger"), "furious": (-0.9, 1.0, "anger"), "hate": (-0.9, 0.8, "anger"), "annoyed": (-0.5, 0.6, "anger"),
-    "terrible": (-0.8, 0.7, "anger"), "awful": (-0.8, 0.6, "anger"), "broken": (-0.5, 0.5, "anger"), "bad": (-0.5, 0.4, "anger"),
-    "afraid": (-0.7, 0.8, "fear"), "scared": (-0.7, 0.8, "fear"), "worried": (-0.5, 0.6, "fear"), "anxious": (-0.6, 0.7, "fear"),
-    "urgent": (-0.2, 0.8, "fear"), "surprised": (0.1, 0.8, "surprise"), "unexpected": (0.0, 0.7, "surprise"),
-    "amazing": (0.8, 0.8, "surprise"), "disgusting": (-0.8, 0.6, "disgust"), "gross": (-0.6, 0.5, "disgust"),
+    "happy": (0.8, 0.6, "joy"),
+    "joy": (0.9, 0.7, "joy"),
+    "love": (0.9, 0.6, "joy"),
+    "great": (0.7, 0.5, "joy"),
+    "good": (0.5, 0.3, "joy"),
+    "excellent": (0.8, 0.6, "joy"),
+    "delighted": (0.9, 0.7, "joy"),
+    "glad": (0.6, 0.4, "joy"),
+    "wonderful": (0.8, 0.6, "joy"),
+    "thanks": (0.5, 0.3, "joy"),
+    "calm": (0.4, 0.1, "trust"),
+    "trust": (0.6, 0.3, "trust"),
+    "reliable": (0.5, 0.2, "trust"),
+    "sad": (-0.7, 0.3, "sadness"),
+    "unhappy": (-0.7, 0.4, "sadness"),
+    "disappointed": (-0.6, 0.4, "sadness"),
+    "lost": (-0.4, 0.3, "sadness"),
+    "sorry": (-0.3, 0.3, "sadness"),
+    "angry": (-0.8, 0.9, "anger"),
+    "furious": (-0.9, 1.0, "anger"),
+    "hate": (-0.9, 0.8, "anger"),
+    "annoyed": (-0.5, 0.6, "anger"),
+    "terrible": (-0.8, 0.7, "anger"),
+    "awful": (-0.8, 0.6, "anger"),
+    "broken": (-0.5, 0.5, "anger"),
+    "bad": (-0.5, 0.4, "anger"),
+    "afraid": (-0.7, 0.8, "fear"),
+    "scared": (-0.7, 0.8, "fear"),
+    "worried": (-0.5, 0.6, "fear"),
+    "anxious": (-0.6, 0.7, "fear"),
+    "urgent": (-0.2, 0.8, "fear"),
+    "surprised": (0.1, 0.8, "surprise"),
+    "unexpected": (0.0, 0.7, "surprise"),
+    "amazing": (0.8, 0.8, "surprise"),
+    "disgusting": (-0.8, 0.6, "disgust"),
+    "gross": (-0.6, 0.5, "disgust"),
 }
 NEGATIONS = {"not", "no", "never", "n't", "hardly"}
 INTENSIFIERS = {"very": 1.5, "really": 1.4, "extremely": 1.8, "so": 1.3, "quite": 1.2, "slightly": 0.6}
 WORD = re.compile(r"[A-Za-z']+")
 SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
-ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "prof", "st", "vs", "etc", "e.g", "i.e", "inc", "corp", "ltd", "jr", "sr", "no"}
+ABBREVIATIONS = {
+    "dr",
+    "mr",
+    "mrs",
+    "ms",
+    "prof",
+    "st",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "inc",
+    "corp",
+    "ltd",
+    "jr",
+    "sr",
+    "no",
+}
 STOPWORDS = {
-    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from",
-    "is", "are", "was", "were", "be", "been", "it", "this", "that", "as", "i", "you", "he", "she", "we",
-    "they", "them", "his", "her", "its", "our", "their", "my", "your", "not", "no", "so", "do", "does",
-    "did", "has", "have", "had",
+    "a",
+    "an",
+    "the",
+    "and",
+    "or",
+    "but",
+    "if",
+    "of",
+    "to",
+    "in",
+    "on",
+    "at",
+    "by",
+    "for",
+    "with",
+    "from",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "it",
+    "this",
+    "that",
+    "as",
+    "i",
+    "you",
+    "he",
+    "she",
+    "we",
+    "they",
+    "them",
+    "his",
+    "her",
+    "its",
+    "our",
+    "their",
+    "my",
+    "your",
+    "not",
+    "no",
+    "so",
+    "do",
+    "does",
+    "did",
+    "has",
+    "have",
+    "had",
 }
 
 
@@ -52,7 +140,9 @@ def _text(data: dict[str, Any]) -> str:
     return text
 
 
-@plugin.protocol("emotion", type=T.PROTOCOL_TYPE_ANALYSIS, description="Lexicon-based valence, arousal and dominant emotions")
+@plugin.protocol(
+    "emotion", type=T.PROTOCOL_TYPE_ANALYSIS, description="Lexicon-based valence, arousal and dominant emotions"
+)
 def emotion(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     words = [w.lower() for w in WORD.findall(_text(data))]
     valence = arousal = 0.0
@@ -62,7 +152,7 @@ def emotion(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         if word not in LEXICON:
             continue
         v, a, name = LEXICON[word]
-        window = words[max(0, i - 3):i]
+        window = words[max(0, i - 3) : i]
         scale = math.prod(INTENSIFIERS.get(w, 1.0) for w in window)
         if any(w in NEGATIONS or w.endswith("n't") for w in window):
             v, name = -v * 0.7, "neutral" if v > 0 else "relief"
@@ -87,10 +177,12 @@ def split_sentences(text: str) -> list[str]:
     sentences: list[str] = []
     start = 0
     for match in SENTENCE_END.finditer(text):
-        last_word = text[start:match.start()].rsplit(None, 1)[-1].lower() if text[start:match.start()].strip() else ""
+        last_word = (
+            text[start : match.start()].rsplit(None, 1)[-1].lower() if text[start : match.start()].strip() else ""
+        )
         if last_word.rstrip(".") in ABBREVIATIONS or len(last_word) == 1:
             continue
-        sentences.append(text[start:match.end()].strip())
+        sentences.append(text[start : match.end()].strip())
         start = match.end()
     if text[start:].strip():
         sentences.append(text[start:].strip())
@@ -101,11 +193,20 @@ def _content_words(sentence: str) -> set[str]:
     return {w.lower() for w in WORD.findall(sentence) if w.lower() not in STOPWORDS and len(w) > 2}
 
 
-@plugin.protocol("summarize", type=T.PROTOCOL_TYPE_TRANSFORM, description="Extractive TextRank summary (`sentences`, default 2)",
-                 cpu_millis=200, memory_mb=64, max_concurrency=16,
-                 input_schema={"type": "object", "required": ["text"],
-                               "properties": {"text": {"type": "string"}, "sentences": {"type": "integer", "minimum": 1}}},
-                 output_schema={"type": "object", "properties": {"summary": {"type": "string"}, "sentences": {"type": "array"}}})
+@plugin.protocol(
+    "summarize",
+    type=T.PROTOCOL_TYPE_TRANSFORM,
+    description="Extractive TextRank summary (`sentences`, default 2)",
+    cpu_millis=200,
+    memory_mb=64,
+    max_concurrency=16,
+    input_schema={
+        "type": "object",
+        "required": ["text"],
+        "properties": {"text": {"type": "string"}, "sentences": {"type": "integer", "minimum": 1}},
+    },
+    output_schema={"type": "object", "properties": {"summary": {"type": "string"}, "sentences": {"type": "array"}}},
+)
 def summarize(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     sentences = split_sentences(_text(data))
     keep = max(1, int(data.get("sentences", 2)))
@@ -121,17 +222,31 @@ def summarize(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
                 weights[i][j] = overlap / (math.log(len(bags[i]) + 1) + math.log(len(bags[j]) + 1))
     scores = [1.0 / n] * n
     for _ in range(50):  # power iteration of PageRank with damping 0.85
-        scores = [0.15 / n + 0.85 * sum(weights[j][i] / (sum(weights[j]) or 1.0) * scores[j] for j in range(n)) for i in range(n)]
+        scores = [
+            0.15 / n + 0.85 * sum(weights[j][i] / (sum(weights[j]) or 1.0) * scores[j] for j in range(n))
+            for i in range(n)
+        ]
     chosen = sorted(sorted(range(n), key=lambda i: -scores[i])[:keep])
-    return {"summary": " ".join(sentences[i] for i in chosen), "sentences": [sentences[i] for i in chosen],
-            "scores": [round(scores[i], 4) for i in chosen]}
+    return {
+        "summary": " ".join(sentences[i] for i in chosen),
+        "sentences": [sentences[i] for i in chosen],
+        "scores": [round(scores[i], 4) for i in chosen],
+    }
 
 
 MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 ORG_SUFFIX = r"(?:Inc|Corp|Ltd|LLC|GmbH|University|Institute|Bank|Labs|Foundation|Company)"
 PATTERNS = [
-    ("DATE", re.compile(rf"\b(?:\d{{1,2}} (?:{MONTHS}) \d{{4}}|(?:{MONTHS}) \d{{1,2}}, \d{{4}}|\d{{4}}-\d{{2}}-\d{{2}})\b")),
-    ("MONEY", re.compile(r"(?:[$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:million|billion))?)|\b\d[\d,]*(?:\.\d+)? (?:dollars|euros|pounds)\b")),
+    (
+        "DATE",
+        re.compile(rf"\b(?:\d{{1,2}} (?:{MONTHS}) \d{{4}}|(?:{MONTHS}) \d{{1,2}}, \d{{4}}|\d{{4}}-\d{{2}}-\d{{2}})\b"),
+    ),
+    (
+        "MONEY",
+        re.compile(
+            r"(?:[$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:million|billion))?)|\b\d[\d,]*(?:\.\d+)? (?:dollars|euros|pounds)\b"
+        ),
+    ),
     ("ORG", re.compile(rf"\b(?:[A-Z][a-z]+ )+{ORG_SUFFIX}\b|\b[A-Z]{{2,}}\b")),
     ("PERSON", re.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof)\.? [A-Z][a-z]+(?: [A-Z][a-z]+)?\b|\b[A-Z][a-z]+ [A-Z][a-z]+\b")),
     ("PLACE", re.compile(r"\b(?:in|at|from|to) ([A-Z][a-z]+(?: [A-Z][a-z]+)?)\b")),
@@ -156,13 +271,19 @@ def entities(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
                 continue
             taken.append((start, end))
             found.append({"text": text[start:end], "label": label, "start": start, "end": end})
-    relations = [{"subject": m.group(1), "relation": name, "object": m.group(2)}
-                 for name, pattern in RELATIONS for m in pattern.finditer(text)]
+    relations = [
+        {"subject": m.group(1), "relation": name, "object": m.group(2)}
+        for name, pattern in RELATIONS
+        for m in pattern.finditer(text)
+    ]
     return {"entities": sorted(found, key=lambda e: e["start"]), "relations": relations}
 
 
-@plugin.protocol("reason", type=T.PROTOCOL_TYPE_ANALYSIS,
-                 description="Forward chaining: `facts` (strings) and `rules` ({if: [...], then: ...}); `goal` optional")
+@plugin.protocol(
+    "reason",
+    type=T.PROTOCOL_TYPE_ANALYSIS,
+    description="Forward chaining: `facts` (strings) and `rules` ({if: [...], then: ...}); `goal` optional",
+)
 def reason(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     facts = [str(f) for f in data.get("facts", [])]
     rules = data.get("rules", [])
@@ -182,8 +303,12 @@ def reason(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
                 changed = True
     goal = data.get("goal")
     explanation = [f"{', '.join(s['because']) or 'nothing'} => {s['derived']} (rule {s['rule']})" for s in steps]
-    result: dict[str, Any] = {"facts": list(known), "derived": [s["derived"] for s in steps], "derivation": steps,
-                              "explanation": explanation}
+    result: dict[str, Any] = {
+        "facts": list(known),
+        "derived": [s["derived"] for s in steps],
+        "derivation": steps,
+        "explanation": explanation,
+    }
     if goal is not None:
         result["goal"] = goal
         result["proved"] = str(goal) in known

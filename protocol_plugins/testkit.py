@@ -95,46 +95,63 @@ async def flaky(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {**data, "attempts_seen": stats.calls[ctx.idempotency_key]}
 
 
-@plugin.protocol("scored_draft", description="Writes a draft whose score rises once it has received feedback",
-                 type=T.PROTOCOL_TYPE_GENERATION)
+@plugin.protocol(
+    "scored_draft",
+    description="Writes a draft whose score rises once it has received feedback",
+    type=T.PROTOCOL_TYPE_GENERATION,
+)
 async def draft(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("scored_draft", ctx)
     feedback = str(data.get("feedback", ""))
     if feedback:
         stats.seen_feedback.append(feedback)
-    return {"text": f"draft of {data.get('topic', 'something')}" + (f" (revised: {feedback})" if feedback else ""),
-            "score": 0.9 if feedback else 0.4, "feedback_received": feedback}
+    return {
+        "text": f"draft of {data.get('topic', 'something')}" + (f" (revised: {feedback})" if feedback else ""),
+        "score": 0.9 if feedback else 0.4,
+        "feedback_received": feedback,
+    }
 
 
-@plugin.protocol("threshold_supervisor", description="Accepts when every child's `score` reaches `threshold` (input, default 0.8)",
-                 type=T.PROTOCOL_TYPE_SUPERVISOR)
+@plugin.protocol(
+    "threshold_supervisor",
+    description="Accepts when every child's `score` reaches `threshold` (input, default 0.8)",
+    type=T.PROTOCOL_TYPE_SUPERVISOR,
+)
 async def threshold_supervisor(data: dict[str, Any], ctx: Context) -> Reply:
     stats.record("threshold_supervisor", ctx)
     threshold = float(data.get("input", {}).get("threshold", 0.8)) if isinstance(data.get("input"), dict) else 0.8
     children: dict[str, Any] = data.get("children", {})
-    weak = sorted(cid for cid, out in children.items() if not isinstance(out, dict) or float(out.get("score", 0)) < threshold)
+    weak = sorted(
+        cid for cid, out in children.items() if not isinstance(out, dict) or float(out.get("score", 0)) < threshold
+    )
     if not weak:
         lowest = min((float(out.get("score", 0)) for out in children.values()), default=1.0)
         return accept({"score": lowest, "round": data.get("round"), "outputs": children})
     return retry(f"raise the score above {threshold}", children=weak)
 
 
-@plugin.protocol("silent_supervisor", description="A broken supervisor: answers without a decision",
-                 type=T.PROTOCOL_TYPE_SUPERVISOR)
+@plugin.protocol(
+    "silent_supervisor", description="A broken supervisor: answers without a decision", type=T.PROTOCOL_TYPE_SUPERVISOR
+)
 async def silent_supervisor(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("silent_supervisor", ctx)
     return {"thoughts": "none"}
 
 
-@plugin.protocol("goto", description="Names the next state: `next` from the input or output", type=T.PROTOCOL_TYPE_ROUTER)
+@plugin.protocol(
+    "goto", description="Names the next state: `next` from the input or output", type=T.PROTOCOL_TYPE_ROUTER
+)
 async def route(data: dict[str, Any], ctx: Context) -> Reply:
     stats.record("goto", ctx)
     output: dict[str, Any] = data["output"] if isinstance(data.get("output"), dict) else data
     return goto(str(output.get("next", data.get("next", ""))), routed=True)
 
 
-@plugin.protocol("nest", description="Returns `levels` lists (objects with `objects: true`) nested in one another under `v` "
-                 "(for the value-depth limit)")
+@plugin.protocol(
+    "nest",
+    description="Returns `levels` lists (objects with `objects: true`) nested in one another under `v` "
+    "(for the value-depth limit)",
+)
 async def nest(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("nest", ctx)
     value: Any = "bottom"
@@ -143,7 +160,9 @@ async def nest(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"v": value}
 
 
-@plugin.protocol("sized", description="Returns an output that is exactly `bytes` long as a serialized google.protobuf.Value")
+@plugin.protocol(
+    "sized", description="Returns an output that is exactly `bytes` long as a serialized google.protobuf.Value"
+)
 async def sized(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("sized", ctx)
     return exactly(int(data.get("bytes", 100)), str(data.get("tag", "")))
@@ -178,8 +197,14 @@ async def whoami(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 @plugin.protocol("stats", description="Reports what this plugin has seen since the last reset")
 async def report(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    result = {"calls": dict(stats.calls), "by_protocol": dict(stats.by_protocol), "in_flight": stats.in_flight,
-              "max_in_flight": stats.max_in_flight, "cancelled": stats.cancelled, "seen_feedback": list(stats.seen_feedback)}
+    result = {
+        "calls": dict(stats.calls),
+        "by_protocol": dict(stats.by_protocol),
+        "in_flight": stats.in_flight,
+        "max_in_flight": stats.max_in_flight,
+        "cancelled": stats.cancelled,
+        "seen_feedback": list(stats.seen_feedback),
+    }
     if data.get("reset"):
         stats.reset()
     return result

@@ -57,28 +57,53 @@ def critique_text(text: str) -> dict[str, Any]:
     for index, sentence in enumerate(sentences):
         words = WORDS.findall(sentence)
         if len(words) > MAX_WORDS_PER_SENTENCE:
-            issues.append({"rule": "long_sentence", "detail": f"sentence {index + 1} has {len(words)} words",
-                           "fix": f"split sentence {index + 1}"})
+            issues.append(
+                {
+                    "rule": "long_sentence",
+                    "detail": f"sentence {index + 1} has {len(words)} words",
+                    "fix": f"split sentence {index + 1}",
+                }
+            )
         for filler in FILLERS:
             if re.search(rf"\b{filler}\b", sentence, re.IGNORECASE):
-                issues.append({"rule": "filler", "detail": f"'{filler}' in sentence {index + 1}", "fix": f"drop '{filler}'"})
+                issues.append(
+                    {"rule": "filler", "detail": f"'{filler}' in sentence {index + 1}", "fix": f"drop '{filler}'"}
+                )
         for match in PASSIVE.finditer(sentence):
-            issues.append({"rule": "passive", "detail": f"'{match.group(0)}' in sentence {index + 1}",
-                           "fix": "say who acts"})
+            issues.append(
+                {"rule": "passive", "detail": f"'{match.group(0)}' in sentence {index + 1}", "fix": "say who acts"}
+            )
         lowered = [w.lower() for w in words]
         for a, b in itertools.pairwise(lowered):
             if a == b:
-                issues.append({"rule": "repeated_word", "detail": f"'{a} {b}' in sentence {index + 1}", "fix": f"remove the second '{b}'"})
+                issues.append(
+                    {
+                        "rule": "repeated_word",
+                        "detail": f"'{a} {b}' in sentence {index + 1}",
+                        "fix": f"remove the second '{b}'",
+                    }
+                )
     if sentences and not any(m in sentences[-1].lower() for m in CONCLUSION_MARKERS):
-        issues.append({"rule": "no_conclusion", "detail": "the text ends without a conclusion", "fix": "add a conclusion"})
+        issues.append(
+            {"rule": "no_conclusion", "detail": "the text ends without a conclusion", "fix": "add a conclusion"}
+        )
     if len(WORDS.findall(text)) < 12:
         issues.append({"rule": "too_short", "detail": "fewer than 12 words", "fix": "add substance"})
-    weights = {"long_sentence": 0.15, "filler": 0.05, "passive": 0.08, "repeated_word": 0.1, "no_conclusion": 0.15, "too_short": 0.3}
+    weights = {
+        "long_sentence": 0.15,
+        "filler": 0.05,
+        "passive": 0.08,
+        "repeated_word": 0.1,
+        "no_conclusion": 0.15,
+        "too_short": 0.3,
+    }
     score = max(0.0, 1.0 - sum(weights[i["rule"]] for i in issues))
     return {"score": round(score, 3), "issues": issues, "text": text}
 
 
-@plugin.protocol("critique", type=T.PROTOCOL_TYPE_ANALYSIS, description="Scores a text against style rules and lists concrete issues")
+@plugin.protocol(
+    "critique", type=T.PROTOCOL_TYPE_ANALYSIS, description="Scores a text against style rules and lists concrete issues"
+)
 def critique(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     text = data.get("text")
     if not isinstance(text, str):
@@ -129,7 +154,14 @@ def revise(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return revise_text(text, issues)
 
 
-_TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "number": (int, float), "integer": int, "boolean": bool, "object": dict, "array": list}
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "number": (int, float),
+    "integer": int,
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+}
 
 
 def validate_value(value: dict[str, Any], rules: list[dict[str, Any]]) -> list[str]:
@@ -176,18 +208,25 @@ def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-@plugin.protocol("route", type=T.PROTOCOL_TYPE_ROUTER,
-                 description="Picks the next state from numeric features of the last output (`routes`, `default`)")
+@plugin.protocol(
+    "route",
+    type=T.PROTOCOL_TYPE_ROUTER,
+    description="Picks the next state from numeric features of the last output (`routes`, `default`)",
+)
 def route(data: dict[str, Any], ctx: Context) -> Reply:
     output = _object(data, "output")
     source = _object(data, "input")
     routes = source.get("routes") or output.get("routes") or []
-    features = {k: v for k, v in {**source, **output}.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    features = {
+        k: v for k, v in {**source, **output}.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     for rule in routes:
         value = features.get(str(rule.get("feature")))
         if value is None:
             continue
-        if ("below" in rule and value < float(rule["below"])) or ("at_least" in rule and value >= float(rule["at_least"])):
+        if ("below" in rule and value < float(rule["below"])) or (
+            "at_least" in rule and value >= float(rule["at_least"])
+        ):
             return goto(str(rule["to"]), because=f"{rule['feature']}={value}")
     default = source.get("default") or output.get("default")
     if not default:
@@ -195,13 +234,18 @@ def route(data: dict[str, Any], ctx: Context) -> Reply:
     return goto(str(default), because="default")
 
 
-@plugin.protocol("quality_supervisor", type=T.PROTOCOL_TYPE_SUPERVISOR,
-                 description="Accepts when every child's `score` reaches `threshold` (default 0.8); else retries with the fixes")
+@plugin.protocol(
+    "quality_supervisor",
+    type=T.PROTOCOL_TYPE_SUPERVISOR,
+    description="Accepts when every child's `score` reaches `threshold` (default 0.8); else retries with the fixes",
+)
 def quality_supervisor(data: dict[str, Any], ctx: Context) -> Reply:
     source = _object(data, "input")
     threshold = float(source.get("threshold", 0.8))
     children: dict[str, Any] = data.get("children", {})
-    weak = {cid: out for cid, out in children.items() if not isinstance(out, dict) or float(out.get("score", 0)) < threshold}
+    weak = {
+        cid: out for cid, out in children.items() if not isinstance(out, dict) or float(out.get("score", 0)) < threshold
+    }
     if not weak:
         best = max(children.values(), key=lambda out: float(out.get("score", 0)))
         return accept({**best, "rounds": data.get("round", 1)})

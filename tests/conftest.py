@@ -36,8 +36,11 @@ class PluginProc:
 
 def spawn_plugin(module: str, listen: str = "127.0.0.1:0", *extra: str) -> PluginProc:
     """Start a plugin process (with `extra` arguments, e.g. "--capacity", "gpus=1") and wait for its ready line."""
-    process = subprocess.Popen([sys.executable, "-m", "protocol_plugins.run", module, "--listen", listen, *extra],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "protocol_plugins.run", module, "--listen", listen, *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line.startswith(READY_LINE):
@@ -105,8 +108,16 @@ def store_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
 
 def make_settings(store_url: str, plugin_addresses: tuple[str, ...], **overrides: object) -> Settings:
     limits = overrides.pop("limits", Limits())
-    return Settings(listen="127.0.0.1:0", store_url=store_url, plugins=plugin_addresses, lease_seconds=3.0,
-                    shutdown_grace=1.0, limits=limits, replica_id=f"test-{uuid.uuid4().hex[:6]}", **overrides)  # type: ignore[arg-type]
+    return Settings(
+        listen="127.0.0.1:0",
+        store_url=store_url,
+        plugins=plugin_addresses,
+        lease_seconds=3.0,
+        shutdown_grace=1.0,
+        limits=limits,
+        replica_id=f"test-{uuid.uuid4().hex[:6]}",
+        **overrides,
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -128,8 +139,12 @@ class Client:
 @pytest.fixture
 async def client(server: RunningServer) -> AsyncIterator[Client]:
     async with grpc.aio.insecure_channel(server.address) as channel:
-        yield Client(channel, task_pb2_grpc.TaskServiceStub(channel), workflow_pb2_grpc.WorkflowServiceStub(channel),
-                     registry_pb2_grpc.ProtocolRegistryStub(channel))
+        yield Client(
+            channel,
+            task_pb2_grpc.TaskServiceStub(channel),
+            workflow_pb2_grpc.WorkflowServiceStub(channel),
+            registry_pb2_grpc.ProtocolRegistryStub(channel),
+        )
 
 
 @pytest.fixture
@@ -151,8 +166,12 @@ async def server_factory(plugins: dict[str, PluginProc]) -> AsyncIterator[Callab
     """Start orchestrators with custom settings (the session's plugins registered); stop them after."""
     started: list[RunningServer] = []
 
-    async def start(store: str = "sqlite://:memory:", extra_plugins: tuple[str, ...] = (), session_plugins: bool = True,
-                    **overrides: object) -> RunningServer:
+    async def start(
+        store: str = "sqlite://:memory:",
+        extra_plugins: tuple[str, ...] = (),
+        session_plugins: bool = True,
+        **overrides: object,
+    ) -> RunningServer:
         addresses = (*(p.address for p in plugins.values() if session_plugins), *extra_plugins)
         running = await start_server(make_settings(store, addresses, **overrides))
         started.append(running)
@@ -169,5 +188,9 @@ def client_for(running: RunningServer) -> Client:
 
 def client_for_address(address: str) -> Client:
     channel = grpc.aio.insecure_channel(address)
-    return Client(channel, task_pb2_grpc.TaskServiceStub(channel), workflow_pb2_grpc.WorkflowServiceStub(channel),
-                  registry_pb2_grpc.ProtocolRegistryStub(channel))
+    return Client(
+        channel,
+        task_pb2_grpc.TaskServiceStub(channel),
+        workflow_pb2_grpc.WorkflowServiceStub(channel),
+        registry_pb2_grpc.ProtocolRegistryStub(channel),
+    )

@@ -48,7 +48,9 @@ async def wait_done(client: Any, task_id: str, timeout: float = 30.0) -> task_pb
     return task
 
 
-async def run(client: Any, wf: workflow_pb2.Workflow, data: dict[str, Any] | None = None, timeout: float = 30.0) -> task_pb2.Task:
+async def run(
+    client: Any, wf: workflow_pb2.Workflow, data: dict[str, Any] | None = None, timeout: float = 30.0
+) -> task_pb2.Task:
     await create(client, wf)
     task = await submit(client, wf.workflow_id, data)
     return await wait_done(client, task.task_id, timeout)
@@ -82,8 +84,9 @@ async def plugin_stats(testkit: protocol_pb2_grpc.ProtocolServiceStub, protocol:
     return struct_to_dict(reply.output)
 
 
-async def until_plugin_called(plugin: protocol_pb2_grpc.ProtocolServiceStub, task_id: str, protocol: str = "stats",
-                              timeout: float = 20.0) -> None:
+async def until_plugin_called(
+    plugin: protocol_pb2_grpc.ProtocolServiceStub, task_id: str, protocol: str = "stats", timeout: float = 20.0
+) -> None:
     """Wait until the plugin's stats protocol lists a call of the task (keys start with the task id),
     so a test cancels or kills what has really reached the plugin, however slow the machine."""
     async with asyncio.timeout(timeout):

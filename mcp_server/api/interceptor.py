@@ -35,9 +35,12 @@ def to_status(error: McpError) -> status_pb2.Status:
     if error.violations:
         # The details travel in a trailer, and clients refuse trailers over 8 KB by default:
         # send the first violations, each cut to a readable length; the message counts the rest.
-        bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field[:200], description=v.description[:300])
-            for v in error.violations[:MAX_VIOLATIONS]])
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field[:200], description=v.description[:300])
+                for v in error.violations[:MAX_VIOLATIONS]
+            ]
+        )
         detail = any_pb2.Any()
         detail.Pack(bad)
         status.details.append(detail)
@@ -52,7 +55,9 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> Non
         log.exception("bug while serving a request", exc_info=error)
         status = status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error: {type(error).__name__}")
         code = grpc.StatusCode.INTERNAL
-    await context.abort(code, status.message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+    await context.abort(
+        code, status.message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
+    )
 
 
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
@@ -61,24 +66,32 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator | None = None) -> None:
         self.authenticator = authenticator
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
         deserialize = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(self._wrap_unary(method, handler.unary_unary),
-                                                       deserialize, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary), deserialize, handler.response_serializer
+            )
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(self._wrap_stream(method, handler.unary_stream),
-                                                        deserialize, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream), deserialize, handler.response_serializer
+            )
         return handler
 
     def _enter(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         if isinstance(request, _Malformed):
-            raise InvalidArgument(f"the request is not a valid {method.rsplit('/', 1)[-1]} message: {request.error}", reason="MALFORMED_REQUEST")
+            raise InvalidArgument(
+                f"the request is not a valid {method.rsplit('/', 1)[-1]} message: {request.error}",
+                reason="MALFORMED_REQUEST",
+            )
         if self.authenticator is not None:
             metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
             principal = self.authenticator.authenticate(method, metadata)
@@ -87,7 +100,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(request, Message):
             validate_request(request)  # the rules declared in the protos, after authentication
 
-    def _wrap_unary(self, method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(
+        self, method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 self._enter(method, request, context)
@@ -96,10 +111,12 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 await _abort(context, exc)
+
         return wrapped
 
-    def _wrap_stream(self, method: str,
-                     behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    def _wrap_stream(
+        self, method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
                 self._enter(method, request, context)
@@ -109,6 +126,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 await _abort(context, exc)
+
         return wrapped
 
 
@@ -129,4 +147,5 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
             return deserialize(data)
         except Exception as exc:
             return _Malformed(exc)
+
     return parse

@@ -14,23 +14,35 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
         self.orchestrator = orchestrator
         self.directory = orchestrator.directory
 
-    async def RegisterProtocol(self, request: registry_pb2.RegisterProtocolRequest, context: grpc.aio.ServicerContext) -> registry_pb2.RegisterProtocolResponse:
+    async def RegisterProtocol(
+        self, request: registry_pb2.RegisterProtocolRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.RegisterProtocolResponse:
         ttl = request.ttl.ToTimedelta().total_seconds()
         if ttl < 0:
-            raise InvalidArgument("ttl must not be negative",
-                                  violations=[FieldViolation("ttl", "must be zero (no expiry) or positive")])
+            raise InvalidArgument(
+                "ttl must not be negative", violations=[FieldViolation("ttl", "must be zero (no expiry) or positive")]
+            )
         return registry_pb2.RegisterProtocolResponse(protocols=await self.directory.register(request.address, ttl))
 
-    async def DeregisterProtocol(self, request: registry_pb2.DeregisterProtocolRequest,
-                                 context: grpc.aio.ServicerContext) -> registry_pb2.DeregisterProtocolResponse:
+    async def DeregisterProtocol(
+        self, request: registry_pb2.DeregisterProtocolRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeregisterProtocolResponse:
         if not (request.name or request.address):
-            raise InvalidArgument("name or address is required", violations=[FieldViolation("target", "set name or address")])
-        return registry_pb2.DeregisterProtocolResponse(removed=await self.directory.deregister(request.name, request.address))
+            raise InvalidArgument(
+                "name or address is required", violations=[FieldViolation("target", "set name or address")]
+            )
+        return registry_pb2.DeregisterProtocolResponse(
+            removed=await self.directory.deregister(request.name, request.address)
+        )
 
-    async def ListProtocols(self, request: registry_pb2.ListProtocolsRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ListProtocolsResponse:
+    async def ListProtocols(
+        self, request: registry_pb2.ListProtocolsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListProtocolsResponse:
         protocols, token = await self.orchestrator.list_protocols(request.page_size, request.page_token)
         return registry_pb2.ListProtocolsResponse(protocols=protocols, next_page_token=token)
 
-    async def GetProtocol(self, request: registry_pb2.GetProtocolRequest, context: grpc.aio.ServicerContext) -> registry_pb2.GetProtocolResponse:
+    async def GetProtocol(
+        self, request: registry_pb2.GetProtocolRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetProtocolResponse:
         instances = await self.orchestrator.get_protocol(request.name)
         return registry_pb2.GetProtocolResponse(protocol=instances[0], instances=instances)

@@ -90,11 +90,14 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
     limits = settings.limits
     server = grpc.aio.server(
         interceptors=[EdgeInterceptor(Authenticator.from_file(settings.auth_file) if settings.auth_file else None)],
-        options=[("grpc.max_receive_message_length", limits.max_message_bytes),
-                 ("grpc.max_send_message_length", limits.max_message_bytes),
-                 # the SDK pings a quiet watch every 30 s to notice a dead network; welcome that
-                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-                 *pending_call_options(settings.max_pending_calls)])
+        options=[
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            # the SDK pings a quiet watch every 30 s to notice a dead network; welcome that
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            *pending_call_options(settings.max_pending_calls),
+        ],
+    )
     task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(orchestrator), server)
     workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(orchestrator), server)
     registry_pb2_grpc.add_ProtocolRegistryServicer_to_server(RegistryServicer(orchestrator), server)
@@ -102,7 +105,11 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = server_credentials(settings)
-    port = server.add_secure_port(settings.listen, credentials) if credentials else server.add_insecure_port(settings.listen)
+    port = (
+        server.add_secure_port(settings.listen, credentials)
+        if credentials
+        else server.add_insecure_port(settings.listen)
+    )
     if port == 0:
         raise RuntimeError(f"cannot listen on {settings.listen}")
     address = f"{settings.listen.rsplit(':', 1)[0]}:{port}"
@@ -132,7 +139,9 @@ async def _start_plugins_and_dispatch(running: RunningServer, settings: Settings
         running.orchestrator.metrics.serve(settings.metrics_port, settings.metrics_address)
     running.health_task = asyncio.create_task(_report_health(running))
     if settings.console_listen:
-        running.console = await start_console(_loopback(running.address), settings.console_listen, tls=_console_tls(settings))
+        running.console = await start_console(
+            _loopback(running.address), settings.console_listen, tls=_console_tls(settings)
+        )
 
 
 def _loopback(address: str) -> str:
@@ -149,8 +158,10 @@ def _console_tls(settings: Settings) -> Tls | None:
     if not settings.tls_cert:
         return None
     if settings.tls_client_ca:
-        raise ValueError("the in-process console cannot present a client certificate to a server that requires one (mTLS): "
-                         "run it apart with `mcp console --server ADDRESS --tls-ca CA`")
+        raise ValueError(
+            "the in-process console cannot present a client certificate to a server that requires one (mTLS): "
+            "run it apart with `mcp console --server ADDRESS --tls-ca CA`"
+        )
     return Tls.from_files(ca=settings.console_tls_ca or settings.tls_cert)
 
 
@@ -168,7 +179,9 @@ async def _report_health(running: RunningServer, interval: float = 1.0) -> None:
             for name in ("", *SERVICES):
                 await running.health.set(name, status)
             if serving is not None:
-                log.warning("store %s: health is now %s", "back" if ok else "unreachable", "SERVING" if ok else "NOT_SERVING")
+                log.warning(
+                    "store %s: health is now %s", "back" if ok else "unreachable", "SERVING" if ok else "NOT_SERVING"
+                )
             serving = ok
         await asyncio.sleep(interval)
 

@@ -17,11 +17,15 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
 
-    async def SubmitTask(self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.SubmitTaskResponse:
+    async def SubmitTask(
+        self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.SubmitTaskResponse:
         task, created = await self.orchestrator.submit_task(request, current_principal.get())
         return task_pb2.SubmitTaskResponse(task=task, created=created)
 
-    async def RunTask(self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.SubmitTaskResponse:
+    async def RunTask(
+        self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.SubmitTaskResponse:
         async def submitted(task: task_pb2.Task) -> None:
             # Only a call with a deadline may end before the task does; without one the id comes
             # with the answer (an extra headers frame costs about 2% of a short task's CPU).
@@ -31,8 +35,9 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         task, created = await self.orchestrator.run_task(request, current_principal.get(), submitted)
         return task_pb2.SubmitTaskResponse(task=task, created=created)
 
-    async def SubmitAndWatchTask(self, request: task_pb2.SubmitTaskRequest,
-                                 context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.SubmitAndWatchTaskResponse]:
+    async def SubmitAndWatchTask(
+        self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[task_pb2.SubmitAndWatchTaskResponse]:
         task, created, batches = await self.orchestrator.submit_and_watch(request, current_principal.get())
         submitted: task_pb2.SubmitTaskResponse | None = task_pb2.SubmitTaskResponse(task=task, created=created)
         async for batch in batches:
@@ -41,34 +46,63 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         if submitted is not None:  # nothing to stream (an ended task whose events are gone): still say which task
             yield task_pb2.SubmitAndWatchTaskResponse(submitted=submitted)
 
-    async def GetTask(self, request: task_pb2.GetTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.GetTaskResponse:
+    async def GetTask(
+        self, request: task_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.GetTaskResponse:
         view = request.view or task_pb2.TASK_VIEW_FULL
-        return task_pb2.GetTaskResponse(task=await self.orchestrator.get_task(request.task_id, current_principal.get(), view))
+        return task_pb2.GetTaskResponse(
+            task=await self.orchestrator.get_task(request.task_id, current_principal.get(), view)
+        )
 
-    async def ListTasks(self, request: task_pb2.ListTasksRequest, context: grpc.aio.ServicerContext) -> task_pb2.ListTasksResponse:
+    async def ListTasks(
+        self, request: task_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.ListTasksResponse:
         tasks, token, total = await self.orchestrator.list_tasks(
-            request.page_size, request.page_token, list(request.statuses), request.workflow_id, current_principal.get(),
-            request.view or task_pb2.TASK_VIEW_BASIC, request.owner)
+            request.page_size,
+            request.page_token,
+            list(request.statuses),
+            request.workflow_id,
+            current_principal.get(),
+            request.view or task_pb2.TASK_VIEW_BASIC,
+            request.owner,
+        )
         return task_pb2.ListTasksResponse(tasks=tasks, next_page_token=token, total_size=total)
 
-    async def ListTaskSteps(self, request: task_pb2.ListTaskStepsRequest,
-                            context: grpc.aio.ServicerContext) -> task_pb2.ListTaskStepsResponse:
-        steps, token, total = await self.orchestrator.list_task_steps(request.task_id, request.page_size, request.page_token,
-                                                                      current_principal.get())
+    async def ListTaskSteps(
+        self, request: task_pb2.ListTaskStepsRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.ListTaskStepsResponse:
+        steps, token, total = await self.orchestrator.list_task_steps(
+            request.task_id, request.page_size, request.page_token, current_principal.get()
+        )
         return task_pb2.ListTaskStepsResponse(steps=steps, next_page_token=token, total_size=total)
 
-    async def ReadValue(self, request: task_pb2.ReadValueRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.ValueChunk]:
-        async for chunk in self.orchestrator.read_value(request.task_id, request.step_path, request.field, current_principal.get()):
+    async def ReadValue(
+        self, request: task_pb2.ReadValueRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[task_pb2.ValueChunk]:
+        async for chunk in self.orchestrator.read_value(
+            request.task_id, request.step_path, request.field, current_principal.get()
+        ):
             yield chunk
 
-    async def CancelTask(self, request: task_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.CancelTaskResponse:
-        return task_pb2.CancelTaskResponse(task=await self.orchestrator.cancel_task(request.task_id, request.reason, current_principal.get()))
+    async def CancelTask(
+        self, request: task_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.CancelTaskResponse:
+        return task_pb2.CancelTaskResponse(
+            task=await self.orchestrator.cancel_task(request.task_id, request.reason, current_principal.get())
+        )
 
-    async def WatchTask(self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.TaskEvent]:
-        async for event in self.orchestrator.watch_task(request.task_id, request.after_sequence, current_principal.get()):
+    async def WatchTask(
+        self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
+        async for event in self.orchestrator.watch_task(
+            request.task_id, request.after_sequence, current_principal.get()
+        ):
             yield event
 
-    async def WatchTaskEvents(self, request: task_pb2.WatchTaskRequest,
-                              context: grpc.aio.ServicerContext) -> AsyncIterator[task_pb2.WatchTaskEventsResponse]:
-        async for batch in self.orchestrator.watch_task_batches(request.task_id, request.after_sequence, current_principal.get()):
+    async def WatchTaskEvents(
+        self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[task_pb2.WatchTaskEventsResponse]:
+        async for batch in self.orchestrator.watch_task_batches(
+            request.task_id, request.after_sequence, current_principal.get()
+        ):
             yield task_pb2.WatchTaskEventsResponse(events=batch)

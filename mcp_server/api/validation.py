@@ -37,9 +37,19 @@ def _checks(descriptor: Descriptor) -> tuple[tuple[_Check, ...], tuple[FieldDesc
         options = field.GetOptions()
         if options.HasExtension(RULES):
             rules = options.Extensions[RULES]
-            checks.append(_Check(field, rules, re.compile(rules.pattern) if rules.pattern else None,
-                                 re.compile(rules.key_pattern) if rules.key_pattern else None))
-        if field.message_type is not None and not field.message_type.GetOptions().map_entry and _has_rules(field.message_type):
+            checks.append(
+                _Check(
+                    field,
+                    rules,
+                    re.compile(rules.pattern) if rules.pattern else None,
+                    re.compile(rules.key_pattern) if rules.key_pattern else None,
+                )
+            )
+        if (
+            field.message_type is not None
+            and not field.message_type.GetOptions().map_entry
+            and _has_rules(field.message_type)
+        ):
             nested.append(field)
     return tuple(checks), tuple(nested)
 
@@ -95,12 +105,16 @@ def _map_entry_violations(entries: Any, check: _Check, path: str) -> list[FieldV
         shown = key if len(key) <= 40 else key[:40] + "..."
         where = f"{path}[{shown!r}]"
         if rules.key_max_len and len(key) > rules.key_max_len:
-            found.append(FieldViolation(where, f"key is {len(key)} characters; at most {rules.key_max_len} are allowed"))
+            found.append(
+                FieldViolation(where, f"key is {len(key)} characters; at most {rules.key_max_len} are allowed")
+            )
         elif check.key_pattern is not None and not check.key_pattern.fullmatch(key):
             found.append(FieldViolation(where, f"key must match {rules.key_pattern}"))
         value = entries[key]
         if rules.value_max_len and isinstance(value, str) and len(value) > rules.value_max_len:
-            found.append(FieldViolation(where, f"value is {len(value)} characters; at most {rules.value_max_len} are allowed"))
+            found.append(
+                FieldViolation(where, f"value is {len(value)} characters; at most {rules.value_max_len} are allowed")
+            )
     return found
 
 

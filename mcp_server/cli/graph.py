@@ -109,8 +109,10 @@ def workflow_graph(workflow: workflow_pb2.Workflow) -> Graph:
 
 
 STATUS_CLASS = {
-    task_pb2.STEP_STATUS_COMPLETED: "completed", task_pb2.STEP_STATUS_FAILED: "failed",
-    task_pb2.STEP_STATUS_RUNNING: "running", task_pb2.STEP_STATUS_CANCELLED: "cancelled",
+    task_pb2.STEP_STATUS_COMPLETED: "completed",
+    task_pb2.STEP_STATUS_FAILED: "failed",
+    task_pb2.STEP_STATUS_RUNNING: "running",
+    task_pb2.STEP_STATUS_CANCELLED: "cancelled",
 }
 
 
@@ -151,7 +153,12 @@ def to_mermaid(graph: Graph) -> str:
     for a, b, label, dashed in graph.edges:
         arrow = "-.->" if dashed else "-->"
         lines.append(f'  {a} {arrow}|"{mermaid_text(label)}"| {b}' if label else f"  {a} {arrow} {b}")
-    for status, colour in (("completed", "#c8f7c5"), ("failed", "#f7c5c5"), ("running", "#fff3b0"), ("cancelled", "#dddddd")):
+    for status, colour in (
+        ("completed", "#c8f7c5"),
+        ("failed", "#f7c5c5"),
+        ("running", "#fff3b0"),
+        ("cancelled", "#dddddd"),
+    ):
         members = [n for n, s in graph.styles.items() if s == status]
         if members:
             lines.append(f"  classDef {status} fill:{colour}")

@@ -97,21 +97,42 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
     cmd = (args.group, args.command)
     if cmd == ("workflow", "apply"):
         created = await client.create_workflow(load_workflow(args.file))
-        (out or (lambda v: render.console.print(f"workflow [bold]{v['workflow_id']}[/bold] version {v['version']} created")))(render.to_json(created))
+        (
+            out
+            or (
+                lambda v: render.console.print(
+                    f"workflow [bold]{v['workflow_id']}[/bold] version {v['version']} created"
+                )
+            )
+        )(render.to_json(created))
     elif cmd == ("workflow", "validate"):
         reply = await client.validate_workflow(load_workflow(args.file))
-        (out or (lambda v: render.console.print(f"valid: {v.get('node_count')} nodes, depth {v.get('depth')}")))(render.to_json(reply))
+        (out or (lambda v: render.console.print(f"valid: {v.get('node_count')} nodes, depth {v.get('depth')}")))(
+            render.to_json(reply)
+        )
     elif cmd == ("workflow", "get"):
         workflow = await client.get_workflow(args.id, args.version)
         (out or (lambda v: print(yaml.safe_dump(v, sort_keys=False))))(render.to_json(workflow))
     elif cmd == ("workflow", "list"):
         workflows = {"workflows": [render.to_json(w) for w in await client.list_workflows()]}
-        (out or (lambda v: [print(f"{w['workflow_id']}\tv{w['version']}\t{w.get('description', '')}") for w in v["workflows"]]))(workflows)
+        (
+            out
+            or (
+                lambda v: [
+                    print(f"{w['workflow_id']}\tv{w['version']}\t{w.get('description', '')}") for w in v["workflows"]
+                ]
+            )
+        )(workflows)
     elif cmd == ("workflow", "delete"):
         (out or print)(render.to_json(await client.delete_workflow(args.id)))
     elif cmd == ("task", "submit"):
-        task = await client.submit(args.workflow, parse_input(args.input), version=args.version, priority=args.priority,
-                                   request_id=args.request_id)
+        task = await client.submit(
+            args.workflow,
+            parse_input(args.input),
+            version=args.version,
+            priority=args.priority,
+            request_id=args.request_id,
+        )
         if args.watch:
             if not args.json:
                 render.console.print(f"task [bold]{task.task_id}[/bold] submitted; watching")
@@ -143,26 +164,37 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
     elif cmd == ("protocol", "list"):
         (out or _print_protocols)({"protocols": [render.to_json(p) for p in await client.list_protocols()]})
     elif cmd == ("protocol", "register"):
-        (out or _print_protocols)({"protocols": [render.to_json(p) for p in await client.register_protocols(args.address)]})
+        (out or _print_protocols)(
+            {"protocols": [render.to_json(p) for p in await client.register_protocols(args.address)]}
+        )
     return 0
 
 
 def _print_protocols(value: dict[str, Any]) -> None:
     """One line per protocol instance: where, how it is, what it offers and what is in use."""
     entries = value.get("protocols") or value.get("instances") or []
-    print(f"{'PROTOCOL':<22}{'ADDRESS':<22}{'HEALTH':<12}{'BREAKER':<10}{'EJECTED':<9}{'CALLS':>6}  CAPACITY (in use / offered)")
+    print(
+        f"{'PROTOCOL':<22}{'ADDRESS':<22}{'HEALTH':<12}{'BREAKER':<10}"
+        f"{'EJECTED':<9}{'CALLS':>6}  CAPACITY (in use / offered)"
+    )
     for entry in entries:
         manifest = entry["manifest"]
         health = entry.get("health", "").removeprefix("HEALTH_STATE_")
         breaker = entry.get("breaker", "").removeprefix("BREAKER_STATE_")
         ejected = "until " + entry["ejected_until"][11:19] if entry.get("ejected_until") else "no"
-        print(f"{manifest['name']:<22}{entry['address']:<22}{health:<12}{breaker:<10}{ejected:<9}"
-              f"{entry.get('calls_in_flight', 0):>6}  {_capacity_text(entry)}")
+        print(
+            f"{manifest['name']:<22}{entry['address']:<22}{health:<12}{breaker:<10}{ejected:<9}"
+            f"{entry.get('calls_in_flight', 0):>6}  {_capacity_text(entry)}"
+        )
 
 
 def _capacity_text(entry: dict[str, Any]) -> str:
     offered, used = entry.get("capacity", {}), entry.get("capacity_in_use", {})
-    parts = [f"{name} {used.get(name, 0)}/{offered[name]}" for name in ("cpu_millis", "memory_mb", "gpus") if offered.get(name)]
+    parts = [
+        f"{name} {used.get(name, 0)}/{offered[name]}"
+        for name in ("cpu_millis", "memory_mb", "gpus")
+        if offered.get(name)
+    ]
     return ", ".join(parts) or "unlimited"
 
 
@@ -170,8 +202,14 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mcp", description="Client for the mCP orchestrator.")
     root.add_argument("--server", default=os.environ.get("MCP_SERVER", "127.0.0.1:50051"))
     root.add_argument("--token", default=os.environ.get("MCP_TOKEN"), help="bearer token (default: $MCP_TOKEN)")
-    root.add_argument("--tls-ca", default=os.environ.get("MCP_TLS_CA"), help="reach the server over TLS, trusting this CA (PEM)")
-    root.add_argument("--tls-cert", default=os.environ.get("MCP_TLS_CERT"), help="client certificate, for a server that requires one (mTLS)")
+    root.add_argument(
+        "--tls-ca", default=os.environ.get("MCP_TLS_CA"), help="reach the server over TLS, trusting this CA (PEM)"
+    )
+    root.add_argument(
+        "--tls-cert",
+        default=os.environ.get("MCP_TLS_CERT"),
+        help="client certificate, for a server that requires one (mTLS)",
+    )
     root.add_argument("--tls-key", default=os.environ.get("MCP_TLS_KEY"), help="and its private key (PEM)")
     root.add_argument("--json", action="store_true", help="print JSON")
     groups = root.add_subparsers(dest="group", required=True)
@@ -200,7 +238,9 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--plain", action="store_true", help="with --watch: one line per event instead of a live tree")
     task.add_parser("get").add_argument("id")
     lst = task.add_parser("list")
-    lst.add_argument("--status", action="append", default=[], choices=["pending", "running", "completed", "failed", "cancelled"])
+    lst.add_argument(
+        "--status", action="append", default=[], choices=["pending", "running", "completed", "failed", "cancelled"]
+    )
     lst.add_argument("--workflow")
     lst.add_argument("--page-size", type=int, default=50)
     cancel = task.add_parser("cancel")
@@ -215,7 +255,9 @@ def parser() -> argparse.ArgumentParser:
     tgraph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
 
     console = groups.add_parser("console", help="serve the web console for the server at --server")
-    console.add_argument("--listen", default=os.environ.get("MCP_CONSOLE_LISTEN", "127.0.0.1:8080"), help="HOST:PORT to serve on")
+    console.add_argument(
+        "--listen", default=os.environ.get("MCP_CONSOLE_LISTEN", "127.0.0.1:8080"), help="HOST:PORT to serve on"
+    )
     console.set_defaults(command="serve")
 
     proto = groups.add_parser("protocol").add_subparsers(dest="command", required=True)

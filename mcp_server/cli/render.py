@@ -17,9 +17,16 @@ from mcp_server.engine.values import normalize
 
 console = Console(highlight=False)
 EVENT_STYLE = {
-    "COMPLETED": "green", "STEP_COMPLETED": "green", "FAILED": "bold red", "STEP_FAILED": "red",
-    "CANCELLED": "yellow", "STEP_RETRYING": "yellow", "FALLBACK_USED": "magenta", "TRANSITION_TAKEN": "cyan",
-    "SUPERVISOR_DECISION": "cyan", "BREAKER_STATE_CHANGED": "magenta",
+    "COMPLETED": "green",
+    "STEP_COMPLETED": "green",
+    "FAILED": "bold red",
+    "STEP_FAILED": "red",
+    "CANCELLED": "yellow",
+    "STEP_RETRYING": "yellow",
+    "FALLBACK_USED": "magenta",
+    "TRANSITION_TAKEN": "cyan",
+    "SUPERVISOR_DECISION": "cyan",
+    "BREAKER_STATE_CHANGED": "magenta",
 }
 
 
@@ -44,13 +51,19 @@ def event_line(event: task_pb2.TaskEvent) -> None:
     where = f" {event.step_path}" if event.step_path else ""
     protocol = escape(f" [{event.protocol}]") if event.protocol else ""
     attempt = f" #{event.attempt}" if event.attempt > 1 else ""
-    console.print(f"[dim]{event.sequence:>4} {when}[/dim] [{style}]{kind:<20}[/{style}]{escape(where)}{protocol}{attempt} "
-                  f"[dim]{escape(event.message)}[/dim]", soft_wrap=True)
+    console.print(
+        f"[dim]{event.sequence:>4} {when}[/dim] [{style}]{kind:<20}[/{style}]{escape(where)}{protocol}{attempt} "
+        f"[dim]{escape(event.message)}[/dim]",
+        soft_wrap=True,
+    )
 
 
 def task_summary(task: task_pb2.Task) -> None:
     status = task_pb2.TaskStatus.Name(task.status).removeprefix("TASK_STATUS_")
-    console.print(f"task [bold]{task.task_id}[/bold]  workflow {task.workflow_id} v{task.workflow_version}  status [bold]{status}[/bold]")
+    console.print(
+        f"task [bold]{task.task_id}[/bold]  workflow {task.workflow_id} v{task.workflow_version}"
+        f"  status [bold]{status}[/bold]"
+    )
     if task.steps:
         table = Table()
         table.add_column("path", min_width=18, overflow="fold")
@@ -60,8 +73,13 @@ def task_summary(task: task_pb2.Task) -> None:
         table.add_column("output", no_wrap=True, overflow="ellipsis", max_width=50)
         for step in task.steps:
             output = json.dumps(value_json(step.output)) if step.HasField("output") else step.error.message
-            table.add_row(step.path, step.protocol, task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_"),
-                          str(step.attempts), output[:80])
+            table.add_row(
+                step.path,
+                step.protocol,
+                task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_"),
+                str(step.attempts),
+                output[:80],
+            )
         console.print(table)
     if task.HasField("result"):
         console.print("result:", json.dumps(value_json(task.result), indent=2))
@@ -72,7 +90,11 @@ def task_summary(task: task_pb2.Task) -> None:
 def task_rows(tasks: list[task_pb2.Task]) -> None:
     table = Table("task_id", "workflow", "status", "priority", "created")
     for task in tasks:
-        table.add_row(task.task_id, f"{task.workflow_id} v{task.workflow_version}",
-                      task_pb2.TaskStatus.Name(task.status).removeprefix("TASK_STATUS_"), str(task.priority),
-                      task.create_time.ToDatetime().isoformat(timespec="seconds"))
+        table.add_row(
+            task.task_id,
+            f"{task.workflow_id} v{task.workflow_version}",
+            task_pb2.TaskStatus.Name(task.status).removeprefix("TASK_STATUS_"),
+            str(task.priority),
+            task.create_time.ToDatetime().isoformat(timespec="seconds"),
+        )
     console.print(table)

@@ -11,7 +11,13 @@ from rich.tree import Tree
 from mcp_sdk.proto import task_pb2
 
 E = task_pb2.TaskEventType
-ICONS = {"running": "[yellow]●[/]", "completed": "[green]✔[/]", "failed": "[red]✘[/]", "retrying": "[yellow]↻[/]", "cancelled": "[dim]⊘[/]"}
+ICONS = {
+    "running": "[yellow]●[/]",
+    "completed": "[green]✔[/]",
+    "failed": "[red]✘[/]",
+    "retrying": "[yellow]↻[/]",
+    "cancelled": "[dim]⊘[/]",
+}
 
 
 @dataclass

@@ -29,12 +29,20 @@ from mcp_server.console.session import CSRF_FIELD, CSRF_HEADER, SEED_COOKIE, ses
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; "
-       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 HTTP_STATUS = {
-    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,7 +57,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             form = await request.post()
             offered = str(form.get(CSRF_FIELD, "")) or request.headers.get(CSRF_HEADER, "")
             if not session.csrf_matches(request.app[SECRET], offered):
-                raise web.HTTPForbidden(text="this form is stale or did not come from the console: reload the page and try again")
+                raise web.HTTPForbidden(
+                    text="this form is stale or did not come from the console: reload the page and try again"
+                )
         response = await handler(request)
     except McpError as error:
         response = error_response(request, error)
@@ -79,17 +89,39 @@ def error_response(request: web.Request, error: McpError) -> web.StreamResponse:
         return web.Response(status=303, headers={"Location": f"/login?next={quote(request.path_qs, safe='')}"})
     status = HTTP_STATUS.get(error.code, 502)
     if wants_json(request):
-        return web.json_response({"code": error.code.name, "reason": error.reason, "message": error.message}, status=status)
-    return render(request, "error.html", {"title": error.code.name.replace("_", " ").lower(), "message": error.message,
-                                          "reason": error.reason, "violations": error.violations, "status": status}, status=status)
+        return web.json_response(
+            {"code": error.code.name, "reason": error.reason, "message": error.message}, status=status
+        )
+    return render(
+        request,
+        "error.html",
+        {
+            "title": error.code.name.replace("_", " ").lower(),
+            "message": error.message,
+            "reason": error.reason,
+            "violations": error.violations,
+            "status": status,
+        },
+        status=status,
+    )
 
 
 def problem_response(request: web.Request, status: int, message: str) -> web.StreamResponse:
     """A refusal of the console's own (a bad query, a stale form) as a page or JSON."""
     if wants_json(request):
         return web.json_response({"code": status, "message": message}, status=status)
-    return render(request, "error.html", {"title": web.Response(status=status).reason.lower(), "message": message, "reason": "",
-                                          "violations": (), "status": status}, status=status)
+    return render(
+        request,
+        "error.html",
+        {
+            "title": web.Response(status=status).reason.lower(),
+            "message": message,
+            "reason": "",
+            "violations": (),
+            "status": status,
+        },
+        status=status,
+    )
 
 
 def create_app(client: Client, secret: bytes | None = None) -> web.Application:
@@ -97,8 +129,9 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=2 * 1024 * 1024)
     app[API] = client
     app[SECRET] = secret or secrets.token_bytes(32)
-    app[TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                                        undefined=jinja2.StrictUndefined)
+    app[TEMPLATES] = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
     app.router.add_get("/", pages.home)
     app.router.add_get("/tasks", pages.tasks)
     app.router.add_get("/tasks/counts", live.counts)
@@ -134,7 +167,9 @@ class RunningConsole:
         await self.client.close()
 
 
-async def start_console(server_address: str, listen: str, *, tls: Tls | None = None, secret: bytes | None = None) -> RunningConsole:
+async def start_console(
+    server_address: str, listen: str, *, tls: Tls | None = None, secret: bytes | None = None
+) -> RunningConsole:
     """Serve the console on `listen` (HOST:PORT; port 0 picks one) for the orchestrator at `server_address`.
 
     `secret` keys the CSRF tokens: by default MCP_CONSOLE_SECRET, else random per process (set it

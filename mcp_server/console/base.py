@@ -24,8 +24,13 @@ def api(request: web.Request) -> Client:
 def render(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
     """A template, with what every page needs: the CSRF token and whether someone is signed in."""
     session = request[SESSION]
-    page = request.app[TEMPLATES].get_template(template).render(
-        **context, csrf=session.csrf(request.app[SECRET]), signed_in=session.token is not None, path=request.path)
+    page = (
+        request.app[TEMPLATES]
+        .get_template(template)
+        .render(
+            **context, csrf=session.csrf(request.app[SECRET]), signed_in=session.token is not None, path=request.path
+        )
+    )
     return web.Response(text=page, status=status, content_type="text/html")
 
 

@@ -51,8 +51,12 @@ async def counts(request: web.Request) -> web.StreamResponse:
         last: dict[str, int] = {}
         with contextlib.suppress(ConnectionResetError):
             while stream.is_connected():
-                replies = await asyncio.gather(*(client.list_tasks(statuses=[f"TASK_STATUS_{s.upper()}"], workflow_id=workflow_id, page_size=1)
-                                                 for s in TASK_STATUSES))
+                replies = await asyncio.gather(
+                    *(
+                        client.list_tasks(statuses=[f"TASK_STATUS_{s.upper()}"], workflow_id=workflow_id, page_size=1)
+                        for s in TASK_STATUSES
+                    )
+                )
                 now = {status: reply.total_size for status, reply in zip(TASK_STATUSES, replies)}
                 if now != last:
                     await stream.send(json.dumps(now), event="counts")
@@ -76,7 +80,9 @@ async def step_values(request: web.Request) -> web.StreamResponse:
             if error.reason == "VALUE_TOO_LARGE":
                 values[name] = None
                 values[f"{name}_ref"] = {"size_bytes": int(error.metadata.get("size_bytes", 0)), "field": name}
-            elif error.reason == "VALUE_NOT_FOUND":  # a step that failed has no output; a composite one may have neither
+            elif (
+                error.reason == "VALUE_NOT_FOUND"
+            ):  # a step that failed has no output; a composite one may have neither
                 values[name] = None
             else:
                 raise
@@ -91,8 +97,11 @@ async def whole_value(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text="field is input or output")
     value = await api(request).read_value(task_id, path, field)
     name = f"{task_id}-{(path or 'task').replace('/', '_')}-{request.query.get('field', 'output')}.json"
-    return web.json_response(value, dumps=lambda v: json.dumps(v, indent=2, ensure_ascii=False),
-                             headers={"Content-Disposition": f'inline; filename="{name}"'})
+    return web.json_response(
+        value,
+        dumps=lambda v: json.dumps(v, indent=2, ensure_ascii=False),
+        headers={"Content-Disposition": f'inline; filename="{name}"'},
+    )
 
 
 async def task_graph_text(request: web.Request) -> web.StreamResponse:

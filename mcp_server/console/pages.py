@@ -42,12 +42,26 @@ async def tasks(request: web.Request) -> web.StreamResponse:
     names = [f"TASK_STATUS_{s.upper()}" for s in statuses]
     listed, *counted = await asyncio.gather(
         client.list_tasks(statuses=names, workflow_id=workflow_id, page_size=PAGE_SIZE, page_token=page_token),
-        *(client.list_tasks(statuses=[f"TASK_STATUS_{s.upper()}"], workflow_id=workflow_id, page_size=1) for s in TASK_STATUSES))
+        *(
+            client.list_tasks(statuses=[f"TASK_STATUS_{s.upper()}"], workflow_id=workflow_id, page_size=1)
+            for s in TASK_STATUSES
+        ),
+    )
     counts = {status: reply.total_size for status, reply in zip(TASK_STATUSES, counted)}
-    return render(request, "tasks.html", {
-        "tasks": [task_view(t) for t in listed.tasks], "total": listed.total_size, "next_page": listed.next_page_token,
-        "first_page": not page_token, "counts": counts, "statuses": statuses, "all_statuses": TASK_STATUSES, "workflow_id": workflow_id,
-    })
+    return render(
+        request,
+        "tasks.html",
+        {
+            "tasks": [task_view(t) for t in listed.tasks],
+            "total": listed.total_size,
+            "next_page": listed.next_page_token,
+            "first_page": not page_token,
+            "counts": counts,
+            "statuses": statuses,
+            "all_statuses": TASK_STATUSES,
+            "workflow_id": workflow_id,
+        },
+    )
 
 
 async def task(request: web.Request) -> web.StreamResponse:
@@ -60,7 +74,11 @@ async def task(request: web.Request) -> web.StreamResponse:
         steps.append(step_view(step))
         if len(steps) >= STEPS_SHOWN:
             break
-    return render(request, "task.html", {"task": task_view(header), "steps": steps, "more_steps": max(0, header.step_count - len(steps))})
+    return render(
+        request,
+        "task.html",
+        {"task": task_view(header), "steps": steps, "more_steps": max(0, header.step_count - len(steps))},
+    )
 
 
 async def cancel(request: web.Request) -> web.StreamResponse:
@@ -70,27 +88,42 @@ async def cancel(request: web.Request) -> web.StreamResponse:
 
 
 async def workflows(request: web.Request) -> web.StreamResponse:
-    rows = [{"workflow_id": w.workflow_id, "version": w.version, "description": w.description, "root": w.root.WhichOneof("kind") or "",
-             "created": w.create_time.ToDatetime().isoformat(timespec="seconds") + "Z" if w.create_time.seconds else ""}
-            for w in await api(request).list_workflows()]
+    rows = [
+        {
+            "workflow_id": w.workflow_id,
+            "version": w.version,
+            "description": w.description,
+            "root": w.root.WhichOneof("kind") or "",
+            "created": w.create_time.ToDatetime().isoformat(timespec="seconds") + "Z" if w.create_time.seconds else "",
+        }
+        for w in await api(request).list_workflows()
+    ]
     return render(request, "workflows.html", {"workflows": sorted(rows, key=lambda r: r["workflow_id"])})
 
 
-async def workflow(request: web.Request, form: dict[str, Any] | None = None, problem: McpError | str | None = None,
-                   status: int = 200) -> web.StreamResponse:
+async def workflow(
+    request: web.Request, form: dict[str, Any] | None = None, problem: McpError | str | None = None, status: int = 200
+) -> web.StreamResponse:
     """A workflow version: its definition as YAML and as a graph, its versions, and a submit form."""
     workflow_id = request.match_info["workflow_id"]
     version = _whole_number(request.query.get("version", "0"), "version")
     client = api(request)
     shown, latest = await asyncio.gather(client.get_workflow(workflow_id, version), client.get_workflow(workflow_id))
     definition = message_to_dict(shown)
-    return render(request, "workflow.html", {
-        "workflow": {"workflow_id": shown.workflow_id, "version": shown.version, "description": shown.description},
-        "versions": list(range(latest.version, 0, -1)), "yaml": yaml.safe_dump(definition, sort_keys=False, allow_unicode=True),
-        "mermaid": to_mermaid(workflow_graph(shown)),
-        "form": form or {"input": "{}", "priority": "0", "labels": "", "version": str(shown.version)},
-        "problem": problem if isinstance(problem, str) else None, "error": problem if isinstance(problem, McpError) else None,
-    }, status=status)
+    return render(
+        request,
+        "workflow.html",
+        {
+            "workflow": {"workflow_id": shown.workflow_id, "version": shown.version, "description": shown.description},
+            "versions": list(range(latest.version, 0, -1)),
+            "yaml": yaml.safe_dump(definition, sort_keys=False, allow_unicode=True),
+            "mermaid": to_mermaid(workflow_graph(shown)),
+            "form": form or {"input": "{}", "priority": "0", "labels": "", "version": str(shown.version)},
+            "problem": problem if isinstance(problem, str) else None,
+            "error": problem if isinstance(problem, McpError) else None,
+        },
+        status=status,
+    )
 
 
 async def submit(request: web.Request) -> web.StreamResponse:
@@ -101,7 +134,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     try:
         data = strict_json(form["input"] or "{}")
         if not isinstance(data, dict):
-            raise ValueError("the input must be a JSON object, such as {\"text\": \"hello\"}")
+            raise ValueError('the input must be a JSON object, such as {"text": "hello"}')
         labels = dict(_label(line) for line in form["labels"].splitlines() if line.strip())
         priority = int(form["priority"] or 0)
         version = int(form["version"] or 0)
@@ -155,7 +188,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     except McpError as error:
         if error.code != grpc.StatusCode.UNAUTHENTICATED:
             raise
-        return render(request, "login.html", {"next": target, "problem": "the server did not accept this token"}, status=401)
+        return render(
+            request, "login.html", {"next": target, "problem": "the server did not accept this token"}, status=401
+        )
     response = redirect(target)
     set_cookie(response, request, TOKEN_COOKIE, token)
     return response

@@ -44,65 +44,113 @@ def millis_between(start: timestamp_pb2.Timestamp, end: timestamp_pb2.Timestamp)
 def json_text(value: Any) -> str:
     """A plain value as indented JSON, cut to PREVIEW_CHARS."""
     text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
-    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + f"\n… ({len(text) - PREVIEW_CHARS:,} more characters)"
+    return (
+        text
+        if len(text) <= PREVIEW_CHARS
+        else text[:PREVIEW_CHARS] + f"\n… ({len(text) - PREVIEW_CHARS:,} more characters)"
+    )
 
 
 def ref_view(ref: task_pb2.ValueRef) -> dict[str, Any]:
-    return {"size_bytes": ref.size_bytes, "sha256": ref.sha256, "step_path": ref.step_path,
-            "field": "input" if ref.field == task_pb2.VALUE_FIELD_INPUT else "output"}
+    return {
+        "size_bytes": ref.size_bytes,
+        "sha256": ref.sha256,
+        "step_path": ref.step_path,
+        "field": "input" if ref.field == task_pb2.VALUE_FIELD_INPUT else "output",
+    }
 
 
 def task_view(task: task_pb2.Task) -> dict[str, Any]:
     """A task's header: everything but its steps."""
     return {
-        "task_id": task.task_id, "workflow_id": task.workflow_id, "workflow_version": task.workflow_version,
-        "status": task_status(task.status), "priority": task.priority, "owner": task.owner, "request_id": task.request_id,
-        "labels": dict(sorted(task.labels.items())), "created": iso(task.create_time), "started": iso(task.start_time),
-        "ended": iso(task.end_time), "duration_ms": millis_between(task.start_time, task.end_time),
-        "queued_ms": millis_between(task.create_time, task.start_time), "last_sequence": task.last_sequence, "step_count": task.step_count,
+        "task_id": task.task_id,
+        "workflow_id": task.workflow_id,
+        "workflow_version": task.workflow_version,
+        "status": task_status(task.status),
+        "priority": task.priority,
+        "owner": task.owner,
+        "request_id": task.request_id,
+        "labels": dict(sorted(task.labels.items())),
+        "created": iso(task.create_time),
+        "started": iso(task.start_time),
+        "ended": iso(task.end_time),
+        "duration_ms": millis_between(task.start_time, task.end_time),
+        "queued_ms": millis_between(task.create_time, task.start_time),
+        "last_sequence": task.last_sequence,
+        "step_count": task.step_count,
         "input": json_text(struct_to_dict(task.input_data)) if not task.HasField("input_ref") else None,
         "input_ref": ref_view(task.input_ref) if task.HasField("input_ref") else None,
         "result": json_text(value_to_python(task.result)) if task.HasField("result") else None,
         "result_ref": ref_view(task.result_ref) if task.HasField("result_ref") else None,
-        "error": {"code": task.error.code, "message": task.error.message} if task.error.code or task.error.message else None,
-        "terminal": task.status in (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED),
+        "error": {"code": task.error.code, "message": task.error.message}
+        if task.error.code or task.error.message
+        else None,
+        "terminal": task.status
+        in (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED),
     }
 
 
 def step_view(step: task_pb2.StepState) -> dict[str, Any]:
     """One step state: status, attempts, time, and its input, output and error (or references to them)."""
     return {
-        "path": step.path, "node_id": step.node_id, "protocol": step.protocol, "kind": step.kind,
-        "status": enum_name(task_pb2.StepStatus, step.status, "STEP_STATUS_"), "attempts": step.attempts,
-        "started": iso(step.start_time), "ended": iso(step.end_time), "duration_ms": millis_between(step.start_time, step.end_time),
+        "path": step.path,
+        "node_id": step.node_id,
+        "protocol": step.protocol,
+        "kind": step.kind,
+        "status": enum_name(task_pb2.StepStatus, step.status, "STEP_STATUS_"),
+        "attempts": step.attempts,
+        "started": iso(step.start_time),
+        "ended": iso(step.end_time),
+        "duration_ms": millis_between(step.start_time, step.end_time),
         "fallback": step.fallback_protocol,
         "input": json_text(value_to_python(step.input)) if step.HasField("input") else None,
         "input_ref": ref_view(step.input_ref) if step.HasField("input_ref") else None,
         "output": json_text(value_to_python(step.output)) if step.HasField("output") else None,
         "output_ref": ref_view(step.output_ref) if step.HasField("output_ref") else None,
-        "error": {"code": step.error.code, "message": step.error.message} if step.error.code or step.error.message else None,
+        "error": {"code": step.error.code, "message": step.error.message}
+        if step.error.code or step.error.message
+        else None,
     }
 
 
 def event_view(event: task_pb2.TaskEvent) -> dict[str, Any]:
     """One event, for the page's script (which shows every field as text)."""
-    return {"sequence": event.sequence, "time": iso(event.time), "type": event_type(event.type), "step_path": event.step_path,
-            "protocol": event.protocol, "attempt": event.attempt, "message": event.message,
-            "data": struct_to_dict(event.data) if event.data.fields else None}
+    return {
+        "sequence": event.sequence,
+        "time": iso(event.time),
+        "type": event_type(event.type),
+        "step_path": event.step_path,
+        "protocol": event.protocol,
+        "attempt": event.attempt,
+        "message": event.message,
+        "data": struct_to_dict(event.data) if event.data.fields else None,
+    }
 
 
 def protocol_view(entry: registry_pb2.RegisteredProtocol) -> dict[str, Any]:
     """One instance of a protocol: where it is, how it is, what it offers and what is in use."""
     manifest = entry.manifest
-    resources = {name: getattr(entry.capacity, name) for name in ("cpu_millis", "memory_mb", "gpus") if getattr(entry.capacity, name)}
+    resources = {
+        name: getattr(entry.capacity, name)
+        for name in ("cpu_millis", "memory_mb", "gpus")
+        if getattr(entry.capacity, name)
+    }
     in_use = {name: getattr(entry.capacity_in_use, name) for name in resources}
     return {
-        "name": manifest.name, "version": manifest.version, "description": manifest.description,
+        "name": manifest.name,
+        "version": manifest.version,
+        "description": manifest.description,
         "type": enum_name(protocol_pb2.ProtocolType, manifest.type, "PROTOCOL_TYPE_"),
-        "address": entry.address, "health": enum_name(registry_pb2.HealthState, entry.health, "HEALTH_STATE_"),
+        "address": entry.address,
+        "health": enum_name(registry_pb2.HealthState, entry.health, "HEALTH_STATE_"),
         "breaker": enum_name(registry_pb2.BreakerState, entry.breaker, "BREAKER_STATE_"),
-        "ejected_until": iso(entry.ejected_until), "calls_in_flight": entry.calls_in_flight,
+        "ejected_until": iso(entry.ejected_until),
+        "calls_in_flight": entry.calls_in_flight,
         "capacity": ", ".join(f"{name} {in_use[name]}/{amount}" for name, amount in resources.items()) or "unlimited",
-        "needs": {name: getattr(manifest.resources, name) for name in ("cpu_millis", "memory_mb", "gpus") if getattr(manifest.resources, name)},
+        "needs": {
+            name: getattr(manifest.resources, name)
+            for name in ("cpu_millis", "memory_mb", "gpus")
+            if getattr(manifest.resources, name)
+        },
         "max_concurrency": manifest.max_concurrency,
     }

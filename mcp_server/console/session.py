@@ -41,7 +41,9 @@ class Session:
 def session_of(request: web.Request) -> Session:
     seed = request.cookies.get(SEED_COOKIE, "")
     valid_seed = len(seed) == 64 and all(c in "0123456789abcdef" for c in seed)
-    return Session(request.cookies.get(TOKEN_COOKIE) or None, seed if valid_seed else secrets.token_hex(32), not valid_seed)
+    return Session(
+        request.cookies.get(TOKEN_COOKIE) or None, seed if valid_seed else secrets.token_hex(32), not valid_seed
+    )
 
 
 def set_cookie(response: web.StreamResponse, request: web.Request, name: str, value: str) -> None:

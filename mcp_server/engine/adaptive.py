@@ -22,7 +22,9 @@ from mcp_server.engine.step import Call, run_auxiliary_call
 
 
 @runs("adaptive")
-async def run_adaptive(node: AdaptivePlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+async def run_adaptive(
+    node: AdaptivePlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]
+) -> NodeResult:
     visits: Counter[str] = Counter()
     state = node.states[node.initial_state]
     current = value
@@ -34,18 +36,38 @@ async def run_adaptive(node: AdaptivePlan, path: str, value: Payload, ctx: RunCo
             return NodeResult(result.output)
         target, reason = await _next_state(node, state, path, transitions + 1, current, result, ctx, scope)
         if target not in node.states:
-            raise NodeFailed("FAILED_PRECONDITION", f"adaptive {node.id}: {reason} named unknown state {target!r}; states are {sorted(node.states)}")
+            raise NodeFailed(
+                "FAILED_PRECONDITION",
+                f"adaptive {node.id}: {reason} named unknown state {target!r}; states are {sorted(node.states)}",
+            )
         transitions += 1
         if transitions > node.max_transitions:
-            raise NodeFailed("RESOURCE_EXHAUSTED", f"adaptive {node.id}: exceeded max_transitions={node.max_transitions} (last: {state.name} -> {target})")
-        ctx.emit(E.TASK_EVENT_TYPE_TRANSITION_TAKEN, step_path=path, attempt=transitions, flush_soon=True,
-                 message=f"{state.name} -> {target} ({reason})", data={"from": state.name, "to": target, "reason": reason})
+            raise NodeFailed(
+                "RESOURCE_EXHAUSTED",
+                f"adaptive {node.id}: exceeded max_transitions={node.max_transitions} (last: {state.name} -> {target})",
+            )
+        ctx.emit(
+            E.TASK_EVENT_TYPE_TRANSITION_TAKEN,
+            step_path=path,
+            attempt=transitions,
+            flush_soon=True,
+            message=f"{state.name} -> {target} ({reason})",
+            data={"from": state.name, "to": target, "reason": reason},
+        )
         state = node.states[target]
         current = result.output
 
 
-async def _next_state(node: AdaptivePlan, state: StatePlan, path: str, number: int, current: Payload, result: NodeResult,
-                      ctx: RunContext, scope: Mapping[str, Any]) -> tuple[str, str]:
+async def _next_state(
+    node: AdaptivePlan,
+    state: StatePlan,
+    path: str,
+    number: int,
+    current: Payload,
+    result: NodeResult,
+    ctx: RunContext,
+    scope: Mapping[str, Any],
+) -> tuple[str, str]:
     if result.directive is not None and result.directive.WhichOneof("kind") == "next_state":
         return result.directive.next_state, "directive"
     if node.router:
@@ -53,20 +75,38 @@ async def _next_state(node: AdaptivePlan, state: StatePlan, path: str, number: i
     for index, transition in enumerate(state.transitions):
         if transition.when is None:
             return transition.to, "default"
-        holds = evaluate(transition.when, ctx, current, scope, node.id, f"transition {state.name}[{index}]",
-                         extra={"output": result.output})
+        holds = evaluate(
+            transition.when,
+            ctx,
+            current,
+            scope,
+            node.id,
+            f"transition {state.name}[{index}]",
+            extra={"output": result.output},
+        )
         if not isinstance(holds, bool):
-            raise NodeFailed("INVALID_ARGUMENT", f"node {node.id}: transition condition `{transition.when.source}` yielded {type(holds).__name__}, not bool")
+            raise NodeFailed(
+                "INVALID_ARGUMENT",
+                f"node {node.id}: transition condition `{transition.when.source}`"
+                f" yielded {type(holds).__name__}, not bool",
+            )
         if holds:
             return transition.to, f"when {transition.when.source}"
     raise NodeFailed("FAILED_PRECONDITION", f"adaptive {node.id}: no transition from state {state.name} matched")
 
 
-async def _ask_router(node: AdaptivePlan, state: StatePlan, path: str, number: int, current: Payload, result: NodeResult,
-                      ctx: RunContext) -> str:
+async def _ask_router(
+    node: AdaptivePlan, state: StatePlan, path: str, number: int, current: Payload, result: NodeResult, ctx: RunContext
+) -> str:
     assert node.router is not None
-    question = Payload.of_python({"state": state.name, "output": result.output.python(), "input": current.python(),
-                                  "states": sorted(node.states)})
+    question = Payload.of_python(
+        {
+            "state": state.name,
+            "output": result.output.python(),
+            "input": current.python(),
+            "states": sorted(node.states),
+        }
+    )
     call = Call(node.router, question, node.retry, node.attempt_timeout)
     done = await run_auxiliary_call(call, child_path(path, "router", number), f"adaptive {node.id}", ctx)
     if done.directive is not None and done.directive.WhichOneof("kind") == "next_state":

@@ -23,12 +23,41 @@ IN_SUPERVISED_CHILD = frozenset({"round", "feedback", "children"})
 IN_TRANSITION = frozenset({"output"})
 # The functions the evaluator has (the Rust binding's standard library, without the optional
 # Python extras); operators (`_+_`, `@in`, `!_`) are not names a user writes.
-FUNCTIONS = frozenset({
-    "size", "contains", "startsWith", "endsWith", "matches", "int", "uint", "double", "string", "bytes",
-    "timestamp", "duration", "dyn", "type", "getFullYear", "getMonth", "getDate", "getDayOfMonth",
-    "getDayOfWeek", "getDayOfYear", "getHours", "getMinutes", "getSeconds", "getMilliseconds",
-    "of", "none", "hasValue", "value", "orValue", "or", "ofNonZeroValue",
-})
+FUNCTIONS = frozenset(
+    {
+        "size",
+        "contains",
+        "startsWith",
+        "endsWith",
+        "matches",
+        "int",
+        "uint",
+        "double",
+        "string",
+        "bytes",
+        "timestamp",
+        "duration",
+        "dyn",
+        "type",
+        "getFullYear",
+        "getMonth",
+        "getDate",
+        "getDayOfMonth",
+        "getDayOfWeek",
+        "getDayOfYear",
+        "getHours",
+        "getMinutes",
+        "getSeconds",
+        "getMilliseconds",
+        "of",
+        "none",
+        "hasValue",
+        "value",
+        "orValue",
+        "or",
+        "ofNonZeroValue",
+    }
+)
 NAMESPACES = frozenset({"optional"})
 _BOUND = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
 
@@ -78,5 +107,7 @@ def compile_expression(source: str, max_depth: int = 32, variables: frozenset[st
         strangers = sorted(v for v in program.variables() if v not in allowed)
         if strangers:
             where = ", ".join(sorted(variables))
-            raise ExpressionError(f"unknown variable {strangers[0]!r}; the variables here are {where} (see docs/cel.md)")
+            raise ExpressionError(
+                f"unknown variable {strangers[0]!r}; the variables here are {where} (see docs/cel.md)"
+            )
     return Expression(source, program, max_depth, frozenset(program.variables()))

@@ -16,7 +16,15 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.cel import EVERYWHERE, IN_MAP_BODY, IN_SUPERVISED_CHILD, IN_TRANSITION, Expression, ExpressionError, compile_expression
+from mcp_server.engine.cel import (
+    EVERYWHERE,
+    IN_MAP_BODY,
+    IN_SUPERVISED_CHILD,
+    IN_TRANSITION,
+    Expression,
+    ExpressionError,
+    compile_expression,
+)
 from mcp_server.engine.plan import (
     DEFAULT_RETRYABLE_CODES,
     AdaptivePlan,
@@ -40,10 +48,20 @@ NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 COMPREHENSION = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(")
 GRPC_CODES = frozenset(code_pb2.Code.keys())
 # Retrying these can never help: the same request would fail the same way.
-NEVER_RETRYABLE = frozenset({
-    "OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-    "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNIMPLEMENTED", "UNAUTHENTICATED", "CANCELLED",
-})
+NEVER_RETRYABLE = frozenset(
+    {
+        "OK",
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "UNAUTHENTICATED",
+        "CANCELLED",
+    }
+)
 MAX_DURATION_SECONDS = 7 * 24 * 3600
 MAX_BACKOFF_SECONDS = 3600
 MAX_ATTEMPTS = 100
@@ -90,24 +108,39 @@ def compile_workflow(
     """
     violations = ViolationCollector()
     if not WORKFLOW_ID.match(workflow.workflow_id):
-        violations.add("workflow.workflow_id", "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        violations.add(
+            "workflow.workflow_id", "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     wf_limits = workflow.limits
     scope = _Scope(
         violations=violations,
         limits=limits,
         known_protocols=frozenset(known_protocols) if known_protocols is not None else None,
         default_retry=_retry_policy(workflow.defaults.retry, RetryPolicy(), "workflow.defaults.retry", violations)
-        if workflow.defaults.HasField("retry") else RetryPolicy(),
-        default_step_timeout=_duration(workflow.defaults, "step_timeout", "workflow.defaults.step_timeout", violations) or default_step_timeout,
-        default_attempt_timeout=_duration(workflow.defaults, "attempt_timeout", "workflow.defaults.attempt_timeout", violations),
+        if workflow.defaults.HasField("retry")
+        else RetryPolicy(),
+        default_step_timeout=_duration(workflow.defaults, "step_timeout", "workflow.defaults.step_timeout", violations)
+        or default_step_timeout,
+        default_attempt_timeout=_duration(
+            workflow.defaults, "attempt_timeout", "workflow.defaults.attempt_timeout", violations
+        ),
         max_depth=_bounded(wf_limits.max_depth, limits.max_workflow_depth, "workflow.limits.max_depth", violations),
         max_nodes=_bounded(wf_limits.max_nodes, limits.max_workflow_nodes, "workflow.limits.max_nodes", violations),
         max_rounds=_bounded(wf_limits.max_rounds, limits.max_rounds, "workflow.limits.max_rounds", violations),
-        max_transitions=_bounded(wf_limits.max_transitions, limits.max_transitions, "workflow.limits.max_transitions", violations),
-        max_map_items=_bounded(wf_limits.max_map_items, limits.max_map_items, "workflow.limits.max_map_items", violations),
-        max_concurrency=_bounded(wf_limits.max_concurrency, limits.max_concurrency, "workflow.limits.max_concurrency", violations),
+        max_transitions=_bounded(
+            wf_limits.max_transitions, limits.max_transitions, "workflow.limits.max_transitions", violations
+        ),
+        max_map_items=_bounded(
+            wf_limits.max_map_items, limits.max_map_items, "workflow.limits.max_map_items", violations
+        ),
+        max_concurrency=_bounded(
+            wf_limits.max_concurrency, limits.max_concurrency, "workflow.limits.max_concurrency", violations
+        ),
     )
-    task_timeout = _duration(workflow.defaults, "task_timeout", "workflow.defaults.task_timeout", violations) or default_task_timeout
+    task_timeout = (
+        _duration(workflow.defaults, "task_timeout", "workflow.defaults.task_timeout", violations)
+        or default_task_timeout
+    )
     root: PlanNode | None = None
     if not workflow.HasField("root"):
         violations.add("workflow.root", "a workflow needs a root node")
@@ -199,7 +232,9 @@ def _retry_policy(
         max_backoff=max(maximum, initial),
         multiplier=message.backoff_multiplier or base.multiplier,
         jitter=message.jitter if 0 < message.jitter <= 1 else base.jitter,
-        retryable_codes=codes if codes and codes <= GRPC_CODES - NEVER_RETRYABLE else (base.retryable_codes or DEFAULT_RETRYABLE_CODES),
+        retryable_codes=codes
+        if codes and codes <= GRPC_CODES - NEVER_RETRYABLE
+        else (base.retryable_codes or DEFAULT_RETRYABLE_CODES),
     )
 
 
@@ -207,12 +242,17 @@ def _expression(source: str, path: str, scope: _Scope, extra: frozenset[str] = f
     if not source:
         return None
     if len(source) > scope.limits.max_expression_length:
-        scope.violations.add(path, f"expression is {len(source)} characters; the limit is {scope.limits.max_expression_length}")
+        scope.violations.add(
+            path, f"expression is {len(source)} characters; the limit is {scope.limits.max_expression_length}"
+        )
         return None
     comprehensions = len(COMPREHENSION.findall(source))
     if comprehensions > scope.limits.max_expression_comprehensions:
-        scope.violations.add(path, f"expression uses {comprehensions} comprehensions (map, filter, all, exists); "
-                                   f"the limit is {scope.limits.max_expression_comprehensions}")
+        scope.violations.add(
+            path,
+            f"expression uses {comprehensions} comprehensions (map, filter, all, exists); "
+            f"the limit is {scope.limits.max_expression_comprehensions}",
+        )
         return None
     try:
         return compile_expression(source, scope.limits.max_value_depth, scope.variables | extra)
@@ -259,7 +299,10 @@ def _node(node: workflow_pb2.Node, path: str, scope: _Scope, depth: int, default
     if not NODE_ID.match(node_id):
         scope.violations.add(f"{path}.id", "must be 1-64 letters, digits, '_', '.' or '-'")
     elif node_id in scope.ids:
-        scope.violations.add(f"{path}.id", f"duplicate node id {node_id!r} (first used at {scope.ids[node_id]}); give each node a unique id")
+        scope.violations.add(
+            f"{path}.id",
+            f"duplicate node id {node_id!r} (first used at {scope.ids[node_id]}); give each node a unique id",
+        )
     else:
         scope.ids[node_id] = path
     kind = node.WhichOneof("kind")
@@ -276,14 +319,19 @@ def _step(node_id: str, step: workflow_pb2.StepNode, path: str, scope: _Scope, d
     for i, fb in enumerate(step.fallbacks):
         _protocol(fb.protocol, f"{path}.fallbacks[{i}].protocol", scope)
         fallbacks.append(FallbackPlan(fb.protocol, _expression(fb.input, f"{path}.fallbacks[{i}].input", scope)))
-    retry = _retry_policy(step.retry, scope.default_retry, f"{path}.retry", scope.violations) if step.HasField("retry") else scope.default_retry
+    retry = (
+        _retry_policy(step.retry, scope.default_retry, f"{path}.retry", scope.violations)
+        if step.HasField("retry")
+        else scope.default_retry
+    )
     return StepPlan(
         id=node_id,
         protocol=step.protocol,
         input=_expression(step.input, f"{path}.input", scope),
         retry=retry,
         timeout=_duration(step, "timeout", f"{path}.timeout", scope.violations) or scope.default_step_timeout,
-        attempt_timeout=_duration(step, "attempt_timeout", f"{path}.attempt_timeout", scope.violations) or scope.default_attempt_timeout,
+        attempt_timeout=_duration(step, "attempt_timeout", f"{path}.attempt_timeout", scope.violations)
+        or scope.default_attempt_timeout,
         fallbacks=tuple(fallbacks),
         stream=step.stream,
     )
@@ -335,7 +383,14 @@ def _map(node_id: str, mp: workflow_pb2.MapNode, path: str, scope: _Scope, depth
         body = _node(mp.body, f"{path}.body", scope, depth + 1, default_id=_default_id(mp.body, 0))
     if items is None or body is None:
         return None
-    return MapPlan(node_id, items, body, _concurrency(mp.max_concurrency, f"{path}.max_concurrency", scope), mp.fail_fast, scope.max_map_items)
+    return MapPlan(
+        node_id,
+        items,
+        body,
+        _concurrency(mp.max_concurrency, f"{path}.max_concurrency", scope),
+        mp.fail_fast,
+        scope.max_map_items,
+    )
 
 
 def _rounds(value: int, limit: int, path: str, scope: _Scope, default: int) -> int:
@@ -359,7 +414,9 @@ def _supervise(node_id: str, sup: workflow_pb2.SuperviseNode, path: str, scope: 
     )
 
 
-def _adaptive(node_id: str, ada: workflow_pb2.AdaptiveNode, path: str, scope: _Scope, depth: int) -> AdaptivePlan | None:
+def _adaptive(
+    node_id: str, ada: workflow_pb2.AdaptiveNode, path: str, scope: _Scope, depth: int
+) -> AdaptivePlan | None:
     if ada.router:
         _protocol(ada.router, f"{path}.router", scope)
     if not ada.states:
@@ -380,12 +437,18 @@ def _adaptive(node_id: str, ada: workflow_pb2.AdaptiveNode, path: str, scope: _S
         transitions = []
         for j, tr in enumerate(state.transitions):
             if tr.to not in names:
-                scope.violations.add(f"{spath}.transitions[{j}].to", f"unknown state {tr.to!r}; states are {', '.join(names)}")
-            transitions.append(TransitionPlan(_expression(tr.when, f"{spath}.transitions[{j}].when", scope, IN_TRANSITION), tr.to))
+                scope.violations.add(
+                    f"{spath}.transitions[{j}].to", f"unknown state {tr.to!r}; states are {', '.join(names)}"
+                )
+            transitions.append(
+                TransitionPlan(_expression(tr.when, f"{spath}.transitions[{j}].when", scope, IN_TRANSITION), tr.to)
+            )
         if state.terminal and state.transitions:
             scope.violations.add(f"{spath}.transitions", "a terminal state has no transitions")
         if not state.terminal and not state.transitions and not ada.router:
-            scope.violations.add(f"{spath}.transitions", "a non-terminal state needs transitions (or the node needs a router)")
+            scope.violations.add(
+                f"{spath}.transitions", "a non-terminal state needs transitions (or the node needs a router)"
+            )
         if body is not None:
             states[state.name] = StatePlan(state.name, body, tuple(transitions), state.terminal)
     initial = ada.initial_state or names[0]
@@ -398,7 +461,9 @@ def _adaptive(node_id: str, ada: workflow_pb2.AdaptiveNode, path: str, scope: _S
         initial_state=initial,
         states=states,
         router=ada.router or None,
-        max_transitions=_rounds(ada.max_transitions, scope.max_transitions, f"{path}.max_transitions", scope, scope.max_transitions),
+        max_transitions=_rounds(
+            ada.max_transitions, scope.max_transitions, f"{path}.max_transitions", scope, scope.max_transitions
+        ),
         retry=scope.default_retry,
         attempt_timeout=scope.default_attempt_timeout,
     )

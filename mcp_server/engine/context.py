@@ -129,7 +129,9 @@ class RunContext:
         values = await self.store.read_values(self.task.task_id, digests) if digests else {}
         self._values.stored.update(values)
         for index, state in states:
-            self._steps[state.path] = _Step(index, state, _take_value(state, "input", values), _take_value(state, "output", values))
+            self._steps[state.path] = _Step(
+                index, state, _take_value(state, "input", values), _take_value(state, "output", values)
+            )
 
     # ---- events -------------------------------------------------------------------------
     def emit(self, type_: int, *, flush_soon: bool = False, **fields: Any) -> task_pb2.TaskEvent:
@@ -241,14 +243,18 @@ class RunContext:
         await self.ready_for_next_node()
         step = self._steps.get(path)
         if step is None:
-            step = self._steps[path] = _Step(len(self._steps), task_pb2.StepState(path=path, node_id=node_id, kind=kind, protocol=protocol))
+            step = self._steps[path] = _Step(
+                len(self._steps), task_pb2.StepState(path=path, node_id=node_id, kind=kind, protocol=protocol)
+            )
         state = step.state
         state.status = task_pb2.STEP_STATUS_RUNNING
         step.started_ns = time.time_ns()
         state.start_time.CopyFrom(timestamp_of(step.started_ns))
         state.ClearField("error")
         self._dirty[path] = None
-        self.emit(E.TASK_EVENT_TYPE_STEP_STARTED, step_path=path, protocol=protocol, message=f"{kind} {node_id} started")
+        self.emit(
+            E.TASK_EVENT_TYPE_STEP_STARTED, step_path=path, protocol=protocol, message=f"{kind} {node_id} started"
+        )
         self.flush_within(self.start_write_delay)
         return state
 
@@ -267,9 +273,15 @@ class RunContext:
         ended_ns = time.time_ns()
         state.end_time.CopyFrom(timestamp_of(ended_ns))
         self._dirty[path] = None
-        self.emit(E.TASK_EVENT_TYPE_STEP_COMPLETED, step_path=path, protocol=state.protocol,
-                  attempt=state.attempts, message=f"{state.kind} {state.node_id} completed", flush_soon=True,
-                  data={"duration_ms": _duration_ms(step, ended_ns), "kind": state.kind})
+        self.emit(
+            E.TASK_EVENT_TYPE_STEP_COMPLETED,
+            step_path=path,
+            protocol=state.protocol,
+            attempt=state.attempts,
+            message=f"{state.kind} {state.node_id} completed",
+            flush_soon=True,
+            data={"duration_ms": _duration_ms(step, ended_ns), "kind": state.kind},
+        )
 
     def fail(self, path: str, code: str, message: str, *, cancelled: bool = False) -> None:
         step = self._steps[path]
@@ -280,8 +292,14 @@ class RunContext:
         state.end_time.CopyFrom(timestamp_of(ended_ns))
         self._dirty[path] = None
         if not cancelled:
-            self.emit(E.TASK_EVENT_TYPE_STEP_FAILED, step_path=path, protocol=state.protocol,
-                      attempt=state.attempts, message=message, data={"code": code, "duration_ms": _duration_ms(step, ended_ns), "kind": state.kind})
+            self.emit(
+                E.TASK_EVENT_TYPE_STEP_FAILED,
+                step_path=path,
+                protocol=state.protocol,
+                attempt=state.attempts,
+                message=message,
+                data={"code": code, "duration_ms": _duration_ms(step, ended_ns), "kind": state.kind},
+            )
 
     def state(self, path: str) -> task_pb2.StepState:
         """The state of the node at `path`, to change (the change is written with the next checkpoint)."""

@@ -51,9 +51,11 @@ class Dispatcher:
 
     def start(self) -> None:
         self._started = True
-        self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),
-                       asyncio.create_task(self._lease_loop(), name="leases"),
-                       asyncio.create_task(self._cancel_loop(), name="cancels")]
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="claim"),
+            asyncio.create_task(self._lease_loop(), name="leases"),
+            asyncio.create_task(self._cancel_loop(), name="cancels"),
+        ]
 
     def wake(self) -> None:
         """Something was queued: look at the queue now rather than at the next poll."""
@@ -204,7 +206,9 @@ class Dispatcher:
                 if rounds % 10 == 0:
                     await self.store.purge_finished()
                 held = dict(self._running)
-                lost = await self.store.renew_leases({t: r.lease_token for t, r in held.items()}, self.settings.lease_seconds)
+                lost = await self.store.renew_leases(
+                    {t: r.lease_token for t, r in held.items()}, self.settings.lease_seconds
+                )
                 for task_id in lost:
                     if self._running.get(task_id) is held[task_id]:
                         log.warning("task %s: lease lost, stopping it here", task_id)

@@ -36,14 +36,21 @@ async def execute(node: PlanNode, path: str, value: Payload, ctx: RunContext, sc
         ctx.outputs_by_id[node.id] = done.output
         return done
     step_path_var.set(path)
-    result = await run_recorded(ctx, path, node.id, node.kind, getattr(node, "protocol", ""),
-                                lambda: _RUNNERS[node.kind](node, path, value, ctx, scope))
+    result = await run_recorded(
+        ctx,
+        path,
+        node.id,
+        node.kind,
+        getattr(node, "protocol", ""),
+        lambda: _RUNNERS[node.kind](node, path, value, ctx, scope),
+    )
     ctx.outputs_by_id[node.id] = result.output
     return result
 
 
-async def run_recorded(ctx: RunContext, path: str, node_id: str, kind: str, protocol: str,
-                       body: Callable[[], Awaitable[NodeResult]]) -> NodeResult:
+async def run_recorded(
+    ctx: RunContext, path: str, node_id: str, kind: str, protocol: str, body: Callable[[], Awaitable[NodeResult]]
+) -> NodeResult:
     """Record the start of the node at `path`, run `body`, and record how it ended, whichever
     way that is (completed, failed, cancelled, timed out), so no state is left RUNNING."""
     await ctx.begin(path, node_id, kind, protocol)
@@ -67,13 +74,22 @@ async def run_recorded(ctx: RunContext, path: str, node_id: str, kind: str, prot
     return result
 
 
-def evaluate(expression: Expression, ctx: RunContext, prev: Payload, scope: Mapping[str, Any], node_id: str, what: str,
-             extra: Mapping[str, Any] | None = None) -> Any:
+def evaluate(
+    expression: Expression,
+    ctx: RunContext,
+    prev: Payload,
+    scope: Mapping[str, Any],
+    node_id: str,
+    what: str,
+    extra: Mapping[str, Any] | None = None,
+) -> Any:
     """Evaluate a node's expression against the run's variables (and `extra`); a runtime error
     fails the node with a message naming both."""
     variables = ctx.variables(prev, scope, expression.names)
     if extra:
-        variables.update({k: v.python() if isinstance(v, Payload) else v for k, v in extra.items() if k in expression.names})
+        variables.update(
+            {k: v.python() if isinstance(v, Payload) else v for k, v in extra.items() if k in expression.names}
+        )
     try:
         return expression.evaluate(variables)
     except ExpressionError as exc:
@@ -86,8 +102,10 @@ def output_problem(output: Payload, limits: Limits, what: str) -> tuple[str, str
     if depth > limits.max_value_depth:
         return "INVALID_ARGUMENT", str(ValueTooDeep(what, depth, limits.max_value_depth))
     if output.size > limits.max_value_bytes:
-        return "RESOURCE_EXHAUSTED", (f"{what} is {output.size} bytes; a value may hold at most {limits.max_value_bytes} "
-                                      "(MCP_LIMIT_MAX_VALUE_BYTES)")
+        return "RESOURCE_EXHAUSTED", (
+            f"{what} is {output.size} bytes; a value may hold at most {limits.max_value_bytes} "
+            "(MCP_LIMIT_MAX_VALUE_BYTES)"
+        )
     return None
 
 

@@ -28,7 +28,9 @@ async def join_branches(
         async with semaphore:
             return await branch()
 
-    tasks: dict[asyncio.Future[NodeResult], int] = {asyncio.ensure_future(bounded(b)): i for i, b in enumerate(branches)}
+    tasks: dict[asyncio.Future[NodeResult], int] = {
+        asyncio.ensure_future(bounded(b)): i for i, b in enumerate(branches)
+    }
     pending: set[asyncio.Future[NodeResult]] = set(tasks)
     # Each branch reports its own end (asyncio.wait would re-arm a callback on every pending
     # branch for each one that ends: quadratic in the number of branches).
@@ -57,7 +59,8 @@ async def join_branches(
     first = failures[min(failures)]
     raise NodeFailed(
         first.code,
-        f"{owner}: {len(failures)} of {len(branches)} branches failed, {required} needed to complete; first: {first.message}",
+        f"{owner}: {len(failures)} of {len(branches)} branches failed,"
+        f" {required} needed to complete; first: {first.message}",
     )
 
 

@@ -20,9 +20,13 @@ from mcp_server.engine.plan import MapPlan
 async def run_map(node: MapPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
     items = evaluate(node.items, ctx, value, scope, node.id, "items")
     if not isinstance(items, list):
-        raise NodeFailed("INVALID_ARGUMENT", f"map {node.id}: items `{node.items.source}` yielded {type(items).__name__}, not a list")
+        raise NodeFailed(
+            "INVALID_ARGUMENT", f"map {node.id}: items `{node.items.source}` yielded {type(items).__name__}, not a list"
+        )
     if len(items) > node.max_items:
-        raise NodeFailed("RESOURCE_EXHAUSTED", f"map {node.id}: {len(items)} items exceed the limit of {node.max_items}")
+        raise NodeFailed(
+            "RESOURCE_EXHAUSTED", f"map {node.id}: {len(items)} items exceed the limit of {node.max_items}"
+        )
 
     def branch(index: int, item: Any) -> Branch:
         item_scope = {**scope, "item": item, "index": index}

@@ -16,7 +16,9 @@ from mcp_server.engine.plan import ParallelPlan, PlanNode
 
 
 @runs("parallel")
-async def run_parallel(node: ParallelPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+async def run_parallel(
+    node: ParallelPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]
+) -> NodeResult:
     def branch(child: PlanNode) -> Branch:
         return lambda: execute(child, child_path(path, child.id), value, ctx, scope)
 

@@ -28,11 +28,17 @@ class PlanCache:
             return plan
         workflow = await self.store.get_workflow(workflow_id, version)
         if workflow is None:
-            raise NotFound(f"workflow {workflow_id!r} (version {version}) not found", reason="WORKFLOW_NOT_FOUND",
-                           metadata={"workflow_id": workflow_id})
-        plan = compile_workflow(workflow, self.settings.limits,
-                                default_step_timeout=self.settings.default_step_timeout,
-                                default_task_timeout=self.settings.default_task_timeout)
+            raise NotFound(
+                f"workflow {workflow_id!r} (version {version}) not found",
+                reason="WORKFLOW_NOT_FOUND",
+                metadata={"workflow_id": workflow_id},
+            )
+        plan = compile_workflow(
+            workflow,
+            self.settings.limits,
+            default_step_timeout=self.settings.default_step_timeout,
+            default_task_timeout=self.settings.default_task_timeout,
+        )
         self._plans[key] = plan
         if len(self._plans) > self.capacity:
             self._plans.popitem(last=False)

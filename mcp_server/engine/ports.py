@@ -170,17 +170,30 @@ class Store(Protocol):
     async def delete_workflow(self, workflow_id: str) -> int: ...
 
     # tasks
-    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
-                          fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
+    async def create_task(
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        max_queue: int = 0,
+        fingerprint: str = "",
+        values: Mapping[str, bytes] | None = None,
+    ) -> tuple[task_pb2.Task, bool]:
         """Store `task` (its fixed part: everything but status and what changes while it runs)
         with its first event and the `values` its input refers to, and queue it. A task of the
         same owner with the same request_id is returned instead (created False) when its
         fingerprint matches; when it does not, RequestIdReused. QueueFull past `max_queue`."""
         ...
 
-    async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
-                            max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
-                            ) -> tuple[task_pb2.Task, bool, int]:
+    async def create_leased(
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        holder: str,
+        lease_seconds: float,
+        max_queue: int = 0,
+        fingerprint: str = "",
+        values: Mapping[str, bytes] | None = None,
+    ) -> tuple[task_pb2.Task, bool, int]:
         """create_task for a task that `holder` starts at once: it is stored already leased
         (the lease token is returned; 0 when an existing task was returned) and never queued.
         If the holder dies, the lease runs out and the task is queued like any other."""
@@ -217,6 +230,7 @@ class Store(Protocol):
     async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
         """Renew the leases {task_id: token} in one call; return the task ids whose lease is lost."""
         ...
+
     async def release_expired_leases(self) -> int: ...
     async def queue_length(self) -> int: ...
     async def queue_depth_by_priority(self) -> dict[int, int]: ...

@@ -28,14 +28,18 @@ class ValueSink:
     stored: set[str] = field(default_factory=set)
     unsent: dict[str, bytes] = field(default_factory=dict)
 
-    def encode(self, payload: Payload, inline_field: int, ref_field: int, inline_below: int = SHARED_VALUE_BYTES) -> bytes:
+    def encode(
+        self, payload: Payload, inline_field: int, ref_field: int, inline_below: int = SHARED_VALUE_BYTES
+    ) -> bytes:
         """The record bytes that hold `payload`: inline, or as a reference to a shared copy."""
         if payload.size < inline_below:
             return length_delimited(inline_field, payload.serialized())
         digest = payload.sha256
         if digest not in self.stored:
             self.unsent.setdefault(digest, payload.serialized())
-        return length_delimited(ref_field, task_pb2.ValueRef(size_bytes=payload.size, sha256=digest).SerializeToString())
+        return length_delimited(
+            ref_field, task_pb2.ValueRef(size_bytes=payload.size, sha256=digest).SerializeToString()
+        )
 
     def take(self) -> dict[str, bytes]:
         """The values to send with the next write (they count as stored once it succeeds)."""
@@ -50,7 +54,9 @@ class ValueSink:
             self.unsent.setdefault(digest, data)
 
 
-def step_record(state: task_pb2.StepState, input_value: Payload | None, output: Payload | None, sink: ValueSink) -> bytes:
+def step_record(
+    state: task_pb2.StepState, input_value: Payload | None, output: Payload | None, sink: ValueSink
+) -> bytes:
     """A StepState (without input or output) plus its values, serialized for the store."""
     data = state.SerializeToString()
     if input_value is not None:

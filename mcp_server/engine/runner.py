@@ -32,8 +32,15 @@ load_node_runners()
 class TaskRunner:
     """Runs tasks with one protocol caller and one store."""
 
-    def __init__(self, caller: ProtocolCaller, store: Store, replica_id: str = "", listeners: Sequence[EventListener] = (),
-                 limits: Limits | None = None, start_write_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        caller: ProtocolCaller,
+        store: Store,
+        replica_id: str = "",
+        listeners: Sequence[EventListener] = (),
+        limits: Limits | None = None,
+        start_write_delay: float = 0.0,
+    ) -> None:
         self.caller = caller
         self.start_write_delay = start_write_delay
         self.limits = limits or Limits()
@@ -41,8 +48,9 @@ class TaskRunner:
         self.replica_id = replica_id
         self.listeners = tuple(listeners)
 
-    async def resume_from(self, snapshot: task_pb2.Task, plan: Plan, lease_token: int,
-                          cancel_reason: dict[str, str] | None = None) -> bytes:
+    async def resume_from(
+        self, snapshot: task_pb2.Task, plan: Plan, lease_token: int, cancel_reason: dict[str, str] | None = None
+    ) -> bytes:
         """Run the task in `snapshot` to its end; return the live part of its header as last
         written (see state.common.live_part): its final state, once written.
 
@@ -52,9 +60,16 @@ class TaskRunner:
         """
         task = snapshot
         task_id_var.set(task.task_id)
-        ctx = RunContext(task=task, store=self.store, caller=self.caller, lease_token=lease_token,
-                         task_input=await self._input(task), listeners=self.listeners, limits=self.limits,
-                         start_write_delay=self.start_write_delay)
+        ctx = RunContext(
+            task=task,
+            store=self.store,
+            caller=self.caller,
+            lease_token=lease_token,
+            task_input=await self._input(task),
+            listeners=self.listeners,
+            limits=self.limits,
+            start_write_delay=self.start_write_delay,
+        )
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.step_count:
             await ctx.restore()
@@ -64,9 +79,12 @@ class TaskRunner:
         task.status = task_pb2.TASK_STATUS_RUNNING
         if not task.HasField("start_time"):
             task.start_time.CopyFrom(now())
-        ctx.emit(E.TASK_EVENT_TYPE_RESUMED if resumed else E.TASK_EVENT_TYPE_STARTED,
-                 message=("resumed from snapshot" if resumed else "started") + f" by {self.replica_id or 'a replica'} (lease {lease_token})",
-                 data={"replica": self.replica_id, "lease": lease_token})
+        ctx.emit(
+            E.TASK_EVENT_TYPE_RESUMED if resumed else E.TASK_EVENT_TYPE_STARTED,
+            message=("resumed from snapshot" if resumed else "started")
+            + f" by {self.replica_id or 'a replica'} (lease {lease_token})",
+            data={"replica": self.replica_id, "lease": lease_token},
+        )
         ctx.flush_within(self.start_write_delay)
         try:
             async with asyncio.timeout(plan.task_timeout):
@@ -76,8 +94,13 @@ class TaskRunner:
         except NodeFailed as exc:
             self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, exc.code, exc.message)
         except TimeoutError:
-            self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, "DEADLINE_EXCEEDED",
-                         f"the task timeout of {plan.task_timeout:g}s ran out")
+            self._finish(
+                ctx,
+                task_pb2.TASK_STATUS_FAILED,
+                E.TASK_EVENT_TYPE_FAILED,
+                "DEADLINE_EXCEEDED",
+                f"the task timeout of {plan.task_timeout:g}s ran out",
+            )
         except asyncio.CancelledError:
             reason = (cancel_reason or {}).get("reason")
             if reason is None:
@@ -88,7 +111,13 @@ class TaskRunner:
             raise
         except Exception as exc:  # a bug must fail its task, never leave it RUNNING forever
             log.exception("task %s: internal error", task.task_id)
-            self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}")
+            self._finish(
+                ctx,
+                task_pb2.TASK_STATUS_FAILED,
+                E.TASK_EVENT_TYPE_FAILED,
+                "INTERNAL",
+                f"internal error: {type(exc).__name__}: {exc}",
+            )
         finally:
             ctx.cancel_delayed_flush()
         await ctx.checkpoint()

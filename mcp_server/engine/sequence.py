@@ -12,7 +12,9 @@ from mcp_server.engine.plan import SequencePlan
 
 
 @runs("sequence")
-async def run_sequence(node: SequencePlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+async def run_sequence(
+    node: SequencePlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]
+) -> NodeResult:
     result = NodeResult(value)
     for child in node.children:
         result = await execute(child, child_path(path, child.id), result.output, ctx, scope)

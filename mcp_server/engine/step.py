@@ -58,37 +58,65 @@ class _StepObserver:
         self.waiting_for = ""  # what the step waits for, while it waits for capacity
 
     async def progress(self, progress: protocol_pb2.Progress) -> None:
-        self.ctx.emit(E.TASK_EVENT_TYPE_PROGRESS, step_path=self.path, flush_soon=True,
-                      message=progress.message, data={"fraction": progress.fraction})
+        self.ctx.emit(
+            E.TASK_EVENT_TYPE_PROGRESS,
+            step_path=self.path,
+            flush_soon=True,
+            message=progress.message,
+            data={"fraction": progress.fraction},
+        )
 
     def waiting(self, protocol: str, needs: str, why: str) -> None:
         self.waiting_for = f"{needs} on an instance of {protocol}"
-        self.ctx.emit(E.TASK_EVENT_TYPE_STEP_WAITING, step_path=self.path, protocol=protocol, flush_soon=True,
-                      message=f"waiting for {self.waiting_for}: {why}", data={"needs": needs})
+        self.ctx.emit(
+            E.TASK_EVENT_TYPE_STEP_WAITING,
+            step_path=self.path,
+            protocol=protocol,
+            flush_soon=True,
+            message=f"waiting for {self.waiting_for}: {why}",
+            data={"needs": needs},
+        )
 
     def granted(self, protocol: str, address: str) -> None:
         self.waiting_for = ""
 
     def breaker_changed(self, protocol: str, old: str, new: str) -> None:
-        self.ctx.emit(E.TASK_EVENT_TYPE_BREAKER_STATE_CHANGED, step_path=self.path, protocol=protocol, flush_soon=True,
-                      message=f"circuit breaker of {protocol}: {old} -> {new}", data={"from": old, "to": new})
+        self.ctx.emit(
+            E.TASK_EVENT_TYPE_BREAKER_STATE_CHANGED,
+            step_path=self.path,
+            protocol=protocol,
+            flush_soon=True,
+            message=f"circuit breaker of {protocol}: {old} -> {new}",
+            data={"from": old, "to": new},
+        )
 
 
 def _retryable(policy: RetryPolicy, error: BaseException) -> bool:
-    return (isinstance(error, ProtocolCallError) and not error.breaker_open and not error.final
-            and error.code in policy.retryable_codes)
+    return (
+        isinstance(error, ProtocolCallError)
+        and not error.breaker_open
+        and not error.final
+        and error.code in policy.retryable_codes
+    )
 
 
 def _sendable(call: Call, limits: Limits) -> None:
     """Refuse, before sending, an input the plugin could not parse or the channel would not carry."""
     depth = call.input.depth(limits.max_value_depth)
     if depth > limits.max_value_depth:
-        raise ProtocolCallError("INVALID_ARGUMENT", str(ValueTooDeep(f"the input of {call.protocol}", depth, limits.max_value_depth)),
-                                final=True)
+        raise ProtocolCallError(
+            "INVALID_ARGUMENT",
+            str(ValueTooDeep(f"the input of {call.protocol}", depth, limits.max_value_depth)),
+            final=True,
+        )
     room = limits.max_message_bytes - REQUEST_OVERHEAD_BYTES
     if call.input.size > room:
-        raise ProtocolCallError("RESOURCE_EXHAUSTED", f"the input of {call.protocol} is {call.input.size} bytes; a plugin call carries "
-                                f"at most {room} (MCP_LIMIT_MAX_MESSAGE_BYTES, less {REQUEST_OVERHEAD_BYTES} for the call)", final=True)
+        raise ProtocolCallError(
+            "RESOURCE_EXHAUSTED",
+            f"the input of {call.protocol} is {call.input.size} bytes; a plugin call carries "
+            f"at most {room} (MCP_LIMIT_MAX_MESSAGE_BYTES, less {REQUEST_OVERHEAD_BYTES} for the call)",
+            final=True,
+        )
 
 
 def _keepable(result: CallResult, protocol: str, limits: Limits) -> NodeResult:
@@ -103,10 +131,18 @@ def _keepable(result: CallResult, protocol: str, limits: Limits) -> NodeResult:
     return NodeResult(result.output, result.directive)
 
 
-def _announce_retry(ctx: RunContext, path: str, call: Call, attempt: int, error: BaseException | None, pause: float) -> None:
-    ctx.emit(E.TASK_EVENT_TYPE_STEP_RETRYING, step_path=path, protocol=call.protocol, attempt=attempt, flush_soon=True,
-             message=f"attempt {attempt} failed: {error}; retrying in {pause:.3f}s",
-             data={"error": str(error), "wait_seconds": pause, "code": getattr(error, "code", "")})
+def _announce_retry(
+    ctx: RunContext, path: str, call: Call, attempt: int, error: BaseException | None, pause: float
+) -> None:
+    ctx.emit(
+        E.TASK_EVENT_TYPE_STEP_RETRYING,
+        step_path=path,
+        protocol=call.protocol,
+        attempt=attempt,
+        flush_soon=True,
+        message=f"attempt {attempt} failed: {error}; retrying in {pause:.3f}s",
+        data={"error": str(error), "wait_seconds": pause, "code": getattr(error, "code", "")},
+    )
 
 
 async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserver) -> NodeResult:
@@ -121,12 +157,15 @@ async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserv
         workflow_version=ctx.task.workflow_version,
         priority=ctx.task.priority,
     )
-    result = await ctx.caller.call(call.protocol, call.input, context, timeout=call.attempt_timeout,
-                                   stream=call.stream, observer=observer)
+    result = await ctx.caller.call(
+        call.protocol, call.input, context, timeout=call.attempt_timeout, stream=call.stream, observer=observer
+    )
     return _keepable(result, call.protocol, ctx.limits)
 
 
-async def call_with_retries(call: Call, path: str, ctx: RunContext, observer: _StepObserver | None = None) -> NodeResult:
+async def call_with_retries(
+    call: Call, path: str, ctx: RunContext, observer: _StepObserver | None = None
+) -> NodeResult:
     """Call a protocol, retrying per policy; every retry is an event. Raises ProtocolCallError.
 
     The first attempt runs without any retry machinery (most calls succeed, and thousands may
@@ -167,7 +206,9 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
     primary_input = _input(node.input, value, ctx, scope, node.id, "input")
     if scope.get("feedback") and "feedback" not in primary_input.struct().fields:
         # A supervisor sent this subtree back: its feedback reaches every step's input.
-        primary_input = Payload.of_python({**primary_input.python(), "feedback": scope["feedback"], "round": scope.get("round", 1)})
+        primary_input = Payload.of_python(
+            {**primary_input.python(), "feedback": scope["feedback"], "round": scope.get("round", 1)}
+        )
     ctx.record_input(path, primary_input)
     observer = _StepObserver(ctx, path)
     try:
@@ -175,12 +216,19 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
             return await _run_candidates(node, path, primary_input, value, scope, ctx, observer)
     except TimeoutError:
         if observer.waiting_for:
-            raise NodeFailed("RESOURCE_EXHAUSTED", f"step {node.id}: the step timeout of {node.timeout:g}s ran out while it waited "
-                                                   f"for {observer.waiting_for}") from None
-        raise NodeFailed("DEADLINE_EXCEEDED", f"step {node.id}: the step timeout of {node.timeout:g}s ran out") from None
+            raise NodeFailed(
+                "RESOURCE_EXHAUSTED",
+                f"step {node.id}: the step timeout of {node.timeout:g}s ran out while it waited "
+                f"for {observer.waiting_for}",
+            ) from None
+        raise NodeFailed(
+            "DEADLINE_EXCEEDED", f"step {node.id}: the step timeout of {node.timeout:g}s ran out"
+        ) from None
 
 
-def _input(expression: Expression | None, value: Payload, ctx: RunContext, scope: Mapping[str, Any], node_id: str, what: str) -> Payload:
+def _input(
+    expression: Expression | None, value: Payload, ctx: RunContext, scope: Mapping[str, Any], node_id: str, what: str
+) -> Payload:
     """A step's input: its expression's result, else the value it was given; always an object."""
     if expression is None:
         return value.as_object()
@@ -189,7 +237,9 @@ def _input(expression: Expression | None, value: Payload, ctx: RunContext, scope
         # once, and its one Payload (shared like any value, never changed) serves them all.
         constant = _CONSTANT_INPUTS.get(expression)
         if constant is None:
-            constant = _CONSTANT_INPUTS[expression] = Payload.of_python(as_object(evaluate(expression, ctx, value, scope, node_id, what)))
+            constant = _CONSTANT_INPUTS[expression] = Payload.of_python(
+                as_object(evaluate(expression, ctx, value, scope, node_id, what))
+            )
         return constant
     return Payload.of_python(as_object(evaluate(expression, ctx, value, scope, node_id, what)))
 
@@ -197,8 +247,15 @@ def _input(expression: Expression | None, value: Payload, ctx: RunContext, scope
 _CONSTANT_INPUTS: weakref.WeakKeyDictionary[Expression, Payload] = weakref.WeakKeyDictionary()
 
 
-async def _run_candidates(node: StepPlan, path: str, primary_input: Payload, value: Payload,
-                          scope: Mapping[str, Any], ctx: RunContext, observer: _StepObserver) -> NodeResult:
+async def _run_candidates(
+    node: StepPlan,
+    path: str,
+    primary_input: Payload,
+    value: Payload,
+    scope: Mapping[str, Any],
+    ctx: RunContext,
+    observer: _StepObserver,
+) -> NodeResult:
     candidates = [(node.protocol, primary_input)]
     for fb in node.fallbacks:
         fb_input = _input(fb.input, value, ctx, scope, node.id, "fallback input") if fb.input else primary_input
@@ -207,9 +264,14 @@ async def _run_candidates(node: StepPlan, path: str, primary_input: Payload, val
     last_code = "UNAVAILABLE"
     for index, (protocol, input_data) in enumerate(candidates):
         if index > 0:
-            ctx.emit(E.TASK_EVENT_TYPE_FALLBACK_USED, step_path=path, protocol=protocol, flush_soon=True,
-                     message=f"{candidates[index - 1][0]} failed; falling back to {protocol}",
-                     data={"failed": candidates[index - 1][0], "error": errors[-1]})
+            ctx.emit(
+                E.TASK_EVENT_TYPE_FALLBACK_USED,
+                step_path=path,
+                protocol=protocol,
+                flush_soon=True,
+                message=f"{candidates[index - 1][0]} failed; falling back to {protocol}",
+                data={"failed": candidates[index - 1][0], "error": errors[-1]},
+            )
         call = Call(protocol, input_data, node.retry, node.attempt_timeout, node.stream)
         try:
             result = await call_with_retries(call, path, ctx, observer)

@@ -16,8 +16,20 @@ from mcp_sdk.values import (
     value_to_python,
 )
 
-__all__ = ["JsonValue", "ValueTooDeep", "as_object", "check_depth", "dict_to_struct", "message_depth", "nesting_depth", "normalize",
-           "python_to_value", "struct_to_dict", "to_json_compatible", "value_to_python"]
+__all__ = [
+    "JsonValue",
+    "ValueTooDeep",
+    "as_object",
+    "check_depth",
+    "dict_to_struct",
+    "message_depth",
+    "nesting_depth",
+    "normalize",
+    "python_to_value",
+    "struct_to_dict",
+    "to_json_compatible",
+    "value_to_python",
+]
 
 
 def as_object(value: JsonValue) -> dict[str, JsonValue]:
@@ -34,7 +46,9 @@ class ValueTooDeep(ValueError):
 
     def __init__(self, what: str, depth: int, limit: int) -> None:
         # Measuring stops just past the limit, so the exact depth of a deeper value is not known.
-        super().__init__(f"{what} nests more than {limit} levels deep; the limit is {limit} (MCP_LIMIT_MAX_VALUE_DEPTH)")
+        super().__init__(
+            f"{what} nests more than {limit} levels deep; the limit is {limit} (MCP_LIMIT_MAX_VALUE_DEPTH)"
+        )
         self.depth = depth
         self.limit = limit
 

@@ -66,8 +66,14 @@ class Admission:
         self._giving: set[asyncio.Task[None]] = set()
         self._attendant: asyncio.Task[None] | None = None
 
-    async def acquire(self, protocol: str, needs: Resources, candidates: Mapping[str, Resources], priority: int,
-                      observer: CallObserver | None) -> Grant:
+    async def acquire(
+        self,
+        protocol: str,
+        needs: Resources,
+        candidates: Mapping[str, Resources],
+        priority: int,
+        observer: CallObserver | None,
+    ) -> Grant:
         """Wait for room for `needs` on one of `candidates` (address -> capacity); cancelling
         the wait (a step timeout) withdraws it."""
         grant = self._take_kept(needs, candidates) if self._may_keep() else None
@@ -76,12 +82,25 @@ class Admission:
         self.in_use_here[grant.address] += 1
         return grant
 
-    async def _ask_ledger(self, protocol: str, needs: Resources, candidates: Mapping[str, Resources], priority: int,
-                          observer: CallObserver | None) -> Grant:
+    async def _ask_ledger(
+        self,
+        protocol: str,
+        needs: Resources,
+        candidates: Mapping[str, Resources],
+        priority: int,
+        observer: CallObserver | None,
+    ) -> Grant:
         waiter_id = uuid.uuid4().hex
         member = f"{int(time.time() * 1000):015d}:{waiter_id}"
-        request = CapacityRequest(waiter_id, member, priority, needs.encode(), {a: c.encode() for a, c in candidates.items()},
-                                  self.lease_seconds, WAITER_SECONDS)
+        request = CapacityRequest(
+            waiter_id,
+            member,
+            priority,
+            needs.encode(),
+            {a: c.encode() for a, c in candidates.items()},
+            self.lease_seconds,
+            WAITER_SECONDS,
+        )
         pause, announced = FIRST_PAUSE, False
         try:
             while (address := await self.store.acquire_capacity(request)) is None:
@@ -92,7 +111,9 @@ class Admission:
                     self._quiet_until = 0.0
                     self._give_back_kept()  # they may be what this call needs
                     if observer is not None:
-                        observer.waiting(protocol, needs.describe(), f"no instance of {protocol} has {needs.describe()} free")
+                        observer.waiting(
+                            protocol, needs.describe(), f"no instance of {protocol} has {needs.describe()} free"
+                        )
                 self._released.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._released.wait(), pause)

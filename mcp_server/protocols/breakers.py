@@ -23,7 +23,9 @@ from mcp_sdk.proto import registry_pb2
 from mcp_server.engine.ports import ProtocolCallError
 
 log = logging.getLogger(__name__)
-UNHEALTHY_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED", "DATA_LOSS"})
+UNHEALTHY_CODES = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED", "DATA_LOSS"}
+)
 
 STATE_NUMBERS = {
     pybreaker.STATE_CLOSED: registry_pb2.BREAKER_STATE_CLOSED,

@@ -42,11 +42,16 @@ class _Stream:
     def __init__(self, channel: grpc.aio.Channel, address: str, max_message_bytes: int) -> None:
         self.address = address
         self.max_message_bytes = max_message_bytes
-        open_stream = channel.stream_stream(METHOD, request_serializer=protocol_pb2.ExecuteManyRequest.SerializeToString,
-                                            response_deserializer=protocol_pb2.ExecuteManyResponse.FromString)
+        open_stream = channel.stream_stream(
+            METHOD,
+            request_serializer=protocol_pb2.ExecuteManyRequest.SerializeToString,
+            response_deserializer=protocol_pb2.ExecuteManyResponse.FromString,
+        )
         self.call = open_stream()
         self.pending: dict[int, asyncio.Future[protocol_pb2.ExecuteResponse]] = {}
-        self.outbox: collections.deque[protocol_pb2.ExecuteCall] = collections.deque()  # thousands may queue in one turn
+        self.outbox: collections.deque[protocol_pb2.ExecuteCall] = (
+            collections.deque()
+        )  # thousands may queue in one turn
         self.cancels: list[int] = []
         self.last_id = 0
         self.answered = False  # the plugin has sent something: it serves ExecuteMany
@@ -56,8 +61,9 @@ class _Stream:
         self._writer: asyncio.Task[None] | None = None
         self._reader = asyncio.ensure_future(self._read())
 
-    async def execute(self, request: protocol_pb2.ExecuteRequest, timeout: float | None,
-                      metadata: Mapping[str, str]) -> protocol_pb2.ExecuteResponse:
+    async def execute(
+        self, request: protocol_pb2.ExecuteRequest, timeout: float | None, metadata: Mapping[str, str]
+    ) -> protocol_pb2.ExecuteResponse:
         self.last_id += 1
         call_id = self.last_id
         future: asyncio.Future[protocol_pb2.ExecuteResponse] = asyncio.get_running_loop().create_future()
@@ -68,7 +74,9 @@ class _Stream:
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
-            raise ProtocolCallError("DEADLINE_EXCEEDED", f"the attempt deadline of {timeout:g}s ran out (Deadline Exceeded)") from None
+            raise ProtocolCallError(
+                "DEADLINE_EXCEEDED", f"the attempt deadline of {timeout:g}s ran out (Deadline Exceeded)"
+            ) from None
         finally:
             if self.pending.pop(call_id, None) is not None and not self.ended:
                 self.cancels.append(call_id)  # nobody waits for it any more: the plugin stops it
@@ -108,8 +116,14 @@ class _Stream:
         try:
             async for message in self.call:
                 if message is None:  # grpc hands back None for bytes that do not parse
-                    self._end(f"instance {self.address}: the call stream broke: a message that is not an ExecuteManyResponse", True)
-                    log.warning("ExecuteMany to %s: a message that does not parse: calling it with Execute from now on", self.address)
+                    self._end(
+                        f"instance {self.address}: the call stream broke: a message that is not an ExecuteManyResponse",
+                        True,
+                    )
+                    log.warning(
+                        "ExecuteMany to %s: a message that does not parse: calling it with Execute from now on",
+                        self.address,
+                    )
                     return
                 self.answered = True
                 for outcome in message.outcomes:
@@ -117,7 +131,11 @@ class _Stream:
                     if future is None or future.done():
                         continue  # given up on
                     if outcome.HasField("error"):
-                        future.set_exception(ProtocolCallError.from_plugin(_code_name(outcome.error.code), outcome.error.message, self.address))
+                        future.set_exception(
+                            ProtocolCallError.from_plugin(
+                                _code_name(outcome.error.code), outcome.error.message, self.address
+                            )
+                        )
                     else:
                         future.set_result(outcome.response)
             self._end("the plugin ended the stream", False)
@@ -128,17 +146,25 @@ class _Stream:
             # A plugin without ExecuteMany answers UNIMPLEMENTED; when that answer beats the
             # first write, the write fails and gRPC reports INTERNAL instead (1 in ~200 here).
             # Either way no handler saw the calls.
-            if not self.answered and (exc.code() == grpc.StatusCode.UNIMPLEMENTED
-                                      or (exc.code() == grpc.StatusCode.INTERNAL and self.write_failed)):
+            if not self.answered and (
+                exc.code() == grpc.StatusCode.UNIMPLEMENTED
+                or (exc.code() == grpc.StatusCode.INTERNAL and self.write_failed)
+            ):
                 self._end("the instance does not serve ExecuteMany", True, unary=True)
                 return
             transport = exc.code() in TRANSPORT_CODES
             if not transport:
-                log.warning("ExecuteMany to %s failed with %s (%s): calling it with Execute from now on",
-                            self.address, exc.code().name, exc.details())
+                log.warning(
+                    "ExecuteMany to %s failed with %s (%s): calling it with Execute from now on",
+                    self.address,
+                    exc.code().name,
+                    exc.details(),
+                )
             # No call can be blamed for a broken stream: its calls fail as a broken connection
             # fails unary calls, UNAVAILABLE, which the engine retries by policy.
-            self._end(f"instance {self.address}: the call stream broke: {exc.code().name}: {exc.details()}", not transport)
+            self._end(
+                f"instance {self.address}: the call stream broke: {exc.code().name}: {exc.details()}", not transport
+            )
             return
         except asyncio.CancelledError:
             self._end("the call stream was closed", False)
@@ -175,7 +201,9 @@ class CallStreams:
     """The ExecuteMany stream of each plugin instance, opened on first use and again after it
     breaks; the instances called with Execute instead."""
 
-    def __init__(self, channel_for: Callable[[str], grpc.aio.Channel], max_message_bytes: int, enabled: bool = True) -> None:
+    def __init__(
+        self, channel_for: Callable[[str], grpc.aio.Channel], max_message_bytes: int, enabled: bool = True
+    ) -> None:
         self._channel_for = channel_for
         self._max_message_bytes = max_message_bytes
         self._enabled = enabled
@@ -190,8 +218,9 @@ class CallStreams:
         """Whether calls to `address` go over its stream."""
         return self._enabled and address not in self._use_execute
 
-    async def execute(self, address: str, request: protocol_pb2.ExecuteRequest, timeout: float | None,
-                      metadata: Mapping[str, str]) -> protocol_pb2.ExecuteResponse:
+    async def execute(
+        self, address: str, request: protocol_pb2.ExecuteRequest, timeout: float | None, metadata: Mapping[str, str]
+    ) -> protocol_pb2.ExecuteResponse:
         """Execute `request` on `address` over its stream. Raises ProtocolCallError as a unary
         call would, or UseExecute: make this call (and the next ones) with Execute."""
         stream = self._streams.get(address)

@@ -36,8 +36,15 @@ from mcp_server.telemetry.tracing import TaskTracer, finish_call
 class GrpcProtocolCaller:
     """Calls registered plugin instances over gRPC."""
 
-    def __init__(self, directory: ProtocolDirectory, channels: ChannelPool, breakers: BreakerBoard, admission: Admission,
-                 concurrency_overrides: dict[str, int] | None = None, tracer: TaskTracer | None = None) -> None:
+    def __init__(
+        self,
+        directory: ProtocolDirectory,
+        channels: ChannelPool,
+        breakers: BreakerBoard,
+        admission: Admission,
+        concurrency_overrides: dict[str, int] | None = None,
+        tracer: TaskTracer | None = None,
+    ) -> None:
         self.tracer = tracer
         self.directory = directory
         self.channels = channels
@@ -47,11 +54,21 @@ class GrpcProtocolCaller:
         self._bulkheads: dict[str, asyncio.Semaphore] = {}
         self._turn = 0
 
-    async def call(self, protocol: str, input_data: Payload, context: CallContext, *,
-                   timeout: float | None, stream: bool = False, observer: CallObserver | None = None) -> CallResult:
+    async def call(
+        self,
+        protocol: str,
+        input_data: Payload,
+        context: CallContext,
+        *,
+        timeout: float | None,
+        stream: bool = False,
+        observer: CallObserver | None = None,
+    ) -> CallResult:
         instances = await self._instances(protocol)
         manifest = instances[0].manifest
-        request = protocol_pb2.ExecuteRequest(protocol=protocol, input=input_data.struct(), context=_context(context, timeout))
+        request = protocol_pb2.ExecuteRequest(
+            protocol=protocol, input=input_data.struct(), context=_context(context, timeout)
+        )
         metadata: Sequence[tuple[str, str]] = ()
         span = None
         if self.tracer is not None:
@@ -88,13 +105,21 @@ class GrpcProtocolCaller:
             raise ProtocolCallError("UNAVAILABLE", f"no plugin is registered for protocol {protocol!r}")
         return instances
 
-    async def _place(self, protocol: str, manifest: protocol_pb2.ProtocolManifest, instances: list[registry_pb2.RegisteredProtocol],
-                     priority: int, observer: CallObserver | None) -> tuple[str, Grant | None]:
+    async def _place(
+        self,
+        protocol: str,
+        manifest: protocol_pb2.ProtocolManifest,
+        instances: list[registry_pb2.RegisteredProtocol],
+        priority: int,
+        observer: CallObserver | None,
+    ) -> tuple[str, Grant | None]:
         """The instance this call goes to (and its capacity grant, when it needs one)."""
         usable = self.directory.outliers.usable([i.address for i in instances])
         needs = Resources.needs_of(manifest.resources)
         grant = None
-        capacities = {i.address: Resources.of_capacity(i.capacity) for i in instances if i.address in usable} if needs else {}
+        capacities = (
+            {i.address: Resources.of_capacity(i.capacity) for i in instances if i.address in usable} if needs else {}
+        )
         if needs and any(limits(c, needs) for c in capacities.values()):
             grant = await self.admission.acquire(protocol, needs, capacities, priority, observer)
             address = grant.address
@@ -112,8 +137,16 @@ class GrpcProtocolCaller:
             semaphore = self._bulkheads[protocol] = asyncio.Semaphore(limit)
         return semaphore
 
-    async def _guarded(self, protocol: str, address: str, request: protocol_pb2.ExecuteRequest, timeout: float | None,
-                       stream: bool, observer: CallObserver | None, metadata: Sequence[tuple[str, str]]) -> CallResult:
+    async def _guarded(
+        self,
+        protocol: str,
+        address: str,
+        request: protocol_pb2.ExecuteRequest,
+        timeout: float | None,
+        stream: bool,
+        observer: CallObserver | None,
+        metadata: Sequence[tuple[str, str]],
+    ) -> CallResult:
         before = self.breakers.state_name(protocol)
         try:
             with self.breakers.get(protocol).calling():
@@ -129,7 +162,9 @@ class GrpcProtocolCaller:
                     raise
         except pybreaker.CircuitBreakerError:
             self._report_breaker(protocol, before, observer)
-            raise ProtocolCallError("UNAVAILABLE", f"the circuit breaker of {protocol} is open", breaker_open=True) from None
+            raise ProtocolCallError(
+                "UNAVAILABLE", f"the circuit breaker of {protocol} is open", breaker_open=True
+            ) from None
         except ProtocolCallError:
             self._report_breaker(protocol, before, observer)
             raise
@@ -143,8 +178,14 @@ class GrpcProtocolCaller:
         if after != before and observer is not None:
             observer.breaker_changed(protocol, before, after)
 
-    async def _invoke(self, address: str, request: protocol_pb2.ExecuteRequest, timeout: float | None,
-                      observer: CallObserver | None, metadata: Sequence[tuple[str, str]] = ()) -> protocol_pb2.ExecuteResponse:
+    async def _invoke(
+        self,
+        address: str,
+        request: protocol_pb2.ExecuteRequest,
+        timeout: float | None,
+        observer: CallObserver | None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> protocol_pb2.ExecuteResponse:
         stub = self.channels.stub(address)
         try:
             if observer is None:
@@ -155,11 +196,15 @@ class GrpcProtocolCaller:
                         pass  # this instance does not serve ExecuteMany: the same call as Execute
                 response = await stub.Execute(request, timeout=timeout, metadata=tuple(metadata) or None)
                 if response is None:  # grpc hands back None when the bytes do not parse
-                    raise ProtocolCallError("INTERNAL", f"the response of {address} is not a valid ExecuteResponse (it does not parse)")
+                    raise ProtocolCallError(
+                        "INTERNAL", f"the response of {address} is not a valid ExecuteResponse (it does not parse)"
+                    )
                 return cast(protocol_pb2.ExecuteResponse, response)
             async for message in stub.ExecuteStream(request, timeout=timeout, metadata=tuple(metadata) or None):
                 if message is None:
-                    raise ProtocolCallError("INTERNAL", f"the stream of {address} sent a message that is not an ExecuteStreamResponse")
+                    raise ProtocolCallError(
+                        "INTERNAL", f"the stream of {address} sent a message that is not an ExecuteStreamResponse"
+                    )
                 if message.HasField("progress"):
                     await observer.progress(message.progress)
                 elif message.HasField("result"):
@@ -182,9 +227,13 @@ def _call_error(exc: grpc.aio.AioRpcError, address: str, timeout: float | None) 
 
 def _context(context: CallContext, timeout: float | None) -> protocol_pb2.ExecutionContext:
     message = protocol_pb2.ExecutionContext(
-        task_id=context.task_id, step_path=context.step_path, attempt=context.attempt,
-        idempotency_key=context.idempotency_key, workflow_id=context.workflow_id,
-        workflow_version=context.workflow_version)
+        task_id=context.task_id,
+        step_path=context.step_path,
+        attempt=context.attempt,
+        idempotency_key=context.idempotency_key,
+        workflow_id=context.workflow_id,
+        workflow_version=context.workflow_version,
+    )
     if timeout is not None:
         message.deadline.FromNanoseconds(time.time_ns() + int(timeout * 1e9))
     return message

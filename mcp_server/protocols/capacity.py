@@ -74,8 +74,11 @@ def limits(capacity: Resources, needs: Resources) -> bool:
 
 def short_by(capacity: Resources, in_use: Resources, needs: Resources) -> list[str]:
     """The resources of which an instance has too little left for `needs` (empty: it fits)."""
-    return [name for name, cap, used, need in zip(RESOURCES, capacity.amounts, in_use.amounts, needs.amounts)
-            if need and cap and used + need > cap]
+    return [
+        name
+        for name, cap, used, need in zip(RESOURCES, capacity.amounts, in_use.amounts, needs.amounts)
+        if need and cap and used + need > cap
+    ]
 
 
 def never_fits(capacity: Resources, needs: Resources) -> list[str]:
@@ -99,8 +102,9 @@ class Waiter:
     candidates: tuple[str, ...]
 
 
-def grant_in_order(waiters: Sequence[Waiter], capacities: Mapping[str, Resources],
-                   in_use: Mapping[str, Resources]) -> dict[str, str]:
+def grant_in_order(
+    waiters: Sequence[Waiter], capacities: Mapping[str, Resources], in_use: Mapping[str, Resources]
+) -> dict[str, str]:
     """Which of `waiters` (best first) get capacity now, and on which instance."""
     use = dict(in_use)
     blocked: set[str] = set()

@@ -13,7 +13,9 @@ class ChannelPool:
     """Channels by address. Closing the pool closes every channel. `call_streams`: carry plain
     calls over each instance's ExecuteMany stream (see call_streams.py)."""
 
-    def __init__(self, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None, call_streams: bool = True) -> None:
+    def __init__(
+        self, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None, call_streams: bool = True
+    ) -> None:
         self.streams = CallStreams(self.get, max_message_bytes, enabled=call_streams)
         self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}

@@ -46,7 +46,9 @@ class Outliers:
         record.last_failure = now
         if record.consecutive >= self.settings.consecutive_failures:
             record.ejections += 1
-            record.until = now + min(self.settings.ejection_seconds * record.ejections, self.settings.max_ejection_seconds)
+            record.until = now + min(
+                self.settings.ejection_seconds * record.ejections, self.settings.max_ejection_seconds
+            )
             record.consecutive = 0
 
     def succeeded(self, address: str) -> None:

@@ -34,8 +34,14 @@ def _expired(entry: registry_pb2.RegisteredProtocol, at: float) -> bool:
 class ProtocolDirectory:
     """The registry of protocol instances, shared through the store."""
 
-    def __init__(self, store: Store, channels: ChannelPool, breakers: BreakerBoard, max_value_depth: int = 32,
-                 outliers: OutlierSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        channels: ChannelPool,
+        breakers: BreakerBoard,
+        max_value_depth: int = 32,
+        outliers: OutlierSettings | None = None,
+    ) -> None:
         self.store = store
         self.channels = channels
         self.breakers = breakers
@@ -52,7 +58,10 @@ class ProtocolDirectory:
         Raises InvalidArgument for an empty address and FailedPrecondition when the plugin
         does not answer Describe (with the gRPC error it gave) or describes itself wrongly."""
         if not address or ":" not in address:
-            raise InvalidArgument("address must be host:port", violations=[FieldViolation("address", "must be host:port, e.g. 127.0.0.1:50061")])
+            raise InvalidArgument(
+                "address must be host:port",
+                violations=[FieldViolation("address", "must be host:port, e.g. 127.0.0.1:50061")],
+            )
         stub = self.channels.stub(address)
         try:
             described = await stub.Describe(protocol_pb2.DescribeRequest(), timeout=DESCRIBE_TIMEOUT)
@@ -68,12 +77,20 @@ class ProtocolDirectory:
         problems = _negatives("capacity", described.capacity)
         problems += [v for manifest in described.protocols for v in self._manifest_problems(manifest)]
         if problems:
-            raise FailedPrecondition(f"plugin at {address} describes itself wrongly: {problems[0].field} {problems[0].description}",
-                                     violations=problems, reason="PLUGIN_MANIFEST_INVALID")
+            raise FailedPrecondition(
+                f"plugin at {address} describes itself wrongly: {problems[0].field} {problems[0].description}",
+                violations=problems,
+                reason="PLUGIN_MANIFEST_INVALID",
+            )
         entries = []
         for manifest in described.protocols:
-            entry = registry_pb2.RegisteredProtocol(manifest=manifest, address=address, health=registry_pb2.HEALTH_STATE_SERVING,
-                                                    register_time=now(), capacity=described.capacity)
+            entry = registry_pb2.RegisteredProtocol(
+                manifest=manifest,
+                address=address,
+                health=registry_pb2.HEALTH_STATE_SERVING,
+                register_time=now(),
+                capacity=described.capacity,
+            )
             if ttl_seconds > 0:
                 entry.expire_time.FromNanoseconds(int((time.time() + ttl_seconds) * 1e9))
             await self.store.put_protocol(entry)
@@ -87,9 +104,16 @@ class ProtocolDirectory:
         for name in ("input_schema", "output_schema"):
             depth = message_depth(getattr(manifest, name), self.max_value_depth)
             if depth > self.max_value_depth:
-                found.append(FieldViolation(f"protocols[{manifest.name}].{name}", str(ValueTooDeep("the schema", depth, self.max_value_depth))))
+                found.append(
+                    FieldViolation(
+                        f"protocols[{manifest.name}].{name}",
+                        str(ValueTooDeep("the schema", depth, self.max_value_depth)),
+                    )
+                )
         if manifest.max_concurrency < 0:
-            found.append(FieldViolation(f"protocols[{manifest.name}].max_concurrency", "must not be negative (0: no limit)"))
+            found.append(
+                FieldViolation(f"protocols[{manifest.name}].max_concurrency", "must not be negative (0: no limit)")
+            )
         return found
 
     async def deregister(self, name: str = "", address: str = "") -> int:
@@ -120,7 +144,9 @@ class ProtocolDirectory:
         await self.refresh()
         entries = self._cache.get(name)
         if not entries:
-            raise NotFound(f"protocol {name!r} is not registered", reason="PROTOCOL_NOT_FOUND", metadata={"protocol": name})
+            raise NotFound(
+                f"protocol {name!r} is not registered", reason="PROTOCOL_NOT_FOUND", metadata={"protocol": name}
+            )
         use = await self._use()
         return [self._decorate(e, use) for e in entries]
 
@@ -133,7 +159,9 @@ class ProtocolDirectory:
         return [e for e in self._cache.get(name, ()) if not _expired(e, at)]
 
     def record_health(self, address: str, reachable: bool) -> None:
-        self._health[address] = registry_pb2.HEALTH_STATE_SERVING if reachable else registry_pb2.HEALTH_STATE_UNREACHABLE
+        self._health[address] = (
+            registry_pb2.HEALTH_STATE_SERVING if reachable else registry_pb2.HEALTH_STATE_UNREACHABLE
+        )
         if reachable:
             self.outliers.succeeded(address)
         else:
@@ -145,7 +173,9 @@ class ProtocolDirectory:
         except Exception:  # listing must work while the ledger cannot be read
             return {}
 
-    def _decorate(self, entry: registry_pb2.RegisteredProtocol, use: dict[str, Resources]) -> registry_pb2.RegisteredProtocol:
+    def _decorate(
+        self, entry: registry_pb2.RegisteredProtocol, use: dict[str, Resources]
+    ) -> registry_pb2.RegisteredProtocol:
         view = registry_pb2.RegisteredProtocol()
         view.CopyFrom(entry)
         view.health = self._health.get(entry.address, entry.health)  # type: ignore[assignment]
@@ -169,5 +199,6 @@ class ProtocolDirectory:
 
 
 def _negatives(prefix: str, message: protocol_pb2.Capacity | protocol_pb2.ResourceRequirements) -> list[FieldViolation]:
-    return [FieldViolation(f"{prefix}.{name}", "must not be negative") for name in RESOURCES
-            if getattr(message, name) < 0]
+    return [
+        FieldViolation(f"{prefix}.{name}", "must not be negative") for name in RESOURCES if getattr(message, name) < 0
+    ]

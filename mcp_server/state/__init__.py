@@ -20,4 +20,6 @@ async def open_store(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
         from mcp_server.state.redis import RedisStore
 
         return await RedisStore.open(url, retention_seconds)
-    raise ValueError(f"unknown store URL {url!r}: use sqlite:///PATH, redis://HOST:PORT/DB or redis-cluster://HOST:PORT[,HOST:PORT...]")
+    raise ValueError(
+        f"unknown store URL {url!r}: use sqlite:///PATH, redis://HOST:PORT/DB or redis-cluster://HOST:PORT[,HOST:PORT...]"
+    )

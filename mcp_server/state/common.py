@@ -41,8 +41,10 @@ def decode_position(token: str) -> int | None:
     if not text:
         return None
     if not text.isdigit():
-        raise InvalidArgument("page_token is not a token this server issued",
-                              violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")])
+        raise InvalidArgument(
+            "page_token is not a token this server issued",
+            violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")],
+        )
     return int(text)
 
 
@@ -51,15 +53,27 @@ def now_seconds() -> float:
 
 
 LAYOUT_VERSION = 2
-LAYOUT_MISMATCH = ("was written by another build (state layout {found}); this build reads layout {wanted} only and has no "
-                   "upgrade path: drain the old deployment, then start on an empty store (docs/operations.md)")
+LAYOUT_MISMATCH = (
+    "was written by another build (state layout {found}); this build reads layout {wanted} only and has no "
+    "upgrade path: drain the old deployment, then start on an empty store (docs/operations.md)"
+)
 
 
 def fixed_part(task: task_pb2.Task) -> bytes:
     """What never changes after SubmitTask: everything but the live fields (see live_part)."""
     fixed = task_pb2.Task()
     fixed.CopyFrom(task)
-    for name in ("status", "result", "result_ref", "error", "start_time", "end_time", "steps", "step_count", "last_sequence"):
+    for name in (
+        "status",
+        "result",
+        "result_ref",
+        "error",
+        "start_time",
+        "end_time",
+        "steps",
+        "step_count",
+        "last_sequence",
+    ):
         fixed.ClearField(name)
     return fixed.SerializeToString()
 
@@ -103,9 +117,12 @@ class RequestIdReused(AlreadyExists):
     """The principal used this request_id before for a different request; raised by create_task."""
 
     def __init__(self, request_id: str, task_id: str) -> None:
-        super().__init__(f"request_id {request_id!r} was used before for a different request (task {task_id}): "
-                         "a request_id names one submission; use a new one for a new request",
-                         reason="REQUEST_ID_REUSED", metadata={"request_id": request_id})
+        super().__init__(
+            f"request_id {request_id!r} was used before for a different request (task {task_id}): "
+            "a request_id names one submission; use a new one for a new request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": request_id},
+        )
 
 
 def request_task_id(owner: str, request_id: str) -> str:
@@ -117,13 +134,26 @@ def request_task_id(owner: str, request_id: str) -> str:
 class CreateTask:
     """`create_task`, which both stores derive the same way from their `create_leased`."""
 
-    async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
-                            max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
-                            ) -> tuple[task_pb2.Task, bool, int]:
+    async def create_leased(
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        holder: str,
+        lease_seconds: float,
+        max_queue: int = 0,
+        fingerprint: str = "",
+        values: Mapping[str, bytes] | None = None,
+    ) -> tuple[task_pb2.Task, bool, int]:
         raise NotImplementedError
 
-    async def create_task(self, task: task_pb2.Task, event: task_pb2.TaskEvent, max_queue: int = 0,
-                          fingerprint: str = "", values: Mapping[str, bytes] | None = None) -> tuple[task_pb2.Task, bool]:
+    async def create_task(
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        max_queue: int = 0,
+        fingerprint: str = "",
+        values: Mapping[str, bytes] | None = None,
+    ) -> tuple[task_pb2.Task, bool]:
         """Store a new PENDING task (see Store.create_task): create_leased with no holder."""
         stored, created, _ = await self.create_leased(task, event, "", 0.0, max_queue, fingerprint, values)
         return stored, created

@@ -34,7 +34,9 @@ class MemoryLedger:
         for address, capacity in request.candidates.items():
             self.capacities[address] = Resources.decode(capacity)
         waiter = Waiter(request.waiter_id, Resources.decode(request.needs), tuple(request.candidates))
-        self.waiting[request.waiter_id] = _Waiting((-request.priority, request.member), waiter, now + request.wait_seconds)
+        self.waiting[request.waiter_id] = _Waiting(
+            (-request.priority, request.member), waiter, now + request.wait_seconds
+        )
         queue = [w.waiter for w in sorted(self.waiting.values(), key=lambda w: w.rank)]
         for waiter_id, address in grant_in_order(queue, self.capacities, self.in_use).items():
             needs = self.waiting.pop(waiter_id).waiter.needs

@@ -73,8 +73,14 @@ WAIT_TIMEOUT_MS = 2000
 class RedisStore(CreateTask):
     """Store backed by Redis (see Store in engine/ports.py for the contract)."""
 
-    def __init__(self, client: aioredis.Redis | RedisCluster, layout: Layout, retention_seconds: float = 7 * 24 * 3600.0,
-                 wait_replicas: int = 0, lane: RedisLane | None = None) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        layout: Layout,
+        retention_seconds: float = 7 * 24 * 3600.0,
+        wait_replicas: int = 0,
+        lane: RedisLane | None = None,
+    ) -> None:
         self.r: Any = client
         self.lane = lane  # the hot write scripts' own connection (single node, plain TCP); else redis-py
         self.cluster = isinstance(client, RedisCluster)
@@ -137,7 +143,9 @@ class RedisStore(CreateTask):
             # ConnectionError (redis/redis-py#4287, fixed after 8.1): treat those as one.
             if not _raised_by_the_connection(exc):
                 raise
-            raise Unavailable(f"redis store unreachable: a connection closed under a command ({type(exc).__name__}: {exc})") from exc
+            raise Unavailable(
+                f"redis store unreachable: a connection closed under a command ({type(exc).__name__}: {exc})"
+            ) from exc
         except ResponseError as exc:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost("lease is no longer held") from exc
@@ -177,8 +185,15 @@ class RedisStore(CreateTask):
 
     async def latest_workflow_version(self, workflow_id: str) -> int:
         """Asked on every submit without a version: through the lane when there is one."""
-        return int(await self._do(self._script(self._latest_version, [self.layout.workflow(workflow_id), self.layout.workflow_versions],
-                                               [workflow_id])))
+        return int(
+            await self._do(
+                self._script(
+                    self._latest_version,
+                    [self.layout.workflow(workflow_id), self.layout.workflow_versions],
+                    [workflow_id],
+                )
+            )
+        )
 
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
         after = decode_token(page_token)
@@ -202,9 +217,16 @@ class RedisStore(CreateTask):
         return int(count)
 
     # ---- tasks ----------------------------------------------------------------------------
-    async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
-                            max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
-                            ) -> tuple[task_pb2.Task, bool, int]:
+    async def create_leased(
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        holder: str,
+        lease_seconds: float,
+        max_queue: int = 0,
+        fingerprint: str = "",
+        values: Mapping[str, bytes] | None = None,
+    ) -> tuple[task_pb2.Task, bool, int]:
         """A task with a request_id has an id derived from its owner and request_id, so the
         dedupe is the task's own key; without one, a second run of the script (a lost reply)
         finds the task it made and says so."""
@@ -214,14 +236,33 @@ class RedisStore(CreateTask):
             raise QueueFull(max_queue)
         partition = self.layout.partition_of(task.task_id)
         keys = self.layout.task(task.task_id)
-        args: list[Any] = [task.task_id, fixed_part(task), live_part(task), task.status, task.priority, task.owner,
-                           task.workflow_id, fingerprint, event.SerializeToString(), holder,
-                           int((now_seconds() + lease_seconds) * 1000)]
+        args: list[Any] = [
+            task.task_id,
+            fixed_part(task),
+            live_part(task),
+            task.status,
+            task.priority,
+            task.owner,
+            task.workflow_id,
+            fingerprint,
+            event.SerializeToString(),
+            holder,
+            int((now_seconds() + lease_seconds) * 1000),
+        ]
         for digest, data in (values or {}).items():
             args += [digest, data]
-        created, detail = await self._written(self._create, [keys.header, keys.events, self.layout.queue(partition), keys.values,
-                                                             self.layout.leases(partition),
-                                                             *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id)], args)
+        created, detail = await self._written(
+            self._create,
+            [
+                keys.header,
+                keys.events,
+                self.layout.queue(partition),
+                keys.values,
+                self.layout.leases(partition),
+                *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id),
+            ],
+            args,
+        )
         if created:
             self._hub.written(keys.events, [event], writer=bool(holder))
             return task, True, int(detail)
@@ -259,7 +300,11 @@ class RedisStore(CreateTask):
         owner = where.owner or None
         workflow = where.workflow_id if where.workflow_id and owner is None else None
         also_workflow = where.workflow_id if owner is not None else ""  # no index has both: filter
-        keys = [self.layout.index(p, s, owner, workflow) for p in range(self.layout.partitions) for s in where.statuses or (0,)]
+        keys = [
+            self.layout.index(p, s, owner, workflow)
+            for p in range(self.layout.partitions)
+            for s in where.statuses or (0,)
+        ]
         found: list[tuple[tuple[float, str], task_pb2.Task]] = []
         total = -1
         while len(found) <= page_size:
@@ -279,11 +324,16 @@ class RedisStore(CreateTask):
             if len(entries) < want:
                 break
         page = found[:page_size]
-        return TaskPage([task for _, task in page], [_encode_cursor(entry) for entry, _ in page], len(found) > page_size,
-                        0 if also_workflow else total)
+        return TaskPage(
+            [task for _, task in page],
+            [_encode_cursor(entry) for entry, _ in page],
+            len(found) > page_size,
+            0 if also_workflow else total,
+        )
 
-    async def _index_entries(self, keys: list[str], after: tuple[float, str] | None, want: int,
-                             count: bool) -> tuple[list[tuple[float, str]], int]:
+    async def _index_entries(
+        self, keys: list[str], after: tuple[float, str] | None, want: int, count: bool
+    ) -> tuple[list[tuple[float, str]], int]:
         """The `want` newest entries of the union of `keys` strictly after `after`, and (if
         asked) how many entries the keys hold in all."""
         high = "+inf" if after is None else repr(after[0])
@@ -295,10 +345,10 @@ class RedisStore(CreateTask):
                 for key in keys:
                     pipe.zcard(key)
             replies = await self._do(pipe.execute())
-        merged = {(score, raw.decode()) for reply in replies[:len(keys)] for raw, score in reply}
+        merged = {(score, raw.decode()) for reply in replies[: len(keys)] for raw, score in reply}
         if after is not None:
             merged = {e for e in merged if e[0] < after[0] or (e[0] == after[0] and e[1] < after[1])}
-        total = sum(int(n) for n in replies[len(keys):]) if count else 0
+        total = sum(int(n) for n in replies[len(keys) :]) if count else 0
         return sorted(merged, reverse=True)[:want], total
 
     async def _headers(self, task_ids: list[str]) -> list[Any]:
@@ -338,8 +388,17 @@ class RedisStore(CreateTask):
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         partition = self.layout.partition_of(checkpoint.task_id)
         keys = self.layout.task(checkpoint.task_id)
-        args: list[Any] = [checkpoint.lease_token, checkpoint.live, checkpoint.status, int(checkpoint.status in TERMINAL),
-                           self.retention_ms, BACKSTOP_MS, self.layout.index_prefix(partition), checkpoint.task_id, len(checkpoint.steps)]
+        args: list[Any] = [
+            checkpoint.lease_token,
+            checkpoint.live,
+            checkpoint.status,
+            int(checkpoint.status in TERMINAL),
+            self.retention_ms,
+            BACKSTOP_MS,
+            self.layout.index_prefix(partition),
+            checkpoint.task_id,
+            len(checkpoint.steps),
+        ]
         for step in checkpoint.steps:
             args += [step.index, step.path, step.data]
         args.append(len(checkpoint.values))
@@ -347,8 +406,11 @@ class RedisStore(CreateTask):
             args += [digest, data]
         for event in checkpoint.events:
             args += [event.sequence, event.SerializeToString()]
-        await self._written(self._checkpoint, [*keys.all, self.layout.leases(partition), self.layout.expiry(partition),
-                                               self.layout.cancels(partition)], args)
+        await self._written(
+            self._checkpoint,
+            [*keys.all, self.layout.leases(partition), self.layout.expiry(partition), self.layout.cancels(partition)],
+            args,
+        )
         self._hub.written(keys.events, checkpoint.events)
 
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
@@ -362,10 +424,23 @@ class RedisStore(CreateTask):
                 return None
             task = assemble(fixed, live)
             numbered = mark_cancelled(task, event)
-            done = await self._do(self._cancel(
-                keys=[keys.header, self.layout.queue(partition), keys.events, self.layout.expiry(partition)],
-                args=[live_part(task), task.status, numbered.sequence, numbered.SerializeToString(), self.retention_ms, BACKSTOP_MS,
-                      self.layout.index_prefix(partition), task_id, sequence, PENDING]))
+            done = await self._do(
+                self._cancel(
+                    keys=[keys.header, self.layout.queue(partition), keys.events, self.layout.expiry(partition)],
+                    args=[
+                        live_part(task),
+                        task.status,
+                        numbered.sequence,
+                        numbered.SerializeToString(),
+                        self.retention_ms,
+                        BACKSTOP_MS,
+                        self.layout.index_prefix(partition),
+                        task_id,
+                        sequence,
+                        PENDING,
+                    ],
+                )
+            )
             if done:
                 self._hub.written(keys.events, [numbered], writer=False)
                 return task
@@ -396,12 +471,16 @@ class RedisStore(CreateTask):
             reasons = await self._do(pipe.execute())
         return {task_id: reason.decode() for task_id, reason in zip(ours, reasons) if reason}
 
-    async def read_events(self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE) -> list[task_pb2.TaskEvent]:
+    async def read_events(
+        self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE
+    ) -> list[task_pb2.TaskEvent]:
         key, start = self.layout.task(task_id).events, f"(0-{after_sequence}"
         if self.lane is None:
             entries = await self._do(self.r.xrange(key, start, "+", count=limit))
             return [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]
-        raw = await self._do(self.lane.call("XRANGE", key, start, "+", "COUNT", limit))  # [[id, [field, value, ...]], ...]
+        raw = await self._do(
+            self.lane.call("XRANGE", key, start, "+", "COUNT", limit)
+        )  # [[id, [field, value, ...]], ...]
         return [task_pb2.TaskEvent.FromString(fields[fields.index(b"e") + 1]) for _, fields in raw]
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
@@ -440,9 +519,20 @@ class RedisStore(CreateTask):
         order = sorted(heads, key=lambda p: heads[p])
         best = order[0]
         bound = repr(heads[order[1]][0]) if len(order) > 1 else "+inf"
-        reply = await self._do(self._claim(
-            keys=[self.layout.queue(best), self.layout.leases(best)],
-            args=[int((now_seconds() + lease_seconds) * 1000), owner, self.layout.task_prefix(best), count, bound, PENDING, RUNNING]))
+        reply = await self._do(
+            self._claim(
+                keys=[self.layout.queue(best), self.layout.leases(best)],
+                args=[
+                    int((now_seconds() + lease_seconds) * 1000),
+                    owner,
+                    self.layout.task_prefix(best),
+                    count,
+                    bound,
+                    PENDING,
+                    RUNNING,
+                ],
+            )
+        )
         return [(assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
 
     async def _queue_heads(self) -> dict[int, tuple[float, bytes]]:
@@ -462,21 +552,41 @@ class RedisStore(CreateTask):
         by_partition: dict[int, list[Any]] = {}
         for task_id, token in leases.items():
             by_partition.setdefault(self.layout.partition_of(task_id), []).extend([task_id, token])
-        replies = await self._scripts([(self._renew, [self.layout.leases(partition)],
-                                        [expiry, self.layout.task_prefix(partition), *pairs]) for partition, pairs in by_partition.items()])
+        replies = await self._scripts(
+            [
+                (self._renew, [self.layout.leases(partition)], [expiry, self.layout.task_prefix(partition), *pairs])
+                for partition, pairs in by_partition.items()
+            ]
+        )
         return [t.decode() for lost in replies for t in lost]
 
     async def release_expired_leases(self) -> int:
         now_ms = int(now_seconds() * 1000)
-        replies = await self._scripts([(self._release, [self.layout.leases(p), self.layout.queue(p)],
-                                        [now_ms, self.layout.task_prefix(p), PENDING, RUNNING]) for p in range(self.layout.partitions)])
+        replies = await self._scripts(
+            [
+                (
+                    self._release,
+                    [self.layout.leases(p), self.layout.queue(p)],
+                    [now_ms, self.layout.task_prefix(p), PENDING, RUNNING],
+                )
+                for p in range(self.layout.partitions)
+            ]
+        )
         return sum(int(n) for n in replies)
 
     async def purge_finished(self) -> int:
         """Delete the tasks whose retention ran out, with their index entries."""
         now_ms = int(now_seconds() * 1000)
-        replies = await self._scripts([(self._purge, [self.layout.expiry(p)], [now_ms, self.layout.task_prefix(p), self.layout.index_prefix(p)])
-                                       for p in range(self.layout.partitions)])
+        replies = await self._scripts(
+            [
+                (
+                    self._purge,
+                    [self.layout.expiry(p)],
+                    [now_ms, self.layout.task_prefix(p), self.layout.index_prefix(p)],
+                )
+                for p in range(self.layout.partitions)
+            ]
+        )
         return sum(int(n) for n in replies)
 
     async def _scripts(self, calls: Sequence[tuple[Any, list[str], list[Any]]]) -> list[Any]:
@@ -504,8 +614,10 @@ class RedisStore(CreateTask):
         for _ in range(3):
             if self.cluster:
                 node = self.r.get_node_from_key(keys[0])
-                commands = [PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
-                            PipelineCommand(1, "WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)]
+                commands = [
+                    PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
+                    PipelineCommand(1, "WAIT", self.wait_replicas, WAIT_TIMEOUT_MS),
+                ]
                 await self._do(node.execute_pipeline(commands))
                 result, acked = commands[0].result, commands[1].result
             else:
@@ -522,8 +634,10 @@ class RedisStore(CreateTask):
                     continue
                 await self._do(_raise(result))
             if isinstance(acked, Exception) or int(acked) < self.wait_replicas:
-                raise Unavailable(f"a write reached {acked} of the {self.wait_replicas} replicas it must reach "
-                                  f"within {WAIT_TIMEOUT_MS} ms (wait_replicas); it is retried")
+                raise Unavailable(
+                    f"a write reached {acked} of the {self.wait_replicas} replicas it must reach "
+                    f"within {WAIT_TIMEOUT_MS} ms (wait_replicas); it is retried"
+                )
             return result
         raise Unavailable("the cluster moved the slot under a write three times; it is retried")
 
@@ -564,8 +678,15 @@ class RedisStore(CreateTask):
 
     async def acquire_capacity(self, request: CapacityRequest) -> str | None:
         now_ms = int(now_seconds() * 1000)
-        args: list[Any] = [request.member, request.waiter_id, -request.priority, request.needs, now_ms,
-                           now_ms + int(request.wait_seconds * 1000), now_ms + int(request.lease_seconds * 1000)]
+        args: list[Any] = [
+            request.member,
+            request.waiter_id,
+            -request.priority,
+            request.needs,
+            now_ms,
+            now_ms + int(request.wait_seconds * 1000),
+            now_ms + int(request.lease_seconds * 1000),
+        ]
         for address, capacity in request.candidates.items():
             args += [address, capacity]
         granted = await self._do(self._acquire(keys=list(self.layout.capacity), args=args))
@@ -601,7 +722,9 @@ class RedisStore(CreateTask):
         info = await self._do(self.r.cluster_info(target_nodes=RedisCluster.RANDOM))
         if info.get("cluster_state") != "ok":
             assigned = info.get("cluster_slots_ok", "?")
-            raise Unavailable(f"redis cluster state is {info.get('cluster_state')}: {assigned} of 16384 slots are served")
+            raise Unavailable(
+                f"redis cluster state is {info.get('cluster_state')}: {assigned} of 16384 slots are served"
+            )
 
     async def close(self) -> None:
         await self._hub.close()
@@ -615,13 +738,22 @@ async def _connect_node(url: str, where: str) -> aioredis.Redis:
     fail. A command that meets a dead connection (Redis restarted) reconnects and is sent once
     more: every script here is safe to repeat (fenced, or idempotent by key or by sequence)."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=64, timeout=10, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30,
+        url,
+        max_connections=64,
+        timeout=10,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError], connection_class=PackedConnection)
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        connection_class=PackedConnection,
+    )
     client = aioredis.Redis(connection_pool=pool)
     try:
         if (await client.info("cluster")).get("cluster_enabled"):
-            raise RuntimeError(f"{where} is a node of a Redis Cluster: use redis-cluster://{where} (redis:// means a single node)")
+            raise RuntimeError(
+                f"{where} is a node of a Redis Cluster: use redis-cluster://{where} (redis:// means a single node)"
+            )
     except RedisError:
         pass  # unreachable now: the server starts and reports UNAVAILABLE until Redis answers
     except BaseException:
@@ -641,16 +773,24 @@ async def _connect_cluster(where: str) -> RedisCluster:
         nodes.append(ClusterNode(host, int(port)))
     if not nodes:
         raise ValueError("redis-cluster:// needs at least one HOST:PORT")
-    client = RedisCluster(startup_nodes=nodes, require_full_coverage=True, socket_timeout=5, socket_connect_timeout=2,
-                          max_connections=64, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6))
+    client = RedisCluster(
+        startup_nodes=nodes,
+        require_full_coverage=True,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        max_connections=64,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6),
+    )
     try:
         await client.initialize()
     except (RedisClusterException, RedisError, OSError) as exc:
         await client.aclose()
         tried = ", ".join(f"{n.host}:{n.port}" for n in nodes)
         if "cluster mode is not enabled" in str(exc).lower() or "cluster support disabled" in str(exc).lower():
-            raise RuntimeError(f"{tried} is not a Redis Cluster (cluster mode is not enabled): use redis://{nodes[0].host}:"
-                               f"{nodes[0].port} for a single node") from None
+            raise RuntimeError(
+                f"{tried} is not a Redis Cluster (cluster mode is not enabled): use redis://{nodes[0].host}:"
+                f"{nodes[0].port} for a single node"
+            ) from None
         raise RuntimeError(f"no Redis Cluster node answered (tried {tried}): {exc}") from None
     return client
 
@@ -662,17 +802,24 @@ async def _agree_on_layout(client: aioredis.Redis | RedisCluster, prefix: str, w
     layout_key = Layout(prefix).meta
     try:
         if await client.exists(f"{prefix}tasks") or await client.exists(f"{prefix}queue"):  # keys only layout 1 wrote
-            raise RuntimeError(f"the Redis store at prefix {prefix!r} " + LAYOUT_MISMATCH.format(found=1, wanted=LAYOUT_VERSION))
+            raise RuntimeError(
+                f"the Redis store at prefix {prefix!r} " + LAYOUT_MISMATCH.format(found=1, wanted=LAYOUT_VERSION)
+            )
         await client.hsetnx(layout_key, "version", LAYOUT_VERSION)
         await client.hsetnx(layout_key, "partitions", wanted or DEFAULT_PARTITIONS)
         meta = {_text(k): _text(v) for k, v in (await client.hgetall(layout_key)).items()}
     except RedisError as exc:
         raise Unavailable(f"redis store unreachable: {exc}") from exc
     if meta.get("version") != str(LAYOUT_VERSION):
-        raise RuntimeError(f"the Redis store at prefix {prefix!r} " + LAYOUT_MISMATCH.format(found=meta.get("version"), wanted=LAYOUT_VERSION))
+        raise RuntimeError(
+            f"the Redis store at prefix {prefix!r} "
+            + LAYOUT_MISMATCH.format(found=meta.get("version"), wanted=LAYOUT_VERSION)
+        )
     stored = int(meta["partitions"])
     if wanted is not None and wanted != stored:
-        raise ValueError(f"the Redis store at prefix {prefix!r} has {stored} partitions; partitions={wanted} cannot change that")
+        raise ValueError(
+            f"the Redis store at prefix {prefix!r} has {stored} partitions; partitions={wanted} cannot change that"
+        )
     return Layout(prefix, stored)
 
 
@@ -688,9 +835,10 @@ def _decode_cursor(token: str) -> tuple[float, str] | None:
         score, task_id = text.split(":", 1)
         return float(score), task_id
     except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument("page_token is not a token this server issued",
-                              violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")]) from None
-
+        raise InvalidArgument(
+            "page_token is not a token this server issued",
+            violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")],
+        ) from None
 
 
 def _text(value: bytes | str) -> str:

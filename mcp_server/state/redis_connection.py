@@ -20,4 +20,3 @@ class PackedConnection(Connection):
         if isinstance(args[0], str) and " " in args[0]:  # "CLIENT SETNAME" and the like, as redis-py does
             args = (*args[0].split(), *args[1:])
         return [hiredis.pack_command(args)]
-

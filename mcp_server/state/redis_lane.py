@@ -89,8 +89,16 @@ class _Connection(asyncio.Protocol):
 class RedisLane:
     """One connection to a single Redis node (host, port, db, credentials as redis-py's pool has them)."""
 
-    def __init__(self, host: str, port: int, db: int = 0, username: str | None = None, password: str | None = None,
-                 connect_timeout: float = 2.0, reply_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 2.0,
+        reply_timeout: float = 5.0,
+    ) -> None:
         self.host, self.port, self.db = host, port, db
         self.username, self.password = username, password
         self.connect_timeout, self.reply_timeout = connect_timeout, reply_timeout
@@ -101,9 +109,15 @@ class RedisLane:
     @classmethod
     def for_pool(cls, kwargs: dict[str, Any]) -> RedisLane:
         """A lane to the node a redis-py pool (of a plain redis:// URL) connects to."""
-        return cls(str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)), int(kwargs.get("db") or 0),
-                   kwargs.get("username"), kwargs.get("password"), float(kwargs.get("socket_connect_timeout") or 2.0),
-                   float(kwargs.get("socket_timeout") or 5.0))
+        return cls(
+            str(kwargs.get("host", "localhost")),
+            int(kwargs.get("port", 6379)),
+            int(kwargs.get("db") or 0),
+            kwargs.get("username"),
+            kwargs.get("password"),
+            float(kwargs.get("socket_connect_timeout") or 2.0),
+            float(kwargs.get("socket_timeout") or 5.0),
+        )
 
     async def evalsha(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script first if the server does not know it (a restart)."""
@@ -171,5 +185,9 @@ class RedisLane:
         while True:
             await asyncio.sleep(min(1.0, self.reply_timeout / 2))
             connection = self._connection
-            if connection is not None and connection.waiting and time.monotonic() - connection.waiting[0][1] > self.reply_timeout:
+            if (
+                connection is not None
+                and connection.waiting
+                and time.monotonic() - connection.waiting[0][1] > self.reply_timeout
+            ):
                 connection.close(f"Redis did not answer within {self.reply_timeout:g}s")

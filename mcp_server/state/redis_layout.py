@@ -72,7 +72,9 @@ class Layout:
 
     def __post_init__(self) -> None:
         if "{" in self.prefix or "}" in self.prefix:
-            raise ValueError(f"the key prefix {self.prefix!r} must not contain braces (they would change the hash tags)")
+            raise ValueError(
+                f"the key prefix {self.prefix!r} must not contain braces (they would change the hash tags)"
+            )
         if not 1 <= self.partitions <= MAX_PARTITIONS:
             raise ValueError(f"partitions must be between 1 and {MAX_PARTITIONS}")
 
@@ -125,9 +127,14 @@ class Layout:
 
     def indexes_of(self, partition: int, status: int, owner: str, workflow: str) -> list[str]:
         """Every index a task of this status, owner and workflow belongs to."""
-        return [self.index(partition), self.index(partition, status), self.index(partition, 0, owner),
-                self.index(partition, status, owner), self.index(partition, 0, workflow=workflow),
-                self.index(partition, status, workflow=workflow)]
+        return [
+            self.index(partition),
+            self.index(partition, status),
+            self.index(partition, 0, owner),
+            self.index(partition, status, owner),
+            self.index(partition, 0, workflow=workflow),
+            self.index(partition, status, workflow=workflow),
+        ]
 
     # ---- global structures, each in one slot ------------------------------------------------
     @property

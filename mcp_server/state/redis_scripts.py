@@ -50,7 +50,9 @@ return {1, token}
 # ARGV: token, live, status, terminal (0/1), retention ms, backstop ms, index prefix, task_id,
 #       #steps, then (index, path, record) triples, #values, then (digest, value) pairs,
 #       then (sequence, event) pairs
-CHECKPOINT = _MOVE_STATUS + """
+CHECKPOINT = (
+    _MOVE_STATUS
+    + """
 local head = KEYS[1]
 if redis.call('HGET', head, 'tok') ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
 local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq')
@@ -83,11 +85,13 @@ if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[6], ARGV[8])
   redis.call('ZREM', KEYS[8], ARGV[8])
   local now = redis.call('TIME')
-  redis.call('ZADD', KEYS[7], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5]), ARGV[8])
+  local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5])
+  redis.call('ZADD', KEYS[7], due, ARGV[8])
   expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
 end
 return 1
 """
+)
 
 # KEYS: queue, leases
 # ARGV: lease expiry ms, holder, task key prefix, how many, worst score to take (or '+inf'),
@@ -150,7 +154,9 @@ return n
 # KEYS: header, queue, events, retention
 # ARGV: live, status, sequence, event, retention ms, backstop ms, index prefix, task_id,
 #       the sequence the caller read (compare-and-set), pending
-CANCEL_PENDING = _MOVE_STATUS + """
+CANCEL_PENDING = (
+    _MOVE_STATUS
+    + """
 local head = KEYS[1]
 local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq', 'qm')
 if fields[1] ~= ARGV[10] or fields[5] ~= ARGV[9] or not redis.call('ZSCORE', KEYS[2], fields[6]) then return 0 end
@@ -163,6 +169,7 @@ redis.call('ZADD', KEYS[4], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]
 expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
 return 1
 """
+)
 
 # KEYS: retention; ARGV: now ms, task key prefix, index prefix -> how many tasks were purged
 PURGE_FINISHED = """
@@ -172,7 +179,9 @@ for _, task_id in ipairs(due) do
   local head = ARGV[2] .. task_id
   local f = redis.call('HMGET', head, 'st', 'ow', 'wf')
   if f[1] then
-    for _, key in ipairs({'a', 's:' .. f[1], 'o:' .. f[2], 'os:' .. f[1] .. ':' .. f[2], 'w:' .. f[3], 'ws:' .. f[1] .. ':' .. f[3]}) do
+    local keys = {'a', 's:' .. f[1], 'o:' .. f[2], 'os:' .. f[1] .. ':' .. f[2], 'w:' .. f[3],
+                  'ws:' .. f[1] .. ':' .. f[3]}
+    for _, key in ipairs(keys) do
       redis.call('ZREM', idx .. key, task_id)
     end
   end
@@ -221,7 +230,9 @@ end
 # ARGV: member (`<enqueued ms>:<id>`), id, -priority, needs, now ms, waiter expiry ms, grant expiry
 #       ms, then (address, capacity) pairs of the candidates
 # -> the address granted to this caller, or false
-ACQUIRE_CAPACITY = _CAPACITY + """
+ACQUIRE_CAPACITY = (
+    _CAPACITY
+    + """
 local now = tonumber(ARGV[5])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do give_back(id) end
 local mine = redis.call('HGET', KEYS[2], ARGV[2])
@@ -290,15 +301,19 @@ mine = redis.call('HGET', KEYS[2], ARGV[2])
 if mine then return string.match(mine, '^(.*)|') end
 return false
 """
+)
 
 # KEYS: as ACQUIRE_CAPACITY; ARGV: member, id -> gives back a grant, or withdraws a waiter; returns
 # how many calls wait now
-RELEASE_CAPACITY = _CAPACITY + """
+RELEASE_CAPACITY = (
+    _CAPACITY
+    + """
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 give_back(ARGV[2])
 return redis.call('ZCARD', KEYS[3])
 """
+)
 
 # KEYS: grants, grant data; ARGV: expiry ms, ids -> keeps the grants alive
 RENEW_CAPACITY = """

@@ -108,7 +108,9 @@ class StreamHub:
         """Events read from the stream itself (see follow)."""
         self.followers.add(key, events)
 
-    async def wait(self, key: str, partition: int, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent] | None:
+    async def wait(
+        self, key: str, partition: int, after_sequence: int, timeout: float
+    ) -> list[task_pb2.TaskEvent] | None:
         """New events of `key` after `after_sequence`; [] on timeout; None when the hub began
         following after that point (the caller reads the stream itself)."""
         await self.follow(key, partition, after_sequence)

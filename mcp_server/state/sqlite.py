@@ -104,6 +104,7 @@ class SqliteStore(CreateTask):
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on the store's thread; a database error is UNAVAILABLE, and leaves nothing half done."""
+
         def guarded(db: sqlite3.Connection) -> T:
             try:
                 return work(db)
@@ -111,6 +112,7 @@ class SqliteStore(CreateTask):
                 if db.in_transaction:
                     db.rollback()
                 raise Unavailable(f"sqlite store: {exc}") from exc
+
         return await self.worker.run(lambda: guarded(self.db))
 
     # ---- workflows ------------------------------------------------------------------------
@@ -121,10 +123,16 @@ class SqliteStore(CreateTask):
 
         def insert(db: sqlite3.Connection) -> workflow_pb2.Workflow:
             with db:
-                row = db.execute("SELECT COALESCE(MAX(version), 0) FROM workflows WHERE workflow_id=?", (workflow.workflow_id,)).fetchone()
+                row = db.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM workflows WHERE workflow_id=?", (workflow.workflow_id,)
+                ).fetchone()
                 stored.version = int(row[0]) + 1
-                db.execute("INSERT INTO workflows VALUES (?, ?, ?)", (stored.workflow_id, stored.version, stored.SerializeToString()))
+                db.execute(
+                    "INSERT INTO workflows VALUES (?, ?, ?)",
+                    (stored.workflow_id, stored.version, stored.SerializeToString()),
+                )
             return stored
+
         return await self._run(insert)
 
     async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow | None:
@@ -145,7 +153,9 @@ class SqliteStore(CreateTask):
         rows = await self._rows(
             "SELECT w.data FROM workflows w JOIN (SELECT workflow_id, MAX(version) v FROM workflows "
             "WHERE workflow_id > ? GROUP BY workflow_id) l ON w.workflow_id=l.workflow_id AND w.version=l.v "
-            "ORDER BY w.workflow_id LIMIT ?", (after, page_size + 1))
+            "ORDER BY w.workflow_id LIMIT ?",
+            (after, page_size + 1),
+        )
         workflows = [workflow_pb2.Workflow.FromString(r[0]) for r in rows[:page_size]]
         token = encode_token(workflows[-1].workflow_id) if len(rows) > page_size else ""
         return workflows, token
@@ -154,33 +164,66 @@ class SqliteStore(CreateTask):
         return await self._write("DELETE FROM workflows WHERE workflow_id=?", (workflow_id,))
 
     # ---- tasks ----------------------------------------------------------------------------
-    async def create_leased(self, task: task_pb2.Task, event: task_pb2.TaskEvent, holder: str, lease_seconds: float,
-                            max_queue: int = 0, fingerprint: str = "", values: Mapping[str, bytes] | None = None
-                            ) -> tuple[task_pb2.Task, bool, int]:
+    async def create_leased(
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        holder: str,
+        lease_seconds: float,
+        max_queue: int = 0,
+        fingerprint: str = "",
+        values: Mapping[str, bytes] | None = None,
+    ) -> tuple[task_pb2.Task, bool, int]:
         if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
             task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
 
         def insert(db: sqlite3.Connection) -> tuple[task_pb2.Task, bool, int]:
             if task.request_id:
-                row = db.execute("SELECT fixed, live, request_fp FROM tasks WHERE owner=? AND request_id=?",
-                                 (task.owner, task.request_id)).fetchone()
+                row = db.execute(
+                    "SELECT fixed, live, request_fp FROM tasks WHERE owner=? AND request_id=?",
+                    (task.owner, task.request_id),
+                ).fetchone()
                 if row is not None:
                     existing = assemble(row[0], row[1])
                     if row[2] != fingerprint:
                         raise RequestIdReused(task.request_id, existing.task_id)
                     return existing, False, 0
-            if max_queue and not holder and db.execute("SELECT COUNT(*) FROM tasks WHERE queued=1").fetchone()[0] >= max_queue:
+            if (
+                max_queue
+                and not holder
+                and db.execute("SELECT COUNT(*) FROM tasks WHERE queued=1").fetchone()[0] >= max_queue
+            ):
                 raise QueueFull(max_queue)
             leased = (0, holder, 1, now_seconds() + lease_seconds) if holder else (1, None, 0, None)
             with db:
-                db.execute("INSERT INTO tasks (task_id, workflow_id, owner, status, priority, request_id, request_fp, fixed, live, "
-                           "last_sequence, queued, lease_owner, lease_token, lease_expires) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                           (task.task_id, task.workflow_id, task.owner, task.status, task.priority, task.request_id or None,
-                            fingerprint, fixed_part(task), live_part(task), task.last_sequence, *leased))
-                db.execute("INSERT INTO events VALUES (?,?,?)", (task.task_id, event.sequence, event.SerializeToString()))
-                db.executemany("INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
-                               [(task.task_id, d, data) for d, data in (values or {}).items()])
+                db.execute(
+                    "INSERT INTO tasks (task_id, workflow_id, owner, status, priority,"
+                    " request_id, request_fp, fixed, live, "
+                    "last_sequence, queued, lease_owner, lease_token, lease_expires)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        task.task_id,
+                        task.workflow_id,
+                        task.owner,
+                        task.status,
+                        task.priority,
+                        task.request_id or None,
+                        fingerprint,
+                        fixed_part(task),
+                        live_part(task),
+                        task.last_sequence,
+                        *leased,
+                    ),
+                )
+                db.execute(
+                    "INSERT INTO events VALUES (?,?,?)", (task.task_id, event.sequence, event.SerializeToString())
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
+                    [(task.task_id, d, data) for d, data in (values or {}).items()],
+                )
             return task, True, 1 if holder else 0
+
         created = await self._run(insert)
         if created[1]:
             self._written(task.task_id, [event])
@@ -208,17 +251,24 @@ class SqliteStore(CreateTask):
         filtered = " AND ".join(conditions) or "1"
 
         def select(db: sqlite3.Connection) -> tuple[list[Any], int]:
-            rows = db.execute(f"SELECT seq, fixed, live FROM tasks WHERE {filtered} AND seq < ? ORDER BY seq DESC LIMIT ?",
-                              [*args, 2**62 if position is None else position, page_size + 1]).fetchall()
+            rows = db.execute(
+                f"SELECT seq, fixed, live FROM tasks WHERE {filtered} AND seq < ? ORDER BY seq DESC LIMIT ?",
+                [*args, 2**62 if position is None else position, page_size + 1],
+            ).fetchall()
             total = db.execute(f"SELECT COUNT(*) FROM tasks WHERE {filtered}", args).fetchone()[0]
             return rows, int(total)
+
         rows, total = await self._run(select)
         page = rows[:page_size]
-        return TaskPage([assemble(r[1], r[2]) for r in page], [encode_token(str(r[0])) for r in page], len(rows) > page_size, total)
+        return TaskPage(
+            [assemble(r[1], r[2]) for r in page], [encode_token(str(r[0])) for r in page], len(rows) > page_size, total
+        )
 
     async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
-        rows = await self._rows("SELECT idx, path, data FROM steps WHERE task_id=? AND idx>=? ORDER BY idx LIMIT ?",
-                                (task_id, start, min(limit, 2**62)))
+        rows = await self._rows(
+            "SELECT idx, path, data FROM steps WHERE task_id=? AND idx>=? ORDER BY idx LIMIT ?",
+            (task_id, start, min(limit, 2**62)),
+        )
         return [StepRecord(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
     async def read_step(self, task_id: str, path: str) -> StepRecord | None:
@@ -228,8 +278,10 @@ class SqliteStore(CreateTask):
     async def read_values(self, task_id: str, digests: Sequence[str]) -> dict[str, bytes]:
         if not digests:
             return {}
-        rows = await self._rows(f"SELECT digest, data FROM task_values WHERE task_id=? AND digest IN ({','.join('?' * len(digests))})",
-                                [task_id, *digests])
+        rows = await self._rows(
+            f"SELECT digest, data FROM task_values WHERE task_id=? AND digest IN ({','.join('?' * len(digests))})",
+            [task_id, *digests],
+        )
         return {str(r[0]): bytes(r[1]) for r in rows}
 
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -240,34 +292,59 @@ class SqliteStore(CreateTask):
             with db:
                 updated = db.execute(
                     "UPDATE tasks SET live=?, status=?, last_sequence=MAX(last_sequence, ?), "
-                    "lease_expires=CASE WHEN ? THEN NULL ELSE lease_expires END, finished_at=CASE WHEN ? THEN ? ELSE NULL END "
+                    "lease_expires=CASE WHEN ? THEN NULL ELSE lease_expires END,"
+                    " finished_at=CASE WHEN ? THEN ? ELSE NULL END "
                     "WHERE task_id=? AND lease_token=?",
-                    (checkpoint.live, checkpoint.status, last, terminal, terminal, now_seconds(), checkpoint.task_id, checkpoint.lease_token))
+                    (
+                        checkpoint.live,
+                        checkpoint.status,
+                        last,
+                        terminal,
+                        terminal,
+                        now_seconds(),
+                        checkpoint.task_id,
+                        checkpoint.lease_token,
+                    ),
+                )
                 if updated.rowcount != 1:
                     raise LeaseLost(f"task {checkpoint.task_id}: lease {checkpoint.lease_token} is no longer held")
-                db.executemany("INSERT OR REPLACE INTO steps VALUES (?,?,?,?)",
-                               [(checkpoint.task_id, s.index, s.path, s.data) for s in checkpoint.steps])
-                db.executemany("INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
-                               [(checkpoint.task_id, d, data) for d, data in checkpoint.values.items()])
-                db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?)",
-                               [(e.task_id, e.sequence, e.SerializeToString()) for e in checkpoint.events])
+                db.executemany(
+                    "INSERT OR REPLACE INTO steps VALUES (?,?,?,?)",
+                    [(checkpoint.task_id, s.index, s.path, s.data) for s in checkpoint.steps],
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
+                    [(checkpoint.task_id, d, data) for d, data in checkpoint.values.items()],
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO events VALUES (?,?,?)",
+                    [(e.task_id, e.sequence, e.SerializeToString()) for e in checkpoint.events],
+                )
+
         await self._run(write)
         self._written(checkpoint.task_id, checkpoint.events)
 
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
         def cancel(db: sqlite3.Connection) -> task_pb2.Task | None:
-            row = db.execute("SELECT fixed, live FROM tasks WHERE task_id=? AND queued=1 AND status=?",
-                             (task_id, task_pb2.TASK_STATUS_PENDING)).fetchone()
+            row = db.execute(
+                "SELECT fixed, live FROM tasks WHERE task_id=? AND queued=1 AND status=?",
+                (task_id, task_pb2.TASK_STATUS_PENDING),
+            ).fetchone()
             if row is None:
                 return None
             task = assemble(row[0], row[1])
             numbered = mark_cancelled(task, event)
             with db:
-                db.execute("UPDATE tasks SET live=?, status=?, last_sequence=?, queued=0, finished_at=? WHERE task_id=?",
-                           (live_part(task), task.status, task.last_sequence, now_seconds(), task_id))
-                db.execute("INSERT INTO events VALUES (?,?,?)", (task_id, numbered.sequence, numbered.SerializeToString()))
+                db.execute(
+                    "UPDATE tasks SET live=?, status=?, last_sequence=?, queued=0, finished_at=? WHERE task_id=?",
+                    (live_part(task), task.status, task.last_sequence, now_seconds(), task_id),
+                )
+                db.execute(
+                    "INSERT INTO events VALUES (?,?,?)", (task_id, numbered.sequence, numbered.SerializeToString())
+                )
             events.append(numbered)
             return task
+
         events: list[task_pb2.TaskEvent] = []
         cancelled = await self._run(cancel)
         self._written(task_id, events)
@@ -279,13 +356,20 @@ class SqliteStore(CreateTask):
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
         if not task_ids:
             return {}
-        rows = await self._rows(f"SELECT task_id, cancel_reason FROM tasks WHERE cancel_reason IS NOT NULL "
-                                f"AND task_id IN ({','.join('?' * len(task_ids))})", list(task_ids))
+        rows = await self._rows(
+            f"SELECT task_id, cancel_reason FROM tasks WHERE cancel_reason IS NOT NULL "
+            f"AND task_id IN ({','.join('?' * len(task_ids))})",
+            list(task_ids),
+        )
         return {str(r[0]): str(r[1]) for r in rows}
 
-    async def read_events(self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE) -> list[task_pb2.TaskEvent]:
-        rows = await self._rows("SELECT data FROM events WHERE task_id=? AND sequence>? ORDER BY sequence LIMIT ?",
-                                (task_id, after_sequence, limit))
+    async def read_events(
+        self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE
+    ) -> list[task_pb2.TaskEvent]:
+        rows = await self._rows(
+            "SELECT data FROM events WHERE task_id=? AND sequence>? ORDER BY sequence LIMIT ?",
+            (task_id, after_sequence, limit),
+        )
         return [task_pb2.TaskEvent.FromString(r[0]) for r in rows]
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
@@ -311,14 +395,19 @@ class SqliteStore(CreateTask):
     # ---- queue and leases -----------------------------------------------------------------
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
         def claim(db: sqlite3.Connection) -> tuple[task_pb2.Task, int] | None:
-            row = db.execute("SELECT task_id, fixed, live, lease_token FROM tasks WHERE queued=1 ORDER BY priority DESC, seq LIMIT 1").fetchone()
+            row = db.execute(
+                "SELECT task_id, fixed, live, lease_token FROM tasks WHERE queued=1 ORDER BY priority DESC, seq LIMIT 1"
+            ).fetchone()
             if row is None:
                 return None
             token = int(row[3]) + 1
             with db:
-                db.execute("UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=? WHERE task_id=?",
-                           (owner, token, now_seconds() + lease_seconds, row[0]))
+                db.execute(
+                    "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=? WHERE task_id=?",
+                    (owner, token, now_seconds() + lease_seconds, row[0]),
+                )
             return assemble(row[1], row[2]), token
+
         return await self._run(claim)
 
     async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
@@ -330,17 +419,23 @@ class SqliteStore(CreateTask):
             lost = []
             with db:
                 for task_id, token in leases.items():
-                    cursor = db.execute("UPDATE tasks SET lease_expires=? WHERE task_id=? AND lease_token=? AND lease_expires IS NOT NULL",
-                                        (expires, task_id, token))
+                    cursor = db.execute(
+                        "UPDATE tasks SET lease_expires=? WHERE task_id=?"
+                        " AND lease_token=? AND lease_expires IS NOT NULL",
+                        (expires, task_id, token),
+                    )
                     if cursor.rowcount != 1:
                         lost.append(task_id)
             return lost
+
         return await self._run(renew)
 
     async def release_expired_leases(self) -> int:
         return await self._write(
             f"UPDATE tasks SET queued=1, lease_expires=NULL, lease_owner=NULL WHERE lease_expires IS NOT NULL "
-            f"AND lease_expires <= ? AND status IN ({','.join(str(s) for s in ACTIVE)})", (now_seconds(),))
+            f"AND lease_expires <= ? AND status IN ({','.join(str(s) for s in ACTIVE)})",
+            (now_seconds(),),
+        )
 
     async def purge_finished(self) -> int:
         cutoff = now_seconds() - self.retention_seconds
@@ -348,8 +443,12 @@ class SqliteStore(CreateTask):
         def purge(db: sqlite3.Connection) -> int:
             with db:
                 for table in ("events", "steps", "task_values"):
-                    db.execute(f"DELETE FROM {table} WHERE task_id IN (SELECT task_id FROM tasks WHERE finished_at < ?)", (cutoff,))
+                    db.execute(
+                        f"DELETE FROM {table} WHERE task_id IN (SELECT task_id FROM tasks WHERE finished_at < ?)",
+                        (cutoff,),
+                    )
                 return int(db.execute("DELETE FROM tasks WHERE finished_at < ?", (cutoff,)).rowcount)
+
         return await self._run(purge)
 
     async def queue_depth_by_priority(self) -> dict[int, int]:
@@ -362,8 +461,10 @@ class SqliteStore(CreateTask):
 
     # ---- registry -------------------------------------------------------------------------
     async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None:
-        await self._write("INSERT OR REPLACE INTO protocol_instances VALUES (?,?,?)",
-                          (entry.manifest.name, entry.address, entry.SerializeToString()))
+        await self._write(
+            "INSERT OR REPLACE INTO protocol_instances VALUES (?,?,?)",
+            (entry.manifest.name, entry.address, entry.SerializeToString()),
+        )
 
     async def delete_protocols(self, name: str = "", address: str = "") -> int:
         return await self._write("DELETE FROM protocol_instances WHERE name=? OR address=?", (name, address))
@@ -409,6 +510,7 @@ class SqliteStore(CreateTask):
         def write(db: sqlite3.Connection) -> int:
             with db:
                 return int(db.execute(sql, args).rowcount)
+
         return await self._run(write)
 
 
@@ -421,7 +523,10 @@ def _connect(path: str) -> sqlite3.Connection:
     found = db.execute("SELECT value FROM meta WHERE key='layout'").fetchone() if had_meta else None
     if had_tasks and (found is None or found[0] != str(LAYOUT_VERSION)):
         db.close()
-        raise RuntimeError(f"the SQLite store at {path} " + LAYOUT_MISMATCH.format(found=found[0] if found else 1, wanted=LAYOUT_VERSION))
+        raise RuntimeError(
+            f"the SQLite store at {path} "
+            + LAYOUT_MISMATCH.format(found=found[0] if found else 1, wanted=LAYOUT_VERSION)
+        )
     db.executescript(SCHEMA)
     with db:
         db.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (str(LAYOUT_VERSION),))

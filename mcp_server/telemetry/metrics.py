@@ -21,7 +21,11 @@ StoreT = TypeVar("StoreT")
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
-TERMINAL = {E.TASK_EVENT_TYPE_COMPLETED: "completed", E.TASK_EVENT_TYPE_FAILED: "failed", E.TASK_EVENT_TYPE_CANCELLED: "cancelled"}
+TERMINAL = {
+    E.TASK_EVENT_TYPE_COMPLETED: "completed",
+    E.TASK_EVENT_TYPE_FAILED: "failed",
+    E.TASK_EVENT_TYPE_CANCELLED: "cancelled",
+}
 STEP_ENDS = {E.TASK_EVENT_TYPE_STEP_COMPLETED: "completed", E.TASK_EVENT_TYPE_STEP_FAILED: "failed"}
 
 
@@ -31,33 +35,76 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.tasks_submitted = Counter("mcp_tasks_submitted_total", "Tasks accepted, by workflow", ["workflow"], registry=r)
-        self.tasks_finished = Counter("mcp_tasks_finished_total", "Tasks that ended, by workflow and outcome", ["workflow", "status"], registry=r)
-        self.steps = Histogram("mcp_step_duration_seconds", "Duration of protocol steps (all attempts), by protocol and outcome",
-                               ["protocol", "status"], buckets=STEP_BUCKETS, registry=r)
+        self.tasks_submitted = Counter(
+            "mcp_tasks_submitted_total", "Tasks accepted, by workflow", ["workflow"], registry=r
+        )
+        self.tasks_finished = Counter(
+            "mcp_tasks_finished_total", "Tasks that ended, by workflow and outcome", ["workflow", "status"], registry=r
+        )
+        self.steps = Histogram(
+            "mcp_step_duration_seconds",
+            "Duration of protocol steps (all attempts), by protocol and outcome",
+            ["protocol", "status"],
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
         self._step_children: dict[tuple[str, str], Any] = {}
-        self.retries = Counter("mcp_step_retries_total", "Retried protocol calls, by protocol and gRPC code", ["protocol", "code"], registry=r)
-        self.fallbacks = Counter("mcp_fallbacks_total", "Fallbacks used, by the fallback protocol", ["protocol"], registry=r)
-        self.breaker_changes = Counter("mcp_breaker_transitions_total", "Circuit breaker state changes seen by tasks",
-                                       ["protocol", "state"], registry=r)
-        self.breaker_state = Gauge("mcp_breaker_state", "Breaker state per protocol: 0 closed, 1 half-open, 2 open", ["protocol"], registry=r)
+        self.retries = Counter(
+            "mcp_step_retries_total",
+            "Retried protocol calls, by protocol and gRPC code",
+            ["protocol", "code"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "mcp_fallbacks_total", "Fallbacks used, by the fallback protocol", ["protocol"], registry=r
+        )
+        self.breaker_changes = Counter(
+            "mcp_breaker_transitions_total",
+            "Circuit breaker state changes seen by tasks",
+            ["protocol", "state"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "mcp_breaker_state", "Breaker state per protocol: 0 closed, 1 half-open, 2 open", ["protocol"], registry=r
+        )
         self.transitions = Counter("mcp_adaptive_transitions_total", "Adaptive state transitions taken", registry=r)
-        self.decisions = Counter("mcp_supervisor_decisions_total", "Supervisor decisions, by verdict", ["verdict"], registry=r)
-        self.takeovers = Counter("mcp_lease_takeovers_total", "Tasks resumed from a snapshot (after a crash or lease loss)", registry=r)
+        self.decisions = Counter(
+            "mcp_supervisor_decisions_total", "Supervisor decisions, by verdict", ["verdict"], registry=r
+        )
+        self.takeovers = Counter(
+            "mcp_lease_takeovers_total", "Tasks resumed from a snapshot (after a crash or lease loss)", registry=r
+        )
         self.queue_depth = Gauge("mcp_queue_depth", "Tasks waiting in the queue, by priority", ["priority"], registry=r)
         self.in_flight = Gauge("mcp_tasks_in_flight", "Tasks running on this replica", registry=r)
         self.watchers = Gauge("mcp_watchers", "WatchTask streams open on this replica", registry=r)
-        self.store_latency = Histogram("mcp_store_operation_seconds", "Store call latency, by operation", ["operation"],
-                                       buckets=STORE_BUCKETS, registry=r)
-        self.store_errors = Counter("mcp_store_errors_total", "Store calls that failed, by operation", ["operation"], registry=r)
-        self.instance_capacity = Gauge("mcp_instance_capacity", "What a plugin instance offers (0: unlimited), by resource",
-                                       ["address", "resource"], registry=r)
-        self.instance_in_use = Gauge("mcp_instance_capacity_in_use", "What calls of every replica hold on a plugin instance",
-                                     ["address", "resource"], registry=r)
-        self.capacity_kept = Gauge("mcp_capacity_kept_grants", "Grants this replica keeps for its next calls while nobody waits",
-                                   registry=r)
-        self.capacity_waiters = Gauge("mcp_capacity_waiters", "Calls of this replica waiting for capacity, by protocol",
-                                      ["protocol"], registry=r)
+        self.store_latency = Histogram(
+            "mcp_store_operation_seconds",
+            "Store call latency, by operation",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "mcp_store_errors_total", "Store calls that failed, by operation", ["operation"], registry=r
+        )
+        self.instance_capacity = Gauge(
+            "mcp_instance_capacity",
+            "What a plugin instance offers (0: unlimited), by resource",
+            ["address", "resource"],
+            registry=r,
+        )
+        self.instance_in_use = Gauge(
+            "mcp_instance_capacity_in_use",
+            "What calls of every replica hold on a plugin instance",
+            ["address", "resource"],
+            registry=r,
+        )
+        self.capacity_kept = Gauge(
+            "mcp_capacity_kept_grants", "Grants this replica keeps for its next calls while nobody waits", registry=r
+        )
+        self.capacity_waiters = Gauge(
+            "mcp_capacity_waiters", "Calls of this replica waiting for capacity, by protocol", ["protocol"], registry=r
+        )
 
     def on_event(self, task: task_pb2.Task, event: task_pb2.TaskEvent) -> None:
         """EventListener: count what the event says happened. Runs for every event, so the

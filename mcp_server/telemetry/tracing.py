@@ -44,9 +44,15 @@ class TaskTracer:
 
     def on_event(self, task: task_pb2.Task, event: task_pb2.TaskEvent) -> None:
         if event.type in (E.TASK_EVENT_TYPE_STARTED, E.TASK_EVENT_TYPE_RESUMED):
-            span = self.tracer.start_span(f"task {task.workflow_id}", attributes={
-                "mcp.task_id": task.task_id, "mcp.workflow_id": task.workflow_id, "mcp.workflow_version": task.workflow_version,
-                "mcp.resumed": event.type == E.TASK_EVENT_TYPE_RESUMED})
+            span = self.tracer.start_span(
+                f"task {task.workflow_id}",
+                attributes={
+                    "mcp.task_id": task.task_id,
+                    "mcp.workflow_id": task.workflow_id,
+                    "mcp.workflow_version": task.workflow_version,
+                    "mcp.resumed": event.type == E.TASK_EVENT_TYPE_RESUMED,
+                },
+            )
             self._tasks[task.task_id] = span
         elif event.type == E.TASK_EVENT_TYPE_STEP_STARTED:
             parent = self._parent(task.task_id, event.step_path)
@@ -54,18 +60,26 @@ class TaskTracer:
             if event.protocol:
                 attributes["mcp.protocol"] = event.protocol
             name = event.step_path.rsplit("/", 1)[-1]
-            self._nodes[(task.task_id, event.step_path)] = self.tracer.start_span(name, context=parent, attributes=attributes)
+            self._nodes[(task.task_id, event.step_path)] = self.tracer.start_span(
+                name, context=parent, attributes=attributes
+            )
         elif event.type in (E.TASK_EVENT_TYPE_STEP_COMPLETED, E.TASK_EVENT_TYPE_STEP_FAILED):
             node_span = self._nodes.pop((task.task_id, event.step_path), None)
             if node_span is not None:
                 if event.type == E.TASK_EVENT_TYPE_STEP_FAILED:
                     node_span.set_status(Status(StatusCode.ERROR, event.message))
                 node_span.end()
-        elif event.type in (E.TASK_EVENT_TYPE_STEP_RETRYING, E.TASK_EVENT_TYPE_FALLBACK_USED, E.TASK_EVENT_TYPE_TRANSITION_TAKEN,
-                            E.TASK_EVENT_TYPE_SUPERVISOR_DECISION):
+        elif event.type in (
+            E.TASK_EVENT_TYPE_STEP_RETRYING,
+            E.TASK_EVENT_TYPE_FALLBACK_USED,
+            E.TASK_EVENT_TYPE_TRANSITION_TAKEN,
+            E.TASK_EVENT_TYPE_SUPERVISOR_DECISION,
+        ):
             open_span = self._nodes.get((task.task_id, event.step_path))
             if open_span is not None:
-                open_span.add_event(E.Name(event.type).removeprefix("TASK_EVENT_TYPE_").lower(), {"message": event.message})
+                open_span.add_event(
+                    E.Name(event.type).removeprefix("TASK_EVENT_TYPE_").lower(), {"message": event.message}
+                )
         elif event.type in ENDS:
             for key in [k for k in self._nodes if k[0] == task.task_id]:
                 self._nodes.pop(key).end()
@@ -88,8 +102,12 @@ class TaskTracer:
         """A client span for one plugin call, and the metadata that carries its context."""
         parent_span = self._nodes.get((task_id, path))
         parent = trace.set_span_in_context(parent_span) if parent_span is not None else self._parent(task_id, path)
-        span = self.tracer.start_span(f"call {protocol}", context=parent, kind=trace.SpanKind.CLIENT,
-                                      attributes={"rpc.system": "grpc", "rpc.service": "mcp.v1.ProtocolService", "mcp.protocol": protocol})
+        span = self.tracer.start_span(
+            f"call {protocol}",
+            context=parent,
+            kind=trace.SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": "mcp.v1.ProtocolService", "mcp.protocol": protocol},
+        )
         carrier: dict[str, str] = {}
         inject(carrier, context=trace.set_span_in_context(span))
         return span, list(carrier.items())

@@ -35,13 +35,23 @@ def generate(out: Path = OUT) -> int:
     sources = sorted(str(p.relative_to(protos)) for p in (protos / "mcp" / "v1").glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{protos}", f"-I{include}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-                f"--grpc_python_out={tmp}", *sources]
+        args = [
+            "protoc",
+            f"-I{protos}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *sources,
+        ]
         if protoc.main(args) != 0:
             print("protoc failed", file=sys.stderr)
             return 1
         out.mkdir(parents=True, exist_ok=True)
-        generated = {"__init__.py": '"""Code generated from protos/mcp/v1 by codegen.py; do not edit."""\n', "py.typed": ""}
+        generated = {
+            "__init__.py": '"""Code generated from protos/mcp/v1 by codegen.py; do not edit."""\n',
+            "py.typed": "",
+        }
         for path in sorted((Path(tmp) / "mcp" / "v1").iterdir()):
             generated[path.name] = re.sub(r"\bfrom mcp\.v1 import\b", "from mcp_sdk.proto import", path.read_text())
         # Each file is replaced whole (a process importing the package meanwhile never reads half a

@@ -23,13 +23,17 @@ def chromium_path() -> str:
     for name in ("chromium", "chromium-browser"):
         if found := shutil.which(name):
             return found
-    raise RuntimeError("the console tests need Debian's chromium: apt-get install chromium (`make test` installs it when run as root)")
+    raise RuntimeError(
+        "the console tests need Debian's chromium: apt-get install chromium (`make test` installs it when run as root)"
+    )
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-dev-shm-usage"])
+        launched = await playwright.chromium.launch(
+            executable_path=chromium_path(), args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         yield launched
         await launched.close()
 

@@ -15,8 +15,11 @@ from mcp_server.auth import hash_token
 from mcp_server.console.app import start_console
 from tests.console.conftest import ARTIFACTS, screenshot
 
-HOSTILE = {"script": "<script>window.__xss = 'script'</script>", "img": "<img src=x onerror=\"window.__xss = 'img'\">",
-           "svg": "<svg onload=\"window.__xss = 'svg'\"></svg>"}
+HOSTILE = {
+    "script": "<script>window.__xss = 'script'</script>",
+    "img": "<img src=x onerror=\"window.__xss = 'img'\">",
+    "svg": "<svg onload=\"window.__xss = 'svg'\"></svg>",
+}
 
 
 def sleeps(workflow_id: str, count: int, ms: int) -> dict[str, object]:
@@ -53,7 +56,9 @@ async def test_a_submitted_task_is_listed_and_its_page_goes_from_running_to_comp
         await expect(page.locator(f'#steps tr[data-path="{path}"]')).to_be_visible()
         await expect(page.locator(f'#tree li[data-path="{path}"]')).to_have_attribute("data-status", "completed")
     for index in (1, 2, 3):  # the outputs arrived with the steps' events, by reference to the stored values
-        await expect(page.locator(f'#steps tr[data-path="root/s{index}"] pre.output')).to_contain_text('"slept_ms": 700')
+        await expect(page.locator(f'#steps tr[data-path="root/s{index}"] pre.output')).to_contain_text(
+            '"slept_ms": 700'
+        )
     final = await api.get(task.task_id, steps=False)
     log = page.locator("#events tbody tr")
     await expect(log).to_have_count(final.last_sequence)
@@ -92,8 +97,17 @@ async def test_the_list_counts_update_live_and_offer_the_new_tasks(console, api,
 
 
 async def test_the_graphs_are_svg_rendered_in_the_browser(console, api, page):
-    await api.create_workflow({"workflow_id": "branches", "root": {"id": "fan", "parallel": {"children": [
-        {"id": "a", "step": {"protocol": "echo"}}, {"id": "b", "step": {"protocol": "echo"}}]}}})
+    await api.create_workflow(
+        {
+            "workflow_id": "branches",
+            "root": {
+                "id": "fan",
+                "parallel": {
+                    "children": [{"id": "a", "step": {"protocol": "echo"}}, {"id": "b", "step": {"protocol": "echo"}}]
+                },
+            },
+        }
+    )
     task = await api.submit("branches", {"x": 1})
     await api.result(task.task_id, timeout=30)
 
@@ -147,12 +161,40 @@ async def test_submit_from_the_workflow_page_and_a_bad_input_is_explained(consol
 
 async def test_values_that_look_like_markup_are_shown_as_text_and_run_nothing(console, api, page):
     await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
-    await api.create_workflow({"workflow_id": "fails", "root": {"id": "f", "step": {
-        "protocol": "fail", "input": f"{{'code': 'FAILED_PRECONDITION', 'message': {json.dumps(HOSTILE['img'])}}}"}}})
-    await api.create_workflow({"workflow_id": "routes", "root": {"id": "r", "adaptive": {"initial_state": "start", "states": [
-        {"name": "start", "node": {"id": "s", "step": {"protocol": "echo"}},
-         "transitions": [{"when": f"output.x == {json.dumps(HOSTILE['img'])}", "to": "done"}, {"to": "done"}]},
-        {"name": "done", "terminal": True, "node": {"id": "d", "step": {"protocol": "echo"}}}]}}})
+    await api.create_workflow(
+        {
+            "workflow_id": "fails",
+            "root": {
+                "id": "f",
+                "step": {
+                    "protocol": "fail",
+                    "input": f"{{'code': 'FAILED_PRECONDITION', 'message': {json.dumps(HOSTILE['img'])}}}",
+                },
+            },
+        }
+    )
+    await api.create_workflow(
+        {
+            "workflow_id": "routes",
+            "root": {
+                "id": "r",
+                "adaptive": {
+                    "initial_state": "start",
+                    "states": [
+                        {
+                            "name": "start",
+                            "node": {"id": "s", "step": {"protocol": "echo"}},
+                            "transitions": [
+                                {"when": f"output.x == {json.dumps(HOSTILE['img'])}", "to": "done"},
+                                {"to": "done"},
+                            ],
+                        },
+                        {"name": "done", "terminal": True, "node": {"id": "d", "step": {"protocol": "echo"}}},
+                    ],
+                },
+            },
+        }
+    )
     echoed = await api.submit("echo", HOSTILE, labels={"note": "<b>bold</b>"})
     failed = await api.submit("fails")
     await api.result(echoed.task_id, timeout=30)
@@ -160,7 +202,9 @@ async def test_values_that_look_like_markup_are_shown_as_text_and_run_nothing(co
     await page.goto(f"{console.console.url}/tasks/{echoed.task_id}")
     await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=20_000)
     await expect(page.locator("#result")).to_contain_text(HOSTILE["script"])
-    await expect(page.locator('#steps tr[data-path="e"] pre.output')).to_contain_text(json.dumps(HOSTILE["img"]))  # as JSON text
+    await expect(page.locator('#steps tr[data-path="e"] pre.output')).to_contain_text(
+        json.dumps(HOSTILE["img"])
+    )  # as JSON text
     await expect(page.locator("dl.facts")).to_contain_text("note=<b>bold</b>")
     await screenshot(page, "task-hostile-values")
 
@@ -183,9 +227,13 @@ async def test_values_that_look_like_markup_are_shown_as_text_and_run_nothing(co
     assert page.problems == []  # type: ignore[attr-defined]
 
 
-async def test_with_tokens_the_console_signs_in_and_another_principals_task_is_not_found(server_factory, page, tmp_path):
-    principals = [{"name": "ada", "token_sha256": hash_token("ada-secret"), "roles": ["author"]},
-                  {"name": "bob", "token_sha256": hash_token("bob-secret"), "roles": []}]
+async def test_with_tokens_the_console_signs_in_and_another_principals_task_is_not_found(
+    server_factory, page, tmp_path
+):
+    principals = [
+        {"name": "ada", "token_sha256": hash_token("ada-secret"), "roles": ["author"]},
+        {"name": "bob", "token_sha256": hash_token("bob-secret"), "roles": []},
+    ]
     (tmp_path / "principals.json").write_text(json.dumps({"principals": principals}))
     running = await server_factory(auth_file=str(tmp_path / "principals.json"), console_listen="127.0.0.1:0")
     async with Client(running.address, token="ada-secret") as ada:
@@ -239,13 +287,18 @@ async def test_after_the_console_restarts_the_page_resumes_from_the_last_event_i
         await api.create_workflow(sleeps("six", 6, 600))
         task = await api.submit("six")
         await page.goto(f"{standalone.url}/tasks/{task.task_id}")
-        await expect(page.locator('#tree li[data-path="root/s1"]')).to_have_attribute("data-status", "completed", timeout=10_000)
+        await expect(page.locator('#tree li[data-path="root/s1"]')).to_have_attribute(
+            "data-status", "completed", timeout=10_000
+        )
         await standalone.stop()
         await asyncio.sleep(1.0)
         standalone = await start_console(console.address, f"127.0.0.1:{port}")
         await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=30_000)
         final = await api.get(task.task_id, steps=False)
-        sequences = [int(s) for s in await page.locator("#events tbody tr").evaluate_all("rows => rows.map(r => r.dataset.sequence)")]
+        sequences = [
+            int(s)
+            for s in await page.locator("#events tbody tr").evaluate_all("rows => rows.map(r => r.dataset.sequence)")
+        ]
         assert sequences == list(range(1, final.last_sequence + 1))
     finally:
         await standalone.stop()

@@ -41,17 +41,29 @@ async def test_every_post_needs_the_csrf_token_of_this_browser(console, api):
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         page = await (await browser.get(f"{console.console.url}/workflows/echo")).text()
         token = csrf_of(page)
-        missing = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": "{}"}, allow_redirects=False)
+        missing = await browser.post(
+            f"{console.console.url}/workflows/echo/submit", data={"input": "{}"}, allow_redirects=False
+        )
         assert missing.status == 403
-        forged = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": "{}", "csrf": "0" * 64}, allow_redirects=False)
+        forged = await browser.post(
+            f"{console.console.url}/workflows/echo/submit",
+            data={"input": "{}", "csrf": "0" * 64},
+            allow_redirects=False,
+        )
         assert forged.status == 403
         assert (await api.list_tasks()).total_size == 0
-        accepted = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": '{"a": 1}', "csrf": token},
-                                      allow_redirects=False)
+        accepted = await browser.post(
+            f"{console.console.url}/workflows/echo/submit",
+            data={"input": '{"a": 1}', "csrf": token},
+            allow_redirects=False,
+        )
         assert accepted.status == 303 and accepted.headers["Location"].startswith("/tasks/")
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other_browser:  # another seed: the token is useless there
-        stolen = await other_browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": "{}", "csrf": token},
-                                          allow_redirects=False)
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as other_browser:  # another seed: the token is useless there
+        stolen = await other_browser.post(
+            f"{console.console.url}/workflows/echo/submit", data={"input": "{}", "csrf": token}, allow_redirects=False
+        )
         assert stolen.status == 403
     assert (await api.list_tasks()).total_size == 1
 
@@ -75,7 +87,9 @@ async def test_pages_carry_the_security_headers_and_cookies_are_strict(console):
 async def test_bad_queries_and_missing_things_are_clear_errors(console):
     async with aiohttp.ClientSession() as browser:
         bad = await browser.get(f"{console.console.url}/tasks?status=exploded")
-        assert bad.status == 400 and "unknown status &#39;exploded&#39;" in await bad.text()  # escaped, as everything is
+        assert (
+            bad.status == 400 and "unknown status &#39;exploded&#39;" in await bad.text()
+        )  # escaped, as everything is
         missing = await browser.get(f"{console.console.url}/tasks/no-such-task")
         assert missing.status == 404 and "not found" in (await missing.text()).lower()
         as_json = await browser.get(f"{console.console.url}/tasks/no-such-task/task.json")
@@ -97,14 +111,18 @@ async def test_the_event_stream_resumes_after_last_event_id_and_ends_after_the_t
     last = (await api.get(task.task_id, steps=False)).last_sequence
     async with aiohttp.ClientSession() as browser:
         everything = await sse_events(await browser.get(f"{console.console.url}/tasks/{task.task_id}/events"))
-        resumed = await sse_events(await browser.get(f"{console.console.url}/tasks/{task.task_id}/events", headers={"Last-Event-ID": "3"}))
+        resumed = await sse_events(
+            await browser.get(f"{console.console.url}/tasks/{task.task_id}/events", headers={"Last-Event-ID": "3"})
+        )
     assert [int(e["id"]) for e in everything if e.get("event") == "task"] == list(range(1, last + 1))
     assert [int(e["id"]) for e in resumed if e.get("event") == "task"] == list(range(4, last + 1))
     assert everything[-1]["event"] == "end" and json.loads(everything[-2]["data"])["type"] == "COMPLETED"
 
 
 async def test_signing_in_checks_the_token_with_the_server(server_factory, tmp_path):
-    (tmp_path / "p.json").write_text(json.dumps({"principals": [{"name": "ada", "token_sha256": hash_token("ada-secret"), "roles": []}]}))
+    (tmp_path / "p.json").write_text(
+        json.dumps({"principals": [{"name": "ada", "token_sha256": hash_token("ada-secret"), "roles": []}]})
+    )
     running = await server_factory(auth_file=str(tmp_path / "p.json"), console_listen="127.0.0.1:0")
     url = running.console.url
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
@@ -112,23 +130,35 @@ async def test_signing_in_checks_the_token_with_the_server(server_factory, tmp_p
         assert away.status == 303 and away.headers["Location"] == "/login?next=%2Ftasks"
         assert (await browser.get(f"{url}/tasks.json")).status == 404
         form = await (await browser.get(f"{url}/login")).text()
-        refused = await browser.post(f"{url}/login", data={"token": "guess", "csrf": csrf_of(form), "next": "/tasks"}, allow_redirects=False)
+        refused = await browser.post(
+            f"{url}/login", data={"token": "guess", "csrf": csrf_of(form), "next": "/tasks"}, allow_redirects=False
+        )
         assert refused.status == 401
-        elsewhere = await browser.post(f"{url}/login", data={"token": "ada-secret", "csrf": csrf_of(form), "next": "//evil.example/x"},
-                                       allow_redirects=False)
+        elsewhere = await browser.post(
+            f"{url}/login",
+            data={"token": "ada-secret", "csrf": csrf_of(form), "next": "//evil.example/x"},
+            allow_redirects=False,
+        )
         assert elsewhere.status == 303 and elsewhere.headers["Location"] == "/tasks"  # never to another site
         cookie = elsewhere.cookies["mcp_token"]
-        assert cookie.value == "ada-secret" and cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["expires"]
+        assert (
+            cookie.value == "ada-secret"
+            and cookie["httponly"]
+            and cookie["samesite"] == "Strict"
+            and not cookie["expires"]
+        )
         assert (await browser.get(f"{url}/tasks", allow_redirects=False)).status == 200
 
 
 async def test_a_large_value_is_a_link_to_the_whole_of_it_read_through_its_reference(console, api):
-    await api.create_workflow({"workflow_id": "big", "root": {"id": "s", "step": {"protocol": "sized", "input": "{'bytes': 300000}"}}})
+    await api.create_workflow(
+        {"workflow_id": "big", "root": {"id": "s", "step": {"protocol": "sized", "input": "{'bytes': 300000}"}}}
+    )
     task = await api.submit("big")
     result = await api.result(task.task_id, timeout=30)
     async with aiohttp.ClientSession() as browser:
         page = await (await browser.get(f"{console.console.url}/tasks/{task.task_id}")).text()
-        assert "300000 bytes: <a href=\"/tasks/" in page and "value?path=s&amp;field=output" in page
+        assert '300000 bytes: <a href="/tasks/' in page and "value?path=s&amp;field=output" in page
         whole = await browser.get(f"{console.console.url}/tasks/{task.task_id}/value?path=s&field=output")
         assert whole.status == 200 and whole.content_type == "application/json"
         assert await whole.json() == result
@@ -142,14 +172,21 @@ async def test_consoles_sharing_a_secret_accept_each_others_forms(console, api, 
     from mcp_server.console.app import start_console
 
     monkeypatch.setenv("MCP_CONSOLE_SECRET", "shared by both consoles")
-    first, second = await start_console(console.address, "127.0.0.1:0"), await start_console(console.address, "127.0.0.1:0")
+    first, second = (
+        await start_console(console.address, "127.0.0.1:0"),
+        await start_console(console.address, "127.0.0.1:0"),
+    )
     try:
         await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
             token = csrf_of(await (await browser.get(f"{first.url}/workflows/echo")).text())
             seed = next(c for c in browser.cookie_jar if c.key == "mcp_seed").value
-            posted = await browser.post(f"{second.url}/workflows/echo/submit", data={"input": "{}", "csrf": token},
-                                        cookies={"mcp_seed": seed}, allow_redirects=False)
+            posted = await browser.post(
+                f"{second.url}/workflows/echo/submit",
+                data={"input": "{}", "csrf": token},
+                cookies={"mcp_seed": seed},
+                allow_redirects=False,
+            )
             assert posted.status == 303
     finally:
         await first.stop()
@@ -158,17 +195,29 @@ async def test_consoles_sharing_a_secret_accept_each_others_forms(console, api, 
 
 async def test_bad_inputs_in_the_submit_form_are_explained_and_submit_nothing(console, api):
     await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
-    inputs = {"nested too deeply for protobuf": json.dumps(nested_objects(60)), "past the server's depth limit": json.dumps(nested_objects(33)),
-              "above the input size limit": json.dumps({"text": "x" * 1_100_000}), "not an object": "[1, 2]",
-              "NaN": '{"a": NaN}', "not JSON": "{'single': 'quotes'}"}
+    inputs = {
+        "nested too deeply for protobuf": json.dumps(nested_objects(60)),
+        "past the server's depth limit": json.dumps(nested_objects(33)),
+        "above the input size limit": json.dumps({"text": "x" * 1_100_000}),
+        "not an object": "[1, 2]",
+        "NaN": '{"a": NaN}',
+        "not JSON": "{'single': 'quotes'}",
+    }
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
         token = csrf_of(await (await browser.get(f"{console.console.url}/workflows/echo")).text())
         for name, text in inputs.items():
-            answer = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": text, "csrf": token}, allow_redirects=False)
+            answer = await browser.post(
+                f"{console.console.url}/workflows/echo/submit",
+                data={"input": text, "csrf": token},
+                allow_redirects=False,
+            )
             page = await answer.text()
             assert answer.status == 400 and 'id="submit-problem"' in page, (name, answer.status, page[:300])
-        huge = await browser.post(f"{console.console.url}/workflows/echo/submit", data={"input": "x" * 3_000_000, "csrf": token},
-                                  allow_redirects=False)
+        huge = await browser.post(
+            f"{console.console.url}/workflows/echo/submit",
+            data={"input": "x" * 3_000_000, "csrf": token},
+            allow_redirects=False,
+        )
         assert huge.status == 413
     assert (await api.list_tasks()).total_size == 0
 

@@ -33,23 +33,46 @@ async def store(any_store_url):
     await opened.close()
 
 
-def new_task(workflow_id: str = "wf", priority: int = 0, request_id: str = "", owner: str = "") -> tuple[task_pb2.Task, task_pb2.TaskEvent]:
-    task = task_pb2.Task(task_id=uuid.uuid4().hex, workflow_id=workflow_id, workflow_version=1, priority=priority, owner=owner,
-                         status=task_pb2.TASK_STATUS_PENDING, request_id=request_id, create_time=now(), last_sequence=1)
+def new_task(
+    workflow_id: str = "wf", priority: int = 0, request_id: str = "", owner: str = ""
+) -> tuple[task_pb2.Task, task_pb2.TaskEvent]:
+    task = task_pb2.Task(
+        task_id=uuid.uuid4().hex,
+        workflow_id=workflow_id,
+        workflow_version=1,
+        priority=priority,
+        owner=owner,
+        status=task_pb2.TASK_STATUS_PENDING,
+        request_id=request_id,
+        create_time=now(),
+        last_sequence=1,
+    )
     task.input_data.update({"n": 1})
     return task, make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED)
 
 
-def checkpoint(task: task_pb2.Task, token: int, status: int, events: list[task_pb2.TaskEvent],
-               steps: list[StepRecord] | None = None, values: dict[str, bytes] | None = None) -> Checkpoint:
-    live = task_pb2.Task(status=status, last_sequence=max([e.sequence for e in events], default=1), step_count=len(steps or []))
+def checkpoint(
+    task: task_pb2.Task,
+    token: int,
+    status: int,
+    events: list[task_pb2.TaskEvent],
+    steps: list[StepRecord] | None = None,
+    values: dict[str, bytes] | None = None,
+) -> Checkpoint:
+    live = task_pb2.Task(
+        status=status, last_sequence=max([e.sequence for e in events], default=1), step_count=len(steps or [])
+    )
     return Checkpoint(task.task_id, token, status, live.SerializeToString(), steps or [], events, values or {})
 
 
 async def claim_and_complete(store, task: task_pb2.Task, lease_seconds: float) -> None:
     """Claim `task` and write it COMPLETED with its terminal event."""
     claimed, token = await store.claim_task("me", lease_seconds)
-    await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_COMPLETED, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_COMPLETED)]))
+    await store.save_checkpoint(
+        checkpoint(
+            claimed, token, task_pb2.TASK_STATUS_COMPLETED, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_COMPLETED)]
+        )
+    )
 
 
 def ids(page) -> list[str]:
@@ -100,21 +123,47 @@ async def test_a_checkpoint_writes_header_steps_values_and_events_together_fence
     await store.create_task(task, event)
     claimed, token = await store.claim_task("replica-a", 30)
     assert claimed.input_data["n"] == 1 and claimed.status == task_pb2.TASK_STATUS_PENDING
-    step = task_pb2.StepState(path="root", node_id="root", kind="step", status=task_pb2.STEP_STATUS_RUNNING,
-                              input_ref=task_pb2.ValueRef(sha256="d1", size_bytes=5))
-    await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING,
-                                           [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED),
-                                            make_event(task.task_id, 3, E.TASK_EVENT_TYPE_STEP_STARTED, step_path="root")],
-                                           [StepRecord(0, "root", step.SerializeToString())], {"d1": b"value"}))
+    step = task_pb2.StepState(
+        path="root",
+        node_id="root",
+        kind="step",
+        status=task_pb2.STEP_STATUS_RUNNING,
+        input_ref=task_pb2.ValueRef(sha256="d1", size_bytes=5),
+    )
+    await store.save_checkpoint(
+        checkpoint(
+            claimed,
+            token,
+            task_pb2.TASK_STATUS_RUNNING,
+            [
+                make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED),
+                make_event(task.task_id, 3, E.TASK_EVENT_TYPE_STEP_STARTED, step_path="root"),
+            ],
+            [StepRecord(0, "root", step.SerializeToString())],
+            {"d1": b"value"},
+        )
+    )
     assert [e.sequence for e in await store.read_events(task.task_id, 0)] == [1, 2, 3]
     assert [e.sequence for e in await store.read_events(task.task_id, 2)] == [3]
     read = await store.get_task(task.task_id)
-    assert (read.status, read.last_sequence, read.step_count, read.input_data["n"]) == (task_pb2.TASK_STATUS_RUNNING, 3, 1, 1)
+    assert (read.status, read.last_sequence, read.step_count, read.input_data["n"]) == (
+        task_pb2.TASK_STATUS_RUNNING,
+        3,
+        1,
+        1,
+    )
     assert [(r.index, r.path) for r in await store.read_steps(task.task_id, 0, 10)] == [(0, "root")]
     assert task_pb2.StepState.FromString((await store.read_step(task.task_id, "root")).data).input_ref.sha256 == "d1"
     assert await store.read_values(task.task_id, ["d1", "nope"]) == {"d1": b"value"}
     with pytest.raises(LeaseLost):
-        await store.save_checkpoint(checkpoint(claimed, token + 1, task_pb2.TASK_STATUS_RUNNING, [make_event(task.task_id, 4, E.TASK_EVENT_TYPE_PROGRESS)]))
+        await store.save_checkpoint(
+            checkpoint(
+                claimed,
+                token + 1,
+                task_pb2.TASK_STATUS_RUNNING,
+                [make_event(task.task_id, 4, E.TASK_EVENT_TYPE_PROGRESS)],
+            )
+        )
     assert [e.sequence for e in await store.read_events(task.task_id, 0)] == [1, 2, 3]
 
 
@@ -123,8 +172,14 @@ async def test_a_repeated_checkpoint_changes_nothing(store):
     task, event = new_task()
     await store.create_task(task, event)
     claimed, token = await store.claim_task("me", 30)
-    same = checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED)],
-                      [StepRecord(0, "a", task_pb2.StepState(path="a").SerializeToString())], {"d": b"v"})
+    same = checkpoint(
+        claimed,
+        token,
+        task_pb2.TASK_STATUS_RUNNING,
+        [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED)],
+        [StepRecord(0, "a", task_pb2.StepState(path="a").SerializeToString())],
+        {"d": b"v"},
+    )
     await store.save_checkpoint(same)
     await store.save_checkpoint(same)
     assert [e.sequence for e in await store.read_events(task.task_id, 0)] == [1, 2]
@@ -140,10 +195,21 @@ async def test_step_records_are_kept_by_index_and_rewritten_in_place(store):
         sequence += 1
         state = task_pb2.StepState(path=f"root/s{index}", status=task_pb2.STEP_STATUS_RUNNING)
         started = make_event(task.task_id, sequence, E.TASK_EVENT_TYPE_STEP_STARTED)
-        await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING, [started],
-                                               [StepRecord(index, state.path, state.SerializeToString())]))
+        await store.save_checkpoint(
+            checkpoint(
+                claimed,
+                token,
+                task_pb2.TASK_STATUS_RUNNING,
+                [started],
+                [StepRecord(index, state.path, state.SerializeToString())],
+            )
+        )
     done = task_pb2.StepState(path="root/s7", status=task_pb2.STEP_STATUS_COMPLETED)
-    await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING, [], [StepRecord(7, done.path, done.SerializeToString())]))
+    await store.save_checkpoint(
+        checkpoint(
+            claimed, token, task_pb2.TASK_STATUS_RUNNING, [], [StepRecord(7, done.path, done.SerializeToString())]
+        )
+    )
     page = await store.read_steps(task.task_id, 5, 4)
     assert [(r.index, r.path) for r in page] == [(i, f"root/s{i}") for i in range(5, 9)]
     assert task_pb2.StepState.FromString(page[2].data).status == task_pb2.STEP_STATUS_COMPLETED
@@ -184,7 +250,10 @@ async def test_cancel_pending_only_cancels_a_queued_task(store):
     cancel = task_pb2.TaskEvent(task_id=task.task_id, type=E.TASK_EVENT_TYPE_CANCELLED, message="stop")
     cancelled = await store.cancel_pending(task.task_id, cancel)
     assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED and cancelled.last_sequence == 2
-    assert [e.type for e in await store.read_events(task.task_id, 0)] == [E.TASK_EVENT_TYPE_QUEUED, E.TASK_EVENT_TYPE_CANCELLED]
+    assert [e.type for e in await store.read_events(task.task_id, 0)] == [
+        E.TASK_EVENT_TYPE_QUEUED,
+        E.TASK_EVENT_TYPE_CANCELLED,
+    ]
     assert await store.claim_task("me", 1) is None
     assert await store.cancel_pending(task.task_id, cancel) is None
     running, running_event = new_task()
@@ -199,7 +268,11 @@ async def test_wait_events_wakes_when_the_log_grows(store):
     claimed, token = await store.claim_task("me", 30)
     waiter = asyncio.create_task(store.wait_events(task.task_id, 1, timeout=3.0))
     await asyncio.sleep(0.1)
-    await store.save_checkpoint(checkpoint(claimed, token, task_pb2.TASK_STATUS_RUNNING, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED)]))
+    await store.save_checkpoint(
+        checkpoint(
+            claimed, token, task_pb2.TASK_STATUS_RUNNING, [make_event(task.task_id, 2, E.TASK_EVENT_TYPE_STARTED)]
+        )
+    )
     got = await asyncio.wait_for(waiter, 3.0)
     assert [e.sequence for e in got] == [2]
     assert await store.wait_events(task.task_id, 2, timeout=0.1) == []
@@ -234,7 +307,9 @@ async def test_list_tasks_reads_the_index_of_the_status_owner_and_workflow_asked
     assert ids(both) == [mine[3].task_id, mine[1].task_id]
     pending = await store.list_tasks(10, "", TaskFilter(statuses=(task_pb2.TASK_STATUS_PENDING,), workflow_id="w2"))
     assert ids(pending) == [mine[4].task_id, mine[2].task_id] and pending.total == 2
-    any_status = await store.list_tasks(10, "", TaskFilter(statuses=(task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_COMPLETED)))
+    any_status = await store.list_tasks(
+        10, "", TaskFilter(statuses=(task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_COMPLETED))
+    )
     assert ids(any_status) == [t.task_id for t in reversed(mine)] and any_status.total == 6
 
 
@@ -282,7 +357,9 @@ async def test_list_paging_is_stable_while_tasks_come_and_go(store):
 
 
 # ---- the capacity ledger -------------------------------------------------------------------
-def ask(waiter: str, needs: str, candidates: dict[str, str], priority: int = 0, at: int = 0, lease: float = 30.0) -> CapacityRequest:
+def ask(
+    waiter: str, needs: str, candidates: dict[str, str], priority: int = 0, at: int = 0, lease: float = 30.0
+) -> CapacityRequest:
     return CapacityRequest(waiter, f"{at:015d}:{waiter}", priority, needs, candidates, lease, 3.0)
 
 
@@ -323,7 +400,9 @@ async def test_a_call_that_needs_more_holds_back_the_smaller_ones_behind_it(stor
     assert await store.capacity_waiting() == 2
     assert await store.release_capacity("one", f"{1:015d}:one") == 2  # how many wait, told to the one giving back
     assert await store.acquire_capacity(ask("small", "0,0,1", two, at=3)) is None
-    assert await store.acquire_capacity(ask("pair", "0,0,2", two, at=2)) == "a:1"  # granted when it asked, or on its behalf
+    assert (
+        await store.acquire_capacity(ask("pair", "0,0,2", two, at=2)) == "a:1"
+    )  # granted when it asked, or on its behalf
     assert await store.release_capacity("small", f"{3:015d}:small") == 0  # a withdrawn waiter waits no more
     assert await store.capacity_waiting() == 0
 

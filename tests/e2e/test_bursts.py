@@ -67,5 +67,8 @@ async def test_the_orchestrator_answers_every_call_of_a_burst():
 
 async def test_the_pending_call_limits_are_what_sheds_a_burst():
     """With the limit set low again, the same bursts lose calls: the settings are what holds them."""
-    for seen in (await plugin_burst("--max-pending-calls", "100"), await orchestrator_burst(MCP_MAX_PENDING_CALLS="100")):
+    for seen in (
+        await plugin_burst("--max-pending-calls", "100"),
+        await orchestrator_burst(MCP_MAX_PENDING_CALLS="100"),
+    ):
         assert seen["CANCELLED"] > 0 and seen["OK"] > 0 and seen.total() == BURST

@@ -48,7 +48,9 @@ def fan(workflow_id: str, branches: int, ms: int, protocol: str = "render") -> w
 
 async def test_instances_never_run_more_than_their_capacity_across_three_replicas(gpu_boxes, redis_url):
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    replicas = [start_orchestrator(a, redis_url, [b.address for b in gpu_boxes], f"cap{i}") for i, a in enumerate(addresses)]
+    replicas = [
+        start_orchestrator(a, redis_url, [b.address for b in gpu_boxes], f"cap{i}") for i, a in enumerate(addresses)
+    ]
     clients = [client_for_address(a) for a in addresses]
     try:
         await create(clients[0], fan("four", 4, 100))
@@ -61,7 +63,9 @@ async def test_instances_never_run_more_than_their_capacity_across_three_replica
         assert [s["max_in_flight"] for s in seen] == [1, 1]  # never two calls on one GPU
         assert all(s["calls"] for s in seen) and sum(len(s["calls"]) for s in seen) == 80  # both instances served
         assert wall >= 0.95 * 80 * 0.1 / 2  # 80 calls of 100 ms on two GPUs cannot take less
-        waited = [e for t in done[:5] for e in await events(clients[0], t.task_id) if e.type == E.TASK_EVENT_TYPE_STEP_WAITING]
+        waited = [
+            e for t in done[:5] for e in await events(clients[0], t.task_id) if e.type == E.TASK_EVENT_TYPE_STEP_WAITING
+        ]
         assert waited and "1 gpus" in waited[0].message
     finally:
         for client in clients:
@@ -152,29 +156,48 @@ async def test_a_killed_instance_s_calls_are_retried_on_the_other_one(server_fac
     assert len(retried) == 1 and victim.address in retried[0].message
     listed = (await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="render"))).instances
     assert {i.address for i in listed} == {victim.address, other.address}
-    assert all(i.breaker == registry_pb2.BREAKER_STATE_CLOSED for i in listed)  # one instance failing is not the protocol failing
+    assert all(
+        i.breaker == registry_pb2.BREAKER_STATE_CLOSED for i in listed
+    )  # one instance failing is not the protocol failing
     await client.channel.close()
 
 
 async def test_calls_spread_over_instances_and_a_dead_one_is_ejected(server_factory, gpu_boxes):
     # a just-failed instance is normally tried last for 2 s; here at once, so its failures add up quickly
-    running = await server_factory(session_plugins=False, extra_plugins=tuple(b.address for b in gpu_boxes),
-                                   outlier_recent_failure_seconds=0.0)
+    running = await server_factory(
+        session_plugins=False, extra_plugins=tuple(b.address for b in gpu_boxes), outlier_recent_failure_seconds=0.0
+    )
     client = client_for(running)
-    wf = workflow("light", {"id": "m", "map": {"items": "[1,2,3,4,5,6]", "max_concurrency": 2,
-                                               "body": step("s", "gpu_stats")}})
+    wf = workflow(
+        "light", {"id": "m", "map": {"items": "[1,2,3,4,5,6]", "max_concurrency": 2, "body": step("s", "gpu_stats")}}
+    )
     done = await run(client, wf)
     pids = {s.output.struct_value.fields["pid"].number_value for s in done.steps if s.kind == "step"}
     assert pids == {b.process.pid for b in gpu_boxes}  # least loaded first: both served
     dead, alive = gpu_boxes
     dead.process.send_signal(signal.SIGKILL)
     dead.process.wait(timeout=10)
-    many = workflow("after", {"id": "m", "map": {"items": "[1,2,3,4,5,6,7,8]", "max_concurrency": 1,
-                                                 "body": step("s", "gpu_stats", retry={"max_attempts": 3, "initial_backoff": "0.01s"})}})
+    many = workflow(
+        "after",
+        {
+            "id": "m",
+            "map": {
+                "items": "[1,2,3,4,5,6,7,8]",
+                "max_concurrency": 1,
+                "body": step("s", "gpu_stats", retry={"max_attempts": 3, "initial_backoff": "0.01s"}),
+            },
+        },
+    )
     done = await run(client, many)
     assert done.status == task_pb2.TASK_STATUS_COMPLETED
-    instances = {i.address: i for i in (await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="gpu_stats"))).instances}
-    assert instances[dead.address].HasField("ejected_until") and instances[dead.address].health == registry_pb2.HEALTH_STATE_UNREACHABLE
+    instances = {
+        i.address: i
+        for i in (await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="gpu_stats"))).instances
+    }
+    assert (
+        instances[dead.address].HasField("ejected_until")
+        and instances[dead.address].health == registry_pb2.HEALTH_STATE_UNREACHABLE
+    )
     assert not instances[alive.address].HasField("ejected_until")
     await client.channel.close()
 
@@ -198,9 +221,13 @@ async def test_a_step_waiting_for_capacity_fails_at_its_timeout_naming_the_resou
 async def test_a_step_that_needs_more_than_any_instance_offers_is_refused_at_create(server_factory, gpu_boxes):
     running = await server_factory(session_plugins=False, extra_plugins=tuple(b.address for b in gpu_boxes))
     client = client_for(running)
-    wf = workflow("too-big", {"id": "root", "sequence": {"children": [step("ok", "render"), step("pair", "render_pair")]}})
-    for call in (client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=wf)),
-                 client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=wf))):
+    wf = workflow(
+        "too-big", {"id": "root", "sequence": {"children": [step("ok", "render"), step("pair", "render_pair")]}}
+    )
+    for call in (
+        client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=wf)),
+        client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=wf)),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -218,7 +245,11 @@ async def test_negative_capacity_or_needs_are_refused_at_registration(client):
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error_reason(err.value) == "PLUGIN_MANIFEST_INVALID"
         found = violations(err.value)
-        assert {"capacity.cpu_millis", "protocols[greedy].resources.gpus", "protocols[greedy].resources.memory_mb"} <= set(found)
+        assert {
+            "capacity.cpu_millis",
+            "protocols[greedy].resources.gpus",
+            "protocols[greedy].resources.memory_mb",
+        } <= set(found)
     finally:
         bad.process.terminate()
         bad.process.wait(timeout=10)
@@ -233,7 +264,9 @@ async def test_capacity_in_use_shows_in_the_cli_and_the_metrics(server_factory, 
 
     port = free_port()
     box = gpu_boxes[0]
-    running = await server_factory(session_plugins=False, extra_plugins=(box.address,), metrics_port=port, metrics_sample_seconds=0.2)
+    running = await server_factory(
+        session_plugins=False, extra_plugins=(box.address,), metrics_port=port, metrics_sample_seconds=0.2
+    )
     client = client_for(running)
     await create(client, workflow("busy", step("r", "render", "{'ms': 8000}")))
     task = await submit(client, "busy")
@@ -241,8 +274,13 @@ async def test_capacity_in_use_shows_in_the_cli_and_the_metrics(server_factory, 
     await asyncio.sleep(0.6)  # past a metrics sample (0.2 s) with the GPU held
 
     def cli(*args: str) -> str:
-        return subprocess.run([sys.executable, "-m", "mcp_server.cli.main", "--server", running.address, *args],
-                              capture_output=True, text=True, timeout=30, check=True).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "mcp_server.cli.main", "--server", running.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
 
     table = await asyncio.to_thread(cli, "protocol", "list")
     assert "EJECTED" in table.splitlines()[0]

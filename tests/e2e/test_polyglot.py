@@ -22,7 +22,9 @@ NODE = shutil.which("node")
 def node_plugin(request):
     assert NODE, "node is required for the polyglot tests"
     flags = ["--execute-only"] if getattr(request, "param", "") == "execute-only" else []
-    process = subprocess.Popen([NODE, str(ROOT / "examples/plugins/node/plugin.js"), *flags], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [NODE, str(ROOT / "examples/plugins/node/plugin.js"), *flags], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith("MCP_PLUGIN_LISTENING"), line
@@ -32,9 +34,19 @@ def node_plugin(request):
 
 
 async def test_node_client_submits_a_task_and_watches_it_to_the_end(server, client):
-    await create(client, workflow("for-node", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
-    proc = await asyncio.create_subprocess_exec(NODE, str(ROOT / "examples/clients/node/client.js"), server.address, "for-node",
-                                                json.dumps({"text": "js:"}), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await create(
+        client,
+        workflow("for-node", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        NODE,
+        str(ROOT / "examples/clients/node/client.js"),
+        server.address,
+        "for-node",
+        json.dumps({"text": "js:"}),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, stderr.decode()
     summary = json.loads(stdout)
@@ -46,30 +58,70 @@ async def test_node_client_submits_a_task_and_watches_it_to_the_end(server, clie
 
 
 async def test_node_client_submits_and_follows_a_task_in_one_stream(server, client):
-    await create(client, workflow("for-node-follow", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
-    proc = await asyncio.create_subprocess_exec(NODE, str(ROOT / "examples/clients/node/client.js"), server.address, "for-node-follow",
-                                                json.dumps({"text": "follow:"}), "--follow", stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    await create(
+        client,
+        workflow(
+            "for-node-follow", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}
+        ),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        NODE,
+        str(ROOT / "examples/clients/node/client.js"),
+        server.address,
+        "for-node-follow",
+        json.dumps({"text": "follow:"}),
+        "--follow",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, stderr.decode()
     summary = json.loads(stdout)
     assert summary["status"] == "TASK_STATUS_COMPLETED" and summary["result"]["text"] == "follow:ab"
     stored = await events(client, summary["task_id"])
     assert [(e["sequence"], e["step_path"]) for e in summary["events"]] == [(e.sequence, e.step_path) for e in stored]
-    assert summary["events"][0]["type"] == "TASK_EVENT_TYPE_QUEUED" and summary["events"][-1]["type"] == "TASK_EVENT_TYPE_COMPLETED"
+    assert (
+        summary["events"][0]["type"] == "TASK_EVENT_TYPE_QUEUED"
+        and summary["events"][-1]["type"] == "TASK_EVENT_TYPE_COMPLETED"
+    )
 
 
 async def test_node_client_runs_a_task_in_one_run_task_call(server, client):
-    await create(client, workflow("for-node-run", {"id": "root", "sequence": {"children": [
-        step("a", "append"), step("nap", "sleep", "{'ms': 1000, 'text': prev.text}"), step("b", "append")]}}))
-    proc = await asyncio.create_subprocess_exec(NODE, str(ROOT / "examples/clients/node/client.js"), server.address, "for-node-run",
-                                                json.dumps({"text": "run:"}), "--run", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await create(
+        client,
+        workflow(
+            "for-node-run",
+            {
+                "id": "root",
+                "sequence": {
+                    "children": [
+                        step("a", "append"),
+                        step("nap", "sleep", "{'ms': 1000, 'text': prev.text}"),
+                        step("b", "append"),
+                    ]
+                },
+            },
+        ),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        NODE,
+        str(ROOT / "examples/clients/node/client.js"),
+        server.address,
+        "for-node-run",
+        json.dumps({"text": "run:"}),
+        "--run",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, stderr.decode()
     summary = json.loads(stdout)
     assert summary["status"] == "TASK_STATUS_COMPLETED" and summary["result"]["text"] == "run:ab"
     assert summary["header_task_id"] == summary["task_id"]
-    assert summary["status_at_header"] in ("TASK_STATUS_PENDING", "TASK_STATUS_RUNNING")  # the id came at once, before the end
+    assert summary["status_at_header"] in (
+        "TASK_STATUS_PENDING",
+        "TASK_STATUS_RUNNING",
+    )  # the id came at once, before the end
 
 
 @pytest.mark.parametrize("node_plugin", ["execute-many", "execute-only"], indirect=True)
@@ -77,8 +129,18 @@ async def test_a_plugin_written_in_node_runs_a_step(server, client, node_plugin,
     reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=node_plugin))
     assert [p.manifest.name for p in reply.protocols] == ["word_stats"]
     assert reply.protocols[0].capacity.cpu_millis == 2000 and reply.protocols[0].manifest.resources.cpu_millis == 100
-    wf = workflow("node-step", {"id": "root", "sequence": {"children": [
-        step("count", "word_stats"), step("again", "word_stats", "{'text': prev.reversed}", stream=True)]}})
+    wf = workflow(
+        "node-step",
+        {
+            "id": "root",
+            "sequence": {
+                "children": [
+                    step("count", "word_stats"),
+                    step("again", "word_stats", "{'text': prev.reversed}", stream=True),
+                ]
+            },
+        },
+    )
     task = await run(client, wf, {"text": "one two three"})
     assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
     assert result(task) == {"words": 3, "reversed": "one two three", "by": "node"}

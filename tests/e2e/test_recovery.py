@@ -57,7 +57,9 @@ async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, t
     plugin = plugins["testkit"].address
     first = start_orchestrator(address, store, plugin, "first")
     client = connect(address)
-    wf = workflow("five", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 250}") for i in range(1, 6)]}})
+    wf = workflow(
+        "five", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 250}") for i in range(1, 6)]}}
+    )
     await create(client, wf)
     task = await submit(client, "five")
     seen: list[task_pb2.TaskEvent] = []
@@ -72,13 +74,20 @@ async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, t
     second = start_orchestrator(address, store, plugin, "second")
     try:
         client = connect(address)
-        rest = [e async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=seen[-1].sequence))]
+        rest = [
+            e
+            async for e in client.tasks.WatchTask(
+                task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=seen[-1].sequence)
+            )
+        ]
         log = seen + rest
         assert_gapless(log)
         assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in rest)
         calls = (await plugin_stats(testkit))["calls"]
         for i in (1, 2, 4, 5):
-            assert calls[f"{task.task_id}/root/s{i}/sleep"] == 1, f"s{i} ran {calls[f'{task.task_id}/root/s{i}/sleep']} times"
+            assert calls[f"{task.task_id}/root/s{i}/sleep"] == 1, (
+                f"s{i} ran {calls[f'{task.task_id}/root/s{i}/sleep']} times"
+            )
         assert calls[f"{task.task_id}/root/s3/sleep"] == 2  # in flight at the kill: re-run, same idempotency key
         assert_no_finished_step_ran_twice(log, calls)
         final = await wait_done(client, task.task_id)
@@ -90,8 +99,14 @@ async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, t
 
 
 async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, testkit, redis_url):
-    async with replica_set(3, redis_url, [plugins["testkit"].address], "replica-", MCP_LEASE_SECONDS="1.5") as (replicas, clients):
-        wf = workflow("three", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 200}") for i in range(1, 4)]}})
+    async with replica_set(3, redis_url, [plugins["testkit"].address], "replica-", MCP_LEASE_SECONDS="1.5") as (
+        replicas,
+        clients,
+    ):
+        wf = workflow(
+            "three",
+            {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 200}") for i in range(1, 4)]}},
+        )
         await create(clients[0], wf)
         tasks = [await submit(clients[i % 3], "three") for i in range(200)]
         replicas[1].send_signal(signal.SIGKILL)
@@ -106,10 +121,17 @@ async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, te
             resumed += any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in log)
             # a watcher that reconnects part-way receives exactly the rest
             middle = log[len(log) // 2].sequence
-            tail = [e async for e in survivors[0].tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=middle))]
+            tail = [
+                e
+                async for e in survivors[0].tasks.WatchTask(
+                    task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=middle)
+                )
+            ]
             assert [e.sequence for e in tail] == list(range(middle + 1, len(log) + 1))
         assert resumed >= 1, "the killed replica was running no task: the test proved nothing"
-        starters = {e.data.fields["replica"].string_value for log in logs for e in log if e.type == E.TASK_EVENT_TYPE_STARTED}
+        starters = {
+            e.data.fields["replica"].string_value for log in logs for e in log if e.type == E.TASK_EVENT_TYPE_STARTED
+        }
         assert starters == {"replica-0", "replica-1", "replica-2"}  # the work was spread over all three
 
 
@@ -125,6 +147,8 @@ async def test_cancel_on_one_replica_stops_a_task_running_on_another(plugins, te
                 started = event.data.fields["replica"].string_value
         runner = int(started[-1])
         other = clients[1 - runner]
-        cancelled = (await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="from afar"))).task
+        cancelled = (
+            await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="from afar"))
+        ).task
         assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED and "from afar" in cancelled.error.message
         assert (await plugin_stats(testkit))["cancelled"] == 1

@@ -26,7 +26,9 @@ from tests.support.redis_cluster import LocalCluster, start_cluster
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
-CHAIN = workflow("chain", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 150}") for i in range(1, 5)]}})
+CHAIN = workflow(
+    "chain", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 150}") for i in range(1, 5)]}}
+)
 
 
 @pytest.fixture
@@ -45,7 +47,11 @@ async def follow(client: Client, task_id: str) -> list[task_pb2.TaskEvent]:
             after = log[-1].sequence if log else 0
             async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after)):
                 log.append(event)
-            if log and log[-1].type in (E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED):
+            if log and log[-1].type in (
+                E.TASK_EVENT_TYPE_COMPLETED,
+                E.TASK_EVENT_TYPE_FAILED,
+                E.TASK_EVENT_TYPE_CANCELLED,
+            ):
                 return log
         except grpc.aio.AioRpcError as err:
             assert err.code() == grpc.StatusCode.UNAVAILABLE, err
@@ -63,8 +69,14 @@ def keys_per_master(cluster: LocalCluster, prefix: str) -> dict[int, int]:
 
 
 async def test_three_orchestrators_spread_300_tasks_over_every_master(plugins, testkit, redis_cluster, cluster_url):
-    async with replica_set(3, cluster_url, [plugins["testkit"].address], "spread", MCP_LEASE_SECONDS="1.5") as (_, clients):
-        await create(clients[0], workflow("quick", {"id": "root", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}}))
+    async with replica_set(3, cluster_url, [plugins["testkit"].address], "spread", MCP_LEASE_SECONDS="1.5") as (
+        _,
+        clients,
+    ):
+        await create(
+            clients[0],
+            workflow("quick", {"id": "root", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}}),
+        )
         tasks = await asyncio.gather(*(submit(clients[i % 3], "quick") for i in range(300)))
         logs = await asyncio.gather(*(follow(clients[i % 3], t.task_id) for i, t in enumerate(tasks)))
         assert all(log[-1].type == E.TASK_EVENT_TYPE_COMPLETED for log in logs)
@@ -76,14 +88,19 @@ async def test_three_orchestrators_spread_300_tasks_over_every_master(plugins, t
 
 
 async def test_a_killed_orchestrator_s_tasks_finish_elsewhere_on_the_cluster(plugins, testkit, cluster_url):
-    async with replica_set(3, cluster_url, [plugins["testkit"].address], "crash", MCP_LEASE_SECONDS="1.5") as (processes, clients):
+    async with replica_set(3, cluster_url, [plugins["testkit"].address], "crash", MCP_LEASE_SECONDS="1.5") as (
+        processes,
+        clients,
+    ):
         await create(clients[0], CHAIN)
         tasks = await asyncio.gather(*(submit(clients[i % 3], "chain") for i in range(30)))
         await asyncio.sleep(0.4)
         processes[1].send_signal(signal.SIGKILL)
         processes[1].wait(timeout=10)
         survivors = [clients[0], clients[2]]
-        logs = await asyncio.wait_for(asyncio.gather(*(follow(survivors[i % 2], t.task_id) for i, t in enumerate(tasks))), 90)
+        logs = await asyncio.wait_for(
+            asyncio.gather(*(follow(survivors[i % 2], t.task_id) for i, t in enumerate(tasks))), 90
+        )
         calls = (await plugin_stats(testkit))["calls"]
         for log in logs:
             assert_gapless(log)
@@ -96,11 +113,15 @@ async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins,
     async with replica_set(2, store, [plugins["testkit"].address], "failover", MCP_LEASE_SECONDS="1.5") as (_, clients):
         await create(clients[0], CHAIN)
         tasks = await asyncio.gather(*(submit(clients[i % 2], "chain") for i in range(24)))
-        watchers = [asyncio.create_task(follow(clients[0], t.task_id)) for t in tasks]  # all on one surviving orchestrator
+        watchers = [
+            asyncio.create_task(follow(clients[0], t.task_id)) for t in tasks
+        ]  # all on one surviving orchestrator
         await asyncio.sleep(0.5)
         victim = own_cluster.masters()[0]
         own_cluster.kill(victim)
-        await asyncio.to_thread(own_cluster.wait_failover, victim)  # its replica takes over after the node timeout (2 s)
+        await asyncio.to_thread(
+            own_cluster.wait_failover, victim
+        )  # its replica takes over after the node timeout (2 s)
         # The promoted replica has no replica of its own, so with wait_replicas=1 its partitions
         # cannot acknowledge writes (they pause) until the dead node comes back, as its replica.
         own_cluster.start_node(victim)
@@ -119,8 +140,12 @@ async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins,
 # ---- bad input -------------------------------------------------------------------------------
 def server_exits(store: str) -> str:
     """Start a server on `store`; it must refuse to start. Returns what it said."""
-    result = subprocess.run([sys.executable, "-m", "mcp_server", "--listen", f"127.0.0.1:{free_port()}", "--store", store],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "mcp_server", "--listen", f"127.0.0.1:{free_port()}", "--store", store],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
@@ -147,8 +172,12 @@ async def test_a_cluster_with_a_slot_not_served_is_not_serving_and_answers_unava
     # take every slot of one master away: a third of the keys have nowhere to go
     master = own_cluster.masters()[0]
     node = redis.Redis(port=master)
-    slots = [s for start, end, owner, *_ in node.execute_command("CLUSTER SLOTS") if int(owner[1]) == master
-             for s in range(int(start), int(end) + 1)]
+    slots = [
+        s
+        for start, end, owner, *_ in node.execute_command("CLUSTER SLOTS")
+        if int(owner[1]) == master
+        for s in range(int(start), int(end) + 1)
+    ]
     for port in own_cluster.masters() + [p for p in own_cluster.ports if p not in own_cluster.masters()]:
         other = redis.Redis(port=port)
         try:
@@ -159,7 +188,9 @@ async def test_a_cluster_with_a_slot_not_served_is_not_serving_and_answers_unava
     node.close()
     health = health_pb2_grpc.HealthStub(client.channel)
     async with asyncio.timeout(20):
-        while (await health.Check(health_pb2.HealthCheckRequest())).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+        while (
+            await health.Check(health_pb2.HealthCheckRequest())
+        ).status != health_pb2.HealthCheckResponse.NOT_SERVING:
             await asyncio.sleep(0.2)
     failures = 0
     for _ in range(20):

@@ -57,7 +57,9 @@ class RestartableServer:
         await asyncio.to_thread(self.processes[-1].wait, 10)
 
     async def start_again(self) -> None:
-        self.processes.append(await asyncio.to_thread(start_orchestrator, self.address, self.store, [self.plugin], "second", **self.env))
+        self.processes.append(
+            await asyncio.to_thread(start_orchestrator, self.address, self.store, [self.plugin], "second", **self.env)
+        )
 
     async def kill_and_restart(self) -> None:
         await self.kill()
@@ -90,11 +92,15 @@ async def test_watch_delivers_every_event_once_across_a_kill_9_and_restart_of_th
                 events.append(event)
                 if restart is None and event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED and event.step_path == "root/s2":
                     restart = asyncio.create_task(restartable.kill_and_restart())
-        assert restart is not None and restart.done() and restartable.restarted, "the server was not restarted during the watch"
+        assert restart is not None and restart.done() and restartable.restarted, (
+            "the server was not restarted during the watch"
+        )
         final = await client.get(task.task_id, steps=False)
         assert final.status == task_pb2.TASK_STATUS_COMPLETED
         assert_every_event_once(events, final.last_sequence)
-        assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events), "the task was not taken over by the restarted server"
+        assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events), (
+            "the task was not taken over by the restarted server"
+        )
 
 
 async def test_watch_delivers_every_event_once_across_dropped_connections(server_factory):
@@ -123,7 +129,11 @@ async def test_watch_notices_a_connection_that_silently_died_and_resumes_on_a_ne
     is 30 s plus a 10 s timeout; here 1 s and 1 s, to keep the test short)."""
     running = await server_factory()
     proxy = await TcpProxy(running.address).start()
-    quick_keepalive = [("grpc.keepalive_time_ms", 1000), ("grpc.keepalive_timeout_ms", 1000), ("grpc.http2.ping_timeout_ms", 1000)]
+    quick_keepalive = [
+        ("grpc.keepalive_time_ms", 1000),
+        ("grpc.keepalive_timeout_ms", 1000),
+        ("grpc.http2.ping_timeout_ms", 1000),
+    ]
     try:
         async with Client(proxy.address, watch_give_up_after=30, channel_options=quick_keepalive) as client:
             await client.create_workflow(sleeps("three-slow", 3, 1500))
@@ -156,8 +166,18 @@ async def test_watch_after_a_sequence_resumes_there_and_ends_at_once_on_a_finish
 async def test_result_of_a_failed_task_raises_task_failed_with_the_tasks_error(server_factory):
     running = await server_factory()
     async with Client(running.address) as client:
-        await client.create_workflow({"workflow_id": "fails", "root": {"id": "boom", "step": {
-            "protocol": "fail", "input": "{'code': 'FAILED_PRECONDITION', 'message': 'the ledger is closed'}"}}})
+        await client.create_workflow(
+            {
+                "workflow_id": "fails",
+                "root": {
+                    "id": "boom",
+                    "step": {
+                        "protocol": "fail",
+                        "input": "{'code': 'FAILED_PRECONDITION', 'message': 'the ledger is closed'}",
+                    },
+                },
+            }
+        )
         task = await client.submit("fails")
         with pytest.raises(TaskFailed) as failed:
             await client.result(task.task_id, timeout=30)
@@ -184,12 +204,20 @@ async def test_result_returns_plain_values_and_reads_a_large_result_through_its_
     running = await server_factory()
     async with Client(running.address) as client:
         await client.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
-        assert await client.run("echo", {"n": 3, "ok": True, "xs": [1, 2.5, "a"], "none": None}, timeout=30) == \
-            {"n": 3, "ok": True, "xs": [1, 2.5, "a"], "none": None}
-        await client.create_workflow({"workflow_id": "big", "root": {"id": "s", "step": {"protocol": "sized", "input": "{'bytes': 300000}"}}})
+        assert await client.run("echo", {"n": 3, "ok": True, "xs": [1, 2.5, "a"], "none": None}, timeout=30) == {
+            "n": 3,
+            "ok": True,
+            "xs": [1, 2.5, "a"],
+            "none": None,
+        }
+        await client.create_workflow(
+            {"workflow_id": "big", "root": {"id": "s", "step": {"protocol": "sized", "input": "{'bytes': 300000}"}}}
+        )
         task = await client.submit("big")
         result = await client.result(task.task_id, timeout=30)
-        assert (await client.get(task.task_id, steps=False)).HasField("result_ref"), "the result should be above the inline limit"
+        assert (await client.get(task.task_id, steps=False)).HasField("result_ref"), (
+            "the result should be above the inline limit"
+        )
         assert python_to_value(result).ByteSize() == 300_000
         assert await client.read_value(task.task_id, "s") == result  # the step's output, read the same way
 
@@ -202,21 +230,33 @@ async def test_a_malformed_definition_raises_with_the_field_violations(server_fa
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and refused.value.violations
         assert any(v.field.startswith("workflow.root") for v in refused.value.violations), refused.value.violations
         with pytest.raises(McpError) as unknown:  # an unknown protocol, in YAML
-            await client.validate_workflow("workflow_id: ghost\nroot:\n  id: g\n  step:\n    protocol: no_such_protocol\n")
+            await client.validate_workflow(
+                "workflow_id: ghost\nroot:\n  id: g\n  step:\n    protocol: no_such_protocol\n"
+            )
         assert unknown.value.code == grpc.StatusCode.INVALID_ARGUMENT and "no_such_protocol" in str(unknown.value)
         with pytest.raises(McpError) as misshapen:  # not even a Workflow: refused before any call
             await client.create_workflow({"workflow_id": "odd", "root": {"id": "r", "no_such_field": 1}})
-        assert misshapen.value.code == grpc.StatusCode.INVALID_ARGUMENT and misshapen.value.reason == "MALFORMED_DEFINITION"
-        assert misshapen.value.violations[0].field == "workflow" and "no_such_field" in misshapen.value.violations[0].description
+        assert (
+            misshapen.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            and misshapen.value.reason == "MALFORMED_DEFINITION"
+        )
+        assert (
+            misshapen.value.violations[0].field == "workflow"
+            and "no_such_field" in misshapen.value.violations[0].description
+        )
         too_deep: dict[str, object] = {"bottom": True}
         for _ in range(60):
             too_deep = {"d": too_deep}
         with pytest.raises(McpError) as deep_submit:  # cannot even become a Struct: refused before the call
             await client.submit("anything", too_deep)
-        assert deep_submit.value.code == grpc.StatusCode.INVALID_ARGUMENT and deep_submit.value.reason == "VALUE_TOO_DEEP"
+        assert (
+            deep_submit.value.code == grpc.StatusCode.INVALID_ARGUMENT and deep_submit.value.reason == "VALUE_TOO_DEEP"
+        )
         assert [v.field for v in deep_submit.value.violations] == ["input_data"]
         with pytest.raises(McpError) as not_json:
-            await client.create_workflow('{"workflow_id": "w", "root": {"id": "r", "step": {"protocol": "echo"}}, "x": NaN}')
+            await client.create_workflow(
+                '{"workflow_id": "w", "root": {"id": "r", "step": {"protocol": "echo"}}, "x": NaN}'
+            )
         assert not_json.value.reason == "MALFORMED_DEFINITION"
         with pytest.raises(McpError) as bad_submit:
             await client.submit("bad id with spaces")
@@ -248,12 +288,17 @@ async def test_submit_is_idempotent_with_a_request_id_and_distinct_without(serve
 
 
 async def test_a_token_is_sent_as_the_bearer_and_a_missing_one_is_refused(server_factory, tmp_path):
-    principals = [{"name": "ada", "token_sha256": hash_token("ada-token"), "roles": ["author"]},
-                  {"name": "bob", "token_sha256": hash_token("bob-token"), "roles": []}]
+    principals = [
+        {"name": "ada", "token_sha256": hash_token("ada-token"), "roles": ["author"]},
+        {"name": "bob", "token_sha256": hash_token("bob-token"), "roles": []},
+    ]
     (tmp_path / "principals.json").write_text(json.dumps({"principals": principals}))
     running = await server_factory(auth_file=str(tmp_path / "principals.json"))
-    async with Client(running.address, token="ada-token") as ada, Client(running.address, token="bob-token") as bob, \
-            Client(running.address) as nobody:
+    async with (
+        Client(running.address, token="ada-token") as ada,
+        Client(running.address, token="bob-token") as bob,
+        Client(running.address) as nobody,
+    ):
         await ada.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
         task = await ada.submit("echo", {"x": 1})
         assert await ada.result(task.task_id, timeout=30) == {"x": 1}
@@ -287,6 +332,7 @@ async def test_the_blocking_client_does_the_same_from_plain_code(server_factory)
                 assert exc.code == grpc.StatusCode.NOT_FOUND
             else:
                 raise AssertionError("get of a missing task did not raise")
+
     await asyncio.to_thread(script)
 
 
@@ -330,7 +376,9 @@ async def test_run_falls_back_to_submit_and_watch_on_a_server_without_run_task()
 
     class OlderTaskService(task_pb2_grpc.TaskServiceServicer):
         async def SubmitTask(self, request, context):
-            return task_pb2.SubmitTaskResponse(task=task_pb2.Task(task_id="t1", status=task_pb2.TASK_STATUS_PENDING), created=True)
+            return task_pb2.SubmitTaskResponse(
+                task=task_pb2.Task(task_id="t1", status=task_pb2.TASK_STATUS_PENDING), created=True
+            )
 
         async def GetTask(self, request, context):
             task = task_pb2.Task(task_id="t1", status=task_pb2.TASK_STATUS_COMPLETED, last_sequence=2)
@@ -373,7 +421,9 @@ async def test_submit_and_watch_delivers_every_event_once_across_a_kill_9_and_re
                 events.append(event)
                 if restart is None and event.type == E.TASK_EVENT_TYPE_STEP_COMPLETED and event.step_path == "root/s2":
                     restart = asyncio.create_task(restartable.kill_and_restart())
-        assert restart is not None and restart.done() and restartable.restarted, "the server was not restarted during the stream"
+        assert restart is not None and restart.done() and restartable.restarted, (
+            "the server was not restarted during the stream"
+        )
         final = await client.get(events[0].task_id, steps=False)
         assert final.status == task_pb2.TASK_STATUS_COMPLETED
         assert_every_event_once(events, final.last_sequence)
@@ -415,9 +465,13 @@ async def test_submit_and_watch_asks_again_with_the_same_request_id_when_refused
             if len(seen) == 1:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "starting up")
             task = task_pb2.Task(task_id="t1", status=task_pb2.TASK_STATUS_PENDING)
-            yield task_pb2.SubmitAndWatchTaskResponse(submitted=task_pb2.SubmitTaskResponse(task=task, created=True),
-                                                      events=[task_pb2.TaskEvent(task_id="t1", sequence=1, type=E.TASK_EVENT_TYPE_QUEUED)])
-            yield task_pb2.SubmitAndWatchTaskResponse(events=[task_pb2.TaskEvent(task_id="t1", sequence=2, type=E.TASK_EVENT_TYPE_COMPLETED)])
+            yield task_pb2.SubmitAndWatchTaskResponse(
+                submitted=task_pb2.SubmitTaskResponse(task=task, created=True),
+                events=[task_pb2.TaskEvent(task_id="t1", sequence=1, type=E.TASK_EVENT_TYPE_QUEUED)],
+            )
+            yield task_pb2.SubmitAndWatchTaskResponse(
+                events=[task_pb2.TaskEvent(task_id="t1", sequence=2, type=E.TASK_EVENT_TYPE_COMPLETED)]
+            )
 
     async with older_server(FlakyTaskService()) as address, Client(address) as client:
         assert [e.sequence async for e in client.submit_and_watch("anything")] == [1, 2]
@@ -429,15 +483,26 @@ async def test_submit_and_watch_falls_back_to_submit_and_watch_task_events_on_an
 
     class OlderTaskService(task_pb2_grpc.TaskServiceServicer):
         async def SubmitTask(self, request, context):
-            return task_pb2.SubmitTaskResponse(task=task_pb2.Task(task_id="t7", status=task_pb2.TASK_STATUS_PENDING), created=True)
+            return task_pb2.SubmitTaskResponse(
+                task=task_pb2.Task(task_id="t7", status=task_pb2.TASK_STATUS_PENDING), created=True
+            )
 
         async def WatchTaskEvents(self, request, context):
             kinds = [E.TASK_EVENT_TYPE_QUEUED, E.TASK_EVENT_TYPE_STARTED, E.TASK_EVENT_TYPE_COMPLETED]
-            yield task_pb2.WatchTaskEventsResponse(events=[task_pb2.TaskEvent(task_id=request.task_id, sequence=i, type=k)
-                                                           for i, k in enumerate(kinds, start=1) if i > request.after_sequence])
+            yield task_pb2.WatchTaskEventsResponse(
+                events=[
+                    task_pb2.TaskEvent(task_id=request.task_id, sequence=i, type=k)
+                    for i, k in enumerate(kinds, start=1)
+                    if i > request.after_sequence
+                ]
+            )
 
     async with older_server(OlderTaskService()) as address, Client(address) as client:
-        assert [(e.task_id, e.sequence) async for e in client.submit_and_watch("anything")] == [("t7", 1), ("t7", 2), ("t7", 3)]
+        assert [(e.task_id, e.sequence) async for e in client.submit_and_watch("anything")] == [
+            ("t7", 1),
+            ("t7", 2),
+            ("t7", 3),
+        ]
 
 
 async def test_submit_and_watch_raises_when_a_server_ends_the_stream_without_naming_the_task():

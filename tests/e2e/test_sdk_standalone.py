@@ -24,17 +24,43 @@ from tests.support.processes import start_orchestrator
 ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "sdk" / "python"
 # What `pip install ./sdk/python` may bring: the SDK, its five dependencies and what they need.
-ALLOWED = {"mcp-sdk", "grpcio", "protobuf", "googleapis-common-protos", "grpcio-health-checking", "grpcio-reflection",
-           "typing-extensions", "pip", "setuptools"}
-SERVER_ONLY = ["mcp_server", "protocol_plugins", "redis", "yaml", "cel", "rich", "prometheus_client", "opentelemetry", "tenacity",
-               "pybreaker", "grpc_tools", "grpc_status"]
+ALLOWED = {
+    "mcp-sdk",
+    "grpcio",
+    "protobuf",
+    "googleapis-common-protos",
+    "grpcio-health-checking",
+    "grpcio-reflection",
+    "typing-extensions",
+    "pip",
+    "setuptools",
+}
+SERVER_ONLY = [
+    "mcp_server",
+    "protocol_plugins",
+    "redis",
+    "yaml",
+    "cel",
+    "rich",
+    "prometheus_client",
+    "opentelemetry",
+    "tenacity",
+    "pybreaker",
+    "grpc_tools",
+    "grpc_status",
+]
 
 
 def sdk_digest() -> str:
     """A digest of everything the SDK is built from (its sources, never its generated code)."""
     digest = hashlib.sha256()
-    sources = [p for p in SDK.rglob("*") if p.is_file() and not {"proto", "build", "__pycache__"} & set(p.relative_to(SDK).parts)
-               and ".egg-info" not in str(p)]
+    sources = [
+        p
+        for p in SDK.rglob("*")
+        if p.is_file()
+        and not {"proto", "build", "__pycache__"} & set(p.relative_to(SDK).parts)
+        and ".egg-info" not in str(p)
+    ]
     for path in sorted(sources + list((ROOT / "protos").rglob("*.proto"))):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
@@ -49,9 +75,15 @@ def sdk_python() -> Path:
         for old in target.parent.glob("*"):  # environments of earlier versions of the SDK
             shutil.rmtree(old, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
-        installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(SDK)],
-                                   capture_output=True, text=True, cwd=target)
-        assert installed.returncode == 0, f"pip install ./sdk/python failed:\n{installed.stdout[-3000:]}\n{installed.stderr[-3000:]}"
+        installed = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(SDK)],
+            capture_output=True,
+            text=True,
+            cwd=target,
+        )
+        assert installed.returncode == 0, (
+            f"pip install ./sdk/python failed:\n{installed.stdout[-3000:]}\n{installed.stderr[-3000:]}"
+        )
         (target / ".ready").touch()
     return python
 
@@ -63,14 +95,25 @@ def run_isolated(python: Path, *args: str, cwd: Path, timeout: float = 60) -> su
 
 
 def test_the_sdk_installs_alone_without_any_of_the_servers_dependencies(sdk_python, tmp_path):
-    listed = run_isolated(sdk_python, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check", cwd=tmp_path)
+    listed = run_isolated(
+        sdk_python, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check", cwd=tmp_path
+    )
     names = {entry["name"].lower().replace("_", "-") for entry in json.loads(listed.stdout)}
-    assert "mcp-sdk" in names and names <= ALLOWED, f"installed beyond the SDK's dependencies: {sorted(names - ALLOWED)}"
-    probe = "import importlib.util, json, sys; print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))"
+    assert "mcp-sdk" in names and names <= ALLOWED, (
+        f"installed beyond the SDK's dependencies: {sorted(names - ALLOWED)}"
+    )
+    probe = (
+        "import importlib.util, json, sys; print(json.dumps({m: importlib.util.find_spec(m) is not None"
+        " for m in sys.argv[1:]}))"
+    )
     found = json.loads(run_isolated(sdk_python, "-c", probe, *SERVER_ONLY, cwd=tmp_path).stdout)
     assert not any(found.values()), {m: f for m, f in found.items() if f}
-    imported = run_isolated(sdk_python, "-c", "import mcp_sdk, mcp_sdk.plugin, mcp_sdk.client, mcp_sdk.sync, mcp_sdk.proto.task_pb2; "
-                            "print(mcp_sdk.__file__)", cwd=tmp_path)
+    imported = run_isolated(
+        sdk_python,
+        "-c",
+        "import mcp_sdk, mcp_sdk.plugin, mcp_sdk.client, mcp_sdk.sync, mcp_sdk.proto.task_pb2; print(mcp_sdk.__file__)",
+        cwd=tmp_path,
+    )
     assert imported.returncode == 0, imported.stderr
     assert str(ROOT / ".mcp") in imported.stdout, f"imported from {imported.stdout!r}, not the installed copy"
 
@@ -92,7 +135,7 @@ PLUGIN = textwrap.dedent('''
         plugin.main()
 ''')
 
-CLIENT = textwrap.dedent('''
+CLIENT = textwrap.dedent("""
     import asyncio, json, sys
     from mcp_sdk import Client, McpError, SyncClient, TaskFailed
 
@@ -114,7 +157,8 @@ CLIENT = textwrap.dedent('''
             report["result"] = await client.result(task.task_id, timeout=30)
             report["task_id"] = task.task_id
             try:
-                await client.create_workflow({"workflow_id": "empty", "root": {"id": "r", "sequence": {"children": []}}})
+                empty = {"workflow_id": "empty", "root": {"id": "r", "sequence": {"children": []}}}
+                await client.create_workflow(empty)
             except McpError as exc:
                 report["refused"] = [exc.code.name, [v.field for v in exc.violations]]
             try:
@@ -132,7 +176,7 @@ CLIENT = textwrap.dedent('''
 
 
     print(json.dumps(asyncio.run(main())))
-''')
+""")
 
 
 def test_a_plugin_and_a_client_on_the_sdk_alone_serve_and_run_a_task(sdk_python, tmp_path):
@@ -141,8 +185,14 @@ def test_a_plugin_and_a_client_on_the_sdk_alone_serve_and_run_a_task(sdk_python,
     (tmp_path / "shout_plugin.py").write_text(PLUGIN)
     (tmp_path / "client.py").write_text(CLIENT)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    plugin = subprocess.Popen([str(sdk_python), "shout_plugin.py", "--register", address, "--ttl", "30"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    plugin = subprocess.Popen(
+        [str(sdk_python), "shout_plugin.py", "--register", address, "--ttl", "30"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert plugin.stdout is not None
         ready = plugin.stdout.readline()

@@ -27,8 +27,12 @@ def free_port() -> int:
 def server_process(tmp_path_factory):
     address = f"127.0.0.1:{free_port()}"
     db = tmp_path_factory.mktemp("store") / "mcp.db"
-    process = subprocess.Popen([sys.executable, "-m", "mcp_server", "--bundled-plugins", "--listen", address, "--store", f"sqlite:///{db}"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcp_server", "--bundled-plugins", "--listen", address, "--store", f"sqlite:///{db}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert process.stdout is not None
     deadline = time.monotonic() + 30
     for line in process.stdout:
@@ -41,8 +45,13 @@ def server_process(tmp_path_factory):
 
 
 def mcp(address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mcp_server.cli.main", "--server", address, *args],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_server.cli.main", "--server", address, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 def test_cli_applies_every_example_and_runs_the_showcase(server_process):
@@ -67,8 +76,10 @@ def test_cli_draws_workflows_and_task_runs_as_graphs(server_process):
     address, _ = server_process
     assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "showcase.yaml")).returncode == 0
     mermaid = mcp(address, "workflow", "graph", "showcase").stdout
-    assert mermaid.startswith("flowchart TD") and "subgraph" in mermaid and "output.score #gt;= 0.8" in mermaid  # Mermaid's entity for >
-    assert "-.->|\"retry\"|" in mermaid  # the supervisor's retry edge
+    assert (
+        mermaid.startswith("flowchart TD") and "subgraph" in mermaid and "output.score #gt;= 0.8" in mermaid
+    )  # Mermaid's entity for >
+    assert '-.->|"retry"|' in mermaid  # the supervisor's retry edge
     dot = mcp(address, "workflow", "graph", "showcase", "--format", "dot").stdout
     assert dot.startswith("digraph workflow") and "cluster_" in dot
     text = json.dumps({"text": "Grace Hopper works at Remington Rand. She was very happy."})
@@ -91,7 +102,10 @@ def test_cli_reports_field_violations_and_exits_non_zero(server_process, tmp_pat
 
 
 EXAMPLE_INPUTS = {
-    "sequence.yaml": ("text-pipeline", {"text": "The launch went well. Customers were delighted. Support had a calm week. Sales grew."}),
+    "sequence.yaml": (
+        "text-pipeline",
+        {"text": "The launch went well. Customers were delighted. Support had a calm week. Sales grew."},
+    ),
     "parallel.yaml": ("analyse-all", {"text": "Grace Hopper works at Remington Rand. She was very happy."}),
     "map.yaml": ("review-moods", {"reviews": ["I love it", "Terrible and broken", "It is fine"]}),
     "supervise.yaml": ("supervised-draft", {"topic": "tea", "points": ["green tea is mild", "black tea is strong"]}),
@@ -118,22 +132,40 @@ def test_the_bundled_plugins_are_the_real_protocols_only(server_process):
     address, _ = server_process
     listed = json.loads(mcp(address, "--json", "protocol", "list").stdout)["protocols"]
     names = {p["manifest"]["name"] for p in listed}
-    assert {"echo", "emotion", "summarize", "entities", "reason", "draft", "critique", "revise", "route", "quality_supervisor"} <= names
+    assert {
+        "echo",
+        "emotion",
+        "summarize",
+        "entities",
+        "reason",
+        "draft",
+        "critique",
+        "revise",
+        "route",
+        "quality_supervisor",
+    } <= names
     assert not names & TEST_DOUBLES
 
 
 def test_the_cli_prints_whole_numbers_as_integers(server_process, tmp_path):
     address, _ = server_process
     definition = tmp_path / "numbers.yaml"
-    definition.write_text("workflow_id: numbers\nroot:\n  id: shape\n  step:\n    protocol: echo\n"
-                          "    input: \"{'index': 0, 'sentences': 3, 'ratio': 0.5, 'nested': [{'n': 7}]}\"\n")
+    definition.write_text(
+        "workflow_id: numbers\nroot:\n  id: shape\n  step:\n    protocol: echo\n"
+        "    input: \"{'index': 0, 'sentences': 3, 'ratio': 0.5, 'nested': [{'n': 7}]}\"\n"
+    )
     assert mcp(address, "workflow", "apply", str(definition)).returncode == 0
     submitted = json.loads(mcp(address, "--json", "task", "submit", "numbers", "--input", "{}").stdout)
     task_id = submitted["task"]["task_id"]
     assert mcp(address, "task", "watch", task_id, "--plain").returncode == 0
     result = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)["result"]
     assert result == {"index": 0, "sentences": 3, "ratio": 0.5, "nested": [{"n": 7}]}
-    assert [type(v) for v in (result["index"], result["sentences"], result["nested"][0]["n"], result["ratio"])] == [int, int, int, float]
+    assert [type(v) for v in (result["index"], result["sentences"], result["nested"][0]["n"], result["ratio"])] == [
+        int,
+        int,
+        int,
+        float,
+    ]
     human = mcp(address, "task", "get", task_id).stdout
     assert '"index": 0' in human and "0.0" not in human and "3.0" not in human
 
@@ -159,10 +191,29 @@ def fetch(url: str) -> tuple[int, str]:
 
 def test_the_console_is_served_by_the_server_and_by_mcp_console_apart(server_process, tmp_path):
     address, _ = server_process
-    served = subprocess.Popen([sys.executable, "-m", "mcp_server", "--listen", f"127.0.0.1:{free_port()}", "--store", f"sqlite:///{tmp_path}/c.db",
-                               "--console-listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    apart = subprocess.Popen([sys.executable, "-m", "mcp_server.cli.main", "--server", address, "console", "--listen", "127.0.0.1:0"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    served = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcp_server",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--store",
+            f"sqlite:///{tmp_path}/c.db",
+            "--console-listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    apart = subprocess.Popen(
+        [sys.executable, "-m", "mcp_server.cli.main", "--server", address, "console", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         inside = read_until(served, "mCP console on").split()[-1]
         outside = read_until(apart, "mCP console on").split()[3]

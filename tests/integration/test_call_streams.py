@@ -25,8 +25,20 @@ FAST_RETRY = {"max_attempts": 3, "initial_backoff": "0.05s", "max_backoff": "0.1
 
 def mixed(workflow_id: str) -> object:
     branches = [step(f"e{i}", "echo", f"{{'i': {i}}}") for i in range(20)]
-    return workflow(workflow_id, {"id": "root", "sequence": {"children": [
-        step("a", "append"), step("b", "append"), {"id": "fan", "parallel": {"children": branches}}, step("c", "append", "steps.b")]}})
+    return workflow(
+        workflow_id,
+        {
+            "id": "root",
+            "sequence": {
+                "children": [
+                    step("a", "append"),
+                    step("b", "append"),
+                    {"id": "fan", "parallel": {"children": branches}},
+                    step("c", "append", "steps.b"),
+                ]
+            },
+        },
+    )
 
 
 async def test_calls_over_the_stream_answer_exactly_as_execute_calls_do(server_factory, plugins):
@@ -46,12 +58,28 @@ async def test_calls_over_the_stream_answer_exactly_as_execute_calls_do(server_f
     assert unary.orchestrator.channels.streams.open_to() == []
 
 
-async def test_an_attempt_deadline_over_the_stream_fails_the_attempt_and_stops_the_plugin_s_work(client, server, testkit):
+async def test_an_attempt_deadline_over_the_stream_fails_the_attempt_and_stops_the_plugin_s_work(
+    client, server, testkit
+):
     before = (await plugin_stats(testkit))["cancelled"]
-    task = await run(client, workflow("late", step("nap", "sleep", "{'ms': 3000}", attempt_timeout="0.2s",
-                                                   retry={"max_attempts": 2, "initial_backoff": "0.01s"})))
+    task = await run(
+        client,
+        workflow(
+            "late",
+            step(
+                "nap",
+                "sleep",
+                "{'ms': 3000}",
+                attempt_timeout="0.2s",
+                retry={"max_attempts": 2, "initial_backoff": "0.01s"},
+            ),
+        ),
+    )
     assert task.status == task_pb2.TASK_STATUS_FAILED
-    assert task.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0] and "attempt deadline of 0.2s" in task.error.message
+    assert (
+        task.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+        and "attempt deadline of 0.2s" in task.error.message
+    )
     assert step_states(task)["nap"].attempts == 2
     async with asyncio.timeout(5):
         while (await plugin_stats(testkit))["cancelled"] < before + 2:  # both attempts were stopped on the plugin
@@ -113,15 +141,28 @@ class _GarbageStreams:
                 yield reply.SerializeToString()
 
         p = protocol_pb2
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("mcp.v1.ProtocolService", {
-            "Describe": grpc.unary_unary_rpc_method_handler(describe, p.DescribeRequest.FromString, p.DescribeResponse.SerializeToString),
-            "Execute": grpc.unary_unary_rpc_method_handler(execute, p.ExecuteRequest.FromString, p.ExecuteResponse.SerializeToString),
-            "ExecuteMany": grpc.stream_stream_rpc_method_handler(execute_many),
-        }),))
+        self.server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "mcp.v1.ProtocolService",
+                    {
+                        "Describe": grpc.unary_unary_rpc_method_handler(
+                            describe, p.DescribeRequest.FromString, p.DescribeResponse.SerializeToString
+                        ),
+                        "Execute": grpc.unary_unary_rpc_method_handler(
+                            execute, p.ExecuteRequest.FromString, p.ExecuteResponse.SerializeToString
+                        ),
+                        "ExecuteMany": grpc.stream_stream_rpc_method_handler(execute_many),
+                    },
+                ),
+            )
+        )
         self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
 
 
-async def test_a_stream_that_sends_garbage_fails_the_calls_on_it_then_the_instance_is_called_with_execute(server_factory):
+async def test_a_stream_that_sends_garbage_fails_the_calls_on_it_then_the_instance_is_called_with_execute(
+    server_factory,
+):
     plugin = _GarbageStreams()
     await plugin.server.start()
     try:
@@ -158,18 +199,29 @@ async def test_answers_twice_or_to_ids_nobody_asked_for_are_ignored(server_facto
 async def test_an_output_too_large_for_one_message_fails_only_its_call(server_factory, plugins):
     running = await server_factory(limits=replace(Limits(), max_message_bytes=256 * 1024, max_value_bytes=1024 * 1024))
     client = client_for(running)
-    branches = [step("big", "sized", "{'bytes': 400000}", retry={"max_attempts": 1}),
-                *(step(f"small{i}", "sleep", "{'ms': 200}") for i in range(5))]
-    task = await run(client, workflow("too-big", {"id": "fan", "parallel": {"children": branches, "join": "JOIN_POLICY_QUORUM", "quorum": 5}}))
+    branches = [
+        step("big", "sized", "{'bytes': 400000}", retry={"max_attempts": 1}),
+        *(step(f"small{i}", "sleep", "{'ms': 200}") for i in range(5)),
+    ]
+    task = await run(
+        client,
+        workflow(
+            "too-big", {"id": "fan", "parallel": {"children": branches, "join": "JOIN_POLICY_QUORUM", "quorum": 5}}
+        ),
+    )
     states = step_states(task)
     assert states["fan/big"].status == task_pb2.STEP_STATUS_FAILED
     assert states["fan/big"].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-    assert all(states[f"fan/small{i}"].status == task_pb2.STEP_STATUS_COMPLETED for i in range(5))  # the same stream, untouched
+    assert all(
+        states[f"fan/small{i}"].status == task_pb2.STEP_STATUS_COMPLETED for i in range(5)
+    )  # the same stream, untouched
     assert plugins["testkit"].address in running.orchestrator.channels.streams.open_to()
     await client.channel.close()
 
 
-async def test_a_plugin_killed_under_the_stream_fails_its_calls_as_unavailable_and_the_retry_runs_on_the_restarted_plugin(server_factory):
+async def test_a_plugin_killed_under_the_stream_fails_its_calls_unavailable_and_the_retry_runs_on_the_restarted_one(
+    server_factory,
+):
     plugin = spawn_plugin("protocol_plugins.testkit")
     port = plugin.address.rsplit(":", 1)[1]
     restarted = None
@@ -178,11 +230,23 @@ async def test_a_plugin_killed_under_the_stream_fails_its_calls_as_unavailable_a
         client = client_for(running)
         from tests.helpers import create
 
-        await create(client, workflow("survives", step("nap", "sleep", "{'ms': 800}",
-                                                       retry={"max_attempts": 5, "initial_backoff": "0.3s", "max_backoff": "0.5s"})))
+        await create(
+            client,
+            workflow(
+                "survives",
+                step(
+                    "nap",
+                    "sleep",
+                    "{'ms': 800}",
+                    retry={"max_attempts": 5, "initial_backoff": "0.3s", "max_backoff": "0.5s"},
+                ),
+            ),
+        )
         task = await submit(client, "survives")
         async with grpc.aio.insecure_channel(plugin.address) as channel:
-            await until_plugin_called(protocol_pb2_grpc.ProtocolServiceStub(channel), task.task_id)  # the call is on the stream
+            await until_plugin_called(
+                protocol_pb2_grpc.ProtocolServiceStub(channel), task.task_id
+            )  # the call is on the stream
         plugin.process.send_signal(signal.SIGKILL)
         plugin.process.wait(timeout=10)
         restarted = spawn_plugin("protocol_plugins.testkit", f"127.0.0.1:{port}")
@@ -203,13 +267,27 @@ async def test_thousands_of_waiting_calls_share_one_stream(server_factory, plugi
     running = await server_factory(limits=replace(Limits(), max_concurrency=2000))
     client = client_for(running)
     items = list(range(2000))
-    task = await run(client, workflow("many", {"id": "m", "map": {"items": "input.items.map(i, {'ms': 300, 'i': i})",
-                                                                  "max_concurrency": 2000, "body": step("nap", "sleep")}}),
-                     {"items": items}, timeout=60)
+    task = await run(
+        client,
+        workflow(
+            "many",
+            {
+                "id": "m",
+                "map": {
+                    "items": "input.items.map(i, {'ms': 300, 'i': i})",
+                    "max_concurrency": 2000,
+                    "body": step("nap", "sleep"),
+                },
+            },
+        ),
+        {"items": items},
+        timeout=60,
+    )
     assert task.status == task_pb2.TASK_STATUS_COMPLETED and task.HasField("result_ref")  # too large to travel inline
-    data = b"".join([chunk.data async for chunk in client.tasks.ReadValue(task_pb2.ReadValueRequest(task_id=task.task_id))])
+    data = b"".join(
+        [chunk.data async for chunk in client.tasks.ReadValue(task_pb2.ReadValueRequest(task_id=task.task_id))]
+    )
     outputs = json_format.MessageToDict(struct_pb2.Value.FromString(data))
     assert [o["i"] for o in outputs] == items and all(o["slept_ms"] == 300 for o in outputs)
     assert running.orchestrator.channels.streams.open_to() == [plugins["testkit"].address]
     await client.channel.close()
-

@@ -72,7 +72,10 @@ async def test_a_plugin_output_too_deep_for_protobuf_fails_its_step_and_the_plug
     task = await run(client, workflow("depth-proto", step("deep", "nest", "{'levels': 60, 'objects': true}")))
     assert task.status == task_pb2.TASK_STATUS_FAILED
     state = step_states(task)["deep"]
-    assert "nest returned an output that cannot be sent" in state.error.message and "than protobuf can carry" in state.error.message
+    assert (
+        "nest returned an output that cannot be sent" in state.error.message
+        and "than protobuf can carry" in state.error.message
+    )
     again = await run(client, workflow("depth-proto-ok", step("fine", "nest", "{'levels': 3, 'objects': true}")))
     assert again.status == task_pb2.TASK_STATUS_COMPLETED  # the plugin is still serving
 
@@ -122,15 +125,20 @@ TOKENS = {"alice": "alice-secret", "bob": "bob-secret", "writer": "writer-secret
 @pytest.fixture(params=["sqlite", "redis"])
 async def tenants(request, server_factory, tmp_path):
     store = "sqlite://:memory:" if request.param == "sqlite" else request.getfixturevalue("redis_url")
-    principals = [{"name": n, "token_sha256": hash_token(t), "roles": ["author"] if n == "writer" else []} for n, t in TOKENS.items()]
+    principals = [
+        {"name": n, "token_sha256": hash_token(t), "roles": ["author"] if n == "writer" else []}
+        for n, t in TOKENS.items()
+    ]
     path = tmp_path / "principals.json"
     path.write_text(json.dumps({"principals": principals}))
     running = await server_factory(store=store, auth_file=str(path))
     client = client_for(running)
-    await client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow("idem", step("s", "echo"))),
-                                          metadata=as_user("writer"))
-    await client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow("idem2", step("s", "echo"))),
-                                          metadata=as_user("writer"))
+    await client.workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("idem", step("s", "echo"))), metadata=as_user("writer")
+    )
+    await client.workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("idem2", step("s", "echo"))), metadata=as_user("writer")
+    )
     yield client
     await client.channel.close()
 
@@ -155,8 +163,16 @@ async def test_another_principal_with_the_same_request_id_gets_its_own_task(tena
     assert not again.created and again.task.task_id == first.task.task_id
 
 
-@pytest.mark.parametrize("change", [{"workflow_id": "idem2"}, {"workflow_version": 1, "secret": "other"}, {"secret": "other"},
-                                    {"priority": 5}, {"labels": {"team": "x"}}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"workflow_id": "idem2"},
+        {"workflow_version": 1, "secret": "other"},
+        {"secret": "other"},
+        {"priority": 5},
+        {"labels": {"team": "x"}},
+    ],
+)
 async def test_the_same_request_id_for_a_different_request_is_already_exists(tenants, change):
     await tenants.tasks.SubmitTask(submission(), metadata=as_user("alice"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -167,17 +183,22 @@ async def test_the_same_request_id_for_a_different_request_is_already_exists(ten
 
 
 # ---- 4. CEL names --------------------------------------------------------------------------
-@pytest.mark.parametrize(("expression", "unknown"), [
-    ("{'n': sizee(input.items)}", "unknown function 'sizee'"),
-    ("{'n': inptu.count}", "unknown variable 'inptu'"),
-    ("{'v': item}", "unknown variable 'item'"),        # item has a value only inside a map body
-    ("{'v': output.x}", "unknown variable 'output'"),  # output only in an adaptive transition
-    ("{'v': round}", "unknown variable 'round'"),      # round only inside a supervised child
-])
+@pytest.mark.parametrize(
+    ("expression", "unknown"),
+    [
+        ("{'n': sizee(input.items)}", "unknown function 'sizee'"),
+        ("{'n': inptu.count}", "unknown variable 'inptu'"),
+        ("{'v': item}", "unknown variable 'item'"),  # item has a value only inside a map body
+        ("{'v': output.x}", "unknown variable 'output'"),  # output only in an adaptive transition
+        ("{'v': round}", "unknown variable 'round'"),  # round only inside a supervised child
+    ],
+)
 async def test_unknown_cel_names_are_refused_at_create_and_validate(client, expression, unknown):
     wf = workflow("cel-names", {"id": "root", "sequence": {"children": [step("s", "echo", expression)]}})
-    for call in (client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=wf)),
-                 client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=wf))):
+    for call in (
+        client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=wf)),
+        client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=wf)),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -185,12 +206,34 @@ async def test_unknown_cel_names_are_refused_at_create_and_validate(client, expr
 
 
 async def test_cel_names_that_have_a_value_where_they_are_used_are_accepted(client):
-    mapped = {"id": "m", "map": {"items": "input.xs.map(x, x * 2)", "body": step("b", "echo", "{'v': item, 'i': index}")}}
-    supervised = {"id": "sup", "supervise": {"supervisor": "threshold_supervisor", "children": [
-        step("d", "scored_draft", "{'round': round, 'feedback': feedback, 'seen': children}")]}}
-    adaptive = {"id": "a", "adaptive": {"states": [
-        {"name": "one", "node": step("o", "echo"), "transitions": [{"when": "has(output.xs) && size(output.xs) > 0", "to": "two"}]},
-        {"name": "two", "node": step("t", "echo", "{'when': timestamp('2020-01-01T00:00:00Z').getFullYear()}"), "terminal": True}]}}
+    mapped = {
+        "id": "m",
+        "map": {"items": "input.xs.map(x, x * 2)", "body": step("b", "echo", "{'v': item, 'i': index}")},
+    }
+    supervised = {
+        "id": "sup",
+        "supervise": {
+            "supervisor": "threshold_supervisor",
+            "children": [step("d", "scored_draft", "{'round': round, 'feedback': feedback, 'seen': children}")],
+        },
+    }
+    adaptive = {
+        "id": "a",
+        "adaptive": {
+            "states": [
+                {
+                    "name": "one",
+                    "node": step("o", "echo"),
+                    "transitions": [{"when": "has(output.xs) && size(output.xs) > 0", "to": "two"}],
+                },
+                {
+                    "name": "two",
+                    "node": step("t", "echo", "{'when': timestamp('2020-01-01T00:00:00Z').getFullYear()}"),
+                    "terminal": True,
+                },
+            ]
+        },
+    }
     wf = workflow("cel-ok", {"id": "root", "sequence": {"children": [mapped, supervised, adaptive]}})
     assert (await client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=wf))).node_count > 0
 
@@ -203,7 +246,11 @@ async def test_large_or_malformed_labels_are_refused_on_tasks_and_workflows(clie
         await client.tasks.SubmitTask(request)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "value is 10000 characters; at most 256" in violations(err.value)["labels['k0']"]
-    for labels, problem in (({"bad key": "v"}, "key must match"), ({"k" * 64: "v"}, "key is 64 characters"), ({"": "v"}, "key must match")):
+    for labels, problem in (
+        ({"bad key": "v"}, "key must match"),
+        ({"k" * 64: "v"}, "key is 64 characters"),
+        ({"": "v"}, "key must match"),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="labels", labels=labels))
         assert any(problem in d for d in violations(err.value).values()), violations(err.value)
@@ -233,7 +280,10 @@ async def test_hostile_requests_never_leave_the_server_unable_to_read(client):
 
 async def test_a_supervisor_input_that_would_nest_past_the_limit_fails_clearly(client):
     # The supervisor receives {"children": {id: output}}: two levels above a child's output.
-    sup = {"id": "sup", "supervise": {"supervisor": "threshold_supervisor", "children": [step("deep", "nest", "{'levels': 31}")]}}
+    sup = {
+        "id": "sup",
+        "supervise": {"supervisor": "threshold_supervisor", "children": [step("deep", "nest", "{'levels': 31}")]},
+    }
     task = await run(client, workflow("depth-sup", sup))
     assert task.status == FAILED
     assert "the input of threshold_supervisor nests more than 32 levels deep" in task.error.message

@@ -32,18 +32,29 @@ async def api(server_factory, store_url) -> Client:
 
 
 def chain(workflow_id: str, steps: int, protocol: str = "echo", expr: str = "") -> workflow_pb2.Workflow:
-    return workflow(workflow_id, {"id": "root", "sequence": {"children": [step(f"s{i}", protocol, expr) for i in range(steps)]}})
+    return workflow(
+        workflow_id, {"id": "root", "sequence": {"children": [step(f"s{i}", protocol, expr) for i in range(steps)]}}
+    )
 
 
-async def read_value(client: Client, task_id: str, step_path: str = "", field: int = 0) -> tuple[bytes, list[task_pb2.ValueChunk]]:
-    got = [c async for c in client.tasks.ReadValue(task_pb2.ReadValueRequest(task_id=task_id, step_path=step_path, field=field))]
+async def read_value(
+    client: Client, task_id: str, step_path: str = "", field: int = 0
+) -> tuple[bytes, list[task_pb2.ValueChunk]]:
+    got = [
+        c
+        async for c in client.tasks.ReadValue(
+            task_pb2.ReadValueRequest(task_id=task_id, step_path=step_path, field=field)
+        )
+    ]
     return b"".join(c.data for c in got), got
 
 
 async def all_steps(client: Client, task_id: str, page_size: int = 0) -> list[task_pb2.StepState]:
     steps, token = [], ""
     while True:
-        page = await client.tasks.ListTaskSteps(task_pb2.ListTaskStepsRequest(task_id=task_id, page_size=page_size, page_token=token))
+        page = await client.tasks.ListTaskSteps(
+            task_pb2.ListTaskStepsRequest(task_id=task_id, page_size=page_size, page_token=token)
+        )
         steps += page.steps
         token = page.next_page_token
         if not token:
@@ -64,17 +75,27 @@ async def test_a_thousand_step_sequence_completes_and_reads_back(api):
 async def test_a_watch_that_starts_behind_a_log_of_thousands_of_events_reads_it_all(api):
     """A watch that starts after the task wrote more events than one read returns (a page of
     1,000) reads on page by page: it used to wait for live events past the first page forever."""
-    await create(api, workflow("wide", {"id": "m", "map": {"items": "input.items", "max_concurrency": 100, "body": step("e", "echo")}}))
+    await create(
+        api,
+        workflow(
+            "wide", {"id": "m", "map": {"items": "input.items", "max_concurrency": 100, "body": step("e", "echo")}}
+        ),
+    )
     submitted = await submit(api, "wide", {"items": list(range(1200))})
     async with asyncio.timeout(120):  # nobody watches while it runs: no log is followed in memory
-        while (task := (await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=submitted.task_id))).task).status != COMPLETED:
+        while (
+            task := (await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=submitted.task_id))).task
+        ).status != COMPLETED:
             await asyncio.sleep(0.1)
     assert task.last_sequence > 2400
     every = list(range(1, task.last_sequence + 1))
     watched = [e async for e in api.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id))]
     assert [e.sequence for e in watched] == every
-    batched = [e async for m in api.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=700))
-               for e in m.events]
+    batched = [
+        e
+        async for m in api.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=700))
+        for e in m.events
+    ]
     assert [e.sequence for e in batched] == every[700:] and batched[-1].type == task_pb2.TASK_EVENT_TYPE_COMPLETED
 
 
@@ -113,12 +134,14 @@ async def test_an_output_of_exactly_the_inline_limit_is_inline_and_one_byte_more
 
 async def test_responses_stay_under_the_message_limit_and_the_rest_pages(api):
     # 120 steps whose input and output are 60 KB each: inline, 14 MB in all.
-    task = await run(api, chain("wide", 120, "sized", "{'bytes': 60000, 'tag': string(input.n)}"), {"n": 1}, timeout=120)
+    task = await run(
+        api, chain("wide", 120, "sized", "{'bytes': 60000, 'tag': string(input.n)}"), {"n": 1}, timeout=120
+    )
     assert task.status == COMPLETED
     assert task.ByteSize() < FOUR_MB and task.steps_next_page_token
     shown = [s.path for s in task.steps]
     rest = await all_steps(api, task.task_id)
-    assert [s.path for s in rest][:len(shown)] == shown and len(rest) == 121
+    assert [s.path for s in rest][: len(shown)] == shown and len(rest) == 121
     page = await api.tasks.ListTaskSteps(task_pb2.ListTaskStepsRequest(task_id=task.task_id, page_size=1000))
     assert page.ByteSize() < FOUR_MB and page.next_page_token and page.total_size == 121
     listed = await api.tasks.ListTasks(task_pb2.ListTasksRequest(view=task_pb2.TASK_VIEW_FULL))
@@ -129,7 +152,9 @@ async def test_responses_stay_under_the_message_limit_and_the_rest_pages(api):
     assert not plain.task.steps and plain.task.step_count == 121
 
 
-async def test_a_value_past_the_maximum_fails_its_step_naming_the_limit_and_the_task_stays_readable(server_factory, store_url):
+async def test_a_value_past_the_maximum_fails_its_step_naming_the_limit_and_the_task_stays_readable(
+    server_factory, store_url
+):
     running = await server_factory(store=store_url, limits=Limits(max_value_bytes=1_000_000))
     client = client_for(running)
     task = await run(client, workflow("too-big", step("huge", "sized", "{'bytes': 1500000}")))
@@ -137,7 +162,10 @@ async def test_a_value_past_the_maximum_fails_its_step_naming_the_limit_and_the_
     state = step_states(task)["huge"]
     assert state.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert "the output of step huge is 1500000 bytes; a value may hold at most 1000000" in state.error.message
-    gathered = {"id": "all", "map": {"items": "[1, 2, 3]", "body": step("part", "sized", "{'bytes': 400000, 'tag': string(item)}")}}
+    gathered = {
+        "id": "all",
+        "map": {"items": "[1, 2, 3]", "body": step("part", "sized", "{'bytes': 400000, 'tag': string(item)}")},
+    }
     task = await run(client, workflow("too-big-together", gathered))
     assert task.status == FAILED and "the output of map all is" in task.error.message
     assert (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.status == FAILED
@@ -147,8 +175,14 @@ async def test_a_value_past_the_maximum_fails_its_step_naming_the_limit_and_the_
 async def test_a_plugin_input_larger_than_a_call_can_carry_fails_clearly(server_factory, store_url):
     running = await server_factory(store=store_url, limits=Limits(max_message_bytes=256 * 1024))
     client = client_for(running)
-    gathered = {"id": "all", "map": {"items": "[1, 2, 3]", "body": step("part", "sized", "{'bytes': 100000, 'tag': string(item)}")}}
-    wf = workflow("too-wide", {"id": "root", "sequence": {"children": [gathered, step("next", "echo", retry={"max_attempts": 3})]}})
+    gathered = {
+        "id": "all",
+        "map": {"items": "[1, 2, 3]", "body": step("part", "sized", "{'bytes': 100000, 'tag': string(item)}")},
+    }
+    wf = workflow(
+        "too-wide",
+        {"id": "root", "sequence": {"children": [gathered, step("next", "echo", retry={"max_attempts": 3})]}},
+    )
     task = await run(client, wf)
     assert task.status == FAILED
     state = step_states(task)["root/next"]
@@ -165,7 +199,9 @@ async def test_a_page_token_of_another_tasks_steps_is_invalid_argument(api):
     await wait_done(api, second.task_id)
     page = await api.tasks.ListTaskSteps(task_pb2.ListTaskStepsRequest(task_id=first.task_id, page_size=1))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await api.tasks.ListTaskSteps(task_pb2.ListTaskStepsRequest(task_id=second.task_id, page_token=page.next_page_token))
+        await api.tasks.ListTaskSteps(
+            task_pb2.ListTaskStepsRequest(task_id=second.task_id, page_token=page.next_page_token)
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "another task" in violations(err.value)["page_token"]
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -174,15 +210,27 @@ async def test_a_page_token_of_another_tasks_steps_is_invalid_argument(api):
 
 
 async def test_read_value_of_what_does_not_exist_is_not_found_with_details(api):
-    task = await run(api, workflow("missing-values", {"id": "root", "sequence": {"children": [
-        step("ok", "echo"), step("boom", "fail", "{'code': 'INVALID_ARGUMENT'}")]}}))
+    task = await run(
+        api,
+        workflow(
+            "missing-values",
+            {
+                "id": "root",
+                "sequence": {"children": [step("ok", "echo"), step("boom", "fail", "{'code': 'INVALID_ARGUMENT'}")]},
+            },
+        ),
+    )
     assert task.status == FAILED
     cases: list[tuple[dict[str, Any], str, str]] = [
-        ({"step_path": "root/boom"}, "VALUE_NOT_FOUND", "field"),                      # a failed step has no output
-        ({"step_path": "root"}, "VALUE_NOT_FOUND", "field"),                           # nor its sequence
-        ({"step_path": "root", "field": task_pb2.VALUE_FIELD_INPUT}, "VALUE_NOT_FOUND", "field"),  # composites keep no input
-        ({"step_path": "root/nope"}, "STEP_NOT_FOUND", "step_path"),                   # no such path
-        ({}, "VALUE_NOT_FOUND", "field"),                                              # a failed task has no result
+        ({"step_path": "root/boom"}, "VALUE_NOT_FOUND", "field"),  # a failed step has no output
+        ({"step_path": "root"}, "VALUE_NOT_FOUND", "field"),  # nor its sequence
+        (
+            {"step_path": "root", "field": task_pb2.VALUE_FIELD_INPUT},
+            "VALUE_NOT_FOUND",
+            "field",
+        ),  # composites keep no input
+        ({"step_path": "root/nope"}, "STEP_NOT_FOUND", "step_path"),  # no such path
+        ({}, "VALUE_NOT_FOUND", "field"),  # a failed task has no result
     ]
     for request, reason, field in cases:
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -203,21 +251,30 @@ async def test_read_value_of_another_principals_task_is_not_found(server_factory
     client = client_for(running)
     ann = [("authorization", "Bearer ann-token")]
     ben = [("authorization", "Bearer ben-token")]
-    await client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow("private", step("s", "echo"))), metadata=ann)
+    await client.workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("private", step("s", "echo"))), metadata=ann
+    )
     request = task_pb2.SubmitTaskRequest(workflow_id="private")
     request.input_data.update({"secret": "ann's"})
     task = (await client.tasks.SubmitTask(request, metadata=ann)).task
     async for _ in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id), metadata=ann):
         pass
-    for call in (client.tasks.ReadValue(task_pb2.ReadValueRequest(task_id=task.task_id, step_path="s"), metadata=ben),
-                 client.tasks.ListTaskSteps(task_pb2.ListTaskStepsRequest(task_id=task.task_id), metadata=ben)):
+    for call in (
+        client.tasks.ReadValue(task_pb2.ReadValueRequest(task_id=task.task_id, step_path="s"), metadata=ben),
+        client.tasks.ListTaskSteps(task_pb2.ListTaskStepsRequest(task_id=task.task_id), metadata=ben),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             if isinstance(call, grpc.aio.UnaryStreamCall):
                 [c async for c in call]
             else:
                 await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_reason(err.value) == "TASK_NOT_FOUND"
-    mine = [c async for c in client.tasks.ReadValue(task_pb2.ReadValueRequest(task_id=task.task_id, step_path="s"), metadata=ann)]
+    mine = [
+        c
+        async for c in client.tasks.ReadValue(
+            task_pb2.ReadValueRequest(task_id=task.task_id, step_path="s"), metadata=ann
+        )
+    ]
     assert json_format.MessageToDict(struct_pb2.Value.FromString(mine[0].data)) == {"secret": "ann's"}
     listed = await client.tasks.ListTasks(task_pb2.ListTasksRequest(owner="ann"), metadata=ben)
     assert list(listed.tasks) == []

@@ -36,11 +36,28 @@ async def test_prometheus_metrics_count_tasks_steps_retries_fallbacks_and_store_
     port = free_port()
     running = await server_factory(metrics_port=port)
     client = client_for(running)
-    await run(client, workflow("ok-flow", {"id": "r", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}}))
-    await run(client, workflow("flaky-flow", step("c", "chaos", "{'action': 'fail_times', 'times': 1}",
-                                                  retry={"max_attempts": 3, "initial_backoff": "0.01s"})))
-    await run(client, workflow("fb-flow", step("d", "chaos", "{'action': 'fail'}", retry={"max_attempts": 1},
-                                               fallbacks=[{"protocol": "echo"}])))
+    await run(
+        client, workflow("ok-flow", {"id": "r", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}})
+    )
+    await run(
+        client,
+        workflow(
+            "flaky-flow",
+            step(
+                "c",
+                "chaos",
+                "{'action': 'fail_times', 'times': 1}",
+                retry={"max_attempts": 3, "initial_backoff": "0.01s"},
+            ),
+        ),
+    )
+    await run(
+        client,
+        workflow(
+            "fb-flow",
+            step("d", "chaos", "{'action': 'fail'}", retry={"max_attempts": 1}, fallbacks=[{"protocol": "echo"}]),
+        ),
+    )
     await run(client, workflow("bad-flow", step("e", "chaos", "{'action': 'fail', 'code': 'INVALID_ARGUMENT'}")))
     samples = await asyncio.to_thread(scrape, port)
     assert samples['mcp_tasks_finished_total{status="completed",workflow="ok-flow"}'] == 1
@@ -50,17 +67,22 @@ async def test_prometheus_metrics_count_tasks_steps_retries_fallbacks_and_store_
     assert samples['mcp_step_retries_total{code="UNAVAILABLE",protocol="chaos"}'] == 1
     assert samples['mcp_fallbacks_total{protocol="echo"}'] == 1
     assert samples['mcp_store_operation_seconds_count{operation="save_checkpoint"}'] > 0
-    assert 'mcp_tasks_in_flight' in samples and 'mcp_watchers' in samples
+    assert "mcp_tasks_in_flight" in samples and "mcp_watchers" in samples
     await client.channel.close()
 
 
 async def test_one_trace_per_task_with_spans_per_step_and_plugin_call_propagated_to_the_plugin(plugins):
     exporter = InMemorySpanExporter()
-    running = await start_server(make_settings("sqlite://:memory:", tuple(p.address for p in plugins.values())),
-                                 tracer=TaskTracer(provider_for("", "test", exporter)))
+    running = await start_server(
+        make_settings("sqlite://:memory:", tuple(p.address for p in plugins.values())),
+        tracer=TaskTracer(provider_for("", "test", exporter)),
+    )
     try:
         client = client_for(running)
-        task = await run(client, workflow("traced", {"id": "root", "sequence": {"children": [step("a", "whoami"), step("b", "echo")]}}))
+        task = await run(
+            client,
+            workflow("traced", {"id": "root", "sequence": {"children": [step("a", "whoami"), step("b", "echo")]}}),
+        )
         spans = {s.name: s for s in exporter.get_finished_spans()}
         assert {"task traced", "root", "a", "b", "call whoami", "call echo"} <= set(spans)
         trace_ids = {s.context.trace_id for s in spans.values()}

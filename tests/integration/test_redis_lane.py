@@ -55,8 +55,9 @@ async def test_every_caller_gets_its_own_reply_with_hundreds_in_flight(lane, key
 
 async def test_an_error_reply_fails_only_its_own_caller(redis_client, lane, key):
     await redis_client.set(key, "text")
-    results = await asyncio.gather(lane.call("ECHO", "before"), lane.call("INCR", key), lane.call("ECHO", "after"),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        lane.call("ECHO", "before"), lane.call("INCR", key), lane.call("ECHO", "after"), return_exceptions=True
+    )
     assert results[0] == b"before" and results[2] == b"after"
     assert isinstance(results[1], ResponseError) and "not an integer" in str(results[1])
 

@@ -29,8 +29,10 @@ def start_redis(port: int, directory: str) -> subprocess.Popen[bytes]:
 async def wait_for_health(health: health_pb2_grpc.HealthStub, wanted: int) -> None:
     async with asyncio.timeout(10):
         while True:
-            statuses = [(await health.Check(health_pb2.HealthCheckRequest(service=s))).status
-                        for s in ("", "mcp.v1.TaskService", "mcp.v1.WorkflowService", "mcp.v1.ProtocolRegistry")]
+            statuses = [
+                (await health.Check(health_pb2.HealthCheckRequest(service=s))).status
+                for s in ("", "mcp.v1.TaskService", "mcp.v1.WorkflowService", "mcp.v1.ProtocolRegistry")
+            ]
             if set(statuses) == {wanted}:
                 return
             await asyncio.sleep(0.1)
@@ -42,7 +44,10 @@ async def test_tasks_pause_while_redis_is_down_and_finish_when_it_returns(server
     try:
         running = await server_factory(store=f"redis://127.0.0.1:{port}/0")
         client = client_for(running)
-        wf = workflow("outage", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 300}") for i in range(4)]}})
+        wf = workflow(
+            "outage",
+            {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 300}") for i in range(4)]}},
+        )
         await create(client, wf)
         task = await submit(client, "outage")
         async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
@@ -64,7 +69,9 @@ async def test_tasks_pause_while_redis_is_down_and_finish_when_it_returns(server
         assert done.status == task_pb2.TASK_STATUS_COMPLETED
         log = await events(client, task.task_id)
         assert [e.sequence for e in log] == list(range(1, len(log) + 1))
-        assert [e.step_path for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED][:4] == [f"root/s{i}" for i in range(4)]
+        assert [e.step_path for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED][:4] == [
+            f"root/s{i}" for i in range(4)
+        ]
         await client.channel.close()
     finally:
         redis_process.terminate()
@@ -97,12 +104,20 @@ async def test_right_after_a_redis_restart_every_rpc_succeeds(server_factory, pl
             "CreateWorkflow": lambda i: create(client, wf),
             "GetWorkflow": lambda i: client.workflows.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id="quick")),
             "ListWorkflows": lambda i: client.workflows.ListWorkflows(workflow_pb2.ListWorkflowsRequest()),
-            "ValidateWorkflow": lambda i: client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=wf)),
-            "DeleteWorkflow": lambda i: client.workflows.DeleteWorkflow(workflow_pb2.DeleteWorkflowRequest(workflow_id=f"doomed-{i}")),
-            "RegisterProtocol": lambda i: client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=testkit)),
+            "ValidateWorkflow": lambda i: client.workflows.ValidateWorkflow(
+                workflow_pb2.ValidateWorkflowRequest(workflow=wf)
+            ),
+            "DeleteWorkflow": lambda i: client.workflows.DeleteWorkflow(
+                workflow_pb2.DeleteWorkflowRequest(workflow_id=f"doomed-{i}")
+            ),
+            "RegisterProtocol": lambda i: client.registry.RegisterProtocol(
+                registry_pb2.RegisterProtocolRequest(address=testkit)
+            ),
             "ListProtocols": lambda i: client.registry.ListProtocols(registry_pb2.ListProtocolsRequest()),
             "GetProtocol": lambda i: client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="echo")),
-            "DeregisterProtocol": lambda i: client.registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(name=f"gone-{i}")),
+            "DeregisterProtocol": lambda i: client.registry.DeregisterProtocol(
+                registry_pb2.DeregisterProtocolRequest(name=f"gone-{i}")
+            ),
         }
         for name, call in calls.items():
             holder[0].terminate()
@@ -112,7 +127,9 @@ async def test_right_after_a_redis_restart_every_rpc_succeeds(server_factory, pl
                 try:
                     await call(i)
                 except grpc.aio.AioRpcError as exc:
-                    raise AssertionError(f"{name} call {i + 1} after the restart: {exc.code().name} {exc.details()}") from None
+                    raise AssertionError(
+                        f"{name} call {i + 1} after the restart: {exc.code().name} {exc.details()}"
+                    ) from None
         cancelled = await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=queued[49].task_id))
         assert cancelled.task.status == task_pb2.TASK_STATUS_CANCELLED
         await client.channel.close()

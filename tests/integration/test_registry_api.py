@@ -51,12 +51,16 @@ async def test_registering_an_address_that_does_not_answer_is_a_clear_error(clie
 
 
 async def test_deregister_then_get_is_not_found_and_register_brings_it_back(client, plugins):
-    removed = await client.registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(address=plugins["cognitive"].address))
+    removed = await client.registry.DeregisterProtocol(
+        registry_pb2.DeregisterProtocolRequest(address=plugins["cognitive"].address)
+    )
     assert removed.removed == 4
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    back = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=plugins["cognitive"].address))
+    back = await client.registry.RegisterProtocol(
+        registry_pb2.RegisterProtocolRequest(address=plugins["cognitive"].address)
+    )
     assert {p.manifest.name for p in back.protocols} == {"emotion", "summarize", "entities", "reason"}
 
 
@@ -71,17 +75,28 @@ async def test_health_and_reflection_are_served(server):
         async for response in responses:
             services = {s.name for s in response.list_services_response.service}
             break
-    assert {"mcp.v1.TaskService", "mcp.v1.WorkflowService", "mcp.v1.ProtocolRegistry", "grpc.health.v1.Health"} <= services
+    assert {
+        "mcp.v1.TaskService",
+        "mcp.v1.WorkflowService",
+        "mcp.v1.ProtocolRegistry",
+        "grpc.health.v1.Health",
+    } <= services
 
 
 async def test_a_self_registration_expires_unless_renewed(client, plugins):
     from google.protobuf import duration_pb2
 
-    await client.registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(address=plugins["cognitive"].address))
+    await client.registry.DeregisterProtocol(
+        registry_pb2.DeregisterProtocolRequest(address=plugins["cognitive"].address)
+    )
     ttl = duration_pb2.Duration(nanos=600_000_000)
-    reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=plugins["cognitive"].address, ttl=ttl))
+    reply = await client.registry.RegisterProtocol(
+        registry_pb2.RegisterProtocolRequest(address=plugins["cognitive"].address, ttl=ttl)
+    )
     assert all(p.HasField("expire_time") for p in reply.protocols)
-    assert (await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))).protocol.manifest.name == "emotion"
+    assert (
+        await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))
+    ).protocol.manifest.name == "emotion"
     await asyncio.sleep(2.5)  # past the TTL and past the registry cache's refresh
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))
@@ -89,14 +104,26 @@ async def test_a_self_registration_expires_unless_renewed(client, plugins):
 
 
 async def test_a_plugin_registers_itself_and_keeps_renewing(server, client):
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.writing",
-                                                   "--register", server.address, "--ttl", "2", stdout=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "protocol_plugins.run",
+        "protocol_plugins.writing",
+        "--register",
+        server.address,
+        "--ttl",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+    )
     try:
         assert process.stdout is not None
         address = (await process.stdout.readline()).decode().split()[1]
         async with asyncio.timeout(10):
             while True:
-                entries = {(p.manifest.name, p.address): p for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols}
+                entries = {
+                    (p.manifest.name, p.address): p
+                    for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols
+                }
                 if ("critique", address) in entries:
                     break
                 await asyncio.sleep(0.1)

@@ -10,7 +10,19 @@ import pytest
 
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2
 from tests.conftest import client_for, spawn_plugin
-from tests.helpers import create, error_reason, events, plugin_stats, run, step, step_states, submit, until_plugin_called, wait_done, workflow
+from tests.helpers import (
+    create,
+    error_reason,
+    events,
+    plugin_stats,
+    run,
+    step,
+    step_states,
+    submit,
+    until_plugin_called,
+    wait_done,
+    workflow,
+)
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
@@ -27,7 +39,10 @@ async def test_retryable_failures_are_retried_with_an_event_per_retry(client):
     assert step_states(task)["c"].attempts == 3
     retries = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING]
     assert [e.attempt for e in retries] == [1, 2]
-    assert all(e.data.fields["code"].string_value == "UNAVAILABLE" and e.data.fields["wait_seconds"].number_value >= 0 for e in retries)
+    assert all(
+        e.data.fields["code"].string_value == "UNAVAILABLE" and e.data.fields["wait_seconds"].number_value >= 0
+        for e in retries
+    )
     assert "retrying in" in retries[0].message
 
 
@@ -51,7 +66,10 @@ async def test_a_call_the_plugin_cancelled_is_retried_as_unavailable(client, tra
 
 
 async def test_a_non_retryable_code_is_not_retried(client):
-    task = await run(client, workflow("no-retry", chaos("c", "{'action': 'fail', 'code': 'INVALID_ARGUMENT'}", retry={"max_attempts": 5})))
+    task = await run(
+        client,
+        workflow("no-retry", chaos("c", "{'action': 'fail', 'code': 'INVALID_ARGUMENT'}", retry={"max_attempts": 5})),
+    )
     assert task.status == task_pb2.TASK_STATUS_FAILED
     assert step_states(task)["c"].attempts == 1 and "INVALID_ARGUMENT" in task.error.message
 
@@ -64,8 +82,10 @@ async def test_exhausted_retries_fail_with_the_last_code(client):
 
 
 async def test_attempt_deadline_cancels_the_call_and_says_which_limit(client, chaos_plugin):
-    wf = workflow("attempt-deadline", chaos("c", "{'action': 'hang'}", attempt_timeout="0.2s",
-                                             retry={"max_attempts": 2, "initial_backoff": "0.01s"}))
+    wf = workflow(
+        "attempt-deadline",
+        chaos("c", "{'action': 'hang'}", attempt_timeout="0.2s", retry={"max_attempts": 2, "initial_backoff": "0.01s"}),
+    )
     task = await run(client, wf)
     assert task.status == task_pb2.TASK_STATUS_FAILED
     assert task.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
@@ -81,9 +101,14 @@ async def test_step_timeout_bounds_all_attempts(client):
 
 
 async def test_task_timeout_bounds_the_whole_run(client):
-    wf = workflow("task-timeout", {"id": "r", "sequence": {"children": [chaos("a", "{'action': 'slow', 'ms': 200}"),
-                                                                      chaos("b", "{'action': 'hang'}")]}},
-                  defaults={"task_timeout": "0.6s"})
+    wf = workflow(
+        "task-timeout",
+        {
+            "id": "r",
+            "sequence": {"children": [chaos("a", "{'action': 'slow', 'ms': 200}"), chaos("b", "{'action': 'hang'}")]},
+        },
+        defaults={"task_timeout": "0.6s"},
+    )
     task = await run(client, wf)
     assert task.status == task_pb2.TASK_STATUS_FAILED
     assert "task timeout of 0.6s" in task.error.message
@@ -91,8 +116,15 @@ async def test_task_timeout_bounds_the_whole_run(client):
 
 
 async def test_fallback_runs_when_the_primary_fails_and_is_recorded(client):
-    wf = workflow("fallback", chaos("c", "{'action': 'fail'}", retry={"max_attempts": 1},
-                                    fallbacks=[{"protocol": "echo", "input": "{'from': 'fallback'}"}]))
+    wf = workflow(
+        "fallback",
+        chaos(
+            "c",
+            "{'action': 'fail'}",
+            retry={"max_attempts": 1},
+            fallbacks=[{"protocol": "echo", "input": "{'from': 'fallback'}"}],
+        ),
+    )
     task = await run(client, wf)
     assert task.status == task_pb2.TASK_STATUS_COMPLETED
     assert step_states(task)["c"].fallback_protocol == "echo"
@@ -109,8 +141,15 @@ async def test_malformed_plugin_output_fails_the_step_with_a_message_saying_so(c
 async def test_breaker_opens_fails_fast_falls_back_and_closes_again(server_factory, chaos_plugin):
     running = await server_factory(breaker_failure_threshold=2, breaker_reset_seconds=0.5)
     client = client_for(running)
-    failing = workflow("breaker", chaos("c", "{'action': 'fail', 'marker_key': input.k}", retry={"max_attempts": 1},
-                                        fallbacks=[{"protocol": "echo", "input": "{'fallback': true}"}]))
+    failing = workflow(
+        "breaker",
+        chaos(
+            "c",
+            "{'action': 'fail', 'marker_key': input.k}",
+            retry={"max_attempts": 1},
+            fallbacks=[{"protocol": "echo", "input": "{'fallback': true}"}],
+        ),
+    )
     await create(client, failing)
     first = [await wait_done(client, (await submit(client, "breaker", {"k": i})).task_id) for i in range(3)]
     assert all(t.status == task_pb2.TASK_STATUS_COMPLETED for t in first)  # the fallback answered each time
@@ -118,18 +157,28 @@ async def test_breaker_opens_fails_fast_falls_back_and_closes_again(server_facto
     fallbacks = [e for e in third_log if e.type == E.TASK_EVENT_TYPE_FALLBACK_USED]
     assert "circuit breaker of chaos is open" in fallbacks[0].data.fields["error"].string_value
     async with grpc.aio.insecure_channel(chaos_plugin.address) as channel:
-        seen = (await protocol_pb2_grpc.ProtocolServiceStub(channel).Execute(protocol_pb2.ExecuteRequest(protocol="chaos_stats"))).output
+        seen = (
+            await protocol_pb2_grpc.ProtocolServiceStub(channel).Execute(
+                protocol_pb2.ExecuteRequest(protocol="chaos_stats")
+            )
+        ).output
     called = set(seen.fields["calls"].struct_value.fields)
-    assert f"{first[1].task_id}/c/chaos" in called and f"{first[2].task_id}/c/chaos" not in called  # the open breaker never called
+    assert (
+        f"{first[1].task_id}/c/chaos" in called and f"{first[2].task_id}/c/chaos" not in called
+    )  # the open breaker never called
     second_log = await events(client, first[1].task_id)
     changes = [e for e in second_log if e.type == E.TASK_EVENT_TYPE_BREAKER_STATE_CHANGED]
     assert changes and changes[0].data.fields["to"].string_value == "open"
-    listed = {p.manifest.name: p for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols}
+    listed = {
+        p.manifest.name: p for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols
+    }
     assert listed["chaos"].breaker == registry_pb2.BREAKER_STATE_OPEN
     await asyncio.sleep(0.6)
     ok = await run(client, workflow("breaker-ok", chaos("c", "{'action': 'ok'}")))
     assert ok.status == task_pb2.TASK_STATUS_COMPLETED and not step_states(ok)["c"].fallback_protocol
-    listed = {p.manifest.name: p for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols}
+    listed = {
+        p.manifest.name: p for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols
+    }
     assert listed["chaos"].breaker == registry_pb2.BREAKER_STATE_CLOSED
     await client.channel.close()
 
@@ -139,11 +188,20 @@ async def test_a_plugin_killed_mid_call_and_restarted_is_retried_to_success(serv
     port = victim.address.rsplit(":", 1)[1]
     running = await server_factory(session_plugins=False, extra_plugins=(victim.address,))
     client = client_for(running)
-    listed = {(p.manifest.name, p.address) for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols}
+    listed = {
+        (p.manifest.name, p.address)
+        for p in (await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())).protocols
+    }
     assert ("chaos", victim.address) in listed and len(listed) == 2  # its only instance (chaos and chaos_stats)
     marker = tmp_path / "died-once"
-    wf = workflow("phoenix", chaos("c", f"{{'action': 'die', 'marker': '{marker}'}}",
-                                   retry={"max_attempts": 30, "initial_backoff": "0.1s", "max_backoff": "0.2s"}))
+    wf = workflow(
+        "phoenix",
+        chaos(
+            "c",
+            f"{{'action': 'die', 'marker': '{marker}'}}",
+            retry={"max_attempts": 30, "initial_backoff": "0.1s", "max_backoff": "0.2s"},
+        ),
+    )
     await create(client, wf)
     task = await submit(client, "phoenix")
     assert await asyncio.to_thread(victim.process.wait, 10) == 1  # it died mid-call
@@ -162,8 +220,17 @@ async def test_a_plugin_killed_mid_call_and_restarted_is_retried_to_success(serv
 async def test_bulkhead_caps_calls_in_flight_per_protocol(server_factory, testkit):
     running = await server_factory(protocol_concurrency=("sleep=3",))
     client = client_for(running)
-    wf = workflow("bulkhead", {"id": "m", "map": {"items": "[1,2,3,4,5,6,7,8,9,10,11,12]", "max_concurrency": 12,
-                                                  "body": step("nap", "sleep", "{'ms': 40}")}})
+    wf = workflow(
+        "bulkhead",
+        {
+            "id": "m",
+            "map": {
+                "items": "[1,2,3,4,5,6,7,8,9,10,11,12]",
+                "max_concurrency": 12,
+                "body": step("nap", "sleep", "{'ms': 40}"),
+            },
+        },
+    )
     task = await run(client, wf)
     assert task.status == task_pb2.TASK_STATUS_COMPLETED
     assert (await plugin_stats(testkit))["max_in_flight"] == 3
@@ -201,13 +268,21 @@ async def test_a_full_queue_answers_resource_exhausted(server_factory):
 async def test_cancel_reaches_the_plugin_call(client, chaos_plugin):
     async with grpc.aio.insecure_channel(chaos_plugin.address) as channel:
         stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
-        before = (await stub.Execute(protocol_pb2.ExecuteRequest(protocol="chaos_stats"))).output.fields["cancelled"].number_value
+        before = (
+            (await stub.Execute(protocol_pb2.ExecuteRequest(protocol="chaos_stats")))
+            .output.fields["cancelled"]
+            .number_value
+        )
         await create(client, workflow("hang-cancel", chaos("c", "{'action': 'hang'}")))
         task = await submit(client, "hang-cancel")
         await until_plugin_called(stub, task.task_id, "chaos_stats")
         await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))
         for _ in range(40):
-            after = (await stub.Execute(protocol_pb2.ExecuteRequest(protocol="chaos_stats"))).output.fields["cancelled"].number_value
+            after = (
+                (await stub.Execute(protocol_pb2.ExecuteRequest(protocol="chaos_stats")))
+                .output.fields["cancelled"]
+                .number_value
+            )
             if after > before:
                 break
             await asyncio.sleep(0.05)

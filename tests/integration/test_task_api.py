@@ -8,14 +8,28 @@ import grpc
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from tests.helpers import create, error_reason, events, result, step, step_states, submit, until_plugin_called, violations, wait_done, workflow
+from tests.helpers import (
+    create,
+    error_reason,
+    events,
+    result,
+    step,
+    step_states,
+    submit,
+    until_plugin_called,
+    violations,
+    wait_done,
+    workflow,
+)
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
 
 
 async def test_a_sequence_passes_each_output_to_the_next_step_and_records_every_step(client):
-    wf = workflow("seq", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append"), step("c", "append")]}})
+    wf = workflow(
+        "seq", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append"), step("c", "append")]}}
+    )
     await create(client, wf)
     task = await wait_done(client, (await submit(client, "seq", {"text": ">"})).task_id)
     assert task.status == task_pb2.TASK_STATUS_COMPLETED
@@ -30,7 +44,9 @@ async def test_a_sequence_passes_each_output_to_the_next_step_and_records_every_
 
 
 async def test_watch_replays_a_gapless_log_and_ends_after_the_terminal_event(client):
-    await create(client, workflow("w", {"id": "root", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}}))
+    await create(
+        client, workflow("w", {"id": "root", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}})
+    )
     task = await submit(client, "w", {"x": 1})
     log = await events(client, task.task_id)
     assert [e.sequence for e in log] == list(range(1, len(log) + 1))
@@ -53,22 +69,37 @@ async def test_watch_past_the_end_of_a_running_task_waits_for_new_events(client)
 
 
 async def test_several_watchers_see_the_same_events_live(client):
-    await create(client, workflow("multi", {"id": "r", "sequence": {"children": [step("a", "sleep", "{'ms': 100}"), step("b", "echo")]}}))
+    await create(
+        client,
+        workflow(
+            "multi", {"id": "r", "sequence": {"children": [step("a", "sleep", "{'ms': 100}"), step("b", "echo")]}}
+        ),
+    )
     task = await submit(client, "multi")
     logs = await asyncio.gather(*(events(client, task.task_id) for _ in range(5)))
     assert all([e.sequence for e in log] == [e.sequence for e in logs[0]] for log in logs)
 
 
 async def test_watch_task_events_sends_the_same_log_in_fewer_messages(client):
-    await create(client, workflow("batched", {"id": "r", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 20}") for i in range(4)]}}))
+    await create(
+        client,
+        workflow(
+            "batched", {"id": "r", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 20}") for i in range(4)]}}
+        ),
+    )
     task = await submit(client, "batched")
-    batches = [list(m.events) async for m in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id))]
+    batches = [
+        list(m.events) async for m in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id))
+    ]
     flat = [e for batch in batches for e in batch]
     assert [e.sequence for e in flat] == [e.sequence for e in await events(client, task.task_id)]
     assert flat[-1].type == E.TASK_EVENT_TYPE_COMPLETED and all(batch for batch in batches)
     assert len(batches) < len(flat)  # events written together arrive together
-    tail = [e async for m in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=5))
-            for e in m.events]
+    tail = [
+        e
+        async for m in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=5))
+        for e in m.events
+    ]
     assert [e.sequence for e in tail] == list(range(6, len(flat) + 1))
 
 
@@ -106,13 +137,16 @@ async def test_cancel_stops_a_running_task_and_a_second_cancel_is_harmless(clien
     await create(client, workflow("long", step("nap", "sleep", "{'ms': 10000}")))
     task = await submit(client, "long")
     await until_plugin_called(testkit, task.task_id)
-    cancelled = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="changed my mind"))).task
+    cancelled = (
+        await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="changed my mind"))
+    ).task
     assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED
     again = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))).task
     assert again.status == task_pb2.TASK_STATUS_CANCELLED
     log = await events(client, task.task_id)
     assert log[-1].type == E.TASK_EVENT_TYPE_CANCELLED and "changed my mind" in log[-1].message
     from tests.helpers import plugin_stats
+
     for _ in range(50):
         if (await plugin_stats(testkit))["cancelled"] >= 1:
             break
@@ -133,8 +167,10 @@ async def test_unknown_workflow_and_unknown_task_are_not_found(client):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await submit(client, "never-created")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_reason(err.value) == "WORKFLOW_NOT_FOUND"
-    for call in (client.tasks.GetTask(task_pb2.GetTaskRequest(task_id="nope")),
-                 client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id="nope"))):
+    for call in (
+        client.tasks.GetTask(task_pb2.GetTaskRequest(task_id="nope")),
+        client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id="nope")),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -152,9 +188,11 @@ async def test_input_over_the_size_limit_is_rejected_naming_the_field(client):
 
 
 async def test_empty_required_fields_are_invalid_argument(client):
-    for call, field in ((client.tasks.SubmitTask(task_pb2.SubmitTaskRequest()), "workflow_id"),
-                        (client.tasks.GetTask(task_pb2.GetTaskRequest()), "task_id"),
-                        (client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=-1)), "page_size")):
+    for call, field in (
+        (client.tasks.SubmitTask(task_pb2.SubmitTaskRequest()), "workflow_id"),
+        (client.tasks.GetTask(task_pb2.GetTaskRequest()), "task_id"),
+        (client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=-1)), "page_size"),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -175,7 +213,9 @@ async def test_higher_priority_runs_first(server, client):
 
 # ---- RunTask: submit and wait in one call ---------------------------------------------------
 async def test_run_task_answers_with_the_finished_task_and_its_result(client):
-    await create(client, workflow("ran", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
+    await create(
+        client, workflow("ran", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}})
+    )
     request = task_pb2.SubmitTaskRequest(workflow_id="ran", request_id="run-once")
     request.input_data.update({"text": ">"})
     call = client.tasks.RunTask(request, timeout=30)
@@ -186,7 +226,9 @@ async def test_run_task_answers_with_the_finished_task_and_its_result(client):
     assert result(reply.task)["text"] == ">ab" and not reply.task.steps  # the BASIC view
     log = await events(client, reply.task.task_id)
     assert log[-1].type == E.TASK_EVENT_TYPE_COMPLETED and reply.task.last_sequence == log[-1].sequence
-    stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+    stored = (
+        await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))
+    ).task
     assert reply.task == stored  # answered from the run's own end, exactly what the store holds
     again = await client.tasks.RunTask(request)  # the same request id: the same task, already ended
     assert not again.created and again.task.task_id == reply.task.task_id and result(again.task)["text"] == ">ab"
@@ -196,7 +238,9 @@ async def test_run_task_of_a_failing_workflow_answers_with_the_failed_task(clien
     await create(client, workflow("ran-fail", step("f", "fail", "{'code': 'INVALID_ARGUMENT', 'message': 'no good'}")))
     reply = await client.tasks.RunTask(task_pb2.SubmitTaskRequest(workflow_id="ran-fail"))
     assert reply.task.status == task_pb2.TASK_STATUS_FAILED and "no good" in reply.task.error.message
-    stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+    stored = (
+        await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))
+    ).task
     assert reply.task == stored
 
 
@@ -207,7 +251,9 @@ async def test_run_task_answers_with_a_large_input_and_result_by_reference_as_ge
     reply = await client.tasks.RunTask(request)
     assert reply.task.status == task_pb2.TASK_STATUS_COMPLETED
     assert reply.task.HasField("result_ref") and reply.task.HasField("input_ref") and not reply.task.HasField("result")
-    stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+    stored = (
+        await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))
+    ).task
     assert reply.task == stored
 
 
@@ -244,15 +290,24 @@ async def test_run_task_on_redis_answers_as_get_task_does_whichever_replica_ran_
     worker = await server_factory(redis_url)
     front = await server_factory(redis_url, limits=replace(Limits(), max_tasks_in_flight=0))
     clients = [client_for(worker), client_for(front)]
-    await create(clients[0], workflow("ran-redis", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
+    await create(
+        clients[0],
+        workflow("ran-redis", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}),
+    )
     for client in clients:
         request = task_pb2.SubmitTaskRequest(workflow_id="ran-redis")
         request.input_data.update({"text": "-"})
         reply = await client.tasks.RunTask(request, timeout=30)
-        stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+        stored = (
+            await client.tasks.GetTask(
+                task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC)
+            )
+        ).task
         assert reply.task == stored and result(reply.task)["text"] == "-ab"
         started = [e for e in await events(client, reply.task.task_id) if e.type == E.TASK_EVENT_TYPE_STARTED]
-        assert started[0].data.fields["replica"].string_value == worker.orchestrator.settings.replica_id  # the worker ran both
+        assert (
+            started[0].data.fields["replica"].string_value == worker.orchestrator.settings.replica_id
+        )  # the worker ran both
     for client in clients:
         await client.channel.close()
 
@@ -266,7 +321,9 @@ async def test_a_long_step_s_start_is_written_and_watched_while_it_runs(client):
         if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "nap":
             break
     seen = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
-    assert seen.status == task_pb2.TASK_STATUS_RUNNING and step_states(seen)["nap"].status == task_pb2.STEP_STATUS_RUNNING
+    assert (
+        seen.status == task_pb2.TASK_STATUS_RUNNING and step_states(seen)["nap"].status == task_pb2.STEP_STATUS_RUNNING
+    )
     assert (await wait_done(client, task.task_id)).status == task_pb2.TASK_STATUS_COMPLETED
 
 
@@ -281,7 +338,9 @@ async def test_a_run_task_whose_task_is_cancelled_answers_with_the_cancelled_tas
     reply = await call
     assert reply.task.task_id == listed[0].task_id
     assert reply.task.status == task_pb2.TASK_STATUS_CANCELLED and "changed my mind" in reply.task.error.message
-    stored = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+    stored = (
+        await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.task.task_id, view=task_pb2.TASK_VIEW_BASIC))
+    ).task
     assert reply.task == stored
 
 
@@ -291,7 +350,12 @@ async def submit_and_watch(client, request: task_pb2.SubmitTaskRequest) -> list[
 
 
 async def test_submit_and_watch_streams_the_submitted_task_then_its_whole_log(client):
-    await create(client, workflow("saw", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "sleep", "{'ms': 50}")]}}))
+    await create(
+        client,
+        workflow(
+            "saw", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "sleep", "{'ms': 50}")]}}
+        ),
+    )
     request = task_pb2.SubmitTaskRequest(workflow_id="saw", request_id="saw-once")
     request.input_data.update({"text": ">"})
     replies = await submit_and_watch(client, request)
@@ -326,7 +390,12 @@ async def test_submit_and_watch_refuses_what_submit_refuses_before_streaming(cli
 async def test_a_broken_submit_and_watch_goes_on_with_a_watch_after_the_last_event_seen(client):
     """The client reads the first messages and drops the stream; the task runs on, and a watch
     after the last sequence it saw gives the rest of the log, nothing twice, nothing missing."""
-    await create(client, workflow("saw-cut", {"id": "r", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 60}") for i in range(3)]}}))
+    await create(
+        client,
+        workflow(
+            "saw-cut", {"id": "r", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 60}") for i in range(3)]}}
+        ),
+    )
     call = client.tasks.SubmitAndWatchTask(task_pb2.SubmitTaskRequest(workflow_id="saw-cut"), timeout=30)
     seen: list[task_pb2.TaskEvent] = []
     task_id = ""
@@ -336,8 +405,13 @@ async def test_a_broken_submit_and_watch_goes_on_with_a_watch_after_the_last_eve
         if any(e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED for e in seen):
             break
     call.cancel()
-    rest = [e async for m in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=seen[-1].sequence))
-            for e in m.events]
+    rest = [
+        e
+        async for m in client.tasks.WatchTaskEvents(
+            task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=seen[-1].sequence)
+        )
+        for e in m.events
+    ]
     assert seen + rest == await events(client, task_id)
     assert rest[-1].type == E.TASK_EVENT_TYPE_COMPLETED
 
@@ -353,7 +427,10 @@ async def test_submit_and_watch_on_redis_follows_a_task_another_replica_runs(ser
     worker = await server_factory(redis_url)
     front = await server_factory(redis_url, limits=replace(Limits(), max_tasks_in_flight=0))
     clients = [client_for(worker), client_for(front)]
-    await create(clients[0], workflow("saw-redis", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}))
+    await create(
+        clients[0],
+        workflow("saw-redis", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}),
+    )
     for client in clients:
         replies = await submit_and_watch(client, task_pb2.SubmitTaskRequest(workflow_id="saw-redis"))
         task_id = replies[0].submitted.task.task_id

@@ -22,7 +22,9 @@ async def test_watchers_starting_mid_run_miss_nothing_and_never_stall(server_fac
     monkeypatch.setattr(StreamHub, "LOCAL_SECONDS", 600.0)
     running = await server_factory(store=redis_url)
     client = client_for(running)
-    await create(client, workflow("three", {"id": "root", "sequence": {"children": [step(f"s{i}", "echo") for i in range(3)]}}))
+    await create(
+        client, workflow("three", {"id": "root", "sequence": {"children": [step(f"s{i}", "echo") for i in range(3)]}})
+    )
 
     async def submit_and_watch(after: int) -> list[int]:
         task = (await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="three"))).task
@@ -48,10 +50,10 @@ async def test_a_local_write_that_overtakes_the_first_read_is_kept_for_its_turn(
     events = [make_event("t", n, task_pb2.TASK_EVENT_TYPE_PROGRESS) for n in range(1, 8)]
     try:
         await hub.follow(key, partition, 0)
-        hub.written(key, events[4:6])          # 5, 6: ahead of a gap
-        hub.feed(key, events[:4])              # 1-4: the read that fills it
+        hub.written(key, events[4:6])  # 5, 6: ahead of a gap
+        hub.feed(key, events[:4])  # 1-4: the read that fills it
         assert [e.sequence for e in await hub.wait(key, partition, 0, 1.0)] == [1, 2, 3, 4, 5, 6]
-        hub.written(key, events[5:7])          # 6 again (ignored) and 7
+        hub.written(key, events[5:7])  # 6 again (ignored) and 7
         assert [e.sequence for e in await hub.wait(key, partition, 6, 1.0)] == [7]
     finally:
         await store.close()

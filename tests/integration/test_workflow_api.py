@@ -57,24 +57,48 @@ async def test_validate_reports_size_and_protocols_of_a_good_workflow(client):
 
 BAD_WORKFLOWS = {
     "unknown protocol": (step("s", "no-such-protocol"), "workflow.root.step.protocol"),
-    "duplicate node ids": ({"id": "r", "sequence": {"children": [step("x", "echo"), step("x", "echo")]}},
-                           "workflow.root.sequence.children[1].id"),
+    "duplicate node ids": (
+        {"id": "r", "sequence": {"children": [step("x", "echo"), step("x", "echo")]}},
+        "workflow.root.sequence.children[1].id",
+    ),
     "empty sequence": ({"id": "r", "sequence": {}}, "workflow.root.sequence.children"),
     "empty parallel": ({"id": "r", "parallel": {}}, "workflow.root.parallel.children"),
-    "supervise without children": ({"id": "r", "supervise": {"supervisor": "threshold_supervisor"}}, "workflow.root.supervise.children"),
-    "transition to unknown state": ({"id": "r", "adaptive": {"states": [
-        {"name": "a", "node": step("a", "echo"), "transitions": [{"to": "nowhere"}]},
-        {"name": "b", "node": step("b", "echo"), "terminal": True}]}}, "workflow.root.adaptive.states[0].transitions[0].to"),
+    "supervise without children": (
+        {"id": "r", "supervise": {"supervisor": "threshold_supervisor"}},
+        "workflow.root.supervise.children",
+    ),
+    "transition to unknown state": (
+        {
+            "id": "r",
+            "adaptive": {
+                "states": [
+                    {"name": "a", "node": step("a", "echo"), "transitions": [{"to": "nowhere"}]},
+                    {"name": "b", "node": step("b", "echo"), "terminal": True},
+                ]
+            },
+        },
+        "workflow.root.adaptive.states[0].transitions[0].to",
+    ),
     "CEL that does not compile": (step("s", "echo", "input.x +"), "workflow.root.step.input"),
-    "quorum larger than children": ({"id": "r", "parallel": {"join": "JOIN_POLICY_QUORUM", "quorum": 3,
-                                                             "children": [step("a", "echo"), step("b", "echo")]}}, "workflow.root.parallel.quorum"),
+    "quorum larger than children": (
+        {
+            "id": "r",
+            "parallel": {"join": "JOIN_POLICY_QUORUM", "quorum": 3, "children": [step("a", "echo"), step("b", "echo")]},
+        },
+        "workflow.root.parallel.quorum",
+    ),
     "node without a kind": ({"id": "r"}, "workflow.root"),
     "negative retry attempts": (step("s", "echo", retry={"max_attempts": -1}), "workflow.root.step.retry.max_attempts"),
-    "non-retryable code in retry policy": (step("s", "echo", retry={"retryable_codes": ["INVALID_ARGUMENT"]}),
-                                           "workflow.root.step.retry.retryable_codes"),
+    "non-retryable code in retry policy": (
+        step("s", "echo", retry={"retryable_codes": ["INVALID_ARGUMENT"]}),
+        "workflow.root.step.retry.retryable_codes",
+    ),
     "zero timeout": (step("s", "echo", timeout="0s"), "workflow.root.step.timeout"),
     "absurd timeout": (step("s", "echo", timeout="99999999s"), "workflow.root.step.timeout"),
-    "fallback to unknown protocol": (step("s", "echo", fallbacks=[{"protocol": "nope"}]), "workflow.root.step.fallbacks[0].protocol"),
+    "fallback to unknown protocol": (
+        step("s", "echo", fallbacks=[{"protocol": "nope"}]),
+        "workflow.root.step.fallbacks[0].protocol",
+    ),
 }
 
 
@@ -82,8 +106,10 @@ BAD_WORKFLOWS = {
 async def test_invalid_workflow_is_rejected_with_the_field_named(client, case):
     root, field = BAD_WORKFLOWS[case]
     wf = workflow("bad", root)
-    for call in (client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=wf)),
-                 client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=wf))):
+    for call in (
+        client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=wf)),
+        client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=wf)),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -120,7 +146,10 @@ async def test_missing_workflow_and_bad_ids_are_invalid_argument(client):
 
 
 async def test_a_definition_with_hundreds_of_violations_still_gets_a_readable_answer(client):
-    bad = {"id": "r", "sequence": {"children": [step(f"s{i}" * 20, f"missing-protocol-{i}" * 5, "1 +") for i in range(200)]}}
+    bad = {
+        "id": "r",
+        "sequence": {"children": [step(f"s{i}" * 20, f"missing-protocol-{i}" * 5, "1 +") for i in range(200)]},
+    }
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(workflow=workflow("many", bad)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -35,6 +35,7 @@ def leaf() -> st.SearchStrategy[dict[str, Any]]:
         if expr:
             body["input"] = expr
         return {"id": f"n{next(_ids)}", "step": body}
+
     return st.sampled_from(LEAVES).map(build)
 
 
@@ -43,19 +44,42 @@ def composite(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[
     return st.one_of(
         many.map(lambda c: {"id": f"n{next(_ids)}", "sequence": {"children": c}}),
         st.tuples(many, st.sampled_from(["JOIN_POLICY_ALL", "JOIN_POLICY_ANY"]), st.booleans()).map(
-            lambda t: {"id": f"n{next(_ids)}", "parallel": {"children": t[0], "join": t[1], "fail_fast": t[2]}}),
-        children.map(lambda body: {"id": f"n{next(_ids)}", "map": {"items": "[1, 2, 3]", "body": body, "max_concurrency": 2}}),
-        many.map(lambda c: {"id": f"n{next(_ids)}", "supervise": {"supervisor": "threshold_supervisor", "max_rounds": 2, "children": c}}),
-        st.tuples(children, children).map(lambda pair: {"id": f"n{next(_ids)}", "adaptive": {"max_transitions": 3, "states": [
-            {"name": "a", "node": pair[0], "transitions": [{"when": "size(steps) > 100", "to": "a"}, {"to": "b"}]},
-            {"name": "b", "node": pair[1], "terminal": True}]}}),
+            lambda t: {"id": f"n{next(_ids)}", "parallel": {"children": t[0], "join": t[1], "fail_fast": t[2]}}
+        ),
+        children.map(
+            lambda body: {"id": f"n{next(_ids)}", "map": {"items": "[1, 2, 3]", "body": body, "max_concurrency": 2}}
+        ),
+        many.map(
+            lambda c: {
+                "id": f"n{next(_ids)}",
+                "supervise": {"supervisor": "threshold_supervisor", "max_rounds": 2, "children": c},
+            }
+        ),
+        st.tuples(children, children).map(
+            lambda pair: {
+                "id": f"n{next(_ids)}",
+                "adaptive": {
+                    "max_transitions": 3,
+                    "states": [
+                        {
+                            "name": "a",
+                            "node": pair[0],
+                            "transitions": [{"when": "size(steps) > 100", "to": "a"}, {"to": "b"}],
+                        },
+                        {"name": "b", "node": pair[1], "terminal": True},
+                    ],
+                },
+            }
+        ),
     )
 
 
 definitions = st.recursive(leaf(), composite, max_leaves=8)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(root=definitions)
 async def test_random_well_formed_workflows_complete_or_fail_clearly(client, root):
     wf = workflow(f"random-{uuid.uuid4().hex[:8]}", root)

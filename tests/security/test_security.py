@@ -19,7 +19,13 @@ from tests.helpers import error_reason, step, workflow
 from tests.security.certs import make_pki
 
 pytestmark = pytest.mark.asyncio
-TOKENS = {"alice": "alice-secret", "bob": "bob-secret", "root": "root-secret", "writer": "writer-secret", "ops": "ops-secret"}
+TOKENS = {
+    "alice": "alice-secret",
+    "bob": "bob-secret",
+    "root": "root-secret",
+    "writer": "writer-secret",
+    "ops": "ops-secret",
+}
 ROLES = {"alice": [], "bob": [], "root": ["admin"], "writer": ["author"], "ops": ["operator"]}
 
 
@@ -32,10 +38,15 @@ def secure_client(address: str, pki, with_client_cert: bool) -> Client:
     credentials = grpc.ssl_channel_credentials(
         root_certificates=pki.ca.read_bytes(),
         private_key=pki.client_key.read_bytes() if with_client_cert else None,
-        certificate_chain=pki.client_cert.read_bytes() if with_client_cert else None)
+        certificate_chain=pki.client_cert.read_bytes() if with_client_cert else None,
+    )
     channel = grpc.aio.secure_channel(address, credentials)
-    return Client(channel, task_pb2_grpc.TaskServiceStub(channel), workflow_pb2_grpc.WorkflowServiceStub(channel),
-                  registry_pb2_grpc.ProtocolRegistryStub(channel))
+    return Client(
+        channel,
+        task_pb2_grpc.TaskServiceStub(channel),
+        workflow_pb2_grpc.WorkflowServiceStub(channel),
+        registry_pb2_grpc.ProtocolRegistryStub(channel),
+    )
 
 
 async def test_tls_serves_tls_clients_and_refuses_plaintext(server_factory, pki):
@@ -45,13 +56,17 @@ async def test_tls_serves_tls_clients_and_refuses_plaintext(server_factory, pki)
     assert listed.protocols
     async with grpc.aio.insecure_channel(running.address) as plain:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await registry_pb2_grpc.ProtocolRegistryStub(plain).ListProtocols(registry_pb2.ListProtocolsRequest(), timeout=3)
+            await registry_pb2_grpc.ProtocolRegistryStub(plain).ListProtocols(
+                registry_pb2.ListProtocolsRequest(), timeout=3
+            )
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     await client.channel.close()
 
 
 async def test_mtls_requires_a_client_certificate_from_the_ca(server_factory, pki):
-    running = await server_factory(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), tls_client_ca=str(pki.ca))
+    running = await server_factory(
+        tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), tls_client_ca=str(pki.ca)
+    )
     anonymous = secure_client(running.address, pki, with_client_cert=False)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await anonymous.registry.ListProtocols(registry_pb2.ListProtocolsRequest(), timeout=3)
@@ -64,21 +79,40 @@ async def test_mtls_requires_a_client_certificate_from_the_ca(server_factory, pk
 
 async def test_plugin_calls_go_over_mtls(server_factory, pki):
     plugin = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.writing", "--listen", "127.0.0.1:0",
-        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca),
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "protocol_plugins.run",
+        "protocol_plugins.writing",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(pki.server_cert),
+        "--tls-key",
+        str(pki.server_key),
+        "--tls-client-ca",
+        str(pki.ca),
+        stdout=asyncio.subprocess.PIPE,
+    )
     try:
         assert plugin.stdout is not None
         address = (await plugin.stdout.readline()).decode().split()[1]
-        running = await server_factory(session_plugins=False, plugin_tls_ca=str(pki.ca), plugin_tls_cert=str(pki.client_cert),
-                                       plugin_tls_key=str(pki.client_key))
+        running = await server_factory(
+            session_plugins=False,
+            plugin_tls_ca=str(pki.ca),
+            plugin_tls_cert=str(pki.client_cert),
+            plugin_tls_key=str(pki.client_key),
+        )
         from tests.conftest import client_for
         from tests.helpers import run
 
         client = client_for(running)
         reply = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=address))
         assert "critique" in {p.manifest.name for p in reply.protocols}
-        task = await run(client, workflow("tls-step", step("c", "critique")), {"text": "This is fine. In short, it works well enough."})
+        task = await run(
+            client,
+            workflow("tls-step", step("c", "critique")),
+            {"text": "This is fine. In short, it works well enough."},
+        )
         assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
         await client.channel.close()
     finally:
@@ -104,7 +138,11 @@ def as_user(name: str) -> list[tuple[str, str]]:
 async def test_missing_or_bad_tokens_are_unauthenticated_and_health_stays_open(authed):
     _, channel = authed
     tasks = task_pb2_grpc.TaskServiceStub(channel)
-    for metadata, reason in (([], "NO_TOKEN"), ([("authorization", "Bearer nope")], "BAD_TOKEN"), ([("authorization", "Basic x")], "NO_TOKEN")):
+    for metadata, reason in (
+        ([], "NO_TOKEN"),
+        ([("authorization", "Bearer nope")], "BAD_TOKEN"),
+        ([("authorization", "Basic x")], "NO_TOKEN"),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await tasks.ListTasks(task_pb2.ListTasksRequest(), metadata=metadata)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and error_reason(err.value) == reason
@@ -116,11 +154,15 @@ async def test_tasks_are_isolated_per_principal_and_admins_see_all(authed):
     _, channel = authed
     tasks = task_pb2_grpc.TaskServiceStub(channel)
     workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
-    await workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow("mine", step("s", "echo"))), metadata=as_user("writer"))
+    await workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("mine", step("s", "echo"))), metadata=as_user("writer")
+    )
     alices = (await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="mine"), metadata=as_user("alice"))).task
     assert alices.owner == "alice"
-    for call in (tasks.GetTask(task_pb2.GetTaskRequest(task_id=alices.task_id), metadata=as_user("bob")),
-                 tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=alices.task_id), metadata=as_user("bob"))):
+    for call in (
+        tasks.GetTask(task_pb2.GetTaskRequest(task_id=alices.task_id), metadata=as_user("bob")),
+        tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=alices.task_id), metadata=as_user("bob")),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND  # indistinguishable from a task that does not exist
@@ -130,10 +172,14 @@ async def test_tasks_are_isolated_per_principal_and_admins_see_all(authed):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert (await tasks.ListTasks(task_pb2.ListTasksRequest(), metadata=as_user("bob"))).tasks == []
     bobs = (await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="mine"), metadata=as_user("bob"))).task
-    assert [t.task_id for t in (await tasks.ListTasks(task_pb2.ListTasksRequest(), metadata=as_user("alice"))).tasks] == [alices.task_id]
+    assert [
+        t.task_id for t in (await tasks.ListTasks(task_pb2.ListTasksRequest(), metadata=as_user("alice"))).tasks
+    ] == [alices.task_id]
     everyone = {t.task_id for t in (await tasks.ListTasks(task_pb2.ListTasksRequest(), metadata=as_user("root"))).tasks}
     assert everyone == {alices.task_id, bobs.task_id}
-    assert (await tasks.GetTask(task_pb2.GetTaskRequest(task_id=alices.task_id), metadata=as_user("root"))).task.owner == "alice"
+    assert (
+        await tasks.GetTask(task_pb2.GetTaskRequest(task_id=alices.task_id), metadata=as_user("root"))
+    ).task.owner == "alice"
 
 
 async def test_submit_and_watch_streams_only_the_caller_s_own_task(authed):
@@ -142,7 +188,9 @@ async def test_submit_and_watch_streams_only_the_caller_s_own_task(authed):
     _, channel = authed
     tasks = task_pb2_grpc.TaskServiceStub(channel)
     workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
-    await workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow("followed", step("s", "echo"))), metadata=as_user("writer"))
+    await workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("followed", step("s", "echo"))), metadata=as_user("writer")
+    )
     request = task_pb2.SubmitTaskRequest(workflow_id="followed", request_id="same-key")
     streams = {}
     for name in ("alice", "bob"):
@@ -151,7 +199,9 @@ async def test_submit_and_watch_streams_only_the_caller_s_own_task(authed):
     assert alices.owner == "alice" and bobs.owner == "bob" and alices.task_id != bobs.task_id
     assert {e.task_id for r in streams["bob"] for e in r.events} == {bobs.task_id}
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in tasks.SubmitAndWatchTask(task_pb2.SubmitTaskRequest(workflow_id="followed", request_id="no-token")):
+        async for _ in tasks.SubmitAndWatchTask(
+            task_pb2.SubmitTaskRequest(workflow_id="followed", request_id="no-token")
+        ):
             pass
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     listed = (await tasks.ListTasks(task_pb2.ListTasksRequest(workflow_id="followed"), metadata=as_user("root"))).tasks
@@ -167,18 +217,25 @@ async def test_workflow_and_registry_changes_need_their_roles(authed):
         await workflows.CreateWorkflow(create, metadata=as_user("alice"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and error_reason(err.value) == "MISSING_ROLE"
     assert (await workflows.CreateWorkflow(create, metadata=as_user("writer"))).workflow.version == 1
-    assert (await workflows.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id="roles"), metadata=as_user("alice"))).workflow
+    assert (
+        await workflows.GetWorkflow(workflow_pb2.GetWorkflowRequest(workflow_id="roles"), metadata=as_user("alice"))
+    ).workflow
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(name="echo"), metadata=as_user("writer"))
+        await registry.DeregisterProtocol(
+            registry_pb2.DeregisterProtocolRequest(name="echo"), metadata=as_user("writer")
+        )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert (await registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(name="echo"), metadata=as_user("ops"))).removed == 1
+    assert (
+        await registry.DeregisterProtocol(registry_pb2.DeregisterProtocolRequest(name="echo"), metadata=as_user("ops"))
+    ).removed == 1
 
 
 async def test_submissions_per_principal_are_rate_limited(authed):
     _, channel = authed
     tasks = task_pb2_grpc.TaskServiceStub(channel)
     await workflow_pb2_grpc.WorkflowServiceStub(channel).CreateWorkflow(
-        workflow_pb2.CreateWorkflowRequest(workflow=workflow("rate", step("s", "echo"))), metadata=as_user("root"))
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("rate", step("s", "echo"))), metadata=as_user("root")
+    )
     accepted, limited = 0, None
     for _ in range(30):
         try:
@@ -187,7 +244,11 @@ async def test_submissions_per_principal_are_rate_limited(authed):
         except grpc.aio.AioRpcError as exc:
             limited = exc
             break
-    assert limited is not None and limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(limited) == "RATE_LIMITED"
+    assert (
+        limited is not None
+        and limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and error_reason(limited) == "RATE_LIMITED"
+    )
     assert 5 <= accepted <= 12  # a burst of 10, refilled at 5 per second while we submit
     # another principal has its own bucket
     await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="rate"), metadata=as_user("bob"))
@@ -195,7 +256,9 @@ async def test_submissions_per_principal_are_rate_limited(authed):
 
 async def test_malformed_request_bytes_are_invalid_argument_not_internal(server):
     async with grpc.aio.insecure_channel(server.address) as channel:
-        raw = channel.unary_unary("/mcp.v1.TaskService/GetTask", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        raw = channel.unary_unary(
+            "/mcp.v1.TaskService/GetTask", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await raw(b"\xff\xff\xff\xff\x0f not protobuf")
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -213,10 +276,25 @@ async def test_field_rules_declared_in_the_protos_are_enforced_at_the_edge(clien
         (client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="bad id!")), "workflow_id", "must match"),
         (client.tasks.GetTask(task_pb2.GetTaskRequest(task_id="x" * 100)), "task_id", "at most 64"),
         (client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=20000)), "page_size", "at most 10000"),
-        (client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="w", labels={str(i): "v" for i in range(70)})), "labels", "entries"),
-        (client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(
-            workflow=workflow("ok", step("s", "echo"), description="d" * 5000))), "workflow.description", "at most 4096"),
-        (client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address="no port")), "address", "must match"),
+        (
+            client.tasks.SubmitTask(
+                task_pb2.SubmitTaskRequest(workflow_id="w", labels={str(i): "v" for i in range(70)})
+            ),
+            "labels",
+            "entries",
+        ),
+        (
+            client.workflows.CreateWorkflow(
+                workflow_pb2.CreateWorkflowRequest(workflow=workflow("ok", step("s", "echo"), description="d" * 5000))
+            ),
+            "workflow.description",
+            "at most 4096",
+        ),
+        (
+            client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address="no port")),
+            "address",
+            "must match",
+        ),
     ]
     for call, field, why in cases:
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -232,7 +310,10 @@ async def test_messages_over_the_size_limit_are_refused(server_factory):
     running = await server_factory(limits=Limits(max_message_bytes=64 * 1024, max_input_bytes=1024 * 1024))
     client = client_for(running)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.workflows.ValidateWorkflow(workflow_pb2.ValidateWorkflowRequest(
-            workflow=workflow("big", step("s", "echo"), labels={f"k{i}": "v" * 1000 for i in range(100)})))
+        await client.workflows.ValidateWorkflow(
+            workflow_pb2.ValidateWorkflowRequest(
+                workflow=workflow("big", step("s", "echo"), labels={f"k{i}": "v" * 1000 for i in range(100)})
+            )
+        )
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     await client.channel.close()

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from tests.conftest import Client
 
 
-def start_orchestrator(address: str, store: str, plugins: Sequence[str], replica: str, **env: str) -> subprocess.Popen[bytes]:
+def start_orchestrator(
+    address: str, store: str, plugins: Sequence[str], replica: str, **env: str
+) -> subprocess.Popen[bytes]:
     """`python -m mcp_server` on `address`, with `plugins` registered; returns once it serves."""
     log = tempfile.NamedTemporaryFile(prefix=f"orchestrator-{replica}-", suffix=".log", delete=False)  # noqa: SIM115
     args = [sys.executable, "-m", "mcp_server", "--listen", address, "--store", store, "--replica-id", replica]
@@ -37,8 +39,9 @@ def start_orchestrator(address: str, store: str, plugins: Sequence[str], replica
 
 
 @contextlib.asynccontextmanager
-async def replica_set(count: int, store: str, plugins: Sequence[str], name: str,
-                      **env: str) -> AsyncIterator[tuple[list[subprocess.Popen[bytes]], list[Client]]]:
+async def replica_set(
+    count: int, store: str, plugins: Sequence[str], name: str, **env: str
+) -> AsyncIterator[tuple[list[subprocess.Popen[bytes]], list[Client]]]:
     """`count` orchestrator processes on one store (replica ids `name0`, `name1`, ...), with a
     client for each; all stopped afterwards."""
     from tests.conftest import client_for_address

@@ -60,8 +60,18 @@ class LocalCluster:
     def start_node(self, port: int) -> None:
         node_dir = os.path.join(self.directory, str(port))
         os.makedirs(node_dir, exist_ok=True)
-        self.processes[port] = start_redis_server(port, node_dir, "--appendonly", "yes", "--cluster-enabled", "yes",
-                                                  "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))
+        self.processes[port] = start_redis_server(
+            port,
+            node_dir,
+            "--appendonly",
+            "yes",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            str(NODE_TIMEOUT_MS),
+        )
 
     def masters(self) -> list[int]:
         """The ports of the nodes that are masters now (and serve slots)."""
@@ -137,8 +147,20 @@ def start_cluster() -> LocalCluster:
     try:
         for port in cluster.ports:
             cluster.start_node(port)
-        subprocess.run([redis_cli_binary(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in cluster.ports),
-                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                redis_cli_binary(),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in cluster.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         cluster.wait_ok()
         # replicas attach asynchronously: wait until every master has its replica, in sync
         deadline = time.monotonic() + 30
@@ -157,7 +179,10 @@ def _replicas(port: int) -> int:
     client = redis.Redis(port=port, socket_timeout=2)
     try:
         info = client.info("replication")
-        return sum(1 for key, value in info.items() if key.startswith("slave") and isinstance(value, dict)
-                   and value.get("state") == "online")
+        return sum(
+            1
+            for key, value in info.items()
+            if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+        )
     finally:
         client.close()

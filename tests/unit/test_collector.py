@@ -20,5 +20,7 @@ print(gc.get_freeze_count())
 
 @pytest.mark.parametrize(("setting", "frozen"), [("", True), ("true", True), ("false", False)])
 def test_the_started_server_s_objects_are_frozen_unless_turned_off(setting: str, frozen: bool) -> None:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, setting], capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, setting], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert (int(out) > 10_000) == frozen, out  # the modules alone are tens of thousands of objects

@@ -20,8 +20,16 @@ def wf(root: dict, **extra: object) -> workflow_pb2.Workflow:
 
 
 def test_compiles_defaults_into_every_step():
-    plan = compile_workflow(wf({"id": "r", "sequence": {"children": [{"step": {"protocol": "a"}}, {"step": {"protocol": "b", "timeout": "2s"}}]}},
-                               defaults={"retry": {"max_attempts": 5}, "step_timeout": "9s", "task_timeout": "60s"}), Limits())
+    plan = compile_workflow(
+        wf(
+            {
+                "id": "r",
+                "sequence": {"children": [{"step": {"protocol": "a"}}, {"step": {"protocol": "b", "timeout": "2s"}}]},
+            },
+            defaults={"retry": {"max_attempts": 5}, "step_timeout": "9s", "task_timeout": "60s"},
+        ),
+        Limits(),
+    )
     assert isinstance(plan.root, SequencePlan)
     first, second = plan.root.children
     assert isinstance(first, StepPlan) and first.id == "a" and first.retry.max_attempts == 5 and first.timeout == 9.0
@@ -31,11 +39,29 @@ def test_compiles_defaults_into_every_step():
 
 def test_reports_every_violation_at_once():
     with pytest.raises(InvalidArgument) as err:
-        compile_workflow(wf({"id": "r", "parallel": {"join": "JOIN_POLICY_QUORUM", "quorum": 5, "children": [
-            {"id": "x", "step": {"protocol": ""}}, {"id": "x", "step": {"protocol": "p", "input": "1 +"}}]}}), Limits())
+        compile_workflow(
+            wf(
+                {
+                    "id": "r",
+                    "parallel": {
+                        "join": "JOIN_POLICY_QUORUM",
+                        "quorum": 5,
+                        "children": [
+                            {"id": "x", "step": {"protocol": ""}},
+                            {"id": "x", "step": {"protocol": "p", "input": "1 +"}},
+                        ],
+                    },
+                }
+            ),
+            Limits(),
+        )
     fields = {v.field for v in err.value.violations}
-    assert fields == {"workflow.root.parallel.quorum", "workflow.root.parallel.children[0].step.protocol",
-                      "workflow.root.parallel.children[1].id", "workflow.root.parallel.children[1].step.input"}
+    assert fields == {
+        "workflow.root.parallel.quorum",
+        "workflow.root.parallel.children[0].step.protocol",
+        "workflow.root.parallel.children[1].id",
+        "workflow.root.parallel.children[1].step.input",
+    }
 
 
 def test_unknown_protocols_are_checked_only_when_the_registry_is_given():
@@ -52,7 +78,11 @@ def test_adaptive_needs_a_terminal_state_and_known_targets():
     assert any("terminal" in v.description for v in err.value.violations)
     states.append({"name": "end", "terminal": True, "node": {"id": "e", "step": {"protocol": "p"}}})
     plan = compile_workflow(wf({"id": "m", "adaptive": {"states": states}}), Limits())
-    assert isinstance(plan.root, AdaptivePlan) and plan.root.initial_state == "a" and plan.root.max_transitions == Limits().max_transitions
+    assert (
+        isinstance(plan.root, AdaptivePlan)
+        and plan.root.initial_state == "a"
+        and plan.root.max_transitions == Limits().max_transitions
+    )
 
 
 def test_workflow_limits_may_only_tighten_server_limits():
@@ -63,7 +93,9 @@ def test_workflow_limits_may_only_tighten_server_limits():
 
 def test_expression_length_is_limited():
     with pytest.raises(InvalidArgument) as err:
-        compile_workflow(wf({"step": {"protocol": "p", "input": "1 + " * 1000 + "1"}}), Limits(max_expression_length=100))
+        compile_workflow(
+            wf({"step": {"protocol": "p", "input": "1 + " * 1000 + "1"}}), Limits(max_expression_length=100)
+        )
     assert "limit is 100" in err.value.violations[0].description
 
 

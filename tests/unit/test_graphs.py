@@ -15,9 +15,26 @@ HOSTILE_CONDITION = 'output.x == "<img src=x onerror=\\"alert(1)\\">" && output.
 
 def adaptive(root_id: str, state_node_ids: tuple[str, str]) -> workflow_pb2.Workflow:
     first, second = state_node_ids
-    return json_format.ParseDict({"workflow_id": "w", "root": {"id": root_id, "adaptive": {"initial_state": "a", "states": [
-        {"name": "a", "node": {"id": first, "step": {"protocol": "echo"}}, "transitions": [{"when": HOSTILE_CONDITION, "to": "b"}, {"to": "b"}]},
-        {"name": "b", "terminal": True, "node": {"id": second, "step": {"protocol": "echo"}}}]}}}, workflow_pb2.Workflow())
+    return json_format.ParseDict(
+        {
+            "workflow_id": "w",
+            "root": {
+                "id": root_id,
+                "adaptive": {
+                    "initial_state": "a",
+                    "states": [
+                        {
+                            "name": "a",
+                            "node": {"id": first, "step": {"protocol": "echo"}},
+                            "transitions": [{"when": HOSTILE_CONDITION, "to": "b"}, {"to": "b"}],
+                        },
+                        {"name": "b", "terminal": True, "node": {"id": second, "step": {"protocol": "echo"}}},
+                    ],
+                },
+            },
+        },
+        workflow_pb2.Workflow(),
+    )
 
 
 def test_mermaid_labels_carry_quotes_and_markup_as_entity_codes():

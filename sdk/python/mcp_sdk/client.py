@@ -37,11 +37,24 @@ from mcp_sdk.errors import FieldViolation, McpError, task_error
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_sdk.values import JsonValue, sendable_struct, strict_json, value_to_python
 
-TERMINAL_EVENTS = frozenset({task_pb2.TASK_EVENT_TYPE_COMPLETED, task_pb2.TASK_EVENT_TYPE_FAILED, task_pb2.TASK_EVENT_TYPE_CANCELLED})
-TERMINAL_STATUSES = frozenset({task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED})
+TERMINAL_EVENTS = frozenset(
+    {task_pb2.TASK_EVENT_TYPE_COMPLETED, task_pb2.TASK_EVENT_TYPE_FAILED, task_pb2.TASK_EVENT_TYPE_CANCELLED}
+)
+TERMINAL_STATUSES = frozenset(
+    {task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED}
+)
 # A watch that ends with one of these was cut off (server gone, restarting, overloaded), not refused.
-RESUMABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL,
-                             grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RESUMABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 # Calls gRPC may repeat on UNAVAILABLE. Left out: CreateWorkflow (a repeat would add a version) and
 # DeleteWorkflow (a repeat would answer NOT_FOUND for a delete that worked).
 _RETRYABLE_METHODS = [
@@ -51,11 +64,22 @@ _RETRYABLE_METHODS = [
     {"service": "mcp.v1.WorkflowService", "method": "ValidateWorkflow"},
     {"service": "mcp.v1.ProtocolRegistry"},
 ]
-_SERVICE_CONFIG = json.dumps({"methodConfig": [{
-    "name": _RETRYABLE_METHODS,
-    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"]},
-}]})
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": _RETRYABLE_METHODS,
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 _CHANNEL_OPTIONS = [
     ("grpc.service_config", _SERVICE_CONFIG),
     ("grpc.enable_retries", 1),
@@ -68,6 +92,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.http2.ping_timeout_ms", 10_000),
 ]
 
+
 @dataclass(frozen=True)
 class Tls:
     """How to reach the server over TLS: the CA to trust (None: the system's), and for mutual TLS
@@ -79,15 +104,24 @@ class Tls:
     server_name: str | None = None
 
     @classmethod
-    def from_files(cls, ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None,
-                   server_name: str | None = None) -> Tls:
+    def from_files(
+        cls,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        server_name: str | None = None,
+    ) -> Tls:
         """Read the PEM files; each is optional, as in the constructor."""
+
         def read(path: str | Path | None) -> bytes | None:
             return Path(path).read_bytes() if path else None
+
         return cls(read(ca), read(cert), read(key), server_name)
 
 
-def open_channel(address: str, tls: Tls | bool | None = None, options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+def open_channel(
+    address: str, tls: Tls | bool | None = None, options: list[tuple[str, Any]] | None = None
+) -> grpc.aio.Channel:
     """A channel to `address` with the client's retry and keepalive settings, over TLS when asked."""
     channel_options = [*_CHANNEL_OPTIONS, *(options or [])]
     if tls is None or tls is False:
@@ -124,20 +158,36 @@ class Backoff:
         return self.give_up_after is not None and now - self._failing_since > self.give_up_after
 
     async def sleep(self) -> None:
-        delay = min(self.maximum, self.initial * 2 ** self._attempt)
+        delay = min(self.maximum, self.initial * 2**self._attempt)
         self._attempt += 1
         await asyncio.sleep(random.uniform(delay / 2, delay))
 
 
-def _submit_request(workflow_id: str, input: Mapping[str, JsonValue] | None, request_id: str | None, priority: int,
-                    labels: Mapping[str, str] | None, version: int) -> task_pb2.SubmitTaskRequest:
+def _submit_request(
+    workflow_id: str,
+    input: Mapping[str, JsonValue] | None,
+    request_id: str | None,
+    priority: int,
+    labels: Mapping[str, str] | None,
+    version: int,
+) -> task_pb2.SubmitTaskRequest:
     try:
         input_data = sendable_struct(dict(input or {}))
     except ValueError as exc:  # too deep for protobuf: refused here, as the server would refuse it
-        raise McpError(grpc.StatusCode.INVALID_ARGUMENT, f"input_data: {exc}", reason="VALUE_TOO_DEEP",
-                       violations=(FieldViolation("input_data", str(exc)),)) from None
-    return task_pb2.SubmitTaskRequest(workflow_id=workflow_id, workflow_version=version, input_data=input_data,
-                                      priority=priority, request_id=request_id or uuid.uuid4().hex, labels=dict(labels or {}))
+        raise McpError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input_data: {exc}",
+            reason="VALUE_TOO_DEEP",
+            violations=(FieldViolation("input_data", str(exc)),),
+        ) from None
+    return task_pb2.SubmitTaskRequest(
+        workflow_id=workflow_id,
+        workflow_version=version,
+        input_data=input_data,
+        priority=priority,
+        request_id=request_id or uuid.uuid4().hex,
+        labels=dict(labels or {}),
+    )
 
 
 def workflow_from(definition: workflow_pb2.Workflow | Mapping[str, Any] | str) -> workflow_pb2.Workflow:
@@ -165,7 +215,9 @@ def _load_yaml(text: str) -> Any:
     try:
         import yaml
     except ImportError:
-        raise _bad_definition("this text is not JSON, and reading YAML needs PyYAML: pip install 'mcp-sdk[yaml]'") from None
+        raise _bad_definition(
+            "this text is not JSON, and reading YAML needs PyYAML: pip install 'mcp-sdk[yaml]'"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -173,8 +225,12 @@ def _load_yaml(text: str) -> Any:
 
 
 def _bad_definition(description: str) -> McpError:
-    return McpError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed workflow definition: {description}",
-                    reason="MALFORMED_DEFINITION", violations=(FieldViolation("workflow", description),))
+    return McpError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"malformed workflow definition: {description}",
+        reason="MALFORMED_DEFINITION",
+        violations=(FieldViolation("workflow", description),),
+    )
 
 
 class Client:
@@ -183,8 +239,16 @@ class Client:
     `timeout` bounds each unary call (seconds); `watch_give_up_after` is how long a watch keeps
     reconnecting to a server that does not answer before it raises (None: forever)."""
 
-    def __init__(self, address: str, *, token: str | None = None, tls: Tls | bool | None = None, timeout: float = 30.0,
-                 watch_give_up_after: float | None = 300.0, channel_options: list[tuple[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls: Tls | bool | None = None,
+        timeout: float = 30.0,
+        watch_give_up_after: float | None = 300.0,
+        channel_options: list[tuple[str, Any]] | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self.watch_give_up_after = watch_give_up_after
@@ -198,7 +262,9 @@ class Client:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -232,16 +298,21 @@ class Client:
             request.page_token = reply.next_page_token
 
     # ---- workflows ------------------------------------------------------------------------
-    async def create_workflow(self, definition: workflow_pb2.Workflow | Mapping[str, Any] | str) -> workflow_pb2.Workflow:
+    async def create_workflow(
+        self, definition: workflow_pb2.Workflow | Mapping[str, Any] | str
+    ) -> workflow_pb2.Workflow:
         """Store a workflow (a new version when its id exists); returns it with its version."""
         request = workflow_pb2.CreateWorkflowRequest(workflow=workflow_from(definition))
         reply: workflow_pb2.CreateWorkflowResponse = await self._call(self.workflows.CreateWorkflow, request)
         return reply.workflow
 
-    async def validate_workflow(self, definition: workflow_pb2.Workflow | Mapping[str, Any] | str) -> workflow_pb2.ValidateWorkflowResponse:
+    async def validate_workflow(
+        self, definition: workflow_pb2.Workflow | Mapping[str, Any] | str
+    ) -> workflow_pb2.ValidateWorkflowResponse:
         """Check a definition without storing it; an invalid one raises McpError with the violations."""
-        reply: workflow_pb2.ValidateWorkflowResponse = await self._call(self.workflows.ValidateWorkflow,
-                                                                       workflow_pb2.ValidateWorkflowRequest(workflow=workflow_from(definition)))
+        reply: workflow_pb2.ValidateWorkflowResponse = await self._call(
+            self.workflows.ValidateWorkflow, workflow_pb2.ValidateWorkflowRequest(workflow=workflow_from(definition))
+        )
         return reply
 
     async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow:
@@ -252,18 +323,32 @@ class Client:
 
     async def list_workflows(self) -> list[workflow_pb2.Workflow]:
         """Every workflow's latest version, across all pages."""
-        return [w async for reply in self._pages(self.workflows.ListWorkflows, workflow_pb2.ListWorkflowsRequest(page_size=1000))
-                for w in reply.workflows]
+        return [
+            w
+            async for reply in self._pages(
+                self.workflows.ListWorkflows, workflow_pb2.ListWorkflowsRequest(page_size=1000)
+            )
+            for w in reply.workflows
+        ]
 
     async def delete_workflow(self, workflow_id: str) -> workflow_pb2.DeleteWorkflowResponse:
         """Delete every version of a workflow (tasks that run it keep their copy)."""
-        reply: workflow_pb2.DeleteWorkflowResponse = await self._call(self.workflows.DeleteWorkflow,
-                                                                      workflow_pb2.DeleteWorkflowRequest(workflow_id=workflow_id))
+        reply: workflow_pb2.DeleteWorkflowResponse = await self._call(
+            self.workflows.DeleteWorkflow, workflow_pb2.DeleteWorkflowRequest(workflow_id=workflow_id)
+        )
         return reply
 
     # ---- tasks ----------------------------------------------------------------------------
-    async def submit(self, workflow_id: str, input: Mapping[str, JsonValue] | None = None, *, request_id: str | None = None,
-                     priority: int = 0, labels: Mapping[str, str] | None = None, version: int = 0) -> task_pb2.Task:
+    async def submit(
+        self,
+        workflow_id: str,
+        input: Mapping[str, JsonValue] | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+        labels: Mapping[str, str] | None = None,
+        version: int = 0,
+    ) -> task_pb2.Task:
         """Submit a task; returns it as stored (PENDING, or further along already).
 
         `request_id` makes the submission idempotent for this principal: the same id returns the
@@ -275,29 +360,49 @@ class Client:
     async def get(self, task_id: str, *, steps: bool = True) -> task_pb2.Task:
         """A task; with `steps`, its step states (as many as fit: see `steps()` for all of them)."""
         view = task_pb2.TASK_VIEW_FULL if steps else task_pb2.TASK_VIEW_BASIC
-        reply: task_pb2.GetTaskResponse = await self._call(self.tasks.GetTask, task_pb2.GetTaskRequest(task_id=task_id, view=view))
+        reply: task_pb2.GetTaskResponse = await self._call(
+            self.tasks.GetTask, task_pb2.GetTaskRequest(task_id=task_id, view=view)
+        )
         return reply.task
 
     async def steps(self, task_id: str) -> AsyncIterator[task_pb2.StepState]:
         """Every step state of a task, page by page."""
-        async for reply in self._pages(self.tasks.ListTaskSteps, task_pb2.ListTaskStepsRequest(task_id=task_id, page_size=1000)):
+        async for reply in self._pages(
+            self.tasks.ListTaskSteps, task_pb2.ListTaskStepsRequest(task_id=task_id, page_size=1000)
+        ):
             for step in reply.steps:
                 yield step
 
-    async def list_tasks(self, *, statuses: Sequence[task_pb2.TaskStatus | str] = (), workflow_id: str = "",
-                         page_size: int = 100, page_token: str = "") -> task_pb2.ListTasksResponse:
+    async def list_tasks(
+        self,
+        *,
+        statuses: Sequence[task_pb2.TaskStatus | str] = (),
+        workflow_id: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> task_pb2.ListTasksResponse:
         """One page of tasks, newest first; pass `next_page_token` back for the next."""
-        request = task_pb2.ListTasksRequest(statuses=list(statuses), workflow_id=workflow_id, page_size=page_size, page_token=page_token)
+        request = task_pb2.ListTasksRequest(
+            statuses=list(statuses), workflow_id=workflow_id, page_size=page_size, page_token=page_token
+        )
         reply: task_pb2.ListTasksResponse = await self._call(self.tasks.ListTasks, request)
         return reply
 
     async def cancel(self, task_id: str, reason: str = "") -> task_pb2.Task:
         """Cancel a task; cancelling one that has ended changes nothing and returns it."""
-        reply: task_pb2.CancelTaskResponse = await self._call(self.tasks.CancelTask, task_pb2.CancelTaskRequest(task_id=task_id, reason=reason))
+        reply: task_pb2.CancelTaskResponse = await self._call(
+            self.tasks.CancelTask, task_pb2.CancelTaskRequest(task_id=task_id, reason=reason)
+        )
         return reply.task
 
-    async def read_value(self, task_id: str, step_path: str = "", field: task_pb2.ValueField = task_pb2.VALUE_FIELD_OUTPUT, *,
-                         max_bytes: int | None = None) -> JsonValue:
+    async def read_value(
+        self,
+        task_id: str,
+        step_path: str = "",
+        field: task_pb2.ValueField = task_pb2.VALUE_FIELD_OUTPUT,
+        *,
+        max_bytes: int | None = None,
+    ) -> JsonValue:
         """A value too large to travel inline (a ValueRef's): a step's output or input, or with no
         step path the task's result or input. Checked against its SHA-256. With `max_bytes`, a
         larger value is not read: McpError OUT_OF_RANGE (reason VALUE_TOO_LARGE, its size in
@@ -309,8 +414,12 @@ class Client:
         try:
             async for chunk in call:
                 if max_bytes is not None and chunk.size_bytes > max_bytes:
-                    raise McpError(grpc.StatusCode.OUT_OF_RANGE, f"the value is {chunk.size_bytes} bytes, above the {max_bytes} asked for",
-                                   reason="VALUE_TOO_LARGE", metadata={"size_bytes": str(chunk.size_bytes)})
+                    raise McpError(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"the value is {chunk.size_bytes} bytes, above the {max_bytes} asked for",
+                        reason="VALUE_TOO_LARGE",
+                        metadata={"size_bytes": str(chunk.size_bytes)},
+                    )
                 data += chunk.data
                 sha256 = chunk.sha256
         except grpc.aio.AioRpcError as exc:
@@ -318,7 +427,11 @@ class Client:
         finally:
             call.cancel()
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-            raise McpError(grpc.StatusCode.DATA_LOSS, f"value of {task_id}/{step_path or '(task)'} does not match its SHA-256", reason="CHECKSUM_MISMATCH")
+            raise McpError(
+                grpc.StatusCode.DATA_LOSS,
+                f"value of {task_id}/{step_path or '(task)'} does not match its SHA-256",
+                reason="CHECKSUM_MISMATCH",
+            )
         return value_to_python(struct_pb2.Value.FromString(bytes(data)))
 
     async def watch(self, task_id: str, after: int = 0) -> AsyncGenerator[task_pb2.TaskEvent, None]:
@@ -333,10 +446,12 @@ class Client:
         batched = True
         while True:
             request = task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=last)
-            call: Any = (self.tasks.WatchTaskEvents if batched else self.tasks.WatchTask)(request, metadata=self._metadata)
+            call: Any = (self.tasks.WatchTaskEvents if batched else self.tasks.WatchTask)(
+                request, metadata=self._metadata
+            )
             try:
                 async for message in call:
-                    for event in (message.events if batched else (message,)):
+                    for event in message.events if batched else (message,):
                         if event.sequence <= last:
                             continue
                         last = event.sequence
@@ -356,9 +471,16 @@ class Client:
                 call.cancel()
             await backoff.sleep()
 
-    async def submit_and_watch(self, workflow_id: str, input: Mapping[str, JsonValue] | None = None, *,
-                               request_id: str | None = None, priority: int = 0, labels: Mapping[str, str] | None = None,
-                               version: int = 0) -> AsyncGenerator[task_pb2.TaskEvent, None]:
+    async def submit_and_watch(
+        self,
+        workflow_id: str,
+        input: Mapping[str, JsonValue] | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+        labels: Mapping[str, str] | None = None,
+        version: int = 0,
+    ) -> AsyncGenerator[task_pb2.TaskEvent, None]:
         """Submit a task and yield its events from the first (QUEUED, which names the task in
         `task_id`) to the terminal one, each once, in one SubmitAndWatchTask stream (options as
         `submit`). A cut connection or a restarting server is waited out as `watch` does: once the
@@ -418,9 +540,17 @@ class Client:
             return await self.read_value(task.task_id)
         return value_to_python(task.result)
 
-    async def run(self, workflow_id: str, input: Mapping[str, JsonValue] | None = None, *, timeout: float | None = None,
-                  request_id: str | None = None, priority: int = 0, labels: Mapping[str, str] | None = None,
-                  version: int = 0) -> JsonValue:
+    async def run(
+        self,
+        workflow_id: str,
+        input: Mapping[str, JsonValue] | None = None,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        labels: Mapping[str, str] | None = None,
+        version: int = 0,
+    ) -> JsonValue:
         """Submit a task and wait for its result, in one RunTask call (options as `submit`; raises
         as `result`). A cut connection or a restarting server is waited out as `watch` does, by
         asking again with the same request id, which waits for the same task. On a server
@@ -444,8 +574,13 @@ class Client:
     # ---- protocols ------------------------------------------------------------------------
     async def list_protocols(self) -> list[registry_pb2.RegisteredProtocol]:
         """Every registered protocol instance: address, health, breaker, capacity and what is in use."""
-        return [p async for reply in self._pages(self.registry.ListProtocols, registry_pb2.ListProtocolsRequest(page_size=1000))
-                for p in reply.protocols]
+        return [
+            p
+            async for reply in self._pages(
+                self.registry.ListProtocols, registry_pb2.ListProtocolsRequest(page_size=1000)
+            )
+            for p in reply.protocols
+        ]
 
     async def register_protocols(self, address: str, ttl: float = 0) -> list[registry_pb2.RegisteredProtocol]:
         """Register the plugin at `address` (its Describe says which protocols); `ttl` seconds, 0: no expiry."""

@@ -33,8 +33,16 @@ class FieldViolation:
 class McpError(Exception):
     """A call the server refused or could not do, or a task that did not complete."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, reason: str = "", domain: str = "",
-                 violations: tuple[FieldViolation, ...] = (), metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str = "",
+        domain: str = "",
+        violations: tuple[FieldViolation, ...] = (),
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -105,11 +113,17 @@ def task_error(task: task_pb2.Task) -> McpError:
     from mcp_sdk.proto import task_pb2
 
     if task.status == task_pb2.TASK_STATUS_CANCELLED:
-        status = task.error if task.HasField("error") else status_pb2.Status(code=code_pb2.CANCELLED, message="cancelled")
+        status = (
+            task.error if task.HasField("error") else status_pb2.Status(code=code_pb2.CANCELLED, message="cancelled")
+        )
         cancelled = TaskCancelled.from_status(status)
         cancelled.task = task
         return cancelled
-    status = task.error if task.HasField("error") else status_pb2.Status(code=code_pb2.UNKNOWN, message="the task failed without an error")
+    status = (
+        task.error
+        if task.HasField("error")
+        else status_pb2.Status(code=code_pb2.UNKNOWN, message="the task failed without an error")
+    )
     failed = TaskFailed.from_status(status)
     failed.task = task
     return failed

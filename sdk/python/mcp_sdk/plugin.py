@@ -73,16 +73,27 @@ def accept(output: dict[str, Any] | None = None, **extra: Any) -> Reply:
     return Reply(extra, protocol_pb2.Directive(decision=decision))
 
 
-def retry(feedback: str = "", children: list[str] | None = None, per_child: dict[str, str] | None = None, **extra: Any) -> Reply:
+def retry(
+    feedback: str = "", children: list[str] | None = None, per_child: dict[str, str] | None = None, **extra: Any
+) -> Reply:
     """Supervisor verdict: run `children` (all when empty) again with this feedback."""
-    decision = protocol_pb2.SupervisorDecision(verdict=protocol_pb2.VERDICT_RETRY, feedback=feedback,
-                                               retry_children=children or [], child_feedback=per_child or {})
+    decision = protocol_pb2.SupervisorDecision(
+        verdict=protocol_pb2.VERDICT_RETRY,
+        feedback=feedback,
+        retry_children=children or [],
+        child_feedback=per_child or {},
+    )
     return Reply(extra, protocol_pb2.Directive(decision=decision))
 
 
 def fail(reason: str, **extra: Any) -> Reply:
     """Supervisor verdict: fail the supervised node with `reason`."""
-    return Reply(extra, protocol_pb2.Directive(decision=protocol_pb2.SupervisorDecision(verdict=protocol_pb2.VERDICT_FAIL, reason=reason)))
+    return Reply(
+        extra,
+        protocol_pb2.Directive(
+            decision=protocol_pb2.SupervisorDecision(verdict=protocol_pb2.VERDICT_FAIL, reason=reason)
+        ),
+    )
 
 
 def goto(state: str, **output: Any) -> Reply:
@@ -93,9 +104,13 @@ def goto(state: str, **output: Any) -> Reply:
 class Context:
     """What a handler knows about the call: where it comes from, and a way to report progress."""
 
-    def __init__(self, request: protocol_pb2.ExecuteRequest, grpc_context: grpc.aio.ServicerContext,
-                 progress_queue: asyncio.Queue[protocol_pb2.Progress] | None = None,
-                 metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        request: protocol_pb2.ExecuteRequest,
+        grpc_context: grpc.aio.ServicerContext,
+        progress_queue: asyncio.Queue[protocol_pb2.Progress] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         self.task_id = request.context.task_id
         self.step_path = request.context.step_path
         self.attempt = request.context.attempt
@@ -105,7 +120,9 @@ class Context:
         if metadata is None:
             metadata = {k: v for k, v in (grpc_context.invocation_metadata() or ()) if isinstance(v, str)}
         self.metadata = metadata
-        self._deadline = request.context.deadline.ToNanoseconds() / 1e9 if request.context.HasField("deadline") else None
+        self._deadline = (
+            request.context.deadline.ToNanoseconds() / 1e9 if request.context.HasField("deadline") else None
+        )
         self._progress = progress_queue
 
     def time_remaining(self) -> float | None:
@@ -186,16 +203,25 @@ class _CallStream:
     async def _run(self, call: protocol_pb2.ExecuteCall) -> None:
         outcome = protocol_pb2.ExecuteOutcome(id=call.id)
         try:
-            outcome.response.CopyFrom(await self.plugin._answer(call.request, Context(call.request, self.context, metadata=dict(call.metadata))))
+            outcome.response.CopyFrom(
+                await self.plugin._answer(
+                    call.request, Context(call.request, self.context, metadata=dict(call.metadata))
+                )
+            )
         except ProtocolError as exc:
             outcome.error.code, outcome.error.message = exc.code.value[0], exc.message
         except Exception as exc:  # a handler's bug fails its call, as Execute answers UNKNOWN
             log.exception("protocol %s failed", call.request.protocol)
             outcome.error.code, outcome.error.message = grpc.StatusCode.UNKNOWN.value[0], f"{type(exc).__name__}: {exc}"
         if outcome.ByteSize() + 16 > self.max_response_bytes:
-            outcome = protocol_pb2.ExecuteOutcome(id=call.id, error=status_pb2.Status(
-                code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-                message=f"{call.request.protocol}: the output is {outcome.ByteSize()} bytes; the orchestrator accepts {self.max_response_bytes}"))
+            outcome = protocol_pb2.ExecuteOutcome(
+                id=call.id,
+                error=status_pb2.Status(
+                    code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                    message=f"{call.request.protocol}: the output is {outcome.ByteSize()} bytes; "
+                    f"the orchestrator accepts {self.max_response_bytes}",
+                ),
+            )
         if self.running.pop(call.id, None) is not None:  # not cancelled meanwhile
             self.ready.append(outcome)
             self.wake.set()
@@ -232,45 +258,73 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
     def __init__(self, name: str, capacity: protocol_pb2.Capacity | dict[str, int] | None = None) -> None:
         self.name = name
         self.protocols: dict[str, _Registered] = {}
-        self.capacity = capacity if isinstance(capacity, protocol_pb2.Capacity) else protocol_pb2.Capacity(**(capacity or {}))
+        self.capacity = (
+            capacity if isinstance(capacity, protocol_pb2.Capacity) else protocol_pb2.Capacity(**(capacity or {}))
+        )
 
-    def protocol(self, name: str, *, description: str = "", version: str = "1.0.0",
-                 type: protocol_pb2.ProtocolType = protocol_pb2.PROTOCOL_TYPE_TRANSFORM, max_concurrency: int = 0,
-                 dependencies: tuple[str, ...] = (), input_schema: dict[str, Any] | None = None,
-                 output_schema: dict[str, Any] | None = None, cpu_millis: int = 0, memory_mb: int = 0,
-                 gpu: bool = False, gpus: int = 0) -> Callable[[Handler], Handler]:
+    def protocol(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        version: str = "1.0.0",
+        type: protocol_pb2.ProtocolType = protocol_pb2.PROTOCOL_TYPE_TRANSFORM,
+        max_concurrency: int = 0,
+        dependencies: tuple[str, ...] = (),
+        input_schema: dict[str, Any] | None = None,
+        output_schema: dict[str, Any] | None = None,
+        cpu_millis: int = 0,
+        memory_mb: int = 0,
+        gpu: bool = False,
+        gpus: int = 0,
+    ) -> Callable[[Handler], Handler]:
         """Register the decorated function as protocol `name`, with its manifest: version, type,
         description (default: the docstring's first line), dependencies, what one call needs
         (`cpu_millis`, `memory_mb`, `gpus`; the orchestrator admits a call only where they are
         free), the calls it accepts at once (`max_concurrency`, which the orchestrator honours)
         and JSON Schemas of its input and output."""
+
         def register(handler: Handler) -> Handler:
             manifest = protocol_pb2.ProtocolManifest(
-                name=name, version=version, type=type,
+                name=name,
+                version=version,
+                type=type,
                 description=description or (inspect.getdoc(handler) or "").split("\n")[0],
-                dependencies=list(dependencies), max_concurrency=max_concurrency,
-                resources=protocol_pb2.ResourceRequirements(cpu_millis=cpu_millis, memory_mb=memory_mb, gpu=gpu, gpus=gpus))
+                dependencies=list(dependencies),
+                max_concurrency=max_concurrency,
+                resources=protocol_pb2.ResourceRequirements(
+                    cpu_millis=cpu_millis, memory_mb=memory_mb, gpu=gpu, gpus=gpus
+                ),
+            )
             if input_schema:
                 manifest.input_schema.CopyFrom(dict_to_struct(input_schema))
             if output_schema:
                 manifest.output_schema.CopyFrom(dict_to_struct(output_schema))
             self.protocols[name] = _Registered(manifest, handler)
             return handler
+
         return register
 
     # ---- ProtocolService ------------------------------------------------------------------
-    async def Describe(self, request: protocol_pb2.DescribeRequest, context: grpc.aio.ServicerContext) -> protocol_pb2.DescribeResponse:
-        return protocol_pb2.DescribeResponse(protocols=[p.manifest for p in self.protocols.values()], capacity=self.capacity)
+    async def Describe(
+        self, request: protocol_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> protocol_pb2.DescribeResponse:
+        return protocol_pb2.DescribeResponse(
+            protocols=[p.manifest for p in self.protocols.values()], capacity=self.capacity
+        )
 
-    async def Execute(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> protocol_pb2.ExecuteResponse:
+    async def Execute(
+        self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> protocol_pb2.ExecuteResponse:
         try:
             return await self._answer(request, Context(request, context))
         except ProtocolError as exc:
             await context.abort(exc.code, exc.message)
             raise AssertionError("unreachable") from None
 
-    async def ExecuteMany(self, requests: AsyncIterator[protocol_pb2.ExecuteManyRequest],
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[protocol_pb2.ExecuteManyResponse]:
+    async def ExecuteMany(
+        self, requests: AsyncIterator[protocol_pb2.ExecuteManyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[protocol_pb2.ExecuteManyResponse]:
         """Many Execute calls over one stream (see protocol.proto): each runs as its own task and
         its outcome goes back with the others ready at the same time."""
         async with _CallStream(self, context) as calls:
@@ -284,7 +338,9 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             finally:
                 reader.cancel()
 
-    async def ExecuteStream(self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[protocol_pb2.ExecuteStreamResponse]:
+    async def ExecuteStream(
+        self, request: protocol_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[protocol_pb2.ExecuteStreamResponse]:
         queue: asyncio.Queue[protocol_pb2.Progress] = asyncio.Queue()
         work = asyncio.ensure_future(self._answer(request, Context(request, context, queue)))
         try:
@@ -314,11 +370,15 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.protocol}: bad input: {exc}") from None
         reply = result if isinstance(result, Reply) else Reply(result)
         if not isinstance(reply.output, dict):
-            raise ProtocolError(grpc.StatusCode.INTERNAL, f"{request.protocol} returned {type(reply.output).__name__}, not an object")
+            raise ProtocolError(
+                grpc.StatusCode.INTERNAL, f"{request.protocol} returned {type(reply.output).__name__}, not an object"
+            )
         try:
             response = protocol_pb2.ExecuteResponse(output=sendable_struct(reply.output))
         except ValueError as exc:  # nested too deeply to send: the step fails, the plugin stays up
-            raise ProtocolError(grpc.StatusCode.INTERNAL, f"{request.protocol} returned an output that cannot be sent: {exc}") from None
+            raise ProtocolError(
+                grpc.StatusCode.INTERNAL, f"{request.protocol} returned an output that cannot be sent: {exc}"
+            ) from None
         if reply.directive is not None:
             response.directive.CopyFrom(reply.directive)
         return response
@@ -330,26 +390,51 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         p = protocol_pb2
-        return grpc.method_handlers_generic_handler("mcp.v1.ProtocolService", {
-            "Describe": grpc.unary_unary_rpc_method_handler(
-                self.Describe, request_deserializer=p.DescribeRequest.FromString, response_serializer=p.DescribeResponse.SerializeToString),
-            "Execute": grpc.unary_unary_rpc_method_handler(
-                self.Execute, request_deserializer=p.ExecuteRequest.FromString, response_serializer=self.serialize_execute_response),
-            "ExecuteStream": grpc.unary_stream_rpc_method_handler(
-                self.ExecuteStream, request_deserializer=p.ExecuteRequest.FromString,
-                response_serializer=p.ExecuteStreamResponse.SerializeToString),
-            **({"ExecuteMany": grpc.stream_stream_rpc_method_handler(
-                self.ExecuteMany, request_deserializer=p.ExecuteManyRequest.FromString,
-                response_serializer=p.ExecuteManyResponse.SerializeToString)} if self.call_streams else {}),
-        })
+        return grpc.method_handlers_generic_handler(
+            "mcp.v1.ProtocolService",
+            {
+                "Describe": grpc.unary_unary_rpc_method_handler(
+                    self.Describe,
+                    request_deserializer=p.DescribeRequest.FromString,
+                    response_serializer=p.DescribeResponse.SerializeToString,
+                ),
+                "Execute": grpc.unary_unary_rpc_method_handler(
+                    self.Execute,
+                    request_deserializer=p.ExecuteRequest.FromString,
+                    response_serializer=self.serialize_execute_response,
+                ),
+                "ExecuteStream": grpc.unary_stream_rpc_method_handler(
+                    self.ExecuteStream,
+                    request_deserializer=p.ExecuteRequest.FromString,
+                    response_serializer=p.ExecuteStreamResponse.SerializeToString,
+                ),
+                **(
+                    {
+                        "ExecuteMany": grpc.stream_stream_rpc_method_handler(
+                            self.ExecuteMany,
+                            request_deserializer=p.ExecuteManyRequest.FromString,
+                            response_serializer=p.ExecuteManyResponse.SerializeToString,
+                        )
+                    }
+                    if self.call_streams
+                    else {}
+                ),
+            },
+        )
 
-    async def start(self, listen: str = "127.0.0.1:0", credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, str]:
+    async def start(
+        self, listen: str = "127.0.0.1:0", credentials: grpc.ServerCredentials | None = None
+    ) -> tuple[grpc.aio.Server, str]:
         """Start serving on `listen` (over TLS with `credentials`); return the server and the address it bound."""
         server = grpc.aio.server(options=pending_call_options(self.max_pending_calls))
         server.add_generic_rpc_handlers((self._handlers(),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        names = (protocol_pb2.DESCRIPTOR.services_by_name["ProtocolService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        names = (
+            protocol_pb2.DESCRIPTOR.services_by_name["ProtocolService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
         reflection.enable_server_reflection(names, server)
         host = listen.rsplit(":", 1)[0]
         port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
@@ -357,9 +442,16 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         return server, f"{host}:{port}"
 
-    async def serve(self, listen: str = "127.0.0.1:0", register: str | None = None, ttl: float = 30.0,
-                    credentials: grpc.ServerCredentials | None = None, *, register_token: str | None = None,
-                    register_tls: Tls | bool | None = None) -> None:
+    async def serve(
+        self,
+        listen: str = "127.0.0.1:0",
+        register: str | None = None,
+        ttl: float = 30.0,
+        credentials: grpc.ServerCredentials | None = None,
+        *,
+        register_token: str | None = None,
+        register_tls: Tls | bool | None = None,
+    ) -> None:
         """Serve until SIGTERM/SIGINT; announce the address on stdout; with `register`, register with
         that orchestrator (as an operator: `register_token`, over TLS with `register_tls`) and renew."""
         server, address = await self.start(listen, credentials)
@@ -368,13 +460,19 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        renewer = asyncio.create_task(self._keep_registered(register, address, ttl, register_token, register_tls)) if register else None
+        renewer = (
+            asyncio.create_task(self._keep_registered(register, address, ttl, register_token, register_tls))
+            if register
+            else None
+        )
         await stop.wait()
         if renewer:
             renewer.cancel()
         await server.stop(grace=2)
 
-    async def _keep_registered(self, orchestrator: str, address: str, ttl: float, token: str | None, tls: Tls | bool | None) -> None:
+    async def _keep_registered(
+        self, orchestrator: str, address: str, ttl: float, token: str | None, tls: Tls | bool | None
+    ) -> None:
         async with Client(orchestrator, token=token, tls=tls, timeout=5) as client:
             while True:
                 try:
@@ -392,15 +490,27 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         parser.add_argument("--listen", default="127.0.0.1:0")
         parser.add_argument("--register", help="orchestrator address to register with (and keep renewing)")
         parser.add_argument("--ttl", type=float, default=30.0)
-        parser.add_argument("--capacity", type=_capacity_argument, help="what this instance offers, e.g. gpus=1,cpu_millis=4000 (0: unlimited)")
+        parser.add_argument(
+            "--capacity",
+            type=_capacity_argument,
+            help="what this instance offers, e.g. gpus=1,cpu_millis=4000 (0: unlimited)",
+        )
         parser.add_argument("--tls-cert", help="serve over TLS with this certificate (PEM)")
         parser.add_argument("--tls-key", help="and this private key (PEM)")
         parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mTLS)")
-        parser.add_argument("--register-token", default=os.environ.get("MCP_TOKEN"),
-                            help="bearer token of an operator, when the orchestrator checks tokens (default: $MCP_TOKEN)")
+        parser.add_argument(
+            "--register-token",
+            default=os.environ.get("MCP_TOKEN"),
+            help="bearer token of an operator, when the orchestrator checks tokens (default: $MCP_TOKEN)",
+        )
         parser.add_argument("--register-tls-ca", help="reach the orchestrator over TLS, trusting this CA (PEM)")
-        parser.add_argument("--max-pending-calls", type=int, default=self.max_pending_calls,
-                            help=f"calls received and waiting for the event loop before gRPC sheds any (default {self.max_pending_calls})")
+        parser.add_argument(
+            "--max-pending-calls",
+            type=int,
+            default=self.max_pending_calls,
+            help="calls received and waiting for the event loop"
+            f" before gRPC sheds any (default {self.max_pending_calls})",
+        )
         args = parser.parse_args(argv if argv is not None else sys.argv[1:])
         logging.basicConfig(level=logging.INFO)
         if args.max_pending_calls < 1:
@@ -411,7 +521,19 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         credentials = None
         if args.tls_cert:
             client_ca = Path(args.tls_client_ca).read_bytes() if args.tls_client_ca else None
-            credentials = grpc.ssl_server_credentials([(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())],
-                                                      root_certificates=client_ca, require_client_auth=client_ca is not None)
+            credentials = grpc.ssl_server_credentials(
+                [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
         register_tls = Tls.from_files(ca=args.register_tls_ca) if args.register_tls_ca else None
-        asyncio.run(self.serve(args.listen, args.register, args.ttl, credentials, register_token=args.register_token, register_tls=register_tls))
+        asyncio.run(
+            self.serve(
+                args.listen,
+                args.register,
+                args.ttl,
+                credentials,
+                register_token=args.register_token,
+                register_tls=register_tls,
+            )
+        )

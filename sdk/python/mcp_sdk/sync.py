@@ -25,15 +25,30 @@ T = TypeVar("T")
 class SyncClient:
     """A blocking client of one orchestrator; see `Client` for what each method does."""
 
-    def __init__(self, address: str, *, token: str | None = None, tls: Tls | bool | None = None, timeout: float = 30.0,
-                 watch_give_up_after: float | None = 300.0, channel_options: list[tuple[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls: Tls | bool | None = None,
+        timeout: float = 30.0,
+        watch_give_up_after: float | None = 300.0,
+        channel_options: list[tuple[str, Any]] | None = None,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mcp-sdk-client", daemon=True)
         self._thread.start()
 
         async def make() -> Client:  # the channel belongs to the loop it is made on
-            return Client(address, token=token, tls=tls, timeout=timeout, watch_give_up_after=watch_give_up_after,
-                          channel_options=channel_options)
+            return Client(
+                address,
+                token=token,
+                tls=tls,
+                timeout=timeout,
+                watch_give_up_after=watch_give_up_after,
+                channel_options=channel_options,
+            )
+
         self._client = self._run(make())
 
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
@@ -42,7 +57,9 @@ class SyncClient:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -57,7 +74,9 @@ class SyncClient:
     def create_workflow(self, definition: workflow_pb2.Workflow | Mapping[str, Any] | str) -> workflow_pb2.Workflow:
         return self._run(self._client.create_workflow(definition))
 
-    def validate_workflow(self, definition: workflow_pb2.Workflow | Mapping[str, Any] | str) -> workflow_pb2.ValidateWorkflowResponse:
+    def validate_workflow(
+        self, definition: workflow_pb2.Workflow | Mapping[str, Any] | str
+    ) -> workflow_pb2.ValidateWorkflowResponse:
         return self._run(self._client.validate_workflow(definition))
 
     def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow:
@@ -69,9 +88,21 @@ class SyncClient:
     def delete_workflow(self, workflow_id: str) -> workflow_pb2.DeleteWorkflowResponse:
         return self._run(self._client.delete_workflow(workflow_id))
 
-    def submit(self, workflow_id: str, input: Mapping[str, JsonValue] | None = None, *, request_id: str | None = None,
-               priority: int = 0, labels: Mapping[str, str] | None = None, version: int = 0) -> task_pb2.Task:
-        return self._run(self._client.submit(workflow_id, input, request_id=request_id, priority=priority, labels=labels, version=version))
+    def submit(
+        self,
+        workflow_id: str,
+        input: Mapping[str, JsonValue] | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+        labels: Mapping[str, str] | None = None,
+        version: int = 0,
+    ) -> task_pb2.Task:
+        return self._run(
+            self._client.submit(
+                workflow_id, input, request_id=request_id, priority=priority, labels=labels, version=version
+            )
+        )
 
     def get(self, task_id: str, *, steps: bool = True) -> task_pb2.Task:
         return self._run(self._client.get(task_id, steps=steps))
@@ -79,31 +110,50 @@ class SyncClient:
     def steps(self, task_id: str) -> list[task_pb2.StepState]:
         async def collect() -> list[task_pb2.StepState]:
             return [step async for step in self._client.steps(task_id)]
+
         return self._run(collect())
 
-    def list_tasks(self, *, statuses: Sequence[task_pb2.TaskStatus | str] = (), workflow_id: str = "",
-                   page_size: int = 100, page_token: str = "") -> task_pb2.ListTasksResponse:
-        return self._run(self._client.list_tasks(statuses=statuses, workflow_id=workflow_id, page_size=page_size, page_token=page_token))
+    def list_tasks(
+        self,
+        *,
+        statuses: Sequence[task_pb2.TaskStatus | str] = (),
+        workflow_id: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> task_pb2.ListTasksResponse:
+        return self._run(
+            self._client.list_tasks(
+                statuses=statuses, workflow_id=workflow_id, page_size=page_size, page_token=page_token
+            )
+        )
 
     def cancel(self, task_id: str, reason: str = "") -> task_pb2.Task:
         return self._run(self._client.cancel(task_id, reason))
 
-    def read_value(self, task_id: str, step_path: str = "", field: task_pb2.ValueField = task_pb2.VALUE_FIELD_OUTPUT, *,
-                   max_bytes: int | None = None) -> JsonValue:
+    def read_value(
+        self,
+        task_id: str,
+        step_path: str = "",
+        field: task_pb2.ValueField = task_pb2.VALUE_FIELD_OUTPUT,
+        *,
+        max_bytes: int | None = None,
+    ) -> JsonValue:
         return self._run(self._client.read_value(task_id, step_path, field, max_bytes=max_bytes))
 
     def watch(self, task_id: str, after: int = 0) -> Iterator[task_pb2.TaskEvent]:
         """The events of `Client.watch`, as a plain iterator (close it to stop watching early)."""
         return self._iterate(self._client.watch(task_id, after))
 
-    def submit_and_watch(self, workflow_id: str, input: Mapping[str, JsonValue] | None = None,
-                         **submit_options: Any) -> Iterator[task_pb2.TaskEvent]:
+    def submit_and_watch(
+        self, workflow_id: str, input: Mapping[str, JsonValue] | None = None, **submit_options: Any
+    ) -> Iterator[task_pb2.TaskEvent]:
         """The events of `Client.submit_and_watch`, as a plain iterator."""
         return self._iterate(self._client.submit_and_watch(workflow_id, input, **submit_options))
 
     def _iterate(self, events: AsyncGenerator[task_pb2.TaskEvent, None]) -> Iterator[task_pb2.TaskEvent]:
         async def next_event() -> task_pb2.TaskEvent:
             return await anext(events)
+
         try:
             while True:
                 try:
@@ -117,8 +167,14 @@ class SyncClient:
     def result(self, task_id: str, timeout: float | None = None) -> JsonValue:
         return self._run(self._client.result(task_id, timeout))
 
-    def run(self, workflow_id: str, input: Mapping[str, JsonValue] | None = None, *, timeout: float | None = None,
-            **submit_options: Any) -> JsonValue:
+    def run(
+        self,
+        workflow_id: str,
+        input: Mapping[str, JsonValue] | None = None,
+        *,
+        timeout: float | None = None,
+        **submit_options: Any,
+    ) -> JsonValue:
         return self._run(self._client.run(workflow_id, input, timeout=timeout, **submit_options))
 
     def list_protocols(self) -> list[registry_pb2.RegisteredProtocol]:

@@ -21,8 +21,10 @@ JsonValue = Any
 def strict_json(text: str) -> JsonValue:
     """Parse JSON as the standard has it: NaN and Infinity (which Python's json accepts) are refused
     with ValueError, so an input cannot carry a value it will not get back."""
+
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON: use a string or null")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -134,8 +136,12 @@ def _message_children(item: Any) -> Iterable[Any] | None:
     return item.fields.values() if isinstance(item, struct_pb2.Struct) else item.values
 
 
-def _deepest(root: Any, children_of: Callable[[Any], Iterable[Any] | None], stop_after: int,
-             levels_of: Callable[[Any], int] = lambda item: 1) -> int:
+def _deepest(
+    root: Any,
+    children_of: Callable[[Any], Iterable[Any] | None],
+    stop_after: int,
+    levels_of: Callable[[Any], int] = lambda item: 1,
+) -> int:
     """How deep `root` nests, counting `levels_of` each object or list (1 by default)."""
     deepest = 0
     stack: list[tuple[Any, int]] = [(root, 0)]
@@ -150,4 +156,3 @@ def _deepest(root: Any, children_of: Callable[[Any], Iterable[Any] | None], stop
             return deepest
         stack.extend((child, depth) for child in children)
     return deepest
-

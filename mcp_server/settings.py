@@ -37,6 +37,7 @@ class Limits:
     # comprehensions (map, filter, all, exists, exists_one) per CEL expression: evaluation cost
     # grows with the input size to the power of how deeply they nest
     max_expression_comprehensions: int = 3
+    # 0: this replica serves the API and runs no task (others on the same store do)
     max_tasks_in_flight: int = 1000
     max_queue_length: int = 100_000
     max_watchers_per_task: int = 1000
@@ -123,23 +124,77 @@ class Settings:
 _ENV_PREFIX = "MCP_"
 
 
-def _coerce(value: str, default: Any) -> Any:
+# Numbers that must be above zero; every other number must not be negative.
+POSITIVE = frozenset(
+    {
+        "lease_seconds",
+        "default_step_timeout",
+        "default_task_timeout",
+        "retention_seconds",
+        "breaker_failure_threshold",
+        "breaker_reset_seconds",
+        "outlier_consecutive_failures",
+        "outlier_ejection_seconds",
+        "metrics_sample_seconds",
+        "max_pending_calls",
+    }
+)
+
+
+# Limits that may be 0: no submission rate limit; a replica that serves the API and runs no task.
+ZERO_ALLOWED_LIMITS = frozenset({"submissions_per_second", "max_tasks_in_flight"})
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable or flag and says why."""
+
+
+def _coerce(key: str, value: str, default: Any) -> Any:
     if isinstance(default, bool):
         return value.lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
+    try:
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise SettingsError(f"{key}={value!r}: must be {kind}") from None
     if isinstance(default, tuple):
         return tuple(v.strip() for v in value.split(",") if v.strip())
     return value
+
+
+def problems(settings: Settings) -> list[str]:
+    """What is wrong with `settings`, a line per setting, each named as its environment variable."""
+    found = []
+    for f in fields(Limits):
+        value = getattr(settings.limits, f.name)
+        if value < 0 or (value == 0 and f.name not in ZERO_ALLOWED_LIMITS):
+            floor = "must not be negative" if f.name in ZERO_ALLOWED_LIMITS else "must be above zero"
+            found.append(f"{_ENV_PREFIX}LIMIT_{f.name.upper()}={value}: {floor}")
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if f.name in POSITIVE and value <= 0:
+            found.append(f"{_ENV_PREFIX}{f.name.upper()}={value}: must be above zero")
+        elif value < 0:
+            found.append(f"{_ENV_PREFIX}{f.name.upper()}={value}: must not be negative")
+    if not 0 <= settings.metrics_port <= 65535:
+        found.append(f"{_ENV_PREFIX}METRICS_PORT={settings.metrics_port}: must be a port (0: off)")
+    try:
+        settings.concurrency_overrides()
+    except ValueError as exc:
+        found.append(f"{_ENV_PREFIX}PROTOCOL_CONCURRENCY: {exc}")
+    return found
 
 
 def limits_from_env(env: dict[str, str]) -> Limits:
     """Read `MCP_LIMIT_<NAME>` variables, e.g. MCP_LIMIT_MAX_INPUT_BYTES=65536."""
     base = Limits()
     changes = {
-        f.name: _coerce(env[key], getattr(base, f.name))
+        f.name: _coerce(key, env[key], getattr(base, f.name))
         for f in fields(Limits)
         if (key := f"{_ENV_PREFIX}LIMIT_{f.name.upper()}") in env
     }
@@ -147,14 +202,16 @@ def limits_from_env(env: dict[str, str]) -> Limits:
 
 
 def settings_from(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
-    """Build settings from defaults, then `MCP_*` environment variables, then flags."""
+    """Build settings from defaults, then `MCP_*` environment variables, then flags; raise
+    SettingsError naming every setting that cannot be used (a word for a number, a negative
+    duration, a zero lease)."""
     env = dict(os.environ if env is None else env)
     base = Settings()
     values: dict[str, Any] = {}
     for f in fields(Settings):
         key = f"{_ENV_PREFIX}{f.name.upper()}"
         if f.name != "limits" and key in env:
-            values[f.name] = _coerce(env[key], getattr(base, f.name))
+            values[f.name] = _coerce(key, env[key], getattr(base, f.name))
     parser = argparse.ArgumentParser(prog="mcp-server", description="Run the mCP orchestrator.")
     parser.add_argument("--listen", help=f"address to serve on (default {base.listen})")
     parser.add_argument("--store", dest="store_url", help="sqlite:///PATH or redis://HOST:PORT/DB")
@@ -174,4 +231,7 @@ def settings_from(argv: list[str] | None = None, env: dict[str, str] | None = No
     for name, value in vars(args).items():
         if value is not None:
             values[name] = tuple(value) if name == "plugins" else value
-    return replace(base, limits=limits_from_env(env), **values)
+    settings = replace(base, limits=limits_from_env(env), **values)
+    if found := problems(settings):
+        raise SettingsError("; ".join(found))
+    return settings

@@ -208,8 +208,11 @@ def tune_collector(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mcp_server.settings import settings_from
+    from mcp_server.settings import SettingsError, settings_from
 
-    settings = settings_from(argv)
+    try:
+        settings = settings_from(argv)
+    except SettingsError as exc:
+        raise SystemExit(f"mcp-server: cannot start: {exc}") from None
     configure_logging(settings.log_format)
     asyncio.run(serve(settings))

@@ -1,0 +1,65 @@
+"""Settings from the environment and flags: what cannot be used stops the server before it
+starts, naming the variable and why; what can is taken as given."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mcp_server.settings import SettingsError, settings_from
+
+
+def test_environment_and_flags_are_read_with_their_types():
+    settings = settings_from(
+        ["--listen", "127.0.0.1:7000"],
+        {
+            "MCP_LEASE_SECONDS": "2.5",
+            "MCP_MAX_PENDING_CALLS": "500",
+            "MCP_LIMIT_MAX_PAGE_SIZE": "50",
+            "MCP_LIMIT_MAX_TASKS_IN_FLIGHT": "0",
+            "MCP_GC_FREEZE": "off",
+        },
+    )
+    assert (settings.listen, settings.lease_seconds, settings.max_pending_calls) == ("127.0.0.1:7000", 2.5, 500)
+    assert settings.limits.max_page_size == 50 and settings.limits.max_tasks_in_flight == 0  # an API-only replica
+    assert settings.gc_freeze is False
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"MCP_LEASE_SECONDS": "-1"}, "MCP_LEASE_SECONDS=-1.0: must be above zero"),
+        ({"MCP_LEASE_SECONDS": "0"}, "MCP_LEASE_SECONDS=0.0: must be above zero"),
+        ({"MCP_SHUTDOWN_GRACE": "-3"}, "MCP_SHUTDOWN_GRACE=-3.0: must not be negative"),
+        ({"MCP_MAX_PENDING_CALLS": "lots"}, "MCP_MAX_PENDING_CALLS='lots': must be a whole number"),
+        ({"MCP_BREAKER_RESET_SECONDS": "soon"}, "MCP_BREAKER_RESET_SECONDS='soon': must be a number"),
+        ({"MCP_LIMIT_MAX_PAGE_SIZE": "0"}, "MCP_LIMIT_MAX_PAGE_SIZE=0: must be above zero"),
+        ({"MCP_LIMIT_SUBMISSIONS_PER_SECOND": "-2"}, "MCP_LIMIT_SUBMISSIONS_PER_SECOND=-2.0: must not be negative"),
+        ({"MCP_METRICS_PORT": "70000"}, "MCP_METRICS_PORT=70000: must be a port"),
+        ({"MCP_PROTOCOL_CONCURRENCY": "render"}, "'render' must look like name=N"),
+    ],
+)
+def test_a_setting_that_cannot_be_used_is_named_with_the_reason(env, said):
+    with pytest.raises(SettingsError) as raised:
+        settings_from([], env)
+    assert said in str(raised.value)
+
+
+def test_every_unusable_setting_is_named_at_once():
+    with pytest.raises(SettingsError) as raised:
+        settings_from([], {"MCP_LEASE_SECONDS": "0", "MCP_LIMIT_MAX_QUEUE_LENGTH": "-5"})
+    assert "MCP_LEASE_SECONDS" in str(raised.value) and "MCP_LIMIT_MAX_QUEUE_LENGTH" in str(raised.value)
+
+
+def test_the_server_process_refuses_to_start_with_one_line_saying_why():
+    result = subprocess.run(
+        [sys.executable, "-m", "mcp_server", "--listen", "127.0.0.1:0", "--store", "sqlite://:memory:"],
+        env={"MCP_LEASE_SECONDS": "-1", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == "mcp-server: cannot start: MCP_LEASE_SECONDS=-1.0: must be above zero"

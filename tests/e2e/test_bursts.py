@@ -72,3 +72,23 @@ async def test_the_pending_call_limits_are_what_sheds_a_burst():
         await orchestrator_burst(MCP_MAX_PENDING_CALLS="100"),
     ):
         assert seen["CANCELLED"] > 0 and seen["OK"] > 0 and seen.total() == BURST
+
+
+async def test_the_sdk_client_asks_again_for_calls_a_server_shed():
+    """A server left at a low pending-call limit sheds part of a burst with CANCELLED; the SDK's
+    retry policy asks again for those, so every call of the burst is answered."""
+    from mcp_sdk.client import Client
+
+    address = f"127.0.0.1:{free_port()}"
+    process = start_orchestrator(address, "sqlite://:memory:", [], "shedding", MCP_MAX_PENDING_CALLS="400")
+    try:
+        async with Client(address) as client:
+            answered = await asyncio.gather(*(client.list_tasks(page_size=1) for _ in range(BURST)))
+        assert len(answered) == BURST
+        async with grpc.aio.insecure_channel(address) as channel:  # without the SDK the same server sheds
+            stub = task_pb2_grpc.TaskServiceStub(channel)
+            raw = await outcomes(lambda i: stub.ListTasks(task_pb2.ListTasksRequest(page_size=1), timeout=60))
+        assert raw["CANCELLED"] > 0
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

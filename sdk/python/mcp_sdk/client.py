@@ -55,7 +55,9 @@ RESUMABLE_CODES = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
-# Calls gRPC may repeat on UNAVAILABLE. Left out: CreateWorkflow (a repeat would add a version) and
+# Calls gRPC may repeat on UNAVAILABLE, and on a CANCELLED this client did not ask for (gRPC never
+# retries a call its caller cancelled): a server's gRPC core sheds calls past its pending-call
+# limit with that status. Left out: CreateWorkflow (a repeat would add a version) and
 # DeleteWorkflow (a repeat would answer NOT_FOUND for a delete that worked).
 _RETRYABLE_METHODS = [
     {"service": "mcp.v1.TaskService"},
@@ -74,7 +76,7 @@ _SERVICE_CONFIG = json.dumps(
                     "initialBackoff": "0.1s",
                     "maxBackoff": "2s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                 },
             }
         ]

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from bench.admission import bench_admission
 from bench.baseline import prepare
+from bench.bursts import bench_bursts
 from bench.capacity import bench_capacity
 from bench.chains import bench_chains, fanout_floor
 from bench.cluster import bench_cluster
@@ -393,7 +394,7 @@ async def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console",
+        help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console, bursts",
     )
     parser.add_argument(
         "--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares"
@@ -416,6 +417,7 @@ async def main() -> None:
         "cluster": bench_cluster,
         "layout": partial(bench_layout, baseline=baseline),
         "console": bench_console,
+        "bursts": bench_bursts,
     }
     try:
         for name, suite in suites.items():

@@ -44,6 +44,7 @@ from mcp_server.state.common import (
     EVENTS_PAGE,
     LAYOUT_MISMATCH,
     LAYOUT_VERSION,
+    QUEUE_LENGTH_CACHE_SECONDS,
     TERMINAL,
     CreateTask,
     QueueFull,
@@ -65,7 +66,6 @@ from mcp_server.state.redis_streams import StreamHub
 PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
 # finished tasks' keys also carry a TTL this much past the retention, in case no replica purges them
 BACKSTOP_MS = 3600 * 1000
-QUEUE_LENGTH_CACHE_SECONDS = 0.1
 # how long a write waits for its replicas (wait_replicas) before it is retried
 WAIT_TIMEOUT_MS = 2000
 

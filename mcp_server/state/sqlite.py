@@ -13,6 +13,7 @@ by task and SHA-256), `events`, `workflows`, `protocols`, `breakers`, `meta` (th
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from mcp_server.state.common import (
     EVENTS_PAGE,
     LAYOUT_MISMATCH,
     LAYOUT_VERSION,
+    QUEUE_LENGTH_CACHE_SECONDS,
     TERMINAL,
     CreateTask,
     QueueFull,
@@ -89,6 +91,8 @@ class SqliteStore(CreateTask):
         self.retention_seconds = retention_seconds
         self._followers = Followers()
         self._ledger = MemoryLedger()
+        # (when counted, queued tasks then plus those this store queued since); store thread only
+        self._queue_count: tuple[float, int] = (0.0, 0)
 
     @classmethod
     async def open(cls, path: str, retention_seconds: float = 7 * 24 * 3600.0) -> SqliteStore:
@@ -188,11 +192,7 @@ class SqliteStore(CreateTask):
                     if row[2] != fingerprint:
                         raise RequestIdReused(task.request_id, existing.task_id)
                     return existing, False, 0
-            if (
-                max_queue
-                and not holder
-                and db.execute("SELECT COUNT(*) FROM tasks WHERE queued=1").fetchone()[0] >= max_queue
-            ):
+            if max_queue and not holder and self._queued(db) >= max_queue:
                 raise QueueFull(max_queue)
             leased = (0, holder, 1, now_seconds() + lease_seconds) if holder else (1, None, 0, None)
             with db:
@@ -222,12 +222,24 @@ class SqliteStore(CreateTask):
                     "INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
                     [(task.task_id, d, data) for d, data in (values or {}).items()],
                 )
+            if not holder:
+                taken, count = self._queue_count
+                self._queue_count = (taken, count + 1)
             return task, True, 1 if holder else 0
 
         created = await self._run(insert)
         if created[1]:
             self._written(task.task_id, [event])
         return created
+
+    def _queued(self, db: sqlite3.Connection) -> int:
+        """Queued tasks, counted at most every QUEUE_LENGTH_CACHE_SECONDS, plus what this store
+        queued since (on the store's thread, so the limit holds exactly for this process)."""
+        taken, count = self._queue_count
+        if time.monotonic() - taken > QUEUE_LENGTH_CACHE_SECONDS:
+            count = int(db.execute("SELECT COUNT(*) FROM tasks WHERE queued=1").fetchone()[0])
+            self._queue_count = (time.monotonic(), count)
+        return count
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
         rows = await self._rows("SELECT fixed, live FROM tasks WHERE task_id=?", (task_id,))

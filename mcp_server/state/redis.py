@@ -265,6 +265,9 @@ class RedisStore(CreateTask):
         )
         if created:
             self._hub.written(keys.events, [event], writer=bool(holder))
+            if not holder:  # queued: counts against the limit before the next count
+                taken, length = self._queue_length
+                self._queue_length = (taken, length + 1)
             return task, True, int(detail)
         if not task.request_id:  # our own earlier try: the lease (if any) was granted then
             return task, True, 1 if holder else 0
@@ -277,8 +280,9 @@ class RedisStore(CreateTask):
 
     async def _cached_queue_length(self) -> int:
         """The queue limit is checked against a count at most QUEUE_LENGTH_CACHE_SECONDS old
-        (one round trip per tenth of a second, not per submission): under a burst the queue can
-        pass its limit by what arrives in that time."""
+        (one round trip per tenth of a second, not per submission), plus what this replica
+        queued since: under a burst the queue can pass its limit by what other replicas queue
+        in that time."""
         taken, length = self._queue_length
         if time.monotonic() - taken > QUEUE_LENGTH_CACHE_SECONDS:
             length = await self.queue_length()

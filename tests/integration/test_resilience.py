@@ -250,18 +250,23 @@ async def test_tasks_in_flight_per_replica_are_limited_and_the_rest_wait(server_
     await client.channel.close()
 
 
-async def test_a_full_queue_answers_resource_exhausted(server_factory):
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_full_queue_answers_resource_exhausted_until_a_place_frees(server_factory, redis_url, backend):
     from mcp_server.settings import Limits
 
-    running = await server_factory(limits=Limits(max_queue_length=2))
+    store = "sqlite://:memory:" if backend == "sqlite" else redis_url
+    running = await server_factory(store=store, limits=Limits(max_queue_length=2))
     await running.orchestrator.dispatcher.stop(0)
     client = client_for(running)
     await create(client, workflow("full", step("s", "echo")))
-    await submit(client, "full")
+    first = await submit(client, "full")
     await submit(client, "full")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await submit(client, "full")
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(err.value) == "QUEUE_FULL"
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=first.task_id))
+    await asyncio.sleep(0.2)  # the queue's count is at most 0.1 s old
+    assert (await submit(client, "full")).status == task_pb2.TASK_STATUS_PENDING
     await client.channel.close()
 
 

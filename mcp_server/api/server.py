@@ -75,9 +75,14 @@ class RunningServer:
 
 async def _bounded_stage(name: str, stage: Awaitable[Any], seconds: float) -> None:
     try:
-        await asyncio.wait_for(stage, seconds)
+        async with asyncio.timeout(seconds):
+            await stage
     except TimeoutError:
         log.error("shutdown: %s did not stop within %.0f s; going on without it", name, seconds)
+        for task in asyncio.all_tasks():  # what it may be waiting for, for whoever reads the log
+            frames = task.get_stack(limit=3)
+            where = " <- ".join(f"{f.f_code.co_name} ({f.f_code.co_filename}:{f.f_lineno})" for f in frames)
+            log.error("shutdown: still running: %s: %s", task.get_name(), where or "no frames")
 
 
 async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> RunningServer:

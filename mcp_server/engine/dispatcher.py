@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.cancelling import cancel_and_wait, raise_if_cancelled
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import Store
 from mcp_server.engine.runner import TaskRunner
@@ -101,9 +102,7 @@ class Dispatcher:
         if running is None:
             return False
         running.cancel["reason"] = reason
-        running.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(running.task)
+        await cancel_and_wait(running.task)
         return True
 
     async def stop(self, grace: float) -> None:
@@ -111,7 +110,10 @@ class Dispatcher:
         self._started = False
         for loop in self._loops:
             loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        _, stuck_loops = await asyncio.wait(self._loops, timeout=5) if self._loops else (set(), set())
+        for loop in stuck_loops:
+            frames = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in loop.get_stack(limit=5))
+            log.error("the %s loop did not stop within 5 s of being cancelled (at %s)", loop.get_name(), frames)
         if self._running:
             await asyncio.wait([r.task for r in self._running.values()], timeout=grace)
         leftovers = list(self._running.items())
@@ -129,6 +131,7 @@ class Dispatcher:
         with contextlib.suppress(Unavailable):
             await self.store.release_expired_leases()  # tasks of a replica that died while we were down
         while True:
+            raise_if_cancelled()  # a store call may have swallowed it (engine/cancelling.py)
             claimed = None
             if len(self._running) < self.settings.limits.max_tasks_in_flight:
                 try:
@@ -145,16 +148,15 @@ class Dispatcher:
             if claimed is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=0.25)
+                    async with asyncio.timeout(0.25):  # not wait_for: see engine/cancelling.py
+                        await self._wake.wait()
                 continue
             task, token = claimed
             stale = self._running.get(task.task_id)
             if stale is not None:
                 # Our own lease ran out (the store was unreachable) and we claimed the task again:
                 # the old run is fenced out already; stop it before the new one starts.
-                stale.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await stale.task
+                await cancel_and_wait(stale.task)
             self._start(task, token)
 
     def _start(self, task: task_pb2.Task, token: int) -> None:
@@ -184,6 +186,7 @@ class Dispatcher:
         """Act on cancel requests that other replicas left for tasks running here."""
         while True:
             await asyncio.sleep(interval)
+            raise_if_cancelled()
             if not self._running:
                 continue
             try:
@@ -201,6 +204,7 @@ class Dispatcher:
         rounds = 0
         while True:
             await asyncio.sleep(interval)
+            raise_if_cancelled()
             rounds += 1
             try:
                 if rounds % 10 == 0:

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from mcp_server.engine.cancelling import raise_if_cancelled
 from mcp_server.engine.cel import Expression, ExpressionError
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.logcontext import step_path_var
@@ -53,6 +54,7 @@ async def run_recorded(
 ) -> NodeResult:
     """Record the start of the node at `path`, run `body`, and record how it ended, whichever
     way that is (completed, failed, cancelled, timed out), so no state is left RUNNING."""
+    raise_if_cancelled()  # asked to stop while a store call swallowed it: start no more nodes
     await ctx.begin(path, node_id, kind, protocol)
     try:
         result = await body()

@@ -105,6 +105,9 @@ class TaskRunner:
             reason = (cancel_reason or {}).get("reason")
             if reason is None:
                 raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # handled: the CANCELLED state is written below
             self._finish(ctx, task_pb2.TASK_STATUS_CANCELLED, E.TASK_EVENT_TYPE_CANCELLED, "CANCELLED", reason)
         except LeaseLost:
             log.warning("task %s: lease %d lost; another replica owns it now", task.task_id, lease_token)

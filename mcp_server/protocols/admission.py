@@ -116,7 +116,8 @@ class Admission:
                         )
                 self._released.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._released.wait(), pause)
+                    async with asyncio.timeout(pause):  # not wait_for: see engine/cancelling.py
+                        await self._released.wait()
                 pause = min(pause * 2, LONGEST_PAUSE)
         except BaseException:
             await asyncio.shield(self._withdraw(waiter_id, member))

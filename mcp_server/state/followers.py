@@ -107,7 +107,8 @@ class Followers:
         try:
             if not log.newer_than(after_sequence):
                 try:
-                    await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                    async with asyncio.timeout(timeout):  # not wait_for: see engine/cancelling.py
+                        await waiter
                 except TimeoutError:
                     if log.error is not None:
                         raise log.error from None

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from typing import Any
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+
+from mcp_server.engine.cancelling import cancel_and_wait
 
 LANE_CLIENT_NAME = "mcp-lane"
 
@@ -140,9 +141,7 @@ class RedisLane:
 
     async def close(self) -> None:
         if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            await cancel_and_wait(self._watchdog)
         if self._connection is not None:
             self._connection.close("the store is closing")
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.cancelling import cancel_and_wait
 from mcp_server.errors import Unavailable
 from mcp_server.state.followers import Followers
 
@@ -135,6 +135,4 @@ class StreamHub:
     async def close(self) -> None:
         for reader in self.readers.values():
             if reader.task is not None:
-                reader.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader.task
+                await cancel_and_wait(reader.task)

@@ -310,3 +310,56 @@ async def test_breaker_state_is_shared_by_replicas_on_one_redis(server_factory, 
             await asyncio.sleep(0.1)
     await a.channel.close()
     await b.channel.close()
+
+
+async def test_a_cancel_under_way_does_not_swallow_the_cancellation_of_whoever_waits_on_it(server_factory, testkit):
+    """The replica's cancel loop waits for a cancelled run to end; stopping the replica cancels
+    that loop meanwhile, and the loop must stop (it used to swallow that and run for ever, so a
+    replica's shutdown hung until its 20 s stage limit)."""
+    running = await server_factory()
+    client = client_for(running)
+    await create(client, workflow("to-cancel", step("nap", "sleep", "{'ms': 10000}")))
+    task = await submit(client, "to-cancel")
+    await until_plugin_called(testkit, task.task_id)
+    waiter = asyncio.create_task(running.orchestrator.dispatcher.cancel(task.task_id, "from a test"))
+    await asyncio.sleep(0)  # the waiter has cancelled the run and waits for it to end
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    done = await wait_done(client, task.task_id)
+    assert done.status == task_pb2.TASK_STATUS_CANCELLED and "from a test" in done.error.message
+    await client.channel.close()
+
+
+async def test_the_claim_loop_stops_when_a_finishing_task_wakes_it_in_the_same_turn(server_factory):
+    """A replica stopping as a task ends: the ending task wakes the claim loop in the same loop
+    turn as the shutdown cancels it. Python 3.11's wait_for returned instead of raising there,
+    the loop claimed on, and the shutdown hung until its 20 s stage limit."""
+    running = await server_factory()
+    dispatcher = running.orchestrator.dispatcher
+    claim = next(loop for loop in dispatcher._loops if loop.get_name() == "claim")
+    await asyncio.sleep(0.05)  # the queue is empty: it waits for a wake-up or a quarter second
+    dispatcher._wake.set()
+    claim.cancel()
+    finished, _ = await asyncio.wait([claim], timeout=2)
+    assert claim in finished and claim.cancelled()
+
+
+async def test_the_claim_loop_stops_even_when_a_store_call_swallows_its_cancellation(server_factory, monkeypatch):
+    """redis-py on Python 3.11 loses a cancellation that arrives with a reply; the loop notices
+    that the task was asked to stop, and stops, instead of claiming on for ever."""
+    running = await server_factory()
+    dispatcher = running.orchestrator.dispatcher
+
+    async def swallowing_claim(*args: object, **kwargs: object) -> None:
+        try:
+            await asyncio.sleep(10)  # a reply on its way...
+        except asyncio.CancelledError:
+            return None  # ...and the cancellation lost with it
+
+    monkeypatch.setattr(dispatcher.store, "claim_task", swallowing_claim)
+    claim = next(loop for loop in dispatcher._loops if loop.get_name() == "claim")
+    await asyncio.sleep(0.4)  # past its quarter-second wait: inside the claim
+    claim.cancel()
+    finished, _ = await asyncio.wait([claim], timeout=3)
+    assert claim in finished and claim.cancelled()

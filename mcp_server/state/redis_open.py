@@ -1,0 +1,113 @@
+"""Reaching a Redis store: one node or a cluster, with the timeouts and retries the store relies
+on, and agreeing with what is already there on the state layout (its version and partition
+count), so a build never reads a store written in another layout."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mcp_server.errors import Unavailable
+from mcp_server.state.common import LAYOUT_MISMATCH, LAYOUT_VERSION
+from mcp_server.state.redis_connection import PackedConnection
+from mcp_server.state.redis_layout import DEFAULT_PARTITIONS, Layout
+
+
+async def connect_node(url: str, where: str) -> aioredis.Redis:
+    """One Redis node. A bounded pool makes a command wait for a free connection rather than
+    fail. A command that meets a dead connection (Redis restarted) reconnects and is sent once
+    more: every script here is safe to repeat (fenced, or idempotent by key or by sequence)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=64,
+        timeout=10,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        connection_class=PackedConnection,
+    )
+    client = aioredis.Redis(connection_pool=pool)
+    try:
+        if (await client.info("cluster")).get("cluster_enabled"):
+            raise RuntimeError(
+                f"{where} is a node of a Redis Cluster: use redis-cluster://{where} (redis:// means a single node)"
+            )
+    except RedisError:
+        pass  # unreachable now: the server starts and reports UNAVAILABLE until Redis answers
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+async def connect_cluster(where: str) -> RedisCluster:
+    """A Redis Cluster from any of its nodes (`host:port,host:port`); refuses to start when none
+    answers, or when they are not a cluster."""
+    nodes = []
+    for address in filter(None, where.split(",")):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"redis-cluster node {address!r} must be HOST:PORT")
+        nodes.append(ClusterNode(host, int(port)))
+    if not nodes:
+        raise ValueError("redis-cluster:// needs at least one HOST:PORT")
+    client = RedisCluster(
+        startup_nodes=nodes,
+        require_full_coverage=True,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        max_connections=64,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6),
+    )
+    try:
+        await client.initialize()
+    except (RedisClusterException, RedisError, OSError) as exc:
+        await client.aclose()
+        tried = ", ".join(f"{n.host}:{n.port}" for n in nodes)
+        if "cluster mode is not enabled" in str(exc).lower() or "cluster support disabled" in str(exc).lower():
+            raise RuntimeError(
+                f"{tried} is not a Redis Cluster (cluster mode is not enabled): use redis://{nodes[0].host}:"
+                f"{nodes[0].port} for a single node"
+            ) from None
+        raise RuntimeError(f"no Redis Cluster node answered (tried {tried}): {exc}") from None
+    return client
+
+
+async def agree_on_layout(client: aioredis.Redis | RedisCluster, prefix: str, wanted: int | None) -> Layout:
+    """The layout this store was created with (recording ours if it is new); refuse another."""
+    if wanted is not None:
+        Layout(prefix, wanted)  # validates the prefix and the count
+    layout_key = Layout(prefix).meta
+    try:
+        if await client.exists(f"{prefix}tasks") or await client.exists(f"{prefix}queue"):  # keys only layout 1 wrote
+            raise RuntimeError(
+                f"the Redis store at prefix {prefix!r} " + LAYOUT_MISMATCH.format(found=1, wanted=LAYOUT_VERSION)
+            )
+        await client.hsetnx(layout_key, "version", LAYOUT_VERSION)
+        await client.hsetnx(layout_key, "partitions", wanted or DEFAULT_PARTITIONS)
+        meta = {text(k): text(v) for k, v in (await client.hgetall(layout_key)).items()}
+    except RedisError as exc:
+        raise Unavailable(f"redis store unreachable: {exc}") from exc
+    if meta.get("version") != str(LAYOUT_VERSION):
+        raise RuntimeError(
+            f"the Redis store at prefix {prefix!r} "
+            + LAYOUT_MISMATCH.format(found=meta.get("version"), wanted=LAYOUT_VERSION)
+        )
+    stored = int(meta["partitions"])
+    if wanted is not None and wanted != stored:
+        raise ValueError(
+            f"the Redis store at prefix {prefix!r} has {stored} partitions; partitions={wanted} cannot change that"
+        )
+    return Layout(prefix, stored)
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,23 +34,30 @@ def node_plugin(request):
     process.wait(timeout=10)
 
 
-async def test_node_client_submits_a_task_and_watches_it_to_the_end(server, client):
-    await create(
-        client,
-        workflow("for-node", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}),
-    )
+async def run_node_client(address: str, workflow_id: str, input_json: str, *flags: str) -> dict[str, Any]:
+    """Run examples/clients/node/client.js against `address`; its JSON summary of the task."""
     proc = await asyncio.create_subprocess_exec(
         NODE,
         str(ROOT / "examples/clients/node/client.js"),
-        server.address,
-        "for-node",
-        json.dumps({"text": "js:"}),
+        address,
+        workflow_id,
+        input_json,
+        *flags,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, stderr.decode()
-    summary = json.loads(stdout)
+    summary: dict[str, Any] = json.loads(stdout)
+    return summary
+
+
+async def test_node_client_submits_a_task_and_watches_it_to_the_end(server, client):
+    await create(
+        client,
+        workflow("for-node", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}),
+    )
+    summary = await run_node_client(server.address, "for-node", json.dumps({"text": "js:"}))
     assert summary["status"] == "TASK_STATUS_COMPLETED"
     assert summary["result"]["text"] == "js:ab"
     sequences = [e["sequence"] for e in summary["events"]]
@@ -64,19 +72,7 @@ async def test_node_client_submits_and_follows_a_task_in_one_stream(server, clie
             "for-node-follow", {"id": "root", "sequence": {"children": [step("a", "append"), step("b", "append")]}}
         ),
     )
-    proc = await asyncio.create_subprocess_exec(
-        NODE,
-        str(ROOT / "examples/clients/node/client.js"),
-        server.address,
-        "for-node-follow",
-        json.dumps({"text": "follow:"}),
-        "--follow",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, stderr.decode()
-    summary = json.loads(stdout)
+    summary = await run_node_client(server.address, "for-node-follow", json.dumps({"text": "follow:"}), "--follow")
     assert summary["status"] == "TASK_STATUS_COMPLETED" and summary["result"]["text"] == "follow:ab"
     stored = await events(client, summary["task_id"])
     assert [(e["sequence"], e["step_path"]) for e in summary["events"]] == [(e.sequence, e.step_path) for e in stored]
@@ -103,19 +99,7 @@ async def test_node_client_runs_a_task_in_one_run_task_call(server, client):
             },
         ),
     )
-    proc = await asyncio.create_subprocess_exec(
-        NODE,
-        str(ROOT / "examples/clients/node/client.js"),
-        server.address,
-        "for-node-run",
-        json.dumps({"text": "run:"}),
-        "--run",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, stderr.decode()
-    summary = json.loads(stdout)
+    summary = await run_node_client(server.address, "for-node-run", json.dumps({"text": "run:"}), "--run")
     assert summary["status"] == "TASK_STATUS_COMPLETED" and summary["result"]["text"] == "run:ab"
     assert summary["header_task_id"] == summary["task_id"]
     assert summary["status_at_header"] in (

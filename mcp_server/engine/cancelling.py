@@ -24,14 +24,8 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     """Cancel `task` and wait until it has ended, whatever it ends with; if the caller is
     cancelled meanwhile, that cancellation propagates."""
     task.cancel()
-    await wait_ended(task)
-
-
-async def wait_ended(task: asyncio.Future[Any]) -> None:
-    """Wait until `task` has ended, whatever it ends with (its outcome is left to its owner);
-    a cancellation of the caller propagates."""
     if not task.done():
-        await asyncio.wait([task])
+        await asyncio.wait([task])  # raises nothing of the task's; a cancellation of the caller propagates
 
 
 def raise_if_cancelled() -> None:

@@ -24,7 +24,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -235,6 +235,29 @@ def _bad_definition(description: str) -> McpError:
     )
 
 
+class _Cursor:
+    """Where a watch is: each event after `last` is delivered once, in order, up to the terminal
+    one; whatever arrives again after a reconnect is skipped."""
+
+    def __init__(self, after: int, backoff: Backoff) -> None:
+        self.last = after
+        self.ended = False
+        self.backoff = backoff
+
+    def fresh(self, events: Iterable[task_pb2.TaskEvent]) -> Iterator[task_pb2.TaskEvent]:
+        """The events not delivered yet, up to and with the terminal one; an event delivered
+        means the connection works, so the backoff starts over."""
+        for event in events:
+            if self.ended:
+                return
+            if event.sequence <= self.last:
+                continue
+            self.last = event.sequence
+            self.ended = event.type in TERMINAL_EVENTS
+            self.backoff.reset()
+            yield event
+
+
 class Client:
     """An async client of one orchestrator; use it as an async context manager, or close() it.
 
@@ -443,24 +466,20 @@ class Client:
         A cut connection or a restarting server is waited out (reconnecting with backoff for up to
         `watch_give_up_after` seconds of failing in a row) and the watch resumes after the last event
         delivered. A refusal (NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT...) raises at once."""
-        last = after
         backoff = Backoff(give_up_after=self.watch_give_up_after)
+        cursor = _Cursor(after, backoff)
         batched = True
         while True:
-            request = task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=last)
+            request = task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=cursor.last)
             call: Any = (self.tasks.WatchTaskEvents if batched else self.tasks.WatchTask)(
                 request, metadata=self._metadata
             )
             try:
                 async for message in call:
-                    for event in message.events if batched else (message,):
-                        if event.sequence <= last:
-                            continue
-                        last = event.sequence
-                        backoff.reset()
+                    for event in cursor.fresh(message.events if batched else (message,)):
                         yield event
-                        if event.type in TERMINAL_EVENTS:
-                            return
+                    if cursor.ended:
+                        return
                 # The server ends a watch cleanly only when the task has ended and nothing is left.
                 return
             except grpc.aio.AioRpcError as exc:
@@ -491,7 +510,7 @@ class Client:
         SubmitAndWatchTask: `submit`, then `watch`."""
         request = _submit_request(workflow_id, input, request_id, priority, labels, version)
         backoff = Backoff(give_up_after=self.watch_give_up_after)
-        last = 0
+        cursor = _Cursor(0, backoff)
         task_id = ""
         while not task_id:
             call: Any = self.tasks.SubmitAndWatchTask(request, metadata=self._metadata)
@@ -499,14 +518,10 @@ class Client:
                 async for reply in call:
                     if reply.HasField("submitted"):
                         task_id = reply.submitted.task.task_id
-                    for event in reply.events:
-                        if event.sequence <= last:
-                            continue
-                        last = event.sequence
-                        backoff.reset()
+                    for event in cursor.fresh(reply.events):
                         yield event
-                        if event.type in TERMINAL_EVENTS:
-                            return
+                    if cursor.ended:
+                        return
                 if task_id:  # ended cleanly: the task ended and nothing is left
                     return
                 raise McpError(grpc.StatusCode.INTERNAL, "the server ended SubmitAndWatchTask without naming the task")
@@ -520,7 +535,7 @@ class Client:
                 call.cancel()
             if not task_id:
                 await backoff.sleep()
-        async for event in self.watch(task_id, after=last):
+        async for event in self.watch(task_id, after=cursor.last):
             yield event
 
     async def result(self, task_id: str, timeout: float | None = None) -> JsonValue:

@@ -105,6 +105,11 @@ class LeaseLost(McpError):
     reason = "LEASE_LOST"
 
 
+class StartupError(RuntimeError):
+    """The server cannot start (a store it cannot open, an address it cannot listen on); the
+    message says why in one line, which is all `mcp-server` prints."""
+
+
 @dataclass
 class ViolationCollector:
     """Accumulates field violations so validation reports every problem at once."""

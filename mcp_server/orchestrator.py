@@ -32,6 +32,7 @@ from mcp_server.protocols.capacity import RESOURCES, Resources, never_fits
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.outliers import OutlierSettings
 from mcp_server.protocols.registry import ProtocolDirectory
+from mcp_server.protocols.upkeep import RegistryUpkeep, UpkeepSettings
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.settings import Settings
 from mcp_server.state.common import TERMINAL, assemble, decode_token, encode_token, fixed_part, request_task_id
@@ -74,6 +75,12 @@ class Orchestrator:
         self.directory = ProtocolDirectory(
             store, self.channels, self.breakers, settings.limits.max_value_depth, outliers
         )
+        self.upkeep = RegistryUpkeep(
+            self.directory,
+            UpkeepSettings(
+                settings.plugin_ttl_seconds, settings.health_probe_seconds, settings.drop_unreachable_seconds
+            ),
+        )
         self.admission = Admission(store, settings.lease_seconds, settings.capacity_keep_seconds)
         self.caller = GrpcProtocolCaller(
             self.directory, self.channels, self.breakers, self.admission, settings.concurrency_overrides(), tracer
@@ -90,8 +97,12 @@ class Orchestrator:
 
     async def start(self) -> None:
         await self.directory.refresh(force=True)
+        with contextlib.suppress(McpError):
+            await self.upkeep.probe()  # instances left by a server that died are known dead before any call
         self.dispatcher.start()
         self._background.append(asyncio.create_task(self.directory.keep_fresh()))
+        self._background.append(asyncio.create_task(self.upkeep.keep_own_registered()))
+        self._background.append(asyncio.create_task(self.upkeep.probe_and_prune()))
         self._background.append(asyncio.create_task(self.breakers.sync_forever()))
         self._background.append(asyncio.create_task(self.admission.keep_leases()))
         self._background.append(asyncio.create_task(self._sample_forever(self.settings.metrics_sample_seconds)))
@@ -101,6 +112,7 @@ class Orchestrator:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.upkeep.deregister_bundled()
         await self.admission.close()
         await self.channels.close()
 

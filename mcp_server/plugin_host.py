@@ -10,6 +10,8 @@ import contextlib
 import sys
 from dataclasses import dataclass
 
+from mcp_server.errors import StartupError
+
 READY_LINE = "MCP_PLUGIN_LISTENING"
 # The real protocols only: the testkit and chaos plugins are test doubles, started by the tests.
 BUNDLED = ("protocol_plugins.basics", "protocol_plugins.cognitive", "protocol_plugins.writing")
@@ -42,6 +44,7 @@ async def start_plugin(module: str, listen: str = "127.0.0.1:0", timeout: float 
         module,
         "--listen",
         listen,
+        "--exit-with-parent",  # a server killed -9 leaves none of its plugins running
         stdout=asyncio.subprocess.PIPE,
         stderr=None,
     )
@@ -57,7 +60,7 @@ async def start_plugin(module: str, listen: str = "127.0.0.1:0", timeout: float 
     with contextlib.suppress(ProcessLookupError):
         process.kill()
     await process.wait()
-    raise RuntimeError(f"plugin {module} did not start (exit code {process.returncode})")
+    raise StartupError(f"plugin {module} did not start (exit code {process.returncode})")
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:

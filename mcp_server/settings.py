@@ -54,6 +54,13 @@ class Settings:
     store_url: str = "sqlite:///.mcp/mcp.db"
     plugins: tuple[str, ...] = ()
     bundled_plugins: bool = False
+    # the plugins this server registers for itself (bundled ones, --plugin addresses) are registered
+    # with this TTL and renewed while it lives, so they expire if it dies (protocols/upkeep.py)
+    plugin_ttl_seconds: float = 30.0
+    # every registered instance is asked Describe this often (0: never), so a dead one is known
+    # before a call finds it; one with a TTL unreachable this long is dropped (0: never)
+    health_probe_seconds: float = 10.0
+    drop_unreachable_seconds: float = 120.0
     replica_id: str = field(default_factory=lambda: f"replica-{os.getpid()}")
     lease_seconds: float = 15.0
     # a start (of a task or a step) is written with the next write, or on its own this long after:
@@ -128,6 +135,7 @@ _ENV_PREFIX = "MCP_"
 POSITIVE = frozenset(
     {
         "lease_seconds",
+        "plugin_ttl_seconds",
         "default_step_timeout",
         "default_task_timeout",
         "retention_seconds",

@@ -26,12 +26,12 @@ from mcp_server.api.tasks import TaskServicer
 from mcp_server.api.workflows import WorkflowServicer
 from mcp_server.auth import Authenticator
 from mcp_server.console.app import RunningConsole, start_console
-from mcp_server.errors import McpError
+from mcp_server.errors import McpError, StartupError
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.plugin_host import BUNDLED, PluginProcess, start_plugin
 from mcp_server.settings import Settings
-from mcp_server.shutdown import stop_signal
-from mcp_server.state import open_store
+from mcp_server.shutdown import stop_requested
+from mcp_server.state import describe_store, open_store
 from mcp_server.telemetry.logs import configure as configure_logging
 from mcp_server.telemetry.tracing import TaskTracer, provider_for
 from mcp_server.tls import server_credentials
@@ -116,7 +116,7 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
         else server.add_insecure_port(settings.listen)
     )
     if port == 0:
-        raise RuntimeError(f"cannot listen on {settings.listen}")
+        raise StartupError(f"cannot listen on {settings.listen}: the address is in use or not this machine's")
     address = f"{settings.listen.rsplit(':', 1)[0]}:{port}"
     await server.start()
     running = RunningServer(server, orchestrator, address, health_servicer)
@@ -127,18 +127,16 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
         raise
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("mCP orchestrator serving on %s (store %s)", address, settings.store_url)
+    log.info("mCP orchestrator serving on %s (store: %s)", address, describe_store(settings.store_url))
     return running
 
 
 async def _start_plugins_and_dispatch(running: RunningServer, settings: Settings) -> None:
-    plugins = list(settings.plugins)
     if settings.bundled_plugins:
         running.plugins = list(await asyncio.gather(*(start_plugin(m) for m in BUNDLED)))
-        plugins += [p.address for p in running.plugins]
-    for plugin_address in plugins:
-        entries = await running.orchestrator.directory.register(plugin_address)
-        log.info("registered %s at %s", ", ".join(e.manifest.name for e in entries), plugin_address)
+    bundled = [p.address for p in running.plugins]
+    for line in await running.orchestrator.upkeep.register_own(bundled, settings.plugins):
+        log.info(line)
     await running.orchestrator.start()
     if settings.metrics_port:
         running.orchestrator.metrics.serve(settings.metrics_port, settings.metrics_address)
@@ -193,12 +191,13 @@ async def _report_health(running: RunningServer, interval: float = 1.0) -> None:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    stop = stop_requested()  # a signal during start-up stops the server as soon as it is up
     running = await start_server(settings)
     tune_collector(settings)  # the process's own objects, not in start_server: tests run many servers in one process
-    print(f"mCP orchestrator listening on {running.address}", flush=True)
+    print(f"mCP orchestrator listening on {running.address} (store: {describe_store(settings.store_url)})", flush=True)
     if running.console is not None:
         print(f"mCP console on {running.console.url}", flush=True)
-    await stop_signal()
+    await stop.wait()
     log.info("shutting down")
     await running.stop()
 
@@ -220,4 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         raise SystemExit(f"mcp-server: cannot start: {exc}") from None
     configure_logging(settings.log_format)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except (StartupError, McpError) as exc:  # a store it cannot open, an address it cannot take: one line
+        raise SystemExit(f"mcp-server: cannot start: {exc}") from None

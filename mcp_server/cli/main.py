@@ -28,7 +28,7 @@ from mcp_server.cli import render
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.tree import RunTree
 from mcp_server.console.app import start_console
-from mcp_server.shutdown import stop_signal
+from mcp_server.shutdown import stop_requested
 
 
 def load_workflow(path: str) -> workflow_pb2.Workflow:
@@ -85,9 +85,10 @@ async def run(args: argparse.Namespace) -> int:
 
 async def serve_console(args: argparse.Namespace) -> int:
     """`mcp console`: the web console for the server at --server, until Ctrl-C or SIGTERM."""
+    stop = stop_requested()
     console = await start_console(args.server, args.listen, tls=_tls(args))
     print(f"mCP console on {console.url} for the orchestrator at {args.server}", flush=True)
-    await stop_signal()
+    await stop.wait()
     await console.stop()
     return 0
 

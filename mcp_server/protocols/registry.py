@@ -27,7 +27,8 @@ from mcp_server.protocols.outliers import Outliers, OutlierSettings
 DESCRIBE_TIMEOUT = 5.0
 
 
-def _expired(entry: registry_pb2.RegisteredProtocol, at: float) -> bool:
+def expired(entry: registry_pb2.RegisteredProtocol, at: float) -> bool:
+    """Whether a registration with a TTL was not renewed in time (at `at`, Unix seconds)."""
     return entry.HasField("expire_time") and entry.expire_time.ToNanoseconds() / 1e9 < at
 
 
@@ -48,6 +49,8 @@ class ProtocolDirectory:
         self.max_value_depth = max_value_depth
         self.outliers = Outliers(outliers)
         self.calls_in_flight: dict[str, int] = {}
+        # since when (monotonic) an address has failed every call and probe, while it does
+        self.unreachable_since: dict[str, float] = {}
         self._cache: dict[str, list[registry_pb2.RegisteredProtocol]] = {}
         self._health: dict[str, int] = {}
         self._refreshed = 0.0
@@ -95,6 +98,7 @@ class ProtocolDirectory:
                 entry.expire_time.FromNanoseconds(int((time.time() + ttl_seconds) * 1e9))
             await self.store.put_protocol(entry)
             entries.append(entry)
+        self.record_health(address, True)
         await self.refresh(force=True)
         return [self._decorate(e, {}) for e in entries]
 
@@ -128,7 +132,7 @@ class ProtocolDirectory:
         at = time.time()
         cache: dict[str, list[registry_pb2.RegisteredProtocol]] = {}
         for entry in await self.store.list_protocol_entries():
-            if not _expired(entry, at):
+            if not expired(entry, at):
                 cache.setdefault(entry.manifest.name, []).append(entry)
         self._cache = cache
         self._refreshed = time.monotonic()
@@ -156,16 +160,22 @@ class ProtocolDirectory:
     def instances(self, name: str) -> list[registry_pb2.RegisteredProtocol]:
         """The unexpired instances of `name` (from the cache), by address."""
         at = time.time()
-        return [e for e in self._cache.get(name, ()) if not _expired(e, at)]
+        return [e for e in self._cache.get(name, ()) if not expired(e, at)]
 
     def record_health(self, address: str, reachable: bool) -> None:
         self._health[address] = (
             registry_pb2.HEALTH_STATE_SERVING if reachable else registry_pb2.HEALTH_STATE_UNREACHABLE
         )
         if reachable:
+            self.unreachable_since.pop(address, None)
             self.outliers.succeeded(address)
         else:
+            self.unreachable_since.setdefault(address, time.monotonic())
             self.outliers.failed(address)
+
+    def listed_addresses(self) -> set[str]:
+        """Every address with an unexpired instance (from the cache)."""
+        return {entry.address for entries in self._cache.values() for entry in entries}
 
     async def _use(self) -> dict[str, Resources]:
         try:

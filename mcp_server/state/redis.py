@@ -96,6 +96,7 @@ class RedisStore(CreateTask):
         self._acquire = client.register_script(lua.ACQUIRE_CAPACITY)
         self._release_capacity = client.register_script(lua.RELEASE_CAPACITY)
         self._renew_capacity = client.register_script(lua.RENEW_CAPACITY)
+        self._remove_entries = client.register_script(lua.REMOVE_UNCHANGED)
         self._queue_length: tuple[float, int] = (0.0, 0)
 
     @classmethod
@@ -662,7 +663,18 @@ class RedisStore(CreateTask):
 
     # ---- registry -------------------------------------------------------------------------
     async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None:
-        await self._do(self.r.hset(self.layout.protocols, _instance(entry), entry.SerializeToString()))
+        await self._do(
+            self.r.hset(self.layout.protocols, _instance(entry), entry.SerializeToString(deterministic=True))
+        )
+
+    async def remove_protocol_entries(self, entries: Sequence[registry_pb2.RegisteredProtocol]) -> list[int]:
+        if not entries:
+            return []
+        args: list[Any] = []
+        for entry in entries:
+            args += [_instance(entry), entry.SerializeToString(deterministic=True)]
+        removed = await self._do(self._remove_entries(keys=[self.layout.protocols], args=args))
+        return [int(index) for index in removed]
 
     async def delete_protocols(self, name: str = "", address: str = "") -> int:
         entries = await self.list_protocol_entries()

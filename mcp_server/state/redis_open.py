@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mcp_server.errors import Unavailable
+from mcp_server.errors import StartupError, Unavailable
 from mcp_server.state.common import LAYOUT_MISMATCH, LAYOUT_VERSION
 from mcp_server.state.redis_connection import PackedConnection
 from mcp_server.state.redis_layout import DEFAULT_PARTITIONS, Layout
@@ -36,7 +36,7 @@ async def connect_node(url: str, where: str) -> aioredis.Redis:
     client = aioredis.Redis(connection_pool=pool)
     try:
         if (await client.info("cluster")).get("cluster_enabled"):
-            raise RuntimeError(
+            raise StartupError(
                 f"{where} is a node of a Redis Cluster: use redis-cluster://{where} (redis:// means a single node)"
             )
     except RedisError:
@@ -54,10 +54,10 @@ async def connect_cluster(where: str) -> RedisCluster:
     for address in filter(None, where.split(",")):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"redis-cluster node {address!r} must be HOST:PORT")
+            raise StartupError(f"redis-cluster node {address!r} must be HOST:PORT")
         nodes.append(ClusterNode(host, int(port)))
     if not nodes:
-        raise ValueError("redis-cluster:// needs at least one HOST:PORT")
+        raise StartupError("redis-cluster:// needs at least one HOST:PORT")
     client = RedisCluster(
         startup_nodes=nodes,
         require_full_coverage=True,
@@ -72,11 +72,11 @@ async def connect_cluster(where: str) -> RedisCluster:
         await client.aclose()
         tried = ", ".join(f"{n.host}:{n.port}" for n in nodes)
         if "cluster mode is not enabled" in str(exc).lower() or "cluster support disabled" in str(exc).lower():
-            raise RuntimeError(
+            raise StartupError(
                 f"{tried} is not a Redis Cluster (cluster mode is not enabled): use redis://{nodes[0].host}:"
                 f"{nodes[0].port} for a single node"
             ) from None
-        raise RuntimeError(f"no Redis Cluster node answered (tried {tried}): {exc}") from None
+        raise StartupError(f"no Redis Cluster node answered (tried {tried}): {exc}") from None
     return client
 
 
@@ -87,7 +87,7 @@ async def agree_on_layout(client: aioredis.Redis | RedisCluster, prefix: str, wa
     layout_key = Layout(prefix).meta
     try:
         if await client.exists(f"{prefix}tasks") or await client.exists(f"{prefix}queue"):  # keys only layout 1 wrote
-            raise RuntimeError(
+            raise StartupError(
                 f"the Redis store at prefix {prefix!r} " + LAYOUT_MISMATCH.format(found=1, wanted=LAYOUT_VERSION)
             )
         await client.hsetnx(layout_key, "version", LAYOUT_VERSION)
@@ -96,13 +96,13 @@ async def agree_on_layout(client: aioredis.Redis | RedisCluster, prefix: str, wa
     except RedisError as exc:
         raise Unavailable(f"redis store unreachable: {exc}") from exc
     if meta.get("version") != str(LAYOUT_VERSION):
-        raise RuntimeError(
+        raise StartupError(
             f"the Redis store at prefix {prefix!r} "
             + LAYOUT_MISMATCH.format(found=meta.get("version"), wanted=LAYOUT_VERSION)
         )
     stored = int(meta["partitions"])
     if wanted is not None and wanted != stored:
-        raise ValueError(
+        raise StartupError(
             f"the Redis store at prefix {prefix!r} has {stored} partitions; partitions={wanted} cannot change that"
         )
     return Layout(prefix, stored)

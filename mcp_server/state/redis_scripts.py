@@ -205,6 +205,19 @@ if version and redis.call('HEXISTS', KEYS[1], version) == 1 then return tonumber
 return 0
 """
 
+# KEYS: the registry hash; ARGV: (field, value) pairs -> the 0-based indexes of the pairs deleted:
+# each only if its field still holds exactly that value (a registration renewed meanwhile stays)
+REMOVE_UNCHANGED = """
+local removed = {}
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    table.insert(removed, (i - 1) / 2)
+  end
+end
+return removed
+"""
+
 # ---- capacity (one slot, tag {cap}; see protocols/capacity.py for the rule) --------------------
 _CAPACITY = """
 local function parse(text)

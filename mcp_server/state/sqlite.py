@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.engine.context import now
 from mcp_server.engine.ports import CapacityRequest, Checkpoint, StepRecord, TaskFilter, TaskPage
-from mcp_server.errors import LeaseLost, Unavailable
+from mcp_server.errors import LeaseLost, StartupError, Unavailable
 from mcp_server.state.common import (
     ACTIVE,
     EVENTS_PAGE,
@@ -475,8 +475,22 @@ class SqliteStore(CreateTask):
     async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None:
         await self._write(
             "INSERT OR REPLACE INTO protocol_instances VALUES (?,?,?)",
-            (entry.manifest.name, entry.address, entry.SerializeToString()),
+            (entry.manifest.name, entry.address, entry.SerializeToString(deterministic=True)),
         )
+
+    async def remove_protocol_entries(self, entries: Sequence[registry_pb2.RegisteredProtocol]) -> list[int]:
+        def remove(db: sqlite3.Connection) -> list[int]:
+            with db:
+                return [
+                    index
+                    for index, e in enumerate(entries)
+                    if db.execute(
+                        "DELETE FROM protocol_instances WHERE name=? AND address=? AND data=?",
+                        (e.manifest.name, e.address, e.SerializeToString(deterministic=True)),
+                    ).rowcount
+                ]
+
+        return await self._run(remove)
 
     async def delete_protocols(self, name: str = "", address: str = "") -> int:
         return await self._write("DELETE FROM protocol_instances WHERE name=? OR address=?", (name, address))
@@ -528,14 +542,25 @@ class SqliteStore(CreateTask):
 
 def _connect(path: str) -> sqlite3.Connection:
     if path not in ("", ":memory:"):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level="DEFERRED")
+        where = Path(path).resolve()
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
+            db.execute("PRAGMA user_version").fetchone()  # opening is lazy: touch the file now
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StartupError(
+                f"cannot open the SQLite store at {where}: {reason} (set --store or MCP_STORE_URL to "
+                "sqlite:///relative/path or sqlite:////absolute/path in a directory you can write)"
+            ) from None
+    else:
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level="DEFERRED")
     had_tasks = db.execute("SELECT 1 FROM sqlite_master WHERE name='tasks'").fetchone() is not None
     had_meta = db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() is not None
     found = db.execute("SELECT value FROM meta WHERE key='layout'").fetchone() if had_meta else None
     if had_tasks and (found is None or found[0] != str(LAYOUT_VERSION)):
         db.close()
-        raise RuntimeError(
+        raise StartupError(
             f"the SQLite store at {path} "
             + LAYOUT_MISMATCH.format(found=found[0] if found else 1, wanted=LAYOUT_VERSION)
         )

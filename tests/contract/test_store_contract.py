@@ -321,6 +321,21 @@ async def test_registry_entries_round_trip(store):
     assert await store.list_protocol_entries() == []
 
 
+async def test_a_registry_entry_is_removed_only_as_it_was_read(store):
+    def entry(name: str, seconds: int) -> registry_pb2.RegisteredProtocol:
+        made = registry_pb2.RegisteredProtocol(address="127.0.0.1:9", manifest=protocol_pb2.ProtocolManifest(name=name))
+        made.manifest.input_schema.update({"type": "object", "properties": {"b": {}, "a": {}}})  # a map: order varies
+        made.expire_time.FromSeconds(seconds)
+        return made
+
+    await store.put_protocol(entry("p", 100))
+    await store.put_protocol(entry("q", 100))
+    read = await store.list_protocol_entries()
+    await store.put_protocol(entry("q", 200))  # renewed after it was read
+    assert await store.remove_protocol_entries(read) == [0]
+    assert [(e.manifest.name, e.expire_time.seconds) for e in await store.list_protocol_entries()] == [("q", 200)]
+
+
 async def test_finished_tasks_expire_after_the_retention_time(any_store_url):
     store = await open_store(any_store_url, retention_seconds=0.3)
     try:

@@ -83,24 +83,29 @@ async def test_health_and_reflection_are_served(server):
     } <= services
 
 
-async def test_a_self_registration_expires_unless_renewed(client, plugins):
+async def test_a_self_registration_expires_unless_renewed(client):
     from google.protobuf import duration_pb2
 
-    await client.registry.DeregisterProtocol(
-        registry_pb2.DeregisterProtocolRequest(address=plugins["cognitive"].address)
-    )
-    ttl = duration_pb2.Duration(nanos=600_000_000)
-    reply = await client.registry.RegisterProtocol(
-        registry_pb2.RegisterProtocolRequest(address=plugins["cognitive"].address, ttl=ttl)
-    )
-    assert all(p.HasField("expire_time") for p in reply.protocols)
-    assert (
-        await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))
-    ).protocol.manifest.name == "emotion"
-    await asyncio.sleep(2.5)  # past the TTL and past the registry cache's refresh
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    from tests.conftest import spawn_plugin
+
+    plugin = spawn_plugin("protocol_plugins.cognitive")  # an address this server does not keep registered itself
+    try:
+        ttl = duration_pb2.Duration(nanos=600_000_000)
+        reply = await client.registry.RegisterProtocol(
+            registry_pb2.RegisterProtocolRequest(address=plugin.address, ttl=ttl)
+        )
+        assert all(p.HasField("expire_time") for p in reply.protocols)
+
+        async def emotion_addresses() -> set[str]:
+            got = await client.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="emotion"))
+            return {i.address for i in got.instances}
+
+        assert plugin.address in await emotion_addresses()
+        await asyncio.sleep(2.5)  # past the TTL and past the registry cache's refresh
+        assert plugin.address not in await emotion_addresses()
+    finally:
+        plugin.process.terminate()
+        plugin.process.wait(timeout=10)
 
 
 async def test_a_plugin_registers_itself_and_keeps_renewing(server, client):

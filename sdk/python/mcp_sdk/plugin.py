@@ -451,23 +451,28 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         *,
         register_token: str | None = None,
         register_tls: Tls | bool | None = None,
+        exit_with_parent: bool = False,
     ) -> None:
         """Serve until SIGTERM/SIGINT; announce the address on stdout; with `register`, register with
-        that orchestrator (as an operator: `register_token`, over TLS with `register_tls`) and renew."""
+        that orchestrator (as an operator: `register_token`, over TLS with `register_tls`) and renew.
+        With `exit_with_parent`, also stop when the process that started this one dies (however it
+        died: a server killed -9 leaves no plugin of its own behind)."""
         server, address = await self.start(listen, credentials)
         print(f"{READY_LINE} {address}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if exit_with_parent else None
         renewer = (
             asyncio.create_task(self._keep_registered(register, address, ttl, register_token, register_tls))
             if register
             else None
         )
         await stop.wait()
-        if renewer:
-            renewer.cancel()
+        for helper in (renewer, orphan_watch):
+            if helper is not None:
+                helper.cancel()
         await server.stop(grace=2)
 
     async def _keep_registered(
@@ -490,6 +495,9 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         parser.add_argument("--listen", default="127.0.0.1:0")
         parser.add_argument("--register", help="orchestrator address to register with (and keep renewing)")
         parser.add_argument("--ttl", type=float, default=30.0)
+        parser.add_argument(
+            "--exit-with-parent", action="store_true", help="stop when the process that started this one ends"
+        )
         parser.add_argument(
             "--capacity",
             type=_capacity_argument,
@@ -535,5 +543,15 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
                 credentials,
                 register_token=args.register_token,
                 register_tls=register_tls,
+                exit_with_parent=args.exit_with_parent,
             )
         )
+
+
+async def _stop_when_orphaned(stop: asyncio.Event, interval: float = 0.5) -> None:
+    """Set `stop` once this process's parent has gone (it is then re-parented: its parent id changes)."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 (no event tells a process that its parent died)
+        await asyncio.sleep(interval)
+    log.warning("the process that started this plugin (pid %d) has ended; stopping", parent)
+    stop.set()

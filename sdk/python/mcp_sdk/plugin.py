@@ -12,7 +12,7 @@
         plugin.main()          # --listen, --register ORCHESTRATOR, --ttl, --capacity gpus=1, TLS
 
 A handler receives the input as a dict and returns a dict (the output) or a `Reply` with a
-directive (`accept`, `retry`, `fail`, `goto`). Raising ProtocolError answers with that gRPC
+directive (`accept`, `retry`, `fail`, `goto`; handlers.py). Raising ProtocolError answers with that gRPC
 code; any other exception answers INTERNAL with its message: the step fails, the plugin and
 the orchestrator stay up. The server serves health and reflection too.
 """
@@ -21,124 +21,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import inspect
 import logging
 import os
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mcp_sdk.client import Client, Tls
-from mcp_sdk.errors import McpError
+from mcp_sdk.call_streams import CallStream
+from mcp_sdk.connection import Tls
+from mcp_sdk.handlers import Context, Handler, ProtocolError, Reply, accept, fail, goto, retry
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
+from mcp_sdk.registration import keep_registered
 from mcp_sdk.serving import DEFAULT_MAX_PENDING_CALLS, pending_call_options
 from mcp_sdk.values import dict_to_struct, sendable_struct, struct_to_dict
 
+__all__ = ["READY_LINE", "Context", "Handler", "Plugin", "ProtocolError", "Reply", "accept", "fail", "goto", "retry"]
 log = logging.getLogger(__name__)
 READY_LINE = "MCP_PLUGIN_LISTENING"
-
-
-class ProtocolError(Exception):
-    """Raise from a handler to answer with a specific gRPC status code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass
-class Reply:
-    """An output with a directive for the orchestrator."""
-
-    output: dict[str, Any] = field(default_factory=dict)
-    directive: protocol_pb2.Directive | None = None
-
-
-def accept(output: dict[str, Any] | None = None, **extra: Any) -> Reply:
-    """Supervisor verdict: accept; `output`, when given, replaces the children's outputs."""
-    decision = protocol_pb2.SupervisorDecision(verdict=protocol_pb2.VERDICT_ACCEPT)
-    if output is not None:
-        decision.output.CopyFrom(dict_to_struct(output))
-    return Reply(extra, protocol_pb2.Directive(decision=decision))
-
-
-def retry(
-    feedback: str = "", children: list[str] | None = None, per_child: dict[str, str] | None = None, **extra: Any
-) -> Reply:
-    """Supervisor verdict: run `children` (all when empty) again with this feedback."""
-    decision = protocol_pb2.SupervisorDecision(
-        verdict=protocol_pb2.VERDICT_RETRY,
-        feedback=feedback,
-        retry_children=children or [],
-        child_feedback=per_child or {},
-    )
-    return Reply(extra, protocol_pb2.Directive(decision=decision))
-
-
-def fail(reason: str, **extra: Any) -> Reply:
-    """Supervisor verdict: fail the supervised node with `reason`."""
-    return Reply(
-        extra,
-        protocol_pb2.Directive(
-            decision=protocol_pb2.SupervisorDecision(verdict=protocol_pb2.VERDICT_FAIL, reason=reason)
-        ),
-    )
-
-
-def goto(state: str, **output: Any) -> Reply:
-    """Router answer: the enclosing adaptive node goes to `state` next."""
-    return Reply(output, protocol_pb2.Directive(next_state=state))
-
-
-class Context:
-    """What a handler knows about the call: where it comes from, and a way to report progress."""
-
-    def __init__(
-        self,
-        request: protocol_pb2.ExecuteRequest,
-        grpc_context: grpc.aio.ServicerContext,
-        progress_queue: asyncio.Queue[protocol_pb2.Progress] | None = None,
-        metadata: dict[str, str] | None = None,
-    ) -> None:
-        self.task_id = request.context.task_id
-        self.step_path = request.context.step_path
-        self.attempt = request.context.attempt
-        self.idempotency_key = request.context.idempotency_key
-        self.grpc_context = grpc_context  # of the call; for a call carried by ExecuteMany, of that stream
-        # the caller's metadata, e.g. W3C `traceparent` to join the orchestrator's trace
-        if metadata is None:
-            metadata = {k: v for k, v in (grpc_context.invocation_metadata() or ()) if isinstance(v, str)}
-        self.metadata = metadata
-        self._deadline = (
-            request.context.deadline.ToNanoseconds() / 1e9 if request.context.HasField("deadline") else None
-        )
-        self._progress = progress_queue
-
-    def time_remaining(self) -> float | None:
-        """Seconds until the caller's deadline, or None if it set none."""
-        if self._deadline is not None:
-            return max(0.0, self._deadline - time.time())
-        remaining: float | None = self.grpc_context.time_remaining()
-        return remaining
-
-    async def progress(self, fraction: float, message: str = "") -> None:
-        """Report progress; sent to the orchestrator when it called ExecuteStream."""
-        if self._progress is not None:
-            await self._progress.put(protocol_pb2.Progress(fraction=fraction, message=message))
-
-
-Handler = Callable[[dict[str, Any], Context], Awaitable[Any] | Any]
 
 
 @dataclass
@@ -165,82 +72,6 @@ def _capacity_argument(text: str) -> protocol_pb2.Capacity:
         return parse_capacity(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-class _CallStream:
-    """The calls of one ExecuteMany stream: each runs as a task; outcomes wait in `ready` until
-    the stream sends them, as many per message as fit in what the orchestrator accepts."""
-
-    def __init__(self, plugin: Plugin, context: grpc.aio.ServicerContext) -> None:
-        self.plugin = plugin
-        self.context = context
-        self.running: dict[int, asyncio.Task[None]] = {}
-        self.ready: collections.deque[protocol_pb2.ExecuteOutcome] = collections.deque()
-        self.wake = asyncio.Event()
-        self.max_response_bytes = 4 * 1024 * 1024
-
-    async def __aenter__(self) -> _CallStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for task in self.running.values():  # the orchestrator went away: nobody waits for these
-            task.cancel()
-        self.running.clear()
-
-    async def read(self, requests: AsyncIterator[protocol_pb2.ExecuteManyRequest]) -> None:
-        async for message in requests:
-            if message.max_response_bytes:
-                self.max_response_bytes = message.max_response_bytes
-            for call in message.calls:
-                if call.id not in self.running:
-                    self.running[call.id] = asyncio.ensure_future(self._run(call))
-            for call_id in message.cancel:
-                task = self.running.pop(call_id, None)
-                if task is not None:
-                    task.cancel()
-        self.wake.set()  # the orchestrator closed its side: finish with what is running
-
-    async def _run(self, call: protocol_pb2.ExecuteCall) -> None:
-        outcome = protocol_pb2.ExecuteOutcome(id=call.id)
-        try:
-            outcome.response.CopyFrom(
-                await self.plugin._answer(
-                    call.request, Context(call.request, self.context, metadata=dict(call.metadata))
-                )
-            )
-        except ProtocolError as exc:
-            outcome.error.code, outcome.error.message = exc.code.value[0], exc.message
-        except Exception as exc:  # a handler's bug fails its call, as Execute answers UNKNOWN
-            log.exception("protocol %s failed", call.request.protocol)
-            outcome.error.code, outcome.error.message = grpc.StatusCode.UNKNOWN.value[0], f"{type(exc).__name__}: {exc}"
-        if outcome.ByteSize() + 16 > self.max_response_bytes:
-            outcome = protocol_pb2.ExecuteOutcome(
-                id=call.id,
-                error=status_pb2.Status(
-                    code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-                    message=f"{call.request.protocol}: the output is {outcome.ByteSize()} bytes; "
-                    f"the orchestrator accepts {self.max_response_bytes}",
-                ),
-            )
-        if self.running.pop(call.id, None) is not None:  # not cancelled meanwhile
-            self.ready.append(outcome)
-            self.wake.set()
-
-    async def outcomes(self, reader: asyncio.Future[None]) -> protocol_pb2.ExecuteManyResponse | None:
-        """The next message to send; None once the orchestrator has closed its side and every call has answered."""
-        while not self.ready:
-            if reader.done() and not self.running:
-                reader.result()  # a broken stream raises here
-                return None
-            self.wake.clear()
-            await self.wake.wait()
-        batch = protocol_pb2.ExecuteManyResponse()
-        size = 0
-        while self.ready and (not batch.outcomes or size + self.ready[0].ByteSize() + 16 <= self.max_response_bytes):
-            outcome = self.ready.popleft()
-            size += outcome.ByteSize() + 16
-            batch.outcomes.append(outcome)
-        return batch
 
 
 class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
@@ -327,7 +158,7 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
     ) -> AsyncIterator[protocol_pb2.ExecuteManyResponse]:
         """Many Execute calls over one stream (see protocol.proto): each runs as its own task and
         its outcome goes back with the others ready at the same time."""
-        async with _CallStream(self, context) as calls:
+        async with CallStream(self._answer, context) as calls:
             reader = asyncio.ensure_future(calls.read(requests))
             try:
                 while True:
@@ -465,7 +296,7 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             loop.add_signal_handler(sig, stop.set)
         orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if exit_with_parent else None
         renewer = (
-            asyncio.create_task(self._keep_registered(register, address, ttl, register_token, register_tls))
+            asyncio.create_task(keep_registered(register, address, ttl, register_token, register_tls))
             if register
             else None
         )
@@ -474,17 +305,6 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             if helper is not None:
                 helper.cancel()
         await server.stop(grace=2)
-
-    async def _keep_registered(
-        self, orchestrator: str, address: str, ttl: float, token: str | None, tls: Tls | bool | None
-    ) -> None:
-        async with Client(orchestrator, token=token, tls=tls, timeout=5) as client:
-            while True:
-                try:
-                    await client.register_protocols(address, ttl=int(ttl))
-                except McpError as exc:
-                    log.warning("could not register with %s: %s", orchestrator, exc)
-                await asyncio.sleep(max(1.0, ttl / 3))
 
     def main(self, argv: list[str] | None = None) -> None:
         """Command-line entry: `--listen ADDRESS --register ORCHESTRATOR --ttl SECONDS --capacity gpus=1,...

@@ -1,0 +1,246 @@
+"""The client's task methods: submit, read, list, cancel, watch and wait for tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from mcp_sdk.connection import RESUMABLE_CODES, Backoff, Connection
+from mcp_sdk.cursor import TERMINAL_STATUSES, Cursor
+from mcp_sdk.definitions import submit_request
+from mcp_sdk.errors import McpError, task_error
+from mcp_sdk.proto import task_pb2
+from mcp_sdk.values import JsonValue, value_to_python
+
+
+class TaskMethods(Connection):
+    """Tasks: submitted (idempotent by request id), read, listed, cancelled, followed to their end."""
+
+    async def submit(
+        self,
+        workflow_id: str,
+        input: Mapping[str, JsonValue] | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+        labels: Mapping[str, str] | None = None,
+        version: int = 0,
+    ) -> task_pb2.Task:
+        """Submit a task; returns it as stored (PENDING, or further along already).
+
+        `request_id` makes the submission idempotent for this principal: the same id returns the
+        first task. When none is given one is generated, so that gRPC's retries never submit twice."""
+        request = submit_request(workflow_id, input, request_id, priority, labels, version)
+        reply: task_pb2.SubmitTaskResponse = await self._call(self.tasks.SubmitTask, request)
+        return reply.task
+
+    async def get(self, task_id: str, *, steps: bool = True) -> task_pb2.Task:
+        """A task; with `steps`, its step states (as many as fit: see `steps()` for all of them)."""
+        view = task_pb2.TASK_VIEW_FULL if steps else task_pb2.TASK_VIEW_BASIC
+        reply: task_pb2.GetTaskResponse = await self._call(
+            self.tasks.GetTask, task_pb2.GetTaskRequest(task_id=task_id, view=view)
+        )
+        return reply.task
+
+    async def steps(self, task_id: str) -> AsyncIterator[task_pb2.StepState]:
+        """Every step state of a task, page by page."""
+        async for reply in self._pages(
+            self.tasks.ListTaskSteps, task_pb2.ListTaskStepsRequest(task_id=task_id, page_size=1000)
+        ):
+            for step in reply.steps:
+                yield step
+
+    async def list_tasks(
+        self,
+        *,
+        statuses: Sequence[task_pb2.TaskStatus | str] = (),
+        workflow_id: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> task_pb2.ListTasksResponse:
+        """One page of tasks, newest first; pass `next_page_token` back for the next."""
+        request = task_pb2.ListTasksRequest(
+            statuses=list(statuses), workflow_id=workflow_id, page_size=page_size, page_token=page_token
+        )
+        reply: task_pb2.ListTasksResponse = await self._call(self.tasks.ListTasks, request)
+        return reply
+
+    async def cancel(self, task_id: str, reason: str = "") -> task_pb2.Task:
+        """Cancel a task; cancelling one that has ended changes nothing and returns it."""
+        reply: task_pb2.CancelTaskResponse = await self._call(
+            self.tasks.CancelTask, task_pb2.CancelTaskRequest(task_id=task_id, reason=reason)
+        )
+        return reply.task
+
+    async def read_value(
+        self,
+        task_id: str,
+        step_path: str = "",
+        field: task_pb2.ValueField = task_pb2.VALUE_FIELD_OUTPUT,
+        *,
+        max_bytes: int | None = None,
+    ) -> JsonValue:
+        """A value too large to travel inline (a ValueRef's): a step's output or input, or with no
+        step path the task's result or input. Checked against its SHA-256. With `max_bytes`, a
+        larger value is not read: McpError OUT_OF_RANGE (reason VALUE_TOO_LARGE, its size in
+        metadata["size_bytes"])."""
+        request = task_pb2.ReadValueRequest(task_id=task_id, step_path=step_path, field=field)
+        data = bytearray()
+        sha256 = ""
+        call: Any = self.tasks.ReadValue(request, metadata=self._metadata, timeout=self.timeout)
+        try:
+            async for chunk in call:
+                if max_bytes is not None and chunk.size_bytes > max_bytes:
+                    raise McpError(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"the value is {chunk.size_bytes} bytes, above the {max_bytes} asked for",
+                        reason="VALUE_TOO_LARGE",
+                        metadata={"size_bytes": str(chunk.size_bytes)},
+                    )
+                data += chunk.data
+                sha256 = chunk.sha256
+        except grpc.aio.AioRpcError as exc:
+            raise McpError.from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise McpError(
+                grpc.StatusCode.DATA_LOSS,
+                f"value of {task_id}/{step_path or '(task)'} does not match its SHA-256",
+                reason="CHECKSUM_MISMATCH",
+            )
+        return value_to_python(struct_pb2.Value.FromString(bytes(data)))
+
+    async def watch(self, task_id: str, after: int = 0) -> AsyncGenerator[task_pb2.TaskEvent, None]:
+        """Every event of the task after sequence `after`, in order, each once, until the terminal
+        one (COMPLETED, FAILED or CANCELLED).
+
+        A cut connection or a restarting server is waited out (reconnecting with backoff for up to
+        `watch_give_up_after` seconds of failing in a row) and the watch resumes after the last event
+        delivered. A refusal (NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT...) raises at once."""
+        backoff = Backoff(give_up_after=self.watch_give_up_after)
+        cursor = Cursor(after, backoff)
+        batched = True
+        while True:
+            request = task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=cursor.last)
+            call: Any = (self.tasks.WatchTaskEvents if batched else self.tasks.WatchTask)(
+                request, metadata=self._metadata
+            )
+            try:
+                async for message in call:
+                    for event in cursor.fresh(message.events if batched else (message,)):
+                        yield event
+                    if cursor.ended:
+                        return
+                # The server ends a watch cleanly only when the task has ended and nothing is left.
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED and batched:
+                    batched = False  # a server without the batched watch
+                    continue
+                if exc.code() not in RESUMABLE_CODES or backoff.exhausted():
+                    raise McpError.from_rpc_error(exc) from None
+            finally:
+                call.cancel()
+            await backoff.sleep()
+
+    async def submit_and_watch(
+        self,
+        workflow_id: str,
+        input: Mapping[str, JsonValue] | None = None,
+        *,
+        request_id: str | None = None,
+        priority: int = 0,
+        labels: Mapping[str, str] | None = None,
+        version: int = 0,
+    ) -> AsyncGenerator[task_pb2.TaskEvent, None]:
+        """Submit a task and yield its events from the first (QUEUED, which names the task in
+        `task_id`) to the terminal one, each once, in one SubmitAndWatchTask stream (options as
+        `submit`). A cut connection or a restarting server is waited out as `watch` does: once the
+        task is known the watch goes on after the last event delivered, before that the same
+        request id is asked again, which streams the same task. On a server without
+        SubmitAndWatchTask: `submit`, then `watch`."""
+        request = submit_request(workflow_id, input, request_id, priority, labels, version)
+        backoff = Backoff(give_up_after=self.watch_give_up_after)
+        cursor = Cursor(0, backoff)
+        task_id = ""
+        while not task_id:
+            call: Any = self.tasks.SubmitAndWatchTask(request, metadata=self._metadata)
+            try:
+                async for reply in call:
+                    if reply.HasField("submitted"):
+                        task_id = reply.submitted.task.task_id
+                    for event in cursor.fresh(reply.events):
+                        yield event
+                    if cursor.ended:
+                        return
+                if task_id:  # ended cleanly: the task ended and nothing is left
+                    return
+                raise McpError(grpc.StatusCode.INTERNAL, "the server ended SubmitAndWatchTask without naming the task")
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    task_id = (await self._call(self.tasks.SubmitTask, request)).task.task_id
+                    break
+                if exc.code() not in RESUMABLE_CODES or backoff.exhausted():
+                    raise McpError.from_rpc_error(exc) from None
+            finally:
+                call.cancel()
+            if not task_id:
+                await backoff.sleep()
+        async for event in self.watch(task_id, after=cursor.last):
+            yield event
+
+    async def result(self, task_id: str, timeout: float | None = None) -> JsonValue:
+        """Wait for the task to end; return its result as plain values, or raise TaskFailed (with the
+        task's error code and message) or TaskCancelled. `timeout` (seconds) raises TimeoutError."""
+        async with asyncio.timeout(timeout):
+            task = await self.get(task_id, steps=False)
+            while task.status not in TERMINAL_STATUSES:
+                async for _ in self.watch(task_id, after=task.last_sequence):
+                    pass
+                task = await self.get(task_id, steps=False)
+            return await self._outcome(task)
+
+    async def _outcome(self, task: task_pb2.Task) -> JsonValue:
+        """A finished task's result, or its error raised."""
+        if task.status != task_pb2.TASK_STATUS_COMPLETED:
+            raise task_error(task)
+        if task.HasField("result_ref"):
+            return await self.read_value(task.task_id)
+        return value_to_python(task.result)
+
+    async def run(
+        self,
+        workflow_id: str,
+        input: Mapping[str, JsonValue] | None = None,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        labels: Mapping[str, str] | None = None,
+        version: int = 0,
+    ) -> JsonValue:
+        """Submit a task and wait for its result, in one RunTask call (options as `submit`; raises
+        as `result`). A cut connection or a restarting server is waited out as `watch` does, by
+        asking again with the same request id, which waits for the same task. On a server
+        without RunTask: `submit`, then `result`."""
+        request = submit_request(workflow_id, input, request_id, priority, labels, version)
+        backoff = Backoff(give_up_after=self.watch_give_up_after)
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    reply: task_pb2.SubmitTaskResponse = await self.tasks.RunTask(request, metadata=self._metadata)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        submitted: task_pb2.SubmitTaskResponse = await self._call(self.tasks.SubmitTask, request)
+                        return await self.result(submitted.task.task_id)
+                    if exc.code() not in RESUMABLE_CODES or backoff.exhausted():
+                        raise McpError.from_rpc_error(exc) from None
+                await backoff.sleep()
+            return await self._outcome(reply.task)

@@ -181,7 +181,7 @@ async def _listing(plugin: Proc, url: str, quick: bool) -> None:
                 status=task_pb2.TASK_STATUS_PENDING,
                 last_sequence=1,
             )
-            await store.create_task(task, make_event(task.task_id, 1, task_pb2.TASK_EVENT_TYPE_QUEUED))
+            await store.queue.create_task(task, make_event(task.task_id, 1, task_pb2.TASK_EVENT_TYPE_QUEUED))
 
     started = time.perf_counter()
     await asyncio.gather(*(create("ann") for _ in range(10)))

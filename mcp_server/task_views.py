@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from google.protobuf import struct_pb2
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import Store
+from mcp_server.engine.ports import TaskStore
 from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
 from mcp_server.settings import Limits
 
@@ -35,7 +35,7 @@ class StepsPage:
 class TaskViews:
     """Builds task responses from a store, within the limits."""
 
-    def __init__(self, store: Store, limits: Limits) -> None:
+    def __init__(self, store: TaskStore, limits: Limits) -> None:
         self.store = store
         self.inline_bytes = limits.inline_value_bytes
         self.budget = max(limits.max_message_bytes - RESPONSE_MARGIN_BYTES, 64 * 1024)

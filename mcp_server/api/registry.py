@@ -38,11 +38,11 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
     async def ListProtocols(
         self, request: registry_pb2.ListProtocolsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ListProtocolsResponse:
-        protocols, token = await self.orchestrator.list_protocols(request.page_size, request.page_token)
+        protocols, token = await self.orchestrator.protocols.list_protocols(request.page_size, request.page_token)
         return registry_pb2.ListProtocolsResponse(protocols=protocols, next_page_token=token)
 
     async def GetProtocol(
         self, request: registry_pb2.GetProtocolRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.GetProtocolResponse:
-        instances = await self.orchestrator.get_protocol(request.name)
+        instances = await self.orchestrator.protocols.get_protocol(request.name)
         return registry_pb2.GetProtocolResponse(protocol=instances[0], instances=instances)

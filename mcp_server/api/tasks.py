@@ -20,7 +20,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     async def SubmitTask(
         self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> task_pb2.SubmitTaskResponse:
-        task, created = await self.orchestrator.submit_task(request, current_principal.get())
+        task, created = await self.orchestrator.submission.submit_task(request, current_principal.get())
         return task_pb2.SubmitTaskResponse(task=task, created=created)
 
     async def RunTask(
@@ -32,13 +32,13 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             if context.time_remaining() is not None:
                 await context.send_initial_metadata(((TASK_ID_HEADER, task.task_id),))
 
-        task, created = await self.orchestrator.run_task(request, current_principal.get(), submitted)
+        task, created = await self.orchestrator.submission.run_task(request, current_principal.get(), submitted)
         return task_pb2.SubmitTaskResponse(task=task, created=created)
 
     async def SubmitAndWatchTask(
         self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[task_pb2.SubmitAndWatchTaskResponse]:
-        task, created, batches = await self.orchestrator.submit_and_watch(request, current_principal.get())
+        task, created, batches = await self.orchestrator.submission.submit_and_watch(request, current_principal.get())
         submitted: task_pb2.SubmitTaskResponse | None = task_pb2.SubmitTaskResponse(task=task, created=created)
         async for batch in batches:
             yield task_pb2.SubmitAndWatchTaskResponse(submitted=submitted, events=batch)
@@ -51,13 +51,13 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     ) -> task_pb2.GetTaskResponse:
         view = request.view or task_pb2.TASK_VIEW_FULL
         return task_pb2.GetTaskResponse(
-            task=await self.orchestrator.get_task(request.task_id, current_principal.get(), view)
+            task=await self.orchestrator.reads.get_task(request.task_id, current_principal.get(), view)
         )
 
     async def ListTasks(
         self, request: task_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> task_pb2.ListTasksResponse:
-        tasks, token, total = await self.orchestrator.list_tasks(
+        tasks, token, total = await self.orchestrator.reads.list_tasks(
             request.page_size,
             request.page_token,
             list(request.statuses),
@@ -71,7 +71,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     async def ListTaskSteps(
         self, request: task_pb2.ListTaskStepsRequest, context: grpc.aio.ServicerContext
     ) -> task_pb2.ListTaskStepsResponse:
-        steps, token, total = await self.orchestrator.list_task_steps(
+        steps, token, total = await self.orchestrator.reads.list_task_steps(
             request.task_id, request.page_size, request.page_token, current_principal.get()
         )
         return task_pb2.ListTaskStepsResponse(steps=steps, next_page_token=token, total_size=total)
@@ -79,7 +79,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     async def ReadValue(
         self, request: task_pb2.ReadValueRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[task_pb2.ValueChunk]:
-        async for chunk in self.orchestrator.read_value(
+        async for chunk in self.orchestrator.reads.read_value(
             request.task_id, request.step_path, request.field, current_principal.get()
         ):
             yield chunk
@@ -88,13 +88,15 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self, request: task_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
     ) -> task_pb2.CancelTaskResponse:
         return task_pb2.CancelTaskResponse(
-            task=await self.orchestrator.cancel_task(request.task_id, request.reason, current_principal.get())
+            task=await self.orchestrator.cancelling.cancel_task(
+                request.task_id, request.reason, current_principal.get()
+            )
         )
 
     async def WatchTask(
         self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[task_pb2.TaskEvent]:
-        async for event in self.orchestrator.watch_task(
+        async for event in self.orchestrator.watching.watch_task(
             request.task_id, request.after_sequence, current_principal.get()
         ):
             yield event
@@ -102,7 +104,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     async def WatchTaskEvents(
         self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[task_pb2.WatchTaskEventsResponse]:
-        async for batch in self.orchestrator.watch_task_batches(
+        async for batch in self.orchestrator.watching.watch_task_batches(
             request.task_id, request.after_sequence, current_principal.get()
         ):
             yield task_pb2.WatchTaskEventsResponse(events=batch)

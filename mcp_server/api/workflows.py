@@ -25,33 +25,33 @@ class WorkflowServicer(workflow_pb2_grpc.WorkflowServiceServicer):
         self, request: workflow_pb2.CreateWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> workflow_pb2.CreateWorkflowResponse:
         return workflow_pb2.CreateWorkflowResponse(
-            workflow=await self.orchestrator.create_workflow(_workflow_of(request))
+            workflow=await self.orchestrator.workflows.create_workflow(_workflow_of(request))
         )
 
     async def GetWorkflow(
         self, request: workflow_pb2.GetWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> workflow_pb2.GetWorkflowResponse:
         return workflow_pb2.GetWorkflowResponse(
-            workflow=await self.orchestrator.get_workflow(request.workflow_id, request.version)
+            workflow=await self.orchestrator.workflows.get_workflow(request.workflow_id, request.version)
         )
 
     async def ListWorkflows(
         self, request: workflow_pb2.ListWorkflowsRequest, context: grpc.aio.ServicerContext
     ) -> workflow_pb2.ListWorkflowsResponse:
-        workflows, token = await self.orchestrator.list_workflows(request.page_size, request.page_token)
+        workflows, token = await self.orchestrator.workflows.list_workflows(request.page_size, request.page_token)
         return workflow_pb2.ListWorkflowsResponse(workflows=workflows, next_page_token=token)
 
     async def DeleteWorkflow(
         self, request: workflow_pb2.DeleteWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> workflow_pb2.DeleteWorkflowResponse:
         return workflow_pb2.DeleteWorkflowResponse(
-            versions_deleted=await self.orchestrator.delete_workflow(request.workflow_id)
+            versions_deleted=await self.orchestrator.workflows.delete_workflow(request.workflow_id)
         )
 
     async def ValidateWorkflow(
         self, request: workflow_pb2.ValidateWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> workflow_pb2.ValidateWorkflowResponse:
-        plan = await self.orchestrator.validate_workflow(_workflow_of(request))
+        plan = await self.orchestrator.workflows.validate_workflow(_workflow_of(request))
         return workflow_pb2.ValidateWorkflowResponse(
             valid=True, node_count=plan.node_count, depth=plan.depth, protocols=sorted(plan.protocols)
         )

@@ -29,7 +29,7 @@ from google.rpc import code_pb2, status_pb2
 from mcp_sdk.proto import protocol_pb2, task_pb2
 from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
-from mcp_server.engine.ports import Checkpoint, EventListener, ProtocolCaller, StepRecord, Store
+from mcp_server.engine.ports import Checkpoint, EventListener, ProtocolCaller, StepRecord, TaskStore
 from mcp_server.engine.records import TASK_RESULT, TASK_RESULT_REF, ValueSink, step_record, stored_refs, value_of
 from mcp_server.engine.values import python_to_value
 from mcp_server.errors import LeaseLost, Unavailable
@@ -99,7 +99,7 @@ class _Step:
 @dataclass
 class RunContext:
     task: task_pb2.Task
-    store: Store
+    store: TaskStore
     caller: ProtocolCaller
     lease_token: int
     task_input: Payload

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.cancelling import cancel_and_wait, raise_if_cancelled
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import Store
+from mcp_server.engine.ports import TaskQueue, TaskStore
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.errors import LeaseLost, McpError, Unavailable
 from mcp_server.settings import Settings
@@ -34,8 +34,11 @@ class _Running:
 class Dispatcher:
     """Runs queued tasks on this replica."""
 
-    def __init__(self, store: Store, runner: TaskRunner, plans: PlanCache, settings: Settings) -> None:
-        self.store = store
+    def __init__(
+        self, queue: TaskQueue, tasks: TaskStore, runner: TaskRunner, plans: PlanCache, settings: Settings
+    ) -> None:
+        self.queue = queue
+        self.tasks = tasks
         self.runner = runner
         self.plans = plans
         self.settings = settings
@@ -125,17 +128,17 @@ class Dispatcher:
                 log.error("%d task runs did not stop within 5 s of being cancelled", len(stuck))
         # Expire the leases now so that a restart or another replica resumes those tasks at once.
         with contextlib.suppress(McpError):
-            await self.store.renew_leases({task_id: running.lease_token for task_id, running in leftovers}, 0)
+            await self.queue.renew_leases({task_id: running.lease_token for task_id, running in leftovers}, 0)
 
     async def _claim_loop(self) -> None:
         with contextlib.suppress(Unavailable):
-            await self.store.release_expired_leases()  # tasks of a replica that died while we were down
+            await self.queue.release_expired_leases()  # tasks of a replica that died while we were down
         while True:
             raise_if_cancelled()  # a store call may have swallowed it (engine/cancelling.py)
             claimed = None
             if len(self._running) < self.settings.limits.max_tasks_in_flight:
                 try:
-                    claimed = await self.store.claim_task(self.settings.replica_id, self.settings.lease_seconds)
+                    claimed = await self.queue.claim_task(self.settings.replica_id, self.settings.lease_seconds)
                 except Unavailable as exc:
                     log.warning("cannot claim tasks: %s", exc)
                     await asyncio.sleep(0.5)
@@ -190,7 +193,7 @@ class Dispatcher:
             if not self._running:
                 continue
             try:
-                requests = await self.store.cancel_requests(list(self._running))
+                requests = await self.queue.cancel_requests(list(self._running))
             except Unavailable:
                 continue
             except Exception:  # a bug must not stop cancels for good
@@ -208,16 +211,16 @@ class Dispatcher:
             rounds += 1
             try:
                 if rounds % 10 == 0:
-                    await self.store.purge_finished()
+                    await self.tasks.purge_finished()
                 held = dict(self._running)
-                lost = await self.store.renew_leases(
+                lost = await self.queue.renew_leases(
                     {t: r.lease_token for t, r in held.items()}, self.settings.lease_seconds
                 )
                 for task_id in lost:
                     if self._running.get(task_id) is held[task_id]:
                         log.warning("task %s: lease lost, stopping it here", task_id)
                         held[task_id].task.cancel()
-                if await self.store.release_expired_leases():
+                if await self.queue.release_expired_leases():
                     self._wake.set()
             except Unavailable as exc:
                 log.warning("lease upkeep paused: %s", exc)

@@ -1,5 +1,9 @@
 """Run any plan node: skip it if an earlier life of the run finished it, else record its
-start, dispatch on its kind, and record how it ended."""
+start, dispatch on its kind, and record how it ended.
+
+Each node kind's module registers its runner here (`@runs("sequence")`); the modules sit above
+this one and import it, never the other way round. runner.py, above them all, imports them so
+that every kind is registered before a task runs."""
 
 from __future__ import annotations
 
@@ -115,8 +119,3 @@ def child_path(parent: str, child_id: str, round_or_visit: int = 1) -> str:
     """`parent/child`, with `#n` for the n-th round or visit (n >= 2)."""
     suffix = f"#{round_or_visit}" if round_or_visit > 1 else ""
     return f"{parent}/{child_id}{suffix}"
-
-
-def load_node_runners() -> None:
-    """Import the node modules so that each registers its runner."""
-    from mcp_server.engine import adaptive, mapping, parallel, sequence, step, supervise  # noqa: F401

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.plan import Plan
-from mcp_server.engine.ports import Store
+from mcp_server.engine.ports import WorkflowStore
 from mcp_server.errors import NotFound
 from mcp_server.settings import Settings
 
@@ -14,7 +14,7 @@ from mcp_server.settings import Settings
 class PlanCache:
     """Compiled plans by (workflow_id, version); versions are immutable, so entries never go stale."""
 
-    def __init__(self, store: Store, settings: Settings, capacity: int = 1024) -> None:
+    def __init__(self, store: WorkflowStore, settings: Settings, capacity: int = 1024) -> None:
         self.store = store
         self.settings = settings
         self.capacity = capacity

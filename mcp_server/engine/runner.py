@@ -15,18 +15,19 @@ from typing import Any
 from google.rpc import status_pb2
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine import adaptive, mapping, parallel, sequence, step, supervise
 from mcp_server.engine.context import NodeFailed, RunContext, code_number, now
 from mcp_server.engine.event_types import E
-from mcp_server.engine.executor import execute, load_node_runners
+from mcp_server.engine.executor import execute
 from mcp_server.engine.logcontext import task_id_var
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
-from mcp_server.engine.ports import EventListener, ProtocolCaller, Store
+from mcp_server.engine.ports import EventListener, ProtocolCaller, TaskStore
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
-load_node_runners()
+NODE_KINDS = (adaptive, mapping, parallel, sequence, step, supervise)  # imported so that each registers its runner
 
 
 class TaskRunner:
@@ -35,7 +36,7 @@ class TaskRunner:
     def __init__(
         self,
         caller: ProtocolCaller,
-        store: Store,
+        store: TaskStore,
         replica_id: str = "",
         listeners: Sequence[EventListener] = (),
         limits: Limits | None = None,

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mcp_server.engine.ports import CallObserver, CapacityRequest, Store
+from mcp_server.engine.ports import CallObserver, CapacityLedger, CapacityRequest
 from mcp_server.errors import McpError
 from mcp_server.protocols.capacity import Resources
 
@@ -51,7 +51,7 @@ class Grant:
 
 
 class Admission:
-    def __init__(self, store: Store, lease_seconds: float, keep_seconds: float = 0.25) -> None:
+    def __init__(self, store: CapacityLedger, lease_seconds: float, keep_seconds: float = 0.25) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
         self.keep_seconds = keep_seconds

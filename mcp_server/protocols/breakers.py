@@ -20,7 +20,7 @@ from typing import Any
 import pybreaker
 
 from mcp_sdk.proto import registry_pb2
-from mcp_server.engine.ports import ProtocolCallError
+from mcp_server.engine.ports import ProtocolCallError, RegistryStore
 
 log = logging.getLogger(__name__)
 UNHEALTHY_CODES = frozenset(
@@ -61,9 +61,9 @@ class _Publisher(pybreaker.CircuitBreakerListener):
 class BreakerBoard:
     """The breakers of every protocol, created on first use."""
 
-    def __init__(self, settings: BreakerSettings, shared: Any = None) -> None:
+    def __init__(self, settings: BreakerSettings, shared: RegistryStore | None = None) -> None:
         self.settings = settings
-        self.shared = shared  # a Store with put_breaker_state / breaker_states, or None
+        self.shared = shared  # where replicas share breaker states (None: this replica only)
         self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
         self._pending: dict[str, str] = {}
         self._applying = False
@@ -100,7 +100,7 @@ class BreakerBoard:
             self._publish_task = asyncio.get_running_loop().create_task(self._publish())
 
     async def _publish(self) -> None:
-        while self._pending:
+        while self._pending and self.shared is not None:
             protocol, state = self._pending.popitem()
             try:
                 await self.shared.put_breaker_state(protocol, state)

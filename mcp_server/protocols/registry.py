@@ -16,7 +16,7 @@ import grpc
 
 from mcp_sdk.proto import protocol_pb2, registry_pb2
 from mcp_server.engine.context import now
-from mcp_server.engine.ports import Store
+from mcp_server.engine.ports import CapacityLedger, RegistryStore
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mcp_server.protocols.breakers import BreakerBoard
@@ -37,13 +37,15 @@ class ProtocolDirectory:
 
     def __init__(
         self,
-        store: Store,
+        store: RegistryStore,
+        capacity: CapacityLedger,
         channels: ChannelPool,
         breakers: BreakerBoard,
         max_value_depth: int = 32,
         outliers: OutlierSettings | None = None,
     ) -> None:
         self.store = store
+        self.capacity = capacity
         self.channels = channels
         self.breakers = breakers
         self.max_value_depth = max_value_depth
@@ -179,7 +181,7 @@ class ProtocolDirectory:
 
     async def _use(self) -> dict[str, Resources]:
         try:
-            return {a: Resources.decode(u) for a, u in (await self.store.capacity_in_use()).items()}
+            return {a: Resources.decode(u) for a, u in (await self.capacity.capacity_in_use()).items()}
         except Exception:  # listing must work while the ledger cannot be read
             return {}
 

@@ -47,13 +47,13 @@ async def open_store(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
     Raises StartupError for a URL it cannot use or a store it cannot open (StoreUrlError for
     the former)."""
     if url.startswith("sqlite://"):
-        from mcp_server.state.sqlite import SqliteStore
+        from mcp_server.state.sqlite import open_sqlite
 
-        return await SqliteStore.open(sqlite_path(url), retention_seconds)
+        return await open_sqlite(sqlite_path(url), retention_seconds)
     if url.startswith(("redis://", "rediss://", "unix://", "redis-cluster://")):
-        from mcp_server.state.redis import RedisStore
+        from mcp_server.state.redis import open_redis
 
-        return await RedisStore.open(url, retention_seconds)
+        return await open_redis(url, retention_seconds)
     raise StoreUrlError(
         f"unknown store URL {url!r}: use {SQLITE_FORMS}, redis://HOST:PORT/DB or redis-cluster://HOST:PORT[,HOST:PORT...]"
     )

@@ -6,6 +6,7 @@ See docs/metrics.md for what each one means.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -149,13 +150,15 @@ class Metrics:
 
 
 def instrument_store(store: StoreT, metrics: Metrics) -> StoreT:
-    """Wrap every coroutine method of `store` so its latency and failures are measured."""
-    for name in dir(store):
-        if name.startswith("_"):
-            continue
-        method = getattr(store, name)
-        if asyncio.iscoroutinefunction(method):
-            setattr(store, name, _timed(name, method, metrics))
+    """Wrap every coroutine method of each of `store`'s ports (a dataclass of them) so its latency
+    and failures are measured, labelled by the method's name."""
+    for port in (getattr(store, f.name) for f in dataclasses.fields(store)):  # type: ignore[arg-type]
+        for name in dir(port):
+            if name.startswith("_"):
+                continue
+            method = getattr(port, name)
+            if asyncio.iscoroutinefunction(method):
+                setattr(port, name, _timed(name, method, metrics))
     return store
 
 

@@ -37,7 +37,7 @@ class CountingStore:
 async def store(request):
     url = "sqlite://:memory:" if request.param == "sqlite" else request.getfixturevalue("redis_url")
     opened = await open_store(url)
-    yield opened
+    yield opened.capacity
     await opened.close()
 
 

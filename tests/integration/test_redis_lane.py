@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from mcp_server.state.redis_lane import LANE_CLIENT_NAME, LaneClosed, RedisLane
+from mcp_server.state.redis.lane import LANE_CLIENT_NAME, LaneClosed, RedisLane
 
 pytestmark = pytest.mark.asyncio
 COUNT_UP = "return redis.call('INCRBY', KEYS[1], ARGV[1])"

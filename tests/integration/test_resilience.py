@@ -357,7 +357,7 @@ async def test_the_claim_loop_stops_even_when_a_store_call_swallows_its_cancella
         except asyncio.CancelledError:
             return None  # ...and the cancellation lost with it
 
-    monkeypatch.setattr(dispatcher.store, "claim_task", swallowing_claim)
+    monkeypatch.setattr(dispatcher.queue, "claim_task", swallowing_claim)
     claim = next(loop for loop in dispatcher._loops if loop.get_name() == "claim")
     await asyncio.sleep(0.4)  # past its quarter-second wait: inside the claim
     claim.cancel()

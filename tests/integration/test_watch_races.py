@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.state.redis_streams import StreamHub
+from mcp_server.state.redis.streams import StreamHub
 from tests.conftest import client_for
 from tests.helpers import create, step, workflow
 
@@ -45,7 +45,7 @@ async def test_a_local_write_that_overtakes_the_first_read_is_kept_for_its_turn(
     from mcp_server.state import open_store
 
     store = await open_store(redis_url)
-    hub = store._hub  # type: ignore[attr-defined]
+    hub = store.tasks.hub  # type: ignore[attr-defined]
     key, partition = "stream-under-test", 0
     events = [make_event("t", n, task_pb2.TASK_EVENT_TYPE_PROGRESS) for n in range(1, 8)]
     try:

@@ -1,6 +1,6 @@
-"""The capacity ledger in memory, for the embedded store (one process owns every call, so
-memory is the shared place). It applies the same rule as the Redis script: see
-protocols/capacity.grant_in_order."""
+"""The capacity ledger of the embedded store, in memory (one process owns every call, so memory
+is the shared place; see CapacityLedger in engine/ports). It applies the same rule as the Redis
+script: see protocols/capacity.grant_in_order."""
 
 from __future__ import annotations
 
@@ -19,14 +19,16 @@ class _Waiting:
     expires: float
 
 
-class MemoryLedger:
+class SqliteCapacity:
+    """CapacityLedger in this process's memory."""
+
     def __init__(self) -> None:
         self.capacities: dict[str, Resources] = {}
         self.in_use: dict[str, Resources] = {}
         self.grants: dict[str, tuple[str, Resources, float]] = {}
         self.waiting: dict[str, _Waiting] = {}
 
-    def acquire(self, request: CapacityRequest) -> str | None:
+    async def acquire_capacity(self, request: CapacityRequest) -> str | None:
         now = time.monotonic()
         self._expire(now)
         if request.waiter_id in self.grants:
@@ -45,29 +47,33 @@ class MemoryLedger:
         granted = self.grants.get(request.waiter_id)
         return granted[0] if granted else None
 
-    def release(self, waiter_id: str) -> None:
+    async def release_capacity(self, waiter_id: str, member: str) -> int:
+        self._release(waiter_id)
+        return await self.capacity_waiting()
+
+    def _release(self, waiter_id: str) -> None:
         self.waiting.pop(waiter_id, None)
         grant = self.grants.pop(waiter_id, None)
         if grant is not None:
             address, needs, _ = grant
             self.in_use[address] = self.in_use[address].minus(needs)
 
-    def renew(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
+    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
         until = time.monotonic() + lease_seconds
         for waiter_id in waiter_ids:
             if waiter_id in self.grants:
                 address, needs, _ = self.grants[waiter_id]
                 self.grants[waiter_id] = (address, needs, until)
 
-    def waiting_count(self) -> int:
+    async def capacity_waiting(self) -> int:
         self._expire(time.monotonic())
         return len(self.waiting)
 
-    def use(self) -> dict[str, str]:
+    async def capacity_in_use(self) -> dict[str, str]:
         return {address: used.encode() for address, used in self.in_use.items()}
 
     def _expire(self, now: float) -> None:
         for waiter_id in [w for w, (_, _, until) in self.grants.items() if until < now]:
-            self.release(waiter_id)
+            self._release(waiter_id)
         for waiter_id in [w for w, waiting in self.waiting.items() if waiting.expires < now]:
             del self.waiting[waiter_id]

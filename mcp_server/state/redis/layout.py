@@ -12,7 +12,7 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:l           leases: zset task_id -> expiry (ms)
     P{T}:x           retention: zset task_id -> when a finished task is purged (ms)
     P{T}:c           cancel requests: zset task_id -> when it was asked (ms), until the task ends
-    P{T}:w           the wake-up stream of this replica set's watchers (see redis_streams)
+    P{T}:w           the wake-up stream of this replica set's watchers (see streams.py)
     P{T}:i:<index>   listing indexes: zset task_id -> create micros; <index> is `a` (all),
                      `s:<status>`, `o:<owner>`, `os:<status>:<owner>`, `w:<workflow>`, `ws:<status>:<workflow>`
     P{T}:t:<id>      the task's header hash: f (fixed part), v (live part), st, tok (fencing
@@ -163,5 +163,5 @@ class Layout:
     @property
     def capacity(self) -> tuple[str, ...]:
         """The capacity ledger, in one slot: grants, grant data, waiters, waiter data,
-        capacities, in use (see redis_scripts.ACQUIRE_CAPACITY)."""
+        capacities, in use (see capacity_lua.ACQUIRE_CAPACITY)."""
         return tuple(f"{self.prefix}{{cap}}:{name}" for name in ("g", "gd", "w", "wd", "c", "u"))

@@ -6,15 +6,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.cancelling import cancel_and_wait
 from mcp_server.errors import Unavailable
 from mcp_server.state.followers import Followers
-
-if TYPE_CHECKING:
-    from mcp_server.state.redis import RedisStore
+from mcp_server.state.redis.connection import RedisConnection
 
 
 class _PartitionReader:
@@ -40,10 +38,10 @@ class _PartitionReader:
         if self.hub.is_local(key):
             return
         store = self.hub.store
-        async with store._pipeline() as pipe:
+        async with store.pipeline() as pipe:
             pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=16, approximate=True)
             pipe.expire(self.wake_key, 3600)
-            await store._do(pipe.execute())
+            await store.do(pipe.execute())
 
     async def _read(self) -> None:
         store, logs = self.hub.store, self.hub.followers.logs
@@ -58,7 +56,7 @@ class _PartitionReader:
                 continue
             wanted[self.wake_key] = self.wake_id
             try:
-                reply = await store._do(store.r.xread(wanted, count=1000, block=StreamHub.BLOCK_MS))
+                reply = await store.do(store.r.xread(wanted, count=1000, block=StreamHub.BLOCK_MS))
             except Unavailable as exc:
                 for key in self.keys:
                     logs[key].failed(exc)
@@ -82,7 +80,7 @@ class StreamHub:
     LOCAL_SECONDS = 5.0
     LOCAL_RECHECK_SECONDS = 0.25
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisConnection) -> None:
         self.store = store
         self.replica = uuid.uuid4().hex
         self.followers = Followers()

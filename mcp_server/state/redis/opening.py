@@ -14,8 +14,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mcp_server.errors import StartupError, Unavailable
 from mcp_server.state.common import LAYOUT_MISMATCH, LAYOUT_VERSION
-from mcp_server.state.redis_connection import PackedConnection
-from mcp_server.state.redis_layout import DEFAULT_PARTITIONS, Layout
+from mcp_server.state.redis.layout import DEFAULT_PARTITIONS, Layout
+from mcp_server.state.redis.packed import PackedConnection
 
 
 async def connect_node(url: str, where: str) -> aioredis.Redis:

@@ -1,0 +1,30 @@
+"""The interfaces the engine and the orchestrator are given: how to call a protocol, and where
+state lives, one small port per job (each backend implements every one: state/sqlite, state/redis)."""
+
+from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult, ProtocolCaller, ProtocolCallError
+from mcp_server.engine.ports.queue import TaskQueue
+from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, RegistryStore
+from mcp_server.engine.ports.store import Store, StoreConnection
+from mcp_server.engine.ports.tasks import Checkpoint, EventListener, StepRecord, TaskFilter, TaskPage, TaskStore
+from mcp_server.engine.ports.workflows import WorkflowStore
+
+__all__ = [
+    "CallContext",
+    "CallObserver",
+    "CallResult",
+    "CapacityLedger",
+    "CapacityRequest",
+    "Checkpoint",
+    "EventListener",
+    "ProtocolCallError",
+    "ProtocolCaller",
+    "RegistryStore",
+    "StepRecord",
+    "Store",
+    "StoreConnection",
+    "TaskFilter",
+    "TaskPage",
+    "TaskQueue",
+    "TaskStore",
+    "WorkflowStore",
+]

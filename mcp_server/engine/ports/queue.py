@@ -1,0 +1,70 @@
+"""The queue port: creating tasks, claiming them under leases, and cancelling them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from mcp_sdk.proto import task_pb2
+
+
+class TaskQueue(Protocol):
+    """Pending tasks in priority order (FIFO within a priority), leases, cancel requests."""
+
+    async def create_task(
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        max_queue: int = 0,
+        fingerprint: str = "",
+        values: Mapping[str, bytes] | None = None,
+    ) -> tuple[task_pb2.Task, bool]:
+        """Store `task` (its fixed part: everything but status and what changes while it runs)
+        with its first event and the `values` its input refers to, and queue it. A task of the
+        same owner with the same request_id is returned instead (created False) when its
+        fingerprint matches; when it does not, RequestIdReused. QueueFull past `max_queue`."""
+        ...
+
+    async def create_leased(
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        holder: str,
+        lease_seconds: float,
+        max_queue: int = 0,
+        fingerprint: str = "",
+        values: Mapping[str, bytes] | None = None,
+    ) -> tuple[task_pb2.Task, bool, int]:
+        """create_task for a task that `holder` starts at once: it is stored already leased
+        (the lease token is returned; 0 when an existing task was returned) and never queued.
+        If the holder dies, the lease runs out and the task is queued like any other."""
+        ...
+
+    async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
+        """The first queued task, leased to `owner` (with its new fencing token); None if none waits."""
+        ...
+
+    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
+        """Renew the leases {task_id: token} in one call; return the task ids whose lease is lost."""
+        ...
+
+    async def release_expired_leases(self) -> int:
+        """Queue again the unfinished tasks whose lease ran out; return how many."""
+        ...
+
+    async def queue_length(self) -> int: ...
+
+    async def queue_depth_by_priority(self) -> dict[int, int]: ...
+
+    async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
+        """Cancel a task that is still queued (writing `event`, numbered after its last);
+        None when it is not queued (it runs, or it ended)."""
+        ...
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        """Leave a cancel request for the replica that runs the task."""
+        ...
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """The cancel requests left for any of `task_ids`: reason by task id."""
+        ...

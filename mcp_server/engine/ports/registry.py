@@ -1,0 +1,76 @@
+"""The registry ports: protocol instances and breaker states, and the capacity ledger, shared
+by every replica through the store (see protocols/registry.py and protocols/capacity.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mcp_sdk.proto import registry_pb2
+
+
+class RegistryStore(Protocol):
+    """Registered protocol instances, one entry per (protocol, address), and breaker states."""
+
+    async def put_protocol(self, entry: registry_pb2.RegisteredProtocol) -> None:
+        """Add or replace the entry of (entry.manifest.name, entry.address)."""
+        ...
+
+    async def delete_protocols(self, name: str = "", address: str = "") -> int:
+        """Delete every instance of protocol `name`, or every protocol at `address`."""
+        ...
+
+    async def list_protocol_entries(self) -> list[registry_pb2.RegisteredProtocol]:
+        """Every entry, expired ones included, by name then address."""
+        ...
+
+    async def remove_protocol_entries(self, entries: Sequence[registry_pb2.RegisteredProtocol]) -> list[int]:
+        """Delete these entries, each only if it is stored unchanged since it was read (an entry
+        renewed meanwhile stays); return the indexes (in `entries`) of those deleted."""
+        ...
+
+    async def put_breaker_state(self, protocol: str, state: str) -> None: ...
+
+    async def breaker_states(self) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True)
+class CapacityRequest:
+    """A call asking the capacity ledger for room on one of `candidates`.
+
+    `member` ranks it among the waiters (`<enqueued ms>:<waiter_id>`, FIFO) after `priority`;
+    `needs` and each candidate's capacity are `c,m,g` strings (cpu_millis, memory_mb, gpus;
+    a capacity of 0 is unlimited). A grant is held for `lease_seconds` unless renewed; a
+    waiter that stops asking is forgotten after `wait_seconds`."""
+
+    waiter_id: str
+    member: str
+    priority: int
+    needs: str
+    candidates: Mapping[str, str]
+    lease_seconds: float
+    wait_seconds: float
+
+
+class CapacityLedger(Protocol):
+    """What calls hold of each plugin instance's capacity, and who waits for it."""
+
+    async def acquire_capacity(self, request: CapacityRequest) -> str | None:
+        """Register or refresh the waiter, grant every waiter that fits in order, and return
+        the instance granted to this one (None: ask again later)."""
+        ...
+
+    async def release_capacity(self, waiter_id: str, member: str) -> int:
+        """Give back a grant, or withdraw a waiter; return how many calls wait now."""
+        ...
+
+    async def capacity_waiting(self) -> int:
+        """How many calls of any replica wait for capacity now."""
+        ...
+
+    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None: ...
+
+    async def capacity_in_use(self) -> dict[str, str]:
+        """What calls hold now on each instance, as `c,m,g` by address."""
+        ...

@@ -1,0 +1,40 @@
+"""The store: every port of one opened backend, and its lifecycle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from mcp_server.engine.ports.queue import TaskQueue
+from mcp_server.engine.ports.registry import CapacityLedger, RegistryStore
+from mcp_server.engine.ports.tasks import TaskStore
+from mcp_server.engine.ports.workflows import WorkflowStore
+
+
+class StoreConnection(Protocol):
+    """What every port of a backend shares: its connection (a file, a Redis client)."""
+
+    async def ping(self) -> None:
+        """Raise Unavailable unless the backend answers (on a cluster: serves every slot)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Store:
+    """Durable state, by job. `state.open_store` builds one for SQLite or Redis; both backends
+    pass one contract suite per port (tests/contract/). A component is given the ports it uses."""
+
+    workflows: WorkflowStore
+    tasks: TaskStore
+    queue: TaskQueue
+    registry: RegistryStore
+    capacity: CapacityLedger
+    connection: StoreConnection
+
+    async def ping(self) -> None:
+        await self.connection.ping()
+
+    async def close(self) -> None:
+        await self.connection.close()

@@ -1,0 +1,104 @@
+"""The task records port: a task's header, its step records, its large values and its event log.
+
+A task is stored in parts: a fixed part written once when it is created, a small live part
+rewritten at each checkpoint, one record per step, and the values (1 KB or more) each stored
+once under its SHA-256. A checkpoint writes, atomically and fenced by the lease token, only
+what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mcp_sdk.proto import task_pb2
+
+EventListener = Callable[[task_pb2.Task, task_pb2.TaskEvent], None]
+"""Told of every event a run emits, as it is emitted (for metrics, traces, logs). It must not
+block and must not raise."""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step state as stored: a serialized StepState whose values at or above
+    SHARED_VALUE_BYTES are ValueRefs into the task's value store (content-addressed)."""
+
+    index: int
+    path: str
+    data: bytes
+
+
+@dataclass
+class Checkpoint:
+    """What one atomic, fenced write adds to a task: never the whole task again, only what changed."""
+
+    task_id: str
+    lease_token: int
+    status: int
+    # a serialized Task with only the fields that change: status, times, error, last_sequence,
+    # step_count, result or result_ref. A read appends it to the fixed part written at create.
+    live: bytes
+    steps: Sequence[StepRecord] = ()
+    events: Sequence[task_pb2.TaskEvent] = ()
+    # serialized Values by SHA-256 that the task's value store does not hold yet
+    values: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """What ListTasks asks for; empty fields match everything."""
+
+    statuses: tuple[int, ...] = ()
+    workflow_id: str = ""
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of ListTasks from the store: the tasks, for each the page token that goes on
+    after it, whether more tasks follow the last one, and how many match in all (0: unknown)."""
+
+    tasks: list[task_pb2.Task]
+    after: list[str]
+    more: bool
+    total: int
+
+
+class TaskStore(Protocol):
+    """Task records, their steps, values and events (tasks are created through TaskQueue)."""
+
+    async def get_task(self, task_id: str) -> task_pb2.Task | None:
+        """The task without its step states (fixed part merged with the live part)."""
+        ...
+
+    async def list_tasks(self, page_size: int, page_token: str, where: TaskFilter) -> TaskPage:
+        """Tasks newest first, as get_task returns them."""
+        ...
+
+    async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
+        """Step records with index >= start, in index order, at most `limit`."""
+        ...
+
+    async def read_step(self, task_id: str, path: str) -> StepRecord | None: ...
+
+    async def read_values(self, task_id: str, digests: Sequence[str]) -> dict[str, bytes]:
+        """The task's stored values among `digests`, by digest."""
+        ...
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Write the checkpoint atomically if `lease_token` still holds the task (LeaseLost if
+        not). Safe to repeat: events already in the log are skipped."""
+        ...
+
+    async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]:
+        """Events after `after_sequence`, in order, at most `limit`."""
+        ...
+
+    async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
+        """Events after `after_sequence`, waiting up to `timeout` for one ([] if none came)."""
+        ...
+
+    async def purge_finished(self) -> int:
+        """Delete the tasks whose retention ran out, with everything they hold; return how many."""
+        ...

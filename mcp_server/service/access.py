@@ -1,0 +1,35 @@
+"""Checks every RPC family shares: required fields, page sizes, and who may see a task."""
+
+from __future__ import annotations
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.auth import Principal
+from mcp_server.engine.ports import TaskStore
+from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
+from mcp_server.settings import Limits
+
+
+def require(field: str, value: str) -> None:
+    """InvalidArgument naming `field` when it is empty."""
+    if not value:
+        raise InvalidArgument(f"{field} is required", violations=[FieldViolation(field, "is required")])
+
+
+def page_size(requested: int, limits: Limits) -> int:
+    """The page size to use: the default (50) for 0, at most the server's limit."""
+    if requested < 0:
+        raise InvalidArgument(
+            "page_size must not be negative",
+            violations=[FieldViolation("page_size", "must be 0 (default) or positive")],
+        )
+    return min(requested or 50, limits.max_page_size)
+
+
+async def visible_task(tasks: TaskStore, task_id: str, principal: Principal) -> task_pb2.Task:
+    """The task's header, if `principal` may see it: its owner, or an admin. Another principal's
+    task answers NOT_FOUND, exactly like a task that does not exist."""
+    require("task_id", task_id)
+    task = await tasks.get_task(task_id)
+    if task is None or not (principal.is_admin or task.owner == principal.name):
+        raise NotFound(f"task {task_id!r} not found", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
+    return task

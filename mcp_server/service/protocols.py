@@ -1,0 +1,28 @@
+"""ProtocolRegistry's listing: protocol instances as the directory knows them, paged."""
+
+from __future__ import annotations
+
+from mcp_sdk.proto import registry_pb2
+from mcp_server.protocols.registry import ProtocolDirectory
+from mcp_server.service.access import page_size, require
+from mcp_server.settings import Limits
+from mcp_server.state.common import decode_token, encode_token
+
+
+class Protocols:
+    def __init__(self, directory: ProtocolDirectory, limits: Limits) -> None:
+        self.directory = directory
+        self.limits = limits
+
+    async def list_protocols(self, size: int, page_token: str) -> tuple[list[registry_pb2.RegisteredProtocol], str]:
+        """Protocol instances by name then address, with health, breaker, ejection and use."""
+        size = page_size(size, self.limits)
+        after = decode_token(page_token)
+        entries = [e for e in await self.directory.listing() if f"{e.manifest.name}\0{e.address}" > after]
+        page = entries[:size]
+        return page, encode_token(f"{page[-1].manifest.name}\0{page[-1].address}") if len(entries) > size else ""
+
+    async def get_protocol(self, name: str) -> list[registry_pb2.RegisteredProtocol]:
+        """Every instance of protocol `name` (NotFound when there is none)."""
+        require("name", name)
+        return await self.directory.get(name)

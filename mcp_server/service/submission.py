@@ -1,0 +1,168 @@
+"""Submitting tasks: checked, stored and queued (or started here at once), then, for RunTask
+and SubmitAndWatchTask, followed to their end."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.auth import ANONYMOUS_ADMIN, Principal
+from mcp_server.engine.context import make_event, now
+from mcp_server.engine.dispatcher import Dispatcher
+from mcp_server.engine.event_types import E
+from mcp_server.engine.payload import Payload
+from mcp_server.engine.plans import PlanCache
+from mcp_server.engine.ports import EventListener, TaskQueue, TaskStore, WorkflowStore
+from mcp_server.engine.values import ValueTooDeep, message_depth
+from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
+from mcp_server.ratelimit import RateLimiter
+from mcp_server.service.access import require, visible_task
+from mcp_server.service.watching import Watching
+from mcp_server.settings import Settings
+from mcp_server.state.common import TERMINAL, assemble, fixed_part, request_task_id
+from mcp_server.task_views import TaskViews
+
+MAX_REQUEST_ID = 128
+
+
+class Submission:
+    def __init__(
+        self,
+        settings: Settings,
+        workflows: WorkflowStore,
+        queue: TaskQueue,
+        tasks: TaskStore,
+        plans: PlanCache,
+        dispatcher: Dispatcher,
+        views: TaskViews,
+        watching: Watching,
+        listeners: Sequence[EventListener],
+    ) -> None:
+        self.settings = settings
+        self.workflows = workflows
+        self.queue = queue
+        self.tasks = tasks
+        self.plans = plans
+        self.dispatcher = dispatcher
+        self.views = views
+        self.watching = watching
+        self.listeners = listeners
+        self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
+
+    async def submit_task(
+        self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN
+    ) -> tuple[task_pb2.Task, bool]:
+        """Queue a run owned by `principal`. The same request_id returns the first task
+        (created=False). Raises ResourceExhausted past the principal's submission rate."""
+        require("workflow_id", request.workflow_id)
+        self.rate_limiter.take(principal.name)
+        self._check_request(request)
+        version = request.workflow_version or await self.workflows.latest_workflow_version(request.workflow_id)
+        if not version:
+            raise NotFound(
+                f"workflow {request.workflow_id!r} (any version) not found",
+                reason="WORKFLOW_NOT_FOUND",
+                metadata={"workflow_id": request.workflow_id},
+            )
+        plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
+        task_id = request_task_id(principal.name, request.request_id) if request.request_id else uuid.uuid4().hex
+        task = task_pb2.Task(
+            task_id=task_id,
+            workflow_id=plan.workflow_id,
+            workflow_version=version,
+            input_data=request.input_data,
+            status=task_pb2.TASK_STATUS_PENDING,
+            priority=request.priority,
+            request_id=request.request_id,
+            labels=dict(request.labels),
+            create_time=now(),
+            last_sequence=1,
+            owner=principal.name,
+        )
+        values = {}
+        given = Payload.of_struct(request.input_data)
+        if given.size > self.settings.limits.inline_value_bytes:  # stored once, beside the task, read by reference
+            values[given.sha256] = given.serialized()
+            task.ClearField("input_data")
+            task.input_ref.CopyFrom(task_pb2.ValueRef(size_bytes=given.size, sha256=given.sha256))
+        event = make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED, message=f"queued with priority {task.priority}")
+        fingerprint = (
+            hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
+        )
+        return await self.store(task, event, fingerprint, values)
+
+    def _check_request(self, request: task_pb2.SubmitTaskRequest) -> None:
+        limits = self.settings.limits
+        size = request.input_data.ByteSize()
+        if size > limits.max_input_bytes:
+            raise InvalidArgument(
+                f"input_data is {size} bytes; the limit is {limits.max_input_bytes}",
+                violations=[
+                    FieldViolation("input_data", f"{size} bytes exceeds the limit of {limits.max_input_bytes}")
+                ],
+                reason="INPUT_TOO_LARGE",
+            )
+        depth = message_depth(request.input_data, limits.max_value_depth)
+        if depth > limits.max_value_depth:
+            problem = str(ValueTooDeep("input_data", depth, limits.max_value_depth))
+            raise InvalidArgument(problem, violations=[FieldViolation("input_data", problem)], reason="VALUE_TOO_DEEP")
+        if len(request.request_id) > MAX_REQUEST_ID:
+            raise InvalidArgument(
+                "request_id is too long",
+                violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters")],
+            )
+
+    async def store(
+        self, task: task_pb2.Task, event: task_pb2.TaskEvent, fingerprint: str, values: dict[str, bytes]
+    ) -> tuple[task_pb2.Task, bool]:
+        """Store a new task with its first event and queue it, or, with room here and nothing
+        waiting in the queue, start it on this replica at once, leased as it is stored (no trip
+        through the queue, no claim round trip). Returns the task (BASIC) and whether it is new."""
+        holder = self.settings.replica_id if self.dispatcher.has_room() and self.dispatcher.queue_seen_empty() else ""
+        stored, created, token = await self.queue.create_leased(
+            task, event, holder, self.settings.lease_seconds, self.settings.limits.max_queue_length, fingerprint, values
+        )
+        if created:
+            for listener in self.listeners:
+                listener(stored, event)
+            if token:
+                self.dispatcher.adopt(stored, token)
+            else:
+                self.dispatcher.wake()
+        return self.views.basic(stored), created
+
+    async def run_task(
+        self,
+        request: task_pb2.SubmitTaskRequest,
+        principal: Principal = ANONYMOUS_ADMIN,
+        submitted: Callable[[task_pb2.Task], Awaitable[None]] | None = None,
+    ) -> tuple[task_pb2.Task, bool]:
+        """submit_task, then wait for the task to end and return it (BASIC view). `submitted`
+        hears of the task as soon as it is queued."""
+        task, created = await self.submit_task(request, principal)
+        ended_here = self.dispatcher.end_of(task.task_id)  # looked up now: the run may end while we send
+        if submitted is not None:
+            await submitted(task)
+        if task.status in TERMINAL:
+            return task, created
+        if ended_here is not None and (live := await ended_here):
+            # The run ended on this replica and wrote its end: the header is the stored fixed part
+            # and that live part, exactly as the store would assemble it; no read needed.
+            final = assemble(fixed_part(task), live)
+            if final.status in TERMINAL:
+                return self.views.basic(final), created
+        # It runs elsewhere (or its run here did not end it): follow its log as a watcher does.
+        async for _ in self.watching.watch_task_batches(task.task_id, task.last_sequence, principal):
+            pass
+        return self.views.basic(await visible_task(self.tasks, task.task_id, principal)), created
+
+    async def submit_and_watch(
+        self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN
+    ) -> tuple[task_pb2.Task, bool, AsyncIterator[list[task_pb2.TaskEvent]]]:
+        """submit_task, and the task's events from its first, as watch_task_batches gives them.
+        No header is read to check who may see it: the caller has just submitted it (or, with a
+        request id it used before, it is the task that request id made for this principal)."""
+        task, created = await self.submit_task(request, principal)
+        return task, created, self.watching.follow(task.task_id, 0, principal)

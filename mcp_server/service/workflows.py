@@ -1,0 +1,96 @@
+"""WorkflowService's domain: compile, store, read and delete workflow versions."""
+
+from __future__ import annotations
+
+from mcp_sdk.proto import workflow_pb2
+from mcp_server.engine.compiler import compile_workflow
+from mcp_server.engine.plan import Plan
+from mcp_server.engine.ports import WorkflowStore
+from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from mcp_server.protocols.capacity import Resources, never_fits
+from mcp_server.protocols.registry import ProtocolDirectory
+from mcp_server.service.access import page_size, require
+from mcp_server.settings import Settings
+
+
+class Workflows:
+    """Workflow versions, each compiled against the registered protocols before it is stored."""
+
+    def __init__(self, settings: Settings, store: WorkflowStore, directory: ProtocolDirectory) -> None:
+        self.settings = settings
+        self.store = store
+        self.directory = directory
+
+    async def validate_workflow(self, workflow: workflow_pb2.Workflow) -> Plan:
+        """Compile `workflow` against the registered protocols; raise InvalidArgument if bad."""
+        await self.directory.refresh(force=True)
+        plan = compile_workflow(
+            workflow,
+            self.settings.limits,
+            known_protocols=self.directory.known_names(),
+            default_step_timeout=self.settings.default_step_timeout,
+            default_task_timeout=self.settings.default_task_timeout,
+        )
+        self._check_capacity(plan)
+        return plan
+
+    def _check_capacity(self, plan: Plan) -> None:
+        """Refuse a workflow with a step no registered instance could ever run: it needs more of
+        a resource than any instance of its protocol offers."""
+        problems = []
+        for path, name in plan.protocol_uses:
+            instances = self.directory.instances(name)
+            sized = [
+                (i, Resources.needs_of(i.manifest.resources), Resources.of_capacity(i.capacity)) for i in instances
+            ]
+            if sized and all(never_fits(capacity, needs) for _, needs, capacity in sized):
+                offers = "; ".join(f"{i.address} offers {capacity.describe()}" for i, _, capacity in sized)
+                problems.append(
+                    FieldViolation(
+                        path,
+                        f"protocol {name} needs {sized[0][1].describe()} per call, more than any "
+                        f"registered instance offers ({offers})",
+                    )
+                )
+        if problems:
+            raise FailedPrecondition(
+                f"workflow {plan.workflow_id!r} can never run: {problems[0].field}: {problems[0].description}",
+                violations=problems,
+                reason="INSUFFICIENT_CAPACITY",
+            )
+
+    async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
+        await self.validate_workflow(workflow)
+        return await self.store.create_workflow(workflow)
+
+    async def get_workflow(self, workflow_id: str, version: int) -> workflow_pb2.Workflow:
+        require("workflow_id", workflow_id)
+        if version < 0:
+            raise InvalidArgument(
+                "version must not be negative",
+                violations=[FieldViolation("version", "must be 0 (latest) or a version number")],
+            )
+        workflow = await self.store.get_workflow(workflow_id, version)
+        if workflow is None:
+            which = f"version {version}" if version else "any version"
+            raise NotFound(
+                f"workflow {workflow_id!r} ({which}) not found",
+                reason="WORKFLOW_NOT_FOUND",
+                metadata={"workflow_id": workflow_id},
+            )
+        return workflow
+
+    async def list_workflows(self, size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
+        """The latest version of each workflow, by workflow_id."""
+        return await self.store.list_workflows(page_size(size, self.settings.limits), page_token)
+
+    async def delete_workflow(self, workflow_id: str) -> int:
+        require("workflow_id", workflow_id)
+        deleted = await self.store.delete_workflow(workflow_id)
+        if not deleted:
+            raise NotFound(
+                f"workflow {workflow_id!r} not found",
+                reason="WORKFLOW_NOT_FOUND",
+                metadata={"workflow_id": workflow_id},
+            )
+        return deleted

@@ -1,0 +1,177 @@
+"""What every port of the Redis store shares: the client (one node or a cluster), the lane for
+the hot scripts, the key layout, and how a command's failure becomes the store's error.
+
+Every write that must be atomic is one Lua script on the keys of one partition (see layout.py
+for the keys; each port module holds the scripts it runs). On a cluster
+(`redis-cluster://`), redis-py's RedisCluster routes each script by its keys (all in one slot
+by design) and follows the cluster through failovers; calls that span partitions go out
+together (a pipeline on one node, concurrent calls on a cluster). With `wait_replicas=N`, a
+create and a checkpoint count as done only once N replicas have them (WAIT, sent on the
+connection that wrote).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mcp_server.errors import LeaseLost, Unavailable
+from mcp_server.state.redis.lane import RedisLane
+from mcp_server.state.redis.layout import Layout
+
+# how long a write waits for its replicas (wait_replicas) before it is retried
+WAIT_TIMEOUT_MS = 2000
+# finished tasks' keys also carry a TTL this much past the retention, in case no replica purges them
+BACKSTOP_MS = 3600 * 1000
+
+
+class RedisConnection:
+    """The client, the lane and the layout of one Redis store, shared by its ports."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        layout: Layout,
+        retention_seconds: float = 7 * 24 * 3600.0,
+        wait_replicas: int = 0,
+        lane: RedisLane | None = None,
+    ) -> None:
+        self.r: Any = client
+        self.lane = lane  # the hot write scripts' own connection (single node, plain TCP); else redis-py
+        self.cluster = isinstance(client, RedisCluster)
+        self.wait_replicas = wait_replicas
+        self.layout = layout
+        self.retention_ms = max(1, int(retention_seconds * 1000))
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    def register(self, script: str) -> Any:
+        """A Lua script, sent by its SHA (and loaded when the server does not know it)."""
+        return self.r.register_script(script)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Have `closer` run when the store closes (before the connections go)."""
+        self._closers.append(closer)
+
+    async def do(self, coro: Any) -> Any:
+        """Await a redis-py call; its failure as the store's error (Unavailable, LeaseLost)."""
+        try:
+            return await coro
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise Unavailable(f"redis store unreachable: {exc}") from exc
+        except RedisClusterException as exc:
+            raise Unavailable(f"redis cluster: {exc}") from exc
+        except (AttributeError, TypeError) as exc:
+            # redis-py 8.1 lets a write on a connection the peer just closed (a failover, a
+            # restart) escape as AttributeError or TypeError from the transport, not as a
+            # ConnectionError (redis/redis-py#4287, fixed after 8.1): treat those as one.
+            if not _raised_by_the_connection(exc):
+                raise
+            raise Unavailable(
+                f"redis store unreachable: a connection closed under a command ({type(exc).__name__}: {exc})"
+            ) from exc
+        except ResponseError as exc:
+            if "LEASE_LOST" in str(exc):
+                raise LeaseLost("lease is no longer held") from exc
+            raise Unavailable(f"redis store error: {exc}") from exc
+        except RedisError as exc:
+            raise Unavailable(f"redis store error: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def pipeline(self, transaction: bool = False) -> AsyncIterator[Any]:
+        """A pipeline whose errors are the store's, opening included (on a cluster, opening one
+        may reach a node, and fail like any command)."""
+        try:
+            async with self.r.pipeline(transaction=transaction) as pipe:
+                yield pipe
+        except (RedisError, RedisClusterException, OSError, AttributeError, TypeError) as exc:
+            await self.do(_raise(exc))
+
+    def script(self, script: Any, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """Run a script that is safe to send twice (fenced, or idempotent): through the lane when
+        there is one, else redis-py."""
+        if self.lane is not None:
+            return self.lane.evalsha(script.sha, script.script, keys, args)
+        return cast(Awaitable[Any], script(keys=keys, args=args))
+
+    async def write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a write script; with wait_replicas, return only once that many replicas have it
+        (WAIT must follow the write on the same connection: one pipeline to the slot's master)."""
+        if not self.wait_replicas:
+            return await self.do(self.script(script, keys, args))
+        for _ in range(3):
+            if self.cluster:
+                node = self.r.get_node_from_key(keys[0])
+                commands = [
+                    PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
+                    PipelineCommand(1, "WAIT", self.wait_replicas, WAIT_TIMEOUT_MS),
+                ]
+                await self.do(node.execute_pipeline(commands))
+                result, acked = commands[0].result, commands[1].result
+            else:
+                async with self.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+                    result, acked = await self.do(pipe.execute(raise_on_error=False))
+            if isinstance(result, NoScriptError):
+                await self.do(self.r.script_load(script.script))
+                continue
+            if isinstance(result, Exception):
+                if self.cluster and isinstance(result, (MovedError, AskError, RedisConnectionError)):
+                    await self.do(self.r.nodes_manager.initialize())  # the slot moved (a failover): look again
+                    continue
+                await self.do(_raise(result))
+            if isinstance(acked, Exception) or int(acked) < self.wait_replicas:
+                raise Unavailable(
+                    f"a write reached {acked} of the {self.wait_replicas} replicas it must reach "
+                    f"within {WAIT_TIMEOUT_MS} ms (wait_replicas); it is retried"
+                )
+            return result
+        raise Unavailable("the cluster moved the slot under a write three times; it is retried")
+
+    async def scripts(self, calls: Sequence[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run one script per partition: in one pipeline on a single node, as concurrent calls
+        on a cluster (redis-py routes each by its keys; scripts do not go into its pipelines)."""
+        if self.cluster:
+            return list(await self.do(asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in calls))))
+        async with self.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await self.do(pipe.execute()))
+
+    async def ping(self) -> None:
+        """On a cluster, also that every slot is served (a node can answer while a slot has none)."""
+        if not self.cluster:
+            await self.do(self.r.ping())
+            return
+        info = await self.do(self.r.cluster_info(target_nodes=RedisCluster.RANDOM))
+        if info.get("cluster_state") != "ok":
+            assigned = info.get("cluster_slots_ok", "?")
+            raise Unavailable(
+                f"redis cluster state is {info.get('cluster_state')}: {assigned} of 16384 slots are served"
+            )
+
+    async def close(self) -> None:
+        for closer in self._closers:
+            await closer()
+        if self.lane is not None:
+            await self.lane.close()
+        await self.r.aclose()
+
+
+async def _raise(error: Exception) -> Any:
+    raise error
+
+
+def _raised_by_the_connection(error: BaseException) -> bool:
+    """Whether `error` was raised inside redis-py's or asyncio's connection code (not ours)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and any(part in frames[-1].filename for part in ("/redis/", "/asyncio/"))

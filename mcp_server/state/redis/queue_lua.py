@@ -1,0 +1,114 @@
+"""The Lua scripts of the Redis queue (queue.py). Each touches the keys of one partition only
+(one slot) and is safe to run twice: a reply lost to a dropped connection is answered by
+running it again."""
+
+from __future__ import annotations
+
+from mcp_server.state.redis.status_lua import MOVE_STATUS
+
+# KEYS: header, events, queue, values, leases, the six indexes (see Layout.indexes_of)
+# ARGV: task_id, fixed, live, status, priority, owner, workflow, fingerprint, event,
+#       holder ('' to queue the task), lease expiry ms, then digest, value pairs
+# -> {1, token} created (token 0 when queued); {0, fingerprint} it exists already
+CREATE_TASK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
+local now = redis.call('TIME')
+local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local member = string.format('%016d', micros) .. ':' .. ARGV[1]
+redis.call('HSET', KEYS[1], 'f', ARGV[2], 'v', ARGV[3], 'st', ARGV[4], 'tok', 0, 'seq', 1, 'pr', ARGV[5],
+           'ow', ARGV[6], 'wf', ARGV[7], 'ct', micros, 'fp', ARGV[8], 'qm', member)
+redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[9])
+local token = 0
+if ARGV[10] == '' then
+  redis.call('ZADD', KEYS[3], -tonumber(ARGV[5]), member)
+else  -- started at once by the replica that took the submission: leased, never queued
+  token = 1
+  redis.call('HSET', KEYS[1], 'tok', 1, 'by', ARGV[10])
+  redis.call('ZADD', KEYS[5], ARGV[11], ARGV[1])
+end
+for i = 12, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
+for i = 6, #KEYS do redis.call('ZADD', KEYS[i], micros, ARGV[1]) end
+return {1, token}
+"""
+
+
+# KEYS: queue, leases
+# ARGV: lease expiry ms, holder, task key prefix, how many, worst score to take (or '+inf'),
+#       the statuses that may run (pending, running)
+# -> {fixed, live, token, ...} for each task claimed
+CLAIM_TASKS = """
+local claimed = {}
+while #claimed < 3 * tonumber(ARGV[4]) do
+  local popped = redis.call('ZPOPMIN', KEYS[1])
+  if #popped == 0 then break end
+  if ARGV[5] ~= '+inf' and tonumber(popped[2]) > tonumber(ARGV[5]) then
+    redis.call('ZADD', KEYS[1], popped[2], popped[1])
+    break
+  end
+  local task_id = string.sub(popped[1], 18)
+  local head = ARGV[3] .. task_id
+  local status = redis.call('HGET', head, 'st')
+  if status == ARGV[6] or status == ARGV[7] then
+    local token = redis.call('HINCRBY', head, 'tok', 1)
+    redis.call('HSET', head, 'by', ARGV[2])
+    redis.call('ZADD', KEYS[2], ARGV[1], task_id)
+    local parts = redis.call('HMGET', head, 'f', 'v')
+    table.insert(claimed, parts[1])
+    table.insert(claimed, parts[2])
+    table.insert(claimed, token)
+  end
+end
+return claimed
+"""
+
+
+# KEYS: leases; ARGV: expiry ms, task key prefix, then (task_id, token) pairs -> the task ids lost
+RENEW_LEASES = """
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local task_id, token = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', ARGV[2] .. task_id, 'tok') == token and redis.call('ZSCORE', KEYS[1], task_id) then
+    redis.call('ZADD', KEYS[1], ARGV[1], task_id)
+  else
+    table.insert(lost, task_id)
+  end
+end
+return lost
+"""
+
+
+# KEYS: leases, queue; ARGV: now ms, task key prefix, pending, running -> how many went back to the queue
+RELEASE_EXPIRED = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+local n = 0
+for _, task_id in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], task_id)
+  local fields = redis.call('HMGET', ARGV[2] .. task_id, 'st', 'qm', 'pr')
+  if fields[1] == ARGV[3] or fields[1] == ARGV[4] then
+    redis.call('ZADD', KEYS[2], -tonumber(fields[3]), fields[2])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+# KEYS: header, queue, events, retention
+# ARGV: live, status, sequence, event, retention ms, backstop ms, index prefix, task_id,
+#       the sequence the caller read (compare-and-set), pending
+CANCEL_PENDING = (
+    MOVE_STATUS
+    + """
+local head = KEYS[1]
+local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq', 'qm')
+if fields[1] ~= ARGV[10] or fields[5] ~= ARGV[9] or not redis.call('ZSCORE', KEYS[2], fields[6]) then return 0 end
+redis.call('ZREM', KEYS[2], fields[6])
+redis.call('HSET', head, 'v', ARGV[1], 'st', ARGV[2], 'seq', ARGV[3])
+move_status(ARGV[7], ARGV[8], fields[1], ARGV[2], fields[2], fields[3], fields[4])
+redis.call('XADD', KEYS[3], '0-' .. ARGV[3], 'e', ARGV[4])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[4], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5]), ARGV[8])
+expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
+return 1
+"""
+)

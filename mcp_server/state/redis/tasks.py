@@ -1,0 +1,239 @@
+"""Task records, steps, values and events on Redis (see TaskStore in engine/ports).
+
+Reads assemble a task from its fixed and live parts; step records and large values are read
+only when asked for. Event logs are Redis Streams whose entry IDs are `0-<sequence>`, so one
+blocking XREAD per partition follows every watched task of a replica live (streams.py)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
+from mcp_server.errors import FieldViolation, InvalidArgument
+from mcp_server.state.common import (
+    EVENTS_PAGE,
+    TERMINAL,
+    assemble,
+    now_seconds,
+)
+from mcp_server.state.redis import tasks_lua as lua
+from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
+from mcp_server.state.redis.streams import StreamHub
+
+PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
+
+
+class RedisTasks:
+    """TaskStore on Redis."""
+
+    def __init__(self, conn: RedisConnection, hub: StreamHub) -> None:
+        self.conn = conn
+        self.layout = conn.layout
+        self.hub = hub
+        self._checkpoint = conn.register(lua.CHECKPOINT)
+        self._purge = conn.register(lua.PURGE_FINISHED)
+
+    async def get_task(self, task_id: str) -> task_pb2.Task | None:
+        """Read on every watch start and GetTask: through the lane when there is one."""
+        header = self.layout.task(task_id).header
+        reply = (
+            self.conn.lane.call("HMGET", header, "f", "v")
+            if self.conn.lane is not None
+            else self.conn.r.hmget(header, "f", "v")
+        )
+        fixed, live = await self.conn.do(reply)
+        return assemble(fixed, live) if fixed is not None else None
+
+    async def list_tasks(self, page_size: int, page_token: str, where: TaskFilter) -> TaskPage:
+        """Newest first, merged from the partitions' indexes: a page reads about `page_size`
+        entries per index it needs, never every task. The token is the (creation time, task id)
+        of the last task returned, so pages stay stable while tasks arrive or are purged."""
+        cursor = _decode_cursor(page_token)
+        owner = where.owner or None
+        workflow = where.workflow_id if where.workflow_id and owner is None else None
+        also_workflow = where.workflow_id if owner is not None else ""  # no index has both: filter
+        keys = [
+            self.layout.index(p, s, owner, workflow)
+            for p in range(self.layout.partitions)
+            for s in where.statuses or (0,)
+        ]
+        found: list[tuple[tuple[float, str], task_pb2.Task]] = []
+        total = -1
+        while len(found) <= page_size:
+            want = page_size + 1 - len(found) if not also_workflow else 4 * (page_size + 1)
+            entries, counted = await self._index_entries(keys, cursor, want, count=total < 0)
+            total = counted if total < 0 else total
+            if not entries:
+                break
+            rows = await self._headers([task_id for _, task_id in entries])
+            for entry, (fixed, live, task_workflow) in zip(entries, rows):
+                cursor = entry
+                if fixed is None or (also_workflow and (task_workflow or b"").decode() != also_workflow):
+                    continue  # purged since it was indexed, or another workflow
+                found.append((entry, assemble(fixed, live)))
+                if len(found) > page_size:
+                    break
+            if len(entries) < want:
+                break
+        page = found[:page_size]
+        return TaskPage(
+            [task for _, task in page],
+            [_encode_cursor(entry) for entry, _ in page],
+            len(found) > page_size,
+            0 if also_workflow else total,
+        )
+
+    async def _index_entries(
+        self, keys: list[str], after: tuple[float, str] | None, want: int, count: bool
+    ) -> tuple[list[tuple[float, str]], int]:
+        """The `want` newest entries of the union of `keys` strictly after `after`, and (if
+        asked) how many entries the keys hold in all."""
+        high = "+inf" if after is None else repr(after[0])
+        ties = 16  # entries created in the same microsecond as the cursor, skipped below
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrevrangebyscore(key, high, "-inf", start=0, num=want + ties, withscores=True)
+            if count:
+                for key in keys:
+                    pipe.zcard(key)
+            replies = await self.conn.do(pipe.execute())
+        merged = {(score, raw.decode()) for reply in replies[: len(keys)] for raw, score in reply}
+        if after is not None:
+            merged = {e for e in merged if e[0] < after[0] or (e[0] == after[0] and e[1] < after[1])}
+        total = sum(int(n) for n in replies[len(keys) :]) if count else 0
+        return sorted(merged, reverse=True)[:want], total
+
+    async def _headers(self, task_ids: list[str]) -> list[Any]:
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hmget(self.layout.task(task_id).header, "f", "v", "wf")
+            return list(await self.conn.do(pipe.execute()))
+
+    async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
+        keys = self.layout.task(task_id)
+        records: list[StepRecord] = []
+        batch = 1000
+        while len(records) < limit:
+            indexes = list(range(start + len(records), start + len(records) + min(batch, limit - len(records))))
+            paths = await self.conn.do(self.conn.r.hmget(keys.order, [str(i) for i in indexes]))
+            known = [(i, p.decode()) for i, p in zip(indexes, paths) if p is not None]
+            if not known:
+                break
+            datas = await self.conn.do(self.conn.r.hmget(keys.steps, [p for _, p in known]))
+            records += [StepRecord(i, p, d) for (i, p), d in zip(known, datas) if d is not None]
+            if len(known) < len(indexes):
+                break
+        return records
+
+    async def read_step(self, task_id: str, path: str) -> StepRecord | None:
+        data = await self.conn.do(self.conn.r.hget(self.layout.task(task_id).steps, path))
+        if data is None:
+            return None
+        return StepRecord(-1, path, data)
+
+    async def read_values(self, task_id: str, digests: Sequence[str]) -> dict[str, bytes]:
+        if not digests:
+            return {}
+        found = await self.conn.do(self.conn.r.hmget(self.layout.task(task_id).values, list(digests)))
+        return {d: v for d, v in zip(digests, found) if v is not None}
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        partition = self.layout.partition_of(checkpoint.task_id)
+        keys = self.layout.task(checkpoint.task_id)
+        args: list[Any] = [
+            checkpoint.lease_token,
+            checkpoint.live,
+            checkpoint.status,
+            int(checkpoint.status in TERMINAL),
+            self.conn.retention_ms,
+            BACKSTOP_MS,
+            self.layout.index_prefix(partition),
+            checkpoint.task_id,
+            len(checkpoint.steps),
+        ]
+        for step in checkpoint.steps:
+            args += [step.index, step.path, step.data]
+        args.append(len(checkpoint.values))
+        for digest, data in checkpoint.values.items():
+            args += [digest, data]
+        for event in checkpoint.events:
+            args += [event.sequence, event.SerializeToString()]
+        await self.conn.write(
+            self._checkpoint,
+            [
+                *keys.all,
+                self.layout.leases(partition),
+                self.layout.expiry(partition),
+                self.layout.cancels(partition),
+            ],
+            args,
+        )
+        self.hub.written(keys.events, checkpoint.events)
+
+    async def read_events(
+        self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE
+    ) -> list[task_pb2.TaskEvent]:
+        key, start = self.layout.task(task_id).events, f"(0-{after_sequence}"
+        if self.conn.lane is None:
+            entries = await self.conn.do(self.conn.r.xrange(key, start, "+", count=limit))
+            return [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]
+        raw = await self.conn.do(
+            self.conn.lane.call("XRANGE", key, start, "+", "COUNT", limit)
+        )  # [[id, [field, value, ...]], ...]
+        return [task_pb2.TaskEvent.FromString(fields[fields.index(b"e") + 1]) for _, fields in raw]
+
+    async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
+        """Events after `after_sequence`, waiting up to `timeout` for one. However many watchers
+        follow a partition's tasks on this replica, one blocking XREAD follows all of them (see
+        streams.StreamHub)."""
+        key = self.layout.task(task_id).events
+        partition = self.layout.partition_of(task_id)
+        if not self.hub.covers(key, after_sequence):
+            # Follow first, then read: what is written meanwhile reaches the hub, what was written
+            # before is in the read, so no event falls between the two.
+            await self.hub.follow(key, partition, after_sequence)
+            events = await self.read_events(task_id, after_sequence, EVENTS_PAGE)
+            if len(events) == EVENTS_PAGE:  # more are stored after this page: read on from there next time
+                self.hub.followers.unfollow(key)
+                return events
+            self.hub.feed(key, events)
+            if events:
+                return events
+        followed = await self.hub.wait(key, partition, after_sequence, timeout)
+        return await self.read_events(task_id, after_sequence) if followed is None else followed
+
+    async def purge_finished(self) -> int:
+        """Delete the tasks whose retention ran out, with their index entries."""
+        now_ms = int(now_seconds() * 1000)
+        replies = await self.conn.scripts(
+            [
+                (
+                    self._purge,
+                    [self.layout.expiry(p)],
+                    [now_ms, self.layout.task_prefix(p), self.layout.index_prefix(p)],
+                )
+                for p in range(self.layout.partitions)
+            ]
+        )
+        return sum(int(n) for n in replies)
+
+
+def _encode_cursor(entry: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(f"{entry[0]!r}:{entry[1]}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[float, str] | None:
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        score, task_id = text.split(":", 1)
+        return float(score), task_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument(
+            "page_token is not a token this server issued",
+            violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")],
+        ) from None

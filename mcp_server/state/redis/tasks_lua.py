@@ -1,0 +1,75 @@
+"""The Lua scripts of the Redis task records (tasks.py). Each touches the keys of one partition
+only (one slot) and is safe to run twice: a reply lost to a dropped connection is answered by
+running it again."""
+
+from __future__ import annotations
+
+from mcp_server.state.redis.status_lua import MOVE_STATUS
+
+# KEYS: header, steps, order, events, values, leases, retention, cancel requests
+# ARGV: token, live, status, terminal (0/1), retention ms, backstop ms, index prefix, task_id,
+#       #steps, then (index, path, record) triples, #values, then (digest, value) pairs,
+#       then (sequence, event) pairs
+CHECKPOINT = (
+    MOVE_STATUS
+    + """
+local head = KEYS[1]
+if redis.call('HGET', head, 'tok') ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
+local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq')
+redis.call('HSET', head, 'v', ARGV[2], 'st', ARGV[3])
+move_status(ARGV[7], ARGV[8], fields[1], ARGV[3], fields[2], fields[3], fields[4])
+local i = 10
+for _ = 1, tonumber(ARGV[9]) do
+  redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 3
+end
+local values = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, values do
+  redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+-- events already in the log were written by an earlier run of this same call: skip them
+local last = tonumber(fields[5] or '0')
+while i < #ARGV do
+  local sequence = tonumber(ARGV[i])
+  if sequence > last then
+    redis.call('XADD', KEYS[4], '0-' .. ARGV[i], 'e', ARGV[i + 1])
+    last = sequence
+  end
+  i = i + 2
+end
+redis.call('HSET', head, 'seq', last)
+if ARGV[4] == '1' then
+  redis.call('ZREM', KEYS[6], ARGV[8])
+  redis.call('ZREM', KEYS[8], ARGV[8])
+  local now = redis.call('TIME')
+  local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5])
+  redis.call('ZADD', KEYS[7], due, ARGV[8])
+  expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
+end
+return 1
+"""
+)
+
+
+# KEYS: retention; ARGV: now ms, task key prefix, index prefix -> how many tasks were purged
+PURGE_FINISHED = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
+local idx = ARGV[3]
+for _, task_id in ipairs(due) do
+  local head = ARGV[2] .. task_id
+  local f = redis.call('HMGET', head, 'st', 'ow', 'wf')
+  if f[1] then
+    local keys = {'a', 's:' .. f[1], 'o:' .. f[2], 'os:' .. f[1] .. ':' .. f[2], 'w:' .. f[3],
+                  'ws:' .. f[1] .. ':' .. f[3]}
+    for _, key in ipairs(keys) do
+      redis.call('ZREM', idx .. key, task_id)
+    end
+  end
+  redis.call('DEL', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v')
+  redis.call('ZREM', KEYS[1], task_id)
+end
+return #due
+"""

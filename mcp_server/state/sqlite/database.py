@@ -1,0 +1,149 @@
+"""The embedded store's file: one SQLite connection, used from one worker thread so the event
+loop never blocks, shared by every port of the store (workflows, tasks, queue, registry).
+
+Every operation is one function run on that thread, so a checkpoint (the live header, the
+changed step records, new values, events) is one transaction and one hop off the loop. One
+process owns the file. Watchers in this process are woken from memory when a task's log grows
+(`followers`, fed by every write that adds events).
+
+Tables: `tasks` (a row per task: its fixed and live parts, the columns listing and the queue
+need), `steps` (a row per step record, keyed by task and index), `task_values` (large values
+by task and SHA-256), `events`, `workflows`, `protocol_instances`, `breakers`, `meta` (the layout).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.errors import StartupError, Unavailable
+from mcp_server.state.common import LAYOUT_MISMATCH, LAYOUT_VERSION
+from mcp_server.state.followers import Followers
+from mcp_server.state.store_thread import StoreThread
+
+T = TypeVar("T")
+SCHEMA = """
+PRAGMA journal_mode=WAL;
+PRAGMA synchronous=NORMAL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workflows (
+  workflow_id TEXT NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL,
+  PRIMARY KEY (workflow_id, version));
+CREATE TABLE IF NOT EXISTS tasks (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, workflow_id TEXT NOT NULL,
+  owner TEXT NOT NULL DEFAULT '', status INTEGER NOT NULL, priority INTEGER NOT NULL,
+  request_id TEXT, request_fp TEXT NOT NULL DEFAULT '', fixed BLOB NOT NULL, live BLOB NOT NULL,
+  last_sequence INTEGER NOT NULL, queued INTEGER NOT NULL DEFAULT 0, lease_owner TEXT,
+  lease_token INTEGER NOT NULL DEFAULT 0, lease_expires REAL, finished_at REAL, cancel_reason TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_request ON tasks (owner, request_id);
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queued, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_expires);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
+CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, status, seq);
+CREATE INDEX IF NOT EXISTS tasks_by_workflow ON tasks (workflow_id, status, seq);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, seq);
+CREATE TABLE IF NOT EXISTS steps (
+  task_id TEXT NOT NULL, idx INTEGER NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL,
+  PRIMARY KEY (task_id, idx)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS steps_by_path ON steps (task_id, path);
+CREATE TABLE IF NOT EXISTS task_values (
+  task_id TEXT NOT NULL, digest TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (task_id, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+  task_id TEXT NOT NULL, sequence INTEGER NOT NULL, data BLOB NOT NULL,
+  PRIMARY KEY (task_id, sequence)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS protocol_instances (
+  name TEXT NOT NULL, address TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (name, address));
+CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT NULL);
+"""
+
+
+class SqliteDatabase:
+    """The connection, its thread, and the event logs this process follows."""
+
+    def __init__(self, connection: sqlite3.Connection, worker: StoreThread, retention_seconds: float) -> None:
+        self.connection = connection
+        self.worker = worker
+        self.retention_seconds = retention_seconds
+        self.followers = Followers()
+
+    @classmethod
+    async def open(cls, path: str, retention_seconds: float = 7 * 24 * 3600.0) -> SqliteDatabase:
+        """Open (or create) the file at `path` (":memory:" or "" for a private in-memory one).
+        Refuses a file written with another state layout."""
+        worker = StoreThread("sqlite-store")
+        try:
+            connection = await worker.run(lambda: _connect(path))
+        except BaseException:
+            await worker.stop()
+            raise
+        return cls(connection, worker, retention_seconds)
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the store's thread; a database error is UNAVAILABLE, and leaves nothing half done."""
+
+        def guarded(db: sqlite3.Connection) -> T:
+            try:
+                return work(db)
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.rollback()
+                raise Unavailable(f"sqlite store: {exc}") from exc
+
+        return await self.worker.run(lambda: guarded(self.connection))
+
+    async def rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        return await self.run(lambda db: db.execute(sql, args).fetchall())
+
+    async def write(self, sql: str, args: Sequence[object] = ()) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            with db:
+                return int(db.execute(sql, args).rowcount)
+
+        return await self.run(write)
+
+    def written(self, task_id: str, events: Sequence[task_pb2.TaskEvent]) -> None:
+        """Events this process just wrote (committed) reach its watchers."""
+        self.followers.add(task_id, events)
+
+    async def ping(self) -> None:
+        await self.rows("SELECT 1")
+
+    async def close(self) -> None:
+        await self.run(lambda db: db.close())
+        await self.worker.stop()
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path not in ("", ":memory:"):
+        where = Path(path).resolve()
+        try:
+            where.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
+            db.execute("PRAGMA user_version").fetchone()  # opening is lazy: touch the file now
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StartupError(
+                f"cannot open the SQLite store at {where}: {reason} (set --store or MCP_STORE_URL to "
+                "sqlite:///relative/path or sqlite:////absolute/path in a directory you can write)"
+            ) from None
+    else:
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level="DEFERRED")
+    had_tasks = db.execute("SELECT 1 FROM sqlite_master WHERE name='tasks'").fetchone() is not None
+    had_meta = db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() is not None
+    found = db.execute("SELECT value FROM meta WHERE key='layout'").fetchone() if had_meta else None
+    if had_tasks and (found is None or found[0] != str(LAYOUT_VERSION)):
+        db.close()
+        raise StartupError(
+            f"the SQLite store at {path} "
+            + LAYOUT_MISMATCH.format(found=found[0] if found else 1, wanted=LAYOUT_VERSION)
+        )
+    db.executescript(SCHEMA)
+    with db:
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (str(LAYOUT_VERSION),))
+        # One process owns the file, so a lease found at open belongs to a process that is gone:
+        # expire them all now, and the dispatcher resumes those tasks at once.
+        db.execute("UPDATE tasks SET lease_expires = 0 WHERE lease_expires IS NOT NULL")
+    return db

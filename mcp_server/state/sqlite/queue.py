@@ -1,0 +1,197 @@
+"""The queue of the embedded store: creating tasks, claiming them under leases, cancelling them
+(see TaskQueue in engine/ports). The queue is the `queued` column, read in priority order."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.state.common import (
+    ACTIVE,
+    QUEUE_LENGTH_CACHE_SECONDS,
+    CreateTask,
+    QueueFull,
+    RequestIdReused,
+    assemble,
+    fixed_part,
+    live_part,
+    mark_cancelled,
+    now_seconds,
+    request_task_id,
+)
+from mcp_server.state.sqlite.database import SqliteDatabase
+
+
+class SqliteQueue(CreateTask):
+    """TaskQueue on SQLite."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+        # (when counted, queued tasks then plus those this store queued since); store thread only
+        self._queue_count: tuple[float, int] = (0.0, 0)
+
+    async def create_leased(
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        holder: str,
+        lease_seconds: float,
+        max_queue: int = 0,
+        fingerprint: str = "",
+        values: Mapping[str, bytes] | None = None,
+    ) -> tuple[task_pb2.Task, bool, int]:
+        if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
+            task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
+
+        def insert(db: sqlite3.Connection) -> tuple[task_pb2.Task, bool, int]:
+            if task.request_id:
+                row = db.execute(
+                    "SELECT fixed, live, request_fp FROM tasks WHERE owner=? AND request_id=?",
+                    (task.owner, task.request_id),
+                ).fetchone()
+                if row is not None:
+                    existing = assemble(row[0], row[1])
+                    if row[2] != fingerprint:
+                        raise RequestIdReused(task.request_id, existing.task_id)
+                    return existing, False, 0
+            if max_queue and not holder and self._queued(db) >= max_queue:
+                raise QueueFull(max_queue)
+            leased = (0, holder, 1, now_seconds() + lease_seconds) if holder else (1, None, 0, None)
+            with db:
+                db.execute(
+                    "INSERT INTO tasks (task_id, workflow_id, owner, status, priority,"
+                    " request_id, request_fp, fixed, live, "
+                    "last_sequence, queued, lease_owner, lease_token, lease_expires)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        task.task_id,
+                        task.workflow_id,
+                        task.owner,
+                        task.status,
+                        task.priority,
+                        task.request_id or None,
+                        fingerprint,
+                        fixed_part(task),
+                        live_part(task),
+                        task.last_sequence,
+                        *leased,
+                    ),
+                )
+                db.execute(
+                    "INSERT INTO events VALUES (?,?,?)", (task.task_id, event.sequence, event.SerializeToString())
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
+                    [(task.task_id, d, data) for d, data in (values or {}).items()],
+                )
+            if not holder:
+                taken, count = self._queue_count
+                self._queue_count = (taken, count + 1)
+            return task, True, 1 if holder else 0
+
+        created = await self.db.run(insert)
+        if created[1]:
+            self.db.written(task.task_id, [event])
+        return created
+
+    def _queued(self, db: sqlite3.Connection) -> int:
+        """Queued tasks, counted at most every QUEUE_LENGTH_CACHE_SECONDS, plus what this store
+        queued since (on the store's thread, so the limit holds exactly for this process)."""
+        taken, count = self._queue_count
+        if time.monotonic() - taken > QUEUE_LENGTH_CACHE_SECONDS:
+            count = int(db.execute("SELECT COUNT(*) FROM tasks WHERE queued=1").fetchone()[0])
+            self._queue_count = (time.monotonic(), count)
+        return count
+
+    async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
+        def claim(db: sqlite3.Connection) -> tuple[task_pb2.Task, int] | None:
+            row = db.execute(
+                "SELECT task_id, fixed, live, lease_token FROM tasks WHERE queued=1 ORDER BY priority DESC, seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            token = int(row[3]) + 1
+            with db:
+                db.execute(
+                    "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=? WHERE task_id=?",
+                    (owner, token, now_seconds() + lease_seconds, row[0]),
+                )
+            return assemble(row[1], row[2]), token
+
+        return await self.db.run(claim)
+
+    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
+        if not leases:
+            return []
+        expires = now_seconds() + lease_seconds
+
+        def renew(db: sqlite3.Connection) -> list[str]:
+            lost = []
+            with db:
+                for task_id, token in leases.items():
+                    cursor = db.execute(
+                        "UPDATE tasks SET lease_expires=? WHERE task_id=?"
+                        " AND lease_token=? AND lease_expires IS NOT NULL",
+                        (expires, task_id, token),
+                    )
+                    if cursor.rowcount != 1:
+                        lost.append(task_id)
+            return lost
+
+        return await self.db.run(renew)
+
+    async def release_expired_leases(self) -> int:
+        return await self.db.write(
+            f"UPDATE tasks SET queued=1, lease_expires=NULL, lease_owner=NULL WHERE lease_expires IS NOT NULL "
+            f"AND lease_expires <= ? AND status IN ({','.join(str(s) for s in ACTIVE)})",
+            (now_seconds(),),
+        )
+
+    async def queue_depth_by_priority(self) -> dict[int, int]:
+        rows = await self.db.rows("SELECT priority, COUNT(*) FROM tasks WHERE queued=1 GROUP BY priority")
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    async def queue_length(self) -> int:
+        rows = await self.db.rows("SELECT COUNT(*) FROM tasks WHERE queued=1")
+        return int(rows[0][0])
+
+    async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
+        def cancel(db: sqlite3.Connection) -> task_pb2.Task | None:
+            row = db.execute(
+                "SELECT fixed, live FROM tasks WHERE task_id=? AND queued=1 AND status=?",
+                (task_id, task_pb2.TASK_STATUS_PENDING),
+            ).fetchone()
+            if row is None:
+                return None
+            task = assemble(row[0], row[1])
+            numbered = mark_cancelled(task, event)
+            with db:
+                db.execute(
+                    "UPDATE tasks SET live=?, status=?, last_sequence=?, queued=0, finished_at=? WHERE task_id=?",
+                    (live_part(task), task.status, task.last_sequence, now_seconds(), task_id),
+                )
+                db.execute(
+                    "INSERT INTO events VALUES (?,?,?)", (task_id, numbered.sequence, numbered.SerializeToString())
+                )
+            events.append(numbered)
+            return task
+
+        events: list[task_pb2.TaskEvent] = []
+        cancelled = await self.db.run(cancel)
+        self.db.written(task_id, events)
+        return cancelled
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        await self.db.write("UPDATE tasks SET cancel_reason=? WHERE task_id=?", (reason, task_id))
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
+        if not task_ids:
+            return {}
+        rows = await self.db.rows(
+            f"SELECT task_id, cancel_reason FROM tasks WHERE cancel_reason IS NOT NULL "
+            f"AND task_id IN ({','.join('?' * len(task_ids))})",
+            list(task_ids),
+        )
+        return {str(r[0]): str(r[1]) for r in rows}

@@ -1,0 +1,165 @@
+"""Task records, steps, values and events in the embedded store (see TaskStore in engine/ports).
+
+Every write is this process's, so watchers of a task are fed from memory after each write commits
+(state/followers.py): one read when a watcher starts, none per event after that."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
+from mcp_server.errors import LeaseLost
+from mcp_server.state.common import (
+    EVENTS_PAGE,
+    TERMINAL,
+    assemble,
+    decode_position,
+    encode_token,
+    now_seconds,
+)
+from mcp_server.state.sqlite.database import SqliteDatabase
+
+
+class SqliteTasks:
+    """TaskStore on SQLite."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def get_task(self, task_id: str) -> task_pb2.Task | None:
+        rows = await self.db.rows("SELECT fixed, live FROM tasks WHERE task_id=?", (task_id,))
+        return assemble(rows[0][0], rows[0][1]) if rows else None
+
+    async def list_tasks(self, page_size: int, page_token: str, where: TaskFilter) -> TaskPage:
+        """Newest first. The token is the row number of the last task returned, so pages stay
+        stable while tasks arrive (they sort before it) or are purged (they drop out)."""
+        position = decode_position(page_token)
+        conditions: list[str] = []
+        args: list[object] = []
+        if where.statuses:
+            conditions.append(f"status IN ({','.join('?' * len(where.statuses))})")
+            args += list(where.statuses)
+        if where.workflow_id:
+            conditions.append("workflow_id=?")
+            args.append(where.workflow_id)
+        if where.owner:
+            conditions.append("owner=?")
+            args.append(where.owner)
+        filtered = " AND ".join(conditions) or "1"
+
+        def select(db: sqlite3.Connection) -> tuple[list[Any], int]:
+            rows = db.execute(
+                f"SELECT seq, fixed, live FROM tasks WHERE {filtered} AND seq < ? ORDER BY seq DESC LIMIT ?",
+                [*args, 2**62 if position is None else position, page_size + 1],
+            ).fetchall()
+            total = db.execute(f"SELECT COUNT(*) FROM tasks WHERE {filtered}", args).fetchone()[0]
+            return rows, int(total)
+
+        rows, total = await self.db.run(select)
+        page = rows[:page_size]
+        return TaskPage(
+            [assemble(r[1], r[2]) for r in page], [encode_token(str(r[0])) for r in page], len(rows) > page_size, total
+        )
+
+    async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
+        rows = await self.db.rows(
+            "SELECT idx, path, data FROM steps WHERE task_id=? AND idx>=? ORDER BY idx LIMIT ?",
+            (task_id, start, min(limit, 2**62)),
+        )
+        return [StepRecord(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    async def read_step(self, task_id: str, path: str) -> StepRecord | None:
+        rows = await self.db.rows("SELECT idx, path, data FROM steps WHERE task_id=? AND path=?", (task_id, path))
+        return StepRecord(int(rows[0][0]), str(rows[0][1]), bytes(rows[0][2])) if rows else None
+
+    async def read_values(self, task_id: str, digests: Sequence[str]) -> dict[str, bytes]:
+        if not digests:
+            return {}
+        rows = await self.db.rows(
+            f"SELECT digest, data FROM task_values WHERE task_id=? AND digest IN ({','.join('?' * len(digests))})",
+            [task_id, *digests],
+        )
+        return {str(r[0]): bytes(r[1]) for r in rows}
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        terminal = checkpoint.status in TERMINAL
+        last = checkpoint.events[-1].sequence if checkpoint.events else 0
+
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                updated = db.execute(
+                    "UPDATE tasks SET live=?, status=?, last_sequence=MAX(last_sequence, ?), "
+                    "lease_expires=CASE WHEN ? THEN NULL ELSE lease_expires END,"
+                    " finished_at=CASE WHEN ? THEN ? ELSE NULL END "
+                    "WHERE task_id=? AND lease_token=?",
+                    (
+                        checkpoint.live,
+                        checkpoint.status,
+                        last,
+                        terminal,
+                        terminal,
+                        now_seconds(),
+                        checkpoint.task_id,
+                        checkpoint.lease_token,
+                    ),
+                )
+                if updated.rowcount != 1:
+                    raise LeaseLost(f"task {checkpoint.task_id}: lease {checkpoint.lease_token} is no longer held")
+                db.executemany(
+                    "INSERT OR REPLACE INTO steps VALUES (?,?,?,?)",
+                    [(checkpoint.task_id, s.index, s.path, s.data) for s in checkpoint.steps],
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
+                    [(checkpoint.task_id, d, data) for d, data in checkpoint.values.items()],
+                )
+                db.executemany(
+                    "INSERT OR IGNORE INTO events VALUES (?,?,?)",
+                    [(e.task_id, e.sequence, e.SerializeToString()) for e in checkpoint.events],
+                )
+
+        await self.db.run(write)
+        self.db.written(checkpoint.task_id, checkpoint.events)
+
+    async def read_events(
+        self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE
+    ) -> list[task_pb2.TaskEvent]:
+        rows = await self.db.rows(
+            "SELECT data FROM events WHERE task_id=? AND sequence>? ORDER BY sequence LIMIT ?",
+            (task_id, after_sequence, limit),
+        )
+        return [task_pb2.TaskEvent.FromString(r[0]) for r in rows]
+
+    async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
+        """Events after `after_sequence`, waiting up to `timeout` for one. Every write is this
+        process's, so a followed log is fed from memory after the write commits: one read
+        when a watcher starts, none per event after that."""
+        if not self.db.followers.covers(task_id, after_sequence):
+            self.db.followers.prune()
+            self.db.followers.follow(task_id, after_sequence)  # first follow, then read: nothing falls between
+            events = await self.read_events(task_id, after_sequence, EVENTS_PAGE)
+            if len(events) == EVENTS_PAGE:  # more are stored after this page: read on from there next time
+                self.db.followers.unfollow(task_id)
+                return events
+            self.db.followers.add(task_id, events)
+            if events:
+                return events
+        followed = await self.db.followers.wait(task_id, after_sequence, timeout)
+        return await self.read_events(task_id, after_sequence) if followed is None else followed
+
+    async def purge_finished(self) -> int:
+        cutoff = now_seconds() - self.db.retention_seconds
+
+        def purge(db: sqlite3.Connection) -> int:
+            with db:
+                for table in ("events", "steps", "task_values"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE task_id IN (SELECT task_id FROM tasks WHERE finished_at < ?)",
+                        (cutoff,),
+                    )
+                return int(db.execute("DELETE FROM tasks WHERE finished_at < ?", (cutoff,)).rowcount)
+
+        return await self.db.run(purge)

@@ -1,0 +1,67 @@
+"""Workflow versions in the embedded store (see WorkflowStore in engine/ports)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from mcp_sdk.proto import workflow_pb2
+from mcp_server.engine.context import now
+from mcp_server.state.common import (
+    decode_token,
+    encode_token,
+)
+from mcp_server.state.sqlite.database import SqliteDatabase
+
+
+class SqliteWorkflows:
+    """WorkflowStore on SQLite: a row per version."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
+        stored = workflow_pb2.Workflow()
+        stored.CopyFrom(workflow)
+        stored.create_time.CopyFrom(now())
+
+        def insert(db: sqlite3.Connection) -> workflow_pb2.Workflow:
+            with db:
+                row = db.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM workflows WHERE workflow_id=?", (workflow.workflow_id,)
+                ).fetchone()
+                stored.version = int(row[0]) + 1
+                db.execute(
+                    "INSERT INTO workflows VALUES (?, ?, ?)",
+                    (stored.workflow_id, stored.version, stored.SerializeToString()),
+                )
+            return stored
+
+        return await self.db.run(insert)
+
+    async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow | None:
+        args: tuple[object, ...]
+        if version:
+            sql, args = "SELECT data FROM workflows WHERE workflow_id=? AND version=?", (workflow_id, version)
+        else:
+            sql, args = "SELECT data FROM workflows WHERE workflow_id=? ORDER BY version DESC LIMIT 1", (workflow_id,)
+        rows = await self.db.rows(sql, args)
+        return workflow_pb2.Workflow.FromString(rows[0][0]) if rows else None
+
+    async def latest_workflow_version(self, workflow_id: str) -> int:
+        rows = await self.db.rows("SELECT COALESCE(MAX(version), 0) FROM workflows WHERE workflow_id=?", (workflow_id,))
+        return int(rows[0][0])
+
+    async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
+        after = decode_token(page_token)
+        rows = await self.db.rows(
+            "SELECT w.data FROM workflows w JOIN (SELECT workflow_id, MAX(version) v FROM workflows "
+            "WHERE workflow_id > ? GROUP BY workflow_id) l ON w.workflow_id=l.workflow_id AND w.version=l.v "
+            "ORDER BY w.workflow_id LIMIT ?",
+            (after, page_size + 1),
+        )
+        workflows = [workflow_pb2.Workflow.FromString(r[0]) for r in rows[:page_size]]
+        token = encode_token(workflows[-1].workflow_id) if len(rows) > page_size else ""
+        return workflows, token
+
+    async def delete_workflow(self, workflow_id: str) -> int:
+        return await self.db.write("DELETE FROM workflows WHERE workflow_id=?", (workflow_id,))

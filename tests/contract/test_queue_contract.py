@@ -1,0 +1,86 @@
+"""The TaskQueue contract: every backend (SQLite, one Redis node, a Redis Cluster) behaves the same."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.errors import LeaseLost
+from mcp_server.state.common import RequestIdReused
+from tests.contract.conftest import E, checkpoint, claim_and_complete, new_task
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_request_id_dedupes_task_creation(store):
+    task, event = new_task(request_id="same")
+    created, fresh = await store.queue.create_task(task, event)
+    again_task, again_event = new_task(request_id="same")
+    existing, fresh_again = await store.queue.create_task(again_task, again_event)
+    assert fresh and not fresh_again and existing.task_id == created.task_id
+    assert await store.queue.queue_length() == 1
+    other_task, other_event = new_task(request_id="same", owner="someone-else")
+    theirs, fresh_theirs = await store.queue.create_task(other_task, other_event)
+    assert fresh_theirs and theirs.task_id != created.task_id
+    changed, changed_event = new_task(request_id="same")
+    with pytest.raises(RequestIdReused):
+        await store.queue.create_task(changed, changed_event, fingerprint="another request")
+
+
+async def test_claims_come_in_priority_order_fifo_within_a_priority(store):
+    made = []
+    for priority in (1, 5, 1, 5, 3):
+        task, event = new_task(priority=priority)
+        await store.queue.create_task(task, event)
+        made.append((priority, task.task_id))
+    claimed = []
+    while (claim := await store.queue.claim_task("me", 30)) is not None:
+        claimed.append(claim[0].task_id)
+    expected = [i for _, i in sorted(made, key=lambda p: -p[0])]  # sorted() is stable: FIFO within a priority
+    assert claimed == expected
+
+
+async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(store):
+    task, event = new_task()
+    await store.queue.create_task(task, event)
+    _, old_token = await store.queue.claim_task("replica-a", 0.2)
+    assert await store.queue.renew_leases({task.task_id: old_token}, 0.2) == []
+    assert await store.queue.claim_task("replica-b", 30) is None
+    await asyncio.sleep(0.3)
+    assert await store.queue.release_expired_leases() == 1
+    taken, new_token = await store.queue.claim_task("replica-b", 30)
+    assert taken.task_id == task.task_id and new_token > old_token
+    assert await store.queue.renew_leases({task.task_id: old_token}, 30) == [task.task_id]
+    assert await store.queue.renew_leases({taken.task_id: new_token}, 30) == []
+    with pytest.raises(LeaseLost):
+        await store.tasks.save_checkpoint(checkpoint(taken, old_token, task_pb2.TASK_STATUS_RUNNING, []))
+    await store.tasks.save_checkpoint(checkpoint(taken, new_token, task_pb2.TASK_STATUS_RUNNING, []))
+
+
+async def test_finished_tasks_hold_no_lease(store):
+    task, event = new_task()
+    await store.queue.create_task(task, event)
+    await claim_and_complete(store, task, 0.1)
+    await asyncio.sleep(0.2)
+    assert await store.queue.release_expired_leases() == 0
+    assert await store.queue.claim_task("me", 1) is None
+
+
+async def test_cancel_pending_only_cancels_a_queued_task(store):
+    task, event = new_task()
+    await store.queue.create_task(task, event)
+    cancel = task_pb2.TaskEvent(task_id=task.task_id, type=E.TASK_EVENT_TYPE_CANCELLED, message="stop")
+    cancelled = await store.queue.cancel_pending(task.task_id, cancel)
+    assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED and cancelled.last_sequence == 2
+    assert [e.type for e in await store.tasks.read_events(task.task_id, 0)] == [
+        E.TASK_EVENT_TYPE_QUEUED,
+        E.TASK_EVENT_TYPE_CANCELLED,
+    ]
+    assert await store.queue.claim_task("me", 1) is None
+    assert await store.queue.cancel_pending(task.task_id, cancel) is None
+    running, running_event = new_task()
+    await store.queue.create_task(running, running_event)
+    await store.queue.claim_task("me", 30)
+    assert await store.queue.cancel_pending(running.task_id, cancel) is None

@@ -1,0 +1,33 @@
+"""Compiling step nodes: one protocol call, its input, retry policy, timeouts and fallbacks."""
+
+from __future__ import annotations
+
+from mcp_sdk.proto import workflow_pb2
+from mcp_server.engine.compiler.fields import duration, expression, protocol, retry_policy
+from mcp_server.engine.compiler.scope import Scope, builds
+from mcp_server.engine.plan import FallbackPlan, StepPlan
+
+
+@builds("step")
+def compile_step(node_id: str, step: workflow_pb2.StepNode, path: str, scope: Scope, depth: int) -> StepPlan:
+    protocol(step.protocol, f"{path}.protocol", scope)
+    fallbacks = []
+    for i, fb in enumerate(step.fallbacks):
+        protocol(fb.protocol, f"{path}.fallbacks[{i}].protocol", scope)
+        fallbacks.append(FallbackPlan(fb.protocol, expression(fb.input, f"{path}.fallbacks[{i}].input", scope)))
+    retry = (
+        retry_policy(step.retry, scope.default_retry, f"{path}.retry", scope.violations)
+        if step.HasField("retry")
+        else scope.default_retry
+    )
+    return StepPlan(
+        id=node_id,
+        protocol=step.protocol,
+        input=expression(step.input, f"{path}.input", scope),
+        retry=retry,
+        timeout=duration(step, "timeout", f"{path}.timeout", scope.violations) or scope.default_step_timeout,
+        attempt_timeout=duration(step, "attempt_timeout", f"{path}.attempt_timeout", scope.violations)
+        or scope.default_attempt_timeout,
+        fallbacks=tuple(fallbacks),
+        stream=step.stream,
+    )

@@ -66,6 +66,9 @@ class Settings:
     # a start (of a task or a step) is written with the next write, or on its own this long after:
     # a step that ends sooner costs one write, not two; watchers see a start at most this late
     start_write_delay: float = 0.02
+    # a wait or sleep due within this many seconds waits in memory, holding its run slot; a
+    # longer one (and a wait for a signal without a deadline) parks its task when all of it waits
+    wait_in_memory_seconds: float = 2.0
     default_step_timeout: float = 60.0
     default_task_timeout: float = 3600.0
     shutdown_grace: float = 10.0

@@ -29,8 +29,9 @@ from google.rpc import code_pb2, status_pb2
 from mcp_sdk.proto import protocol_pb2, task_pb2
 from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
-from mcp_server.engine.ports import Checkpoint, EventListener, ProtocolCaller, StepRecord, TaskStore
+from mcp_server.engine.ports import Checkpoint, EventListener, ProtocolCaller, SignalRecord, StepRecord, TaskStore
 from mcp_server.engine.records import TASK_RESULT, TASK_RESULT_REF, ValueSink, step_record, stored_refs, value_of
+from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.values import python_to_value
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
@@ -120,6 +121,10 @@ class RunContext:
     start_write_delay: float = 0.0
     _flush_timer: asyncio.TimerHandle | None = None
     written_live: bytes = b""  # the live header part of the latest checkpoint written
+    # the run's waits and signals (see suspensions.py); with status WAITING, when it is due (Unix ms)
+    suspensions: Suspensions = field(default_factory=lambda: Suspensions(park_horizon=2.0))
+    due_ms: int = 0
+    header_changed: bool = False  # the live header changed with no event (the task parked): write it
 
     async def restore(self) -> None:
         """Load the step records and values an earlier life of this run wrote."""
@@ -189,14 +194,27 @@ class RunContext:
     async def checkpoint(self) -> None:
         """Write what changed, atomically; wait out store outages."""
         async with self._lock:
-            if not self._pending and not self._dirty:
+            if not self._pending and not self._dirty and not self.header_changed:
                 return
+            self.header_changed = False
             events, self._pending = self._pending, []
             paths, self._dirty = list(self._dirty), {}
             steps = [StepRecord(self._steps[p].index, p, self._record(p)) for p in paths]
             live = self._live()
             values = self._values.take()
-            checkpoint = Checkpoint(self.task.task_id, self.lease_token, self.task.status, live, steps, events, values)
+            taken, waits = self.suspensions.take_changes()
+            checkpoint = Checkpoint(
+                self.task.task_id,
+                self.lease_token,
+                self.task.status,
+                live,
+                steps,
+                events,
+                values,
+                waits,
+                taken,
+                self.due_ms if self.task.status == task_pb2.TASK_STATUS_WAITING else 0,
+            )
             delay = 0.05
             while True:
                 try:
@@ -212,6 +230,7 @@ class RunContext:
                     delay = min(delay * 2, 2.0)
                 except BaseException:
                     self._values.rejected(values)
+                    self.suspensions.restore_changes(taken, waits)
                     raise
 
     def _record(self, path: str) -> bytes:
@@ -247,6 +266,8 @@ class RunContext:
                 len(self._steps), task_pb2.StepState(path=path, node_id=node_id, kind=kind, protocol=protocol)
             )
         state = step.state
+        if state.status == task_pb2.STEP_STATUS_WAITING:
+            return state  # a wait an earlier life of the run began: it waits on, from when it began
         state.status = task_pb2.STEP_STATUS_RUNNING
         step.started_ns = time.time_ns()
         state.start_time.CopyFrom(timestamp_of(step.started_ns))
@@ -280,7 +301,7 @@ class RunContext:
             attempt=state.attempts,
             message=f"{state.kind} {state.node_id} completed",
             flush_soon=True,
-            data={"duration_ms": _duration_ms(step, ended_ns), "kind": state.kind},
+            data={"duration_ms": _duration_ms(step, ended_ns), "kind": state.kind, **_timer(state, ended_ns)},
         )
 
     def fail(self, path: str, code: str, message: str, *, cancelled: bool = False) -> None:
@@ -298,8 +319,47 @@ class RunContext:
                 protocol=state.protocol,
                 attempt=state.attempts,
                 message=message,
-                data={"code": code, "duration_ms": _duration_ms(step, ended_ns), "kind": state.kind},
+                data={
+                    "code": code,
+                    "duration_ms": _duration_ms(step, ended_ns),
+                    "kind": state.kind,
+                    **_timer(state, ended_ns),
+                },
             )
+
+    def consumed_signals(self) -> set[int]:
+        """The SIGNAL_RECEIVED sequences of the signals that completed wait steps took."""
+        return {
+            step.state.wait.received_sequence
+            for step in self._steps.values()
+            if step.state.status == task_pb2.STEP_STATUS_COMPLETED and step.state.wait.received_sequence
+        }
+
+    def take_in_signals(self, records: Sequence[SignalRecord]) -> None:
+        """New signals of the task, in order: each gets its SIGNAL_RECEIVED event and goes to its
+        step (or is kept); written with the next checkpoint, soon."""
+        for record in records:
+            signal = self.suspensions.take_in(record, self.task.last_sequence + 1)  # the event's sequence
+            self.emit(
+                E.TASK_EVENT_TYPE_SIGNAL_RECEIVED,
+                step_path=signal.assigned,
+                flush_soon=True,
+                message=f"signal {record.request.signal!r} received",
+                data={
+                    "signal": signal.name,
+                    "request_id": signal.request_id,
+                    "step_path": signal.assigned,
+                    "index": record.index,
+                },
+            )
+
+    def abandon_unfinished(self, code: str, message: str) -> None:
+        """Mark every step still running or waiting as cancelled (a cancelled task's last write)."""
+        for path, step in self._steps.items():
+            if step.state.status in (task_pb2.STEP_STATUS_RUNNING, task_pb2.STEP_STATUS_WAITING):
+                self.fail(path, code, message, cancelled=True)
+        for path in list(self.suspensions.waiters):
+            self.suspensions.ended(path, None)
 
     def state(self, path: str) -> task_pb2.StepState:
         """The state of the node at `path`, to change (the change is written with the next checkpoint)."""
@@ -343,6 +403,15 @@ def _take_value(state: task_pb2.StepState, name: str, values: dict[str, bytes]) 
 def _duration_ms(step: _Step, ended_ns: int) -> float:
     started_ns = step.started_ns or step.state.start_time.ToNanoseconds()  # the latter is slow: only after a restore
     return round((ended_ns - started_ns) / 1e6, 3)
+
+
+def _timer(state: task_pb2.StepState, ended_ns: int) -> dict[str, float]:
+    """For a wait or sleep that its deadline ended: how late it fired (ms), for the event's data."""
+    if state.kind not in ("sleep", "wait") or not state.wait.HasField("deadline"):
+        return {}
+    if state.kind == "wait" and not state.wait.timed_out:
+        return {}
+    return {"timer_late_ms": round((ended_ns - state.wait.deadline.ToNanoseconds()) / 1e6, 3)}
 
 
 def code_number(code: str) -> int:

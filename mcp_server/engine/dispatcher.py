@@ -2,7 +2,10 @@
 
 It claims a task with a lease, keeps renewing the lease while the task runs, and takes over
 tasks whose lease ran out (their replica died). At most `max_tasks_in_flight` tasks run at
-once on this replica; the rest wait in the queue in priority order.
+once on this replica; the rest wait in the queue in priority order. A task that parked (every
+branch waits) is not running: it goes back to the queue when a signal comes or its timer is
+due (every replica looks for due timers every quarter second), and a run here that waits for
+signals in some branches is told when its task has new ones.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.cancelling import cancel_and_wait, raise_if_cancelled
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import TaskQueue, TaskStore
+from mcp_server.engine.ports import TaskQueue, TaskStore, WaitStore
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.errors import LeaseLost, McpError, Unavailable
 from mcp_server.settings import Settings
@@ -29,16 +32,25 @@ class _Running:
     task: asyncio.Task[None] = field(init=False)
     cancel: dict[str, str] = field(default_factory=dict)
     final_live: bytes | None = None  # set when the run has ended and written its end
+    waits: bool = False  # its workflow has wait nodes: it listens for signals
+    signals: asyncio.Event = field(default_factory=asyncio.Event)  # set when it has new signals
 
 
 class Dispatcher:
     """Runs queued tasks on this replica."""
 
     def __init__(
-        self, queue: TaskQueue, tasks: TaskStore, runner: TaskRunner, plans: PlanCache, settings: Settings
+        self,
+        queue: TaskQueue,
+        tasks: TaskStore,
+        runner: TaskRunner,
+        plans: PlanCache,
+        settings: Settings,
+        waits: WaitStore | None = None,
     ) -> None:
         self.queue = queue
         self.tasks = tasks
+        self.waits = waits
         self.runner = runner
         self.plans = plans
         self.settings = settings
@@ -60,6 +72,9 @@ class Dispatcher:
             asyncio.create_task(self._lease_loop(), name="leases"),
             asyncio.create_task(self._cancel_loop(), name="cancels"),
         ]
+        if self.waits is not None:
+            self._loops.append(asyncio.create_task(self._timer_loop(), name="timers"))
+            self._loops.append(asyncio.create_task(self._signal_loop(), name="signals"))
 
     def wake(self) -> None:
         """Something was queued: look at the queue now rather than at the next poll."""
@@ -74,12 +89,22 @@ class Dispatcher:
         least every quarter second while it has room, and at once when woken)."""
         return self._queue_empty
 
-    def adopt(self, task: task_pb2.Task, lease_token: int) -> None:
-        """Run a task this replica leased when it stored it (see Store.create_leased): it starts
-        at once, without a trip through the queue."""
+    def adopt(self, task: task_pb2.Task, lease_token: int, cancel_reason: str = "") -> asyncio.Task[None]:
+        """Run a task this replica leased itself (when it stored it, or a waiting task it resumes
+        or cancels): it starts at once, without a trip through the queue. With `cancel_reason` the
+        run ends CANCELLED at once (whatever the in-flight limit: it is brief)."""
         snapshot = task_pb2.Task()
         snapshot.CopyFrom(task)  # the run changes its copy; the caller keeps its own
-        self._start(snapshot, lease_token)
+        running = self._start(snapshot, lease_token)
+        if cancel_reason:
+            running.cancel["reason"] = cancel_reason  # the run sees it as it starts
+        return running.task
+
+    def signalled(self, task_id: str) -> None:
+        """The task has a new signal: if it runs here, it takes it in now."""
+        running = self._running.get(task_id)
+        if running is not None:
+            running.signals.set()
 
     def end_of(self, task_id: str) -> asyncio.Future[bytes | None] | None:
         """For a task running here: a future of the live part of its header once its run has
@@ -162,15 +187,19 @@ class Dispatcher:
                 await cancel_and_wait(stale.task)
             self._start(task, token)
 
-    def _start(self, task: task_pb2.Task, token: int) -> None:
+    def _start(self, task: task_pb2.Task, token: int) -> _Running:
         running = _Running(token)
         running.task = asyncio.create_task(self._run(task, running), name=f"task {task.task_id}")
         self._running[task.task_id] = running
+        return running
 
     async def _run(self, task: task_pb2.Task, running: _Running) -> None:
         try:
             plan = await self.plans.get(task.workflow_id, task.workflow_version)
-            running.final_live = await self.runner.resume_from(task, plan, running.lease_token, running.cancel)
+            running.waits = bool(plan.waits)
+            running.final_live = await self.runner.resume_from(
+                task, plan, running.lease_token, running.cancel, running.signals
+            )
         except LeaseLost:
             pass
         except McpError as exc:
@@ -201,6 +230,40 @@ class Dispatcher:
                 continue
             for task_id, reason in requests.items():
                 await self.cancel(task_id, reason)
+
+    async def _timer_loop(self, interval: float = 0.25) -> None:
+        """Queue the waiting tasks whose timers are due (any replica's; each once)."""
+        assert self.waits is not None
+        while True:
+            await asyncio.sleep(interval)
+            raise_if_cancelled()
+            try:
+                if await self.waits.release_due():
+                    self._wake.set()
+            except Unavailable:
+                continue
+            except Exception:  # a bug must not stop timers for good
+                log.exception("releasing due timers failed unexpectedly; trying again")
+
+    async def _signal_loop(self, interval: float = 0.2) -> None:
+        """Tell the runs here that wait for signals when their tasks have new ones (sent to
+        another replica: this one's own are told at once, see `signalled`)."""
+        assert self.waits is not None
+        while True:
+            await asyncio.sleep(interval)
+            raise_if_cancelled()
+            listening = [task_id for task_id, running in self._running.items() if running.waits]
+            if not listening:
+                continue
+            try:
+                pending = await self.waits.pending_signals(listening)
+            except Unavailable:
+                continue
+            except Exception:  # a bug must not stop signals for good
+                log.exception("reading pending signals failed unexpectedly; trying again")
+                continue
+            for task_id in pending:
+                self.signalled(task_id)
 
     async def _lease_loop(self) -> None:
         interval = self.settings.lease_seconds / 3

@@ -16,7 +16,7 @@ from mcp_server.engine.cel import Expression, ExpressionError
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.logcontext import step_path_var
 from mcp_server.engine.payload import Payload
-from mcp_server.engine.plan import PlanNode
+from mcp_server.engine.plan import LEAF_KINDS, PlanNode
 from mcp_server.engine.values import ValueTooDeep
 from mcp_server.settings import Limits
 
@@ -59,11 +59,25 @@ async def run_recorded(
     """Record the start of the node at `path`, run `body`, and record how it ended, whichever
     way that is (completed, failed, cancelled, timed out), so no state is left RUNNING."""
     raise_if_cancelled()  # asked to stop while a store call swallowed it: start no more nodes
+    leaf = kind in LEAF_KINDS
+    if leaf:
+        ctx.suspensions.leaf_started()
+    try:
+        return await _recorded(ctx, path, node_id, kind, protocol, body)
+    finally:
+        if leaf:
+            ctx.suspensions.leaf_ended()
+
+
+async def _recorded(
+    ctx: RunContext, path: str, node_id: str, kind: str, protocol: str, body: Callable[[], Awaitable[NodeResult]]
+) -> NodeResult:
     await ctx.begin(path, node_id, kind, protocol)
     try:
         result = await body()
     except asyncio.CancelledError:
-        ctx.fail(path, "CANCELLED", f"{kind} {node_id} was cancelled", cancelled=True)
+        if not ctx.suspensions.parking:  # a parked run's nodes stay as they are, for its next life
+            ctx.fail(path, "CANCELLED", f"{kind} {node_id} was cancelled", cancelled=True)
         raise
     except NodeFailed as exc:
         ctx.fail(path, exc.code, exc.message)

@@ -8,6 +8,7 @@ look at the workflow definition again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from mcp_server.engine.cel import Expression
 
@@ -125,7 +126,33 @@ class AdaptivePlan:
     kind: str = "adaptive"
 
 
-PlanNode = StepPlan | SequencePlan | ParallelPlan | MapPlan | SupervisePlan | AdaptivePlan
+@dataclass(frozen=True)
+class WaitPlan:
+    """Wait for signal `signal` (its payload is the output), at most `timeout` seconds (None: as
+    long as the task may run); then `on_timeout` gives the output, or the step fails."""
+
+    id: str
+    signal: str
+    timeout: float | None
+    on_timeout: Expression | None
+    prompt: Expression | None
+    schema: Any = None  # a compiled JSON Schema validator (engine/schemas.py), or None
+    kind: str = "wait"
+
+
+@dataclass(frozen=True)
+class SleepPlan:
+    """Go on after `duration` seconds, or at the RFC 3339 time `until` gives; output: the input."""
+
+    id: str
+    duration: float | None
+    until: Expression | None
+    kind: str = "sleep"
+
+
+PlanNode = StepPlan | SequencePlan | ParallelPlan | MapPlan | SupervisePlan | AdaptivePlan | WaitPlan | SleepPlan
+# nodes that do work themselves (the others only arrange their children)
+LEAF_KINDS = frozenset({"step", "wait", "sleep"})
 
 
 @dataclass(frozen=True)
@@ -141,3 +168,12 @@ class Plan:
     protocols: frozenset[str] = field(default_factory=frozenset)
     # every place the workflow names a protocol: (field path, protocol name)
     protocol_uses: tuple[tuple[str, str], ...] = ()
+    # the wait nodes by node id, and the signal names they declare
+    waits: dict[str, WaitPlan] = field(default_factory=dict)
+    # whether any node waits (a wait or a sleep): only then can a run park
+    suspends: bool = False
+
+    @property
+    def signals(self) -> frozenset[str]:
+        """The signal names the workflow's wait nodes declare."""
+        return frozenset(w.signal for w in self.waits.values())

@@ -1,37 +1,43 @@
-"""TaskRunner: run one task from its snapshot to a terminal state.
+"""TaskRunner: run one task from its snapshot until it ends, or until all of it waits.
 
-A fresh task and a task taken over after a crash run the same way: `resume_from` replays
-the plan tree, skipping every node the snapshot records as completed, so finished steps are
-never called again and the step that was in flight runs again with the same idempotency key.
+A fresh task, a task taken over after a crash and a waiting task resumed by a signal or a timer
+run the same way: `resume_from` replays the plan tree, skipping every node the snapshot records
+as completed, so finished steps are never called again and the step that was in flight runs
+again with the same idempotency key. When every branch waits (suspensions.py), the run parks:
+it writes the task WAITING with when it is due, and returns, holding nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from google.rpc import status_pb2
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine import adaptive, mapping, parallel, sequence, step, supervise
+from mcp_server.engine import adaptive, mapping, parallel, sequence, step, supervise, waiting
 from mcp_server.engine.context import NodeFailed, RunContext, code_number, now
 from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import execute
 from mcp_server.engine.logcontext import task_id_var
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
-from mcp_server.engine.ports import EventListener, ProtocolCaller, TaskStore
+from mcp_server.engine.ports import EventListener, ProtocolCaller, TaskStore, WaitStore
+from mcp_server.engine.suspensions import Suspensions
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
-NODE_KINDS = (adaptive, mapping, parallel, sequence, step, supervise)  # imported so that each registers its runner
+# imported so that each registers its runner
+NODE_KINDS = (adaptive, mapping, parallel, sequence, step, supervise, waiting)
 
 
 class TaskRunner:
-    """Runs tasks with one protocol caller and one store."""
+    """Runs tasks with one protocol caller and one store. A run whose waits all end later than
+    `park_horizon` seconds from now parks instead of waiting in memory."""
 
     def __init__(
         self,
@@ -41,23 +47,33 @@ class TaskRunner:
         listeners: Sequence[EventListener] = (),
         limits: Limits | None = None,
         start_write_delay: float = 0.0,
+        waits: WaitStore | None = None,
+        park_horizon: float = 2.0,
     ) -> None:
         self.caller = caller
         self.start_write_delay = start_write_delay
         self.limits = limits or Limits()
         self.store = store
+        self.waits = waits
+        self.park_horizon = park_horizon
         self.replica_id = replica_id
         self.listeners = tuple(listeners)
 
     async def resume_from(
-        self, snapshot: task_pb2.Task, plan: Plan, lease_token: int, cancel_reason: dict[str, str] | None = None
+        self,
+        snapshot: task_pb2.Task,
+        plan: Plan,
+        lease_token: int,
+        cancel_reason: dict[str, str] | None = None,
+        signals: asyncio.Event | None = None,
     ) -> bytes:
-        """Run the task in `snapshot` to its end; return the live part of its header as last
-        written (see state.common.live_part): its final state, once written.
+        """Run the task in `snapshot` until it ends or parks; return the live part of its header as
+        last written (see state.common.live_part).
 
         Cancelling the coroutine with a reason in `cancel_reason["reason"]` marks the task
         CANCELLED; cancelling it without one (server shutdown) leaves it RUNNING for another
-        replica or a restart to resume. Raises LeaseLost if another replica took it over.
+        replica or a restart to resume. `signals` is set when the task has new signals to take
+        in. Raises LeaseLost if another replica took it over.
         """
         task = snapshot
         task_id_var.set(task.task_id)
@@ -70,13 +86,40 @@ class TaskRunner:
             listeners=self.listeners,
             limits=self.limits,
             start_write_delay=self.start_write_delay,
+            suspensions=Suspensions(self.park_horizon),
         )
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.step_count:
             await ctx.restore()
+        self._start(ctx, lease_token)
+        follower = None
+        if plan.suspends and self.waits is not None:
+            if plan.waits:
+                await self._take_in_signals(ctx)
+            me = asyncio.current_task()
+            if me is not None:
+
+                def park() -> None:
+                    me.cancel()
+
+                ctx.suspensions.request_park = park
+            if signals is not None and plan.waits:
+                follower = asyncio.get_running_loop().create_task(self._follow_signals(ctx, signals))
+        try:
+            await self._run(ctx, plan, cancel_reason)
+        finally:
+            ctx.suspensions.request_park = None  # nothing waits any more: the last write must not be cancelled
+            ctx.cancel_delayed_flush()
+            if follower is not None:
+                follower.cancel()
+        await ctx.checkpoint()
+        return ctx.written_live
+
+    def _start(self, ctx: RunContext, lease_token: int) -> None:
+        task = ctx.task
         # A lease taken over from a replica that died (or one that ran it before) is a resumption,
         # even if that replica died before writing anything: its call may have reached a plugin.
-        resumed = task.status == task_pb2.TASK_STATUS_RUNNING or lease_token > 1
+        resumed = task.status in (task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING) or lease_token > 1
         task.status = task_pb2.TASK_STATUS_RUNNING
         if not task.HasField("start_time"):
             task.start_time.CopyFrom(now())
@@ -87,45 +130,61 @@ class TaskRunner:
             data={"replica": self.replica_id, "lease": lease_token},
         )
         ctx.flush_within(self.start_write_delay)
+
+    async def _run(self, ctx: RunContext, plan: Plan, cancel_reason: dict[str, str] | None) -> None:
+        """Run the plan and record how it ended (or that it parked) in the task's header and log."""
+        deadline = _deadline(ctx.task, plan)
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(plan.task_timeout):
+            if (cancel_reason or {}).get("reason"):
+                raise asyncio.CancelledError  # cancelled before it began (a waiting task, cancelled)
+            async with asyncio.timeout_at(None if deadline is None else loop.time() + deadline - time.time()):
                 result = await execute(plan.root, plan.root.id, ctx.task_input, ctx, {})
             ctx.result = result.output
             self._finish(ctx, task_pb2.TASK_STATUS_COMPLETED, E.TASK_EVENT_TYPE_COMPLETED, "OK", "completed")
         except NodeFailed as exc:
             self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, exc.code, exc.message)
         except TimeoutError:
-            self._finish(
-                ctx,
-                task_pb2.TASK_STATUS_FAILED,
-                E.TASK_EVENT_TYPE_FAILED,
-                "DEADLINE_EXCEEDED",
-                f"the task timeout of {plan.task_timeout:g}s ran out",
-            )
+            message = f"the task timeout of {plan.task_timeout:g}s ran out"
+            self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, "DEADLINE_EXCEEDED", message)
         except asyncio.CancelledError:
             reason = (cancel_reason or {}).get("reason")
-            if reason is None:
+            if reason is None and not ctx.suspensions.parking:
                 raise
             current = asyncio.current_task()
             if current is not None:
-                current.uncancel()  # handled: the CANCELLED state is written below
-            self._finish(ctx, task_pb2.TASK_STATUS_CANCELLED, E.TASK_EVENT_TYPE_CANCELLED, "CANCELLED", reason)
+                current.uncancel()  # handled: the CANCELLED or WAITING state is written below
+            if reason is not None:
+                ctx.abandon_unfinished("CANCELLED", f"the task was cancelled: {reason}")
+                self._finish(ctx, task_pb2.TASK_STATUS_CANCELLED, E.TASK_EVENT_TYPE_CANCELLED, "CANCELLED", reason)
+            else:
+                due = ctx.suspensions.due(deadline)
+                ctx.task.status = task_pb2.TASK_STATUS_WAITING
+                ctx.due_ms = int(due * 1000) if due is not None else 0
+                ctx.header_changed = True
         except LeaseLost:
-            log.warning("task %s: lease %d lost; another replica owns it now", task.task_id, lease_token)
+            log.warning("task %s: lease %d lost; another replica owns it now", ctx.task.task_id, ctx.lease_token)
             raise
         except Exception as exc:  # a bug must fail its task, never leave it RUNNING forever
-            log.exception("task %s: internal error", task.task_id)
-            self._finish(
-                ctx,
-                task_pb2.TASK_STATUS_FAILED,
-                E.TASK_EVENT_TYPE_FAILED,
-                "INTERNAL",
-                f"internal error: {type(exc).__name__}: {exc}",
-            )
-        finally:
-            ctx.cancel_delayed_flush()
-        await ctx.checkpoint()
-        return ctx.written_live
+            log.exception("task %s: internal error", ctx.task.task_id)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            self._finish(ctx, task_pb2.TASK_STATUS_FAILED, E.TASK_EVENT_TYPE_FAILED, "INTERNAL", message)
+
+    async def _take_in_signals(self, ctx: RunContext) -> None:
+        """Learn the task's signals; take in those no run has taken in yet."""
+        assert self.waits is not None
+        records = await self.waits.read_signals(ctx.task.task_id)
+        ctx.take_in_signals(ctx.suspensions.known(records, ctx.consumed_signals()))
+
+    async def _follow_signals(self, ctx: RunContext, arrived: asyncio.Event) -> None:
+        """Take in new signals whenever the dispatcher says some came (run as a task)."""
+        while True:
+            await arrived.wait()
+            arrived.clear()
+            try:
+                await self._take_in_signals(ctx)
+            except Unavailable as exc:  # the next poll says so again
+                log.warning("task %s: cannot read its signals now: %s", ctx.task.task_id, exc)
 
     async def _input(self, task: task_pb2.Task) -> Payload:
         """The task's input: inline in the task, or in its value store when it is large."""
@@ -145,3 +204,11 @@ class TaskRunner:
             task.error.CopyFrom(status_pb2.Status(code=code_number(code), message=message))
         data: dict[str, Any] = {"code": code}
         ctx.emit(event, message=message, data=data)
+
+
+def _deadline(task: task_pb2.Task, plan: Plan) -> float | None:
+    """When the task's timeout runs out (Unix seconds), counted from its first start, whichever
+    life of the run this is."""
+    if plan.task_timeout is None:
+        return None
+    return task.start_time.ToNanoseconds() / 1e9 + plan.task_timeout

@@ -103,6 +103,23 @@ class Metrics:
         self.capacity_kept = Gauge(
             "mcp_capacity_kept_grants", "Grants this replica keeps for its next calls while nobody waits", registry=r
         )
+        self.tasks_waiting = Gauge(
+            "mcp_tasks_waiting", "Tasks whose every branch waits for a signal or a timer (all replicas)", registry=r
+        )
+        self.signals = Counter(
+            "mcp_signals_total",
+            "Signals sent to tasks, by outcome: taken (by a step), kept, sent (to the replica running the task), "
+            "repeated (a request_id seen before), or refused with its reason",
+            ["outcome"],
+            registry=r,
+        )
+        self.timers_fired = Counter("mcp_timers_fired_total", "Waits and sleeps their deadline ended", registry=r)
+        self.timer_lateness = Histogram(
+            "mcp_timer_lateness_seconds",
+            "How long after its deadline a wait or sleep ended",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
         self.capacity_waiters = Gauge(
             "mcp_capacity_waiters", "Calls of this replica waiting for capacity, by protocol", ["protocol"], registry=r
         )
@@ -114,10 +131,13 @@ class Metrics:
         if kind == E.TASK_EVENT_TYPE_STEP_STARTED:
             return
         if kind in STEP_ENDS:
+            data = event.data.fields
             if event.protocol:
-                data = event.data.fields
                 seconds = data["duration_ms"].number_value / 1000 if "duration_ms" in data else 0
                 self._step_child(event.protocol, STEP_ENDS[kind]).observe(seconds)
+            elif "timer_late_ms" in data:
+                self.timers_fired.inc()
+                self.timer_lateness.observe(max(0.0, data["timer_late_ms"].number_value / 1000))
         elif kind == E.TASK_EVENT_TYPE_QUEUED:
             self.tasks_submitted.labels(task.workflow_id).inc()
         elif kind in TERMINAL:

@@ -54,6 +54,7 @@ class GaugeSampler:
         await self._sample_capacity()
         try:
             depth = await self.store.queue.queue_depth_by_priority()
+            metrics.tasks_waiting.set(await self.store.waits.waiting_count())
         except McpError:
             return
         metrics.queue_depth.clear()

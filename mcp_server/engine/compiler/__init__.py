@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.compiler import composites, steps
+from mcp_server.engine.compiler import composites, steps, waits
 from mcp_server.engine.compiler.fields import bounded, duration, retry_policy
 from mcp_server.engine.compiler.scope import WORKFLOW_ID, Scope, compile_node
 from mcp_server.engine.plan import Plan, PlanNode, RetryPolicy
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
 
-NODE_KINDS = (composites, steps)  # imported so that each registers its builders
+NODE_KINDS = (composites, steps, waits)  # imported so that each registers its builders
 
 
 def compile_workflow(
@@ -87,4 +87,6 @@ def compile_workflow(
         depth=scope.depth,
         protocols=frozenset(scope.protocols),
         protocol_uses=tuple(scope.uses),
+        waits=dict(scope.waits),
+        suspends=scope.suspends,
     )

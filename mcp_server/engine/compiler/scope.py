@@ -42,6 +42,8 @@ class Scope:
     depth: int = 0
     protocols: set[str] = field(default_factory=set)
     uses: list[tuple[str, str]] = field(default_factory=list)
+    waits: dict[str, Any] = field(default_factory=dict)  # wait plans by node id
+    suspends: bool = False  # a wait or a sleep was compiled
 
 
 Builder = Callable[[str, Any, str, Scope, int], PlanNode | None]
@@ -107,6 +109,8 @@ def compile_node(node: workflow_pb2.Node, path: str, scope: Scope, depth: int, d
     kind = node.WhichOneof("kind")
     builder = BUILDERS.get(kind or "")
     if builder is None:
-        scope.violations.add(path, "a node must be one of step, sequence, parallel, map, supervise, adaptive")
+        scope.violations.add(
+            path, "a node must be one of step, sequence, parallel, map, supervise, adaptive, wait, sleep"
+        )
         return None
     return builder(node_id, getattr(node, kind or ""), f"{path}.{kind}", scope, depth)

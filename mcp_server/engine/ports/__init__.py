@@ -6,6 +6,7 @@ from mcp_server.engine.ports.queue import TaskQueue
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, RegistryStore
 from mcp_server.engine.ports.store import Store, StoreConnection
 from mcp_server.engine.ports.tasks import Checkpoint, EventListener, StepRecord, TaskFilter, TaskPage, TaskStore
+from mcp_server.engine.ports.waits import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord, WaitStore
 from mcp_server.engine.ports.workflows import WorkflowStore
 
 __all__ = [
@@ -19,6 +20,9 @@ __all__ = [
     "ProtocolCallError",
     "ProtocolCaller",
     "RegistryStore",
+    "SignalDelivery",
+    "SignalOutcome",
+    "SignalRecord",
     "StepRecord",
     "Store",
     "StoreConnection",
@@ -26,5 +30,7 @@ __all__ = [
     "TaskPage",
     "TaskQueue",
     "TaskStore",
+    "WaitRecord",
+    "WaitStore",
     "WorkflowStore",
 ]

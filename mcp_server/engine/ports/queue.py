@@ -44,6 +44,11 @@ class TaskQueue(Protocol):
         """The first queued task, leased to `owner` (with its new fencing token); None if none waits."""
         ...
 
+    async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
+        """Lease a WAITING task to `owner` at once, queued or not (to cancel it, or to resume it
+        where its signal came); None if it is not waiting (any more)."""
+        ...
+
     async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
         """Renew the leases {task_id: token} in one call; return the task ids whose lease is lost."""
         ...

@@ -8,6 +8,7 @@ from typing import Protocol
 from mcp_server.engine.ports.queue import TaskQueue
 from mcp_server.engine.ports.registry import CapacityLedger, RegistryStore
 from mcp_server.engine.ports.tasks import TaskStore
+from mcp_server.engine.ports.waits import WaitStore
 from mcp_server.engine.ports.workflows import WorkflowStore
 
 
@@ -31,6 +32,7 @@ class Store:
     queue: TaskQueue
     registry: RegistryStore
     capacity: CapacityLedger
+    waits: WaitStore
     connection: StoreConnection
 
     async def ping(self) -> None:

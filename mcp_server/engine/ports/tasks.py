@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.ports.waits import WaitRecord
 
 EventListener = Callable[[task_pb2.Task, task_pb2.TaskEvent], None]
 """Told of every event a run emits, as it is emitted (for metrics, traces, logs). It must not
@@ -43,6 +44,12 @@ class Checkpoint:
     events: Sequence[task_pb2.TaskEvent] = ()
     # serialized Values by SHA-256 that the task's value store does not hold yet
     values: Mapping[str, bytes] = field(default_factory=dict)
+    # wait and sleep steps that began or stopped waiting: path -> WaitRecord, or None once it stopped
+    waits: Mapping[str, WaitRecord | None] = field(default_factory=dict)
+    # signals the run took in: index -> (its SIGNAL_RECEIVED event's sequence, the step it went to or "")
+    signals_taken: Mapping[int, tuple[int, str]] = field(default_factory=dict)
+    # with status WAITING: when the task is due to resume (Unix ms; 0: only a signal resumes it)
+    due_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from mcp_server.state.redis.queue import RedisQueue
 from mcp_server.state.redis.registry import RedisRegistry
 from mcp_server.state.redis.streams import StreamHub
 from mcp_server.state.redis.tasks import RedisTasks
+from mcp_server.state.redis.waits import RedisWaits
 from mcp_server.state.redis.workflows import RedisWorkflows
 
 
@@ -57,5 +58,6 @@ async def open_redis(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
         queue=RedisQueue(conn, hub, tasks),
         registry=RedisRegistry(conn),
         capacity=RedisCapacity(conn),
+        waits=RedisWaits(conn, hub),
         connection=conn,
     )

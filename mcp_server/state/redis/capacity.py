@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import CapacityRequest
 from mcp_server.state.common import (
     now_seconds,
@@ -13,8 +12,6 @@ from mcp_server.state.common import (
 from mcp_server.state.redis import capacity_lua as lua
 from mcp_server.state.redis.connection import RedisConnection
 from mcp_server.state.redis.opening import text
-
-PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
 
 
 class RedisCapacity:

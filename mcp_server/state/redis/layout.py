@@ -12,6 +12,8 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:l           leases: zset task_id -> expiry (ms)
     P{T}:x           retention: zset task_id -> when a finished task is purged (ms)
     P{T}:c           cancel requests: zset task_id -> when it was asked (ms), until the task ends
+    P{T}:d           due times: zset task_id -> when a WAITING task resumes without a signal (ms)
+    P{T}:sg          signals not taken in by the replica holding the task: zset task_id -> when (ms)
     P{T}:w           the wake-up stream of this replica set's watchers (see streams.py)
     P{T}:i:<index>   listing indexes: zset task_id -> create micros; <index> is `a` (all),
                      `s:<status>`, `o:<owner>`, `os:<status>:<owner>`, `w:<workflow>`, `ws:<status>:<workflow>`
@@ -21,6 +23,9 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:t:<id>:o    step order: hash index -> path
     P{T}:t:<id>:e    events: stream, entry id 0-<sequence>
     P{T}:t:<id>:v    large values: hash SHA-256 -> serialized Value
+    P{T}:t:<id>:g    signals: hash n (how many), tk (how many taken in), <index> -> SignalTaskRequest,
+                     s:<index> -> `<SIGNAL_RECEIVED sequence>|<step>`, r:<request_id> -> index
+    P{T}:t:<id>:w    waiting steps: hash path -> `<signal>|<deadline ms>|<since ms>|<assigned index>`
     P{wf}:...        workflows;  P{reg}:...  registry and breakers;  P{meta}:layout  the layout
     P{cap}:...       the capacity ledger of plugin instances: grants, waiters, capacities, use
 """
@@ -57,6 +62,8 @@ class TaskKeys:
     order: str
     events: str
     values: str
+    signals: str
+    waits: str
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -90,7 +97,7 @@ class Layout:
 
     def task(self, task_id: str) -> TaskKeys:
         head = f"{self.base(self.partition_of(task_id))}t:{task_id}"
-        return TaskKeys(head, f"{head}:s", f"{head}:o", f"{head}:e", f"{head}:v")
+        return TaskKeys(head, f"{head}:s", f"{head}:o", f"{head}:e", f"{head}:v", f"{head}:g", f"{head}:w")
 
     def task_prefix(self, partition: int) -> str:
         """What a script prepends to a task id to name its header (and, with a suffix, its other keys)."""
@@ -108,6 +115,14 @@ class Layout:
     def cancels(self, partition: int) -> str:
         """Cancel requests for tasks of this partition: zset task_id -> when it was asked (ms)."""
         return f"{self.base(partition)}c"
+
+    def due(self, partition: int) -> str:
+        """When WAITING tasks of this partition resume without a signal: zset task_id -> ms."""
+        return f"{self.base(partition)}d"
+
+    def signals_pending(self, partition: int) -> str:
+        """Tasks of this partition holding signals their replica has not taken in: zset task_id -> ms."""
+        return f"{self.base(partition)}sg"
 
     def wake(self, partition: int) -> str:
         return f"{self.base(partition)}w"

@@ -26,7 +26,7 @@ from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
 from mcp_server.state.redis.streams import StreamHub
 from mcp_server.state.redis.tasks import RedisTasks
 
-PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
+PENDING, RUNNING, WAITING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING
 
 
 class RedisQueue(CreateTask):
@@ -42,6 +42,7 @@ class RedisQueue(CreateTask):
         self._renew = conn.register(lua.RENEW_LEASES)
         self._release = conn.register(lua.RELEASE_EXPIRED)
         self._cancel = conn.register(lua.CANCEL_PENDING)
+        self._claim_waiting = conn.register(lua.CLAIM_WAITING)
         self._queue_length: tuple[float, int] = (0.0, 0)
 
     async def create_leased(
@@ -133,7 +134,7 @@ class RedisQueue(CreateTask):
         bound = repr(heads[order[1]][0]) if len(order) > 1 else "+inf"
         reply = await self.conn.do(
             self._claim(
-                keys=[self.layout.queue(best), self.layout.leases(best)],
+                keys=[self.layout.queue(best), self.layout.leases(best), self.layout.due(best)],
                 args=[
                     int((now_seconds() + lease_seconds) * 1000),
                     owner,
@@ -142,10 +143,26 @@ class RedisQueue(CreateTask):
                     bound,
                     PENDING,
                     RUNNING,
+                    WAITING,
                 ],
             )
         )
         return [(assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
+
+    async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
+        partition = self.layout.partition_of(task_id)
+        reply = await self.conn.do(
+            self._claim_waiting(
+                keys=[
+                    self.layout.task(task_id).header,
+                    self.layout.leases(partition),
+                    self.layout.queue(partition),
+                    self.layout.due(partition),
+                ],
+                args=[task_id, owner, int((now_seconds() + lease_seconds) * 1000), WAITING],
+            )
+        )
+        return (assemble(reply[0], reply[1]), int(reply[2])) if reply else None
 
     async def _queue_heads(self) -> dict[int, tuple[float, bytes]]:
         """Each non-empty partition's first entry: (-priority, `<create micros>:<task id>`)."""

@@ -32,9 +32,9 @@ return {1, token}
 """
 
 
-# KEYS: queue, leases
+# KEYS: queue, leases, due times
 # ARGV: lease expiry ms, holder, task key prefix, how many, worst score to take (or '+inf'),
-#       the statuses that may run (pending, running)
+#       the statuses that may run (pending, running, waiting)
 # -> {fixed, live, token, ...} for each task claimed
 CLAIM_TASKS = """
 local claimed = {}
@@ -48,7 +48,8 @@ while #claimed < 3 * tonumber(ARGV[4]) do
   local task_id = string.sub(popped[1], 18)
   local head = ARGV[3] .. task_id
   local status = redis.call('HGET', head, 'st')
-  if status == ARGV[6] or status == ARGV[7] then
+  if status == ARGV[6] or status == ARGV[7] or status == ARGV[8] then
+    redis.call('ZREM', KEYS[3], task_id)  -- a waiting task resumes: its timer is done with
     local token = redis.call('HINCRBY', head, 'tok', 1)
     redis.call('HSET', head, 'by', ARGV[2])
     redis.call('ZADD', KEYS[2], ARGV[1], task_id)
@@ -112,3 +113,18 @@ expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
 return 1
 """
 )
+
+
+# KEYS: header, leases, queue, due times; ARGV: task_id, holder, lease expiry ms, waiting
+# -> {fixed, live, token} when the task waited (unleased), else nothing
+CLAIM_WAITING = """
+local f = redis.call('HMGET', KEYS[1], 'st', 'qm')
+if f[1] ~= ARGV[4] or redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {} end
+redis.call('ZREM', KEYS[3], f[2])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local token = redis.call('HINCRBY', KEYS[1], 'tok', 1)
+redis.call('HSET', KEYS[1], 'by', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local parts = redis.call('HMGET', KEYS[1], 'f', 'v')
+return {parts[1], parts[2], token}
+"""

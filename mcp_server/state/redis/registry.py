@@ -6,10 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mcp_sdk.proto import registry_pb2, task_pb2
+from mcp_sdk.proto import registry_pb2
 from mcp_server.state.redis.connection import RedisConnection
-
-PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
 
 
 class RedisRegistry:

@@ -23,8 +23,6 @@ from mcp_server.state.redis import tasks_lua as lua
 from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
 from mcp_server.state.redis.streams import StreamHub
 
-PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
-
 
 class RedisTasks:
     """TaskStore on Redis."""
@@ -143,6 +141,7 @@ class RedisTasks:
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         partition = self.layout.partition_of(checkpoint.task_id)
         keys = self.layout.task(checkpoint.task_id)
+        waiting = checkpoint.status == task_pb2.TASK_STATUS_WAITING
         args: list[Any] = [
             checkpoint.lease_token,
             checkpoint.live,
@@ -152,6 +151,8 @@ class RedisTasks:
             BACKSTOP_MS,
             self.layout.index_prefix(partition),
             checkpoint.task_id,
+            int(waiting),
+            checkpoint.due_ms if waiting else 0,
             len(checkpoint.steps),
         ]
         for step in checkpoint.steps:
@@ -159,6 +160,12 @@ class RedisTasks:
         args.append(len(checkpoint.values))
         for digest, data in checkpoint.values.items():
             args += [digest, data]
+        args.append(len(checkpoint.waits))
+        for path, record in checkpoint.waits.items():
+            args += [path, record.encode() if record is not None else ""]
+        args.append(len(checkpoint.signals_taken))
+        for index, (sequence, assigned) in checkpoint.signals_taken.items():
+            args += [index, f"{sequence}|{assigned}"]
         for event in checkpoint.events:
             args += [event.sequence, event.SerializeToString()]
         await self.conn.write(
@@ -168,6 +175,11 @@ class RedisTasks:
                 self.layout.leases(partition),
                 self.layout.expiry(partition),
                 self.layout.cancels(partition),
+                keys.signals,
+                keys.waits,
+                self.layout.due(partition),
+                self.layout.signals_pending(partition),
+                self.layout.queue(partition),
             ],
             args,
         )

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from mcp_server.state.redis.status_lua import MOVE_STATUS
 
-# KEYS: header, steps, order, events, values, leases, retention, cancel requests
+# KEYS: header, steps, order, events, values, leases, retention, cancel requests, signals, waits,
+#       due times, signals pending, queue
 # ARGV: token, live, status, terminal (0/1), retention ms, backstop ms, index prefix, task_id,
-#       #steps, then (index, path, record) triples, #values, then (digest, value) pairs,
-#       then (sequence, event) pairs
+#       waiting (0/1), due ms (0: none), #steps, then (index, path, record) triples, #values, then
+#       (digest, value) pairs, #waits, then (path, record or '' once it stopped) pairs, #signals
+#       taken in, then (index, '<sequence>|<step>') pairs, then (sequence, event) pairs
 CHECKPOINT = (
     MOVE_STATUS
     + """
@@ -18,8 +20,8 @@ if redis.call('HGET', head, 'tok') ~= ARGV[1] then return redis.error_reply('LEA
 local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq')
 redis.call('HSET', head, 'v', ARGV[2], 'st', ARGV[3])
 move_status(ARGV[7], ARGV[8], fields[1], ARGV[3], fields[2], fields[3], fields[4])
-local i = 10
-for _ = 1, tonumber(ARGV[9]) do
+local i = 12
+for _ = 1, tonumber(ARGV[11]) do
   redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   i = i + 3
@@ -29,6 +31,28 @@ i = i + 1
 for _ = 1, values do
   redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 1])
   i = i + 2
+end
+local waits = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, waits do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[10], ARGV[i])
+  else
+    redis.call('HSET', KEYS[10], ARGV[i], ARGV[i + 1])
+  end
+  i = i + 2
+end
+local taken = tonumber(ARGV[i])
+i = i + 1
+if taken > 0 then
+  local through = tonumber(redis.call('HGET', KEYS[9], 'tk') or '0')
+  for _ = 1, taken do
+    redis.call('HSET', KEYS[9], 's:' .. ARGV[i], ARGV[i + 1])
+    if tonumber(ARGV[i]) > through then through = tonumber(ARGV[i]) end
+    i = i + 2
+  end
+  redis.call('HSET', KEYS[9], 'tk', through)
+  if through >= tonumber(redis.call('HGET', KEYS[9], 'n') or '0') then redis.call('ZREM', KEYS[12], ARGV[8]) end
 end
 -- events already in the log were written by an earlier run of this same call: skip them
 local last = tonumber(fields[5] or '0')
@@ -48,6 +72,22 @@ if ARGV[4] == '1' then
   local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5])
   redis.call('ZADD', KEYS[7], due, ARGV[8])
   expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
+elseif ARGV[9] == '1' then
+  -- parked: no lease; a timer (if any) resumes it, and so do signals or a cancel request that came
+  -- while it was being parked
+  redis.call('ZREM', KEYS[6], ARGV[8])
+  if ARGV[10] ~= '0' then
+    redis.call('ZADD', KEYS[11], ARGV[10], ARGV[8])
+  else
+    redis.call('ZREM', KEYS[11], ARGV[8])
+  end
+  local signals = tonumber(redis.call('HGET', KEYS[9], 'n') or '0')
+  local through = tonumber(redis.call('HGET', KEYS[9], 'tk') or '0')
+  if signals > through or redis.call('HEXISTS', head, 'cx') == 1 then
+    local q = redis.call('HMGET', head, 'qm', 'pr')
+    redis.call('ZADD', KEYS[13], -tonumber(q[2]), q[1])
+  end
+  redis.call('ZREM', KEYS[12], ARGV[8])
 end
 return 1
 """
@@ -68,7 +108,7 @@ for _, task_id in ipairs(due) do
       redis.call('ZREM', idx .. key, task_id)
     end
   end
-  redis.call('DEL', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v')
+  redis.call('DEL', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v', head .. ':g', head .. ':w')
   redis.call('ZREM', KEYS[1], task_id)
 end
 return #due

@@ -3,15 +3,13 @@ the latest version of each, and the ids in order, all in the slot tagged {wf}.""
 
 from __future__ import annotations
 
-from mcp_sdk.proto import task_pb2, workflow_pb2
+from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.context import now
 from mcp_server.state.common import (
     decode_token,
     encode_token,
 )
 from mcp_server.state.redis.connection import RedisConnection
-
-PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
 
 
 class RedisWorkflows:

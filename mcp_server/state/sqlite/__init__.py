@@ -8,6 +8,7 @@ from mcp_server.state.sqlite.database import SqliteDatabase
 from mcp_server.state.sqlite.queue import SqliteQueue
 from mcp_server.state.sqlite.registry import SqliteRegistry
 from mcp_server.state.sqlite.tasks import SqliteTasks
+from mcp_server.state.sqlite.waits import SqliteWaits
 from mcp_server.state.sqlite.workflows import SqliteWorkflows
 
 
@@ -22,5 +23,6 @@ async def open_sqlite(path: str, retention_seconds: float = 7 * 24 * 3600.0) -> 
         queue=SqliteQueue(db),
         registry=SqliteRegistry(db),
         capacity=SqliteCapacity(),
+        waits=SqliteWaits(db),
         connection=db,
     )

@@ -57,7 +57,18 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS protocol_instances (
   name TEXT NOT NULL, address TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (name, address));
 CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signals (
+  task_id TEXT NOT NULL, idx INTEGER NOT NULL, request_id TEXT NOT NULL, data BLOB NOT NULL,
+  sequence INTEGER NOT NULL DEFAULT 0, assigned TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (task_id, idx)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS signals_by_request ON signals (task_id, request_id) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS signals_untaken ON signals (task_id) WHERE sequence = 0;
+CREATE TABLE IF NOT EXISTS waits (
+  task_id TEXT NOT NULL, path TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (task_id, path)) WITHOUT ROWID;
 """
+# Columns added since state layout 2 was first written: a file without them gets them at open.
+ADDED_COLUMNS = {"due_at": "ALTER TABLE tasks ADD COLUMN due_at REAL"}
+ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at) WHERE due_at IS NOT NULL;"
 
 
 class SqliteDatabase:
@@ -141,6 +152,11 @@ def _connect(path: str) -> sqlite3.Connection:
             + LAYOUT_MISMATCH.format(found=found[0] if found else 1, wanted=LAYOUT_VERSION)
         )
     db.executescript(SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    for column, alter in ADDED_COLUMNS.items():
+        if column not in columns:
+            db.execute(alter)
+    db.executescript(ADDED_INDEXES)
     with db:
         db.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (str(LAYOUT_VERSION),))
         # One process owns the file, so a lease found at open belongs to a process that is gone:

@@ -115,10 +115,30 @@ class SqliteQueue(CreateTask):
             token = int(row[3]) + 1
             with db:
                 db.execute(
-                    "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=? WHERE task_id=?",
+                    "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=?, due_at=NULL"
+                    " WHERE task_id=?",
                     (owner, token, now_seconds() + lease_seconds, row[0]),
                 )
             return assemble(row[1], row[2]), token
+
+        return await self.db.run(claim)
+
+    async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
+        def claim(db: sqlite3.Connection) -> tuple[task_pb2.Task, int] | None:
+            row = db.execute(
+                "SELECT fixed, live, lease_token FROM tasks WHERE task_id=? AND status=? AND lease_expires IS NULL",
+                (task_id, task_pb2.TASK_STATUS_WAITING),
+            ).fetchone()
+            if row is None:
+                return None
+            token = int(row[2]) + 1
+            with db:
+                db.execute(
+                    "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=?, due_at=NULL"
+                    " WHERE task_id=?",
+                    (owner, token, now_seconds() + lease_seconds, task_id),
+                )
+            return assemble(row[0], row[1]), token
 
         return await self.db.run(claim)
 

@@ -86,22 +86,25 @@ class SqliteTasks:
 
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         terminal = checkpoint.status in TERMINAL
+        waiting = checkpoint.status == task_pb2.TASK_STATUS_WAITING
         last = checkpoint.events[-1].sequence if checkpoint.events else 0
+        due = checkpoint.due_ms / 1000 if waiting and checkpoint.due_ms else None
 
         def write(db: sqlite3.Connection) -> None:
             with db:
                 updated = db.execute(
                     "UPDATE tasks SET live=?, status=?, last_sequence=MAX(last_sequence, ?), "
                     "lease_expires=CASE WHEN ? THEN NULL ELSE lease_expires END,"
-                    " finished_at=CASE WHEN ? THEN ? ELSE NULL END "
+                    " finished_at=CASE WHEN ? THEN ? ELSE NULL END, due_at=? "
                     "WHERE task_id=? AND lease_token=?",
                     (
                         checkpoint.live,
                         checkpoint.status,
                         last,
-                        terminal,
+                        terminal or waiting,
                         terminal,
                         now_seconds(),
+                        due,
                         checkpoint.task_id,
                         checkpoint.lease_token,
                     ),
@@ -120,6 +123,8 @@ class SqliteTasks:
                     "INSERT OR IGNORE INTO events VALUES (?,?,?)",
                     [(e.task_id, e.sequence, e.SerializeToString()) for e in checkpoint.events],
                 )
+                if checkpoint.waits or checkpoint.signals_taken or waiting:
+                    _write_waits(db, checkpoint, waiting)
 
         await self.db.run(write)
         self.db.written(checkpoint.task_id, checkpoint.events)
@@ -155,7 +160,7 @@ class SqliteTasks:
 
         def purge(db: sqlite3.Connection) -> int:
             with db:
-                for table in ("events", "steps", "task_values"):
+                for table in ("events", "steps", "task_values", "signals", "waits"):
                     db.execute(
                         f"DELETE FROM {table} WHERE task_id IN (SELECT task_id FROM tasks WHERE finished_at < ?)",
                         (cutoff,),
@@ -163,3 +168,24 @@ class SqliteTasks:
                 return int(db.execute("DELETE FROM tasks WHERE finished_at < ?", (cutoff,)).rowcount)
 
         return await self.db.run(purge)
+
+
+def _write_waits(db: sqlite3.Connection, checkpoint: Checkpoint, waiting: bool) -> None:
+    """The waits and signals a checkpoint changes; a task written WAITING that has signals not
+    taken in, or a cancel request, is queued at once (they came while it was being parked)."""
+    task_id = checkpoint.task_id
+    for path, record in checkpoint.waits.items():
+        if record is None:
+            db.execute("DELETE FROM waits WHERE task_id=? AND path=?", (task_id, path))
+        else:
+            db.execute("INSERT OR REPLACE INTO waits VALUES (?,?,?)", (task_id, path, record.encode()))
+    db.executemany(
+        "UPDATE signals SET sequence=?, assigned=? WHERE task_id=? AND idx=?",
+        [(sequence, assigned, task_id, index) for index, (sequence, assigned) in checkpoint.signals_taken.items()],
+    )
+    if waiting:
+        db.execute(
+            "UPDATE tasks SET queued=1 WHERE task_id=? AND (cancel_reason IS NOT NULL OR EXISTS "
+            "(SELECT 1 FROM signals WHERE task_id=? AND sequence=0))",
+            (task_id, task_id),
+        )

@@ -1,0 +1,52 @@
+"""Compiling the nodes that wait: a wait for a signal, and a sleep until a time."""
+
+from __future__ import annotations
+
+import re
+
+from mcp_sdk.proto import workflow_pb2
+from mcp_server.engine.compiler.fields import MAX_DURATION_SECONDS, duration, expression
+from mcp_server.engine.compiler.scope import Scope, builds
+from mcp_server.engine.plan import SleepPlan, WaitPlan
+from mcp_server.engine.schemas import SchemaInvalid, compile_schema
+from mcp_server.engine.values import struct_to_dict
+
+SIGNAL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@builds("wait")
+def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Scope, depth: int) -> WaitPlan:
+    if not SIGNAL_NAME.match(wait.signal):
+        scope.violations.add(f"{path}.signal", "a signal name is 1-64 letters, digits, '.', '_' or '-'")
+    zero = wait.timeout.seconds == 0 and wait.timeout.nanos == 0  # zero: as long as the task may run
+    timeout = None if zero else duration(wait, "timeout", f"{path}.timeout", scope.violations)
+    if wait.on_timeout and timeout is None:
+        scope.violations.add(f"{path}.on_timeout", "needs a timeout: without one the wait lasts as long as the task")
+    schema = None
+    if wait.HasField("schema"):
+        try:
+            schema = compile_schema(struct_to_dict(wait.schema))
+        except SchemaInvalid as exc:
+            scope.violations.add(f"{path}.schema", str(exc))
+    plan = WaitPlan(
+        id=node_id,
+        signal=wait.signal,
+        timeout=timeout,
+        on_timeout=expression(wait.on_timeout, f"{path}.on_timeout", scope),
+        prompt=expression(wait.prompt, f"{path}.prompt", scope),
+        schema=schema,
+    )
+    scope.waits[node_id] = plan
+    scope.suspends = True
+    return plan
+
+
+@builds("sleep")
+def compile_sleep(node_id: str, sleep: workflow_pb2.SleepNode, path: str, scope: Scope, depth: int) -> SleepPlan:
+    scope.suspends = True
+    seconds = duration(sleep, "duration", f"{path}.duration", scope.violations)
+    if sleep.HasField("duration") == bool(sleep.until):
+        scope.violations.add(
+            path, f"a sleep needs either a duration (at most {MAX_DURATION_SECONDS} s) or `until`, not both"
+        )
+    return SleepPlan(node_id, seconds, expression(sleep.until, f"{path}.until", scope))

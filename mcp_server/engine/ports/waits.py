@@ -1,0 +1,103 @@
+"""The waits port: signals sent to tasks, the steps that wait, and the timers of waiting tasks.
+
+A branch that waits writes its wait (signal name, deadline) with its checkpoint. When every live
+branch of a task waits, the run writes the task WAITING: it gives up its lease, and its earliest
+deadline goes into a due-time index every replica polls (`release_due`). A signal is appended to
+the task's signal log, in order and once per request_id (`send_signal`); it re-queues a waiting
+task, or is taken in by the run that holds the task (`pending_signals` tells it there are some).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mcp_sdk.proto import task_pb2
+
+
+@dataclass(frozen=True)
+class WaitRecord:
+    """A step that waits: for `signal` ("" for a sleep), until `deadline_ms` (Unix ms; 0: no
+    deadline of its own), since `since_ms`; `assigned` is the SIGNAL_RECEIVED sequence of a
+    signal already on its way to it (0: none)."""
+
+    signal: str
+    deadline_ms: int
+    since_ms: int
+    assigned: int = 0
+
+    def encode(self) -> str:
+        return f"{self.signal}|{self.deadline_ms}|{self.since_ms}|{self.assigned}"
+
+    @classmethod
+    def decode(cls, text: str) -> WaitRecord:
+        signal, deadline, since, assigned = text.rsplit("|", 3)
+        return cls(signal, int(deadline), int(since), int(assigned))
+
+
+@dataclass(frozen=True)
+class SignalRecord:
+    """One signal of a task's log. `index` orders the log (1, 2, ...); `sequence` is its
+    SIGNAL_RECEIVED event (0 until the task took it in) and `assigned` the step it went to
+    ("" while it is kept for the next wait of its name)."""
+
+    index: int
+    request: task_pb2.SignalTaskRequest  # signal, payload, request_id, step_path (its target)
+    sequence: int = 0
+    assigned: str = ""
+
+
+@dataclass(frozen=True)
+class SignalDelivery:
+    """How a signal is written when no replica holds the task (it is queued or waiting): its
+    SIGNAL_RECEIVED event and the step it goes to are written with it, compare-and-set on the
+    task's last sequence (`expected_sequence`); `live` is the task's live part with that event
+    counted, `wait` the new record of the step it goes to."""
+
+    expected_sequence: int
+    event: task_pb2.TaskEvent
+    live: bytes
+    assigned: str = ""
+    wait: WaitRecord | None = None
+
+
+@dataclass(frozen=True)
+class SignalOutcome:
+    """What `send_signal` did. `status`: "delivered" (written with its event), "appended" (the
+    replica holding the task takes it in), "duplicate" (its request_id was seen: `record` is the
+    first), "stale" (the task changed since it was read: read it and try again), "finished"."""
+
+    status: str
+    record: SignalRecord | None = None
+
+
+class WaitStore(Protocol):
+    async def read_signals(self, task_id: str) -> list[SignalRecord]:
+        """The task's signal log, in order."""
+        ...
+
+    async def read_waits(self, task_id: str) -> dict[str, WaitRecord]:
+        """The steps of the task that wait now, by path."""
+        ...
+
+    async def send_signal(
+        self, task_id: str, request: task_pb2.SignalTaskRequest, delivery: SignalDelivery
+    ) -> SignalOutcome:
+        """Append a signal to a task that has not finished, once per request_id. If a replica holds
+        the task (it runs), the signal waits there to be taken in; otherwise it is written with
+        `delivery`, and a waiting task is queued to resume."""
+        ...
+
+    async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of `task_ids` that have signals not taken in yet."""
+        ...
+
+    async def release_due(self) -> int:
+        """Queue every waiting task whose due time has come (each once, whichever replica asks);
+        return how many."""
+        ...
+
+    async def waiting_count(self) -> int:
+        """How many tasks are WAITING now."""
+        ...

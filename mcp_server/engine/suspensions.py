@@ -1,0 +1,182 @@
+"""A run's waits and signals: which steps wait for what, which signals the task has, and when the
+whole run waits, so that it parks (the task is written WAITING and gives up its lease and slot).
+
+Signals are taken in in the order of the task's log. Each goes to the step it names, else to the
+step that has waited longest for its name, else it is kept for the next wait of that name. A
+signal goes to one step only, and a step takes one signal: the completed wait step records the
+signal's SIGNAL_RECEIVED sequence, so a resumed run knows which signals were used.
+
+The run parks when every leaf in progress (step call, wait, sleep) is a wait or sleep not due
+within `park_horizon` seconds, and still is `PARK_DELAY` later (a branch between two steps is
+not a leaf in progress for that instant; the delay lets it start its next one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from mcp_server.engine.payload import Payload
+from mcp_server.engine.ports import SignalRecord, WaitRecord
+
+PARK_DELAY = 0.01
+
+
+@dataclass
+class Signal:
+    """A signal as the run knows it."""
+
+    index: int
+    name: str
+    payload: Payload
+    request_id: str
+    target: str
+    sequence: int = 0  # its SIGNAL_RECEIVED event
+    assigned: str = ""  # the step it goes to ("" while kept)
+    consumed: bool = False
+
+    @classmethod
+    def of(cls, record: SignalRecord) -> Signal:
+        request = record.request
+        payload = Payload.of_bytes(request.payload.SerializeToString())
+        return cls(record.index, request.signal, payload, request.request_id, request.step_path, record.sequence)
+
+
+@dataclass
+class Waiter:
+    path: str
+    signal: str  # "" for a sleep
+    deadline: float | None  # Unix seconds
+    since_ms: int
+    future: asyncio.Future[Signal] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Suspensions:
+    """The waits and signals of one run (see the module's docstring)."""
+
+    def __init__(self, park_horizon: float) -> None:
+        self.park_horizon = park_horizon
+        self.signals: dict[int, Signal] = {}
+        self.waiters: dict[str, Waiter] = {}
+        self.live_leaves = 0
+        self.parking = False
+        self.request_park: Callable[[], None] | None = None
+        # what the next checkpoint writes
+        self.taken: dict[int, tuple[int, str]] = {}
+        self.waits_changed: dict[str, WaitRecord | None] = {}
+        self._generation = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ---- signals ------------------------------------------------------------------------
+    def known(self, records: Iterable[SignalRecord], consumed: set[int]) -> list[SignalRecord]:
+        """Learn the task's signal log (at resume, and as it grows); return the records not taken
+        in yet, to take in. `consumed`: the sequences of signals completed wait steps took."""
+        fresh = []
+        for record in records:
+            if record.index in self.signals:
+                continue
+            if record.sequence == 0:
+                fresh.append(record)
+                continue
+            signal = Signal.of(record)
+            signal.assigned = record.assigned
+            signal.consumed = record.sequence in consumed
+            self.signals[record.index] = signal
+        return fresh
+
+    def take_in(self, record: SignalRecord, sequence: int) -> Signal:
+        """A new signal, its SIGNAL_RECEIVED event being `sequence`: it goes to the step it names,
+        or the step waiting longest for its name, or it is kept. A waiting step gets it at once."""
+        signal = Signal.of(record)
+        signal.sequence = sequence
+        if signal.target:
+            signal.assigned = signal.target
+        else:
+            waiting = [w for w in self.waiters.values() if w.signal == signal.name and not w.future.done()]
+            if waiting:
+                signal.assigned = min(waiting, key=lambda w: (w.since_ms, w.path)).path
+        self.signals[signal.index] = signal
+        self.taken[signal.index] = (sequence, signal.assigned)
+        waiter = self.waiters.get(signal.assigned)
+        if waiter is not None and waiter.signal == signal.name and not waiter.future.done():
+            waiter.future.set_result(signal)
+        return signal
+
+    def signal_for(self, path: str, name: str) -> Signal | None:
+        """A signal for the wait at `path`: one assigned to it, else the first kept one of its name."""
+        mine = [s for s in self.signals.values() if s.assigned == path and s.name == name and not s.consumed]
+        kept = [s for s in self.signals.values() if not s.assigned and s.name == name and not s.consumed]
+        for signal in sorted(mine or kept, key=lambda s: s.index):
+            signal.assigned = path
+            return signal
+        return None
+
+    # ---- waits ----------------------------------------------------------------------------
+    def wait(self, path: str, signal: str, deadline: float | None, since_ms: int) -> Waiter:
+        """Register the wait at `path` (written with the next checkpoint) and return its waiter."""
+        waiter = self.waiters[path] = Waiter(path, signal, deadline, since_ms)
+        self.waits_changed[path] = WaitRecord(signal, int(deadline * 1000) if deadline else 0, since_ms)
+        self._changed()
+        return waiter
+
+    def ended(self, path: str, signal: Signal | None) -> None:
+        """The wait at `path` is over (with `signal`, or without: timed out, cancelled). Not when
+        the run parks: its waits stay as they are, for `due` and for the run's next life."""
+        if self.parking:
+            return
+        if self.waiters.pop(path, None) is not None:
+            self.waits_changed[path] = None
+        if signal is not None:
+            signal.consumed = True
+        self._changed()
+
+    def leaf_started(self) -> None:
+        self.live_leaves += 1
+        self._changed()
+
+    def leaf_ended(self) -> None:
+        self.live_leaves -= 1
+        self._changed()
+
+    def due(self, task_deadline: float | None) -> float | None:
+        """When the parked task must resume without a signal (Unix seconds), if ever."""
+        deadlines = [w.deadline for w in self.waiters.values() if w.deadline is not None]
+        if task_deadline is not None:
+            deadlines.append(task_deadline)
+        return min(deadlines) if deadlines else None
+
+    def take_changes(self) -> tuple[dict[int, tuple[int, str]], dict[str, WaitRecord | None]]:
+        """What the next checkpoint writes (taken: it counts as written once sent)."""
+        taken, self.taken = self.taken, {}
+        waits, self.waits_changed = self.waits_changed, {}
+        return taken, waits
+
+    def restore_changes(self, taken: dict[int, tuple[int, str]], waits: dict[str, WaitRecord | None]) -> None:
+        """A checkpoint failed: its changes go with the next one."""
+        self.taken = {**taken, **self.taken}
+        self.waits_changed = {**waits, **self.waits_changed}
+
+    # ---- parking ----------------------------------------------------------------------------
+    def _all_waiting(self) -> bool:
+        waiting = [w for w in self.waiters.values() if not w.future.done()]  # a done one goes on at once
+        if not waiting or len(waiting) < self.live_leaves:
+            return False
+        horizon = time.time() + self.park_horizon
+        return all(w.deadline is None or w.deadline > horizon for w in waiting)
+
+    def _changed(self) -> None:
+        self._generation += 1
+        if self.request_park is None or self.parking or not self._all_waiting():
+            return
+        generation = self._generation
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(PARK_DELAY, self._park_if_still, generation)
+
+    def _park_if_still(self, generation: int) -> None:
+        self._timer = None
+        if generation == self._generation and not self.parking and self._all_waiting() and self.request_park:
+            self.parking = True
+            self.request_park()

@@ -1,0 +1,135 @@
+"""Wait and sleep nodes: a branch that pauses for a signal or until a time.
+
+A wait takes a signal meant for it (one the task already has, or the next that comes), and its
+output is the signal's payload. Its deadline is fixed when it first waits and kept in its step
+record, so a resumed run waits for the same time; when it passes, `on_timeout` gives the output
+or the step fails DEADLINE_EXCEEDED. A sleep is a wait whose only way out is its time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
+from mcp_server.engine.event_types import E
+from mcp_server.engine.executor import evaluate, runs
+from mcp_server.engine.payload import Payload
+from mcp_server.engine.plan import SleepPlan, WaitPlan
+from mcp_server.engine.suspensions import Signal
+
+
+@runs("wait")
+async def run_wait(node: WaitPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
+    prompt = None
+    if node.prompt is not None:
+        prompt = Payload.of_python(evaluate(node.prompt, ctx, value, scope, node.id, "prompt"))
+        ctx.record_input(path, prompt)
+    state = ctx.state(path)
+    signal = ctx.suspensions.signal_for(path, node.signal)
+    if signal is None:
+        deadline = _deadline_of(state) or (time.time() + node.timeout if node.timeout else None)
+        signal = await _suspend(ctx, path, node.signal, deadline, {"prompt": prompt.python() if prompt else None})
+        if signal is None:
+            state = ctx.state(path)
+            state.wait.timed_out = True
+            if node.on_timeout is None:
+                raise NodeFailed("DEADLINE_EXCEEDED", f"wait {node.id}: no signal {node.signal!r} came in time")
+            output = evaluate(node.on_timeout, ctx, value, scope, node.id, "on_timeout")
+            return NodeResult(Payload.of_python(output))
+    else:
+        ctx.suspensions.ended(path, signal)
+    state = ctx.state(path)
+    state.wait.signal = node.signal
+    state.wait.received_sequence = signal.sequence
+    state.wait.request_id = signal.request_id
+    return NodeResult(signal.payload)
+
+
+@runs("sleep")
+async def run_sleep(
+    node: SleepPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]
+) -> NodeResult:
+    deadline = _deadline_of(ctx.state(path))
+    if deadline is None:
+        if node.duration is not None:
+            deadline = time.time() + node.duration
+        else:
+            assert node.until is not None  # the compiler requires one of them
+            deadline = _instant(evaluate(node.until, ctx, value, scope, node.id, "until"), node.id)
+    if deadline > time.time():
+        await _suspend(ctx, path, "", deadline, {"until": _rfc3339(deadline)})
+    return NodeResult(value)
+
+
+async def _suspend(
+    ctx: RunContext, path: str, signal: str, deadline: float | None, data: dict[str, Any]
+) -> Signal | None:
+    """Wait at `path` for a signal named `signal` until `deadline` (Unix seconds; None: no
+    deadline of its own); return the signal, or None when the deadline passed."""
+    state = ctx.state(path)
+    if state.status != task_pb2.STEP_STATUS_WAITING:  # first time: later lives wait on silently
+        state.status = task_pb2.STEP_STATUS_WAITING
+        state.wait.signal = signal
+        if deadline is not None:
+            state.wait.deadline.CopyFrom(_timestamp(deadline))
+        ctx.emit(
+            E.TASK_EVENT_TYPE_STEP_SUSPENDED,
+            step_path=path,
+            flush_soon=True,
+            message=f"waiting for signal {signal!r}" if signal else f"sleeping until {_rfc3339(deadline or 0)}",
+            data={"signal": signal, "deadline": _rfc3339(deadline) if deadline else "", **data},
+        )
+    waiter = ctx.suspensions.wait(path, signal, deadline, state.start_time.ToMilliseconds())
+    taken: Signal | None = None
+    loop = asyncio.get_running_loop()
+    try:
+        when = None if deadline is None else loop.time() + max(0.0, deadline - time.time())
+        async with asyncio.timeout_at(when):
+            taken = await waiter.future
+    except TimeoutError:
+        return None
+    finally:
+        ctx.suspensions.ended(path, taken)
+        if not ctx.suspensions.parking:  # a parked run leaves the step waiting, for the next life
+            ctx.state(path).status = task_pb2.STEP_STATUS_RUNNING
+    return taken
+
+
+def _deadline_of(state: task_pb2.StepState) -> float | None:
+    """The deadline an earlier life of the run gave this step, if any."""
+    if state.HasField("wait") and state.wait.HasField("deadline"):
+        return float(state.wait.deadline.ToNanoseconds() / 1e9)
+    return None
+
+
+def _instant(value: Any, node_id: str) -> float:
+    """A time given by CEL (an RFC 3339 string or a timestamp) as Unix seconds."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise NodeFailed(
+                "INVALID_ARGUMENT", f"sleep {node_id}: `until` gave {value!r}, not an RFC 3339 time"
+            ) from None
+    if not isinstance(value, dt.datetime):
+        raise NodeFailed("INVALID_ARGUMENT", f"sleep {node_id}: `until` gave {type(value).__name__}, not a time")
+    if value.tzinfo is None:
+        raise NodeFailed("INVALID_ARGUMENT", f"sleep {node_id}: `until` gave a time without a zone offset")
+    return value.timestamp()
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _rfc3339(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

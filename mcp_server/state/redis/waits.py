@@ -1,0 +1,124 @@
+"""Signals, waiting steps and timers on Redis (see WaitStore in engine/ports): per task a hash of
+signals and one of waiting steps, per partition a due-time index and the tasks whose signals the
+replica holding them has not taken in (layout.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord
+from mcp_server.state.common import TERMINAL, now_seconds
+from mcp_server.state.redis import waits_lua as lua
+from mcp_server.state.redis.connection import RedisConnection
+from mcp_server.state.redis.opening import text
+from mcp_server.state.redis.streams import StreamHub
+
+WAITING = task_pb2.TASK_STATUS_WAITING
+
+
+class RedisWaits:
+    """WaitStore on Redis."""
+
+    def __init__(self, conn: RedisConnection, hub: StreamHub) -> None:
+        self.conn = conn
+        self.layout = conn.layout
+        self.hub = hub
+        self._send = conn.register(lua.SEND_SIGNAL)
+        self._release_due = conn.register(lua.RELEASE_DUE)
+
+    async def read_signals(self, task_id: str) -> list[SignalRecord]:
+        raw = await self.conn.do(self.conn.r.hgetall(self.layout.task(task_id).signals))
+        fields = {text(k): v for k, v in raw.items()}
+        records = []
+        for index in range(1, int(fields.get("n", b"0")) + 1):
+            data = fields.get(str(index))
+            if data is not None:
+                records.append(_record(index, data, fields.get(f"s:{index}")))
+        return records
+
+    async def read_waits(self, task_id: str) -> dict[str, WaitRecord]:
+        raw = await self.conn.do(self.conn.r.hgetall(self.layout.task(task_id).waits))
+        return {text(path): WaitRecord.decode(text(record)) for path, record in raw.items()}
+
+    async def send_signal(
+        self, task_id: str, request: task_pb2.SignalTaskRequest, delivery: SignalDelivery
+    ) -> SignalOutcome:
+        stored = task_pb2.SignalTaskRequest(
+            signal=request.signal, payload=request.payload, request_id=request.request_id, step_path=request.step_path
+        )
+        partition = self.layout.partition_of(task_id)
+        keys = self.layout.task(task_id)
+        event = delivery.event
+        reply = await self.conn.do(
+            self._send(
+                keys=[
+                    keys.header,
+                    keys.signals,
+                    keys.events,
+                    self.layout.queue(partition),
+                    self.layout.signals_pending(partition),
+                    keys.waits,
+                    self.layout.leases(partition),
+                ],
+                args=[
+                    task_id,
+                    request.request_id,
+                    stored.SerializeToString(),
+                    delivery.expected_sequence,
+                    event.sequence,
+                    event.SerializeToString(),
+                    delivery.live,
+                    delivery.assigned,
+                    delivery.wait.encode() if delivery.wait is not None else "",
+                    int(now_seconds() * 1000),
+                    WAITING,
+                    *TERMINAL,
+                ],
+            )
+        )
+        status = text(reply[0])
+        if status == "duplicate":
+            return SignalOutcome(status, _record(int(reply[1]), reply[2], reply[3] or None))
+        if status == "appended":
+            return SignalOutcome(status, SignalRecord(int(reply[1]), stored))
+        if status == "delivered":
+            self.hub.written(keys.events, [event], writer=False)
+            return SignalOutcome(status, SignalRecord(int(reply[1]), stored, event.sequence, delivery.assigned))
+        return SignalOutcome(status)
+
+    async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:
+        if not task_ids:
+            return set()
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for partition in range(self.layout.partitions):
+                pipe.zrange(self.layout.signals_pending(partition), 0, 999)
+            pending = {text(raw) for reply in await self.conn.do(pipe.execute()) for raw in reply}
+        return pending & set(task_ids)
+
+    async def release_due(self) -> int:
+        now_ms = int(now_seconds() * 1000)
+        replies = await self.conn.scripts(
+            [
+                (
+                    self._release_due,
+                    [self.layout.due(p), self.layout.queue(p)],
+                    [now_ms, self.layout.task_prefix(p), WAITING],
+                )
+                for p in range(self.layout.partitions)
+            ]
+        )
+        return sum(int(n) for n in replies)
+
+    async def waiting_count(self) -> int:
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for partition in range(self.layout.partitions):
+                pipe.zcard(self.layout.index(partition, WAITING))
+            return sum(int(n) for n in await self.conn.do(pipe.execute()))
+
+
+def _record(index: int, data: Any, taken: Any) -> SignalRecord:
+    """A signal as stored: its request, and `<sequence>|<step>` once it was taken in."""
+    sequence, assigned = text(taken).split("|", 1) if taken else ("0", "")
+    return SignalRecord(index, task_pb2.SignalTaskRequest.FromString(data), int(sequence), assigned)

@@ -1,0 +1,56 @@
+"""The Lua scripts of signals and timers on Redis (waits.py). Each touches the keys of one
+partition only (one slot)."""
+
+from __future__ import annotations
+
+# KEYS: header, signals, events, queue, signals pending, waits, leases
+# ARGV: task_id, request_id, the stored request, the sequence read (compare-and-set), the event's
+#       sequence, the event, the live part with it, the step it goes to, that step's new wait
+#       record (''), now ms, waiting, then the terminal statuses
+# -> {'duplicate', index, request, '<sequence>|<step>'} | {'finished'} | {'appended', index}
+#    | {'stale'} | {'delivered', index}
+SEND_SIGNAL = """
+if ARGV[2] ~= '' then
+  local seen = redis.call('HGET', KEYS[2], 'r:' .. ARGV[2])
+  if seen then
+    return {'duplicate', seen, redis.call('HGET', KEYS[2], seen), redis.call('HGET', KEYS[2], 's:' .. seen) or ''}
+  end
+end
+local f = redis.call('HMGET', KEYS[1], 'st', 'seq', 'qm', 'pr')
+if not f[1] then return {'finished'} end
+for i = 12, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
+local count = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
+local through = tonumber(redis.call('HGET', KEYS[2], 'tk') or '0')
+-- held by a replica, or with signals before it not taken in: the run that holds it (or the next
+-- run) takes it in, in order
+local held = redis.call('ZSCORE', KEYS[7], ARGV[1]) or count > through
+if not held and f[2] ~= ARGV[4] then return {'stale'} end
+local index = count + 1
+redis.call('HSET', KEYS[2], 'n', index, index, ARGV[3])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[2], index) end
+if held then
+  redis.call('ZADD', KEYS[5], ARGV[10], ARGV[1])
+  return {'appended', index}
+end
+redis.call('HSET', KEYS[2], 'tk', index, 's:' .. index, ARGV[5] .. '|' .. ARGV[8])
+redis.call('XADD', KEYS[3], '0-' .. ARGV[5], 'e', ARGV[6])
+redis.call('HSET', KEYS[1], 'seq', ARGV[5], 'v', ARGV[7])
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[6], ARGV[8], ARGV[9]) end
+if f[1] == ARGV[11] then redis.call('ZADD', KEYS[4], -tonumber(f[4]), f[3]) end
+return {'delivered', index}
+"""
+
+# KEYS: due times, queue; ARGV: now ms, task key prefix, waiting -> how many went to the queue
+RELEASE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+local n = 0
+for _, task_id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], task_id)
+  local f = redis.call('HMGET', ARGV[2] .. task_id, 'st', 'qm', 'pr')
+  if f[1] == ARGV[3] then
+    redis.call('ZADD', KEYS[2], -tonumber(f[3]), f[2])
+    n = n + 1
+  end
+end
+return n
+"""

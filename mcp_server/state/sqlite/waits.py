@@ -1,0 +1,113 @@
+"""Signals, waiting steps and timers in the embedded store (see WaitStore in engine/ports): the
+`signals` and `waits` tables, and the tasks' `due_at` column for those that wait."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord
+from mcp_server.state.common import TERMINAL, now_seconds
+from mcp_server.state.sqlite.database import SqliteDatabase
+
+WAITING = task_pb2.TASK_STATUS_WAITING
+
+
+class SqliteWaits:
+    """WaitStore on SQLite."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def read_signals(self, task_id: str) -> list[SignalRecord]:
+        rows = await self.db.rows(
+            "SELECT idx, data, sequence, assigned FROM signals WHERE task_id=? ORDER BY idx", (task_id,)
+        )
+        return [_signal(row) for row in rows]
+
+    async def read_waits(self, task_id: str) -> dict[str, WaitRecord]:
+        rows = await self.db.rows("SELECT path, record FROM waits WHERE task_id=?", (task_id,))
+        return {str(r[0]): WaitRecord.decode(str(r[1])) for r in rows}
+
+    async def send_signal(
+        self, task_id: str, request: task_pb2.SignalTaskRequest, delivery: SignalDelivery
+    ) -> SignalOutcome:
+        stored = task_pb2.SignalTaskRequest(
+            signal=request.signal, payload=request.payload, request_id=request.request_id, step_path=request.step_path
+        )
+        events: list[task_pb2.TaskEvent] = []
+
+        def send(db: sqlite3.Connection) -> SignalOutcome:
+            if request.request_id:
+                row = db.execute(
+                    "SELECT idx, data, sequence, assigned FROM signals WHERE task_id=? AND request_id=?",
+                    (task_id, request.request_id),
+                ).fetchone()
+                if row is not None:
+                    return SignalOutcome("duplicate", _signal(row))
+            head = db.execute(
+                "SELECT status, last_sequence, lease_expires FROM tasks WHERE task_id=?", (task_id,)
+            ).fetchone()
+            if head is None or head[0] in TERMINAL:
+                return SignalOutcome("finished")
+            index = (
+                1 + db.execute("SELECT COALESCE(MAX(idx), 0) FROM signals WHERE task_id=?", (task_id,)).fetchone()[0]
+            )
+            if head[2] is not None:  # leased: the replica that runs it takes it in
+                with db:
+                    db.execute(
+                        "INSERT INTO signals VALUES (?,?,?,?,0,'')",
+                        (task_id, index, request.request_id, stored.SerializeToString()),
+                    )
+                return SignalOutcome("appended", SignalRecord(index, stored))
+            if head[1] != delivery.expected_sequence:
+                return SignalOutcome("stale")
+            event = delivery.event
+            with db:
+                db.execute(
+                    "INSERT INTO signals VALUES (?,?,?,?,?,?)",
+                    (task_id, index, request.request_id, stored.SerializeToString(), event.sequence, delivery.assigned),
+                )
+                db.execute("INSERT INTO events VALUES (?,?,?)", (task_id, event.sequence, event.SerializeToString()))
+                db.execute(
+                    "UPDATE tasks SET live=?, last_sequence=?, queued=CASE WHEN status=? THEN 1 ELSE queued END"
+                    " WHERE task_id=?",
+                    (delivery.live, event.sequence, WAITING, task_id),
+                )
+                if delivery.wait is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO waits VALUES (?,?,?)",
+                        (task_id, delivery.assigned, delivery.wait.encode()),
+                    )
+            events.append(event)
+            return SignalOutcome("delivered", SignalRecord(index, stored, event.sequence, delivery.assigned))
+
+        outcome = await self.db.run(send)
+        self.db.written(task_id, events)
+        return outcome
+
+    async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:
+        if not task_ids:
+            return set()
+        rows = await self.db.rows(
+            f"SELECT DISTINCT task_id FROM signals WHERE sequence=0 AND task_id IN ({','.join('?' * len(task_ids))})",
+            list(task_ids),
+        )
+        return {str(r[0]) for r in rows}
+
+    async def release_due(self) -> int:
+        return await self.db.write(
+            "UPDATE tasks SET queued=1, due_at=NULL WHERE due_at IS NOT NULL AND due_at <= ? AND status=?",
+            (now_seconds(), WAITING),
+        )
+
+    async def waiting_count(self) -> int:
+        rows = await self.db.rows("SELECT COUNT(*) FROM tasks WHERE status=?", (WAITING,))
+        return int(rows[0][0])
+
+
+def _signal(row: Any) -> SignalRecord:
+    """A row (idx, data, sequence, assigned) of the signals table."""
+    return SignalRecord(int(row[0]), task_pb2.SignalTaskRequest.FromString(row[1]), int(row[2]), str(row[3]))

@@ -25,6 +25,7 @@ from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.protocols.upkeep import RegistryUpkeep, UpkeepSettings
 from mcp_server.service.cancelling import Cancelling
 from mcp_server.service.protocols import Protocols
+from mcp_server.service.signalling import Signalling
 from mcp_server.service.submission import Submission
 from mcp_server.service.task_reads import TaskReads
 from mcp_server.service.watching import Watching
@@ -52,9 +53,16 @@ class Orchestrator:
         self.plans = PlanCache(store.workflows, settings)
         self.views = TaskViews(store.tasks, settings.limits)
         runner = TaskRunner(
-            self.caller, store.tasks, settings.replica_id, self.listeners, settings.limits, settings.start_write_delay
+            self.caller,
+            store.tasks,
+            settings.replica_id,
+            self.listeners,
+            settings.limits,
+            settings.start_write_delay,
+            store.waits,
+            settings.wait_in_memory_seconds,
         )
-        self.dispatcher = Dispatcher(store.queue, store.tasks, runner, self.plans, settings)
+        self.dispatcher = Dispatcher(store.queue, store.tasks, runner, self.plans, settings, store.waits)
         self.workflows = Workflows(settings, store.workflows, self.directory)
         self.protocols = Protocols(self.directory, settings.limits)
         self.watching = Watching(store.tasks, settings.limits)
@@ -70,7 +78,18 @@ class Orchestrator:
             self.watching,
             self.listeners,
         )
-        self.cancelling = Cancelling(store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds)
+        self.cancelling = Cancelling(
+            store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds, settings.replica_id
+        )
+        self.signalling = Signalling(
+            settings,
+            store.tasks,
+            store.queue,
+            store.waits,
+            self.plans,
+            self.dispatcher,
+            lambda outcome: self.metrics.signals.labels(outcome).inc(),
+        )
         self.sampler = GaugeSampler(
             self.metrics,
             store,

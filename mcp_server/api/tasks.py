@@ -108,3 +108,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             request.task_id, request.after_sequence, current_principal.get()
         ):
             yield task_pb2.WatchTaskEventsResponse(events=batch)
+
+    async def SignalTask(
+        self, request: task_pb2.SignalTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.SignalTaskResponse:
+        return await self.orchestrator.signalling.signal_task(request, current_principal.get())

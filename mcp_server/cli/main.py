@@ -36,6 +36,11 @@ def load_workflow(path: str) -> workflow_pb2.Workflow:
     return workflow_from(Path(path).read_text())
 
 
+def parse_json(text: str) -> Any:
+    """A JSON value, or @FILE holding one."""
+    return strict_json(Path(text[1:]).read_text() if text.startswith("@") else text)
+
+
 def parse_input(text: str | None) -> dict[str, Any]:
     """--input: a JSON object, or @FILE holding one."""
     if not text:
@@ -154,6 +159,10 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         out(render.to_json(task)) if out else render.task_summary(task)
     elif cmd == ("task", "watch"):
         return await watch(client, args.id, args.after, args.json, args.plain)
+    elif cmd == ("task", "signal"):
+        data = parse_json(args.data) if args.data else None
+        sent = await client.signal(args.id, args.name, data, step_path=args.step or "", request_id=args.request_id)
+        (out or _print_signal)(render.to_json(sent))
     elif cmd == ("workflow", "graph"):
         graph = workflow_graph(await client.get_workflow(args.id, args.version))
         print(to_dot(graph) if args.format == "dot" else to_mermaid(graph))
@@ -169,6 +178,12 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
             {"protocols": [render.to_json(p) for p in await client.register_protocols(args.address)]}
         )
     return 0
+
+
+def _print_signal(value: dict[str, Any]) -> None:
+    taken = f"taken by {value['step_path']}" if value.get("step_path") else "kept for the next wait of its name"
+    event = f" (event {value['sequence']})" if value.get("sequence") else ""
+    print(f"signal {'sent' if value.get('created') else 'already sent'}: {taken}{event}")
 
 
 def _print_protocols(value: dict[str, Any]) -> None:
@@ -240,13 +255,22 @@ def parser() -> argparse.ArgumentParser:
     task.add_parser("get").add_argument("id")
     lst = task.add_parser("list")
     lst.add_argument(
-        "--status", action="append", default=[], choices=["pending", "running", "completed", "failed", "cancelled"]
+        "--status",
+        action="append",
+        default=[],
+        choices=["pending", "running", "waiting", "completed", "failed", "cancelled"],
     )
     lst.add_argument("--workflow")
     lst.add_argument("--page-size", type=int, default=50)
     cancel = task.add_parser("cancel")
     cancel.add_argument("id")
     cancel.add_argument("--reason")
+    sig = task.add_parser("signal", help="send a signal to a task's wait node")
+    sig.add_argument("id")
+    sig.add_argument("name", help="the signal's name")
+    sig.add_argument("--data", help="the payload: JSON, or @FILE")
+    sig.add_argument("--step", help="only this step may take it (it must be waiting for it)")
+    sig.add_argument("--request-id", help="idempotency key (default: a new one)")
     w = task.add_parser("watch")
     w.add_argument("id")
     w.add_argument("--after", type=int, default=0, help="replay events after this sequence number")

@@ -11,9 +11,11 @@ import yaml
 from aiohttp import web
 
 from mcp_sdk.errors import McpError
-from mcp_sdk.values import message_to_dict, strict_json
+from mcp_sdk.proto import task_pb2
+from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console.base import api, render
+from mcp_server.console.inbox import fields_of, payload_of, wait_nodes, waiting_forms
 from mcp_server.console.present import TASK_STATUSES, protocol_view, step_view, task_view
 from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
 
@@ -64,21 +66,60 @@ async def tasks(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def task(request: web.Request) -> web.StreamResponse:
-    """One task: its header, steps, and the live parts (tree, events, graph) the script fills in."""
+async def task(
+    request: web.Request, answers: dict[str, dict[str, Any]] | None = None, status: int = 200
+) -> web.StreamResponse:
+    """One task: its header, steps, a form for each step that waits for a signal, and the live
+    parts (tree, events, graph) the script fills in."""
     task_id = request.match_info["task_id"]
     client = api(request)
     header = await client.get(task_id, steps=False)
-    steps = []
+    steps: list[task_pb2.StepState] = []
     async for step in client.steps(task_id):
-        steps.append(step_view(step))
+        steps.append(step)
         if len(steps) >= STEPS_SHOWN:
             break
+    forms = []
+    if any(s.status == task_pb2.STEP_STATUS_WAITING for s in steps):
+        definition = await client.get_workflow(header.workflow_id, header.workflow_version)
+        forms = waiting_forms(steps, definition, answers or {})
     return render(
         request,
         "task.html",
-        {"task": task_view(header), "steps": steps, "more_steps": max(0, header.step_count - len(steps))},
+        {
+            "task": task_view(header),
+            "steps": [step_view(s) for s in steps],
+            "more_steps": max(0, header.step_count - len(steps)),
+            "forms": forms,
+        },
+        status=status,
     )
+
+
+async def answer(request: web.Request) -> web.StreamResponse:
+    """Send the signal a waiting step's form asks for; what is wrong is shown beside the form."""
+    task_id = request.match_info["task_id"]
+    posted = {name: str(value) for name, value in (await request.post()).items()}
+    path, signal = posted.get("step_path", ""), posted.get("signal", "")
+    client = api(request)
+    header = await client.get(task_id, steps=False)
+    definition = await client.get_workflow(header.workflow_id, header.workflow_version)
+    node = next(
+        (n for n in wait_nodes(definition.root) if n.id == path.rsplit("/", 1)[-1].split("#")[0].split("[")[0]), None
+    )
+    schema = struct_to_dict(node.wait.schema) if node is not None and node.wait.HasField("schema") else None
+    typed = {name: value for name, value in posted.items() if name.startswith(("field.", "json"))}
+    try:
+        payload = payload_of(posted, fields_of(schema))
+        await client.signal(task_id, signal, payload, step_path=path)
+    except ValueError as exc:
+        return await task(request, {path: {"typed": typed, "problem": f"not sent: {exc}"}}, status=400)
+    except McpError as error:
+        if error.code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+            raise
+        found = {path: {"typed": typed, "problem": error.message, "violations": error.violations}}
+        return await task(request, found, status=400 if error.code == grpc.StatusCode.INVALID_ARGUMENT else 409)
+    return redirect(f"/tasks/{task_id}")
 
 
 async def cancel(request: web.Request) -> web.StreamResponse:

@@ -13,7 +13,7 @@ from mcp_sdk.values import struct_to_dict, value_to_python
 
 # A value longer than this (as JSON text) is cut in the page, with a link to the whole of it.
 PREVIEW_CHARS = 20_000
-TASK_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+TASK_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 
 
 def enum_name(enum: Any, number: int, prefix: str) -> str:
@@ -103,6 +103,8 @@ def step_view(step: task_pb2.StepState) -> dict[str, Any]:
         "ended": iso(step.end_time),
         "duration_ms": millis_between(step.start_time, step.end_time),
         "fallback": step.fallback_protocol,
+        "waits_for": (step.wait.signal or "its time") if step.status == task_pb2.STEP_STATUS_WAITING else "",
+        "deadline": iso(step.wait.deadline),
         "input": json_text(value_to_python(step.input)) if step.HasField("input") else None,
         "input_ref": ref_view(step.input_ref) if step.HasField("input_ref") else None,
         "output": json_text(value_to_python(step.output)) if step.HasField("output") else None,

@@ -1,5 +1,6 @@
-"""Cancelling a task: a queued one in the store, one running here at once, one running on
-another replica through a request it acts on within a second."""
+"""Cancelling a task: a queued one in the store, one running here at once, a waiting one by
+leasing it here and running it to its end, one running on another replica through a request it
+acts on within a second."""
 
 from __future__ import annotations
 
@@ -19,8 +20,15 @@ from mcp_server.state.common import TERMINAL
 
 class Cancelling:
     def __init__(
-        self, queue: TaskQueue, tasks: TaskStore, dispatcher: Dispatcher, reads: TaskReads, lease_seconds: float
+        self,
+        queue: TaskQueue,
+        tasks: TaskStore,
+        dispatcher: Dispatcher,
+        reads: TaskReads,
+        lease_seconds: float,
+        replica_id: str,
     ) -> None:
+        self.replica_id = replica_id
         self.queue = queue
         self.tasks = tasks
         self.dispatcher = dispatcher
@@ -28,21 +36,42 @@ class Cancelling:
         self.lease_seconds = lease_seconds
 
     async def cancel_task(self, task_id: str, reason: str, principal: Principal = ANONYMOUS_ADMIN) -> task_pb2.Task:
-        """Cancel a pending or running task; cancelling a cancelled task again changes nothing."""
-        task = await visible_task(self.tasks, task_id, principal)
-        if task.status == task_pb2.TASK_STATUS_CANCELLED:
-            return await self.reads.get_task(task_id, principal)
-        if task.status in TERMINAL:
-            raise FailedPrecondition(
-                f"task {task_id} already finished as {task_pb2.TaskStatus.Name(task.status)}", reason="TASK_FINISHED"
-            )
+        """Cancel a pending, running or waiting task; cancelling a cancelled task again changes nothing."""
         why = reason or "cancelled by request"
+        async with asyncio.timeout(self.lease_seconds + 5):
+            while True:
+                task = await visible_task(self.tasks, task_id, principal)
+                if task.status == task_pb2.TASK_STATUS_CANCELLED:
+                    return await self.reads.get_task(task_id, principal)
+                if task.status in TERMINAL:
+                    raise FailedPrecondition(
+                        f"task {task_id} already finished as {task_pb2.TaskStatus.Name(task.status)}",
+                        reason="TASK_FINISHED",
+                    )
+                if await self._cancelled(task, why, principal):
+                    return await self.reads.get_task(task_id, principal)
+
+    async def _cancelled(self, task: task_pb2.Task, why: str, principal: Principal) -> bool:
+        """Cancel the task as its state allows; True once it is cancelled (or will be, here), False
+        when its state changed meanwhile (look again)."""
+        task_id = task.task_id
         event = task_pb2.TaskEvent(task_id=task_id, type=E.TASK_EVENT_TYPE_CANCELLED, time=now(), message=why)
-        cancelled = await self.queue.cancel_pending(task_id, event)
-        if cancelled is None and not await self.dispatcher.cancel(task_id, why):
-            # It runs on another replica: leave a request there; that replica acts within a second.
-            await self.queue.request_cancel(task_id, why)
-            async with asyncio.timeout(self.lease_seconds + 5):
-                while (latest := await visible_task(self.tasks, task_id, principal)).status not in TERMINAL:
-                    await self.tasks.wait_events(task_id, latest.last_sequence, timeout=0.5)
-        return await self.reads.get_task(task_id, principal)
+        if await self.queue.cancel_pending(task_id, event) is not None:
+            return True
+        if await self.dispatcher.cancel(task_id, why):
+            return True
+        if task.status == task_pb2.TASK_STATUS_WAITING:
+            # Nobody runs it: lease it here and run it just long enough to end it CANCELLED.
+            claimed = await self.queue.claim_waiting(task_id, self.replica_id, self.lease_seconds)
+            if claimed is None:
+                return False
+            run = self.dispatcher.adopt(*claimed, cancel_reason=why)
+            await asyncio.wait([run])  # not `await run`: a caller that goes away must not cancel the run
+            return True
+        # It runs on another replica: leave a request there; that replica acts within a second.
+        await self.queue.request_cancel(task_id, why)
+        while (latest := await visible_task(self.tasks, task_id, principal)).status not in TERMINAL:
+            if latest.status == task_pb2.TASK_STATUS_WAITING:
+                return False  # it parked meanwhile: cancel it as a waiting task
+            await self.tasks.wait_events(task_id, latest.last_sequence, timeout=0.5)
+        return True

@@ -336,6 +336,30 @@ async def test_the_blocking_client_does_the_same_from_plain_code(server_factory)
     await asyncio.to_thread(script)
 
 
+async def test_signal_answers_a_waiting_task_once_from_both_clients(server_factory):
+    running = await server_factory()
+    waits = {
+        "id": "root",
+        "sequence": {"children": [{"id": "a", "wait": {"signal": "go"}}, {"id": "b", "wait": {"signal": "go"}}]},
+    }
+    async with Client(running.address) as client:
+        await client.create_workflow({"workflow_id": "two-waits", "root": waits})
+        task = await client.submit("two-waits")
+        sent = await client.signal(task.task_id, "go", {"n": 1}, request_id="one")
+        again = await client.signal(task.task_id, "go", {"n": 99}, request_id="one")
+        assert sent.created and not again.created and again.sequence == sent.sequence
+        with pytest.raises(McpError) as refused:
+            await client.signal(task.task_id, "stop", {})
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and refused.value.reason == "UNKNOWN_SIGNAL"
+
+    def script() -> None:
+        with SyncClient(running.address) as blocking:
+            blocking.signal(task.task_id, "go", [2, "two"])
+            assert blocking.result(task.task_id, timeout=30) == [2, "two"]
+
+    await asyncio.to_thread(script)
+
+
 @contextlib.asynccontextmanager
 async def older_server(servicer: Any) -> AsyncIterator[str]:
     """A TaskService of an older server (only what `servicer` implements), as a real gRPC server on loopback."""

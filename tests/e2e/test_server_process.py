@@ -125,6 +125,26 @@ def test_every_example_runs_to_completion(server_process, example):
     assert events[-1]["type"] == "TASK_EVENT_TYPE_COMPLETED", (workflow_id, events[-1])
 
 
+def test_the_cli_answers_a_waiting_task_and_lists_the_ones_that_wait(server_process):
+    address, _ = server_process
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "approval.yaml")).returncode == 0
+    data = json.dumps({"topic": "tea", "points": ["green tea is mild"]})
+    task_id = json.loads(mcp(address, "--json", "task", "submit", "approval", "--input", data).stdout)["task"][
+        "task_id"
+    ]
+    deadline = time.monotonic() + 20
+    while task_id not in mcp(address, "--json", "task", "list", "--status", "waiting").stdout:
+        assert time.monotonic() < deadline, "the task never waited"
+        time.sleep(0.1)
+    refused = mcp(address, "task", "signal", task_id, "approval", "--data", '{"approved": "yes"}')
+    assert refused.returncode == 1 and "payload.approved" in refused.stderr
+    sent = mcp(address, "task", "signal", task_id, "approval", "--data", '{"approved": true, "note": "fine"}')
+    assert sent.returncode == 0 and "taken by approval/approve" in sent.stdout, sent.stdout + sent.stderr
+    assert mcp(address, "task", "watch", task_id, "--plain").returncode == 0
+    result = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)["result"]
+    assert result == {"published": True, "text": "This note is about tea. Green tea is mild.", "note": "fine"}
+
+
 TEST_DOUBLES = {"fail", "flaky", "silent_supervisor", "stats", "whoami", "nest", "sleep", "chaos", "chaos_stats"}
 
 

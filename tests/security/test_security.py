@@ -150,6 +150,23 @@ async def test_missing_or_bad_tokens_are_unauthenticated_and_health_stays_open(a
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_a_signal_to_another_principals_task_is_not_found(authed):
+    _, channel = authed
+    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+    waits = workflow("approved", {"id": "root", "sequence": {"children": [{"id": "ok", "wait": {"signal": "ok"}}]}})
+    await workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=waits), metadata=as_user("writer"))
+    alices = (
+        await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="approved"), metadata=as_user("alice"))
+    ).task
+    request = task_pb2.SignalTaskRequest(task_id=alices.task_id, signal="ok", request_id="r")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tasks.SignalTask(request, metadata=as_user("bob"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # indistinguishable from a task that does not exist
+    reply = await tasks.SignalTask(request, metadata=as_user("alice"))
+    assert reply.created
+
+
 async def test_tasks_are_isolated_per_principal_and_admins_see_all(authed):
     _, channel = authed
     tasks = task_pb2_grpc.TaskServiceStub(channel)

@@ -70,6 +70,7 @@ function tasksPage() {
 // ---- /tasks/{id} ---------------------------------------------------------------------------
 const STATUS_OF_EVENT = {
   STEP_STARTED: "running", STEP_COMPLETED: "completed", STEP_FAILED: "failed", STEP_RETRYING: "retrying", STEP_WAITING: "waiting",
+  STEP_SUSPENDED: "waiting",
 };
 const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
 
@@ -124,7 +125,7 @@ class RunTree {
       line.attempt = (event.attempt || 1) + 1;
       this.mark(line, "retrying");
       line.parts.note.textContent = event.message;
-    } else if (line && event.type === "STEP_WAITING") {
+    } else if (line && (event.type === "STEP_WAITING" || event.type === "STEP_SUSPENDED")) {
       this.mark(line, "waiting");
       line.parts.note.textContent = event.message;
     } else if (line && (event.type === "FALLBACK_USED" || event.type === "PROGRESS")) {
@@ -269,7 +270,14 @@ function taskPage() {
         line.item.dataset.shownAfterMs = String(shownAfter);
         latencies.push(shownAfter);
       }
-      if (event.type === "STARTED") {
+      // A step began to wait for a person, or took its signal, while the page was open: show (or
+      // drop) its form. The task parks a moment after its last branch waits, so wait for that.
+      const answerForm = event.step_path ? document.querySelector(`form.answer[data-wait="${CSS.escape(event.step_path)}"]`) : null;
+      if (event.sequence > liveAfter && ((event.type === "STEP_SUSPENDED" && event.data?.signal && !answerForm)
+          || (event.type === "SIGNAL_RECEIVED" && answerForm))) {
+        setTimeout(() => window.location.reload(), 500);
+      }
+      if (event.type === "STARTED" && event.sequence > liveAfter) {
         const badge = document.getElementById("status");
         badge.textContent = "RUNNING";
         badge.className = "badge running";

@@ -130,6 +130,18 @@ class SyncClient:
     def cancel(self, task_id: str, reason: str = "") -> task_pb2.Task:
         return self._run(self._client.cancel(task_id, reason))
 
+    def signal(
+        self,
+        task_id: str,
+        signal: str,
+        payload: JsonValue = None,
+        *,
+        step_path: str = "",
+        request_id: str | None = None,
+    ) -> task_pb2.SignalTaskResponse:
+        """See Client.signal."""
+        return self._run(self._client.signal(task_id, signal, payload, step_path=step_path, request_id=request_id))
+
     def read_value(
         self,
         task_id: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from mcp_sdk.cursor import TERMINAL_STATUSES, Cursor
 from mcp_sdk.definitions import submit_request
 from mcp_sdk.errors import McpError, task_error
 from mcp_sdk.proto import task_pb2
-from mcp_sdk.values import JsonValue, value_to_python
+from mcp_sdk.values import JsonValue, python_to_value, value_to_python
 
 
 class TaskMethods(Connection):
@@ -76,6 +77,30 @@ class TaskMethods(Connection):
             self.tasks.CancelTask, task_pb2.CancelTaskRequest(task_id=task_id, reason=reason)
         )
         return reply.task
+
+    async def signal(
+        self,
+        task_id: str,
+        signal: str,
+        payload: JsonValue = None,
+        *,
+        step_path: str = "",
+        request_id: str | None = None,
+    ) -> task_pb2.SignalTaskResponse:
+        """Send `signal` with `payload` to a task, for a wait node of that name: the step that has
+        waited longest for it takes it (or only `step_path`), else it is kept for the next wait.
+        The response says which step took it (empty: kept) and the SIGNAL_RECEIVED event's
+        sequence. `request_id` makes it idempotent (one is generated when none is given, so that
+        gRPC's retries deliver it once); a repeat answers as the first did. Raises McpError:
+        INVALID_ARGUMENT for a name no wait declares or a payload its schema rejects (with a
+        violation per failing path), FAILED_PRECONDITION for a finished task or a step that does
+        not wait for it, NOT_FOUND for a task this principal cannot see."""
+        request = task_pb2.SignalTaskRequest(
+            task_id=task_id, signal=signal, step_path=step_path, request_id=request_id or uuid.uuid4().hex
+        )
+        request.payload.CopyFrom(python_to_value(payload))
+        reply: task_pb2.SignalTaskResponse = await self._call(self.tasks.SignalTask, request)
+        return reply
 
     async def read_value(
         self,

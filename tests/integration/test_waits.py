@@ -1,0 +1,330 @@
+"""Waits and sleeps, on both stores: a branch pauses for a signal or a time, the task holds no
+run slot while all of it waits, and each signal reaches one step, once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.settings import Limits
+from tests.conftest import client_for
+from tests.helpers import (
+    create,
+    error_reason,
+    events,
+    result,
+    step,
+    step_states,
+    submit,
+    violations,
+    wait_done,
+    workflow,
+)
+
+pytestmark = pytest.mark.asyncio
+E = task_pb2.TaskEventType
+S = task_pb2.TaskStatus
+APPROVAL_SCHEMA = {"type": "object", "required": ["approved"], "properties": {"approved": {"type": "boolean"}}}
+
+
+def seq(node_id: str, *children: dict[str, Any]) -> dict[str, Any]:
+    return {"id": node_id, "sequence": {"children": list(children)}}
+
+
+def wait(node_id: str, signal: str, **options: Any) -> dict[str, Any]:
+    return {"id": node_id, "wait": {"signal": signal, **options}}
+
+
+def value(data: Any) -> struct_pb2.Value:
+    return json_format.ParseDict(data, struct_pb2.Value())
+
+
+async def signal(
+    client: Any, task_id: str, name: str, payload: Any = None, **fields: Any
+) -> task_pb2.SignalTaskResponse:
+    request = task_pb2.SignalTaskRequest(task_id=task_id, signal=name, **fields)
+    if payload is not None:
+        request.payload.CopyFrom(value(payload))
+    return await client.tasks.SignalTask(request)
+
+
+async def until_status(client: Any, task_id: str, status: int, timeout: float = 10.0) -> task_pb2.Task:
+    async with asyncio.timeout(timeout):
+        while True:
+            task = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))).task
+            if task.status == status:
+                return task
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def served(server_factory, store_url):
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    yield running, client
+    await client.channel.close()
+
+
+async def test_a_person_approves_and_the_task_goes_on(served):
+    _, client = served
+    wf = seq(
+        "root",
+        step("draft", "echo", "{'text': input.topic + ' draft'}"),
+        wait("review", "approval", prompt="{'draft': prev.text}", schema=APPROVAL_SCHEMA),
+        step("publish", "echo", "{'published': prev.approved, 'text': steps.draft.text}"),
+    )
+    await create(client, workflow("approve", wf))
+    task = await submit(client, "approve", {"topic": "tea"})
+    waiting = await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    review = step_states(waiting)["root/review"]
+    assert review.status == task_pb2.STEP_STATUS_WAITING and review.wait.signal == "approval"
+    assert json_format.MessageToDict(review.input) == {"draft": "tea draft"}  # the prompt, stored as its input
+    suspended = [e for e in await events_until(client, task.task_id, E.TASK_EVENT_TYPE_STEP_SUSPENDED)]
+    assert suspended[-1].data["prompt"] == {"draft": "tea draft"} and suspended[-1].data["signal"] == "approval"
+    reply = await signal(client, task.task_id, "approval", {"approved": True, "by": "ada"}, request_id="r1")
+    assert reply.created and reply.step_path == "root/review" and reply.sequence > 0
+    done = await wait_done(client, task.task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"published": True, "text": "tea draft"}
+    received = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_SIGNAL_RECEIVED]
+    assert [(e.sequence, e.step_path, e.data["request_id"]) for e in received] == [
+        (reply.sequence, "root/review", "r1")
+    ]
+    assert step_states(done)["root/review"].wait.received_sequence == reply.sequence
+
+
+async def events_until(client: Any, task_id: str, kind: int, timeout: float = 10.0) -> list[task_pb2.TaskEvent]:
+    """The task's events up to the first of `kind` (the watch is left then: the task may wait on)."""
+    seen: list[task_pb2.TaskEvent] = []
+    async with asyncio.timeout(timeout):
+        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+            seen.append(event)
+            if event.type == kind:
+                return seen
+    raise AssertionError(f"no {task_pb2.TaskEventType.Name(kind)} event")
+
+
+async def test_a_signal_sent_before_the_wait_is_kept_and_taken_by_it(served):
+    _, client = served
+    wf = seq("root", step("slow", "sleep", "{'ms': 600}"), wait("approve", "go"), step("after", "echo"))
+    await create(client, workflow("early", wf))
+    task = await submit(client, "early", {})
+    await until_status(client, task.task_id, S.TASK_STATUS_RUNNING)
+    reply = await signal(client, task.task_id, "go", {"early": True}, request_id="first")
+    assert reply.created and reply.step_path == ""  # nobody waited yet: kept
+    done = await wait_done(client, task.task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"early": True}
+    assert not [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_STEP_SUSPENDED]
+
+
+async def test_a_timeout_gives_the_default_or_fails_the_step(served):
+    _, client = served
+    with_default = wait("w", "answer", timeout="0.3s", on_timeout="{'answer': 'nobody answered', 'n': input.n}")
+    without = wait("w2", "answer", timeout="0.3s")
+    await create(client, workflow("defaulted", seq("root", with_default)))
+    await create(client, workflow("strict", seq("root", without)))
+    defaulted = await wait_done(client, (await submit(client, "defaulted", {"n": 7})).task_id)
+    assert defaulted.status == S.TASK_STATUS_COMPLETED
+    assert result(defaulted) == {"answer": "nobody answered", "n": 7}
+    assert step_states(defaulted)["root/w"].wait.timed_out
+    strict = await wait_done(client, (await submit(client, "strict", {})).task_id)
+    assert strict.status == S.TASK_STATUS_FAILED and strict.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+
+
+async def test_bad_signals_are_refused_and_deliver_nothing(served):
+    _, client = served
+    await create(client, workflow("guarded", seq("root", wait("review", "approval", schema=APPROVAL_SCHEMA))))
+    task = await submit(client, "guarded", {})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await signal(client, task.task_id, "approvel", {"approved": True})
+    assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_reason(unknown.value) == "UNKNOWN_SIGNAL"
+    with pytest.raises(grpc.aio.AioRpcError) as mismatch:
+        await signal(client, task.task_id, "approval", {"approved": "yes", "note": 3})
+    assert mismatch.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "payload.approved" in violations(mismatch.value)
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await signal(client, task.task_id, "approval", {})
+    assert "payload" in violations(missing.value)
+    with pytest.raises(grpc.aio.AioRpcError) as bad_name:
+        await signal(client, task.task_id, "no spaces allowed", {"approved": True})
+    assert "signal" in violations(bad_name.value)
+    with pytest.raises(grpc.aio.AioRpcError) as not_waiting:
+        await signal(client, task.task_id, "approval", {"approved": True}, step_path="root/elsewhere")
+    assert not_waiting.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    still = await until_status(client, task.task_id, S.TASK_STATUS_WAITING)  # the step waits on
+    assert step_states(still)["root/review"].status == task_pb2.STEP_STATUS_WAITING
+    first = await signal(client, task.task_id, "approval", {"approved": False}, request_id="once")
+    again = await signal(client, task.task_id, "approval", {"approved": True}, request_id="once")
+    assert (
+        first.created and not again.created and (again.sequence, again.step_path) == (first.sequence, first.step_path)
+    )
+    done = await wait_done(client, task.task_id)
+    assert result(done) == {"approved": False}  # the repeat delivered nothing
+    after = await signal(client, task.task_id, "approval", {"approved": True}, request_id="once")
+    assert not after.created and after.sequence == first.sequence  # answered as the first, even now
+    with pytest.raises(grpc.aio.AioRpcError) as finished:
+        await signal(client, task.task_id, "approval", {"approved": True}, request_id="late")
+    assert finished.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    received = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_SIGNAL_RECEIVED]
+    assert len(received) == 1
+
+
+async def test_two_parallel_waits_for_one_name_are_reached_by_path(served):
+    _, client = served
+    both = {"id": "both", "parallel": {"children": [wait("legal", "approval"), wait("finance", "approval")]}}
+    await create(client, workflow("two-approvals", seq("root", both)))
+    task = await submit(client, "two-approvals", {})
+    waiting = await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    assert {p for p, s in step_states(waiting).items() if s.status == task_pb2.STEP_STATUS_WAITING} == {
+        "root/both/legal",
+        "root/both/finance",
+    }
+    to_finance = await signal(client, task.task_id, "approval", {"who": "finance"}, step_path="root/both/finance")
+    assert to_finance.step_path == "root/both/finance"
+    with pytest.raises(grpc.aio.AioRpcError) as taken:  # that step has its signal already
+        await signal(client, task.task_id, "approval", {"who": "again"}, step_path="root/both/finance")
+    assert taken.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    to_legal = await signal(client, task.task_id, "approval", {"who": "legal"})  # the only one still waiting
+    assert to_legal.step_path == "root/both/legal"
+    done = await wait_done(client, task.task_id)
+    assert result(done) == {"legal": {"who": "legal"}, "finance": {"who": "finance"}}
+
+
+async def test_the_longest_waiting_step_takes_an_unaddressed_signal(served):
+    _, client = served
+    staggered = {
+        "id": "both",
+        "parallel": {
+            "children": [
+                wait("first", "ok"),
+                seq("later", step("pause", "sleep", "{'ms': 300}"), wait("second", "ok")),
+            ]
+        },
+    }
+    await create(client, workflow("staggered", seq("root", staggered)))
+    task = await submit(client, "staggered", {})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    assert (await signal(client, task.task_id, "ok", {"n": 1})).step_path == "root/both/first"
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    assert (await signal(client, task.task_id, "ok", {"n": 2})).step_path == "root/both/later/second"
+    done = await wait_done(client, task.task_id)
+    assert result(done) == {"first": {"n": 1}, "later": {"n": 2}}
+
+
+async def test_a_sleep_parks_the_task_and_its_timer_fires_on_time(server_factory, store_url):
+    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)
+    client = client_for(running)
+    await create(client, workflow("nap", seq("root", step("a", "echo"), {"id": "nap", "sleep": {"duration": "1.2s"}})))
+    started = time.time()
+    task = await submit(client, "nap", {"x": 1})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    assert running.orchestrator.dispatcher.in_flight == 0  # parked: holds no run slot
+    done = await wait_done(client, task.task_id)
+    took = time.time() - started
+    assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"x": 1}  # a sleep's output is its input
+    deadline = step_states(done)["root/nap"].wait.deadline.ToNanoseconds() / 1e9
+    assert took >= 1.2 and done.end_time.ToNanoseconds() / 1e9 - deadline < 1.0  # within a second of its time
+    await client.channel.close()
+
+
+async def test_a_sleep_until_a_time_given_by_cel(served):
+    _, client = served
+    later = "timestamp(input.at)"
+    await create(client, workflow("alarm", seq("root", {"id": "alarm", "sleep": {"until": later}})))
+    at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 1)) + "Z"
+    task = await wait_done(client, (await submit(client, "alarm", {"at": at})).task_id)
+    assert task.status == S.TASK_STATUS_COMPLETED
+    assert task.end_time.ToNanoseconds() / 1e9 >= time.mktime(time.strptime(at, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+
+
+async def test_cancel_ends_a_wait_at_once(served):
+    _, client = served
+    await create(client, workflow("abandoned", seq("root", wait("w", "never"))))
+    task = await submit(client, "abandoned", {})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    started = time.monotonic()
+    cancelled = (await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="no"))).task
+    assert time.monotonic() - started < 2.0
+    assert cancelled.status == S.TASK_STATUS_CANCELLED
+    assert step_states(cancelled)["root/w"].status == task_pb2.STEP_STATUS_CANCELLED
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await signal(client, task.task_id, "never", {})
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_waiting_tasks_hold_no_run_slot(server_factory, store_url):
+    running = await server_factory(store=store_url, limits=Limits(max_tasks_in_flight=1))
+    client = client_for(running)
+    await create(client, workflow("holds", seq("root", wait("w", "go"))))
+    await create(client, workflow("quick", step("q", "echo")))
+    waiting = [await submit(client, "holds", {}) for _ in range(3)]
+    for task in waiting:
+        await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    quick = await wait_done(client, (await submit(client, "quick", {"v": 1})).task_id, timeout=10)
+    assert quick.status == S.TASK_STATUS_COMPLETED
+    for task in waiting:
+        await signal(client, task.task_id, "go", {"ok": True})
+    for task in waiting:
+        assert (await wait_done(client, task.task_id)).status == S.TASK_STATUS_COMPLETED
+    listed = await client.tasks.ListTasks(task_pb2.ListTasksRequest(statuses=[S.TASK_STATUS_WAITING]))
+    assert listed.tasks == []
+    await client.channel.close()
+
+
+async def test_waits_in_loops_and_fan_outs_wait_anew_each_time(served):
+    _, client = served
+    loop = {
+        "id": "loop",
+        "adaptive": {
+            "initial_state": "ask",
+            "max_transitions": 10,
+            "states": [
+                {
+                    "name": "ask",
+                    "node": wait("answer", "answer"),
+                    "transitions": [{"when": "output.done", "to": "end"}, {"to": "ask"}],
+                },
+                {"name": "end", "terminal": True, "node": step("end", "echo")},
+            ],
+        },
+    }
+    per_item = {"id": "each", "map": {"items": "input.items", "body": wait("vote", "vote")}}
+    await create(client, workflow("loops", seq("root", per_item, loop)))
+    task = await submit(client, "loops", {"items": ["a", "b"]})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    assert {(await signal(client, task.task_id, "vote", {"v": i})).step_path for i in range(2)} == {
+        "root/each/vote[0]",
+        "root/each/vote[1]",
+    }
+    paths = []
+    for done in (False, False, True):
+        await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+        paths.append((await signal(client, task.task_id, "answer", {"done": done})).step_path)
+    assert paths == ["root/loop/answer", "root/loop/answer#2", "root/loop/answer#3"]
+    assert (await wait_done(client, task.task_id)).status == S.TASK_STATUS_COMPLETED
+
+
+async def test_a_malformed_wait_is_refused_before_it_runs(client):
+    bad = workflow(
+        "bad-waits",
+        seq(
+            "root",
+            wait("a", "has space"),
+            wait("b", "ok", on_timeout="{'x': 1}"),
+            wait("c", "ok", schema={"type": "no-such-type"}),
+            {"id": "d", "sleep": {}},
+        ),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await create(client, bad)
+    found = violations(err.value)
+    assert "workflow.root.sequence.children[0].wait.signal" in found
+    assert "workflow.root.sequence.children[1].wait.on_timeout" in found
+    assert "workflow.root.sequence.children[2].wait.schema" in found
+    assert "workflow.root.sequence.children[3].sleep" in found

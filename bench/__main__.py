@@ -42,6 +42,7 @@ from bench.harness import (
 )
 from bench.layout import bench_layout
 from bench.report import REDIS, RESULTS, table
+from bench.waits import bench_waits
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 from mcp_server.engine.values import dict_to_struct
 
@@ -394,7 +395,8 @@ async def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console, bursts",
+        help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console, bursts,"
+        " waits",
     )
     parser.add_argument(
         "--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares"
@@ -418,6 +420,7 @@ async def main() -> None:
         "layout": partial(bench_layout, baseline=baseline),
         "console": bench_console,
         "bursts": bench_bursts,
+        "waits": bench_waits,
     }
     try:
         for name, suite in suites.items():

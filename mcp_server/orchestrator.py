@@ -84,7 +84,6 @@ class Orchestrator:
         self.signalling = Signalling(
             settings,
             store.tasks,
-            store.queue,
             store.waits,
             self.plans,
             self.dispatcher,

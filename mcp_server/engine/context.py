@@ -29,6 +29,7 @@ from google.rpc import code_pb2, status_pb2
 from mcp_sdk.proto import protocol_pb2, task_pb2
 from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
+from mcp_server.engine.plan import LEAF_KINDS
 from mcp_server.engine.ports import Checkpoint, EventListener, ProtocolCaller, SignalRecord, StepRecord, TaskStore
 from mcp_server.engine.records import TASK_RESULT, TASK_RESULT_REF, ValueSink, step_record, stored_refs, value_of
 from mcp_server.engine.suspensions import Suspensions
@@ -128,7 +129,7 @@ class RunContext:
 
     async def restore(self) -> None:
         """Load the step records and values an earlier life of this run wrote."""
-        records = await self.store.read_steps(self.task.task_id, 0, 1 << 30)
+        records = await self.store.read_steps(self.task.task_id, 0, self.task.step_count)
         states = [(r.index, task_pb2.StepState.FromString(r.data)) for r in records]
         digests = sorted({d for _, state in states for d in stored_refs(state)})
         values = await self.store.read_values(self.task.task_id, digests) if digests else {}
@@ -266,8 +267,12 @@ class RunContext:
                 len(self._steps), task_pb2.StepState(path=path, node_id=node_id, kind=kind, protocol=protocol)
             )
         state = step.state
-        if state.status == task_pb2.STEP_STATUS_WAITING:
-            return state  # a wait an earlier life of the run began: it waits on, from when it began
+        if state.status == task_pb2.STEP_STATUS_WAITING or (
+            state.status == task_pb2.STEP_STATUS_RUNNING and kind not in LEAF_KINDS
+        ):
+            # An earlier life of the run began it: a wait waits on, a composite goes on, both from
+            # when they began (a leaf in progress then is run again: it starts anew)
+            return state
         state.status = task_pb2.STEP_STATUS_RUNNING
         step.started_ns = time.time_ns()
         state.start_time.CopyFrom(timestamp_of(step.started_ns))

@@ -24,6 +24,12 @@ from mcp_server.errors import LeaseLost, McpError, Unavailable
 from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
+# Tasks claimed at once: a batch per round trip, never more than there is room for. It starts at
+# CLAIM_BATCH and doubles (up to CLAIM_BATCH_MAX) while claims come back full, so a burst (due
+# timers, a deep queue) is drained in few round trips, while a shallow queue is shared out among
+# replicas a few tasks at a time.
+CLAIM_BATCH = 8
+CLAIM_BATCH_MAX = 128
 
 
 @dataclass
@@ -158,12 +164,17 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         with contextlib.suppress(Unavailable):
             await self.queue.release_expired_leases()  # tasks of a replica that died while we were down
+        batch = CLAIM_BATCH
         while True:
             raise_if_cancelled()  # a store call may have swallowed it (engine/cancelling.py)
-            claimed = None
-            if len(self._running) < self.settings.limits.max_tasks_in_flight:
+            claimed: list[tuple[task_pb2.Task, int]] = []
+            room = self.settings.limits.max_tasks_in_flight - len(self._running)
+            if room > 0:
                 try:
-                    claimed = await self.queue.claim_task(self.settings.replica_id, self.settings.lease_seconds)
+                    claimed = await self.queue.claim_tasks(
+                        self.settings.replica_id, self.settings.lease_seconds, min(room, batch)
+                    )
+                    batch = min(2 * batch, CLAIM_BATCH_MAX) if len(claimed) == batch else CLAIM_BATCH
                 except Unavailable as exc:
                     log.warning("cannot claim tasks: %s", exc)
                     await asyncio.sleep(0.5)
@@ -172,20 +183,20 @@ class Dispatcher:
                     log.exception("claiming tasks failed unexpectedly; trying again")
                     await asyncio.sleep(0.5)
                     continue
-            self._queue_empty = claimed is None
-            if claimed is None:
+            self._queue_empty = not claimed
+            if not claimed:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.25):  # not wait_for: see engine/cancelling.py
                         await self._wake.wait()
                 continue
-            task, token = claimed
-            stale = self._running.get(task.task_id)
-            if stale is not None:
-                # Our own lease ran out (the store was unreachable) and we claimed the task again:
-                # the old run is fenced out already; stop it before the new one starts.
-                await cancel_and_wait(stale.task)
-            self._start(task, token)
+            for task, token in claimed:
+                stale = self._running.get(task.task_id)
+                if stale is not None:
+                    # Our own lease ran out (the store was unreachable) and we claimed the task again:
+                    # the old run is fenced out already; stop it before the new one starts.
+                    await cancel_and_wait(stale.task)
+                self._start(task, token)
 
     def _start(self, task: task_pb2.Task, token: int) -> _Running:
         running = _Running(token)

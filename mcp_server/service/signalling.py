@@ -15,7 +15,7 @@ from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import SignalDelivery, SignalOutcome, TaskQueue, TaskStore, WaitRecord, WaitStore
+from mcp_server.engine.ports import SignalDelivery, SignalOutcome, TaskStore, WaitRecord, WaitStore
 from mcp_server.engine.values import ValueTooDeep, message_depth, value_to_python
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, McpError, Unavailable
 from mcp_server.service.access import require, visible_task
@@ -31,7 +31,6 @@ class Signalling:
         self,
         settings: Settings,
         tasks: TaskStore,
-        queue: TaskQueue,
         waits: WaitStore,
         plans: PlanCache,
         dispatcher: Dispatcher,
@@ -40,7 +39,6 @@ class Signalling:
         self.counted = counted  # told the outcome of every signal (for metrics)
         self.settings = settings
         self.tasks = tasks
-        self.queue = queue
         self.waits = waits
         self.plans = plans
         self.dispatcher = dispatcher
@@ -74,7 +72,10 @@ class Signalling:
             waits = await self.waits.read_waits(request.task_id)
             if request.step_path:
                 _waits_for(request, waits)
-            outcome = await self.waits.send_signal(request.task_id, request, _delivery(header, request, waits))
+            delivery = _delivery(header, request, waits)
+            if header.status == task_pb2.TASK_STATUS_WAITING and self.dispatcher.has_room():
+                delivery = replace(delivery, holder=self.settings.replica_id, lease_seconds=self.settings.lease_seconds)
+            outcome = await self.waits.send_signal(request.task_id, request, delivery)
             if outcome.status != "stale":
                 return await self._answer(header, outcome)
             header = await visible_task(self.tasks, request.task_id, principal)
@@ -122,12 +123,8 @@ class Signalling:
         if outcome.status == "duplicate":
             return task_pb2.SignalTaskResponse(sequence=record.sequence, created=False, step_path=record.assigned)
         if outcome.status == "delivered":
-            if header.status == task_pb2.TASK_STATUS_WAITING and self.dispatcher.has_room():
-                claimed = await self.queue.claim_waiting(
-                    header.task_id, self.settings.replica_id, self.settings.lease_seconds
-                )
-                if claimed is not None:  # resumed here at once, without a trip through the queue
-                    self.dispatcher.adopt(*claimed)
+            if outcome.leased is not None:  # resumed here at once, without a trip through the queue
+                self.dispatcher.adopt(*outcome.leased)
             else:
                 self.dispatcher.wake()
             return task_pb2.SignalTaskResponse(sequence=record.sequence, created=True, step_path=record.assigned)

@@ -328,3 +328,20 @@ async def test_a_malformed_wait_is_refused_before_it_runs(client):
     assert "workflow.root.sequence.children[1].wait.on_timeout" in found
     assert "workflow.root.sequence.children[2].wait.schema" in found
     assert "workflow.root.sequence.children[3].sleep" in found
+
+
+async def test_a_supervised_wait_is_asked_again_each_round(served):
+    _, client = served
+    supervised = {
+        "id": "sup",
+        "supervise": {"supervisor": "threshold_supervisor", "max_rounds": 3, "children": [wait("review", "score")]},
+    }
+    await create(client, workflow("asked-again", seq("root", supervised)))
+    task = await submit(client, "asked-again", {})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    first = await signal(client, task.task_id, "score", {"score": 0.4})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    second = await signal(client, task.task_id, "score", {"score": 0.9})
+    assert (first.step_path, second.step_path) == ("root/sup/review", "root/sup/review#2")
+    done = await wait_done(client, task.task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED and result(done)["round"] == 2

@@ -44,6 +44,10 @@ class TaskQueue(Protocol):
         """The first queued task, leased to `owner` (with its new fencing token); None if none waits."""
         ...
 
+    async def claim_tasks(self, owner: str, lease_seconds: float, count: int) -> list[tuple[task_pb2.Task, int]]:
+        """Up to `count` queued tasks in queue order, leased to `owner`, in one round trip."""
+        ...
+
     async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
         """Lease a WAITING task to `owner` at once, queued or not (to cancel it, or to resume it
         where its signal came); None if it is not waiting (any more)."""

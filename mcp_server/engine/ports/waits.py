@@ -60,6 +60,10 @@ class SignalDelivery:
     live: bytes
     assigned: str = ""
     wait: WaitRecord | None = None
+    # a waiting task resumes where the signal came when that replica has room: it is leased to
+    # `holder` for `lease_seconds` in the same write ("" to queue it instead)
+    holder: str = ""
+    lease_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class SignalOutcome:
 
     status: str
     record: SignalRecord | None = None
+    # delivered to a waiting task and leased to the delivery's holder: the task and its token
+    leased: tuple[task_pb2.Task, int] | None = None
 
 
 class WaitStore(Protocol):

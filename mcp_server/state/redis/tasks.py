@@ -33,6 +33,7 @@ class RedisTasks:
         self.hub = hub
         self._checkpoint = conn.register(lua.CHECKPOINT)
         self._purge = conn.register(lua.PURGE_FINISHED)
+        self._read_steps = conn.register(lua.READ_STEPS)
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
         """Read on every watch start and GetTask: through the lane when there is one."""
@@ -111,18 +112,17 @@ class RedisTasks:
             return list(await self.conn.do(pipe.execute()))
 
     async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
+        """In batches of a thousand, each one script run (through the lane: a resumed run reads its
+        steps this way)."""
         keys = self.layout.task(task_id)
         records: list[StepRecord] = []
-        batch = 1000
         while len(records) < limit:
-            indexes = list(range(start + len(records), start + len(records) + min(batch, limit - len(records))))
-            paths = await self.conn.do(self.conn.r.hmget(keys.order, [str(i) for i in indexes]))
-            known = [(i, p.decode()) for i, p in zip(indexes, paths) if p is not None]
-            if not known:
-                break
-            datas = await self.conn.do(self.conn.r.hmget(keys.steps, [p for _, p in known]))
-            records += [StepRecord(i, p, d) for (i, p), d in zip(known, datas) if d is not None]
-            if len(known) < len(indexes):
+            want = min(1000, limit - len(records))
+            reply = await self.conn.do(
+                self.conn.script(self._read_steps, [keys.order, keys.steps], [start + len(records), want])
+            )
+            records += [StepRecord(int(reply[i]), reply[i + 1].decode(), reply[i + 2]) for i in range(0, len(reply), 3)]
+            if len(reply) < 3 * want:
                 break
         return records
 

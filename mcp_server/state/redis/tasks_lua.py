@@ -113,3 +113,21 @@ for _, task_id in ipairs(due) do
 end
 return #due
 """
+
+
+# KEYS: step order, step records; ARGV: first index, how many -> {index, path, record, ...} of the
+# records from that index on, in order, up to the first index that has none
+READ_STEPS = """
+local found = {}
+for i = tonumber(ARGV[1]), tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1 do
+  local path = redis.call('HGET', KEYS[1], i)
+  if not path then break end
+  local record = redis.call('HGET', KEYS[2], path)
+  if record then
+    table.insert(found, i)
+    table.insert(found, path)
+    table.insert(found, record)
+  end
+end
+return found
+"""

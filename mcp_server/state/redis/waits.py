@@ -9,7 +9,7 @@ from typing import Any
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord
-from mcp_server.state.common import TERMINAL, now_seconds
+from mcp_server.state.common import TERMINAL, assemble, now_seconds
 from mcp_server.state.redis import waits_lua as lua
 from mcp_server.state.redis.connection import RedisConnection
 from mcp_server.state.redis.opening import text
@@ -29,8 +29,7 @@ class RedisWaits:
         self._release_due = conn.register(lua.RELEASE_DUE)
 
     async def read_signals(self, task_id: str) -> list[SignalRecord]:
-        raw = await self.conn.do(self.conn.r.hgetall(self.layout.task(task_id).signals))
-        fields = {text(k): v for k, v in raw.items()}
+        fields = await self._hash(self.layout.task(task_id).signals)
         records = []
         for index in range(1, int(fields.get("n", b"0")) + 1):
             data = fields.get(str(index))
@@ -39,8 +38,16 @@ class RedisWaits:
         return records
 
     async def read_waits(self, task_id: str) -> dict[str, WaitRecord]:
-        raw = await self.conn.do(self.conn.r.hgetall(self.layout.task(task_id).waits))
-        return {text(path): WaitRecord.decode(text(record)) for path, record in raw.items()}
+        fields = await self._hash(self.layout.task(task_id).waits)
+        return {path: WaitRecord.decode(text(record)) for path, record in fields.items()}
+
+    async def _hash(self, key: str) -> dict[str, Any]:
+        """A whole hash, through the lane when there is one (read when a waiting task resumes)."""
+        if self.conn.lane is None:
+            raw = await self.conn.do(self.conn.r.hgetall(key))
+            return {text(k): v for k, v in raw.items()}
+        flat = await self.conn.do(self.conn.lane.call("HGETALL", key))
+        return {text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
 
     async def send_signal(
         self, task_id: str, request: task_pb2.SignalTaskRequest, delivery: SignalDelivery
@@ -52,8 +59,9 @@ class RedisWaits:
         keys = self.layout.task(task_id)
         event = delivery.event
         reply = await self.conn.do(
-            self._send(
-                keys=[
+            self.conn.script(
+                self._send,
+                [
                     keys.header,
                     keys.signals,
                     keys.events,
@@ -61,8 +69,9 @@ class RedisWaits:
                     self.layout.signals_pending(partition),
                     keys.waits,
                     self.layout.leases(partition),
+                    self.layout.due(partition),
                 ],
-                args=[
+                [
                     task_id,
                     request.request_id,
                     stored.SerializeToString(),
@@ -74,6 +83,8 @@ class RedisWaits:
                     delivery.wait.encode() if delivery.wait is not None else "",
                     int(now_seconds() * 1000),
                     WAITING,
+                    delivery.holder,
+                    int((now_seconds() + delivery.lease_seconds) * 1000),
                     *TERMINAL,
                 ],
             )
@@ -83,9 +94,11 @@ class RedisWaits:
             return SignalOutcome(status, _record(int(reply[1]), reply[2], reply[3] or None))
         if status == "appended":
             return SignalOutcome(status, SignalRecord(int(reply[1]), stored))
-        if status == "delivered":
+        if status in ("delivered", "leased"):
             self.hub.written(keys.events, [event], writer=False)
-            return SignalOutcome(status, SignalRecord(int(reply[1]), stored, event.sequence, delivery.assigned))
+            record = SignalRecord(int(reply[1]), stored, event.sequence, delivery.assigned)
+            leased = (assemble(reply[2], reply[3]), int(reply[4])) if status == "leased" else None
+            return SignalOutcome("delivered", record, leased)
         return SignalOutcome(status)
 
     async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:

@@ -3,12 +3,13 @@ partition only (one slot)."""
 
 from __future__ import annotations
 
-# KEYS: header, signals, events, queue, signals pending, waits, leases
+# KEYS: header, signals, events, queue, signals pending, waits, leases, due times
 # ARGV: task_id, request_id, the stored request, the sequence read (compare-and-set), the event's
 #       sequence, the event, the live part with it, the step it goes to, that step's new wait
-#       record (''), now ms, waiting, then the terminal statuses
+#       record (''), now ms, waiting, the holder to lease a waiting task to ('' to queue it), its
+#       lease expiry ms, then the terminal statuses
 # -> {'duplicate', index, request, '<sequence>|<step>'} | {'finished'} | {'appended', index}
-#    | {'stale'} | {'delivered', index}
+#    | {'stale'} | {'delivered', index} | {'leased', index, fixed, live, token}
 SEND_SIGNAL = """
 if ARGV[2] ~= '' then
   local seen = redis.call('HGET', KEYS[2], 'r:' .. ARGV[2])
@@ -18,7 +19,7 @@ if ARGV[2] ~= '' then
 end
 local f = redis.call('HMGET', KEYS[1], 'st', 'seq', 'qm', 'pr')
 if not f[1] then return {'finished'} end
-for i = 12, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
+for i = 14, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
 local count = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
 local through = tonumber(redis.call('HGET', KEYS[2], 'tk') or '0')
 -- held by a replica, or with signals before it not taken in: the run that holds it (or the next
@@ -36,7 +37,18 @@ redis.call('HSET', KEYS[2], 'tk', index, 's:' .. index, ARGV[5] .. '|' .. ARGV[8
 redis.call('XADD', KEYS[3], '0-' .. ARGV[5], 'e', ARGV[6])
 redis.call('HSET', KEYS[1], 'seq', ARGV[5], 'v', ARGV[7])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[6], ARGV[8], ARGV[9]) end
-if f[1] == ARGV[11] then redis.call('ZADD', KEYS[4], -tonumber(f[4]), f[3]) end
+if f[1] == ARGV[11] then
+  if ARGV[12] ~= '' then  -- resumed where the signal came: leased there, never queued
+    redis.call('ZREM', KEYS[4], f[3])
+    redis.call('ZREM', KEYS[8], ARGV[1])
+    local token = redis.call('HINCRBY', KEYS[1], 'tok', 1)
+    redis.call('HSET', KEYS[1], 'by', ARGV[12])
+    redis.call('ZADD', KEYS[7], ARGV[13], ARGV[1])
+    local parts = redis.call('HMGET', KEYS[1], 'f', 'v')
+    return {'leased', index, parts[1], parts[2], token}
+  end
+  redis.call('ZADD', KEYS[4], -tonumber(f[4]), f[3])
+end
 return {'delivered', index}
 """
 

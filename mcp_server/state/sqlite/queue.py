@@ -106,20 +106,26 @@ class SqliteQueue(CreateTask):
         return count
 
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
-        def claim(db: sqlite3.Connection) -> tuple[task_pb2.Task, int] | None:
-            row = db.execute(
-                "SELECT task_id, fixed, live, lease_token FROM tasks WHERE queued=1 ORDER BY priority DESC, seq LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            token = int(row[3]) + 1
+        claimed = await self.claim_tasks(owner, lease_seconds, 1)
+        return claimed[0] if claimed else None
+
+    async def claim_tasks(self, owner: str, lease_seconds: float, count: int) -> list[tuple[task_pb2.Task, int]]:
+        def claim(db: sqlite3.Connection) -> list[tuple[task_pb2.Task, int]]:
+            rows = db.execute(
+                "SELECT task_id, fixed, live, lease_token FROM tasks WHERE queued=1"
+                " ORDER BY priority DESC, seq LIMIT ?",
+                (count,),
+            ).fetchall()
+            if not rows:
+                return []
+            expires = now_seconds() + lease_seconds
             with db:
-                db.execute(
+                db.executemany(
                     "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=?, due_at=NULL"
                     " WHERE task_id=?",
-                    (owner, token, now_seconds() + lease_seconds, row[0]),
+                    [(owner, int(row[3]) + 1, expires, row[0]) for row in rows],
                 )
-            return assemble(row[1], row[2]), token
+            return [(assemble(row[1], row[2]), int(row[3]) + 1) for row in rows]
 
         return await self.db.run(claim)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord
-from mcp_server.state.common import TERMINAL, now_seconds
+from mcp_server.state.common import TERMINAL, assemble, now_seconds
 from mcp_server.state.sqlite.database import SqliteDatabase
 
 WAITING = task_pb2.TASK_STATUS_WAITING
@@ -48,7 +48,8 @@ class SqliteWaits:
                 if row is not None:
                     return SignalOutcome("duplicate", _signal(row))
             head = db.execute(
-                "SELECT status, last_sequence, lease_expires FROM tasks WHERE task_id=?", (task_id,)
+                "SELECT status, last_sequence, lease_expires, fixed, lease_token FROM tasks WHERE task_id=?",
+                (task_id,),
             ).fetchone()
             if head is None or head[0] in TERMINAL:
                 return SignalOutcome("finished")
@@ -81,8 +82,18 @@ class SqliteWaits:
                         "INSERT OR REPLACE INTO waits VALUES (?,?,?)",
                         (task_id, delivery.assigned, delivery.wait.encode()),
                     )
+                leased = None
+                if head[0] == WAITING and delivery.holder:  # resumed here: leased, never queued
+                    token = int(head[4]) + 1
+                    db.execute(
+                        "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=?, due_at=NULL"
+                        " WHERE task_id=?",
+                        (delivery.holder, token, now_seconds() + delivery.lease_seconds, task_id),
+                    )
+                    leased = (assemble(head[3], delivery.live), token)
             events.append(event)
-            return SignalOutcome("delivered", SignalRecord(index, stored, event.sequence, delivery.assigned))
+            record = SignalRecord(index, stored, event.sequence, delivery.assigned)
+            return SignalOutcome("delivered", record, leased)
 
         outcome = await self.db.run(send)
         self.db.written(task_id, events)

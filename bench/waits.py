@@ -1,0 +1,176 @@
+"""`python -m bench --only waits`: what waiting costs.
+
+- Memory: the orchestrator's resident memory per waiting task: how much it grows from N tasks
+  waiting to 2N (a parked task holds nothing of its own: what grows is what is kept per task;
+  the first N pay for the pools and caches every burst of work grows once).
+- Resume: from SignalTask to the task's end (it resumes, its wait takes the signal, one echo step
+  runs), against a one-echo-step task from SubmitAndWatchTask to its end, in the same run.
+- Timers: N tasks sleeping until the same second; how long after it they have all ended, and
+  the lateness of each (its end against its deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import statistics
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from bench.harness import CpuMeter, Orchestrated, Proc, Stat, chain, percentile, start_orchestrator
+from bench.report import REDIS, table
+from mcp_sdk.proto import task_pb2
+
+WAIT = {
+    "workflow_id": "approve",
+    "root": {
+        "id": "root",
+        "sequence": {
+            "children": [
+                {"id": "ask", "wait": {"signal": "go"}},
+                {"id": "after", "step": {"protocol": "echo"}},
+            ]
+        },
+    },
+}
+TIMER = {
+    "workflow_id": "alarm",
+    "root": {"id": "root", "sequence": {"children": [{"id": "nap", "sleep": {"until": "timestamp(input.at)"}}]}},
+}
+
+
+async def bench_waits(plugin: Proc, quick: bool) -> None:
+    for backend in ("redis", "sqlite"):
+        store = (
+            f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
+            if backend == "redis"
+            else f"sqlite:///{tempfile.mkdtemp()}/w.db"
+        )
+        orchestrator = start_orchestrator(store, [plugin.address])
+        client = Orchestrated(orchestrator.address)
+        try:
+            rows = await _memory_and_resume(
+                orchestrator, client, backend, 2_000 if quick else 10_000, 30 if quick else 100
+            )
+            rows += await _timers(orchestrator, client, backend, 2_000 if quick else 10_000)
+        finally:
+            await client.close()
+            orchestrator.stop()
+        table(f"Waits ({backend} store)", rows)
+
+
+async def _submit_all(client: Orchestrated, workflow_id: str, inputs: list[dict[str, Any]]) -> list[str]:
+    """Submit a task per input, 100 at a time; their ids, in order."""
+    ids: list[str] = []
+    for start in range(0, len(inputs), 100):
+        requests = []
+        for data in inputs[start : start + 100]:
+            request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id)
+            request.input_data.update(data)
+            requests.append(client.tasks.SubmitTask(request))
+        ids += [reply.task.task_id for reply in await asyncio.gather(*requests)]
+    return ids
+
+
+async def _count(client: Orchestrated, status: Any, workflow_id: str) -> int:
+    listed = await client.tasks.ListTasks(
+        task_pb2.ListTasksRequest(statuses=[status], workflow_id=workflow_id, page_size=1)
+    )
+    return int(listed.total_size)
+
+
+async def _until_count(client: Orchestrated, status: Any, workflow_id: str, count: int, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while await _count(client, status, workflow_id) < count:
+            await asyncio.sleep(0.2)
+
+
+async def _memory_and_resume(
+    orchestrator: Proc, client: Orchestrated, backend: str, waiting: int, samples: int
+) -> list[tuple[str, Stat | float | str, str]]:
+    await client.create(WAIT)
+    await client.create(chain("one-echo", 1))
+    for _ in range(20):  # warm up both paths
+        await client.run("one-echo", read="submit-watch")
+    start = orchestrator.rss_kb()
+    ids = await _submit_all(client, "approve", [{"n": i} for i in range(waiting)])
+    await _until_count(client, task_pb2.TASK_STATUS_WAITING, "approve", waiting, 600)
+    await asyncio.sleep(1.0)
+    before = orchestrator.rss_kb()
+    ids += await _submit_all(client, "approve", [{"n": i} for i in range(waiting)])
+    await _until_count(client, task_pb2.TASK_STATUS_WAITING, "approve", 2 * waiting, 600)
+    await asyncio.sleep(1.0)
+    after = orchestrator.rss_kb()
+    per_task = (after - before) * 1024 / waiting
+    first = (before - start) * 1024 / waiting
+    one_step, resumed = Stat(), Stat()
+    payload = json_format.ParseDict({"ok": True}, struct_pb2.Value())
+    for index in range(samples):  # interleaved, so the drift of the machine falls on both alike
+        one_step.runs.append(await client.run("one-echo", read="submit-watch") * 1000)
+        resumed.runs.append(await _signal_to_end(client, ids[index], payload) * 1000)
+    ratio = resumed.median / one_step.median
+    return [
+        (
+            f"{waiting:,} -> {2 * waiting:,} tasks waiting: orchestrator memory per task, bytes",
+            f"{per_task:.0f}",
+            f"resident growth (the first {waiting:,}: {first:.0f} per task, pools and caches included)",
+        ),
+        ("one echo step: SubmitAndWatchTask to its end, ms", one_step, ""),
+        ("a waiting task: SignalTask to its end (resume + one echo step), ms", resumed, f"{ratio:.2f}x one echo step"),
+    ]
+
+
+async def _signal_to_end(client: Orchestrated, task_id: str, payload: struct_pb2.Value) -> float:
+    """Seconds from SignalTask to the task's COMPLETED event (the watch is open before)."""
+    header = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id, view=task_pb2.TASK_VIEW_BASIC))).task
+    watch = client.tasks.WatchTaskEvents(
+        task_pb2.WatchTaskRequest(task_id=task_id, after_sequence=header.last_sequence)
+    )
+    events = watch.__aiter__()
+    await asyncio.sleep(0.01)  # the watch is set up on the server
+    started = time.perf_counter()
+    await client.tasks.SignalTask(task_pb2.SignalTaskRequest(task_id=task_id, signal="go", payload=payload))
+    async for message in events:
+        if message.events[-1].type == task_pb2.TASK_EVENT_TYPE_COMPLETED:
+            break
+    return time.perf_counter() - started
+
+
+async def _timers(
+    orchestrator: Proc, client: Orchestrated, backend: str, count: int
+) -> list[tuple[str, Stat | float | str, str]]:
+    await client.create(TIMER)
+    lead = 20 + count / 250  # time to submit them all and see them parked
+    at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=lead)
+    due = at.timestamp()
+    await _submit_all(client, "alarm", [{"at": at.isoformat().replace("+00:00", "Z"), "i": i} for i in range(count)])
+    await _until_count(client, task_pb2.TASK_STATUS_WAITING, "alarm", count, lead)
+    await asyncio.sleep(max(0.0, due - time.time() - 1))
+    meter = CpuMeter([orchestrator.process.pid])
+    meter.start()
+    await _until_count(client, task_pb2.TASK_STATUS_COMPLETED, "alarm", count, 120)
+    all_done = time.time() - due
+    cpu = meter.stop()[0]
+    lateness = []
+    token = ""
+    while True:
+        page = await client.tasks.ListTasks(
+            task_pb2.ListTasksRequest(workflow_id="alarm", page_size=1000, page_token=token)
+        )
+        lateness += [t.end_time.ToNanoseconds() / 1e9 - due for t in page.tasks]
+        token = page.next_page_token
+        if not token:
+            break
+    return [
+        (f"{count:,} timers due in the same second: all ended after, s", f"{all_done:.2f}", "from their due time"),
+        (
+            "  lateness p50 / p99, s",
+            f"{statistics.median(lateness):.2f} / {percentile(lateness, 0.99):.2f}",
+            "end - due",
+        ),
+        ("  orchestrator CPU per fired timer, ms", f"{cpu * 1000 / count:.2f}", "resume, write, end"),
+    ]

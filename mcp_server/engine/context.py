@@ -138,6 +138,8 @@ class RunContext:
             self._steps[state.path] = _Step(
                 index, state, _take_value(state, "input", values), _take_value(state, "output", values)
             )
+            if state.status == task_pb2.STEP_STATUS_WAITING and state.wait.signal:
+                self.suspensions.dormant[state.path] = (state.wait.signal, state.start_time.ToMilliseconds())
 
     # ---- events -------------------------------------------------------------------------
     def emit(self, type_: int, *, flush_soon: bool = False, **fields: Any) -> task_pb2.TaskEvent:

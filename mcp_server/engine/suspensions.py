@@ -60,6 +60,8 @@ class Suspensions:
         self.park_horizon = park_horizon
         self.signals: dict[int, Signal] = {}
         self.waiters: dict[str, Waiter] = {}
+        # waits an earlier life of the run left waiting, not reached again yet: path -> (signal, since ms)
+        self.dormant: dict[str, tuple[str, int]] = {}
         self.live_leaves = 0
         self.parking = False
         self.request_park: Callable[[], None] | None = None
@@ -94,9 +96,15 @@ class Suspensions:
         if signal.target:
             signal.assigned = signal.target
         else:
-            waiting = [w for w in self.waiters.values() if w.signal == signal.name and not w.future.done()]
+            waiting = {
+                w.path: w.since_ms for w in self.waiters.values() if w.signal == signal.name and not w.future.done()
+            }
+            taken = {s.assigned for s in self.signals.values() if s.assigned and not s.consumed}
+            for path, (name, since_ms) in self.dormant.items():  # waiting still, though not reached again yet
+                if name == signal.name and path not in taken:
+                    waiting.setdefault(path, since_ms)
             if waiting:
-                signal.assigned = min(waiting, key=lambda w: (w.since_ms, w.path)).path
+                signal.assigned = min((since_ms, path) for path, since_ms in waiting.items())[1]
         self.signals[signal.index] = signal
         self.taken[signal.index] = (sequence, signal.assigned)
         waiter = self.waiters.get(signal.assigned)
@@ -116,6 +124,7 @@ class Suspensions:
     # ---- waits ----------------------------------------------------------------------------
     def wait(self, path: str, signal: str, deadline: float | None, since_ms: int) -> Waiter:
         """Register the wait at `path` (written with the next checkpoint) and return its waiter."""
+        self.dormant.pop(path, None)
         waiter = self.waiters[path] = Waiter(path, signal, deadline, since_ms)
         self.waits_changed[path] = WaitRecord(signal, int(deadline * 1000) if deadline else 0, since_ms)
         self._changed()
@@ -126,6 +135,7 @@ class Suspensions:
         the run parks: its waits stay as they are, for `due` and for the run's next life."""
         if self.parking:
             return
+        self.dormant.pop(path, None)
         if self.waiters.pop(path, None) is not None:
             self.waits_changed[path] = None
         if signal is not None:

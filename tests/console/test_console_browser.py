@@ -32,7 +32,8 @@ async def all_step_paths(api: Client, task_id: str) -> set[str]:
 
 
 async def test_a_submitted_task_is_listed_and_its_page_goes_from_running_to_completed_live(console, api, page):
-    await api.create_workflow(sleeps("three-sleeps", 3, 700))
+    # long enough that a step ends after the page listens, even when Mermaid takes its 3 s to load
+    await api.create_workflow(sleeps("three-sleeps", 3, 1500))
     task = await api.submit("three-sleeps", {"note": "from the browser test"}, labels={"team": "console"})
 
     await page.goto(f"{console.console.url}/tasks")
@@ -57,7 +58,7 @@ async def test_a_submitted_task_is_listed_and_its_page_goes_from_running_to_comp
         await expect(page.locator(f'#tree li[data-path="{path}"]')).to_have_attribute("data-status", "completed")
     for index in (1, 2, 3):  # the outputs arrived with the steps' events, by reference to the stored values
         await expect(page.locator(f'#steps tr[data-path="root/s{index}"] pre.output')).to_contain_text(
-            '"slept_ms": 700'
+            '"slept_ms": 1500'
         )
     final = await api.get(task.task_id, steps=False)
     log = page.locator("#events tbody tr")

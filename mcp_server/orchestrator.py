@@ -25,6 +25,7 @@ from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.protocols.upkeep import RegistryUpkeep, UpkeepSettings
 from mcp_server.service.cancelling import Cancelling
 from mcp_server.service.protocols import Protocols
+from mcp_server.service.reruns import Reruns
 from mcp_server.service.signalling import Signalling
 from mcp_server.service.submission import Submission
 from mcp_server.service.task_reads import TaskReads
@@ -78,6 +79,7 @@ class Orchestrator:
             self.watching,
             self.listeners,
         )
+        self.reruns = Reruns(settings, store.tasks, self.plans, self.submission)
         self.cancelling = Cancelling(
             store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds, settings.replica_id
         )

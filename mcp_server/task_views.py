@@ -125,6 +125,10 @@ class TaskViews:
         if not step_path:
             return await self._task_value(header, field)
         record = await self.store.read_step(header.task_id, step_path)
+        if field == INPUT and step_path == header.rerun_from_step_path and header.rerun_input_ref.sha256:
+            state = task_pb2.StepState.FromString(record.data) if record is not None else None
+            if state is None or not (state.HasField("input") or state.input_ref.sha256):  # not started yet
+                return await self._stored(header.task_id, header.rerun_input_ref.sha256)
         if record is None:
             raise NotFound(
                 f"task {header.task_id} has no step {step_path!r}",

@@ -113,3 +113,9 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self, request: task_pb2.SignalTaskRequest, context: grpc.aio.ServicerContext
     ) -> task_pb2.SignalTaskResponse:
         return await self.orchestrator.signalling.signal_task(request, current_principal.get())
+
+    async def RerunTask(
+        self, request: task_pb2.RerunTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.SubmitTaskResponse:
+        task, created = await self.orchestrator.reruns.rerun_task(request, current_principal.get())
+        return task_pb2.SubmitTaskResponse(task=task, created=created)

@@ -163,6 +163,21 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         data = parse_json(args.data) if args.data else None
         sent = await client.signal(args.id, args.name, data, step_path=args.step or "", request_id=args.request_id)
         (out or _print_signal)(render.to_json(sent))
+    elif cmd == ("task", "rerun"):
+        options: dict[str, Any] = {"input": parse_json(args.input)} if args.input else {}
+        task = await client.rerun(
+            args.id, args.from_path or "", version=args.version, request_id=args.request_id, **options
+        )
+        if args.watch:
+            if not args.json:
+                render.console.print(
+                    f"task [bold]{task.task_id}[/bold]: a rerun of {args.id} from {task.rerun_from_step_path}; watching"
+                )
+            code = await watch(client, task.task_id, 0, args.json, args.plain)
+            if not args.json:
+                render.task_summary(await client.get(task.task_id))
+            return code
+        (out or (lambda v: print(v["task"]["task_id"])))({"task": render.to_json(task)})
     elif cmd == ("workflow", "graph"):
         graph = workflow_graph(await client.get_workflow(args.id, args.version))
         print(to_dot(graph) if args.format == "dot" else to_mermaid(graph))
@@ -271,6 +286,19 @@ def parser() -> argparse.ArgumentParser:
     sig.add_argument("--data", help="the payload: JSON, or @FILE")
     sig.add_argument("--step", help="only this step may take it (it must be waiting for it)")
     sig.add_argument("--request-id", help="idempotency key (default: a new one)")
+    again = task.add_parser("rerun", help="a new task from a finished one, keeping the steps before --from")
+    again.add_argument("id")
+    again.add_argument(
+        "--from",
+        dest="from_path",
+        metavar="PATH",
+        help="the step to run again, and all after it (default: where a failed task failed, else the start)",
+    )
+    again.add_argument("--input", help="what that step receives instead of what came before: JSON, or @FILE")
+    again.add_argument("--version", type=int, default=0, help="the workflow version to run (default: the task's)")
+    again.add_argument("--request-id", help="idempotency key (default: a new one)")
+    again.add_argument("--watch", action="store_true", help="follow the rerun to its end")
+    again.add_argument("--plain", action="store_true", help="with --watch: one line per event instead of a live tree")
     w = task.add_parser("watch")
     w.add_argument("id")
     w.add_argument("--after", type=int, default=0, help="replay events after this sequence number")

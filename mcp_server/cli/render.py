@@ -64,6 +64,8 @@ def task_summary(task: task_pb2.Task) -> None:
         f"task [bold]{task.task_id}[/bold]  workflow {task.workflow_id} v{task.workflow_version}"
         f"  status [bold]{status}[/bold]"
     )
+    if task.rerun_of:
+        console.print(f"a rerun of {task.rerun_of} from {task.rerun_from_step_path}")
     if task.steps:
         table = Table()
         table.add_column("path", min_width=18, overflow="fold")
@@ -76,7 +78,8 @@ def task_summary(task: task_pb2.Task) -> None:
             table.add_row(
                 step.path,
                 step.protocol,
-                task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_"),
+                task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_")
+                + (" (reused)" if step.reused else ""),
                 str(step.attempts),
                 output[:80],
             )

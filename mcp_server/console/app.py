@@ -143,6 +143,7 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_get("/tasks/{task_id}/graph.mmd", live.task_graph_text)
     app.router.add_post("/tasks/{task_id}/cancel", pages.cancel)
     app.router.add_post("/tasks/{task_id}/signal", pages.answer)
+    app.router.add_post("/tasks/{task_id}/rerun", pages.rerun)
     app.router.add_get("/workflows", pages.workflows)
     app.router.add_get("/workflows/{workflow_id}", pages.workflow)
     app.router.add_post("/workflows/{workflow_id}/submit", pages.submit)

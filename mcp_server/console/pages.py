@@ -4,6 +4,7 @@ protocols, and signing in and out."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import grpc
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2
-from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict
+from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_to_python
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console.base import api, render
 from mcp_server.console.inbox import fields_of, payload_of, wait_nodes, waiting_forms
@@ -67,18 +68,24 @@ async def tasks(request: web.Request) -> web.StreamResponse:
 
 
 async def task(
-    request: web.Request, answers: dict[str, dict[str, Any]] | None = None, status: int = 200
+    request: web.Request,
+    answers: dict[str, dict[str, Any]] | None = None,
+    status: int = 200,
+    rerun_typed: dict[str, Any] | None = None,
 ) -> web.StreamResponse:
-    """One task: its header, steps, a form for each step that waits for a signal, and the live
-    parts (tree, events, graph) the script fills in."""
+    """One task: its header (with the reruns it has, and the task it reruns), steps, a form for
+    each step that waits for a signal, a form to rerun it from a step (`?rerun=PATH` fills it in
+    with that step's input), and the live parts (tree, events, graph) the script fills in."""
     task_id = request.match_info["task_id"]
     client = api(request)
-    header = await client.get(task_id, steps=False)
-    steps: list[task_pb2.StepState] = []
-    async for step in client.steps(task_id):
-        steps.append(step)
-        if len(steps) >= STEPS_SHOWN:
-            break
+    header = await client.get(task_id, steps=True)
+    steps: list[task_pb2.StepState] = list(header.steps)
+    if header.steps_next_page_token:  # more than one response holds: page through them
+        steps = []
+        async for step in client.steps(task_id):
+            steps.append(step)
+            if len(steps) >= STEPS_SHOWN:
+                break
     forms = []
     if any(s.status == task_pb2.STEP_STATUS_WAITING for s in steps):
         definition = await client.get_workflow(header.workflow_id, header.workflow_version)
@@ -91,9 +98,45 @@ async def task(
             "steps": [step_view(s) for s in steps],
             "more_steps": max(0, header.step_count - len(steps)),
             "forms": forms,
+            "rerun": rerun_typed or rerun_form(request.query.get("rerun", ""), steps, header.workflow_version),
         },
         status=status,
     )
+
+
+def rerun_form(path: str, steps: list[task_pb2.StepState], version: int) -> dict[str, Any]:
+    """The rerun form, for the step at `path` (if any): its input as it received it, to edit."""
+    chosen = next((s for s in steps if s.path == path), None)
+    given = ""
+    if chosen is not None and chosen.HasField("input"):
+        given = json.dumps(value_to_python(chosen.input), indent=2, ensure_ascii=False, sort_keys=True)
+    return {"path": path, "input": given, "version": str(version), "problem": None, "violations": []}
+
+
+async def rerun(request: web.Request) -> web.StreamResponse:
+    """Rerun the task from the form's step (with its input, if one is given); what is wrong is
+    shown beside the form."""
+    task_id = request.match_info["task_id"]
+    posted = await request.post()
+    form: dict[str, Any] = {name: str(posted.get(name, "")) for name in ("path", "input", "version")}
+    form.update(problem=None, violations=[])
+    options: dict[str, Any] = {}
+    try:
+        if form["input"].strip():
+            options["input"] = strict_json(form["input"])
+        version = int(form["version"] or 0)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        form["problem"] = f"not rerun: {exc}"
+        return await task(request, status=400, rerun_typed=form)
+    try:
+        created = await api(request).rerun(task_id, form["path"].strip(), version=version, **options)
+    except McpError as error:
+        if error.code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+            raise
+        form.update(problem=error.message, violations=error.violations)
+        code = 400 if error.code == grpc.StatusCode.INVALID_ARGUMENT else 409
+        return await task(request, status=code, rerun_typed=form)
+    return redirect(f"/tasks/{created.task_id}")
 
 
 async def answer(request: web.Request) -> web.StreamResponse:

@@ -87,6 +87,9 @@ def task_view(task: task_pb2.Task) -> dict[str, Any]:
         else None,
         "terminal": task.status
         in (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED),
+        "rerun_of": task.rerun_of,
+        "rerun_from_step_path": task.rerun_from_step_path,
+        "reruns": list(task.reruns),
     }
 
 
@@ -103,6 +106,7 @@ def step_view(step: task_pb2.StepState) -> dict[str, Any]:
         "ended": iso(step.end_time),
         "duration_ms": millis_between(step.start_time, step.end_time),
         "fallback": step.fallback_protocol,
+        "reused": step.reused,
         "waits_for": (step.wait.signal or "its time") if step.status == task_pb2.STEP_STATUS_WAITING else "",
         "deadline": iso(step.wait.deadline),
         "input": json_text(value_to_python(step.input)) if step.HasField("input") else None,

@@ -38,6 +38,7 @@ from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
+UNFINISHED = (task_pb2.STEP_STATUS_RUNNING, task_pb2.STEP_STATUS_WAITING, task_pb2.STEP_STATUS_PENDING)
 
 
 def now() -> timestamp_pb2.Timestamp:
@@ -126,6 +127,7 @@ class RunContext:
     suspensions: Suspensions = field(default_factory=lambda: Suspensions(park_horizon=2.0))
     due_ms: int = 0
     header_changed: bool = False  # the live header changed with no event (the task parked): write it
+    rerun_input: Payload | None = None  # a rerun's: what its rerun_from_step_path receives
 
     async def restore(self) -> None:
         """Load the step records and values an earlier life of this run wrote."""
@@ -138,7 +140,7 @@ class RunContext:
             self._steps[state.path] = _Step(
                 index, state, _take_value(state, "input", values), _take_value(state, "output", values)
             )
-            if state.status == task_pb2.STEP_STATUS_WAITING and state.wait.signal:
+            if state.status == task_pb2.STEP_STATUS_WAITING and state.wait.signal and not state.reused:
                 self.suspensions.dormant[state.path] = (state.wait.signal, state.start_time.ToMilliseconds())
 
     # ---- events -------------------------------------------------------------------------
@@ -253,6 +255,12 @@ class RunContext:
         return data
 
     # ---- step states --------------------------------------------------------------------
+    def given_input(self, path: str) -> Payload | None:
+        """What the node at `path` receives instead of what came before: a rerun's edited input."""
+        if self.rerun_input is not None and path == self.task.rerun_from_step_path:
+            return self.rerun_input
+        return None
+
     def finished(self, path: str) -> NodeResult | None:
         """The result of a node that completed before (in an earlier life of this run)."""
         step = self._steps.get(path)
@@ -339,7 +347,9 @@ class RunContext:
         return {
             step.state.wait.received_sequence
             for step in self._steps.values()
-            if step.state.status == task_pb2.STEP_STATUS_COMPLETED and step.state.wait.received_sequence
+            if step.state.status == task_pb2.STEP_STATUS_COMPLETED
+            and step.state.wait.received_sequence
+            and not step.state.reused  # kept by a rerun: it took a signal of the task it reruns
         }
 
     def take_in_signals(self, records: Sequence[SignalRecord]) -> None:
@@ -361,9 +371,9 @@ class RunContext:
             )
 
     def abandon_unfinished(self, code: str, message: str) -> None:
-        """Mark every step still running or waiting as cancelled (a cancelled task's last write)."""
+        """Mark every step still running, waiting or not begun as cancelled (a cancelled task's last write)."""
         for path, step in self._steps.items():
-            if step.state.status in (task_pb2.STEP_STATUS_RUNNING, task_pb2.STEP_STATUS_WAITING):
+            if step.state.status in UNFINISHED:
                 self.fail(path, code, message, cancelled=True)
         for path in list(self.suspensions.waiters):
             self.suspensions.ended(path, None)

@@ -41,6 +41,9 @@ async def execute(node: PlanNode, path: str, value: Payload, ctx: RunContext, sc
         ctx.outputs_by_id[node.id] = done.output
         return done
     step_path_var.set(path)
+    given = ctx.given_input(path)
+    if given is not None:
+        value = given
     result = await run_recorded(
         ctx,
         path,

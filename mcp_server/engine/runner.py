@@ -87,6 +87,7 @@ class TaskRunner:
             limits=self.limits,
             start_write_delay=self.start_write_delay,
             suspensions=Suspensions(self.park_horizon),
+            rerun_input=await self._rerun_input(task),
         )
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.step_count:
@@ -190,10 +191,19 @@ class TaskRunner:
         """The task's input: inline in the task, or in its value store when it is large."""
         if not task.input_ref.sha256:
             return Payload.of_struct(task.input_data)
-        values = await self.store.read_values(task.task_id, [task.input_ref.sha256])
-        if task.input_ref.sha256 not in values:
-            raise Unavailable(f"task {task.task_id}: its input {task.input_ref.sha256} is missing from the store")
-        return Payload.of_bytes(values[task.input_ref.sha256])
+        return Payload.of_bytes(await self._stored(task, task.input_ref.sha256))
+
+    async def _rerun_input(self, task: task_pb2.Task) -> Payload | None:
+        """A rerun's edited input for its first step (see RunContext.given_input), if it has one."""
+        if task.rerun_input_ref.sha256:
+            return Payload.of_bytes(await self._stored(task, task.rerun_input_ref.sha256))
+        return Payload.of_value(task.rerun_input) if task.HasField("rerun_input") else None
+
+    async def _stored(self, task: task_pb2.Task, digest: str) -> bytes:
+        values = await self.store.read_values(task.task_id, [digest])
+        if digest not in values:
+            raise Unavailable(f"task {task.task_id}: its value {digest} is missing from the store")
+        return values[digest]
 
     @staticmethod
     def _finish(ctx: RunContext, status: int, event: int, code: str, message: str) -> None:

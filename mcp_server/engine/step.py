@@ -203,7 +203,10 @@ async def call_with_retries(
 
 @runs("step")
 async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
-    primary_input = _input(node.input, value, ctx, scope, node.id, "input")
+    if ctx.given_input(path) is not None:  # a rerun's edited input: what the protocol receives, as given
+        primary_input = value.as_object()
+    else:
+        primary_input = _input(node.input, value, ctx, scope, node.id, "input")
     if scope.get("feedback") and "feedback" not in primary_input.struct().fields:
         # A supervisor sent this subtree back: its feedback reaches every step's input.
         primary_input = Payload.of_python(

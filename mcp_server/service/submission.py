@@ -7,6 +7,8 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+from google.protobuf import struct_pb2
+
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.context import make_event, now
@@ -14,13 +16,13 @@ from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import EventListener, TaskQueue, TaskStore, WorkflowStore
+from mcp_server.engine.ports import EventListener, Kept, TaskQueue, TaskStore, WorkflowStore
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.service.access import require, visible_task
 from mcp_server.service.watching import Watching
-from mcp_server.settings import Settings
+from mcp_server.settings import Limits, Settings
 from mcp_server.state.common import TERMINAL, assemble, fixed_part, request_task_id
 from mcp_server.task_views import TaskViews
 
@@ -94,35 +96,39 @@ class Submission:
         return await self.store(task, event, fingerprint, values)
 
     def _check_request(self, request: task_pb2.SubmitTaskRequest) -> None:
-        limits = self.settings.limits
-        size = request.input_data.ByteSize()
-        if size > limits.max_input_bytes:
-            raise InvalidArgument(
-                f"input_data is {size} bytes; the limit is {limits.max_input_bytes}",
-                violations=[
-                    FieldViolation("input_data", f"{size} bytes exceeds the limit of {limits.max_input_bytes}")
-                ],
-                reason="INPUT_TOO_LARGE",
-            )
-        depth = message_depth(request.input_data, limits.max_value_depth)
-        if depth > limits.max_value_depth:
-            problem = str(ValueTooDeep("input_data", depth, limits.max_value_depth))
-            raise InvalidArgument(problem, violations=[FieldViolation("input_data", problem)], reason="VALUE_TOO_DEEP")
-        if len(request.request_id) > MAX_REQUEST_ID:
+        check_input("input_data", request.input_data, self.settings.limits)
+        self.check_request_id(request.request_id)
+
+    @staticmethod
+    def check_request_id(request_id: str) -> None:
+        if len(request_id) > MAX_REQUEST_ID:
             raise InvalidArgument(
                 "request_id is too long",
                 violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID} characters")],
             )
 
     async def store(
-        self, task: task_pb2.Task, event: task_pb2.TaskEvent, fingerprint: str, values: dict[str, bytes]
+        self,
+        task: task_pb2.Task,
+        event: task_pb2.TaskEvent,
+        fingerprint: str,
+        values: dict[str, bytes],
+        kept: Kept | None = None,
     ) -> tuple[task_pb2.Task, bool]:
-        """Store a new task with its first event and queue it, or, with room here and nothing
-        waiting in the queue, start it on this replica at once, leased as it is stored (no trip
-        through the queue, no claim round trip). Returns the task (BASIC) and whether it is new."""
+        """Store a new task with its first event (and, for a rerun, what it keeps) and queue it,
+        or, with room here and nothing waiting in the queue, start it on this replica at once,
+        leased as it is stored (no trip through the queue, no claim round trip). Returns the task
+        (BASIC) and whether it is new."""
         holder = self.settings.replica_id if self.dispatcher.has_room() and self.dispatcher.queue_seen_empty() else ""
         stored, created, token = await self.queue.create_leased(
-            task, event, holder, self.settings.lease_seconds, self.settings.limits.max_queue_length, fingerprint, values
+            task,
+            event,
+            holder,
+            self.settings.lease_seconds,
+            self.settings.limits.max_queue_length,
+            fingerprint,
+            values,
+            kept,
         )
         if created:
             for listener in self.listeners:
@@ -166,3 +172,18 @@ class Submission:
         request id it used before, it is the task that request id made for this principal)."""
         task, created = await self.submit_task(request, principal)
         return task, created, self.watching.follow(task.task_id, 0, principal)
+
+
+def check_input(field: str, value: struct_pb2.Struct | struct_pb2.Value, limits: Limits) -> None:
+    """InvalidArgument naming `field` when the value is above the input size or depth limit."""
+    size = value.ByteSize()
+    if size > limits.max_input_bytes:
+        raise InvalidArgument(
+            f"{field} is {size} bytes; the limit is {limits.max_input_bytes}",
+            violations=[FieldViolation(field, f"{size} bytes exceeds the limit of {limits.max_input_bytes}")],
+            reason="INPUT_TOO_LARGE",
+        )
+    depth = message_depth(value, limits.max_value_depth)
+    if depth > limits.max_value_depth:
+        problem = str(ValueTooDeep(field, depth, limits.max_value_depth))
+        raise InvalidArgument(problem, violations=[FieldViolation(field, problem)], reason="VALUE_TOO_DEEP")

@@ -10,7 +10,10 @@ from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.ports import TaskFilter, TaskStore
 from mcp_server.service.access import page_size, visible_task
 from mcp_server.settings import Limits
+from mcp_server.state.common import TERMINAL
 from mcp_server.task_views import TaskViews, chunks, steps_start, steps_token
+
+RERUNS_SHOWN = 100
 
 
 class TaskReads:
@@ -30,6 +33,8 @@ class TaskReads:
         header = await visible_task(self.tasks, task_id, principal)
         if view == task_pb2.TASK_VIEW_BASIC:
             return self.views.basic(header)
+        if header.status in TERMINAL:  # only a finished task is rerun
+            header.reruns.extend(await self.tasks.reruns_of(task_id, RERUNS_SHOWN))
         return await self.views.full(header)
 
     async def list_tasks(

@@ -11,6 +11,7 @@ from google.rpc import code_pb2
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.context import now
+from mcp_server.engine.ports import Kept
 from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, ResourceExhausted
 
 ACTIVE = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
@@ -135,6 +136,11 @@ def request_task_id(owner: str, request_id: str) -> str:
     return hashlib.sha256(f"{owner}\0{request_id}".encode()).hexdigest()[:32]
 
 
+def rerun_dedupe_key(request_id: str) -> str:
+    """How a rerun's request_id is kept apart from a submission's with the same id."""
+    return f"rerun:{request_id}"
+
+
 class CreateTask:
     """`create_task`, which both stores derive the same way from their `create_leased`."""
 
@@ -147,6 +153,7 @@ class CreateTask:
         max_queue: int = 0,
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
+        kept: Kept | None = None,
     ) -> tuple[task_pb2.Task, bool, int]:
         raise NotImplementedError
 

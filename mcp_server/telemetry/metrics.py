@@ -120,6 +120,12 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
             registry=r,
         )
+        self.reruns = Counter(
+            "mcp_reruns_total", "Tasks started as reruns of finished tasks, by workflow", ["workflow"], registry=r
+        )
+        self.reused_steps = Counter(
+            "mcp_rerun_reused_steps_total", "Steps reruns kept from the tasks they rerun, not run again", registry=r
+        )
         self.capacity_waiters = Gauge(
             "mcp_capacity_waiters", "Calls of this replica waiting for capacity, by protocol", ["protocol"], registry=r
         )
@@ -140,6 +146,10 @@ class Metrics:
                 self.timer_lateness.observe(max(0.0, data["timer_late_ms"].number_value / 1000))
         elif kind == E.TASK_EVENT_TYPE_QUEUED:
             self.tasks_submitted.labels(task.workflow_id).inc()
+            if task.rerun_of:
+                self.reruns.labels(task.workflow_id).inc()
+                kept = event.data.fields.get("kept_steps")
+                self.reused_steps.inc(kept.number_value if kept is not None else 0)
         elif kind in TERMINAL:
             self.tasks_finished.labels(task.workflow_id, TERMINAL[kind]).inc()
         elif kind == E.TASK_EVENT_TYPE_STEP_RETRYING:

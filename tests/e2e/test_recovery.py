@@ -33,6 +33,22 @@ async def read_log(client: Client, task_id: str) -> list[task_pb2.TaskEvent]:
     return [e async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id))]
 
 
+async def kill_when_started(
+    process: subprocess.Popen[bytes], client: Client, task_id: str, path: str
+) -> list[task_pb2.TaskEvent]:
+    """Follow the task until the step at `path` has started, then kill -9 the orchestrator;
+    the events seen until then."""
+    seen: list[task_pb2.TaskEvent] = []
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+        seen.append(event)
+        if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == path:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    await client.channel.close()
+    return seen
+
+
 def assert_gapless(log: list[task_pb2.TaskEvent]) -> None:
     assert [e.sequence for e in log] == list(range(1, len(log) + 1))
     assert log[-1].type == E.TASK_EVENT_TYPE_COMPLETED
@@ -62,14 +78,7 @@ async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, t
     )
     await create(client, wf)
     task = await submit(client, "five")
-    seen: list[task_pb2.TaskEvent] = []
-    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-        seen.append(event)
-        if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "root/s3":
-            break
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=10)
-    await client.channel.close()
+    seen = await kill_when_started(first, client, task.task_id, "root/s3")
 
     second = start_orchestrator(address, store, plugin, "second")
     try:
@@ -92,6 +101,47 @@ async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, t
         assert_no_finished_step_ran_twice(log, calls)
         final = await wait_done(client, task.task_id)
         assert final.status == task_pb2.TASK_STATUS_COMPLETED
+        await client.channel.close()
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_rerun_killed_mid_run_recovers_like_any_task(plugins, testkit, tmp_path, request, backend):
+    """kill -9 while a rerun runs: the next process resumes it; its kept steps are never called,
+    the steps it finished before the kill are not called again."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    plugin = plugins["testkit"].address
+    first = start_orchestrator(address, store, plugin, "first")
+    client = connect(address)
+    wf = workflow(
+        "five-again",
+        {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 250}") for i in range(1, 6)]}},
+    )
+    await create(client, wf)
+    original = await wait_done(client, (await submit(client, "five-again")).task_id)
+    rerun = (
+        await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=original.task_id, from_step_path="root/s3"))
+    ).task
+    seen = await kill_when_started(first, client, rerun.task_id, "root/s4")
+
+    second = start_orchestrator(address, store, plugin, "second")
+    try:
+        client = connect(address)
+        log = await read_log(client, rerun.task_id)
+        assert [e.sequence for e in log[: len(seen)]] == [e.sequence for e in seen]
+        assert_gapless(log)
+        assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in log)
+        calls = (await plugin_stats(testkit))["calls"]
+        assert not any(f"{rerun.task_id}/root/s{i}/" in key for key in calls for i in (1, 2))  # kept
+        assert calls[f"{rerun.task_id}/root/s3/sleep"] == 1  # finished before the kill
+        assert calls[f"{rerun.task_id}/root/s4/sleep"] == 2  # in flight at the kill: run again
+        assert calls[f"{rerun.task_id}/root/s5/sleep"] == 1
+        final = await wait_done(client, rerun.task_id)
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED and final.rerun_of == original.task_id
+        assert [s.reused for s in final.steps if s.path in ("root/s1", "root/s2")] == [True, True]
         await client.channel.close()
     finally:
         second.terminate()

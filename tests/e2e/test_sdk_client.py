@@ -360,6 +360,37 @@ async def test_signal_answers_a_waiting_task_once_from_both_clients(server_facto
     await asyncio.to_thread(script)
 
 
+async def test_rerun_from_both_clients_keeps_what_came_before_and_takes_an_edited_input(server_factory):
+    running = await server_factory()
+    appends = {
+        "id": "root",
+        "sequence": {"children": [{"id": f"s{i}", "step": {"protocol": "append"}} for i in (1, 2)]},
+    }
+    async with Client(running.address) as client:
+        await client.create_workflow({"workflow_id": "two-appends", "root": appends})
+        task = await client.submit("two-appends", {"text": ">"})
+        assert await client.result(task.task_id) == {"text": ">s1s2", "trail": ["root/s1", "root/s2"]}
+        again = await client.rerun(task.task_id, "root/s2", input={"text": "new:"}, request_id="once")
+        repeated = await client.rerun(task.task_id, "root/s2", input={"text": "new:"}, request_id="once")
+        assert again.rerun_of == task.task_id and repeated.task_id == again.task_id
+        assert await client.result(again.task_id) == {"text": "new:s2", "trail": ["root/s2"]}
+        with pytest.raises(McpError) as refused:
+            await client.rerun(task.task_id, input={"text": "no path"})
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and "input" in {
+            v.field for v in refused.value.violations
+        }
+
+    def script() -> None:
+        with SyncClient(running.address) as blocking:
+            whole = blocking.rerun(task.task_id)  # a completed task, from the start
+            assert whole.rerun_from_step_path == "root"
+            assert blocking.result(whole.task_id, timeout=30) == {"text": ">s1s2", "trail": ["root/s1", "root/s2"]}
+            null_input = blocking.rerun(task.task_id, "root", input=None)  # None is JSON null, not "no input"
+            assert null_input.rerun_input.WhichOneof("kind") == "null_value"
+
+    await asyncio.to_thread(script)
+
+
 @contextlib.asynccontextmanager
 async def older_server(servicer: Any) -> AsyncIterator[str]:
     """A TaskService of an older server (only what `servicer` implements), as a real gRPC server on loopback."""

@@ -145,6 +145,29 @@ def test_the_cli_answers_a_waiting_task_and_lists_the_ones_that_wait(server_proc
     assert result == {"published": True, "text": "This note is about tea. Green tea is mild.", "note": "fine"}
 
 
+def test_the_cli_reruns_a_task_from_a_step_with_an_edited_input(server_process):
+    address, _ = server_process
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "sequence.yaml")).returncode == 0
+    text = "The launch went well. Customers were delighted. Support had a calm week."
+    first = mcp(address, "--json", "task", "submit", "text-pipeline", "--input", json.dumps({"text": text}))
+    task_id = json.loads(first.stdout)["task"]["task_id"]
+    assert mcp(address, "task", "watch", task_id, "--plain").returncode == 0
+    original = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)
+
+    edited = json.dumps({"text": "I am furious, this is broken and awful."})
+    again = mcp(address, "task", "rerun", task_id, "--from", "root/feeling", "--input", edited, "--watch", "--plain")
+    assert again.returncode == 0, again.stdout + again.stderr
+    said = " ".join(again.stdout.split())  # the terminal's width may wrap it anywhere
+    assert f"a rerun of {task_id} from root/feeling" in said and "(reused)" in said
+    rerun_id = said.split()[1].rstrip(":")
+    rerun = json.loads(mcp(address, "--json", "task", "get", rerun_id).stdout)
+    assert rerun["rerun_of"] == task_id and rerun["result"] != original["result"]
+    steps = {step["path"]: step for step in rerun["steps"]}
+    assert steps["root/summary"]["reused"] is True and "reused" not in steps["root/feeling"]
+    refused = mcp(address, "task", "rerun", task_id, "--from", "root/nowhere")
+    assert refused.returncode == 1 and "from_step_path" in refused.stderr
+
+
 TEST_DOUBLES = {"fail", "flaky", "silent_supervisor", "stats", "whoami", "nest", "sleep", "chaos", "chaos_stats"}
 
 

@@ -167,6 +167,27 @@ async def test_a_signal_to_another_principals_task_is_not_found(authed):
     assert reply.created
 
 
+async def test_a_rerun_of_another_principals_task_is_not_found_and_keeps_its_owner(authed):
+    _, channel = authed
+    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+    wf = workflow("echoed", {"id": "root", "sequence": {"children": [step("a", "echo"), step("b", "echo")]}})
+    await workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=wf), metadata=as_user("writer"))
+    alices = (await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="echoed"), metadata=as_user("alice"))).task
+    async for _ in tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=alices.task_id), metadata=as_user("alice")):
+        pass
+    request = task_pb2.RerunTaskRequest(task_id=alices.task_id, from_step_path="root/b")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tasks.RerunTask(request, metadata=as_user("bob"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # indistinguishable from a task that does not exist
+    by_alice = (await tasks.RerunTask(request, metadata=as_user("alice"))).task
+    by_root = (await tasks.RerunTask(request, metadata=as_user("root"))).task
+    assert by_alice.owner == by_root.owner == "alice"  # a rerun has its original's owner, whoever asked
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tasks.GetTask(task_pb2.GetTaskRequest(task_id=by_alice.task_id), metadata=as_user("bob"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_tasks_are_isolated_per_principal_and_admins_see_all(authed):
     _, channel = authed
     tasks = task_pb2_grpc.TaskServiceStub(channel)

@@ -161,7 +161,7 @@ function stepRow(path, protocol) {
   if (row) return row;
   row = document.createElement("tr");
   row.dataset.path = path;
-  const cells = [el("td", "mono path", path), el("td", "", protocol), el("td"), el("td", "attempts", "1"), el("td", "took"), el("td"), el("td")];
+  const cells = [el("td", "mono path", path), el("td", "", protocol), el("td"), el("td", "attempts", "1"), el("td", "took"), el("td"), el("td"), el("td", "rerun-here")];
   cells[2].append(el("span", "badge running step-status", "running"));
   cells[5].append(el("pre", "value input"));
   cells[6].append(el("pre", "value output"), el("p", "problem error"));
@@ -213,7 +213,21 @@ async function refreshHeader(taskId) {
   failure.textContent = task.error ? task.error.message : "";
   failure.hidden = !task.error;
   setValue(document.getElementById("result"), task.result, task.result_ref, taskId, "", "output");
-  if (task.terminal) document.getElementById("cancel-form")?.remove();
+  if (task.terminal) {
+    document.getElementById("cancel-form")?.remove();
+    offerReruns(taskId);
+  }
+}
+
+// Once the task has ended, every step offers "rerun from here" (the page, loaded again, shows the form).
+function offerReruns(taskId) {
+  for (const row of document.querySelectorAll("#steps tbody tr")) {
+    const cell = row.querySelector("td.rerun-here");
+    if (!cell || cell.firstChild) continue;
+    const link = el("a", "", "rerun from here");
+    link.href = `/tasks/${encodeURIComponent(taskId)}?rerun=${encodeURIComponent(row.dataset.path)}#rerun`;
+    cell.append(link);
+  }
 }
 
 function taskPage() {

@@ -2,7 +2,7 @@
 state lives, one small port per job (each backend implements every one: state/sqlite, state/redis)."""
 
 from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult, ProtocolCaller, ProtocolCallError
-from mcp_server.engine.ports.queue import TaskQueue
+from mcp_server.engine.ports.queue import Kept, TaskQueue
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, RegistryStore
 from mcp_server.engine.ports.store import Store, StoreConnection
 from mcp_server.engine.ports.tasks import Checkpoint, EventListener, StepRecord, TaskFilter, TaskPage, TaskStore
@@ -17,6 +17,7 @@ __all__ = [
     "CapacityRequest",
     "Checkpoint",
     "EventListener",
+    "Kept",
     "ProtocolCallError",
     "ProtocolCaller",
     "RegistryStore",

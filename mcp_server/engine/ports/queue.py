@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.ports.tasks import StepRecord
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What a rerun keeps of the task it reruns (`source_task_id`): its step records as the new task
+    stores them, and the digests of the large values they and its input refer to, which the store
+    copies from the source's values itself (they never travel through the server)."""
+
+    source_task_id: str
+    records: Sequence[StepRecord]
+    digests: Sequence[str]
 
 
 class TaskQueue(Protocol):
@@ -34,10 +47,14 @@ class TaskQueue(Protocol):
         max_queue: int = 0,
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
+        kept: Kept | None = None,
     ) -> tuple[task_pb2.Task, bool, int]:
         """create_task for a task that `holder` starts at once: it is stored already leased
         (the lease token is returned; 0 when an existing task was returned) and never queued.
-        If the holder dies, the lease runs out and the task is queued like any other."""
+        If the holder dies, the lease runs out and the task is queued like any other. With
+        `kept`, the task is a rerun: it is stored with those step records and values, in the same
+        write, and listed among the source's reruns (the store may give it another task_id, in
+        the source's partition; its request_id dedupes reruns apart from submissions)."""
         ...
 
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:

@@ -83,6 +83,10 @@ class TaskStore(Protocol):
         """Tasks newest first, as get_task returns them."""
         ...
 
+    async def reruns_of(self, task_id: str, limit: int) -> list[str]:
+        """The first `limit` tasks created as reruns of `task_id` (see TaskQueue.create_leased), oldest first."""
+        ...
+
     async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
         """Step records with index >= start, in index order, at most `limit`."""
         ...

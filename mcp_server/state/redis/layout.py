@@ -18,11 +18,14 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:i:<index>   listing indexes: zset task_id -> create micros; <index> is `a` (all),
                      `s:<status>`, `o:<owner>`, `os:<status>:<owner>`, `w:<workflow>`, `ws:<status>:<workflow>`
     P{T}:t:<id>      the task's header hash: f (fixed part), v (live part), st, tok (fencing
-                     token), seq (last event written), pr, ow, wf, ct, fp, qm, by, cx
+                     token), seq (last event written), pr, ow, wf, ct, fp, qm, by, cx, ro (rerun of)
     P{T}:t:<id>:s    step records: hash path -> serialized StepState
     P{T}:t:<id>:o    step order: hash index -> path
     P{T}:t:<id>:e    events: stream, entry id 0-<sequence>
     P{T}:t:<id>:v    large values: hash SHA-256 -> serialized Value
+    P{T}:t:<id>:vl   large values a rerun shares with the task that holds them: hash SHA-256 -> that task
+    P{T}:t:<id>:b    the tasks that share this task's values (its :v is then kept until it is purged): set
+    P{T}:t:<id>:r    the task's reruns: zset task_id -> create micros (a rerun lives in its source's partition)
     P{T}:t:<id>:g    signals: hash n (how many), tk (how many taken in), <index> -> SignalTaskRequest,
                      s:<index> -> `<SIGNAL_RECEIVED sequence>|<step>`, r:<request_id> -> index
     P{T}:t:<id>:w    waiting steps: hash path -> `<signal>|<deadline ms>|<since ms>|<assigned index>`
@@ -64,6 +67,8 @@ class TaskKeys:
     values: str
     signals: str
     waits: str
+    links: str
+    reruns: str
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -97,7 +102,7 @@ class Layout:
 
     def task(self, task_id: str) -> TaskKeys:
         head = f"{self.base(self.partition_of(task_id))}t:{task_id}"
-        return TaskKeys(head, f"{head}:s", f"{head}:o", f"{head}:e", f"{head}:v", f"{head}:g", f"{head}:w")
+        return TaskKeys(head, *(f"{head}:{suffix}" for suffix in ("s", "o", "e", "v", "g", "w", "vl", "r")))
 
     def task_prefix(self, partition: int) -> str:
         """What a script prepends to a task id to name its header (and, with a suffix, its other keys)."""

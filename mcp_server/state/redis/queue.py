@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.errors import Unavailable
+from mcp_server.engine.ports import Kept
+from mcp_server.errors import NotFound, Unavailable
 from mcp_server.state.common import (
     QUEUE_LENGTH_CACHE_SECONDS,
     CreateTask,
@@ -20,6 +22,7 @@ from mcp_server.state.common import (
     mark_cancelled,
     now_seconds,
     request_task_id,
+    rerun_dedupe_key,
 )
 from mcp_server.state.redis import queue_lua as lua
 from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
@@ -38,6 +41,7 @@ class RedisQueue(CreateTask):
         self.hub = hub
         self.tasks = tasks  # reads the task a repeated request_id names
         self._create = conn.register(lua.CREATE_TASK)
+        self._create_rerun = conn.register(lua.CREATE_RERUN)
         self._claim = conn.register(lua.CLAIM_TASKS)
         self._renew = conn.register(lua.RENEW_LEASES)
         self._release = conn.register(lua.RELEASE_EXPIRED)
@@ -54,11 +58,15 @@ class RedisQueue(CreateTask):
         max_queue: int = 0,
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
+        kept: Kept | None = None,
     ) -> tuple[task_pb2.Task, bool, int]:
         """A task with a request_id has an id derived from its owner and request_id, so the
         dedupe is the task's own key; without one, a second run of the script (a lost reply)
-        finds the task it made and says so."""
-        if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
+        finds the task it made and says so. A rerun's id puts it in its source's partition, so
+        that one script writes it, links it to the values it shares and lists it as a rerun."""
+        if kept is not None:
+            task.task_id = event.task_id = await self._rerun_id(task, kept.source_task_id)
+        elif task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
             task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
         if max_queue and not holder and await self._cached_queue_length() >= max_queue:
             raise QueueFull(max_queue)
@@ -77,20 +85,35 @@ class RedisQueue(CreateTask):
             holder,
             int((now_seconds() + lease_seconds) * 1000),
         ]
-        for digest, data in (values or {}).items():
-            args += [digest, data]
-        created, detail = await self.conn.write(
-            self._create,
-            [
-                keys.header,
-                keys.events,
-                self.layout.queue(partition),
-                keys.values,
-                self.layout.leases(partition),
-                *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id),
-            ],
-            args,
-        )
+        script_keys = [
+            keys.header,
+            keys.events,
+            self.layout.queue(partition),
+            keys.values,
+            self.layout.leases(partition),
+            *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id),
+        ]
+        if kept is None:
+            for digest, data in (values or {}).items():
+                args += [digest, data]
+            created, detail = await self.conn.write(self._create, script_keys, args)
+        else:
+            source = self.layout.task(kept.source_task_id)
+            script_keys += [keys.steps, keys.order, keys.links, source.header, source.reruns]
+            args += [self.layout.task_prefix(partition), kept.source_task_id, len(values or {})]
+            for digest, data in (values or {}).items():
+                args += [digest, data]
+            args.append(len(kept.records))
+            for record in kept.records:
+                args += [record.index, record.path, record.data]
+            args += list(kept.digests)
+            created, detail = await self.conn.write(self._create_rerun, script_keys, args)
+            if created == -1:
+                raise NotFound(
+                    f"task {kept.source_task_id}: {detail.decode()} was purged meanwhile",
+                    reason="TASK_NOT_FOUND",
+                    metadata={"task_id": kept.source_task_id},
+                )
         if created:
             self.hub.written(keys.events, [event], writer=bool(holder))
             if not holder:  # queued: counts against the limit before the next count
@@ -105,6 +128,37 @@ class RedisQueue(CreateTask):
         if existing is None:
             raise Unavailable(f"task {task.task_id} was purged while it was being read; submit again")
         return existing, False, 0
+
+    async def _rerun_id(self, task: task_pb2.Task, source_task_id: str) -> str:
+        """An id in the source's partition: at random, or from the request_id, one per partition
+        (the same each try, so the dedupe is the task's own key, as for a submission). The same
+        request_id for a rerun of another task (in another partition) is refused, as on SQLite."""
+        partition = self.layout.partition_of(source_task_id)
+        if not task.request_id:
+            while True:
+                candidate = uuid.uuid4().hex
+                if self.layout.partition_of(candidate) == partition:
+                    return candidate
+        ids = self._request_ids(task.owner, rerun_dedupe_key(task.request_id))
+        others = [ids[p] for p in range(self.layout.partitions) if p != partition]
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for other in others:
+                pipe.exists(self.layout.task(other).header)
+            found = await self.conn.do(pipe.execute())
+        for other, exists in zip(others, found):
+            if exists:
+                raise RequestIdReused(task.request_id, other)
+        return ids[partition]
+
+    def _request_ids(self, owner: str, dedupe: str) -> dict[int, str]:
+        """For each partition, the first of the ids derived from (owner, dedupe, 0, 1, ...) that lands there."""
+        ids: dict[int, str] = {}
+        attempt = 0
+        while len(ids) < self.layout.partitions:
+            candidate = request_task_id(owner, f"{dedupe}\0{attempt}")
+            ids.setdefault(self.layout.partition_of(candidate), candidate)
+            attempt += 1
+        return ids
 
     async def _cached_queue_length(self) -> int:
         """The queue limit is checked against a count at most QUEUE_LENGTH_CACHE_SECONDS old

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from mcp_server.state.redis.status_lua import MOVE_STATUS
 
-# KEYS: header, events, queue, values, leases, the six indexes (see Layout.indexes_of)
-# ARGV: task_id, fixed, live, status, priority, owner, workflow, fingerprint, event,
-#       holder ('' to queue the task), lease expiry ms, then digest, value pairs
-# -> {1, token} created (token 0 when queued); {0, fingerprint} it exists already
-CREATE_TASK = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
+# The body both creates share: the header, the first event, queued or leased at once.
+# KEYS[1..5] and ARGV[1..11] as CREATE_TASK's; sets `micros` and `token`.
+_STORE_TASK = """
 local now = redis.call('TIME')
 local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local member = string.format('%016d', micros) .. ':' .. ARGV[1]
@@ -26,10 +23,68 @@ else  -- started at once by the replica that took the submission: leased, never 
   redis.call('HSET', KEYS[1], 'tok', 1, 'by', ARGV[10])
   redis.call('ZADD', KEYS[5], ARGV[11], ARGV[1])
 end
+for i = 6, 11 do redis.call('ZADD', KEYS[i], micros, ARGV[1]) end
+"""
+
+# KEYS: header, events, queue, values, leases, the six indexes (see Layout.indexes_of)
+# ARGV: task_id, fixed, live, status, priority, owner, workflow, fingerprint, event,
+#       holder ('' to queue the task), lease expiry ms, then digest, value pairs
+# -> {1, token} created (token 0 when queued); {0, fingerprint} it exists already
+CREATE_TASK = (
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
+"""
+    + _STORE_TASK
+    + """
 for i = 12, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
-for i = 6, #KEYS do redis.call('ZADD', KEYS[i], micros, ARGV[1]) end
 return {1, token}
 """
+)
+
+# A rerun (see TaskQueue.create_leased): created as CREATE_TASK creates a task, with the step
+# records it keeps and links to the large values they refer to, each to the task that holds the
+# bytes (the source, or the task the source links to), which keeps them until it is purged.
+# KEYS: as CREATE_TASK's, then steps, order, value links, the source's header, the source's reruns
+# ARGV: as CREATE_TASK's up to the lease expiry, then the task key prefix, the source's id,
+#       #values, (digest, value) pairs, #records, (index, path, record) triples, then the digests to link
+# -> as CREATE_TASK's; {-1, what} when the source or one of its values is gone
+CREATE_RERUN = (
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
+if redis.call('EXISTS', KEYS[15]) == 0 then return {-1, 'the task'} end
+local prefix, source = ARGV[12], ARGV[13]
+local values_at = 15
+local records_at = values_at + 2 * tonumber(ARGV[14]) + 1
+local digests_at = records_at + 3 * tonumber(ARGV[records_at - 1])
+local origins = {}
+for j = digests_at, #ARGV do
+  local origin = source
+  if redis.call('HEXISTS', prefix .. source .. ':v', ARGV[j]) == 0 then
+    origin = redis.call('HGET', prefix .. source .. ':vl', ARGV[j])
+    if not origin then return {-1, 'its value ' .. ARGV[j]} end
+  end
+  origins[j] = origin
+end
+"""
+    + _STORE_TASK
+    + """
+redis.call('HSET', KEYS[1], 'ro', source)
+for i = values_at, records_at - 2, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
+for i = records_at, digests_at - 1, 3 do
+  redis.call('HSET', KEYS[12], ARGV[i + 1], ARGV[i + 2])
+  redis.call('HSET', KEYS[13], ARGV[i], ARGV[i + 1])
+end
+for j = digests_at, #ARGV do
+  redis.call('HSET', KEYS[14], ARGV[j], origins[j])
+  redis.call('SADD', prefix .. origins[j] .. ':b', ARGV[1])
+  redis.call('PERSIST', prefix .. origins[j] .. ':v')
+end
+redis.call('ZADD', KEYS[16], micros, ARGV[1])
+local ttl = redis.call('PTTL', KEYS[15])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[16], ttl) end
+return {1, token}
+"""
+)
 
 
 # KEYS: queue, leases, due times

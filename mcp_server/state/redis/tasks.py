@@ -33,6 +33,7 @@ class RedisTasks:
         self.hub = hub
         self._checkpoint = conn.register(lua.CHECKPOINT)
         self._purge = conn.register(lua.PURGE_FINISHED)
+        self._read_linked = conn.register(lua.READ_LINKED)
         self._read_steps = conn.register(lua.READ_STEPS)
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
@@ -126,6 +127,10 @@ class RedisTasks:
                 break
         return records
 
+    async def reruns_of(self, task_id: str, limit: int) -> list[str]:
+        found = await self.conn.do(self.conn.r.zrange(self.layout.task(task_id).reruns, 0, limit - 1))
+        return [t.decode() for t in found]
+
     async def read_step(self, task_id: str, path: str) -> StepRecord | None:
         data = await self.conn.do(self.conn.r.hget(self.layout.task(task_id).steps, path))
         if data is None:
@@ -135,8 +140,17 @@ class RedisTasks:
     async def read_values(self, task_id: str, digests: Sequence[str]) -> dict[str, bytes]:
         if not digests:
             return {}
-        found = await self.conn.do(self.conn.r.hmget(self.layout.task(task_id).values, list(digests)))
-        return {d: v for d, v in zip(digests, found) if v is not None}
+        keys = self.layout.task(task_id)
+        found = await self.conn.do(self.conn.r.hmget(keys.values, list(digests)))
+        values = {d: v for d, v in zip(digests, found) if v is not None}
+        if len(values) < len(digests):  # a rerun's: shared with the task that holds them
+            missing = [d for d in digests if d not in values]
+            prefix = self.layout.task_prefix(self.layout.partition_of(task_id))
+            linked = await self.conn.do(
+                self.conn.script(self._read_linked, [keys.values, keys.links], [prefix, *missing])
+            )
+            values.update({d: v for d, v in zip(missing, linked) if v})
+        return values
 
     async def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         partition = self.layout.partition_of(checkpoint.task_id)

@@ -108,10 +108,46 @@ for _, task_id in ipairs(due) do
       redis.call('ZREM', idx .. key, task_id)
     end
   end
-  redis.call('DEL', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v', head .. ':g', head .. ':w')
+  -- reruns that share this task's values get their own copies of them
+  for _, rerun in ipairs(redis.call('SMEMBERS', head .. ':b')) do
+    local other = ARGV[2] .. rerun
+    local links = redis.call('HGETALL', other .. ':vl')
+    for j = 1, #links, 2 do
+      if links[j + 1] == task_id then
+        local data = redis.call('HGET', head .. ':v', links[j])
+        if data then redis.call('HSET', other .. ':v', links[j], data) end
+        redis.call('HDEL', other .. ':vl', links[j])
+      end
+    end
+    local ttl = redis.call('PTTL', other)
+    if ttl > 0 then redis.call('PEXPIRE', other .. ':v', ttl) end
+  end
+  for _, origin in ipairs(redis.call('HVALS', head .. ':vl')) do
+    redis.call('SREM', ARGV[2] .. origin .. ':b', task_id)
+  end
+  local source = redis.call('HGET', head, 'ro')
+  if source then redis.call('ZREM', ARGV[2] .. source .. ':r', task_id) end
+  redis.call('DEL', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v', head .. ':g', head .. ':w',
+             head .. ':vl', head .. ':b', head .. ':r')
   redis.call('ZREM', KEYS[1], task_id)
 end
 return #due
+"""
+
+
+# KEYS: values, value links; ARGV: the task key prefix, then digests -> for each, its value (or false):
+# the task's own, else the one it shares with the task its link names (see CREATE_RERUN)
+READ_LINKED = """
+local found = {}
+for i = 2, #ARGV do
+  local data = redis.call('HGET', KEYS[1], ARGV[i])
+  if not data then
+    local origin = redis.call('HGET', KEYS[2], ARGV[i])
+    if origin then data = redis.call('HGET', ARGV[1] .. origin .. ':v', ARGV[i]) end
+  end
+  found[i - 1] = data or false
+end
+return found
 """
 
 

@@ -8,7 +8,8 @@ process owns the file. Watchers in this process are woken from memory when a tas
 
 Tables: `tasks` (a row per task: its fixed and live parts, the columns listing and the queue
 need), `steps` (a row per step record, keyed by task and index), `task_values` (large values
-by task and SHA-256), `events`, `workflows`, `protocol_instances`, `breakers`, `meta` (the layout).
+by task and SHA-256), `value_links` (the large values a rerun shares with the task that holds
+them: task, SHA-256 -> that task), `events`, `workflows`, `protocol_instances`, `breakers`, `meta` (the layout).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE UNIQUE INDEX IF NOT EXISTS steps_by_path ON steps (task_id, path);
 CREATE TABLE IF NOT EXISTS task_values (
   task_id TEXT NOT NULL, digest TEXT NOT NULL, data BLOB NOT NULL, PRIMARY KEY (task_id, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS value_links (
+  task_id TEXT NOT NULL, digest TEXT NOT NULL, origin TEXT NOT NULL, PRIMARY KEY (task_id, digest)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS value_links_by_origin ON value_links (origin);
 CREATE TABLE IF NOT EXISTS events (
   task_id TEXT NOT NULL, sequence INTEGER NOT NULL, data BLOB NOT NULL,
   PRIMARY KEY (task_id, sequence)) WITHOUT ROWID;
@@ -67,8 +71,14 @@ CREATE TABLE IF NOT EXISTS waits (
   task_id TEXT NOT NULL, path TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (task_id, path)) WITHOUT ROWID;
 """
 # Columns added since state layout 2 was first written: a file without them gets them at open.
-ADDED_COLUMNS = {"due_at": "ALTER TABLE tasks ADD COLUMN due_at REAL"}
-ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at) WHERE due_at IS NOT NULL;"
+ADDED_COLUMNS = {
+    "due_at": "ALTER TABLE tasks ADD COLUMN due_at REAL",
+    "rerun_of": "ALTER TABLE tasks ADD COLUMN rerun_of TEXT",
+}
+ADDED_INDEXES = """
+CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_reruns ON tasks (rerun_of) WHERE rerun_of IS NOT NULL;
+"""
 
 
 class SqliteDatabase:

@@ -8,6 +8,8 @@ import time
 from collections.abc import Mapping, Sequence
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.ports import Kept
+from mcp_server.errors import NotFound
 from mcp_server.state.common import (
     ACTIVE,
     QUEUE_LENGTH_CACHE_SECONDS,
@@ -20,6 +22,7 @@ from mcp_server.state.common import (
     mark_cancelled,
     now_seconds,
     request_task_id,
+    rerun_dedupe_key,
 )
 from mcp_server.state.sqlite.database import SqliteDatabase
 
@@ -41,15 +44,17 @@ class SqliteQueue(CreateTask):
         max_queue: int = 0,
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
+        kept: Kept | None = None,
     ) -> tuple[task_pb2.Task, bool, int]:
+        dedupe = rerun_dedupe_key(task.request_id) if kept and task.request_id else task.request_id
         if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
-            task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
+            task.task_id = event.task_id = request_task_id(task.owner, dedupe)
 
         def insert(db: sqlite3.Connection) -> tuple[task_pb2.Task, bool, int]:
             if task.request_id:
                 row = db.execute(
                     "SELECT fixed, live, request_fp FROM tasks WHERE owner=? AND request_id=?",
-                    (task.owner, task.request_id),
+                    (task.owner, dedupe),
                 ).fetchone()
                 if row is not None:
                     existing = assemble(row[0], row[1])
@@ -63,22 +68,25 @@ class SqliteQueue(CreateTask):
                 db.execute(
                     "INSERT INTO tasks (task_id, workflow_id, owner, status, priority,"
                     " request_id, request_fp, fixed, live, "
-                    "last_sequence, queued, lease_owner, lease_token, lease_expires)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "last_sequence, queued, lease_owner, lease_token, lease_expires, rerun_of)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         task.task_id,
                         task.workflow_id,
                         task.owner,
                         task.status,
                         task.priority,
-                        task.request_id or None,
+                        dedupe or None,
                         fingerprint,
                         fixed_part(task),
                         live_part(task),
                         task.last_sequence,
                         *leased,
+                        kept.source_task_id if kept else None,
                     ),
                 )
+                if kept:
+                    _copy_kept(db, task.task_id, kept)
                 db.execute(
                     "INSERT INTO events VALUES (?,?,?)", (task.task_id, event.sequence, event.SerializeToString())
                 )
@@ -221,3 +229,26 @@ class SqliteQueue(CreateTask):
             list(task_ids),
         )
         return {str(r[0]): str(r[1]) for r in rows}
+
+
+def _copy_kept(db: sqlite3.Connection, task_id: str, kept: Kept) -> None:
+    """A rerun's kept step records, and links to the large values they (and its input) refer to:
+    each to the task that holds the bytes (the source, or the task the source links to), so a
+    value is stored once however many reruns share it."""
+    db.executemany("INSERT INTO steps VALUES (?,?,?,?)", [(task_id, r.index, r.path, r.data) for r in kept.records])
+    source = kept.source_task_id
+    if db.execute("SELECT 1 FROM tasks WHERE task_id=?", (source,)).fetchone() is None:
+        raise _gone(source, "the task")
+    # A value the source does not link to is its own (a task and its values go together). Not
+    # looked up in task_values: a key lookup there reads the whole value, in an index b-tree.
+    links = dict(db.execute("SELECT digest, origin FROM value_links WHERE task_id=?", (source,)).fetchall())
+    db.executemany(
+        "INSERT OR IGNORE INTO value_links VALUES (?,?,?)",
+        [(task_id, digest, links.get(digest, source)) for digest in kept.digests],
+    )
+
+
+def _gone(source: str, what: str) -> NotFound:
+    return NotFound(
+        f"task {source}: {what} was purged meanwhile", reason="TASK_NOT_FOUND", metadata={"task_id": source}
+    )

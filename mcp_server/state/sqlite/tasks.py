@@ -71,6 +71,10 @@ class SqliteTasks:
         )
         return [StepRecord(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
+    async def reruns_of(self, task_id: str, limit: int) -> list[str]:
+        rows = await self.db.rows("SELECT task_id FROM tasks WHERE rerun_of=? ORDER BY seq LIMIT ?", (task_id, limit))
+        return [str(r[0]) for r in rows]
+
     async def read_step(self, task_id: str, path: str) -> StepRecord | None:
         rows = await self.db.rows("SELECT idx, path, data FROM steps WHERE task_id=? AND path=?", (task_id, path))
         return StepRecord(int(rows[0][0]), str(rows[0][1]), bytes(rows[0][2])) if rows else None
@@ -78,9 +82,12 @@ class SqliteTasks:
     async def read_values(self, task_id: str, digests: Sequence[str]) -> dict[str, bytes]:
         if not digests:
             return {}
+        marks = ",".join("?" * len(digests))
         rows = await self.db.rows(
-            f"SELECT digest, data FROM task_values WHERE task_id=? AND digest IN ({','.join('?' * len(digests))})",
-            [task_id, *digests],
+            f"SELECT digest, data FROM task_values WHERE task_id=? AND digest IN ({marks})"
+            " UNION ALL SELECT l.digest, v.data FROM value_links l JOIN task_values v"
+            f" ON v.task_id=l.origin AND v.digest=l.digest WHERE l.task_id=? AND l.digest IN ({marks})",
+            [task_id, *digests, task_id, *digests],
         )
         return {str(r[0]): bytes(r[1]) for r in rows}
 
@@ -160,11 +167,17 @@ class SqliteTasks:
 
         def purge(db: sqlite3.Connection) -> int:
             with db:
-                for table in ("events", "steps", "task_values", "signals", "waits"):
-                    db.execute(
-                        f"DELETE FROM {table} WHERE task_id IN (SELECT task_id FROM tasks WHERE finished_at < ?)",
-                        (cutoff,),
-                    )
+                gone = "SELECT task_id FROM tasks WHERE finished_at < ?"
+                # a value a rerun that stays shares with a task that goes: the rerun gets its own copy
+                db.execute(
+                    "INSERT OR IGNORE INTO task_values SELECT l.task_id, l.digest, v.data FROM value_links l"
+                    " JOIN task_values v ON v.task_id=l.origin AND v.digest=l.digest"
+                    f" WHERE l.origin IN ({gone}) AND l.task_id NOT IN ({gone})",
+                    (cutoff, cutoff),
+                )
+                db.execute(f"DELETE FROM value_links WHERE origin IN ({gone})", (cutoff,))
+                for table in ("events", "steps", "task_values", "value_links", "signals", "waits"):
+                    db.execute(f"DELETE FROM {table} WHERE task_id IN ({gone})", (cutoff,))
                 return int(db.execute("DELETE FROM tasks WHERE finished_at < ?", (cutoff,)).rowcount)
 
         return await self.db.run(purge)

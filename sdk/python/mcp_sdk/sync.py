@@ -17,6 +17,7 @@ from typing import Any, Self, TypeVar
 
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_sdk.task_methods import UNSET, _Unset
 from mcp_sdk.values import JsonValue
 
 T = TypeVar("T")
@@ -141,6 +142,20 @@ class SyncClient:
     ) -> task_pb2.SignalTaskResponse:
         """See Client.signal."""
         return self._run(self._client.signal(task_id, signal, payload, step_path=step_path, request_id=request_id))
+
+    def rerun(
+        self,
+        task_id: str,
+        from_step_path: str = "",
+        *,
+        input: JsonValue | _Unset = UNSET,
+        version: int = 0,
+        request_id: str | None = None,
+    ) -> task_pb2.Task:
+        """See Client.rerun."""
+        return self._run(
+            self._client.rerun(task_id, from_step_path, input=input, version=version, request_id=request_id)
+        )
 
     def read_value(
         self,

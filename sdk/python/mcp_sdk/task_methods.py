@@ -19,6 +19,13 @@ from mcp_sdk.proto import task_pb2
 from mcp_sdk.values import JsonValue, python_to_value, value_to_python
 
 
+class _Unset:
+    """The type of UNSET: no value given (None is a value: JSON null)."""
+
+
+UNSET = _Unset()
+
+
 class TaskMethods(Connection):
     """Tasks: submitted (idempotent by request id), read, listed, cancelled, followed to their end."""
 
@@ -101,6 +108,35 @@ class TaskMethods(Connection):
         request.payload.CopyFrom(python_to_value(payload))
         reply: task_pb2.SignalTaskResponse = await self._call(self.tasks.SignalTask, request)
         return reply
+
+    async def rerun(
+        self,
+        task_id: str,
+        from_step_path: str = "",
+        *,
+        input: JsonValue | _Unset = UNSET,
+        version: int = 0,
+        request_id: str | None = None,
+    ) -> task_pb2.Task:
+        """Start a new task from a finished one: the steps that completed before `from_step_path`
+        are kept (marked `reused`, not called again), the rest runs afresh. `input` (needs
+        `from_step_path`) is what that step receives instead of what came before; `version` runs
+        the rerun on another version of the workflow (a fixed definition). An empty path reruns a
+        failed or cancelled task from its first step that did not complete, a completed one from
+        the start. `request_id` makes it idempotent (one is generated when none is given, so that
+        gRPC's retries start one rerun). Raises McpError: FAILED_PRECONDITION for a task not yet
+        finished, INVALID_ARGUMENT for a path not in the task or a version that lacks a kept step
+        (the violation names it), NOT_FOUND for a task this principal cannot see."""
+        request = task_pb2.RerunTaskRequest(
+            task_id=task_id,
+            from_step_path=from_step_path,
+            workflow_version=version,
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        if not isinstance(input, _Unset):
+            request.input.CopyFrom(python_to_value(input))
+        reply: task_pb2.SubmitTaskResponse = await self._call(self.tasks.RerunTask, request)
+        return reply.task
 
     async def read_value(
         self,

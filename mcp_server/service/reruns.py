@@ -1,0 +1,159 @@
+"""RerunTask: a new task from a finished one, keeping what completed before the chosen step
+(engine/reruns.py says which steps), stored with those steps in one write and run like any task."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.auth import ANONYMOUS_ADMIN, Principal
+from mcp_server.engine.context import make_event, now
+from mcp_server.engine.event_types import E
+from mcp_server.engine.payload import Payload
+from mcp_server.engine.plans import PlanCache
+from mcp_server.engine.ports import Kept, TaskStore
+from mcp_server.engine.records import stored_refs
+from mcp_server.engine.reruns import Step, first_missing, first_unfinished, kept_steps, read_steps, rerun_records
+from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from mcp_server.service.access import require, visible_task
+from mcp_server.service.submission import Submission, check_input
+from mcp_server.settings import Settings
+from mcp_server.state.common import TERMINAL
+
+
+class Reruns:
+    def __init__(self, settings: Settings, tasks: TaskStore, plans: PlanCache, submission: Submission) -> None:
+        self.settings = settings
+        self.tasks = tasks
+        self.plans = plans
+        self.submission = submission
+
+    async def rerun_task(
+        self, request: task_pb2.RerunTaskRequest, principal: Principal = ANONYMOUS_ADMIN
+    ) -> tuple[task_pb2.Task, bool]:
+        """Store the rerun (see RerunTask in task.proto for what is kept, and what is refused)
+        and queue it, or start it here; return it (BASIC) and whether it is new."""
+        require("task_id", request.task_id)
+        if request.HasField("input"):
+            if not request.from_step_path:
+                raise InvalidArgument(
+                    "input needs from_step_path: it is what that step receives",
+                    violations=[FieldViolation("input", "set from_step_path to the step that receives it")],
+                )
+            check_input("input", request.input, self.settings.limits)
+        self.submission.check_request_id(request.request_id)
+        self.submission.rate_limiter.take(principal.name)
+        source = await visible_task(self.tasks, request.task_id, principal)
+        if source.status not in TERMINAL:
+            status = task_pb2.TaskStatus.Name(source.status).removeprefix("TASK_STATUS_")
+            raise FailedPrecondition(
+                f"task {source.task_id} is {status}: only a finished task can be rerun",
+                reason="TASK_NOT_FINISHED",
+                violations=[FieldViolation("task_id", f"the task is {status}; wait for it to end, or cancel it")],
+                metadata={"task_id": source.task_id, "status": status},
+            )
+        steps = read_steps(await self.tasks.read_steps(source.task_id, 0, source.step_count))
+        chosen = self._chosen(request, source, steps)
+        kept = kept_steps(steps, chosen) if any(s.path == chosen for s in steps) else []
+        version = request.workflow_version or source.workflow_version
+        plan = await self.plans.get(source.workflow_id, version)
+        if version != source.workflow_version and (missing := first_missing(plan.root, kept)) is not None:
+            path, why = missing
+            raise InvalidArgument(
+                f"workflow {source.workflow_id!r} version {version} cannot keep step {path}: {why}",
+                reason="RERUN_STEP_MISSING",
+                violations=[FieldViolation("workflow_version", f"step {path}: {why}")],
+                metadata={"step_path": path},
+            )
+        if request.HasField("input"):
+            self._check_input_kind(request, steps)
+        task, values = self._new_task(request, source, chosen, kept, version)
+        digests = sorted({d for step in kept for d in stored_refs(step.state)} | _input_digest(source))
+        event = make_event(
+            task.task_id,
+            1,
+            E.TASK_EVENT_TYPE_QUEUED,
+            message=f"queued with priority {task.priority}: a rerun of {source.task_id} from {chosen},"
+            f" {len(kept)} steps kept",
+            data={"rerun_of": source.task_id, "from_step_path": chosen, "kept_steps": len(kept)},
+        )
+        fingerprint = (
+            hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
+        )
+        records = rerun_records(steps, kept, chosen, plan.root)
+        task.step_count = len(records)
+        return await self.submission.store(task, event, fingerprint, values, Kept(source.task_id, records, digests))
+
+    @staticmethod
+    def _chosen(request: task_pb2.RerunTaskRequest, source: task_pb2.Task, steps: Sequence[Step]) -> str:
+        """The step to rerun from: the one asked for, which must be in the task; else, for a task
+        that did not complete, its first step that did not; else its first step (from the start)."""
+        if request.from_step_path:
+            if not any(s.path == request.from_step_path for s in steps):
+                raise InvalidArgument(
+                    f"task {source.task_id} has no step {request.from_step_path!r}",
+                    reason="STEP_NOT_FOUND",
+                    violations=[FieldViolation("from_step_path", "is not the path of a step of the task")],
+                    metadata={"task_id": source.task_id},
+                )
+            return request.from_step_path
+        if source.status != task_pb2.TASK_STATUS_COMPLETED and (path := first_unfinished(steps)) is not None:
+            return path
+        return steps[0].path if steps else ""
+
+    @staticmethod
+    def _check_input_kind(request: task_pb2.RerunTaskRequest, steps: Sequence[Step]) -> None:
+        state = next(s.state for s in steps if s.path == request.from_step_path)
+        if state.kind == "step" and request.input.WhichOneof("kind") != "struct_value":
+            raise InvalidArgument(
+                f"step {state.path} calls a protocol, which receives an object",
+                violations=[FieldViolation("input", "must be an object for a step that calls a protocol")],
+            )
+
+    def _new_task(
+        self,
+        request: task_pb2.RerunTaskRequest,
+        source: task_pb2.Task,
+        chosen: str,
+        kept: Sequence[Step],
+        version: int,
+    ) -> tuple[task_pb2.Task, dict[str, bytes]]:
+        """The rerun's header (same owner, input, priority and labels as the source) and the
+        large values it stores itself (an edited input above the inline limit)."""
+        task = task_pb2.Task(
+            task_id=uuid.uuid4().hex,
+            workflow_id=source.workflow_id,
+            workflow_version=version,
+            status=task_pb2.TASK_STATUS_PENDING,
+            priority=source.priority,
+            request_id=request.request_id,
+            labels=dict(source.labels),
+            create_time=now(),
+            last_sequence=1,
+            owner=source.owner,
+            rerun_of=source.task_id,
+            rerun_from_step_path=chosen,
+        )
+        if source.input_ref.sha256:
+            task.input_ref.CopyFrom(source.input_ref)
+        else:
+            task.input_data.CopyFrom(source.input_data)
+        values: dict[str, bytes] = {}
+        if request.HasField("input"):
+            given = Payload.of_value(request.input)
+            if given.size > self.settings.limits.inline_value_bytes:
+                values[given.sha256] = given.serialized()
+                task.rerun_input_ref.CopyFrom(
+                    task_pb2.ValueRef(
+                        size_bytes=given.size, sha256=given.sha256, step_path=chosen, field=task_pb2.VALUE_FIELD_INPUT
+                    )
+                )
+            else:
+                task.rerun_input.CopyFrom(request.input)
+        return task, values
+
+
+def _input_digest(source: task_pb2.Task) -> set[str]:
+    return {source.input_ref.sha256} if source.input_ref.sha256 else set()

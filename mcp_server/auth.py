@@ -55,6 +55,9 @@ REQUIRED_ROLE = {
     "/mcp.v1.WorkflowService/DeleteWorkflow": "author",
     "/mcp.v1.ProtocolRegistry/RegisterProtocol": "operator",
     "/mcp.v1.ProtocolRegistry/DeregisterProtocol": "operator",
+    "/mcp.v1.ProtocolRegistry/PutRateLimit": "operator",
+    "/mcp.v1.ProtocolRegistry/DeleteRateLimit": "operator",
+    "/mcp.v1.ProtocolRegistry/ListRateLimits": "operator",
 }
 
 

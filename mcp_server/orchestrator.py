@@ -21,6 +21,7 @@ from mcp_server.protocols.breakers import BreakerBoard, BreakerSettings
 from mcp_server.protocols.caller import GrpcProtocolCaller
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.outliers import OutlierSettings
+from mcp_server.protocols.rate_limits import RateLimitGate
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.protocols.upkeep import RegistryUpkeep, UpkeepSettings
 from mcp_server.service.cancelling import Cancelling
@@ -53,6 +54,10 @@ class Orchestrator:
         self._build_protocols(settings, store, tracer)
         self.plans = PlanCache(store.workflows, settings)
         self.views = TaskViews(store.tasks, settings.limits)
+        self.rate_limits = RateLimitGate(
+            store.rate_limits,
+            lambda key, granted: self.metrics.rate_limit_answers.labels(key, "granted" if granted else "waited").inc(),
+        )
         runner = TaskRunner(
             self.caller,
             store.tasks,
@@ -62,6 +67,7 @@ class Orchestrator:
             settings.start_write_delay,
             store.waits,
             settings.wait_in_memory_seconds,
+            self.rate_limits,
         )
         self.dispatcher = Dispatcher(store.queue, store.tasks, runner, self.plans, settings, store.waits)
         self.workflows = Workflows(settings, store.workflows, self.directory)
@@ -99,6 +105,7 @@ class Orchestrator:
             self.breakers,
             self.admission,
             lambda: sum(self.watching.watchers.values()),
+            self.rate_limits,
         )
         self._background: list[asyncio.Task[None]] = []
 
@@ -140,6 +147,7 @@ class Orchestrator:
             self.upkeep.probe_and_prune(),
             self.breakers.sync_forever(),
             self.admission.keep_leases(),
+            self.rate_limits.keep_fresh(),
             self.sampler.sample_forever(self.settings.metrics_sample_seconds),
         ):
             self._background.append(asyncio.create_task(work))

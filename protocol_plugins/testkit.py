@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Any
 
 import grpc
@@ -33,6 +34,9 @@ class _Stats:
         self.max_in_flight = 0
         self.cancelled = 0
         self.seen_feedback: list[str] = []
+        self.ticks: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
+        self.keyed_in_flight: collections.Counter[str] = collections.Counter()
+        self.keyed_max: collections.Counter[str] = collections.Counter()
 
     def record(self, protocol: str, ctx: Context) -> None:
         self.calls[ctx.idempotency_key] += 1
@@ -195,6 +199,40 @@ async def whoami(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"task_id": ctx.task_id, "step_path": ctx.step_path, "traceparent": ctx.metadata.get("traceparent", "")}
 
 
+@plugin.protocol("tick", description="Notes when it was called, under `tag` (for rate limit tests)")
+async def tick(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("tick", ctx)
+    stats.ticks[str(data.get("tag", ""))].append(time.time())
+    return data
+
+
+@plugin.protocol("keyed", description="Sleeps `ms`; counts calls in flight per `key`, and the most at once")
+async def keyed(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("keyed", ctx)
+    key = str(data.get("key", ""))
+    stats.keyed_in_flight[key] += 1
+    stats.keyed_max[key] = max(stats.keyed_max[key], stats.keyed_in_flight[key])
+    try:
+        await asyncio.sleep(float(data.get("ms", 100)) / 1000)
+    finally:
+        stats.keyed_in_flight[key] -= 1
+    return data
+
+
+@plugin.protocol(
+    "throttled",
+    description="Answers RESOURCE_EXHAUSTED with a RetryInfo of `retry_after` s to the first attempt of each step",
+)
+async def throttled(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("throttled", ctx)
+    stats.ticks[str(data.get("tag", ""))].append(time.time())
+    if stats.calls[ctx.idempotency_key] == 1:
+        raise ProtocolError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "the provider says: slow down", retry_after=float(data["retry_after"])
+        )
+    return data
+
+
 @plugin.protocol("stats", description="Reports what this plugin has seen since the last reset")
 async def report(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     result = {
@@ -204,6 +242,8 @@ async def report(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         "max_in_flight": stats.max_in_flight,
         "cancelled": stats.cancelled,
         "seen_feedback": list(stats.seen_feedback),
+        "ticks": {tag: list(times) for tag, times in stats.ticks.items()},
+        "keyed_max": dict(stats.keyed_max),
     }
     if data.get("reset"):
         stats.reset()

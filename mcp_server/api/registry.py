@@ -46,3 +46,19 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
     ) -> registry_pb2.GetProtocolResponse:
         instances = await self.orchestrator.protocols.get_protocol(request.name)
         return registry_pb2.GetProtocolResponse(protocol=instances[0], instances=instances)
+
+    async def PutRateLimit(
+        self, request: registry_pb2.PutRateLimitRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.RateLimit:
+        return await self.orchestrator.rate_limits.put(request.rate_limit)
+
+    async def ListRateLimits(
+        self, request: registry_pb2.ListRateLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListRateLimitsResponse:
+        return registry_pb2.ListRateLimitsResponse(rate_limits=await self.orchestrator.rate_limits.list())
+
+    async def DeleteRateLimit(
+        self, request: registry_pb2.DeleteRateLimitRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeleteRateLimitResponse:
+        await self.orchestrator.rate_limits.delete(request.key)
+        return registry_pb2.DeleteRateLimitResponse()

@@ -186,6 +186,14 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         task.steps.extend([step async for step in client.steps(args.id)])  # every step, however many pages
         graph = task_graph(task)
         print(to_dot(graph) if args.format == "dot" else to_mermaid(graph))
+    elif cmd == ("ratelimit", "put"):
+        put = await client.put_rate_limit(args.key, args.limit, parse_seconds(args.period), args.burst)
+        (out or _print_rate_limits)({"rate_limits": [render.to_json(put)]})
+    elif cmd == ("ratelimit", "list"):
+        (out or _print_rate_limits)({"rate_limits": [render.to_json(r) for r in await client.list_rate_limits()]})
+    elif cmd == ("ratelimit", "delete"):
+        await client.delete_rate_limit(args.key)
+        (out or (lambda v: print(f"rate limit {args.key} deleted")))({})
     elif cmd == ("protocol", "list"):
         (out or _print_protocols)({"protocols": [render.to_json(p) for p in await client.list_protocols()]})
     elif cmd == ("protocol", "register"):
@@ -199,6 +207,28 @@ def _print_signal(value: dict[str, Any]) -> None:
     taken = f"taken by {value['step_path']}" if value.get("step_path") else "kept for the next wait of its name"
     event = f" (event {value['sequence']})" if value.get("sequence") else ""
     print(f"signal {'sent' if value.get('created') else 'already sent'}: {taken}{event}")
+
+
+def _print_rate_limits(value: dict[str, Any]) -> None:
+    for limit in value["rate_limits"]:
+        burst = f" + burst {limit['burst']:g}" if limit.get("burst") else ""
+        rule = f"{limit['limit']:g} per {limit['period']}{burst}"
+        print(f"{limit['key']}\t{rule}\t{limit.get('available', 0):g} available now")
+
+
+def parse_seconds(text: str) -> float:
+    """A duration: `1.5` or `1.5s`, `500ms`, `2m`, `1h`."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix):
+            try:
+                return float(text[: -len(suffix)]) * units[suffix]
+            except ValueError:
+                break
+    try:
+        return float(text)
+    except ValueError:
+        raise SystemExit(f"{text!r} is not a duration: use 500ms, 1s, 1.5m or 1h") from None
 
 
 def _print_protocols(value: dict[str, Any]) -> None:
@@ -313,6 +343,16 @@ def parser() -> argparse.ArgumentParser:
     )
     console.set_defaults(command="serve")
 
+    limits = groups.add_parser("ratelimit", help="rate limits shared by every replica").add_subparsers(
+        dest="command", required=True
+    )
+    put = limits.add_parser("put", help="set a key's limit (protocol:NAME limits every call of that protocol)")
+    put.add_argument("key")
+    put.add_argument("--limit", type=float, required=True, help="units per period")
+    put.add_argument("--period", default="1s", help="500ms, 1s, 1m, 1h (default 1s)")
+    put.add_argument("--burst", type=float, default=0.0, help="units a window may hold above the limit")
+    limits.add_parser("list", help="every limit, with what is available now")
+    limits.add_parser("delete").add_argument("key")
     proto = groups.add_parser("protocol").add_subparsers(dest="command", required=True)
     proto.add_parser("list")
     proto.add_parser("register").add_argument("address")

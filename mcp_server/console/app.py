@@ -149,6 +149,7 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_post("/workflows/{workflow_id}/submit", pages.submit)
     app.router.add_get("/protocols", pages.protocols)
     app.router.add_get("/protocols.json", live.protocols_json)
+    app.router.add_get("/rate_limits.json", live.rate_limits_json)
     app.router.add_get("/login", pages.login_form)
     app.router.add_post("/login", pages.login)
     app.router.add_post("/logout", pages.logout)

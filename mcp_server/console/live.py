@@ -1,6 +1,6 @@
 """What the pages' scripts fetch: a task's events as server-sent events (from WatchTask, resumed
 after the browser's Last-Event-ID), live counts for the list, a step's values, the graph of a
-run, and the protocols' state."""
+run, and the protocols' state and rate limits."""
 
 from __future__ import annotations
 
@@ -9,14 +9,23 @@ import contextlib
 import json
 from typing import Any
 
+import grpc
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2
 from mcp_server.cli.graph import task_graph, to_mermaid
 from mcp_server.console.base import api
-from mcp_server.console.present import TASK_STATUSES, event_view, json_text, protocol_view, task_view
+from mcp_server.console.present import (
+    TASK_STATUSES,
+    event_view,
+    json_text,
+    protocol_view,
+    rate_limit_view,
+    task_view,
+)
 
 COUNTS_EVERY_SECONDS = 2.0
 GRAPH_STEPS = 2000  # a run's graph shows at most this many steps (a graph of more is unreadable anyway)
@@ -124,3 +133,18 @@ async def task_json(request: web.Request) -> web.StreamResponse:
 async def protocols_json(request: web.Request) -> web.StreamResponse:
     entries = [protocol_view(p) for p in await api(request).list_protocols()]
     return web.json_response(sorted(entries, key=lambda p: (p["name"], p["address"])))
+
+
+async def rate_limits_json(request: web.Request) -> web.StreamResponse:
+    """The rate limits, with what is available now ([] for a principal that may not see them)."""
+    return web.json_response(await rate_limits_seen(api(request)) or [])
+
+
+async def rate_limits_seen(client: Client) -> list[dict[str, Any]] | None:
+    """The rate limits as the page shows them; None when this principal may not see them."""
+    try:
+        return [rate_limit_view(limit) for limit in await client.list_rate_limits()]
+    except McpError as error:
+        if error.code == grpc.StatusCode.PERMISSION_DENIED:
+            return None
+        raise

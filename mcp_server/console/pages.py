@@ -17,6 +17,7 @@ from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_t
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console.base import api, render
 from mcp_server.console.inbox import fields_of, payload_of, wait_nodes, waiting_forms
+from mcp_server.console.live import rate_limits_seen
 from mcp_server.console.present import TASK_STATUSES, protocol_view, step_view, task_view
 from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
 
@@ -247,8 +248,16 @@ def _whole_number(text: str, name: str) -> int:
 
 
 async def protocols(request: web.Request) -> web.StreamResponse:
-    entries = [protocol_view(p) for p in await api(request).list_protocols()]
-    return render(request, "protocols.html", {"protocols": sorted(entries, key=lambda p: (p["name"], p["address"]))})
+    client = api(request)
+    entries = [protocol_view(p) for p in await client.list_protocols()]
+    return render(
+        request,
+        "protocols.html",
+        {
+            "protocols": sorted(entries, key=lambda p: (p["name"], p["address"])),
+            "rate_limits": await rate_limits_seen(client),
+        },
+    )
 
 
 def _next_path(text: str) -> str:

@@ -160,3 +160,15 @@ def protocol_view(entry: registry_pb2.RegisteredProtocol) -> dict[str, Any]:
         },
         "max_concurrency": manifest.max_concurrency,
     }
+
+
+def rate_limit_view(limit: registry_pb2.RateLimit) -> dict[str, Any]:
+    """One rate limit: its rule and what a call could take now."""
+    period = limit.period.ToNanoseconds() / 1e9
+    return {
+        "key": limit.key,
+        "limit": f"{limit.limit:g}",
+        "period": f"{period:g} s",
+        "burst": f"{limit.burst:g}",
+        "available": f"{limit.available:.2f}".rstrip("0").rstrip("."),
+    }

@@ -30,7 +30,15 @@ from mcp_sdk.proto import protocol_pb2, task_pb2
 from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import LEAF_KINDS
-from mcp_server.engine.ports import Checkpoint, EventListener, ProtocolCaller, SignalRecord, StepRecord, TaskStore
+from mcp_server.engine.ports import (
+    Checkpoint,
+    EventListener,
+    ProtocolCaller,
+    SignalRecord,
+    StepRecord,
+    TaskStore,
+    UnitGate,
+)
 from mcp_server.engine.records import TASK_RESULT, TASK_RESULT_REF, ValueSink, step_record, stored_refs, value_of
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.values import python_to_value
@@ -128,6 +136,7 @@ class RunContext:
     due_ms: int = 0
     header_changed: bool = False  # the live header changed with no event (the task parked): write it
     rerun_input: Payload | None = None  # a rerun's: what its rerun_from_step_path receives
+    rate_limits: UnitGate | None = None  # where calls take rate-limit units (None: unlimited)
 
     async def restore(self) -> None:
         """Load the step records and values an earlier life of this run wrote."""

@@ -39,6 +39,15 @@ class FallbackPlan:
 
 
 @dataclass(frozen=True)
+class RateLimitUsePlan:
+    """A rate limit a step's calls take units of: a literal key or a CEL one, and CEL units (None: 1)."""
+
+    key: str
+    key_expression: Expression | None
+    units: Expression | None
+
+
+@dataclass(frozen=True)
 class StepPlan:
     id: str
     protocol: str
@@ -48,6 +57,7 @@ class StepPlan:
     attempt_timeout: float | None
     fallbacks: tuple[FallbackPlan, ...] = ()
     stream: bool = False
+    rate_limits: tuple[RateLimitUsePlan, ...] = ()
     kind: str = "step"
 
 

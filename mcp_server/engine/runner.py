@@ -25,7 +25,7 @@ from mcp_server.engine.executor import execute
 from mcp_server.engine.logcontext import task_id_var
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
-from mcp_server.engine.ports import EventListener, ProtocolCaller, TaskStore, WaitStore
+from mcp_server.engine.ports import EventListener, ProtocolCaller, TaskStore, UnitGate, WaitStore
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
@@ -49,6 +49,7 @@ class TaskRunner:
         start_write_delay: float = 0.0,
         waits: WaitStore | None = None,
         park_horizon: float = 2.0,
+        rate_limits: UnitGate | None = None,
     ) -> None:
         self.caller = caller
         self.start_write_delay = start_write_delay
@@ -56,6 +57,7 @@ class TaskRunner:
         self.store = store
         self.waits = waits
         self.park_horizon = park_horizon
+        self.rate_limits = rate_limits
         self.replica_id = replica_id
         self.listeners = tuple(listeners)
 
@@ -88,13 +90,14 @@ class TaskRunner:
             start_write_delay=self.start_write_delay,
             suspensions=Suspensions(self.park_horizon),
             rerun_input=await self._rerun_input(task),
+            rate_limits=self.rate_limits,
         )
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.step_count:
             await ctx.restore()
         self._start(ctx, lease_token)
         follower = None
-        if plan.suspends and self.waits is not None:
+        if self.waits is not None:  # any run may park: on waits and sleeps, or on rate limits
             if plan.waits:
                 await self._take_in_signals(ctx)
             me = asyncio.current_task()

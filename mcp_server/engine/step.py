@@ -25,6 +25,7 @@ from mcp_server.engine.executor import evaluate, run_recorded, runs
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import RetryPolicy, StepPlan
 from mcp_server.engine.ports import CallContext, CallResult, ProtocolCallError
+from mcp_server.engine.throttle import PROTOCOL_KEY, asks_of, take_units
 from mcp_server.engine.values import ValueTooDeep, as_object
 from mcp_server.settings import Limits
 
@@ -47,6 +48,8 @@ class Call:
     retry: RetryPolicy
     attempt_timeout: float | None
     stream: bool = False
+    # the rate-limit units each attempt takes first (empty: 1 unit of `protocol:<protocol>`)
+    asks: tuple[tuple[str, float], ...] = ()
 
 
 class _StepObserver:
@@ -146,6 +149,8 @@ def _announce_retry(
 
 
 async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserver) -> NodeResult:
+    if ctx.rate_limits is not None:
+        await take_units(ctx, path, call.protocol, call.asks or ((PROTOCOL_KEY + call.protocol, 1.0),))
     state = ctx.state(path)
     state.attempts += 1
     context = CallContext(
@@ -275,7 +280,12 @@ async def _run_candidates(
                 message=f"{candidates[index - 1][0]} failed; falling back to {protocol}",
                 data={"failed": candidates[index - 1][0], "error": errors[-1]},
             )
-        call = Call(protocol, input_data, node.retry, node.attempt_timeout, node.stream)
+        asks = (
+            ()
+            if ctx.rate_limits is None
+            else asks_of(node.rate_limits, protocol, input_data, value, ctx, scope, node.id)
+        )
+        call = Call(protocol, input_data, node.retry, node.attempt_timeout, node.stream, asks)
         try:
             result = await call_with_retries(call, path, ctx, observer)
         except ProtocolCallError as exc:

@@ -142,6 +142,19 @@ class Suspensions:
             signal.consumed = True
         self._changed()
 
+    async def pause(self, path: str, until: float) -> None:
+        """Hold the leaf at `path` until `until` (Unix seconds) as a timer of the run, kept in
+        memory only: if the run parks meanwhile, it resumes at that time (`due`) and the leaf,
+        run again, asks anew."""
+        waiter = self.waiters[path] = Waiter(path, "", until, int(time.time() * 1000))
+        self._changed()
+        try:
+            await asyncio.sleep(max(0.0, until - time.time()))
+        finally:
+            if not self.parking and self.waiters.get(path) is waiter:
+                del self.waiters[path]
+                self._changed()
+
     def leaf_started(self) -> None:
         self.live_leaves += 1
         self._changed()

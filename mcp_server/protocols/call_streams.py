@@ -25,6 +25,7 @@ import grpc
 
 from mcp_sdk.proto import protocol_pb2
 from mcp_server.engine.ports import ProtocolCallError
+from mcp_server.protocols.retry_info import retry_after
 
 log = logging.getLogger(__name__)
 METHOD = "/mcp.v1.ProtocolService/ExecuteMany"
@@ -131,11 +132,11 @@ class _Stream:
                     if future is None or future.done():
                         continue  # given up on
                     if outcome.HasField("error"):
-                        future.set_exception(
-                            ProtocolCallError.from_plugin(
-                                _code_name(outcome.error.code), outcome.error.message, self.address
-                            )
+                        error = ProtocolCallError.from_plugin(
+                            _code_name(outcome.error.code), outcome.error.message, self.address
                         )
+                        error.retry_after = retry_after(outcome.error)
+                        future.set_exception(error)
                     else:
                         future.set_result(outcome.response)
             self._end("the plugin ended the stream", False)

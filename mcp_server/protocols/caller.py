@@ -30,6 +30,7 @@ from mcp_server.protocols.call_streams import UseExecute
 from mcp_server.protocols.capacity import Resources, least_loaded, limits
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.registry import ProtocolDirectory
+from mcp_server.protocols.retry_info import retry_after_in
 from mcp_server.telemetry.tracing import TaskTracer, finish_call
 
 
@@ -113,8 +114,14 @@ class GrpcProtocolCaller:
         priority: int,
         observer: CallObserver | None,
     ) -> tuple[str, Grant | None]:
-        """The instance this call goes to (and its capacity grant, when it needs one)."""
-        usable = self.directory.outliers.usable([i.address for i in instances])
+        """The instance this call goes to (and its capacity grant, when it needs one). While
+        every instance asked for a pause (RetryInfo), the call waits for the first to end."""
+        addresses = [i.address for i in instances]
+        while (resume := self.directory.outliers.paused_until(addresses)) is not None:
+            if observer is not None:
+                observer.waiting(protocol, "calls again", f"every instance asked for a pause ({resume:.3f}s more)")
+            await asyncio.sleep(resume)
+        usable = self.directory.outliers.usable(addresses)
         needs = Resources.needs_of(manifest.resources)
         grant = None
         capacities = (
@@ -153,6 +160,8 @@ class GrpcProtocolCaller:
                 try:
                     response = await self._invoke(address, request, timeout, observer if stream else None, metadata)
                 except ProtocolCallError as exc:
+                    if exc.retry_after is not None:  # the plugin (its provider) asked for a pause
+                        self.directory.outliers.pause(address, exc.retry_after)
                     unhealthy = exc.code in UNHEALTHY_CODES
                     self.directory.record_health(address, not unhealthy)
                     # One instance failing while others serve is that instance's outlier record
@@ -222,7 +231,9 @@ def _call_error(exc: grpc.aio.AioRpcError, address: str, timeout: float | None) 
         details = f"the attempt deadline of {timeout:g}s ran out ({details})"
     elif exc.code() == grpc.StatusCode.UNAVAILABLE:
         details = f"instance {address}: {details}"
-    return ProtocolCallError.from_plugin(exc.code().name, details, address)
+    error = ProtocolCallError.from_plugin(exc.code().name, details, address)
+    error.retry_after = retry_after_in(exc.trailing_metadata())
+    return error
 
 
 def _context(context: CallContext, timeout: float | None) -> protocol_pb2.ExecutionContext:

@@ -30,6 +30,7 @@ class _Record:
     ejections: int = 0
     until: float = 0.0
     last_failure: float = 0.0
+    paused: float = 0.0  # no call before this (monotonic): the instance asked (RetryInfo)
 
 
 class Outliers:
@@ -50,6 +51,19 @@ class Outliers:
                 self.settings.ejection_seconds * record.ejections, self.settings.max_ejection_seconds
             )
             record.consecutive = 0
+
+    def pause(self, address: str, seconds: float) -> None:
+        """The instance asked for no call for `seconds` (a RetryInfo): it gets none until then."""
+        record = self._records.setdefault(address, _Record())
+        record.paused = max(record.paused, time.monotonic() + seconds)
+
+    def paused_until(self, addresses: Sequence[str]) -> float | None:
+        """Seconds until the first of `addresses` takes calls again, when every one is paused; else None."""
+        now = time.monotonic()
+        ends = [record.paused for a in addresses if (record := self._records.get(a)) is not None]
+        if len(ends) < len(addresses) or not ends or min(ends) <= now:
+            return None
+        return min(ends) - now
 
     def succeeded(self, address: str) -> None:
         record = self._records.get(address)
@@ -75,6 +89,7 @@ class Outliers:
         if every one is ejected, all of them (a mesh never ejects a whole cluster)."""
         now = time.monotonic()
         records = {a: self._records.get(a, _Record()) for a in addresses}
+        addresses = [a for a in addresses if records[a].paused <= now] or list(addresses)
         serving = [a for a in addresses if records[a].until <= now] or list(addresses)
         fresh = [a for a in serving if now - records[a].last_failure > self.settings.recent_failure_seconds]
         return fresh or serving

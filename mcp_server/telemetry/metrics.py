@@ -126,6 +126,27 @@ class Metrics:
         self.reused_steps = Counter(
             "mcp_rerun_reused_steps_total", "Steps reruns kept from the tasks they rerun, not run again", registry=r
         )
+        self.rate_limit_answers = Counter(
+            "mcp_rate_limit_answers_total",
+            "Asks for rate-limit units by this replica's calls, by key and outcome (granted, waited)",
+            ["key", "outcome"],
+            registry=r,
+        )
+        self.rate_limit_waiting = Gauge(
+            "mcp_rate_limit_waiting", "Steps of this replica waiting for units, by rate limit key", ["key"], registry=r
+        )
+        self.rate_limit_available = Gauge(
+            "mcp_rate_limit_available",
+            "Units a call could take now, by rate limit key (all replicas)",
+            ["key"],
+            registry=r,
+        )
+        self.rate_limit_limit = Gauge(
+            "mcp_rate_limit_capacity",
+            "Units a window of one period may hold (limit + burst), by key",
+            ["key"],
+            registry=r,
+        )
         self.capacity_waiters = Gauge(
             "mcp_capacity_waiters", "Calls of this replica waiting for capacity, by protocol", ["protocol"], registry=r
         )

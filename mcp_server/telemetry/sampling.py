@@ -11,6 +11,7 @@ from mcp_server.errors import McpError
 from mcp_server.protocols.admission import Admission
 from mcp_server.protocols.breakers import BreakerBoard
 from mcp_server.protocols.capacity import RESOURCES, Resources
+from mcp_server.protocols.rate_limits import RateLimitGate
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.telemetry.metrics import BREAKER_VALUES, Metrics
 
@@ -27,6 +28,7 @@ class GaugeSampler:
         breakers: BreakerBoard,
         admission: Admission,
         watchers: Callable[[], int],
+        rate_limits: RateLimitGate,
     ) -> None:
         self.metrics = metrics
         self.store = store
@@ -35,6 +37,7 @@ class GaugeSampler:
         self.breakers = breakers
         self.admission = admission
         self.watchers = watchers
+        self.rate_limits = rate_limits
 
     async def sample_forever(self, interval: float = 5.0) -> None:
         """Run as a background task."""
@@ -51,6 +54,7 @@ class GaugeSampler:
         for protocol, waiting in self.admission.waiting.items():
             metrics.capacity_waiters.labels(protocol).set(waiting)
         metrics.capacity_kept.set(self.admission.kept_count)
+        self._sample_rate_limits()
         await self._sample_capacity()
         try:
             depth = await self.store.queue.queue_depth_by_priority()
@@ -60,6 +64,17 @@ class GaugeSampler:
         metrics.queue_depth.clear()
         for priority, count in depth.items():
             metrics.queue_depth.labels(str(priority)).set(count)
+
+    def _sample_rate_limits(self) -> None:
+        """From the gate's last look at the limits (it looks every second)."""
+        metrics = self.metrics
+        for gauge in (metrics.rate_limit_available, metrics.rate_limit_limit, metrics.rate_limit_waiting):
+            gauge.clear()
+        for spec, room in self.rate_limits.last:
+            metrics.rate_limit_available.labels(spec.key).set(room)
+            metrics.rate_limit_limit.labels(spec.key).set(spec.capacity)
+        for key, waiting in self.rate_limits.waiters.items():
+            metrics.rate_limit_waiting.labels(key).set(waiting)
 
     async def _sample_capacity(self) -> None:
         try:

@@ -9,7 +9,9 @@ import re
 
 import aiohttp
 import pytest
+from google.protobuf import duration_pb2
 
+from mcp_sdk.proto import registry_pb2
 from mcp_server.auth import hash_token
 
 pytestmark = pytest.mark.asyncio
@@ -228,3 +230,30 @@ def nested_objects(levels: int) -> dict[str, object]:
     for _ in range(levels - 1):
         value = {"d": value}
     return value
+
+
+async def test_the_protocols_page_lists_the_rate_limits_to_those_who_may_see_them(server_factory, tmp_path):
+    principals = [
+        {"name": "ada", "token_sha256": hash_token("ada-secret"), "roles": []},
+        {"name": "ops", "token_sha256": hash_token("ops-secret"), "roles": ["operator"]},
+    ]
+    (tmp_path / "p.json").write_text(json.dumps({"principals": principals}))
+    running = await server_factory(auth_file=str(tmp_path / "p.json"), console_listen="127.0.0.1:0")
+    url = running.console.url
+    for token, shows_limits in (("ops-secret", True), ("ada-secret", False)):
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            form = await (await browser.get(f"{url}/login")).text()
+            await browser.post(f"{url}/login", data={"token": token, "csrf": csrf_of(form), "next": "/protocols"})
+            if shows_limits:
+                await running.orchestrator.rate_limits.put(
+                    registry_pb2.RateLimit(key="protocol:echo", limit=5, period=duration_pb2.Duration(seconds=1))
+                )
+            page = await (await browser.get(f"{url}/protocols")).text()
+            listed = await (await browser.get(f"{url}/rate_limits.json")).json()
+            if shows_limits:
+                assert 'data-key="protocol:echo"' in page and ">5<" in page
+                assert listed == [
+                    {"key": "protocol:echo", "limit": "5", "period": "1 s", "burst": "0", "available": "5"}
+                ]
+            else:
+                assert "Only operators and admins see the rate limits" in page and listed == []

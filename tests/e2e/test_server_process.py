@@ -145,6 +145,20 @@ def test_the_cli_answers_a_waiting_task_and_lists_the_ones_that_wait(server_proc
     assert result == {"published": True, "text": "This note is about tea. Green tea is mild.", "note": "fine"}
 
 
+def test_the_cli_puts_lists_and_deletes_rate_limits(server_process):
+    address, _ = server_process
+    put = mcp(address, "ratelimit", "put", "protocol:summarize", "--limit", "2", "--period", "500ms", "--burst", "1")
+    assert put.returncode == 0 and "protocol:summarize" in put.stdout and "2 per 0.500s + burst 1" in put.stdout, put
+    listed = json.loads(mcp(address, "--json", "ratelimit", "list").stdout)["rate_limits"]
+    assert listed[0]["key"] == "protocol:summarize" and listed[0]["limit"] == 2 and listed[0]["available"] == 3
+    bad = mcp(address, "ratelimit", "put", "k", "--limit", "0")
+    assert bad.returncode == 1 and "rate_limit.limit" in bad.stderr
+    assert mcp(address, "ratelimit", "delete", "protocol:summarize").returncode == 0
+    assert json.loads(mcp(address, "--json", "ratelimit", "list").stdout)["rate_limits"] == []
+    again = mcp(address, "ratelimit", "delete", "protocol:summarize")
+    assert again.returncode == 1 and "NOT_FOUND" in again.stderr
+
+
 def test_the_cli_reruns_a_task_from_a_step_with_an_edited_input(server_process):
     address, _ = server_process
     assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "sequence.yaml")).returncode == 0

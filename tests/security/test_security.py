@@ -246,6 +246,27 @@ async def test_submit_and_watch_streams_only_the_caller_s_own_task(authed):
     assert {t.task_id for t in listed} == {alices.task_id, bobs.task_id}  # nothing submitted without a token
 
 
+async def test_rate_limits_are_for_operators_and_admins(authed):
+    _, channel = authed
+    registry = registry_pb2_grpc.ProtocolRegistryStub(channel)
+    limit = registry_pb2.RateLimit(key="protocol:echo", limit=5)
+    limit.period.FromSeconds(1)
+    put = registry_pb2.PutRateLimitRequest(rate_limit=limit)
+    for call, request in (
+        (registry.PutRateLimit, put),
+        (registry.ListRateLimits, registry_pb2.ListRateLimitsRequest()),
+        (registry.DeleteRateLimit, registry_pb2.DeleteRateLimitRequest(key="protocol:echo")),
+    ):
+        for who in ("alice", "writer"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(request, metadata=as_user(who))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (await registry.PutRateLimit(put, metadata=as_user("ops"))).key == "protocol:echo"
+    listed = await registry.ListRateLimits(registry_pb2.ListRateLimitsRequest(), metadata=as_user("root"))
+    assert [r.key for r in listed.rate_limits] == ["protocol:echo"]
+    await registry.DeleteRateLimit(registry_pb2.DeleteRateLimitRequest(key="protocol:echo"), metadata=as_user("ops"))
+
+
 async def test_workflow_and_registry_changes_need_their_roles(authed):
     _, channel = authed
     workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)

@@ -336,6 +336,17 @@ function protocolsPage() {
         return row;
       });
       if (rows.length) body.replaceChildren(...rows);
+      const limits = document.querySelector("#rate-limit-table tbody");
+      if (limits) {
+        const found = await fetchJson("/rate_limits.json");
+        const limitRows = found.map((r) => {
+          const row = document.createElement("tr");
+          row.dataset.key = r.key;
+          row.append(el("td", "mono", r.key), el("td", "", r.limit), el("td", "", r.period), el("td", "", r.burst), el("td", "available", r.available));
+          return row;
+        });
+        if (limitRows.length) limits.replaceChildren(...limitRows);
+      }
     } catch (error) {
       // the server is away for a moment: keep what is shown, try again at the next tick
     }

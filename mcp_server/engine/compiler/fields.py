@@ -105,6 +105,10 @@ def retry_policy(
     )
 
 
+# a rate limit's key: what PutRateLimit accepts, and what a step may name
+RATE_LIMIT_KEY = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
+
+
 def expression(source: str, path: str, scope: Scope, extra: frozenset[str] = frozenset()) -> Expression | None:
     if not source:
         return None

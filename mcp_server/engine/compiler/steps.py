@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.compiler.fields import duration, expression, protocol, retry_policy
+from mcp_server.engine.compiler.fields import RATE_LIMIT_KEY, duration, expression, protocol, retry_policy
 from mcp_server.engine.compiler.scope import Scope, builds
-from mcp_server.engine.plan import FallbackPlan, StepPlan
+from mcp_server.engine.plan import FallbackPlan, RateLimitUsePlan, StepPlan
 
 
 @builds("step")
@@ -30,4 +30,19 @@ def compile_step(node_id: str, step: workflow_pb2.StepNode, path: str, scope: Sc
         or scope.default_attempt_timeout,
         fallbacks=tuple(fallbacks),
         stream=step.stream,
+        rate_limits=tuple(
+            _rate_limit_use(use, f"{path}.rate_limits[{i}]", scope) for i, use in enumerate(step.rate_limits)
+        ),
+    )
+
+
+def _rate_limit_use(use: workflow_pb2.RateLimitUse, path: str, scope: Scope) -> RateLimitUsePlan:
+    if bool(use.key) == bool(use.key_expression):
+        scope.violations.add(path, "set one of key (a literal) and key_expression (CEL)")
+    elif use.key and not RATE_LIMIT_KEY.match(use.key):
+        scope.violations.add(f"{path}.key", "must be 1-256 characters, none of them a space or a control character")
+    return RateLimitUsePlan(
+        use.key,
+        expression(use.key_expression, f"{path}.key_expression", scope),
+        expression(use.units, f"{path}.units", scope, frozenset({"call"})),
     )

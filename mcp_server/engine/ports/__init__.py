@@ -3,6 +3,7 @@ state lives, one small port per job (each backend implements every one: state/sq
 
 from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult, ProtocolCaller, ProtocolCallError
 from mcp_server.engine.ports.queue import Kept, TaskQueue
+from mcp_server.engine.ports.ratelimits import Grant, RateLimitSpec, RateLimitStore, UnitGate
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, RegistryStore
 from mcp_server.engine.ports.store import Store, StoreConnection
 from mcp_server.engine.ports.tasks import Checkpoint, EventListener, StepRecord, TaskFilter, TaskPage, TaskStore
@@ -17,9 +18,12 @@ __all__ = [
     "CapacityRequest",
     "Checkpoint",
     "EventListener",
+    "Grant",
     "Kept",
     "ProtocolCallError",
     "ProtocolCaller",
+    "RateLimitSpec",
+    "RateLimitStore",
     "RegistryStore",
     "SignalDelivery",
     "SignalOutcome",
@@ -31,6 +35,7 @@ __all__ = [
     "TaskPage",
     "TaskQueue",
     "TaskStore",
+    "UnitGate",
     "WaitRecord",
     "WaitStore",
     "WorkflowStore",

@@ -41,6 +41,8 @@ class ProtocolCallError(Exception):
         self.final = final
         # only the instance that answered failed; other instances of the protocol serve
         self.instance_only = False
+        # the plugin asked for no call before this many seconds (a google.rpc.RetryInfo)
+        self.retry_after: float | None = None
 
     @classmethod
     def from_plugin(cls, code: str, message: str, address: str) -> ProtocolCallError:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mcp_server.engine.ports.queue import TaskQueue
+from mcp_server.engine.ports.ratelimits import RateLimitStore
 from mcp_server.engine.ports.registry import CapacityLedger, RegistryStore
 from mcp_server.engine.ports.tasks import TaskStore
 from mcp_server.engine.ports.waits import WaitStore
@@ -33,6 +34,7 @@ class Store:
     registry: RegistryStore
     capacity: CapacityLedger
     waits: WaitStore
+    rate_limits: RateLimitStore
     connection: StoreConnection
 
     async def ping(self) -> None:

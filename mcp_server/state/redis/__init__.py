@@ -15,6 +15,7 @@ from mcp_server.state.redis.connection import RedisConnection
 from mcp_server.state.redis.lane import RedisLane
 from mcp_server.state.redis.opening import agree_on_layout, connect_cluster, connect_node
 from mcp_server.state.redis.queue import RedisQueue
+from mcp_server.state.redis.ratelimits import RedisRateLimits
 from mcp_server.state.redis.registry import RedisRegistry
 from mcp_server.state.redis.streams import StreamHub
 from mcp_server.state.redis.tasks import RedisTasks
@@ -59,5 +60,6 @@ async def open_redis(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
         registry=RedisRegistry(conn),
         capacity=RedisCapacity(conn),
         waits=RedisWaits(conn, hub),
+        rate_limits=RedisRateLimits(conn),
         connection=conn,
     )

@@ -31,6 +31,7 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:t:<id>:w    waiting steps: hash path -> `<signal>|<deadline ms>|<since ms>|<assigned index>`
     P{wf}:...        workflows;  P{reg}:...  registry and breakers;  P{meta}:layout  the layout
     P{cap}:...       the capacity ledger of plugin instances: grants, waiters, capacities, use
+    P{rl}:...        rate limits: definitions, GCRA state, window sums, each key's recent grants
 """
 
 from __future__ import annotations
@@ -179,6 +180,17 @@ class Layout:
     @property
     def breakers(self) -> str:
         return f"{self.prefix}{{reg}}:breakers"
+
+    @property
+    def rate_limits(self) -> tuple[str, ...]:
+        """The rate limits, in one slot: definitions, theoretical arrival times, window sums,
+        the grant counter (see ratelimits_lua.py)."""
+        return tuple(f"{self.prefix}{{rl}}:{name}" for name in ("d", "t", "w", "n"))
+
+    @property
+    def rate_grants_prefix(self) -> str:
+        """Prefix of each key's grants of the last period (a zset), in the same slot."""
+        return f"{self.prefix}{{rl}}:g:"
 
     @property
     def capacity(self) -> tuple[str, ...]:

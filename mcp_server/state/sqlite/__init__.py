@@ -6,6 +6,7 @@ from mcp_server.engine.ports import Store
 from mcp_server.state.sqlite.capacity import SqliteCapacity
 from mcp_server.state.sqlite.database import SqliteDatabase
 from mcp_server.state.sqlite.queue import SqliteQueue
+from mcp_server.state.sqlite.ratelimits import SqliteRateLimits
 from mcp_server.state.sqlite.registry import SqliteRegistry
 from mcp_server.state.sqlite.tasks import SqliteTasks
 from mcp_server.state.sqlite.waits import SqliteWaits
@@ -24,5 +25,6 @@ async def open_sqlite(path: str, retention_seconds: float = 7 * 24 * 3600.0) -> 
         registry=SqliteRegistry(db),
         capacity=SqliteCapacity(),
         waits=SqliteWaits(db),
+        rate_limits=SqliteRateLimits(db),
         connection=db,
     )

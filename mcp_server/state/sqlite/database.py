@@ -9,7 +9,9 @@ process owns the file. Watchers in this process are woken from memory when a tas
 Tables: `tasks` (a row per task: its fixed and live parts, the columns listing and the queue
 need), `steps` (a row per step record, keyed by task and index), `task_values` (large values
 by task and SHA-256), `value_links` (the large values a rerun shares with the task that holds
-them: task, SHA-256 -> that task), `events`, `workflows`, `protocol_instances`, `breakers`, `meta` (the layout).
+them: task, SHA-256 -> that task), `events`, `workflows`, `protocol_instances`, `breakers`,
+`rate_limits` and `rate_grants` (each key's limit, and what it granted within the last period),
+`meta` (the layout).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ CREATE TABLE IF NOT EXISTS signals (
   PRIMARY KEY (task_id, idx)) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS signals_by_request ON signals (task_id, request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS signals_untaken ON signals (task_id) WHERE sequence = 0;
+CREATE TABLE IF NOT EXISTS rate_limits (
+  key TEXT PRIMARY KEY, lim REAL NOT NULL, period REAL NOT NULL, burst REAL NOT NULL, tat REAL NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS rate_grants (key TEXT NOT NULL, at REAL NOT NULL, units REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_grants_by_key ON rate_grants (key, at);
 CREATE TABLE IF NOT EXISTS waits (
   task_id TEXT NOT NULL, path TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (task_id, path)) WITHOUT ROWID;
 """

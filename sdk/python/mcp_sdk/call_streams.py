@@ -59,7 +59,7 @@ class CallStream:
                 await self.answer(call.request, Context(call.request, self.context, metadata=dict(call.metadata)))
             )
         except ProtocolError as exc:
-            outcome.error.code, outcome.error.message = exc.code.value[0], exc.message
+            outcome.error.CopyFrom(exc.status())
         except Exception as exc:  # a handler's bug fails its call, as Execute answers UNKNOWN
             log.exception("protocol %s failed", call.request.protocol)
             outcome.error.code, outcome.error.message = grpc.StatusCode.UNKNOWN.value[0], f"{type(exc).__name__}: {exc}"

@@ -106,3 +106,25 @@ class Client(TaskMethods):
             request.ttl.FromNanoseconds(int(ttl * 1e9))
         reply: registry_pb2.RegisterProtocolResponse = await self._call(self.registry.RegisterProtocol, request)
         return list(reply.protocols)
+
+    async def put_rate_limit(self, key: str, limit: float, period: float, burst: float = 0) -> registry_pb2.RateLimit:
+        """Set the rate limit of `key` (`protocol:NAME` for every call of a protocol): at most
+        `limit + burst` units over any window of `period` seconds, `limit` per period in the long
+        run. Operators and admins only."""
+        rate_limit = registry_pb2.RateLimit(key=key, limit=limit, burst=burst)
+        rate_limit.period.FromNanoseconds(int(period * 1e9))
+        reply: registry_pb2.RateLimit = await self._call(
+            self.registry.PutRateLimit, registry_pb2.PutRateLimitRequest(rate_limit=rate_limit)
+        )
+        return reply
+
+    async def list_rate_limits(self) -> list[registry_pb2.RateLimit]:
+        """Every rate limit, with the units a call could take now."""
+        reply: registry_pb2.ListRateLimitsResponse = await self._call(
+            self.registry.ListRateLimits, registry_pb2.ListRateLimitsRequest()
+        )
+        return list(reply.rate_limits)
+
+    async def delete_rate_limit(self, key: str) -> None:
+        """Remove the rate limit of `key` (its calls go unlimited)."""
+        await self._call(self.registry.DeleteRateLimit, registry_pb2.DeleteRateLimitRequest(key=key))

@@ -10,18 +10,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from mcp_sdk.proto import protocol_pb2
 from mcp_sdk.values import dict_to_struct
 
 
 class ProtocolError(Exception):
-    """Raise from a handler to answer with a specific gRPC status code."""
+    """Raise from a handler to answer with a specific gRPC status code. With `retry_after`
+    (seconds), the answer carries a google.rpc.RetryInfo: a provider's 429 with Retry-After,
+    passed on (RESOURCE_EXHAUSTED, say); the orchestrator sends this instance no call until then."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+
+    def status(self) -> status_pb2.Status:
+        """The answer as a google.rpc.Status (with its RetryInfo, if any)."""
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        if self.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(max(0.0, self.retry_after) * 1e9))
+            status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return status
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        """The status details as gRPC carries them (empty without a RetryInfo)."""
+        if self.retry_after is None:
+            return ()
+        return (("grpc-status-details-bin", self.status().SerializeToString()),)
 
 
 @dataclass

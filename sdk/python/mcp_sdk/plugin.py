@@ -150,7 +150,7 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         try:
             return await self._answer(request, Context(request, context))
         except ProtocolError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, exc.trailing_metadata())
             raise AssertionError("unreachable") from None
 
     async def ExecuteMany(
@@ -184,7 +184,7 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
                     getter.cancel()
             yield protocol_pb2.ExecuteStreamResponse(result=await work)
         except ProtocolError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, exc.message, exc.trailing_metadata())
         finally:
             work.cancel()
 

@@ -209,3 +209,13 @@ class SyncClient:
 
     def register_protocols(self, address: str, ttl: float = 0) -> list[registry_pb2.RegisteredProtocol]:
         return self._run(self._client.register_protocols(address, ttl))
+
+    def put_rate_limit(self, key: str, limit: float, period: float, burst: float = 0) -> registry_pb2.RateLimit:
+        """See Client.put_rate_limit."""
+        return self._run(self._client.put_rate_limit(key, limit, period, burst))
+
+    def list_rate_limits(self) -> list[registry_pb2.RateLimit]:
+        return self._run(self._client.list_rate_limits())
+
+    def delete_rate_limit(self, key: str) -> None:
+        self._run(self._client.delete_rate_limit(key))

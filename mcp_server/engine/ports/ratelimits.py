@@ -1,0 +1,70 @@
+"""The rate-limit port: limits per key, shared by every replica through the store, and the
+units calls take of them (see ProtocolRegistry.PutRateLimit in registry.proto, docs/ratelimits.md).
+
+Each key's limit grants units so that over any window of one `period` at most `limit + burst`
+are granted, and no more than `limit` per period in the long run: a grant needs room both in the
+window (a log of the grants of the last period) and under a GCRA whose tolerance lets
+`limit + burst` go at once. Both checks and the grant are one atomic step in the store, for
+every key a call asks at once (all or nothing), so concurrent calls on any replica never
+overshoot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class RateLimitSpec:
+    key: str
+    limit: float
+    period: float  # seconds
+    burst: float = 0.0
+
+    @property
+    def capacity(self) -> float:
+        """The most units one window of one period may hold."""
+        return self.limit + self.burst
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The answer to an ask: granted, or when to ask again (`retry_after` seconds) and which key
+    said no; `too_large` when the key could never grant that many units at once."""
+
+    granted: bool
+    retry_after: float = 0.0
+    key: str = ""
+    too_large: bool = False
+
+
+class RateLimitStore(Protocol):
+    async def put_rate_limit(self, spec: RateLimitSpec) -> None:
+        """Set or replace the limit of `spec.key` (what was granted within the last period counts on)."""
+        ...
+
+    async def delete_rate_limit(self, key: str) -> bool:
+        """Remove the limit of `key` (its calls go unlimited); whether it had one."""
+        ...
+
+    async def list_rate_limits(self) -> list[tuple[RateLimitSpec, float]]:
+        """Every limit, by key, with the units a call could take of it now."""
+        ...
+
+    async def take_units(self, asks: Sequence[tuple[str, float]]) -> Grant:
+        """Grant every (key, units) ask at once, or none of them. A key with no limit grants
+        anything."""
+        ...
+
+
+class UnitGate(Protocol):
+    """What a run asks rate-limit units of (protocols/rate_limits.py): the store, behind a cache
+    of which keys have a limit at all, so an unlimited call costs no round trip."""
+
+    async def take_units(self, asks: Sequence[tuple[str, float]]) -> Grant: ...
+
+    def waiting(self, key: str, change: int) -> None:
+        """A step of this replica starts (+1) or stops (-1) waiting for units of `key`."""
+        ...

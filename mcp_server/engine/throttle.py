@@ -1,0 +1,91 @@
+"""Rate limits a call takes units of before it goes (see RateLimitUse in workflow.proto): the
+step's own uses (a literal or CEL key, CEL units) and `protocol:<its protocol>`. Every attempt
+and every fallback asks again. A call without units waits, holding no call: it is a timer of
+the run, so a run whose every branch waits that way parks until the units come (suspensions.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mcp_server.engine.context import NodeFailed, RunContext
+from mcp_server.engine.event_types import E
+from mcp_server.engine.executor import evaluate
+from mcp_server.engine.payload import Payload
+from mcp_server.engine.plan import RateLimitUsePlan
+from mcp_server.engine.ports import ProtocolCallError
+
+PROTOCOL_KEY = "protocol:"
+
+
+def asks_of(
+    uses: Sequence[RateLimitUsePlan],
+    protocol: str,
+    call_input: Payload,
+    value: Payload,
+    ctx: RunContext,
+    scope: Mapping[str, Any],
+    node_id: str,
+) -> tuple[tuple[str, float], ...]:
+    """The (key, units) a call of `protocol` with `call_input` asks, one entry per key."""
+    asks: dict[str, float] = {}
+    for use in uses:
+        key = use.key
+        if use.key_expression is not None:
+            found = evaluate(use.key_expression, ctx, value, scope, node_id, "rate limit key")
+            if not isinstance(found, str) or not found:
+                raise NodeFailed("INVALID_ARGUMENT", f"node {node_id}: a rate limit key gave {found!r}, not a string")
+            key = found
+        units = 1.0
+        if use.units is not None:
+            given = evaluate(use.units, ctx, value, scope, node_id, "rate limit units", extra={"call": call_input})
+            if isinstance(given, bool) or not isinstance(given, (int, float)) or given < 0:
+                raise NodeFailed(
+                    "INVALID_ARGUMENT", f"node {node_id}: rate limit units gave {given!r}, not a number >= 0"
+                )
+            units = float(given)
+        asks[key] = asks.get(key, 0.0) + units
+    asks.setdefault(PROTOCOL_KEY + protocol, 1.0)
+    return tuple(asks.items())
+
+
+async def take_units(ctx: RunContext, path: str, protocol: str, asks: Sequence[tuple[str, float]]) -> None:
+    """Wait until every ask is granted (one STEP_WAITING event per key that makes it wait).
+    Raises ProtocolCallError RESOURCE_EXHAUSTED (final) for an ask no limit can ever grant."""
+    gate = ctx.rate_limits
+    if gate is None:
+        return
+    announced = ""
+    while True:
+        grant = await gate.take_units(asks)
+        if grant.granted:
+            return
+        if grant.too_large:
+            units = dict(asks).get(grant.key, 0.0)
+            raise ProtocolCallError(
+                "RESOURCE_EXHAUSTED",
+                f"the call asks {units:g} units of rate limit {grant.key!r}, more than it grants in a window",
+                final=True,
+            )
+        until = time.time() + grant.retry_after
+        if grant.key != announced:
+            announced = grant.key
+            ctx.emit(
+                E.TASK_EVENT_TYPE_STEP_WAITING,
+                step_path=path,
+                protocol=protocol,
+                flush_soon=True,
+                message=f"waiting for rate limit {grant.key!r}: units again at {_rfc3339(until)}",
+                data={"rate_limit": grant.key, "until": _rfc3339(until)},
+            )
+        gate.waiting(grant.key, +1)
+        try:
+            await ctx.suspensions.pause(path, until)
+        finally:
+            gate.waiting(grant.key, -1)
+
+
+def _rfc3339(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

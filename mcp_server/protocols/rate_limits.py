@@ -1,0 +1,112 @@
+"""RateLimitGate: where runs take rate-limit units (the UnitGate of engine/ports), and where
+operators set the limits (PutRateLimit, ListRateLimits, DeleteRateLimit).
+
+The limits live in the store, shared by every replica (RateLimitStore). Each replica keeps the
+set of keys that have a limit, refreshed every second and at once on its own changes, so that
+a call asking only keys without a limit costs no round trip; a limit put on another replica
+takes effect here within that second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from google.protobuf import duration_pb2
+
+from mcp_sdk.proto import registry_pb2
+from mcp_server.engine.compiler.fields import RATE_LIMIT_KEY
+from mcp_server.engine.ports import Grant, RateLimitSpec, RateLimitStore
+from mcp_server.errors import FieldViolation, InvalidArgument, McpError, NotFound
+
+MIN_PERIOD = 0.001
+MAX_PERIOD = 30 * 24 * 3600.0
+
+
+class RateLimitGate:
+    def __init__(
+        self,
+        store: RateLimitStore,
+        counted: Callable[[str, bool], None] = lambda key, granted: None,
+        refresh_seconds: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.counted = counted  # told of each answer for a limited key (for metrics)
+        self.refresh_seconds = refresh_seconds
+        self.limited: frozenset[str] = frozenset()
+        self.waiters: Counter[str] = Counter()  # steps of this replica waiting, by key
+        self.last: list[tuple[RateLimitSpec, float]] = []  # the limits as last read, with the room they had
+
+    # ---- the engine's side ------------------------------------------------------------------
+    async def take_units(self, asks: Sequence[tuple[str, float]]) -> Grant:
+        limited = [(key, units) for key, units in asks if key in self.limited]
+        if not limited:
+            return Grant(True)
+        grant = await self.store.take_units(limited)
+        for key, _ in limited:
+            self.counted(key, grant.granted or key != grant.key)
+        return grant
+
+    def waiting(self, key: str, change: int) -> None:
+        self.waiters[key] += change
+        if self.waiters[key] <= 0:
+            del self.waiters[key]
+
+    async def refresh(self) -> list[tuple[RateLimitSpec, float]]:
+        found = self.last = await self.store.list_rate_limits()
+        self.limited = frozenset(spec.key for spec, _ in found)
+        return found
+
+    async def keep_fresh(self) -> None:
+        """Refresh the set of limited keys forever (run as a background task)."""
+        while True:
+            with contextlib.suppress(McpError):  # the store is down: the set in hand serves meanwhile
+                await self.refresh()
+            await asyncio.sleep(self.refresh_seconds)
+
+    # ---- the operators' side ----------------------------------------------------------------
+    async def put(self, given: registry_pb2.RateLimit) -> registry_pb2.RateLimit:
+        spec = checked(given)
+        await self.store.put_rate_limit(spec)
+        self.limited = self.limited | {spec.key}
+        return next(limit for limit in await self.list() if limit.key == spec.key)
+
+    async def list(self) -> list[registry_pb2.RateLimit]:
+        return [message_of(spec, room) for spec, room in await self.refresh()]
+
+    async def delete(self, key: str) -> None:
+        if not key:
+            raise InvalidArgument("key is required", violations=[FieldViolation("key", "is required")])
+        if not await self.store.delete_rate_limit(key):
+            raise NotFound(f"no rate limit has key {key!r}", reason="RATE_LIMIT_NOT_FOUND", metadata={"key": key})
+        self.limited = self.limited - {key}
+
+
+def checked(given: registry_pb2.RateLimit) -> RateLimitSpec:
+    """The limit a PutRateLimit asks for; InvalidArgument naming every field that is wrong."""
+    problems = []
+    if not RATE_LIMIT_KEY.match(given.key):
+        problems.append(
+            FieldViolation("rate_limit.key", "must be 1-256 characters, none a space or a control character")
+        )
+    if not (math.isfinite(given.limit) and given.limit > 0):
+        problems.append(FieldViolation("rate_limit.limit", "must be a number above 0"))
+    period = given.period.ToNanoseconds() / 1e9 if given.HasField("period") else 0.0
+    if not MIN_PERIOD <= period <= MAX_PERIOD:
+        problems.append(FieldViolation("rate_limit.period", "must be between 1 ms and 30 days"))
+    if not (math.isfinite(given.burst) and given.burst >= 0):
+        problems.append(FieldViolation("rate_limit.burst", "must be 0 or more"))
+    if problems:
+        raise InvalidArgument("the rate limit is invalid", violations=problems, reason="BAD_RATE_LIMIT")
+    return RateLimitSpec(given.key, given.limit, period, given.burst)
+
+
+def message_of(spec: RateLimitSpec, room: float) -> registry_pb2.RateLimit:
+    period = duration_pb2.Duration()
+    period.FromNanoseconds(round(spec.period * 1e9))
+    return registry_pb2.RateLimit(
+        key=spec.key, limit=spec.limit, period=period, burst=spec.burst, available=round(room, 6)
+    )

@@ -1,0 +1,57 @@
+"""Rate limits on Redis (see RateLimitStore in engine/ports): every key's limit and state in the
+slot tagged {rl}, so a call's asks are taken in one script (ratelimits_lua.py), atomically for
+every replica."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mcp_server.engine.ports import Grant, RateLimitSpec
+from mcp_server.state.redis import ratelimits_lua as lua
+from mcp_server.state.redis.connection import RedisConnection
+
+
+class RedisRateLimits:
+    """RateLimitStore on Redis."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn = conn
+        self.keys = conn.layout.rate_limits
+        self.grants = conn.layout.rate_grants_prefix
+        self._take = conn.register(lua.TAKE_UNITS)
+        self._list = conn.register(lua.LIST_LIMITS)
+
+    async def put_rate_limit(self, spec: RateLimitSpec) -> None:
+        value = f"{spec.limit!r}|{spec.period * 1000!r}|{spec.burst!r}"
+        await self.conn.do(self.conn.r.hset(self.keys[0], spec.key, value))
+
+    async def delete_rate_limit(self, key: str) -> bool:
+        async with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys[0], key)
+            pipe.hdel(self.keys[1], key)
+            pipe.hdel(self.keys[2], key)
+            pipe.delete(self.grants + key)
+            removed = await self.conn.do(pipe.execute())
+        return bool(removed[0])
+
+    async def list_rate_limits(self) -> list[tuple[RateLimitSpec, float]]:
+        reply = await self.conn.do(self.conn.script(self._list, list(self.keys), [self.grants]))
+        found = []
+        for i in range(0, len(reply), 3):
+            limit, period_ms, burst = (float(part) for part in reply[i + 1].decode().split("|"))
+            spec = RateLimitSpec(reply[i].decode(), limit, period_ms / 1000, burst)
+            found.append((spec, float(reply[i + 2])))
+        return sorted(found, key=lambda item: item[0].key)
+
+    async def take_units(self, asks: Sequence[tuple[str, float]]) -> Grant:
+        args: list[Any] = [self.grants]
+        for key, units in asks:
+            args += [key, repr(float(units))]
+        reply = await self.conn.do(self.conn.script(self._take, list(self.keys), args))
+        outcome = reply[0].decode()
+        if outcome == "ok":
+            return Grant(True)
+        if outcome == "too_large":
+            return Grant(False, key=reply[1].decode(), too_large=True)
+        return Grant(False, float(reply[2]) / 1000, reply[1].decode())

@@ -1,0 +1,104 @@
+"""The Lua scripts of the Redis rate limits (ratelimits.py), all in the slot tagged {rl}: every
+limit a call asks is checked and taken in one atomic step (see engine/ports/ratelimits.py for
+the rule, state/rate_math.py for the same arithmetic in Python). Times are the server's, in ms.
+
+KEYS (both scripts): definitions (hash key -> `limit|period ms|burst`), theoretical arrival
+times (hash key -> ms), window sums (hash key -> units granted within the last period), the
+grant counter; the grants of key K are the zset `<prefix>K`: member `<n>|<units>`, score ms.
+"""
+
+from __future__ import annotations
+
+_COMMON = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local function definition(key)
+  local d = redis.call('HGET', KEYS[1], key)
+  if not d then return nil end
+  local limit, period, burst = string.match(d, '^([^|]+)|([^|]+)|([^|]+)$')
+  return tonumber(limit), tonumber(period), tonumber(burst)
+end
+local function units_of(member) return tonumber(string.match(member, '|(.+)$')) end
+-- drop the grants older than one period; the units granted within it
+local function window(key, grants, period, now)
+  local used = tonumber(redis.call('HGET', KEYS[3], key) or '0')
+  local old = redis.call('ZRANGEBYSCORE', grants, '-inf', now - period)
+  if #old > 0 then
+    for _, m in ipairs(old) do used = used - units_of(m) end
+    redis.call('ZREMRANGEBYSCORE', grants, '-inf', now - period)
+    if used < 1e-9 then used = 0 end
+    redis.call('HSET', KEYS[3], key, used)
+  end
+  return used
+end
+"""
+
+# ARGV: grants key prefix, then (key, units) pairs -> {'ok'} | {'wait', key, ms} | {'too_large', key}
+TAKE_UNITS = (
+    _COMMON
+    + """
+local now = now_ms()
+local plan = {}
+local longest, who = 0, ''
+for i = 2, #ARGV, 2 do
+  local key, n = ARGV[i], tonumber(ARGV[i + 1])
+  local limit, period, burst = definition(key)
+  if limit then
+    local capacity = limit + burst
+    if n > capacity + 1e-9 then return {'too_large', key} end
+    local grants = ARGV[1] .. key
+    local used = window(key, grants, period, now)
+    local wait = 0
+    if used + n > capacity + 1e-9 then
+      local needed, freed = used + n - capacity, 0
+      local live = redis.call('ZRANGE', grants, 0, -1, 'WITHSCORES')
+      for j = 1, #live, 2 do
+        freed = freed + units_of(live[j])
+        if freed >= needed - 1e-9 then wait = tonumber(live[j + 1]) + period - now break end
+      end
+    end
+    local interval = period / limit
+    local tat = math.max(tonumber(redis.call('HGET', KEYS[2], key) or '0'), now)
+    local gcra = tat + (n - capacity) * interval - now
+    if gcra > wait then wait = gcra end
+    if wait > 0.001 then
+      if wait > longest then longest, who = wait, key end
+    else
+      table.insert(plan, {key, n, tat + n * interval, grants, used})
+    end
+  end
+end
+if longest > 0 then return {'wait', who, tostring(longest)} end
+for _, p in ipairs(plan) do
+  redis.call('HSET', KEYS[2], p[1], tostring(p[3]))
+  redis.call('HSET', KEYS[3], p[1], tostring(p[5] + p[2]))
+  redis.call('ZADD', p[4], now, redis.call('INCR', KEYS[4]) .. '|' .. p[2])
+end
+return {'ok'}
+"""
+)
+
+# ARGV: grants key prefix -> {key, definition, available, ...} for every limit
+LIST_LIMITS = (
+    _COMMON
+    + """
+local now = now_ms()
+local found = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local key = all[i]
+  local limit, period, burst = definition(key)
+  local capacity = limit + burst
+  local used = window(key, ARGV[1] .. key, period, now)
+  local tat = math.max(tonumber(redis.call('HGET', KEYS[2], key) or '0'), now)
+  local by_gcra = capacity - (tat - now) / (period / limit)
+  local room = math.max(0, math.min(by_gcra, capacity - used))
+  table.insert(found, key)
+  table.insert(found, all[i + 1])
+  table.insert(found, tostring(room))
+end
+return found
+"""
+)

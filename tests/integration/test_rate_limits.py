@@ -1,0 +1,227 @@
+"""Rate limits, on both stores, against the testkit plugin process: calls take units before
+they go, wait (holding no call) when there are none, and every replica shares one limit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+
+from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
+from tests.conftest import client_for
+from tests.helpers import create, error_reason, events, plugin_stats, step, submit, violations, wait_done, workflow
+
+pytestmark = pytest.mark.asyncio
+E = task_pb2.TaskEventType
+S = task_pb2.TaskStatus
+SLACK = 0.03  # a grant and the call reaching the plugin are this far apart, at most, on loopback
+
+
+def seconds(value: float) -> duration_pb2.Duration:
+    period = duration_pb2.Duration()
+    period.FromNanoseconds(int(value * 1e9))
+    return period
+
+
+async def put_limit(client: Any, key: str, limit: float, period: float, burst: float = 0) -> registry_pb2.RateLimit:
+    rate_limit = registry_pb2.RateLimit(key=key, limit=limit, period=seconds(period), burst=burst)
+    return await client.registry.PutRateLimit(registry_pb2.PutRateLimitRequest(rate_limit=rate_limit))
+
+
+def ticks_wf(workflow_id: str, tag: str, count: int, uses: list[dict[str, Any]] | None = None) -> workflow_pb2.Workflow:
+    body = step("t", "tick", f"{{'tag': '{tag}', 'i': item}}", **({"rate_limits": uses} if uses else {}))
+    return workflow(workflow_id, {"id": "m", "map": {"items": str(list(range(count))), "body": body}})
+
+
+def most_in_a_window(times: list[float], period: float) -> int:
+    times = sorted(times)
+    return max(sum(1 for t in times if start <= t < start + period - SLACK) for start in times)
+
+
+@pytest.fixture
+async def served(server_factory, store_url):
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    yield running, client
+    await client.channel.close()
+
+
+async def test_fifteen_calls_under_five_a_second_never_pass_the_limit_and_wait_visibly(served, testkit):
+    _, client = served
+    tag = uuid.uuid4().hex
+    await put_limit(client, f"tenant:{tag}", 5, 1.0)
+    uses = [{"key_expression": "'tenant:' + input.tag"}]
+    await create(client, ticks_wf("ticks", tag, 15, uses))
+    started = time.monotonic()
+    task = await wait_done(client, (await submit(client, "ticks", {"tag": tag})).task_id, timeout=30)
+    took = time.monotonic() - started
+
+    assert task.status == S.TASK_STATUS_COMPLETED
+    times = (await plugin_stats(testkit))["ticks"][tag]
+    assert len(times) == 15
+    assert most_in_a_window(times, 1.0) <= 5
+    assert took >= 1.9  # 15 calls at 5 a second: the last five go two seconds after the first
+    waiting = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_STEP_WAITING]
+    assert waiting and all(e.data.fields["rate_limit"].string_value == f"tenant:{tag}" for e in waiting)
+    assert "units again at" in waiting[0].message
+
+
+async def test_the_protocol_key_limits_every_call_of_a_protocol_and_a_units_expression_counts(served, testkit):
+    _, client = served
+    tag = uuid.uuid4().hex
+    await put_limit(client, "protocol:tick", 100, 1.0)
+    await put_limit(client, f"tokens:{tag}", 30, 1.0)
+    uses = [{"key": f"tokens:{tag}", "units": "size(call.tag) / 4"}]  # 32 characters: 8 units a call
+    await create(client, ticks_wf("token-ticks", tag, 8, uses))
+    task = await wait_done(client, (await submit(client, "token-ticks")).task_id, timeout=30)
+    assert task.status == S.TASK_STATUS_COMPLETED
+    times = (await plugin_stats(testkit))["ticks"][tag]
+    assert most_in_a_window(times, 1.0) <= 3  # 30 units a second: three calls of 8
+    listed = {
+        r.key: r for r in (await client.registry.ListRateLimits(registry_pb2.ListRateLimitsRequest())).rate_limits
+    }
+    assert listed["protocol:tick"].limit == 100 and listed[f"tokens:{tag}"].available <= 30
+    await client.registry.DeleteRateLimit(registry_pb2.DeleteRateLimitRequest(key="protocol:tick"))
+
+
+async def test_an_ask_no_limit_can_grant_fails_the_step_at_once(served):
+    _, client = served
+    tag = uuid.uuid4().hex
+    await put_limit(client, f"small:{tag}", 2, 1.0, burst=1)
+    wf = workflow(
+        "too-big", {"id": "s", "step": {"protocol": "tick", "rate_limits": [{"key": f"small:{tag}", "units": "4"}]}}
+    )
+    await create(client, wf)
+    started = time.monotonic()
+    task = await wait_done(client, (await submit(client, "too-big")).task_id)
+    assert task.status == S.TASK_STATUS_FAILED and time.monotonic() - started < 2
+    assert "RESOURCE_EXHAUSTED" in task.error.message or task.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "more than it grants" in task.error.message
+
+
+async def test_a_long_wait_parks_the_task_and_it_goes_on_when_units_come(served, testkit):
+    _, client = served
+    tag = uuid.uuid4().hex
+    await put_limit(client, f"slow:{tag}", 1, 4.0)
+    wf = workflow(
+        "slow-ticks",
+        {
+            "id": "s",
+            "step": {"protocol": "tick", "input": f"{{'tag': '{tag}'}}", "rate_limits": [{"key": f"slow:{tag}"}]},
+        },
+    )
+    await create(client, wf)
+    first = await wait_done(client, (await submit(client, "slow-ticks")).task_id)
+    second = await submit(client, "slow-ticks")
+    async with asyncio.timeout(10):
+        while (
+            await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=second.task_id))
+        ).task.status != S.TASK_STATUS_WAITING:
+            await asyncio.sleep(0.05)  # every branch waits for units more than 2 s away: it parks, holding nothing
+    done = await wait_done(client, second.task_id, timeout=15)
+    assert first.status == done.status == S.TASK_STATUS_COMPLETED
+    times = sorted((await plugin_stats(testkit))["ticks"][tag])
+    assert len(times) == 2 and times[1] - times[0] >= 4.0 - SLACK
+
+
+async def test_a_plugin_that_asks_for_a_pause_gets_no_call_until_it_ends(served, testkit):
+    _, client = served
+    tag = uuid.uuid4().hex
+    wf = workflow(
+        "pause",
+        {
+            "id": "s",
+            "step": {
+                "protocol": "throttled",
+                "input": f"{{'tag': '{tag}', 'retry_after': 0.8}}",
+                "retry": {"max_attempts": 3, "initial_backoff": "0.01s"},
+            },
+        },
+    )
+    await create(client, wf)
+    task = await wait_done(client, (await submit(client, "pause")).task_id)
+    assert task.status == S.TASK_STATUS_COMPLETED
+    first, second = sorted((await plugin_stats(testkit))["ticks"][tag])
+    assert second - first >= 0.8 - SLACK  # the retry waited for the pause, not just its own backoff
+
+
+async def test_bad_limits_and_uses_are_refused_with_the_field(served):
+    _, client = served
+    for bad, field in (
+        (registry_pb2.RateLimit(key="k", limit=0, period=seconds(1)), "rate_limit.limit"),
+        (registry_pb2.RateLimit(key="k", limit=1, period=seconds(0)), "rate_limit.period"),
+        (registry_pb2.RateLimit(key="k", limit=1, period=seconds(1), burst=-1), "rate_limit.burst"),
+        (registry_pb2.RateLimit(key="a key", limit=1, period=seconds(1)), "rate_limit.key"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.registry.PutRateLimit(registry_pb2.PutRateLimitRequest(rate_limit=bad))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in violations(err.value)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.registry.DeleteRateLimit(registry_pb2.DeleteRateLimitRequest(key="never-set"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_reason(err.value) == "RATE_LIMIT_NOT_FOUND"
+    for use, field in (
+        ({"key_expression": "input.(("}, "workflow.root.step.rate_limits[0].key_expression"),
+        ({"key": "k", "units": "call +"}, "workflow.root.step.rate_limits[0].units"),
+        ({"key": "k", "key_expression": "'k'"}, "workflow.root.step.rate_limits[0]"),
+        ({}, "workflow.root.step.rate_limits[0]"),
+    ):
+        wf = workflow("bad-use", {"id": "s", "step": {"protocol": "tick", "rate_limits": [use]}})
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await create(client, wf)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in violations(err.value), violations(
+            err.value
+        )
+
+
+async def test_two_replicas_share_one_limit(server_factory, redis_url, testkit):
+    replicas = [await server_factory(store=redis_url) for _ in range(2)]
+    clients = [client_for(r) for r in replicas]
+    tag = uuid.uuid4().hex
+    await put_limit(clients[0], f"shared:{tag}", 4, 1.0)
+    wf = workflow(
+        "shared",
+        {
+            "id": "s",
+            "step": {"protocol": "tick", "input": f"{{'tag': '{tag}'}}", "rate_limits": [{"key": f"shared:{tag}"}]},
+        },
+    )
+    await create(clients[0], wf)
+    await asyncio.sleep(1.2)  # the other replica learns the key has a limit within a second
+    tasks = [await submit(clients[i % 2], "shared") for i in range(12)]
+    done = await asyncio.gather(*(wait_done(clients[i % 2], t.task_id, timeout=30) for i, t in enumerate(tasks)))
+    assert all(t.status == S.TASK_STATUS_COMPLETED for t in done)
+    times = (await plugin_stats(testkit))["ticks"][tag]
+    assert len(times) == 12 and most_in_a_window(times, 1.0) <= 4
+    for client in clients:
+        await client.channel.close()
+
+
+async def test_every_retry_and_fallback_takes_units_like_the_first_call(served, testkit):
+    _, client = served
+    tag = uuid.uuid4().hex
+    await put_limit(client, f"each:{tag}", 1, 1.5)
+    wf = workflow(
+        "each-attempt",
+        {
+            "id": "s",
+            "step": {
+                "protocol": "fail",
+                "input": "{'code': 'UNAVAILABLE'}",
+                "retry": {"max_attempts": 2, "initial_backoff": "0.01s"},
+                "rate_limits": [{"key": f"each:{tag}"}],
+                "fallbacks": [{"protocol": "tick", "input": f"{{'tag': '{tag}'}}"}],
+            },
+        },
+    )
+    await create(client, wf)
+    started = time.monotonic()
+    task = await wait_done(client, (await submit(client, "each-attempt")).task_id, timeout=20)
+    assert task.status == S.TASK_STATUS_COMPLETED
+    # three calls (two attempts, then the fallback) at one per 1.5 s: the fallback goes 3 s after the first
+    assert time.monotonic() - started >= 3.0 - SLACK
+    assert len((await plugin_stats(testkit))["ticks"][tag]) == 1

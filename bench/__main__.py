@@ -29,6 +29,7 @@ from bench.capacity import bench_capacity
 from bench.chains import bench_chains, fanout_floor
 from bench.cluster import bench_cluster
 from bench.console import bench_console
+from bench.fairness import bench_fairness
 from bench.harness import (
     Orchestrated,
     Proc,
@@ -397,7 +398,7 @@ async def main() -> None:
         "--only",
         action="append",
         help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console, bursts,"
-        " waits, reruns",
+        " waits, reruns, fairness",
     )
     parser.add_argument(
         "--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares"
@@ -423,6 +424,7 @@ async def main() -> None:
         "bursts": bench_bursts,
         "waits": bench_waits,
         "reruns": bench_reruns,
+        "fairness": bench_fairness,
     }
     try:
         for name, suite in suites.items():

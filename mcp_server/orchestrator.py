@@ -74,6 +74,9 @@ class Orchestrator:
         self.protocols = Protocols(self.directory, settings.limits)
         self.watching = Watching(store.tasks, settings.limits)
         self.reads = TaskReads(store.tasks, self.views, settings.limits)
+        self.cancelling = Cancelling(
+            store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds, settings.replica_id
+        )
         self.submission = Submission(
             settings,
             store.workflows,
@@ -84,11 +87,9 @@ class Orchestrator:
             self.views,
             self.watching,
             self.listeners,
+            self.cancelling,
         )
         self.reruns = Reruns(settings, store.tasks, self.plans, self.submission)
-        self.cancelling = Cancelling(
-            store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds, settings.replica_id
-        )
         self.signalling = Signalling(
             settings,
             store.tasks,

@@ -64,6 +64,8 @@ def task_summary(task: task_pb2.Task) -> None:
         f"task [bold]{task.task_id}[/bold]  workflow {task.workflow_id} v{task.workflow_version}"
         f"  status [bold]{status}[/bold]"
     )
+    if task.concurrency_key:
+        console.print(f"concurrency key {task.concurrency_key}")
     if task.rerun_of:
         console.print(f"a rerun of {task.rerun_of} from {task.rerun_from_step_path}")
     if task.steps:

@@ -88,6 +88,7 @@ def task_view(task: task_pb2.Task) -> dict[str, Any]:
         "terminal": task.status
         in (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED),
         "rerun_of": task.rerun_of,
+        "concurrency_key": task.concurrency_key,
         "rerun_from_step_path": task.rerun_from_step_path,
         "reruns": list(task.reruns),
     }

@@ -166,6 +166,16 @@ LEAF_KINDS = frozenset({"step", "wait", "sleep"})
 
 
 @dataclass(frozen=True)
+class ConcurrencyPlan:
+    """Workflow.concurrency compiled: the key (None: the owner), the cap per key value (0: none)
+    and what a new task does when its key is full (a ConcurrencyStrategy)."""
+
+    key: Expression | None
+    max_running: int
+    strategy: int
+
+
+@dataclass(frozen=True)
 class Plan:
     """A compiled workflow version."""
 
@@ -182,6 +192,8 @@ class Plan:
     waits: dict[str, WaitPlan] = field(default_factory=dict)
     # whether any node waits (a wait or a sleep): only then can a run park
     suspends: bool = False
+    # Workflow.concurrency; None: tasks share the queue out per owner, with no cap
+    concurrency: ConcurrencyPlan | None = None
 
     @property
     def signals(self) -> frozenset[str]:

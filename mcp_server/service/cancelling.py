@@ -51,6 +51,28 @@ class Cancelling:
                 if await self._cancelled(task, why, principal):
                     return await self.reads.get_task(task_id, principal)
 
+    async def cancel_soon(self, task_id: str, why: str) -> None:
+        """Start cancelling a task without waiting for its end (a new task of its concurrency key
+        replaces it): a queued one at once, one running here at once, a waiting one by running it
+        to its end here, one running elsewhere through a request that replica acts on."""
+        event = task_pb2.TaskEvent(task_id=task_id, type=E.TASK_EVENT_TYPE_CANCELLED, time=now(), message=why)
+        if await self.queue.cancel_pending(task_id, event) is not None or await self.dispatcher.cancel(task_id, why):
+            return
+        task = await self.tasks.get_task(task_id)
+        if task is None or task.status in TERMINAL:
+            return
+        if task.status == task_pb2.TASK_STATUS_WAITING:
+            claimed = await self.queue.claim_waiting(task_id, self.replica_id, self.lease_seconds)
+            if claimed is not None:
+                self.dispatcher.adopt(*claimed, cancel_reason=why)
+                return
+        await self.queue.request_cancel(task_id, why)
+
+    async def cancel_queued(self, task_id: str, why: str) -> task_pb2.Task | None:
+        """Cancel a task still queued, at once; the task as it ended, or None if it left the queue."""
+        event = task_pb2.TaskEvent(task_id=task_id, type=E.TASK_EVENT_TYPE_CANCELLED, time=now(), message=why)
+        return await self.queue.cancel_pending(task_id, event)
+
     async def _cancelled(self, task: task_pb2.Task, why: str, principal: Principal) -> bool:
         """Cancel the task as its state allows; True once it is cancelled (or will be, here), False
         when its state changed meanwhile (look again)."""

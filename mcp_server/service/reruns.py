@@ -12,12 +12,14 @@ from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.context import make_event, now
 from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
+from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import Kept, TaskStore
+from mcp_server.engine.ports import Kept, QueueGroup, TaskStore
 from mcp_server.engine.records import stored_refs
 from mcp_server.engine.reruns import Step, first_missing, first_unfinished, kept_steps, read_steps, rerun_records
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from mcp_server.service.access import require, visible_task
+from mcp_server.service.concurrency import queue_group
 from mcp_server.service.submission import Submission, check_input
 from mcp_server.settings import Settings
 from mcp_server.state.common import TERMINAL
@@ -84,7 +86,25 @@ class Reruns:
         )
         records = rerun_records(steps, kept, chosen, plan.root)
         task.step_count = len(records)
-        return await self.submission.store(task, event, fingerprint, values, Kept(source.task_id, records, digests))
+        group, task.concurrency_key = self._group(plan, source)
+        return await self.submission.store(
+            task,
+            event,
+            fingerprint,
+            values,
+            Kept(source.task_id, records, digests),
+            group=group,
+            strategy=plan.concurrency.strategy if plan.concurrency else 0,
+        )
+
+    @staticmethod
+    def _group(plan: Plan, source: task_pb2.Task) -> tuple[QueueGroup, str]:
+        """The rerun's queue group: its source's concurrency key value (same input, labels and
+        owner); evaluated afresh when the source had none and its input is inline."""
+        if plan.concurrency is not None and (source.concurrency_key or source.input_ref.sha256):
+            key = source.concurrency_key or source.owner
+            return QueueGroup.of_key(plan.workflow_id, key, plan.concurrency.max_running), key
+        return queue_group(plan, source.input_data, source.labels, source.owner)
 
     @staticmethod
     def _chosen(request: task_pb2.RerunTaskRequest, source: task_pb2.Task, steps: Sequence[Step]) -> str:

@@ -16,11 +16,19 @@ from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import EventListener, Kept, TaskQueue, TaskStore, WorkflowStore
+from mcp_server.engine.ports import EventListener, Kept, QueueGroup, TaskQueue, TaskStore, WorkflowStore
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.service.access import require, visible_task
+from mcp_server.service.cancelling import Cancelling
+from mcp_server.service.concurrency import (
+    CANCEL_IN_PROGRESS,
+    CANCEL_NEWEST,
+    CONCURRENCY_LIMIT,
+    full_for_newest,
+    queue_group,
+)
 from mcp_server.service.watching import Watching
 from mcp_server.settings import Limits, Settings
 from mcp_server.state.common import TERMINAL, assemble, fixed_part, request_task_id
@@ -41,6 +49,7 @@ class Submission:
         views: TaskViews,
         watching: Watching,
         listeners: Sequence[EventListener],
+        cancelling: Cancelling,
     ) -> None:
         self.settings = settings
         self.workflows = workflows
@@ -51,6 +60,7 @@ class Submission:
         self.views = views
         self.watching = watching
         self.listeners = listeners
+        self.cancelling = cancelling
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
 
     async def submit_task(
@@ -69,6 +79,7 @@ class Submission:
                 metadata={"workflow_id": request.workflow_id},
             )
         plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
+        group, key = queue_group(plan, request.input_data, request.labels, principal.name)
         task_id = request_task_id(principal.name, request.request_id) if request.request_id else uuid.uuid4().hex
         task = task_pb2.Task(
             task_id=task_id,
@@ -82,6 +93,7 @@ class Submission:
             create_time=now(),
             last_sequence=1,
             owner=principal.name,
+            concurrency_key=key,
         )
         values = {}
         given = Payload.of_struct(request.input_data)
@@ -93,7 +105,8 @@ class Submission:
         fingerprint = (
             hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
         )
-        return await self.store(task, event, fingerprint, values)
+        strategy = plan.concurrency.strategy if plan.concurrency else 0
+        return await self.store(task, event, fingerprint, values, group=group, strategy=strategy)
 
     def _check_request(self, request: task_pb2.SubmitTaskRequest) -> None:
         check_input("input_data", request.input_data, self.settings.limits)
@@ -114,29 +127,46 @@ class Submission:
         fingerprint: str,
         values: dict[str, bytes],
         kept: Kept | None = None,
+        group: QueueGroup | None = None,
+        strategy: int = 0,
     ) -> tuple[task_pb2.Task, bool]:
         """Store a new task with its first event (and, for a rerun, what it keeps) and queue it,
         or, with room here and nothing waiting in the queue, start it on this replica at once,
-        leased as it is stored (no trip through the queue, no claim round trip). Returns the task
-        (BASIC) and whether it is new."""
+        leased as it is stored (no trip through the queue, no claim round trip). A concurrency
+        key's strategy (see ConcurrencyStrategy) then cancels the new task, or the key's older
+        ones. Returns the task (BASIC) and whether it is new."""
         holder = self.settings.replica_id if self.dispatcher.has_room() and self.dispatcher.queue_seen_empty() else ""
+        members = await self.queue.group_members(group) if group and group.max_running and strategy else []
+        refused = strategy == CANCEL_NEWEST and group is not None and full_for_newest(members, group.max_running)
         stored, created, token = await self.queue.create_leased(
             task,
             event,
-            holder,
+            "" if refused else holder,
             self.settings.lease_seconds,
             self.settings.limits.max_queue_length,
             fingerprint,
             values,
             kept,
+            group,
         )
         if created:
             for listener in self.listeners:
                 listener(stored, event)
-            if token:
+            if refused:
+                why = f"{CONCURRENCY_LIMIT}: concurrency key {stored.concurrency_key!r} is full"
+                ended = await self.cancelling.cancel_queued(stored.task_id, why)
+                if ended is None:  # claimed meanwhile
+                    await self.cancelling.cancel_soon(stored.task_id, why)
+                stored = ended or stored
+            elif token:
                 self.dispatcher.adopt(stored, token)
             else:
                 self.dispatcher.wake()
+            if strategy == CANCEL_IN_PROGRESS:
+                key = stored.concurrency_key
+                why = f"{CONCURRENCY_LIMIT}: replaced by task {stored.task_id} of concurrency key {key!r}"
+                for member in members:
+                    await self.cancelling.cancel_soon(member.task_id, why)
         return self.views.basic(stored), created
 
     async def run_task(

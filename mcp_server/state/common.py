@@ -11,7 +11,7 @@ from google.rpc import code_pb2
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.context import now
-from mcp_server.engine.ports import Kept
+from mcp_server.engine.ports import Kept, QueueGroup
 from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, ResourceExhausted
 
 ACTIVE = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
@@ -154,6 +154,7 @@ class CreateTask:
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
         kept: Kept | None = None,
+        group: QueueGroup | None = None,
     ) -> tuple[task_pb2.Task, bool, int]:
         raise NotImplementedError
 
@@ -164,7 +165,8 @@ class CreateTask:
         max_queue: int = 0,
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
+        group: QueueGroup | None = None,
     ) -> tuple[task_pb2.Task, bool]:
         """Store a new PENDING task (see Store.create_task): create_leased with no holder."""
-        stored, created, _ = await self.create_leased(task, event, "", 0.0, max_queue, fingerprint, values)
+        stored, created, _ = await self.create_leased(task, event, "", 0.0, max_queue, fingerprint, values, group=group)
         return stored, created

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler import composites, steps, waits
+from mcp_server.engine.compiler.concurrency import compile_concurrency
 from mcp_server.engine.compiler.fields import bounded, duration, retry_policy
 from mcp_server.engine.compiler.scope import WORKFLOW_ID, Scope, compile_node
 from mcp_server.engine.plan import Plan, PlanNode, RetryPolicy
@@ -74,6 +75,7 @@ def compile_workflow(
         violations.add("workflow.root", "a workflow needs a root node")
     else:
         root = compile_node(workflow.root, "workflow.root", scope, depth=1, default_id="root")
+    concurrency = compile_concurrency(workflow, limits, violations)
     if scope.node_count > scope.max_nodes:
         violations.add("workflow.root", f"has {scope.node_count} nodes; the limit is {scope.max_nodes}")
     violations.raise_if_any(f"workflow {workflow.workflow_id!r} is invalid")
@@ -89,4 +91,5 @@ def compile_workflow(
         protocol_uses=tuple(scope.uses),
         waits=dict(scope.waits),
         suspends=scope.suspends,
+        concurrency=concurrency,
     )

@@ -2,7 +2,7 @@
 state lives, one small port per job (each backend implements every one: state/sqlite, state/redis)."""
 
 from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult, ProtocolCaller, ProtocolCallError
-from mcp_server.engine.ports.queue import Kept, TaskQueue
+from mcp_server.engine.ports.queue import GroupMember, Kept, QueueGroup, TaskQueue
 from mcp_server.engine.ports.ratelimits import Grant, RateLimitSpec, RateLimitStore, UnitGate
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, RegistryStore
 from mcp_server.engine.ports.store import Store, StoreConnection
@@ -19,9 +19,11 @@ __all__ = [
     "Checkpoint",
     "EventListener",
     "Grant",
+    "GroupMember",
     "Kept",
     "ProtocolCallError",
     "ProtocolCaller",
+    "QueueGroup",
     "RateLimitSpec",
     "RateLimitStore",
     "RegistryStore",

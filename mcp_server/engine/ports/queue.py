@@ -21,8 +21,41 @@ class Kept:
     digests: Sequence[str]
 
 
+@dataclass(frozen=True)
+class QueueGroup:
+    """What a task is queued under. Within a priority the queue is served round robin across
+    groups (an owner's, or a workflow's concurrency key value), and at most `max_running` tasks
+    of a group run at once (0: no cap), across every replica."""
+
+    name: str
+    max_running: int = 0
+
+    @staticmethod
+    def of_owner(owner: str) -> QueueGroup:
+        return QueueGroup(f"o:{owner}")
+
+    @staticmethod
+    def of_key(workflow_id: str, key: str, max_running: int) -> QueueGroup:
+        return QueueGroup(f"k:{workflow_id}:{key}", max_running)
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """An unfinished task of a concurrency key's group (see TaskQueue.group_members)."""
+
+    task_id: str
+    status: int
+    leased: bool
+
+    @property
+    def running(self) -> bool:
+        """What counts against max_running: held by a replica and not waiting."""
+        return self.leased and self.status in (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
+
+
 class TaskQueue(Protocol):
-    """Pending tasks in priority order (FIFO within a priority), leases, cancel requests."""
+    """Pending tasks in priority order, round robin across groups within a priority (FIFO within
+    a group), leases, cancel requests."""
 
     async def create_task(
         self,
@@ -31,6 +64,7 @@ class TaskQueue(Protocol):
         max_queue: int = 0,
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
+        group: QueueGroup | None = None,
     ) -> tuple[task_pb2.Task, bool]:
         """Store `task` (its fixed part: everything but status and what changes while it runs)
         with its first event and the `values` its input refers to, and queue it. A task of the
@@ -48,13 +82,16 @@ class TaskQueue(Protocol):
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
         kept: Kept | None = None,
+        group: QueueGroup | None = None,
     ) -> tuple[task_pb2.Task, bool, int]:
         """create_task for a task that `holder` starts at once: it is stored already leased
         (the lease token is returned; 0 when an existing task was returned) and never queued.
         If the holder dies, the lease runs out and the task is queued like any other. With
         `kept`, the task is a rerun: it is stored with those step records and values, in the same
         write, and listed among the source's reruns (the store may give it another task_id, in
-        the source's partition; its request_id dedupes reruns apart from submissions)."""
+        the source's partition; its request_id dedupes reruns apart from submissions). `group` (default:
+        the owner's) is what the task is queued under; a group with max_running full gets the task
+        queued, not leased (token 0)."""
         ...
 
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
@@ -68,6 +105,10 @@ class TaskQueue(Protocol):
     async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
         """Lease a WAITING task to `owner` at once, queued or not (to cancel it, or to resume it
         where its signal came); None if it is not waiting (any more)."""
+        ...
+
+    async def group_members(self, group: QueueGroup) -> list[GroupMember]:
+        """The unfinished tasks of a concurrency key's group (a `k:` group), in no order."""
         ...
 
     async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:

@@ -8,7 +8,9 @@ single node and on a cluster alike. The tags are chosen so that their slots spre
 over the 16,384 slots, hence over a cluster's masters.
 
     {P}              the prefix (`mcp:` unless the URL says `?prefix=`), T a partition tag
-    P{T}:q           queue: zset, score -priority, member `<create micros>:<task_id>` (FIFO within a priority)
+    P{T}:q           queue: zset, score -priority, member a group's turn `<micros>:<micros>:g:<group>|<priority>`
+                     (round robin across groups within a priority), and beside it each group's
+                     FIFO of tasks and its running tasks (see fair_lua.py)
     P{T}:l           leases: zset task_id -> expiry (ms)
     P{T}:x           retention: zset task_id -> when a finished task is purged (ms)
     P{T}:c           cancel requests: zset task_id -> when it was asked (ms), until the task ends
@@ -32,6 +34,7 @@ over the 16,384 slots, hence over a cluster's masters.
     P{wf}:...        workflows;  P{reg}:...  registry and breakers;  P{meta}:layout  the layout
     P{cap}:...       the capacity ledger of plugin instances: grants, waiters, capacities, use
     P{rl}:...        rate limits: definitions, GCRA state, window sums, each key's recent grants
+    P{fair}:last     when each queue group was last granted a task (see fair_lua.py)
 """
 
 from __future__ import annotations
@@ -191,6 +194,12 @@ class Layout:
     def rate_grants_prefix(self) -> str:
         """Prefix of each key's grants of the last period (a zset), in the same slot."""
         return f"{self.prefix}{{rl}}:g:"
+
+    @property
+    def fair_turns(self) -> str:
+        """When each queue group was last granted a task, on any partition (ms): a hash, a hint
+        the claim orders groups by (see queue.py)."""
+        return f"{self.prefix}{{fair}}:last"
 
     @property
     def capacity(self) -> tuple[str, ...]:

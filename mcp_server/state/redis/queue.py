@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import Kept
-from mcp_server.errors import NotFound, Unavailable
+from mcp_server.engine.ports import GroupMember, Kept, QueueGroup
+from mcp_server.errors import FailedPrecondition, NotFound, Unavailable
 from mcp_server.state.common import (
     QUEUE_LENGTH_CACHE_SECONDS,
     CreateTask,
@@ -30,6 +30,45 @@ from mcp_server.state.redis.streams import StreamHub
 from mcp_server.state.redis.tasks import RedisTasks
 
 PENDING, RUNNING, WAITING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING
+# how many turns of each partition a claim looks at: a group that waits behind others' turns in
+# one partition is seen, and goes first, when it was granted less recently than they were
+HEAD_TURNS = 4
+# a group's last grant is forgotten this long after it (a group not seen for so long goes first anyway)
+FORGET_TURNS_MS = 3_600_000
+TERMINAL_STATUSES = (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED)
+
+
+def group_of(member: bytes) -> str:
+    """The group a turn in the queue belongs to ('' for a task queued before groups)."""
+    text = member.decode()
+    if text[34:36] != "g:":
+        return ""
+    return text[36:].rsplit("|", 1)[0]
+
+
+def share_out(turns: list[tuple[int, bytes]], last: dict[str, float], count: int) -> dict[tuple[int, bytes], int]:
+    """How many tasks to take from each turn: one per group in turn, the group granted least
+    recently first (then the one whose turn waited longest), each group's share over its turns
+    (on several partitions) oldest first task first."""
+    by_group: dict[str, list[tuple[bytes, tuple[int, bytes]]]] = {}
+    for turn in turns:
+        group = group_of(turn[1])
+        by_group.setdefault(group, []).append((turn[1][17:33] if group else turn[1][:16], turn))
+    order = sorted(by_group, key=lambda g: (last.get(g, 0.0), min(t[1][:16] for _, t in by_group[g])))
+    own_turns = {g: [t for _, t in sorted(by_group[g])] for g in order}
+    shares: dict[tuple[int, bytes], int] = {}
+    given = 0
+    rounds = 0
+    while given < count:
+        for group in order:
+            own = own_turns[group]
+            turn = own[rounds % len(own)]
+            shares[turn] = shares.get(turn, 0) + 1
+            given += 1
+            if given == count:
+                break
+        rounds += 1
+    return shares
 
 
 class RedisQueue(CreateTask):
@@ -47,6 +86,9 @@ class RedisQueue(CreateTask):
         self._release = conn.register(lua.RELEASE_EXPIRED)
         self._cancel = conn.register(lua.CANCEL_PENDING)
         self._claim_waiting = conn.register(lua.CLAIM_WAITING)
+        self._depth = conn.register(lua.QUEUE_DEPTH)
+        self._members = conn.register(lua.GROUP_MEMBERS)
+        self._note_turns = conn.register(lua.NOTE_TURNS)
         self._queue_length: tuple[float, int] = (0.0, 0)
 
     async def create_leased(
@@ -59,13 +101,26 @@ class RedisQueue(CreateTask):
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
         kept: Kept | None = None,
+        group: QueueGroup | None = None,
     ) -> tuple[task_pb2.Task, bool, int]:
         """A task with a request_id has an id derived from its owner and request_id, so the
         dedupe is the task's own key; without one, a second run of the script (a lost reply)
         finds the task it made and says so. A rerun's id puts it in its source's partition, so
-        that one script writes it, links it to the values it shares and lists it as a rerun."""
+        that one script writes it, links it to the values it shares and lists it as a rerun. A
+        task of a capped group goes to its group's partition (see fair_lua)."""
+        group = group or QueueGroup.of_owner(task.owner)
         if kept is not None:
-            task.task_id = event.task_id = await self._rerun_id(task, kept.source_task_id)
+            partition = self.layout.partition_of(kept.source_task_id)
+            if group.max_running and self.layout.partition_of(group.name) != partition:
+                raise FailedPrecondition(
+                    f"a rerun of task {kept.source_task_id} would have concurrency key "
+                    f"{task.concurrency_key!r}, another than its source's; rerun on a version with the same key",
+                    reason="CONCURRENCY_KEY_CHANGED",
+                )
+            task.task_id = event.task_id = await self._placed_id(task, partition, rerun_dedupe_key(task.request_id))
+        elif group.max_running:
+            partition = self.layout.partition_of(group.name)
+            task.task_id = event.task_id = await self._placed_id(task, partition, task.request_id)
         elif task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
             task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
         if max_queue and not holder and await self._cached_queue_length() >= max_queue:
@@ -84,6 +139,9 @@ class RedisQueue(CreateTask):
             event.SerializeToString(),
             holder,
             int((now_seconds() + lease_seconds) * 1000),
+            group.name,
+            group.max_running,
+            self.layout.task_prefix(partition),
         ]
         script_keys = [
             keys.header,
@@ -100,7 +158,7 @@ class RedisQueue(CreateTask):
         else:
             source = self.layout.task(kept.source_task_id)
             script_keys += [keys.steps, keys.order, keys.links, source.header, source.reruns]
-            args += [self.layout.task_prefix(partition), kept.source_task_id, len(values or {})]
+            args += [kept.source_task_id, len(values or {})]
             for digest, data in (values or {}).items():
                 args += [digest, data]
             args.append(len(kept.records))
@@ -129,17 +187,16 @@ class RedisQueue(CreateTask):
             raise Unavailable(f"task {task.task_id} was purged while it was being read; submit again")
         return existing, False, 0
 
-    async def _rerun_id(self, task: task_pb2.Task, source_task_id: str) -> str:
-        """An id in the source's partition: at random, or from the request_id, one per partition
+    async def _placed_id(self, task: task_pb2.Task, partition: int, dedupe: str) -> str:
+        """An id in `partition`: at random, or from the request_id (`dedupe`), one per partition
         (the same each try, so the dedupe is the task's own key, as for a submission). The same
-        request_id for a rerun of another task (in another partition) is refused, as on SQLite."""
-        partition = self.layout.partition_of(source_task_id)
+        request_id for a task placed in another partition is refused, as on SQLite."""
         if not task.request_id:
             while True:
                 candidate = uuid.uuid4().hex
                 if self.layout.partition_of(candidate) == partition:
                     return candidate
-        ids = self._request_ids(task.owner, rerun_dedupe_key(task.request_id))
+        ids = self._request_ids(task.owner, dedupe)
         others = [ids[p] for p in range(self.layout.partitions) if p != partition]
         async with self.conn.pipeline(transaction=False) as pipe:
             for other in others:
@@ -176,32 +233,44 @@ class RedisQueue(CreateTask):
         return claimed[0] if claimed else None
 
     async def claim_tasks(self, owner: str, lease_seconds: float, count: int) -> list[tuple[task_pb2.Task, int]]:
-        """Claim up to `count` tasks in priority order, FIFO within a priority, as far as one look
-        at the partitions' heads can tell: the partition whose head is first (highest priority,
-        then oldest) gives its tasks, down to the priority of the next partition's head. Every
-        partition's head is looked at on every claim, so none starves."""
+        """Claim up to `count` tasks of the highest priority queued, round robin across groups on
+        every partition: the first turns of each partition are read, ordered by when their group
+        was last granted a task anywhere (the hint in P{fair}:last), and shared out one task per
+        group in that order; then every partition concerned is claimed from in one round trip,
+        and the groups' last grants noted in the same trip."""
         heads = await self._queue_heads()
         if not heads:
             return []
-        order = sorted(heads, key=lambda p: heads[p])
-        best = order[0]
-        bound = repr(heads[order[1]][0]) if len(order) > 1 else "+inf"
-        reply = await self.conn.do(
-            self._claim(
-                keys=[self.layout.queue(best), self.layout.leases(best), self.layout.due(best)],
-                args=[
-                    int((now_seconds() + lease_seconds) * 1000),
-                    owner,
-                    self.layout.task_prefix(best),
-                    count,
-                    bound,
-                    PENDING,
-                    RUNNING,
-                    WAITING,
-                ],
+        best = min(score for entries in heads.values() for _, score in entries)
+        turns = [(p, member) for p, entries in heads.items() for member, score in entries if score == best]
+        groups = sorted({group_of(member) for _, member in turns})
+        last: dict[str, float] = {}
+        if len(groups) > 1:
+            granted = await self.conn.do(self.conn.r.hmget(self.layout.fair_turns, groups))
+            last = {g: float(t) for g, t in zip(groups, granted) if t is not None}
+        shares = share_out(turns, last, count)
+        by_partition: dict[int, list[Any]] = {}
+        for (partition, member), n in shares.items():
+            by_partition.setdefault(partition, []).extend([member, n])
+        expiry = int((now_seconds() + lease_seconds) * 1000)
+        calls: list[tuple[Any, list[str], list[Any]]] = [
+            (
+                self._claim,
+                [self.layout.queue(p), self.layout.leases(p), self.layout.due(p)],
+                [expiry, owner, self.layout.task_prefix(p), PENDING, RUNNING, WAITING, *pairs],
             )
+            for p, pairs in by_partition.items()
+        ]
+        noted = {group_of(member): int(now_seconds() * 1000) for _, member in shares}
+        calls.append(
+            (self._note_turns, [self.layout.fair_turns], [FORGET_TURNS_MS, *(x for kv in noted.items() for x in kv)])
         )
-        return [(assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
+        replies = await self.conn.scripts(calls)
+        return [
+            (assemble(reply[i], reply[i + 1]), int(reply[i + 2]))
+            for reply in replies[: len(by_partition)]
+            for i in range(0, len(reply), 3)
+        ]
 
     async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
         partition = self.layout.partition_of(task_id)
@@ -218,13 +287,13 @@ class RedisQueue(CreateTask):
         )
         return (assemble(reply[0], reply[1]), int(reply[2])) if reply else None
 
-    async def _queue_heads(self) -> dict[int, tuple[float, bytes]]:
-        """Each non-empty partition's first entry: (-priority, `<create micros>:<task id>`)."""
+    async def _queue_heads(self) -> dict[int, list[tuple[bytes, float]]]:
+        """Each non-empty partition's first HEAD_TURNS turns: (member, -priority)."""
         async with self.conn.pipeline(transaction=False) as pipe:
             for partition in range(self.layout.partitions):
-                pipe.zrange(self.layout.queue(partition), 0, 0, withscores=True)
+                pipe.zrange(self.layout.queue(partition), 0, HEAD_TURNS - 1, withscores=True)
             replies = await self.conn.do(pipe.execute())
-        return {p: (reply[0][1], reply[0][0]) for p, reply in enumerate(replies) if reply}
+        return {p: [(member, score) for member, score in reply] for p, reply in enumerate(replies) if reply}
 
     async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
         """Renew every lease, one script per partition, all in one round trip; return the
@@ -261,24 +330,31 @@ class RedisQueue(CreateTask):
         )
         return sum(int(n) for n in replies)
 
-    async def queue_depth_by_priority(self, sample: int = 10_000) -> dict[int, int]:
-        """Counts per priority over the first `sample` queued tasks in all (exact below that)."""
-        each = max(1, sample // self.layout.partitions)
-        async with self.conn.pipeline(transaction=False) as pipe:
-            for p in range(self.layout.partitions):
-                pipe.zrange(self.layout.queue(p), 0, each - 1, withscores=True)
-            replies = await self.conn.do(pipe.execute())
+    async def queue_depth_by_priority(self) -> dict[int, int]:
+        """Queued tasks per priority: each partition's counts, plus tasks queued before groups."""
         depth: dict[int, int] = {}
-        for entries in replies:
-            for _, score in entries:
-                depth[int(-score)] = depth.get(int(-score), 0) + 1
+        for counts in await self.conn.scripts(
+            [(self._depth, [self.layout.queue(p)], []) for p in range(self.layout.partitions)]
+        ):
+            for i in range(0, len(counts), 2):
+                priority = int(counts[i])
+                depth[priority] = depth.get(priority, 0) + int(counts[i + 1])
         return depth
 
     async def queue_length(self) -> int:
-        async with self.conn.pipeline(transaction=False) as pipe:
-            for p in range(self.layout.partitions):
-                pipe.zcard(self.layout.queue(p))
-            return sum(int(n) for n in await self.conn.do(pipe.execute()))
+        return sum((await self.queue_depth_by_priority()).values())
+
+    async def group_members(self, group: QueueGroup) -> list[GroupMember]:
+        partition = self.layout.partition_of(group.name)
+        reply = await self.conn.do(
+            self._members(
+                keys=[self.layout.queue(partition), self.layout.leases(partition)],
+                args=[group.name, self.layout.task_prefix(partition), *TERMINAL_STATUSES],
+            )
+        )
+        return [
+            GroupMember(reply[i].decode(), int(reply[i + 1]), bool(int(reply[i + 2]))) for i in range(0, len(reply), 3)
+        ]
 
     async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
         """Compare-and-set: the cancel applies only if the task is still queued and unchanged

@@ -4,6 +4,7 @@ running it again."""
 
 from __future__ import annotations
 
+from mcp_server.state.redis.fair_lua import FAIR
 from mcp_server.state.redis.status_lua import MOVE_STATUS
 
 # The body both creates share: the header, the first event, queued or leased at once.
@@ -13,30 +14,33 @@ local now = redis.call('TIME')
 local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local member = string.format('%016d', micros) .. ':' .. ARGV[1]
 redis.call('HSET', KEYS[1], 'f', ARGV[2], 'v', ARGV[3], 'st', ARGV[4], 'tok', 0, 'seq', 1, 'pr', ARGV[5],
-           'ow', ARGV[6], 'wf', ARGV[7], 'ct', micros, 'fp', ARGV[8], 'qm', member)
+           'ow', ARGV[6], 'wf', ARGV[7], 'ct', micros, 'fp', ARGV[8], 'qm', member, 'fg', ARGV[12], 'cap', ARGV[13])
 redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[9])
+if tonumber(ARGV[13]) > 0 then redis.call('SADD', KEYS[3] .. ':m:' .. ARGV[12], ARGV[1]) end
 local token = 0
-if ARGV[10] == '' then
-  redis.call('ZADD', KEYS[3], -tonumber(ARGV[5]), member)
+if ARGV[10] == '' or fair_full(KEYS[3], KEYS[1], ARGV[14], KEYS[5]) then
+  fair_push(KEYS[3], KEYS[1])
 else  -- started at once by the replica that took the submission: leased, never queued
   token = 1
   redis.call('HSET', KEYS[1], 'tok', 1, 'by', ARGV[10])
   redis.call('ZADD', KEYS[5], ARGV[11], ARGV[1])
+  fair_hold(KEYS[3], KEYS[1], ARGV[1])
 end
 for i = 6, 11 do redis.call('ZADD', KEYS[i], micros, ARGV[1]) end
 """
-
 # KEYS: header, events, queue, values, leases, the six indexes (see Layout.indexes_of)
 # ARGV: task_id, fixed, live, status, priority, owner, workflow, fingerprint, event,
-#       holder ('' to queue the task), lease expiry ms, then digest, value pairs
+#       holder ('' to queue the task), lease expiry ms, group, its cap, task key prefix,
+#       then digest, value pairs
 # -> {1, token} created (token 0 when queued); {0, fingerprint} it exists already
 CREATE_TASK = (
-    """
+    FAIR
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
 """
     + _STORE_TASK
     + """
-for i = 12, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
+for i = 15, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
 return {1, token}
 """
 )
@@ -45,16 +49,17 @@ return {1, token}
 # records it keeps and links to the large values they refer to, each to the task that holds the
 # bytes (the source, or the task the source links to), which keeps them until it is purged.
 # KEYS: as CREATE_TASK's, then steps, order, value links, the source's header, the source's reruns
-# ARGV: as CREATE_TASK's up to the lease expiry, then the task key prefix, the source's id,
-#       #values, (digest, value) pairs, #records, (index, path, record) triples, then the digests to link
+# ARGV: as CREATE_TASK's up to the task key prefix, then the source's id, #values,
+#       (digest, value) pairs, #records, (index, path, record) triples, then the digests to link
 # -> as CREATE_TASK's; {-1, what} when the source or one of its values is gone
 CREATE_RERUN = (
-    """
+    FAIR
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
 if redis.call('EXISTS', KEYS[15]) == 0 then return {-1, 'the task'} end
-local prefix, source = ARGV[12], ARGV[13]
-local values_at = 15
-local records_at = values_at + 2 * tonumber(ARGV[14]) + 1
+local prefix, source = ARGV[14], ARGV[15]
+local values_at = 17
+local records_at = values_at + 2 * tonumber(ARGV[16]) + 1
 local digests_at = records_at + 3 * tonumber(ARGV[records_at - 1])
 local origins = {}
 for j = digests_at, #ARGV do
@@ -88,34 +93,35 @@ return {1, token}
 
 
 # KEYS: queue, leases, due times
-# ARGV: lease expiry ms, holder, task key prefix, how many, worst score to take (or '+inf'),
-#       the statuses that may run (pending, running, waiting)
+# ARGV: lease expiry ms, holder, task key prefix, the statuses that may run (pending, running,
+#       waiting), then (entry of the queue, how many tasks to take from it) pairs
 # -> {fixed, live, token, ...} for each task claimed
-CLAIM_TASKS = """
+CLAIM_TASKS = (
+    FAIR
+    + """
 local claimed = {}
-while #claimed < 3 * tonumber(ARGV[4]) do
-  local popped = redis.call('ZPOPMIN', KEYS[1])
-  if #popped == 0 then break end
-  if ARGV[5] ~= '+inf' and tonumber(popped[2]) > tonumber(ARGV[5]) then
-    redis.call('ZADD', KEYS[1], popped[2], popped[1])
-    break
-  end
-  local task_id = string.sub(popped[1], 18)
-  local head = ARGV[3] .. task_id
-  local status = redis.call('HGET', head, 'st')
-  if status == ARGV[6] or status == ARGV[7] or status == ARGV[8] then
-    redis.call('ZREM', KEYS[3], task_id)  -- a waiting task resumes: its timer is done with
-    local token = redis.call('HINCRBY', head, 'tok', 1)
-    redis.call('HSET', head, 'by', ARGV[2])
-    redis.call('ZADD', KEYS[2], ARGV[1], task_id)
-    local parts = redis.call('HMGET', head, 'f', 'v')
-    table.insert(claimed, parts[1])
-    table.insert(claimed, parts[2])
-    table.insert(claimed, token)
+for i = 7, #ARGV, 2 do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    for _, task_id in ipairs(fair_take(KEYS[1], ARGV[i], tonumber(ARGV[i + 1]), ARGV[3], KEYS[2])) do
+      local head = ARGV[3] .. task_id
+      local status = redis.call('HGET', head, 'st')
+      if status == ARGV[4] or status == ARGV[5] or status == ARGV[6] then
+        redis.call('ZREM', KEYS[3], task_id)  -- a waiting task resumes: its timer is done with
+        local token = redis.call('HINCRBY', head, 'tok', 1)
+        redis.call('HSET', head, 'by', ARGV[2])
+        redis.call('ZADD', KEYS[2], ARGV[1], task_id)
+        fair_hold(KEYS[1], head, task_id)
+        local parts = redis.call('HMGET', head, 'f', 'v')
+        table.insert(claimed, parts[1])
+        table.insert(claimed, parts[2])
+        table.insert(claimed, token)
+      end
+    end
   end
 end
 return claimed
 """
+)
 
 
 # KEYS: leases; ARGV: expiry ms, task key prefix, then (task_id, token) pairs -> the task ids lost
@@ -134,19 +140,24 @@ return lost
 
 
 # KEYS: leases, queue; ARGV: now ms, task key prefix, pending, running -> how many went back to the queue
-RELEASE_EXPIRED = """
+RELEASE_EXPIRED = (
+    FAIR
+    + """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
 local n = 0
 for _, task_id in ipairs(expired) do
   redis.call('ZREM', KEYS[1], task_id)
-  local fields = redis.call('HMGET', ARGV[2] .. task_id, 'st', 'qm', 'pr')
-  if fields[1] == ARGV[3] or fields[1] == ARGV[4] then
-    redis.call('ZADD', KEYS[2], -tonumber(fields[3]), fields[2])
+  local head = ARGV[2] .. task_id
+  local status = redis.call('HGET', head, 'st')
+  if status then fair_release(KEYS[2], head) end
+  if status == ARGV[3] or status == ARGV[4] then
+    fair_push(KEYS[2], head)
     n = n + 1
   end
 end
 return n
 """
+)
 
 
 # KEYS: header, queue, events, retention
@@ -154,11 +165,11 @@ return n
 #       the sequence the caller read (compare-and-set), pending
 CANCEL_PENDING = (
     MOVE_STATUS
+    + FAIR
     + """
 local head = KEYS[1]
-local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq', 'qm')
-if fields[1] ~= ARGV[10] or fields[5] ~= ARGV[9] or not redis.call('ZSCORE', KEYS[2], fields[6]) then return 0 end
-redis.call('ZREM', KEYS[2], fields[6])
+local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq')
+if fields[1] ~= ARGV[10] or fields[5] ~= ARGV[9] or not fair_remove(KEYS[2], head) then return 0 end
 redis.call('HSET', head, 'v', ARGV[1], 'st', ARGV[2], 'seq', ARGV[3])
 move_status(ARGV[7], ARGV[8], fields[1], ARGV[2], fields[2], fields[3], fields[4])
 redis.call('XADD', KEYS[3], '0-' .. ARGV[3], 'e', ARGV[4])
@@ -172,14 +183,78 @@ return 1
 
 # KEYS: header, leases, queue, due times; ARGV: task_id, holder, lease expiry ms, waiting
 # -> {fixed, live, token} when the task waited (unleased), else nothing
-CLAIM_WAITING = """
-local f = redis.call('HMGET', KEYS[1], 'st', 'qm')
+CLAIM_WAITING = (
+    FAIR
+    + """
+local f = redis.call('HMGET', KEYS[1], 'st')
 if f[1] ~= ARGV[4] or redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {} end
-redis.call('ZREM', KEYS[3], f[2])
+fair_remove(KEYS[3], KEYS[1])
+fair_hold(KEYS[3], KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 local token = redis.call('HINCRBY', KEYS[1], 'tok', 1)
 redis.call('HSET', KEYS[1], 'by', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 local parts = redis.call('HMGET', KEYS[1], 'f', 'v')
 return {parts[1], parts[2], token}
+"""
+)
+
+
+# KEYS: queue -> {priority, count, ...}: tasks queued in groups, and tasks queued before groups
+QUEUE_DEPTH = """
+local counts = {}
+local flat = redis.call('HGETALL', KEYS[1] .. ':n')
+for i = 1, #flat, 2 do counts[flat[i]] = tonumber(flat[i + 1]) end
+local legacy = redis.call('ZCARD', KEYS[1]) - redis.call('HLEN', KEYS[1] .. ':a')
+if legacy > 0 then
+  local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    if string.sub(entries[i], 35, 36) ~= 'g:' then
+      local pr = tostring(-tonumber(entries[i + 1]))
+      counts[pr] = (counts[pr] or 0) + 1
+    end
+  end
+end
+local reply = {}
+for pr, n in pairs(counts) do
+  if n > 0 then
+    table.insert(reply, pr)
+    table.insert(reply, n)
+  end
+end
+return reply
+"""
+
+
+# KEYS: queue, leases; ARGV: group, task key prefix, the terminal statuses
+# -> {task_id, status, leased (0/1), ...} of the group's unfinished tasks (the finished are forgotten)
+GROUP_MEMBERS = """
+local key = KEYS[1] .. ':m:' .. ARGV[1]
+local reply = {}
+for _, task_id in ipairs(redis.call('SMEMBERS', key)) do
+  local st = redis.call('HGET', ARGV[2] .. task_id, 'st')
+  if not st or st == ARGV[3] or st == ARGV[4] or st == ARGV[5] then
+    redis.call('SREM', key, task_id)
+  else
+    table.insert(reply, task_id)
+    table.insert(reply, st)
+    table.insert(reply, redis.call('ZSCORE', KEYS[2], task_id) and 1 or 0)
+  end
+end
+return reply
+"""
+
+
+# KEYS: the groups' last grants (P{fair}:last); ARGV: how long a grant is remembered (ms), then
+# (group, ms) pairs. Past 10,000 groups, those granted longer ago than that are forgotten.
+NOTE_TURNS = """
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if redis.call('HLEN', KEYS[1]) > 10000 then
+  local oldest = tonumber(ARGV[3]) - tonumber(ARGV[1])
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) < oldest then redis.call('HDEL', KEYS[1], all[i]) end
+  end
+end
+return 1
 """

@@ -4,6 +4,7 @@ running it again."""
 
 from __future__ import annotations
 
+from mcp_server.state.redis.fair_lua import FAIR
 from mcp_server.state.redis.status_lua import MOVE_STATUS
 
 # KEYS: header, steps, order, events, values, leases, retention, cancel requests, signals, waits,
@@ -14,12 +15,21 @@ from mcp_server.state.redis.status_lua import MOVE_STATUS
 #       taken in, then (index, '<sequence>|<step>') pairs, then (sequence, event) pairs
 CHECKPOINT = (
     MOVE_STATUS
+    + FAIR
     + """
 local head = KEYS[1]
 if redis.call('HGET', head, 'tok') ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
 local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq')
 redis.call('HSET', head, 'v', ARGV[2], 'st', ARGV[3])
 move_status(ARGV[7], ARGV[8], fields[1], ARGV[3], fields[2], fields[3], fields[4])
+if fields[1] ~= ARGV[3] and ARGV[3] ~= ST_PENDING and ARGV[3] ~= ST_RUNNING then
+  -- it stops counting against its concurrency key's cap (it ends, or waits)
+  if ARGV[4] == '1' then
+    local group = redis.call('HGET', head, 'fg')
+    if group then redis.call('SREM', KEYS[13] .. ':m:' .. group, ARGV[8]) end
+  end
+  fair_release(KEYS[13], head)
+end
 local i = 12
 for _ = 1, tonumber(ARGV[11]) do
   redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
@@ -83,10 +93,7 @@ elseif ARGV[9] == '1' then
   end
   local signals = tonumber(redis.call('HGET', KEYS[9], 'n') or '0')
   local through = tonumber(redis.call('HGET', KEYS[9], 'tk') or '0')
-  if signals > through or redis.call('HEXISTS', head, 'cx') == 1 then
-    local q = redis.call('HMGET', head, 'qm', 'pr')
-    redis.call('ZADD', KEYS[13], -tonumber(q[2]), q[1])
-  end
+  if signals > through or redis.call('HEXISTS', head, 'cx') == 1 then fair_push(KEYS[13], head) end
   redis.call('ZREM', KEYS[12], ARGV[8])
 end
 return 1

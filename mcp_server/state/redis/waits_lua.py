@@ -3,6 +3,8 @@ partition only (one slot)."""
 
 from __future__ import annotations
 
+from mcp_server.state.redis.fair_lua import FAIR
+
 # KEYS: header, signals, events, queue, signals pending, waits, leases, due times
 # ARGV: task_id, request_id, the stored request, the sequence read (compare-and-set), the event's
 #       sequence, the event, the live part with it, the step it goes to, that step's new wait
@@ -10,14 +12,16 @@ from __future__ import annotations
 #       lease expiry ms, then the terminal statuses
 # -> {'duplicate', index, request, '<sequence>|<step>'} | {'finished'} | {'appended', index}
 #    | {'stale'} | {'delivered', index} | {'leased', index, fixed, live, token}
-SEND_SIGNAL = """
+SEND_SIGNAL = (
+    FAIR
+    + """
 if ARGV[2] ~= '' then
   local seen = redis.call('HGET', KEYS[2], 'r:' .. ARGV[2])
   if seen then
     return {'duplicate', seen, redis.call('HGET', KEYS[2], seen), redis.call('HGET', KEYS[2], 's:' .. seen) or ''}
   end
 end
-local f = redis.call('HMGET', KEYS[1], 'st', 'seq', 'qm', 'pr')
+local f = redis.call('HMGET', KEYS[1], 'st', 'seq')
 if not f[1] then return {'finished'} end
 for i = 14, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
 local count = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
@@ -38,8 +42,10 @@ redis.call('XADD', KEYS[3], '0-' .. ARGV[5], 'e', ARGV[6])
 redis.call('HSET', KEYS[1], 'seq', ARGV[5], 'v', ARGV[7])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[6], ARGV[8], ARGV[9]) end
 if f[1] == ARGV[11] then
-  if ARGV[12] ~= '' then  -- resumed where the signal came: leased there, never queued
-    redis.call('ZREM', KEYS[4], f[3])
+  -- resumed where the signal came (leased there, never queued), unless its concurrency key is full
+  if ARGV[12] ~= '' and not fair_full(KEYS[4], KEYS[1], string.sub(KEYS[1], 1, -#ARGV[1] - 1), KEYS[7]) then
+    fair_remove(KEYS[4], KEYS[1])
+    fair_hold(KEYS[4], KEYS[1], ARGV[1])
     redis.call('ZREM', KEYS[8], ARGV[1])
     local token = redis.call('HINCRBY', KEYS[1], 'tok', 1)
     redis.call('HSET', KEYS[1], 'by', ARGV[12])
@@ -47,22 +53,26 @@ if f[1] == ARGV[11] then
     local parts = redis.call('HMGET', KEYS[1], 'f', 'v')
     return {'leased', index, parts[1], parts[2], token}
   end
-  redis.call('ZADD', KEYS[4], -tonumber(f[4]), f[3])
+  fair_push(KEYS[4], KEYS[1])
 end
 return {'delivered', index}
 """
+)
 
 # KEYS: due times, queue; ARGV: now ms, task key prefix, waiting -> how many went to the queue
-RELEASE_DUE = """
+RELEASE_DUE = (
+    FAIR
+    + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
 local n = 0
 for _, task_id in ipairs(due) do
   redis.call('ZREM', KEYS[1], task_id)
-  local f = redis.call('HMGET', ARGV[2] .. task_id, 'st', 'qm', 'pr')
-  if f[1] == ARGV[3] then
-    redis.call('ZADD', KEYS[2], -tonumber(f[3]), f[2])
+  local head = ARGV[2] .. task_id
+  if redis.call('HGET', head, 'st') == ARGV[3] then
+    fair_push(KEYS[2], head)
     n = n + 1
   end
 end
 return n
 """
+)

@@ -70,20 +70,48 @@ CREATE TABLE IF NOT EXISTS signals (
 CREATE UNIQUE INDEX IF NOT EXISTS signals_by_request ON signals (task_id, request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS signals_untaken ON signals (task_id) WHERE sequence = 0;
 CREATE TABLE IF NOT EXISTS rate_limits (
-  key TEXT PRIMARY KEY, lim REAL NOT NULL, period REAL NOT NULL, burst REAL NOT NULL, tat REAL NOT NULL DEFAULT 0);
+  key TEXT PRIMARY KEY, lim REAL NOT NULL, period REAL NOT NULL, burst REAL NOT NULL, tat REAL NOT NULL DEFAULT 0,
+  used REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rate_grants (key TEXT NOT NULL, at REAL NOT NULL, units REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_grants_by_key ON rate_grants (key, at);
 CREATE TABLE IF NOT EXISTS waits (
   task_id TEXT NOT NULL, path TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (task_id, path)) WITHOUT ROWID;
 """
+PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
 # Columns added since state layout 2 was first written: a file without them gets them at open.
 ADDED_COLUMNS = {
     "due_at": "ALTER TABLE tasks ADD COLUMN due_at REAL",
     "rerun_of": "ALTER TABLE tasks ADD COLUMN rerun_of TEXT",
+    "fair_group": "ALTER TABLE tasks ADD COLUMN fair_group TEXT NOT NULL DEFAULT ''",
+    "fair_cap": "ALTER TABLE tasks ADD COLUMN fair_cap INTEGER NOT NULL DEFAULT 0",
 }
-ADDED_INDEXES = """
+# The fair queue (see queue.py): each group with tasks queued at a priority has its turn there;
+# triggers give a group its turn whenever one of its tasks is queued, however that happens, and
+# give a group blocked at its cap its turn back when one of its running tasks stops counting.
+ADDED_INDEXES = f"""
 CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_reruns ON tasks (rerun_of) WHERE rerun_of IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (fair_group, priority, seq) WHERE queued = 1;
+CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (fair_group, status) WHERE fair_cap > 0;
+CREATE TABLE IF NOT EXISTS fair_turns (
+  priority INTEGER NOT NULL, grp TEXT NOT NULL, turn INTEGER NOT NULL, blocked INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (priority, grp)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fair_turns_order ON fair_turns (blocked, priority DESC, turn);
+CREATE INDEX IF NOT EXISTS fair_turns_last ON fair_turns (turn);
+CREATE TRIGGER IF NOT EXISTS fair_on_insert AFTER INSERT ON tasks WHEN NEW.queued = 1 BEGIN
+  INSERT OR IGNORE INTO fair_turns VALUES
+    (NEW.priority, NEW.fair_group, (SELECT COALESCE(MAX(turn), 0) + 1 FROM fair_turns), 0);
+END;
+CREATE TRIGGER IF NOT EXISTS fair_on_queue AFTER UPDATE OF queued ON tasks
+  WHEN NEW.queued = 1 AND OLD.queued = 0 BEGIN
+  INSERT OR IGNORE INTO fair_turns VALUES
+    (NEW.priority, NEW.fair_group, (SELECT COALESCE(MAX(turn), 0) + 1 FROM fair_turns), 0);
+END;
+CREATE TRIGGER IF NOT EXISTS fair_on_release AFTER UPDATE OF status, lease_expires ON tasks
+  WHEN OLD.fair_cap > 0 AND OLD.lease_expires IS NOT NULL
+  AND (NEW.lease_expires IS NULL OR NEW.status NOT IN ({PENDING}, {RUNNING})) BEGIN
+  UPDATE fair_turns SET blocked = 0 WHERE grp = OLD.fair_group AND blocked = 1;
+END;
 """
 
 
@@ -172,10 +200,20 @@ def _connect(path: str) -> sqlite3.Connection:
     for column, alter in ADDED_COLUMNS.items():
         if column not in columns:
             db.execute(alter)
+    if "used" not in {row[1] for row in db.execute("PRAGMA table_info(rate_limits)")}:
+        db.execute("ALTER TABLE rate_limits ADD COLUMN used REAL NOT NULL DEFAULT 0")
+        db.execute(
+            "UPDATE rate_limits SET used=(SELECT COALESCE(SUM(units), 0) FROM rate_grants g"
+            " WHERE g.key=rate_limits.key)"
+        )
     db.executescript(ADDED_INDEXES)
     with db:
         db.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (str(LAYOUT_VERSION),))
         # One process owns the file, so a lease found at open belongs to a process that is gone:
         # expire them all now, and the dispatcher resumes those tasks at once.
         db.execute("UPDATE tasks SET lease_expires = 0 WHERE lease_expires IS NOT NULL")
+        db.execute(
+            "INSERT OR IGNORE INTO fair_turns SELECT priority, fair_group, MIN(seq), 0 FROM tasks"
+            " WHERE queued = 1 GROUP BY priority, fair_group"
+        )
     return db

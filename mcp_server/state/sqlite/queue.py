@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import Kept
+from mcp_server.engine.ports import GroupMember, Kept, QueueGroup
 from mcp_server.errors import NotFound
 from mcp_server.state.common import (
     ACTIVE,
@@ -45,7 +45,9 @@ class SqliteQueue(CreateTask):
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
         kept: Kept | None = None,
+        group: QueueGroup | None = None,
     ) -> tuple[task_pb2.Task, bool, int]:
+        group = group or QueueGroup.of_owner(task.owner)
         dedupe = rerun_dedupe_key(task.request_id) if kept and task.request_id else task.request_id
         if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
             task.task_id = event.task_id = request_task_id(task.owner, dedupe)
@@ -63,13 +65,14 @@ class SqliteQueue(CreateTask):
                     return existing, False, 0
             if max_queue and not holder and self._queued(db) >= max_queue:
                 raise QueueFull(max_queue)
-            leased = (0, holder, 1, now_seconds() + lease_seconds) if holder else (1, None, 0, None)
+            start = holder and not (group.max_running and running_in_group(db, group.name) >= group.max_running)
+            leased = (0, holder, 1, now_seconds() + lease_seconds) if start else (1, None, 0, None)
             with db:
                 db.execute(
                     "INSERT INTO tasks (task_id, workflow_id, owner, status, priority,"
                     " request_id, request_fp, fixed, live, "
-                    "last_sequence, queued, lease_owner, lease_token, lease_expires, rerun_of)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "last_sequence, queued, lease_owner, lease_token, lease_expires, rerun_of, fair_group, fair_cap)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         task.task_id,
                         task.workflow_id,
@@ -83,6 +86,8 @@ class SqliteQueue(CreateTask):
                         task.last_sequence,
                         *leased,
                         kept.source_task_id if kept else None,
+                        group.name,
+                        group.max_running,
                     ),
                 )
                 if kept:
@@ -94,10 +99,10 @@ class SqliteQueue(CreateTask):
                     "INSERT OR IGNORE INTO task_values VALUES (?,?,?)",
                     [(task.task_id, d, data) for d, data in (values or {}).items()],
                 )
-            if not holder:
+            if not start:
                 taken, count = self._queue_count
                 self._queue_count = (taken, count + 1)
-            return task, True, 1 if holder else 0
+            return task, True, 1 if start else 0
 
         created = await self.db.run(insert)
         if created[1]:
@@ -118,24 +123,55 @@ class SqliteQueue(CreateTask):
         return claimed[0] if claimed else None
 
     async def claim_tasks(self, owner: str, lease_seconds: float, count: int) -> list[tuple[task_pb2.Task, int]]:
+        """Highest priority first; within a priority, round robin across groups (the group whose
+        turn is oldest gives its oldest task and goes to the back); a group at its cap is blocked
+        until one of its running tasks stops counting (see database.py's triggers)."""
+
         def claim(db: sqlite3.Connection) -> list[tuple[task_pb2.Task, int]]:
-            rows = db.execute(
-                "SELECT task_id, fixed, live, lease_token FROM tasks WHERE queued=1"
-                " ORDER BY priority DESC, seq LIMIT ?",
-                (count,),
-            ).fetchall()
-            if not rows:
-                return []
+            claimed: list[tuple[task_pb2.Task, int]] = []
             expires = now_seconds() + lease_seconds
             with db:
-                db.executemany(
-                    "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=?, due_at=NULL"
-                    " WHERE task_id=?",
-                    [(owner, int(row[3]) + 1, expires, row[0]) for row in rows],
-                )
-            return [(assemble(row[1], row[2]), int(row[3]) + 1) for row in rows]
+                for _ in range(1000):  # bounded: lapsed and blocked turns are passed over
+                    if len(claimed) >= count:
+                        break
+                    turn = db.execute(
+                        "SELECT priority, grp FROM fair_turns WHERE blocked=0 ORDER BY priority DESC, turn LIMIT 1"
+                    ).fetchone()
+                    if turn is None:
+                        break
+                    row = db.execute(
+                        "SELECT task_id, fixed, live, lease_token, fair_cap FROM tasks"
+                        " WHERE queued=1 AND fair_group=? AND priority=? ORDER BY seq LIMIT 1",
+                        (turn[1], turn[0]),
+                    ).fetchone()
+                    if row is None:
+                        db.execute("DELETE FROM fair_turns WHERE priority=? AND grp=?", turn)
+                        continue
+                    if row[4] and running_in_group(db, turn[1]) >= row[4]:
+                        db.execute("UPDATE fair_turns SET blocked=1 WHERE priority=? AND grp=?", turn)
+                        continue
+                    token = int(row[3]) + 1
+                    db.execute(
+                        "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=?, due_at=NULL"
+                        " WHERE task_id=?",
+                        (owner, token, expires, row[0]),
+                    )
+                    db.execute(
+                        "UPDATE fair_turns SET turn=(SELECT MAX(turn) + 1 FROM fair_turns) WHERE priority=? AND grp=?",
+                        turn,
+                    )
+                    claimed.append((assemble(row[1], row[2]), token))
+            return claimed
 
         return await self.db.run(claim)
+
+    async def group_members(self, group: QueueGroup) -> list[GroupMember]:
+        rows = await self.db.rows(
+            "SELECT task_id, status, lease_expires IS NOT NULL FROM tasks"
+            " WHERE fair_group=? AND fair_cap > 0 AND status IN (?,?,?)",
+            (group.name, task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING),
+        )
+        return [GroupMember(str(r[0]), int(r[1]), bool(r[2])) for r in rows]
 
     async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
         def claim(db: sqlite3.Connection) -> tuple[task_pb2.Task, int] | None:
@@ -229,6 +265,16 @@ class SqliteQueue(CreateTask):
             list(task_ids),
         )
         return {str(r[0]): str(r[1]) for r in rows}
+
+
+def running_in_group(db: sqlite3.Connection, group: str) -> int:
+    """How many tasks of a capped group count against its cap: held by a replica, not waiting."""
+    row = db.execute(
+        "SELECT COUNT(*) FROM tasks WHERE fair_group=? AND fair_cap > 0 AND status IN (?,?)"
+        " AND lease_expires IS NOT NULL",
+        (group, task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING),
+    ).fetchone()
+    return int(row[0])
 
 
 def _copy_kept(db: sqlite3.Connection, task_id: str, kept: Kept) -> None:

@@ -11,6 +11,7 @@ from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord
 from mcp_server.state.common import TERMINAL, assemble, now_seconds
 from mcp_server.state.sqlite.database import SqliteDatabase
+from mcp_server.state.sqlite.queue import running_in_group
 
 WAITING = task_pb2.TASK_STATUS_WAITING
 
@@ -48,7 +49,8 @@ class SqliteWaits:
                 if row is not None:
                     return SignalOutcome("duplicate", _signal(row))
             head = db.execute(
-                "SELECT status, last_sequence, lease_expires, fixed, lease_token FROM tasks WHERE task_id=?",
+                "SELECT status, last_sequence, lease_expires, fixed, lease_token, fair_group, fair_cap"
+                " FROM tasks WHERE task_id=?",
                 (task_id,),
             ).fetchone()
             if head is None or head[0] in TERMINAL:
@@ -83,7 +85,8 @@ class SqliteWaits:
                         (task_id, delivery.assigned, delivery.wait.encode()),
                     )
                 leased = None
-                if head[0] == WAITING and delivery.holder:  # resumed here: leased, never queued
+                full = bool(head[6]) and running_in_group(db, head[5]) >= head[6]
+                if head[0] == WAITING and delivery.holder and not full:  # resumed here: leased, never queued
                     token = int(head[4]) + 1
                     db.execute(
                         "UPDATE tasks SET queued=0, lease_owner=?, lease_token=?, lease_expires=?, due_at=NULL"

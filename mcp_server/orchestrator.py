@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from mcp_server.auth import Principal
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import EventListener, Store
@@ -24,9 +25,12 @@ from mcp_server.protocols.outliers import OutlierSettings
 from mcp_server.protocols.rate_limits import RateLimitGate
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.protocols.upkeep import RegistryUpkeep, UpkeepSettings
+from mcp_server.schedules.firing import Firing
+from mcp_server.schedules.scheduler import Scheduler
 from mcp_server.service.cancelling import Cancelling
 from mcp_server.service.protocols import Protocols
 from mcp_server.service.reruns import Reruns
+from mcp_server.service.schedules import Schedules
 from mcp_server.service.signalling import Signalling
 from mcp_server.service.submission import Submission
 from mcp_server.service.task_reads import TaskReads
@@ -90,6 +94,15 @@ class Orchestrator:
             self.cancelling,
         )
         self.reruns = Reruns(settings, store.tasks, self.plans, self.submission)
+        self.firing = Firing(
+            store.schedules,
+            store.tasks,
+            lambda request, owner: self.submission.submit_task(request, Principal(owner, frozenset()), limited=False),
+            self.cancelling.cancel_soon,
+            self._observe_fire,
+        )
+        self.schedules = Schedules(store.schedules, store.tasks, self.submission, self.firing)
+        self.scheduler = Scheduler(store.schedules, self.firing, settings.lease_seconds)
         self.signalling = Signalling(
             settings,
             store.tasks,
@@ -149,9 +162,15 @@ class Orchestrator:
             self.breakers.sync_forever(),
             self.admission.keep_leases(),
             self.rate_limits.keep_fresh(),
+            self.scheduler.run_forever(),
             self.sampler.sample_forever(self.settings.metrics_sample_seconds),
         ):
             self._background.append(asyncio.create_task(work))
+
+    def _observe_fire(self, outcome: str, lateness: float) -> None:
+        self.metrics.schedule_fires.labels(outcome).inc()
+        if outcome == "started":
+            self.metrics.schedule_lateness.observe(lateness)
 
     async def stop(self) -> None:
         await self.dispatcher.stop(self.settings.shutdown_grace)

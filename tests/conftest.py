@@ -19,7 +19,14 @@ import grpc
 import pytest
 import redis
 
-from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2_grpc, task_pb2_grpc, workflow_pb2_grpc
+from mcp_sdk.proto import (
+    protocol_pb2,
+    protocol_pb2_grpc,
+    registry_pb2_grpc,
+    schedule_pb2_grpc,
+    task_pb2_grpc,
+    workflow_pb2_grpc,
+)
 from mcp_server.api.server import RunningServer, start_server
 from mcp_server.plugin_host import READY_LINE
 from mcp_server.settings import Limits, Settings
@@ -134,6 +141,10 @@ class Client:
     tasks: task_pb2_grpc.TaskServiceStub
     workflows: workflow_pb2_grpc.WorkflowServiceStub
     registry: registry_pb2_grpc.ProtocolRegistryStub
+
+    @property
+    def schedules(self) -> schedule_pb2_grpc.ScheduleServiceStub:
+        return schedule_pb2_grpc.ScheduleServiceStub(self.channel)
 
 
 @pytest.fixture

@@ -18,10 +18,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mcp_sdk.client import Tls
-from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
+from mcp_sdk.proto import (
+    registry_pb2,
+    registry_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
+    task_pb2,
+    task_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from mcp_sdk.serving import pending_call_options
 from mcp_server.api.interceptor import EdgeInterceptor
 from mcp_server.api.registry import RegistryServicer
+from mcp_server.api.schedules import ScheduleServicer
 from mcp_server.api.tasks import TaskServicer
 from mcp_server.api.workflows import WorkflowServicer
 from mcp_server.auth import Authenticator
@@ -41,6 +51,7 @@ SERVICES = (
     task_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
     workflow_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
     registry_pb2.DESCRIPTOR.services_by_name["ProtocolRegistry"].full_name,
+    schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
 )
 
 
@@ -106,6 +117,7 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
     task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(orchestrator), server)
     workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(orchestrator), server)
     registry_pb2_grpc.add_ProtocolRegistryServicer_to_server(RegistryServicer(orchestrator), server)
+    schedule_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(orchestrator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -15,6 +15,7 @@ from mcp_server.engine.context import make_event, now
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
 from mcp_server.engine.payload import Payload
+from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import EventListener, Kept, QueueGroup, TaskQueue, TaskStore, WorkflowStore
 from mcp_server.engine.values import ValueTooDeep, message_depth
@@ -64,22 +65,15 @@ class Submission:
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
 
     async def submit_task(
-        self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN
+        self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN, limited: bool = True
     ) -> tuple[task_pb2.Task, bool]:
         """Queue a run owned by `principal`. The same request_id returns the first task
-        (created=False). Raises ResourceExhausted past the principal's submission rate."""
+        (created=False). Raises ResourceExhausted past the principal's submission rate (unless
+        not `limited`: a schedule's fires, which are their own rate)."""
         require("workflow_id", request.workflow_id)
-        self.rate_limiter.take(principal.name)
-        self._check_request(request)
-        version = request.workflow_version or await self.workflows.latest_workflow_version(request.workflow_id)
-        if not version:
-            raise NotFound(
-                f"workflow {request.workflow_id!r} (any version) not found",
-                reason="WORKFLOW_NOT_FOUND",
-                metadata={"workflow_id": request.workflow_id},
-            )
-        plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
-        group, key = queue_group(plan, request.input_data, request.labels, principal.name)
+        if limited:
+            self.rate_limiter.take(principal.name)
+        plan, version, group, key = await self._admit(request, principal)
         task_id = request_task_id(principal.name, request.request_id) if request.request_id else uuid.uuid4().hex
         task = task_pb2.Task(
             task_id=task_id,
@@ -107,6 +101,28 @@ class Submission:
         )
         strategy = plan.concurrency.strategy if plan.concurrency else 0
         return await self.store(task, event, fingerprint, values, group=group, strategy=strategy)
+
+    async def check_submittable(self, request: task_pb2.SubmitTaskRequest, principal: Principal) -> None:
+        """Raise what submit_task would raise for `request` from `principal`, without storing
+        anything (a schedule's action is checked so when it is stored)."""
+        require("workflow_id", request.workflow_id)
+        await self._admit(request, principal)
+
+    async def _admit(
+        self, request: task_pb2.SubmitTaskRequest, principal: Principal
+    ) -> tuple[Plan, int, QueueGroup, str]:
+        """The checks of a submission: its plan and version, its queue group and concurrency key."""
+        self._check_request(request)
+        version = request.workflow_version or await self.workflows.latest_workflow_version(request.workflow_id)
+        if not version:
+            raise NotFound(
+                f"workflow {request.workflow_id!r} (any version) not found",
+                reason="WORKFLOW_NOT_FOUND",
+                metadata={"workflow_id": request.workflow_id},
+            )
+        plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
+        group, key = queue_group(plan, request.input_data, request.labels, principal.name)
+        return plan, version, group, key
 
     def _check_request(self, request: task_pb2.SubmitTaskRequest) -> None:
         check_input("input_data", request.input_data, self.settings.limits)

@@ -126,6 +126,19 @@ class Metrics:
         self.reused_steps = Counter(
             "mcp_rerun_reused_steps_total", "Steps reruns kept from the tasks they rerun, not run again", registry=r
         )
+        self.schedule_fires = Counter(
+            "mcp_schedule_fires_total",
+            "Fire times of schedules dealt with by this replica, by outcome"
+            " (started, skipped, buffered, missed, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.schedule_lateness = Histogram(
+            "mcp_schedule_lateness_seconds",
+            "From a fire time (plus its jitter) to its task's submission",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300),
+            registry=r,
+        )
         self.rate_limit_answers = Counter(
             "mcp_rate_limit_answers_total",
             "Asks for rate-limit units by this replica's calls, by key and outcome (granted, waited)",

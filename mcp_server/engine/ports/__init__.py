@@ -5,12 +5,14 @@ from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult,
 from mcp_server.engine.ports.queue import GroupMember, Kept, QueueGroup, TaskQueue
 from mcp_server.engine.ports.ratelimits import Grant, RateLimitSpec, RateLimitStore, UnitGate
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, RegistryStore
+from mcp_server.engine.ports.schedules import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore
 from mcp_server.engine.ports.store import Store, StoreConnection
 from mcp_server.engine.ports.tasks import Checkpoint, EventListener, StepRecord, TaskFilter, TaskPage, TaskStore
 from mcp_server.engine.ports.waits import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord, WaitStore
 from mcp_server.engine.ports.workflows import WorkflowStore
 
 __all__ = [
+    "NEVER",
     "CallContext",
     "CallObserver",
     "CallResult",
@@ -27,6 +29,9 @@ __all__ = [
     "RateLimitSpec",
     "RateLimitStore",
     "RegistryStore",
+    "ScheduleProgress",
+    "ScheduleRecord",
+    "ScheduleStore",
     "SignalDelivery",
     "SignalOutcome",
     "SignalRecord",

@@ -8,6 +8,7 @@ from typing import Protocol
 from mcp_server.engine.ports.queue import TaskQueue
 from mcp_server.engine.ports.ratelimits import RateLimitStore
 from mcp_server.engine.ports.registry import CapacityLedger, RegistryStore
+from mcp_server.engine.ports.schedules import ScheduleStore
 from mcp_server.engine.ports.tasks import TaskStore
 from mcp_server.engine.ports.waits import WaitStore
 from mcp_server.engine.ports.workflows import WorkflowStore
@@ -35,6 +36,7 @@ class Store:
     capacity: CapacityLedger
     waits: WaitStore
     rate_limits: RateLimitStore
+    schedules: ScheduleStore
     connection: StoreConnection
 
     async def ping(self) -> None:

@@ -17,6 +17,7 @@ from mcp_server.state.redis.opening import agree_on_layout, connect_cluster, con
 from mcp_server.state.redis.queue import RedisQueue
 from mcp_server.state.redis.ratelimits import RedisRateLimits
 from mcp_server.state.redis.registry import RedisRegistry
+from mcp_server.state.redis.schedules import RedisSchedules
 from mcp_server.state.redis.streams import StreamHub
 from mcp_server.state.redis.tasks import RedisTasks
 from mcp_server.state.redis.waits import RedisWaits
@@ -61,5 +62,6 @@ async def open_redis(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
         capacity=RedisCapacity(conn),
         waits=RedisWaits(conn, hub),
         rate_limits=RedisRateLimits(conn),
+        schedules=RedisSchedules(conn),
         connection=conn,
     )

@@ -8,6 +8,7 @@ from mcp_server.state.sqlite.database import SqliteDatabase
 from mcp_server.state.sqlite.queue import SqliteQueue
 from mcp_server.state.sqlite.ratelimits import SqliteRateLimits
 from mcp_server.state.sqlite.registry import SqliteRegistry
+from mcp_server.state.sqlite.schedules import SqliteSchedules
 from mcp_server.state.sqlite.tasks import SqliteTasks
 from mcp_server.state.sqlite.waits import SqliteWaits
 from mcp_server.state.sqlite.workflows import SqliteWorkflows
@@ -26,5 +27,6 @@ async def open_sqlite(path: str, retention_seconds: float = 7 * 24 * 3600.0) -> 
         capacity=SqliteCapacity(),
         waits=SqliteWaits(db),
         rate_limits=SqliteRateLimits(db),
+        schedules=SqliteSchedules(db),
         connection=db,
     )

@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS rate_limits (
   used REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rate_grants (key TEXT NOT NULL, at REAL NOT NULL, units REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_grants_by_key ON rate_grants (key, at);
+CREATE TABLE IF NOT EXISTS schedules (
+  schedule_id TEXT PRIMARY KEY, owner TEXT NOT NULL, data BLOB NOT NULL, version INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL, due_ms INTEGER, runs INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
+  missed INTEGER NOT NULL DEFAULT 0, last_fire_ms INTEGER NOT NULL DEFAULT 0, buffered_ms INTEGER NOT NULL DEFAULT 0,
+  recent TEXT NOT NULL DEFAULT '[]');
+CREATE INDEX IF NOT EXISTS schedules_due ON schedules (due_ms) WHERE due_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS schedules_by_owner ON schedules (owner, schedule_id);
 CREATE TABLE IF NOT EXISTS waits (
   task_id TEXT NOT NULL, path TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (task_id, path)) WITHOUT ROWID;
 """

@@ -24,7 +24,7 @@ from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_sdk.values import strict_json
-from mcp_server.cli import render
+from mcp_server.cli import render, schedules
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.tree import RunTree
 from mcp_server.console.app import start_console
@@ -101,6 +101,8 @@ async def serve_console(args: argparse.Namespace) -> int:
 async def _command(client: Client, args: argparse.Namespace) -> int:
     out = render.print_json if args.json else None
     cmd = (args.group, args.command)
+    if args.group == "schedule":
+        return await schedules.run(client, args, out)
     if cmd == ("workflow", "apply"):
         created = await client.create_workflow(load_workflow(args.file))
         (
@@ -353,6 +355,7 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("--burst", type=float, default=0.0, help="units a window may hold above the limit")
     limits.add_parser("list", help="every limit, with what is available now")
     limits.add_parser("delete").add_argument("key")
+    schedules.add_parser(groups, parse_seconds)
     proto = groups.add_parser("protocol").add_subparsers(dest="command", required=True)
     proto.add_parser("list")
     proto.add_parser("register").add_argument("address")

@@ -236,3 +236,46 @@ async def test_bad_schedules_are_refused_with_the_field(served):
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and error_reason(err.value) == "SCHEDULE_EXISTS"
     listed = await client.schedules.ListSchedules(schedule_pb2.ListSchedulesRequest(page_size=100))
     assert ok.schedule_id in {s.schedule_id for s in listed.schedules}
+
+
+def fired_at(task: task_pb2.Task) -> float:
+    return datetime.strptime(task.labels["mcp/fire-time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+async def test_buffer_one_starts_a_waiting_fire_time_when_the_previous_task_ends(served):
+    _, client = served
+    workflow_id = await sleepy(client)
+    schedule = a_schedule(workflow_id, every=[seconds(1)], overlap=P.OVERLAP_POLICY_BUFFER_ONE)
+    schedule.action.input_data.update({"ms": 1600})
+    created = await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+    await asyncio.sleep(6.0)
+    await client.schedules.DeleteSchedule(schedule_pb2.DeleteScheduleRequest(schedule_id=created.schedule_id))
+    found = sorted(await tasks_of(client, workflow_id), key=lambda t: t.create_time.ToNanoseconds())
+    assert len(found) >= 3
+    ended = []
+    for task in found:
+        done = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
+        ended.append(done)
+    for earlier, later in itertools.pairwise(ended):  # one at a time
+        if earlier.status == S.TASK_STATUS_COMPLETED:
+            assert later.create_time.ToNanoseconds() >= earlier.end_time.ToNanoseconds()
+    # a buffered fire time started late, when the task before it ended, not at its own time
+    assert any(t.create_time.ToNanoseconds() / 1e9 - fired_at(t) > 0.3 for t in found[1:]), [
+        t.create_time.ToNanoseconds() / 1e9 - fired_at(t) for t in found
+    ]
+
+
+async def test_cancel_other_cancels_the_unfinished_task_at_the_next_fire_time(served):
+    _, client = served
+    workflow_id = await sleepy(client)
+    schedule = a_schedule(workflow_id, every=[seconds(1)], overlap=P.OVERLAP_POLICY_CANCEL_OTHER)
+    schedule.action.input_data.update({"ms": 20_000})
+    created = await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+    await asyncio.sleep(3.5)
+    await client.schedules.DeleteSchedule(schedule_pb2.DeleteScheduleRequest(schedule_id=created.schedule_id))
+    await asyncio.sleep(0.5)
+    found = sorted(await tasks_of(client, workflow_id), key=fired_at)
+    assert len(found) >= 3
+    assert all(t.status == S.TASK_STATUS_CANCELLED and "schedule" in t.error.message for t in found[:-1])
+    assert found[-1].status in (S.TASK_STATUS_RUNNING, S.TASK_STATUS_PENDING)
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=found[-1].task_id))

@@ -11,7 +11,16 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
+from mcp_sdk.proto import (
+    registry_pb2,
+    registry_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
+    task_pb2,
+    task_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from mcp_server.auth import hash_token
 from mcp_server.settings import Limits
 from tests.conftest import Client
@@ -376,3 +385,47 @@ async def test_messages_over_the_size_limit_are_refused(server_factory):
         )
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     await client.channel.close()
+
+
+async def test_schedules_belong_to_their_owner_and_their_tasks_run_as_the_owner(authed):
+    _, channel = authed
+    schedules = schedule_pb2_grpc.ScheduleServiceStub(channel)
+    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+    await workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("clocked", step("s", "echo"))), metadata=as_user("writer")
+    )
+    schedule = schedule_pb2.Schedule(
+        schedule_id="alices-clock",
+        spec=schedule_pb2.ScheduleSpec(cron=["0 4 * * *"]),
+        action=task_pb2.SubmitTaskRequest(workflow_id="clocked"),
+    )
+    made = await schedules.CreateSchedule(
+        schedule_pb2.CreateScheduleRequest(schedule=schedule), metadata=as_user("alice")
+    )
+    assert made.owner == "alice"
+    for call, request in (
+        (schedules.GetSchedule, schedule_pb2.GetScheduleRequest(schedule_id="alices-clock")),
+        (schedules.TriggerSchedule, schedule_pb2.TriggerScheduleRequest(schedule_id="alices-clock")),
+        (schedules.DeleteSchedule, schedule_pb2.DeleteScheduleRequest(schedule_id="alices-clock")),
+        (
+            schedules.UpdateSchedule,
+            schedule_pb2.UpdateScheduleRequest(schedule=schedule_pb2.Schedule(schedule_id="alices-clock", paused=True)),
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(request, metadata=as_user("bob"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    bobs = await schedules.ListSchedules(schedule_pb2.ListSchedulesRequest(), metadata=as_user("bob"))
+    assert list(bobs.schedules) == []
+    everyone = await schedules.ListSchedules(schedule_pb2.ListSchedulesRequest(), metadata=as_user("root"))
+    assert [s.schedule_id for s in everyone.schedules] == ["alices-clock"]
+    # triggered by an admin, the task still runs as the schedule's owner
+    task = (
+        await schedules.TriggerSchedule(
+            schedule_pb2.TriggerScheduleRequest(schedule_id="alices-clock"), metadata=as_user("root")
+        )
+    ).task
+    assert task.owner == "alice"
+    seen = await tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), metadata=as_user("alice"))
+    assert seen.task.labels["mcp/schedule"] == "alices-clock"

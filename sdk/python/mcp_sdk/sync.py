@@ -10,13 +10,14 @@ same from plain scripts, notebooks that already run a loop, and threads.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import threading
 from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from mcp_sdk.client import Client, Tls
-from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_sdk.proto import registry_pb2, schedule_pb2, task_pb2, workflow_pb2
 from mcp_sdk.task_methods import UNSET, _Unset
 from mcp_sdk.values import JsonValue
 
@@ -219,3 +220,32 @@ class SyncClient:
 
     def delete_rate_limit(self, key: str) -> None:
         self._run(self._client.delete_rate_limit(key))
+
+    def create_schedule(
+        self, schedule_id: str, workflow_id: str, input: Mapping[str, JsonValue] | None = None, **options: Any
+    ) -> schedule_pb2.Schedule:
+        """See Client.create_schedule."""
+        return self._run(self._client.create_schedule(schedule_id, workflow_id, input, **options))
+
+    def get_schedule(self, schedule_id: str) -> schedule_pb2.Schedule:
+        return self._run(self._client.get_schedule(schedule_id))
+
+    def list_schedules(self) -> list[schedule_pb2.Schedule]:
+        return self._run(self._client.list_schedules())
+
+    def pause_schedule(self, schedule_id: str, note: str = "") -> schedule_pb2.Schedule:
+        return self._run(self._client.pause_schedule(schedule_id, note))
+
+    def unpause_schedule(self, schedule_id: str, note: str = "") -> schedule_pb2.Schedule:
+        return self._run(self._client.unpause_schedule(schedule_id, note))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._run(self._client.delete_schedule(schedule_id))
+
+    def trigger_schedule(self, schedule_id: str) -> task_pb2.Task:
+        return self._run(self._client.trigger_schedule(schedule_id))
+
+    def backfill_schedule(
+        self, schedule_id: str, start: datetime.datetime, end: datetime.datetime, overlap: str = "allow_all"
+    ) -> int:
+        return self._run(self._client.backfill_schedule(schedule_id, start, end, overlap))

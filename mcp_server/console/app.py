@@ -23,6 +23,7 @@ from aiohttp import web
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.errors import McpError
 from mcp_server.console import live, pages
+from mcp_server.console import schedules as schedule_pages
 from mcp_server.console.base import API, SECRET, SESSION, TEMPLATES, render, wants_json
 from mcp_server.console.session import CSRF_FIELD, CSRF_HEADER, SEED_COOKIE, session_of, set_cookie
 
@@ -147,6 +148,8 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_get("/workflows", pages.workflows)
     app.router.add_get("/workflows/{workflow_id}", pages.workflow)
     app.router.add_post("/workflows/{workflow_id}/submit", pages.submit)
+    app.router.add_get("/schedules", schedule_pages.schedules)
+    app.router.add_post("/schedules/{schedule_id}/{action}", schedule_pages.act)
     app.router.add_get("/protocols", pages.protocols)
     app.router.add_get("/protocols.json", live.protocols_json)
     app.router.add_get("/rate_limits.json", live.rate_limits_json)

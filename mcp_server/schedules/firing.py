@@ -123,7 +123,11 @@ class Firing:
         unfinished tasks (those of its recent runs, and those started here)."""
         outcome = Outcome()
         policy = overlap or P.OVERLAP_POLICY_SKIP
-        unfinished = await self._unfinished([task_id for _, task_id in record.recent if task_id])
+        unfinished: list[str] = []
+        if policy != P.OVERLAP_POLICY_ALLOW_ALL:
+            # one at a time under the other policies: only the latest task can be unfinished
+            latest = next((task_id for _, task_id in record.recent if task_id), "")
+            unfinished = await self._unfinished([latest] if latest else [])
         if buffered_ms and not unfinished:  # the buffered fire time's turn has come
             unfinished = await self._start(record, schedule, from_ms(buffered_ms), outcome)
             outcome.buffered_ms = 0

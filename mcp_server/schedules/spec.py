@@ -25,6 +25,7 @@ MAX_CRON = 16
 MAX_EVERY = 16
 MAX_JITTER_SECONDS = 24 * 3600.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CHANGE_SPAN = timedelta(hours=3)  # more than any DST change moves the clock
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,14 @@ class CompiledSpec:
         return int.from_bytes(digest[:8], "big") / 2**64 * self.jitter
 
     def _cron_fires(self, expression: str, after: datetime) -> Iterator[datetime]:
-        wall = after.astimezone(self.zone).replace(tzinfo=None)
-        # a wall time that happens twice: both instants are after `after` in wall terms only once,
-        # so start one hour before and drop what is not after
-        matcher = croniter(expression, wall - timedelta(hours=1), second_at_beginning=True)
+        # near a change of offset (DST) a wall time after `after` may be an instant before it, and
+        # one before it an instant after: start before the change, and drop what is not after
+        start = after.astimezone(self.zone).replace(tzinfo=None)
+        if (after - CHANGE_SPAN).astimezone(self.zone).utcoffset() != (after + CHANGE_SPAN).astimezone(
+            self.zone
+        ).utcoffset():
+            start -= CHANGE_SPAN
+        matcher = croniter(expression, start, second_at_beginning=True)
         while True:
             candidate = matcher.get_next(datetime)
             instant = instant_of(candidate, self.zone)

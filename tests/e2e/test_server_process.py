@@ -186,6 +186,36 @@ def test_the_cli_reruns_a_task_from_a_step_with_an_edited_input(server_process):
 TEST_DOUBLES = {"fail", "flaky", "silent_supervisor", "stats", "whoami", "nest", "sleep", "chaos", "chaos_stats"}
 
 
+def test_the_cli_creates_pauses_triggers_backfills_and_deletes_a_schedule(server_process):
+    address, _ = server_process
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "sequence.yaml")).returncode == 0
+    workflow_id = yaml.safe_load((ROOT / "examples" / "sequence.yaml").read_text())["workflow_id"]
+    text = '{"text": "Tea is good. Coffee is fine."}'
+    made = mcp(
+        address, "schedule", "create", "nightly", "--workflow", workflow_id, "--input", text,
+        "--cron", "0 3 * * *", "--tz", "Europe/London", "--overlap", "skip",
+    )  # fmt: skip
+    assert made.returncode == 0 and "schedule nightly: active" in made.stdout and "next:" in made.stdout, made
+    listed = mcp(address, "schedule", "list")
+    assert "nightly" in listed.stdout and "0 3 * * * (Europe/London)" in listed.stdout
+    paused = mcp(address, "schedule", "pause", "nightly", "--note", "holiday")
+    assert paused.returncode == 0 and "paused (holiday)" in paused.stdout
+    task_id = mcp(address, "schedule", "trigger", "nightly").stdout.strip()
+    assert mcp(address, "task", "watch", task_id, "--plain").returncode == 0
+    labels = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)["labels"]
+    assert labels["mcp/schedule"] == "nightly"
+    backfilled = mcp(
+        address, "schedule", "backfill", "nightly", "--start", "2026-01-01T00:00:00Z", "--end", "2026-01-03T12:00:00Z"
+    )
+    assert backfilled.returncode == 0 and "3 tasks started" in backfilled.stdout, backfilled
+    got = json.loads(mcp(address, "--json", "schedule", "get", "nightly").stdout)
+    assert got["paused"] and got["info"]["runs"] == "4"
+    bad = mcp(address, "schedule", "create", "bad", "--workflow", workflow_id, "--cron", "99 * * * *")
+    assert bad.returncode == 1 and "schedule.spec.cron[0]" in bad.stderr
+    assert mcp(address, "schedule", "delete", "nightly").returncode == 0
+    assert mcp(address, "schedule", "get", "nightly").returncode == 1
+
+
 def test_the_bundled_plugins_are_the_real_protocols_only(server_process):
     address, _ = server_process
     listed = json.loads(mcp(address, "--json", "protocol", "list").stdout)["protocols"]
@@ -291,33 +321,3 @@ def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
     _, process = server_process
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0
-
-
-def test_the_cli_creates_pauses_triggers_backfills_and_deletes_a_schedule(server_process):
-    address, _ = server_process
-    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "sequence.yaml")).returncode == 0
-    workflow_id = yaml.safe_load((ROOT / "examples" / "sequence.yaml").read_text())["workflow_id"]
-    text = '{"text": "Tea is good. Coffee is fine."}'
-    made = mcp(
-        address, "schedule", "create", "nightly", "--workflow", workflow_id, "--input", text,
-        "--cron", "0 3 * * *", "--tz", "Europe/London", "--overlap", "skip",
-    )  # fmt: skip
-    assert made.returncode == 0 and "schedule nightly: active" in made.stdout and "next:" in made.stdout, made
-    listed = mcp(address, "schedule", "list")
-    assert "nightly" in listed.stdout and "0 3 * * * (Europe/London)" in listed.stdout
-    paused = mcp(address, "schedule", "pause", "nightly", "--note", "holiday")
-    assert paused.returncode == 0 and "paused (holiday)" in paused.stdout
-    task_id = mcp(address, "schedule", "trigger", "nightly").stdout.strip()
-    assert mcp(address, "task", "watch", task_id, "--plain").returncode == 0
-    labels = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)["labels"]
-    assert labels["mcp/schedule"] == "nightly"
-    backfilled = mcp(
-        address, "schedule", "backfill", "nightly", "--start", "2026-01-01T00:00:00Z", "--end", "2026-01-03T12:00:00Z"
-    )
-    assert backfilled.returncode == 0 and "3 tasks started" in backfilled.stdout, backfilled
-    got = json.loads(mcp(address, "--json", "schedule", "get", "nightly").stdout)
-    assert got["paused"] and got["info"]["runs"] == "4"
-    bad = mcp(address, "schedule", "create", "bad", "--workflow", workflow_id, "--cron", "99 * * * *")
-    assert bad.returncode == 1 and "schedule.spec.cron[0]" in bad.stderr
-    assert mcp(address, "schedule", "delete", "nightly").returncode == 0
-    assert mcp(address, "schedule", "get", "nightly").returncode == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format
@@ -68,12 +69,15 @@ def task_summary(task: task_pb2.Task) -> None:
         console.print(f"concurrency key {task.concurrency_key}")
     if task.rerun_of:
         console.print(f"a rerun of {task.rerun_of} from {task.rerun_from_step_path}")
+    if task.usage:
+        console.print("usage: " + usage_text(task.usage))
     if task.steps:
         table = Table()
         table.add_column("path", min_width=18, overflow="fold")
         table.add_column("protocol", min_width=8)
         table.add_column("status", min_width=9)
         table.add_column("attempts", justify="right")
+        table.add_column("usage", overflow="fold")
         table.add_column("output", no_wrap=True, overflow="ellipsis", max_width=50)
         for step in task.steps:
             output = json.dumps(value_json(step.output)) if step.HasField("output") else step.error.message
@@ -83,6 +87,7 @@ def task_summary(task: task_pb2.Task) -> None:
                 task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_")
                 + (" (reused)" if step.reused else ""),
                 str(step.attempts),
+                usage_text(step.usage),
                 output[:80],
             )
         console.print(table)
@@ -90,6 +95,11 @@ def task_summary(task: task_pb2.Task) -> None:
         console.print("result:", json.dumps(value_json(task.result), indent=2))
     if task.error.message:
         console.print(f"[red]error: {task.error.message}[/red]")
+
+
+def usage_text(usage: Mapping[str, float]) -> str:
+    """`prompt_tokens 120, completion_tokens 40, cost 0.0031`: what a task or a step used."""
+    return ", ".join(f"{name} {amount:g}" for name, amount in sorted(usage.items()))
 
 
 def task_rows(tasks: list[task_pb2.Task]) -> None:

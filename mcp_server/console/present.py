@@ -89,6 +89,7 @@ def task_view(task: task_pb2.Task) -> dict[str, Any]:
         in (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED),
         "rerun_of": task.rerun_of,
         "concurrency_key": task.concurrency_key,
+        "usage": ", ".join(f"{name} {amount:g}" for name, amount in sorted(task.usage.items())),
         "rerun_from_step_path": task.rerun_from_step_path,
         "reruns": list(task.reruns),
     }
@@ -108,6 +109,7 @@ def step_view(step: task_pb2.StepState) -> dict[str, Any]:
         "duration_ms": millis_between(step.start_time, step.end_time),
         "fallback": step.fallback_protocol,
         "reused": step.reused,
+        "usage": ", ".join(f"{name} {amount:g}" for name, amount in sorted(step.usage.items())),
         "waits_for": (step.wait.signal or "its time") if step.status == task_pb2.STEP_STATUS_WAITING else "",
         "deadline": iso(step.wait.deadline),
         "input": json_text(value_to_python(step.input)) if step.HasField("input") else None,

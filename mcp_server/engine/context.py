@@ -258,6 +258,8 @@ class RunContext:
         for name in ("start_time", "end_time", "error"):
             if task.HasField(name):
                 getattr(live, name).CopyFrom(getattr(task, name))
+        if task.usage:
+            live.usage.update(task.usage)
         data = live.SerializeToString()
         if self.result is not None:  # written once, at the end: inline up to the inline limit
             data += self._values.encode(self.result, TASK_RESULT, TASK_RESULT_REF, self.limits.inline_value_bytes + 1)
@@ -303,6 +305,13 @@ class RunContext:
         self.flush_within(self.start_write_delay)
         return state
 
+    def add_usage(self, path: str, usage: Mapping[str, float]) -> None:
+        """What a call of the step at `path` used: added to the step's usage and the task's."""
+        state = self.state(path)
+        for name, amount in usage.items():
+            state.usage[name] += amount
+            self.task.usage[name] += amount
+
     def record_input(self, path: str, value: Payload) -> None:
         """What a step's protocol is about to receive (written with the step's start)."""
         self._steps[path].input = value
@@ -325,7 +334,12 @@ class RunContext:
             attempt=state.attempts,
             message=f"{state.kind} {state.node_id} completed",
             flush_soon=True,
-            data={"duration_ms": _duration_ms(step, ended_ns), "kind": state.kind, **_timer(state, ended_ns)},
+            data={
+                "duration_ms": _duration_ms(step, ended_ns),
+                "kind": state.kind,
+                **_timer(state, ended_ns),
+                **_usage(state),
+            },
         )
 
     def fail(self, path: str, code: str, message: str, *, cancelled: bool = False) -> None:
@@ -348,6 +362,7 @@ class RunContext:
                     "duration_ms": _duration_ms(step, ended_ns),
                     "kind": state.kind,
                     **_timer(state, ended_ns),
+                    **_usage(state),
                 },
             )
 
@@ -438,6 +453,11 @@ def _timer(state: task_pb2.StepState, ended_ns: int) -> dict[str, float]:
     if state.kind == "wait" and not state.wait.timed_out:
         return {}
     return {"timer_late_ms": round((ended_ns - state.wait.deadline.ToNanoseconds()) / 1e6, 3)}
+
+
+def _usage(state: task_pb2.StepState) -> dict[str, dict[str, float]]:
+    """What the step's calls used, for the event's data (and the metrics that read it)."""
+    return {"usage": dict(state.usage)} if state.usage else {}
 
 
 def code_number(code: str) -> int:

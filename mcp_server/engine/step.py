@@ -165,6 +165,8 @@ async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserv
     result = await ctx.caller.call(
         call.protocol, call.input, context, timeout=call.attempt_timeout, stream=call.stream, observer=observer
     )
+    if result.usage:
+        ctx.add_usage(path, result.usage)
     return _keepable(result, call.protocol, ctx.limits)
 
 

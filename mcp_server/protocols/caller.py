@@ -180,7 +180,7 @@ class GrpcProtocolCaller:
         self.directory.record_health(address, True)
         self._report_breaker(protocol, before, observer)
         directive = response.directive if response.HasField("directive") else None
-        return CallResult(Payload.of_struct(response.output), directive)
+        return CallResult(Payload.of_struct(response.output), directive, response.usage)
 
     def _report_breaker(self, protocol: str, before: str, observer: CallObserver | None) -> None:
         after = self.breakers.state_name(protocol)

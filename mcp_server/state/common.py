@@ -77,6 +77,7 @@ def fixed_part(task: task_pb2.Task) -> bytes:
         "end_time",
         "steps",
         "step_count",
+        "usage",
         "last_sequence",
     ):
         fixed.ClearField(name)

@@ -126,6 +126,12 @@ class Metrics:
         self.reused_steps = Counter(
             "mcp_rerun_reused_steps_total", "Steps reruns kept from the tasks they rerun, not run again", registry=r
         )
+        self.usage = Counter(
+            "mcp_usage",
+            "What steps' calls used, as plugins report it (ExecuteResponse.usage), by protocol, owner and name",
+            ["protocol", "owner", "name"],
+            registry=r,
+        )
         self.schedule_fires = Counter(
             "mcp_schedule_fires_total",
             "Fire times of schedules dealt with by this replica, by outcome"
@@ -175,6 +181,9 @@ class Metrics:
             if event.protocol:
                 seconds = data["duration_ms"].number_value / 1000 if "duration_ms" in data else 0
                 self._step_child(event.protocol, STEP_ENDS[kind]).observe(seconds)
+                if "usage" in data:
+                    for name, amount in data["usage"].struct_value.fields.items():
+                        self.usage.labels(event.protocol, task.owner, name).inc(amount.number_value)
             elif "timer_late_ms" in data:
                 self.timers_fired.inc()
                 self.timer_lateness.observe(max(0.0, data["timer_late_ms"].number_value / 1000))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from mcp_sdk.proto import protocol_pb2
@@ -27,6 +28,8 @@ class CallContext:
 class CallResult:
     output: Payload
     directive: protocol_pb2.Directive | None = None
+    # what the call used, as the plugin reported it (ExecuteResponse.usage)
+    usage: Mapping[str, float] = field(default_factory=dict)
 
 
 class ProtocolCallError(Exception):

@@ -111,6 +111,13 @@ class Context:
             request.context.deadline.ToNanoseconds() / 1e9 if request.context.HasField("deadline") else None
         )
         self._progress = progress_queue
+        self.usage: dict[str, float] = {}
+
+    def report_usage(self, **amounts: float) -> None:
+        """Add to what this call used (prompt_tokens=..., completion_tokens=..., cost=...): sent
+        with the answer as ExecuteResponse.usage, and summed per step and per task by the engine."""
+        for name, amount in amounts.items():
+            self.usage[name] = self.usage.get(name, 0.0) + float(amount)
 
     def time_remaining(self) -> float | None:
         """Seconds until the caller's deadline, or None if it set none."""

@@ -212,6 +212,8 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             ) from None
         if reply.directive is not None:
             response.directive.CopyFrom(reply.directive)
+        if ctx.usage:
+            response.usage.update(ctx.usage)
         return response
 
     # ---- serving --------------------------------------------------------------------------

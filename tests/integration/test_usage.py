@@ -1,0 +1,87 @@
+"""Usage as plugins report it (ExecuteResponse.usage), on both stores, with the testkit plugin
+process: summed per step over retries and fallbacks, per task, in events and metrics; a rerun's
+reused steps are not counted again."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcp_sdk.proto import task_pb2
+from tests.conftest import Client, client_for
+from tests.helpers import create, run, step, step_states, workflow
+
+pytestmark = pytest.mark.asyncio
+USED = "{'prompt_tokens': 10, 'completion_tokens': 5, 'cost': 0.25}"
+
+
+@pytest.fixture
+async def served(server_factory, store_url):
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    yield running, client
+    await client.channel.close()
+
+
+async def full(client: Client, task_id: str) -> task_pb2.Task:
+    return (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))).task
+
+
+async def test_usage_is_summed_per_step_and_per_task_and_counted_by_protocol_and_owner(served):
+    running, client = served
+    children = [step(f"s{i}", "metered", f"{{'n': {i}, 'usage': {USED}}}") for i in range(3)]
+    wf = workflow("metered-chain", {"id": "root", "sequence": {"children": children}})
+    task = await run(client, wf)
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    assert dict(task.usage) == {"prompt_tokens": 30, "completion_tokens": 15, "cost": 0.75}
+    states = step_states(await full(client, task.task_id))
+    for i in range(3):
+        assert dict(states[f"root/s{i}"].usage) == {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.25}
+    assert not states["root"].usage  # a composite calls nothing itself
+    ended = [
+        e
+        async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id))
+        if e.type == task_pb2.TASK_EVENT_TYPE_STEP_COMPLETED and e.protocol
+    ]
+    assert all(e.data.fields["usage"].struct_value.fields["prompt_tokens"].number_value == 10 for e in ended)
+    sample = running.orchestrator.metrics.registry.get_sample_value(
+        "mcp_usage_total", {"protocol": "metered", "owner": "", "name": "completion_tokens"}
+    )
+    assert sample == 15
+
+
+async def test_failed_attempts_use_nothing_and_a_fallback_counts_once(served):
+    _, client = served
+    retried = step(
+        "again", "metered", f"{{'failures': 2, 'usage': {USED}}}", retry={"max_attempts": 3, "initial_backoff": "0.01s"}
+    )
+    fallen = {
+        "id": "fallen",
+        "step": {
+            "protocol": "fail",
+            "input": "{'code': 'UNAVAILABLE'}",
+            "fallbacks": [{"protocol": "metered", "input": f"{{'usage': {USED}}}"}],
+        },
+    }
+    task = await run(client, workflow("metered-retries", {"id": "root", "sequence": {"children": [retried, fallen]}}))
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    states = step_states(await full(client, task.task_id))
+    assert states["root/again"].attempts == 3 and dict(states["root/again"].usage)["prompt_tokens"] == 10
+    assert dict(states["root/fallen"].usage)["cost"] == 0.25
+    assert dict(task.usage) == {"prompt_tokens": 20, "completion_tokens": 10, "cost": 0.5}
+
+
+async def test_a_rerun_does_not_count_the_steps_it_reuses(served):
+    _, client = served
+    children = [step(f"s{i}", "metered", f"{{'usage': {USED}}}") for i in range(3)]
+    await create(client, workflow("metered-rerun", {"id": "root", "sequence": {"children": children}}))
+    first = await run(client, workflow("metered-rerun", {"id": "root", "sequence": {"children": children}}))
+    rerun = (
+        await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=first.task_id, from_step_path="root/s2"))
+    ).task
+    async for _ in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=rerun.task_id)):
+        pass
+    again = await full(client, rerun.task_id)
+    assert again.status == task_pb2.TASK_STATUS_COMPLETED
+    assert dict(again.usage) == {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.25}
+    states = step_states(again)
+    assert states["root/s0"].reused and dict(states["root/s0"].usage)["prompt_tokens"] == 10

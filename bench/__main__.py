@@ -45,6 +45,7 @@ from bench.layout import bench_layout
 from bench.report import REDIS, RESULTS, table
 from bench.reruns import bench_reruns
 from bench.schedules import bench_schedules
+from bench.steps_cost import bench_cache
 from bench.waits import bench_waits
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 from mcp_server.engine.values import dict_to_struct
@@ -399,7 +400,7 @@ async def main() -> None:
         "--only",
         action="append",
         help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console, bursts,"
-        " waits, reruns, fairness, schedules",
+        " waits, reruns, fairness, schedules, cache",
     )
     parser.add_argument(
         "--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares"
@@ -427,6 +428,7 @@ async def main() -> None:
         "reruns": bench_reruns,
         "fairness": bench_fairness,
         "schedules": bench_schedules,
+        "cache": bench_cache,
     }
     try:
         for name, suite in suites.items():

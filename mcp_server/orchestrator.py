@@ -72,6 +72,7 @@ class Orchestrator:
             store.waits,
             settings.wait_in_memory_seconds,
             self.rate_limits,
+            store.step_cache,
         )
         self.dispatcher = Dispatcher(store.queue, store.tasks, runner, self.plans, settings, store.waits)
         self.workflows = Workflows(settings, store.workflows, self.directory)

@@ -190,14 +190,16 @@ async def stamp(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 @plugin.protocol(
     "metered",
-    description="Reports `usage` (an object of amounts) as what the call used; fails with UNAVAILABLE"
+    description="Reports `usage` (an object of amounts) as what the call used (unless `report` is false);"
+    " fails with UNAVAILABLE"
     " (using nothing) for the first `failures` attempts of each step",
 )
 async def metered(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("metered", ctx)
     if ctx.attempt <= int(data.get("failures", 0)):
         raise ProtocolError(grpc.StatusCode.UNAVAILABLE, f"attempt {ctx.attempt} fails on purpose")
-    ctx.report_usage(**{name: float(amount) for name, amount in dict(data.get("usage", {})).items()})
+    if data.get("report", True):
+        ctx.report_usage(**{name: float(amount) for name, amount in dict(data.get("usage", {})).items()})
     return {k: v for k, v in data.items() if k not in ("usage", "failures")}
 
 

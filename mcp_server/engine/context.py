@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.rpc import code_pb2, status_pb2
+from google.rpc import status_pb2
 
 from mcp_sdk.proto import protocol_pb2, task_pb2
 from mcp_server.engine.event_types import E
@@ -35,11 +35,20 @@ from mcp_server.engine.ports import (
     EventListener,
     ProtocolCaller,
     SignalRecord,
+    StepCache,
     StepRecord,
     TaskStore,
     UnitGate,
 )
-from mcp_server.engine.records import TASK_RESULT, TASK_RESULT_REF, ValueSink, step_record, stored_refs, value_of
+from mcp_server.engine.records import (
+    TASK_RESULT,
+    TASK_RESULT_REF,
+    ValueSink,
+    step_record,
+    stored_refs,
+    take_value,
+)
+from mcp_server.engine.step_ends import code_number, end_data
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.values import python_to_value
 from mcp_server.errors import LeaseLost, Unavailable
@@ -137,6 +146,9 @@ class RunContext:
     header_changed: bool = False  # the live header changed with no event (the task parked): write it
     rerun_input: Payload | None = None  # a rerun's: what its rerun_from_step_path receives
     rate_limits: UnitGate | None = None  # where calls take rate-limit units (None: unlimited)
+    step_cache: StepCache | None = None  # where cached steps' outputs are kept (None: no cache)
+    # how the steps with a cache fared (path -> "hit" or "miss", and the output's size), for their end event
+    cache_outcomes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     async def restore(self) -> None:
         """Load the step records and values an earlier life of this run wrote."""
@@ -147,7 +159,7 @@ class RunContext:
         self._values.stored.update(values)
         for index, state in states:
             self._steps[state.path] = _Step(
-                index, state, _take_value(state, "input", values), _take_value(state, "output", values)
+                index, state, take_value(state, "input", values), take_value(state, "output", values)
             )
             if state.status == task_pb2.STEP_STATUS_WAITING and state.wait.signal and not state.reused:
                 self.suspensions.dormant[state.path] = (state.wait.signal, state.start_time.ToMilliseconds())
@@ -337,8 +349,7 @@ class RunContext:
             data={
                 "duration_ms": _duration_ms(step, ended_ns),
                 "kind": state.kind,
-                **_timer(state, ended_ns),
-                **_usage(state),
+                **end_data(state, ended_ns, self.cache_outcomes.pop(path, None)),
             },
         )
 
@@ -361,8 +372,7 @@ class RunContext:
                     "code": code,
                     "duration_ms": _duration_ms(step, ended_ns),
                     "kind": state.kind,
-                    **_timer(state, ended_ns),
-                    **_usage(state),
+                    **end_data(state, ended_ns, None),
                 },
             )
 
@@ -430,39 +440,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _take_value(state: task_pb2.StepState, name: str, values: dict[str, bytes]) -> Payload | None:
-    """Move a stored value (inline, or by reference) out of a step record into a Payload."""
-    inline = None
-    if state.HasField(name):
-        inline = Payload.of_bytes(getattr(state, name).SerializeToString())
-    ref = getattr(state, f"{name}_ref") if state.HasField(f"{name}_ref") else None
-    state.ClearField(name)
-    state.ClearField(f"{name}_ref")
-    return value_of(inline, ref, values)
-
-
 def _duration_ms(step: _Step, ended_ns: int) -> float:
     started_ns = step.started_ns or step.state.start_time.ToNanoseconds()  # the latter is slow: only after a restore
     return round((ended_ns - started_ns) / 1e6, 3)
-
-
-def _timer(state: task_pb2.StepState, ended_ns: int) -> dict[str, float]:
-    """For a wait or sleep that its deadline ended: how late it fired (ms), for the event's data."""
-    if state.kind not in ("sleep", "wait") or not state.wait.HasField("deadline"):
-        return {}
-    if state.kind == "wait" and not state.wait.timed_out:
-        return {}
-    return {"timer_late_ms": round((ended_ns - state.wait.deadline.ToNanoseconds()) / 1e6, 3)}
-
-
-def _usage(state: task_pb2.StepState) -> dict[str, dict[str, float]]:
-    """What the step's calls used, for the event's data (and the metrics that read it)."""
-    return {"usage": dict(state.usage)} if state.usage else {}
-
-
-def code_number(code: str) -> int:
-    """The google.rpc.Code number of a status code name; UNKNOWN for a name that is not one."""
-    try:
-        return int(code_pb2.Code.Value(code))
-    except ValueError:
-        return int(code_pb2.UNKNOWN)

@@ -48,6 +48,15 @@ class RateLimitUsePlan:
 
 
 @dataclass(frozen=True)
+class CachePlan:
+    """StepNode.cache compiled: the key (None: protocol and canonical input), for how long, for whom."""
+
+    key: Expression | None
+    ttl: float
+    shared: bool
+
+
+@dataclass(frozen=True)
 class StepPlan:
     id: str
     protocol: str
@@ -58,6 +67,7 @@ class StepPlan:
     fallbacks: tuple[FallbackPlan, ...] = ()
     stream: bool = False
     rate_limits: tuple[RateLimitUsePlan, ...] = ()
+    cache: CachePlan | None = None
     kind: str = "step"
 
 

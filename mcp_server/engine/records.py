@@ -77,3 +77,14 @@ def value_of(inline: Payload | None, ref: task_pb2.ValueRef | None, values: dict
 def stored_refs(state: task_pb2.StepState) -> list[str]:
     """The digests a stored step record refers to."""
     return [ref.sha256 for ref in (state.input_ref, state.output_ref) if ref.sha256]
+
+
+def take_value(state: task_pb2.StepState, name: str, values: dict[str, bytes]) -> Payload | None:
+    """Move a stored value (inline, or by reference) out of a step record into a Payload."""
+    inline = None
+    if state.HasField(name):
+        inline = Payload.of_bytes(getattr(state, name).SerializeToString())
+    ref = getattr(state, f"{name}_ref") if state.HasField(f"{name}_ref") else None
+    state.ClearField(name)
+    state.ClearField(f"{name}_ref")
+    return value_of(inline, ref, values)

@@ -19,13 +19,15 @@ from google.rpc import status_pb2
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine import adaptive, mapping, parallel, sequence, step, supervise, waiting
-from mcp_server.engine.context import NodeFailed, RunContext, code_number, now
+from mcp_server.engine.caching import NearCache
+from mcp_server.engine.context import NodeFailed, RunContext, now
 from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import execute
 from mcp_server.engine.logcontext import task_id_var
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
-from mcp_server.engine.ports import EventListener, ProtocolCaller, TaskStore, UnitGate, WaitStore
+from mcp_server.engine.ports import EventListener, ProtocolCaller, StepCache, TaskStore, UnitGate, WaitStore
+from mcp_server.engine.step_ends import code_number
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
@@ -50,6 +52,7 @@ class TaskRunner:
         waits: WaitStore | None = None,
         park_horizon: float = 2.0,
         rate_limits: UnitGate | None = None,
+        step_cache: StepCache | None = None,
     ) -> None:
         self.caller = caller
         self.start_write_delay = start_write_delay
@@ -58,6 +61,7 @@ class TaskRunner:
         self.waits = waits
         self.park_horizon = park_horizon
         self.rate_limits = rate_limits
+        self.step_cache = NearCache(step_cache) if step_cache is not None else None
         self.replica_id = replica_id
         self.listeners = tuple(listeners)
 
@@ -91,6 +95,7 @@ class TaskRunner:
             suspensions=Suspensions(self.park_horizon),
             rerun_input=await self._rerun_input(task),
             rate_limits=self.rate_limits,
+            step_cache=self.step_cache,
         )
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.step_count:

@@ -18,6 +18,7 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from mcp_sdk.proto import protocol_pb2
+from mcp_server.engine.caching import cache_key, cached_output, keep_output
 from mcp_server.engine.cel import Expression
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.event_types import E
@@ -220,10 +221,15 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
             {**primary_input.python(), "feedback": scope["feedback"], "round": scope.get("round", 1)}
         )
     ctx.record_input(path, primary_input)
+    key = None
+    if node.cache is not None and ctx.step_cache is not None:
+        key = cache_key(node, primary_input, value, ctx, scope)
+        if (hit := await cached_output(key, path, ctx)) is not None:
+            return hit
     observer = _StepObserver(ctx, path)
     try:
         async with asyncio.timeout(node.timeout):
-            return await _run_candidates(node, path, primary_input, value, scope, ctx, observer)
+            result = await _run_candidates(node, path, primary_input, value, scope, ctx, observer)
     except TimeoutError:
         if observer.waiting_for:
             raise NodeFailed(
@@ -234,6 +240,9 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
         raise NodeFailed(
             "DEADLINE_EXCEEDED", f"step {node.id}: the step timeout of {node.timeout:g}s ran out"
         ) from None
+    if key is not None and node.cache is not None:
+        await keep_output(key, node.cache.ttl, path, result, ctx)
+    return result
 
 
 def _input(

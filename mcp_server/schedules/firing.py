@@ -69,9 +69,17 @@ class Firing:
     async def fire_due(self, record: ScheduleRecord, now: datetime) -> None:
         """Deal with every fire time of `record` due by `now` (a schedule claimed as due)."""
         schedule = schedule_pb2.Schedule.FromString(record.data)
-        if schedule.paused:
+        if schedule.paused:  # nothing fires; a fire time a backfill buffered still waits its turn
+            outcome = await self.start_fires(record, schedule, [], P.OVERLAP_POLICY_BUFFER_ONE, record.buffered_ms)
+            waiting = record.buffered_ms and outcome.buffered_ms is None
             await self.schedules.record_progress(
-                record.schedule_id, ScheduleProgress(due_ms=NEVER, version=record.version)
+                record.schedule_id,
+                ScheduleProgress(
+                    started=outcome.started,
+                    buffered_ms=outcome.buffered_ms,
+                    due_ms=to_ms(now) + BUFFER_RECHECK_MS if waiting else NEVER,
+                    version=record.version,
+                ),
             )
             return
         spec = self.spec_of(record, schedule)
@@ -95,7 +103,7 @@ class Firing:
         due_ms = NEVER
         if upcoming is not None:
             due_ms = to_ms(upcoming + timedelta(seconds=spec.jitter_of(record.schedule_id, upcoming)))
-        if outcome.buffered_ms:
+        if outcome.buffered_ms or (record.buffered_ms and outcome.buffered_ms is None):  # one still waits
             recheck = to_ms(now) + BUFFER_RECHECK_MS
             due_ms = recheck if due_ms == NEVER else min(due_ms, recheck)
         await self.schedules.record_progress(

@@ -134,8 +134,6 @@ class Schedules:
             violations.add("start_time", "is required")
         if not request.HasField("end_time"):
             violations.add("end_time", "is required")
-        if request.overlap == P.OVERLAP_POLICY_BUFFER_ONE:
-            violations.add("overlap", "BUFFER_ONE does not apply to a backfill: use SKIP, ALLOW_ALL or CANCEL_OTHER")
         violations.raise_if_any("the backfill is invalid")
         start = datetime.fromtimestamp(request.start_time.ToMilliseconds() / 1000, UTC)
         end = datetime.fromtimestamp(request.end_time.ToMilliseconds() / 1000, UTC)
@@ -148,8 +146,18 @@ class Schedules:
                 "end_time", f"the range holds more than {MAX_BACKFILL_FIRES} fire times; backfill it in parts"
             )
         outcome = await self.firing.start_fires(record, schedule, fires, request.overlap or P.OVERLAP_POLICY_ALLOW_ALL)
+        # BUFFER_ONE: the last fire time that had to wait starts when the task before it ends (the
+        # scheduler looks soon, and again until then)
+        due = int(time.time() * 1000) if outcome.buffered_ms else None
         await self.store.record_progress(
-            request.schedule_id, ScheduleProgress(started=outcome.fresh, skipped=outcome.skipped)
+            request.schedule_id,
+            ScheduleProgress(
+                started=outcome.fresh,
+                skipped=outcome.skipped,
+                buffered_ms=outcome.buffered_ms,
+                due_ms=due,
+                version=record.version,
+            ),
         )
         return len(outcome.fresh)
 

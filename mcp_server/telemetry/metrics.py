@@ -50,6 +50,7 @@ class Metrics:
             registry=r,
         )
         self._step_children: dict[tuple[str, str], Any] = {}
+        self._usage_children: dict[tuple[str, str, str], Any] = {}
         self.retries = Counter(
             "mcp_step_retries_total",
             "Retried protocol calls, by protocol and gRPC code",
@@ -126,6 +127,18 @@ class Metrics:
         self.reused_steps = Counter(
             "mcp_rerun_reused_steps_total", "Steps reruns kept from the tasks they rerun, not run again", registry=r
         )
+        self.step_cache = Counter(
+            "mcp_step_cache",
+            "Steps with a cache, by outcome (hit: nothing called; miss: called, output kept)",
+            ["outcome"],
+            registry=r,
+        )
+        self.step_cache_bytes = Counter(
+            "mcp_step_cache_bytes",
+            "Bytes of outputs read from (hit) or written to (miss) the step cache",
+            ["outcome"],
+            registry=r,
+        )
         self.usage = Counter(
             "mcp_usage",
             "What steps' calls used, as plugins report it (ExecuteResponse.usage), by protocol, owner and name",
@@ -181,9 +194,13 @@ class Metrics:
             if event.protocol:
                 seconds = data["duration_ms"].number_value / 1000 if "duration_ms" in data else 0
                 self._step_child(event.protocol, STEP_ENDS[kind]).observe(seconds)
+                if "cache" in data:
+                    outcome = data["cache"].string_value
+                    self.step_cache.labels(outcome).inc()
+                    self.step_cache_bytes.labels(outcome).inc(data["cache_bytes"].number_value)
                 if "usage" in data:
                     for name, amount in data["usage"].struct_value.fields.items():
-                        self.usage.labels(event.protocol, task.owner, name).inc(amount.number_value)
+                        self._usage_child(event.protocol, task.owner, name).inc(amount.number_value)
             elif "timer_late_ms" in data:
                 self.timers_fired.inc()
                 self.timer_lateness.observe(max(0.0, data["timer_late_ms"].number_value / 1000))
@@ -210,6 +227,14 @@ class Metrics:
             self.decisions.labels(data["verdict"].string_value if "verdict" in data else "").inc()
         elif kind == E.TASK_EVENT_TYPE_RESUMED:
             self.takeovers.inc()
+
+    def _usage_child(self, protocol: str, owner: str, name: str) -> Any:
+        child = self._usage_children.get((protocol, owner, name))
+        if child is None:
+            if len(self._usage_children) > 100_000:
+                self._usage_children.clear()
+            child = self._usage_children[(protocol, owner, name)] = self.usage.labels(protocol, owner, name)
+        return child
 
     def _step_child(self, protocol: str, status: str) -> Any:
         child = self._step_children.get((protocol, status))

@@ -279,3 +279,29 @@ async def test_cancel_other_cancels_the_unfinished_task_at_the_next_fire_time(se
     assert all(t.status == S.TASK_STATUS_CANCELLED and "schedule" in t.error.message for t in found[:-1])
     assert found[-1].status in (S.TASK_STATUS_RUNNING, S.TASK_STATUS_PENDING)
     await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=found[-1].task_id))
+
+
+async def test_a_backfill_with_buffer_one_runs_the_first_and_then_the_last_fire_time(served):
+    _, client = served
+    workflow_id = await sleepy(client)
+    schedule = a_schedule(workflow_id, every=[seconds(600)], paused=True)
+    schedule.action.input_data.update({"ms": 600})
+    created = await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+    start = datetime(2026, 2, 2, 8, 0, tzinfo=UTC).timestamp()
+    request = schedule_pb2.BackfillScheduleRequest(
+        schedule_id=created.schedule_id,
+        start_time=at(start),
+        end_time=at(start + 3600),
+        overlap=P.OVERLAP_POLICY_BUFFER_ONE,
+    )
+    assert (await client.schedules.BackfillSchedule(request)).runs == 1
+    async with asyncio.timeout(10):
+        while len(found := await tasks_of(client, workflow_id)) < 2:
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    found = await tasks_of(client, workflow_id)
+    # the first at once; of the five that had to wait, the last, once the first had ended
+    assert sorted(t.labels["mcp/fire-time"] for t in found) == ["2026-02-02T08:00:00Z", "2026-02-02T08:50:00Z"]
+    first, last = sorted(found, key=lambda t: t.labels["mcp/fire-time"])
+    done = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=first.task_id))).task
+    assert last.create_time.ToNanoseconds() >= done.end_time.ToNanoseconds()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler.fields import RATE_LIMIT_KEY, duration, expression, protocol, retry_policy
 from mcp_server.engine.compiler.scope import Scope, builds
-from mcp_server.engine.plan import FallbackPlan, RateLimitUsePlan, StepPlan
+from mcp_server.engine.plan import CachePlan, FallbackPlan, RateLimitUsePlan, StepPlan
 
 
 @builds("step")
@@ -33,6 +33,18 @@ def compile_step(node_id: str, step: workflow_pb2.StepNode, path: str, scope: Sc
         rate_limits=tuple(
             _rate_limit_use(use, f"{path}.rate_limits[{i}]", scope) for i, use in enumerate(step.rate_limits)
         ),
+        cache=_cache(step, f"{path}.cache", scope) if step.HasField("cache") else None,
+    )
+
+
+def _cache(step: workflow_pb2.StepNode, path: str, scope: Scope) -> CachePlan:
+    ttl = duration(step.cache, "ttl", f"{path}.ttl", scope.violations)
+    if ttl is None and not step.cache.HasField("ttl"):
+        scope.violations.add(f"{path}.ttl", "is required: how long an output is reused")
+    if ttl is not None and ttl < 1:
+        scope.violations.add(f"{path}.ttl", "must be at least 1 s")
+    return CachePlan(
+        expression(step.cache.key, f"{path}.key", scope, frozenset({"call"})), ttl or 0.0, step.cache.shared
     )
 
 

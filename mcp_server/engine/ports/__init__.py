@@ -1,6 +1,7 @@
 """The interfaces the engine and the orchestrator are given: how to call a protocol, and where
 state lives, one small port per job (each backend implements every one: state/sqlite, state/redis)."""
 
+from mcp_server.engine.ports.cache import CachedOutput, StepCache
 from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult, ProtocolCaller, ProtocolCallError
 from mcp_server.engine.ports.queue import GroupMember, Kept, QueueGroup, TaskQueue
 from mcp_server.engine.ports.ratelimits import Grant, RateLimitSpec, RateLimitStore, UnitGate
@@ -13,6 +14,7 @@ from mcp_server.engine.ports.workflows import WorkflowStore
 
 __all__ = [
     "NEVER",
+    "CachedOutput",
     "CallContext",
     "CallObserver",
     "CallResult",
@@ -35,6 +37,7 @@ __all__ = [
     "SignalDelivery",
     "SignalOutcome",
     "SignalRecord",
+    "StepCache",
     "StepRecord",
     "Store",
     "StoreConnection",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from mcp_server.engine.ports.cache import StepCache
 from mcp_server.engine.ports.queue import TaskQueue
 from mcp_server.engine.ports.ratelimits import RateLimitStore
 from mcp_server.engine.ports.registry import CapacityLedger, RegistryStore
@@ -37,6 +38,7 @@ class Store:
     waits: WaitStore
     rate_limits: RateLimitStore
     schedules: ScheduleStore
+    step_cache: StepCache
     connection: StoreConnection
 
     async def ping(self) -> None:

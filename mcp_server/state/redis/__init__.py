@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from mcp_server.engine.ports import Store
+from mcp_server.state.redis.cache import RedisStepCache
 from mcp_server.state.redis.capacity import RedisCapacity
 from mcp_server.state.redis.connection import RedisConnection
 from mcp_server.state.redis.lane import RedisLane
@@ -63,5 +64,6 @@ async def open_redis(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
         waits=RedisWaits(conn, hub),
         rate_limits=RedisRateLimits(conn),
         schedules=RedisSchedules(conn),
+        step_cache=RedisStepCache(conn),
         connection=conn,
     )

@@ -1,0 +1,26 @@
+"""The step cache port: completed steps' outputs by key, for a time (see StepNode.cache)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CachedOutput:
+    """A step's output as the cache keeps it: the task whose step stored it, and the output (a
+    serialized google.protobuf.Value)."""
+
+    task_id: str
+    output: bytes
+    expires_at: float = 0.0  # Unix seconds (as the store read it back; 0 when it is being stored)
+
+
+class StepCache(Protocol):
+    async def get_output(self, key: str) -> CachedOutput | None:
+        """The output stored under `key` and not expired, or None."""
+        ...
+
+    async def put_output(self, key: str, entry: CachedOutput, ttl: float) -> None:
+        """Store (or replace) the output under `key` for `ttl` seconds."""
+        ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -15,6 +16,12 @@ from mcp_server.errors import StartupError
 READY_LINE = "MCP_PLUGIN_LISTENING"
 # The real protocols only: the testkit and chaos plugins are test doubles, started by the tests.
 BUNDLED = ("protocol_plugins.basics", "protocol_plugins.cognitive", "protocol_plugins.writing")
+LLM = "protocol_plugins.llm"
+
+
+def bundled_modules() -> tuple[str, ...]:
+    """The bundled plugins to start: the llm plugin too when a model server is set (MCP_LLM_BASE_URL)."""
+    return (*BUNDLED, LLM) if os.environ.get("MCP_LLM_BASE_URL") else BUNDLED
 
 
 @dataclass

@@ -38,7 +38,7 @@ from mcp_server.auth import Authenticator
 from mcp_server.console.app import RunningConsole, start_console
 from mcp_server.errors import McpError, StartupError
 from mcp_server.orchestrator import Orchestrator
-from mcp_server.plugin_host import BUNDLED, PluginProcess, start_plugin
+from mcp_server.plugin_host import PluginProcess, bundled_modules, start_plugin
 from mcp_server.settings import Settings
 from mcp_server.shutdown import stop_requested
 from mcp_server.state import describe_store, open_store
@@ -145,7 +145,7 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
 
 async def _start_plugins_and_dispatch(running: RunningServer, settings: Settings) -> None:
     if settings.bundled_plugins:
-        running.plugins = list(await asyncio.gather(*(start_plugin(m) for m in BUNDLED)))
+        running.plugins = list(await asyncio.gather(*(start_plugin(m) for m in bundled_modules())))
     bundled = [p.address for p in running.plugins]
     for line in await running.orchestrator.upkeep.register_own(bundled, settings.plugins):
         log.info(line)

@@ -1,0 +1,157 @@
+"""llm: language-model protocols for any OpenAI-compatible server (vLLM, llama.cpp's server,
+Ollama, LM Studio, a LiteLLM proxy, OpenAI), set by MCP_LLM_BASE_URL, MCP_LLM_API_KEY and
+MCP_LLM_MODEL. The engine is the only retry layer: the client's own retries are off, and each
+provider error is mapped once to the status the engine retries by (llm_errors.py).
+
+- `chat`: {messages | prompt, system, model, temperature, max_tokens, stop, seed} ->
+  {text, model, finish_reason, usage}
+- `structured`: the same with a JSON `schema` -> the parsed object; the server is asked for
+  that JSON schema, the answer is validated (jsonschema) and, when it does not fit, asked again
+  with the validation errors, at most `repairs` times (default 2); an answer cut at max_tokens
+  is its own error (OUT_OF_RANGE), never retried blindly.
+
+Every call reports its usage (prompt_tokens, completion_tokens) with its answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grpc
+import httpx
+import jsonschema
+import openai
+
+from mcp_sdk.plugin import Context, Plugin, ProtocolError
+from mcp_sdk.proto import protocol_pb2
+from protocol_plugins.llm_errors import provider_error
+
+plugin = Plugin("llm")
+T = protocol_pb2
+S = grpc.StatusCode
+CONNECT_SECONDS = 5.0
+READ_SECONDS = 60.0  # between two chunks of the answer
+DEFAULT_SECONDS = 600.0  # the whole call, when the engine set no attempt deadline
+MAX_REPAIRS = 5
+_client: openai.AsyncOpenAI | None = None
+
+
+def client() -> openai.AsyncOpenAI:
+    global _client
+    if _client is None:
+        _client = openai.AsyncOpenAI(
+            base_url=os.environ.get("MCP_LLM_BASE_URL") or None,
+            api_key=os.environ.get("MCP_LLM_API_KEY") or "not-needed",
+            max_retries=0,  # the engine retries, with its policy and its events
+            timeout=httpx.Timeout(DEFAULT_SECONDS, connect=CONNECT_SECONDS, read=READ_SECONDS),
+        )
+    return _client
+
+
+def messages_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = list(data.get("messages") or [])
+    if not messages:
+        prompt = data.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError("give `messages` (a list of {role, content}) or `prompt` (a string)")
+        messages = [{"role": "user", "content": prompt}]
+    if data.get("system"):
+        messages = [{"role": "system", "content": str(data["system"])}, *messages]
+    return messages
+
+
+def options_of(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    options: dict[str, Any] = {"model": data.get("model") or os.environ.get("MCP_LLM_MODEL") or "default"}
+    for name in ("temperature", "max_tokens", "stop", "seed"):
+        if data.get(name) is not None:
+            options[name] = int(data[name]) if name in ("max_tokens", "seed") else data[name]
+    remaining = ctx.time_remaining()
+    if remaining is not None:  # the attempt's deadline ends the HTTP request too
+        options["timeout"] = httpx.Timeout(remaining, connect=min(CONNECT_SECONDS, remaining), read=READ_SECONDS)
+    return options
+
+
+async def complete(messages: list[dict[str, Any]], options: dict[str, Any], ctx: Context) -> Any:
+    try:
+        response = await client().chat.completions.create(messages=messages, **options)  # type: ignore[arg-type]
+    except openai.OpenAIError as exc:
+        raise provider_error(exc) from None
+    if response.usage is not None:
+        ctx.report_usage(
+            prompt_tokens=response.usage.prompt_tokens or 0, completion_tokens=response.usage.completion_tokens or 0
+        )
+    if not response.choices:
+        raise ProtocolError(S.UNAVAILABLE, "the model server answered with no choice")
+    return response
+
+
+@plugin.protocol(
+    "chat", type=T.PROTOCOL_TYPE_GENERATION, description="A chat completion: {text, model, finish_reason, usage}"
+)
+async def chat(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    response = await complete(messages_of(data), options_of(data, ctx), ctx)
+    choice = response.choices[0]
+    return {
+        "text": choice.message.content or "",
+        "model": response.model,
+        "finish_reason": choice.finish_reason or "",
+        "usage": dict(ctx.usage),
+    }
+
+
+@plugin.protocol(
+    "structured",
+    type=T.PROTOCOL_TYPE_GENERATION,
+    description="A JSON object that fits `schema`, asked again with the validation errors when it does not",
+)
+async def structured(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    schema = data.get("schema")
+    if not isinstance(schema, dict):
+        raise ValueError("`schema` must be a JSON Schema object")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"`schema` is not a valid JSON Schema: {exc.message}") from None
+    repairs = min(int(data.get("repairs", 2)), MAX_REPAIRS)
+    messages = messages_of(data)
+    options = options_of(data, ctx)
+    options["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    }
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    problem = ""
+    for _ in range(repairs + 1):
+        response = await complete(messages, options, ctx)
+        choice = response.choices[0]
+        if choice.finish_reason == "length":
+            raise ProtocolError(
+                S.OUT_OF_RANGE, "the answer was cut at max_tokens before its JSON ended; raise max_tokens"
+            )
+        text = choice.message.content or ""
+        try:
+            answer = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problem = f"the answer is not JSON: {exc.msg} at character {exc.pos}"
+        else:
+            errors = sorted(validator.iter_errors(answer), key=lambda e: list(e.absolute_path))
+            if not errors:
+                if not isinstance(answer, dict):
+                    return {"value": answer}
+                return answer
+            problem = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:5])
+        messages = [
+            *messages,
+            {"role": "assistant", "content": text},
+            {
+                "role": "user",
+                "content": f"That answer does not fit the schema: {problem}. Answer again, with JSON only.",
+            },
+        ]
+    raise ProtocolError(S.INVALID_ARGUMENT, f"no answer fit the schema after {repairs} repairs: {problem}")
+
+
+if __name__ == "__main__":
+    plugin.main()

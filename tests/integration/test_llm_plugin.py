@@ -1,0 +1,106 @@
+"""The llm plugin process against a scripted OpenAI-compatible server process on loopback (no
+model runs on these machines): chat and structured output with its repair loop, usage reported
+to the engine, and provider errors mapped once to what the engine retries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.plugin_host import READY_LINE
+from tests.conftest import client_for
+from tests.helpers import run, step_states, workflow
+
+pytestmark = pytest.mark.asyncio
+SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "score": {"type": "integer"}},
+    "required": ["title", "score"],
+}
+
+
+@pytest.fixture(scope="module")
+def llm_plugin() -> Iterator[str]:
+    server = subprocess.Popen([sys.executable, "-m", "tests.support.fake_llm"], stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    port = server.stdout.readline().split()[1]
+    env = {**os.environ, "MCP_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1", "MCP_LLM_API_KEY": "test"}
+    plugin = subprocess.Popen(
+        [sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.llm", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert plugin.stdout is not None
+    line = plugin.stdout.readline()
+    assert line.startswith(READY_LINE), line
+    yield line.split()[1]
+    for process in (plugin, server):
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+async def client(server_factory, llm_plugin):  # type: ignore[no-untyped-def]
+    running = await server_factory(extra_plugins=(llm_plugin,))
+    client = client_for(running)
+    yield client
+    await client.channel.close()
+
+
+def llm_step(protocol: str, model: str, **extra: Any) -> dict[str, Any]:
+    fields = ", ".join(f"'{k}': {v!r}" for k, v in extra.items())
+    body: dict[str, Any] = {
+        "protocol": protocol,
+        "input": f"{{'prompt': input.prompt, 'model': '{model}'{', ' + fields if fields else ''}}}",
+        "retry": {"max_attempts": 2, "initial_backoff": "0.05s"},
+    }
+    return {"id": "ask", "step": body}
+
+
+async def test_chat_answers_with_its_text_and_reports_usage(client):
+    task = await run(client, workflow("chat-ok", llm_step("chat", "ok")), {"prompt": "Say hello"})
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    output = task.result.struct_value.fields
+    assert (
+        output["text"].string_value == "Hello from the fake model." and output["finish_reason"].string_value == "stop"
+    )
+    assert dict(task.usage) == {"prompt_tokens": 11, "completion_tokens": 7}
+
+
+async def test_structured_repairs_an_answer_that_does_not_fit_and_counts_both_calls(client):
+    wf = workflow("structured-repair", llm_step("structured", "json-repair", schema=SCHEMA))
+    task = await run(client, wf, {"prompt": "Name a drink and score it"})
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    assert task.result.struct_value.fields["title"].string_value == "Tea"
+    assert dict(task.usage) == {"prompt_tokens": 31, "completion_tokens": 14}  # the answer and its repair
+
+
+async def test_what_cannot_work_fails_at_once_and_what_may_work_is_retried(client):
+    cases = [
+        ("length", "structured", {"schema": SCHEMA}, "OUT_OF_RANGE", 1),
+        ("json-never", "structured", {"schema": SCHEMA, "repairs": 1}, "INVALID_ARGUMENT", 1),
+        ("400", "chat", {}, "INVALID_ARGUMENT", 1),
+        ("429", "chat", {}, "RESOURCE_EXHAUSTED", 2),
+    ]
+    for model, protocol, extra, code, attempts in cases:
+        started = time.monotonic()
+        task = await run(client, workflow(f"fails-{model}", llm_step(protocol, model, **extra)), {"prompt": model})
+        assert task.status == task_pb2.TASK_STATUS_FAILED, model
+        state = step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task)["ask"]
+        assert code in task.error.message and state.attempts == attempts, (model, task.error.message, state.attempts)
+        if model == "429":  # the second attempt waited for the provider's Retry-After (400 ms)
+            assert time.monotonic() - started >= 0.4
+    flaky = await run(client, workflow("flaky-llm", llm_step("chat", "flaky-500")), {"prompt": "once more"})
+    assert flaky.status == task_pb2.TASK_STATUS_COMPLETED, flaky.error
+    assert (
+        step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=flaky.task_id))).task)["ask"].attempts
+        == 2
+    )

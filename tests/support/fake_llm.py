@@ -1,0 +1,102 @@
+"""A scripted OpenAI-compatible chat server for the llm plugin's tests (no model runs here):
+`python -m tests.support.fake_llm` serves POST /v1/chat/completions on a free port and prints
+`ready <port>`. What it answers depends on the request's model:
+
+    ok           a short text, with usage
+    json-good    JSON that fits the tests' schema
+    json-repair  JSON that does not fit, then (once the conversation holds its answer) JSON that does
+    json-never   JSON that never fits
+    length       JSON cut at max_tokens (finish_reason "length")
+    429          429 with retry-after-ms: 400
+    flaky-500    500 the first time a prompt is asked, then a text
+    400          400 (a bad request)
+
+GET /requests lists the bodies it received (and POST /reset forgets them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import sys
+from typing import Any
+
+from aiohttp import web
+
+received: list[dict[str, Any]] = []
+asked: collections.Counter[str] = collections.Counter()
+
+
+def completion(model: str, content: str, finish: str = "stop", prompt_tokens: int = 11) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 7, "total_tokens": prompt_tokens + 7},
+    }
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": "fake", "code": str(status)}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    received.append(body)
+    model = body.get("model", "")
+    messages = body.get("messages", [])
+    answered = any(m.get("role") == "assistant" for m in messages)
+    if model == "ok":
+        return web.json_response(completion(model, "Hello from the fake model."))
+    if model == "json-good":
+        return web.json_response(completion(model, json.dumps({"title": "Tea", "score": 3})))
+    if model == "json-repair":
+        content = json.dumps({"title": "Tea", "score": 3}) if answered else json.dumps({"title": 5})
+        return web.json_response(completion(model, content, prompt_tokens=20 if answered else 11))
+    if model == "json-never":
+        return web.json_response(completion(model, "this is not json"))
+    if model == "length":
+        return web.json_response(completion(model, '{"title": "Te', finish="length"))
+    if model == "429":
+        return error(429, "slow down", {"retry-after-ms": "400"})
+    if model == "flaky-500":
+        key = json.dumps(messages, sort_keys=True)
+        asked[key] += 1
+        if asked[key] == 1:
+            return error(500, "the fake server had a bad moment")
+        return web.json_response(completion(model, "Fine now."))
+    if model == "400":
+        return error(400, "this model does not take that request")
+    return error(404, f"no model {model!r}")
+
+
+async def requests(request: web.Request) -> web.StreamResponse:
+    return web.json_response(received)
+
+
+async def reset(request: web.Request) -> web.StreamResponse:
+    received.clear()
+    asked.clear()
+    return web.json_response({})
+
+
+async def main() -> None:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/requests", requests)
+    app.router.add_post("/reset", reset)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"ready {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -9,6 +9,9 @@ provider error is mapped once to the status the engine retries by (llm_errors.py
   that JSON schema, the answer is validated (jsonschema) and, when it does not fit, asked again
   with the validation errors, at most `repairs` times (default 2); an answer cut at max_tokens
   is its own error (OUT_OF_RANGE), never retried blindly.
+- `judge` (a supervisor): the model judges a supervise node's children against `criteria` and
+  accepts, retries them with feedback, or rejects.
+- `route` (a router): the model picks an adaptive node's next state.
 
 Every call reports its usage (prompt_tokens, completion_tokens) with its answer.
 """
@@ -24,7 +27,7 @@ import httpx
 import jsonschema
 import openai
 
-from mcp_sdk.plugin import Context, Plugin, ProtocolError
+from mcp_sdk.plugin import Context, Plugin, ProtocolError, Reply, accept, fail, goto, retry
 from mcp_sdk.proto import protocol_pb2
 from protocol_plugins.llm_errors import provider_error
 
@@ -114,12 +117,20 @@ async def structured(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ValueError(f"`schema` is not a valid JSON Schema: {exc.message}") from None
-    repairs = min(int(data.get("repairs", 2)), MAX_REPAIRS)
-    messages = messages_of(data)
-    options = options_of(data, ctx)
-    options["response_format"] = {
-        "type": "json_schema",
-        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    answer = await ask_json(messages_of(data), options_of(data, ctx), schema, int(data.get("repairs", 2)), ctx)
+    return answer if isinstance(answer, dict) else {"value": answer}
+
+
+async def ask_json(
+    messages: list[dict[str, Any]], options: dict[str, Any], schema: dict[str, Any], repairs: int, ctx: Context
+) -> Any:
+    """The model's answer as JSON that fits `schema`, asking again with the validation errors at
+    most `repairs` times; OUT_OF_RANGE for an answer cut at max_tokens, INVALID_ARGUMENT when no
+    answer fits."""
+    repairs = max(0, min(repairs, MAX_REPAIRS))
+    options = {
+        **options,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}},
     }
     validator = jsonschema.validators.validator_for(schema)(schema)
     problem = ""
@@ -127,9 +138,7 @@ async def structured(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         response = await complete(messages, options, ctx)
         choice = response.choices[0]
         if choice.finish_reason == "length":
-            raise ProtocolError(
-                S.OUT_OF_RANGE, "the answer was cut at max_tokens before its JSON ended; raise max_tokens"
-            )
+            raise ProtocolError(S.OUT_OF_RANGE, "the answer was cut at max_tokens before its JSON ended")
         text = choice.message.content or ""
         try:
             answer = json.loads(text)
@@ -138,19 +147,78 @@ async def structured(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         else:
             errors = sorted(validator.iter_errors(answer), key=lambda e: list(e.absolute_path))
             if not errors:
-                if not isinstance(answer, dict):
-                    return {"value": answer}
                 return answer
             problem = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:5])
         messages = [
             *messages,
             {"role": "assistant", "content": text},
-            {
-                "role": "user",
-                "content": f"That answer does not fit the schema: {problem}. Answer again, with JSON only.",
-            },
+            {"role": "user", "content": f"That answer does not fit the schema: {problem}. Answer again, JSON only."},
         ]
     raise ProtocolError(S.INVALID_ARGUMENT, f"no answer fit the schema after {repairs} repairs: {problem}")
+
+
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "verdict": {"enum": ["accept", "retry", "reject"]},
+        "feedback": {"type": "string"},
+        "retry_children": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["verdict", "feedback"],
+}
+
+
+@plugin.protocol(
+    "judge",
+    type=T.PROTOCOL_TYPE_SUPERVISOR,
+    description="A supervisor: the model judges the children's outputs against `criteria` (in the supervised"
+    " node's input) and accepts, sends back with feedback, or rejects",
+)
+async def judge(data: dict[str, Any], ctx: Context) -> Reply:
+    given: dict[str, Any] = data["input"] if isinstance(data.get("input"), dict) else {}
+    criteria = given.get("criteria") or data.get("criteria") or "correct, complete and clear"
+    children = data.get("children", {})
+    prompt = (
+        f"Judge these outputs (round {data.get('round', 1)}) against the criteria: {criteria}.\n"
+        f"Outputs by child: {json.dumps(children, ensure_ascii=False)}\n"
+        f"Earlier rounds: {json.dumps(data.get('history', []), ensure_ascii=False)}\n"
+        'Answer with JSON: {"verdict": "accept" | "retry" | "reject", "feedback": "...", "retry_children": [...]}.'
+    )
+    system = "You are a strict reviewer. Send work back with concrete feedback; reject only what cannot be fixed."
+    options = options_of({"model": given.get("judge_model"), "temperature": 0}, ctx)
+    verdict = await ask_json(messages_of({"prompt": prompt, "system": system}), options, VERDICT_SCHEMA, 2, ctx)
+    feedback = str(verdict.get("feedback", ""))
+    if verdict["verdict"] == "accept":
+        return accept(None, feedback=feedback)
+    if verdict["verdict"] == "reject":
+        return fail(feedback or "rejected by the judge", feedback=feedback)
+    wanted = [c for c in verdict.get("retry_children") or [] if c in children]
+    return retry(feedback, children=wanted or None)
+
+
+@plugin.protocol(
+    "route",
+    type=T.PROTOCOL_TYPE_ROUTER,
+    description="A router: the model picks the adaptive node's next state among `states`, given the last output",
+)
+async def route(data: dict[str, Any], ctx: Context) -> Reply:
+    states = [str(s) for s in data.get("states", [])]
+    if not states:
+        raise ValueError("no `states` to choose from")
+    given: dict[str, Any] = data["input"] if isinstance(data.get("input"), dict) else {}
+    prompt = (
+        f"The state {data.get('state')!r} produced: {json.dumps(data.get('output'), ensure_ascii=False)}\n"
+        f"Guidance: {given.get('routing', 'pick the state that should handle this next')}\n"
+        f'Pick the next state among {states}. Answer with JSON: {{"next_state": "...", "because": "..."}}.'
+    )
+    schema = {
+        "type": "object",
+        "properties": {"next_state": {"enum": states}, "because": {"type": "string"}},
+        "required": ["next_state"],
+    }
+    options = options_of({"model": given.get("router_model"), "temperature": 0}, ctx)
+    answer = await ask_json(messages_of({"prompt": prompt}), options, schema, 2, ctx)
+    return goto(str(answer["next_state"]), because=str(answer.get("because", "")))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,46 @@ async def test_what_cannot_work_fails_at_once_and_what_may_work_is_retried(clien
         step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=flaky.task_id))).task)["ask"].attempts
         == 2
     )
+
+
+def chat_node(node_id: str, prompt: str) -> dict[str, Any]:
+    return {"id": node_id, "step": {"protocol": "chat", "input": f"{{'prompt': {prompt}, 'model': 'ok'}}"}}
+
+
+async def test_the_judge_supervises_a_node_and_the_router_drives_an_adaptive_one(client):
+    supervised = {
+        "id": "review",
+        "supervise": {
+            "supervisor": "judge",
+            "max_rounds": 3,
+            "children": [
+                {"id": "draft", "step": {"protocol": "chat", "input": "{'prompt': input.prompt, 'model': 'ok'}"}}
+            ],
+        },
+    }
+    data = {"prompt": "Write a line", "criteria": "has a title", "judge_model": "judge-once"}
+    task = await run(client, workflow("judged", supervised), data)
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    steps = step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task)
+    assert "review/supervisor" in steps and "review/supervisor#2" in steps  # sent back once, then accepted
+    assert "review/draft#2" in steps and "review/supervisor#3" not in steps
+    rejected = await run(client, workflow("judged-no", supervised), {**data, "judge_model": "judge-reject"})
+    assert rejected.status == task_pb2.TASK_STATUS_FAILED and "off topic" in rejected.error.message
+    states = [
+        {"name": "a", "node": {"id": "a", "step": {"protocol": "chat", "input": "{'prompt': 'go', 'model': 'ok'}"}}},
+        {
+            "name": "b",
+            "terminal": True,
+            "node": {"id": "b", "step": {"protocol": "chat", "input": "{'prompt': 'b', 'model': 'ok'}"}},
+        },
+        {
+            "name": "c",
+            "terminal": True,
+            "node": {"id": "c", "step": {"protocol": "chat", "input": "{'prompt': 'c', 'model': 'ok'}"}},
+        },
+    ]
+    adaptive = {"id": "flow", "adaptive": {"initial_state": "a", "router": "route", "states": states}}
+    routed = await run(client, workflow("routed", adaptive), {"router_model": "route-to-b"})
+    assert routed.status == task_pb2.TASK_STATUS_COMPLETED, routed.error
+    steps = step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=routed.task_id))).task)
+    assert "flow/b" in steps and "flow/c" not in steps

@@ -10,6 +10,9 @@
     429          429 with retry-after-ms: 400
     flaky-500    500 the first time a prompt is asked, then a text
     400          400 (a bad request)
+    judge-once   a verdict: retry (round 1, with feedback), then accept
+    judge-reject a verdict: reject
+    route-to-b   a next state: b
 
 GET /requests lists the bodies it received (and POST /reset forgets them).
 """
@@ -69,6 +72,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if asked[key] == 1:
             return error(500, "the fake server had a bad moment")
         return web.json_response(completion(model, "Fine now."))
+    if model == "judge-once":  # sends round 1 back, accepts after
+        prompt = messages[-1].get("content", "")
+        verdict = {"verdict": "retry", "feedback": "add a title"} if "(round 1)" in prompt else {"verdict": "accept"}
+        return web.json_response(completion(model, json.dumps({"feedback": "good", **verdict})))
+    if model == "judge-reject":
+        return web.json_response(completion(model, json.dumps({"verdict": "reject", "feedback": "off topic"})))
+    if model == "route-to-b":
+        return web.json_response(completion(model, json.dumps({"next_state": "b", "because": "it asks for b"})))
     if model == "400":
         return error(400, "this model does not take that request")
     return error(404, f"no model {model!r}")

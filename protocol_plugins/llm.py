@@ -4,7 +4,9 @@ MCP_LLM_MODEL. The engine is the only retry layer: the client's own retries are 
 provider error is mapped once to the status the engine retries by (llm_errors.py).
 
 - `chat`: {messages | prompt, system, model, temperature, max_tokens, stop, seed} ->
-  {text, model, finish_reason, usage}
+  {text, model, finish_reason, usage}; on a step with `stream: true` the tokens go out as they
+  come (PROGRESS events with `delta` and `attempt`, at most every 50 ms), the output is the
+  whole text once
 - `structured`: the same with a JSON `schema` -> the parsed object; the server is asked for
   that JSON schema, the answer is validated (jsonschema) and, when it does not fit, asked again
   with the validation errors, at most `repairs` times (default 2); an answer cut at max_tokens
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import grpc
@@ -38,6 +41,7 @@ CONNECT_SECONDS = 5.0
 READ_SECONDS = 60.0  # between two chunks of the answer
 DEFAULT_SECONDS = 600.0  # the whole call, when the engine set no attempt deadline
 MAX_REPAIRS = 5
+COALESCE_SECONDS = 0.05  # tokens go out at most this often
 _client: openai.AsyncOpenAI | None = None
 
 
@@ -78,7 +82,8 @@ def options_of(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
 
 async def complete(messages: list[dict[str, Any]], options: dict[str, Any], ctx: Context) -> Any:
     try:
-        response = await client().chat.completions.create(messages=messages, **options)  # type: ignore[arg-type]
+        create: Any = client().chat.completions.create  # its overloads type each model name and message kind
+        response = await create(messages=messages, **options)
     except openai.OpenAIError as exc:
         raise provider_error(exc) from None
     if response.usage is not None:
@@ -94,6 +99,8 @@ async def complete(messages: list[dict[str, Any]], options: dict[str, Any], ctx:
     "chat", type=T.PROTOCOL_TYPE_GENERATION, description="A chat completion: {text, model, finish_reason, usage}"
 )
 async def chat(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    if ctx.streaming:
+        return await stream_chat(messages_of(data), options_of(data, ctx), ctx)
     response = await complete(messages_of(data), options_of(data, ctx), ctx)
     choice = response.choices[0]
     return {
@@ -102,6 +109,44 @@ async def chat(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         "finish_reason": choice.finish_reason or "",
         "usage": dict(ctx.usage),
     }
+
+
+async def stream_chat(messages: list[dict[str, Any]], options: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """A chat completion streamed: the tokens go out as progress (coalesced, at most one report
+    every COALESCE_SECONDS, each with its attempt), the output is the whole text once."""
+    parts: list[str] = []
+    pending: list[str] = []
+    finish, model = "", ""
+    sent = time.monotonic()
+    try:
+        create: Any = client().chat.completions.create  # its overloads type each model name and message kind
+        stream = await create(
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            **options,
+        )
+        async for chunk in stream:
+            model = chunk.model or model
+            if chunk.usage is not None:
+                ctx.report_usage(
+                    prompt_tokens=chunk.usage.prompt_tokens or 0, completion_tokens=chunk.usage.completion_tokens or 0
+                )
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    parts.append(choice.delta.content)
+                    pending.append(choice.delta.content)
+                finish = choice.finish_reason or finish
+            if pending and time.monotonic() - sent >= COALESCE_SECONDS:
+                await ctx.progress(0.0, "", {"delta": "".join(pending), "attempt": ctx.attempt})
+                pending, sent = [], time.monotonic()
+    except openai.OpenAIError as exc:
+        raise provider_error(exc) from None
+    except httpx.HTTPError as exc:  # the stream broke off
+        raise ProtocolError(S.UNAVAILABLE, f"the model's stream broke off: {exc}") from None
+    if pending:
+        await ctx.progress(0.0, "", {"delta": "".join(pending), "attempt": ctx.attempt})
+    return {"text": "".join(parts), "model": model, "finish_reason": finish, "usage": dict(ctx.usage)}
 
 
 @plugin.protocol(

@@ -9,7 +9,8 @@ Deterministic and dependency-free; each is a small real algorithm:
 - `revise`: applies the fixes `critique` proposes (drops filler, splits long sentences,
   removes doubled words, adds a conclusion) and reports what it changed.
 - `validate`: checks a value against declared rules (required, type, length, pattern, range).
-- `route`: picks the next state of an adaptive node from numeric features of the last output.
+- `rule_route`: picks the next state of an adaptive node from numeric features of the last output
+  (`route` is the llm plugin's: a model picks).
 - `quality_supervisor`: accepts children whose `score` reaches a threshold, else sends them
   back with the critique's fixes as feedback.
 """
@@ -209,11 +210,11 @@ def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 @plugin.protocol(
-    "route",
+    "rule_route",
     type=T.PROTOCOL_TYPE_ROUTER,
     description="Picks the next state from numeric features of the last output (`routes`, `default`)",
 )
-def route(data: dict[str, Any], ctx: Context) -> Reply:
+def rule_route(data: dict[str, Any], ctx: Context) -> Reply:
     output = _object(data, "output")
     source = _object(data, "input")
     routes = source.get("routes") or output.get("routes") or []

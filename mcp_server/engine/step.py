@@ -23,7 +23,7 @@ from mcp_server.engine.cel import Expression
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import evaluate, run_recorded, runs
-from mcp_server.engine.payload import Payload
+from mcp_server.engine.payload import Payload, struct_to_python
 from mcp_server.engine.plan import RetryPolicy, StepPlan
 from mcp_server.engine.ports import CallContext, CallResult, ProtocolCallError
 from mcp_server.engine.throttle import PROTOCOL_KEY, asks_of, take_units
@@ -62,12 +62,16 @@ class _StepObserver:
         self.waiting_for = ""  # what the step waits for, while it waits for capacity
 
     async def progress(self, progress: protocol_pb2.Progress) -> None:
+        """A PROGRESS event, with the attempt it belongs to (a retry's STEP_RETRYING tells a watcher
+        to drop what an earlier attempt streamed) and whatever data the plugin sent (tokens, say)."""
+        extra = struct_to_python(progress.data) if progress.HasField("data") else {}
         self.ctx.emit(
             E.TASK_EVENT_TYPE_PROGRESS,
             step_path=self.path,
             flush_soon=True,
+            attempt=self.ctx.state(self.path).attempts,
             message=progress.message,
-            data={"fraction": progress.fraction},
+            data={**extra, "fraction": progress.fraction},
         )
 
     def waiting(self, protocol: str, needs: str, why: str) -> None:

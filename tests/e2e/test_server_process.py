@@ -229,7 +229,7 @@ def test_the_bundled_plugins_are_the_real_protocols_only(server_process):
         "draft",
         "critique",
         "revise",
-        "route",
+        "rule_route",
         "quality_supervisor",
     } <= names
     assert not names & TEST_DOUBLES

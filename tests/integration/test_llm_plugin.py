@@ -19,6 +19,7 @@ from tests.conftest import client_for
 from tests.helpers import run, step_states, workflow
 
 pytestmark = pytest.mark.asyncio
+E = task_pb2.TaskEventType
 SCHEMA = {
     "type": "object",
     "properties": {"title": {"type": "string"}, "score": {"type": "integer"}},
@@ -147,3 +148,22 @@ async def test_the_judge_supervises_a_node_and_the_router_drives_an_adaptive_one
     assert routed.status == task_pb2.TASK_STATUS_COMPLETED, routed.error
     steps = step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=routed.task_id))).task)
     assert "flow/b" in steps and "flow/c" not in steps
+
+
+async def test_tokens_stream_as_progress_with_their_attempt_and_the_output_is_the_whole_text_once(client):
+    body = llm_step("chat", "stream-cut")
+    body["step"]["stream"] = True
+    task = await run(client, workflow("streamed", body), {"prompt": "Greet the world"})
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    assert task.result.struct_value.fields["text"].string_value == "Hello world"
+    assert dict(task.usage) == {"prompt_tokens": 9, "completion_tokens": 4}
+    log = [e async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id))]
+    kinds = [
+        (e.type, e.attempt) for e in log if e.type in (E.TASK_EVENT_TYPE_PROGRESS, E.TASK_EVENT_TYPE_STEP_RETRYING)
+    ]
+    retried = kinds.index((E.TASK_EVENT_TYPE_STEP_RETRYING, 1))
+    # what attempt 1 streamed came before its retry was announced; attempt 2 streamed all of it again
+    assert all(attempt == 1 for kind, attempt in kinds[:retried] if kind == E.TASK_EVENT_TYPE_PROGRESS)
+    second = [e for e in log if e.type == E.TASK_EVENT_TYPE_PROGRESS and e.attempt == 2]
+    assert "".join(e.data.fields["delta"].string_value for e in second) == "Hello world"
+    assert all(e.data.fields["attempt"].number_value == 2 for e in second)

@@ -13,6 +13,8 @@
     judge-once   a verdict: retry (round 1, with feedback), then accept
     judge-reject a verdict: reject
     route-to-b   a next state: b
+    (any model, with "stream": true) SSE chunks of "Hello world", then usage; `stream-cut`
+                 breaks off mid-answer the first time a conversation is asked
 
 GET /requests lists the bodies it received (and POST /reset forgets them).
 """
@@ -53,6 +55,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     model = body.get("model", "")
     messages = body.get("messages", [])
     answered = any(m.get("role") == "assistant" for m in messages)
+    if body.get("stream"):
+        return await stream(request, model, messages)
     if model == "ok":
         return web.json_response(completion(model, "Hello from the fake model."))
     if model == "json-good":
@@ -83,6 +87,41 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if model == "400":
         return error(400, "this model does not take that request")
     return error(404, f"no model {model!r}")
+
+
+def chunk(model: str, content: str | None, finish: str | None = None, usage: bool = False) -> bytes:
+    choices = [] if usage else [{"index": 0, "delta": {"content": content} if content else {}, "finish_reason": finish}]
+    data: dict[str, Any] = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": choices,
+    }
+    if usage:
+        data["usage"] = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+async def stream(request: web.Request, model: str, messages: list[dict[str, Any]]) -> web.StreamResponse:
+    """SSE chunks 30 ms apart ("Hel", "lo ", "wor", "ld"), then the usage chunk; `stream-cut`
+    breaks off after two chunks the first time a conversation is asked."""
+    key = json.dumps(messages, sort_keys=True)
+    asked[key] += 1
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for i, part in enumerate(("Hel", "lo ", "wor", "ld")):
+        if model == "stream-cut" and asked[key] == 1 and i == 2:
+            assert request.transport is not None
+            request.transport.close()  # the connection drops mid-answer
+            return response
+        await response.write(chunk(model, part))
+        await asyncio.sleep(0.03)
+    await response.write(chunk(model, None, "stop"))
+    await response.write(chunk(model, None, usage=True))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 async def requests(request: web.Request) -> web.StreamResponse:

@@ -101,8 +101,8 @@ def test_route_uses_features_then_the_default():
         {"feature": "valence", "below": -0.2, "to": "escalate"},
         {"feature": "score", "at_least": 0.8, "to": "publish"},
     ]
-    angry = writing.route({"output": {"valence": -0.6}, "input": {"routes": routes, "default": "summarise"}}, CTX)
-    calm = writing.route({"output": {"valence": 0.3}, "input": {"routes": routes, "default": "summarise"}}, CTX)
+    angry = writing.rule_route({"output": {"valence": -0.6}, "input": {"routes": routes, "default": "summarise"}}, CTX)
+    calm = writing.rule_route({"output": {"valence": 0.3}, "input": {"routes": routes, "default": "summarise"}}, CTX)
     assert angry.directive.next_state == "escalate" and calm.directive.next_state == "summarise"
 
 

@@ -126,10 +126,19 @@ class Context:
         remaining: float | None = self.grpc_context.time_remaining()
         return remaining
 
-    async def progress(self, fraction: float, message: str = "") -> None:
-        """Report progress; sent to the orchestrator when it called ExecuteStream."""
+    @property
+    def streaming(self) -> bool:
+        """Whether the orchestrator called ExecuteStream (the step has `stream: true`): progress goes out."""
+        return self._progress is not None
+
+    async def progress(self, fraction: float, message: str = "", data: dict[str, Any] | None = None) -> None:
+        """Report progress (with `data`, e.g. the tokens generated since the last report); sent to
+        the orchestrator when it called ExecuteStream, which emits it as a PROGRESS event."""
         if self._progress is not None:
-            await self._progress.put(protocol_pb2.Progress(fraction=fraction, message=message))
+            update = protocol_pb2.Progress(fraction=fraction, message=message)
+            if data:
+                update.data.CopyFrom(dict_to_struct(data))
+            await self._progress.put(update)
 
 
 Handler = Callable[[dict[str, Any], Context], Awaitable[Any] | Any]

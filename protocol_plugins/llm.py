@@ -66,6 +66,8 @@ def messages_of(data: dict[str, Any]) -> list[dict[str, Any]]:
         messages = [{"role": "user", "content": prompt}]
     if data.get("system"):
         messages = [{"role": "system", "content": str(data["system"])}, *messages]
+    if data.get("feedback"):  # a supervisor sent the step back: its feedback is the next turn
+        messages = [*messages, {"role": "user", "content": f"Revise your answer. Feedback: {data['feedback']}"}]
     return messages
 
 

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from google.protobuf import json_format
 
-from mcp_sdk.proto import task_pb2
+from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.plugin_host import READY_LINE
 from tests.conftest import client_for
 from tests.helpers import run, step_states, workflow
@@ -167,3 +170,27 @@ async def test_tokens_stream_as_progress_with_their_attempt_and_the_output_is_th
     second = [e for e in log if e.type == E.TASK_EVENT_TYPE_PROGRESS and e.attempt == 2]
     assert "".join(e.data.fields["delta"].string_value for e in second) == "Hello world"
     assert all(e.data.fields["attempt"].number_value == 2 for e in second)
+
+
+async def test_the_llm_review_example_drafts_judges_waits_for_a_person_and_publishes(client):
+    definition = yaml.safe_load((Path(__file__).parents[2] / "examples" / "llm_review.yaml").read_text())
+    await client.workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=json_format.ParseDict(definition, workflow_pb2.Workflow()))
+    )
+    request = task_pb2.SubmitTaskRequest(workflow_id="llm-review")
+    request.input_data.update({"topic": "tea", "criteria": "has a title", "model": "ok", "judge_model": "judge-once"})
+    task = (await client.tasks.SubmitTask(request)).task
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+        if event.type == E.TASK_EVENT_TYPE_STEP_SUSPENDED and event.step_path == "root/approve":
+            break
+    signal = task_pb2.SignalTaskRequest(task_id=task.task_id, signal="approval")
+    signal.payload.struct_value.update({"approved": True})
+    await client.tasks.SignalTask(signal)
+    async for _ in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+        pass
+    done = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
+    assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+    steps = step_states(done)
+    assert "root/review/draft#2" in steps  # the judge sent the draft back once
+    assert steps["root/publish"].status == task_pb2.STEP_STATUS_COMPLETED
+    assert done.usage["prompt_tokens"] > 0

@@ -167,9 +167,14 @@ async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserv
         workflow_version=ctx.task.workflow_version,
         priority=ctx.task.priority,
     )
-    result = await ctx.caller.call(
-        call.protocol, call.input, context, timeout=call.attempt_timeout, stream=call.stream, observer=observer
-    )
+    try:
+        result = await ctx.caller.call(
+            call.protocol, call.input, context, timeout=call.attempt_timeout, stream=call.stream, observer=observer
+        )
+    except ProtocolCallError as exc:
+        if exc.usage:  # a failed attempt's usage counts too
+            ctx.add_usage(path, exc.usage)
+        raise
     if result.usage:
         ctx.add_usage(path, result.usage)
     return _keepable(result, call.protocol, ctx.limits)

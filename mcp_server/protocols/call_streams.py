@@ -25,7 +25,7 @@ import grpc
 
 from mcp_sdk.proto import protocol_pb2
 from mcp_server.engine.ports import ProtocolCallError
-from mcp_server.protocols.retry_info import retry_after
+from mcp_server.protocols.retry_info import retry_after, usage_of
 
 log = logging.getLogger(__name__)
 METHOD = "/mcp.v1.ProtocolService/ExecuteMany"
@@ -136,6 +136,7 @@ class _Stream:
                             _code_name(outcome.error.code), outcome.error.message, self.address
                         )
                         error.retry_after = retry_after(outcome.error)
+                        error.usage = usage_of(outcome.error)
                         future.set_exception(error)
                     else:
                         future.set_result(outcome.response)

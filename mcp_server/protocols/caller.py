@@ -30,7 +30,7 @@ from mcp_server.protocols.call_streams import UseExecute
 from mcp_server.protocols.capacity import Resources, least_loaded, limits
 from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.registry import ProtocolDirectory
-from mcp_server.protocols.retry_info import retry_after_in
+from mcp_server.protocols.retry_info import retry_after, status_in, usage_of
 from mcp_server.telemetry.tracing import TaskTracer, finish_call
 
 
@@ -232,7 +232,10 @@ def _call_error(exc: grpc.aio.AioRpcError, address: str, timeout: float | None) 
     elif exc.code() == grpc.StatusCode.UNAVAILABLE:
         details = f"instance {address}: {details}"
     error = ProtocolCallError.from_plugin(exc.code().name, details, address)
-    error.retry_after = retry_after_in(exc.trailing_metadata())
+    status = status_in(exc.trailing_metadata())
+    if status is not None:
+        error.retry_after = retry_after(status)
+        error.usage = usage_of(status)
     return error
 
 

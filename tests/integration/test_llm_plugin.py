@@ -100,6 +100,9 @@ async def test_what_cannot_work_fails_at_once_and_what_may_work_is_retried(clien
         assert task.status == task_pb2.TASK_STATUS_FAILED, model
         state = step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task)["ask"]
         assert code in task.error.message and state.attempts == attempts, (model, task.error.message, state.attempts)
+        if model == "json-never":  # the failed call's two requests still count
+            assert dict(task.usage) == {"prompt_tokens": 22, "completion_tokens": 14}
+            assert dict(state.usage) == {"prompt_tokens": 22, "completion_tokens": 14}
         if model == "429":  # the second attempt waited for the provider's Retry-After (400 ms)
             assert time.monotonic() - started >= 0.4
     flaky = await run(client, workflow("flaky-llm", llm_step("chat", "flaky-500")), {"prompt": "once more"})

@@ -46,6 +46,8 @@ class ProtocolCallError(Exception):
         self.instance_only = False
         # the plugin asked for no call before this many seconds (a google.rpc.RetryInfo)
         self.retry_after: float | None = None
+        # what the failed call used, as the plugin reported it with the error
+        self.usage: Mapping[str, float] = {}
 
     @classmethod
     def from_plugin(cls, code: str, message: str, address: str) -> ProtocolCallError:

@@ -22,11 +22,20 @@ class ProtocolError(Exception):
     (seconds), the answer carries a google.rpc.RetryInfo: a provider's 429 with Retry-After,
     passed on (RESOURCE_EXHAUSTED, say); the orchestrator sends this instance no call until then."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        usage: dict[str, float] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        # what the failed call used (the plugin fills it from ctx.report_usage): sent as a detail
+        self.usage = dict(usage or {})
 
     def status(self) -> status_pb2.Status:
         """The answer as a google.rpc.Status (with its RetryInfo, if any)."""
@@ -35,11 +44,13 @@ class ProtocolError(Exception):
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(max(0.0, self.retry_after) * 1e9))
             status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        if self.usage:  # a failed call's usage: an ExecuteResponse with only its usage, as a detail
+            status.details.add().Pack(protocol_pb2.ExecuteResponse(usage=self.usage))
         return status
 
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
-        """The status details as gRPC carries them (empty without a RetryInfo)."""
-        if self.retry_after is None:
+        """The status details as gRPC carries them (empty without a RetryInfo or usage)."""
+        if self.retry_after is None and not self.usage:
             return ()
         return (("grpc-status-details-bin", self.status().SerializeToString()),)
 

@@ -198,7 +198,13 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             if inspect.isawaitable(result):
                 result = await result
         except (ValueError, KeyError, TypeError) as exc:
-            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.protocol}: bad input: {exc}") from None
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{request.protocol}: bad input: {exc}", usage=ctx.usage
+            ) from None
+        except ProtocolError as exc:
+            if ctx.usage and not exc.usage:  # what the call used before it failed goes with the error
+                exc.usage = dict(ctx.usage)
+            raise
         reply = result if isinstance(result, Reply) else Reply(result)
         if not isinstance(reply.output, dict):
             raise ProtocolError(

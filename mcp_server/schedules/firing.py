@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from mcp_sdk.proto import schedule_pb2, task_pb2
 from mcp_server.engine.ports import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore, TaskStore
@@ -87,10 +87,7 @@ class Firing:
         due: list[datetime] = []
         upcoming: datetime | None = None
         for fire in spec.fires_after(after):
-            if (
-                fire + timedelta(seconds=spec.jitter_of(record.schedule_id, fire)) > now
-                or len(due) >= MAX_FIRES_AT_ONCE
-            ):
+            if spec.starts_at(record.schedule_id, fire) > now or len(due) >= MAX_FIRES_AT_ONCE:
                 upcoming = fire
                 break
             due.append(fire)
@@ -102,7 +99,7 @@ class Firing:
             self.observe("missed", 0.0)
         due_ms = NEVER
         if upcoming is not None:
-            due_ms = to_ms(upcoming + timedelta(seconds=spec.jitter_of(record.schedule_id, upcoming)))
+            due_ms = to_ms(spec.starts_at(record.schedule_id, upcoming))
         if outcome.buffered_ms or (record.buffered_ms and outcome.buffered_ms is None):  # one still waits
             recheck = to_ms(now) + BUFFER_RECHECK_MS
             due_ms = recheck if due_ms == NEVER else min(due_ms, recheck)

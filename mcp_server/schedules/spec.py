@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from mcp_sdk.proto import schedule_pb2
 from mcp_server.errors import ViolationCollector
 
 MIN_EVERY_SECONDS = 1.0
+MAX_EVERY_SECONDS = 366 * 24 * 3600.0
 MAX_CRON = 16
 MAX_EVERY = 16
 MAX_JITTER_SECONDS = 24 * 3600.0
@@ -72,6 +73,16 @@ class CompiledSpec:
         digest = hashlib.sha256(f"{schedule_id}\0{fire.isoformat()}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 * self.jitter
 
+    def starts_at(self, schedule_id: str, fire: datetime) -> datetime:
+        """When the task of this fire time is started: the fire time plus its jitter."""
+        return fire + timedelta(seconds=self.jitter_of(schedule_id, fire)) if self.jitter else fire
+
+    def first_due_ms(self, schedule_id: str, after: datetime) -> int | None:
+        """When the first fire time after `after` is due (ms, its jitter included); None if none is."""
+        for fire in self.fires_after(after):
+            return to_ms(self.starts_at(schedule_id, fire))
+        return None
+
     def _cron_fires(self, expression: str, after: datetime) -> Iterator[datetime]:
         # near a change of offset (DST) a wall time after `after` may be an instant before it, and
         # one before it an instant after: start before the change, and drop what is not after
@@ -82,7 +93,10 @@ class CompiledSpec:
             start -= CHANGE_SPAN
         matcher = croniter(expression, start, second_at_beginning=True)
         while True:
-            candidate = matcher.get_next(datetime)
+            try:
+                candidate = matcher.get_next(datetime)
+            except CroniterBadDateError:  # no date matches any more (nor, checked when stored, ever did)
+                return
             instant = instant_of(candidate, self.zone)
             if instant > after:
                 yield instant
@@ -136,13 +150,15 @@ def compile_spec(spec: schedule_pb2.ScheduleSpec, violations: ViolationCollector
                 f"{path}.cron[{i}]",
                 f"{expression!r} is not a cron expression (5 fields, or 6 with seconds first, or @hourly and the like)",
             )
+        elif not _cron_matches(expression):
+            violations.add(f"{path}.cron[{i}]", f"{expression!r} matches no date (a 30th of February, say)")
     if len(spec.every) > MAX_EVERY:
         violations.add(f"{path}.every", f"at most {MAX_EVERY} intervals")
     every = []
     for i, interval in enumerate(spec.every):
         seconds = interval.seconds + interval.nanos / 1e9
-        if seconds < MIN_EVERY_SECONDS:
-            violations.add(f"{path}.every[{i}]", f"must be at least {MIN_EVERY_SECONDS:.0f} s")
+        if not MIN_EVERY_SECONDS <= seconds <= MAX_EVERY_SECONDS:
+            violations.add(f"{path}.every[{i}]", f"must be between {MIN_EVERY_SECONDS:.0f} s and 366 days")
         every.append(seconds)
     jitter = spec.jitter.seconds + spec.jitter.nanos / 1e9
     if not 0 <= jitter <= MAX_JITTER_SECONDS:
@@ -167,6 +183,15 @@ def _cron_valid(expression: str) -> bool:
         return bool(croniter.is_valid(expression, second_at_beginning=True))
     except Exception:  # the library raises a variety of errors on what it cannot read
         return False
+
+
+def _cron_matches(expression: str) -> bool:
+    """Whether some date matches (croniter gives up looking after a few years)."""
+    try:
+        croniter(expression, datetime(2000, 1, 1), second_at_beginning=True).get_next(datetime)
+    except CroniterBadDateError:
+        return False
+    return True
 
 
 def _time(spec: schedule_pb2.ScheduleSpec, name: str) -> datetime | None:

@@ -3,6 +3,7 @@ triggered and backfilled. Firing itself is schedules/firing.py, run by schedules
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -187,9 +188,8 @@ class Schedules:
 
     @staticmethod
     def _first_due(schedule_id: str, spec: CompiledSpec, now: datetime) -> int:
-        for fire in spec.fires_after(now):
-            return to_ms(fire + timedelta(seconds=spec.jitter_of(schedule_id, fire)))
-        return NEVER
+        due = spec.first_due_ms(schedule_id, now)
+        return NEVER if due is None else due
 
     async def _visible(self, schedule_id: str, principal: Principal) -> ScheduleRecord:
         require("schedule_id", schedule_id)
@@ -209,11 +209,12 @@ class Schedules:
                 info.next_fire_times.append(_timestamp(fire))
                 if len(info.next_fire_times) == NEXT_FIRE_TIMES:
                     break
+        # the recent runs' tasks read together (one concurrent batch), not one after another
+        found = await asyncio.gather(*(self.tasks.get_task(t) for _, t in record.recent if t))
+        statuses = {task.task_id: task.status for task in found if task is not None}
         for fire_ms, task_id in record.recent:
-            run = info.recent_runs.add(task_id=task_id)
+            run = info.recent_runs.add(task_id=task_id, status=statuses.get(task_id, 0))
             run.fire_time.FromMilliseconds(fire_ms)
-            if task_id and (task := await self.tasks.get_task(task_id)) is not None:
-                run.status = task.status
         return schedule
 
 

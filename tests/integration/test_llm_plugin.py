@@ -4,7 +4,6 @@ to the engine, and provider errors mapped once to what the engine retries."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,9 +16,9 @@ import yaml
 from google.protobuf import json_format
 
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_server.plugin_host import READY_LINE
 from tests.conftest import client_for
 from tests.helpers import run, step_states, workflow
+from tests.support.llm_plugin import spawn_llm_plugin
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
@@ -35,17 +34,8 @@ def llm_plugin() -> Iterator[str]:
     server = subprocess.Popen([sys.executable, "-m", "tests.support.fake_llm"], stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     port = server.stdout.readline().split()[1]
-    env = {**os.environ, "MCP_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1", "MCP_LLM_API_KEY": "test"}
-    plugin = subprocess.Popen(
-        [sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.llm", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert plugin.stdout is not None
-    line = plugin.stdout.readline()
-    assert line.startswith(READY_LINE), line
-    yield line.split()[1]
+    plugin, address = spawn_llm_plugin(f"http://127.0.0.1:{port}/v1")
+    yield address
     for process in (plugin, server):
         process.terminate()
         process.wait(timeout=10)

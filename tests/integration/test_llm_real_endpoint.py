@@ -5,16 +5,14 @@ server needs; without MCP_TEST_LLM_URL it is not collected to run (no model runs
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.plugin_host import READY_LINE
 from tests.conftest import client_for
 from tests.helpers import run, workflow
+from tests.support.llm_plugin import spawn_llm_plugin
 
 URL = os.environ.get("MCP_TEST_LLM_URL", "")
 pytestmark = [
@@ -25,22 +23,10 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def real_llm() -> Iterator[str]:
-    env = {
-        **os.environ,
-        "MCP_LLM_BASE_URL": URL,
-        "MCP_LLM_MODEL": os.environ.get("MCP_TEST_LLM_MODEL", ""),
-        "MCP_LLM_API_KEY": os.environ.get("MCP_TEST_LLM_KEY", ""),
-    }
-    plugin = subprocess.Popen(
-        [sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.llm", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
+    plugin, address = spawn_llm_plugin(
+        URL, os.environ.get("MCP_TEST_LLM_MODEL", ""), os.environ.get("MCP_TEST_LLM_KEY", "")
     )
-    assert plugin.stdout is not None
-    line = plugin.stdout.readline()
-    assert line.startswith(READY_LINE), line
-    yield line.split()[1]
+    yield address
     plugin.terminate()
     plugin.wait(timeout=10)
 

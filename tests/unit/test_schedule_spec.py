@@ -112,6 +112,10 @@ def test_what_is_refused_names_its_field():
     assert compile_spec(spec, violations, "spec") is None
     fields = {v.field for v in violations.violations}
     assert fields == {"spec.cron[0]", "spec.cron[1]", "spec.every[0]", "spec.time_zone", "spec.jitter"}
+    never = ViolationCollector()
+    huge = duration_pb2.Duration(seconds=10**12)
+    assert compile_spec(schedule_pb2.ScheduleSpec(cron=["0 0 30 2 *"], every=[huge]), never, "spec") is None
+    assert {v.field for v in never.violations} == {"spec.cron[0]", "spec.every[0]"}
     nothing = ViolationCollector()
     assert compile_spec(schedule_pb2.ScheduleSpec(), nothing, "spec") is None
     assert [v.field for v in nothing.violations] == ["spec"]

@@ -296,7 +296,11 @@ function taskPage() {
         badge.textContent = "RUNNING";
         badge.className = "badge running";
       }
+      // A step that ended waits for nobody: drop its form (the page may have been drawn after its
+      // signal came and before the step's end was written, so no reload brings that news).
+      if ((event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") && answerForm) answerForm.remove();
       if (TERMINAL.has(event.type)) {
+        document.querySelectorAll("form.answer").forEach((form) => form.remove());
         stream.close();
         const badge = document.getElementById("status");
         badge.textContent = event.type;

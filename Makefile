@@ -63,6 +63,7 @@ buf-lint: node
 	npx buf lint protos
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench
 
 clean:

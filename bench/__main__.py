@@ -29,6 +29,7 @@ from bench.capacity import bench_capacity
 from bench.chains import bench_chains, fanout_floor
 from bench.cluster import bench_cluster
 from bench.console import bench_console
+from bench.contract import bench_contract
 from bench.fairness import bench_fairness
 from bench.harness import (
     Orchestrated,
@@ -399,8 +400,8 @@ async def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        help="chains, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster, console, bursts,"
-        " waits, reruns, fairness, schedules, cache",
+        help="chains, contract, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster,"
+        " console, bursts, waits, reruns, fairness, schedules, cache",
     )
     parser.add_argument(
         "--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares"
@@ -413,6 +414,7 @@ async def main() -> None:
     plugin = start_plugin()
     suites: dict[str, Callable[[Proc, bool], Awaitable[None]]] = {
         "chains": partial(bench_chains, baseline=baseline, variants=args.variant),
+        "contract": bench_contract,
         "steps": partial(bench_floors_and_orchestrated, baseline=baseline),
         "fanout": bench_fanout,
         "streaming": bench_streaming,

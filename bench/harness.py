@@ -40,6 +40,15 @@ class Proc:
                     return int(line.split()[1])
         return 0
 
+    def pids(self) -> dict[str, int]:
+        """The process and the processes it started (a server run with --processes N), by name."""
+        try:
+            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as listed:
+                children = [int(pid) for pid in listed.read().split()]
+        except OSError:
+            children = []
+        return {"orchestrator": self.process.pid} | {f"process {i}": pid for i, pid in enumerate(children)}
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -50,9 +59,10 @@ class Proc:
 
 
 def start_plugin(module: str = "protocol_plugins.testkit") -> Proc:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "protocol_plugins.run", module], stdout=subprocess.PIPE, text=True
-    )
+    """A plugin of the Python SDK (it serves ExecuteMany); `module` "bench.unary_plugin": one
+    written from the contract alone that serves unary Execute only."""
+    command = ["-m", module] if module == "bench.unary_plugin" else ["-m", "protocol_plugins.run", module]
+    process = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith(READY_LINE), line
@@ -112,10 +122,14 @@ async def repeat(times: int, measure: Callable[[], Awaitable[float]]) -> Stat:
 class Orchestrated:
     """A client of one orchestrator: create workflows, run tasks to their end."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
+    def __init__(self, address: str, own_connection: bool = False) -> None:
+        """`own_connection`: a TCP connection of its own, not shared with this process's other
+        channels to the address (gRPC shares them), so that the kernel may hand it to another
+        process of a server run with --processes N."""
+        options: list[tuple[str, int]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if own_connection:
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        self.channel = grpc.aio.insecure_channel(address, options=options)
         self.tasks = task_pb2_grpc.TaskServiceStub(self.channel)
         self.workflows = workflow_pb2_grpc.WorkflowServiceStub(self.channel)
 

@@ -119,6 +119,11 @@ class Settings:
     # TLS (trusting console_tls_ca, or the server's own certificate) when the server serves TLS
     console_listen: str = ""
     console_tls_ca: str = ""
+    # server processes on the listen address (SO_REUSEPORT), each a replica on the same store, under
+    # one parent that restarts a child that dies (see processes.py); `auto`: one per core. Redis only.
+    processes: int = 1
+    # let other processes listen on the same address (set by the parent for its children)
+    reuse_port: bool = False
     limits: Limits = field(default_factory=Limits)
 
     def concurrency_overrides(self) -> dict[str, int]:
@@ -137,6 +142,7 @@ _ENV_PREFIX = "MCP_"
 # Numbers that must be above zero; every other number must not be negative.
 POSITIVE = frozenset(
     {
+        "processes",
         "lease_seconds",
         "plugin_ttl_seconds",
         "default_step_timeout",
@@ -174,6 +180,15 @@ def _coerce(key: str, value: str, default: Any) -> Any:
     if isinstance(default, tuple):
         return tuple(v.strip() for v in value.split(",") if v.strip())
     return value
+
+
+def _process_count(key: str, value: str) -> int:
+    """`auto`: the cores this process may run on; else a whole number."""
+    if value.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    count = _coerce(key, value, 1)
+    assert isinstance(count, int)
+    return count
 
 
 def problems(settings: Settings) -> list[str]:
@@ -221,7 +236,9 @@ def settings_from(argv: list[str] | None = None, env: dict[str, str] | None = No
     values: dict[str, Any] = {}
     for f in fields(Settings):
         key = f"{_ENV_PREFIX}{f.name.upper()}"
-        if f.name != "limits" and key in env:
+        if f.name == "processes" and key in env:
+            values[f.name] = _process_count(key, env[key])
+        elif f.name != "limits" and key in env:
             values[f.name] = _coerce(key, env[key], getattr(base, f.name))
     parser = argparse.ArgumentParser(prog="mcp-server", description="Run the mCP orchestrator.")
     parser.add_argument("--listen", help=f"address to serve on (default {base.listen})")
@@ -238,9 +255,14 @@ def settings_from(argv: list[str] | None = None, env: dict[str, str] | None = No
     parser.add_argument("--tracing", choices=["", "console"], help="export OpenTelemetry spans")
     parser.add_argument("--log-format", choices=["text", "json"])
     parser.add_argument("--console-listen", help="serve the web console on HOST:PORT (e.g. 127.0.0.1:8080)")
+    parser.add_argument(
+        "--processes", help="server processes on the listen address, or `auto` (one per core); Redis only"
+    )
     args = parser.parse_args(argv or [])
     for name, value in vars(args).items():
-        if value is not None:
+        if name == "processes" and value is not None:
+            values[name] = _process_count("--processes", value)
+        elif value is not None:
             values[name] = tuple(value) if name == "plugins" else value
     settings = replace(base, limits=limits_from_env(env), **values)
     if found := problems(settings):

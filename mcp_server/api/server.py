@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from mcp_server.console.app import RunningConsole, start_console
 from mcp_server.errors import McpError, StartupError
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.plugin_host import PluginProcess, bundled_modules, start_plugin
+from mcp_server.processes import ProcessGroup, refusal
 from mcp_server.settings import Settings
 from mcp_server.shutdown import stop_requested
 from mcp_server.state import describe_store, open_store
@@ -112,6 +113,8 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
             # the SDK pings a quiet watch every 30 s to notice a dead network; welcome that
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             *pending_call_options(settings.max_pending_calls),
+            # an address in use is an error, but for the processes of one group (processes.py)
+            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ],
     )
     task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(orchestrator), server)
@@ -231,7 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         raise SystemExit(f"mcp-server: cannot start: {exc}") from None
     configure_logging(settings.log_format)
+    if settings.processes > 1:
+        if reason := refusal(settings):
+            raise SystemExit(f"mcp-server: cannot start: {reason}")
+        runner: Coroutine[Any, Any, None] = ProcessGroup(settings, argv or []).run()
+    else:
+        runner = serve(settings)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(runner)
     except (StartupError, McpError) as exc:  # a store it cannot open, an address it cannot take: one line
         raise SystemExit(f"mcp-server: cannot start: {exc}") from None

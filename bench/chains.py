@@ -89,6 +89,33 @@ class System:
         ]
 
 
+def floor_systems(
+    plugin: Proc, here: dict[str, int], procs: list[Proc], closers: list[Callable[[], Awaitable[None]]]
+) -> tuple[protocol_pb2_grpc.ProtocolServiceStub, list[System]]:
+    """The two floors on `plugin`: a client calling it 3 times, and the thin orchestrator (started
+    here; it and the channels go to `procs` and `closers`). Returns a stub to the plugin as well."""
+    channel = grpc.aio.insecure_channel(plugin.address)
+    closers.append(channel.close)
+    bare_stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
+    thin = start_thin(plugin.address, REDIS)
+    procs.append(thin)
+    thin_channel = grpc.aio.insecure_channel(thin.address)
+    closers.append(thin_channel.close)
+    thin_stub = protocol_pb2_grpc.ProtocolServiceStub(thin_channel)
+    return bare_stub, [
+        System(
+            "bare gRPC: the client calls the plugin 3 times",
+            lambda: bare_chain(bare_stub, 3),
+            {"client": here["client"], "plugin": here["plugin"]},
+        ),
+        System(
+            "thin orchestrator + Redis (the floor)",
+            lambda: thin_chain(thin_stub, 3),
+            {**here, "orchestrator": thin.process.pid},
+        ),
+    ]
+
+
 def redis_pid(url: str) -> int:
     client = redis_sync.Redis.from_url(url)
     try:
@@ -123,26 +150,7 @@ async def bench_chains(
     procs: list[Proc] = []
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
-        channel = grpc.aio.insecure_channel(plugin.address)
-        closers.append(channel.close)
-        bare_stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
-        thin = start_thin(plugin.address, REDIS)
-        procs.append(thin)
-        thin_channel = grpc.aio.insecure_channel(thin.address)
-        closers.append(thin_channel.close)
-        thin_stub = protocol_pb2_grpc.ProtocolServiceStub(thin_channel)
-        systems = [
-            System(
-                "bare gRPC: the client calls the plugin 3 times",
-                lambda: bare_chain(bare_stub, 3),
-                {"client": here["client"], "plugin": here["plugin"]},
-            ),
-            System(
-                "thin orchestrator + Redis (the floor)",
-                lambda: thin_chain(thin_stub, 3),
-                {**here, "orchestrator": thin.process.pid},
-            ),
-        ]
+        _bare_stub, systems = floor_systems(plugin, here, procs, closers)
         for name, backend, code, env in servers:
             url = (
                 f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"

@@ -18,10 +18,8 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable
 
-import grpc
-
-from bench.chains import System, bare_chain, fanout_floor, redis_pid, thin_chain
-from bench.harness import Orchestrated, Proc, Stat, chain, start_orchestrator, start_plugin, start_thin
+from bench.chains import System, fanout_floor, floor_systems, redis_pid
+from bench.harness import Orchestrated, Proc, Stat, chain, start_orchestrator, start_plugin
 from bench.peers import peer_systems
 from bench.report import REDIS, table
 from mcp_sdk.proto import protocol_pb2_grpc
@@ -39,22 +37,7 @@ async def bench_contract(_sdk_plugin: Proc, quick: bool) -> None:
     started: list[Proc] = [plugin]
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
-        channel = grpc.aio.insecure_channel(plugin.address)
-        closers.append(channel.close)
-        bare = protocol_pb2_grpc.ProtocolServiceStub(channel)
-        thin = start_thin(plugin.address, REDIS)
-        started.append(thin)
-        thin_channel = grpc.aio.insecure_channel(thin.address)
-        closers.append(thin_channel.close)
-        thin_stub = protocol_pb2_grpc.ProtocolServiceStub(thin_channel)
-        systems = [
-            System("bare gRPC: the client calls the plugin 3 times", lambda: bare_chain(bare, 3), here),
-            System(
-                "thin orchestrator + Redis (the floor)",
-                lambda: thin_chain(thin_stub, 3),
-                here | {"thin": thin.process.pid},
-            ),
-        ]
+        bare, systems = floor_systems(plugin, here, started, closers)
         clients: dict[str, Orchestrated] = {}
         for processes in (1, 2):
             orchestrator = start_orchestrator(

@@ -1,7 +1,8 @@
 """What admission costs a call when capacity is free: the same 3-step chain of `gpu_echo`
 (one GPU per call) on a plugin that declares no capacity (no admission) and on one that
-offers 1,000 GPUs (every call admitted), the latter with kept grants on (the default) and off
-(every call asks the shared ledger), side by side, Redis store.
+offers 1,000 GPUs (every call admitted), the latter with slices on (the default: a replica asks
+for up to 8 units at once and keeps a finished call's unit for the next) and off (every call asks
+the shared ledger for one unit), side by side, Redis store.
 
 Latency is paired: each sample runs one chain on every system in turn (the order rotating),
 so the drift of a shared machine falls on all of them alike, and the cost per call is the
@@ -43,8 +44,8 @@ async def bench_admission(plugin: Proc, quick: bool) -> None:
     plain, limited = start_testkit(), start_testkit("--capacity", "gpus=1000")
     setups: list[tuple[str, Proc, dict[str, str]]] = [
         ("capacity unset (no admission)", plain, {}),
-        ("capacity set and free, kept grants off", limited, {"MCP_CAPACITY_KEEP_SECONDS": "0"}),
-        ("capacity set and free, kept grants on", limited, {}),
+        ("capacity set and free, slices off", limited, {"MCP_CAPACITY_KEEP_SECONDS": "0"}),
+        ("capacity set and free, slices on", limited, {}),
     ]
     servers = [
         start_orchestrator(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [box.address], "bench", None, **env)

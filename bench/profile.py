@@ -1,6 +1,8 @@
-"""`python -m bench.profile [--store redis|sqlite] [--seconds N] [--read watch|events|submit-watch|run]`:
+"""`python -m bench.profile [--store redis|sqlite] [--seconds N] [--read watch|events|submit-watch|run]
+[--plugin sdk|unary]`:
 sample the orchestrator with py-spy while clients run 3-step chains, 64 in flight, each read by
-WatchTask, WatchTaskEvents, one SubmitAndWatchTask stream or one RunTask call, and print where its
+WatchTask, WatchTaskEvents, one SubmitAndWatchTask stream or one RunTask call, on the SDK's
+plugin (ExecuteMany) or a contract-only one (unary Execute, bench/unary_plugin.py), and print where its
 time goes (own time and total time per function). The profile-and-fix rounds in docs/performance.md start here."""
 
 from __future__ import annotations
@@ -70,9 +72,15 @@ async def main() -> None:
         help="how a chain's end is read: SubmitTask + WatchTask, SubmitTask + WatchTaskEvents,"
         " SubmitAndWatchTask, or RunTask",
     )
+    parser.add_argument(
+        "--plugin",
+        choices=["sdk", "unary"],
+        default="sdk",
+        help="the SDK's plugin (ExecuteMany) or one written from the contract alone (unary Execute)",
+    )
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    plugin = start_plugin()
+    plugin = start_plugin("bench.unary_plugin") if args.plugin == "unary" else start_plugin()
     prefix = f"bench:prof{uuid.uuid4().hex[:6]}:"
     url = f"{REDIS}?prefix={prefix}" if args.store == "redis" else f"sqlite:///{tempfile.mkdtemp()}/p.db"
     orchestrator = start_orchestrator(url, [plugin.address])

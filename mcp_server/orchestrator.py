@@ -146,7 +146,9 @@ class Orchestrator:
                 settings.plugin_ttl_seconds, settings.health_probe_seconds, settings.drop_unreachable_seconds
             ),
         )
-        self.admission = Admission(store.capacity, settings.lease_seconds, settings.capacity_keep_seconds)
+        self.admission = Admission(
+            store.capacity, settings.lease_seconds, settings.capacity_keep_seconds, settings.capacity_slice_units
+        )
         self.caller = GrpcProtocolCaller(
             self.directory, self.channels, self.breakers, self.admission, settings.concurrency_overrides(), tracer
         )

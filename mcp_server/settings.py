@@ -83,6 +83,9 @@ class Settings:
     # while no call waits for capacity, a finished call's grant is kept this long for the next
     # call on this replica (no store round trip); 0: every call asks the shared ledger
     capacity_keep_seconds: float = 0.25
+    # while no call waits for capacity, a replica asks the ledger for up to this many units of a
+    # call's needs at once (a slice, one round trip) and serves its next calls from it; 1: a unit per ask
+    capacity_slice_units: int = 8
     # plain plugin calls travel over one ExecuteMany stream per plugin instance (plugins without
     # it are called with Execute); false: every call is an Execute call of its own
     plugin_call_streams: bool = True
@@ -154,6 +157,7 @@ POSITIVE = frozenset(
         "outlier_ejection_seconds",
         "metrics_sample_seconds",
         "max_pending_calls",
+        "capacity_slice_units",
     }
 )
 

@@ -6,15 +6,23 @@ asking again after a short pause (sooner when a call on this replica gives capac
 until it is granted or its step's timeout ends the wait. While it holds a grant, this replica
 renews the grant's lease; if the replica dies, the lease runs out and the capacity comes back.
 
-Kept grants. While no call of any replica waits, a finished call's grant is not given back at
-once: this replica keeps it (still counted as in use by the ledger, still leased) for the next
-call here with the same needs, which then starts without a round trip to the store. While it
-keeps grants, the replica asks the ledger every QUIET_CHECK seconds whether anyone waits; as
-soon as someone does (or a call here must wait), it gives every kept grant back, and a kept
-grant unused for `keep_seconds` goes back too (0: nothing is kept). The price: a call on another replica that asks
-in the moment between its arrival and the next check waits up to QUIET_CHECK longer, so
-priority order across replicas holds to within that interval (within one replica it holds
-exactly: nothing is kept while a call here waits).
+Slices. While no call of any replica waits for capacity, this replica asks the ledger for a
+slice: up to `slice_units` units of a call's needs on one instance (as many as fit there), in
+one round trip and under one lease. Its calls with the same needs take units from the slice
+without a round trip; calls that arrive while a slice is being asked for wait for that answer
+instead of asking too. A unit a call gives back stays in the slice for the next call here.
+While a slice has free units, the replica asks the ledger every QUIET_CHECK seconds whether
+anyone waits; as soon as someone does (or a call here must wait), every slice gives back its
+free units (one round trip each; units in use stay until their calls end), and a slice no call
+took a unit from for `keep_seconds` gives back its free units too (0: no slices, no kept
+units: every call asks the ledger for one unit). While anyone waits, calls here ask for one
+unit each, in the ledger's order.
+
+What that relaxes: a call on another replica that arrives between two checks waits up to
+QUIET_CHECK longer, while free units sit in this replica's slices, so priority order across
+replicas holds to within that interval (within one replica it holds exactly: nothing is taken
+from a slice while a call here waits). A slice's free units count as in use in the ledger and
+its gauges. Capacity is never exceeded: a slice's units are granted units.
 """
 
 from __future__ import annotations
@@ -22,12 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mcp_server.engine.ports import CallObserver, CapacityLedger, CapacityRequest
 from mcp_server.errors import McpError
@@ -37,34 +44,57 @@ log = logging.getLogger(__name__)
 FIRST_PAUSE = 0.005
 LONGEST_PAUSE = 0.1
 WAITER_SECONDS = 3.0  # a waiter that stops asking (its replica died) is forgotten after this
-QUIET_CHECK = 0.02  # while grants are kept: how often to ask whether any call waits
+QUIET_CHECK = 0.02  # while slices have free units: how often to ask whether any call waits
 
 
-@dataclass(frozen=True)
-class Grant:
-    """Capacity (`needs`) held on `address` by one call."""
+@dataclass(eq=False)
+class Slice:
+    """`units` of `needs` on `address`, held by this replica as one ledger grant."""
 
     address: str
     waiter_id: str
     member: str
     needs: Resources
+    units: int
+    in_use: int = 0
+    taken_at: float = field(default_factory=time.monotonic)  # when a call last took a unit
+
+    @property
+    def free(self) -> int:
+        return self.units - self.in_use
+
+
+@dataclass(frozen=True, eq=False)
+class Grant:
+    """One unit of a slice, held by one call (on `address`)."""
+
+    address: str
+    slice: Slice
 
 
 class Admission:
-    def __init__(self, store: CapacityLedger, lease_seconds: float, keep_seconds: float = 0.25) -> None:
+    def __init__(
+        self, store: CapacityLedger, lease_seconds: float, keep_seconds: float = 0.25, slice_units: int = 8
+    ) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
         self.keep_seconds = keep_seconds
-        self.held: dict[str, Grant] = {}  # every grant held here, in use or kept: their leases are renewed
-        self.kept: dict[Resources, dict[str, list[tuple[Grant, float]]]] = {}  # needs -> address -> (grant, kept at)
-        self.kept_count = 0
+        self.slice_units = max(1, slice_units)
+        self.slices: dict[str, Slice] = {}  # every slice held here, by ledger id: their leases are renewed
         self.in_use_here: Counter[str] = Counter()  # address -> calls running here under a grant
         self.waiting: Counter[str] = Counter()  # protocol -> calls of this replica waiting
+        self.asked_for_slices = 0  # slices asked of the ledger (each one round trip)
         self._waiting_here = 0
         self._quiet_until = 0.0  # monotonic time until which the ledger is known to have no waiters
         self._released = asyncio.Event()
+        self._asking: dict[Resources, asyncio.Event] = {}  # needs -> a slice being asked for
         self._giving: set[asyncio.Task[None]] = set()
         self._attendant: asyncio.Task[None] | None = None
+
+    @property
+    def kept_count(self) -> int:
+        """Free units in this replica's slices (granted, kept for the next calls here)."""
+        return sum(s.free for s in self.slices.values())
 
     async def acquire(
         self,
@@ -76,11 +106,22 @@ class Admission:
     ) -> Grant:
         """Wait for room for `needs` on one of `candidates` (address -> capacity); cancelling
         the wait (a step timeout) withdraws it."""
-        grant = self._take_kept(needs, candidates) if self._may_keep() else None
-        if grant is None:
-            grant = await self._ask_ledger(protocol, needs, candidates, priority, observer)
-        self.in_use_here[grant.address] += 1
-        return grant
+        while self._may_keep():
+            taken = self._take_free(needs, candidates)
+            if taken is not None:
+                return self._grant(taken)
+            asking = self._asking.get(needs)
+            if asking is None:
+                break
+            await asking.wait()  # a slice for these needs is on its way: take from it
+        taken = await self._ask_ledger(protocol, needs, candidates, priority, observer)
+        return self._grant(taken)
+
+    def _grant(self, taken: Slice) -> Grant:
+        taken.in_use += 1
+        taken.taken_at = time.monotonic()
+        self.in_use_here[taken.address] += 1
+        return Grant(taken.address, taken)
 
     async def _ask_ledger(
         self,
@@ -89,9 +130,10 @@ class Admission:
         candidates: Mapping[str, Resources],
         priority: int,
         observer: CallObserver | None,
-    ) -> Grant:
+    ) -> Slice:
         waiter_id = uuid.uuid4().hex
         member = f"{int(time.time() * 1000):015d}:{waiter_id}"
+        units = self.slice_units if self._may_keep() else 1
         request = CapacityRequest(
             waiter_id,
             member,
@@ -100,16 +142,24 @@ class Admission:
             {a: c.encode() for a, c in candidates.items()},
             self.lease_seconds,
             WAITER_SECONDS,
+            units,
         )
+        asking = None
+        if units > 1:  # the calls with these needs that come meanwhile wait for this slice
+            asking = self._asking[needs] = asyncio.Event()
         pause, announced = FIRST_PAUSE, False
         try:
-            while (address := await self.store.acquire_capacity(request)) is None:
+            self.asked_for_slices += 1
+            while (granted := await self.store.acquire_capacity_slice(request)) is None:
+                if asking is not None:
+                    self._answered(needs, asking)
+                    asking = None
                 if not announced:
                     announced = True
                     self.waiting[protocol] += 1
                     self._waiting_here += 1
                     self._quiet_until = 0.0
-                    self._give_back_kept()  # they may be what this call needs
+                    self._give_back_free()  # they may be what this call needs
                     if observer is not None:
                         observer.waiting(
                             protocol, needs.describe(), f"no instance of {protocol} has {needs.describe()} free"
@@ -123,65 +173,91 @@ class Admission:
             await asyncio.shield(self._withdraw(waiter_id, member))
             raise
         finally:
+            if asking is not None:
+                self._answered(needs, asking)
             if announced:
                 self.waiting[protocol] -= 1
                 self._waiting_here -= 1
-        grant = self.held[waiter_id] = Grant(address, waiter_id, member, needs)
+        self._note_waiting(granted.waiting)
+        taken = self.slices[waiter_id] = Slice(granted.address, waiter_id, member, needs, granted.units)
         if announced and observer is not None:
-            observer.granted(protocol, address)
-        return grant
+            observer.granted(protocol, granted.address)
+        if taken.units > 1:
+            self._attend_soon()
+        return taken
+
+    def _answered(self, needs: Resources, asking: asyncio.Event) -> None:
+        if self._asking.get(needs) is asking:
+            del self._asking[needs]
+        asking.set()
 
     def release(self, grant: Grant) -> None:
-        """The call is done with `grant`: keep it for the next call here (see the module's
-        docstring) or give it back, in the background: the call's result does not wait for the
-        write (if the store cannot be reached, the lease gives it back)."""
+        """The call is done with `grant`: its unit stays in the slice for the next call here
+        (see the module's docstring) or goes back, in the background: the call's result does
+        not wait for the write (if the store cannot be reached, the lease gives it back)."""
+        held = grant.slice
+        held.in_use -= 1
         self.in_use_here[grant.address] -= 1
-        if self._may_keep() and grant.waiter_id in self.held:
-            self.kept.setdefault(grant.needs, {}).setdefault(grant.address, []).append((grant, time.monotonic()))
-            self.kept_count += 1
-            if self._attendant is None:
-                self._attendant = asyncio.get_running_loop().create_task(self._attend())
+        if self._may_keep() and held.waiter_id in self.slices:
+            self._attend_soon()
             return
-        self._give_back_now(grant)
+        self._give_back(held)
 
     async def close(self) -> None:
-        """Give back every kept grant (at shutdown) and wait for the give-backs under way."""
+        """Give back every free unit (at shutdown) and wait for the give-backs under way."""
         if self._attendant is not None:
             self._attendant.cancel()
-        self._give_back_kept()
+        self._give_back_free()
         await asyncio.gather(*self._giving, return_exceptions=True)
 
     def _may_keep(self) -> bool:
         return self.keep_seconds > 0 and not self._waiting_here and time.monotonic() < self._quiet_until
 
-    def _take_kept(self, needs: Resources, candidates: Mapping[str, Resources]) -> Grant | None:
-        by_address = self.kept.get(needs)
-        if not by_address:
-            return None
-        usable = [a for a, grants in by_address.items() if grants and a in candidates]
-        if not usable:
-            return None
-        address = min(usable, key=lambda a: self.in_use_here[a])  # spread over instances as the ledger would
-        grant, _ = by_address[address].pop()
-        self.kept_count -= 1
-        return grant
+    def _take_free(self, needs: Resources, candidates: Mapping[str, Resources]) -> Slice | None:
+        """The slice with a free unit of `needs` on the candidate least used from here."""
+        best: Slice | None = None
+        for held in self.slices.values():
+            fits = held.free > 0 and held.needs == needs and held.address in candidates
+            if fits and (best is None or self.in_use_here[held.address] < self.in_use_here[best.address]):
+                best = held
+        return best
 
-    def _give_back_kept(self, kept_before: float = math.inf) -> None:
-        """Give back the grants kept since before `kept_before` (monotonic; default: all)."""
-        if not self.kept_count:
+    def _give_back_free(self, taken_before: float | None = None) -> None:
+        """Give back the free units of every slice (only of those no call took a unit from
+        since `taken_before`, monotonic, when given)."""
+        for held in list(self.slices.values()):
+            if held.free > 0 and (taken_before is None or held.taken_at < taken_before):
+                self._give_back(held)
+
+    def _give_back(self, held: Slice) -> None:
+        """Give back the free units of `held` (all of it when no call uses it)."""
+        if held.free <= 0 or held.waiter_id not in self.slices:
             return
-        for by_address in self.kept.values():
-            for address, grants in by_address.items():
-                staying = [(g, at) for g, at in grants if at >= kept_before]
-                for grant, at in grants:
-                    if at < kept_before:
-                        self._give_back_now(grant)
-                self.kept_count -= len(grants) - len(staying)
-                by_address[address] = staying
+        units = held.free
+        if held.in_use == 0:
+            del self.slices[held.waiter_id]
+            units = 0  # the whole grant
+        else:
+            held.units = held.in_use
+        giving = asyncio.get_running_loop().create_task(self._give_back_in_store(held, units))
+        self._giving.add(giving)
+        giving.add_done_callback(self._giving.discard)
+
+    async def _give_back_in_store(self, held: Slice, units: int) -> None:
+        waiting = await self._withdraw(held.waiter_id, held.member, units)
+        if waiting is not None:
+            self._note_waiting(waiting)
+            if waiting:
+                self._give_back_free()
+        self._released.set()
+
+    def _attend_soon(self) -> None:
+        if self._attendant is None:
+            self._attendant = asyncio.get_running_loop().create_task(self._attend())
 
     async def _attend(self) -> None:
-        """While grants are kept: ask the ledger whether anyone waits; give everything back if
-        so, and give back what stayed unused too long."""
+        """While slices have free units: ask the ledger whether anyone waits; give every free
+        unit back if so, and those of slices no call took from for `keep_seconds`."""
         try:
             while self.kept_count:
                 await asyncio.sleep(QUIET_CHECK)
@@ -191,41 +267,26 @@ class Admission:
                     log.warning("could not ask the capacity ledger: %s", exc)
                     waiting = -1
                 self._note_waiting(waiting)
-                self._give_back_kept(time.monotonic() - self.keep_seconds if waiting == 0 else math.inf)
+                self._give_back_free(time.monotonic() - self.keep_seconds if waiting == 0 else None)
         finally:
             self._attendant = None
 
     def _note_waiting(self, waiting: int) -> None:
         self._quiet_until = time.monotonic() + 2 * QUIET_CHECK if waiting == 0 else 0.0
 
-    def _give_back_now(self, grant: Grant) -> None:
-        self.held.pop(grant.waiter_id, None)
-        giving = asyncio.get_running_loop().create_task(self._give_back(grant))
-        self._giving.add(giving)
-        giving.add_done_callback(self._giving.discard)
-
-    async def _give_back(self, grant: Grant) -> None:
-        waiting = await self._withdraw(grant.waiter_id, grant.member)
-        if waiting is not None:
-            self._note_waiting(waiting)
-            if waiting:
-                self._give_back_kept()
-        self._released.set()
-
-    async def _withdraw(self, waiter_id: str, member: str) -> int | None:
+    async def _withdraw(self, waiter_id: str, member: str, units: int = 0) -> int | None:
         try:
-            return await self.store.release_capacity(waiter_id, member)
+            return await self.store.release_capacity(waiter_id, member, units)
         except McpError as exc:
             log.warning("could not give capacity back now (its lease will): %s", exc)
             return None
 
     async def keep_leases(self) -> None:
-        """Renew the leases of every grant this replica holds, kept ones too (run as a
-        background task)."""
+        """Renew the leases of every slice this replica holds (run as a background task)."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            if self.held:
+            if self.slices:
                 try:
-                    await self.store.renew_capacity(list(self.held), self.lease_seconds)
+                    await self.store.renew_capacity(list(self.slices), self.lease_seconds)
                 except McpError as exc:
                     log.warning("capacity lease upkeep paused: %s", exc)

@@ -55,6 +55,9 @@ class Resources:
     def minus(self, other: Resources) -> Resources:
         return Resources(*(a - b for a, b in zip(self.amounts, other.amounts)))
 
+    def times(self, units: int) -> Resources:
+        return Resources(*(a * units for a in self.amounts))
+
     def describe(self) -> str:
         shown = [f"{amount} {name.replace('_', ' ')}" for name, amount in zip(RESOURCES, self.amounts) if amount]
         return ", ".join(shown) or "nothing"
@@ -93,22 +96,33 @@ def headroom(capacity: Resources, in_use: Resources) -> float:
     return min(shares, default=1.0)
 
 
+def units_that_fit(capacity: Resources, in_use: Resources, needs: Resources, wanted: int) -> int:
+    """How many units of `needs` (up to `wanted`, at least one) an instance has room for."""
+    units = wanted
+    for cap, used, need in zip(capacity.amounts, in_use.amounts, needs.amounts):
+        if cap and need:
+            units = min(units, (cap - used) // need)
+    return max(units, 1)
+
+
 @dataclass(frozen=True)
 class Waiter:
-    """A call waiting for capacity: its id, its needs and the instances that may serve it."""
+    """A call waiting for capacity: its id, its needs, the instances that may serve it, and how
+    many units of its needs it would take (a slice)."""
 
     waiter_id: str
     needs: Resources
     candidates: tuple[str, ...]
+    units: int = 1
 
 
 def grant_in_order(
     waiters: Sequence[Waiter], capacities: Mapping[str, Resources], in_use: Mapping[str, Resources]
-) -> dict[str, str]:
-    """Which of `waiters` (best first) get capacity now, and on which instance."""
+) -> dict[str, tuple[str, int]]:
+    """Which of `waiters` (best first) get capacity now: the instance and the units of each."""
     use = dict(in_use)
     blocked: set[str] = set()
-    granted: dict[str, str] = {}
+    granted: dict[str, tuple[str, int]] = {}
     for waiter in waiters:
         open_ = [a for a in waiter.candidates if a in capacities and a not in blocked]
         fitting = [a for a in open_ if not short_by(capacities[a], use.get(a, Resources()), waiter.needs)]
@@ -116,8 +130,9 @@ def grant_in_order(
             blocked.update(waiter.candidates)
             continue
         best = max(fitting, key=lambda a: headroom(capacities[a], use.get(a, Resources())))
-        use[best] = use.get(best, Resources()).plus(waiter.needs)
-        granted[waiter.waiter_id] = best
+        units = units_that_fit(capacities[best], use.get(best, Resources()), waiter.needs, waiter.units)
+        use[best] = use.get(best, Resources()).plus(waiter.needs.times(units))
+        granted[waiter.waiter_id] = (best, units)
     return granted
 
 

@@ -103,3 +103,38 @@ async def test_a_lease_that_runs_out_gives_the_capacity_back(store):
     await asyncio.sleep(0.35)
     assert await store.capacity.acquire_capacity(ask("next", "0,0,1", one, at=2)) == "a:1"
     assert (await store.capacity.capacity_in_use())["a:1"] == "0,0,1"
+
+
+def slice_ask(waiter: str, needs: str, candidates: dict[str, str], units: int, at: int = 0) -> CapacityRequest:
+    return CapacityRequest(waiter, f"{at:015d}:{waiter}", 0, needs, candidates, 30.0, 3.0, units)
+
+
+async def test_a_slice_gets_as_many_units_as_fit_and_gives_them_back_in_parts(store):
+    five = {"a:1": "0,0,5"}
+    first = await store.capacity.acquire_capacity_slice(slice_ask("s1", "0,0,2", five, units=8, at=1))
+    assert first is not None and (first.address, first.units, first.waiting) == ("a:1", 2, 0)  # 2 x 2 of 5 GPUs
+    assert (await store.capacity.capacity_in_use())["a:1"] == "0,0,4"
+    again = await store.capacity.acquire_capacity_slice(slice_ask("s1", "0,0,2", five, units=8, at=1))
+    assert again == first  # asking again reads the grant, it does not add to it
+    last = await store.capacity.acquire_capacity_slice(slice_ask("s2", "0,0,1", five, units=3, at=2))
+    assert last is not None and last.units == 1  # one GPU left
+    assert await store.capacity.acquire_capacity_slice(slice_ask("s3", "0,0,1", five, units=1, at=3)) is None
+    assert await store.capacity.release_capacity("s1", f"{1:015d}:s1", units=1) == 1  # s3 waits
+    assert (await store.capacity.capacity_in_use())["a:1"] == "0,0,3"
+    granted = await store.capacity.acquire_capacity_slice(slice_ask("s3", "0,0,1", five, units=1, at=3))
+    assert granted is not None and granted.units == 1
+    await store.capacity.release_capacity("s1", f"{1:015d}:s1", units=5)  # more than it holds: what is left
+    assert (await store.capacity.capacity_in_use())["a:1"] == "0,0,2"
+    for waiter, at in (("s2", 2), ("s3", 3)):
+        await store.capacity.release_capacity(waiter, f"{at:015d}:{waiter}")
+    assert (await store.capacity.capacity_in_use())["a:1"] == "0,0,0"
+
+
+async def test_a_slice_s_lease_running_out_gives_back_every_unit_of_it(store):
+    eight = {"a:1": "0,0,8"}
+    request = CapacityRequest("slice", f"{1:015d}:slice", 0, "0,0,1", eight, 0.2, 3.0, 6)
+    granted = await store.capacity.acquire_capacity_slice(request)
+    assert granted is not None and granted.units == 6
+    await store.capacity.release_capacity("slice", f"{1:015d}:slice", units=2)
+    await asyncio.sleep(0.35)
+    assert await store.capacity.acquire_capacity(ask("next", "0,0,8", eight, at=2)) == "a:1"  # all 8 free again

@@ -5,7 +5,7 @@ from mcp_server.engine.ports.cache import CachedOutput, StepCache
 from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult, ProtocolCaller, ProtocolCallError
 from mcp_server.engine.ports.queue import GroupMember, Kept, QueueGroup, TaskQueue
 from mcp_server.engine.ports.ratelimits import Grant, RateLimitSpec, RateLimitStore, UnitGate
-from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, RegistryStore
+from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, CapacitySlice, RegistryStore
 from mcp_server.engine.ports.schedules import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore
 from mcp_server.engine.ports.store import Store, StoreConnection
 from mcp_server.engine.ports.tasks import Checkpoint, EventListener, StepRecord, TaskFilter, TaskPage, TaskStore
@@ -20,6 +20,7 @@ __all__ = [
     "CallResult",
     "CapacityLedger",
     "CapacityRequest",
+    "CapacitySlice",
     "Checkpoint",
     "EventListener",
     "Grant",

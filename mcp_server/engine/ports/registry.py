@@ -42,7 +42,9 @@ class CapacityRequest:
     `member` ranks it among the waiters (`<enqueued ms>:<waiter_id>`, FIFO) after `priority`;
     `needs` and each candidate's capacity are `c,m,g` strings (cpu_millis, memory_mb, gpus;
     a capacity of 0 is unlimited). A grant is held for `lease_seconds` unless renewed; a
-    waiter that stops asking is forgotten after `wait_seconds`."""
+    waiter that stops asking is forgotten after `wait_seconds`. `units` > 1 asks for a slice:
+    up to that many times `needs` on one instance, as many as fit there (at least one), held as
+    one grant."""
 
     waiter_id: str
     member: str
@@ -51,6 +53,17 @@ class CapacityRequest:
     candidates: Mapping[str, str]
     lease_seconds: float
     wait_seconds: float
+    units: int = 1
+
+
+@dataclass(frozen=True)
+class CapacitySlice:
+    """What the ledger granted: `units` times the asked needs on `address`, and how many calls
+    of any replica wait for capacity now."""
+
+    address: str
+    units: int
+    waiting: int
 
 
 class CapacityLedger(Protocol):
@@ -61,8 +74,13 @@ class CapacityLedger(Protocol):
         the instance granted to this one (None: ask again later)."""
         ...
 
-    async def release_capacity(self, waiter_id: str, member: str) -> int:
-        """Give back a grant, or withdraw a waiter; return how many calls wait now."""
+    async def acquire_capacity_slice(self, request: CapacityRequest) -> CapacitySlice | None:
+        """acquire_capacity, saying how many units were granted and how many calls wait."""
+        ...
+
+    async def release_capacity(self, waiter_id: str, member: str, units: int = 0) -> int:
+        """Give back a grant (`units` > 0: only that many of its units, the rest stay held), or
+        withdraw a waiter; return how many calls wait now."""
         ...
 
     async def capacity_waiting(self) -> int:

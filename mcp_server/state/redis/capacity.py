@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mcp_server.engine.ports import CapacityRequest
+from mcp_server.engine.ports import CapacityRequest, CapacitySlice
 from mcp_server.state.common import (
     now_seconds,
 )
@@ -25,6 +25,10 @@ class RedisCapacity:
         self._renew_capacity = conn.register(lua.RENEW_CAPACITY)
 
     async def acquire_capacity(self, request: CapacityRequest) -> str | None:
+        granted = await self.acquire_capacity_slice(request)
+        return granted.address if granted else None
+
+    async def acquire_capacity_slice(self, request: CapacityRequest) -> CapacitySlice | None:
         now_ms = int(now_seconds() * 1000)
         args: list[Any] = [
             request.member,
@@ -34,15 +38,18 @@ class RedisCapacity:
             now_ms,
             now_ms + int(request.wait_seconds * 1000),
             now_ms + int(request.lease_seconds * 1000),
+            max(1, request.units),
         ]
         for address, capacity in request.candidates.items():
             args += [address, capacity]
-        granted = await self.conn.do(self._acquire(keys=list(self.layout.capacity), args=args))
-        return granted.decode() if granted else None
+        address, units, waiting = await self.conn.do(self._acquire(keys=list(self.layout.capacity), args=args))
+        return CapacitySlice(text(address), int(units), int(waiting)) if address else None
 
-    async def release_capacity(self, waiter_id: str, member: str) -> int:
+    async def release_capacity(self, waiter_id: str, member: str, units: int = 0) -> int:
         return int(
-            await self.conn.do(self._release_capacity(keys=list(self.layout.capacity), args=[member, waiter_id]))
+            await self.conn.do(
+                self._release_capacity(keys=list(self.layout.capacity), args=[member, waiter_id, max(0, units)])
+            )
         )
 
     async def capacity_waiting(self) -> int:

@@ -10,13 +10,27 @@ local function parse(text)
   for x in string.gmatch(text, '[^,]+') do t[#t + 1] = tonumber(x) end
   return t
 end
-local function give_back(id)
+local function grant_of(id)
   local grant = redis.call('HGET', KEYS[2], id)
-  if grant then
-    local address, needs = string.match(grant, '^(.*)|(.*)$')
+  if not grant then return nil end
+  local address, needs, units = string.match(grant, '^(.*)|([^|]*)|([^|]*)$')
+  if address then return address, needs, tonumber(units) end
+  address, needs = string.match(grant, '^(.*)|(.*)$')
+  return address, needs, 1
+end
+-- gives back `n` units of grant `id` (nil, 0 or all it has: the whole grant)
+local function give_back(id, n)
+  local address, needs, units = grant_of(id)
+  if address then
+    if n == nil or n <= 0 or n > units then n = units end
     local use = parse(redis.call('HGET', KEYS[6], address) or '0,0,0')
-    local n = parse(needs)
-    redis.call('HSET', KEYS[6], address, (use[1] - n[1]) .. ',' .. (use[2] - n[2]) .. ',' .. (use[3] - n[3]))
+    local k = parse(needs)
+    local left = (use[1] - k[1] * n) .. ',' .. (use[2] - k[2] * n) .. ',' .. (use[3] - k[3] * n)
+    redis.call('HSET', KEYS[6], address, left)
+    if n < units then
+      redis.call('HSET', KEYS[2], id, address .. '|' .. needs .. '|' .. (units - n))
+      return
+    end
     redis.call('HDEL', KEYS[2], id)
   end
   redis.call('ZREM', KEYS[1], id)
@@ -24,26 +38,35 @@ end
 """
 
 
-# KEYS: grants (zset id -> expiry), grant data (id -> address|needs), waiters (zset rank), waiter
-#       data (member -> expiry|needs|candidates), capacities (address -> c,m,g), in use (address -> c,m,g)
+# KEYS: grants (zset id -> expiry), grant data (id -> address|needs|units), waiters (zset rank), waiter
+#       data (member -> expiry|needs|units|candidates), capacities (address -> c,m,g), in use (address -> c,m,g)
 # ARGV: member (`<enqueued ms>:<id>`), id, -priority, needs, now ms, waiter expiry ms, grant expiry
-#       ms, then (address, capacity) pairs of the candidates
-# -> the address granted to this caller, or false
+#       ms, units wanted, then (address, capacity) pairs of the candidates
+# -> {address granted to this caller or '', units granted, calls waiting now}
+# A waiter wanting n units gets as many as fit (1 to n) on the instance the rule picks for it.
+# The scan stops once every instance with a capacity is blocked: no waiter behind can be granted.
 ACQUIRE_CAPACITY = (
     CAPACITY
     + """
 local now = tonumber(ARGV[5])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do give_back(id) end
-local mine = redis.call('HGET', KEYS[2], ARGV[2])
-if mine then return string.match(mine, '^(.*)|') end
+local function mine()
+  local address, _, units = grant_of(ARGV[2])
+  if address then return {address, units, redis.call('ZCARD', KEYS[3])} end
+  return nil
+end
+local granted = mine()
+if granted then return granted end
 local candidates = {}
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1])
   candidates[#candidates + 1] = ARGV[i]
 end
 redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[6] .. '|' .. ARGV[4] .. '|' .. table.concat(candidates, ';'))
-local caps, use, blocked = {}, {}, {}
+local asked = ARGV[6] .. '|' .. ARGV[4] .. '|' .. ARGV[8] .. '|' .. table.concat(candidates, ';')
+redis.call('HSET', KEYS[4], ARGV[1], asked)
+local caps, use, blocked, nblocked = {}, {}, {}, 0
+local limited = redis.call('HLEN', KEYS[5])
 local function capacity(a)
   if caps[a] == nil then
     local c = redis.call('HGET', KEYS[5], a)
@@ -56,9 +79,17 @@ local function in_use(a)
   return use[a]
 end
 for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if nblocked >= limited then break end
   local data = redis.call('HGET', KEYS[4], member)
-  local expiry, needs_text, cands = nil, nil, nil
-  if data then expiry, needs_text, cands = string.match(data, '^(.-)|(.-)|(.*)$') end
+  local expiry, needs_text, want, cands = nil, nil, 1, nil
+  if data then
+    expiry, needs_text, want, cands = string.match(data, '^(.-)|(.-)|(%d+)|(.*)$')
+    if not expiry then
+      expiry, needs_text, cands = string.match(data, '^(.-)|(.-)|(.*)$')
+      want = 1
+    end
+    want = tonumber(want)
+  end
   if not data or tonumber(expiry) < now then
     redis.call('ZREM', KEYS[3], member)
     redis.call('HDEL', KEYS[4], member)
@@ -83,34 +114,47 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
       end
     end
     if best then
-      local u = in_use(best)
-      use[best] = {u[1] + needs[1], u[2] + needs[2], u[3] + needs[3]}
+      local u, cap = in_use(best), capacity(best)
+      local units = want
+      for r = 1, 3 do
+        if cap[r] > 0 and needs[r] > 0 then
+          local room = math.floor((cap[r] - u[r]) / needs[r])
+          if room < units then units = room end
+        end
+      end
+      if units < 1 then units = 1 end
+      use[best] = {u[1] + needs[1] * units, u[2] + needs[2] * units, u[3] + needs[3] * units}
       redis.call('HSET', KEYS[6], best, use[best][1] .. ',' .. use[best][2] .. ',' .. use[best][3])
       local id = string.match(member, '^[^:]*:(.*)$')
-      redis.call('HSET', KEYS[2], id, best .. '|' .. needs_text)
+      redis.call('HSET', KEYS[2], id, best .. '|' .. needs_text .. '|' .. units)
       redis.call('ZADD', KEYS[1], ARGV[7], id)
       redis.call('ZREM', KEYS[3], member)
       redis.call('HDEL', KEYS[4], member)
     else
-      for _, a in ipairs(mine_cands) do blocked[a] = true end
+      for _, a in ipairs(mine_cands) do
+        if capacity(a) and not blocked[a] then
+          blocked[a] = true
+          nblocked = nblocked + 1
+        end
+      end
     end
   end
 end
-mine = redis.call('HGET', KEYS[2], ARGV[2])
-if mine then return string.match(mine, '^(.*)|') end
-return false
+granted = mine()
+if granted then return granted end
+return {'', 0, redis.call('ZCARD', KEYS[3])}
 """
 )
 
 
-# KEYS: as ACQUIRE_CAPACITY; ARGV: member, id -> gives back a grant, or withdraws a waiter; returns
-# how many calls wait now
+# KEYS: as ACQUIRE_CAPACITY; ARGV: member, id, units (0: all) -> gives back a grant (or that many
+# of its units), or withdraws a waiter; returns how many calls wait now
 RELEASE_CAPACITY = (
     CAPACITY
     + """
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
-give_back(ARGV[2])
+give_back(ARGV[2], tonumber(ARGV[3] or '0'))
 return redis.call('ZCARD', KEYS[3])
 """
 )

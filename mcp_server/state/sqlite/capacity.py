@@ -8,8 +8,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mcp_server.engine.ports import CapacityRequest
+from mcp_server.engine.ports import CapacityRequest, CapacitySlice
 from mcp_server.protocols.capacity import Resources, Waiter, grant_in_order
+
+
+@dataclass
+class _Grant:
+    address: str
+    needs: Resources  # of one unit
+    units: int
+    until: float
 
 
 @dataclass
@@ -25,45 +33,56 @@ class SqliteCapacity:
     def __init__(self) -> None:
         self.capacities: dict[str, Resources] = {}
         self.in_use: dict[str, Resources] = {}
-        self.grants: dict[str, tuple[str, Resources, float]] = {}
+        self.grants: dict[str, _Grant] = {}
         self.waiting: dict[str, _Waiting] = {}
 
     async def acquire_capacity(self, request: CapacityRequest) -> str | None:
+        granted = await self.acquire_capacity_slice(request)
+        return granted.address if granted else None
+
+    async def acquire_capacity_slice(self, request: CapacityRequest) -> CapacitySlice | None:
         now = time.monotonic()
         self._expire(now)
-        if request.waiter_id in self.grants:
-            return self.grants[request.waiter_id][0]
+        if request.waiter_id not in self.grants:
+            self._ask(request, now)
+        grant = self.grants.get(request.waiter_id)
+        return CapacitySlice(grant.address, grant.units, len(self.waiting)) if grant else None
+
+    def _ask(self, request: CapacityRequest, now: float) -> None:
         for address, capacity in request.candidates.items():
             self.capacities[address] = Resources.decode(capacity)
-        waiter = Waiter(request.waiter_id, Resources.decode(request.needs), tuple(request.candidates))
+        waiter = Waiter(
+            request.waiter_id, Resources.decode(request.needs), tuple(request.candidates), max(1, request.units)
+        )
         self.waiting[request.waiter_id] = _Waiting(
             (-request.priority, request.member), waiter, now + request.wait_seconds
         )
         queue = [w.waiter for w in sorted(self.waiting.values(), key=lambda w: w.rank)]
-        for waiter_id, address in grant_in_order(queue, self.capacities, self.in_use).items():
+        for waiter_id, (address, units) in grant_in_order(queue, self.capacities, self.in_use).items():
             needs = self.waiting.pop(waiter_id).waiter.needs
-            self.in_use[address] = self.in_use.get(address, Resources()).plus(needs)
-            self.grants[waiter_id] = (address, needs, now + request.lease_seconds)
-        granted = self.grants.get(request.waiter_id)
-        return granted[0] if granted else None
+            self.in_use[address] = self.in_use.get(address, Resources()).plus(needs.times(units))
+            self.grants[waiter_id] = _Grant(address, needs, units, now + request.lease_seconds)
 
-    async def release_capacity(self, waiter_id: str, member: str) -> int:
-        self._release(waiter_id)
+    async def release_capacity(self, waiter_id: str, member: str, units: int = 0) -> int:
+        self._release(waiter_id, units)
         return await self.capacity_waiting()
 
-    def _release(self, waiter_id: str) -> None:
+    def _release(self, waiter_id: str, units: int = 0) -> None:
         self.waiting.pop(waiter_id, None)
-        grant = self.grants.pop(waiter_id, None)
-        if grant is not None:
-            address, needs, _ = grant
-            self.in_use[address] = self.in_use[address].minus(needs)
+        grant = self.grants.get(waiter_id)
+        if grant is None:
+            return
+        given = grant.units if units <= 0 else min(units, grant.units)
+        self.in_use[grant.address] = self.in_use[grant.address].minus(grant.needs.times(given))
+        grant.units -= given
+        if not grant.units:
+            del self.grants[waiter_id]
 
     async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
         until = time.monotonic() + lease_seconds
         for waiter_id in waiter_ids:
             if waiter_id in self.grants:
-                address, needs, _ = self.grants[waiter_id]
-                self.grants[waiter_id] = (address, needs, until)
+                self.grants[waiter_id].until = until
 
     async def capacity_waiting(self) -> int:
         self._expire(time.monotonic())
@@ -73,7 +92,7 @@ class SqliteCapacity:
         return {address: used.encode() for address, used in self.in_use.items()}
 
     def _expire(self, now: float) -> None:
-        for waiter_id in [w for w, (_, _, until) in self.grants.items() if until < now]:
+        for waiter_id in [w for w, grant in self.grants.items() if grant.until < now]:
             self._release(waiter_id)
         for waiter_id in [w for w, waiting in self.waiting.items() if waiting.expires < now]:
             del self.waiting[waiter_id]

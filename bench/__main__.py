@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from bench.admission import bench_admission
 from bench.baseline import prepare
 from bench.bursts import bench_bursts
+from bench.call_cost import bench_calls
 from bench.capacity import bench_capacity
 from bench.chains import bench_chains, fanout_floor
 from bench.cluster import bench_cluster
@@ -400,7 +401,7 @@ async def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        help="chains, contract, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster,"
+        help="chains, contract, calls, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster,"
         " console, bursts, waits, reruns, fairness, schedules, cache",
     )
     parser.add_argument(
@@ -414,7 +415,8 @@ async def main() -> None:
     plugin = start_plugin()
     suites: dict[str, Callable[[Proc, bool], Awaitable[None]]] = {
         "chains": partial(bench_chains, baseline=baseline, variants=args.variant),
-        "contract": bench_contract,
+        "contract": partial(bench_contract, baseline=baseline),
+        "calls": bench_calls,
         "steps": partial(bench_floors_and_orchestrated, baseline=baseline),
         "fanout": bench_fanout,
         "streaming": bench_streaming,

@@ -8,7 +8,8 @@ process involved. Each path is how a client written from the protos reads a task
 SubmitAndWatchTask, SubmitTask + the per-event WatchTask, RunTask. `--processes 2` runs the
 server as two processes on one address. Fan-out: 100 branches of a 100 ms call through each path
 against the same 100 calls gathered by a client. Rounds interleave, so the drift of the machine
-falls on every system alike; each figure is the median of the rounds.
+falls on every system alike; each figure is the median of the rounds. `--baseline REF` adds that
+commit's server (one process) on each path, for before-and-after figures from one run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 import os
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from bench.chains import System, fanout_floor, floor_systems, redis_pid
 from bench.harness import Orchestrated, Proc, Stat, chain, start_orchestrator, start_plugin
@@ -30,7 +32,7 @@ CONNECTIONS = 8
 PATHS = (("SubmitAndWatchTask", "submit-watch"), ("SubmitTask + WatchTask", "watch"), ("RunTask", "run"))
 
 
-async def bench_contract(_sdk_plugin: Proc, quick: bool) -> None:
+async def bench_contract(_sdk_plugin: Proc, quick: bool, baseline: Path | None = None) -> None:
     samples, rounds, total = (40, 3, 192) if quick else (150, 3, 640)
     plugin = start_plugin("bench.unary_plugin")
     here = {"client": os.getpid(), "plugin": plugin.process.pid, "redis": redis_pid(REDIS)}
@@ -39,9 +41,13 @@ async def bench_contract(_sdk_plugin: Proc, quick: bool) -> None:
     try:
         bare, systems = floor_systems(plugin, here, started, closers)
         clients: dict[str, Orchestrated] = {}
-        for processes in (1, 2):
+        servers = [(1, None), (2, None)] + ([(1, baseline)] if baseline is not None else [])
+        for processes, code in servers:
             orchestrator = start_orchestrator(
-                f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:", [plugin.address], MCP_PROCESSES=str(processes)
+                f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:",
+                [plugin.address],
+                code=code,
+                MCP_PROCESSES=str(processes),
             )
             started.append(orchestrator)
             connections = [Orchestrated(orchestrator.address, own_connection=True) for _ in range(CONNECTIONS)]
@@ -50,10 +56,12 @@ async def bench_contract(_sdk_plugin: Proc, quick: bool) -> None:
             await connections[0].create(_fan_out())
             for client in connections:  # every process has seen the workflow and the plugin
                 await client.run("three", read="run")
-            clients[f"{processes}"] = connections[0]
+            if code is None:
+                clients[f"{processes}"] = connections[0]
             pids = orchestrator.pids()
+            server = "the baseline" if code is not None else "this server"
             for label, read in PATHS if processes == 1 else PATHS[::2]:
-                name = f"this server{', 2 processes' if processes == 2 else ''}, {label}"
+                name = f"{server}{', 2 processes' if processes == 2 else ''}, {label}"
                 systems.append(System(name, _runner(connections, read), here | pids))
         peers, peer_closers = await peer_systems(here)
         systems += peers

@@ -96,17 +96,20 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     async def WatchTask(
         self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[task_pb2.TaskEvent]:
-        async for event in self.orchestrator.watching.watch_task(
+        batches = await self.orchestrator.watching.open_watch(
             request.task_id, request.after_sequence, current_principal.get()
-        ):
-            yield event
+        )
+        async for batch in batches:
+            for event in batch:
+                yield event
 
     async def WatchTaskEvents(
         self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[task_pb2.WatchTaskEventsResponse]:
-        async for batch in self.orchestrator.watching.watch_task_batches(
+        batches = await self.orchestrator.watching.open_watch(
             request.task_id, request.after_sequence, current_principal.get()
-        ):
+        )
+        async for batch in batches:
             yield task_pb2.WatchTaskEventsResponse(events=batch)
 
     async def SignalTask(

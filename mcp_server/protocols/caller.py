@@ -53,6 +53,7 @@ class GrpcProtocolCaller:
         self.admission = admission
         self.concurrency_overrides = dict(concurrency_overrides or {})
         self._bulkheads: dict[str, asyncio.Semaphore] = {}
+        self._needs: dict[str, tuple[protocol_pb2.ProtocolManifest, Resources]] = {}
         self._turn = 0
 
     async def call(
@@ -122,7 +123,7 @@ class GrpcProtocolCaller:
                 observer.waiting(protocol, "calls again", f"every instance asked for a pause ({resume:.3f}s more)")
             await asyncio.sleep(resume)
         usable = self.directory.outliers.usable(addresses)
-        needs = Resources.needs_of(manifest.resources)
+        needs = self._needs_of(manifest)
         grant = None
         capacities = (
             {i.address: Resources.of_capacity(i.capacity) for i in instances if i.address in usable} if needs else {}
@@ -135,6 +136,13 @@ class GrpcProtocolCaller:
             address = least_loaded(usable, self.directory.calls_in_flight, self._turn)
         self.directory.calls_in_flight[address] = self.directory.calls_in_flight.get(address, 0) + 1
         return address, grant
+
+    def _needs_of(self, manifest: protocol_pb2.ProtocolManifest) -> Resources:
+        """What one call of `manifest`'s protocol needs (read once per manifest the directory holds)."""
+        cached = self._needs.get(manifest.name)
+        if cached is None or cached[0] is not manifest:
+            cached = self._needs[manifest.name] = (manifest, Resources.needs_of(manifest.resources))
+        return cached[1]
 
     def _bulkhead(self, protocol: str, limit: int) -> asyncio.Semaphore | None:
         if limit <= 0:
@@ -154,21 +162,25 @@ class GrpcProtocolCaller:
         observer: CallObserver | None,
         metadata: Sequence[tuple[str, str]],
     ) -> CallResult:
-        before = self.breakers.state_name(protocol)
+        breaker = self.breakers.get(protocol)
+        before = str(breaker.current_state)
         try:
-            with self.breakers.get(protocol).calling():
+            if before == pybreaker.STATE_CLOSED and breaker.fail_counter == 0:
+                # The common case: a success would change nothing in the breaker, so only a
+                # failure goes through it (it counts, or resets the count, exactly as below).
                 try:
                     response = await self._invoke(address, request, timeout, observer if stream else None, metadata)
                 except ProtocolCallError as exc:
-                    if exc.retry_after is not None:  # the plugin (its provider) asked for a pause
-                        self.directory.outliers.pause(address, exc.retry_after)
-                    unhealthy = exc.code in UNHEALTHY_CODES
-                    self.directory.record_health(address, not unhealthy)
-                    # One instance failing while others serve is that instance's outlier record
-                    # (it is ejected after repeated failures), not a failure of the protocol.
-                    others = [i.address for i in self.directory.instances(protocol) if i.address != address]
-                    exc.instance_only = unhealthy and bool(self.directory.outliers.serving(others))
-                    raise
+                    self._judge_failure(protocol, address, exc)
+                    with breaker.calling():
+                        raise
+            else:
+                with breaker.calling():
+                    try:
+                        response = await self._invoke(address, request, timeout, observer if stream else None, metadata)
+                    except ProtocolCallError as exc:
+                        self._judge_failure(protocol, address, exc)
+                        raise
         except pybreaker.CircuitBreakerError:
             self._report_breaker(protocol, before, observer)
             raise ProtocolCallError(
@@ -181,6 +193,18 @@ class GrpcProtocolCaller:
         self._report_breaker(protocol, before, observer)
         directive = response.directive if response.HasField("directive") else None
         return CallResult(Payload.of_struct(response.output), directive, response.usage)
+
+    def _judge_failure(self, protocol: str, address: str, exc: ProtocolCallError) -> None:
+        """Note a failed call against its instance (a pause it asked for, its health), and mark
+        whether it says anything about the protocol as a whole (see the module's docstring)."""
+        if exc.retry_after is not None:  # the plugin (its provider) asked for a pause
+            self.directory.outliers.pause(address, exc.retry_after)
+        unhealthy = exc.code in UNHEALTHY_CODES
+        self.directory.record_health(address, not unhealthy)
+        # One instance failing while others serve is that instance's outlier record (it is
+        # ejected after repeated failures), not a failure of the protocol.
+        others = [i.address for i in self.directory.instances(protocol) if i.address != address]
+        exc.instance_only = unhealthy and bool(self.directory.outliers.serving(others))
 
     def _report_breaker(self, protocol: str, before: str, observer: CallObserver | None) -> None:
         after = self.breakers.state_name(protocol)

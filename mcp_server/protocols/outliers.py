@@ -87,6 +87,8 @@ class Outliers:
     def usable(self, addresses: Sequence[str]) -> list[str]:
         """The instances to try, best first: not ejected and not failed just now come first;
         if every one is ejected, all of them (a mesh never ejects a whole cluster)."""
+        if not any(a in self._records for a in addresses):  # none ever failed or paused
+            return list(addresses)
         now = time.monotonic()
         records = {a: self._records.get(a, _Record()) for a in addresses}
         addresses = [a for a in addresses if records[a].paused <= now] or list(addresses)

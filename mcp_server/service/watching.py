@@ -42,9 +42,16 @@ class Watching:
         self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN
     ) -> AsyncIterator[list[task_pb2.TaskEvent]]:
         """watch_task, the events that are ready together in one list."""
-        await visible_task(self.tasks, task_id, principal)
-        async for batch in self.follow(task_id, after_sequence, principal):
+        async for batch in await self.open_watch(task_id, after_sequence, principal):
             yield batch
+
+    async def open_watch(
+        self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN
+    ) -> AsyncIterator[list[task_pb2.TaskEvent]]:
+        """Check that the task exists and `principal` may see it, then return its batches as
+        follow gives them (one generator less between the log and the caller, per event)."""
+        await visible_task(self.tasks, task_id, principal)
+        return self.follow(task_id, after_sequence, principal)
 
     async def follow(
         self, task_id: str, after_sequence: int, principal: Principal

@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from bench.chains import redis_pid
 from bench.harness import CpuMeter, Orchestrated, Proc, Stat, chain, percentile, start_orchestrator, throughput
 from bench.report import REDIS, table
+from mcp_server.engine.ports import CapacityRequest
 from mcp_server.plugin_host import READY_LINE
+from mcp_server.state import open_store
 
 CALLS_PER_CHAIN = 3
 
@@ -92,6 +94,36 @@ async def bench_admission(plugin: Proc, quick: bool) -> None:
             (f"{setups[i][0]}: CPU ms added per call", f"{cpu_added:.3f}", ""),
         ]
     table("Admission with capacity free: 3-step chain of gpu_echo (same run, paired samples)", rows)
+    await bench_ledger_asks(quick)
+
+
+async def bench_ledger_asks(quick: bool) -> None:
+    """One ask of the Redis ledger (a call that must wait: its instance is full) with 0 and with
+    1,000 calls already waiting for that instance, as a waiting call asks every 5-100 ms. The
+    ask stops ordering waiters once every instance is blocked, so the queue behind does not
+    lengthen it."""
+    asks = 200 if quick else 1000
+    store = await open_store(f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:")
+    ledger, full = store.capacity, {"gpu:1": "0,0,1"}
+
+    def request(waiter: str, at: int) -> CapacityRequest:
+        return CapacityRequest(waiter, f"{at:015d}:{waiter}", 0, "0,0,1", full, 30.0, 60.0)
+
+    rows: list[tuple[str, Stat | float | str, str]] = []
+    try:
+        assert await ledger.acquire_capacity(request("holder", 1)) == "gpu:1"
+        for queued in (0, 1000):
+            for i in range(queued - (await ledger.capacity_waiting())):
+                await ledger.acquire_capacity(request(f"w{i}", 10 + i))
+            times = []
+            for _ in range(asks):
+                started = time.perf_counter()
+                assert await ledger.acquire_capacity(request("asker", 5000)) is None
+                times.append((time.perf_counter() - started) * 1000)
+            rows.append((f"ledger ask, {queued} calls waiting: ms, p50", f"{percentile(times, 0.5):.3f}", ""))
+    finally:
+        await store.close()
+    table("The Redis ledger: one ask of a call that must wait, with the queue behind it", rows)
 
 
 def _runner(client: Orchestrated) -> Callable[[], Awaitable[float]]:

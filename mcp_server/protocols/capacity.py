@@ -124,6 +124,8 @@ def grant_in_order(
     blocked: set[str] = set()
     granted: dict[str, tuple[str, int]] = {}
     for waiter in waiters:
+        if len(blocked) >= len(capacities) and blocked >= capacities.keys():
+            break  # every instance is blocked: no one behind can be granted
         open_ = [a for a in waiter.candidates if a in capacities and a not in blocked]
         fitting = [a for a in open_ if not short_by(capacities[a], use.get(a, Resources()), waiter.needs)]
         if not fitting:

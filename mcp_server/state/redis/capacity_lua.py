@@ -78,8 +78,23 @@ local function in_use(a)
   if use[a] == nil then use[a] = parse(redis.call('HGET', KEYS[6], a) or '0,0,0') end
   return use[a]
 end
-for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  if nblocked >= limited then break end
+-- waiters in rank order, a page at a time (a page only while some instance may still grant);
+-- the waiters taken out of the queue were all read already, so the next unread one ranks at
+-- (read - removed)
+local page, read, removed, members, index = 64, 0, 0, {}, 1
+local function next_member()
+  if index > #members then
+    if nblocked >= limited then return nil end
+    members = redis.call('ZRANGE', KEYS[3], read - removed, read - removed + page - 1)
+    read, index = read + #members, 1
+    if #members == 0 then return nil end
+  end
+  index = index + 1
+  return members[index - 1]
+end
+while true do
+  local member = next_member()
+  if member == nil or nblocked >= limited then break end
   local data = redis.call('HGET', KEYS[4], member)
   local expiry, needs_text, want, cands = nil, nil, 1, nil
   if data then
@@ -93,6 +108,7 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   if not data or tonumber(expiry) < now then
     redis.call('ZREM', KEYS[3], member)
     redis.call('HDEL', KEYS[4], member)
+    removed = removed + 1
   else
     local needs = parse(needs_text)
     local best, best_share = nil, -1
@@ -130,6 +146,7 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
       redis.call('ZADD', KEYS[1], ARGV[7], id)
       redis.call('ZREM', KEYS[3], member)
       redis.call('HDEL', KEYS[4], member)
+      removed = removed + 1
     else
       for _, a in ipairs(mine_cands) do
         if capacity(a) and not blocked[a] then

@@ -138,3 +138,29 @@ async def test_a_slice_s_lease_running_out_gives_back_every_unit_of_it(store):
     await store.capacity.release_capacity("slice", f"{1:015d}:slice", units=2)
     await asyncio.sleep(0.35)
     assert await store.capacity.acquire_capacity(ask("next", "0,0,8", eight, at=2)) == "a:1"  # all 8 free again
+
+
+async def test_one_ask_grants_every_waiter_that_fits_in_order_however_long_the_queue(store):
+    hundred = {"a:1": "0,0,100"}
+    holder = CapacityRequest("holder", f"{1:015d}:holder", 0, "0,0,1", hundred, 30.0, 30.0, 100)
+    granted = await store.capacity.acquire_capacity_slice(holder)
+    assert granted is not None and granted.units == 100
+    waiters = [(f"w{i:03d}", 10 + i) for i in range(150)]
+    for waiter, at in waiters:
+        assert await store.capacity.acquire_capacity(ask(waiter, "0,0,1", hundred, at=at)) is None
+    await store.capacity.release_capacity("holder", f"{1:015d}:holder")
+    first, *_ = waiters
+    assert await store.capacity.acquire_capacity(ask(first[0], "0,0,1", hundred, at=first[1])) == "a:1"
+    # that one ask granted the first 100 in order (read a page at a time); the other 50 still wait
+    assert await store.capacity.capacity_waiting() == 50
+    for waiter, at in waiters:
+        address = await store.capacity.acquire_capacity(ask(waiter, "0,0,1", hundred, at=at))
+        assert (address == "a:1") == (at < 110), waiter
+
+
+async def test_a_queue_blocked_on_one_instance_does_not_hold_back_a_call_for_another(store):
+    full, free = {"a:1": "0,0,1"}, {"b:1": "0,0,1"}
+    assert await store.capacity.acquire_capacity(ask("holder", "0,0,1", full, at=1)) == "a:1"
+    for i in range(100):
+        assert await store.capacity.acquire_capacity(ask(f"w{i}", "0,0,1", full, at=10 + i)) is None
+    assert await store.capacity.acquire_capacity(ask("elsewhere", "0,0,1", free, at=500)) == "b:1"

@@ -38,6 +38,7 @@ def test_environment_and_flags_are_read_with_their_types():
         ({"MCP_LIMIT_MAX_PAGE_SIZE": "0"}, "MCP_LIMIT_MAX_PAGE_SIZE=0: must be above zero"),
         ({"MCP_LIMIT_SUBMISSIONS_PER_SECOND": "-2"}, "MCP_LIMIT_SUBMISSIONS_PER_SECOND=-2.0: must not be negative"),
         ({"MCP_METRICS_PORT": "70000"}, "MCP_METRICS_PORT=70000: must be a port"),
+        ({"MCP_CAPACITY_SLICE_UNITS": "0"}, "MCP_CAPACITY_SLICE_UNITS=0: must be above zero"),
         ({"MCP_PROTOCOL_CONCURRENCY": "render"}, "'render' must look like name=N"),
     ],
 )

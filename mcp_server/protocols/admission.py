@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -83,7 +84,6 @@ class Admission:
         self.slices: dict[str, Slice] = {}  # every slice held here, by ledger id: their leases are renewed
         self.in_use_here: Counter[str] = Counter()  # address -> calls running here under a grant
         self.waiting: Counter[str] = Counter()  # protocol -> calls of this replica waiting
-        self.asked_for_slices = 0  # slices asked of the ledger (each one round trip)
         self._waiting_here = 0
         self._quiet_until = 0.0  # monotonic time until which the ledger is known to have no waiters
         self._released = asyncio.Event()
@@ -149,11 +149,11 @@ class Admission:
             asking = self._asking[needs] = asyncio.Event()
         pause, announced = FIRST_PAUSE, False
         try:
-            self.asked_for_slices += 1
             while (granted := await self.store.acquire_capacity_slice(request)) is None:
-                if asking is not None:
+                if asking is not None:  # no slice now: ask on for one unit, in the ledger's order
                     self._answered(needs, asking)
                     asking = None
+                    request = dataclasses.replace(request, units=1)
                 if not announced:
                     announced = True
                     self.waiting[protocol] += 1

@@ -179,3 +179,21 @@ async def test_free_units_are_given_back_at_shutdown(store):
     assert admission.kept_count >= 1
     await admission.close()
     assert (await store.capacity_in_use())["a:1"] == "0,0,0"
+
+
+async def test_a_call_that_must_wait_asks_on_for_one_unit_not_a_slice(store):
+    here, there = Admission(store, lease_seconds=5.0), Admission(store, lease_seconds=5.0)
+    two, other = {"a:1": Resources(gpus=2)}, {"b:1": Resources(gpus=1)}
+    there.release(await one_call(there, two))
+    taken = [await one_call(there, two) for _ in range(2)]  # there holds both GPUs of a:1
+    here.release(await one_call(here, other))  # here learns nobody waits: its next ask is for a slice
+    waiting = asyncio.create_task(one_call(here, two))
+    await asyncio.sleep(3 * QUIET_CHECK)
+    assert not waiting.done() and here.waiting["render"] == 1
+    for grant in taken:
+        there.release(grant)
+    granted = await asyncio.wait_for(waiting, timeout=5)  # a bound, not a timing
+    assert granted.slice.units == 1  # once it had to wait, it asked for one unit, as everyone waiting does
+    here.release(granted)
+    for admission in (here, there):
+        await admission.close()

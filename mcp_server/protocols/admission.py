@@ -11,8 +11,8 @@ slice: up to `slice_units` units of a call's needs on one instance (as many as f
 one round trip and under one lease. Its calls with the same needs take units from the slice
 without a round trip; calls that arrive while a slice is being asked for wait for that answer
 instead of asking too. A unit a call gives back stays in the slice for the next call here.
-While a slice has free units, the replica asks the ledger every QUIET_CHECK seconds whether
-anyone waits; as soon as someone does (or a call here must wait), every slice gives back its
+While it holds slices, the replica asks the ledger every QUIET_CHECK seconds whether anyone
+waits; as soon as someone does (or a call here must wait), every slice gives back its
 free units (one round trip each; units in use stay until their calls end), and a slice no call
 took a unit from for `keep_seconds` gives back its free units too (0: no slices, no kept
 units: every call asks the ledger for one unit). While anyone waits, calls here ask for one
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 FIRST_PAUSE = 0.005
 LONGEST_PAUSE = 0.1
 WAITER_SECONDS = 3.0  # a waiter that stops asking (its replica died) is forgotten after this
-QUIET_CHECK = 0.02  # while slices have free units: how often to ask whether any call waits
+QUIET_CHECK = 0.02  # while slices are held: how often to ask whether any call waits
 
 
 @dataclass(eq=False)
@@ -182,8 +182,7 @@ class Admission:
         taken = self.slices[waiter_id] = Slice(granted.address, waiter_id, member, needs, granted.units)
         if announced and observer is not None:
             observer.granted(protocol, granted.address)
-        if taken.units > 1:
-            self._attend_soon()
+        self._attend_soon()
         return taken
 
     def _answered(self, needs: Resources, asking: asyncio.Event) -> None:
@@ -252,14 +251,15 @@ class Admission:
         self._released.set()
 
     def _attend_soon(self) -> None:
-        if self._attendant is None:
+        if self._attendant is None and self.keep_seconds > 0:
             self._attendant = asyncio.get_running_loop().create_task(self._attend())
 
     async def _attend(self) -> None:
-        """While slices have free units: ask the ledger whether anyone waits; give every free
-        unit back if so, and those of slices no call took from for `keep_seconds`."""
+        """While this replica holds slices: ask the ledger whether anyone waits; give every
+        free unit back if so, and those of slices no call took from for `keep_seconds`. (It
+        asks while every unit is in use too, so a unit given back then knows whether to stay.)"""
         try:
-            while self.kept_count:
+            while self.slices and self.keep_seconds > 0:
                 await asyncio.sleep(QUIET_CHECK)
                 try:
                     waiting = await self.store.capacity_waiting()

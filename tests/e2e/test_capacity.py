@@ -139,6 +139,44 @@ async def test_capacity_held_by_a_killed_replica_comes_back_within_a_lease(gpu_b
                 process.wait(timeout=15)
 
 
+async def test_a_slice_held_by_a_killed_replica_comes_back_whole_within_a_lease(redis_url):
+    """A replica holds a slice of all four GPUs of an instance, free for its next calls, and is
+    killed -9: the ledger counts them as in use until the slice's lease runs out, then every
+    one comes back (the other replica runs four calls at once), never more than four."""
+    box = spawn_plugin(GPU_BOX, "127.0.0.1:0", "--capacity", "gpus=4")
+    first, second = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    lease = {"MCP_LEASE_SECONDS": "3"}
+    doomed = start_orchestrator(first, redis_url, [box.address], "doomed", MCP_CAPACITY_KEEP_SECONDS="30", **lease)
+    survivor = start_orchestrator(second, redis_url, [box.address], "survivor", **lease)
+    a, b = client_for_address(first), client_for_address(second)
+
+    async def in_use() -> int:
+        found = await b.registry.GetProtocol(registry_pb2.GetProtocolRequest(name="render"))
+        return sum(i.capacity_in_use.gpus for i in found.instances)
+
+    try:
+        await create(a, workflow("quick", step("r", "render", "{'ms': 50, 'tag': 'quick'}")))
+        await create(b, fan("four", 4, 1000))
+        one = task_pb2.SubmitTaskRequest(workflow_id="quick")
+        await a.tasks.RunTask(one)  # doomed learns that no call waits: from now on it asks for slices
+        await asyncio.gather(*(a.tasks.RunTask(one) for _ in range(4)))
+        assert await in_use() == 4  # no call runs: all four sit in doomed's slices, kept for its next calls
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+        assert await in_use() == 4  # the lease (3 s) has not run out: they are still the dead replica's
+        await stats(box, reset=True)
+        four = await submit(b, "four")
+        assert (await wait_done(b, four.task_id, timeout=30)).status == task_pb2.TASK_STATUS_COMPLETED
+        assert (await stats(box))["max_in_flight"] == 4  # every unit of the slice came back
+    finally:
+        await a.channel.close()
+        await b.channel.close()
+        for process in (doomed, survivor, box.process):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)
+
+
 async def test_a_killed_instance_s_calls_are_retried_on_the_other_one(server_factory, gpu_boxes):
     running = await server_factory(session_plugins=False, extra_plugins=tuple(b.address for b in gpu_boxes))
     client = client_for(running)

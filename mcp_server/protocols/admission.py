@@ -22,7 +22,9 @@ What that relaxes: a call on another replica that arrives between two checks wai
 QUIET_CHECK longer, while free units sit in this replica's slices, so priority order across
 replicas holds to within that interval (within one replica it holds exactly: nothing is taken
 from a slice while a call here waits). A slice's free units count as in use in the ledger and
-its gauges. Capacity is never exceeded: a slice's units are granted units.
+its gauges. Capacity is never exceeded: a slice's units are granted units, and a slice the
+ledger no longer holds (its lease ran out while the store could not be reached) serves no more
+calls once a renewal says so.
 """
 
 from __future__ import annotations
@@ -285,8 +287,20 @@ class Admission:
         """Renew the leases of every slice this replica holds (run as a background task)."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            if self.slices:
-                try:
-                    await self.store.renew_capacity(list(self.slices), self.lease_seconds)
-                except McpError as exc:
-                    log.warning("capacity lease upkeep paused: %s", exc)
+            await self.renew()
+
+    async def renew(self) -> None:
+        """Renew every slice's lease. A slice the ledger no longer holds (its lease ran out while
+        the store could not be reached, or the ledger lost it) serves no more calls: its units
+        may be someone else's now. Calls running on it finish."""
+        if not self.slices:
+            return
+        try:
+            missing = await self.store.renew_capacity(list(self.slices), self.lease_seconds)
+        except McpError as exc:
+            log.warning("capacity lease upkeep paused: %s", exc)
+            return
+        for waiter_id in missing:
+            lost = self.slices.pop(waiter_id, None)
+            if lost is not None:
+                log.warning("capacity slice on %s was lost by the ledger: no more calls on it", lost.address)

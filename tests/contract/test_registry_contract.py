@@ -164,3 +164,13 @@ async def test_a_queue_blocked_on_one_instance_does_not_hold_back_a_call_for_ano
     for i in range(100):
         assert await store.capacity.acquire_capacity(ask(f"w{i}", "0,0,1", full, at=10 + i)) is None
     assert await store.capacity.acquire_capacity(ask("elsewhere", "0,0,1", free, at=500)) == "b:1"
+
+
+async def test_renewing_says_which_grants_the_ledger_no_longer_holds(store):
+    one = {"a:1": "0,0,2"}
+    assert await store.capacity.acquire_capacity(ask("kept", "0,0,1", one, at=1)) == "a:1"
+    assert await store.capacity.acquire_capacity(ask("short", "0,0,1", one, at=2, lease=0.2)) == "a:1"
+    await asyncio.sleep(0.35)
+    assert await store.capacity.acquire_capacity(ask("next", "0,0,1", one, at=3)) == "a:1"  # short's ran out
+    assert await store.capacity.renew_capacity(["kept", "short", "never"], 30.0) == ["short", "never"]
+    assert await store.capacity.renew_capacity([], 30.0) == []

@@ -197,3 +197,23 @@ async def test_a_call_that_must_wait_asks_on_for_one_unit_not_a_slice(store):
     here.release(granted)
     for admission in (here, there):
         await admission.close()
+
+
+async def test_a_slice_the_ledger_lost_serves_no_more_calls(store):
+    admission = Admission(store, lease_seconds=5.0)
+    four = {"a:1": Resources(gpus=4)}
+    admission.release(await one_call(admission, four))
+    first = await one_call(admission, four)  # takes the kept unit
+    second = await one_call(admission, four)  # a slice of the 3 units left: 2 of them free
+    lost = second.slice
+    assert (lost.units, lost.free) == (3, 2)
+    await store.release_capacity(lost.waiter_id, lost.member)  # as when its lease ran out during an outage
+    await admission.renew()
+    assert lost.waiter_id not in admission.slices and admission.kept_count == 0
+    third = await one_call(admission, four)  # from the ledger, not from the lost slice's free units
+    assert third.slice is not lost
+    for grant in (first, second, third):
+        admission.release(grant)  # the lost slice's unit: nothing to give back, the ledger does not hold it
+    await admission.close()
+    await settle()
+    assert (await store.capacity_in_use())["a:1"] == "0,0,0"

@@ -87,7 +87,10 @@ class CapacityLedger(Protocol):
         """How many calls of any replica wait for capacity now."""
         ...
 
-    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None: ...
+    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        """Extend the leases of these grants; return the ids the ledger no longer holds (their
+        lease ran out, or the ledger lost them)."""
+        ...
 
     async def capacity_in_use(self) -> dict[str, str]:
         """What calls hold now on each instance, as `c,m,g` by address."""

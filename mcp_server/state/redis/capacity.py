@@ -55,10 +55,14 @@ class RedisCapacity:
     async def capacity_waiting(self) -> int:
         return int(await self.conn.do(self.conn.r.zcard(self.layout.capacity[2])))
 
-    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
-        if waiter_ids:
-            expiry = int((now_seconds() + lease_seconds) * 1000)
-            await self.conn.do(self._renew_capacity(keys=list(self.layout.capacity[:2]), args=[expiry, *waiter_ids]))
+    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        if not waiter_ids:
+            return []
+        expiry = int((now_seconds() + lease_seconds) * 1000)
+        missing = await self.conn.do(
+            self._renew_capacity(keys=list(self.layout.capacity[:2]), args=[expiry, *waiter_ids])
+        )
+        return [text(m) for m in missing]
 
     async def capacity_in_use(self) -> dict[str, str]:
         values = await self.conn.do(self.conn.r.hgetall(self.layout.capacity[5]))

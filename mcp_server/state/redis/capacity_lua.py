@@ -177,10 +177,15 @@ return redis.call('ZCARD', KEYS[3])
 )
 
 
-# KEYS: grants, grant data; ARGV: expiry ms, ids -> keeps the grants alive
+# KEYS: grants, grant data; ARGV: expiry ms, ids -> keeps the grants alive; returns the ids not held
 RENEW_CAPACITY = """
+local missing = {}
 for i = 2, #ARGV do
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i]) end
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+  else
+    missing[#missing + 1] = ARGV[i]
+  end
 end
-return 1
+return missing
 """

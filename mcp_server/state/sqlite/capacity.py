@@ -78,11 +78,16 @@ class SqliteCapacity:
         if not grant.units:
             del self.grants[waiter_id]
 
-    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> None:
-        until = time.monotonic() + lease_seconds
+    async def renew_capacity(self, waiter_ids: Sequence[str], lease_seconds: float) -> list[str]:
+        now = time.monotonic()
+        self._expire(now)
+        missing = []
         for waiter_id in waiter_ids:
             if waiter_id in self.grants:
-                self.grants[waiter_id].until = until
+                self.grants[waiter_id].until = now + lease_seconds
+            else:
+                missing.append(waiter_id)
+        return missing
 
     async def capacity_waiting(self) -> int:
         self._expire(time.monotonic())

@@ -11,20 +11,19 @@ on both alike, and the ratio is the median of the rounds' ratios.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
 
-from bench.harness import Stat, start_plugin
+from bench.harness import Stat, start_plugin, throughput
 from bench.report import table
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import CallContext
+from mcp_server.engine.values import dict_to_struct
 from mcp_server.orchestrator import Orchestrator
 from mcp_server.protocols.caller import _context
 from mcp_server.settings import Settings
@@ -43,7 +42,7 @@ async def bench_calls(_sdk_plugin: Any, quick: bool) -> None:
     try:
         await orchestrator.directory.register(plugin.address)
         stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
-        value = Payload.of_struct(_struct({"text": "hello"}))
+        value = Payload.of_struct(dict_to_struct({"text": "hello"}))
         context = CallContext("t" * 32, "root/s0", 1, "k" * 64, "three", 1)
 
         async def bare() -> None:
@@ -96,20 +95,6 @@ async def bench_calls(_sdk_plugin: Any, quick: bool) -> None:
 
 async def _round(run: Callable[[], Awaitable[None]], total: int) -> tuple[float, float]:
     """CPU seconds of this process and wall seconds for `total` calls, IN_FLIGHT at a time."""
-    left = total
-
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await run()
-
-    started_cpu, started = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
-    return time.process_time() - started_cpu, time.perf_counter() - started
-
-
-def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    made = struct_pb2.Struct()
-    made.update(data)
-    return made
+    started_cpu = time.process_time()
+    rate = await throughput(run, IN_FLIGHT, total)
+    return time.process_time() - started_cpu, total / rate

@@ -25,7 +25,7 @@ from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import CallContext
 from mcp_server.engine.values import dict_to_struct
 from mcp_server.orchestrator import Orchestrator
-from mcp_server.protocols.caller import _context
+from mcp_server.protocols.caller import execution_context
 from mcp_server.settings import Settings
 from mcp_server.state import open_store
 
@@ -55,7 +55,7 @@ async def bench_calls(_sdk_plugin: Any, quick: bool) -> None:
 
         async def bare_with_deadline() -> None:
             request = protocol_pb2.ExecuteRequest(
-                protocol="echo", input=value.struct(), context=_context(context, ATTEMPT_SECONDS)
+                protocol="echo", input=value.struct(), context=execution_context(context, ATTEMPT_SECONDS)
             )
             await stub.Execute(request, timeout=ATTEMPT_SECONDS)
 

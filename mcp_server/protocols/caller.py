@@ -69,7 +69,7 @@ class GrpcProtocolCaller:
         instances = await self._instances(protocol)
         manifest = instances[0].manifest
         request = protocol_pb2.ExecuteRequest(
-            protocol=protocol, input=input_data.struct(), context=_context(context, timeout)
+            protocol=protocol, input=input_data.struct(), context=execution_context(context, timeout)
         )
         metadata: Sequence[tuple[str, str]] = ()
         span = None
@@ -263,7 +263,8 @@ def _call_error(exc: grpc.aio.AioRpcError, address: str, timeout: float | None) 
     return error
 
 
-def _context(context: CallContext, timeout: float | None) -> protocol_pb2.ExecutionContext:
+def execution_context(context: CallContext, timeout: float | None) -> protocol_pb2.ExecutionContext:
+    """The ExecutionContext a plugin receives with a call: where it comes from and its deadline."""
     message = protocol_pb2.ExecutionContext(
         task_id=context.task_id,
         step_path=context.step_path,

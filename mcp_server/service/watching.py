@@ -30,18 +30,11 @@ class Watching:
         self.limits = limits
         self.watchers: dict[str, int] = {}
 
-    async def watch_task(
-        self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN
-    ) -> AsyncIterator[task_pb2.TaskEvent]:
-        """Every event after `after_sequence`, then live ones, until the terminal event."""
-        async for batch in self.watch_task_batches(task_id, after_sequence, principal):
-            for event in batch:
-                yield event
-
     async def watch_task_batches(
         self, task_id: str, after_sequence: int, principal: Principal = ANONYMOUS_ADMIN
     ) -> AsyncIterator[list[task_pb2.TaskEvent]]:
-        """watch_task, the events that are ready together in one list."""
+        """Every event after `after_sequence`, then live ones, until the terminal event; the events
+        that are ready together in one list."""
         async for batch in await self.open_watch(task_id, after_sequence, principal):
             yield batch
 

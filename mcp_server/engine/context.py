@@ -39,6 +39,7 @@ from mcp_server.engine.ports import (
     StepRecord,
     TaskStore,
     UnitGate,
+    WaitRecord,
 )
 from mcp_server.engine.records import (
     TASK_RESULT,
@@ -162,7 +163,9 @@ class RunContext:
                 index, state, take_value(state, "input", values), take_value(state, "output", values)
             )
             if state.status == task_pb2.STEP_STATUS_WAITING and state.wait.signal and not state.reused:
-                self.suspensions.dormant[state.path] = (state.wait.signal, state.start_time.ToMilliseconds())
+                deadline_ms = state.wait.deadline.ToMilliseconds() if state.wait.HasField("deadline") else 0
+                since_ms = state.start_time.ToMilliseconds()
+                self.suspensions.dormant[state.path] = WaitRecord(state.wait.signal, deadline_ms, since_ms)
 
     # ---- events -------------------------------------------------------------------------
     def emit(self, type_: int, *, flush_soon: bool = False, **fields: Any) -> task_pb2.TaskEvent:

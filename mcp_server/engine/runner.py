@@ -183,6 +183,8 @@ class TaskRunner:
         """Learn the task's signals; take in those no run has taken in yet."""
         assert self.waits is not None
         records = await self.waits.read_signals(ctx.task.task_id)
+        if ctx.suspensions.parking:  # left for the next life: the write that parks sees them and queues the task
+            return
         ctx.take_in_signals(ctx.suspensions.known(records, ctx.consumed_signals()))
 
     async def _follow_signals(self, ctx: RunContext, arrived: asyncio.Event) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import SignalRecord, WaitRecord
@@ -52,6 +52,10 @@ class Waiter:
     since_ms: int
     future: asyncio.Future[Signal] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
+    def record(self) -> WaitRecord:
+        """The stored form of this wait (no signal assigned yet)."""
+        return WaitRecord(self.signal, int(self.deadline * 1000) if self.deadline else 0, self.since_ms)
+
 
 class Suspensions:
     """The waits and signals of one run (see the module's docstring)."""
@@ -60,8 +64,8 @@ class Suspensions:
         self.park_horizon = park_horizon
         self.signals: dict[int, Signal] = {}
         self.waiters: dict[str, Waiter] = {}
-        # waits an earlier life of the run left waiting, not reached again yet: path -> (signal, since ms)
-        self.dormant: dict[str, tuple[str, int]] = {}
+        # waits an earlier life of the run left waiting, not reached again yet: path -> their record
+        self.dormant: dict[str, WaitRecord] = {}
         self.live_leaves = 0
         self.parking = False
         self.request_park: Callable[[], None] | None = None
@@ -93,24 +97,29 @@ class Suspensions:
         or the step waiting longest for its name, or it is kept. A waiting step gets it at once."""
         signal = Signal.of(record)
         signal.sequence = sequence
+        waiting = {path: record for path, record in self.waiting_records().items() if record.signal == signal.name}
         if signal.target:
             signal.assigned = signal.target
         else:
-            waiting = {
-                w.path: w.since_ms for w in self.waiters.values() if w.signal == signal.name and not w.future.done()
-            }
             taken = {s.assigned for s in self.signals.values() if s.assigned and not s.consumed}
-            for path, (name, since_ms) in self.dormant.items():  # waiting still, though not reached again yet
-                if name == signal.name and path not in taken:
-                    waiting.setdefault(path, since_ms)
-            if waiting:
-                signal.assigned = min((since_ms, path) for path, since_ms in waiting.items())[1]
+            free = [(record.since_ms, path) for path, record in waiting.items() if path not in taken]
+            if free:
+                signal.assigned = min(free)[1]
         self.signals[signal.index] = signal
         self.taken[signal.index] = (sequence, signal.assigned)
+        if signal.assigned in waiting:  # its stored wait says it has a signal coming (see SignalTask)
+            self.waits_changed[signal.assigned] = replace(waiting[signal.assigned], assigned=sequence)
         waiter = self.waiters.get(signal.assigned)
         if waiter is not None and waiter.signal == signal.name and not waiter.future.done():
             waiter.future.set_result(signal)
         return signal
+
+    def waiting_records(self) -> dict[str, WaitRecord]:
+        """The steps that wait for a signal now, by path: those waiting in this life and those an
+        earlier life left waiting that this one has not reached again yet."""
+        waiting = dict(self.dormant)
+        waiting.update((w.path, w.record()) for w in self.waiters.values() if w.signal and not w.future.done())
+        return waiting
 
     def signal_for(self, path: str, name: str) -> Signal | None:
         """A signal for the wait at `path`: one assigned to it, else the first kept one of its name."""
@@ -126,7 +135,7 @@ class Suspensions:
         """Register the wait at `path` (written with the next checkpoint) and return its waiter."""
         self.dormant.pop(path, None)
         waiter = self.waiters[path] = Waiter(path, signal, deadline, since_ms)
-        self.waits_changed[path] = WaitRecord(signal, int(deadline * 1000) if deadline else 0, since_ms)
+        self.waits_changed[path] = waiter.record()
         self._changed()
         return waiter
 
@@ -135,8 +144,10 @@ class Suspensions:
         the run parks: its waits stay as they are, for `due` and for the run's next life."""
         if self.parking:
             return
-        self.dormant.pop(path, None)
-        if self.waiters.pop(path, None) is not None:
+        # a wait an earlier life left (its record is stored) ends here too when this life finds
+        # its signal without waiting again: its record goes, or a later signal could be sent to it
+        was_dormant = self.dormant.pop(path, None) is not None
+        if self.waiters.pop(path, None) is not None or was_dormant:
             self.waits_changed[path] = None
         if signal is not None:
             signal.consumed = True

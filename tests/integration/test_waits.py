@@ -217,6 +217,28 @@ async def test_the_longest_waiting_step_takes_an_unaddressed_signal(served):
     assert result(done) == {"first": {"n": 1}, "later": {"n": 2}}
 
 
+async def test_signals_that_race_the_park_each_reach_their_wait_in_order(served):
+    """Two waits in sequence, two signals sent as fast as a client can, the first at every offset
+    across the moment the run parks: the first signal goes to the first wait, the second to the
+    second, and every task ends. (Signals taken in while the run parked were kept for no one, and
+    a wait an earlier life left stayed listed as waiting, so a later signal could go to it.)"""
+    _, client = served
+    await create(client, workflow("two-waits", seq("root", wait("a", "go"), wait("b", "go"))))
+
+    async def signalled_twice(offset_ms: float) -> task_pb2.Task:
+        task = await submit(client, "two-waits", {})
+        await asyncio.sleep(offset_ms / 1000)
+        await signal(client, task.task_id, "go", {"n": 1}, request_id="first")
+        await signal(client, task.task_id, "go", {"n": 2})
+        return await wait_done(client, task.task_id, timeout=15)
+
+    offsets = [i * 0.5 for i in range(40)]  # 0 to 20 ms: the run parks 10 ms after its wait begins
+    for done in await asyncio.gather(*(signalled_twice(offset) for offset in offsets)):
+        steps = step_states(done)
+        outputs = [json_format.MessageToDict(steps[p].output) for p in ("root/a", "root/b")]
+        assert done.status == S.TASK_STATUS_COMPLETED and outputs == [{"n": 1}, {"n": 2}], done
+
+
 async def test_a_sleep_parks_the_task_and_its_timer_fires_on_time(server_factory, store_url):
     running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)
     client = client_for(running)

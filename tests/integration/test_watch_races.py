@@ -15,6 +15,7 @@ from tests.conftest import client_for
 from tests.helpers import create, step, workflow
 
 pytestmark = pytest.mark.asyncio
+E = task_pb2.TaskEventType
 
 
 async def test_watchers_starting_mid_run_miss_nothing_and_never_stall(server_factory, redis_url, monkeypatch):
@@ -57,3 +58,38 @@ async def test_a_local_write_that_overtakes_the_first_read_is_kept_for_its_turn(
         assert [e.sequence for e in await hub.wait(key, partition, 6, 1.0)] == [7]
     finally:
         await store.close()
+
+
+async def test_a_watcher_here_follows_a_task_that_parked_here_and_resumed_on_another_replica(
+    server_factory, redis_url, monkeypatch
+):
+    """A replica stops counting itself the writer of a task's log once its run parks: the task
+    may resume anywhere, and what the other replica writes must reach the watchers here through
+    the XREAD (it reached them only when the writer mark ran out, 5 s by default; 600 here)."""
+    monkeypatch.setattr(StreamHub, "LOCAL_SECONDS", 600.0)
+    here = await server_factory(store=redis_url)
+    there = await server_factory(store=redis_url)
+    near, far = client_for(here), client_for(there)
+    steps = [{"id": "approval", "wait": {"signal": "go"}}, step("after", "echo")]
+    await create(near, workflow("approve-then-echo", {"id": "root", "sequence": {"children": steps}}))
+    task = (await near.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="approve-then-echo"))).task
+    seen: list[task_pb2.TaskEvent] = []
+
+    async def watch_here() -> None:
+        async for event in near.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+            seen.append(event)
+
+    watcher = asyncio.get_running_loop().create_task(watch_here())
+    async with asyncio.timeout(10):
+        while (await near.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.status != (
+            task_pb2.TASK_STATUS_WAITING
+        ):
+            await asyncio.sleep(0.02)
+    request = task_pb2.SignalTaskRequest(task_id=task.task_id, signal="go")
+    assert (await far.tasks.SignalTask(request)).step_path == "root/approval"
+    await asyncio.wait_for(watcher, 10)
+    runs = [e.message for e in seen if e.type in (E.TASK_EVENT_TYPE_STARTED, E.TASK_EVENT_TYPE_RESUMED)]
+    assert here.orchestrator.settings.replica_id in runs[0] and there.orchestrator.settings.replica_id in runs[-1], runs
+    assert [e.sequence for e in seen] == list(range(1, len(seen) + 1)) and seen[-1].type == E.TASK_EVENT_TYPE_COMPLETED
+    await near.channel.close()
+    await far.channel.close()

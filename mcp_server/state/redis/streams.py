@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,8 +36,11 @@ class _PartitionReader:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._read())
             return
-        if self.hub.is_local(key):
-            return
+        if not self.hub.is_local(key):
+            await self.wake()
+
+    async def wake(self) -> None:
+        """End the blocked XREAD, so that the next one reads the streams followed now."""
         store = self.hub.store
         async with store.pipeline() as pipe:
             pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=16, approximate=True)
@@ -87,6 +91,7 @@ class StreamHub:
         self.readers: dict[int, _PartitionReader] = {}
         self.local: dict[str, float] = {}  # stream key -> until when this replica is its writer
         self._local_pruned = 0.0
+        self._waking: set[asyncio.Task[None]] = set()
 
     def covers(self, key: str, after_sequence: int) -> bool:
         return self.followers.covers(key, after_sequence)
@@ -117,14 +122,30 @@ class StreamHub:
     def written(self, key: str, events: Sequence[task_pb2.TaskEvent], writer: bool = True) -> None:
         """Events this replica just wrote reach its own watchers at once, without waiting for
         the XREAD to see them (only after the write succeeded, so nothing unwritten is shown).
-        `writer`: this replica runs the task, so it writes what follows too."""
+        `writer`: this replica runs the task, so it writes what follows too (False: it does not,
+        or no longer does)."""
         now = time.monotonic()
         if writer:
             self.local[key] = now + self.LOCAL_SECONDS
+        elif self.local.pop(key, None) is not None:
+            self._handed_over(key)
         if now - self._local_pruned > self.LOCAL_SECONDS:
             self.local = {k: until for k, until in self.local.items() if until > now}
             self._local_pruned = now
         self.followers.add(key, events)
+
+    def _handed_over(self, key: str) -> None:
+        """This replica no longer writes `key` (its run parked or ended; another replica may
+        resume it): a watcher here follows it through the XREAD from now on, at once."""
+        for reader in self.readers.values():
+            if key in reader.keys and reader.task is not None and not reader.task.done():
+                waking = asyncio.get_running_loop().create_task(self._wake(reader))
+                self._waking.add(waking)
+                waking.add_done_callback(self._waking.discard)
+
+    async def _wake(self, reader: _PartitionReader) -> None:
+        with contextlib.suppress(Unavailable):  # the reader's next round follows the stream anyway
+            await reader.wake()
 
     def is_local(self, key: str) -> bool:
         """Whether this replica wrote `key` lately (so its own writes feed its watchers)."""

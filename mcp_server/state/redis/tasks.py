@@ -197,7 +197,9 @@ class RedisTasks:
             ],
             args,
         )
-        self.hub.written(keys.events, checkpoint.events)
+        # a run that parked writes no more here: the task may resume on another replica (an ended
+        # one stays marked: nothing follows its last event, and a watcher here stops there)
+        self.hub.written(keys.events, checkpoint.events, writer=checkpoint.status != task_pb2.TASK_STATUS_WAITING)
 
     async def read_events(
         self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE

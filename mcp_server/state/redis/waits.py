@@ -95,7 +95,7 @@ class RedisWaits:
         if status == "appended":
             return SignalOutcome(status, SignalRecord(int(reply[1]), stored))
         if status in ("delivered", "leased"):
-            self.hub.written(keys.events, [event], writer=False)
+            self.hub.written(keys.events, [event], writer=status == "leased")  # leased: resumed here
             record = SignalRecord(int(reply[1]), stored, event.sequence, delivery.assigned)
             leased = (assemble(reply[2], reply[3]), int(reply[4])) if status == "leased" else None
             return SignalOutcome("delivered", record, leased)

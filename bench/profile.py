@@ -78,12 +78,6 @@ async def main() -> None:
         default="sdk",
         help="the SDK's plugin (ExecuteMany) or one written from the contract alone (unary Execute)",
     )
-    parser.add_argument(
-        "--plugin",
-        choices=["sdk", "unary"],
-        default="sdk",
-        help="the SDK's plugin (ExecuteMany) or one written from the contract alone (unary Execute)",
-    )
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     plugin = start_plugin("bench.unary_plugin") if args.plugin == "unary" else start_plugin()

@@ -7,12 +7,17 @@
   runs), against a one-echo-step task from SubmitAndWatchTask to its end, in the same run.
 - Timers: N tasks sleeping until the same second; how long after it they have all ended, and
   the lateness of each (its end against its deadline).
+- Racing signals (Redis, two replicas): tasks that wait three times (once, then twice in
+  parallel), each sent its three signals through either replica at random moments, many around
+  the moment the run parks: every task must end with each signal at one wait, in order; how
+  long SignalTask takes to answer, and a task from submit to its end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 import statistics
 import tempfile
 import time
@@ -33,6 +38,18 @@ WAIT = {
             "children": [
                 {"id": "ask", "wait": {"signal": "go"}},
                 {"id": "after", "step": {"protocol": "echo"}},
+            ]
+        },
+    },
+}
+THREE_WAITS = {
+    "workflow_id": "three-waits",
+    "root": {
+        "id": "root",
+        "sequence": {
+            "children": [
+                {"id": "a", "wait": {"signal": "go"}},
+                {"id": "p", "parallel": {"children": [{"id": f, "wait": {"signal": "go"}} for f in ("b", "c")]}},
             ]
         },
     },
@@ -61,6 +78,7 @@ async def bench_waits(plugin: Proc, quick: bool) -> None:
             await client.close()
             orchestrator.stop()
         table(f"Waits ({backend} store)", rows)
+    table("Signals racing the park, two replicas on one Redis", await _racing_signals(plugin, 200 if quick else 1_000))
 
 
 async def _submit_all(client: Orchestrated, workflow_id: str, inputs: list[dict[str, Any]]) -> list[str]:
@@ -173,4 +191,68 @@ async def _timers(
             "end - due",
         ),
         ("  orchestrator CPU per fired timer, ms", f"{cpu * 1000 / count:.2f}", "resume, write, end"),
+    ]
+
+
+async def _racing_signals(plugin: Proc, tasks: int) -> list[tuple[str, Stat | float | str, str]]:
+    store = f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
+    replicas = [start_orchestrator(store, [plugin.address]) for _ in range(2)]
+    clients = [Orchestrated(r.address) for r in replicas]
+    answers: list[float] = []
+    ends: list[float] = []
+    late = stuck = wrong = 0
+    rng = random.Random(7)
+
+    async def one() -> None:
+        nonlocal late, stuck, wrong
+        started = time.perf_counter()
+        task = (await clients[0].tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="three-waits"))).task
+        await asyncio.sleep(rng.random() * 0.03)
+        for n in range(3):
+            sent = time.perf_counter()
+            request = task_pb2.SignalTaskRequest(task_id=task.task_id, signal="go")
+            request.payload.number_value = n
+            answer = await rng.choice(clients).tasks.SignalTask(request)
+            answers.append((time.perf_counter() - sent) * 1000)
+            late += not answer.sequence  # not taken in within SignalTask's 5 s
+            await asyncio.sleep(rng.random() * 0.02)
+        try:
+            async with asyncio.timeout(30):
+                async for _ in clients[1].tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+                    pass
+        except TimeoutError:
+            stuck += 1
+            return
+        ends.append((time.perf_counter() - started) * 1000)
+        got = (await clients[1].tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
+        outputs = {s.path: s.output.number_value for s in got.steps if s.output.HasField("number_value")}
+        a, b, c = (outputs.get(f"root/{path}", -1.0) for path in ("a", "p/b", "p/c"))
+        wrong += a != 0 or sorted([b, c]) != [1, 2]
+
+    try:
+        await clients[0].create(THREE_WAITS)
+        for start in range(0, tasks, 50):
+            await asyncio.gather(*(one() for _ in range(min(50, tasks - start))))
+    finally:
+        for client in clients:
+            await client.close()
+        for replica in replicas:
+            replica.stop()
+    return [
+        (
+            f"{tasks:,} tasks, 3 signals each through either replica: stuck / wrong",
+            f"{stuck} / {wrong}",
+            "must be 0 / 0",
+        ),
+        ("  SignalTask answered before the task took it in (after 5 s)", f"{late}", f"of {3 * tasks:,}"),
+        (
+            "  SignalTask p50 / p99 / max, ms",
+            f"{statistics.median(answers):.1f} / {percentile(answers, 0.99):.1f} / {max(answers):.1f}",
+            "p99: a signal to a task another replica holds waits for its 200 ms poll",
+        ),
+        (
+            "  a task, submit to end, p50 / p99, ms",
+            f"{statistics.median(ends):.0f} / {percentile(ends, 0.99):.0f}" if ends else "-",
+            "includes the client's pauses (up to 90 ms)",
+        ),
     ]

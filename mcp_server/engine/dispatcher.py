@@ -40,6 +40,7 @@ class _Running:
     final_live: bytes | None = None  # set when the run has ended and written its end
     waits: bool = False  # its workflow has wait nodes: it listens for signals
     signals: asyncio.Event = field(default_factory=asyncio.Event)  # set when it has new signals
+    ending: asyncio.Event = field(default_factory=asyncio.Event)  # set when only its last write remains
 
 
 class Dispatcher:
@@ -131,9 +132,13 @@ class Dispatcher:
 
     async def cancel(self, task_id: str, reason: str) -> bool:
         """Cancel a task running here: its plugin calls are cancelled and it ends CANCELLED.
-        Returns False when the task does not run on this replica."""
+        Returns False when the task does not run on this replica, or its run had ended or parked
+        already (then its last write lands first: look at the task again)."""
         running = self._running.get(task_id)
         if running is None:
+            return False
+        if running.ending.is_set():
+            await asyncio.wait([running.task])  # not `await`: a caller that goes away must not cancel it
             return False
         running.cancel["reason"] = reason
         await cancel_and_wait(running.task)
@@ -209,7 +214,7 @@ class Dispatcher:
             plan = await self.plans.get(task.workflow_id, task.workflow_version)
             running.waits = bool(plan.waits)
             running.final_live = await self.runner.resume_from(
-                task, plan, running.lease_token, running.cancel, running.signals
+                task, plan, running.lease_token, running.cancel, running.signals, running.ending
             )
         except LeaseLost:
             pass

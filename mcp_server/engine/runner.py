@@ -72,6 +72,7 @@ class TaskRunner:
         lease_token: int,
         cancel_reason: dict[str, str] | None = None,
         signals: asyncio.Event | None = None,
+        ending: asyncio.Event | None = None,
     ) -> bytes:
         """Run the task in `snapshot` until it ends or parks; return the live part of its header as
         last written (see state.common.live_part).
@@ -79,7 +80,9 @@ class TaskRunner:
         Cancelling the coroutine with a reason in `cancel_reason["reason"]` marks the task
         CANCELLED; cancelling it without one (server shutdown) leaves it RUNNING for another
         replica or a restart to resume. `signals` is set when the task has new signals to take
-        in. Raises LeaseLost if another replica took it over.
+        in. `ending` is set once the run has ended or parked and only its last write remains (a
+        cancel then lets that write land rather than interrupt it). Raises LeaseLost if another
+        replica took it over.
         """
         task = snapshot
         task_id_var.set(task.task_id)
@@ -121,6 +124,8 @@ class TaskRunner:
             ctx.cancel_delayed_flush()
             if follower is not None:
                 follower.cancel()
+        if ending is not None:
+            ending.set()
         await ctx.checkpoint()
         return ctx.written_live
 

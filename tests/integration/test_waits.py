@@ -239,6 +239,24 @@ async def test_signals_that_race_the_park_each_reach_their_wait_in_order(served)
         assert done.status == S.TASK_STATUS_COMPLETED and outputs == [{"n": 1}, {"n": 2}], done
 
 
+async def test_a_cancel_that_races_the_park_ends_the_task(served):
+    """CancelTask at every offset across the moment the run parks answers with the task
+    CANCELLED, and it stays so. (A cancel that came while the parked run was writing itself
+    WAITING interrupted that write and was lost: the task waited on, forever.)"""
+    _, client = served
+    await create(client, workflow("wait-to-cancel", seq("root", wait("a", "go"))))
+
+    async def cancelled(offset_ms: float) -> tuple[int, task_pb2.Task]:
+        task = await submit(client, "wait-to-cancel", {})
+        await asyncio.sleep(offset_ms / 1000)
+        reply = await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="stop"))
+        return reply.task.status, await wait_done(client, task.task_id, timeout=15)
+
+    offsets = [i * 0.5 for i in range(40)]  # 0 to 20 ms: the run parks 10 ms after its wait begins
+    for answered, done in await asyncio.gather(*(cancelled(offset) for offset in offsets)):
+        assert answered == S.TASK_STATUS_CANCELLED and done.status == S.TASK_STATUS_CANCELLED, done
+
+
 async def test_a_sleep_parks_the_task_and_its_timer_fires_on_time(server_factory, store_url):
     running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)
     client = client_for(running)

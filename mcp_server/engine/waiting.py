@@ -94,7 +94,10 @@ async def _suspend(
         async with asyncio.timeout_at(when):
             taken = await waiter.future
     except TimeoutError:
-        return None
+        future = waiter.future
+        if not future.done() or future.cancelled():
+            return None
+        taken = future.result()  # given to this wait as its deadline passed: it is taken, not dropped
     finally:
         ctx.suspensions.ended(path, taken)
         if not ctx.suspensions.parking:  # a parked run leaves the step waiting, for the next life

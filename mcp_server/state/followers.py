@@ -25,7 +25,8 @@ class FollowedLog:
         self.events: list[task_pb2.TaskEvent] = []
         self.waiters: set[asyncio.Future[None]] = set()
         self.watchers = 0
-        self.idle_since = 0.0
+        # idle from the start: a log whose first read held the task's end is never waited on
+        self.idle_since = time.monotonic()
         self.error: McpError | None = None
         self.ahead: dict[int, task_pb2.TaskEvent] = {}  # arrived before the events they follow
 

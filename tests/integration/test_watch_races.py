@@ -6,6 +6,7 @@ not be lost.)"""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -93,3 +94,28 @@ async def test_a_watcher_here_follows_a_task_that_parked_here_and_resumed_on_ano
     assert [e.sequence for e in seen] == list(range(1, len(seen) + 1)) and seen[-1].type == E.TASK_EVENT_TYPE_COMPLETED
     await near.channel.close()
     await far.channel.close()
+
+
+async def test_watching_finished_tasks_leaves_no_followed_log_behind(server_factory, store_url, monkeypatch):
+    """A watcher whose first read holds the task's end never waits on its log: that log must
+    still be forgotten once idle (it was kept, with its events, for as long as the process ran)."""
+    from mcp_server.state.followers import Followers
+
+    monkeypatch.setattr(Followers, "PRUNE_EVERY_SECONDS", 0.0)
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    await create(client, workflow("one", {"id": "root", "sequence": {"children": [step("s", "echo")]}}))
+    finished = [
+        (await client.tasks.RunTask(task_pb2.SubmitTaskRequest(workflow_id="one"))).task.task_id for _ in range(10)
+    ]
+    tasks: Any = running.orchestrator.store.tasks
+    followers = tasks.hub.followers if hasattr(tasks, "hub") else tasks.db.followers
+    for task_id in finished:
+        seen = [e async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id))]
+        assert seen[-1].type == E.TASK_EVENT_TYPE_COMPLETED
+    assert len(followers.logs) >= len(finished)
+    followers.idle_seconds = 0.05
+    await asyncio.sleep(0.1)
+    followers.prune()
+    assert not followers.logs
+    await client.channel.close()

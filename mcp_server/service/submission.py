@@ -65,11 +65,16 @@ class Submission:
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
 
     async def submit_task(
-        self, request: task_pb2.SubmitTaskRequest, principal: Principal = ANONYMOUS_ADMIN, limited: bool = True
+        self,
+        request: task_pb2.SubmitTaskRequest,
+        principal: Principal = ANONYMOUS_ADMIN,
+        limited: bool = True,
+        follow: bool = False,
     ) -> tuple[task_pb2.Task, bool]:
         """Queue a run owned by `principal`. The same request_id returns the first task
         (created=False). Raises ResourceExhausted past the principal's submission rate (unless
-        not `limited`: a schedule's fires, which are their own rate)."""
+        not `limited`: a schedule's fires, which are their own rate). `follow`: a watcher of the
+        new task starts here at once (see TaskQueue.create_leased)."""
         require("workflow_id", request.workflow_id)
         if limited:
             self.rate_limiter.take(principal.name)
@@ -100,7 +105,7 @@ class Submission:
             hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
         )
         strategy = plan.concurrency.strategy if plan.concurrency else 0
-        return await self.store(task, event, fingerprint, values, group=group, strategy=strategy)
+        return await self.store(task, event, fingerprint, values, group=group, strategy=strategy, follow=follow)
 
     async def check_submittable(self, request: task_pb2.SubmitTaskRequest, principal: Principal) -> None:
         """Raise what submit_task would raise for `request` from `principal`, without storing
@@ -145,12 +150,13 @@ class Submission:
         kept: Kept | None = None,
         group: QueueGroup | None = None,
         strategy: int = 0,
+        follow: bool = False,
     ) -> tuple[task_pb2.Task, bool]:
         """Store a new task with its first event (and, for a rerun, what it keeps) and queue it,
         or, with room here and nothing waiting in the queue, start it on this replica at once,
         leased as it is stored (no trip through the queue, no claim round trip). A concurrency
         key's strategy (see ConcurrencyStrategy) then cancels the new task, or the key's older
-        ones. Returns the task (BASIC) and whether it is new."""
+        ones. `follow`: see TaskQueue.create_leased. Returns the task (BASIC) and whether it is new."""
         holder = self.settings.replica_id if self.dispatcher.has_room() and self.dispatcher.queue_seen_empty() else ""
         members = await self.queue.group_members(group) if group and group.max_running and strategy else []
         refused = strategy == CANCEL_NEWEST and group is not None and full_for_newest(members, group.max_running)
@@ -164,6 +170,7 @@ class Submission:
             values,
             kept,
             group,
+            follow,
         )
         if created:
             for listener in self.listeners:
@@ -216,7 +223,7 @@ class Submission:
         """submit_task, and the task's events from its first, as watch_task_batches gives them.
         No header is read to check who may see it: the caller has just submitted it (or, with a
         request id it used before, it is the task that request id made for this principal)."""
-        task, created = await self.submit_task(request, principal)
+        task, created = await self.submit_task(request, principal, follow=True)
         return task, created, self.watching.follow(task.task_id, 0, principal)
 
 

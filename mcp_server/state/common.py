@@ -156,6 +156,7 @@ class CreateTask:
         values: Mapping[str, bytes] | None = None,
         kept: Kept | None = None,
         group: QueueGroup | None = None,
+        follow: bool = False,
     ) -> tuple[task_pb2.Task, bool, int]:
         raise NotImplementedError
 

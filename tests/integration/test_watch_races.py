@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import grpc
 import pytest
 
 from mcp_sdk.proto import task_pb2
@@ -61,24 +62,38 @@ async def test_a_local_write_that_overtakes_the_first_read_is_kept_for_its_turn(
         await store.close()
 
 
+@pytest.mark.parametrize("read", ["SubmitTask + WatchTask", "SubmitAndWatchTask"])
 async def test_a_watcher_here_follows_a_task_that_parked_here_and_resumed_on_another_replica(
-    server_factory, redis_url, monkeypatch
+    server_factory, redis_url, monkeypatch, read
 ):
     """A replica stops counting itself the writer of a task's log once its run parks: the task
     may resume anywhere, and what the other replica writes must reach the watchers here through
-    the XREAD (it reached them only when the writer mark ran out, 5 s by default; 600 here)."""
+    the XREAD (it reached them only when the writer mark ran out, 5 s by default; 600 here).
+    SubmitAndWatchTask follows the log from the create on, with no read: the same holds."""
     monkeypatch.setattr(StreamHub, "LOCAL_SECONDS", 600.0)
     here = await server_factory(store=redis_url)
     there = await server_factory(store=redis_url)
     near, far = client_for(here), client_for(there)
     steps = [{"id": "approval", "wait": {"signal": "go"}}, step("after", "echo")]
     await create(near, workflow("approve-then-echo", {"id": "root", "sequence": {"children": steps}}))
-    task = (await near.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="approve-then-echo"))).task
+    submit = task_pb2.SubmitTaskRequest(workflow_id="approve-then-echo")
     seen: list[task_pb2.TaskEvent] = []
+    if read == "SubmitAndWatchTask":
+        stream = near.tasks.SubmitAndWatchTask(submit)
+        first = await stream.read()
+        task = first.submitted.task
+        seen += first.events
 
-    async def watch_here() -> None:
-        async for event in near.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-            seen.append(event)
+        async def watch_here() -> None:
+            while (reply := await stream.read()) is not grpc.aio.EOF:
+                seen.extend(reply.events)
+
+    else:
+        task = (await near.tasks.SubmitTask(submit)).task
+
+        async def watch_here() -> None:
+            async for event in near.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+                seen.append(event)
 
     watcher = asyncio.get_running_loop().create_task(watch_here())
     async with asyncio.timeout(10):

@@ -83,6 +83,7 @@ class TaskQueue(Protocol):
         values: Mapping[str, bytes] | None = None,
         kept: Kept | None = None,
         group: QueueGroup | None = None,
+        follow: bool = False,
     ) -> tuple[task_pb2.Task, bool, int]:
         """create_task for a task that `holder` starts at once: it is stored already leased
         (the lease token is returned; 0 when an existing task was returned) and never queued.
@@ -91,7 +92,8 @@ class TaskQueue(Protocol):
         write, and listed among the source's reruns (the store may give it another task_id, in
         the source's partition; its request_id dedupes reruns apart from submissions). `group` (default:
         the owner's) is what the task is queued under; a group with max_running full gets the task
-        queued, not leased (token 0)."""
+        queued, not leased (token 0). With `follow`, a task created and leased here has its log
+        followed in this process from its first event (a watcher about to start reads nothing)."""
         ...
 
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:

@@ -102,6 +102,7 @@ class RedisQueue(CreateTask):
         values: Mapping[str, bytes] | None = None,
         kept: Kept | None = None,
         group: QueueGroup | None = None,
+        follow: bool = False,
     ) -> tuple[task_pb2.Task, bool, int]:
         """A task with a request_id has an id derived from its owner and request_id, so the
         dedupe is the task's own key; without one, a second run of the script (a lost reply)
@@ -173,7 +174,10 @@ class RedisQueue(CreateTask):
                     metadata={"task_id": kept.source_task_id},
                 )
         if created:
-            self.hub.written(keys.events, [event], writer=bool(holder))
+            leased = bool(holder) and int(detail) > 0  # else queued (its group is full): any replica runs it
+            if follow and leased:
+                self.hub.follow_new(keys.events, partition)
+            self.hub.written(keys.events, [event], writer=leased)
             if not holder:  # queued: counts against the limit before the next count
                 taken, length = self._queue_length
                 self._queue_length = (taken, length + 1)

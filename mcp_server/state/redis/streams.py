@@ -32,12 +32,17 @@ class _PartitionReader:
         still arrive and be taken for the answer to the next command), so a new stream joins by
         writing to the wake-up stream, which ends the blocked read. A stream this replica writes
         itself needs no read: it joins the XREAD only once its local writes stop."""
+        if self.add(key) and not self.hub.is_local(key):
+            await self.wake()
+
+    def add(self, key: str) -> bool:
+        """Count `key` among the streams followed; False when that started the reader (its first
+        XREAD reads the key), True when a blocked XREAD may have to be woken for it."""
         self.keys.add(key)
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._read())
-            return
-        if not self.hub.is_local(key):
-            await self.wake()
+            return False
+        return True
 
     async def wake(self) -> None:
         """End the blocked XREAD, so that the next one reads the streams followed now."""
@@ -106,6 +111,18 @@ class StreamHub:
             if reader is None:
                 reader = self.readers[partition] = _PartitionReader(self, partition)
             await reader.include(key)
+
+    def follow_new(self, key: str, partition: int) -> None:
+        """Follow the stream of a task this replica has just created and holds, from its start:
+        its writes here (see written) feed it, so its first watchers read nothing. Called before
+        the first event is passed to written, with nothing written by anyone since the create."""
+        self.followers.prune()
+        _, new = self.followers.follow(key, 0)
+        if new:
+            reader = self.readers.get(partition)
+            if reader is None:
+                reader = self.readers[partition] = _PartitionReader(self, partition)
+            reader.add(key)  # the stream is this replica's: no XREAD to wake
 
     def feed(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
         """Events read from the stream itself (see follow)."""

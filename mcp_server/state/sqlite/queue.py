@@ -46,6 +46,7 @@ class SqliteQueue(CreateTask):
         values: Mapping[str, bytes] | None = None,
         kept: Kept | None = None,
         group: QueueGroup | None = None,
+        follow: bool = False,
     ) -> tuple[task_pb2.Task, bool, int]:
         group = group or QueueGroup.of_owner(task.owner)
         dedupe = rerun_dedupe_key(task.request_id) if kept and task.request_id else task.request_id
@@ -106,6 +107,8 @@ class SqliteQueue(CreateTask):
 
         created = await self.db.run(insert)
         if created[1]:
+            if follow:  # every write is this process's: the log is complete from here on
+                self.db.followers.follow(task.task_id, 0)
             self.db.written(task.task_id, [event])
         return created
 

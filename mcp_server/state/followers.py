@@ -91,6 +91,11 @@ class Followers:
         if log is not None and log.watchers == 0 and not log.waiters:
             del self.logs[key]
 
+    def has_gap(self, key: str) -> bool:
+        """Whether `key` holds events that arrived ahead of ones it has not seen yet."""
+        log = self.logs.get(key)
+        return log is not None and bool(log.ahead)
+
     def add(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
         """Events of `key` read from the store, or written by this process."""
         log = self.logs.get(key)

@@ -134,3 +134,33 @@ async def test_watching_finished_tasks_leaves_no_followed_log_behind(server_fact
     followers.prune()
     assert not followers.logs
     await client.channel.close()
+
+
+async def test_a_replica_that_takes_a_task_back_still_reads_what_another_wrote_meanwhile(redis_url, monkeypatch):
+    """This replica wrote events 1-4 (its run), another wrote 5-6 (the task resumed there), and
+    this one took it back and wrote 7 before its XREAD had read 5-6. Being the writer again must
+    not keep the stream off the XREAD while 5-6 are missing: the watcher here gets 5, 6, 7 (it
+    waited until the writer mark ran out, 5 s by default; 600 here)."""
+    import uuid
+
+    from mcp_server.engine.context import make_event
+    from mcp_server.state import open_store
+
+    monkeypatch.setattr(StreamHub, "LOCAL_SECONDS", 600.0)
+    store = await open_store(redis_url)
+    hub = store.tasks.hub  # type: ignore[attr-defined]
+    key, partition = f"stream-under-test:{uuid.uuid4().hex}", 0
+    events = [make_event("t", n, task_pb2.TASK_EVENT_TYPE_PROGRESS) for n in range(1, 8)]
+    try:
+        hub.written(key, events[:4])  # this replica's run: the stream is its own
+        await hub.follow(key, partition, 0)
+        hub.feed(key, events[:4])  # a watcher's first read
+        for event in events[4:6]:  # what the other replica wrote
+            await store.tasks.conn.do(  # type: ignore[attr-defined]
+                store.tasks.conn.r.xadd(key, {"e": event.SerializeToString()}, id=f"0-{event.sequence}")  # type: ignore[attr-defined]
+            )
+        hub.written(key, events[6:7])  # this replica runs it again: 7, ahead of 5-6
+        assert [e.sequence for e in await hub.wait(key, partition, 4, 5.0)] == [5, 6, 7]
+    finally:
+        await store.tasks.conn.do(store.tasks.conn.r.delete(key))  # type: ignore[attr-defined]
+        await store.close()

@@ -32,7 +32,7 @@ class _PartitionReader:
         still arrive and be taken for the answer to the next command), so a new stream joins by
         writing to the wake-up stream, which ends the blocked read. A stream this replica writes
         itself needs no read: it joins the XREAD only once its local writes stop."""
-        if self.add(key) and not self.hub.is_local(key):
+        if self.add(key) and self.hub.needs_read(key):
             await self.wake()
 
     def add(self, key: str) -> bool:
@@ -59,7 +59,7 @@ class _PartitionReader:
             self.keys &= logs.keys()  # pruned ones
             if not self.keys:
                 return
-            wanted: dict[Any, Any] = {k: f"0-{logs[k].last_sequence}" for k in self.keys if not self.hub.is_local(k)}
+            wanted: dict[Any, Any] = {k: f"0-{logs[k].last_sequence}" for k in self.keys if self.hub.needs_read(k)}
             if not wanted:  # every stream followed here is written here: nothing to read
                 await asyncio.sleep(StreamHub.LOCAL_RECHECK_SECONDS)
                 continue
@@ -145,15 +145,19 @@ class StreamHub:
         if writer:
             self.local[key] = now + self.LOCAL_SECONDS
         elif self.local.pop(key, None) is not None:
-            self._handed_over(key)
+            self._wake_readers_of(key)  # another replica may write it now: the XREAD follows it
+        self.followers.add(key, events)
+        if writer and self.followers.has_gap(key):
+            # this replica runs the task again, but what another replica wrote meanwhile has not
+            # reached it yet: the XREAD fetches that, local or not (see needs_read)
+            self._wake_readers_of(key)
         if now - self._local_pruned > self.LOCAL_SECONDS:
             self.local = {k: until for k, until in self.local.items() if until > now}
             self._local_pruned = now
-        self.followers.add(key, events)
 
-    def _handed_over(self, key: str) -> None:
-        """This replica no longer writes `key` (its run parked or ended; another replica may
-        resume it): a watcher here follows it through the XREAD from now on, at once."""
+    def _wake_readers_of(self, key: str) -> None:
+        """Have the reader that follows `key` read it at once (a blocked XREAD is ended): this
+        replica no longer writes it, or it misses what another replica wrote."""
         for reader in self.readers.values():
             if key in reader.keys and reader.task is not None and not reader.task.done():
                 waking = asyncio.get_running_loop().create_task(self._wake(reader))
@@ -163,6 +167,11 @@ class StreamHub:
     async def _wake(self, reader: _PartitionReader) -> None:
         with contextlib.suppress(Unavailable):  # the reader's next round follows the stream anyway
             await reader.wake()
+
+    def needs_read(self, key: str) -> bool:
+        """Whether the XREAD must read `key`: another replica may write it, or it misses events
+        another replica wrote before this one took the task back."""
+        return not self.is_local(key) or self.followers.has_gap(key)
 
     def is_local(self, key: str) -> bool:
         """Whether this replica wrote `key` lately (so its own writes feed its watchers)."""

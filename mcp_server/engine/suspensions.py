@@ -97,12 +97,12 @@ class Suspensions:
         or the step waiting longest for its name, or it is kept. A waiting step gets it at once."""
         signal = Signal.of(record)
         signal.sequence = sequence
-        waiting = {path: record for path, record in self.waiting_records().items() if record.signal == signal.name}
+        waiting = {path: wait for path, wait in self.waiting_records().items() if wait.signal == signal.name}
         if signal.target:
             signal.assigned = signal.target
         else:
             taken = {s.assigned for s in self.signals.values() if s.assigned and not s.consumed}
-            free = [(record.since_ms, path) for path, record in waiting.items() if path not in taken]
+            free = [(wait.since_ms, path) for path, wait in waiting.items() if path not in taken]
             if free:
                 signal.assigned = min(free)[1]
         self.signals[signal.index] = signal

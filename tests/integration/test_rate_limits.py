@@ -20,6 +20,10 @@ pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
 S = task_pb2.TaskStatus
 SLACK = 0.03  # a grant and the call reaching the plugin are this far apart, at most, on loopback
+# ... on an idle machine. Calls granted together reach the plugin up to this far apart when every
+# core is busy (CI): one of a batch that lands late then shares a window with the next batch. An
+# overshoot (a sixth grant in a period) arrives with its batch, far inside this margin.
+ARRIVAL_JITTER = 0.1
 
 
 def seconds(value: float) -> duration_pb2.Duration:
@@ -40,7 +44,7 @@ def ticks_wf(workflow_id: str, tag: str, count: int, uses: list[dict[str, Any]] 
 
 def most_in_a_window(times: list[float], period: float) -> int:
     times = sorted(times)
-    return max(sum(1 for t in times if start <= t < start + period - SLACK) for start in times)
+    return max(sum(1 for t in times if start <= t < start + period - ARRIVAL_JITTER) for start in times)
 
 
 @pytest.fixture

@@ -178,7 +178,7 @@ class RedisQueue(CreateTask):
             if follow and leased:
                 self.hub.follow_new(keys.events, partition)
             self.hub.written(keys.events, [event], writer=leased)
-            if not holder:  # queued: counts against the limit before the next count
+            if not leased:  # queued: counts against the limit before the next count
                 taken, length = self._queue_length
                 self._queue_length = (taken, length + 1)
             return task, True, int(detail)

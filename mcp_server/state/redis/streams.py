@@ -107,10 +107,7 @@ class StreamHub:
         self.followers.prune()
         _, new = self.followers.follow(key, after_sequence)
         if new:
-            reader = self.readers.get(partition)
-            if reader is None:
-                reader = self.readers[partition] = _PartitionReader(self, partition)
-            await reader.include(key)
+            await self._reader(partition).include(key)
 
     def follow_new(self, key: str, partition: int) -> None:
         """Follow the stream of a task this replica has just created and holds, from its start:
@@ -119,10 +116,13 @@ class StreamHub:
         self.followers.prune()
         _, new = self.followers.follow(key, 0)
         if new:
-            reader = self.readers.get(partition)
-            if reader is None:
-                reader = self.readers[partition] = _PartitionReader(self, partition)
-            reader.add(key)  # the stream is this replica's: no XREAD to wake
+            self._reader(partition).add(key)  # the stream is this replica's: no XREAD to wake
+
+    def _reader(self, partition: int) -> _PartitionReader:
+        reader = self.readers.get(partition)
+        if reader is None:
+            reader = self.readers[partition] = _PartitionReader(self, partition)
+        return reader
 
     def feed(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
         """Events read from the stream itself (see follow)."""

@@ -154,7 +154,22 @@ async def test_an_instance_with_a_ttl_unreachable_too_long_is_dropped_and_a_stat
         # registered by hand, without a TTL: it stays until deregistered, shown unreachable
         listed = {p.address: p for p in await directory.listing()}
         assert listed[static.address].health == registry_pb2.HEALTH_STATE_UNREACHABLE
-        assert all(p.health == registry_pb2.HEALTH_STATE_SERVING for a, p in listed.items() if a != static.address)
+        # every other instance stays listed and serving; on a busy machine one probe (every 0.2 s
+        # here) may be answered late, so a plugin gets a few rounds to be seen serving again
+        others = set(listed) - {static.address}
+        deadline = asyncio.get_running_loop().time() + 5
+        while True:
+            now_listed = {p.address: p for p in await directory.listing()}
+            assert others <= set(now_listed), others - set(now_listed)
+            not_serving = {
+                (p.manifest.name, a, registry_pb2.HealthState.Name(p.health))
+                for a, p in now_listed.items()
+                if a in others and p.health != registry_pb2.HEALTH_STATE_SERVING
+            }
+            if not not_serving or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert not not_serving, not_serving
     finally:
         for proc in (with_ttl, static):
             if proc.process.poll() is None:

@@ -247,12 +247,18 @@ class Metrics:
         start_http_server(port, addr=address, registry=self.registry)
 
 
+UNTIMED = frozenset({"wait_events"})
+
+
 def instrument_store(store: StoreT, metrics: Metrics) -> StoreT:
     """Wrap every coroutine method of each of `store`'s ports (a dataclass of them) so its latency
-    and failures are measured, labelled by the method's name."""
-    for port in (getattr(store, f.name) for f in dataclasses.fields(store)):  # type: ignore[arg-type]
+    and failures are measured, labelled by the method's name. Of the connection the ports share,
+    only `ping`: its other methods are what every port's calls go through, timed already. Not
+    `wait_events` either: it waits for a task's next events, so its time is the task's, not the store's."""
+    for field in dataclasses.fields(store):  # type: ignore[arg-type]
+        port = getattr(store, field.name)
         for name in dir(port):
-            if name.startswith("_"):
+            if name.startswith("_") or name in UNTIMED or (field.name == "connection" and name != "ping"):
                 continue
             method = getattr(port, name)
             if asyncio.iscoroutinefunction(method):

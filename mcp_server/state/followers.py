@@ -60,6 +60,11 @@ class FollowedLog:
         self.error = error
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Followers:
     """The logs this process follows, by key. A log nobody waits on is kept `idle_seconds`,
     so a watcher going from one wait to the next does not start over."""
@@ -108,21 +113,26 @@ class Followers:
         log = self.logs[key]
         log.watchers += 1
         log.idle_since = 0.0
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         log.waiters.add(waiter)
+        timer = None
         try:
             if not log.newer_than(after_sequence):
-                try:
-                    async with asyncio.timeout(timeout):  # not wait_for: see engine/cancelling.py
-                        await waiter
-                except TimeoutError:
+                # The timer resolves the waiter rather than cancelling the task (asyncio.timeout):
+                # one timer and no Timeout object or cancel-and-uncancel on the watch of each event.
+                timer = loop.call_later(timeout, _resolve, waiter)
+                await waiter
+                if not log.newer_than(after_sequence):  # the timer, not an event
                     if log.error is not None:
-                        raise log.error from None
+                        raise log.error
                     return []
             if after_sequence < log.start:
                 return None
             return [e for e in log.events if e.sequence > after_sequence]
         finally:
+            if timer is not None:
+                timer.cancel()
             log.waiters.discard(waiter)
             log.watchers -= 1
             if log.watchers == 0:

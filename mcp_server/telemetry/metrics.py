@@ -51,6 +51,7 @@ class Metrics:
         )
         self._step_children: dict[tuple[str, str], Any] = {}
         self._usage_children: dict[tuple[str, str, str], Any] = {}
+        self._task_children: dict[tuple[str, str], Any] = {}  # per workflow: submitted, and each end
         self.retries = Counter(
             "mcp_step_retries_total",
             "Retried protocol calls, by protocol and gRPC code",
@@ -205,13 +206,13 @@ class Metrics:
                 self.timers_fired.inc()
                 self.timer_lateness.observe(max(0.0, data["timer_late_ms"].number_value / 1000))
         elif kind == E.TASK_EVENT_TYPE_QUEUED:
-            self.tasks_submitted.labels(task.workflow_id).inc()
+            self._task_child(task.workflow_id, "").inc()
             if task.rerun_of:
                 self.reruns.labels(task.workflow_id).inc()
                 kept = event.data.fields.get("kept_steps")
                 self.reused_steps.inc(kept.number_value if kept is not None else 0)
         elif kind in TERMINAL:
-            self.tasks_finished.labels(task.workflow_id, TERMINAL[kind]).inc()
+            self._task_child(task.workflow_id, TERMINAL[kind]).inc()
         elif kind == E.TASK_EVENT_TYPE_STEP_RETRYING:
             data = event.data.fields
             self.retries.labels(event.protocol, data["code"].string_value if "code" in data else "").inc()
@@ -234,6 +235,16 @@ class Metrics:
             if len(self._usage_children) > 100_000:
                 self._usage_children.clear()
             child = self._usage_children[(protocol, owner, name)] = self.usage.labels(protocol, owner, name)
+        return child
+
+    def _task_child(self, workflow_id: str, end: str) -> Any:
+        """The counter of tasks of `workflow_id` submitted (`end` empty) or ended so."""
+        child = self._task_children.get((workflow_id, end))
+        if child is None:
+            if len(self._task_children) > 100_000:
+                self._task_children.clear()
+            counter = self.tasks_finished.labels(workflow_id, end) if end else self.tasks_submitted.labels(workflow_id)
+            child = self._task_children[(workflow_id, end)] = counter
         return child
 
     def _step_child(self, protocol: str, status: str) -> Any:

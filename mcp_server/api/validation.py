@@ -7,7 +7,6 @@ before its handler runs; all violations are reported together, each naming its f
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -20,12 +19,22 @@ from mcp_server.errors import FieldViolation, InvalidArgument
 RULES: Any = validate_pb2.rules  # the typed stubs do not model extension descriptors
 
 
-@dataclass(frozen=True)
 class _Check:
-    field: FieldDescriptor
-    rules: validate_pb2.FieldRules
-    pattern: re.Pattern[str] | None
-    key_pattern: re.Pattern[str] | None = None
+    """One field's rules, with what every request's check asks of them read out once (reading
+    the descriptor and the rules message again on each request cost more than the check)."""
+
+    def __init__(self, field: FieldDescriptor, rules: validate_pb2.FieldRules) -> None:
+        self.field, self.rules = field, rules
+        self.pattern = re.compile(rules.pattern) if rules.pattern else None
+        self.key_pattern = re.compile(rules.key_pattern) if rules.key_pattern else None
+        self.name: str = field.name
+        self.repeated: bool = field.is_repeated
+        self.singular_message = field.message_type is not None and not field.is_repeated
+        self.is_map = _is_map(field)
+        self.required: bool = rules.required
+        self.max_len: int = rules.max_len
+        self.min: int | None = rules.min if rules.has_min else None
+        self.max: int | None = rules.max if rules.has_max else None
 
 
 @cache
@@ -36,15 +45,7 @@ def _checks(descriptor: Descriptor) -> tuple[tuple[_Check, ...], tuple[FieldDesc
     for field in descriptor.fields:
         options = field.GetOptions()
         if options.HasExtension(RULES):
-            rules = options.Extensions[RULES]
-            checks.append(
-                _Check(
-                    field,
-                    rules,
-                    re.compile(rules.pattern) if rules.pattern else None,
-                    re.compile(rules.key_pattern) if rules.key_pattern else None,
-                )
-            )
+            checks.append(_Check(field, options.Extensions[RULES]))
         if (
             field.message_type is not None
             and not field.message_type.GetOptions().map_entry
@@ -63,7 +64,7 @@ def violations_of(message: Message, prefix: str = "") -> list[FieldViolation]:
     found: list[FieldViolation] = []
     checks, nested = _checks(message.DESCRIPTOR)
     for check in checks:
-        found += _check(message, check, f"{prefix}{check.field.name}")
+        found += _check(message, check, f"{prefix}{check.name}")
     for field in nested:
         if not field.is_repeated and message.HasField(field.name):
             found += violations_of(getattr(message, field.name), f"{prefix}{field.name}.")
@@ -71,27 +72,26 @@ def violations_of(message: Message, prefix: str = "") -> list[FieldViolation]:
 
 
 def _check(message: Message, check: _Check, path: str) -> list[FieldViolation]:
-    field, rules = check.field, check.rules
-    value = getattr(message, field.name)
-    repeated = field.is_repeated
-    present = message.HasField(field.name) if field.message_type is not None and not repeated else bool(value)
-    if rules.required and not present:
+    value = getattr(message, check.name)
+    repeated, max_len = check.repeated, check.max_len
+    present = message.HasField(check.name) if check.singular_message else bool(value)
+    if check.required and not present:
         return [FieldViolation(path, "is required")]
     problems = []
-    if repeated and rules.max_len and len(value) > rules.max_len:
-        problems.append(f"has {len(value)} entries; at most {rules.max_len} are allowed")
-    if _is_map(field):
+    if repeated and max_len and len(value) > max_len:
+        problems.append(f"has {len(value)} entries; at most {max_len} are allowed")
+    if check.is_map:
         return [FieldViolation(path, p) for p in problems] + _map_entry_violations(value, check, path)
     if isinstance(value, str):
-        if rules.max_len and len(value) > rules.max_len:
-            problems.append(f"is {len(value)} characters; at most {rules.max_len} are allowed")
+        if max_len and len(value) > max_len:
+            problems.append(f"is {len(value)} characters; at most {max_len} are allowed")
         elif value and check.pattern is not None and not check.pattern.fullmatch(value):
-            problems.append(f"must match {rules.pattern}")
+            problems.append(f"must match {check.rules.pattern}")
     if isinstance(value, int) and not isinstance(value, bool) and not repeated:
-        if rules.has_min and value < rules.min:
-            problems.append(f"must be at least {rules.min}")
-        if rules.has_max and value > rules.max:
-            problems.append(f"must be at most {rules.max}")
+        if check.min is not None and value < check.min:
+            problems.append(f"must be at least {check.min}")
+        if check.max is not None and value > check.max:
+            problems.append(f"must be at most {check.max}")
     return [FieldViolation(path, p) for p in problems]
 
 

@@ -130,7 +130,8 @@ async def test_a_long_wait_parks_the_task_and_it_goes_on_when_units_come(served,
     done = await wait_done(client, second.task_id, timeout=15)
     assert first.status == done.status == S.TASK_STATUS_COMPLETED
     times = sorted((await plugin_stats(testkit))["ticks"][tag])
-    assert len(times) == 2 and times[1] - times[0] >= 4.0 - SLACK
+    # grants 4 s apart; the first may reach the plugin late on a busy machine, the second on time
+    assert len(times) == 2 and times[1] - times[0] >= 4.0 - ARRIVAL_JITTER
 
 
 async def test_a_plugin_that_asks_for_a_pause_gets_no_call_until_it_ends(served, testkit):

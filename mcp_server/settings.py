@@ -69,6 +69,9 @@ class Settings:
     # a wait or sleep due within this many seconds waits in memory, holding its run slot; a
     # longer one (and a wait for a signal without a deadline) parks its task when all of it waits
     wait_in_memory_seconds: float = 2.0
+    # a signal sent through another replica reaches the run holding its task by a Redis pub/sub
+    # nudge at once; this poll is what catches a nudge that was lost (a dropped connection)
+    signal_poll_seconds: float = 0.2
     default_step_timeout: float = 60.0
     default_task_timeout: float = 3600.0
     shutdown_grace: float = 10.0
@@ -147,6 +150,7 @@ POSITIVE = frozenset(
     {
         "processes",
         "lease_seconds",
+        "signal_poll_seconds",
         "plugin_ttl_seconds",
         "default_step_timeout",
         "default_task_timeout",

@@ -82,6 +82,7 @@ class Dispatcher:
         if self.waits is not None:
             self._loops.append(asyncio.create_task(self._timer_loop(), name="timers"))
             self._loops.append(asyncio.create_task(self._signal_loop(), name="signals"))
+            self._loops.append(asyncio.create_task(self._nudge_loop(), name="signal nudges"))
 
     def wake(self) -> None:
         """Something was queued: look at the queue now rather than at the next poll."""
@@ -261,12 +262,25 @@ class Dispatcher:
             except Exception:  # a bug must not stop timers for good
                 log.exception("releasing due timers failed unexpectedly; trying again")
 
-    async def _signal_loop(self, interval: float = 0.2) -> None:
-        """Tell the runs here that wait for signals when their tasks have new ones (sent to
-        another replica: this one's own are told at once, see `signalled`)."""
+    async def _nudge_loop(self) -> None:
+        """Tell the runs here of signals sent through other replicas as the store hears of them."""
         assert self.waits is not None
         while True:
-            await asyncio.sleep(interval)
+            try:
+                async for task_id in self.waits.signal_nudges():
+                    self.signalled(task_id)
+                return  # a store that cannot tell other processes: the poll alone
+            except Exception:  # a bug must not stop nudges for good; the poll covers meanwhile
+                log.exception("following signal nudges failed unexpectedly; trying again")
+                await asyncio.sleep(1)
+
+    async def _signal_loop(self) -> None:
+        """Tell the runs here that wait for signals when their tasks have new ones sent through
+        another replica (this one's own are told at once, see `signalled`): what the nudges
+        missed, every `signal_poll_seconds`."""
+        assert self.waits is not None
+        while True:
+            await asyncio.sleep(self.settings.signal_poll_seconds)
             raise_if_cancelled()
             listening = [task_id for task_id, running in self._running.items() if running.waits]
             if not listening:

@@ -385,3 +385,42 @@ async def test_a_supervised_wait_is_asked_again_each_round(served):
     assert (first.step_path, second.step_path) == ("root/sup/review", "root/sup/review#2")
     done = await wait_done(client, task.task_id)
     assert done.status == S.TASK_STATUS_COMPLETED and result(done)["round"] == 2
+
+
+@pytest.mark.parametrize("redis", ["redis_url", "cluster_url"])
+async def test_a_signal_through_another_replica_reaches_the_run_at_once_by_its_nudge(server_factory, request, redis):
+    """A task waiting in memory (held by its replica, not parked) hears of a signal sent through
+    another replica from the Redis nudge (one node, and a cluster): the poll that would otherwise
+    find it runs once a minute here, longer than SignalTask waits for the take-in (it would
+    answer no step)."""
+    options = {"store": request.getfixturevalue(redis), "wait_in_memory_seconds": 60, "signal_poll_seconds": 60}
+    replicas = [await server_factory(**options), await server_factory(**options)]
+    clients = [client_for(r) for r in replicas]
+    await create(clients[0], workflow("held-wait", seq("root", wait("w", "go", timeout="30s"), step("after", "echo"))))
+    for _ in range(3):  # a nudge after nudges: each reaches its run
+        task = await submit(clients[0], "held-wait", {"x": 1})
+        async with asyncio.timeout(10):
+            while (waiting := step_states(await get(clients[0], task.task_id)).get("root/w")) is None or (
+                waiting.status != task_pb2.STEP_STATUS_WAITING
+            ):
+                await asyncio.sleep(0.02)
+        started = await first_of(clients[0], task.task_id, E.TASK_EVENT_TYPE_STARTED)
+        holder = next(i for i, r in enumerate(replicas) if r.orchestrator.settings.replica_id in started.message)
+        other = clients[1 - holder]
+        answered = await signal(other, task.task_id, "go", {"ok": True})
+        assert answered.step_path == "root/w"  # taken in by the run on the holder, not "" after 5 s
+        done = await wait_done(other, task.task_id)
+        assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"ok": True}
+    for client in clients:
+        await client.channel.close()
+
+
+async def get(client: Any, task_id: str) -> task_pb2.Task:
+    return (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))).task
+
+
+async def first_of(client: Any, task_id: str, kind: int) -> task_pb2.TaskEvent:
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+        if event.type == kind:
+            return event
+    raise AssertionError(f"task {task_id} ended without a {task_pb2.TaskEventType.Name(kind)} event")

@@ -32,6 +32,7 @@ def test_environment_and_flags_are_read_with_their_types():
     [
         ({"MCP_LEASE_SECONDS": "-1"}, "MCP_LEASE_SECONDS=-1.0: must be above zero"),
         ({"MCP_LEASE_SECONDS": "0"}, "MCP_LEASE_SECONDS=0.0: must be above zero"),
+        ({"MCP_SIGNAL_POLL_SECONDS": "0"}, "MCP_SIGNAL_POLL_SECONDS=0.0: must be above zero"),
         ({"MCP_SHUTDOWN_GRACE": "-3"}, "MCP_SHUTDOWN_GRACE=-3.0: must not be negative"),
         ({"MCP_MAX_PENDING_CALLS": "lots"}, "MCP_MAX_PENDING_CALLS='lots': must be a whole number"),
         ({"MCP_BREAKER_RESET_SECONDS": "soon"}, "MCP_BREAKER_RESET_SECONDS='soon': must be a number"),

@@ -9,7 +9,7 @@ task, or is taken in by the run that holds the task (`pending_signals` tells it 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -97,6 +97,14 @@ class WaitStore(Protocol):
 
     async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:
         """Those of `task_ids` that have signals not taken in yet."""
+        ...
+
+    def signal_nudges(self) -> AsyncIterator[str]:
+        """The ids of tasks that a signal was just appended to (held by some replica), as they
+        come, for as long as it is iterated; reconnects by itself. It may miss some (a dropped
+        connection): `pending_signals` is the record. A store with no way to tell another process
+        ends it at once (signals sent through this process are told to its runs in-process, and
+        other processes' through `pending_signals`)."""
         ...
 
     async def release_due(self) -> int:

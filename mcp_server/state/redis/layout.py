@@ -169,6 +169,11 @@ class Layout:
         return f"{self.prefix}{{wf}}:wf:{workflow_id}"
 
     @property
+    def signal_channel(self) -> str:
+        """The pub/sub channel that tells every replica of a task with a new signal (not a key)."""
+        return f"{self.prefix}signals"
+
+    @property
     def workflow_versions(self) -> str:
         return f"{self.prefix}{{wf}}:ver"
 

@@ -4,8 +4,13 @@ replica holding them has not taken in (layout.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord
@@ -16,6 +21,10 @@ from mcp_server.state.redis.opening import text
 from mcp_server.state.redis.streams import StreamHub
 
 WAITING = task_pb2.TASK_STATUS_WAITING
+NUDGE_PAUSE_SECONDS = 0.5
+NUDGE_PAUSE_MAX_SECONDS = 5.0
+NUDGE_READ_SECONDS = 5.0  # a bounded read: a blocking one meets the client's socket timeout when idle
+log = logging.getLogger(__name__)
 
 
 class RedisWaits:
@@ -85,6 +94,7 @@ class RedisWaits:
                     WAITING,
                     delivery.holder,
                     int((now_seconds() + delivery.lease_seconds) * 1000),
+                    self.layout.signal_channel,
                     *TERMINAL,
                 ],
             )
@@ -109,6 +119,31 @@ class RedisWaits:
                 pipe.zrange(self.layout.signals_pending(partition), 0, 999)
             pending = {text(raw) for reply in await self.conn.do(pipe.execute()) for raw in reply}
         return pending & set(task_ids)
+
+    async def signal_nudges(self) -> AsyncIterator[str]:
+        """Task ids from the signal channel (SEND_SIGNAL publishes one when it appends a signal to a
+        held task), on a pub/sub connection of their own; after a failure, subscribe again with a
+        growing pause (what was published meanwhile is lost: the replicas' poll finds it)."""
+        pause = NUDGE_PAUSE_SECONDS
+        while True:
+            pubsub = self.conn.r.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.layout.signal_channel)
+                pause = NUDGE_PAUSE_SECONDS
+                while True:
+                    message = await pubsub.get_message(timeout=NUDGE_READ_SECONDS)  # None: nothing yet
+                    if message is not None and message.get("type") == "message":
+                        yield text(message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning("the signal channel is down (signals through other replicas wait for the poll): %s", exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, NUDGE_PAUSE_MAX_SECONDS)
+            if self.conn.cluster:  # a failover may have moved the node it listened on
+                with contextlib.suppress(Exception):
+                    await self.conn.r.nodes_manager.initialize()
 
     async def release_due(self) -> int:
         now_ms = int(now_seconds() * 1000)

@@ -9,7 +9,7 @@ from mcp_server.state.redis.fair_lua import FAIR
 # ARGV: task_id, request_id, the stored request, the sequence read (compare-and-set), the event's
 #       sequence, the event, the live part with it, the step it goes to, that step's new wait
 #       record (''), now ms, waiting, the holder to lease a waiting task to ('' to queue it), its
-#       lease expiry ms, then the terminal statuses
+#       lease expiry ms, the channel to nudge the holder on, then the terminal statuses
 # -> {'duplicate', index, request, '<sequence>|<step>'} | {'finished'} | {'appended', index}
 #    | {'stale'} | {'delivered', index} | {'leased', index, fixed, live, token}
 SEND_SIGNAL = (
@@ -23,7 +23,7 @@ if ARGV[2] ~= '' then
 end
 local f = redis.call('HMGET', KEYS[1], 'st', 'seq')
 if not f[1] then return {'finished'} end
-for i = 14, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
+for i = 15, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
 local count = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
 local through = tonumber(redis.call('HGET', KEYS[2], 'tk') or '0')
 -- held by a replica, or with signals before it not taken in: the run that holds it (or the next
@@ -35,6 +35,7 @@ redis.call('HSET', KEYS[2], 'n', index, index, ARGV[3])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[2], index) end
 if held then
   redis.call('ZADD', KEYS[5], ARGV[10], ARGV[1])
+  redis.call('PUBLISH', ARGV[14], ARGV[1])
   return {'appended', index}
 end
 redis.call('HSET', KEYS[2], 'tk', index, 's:' .. index, ARGV[5] .. '|' .. ARGV[8])

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
@@ -110,6 +110,11 @@ class SqliteWaits:
             list(task_ids),
         )
         return {str(r[0]) for r in rows}
+
+    async def signal_nudges(self) -> AsyncIterator[str]:
+        """None on SQLite: a process's own signals reach its runs in-process, another's by the poll."""
+        return
+        yield  # an async generator that ends at once
 
     async def release_due(self) -> int:
         return await self.db.write(

@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,18 @@ def start_plugin(module: str = "protocol_plugins.testkit") -> Proc:
 
 
 def start_orchestrator(
-    store: str, plugins: list[str], replica: str = "bench", code: Path | None = None, **env: str
+    store: str,
+    plugins: list[str],
+    replica: str = "bench",
+    code: Path | None = None,
+    wrapper: Sequence[str] = (),
+    **env: str,
 ) -> Proc:
-    """Run an orchestrator process; `code` runs another checkout of the server (a baseline)."""
+    """Run an orchestrator process; `code` runs another checkout of the server (a baseline),
+    `wrapper` is a command it runs under (valgrind, say)."""
     address = f"127.0.0.1:{free_port()}"
-    args = [sys.executable, "-m", "mcp_server", "--listen", address, "--store", store, "--replica-id", replica]
+    args = [*wrapper, sys.executable, "-m", "mcp_server", "--listen", address, "--store", store]
+    args += ["--replica-id", replica]
     for plugin in plugins:
         args += ["--plugin", plugin]
     environment = {**os.environ, "MCP_LIMIT_MAX_TASKS_IN_FLIGHT": "20000", "MCP_LIMIT_MAX_CONCURRENCY": "1000", **env}

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,8 +28,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.baseline import import_paths, prepare
-from bench.harness import Orchestrated, Proc, chain, free_port, start_plugin
+from bench.baseline import prepare
+from bench.harness import Orchestrated, Proc, chain, start_orchestrator, start_plugin
 from bench.report import REDIS, table
 
 
@@ -43,27 +41,6 @@ class Count:
     raw_per_chain: float
     idle_per_second: float
     load_seconds: float
-
-
-def start_under_callgrind(plugin: Proc, out: Path, code: Path | None) -> tuple[subprocess.Popen[str], str]:
-    address = f"127.0.0.1:{free_port()}"
-    environment = {**os.environ, "MCP_LIMIT_MAX_TASKS_IN_FLIGHT": "20000"}
-    if code is not None:
-        environment["PYTHONPATH"] = os.pathsep.join(import_paths(code))
-    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p", "--dump-instr=no"]
-    command += [sys.executable, "-m", "mcp_server", "--listen", address, "--replica-id", "callgrind"]
-    command += ["--store", f"{REDIS}?prefix=bench:ir{uuid.uuid4().hex[:6]}:", "--plugin", plugin.address]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=code
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "listening on" in line:
-            break
-    assert process.poll() is None, "the orchestrator did not start under valgrind"
-    # keep reading its output, so that a full pipe never stalls it
-    asyncio.get_running_loop().run_in_executor(None, process.stdout.read)
-    return process, address
 
 
 def dumped(out: Path, name: str) -> int:
@@ -97,8 +74,11 @@ async def drive(client: Orchestrated, chains: int, read: str, in_flight: int) ->
 
 async def measure(plugin: Proc, code: Path | None, read: str, chains: int, in_flight: int, idle: float) -> Count:
     out = Path(tempfile.mkdtemp(prefix="callgrind-"))
-    process, address = start_under_callgrind(plugin, out, code)
-    client = Orchestrated(address)
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p", "--dump-instr=no"]
+    store = f"{REDIS}?prefix=bench:ir{uuid.uuid4().hex[:6]}:"
+    server = start_orchestrator(store, [plugin.address], "callgrind", code, valgrind)
+    process = server.process
+    client = Orchestrated(server.address)
     try:
         await client.create(chain("three", 3))
         await drive(client, 60, read, in_flight)  # warm: imports, caches, plans, connections
@@ -118,11 +98,7 @@ async def measure(plugin: Proc, code: Path | None, read: str, chains: int, in_fl
         return Count((load - idle_rate * load_seconds) / chains, load / chains, idle_rate, load_seconds)
     finally:
         await client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        server.stop()
         shutil.rmtree(out, ignore_errors=True)
 
 

@@ -203,6 +203,17 @@ async def _timers(
     ]
 
 
+async def _close(clients: list[Orchestrated], replicas: list[Proc]) -> None:
+    for client in clients:
+        await client.close()
+    for replica in replicas:
+        replica.stop()
+
+
+def _p50_p99_max(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} / {percentile(values, 0.99):.1f} / {max(values):.1f}"
+
+
 async def _signal_to_held(
     plugin: Proc, tasks: int, code: Path | None = None
 ) -> list[tuple[str, Stat | float | str, str]]:
@@ -233,14 +244,11 @@ async def _signal_to_held(
             answers.append((time.perf_counter() - sent) * 1000)
             untaken += not answer.step_path
     finally:
-        for client in clients:
-            await client.close()
-        for replica in replicas:
-            replica.stop()
+        await _close(clients, replicas)
     return [
         (
             f"{tasks} signals: SignalTask p50 / p99 / max, ms",
-            f"{statistics.median(answers):.1f} / {percentile(answers, 0.99):.1f} / {max(answers):.1f}",
+            _p50_p99_max(answers),
             "the run on the other replica is told by a pub/sub nudge (before: its 200 ms poll)",
         ),
         ("  answered before the run took the signal in (after 5 s)", f"{untaken}", f"of {tasks}"),
@@ -252,7 +260,7 @@ async def _racing_signals(
 ) -> list[tuple[str, Stat | float | str, str]]:
     """`code`: run that checkout's server (a baseline) instead of this one."""
     store = f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
-    replicas = [start_orchestrator(store, [plugin.address], code=code) for _ in range(2)]
+    replicas = [start_orchestrator(store, [plugin.address], f"race-{i}", code) for i in range(2)]
     clients = [Orchestrated(r.address) for r in replicas]
     answers: list[float] = []
     ends: list[float] = []
@@ -290,10 +298,7 @@ async def _racing_signals(
         for start in range(0, tasks, 50):
             await asyncio.gather(*(one() for _ in range(min(50, tasks - start))))
     finally:
-        for client in clients:
-            await client.close()
-        for replica in replicas:
-            replica.stop()
+        await _close(clients, replicas)
     return [
         (
             f"{tasks:,} tasks, 3 signals each through either replica: stuck / wrong",
@@ -303,7 +308,7 @@ async def _racing_signals(
         ("  SignalTask answered before the task took it in (after 5 s)", f"{late}", f"of {3 * tasks:,}"),
         (
             "  SignalTask p50 / p99 / max, ms",
-            f"{statistics.median(answers):.1f} / {percentile(answers, 0.99):.1f} / {max(answers):.1f}",
+            _p50_p99_max(answers),
             "a signal to a task another replica holds reaches it by a pub/sub nudge (before: its 200 ms poll)",
         ),
         (

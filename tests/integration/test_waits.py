@@ -211,7 +211,13 @@ async def test_the_longest_waiting_step_takes_an_unaddressed_signal(served):
     task = await submit(client, "staggered", {})
     await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
     assert (await signal(client, task.task_id, "ok", {"n": 1})).step_path == "root/both/first"
-    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    # parked again: the task shows WAITING until the resumed run first writes, so look for its
+    # first wait done as well
+    async with asyncio.timeout(10):
+        while (now := await get(client, task.task_id)).status != S.TASK_STATUS_WAITING or (
+            step_states(now)["root/both/first"].status != task_pb2.STEP_STATUS_COMPLETED
+        ):
+            await asyncio.sleep(0.02)
     assert (await signal(client, task.task_id, "ok", {"n": 2})).step_path == "root/both/later/second"
     done = await wait_done(client, task.task_id)
     assert result(done) == {"first": {"n": 1}, "later": {"n": 2}}
@@ -380,7 +386,13 @@ async def test_a_supervised_wait_is_asked_again_each_round(served):
     task = await submit(client, "asked-again", {})
     await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
     first = await signal(client, task.task_id, "score", {"score": 0.4})
-    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    # the task shows WAITING until the resumed run first writes: wait for the second round's wait
+    # itself (a signal sent before it waits is kept for it, and SignalTask names no step)
+    async with asyncio.timeout(10):
+        while (again := step_states(await get(client, task.task_id)).get("root/sup/review#2")) is None or (
+            again.status != task_pb2.STEP_STATUS_WAITING
+        ):
+            await asyncio.sleep(0.02)
     second = await signal(client, task.task_id, "score", {"score": 0.9})
     assert (first.step_path, second.step_path) == ("root/sup/review", "root/sup/review#2")
     done = await wait_done(client, task.task_id)

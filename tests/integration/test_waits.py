@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import grpc
 import pytest
+import redis
 from google.protobuf import json_format, struct_pb2
 
 from mcp_sdk.proto import task_pb2
@@ -436,3 +438,38 @@ async def first_of(client: Any, task_id: str, kind: int) -> task_pb2.TaskEvent:
         if event.type == kind:
             return event
     raise AssertionError(f"task {task_id} ended without a {task_pb2.TaskEventType.Name(kind)} event")
+
+
+async def test_a_redis_user_that_may_not_publish_still_signals_through_another_replica(
+    server_factory, redis_url, caplog
+):
+    """The nudge is best-effort: with an ACL user denied pub/sub, the script that appends the
+    signal still appends it (it would fail the whole SignalTask otherwise), the holder's poll of
+    pending signals takes it in, and each replica says once that it cannot subscribe."""
+    user = f"nopub{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis.from_url(redis_url.split("?")[0])
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@pubsub"])
+    try:
+        scheme, rest = redis_url.split("://", 1)
+        options = {"store": f"{scheme}://{user}:pw@{rest}", "wait_in_memory_seconds": 60}
+        replicas = [await server_factory(**options), await server_factory(**options)]
+        clients = [client_for(r) for r in replicas]
+        await create(clients[0], workflow("held-wait", seq("root", wait("w", "go", timeout="30s"))))
+        task = await submit(clients[0], "held-wait", {"x": 1})
+        async with asyncio.timeout(10):
+            while (waiting := step_states(await get(clients[0], task.task_id)).get("root/w")) is None or (
+                waiting.status != task_pb2.STEP_STATUS_WAITING
+            ):
+                await asyncio.sleep(0.02)
+        started = await first_of(clients[0], task.task_id, E.TASK_EVENT_TYPE_STARTED)
+        holder = next(i for i, r in enumerate(replicas) if r.orchestrator.settings.replica_id in started.message)
+        answered = await signal(clients[1 - holder], task.task_id, "go", {"ok": True})
+        assert answered.step_path == "root/w"
+        assert (await wait_done(clients[0], task.task_id)).status == S.TASK_STATUS_COMPLETED
+        said = [r.getMessage() for r in caplog.records if "may not subscribe" in r.getMessage()]
+        assert len(said) == 2, said  # once per replica, not on every retry
+        for client in clients:
+            await client.channel.close()
+    finally:
+        admin.acl_deluser(user)
+        admin.close()

@@ -1,6 +1,7 @@
 """Signals, waiting steps and timers on Redis (see WaitStore in engine/ports): per task a hash of
 signals and one of waiting steps, per partition a due-time index and the tasks whose signals the
-replica holding them has not taken in (layout.py)."""
+replica holding them has not taken in (layout.py), and one pub/sub channel on which the script
+that appends such a signal nudges every replica, so the one holding the task takes it in at once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord
@@ -134,6 +135,9 @@ class RedisWaits:
                     message = await pubsub.get_message(timeout=NUDGE_READ_SECONDS)  # None: nothing yet
                     if message is not None and message.get("type") == "message":
                         yield text(message["data"])
+            except NoPermissionError:  # an ACL without pub/sub: asking again will not help
+                log.warning("this Redis user may not subscribe: signals through other replicas wait for the poll")
+                return
             except (RedisError, OSError) as exc:
                 log.warning("the signal channel is down (signals through other replicas wait for the poll): %s", exc)
             finally:

@@ -35,7 +35,9 @@ redis.call('HSET', KEYS[2], 'n', index, index, ARGV[3])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[2], index) end
 if held then
   redis.call('ZADD', KEYS[5], ARGV[10], ARGV[1])
-  redis.call('PUBLISH', ARGV[14], ARGV[1])
+  -- the nudge is best-effort: where it cannot be published (an ACL without pub/sub) the signal
+  -- is still appended, and the holder's poll of pending signals takes it in
+  redis.pcall('PUBLISH', ARGV[14], ARGV[1])
   return {'appended', index}
 end
 redis.call('HSET', KEYS[2], 'tk', index, 's:' .. index, ARGV[5] .. '|' .. ARGV[8])

@@ -24,7 +24,7 @@ class _Check:
     the descriptor and the rules message again on each request cost more than the check)."""
 
     def __init__(self, field: FieldDescriptor, rules: validate_pb2.FieldRules) -> None:
-        self.field, self.rules = field, rules
+        self.rules = rules
         self.pattern = re.compile(rules.pattern) if rules.pattern else None
         self.key_pattern = re.compile(rules.key_pattern) if rules.key_pattern else None
         self.name: str = field.name

@@ -213,13 +213,9 @@ async def test_the_longest_waiting_step_takes_an_unaddressed_signal(served):
     task = await submit(client, "staggered", {})
     await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
     assert (await signal(client, task.task_id, "ok", {"n": 1})).step_path == "root/both/first"
-    # parked again: the task shows WAITING until the resumed run first writes, so look for its
-    # first wait done as well
-    async with asyncio.timeout(10):
-        while (now := await get(client, task.task_id)).status != S.TASK_STATUS_WAITING or (
-            step_states(now)["root/both/first"].status != task_pb2.STEP_STATUS_COMPLETED
-        ):
-            await asyncio.sleep(0.02)
+    # parked again: after the resumed run wrote its first wait done, WAITING is the new park
+    await until_step(client, task.task_id, "root/both/first", task_pb2.STEP_STATUS_COMPLETED)
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
     assert (await signal(client, task.task_id, "ok", {"n": 2})).step_path == "root/both/later/second"
     done = await wait_done(client, task.task_id)
     assert result(done) == {"first": {"n": 1}, "later": {"n": 2}}
@@ -388,13 +384,8 @@ async def test_a_supervised_wait_is_asked_again_each_round(served):
     task = await submit(client, "asked-again", {})
     await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
     first = await signal(client, task.task_id, "score", {"score": 0.4})
-    # the task shows WAITING until the resumed run first writes: wait for the second round's wait
-    # itself (a signal sent before it waits is kept for it, and SignalTask names no step)
-    async with asyncio.timeout(10):
-        while (again := step_states(await get(client, task.task_id)).get("root/sup/review#2")) is None or (
-            again.status != task_pb2.STEP_STATUS_WAITING
-        ):
-            await asyncio.sleep(0.02)
+    # the second round's wait itself (a signal sent before it waits is kept for it: no step named)
+    await until_step(client, task.task_id, "root/sup/review#2")
     second = await signal(client, task.task_id, "score", {"score": 0.9})
     assert (first.step_path, second.step_path) == ("root/sup/review", "root/sup/review#2")
     done = await wait_done(client, task.task_id)
@@ -413,14 +404,8 @@ async def test_a_signal_through_another_replica_reaches_the_run_at_once_by_its_n
     await create(clients[0], workflow("held-wait", seq("root", wait("w", "go", timeout="30s"), step("after", "echo"))))
     for _ in range(3):  # a nudge after nudges: each reaches its run
         task = await submit(clients[0], "held-wait", {"x": 1})
-        async with asyncio.timeout(10):
-            while (waiting := step_states(await get(clients[0], task.task_id)).get("root/w")) is None or (
-                waiting.status != task_pb2.STEP_STATUS_WAITING
-            ):
-                await asyncio.sleep(0.02)
-        started = await first_of(clients[0], task.task_id, E.TASK_EVENT_TYPE_STARTED)
-        holder = next(i for i, r in enumerate(replicas) if r.orchestrator.settings.replica_id in started.message)
-        other = clients[1 - holder]
+        await until_step(clients[0], task.task_id, "root/w")
+        other = await other_replica(clients, replicas, task.task_id)
         answered = await signal(other, task.task_id, "go", {"ok": True})
         assert answered.step_path == "root/w"  # taken in by the run on the holder, not "" after 5 s
         done = await wait_done(other, task.task_id)
@@ -431,6 +416,21 @@ async def test_a_signal_through_another_replica_reaches_the_run_at_once_by_its_n
 
 async def get(client: Any, task_id: str) -> task_pb2.Task:
     return (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))).task
+
+
+async def until_step(client: Any, task_id: str, path: str, status: int = task_pb2.STEP_STATUS_WAITING) -> None:
+    """Until the task's step at `path` has `status` (a task that a signal resumed shows WAITING
+    until its run first writes: the step itself says where the run is)."""
+    async with asyncio.timeout(10):
+        while (state := step_states(await get(client, task_id)).get(path)) is None or state.status != status:
+            await asyncio.sleep(0.02)
+
+
+async def other_replica(clients: list[Any], replicas: list[Any], task_id: str) -> Any:
+    """The client of the replica that does not run the task (of two)."""
+    started = await first_of(clients[0], task_id, E.TASK_EVENT_TYPE_STARTED)
+    holder = next(i for i, r in enumerate(replicas) if r.orchestrator.settings.replica_id in started.message)
+    return clients[1 - holder]
 
 
 async def first_of(client: Any, task_id: str, kind: int) -> task_pb2.TaskEvent:
@@ -456,14 +456,8 @@ async def test_a_redis_user_that_may_not_publish_still_signals_through_another_r
         clients = [client_for(r) for r in replicas]
         await create(clients[0], workflow("held-wait", seq("root", wait("w", "go", timeout="30s"))))
         task = await submit(clients[0], "held-wait", {"x": 1})
-        async with asyncio.timeout(10):
-            while (waiting := step_states(await get(clients[0], task.task_id)).get("root/w")) is None or (
-                waiting.status != task_pb2.STEP_STATUS_WAITING
-            ):
-                await asyncio.sleep(0.02)
-        started = await first_of(clients[0], task.task_id, E.TASK_EVENT_TYPE_STARTED)
-        holder = next(i for i, r in enumerate(replicas) if r.orchestrator.settings.replica_id in started.message)
-        answered = await signal(clients[1 - holder], task.task_id, "go", {"ok": True})
+        await until_step(clients[0], task.task_id, "root/w")
+        answered = await signal(await other_replica(clients, replicas, task.task_id), task.task_id, "go", {"ok": True})
         assert answered.step_path == "root/w"
         assert (await wait_done(clients[0], task.task_id)).status == S.TASK_STATUS_COMPLETED
         said = [r.getMessage() for r in caplog.records if "may not subscribe" in r.getMessage()]

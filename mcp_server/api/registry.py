@@ -8,6 +8,8 @@ from mcp_sdk.proto import registry_pb2, registry_pb2_grpc
 from mcp_server.errors import FieldViolation, InvalidArgument
 from mcp_server.orchestrator import Orchestrator
 
+MAX_TTL_SECONDS = 366 * 24 * 3600  # a registration that should outlive a year should not expire (ttl 0)
+
 
 class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
     def __init__(self, orchestrator: Orchestrator) -> None:
@@ -17,10 +19,11 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
     async def RegisterProtocol(
         self, request: registry_pb2.RegisterProtocolRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.RegisterProtocolResponse:
-        ttl = request.ttl.ToTimedelta().total_seconds()
-        if ttl < 0:
+        ttl = request.ttl.seconds + request.ttl.nanos / 1e9
+        if not 0 <= ttl <= MAX_TTL_SECONDS:
             raise InvalidArgument(
-                "ttl must not be negative", violations=[FieldViolation("ttl", "must be zero (no expiry) or positive")]
+                "ttl must be zero (no expiry) or positive, at most 366 days",
+                violations=[FieldViolation("ttl", "must be zero (no expiry) or positive, at most 366 days")],
             )
         return registry_pb2.RegisterProtocolResponse(protocols=await self.directory.register(request.address, ttl))
 

@@ -1,4 +1,5 @@
-"""Enforce the field rules declared in the protos (`(mcp.v1.rules)`, validate.proto).
+"""Enforce the field rules declared in the protos (`(mcp.v1.rules)`, validate.proto), and the
+ranges protobuf itself sets for Timestamp and Duration values anywhere in a request.
 
 Rules are read once per message type from the descriptors, then every request is checked
 before its handler runs; all violations are reported together, each naming its field.
@@ -60,6 +61,14 @@ def _has_rules(descriptor: Descriptor) -> bool:
     return any(f.GetOptions().HasExtension(RULES) for f in descriptor.fields)
 
 
+# protobuf's own ranges (timestamp.proto, duration.proto): years 1 to 9999, and +-10,000 years
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+MAX_DURATION_SECONDS = 315_576_000_000
+MAX_NANOS = 999_999_999
+TIME_TYPES = ("google.protobuf.Timestamp", "google.protobuf.Duration")
+
+
 def violations_of(message: Message, prefix: str = "") -> list[FieldViolation]:
     found: list[FieldViolation] = []
     checks, nested = _checks(message.DESCRIPTOR)
@@ -118,9 +127,104 @@ def _map_entry_violations(entries: Any, check: _Check, path: str) -> list[FieldV
     return found
 
 
+def time_violations(message: Message, prefix: str = "") -> list[FieldViolation]:
+    """Every Timestamp and Duration in `message` (nested, repeated and map values too) that is
+    outside protobuf's ranges: the server would fail on it later, reading it back or doing
+    arithmetic with it, where it should have been refused."""
+    found: list[FieldViolation] = []
+    for field in _time_paths(message.DESCRIPTOR):
+        value = getattr(message, field.name)
+        path = f"{prefix}{field.name}"
+        if _is_map(field):
+            items: Any = ((f"{path}[{key!r}]", value[key]) for key in sorted(value))
+        elif field.is_repeated:
+            items = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+        else:
+            items = ((path, value),) if message.HasField(field.name) else ()
+        for where, item in items:
+            problem = _time_problem(item)
+            if problem is not None:
+                found.append(FieldViolation(where, problem))
+            elif item.DESCRIPTOR.full_name not in TIME_TYPES:
+                found += time_violations(item, f"{where}.")
+    return found
+
+
+def _time_problem(value: Message) -> str | None:
+    kind = value.DESCRIPTOR.full_name
+    seconds, nanos = getattr(value, "seconds", 0), getattr(value, "nanos", 0)
+    if kind == "google.protobuf.Timestamp" and not (
+        MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS and 0 <= nanos <= MAX_NANOS
+    ):
+        return "is not a valid timestamp: seconds must fall in the years 1 to 9999, nanos in 0 to 999999999"
+    if kind == "google.protobuf.Duration" and not (
+        abs(seconds) <= MAX_DURATION_SECONDS
+        and abs(nanos) <= MAX_NANOS
+        and (seconds == 0 or nanos == 0 or (seconds > 0) == (nanos > 0))
+    ):
+        return (
+            f"is not a valid duration: seconds must be within +-{MAX_DURATION_SECONDS}, nanos within"
+            f" +-{MAX_NANOS} and of the same sign as seconds"
+        )
+    return None
+
+
+@cache
+def _time_paths(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
+    """The fields of a message type that hold a Timestamp or Duration, or a message that does
+    (at any depth; the type graph may be recursive, as a workflow's nodes are)."""
+    holding = _types_holding_times(descriptor)
+    return tuple(
+        field
+        for field in descriptor.fields
+        if field.message_type is not None and _value_type(field).full_name in holding
+    )
+
+
+def _value_type(field: FieldDescriptor) -> Descriptor:
+    """The message type a (message-typed) field holds: a map's value type, else its own."""
+    own = field.message_type
+    assert own is not None
+    if _is_map(field):
+        value: Descriptor | None = own.fields_by_name["value"].message_type
+        return value if value is not None else own
+    return own
+
+
+@cache
+def _types_holding_times(root: Descriptor) -> frozenset[str]:
+    """The message types reachable from `root` that are, or reach, a Timestamp or Duration."""
+    edges: dict[str, set[str]] = {}
+    pending = [root]
+    while pending:
+        descriptor = pending.pop()
+        if descriptor.full_name in edges:
+            continue
+        targets = edges[descriptor.full_name] = set()
+        if descriptor.full_name in TIME_TYPES:
+            continue
+        for field in descriptor.fields:
+            if field.message_type is not None:
+                target = _value_type(field)
+                targets.add(target.full_name)
+                pending.append(target)
+    holding = set(TIME_TYPES)
+    changed = True
+    while changed:  # a fixed point: the type graph may have cycles
+        changed = False
+        for name, targets in edges.items():
+            if name not in holding and targets & holding:
+                holding.add(name)
+                changed = True
+    return frozenset(holding & edges.keys())
+
+
 def validate_request(message: Message) -> None:
-    """Raise InvalidArgument listing every field of `message` that breaks its declared rules."""
+    """Raise InvalidArgument listing every field of `message` that breaks its declared rules,
+    and every Timestamp or Duration in it outside protobuf's ranges."""
     found = violations_of(message)
+    if _time_paths(message.DESCRIPTOR):
+        found += time_violations(message)
     if found:
         first = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""

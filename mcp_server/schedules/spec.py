@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
+from google.protobuf import timestamp_pb2
 
 from mcp_sdk.proto import schedule_pb2
 from mcp_server.errors import ViolationCollector
@@ -26,6 +27,9 @@ MAX_CRON = 16
 MAX_EVERY = 16
 MAX_JITTER_SECONDS = 24 * 3600.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# the latest time a schedule or a backfill may name: fire-time arithmetic (a year's interval, a
+# day's jitter, the spans around DST changes) must stay inside what a datetime can hold
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 CHANGE_SPAN = timedelta(hours=3)  # more than any DST change moves the clock
 
 
@@ -163,9 +167,10 @@ def compile_spec(spec: schedule_pb2.ScheduleSpec, violations: ViolationCollector
     jitter = spec.jitter.seconds + spec.jitter.nanos / 1e9
     if not 0 <= jitter <= MAX_JITTER_SECONDS:
         violations.add(f"{path}.jitter", f"must be between 0 and {MAX_JITTER_SECONDS:.0f} s")
-    start = _time(spec, "start_time")
-    end = _time(spec, "end_time")
-    run_at = _time(spec, "run_at")
+    start, end, run_at = (
+        moment_of(getattr(spec, name), violations, f"{path}.{name}") if spec.HasField(name) else None
+        for name in ("start_time", "end_time", "run_at")
+    )
     if start is not None and end is not None and end <= start:
         violations.add(f"{path}.end_time", "must be after start_time")
     if not spec.cron and not spec.every and run_at is None:
@@ -194,10 +199,14 @@ def _cron_matches(expression: str) -> bool:
     return True
 
 
-def _time(spec: schedule_pb2.ScheduleSpec, name: str) -> datetime | None:
-    if not spec.HasField(name):
+def moment_of(stamp: timestamp_pb2.Timestamp, violations: ViolationCollector, path: str) -> datetime | None:
+    """A time a client names (to the millisecond), or None with a violation if it is before the
+    epoch or not before LATEST."""
+    ms = stamp.seconds * 1000 + stamp.nanos // 1_000_000
+    if not 0 <= ms < to_ms(LATEST):
+        violations.add(path, f"must be between {rfc3339(EPOCH)} and {rfc3339(LATEST)}")
         return None
-    return datetime.fromtimestamp(getattr(spec, name).ToMilliseconds() / 1000, tz=UTC)
+    return from_ms(ms)
 
 
 def to_ms(moment: datetime) -> int:

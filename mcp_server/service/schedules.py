@@ -14,7 +14,7 @@ from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.ports import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore, TaskStore
 from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from mcp_server.schedules.firing import Firing
-from mcp_server.schedules.spec import CompiledSpec, compile_spec, from_ms, to_ms
+from mcp_server.schedules.spec import CompiledSpec, compile_spec, from_ms, moment_of, to_ms
 from mcp_server.service.access import require
 from mcp_server.service.submission import Submission
 
@@ -135,9 +135,10 @@ class Schedules:
             violations.add("start_time", "is required")
         if not request.HasField("end_time"):
             violations.add("end_time", "is required")
+        start = moment_of(request.start_time, violations, "start_time")
+        end = moment_of(request.end_time, violations, "end_time")
         violations.raise_if_any("the backfill is invalid")
-        start = datetime.fromtimestamp(request.start_time.ToMilliseconds() / 1000, UTC)
-        end = datetime.fromtimestamp(request.end_time.ToMilliseconds() / 1000, UTC)
+        assert start is not None and end is not None
         if end <= start:
             raise _invalid("end_time", "must be after start_time")
         schedule = schedule_pb2.Schedule.FromString(record.data)

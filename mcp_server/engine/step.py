@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from mcp_sdk.proto import protocol_pb2
+from mcp_sdk.proto import protocol_pb2, task_pb2
 from mcp_server.engine.caching import cache_key, cached_output, keep_output
 from mcp_server.engine.cel import Expression
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
@@ -56,10 +57,11 @@ class Call:
 class _StepObserver:
     """Turns what happens during a step's calls into the task's events."""
 
-    def __init__(self, ctx: RunContext, path: str) -> None:
+    def __init__(self, ctx: RunContext, path: str, deadline: float | None = None) -> None:
         self.ctx = ctx
         self.path = path
-        self.waiting_for = ""  # what the step waits for, while it waits for capacity
+        self.deadline = deadline  # when the step's timeout runs out (Unix seconds), if it has one
+        self.waiting_for = ""  # what the step waits for, while it waits for capacity or units
 
     async def progress(self, progress: protocol_pb2.Progress) -> None:
         """A PROGRESS event, with the attempt it belongs to (a retry's STEP_RETRYING tells a watcher
@@ -155,7 +157,8 @@ def _announce_retry(
 
 async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserver) -> NodeResult:
     if ctx.rate_limits is not None:
-        await take_units(ctx, path, call.protocol, call.asks or ((PROTOCOL_KEY + call.protocol, 1.0),))
+        asks = call.asks or ((PROTOCOL_KEY + call.protocol, 1.0),)
+        await take_units(ctx, path, call.protocol, asks, observer.deadline, observer)
     state = ctx.state(path)
     state.attempts += 1
     context = CallContext(
@@ -235,11 +238,17 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
         key = cache_key(node, primary_input, value, ctx, scope)
         if (hit := await cached_output(key, path, ctx)) is not None:
             return hit
-    observer = _StepObserver(ctx, path)
+    state = ctx.state(path)
+    observer = _StepObserver(ctx, path, _deadline(node, state))
+    if state.HasField("wait"):  # it parked waiting for units: it asks again first
+        observer.waiting_for = "rate-limit units"
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(node.timeout):
+        when = None if observer.deadline is None else loop.time() + observer.deadline - time.time()
+        async with asyncio.timeout_at(when):
             result = await _run_candidates(node, path, primary_input, value, scope, ctx, observer)
     except TimeoutError:
+        ctx.state(path).ClearField("wait")
         if observer.waiting_for:
             raise NodeFailed(
                 "RESOURCE_EXHAUSTED",
@@ -252,6 +261,14 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
     if key is not None and node.cache is not None:
         await keep_output(key, node.cache.ttl, path, result, ctx)
     return result
+
+
+def _deadline(node: StepPlan, state: task_pb2.StepState) -> float | None:
+    """When the step's timeout runs out: from now, or, for a step that parked its task while it
+    waited for rate-limit units, when it ran out for the life that parked (kept in `wait`)."""
+    if state.HasField("wait") and state.wait.HasField("deadline"):
+        return float(state.wait.deadline.seconds + state.wait.deadline.nanos / 1e9)
+    return None if node.timeout is None else time.time() + node.timeout
 
 
 def _input(

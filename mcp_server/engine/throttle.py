@@ -5,19 +5,22 @@ the run, so a run whose every branch waits that way parks until the units come (
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from mcp_server.engine.context import NodeFailed, RunContext
+from mcp_server.engine.context import NodeFailed, RunContext, timestamp_of
 from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import evaluate
+from mcp_server.engine.instants import rfc3339_of
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import RateLimitUsePlan
 from mcp_server.engine.ports import ProtocolCallError
 
 PROTOCOL_KEY = "protocol:"
+# the longest one wait for units lasts before the call asks again: units that come only after
+# years (a huge ask under a huge burst) are waited for in bounded steps, with bounded timers
+MAX_PAUSE_SECONDS = 30 * 24 * 3600.0
 
 
 def asks_of(
@@ -51,8 +54,24 @@ def asks_of(
     return tuple(asks.items())
 
 
-async def take_units(ctx: RunContext, path: str, protocol: str, asks: Sequence[tuple[str, float]]) -> None:
-    """Wait until every ask is granted (one STEP_WAITING event per key that makes it wait).
+class WaitingStep(Protocol):
+    """Where a step says what it waits for (the message if its timeout runs out meanwhile)."""
+
+    waiting_for: str
+
+
+async def take_units(
+    ctx: RunContext,
+    path: str,
+    protocol: str,
+    asks: Sequence[tuple[str, float]],
+    deadline: float | None = None,
+    step: WaitingStep | None = None,
+) -> None:
+    """Wait until every ask is granted (one STEP_WAITING event per key that makes it wait), or
+    until the step's `deadline` (Unix seconds): the wait counts against the step's timeout, in
+    every life of the run (the deadline is kept in the step's `wait` while it waits, so a run
+    that parks meanwhile resumes the step with what was left of it).
     Raises ProtocolCallError RESOURCE_EXHAUSTED (final) for an ask no limit can ever grant."""
     gate = ctx.rate_limits
     if gate is None:
@@ -61,6 +80,10 @@ async def take_units(ctx: RunContext, path: str, protocol: str, asks: Sequence[t
     while True:
         grant = await gate.take_units(asks)
         if grant.granted:
+            if ctx.state(path).HasField("wait"):
+                ctx.state(path).ClearField("wait")
+            if step is not None:
+                step.waiting_for = ""
             return
         if grant.too_large:
             units = dict(asks).get(grant.key, 0.0)
@@ -77,15 +100,17 @@ async def take_units(ctx: RunContext, path: str, protocol: str, asks: Sequence[t
                 step_path=path,
                 protocol=protocol,
                 flush_soon=True,
-                message=f"waiting for rate limit {grant.key!r}: units again at {_rfc3339(until)}",
-                data={"rate_limit": grant.key, "until": _rfc3339(until)},
+                message=f"waiting for rate limit {grant.key!r}: units again at {rfc3339_of(until)}",
+                data={"rate_limit": grant.key, "until": rfc3339_of(until)},
             )
+        if step is not None:
+            step.waiting_for = f"units of rate limit {grant.key!r}"
+        resume = min(until, time.time() + MAX_PAUSE_SECONDS)
+        if deadline is not None:
+            ctx.state(path).wait.deadline.CopyFrom(timestamp_of(int(deadline * 1e9)))
+            resume = min(resume, deadline)
         gate.waiting(grant.key, +1)
         try:
-            await ctx.suspensions.pause(path, until)
+            await ctx.suspensions.pause(path, resume)
         finally:
             gate.waiting(grant.key, -1)
-
-
-def _rfc3339(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -20,6 +20,7 @@ from mcp_sdk.proto import task_pb2
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import evaluate, runs
+from mcp_server.engine.instants import LATEST_SECONDS, rfc3339_of
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import SleepPlan, WaitPlan
 from mcp_server.engine.suspensions import Signal
@@ -64,7 +65,7 @@ async def run_sleep(
             assert node.until is not None  # the compiler requires one of them
             deadline = _instant(evaluate(node.until, ctx, value, scope, node.id, "until"), node.id)
     if deadline > time.time():
-        await _suspend(ctx, path, "", deadline, {"until": _rfc3339(deadline)})
+        await _suspend(ctx, path, "", deadline, {"until": rfc3339_of(deadline)})
     return NodeResult(value)
 
 
@@ -83,8 +84,8 @@ async def _suspend(
             E.TASK_EVENT_TYPE_STEP_SUSPENDED,
             step_path=path,
             flush_soon=True,
-            message=f"waiting for signal {signal!r}" if signal else f"sleeping until {_rfc3339(deadline or 0)}",
-            data={"signal": signal, "deadline": _rfc3339(deadline) if deadline else "", **data},
+            message=f"waiting for signal {signal!r}" if signal else f"sleeping until {rfc3339_of(deadline or 0)}",
+            data={"signal": signal, "deadline": rfc3339_of(deadline) if deadline else "", **data},
         )
     waiter = ctx.suspensions.wait(path, signal, deadline, state.start_time.ToMilliseconds())
     taken: Signal | None = None
@@ -125,14 +126,13 @@ def _instant(value: Any, node_id: str) -> float:
         raise NodeFailed("INVALID_ARGUMENT", f"sleep {node_id}: `until` gave {type(value).__name__}, not a time")
     if value.tzinfo is None:
         raise NodeFailed("INVALID_ARGUMENT", f"sleep {node_id}: `until` gave a time without a zone offset")
-    return value.timestamp()
+    seconds = value.timestamp()
+    if seconds > LATEST_SECONDS:  # 9999-12-31 with a negative offset: past what a Timestamp holds
+        raise NodeFailed("INVALID_ARGUMENT", f"sleep {node_id}: `until` gave {value.isoformat()}, after the year 9999")
+    return max(seconds, 0.0)  # a time before 1970 has passed as surely as the epoch has
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
     return stamp
-
-
-def _rfc3339(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

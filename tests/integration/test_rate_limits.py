@@ -132,6 +132,45 @@ async def test_a_long_wait_parks_the_task_and_it_goes_on_when_units_come(served,
     times = sorted((await plugin_stats(testkit))["ticks"][tag])
     # grants 4 s apart; the first may reach the plugin late on a busy machine, the second on time
     assert len(times) == 2 and times[1] - times[0] >= 4.0 - ARRIVAL_JITTER
+    assert not done.steps[0].HasField("wait")  # the timeout it kept while parked is gone with the wait
+
+
+async def test_the_wait_for_units_counts_against_the_step_timeout_across_a_park(served):
+    """A step with a 3 s timeout whose units come in an hour: its task parks (the wait is more
+    than 2 s away) and the step fails when its 3 s are up, not when the units come (a parked
+    step used to start its timeout anew each life, so it waited the hour)."""
+    _, client = served
+    tag = uuid.uuid4().hex
+    await put_limit(client, f"hourly:{tag}", 1, 3600.0)
+    uses = [{"key": f"hourly:{tag}"}]
+    await create(client, workflow("hourly", {"id": "s", "step": {"protocol": "echo", "rate_limits": uses}}))
+    timed = {"id": "s", "step": {"protocol": "echo", "timeout": "3s", "rate_limits": uses}}
+    await create(client, workflow("hourly-timed", timed))
+    assert (await wait_done(client, (await submit(client, "hourly")).task_id)).status == S.TASK_STATUS_COMPLETED
+    started = time.monotonic()
+    task = await wait_done(client, (await submit(client, "hourly-timed")).task_id, timeout=20)
+    assert task.status == S.TASK_STATUS_FAILED and time.monotonic() - started < 15
+    assert "step timeout of 3s ran out while it waited for rate-limit units" in task.error.message
+    kinds = [e.type for e in await events(client, task.task_id)]
+    assert E.TASK_EVENT_TYPE_STEP_WAITING in kinds and E.TASK_EVENT_TYPE_RESUMED in kinds  # it did park
+    assert not task.steps[0].HasField("wait")
+
+
+async def test_units_past_the_year_9999_are_waited_for_within_the_step_timeout(served):
+    """An ask whose units come back only after ~10^292 years (a huge ask under a huge burst):
+    the wait says when (the last second a timestamp can hold) and ends with the step's timeout
+    (it failed the task with an internal OverflowError before)."""
+    _, client = served
+    tag = uuid.uuid4().hex
+    await put_limit(client, f"far:{tag}", 1, 1.0, burst=1e300)
+    step_ = {"protocol": "echo", "timeout": "2s", "rate_limits": [{"key": f"far:{tag}", "units": "1e300"}]}
+    await create(client, workflow("far", {"id": "s", "step": step_}))
+    assert (await wait_done(client, (await submit(client, "far")).task_id)).status == S.TASK_STATUS_COMPLETED
+    task = await wait_done(client, (await submit(client, "far")).task_id, timeout=20)
+    assert task.status == S.TASK_STATUS_FAILED, task.error.message
+    assert "ran out while it waited" in task.error.message and "internal" not in task.error.message
+    waiting = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_STEP_WAITING]
+    assert waiting[0].data["until"] == "9999-12-31T23:59:59.000Z"
 
 
 async def test_a_plugin_that_asks_for_a_pause_gets_no_call_until_it_ends(served, testkit):

@@ -287,6 +287,19 @@ async def test_a_sleep_until_a_time_given_by_cel(served):
     assert task.end_time.ToNanoseconds() / 1e9 >= time.mktime(time.strptime(at, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
 
 
+async def test_a_sleep_until_past_the_year_9999_fails_its_step_and_one_before_1970_has_passed(served):
+    """9999-12-31T23:59:59-14:00 is after the last second a timestamp holds: the sleep fails with
+    what it was given (it failed the task with an internal ValueError before); a time before
+    1970 has passed, and the sleep goes on at once."""
+    _, client = served
+    await create(client, workflow("edge-alarm", seq("root", {"id": "alarm", "sleep": {"until": "input.at"}})))
+    late = await wait_done(client, (await submit(client, "edge-alarm", {"at": "9999-12-31T23:59:59-14:00"})).task_id)
+    assert late.status == S.TASK_STATUS_FAILED
+    assert "after the year 9999" in late.error.message and "internal" not in late.error.message
+    early = await wait_done(client, (await submit(client, "edge-alarm", {"at": "0001-01-01T00:00:00+14:00"})).task_id)
+    assert early.status == S.TASK_STATUS_COMPLETED
+
+
 async def test_cancel_ends_a_wait_at_once(served):
     _, client = served
     await create(client, workflow("abandoned", seq("root", wait("w", "never"))))

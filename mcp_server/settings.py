@@ -41,6 +41,8 @@ class Limits:
     max_tasks_in_flight: int = 1000
     max_queue_length: int = 100_000
     max_watchers_per_task: int = 1000
+    # signals a task may receive in all (taken or kept): a task's signal log is stored with it
+    max_signals_per_task: int = 10_000
     max_page_size: int = 1000
     # task submissions per principal per second (a token bucket with a burst of twice that); 0: no limit
     submissions_per_second: float = 0.0

@@ -17,7 +17,14 @@ from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, TaskStore, WaitRecord, WaitStore
 from mcp_server.engine.values import ValueTooDeep, message_depth, value_to_python
-from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, McpError, Unavailable
+from mcp_server.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    McpError,
+    ResourceExhausted,
+    Unavailable,
+)
 from mcp_server.service.access import require, visible_task
 from mcp_server.settings import Settings
 from mcp_server.state.common import TERMINAL, live_part
@@ -73,6 +80,7 @@ class Signalling:
             if request.step_path:
                 _waits_for(request, waits)
             delivery = _delivery(header, request, waits)
+            delivery = replace(delivery, max_signals=self.settings.limits.max_signals_per_task)
             if header.status == task_pb2.TASK_STATUS_WAITING and self.dispatcher.has_room():
                 delivery = replace(delivery, holder=self.settings.replica_id, lease_seconds=self.settings.lease_seconds)
             outcome = await self.waits.send_signal(request.task_id, request, delivery)
@@ -118,6 +126,13 @@ class Signalling:
 
     async def _answer(self, header: task_pb2.Task, outcome: SignalOutcome) -> task_pb2.SignalTaskResponse:
         record = outcome.record
+        if outcome.status == "full":
+            most = self.settings.limits.max_signals_per_task
+            raise ResourceExhausted(
+                f"task {header.task_id} has received {most} signals, the most a task may"
+                " (MCP_LIMIT_MAX_SIGNALS_PER_TASK)",
+                reason="TOO_MANY_SIGNALS",
+            )
         if outcome.status == "finished" or record is None:
             raise FailedPrecondition(f"task {header.task_id} has finished", reason="TASK_FINISHED")
         if outcome.status == "duplicate":

@@ -177,6 +177,29 @@ async def test_bad_signals_are_refused_and_deliver_nothing(served):
     assert len(received) == 1
 
 
+async def test_a_task_takes_at_most_its_limit_of_signals_and_a_repeat_is_still_answered(server_factory, store_url):
+    """Every signal is stored with its task, so a client sending signals no wait takes could grow
+    one task without bound: past MCP_LIMIT_MAX_SIGNALS_PER_TASK (5 here) SignalTask is refused
+    RESOURCE_EXHAUSTED, TOO_MANY_SIGNALS, writing nothing; a repeated request_id is answered."""
+    running = await server_factory(store=store_url, limits=Limits(max_signals_per_task=5))
+    client = client_for(running)
+    await create(client, workflow("capped", seq("root", wait("gate", "go"), wait("more", "more"))))
+    task = await submit(client, "capped", {})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    kept = [await signal(client, task.task_id, "more", {"n": i}, request_id=f"m{i}") for i in range(5)]
+    assert all(k.created and not k.step_path for k in kept)  # kept for the wait after the gate
+    with pytest.raises(grpc.aio.AioRpcError) as full:
+        await signal(client, task.task_id, "go", {}, request_id="go")
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(full.value) == "TOO_MANY_SIGNALS"
+    again = await signal(client, task.task_id, "more", {"n": 2}, request_id="m2")
+    assert not again.created and again.sequence == kept[2].sequence
+    assert step_states(await get(client, task.task_id))["root/gate"].status == task_pb2.STEP_STATUS_WAITING
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="enough"))
+    received = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_SIGNAL_RECEIVED]
+    assert len(received) == 5  # the refused ones wrote nothing
+    await client.channel.close()
+
+
 async def test_two_parallel_waits_for_one_name_are_reached_by_path(served):
     _, client = served
     both = {"id": "both", "parallel": {"children": [wait("legal", "approval"), wait("finance", "approval")]}}

@@ -64,13 +64,16 @@ class SignalDelivery:
     # `holder` for `lease_seconds` in the same write ("" to queue it instead)
     holder: str = ""
     lease_seconds: float = 0.0
+    # the most signals the task may have: one more is refused ("full"); 0: no limit
+    max_signals: int = 0
 
 
 @dataclass(frozen=True)
 class SignalOutcome:
     """What `send_signal` did. `status`: "delivered" (written with its event), "appended" (the
     replica holding the task takes it in), "duplicate" (its request_id was seen: `record` is the
-    first), "stale" (the task changed since it was read: read it and try again), "finished"."""
+    first), "stale" (the task changed since it was read: read it and try again), "finished",
+    "full" (the task has `max_signals` signals already: nothing was written)."""
 
     status: str
     record: SignalRecord | None = None
@@ -90,7 +93,8 @@ class WaitStore(Protocol):
     async def send_signal(
         self, task_id: str, request: task_pb2.SignalTaskRequest, delivery: SignalDelivery
     ) -> SignalOutcome:
-        """Append a signal to a task that has not finished, once per request_id. If a replica holds
+        """Append a signal to a task that has not finished and has fewer than the delivery's
+        `max_signals`, once per request_id (a repeat is answered even then). If a replica holds
         the task (it runs), the signal waits there to be taken in; otherwise it is written with
         `delivery`, and a waiting task is queued to resume."""
         ...

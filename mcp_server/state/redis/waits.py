@@ -96,6 +96,7 @@ class RedisWaits:
                     delivery.holder,
                     int((now_seconds() + delivery.lease_seconds) * 1000),
                     self.layout.signal_channel,
+                    delivery.max_signals,
                     *TERMINAL,
                 ],
             )

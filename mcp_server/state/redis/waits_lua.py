@@ -9,8 +9,9 @@ from mcp_server.state.redis.fair_lua import FAIR
 # ARGV: task_id, request_id, the stored request, the sequence read (compare-and-set), the event's
 #       sequence, the event, the live part with it, the step it goes to, that step's new wait
 #       record (''), now ms, waiting, the holder to lease a waiting task to ('' to queue it), its
-#       lease expiry ms, the channel to nudge the holder on, then the terminal statuses
-# -> {'duplicate', index, request, '<sequence>|<step>'} | {'finished'} | {'appended', index}
+#       lease expiry ms, the channel to nudge the holder on, the most signals the task may have
+#       (0: no limit), then the terminal statuses
+# -> {'duplicate', index, request, '<sequence>|<step>'} | {'finished'} | {'full'} | {'appended', index}
 #    | {'stale'} | {'delivered', index} | {'leased', index, fixed, live, token}
 SEND_SIGNAL = (
     FAIR
@@ -23,8 +24,9 @@ if ARGV[2] ~= '' then
 end
 local f = redis.call('HMGET', KEYS[1], 'st', 'seq')
 if not f[1] then return {'finished'} end
-for i = 15, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
+for i = 16, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
 local count = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
+if ARGV[15] ~= '0' and count >= tonumber(ARGV[15]) then return {'full'} end
 local through = tonumber(redis.call('HGET', KEYS[2], 'tk') or '0')
 -- held by a replica, or with signals before it not taken in: the run that holds it (or the next
 -- run) takes it in, in order

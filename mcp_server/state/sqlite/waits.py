@@ -58,6 +58,8 @@ class SqliteWaits:
             index = (
                 1 + db.execute("SELECT COALESCE(MAX(idx), 0) FROM signals WHERE task_id=?", (task_id,)).fetchone()[0]
             )
+            if delivery.max_signals and index > delivery.max_signals:
+                return SignalOutcome("full")
             if head[2] is not None:  # leased: the replica that runs it takes it in
                 with db:
                     db.execute(

@@ -34,7 +34,8 @@ PREVIEW_MAX_BYTES = 1024 * 1024
 
 
 def _sequence(text: str | None) -> int:
-    return int(text) if text and text.isdigit() else 0
+    """A Last-Event-ID or ?after= as a sequence (nothing is after the largest one a uint64 holds)."""
+    return min(int(text), 2**64 - 1) if text and text.isascii() and text.isdigit() else 0
 
 
 async def task_events(request: web.Request) -> web.StreamResponse:

@@ -125,7 +125,7 @@ async def rerun(request: web.Request) -> web.StreamResponse:
     try:
         if form["input"].strip():
             options["input"] = strict_json(form["input"])
-        version = int(form["version"] or 0)
+        version = _number(form["version"] or "0", "version", 0, INT64_MAX)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         form["problem"] = f"not rerun: {exc}"
         return await task(request, status=400, rerun_typed=form)
@@ -221,8 +221,8 @@ async def submit(request: web.Request) -> web.StreamResponse:
         if not isinstance(data, dict):
             raise ValueError('the input must be a JSON object, such as {"text": "hello"}')
         labels = dict(_label(line) for line in form["labels"].splitlines() if line.strip())
-        priority = int(form["priority"] or 0)
-        version = int(form["version"] or 0)
+        priority = _number(form["priority"] or "0", "priority", *INT32)
+        version = _number(form["version"] or "0", "version", 0, INT64_MAX)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         return await workflow(request, form, f"cannot submit: {exc}", status=400)
     try:
@@ -242,9 +242,26 @@ def _label(line: str) -> tuple[str, str]:
 
 
 def _whole_number(text: str, name: str) -> int:
-    if not text.isdigit():
-        raise web.HTTPBadRequest(text=f"{name} must be a whole number, not {text!r}")
-    return int(text)
+    try:
+        return _number(text, name, 0, INT64_MAX)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64_MAX = 2**63 - 1
+
+
+def _number(text: str, name: str, low: int, high: int) -> int:
+    """A whole number a form or a query gives, within what its field holds (else ValueError,
+    which the page shows: protobuf would refuse it while the request is built)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {text[:40]!r}") from None
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be between {low} and {high}")
+    return number
 
 
 async def protocols(request: web.Request) -> web.StreamResponse:

@@ -21,6 +21,9 @@ TERMINAL_EVENTS = frozenset({E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAIL
 # second (their server CPU on SQLite: 42 s, against 29 s with this).
 MAX_QUIET_WAIT_SECONDS = 8.0
 
+# the largest sequence an event can have (stores keep it as a signed 64-bit integer): nothing is after it
+LAST_SEQUENCE = 2**63 - 1
+
 
 class Watching:
     """Watchers of tasks on this replica, at most `limits.max_watchers_per_task` per task."""
@@ -52,7 +55,7 @@ class Watching:
         """The events of a task the caller may see, after `after_sequence`, until the terminal one
         (no header is read first: the caller knows the task is theirs)."""
         with self._counted(task_id):
-            sequence = after_sequence
+            sequence = min(after_sequence, LAST_SEQUENCE)  # a uint64 from the client; the stores hold int64
             quiet_wait = 1.0
             events = await self.tasks.wait_events(task_id, sequence, timeout=0)
             while True:

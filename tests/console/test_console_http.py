@@ -102,8 +102,9 @@ async def test_bad_queries_and_missing_things_are_clear_errors(console):
         assert bad_id.status == 400
         nowhere = await browser.get(f"{console.console.url}/no/such/page")
         assert nowhere.status == 404
-        version = await browser.get(f"{console.console.url}/workflows/echo?version=abc")
-        assert version.status == 400
+        for odd in ("abc", "99999999999999999999999", "%C2%B2", "-1"):  # protobuf's int64 refuses the second
+            version = await browser.get(f"{console.console.url}/workflows/echo?version={odd}")
+            assert version.status == 400, odd
 
 
 async def test_the_event_stream_resumes_after_last_event_id_and_ends_after_the_terminal_event(console, api):
@@ -116,8 +117,12 @@ async def test_the_event_stream_resumes_after_last_event_id_and_ends_after_the_t
         resumed = await sse_events(
             await browser.get(f"{console.console.url}/tasks/{task.task_id}/events", headers={"Last-Event-ID": "3"})
         )
+        past_all = await sse_events(
+            await browser.get(f"{console.console.url}/tasks/{task.task_id}/events?after={'9' * 30}")
+        )
     assert [int(e["id"]) for e in everything if e.get("event") == "task"] == list(range(1, last + 1))
     assert [int(e["id"]) for e in resumed if e.get("event") == "task"] == list(range(4, last + 1))
+    assert [e["event"] for e in past_all] == ["end"]  # nothing after a sequence past any uint64
     assert everything[-1]["event"] == "end" and json.loads(everything[-2]["data"])["type"] == "COMPLETED"
 
 
@@ -215,6 +220,14 @@ async def test_bad_inputs_in_the_submit_form_are_explained_and_submit_nothing(co
             )
             page = await answer.text()
             assert answer.status == 400 and 'id="submit-problem"' in page, (name, answer.status, page[:300])
+        for field, number in (("priority", "99999999999999999999"), ("priority", "-3000000000"), ("version", "1e3")):
+            answer = await browser.post(
+                f"{console.console.url}/workflows/echo/submit",
+                data={"input": "{}", field: number, "csrf": token},
+                allow_redirects=False,
+            )
+            page = await answer.text()
+            assert answer.status == 400 and f"{field} must be" in page, (field, number, answer.status, page[:300])
         huge = await browser.post(
             f"{console.console.url}/workflows/echo/submit",
             data={"input": "x" * 3_000_000, "csrf": token},

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from mcp_sdk.proto import task_pb2
+from tests.conftest import client_for
 from tests.helpers import (
     create,
     error_reason,
@@ -56,6 +57,25 @@ async def test_watch_replays_a_gapless_log_and_ends_after_the_terminal_event(cli
     assert [e.sequence for e in tail] == list(range(4, len(log) + 1))
     past_end = await events(client, task.task_id, after=len(log) + 50)
     assert past_end == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+async def test_a_watch_after_any_uint64_sequence_ends_cleanly(server_factory, tmp_path, request, kind):
+    """after_sequence is a uint64; the stores keep sequences as int64. A replica that does not
+    follow the task reads its events from the store: after 2^63 that read failed INTERNAL on
+    SQLite (an integer too large for it), found by the console's ?after= of a huge number."""
+    store = f"sqlite:///{tmp_path}/watch.db" if kind == "sqlite" else request.getfixturevalue("redis_url")
+    first = client_for(await server_factory(store=store))
+    await create(first, workflow("w-edge", step("a", "echo")))
+    task = await wait_done(first, (await submit(first, "w-edge", {})).task_id)
+    for after in (2**63, 2**64 - 1):  # each through a replica of its own, which reads the store
+        other = client_for(await server_factory(store=store))
+        assert await events(other, task.task_id, after=after) == []
+        batches = other.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=after))
+        assert [b async for b in batches] == []
+        await other.channel.close()
+    assert len(await events(first, task.task_id)) == task.last_sequence
+    await first.channel.close()
 
 
 async def test_watch_past_the_end_of_a_running_task_waits_for_new_events(client):

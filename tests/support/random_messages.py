@@ -133,7 +133,7 @@ class RandomRequests:
         if kind in (TYPE.TYPE_UINT32, TYPE.TYPE_FIXED32):
             return abs(number) % 2**32
         if kind in (TYPE.TYPE_UINT64, TYPE.TYPE_FIXED64):
-            return abs(number) % 2**64
+            return self.random.choice([abs(number), 2**63, 2**64 - 1])
         if kind in (TYPE.TYPE_INT32, TYPE.TYPE_SINT32, TYPE.TYPE_SFIXED32):
             return max(min(number, 2**31 - 1), -(2**31))
         return number

@@ -80,9 +80,8 @@ async def take_units(
     while True:
         grant = await gate.take_units(asks)
         if grant.granted:
-            if ctx.state(path).HasField("wait"):
+            if step is not None and step.waiting_for:  # it waited (in this life or the one that parked)
                 ctx.state(path).ClearField("wait")
-            if step is not None:
                 step.waiting_for = ""
             return
         if grant.too_large:

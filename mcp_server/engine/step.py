@@ -9,7 +9,9 @@ timeout bounds all of it.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import re
 import time
 import weakref
 from collections.abc import Mapping
@@ -39,6 +41,11 @@ def backoff(policy: RetryPolicy, retry_number: int) -> float:
     """Seconds to wait before retry `retry_number` (1 for the first retry)."""
     base = min(policy.initial_backoff * policy.multiplier ** (retry_number - 1), policy.max_backoff)
     return max(0.0, base * (1 + policy.jitter * (2 * random.random() - 1)))
+
+
+# what a plugin may report as a call's usage (ExecuteResponse.usage)
+USAGE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+MAX_USAGE_NAMES = 64
 
 
 @dataclass(frozen=True)
@@ -175,12 +182,27 @@ async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserv
             call.protocol, call.input, context, timeout=call.attempt_timeout, stream=call.stream, observer=observer
         )
     except ProtocolCallError as exc:
-        if exc.usage:  # a failed attempt's usage counts too
+        if exc.usage and _usage_problem(exc.usage) is None:  # a failed attempt's usage counts too
             ctx.add_usage(path, exc.usage)
         raise
     if result.usage:
+        if (problem := _usage_problem(result.usage)) is not None:
+            raise ProtocolCallError("INVALID_ARGUMENT", f"{call.protocol} answered with {problem}", final=True)
         ctx.add_usage(path, result.usage)
     return _keepable(result, call.protocol, ctx.limits)
+
+
+def _usage_problem(usage: Mapping[str, float]) -> str | None:
+    """What is wrong with the usage a plugin reported, if anything: it is summed into the step's,
+    the task's and a counter, so amounts must be finite and not negative, and names few and plain."""
+    if len(usage) > MAX_USAGE_NAMES:
+        return f"{len(usage)} usage names; at most {MAX_USAGE_NAMES} are allowed"
+    for name, amount in usage.items():
+        if not USAGE_NAME.fullmatch(name):
+            return f"the usage name {name[:80]!r}: a name is 1-64 letters, digits, '_', '.', ':' or '-'"
+        if not (math.isfinite(amount) and amount >= 0):
+            return f"usage {name} = {amount}: an amount is a finite number, 0 or more"
+    return None
 
 
 async def call_with_retries(

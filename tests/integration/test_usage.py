@@ -49,6 +49,34 @@ async def test_usage_is_summed_per_step_and_per_task_and_counted_by_protocol_and
     assert sample == 15
 
 
+async def test_usage_a_plugin_should_not_report_fails_its_call_and_counts_nothing(served):
+    """Usage is summed into the step, the task and a Prometheus counter: a negative amount failed
+    the whole task with an internal error (the counter refused it inside the event), NaN would
+    poison the counter for good, and a name of any length became a metric label. Such an answer
+    now fails its call, naming what is wrong; the fallback is tried; nothing is counted."""
+    running, client = served
+    bad = [("{'tokens': -5}", "usage tokens = -5.0"), ("{'a b': 1}", "the usage name 'a b'")]
+    for index, (usage, said) in enumerate(bad):
+        metered = {"protocol": "metered", "input": f"{{'usage': {usage}}}", "fallbacks": [{"protocol": "echo"}]}
+        task = await run(client, workflow(f"bad-usage-{index}", {"id": "s", "step": metered}))
+        assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error.message  # by its fallback
+        state = step_states(await full(client, task.task_id))["s"]
+        assert state.fallback_protocol == "echo" and not task.usage and not state.usage
+        log = [e async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id))]
+        fell = [e.data.fields["error"].string_value for e in log if e.type == task_pb2.TASK_EVENT_TYPE_FALLBACK_USED]
+        assert len(fell) == 1 and said in fell[0], (said, fell)
+    nan = workflow("nan-usage", step("s", "metered", "{'usage': {'tokens': double('NaN')}}"))
+    task = await run(client, nan)
+    assert task.status == task_pb2.TASK_STATUS_FAILED and "an amount is a finite number" in task.error.message
+    assert "internal" not in task.error.message
+    counted = running.orchestrator.metrics.registry.get_sample_value(
+        "mcp_usage_total", {"protocol": "metered", "owner": "", "name": "tokens"}
+    )
+    assert counted is None  # nothing reached the counter
+    ok = await run(client, workflow("fine-usage", step("s", "metered", f"{{'usage': {USED}}}")))
+    assert dict(ok.usage) == {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.25}
+
+
 async def test_failed_attempts_use_nothing_and_a_fallback_counts_once(served):
     _, client = served
     retried = step(

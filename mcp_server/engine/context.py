@@ -51,6 +51,7 @@ from mcp_server.engine.records import (
 )
 from mcp_server.engine.step_ends import code_number, end_data
 from mcp_server.engine.suspensions import Suspensions
+from mcp_server.engine.texts import clipped
 from mcp_server.engine.values import python_to_value
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
@@ -101,6 +102,7 @@ class NodeFailed(Exception):
     """A node failed; `code` is a gRPC status code name, the message names the node."""
 
     def __init__(self, code: str, message: str) -> None:
+        message = clipped(message)
         super().__init__(message)
         self.code = code
         self.message = message

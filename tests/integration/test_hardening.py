@@ -51,6 +51,24 @@ async def test_an_input_nested_past_the_limit_is_refused_naming_the_field_and_th
         assert "the limit is 32" in violations(err.value)["input_data"]
 
 
+async def test_an_error_that_echoes_what_it_was_given_is_bounded(client):
+    """A router that names a state of 900,000 characters (from the task's input): the error said
+    it whole in the step's record, the task's and two events (2.7 MB for GetTask; an output-sized
+    name could pass the 4 MB message limit). Every failure message is now cut at 4,096 characters
+    and says how much more there was."""
+    states = [
+        {"name": "a", "node": step("sa", "echo")},
+        {"name": "b", "node": step("sb", "echo"), "terminal": True},
+    ]
+    adaptive = {"id": "root", "adaptive": {"initial_state": "a", "router": "goto", "states": states}}
+    task = await run(client, workflow("long-goto", adaptive), {"next": "y" * 900_000})
+    assert task.status == FAILED and "more characters)" in task.error.message
+    assert len(task.error.message) < 4200
+    whole = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
+    assert all(len(s.error.message) < 4200 for s in whole.steps)
+    assert all(len(e.message) < 4200 for e in await events(client, task.task_id))
+
+
 async def test_an_input_at_the_limit_runs_and_reads_back(client):
     await create(client, workflow("depth-ok", step("s", "echo")))
     task = await submit(client, "depth-ok", nested(32))

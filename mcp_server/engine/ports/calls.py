@@ -8,6 +8,7 @@ from typing import Protocol
 
 from mcp_sdk.proto import protocol_pb2
 from mcp_server.engine.payload import Payload
+from mcp_server.engine.texts import clipped
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ProtocolCallError(Exception):
     """A protocol call failed. `code` is the gRPC status code name, e.g. "UNAVAILABLE"."""
 
     def __init__(self, code: str, message: str, *, breaker_open: bool = False, final: bool = False) -> None:
+        message = clipped(message)
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

@@ -3,13 +3,24 @@
 Validation is the `jsonschema` library's (the draft a schema names with `$schema`, 2020-12
 otherwise, formats checked). Nothing is fetched: a `$ref` to another document does not resolve,
 and a payload checked against such a schema is refused with a message saying so.
+
+Patterns (`pattern`, `patternProperties`) are matched by RE2, in time linear in the payload:
+with Python's backtracking `re`, a pattern such as `^(a+)+$` took seconds for a 24-character
+signal and hours for 40, on the event loop, stopping every task of the server. A pattern RE2
+cannot run (lookaround, backreferences) is refused when the workflow is created.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema._keywords
+import jsonschema._legacy_keywords
+import jsonschema._utils
+import re2
 from jsonschema import exceptions, validators
 from referencing.exceptions import Unresolvable
 
@@ -38,19 +49,71 @@ class PayloadSchema:
 
 
 def compile_schema(schema: dict[str, Any]) -> PayloadSchema:
-    """Check that `schema` is a JSON Schema of the draft it names (2020-12 by default) and compile
-    it; raise SchemaInvalid with the reason if it is not."""
+    """Check that `schema` is a JSON Schema of the draft it names (2020-12 by default) whose
+    patterns RE2 can run, and compile it; raise SchemaInvalid with the reason if it is not."""
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         cls.check_schema(schema)
     except exceptions.SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         raise SchemaInvalid(f"not a JSON Schema: {exc.message}" + (f" (at {where})" if where else "")) from None
+    for where, pattern in _patterns(schema, ""):
+        try:
+            _linear(pattern)
+        except re2.error as exc:
+            why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise SchemaInvalid(
+                f"the pattern {pattern[:200]!r} (at {where or '/'}) cannot be matched in linear time"
+                f" (RE2: {why}); lookaround and backreferences are not supported"
+            ) from None
     return PayloadSchema(schema, cls(schema, format_checker=cls.FORMAT_CHECKER))
 
 
+def _patterns(schema: Any, where: str) -> list[tuple[str, str]]:
+    """Every regular expression in `schema`: the values of `pattern`, the keys of `patternProperties`."""
+    found: list[tuple[str, str]] = []
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "pattern" and isinstance(value, str):
+                found.append((f"{where}/pattern", value))
+            elif key == "patternProperties" and isinstance(value, dict):
+                found += [(f"{where}/patternProperties", p) for p in value]
+            found += _patterns(value, f"{where}/{key}")
+    elif isinstance(schema, list):
+        for index, item in enumerate(schema):
+            found += _patterns(item, f"{where}/{index}")
+    return found
+
+
+_QUIET = re2.Options()
+_QUIET.log_errors = False  # a refused pattern is the workflow's error, not the server log's
+
+
+@functools.lru_cache(maxsize=4096)
+def _linear(pattern: str) -> Any:
+    return re2.compile(pattern, _QUIET)
+
+
+class _LinearSearch:
+    """Stands in for `re` in jsonschema's keyword modules, which call `re.search(pattern, text)`
+    for `pattern`, `patternProperties` and the properties those leave to `additionalProperties`
+    and `unevaluatedProperties`: the same search, by RE2."""
+
+    def search(self, pattern: str, text: str) -> Any:
+        return _linear(pattern).search(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(re, name)
+
+
+for _module in (jsonschema._keywords, jsonschema._legacy_keywords, jsonschema._utils):
+    _module.re = _LinearSearch()  # type: ignore[attr-defined]
+
+
 def _field(root: str, path: list[Any]) -> str:
+    """The path of a rejected part of the payload (a property name cut at 100 characters: a
+    violation travels in the answer's trailing metadata, which gRPC keeps small)."""
     text = root
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+        text += f"[{part}]" if isinstance(part, int) else f".{str(part)[:100]}"
     return text

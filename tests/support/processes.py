@@ -58,4 +58,8 @@ async def replica_set(
         for process in replicas:
             if process.poll() is None:
                 process.terminate()
-                process.wait(timeout=15)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:  # stuck where SIGTERM cannot reach it
+                    process.kill()
+                    process.wait()

@@ -1,0 +1,54 @@
+"""A wait's JSON Schema pattern against a hostile signal, from outside: a real server process,
+so that a server stuck in a match shows as a missed deadline, not as a stuck test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2
+
+from mcp_sdk.proto import task_pb2
+from tests.helpers import create, error_reason, submit, violations, workflow
+from tests.support.processes import replica_set
+
+pytestmark = pytest.mark.asyncio
+
+
+def waits_for_code(workflow_id: str, schema: dict[str, Any]) -> Any:
+    node = {"id": "w", "wait": {"signal": "code", "schema": schema}}
+    return workflow(workflow_id, {"id": "root", "sequence": {"children": [node]}})
+
+
+async def send(client: Any, task_id: str, payload: Any) -> task_pb2.SignalTaskResponse:
+    request = task_pb2.SignalTaskRequest(task_id=task_id, signal="code")
+    request.payload.CopyFrom(json_format.ParseDict(payload, struct_pb2.Value()))
+    return await client.tasks.SignalTask(request, timeout=10)
+
+
+async def test_a_schema_pattern_is_matched_in_linear_time_and_one_that_cannot_be_is_refused():
+    """`^(a+)+$` against 40 a's and a '!' backtracks 2^40 times in Python's `re`: the signal's
+    check held the event loop, and every task of the server, for hours. Patterns are matched by
+    RE2 now; one it cannot run (lookahead, backreferences) is refused when the workflow is made."""
+    async with replica_set(1, "sqlite://:memory:", [], "patterns") as (_, (client,)):
+        schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}}
+        await create(client, waits_for_code("redos", schema))
+        task = await submit(client, "redos", {})
+        for _ in range(200):
+            got = await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
+            if got.task.status == task_pb2.TASK_STATUS_WAITING:
+                break
+        with pytest.raises(grpc.aio.AioRpcError) as rejected:
+            await send(client, task.task_id, {"code": "a" * 40 + "!"})
+        assert error_reason(rejected.value) == "PAYLOAD_REJECTED", rejected.value.details()
+        assert "payload.code" in violations(rejected.value)
+        with pytest.raises(grpc.aio.AioRpcError) as keys:  # a long property name: its path is cut short
+            await send(client, task.task_id, {"code": 5, "b" * 50_000: 1})
+        assert error_reason(keys.value) == "PAYLOAD_REJECTED", keys.value.details()
+        assert (await send(client, task.task_id, {"code": "a" * 100_000})).step_path == "root/w"
+        lookahead = {"type": "string", "pattern": "^(?=.*[0-9]).+$"}
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await create(client, waits_for_code("lookahead", lookahead))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "linear time" in violations(refused.value)["workflow.root.sequence.children[0].wait.schema"]

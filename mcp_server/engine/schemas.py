@@ -48,16 +48,18 @@ class PayloadSchema:
         return [(_field(root, list(error.absolute_path)), error.message[:300]) for error in errors[:MAX_PROBLEMS]]
 
 
-def compile_schema(schema: dict[str, Any]) -> PayloadSchema:
+def compile_schema(schema: dict[str, Any], linear_only: bool = True) -> PayloadSchema:
     """Check that `schema` is a JSON Schema of the draft it names (2020-12 by default) whose
-    patterns RE2 can run, and compile it; raise SchemaInvalid with the reason if it is not."""
+    patterns RE2 can run (unless not `linear_only`: a schema stored before that was checked,
+    whose other patterns Python's `re` still matches), and compile it; raise SchemaInvalid with
+    the reason if it is not."""
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         cls.check_schema(schema)
     except exceptions.SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         raise SchemaInvalid(f"not a JSON Schema: {exc.message}" + (f" (at {where})" if where else "")) from None
-    for where, pattern in _patterns(schema, ""):
+    for where, pattern in _patterns(schema, "") if linear_only else ():
         try:
             _linear(pattern)
         except re2.error as exc:
@@ -100,7 +102,11 @@ class _LinearSearch:
     and `unevaluatedProperties`: the same search, by RE2."""
 
     def search(self, pattern: str, text: str) -> Any:
-        return _linear(pattern).search(text)
+        try:
+            linear = _linear(pattern)
+        except re2.error:  # only in a schema stored before patterns were checked (see compile_schema)
+            return re.search(pattern, text)
+        return linear.search(text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(re, name)

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from mcp_sdk.proto import task_pb2
+from tests.conftest import client_for
 from tests.helpers import create, error_reason, submit, violations, workflow
 from tests.support.processes import replica_set
 
@@ -52,3 +53,22 @@ async def test_a_schema_pattern_is_matched_in_linear_time_and_one_that_cannot_be
             await create(client, waits_for_code("lookahead", lookahead))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "linear time" in violations(refused.value)["workflow.root.sequence.children[0].wait.schema"]
+
+
+async def test_a_workflow_stored_with_a_lookahead_pattern_before_it_was_refused_still_runs(server_factory):
+    """Refusing patterns RE2 cannot run applies to new definitions: a workflow stored before (put
+    into the store here, past the API) still loads, and its pattern is matched as it was."""
+    running = await server_factory()
+    client = client_for(running)
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(?=.*[0-9]).+$"}}}
+    await running.orchestrator.store.workflows.create_workflow(waits_for_code("old-lookahead", schema))
+    task = await submit(client, "old-lookahead", {})
+    for _ in range(200):
+        got = await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
+        if got.task.status == task_pb2.TASK_STATUS_WAITING:
+            break
+    with pytest.raises(grpc.aio.AioRpcError) as rejected:
+        await send(client, task.task_id, {"code": "no digits"})
+    assert error_reason(rejected.value) == "PAYLOAD_REJECTED"
+    assert (await send(client, task.task_id, {"code": "r2d2"})).step_path == "root/w"
+    await client.channel.close()

@@ -25,7 +25,9 @@ def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Sc
     schema = None
     if wait.HasField("schema"):
         try:
-            schema = compile_schema(struct_to_dict(wait.schema))
+            # a new definition (CreateWorkflow, ValidateWorkflow) is checked against the
+            # registered protocols; a stored one being loaded is not, and keeps what it was given
+            schema = compile_schema(struct_to_dict(wait.schema), linear_only=scope.known_protocols is not None)
         except SchemaInvalid as exc:
             scope.violations.add(f"{path}.schema", str(exc))
     plan = WaitPlan(

@@ -27,9 +27,11 @@ MAX_CRON = 16
 MAX_EVERY = 16
 MAX_JITTER_SECONDS = 24 * 3600.0
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# the latest time a schedule or a backfill may name: fire-time arithmetic (a year's interval, a
-# day's jitter, the spans around DST changes) must stay inside what a datetime can hold
+# the latest time fire times may be computed from (a schedule's start_time and run_at, a
+# backfill's range): the arithmetic around them (a year's interval, a day's jitter, the spans
+# around DST changes) must stay inside what a datetime can hold
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+FIRST_MS, LAST_MS = -62_135_596_800_000, 253_402_300_799_999  # a Timestamp's range: years 1 to 9999
 CHANGE_SPAN = timedelta(hours=3)  # more than any DST change moves the clock
 
 
@@ -167,9 +169,10 @@ def compile_spec(spec: schedule_pb2.ScheduleSpec, violations: ViolationCollector
     jitter = spec.jitter.seconds + spec.jitter.nanos / 1e9
     if not 0 <= jitter <= MAX_JITTER_SECONDS:
         violations.add(f"{path}.jitter", f"must be between 0 and {MAX_JITTER_SECONDS:.0f} s")
+    # fire times are computed from start_time and run_at (an end_time is only compared with them)
     start, end, run_at = (
-        moment_of(getattr(spec, name), violations, f"{path}.{name}") if spec.HasField(name) else None
-        for name in ("start_time", "end_time", "run_at")
+        moment_of(getattr(spec, name), violations, f"{path}.{name}", latest=latest) if spec.HasField(name) else None
+        for name, latest in (("start_time", LATEST), ("end_time", None), ("run_at", LATEST))
     )
     if start is not None and end is not None and end <= start:
         violations.add(f"{path}.end_time", "must be after start_time")
@@ -199,12 +202,21 @@ def _cron_matches(expression: str) -> bool:
     return True
 
 
-def moment_of(stamp: timestamp_pb2.Timestamp, violations: ViolationCollector, path: str) -> datetime | None:
-    """A time a client names (to the millisecond), or None with a violation if it is before the
-    epoch or not before LATEST."""
+def moment_of(
+    stamp: timestamp_pb2.Timestamp,
+    violations: ViolationCollector,
+    path: str,
+    earliest: datetime | None = None,
+    latest: datetime | None = LATEST,
+) -> datetime | None:
+    """A time a client names (to the millisecond), or None with a violation if it is before
+    `earliest` or not before `latest` (None: as far as a Timestamp goes, years 1 to 9999)."""
     ms = stamp.seconds * 1000 + stamp.nanos // 1_000_000
-    if not 0 <= ms < to_ms(LATEST):
-        violations.add(path, f"must be between {rfc3339(EPOCH)} and {rfc3339(LATEST)}")
+    low = to_ms(earliest) if earliest is not None else FIRST_MS
+    high = to_ms(latest) if latest is not None else LAST_MS + 1
+    if not low <= ms < high:
+        after = f"from {rfc3339(earliest)} and " if earliest is not None else ""
+        violations.add(path, f"must be {after}before {rfc3339(latest or from_ms(LAST_MS + 1000))}")
         return None
     return from_ms(ms)
 

@@ -14,7 +14,7 @@ from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.ports import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore, TaskStore
 from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from mcp_server.schedules.firing import Firing
-from mcp_server.schedules.spec import CompiledSpec, compile_spec, from_ms, moment_of, to_ms
+from mcp_server.schedules.spec import EPOCH, CompiledSpec, compile_spec, from_ms, moment_of, to_ms
 from mcp_server.service.access import require
 from mcp_server.service.submission import Submission
 
@@ -135,8 +135,8 @@ class Schedules:
             violations.add("start_time", "is required")
         if not request.HasField("end_time"):
             violations.add("end_time", "is required")
-        start = moment_of(request.start_time, violations, "start_time")
-        end = moment_of(request.end_time, violations, "end_time")
+        start = moment_of(request.start_time, violations, "start_time", earliest=EPOCH)
+        end = moment_of(request.end_time, violations, "end_time", earliest=EPOCH)
         violations.raise_if_any("the backfill is invalid")
         assert start is not None and end is not None
         if end <= start:

@@ -255,7 +255,7 @@ async def test_times_out_of_range_are_refused_naming_the_field(client):
         (client.schedules.CreateSchedule, schedule(run_at=_stamp(2**40)), "schedule.spec.run_at"),
         (client.schedules.CreateSchedule, schedule(run_at=_stamp(year_9999)), "schedule.spec.run_at"),
         (client.schedules.CreateSchedule, schedule(start_time=_stamp(year_9999)), "schedule.spec.start_time"),
-        (client.schedules.CreateSchedule, schedule(start_time=_stamp(-62_135_596_800)), "schedule.spec.start_time"),
+        (client.schedules.BackfillSchedule, backfill(_stamp(-62_135_596_800), _stamp(3600)), "start_time"),
         (client.schedules.BackfillSchedule, backfill(_stamp(0), _stamp(2**40)), "end_time"),
         (client.schedules.BackfillSchedule, backfill(_stamp(0, -1), _stamp(3600)), "start_time"),
         (client.schedules.BackfillSchedule, backfill(_stamp(year_9999), _stamp(year_9999 + 799)), "start_time"),
@@ -276,6 +276,11 @@ async def test_times_out_of_range_are_refused_naming_the_field(client):
             await rpc(request)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, err.value.details())
         assert field in violations(err.value), (field, violations(err.value))
+    # an end as late as a timestamp goes ("never") and a start in year 1 ("long since") stay valid:
+    # fire times are computed from now, and an end is only compared with them
+    forever = schedule(start_time=_stamp(-62_135_596_800), end_time=_stamp(253_402_300_799))
+    created = await client.schedules.CreateSchedule(forever)
+    assert created.info.next_fire_times
 
 
 async def test_the_server_is_still_healthy_and_working_after_the_fuzzing(server, client):

@@ -44,7 +44,7 @@ def backoff(policy: RetryPolicy, retry_number: int) -> float:
 
 
 # what a plugin may report as a call's usage (ExecuteResponse.usage)
-USAGE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+USAGE_NAME = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 MAX_USAGE_NAMES = 64
 
 
@@ -194,12 +194,13 @@ async def _attempt(call: Call, path: str, ctx: RunContext, observer: _StepObserv
 
 def _usage_problem(usage: Mapping[str, float]) -> str | None:
     """What is wrong with the usage a plugin reported, if anything: it is summed into the step's,
-    the task's and a counter, so amounts must be finite and not negative, and names few and plain."""
+    the task's and a counter (a label), so amounts must be finite and not negative, and names few
+    and short."""
     if len(usage) > MAX_USAGE_NAMES:
         return f"{len(usage)} usage names; at most {MAX_USAGE_NAMES} are allowed"
     for name, amount in usage.items():
         if not USAGE_NAME.fullmatch(name):
-            return f"the usage name {name[:80]!r}: a name is 1-64 letters, digits, '_', '.', ':' or '-'"
+            return f"the usage name {name[:80]!r}: a name is 1-128 characters, none a control character"
         if not (math.isfinite(amount) and amount >= 0):
             return f"usage {name} = {amount}: an amount is a finite number, 0 or more"
     return None

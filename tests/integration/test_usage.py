@@ -52,10 +52,10 @@ async def test_usage_is_summed_per_step_and_per_task_and_counted_by_protocol_and
 async def test_usage_a_plugin_should_not_report_fails_its_call_and_counts_nothing(served):
     """Usage is summed into the step, the task and a Prometheus counter: a negative amount failed
     the whole task with an internal error (the counter refused it inside the event), NaN would
-    poison the counter for good, and a name of any length became a metric label. Such an answer
+    poison the counter for good, and a name of any length or with newlines became a metric label. Such an answer
     now fails its call, naming what is wrong; the fallback is tried; nothing is counted."""
     running, client = served
-    bad = [("{'tokens': -5}", "usage tokens = -5.0"), ("{'a b': 1}", "the usage name 'a b'")]
+    bad = [("{'tokens': -5}", "usage tokens = -5.0"), ("{'a\\nb': 1}", "the usage name 'a\\nb'")]
     for index, (usage, said) in enumerate(bad):
         metered = {"protocol": "metered", "input": f"{{'usage': {usage}}}", "fallbacks": [{"protocol": "echo"}]}
         task = await run(client, workflow(f"bad-usage-{index}", {"id": "s", "step": metered}))

@@ -8,7 +8,8 @@ from mcp_sdk.proto import registry_pb2, registry_pb2_grpc
 from mcp_server.errors import FieldViolation, InvalidArgument
 from mcp_server.orchestrator import Orchestrator
 
-MAX_TTL_SECONDS = 366 * 24 * 3600  # a registration that should outlive a year should not expire (ttl 0)
+# its expiry must stay a time a Timestamp holds, read back by ListProtocols and the console
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
 
 
 class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
@@ -22,8 +23,8 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
         ttl = request.ttl.seconds + request.ttl.nanos / 1e9
         if not 0 <= ttl <= MAX_TTL_SECONDS:
             raise InvalidArgument(
-                "ttl must be zero (no expiry) or positive, at most 366 days",
-                violations=[FieldViolation("ttl", "must be zero (no expiry) or positive, at most 366 days")],
+                "ttl must be zero (no expiry) or positive, at most 100 years",
+                violations=[FieldViolation("ttl", "must be zero (no expiry) or positive, at most 100 years")],
             )
         return registry_pb2.RegisterProtocolResponse(protocols=await self.directory.register(request.address, ttl))
 

@@ -12,6 +12,7 @@ from google.protobuf import json_format, struct_pb2
 from mcp_sdk.proto import task_pb2
 from tests.conftest import client_for
 from tests.helpers import create, error_reason, submit, violations, workflow
+from tests.integration.test_waits import until_status
 from tests.support.processes import replica_set
 
 pytestmark = pytest.mark.asyncio
@@ -36,10 +37,7 @@ async def test_a_schema_pattern_is_matched_in_linear_time_and_one_that_cannot_be
         schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}}
         await create(client, waits_for_code("redos", schema))
         task = await submit(client, "redos", {})
-        for _ in range(200):
-            got = await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
-            if got.task.status == task_pb2.TASK_STATUS_WAITING:
-                break
+        await until_status(client, task.task_id, task_pb2.TASK_STATUS_WAITING)
         with pytest.raises(grpc.aio.AioRpcError) as rejected:
             await send(client, task.task_id, {"code": "a" * 40 + "!"})
         assert error_reason(rejected.value) == "PAYLOAD_REJECTED", rejected.value.details()
@@ -63,10 +61,7 @@ async def test_a_workflow_stored_with_a_lookahead_pattern_before_it_was_refused_
     schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(?=.*[0-9]).+$"}}}
     await running.orchestrator.store.workflows.create_workflow(waits_for_code("old-lookahead", schema))
     task = await submit(client, "old-lookahead", {})
-    for _ in range(200):
-        got = await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
-        if got.task.status == task_pb2.TASK_STATUS_WAITING:
-            break
+    await until_status(client, task.task_id, task_pb2.TASK_STATUS_WAITING)
     with pytest.raises(grpc.aio.AioRpcError) as rejected:
         await send(client, task.task_id, {"code": "no digits"})
     assert error_reason(rejected.value) == "PAYLOAD_REJECTED"

@@ -14,10 +14,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
+from mcp_server.engine.context import NodeFailed, NodeResult, RunContext, timestamp_of
 from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import evaluate, runs
 from mcp_server.engine.instants import LATEST_SECONDS, rfc3339_of
@@ -79,7 +77,7 @@ async def _suspend(
         state.status = task_pb2.STEP_STATUS_WAITING
         state.wait.signal = signal
         if deadline is not None:
-            state.wait.deadline.CopyFrom(_timestamp(deadline))
+            state.wait.deadline.CopyFrom(timestamp_of(int(deadline * 1e9)))
         ctx.emit(
             E.TASK_EVENT_TYPE_STEP_SUSPENDED,
             step_path=path,
@@ -130,9 +128,3 @@ def _instant(value: Any, node_id: str) -> float:
     if seconds > LATEST_SECONDS:  # 9999-12-31 with a negative offset: past what a Timestamp holds
         raise NodeFailed("INVALID_ARGUMENT", f"sleep {node_id}: `until` gave {value.isoformat()}, after the year 9999")
     return max(seconds, 0.0)  # a time before 1970 has passed as surely as the epoch has
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp

@@ -8,8 +8,9 @@ provider error is mapped once to the status the engine retries by (llm_errors.py
   come (PROGRESS events with `delta` and `attempt`, at most every 50 ms), the output is the
   whole text once
 - `structured`: the same with a JSON `schema` -> the parsed object; the server is asked for
-  that JSON schema, the answer is validated (jsonschema) and, when it does not fit, asked again
-  with the validation errors, at most `repairs` times (default 2); an answer cut at max_tokens
+  that JSON schema, the answer is validated (jsonschema, its patterns matched by RE2 in linear
+  time, as the engine's wait schemas are) and, when it does not fit, asked again with the
+  validation errors, at most `repairs` times (default 2); an answer cut at max_tokens
   is its own error (OUT_OF_RANGE), never retried blindly.
 - `judge` (a supervisor): the model judges a supervise node's children against `criteria` and
   accepts, retries them with feedback, or rejects.
@@ -27,11 +28,11 @@ from typing import Any
 
 import grpc
 import httpx
-import jsonschema
 import openai
 
 from mcp_sdk.plugin import Context, Plugin, ProtocolError, Reply, accept, fail, goto, retry
 from mcp_sdk.proto import protocol_pb2
+from mcp_server.engine.schemas import PayloadSchema, SchemaInvalid, compile_schema
 from protocol_plugins.llm_errors import provider_error
 
 plugin = Plugin("llm")
@@ -161,15 +162,15 @@ async def structured(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise ValueError("`schema` must be a JSON Schema object")
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ValueError(f"`schema` is not a valid JSON Schema: {exc.message}") from None
-    answer = await ask_json(messages_of(data), options_of(data, ctx), schema, int(data.get("repairs", 2)), ctx)
+        checker = compile_schema(schema)
+    except SchemaInvalid as exc:
+        raise ValueError(f"`schema` is {exc}") from None
+    answer = await ask_json(messages_of(data), options_of(data, ctx), checker, int(data.get("repairs", 2)), ctx)
     return answer if isinstance(answer, dict) else {"value": answer}
 
 
 async def ask_json(
-    messages: list[dict[str, Any]], options: dict[str, Any], schema: dict[str, Any], repairs: int, ctx: Context
+    messages: list[dict[str, Any]], options: dict[str, Any], schema: PayloadSchema, repairs: int, ctx: Context
 ) -> Any:
     """The model's answer as JSON that fits `schema`, asking again with the validation errors at
     most `repairs` times; OUT_OF_RANGE for an answer cut at max_tokens, INVALID_ARGUMENT when no
@@ -177,9 +178,11 @@ async def ask_json(
     repairs = max(0, min(repairs, MAX_REPAIRS))
     options = {
         **options,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema.source, "strict": True},
+        },
     }
-    validator = jsonschema.validators.validator_for(schema)(schema)
     problem = ""
     for _ in range(repairs + 1):
         response = await complete(messages, options, ctx)
@@ -192,10 +195,10 @@ async def ask_json(
         except json.JSONDecodeError as exc:
             problem = f"the answer is not JSON: {exc.msg} at character {exc.pos}"
         else:
-            errors = sorted(validator.iter_errors(answer), key=lambda e: list(e.absolute_path))
-            if not errors:
+            problems = schema.problems(answer, root="answer")
+            if not problems:
                 return answer
-            problem = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:5])
+            problem = "; ".join(f"{where}: {why}" for where, why in problems[:5])
         messages = [
             *messages,
             {"role": "assistant", "content": text},
@@ -204,15 +207,17 @@ async def ask_json(
     raise ProtocolError(S.INVALID_ARGUMENT, f"no answer fit the schema after {repairs} repairs: {problem}")
 
 
-VERDICT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "verdict": {"enum": ["accept", "retry", "reject"]},
-        "feedback": {"type": "string"},
-        "retry_children": {"type": "array", "items": {"type": "string"}},
-    },
-    "required": ["verdict", "feedback"],
-}
+VERDICT_SCHEMA = compile_schema(
+    {
+        "type": "object",
+        "properties": {
+            "verdict": {"enum": ["accept", "retry", "reject"]},
+            "feedback": {"type": "string"},
+            "retry_children": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["verdict", "feedback"],
+    }
+)
 
 
 @plugin.protocol(
@@ -258,11 +263,13 @@ async def route(data: dict[str, Any], ctx: Context) -> Reply:
         f"Guidance: {given.get('routing', 'pick the state that should handle this next')}\n"
         f'Pick the next state among {states}. Answer with JSON: {{"next_state": "...", "because": "..."}}.'
     )
-    schema = {
-        "type": "object",
-        "properties": {"next_state": {"enum": states}, "because": {"type": "string"}},
-        "required": ["next_state"],
-    }
+    schema = compile_schema(
+        {
+            "type": "object",
+            "properties": {"next_state": {"enum": states}, "because": {"type": "string"}},
+            "required": ["next_state"],
+        }
+    )
     options = options_of({"model": given.get("router_model"), "temperature": 0}, ctx)
     answer = await ask_json(messages_of({"prompt": prompt}), options, schema, 2, ctx)
     return goto(str(answer["next_state"]), because=str(answer.get("because", "")))

@@ -38,7 +38,11 @@ def llm_plugin() -> Iterator[str]:
     yield address
     for process in (plugin, server):
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # one stuck in a computation SIGTERM cannot reach
+            process.kill()
+            process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -101,6 +105,30 @@ async def test_what_cannot_work_fails_at_once_and_what_may_work_is_retried(clien
         step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=flaky.task_id))).task)["ask"].attempts
         == 2
     )
+
+
+async def test_a_schema_pattern_cannot_hold_the_plugin(client):
+    """The schema comes from the step's input and the answer from the model: a pattern that
+    backtracks (^(a+)+$ against 40 a's and a '!') is matched by RE2 in linear time, and one RE2
+    cannot run is refused before the model is asked."""
+    evil = {**SCHEMA, "properties": {**SCHEMA["properties"], "title": {"type": "string", "pattern": "^(a+)+$"}}}
+    started = time.monotonic()
+    task = await run(
+        client,
+        workflow("evil-pattern", llm_step("structured", "json-evil", schema=evil, repairs=0)),
+        {"prompt": "Name it"},
+    )
+    assert task.status == task_pb2.TASK_STATUS_FAILED
+    assert "INVALID_ARGUMENT" in task.error.message and "answer.title" in task.error.message, task.error.message
+    assert time.monotonic() - started < 30  # a backtracking match would still run (and the step time out)
+    lookahead = {**SCHEMA, "properties": {"title": {"type": "string", "pattern": "^(?=a)a+$"}}}
+    refused = await run(
+        client, workflow("lookahead-pattern", llm_step("structured", "json-good", schema=lookahead)), {"prompt": "x"}
+    )
+    assert refused.status == task_pb2.TASK_STATUS_FAILED
+    assert "cannot be matched in linear time" in refused.error.message, refused.error.message
+    state = step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=refused.task_id))).task)["ask"]
+    assert state.attempts == 1 and not state.usage  # refused before the model was asked
 
 
 def chat_node(node_id: str, prompt: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@
     json-good    JSON that fits the tests' schema
     json-repair  JSON that does not fit, then (once the conversation holds its answer) JSON that does
     json-never   JSON that never fits
+    json-evil    JSON whose title is 40 a's and a '!' (backtracking regex engines take hours on ^(a+)+$)
     length       JSON cut at max_tokens (finish_reason "length")
     429          429 with retry-after-ms: 400
     flaky-500    500 the first time a prompt is asked, then a text
@@ -66,6 +67,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response(completion(model, content, prompt_tokens=20 if answered else 11))
     if model == "json-never":
         return web.json_response(completion(model, "this is not json"))
+    if model == "json-evil":
+        return web.json_response(completion(model, json.dumps({"title": "a" * 40 + "!", "score": 1})))
     if model == "length":
         return web.json_response(completion(model, '{"title": "Te', finish="length"))
     if model == "429":

@@ -1,20 +1,28 @@
 """cognitive: deterministic text-analysis protocols with no model downloads.
 
 - `emotion`: lexicon-based valence and arousal, and the dominant emotions of a text.
-- `summarize`: extractive summary by TextRank over sentence word-overlap similarity.
+- `summarize`: extractive summary by TextRank over sentence word-overlap similarity (texts of
+  more than MAX_RANKED_SENTENCES sentences: by the frequency of their content words, linear).
 - `entities`: rule-based entities (people, organisations, places, dates, amounts) and
   "X is/works at/lives in Y" relations.
 - `reason`: forward chaining over facts and if-then rules, with the derivation as explanation.
+
+Every protocol runs in time linear in its text (TextRank aside, which is bounded): patterns are
+matched by RE2, since a backtracking engine on patterns like these takes time quadratic in a
+text (a megabyte of capitalised words held the plugin for half an hour).
 """
 
 from __future__ import annotations
 
 import math
-import re
+from collections import Counter
 from typing import Any
+
+import re2
 
 from mcp_sdk.plugin import Context, Plugin
 from mcp_sdk.proto import protocol_pb2
+from protocol_plugins.linear import SPACE
 
 plugin = Plugin("cognitive")
 T = protocol_pb2
@@ -60,8 +68,10 @@ LEXICON: dict[str, tuple[float, float, str]] = {
 }
 NEGATIONS = {"not", "no", "never", "n't", "hardly"}
 INTENSIFIERS = {"very": 1.5, "really": 1.4, "extremely": 1.8, "so": 1.3, "quite": 1.2, "slightly": 0.6}
-WORD = re.compile(r"[A-Za-z']+")
-SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+WORD = re2.compile(r"[A-Za-z']+")
+# group 1 ends a sentence when what follows begins one (RE2 has no lookahead)
+SENTENCE_END = re2.compile(rf"([.!?]+[\"')\]]*{SPACE}+)[\"'(\[]?[A-Z0-9]")
+MAX_RANKED_SENTENCES = 300
 ABBREVIATIONS = {
     "dr",
     "mr",
@@ -177,16 +187,25 @@ def split_sentences(text: str) -> list[str]:
     sentences: list[str] = []
     start = 0
     for match in SENTENCE_END.finditer(text):
-        last_word = (
-            text[start : match.start()].rsplit(None, 1)[-1].lower() if text[start : match.start()].strip() else ""
-        )
+        last_word = _word_before(text, start, match.start()).lower()
         if last_word.rstrip(".") in ABBREVIATIONS or len(last_word) == 1:
             continue
-        sentences.append(text[start : match.end()].strip())
-        start = match.end()
+        sentences.append(text[start : match.end(1)].strip())
+        start = match.end(1)
     if text[start:].strip():
         sentences.append(text[start:].strip())
     return sentences
+
+
+def _word_before(text: str, start: int, end: int) -> str:
+    """The last whitespace-separated word of text[start:end], read backwards from `end` (a slice
+    of everything since `start` would make a text of many abbreviations quadratic)."""
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    begin = end
+    while begin > start and not text[begin - 1].isspace():
+        begin -= 1
+    return text[begin:end]
 
 
 def _content_words(sentence: str) -> set[str]:
@@ -213,19 +232,8 @@ def summarize(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     if len(sentences) <= keep:
         return {"summary": " ".join(sentences), "sentences": sentences, "scores": [1.0] * len(sentences)}
     bags = [_content_words(s) for s in sentences]
+    scores = _text_rank(bags) if len(sentences) <= MAX_RANKED_SENTENCES else _frequency_scores(bags)
     n = len(sentences)
-    weights = [[0.0] * n for _ in range(n)]
-    for i in range(n):
-        for j in range(n):
-            if i != j and bags[i] and bags[j]:
-                overlap = len(bags[i] & bags[j])
-                weights[i][j] = overlap / (math.log(len(bags[i]) + 1) + math.log(len(bags[j]) + 1))
-    scores = [1.0 / n] * n
-    for _ in range(50):  # power iteration of PageRank with damping 0.85
-        scores = [
-            0.15 / n + 0.85 * sum(weights[j][i] / (sum(weights[j]) or 1.0) * scores[j] for j in range(n))
-            for i in range(n)
-        ]
     chosen = sorted(sorted(range(n), key=lambda i: -scores[i])[:keep])
     return {
         "summary": " ".join(sentences[i] for i in chosen),
@@ -239,37 +247,63 @@ ORG_SUFFIX = r"(?:Inc|Corp|Ltd|LLC|GmbH|University|Institute|Bank|Labs|Foundatio
 PATTERNS = [
     (
         "DATE",
-        re.compile(rf"\b(?:\d{{1,2}} (?:{MONTHS}) \d{{4}}|(?:{MONTHS}) \d{{1,2}}, \d{{4}}|\d{{4}}-\d{{2}}-\d{{2}})\b"),
+        re2.compile(rf"\b(?:\d{{1,2}} (?:{MONTHS}) \d{{4}}|(?:{MONTHS}) \d{{1,2}}, \d{{4}}|\d{{4}}-\d{{2}}-\d{{2}})\b"),
     ),
     (
         "MONEY",
-        re.compile(
+        re2.compile(
             r"(?:[$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:million|billion))?)|\b\d[\d,]*(?:\.\d+)? (?:dollars|euros|pounds)\b"
         ),
     ),
-    ("ORG", re.compile(rf"\b(?:[A-Z][a-z]+ )+{ORG_SUFFIX}\b|\b[A-Z]{{2,}}\b")),
-    ("PERSON", re.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof)\.? [A-Z][a-z]+(?: [A-Z][a-z]+)?\b|\b[A-Z][a-z]+ [A-Z][a-z]+\b")),
-    ("PLACE", re.compile(r"\b(?:in|at|from|to) ([A-Z][a-z]+(?: [A-Z][a-z]+)?)\b")),
+    ("ORG", re2.compile(rf"\b(?:[A-Z][a-z]+ )+{ORG_SUFFIX}\b|\b[A-Z]{{2,}}\b")),
+    ("PERSON", re2.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof)\.? [A-Z][a-z]+(?: [A-Z][a-z]+)?\b|\b[A-Z][a-z]+ [A-Z][a-z]+\b")),
+    ("PLACE", re2.compile(r"\b(?:in|at|from|to) ([A-Z][a-z]+(?: [A-Z][a-z]+)?)\b")),
 ]
 RELATIONS = [
-    ("works_at", re.compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?) works (?:at|for) ([A-Z][\w]+(?: [A-Z][\w]+)*)")),
-    ("lives_in", re.compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?) lives in ([A-Z][a-z]+(?: [A-Z][a-z]+)?)")),
-    ("founded", re.compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?) founded ([A-Z][\w]+(?: [A-Z][\w]+)*)")),
-    ("is_a", re.compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?) is an? ([a-z]+(?: [a-z]+)?)")),
+    (
+        "works_at",
+        re2.compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?) works (?:at|for) ([A-Z][\pL\pN_]+(?: [A-Z][\pL\pN_]+)*)"),
+    ),
+    ("lives_in", re2.compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?) lives in ([A-Z][a-z]+(?: [A-Z][a-z]+)?)")),
+    ("founded", re2.compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?) founded ([A-Z][\pL\pN_]+(?: [A-Z][\pL\pN_]+)*)")),
+    ("is_a", re2.compile(r"([A-Z][a-z]+(?: [A-Z][a-z]+)?) is an? ([a-z]+(?: [a-z]+)?)")),
 ]
+
+
+def _text_rank(bags: list[set[str]]) -> list[float]:
+    """PageRank (damping 0.85) over the sentences' content-word overlap."""
+    n = len(bags)
+    weights = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(n):
+            if i != j and bags[i] and bags[j]:
+                overlap = len(bags[i] & bags[j])
+                weights[i][j] = overlap / (math.log(len(bags[i]) + 1) + math.log(len(bags[j]) + 1))
+    shares = [[w / (sum(row) or 1.0) for w in row] for row in weights]
+    scores = [1.0 / n] * n
+    for _ in range(50):
+        scores = [0.15 / n + 0.85 * sum(shares[j][i] * scores[j] for j in range(n)) for i in range(n)]
+    return scores
+
+
+def _frequency_scores(bags: list[set[str]]) -> list[float]:
+    """Each sentence's content words' frequencies in the whole text, per word: linear, for texts
+    too long to rank (TextRank is quadratic in the sentences)."""
+    counts = Counter(word for bag in bags for word in bag)
+    return [sum(counts[word] for word in bag) / math.log(len(bag) + 2) for bag in bags]
 
 
 @plugin.protocol("entities", type=T.PROTOCOL_TYPE_ANALYSIS, description="Rule-based entities and relations")
 def entities(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     text = _text(data)
     found: list[dict[str, Any]] = []
-    taken: list[tuple[int, int]] = []
+    taken = bytearray(len(text))  # 1 where an earlier entity lies
     for label, pattern in PATTERNS:
         for match in pattern.finditer(text):
             start, end = match.span(match.lastindex or 0)
-            if any(s < end and start < e for s, e in taken):
+            if taken.find(1, start, end) >= 0:
                 continue
-            taken.append((start, end))
+            taken[start:end] = b"\x01" * (end - start)
             found.append({"text": text[start:end], "label": label, "start": start, "end": end})
     relations = [
         {"subject": m.group(1), "relation": name, "object": m.group(2)}

@@ -21,12 +21,16 @@ import itertools
 import re
 from typing import Any
 
+import re2
+
 from mcp_sdk.plugin import Context, Plugin, Reply, accept, goto, retry
 from mcp_sdk.proto import protocol_pb2
+from protocol_plugins.linear import SPACE, request_pattern
 
 plugin = Plugin("writing")
 T = protocol_pb2
 FILLERS = ("very", "really", "basically", "just", "actually", "quite", "simply", "literally")
+FILLER_RUN = re2.compile(rf"(?i){SPACE}*\b(?:{'|'.join(FILLERS)})\b")  # re: quadratic in a run of spaces
 PASSIVE = re.compile(r"\b(?:is|are|was|were|be|been|being)\s+(\w+ed)\b", re.IGNORECASE)
 SENTENCES = re.compile(r"(?<=[.!?])\s+")
 WORDS = re.compile(r"[A-Za-z']+")
@@ -112,15 +116,35 @@ def critique(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return critique_text(text)
 
 
+JOINTS = (", and ", "; ", ", but ", ", which ")
+
+
 def _split_long(sentence: str) -> list[str]:
+    """A sentence of more than MAX_WORDS_PER_SENTENCE words cut at its first joint (the first of
+    JOINTS it holds), each side cut again while it is that long. One pass over the pieces between
+    the joints (cutting off one head at a time, recursively, was quadratic in the joints and
+    overflowed the stack past ~1,000 of them)."""
     if len(WORDS.findall(sentence)) <= MAX_WORDS_PER_SENTENCE:
         return [sentence]
-    for joint in (", and ", "; ", ", but ", ", which "):
-        if joint in sentence:
-            head, tail = sentence.split(joint, 1)
-            tail = tail[0].upper() + tail[1:]
-            return [*_split_long(head.rstrip(",;") + "."), *_split_long(tail)]
-    return [sentence]
+    joint = next((j for j in JOINTS if j in sentence), None)
+    if joint is None:
+        return [sentence]
+    pieces = sentence.split(joint)
+    words_from = list(itertools.accumulate(len(WORDS.findall(p)) for p in reversed(pieces)))[::-1]
+    joint_words = len(WORDS.findall(joint))
+    parts: list[str] = []
+    for index, piece in enumerate(pieces):
+        last = index == len(pieces) - 1
+        rest_words = words_from[index] + (len(pieces) - 1 - index) * joint_words
+        if index and (last or rest_words <= MAX_WORDS_PER_SENTENCE):
+            rest = _capitalized(joint.join(pieces[index:]))
+            return [*parts, *(_split_long(rest) if last else [rest])]
+        parts += _split_long((_capitalized(piece) if index else piece).rstrip(",;") + ".")
+    return parts
+
+
+def _capitalized(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def revise_text(text: str, issues: list[dict[str, Any]]) -> dict[str, Any]:
@@ -128,7 +152,7 @@ def revise_text(text: str, issues: list[dict[str, Any]]) -> dict[str, Any]:
     rules = {str(i.get("rule")) for i in issues}
     if "filler" in rules:
         before = text
-        text = re.sub(rf"\s*\b(?:{'|'.join(FILLERS)})\b", "", text, flags=re.IGNORECASE)
+        text = FILLER_RUN.sub("", text)
         if text != before:
             applied.append("dropped filler words")
     if "repeated_word" in rules:
@@ -185,7 +209,8 @@ def validate_value(value: dict[str, Any], rules: list[dict[str, Any]]) -> list[s
                 violations.append(f"{field}: shorter than {rule['min_length']}")
             if "max_length" in rule and len(item) > int(rule["max_length"]):
                 violations.append(f"{field}: longer than {rule['max_length']}")
-        if isinstance(item, str) and "pattern" in rule and not re.fullmatch(str(rule["pattern"]), item):
+        pattern = request_pattern(str(rule["pattern"]), f"rules[{field}].pattern") if "pattern" in rule else None
+        if isinstance(item, str) and pattern is not None and not pattern.fullmatch(item):
             violations.append(f"{field}: does not match {rule['pattern']}")
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             if "min" in rule and item < float(rule["min"]):

@@ -61,13 +61,9 @@ def compile_schema(schema: dict[str, Any], linear_only: bool = True) -> PayloadS
         raise SchemaInvalid(f"not a JSON Schema: {exc.message}" + (f" (at {where})" if where else "")) from None
     for where, pattern in _patterns(schema, "") if linear_only else ():
         try:
-            _linear(pattern)
-        except re2.error as exc:
-            why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-            raise SchemaInvalid(
-                f"the pattern {pattern[:200]!r} (at {where or '/'}) cannot be matched in linear time"
-                f" (RE2: {why}); lookaround and backreferences are not supported"
-            ) from None
+            linear_pattern(pattern)
+        except ValueError as exc:
+            raise SchemaInvalid(f"{exc} (at {where or '/'})") from None
     return PayloadSchema(schema, cls(schema, format_checker=cls.FORMAT_CHECKER))
 
 
@@ -89,6 +85,19 @@ def _patterns(schema: Any, where: str) -> list[tuple[str, str]]:
 
 _QUIET = re2.Options()
 _QUIET.log_errors = False  # a refused pattern is the workflow's error, not the server log's
+
+
+def linear_pattern(pattern: str) -> Any:
+    """`pattern` compiled by RE2, which matches in time linear in the text (cached); ValueError
+    saying why when RE2 cannot run it (lookaround, backreferences)."""
+    try:
+        return _linear(pattern)
+    except re2.error as exc:
+        why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(
+            f"the pattern {pattern[:200]!r} cannot be matched in linear time (RE2: {why});"
+            " lookaround and backreferences are not supported"
+        ) from None
 
 
 @functools.lru_cache(maxsize=4096)

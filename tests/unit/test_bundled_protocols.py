@@ -39,6 +39,19 @@ def test_summarize_picks_the_central_sentences_in_document_order():
     assert text.index(out["sentences"][0]) < text.index(out["sentences"][1])
 
 
+def test_summarize_ranks_a_long_text_by_its_frequent_words():
+    """Past MAX_RANKED_SENTENCES sentences TextRank (quadratic in them) gives way to a linear
+    score, which still picks the sentences on what the text keeps coming back to."""
+    letters = "bcdfghjklmnpqrstvwxz"
+    filler = [
+        f"{letters[i % 20].upper()}{letters[i // 20]}ola {letters[i // 20]}{letters[i % 20]}ika." for i in range(400)
+    ]
+    central = ["The council approved the park budget.", "The park budget pleased the council."]
+    text = " ".join([*filler[:150], central[0], *filler[150:], central[1]])
+    assert len(cognitive.split_sentences(text)) > cognitive.MAX_RANKED_SENTENCES
+    assert cognitive.summarize({"text": text, "sentences": 2}, CTX)["sentences"] == central
+
+
 def test_entities_and_relations_from_rules():
     text = (
         "Dr. Ada Lovelace works at Acme Corp in London."
@@ -94,6 +107,20 @@ def test_validate_reports_each_broken_rule():
     assert writing.validate_value({"name": "Ada", "age": 36, "email": "ada@example.org"}, rules) == []
     problems = writing.validate_value({"age": 200, "email": "nope"}, rules)
     assert problems == ["name: is required", "age: above 150", "email: does not match [^@]+@[^@]+"]
+
+
+def test_a_validate_pattern_is_matched_in_linear_time_and_one_that_cannot_be_is_refused():
+    evil = [{"field": "name", "pattern": "^(a+)+$"}]
+    assert writing.validate_value({"name": "a" * 5000 + "!"}, evil) == ["name: does not match ^(a+)+$"]
+    with pytest.raises(ValueError, match=r"rules\[name\]\.pattern: .* cannot be matched in linear time"):
+        writing.validate_value({"name": "x"}, [{"field": "name", "pattern": "(?=x)x"}])
+
+
+def test_revise_splits_a_sentence_of_thousands_of_joints():
+    text = "We came, and " * 5000 + "we left."
+    parts = writing.revise_text(text, [{"rule": "long_sentence"}])["text"].split(". ")
+    assert len(parts) > 4900 and parts[:2] == ["We came", "We came"]
+    assert all(len(writing.WORDS.findall(part)) <= writing.MAX_WORDS_PER_SENTENCE for part in parts)
 
 
 def test_route_uses_features_then_the_default():

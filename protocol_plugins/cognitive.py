@@ -14,6 +14,7 @@ text (a megabyte of capitalised words held the plugin for half an hour).
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from typing import Any
@@ -72,6 +73,7 @@ WORD = re2.compile(r"[A-Za-z']+")
 # group 1 ends a sentence when what follows begins one (RE2 has no lookahead)
 SENTENCE_END = re2.compile(rf"([.!?]+[\"')\]]*{SPACE}+)[\"'(\[]?[A-Z0-9]")
 MAX_RANKED_SENTENCES = 300
+MAX_DERIVATIONS = 1000  # reason stops after the pass that reaches it
 ABBREVIATIONS = {
     "dr",
     "mr",
@@ -313,6 +315,38 @@ def entities(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"entities": sorted(found, key=lambda e: e["start"]), "relations": relations}
 
 
+def _forward_chain(known: dict[str, str], rules: list[tuple[list[str], str]]) -> list[dict[str, Any]]:
+    """Fire `rules` (conditions, conclusion) in passes over the list, in its order, until a pass
+    fires none or MAX_DERIVATIONS are made; add what each derives to `known`; the derivation.
+
+    Each rule waits on a count of its unknown conditions, so a pass looks only at the rules that
+    became ready (scanning every rule each pass took ~17 s for 20,000 rules in a chain)."""
+    waiting: dict[str, list[int]] = {}
+    unknown = [0] * len(rules)
+    for index, (conditions, _) in enumerate(rules):
+        for condition in set(conditions) - known.keys():
+            waiting.setdefault(condition, []).append(index)
+            unknown[index] += 1
+    steps: list[dict[str, Any]] = []
+    this_pass = [index for index, count in enumerate(unknown) if count == 0]
+    while this_pass and len(steps) < MAX_DERIVATIONS:
+        heapq.heapify(this_pass)
+        next_pass: list[int] = []
+        while this_pass:
+            index = heapq.heappop(this_pass)
+            conditions, conclusion = rules[index]
+            if conclusion in known:
+                continue
+            known[conclusion] = f"rule {index}"
+            steps.append({"rule": index, "because": conditions, "derived": conclusion})
+            for other in waiting.pop(conclusion, []):
+                unknown[other] -= 1
+                if unknown[other] == 0:  # a later rule fires in this pass, an earlier one in the next
+                    heapq.heappush(this_pass, other) if other > index else next_pass.append(other)
+        this_pass = next_pass
+    return steps
+
+
 @plugin.protocol(
     "reason",
     type=T.PROTOCOL_TYPE_ANALYSIS,
@@ -324,17 +358,7 @@ def reason(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     if not isinstance(rules, list) or any(not isinstance(r, dict) or "then" not in r for r in rules):
         raise ValueError("`rules` must be a list of {if: [conditions], then: conclusion}")
     known = dict.fromkeys(facts, "given")
-    steps: list[dict[str, Any]] = []
-    changed = True
-    while changed and len(steps) < 1000:
-        changed = False
-        for index, rule in enumerate(rules):
-            conditions = [str(c) for c in rule.get("if", [])]
-            conclusion = str(rule["then"])
-            if conclusion not in known and all(c in known for c in conditions):
-                known[conclusion] = f"rule {index}"
-                steps.append({"rule": index, "because": conditions, "derived": conclusion})
-                changed = True
+    steps = _forward_chain(known, [([str(c) for c in rule.get("if", [])], str(rule["then"])) for rule in rules])
     goal = data.get("goal")
     explanation = [f"{', '.join(s['because']) or 'nothing'} => {s['derived']} (rule {s['rule']})" for s in steps]
     result: dict[str, Any] = {

@@ -1,8 +1,8 @@
 """The bundled plugins as real processes, given the inputs that made them compute for minutes or
 hours: texts of a megabyte shaped against their patterns (a backtracking regex engine is
 quadratic on runs of capitalised words, dots or spaces), a sentence of thousands of joints, a
-summary of hundreds of sentences (TextRank was cubic), a validation pattern that backtracks
-exponentially. Each call must answer well inside its deadline, and the plugin must still serve."""
+summary of hundreds of sentences (TextRank was cubic), rules that derive one fact a pass, a
+validation pattern that backtracks exponentially. Each call must answer well inside its deadline, and the plugin must still serve."""
 
 from __future__ import annotations
 
@@ -64,6 +64,9 @@ async def test_megabyte_texts_are_analysed_in_linear_time(text_plugins):
             assert answer.output.fields, (shape, protocol)
     joints = await execute(writing, "revise", {"text": "We came, and " * 20_000 + "left.", "issues": all_rules})
     assert joints.output.fields["text"].string_value.startswith("We came.")
+    backwards = [{"if": [f"x{i + 1}"], "then": f"x{i}"} for i in range(60_000)]  # one derivation a pass
+    derived = await execute(cognitive, "reason", {"facts": ["x60000"], "rules": backwards})
+    assert len(derived.output.fields["derived"].list_value.values) == 1000  # where it stops
     summary = await execute(cognitive, "summarize", {"text": SUMMARY_OF_300, "sentences": 3})
     assert len(summary.output.fields["sentences"].list_value.values) == 3
 

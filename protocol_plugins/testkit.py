@@ -84,6 +84,15 @@ async def sleep(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         stats.in_flight -= 1
 
 
+@plugin.protocol("spin", description="Computes for `ms` milliseconds in a plain (blocking) function")
+def spin(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    until = time.monotonic() + float(data.get("ms", 100)) / 1000
+    rounds = 0
+    while time.monotonic() < until:
+        rounds += 1
+    return {"rounds": rounds}
+
+
 @plugin.protocol("fail", description="Fails with gRPC code `code` (default UNAVAILABLE)")
 async def fail_call(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("fail", ctx)

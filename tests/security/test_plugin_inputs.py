@@ -2,7 +2,8 @@
 hours: texts of a megabyte shaped against their patterns (a backtracking regex engine is
 quadratic on runs of capitalised words, dots or spaces), a sentence of thousands of joints, a
 summary of hundreds of sentences (TextRank was cubic), rules that derive one fact a pass, a
-validation pattern that backtracks exponentially. Each call must answer well inside its deadline, and the plugin must still serve."""
+validation pattern that backtracks exponentially. Each call must answer well inside its
+deadline, and the plugin must still serve."""
 
 from __future__ import annotations
 

@@ -52,6 +52,9 @@ READY_LINE = "MCP_PLUGIN_LISTENING"
 class _Registered:
     manifest: protocol_pb2.ProtocolManifest
     handler: Handler
+    # a plain function runs in a worker thread, so that while it computes the plugin still
+    # answers health checks, Describe and its other calls; `async def` runs on the event loop
+    blocking: bool
 
 
 def parse_capacity(text: str) -> protocol_pb2.Capacity:
@@ -131,7 +134,8 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
                 manifest.input_schema.CopyFrom(dict_to_struct(input_schema))
             if output_schema:
                 manifest.output_schema.CopyFrom(dict_to_struct(output_schema))
-            self.protocols[name] = _Registered(manifest, handler)
+            blocking = not inspect.iscoroutinefunction(handler)
+            self.protocols[name] = _Registered(manifest, handler, blocking)
             return handler
 
         return register
@@ -194,7 +198,11 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         if registered is None:
             raise ProtocolError(grpc.StatusCode.NOT_FOUND, f"{self.name} does not host protocol {request.protocol!r}")
         try:
-            result = registered.handler(struct_to_dict(request.input), ctx)
+            data = struct_to_dict(request.input)
+            if registered.blocking:
+                result = await asyncio.to_thread(registered.handler, data, ctx)
+            else:
+                result = registered.handler(data, ctx)
             if inspect.isawaitable(result):
                 result = await result
         except (ValueError, KeyError, TypeError) as exc:

@@ -295,6 +295,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         if not token:
             raise McpError(grpc.StatusCode.UNAUTHENTICATED, "enter a token")
         await api(request).with_token(token).list_tasks(page_size=1)
+    except ValueError as exc:  # not a token at all
+        return render(request, "login.html", {"next": target, "problem": str(exc)}, status=401)
     except McpError as error:
         if error.code != grpc.StatusCode.UNAUTHENTICATED:
             raise

@@ -41,9 +41,10 @@ class Session:
 def session_of(request: web.Request) -> Session:
     seed = request.cookies.get(SEED_COOKIE, "")
     valid_seed = len(seed) == 64 and all(c in "0123456789abcdef" for c in seed)
-    return Session(
-        request.cookies.get(TOKEN_COOKIE) or None, seed if valid_seed else secrets.token_hex(32), not valid_seed
-    )
+    token = request.cookies.get(TOKEN_COOKIE) or None
+    if token is not None and not (token.isascii() and token.isprintable()):  # not one sign-in set
+        token = None
+    return Session(token, seed if valid_seed else secrets.token_hex(32), not valid_seed)
 
 
 def set_cookie(response: web.StreamResponse, request: web.Request, name: str, value: str) -> None:

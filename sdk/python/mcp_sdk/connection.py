@@ -116,7 +116,10 @@ def open_channel(
 
 
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The call metadata that carries a token, or none."""
+    """The call metadata that carries a token, or none; ValueError for a token no call could
+    carry (gRPC sends printable ASCII in metadata, and fails the call before it leaves otherwise)."""
+    if token and not (token.isascii() and token.isprintable()):
+        raise ValueError("a token is printable ASCII: no control characters, no characters past '~'")
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 

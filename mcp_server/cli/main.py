@@ -23,9 +23,9 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_sdk.values import strict_json
 from mcp_server.cli import render, schedules
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
+from mcp_server.cli.inputs import parse_input, parse_json
 from mcp_server.cli.tree import RunTree
 from mcp_server.console.app import start_console
 from mcp_server.shutdown import stop_requested
@@ -34,22 +34,6 @@ from mcp_server.shutdown import stop_requested
 def load_workflow(path: str) -> workflow_pb2.Workflow:
     """Read a YAML or JSON workflow file; the schema is enforced by protobuf's json_format."""
     return workflow_from(Path(path).read_text())
-
-
-def parse_json(text: str) -> Any:
-    """A JSON value, or @FILE holding one."""
-    return strict_json(Path(text[1:]).read_text() if text.startswith("@") else text)
-
-
-def parse_input(text: str | None) -> dict[str, Any]:
-    """--input: a JSON object, or @FILE holding one."""
-    if not text:
-        return {}
-    source = Path(text[1:]).read_text() if text.startswith("@") else text
-    value = strict_json(source)
-    if not isinstance(value, dict):
-        raise SystemExit("--input must be a JSON object")
-    return value
 
 
 async def watch(client: Client, task_id: str, after: int, as_json: bool, plain: bool = False) -> int:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 from collections.abc import Callable
 from typing import Any
 
 from mcp_sdk.client import Client
 from mcp_sdk.proto import schedule_pb2
 from mcp_server.cli import render
+from mcp_server.cli.inputs import parse_input
 
 OVERLAPS = ("skip", "buffer_one", "allow_all", "cancel_other")
 
@@ -22,7 +22,7 @@ def add_parser(groups: Any, parse_seconds: Callable[[str], float]) -> None:
     create = schedules.add_parser("create", help="a schedule: --cron, --every and --at, in --tz")
     create.add_argument("id")
     create.add_argument("--workflow", required=True)
-    create.add_argument("--input", default="", help="the task input, JSON")
+    create.add_argument("--input", default="", help="the task input: a JSON object, or @FILE")
     create.add_argument("--cron", action="append", default=[], help="5 fields, or 6 with seconds first; repeatable")
     create.add_argument("--every", action="append", default=[], type=parse_seconds, help="10s, 5m, 1h; repeatable")
     create.add_argument("--at", type=_moment, help="once, at an RFC 3339 time")
@@ -51,7 +51,7 @@ async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], Non
         created = await client.create_schedule(
             args.id,
             args.workflow,
-            json.loads(args.input) if args.input else None,
+            parse_input(args.input) or None,
             cron=args.cron,
             every=args.every,
             at=args.at,

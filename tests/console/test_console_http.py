@@ -207,6 +207,7 @@ async def test_bad_inputs_in_the_submit_form_are_explained_and_submit_nothing(co
         "past the server's depth limit": json.dumps(nested_objects(33)),
         "above the input size limit": json.dumps({"text": "x" * 1_100_000}),
         "not an object": "[1, 2]",
+        "nested past the JSON parser": "[" * 50_000 + "]" * 50_000,
         "NaN": '{"a": NaN}',
         "not JSON": "{'single': 'quotes'}",
     }

@@ -214,6 +214,11 @@ def test_the_cli_creates_pauses_triggers_backfills_and_deletes_a_schedule(server
     assert got["paused"] and got["info"]["runs"] == "4"
     bad = mcp(address, "schedule", "create", "bad", "--workflow", workflow_id, "--cron", "99 * * * *")
     assert bad.returncode == 1 and "schedule.spec.cron[0]" in bad.stderr
+    for wrong, why in (('{"a": NaN}', "NaN is not JSON"), ("[1]", "must be a JSON object")):  # as task submit says
+        refused = mcp(
+            address, "schedule", "create", "odd", "--workflow", workflow_id, "--input", wrong, "--every", "60"
+        )
+        assert refused.returncode == 1 and why in refused.stderr, refused
     assert mcp(address, "schedule", "delete", "nightly").returncode == 0
     assert mcp(address, "schedule", "get", "nightly").returncode == 1
 

@@ -63,19 +63,66 @@ def workflow_from(definition: workflow_pb2.Workflow | Mapping[str, Any] | str) -
         return json_format.ParseDict(dict(data), workflow_pb2.Workflow())
     except json_format.ParseError as exc:
         raise _bad_definition(str(exc)) from None
+    except RecursionError:
+        raise _bad_definition("nested too deeply (or a value that contains itself)") from None
 
 
 def _load_yaml(text: str) -> Any:
+    """YAML text as plain values. Aliases are refused past MAX_YAML_VALUES values once expanded
+    (nine aliases of nine aliases, eight deep, are 43 million objects from a page of text) or
+    when one holds itself."""
     try:
         import yaml
     except ImportError:
         raise _bad_definition(
             "this text is not JSON, and reading YAML needs PyYAML: pip install 'mcp-sdk[yaml]'"
         ) from None
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise _bad_definition(f"neither JSON nor YAML: {exc}") from None
+    except RecursionError:
+        raise _bad_definition("nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
+MAX_YAML_VALUES = 1_000_000
+
+
+def _check_expansion(root: Any) -> None:
+    """Count the values a composed YAML document becomes, each alias expanded (a node reached
+    twice counts twice, computed once); refuse one past MAX_YAML_VALUES or holding itself."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = _yaml_children(node)
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                raise _bad_definition(f"its aliases expand to more than {MAX_YAML_VALUES:,} values")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise _bad_definition("an alias refers to a value that contains it")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+
+
+def _yaml_children(node: Any) -> list[Any]:
+    if isinstance(node.value, list):  # a sequence's items, or a mapping's (key, value) pairs
+        return [part for item in node.value for part in (item if isinstance(item, tuple) else (item,))]
+    return []
 
 
 def _bad_definition(description: str) -> McpError:

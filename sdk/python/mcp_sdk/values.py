@@ -20,12 +20,16 @@ JsonValue = Any
 
 def strict_json(text: str) -> JsonValue:
     """Parse JSON as the standard has it: NaN and Infinity (which Python's json accepts) are refused
-    with ValueError, so an input cannot carry a value it will not get back."""
+    with ValueError, so an input cannot carry a value it will not get back; so is JSON nested past
+    what Python's parser can descend."""
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON: use a string or null")
 
-    return json.loads(text, parse_constant=refuse)
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ValueError("nested too deeply to read (arrays and objects ~1,000 levels deep)") from None
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, JsonValue]:

@@ -246,6 +246,8 @@ def rule_route(data: dict[str, Any], ctx: Context) -> Reply:
     features = {
         k: v for k, v in {**source, **output}.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
+    if not isinstance(routes, list) or not all(isinstance(rule, dict) for rule in routes):
+        raise ValueError("`routes` must be a list of {feature, below | at_least, to}")
     for rule in routes:
         value = features.get(str(rule.get("feature")))
         if value is None:
@@ -268,7 +270,7 @@ def rule_route(data: dict[str, Any], ctx: Context) -> Reply:
 def quality_supervisor(data: dict[str, Any], ctx: Context) -> Reply:
     source = _object(data, "input")
     threshold = float(source.get("threshold", 0.8))
-    children: dict[str, Any] = data.get("children", {})
+    children = _object(data, "children")
     weak = {
         cid: out for cid, out in children.items() if not isinstance(out, dict) or float(out.get("score", 0)) < threshold
     }

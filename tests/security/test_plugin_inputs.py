@@ -7,6 +7,7 @@ deadline, and the plugin must still serve."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from google.protobuf import json_format, struct_pb2
 
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
 from tests.conftest import PluginProc, spawn_plugin
+from tests.support.random_messages import RandomRequests
 
 pytestmark = pytest.mark.asyncio
 DEADLINE_SECONDS = 30  # each answers in under 2 s here; before, most ran for minutes to hours
@@ -32,7 +34,7 @@ SUMMARY_OF_300 = " ".join(f"Sentence {i} talks of cats and dogs and {i % 7} bird
 
 @pytest.fixture(scope="module")
 def text_plugins() -> Iterator[dict[str, PluginProc]]:
-    procs = {name: spawn_plugin(f"protocol_plugins.{name}") for name in ("cognitive", "writing")}
+    procs = {name: spawn_plugin(f"protocol_plugins.{name}") for name in ("cognitive", "writing", "basics")}
     yield procs
     for proc in procs.values():
         proc.process.kill()
@@ -84,3 +86,40 @@ async def test_a_validation_pattern_cannot_hold_the_plugin(text_plugins):
     assert "rules[name].pattern" in str(refused.value.details()) and "linear time" in str(refused.value.details())
     still = await execute(writing, "validate", {"value": {"name": "ok"}, "rules": [{"field": "name", "pattern": "o."}]})
     assert still.output.fields["valid"].bool_value is True
+
+
+INPUT_KEYS = ["text", "schema", "rules", "facts", "value", "issues", "input", "children", "states", "output"]
+INPUT_KEYS += ["sentences", "goal", "topic", "points", "round", "routes", "default", "threshold"]
+UNCLEAR = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_random_calls_to_the_bundled_plugins_are_answered_clearly(text_plugins, seed):
+    """Calls made from the contract's descriptors (odd contexts, deadlines out of range) with
+    inputs of the keys the protocols read, holding values of every JSON shape: each answer is a
+    result or a clear refusal (a deadline with nanos out of range answered UNKNOWN; a supervisor
+    given children that were not an object, UNKNOWN), never UNKNOWN, INTERNAL or a hang."""
+    make, rng = RandomRequests(seed), random.Random(seed)
+    seen: dict[str, set[str]] = {}
+    for plugin in text_plugins.values():
+        async with grpc.aio.insecure_channel(plugin.address) as channel:
+            stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
+            names = [p.name for p in (await stub.Describe(protocol_pb2.DescribeRequest(), timeout=10)).protocols]
+            for _ in range(100):
+                request = make.fill(protocol_pb2.ExecuteRequest())
+                request.protocol = rng.choice([*names, "nope"])
+                request.input.Clear()
+                request.input.update({rng.choice(INPUT_KEYS): make.json_value() for _ in range(rng.randint(0, 5))})
+                try:
+                    if rng.random() < 0.5:
+                        await stub.Execute(request, timeout=DEADLINE_SECONDS)
+                    else:
+                        async for _ in stub.ExecuteStream(request, timeout=DEADLINE_SECONDS):
+                            pass
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code()
+                    assert code not in UNCLEAR, (request.protocol, code, exc.details(), str(request.input)[:500])
+                seen.setdefault(request.protocol, set()).add(code.name)
+            await stub.Describe(protocol_pb2.DescribeRequest(), timeout=10)
+    assert sum("OK" in codes for codes in seen.values()) >= 5  # not all refused at the door

@@ -118,9 +118,8 @@ class Context:
         if metadata is None:
             metadata = {k: v for k, v in (grpc_context.invocation_metadata() or ()) if isinstance(v, str)}
         self.metadata = metadata
-        self._deadline = (
-            request.context.deadline.ToNanoseconds() / 1e9 if request.context.HasField("deadline") else None
-        )
+        deadline = request.context.deadline  # read as numbers: ToNanoseconds raises for nanos out of range
+        self._deadline = deadline.seconds + deadline.nanos / 1e9 if request.context.HasField("deadline") else None
         self._progress = progress_queue
         self.usage: dict[str, float] = {}
 

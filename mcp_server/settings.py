@@ -43,6 +43,10 @@ class Limits:
     max_watchers_per_task: int = 1000
     # signals a task may receive in all (taken or kept): a task's signal log is stored with it
     max_signals_per_task: int = 10_000
+    # PROGRESS events a step's attempt may add to its task's log, and their bytes: past either,
+    # the attempt's further progress is not recorded (one event says so); its output still is
+    max_progress_per_attempt: int = 10_000
+    max_progress_bytes_per_attempt: int = 16 * 1024 * 1024
     max_page_size: int = 1000
     # task submissions per principal per second (a token bucket with a burst of twice that); 0: no limit
     submissions_per_second: float = 0.0

@@ -93,6 +93,14 @@ def spin(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"rounds": rounds}
 
 
+@plugin.protocol("chatter", description="Sends `n` progress messages of `size` bytes as fast as it can")
+async def chatter(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    count, filler = int(data.get("n", 10)), "x" * int(data.get("size", 1))
+    for i in range(count):
+        await ctx.progress(i / count, f"message {i}", {"filler": filler})
+    return {"sent": count}
+
+
 @plugin.protocol("fail", description="Fails with gRPC code `code` (default UNAVAILABLE)")
 async def fail_call(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("fail", ctx)

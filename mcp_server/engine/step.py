@@ -69,17 +69,34 @@ class _StepObserver:
         self.path = path
         self.deadline = deadline  # when the step's timeout runs out (Unix seconds), if it has one
         self.waiting_for = ""  # what the step waits for, while it waits for capacity or units
+        self._progress_of = (0, 0, 0)  # attempt, PROGRESS events recorded for it, their bytes
 
     async def progress(self, progress: protocol_pb2.Progress) -> None:
         """A PROGRESS event, with the attempt it belongs to (a retry's STEP_RETRYING tells a watcher
-        to drop what an earlier attempt streamed) and whatever data the plugin sent (tokens, say)."""
-        extra = struct_to_python(progress.data) if progress.HasField("data") else {}
+        to drop what an earlier attempt streamed) and whatever data the plugin sent (tokens, say);
+        past the limits of an attempt, one event saying that what follows is not recorded."""
+        attempt = self.ctx.state(self.path).attempts
+        recorded, size = self._progress_of[1:] if self._progress_of[0] == attempt else (0, 0)
+        limits = self.ctx.limits
+        if recorded > limits.max_progress_per_attempt:
+            return
+        size += progress.ByteSize()
+        if recorded == limits.max_progress_per_attempt or size > limits.max_progress_bytes_per_attempt:
+            self._progress_of = (attempt, limits.max_progress_per_attempt + 1, size)
+            message = (
+                f"progress past {limits.max_progress_per_attempt:,} messages or"
+                f" {limits.max_progress_bytes_per_attempt:,} bytes in this attempt is not recorded"
+            )
+            extra: dict[str, Any] = {"progress_dropped": True}
+        else:
+            self._progress_of = (attempt, recorded + 1, size)
+            message, extra = progress.message, struct_to_python(progress.data) if progress.HasField("data") else {}
         self.ctx.emit(
             E.TASK_EVENT_TYPE_PROGRESS,
             step_path=self.path,
             flush_soon=True,
-            attempt=self.ctx.state(self.path).attempts,
-            message=progress.message,
+            attempt=attempt,
+            message=message,
             data={**extra, "fraction": progress.fraction},
         )
 

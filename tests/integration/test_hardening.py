@@ -16,7 +16,19 @@ from mcp_server.auth import hash_token
 from mcp_server.plugin_host import start_plugin
 from mcp_server.settings import Limits
 from tests.conftest import client_for
-from tests.helpers import create, error_reason, events, run, step, step_states, submit, violations, wait_done, workflow
+from tests.helpers import (
+    create,
+    error_reason,
+    events,
+    result,
+    run,
+    step,
+    step_states,
+    submit,
+    violations,
+    wait_done,
+    workflow,
+)
 
 pytestmark = pytest.mark.asyncio
 COMPLETED, FAILED = task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED
@@ -96,6 +108,22 @@ async def test_a_plugin_output_too_deep_for_protobuf_fails_its_step_and_the_plug
     )
     again = await run(client, workflow("depth-proto-ok", step("fine", "nest", "{'levels': 3, 'objects': true}")))
     assert again.status == task_pb2.TASK_STATUS_COMPLETED  # the plugin is still serving
+
+
+async def test_a_plugin_that_floods_progress_cannot_flood_the_task_log(server_factory):
+    """Each progress message a plugin streams is an event of the task's log; past the limits of an
+    attempt (count, bytes) one event says the rest is not recorded, and the output still is."""
+    limits = Limits(max_progress_per_attempt=50, max_progress_bytes_per_attempt=200_000)
+    client = client_for(await server_factory(limits=limits))
+    for size, recorded in ((10, 50), (20_000, 9)):  # by count; by bytes (each message ~20 KB)
+        flood = step("talk", "chatter", f"{{'n': 400, 'size': {size}}}")
+        flood["step"]["stream"] = True
+        task = await run(client, workflow(f"chatty-{size}", flood), {})
+        assert task.status == task_pb2.TASK_STATUS_COMPLETED and result(task) == {"sent": 400}
+        progress = [e for e in await events(client, task.task_id) if e.type == task_pb2.TASK_EVENT_TYPE_PROGRESS]
+        assert len(progress) == recorded + 1, (size, len(progress))
+        assert [e.message for e in progress[:recorded]] == [f"message {i}" for i in range(recorded)]
+        assert "is not recorded" in progress[-1].message and progress[-1].data.fields["progress_dropped"].bool_value
 
 
 async def test_a_cel_result_nested_past_the_limit_fails_the_node(client):

@@ -25,6 +25,19 @@ from mcp_server.protocols.channels import ChannelPool
 from mcp_server.protocols.outliers import Outliers, OutlierSettings
 
 DESCRIBE_TIMEOUT = 5.0
+# a protocol's name and version: metric labels, rate-limit keys, store keys, console text
+MAX_NAME_CHARS = 128
+
+
+def _name_problem(text: str, required: bool) -> str:
+    """Why `text` cannot be a protocol's name (or version), or ""."""
+    if not text:
+        return "is required" if required else ""
+    if len(text) > MAX_NAME_CHARS:
+        return f"is {len(text):,} characters; at most {MAX_NAME_CHARS}"
+    if not text.isprintable():
+        return "holds a control character"
+    return ""
 
 
 def expired(entry: registry_pb2.RegisteredProtocol, at: float) -> bool:
@@ -81,6 +94,11 @@ class ProtocolDirectory:
             raise FailedPrecondition(f"plugin at {address} hosts no protocols", reason="PLUGIN_EMPTY")
         problems = _negatives("capacity", described.capacity)
         problems += [v for manifest in described.protocols for v in self._manifest_problems(manifest)]
+        names = [manifest.name for manifest in described.protocols]
+        problems += [
+            FieldViolation(f"protocols[{name[:MAX_NAME_CHARS]}]", "is described more than once")
+            for name in sorted({n for n in names if names.count(n) > 1})
+        ]
         if problems:
             raise FailedPrecondition(
                 f"plugin at {address} describes itself wrongly: {problems[0].field} {problems[0].description}",
@@ -106,7 +124,12 @@ class ProtocolDirectory:
 
     def _manifest_problems(self, manifest: protocol_pb2.ProtocolManifest) -> list[FieldViolation]:
         """What in a plugin's manifest the registry cannot accept, as violations naming the field."""
-        found = _negatives(f"protocols[{manifest.name}].resources", manifest.resources)
+        found = [
+            FieldViolation(f"protocols[{manifest.name[:MAX_NAME_CHARS]}].{field}", why)
+            for field, value in (("name", manifest.name), ("version", manifest.version))
+            if (why := _name_problem(value, required=field == "name"))
+        ]
+        found += _negatives(f"protocols[{manifest.name}].resources", manifest.resources)
         for name in ("input_schema", "output_schema"):
             depth = message_depth(getattr(manifest, name), self.max_value_depth)
             if depth > self.max_value_depth:

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.auth import hash_token
 from mcp_server.plugin_host import start_plugin
 from mcp_server.settings import Limits
@@ -162,6 +162,46 @@ async def test_a_plugin_whose_schema_nests_past_the_limit_is_refused_at_registra
     finally:
         await plugin.stop()
         await client.channel.close()
+
+
+class _SaysItServes(protocol_pb2_grpc.ProtocolServiceServicer):
+    """A plugin that describes whatever manifests it is given."""
+
+    def __init__(self, names: list[str], version: str = "1") -> None:
+        self.names, self.version = names, version
+
+    async def Describe(
+        self, request: protocol_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> protocol_pb2.DescribeResponse:
+        manifests = [protocol_pb2.ProtocolManifest(name=n, version=self.version) for n in self.names]
+        return protocol_pb2.DescribeResponse(protocols=manifests)
+
+
+async def test_protocol_names_that_cannot_be_labels_or_keys_are_refused_at_registration(client):
+    """A protocol's name becomes a metric label, a rate-limit key, store keys and console text:
+    an empty one, one with a control character, one of 10,000 characters, a name described twice
+    and a version with a control character are refused, naming each; odd but harmless names register."""
+    server = grpc.aio.server()
+    servicer = _SaysItServes(["", "nul\x00here", "n" * 10_000, "twice", "twice"], version="\x01")
+    protocol_pb2_grpc.add_ProtocolServiceServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=address))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(refused.value) == "PLUGIN_MANIFEST_INVALID"
+        found = violations(refused.value)
+        assert found["protocols[].name"] == "is required"
+        assert found["protocols[nul\x00here].name"] == "holds a control character"
+        assert found[f"protocols[{'n' * 128}].name"] == "is 10,000 characters; at most 128"
+        assert found["protocols[twice]"] == "is described more than once"
+        assert found["protocols[twice].version"] == "holds a control character"
+        servicer.names, servicer.version = ["text/summarize", "résumé-v2", "a" * 128], "2.0.0-rc.1+build.5"
+        registered = await client.registry.RegisterProtocol(registry_pb2.RegisterProtocolRequest(address=address))
+        assert sorted(p.manifest.name for p in registered.protocols) == sorted(servicer.names)
+    finally:
+        await server.stop(0)
 
 
 # ---- 2. idempotency keys per principal ----------------------------------------------------

@@ -126,6 +126,21 @@ async def test_a_plugin_that_floods_progress_cannot_flood_the_task_log(server_fa
         assert "is not recorded" in progress[-1].message and progress[-1].data.fields["progress_dropped"].bool_value
 
 
+async def test_a_comprehension_over_too_many_items_fails_its_node_before_it_holds_the_server(client):
+    """CEL's evaluator holds the event loop while it runs, and its map is quadratic: one task whose
+    input held 50,000 items for `input.xs.map(x, x * 2)` stopped every task and RPC of the
+    replica for over a minute (and, once its lease ran out, of the next replica). Past the budget
+    the node fails at once, naming it; within it the expression runs."""
+    wf = workflow("doubles", step("s", "echo", "{'doubled': input.xs.map(x, x * 2)}"))
+    task = await run(client, wf, {"xs": list(range(50_000))})
+    assert task.status == FAILED
+    assert (
+        task.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "MCP_LIMIT_MAX_CEL_COST" in task.error.message
+    )
+    small = await run(client, wf, {"xs": list(range(500))})
+    assert small.status == task_pb2.TASK_STATUS_COMPLETED and result(small)["doubled"][-1] == 998
+
+
 async def test_a_cel_result_nested_past_the_limit_fails_the_node(client):
     literal = "[" * 40 + "1" + "]" * 40
     task = await run(client, workflow("depth-cel", step("s", "echo", "{'v': " + literal + "}")))

@@ -132,9 +132,38 @@ def test_backoff_grows_by_the_multiplier_and_stops_at_the_maximum():
     assert all(0.5 <= backoff(jittered, 1) <= 1.5 for _ in range(100))
 
 
+@pytest.mark.parametrize(
+    ("source", "most"),
+    [
+        ("input.xs.map(a, a + 1).size()", 1000),  # the evaluator's map copies its list per item
+        ("input.xs.filter(a, a > 0).size()", 1000),
+        ("input.xs.exists(a, input.xs.exists(b, b == a + 1))", 1000),
+        ("input.xs.map(a, input.xs.map(b, b)).size()", 100),
+        ("input.xs.exists(a, a < 0)", 1_000_000),
+    ],
+)
+def test_an_evaluation_past_the_cost_budget_is_refused_before_it_starts(source, most):
+    """CEL's evaluator holds the event loop (and the GIL) while it runs, and builds a map's or a
+    filter's list in time quadratic in the items (10,000 items: ~3 s; a map in a map of 1,000:
+    ~66 s): the items an expression with comprehensions reads are bounded by MAX_CEL_COST."""
+    expression = compile_expression(source, Limits(), frozenset({"input"}))
+    expression.evaluate({"input": {"xs": list(range(most - 1))}})  # and the entry `xs` of the input
+    with pytest.raises(ExpressionError, match=f"reads more than {most:,} items"):
+        expression.evaluate({"input": {"xs": list(range(most))}})
+    with pytest.raises(ExpressionError, match="MCP_LIMIT_MAX_CEL_COST"):  # text counts, a KB an item
+        expression.evaluate({"input": {"xs": [1], "text": "x" * 1024 * (most + 1)}})
+    assert compile_expression("input.xs.size()").evaluate({"input": {"xs": list(range(100_000))}}) == 100_000
+
+
 def test_nested_comprehensions_are_limited_to_bound_evaluation_cost():
     nested = "input.a.map(x, input.a.map(y, input.a.map(z, input.a.filter(w, w > x + y + z))))"
     with pytest.raises(InvalidArgument) as err:
         compile_workflow(wf({"step": {"protocol": "p", "input": nested}}), Limits())
     assert "4 comprehensions" in err.value.violations[0].description
     assert compile_workflow(wf({"step": {"protocol": "p", "input": "input.a.map(x, x * 2)"}}), Limits())
+    keyed = wf({"step": {"protocol": "p"}})
+    keyed.concurrency.key = nested  # every expression of a workflow is held to it, this one too
+    keyed.concurrency.max_running = 1
+    with pytest.raises(InvalidArgument) as key_err:
+        compile_workflow(keyed, Limits())
+    assert "4 comprehensions" in key_err.value.violations[0].description

@@ -35,7 +35,7 @@ def compile_concurrency(
             )
         else:
             try:
-                key = compile_expression(given.key, limits.max_value_depth, KEY_VARIABLES)
+                key = compile_expression(given.key, limits, KEY_VARIABLES)
             except ExpressionError as exc:
                 violations.add(f"{path}.key", f"CEL does not compile: {exc}")
     if not 0 <= given.max_running <= MAX_RUNNING:

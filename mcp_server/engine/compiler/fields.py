@@ -14,8 +14,6 @@ from mcp_server.engine.compiler.scope import Scope
 from mcp_server.engine.plan import DEFAULT_RETRYABLE_CODES, RetryPolicy
 from mcp_server.errors import ViolationCollector
 
-COMPREHENSION = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(")
-
 GRPC_CODES = frozenset(code_pb2.Code.keys())
 
 NEVER_RETRYABLE = frozenset(
@@ -117,16 +115,8 @@ def expression(source: str, path: str, scope: Scope, extra: frozenset[str] = fro
             path, f"expression is {len(source)} characters; the limit is {scope.limits.max_expression_length}"
         )
         return None
-    comprehensions = len(COMPREHENSION.findall(source))
-    if comprehensions > scope.limits.max_expression_comprehensions:
-        scope.violations.add(
-            path,
-            f"expression uses {comprehensions} comprehensions (map, filter, all, exists); "
-            f"the limit is {scope.limits.max_expression_comprehensions}",
-        )
-        return None
     try:
-        return compile_expression(source, scope.limits.max_value_depth, scope.variables | extra)
+        return compile_expression(source, scope.limits, scope.variables | extra)
     except ExpressionError as exc:
         scope.violations.add(path, f"CEL does not compile: {exc}")
         return None

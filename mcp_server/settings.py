@@ -37,9 +37,9 @@ class Limits:
     # comprehensions (map, filter, all, exists, exists_one) per CEL expression: evaluation cost
     # grows with the input size to the power of how deeply they nest
     max_expression_comprehensions: int = 3
-    # an evaluation with comprehensions reads at most this ** (1 / (its comprehensions, plus one
-    # if any is a map or filter)) items: 1,000 for one map or two nested exists, 100 for a map in
-    # a map (the CEL evaluator holds the event loop: ~0.4 s for the costliest shape at the limit)
+    # the work an evaluation with comprehensions or a chain of + may do (engine/cel_cost.py):
+    # 1,000 items for one map or two nested exists, 100 for a map in a map (the CEL evaluator
+    # holds the event loop: ~0.4 s for the costliest shape at the limit)
     max_cel_cost: float = 1_000_000
     # 0: this replica serves the API and runs no task (others on the same store do)
     max_tasks_in_flight: int = 1000

@@ -13,6 +13,7 @@ from typing import Any
 
 import cel
 
+from mcp_server.engine.cel_cost import COMPREHENSION, CostModel, cost_model
 from mcp_server.engine.values import ValueTooDeep, nesting_depth, normalize, to_json_compatible
 from mcp_server.settings import Limits
 
@@ -61,11 +62,6 @@ FUNCTIONS = frozenset(
 )
 NAMESPACES = frozenset({"optional"})
 _BOUND = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
-COMPREHENSION = re.compile(r"\.\s*(map|filter|all|exists|exists_one)\s*\(")
-# the evaluator builds the list of a map or filter by copying it once per item (quadratic: 10,000
-# items take ~3 s), holding the GIL, so the work of an evaluation is bounded before it starts
-QUADRATIC = frozenset({"map", "filter"})
-TEXT_BYTES_PER_ITEM = 1024  # text counts too: a comprehension can copy it once per item
 
 
 class ExpressionError(Exception):
@@ -81,14 +77,19 @@ class Expression:
     max_depth: int = 32
     # the variables the expression reads: only these are converted and handed to CEL
     names: frozenset[str] = frozenset(VARIABLES)
-    # an evaluation's work grows as (items it reads) ** cost_exponent: one per comprehension,
-    # one more if any is a map or filter; evaluations estimated past max_cost are refused
-    cost_exponent: int = 0
+    # how its work grows with what it reads (None: linearly); estimates past max_cost are refused
+    cost: CostModel | None = None
     max_cost: float = 0.0
 
     def evaluate(self, variables: dict[str, Any]) -> Any:
-        if self.cost_exponent and self.max_cost:
-            self._check_cost(variables)
+        if self.cost is not None and self.max_cost:
+            most = self.cost.most_items(self.max_cost)
+            if self.cost.items_read(variables, most) > most:
+                raise ExpressionError(
+                    f"`{self.source}` reads more than {most:,} items (list members, object entries, KB of"
+                    " text): with its comprehensions and `+` that is past the evaluation budget"
+                    " (MCP_LIMIT_MAX_CEL_COST)"
+                )
         try:
             result = self.program.execute(variables)
         except KeyError as exc:
@@ -100,29 +101,6 @@ class Expression:
             raise ExpressionError(str(ValueTooDeep(f"`{self.source}` yields a value that", depth, self.max_depth)))
         return normalize(to_json_compatible(result))
 
-    def _check_cost(self, variables: dict[str, Any]) -> None:
-        """Raise ExpressionError if the values read hold more items (list members, object
-        entries, KB of text) than max_cost allows at this expression's cost_exponent."""
-        most = int(self.max_cost ** (1 / self.cost_exponent))
-        while (most + 1) ** self.cost_exponent <= self.max_cost:  # the float root can fall short
-            most += 1
-        items, pending = 0, [v for k, v in variables.items() if k in self.names]
-        while pending and items <= most:
-            value = pending.pop()
-            if isinstance(value, dict):
-                items += len(value)
-                pending.extend(value.values())
-            elif isinstance(value, (list, tuple)):
-                items += len(value)
-                pending.extend(value)
-            elif isinstance(value, (str, bytes)):
-                items += len(value) // TEXT_BYTES_PER_ITEM
-        if items > most:
-            raise ExpressionError(
-                f"`{self.source}` reads more than {most:,} items (list members, object entries, KB of text);"
-                f" with its comprehensions that is past the evaluation budget (MCP_LIMIT_MAX_CEL_COST)"
-            )
-
 
 def compile_expression(
     source: str, limits: Limits | None = None, variables: frozenset[str] | None = None
@@ -131,10 +109,10 @@ def compile_expression(
     naming the first function the evaluator lacks or variable that has no value here
     (`variables`; None skips the variable check), or past the limit of comprehensions."""
     limits = limits or Limits()
-    comprehensions = COMPREHENSION.findall(source)
-    if len(comprehensions) > limits.max_expression_comprehensions:
+    comprehensions = len(COMPREHENSION.findall(source))
+    if comprehensions > limits.max_expression_comprehensions:
         raise ExpressionError(
-            f"expression uses {len(comprehensions)} comprehensions (map, filter, all, exists);"
+            f"expression uses {comprehensions} comprehensions (map, filter, all, exists);"
             f" the limit is {limits.max_expression_comprehensions}"
         )
     try:
@@ -154,7 +132,5 @@ def compile_expression(
             raise ExpressionError(
                 f"unknown variable {strangers[0]!r}; the variables here are {where} (see docs/cel.md)"
             )
-    exponent = len(comprehensions) + (1 if QUADRATIC.intersection(comprehensions) else 0)
-    return Expression(
-        source, program, limits.max_value_depth, frozenset(program.variables()), exponent, limits.max_cel_cost
-    )
+    names = frozenset(program.variables())
+    return Expression(source, program, limits.max_value_depth, names, cost_model(source, names), limits.max_cel_cost)

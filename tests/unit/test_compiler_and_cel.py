@@ -140,19 +140,29 @@ def test_backoff_grows_by_the_multiplier_and_stops_at_the_maximum():
         ("input.xs.exists(a, input.xs.exists(b, b == a + 1))", 1000),
         ("input.xs.map(a, input.xs.map(b, b)).size()", 100),
         ("input.xs.exists(a, a < 0)", 1_000_000),
+        (" + ".join(["input.xs"] * 20), 5540),  # each + copies what the chain built: 19**2 / 2
+        ("'items: ' + string(input.xs.size()) + ' of ' + string(input.n)", 222_222),
     ],
 )
 def test_an_evaluation_past_the_cost_budget_is_refused_before_it_starts(source, most):
     """CEL's evaluator holds the event loop (and the GIL) while it runs, and builds a map's or a
-    filter's list in time quadratic in the items (10,000 items: ~3 s; a map in a map of 1,000:
-    ~66 s): the items an expression with comprehensions reads are bounded by MAX_CEL_COST."""
+    filter's list, and a chain of +, in time quadratic in the items (a map of 10,000 items: ~3 s;
+    a map in a map of 1,000: ~66 s; 200 copies of a 100,000-item list: 75 s): what an expression
+    with comprehensions or a chain of + reads is bounded by MCP_LIMIT_MAX_CEL_COST."""
     expression = compile_expression(source, Limits(), frozenset({"input"}))
-    expression.evaluate({"input": {"xs": list(range(most - 1))}})  # and the entry `xs` of the input
+    expression.evaluate({"input": {"xs": list(range(most)), "n": 5, "other": list(range(2_000_000))}})
     with pytest.raises(ExpressionError, match=f"reads more than {most:,} items"):
-        expression.evaluate({"input": {"xs": list(range(most))}})
+        expression.evaluate({"input": {"xs": list(range(most + 1)), "n": 5}})
     with pytest.raises(ExpressionError, match="MCP_LIMIT_MAX_CEL_COST"):  # text counts, a KB an item
-        expression.evaluate({"input": {"xs": [1], "text": "x" * 1024 * (most + 1)}})
-    assert compile_expression("input.xs.size()").evaluate({"input": {"xs": list(range(100_000))}}) == 100_000
+        expression.evaluate({"input": {"xs": ["x" * 1024 * (most + 1)], "n": 5}})
+
+
+def test_an_expression_that_is_linear_in_what_it_reads_is_not_estimated():
+    for source in ("input.xs.size()", "{'all': input, 'next': input.n + 1}", "input.a + input.b + input.c"):
+        assert compile_expression(source).cost is None or "+" in source
+    assert compile_expression("input.xs.size()").evaluate({"input": {"xs": list(range(2_000_000))}}) == 2_000_000
+    whole = compile_expression("{'all': input, 'n': input.n + 1}")
+    assert whole.evaluate({"input": {"xs": list(range(2_000_000)), "n": 1}})["n"] == 2
 
 
 def test_nested_comprehensions_are_limited_to_bound_evaluation_cost():

@@ -39,7 +39,7 @@ class Limits:
     max_expression_comprehensions: int = 3
     # the work an evaluation with comprehensions or a chain of + may do (engine/cel_cost.py):
     # 1,000 items for one map or two nested exists, 100 for a map in a map (the CEL evaluator
-    # holds the event loop: ~0.4 s for the costliest shape at the limit)
+    # holds the event loop: ~0.4 s for the costliest shape at the limit); 0: no budget
     max_cel_cost: float = 1_000_000
     # 0: this replica serves the API and runs no task (others on the same store do)
     max_tasks_in_flight: int = 1000

@@ -12,6 +12,7 @@ cannot run (lookaround, backreferences) is refused when the workflow is created.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import re
 from dataclasses import dataclass
@@ -40,11 +41,17 @@ class PayloadSchema:
 
     def problems(self, payload: Any, root: str = "payload") -> list[tuple[str, str]]:
         """What in `payload` the schema rejects: (field path from `root`, why), at most
-        MAX_PROBLEMS of them; [] when it is accepted."""
+        MAX_PROBLEMS of them; [] when it is accepted. A check that takes more than MAX_CHECK_STEPS
+        keyword evaluations is a problem of its own."""
+        token = _steps_left.set([MAX_CHECK_STEPS])
         try:
             errors = sorted(self.validator.iter_errors(payload), key=lambda e: [str(p) for p in e.absolute_path])
         except Unresolvable as exc:
             return [(root, f"the schema refers to a document the server does not fetch ({exc})")]
+        except _TooManySteps:
+            return [(root, f"checking it against the schema takes more than {MAX_CHECK_STEPS:,} steps")]
+        finally:
+            _steps_left.reset(token)
         return [(_field(root, list(error.absolute_path)), error.message[:300]) for error in errors[:MAX_PROBLEMS]]
 
 
@@ -64,7 +71,37 @@ def compile_schema(schema: dict[str, Any], linear_only: bool = True) -> PayloadS
             linear_pattern(pattern)
         except ValueError as exc:
             raise SchemaInvalid(f"{exc} (at {where or '/'})") from None
-    return PayloadSchema(schema, cls(schema, format_checker=cls.FORMAT_CHECKER))
+    counted = _counted_classes.get(cls) or _counted_classes.setdefault(cls, _counting(cls))
+    return PayloadSchema(schema, counted(schema, format_checker=cls.FORMAT_CHECKER))
+
+
+# Every keyword a check evaluates counts one step: a schema whose `anyOf` branches both recurse
+# through `$ref` takes time exponential in the payload's depth (18 levels: 69 s on the event loop).
+MAX_CHECK_STEPS = 100_000
+_steps_left: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("schema_steps_left", default=None)
+_counted_classes: dict[Any, Any] = {}
+
+
+class _TooManySteps(Exception):
+    pass
+
+
+def _counting(cls: Any) -> Any:
+    """`cls` with each keyword's check counted against the steps left (when a count is set)."""
+
+    def counted(keyword: Any) -> Any:
+        def check(*args: Any) -> Any:
+            left = _steps_left.get()
+            if left is not None:
+                if left[0] == 0:
+                    raise _TooManySteps
+                left[0] -= 1
+            return keyword(*args)
+
+        return check
+
+    checks = {name: counted(fn) for name, fn in cls.VALIDATORS.items()}
+    return validators.extend(cls, validators=checks)  # type: ignore[no-untyped-call]
 
 
 def _patterns(schema: Any, where: str) -> list[tuple[str, str]]:

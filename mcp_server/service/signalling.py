@@ -74,7 +74,7 @@ class Signalling:
                     )
         _not_finished(header)
         plan = await self.plans.get(header.workflow_id, header.workflow_version)
-        self._check(request, plan)
+        await self._check(request, plan)
         for _ in range(20):  # compare-and-set against the task's log: read again when it moved
             waits = await self.waits.read_waits(request.task_id)
             if request.step_path:
@@ -90,9 +90,10 @@ class Signalling:
             _not_finished(header)
         raise Unavailable(f"task {request.task_id} changed under the signal twenty times; send it again")
 
-    def _check(self, request: task_pb2.SignalTaskRequest, plan: Plan) -> None:
+    async def _check(self, request: task_pb2.SignalTaskRequest, plan: Plan) -> None:
         """Refuse a name no wait declares, a payload too large or too deep, and one a wait's schema
-        rejects (the schema of the step named, or of every wait of that name)."""
+        rejects (the schema of the step named, or of every wait of that name), checked in a worker
+        thread: a check is bounded (MAX_CHECK_STEPS) but can take a second, not the event loop's."""
         if request.signal not in plan.signals:
             declared = ", ".join(sorted(plan.signals)) or "none"
             raise InvalidArgument(
@@ -116,7 +117,8 @@ class Signalling:
         node_id = _node_id(request.step_path) if request.step_path else ""
         waits = [w for w in plan.waits.values() if w.signal == request.signal and (not node_id or w.id == node_id)]
         payload = value_to_python(request.payload)
-        problems = [p for wait in waits if wait.schema is not None for p in wait.schema.problems(payload)]
+        schemas = [wait.schema for wait in waits if wait.schema is not None]
+        problems = await asyncio.to_thread(lambda: [p for schema in schemas for p in schema.problems(payload)])
         if problems:
             raise InvalidArgument(
                 f"the payload does not fit the schema of signal {request.signal!r}: {problems[0][0]}: {problems[0][1]}",

@@ -3,6 +3,7 @@ so that a server stuck in a match shows as a missed deadline, not as a stuck tes
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -51,6 +52,31 @@ async def test_a_schema_pattern_is_matched_in_linear_time_and_one_that_cannot_be
             await create(client, waits_for_code("lookahead", lookahead))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "linear time" in violations(refused.value)["workflow.root.sequence.children[0].wait.schema"]
+
+
+async def test_a_schema_whose_check_is_exponential_is_cut_short_off_the_event_loop():
+    """Two `anyOf` branches that both recurse through `$ref` check a payload in time exponential in
+    its depth: 18 levels took 69 s on the event loop, 30 (within the depth limit) centuries. A
+    check stops after MAX_CHECK_STEPS keyword evaluations, in a worker thread: the signal is
+    refused saying so, and the server answers other calls meanwhile."""
+    branch = {"type": "object", "properties": {"a": {"$ref": "#"}}}
+    schema = {"anyOf": [{**branch, "required": ["a"]}, {**branch, "required": ["b"]}]}
+    deep: Any = 1
+    for _ in range(30):
+        deep = {"a": deep}
+    async with replica_set(1, "sqlite://:memory:", [], "exponential") as (_, (client,)):
+        await create(client, waits_for_code("exponential", schema))
+        task = await submit(client, "exponential", {})
+        await until_status(client, task.task_id, task_pb2.TASK_STATUS_WAITING)
+        signal = asyncio.ensure_future(send(client, task.task_id, deep))
+        await asyncio.sleep(0.1)  # the check has begun
+        read = await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), timeout=10)
+        assert read.task.status == task_pb2.TASK_STATUS_WAITING and not signal.done()
+        with pytest.raises(grpc.aio.AioRpcError) as rejected:
+            await signal
+        assert error_reason(rejected.value) == "PAYLOAD_REJECTED", rejected.value.details()
+        assert "takes more than 100,000 steps" in violations(rejected.value)["payload"]
+        assert (await send(client, task.task_id, {"a": {"a": {"b": 1}}})).step_path == "root/w"
 
 
 async def test_a_workflow_stored_with_a_lookahead_pattern_before_it_was_refused_still_runs(server_factory):

@@ -77,17 +77,12 @@ class Expression:
     max_depth: int = 32
     # the variables the expression reads: only these are converted and handed to CEL
     names: frozenset[str] = frozenset(VARIABLES)
-    # how its work grows with what it reads (None: linearly), and the most items it may read
+    # how its work grows with what it reads, and its budget (None: linearly, not estimated)
     cost: CostModel | None = None
-    max_items: int = 0
 
     def evaluate(self, variables: dict[str, Any]) -> Any:
-        if self.cost is not None and self.cost.items_read(variables, self.max_items) > self.max_items:
-            raise ExpressionError(
-                f"`{self.source}` reads more than {self.max_items:,} items (list members, object entries,"
-                " KB of text): with its comprehensions and `+` that is past the evaluation budget"
-                " (MCP_LIMIT_MAX_CEL_COST)"
-            )
+        if self.cost is not None and (problem := self.cost.problem(variables)):
+            raise ExpressionError(f"`{self.source}` {problem} (MCP_LIMIT_MAX_CEL_COST)")
         try:
             result = self.program.execute(variables)
         except KeyError as exc:
@@ -131,6 +126,5 @@ def compile_expression(
                 f"unknown variable {strangers[0]!r}; the variables here are {where} (see docs/cel.md)"
             )
     names = frozenset(program.variables())
-    cost = cost_model(source, names) if limits.max_cel_cost > 0 else None  # 0: no budget
-    most = cost.most_items(limits.max_cel_cost) if cost is not None else 0
-    return Expression(source, program, limits.max_value_depth, names, cost, most)
+    cost = cost_model(source, names, limits.max_cel_cost) if limits.max_cel_cost > 0 else None  # 0: no budget
+    return Expression(source, program, limits.max_value_depth, names, cost)

@@ -157,9 +157,20 @@ def test_an_evaluation_past_the_cost_budget_is_refused_before_it_starts(source, 
         expression.evaluate({"input": {"xs": ["x" * 1024 * (most + 1)], "n": 5}})
 
 
+def test_a_value_named_many_times_is_copied_as_many_times_and_is_bounded_so():
+    """`[input.xs, input.xs, ...]` copies the list into its result once per name (100 copies of
+    100,000 items took 1 GB and 1.4 s): the extra copies are held to MCP_LIMIT_MAX_CEL_COST items."""
+    hundred = compile_expression("[" + ", ".join(["input.xs"] * 100) + "]")
+    assert len(hundred.evaluate({"input": {"xs": list(range(10_101))}})) == 100  # 99 copies of 10,101
+    with pytest.raises(ExpressionError, match=r"names input\.xs 100 times"):
+        hundred.evaluate({"input": {"xs": list(range(10_102))}})
+    twice = compile_expression("{'a': input.xs, 'b': input.xs}")
+    assert len(twice.evaluate({"input": {"xs": list(range(1_000_000))}})["b"]) == 1_000_000
+
+
 def test_an_expression_that_is_linear_in_what_it_reads_is_not_estimated():
-    for source in ("input.xs.size()", "{'all': input, 'next': input.n + 1}", "input.a + input.b + input.c"):
-        assert compile_expression(source).cost is None or "+" in source
+    for source in ("input.xs.size()", "{'all': input, 'next': input.n + 1}", "input.a + input.b + 1"):
+        assert compile_expression(source).cost is None
     assert compile_expression("input.xs.size()").evaluate({"input": {"xs": list(range(2_000_000))}}) == 2_000_000
     whole = compile_expression("{'all': input, 'n': input.n + 1}")
     assert whole.evaluate({"input": {"xs": list(range(2_000_000)), "n": 1}})["n"] == 2

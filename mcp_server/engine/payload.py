@@ -185,12 +185,16 @@ class Payload:
         return isinstance(self._python, dict)
 
     def serialized(self) -> bytes:
-        """The value serialized as a google.protobuf.Value."""
+        """The value serialized as a google.protobuf.Value, deterministically: protobuf writes an
+        object's fields in its map's order, which differs between processes (and between a value
+        and the same value read back), and equal values must have equal bytes, since a large one
+        is kept once under its sha256 and shared by the tasks that hold it (a rerun, say)."""
         if self._bytes is None:
             if self._struct is not None and self._value is None:
-                self._bytes = length_delimited(5, self._struct.SerializeToString())  # Value.struct_value
+                struct = self._struct.SerializeToString(deterministic=True)
+                self._bytes = length_delimited(5, struct)  # Value.struct_value
             else:
-                self._bytes = self.value().SerializeToString()
+                self._bytes = self.value().SerializeToString(deterministic=True)
         return self._bytes
 
     def depth(self, stop_after: int) -> int:

@@ -83,7 +83,7 @@ def take_value(state: task_pb2.StepState, name: str, values: dict[str, bytes]) -
     """Move a stored value (inline, or by reference) out of a step record into a Payload."""
     inline = None
     if state.HasField(name):
-        inline = Payload.of_bytes(getattr(state, name).SerializeToString())
+        inline = Payload.of_bytes(getattr(state, name).SerializeToString(deterministic=True))
     ref = getattr(state, f"{name}_ref") if state.HasField(f"{name}_ref") else None
     state.ClearField(name)
     state.ClearField(f"{name}_ref")

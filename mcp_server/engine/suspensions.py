@@ -40,7 +40,7 @@ class Signal:
     @classmethod
     def of(cls, record: SignalRecord) -> Signal:
         request = record.request
-        payload = Payload.of_bytes(request.payload.SerializeToString())
+        payload = Payload.of_bytes(request.payload.SerializeToString(deterministic=True))
         return cls(record.index, request.signal, payload, request.request_id, request.step_path, record.sequence)
 
 

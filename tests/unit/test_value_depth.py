@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,3 +40,18 @@ def test_plain_and_message_depths_agree_and_the_size_bound_never_hides_a_deep_va
     for stop_after in (1, 2, 3, LIMIT):
         bounded = Payload.of_bytes(python_to_value(value).SerializeToString()).depth(stop_after)
         assert (bounded > stop_after) == (depth > stop_after)  # a bound, exact where it matters
+
+
+def test_equal_values_have_equal_bytes_however_their_objects_were_built():
+    """A large value is kept once under its sha256 and shared (by a rerun, say): protobuf writes an
+    object's fields in its map's order, which differs between a value and the same value read
+    back, and between processes, so a Payload serializes deterministically."""
+    for size in range(3, 40):
+        built = struct_pb2.Struct()
+        built.update({f"key{n}": n for n in range(size)})
+        read_back = struct_pb2.Struct.FromString(built.SerializeToString())
+        reversed_order = struct_pb2.Struct()
+        reversed_order.update({f"key{n}": n for n in reversed(range(size))})
+        digests = {Payload.of_struct(s).sha256 for s in (built, read_back, reversed_order)}
+        digests.add(Payload.of_python({f"key{n}": n for n in range(size)}).sha256)
+        assert len(digests) == 1, size

@@ -168,6 +168,11 @@ def test_a_value_named_many_times_is_copied_as_many_times_and_is_bounded_so():
     assert len(twice.evaluate({"input": {"xs": list(range(1_000_000))}})["b"]) == 1_000_000
 
 
+def test_a_budget_of_zero_turns_the_estimate_off():
+    unbounded = compile_expression("input.xs.map(a, a + 1).size()", Limits(max_cel_cost=0), frozenset({"input"}))
+    assert unbounded.cost is None and unbounded.evaluate({"input": {"xs": list(range(2000))}}) == 2000
+
+
 def test_an_expression_that_is_linear_in_what_it_reads_is_not_estimated():
     for source in ("input.xs.size()", "{'all': input, 'next': input.n + 1}", "input.a + input.b + 1"):
         assert compile_expression(source).cost is None

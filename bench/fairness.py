@@ -21,7 +21,7 @@ from typing import Any
 from bench.harness import Orchestrated, Proc, Stat, chain, start_orchestrator, throughput
 from bench.report import REDIS, table
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2
-from mcp_server.engine.context import make_event, now
+from mcp_server.engine.events import make_event, now
 from mcp_server.engine.ports import QueueGroup
 from mcp_server.state import open_store
 

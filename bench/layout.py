@@ -18,7 +18,7 @@ from google.protobuf import struct_pb2
 from bench.harness import Orchestrated, Proc, Stat, chain, free_port, percentile, start_orchestrator
 from bench.report import table
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.context import make_event, now
+from mcp_server.engine.events import make_event, now
 from mcp_server.state import open_store
 from tests.support.redis_server import start_redis_server
 

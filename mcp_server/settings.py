@@ -51,6 +51,10 @@ class Limits:
     # the attempt's further progress is not recorded (one event says so); its output still is
     max_progress_per_attempt: int = 10_000
     max_progress_bytes_per_attempt: int = 16 * 1024 * 1024
+    # one event (a progress message and its data, a supervisor's feedback): past it the message is
+    # clipped and the largest data fields left out, named in the event. Also what one batched watch
+    # message carries (WatchTaskEvents, SubmitAndWatchTask); at most half of max_message_bytes
+    max_event_bytes: int = 1024 * 1024
     max_page_size: int = 1000
     # task submissions per principal per second (a token bucket with a burst of twice that); 0: no limit
     submissions_per_second: float = 0.0
@@ -225,6 +229,11 @@ def problems(settings: Settings) -> list[str]:
             found.append(f"{_ENV_PREFIX}{f.name.upper()}={value}: must be above zero")
         elif value < 0:
             found.append(f"{_ENV_PREFIX}{f.name.upper()}={value}: must not be negative")
+    if settings.limits.max_event_bytes * 2 > settings.limits.max_message_bytes:
+        found.append(
+            f"{_ENV_PREFIX}LIMIT_MAX_EVENT_BYTES={settings.limits.max_event_bytes}: must be at most half of"
+            f" {_ENV_PREFIX}LIMIT_MAX_MESSAGE_BYTES ({settings.limits.max_message_bytes})"
+        )
     if not 0 <= settings.metrics_port <= 65535:
         found.append(f"{_ENV_PREFIX}METRICS_PORT={settings.metrics_port}: must be a port (0: off)")
     try:

@@ -20,8 +20,9 @@ from google.rpc import status_pb2
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine import adaptive, mapping, parallel, sequence, step, supervise, waiting
 from mcp_server.engine.caching import NearCache
-from mcp_server.engine.context import NodeFailed, RunContext, now
+from mcp_server.engine.context import NodeFailed, RunContext
 from mcp_server.engine.event_types import E
+from mcp_server.engine.events import now
 from mcp_server.engine.executor import execute
 from mcp_server.engine.logcontext import task_id_var
 from mcp_server.engine.payload import Payload

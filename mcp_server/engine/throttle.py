@@ -9,8 +9,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from mcp_server.engine.context import NodeFailed, RunContext, timestamp_of
+from mcp_server.engine.context import NodeFailed, RunContext
 from mcp_server.engine.event_types import E
+from mcp_server.engine.events import timestamp_of
 from mcp_server.engine.executor import evaluate
 from mcp_server.engine.instants import rfc3339_of
 from mcp_server.engine.payload import Payload

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.context import NodeFailed, NodeResult, RunContext, timestamp_of
+from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.event_types import E
+from mcp_server.engine.events import timestamp_of
 from mcp_server.engine.executor import evaluate, runs
 from mcp_server.engine.instants import LATEST_SECONDS, rfc3339_of
 from mcp_server.engine.payload import Payload

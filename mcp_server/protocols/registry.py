@@ -15,7 +15,7 @@ import time
 import grpc
 
 from mcp_sdk.proto import protocol_pb2, registry_pb2
-from mcp_server.engine.context import now
+from mcp_server.engine.events import now
 from mcp_server.engine.ports import CapacityLedger, RegistryStore
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound

@@ -8,9 +8,9 @@ import asyncio
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
-from mcp_server.engine.context import now
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
+from mcp_server.engine.events import now
 from mcp_server.engine.ports import TaskQueue, TaskStore
 from mcp_server.errors import FailedPrecondition
 from mcp_server.service.access import visible_task

@@ -10,9 +10,9 @@ from dataclasses import replace
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
-from mcp_server.engine.context import make_event
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
+from mcp_server.engine.events import make_event
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, TaskStore, WaitRecord, WaitStore

@@ -11,9 +11,9 @@ from google.protobuf import struct_pb2
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
-from mcp_server.engine.context import make_event, now
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
+from mcp_server.engine.events import make_event, now
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache

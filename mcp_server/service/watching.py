@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.event_types import E
+from mcp_server.engine.events import in_messages
 from mcp_server.engine.ports import TaskStore
 from mcp_server.errors import ResourceExhausted
 from mcp_server.service.access import visible_task
@@ -53,18 +54,22 @@ class Watching:
         self, task_id: str, after_sequence: int, principal: Principal
     ) -> AsyncIterator[list[task_pb2.TaskEvent]]:
         """The events of a task the caller may see, after `after_sequence`, until the terminal one
-        (no header is read first: the caller knows the task is theirs)."""
+        (no header is read first: the caller knows the task is theirs), in lists that one batched
+        message can carry (events.in_messages)."""
         with self._counted(task_id):
             sequence = min(after_sequence, LAST_SEQUENCE)  # a uint64 from the client; the stores hold int64
             quiet_wait = 1.0
+            most = self.limits.max_event_bytes
             events = await self.tasks.wait_events(task_id, sequence, timeout=0)
             while True:
                 for index, event in enumerate(events):
                     if event.type in TERMINAL_EVENTS:
-                        yield events[: index + 1]
+                        for part in in_messages(events[: index + 1], most):
+                            yield part
                         return
                 if events:
-                    yield events
+                    for part in in_messages(events, most):
+                        yield part
                     sequence = events[-1].sequence
                     quiet_wait = 1.0
                 else:

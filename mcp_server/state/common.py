@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from google.rpc import code_pb2
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.context import now
+from mcp_server.engine.events import now
 from mcp_server.engine.ports import Kept, QueueGroup
 from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, ResourceExhausted
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.context import make_event, now
+from mcp_server.engine.events import make_event, now
 from mcp_server.engine.ports import Checkpoint, StepRecord
 from mcp_server.state import open_store
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.context import make_event
+from mcp_server.engine.events import make_event
 from mcp_server.engine.ports import QueueGroup
 from tests.contract.conftest import E, checkpoint, new_task
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.context import make_event
+from mcp_server.engine.events import make_event
 from mcp_server.engine.ports import StepRecord, TaskFilter
 from mcp_server.errors import LeaseLost
 from mcp_server.state import open_store

@@ -44,7 +44,7 @@ async def test_watchers_starting_mid_run_miss_nothing_and_never_stall(server_fac
 async def test_a_local_write_that_overtakes_the_first_read_is_kept_for_its_turn(redis_url):
     """The interleaving behind the stall, step by step: follow, then a local write of events
     5-6 arrives, then the first read brings 1-4. The hub must hand out 1-6, in order."""
-    from mcp_server.engine.context import make_event
+    from mcp_server.engine.events import make_event
     from mcp_server.state import open_store
 
     store = await open_store(redis_url)
@@ -143,7 +143,7 @@ async def test_a_replica_that_takes_a_task_back_still_reads_what_another_wrote_m
     waited until the writer mark ran out, 5 s by default; 600 here)."""
     import uuid
 
-    from mcp_server.engine.context import make_event
+    from mcp_server.engine.events import make_event
     from mcp_server.state import open_store
 
     monkeypatch.setattr(StreamHub, "LOCAL_SECONDS", 600.0)

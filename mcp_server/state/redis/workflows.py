@@ -4,7 +4,7 @@ the latest version of each, and the ids in order, all in the slot tagged {wf}.""
 from __future__ import annotations
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.context import now
+from mcp_server.engine.events import now
 from mcp_server.state.common import (
     decode_token,
     encode_token,

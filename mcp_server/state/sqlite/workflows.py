@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.context import now
+from mcp_server.engine.events import now
 from mcp_server.state.common import (
     decode_token,
     encode_token,

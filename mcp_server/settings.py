@@ -80,6 +80,9 @@ class Settings:
     # a start (of a task or a step) is written with the next write, or on its own this long after:
     # a step that ends sooner costs one write, not two; watchers see a start at most this late
     start_write_delay: float = 0.02
+    # a batched watch (WatchTaskEvents, SubmitAndWatchTask) holds events that are not the task's
+    # end this long for those that follow, to send them in one message; 0: each as it is ready
+    watch_batch_delay: float = 0.01
     # a wait or sleep due within this many seconds waits in memory, holding its run slot; a
     # longer one (and a wait for a signal without a deadline) parks its task when all of it waits
     wait_in_memory_seconds: float = 2.0

@@ -107,7 +107,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[task_pb2.WatchTaskEventsResponse]:
         batches = await self.orchestrator.watching.open_watch(
-            request.task_id, request.after_sequence, current_principal.get()
+            request.task_id, request.after_sequence, current_principal.get(), batched=True
         )
         async for batch in batches:
             yield task_pb2.WatchTaskEventsResponse(events=batch)

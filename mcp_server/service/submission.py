@@ -224,7 +224,7 @@ class Submission:
         No header is read to check who may see it: the caller has just submitted it (or, with a
         request id it used before, it is the task that request id made for this principal)."""
         task, created = await self.submit_task(request, principal, follow=True)
-        return task, created, self.watching.follow(task.task_id, 0, principal)
+        return task, created, self.watching.follow(task.task_id, 0, principal, batched=True)
 
 
 def check_input(field: str, value: struct_pb2.Struct | struct_pb2.Value, limits: Limits) -> None:

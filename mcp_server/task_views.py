@@ -18,11 +18,13 @@ from google.protobuf import struct_pb2
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import TaskStore
+from mcp_server.engine.texts import MAX_MESSAGE_CHARS, clipped
 from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
 from mcp_server.settings import Limits
 
 INPUT, OUTPUT = task_pb2.VALUE_FIELD_INPUT, task_pb2.VALUE_FIELD_OUTPUT
 RESPONSE_MARGIN_BYTES = 64 * 1024
+MAX_LISTED_CHILDREN = 1000  # of a supervisor's decision, in a step state too large to send whole
 CHUNK_BYTES = 1024 * 1024
 
 
@@ -88,6 +90,9 @@ class TaskViews:
         used = 0
         for state in states[:limit]:
             size = state.ByteSize() + 8
+            if not shown and size > room and budget is None:  # a page of its own is not enough
+                state = fitted(state)
+                size = state.ByteSize() + 8
             if used + size > room:
                 break
             shown.append(state)
@@ -211,3 +216,31 @@ def steps_start(task_id: str, token: str) -> int:
             violations=[FieldViolation("page_token", f"this token pages the steps of another task, not {task_id}")],
         )
     return start
+
+
+def fitted(state: task_pb2.StepState) -> task_pb2.StepState:
+    """A step state made small enough for a response of its own. Its input and output are inline
+    only up to the inline limit and its error is clipped, but the directive it stored holds the
+    protocol's answer whole (up to a plugin's message limit): a supervisor decision's output is
+    left out, replaced by `{"left_out_bytes": N, "read_as": ...}` naming the supervise node whose
+    output it is (ReadValue reads it there), and the directive's texts are clipped."""
+    trimmed = task_pb2.StepState()
+    trimmed.CopyFrom(state)
+    kind = trimmed.directive.WhichOneof("kind") if trimmed.HasField("directive") else None
+    if kind == "next_state":
+        trimmed.directive.next_state = clipped(trimmed.directive.next_state)
+    if kind != "decision":
+        return trimmed
+    decision = trimmed.directive.decision
+    if decision.HasField("output"):
+        size = decision.output.ByteSize()
+        decision.output.Clear()
+        supervise_path = state.path.rsplit("/", 1)[0]
+        decision.output.update({"left_out_bytes": size, "read_as": f"the output of step {supervise_path}"})
+    decision.feedback = clipped(decision.feedback)
+    decision.reason = clipped(decision.reason)
+    per_child = MAX_MESSAGE_CHARS if len(decision.child_feedback) <= 8 else MAX_MESSAGE_CHARS // 8
+    for child, feedback in list(decision.child_feedback.items()):
+        decision.child_feedback[child] = clipped(feedback, per_child)
+    del decision.retry_children[MAX_LISTED_CHILDREN:]
+    return trimmed

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from mcp_sdk.proto import task_pb2, workflow_pb2
+from mcp_sdk.proto import protocol_pb2, task_pb2, workflow_pb2
 from mcp_server.auth import hash_token
 from mcp_server.settings import Limits
 from tests.conftest import Client, client_for
@@ -279,3 +279,39 @@ async def test_read_value_of_another_principals_task_is_not_found(server_factory
     listed = await client.tasks.ListTasks(task_pb2.ListTasksRequest(owner="ann"), metadata=ben)
     assert list(listed.tasks) == []
     await client.channel.close()
+
+
+async def test_a_supervisor_decision_larger_than_a_response_reads_back(server_factory, store_url):
+    """A supervisor that accepts with an output near a plugin's message limit: its step state holds
+    the decision whole, past what one ListTaskSteps response may carry. It was never sent: every
+    page from it on came back empty with a token to the same place. Now the state is sent with
+    the decision's output left out, named where to read it (the supervise node's output)."""
+    client = client_for(await server_factory(store_url))
+    children = [step(f"c{i}", "echo", "{'score': 0.95, 'b': input.blob + input.blob}") for i in range(4)]
+    review = {
+        "id": "review",
+        "supervise": {"supervisor": "threshold_supervisor", "max_rounds": 1, "children": children},
+    }
+    root = {"id": "root", "sequence": {"children": [step("small", "echo", "{'k': 1}"), review]}}
+    await create(client, workflow("big-decision", root))
+    task = await wait_done(client, (await submit(client, "big-decision", {"blob": "x" * 516_400})).task_id)
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED
+    steps: dict[str, task_pb2.StepState] = {}
+    token = ""
+    for _ in range(3):  # every page moves on (an empty page with a token back to itself was the bug)
+        page = await client.tasks.ListTaskSteps(task_pb2.ListTaskStepsRequest(task_id=task.task_id, page_token=token))
+        assert page.steps
+        steps |= {s.path: s for s in page.steps}
+        if not (token := page.next_page_token):
+            break
+    assert not token and len(steps) == task.step_count == 8
+    supervisor = steps["root/review/supervisor"]
+    assert supervisor.status == task_pb2.STEP_STATUS_COMPLETED and supervisor.ByteSize() < 64 * 1024
+    decision = supervisor.directive.decision
+    assert decision.verdict == protocol_pb2.VERDICT_ACCEPT
+    left_out = json_format.MessageToDict(decision.output)
+    assert left_out["read_as"] == "the output of step root/review" and left_out["left_out_bytes"] > 4_128_000
+    data, _ = await read_value(client, task.task_id, "root/review", task_pb2.VALUE_FIELD_OUTPUT)
+    accepted = json_format.MessageToDict(struct_pb2.Value.FromString(data))
+    assert sorted(accepted["outputs"]) == ["c0", "c1", "c2", "c3"]
+    assert all(o["b"] == "x" * 1_032_800 for o in accepted["outputs"].values())

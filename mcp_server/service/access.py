@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import Principal
 from mcp_server.engine.ports import TaskStore
 from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
 from mcp_server.settings import Limits
+from mcp_server.task_views import RESPONSE_MARGIN_BYTES
+
+M = TypeVar("M", bound=Message)
 
 
 def require(field: str, value: str) -> None:
@@ -23,6 +31,20 @@ def page_size(requested: int, limits: Limits) -> int:
             violations=[FieldViolation("page_size", "must be 0 (default) or positive")],
         )
     return min(requested or 50, limits.max_page_size)
+
+
+def fitting(items: Sequence[M], limits: Limits) -> list[M]:
+    """The first of `items` (at least one) that one response carries together within the message
+    limit, less a margin for the rest of the response: a page of large items (workflows of 1 MB,
+    say) is cut short, and the caller's page token goes on after the last one shown."""
+    room = limits.max_message_bytes - RESPONSE_MARGIN_BYTES
+    shown: list[M] = []
+    for item in items:
+        room -= item.ByteSize() + 8
+        if shown and room < 0:
+            break
+        shown.append(item)
+    return shown
 
 
 async def visible_task(tasks: TaskStore, task_id: str, principal: Principal) -> task_pb2.Task:

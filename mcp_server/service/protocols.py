@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mcp_sdk.proto import registry_pb2
 from mcp_server.protocols.registry import ProtocolDirectory
-from mcp_server.service.access import page_size, require
+from mcp_server.service.access import fitting, page_size, require
 from mcp_server.settings import Limits
 from mcp_server.state.common import decode_token, encode_token
 
@@ -19,8 +19,8 @@ class Protocols:
         size = page_size(size, self.limits)
         after = decode_token(page_token)
         entries = [e for e in await self.directory.listing() if f"{e.manifest.name}\0{e.address}" > after]
-        page = entries[:size]
-        return page, encode_token(f"{page[-1].manifest.name}\0{page[-1].address}") if len(entries) > size else ""
+        page = fitting(entries[:size], self.limits)
+        return page, encode_token(f"{page[-1].manifest.name}\0{page[-1].address}") if len(entries) > len(page) else ""
 
     async def get_protocol(self, name: str) -> list[registry_pb2.RegisteredProtocol]:
         """Every instance of protocol `name` (NotFound when there is none)."""

@@ -15,7 +15,7 @@ from mcp_server.engine.ports import NEVER, ScheduleProgress, ScheduleRecord, Sch
 from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, ViolationCollector
 from mcp_server.schedules.firing import Firing
 from mcp_server.schedules.spec import EPOCH, CompiledSpec, compile_spec, from_ms, moment_of, to_ms
-from mcp_server.service.access import require
+from mcp_server.service.access import fitting, require
 from mcp_server.service.submission import Submission
 
 MAX_CATCHUP_SECONDS = 366 * 24 * 3600
@@ -65,9 +65,8 @@ class Schedules:
     ) -> tuple[list[schedule_pb2.Schedule], str]:
         size = page_size or 100
         records = await self.store.list_schedules(None if principal.is_admin else principal.name, page_token, size + 1)
-        page = records[:size]
-        token = page[-1].schedule_id if len(records) > size else ""
-        return [await self._view(r) for r in page], token
+        shown = fitting([await self._view(r) for r in records[:size]], self.submission.settings.limits)
+        return shown, shown[-1].schedule_id if len(records) > len(shown) else ""
 
     async def update_schedule(
         self,

@@ -9,8 +9,10 @@ from mcp_server.engine.ports import WorkflowStore
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mcp_server.protocols.capacity import Resources, never_fits
 from mcp_server.protocols.registry import ProtocolDirectory
-from mcp_server.service.access import page_size, require
+from mcp_server.service.access import fitting, page_size, require
 from mcp_server.settings import Settings
+from mcp_server.state.common import encode_token
+from mcp_server.task_views import RESPONSE_MARGIN_BYTES
 
 
 class Workflows:
@@ -23,6 +25,14 @@ class Workflows:
 
     async def validate_workflow(self, workflow: workflow_pb2.Workflow) -> Plan:
         """Compile `workflow` against the registered protocols; raise InvalidArgument if bad."""
+        room = self.settings.limits.max_message_bytes - RESPONSE_MARGIN_BYTES
+        if (size := workflow.ByteSize()) > room:  # GetWorkflow could not send it back
+            raise InvalidArgument(
+                f"the workflow is {size} bytes; at most {room} are allowed (MCP_LIMIT_MAX_MESSAGE_BYTES, less"
+                f" {RESPONSE_MARGIN_BYTES} for the response that carries it)",
+                violations=[FieldViolation("workflow", f"{size} bytes exceeds the limit of {room}")],
+                reason="WORKFLOW_TOO_LARGE",
+            )
         await self.directory.refresh(force=True)
         plan = compile_workflow(
             workflow,
@@ -81,8 +91,10 @@ class Workflows:
         return workflow
 
     async def list_workflows(self, size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
-        """The latest version of each workflow, by workflow_id."""
-        return await self.store.list_workflows(page_size(size, self.settings.limits), page_token)
+        """The latest version of each workflow, by workflow_id (fewer than asked when they are large)."""
+        workflows, token = await self.store.list_workflows(page_size(size, self.settings.limits), page_token)
+        shown = fitting(workflows, self.settings.limits)
+        return shown, encode_token(shown[-1].workflow_id) if len(shown) < len(workflows) else token
 
     async def delete_workflow(self, workflow_id: str) -> int:
         require("workflow_id", workflow_id)

@@ -138,7 +138,13 @@ class Orchestrator:
             recent_failure_seconds=settings.outlier_recent_failure_seconds,
         )
         self.directory = ProtocolDirectory(
-            store.registry, store.capacity, self.channels, self.breakers, settings.limits.max_value_depth, outliers
+            store.registry,
+            store.capacity,
+            self.channels,
+            self.breakers,
+            settings.limits.max_value_depth,
+            outliers,
+            settings.limits.max_manifest_bytes,
         )
         self.upkeep = RegistryUpkeep(
             self.directory,

@@ -56,6 +56,9 @@ class Limits:
     # message carries (WatchTaskEvents, SubmitAndWatchTask); at most half of max_message_bytes
     max_event_bytes: int = 1024 * 1024
     max_page_size: int = 1000
+    # one protocol's manifest as a plugin describes it (its schemas, mostly): every listing and
+    # GetProtocol carries it whole
+    max_manifest_bytes: int = 256 * 1024
     # task submissions per principal per second (a token bucket with a burst of twice that); 0: no limit
     submissions_per_second: float = 0.0
 

@@ -56,7 +56,9 @@ class ProtocolDirectory:
         breakers: BreakerBoard,
         max_value_depth: int = 32,
         outliers: OutlierSettings | None = None,
+        max_manifest_bytes: int = 256 * 1024,
     ) -> None:
+        self.max_manifest_bytes = max_manifest_bytes
         self.store = store
         self.capacity = capacity
         self.channels = channels
@@ -139,6 +141,14 @@ class ProtocolDirectory:
                         str(ValueTooDeep("the schema", depth, self.max_value_depth)),
                     )
                 )
+        if (size := manifest.ByteSize()) > self.max_manifest_bytes:
+            found.append(
+                FieldViolation(
+                    f"protocols[{manifest.name[:MAX_NAME_CHARS]}]",
+                    f"the manifest is {size} bytes; at most {self.max_manifest_bytes} are allowed"
+                    " (MCP_LIMIT_MAX_MANIFEST_BYTES)",
+                )
+            )
         if manifest.max_concurrency < 0:
             found.append(
                 FieldViolation(f"protocols[{manifest.name}].max_concurrency", "must not be negative (0: no limit)")

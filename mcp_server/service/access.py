@@ -33,11 +33,12 @@ def page_size(requested: int, limits: Limits) -> int:
     return min(requested or 50, limits.max_page_size)
 
 
-def fitting(items: Sequence[M], limits: Limits) -> list[M]:
+def fitting(items: Sequence[M], limits: Limits, reserved: int = 0) -> list[M]:
     """The first of `items` (at least one) that one response carries together within the message
-    limit, less a margin for the rest of the response: a page of large items (workflows of 1 MB,
-    say) is cut short, and the caller's page token goes on after the last one shown."""
-    room = limits.max_message_bytes - RESPONSE_MARGIN_BYTES
+    limit, less a margin for the rest of the response (and `reserved` bytes): a page of large
+    items (workflows of 1 MB, say) is cut short, and the caller's page token goes on after the
+    last one shown."""
+    room = limits.max_message_bytes - RESPONSE_MARGIN_BYTES - reserved
     shown: list[M] = []
     for item in items:
         room -= item.ByteSize() + 8

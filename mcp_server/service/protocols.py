@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mcp_sdk.proto import registry_pb2
+from mcp_server.engine.texts import clipped
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.service.access import fitting, page_size, require
 from mcp_server.settings import Limits
@@ -23,6 +24,13 @@ class Protocols:
         return page, encode_token(f"{page[-1].manifest.name}\0{page[-1].address}") if len(entries) > len(page) else ""
 
     async def get_protocol(self, name: str) -> list[registry_pb2.RegisteredProtocol]:
-        """Every instance of protocol `name` (NotFound when there is none)."""
+        """Every instance of protocol `name` (NotFound when there is none); those past what one
+        response carries whole come without their manifest's schemas (ListProtocols has them)."""
         require("name", name)
-        return await self.directory.get(name)
+        instances = await self.directory.get(name)
+        whole = fitting(instances, self.limits, reserved=instances[0].ByteSize())  # the response has it twice
+        for instance in instances[len(whole) :]:  # past one response: listed without their schemas
+            instance.manifest.ClearField("input_schema")
+            instance.manifest.ClearField("output_schema")
+            instance.manifest.description = clipped(instance.manifest.description)
+        return instances

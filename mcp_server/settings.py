@@ -59,6 +59,9 @@ class Limits:
     # one protocol's manifest as a plugin describes it (its schemas, mostly): every listing and
     # GetProtocol carries it whole
     max_manifest_bytes: int = 256 * 1024
+    # distinct usage names a task's total keeps (each call reports at most 64): the total is part
+    # of the task's header, rewritten with every checkpoint and sent with every view of the task
+    max_usage_names_per_task: int = 256
     # task submissions per principal per second (a token bucket with a burst of twice that); 0: no limit
     submissions_per_second: float = 0.0
 

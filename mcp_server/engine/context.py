@@ -55,6 +55,7 @@ from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
+USAGE_NAMES_LEFT_OUT = "usage_names_left_out"  # in a task's usage: names past the limit, counted
 UNFINISHED = (task_pb2.STEP_STATUS_RUNNING, task_pb2.STEP_STATUS_WAITING, task_pb2.STEP_STATUS_PENDING)
 
 
@@ -293,10 +294,13 @@ class RunContext:
 
     def add_usage(self, path: str, usage: Mapping[str, float]) -> None:
         """What a call of the step at `path` used: added to the step's usage and the task's."""
-        state = self.state(path)
+        state, total = self.state(path), self.task.usage
         for name, amount in usage.items():
             state.usage[name] += amount
-            self.task.usage[name] += amount
+            if name in total or len(total) < self.limits.max_usage_names_per_task:
+                total[name] += amount
+            else:
+                total[USAGE_NAMES_LEFT_OUT] += 1
 
     def record_input(self, path: str, value: Payload) -> None:
         """What a step's protocol is about to receive (written with the step's start)."""

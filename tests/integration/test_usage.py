@@ -113,3 +113,21 @@ async def test_a_rerun_does_not_count_the_steps_it_reuses(served):
     assert dict(again.usage) == {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.25}
     states = step_states(again)
     assert states["root/s0"].reused and dict(states["root/s0"].usage)["prompt_tokens"] == 10
+
+
+async def test_a_task_totals_a_bounded_number_of_usage_names(served):
+    """Each call may report 64 names; a plugin naming new ones in every call grew the task's total
+    without bound (the header every checkpoint rewrites and every view of the task sends). Past
+    MCP_LIMIT_MAX_USAGE_NAMES_PER_TASK (256) names, amounts stay in their steps and are counted."""
+    _, client = served
+    steps = []
+    for s in range(10):
+        used = "{" + ", ".join(f"'n{s}_{k}': 1" for k in range(64)) + "}"
+        steps.append(step(f"s{s}", "metered", f"{{'usage': {used}}}"))
+    task = await run(client, workflow("many-names", {"id": "root", "sequence": {"children": steps}}))
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED
+    task = await full(client, task.task_id)
+    assert len(task.usage) == 257 and task.usage["usage_names_left_out"] == 640 - 256
+    assert all(task.usage[f"n{s}_{k}"] == 1 for s in range(4) for k in range(64))
+    states = step_states(task)
+    assert all(len(states[f"root/s{s}"].usage) == 64 for s in range(10))  # every step keeps its own

@@ -222,6 +222,9 @@ def _process_count(key: str, value: str) -> int:
     return count
 
 
+MIN_EVENT_BYTES = 64 * 1024
+
+
 def problems(settings: Settings) -> list[str]:
     """What is wrong with `settings`, a line per setting, each named as its environment variable."""
     found = []
@@ -238,6 +241,11 @@ def problems(settings: Settings) -> list[str]:
             found.append(f"{_ENV_PREFIX}{f.name.upper()}={value}: must be above zero")
         elif value < 0:
             found.append(f"{_ENV_PREFIX}{f.name.upper()}={value}: must not be negative")
+    if settings.limits.max_event_bytes < MIN_EVENT_BYTES:
+        found.append(
+            f"{_ENV_PREFIX}LIMIT_MAX_EVENT_BYTES={settings.limits.max_event_bytes}: must be at least {MIN_EVENT_BYTES}"
+            " (an event's clipped message and the names of the fields it left out)"
+        )
     if settings.limits.max_event_bytes * 2 > settings.limits.max_message_bytes:
         found.append(
             f"{_ENV_PREFIX}LIMIT_MAX_EVENT_BYTES={settings.limits.max_event_bytes}: must be at most half of"

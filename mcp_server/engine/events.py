@@ -74,7 +74,8 @@ def bounded(event: task_pb2.TaskEvent, most: int) -> task_pb2.TaskEvent:
     fields = trimmed.data.fields
     by_size = sorted(fields, key=lambda name: len(name.encode()) + fields[name].ByteSize(), reverse=True)
     left_out: list[str] = []
-    note = 64 + MAX_NAMED_FIELDS * (MAX_NAME_CHARS * 4 + FIELD_OVERHEAD)  # the note itself
+    # the note itself: clipped names (with their "… (N more characters)"), 4 bytes a character at most
+    note = 64 + (MAX_NAMED_FIELDS + 1) * ((MAX_NAME_CHARS + 32) * 4 + FIELD_OVERHEAD)
     for name in by_size:
         if excess + note <= 0:
             break

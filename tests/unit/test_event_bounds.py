@@ -71,3 +71,12 @@ def test_events_past_the_budget_are_split_in_order_and_an_oversized_one_bounded(
     assert [[e.sequence for e in part] for part in parts] == [[1, 2], [3, 4, 5, 6], [7, 8]]  # 4, bounded, is small
     oversized = parts[1][1]
     assert "filler" not in oversized.data.fields and oversized.data.fields["truncated_fields"].list_value.values
+
+
+def test_the_note_of_many_long_wide_names_stays_within_the_bound():
+    for extra in range(0, 1300, 13):  # where the last field left out ends relative to the bound moves
+        data = {"\U0001f600" * 300 + f"{i:03}": "v" * 10 for i in range(60)}
+        event = make_event("t1", 1, E.TASK_EVENT_TYPE_PROGRESS, data=data, message="m" * extra)
+        trimmed = bounded(event, 64 * 1024 - 12_000)
+        assert trimmed.ByteSize() <= 64 * 1024 - 12_000, extra
+        assert len(trimmed.data.fields["truncated_fields"].list_value.values) == 11

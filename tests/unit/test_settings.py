@@ -41,6 +41,7 @@ def test_environment_and_flags_are_read_with_their_types():
         ({"MCP_METRICS_PORT": "70000"}, "MCP_METRICS_PORT=70000: must be a port"),
         ({"MCP_CAPACITY_SLICE_UNITS": "0"}, "MCP_CAPACITY_SLICE_UNITS=0: must be above zero"),
         ({"MCP_PROTOCOL_CONCURRENCY": "render"}, "'render' must look like name=N"),
+        ({"MCP_LIMIT_MAX_EVENT_BYTES": "1000"}, "MCP_LIMIT_MAX_EVENT_BYTES=1000: must be at least 65536"),
         (
             {"MCP_LIMIT_MAX_EVENT_BYTES": "3000000"},
             "MCP_LIMIT_MAX_EVENT_BYTES=3000000: must be at most half of MCP_LIMIT_MAX_MESSAGE_BYTES (4194304)",

@@ -293,14 +293,15 @@ class RunContext:
         return state
 
     def add_usage(self, path: str, usage: Mapping[str, float]) -> None:
-        """What a call of the step at `path` used: added to the step's usage and the task's."""
-        state, total = self.state(path), self.task.usage
+        """What a call of the step at `path` used: added to the step's usage and the task's, each
+        at most `max_usage_names_per_task` names (the rest counted as left out)."""
+        most, totals = self.limits.max_usage_names_per_task, (self.state(path).usage, self.task.usage)
         for name, amount in usage.items():
-            state.usage[name] += amount
-            if name in total or len(total) < self.limits.max_usage_names_per_task:
-                total[name] += amount
-            else:
-                total[USAGE_NAMES_LEFT_OUT] += 1
+            for used in totals:  # a call reports at most 64 names, but it may be new ones each call
+                if name in used or len(used) < most:
+                    used[name] += amount
+                else:
+                    used[USAGE_NAMES_LEFT_OUT] += 1
 
     def record_input(self, path: str, value: Payload) -> None:
         """What a step's protocol is about to receive (written with the step's start)."""

@@ -76,7 +76,7 @@ class Orchestrator:
         )
         self.dispatcher = Dispatcher(store.queue, store.tasks, runner, self.plans, settings, store.waits)
         self.workflows = Workflows(settings, store.workflows, self.directory)
-        self.protocols = Protocols(self.directory, settings.limits)
+        self.protocols = Protocols(self.directory, settings.limits, self.rate_limits)
         self.watching = Watching(store.tasks, settings.limits, settings.watch_batch_delay)
         self.reads = TaskReads(store.tasks, self.views, settings.limits)
         self.cancelling = Cancelling(

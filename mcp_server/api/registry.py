@@ -59,7 +59,8 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
     async def ListRateLimits(
         self, request: registry_pb2.ListRateLimitsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ListRateLimitsResponse:
-        return registry_pb2.ListRateLimitsResponse(rate_limits=await self.orchestrator.rate_limits.list())
+        limits, token = await self.orchestrator.protocols.list_rate_limits(request.page_size, request.page_token)
+        return registry_pb2.ListRateLimitsResponse(rate_limits=limits, next_page_token=token)
 
     async def DeleteRateLimit(
         self, request: registry_pb2.DeleteRateLimitRequest, context: grpc.aio.ServicerContext

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mcp_sdk.proto import registry_pb2
 from mcp_server.engine.texts import clipped
+from mcp_server.protocols.rate_limits import RateLimitGate
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.service.access import fitting, page_size, require
 from mcp_server.settings import Limits
@@ -11,9 +12,18 @@ from mcp_server.state.common import decode_token, encode_token
 
 
 class Protocols:
-    def __init__(self, directory: ProtocolDirectory, limits: Limits) -> None:
+    def __init__(self, directory: ProtocolDirectory, limits: Limits, rate_limits: RateLimitGate) -> None:
         self.directory = directory
         self.limits = limits
+        self.rate_limits = rate_limits
+
+    async def list_rate_limits(self, size: int, page_token: str) -> tuple[list[registry_pb2.RateLimit], str]:
+        """Rate limits by key: `size` of them (0: as many as one response carries)."""
+        size = page_size(size, self.limits) if size else self.limits.max_page_size
+        after = decode_token(page_token)
+        found = sorted((limit for limit in await self.rate_limits.list() if limit.key > after), key=lambda x: x.key)
+        page = fitting(found[:size], self.limits)
+        return page, encode_token(page[-1].key) if len(found) > len(page) else ""
 
     async def list_protocols(self, size: int, page_token: str) -> tuple[list[registry_pb2.RegisteredProtocol], str]:
         """Protocol instances by name then address, with health, breaker, ejection and use."""

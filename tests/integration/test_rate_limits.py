@@ -12,7 +12,9 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from mcp_sdk.client import Client as SdkClient
 from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.helpers import create, error_reason, events, plugin_stats, step, submit, violations, wait_done, workflow
 
@@ -269,3 +271,30 @@ async def test_every_retry_and_fallback_takes_units_like_the_first_call(served, 
     # three calls (two attempts, then the fallback) at one per 1.5 s: the fallback goes 3 s after the first
     assert time.monotonic() - started >= 3.0 - SLACK
     assert len((await plugin_stats(testkit))["ticks"][tag]) == 1
+
+
+async def test_many_rate_limits_list_in_pages_that_fit(server_factory, store_url):
+    """One rate limit per tenant is a common shape; ListRateLimits sent them all in one response,
+    which passed the message limit once there were enough (about 14,000 of the longest keys at
+    4 MB). It pages now: by count when asked, else as many as one response carries."""
+    running = await server_factory(store_url, limits=Limits(max_message_bytes=200_000, max_event_bytes=100_000))
+    client = client_for(running)
+    keys = sorted(f"tenant-{n:04}-" + "k" * 240 for n in range(800))
+    for key in keys:
+        await put_limit(client, key, 10, 1.0)
+    seen, token, pages = [], "", 0
+    while True:
+        reply = await client.registry.ListRateLimits(registry_pb2.ListRateLimitsRequest(page_token=token))
+        assert reply.rate_limits and reply.ByteSize() < 200_000
+        seen += [r.key for r in reply.rate_limits]
+        pages += 1
+        if not (token := reply.next_page_token):
+            break
+    assert seen == keys and pages >= 2
+    first = await client.registry.ListRateLimits(registry_pb2.ListRateLimitsRequest(page_size=100))
+    assert [r.key for r in first.rate_limits] == keys[:100] and first.next_page_token
+    sdk = SdkClient(running.address)
+    try:
+        assert [r.key for r in await sdk.list_rate_limits()] == keys
+    finally:
+        await sdk.close()

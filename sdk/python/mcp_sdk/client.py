@@ -121,11 +121,12 @@ class Client(TaskMethods, ScheduleMethods):
         return reply
 
     async def list_rate_limits(self) -> list[registry_pb2.RateLimit]:
-        """Every rate limit, with the units a call could take now."""
-        reply: registry_pb2.ListRateLimitsResponse = await self._call(
-            self.registry.ListRateLimits, registry_pb2.ListRateLimitsRequest()
-        )
-        return list(reply.rate_limits)
+        """Every rate limit, by key, with the units a call could take now (page after page)."""
+        return [
+            limit
+            async for reply in self._pages(self.registry.ListRateLimits, registry_pb2.ListRateLimitsRequest())
+            for limit in reply.rate_limits
+        ]
 
     async def delete_rate_limit(self, key: str) -> None:
         """Remove the rate limit of `key` (its calls go unlimited)."""

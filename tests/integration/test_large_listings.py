@@ -6,6 +6,8 @@ default receive limit."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
@@ -23,34 +25,33 @@ def large_workflow(workflow_id: str) -> workflow_pb2.Workflow:
     return workflow(workflow_id, {"id": "root", "sequence": {"children": steps}})
 
 
+async def every_page(call: Any, request: Any, items: str) -> list[list[Any]]:
+    """The pages of a List call to its end, each asserted non-empty and within the default limit."""
+    pages: list[list[Any]] = []
+    while True:
+        page = await call(request)
+        assert getattr(page, items) and page.ByteSize() < LIMIT
+        pages.append(list(getattr(page, items)))
+        if not page.next_page_token:
+            return pages
+        request.page_token = page.next_page_token
+
+
 async def test_large_workflows_and_schedules_list_in_pages_that_fit(server_factory, store_url):
     client = client_for(await server_factory(store_url))
     for n in range(6):
         await create(client, large_workflow(f"big-{n}"))
     await create(client, workflow("small", step("s", "echo")))
-    seen, token, pages = [], "", 0
-    while True:
-        page = await client.workflows.ListWorkflows(workflow_pb2.ListWorkflowsRequest(page_token=token))
-        assert page.workflows and page.ByteSize() < LIMIT
-        seen += [w.workflow_id for w in page.workflows]
-        pages += 1
-        if not (token := page.next_page_token):
-            break
-    assert seen == [f"big-{n}" for n in range(6)] + ["small"] and pages >= 2
+    pages = await every_page(client.workflows.ListWorkflows, workflow_pb2.ListWorkflowsRequest(), "workflows")
+    assert [w.workflow_id for p in pages for w in p] == [f"big-{n}" for n in range(6)] + ["small"]
+    assert len(pages) >= 2
 
     for n in range(6):
         schedule = a_schedule("small", schedule_id=f"sched-{n}", every=[seconds(3600)], paused=True)
         schedule.action.input_data.update({"blob": "y" * 1_000_000})
         await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
-    listed, token, pages = [], "", 0
-    while True:
-        page = await client.schedules.ListSchedules(schedule_pb2.ListSchedulesRequest(page_token=token))
-        assert page.schedules and page.ByteSize() < LIMIT
-        listed += [s.schedule_id for s in page.schedules]
-        pages += 1
-        if not (token := page.next_page_token):
-            break
-    assert listed == [f"sched-{n}" for n in range(6)] and pages >= 2
+    pages = await every_page(client.schedules.ListSchedules, schedule_pb2.ListSchedulesRequest(), "schedules")
+    assert [s.schedule_id for p in pages for s in p] == [f"sched-{n}" for n in range(6)] and len(pages) >= 2
 
 
 async def test_a_workflow_too_large_to_send_back_is_refused_naming_the_limit(client):

@@ -93,8 +93,10 @@ def bounded(event: task_pb2.TaskEvent, most: int) -> task_pb2.TaskEvent:
 
 def in_messages(events: list[task_pb2.TaskEvent], most: int) -> Iterator[list[task_pb2.TaskEvent]]:
     """`events` in runs of at most `most` bytes together (one event on its own when it is larger,
-    bounded to `most`), in order: what one batched message carries."""
+    bounded to `most`), in order: what one batched message carries; none for no events."""
     sizes = [event.ByteSize() for event in events]
+    if not events:
+        return
     if sum(sizes) <= most:
         yield events  # nearly always: no copy
         return

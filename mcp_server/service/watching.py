@@ -73,14 +73,12 @@ class Watching:
             while True:
                 if delay and events:
                     events = await self._held(task_id, events, delay)
-                for index, event in enumerate(events):
-                    if event.type in TERMINAL_EVENTS:
-                        for part in in_messages(events[: index + 1], most):
-                            yield part
-                        return
+                end = next((i for i, event in enumerate(events) if event.type in TERMINAL_EVENTS), None)
+                for part in in_messages(events if end is None else events[: end + 1], most):
+                    yield part
+                if end is not None:
+                    return
                 if events:
-                    for part in in_messages(events, most):
-                        yield part
                     sequence = events[-1].sequence
                     quiet_wait = 1.0
                 else:

@@ -56,6 +56,10 @@ def test_a_huge_key_is_left_out_too():
     assert trimmed.ByteSize() <= MOST and names[0].startswith("k" * 100) and "more characters" in names[0]
 
 
+def test_no_events_make_no_message():
+    assert list(in_messages([], MOST)) == []
+
+
 def test_events_that_fit_in_one_message_are_passed_as_they_are():
     events = [progress(i, 1000) for i in range(1, 20)]
     assert [list(part) for part in in_messages(events, MOST)] == [events]

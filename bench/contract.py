@@ -6,7 +6,7 @@ serve (no ExecuteMany), the same kind of server as the thin orchestrator's step 
 3 no-op steps; 64 in flight for throughput (over 8 connections), one at a time for the p50; CPU is counted in every
 process involved. Each path is how a client written from the protos reads a task's end:
 SubmitAndWatchTask, SubmitTask + the per-event WatchTask, RunTask. `--processes 2` runs the
-server as two processes on one address. Fan-out: 100 branches of a 100 ms call through each path
+server as two processes on one address, beside the thin orchestrator run the same way. Fan-out: 100 branches of a 100 ms call through each path
 against the same 100 calls gathered by a client. Rounds interleave, so the drift of the machine
 falls on every system alike; each figure is the median of the rounds. `--baseline REF` adds that
 commit's server (one process) on each path, for before-and-after figures from one run.
@@ -20,8 +20,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench.chains import System, fanout_floor, floor_systems, redis_pid
-from bench.harness import Orchestrated, Proc, Stat, chain, start_orchestrator, start_plugin
+import grpc
+
+from bench.chains import System, fanout_floor, floor_systems, redis_pid, thin_chain
+from bench.harness import Orchestrated, Proc, Stat, chain, start_orchestrator, start_plugin, start_thin
 from bench.peers import peer_systems
 from bench.report import REDIS, table
 from mcp_sdk.proto import protocol_pb2_grpc
@@ -40,6 +42,7 @@ async def bench_contract(_sdk_plugin: Proc, quick: bool, baseline: Path | None =
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
         bare, systems = floor_systems(plugin, here, started, closers)
+        systems.append(_thin_on_both_cores(plugin, here, started, closers))
         clients: dict[str, Orchestrated] = {}
         servers = [(1, None), (2, None)] + ([(1, baseline)] if baseline is not None else [])
         for processes, code in servers:
@@ -80,6 +83,22 @@ async def bench_contract(_sdk_plugin: Proc, quick: bool, baseline: Path | None =
         rows += system.rows(systems[1])
     table("3-step chain, a contract-only unary plugin, against the thin orchestrator and the peers", rows)
     table("Fan-out of 100 x 100 ms calls to the contract-only plugin (redis store)", fan_rows)
+
+
+def _thin_on_both_cores(
+    plugin: Proc, here: dict[str, int], started: list[Proc], closers: list[Callable[[], Awaitable[None]]]
+) -> System:
+    """The floor as two processes on one port, reached over the same 8 connections as this
+    server's 2 processes: what any orchestrator of this shape can reach on these cores."""
+    first = start_thin(plugin.address, REDIS)
+    second = start_thin(plugin.address, REDIS, listen=first.address)
+    started += [first, second]
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(first.address, options=options) for _ in range(CONNECTIONS)]
+    closers += [c.close for c in channels]
+    turns = itertools.cycle([protocol_pb2_grpc.ProtocolServiceStub(c) for c in channels])
+    pids = {"process 0": first.process.pid, "process 1": second.process.pid}
+    return System("thin orchestrator + Redis, 2 processes", lambda: thin_chain(next(turns), 3), here | pids)
 
 
 def _runner(connections: list[Orchestrated], read: str) -> Callable[[], Awaitable[float]]:

@@ -220,10 +220,11 @@ class CpuMeter:
         return [cpu_seconds(p) - b for p, b in zip(self.pids, self.before)]
 
 
-def start_thin(plugin: str, redis_url: str) -> Proc:
-    """The thinnest orchestrator (bench/thin.py) as its own process."""
+def start_thin(plugin: str, redis_url: str, listen: str = "127.0.0.1:0") -> Proc:
+    """The thinnest orchestrator (bench/thin.py) as its own process; give the `listen` address of
+    one already started to start another on the same port."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.thin", "--plugin", plugin, "--redis", redis_url],
+        [sys.executable, "-m", "bench.thin", "--plugin", plugin, "--redis", redis_url, "--listen", listen],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -2,7 +2,8 @@
 chain of plugin calls, feeding each output into the next, with one Redis MULTI per step (a
 small snapshot and an event), and answers with the last output. No queue, no leases, no
 event log a client can follow, no retries: the floor a real orchestrator's cost is measured
-against (`python -m bench.thin --plugin ADDR --redis URL` prints `THIN_LISTENING host:port`).
+against (`python -m bench.thin --plugin ADDR --redis URL [--listen HOST:PORT]` prints `THIN_LISTENING host:port`;
+several started on one port share it, as the server's --processes do).
 
 Clients call it through the ProtocolService contract: Execute(protocol="chain", input={"steps": N, ...}).
 """
@@ -44,16 +45,16 @@ class ThinOrchestrator(protocol_pb2_grpc.ProtocolServiceServicer):
         return protocol_pb2.ExecuteResponse(output=value)
 
 
-async def serve(plugin_address: str, redis_url: str) -> None:
+async def serve(plugin_address: str, redis_url: str, listen: str) -> None:
     channel = grpc.aio.insecure_channel(plugin_address)
     store = aioredis.from_url(redis_url)
     server = grpc.aio.server()
     protocol_pb2_grpc.add_ProtocolServiceServicer_to_server(
         ThinOrchestrator(protocol_pb2_grpc.ProtocolServiceStub(channel), store), server
     )
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(listen)  # gRPC sets SO_REUSEPORT: processes may share a port
     await server.start()
-    print(f"{READY_LINE} 127.0.0.1:{port}", flush=True)
+    print(f"{READY_LINE} {listen.rpartition(':')[0]}:{port}", flush=True)
     await server.wait_for_termination()
 
 
@@ -61,8 +62,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.thin")
     parser.add_argument("--plugin", required=True)
     parser.add_argument("--redis", required=True)
+    parser.add_argument("--listen", default="127.0.0.1:0", help="host:port (port 0: any free one)")
     args = parser.parse_args()
-    asyncio.run(serve(args.plugin, args.redis))
+    asyncio.run(serve(args.plugin, args.redis, args.listen))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ from mcp_sdk.values import struct_to_dict, value_to_python
 
 # A value longer than this (as JSON text) is cut in the page, with a link to the whole of it.
 PREVIEW_CHARS = 20_000
+# An event as the page receives it: the page shows its message and reads a few small data fields
+# (a wait's signal), while an event may be 1 MB (MCP_LIMIT_MAX_EVENT_BYTES), mostly data the page
+# never shows, and a task's log may hold thousands of them. Past these, a message is clipped and a
+# data field left out (named in the event's "left_out" list)
+PAGE_MESSAGE_CHARS = 4096
+PAGE_DATA_FIELD_BYTES = 1024
 TASK_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 
 
@@ -123,7 +129,14 @@ def step_view(step: task_pb2.StepState) -> dict[str, Any]:
 
 
 def event_view(event: task_pb2.TaskEvent) -> dict[str, Any]:
-    """One event, for the page's script (which shows every field as text)."""
+    """One event, for the page's script: its message clipped to PAGE_MESSAGE_CHARS, its data
+    without the fields larger than PAGE_DATA_FIELD_BYTES (listed in "left_out")."""
+    fields = event.data.fields
+    large = sorted(name for name in fields if fields[name].ByteSize() > PAGE_DATA_FIELD_BYTES)
+    data = {name: value_to_python(fields[name]) for name in fields if name not in large}
+    message = event.message
+    if len(message) > PAGE_MESSAGE_CHARS:
+        message = f"{message[:PAGE_MESSAGE_CHARS]}… ({len(message) - PAGE_MESSAGE_CHARS:,} more characters)"
     return {
         "sequence": event.sequence,
         "time": iso(event.time),
@@ -131,8 +144,9 @@ def event_view(event: task_pb2.TaskEvent) -> dict[str, Any]:
         "step_path": event.step_path,
         "protocol": event.protocol,
         "attempt": event.attempt,
-        "message": event.message,
-        "data": struct_to_dict(event.data) if event.data.fields else None,
+        "message": message,
+        "data": data or None,
+        "left_out": large,
     }
 
 

@@ -271,3 +271,25 @@ async def test_the_protocols_page_lists_the_rate_limits_to_those_who_may_see_the
                 ]
             else:
                 assert "Only operators and admins see the rate limits" in page and listed == []
+
+
+async def test_the_event_stream_leaves_out_the_large_data_the_page_never_shows(console, api):
+    # 20 progress events of 100 KB of data each: 2 MB the page would receive and never show
+    chatter = {"protocol": "chatter", "stream": True, "input": "{'n': 20, 'size': 100000}"}
+    await api.create_workflow({"workflow_id": "chatty", "root": {"id": "talk", "step": chatter}})
+    task = await api.submit("chatty", {})
+    await api.result(task.task_id, timeout=30)
+    async with aiohttp.ClientSession() as browser:
+        stream = await sse_events(await browser.get(f"{console.console.url}/tasks/{task.task_id}/events"))
+    shown = [json.loads(e["data"]) for e in stream if e.get("event") == "task"]
+    progress = [e for e in shown if e["type"] == "PROGRESS"]
+    assert len(progress) == 20
+    for i, event in enumerate(progress):  # the filler is left out and named; the small fraction is kept
+        assert (event["message"], event["data"], event["left_out"]) == (
+            f"message {i}",
+            {"fraction": i / 20},
+            ["filler"],
+        )
+    assert sum(len(e["data"]) for e in stream) < 64 * 1024  # the whole log, against 2 MB of data
+    completed = next(e for e in shown if e["type"] == "STEP_COMPLETED")
+    assert completed["data"]["kind"] == "step" and completed["left_out"] == []  # small data is kept

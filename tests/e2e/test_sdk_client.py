@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,11 +42,11 @@ class RestartableServer:
     """An orchestrator process on a fixed address and store (SQLite file or Redis) that a test
     kills with SIGKILL and starts again; every process it started is stopped at the end."""
 
-    def __init__(self, store: str, plugin: str) -> None:
+    def __init__(self, store: str, plugin: str, **env: str) -> None:
         self.address = f"127.0.0.1:{free_port()}"
         self.store = store
         self.plugin = plugin
-        self.env = {"MCP_LEASE_SECONDS": "1.5"}
+        self.env = {"MCP_LEASE_SECONDS": "1.5", **env}
         self.processes = [start_orchestrator(self.address, store, [plugin], "first", **self.env)]
 
     @property
@@ -75,8 +76,19 @@ class RestartableServer:
 
 @pytest.fixture(params=["sqlite", "redis"])
 def restartable(request, plugins, tmp_path):
-    store = f"sqlite:///{tmp_path}/mcp.db" if request.param == "sqlite" else request.getfixturevalue("redis_url")
-    server = RestartableServer(store, plugins["testkit"].address)
+    server = RestartableServer(store_of(request, tmp_path), plugins["testkit"].address)
+    yield server
+    server.stop()
+
+
+def store_of(request, tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/mcp.db" if request.param == "sqlite" else request.getfixturevalue("redis_url")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def holding(request, plugins, tmp_path):
+    """A restartable server whose batched watches hold what is not a task's end for 3 s."""
+    server = RestartableServer(store_of(request, tmp_path), plugins["testkit"].address, MCP_WATCH_BATCH_DELAY="3")
     yield server
     server.stop()
 
@@ -101,6 +113,35 @@ async def test_watch_delivers_every_event_once_across_a_kill_9_and_restart_of_th
         assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events), (
             "the task was not taken over by the restarted server"
         )
+
+
+async def test_submit_and_watch_delivers_every_event_once_across_a_kill_9_while_the_server_holds_events(holding):
+    # A batched watch holds events in memory only (MCP_WATCH_BATCH_DELAY): killed while it holds
+    # some, the server never sends them, and the restarted one must, from the store
+    async with Client(holding.address, watch_give_up_after=60) as client:
+        await client.create_workflow(sleeps("held", 6, 300))
+        events: list[task_pb2.TaskEvent] = []
+        killed_at: list[tuple[float, int]] = []
+
+        async def kill_while_held() -> None:
+            await asyncio.sleep(1.2)  # s1..s3 have ended; their events wait in the server's hold
+            killed_at.append((time.time(), len(events)))
+            await holding.kill_and_restart()
+
+        restart = asyncio.create_task(kill_while_held())
+        async with asyncio.timeout(60):
+            async for event in client.submit_and_watch("held"):
+                events.append(event)
+        await restart
+        final = await client.get(events[0].task_id, steps=False)
+    assert final.status == task_pb2.TASK_STATUS_COMPLETED
+    assert_every_event_once(events, final.last_sequence)
+    assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in events), "the restarted server did not take the task"
+    when, received = killed_at[0]
+    written_not_sent = [e for e in events[received:] if e.time.ToNanoseconds() < when * 1e9]
+    assert any(e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED for e in written_not_sent), (
+        "no step's end was held when the server was killed"
+    )
 
 
 async def test_watch_delivers_every_event_once_across_dropped_connections(server_factory):

@@ -47,6 +47,9 @@ class Limits:
     max_watchers_per_task: int = 1000
     # signals a task may receive in all (taken or kept): a task's signal log is stored with it
     max_signals_per_task: int = 10_000
+    # and their payloads' bytes in all (each may be max_input_bytes): 10,000 of 1 MB would be 10 GB
+    # in one task; 0: no limit
+    max_signal_bytes_per_task: int = 64 * 1024 * 1024
     # PROGRESS events a step's attempt may add to its task's log, and their bytes: past either,
     # the attempt's further progress is not recorded (one event says so); its output still is
     max_progress_per_attempt: int = 10_000

@@ -80,7 +80,10 @@ class Signalling:
             if request.step_path:
                 _waits_for(request, waits)
             delivery = _delivery(header, request, waits)
-            delivery = replace(delivery, max_signals=self.settings.limits.max_signals_per_task)
+            limits = self.settings.limits
+            delivery = replace(
+                delivery, max_signals=limits.max_signals_per_task, max_signal_bytes=limits.max_signal_bytes_per_task
+            )
             if header.status == task_pb2.TASK_STATUS_WAITING and self.dispatcher.has_room():
                 delivery = replace(delivery, holder=self.settings.replica_id, lease_seconds=self.settings.lease_seconds)
             outcome = await self.waits.send_signal(request.task_id, request, delivery)
@@ -134,6 +137,13 @@ class Signalling:
                 f"task {header.task_id} has received {most} signals, the most a task may"
                 " (MCP_LIMIT_MAX_SIGNALS_PER_TASK)",
                 reason="TOO_MANY_SIGNALS",
+            )
+        if outcome.status == "full of bytes":
+            most = self.settings.limits.max_signal_bytes_per_task
+            raise ResourceExhausted(
+                f"task {header.task_id} would hold more than {most:,} bytes of signals with this one, the most a"
+                " task may (MCP_LIMIT_MAX_SIGNAL_BYTES_PER_TASK)",
+                reason="TOO_MANY_SIGNAL_BYTES",
             )
         if outcome.status == "finished" or record is None:
             raise FailedPrecondition(f"task {header.task_id} has finished", reason="TASK_FINISHED")

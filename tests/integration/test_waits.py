@@ -4,6 +4,7 @@ run slot while all of it waits, and each signal reaches one step, once."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from typing import Any
@@ -197,6 +198,59 @@ async def test_a_task_takes_at_most_its_limit_of_signals_and_a_repeat_is_still_a
     await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="enough"))
     received = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_SIGNAL_RECEIVED]
     assert len(received) == 5  # the refused ones wrote nothing
+    await client.channel.close()
+
+
+async def sent_until_full_of_bytes(client: Any, task_id: str) -> list[task_pb2.SignalTaskResponse]:
+    """Signals of ~3 KB kept for a later wait, on a task that may hold 10,000 bytes of them: three
+    fit, the fourth is refused TOO_MANY_SIGNAL_BYTES and writes nothing, a small one still fits,
+    and a repeated request_id is answered even then."""
+    kept = [await signal(client, task_id, "more", {"text": "x" * 3000}, request_id=f"m{i}") for i in range(3)]
+    assert all(k.created and not k.step_path for k in kept)
+    with pytest.raises(grpc.aio.AioRpcError) as full:
+        await signal(client, task_id, "more", {"text": "x" * 3000}, request_id="m3")
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(full.value) == "TOO_MANY_SIGNAL_BYTES"
+    assert "MCP_LIMIT_MAX_SIGNAL_BYTES_PER_TASK" in full.value.details()
+    small = await signal(client, task_id, "more", {"n": 1}, request_id="small")
+    again = await signal(client, task_id, "more", {"text": "x" * 3000}, request_id="m1")
+    assert small.created and not again.created and again.sequence == kept[1].sequence
+    return [*kept, small]
+
+
+async def test_a_task_holds_at_most_its_limit_of_signal_bytes(server_factory, store_url):
+    """Each signal may be 1 MB and a task may take 10,000: 10 GB in one task without a bound on
+    their bytes (MCP_LIMIT_MAX_SIGNAL_BYTES_PER_TASK, 10,000 here)."""
+    running = await server_factory(store=store_url, limits=Limits(max_signal_bytes_per_task=10_000))
+    client = client_for(running)
+    await create(client, workflow("bytes-capped", seq("root", wait("gate", "go"), wait("more", "more"))))
+    task = await submit(client, "bytes-capped", {})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    await sent_until_full_of_bytes(client, task.task_id)
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="enough"))
+    received = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_SIGNAL_RECEIVED]
+    assert len(received) == 4  # the refused one wrote nothing
+    await client.channel.close()
+
+
+async def test_an_sqlite_file_from_before_the_signal_bytes_limit_opens_and_counts_from_then(server_factory, tmp_path):
+    store = f"sqlite:///{tmp_path}/old.db"
+    running = await server_factory(store=store)
+    client = client_for(running)
+    await create(client, workflow("bytes-capped", seq("root", wait("gate", "go"), wait("more", "more"))))
+    task = await submit(client, "bytes-capped", {})
+    await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+    await signal(client, task.task_id, "more", {"text": "y" * 3000}, request_id="before")
+    await client.channel.close()
+    await running.stop(0.5)
+    with sqlite3.connect(tmp_path / "old.db") as db:  # the file as the server before the limit left it
+        db.execute("ALTER TABLE signals DROP COLUMN held_bytes")
+    running = await server_factory(store=store, limits=Limits(max_signal_bytes_per_task=10_000))
+    client = client_for(running)
+    await sent_until_full_of_bytes(client, task.task_id)  # the signal from before counts as 0 bytes
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="enough"))
+    received = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_SIGNAL_RECEIVED]
+    assert len(received) == 5
     await client.channel.close()
 
 

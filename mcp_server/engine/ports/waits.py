@@ -66,6 +66,9 @@ class SignalDelivery:
     lease_seconds: float = 0.0
     # the most signals the task may have: one more is refused ("full"); 0: no limit
     max_signals: int = 0
+    # the most bytes of stored signals the task may have: one that would pass it is refused
+    # ("full of bytes"); 0: no limit
+    max_signal_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ class SignalOutcome:
     """What `send_signal` did. `status`: "delivered" (written with its event), "appended" (the
     replica holding the task takes it in), "duplicate" (its request_id was seen: `record` is the
     first), "stale" (the task changed since it was read: read it and try again), "finished",
-    "full" (the task has `max_signals` signals already: nothing was written)."""
+    "full" (the task has `max_signals` signals already: nothing was written), "full of bytes" (this
+    one would take its signals past `max_signal_bytes`: nothing was written)."""
 
     status: str
     record: SignalRecord | None = None
@@ -94,9 +98,10 @@ class WaitStore(Protocol):
         self, task_id: str, request: task_pb2.SignalTaskRequest, delivery: SignalDelivery
     ) -> SignalOutcome:
         """Append a signal to a task that has not finished and has fewer than the delivery's
-        `max_signals`, once per request_id (a repeat is answered even then). If a replica holds
-        the task (it runs), the signal waits there to be taken in; otherwise it is written with
-        `delivery`, and a waiting task is queued to resume."""
+        `max_signals` (with their bytes within `max_signal_bytes`), once per request_id (a
+        repeat is answered even then). If a replica holds the task (it runs), the signal waits
+        there to be taken in; otherwise it is written with `delivery`, and a waiting task is
+        queued to resume."""
         ...
 
     async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:

@@ -97,6 +97,7 @@ class RedisWaits:
                     int((now_seconds() + delivery.lease_seconds) * 1000),
                     self.layout.signal_channel,
                     delivery.max_signals,
+                    delivery.max_signal_bytes,
                     *TERMINAL,
                 ],
             )

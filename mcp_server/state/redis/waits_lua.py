@@ -10,8 +10,9 @@ from mcp_server.state.redis.fair_lua import FAIR
 #       sequence, the event, the live part with it, the step it goes to, that step's new wait
 #       record (''), now ms, waiting, the holder to lease a waiting task to ('' to queue it), its
 #       lease expiry ms, the channel to nudge the holder on, the most signals the task may have
-#       (0: no limit), then the terminal statuses
-# -> {'duplicate', index, request, '<sequence>|<step>'} | {'finished'} | {'full'} | {'appended', index}
+#       and the most bytes of them (0: no limit), then the terminal statuses
+# -> {'duplicate', index, request, '<sequence>|<step>'} | {'finished'} | {'full'} | {'full of bytes'}
+#    | {'appended', index}
 #    | {'stale'} | {'delivered', index} | {'leased', index, fixed, live, token}
 SEND_SIGNAL = (
     FAIR
@@ -24,16 +25,19 @@ if ARGV[2] ~= '' then
 end
 local f = redis.call('HMGET', KEYS[1], 'st', 'seq')
 if not f[1] then return {'finished'} end
-for i = 16, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
-local count = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
+for i = 17, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
+local kept = redis.call('HMGET', KEYS[2], 'n', 'b')
+local count = tonumber(kept[1] or '0')
 if ARGV[15] ~= '0' and count >= tonumber(ARGV[15]) then return {'full'} end
+local bytes = tonumber(kept[2] or '0') + #ARGV[3]
+if ARGV[16] ~= '0' and bytes > tonumber(ARGV[16]) then return {'full of bytes'} end
 local through = tonumber(redis.call('HGET', KEYS[2], 'tk') or '0')
 -- held by a replica, or with signals before it not taken in: the run that holds it (or the next
 -- run) takes it in, in order
 local held = redis.call('ZSCORE', KEYS[7], ARGV[1]) or count > through
 if not held and f[2] ~= ARGV[4] then return {'stale'} end
 local index = count + 1
-redis.call('HSET', KEYS[2], 'n', index, index, ARGV[3])
+redis.call('HSET', KEYS[2], 'n', index, 'b', bytes, index, ARGV[3])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'r:' .. ARGV[2], index) end
 if held then
   redis.call('ZADD', KEYS[5], ARGV[10], ARGV[1])

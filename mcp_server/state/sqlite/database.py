@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS protocol_instances (
 CREATE TABLE IF NOT EXISTS breakers (protocol TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS signals (
   task_id TEXT NOT NULL, idx INTEGER NOT NULL, request_id TEXT NOT NULL, data BLOB NOT NULL,
-  sequence INTEGER NOT NULL DEFAULT 0, assigned TEXT NOT NULL DEFAULT '',
+  sequence INTEGER NOT NULL DEFAULT 0, assigned TEXT NOT NULL DEFAULT '', held_bytes INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (task_id, idx)) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS signals_by_request ON signals (task_id, request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS signals_untaken ON signals (task_id) WHERE sequence = 0;
@@ -209,6 +209,9 @@ def _connect(path: str) -> sqlite3.Connection:
     for column, alter in ADDED_COLUMNS.items():
         if column not in columns:
             db.execute(alter)
+    if "held_bytes" not in {row[1] for row in db.execute("PRAGMA table_info(signals)")}:
+        # the bytes of a task's signals through each one (its last says what the task holds)
+        db.execute("ALTER TABLE signals ADD COLUMN held_bytes INTEGER NOT NULL DEFAULT 0")
     if "used" not in {row[1] for row in db.execute("PRAGMA table_info(rate_limits)")}:
         db.execute("ALTER TABLE rate_limits ADD COLUMN used REAL NOT NULL DEFAULT 0")
         db.execute(

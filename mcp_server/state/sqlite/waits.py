@@ -39,6 +39,7 @@ class SqliteWaits:
             signal=request.signal, payload=request.payload, request_id=request.request_id, step_path=request.step_path
         )
         events: list[task_pb2.TaskEvent] = []
+        data = stored.SerializeToString()
 
         def send(db: sqlite3.Connection) -> SignalOutcome:
             if request.request_id:
@@ -55,16 +56,19 @@ class SqliteWaits:
             ).fetchone()
             if head is None or head[0] in TERMINAL:
                 return SignalOutcome("finished")
-            index = (
-                1 + db.execute("SELECT COALESCE(MAX(idx), 0) FROM signals WHERE task_id=?", (task_id,)).fetchone()[0]
-            )
+            last = db.execute(
+                "SELECT idx, held_bytes FROM signals WHERE task_id=? ORDER BY idx DESC LIMIT 1", (task_id,)
+            ).fetchone()
+            index, held_bytes = (last[0] + 1, last[1] + len(data)) if last else (1, len(data))
             if delivery.max_signals and index > delivery.max_signals:
                 return SignalOutcome("full")
+            if delivery.max_signal_bytes and held_bytes > delivery.max_signal_bytes:
+                return SignalOutcome("full of bytes")
             if head[2] is not None:  # leased: the replica that runs it takes it in
                 with db:
                     db.execute(
-                        "INSERT INTO signals VALUES (?,?,?,?,0,'')",
-                        (task_id, index, request.request_id, stored.SerializeToString()),
+                        "INSERT INTO signals VALUES (?,?,?,?,0,'',?)",
+                        (task_id, index, request.request_id, data, held_bytes),
                     )
                 return SignalOutcome("appended", SignalRecord(index, stored))
             if head[1] != delivery.expected_sequence:
@@ -72,8 +76,8 @@ class SqliteWaits:
             event = delivery.event
             with db:
                 db.execute(
-                    "INSERT INTO signals VALUES (?,?,?,?,?,?)",
-                    (task_id, index, request.request_id, stored.SerializeToString(), event.sequence, delivery.assigned),
+                    "INSERT INTO signals VALUES (?,?,?,?,?,?,?)",
+                    (task_id, index, request.request_id, data, event.sequence, delivery.assigned, held_bytes),
                 )
                 db.execute("INSERT INTO events VALUES (?,?,?)", (task_id, event.sequence, event.SerializeToString()))
                 db.execute(

@@ -29,6 +29,8 @@ class FollowedLog:
         self.idle_since = time.monotonic()
         self.error: McpError | None = None
         self.ahead: dict[int, task_pb2.TaskEvent] = {}  # arrived before the events they follow
+        # a read of the store that will fill the log from `start` is under way (see Followers.has_gap)
+        self.reading = False
 
     @property
     def last_sequence(self) -> int:
@@ -97,9 +99,10 @@ class Followers:
             del self.logs[key]
 
     def has_gap(self, key: str) -> bool:
-        """Whether `key` holds events that arrived ahead of ones it has not seen yet."""
+        """Whether `key` holds events that arrived ahead of ones it has not seen yet, with no
+        read of the store under way that will bring those (see `reading`)."""
         log = self.logs.get(key)
-        return log is not None and bool(log.ahead)
+        return log is not None and bool(log.ahead) and not log.reading
 
     def add(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
         """Events of `key` read from the store, or written by this process."""

@@ -164,3 +164,47 @@ async def test_a_replica_that_takes_a_task_back_still_reads_what_another_wrote_m
     finally:
         await store.tasks.conn.do(store.tasks.conn.r.delete(key))  # type: ignore[attr-defined]
         await store.close()
+
+
+async def test_a_gap_before_a_first_read_waits_for_that_read_and_one_it_leaves_goes_to_the_xread(
+    redis_url, monkeypatch
+):
+    """A watcher that comes right after its task is submitted here follows, then reads the
+    stream, while the run writes on: events written meanwhile arrive ahead of a gap the read
+    fills, so no XREAD is woken for it (before, each such watcher cost a wake-up write and an
+    XREAD of the stream). A gap the read leaves (another replica wrote 5-6) still goes to the
+    XREAD at once."""
+    import uuid
+
+    from mcp_server.engine.events import make_event
+    from mcp_server.state import open_store
+
+    monkeypatch.setattr(StreamHub, "LOCAL_SECONDS", 600.0)  # only a wake-up brings the XREAD to a local stream
+    woken: list[str] = []
+    wake = StreamHub._wake_readers_of
+    monkeypatch.setattr(StreamHub, "_wake_readers_of", lambda hub, key: (woken.append(key), wake(hub, key)))
+    store = await open_store(redis_url)
+    hub = store.tasks.hub  # type: ignore[attr-defined]
+    events = [make_event("t", n, task_pb2.TASK_EVENT_TYPE_PROGRESS) for n in range(1, 8)]
+    quiet, missing = f"stream-under-test:{uuid.uuid4().hex}", f"stream-under-test:{uuid.uuid4().hex}"
+    try:
+        hub.written(quiet, events[:1])  # this replica runs the task: the stream is its own
+        await hub.follow(quiet, 0, 0, reading=True)
+        hub.written(quiet, events[4:6])  # the run writes 5-6 while the read is under way
+        assert woken == []
+        hub.feed(quiet, events[:4])  # the read brings 1-4
+        assert [e.sequence for e in await hub.wait(quiet, 0, 0, 1.0)] == [1, 2, 3, 4, 5, 6] and woken == []
+
+        hub.written(missing, events[:1])
+        await hub.follow(missing, 0, 0, reading=True)
+        for event in events[4:6]:  # another replica writes 5-6 after the read began
+            await store.tasks.conn.do(  # type: ignore[attr-defined]
+                store.tasks.conn.r.xadd(missing, {"e": event.SerializeToString()}, id=f"0-{event.sequence}")  # type: ignore[attr-defined]
+            )
+        hub.written(missing, events[6:7])  # this replica runs it again: 7
+        hub.feed(missing, events[:4])  # the read saw 1-4 only: 5-6 are for the XREAD
+        assert woken == [missing]
+        assert [e.sequence for e in await hub.wait(missing, 0, 4, 5.0)] == [5, 6, 7]
+    finally:
+        await store.tasks.conn.do(store.tasks.conn.r.delete(quiet, missing))  # type: ignore[attr-defined]
+        await store.close()

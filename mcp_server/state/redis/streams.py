@@ -101,12 +101,16 @@ class StreamHub:
     def covers(self, key: str, after_sequence: int) -> bool:
         return self.followers.covers(key, after_sequence)
 
-    async def follow(self, key: str, partition: int, after_sequence: int) -> None:
+    async def follow(self, key: str, partition: int, after_sequence: int, reading: bool = False) -> None:
         """Start following `key` from `after_sequence`: from now on, whatever is written there
-        reaches the hub. The caller then reads the stream once and passes that to `feed`."""
+        reaches the hub. `reading`: the caller now reads the stream once and passes that to
+        `feed` (it must, even on failure), so a gap before events written here meanwhile is left
+        to that read, not to the XREAD: a watcher that comes right after its task is submitted
+        here costs no wake-up and no XREAD of the stream."""
         self.followers.prune()
-        _, new = self.followers.follow(key, after_sequence)
+        log, new = self.followers.follow(key, after_sequence)
         if new:
+            log.reading = reading
             await self._reader(partition).include(key)
 
     def follow_new(self, key: str, partition: int) -> None:
@@ -125,8 +129,13 @@ class StreamHub:
         return reader
 
     def feed(self, key: str, events: Sequence[task_pb2.TaskEvent]) -> None:
-        """Events read from the stream itself (see follow)."""
+        """Events read from the stream itself (see follow); [] when that read failed."""
+        log = self.followers.logs.get(key)
+        if log is not None:
+            log.reading = False
         self.followers.add(key, events)
+        if self.is_local(key) and self.followers.has_gap(key):
+            self._wake_readers_of(key)  # the read did not fill the gap: another replica wrote meanwhile
 
     async def wait(
         self, key: str, partition: int, after_sequence: int, timeout: float

@@ -222,9 +222,14 @@ class RedisTasks:
         if not self.hub.covers(key, after_sequence):
             # Follow first, then read: what is written meanwhile reaches the hub, what was written
             # before is in the read, so no event falls between the two.
-            await self.hub.follow(key, partition, after_sequence)
-            events = await self.read_events(task_id, after_sequence, EVENTS_PAGE)
+            await self.hub.follow(key, partition, after_sequence, reading=True)
+            try:
+                events = await self.read_events(task_id, after_sequence, EVENTS_PAGE)
+            except BaseException:
+                self.hub.feed(key, [])
+                raise
             if len(events) == EVENTS_PAGE:  # more are stored after this page: read on from there next time
+                self.hub.feed(key, [])  # the read is over; the log cannot continue from it
                 self.hub.followers.unfollow(key)
                 return events
             self.hub.feed(key, events)

@@ -5,6 +5,11 @@ it follows reaches it from memory (the writes of this process, or on Redis the r
 XREAD), whatever was written before is in the read, and events that arrive ahead of a gap are
 held until the gap is filled. So a watcher sees every event once, in order, and a log that
 this process writes costs no store read per event.
+
+A log keeps its latest events only (KEPT_EVENTS, KEPT_BYTES): a task's log may grow to
+gigabytes (10,000 progress events of up to 1 MB per attempt, attempts without end), and one
+watcher made this process hold all of it. A watcher further behind than what is kept reads the
+store, as one that starts late does.
 """
 
 from __future__ import annotations
@@ -16,13 +21,18 @@ from collections.abc import Sequence
 from mcp_sdk.proto import task_pb2
 from mcp_server.errors import McpError
 
+KEPT_EVENTS = 1000
+KEPT_BYTES = 8 * 1024 * 1024
+
 
 class FollowedLog:
-    """What this process knows of one task's event log, from `start` on."""
+    """What this process knows of one task's event log, after `start`: `events` hold the
+    sequences start + 1, start + 2, ... in order, the latest KEPT_EVENTS (KEPT_BYTES) of them."""
 
     def __init__(self, after_sequence: int) -> None:
         self.start = after_sequence
         self.events: list[task_pb2.TaskEvent] = []
+        self.kept_bytes = 0
         self.waiters: set[asyncio.Future[None]] = set()
         self.watchers = 0
         # idle from the start: a log whose first read held the task's end is never waited on
@@ -49,13 +59,33 @@ class FollowedLog:
         grown = False
         while (following := self.ahead.pop(self.last_sequence + 1, None)) is not None:
             self.events.append(following)
+            self.kept_bytes += following.ByteSize()
             grown = True
         if grown:
+            self._trim()
             self.error = None
             for waiter in self.waiters:
                 if not waiter.done():
                     waiter.set_result(None)
         return grown
+
+    def after(self, after_sequence: int) -> list[task_pb2.TaskEvent] | None:
+        """The events after `after_sequence`, or None when some of them are not kept here."""
+        if after_sequence < self.start:
+            return None
+        return self.events[after_sequence - self.start :]
+
+    def _trim(self) -> None:
+        """Forget the oldest events past KEPT_EVENTS or KEPT_BYTES (the newest is always kept)."""
+        drop = max(0, len(self.events) - KEPT_EVENTS)
+        kept = self.kept_bytes - sum(e.ByteSize() for e in self.events[:drop])
+        while kept > KEPT_BYTES and drop < len(self.events) - 1:
+            kept -= self.events[drop].ByteSize()
+            drop += 1
+        if drop:
+            self.start = self.events[drop - 1].sequence
+            del self.events[:drop]
+            self.kept_bytes = kept
 
     def failed(self, error: McpError) -> None:
         """The source of this log cannot be read right now; waiters time out with `error`."""
@@ -130,9 +160,7 @@ class Followers:
                     if log.error is not None:
                         raise log.error
                     return []
-            if after_sequence < log.start:
-                return None
-            return [e for e in log.events if e.sequence > after_sequence]
+            return log.after(after_sequence)
         finally:
             if timer is not None:
                 timer.cancel()

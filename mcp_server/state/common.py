@@ -16,12 +16,20 @@ from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, Re
 
 ACTIVE = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
 TERMINAL = (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED)
-# events read from a task's log at once; a watcher that starts behind reads on page by page
+# events read from a task's log at once, and their bytes (past them the page ends after the event
+# that passed; events may be 1 MB, so 1,000 of them would have been 1 GB in one read); a watcher
+# that starts behind reads on page by page
 EVENTS_PAGE = 1000
+EVENTS_PAGE_BYTES = 4 * 1024 * 1024
 # The queue limit is checked against a count at most this old, plus what this process queued since:
 # counting walks the queue's index (on SQLite 2.8 ms per submission with 100,000 queued, the
 # default limit). Under a burst the queue can pass its limit by what other replicas queue meanwhile.
 QUEUE_LENGTH_CACHE_SECONDS = 0.1
+
+
+def page_is_full(events: list[task_pb2.TaskEvent]) -> bool:
+    """Whether a page of events read from a log may have more after it (see EVENTS_PAGE)."""
+    return len(events) >= EVENTS_PAGE or sum(event.ByteSize() for event in events) >= EVENTS_PAGE_BYTES
 
 
 def encode_token(value: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.settings import Limits
+from mcp_server.state.common import EVENTS_PAGE_BYTES
 from tests.conftest import client_for
 from tests.helpers import create, step, workflow
 
@@ -69,3 +70,29 @@ async def test_an_event_past_the_limit_keeps_its_small_fields_and_names_what_it_
     assert task.status == task_pb2.TASK_STATUS_COMPLETED
     stored = await running.orchestrator.store.tasks.read_events(task_id, 0)  # bounded as made, not only as sent
     assert max(e.ByteSize() for e in stored) <= 256 * 1024 and len(stored) == task.last_sequence
+
+
+async def test_a_read_of_a_log_of_large_events_ends_past_a_page_of_bytes(server_factory, store_url):
+    """Events may be 1 MB each: a page of 1,000 was up to 1 GB read at once, by every watcher
+    that started behind. A read now ends after the event that takes it to EVENTS_PAGE_BYTES, and
+    a watcher reads on from there, page by page, missing nothing."""
+    running = await server_factory(store_url)
+    client = client_for(running)
+    await create(client, chatty("paged-progress", 15, 600_000))  # 9 MB of progress
+    messages = [
+        m async for m in client.tasks.SubmitAndWatchTask(task_pb2.SubmitTaskRequest(workflow_id="paged-progress"))
+    ]
+    task_id = messages[0].submitted.task.task_id
+    tasks = running.orchestrator.store.tasks
+    pages, after = [], 0
+    while page := await tasks.read_events(task_id, after):
+        pages.append(page)
+        after = page[-1].sequence
+    sizes = [sum(e.ByteSize() for e in page) for page in pages]
+    assert len(pages) == 3, sizes  # 9 MB in pages that end past 4 MB
+    for page, size in zip(pages[:-1], sizes):
+        assert size >= EVENTS_PAGE_BYTES > size - page[-1].ByteSize()
+    assert [e.sequence for page in pages for e in page] == list(range(1, after + 1))
+    late = await every_watch(client, task_id)  # watchers that start at the beginning, behind
+    for name, log in late.items():
+        assert [e.sequence for e in log] == list(range(1, after + 1)), name

@@ -103,7 +103,8 @@ class TaskStore(Protocol):
         ...
 
     async def read_events(self, task_id: str, after_sequence: int, limit: int = 1000) -> list[task_pb2.TaskEvent]:
-        """Events after `after_sequence`, in order, at most `limit`."""
+        """Events after `after_sequence`, in order, at most `limit`, ending after the one that
+        takes them to EVENTS_PAGE_BYTES (state.common)."""
         ...
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:

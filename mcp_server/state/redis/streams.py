@@ -65,7 +65,7 @@ class _PartitionReader:
                 continue
             wanted[self.wake_key] = self.wake_id
             try:
-                reply = await store.do(store.r.xread(wanted, count=1000, block=StreamHub.BLOCK_MS))
+                reply = await store.do(store.r.xread(wanted, count=StreamHub.READ_COUNT, block=StreamHub.BLOCK_MS))
             except Unavailable as exc:
                 for key in self.keys:
                     logs[key].failed(exc)
@@ -85,6 +85,9 @@ class StreamHub:
     by its own writes instead, while it writes it."""
 
     BLOCK_MS = 1000
+    # entries per stream per XREAD: events may be 1 MB each, and a watcher that starts behind
+    # has the XREAD read the log's history too (1,000 of them were up to 1 GB in one reply)
+    READ_COUNT = 32
     # a stream this replica wrote within this time is fed by its own writes, not by XREAD
     LOCAL_SECONDS = 5.0
     LOCAL_RECHECK_SECONDS = 0.25

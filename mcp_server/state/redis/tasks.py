@@ -15,9 +15,11 @@ from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
 from mcp_server.errors import FieldViolation, InvalidArgument
 from mcp_server.state.common import (
     EVENTS_PAGE,
+    EVENTS_PAGE_BYTES,
     TERMINAL,
     assemble,
     now_seconds,
+    page_is_full,
 )
 from mcp_server.state.redis import tasks_lua as lua
 from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
@@ -35,6 +37,7 @@ class RedisTasks:
         self._purge = conn.register(lua.PURGE_FINISHED)
         self._read_linked = conn.register(lua.READ_LINKED)
         self._read_steps = conn.register(lua.READ_STEPS)
+        self._read_events = conn.register(lua.READ_EVENTS)
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
         """Read on every watch start and GetTask: through the lane when there is one."""
@@ -204,14 +207,11 @@ class RedisTasks:
     async def read_events(
         self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE
     ) -> list[task_pb2.TaskEvent]:
-        key, start = self.layout.task(task_id).events, f"(0-{after_sequence}"
-        if self.conn.lane is None:
-            entries = await self.conn.do(self.conn.r.xrange(key, start, "+", count=limit))
-            return [task_pb2.TaskEvent.FromString(fields[b"e"]) for _, fields in entries]
-        raw = await self.conn.do(
-            self.conn.lane.call("XRANGE", key, start, "+", "COUNT", limit)
-        )  # [[id, [field, value, ...]], ...]
-        return [task_pb2.TaskEvent.FromString(fields[fields.index(b"e") + 1]) for _, fields in raw]
+        key = self.layout.task(task_id).events
+        found = await self.conn.do(
+            self.conn.script(self._read_events, [key], [f"(0-{after_sequence}", limit, EVENTS_PAGE_BYTES])
+        )
+        return [task_pb2.TaskEvent.FromString(data) for data in found]
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
         """Events after `after_sequence`, waiting up to `timeout` for one. However many watchers
@@ -228,7 +228,7 @@ class RedisTasks:
             except BaseException:
                 self.hub.feed(key, [])
                 raise
-            if len(events) == EVENTS_PAGE:  # more are stored after this page: read on from there next time
+            if page_is_full(events):  # more may be stored after this page: read on from there next time
                 self.hub.feed(key, [])  # the read is over; the log cannot continue from it
                 self.hub.followers.unfollow(key)
                 return events

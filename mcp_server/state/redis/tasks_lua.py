@@ -158,6 +158,30 @@ return found
 """
 
 
+# KEYS: events; ARGV: the first id not to read ('(0-N'), the most events, the most bytes -> the
+# events' data in order, ending after the one that takes them to that many bytes (read 16 at a
+# time, so that no more than that is read however large the events are)
+READ_EVENTS = """
+local found, bytes, start, left = {}, 0, ARGV[1], tonumber(ARGV[2])
+while left > 0 do
+  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(left, 16))
+  if #entries == 0 then break end
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'e' then
+        table.insert(found, fields[i + 1])
+        bytes = bytes + #fields[i + 1]
+      end
+    end
+    left = left - 1
+    if bytes >= tonumber(ARGV[3]) then return found end
+  end
+  start = '(' .. entries[#entries][1]
+end
+return found
+"""
+
 # KEYS: step order, step records; ARGV: first index, how many -> {index, path, record, ...} of the
 # records from that index on, in order, up to the first index that has none
 READ_STEPS = """

@@ -14,11 +14,13 @@ from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
 from mcp_server.errors import LeaseLost
 from mcp_server.state.common import (
     EVENTS_PAGE,
+    EVENTS_PAGE_BYTES,
     TERMINAL,
     assemble,
     decode_position,
     encode_token,
     now_seconds,
+    page_is_full,
 )
 from mcp_server.state.sqlite.database import SqliteDatabase
 
@@ -139,11 +141,21 @@ class SqliteTasks:
     async def read_events(
         self, task_id: str, after_sequence: int, limit: int = EVENTS_PAGE
     ) -> list[task_pb2.TaskEvent]:
-        rows = await self.db.rows(
-            "SELECT data FROM events WHERE task_id=? AND sequence>? ORDER BY sequence LIMIT ?",
-            (task_id, after_sequence, limit),
-        )
-        return [task_pb2.TaskEvent.FromString(r[0]) for r in rows]
+        def read(db: sqlite3.Connection) -> list[task_pb2.TaskEvent]:
+            rows = db.execute(  # stepped row by row: no more than a page's bytes is read
+                "SELECT data FROM events WHERE task_id=? AND sequence>? ORDER BY sequence LIMIT ?",
+                (task_id, after_sequence, limit),
+            )
+            events, total = [], 0
+            for (data,) in rows:
+                events.append(task_pb2.TaskEvent.FromString(data))
+                total += len(data)
+                if total >= EVENTS_PAGE_BYTES:
+                    break
+            rows.close()
+            return events
+
+        return await self.db.run(read)
 
     async def wait_events(self, task_id: str, after_sequence: int, timeout: float) -> list[task_pb2.TaskEvent]:
         """Events after `after_sequence`, waiting up to `timeout` for one. Every write is this
@@ -153,7 +165,7 @@ class SqliteTasks:
             self.db.followers.prune()
             self.db.followers.follow(task_id, after_sequence)  # first follow, then read: nothing falls between
             events = await self.read_events(task_id, after_sequence, EVENTS_PAGE)
-            if len(events) == EVENTS_PAGE:  # more are stored after this page: read on from there next time
+            if page_is_full(events):  # more may be stored after this page: read on from there next time
                 self.db.followers.unfollow(task_id)
                 return events
             self.db.followers.add(task_id, events)

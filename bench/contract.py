@@ -3,13 +3,14 @@ alone see it (issue 30), against the thin orchestrator and, where they run here,
 
 The plugin is bench/unary_plugin.py: Describe and a unary Execute, as a Go or Node plugin would
 serve (no ExecuteMany), the same kind of server as the thin orchestrator's step server. A chain is
-3 no-op steps; 64 in flight for throughput (over 8 connections), one at a time for the p50; CPU is counted in every
-process involved. Each path is how a client written from the protos reads a task's end:
-SubmitAndWatchTask, SubmitTask + the per-event WatchTask, RunTask. `--processes 2` runs the
-server as two processes on one address, beside the thin orchestrator run the same way. Fan-out: 100 branches of a 100 ms call through each path
-against the same 100 calls gathered by a client. Rounds interleave, so the drift of the machine
-falls on every system alike; each figure is the median of the rounds. `--baseline REF` adds that
-commit's server (one process) on each path, for before-and-after figures from one run.
+3 no-op steps; 64 in flight for throughput (over 8 connections), one at a time for the p50; CPU is
+counted in every process involved. Each path is how a client written from the protos reads a
+task's end: SubmitAndWatchTask, SubmitTask + the per-event WatchTask, RunTask. `--processes 2`
+runs the server as two processes on one address, beside the thin orchestrator run the same way.
+Fan-out: 100 branches of a 100 ms call through each path against the same 100 calls gathered by a
+client. Rounds interleave, so the drift of the machine falls on every system alike; each figure is
+the median of the rounds. `--baseline REF` adds that commit's server (one process) on each path,
+for before-and-after figures from one run.
 """
 
 from __future__ import annotations

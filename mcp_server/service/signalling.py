@@ -33,6 +33,17 @@ from mcp_server.state.common import TERMINAL, live_part
 TAKE_IN_WAIT_SECONDS = 5.0
 
 
+# a task full of signals, by the store's outcome: the limit's setting, the reason, what passed it
+FULL = {
+    "full": ("max_signals_per_task", "TOO_MANY_SIGNALS", "has received {:,} signals"),
+    "full of bytes": (
+        "max_signal_bytes_per_task",
+        "TOO_MANY_SIGNAL_BYTES",
+        "would hold more than {:,} bytes of signals with this one",
+    ),
+}
+
+
 class Signalling:
     def __init__(
         self,
@@ -131,19 +142,12 @@ class Signalling:
 
     async def _answer(self, header: task_pb2.Task, outcome: SignalOutcome) -> task_pb2.SignalTaskResponse:
         record = outcome.record
-        if outcome.status == "full":
-            most = self.settings.limits.max_signals_per_task
+        if outcome.status in FULL:
+            setting, reason, what = FULL[outcome.status]
+            most = getattr(self.settings.limits, setting)
             raise ResourceExhausted(
-                f"task {header.task_id} has received {most} signals, the most a task may"
-                " (MCP_LIMIT_MAX_SIGNALS_PER_TASK)",
-                reason="TOO_MANY_SIGNALS",
-            )
-        if outcome.status == "full of bytes":
-            most = self.settings.limits.max_signal_bytes_per_task
-            raise ResourceExhausted(
-                f"task {header.task_id} would hold more than {most:,} bytes of signals with this one, the most a"
-                " task may (MCP_LIMIT_MAX_SIGNAL_BYTES_PER_TASK)",
-                reason="TOO_MANY_SIGNAL_BYTES",
+                f"task {header.task_id} {what.format(most)}, the most a task may (MCP_LIMIT_{setting.upper()})",
+                reason=reason,
             )
         if outcome.status == "finished" or record is None:
             raise FailedPrecondition(f"task {header.task_id} has finished", reason="TASK_FINISHED")

@@ -191,6 +191,10 @@ async function refreshStep(taskId, path, row) {
   }
 }
 
+// The event table shows a task's latest EVENT_ROWS events: a log may hold hundreds of thousands
+// (WatchTask and `mcp task watch` give them all); the tree and the steps follow every one.
+const EVENT_ROWS = 1000;
+
 function appendEvent(body, event) {
   const row = document.createElement("tr");
   row.dataset.sequence = String(event.sequence);
@@ -199,6 +203,19 @@ function appendEvent(body, event) {
     row.append(el("td", "", value));
   }
   body.append(row);
+  let note = body.rows[0].classList.contains("left-out") ? body.rows[0] : null;
+  if (body.rows.length - (note ? 1 : 0) <= EVENT_ROWS) return;
+  (note ? body.rows[1] : body.rows[0]).remove();
+  if (!note) {
+    note = el("tr", "left-out");
+    const cell = el("td", "dim");
+    cell.colSpan = 7;
+    note.append(cell);
+    body.prepend(note);
+  }
+  const count = Number(note.dataset.count || 0) + 1;
+  note.dataset.count = String(count);
+  note.firstChild.textContent = `${count} earlier events are not shown here (WatchTask and mcp task watch give them all)`;
 }
 
 async function refreshHeader(taskId) {

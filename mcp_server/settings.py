@@ -192,8 +192,16 @@ POSITIVE = frozenset(
 )
 
 
-# Limits that may be 0: no submission rate limit; a replica that serves the API and runs no task.
-ZERO_ALLOWED_LIMITS = frozenset({"submissions_per_second", "max_tasks_in_flight"})
+# Limits that may be 0: no submission rate limit; a replica that serves the API and runs no task;
+# no CEL cost budget; no cap on a task's signal bytes.
+ZERO_ALLOWED_LIMITS = frozenset(
+    {
+        "submissions_per_second",
+        "max_tasks_in_flight",
+        "max_cel_cost",
+        "max_signal_bytes_per_task",
+    }
+)
 
 
 class SettingsError(ValueError):

@@ -44,6 +44,10 @@ class Limits:
     # 0: this replica serves the API and runs no task (others on the same store do)
     max_tasks_in_flight: int = 1000
     max_queue_length: int = 100_000
+    # tasks one owner (the principal that submitted them) may have queued: past it that owner's
+    # submissions are refused (OWNER_QUEUE_FULL) while others' are still taken, so one tenant's
+    # backlog cannot fill the queue for everyone; 0: no limit but max_queue_length
+    max_queued_per_owner: int = 50_000
     max_watchers_per_task: int = 1000
     # signals a task may receive in all (taken or kept): a task's signal log is stored with it
     max_signals_per_task: int = 10_000
@@ -193,13 +197,14 @@ POSITIVE = frozenset(
 
 
 # Limits that may be 0: no submission rate limit; a replica that serves the API and runs no task;
-# no CEL cost budget; no cap on a task's signal bytes.
+# no CEL cost budget; no cap on a task's signal bytes; no share of the queue per owner.
 ZERO_ALLOWED_LIMITS = frozenset(
     {
         "submissions_per_second",
         "max_tasks_in_flight",
         "max_cel_cost",
         "max_signal_bytes_per_task",
+        "max_queued_per_owner",
     }
 )
 

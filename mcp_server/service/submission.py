@@ -171,6 +171,7 @@ class Submission:
             kept,
             group,
             follow,
+            self.settings.limits.max_queued_per_owner,
         )
         if created:
             for listener in self.listeners:

@@ -25,6 +25,8 @@ EVENTS_PAGE_BYTES = 4 * 1024 * 1024
 # counting walks the queue's index (on SQLite 2.8 ms per submission with 100,000 queued, the
 # default limit). Under a burst the queue can pass its limit by what other replicas queue meanwhile.
 QUEUE_LENGTH_CACHE_SECONDS = 0.1
+# owners whose queued tasks a store remembers having counted (past it, it forgets them all)
+MAX_OWNERS_COUNTED = 10_000
 
 
 def page_is_full(events: list[task_pb2.TaskEvent]) -> bool:
@@ -127,6 +129,17 @@ class QueueFull(ResourceExhausted):
         super().__init__(f"the queue holds {limit} tasks, its limit; retry later", reason="QUEUE_FULL")
 
 
+class OwnerQueueFull(ResourceExhausted):
+    """The submitting owner has its maximum number of tasks queued; raised by create_task."""
+
+    def __init__(self, owner: str, limit: int) -> None:
+        super().__init__(
+            f"{owner or 'this owner'} has {limit} tasks queued, the most one owner may have"
+            " (MCP_LIMIT_MAX_QUEUED_PER_OWNER); retry when some have started",
+            reason="OWNER_QUEUE_FULL",
+        )
+
+
 class RequestIdReused(AlreadyExists):
     """The principal used this request_id before for a different request; raised by create_task."""
 
@@ -165,6 +178,7 @@ class CreateTask:
         kept: Kept | None = None,
         group: QueueGroup | None = None,
         follow: bool = False,
+        max_per_owner: int = 0,
     ) -> tuple[task_pb2.Task, bool, int]:
         raise NotImplementedError
 
@@ -176,7 +190,10 @@ class CreateTask:
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
         group: QueueGroup | None = None,
+        max_per_owner: int = 0,
     ) -> tuple[task_pb2.Task, bool]:
         """Store a new PENDING task (see Store.create_task): create_leased with no holder."""
-        stored, created, _ = await self.create_leased(task, event, "", 0.0, max_queue, fingerprint, values, group=group)
+        stored, created, _ = await self.create_leased(
+            task, event, "", 0.0, max_queue, fingerprint, values, group=group, max_per_owner=max_per_owner
+        )
         return stored, created

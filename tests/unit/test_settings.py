@@ -54,7 +54,9 @@ def test_a_setting_that_cannot_be_used_is_named_with_the_reason(env, said):
     assert said in str(raised.value)
 
 
-@pytest.mark.parametrize("name", ["MAX_CEL_COST", "MAX_SIGNAL_BYTES_PER_TASK", "SUBMISSIONS_PER_SECOND"])
+@pytest.mark.parametrize(
+    "name", ["MAX_CEL_COST", "MAX_SIGNAL_BYTES_PER_TASK", "MAX_QUEUED_PER_OWNER", "SUBMISSIONS_PER_SECOND"]
+)
 def test_a_limit_documented_as_off_at_zero_can_be_set_to_zero(name):
     # each says "0: no limit" (or no budget) in settings.py and the docs; the server must start so
     settings = settings_from([], {f"MCP_LIMIT_{name}": "0"})

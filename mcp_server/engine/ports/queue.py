@@ -65,11 +65,14 @@ class TaskQueue(Protocol):
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
         group: QueueGroup | None = None,
+        max_per_owner: int = 0,
     ) -> tuple[task_pb2.Task, bool]:
         """Store `task` (its fixed part: everything but status and what changes while it runs)
         with its first event and the `values` its input refers to, and queue it. A task of the
         same owner with the same request_id is returned instead (created False) when its
-        fingerprint matches; when it does not, RequestIdReused. QueueFull past `max_queue`."""
+        fingerprint matches; when it does not, RequestIdReused. QueueFull past `max_queue`,
+        OwnerQueueFull past `max_per_owner` tasks of its owner queued (both counts may be up to
+        QUEUE_LENGTH_CACHE_SECONDS old; 0: no limit)."""
         ...
 
     async def create_leased(
@@ -84,6 +87,7 @@ class TaskQueue(Protocol):
         kept: Kept | None = None,
         group: QueueGroup | None = None,
         follow: bool = False,
+        max_per_owner: int = 0,
     ) -> tuple[task_pb2.Task, bool, int]:
         """create_task for a task that `holder` starts at once: it is stored already leased
         (the lease token is returned; 0 when an existing task was returned) and never queued.

@@ -20,6 +20,8 @@ micros>:<task id>` are tasks queued before groups existed; they are claimed as t
     Q:m:<group>             every unfinished task of a concurrency key's group: set of task ids,
                             pruned as it is read
     Q:n                     how many tasks are queued: hash priority -> count
+    Q:o                     how many tasks of each owner are queued here: hash owner -> count
+                            (tasks queued before it existed are not counted; a count never goes below 0)
 
 A task's header has `fg` (its group) and `cap` (the group's max_running, 0: none). A group's
 tasks all live in one partition when it has a cap (the task ids are chosen so), which keeps
@@ -48,24 +50,31 @@ local function fair_activate(Q, group, pr)
   redis.call('ZADD', Q, -tonumber(pr), member)
   redis.call('HSET', Q .. ':a', slot, member)
 end
+-- one task of `owner` more (1) or fewer (-1) queued in this partition
+local function fair_count_owner(Q, owner, by)
+  if not owner then return end
+  if redis.call('HINCRBY', Q .. ':o', owner, by) <= 0 then redis.call('HDEL', Q .. ':o', owner) end
+end
 -- queue a task (its header at `head`) behind the others of its group
 local function fair_push(Q, head)
-  local f = redis.call('HMGET', head, 'qm', 'pr', 'fg')
+  local f = redis.call('HMGET', head, 'qm', 'pr', 'fg', 'ow')
   if not f[3] or f[3] == '' then
     redis.call('ZADD', Q, -tonumber(f[2]), f[1])
     return
   end
   if redis.call('ZADD', Q .. ':f:' .. f[3] .. '|' .. f[2], 0, f[1]) == 1 then
     redis.call('HINCRBY', Q .. ':n', f[2], 1)
+    fair_count_owner(Q, f[4], 1)
   end
   fair_activate(Q, f[3], f[2])
 end
 -- take a task out of the queue; true if it was queued (its group's turn, if now empty, lapses at its claim)
 local function fair_remove(Q, head)
-  local f = redis.call('HMGET', head, 'qm', 'pr', 'fg')
+  local f = redis.call('HMGET', head, 'qm', 'pr', 'fg', 'ow')
   if not f[3] or f[3] == '' then return redis.call('ZREM', Q, f[1]) == 1 end
   if redis.call('ZREM', Q .. ':f:' .. f[3] .. '|' .. f[2], f[1]) == 1 then
     redis.call('HINCRBY', Q .. ':n', f[2], -1)
+    fair_count_owner(Q, f[4], -1)
     return true
   end
   return false
@@ -139,6 +148,7 @@ local function fair_take(Q, member, n, prefix, leases)
     end
     redis.call('ZREM', fifo, first[1])
     redis.call('HINCRBY', Q .. ':n', pr, -1)
+    fair_count_owner(Q, redis.call('HGET', prefix .. task_id, 'ow'), -1)
     table.insert(taken, task_id)
   end
   if redis.call('ZCARD', fifo) > 0 then fair_activate(Q, group, pr) end

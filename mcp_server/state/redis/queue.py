@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import GroupMember, Kept, QueueGroup
-from mcp_server.errors import FailedPrecondition, NotFound, Unavailable
+from mcp_server.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from mcp_server.state.common import (
-    QUEUE_LENGTH_CACHE_SECONDS,
     CreateTask,
-    QueueFull,
     RequestIdReused,
     assemble,
     fixed_part,
@@ -26,6 +23,7 @@ from mcp_server.state.common import (
 )
 from mcp_server.state.redis import queue_lua as lua
 from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
+from mcp_server.state.redis.queue_room import QueueRoom
 from mcp_server.state.redis.streams import StreamHub
 from mcp_server.state.redis.tasks import RedisTasks
 
@@ -89,7 +87,7 @@ class RedisQueue(CreateTask):
         self._depth = conn.register(lua.QUEUE_DEPTH)
         self._members = conn.register(lua.GROUP_MEMBERS)
         self._note_turns = conn.register(lua.NOTE_TURNS)
-        self._queue_length: tuple[float, int] = (0.0, 0)
+        self.room = QueueRoom(conn, self.queue_length)
 
     async def create_leased(
         self,
@@ -103,6 +101,7 @@ class RedisQueue(CreateTask):
         kept: Kept | None = None,
         group: QueueGroup | None = None,
         follow: bool = False,
+        max_per_owner: int = 0,
     ) -> tuple[task_pb2.Task, bool, int]:
         """A task with a request_id has an id derived from its owner and request_id, so the
         dedupe is the task's own key; without one, a second run of the script (a lost reply)
@@ -124,10 +123,15 @@ class RedisQueue(CreateTask):
             task.task_id = event.task_id = await self._placed_id(task, partition, task.request_id)
         elif task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
             task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
-        if max_queue and not holder and await self._cached_queue_length() >= max_queue:
-            raise QueueFull(max_queue)
         partition = self.layout.partition_of(task.task_id)
         keys = self.layout.task(task.task_id)
+        if not holder:
+            try:
+                await self.room.check(task.owner, max_queue, max_per_owner)
+            except ResourceExhausted:
+                # a client's retry of a submission that was stored is answered with its task
+                if not (task.request_id and await self.conn.do(self.conn.r.exists(keys.header))):
+                    raise
         args: list[Any] = [
             task.task_id,
             fixed_part(task),
@@ -178,9 +182,8 @@ class RedisQueue(CreateTask):
             if follow and leased:
                 self.hub.follow_new(keys.events, partition)
             self.hub.written(keys.events, [event], writer=leased)
-            if not leased:  # queued: counts against the limit before the next count
-                taken, length = self._queue_length
-                self._queue_length = (taken, length + 1)
+            if not leased:  # queued: counts against the limits before the next count
+                self.room.queued(task.owner)
             return task, True, int(detail)
         if not task.request_id:  # our own earlier try: the lease (if any) was granted then
             return task, True, 1 if holder else 0
@@ -220,17 +223,6 @@ class RedisQueue(CreateTask):
             ids.setdefault(self.layout.partition_of(candidate), candidate)
             attempt += 1
         return ids
-
-    async def _cached_queue_length(self) -> int:
-        """The queue limit is checked against a count at most QUEUE_LENGTH_CACHE_SECONDS old
-        (one round trip per tenth of a second, not per submission), plus what this replica
-        queued since: under a burst the queue can pass its limit by what other replicas queue
-        in that time."""
-        taken, length = self._queue_length
-        if time.monotonic() - taken > QUEUE_LENGTH_CACHE_SECONDS:
-            length = await self.queue_length()
-            self._queue_length = (time.monotonic(), length)
-        return length
 
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
         claimed = await self.claim_tasks(owner, lease_seconds, 1)

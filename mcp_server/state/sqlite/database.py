@@ -102,6 +102,7 @@ CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_reruns ON tasks (rerun_of) WHERE rerun_of IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (fair_group, priority, seq) WHERE queued = 1;
 CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (fair_group, status) WHERE fair_cap > 0;
+CREATE INDEX IF NOT EXISTS tasks_queued_by_owner ON tasks (owner) WHERE queued = 1;
 CREATE TABLE IF NOT EXISTS fair_turns (
   priority INTEGER NOT NULL, grp TEXT NOT NULL, turn INTEGER NOT NULL, blocked INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (priority, grp)) WITHOUT ROWID;

@@ -12,8 +12,10 @@ from mcp_server.engine.ports import GroupMember, Kept, QueueGroup
 from mcp_server.errors import NotFound
 from mcp_server.state.common import (
     ACTIVE,
+    MAX_OWNERS_COUNTED,
     QUEUE_LENGTH_CACHE_SECONDS,
     CreateTask,
+    OwnerQueueFull,
     QueueFull,
     RequestIdReused,
     assemble,
@@ -34,6 +36,8 @@ class SqliteQueue(CreateTask):
         self.db = db
         # (when counted, queued tasks then plus those this store queued since); store thread only
         self._queue_count: tuple[float, int] = (0.0, 0)
+        # the same per owner, for the owners counted while the queue was long enough to matter
+        self._owner_counts: dict[str, tuple[float, int]] = {}
 
     async def create_leased(
         self,
@@ -47,6 +51,7 @@ class SqliteQueue(CreateTask):
         kept: Kept | None = None,
         group: QueueGroup | None = None,
         follow: bool = False,
+        max_per_owner: int = 0,
     ) -> tuple[task_pb2.Task, bool, int]:
         group = group or QueueGroup.of_owner(task.owner)
         dedupe = rerun_dedupe_key(task.request_id) if kept and task.request_id else task.request_id
@@ -64,8 +69,8 @@ class SqliteQueue(CreateTask):
                     if row[2] != fingerprint:
                         raise RequestIdReused(task.request_id, existing.task_id)
                     return existing, False, 0
-            if max_queue and not holder and self._queued(db) >= max_queue:
-                raise QueueFull(max_queue)
+            if not holder:
+                self._room_in_queue(db, task.owner, max_queue, max_per_owner)
             start = holder and not (group.max_running and running_in_group(db, group.name) >= group.max_running)
             leased = (0, holder, 1, now_seconds() + lease_seconds) if start else (1, None, 0, None)
             with db:
@@ -103,6 +108,9 @@ class SqliteQueue(CreateTask):
             if not start:
                 taken, count = self._queue_count
                 self._queue_count = (taken, count + 1)
+                if task.owner in self._owner_counts:
+                    taken, count = self._owner_counts[task.owner]
+                    self._owner_counts[task.owner] = (taken, count + 1)
             return task, True, 1 if start else 0
 
         created = await self.db.run(insert)
@@ -111,6 +119,27 @@ class SqliteQueue(CreateTask):
                 self.db.followers.follow(task.task_id, 0)
             self.db.written(task.task_id, [event])
         return created
+
+    def _room_in_queue(self, db: sqlite3.Connection, owner: str, max_queue: int, max_per_owner: int) -> None:
+        """Raise QueueFull or OwnerQueueFull if a task of `owner` may not be queued now. An owner's
+        tasks are counted only while the whole queue holds at least `max_per_owner`."""
+        if not (max_queue or max_per_owner):
+            return
+        queued = self._queued(db)
+        if max_queue and queued >= max_queue:
+            raise QueueFull(max_queue)
+        if max_per_owner and queued >= max_per_owner and self._owner_queued(db, owner) >= max_per_owner:
+            raise OwnerQueueFull(owner, max_per_owner)
+
+    def _owner_queued(self, db: sqlite3.Connection, owner: str) -> int:
+        """`owner`'s queued tasks, counted as _queued counts them all (tasks_queued_by_owner)."""
+        taken, count = self._owner_counts.get(owner, (0.0, 0))
+        if time.monotonic() - taken > QUEUE_LENGTH_CACHE_SECONDS:
+            count = int(db.execute("SELECT COUNT(*) FROM tasks WHERE owner=? AND queued=1", (owner,)).fetchone()[0])
+            if len(self._owner_counts) >= MAX_OWNERS_COUNTED:
+                self._owner_counts.clear()
+            self._owner_counts[owner] = (time.monotonic(), count)
+        return count
 
     def _queued(self, db: sqlite3.Connection) -> int:
         """Queued tasks, counted at most every QUEUE_LENGTH_CACHE_SECONDS, plus what this store

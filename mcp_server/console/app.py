@@ -138,6 +138,7 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_get("/tasks/counts", live.counts)
     app.router.add_get("/tasks/{task_id}", pages.task)
     app.router.add_get("/tasks/{task_id}/events", live.task_events)
+    app.router.add_get("/tasks/{task_id}/earlier.json", live.earlier_events)
     app.router.add_get("/tasks/{task_id}/task.json", live.task_json)
     app.router.add_get("/tasks/{task_id}/step.json", live.step_values)
     app.router.add_get("/tasks/{task_id}/value", live.whole_value)

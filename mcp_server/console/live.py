@@ -28,6 +28,8 @@ from mcp_server.console.present import (
 )
 
 COUNTS_EVERY_SECONDS = 2.0
+# events in one page of the task's earlier events (the table shows the latest 1,000; see console.js)
+EARLIER_PAGE = 1000
 GRAPH_STEPS = 2000  # a run's graph shows at most this many steps (a graph of more is unreadable anyway)
 FIELDS = {"output": task_pb2.VALUE_FIELD_OUTPUT, "input": task_pb2.VALUE_FIELD_INPUT}
 PREVIEW_MAX_BYTES = 1024 * 1024
@@ -51,6 +53,25 @@ async def task_events(request: web.Request) -> web.StreamResponse:
                 await stream.send(json.dumps(event_view(event)), id=str(event.sequence), event="task")
             await stream.send("{}", event="end")
     return stream
+
+
+async def earlier_events(request: web.Request) -> web.StreamResponse:
+    """The events before ?before=B that the table does not show: the EARLIER_PAGE that end just
+    before B (all of them when fewer), read with WatchTask from after the first one wanted."""
+    task_id = request.match_info["task_id"]
+    client = api(request)
+    task = await client.get(task_id, steps=False)
+    before = min(_sequence(request.query.get("before")), task.last_sequence + 1)  # no wait for events to come
+    after = max(0, before - 1 - EARLIER_PAGE)
+    events: list[dict[str, Any]] = []
+    if before > 1:
+        async for event in client.watch(task_id, after):
+            if event.sequence >= before:
+                break
+            events.append(event_view(event))
+            if event.sequence == before - 1:
+                break
+    return web.json_response({"events": events, "earlier": after})
 
 
 async def counts(request: web.Request) -> web.StreamResponse:

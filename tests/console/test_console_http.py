@@ -4,6 +4,7 @@ Last-Event-ID, and sign-in with a token."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -124,6 +125,30 @@ async def test_the_event_stream_resumes_after_last_event_id_and_ends_after_the_t
     assert [int(e["id"]) for e in resumed if e.get("event") == "task"] == list(range(4, last + 1))
     assert [e["event"] for e in past_all] == ["end"]  # nothing after a sequence past any uint64
     assert everything[-1]["event"] == "end" and json.loads(everything[-2]["data"])["type"] == "COMPLETED"
+
+
+async def test_earlier_events_come_a_page_before_the_sequence_asked_whatever_it_is(console, api):
+    # a running task too: a page ends before events still to come, so it never waits for them
+    await api.create_workflow({"workflow_id": "nap", "root": {"id": "n", "step": {"protocol": "sleep"}}})
+    task = await api.submit("nap", {"ms": 3000})
+    url = f"{console.console.url}/tasks/{task.task_id}/earlier.json"
+    async with aiohttp.ClientSession() as browser:
+        async with asyncio.timeout(10):  # running: its step has started
+            while (last := (await api.get(task.task_id, steps=False)).last_sequence) < 3:
+                await asyncio.sleep(0.05)
+        for before, wanted in (
+            ("2", [1]),
+            (str(last + 1), list(range(1, last + 1))),
+            ("9" * 30, list(range(1, last + 1))),
+        ):
+            async with asyncio.timeout(5):
+                page = await (await browser.get(f"{url}?before={before}")).json()
+            assert [e["sequence"] for e in page["events"]] == wanted, before
+        for odd in ("", "0", "1", "abc", "-5", "%C2%B2"):
+            page = await (await browser.get(f"{url}?before={odd}")).json()
+            assert page["events"] == [], odd
+        missing = await browser.get(f"{console.console.url}/tasks/no-such-task/earlier.json?before=5")
+        assert missing.status == 404 and (await missing.json())["code"] == "NOT_FOUND"
 
 
 async def test_signing_in_checks_the_token_with_the_server(server_factory, tmp_path):

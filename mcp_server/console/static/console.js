@@ -192,30 +192,64 @@ async function refreshStep(taskId, path, row) {
 }
 
 // The event table shows a task's latest EVENT_ROWS events: a log may hold hundreds of thousands
-// (WatchTask and `mcp task watch` give them all); the tree and the steps follow every one.
+// (WatchTask and `mcp task watch` give them all); the tree and the steps follow every one. A row
+// above them says how many earlier ones it leaves out, and shows them a thousand at a time.
 const EVENT_ROWS = 1000;
 
-function appendEvent(body, event) {
+function eventRow(event) {
   const row = document.createElement("tr");
   row.dataset.sequence = String(event.sequence);
   row.className = event.type.toLowerCase();
   for (const value of [event.sequence, event.time, event.type, event.step_path, event.protocol, event.attempt || "", event.message]) {
     row.append(el("td", "", value));
   }
-  body.append(row);
-  let note = body.rows[0].classList.contains("left-out") ? body.rows[0] : null;
-  if (body.rows.length - (note ? 1 : 0) <= EVENT_ROWS) return;
-  (note ? body.rows[1] : body.rows[0]).remove();
+  return row;
+}
+
+function appendEvent(body, event) {
+  body.append(eventRow(event));
+  const note = body.rows[0].classList.contains("left-out") ? 1 : 0;
+  if (body.rows.length - note > EVENT_ROWS) {
+    body.rows[note].remove();
+    noteEarlier(body);
+  }
+}
+
+// Sequences start at 1 and have no gaps: the events before the first row are those left out.
+function noteEarlier(body, problem = "") {
+  const first = body.querySelector("tr[data-sequence]");
+  const hidden = first ? Number(first.dataset.sequence) - 1 : 0;
+  let note = body.rows[0]?.classList.contains("left-out") ? body.rows[0] : null;
+  if (!hidden) {
+    note?.remove();
+    return;
+  }
   if (!note) {
     note = el("tr", "left-out");
     const cell = el("td", "dim");
     cell.colSpan = 7;
+    const button = el("button", "earlier", `show ${EVENT_ROWS.toLocaleString("en")} earlier`);
+    button.type = "button";
+    button.addEventListener("click", () => showEarlier(body, button));
+    cell.append(el("span", "", ""), " ", button);
     note.append(cell);
     body.prepend(note);
   }
-  const count = Number(note.dataset.count || 0) + 1;
-  note.dataset.count = String(count);
-  note.firstChild.textContent = `${count} earlier events are not shown here (WatchTask and mcp task watch give them all)`;
+  note.querySelector("span").textContent = problem || `${hidden} earlier events are not shown here`;
+}
+
+async function showEarlier(body, button) {
+  const first = body.querySelector("tr[data-sequence]");
+  button.disabled = true;
+  let problem = "";
+  try {
+    const page = await fetchJson(`/tasks/${encodeURIComponent(body.dataset.task)}/earlier.json?before=${first.dataset.sequence}`);
+    first.before(...page.events.map(eventRow));
+  } catch (error) {
+    problem = `could not load earlier events: ${error.message}`;
+  }
+  button.disabled = false;
+  noteEarlier(body, problem);
 }
 
 async function refreshHeader(taskId) {
@@ -253,6 +287,7 @@ function taskPage() {
   const liveAfter = Number(section.dataset.lastSequence);  // events after this one arrive live, not in the replay
   const tree = new RunTree(document.getElementById("tree"));
   const log = document.querySelector("#events tbody");
+  log.dataset.task = taskId;
   const graph = document.getElementById("graph");
   const latencies = [];
   window.mcpConsole = { latencies };

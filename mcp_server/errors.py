@@ -88,6 +88,17 @@ class Unavailable(McpError):
     reason = "UNAVAILABLE"
 
 
+class StoreFull(Unavailable):
+    """The store refuses writes for want of room: Redis at `maxmemory` with a policy that evicts
+    nothing, a disk with no space left. Nothing of the refused write was kept. An Unavailable to
+    the engine, so whatever waits out an unreachable store waits this out too; to a caller,
+    RESOURCE_EXHAUSTED (the code gRPC names for "out of space"), so that clients do not retry
+    it blindly at once."""
+
+    code = StatusCode.RESOURCE_EXHAUSTED
+    reason = "STORE_FULL"
+
+
 class DeadlineExceeded(McpError):
     code = StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"

@@ -16,7 +16,6 @@ pauses there until the pending writes go through.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from google.rpc import status_pb2
 from mcp_sdk.proto import protocol_pb2, task_pb2
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import bounded, make_event, timestamp_of
+from mcp_server.engine.paused_runs import PausedRuns
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import LEAF_KINDS
 from mcp_server.engine.ports import (
@@ -54,7 +54,6 @@ from mcp_server.engine.texts import clipped
 from mcp_server.errors import LeaseLost, Unavailable
 from mcp_server.settings import Limits
 
-log = logging.getLogger(__name__)
 USAGE_NAMES_LEFT_OUT = "usage_names_left_out"  # in a task's usage: names past the limit, counted
 UNFINISHED = (task_pb2.STEP_STATUS_RUNNING, task_pb2.STEP_STATUS_WAITING, task_pb2.STEP_STATUS_PENDING)
 
@@ -107,6 +106,7 @@ class RunContext:
     _background: asyncio.Task[None] | None = None
     _lease_lost: LeaseLost | None = None
     _store_down: bool = False
+    paused_runs: PausedRuns = field(default_factory=PausedRuns)  # the replica's, shared by its runs
     # a start (of the task or a step) is written with the next write, or on its own this long
     # after: a step that ends sooner carries its start with its end (one write, not two)
     start_write_delay: float = 0.0
@@ -217,22 +217,28 @@ class RunContext:
                 self.due_ms if self.task.status == task_pb2.TASK_STATUS_WAITING else 0,
             )
             delay = 0.05
-            while True:
-                try:
-                    await self.store.save_checkpoint(checkpoint)
-                    self.written_live = live
-                    self._values.written(values)
-                    self._store_down = False
-                    return
-                except Unavailable as exc:
-                    self._store_down = True
-                    log.warning("store unavailable, task %s paused: %s", self.task.task_id, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                except BaseException:
-                    self._values.rejected(values)
-                    self.suspensions.restore_changes(taken, waits)
-                    raise
+            try:
+                while True:
+                    try:
+                        await self.store.save_checkpoint(checkpoint)
+                        self.written_live = live
+                        self._values.written(values)
+                        if self._store_down:
+                            self._store_down = False
+                            self.paused_runs.resumed(self.task.task_id)
+                        return
+                    except Unavailable as exc:  # unreachable or full: nothing was written
+                        self._store_down = True
+                        self.paused_runs.paused(self.task.task_id, exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+                    except BaseException:
+                        self._values.rejected(values)
+                        self.suspensions.restore_changes(taken, waits)
+                        raise
+            finally:
+                if self._store_down:  # left waiting without writing: stopped, cancelled, lease lost
+                    self.paused_runs.left(self.task.task_id)
 
     def _record(self, path: str) -> bytes:
         step = self._steps[path]

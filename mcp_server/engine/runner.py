@@ -25,6 +25,7 @@ from mcp_server.engine.event_types import E
 from mcp_server.engine.events import now
 from mcp_server.engine.executor import execute
 from mcp_server.engine.logcontext import task_id_var
+from mcp_server.engine.paused_runs import PausedRuns
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.ports import EventListener, ProtocolCaller, StepCache, TaskStore, UnitGate, WaitStore
@@ -65,6 +66,7 @@ class TaskRunner:
         self.step_cache = NearCache(step_cache) if step_cache is not None else None
         self.replica_id = replica_id
         self.listeners = tuple(listeners)
+        self.paused_runs = PausedRuns()  # runs waiting out a store that refuses their writes
 
     async def resume_from(
         self,
@@ -100,6 +102,7 @@ class TaskRunner:
             rerun_input=await self._rerun_input(task),
             rate_limits=self.rate_limits,
             step_cache=self.step_cache,
+            paused_runs=self.paused_runs,
         )
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.step_count:

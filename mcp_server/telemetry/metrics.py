@@ -80,6 +80,9 @@ class Metrics:
         self.queue_depth = Gauge("mcp_queue_depth", "Tasks waiting in the queue, by priority", ["priority"], registry=r)
         self.in_flight = Gauge("mcp_tasks_in_flight", "Tasks running on this replica", registry=r)
         self.watchers = Gauge("mcp_watchers", "WatchTask streams open on this replica", registry=r)
+        self.paused = Gauge(
+            "mcp_tasks_paused", "Tasks of this replica waiting to write: the store refused (down or full)", registry=r
+        )
         self.store_latency = Histogram(
             "mcp_store_operation_seconds",
             "Store call latency, by operation",

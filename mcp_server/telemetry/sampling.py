@@ -48,6 +48,7 @@ class GaugeSampler:
     async def sample(self) -> None:
         metrics = self.metrics
         metrics.in_flight.set(self.dispatcher.in_flight)
+        metrics.paused.set(len(self.dispatcher.runner.paused_runs))
         metrics.watchers.set(self.watchers())
         for protocol, state in self.breakers.states().items():
             metrics.breaker_state.labels(protocol).set(BREAKER_VALUES.get(state, 0))

@@ -24,7 +24,7 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterEx
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mcp_server.errors import LeaseLost, Unavailable
+from mcp_server.errors import LeaseLost, StoreFull, Unavailable
 from mcp_server.state.redis.lane import RedisLane
 from mcp_server.state.redis.layout import Layout
 
@@ -32,6 +32,12 @@ from mcp_server.state.redis.layout import Layout
 WAIT_TIMEOUT_MS = 2000
 # finished tasks' keys also carry a TTL this much past the retention, in case no replica purges them
 BACKSTOP_MS = 3600 * 1000
+
+
+REDIS_FULL = (
+    "the Redis store is out of memory (used memory above maxmemory, and a policy that evicts nothing): "
+    "nothing was written; retry once memory is freed or maxmemory raised"
+)
 
 
 class RedisConnection:
@@ -81,6 +87,8 @@ class RedisConnection:
         except ResponseError as exc:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost("lease is no longer held") from exc
+            if str(exc).startswith("OOM"):  # noeviction (the policy a store needs) at maxmemory
+                raise StoreFull(REDIS_FULL) from exc
             raise Unavailable(f"redis store error: {exc}") from exc
         except RedisError as exc:
             raise Unavailable(f"redis store error: {exc}") from exc

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.errors import StartupError, Unavailable
+from mcp_server.errors import StartupError, StoreFull, Unavailable
 from mcp_server.state.common import LAYOUT_MISMATCH, LAYOUT_VERSION
 from mcp_server.state.followers import Followers
 from mcp_server.state.store_thread import StoreThread
@@ -155,6 +155,9 @@ class SqliteDatabase:
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.rollback()
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    full = f"the SQLite store is full ({exc}): nothing was written; retry once it has room"
+                    raise StoreFull(full) from exc
                 raise Unavailable(f"sqlite store: {exc}") from exc
 
         return await self.worker.run(lambda: guarded(self.connection))

@@ -1,0 +1,142 @@
+"""A full store: Redis at maxmemory (noeviction), SQLite with no room left.
+
+The server stays up; a submission is refused RESOURCE_EXHAUSTED `STORE_FULL` and stores nothing;
+reads still answer; a running task keeps its state in memory and writes it again until the store
+takes it; the outage is logged where it starts and where it ends, not on every retry. Once there
+is room every task finishes, no step called twice, and the refused submission goes through when
+sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+import redis
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.api.server import RunningServer
+from mcp_server.state.sqlite.database import SqliteDatabase
+from tests.conftest import client_for
+from tests.e2e.test_server_process import free_port
+from tests.helpers import create, error_reason, events, step, submit, wait_done, workflow
+from tests.support.redis_server import start_private_redis
+
+pytestmark = pytest.mark.asyncio
+E = task_pb2.TaskEventType
+PAD = "p" * 60_000  # each step's output holds it: a write that needs room
+WORKFLOW = workflow(
+    "fills-the-store",
+    {
+        "id": "root",
+        "sequence": {
+            "children": [step(f"s{i}", "chaos", "{'action': 'slow', 'ms': 250, 'pad': input.pad}") for i in range(4)]
+        },
+    },
+)
+
+
+@dataclass
+class FillableStore:
+    """A store URL, and a way to take away and give back its room."""
+
+    url: str
+    fill: Callable[[RunningServer], Awaitable[None]]
+    free: Callable[[RunningServer], Awaitable[None]]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def fillable(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIterator[FillableStore]:
+    if request.param == "sqlite":
+
+        def database(running: RunningServer) -> SqliteDatabase:
+            db = running.orchestrator.store.connection
+            assert isinstance(db, SqliteDatabase)
+            return db
+
+        async def fill_file(running: RunningServer) -> None:  # no page beyond those it has
+            await database(running).run(
+                lambda c: c.execute(f"PRAGMA max_page_count = {c.execute('PRAGMA page_count').fetchone()[0]}")
+            )
+
+        async def free_file(running: RunningServer) -> None:
+            await database(running).run(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+
+        yield FillableStore(f"sqlite:///{tmp_path}/store.db", fill_file, free_file)
+        return
+    port = free_port()
+    process = start_private_redis(port, str(tmp_path))
+    admin = redis.Redis(port=port)
+    try:
+
+        async def fill_memory(running: RunningServer) -> None:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")  # below what it holds: every write that needs memory is refused
+
+        async def free_memory(running: RunningServer) -> None:
+            admin.config_set("maxmemory", "0")
+
+        yield FillableStore(f"redis://127.0.0.1:{port}/0", fill_memory, free_memory)
+    finally:
+        admin.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def test_a_full_store_refuses_submissions_pauses_runs_and_loses_nothing(
+    fillable: FillableStore, server_factory: Callable[..., Awaitable[RunningServer]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mcp_server.engine.paused_runs")
+    running = await server_factory(store=fillable.url)
+    client = client_for(running)
+    await create(client, WORKFLOW)
+    first = await submit(client, WORKFLOW.workflow_id, {"pad": PAD})
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=first.task_id)):
+        if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "root/s1":
+            break
+
+    await fillable.fill(running)
+    refused = task_pb2.SubmitTaskRequest(workflow_id=WORKFLOW.workflow_id, request_id="while-full")
+    refused.input_data.update({"pad": PAD})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.tasks.SubmitTask(refused)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(err.value) == "STORE_FULL"
+    assert "nothing was written" in (err.value.details() or "")
+
+    paused = running.orchestrator.dispatcher.runner.paused_runs
+    async with asyncio.timeout(15):  # the running task's next checkpoint is refused: it waits to write
+        while len(paused) == 0:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(2.5)  # past a retry or two of that write
+    await running.orchestrator.sampler.sample()
+    assert running.orchestrator.metrics.paused._value.get() == 1  # mcp_tasks_paused
+    seen = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=first.task_id))).task  # reads answer
+    assert seen.status == task_pb2.TASK_STATUS_RUNNING
+
+    await fillable.free(running)
+    done = await wait_done(client, first.task_id, timeout=30)
+    assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+    log = await events(client, first.task_id)
+    assert [e.sequence for e in log] == list(range(1, len(log) + 1))
+    completed = [e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED]
+    assert [e.step_path for e in completed] == [*(f"root/s{i}" for i in range(4)), "root"]
+    full = (
+        await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=first.task_id, view=task_pb2.TASK_VIEW_FULL))
+    ).task
+    calls = [s.output.struct_value.fields["calls_seen"].number_value for s in full.steps if s.path != "root"]
+    assert calls == [1, 1, 1, 1]  # no step called again: the paused run kept its state
+    assert len(paused) == 0
+    await running.orchestrator.sampler.sample()
+    assert running.orchestrator.metrics.paused._value.get() == 0
+
+    again = (await client.tasks.SubmitTask(refused)).task  # the refused submission, sent again
+    assert (await wait_done(client, again.task_id, timeout=30)).status == task_pb2.TASK_STATUS_COMPLETED
+    outage = [r.getMessage() for r in caplog.records]
+    assert len([m for m in outage if m.startswith("the store refuses writes")]) == 1, outage
+    assert len([m for m in outage if m.startswith("the store takes writes again")]) == 1, outage
+    await client.channel.close()

@@ -10,8 +10,9 @@ sent again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -21,7 +22,7 @@ import redis
 from mcp_sdk.proto import task_pb2
 from mcp_server.api.server import RunningServer
 from mcp_server.state.sqlite.database import SqliteDatabase
-from tests.conftest import client_for
+from tests.conftest import Client, client_for
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, error_reason, events, step, submit, wait_done, workflow
 from tests.support.redis_server import start_private_redis
@@ -68,23 +69,46 @@ async def fillable(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIte
 
         yield FillableStore(f"sqlite:///{tmp_path}/store.db", fill_file, free_file)
         return
-    port = free_port()
-    process = start_private_redis(port, str(tmp_path))
-    admin = redis.Redis(port=port)
-    try:
+    with private_redis(str(tmp_path)) as (url, admin):
 
         async def fill_memory(running: RunningServer) -> None:
-            admin.config_set("maxmemory-policy", "noeviction")
-            admin.config_set("maxmemory", "1")  # below what it holds: every write that needs memory is refused
+            fill_redis(admin)
 
         async def free_memory(running: RunningServer) -> None:
             admin.config_set("maxmemory", "0")
 
-        yield FillableStore(f"redis://127.0.0.1:{port}/0", fill_memory, free_memory)
+        yield FillableStore(url, fill_memory, free_memory)
+
+
+@contextlib.contextmanager
+def private_redis(directory: str) -> Iterator[tuple[str, redis.Redis]]:
+    """A Redis of the test's own (its memory limit is changed), and a client to administer it."""
+    port = free_port()
+    process = start_private_redis(port, directory)
+    admin = redis.Redis(port=port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0", admin
     finally:
         admin.close()
         process.terminate()
         process.wait(timeout=10)
+
+
+def fill_redis(admin: redis.Redis) -> None:
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")  # below what it holds: every write that needs memory is refused
+
+
+async def until_step_starts(client: Client, task_id: str, path: str) -> None:
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+        if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == path:
+            return
+
+
+async def calls_of_each_step(client: Client, task_id: str) -> list[float]:
+    """How many calls the chaos plugin had seen of each step (by its idempotency key) when it answered."""
+    full = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id, view=task_pb2.TASK_VIEW_FULL))).task
+    return [s.output.struct_value.fields["calls_seen"].number_value for s in full.steps if s.path != "root"]
 
 
 async def test_a_full_store_refuses_submissions_pauses_runs_and_loses_nothing(
@@ -95,9 +119,7 @@ async def test_a_full_store_refuses_submissions_pauses_runs_and_loses_nothing(
     client = client_for(running)
     await create(client, WORKFLOW)
     first = await submit(client, WORKFLOW.workflow_id, {"pad": PAD})
-    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=first.task_id)):
-        if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "root/s1":
-            break
+    await until_step_starts(client, first.task_id, "root/s1")
 
     await fillable.fill(running)
     refused = task_pb2.SubmitTaskRequest(workflow_id=WORKFLOW.workflow_id, request_id="while-full")
@@ -125,11 +147,7 @@ async def test_a_full_store_refuses_submissions_pauses_runs_and_loses_nothing(
     assert [e.sequence for e in log] == list(range(1, len(log) + 1))
     completed = [e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED]
     assert [e.step_path for e in completed] == [*(f"root/s{i}" for i in range(4)), "root"]
-    full = (
-        await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=first.task_id, view=task_pb2.TASK_VIEW_FULL))
-    ).task
-    calls = [s.output.struct_value.fields["calls_seen"].number_value for s in full.steps if s.path != "root"]
-    assert calls == [1, 1, 1, 1]  # no step called again: the paused run kept its state
+    assert await calls_of_each_step(client, first.task_id) == [1, 1, 1, 1]  # the paused run kept its state
     assert len(paused) == 0
     await running.orchestrator.sampler.sample()
     assert running.orchestrator.metrics.paused._value.get() == 0
@@ -140,3 +158,26 @@ async def test_a_full_store_refuses_submissions_pauses_runs_and_loses_nothing(
     assert len([m for m in outage if m.startswith("the store refuses writes")]) == 1, outage
     assert len([m for m in outage if m.startswith("the store takes writes again")]) == 1, outage
     await client.channel.close()
+
+
+async def test_a_replica_waiting_out_a_full_redis_keeps_its_leases(
+    server_factory: Callable[..., Awaitable[RunningServer]], tmp_path: object
+) -> None:
+    """Without renewals the other replica would put the task back in the queue once its lease ran
+    out, and run it from its last write: the step whose end the full store refused, called again."""
+    with private_redis(str(tmp_path)) as (url, admin):
+        replicas = [await server_factory(store=url) for _ in range(2)]
+        client = client_for(replicas[0])
+        await create(client, WORKFLOW)
+        task = await submit(client, WORKFLOW.workflow_id, {"pad": PAD})
+        await until_step_starts(client, task.task_id, "root/s1")
+        fill_redis(admin)
+        await asyncio.sleep(3 * replicas[0].orchestrator.settings.lease_seconds)  # leases run out thrice over
+        admin.config_set("maxmemory", "0")
+        done = await wait_done(client, task.task_id, timeout=30)
+        assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+        assert await calls_of_each_step(client, task.task_id) == [1, 1, 1, 1]
+        assert sum(r.orchestrator.metrics.takeovers._value.get() for r in replicas) == 0
+        for running in replicas:  # before its Redis goes
+            await running.stop(0.5)
+        await client.channel.close()

@@ -20,7 +20,15 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import PipelineCommand, RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -87,7 +95,8 @@ class RedisConnection:
         except ResponseError as exc:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost("lease is no longer held") from exc
-            if str(exc).startswith("OOM"):  # noeviction (the policy a store needs) at maxmemory
+            # at maxmemory with noeviction (the policy a store needs); the lane's replies are plain
+            if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
                 raise StoreFull(REDIS_FULL) from exc
             raise Unavailable(f"redis store error: {exc}") from exc
         except RedisError as exc:

@@ -125,11 +125,15 @@ return claimed
 
 
 # KEYS: leases; ARGV: expiry ms, task key prefix, then (task_id, token) pairs -> the task ids lost
+# A renewal must go through while Redis is at maxmemory, or a replica waiting out a full store
+# loses its tasks to another that then calls their in-flight steps again. ZADD is refused
+# then; ZREM is not, and once a script has written Redis lets the rest of it write (it cannot
+# stop a script halfway), so each lease is taken out and put back: the same memory, in one script.
 RENEW_LEASES = """
 local lost = {}
 for i = 3, #ARGV, 2 do
   local task_id, token = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', ARGV[2] .. task_id, 'tok') == token and redis.call('ZSCORE', KEYS[1], task_id) then
+  if redis.call('HGET', ARGV[2] .. task_id, 'tok') == token and redis.call('ZREM', KEYS[1], task_id) == 1 then
     redis.call('ZADD', KEYS[1], ARGV[1], task_id)
   else
     table.insert(lost, task_id)

@@ -72,7 +72,8 @@ class NearCache:
 async def cached_output(key: str, path: str, ctx: RunContext) -> NodeResult | None:
     """The cached output for `key`, marked on the step; None on a miss."""
     assert ctx.step_cache is not None
-    hit = await ctx.step_cache.get_output(key)
+    cache = ctx.step_cache
+    hit = await ctx.store_call(lambda: cache.get_output(key))  # waits out a store outage
     if hit is None:
         return None
     state = ctx.state(path)
@@ -88,4 +89,5 @@ async def keep_output(key: str, ttl: float, path: str, result: NodeResult, ctx: 
     data = result.output.serialized()
     ctx.cache_outcomes[path] = ("miss", len(data))
     if len(data) <= MAX_CACHED_BYTES:
-        await ctx.step_cache.put_output(key, CachedOutput(ctx.task.task_id, data), ttl)
+        cache, entry = ctx.step_cache, CachedOutput(ctx.task.task_id, data)
+        await ctx.store_call(lambda: cache.put_output(key, entry, ttl))

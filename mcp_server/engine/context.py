@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from google.rpc import status_pb2
 
@@ -51,9 +51,10 @@ from mcp_server.engine.records import (
 from mcp_server.engine.step_ends import code_number, end_data
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.texts import clipped
-from mcp_server.errors import LeaseLost, Unavailable
+from mcp_server.errors import LeaseLost
 from mcp_server.settings import Limits
 
+T = TypeVar("T")
 USAGE_NAMES_LEFT_OUT = "usage_names_left_out"  # in a task's usage: names past the limit, counted
 UNFINISHED = (task_pb2.STEP_STATUS_RUNNING, task_pb2.STEP_STATUS_WAITING, task_pb2.STEP_STATUS_PENDING)
 
@@ -216,29 +217,25 @@ class RunContext:
                 taken,
                 self.due_ms if self.task.status == task_pb2.TASK_STATUS_WAITING else 0,
             )
-            delay = 0.05
             try:
-                while True:
-                    try:
-                        await self.store.save_checkpoint(checkpoint)
-                        self.written_live = live
-                        self._values.written(values)
-                        if self._store_down:
-                            self._store_down = False
-                            self.paused_runs.resumed(self.task.task_id)
-                        return
-                    except Unavailable as exc:  # unreachable or full: nothing was written
-                        self._store_down = True
-                        self.paused_runs.paused(self.task.task_id, exc)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 2.0)
-                    except BaseException:
-                        self._values.rejected(values)
-                        self.suspensions.restore_changes(taken, waits)
-                        raise
-            finally:
-                if self._store_down:  # left waiting without writing: stopped, cancelled, lease lost
-                    self.paused_runs.left(self.task.task_id)
+                await self.paused_runs.call(
+                    self.task.task_id, lambda: self.store.save_checkpoint(checkpoint), self._refused
+                )
+            except BaseException:
+                self._values.rejected(values)
+                self.suspensions.restore_changes(taken, waits)
+                raise
+            self.written_live = live
+            self._values.written(values)
+            self._store_down = False
+
+    def _refused(self) -> None:
+        self._store_down = True  # the run waits for this write before it starts another node
+
+    async def store_call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """A store call a step makes (its cache, rate-limit units): asked again while the store
+        refuses it, so that an outage pauses the task rather than fail it."""
+        return await self.paused_runs.call(self.task.task_id, make)
 
     def _record(self, path: str) -> bytes:
         step = self._steps[path]

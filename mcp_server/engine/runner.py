@@ -183,6 +183,13 @@ class TaskRunner:
         except LeaseLost:
             log.warning("task %s: lease %d lost; another replica owns it now", ctx.task.task_id, ctx.lease_token)
             raise
+        except Unavailable as exc:  # a store call the run could not wait out: not the task's failure
+            log.warning(
+                "task %s: stopped here by the store (%s); it resumes from its last write when its lease runs out",
+                ctx.task.task_id,
+                exc,
+            )
+            raise
         except Exception as exc:  # a bug must fail its task, never leave it RUNNING forever
             log.exception("task %s: internal error", ctx.task.task_id)
             message = f"internal error: {type(exc).__name__}: {exc}"

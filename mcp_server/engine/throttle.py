@@ -79,7 +79,7 @@ async def take_units(
         return
     announced = ""
     while True:
-        grant = await gate.take_units(asks)
+        grant = await ctx.store_call(lambda: gate.take_units(asks))  # waits out a store outage
         if grant.granted:
             if step is not None and step.waiting_for:  # it waited (in this life or the one that parked)
                 ctx.state(path).ClearField("wait")

@@ -39,13 +39,14 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mcp_server.engine.ports import CallObserver, CapacityLedger, CapacityRequest
-from mcp_server.errors import McpError
+from mcp_server.engine.ports import CallObserver, CapacityLedger, CapacityRequest, CapacitySlice
+from mcp_server.errors import McpError, Unavailable
 from mcp_server.protocols.capacity import Resources
 
 log = logging.getLogger(__name__)
 FIRST_PAUSE = 0.005
 LONGEST_PAUSE = 0.1
+STORE_RETRY_PAUSE = 2.0  # the longest wait between asks of a store that refuses them
 WAITER_SECONDS = 3.0  # a waiter that stops asking (its replica died) is forgotten after this
 QUIET_CHECK = 0.02  # while slices are held: how often to ask whether any call waits
 
@@ -151,7 +152,7 @@ class Admission:
             asking = self._asking[needs] = asyncio.Event()
         pause, announced = FIRST_PAUSE, False
         try:
-            while (granted := await self.store.acquire_capacity_slice(request)) is None:
+            while (granted := await self._ledger_answer(request)) is None:
                 if asking is not None:  # no slice now: ask on for one unit, in the ledger's order
                     self._answered(needs, asking)
                     asking = None
@@ -186,6 +187,19 @@ class Admission:
             observer.granted(protocol, granted.address)
         self._attend_soon()
         return taken
+
+    async def _ledger_answer(self, request: CapacityRequest) -> CapacitySlice | None:
+        """The ledger's answer, asked again while the store refuses it (down, or full): an
+        outage makes a call wait for its capacity, as it makes a checkpoint wait, and never
+        fails its step."""
+        pause = FIRST_PAUSE
+        while True:
+            try:
+                return await self.store.acquire_capacity_slice(request)
+            except Unavailable as exc:
+                log.debug("the capacity ledger cannot answer now: %s", exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, STORE_RETRY_PAUSE)
 
     def _answered(self, needs: Resources, asking: asyncio.Event) -> None:
         if self._asking.get(needs) is asking:

@@ -9,11 +9,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.settings import Limits
-from tests.conftest import client_for
+from tests.conftest import client_for, spawn_plugin
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, events, step, submit, wait_done, workflow
 from tests.support.redis_server import start_private_redis
@@ -136,3 +137,75 @@ async def test_right_after_a_redis_restart_every_rpc_succeeds(server_factory, pl
     finally:
         holder[0].terminate()
         holder[0].wait(timeout=10)
+
+
+async def test_a_step_waiting_for_rate_limit_units_waits_out_a_redis_outage(server_factory, tmp_path):
+    """The step asks for units again while Redis is down: it waits for Redis as a checkpoint does
+    (before, the refused ask failed the task INTERNAL)."""
+    port = free_port()
+    redis_process = start_redis(port, str(tmp_path))
+    try:
+        running = await server_factory(store=f"redis://127.0.0.1:{port}/0")
+        client = client_for(running)
+        period = duration_pb2.Duration(seconds=2)
+        limit = registry_pb2.RateLimit(key="outage", limit=1, period=period)
+        await client.registry.PutRateLimit(registry_pb2.PutRateLimitRequest(rate_limit=limit))
+        uses = [{"key": "outage"}]
+        wf = workflow(
+            "units-in-an-outage",
+            {
+                "id": "fan",
+                "parallel": {
+                    "children": [
+                        step("first", "sleep", "{'ms': 3000}", rate_limits=uses),  # takes the unit
+                        step("second", "sleep", "{'ms': 10}", rate_limits=uses),  # asks again in 2 s
+                    ]
+                },
+            },
+        )
+        await create(client, wf)
+        task = await submit(client, "units-in-an-outage")
+        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+            if event.type == E.TASK_EVENT_TYPE_STEP_WAITING:
+                break
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+        await asyncio.sleep(3)
+        redis_process = start_redis(port, str(tmp_path))
+        done = await wait_done(client, task.task_id, timeout=30)
+        assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+        await running.stop(0.5)  # before its Redis goes
+        await client.channel.close()
+    finally:
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+
+
+async def test_a_call_waiting_for_capacity_waits_out_a_redis_outage(server_factory, tmp_path):
+    """The call asks the capacity ledger again while Redis is down: it waits for Redis (before,
+    the refused ask failed the task INTERNAL)."""
+    box = spawn_plugin("tests.support.gpu_plugin", "127.0.0.1:0", "--capacity", "gpus=1")
+    port = free_port()
+    redis_process = start_redis(port, str(tmp_path))
+    try:
+        running = await server_factory(store=f"redis://127.0.0.1:{port}/0", extra_plugins=(box.address,))
+        client = client_for(running)
+        children = [step("long", "render", "{'ms': 2500}"), step("short", "render", "{'ms': 10}")]
+        await create(client, workflow("gpu-in-an-outage", {"id": "fan", "parallel": {"children": children}}))
+        task = await submit(client, "gpu-in-an-outage")
+        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+            if event.type == E.TASK_EVENT_TYPE_STEP_WAITING:  # one holds the GPU, the other waits for it
+                break
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+        await asyncio.sleep(2)
+        redis_process = start_redis(port, str(tmp_path))
+        done = await wait_done(client, task.task_id, timeout=30)
+        assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+        await running.stop(0.5)  # before its Redis goes
+        await client.channel.close()
+    finally:
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+        box.process.terminate()
+        box.process.wait(timeout=10)

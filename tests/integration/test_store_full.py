@@ -12,19 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
 import redis
+from google.protobuf import duration_pb2
 
-from mcp_sdk.proto import task_pb2
+from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.api.server import RunningServer
 from mcp_server.state.sqlite.database import SqliteDatabase
 from tests.conftest import Client, client_for
 from tests.e2e.test_server_process import free_port
-from tests.helpers import create, error_reason, events, step, submit, wait_done, workflow
+from tests.helpers import create, error_reason, events, step, step_states, submit, wait_done, workflow
 from tests.support.redis_server import start_private_redis
 
 pytestmark = pytest.mark.asyncio
@@ -108,7 +110,7 @@ async def until_step_starts(client: Client, task_id: str, path: str) -> None:
 async def calls_of_each_step(client: Client, task_id: str) -> list[float]:
     """How many calls the chaos plugin had seen of each step (by its idempotency key) when it answered."""
     full = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id, view=task_pb2.TASK_VIEW_FULL))).task
-    return [s.output.struct_value.fields["calls_seen"].number_value for s in full.steps if s.path != "root"]
+    return [s.output.struct_value.fields["calls_seen"].number_value for s in full.steps if "/" in s.path]
 
 
 async def test_a_full_store_refuses_submissions_pauses_runs_and_loses_nothing(
@@ -154,9 +156,9 @@ async def test_a_full_store_refuses_submissions_pauses_runs_and_loses_nothing(
 
     again = (await client.tasks.SubmitTask(refused)).task  # the refused submission, sent again
     assert (await wait_done(client, again.task_id, timeout=30)).status == task_pb2.TASK_STATUS_COMPLETED
-    outage = [r.getMessage() for r in caplog.records]
-    assert len([m for m in outage if m.startswith("the store refuses writes")]) == 1, outage
-    assert len([m for m in outage if m.startswith("the store takes writes again")]) == 1, outage
+    outage = [r.getMessage() for r in caplog.records if r.name == "mcp_server.engine.paused_runs"]
+    assert len([m for m in outage if m.startswith("the store refuses calls")]) == 1, outage
+    assert len([m for m in outage if m.startswith("the store answers again")]) == 1, outage
     await client.channel.close()
 
 
@@ -181,3 +183,42 @@ async def test_a_replica_waiting_out_a_full_redis_keeps_its_leases(
         for running in replicas:  # before its Redis goes
             await running.stop(0.5)
         await client.channel.close()
+
+
+def parallel_of(workflow_id: str, *branches: dict[str, object]) -> workflow_pb2.Workflow:
+    return workflow(workflow_id, {"id": "fan", "parallel": {"children": list(branches)}})
+
+
+async def test_steps_store_calls_wait_out_a_full_store(
+    fillable: FillableStore, server_factory: Callable[..., Awaitable[RunningServer]]
+) -> None:
+    """A step's own calls to the store (its cache, rate-limit units) wait like a checkpoint; before,
+    the first one refused failed the task INTERNAL."""
+    running = await server_factory(store=fillable.url)
+    client = client_for(running)
+    key = f"full-{uuid.uuid4().hex[:6]}"
+    period = duration_pb2.Duration(seconds=2)
+    await client.registry.PutRateLimit(
+        registry_pb2.PutRateLimitRequest(rate_limit=registry_pb2.RateLimit(key=key, limit=1, period=period))
+    )
+    limited = "{'action': 'slow', 'ms': %d, 'tag': '%s'}"
+    wf = parallel_of(
+        "steps-meet-a-full-store",
+        # the output is kept in the cache after the call, with the store full
+        step("cached", "chaos", "{'action': 'slow', 'ms': 400, 'pad': input.pad}", cache={"ttl": "60s"}),
+        # one takes the unit, the other asks again in 2 s, with the store full
+        step("first", "chaos", limited % (3000, "first"), rate_limits=[{"key": key}]),
+        step("second", "chaos", limited % (10, "second"), rate_limits=[{"key": key}]),
+    )
+    await create(client, wf)
+    task = await submit(client, wf.workflow_id, {"pad": PAD})
+    await until_step_starts(client, task.task_id, "fan/cached")
+    await fillable.fill(running)
+    await asyncio.sleep(4)
+    await fillable.free(running)
+    done = await wait_done(client, task.task_id, timeout=30)
+    assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+    assert await calls_of_each_step(client, task.task_id) == [1, 1, 1]
+    again = await submit(client, wf.workflow_id, {"pad": PAD})  # the first run's output was kept
+    steps = step_states(await wait_done(client, again.task_id, timeout=30))
+    assert steps["fan/cached"].cached and steps["fan/cached"].cached_from == task.task_id

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.cancelling import cancel_and_wait, raise_if_cancelled
+from mcp_server.engine.failure_notes import FailureNotes
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import TaskQueue, TaskStore, WaitStore
 from mcp_server.engine.runner import TaskRunner
@@ -67,6 +68,8 @@ class Dispatcher:
         self._finished = asyncio.Event()
         self._started = False
         self._queue_empty = False
+        self._claim_failures = FailureNotes(log, "claiming tasks")
+        self._lease_failures = FailureNotes(log, "lease upkeep")
 
     @property
     def in_flight(self) -> int:
@@ -181,8 +184,9 @@ class Dispatcher:
                         self.settings.replica_id, self.settings.lease_seconds, min(room, batch)
                     )
                     batch = min(2 * batch, CLAIM_BATCH_MAX) if len(claimed) == batch else CLAIM_BATCH
+                    self._claim_failures.worked()
                 except Unavailable as exc:
-                    log.warning("cannot claim tasks: %s", exc)
+                    self._claim_failures.failed(exc)
                     await asyncio.sleep(0.5)
                     continue
                 except Exception:  # a bug must not stop this replica from ever claiming again
@@ -315,7 +319,8 @@ class Dispatcher:
                         held[task_id].task.cancel()
                 if await self.queue.release_expired_leases():
                     self._wake.set()
+                self._lease_failures.worked()
             except Unavailable as exc:
-                log.warning("lease upkeep paused: %s", exc)
+                self._lease_failures.failed(exc)
             except Exception:  # a bug must not stop lease upkeep for good
                 log.exception("lease upkeep failed unexpectedly; trying again")

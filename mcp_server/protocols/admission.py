@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mcp_server.engine.failure_notes import FailureNotes
 from mcp_server.engine.ports import CallObserver, CapacityLedger, CapacityRequest, CapacitySlice
 from mcp_server.errors import McpError, Unavailable
 from mcp_server.protocols.capacity import Resources
@@ -93,6 +94,8 @@ class Admission:
         self._asking: dict[Resources, asyncio.Event] = {}  # needs -> a slice being asked for
         self._giving: set[asyncio.Task[None]] = set()
         self._attendant: asyncio.Task[None] | None = None
+        self._ledger_failures = FailureNotes(log, "asking the capacity ledger who waits")
+        self._renew_failures = FailureNotes(log, "capacity lease upkeep")
 
     @property
     def kept_count(self) -> int:
@@ -279,8 +282,9 @@ class Admission:
                 await asyncio.sleep(QUIET_CHECK)
                 try:
                     waiting = await self.store.capacity_waiting()
+                    self._ledger_failures.worked()
                 except McpError as exc:
-                    log.warning("could not ask the capacity ledger: %s", exc)
+                    self._ledger_failures.failed(exc)
                     waiting = -1
                 self._note_waiting(waiting)
                 self._give_back_free(time.monotonic() - self.keep_seconds if waiting == 0 else None)
@@ -311,8 +315,9 @@ class Admission:
             return
         try:
             missing = await self.store.renew_capacity(list(self.slices), self.lease_seconds)
+            self._renew_failures.worked()
         except McpError as exc:
-            log.warning("capacity lease upkeep paused: %s", exc)
+            self._renew_failures.failed(exc)
             return
         for waiter_id in missing:
             lost = self.slices.pop(waiter_id, None)

@@ -18,7 +18,7 @@ from mcp_sdk.proto import protocol_pb2, registry_pb2
 from mcp_server.engine.events import now
 from mcp_server.engine.ports import CapacityLedger, RegistryStore
 from mcp_server.engine.values import ValueTooDeep, message_depth
-from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from mcp_server.protocols.breakers import BreakerBoard
 from mcp_server.protocols.capacity import RESOURCES, Resources
 from mcp_server.protocols.channels import ChannelPool
@@ -71,6 +71,10 @@ class ProtocolDirectory:
         self._cache: dict[str, list[registry_pb2.RegisteredProtocol]] = {}
         self._health: dict[str, int] = {}
         self._refreshed = 0.0
+        # Renewals fail while the store does: a registration is not judged expired then, nor
+        # within its TTL after the store answers again (when, in Unix seconds, it last did so).
+        self._store_failing = False
+        self._store_back_at = 0.0
 
     async def register(self, address: str, ttl_seconds: float = 0.0) -> list[registry_pb2.RegisteredProtocol]:
         """Ask the plugin at `address` what it serves and register all of it as instances there.
@@ -164,13 +168,35 @@ class ProtocolDirectory:
     async def refresh(self, force: bool = False, max_age: float = 2.0) -> None:
         if not force and time.monotonic() - self._refreshed < max_age:
             return
+        entries = await self.read_entries()
         at = time.time()
         cache: dict[str, list[registry_pb2.RegisteredProtocol]] = {}
-        for entry in await self.store.list_protocol_entries():
-            if not expired(entry, at):
+        for entry in entries:
+            if not self.expired(entry, at):
                 cache.setdefault(entry.manifest.name, []).append(entry)
         self._cache = cache
         self._refreshed = time.monotonic()
+
+    async def read_entries(self) -> list[registry_pb2.RegisteredProtocol]:
+        """Every registration in the store, noting whether the store answered."""
+        try:
+            entries = await self.store.list_protocol_entries()
+        except Unavailable:
+            self._store_failing = True
+            raise
+        if self._store_failing:
+            self._store_failing, self._store_back_at = False, time.time()
+        return entries
+
+    def expired(self, entry: registry_pb2.RegisteredProtocol, at: float) -> bool:
+        """Whether `entry` was not renewed within its TTL, when its holder could have renewed it:
+        not while the store fails, nor within the entry's TTL of the store answering again (a
+        plugin that renews every third of it has renewed by then if it is alive)."""
+        if not expired(entry, at) or self._store_failing:
+            return False
+        registered = entry.register_time.ToNanoseconds() if entry.HasField("register_time") else 0
+        ttl = (entry.expire_time.ToNanoseconds() - registered) / 1e9 if registered else 0.0
+        return at > self._store_back_at + max(ttl, 0.0)
 
     async def listing(self) -> list[registry_pb2.RegisteredProtocol]:
         """Every instance, by protocol name then address, with health, breaker, ejection and use."""
@@ -195,7 +221,7 @@ class ProtocolDirectory:
     def instances(self, name: str) -> list[registry_pb2.RegisteredProtocol]:
         """The unexpired instances of `name` (from the cache), by address."""
         at = time.time()
-        return [e for e in self._cache.get(name, ()) if not expired(e, at)]
+        return [e for e in self._cache.get(name, ()) if not self.expired(e, at)]
 
     def record_health(self, address: str, reachable: bool) -> None:
         self._health[address] = (

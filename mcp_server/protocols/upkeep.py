@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import grpc
 
 from mcp_sdk.proto import protocol_pb2, registry_pb2
+from mcp_server.engine.failure_notes import FailureNotes
 from mcp_server.errors import McpError
-from mcp_server.protocols.registry import ProtocolDirectory, expired
+from mcp_server.protocols.registry import ProtocolDirectory
 
 log = logging.getLogger(__name__)
 PROBE_TIMEOUT = 2.0
@@ -51,6 +52,8 @@ class RegistryUpkeep:
         self.settings = settings
         self.bundled: tuple[str, ...] = ()
         self.static: tuple[str, ...] = ()
+        self._renew_failures = FailureNotes(log, "renewing the server's own plugin registrations")
+        self._upkeep_failures = FailureNotes(log, "registry upkeep")
 
     @property
     def own(self) -> tuple[str, ...]:
@@ -79,11 +82,16 @@ class RegistryUpkeep:
         answering expires); run as a background task."""
         while True:
             await asyncio.sleep(self.settings.own_ttl_seconds / 3)
+            failures = []
             for address in self.own:
                 try:
                     await self.directory.register(address, self.settings.own_ttl_seconds)
                 except McpError as exc:
-                    log.warning("could not renew the registration of %s: %s", address, exc.message)
+                    failures.append(f"{address}: {exc.message}")
+            if failures:
+                self._renew_failures.failed("; ".join(failures))
+            else:
+                self._renew_failures.worked()
 
     async def probe_and_prune(self) -> None:
         """Probe every instance, then drop what expired or stayed unreachable too long; run as a
@@ -92,8 +100,9 @@ class RegistryUpkeep:
             try:
                 await self.probe()
                 await self.prune()
+                self._upkeep_failures.worked()
             except McpError as exc:  # the store is down: the next round tries again
-                log.warning("registry upkeep paused: %s", exc.message)
+                self._upkeep_failures.failed(exc.message)
             await asyncio.sleep(self.settings.probe_seconds or 10.0)
 
     async def probe(self) -> None:
@@ -117,8 +126,8 @@ class RegistryUpkeep:
         `drop_unreachable_seconds`; log each. Returns how many went."""
         at = time.time()
         doomed: list[tuple[registry_pb2.RegisteredProtocol, str]] = []
-        for entry in await self.directory.store.list_protocol_entries():
-            if expired(entry, at):
+        for entry in await self.directory.read_entries():
+            if self.directory.expired(entry, at):
                 doomed.append((entry, "its registration expired (not renewed within its TTL)"))
             elif entry.HasField("expire_time") and (since := self._unreachable_for(entry.address)) is not None:
                 doomed.append((entry, f"unreachable for {since:.0f}s"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,7 +41,8 @@ async def wait_for_health(health: health_pb2_grpc.HealthStub, wanted: int) -> No
             await asyncio.sleep(0.1)
 
 
-async def test_tasks_pause_while_redis_is_down_and_finish_when_it_returns(server_factory, tmp_path):
+async def test_tasks_pause_while_redis_is_down_and_finish_when_it_returns(server_factory, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
     port = free_port()
     redis_process = start_redis(port, str(tmp_path))
     try:
@@ -63,6 +66,7 @@ async def test_tasks_pause_while_redis_is_down_and_finish_when_it_returns(server
         assert "redis store unreachable" in err.value.details()
         health = health_pb2_grpc.HealthStub(client.channel)
         await wait_for_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(3)  # the replica's loops fail again and again meanwhile
 
         redis_process = start_redis(port, str(tmp_path))
         await wait_for_health(health, health_pb2.HealthCheckResponse.SERVING)
@@ -73,6 +77,10 @@ async def test_tasks_pause_while_redis_is_down_and_finish_when_it_returns(server
         assert [e.step_path for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED][:4] == [
             f"root/s{i}" for i in range(4)
         ]
+        # each loop that retries through the outage says so where it starts and where it ends, not every time
+        said = Counter(r.getMessage().split(":")[0] for r in caplog.records if r.name.startswith("mcp_server"))
+        assert said["claiming tasks fails"] == 1 and said["lease upkeep fails"] == 1, said
+        assert [m for m in said if m.startswith("claiming tasks works again")], said
         await client.channel.close()
     finally:
         redis_process.terminate()
@@ -209,3 +217,43 @@ async def test_a_call_waiting_for_capacity_waits_out_a_redis_outage(server_facto
         redis_process.wait(timeout=10)
         box.process.terminate()
         box.process.wait(timeout=10)
+
+
+async def test_registrations_outlive_a_redis_outage_longer_than_their_ttl(server_factory, tmp_path):
+    """Nobody can renew a registration while Redis is down: when it returns, the instances stay
+    (before, the first upkeep round dropped every one, the server's own too, and calls found no
+    plugin until the next renewals)."""
+    port = free_port()
+    redis_process = start_redis(port, str(tmp_path))
+    try:
+        running = await server_factory(
+            store=f"redis://127.0.0.1:{port}/0", plugin_ttl_seconds=2.0, health_probe_seconds=0.3
+        )
+        client = client_for(running)
+
+        async def echo_listed() -> bool:
+            listing = await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())
+            return "echo" in {p.manifest.name for p in listing.protocols}
+
+        assert await echo_listed()
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+        await asyncio.sleep(4)  # twice the TTL
+        redis_process = start_redis(port, str(tmp_path))
+        seen: list[bool] = []
+        async with asyncio.timeout(20):
+            while len(seen) < 30:  # 3 s: upkeep rounds every 0.3 s, renewals every 0.67 s
+                try:
+                    seen.append(await echo_listed())
+                except grpc.aio.AioRpcError:  # the first calls may still meet the outage
+                    pass
+                await asyncio.sleep(0.1)
+        assert all(seen), seen
+        await create(client, workflow("echo-after-outage", step("e", "echo", "{'x': 1}")))
+        done = await wait_done(client, (await submit(client, "echo-after-outage")).task_id)
+        assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+        await running.stop(0.5)  # before its Redis goes
+        await client.channel.close()
+    finally:
+        redis_process.terminate()
+        redis_process.wait(timeout=10)

@@ -14,6 +14,7 @@ from typing import Any
 from redis.exceptions import NoPermissionError, RedisError
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.failure_notes import FailureNotes
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord
 from mcp_server.state.common import TERMINAL, assemble, now_seconds
 from mcp_server.state.redis import waits_lua as lua
@@ -128,11 +129,13 @@ class RedisWaits:
         held task), on a pub/sub connection of their own; after a failure, subscribe again with a
         growing pause (what was published meanwhile is lost: the replicas' poll finds it)."""
         pause = NUDGE_PAUSE_SECONDS
+        failures = FailureNotes(log, "the signal channel (signals through other replicas wait for the poll meanwhile)")
         while True:
             pubsub = self.conn.r.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.layout.signal_channel)
                 pause = NUDGE_PAUSE_SECONDS
+                failures.worked()
                 while True:
                     message = await pubsub.get_message(timeout=NUDGE_READ_SECONDS)  # None: nothing yet
                     if message is not None and message.get("type") == "message":
@@ -141,7 +144,7 @@ class RedisWaits:
                 log.warning("this Redis user may not subscribe: signals through other replicas wait for the poll")
                 return
             except (RedisError, OSError) as exc:
-                log.warning("the signal channel is down (signals through other replicas wait for the poll): %s", exc)
+                failures.failed(exc)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

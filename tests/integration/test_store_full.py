@@ -23,10 +23,12 @@ from google.protobuf import duration_pb2
 
 from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.api.server import RunningServer
+from mcp_server.state import open_store
 from mcp_server.state.sqlite.database import SqliteDatabase
 from tests.conftest import Client, client_for
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, error_reason, events, step, step_states, submit, wait_done, workflow
+from tests.support.redis_cluster import LocalCluster
 from tests.support.redis_server import start_private_redis
 
 pytestmark = pytest.mark.asyncio
@@ -222,3 +224,36 @@ async def test_steps_store_calls_wait_out_a_full_store(
     again = await submit(client, wf.workflow_id, {"pad": PAD})  # the first run's output was kept
     steps = step_states(await wait_done(client, again.task_id, timeout=30))
     assert steps["fan/cached"].cached and steps["fan/cached"].cached_from == task.task_id
+
+
+async def test_a_redis_that_may_evict_keys_is_warned_of_at_start(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any maxmemory-policy but noeviction lets Redis drop task keys when memory runs short."""
+    caplog.set_level(logging.WARNING, logger="mcp_server.state.redis")
+    with private_redis(str(tmp_path)) as (url, admin):
+        for policy, warned in (("allkeys-lru", True), ("volatile-ttl", True), ("noeviction", False)):
+            admin.config_set("maxmemory-policy", policy)
+            caplog.clear()
+            store = await open_store(url)
+            await store.close()
+            said = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+            assert bool(said) == warned, (policy, said)
+            if warned:
+                assert said[0].startswith(f"Redis's maxmemory-policy is {policy}:"), said
+
+
+async def test_a_cluster_master_that_may_evict_keys_is_warned_of_at_start(
+    redis_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mcp_server.state.redis")
+    master = redis.Redis(port=redis_cluster.masters()[1])
+    try:
+        master.config_set("maxmemory-policy", "volatile-lru")
+        store = await open_store(f"{redis_cluster.url}?prefix=evict-{uuid.uuid4().hex[:6]}:")
+        await store.close()
+    finally:
+        master.config_set("maxmemory-policy", "noeviction")
+        master.close()
+    said = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    assert said and said[0].startswith("Redis's maxmemory-policy is volatile-lru:"), said

@@ -4,6 +4,7 @@ does its job (each with its Lua scripts beside it), `layout.py` names every key.
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -14,7 +15,7 @@ from mcp_server.state.redis.cache import RedisStepCache
 from mcp_server.state.redis.capacity import RedisCapacity
 from mcp_server.state.redis.connection import RedisConnection
 from mcp_server.state.redis.lane import RedisLane
-from mcp_server.state.redis.opening import agree_on_layout, connect_cluster, connect_node
+from mcp_server.state.redis.opening import agree_on_layout, connect_cluster, connect_node, eviction_warning
 from mcp_server.state.redis.queue import RedisQueue
 from mcp_server.state.redis.ratelimits import RedisRateLimits
 from mcp_server.state.redis.registry import RedisRegistry
@@ -23,6 +24,8 @@ from mcp_server.state.redis.streams import StreamHub
 from mcp_server.state.redis.tasks import RedisTasks
 from mcp_server.state.redis.waits import RedisWaits
 from mcp_server.state.redis.workflows import RedisWorkflows
+
+log = logging.getLogger(__name__)
 
 
 async def open_redis(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> Store:
@@ -48,6 +51,8 @@ async def open_redis(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
             lane = RedisLane.for_pool(client.connection_pool.connection_kwargs)
     try:
         layout = await agree_on_layout(client, prefix, int(wanted) if wanted else None)
+        if (warning := await eviction_warning(client)) is not None:
+            log.warning(warning)
     except BaseException:
         await client.aclose()
         raise

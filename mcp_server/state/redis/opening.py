@@ -80,6 +80,30 @@ async def connect_cluster(where: str) -> RedisCluster:
     return client
 
 
+EVICTING = (
+    "Redis's maxmemory-policy is {policies}: when memory runs short it may evict the store's keys "
+    "(tasks, leases, request ids) and lose work; set maxmemory-policy noeviction (the server then "
+    "refuses writes with STORE_FULL until memory is freed)"
+)
+
+
+async def eviction_warning(client: aioredis.Redis | RedisCluster) -> str | None:
+    """What to warn of when Redis (any master of a cluster) may evict keys: every policy but
+    noeviction may, the volatile ones too (the store sets TTLs on request ids and finished
+    tasks). None when all is well, or when Redis cannot be asked now (INFO refused, unreachable)."""
+    try:
+        if isinstance(client, RedisCluster):
+            replies = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+            infos = list(replies.values())
+        else:
+            infos = [await client.info("memory")]
+    except (RedisClusterException, RedisError, OSError):
+        return None
+    policies = {str(info.get("maxmemory_policy", "noeviction")) for info in infos if isinstance(info, dict)}
+    policies.discard("noeviction")
+    return EVICTING.format(policies=", ".join(sorted(policies))) if policies else None
+
+
 async def agree_on_layout(client: aioredis.Redis | RedisCluster, prefix: str, wanted: int | None) -> Layout:
     """The layout this store was created with (recording ours if it is new); refuse another."""
     if wanted is not None:

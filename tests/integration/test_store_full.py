@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -21,11 +22,11 @@ import pytest
 import redis
 from google.protobuf import duration_pb2
 
-from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.api.server import RunningServer
 from mcp_server.state import open_store
 from mcp_server.state.sqlite.database import SqliteDatabase
-from tests.conftest import Client, client_for
+from tests.conftest import Client, client_for, spawn_plugin
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, error_reason, events, step, step_states, submit, wait_done, workflow
 from tests.support.redis_cluster import LocalCluster
@@ -257,3 +258,47 @@ async def test_a_cluster_master_that_may_evict_keys_is_warned_of_at_start(
         master.close()
     said = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
     assert said and said[0].startswith("Redis's maxmemory-policy is volatile-lru:"), said
+
+
+async def test_capacity_held_through_a_full_redis_is_not_given_to_another_replica(
+    server_factory: Callable[..., Awaitable[RunningServer]], tmp_path: object
+) -> None:
+    """One GPU, a call holding it on one replica while Redis is full for longer than a lease, a
+    call waiting for it on another. The holder's grant is renewed through the outage (before, it
+    lapsed, and whichever asked first once memory was freed, the waiter or the holder's renewal,
+    decided whether the GPU ran two calls); the GPU never runs two."""
+    box = spawn_plugin("tests.support.gpu_plugin", "127.0.0.1:0", "--capacity", "gpus=1")
+    try:
+        with private_redis(str(tmp_path)) as (url, admin):
+            replicas = [
+                await server_factory(store=url, extra_plugins=(box.address,), session_plugins=False) for _ in range(2)
+            ]
+            clients = [client_for(r) for r in replicas]
+            lease = replicas[0].orchestrator.settings.lease_seconds
+            render = workflow("one-gpu", step("r", "render", "{'ms': input.ms, 'tag': input.tag}"))
+            await create(clients[0], render)
+            holder = await submit(clients[0], "one-gpu", {"ms": (3 * lease + 2) * 1000, "tag": "holder"})
+            await until_step_starts(clients[0], holder.task_id, "r")
+            await asyncio.sleep(0.5)  # the holder's call is on the GPU
+            waiter = await submit(clients[1], "one-gpu", {"ms": 10, "tag": "waiter"})
+            await asyncio.sleep(0.5)
+            fill_redis(admin)
+            await asyncio.sleep(3 * lease)  # the holder's grant would lapse thrice over
+            # the ledger still holds it: the first ask after the store frees cannot take it
+            grants = admin.zrange("mcp:{cap}:g", 0, -1, withscores=True)
+            assert grants and all(expiry / 1000 > time.time() for _, expiry in grants), grants
+            admin.config_set("maxmemory", "0")
+            for client, task in ((clients[0], holder), (clients[1], waiter)):
+                done = await wait_done(client, task.task_id, timeout=60)
+                assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+            async with grpc.aio.insecure_channel(box.address) as channel:
+                request = protocol_pb2.ExecuteRequest(protocol="gpu_stats")
+                stats = (await protocol_pb2_grpc.ProtocolServiceStub(channel).Execute(request)).output
+            assert stats.fields["max_in_flight"].number_value == 1, stats
+            for running in replicas:  # before their Redis goes
+                await running.stop(0.5)
+            for client in clients:
+                await client.channel.close()
+    finally:
+        box.process.terminate()
+        box.process.wait(timeout=10)

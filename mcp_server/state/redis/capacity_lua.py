@@ -178,10 +178,14 @@ return redis.call('ZCARD', KEYS[3])
 
 
 # KEYS: grants, grant data; ARGV: expiry ms, ids -> keeps the grants alive; returns the ids not held
+# Taken out and put back, so that a renewal goes through while Redis is at maxmemory (see
+# RENEW_LEASES in queue_lua.py): a grant that lapsed then would let another replica's call onto
+# the capacity a running call still holds.
 RENEW_CAPACITY = """
 local missing = {}
 for i = 2, #ARGV do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
+    redis.call('ZREM', KEYS[1], ARGV[i])
     redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
   else
     missing[#missing + 1] = ARGV[i]

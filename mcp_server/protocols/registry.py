@@ -71,8 +71,9 @@ class ProtocolDirectory:
         self._cache: dict[str, list[registry_pb2.RegisteredProtocol]] = {}
         self._health: dict[str, int] = {}
         self._refreshed = 0.0
-        # Renewals fail while the store does: a registration is not judged expired then, nor
-        # within its TTL after the store answers again (when, in Unix seconds, it last did so).
+        # Renewals fail while the store does (down, or full: a full one still answers reads): a
+        # registration is not judged expired then, nor within its TTL after the store answers
+        # again (when, in Unix seconds, a read last found it answering after a failure).
         self._store_failing = False
         self._store_back_at = 0.0
 
@@ -122,7 +123,11 @@ class ProtocolDirectory:
             )
             if ttl_seconds > 0:
                 entry.expire_time.FromNanoseconds(int((time.time() + ttl_seconds) * 1e9))
-            await self.store.put_protocol(entry)
+            try:
+                await self.store.put_protocol(entry)
+            except Unavailable:  # a full store still answers reads: the refused renewal says it
+                self._store_failing = True
+                raise
             entries.append(entry)
         self.record_health(address, True)
         await self.refresh(force=True)

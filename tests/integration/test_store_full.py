@@ -302,3 +302,34 @@ async def test_capacity_held_through_a_full_redis_is_not_given_to_another_replic
     finally:
         box.process.terminate()
         box.process.wait(timeout=10)
+
+
+async def test_registrations_outlive_a_full_redis(
+    server_factory: Callable[..., Awaitable[RunningServer]], tmp_path: object
+) -> None:
+    """A full Redis refuses renewals but still lets the registry be read and pruned: no instance
+    may be judged expired meanwhile (before, each was dropped once its TTL ran out)."""
+    with private_redis(str(tmp_path)) as (url, admin):
+        running = await server_factory(store=url, plugin_ttl_seconds=2.0, health_probe_seconds=0.3)
+        client = client_for(running)
+
+        async def echo_listed() -> bool:
+            listing = await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())
+            return "echo" in {p.manifest.name for p in listing.protocols}
+
+        assert await echo_listed()
+        fill_redis(admin)
+        seen = []
+        for _ in range(50):  # 5 s full, then 3 s after: TTLs of 2 s, upkeep rounds every 0.3 s
+            seen.append(await echo_listed())
+            await asyncio.sleep(0.1)
+        admin.config_set("maxmemory", "0")
+        for _ in range(30):
+            seen.append(await echo_listed())
+            await asyncio.sleep(0.1)
+        assert all(seen), seen
+        await create(client, workflow("echo-after-full", step("e", "echo", "{'x': 1}")))
+        done = await wait_done(client, (await submit(client, "echo-after-full")).task_id)
+        assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+        await running.stop(0.5)  # before its Redis goes
+        await client.channel.close()

@@ -9,7 +9,7 @@ import grpc
 from google.protobuf import json_format
 
 from mcp_sdk.errors import McpError
-from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2, workflow_pb2
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.engine.values import struct_to_dict
 
 TERMINAL = {task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED}
@@ -77,6 +77,12 @@ def error_reason(error: grpc.aio.AioRpcError) -> str:
     """The ErrorInfo reason of an error ("" when it carries none)."""
     read = McpError.from_rpc_error(error)
     return read.reason if read.domain else ""
+
+
+async def protocol_listed(client: Any, name: str) -> bool:
+    """Whether ListProtocols lists an instance of protocol `name`."""
+    listing = await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())
+    return name in {p.manifest.name for p in listing.protocols}
 
 
 async def plugin_stats(testkit: protocol_pb2_grpc.ProtocolServiceStub, protocol: str = "stats") -> dict[str, Any]:

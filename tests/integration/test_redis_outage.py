@@ -6,7 +6,7 @@ import asyncio
 import logging
 import subprocess
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -15,10 +15,11 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_server.api.server import RunningServer
 from mcp_server.settings import Limits
 from tests.conftest import client_for, spawn_plugin
 from tests.e2e.test_server_process import free_port
-from tests.helpers import create, events, step, submit, wait_done, workflow
+from tests.helpers import create, events, protocol_listed, run, step, submit, wait_done, workflow
 from tests.support.redis_server import start_private_redis
 
 pytestmark = pytest.mark.asyncio
@@ -147,113 +148,105 @@ async def test_right_after_a_redis_restart_every_rpc_succeeds(server_factory, pl
         holder[0].wait(timeout=10)
 
 
-async def test_a_step_waiting_for_rate_limit_units_waits_out_a_redis_outage(server_factory, tmp_path):
+class RestartableRedis:
+    """A Redis of the test's own, kept on disk (AOF), that the test stops and starts again."""
+
+    def __init__(self, directory: str) -> None:
+        self.port, self.directory = free_port(), directory
+        self.process = start_redis(self.port, directory)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+    def start(self) -> None:
+        self.process = start_redis(self.port, self.directory)
+
+
+@pytest.fixture
+def restartable_redis(tmp_path) -> Iterator[RestartableRedis]:
+    redis_server = RestartableRedis(str(tmp_path))
+    yield redis_server
+    redis_server.stop()
+
+
+async def finishes_through_an_outage_while_a_step_waits(
+    running: RunningServer, task_id: str, redis_server: RestartableRedis, seconds: float
+) -> None:
+    """Stop Redis once a step of the task waits (for units, for capacity), start it again after
+    `seconds`, and see the task complete; then stop the server before its Redis goes."""
+    client = client_for(running)
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+        if event.type == E.TASK_EVENT_TYPE_STEP_WAITING:
+            break
+    redis_server.stop()
+    await asyncio.sleep(seconds)
+    redis_server.start()
+    done = await wait_done(client, task_id, timeout=30)
+    assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+    await running.stop(0.5)
+    await client.channel.close()
+
+
+async def test_a_step_waiting_for_rate_limit_units_waits_out_a_redis_outage(server_factory, restartable_redis):
     """The step asks for units again while Redis is down: it waits for Redis as a checkpoint does
     (before, the refused ask failed the task INTERNAL)."""
-    port = free_port()
-    redis_process = start_redis(port, str(tmp_path))
-    try:
-        running = await server_factory(store=f"redis://127.0.0.1:{port}/0")
-        client = client_for(running)
-        period = duration_pb2.Duration(seconds=2)
-        limit = registry_pb2.RateLimit(key="outage", limit=1, period=period)
-        await client.registry.PutRateLimit(registry_pb2.PutRateLimitRequest(rate_limit=limit))
-        uses = [{"key": "outage"}]
-        wf = workflow(
-            "units-in-an-outage",
-            {
-                "id": "fan",
-                "parallel": {
-                    "children": [
-                        step("first", "sleep", "{'ms': 3000}", rate_limits=uses),  # takes the unit
-                        step("second", "sleep", "{'ms': 10}", rate_limits=uses),  # asks again in 2 s
-                    ]
-                },
-            },
-        )
-        await create(client, wf)
-        task = await submit(client, "units-in-an-outage")
-        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-            if event.type == E.TASK_EVENT_TYPE_STEP_WAITING:
-                break
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
-        await asyncio.sleep(3)
-        redis_process = start_redis(port, str(tmp_path))
-        done = await wait_done(client, task.task_id, timeout=30)
-        assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
-        await running.stop(0.5)  # before its Redis goes
-        await client.channel.close()
-    finally:
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
+    running = await server_factory(store=restartable_redis.url)
+    client = client_for(running)
+    limit = registry_pb2.RateLimit(key="outage", limit=1, period=duration_pb2.Duration(seconds=2))
+    await client.registry.PutRateLimit(registry_pb2.PutRateLimitRequest(rate_limit=limit))
+    uses = [{"key": "outage"}]
+    children = [
+        step("first", "sleep", "{'ms': 3000}", rate_limits=uses),  # takes the unit
+        step("second", "sleep", "{'ms': 10}", rate_limits=uses),  # asks again in 2 s
+    ]
+    await create(client, workflow("units-in-an-outage", {"id": "fan", "parallel": {"children": children}}))
+    task = await submit(client, "units-in-an-outage")
+    await finishes_through_an_outage_while_a_step_waits(running, task.task_id, restartable_redis, 3)
+    await client.channel.close()
 
 
-async def test_a_call_waiting_for_capacity_waits_out_a_redis_outage(server_factory, tmp_path):
+async def test_a_call_waiting_for_capacity_waits_out_a_redis_outage(server_factory, restartable_redis):
     """The call asks the capacity ledger again while Redis is down: it waits for Redis (before,
     the refused ask failed the task INTERNAL)."""
     box = spawn_plugin("tests.support.gpu_plugin", "127.0.0.1:0", "--capacity", "gpus=1")
-    port = free_port()
-    redis_process = start_redis(port, str(tmp_path))
     try:
-        running = await server_factory(store=f"redis://127.0.0.1:{port}/0", extra_plugins=(box.address,))
+        running = await server_factory(store=restartable_redis.url, extra_plugins=(box.address,))
         client = client_for(running)
         children = [step("long", "render", "{'ms': 2500}"), step("short", "render", "{'ms': 10}")]
         await create(client, workflow("gpu-in-an-outage", {"id": "fan", "parallel": {"children": children}}))
-        task = await submit(client, "gpu-in-an-outage")
-        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-            if event.type == E.TASK_EVENT_TYPE_STEP_WAITING:  # one holds the GPU, the other waits for it
-                break
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
-        await asyncio.sleep(2)
-        redis_process = start_redis(port, str(tmp_path))
-        done = await wait_done(client, task.task_id, timeout=30)
-        assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
-        await running.stop(0.5)  # before its Redis goes
+        task = await submit(client, "gpu-in-an-outage")  # one holds the GPU, the other waits for it
+        await finishes_through_an_outage_while_a_step_waits(running, task.task_id, restartable_redis, 2)
         await client.channel.close()
     finally:
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
         box.process.terminate()
         box.process.wait(timeout=10)
 
 
-async def test_registrations_outlive_a_redis_outage_longer_than_their_ttl(server_factory, tmp_path):
+async def test_registrations_outlive_a_redis_outage_longer_than_their_ttl(server_factory, restartable_redis):
     """Nobody can renew a registration while Redis is down: when it returns, the instances stay
     (before, the first upkeep round dropped every one, the server's own too, and calls found no
     plugin until the next renewals)."""
-    port = free_port()
-    redis_process = start_redis(port, str(tmp_path))
-    try:
-        running = await server_factory(
-            store=f"redis://127.0.0.1:{port}/0", plugin_ttl_seconds=2.0, health_probe_seconds=0.3
-        )
-        client = client_for(running)
-
-        async def echo_listed() -> bool:
-            listing = await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())
-            return "echo" in {p.manifest.name for p in listing.protocols}
-
-        assert await echo_listed()
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
-        await asyncio.sleep(4)  # twice the TTL
-        redis_process = start_redis(port, str(tmp_path))
-        seen: list[bool] = []
-        async with asyncio.timeout(20):
-            while len(seen) < 30:  # 3 s: upkeep rounds every 0.3 s, renewals every 0.67 s
-                try:
-                    seen.append(await echo_listed())
-                except grpc.aio.AioRpcError:  # the first calls may still meet the outage
-                    pass
-                await asyncio.sleep(0.1)
-        assert all(seen), seen
-        await create(client, workflow("echo-after-outage", step("e", "echo", "{'x': 1}")))
-        done = await wait_done(client, (await submit(client, "echo-after-outage")).task_id)
-        assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
-        await running.stop(0.5)  # before its Redis goes
-        await client.channel.close()
-    finally:
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
+    running = await server_factory(store=restartable_redis.url, plugin_ttl_seconds=2.0, health_probe_seconds=0.3)
+    client = client_for(running)
+    assert await protocol_listed(client, "echo")
+    restartable_redis.stop()
+    await asyncio.sleep(4)  # twice the TTL
+    restartable_redis.start()
+    seen: list[bool] = []
+    async with asyncio.timeout(20):
+        while len(seen) < 30:  # 3 s: upkeep rounds every 0.3 s, renewals every 0.67 s
+            try:
+                seen.append(await protocol_listed(client, "echo"))
+            except grpc.aio.AioRpcError:  # the first calls may still meet the outage
+                pass
+            await asyncio.sleep(0.1)
+    assert all(seen), seen
+    done = await run(client, workflow("echo-after-outage", step("e", "echo", "{'x': 1}")))  # calls find the plugin
+    assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+    await running.stop(0.5)  # before its Redis goes
+    await client.channel.close()

@@ -28,7 +28,18 @@ from mcp_server.state import open_store
 from mcp_server.state.sqlite.database import SqliteDatabase
 from tests.conftest import Client, client_for, spawn_plugin
 from tests.e2e.test_server_process import free_port
-from tests.helpers import create, error_reason, events, step, step_states, submit, wait_done, workflow
+from tests.helpers import (
+    create,
+    error_reason,
+    events,
+    protocol_listed,
+    run,
+    step,
+    step_states,
+    submit,
+    wait_done,
+    workflow,
+)
 from tests.support.redis_cluster import LocalCluster
 from tests.support.redis_server import start_private_redis
 
@@ -312,24 +323,18 @@ async def test_registrations_outlive_a_full_redis(
     with private_redis(str(tmp_path)) as (url, admin):
         running = await server_factory(store=url, plugin_ttl_seconds=2.0, health_probe_seconds=0.3)
         client = client_for(running)
-
-        async def echo_listed() -> bool:
-            listing = await client.registry.ListProtocols(registry_pb2.ListProtocolsRequest())
-            return "echo" in {p.manifest.name for p in listing.protocols}
-
-        assert await echo_listed()
+        assert await protocol_listed(client, "echo")
         fill_redis(admin)
         seen = []
         for _ in range(50):  # 5 s full, then 3 s after: TTLs of 2 s, upkeep rounds every 0.3 s
-            seen.append(await echo_listed())
+            seen.append(await protocol_listed(client, "echo"))
             await asyncio.sleep(0.1)
         admin.config_set("maxmemory", "0")
         for _ in range(30):
-            seen.append(await echo_listed())
+            seen.append(await protocol_listed(client, "echo"))
             await asyncio.sleep(0.1)
         assert all(seen), seen
-        await create(client, workflow("echo-after-full", step("e", "echo", "{'x': 1}")))
-        done = await wait_done(client, (await submit(client, "echo-after-full")).task_id)
+        done = await run(client, workflow("echo-after-full", step("e", "echo", "{'x': 1}")))  # calls find the plugin
         assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
         await running.stop(0.5)  # before its Redis goes
         await client.channel.close()

@@ -134,10 +134,13 @@ async def test_a_full_store_refuses_submissions_pauses_runs_and_loses_nothing(
     running = await server_factory(store=fillable.url)
     client = client_for(running)
     await create(client, WORKFLOW)
-    first = await submit(client, WORKFLOW.workflow_id, {"pad": PAD})
+    request_id = f"before-full-{uuid.uuid4().hex}"  # the plugin counts calls by task across tests
+    first = await submit(client, WORKFLOW.workflow_id, {"pad": PAD}, request_id=request_id)
     await until_step_starts(client, first.task_id, "root/s1")
 
     await fillable.fill(running)
+    retried = await submit(client, WORKFLOW.workflow_id, {"pad": PAD}, request_id=request_id)
+    assert retried.task_id == first.task_id  # a retry of a stored submission is answered, full or not
     refused = task_pb2.SubmitTaskRequest(workflow_id=WORKFLOW.workflow_id, request_id="while-full")
     refused.input_data.update({"pad": PAD})
     with pytest.raises(grpc.aio.AioRpcError) as err:

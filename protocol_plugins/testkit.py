@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
 from typing import Any
 
@@ -91,6 +92,27 @@ def spin(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     while time.monotonic() < until:
         rounds += 1
     return {"rounds": rounds}
+
+
+blocked = {"in_flight": 0, "most": 0}
+blocked_lock = threading.Lock()
+
+
+@plugin.protocol("block", description="Waits `ms` in a plain function, as a handler calling an HTTP API does")
+def block(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    if data.get("reset"):
+        with blocked_lock:
+            blocked["most"] = 0
+        return {}
+    with blocked_lock:
+        blocked["in_flight"] += 1
+        blocked["most"] = max(blocked["most"], blocked["in_flight"])
+    try:
+        time.sleep(float(data.get("ms", 100)) / 1000)
+    finally:
+        with blocked_lock:
+            blocked["in_flight"] -= 1
+    return {"most_at_once": blocked["most"]}
 
 
 @plugin.protocol("chatter", description="Sends `n` progress messages of `size` bytes as fast as it can")

@@ -49,3 +49,30 @@ async def test_a_blocking_handler_does_not_hold_the_plugin():
     finally:
         plugin.process.kill()
         plugin.process.wait(timeout=10)
+
+
+async def test_plain_handlers_run_as_many_at_once_as_the_calls_that_come():
+    """asyncio's default pool (min(32, cores + 4) threads: 6 here) held a plugin whose handler waits
+    on an HTTP API to 6 calls at once; the SDK's own pool takes 64 (`--handler-threads`)."""
+    plugin = spawn_plugin("protocol_plugins.testkit")
+    try:
+        async with grpc.aio.insecure_channel(plugin.address) as channel:
+            stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
+            await stub.Execute(call("block", reset=True), timeout=30)
+            replies = await asyncio.gather(*(stub.Execute(call("block", ms=1500), timeout=60) for _ in range(40)))
+            assert max(r.output.fields["most_at_once"].number_value for r in replies) == 40
+    finally:
+        plugin.process.kill()
+        plugin.process.wait(timeout=10)
+
+
+async def test_handler_threads_bound_how_many_plain_handlers_run_at_once():
+    plugin = spawn_plugin("protocol_plugins.testkit", "127.0.0.1:0", "--handler-threads", "3")
+    try:
+        async with grpc.aio.insecure_channel(plugin.address) as channel:
+            stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
+            replies = await asyncio.gather(*(stub.Execute(call("block", ms=300), timeout=60) for _ in range(9)))
+            assert max(r.output.fields["most_at_once"].number_value for r in replies) == 3
+    finally:
+        plugin.process.kill()
+        plugin.process.wait(timeout=10)

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
+import functools
 import inspect
 import logging
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ from mcp_sdk.values import dict_to_struct, sendable_struct, struct_to_dict
 __all__ = ["READY_LINE", "Context", "Handler", "Plugin", "ProtocolError", "Reply", "accept", "fail", "goto", "retry"]
 log = logging.getLogger(__name__)
 READY_LINE = "MCP_PLUGIN_LISTENING"
+DEFAULT_HANDLER_THREADS = 64
 
 
 @dataclass
@@ -88,10 +92,15 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
     call_streams = True
     # calls received and waiting for the event loop before gRPC sheds any (see mcp_sdk.serving)
     max_pending_calls = DEFAULT_MAX_PENDING_CALLS
+    # plain (blocking) handlers running at once: their own pool, since asyncio's default one has
+    # min(32, cores + 4) threads, which held a 2-core plugin to 6 calls of a handler that waits on
+    # a model's HTTP API however many the orchestrator sent
+    handler_threads = DEFAULT_HANDLER_THREADS
 
     def __init__(self, name: str, capacity: protocol_pb2.Capacity | dict[str, int] | None = None) -> None:
         self.name = name
         self.protocols: dict[str, _Registered] = {}
+        self._threads: ThreadPoolExecutor | None = None
         self.capacity = (
             capacity if isinstance(capacity, protocol_pb2.Capacity) else protocol_pb2.Capacity(**(capacity or {}))
         )
@@ -200,7 +209,7 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         try:
             data = struct_to_dict(request.input)
             if registered.blocking:
-                result = await asyncio.to_thread(registered.handler, data, ctx)
+                result = await self._in_thread(registered.handler, data, ctx)
             else:
                 result = registered.handler(data, ctx)
             if inspect.isawaitable(result):
@@ -231,6 +240,13 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
         return response
 
     # ---- serving --------------------------------------------------------------------------
+    async def _in_thread(self, handler: Handler, data: dict[str, Any], ctx: Context) -> Any:
+        """Run a plain handler in the plugin's handler threads (with the caller's context vars)."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.handler_threads, thread_name_prefix=f"{self.name}-handler")
+        run = functools.partial(contextvars.copy_context().run, handler, data, ctx)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, run)
+
     def serialize_execute_response(self, response: Any) -> bytes:
         """How Execute's answer goes on the wire (the chaos plugin overrides it to send garbage)."""
         return bytes(response.SerializeToString())
@@ -321,10 +337,12 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             if helper is not None:
                 helper.cancel()
         await server.stop(grace=2)
+        if self._threads is not None:  # a handler still running cannot be stopped: do not wait for it
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
     def main(self, argv: list[str] | None = None) -> None:
         """Command-line entry: `--listen ADDRESS --register ORCHESTRATOR --ttl SECONDS --capacity gpus=1,...
-        --max-pending-calls N`,
+        --max-pending-calls N --handler-threads N`,
         TLS to serve (`--tls-cert/--tls-key/--tls-client-ca`) and to register (`--register-tls-ca`,
         `--register-token` or MCP_TOKEN)."""
         parser = argparse.ArgumentParser(prog=self.name, description=f"Serve the {self.name} protocol plugin.")
@@ -355,11 +373,20 @@ class Plugin(protocol_pb2_grpc.ProtocolServiceServicer):
             help="calls received and waiting for the event loop"
             f" before gRPC sheds any (default {self.max_pending_calls})",
         )
+        parser.add_argument(
+            "--handler-threads",
+            type=int,
+            default=self.handler_threads,
+            help=f"plain (blocking) handler calls running at once (default {self.handler_threads})",
+        )
         args = parser.parse_args(argv if argv is not None else sys.argv[1:])
         logging.basicConfig(level=logging.INFO)
         if args.max_pending_calls < 1:
             parser.error("--max-pending-calls must be at least 1")
+        if args.handler_threads < 1:
+            parser.error("--handler-threads must be at least 1")
         self.max_pending_calls = args.max_pending_calls
+        self.handler_threads = args.handler_threads
         if args.capacity is not None:
             self.capacity = args.capacity
         credentials = None

@@ -1,4 +1,5 @@
-"""A full store: Redis at maxmemory (noeviction), SQLite with no room left.
+"""A full store: Redis (a node, every master of a cluster) at maxmemory with noeviction, SQLite with
+no room left.
 
 The server stays up; a submission is refused RESOURCE_EXHAUSTED `STORE_FULL` and stores nothing;
 reads still answer; a running task keeps its state in memory and writes it again until the store
@@ -66,7 +67,7 @@ class FillableStore:
     free: Callable[[RunningServer], Awaitable[None]]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 async def fillable(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIterator[FillableStore]:
     if request.param == "sqlite":
 
@@ -84,6 +85,25 @@ async def fillable(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIte
             await database(running).run(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
 
         yield FillableStore(f"sqlite:///{tmp_path}/store.db", fill_file, free_file)
+        return
+    if request.param == "redis-cluster":  # the session's cluster: every master filled, then freed
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        masters = [redis.Redis(port=port) for port in cluster.masters()]
+
+        async def fill_masters(running: RunningServer) -> None:
+            for master in masters:
+                fill_redis(master)
+
+        async def free_masters(running: RunningServer) -> None:
+            for master in masters:
+                master.config_set("maxmemory", "0")
+
+        try:
+            yield FillableStore(str(request.getfixturevalue("cluster_url")), fill_masters, free_masters)
+        finally:
+            for master in masters:
+                master.config_set("maxmemory", "0")
+                master.close()
         return
     with private_redis(str(tmp_path)) as (url, admin):
 

@@ -25,6 +25,7 @@ from mcp_sdk.proto import task_pb2
 from mcp_server.errors import StartupError, StoreFull, Unavailable
 from mcp_server.state.common import LAYOUT_MISMATCH, LAYOUT_VERSION
 from mcp_server.state.followers import Followers
+from mcp_server.state.sqlite.file_lock import StoreLock
 from mcp_server.state.store_thread import StoreThread
 
 T = TypeVar("T")
@@ -128,23 +129,35 @@ END;
 class SqliteDatabase:
     """The connection, its thread, and the event logs this process follows."""
 
-    def __init__(self, connection: sqlite3.Connection, worker: StoreThread, retention_seconds: float) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        worker: StoreThread,
+        retention_seconds: float,
+        lock: StoreLock | None = None,
+    ) -> None:
         self.connection = connection
         self.worker = worker
         self.retention_seconds = retention_seconds
         self.followers = Followers()
+        self.lock = lock  # this process's hold on the file (None in memory)
 
     @classmethod
     async def open(cls, path: str, retention_seconds: float = 7 * 24 * 3600.0) -> SqliteDatabase:
         """Open (or create) the file at `path` (":memory:" or "" for a private in-memory one).
-        Refuses a file written with another state layout."""
+        Refuses a file written with another state layout, or that another process has open."""
         worker = StoreThread("sqlite-store")
+        lock = None
         try:
+            if path not in ("", ":memory:"):
+                lock = await worker.run(lambda: StoreLock.take(Path(path).resolve()))
             connection = await worker.run(lambda: _connect(path))
         except BaseException:
             await worker.stop()
+            if lock is not None:
+                lock.release()
             raise
-        return cls(connection, worker, retention_seconds)
+        return cls(connection, worker, retention_seconds, lock)
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` on the store's thread; a database error is UNAVAILABLE, and leaves nothing half done."""
@@ -182,6 +195,8 @@ class SqliteDatabase:
     async def close(self) -> None:
         await self.run(lambda db: db.close())
         await self.worker.stop()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -225,7 +240,7 @@ def _connect(path: str) -> sqlite3.Connection:
     db.executescript(ADDED_INDEXES)
     with db:
         db.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (str(LAYOUT_VERSION),))
-        # One process owns the file, so a lease found at open belongs to a process that is gone:
+        # One process owns the file (file_lock.py), so a lease found at open belongs to a process that is gone:
         # expire them all now, and the dispatcher resumes those tasks at once.
         db.execute("UPDATE tasks SET lease_expires = 0 WHERE lease_expires IS NOT NULL")
         db.execute(

@@ -48,6 +48,11 @@ class NotFound(McpError):
     reason = "NOT_FOUND"
 
 
+def task_not_found(task_id: str) -> NotFound:
+    """What every RPC answers for a task that does not exist (or that the caller may not see)."""
+    return NotFound(f"task {task_id!r} not found", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
+
+
 class AlreadyExists(McpError):
     code = StatusCode.ALREADY_EXISTS
     reason = "ALREADY_EXISTS"

@@ -28,6 +28,7 @@ from mcp_server.protocols.upkeep import RegistryUpkeep, UpkeepSettings
 from mcp_server.schedules.firing import Firing
 from mcp_server.schedules.scheduler import Scheduler
 from mcp_server.service.cancelling import Cancelling
+from mcp_server.service.deleting import Deleting
 from mcp_server.service.protocols import Protocols
 from mcp_server.service.reruns import Reruns
 from mcp_server.service.schedules import Schedules
@@ -79,6 +80,7 @@ class Orchestrator:
         self.protocols = Protocols(self.directory, settings.limits, self.rate_limits)
         self.watching = Watching(store.tasks, settings.limits, settings.watch_batch_delay)
         self.reads = TaskReads(store.tasks, self.views, settings.limits)
+        self.deleting = Deleting(store.tasks)
         self.cancelling = Cancelling(
             store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds, settings.replica_id
         )

@@ -93,6 +93,15 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             )
         )
 
+    async def DeleteTask(
+        self, request: task_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.DeleteTaskResponse:
+        return task_pb2.DeleteTaskResponse(
+            deleted=await self.orchestrator.deleting.delete_task(
+                request.task_id, current_principal.get(), request.allow_missing
+            )
+        )
+
     async def WatchTask(
         self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[task_pb2.TaskEvent]:

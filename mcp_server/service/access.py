@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import Principal
 from mcp_server.engine.ports import TaskStore
-from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
+from mcp_server.errors import FieldViolation, InvalidArgument, task_not_found
 from mcp_server.settings import Limits
 from mcp_server.task_views import RESPONSE_MARGIN_BYTES
 
@@ -54,5 +54,5 @@ async def visible_task(tasks: TaskStore, task_id: str, principal: Principal) -> 
     require("task_id", task_id)
     task = await tasks.get_task(task_id)
     if task is None or not (principal.is_admin or task.owner == principal.name):
-        raise NotFound(f"task {task_id!r} not found", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
+        raise task_not_found(task_id)
     return task

@@ -53,7 +53,8 @@ class Watching:
     ) -> AsyncIterator[list[task_pb2.TaskEvent]]:
         """Check that the task exists and `principal` may see it, then return its batches as
         follow gives them (one generator less between the log and the caller, per event)."""
-        await visible_task(self.tasks, task_id, principal)
+        task = await visible_task(self.tasks, task_id, principal)
+        self.tasks.forget_log_before(task_id, task.create_time.ToNanoseconds())
         return self.follow(task_id, after_sequence, principal, batched)
 
     async def follow(

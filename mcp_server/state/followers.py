@@ -113,13 +113,34 @@ class Followers:
         log = self.logs.get(key)
         return log is not None and log.start <= after_sequence
 
-    def follow(self, key: str, after_sequence: int) -> tuple[FollowedLog, bool]:
-        """The log of `key`, followed from `after_sequence` if it is new (the bool says so)."""
+    def follow(self, key: str, after_sequence: int, fresh: bool = False) -> tuple[FollowedLog, bool]:
+        """The log of `key`, followed from `after_sequence` if it is new (the bool says so).
+        `fresh`: the task was just made, so a log held of it is an earlier task's (same id): replaced."""
         log = self.logs.get(key)
-        if log is not None:
+        if log is not None and not fresh:
             return log, False
+        if log is not None:
+            self.forget(key)
         log = self.logs[key] = FollowedLog(after_sequence)
         return log, True
+
+    def forget(self, key: str, error: McpError | None = None) -> None:
+        """Drop the log of `key` (its task is gone); whoever waits on it gets `error` if given,
+        else what a wait that ran out gets."""
+        log = self.logs.pop(key, None)
+        if log is not None:
+            if error is not None:
+                log.failed(error)
+            for waiter in log.waiters:
+                _resolve(waiter)
+
+    def forget_before(self, key: str, created_ns: int) -> None:
+        """Drop the log of `key` if it holds events older than `created_ns` (nanoseconds since the
+        epoch): they are an earlier task's of the same id (a task's events are never older than
+        its creation)."""
+        log = self.logs.get(key)
+        if log is not None and log.events and log.events[0].time.ToNanoseconds() < created_ns:
+            self.forget(key)
 
     def unfollow(self, key: str) -> None:
         """Stop following `key`, unless someone waits on it: the read that was to fill its log

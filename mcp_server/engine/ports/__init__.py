@@ -8,7 +8,15 @@ from mcp_server.engine.ports.ratelimits import Grant, RateLimitSpec, RateLimitSt
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, CapacitySlice, RegistryStore
 from mcp_server.engine.ports.schedules import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore
 from mcp_server.engine.ports.store import Store, StoreConnection
-from mcp_server.engine.ports.tasks import Checkpoint, EventListener, StepRecord, TaskFilter, TaskPage, TaskStore
+from mcp_server.engine.ports.tasks import (
+    Checkpoint,
+    Deletion,
+    EventListener,
+    StepRecord,
+    TaskFilter,
+    TaskPage,
+    TaskStore,
+)
 from mcp_server.engine.ports.waits import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord, WaitStore
 from mcp_server.engine.ports.workflows import WorkflowStore
 
@@ -22,6 +30,7 @@ __all__ = [
     "CapacityRequest",
     "CapacitySlice",
     "Checkpoint",
+    "Deletion",
     "EventListener",
     "Grant",
     "GroupMember",

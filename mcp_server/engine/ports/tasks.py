@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 from mcp_sdk.proto import task_pb2
@@ -18,6 +19,14 @@ from mcp_server.engine.ports.waits import WaitRecord
 EventListener = Callable[[task_pb2.Task, task_pb2.TaskEvent], None]
 """Told of every event a run emits, as it is emitted (for metrics, traces, logs). It must not
 block and must not raise."""
+
+
+class Deletion(Enum):
+    """What asking a store to delete a finished task did."""
+
+    DELETED = "deleted"
+    MISSING = "missing"  # no such task: never made, purged or deleted already
+    NOT_FINISHED = "not finished"  # pending, running or waiting: nothing was deleted
 
 
 @dataclass(frozen=True)
@@ -113,4 +122,15 @@ class TaskStore(Protocol):
 
     async def purge_finished(self) -> int:
         """Delete the tasks whose retention ran out, with everything they hold; return how many."""
+        ...
+
+    async def delete_finished(self, task_id: str) -> Deletion:
+        """Delete one task, with everything it holds, if it has finished (atomically: a task
+        that is not finished keeps everything). Its reruns keep copies of the values they share."""
+        ...
+
+    def forget_log_before(self, task_id: str, created_ns: int) -> None:
+        """Forget what this process holds in memory of the log of an earlier task with this id
+        (deleted or purged, then made again from the same request_id): events older than
+        `created_ns` (nanoseconds since the epoch), the task's creation time."""
         ...

@@ -181,6 +181,8 @@ class RedisQueue(CreateTask):
             leased = bool(holder) and int(detail) > 0  # else queued (its group is full): any replica runs it
             if follow and leased:
                 self.hub.follow_new(keys.events, partition)
+            else:  # a log held of this id is an earlier task's (deleted or purged, then made again)
+                self.hub.followers.forget(keys.events)
             self.hub.written(keys.events, [event], writer=leased)
             if not leased:  # queued: counts against the limits before the next count
                 self.room.queued(task.owner)

@@ -11,7 +11,7 @@ from typing import Any
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.cancelling import cancel_and_wait
-from mcp_server.errors import Unavailable
+from mcp_server.errors import McpError, Unavailable
 from mcp_server.state.followers import Followers
 from mcp_server.state.redis.connection import RedisConnection
 
@@ -119,11 +119,16 @@ class StreamHub:
     def follow_new(self, key: str, partition: int) -> None:
         """Follow the stream of a task this replica has just created and holds, from its start:
         its writes here (see written) feed it, so its first watchers read nothing. Called before
-        the first event is passed to written, with nothing written by anyone since the create."""
+        the first event is passed to written, with nothing written by anyone since the create
+        (a log held of the key is an earlier task's of the same id, deleted since: replaced)."""
         self.followers.prune()
-        _, new = self.followers.follow(key, 0)
-        if new:
-            self._reader(partition).add(key)  # the stream is this replica's: no XREAD to wake
+        self.followers.follow(key, 0, fresh=True)
+        self._reader(partition).add(key)  # the stream is this replica's: no XREAD to wake
+
+    def forget(self, key: str, error: McpError) -> None:
+        """The stream's task is gone: its watchers here get `error`, and nothing of it is kept."""
+        self.followers.forget(key, error)
+        self.local.pop(key, None)
 
     def _reader(self, partition: int) -> _PartitionReader:
         reader = self.readers.get(partition)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
-from mcp_server.errors import FieldViolation, InvalidArgument
+from mcp_server.engine.ports import Checkpoint, Deletion, StepRecord, TaskFilter, TaskPage
+from mcp_server.errors import FieldViolation, InvalidArgument, task_not_found
 from mcp_server.state.common import (
     EVENTS_PAGE,
     EVENTS_PAGE_BYTES,
@@ -35,6 +35,7 @@ class RedisTasks:
         self.hub = hub
         self._checkpoint = conn.register(lua.CHECKPOINT)
         self._purge = conn.register(lua.PURGE_FINISHED)
+        self._delete = conn.register(lua.DELETE_FINISHED)
         self._read_linked = conn.register(lua.READ_LINKED)
         self._read_steps = conn.register(lua.READ_STEPS)
         self._read_events = conn.register(lua.READ_EVENTS)
@@ -252,6 +253,19 @@ class RedisTasks:
             ]
         )
         return sum(int(n) for n in replies)
+
+    async def delete_finished(self, task_id: str) -> Deletion:
+        partition = self.layout.partition_of(task_id)
+        keys = self.layout.task(task_id)
+        args = [self.layout.task_prefix(partition), self.layout.index_prefix(partition), task_id, *TERMINAL]
+        done = int(await self.conn.write(self._delete, [self.layout.expiry(partition), keys.header], args))
+        if done == 1:
+            self.hub.forget(keys.events, task_not_found(task_id))
+            return Deletion.DELETED
+        return Deletion.MISSING if done == 0 else Deletion.NOT_FINISHED
+
+    def forget_log_before(self, task_id: str, created_ns: int) -> None:
+        self.hub.followers.forget_before(self.layout.task(task_id).events, created_ns)
 
 
 def _encode_cursor(entry: tuple[float, str]) -> str:

@@ -101,12 +101,12 @@ return 1
 )
 
 
-# KEYS: retention; ARGV: now ms, task key prefix, index prefix -> how many tasks were purged
-PURGE_FINISHED = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
-local idx = ARGV[3]
-for _, task_id in ipairs(due) do
-  local head = ARGV[2] .. task_id
+# Removes one task with everything it holds: its index entries, its keys, its retention entry;
+# reruns that share its values get their own copies of them. `retention` is its partition's
+# retention zset, `prefix` the task key prefix, `idx` the index prefix.
+_REMOVE_TASK = """
+local function remove_task(retention, prefix, idx, task_id)
+  local head = prefix .. task_id
   local f = redis.call('HMGET', head, 'st', 'ow', 'wf')
   if f[1] then
     local keys = {'a', 's:' .. f[1], 'o:' .. f[2], 'os:' .. f[1] .. ':' .. f[2], 'w:' .. f[3],
@@ -115,9 +115,8 @@ for _, task_id in ipairs(due) do
       redis.call('ZREM', idx .. key, task_id)
     end
   end
-  -- reruns that share this task's values get their own copies of them
   for _, rerun in ipairs(redis.call('SMEMBERS', head .. ':b')) do
-    local other = ARGV[2] .. rerun
+    local other = prefix .. rerun
     local links = redis.call('HGETALL', other .. ':vl')
     for j = 1, #links, 2 do
       if links[j + 1] == task_id then
@@ -130,16 +129,44 @@ for _, task_id in ipairs(due) do
     if ttl > 0 then redis.call('PEXPIRE', other .. ':v', ttl) end
   end
   for _, origin in ipairs(redis.call('HVALS', head .. ':vl')) do
-    redis.call('SREM', ARGV[2] .. origin .. ':b', task_id)
+    redis.call('SREM', prefix .. origin .. ':b', task_id)
   end
   local source = redis.call('HGET', head, 'ro')
-  if source then redis.call('ZREM', ARGV[2] .. source .. ':r', task_id) end
+  if source then redis.call('ZREM', prefix .. source .. ':r', task_id) end
   redis.call('DEL', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v', head .. ':g', head .. ':w',
              head .. ':vl', head .. ':b', head .. ':r')
-  redis.call('ZREM', KEYS[1], task_id)
+  redis.call('ZREM', retention, task_id)
+end
+"""
+
+# KEYS: retention; ARGV: now ms, task key prefix, index prefix -> how many tasks were purged
+PURGE_FINISHED = (
+    _REMOVE_TASK
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
+for _, task_id in ipairs(due) do
+  remove_task(KEYS[1], ARGV[2], ARGV[3], task_id)
 end
 return #due
 """
+)
+
+# KEYS: retention, the task's header; ARGV: task key prefix, index prefix, task id, then the
+# finished statuses -> 1 (removed), 0 (no such task), -1 (not finished: nothing removed)
+DELETE_FINISHED = (
+    _REMOVE_TASK
+    + """
+local status = redis.call('HGET', KEYS[2], 'st')
+if not status then return 0 end
+for i = 4, #ARGV do
+  if status == ARGV[i] then
+    remove_task(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+    return 1
+  end
+end
+return -1
+"""
+)
 
 
 # KEYS: values, value links; ARGV: the task key prefix, then digests -> for each, its value (or false):

@@ -115,6 +115,8 @@ class SqliteQueue(CreateTask):
 
         created = await self.db.run(insert)
         if created[1]:
+            # a log held of this id is an earlier task's (deleted or purged, then made again)
+            self.db.followers.forget(task.task_id)
             if follow:  # every write is this process's: the log is complete from here on
                 self.db.followers.follow(task.task_id, 0)
             self.db.written(task.task_id, [event])

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import Checkpoint, StepRecord, TaskFilter, TaskPage
-from mcp_server.errors import LeaseLost
+from mcp_server.engine.ports import Checkpoint, Deletion, StepRecord, TaskFilter, TaskPage
+from mcp_server.errors import LeaseLost, task_not_found
 from mcp_server.state.common import (
     EVENTS_PAGE,
     EVENTS_PAGE_BYTES,
@@ -179,20 +179,44 @@ class SqliteTasks:
 
         def purge(db: sqlite3.Connection) -> int:
             with db:
-                gone = "SELECT task_id FROM tasks WHERE finished_at < ?"
-                # a value a rerun that stays shares with a task that goes: the rerun gets its own copy
-                db.execute(
-                    "INSERT OR IGNORE INTO task_values SELECT l.task_id, l.digest, v.data FROM value_links l"
-                    " JOIN task_values v ON v.task_id=l.origin AND v.digest=l.digest"
-                    f" WHERE l.origin IN ({gone}) AND l.task_id NOT IN ({gone})",
-                    (cutoff, cutoff),
-                )
-                db.execute(f"DELETE FROM value_links WHERE origin IN ({gone})", (cutoff,))
-                for table in ("events", "steps", "task_values", "value_links", "signals", "waits"):
-                    db.execute(f"DELETE FROM {table} WHERE task_id IN ({gone})", (cutoff,))
-                return int(db.execute("DELETE FROM tasks WHERE finished_at < ?", (cutoff,)).rowcount)
+                return _remove_tasks(db, "SELECT task_id FROM tasks WHERE finished_at < ?", (cutoff,))
 
         return await self.db.run(purge)
+
+    async def delete_finished(self, task_id: str) -> Deletion:
+        def delete(db: sqlite3.Connection) -> Deletion:
+            with db:
+                row = db.execute("SELECT status FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+                if row is None:
+                    return Deletion.MISSING
+                if row[0] not in TERMINAL:
+                    return Deletion.NOT_FINISHED
+                _remove_tasks(db, "SELECT ?", (task_id,))
+                return Deletion.DELETED
+
+        done = await self.db.run(delete)
+        if done is Deletion.DELETED:
+            self.db.followers.forget(task_id, task_not_found(task_id))
+        return done
+
+    def forget_log_before(self, task_id: str, created_ns: int) -> None:
+        self.db.followers.forget_before(task_id, created_ns)
+
+
+def _remove_tasks(db: sqlite3.Connection, gone: str, params: tuple[object, ...]) -> int:
+    """Delete the tasks that the query `gone` (with `params`) selects, with everything they hold;
+    how many there were. A value that a rerun which stays shares with a task that goes is
+    copied to the rerun first."""
+    db.execute(
+        "INSERT OR IGNORE INTO task_values SELECT l.task_id, l.digest, v.data FROM value_links l"
+        " JOIN task_values v ON v.task_id=l.origin AND v.digest=l.digest"
+        f" WHERE l.origin IN ({gone}) AND l.task_id NOT IN ({gone})",
+        params + params,
+    )
+    db.execute(f"DELETE FROM value_links WHERE origin IN ({gone})", params)
+    for table in ("events", "steps", "task_values", "value_links", "signals", "waits"):
+        db.execute(f"DELETE FROM {table} WHERE task_id IN ({gone})", params)
+    return int(db.execute(f"DELETE FROM tasks WHERE task_id IN ({gone})", params).rowcount)
 
 
 def _write_waits(db: sqlite3.Connection, checkpoint: Checkpoint, waiting: bool) -> None:

@@ -1,4 +1,4 @@
-"""The client's task methods: submit, read, list, cancel, watch and wait for tasks."""
+"""The client's task methods: submit, read, list, cancel, delete, watch and wait for tasks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ UNSET = _Unset()
 
 
 class TaskMethods(Connection):
-    """Tasks: submitted (idempotent by request id), read, listed, cancelled, followed to their end."""
+    """Tasks: submitted (idempotent by request id), read, listed, cancelled, deleted, followed to their end."""
 
     async def submit(
         self,
@@ -84,6 +84,15 @@ class TaskMethods(Connection):
             self.tasks.CancelTask, task_pb2.CancelTaskRequest(task_id=task_id, reason=reason)
         )
         return reply.task
+
+    async def delete(self, task_id: str, *, allow_missing: bool = False) -> bool:
+        """Delete a finished task with everything stored of it; True when this call deleted it.
+        A task not finished raises FAILED_PRECONDITION (cancel it first); one that does not exist
+        raises NOT_FOUND, or returns False with `allow_missing`."""
+        reply: task_pb2.DeleteTaskResponse = await self._call(
+            self.tasks.DeleteTask, task_pb2.DeleteTaskRequest(task_id=task_id, allow_missing=allow_missing)
+        )
+        return reply.deleted
 
     async def signal(
         self,

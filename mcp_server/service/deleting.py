@@ -1,0 +1,43 @@
+"""Deleting a finished task, with everything stored of it."""
+
+from __future__ import annotations
+
+import logging
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.auth import ANONYMOUS_ADMIN, Principal
+from mcp_server.engine.ports import Deletion, TaskStore
+from mcp_server.errors import FailedPrecondition, NotFound, task_not_found
+from mcp_server.service.access import visible_task
+
+log = logging.getLogger(__name__)
+
+
+class Deleting:
+    def __init__(self, tasks: TaskStore) -> None:
+        self.tasks = tasks
+
+    async def delete_task(
+        self, task_id: str, principal: Principal = ANONYMOUS_ADMIN, allow_missing: bool = False
+    ) -> bool:
+        """Delete a finished task the principal may see; False when there was none and
+        `allow_missing` (else NOT_FOUND). A task not finished is refused and keeps everything."""
+        try:
+            task = await visible_task(self.tasks, task_id, principal)
+            done = await self.tasks.delete_finished(task_id)
+            if done is Deletion.MISSING:  # deleted or purged meanwhile
+                raise task_not_found(task_id)
+        except NotFound:
+            if allow_missing:
+                return False
+            raise
+        if done is Deletion.NOT_FINISHED:
+            status = task_pb2.TaskStatus.Name(task.status).removeprefix("TASK_STATUS_").lower()
+            raise FailedPrecondition(
+                f"task {task_id} is {status}: only a finished task is deleted; cancel it first, and "
+                "delete it once it has ended",
+                reason="TASK_NOT_FINISHED",
+                metadata={"task_id": task_id},
+            )
+        log.info("task %s deleted by %s", task_id, principal.name or "an anonymous admin")
+        return True

@@ -1,0 +1,193 @@
+"""DeleteTask, on both stores, through the public contract: a finished task goes with everything
+stored of it, one not finished is refused and keeps running, its request_id makes a new task
+afterwards, and no watcher (on this replica or another) is shown the old task's events."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.settings import Limits
+from tests.conftest import client_for
+from tests.helpers import create, error_reason, events, result, step, submit, violations, wait_done, workflow
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2.TaskStatus
+INLINE = 1024
+
+
+@pytest.fixture
+async def served(server_factory, store_url):
+    running = await server_factory(store=store_url, limits=Limits(inline_value_bytes=INLINE))
+    client = client_for(running)
+    yield running, client
+    await client.channel.close()
+
+
+async def delete(client: Any, task_id: str, allow_missing: bool = False) -> bool:
+    request = task_pb2.DeleteTaskRequest(task_id=task_id, allow_missing=allow_missing)
+    return (await client.tasks.DeleteTask(request)).deleted
+
+
+async def refusal(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    return err.value
+
+
+async def read_value(client: Any, task_id: str, step_path: str) -> bytes:
+    request = task_pb2.ReadValueRequest(task_id=task_id, step_path=step_path)
+    return b"".join([chunk.data async for chunk in client.tasks.ReadValue(request)])
+
+
+async def test_a_finished_task_is_gone_from_every_read_and_a_second_delete_is_not_found(served):
+    _, client = served
+    await create(client, workflow("big", step("s", "sized", "{'bytes': 5000, 'tag': 'x'}")))
+    gone = await wait_done(client, (await submit(client, "big")).task_id)
+    kept = await wait_done(client, (await submit(client, "big")).task_id)
+    assert gone.status == S.TASK_STATUS_COMPLETED and gone.result_ref.size_bytes == 5000
+
+    assert await delete(client, gone.task_id) is True
+
+    task_id = gone.task_id
+    for call in (
+        client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id)),
+        client.tasks.ListTaskSteps(task_pb2.ListTaskStepsRequest(task_id=task_id)),
+        client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=task_id)),
+        client.tasks.DeleteTask(task_pb2.DeleteTaskRequest(task_id=task_id)),
+        read_value(client, task_id, "s"),
+        events(client, task_id),
+    ):
+        err = await refusal(call)
+        assert err.code() == grpc.StatusCode.NOT_FOUND and error_reason(err) == "TASK_NOT_FOUND", err
+    listed = await client.tasks.ListTasks(task_pb2.ListTasksRequest(workflow_id="big"))
+    assert [t.task_id for t in listed.tasks] == [kept.task_id] and listed.total_size == 1
+    assert len(await read_value(client, kept.task_id, "s")) == 5000  # the same value, the other task's copy
+    assert await delete(client, task_id, allow_missing=True) is False
+
+
+async def test_a_task_not_finished_is_refused_and_runs_on_to_its_end(served):
+    _, client = served
+    await create(client, workflow("slow", step("s", "sleep", "{'ms': 1500}")))
+    task = await submit(client, "slow")
+    await asyncio.sleep(0.3)
+
+    err = await refusal(client.tasks.DeleteTask(task_pb2.DeleteTaskRequest(task_id=task.task_id)))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(err) == "TASK_NOT_FINISHED"
+    assert "cancel it first" in err.details() and task.task_id in err.details()
+
+    done = await wait_done(client, task.task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED
+    assert [e.type for e in await events(client, task.task_id)][-1] == task_pb2.TASK_EVENT_TYPE_COMPLETED
+    assert await delete(client, task.task_id) is True
+
+
+async def test_a_waiting_task_is_refused_and_a_cancelled_one_is_deleted(served):
+    _, client = served
+    await create(client, workflow("waits", {"id": "w", "wait": {"signal": "go"}}))
+    task = await submit(client, "waits")
+    for _ in range(100):
+        if (
+            await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
+        ).task.status == S.TASK_STATUS_WAITING:
+            break
+        await asyncio.sleep(0.05)
+    err = await refusal(client.tasks.DeleteTask(task_pb2.DeleteTaskRequest(task_id=task.task_id)))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "is waiting" in err.details()
+
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))
+    assert await delete(client, task.task_id) is True
+    err = await refusal(client.tasks.SignalTask(task_pb2.SignalTaskRequest(task_id=task.task_id, signal="go")))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_bad_requests_name_the_field(served):
+    _, client = served
+    for task_id, why in (("", "is required"), ("a/b", "must match"), ("x" * 65, "at most 64")):
+        err = await refusal(client.tasks.DeleteTask(task_pb2.DeleteTaskRequest(task_id=task_id)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert why in violations(err)["task_id"], violations(err)
+
+
+async def submit_and_watch(client: Any, request_id: str, text: str) -> tuple[task_pb2.Task, list[task_pb2.TaskEvent]]:
+    request = task_pb2.SubmitTaskRequest(workflow_id="appends", request_id=request_id)
+    request.input_data.update({"text": text})
+    submitted, seen = None, []
+    async for reply in client.tasks.SubmitAndWatchTask(request):
+        submitted = submitted or reply.submitted.task
+        seen.extend(reply.events)
+    assert submitted is not None
+    return submitted, seen
+
+
+async def test_the_request_id_of_a_deleted_task_makes_a_new_task_with_its_own_events(served):
+    _, client = served
+    await create(client, workflow("appends", step("a", "append", "{'text': input.text, 'suffix': '!'}")))
+    first, _ = await submit_and_watch(client, "same", "one")
+    assert result(await wait_done(client, first.task_id))["text"] == "one!"
+    assert await delete(client, first.task_id) is True
+
+    second, second_events = await submit_and_watch(client, "same", "two")  # the same id: made again
+    assert second.task_id == first.task_id
+    assert [e.sequence for e in second_events] == list(range(1, len(second_events) + 1))
+    assert all(e.time.ToNanoseconds() >= second.create_time.ToNanoseconds() for e in second_events)
+    assert result(await wait_done(client, second.task_id))["text"] == "two!"
+    watched = await events(client, second.task_id)
+    assert [e.time for e in watched] == [e.time for e in second_events]
+
+
+async def test_on_redis_a_replica_that_watched_the_deleted_task_shows_only_the_new_one(server_factory, redis_url):
+    """Replica B followed the first task's log (it stays in B's memory a while after its watcher
+    ends); A deletes the task and makes it again from the same request_id: a watch on B must show
+    the new task's events, not what B held of the old one; so must B's own SubmitAndWatchTask
+    when B is the one that makes it again."""
+    a = client_for(await server_factory(store=redis_url))
+    b = client_for(await server_factory(store=redis_url))
+    try:
+        await create(a, workflow("appends", step("a", "append", "{'text': input.text, 'suffix': '!'}")))
+        first, _ = await submit_and_watch(a, "again", "one")
+        old = await events(b, first.task_id)
+        assert old[-1].type == task_pb2.TASK_EVENT_TYPE_COMPLETED
+        assert await delete(a, first.task_id) is True
+        second, _ = await submit_and_watch(a, "again", "two")
+        assert second.task_id == first.task_id
+        seen = await events(b, second.task_id)
+        assert all(e.time.ToNanoseconds() >= second.create_time.ToNanoseconds() for e in seen)
+        assert seen[-1].type == task_pb2.TASK_EVENT_TYPE_COMPLETED
+        assert result(await wait_done(b, second.task_id))["text"] == "two!"
+
+        # B holds the second task's log now; A deletes it, and B itself makes the task again
+        assert await delete(a, second.task_id) is True
+        third, third_events = await submit_and_watch(b, "again", "three")
+        assert third.task_id == first.task_id
+        assert all(e.time.ToNanoseconds() >= third.create_time.ToNanoseconds() for e in third_events)
+        assert third_events[-1].type == task_pb2.TASK_EVENT_TYPE_COMPLETED
+        assert result(await wait_done(a, third.task_id))["text"] == "three!"
+    finally:
+        await a.channel.close()
+        await b.channel.close()
+
+
+async def test_a_rerun_keeps_what_it_shares_with_a_deleted_original(served, testkit):
+    _, client = served
+    wf = {
+        "id": "root",
+        "sequence": {"children": [step("big", "sized", "{'bytes': 5000, 'tag': 'b'}"), step("last", "echo")]},
+    }
+    await create(client, workflow("large", wf))
+    original = await wait_done(client, (await submit(client, "large")).task_id)
+    reply = await client.tasks.RerunTask(
+        task_pb2.RerunTaskRequest(task_id=original.task_id, from_step_path="root/last")
+    )
+    rerun = await wait_done(client, reply.task.task_id)
+    assert rerun.status == S.TASK_STATUS_COMPLETED
+
+    assert await delete(client, original.task_id) is True
+    assert len(await read_value(client, rerun.task_id, "root/big")) == 5000
+    got = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=rerun.task_id))).task
+    assert got.rerun_of == original.task_id
+    assert await delete(client, rerun.task_id) is True

@@ -144,6 +144,7 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_get("/tasks/{task_id}/value", live.whole_value)
     app.router.add_get("/tasks/{task_id}/graph.mmd", live.task_graph_text)
     app.router.add_post("/tasks/{task_id}/cancel", pages.cancel)
+    app.router.add_post("/tasks/{task_id}/delete", pages.delete)
     app.router.add_post("/tasks/{task_id}/signal", pages.answer)
     app.router.add_post("/tasks/{task_id}/rerun", pages.rerun)
     app.router.add_get("/workflows", pages.workflows)

@@ -172,6 +172,12 @@ async def cancel(request: web.Request) -> web.StreamResponse:
     return redirect(f"/tasks/{task_id}")
 
 
+async def delete(request: web.Request) -> web.StreamResponse:
+    """Delete a finished task (the page asks first), then show the task list."""
+    await api(request).delete(request.match_info["task_id"])
+    return redirect("/tasks")
+
+
 async def workflows(request: web.Request) -> web.StreamResponse:
     rows = [
         {

@@ -142,6 +142,35 @@ async def test_cancel_from_the_page_cancels_a_running_task(console, api, page):
     await expect(page.locator('#tree li[data-path="root/s1"]')).to_have_attribute("data-status", "cancelled")
 
 
+async def test_a_task_that_ends_on_the_page_offers_delete_which_asks_first(console, api, page):
+    await api.create_workflow(sleeps("short", 1, 1_500))
+    task = await api.submit("short")
+    await page.goto(f"{console.console.url}/tasks/{task.task_id}")
+    await expect(page.locator("#delete")).to_be_hidden()  # not while it runs
+    await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=20_000)
+    await expect(page.locator("#delete")).to_be_visible()
+    asked: list[str] = []
+
+    async def dismiss(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    await page.locator("#delete").click()
+    await expect(page.locator("#status")).to_have_text("COMPLETED")
+    assert asked and task.task_id in asked[0] and "cannot be undone" in asked[0]
+    assert (await api.get(task.task_id, steps=False)).status == task_pb2.TASK_STATUS_COMPLETED
+
+    async def accept(dialog) -> None:
+        await dialog.accept()
+
+    page.once("dialog", accept)
+    await page.locator("#delete").click()
+    await page.wait_for_url("**/tasks")
+    await expect(page.locator(f'tr[data-task-id="{task.task_id}"]')).to_have_count(0)
+    assert await api.delete(task.task_id, allow_missing=True) is False  # it is gone
+
+
 async def test_submit_from_the_workflow_page_and_a_bad_input_is_explained(console, api, page):
     await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
     await page.goto(f"{console.console.url}/workflows/echo")

@@ -120,6 +120,7 @@ async def test_random_forms_never_answer_500_and_the_console_still_works(console
                     f"/tasks/{odd_id(rng, tasks)}/signal",
                     f"/tasks/{odd_id(rng, tasks)}/rerun",
                     f"/tasks/{odd_id(rng, tasks)}/cancel",
+                    f"/tasks/{odd_id(rng, [waiting.task_id])}/delete",  # not `done`: it is read at the end
                     f"/schedules/{odd_id(rng, ['nightly'])}/{rng.choice(['pause', 'unpause', 'trigger', 'x', '%2F'])}",
                     "/login",
                 ]

@@ -61,6 +61,15 @@ async def test_every_post_needs_the_csrf_token_of_this_browser(console, api):
             allow_redirects=False,
         )
         assert accepted.status == 303 and accepted.headers["Location"].startswith("/tasks/")
+        task_id = accepted.headers["Location"].removeprefix("/tasks/")
+        await api.result(task_id, timeout=30)
+        unasked = await browser.post(f"{console.console.url}/tasks/{task_id}/delete", allow_redirects=False)
+        assert unasked.status == 403 and (await api.get(task_id, steps=False)).task_id == task_id
+        deleted = await browser.post(
+            f"{console.console.url}/tasks/{task_id}/delete", data={"csrf": token}, allow_redirects=False
+        )
+        assert deleted.status == 303 and deleted.headers["Location"] == "/tasks"
+        assert await api.delete(task_id, allow_missing=True) is False
     async with aiohttp.ClientSession(
         cookie_jar=aiohttp.CookieJar(unsafe=True)
     ) as other_browser:  # another seed: the token is useless there
@@ -68,7 +77,7 @@ async def test_every_post_needs_the_csrf_token_of_this_browser(console, api):
             f"{console.console.url}/workflows/echo/submit", data={"input": "{}", "csrf": token}, allow_redirects=False
         )
         assert stolen.status == 403
-    assert (await api.list_tasks()).total_size == 1
+    assert (await api.list_tasks()).total_size == 0  # the one accepted, deleted since; none stolen
 
 
 async def test_pages_carry_the_security_headers_and_cookies_are_strict(console):

@@ -241,6 +241,32 @@ async def test_result_of_a_cancelled_task_raises_task_cancelled(server_factory):
         assert cancelled.value.code == grpc.StatusCode.CANCELLED and "changed my mind" in cancelled.value.message
 
 
+async def test_delete_from_both_clients_refuses_a_running_task_and_removes_a_finished_one(server_factory):
+    running = await server_factory()
+    async with Client(running.address) as client:
+        await client.create_workflow(sleeps("slow", 1, 20_000))
+        task = await client.submit("slow")
+        with pytest.raises(McpError) as refused:
+            await client.delete(task.task_id)
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and refused.value.reason == "TASK_NOT_FINISHED"
+        await client.cancel(task.task_id)
+        assert await client.delete(task.task_id) is True
+        with pytest.raises(McpError) as missing:
+            await client.get(task.task_id)
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+        assert await client.delete(task.task_id, allow_missing=True) is False
+
+    def script() -> None:
+        with SyncClient(running.address) as blocking:
+            blocking.create_workflow(json.dumps(sleeps("quick", 1, 10)))
+            done = blocking.submit("quick")
+            blocking.result(done.task_id, timeout=30)
+            assert blocking.delete(done.task_id) is True
+            assert blocking.delete(done.task_id, allow_missing=True) is False
+
+    await asyncio.to_thread(script)
+
+
 async def test_result_returns_plain_values_and_reads_a_large_result_through_its_reference(server_factory):
     running = await server_factory()
     async with Client(running.address) as client:

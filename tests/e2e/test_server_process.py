@@ -141,11 +141,21 @@ def test_the_cli_answers_a_waiting_task_and_lists_the_ones_that_wait(server_proc
         time.sleep(0.1)
     refused = mcp(address, "task", "signal", task_id, "approval", "--data", '{"approved": "yes"}')
     assert refused.returncode == 1 and "payload.approved" in refused.stderr
+    kept = mcp(address, "task", "delete", task_id)
+    assert kept.returncode == 1 and "TASK_NOT_FINISHED" in kept.stderr and "cancel it first" in kept.stderr
     sent = mcp(address, "task", "signal", task_id, "approval", "--data", '{"approved": true, "note": "fine"}')
     assert sent.returncode == 0 and "taken by approval/approve" in sent.stdout, sent.stdout + sent.stderr
     assert mcp(address, "task", "watch", task_id, "--plain").returncode == 0
     result = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)["result"]
     assert result == {"published": True, "text": "This note is about tea. Green tea is mild.", "note": "fine"}
+    deleted = mcp(address, "task", "delete", task_id)
+    assert deleted.returncode == 0 and f"task {task_id} deleted" in deleted.stdout
+    again = mcp(address, "task", "delete", task_id)
+    assert again.returncode == 1 and "NOT_FOUND" in again.stderr
+    assert json.loads(mcp(address, "--json", "task", "delete", task_id, "--allow-missing").stdout) == {
+        "task_id": task_id,
+        "deleted": False,
+    }
 
 
 def test_the_cli_puts_lists_and_deletes_rate_limits(server_process):

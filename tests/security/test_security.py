@@ -197,6 +197,33 @@ async def test_a_rerun_of_another_principals_task_is_not_found_and_keeps_its_own
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_another_principals_task_cannot_be_deleted_and_an_admin_may_delete_any(authed):
+    _, channel = authed
+    tasks = task_pb2_grpc.TaskServiceStub(channel)
+    workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+    await workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("kept", step("s", "echo"))), metadata=as_user("writer")
+    )
+    made = [
+        (await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="kept"), metadata=as_user("alice"))).task
+        for _ in range(2)
+    ]
+    for task in made:
+        async for _ in tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id), metadata=as_user("alice")):
+            pass
+    request = task_pb2.DeleteTaskRequest(task_id=made[0].task_id)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await tasks.DeleteTask(request, metadata=as_user("bob"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # indistinguishable from a task that does not exist
+    missing = task_pb2.DeleteTaskRequest(task_id=made[0].task_id, allow_missing=True)
+    assert (await tasks.DeleteTask(missing, metadata=as_user("bob"))).deleted is False
+    got = await tasks.GetTask(task_pb2.GetTaskRequest(task_id=made[0].task_id), metadata=as_user("alice"))
+    assert got.task.status == task_pb2.TASK_STATUS_COMPLETED  # bob's calls deleted nothing
+    assert (await tasks.DeleteTask(request, metadata=as_user("alice"))).deleted is True
+    other = task_pb2.DeleteTaskRequest(task_id=made[1].task_id)
+    assert (await tasks.DeleteTask(other, metadata=as_user("root"))).deleted is True
+
+
 async def test_tasks_are_isolated_per_principal_and_admins_see_all(authed):
     _, channel = authed
     tasks = task_pb2_grpc.TaskServiceStub(channel)

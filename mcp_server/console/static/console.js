@@ -266,6 +266,8 @@ async function refreshHeader(taskId) {
   setValue(document.getElementById("result"), task.result, task.result_ref, taskId, "", "output");
   if (task.terminal) {
     document.getElementById("cancel-form")?.remove();
+    const deleting = document.getElementById("delete-form");
+    if (deleting) deleting.hidden = false;
     offerReruns(taskId);
   }
 }
@@ -291,6 +293,9 @@ function taskPage() {
   const graph = document.getElementById("graph");
   const latencies = [];
   window.mcpConsole = { latencies };
+  document.getElementById("delete-form")?.addEventListener("submit", (event) => {
+    if (!window.confirm(`Delete task ${taskId} with its steps, events and values? This cannot be undone.`)) event.preventDefault();
+  });
   // Drawing a graph keeps the page busy for a moment: while the task runs it is redrawn at most
   // every 5 s, when the browser is idle, so that events are never queued behind it.
   let graphDue = null;

@@ -132,6 +132,9 @@ class SyncClient:
     def cancel(self, task_id: str, reason: str = "") -> task_pb2.Task:
         return self._run(self._client.cancel(task_id, reason))
 
+    def delete(self, task_id: str, *, allow_missing: bool = False) -> bool:
+        return self._run(self._client.delete(task_id, allow_missing=allow_missing))
+
     def signal(
         self,
         task_id: str,

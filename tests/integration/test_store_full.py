@@ -65,6 +65,9 @@ class FillableStore:
     url: str
     fill: Callable[[RunningServer], Awaitable[None]]
     free: Callable[[RunningServer], Awaitable[None]]
+    # no room beyond what it holds now, so that deleting makes room (None: not on a cluster, where
+    # the room a deletion frees is on its own master)
+    fill_exactly: Callable[[RunningServer], Awaitable[None]] | None = None
 
 
 @pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
@@ -84,7 +87,7 @@ async def fillable(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIte
         async def free_file(running: RunningServer) -> None:
             await database(running).run(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
 
-        yield FillableStore(f"sqlite:///{tmp_path}/store.db", fill_file, free_file)
+        yield FillableStore(f"sqlite:///{tmp_path}/store.db", fill_file, free_file, fill_file)
         return
     if request.param == "redis-cluster":  # the session's cluster: every master filled, then freed
         cluster: LocalCluster = request.getfixturevalue("redis_cluster")
@@ -113,7 +116,11 @@ async def fillable(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIte
         async def free_memory(running: RunningServer) -> None:
             admin.config_set("maxmemory", "0")
 
-        yield FillableStore(url, fill_memory, free_memory)
+        async def fill_to_what_it_holds(running: RunningServer) -> None:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", str(admin.info("memory")["used_memory"]))
+
+        yield FillableStore(url, fill_memory, free_memory, fill_to_what_it_holds)
 
 
 @contextlib.contextmanager
@@ -361,3 +368,34 @@ async def test_registrations_outlive_a_full_redis(
         assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
         await running.stop(0.5)  # before its Redis goes
         await client.channel.close()
+
+
+async def test_deleting_finished_tasks_answers_in_a_full_store_and_makes_room(
+    fillable: FillableStore, server_factory: Callable[..., Awaitable[RunningServer]]
+) -> None:
+    """An operator's lever when the store is full: DeleteTask only removes, so a full store takes
+    it; on the embedded store and a Redis node the room it frees takes a refused submission."""
+    running = await server_factory(store=fillable.url)
+    client = client_for(running)
+    await create(client, WORKFLOW)
+    finished = [await submit(client, WORKFLOW.workflow_id, {"pad": PAD}) for _ in range(4)]
+    for task in finished:
+        assert (await wait_done(client, task.task_id, timeout=60)).status == task_pb2.TASK_STATUS_COMPLETED
+    await (fillable.fill_exactly or fillable.fill)(running)
+    refused = task_pb2.SubmitTaskRequest(workflow_id=WORKFLOW.workflow_id, request_id=f"full-{uuid.uuid4().hex}")
+    refused.input_data.update({"pad": PAD * 4})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.tasks.SubmitTask(refused)
+    assert error_reason(err.value) == "STORE_FULL"
+
+    for task in finished:
+        assert (await client.tasks.DeleteTask(task_pb2.DeleteTaskRequest(task_id=task.task_id))).deleted
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    if fillable.fill_exactly is not None:
+        refused.input_data.update({"pad": PAD})  # what the four held is room for this one, run to its end
+        made = (await client.tasks.SubmitTask(refused)).task
+        assert (await wait_done(client, made.task_id, timeout=60)).status == task_pb2.TASK_STATUS_COMPLETED
+    await fillable.free(running)
+    await client.channel.close()

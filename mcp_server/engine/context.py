@@ -284,9 +284,14 @@ class RunContext:
             # An earlier life of the run began it: a wait waits on, a composite goes on, both from
             # when they began (a leaf in progress then is run again: it starts anew)
             return state
-        state.status = task_pb2.STEP_STATUS_RUNNING
-        step.started_ns = time.time_ns()
-        state.start_time.CopyFrom(timestamp_of(step.started_ns))
+        if state.status == task_pb2.STEP_STATUS_RUNNING and state.HasField("start_time"):
+            # a leaf an earlier life began runs again, and counts from when it first began: its
+            # timeout spans the run's lives, as the task's does (see step._deadline)
+            step.started_ns = state.start_time.ToNanoseconds()
+        else:
+            state.status = task_pb2.STEP_STATUS_RUNNING
+            step.started_ns = time.time_ns()
+            state.start_time.CopyFrom(timestamp_of(step.started_ns))
         state.ClearField("error")
         self._dirty[path] = None
         self.emit(

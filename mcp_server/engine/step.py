@@ -304,11 +304,16 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
 
 
 def _deadline(node: StepPlan, state: task_pb2.StepState) -> float | None:
-    """When the step's timeout runs out: from now, or, for a step that parked its task while it
-    waited for rate-limit units, when it ran out for the life that parked (kept in `wait`)."""
+    """When the step's timeout runs out: counted from when the step first began, whichever life
+    of the run this is (a step in flight at a crash or a shutdown has what is left of its budget
+    when it runs again, as a task has of its task_timeout), or, for a step that parked its task
+    while it waited for rate-limit units, when it ran out for the life that parked (kept in `wait`)."""
     if state.HasField("wait") and state.wait.HasField("deadline"):
         return float(state.wait.deadline.seconds + state.wait.deadline.nanos / 1e9)
-    return None if node.timeout is None else time.time() + node.timeout
+    if node.timeout is None:
+        return None
+    began = state.start_time.ToNanoseconds() / 1e9 if state.HasField("start_time") else time.time()
+    return began + node.timeout
 
 
 def _input(

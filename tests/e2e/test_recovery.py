@@ -34,15 +34,16 @@ async def read_log(client: Client, task_id: str) -> list[task_pb2.TaskEvent]:
 
 
 async def kill_when_started(
-    process: subprocess.Popen[bytes], client: Client, task_id: str, path: str
+    process: subprocess.Popen[bytes], client: Client, task_id: str, path: str, after: float = 0.0
 ) -> list[task_pb2.TaskEvent]:
-    """Follow the task until the step at `path` has started, then kill -9 the orchestrator;
-    the events seen until then."""
+    """Follow the task until the step at `path` has started, then (`after` seconds later) kill -9
+    the orchestrator; the events seen until then."""
     seen: list[task_pb2.TaskEvent] = []
     async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
         seen.append(event)
         if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == path:
             break
+    await asyncio.sleep(after)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     await client.channel.close()
@@ -101,6 +102,38 @@ async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, t
         assert_no_finished_step_ran_twice(log, calls)
         final = await wait_done(client, task.task_id)
         assert final.status == task_pb2.TASK_STATUS_COMPLETED
+        await client.channel.close()
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_step_s_timeout_counts_from_its_first_start_across_a_kill_9(plugins, tmp_path, request, backend):
+    """The step timeout is a budget for the whole step: a step in flight at a crash has what is left
+    of it when it runs again (before, the budget began again, so a step could run for any number of
+    budgets, one per crash). Here 3 s calls in a 5 s budget: 2 s spent, then a whole call again."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    plugin = plugins["testkit"].address
+    first = start_orchestrator(address, store, plugin, "first")
+    client = connect(address)
+    wf = workflow("budget", {"id": "root", "sequence": {"children": [step("s", "sleep", "{'ms': 3000}", timeout="5s")]}})
+    await create(client, wf)
+    task = await submit(client, "budget")
+    seen = await kill_when_started(first, client, task.task_id, "root/s", after=2.0)
+    began = next(e.time for e in seen if e.type == E.TASK_EVENT_TYPE_STEP_STARTED and e.step_path == "root/s")
+
+    second = start_orchestrator(address, store, plugin, "second")
+    try:
+        client = connect(address)
+        final = await wait_done(client, task.task_id)
+        assert final.status == task_pb2.TASK_STATUS_FAILED, final
+        assert "the step timeout of 5s ran out" in final.error.message
+        state = next(s for s in final.steps if s.path == "root/s")
+        assert abs(state.start_time.ToNanoseconds() - began.ToNanoseconds()) < 1e6  # its start is its first one
+        took = final.end_time.ToNanoseconds() - began.ToNanoseconds()
+        assert 5e9 <= took < 7e9, took / 1e9  # ended by the budget, not by a second whole one
         await client.channel.close()
     finally:
         second.terminate()

@@ -118,7 +118,8 @@ async def test_a_step_s_timeout_counts_from_its_first_start_across_a_kill_9(plug
     plugin = plugins["testkit"].address
     first = start_orchestrator(address, store, plugin, "first")
     client = connect(address)
-    wf = workflow("budget", {"id": "root", "sequence": {"children": [step("s", "sleep", "{'ms': 3000}", timeout="5s")]}})
+    slow = step("s", "sleep", "{'ms': 3000}", timeout="5s")
+    wf = workflow("budget", {"id": "root", "sequence": {"children": [slow]}})
     await create(client, wf)
     task = await submit(client, "budget")
     seen = await kill_when_started(first, client, task.task_id, "root/s", after=2.0)

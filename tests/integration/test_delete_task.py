@@ -5,10 +5,12 @@ afterwards, and no watcher (on this replica or another) is shown the old task's 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 import grpc
 import pytest
+import redis
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.settings import Limits
@@ -191,3 +193,111 @@ async def test_a_rerun_keeps_what_it_shares_with_a_deleted_original(served, test
     got = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=rerun.task_id))).task
     assert got.rerun_of == original.task_id
     assert await delete(client, rerun.task_id) is True
+
+
+def redis_traces(store_url: str, ids: set[str]) -> list[str]:
+    """Where any of `ids` still appears under the store's key prefix: in a key's name, a member,
+    a field or a value (the step cache, keyed by content, is left out: it outlives tasks)."""
+    base, _, prefix = store_url.partition("?prefix=")
+    client = redis.Redis.from_url(base)
+    found = []
+    try:
+        for raw in client.scan_iter(f"{prefix}*", count=1000):
+            key = raw.decode()
+            if key.startswith(f"{prefix}sc:"):
+                continue
+            kind = client.type(raw).decode()
+            parts: list[bytes] = [raw]
+            if kind == "string":
+                parts.append(client.get(raw) or b"")
+            elif kind == "hash":
+                parts += [b for pair in client.hgetall(raw).items() for b in pair]
+            elif kind == "zset":
+                parts += client.zrange(raw, 0, -1)
+            elif kind == "set":
+                parts += list(client.smembers(raw))
+            elif kind == "list":
+                parts += client.lrange(raw, 0, -1)
+            elif kind == "stream":
+                parts += [b for _, fields in client.xrange(raw) for pair in fields.items() for b in pair]
+            found += [f"{kind} {key}" for task_id in ids if any(task_id.encode() in part for part in parts)]
+    finally:
+        client.close()
+    return found
+
+
+async def sqlite_traces(running: Any, ids: set[str]) -> list[str]:
+    """Where any of `ids` still appears in the embedded store: any column of any row of any table
+    (the step cache left out, as on Redis)."""
+
+    def scan(db: sqlite3.Connection) -> list[str]:
+        found = []
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            if table in ("step_cache", "sqlite_sequence"):
+                continue
+            for row in db.execute(f"SELECT * FROM {table}"):
+                for column in row:
+                    data = column.encode() if isinstance(column, str) else column if isinstance(column, bytes) else b""
+                    found += [f"{table}: {task_id}" for task_id in ids if task_id.encode() in data]
+        return found
+
+    return list(await running.orchestrator.store.connection.run(scan))
+
+
+@pytest.mark.parametrize("removal", ["DeleteTask", "retention"])
+async def test_nothing_of_a_removed_task_is_left_in_the_store_whatever_it_went_through(
+    server_factory, store_url, removal
+):
+    """Tasks of every shape (large values, a signal taken by a wait, cancelled while waiting,
+    failed, a rerun sharing values, a concurrency key), deleted or purged at the end of their
+    retention: no key, member, field, value or row of the store names them afterwards (scanned
+    whole). Before, a capped group's sets kept a finished task's id until the group was read."""
+    retention = 2.0 if removal == "retention" else 3600.0
+    running = await server_factory(store=store_url, retention_seconds=retention)
+    client = client_for(running)
+    await create(client, workflow("big", step("s", "sized", "{'bytes': 5000, 'tag': 'x'}")))
+    await create(client, workflow("asks", {"id": "w", "wait": {"signal": "go"}}))
+    await create(client, workflow("fails", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
+    keyed = workflow("keyed", step("s", "echo"), concurrency={"key": "input.who", "max_running": 1})
+    await create(client, keyed)
+
+    big = await wait_done(client, (await submit(client, "big", request_id="r-big")).task_id)
+    answered = await submit(client, "asks")
+    stranded = await submit(client, "asks")
+    for task in (answered, stranded):
+        while (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.status != (
+            S.TASK_STATUS_WAITING
+        ):
+            await asyncio.sleep(0.05)
+    signal = task_pb2.SignalTaskRequest(task_id=answered.task_id, signal="go", request_id="sig-1")
+    signal.payload.string_value = "yes"
+    await client.tasks.SignalTask(signal)
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=stranded.task_id))
+    failed = await wait_done(client, (await submit(client, "fails")).task_id)
+    assert failed.status == S.TASK_STATUS_FAILED
+    rerun = await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=big.task_id))
+    grouped = await submit(client, "keyed", {"who": "ann"})
+    tasks = [big.task_id, answered.task_id, stranded.task_id, failed.task_id, rerun.task.task_id, grouped.task_id]
+    for task_id in tasks:
+        await wait_done(client, task_id)
+
+    traces_before = await traces(running, store_url, set(tasks))
+    assert len(traces_before) > 20, traces_before  # the scan sees them while they exist
+    if removal == "DeleteTask":
+        for task_id in tasks:
+            assert await delete(client, task_id) is True
+    else:
+        await asyncio.sleep(retention + 0.5)
+        await running.orchestrator.store.tasks.purge_finished()  # (the replica's own purge may come first)
+        for task_id in tasks:
+            err = await refusal(client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id)))
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert await traces(running, store_url, set(tasks)) == []
+    await client.channel.close()
+
+
+async def traces(running: Any, store_url: str, ids: set[str]) -> list[str]:
+    if store_url.startswith("redis"):
+        return await asyncio.to_thread(redis_traces, store_url, ids)
+    return await sqlite_traces(running, ids)

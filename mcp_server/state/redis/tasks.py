@@ -246,7 +246,7 @@ class RedisTasks:
             [
                 (
                     self._purge,
-                    [self.layout.expiry(p)],
+                    [self.layout.expiry(p), self.layout.queue(p)],
                     [now_ms, self.layout.task_prefix(p), self.layout.index_prefix(p)],
                 )
                 for p in range(self.layout.partitions)
@@ -258,7 +258,8 @@ class RedisTasks:
         partition = self.layout.partition_of(task_id)
         keys = self.layout.task(task_id)
         args = [self.layout.task_prefix(partition), self.layout.index_prefix(partition), task_id, *TERMINAL]
-        done = int(await self.conn.write(self._delete, [self.layout.expiry(partition), keys.header], args))
+        script_keys = [self.layout.expiry(partition), self.layout.queue(partition), keys.header]
+        done = int(await self.conn.write(self._delete, script_keys, args))
         if done == 1:
             self.hub.forget(keys.events, task_not_found(task_id))
             return Deletion.DELETED

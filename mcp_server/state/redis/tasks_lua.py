@@ -101,19 +101,24 @@ return 1
 )
 
 
-# Removes one task with everything it holds: its index entries, its keys, its retention entry;
-# reruns that share its values get their own copies of them. `retention` is its partition's
-# retention zset, `prefix` the task key prefix, `idx` the index prefix.
+# Removes one task with everything it holds: its index entries, its keys, its retention entry,
+# its id in its queue group's sets (pruned lazily otherwise); reruns that share its values get
+# their own copies of them. `retention` is its partition's retention zset, `prefix` the task key
+# prefix, `idx` the index prefix, `queue` the partition's queue (see fair_lua).
 _REMOVE_TASK = """
-local function remove_task(retention, prefix, idx, task_id)
+local function remove_task(retention, prefix, idx, queue, task_id)
   local head = prefix .. task_id
-  local f = redis.call('HMGET', head, 'st', 'ow', 'wf')
+  local f = redis.call('HMGET', head, 'st', 'ow', 'wf', 'fg')
   if f[1] then
     local keys = {'a', 's:' .. f[1], 'o:' .. f[2], 'os:' .. f[1] .. ':' .. f[2], 'w:' .. f[3],
                   'ws:' .. f[1] .. ':' .. f[3]}
     for _, key in ipairs(keys) do
       redis.call('ZREM', idx .. key, task_id)
     end
+  end
+  if f[4] then
+    redis.call('SREM', queue .. ':r:' .. f[4], task_id)
+    redis.call('SREM', queue .. ':m:' .. f[4], task_id)
   end
   for _, rerun in ipairs(redis.call('SMEMBERS', head .. ':b')) do
     local other = prefix .. rerun
@@ -139,28 +144,28 @@ local function remove_task(retention, prefix, idx, task_id)
 end
 """
 
-# KEYS: retention; ARGV: now ms, task key prefix, index prefix -> how many tasks were purged
+# KEYS: retention, queue; ARGV: now ms, task key prefix, index prefix -> how many tasks were purged
 PURGE_FINISHED = (
     _REMOVE_TASK
     + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
 for _, task_id in ipairs(due) do
-  remove_task(KEYS[1], ARGV[2], ARGV[3], task_id)
+  remove_task(KEYS[1], ARGV[2], ARGV[3], KEYS[2], task_id)
 end
 return #due
 """
 )
 
-# KEYS: retention, the task's header; ARGV: task key prefix, index prefix, task id, then the
-# finished statuses -> 1 (removed), 0 (no such task), -1 (not finished: nothing removed)
+# KEYS: retention, queue, the task's header; ARGV: task key prefix, index prefix, task id, then
+# the finished statuses -> 1 (removed), 0 (no such task), -1 (not finished: nothing removed)
 DELETE_FINISHED = (
     _REMOVE_TASK
     + """
-local status = redis.call('HGET', KEYS[2], 'st')
+local status = redis.call('HGET', KEYS[3], 'st')
 if not status then return 0 end
 for i = 4, #ARGV do
   if status == ARGV[i] then
-    remove_task(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+    remove_task(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3])
     return 1
   end
 end

@@ -23,7 +23,7 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_server.cli import render, schedules
+from mcp_server.cli import deleting, render, schedules
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.inputs import parse_input, parse_json
 from mcp_server.cli.tree import RunTree
@@ -144,11 +144,7 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         task = await client.cancel(args.id, args.reason or "")
         out(render.to_json(task)) if out else render.task_summary(task)
     elif cmd == ("task", "delete"):
-        deleted = await client.delete(args.id, allow_missing=args.allow_missing)
-        if out:
-            out({"task_id": args.id, "deleted": deleted})
-        else:
-            print(f"task {args.id} deleted" if deleted else f"task {args.id}: none to delete")
+        return await deleting.run(client, args, out)
     elif cmd == ("task", "watch"):
         return await watch(client, args.id, args.after, args.json, args.plain)
     elif cmd == ("task", "signal"):
@@ -302,9 +298,7 @@ def parser() -> argparse.ArgumentParser:
     cancel = task.add_parser("cancel")
     cancel.add_argument("id")
     cancel.add_argument("--reason")
-    delete = task.add_parser("delete", help="delete a finished task with everything stored of it")
-    delete.add_argument("id")
-    delete.add_argument("--allow-missing", action="store_true", help="a task that does not exist is no error")
+    deleting.add_parser(task)
     sig = task.add_parser("signal", help="send a signal to a task's wait node")
     sig.add_argument("id")
     sig.add_argument("name", help="the signal's name")

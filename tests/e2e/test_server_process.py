@@ -153,9 +153,42 @@ def test_the_cli_answers_a_waiting_task_and_lists_the_ones_that_wait(server_proc
     again = mcp(address, "task", "delete", task_id)
     assert again.returncode == 1 and "NOT_FOUND" in again.stderr
     assert json.loads(mcp(address, "--json", "task", "delete", task_id, "--allow-missing").stdout) == {
-        "task_id": task_id,
-        "deleted": False,
+        "deleted": [],
+        "missing": [task_id],
+        "refused": [],
     }
+
+
+def test_the_cli_deletes_every_finished_task_a_status_selects(server_process):
+    address, _ = server_process
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "sequence.yaml")).returncode == 0
+    made = [
+        json.loads(
+            mcp(
+                address, "--json", "task", "submit", "text-pipeline", "--input", '{"text": "A short text. It is fine."}'
+            ).stdout
+        )["task"]
+        for _ in range(3)
+    ]
+    for task in made:
+        assert mcp(address, "task", "watch", task["task_id"], "--plain").returncode == 0
+    others = {
+        t["task_id"]
+        for t in json.loads(mcp(address, "--json", "task", "list", "--status", "completed").stdout)["tasks"]
+    }
+    assert {t["task_id"] for t in made} <= others
+    wrong = mcp(address, "task", "delete", "--status", "running")
+    assert wrong.returncode != 0 and "invalid choice" in wrong.stderr
+    both = mcp(address, "task", "delete", made[0]["task_id"], "--status", "completed")
+    assert both.returncode != 0 and "give task ids, or --status" in both.stderr
+    gone = json.loads(
+        mcp(address, "--json", "task", "delete", "--status", "completed", "--workflow", "text-pipeline").stdout
+    )
+    assert {t["task_id"] for t in made} <= set(gone["deleted"]) and gone["refused"] == []
+    left = json.loads(
+        mcp(address, "--json", "task", "list", "--status", "completed", "--workflow", "text-pipeline").stdout
+    )
+    assert left.get("tasks", []) == []
 
 
 def test_the_cli_puts_lists_and_deletes_rate_limits(server_process):

@@ -404,6 +404,10 @@ class RunContext:
         self._dirty[path] = None
         return self._steps[path].state
 
+    def began_at(self, path: str) -> float:
+        """When the node at `path` first began (Unix seconds), whichever life of the run began it."""
+        return self._steps[path].started_ns / 1e9
+
     def variables(self, prev: Payload, scope: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
         """The CEL context (docs/cel.md), holding only the variables an expression names, so
         that a long run's outputs are not converted for an expression that never reads them."""

@@ -279,7 +279,7 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
         if (hit := await cached_output(key, path, ctx)) is not None:
             return hit
     state = ctx.state(path)
-    observer = _StepObserver(ctx, path, _deadline(node, state))
+    observer = _StepObserver(ctx, path, _deadline(node, state, ctx.began_at(path)))
     if state.HasField("wait"):  # it parked waiting for units: it asks again first
         observer.waiting_for = "rate-limit units"
     loop = asyncio.get_running_loop()
@@ -303,17 +303,14 @@ async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, s
     return result
 
 
-def _deadline(node: StepPlan, state: task_pb2.StepState) -> float | None:
+def _deadline(node: StepPlan, state: task_pb2.StepState, began: float) -> float | None:
     """When the step's timeout runs out: counted from when the step first began, whichever life
     of the run this is (a step in flight at a crash or a shutdown has what is left of its budget
-    when it runs again, as a task has of its task_timeout), or, for a step that parked its task
-    while it waited for rate-limit units, when it ran out for the life that parked (kept in `wait`)."""
+    when it runs again, as a task has of its task_timeout: `began`), or, for a step that parked its
+    task while it waited for rate-limit units, when it ran out for the life that parked (kept in `wait`)."""
     if state.HasField("wait") and state.wait.HasField("deadline"):
         return float(state.wait.deadline.seconds + state.wait.deadline.nanos / 1e9)
-    if node.timeout is None:
-        return None
-    began = state.start_time.ToNanoseconds() / 1e9 if state.HasField("start_time") else time.time()
-    return began + node.timeout
+    return None if node.timeout is None else began + node.timeout
 
 
 def _input(

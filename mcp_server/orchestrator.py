@@ -75,12 +75,20 @@ class Orchestrator:
             self.rate_limits,
             store.step_cache,
         )
-        self.dispatcher = Dispatcher(store.queue, store.tasks, runner, self.plans, settings, store.waits)
+        self.dispatcher = Dispatcher(
+            store.queue,
+            store.tasks,
+            runner,
+            self.plans,
+            settings,
+            store.waits,
+            on_purged=self.metrics.tasks_removed.labels("retention").inc,
+        )
         self.workflows = Workflows(settings, store.workflows, self.directory)
         self.protocols = Protocols(self.directory, settings.limits, self.rate_limits)
         self.watching = Watching(store.tasks, settings.limits, settings.watch_batch_delay)
         self.reads = TaskReads(store.tasks, self.views, settings.limits)
-        self.deleting = Deleting(store.tasks)
+        self.deleting = Deleting(store.tasks, self.metrics.tasks_removed.labels("deleted").inc)
         self.cancelling = Cancelling(
             store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds, settings.replica_id
         )

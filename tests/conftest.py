@@ -115,15 +115,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
 
 def make_settings(store_url: str, plugin_addresses: tuple[str, ...], **overrides: object) -> Settings:
     limits = overrides.pop("limits", Limits())
+    fields: dict[str, object] = {"lease_seconds": 3.0, "shutdown_grace": 1.0, **overrides}
     return Settings(
         listen="127.0.0.1:0",
         store_url=store_url,
         plugins=plugin_addresses,
-        lease_seconds=3.0,
-        shutdown_grace=1.0,
         limits=limits,
         replica_id=f"test-{uuid.uuid4().hex[:6]}",
-        **overrides,
+        **fields,
     )  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mcp_sdk.proto import task_pb2
@@ -55,8 +56,10 @@ class Dispatcher:
         plans: PlanCache,
         settings: Settings,
         waits: WaitStore | None = None,
+        on_purged: Callable[[int], object] | None = None,
     ) -> None:
         self.queue = queue
+        self.on_purged = on_purged  # told how many finished tasks each purge removed
         self.tasks = tasks
         self.waits = waits
         self.runner = runner
@@ -308,7 +311,9 @@ class Dispatcher:
             rounds += 1
             try:
                 if rounds % 10 == 0:
-                    await self.tasks.purge_finished()
+                    purged = await self.tasks.purge_finished()
+                    if purged and self.on_purged is not None:
+                        self.on_purged(purged)
                 held = dict(self._running)
                 lost = await self.queue.renew_leases(
                     {t: r.lease_token for t, r in held.items()}, self.settings.lease_seconds

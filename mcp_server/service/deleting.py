@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
@@ -14,8 +15,9 @@ log = logging.getLogger(__name__)
 
 
 class Deleting:
-    def __init__(self, tasks: TaskStore) -> None:
+    def __init__(self, tasks: TaskStore, on_deleted: Callable[[], object] | None = None) -> None:
         self.tasks = tasks
+        self.on_deleted = on_deleted  # told of each task deleted here
 
     async def delete_task(
         self, task_id: str, principal: Principal = ANONYMOUS_ADMIN, allow_missing: bool = False
@@ -40,4 +42,6 @@ class Deleting:
                 metadata={"task_id": task_id},
             )
         log.info("task %s deleted by %s", task_id, principal.name or "an anonymous admin")
+        if self.on_deleted is not None:
+            self.on_deleted()
         return True

@@ -125,6 +125,13 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
             registry=r,
         )
+        self.tasks_removed = Counter(
+            "mcp_tasks_removed_total",
+            "Finished tasks removed from the store with everything they held, by reason: deleted"
+            " (DeleteTask) or retention (the purge)",
+            ["reason"],
+            registry=r,
+        )
         self.reruns = Counter(
             "mcp_reruns_total", "Tasks started as reruns of finished tasks, by workflow", ["workflow"], registry=r
         )

@@ -70,6 +70,8 @@ async def test_a_finished_task_is_gone_from_every_read_and_a_second_delete_is_no
     assert [t.task_id for t in listed.tasks] == [kept.task_id] and listed.total_size == 1
     assert len(await read_value(client, kept.task_id, "s")) == 5000  # the same value, the other task's copy
     assert await delete(client, task_id, allow_missing=True) is False
+    removed = served[0].orchestrator.metrics.tasks_removed
+    assert removed.labels("deleted")._value.get() == 1 and removed.labels("retention")._value.get() == 0
 
 
 async def test_a_task_not_finished_is_refused_and_runs_on_to_its_end(served):
@@ -301,3 +303,19 @@ async def traces(running: Any, store_url: str, ids: set[str]) -> list[str]:
     if store_url.startswith("redis"):
         return await asyncio.to_thread(redis_traces, store_url, ids)
     return await sqlite_traces(running, ids)
+
+
+async def test_the_replica_s_own_purge_removes_tasks_past_their_retention_and_counts_them(server_factory, store_url):
+    running = await server_factory(store=store_url, retention_seconds=0.5, lease_seconds=0.3)  # a purge a second
+    client = client_for(running)
+    await create(client, workflow("quick", step("s", "echo")))
+    done = [await wait_done(client, (await submit(client, "quick")).task_id) for _ in range(3)]
+    removed = running.orchestrator.metrics.tasks_removed.labels("retention")
+    async with asyncio.timeout(10):
+        while removed._value.get() < 3:
+            await asyncio.sleep(0.1)
+    for task in done:
+        err = await refusal(client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id)))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert removed._value.get() == 3
+    await client.channel.close()

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from mcp_sdk.proto import registry_pb2, task_pb2
@@ -63,6 +64,13 @@ async def test_node_client_submits_a_task_and_watches_it_to_the_end(server, clie
     sequences = [e["sequence"] for e in summary["events"]]
     assert sequences == list(range(1, len(sequences) + 1))
     assert summary["events"][-1]["type"] == "TASK_EVENT_TYPE_COMPLETED"
+
+
+async def test_node_client_deletes_the_finished_task(server, client):
+    await create(client, workflow("for-node-delete", step("a", "append")))
+    summary = await run_node_client(server.address, "for-node-delete", json.dumps({"text": "gone:"}), "--delete")
+    assert summary["status"] == "TASK_STATUS_COMPLETED" and summary["deleted"] is True
+    assert summary["after_delete"] == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 async def test_node_client_submits_and_follows_a_task_in_one_stream(server, client):

@@ -1,5 +1,5 @@
 // A Node.js client of the mCP orchestrator: submit a task, watch it live, print a JSON summary.
-// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run | --follow]
+// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run | --follow] [--delete]
 // With --run: one RunTask call (submit and wait), with a deadline, so the task id also comes at
 // once in the `mcp-task-id` response header. With --follow: one SubmitAndWatchTask stream (submit,
 // then every event to the end; the first message names the task).
@@ -96,7 +96,15 @@ async function main() {
     });
   }
   const final = (await get({ task_id: task.task_id })).task;
-  console.log(JSON.stringify({ task_id: task.task_id, status: final.status, result: fromValue(final.result), events }));
+  const summary = { task_id: task.task_id, status: final.status, result: fromValue(final.result), events };
+  if (process.argv.includes('--delete')) {
+    // the finished task goes, with everything stored of it: a read of it is NOT_FOUND afterwards
+    const removed = await new Promise((resolve, reject) => tasks.DeleteTask({ task_id: task.task_id },
+      (err, res) => (err ? reject(err) : resolve(res))));
+    summary.deleted = removed.deleted;
+    summary.after_delete = await get({ task_id: task.task_id }).then(() => 'found', (err) => err.code);
+  }
+  console.log(JSON.stringify(summary));
   tasks.close();
 }
 

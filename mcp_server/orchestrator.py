@@ -88,7 +88,7 @@ class Orchestrator:
         self.protocols = Protocols(self.directory, settings.limits, self.rate_limits)
         self.watching = Watching(store.tasks, settings.limits, settings.watch_batch_delay)
         self.reads = TaskReads(store.tasks, self.views, settings.limits)
-        self.deleting = Deleting(store.tasks, self.metrics.tasks_removed.labels("deleted").inc)
+        self.deleting = Deleting(store.tasks, runner.step_cache, self.metrics.tasks_removed.labels("deleted").inc)
         self.cancelling = Cancelling(
             store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds, settings.replica_id
         )

@@ -61,6 +61,12 @@ class NearCache:
         await self.store.put_output(key, entry, ttl)
         self._keep(key, entry, time.time() + ttl)
 
+    async def remove_outputs_of(self, task_id: str) -> int:
+        """The store's entries, and this replica's copies (other replicas drop theirs within LOCAL_TTL)."""
+        for key in [k for k, (_, entry) in self._entries.items() if entry.task_id == task_id]:
+            del self._entries[key]
+        return await self.store.remove_outputs_of(task_id)
+
     def _keep(self, key: str, entry: CachedOutput, expires_at: float) -> None:
         """Kept until the store's copy expires (or LOCAL_TTL from now, whichever is first)."""
         self._entries[key] = (min(expires_at, time.time() + LOCAL_TTL), entry)

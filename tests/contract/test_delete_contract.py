@@ -10,7 +10,7 @@ import pytest
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.events import make_event
-from mcp_server.engine.ports import Deletion, StepRecord, TaskFilter
+from mcp_server.engine.ports import CachedOutput, Deletion, StepRecord, TaskFilter
 from mcp_server.errors import NotFound
 from mcp_server.state import open_store
 from mcp_server.state.common import request_task_id
@@ -131,3 +131,19 @@ async def test_a_watcher_of_a_deleted_task_is_told_and_its_successor_s_events_ar
         await store.close()
         if other is not store:
             await other.close()
+
+
+async def test_a_task_s_cached_outputs_go_and_those_another_task_stored_since_stay(store):
+    cache = store.step_cache
+    await cache.put_output("k1", CachedOutput("task-a", b"one"), 60)
+    await cache.put_output("k2", CachedOutput("task-a", b"two"), 60)
+    await cache.put_output("k2", CachedOutput("task-b", b"two, again"), 60)  # stored since by another task
+    await cache.put_output("k3", CachedOutput("task-b", b"three"), 60)
+
+    assert await cache.remove_outputs_of("task-a") == 1
+    assert await cache.get_output("k1") is None
+    assert (await cache.get_output("k2")).output == b"two, again"
+    assert (await cache.get_output("k3")).task_id == "task-b"
+    assert await cache.remove_outputs_of("task-a") == 0
+    assert await cache.remove_outputs_of("task-b") == 2
+    assert await cache.get_output("k2") is None and await cache.get_output("k3") is None

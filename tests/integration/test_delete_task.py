@@ -197,16 +197,16 @@ async def test_a_rerun_keeps_what_it_shares_with_a_deleted_original(served, test
     assert await delete(client, rerun.task_id) is True
 
 
-def redis_traces(store_url: str, ids: set[str]) -> list[str]:
+def redis_traces(store_url: str, ids: set[str], cache: bool) -> list[str]:
     """Where any of `ids` still appears under the store's key prefix: in a key's name, a member,
-    a field or a value (the step cache, keyed by content, is left out: it outlives tasks)."""
+    a field or a value (the step cache too if `cache`: the purge leaves it to its ttl)."""
     base, _, prefix = store_url.partition("?prefix=")
     client = redis.Redis.from_url(base)
     found = []
     try:
         for raw in client.scan_iter(f"{prefix}*", count=1000):
             key = raw.decode()
-            if key.startswith(f"{prefix}sc:"):
+            if key.startswith(f"{prefix}sc:") and not cache:
                 continue
             kind = client.type(raw).decode()
             parts: list[bytes] = [raw]
@@ -228,15 +228,15 @@ def redis_traces(store_url: str, ids: set[str]) -> list[str]:
     return found
 
 
-async def sqlite_traces(running: Any, ids: set[str]) -> list[str]:
+async def sqlite_traces(running: Any, ids: set[str], cache: bool) -> list[str]:
     """Where any of `ids` still appears in the embedded store: any column of any row of any table
-    (the step cache left out, as on Redis)."""
+    (the step cache only if `cache`, as on Redis)."""
 
     def scan(db: sqlite3.Connection) -> list[str]:
         found = []
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for table in tables:
-            if table in ("step_cache", "sqlite_sequence"):
+            if table == "sqlite_sequence" or (table == "step_cache" and not cache):
                 continue
             for row in db.execute(f"SELECT * FROM {table}"):
                 for column in row:
@@ -252,9 +252,10 @@ async def test_nothing_of_a_removed_task_is_left_in_the_store_whatever_it_went_t
     server_factory, store_url, removal
 ):
     """Tasks of every shape (large values, a signal taken by a wait, cancelled while waiting,
-    failed, a rerun sharing values, a concurrency key), deleted or purged at the end of their
-    retention: no key, member, field, value or row of the store names them afterwards (scanned
-    whole). Before, a capped group's sets kept a finished task's id until the group was read."""
+    failed, a rerun sharing values, a concurrency key, a cached output), deleted or purged at the
+    end of their retention: no key, member, field, value or row of the store names them afterwards
+    (scanned whole; the step cache too after DeleteTask, while the purge leaves it to its ttl).
+    Before, a capped group's sets kept a finished task's id until the group was read."""
     retention = 2.0 if removal == "retention" else 3600.0
     running = await server_factory(store=store_url, retention_seconds=retention)
     client = client_for(running)
@@ -263,6 +264,7 @@ async def test_nothing_of_a_removed_task_is_left_in_the_store_whatever_it_went_t
     await create(client, workflow("fails", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
     keyed = workflow("keyed", step("s", "echo"), concurrency={"key": "input.who", "max_running": 1})
     await create(client, keyed)
+    await create(client, workflow("kept", step("s", "echo", cache={"ttl": "600s"})))
 
     big = await wait_done(client, (await submit(client, "big", request_id="r-big")).task_id)
     answered = await submit(client, "asks")
@@ -280,7 +282,9 @@ async def test_nothing_of_a_removed_task_is_left_in_the_store_whatever_it_went_t
     assert failed.status == S.TASK_STATUS_FAILED
     rerun = await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=big.task_id))
     grouped = await submit(client, "keyed", {"who": "ann"})
+    cached = await submit(client, "kept", {"n": removal})
     tasks = [big.task_id, answered.task_id, stranded.task_id, failed.task_id, rerun.task.task_id, grouped.task_id]
+    tasks.append(cached.task_id)
     for task_id in tasks:
         await wait_done(client, task_id)
 
@@ -295,14 +299,14 @@ async def test_nothing_of_a_removed_task_is_left_in_the_store_whatever_it_went_t
         for task_id in tasks:
             err = await refusal(client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id)))
             assert err.code() == grpc.StatusCode.NOT_FOUND
-    assert await traces(running, store_url, set(tasks)) == []
+    assert await traces(running, store_url, set(tasks), cache=removal == "DeleteTask") == []
     await client.channel.close()
 
 
-async def traces(running: Any, store_url: str, ids: set[str]) -> list[str]:
+async def traces(running: Any, store_url: str, ids: set[str], cache: bool = True) -> list[str]:
     if store_url.startswith("redis"):
-        return await asyncio.to_thread(redis_traces, store_url, ids)
-    return await sqlite_traces(running, ids)
+        return await asyncio.to_thread(redis_traces, store_url, ids, cache)
+    return await sqlite_traces(running, ids, cache)
 
 
 async def test_the_replica_s_own_purge_removes_tasks_past_their_retention_and_counts_them(server_factory, store_url):
@@ -319,3 +323,27 @@ async def test_the_replica_s_own_purge_removes_tasks_past_their_retention_and_co
         assert err.code() == grpc.StatusCode.NOT_FOUND
     assert removed._value.get() == 3
     await client.channel.close()
+
+
+async def test_a_deleted_task_s_cached_outputs_go_with_it(served):
+    """The step cache holds what a task's steps produced (an LLM's answer about its input, say):
+    deleting the task removes the outputs it stored, so no later task is served them; outputs
+    another task stored stay."""
+    _, client = served
+    wf = workflow("cached", step("s", "append", "{'text': input.text}", cache={"ttl": "600s"}))
+    await create(client, wf)
+
+    async def cached_step(text: str) -> tuple[str, task_pb2.StepState]:
+        task = await wait_done(client, (await submit(client, "cached", {"text": text})).task_id)
+        assert task.status == S.TASK_STATUS_COMPLETED, task.error
+        return task.task_id, next(s for s in task.steps if s.path == "s")
+
+    first, made = await cached_step("private")
+    second, hit = await cached_step("private")
+    assert not made.cached and hit.cached and hit.cached_from == first
+    assert await delete(client, first) is True
+    third, again = await cached_step("private")
+    assert not again.cached  # the deleted task's output is gone: called again, and stored by this task
+    assert await delete(client, second) is True  # it stored nothing: the third task's output stays
+    _, served_from = await cached_step("private")
+    assert served_from.cached and served_from.cached_from == third

@@ -24,3 +24,8 @@ class StepCache(Protocol):
     async def put_output(self, key: str, entry: CachedOutput, ttl: float) -> None:
         """Store (or replace) the output under `key` for `ttl` seconds."""
         ...
+
+    async def remove_outputs_of(self, task_id: str) -> int:
+        """Remove the outputs the steps of `task_id` stored (not those another task stored since
+        under the same key); how many."""
+        ...

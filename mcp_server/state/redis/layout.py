@@ -28,6 +28,8 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:t:<id>:vl   large values a rerun shares with the task that holds them: hash SHA-256 -> that task
     P{T}:t:<id>:b    the tasks that share this task's values (its :v is then kept until it is purged): set
     P{T}:t:<id>:r    the task's reruns: zset task_id -> create micros (a rerun lives in its source's partition)
+    P{T}:t:<id>:c    the step-cache keys its steps stored outputs under: set (see cache.py), so that
+                     DeleteTask removes those outputs
     P{T}:t:<id>:g    signals: hash n (how many), tk (how many taken in), <index> -> SignalTaskRequest,
                      s:<index> -> `<SIGNAL_RECEIVED sequence>|<step>`, r:<request_id> -> index
     P{T}:t:<id>:w    waiting steps: hash path -> `<signal>|<deadline ms>|<since ms>|<assigned index>`
@@ -73,6 +75,7 @@ class TaskKeys:
     waits: str
     links: str
     reruns: str
+    caches: str
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -106,7 +109,7 @@ class Layout:
 
     def task(self, task_id: str) -> TaskKeys:
         head = f"{self.base(self.partition_of(task_id))}t:{task_id}"
-        return TaskKeys(head, *(f"{head}:{suffix}" for suffix in ("s", "o", "e", "v", "g", "w", "vl", "r")))
+        return TaskKeys(head, *(f"{head}:{suffix}" for suffix in ("s", "o", "e", "v", "g", "w", "vl", "r", "c")))
 
     def task_prefix(self, partition: int) -> str:
         """What a script prepends to a task id to name its header (and, with a suffix, its other keys)."""

@@ -15,7 +15,7 @@ local function move_status(idx, task_id, old, new, owner, workflow, score)
   redis.call('ZADD', idx .. 'ws:' .. new .. ':' .. workflow, score, task_id)
 end
 local function expire_task(head, ms)
-  for _, suffix in ipairs({'', ':s', ':o', ':e', ':g', ':w', ':vl', ':r'}) do
+  for _, suffix in ipairs({'', ':s', ':o', ':e', ':g', ':w', ':vl', ':r', ':c'}) do
     redis.call('PEXPIRE', head .. suffix, ms)
   end
   -- values reruns share stay until the purge gives each rerun its copy

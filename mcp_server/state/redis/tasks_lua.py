@@ -139,7 +139,7 @@ local function remove_task(retention, prefix, idx, queue, task_id)
   local source = redis.call('HGET', head, 'ro')
   if source then redis.call('ZREM', prefix .. source .. ':r', task_id) end
   redis.call('DEL', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v', head .. ':g', head .. ':w',
-             head .. ':vl', head .. ':b', head .. ':r')
+             head .. ':vl', head .. ':b', head .. ':r', head .. ':c')
   redis.call('ZREM', retention, task_id)
 end
 """

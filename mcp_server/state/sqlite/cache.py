@@ -37,3 +37,10 @@ class SqliteStepCache:
                     db.execute("DELETE FROM step_cache WHERE expires<=?", (now,))
 
         await self.db.run(put)
+
+    async def remove_outputs_of(self, task_id: str) -> int:
+        def remove(db: sqlite3.Connection) -> int:
+            with db:
+                return int(db.execute("DELETE FROM step_cache WHERE task_id=?", (task_id,)).rowcount)
+
+        return await self.db.run(remove)

@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS rate_grants (key TEXT NOT NULL, at REAL NOT NULL, uni
 CREATE INDEX IF NOT EXISTS rate_grants_by_key ON rate_grants (key, at);
 CREATE TABLE IF NOT EXISTS step_cache (
   key TEXT PRIMARY KEY, task_id TEXT NOT NULL, output BLOB NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS step_cache_by_task ON step_cache (task_id);
 CREATE TABLE IF NOT EXISTS schedules (
   schedule_id TEXT PRIMARY KEY, owner TEXT NOT NULL, data BLOB NOT NULL, version INTEGER NOT NULL,
   created_ms INTEGER NOT NULL, due_ms INTEGER, runs INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,

@@ -234,10 +234,16 @@ async def submit(request: web.Request) -> web.StreamResponse:
     try:
         created = await api(request).submit(workflow_id, data, priority=priority, labels=labels, version=version)
     except McpError as error:
-        if error.code != grpc.StatusCode.INVALID_ARGUMENT:
+        status = FORM_REFUSALS.get(error.code)
+        if status is None:
             raise
-        return await workflow(request, form, error, status=400)
+        return await workflow(request, form, error, status=status)
     return redirect(f"/tasks/{created.task_id}")
+
+
+# refusals the submit form shows beside what was typed, to mend or to send again (a full store,
+# a full queue, the submission rate), rather than on an error page that loses it
+FORM_REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.RESOURCE_EXHAUSTED: 429}
 
 
 def _label(line: str) -> tuple[str, str]:

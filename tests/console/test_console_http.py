@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from google.protobuf import duration_pb2
 
+from mcp_sdk import Client
 from mcp_sdk.proto import registry_pb2
 from mcp_server.auth import hash_token
 
@@ -327,3 +328,31 @@ async def test_the_event_stream_leaves_out_the_large_data_the_page_never_shows(c
     assert sum(len(e["data"]) for e in stream) < 64 * 1024  # the whole log, against 2 MB of data
     completed = next(e for e in shown if e["type"] == "STEP_COMPLETED")
     assert completed["data"]["kind"] == "step" and completed["left_out"] == []  # small data is kept
+
+
+async def test_a_full_store_s_refusal_is_shown_beside_what_was_typed_and_it_goes_through_later(
+    server_factory, tmp_path
+):
+    """A submission the store has no room for answers 429 with the server's reason on the workflow
+    page, the typed input kept (before: an error page, the input lost); sent again once there is
+    room, it is submitted."""
+    running = await server_factory(store=f"sqlite:///{tmp_path}/full.db", console_listen="127.0.0.1:0")
+    database = running.orchestrator.store.connection
+    base = running.console.url
+    typed = '{"note": "written by hand, long and careful", "draft": "%s"}' % ("x" * 200_000)  # needs new pages
+    async with Client(running.address) as api:
+        await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        token = csrf_of(await (await browser.get(f"{base}/workflows/echo")).text())
+        await database.run(
+            lambda c: c.execute(f"PRAGMA max_page_count = {c.execute('PRAGMA page_count').fetchone()[0]}")
+        )
+        form = {"input": typed, "priority": "0", "labels": "", "version": "0", "csrf": token}
+        refused = await browser.post(f"{base}/workflows/echo/submit", data=form, allow_redirects=False)
+        page = await refused.text()
+        assert refused.status == 429, page[:500]
+        assert "STORE_FULL" in page and "nothing was written" in page
+        assert "written by hand, long and careful" in page  # the input, kept in the form
+        await database.run(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+        accepted = await browser.post(f"{base}/workflows/echo/submit", data=form, allow_redirects=False)
+        assert accepted.status == 303 and accepted.headers["Location"].startswith("/tasks/")

@@ -4,6 +4,7 @@ steps stored under are listed beside the task (`P{T}:t:<id>:c`), so that its del
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from mcp_server.engine.ports.cache import CachedOutput
@@ -41,9 +42,16 @@ class RedisStepCache:
     async def put_output(self, key: str, entry: CachedOutput, ttl: float) -> None:
         expires = int((time.time() + ttl) * 1000)
         value = entry.task_id.encode() + b"\0" + str(expires).encode() + b"\0" + entry.output
+        ms, listed = max(1, int(ttl * 1000)), self.conn.layout.task(entry.task_id).caches
+        lane = self.conn.lane
+        if lane is not None:  # both in one write, with hiredis (a pipeline costs ~40 us more CPU)
+            await self.conn.do(
+                asyncio.gather(lane.call("SET", self.prefix + key, value, "PX", ms), lane.call("SADD", listed, key))
+            )
+            return
         async with self.conn.pipeline() as pipe:  # two slots on a cluster: one round trip per node
-            pipe.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
-            pipe.sadd(self.conn.layout.task(entry.task_id).caches, key)
+            pipe.set(self.prefix + key, value, px=ms)
+            pipe.sadd(listed, key)
             await self.conn.do(pipe.execute())
 
     async def remove_outputs_of(self, task_id: str) -> int:

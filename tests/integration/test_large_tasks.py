@@ -70,6 +70,11 @@ async def test_a_thousand_step_sequence_completes_and_reads_back(api):
     assert all(s.status == task_pb2.STEP_STATUS_COMPLETED for s in steps)
     data, _ = await read_value(api, task.task_id)
     assert json_format.MessageToDict(struct_pb2.Value.FromString(data)) == {"n": 1}
+    # all of it goes in one write: 1,001 step records, their values and thousands of events
+    assert (await api.tasks.DeleteTask(task_pb2.DeleteTaskRequest(task_id=task.task_id))).deleted
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await all_steps(api, task.task_id)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_watch_that_starts_behind_a_log_of_thousands_of_events_reads_it_all(api):

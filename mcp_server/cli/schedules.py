@@ -121,6 +121,7 @@ def _print_schedule(s: dict[str, Any]) -> None:
         print(f"  next: {fire}")
     for run in info.get("recent_runs", []):
         status = run.get("status", "TASK_STATUS_UNSPECIFIED").removeprefix("TASK_STATUS_").lower()
+        status = "gone (deleted or purged)" if status == "unspecified" else status
         print(
             f"  ran:  {run['fire_time']}  {run.get('task_id') or '(skipped)'}  {status if run.get('task_id') else ''}"
         )

@@ -38,7 +38,11 @@ def schedule_view(s: schedule_pb2.Schedule) -> dict[str, Any]:
             {
                 "fire_time": _time(r.fire_time),
                 "task_id": r.task_id,
-                "status": task_pb2.TaskStatus.Name(r.status).removeprefix("TASK_STATUS_").lower() if r.task_id else "",
+                "status": (
+                    task_pb2.TaskStatus.Name(r.status).removeprefix("TASK_STATUS_").lower() if r.status else "gone"
+                )
+                if r.task_id
+                else "",
             }
             for r in s.info.recent_runs
         ],

@@ -33,6 +33,10 @@ async def test_the_schedules_page_lists_and_acts_on_schedules(console, api):
         task_id = triggered.headers["Location"].removeprefix("/tasks/")
         page = await (await browser.get(f"{base}/schedules")).text()
         assert f'href="/tasks/{task_id}"' in page
+        await api.result(task_id, timeout=30)
+        assert await api.delete(task_id)  # the run stays listed, said to be gone
+        page = await (await browser.get(f"{base}/schedules")).text()
+        assert f'href="/tasks/{task_id}"' in page and '<span class="badge gone">gone</span>' in page
         unpaused = await browser.post(f"{base}/schedules/morning/unpause", data={"csrf": token}, allow_redirects=False)
         assert unpaused.status == 303 and not (await api.get_schedule("morning")).paused
         deleted = await browser.post(f"{base}/schedules/morning/delete", data={"csrf": token}, allow_redirects=False)

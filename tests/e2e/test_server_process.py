@@ -255,6 +255,8 @@ def test_the_cli_creates_pauses_triggers_backfills_and_deletes_a_schedule(server
     assert backfilled.returncode == 0 and "3 tasks started" in backfilled.stdout, backfilled
     got = json.loads(mcp(address, "--json", "schedule", "get", "nightly").stdout)
     assert got["paused"] and got["info"]["runs"] == "4"
+    assert mcp(address, "task", "delete", task_id).returncode == 0  # a run the schedule lists, gone
+    assert f"{task_id}  gone (deleted or purged)" in mcp(address, "schedule", "get", "nightly").stdout
     bad = mcp(address, "schedule", "create", "bad", "--workflow", workflow_id, "--cron", "99 * * * *")
     assert bad.returncode == 1 and "schedule.spec.cron[0]" in bad.stderr
     for wrong, why in (('{"a": NaN}', "NaN is not JSON"), ("[1]", "must be a JSON object")):  # as task submit says

@@ -228,37 +228,51 @@ async def call_with_retries(
 ) -> NodeResult:
     """Call a protocol, retrying per policy; every retry is an event. Raises ProtocolCallError.
 
-    The first attempt runs without any retry machinery (most calls succeed, and thousands may
-    be in flight at once); when it fails with a retryable code, tenacity runs the rest."""
+    The policy's attempts span the run's lives: the calls that failed before a crash or a
+    shutdown (the step's `failed_attempts`) count, the call cut off by it does not. The first
+    attempt runs without any retry machinery (most calls succeed, and thousands may be in
+    flight at once); when it fails with a retryable code, tenacity runs the rest."""
     _sendable(call, ctx.limits)
     observer = observer or _StepObserver(ctx, path)
     policy = call.retry
     try:
         return await _attempt(call, path, ctx, observer)
     except ProtocolCallError as first:
-        if policy.max_attempts <= 1 or not _retryable(policy, first):
+        failed = _failed(ctx, path)
+        if failed >= policy.max_attempts or not _retryable(policy, first):
             raise
-        pause = backoff(policy, 1)
-        _announce_retry(ctx, path, call, 1, first, pause)
+        pause = backoff(policy, failed)
+        _announce_retry(ctx, path, call, failed, first, pause)
     await asyncio.sleep(pause)
 
     def before_sleep(retry_state: RetryCallState) -> None:
         error = retry_state.outcome.exception() if retry_state.outcome else None
         pause = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        _announce_retry(ctx, path, call, retry_state.attempt_number + 1, error, pause)
+        _announce_retry(ctx, path, call, failed + retry_state.attempt_number, error, pause)
 
-    # tenacity counts from the second attempt: its attempt n is the step's attempt n + 1
+    # tenacity counts from the first retry of this life: its attempt n is the protocol's attempt failed + n
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts - 1),
-        wait=lambda retry_state: backoff(policy, retry_state.attempt_number + 1),
+        stop=stop_after_attempt(policy.max_attempts - failed),
+        wait=lambda retry_state: backoff(policy, failed + retry_state.attempt_number),
         retry=retry_if_exception(lambda error: _retryable(policy, error)),
         before_sleep=before_sleep,
         reraise=True,
     )
     async for attempt in retrying:
         with attempt:
-            return await _attempt(call, path, ctx, observer)
+            try:
+                return await _attempt(call, path, ctx, observer)
+            except ProtocolCallError:
+                _failed(ctx, path)
+                raise
     raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def _failed(ctx: RunContext, path: str) -> int:
+    """Count a failed call of the step's current protocol; how many have failed, in all its lives."""
+    state = ctx.state(path)
+    state.failed_attempts += 1
+    return state.failed_attempts
 
 
 @runs("step")
@@ -349,8 +363,15 @@ async def _run_candidates(
         candidates.append((fb.protocol, fb_input))
     errors: list[str] = []
     last_code = "UNAVAILABLE"
+    # a step resumed after a crash or a shutdown goes on with the protocol it was calling
+    resumed_at = min(ctx.state(path).fallback_index, len(candidates) - 1)
     for index, (protocol, input_data) in enumerate(candidates):
-        if index > 0:
+        if index < resumed_at:
+            errors.append(f"{protocol}: failed before the run was resumed")
+            continue
+        if index > resumed_at:
+            state = ctx.state(path)
+            state.fallback_index, state.failed_attempts = index, 0
             ctx.emit(
                 E.TASK_EVENT_TYPE_FALLBACK_USED,
                 step_path=path,

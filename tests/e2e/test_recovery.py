@@ -141,6 +141,66 @@ async def test_a_step_s_timeout_counts_from_its_first_start_across_a_kill_9(plug
         second.wait(timeout=15)
 
 
+async def kill_on_retry(
+    process: subprocess.Popen[bytes], client: Client, task_id: str, protocol: str, attempt: int
+) -> None:
+    """Follow the task until `protocol`'s attempt `attempt` has failed and is to be retried (the
+    step is in its backoff), then kill -9 the orchestrator."""
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+        if event.type == E.TASK_EVENT_TYPE_STEP_RETRYING and event.protocol == protocol and event.attempt == attempt:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    await client.channel.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("killed_in", ["the step's own protocol", "its fallback"])
+async def test_a_step_s_attempts_and_fallbacks_span_a_kill_9(plugins, testkit, tmp_path, request, backend, killed_in):
+    """The retry policy bounds a protocol's failed calls over the whole step: a step resumed after a
+    crash goes on with the attempts and the fallback it had left (before, each life began again
+    with the step's own protocol and a whole policy, so a step failing for good was called
+    max_attempts times more per crash). Killed in the backoff after `fail`'s 2nd of 3 failures:
+    `fail` is called once more, then the fallback; killed in the fallback's backoff: `fail` is not
+    called again."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    first = start_orchestrator(address, store, plugins["testkit"].address, "first")
+    client = connect(address)
+    own_attempts = 3 if killed_in == "the step's own protocol" else 2
+    retry = {"max_attempts": own_attempts, "initial_backoff": "2s", "backoff_multiplier": 1, "jitter": 0.1}
+    flaky = {"protocol": "flaky", "input": "{'failures': 1}"}
+    shaky = step("s", "fail", retry=retry, fallbacks=[flaky])
+    await create(client, workflow("shaky", {"id": "root", "sequence": {"children": [shaky]}}))
+    task = await submit(client, "shaky")
+    if killed_in == "the step's own protocol":
+        await kill_on_retry(first, client, task.task_id, "fail", attempt=2)
+    else:
+        await kill_on_retry(first, client, task.task_id, "flaky", attempt=1)
+
+    second = start_orchestrator(address, store, plugins["testkit"].address, "second")
+    try:
+        client = connect(address)
+        final = await wait_done(client, task.task_id)
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED, final
+        calls = (await plugin_stats(testkit))["calls"]
+        assert calls[f"{task.task_id}/root/s/fail"] == own_attempts  # not a whole policy again
+        assert calls[f"{task.task_id}/root/s/flaky"] == 2  # its 2nd call succeeds
+        state = next(s for s in final.steps if s.path == "root/s")
+        assert (state.fallback_protocol, state.fallback_index, state.failed_attempts) == ("flaky", 1, 1)
+        assert state.attempts == own_attempts + 2
+        log = await read_log(client, task.task_id)
+        assert_gapless(log)
+        fallbacks = [e for e in log if e.type == E.TASK_EVENT_TYPE_FALLBACK_USED]
+        assert len(fallbacks) == 1 and fallbacks[0].protocol == "flaky"
+        retried = [(e.protocol, e.attempt) for e in log if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING]
+        assert retried == [("fail", n) for n in range(1, own_attempts)] + [("flaky", 1)]
+        await client.channel.close()
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_a_rerun_killed_mid_run_recovers_like_any_task(plugins, testkit, tmp_path, request, backend):
     """kill -9 while a rerun runs: the next process resumes it; its kept steps are never called,

@@ -96,8 +96,8 @@ class Settings:
     # a batched watch (WatchTaskEvents, SubmitAndWatchTask) holds events that are not the task's
     # end this long for those that follow, to send them in one message; 0: each as it is ready
     watch_batch_delay: float = 0.01
-    # a wait or sleep due within this many seconds waits in memory, holding its run slot; a
-    # longer one (and a wait for a signal without a deadline) parks its task when all of it waits
+    # a wait, sleep or retry backoff due within this many seconds waits in memory, holding its run
+    # slot; a longer one (and a wait for a signal without a deadline) parks its task when all of it waits
     wait_in_memory_seconds: float = 2.0
     # a signal sent through another replica reaches the run holding its task by a Redis pub/sub
     # nudge at once; this poll is what catches a nudge that was lost (a dropped connection)

@@ -344,6 +344,7 @@ class RunContext:
         step = self._steps[path]
         state = step.state
         state.status = task_pb2.STEP_STATUS_CANCELLED if cancelled else task_pb2.STEP_STATUS_FAILED
+        state.ClearField("retry_time")  # cancelled in a parked backoff: no retry is due any more
         state.error.CopyFrom(status_pb2.Status(code=code_number(code), message=message))
         ended_ns = time.time_ns()
         state.end_time.CopyFrom(timestamp_of(ended_ns))

@@ -25,6 +25,7 @@ from mcp_server.engine.caching import cache_key, cached_output, keep_output
 from mcp_server.engine.cel import Expression
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.event_types import E
+from mcp_server.engine.events import timestamp_of
 from mcp_server.engine.executor import evaluate, run_recorded, runs
 from mcp_server.engine.payload import Payload, struct_to_python
 from mcp_server.engine.plan import RetryPolicy, StepPlan
@@ -235,6 +236,8 @@ async def call_with_retries(
     _sendable(call, ctx.limits)
     observer = observer or _StepObserver(ctx, path)
     policy = call.retry
+    if ctx.state(path).HasField("retry_time"):  # resumed in a backoff: what is left of it first
+        await _back_off(ctx, path, observer, ctx.state(path).retry_time.ToNanoseconds() / 1e9 - time.time())
     try:
         return await _attempt(call, path, ctx, observer)
     except ProtocolCallError as first:
@@ -243,7 +246,7 @@ async def call_with_retries(
             raise
         pause = backoff(policy, failed)
         _announce_retry(ctx, path, call, failed, first, pause)
-    await asyncio.sleep(pause)
+    await _back_off(ctx, path, observer, pause)
 
     def before_sleep(retry_state: RetryCallState) -> None:
         error = retry_state.outcome.exception() if retry_state.outcome else None
@@ -256,6 +259,7 @@ async def call_with_retries(
         wait=lambda retry_state: backoff(policy, failed + retry_state.attempt_number),
         retry=retry_if_exception(lambda error: _retryable(policy, error)),
         before_sleep=before_sleep,
+        sleep=lambda pause: _back_off(ctx, path, observer, pause),
         reraise=True,
     )
     async for attempt in retrying:
@@ -266,6 +270,20 @@ async def call_with_retries(
                 _failed(ctx, path)
                 raise
     raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+async def _back_off(ctx: RunContext, path: str, observer: _StepObserver, pause: float) -> None:
+    """Wait `pause` seconds before a retry, as a timer of the run: the retry's time is kept in the
+    step's record (a run resumed after a crash waits out the rest), and a run whose every leaf
+    waits long enough parks meanwhile (suspensions.py), resuming when the retry is due or the
+    step's timeout runs out, whichever is first."""
+    until = time.time() + max(0.0, pause)
+    ctx.state(path).retry_time.CopyFrom(timestamp_of(int(until * 1e9)))
+    try:
+        await ctx.suspensions.pause(path, until if observer.deadline is None else min(until, observer.deadline))
+    finally:
+        if not ctx.suspensions.parking:  # a parked run keeps it: its next life waits out the rest
+            ctx.state(path).ClearField("retry_time")
 
 
 def _failed(ctx: RunContext, path: str) -> int:

@@ -202,6 +202,46 @@ async def test_a_step_s_attempts_and_fallbacks_span_a_kill_9(plugins, testkit, t
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_retry_s_backoff_is_waited_out_across_a_kill_9(plugins, testkit, tmp_path, request, backend):
+    """Killed 0.3 s into a 6 s backoff held in memory (MCP_WAIT_IN_MEMORY_SECONDS above it; a
+    longer backoff parks the task, durably): the next process resumes the task within ~3 s, and
+    the retry still goes when it is due (before, a resumed step called at once)."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    in_memory = {"MCP_LEASE_SECONDS": "1.5", "MCP_WAIT_IN_MEMORY_SECONDS": "30"}
+    first = start_process(address, store, [plugins["testkit"].address], "first", **in_memory)
+    client = connect(address)
+    retry = {"max_attempts": 2, "initial_backoff": "6s", "max_backoff": "6s", "jitter": 0.05}
+    await create(client, workflow("patient", step("s", "flaky", "{'failures': 1}", retry=retry)))
+    task = await submit(client, "patient")
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+        if event.type == E.TASK_EVENT_TYPE_STEP_RETRYING:
+            retried = event.time.ToNanoseconds()
+            break
+    await asyncio.sleep(0.3)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    await client.channel.close()
+
+    second = start_process(address, store, [plugins["testkit"].address], "second", **in_memory)
+    try:
+        client = connect(address)
+        final = await wait_done(client, task.task_id)
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED, final
+        assert (await plugin_stats(testkit))["calls"][f"{task.task_id}/s/flaky"] == 2
+        log = await read_log(client, task.task_id)
+        resumed = next(e.time.ToNanoseconds() for e in log if e.type == E.TASK_EVENT_TYPE_RESUMED)
+        completed = next(e.time.ToNanoseconds() for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED)
+        assert resumed - retried < 5.5e9  # resumed well inside the backoff...
+        assert completed - retried >= 5.6e9  # ...and the retry waited for it (6 s less the jitter)
+        assert not final.steps[0].HasField("retry_time")
+        await client.channel.close()
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_a_rerun_killed_mid_run_recovers_like_any_task(plugins, testkit, tmp_path, request, backend):
     """kill -9 while a rerun runs: the next process resumes it; its kept steps are never called,
     the steps it finished before the kill are not called again."""

@@ -171,6 +171,31 @@ async def test_a_task_that_ends_on_the_page_offers_delete_which_asks_first(conso
     assert await api.delete(task.task_id, allow_missing=True) is False  # it is gone
 
 
+async def test_a_step_s_calls_are_counted_across_retries_and_fallbacks_live_and_on_a_finished_page(console, api, page):
+    """After a 2 s sleep, `fail` twice (a 5 s backoff between), then its fallback `echo`: 3 calls. A retry event's
+    `attempt` counts one protocol's calls; the page counts them all, live and on reload (it set
+    the cell to a retry's attempt + 1 even when replaying, so a finished page showed 2)."""
+    retry = {"max_attempts": 2, "initial_backoff": "5s", "max_backoff": "5s"}
+    shaky = {"protocol": "fail", "retry": retry, "fallbacks": [{"protocol": "echo"}]}
+    children = [{"id": "first", "step": {"protocol": "sleep", "input": "{'ms': 2000}"}}, {"id": "s", "step": shaky}]
+    root = {"id": "root", "sequence": {"children": children}}
+    await api.create_workflow({"workflow_id": "second-tries", "root": root})
+    task = await api.submit("second-tries")
+    await page.goto(f"{console.console.url}/tasks/{task.task_id}")  # while `first` sleeps: s comes live
+    attempts = page.locator('#steps tr[data-path="root/s"] .attempts')
+    await expect(attempts).to_have_text("2", timeout=10_000)  # in the backoff: a second call is coming
+    await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=20_000)
+    await expect(attempts).to_have_text("3")
+    final = await api.get(task.task_id)
+    shaken = next(step for step in final.steps if step.path == "root/s")
+    assert shaken.attempts == 3 and shaken.fallback_protocol == "echo"
+
+    await page.reload()
+    await expect(page.locator("#events tbody tr")).to_have_count(final.last_sequence)  # replayed
+    await expect(attempts).to_have_text("3")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
 async def test_submit_from_the_workflow_page_and_a_bad_input_is_explained(console, api, page):
     await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
     await page.goto(f"{console.console.url}/workflows/echo")

@@ -329,11 +329,17 @@ function taskPage() {
         const badge = row.querySelector(".step-status");
         badge.textContent = status;
         badge.className = `badge ${status} step-status`;
-        if (event.type === "STEP_RETRYING") row.querySelector(".attempts").textContent = String((event.attempt || 1) + 1);
+        // STEP_COMPLETED and STEP_FAILED carry the step's calls in all (a retry's `attempt` counts
+        // the calls of one protocol, its fallbacks' apart); the page showed the state up to liveAfter
+        if ((event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") && event.attempt) row.querySelector(".attempts").textContent = String(event.attempt);
         if (event.type === "STEP_COMPLETED" && line) row.querySelector(".took").textContent = line.parts.took.textContent;
         if (event.type === "STEP_FAILED") row.querySelector("p.error").textContent = event.message;
         if (event.type === "STEP_COMPLETED" && event.sequence > liveAfter) refreshStep(taskId, event.step_path, row);
         if (event.type === "STEP_STARTED" || event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") scheduleGraph(5000);
+      }
+      if ((event.type === "STEP_RETRYING" || event.type === "FALLBACK_USED") && event.step_path && event.sequence > liveAfter) {
+        const attempts = stepRow(event.step_path, event.protocol).querySelector(".attempts");
+        attempts.textContent = String(Number(attempts.textContent || 1) + 1);  // one more call is coming
       }
       if (event.type === "STEP_COMPLETED" && Date.parse(event.time) >= listeningSince && line) {
         // How long after the event was written the page showed it (the console's latency target).

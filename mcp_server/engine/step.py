@@ -244,7 +244,7 @@ async def call_with_retries(
         failed = _failed(ctx, path)
         if failed >= policy.max_attempts or not _retryable(policy, first):
             raise
-        pause = backoff(policy, failed)
+        pause = _pause_after(policy, failed, first)
         _announce_retry(ctx, path, call, failed, first, pause)
     await _back_off(ctx, path, observer, pause)
 
@@ -256,7 +256,11 @@ async def call_with_retries(
     # tenacity counts from the first retry of this life: its attempt n is the protocol's attempt failed + n
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.max_attempts - failed),
-        wait=lambda retry_state: backoff(policy, failed + retry_state.attempt_number),
+        wait=lambda retry_state: _pause_after(
+            policy,
+            failed + retry_state.attempt_number,
+            retry_state.outcome.exception() if retry_state.outcome else None,
+        ),
         retry=retry_if_exception(lambda error: _retryable(policy, error)),
         before_sleep=before_sleep,
         sleep=lambda pause: _back_off(ctx, path, observer, pause),
@@ -270,6 +274,13 @@ async def call_with_retries(
                 _failed(ctx, path)
                 raise
     raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def _pause_after(policy: RetryPolicy, failed: int, error: BaseException | None) -> float:
+    """Seconds to wait before the retry that follows `failed` failed calls: the policy's backoff,
+    or the pause the plugin asked for (a RetryInfo: a provider's Retry-After), if longer."""
+    asked = error.retry_after if isinstance(error, ProtocolCallError) else None
+    return max(backoff(policy, failed), asked or 0.0)
 
 
 async def _back_off(ctx: RunContext, path: str, observer: _StepObserver, pause: float) -> None:

@@ -5,18 +5,20 @@ kill -9: tests/e2e/test_recovery.py.)"""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.settings import Limits
-from tests.conftest import client_for
-from tests.helpers import create, events, step, submit, wait_done, workflow
+from tests.conftest import client_for, spawn_plugin
+from tests.helpers import create, events, plugin_stats, result, step, submit, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
 S = task_pb2.TaskStatus
+QUOTA_PLUGIN = "tests.support.quota_plugin"
 
 
 def shaky(workflow_id: str, backoff: str, **extra: Any) -> Any:
@@ -79,3 +81,59 @@ async def test_a_backoff_past_the_step_timeout_fails_the_step_when_its_timeout_r
     assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in await events(client, task.task_id))
     assert not done.steps[0].HasField("retry_time")
     await client.channel.close()
+
+
+async def test_a_provider_s_retry_after_is_the_backoff_and_a_long_one_parks_the_task(
+    server_factory, store_url, testkit
+):
+    """A plugin answers RESOURCE_EXHAUSTED with a RetryInfo of 4 s (a provider's 429 with
+    Retry-After) and no other instance takes calls: the retry waits those 4 s as its backoff
+    (the policy's is 10 ms), the task parked meanwhile rather than holding a slot."""
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    tag = uuid.uuid4().hex
+    retry = {"max_attempts": 3, "initial_backoff": "0.01s"}
+    await create(
+        client, workflow("provider", step("s", "throttled", f"{{'tag': '{tag}', 'retry_after': 4}}", retry=retry))
+    )
+    task = await submit(client, "provider")
+    async with asyncio.timeout(10):
+        while await status_of(client, task.task_id) != S.TASK_STATUS_WAITING:
+            await asyncio.sleep(0.05)
+    done = await wait_done(client, task.task_id, timeout=15)
+    assert done.status == S.TASK_STATUS_COMPLETED, done
+    first, second = sorted((await plugin_stats(testkit))["ticks"][tag])
+    assert second - first >= 4.0 - 0.05  # the pause asked for, not the policy's 10 ms
+    log = await events(client, task.task_id)
+    retried = next(e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING)
+    assert 3.9 <= retried.data["wait_seconds"] <= 4.0, retried.message
+    assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in log)
+    await client.channel.close()
+
+
+async def test_a_pause_one_instance_asks_for_does_not_hold_a_retry_another_instance_can_take(server_factory):
+    """Two instances of `quota`; the one asks every call for a 30 s pause: the retry goes to the
+    other at once (its policy's 10 ms), not after the 30 s."""
+    refusing, serving = spawn_plugin(QUOTA_PLUGIN), spawn_plugin(QUOTA_PLUGIN)
+    try:
+        running = await server_factory(session_plugins=False, extra_plugins=(refusing.address, serving.address))
+        client = client_for(running)
+        retry = {"max_attempts": 3, "initial_backoff": "0.01s"}
+        data = f"{{'refuse_pid': {refusing.process.pid}, 'retry_after': 30}}"
+        await create(client, workflow("quota", step("q", "quota", data, retry=retry)))
+        tasks = [await submit(client, "quota") for _ in range(4)]  # spread over both: one meets the refusal
+        done = [await wait_done(client, task.task_id, timeout=10) for task in tasks]
+        assert all(task.status == S.TASK_STATUS_COMPLETED for task in done), done
+        assert all(int(result(task)["pid"]) == serving.process.pid for task in done)
+        waited = [
+            e.data["wait_seconds"]
+            for task in done
+            for e in await events(client, task.task_id)
+            if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING
+        ]
+        assert waited and max(waited) < 1, waited
+        await client.channel.close()
+    finally:
+        for plugin in (refusing, serving):
+            plugin.process.terminate()
+            plugin.process.wait(timeout=10)

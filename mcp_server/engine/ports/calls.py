@@ -46,7 +46,9 @@ class ProtocolCallError(Exception):
         self.final = final
         # only the instance that answered failed; other instances of the protocol serve
         self.instance_only = False
-        # the plugin asked for no call before this many seconds (a google.rpc.RetryInfo)
+        # the plugin asked for no call before this many seconds (a google.rpc.RetryInfo); once the
+        # caller has judged the failure: how long until an instance of the protocol takes calls
+        # again, when every one asked for a pause (None when one takes calls now)
         self.retry_after: float | None = None
         # what the failed call used, as the plugin reported it with the error
         self.usage: Mapping[str, float] = {}

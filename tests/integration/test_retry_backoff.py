@@ -137,3 +137,20 @@ async def test_a_pause_one_instance_asks_for_does_not_hold_a_retry_another_insta
         for plugin in (refusing, serving):
             plugin.process.terminate()
             plugin.process.wait(timeout=10)
+
+
+async def test_a_task_cancelled_in_a_parked_backoff_ends_cancelled_with_no_retry_due(server_factory, store_url):
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    await create(client, shaky("cancel-in-backoff", "60s"))
+    task = await submit(client, "cancel-in-backoff")
+    async with asyncio.timeout(10):
+        while await status_of(client, task.task_id) != S.TASK_STATUS_WAITING:
+            await asyncio.sleep(0.05)
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))
+    done = await wait_done(client, task.task_id, timeout=10)
+    assert done.status == S.TASK_STATUS_CANCELLED, done
+    state = done.steps[0]
+    assert state.status == task_pb2.STEP_STATUS_CANCELLED and not state.HasField("retry_time")
+    assert (state.attempts, state.failed_attempts) == (1, 1)
+    await client.channel.close()

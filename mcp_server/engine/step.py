@@ -30,7 +30,7 @@ from mcp_server.engine.executor import evaluate, run_recorded, runs
 from mcp_server.engine.payload import Payload, struct_to_python
 from mcp_server.engine.plan import RetryPolicy, StepPlan
 from mcp_server.engine.ports import CallContext, CallResult, ProtocolCallError
-from mcp_server.engine.throttle import PROTOCOL_KEY, asks_of, take_units
+from mcp_server.engine.throttle import MAX_PAUSE_SECONDS, PROTOCOL_KEY, asks_of, take_units
 from mcp_server.engine.values import ValueTooDeep, as_object
 from mcp_server.settings import Limits
 
@@ -278,9 +278,10 @@ async def call_with_retries(
 
 def _pause_after(policy: RetryPolicy, failed: int, error: BaseException | None) -> float:
     """Seconds to wait before the retry that follows `failed` failed calls: the policy's backoff,
-    or the pause the plugin asked for (a RetryInfo: a provider's Retry-After), if longer."""
+    or the pause the plugin asked for (a RetryInfo: a provider's Retry-After), if longer; at most
+    MAX_PAUSE_SECONDS, whatever a plugin asks (the step's and the task's timeouts come first anyway)."""
     asked = error.retry_after if isinstance(error, ProtocolCallError) else None
-    return max(backoff(policy, failed), asked or 0.0)
+    return max(backoff(policy, failed), min(asked or 0.0, MAX_PAUSE_SECONDS))
 
 
 async def _back_off(ctx: RunContext, path: str, observer: _StepObserver, pause: float) -> None:

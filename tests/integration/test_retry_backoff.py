@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.settings import Limits
@@ -153,4 +154,22 @@ async def test_a_task_cancelled_in_a_parked_backoff_ends_cancelled_with_no_retry
     state = done.steps[0]
     assert state.status == task_pb2.STEP_STATUS_CANCELLED and not state.HasField("retry_time")
     assert (state.attempts, state.failed_attempts) == (1, 1)
+    await client.channel.close()
+
+
+async def test_a_plugin_asking_for_a_pause_of_millennia_gets_the_step_timeout(server_factory, store_url, testkit):
+    """A RetryInfo of 3 x 10^11 s (a Duration's most; past the year 9999): the task parks with a retry time a client can
+    read (capped), and the step fails when its 3 s timeout runs out."""
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    data = f"{{'tag': '{uuid.uuid4().hex}', 'retry_after': 300000000000.0}}"
+    await create(client, workflow("millennia", step("s", "throttled", data, timeout="3s", retry={"max_attempts": 3})))
+    task = await submit(client, "millennia")
+    async with asyncio.timeout(10):
+        while await status_of(client, task.task_id) != S.TASK_STATUS_WAITING:
+            await asyncio.sleep(0.05)
+    parked = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
+    assert json_format.MessageToDict(parked)["steps"][0]["retryTime"]  # a valid Timestamp
+    done = await wait_done(client, task.task_id, timeout=15)
+    assert done.status == S.TASK_STATUS_FAILED and "the step timeout of 3s ran out" in done.error.message
     await client.channel.close()

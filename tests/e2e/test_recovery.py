@@ -202,13 +202,17 @@ async def test_a_step_s_attempts_and_fallbacks_span_a_kill_9(plugins, testkit, t
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-async def test_a_retry_s_backoff_is_waited_out_across_a_kill_9(plugins, testkit, tmp_path, request, backend):
-    """Killed 0.3 s into a 6 s backoff held in memory (MCP_WAIT_IN_MEMORY_SECONDS above it; a
-    longer backoff parks the task, durably): the next process resumes the task within ~3 s, and
-    the retry still goes when it is due (before, a resumed step called at once)."""
+@pytest.mark.parametrize("stopped_by", [signal.SIGKILL, signal.SIGTERM])
+async def test_a_retry_s_backoff_is_waited_out_across_a_kill_9_or_a_shutdown(
+    plugins, testkit, tmp_path, request, backend, stopped_by
+):
+    """Killed (or shut down, with 1 s of grace) 0.3 s into a 6 s backoff held in memory
+    (MCP_WAIT_IN_MEMORY_SECONDS above it; a longer backoff parks the task, durably): the next
+    process resumes the task within ~3 s, and the retry still goes when it is due (before, a
+    resumed step called at once)."""
     store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
     address = f"127.0.0.1:{free_port()}"
-    in_memory = {"MCP_LEASE_SECONDS": "1.5", "MCP_WAIT_IN_MEMORY_SECONDS": "30"}
+    in_memory = {"MCP_LEASE_SECONDS": "1.5", "MCP_WAIT_IN_MEMORY_SECONDS": "30", "MCP_SHUTDOWN_GRACE": "1"}
     first = start_process(address, store, [plugins["testkit"].address], "first", **in_memory)
     client = connect(address)
     retry = {"max_attempts": 2, "initial_backoff": "6s", "max_backoff": "6s", "jitter": 0.05}
@@ -219,8 +223,8 @@ async def test_a_retry_s_backoff_is_waited_out_across_a_kill_9(plugins, testkit,
             retried = event.time.ToNanoseconds()
             break
     await asyncio.sleep(0.3)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=10)
+    first.send_signal(stopped_by)
+    first.wait(timeout=15)
     await client.channel.close()
 
     second = start_process(address, store, [plugins["testkit"].address], "second", **in_memory)

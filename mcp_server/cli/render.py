@@ -84,8 +84,7 @@ def task_summary(task: task_pb2.Task) -> None:
             table.add_row(
                 step.path,
                 step.protocol,
-                task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_")
-                + (" (reused)" if step.reused else ""),
+                step_status(step),
                 str(step.attempts),
                 usage_text(step.usage),
                 output[:80],
@@ -95,6 +94,19 @@ def task_summary(task: task_pb2.Task) -> None:
         console.print("result:", json.dumps(value_json(task.result), indent=2))
     if task.error.message:
         console.print(f"[red]error: {task.error.message}[/red]")
+
+
+def step_status(step: task_pb2.StepState) -> str:
+    """A step's status, with what a reader asks next: kept by a rerun, which fallback answered,
+    when a retry waiting out its backoff is due."""
+    status = task_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_")
+    if step.reused:
+        status += " (reused)"
+    if step.fallback_protocol:
+        status += f" (via {step.fallback_protocol})"
+    if step.HasField("retry_time"):
+        status += f" (retry {step.failed_attempts + 1} at {step.retry_time.ToDatetime().strftime('%H:%M:%S')}Z)"
+    return status
 
 
 def usage_text(usage: Mapping[str, float]) -> str:

@@ -6,6 +6,7 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.cli.render import step_status
 from mcp_server.cli.tree import RunTree
 
 E = task_pb2.TaskEventType
@@ -47,3 +48,12 @@ def test_the_tree_nests_paths_and_shows_retries_timings_and_outcome():
     assert lines.index(next(line for line in lines if "fetch" in line)) > lines.index(
         next(line for line in lines if "root" in line)
     )
+
+
+def test_a_step_s_status_says_which_fallback_answered_and_when_its_retry_is_due():
+    answered = task_pb2.StepState(status=task_pb2.STEP_STATUS_COMPLETED, fallback_protocol="summarize_lite")
+    assert step_status(answered) == "COMPLETED (via summarize_lite)"
+    waiting = task_pb2.StepState(status=task_pb2.STEP_STATUS_RUNNING, failed_attempts=2)
+    waiting.retry_time.FromSeconds(1000 + 3600 + 61)
+    assert step_status(waiting) == "RUNNING (retry 3 at 01:17:41Z)"
+    assert step_status(task_pb2.StepState(status=task_pb2.STEP_STATUS_COMPLETED, reused=True)) == "COMPLETED (reused)"

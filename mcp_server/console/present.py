@@ -114,6 +114,8 @@ def step_view(step: task_pb2.StepState) -> dict[str, Any]:
         "ended": iso(step.end_time),
         "duration_ms": millis_between(step.start_time, step.end_time),
         "fallback": step.fallback_protocol,
+        # while it waits out a retry's backoff: which attempt of its protocol is due, and when
+        "retry": (step.failed_attempts + 1, iso(step.retry_time)) if step.HasField("retry_time") else None,
         "reused": step.reused,
         "usage": ", ".join(f"{name} {amount:g}" for name, amount in sorted(step.usage.items())),
         "waits_for": (step.wait.signal or "its time") if step.status == task_pb2.STEP_STATUS_WAITING else "",

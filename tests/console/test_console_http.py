@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from mcp_sdk import Client
-from mcp_sdk.proto import registry_pb2
+from mcp_sdk.proto import registry_pb2, task_pb2
 from mcp_server.auth import hash_token
 
 pytestmark = pytest.mark.asyncio
@@ -356,3 +356,26 @@ async def test_a_full_store_s_refusal_is_shown_beside_what_was_typed_and_it_goes
         await database.run(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
         accepted = await browser.post(f"{base}/workflows/echo/submit", data=form, allow_redirects=False)
         assert accepted.status == 303 and accepted.headers["Location"].startswith("/tasks/")
+
+
+async def test_a_step_s_row_says_which_fallback_answered_and_when_its_retry_is_due(console, api):
+    retry = {"max_attempts": 2, "initial_backoff": "60s", "max_backoff": "60s"}
+    flaky = {"protocol": "flaky", "input": "{'failures': 1}", "retry": retry}
+    await api.create_workflow({"workflow_id": "backing-off", "root": {"id": "s", "step": flaky}})
+    falling = {"protocol": "fail", "retry": {"max_attempts": 1}, "fallbacks": [{"protocol": "echo"}]}
+    await api.create_workflow({"workflow_id": "falling-back", "root": {"id": "s", "step": falling}})
+    waiting = await api.submit("backing-off")
+    async with asyncio.timeout(10):  # a 60 s backoff parks the task
+        while (await api.get(waiting.task_id, steps=False)).status != task_pb2.TASK_STATUS_WAITING:
+            await asyncio.sleep(0.05)
+    fell_back = await api.submit("falling-back")
+    async with asyncio.timeout(10):
+        while (await api.get(fell_back.task_id, steps=False)).status != task_pb2.TASK_STATUS_COMPLETED:
+            await asyncio.sleep(0.05)
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/tasks/{waiting.task_id}")).text()
+        due = (await api.get(waiting.task_id)).steps[0].retry_time.ToDatetime().isoformat(timespec="milliseconds")
+        assert f'retry 2 at <time datetime="{due}Z">' in page
+        page = await (await browser.get(f"{console.console.url}/tasks/{fell_back.task_id}")).text()
+        assert '<span class="dim fallback">via echo</span>' in page
+    await api.cancel(waiting.task_id)

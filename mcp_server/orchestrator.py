@@ -88,6 +88,7 @@ class Orchestrator:
         self.protocols = Protocols(self.directory, settings.limits, self.rate_limits)
         self.watching = Watching(store.tasks, settings.limits, settings.watch_batch_delay)
         self.reads = TaskReads(store.tasks, self.views, settings.limits)
+        self.step_cache = runner.step_cache
         self.deleting = Deleting(store.tasks, runner.step_cache, self.metrics.tasks_removed.labels("deleted").inc)
         self.cancelling = Cancelling(
             store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds, settings.replica_id
@@ -185,6 +186,8 @@ class Orchestrator:
             self.sampler.sample_forever(self.settings.metrics_sample_seconds),
         ):
             self._background.append(asyncio.create_task(work))
+        if self.step_cache is not None:
+            self._background.append(asyncio.create_task(self.step_cache.drop_removed()))
 
     def _observe_fire(self, outcome: str, lateness: float) -> None:
         self.metrics.schedule_fires.labels(outcome).inc()

@@ -3,11 +3,13 @@ takes that output and calls nothing; a step that calls stores what it produced."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
@@ -20,6 +22,7 @@ from mcp_server.engine.ports import CachedOutput, StepCache
 MAX_CACHED_BYTES = 1024 * 1024
 # a replica keeps its copy of an entry at most this long (the store's copy lives its whole ttl)
 LOCAL_TTL = 60.0
+log = logging.getLogger(__name__)
 
 
 def cache_key(node: StepPlan, call_input: Payload, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> str:
@@ -62,10 +65,29 @@ class NearCache:
         self._keep(key, entry, time.time() + ttl)
 
     async def remove_outputs_of(self, task_id: str) -> int:
-        """The store's entries, and this replica's copies (other replicas drop theirs within LOCAL_TTL)."""
+        """The store's entries, and this replica's copies (the store tells the other replicas,
+        which drop theirs: `drop_removed`)."""
+        self._drop_task(task_id)
+        return await self.store.remove_outputs_of(task_id)
+
+    def removed_tasks(self) -> AsyncIterator[str]:
+        return self.store.removed_tasks()
+
+    async def drop_removed(self) -> None:
+        """Drop the copies of outputs removed through other replicas as the store tells of them,
+        for as long as it runs (a removal it does not hear of expires with LOCAL_TTL)."""
+        while True:
+            try:
+                async for task_id in self.store.removed_tasks():
+                    self._drop_task(task_id)
+                return  # a store that has nothing to tell, or may not
+            except Exception:  # a bug must not leave removed outputs served for good
+                log.exception("following removed cache outputs failed unexpectedly; trying again")
+                await asyncio.sleep(1.0)
+
+    def _drop_task(self, task_id: str) -> None:
         for key in [k for k, (_, entry) in self._entries.items() if entry.task_id == task_id]:
             del self._entries[key]
-        return await self.store.remove_outputs_of(task_id)
 
     def _keep(self, key: str, entry: CachedOutput, expires_at: float) -> None:
         """Kept until the store's copy expires (or LOCAL_TTL from now, whichever is first)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from typing import Any
 
 import grpc
@@ -347,3 +348,56 @@ async def test_a_deleted_task_s_cached_outputs_go_with_it(served):
     assert await delete(client, second) is True  # it stored nothing: the third task's output stays
     _, served_from = await cached_step("private")
     assert served_from.cached and served_from.cached_from == third
+
+
+def holds_copy(running: Any, task_id: str) -> bool:
+    """Whether the replica keeps, in memory, a copy of an output `task_id` stored in the cache."""
+    near = running.orchestrator.step_cache
+    return any(entry.task_id == task_id for _, entry in near._entries.values())
+
+
+async def test_every_replica_drops_its_copies_of_a_deleted_task_s_cached_outputs_at_once(server_factory, redis_url):
+    """Two replicas on one Redis, both holding a copy of the output a task stored (each replica
+    keeps the entries it read or wrote for up to a minute, to hit without a round trip): deleting
+    the task through one tells the other (pub/sub), and no later task, on either, is served it."""
+    first, second = await server_factory(store=redis_url), await server_factory(store=redis_url)
+    clients = [client_for(first), client_for(second)]
+    wf = workflow("cached-twice", step("s", "append", "{'text': input.text}", cache={"ttl": "600s"}))
+    await create(clients[0], wf)
+
+    async def cached_step(client: Any) -> tuple[str, task_pb2.StepState]:
+        task = await wait_done(client, (await submit(client, "cached-twice", {"text": "private"})).task_id)
+        return task.task_id, next(s for s in task.steps if s.path == "s")
+
+    stored_by, made = await cached_step(clients[0])
+    assert not made.cached
+    for client in clients:  # a replica runs what it is sent when it has room: each hits the entry
+        assert (await cached_step(client))[1].cached_from == stored_by
+    assert holds_copy(first, stored_by) and holds_copy(second, stored_by)
+    assert await delete(clients[1], stored_by) is True
+    await asyncio.sleep(0.5)  # the word reaches the other replica (a copy would otherwise live a minute)
+    assert not holds_copy(first, stored_by) and not holds_copy(second, stored_by)
+    _, again = await cached_step(clients[0])
+    assert not again.cached  # computed anew, on the replica that did not delete it
+    for client in clients:
+        await client.channel.close()
+
+
+async def test_a_redis_user_that_may_not_publish_still_deletes_a_task_with_cached_outputs(server_factory, redis_url):
+    """Telling the other replicas is best-effort: with pub/sub denied, the delete goes through and
+    the outputs are gone from the store (other replicas' copies then expire within a minute)."""
+    user = f"nopub{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis.from_url(redis_url.split("?")[0])
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@pubsub"])
+    try:
+        scheme, rest = redis_url.split("://", 1)
+        client = client_for(await server_factory(store=f"{scheme}://{user}:pw@{rest}"))
+        await create(client, workflow("cached-quietly", step("s", "append", "{'text': 'x'}", cache={"ttl": "600s"})))
+        stored = await wait_done(client, (await submit(client, "cached-quietly")).task_id)
+        assert await delete(client, stored.task_id) is True
+        again = await wait_done(client, (await submit(client, "cached-quietly")).task_id)
+        assert not again.steps[0].cached
+        await client.channel.close()
+    finally:
+        admin.acl_deluser(user)
+        admin.close()

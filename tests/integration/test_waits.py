@@ -551,7 +551,7 @@ async def test_a_redis_user_that_may_not_publish_still_signals_through_another_r
         assert answered.step_path == "root/w"
         assert (await wait_done(clients[0], task.task_id)).status == S.TASK_STATUS_COMPLETED
         said = [r.getMessage() for r in caplog.records if "may not subscribe" in r.getMessage()]
-        assert len(said) == 2, said  # once per replica, not on every retry
+        assert len([m for m in said if "signals" in m]) == 2, said  # once per replica, not on every retry
         for client in clients:
             await client.channel.close()
     finally:

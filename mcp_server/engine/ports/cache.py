@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,4 +29,10 @@ class StepCache(Protocol):
     async def remove_outputs_of(self, task_id: str) -> int:
         """Remove the outputs the steps of `task_id` stored (not those another task stored since
         under the same key); how many."""
+        ...
+
+    def removed_tasks(self) -> AsyncIterator[str]:
+        """The ids of tasks whose outputs `remove_outputs_of` removed, through any process, as they
+        come, for as long as it is iterated (so that each drops its copies in memory); it may miss
+        some (a dropped connection). A store no other process uses ends it at once."""
         ...

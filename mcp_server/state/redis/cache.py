@@ -1,13 +1,20 @@
 """The step cache on Redis: one string per key, `P{sc}:<key>` would put every entry in one slot,
 so entries are `Psc:<key>` (spread over the cluster), each with its own expiry. The keys a task's
-steps stored under are listed beside the task (`P{T}:t:<id>:c`), so that its deletion removes them."""
+steps stored under are listed beside the task (`P{T}:t:<id>:c`), so that its deletion removes
+them, and tells every replica (a pub/sub channel), so that each drops the copies it keeps in
+memory at once."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+
+from redis.exceptions import NoPermissionError
 
 from mcp_server.engine.ports.cache import CachedOutput
+from mcp_server.errors import Unavailable
+from mcp_server.state.redis.channels import follow_channel
 from mcp_server.state.redis.connection import RedisConnection
 
 # KEYS: an entry; ARGV: a task id -> 1 when the entry was that task's and is removed, else 0
@@ -62,4 +69,14 @@ class RedisStepCache:
             batch = keys[start : start + REMOVE_BATCH]
             calls = [(self._remove_if_owned, [self.prefix + key], [task_id]) for key in batch]
             removed += sum(int(n) for n in await self.conn.scripts(calls))
+        if keys:  # every replica drops its copies now, not when they would expire
+            try:
+                await self.conn.do(self.conn.r.publish(self.conn.layout.cache_channel, task_id))
+            except Unavailable as exc:
+                if not isinstance(exc.__cause__, NoPermissionError):  # an ACL without pub/sub: they expire
+                    raise
         return removed
+
+    def removed_tasks(self) -> AsyncIterator[str]:
+        """The ids of tasks whose cached outputs were removed through any replica, as they come."""
+        return follow_channel(self.conn, self.conn.layout.cache_channel, "copies of removed outputs expire instead")

@@ -177,6 +177,12 @@ class Layout:
         return f"{self.prefix}signals"
 
     @property
+    def cache_channel(self) -> str:
+        """The pub/sub channel that tells every replica of a task whose cached outputs were removed
+        (its id), so that each drops the copies it keeps in memory (not a key)."""
+        return f"{self.prefix}cache-removed"
+
+    @property
     def workflow_versions(self) -> str:
         return f"{self.prefix}{{wf}}:ver"
 

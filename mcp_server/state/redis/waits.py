@@ -5,28 +5,19 @@ that appends such a signal nudges every replica, so the one holding the task tak
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from redis.exceptions import NoPermissionError, RedisError
-
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.failure_notes import FailureNotes
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord
 from mcp_server.state.common import TERMINAL, assemble, now_seconds
 from mcp_server.state.redis import waits_lua as lua
+from mcp_server.state.redis.channels import follow_channel
 from mcp_server.state.redis.connection import RedisConnection
 from mcp_server.state.redis.opening import text
 from mcp_server.state.redis.streams import StreamHub
 
 WAITING = task_pb2.TASK_STATUS_WAITING
-NUDGE_PAUSE_SECONDS = 0.5
-NUDGE_PAUSE_MAX_SECONDS = 5.0
-NUDGE_READ_SECONDS = 5.0  # a bounded read: a blocking one meets the client's socket timeout when idle
-log = logging.getLogger(__name__)
 
 
 class RedisWaits:
@@ -124,35 +115,10 @@ class RedisWaits:
             pending = {text(raw) for reply in await self.conn.do(pipe.execute()) for raw in reply}
         return pending & set(task_ids)
 
-    async def signal_nudges(self) -> AsyncIterator[str]:
+    def signal_nudges(self) -> AsyncIterator[str]:
         """Task ids from the signal channel (SEND_SIGNAL publishes one when it appends a signal to a
-        held task), on a pub/sub connection of their own; after a failure, subscribe again with a
-        growing pause (what was published meanwhile is lost: the replicas' poll finds it)."""
-        pause = NUDGE_PAUSE_SECONDS
-        failures = FailureNotes(log, "the signal channel (signals through other replicas wait for the poll meanwhile)")
-        while True:
-            pubsub = self.conn.r.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.layout.signal_channel)
-                pause = NUDGE_PAUSE_SECONDS
-                failures.worked()
-                while True:
-                    message = await pubsub.get_message(timeout=NUDGE_READ_SECONDS)  # None: nothing yet
-                    if message is not None and message.get("type") == "message":
-                        yield text(message["data"])
-            except NoPermissionError:  # an ACL without pub/sub: asking again will not help
-                log.warning("this Redis user may not subscribe: signals through other replicas wait for the poll")
-                return
-            except (RedisError, OSError) as exc:
-                failures.failed(exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, NUDGE_PAUSE_MAX_SECONDS)
-            if self.conn.cluster:  # a failover may have moved the node it listened on
-                with contextlib.suppress(Exception):
-                    await self.conn.r.nodes_manager.initialize()
+        held task); what is lost to a dropped connection the replicas' poll finds."""
+        return follow_channel(self.conn, self.layout.signal_channel, "signals through other replicas wait for the poll")
 
     async def release_due(self) -> int:
         now_ms = int(now_seconds() * 1000)

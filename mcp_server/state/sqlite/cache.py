@@ -4,6 +4,7 @@ dropped as they are read and, now and then, all at once."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 
 from mcp_server.engine.ports.cache import CachedOutput
 from mcp_server.state.common import now_seconds
@@ -44,3 +45,10 @@ class SqliteStepCache:
                 return int(db.execute("DELETE FROM step_cache WHERE task_id=?", (task_id,)).rowcount)
 
         return await self.db.run(remove)
+
+    async def removed_tasks(self) -> AsyncIterator[str]:
+        """None to hear of: one server uses a SQLite file (state/sqlite/file_lock.py), and its own
+        removals drop its copies as they happen."""
+        nothing: tuple[str, ...] = ()
+        for task_id in nothing:
+            yield task_id

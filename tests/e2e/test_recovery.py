@@ -246,6 +246,44 @@ async def test_a_retry_s_backoff_is_waited_out_across_a_kill_9_or_a_shutdown(
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_task_parked_in_a_backoff_outlives_a_kill_9_and_retries_when_due(
+    plugins, testkit, tmp_path, request, backend
+):
+    """A 5 s backoff parks its task (WAITING, due when the retry is): kill -9 the only process,
+    start another: the retry goes when it is due, once."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    first = start_orchestrator(address, store, plugins["testkit"].address, "first")
+    client = connect(address)
+    retry = {"max_attempts": 2, "initial_backoff": "5s", "max_backoff": "5s", "jitter": 0.05}
+    await create(client, workflow("parked-retry", step("s", "flaky", "{'failures': 1}", retry=retry)))
+    task = await submit(client, "parked-retry")
+    async with asyncio.timeout(10):
+        while (
+            await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
+        ).task.status != task_pb2.TASK_STATUS_WAITING:
+            await asyncio.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    await client.channel.close()
+
+    second = start_orchestrator(address, store, plugins["testkit"].address, "second")
+    try:
+        client = connect(address)
+        final = await wait_done(client, task.task_id)
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED, final
+        assert (await plugin_stats(testkit))["calls"][f"{task.task_id}/s/flaky"] == 2
+        log = await read_log(client, task.task_id)
+        retried = next(e.time.ToNanoseconds() for e in log if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING)
+        completed = next(e.time.ToNanoseconds() for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED)
+        assert completed - retried >= 4.7e9  # 5 s less the jitter
+        await client.channel.close()
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_a_rerun_killed_mid_run_recovers_like_any_task(plugins, testkit, tmp_path, request, backend):
     """kill -9 while a rerun runs: the next process resumes it; its kept steps are never called,
     the steps it finished before the kill are not called again."""

@@ -184,8 +184,11 @@ async def test_a_step_s_calls_are_counted_across_retries_and_fallbacks_live_and_
     await page.goto(f"{console.console.url}/tasks/{task.task_id}")  # while `first` sleeps: s comes live
     attempts = page.locator('#steps tr[data-path="root/s"] .attempts')
     await expect(attempts).to_have_text("2", timeout=10_000)  # in the backoff: a second call is coming
+    retry = page.locator('#steps tr[data-path="root/s"] .retry')
+    await expect(retry).to_contain_text("retry 2 at ")  # and when it is due
     await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=20_000)
     await expect(attempts).to_have_text("3")
+    await expect(retry).to_have_count(0)
     final = await api.get(task.task_id)
     shaken = next(step for step in final.steps if step.path == "root/s")
     assert shaken.attempts == 3 and shaken.fallback_protocol == "echo"

@@ -181,6 +181,22 @@ function setValue(pre, value, ref, taskId, path, field) {
   }
 }
 
+// A step waiting out a retry's backoff says which attempt is due and when; anything else the
+// step does next ends that wait.
+const RETRY_ENDS = new Set(["STEP_RETRYING", "STEP_STARTED", "FALLBACK_USED", "STEP_COMPLETED", "STEP_FAILED"]);
+
+function showRetry(row, event) {
+  row.querySelector(".retry")?.remove();
+  const pause = Number(event.data?.wait_seconds);
+  if (event.type !== "STEP_RETRYING" || !Number.isFinite(pause)) return;
+  const due = new Date(Date.parse(event.time) + pause * 1000).toISOString();
+  const note = el("span", "dim retry", `retry ${(event.attempt || 1) + 1} at `);
+  const when = el("time", "", due);
+  when.setAttribute("datetime", due);
+  note.append(when);
+  row.querySelector(".step-status").parentElement.append(" ", note);
+}
+
 async function refreshStep(taskId, path, row) {
   try {
     const values = await fetchJson(`/tasks/${encodeURIComponent(taskId)}/step.json?path=${encodeURIComponent(path)}`);
@@ -341,6 +357,7 @@ function taskPage() {
         const attempts = stepRow(event.step_path, event.protocol).querySelector(".attempts");
         attempts.textContent = String(Number(attempts.textContent || 1) + 1);  // one more call is coming
       }
+      if (event.step_path && event.sequence > liveAfter && RETRY_ENDS.has(event.type)) showRetry(stepRow(event.step_path, event.protocol), event);
       if (event.type === "STEP_COMPLETED" && Date.parse(event.time) >= listeningSince && line) {
         // How long after the event was written the page showed it (the console's latency target).
         const shownAfter = Date.now() - Date.parse(event.time);

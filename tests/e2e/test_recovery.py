@@ -201,6 +201,18 @@ async def test_a_step_s_attempts_and_fallbacks_span_a_kill_9(plugins, testkit, t
         second.wait(timeout=15)
 
 
+async def retried_once(client: Client, testkit: Any, task_id: str) -> tuple[task_pb2.Task, dict[int, int]]:
+    """The task, completed after its step `s` (flaky, one failure) was retried once; and when the
+    first event of each type came (ns)."""
+    final = await wait_done(client, task_id)
+    assert final.status == task_pb2.TASK_STATUS_COMPLETED, final
+    assert (await plugin_stats(testkit))["calls"][f"{task_id}/s/flaky"] == 2
+    first_of: dict[int, int] = {}
+    for event in await read_log(client, task_id):
+        first_of.setdefault(event.type, event.time.ToNanoseconds())
+    return final, first_of
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 @pytest.mark.parametrize("stopped_by", [signal.SIGKILL, signal.SIGTERM])
 async def test_a_retry_s_backoff_is_waited_out_across_a_kill_9_or_a_shutdown(
@@ -230,14 +242,9 @@ async def test_a_retry_s_backoff_is_waited_out_across_a_kill_9_or_a_shutdown(
     second = start_process(address, store, [plugins["testkit"].address], "second", **in_memory)
     try:
         client = connect(address)
-        final = await wait_done(client, task.task_id)
-        assert final.status == task_pb2.TASK_STATUS_COMPLETED, final
-        assert (await plugin_stats(testkit))["calls"][f"{task.task_id}/s/flaky"] == 2
-        log = await read_log(client, task.task_id)
-        resumed = next(e.time.ToNanoseconds() for e in log if e.type == E.TASK_EVENT_TYPE_RESUMED)
-        completed = next(e.time.ToNanoseconds() for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED)
-        assert resumed - retried < 5.5e9  # resumed well inside the backoff...
-        assert completed - retried >= 5.6e9  # ...and the retry waited for it (6 s less the jitter)
+        final, first_of = await retried_once(client, testkit, task.task_id)
+        assert first_of[E.TASK_EVENT_TYPE_RESUMED] - retried < 5.5e9  # resumed well inside the backoff...
+        assert first_of[E.TASK_EVENT_TYPE_STEP_COMPLETED] - retried >= 5.6e9  # ...and the retry waited (6 s - jitter)
         assert not final.steps[0].HasField("retry_time")
         await client.channel.close()
     finally:
@@ -270,13 +277,9 @@ async def test_a_task_parked_in_a_backoff_outlives_a_kill_9_and_retries_when_due
     second = start_orchestrator(address, store, plugins["testkit"].address, "second")
     try:
         client = connect(address)
-        final = await wait_done(client, task.task_id)
-        assert final.status == task_pb2.TASK_STATUS_COMPLETED, final
-        assert (await plugin_stats(testkit))["calls"][f"{task.task_id}/s/flaky"] == 2
-        log = await read_log(client, task.task_id)
-        retried = next(e.time.ToNanoseconds() for e in log if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING)
-        completed = next(e.time.ToNanoseconds() for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED)
-        assert completed - retried >= 4.7e9  # 5 s less the jitter
+        _, first_of = await retried_once(client, testkit, task.task_id)
+        waited = first_of[E.TASK_EVENT_TYPE_STEP_COMPLETED] - first_of[E.TASK_EVENT_TYPE_STEP_RETRYING]
+        assert waited >= 4.7e9  # 5 s less the jitter
         await client.channel.close()
     finally:
         second.terminate()

@@ -13,12 +13,13 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from mcp_server.engine.attempts import Call
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import child_path, evaluate, execute, runs
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import AdaptivePlan, StatePlan
-from mcp_server.engine.step import Call, run_auxiliary_call
+from mcp_server.engine.step import run_auxiliary_call
 
 
 @runs("adaptive")

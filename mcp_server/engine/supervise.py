@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcp_sdk.proto import protocol_pb2
+from mcp_server.engine.attempts import Call
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.event_types import E
 from mcp_server.engine.executor import child_path, execute, runs
 from mcp_server.engine.fanout import Branch, join_branches
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import PlanNode, SupervisePlan
-from mcp_server.engine.step import Call, run_auxiliary_call
+from mcp_server.engine.step import run_auxiliary_call
 from mcp_server.engine.values import as_object
 
 VERDICTS = {

@@ -6,10 +6,10 @@ import pytest
 from google.protobuf import json_format
 
 from mcp_sdk.proto import workflow_pb2
+from mcp_server.engine.attempts import backoff
 from mcp_server.engine.cel import ExpressionError, compile_expression
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.plan import AdaptivePlan, ParallelPlan, RetryPolicy, SequencePlan, StepPlan
-from mcp_server.engine.step import backoff
 from mcp_server.engine.values import as_object, normalize, python_to_value, value_to_python
 from mcp_server.errors import InvalidArgument
 from mcp_server.settings import Limits

@@ -17,7 +17,9 @@ Branch = Callable[[], Awaitable[NodeResult]]
 # (gRPC's task for it runs) only after every branch started in the same turn has done its work
 # before its call, so 100 branches started at once sent their first call ~9 ms in, after all 100
 # had done that work; in waves the calls of one wave go out while the next does it (a fan-out of
-# 100 x 100 ms calls ends 3-5 ms sooner: docs/performance.md).
+# 100 x 100 ms calls ends 3-5 ms sooner: docs/performance.md). A run whose every leaf in progress
+# waits parks (suspensions.py), but not between waves: the next wave's branches are ready to run
+# before any timer that comes due meanwhile, so they are leaves in progress before it is checked.
 START_WAVE = 16
 
 

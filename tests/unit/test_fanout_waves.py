@@ -5,12 +5,14 @@ work before its calls, rather than after every branch has done it."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from mcp_server.engine.context import NodeFailed, NodeResult
 from mcp_server.engine.fanout import START_WAVE, join_branches
 from mcp_server.engine.payload import Payload
+from mcp_server.engine.suspensions import Suspensions
 
 pytestmark = pytest.mark.asyncio
 
@@ -65,3 +67,38 @@ async def test_a_join_cancelled_while_it_starts_its_waves_leaves_no_branch_runni
     with pytest.raises(asyncio.CancelledError):
         await join
     assert sorted(stopped) == sorted(started) and len(started) < 5 * START_WAVE
+
+
+async def test_a_run_does_not_park_between_waves_whose_first_branches_all_wait():
+    """Two whole waves of waits (an hour away), then steps still running: the run must not park
+    while the steps are still to start or in progress (it would wait the hour for them), and
+    parks once only the waits are left."""
+    suspensions = Suspensions(park_horizon=2.0)
+    parked: list[float] = []
+    suspensions.request_park = lambda: parked.append(time.monotonic())
+    waits = 2 * START_WAVE
+
+    def leaf(index: int):
+        async def run() -> NodeResult:
+            suspensions.leaf_started()
+            try:
+                if index < waits:
+                    await suspensions.pause(f"w{index}", time.time() + 3600)
+                else:
+                    time.sleep(0.002)  # noqa: ASYNC251 -- blocks on purpose: the waves take longer than the park delay
+                    await asyncio.sleep(0.1)  # a step's call
+            finally:
+                suspensions.leaf_ended()
+            return NodeResult(Payload.of_python({"i": index}))
+
+        return run
+
+    started = time.monotonic()
+    join = asyncio.ensure_future(
+        join_branches(
+            "p", [leaf(i) for i in range(waits + START_WAVE)], required=1, fail_fast=True, max_concurrency=999
+        )
+    )
+    result = await asyncio.wait_for(join, 5)  # the first step's end meets the join
+    assert list(result) and min(result) >= waits
+    assert not any(moment < started + 0.1 for moment in parked), "parked while steps were still running"

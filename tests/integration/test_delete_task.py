@@ -356,11 +356,16 @@ def holds_copy(running: Any, task_id: str) -> bool:
     return any(entry.task_id == task_id for _, entry in near._entries.values())
 
 
-async def test_every_replica_drops_its_copies_of_a_deleted_task_s_cached_outputs_at_once(server_factory, redis_url):
-    """Two replicas on one Redis, both holding a copy of the output a task stored (each replica
-    keeps the entries it read or wrote for up to a minute, to hit without a round trip): deleting
-    the task through one tells the other (pub/sub), and no later task, on either, is served it."""
-    first, second = await server_factory(store=redis_url), await server_factory(store=redis_url)
+@pytest.mark.parametrize("redis_kind", ["redis_url", "cluster_url"])
+async def test_every_replica_drops_its_copies_of_a_deleted_task_s_cached_outputs_at_once(
+    server_factory, request, redis_kind
+):
+    """Two replicas on one Redis (a node, a cluster), both holding a copy of the output a task
+    stored (each replica keeps the entries it read or wrote for up to a minute, to hit without a
+    round trip): deleting the task through one tells the other (pub/sub), and no later task, on
+    either, is served it."""
+    store = request.getfixturevalue(redis_kind)
+    first, second = await server_factory(store=store), await server_factory(store=store)
     clients = [client_for(first), client_for(second)]
     wf = workflow("cached-twice", step("s", "append", "{'text': input.text}", cache={"ttl": "600s"}))
     await create(clients[0], wf)

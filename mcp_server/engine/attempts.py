@@ -269,9 +269,10 @@ async def call_with_retries(call: Call, path: str, ctx: RunContext, observer: St
 
 def _pause_after(policy: RetryPolicy, failed: int, error: BaseException | None) -> float:
     """Seconds to wait before the retry that follows `failed` failed calls: the policy's backoff,
-    or the pause the plugin asked for (a RetryInfo: a provider's Retry-After), if longer; at most
-    MAX_PAUSE_SECONDS, whatever a plugin asks (the step's and the task's timeouts come first anyway)."""
-    asked = error.retry_after if isinstance(error, ProtocolCallError) else None
+    or, if longer, the pause every instance of the protocol asked for (a RetryInfo: a provider's
+    Retry-After); at most MAX_PAUSE_SECONDS, whatever a plugin asks (the step's and the task's
+    timeouts come first anyway)."""
+    asked = error.protocol_paused_for if isinstance(error, ProtocolCallError) else None
     return max(backoff(policy, failed), min(asked or 0.0, MAX_PAUSE_SECONDS))
 
 

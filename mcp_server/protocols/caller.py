@@ -201,7 +201,7 @@ class GrpcProtocolCaller:
             self.directory.outliers.pause(address, exc.retry_after)
             # the step waits for it (a timer of its run) only while no instance takes calls sooner
             addresses = [i.address for i in self.directory.instances(protocol)]
-            exc.retry_after = self.directory.outliers.paused_until(addresses)
+            exc.protocol_paused_for = self.directory.outliers.paused_until(addresses)
         unhealthy = exc.code in UNHEALTHY_CODES
         self.directory.record_health(address, not unhealthy)
         # One instance failing while others serve is that instance's outlier record (it is

@@ -46,10 +46,11 @@ class ProtocolCallError(Exception):
         self.final = final
         # only the instance that answered failed; other instances of the protocol serve
         self.instance_only = False
-        # the plugin asked for no call before this many seconds (a google.rpc.RetryInfo); once the
-        # caller has judged the failure: how long until an instance of the protocol takes calls
-        # again, when every one asked for a pause (None when one takes calls now)
+        # the plugin asked for no call before this many seconds (a google.rpc.RetryInfo)...
         self.retry_after: float | None = None
+        # ...and, as the caller judged it, how long until an instance of the protocol takes calls
+        # again, when every one has asked for a pause (None while one takes calls)
+        self.protocol_paused_for: float | None = None
         # what the failed call used, as the plugin reported it with the error
         self.usage: Mapping[str, float] = {}
 

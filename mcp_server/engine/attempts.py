@@ -20,6 +20,7 @@ from mcp_sdk.proto import protocol_pb2
 from mcp_server.engine.context import NodeResult, RunContext
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import timestamp_of
+from mcp_server.engine.instants import rfc3339_of
 from mcp_server.engine.payload import Payload, struct_to_python
 from mcp_server.engine.plan import RetryPolicy
 from mcp_server.engine.ports import CallContext, CallResult, ProtocolCallError
@@ -161,7 +162,9 @@ def _keepable(result: CallResult, protocol: str, limits: Limits) -> NodeResult:
 
 def _announce_retry(
     ctx: RunContext, path: str, call: Call, attempt: int, error: BaseException | None, pause: float
-) -> None:
+) -> float:
+    """A STEP_RETRYING event for the protocol's failed `attempt`; when the retry is due (Unix seconds)."""
+    due = time.time() + max(0.0, pause)
     ctx.emit(
         E.TASK_EVENT_TYPE_STEP_RETRYING,
         step_path=path,
@@ -169,8 +172,14 @@ def _announce_retry(
         attempt=attempt,
         flush_soon=True,
         message=f"attempt {attempt} failed: {error}; retrying in {pause:.3f}s",
-        data={"error": str(error), "wait_seconds": pause, "code": getattr(error, "code", "")},
+        data={
+            "error": str(error),
+            "code": getattr(error, "code", ""),
+            "wait_seconds": pause,
+            "retry_time": rfc3339_of(due),
+        },
     )
+    return due
 
 
 async def _attempt(call: Call, path: str, ctx: RunContext, observer: StepObserver) -> NodeResult:
@@ -228,21 +237,21 @@ async def call_with_retries(call: Call, path: str, ctx: RunContext, observer: St
     observer = observer or StepObserver(ctx, path)
     policy = call.retry
     if ctx.state(path).HasField("retry_time"):  # resumed in a backoff: what is left of it first
-        await _back_off(ctx, path, observer, ctx.state(path).retry_time.ToNanoseconds() / 1e9 - time.time())
+        await _back_off(ctx, path, observer, ctx.state(path).retry_time.ToNanoseconds() / 1e9)
     try:
         return await _attempt(call, path, ctx, observer)
     except ProtocolCallError as first:
         failed = _failed(ctx, path)
         if failed >= policy.max_attempts or not _retryable(policy, first):
             raise
-        pause = _pause_after(policy, failed, first)
-        _announce_retry(ctx, path, call, failed, first, pause)
-    await _back_off(ctx, path, observer, pause)
+        due = _announce_retry(ctx, path, call, failed, first, _pause_after(policy, failed, first))
+    await _back_off(ctx, path, observer, due)
 
     def before_sleep(retry_state: RetryCallState) -> None:
+        nonlocal due
         error = retry_state.outcome.exception() if retry_state.outcome else None
         pause = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        _announce_retry(ctx, path, call, failed + retry_state.attempt_number, error, pause)
+        due = _announce_retry(ctx, path, call, failed + retry_state.attempt_number, error, pause)
 
     # tenacity counts from the first retry of this life: its attempt n is the protocol's attempt failed + n
     retrying = AsyncRetrying(
@@ -254,7 +263,7 @@ async def call_with_retries(call: Call, path: str, ctx: RunContext, observer: St
         ),
         retry=retry_if_exception(lambda error: _retryable(policy, error)),
         before_sleep=before_sleep,
-        sleep=lambda pause: _back_off(ctx, path, observer, pause),
+        sleep=lambda _pause: _back_off(ctx, path, observer, due),  # the time before_sleep announced
         reraise=True,
     )
     async for attempt in retrying:
@@ -276,12 +285,11 @@ def _pause_after(policy: RetryPolicy, failed: int, error: BaseException | None) 
     return max(backoff(policy, failed), min(asked or 0.0, MAX_PAUSE_SECONDS))
 
 
-async def _back_off(ctx: RunContext, path: str, observer: StepObserver, pause: float) -> None:
-    """Wait `pause` seconds before a retry, as a timer of the run: the retry's time is kept in the
-    step's record (a run resumed after a crash waits out the rest), and a run whose every leaf
-    waits long enough parks meanwhile (suspensions.py), resuming when the retry is due or the
-    step's timeout runs out, whichever is first."""
-    until = time.time() + max(0.0, pause)
+async def _back_off(ctx: RunContext, path: str, observer: StepObserver, until: float) -> None:
+    """Wait until `until` (Unix seconds) before a retry, as a timer of the run: the retry's time is
+    kept in the step's record (a run resumed after a crash waits out the rest), and a run whose
+    every leaf waits long enough parks meanwhile (suspensions.py), resuming when the retry is due or
+    the step's timeout runs out, whichever is first."""
     ctx.state(path).retry_time.CopyFrom(timestamp_of(int(until * 1e9)))
     try:
         await ctx.suspensions.pause(path, until if observer.deadline is None else min(until, observer.deadline))

@@ -5,6 +5,7 @@ kill -9: tests/e2e/test_recovery.py.)"""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import uuid
 from typing import Any
 
@@ -43,6 +44,7 @@ async def test_a_long_backoff_parks_the_task_and_frees_its_slot(server_factory, 
     async with asyncio.timeout(10):
         while await status_of(client, task.task_id) != S.TASK_STATUS_WAITING:
             await asyncio.sleep(0.05)
+    due = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps[0].retry_time
     other = await wait_done(client, (await submit(client, "quick")).task_id, timeout=5)
     assert other.status == S.TASK_STATUS_COMPLETED
     assert await status_of(client, task.task_id) == S.TASK_STATUS_WAITING  # still in its backoff
@@ -52,6 +54,10 @@ async def test_a_long_backoff_parks_the_task_and_frees_its_slot(server_factory, 
     retried = next(e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING)
     completed = next(e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED)
     assert completed.time.ToNanoseconds() - retried.time.ToNanoseconds() >= 2.8e9  # 3 s less the jitter
+    assert completed.time.ToNanoseconds() >= due.ToNanoseconds()
+    # the event says when the retry is due, as the step's record held it (RFC 3339, to the millisecond)
+    said = datetime.datetime.fromisoformat(retried.data["retry_time"].replace("Z", "+00:00"))
+    assert abs(said.timestamp() - due.ToNanoseconds() / 1e9) < 0.001
     assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in log)  # it did park
     state = done.steps[0]
     assert (state.attempts, state.failed_attempts, state.HasField("retry_time")) == (2, 1, False)

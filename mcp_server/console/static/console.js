@@ -187,9 +187,8 @@ const RETRY_ENDS = new Set(["STEP_RETRYING", "STEP_STARTED", "FALLBACK_USED", "S
 
 function showRetry(row, event) {
   row.querySelector(".retry")?.remove();
-  const pause = Number(event.data?.wait_seconds);
-  if (event.type !== "STEP_RETRYING" || !Number.isFinite(pause)) return;
-  const due = new Date(Date.parse(event.time) + pause * 1000).toISOString();
+  const due = event.data?.retry_time;
+  if (event.type !== "STEP_RETRYING" || !due) return;
   const note = el("span", "dim retry", `retry ${(event.attempt || 1) + 1} at `);
   const when = el("time", "", due);
   when.setAttribute("datetime", due);

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -20,6 +21,7 @@ from mcp_server.settings import Limits
 from tests.conftest import client_for, spawn_plugin
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, events, protocol_listed, run, step, submit, wait_done, workflow
+from tests.integration.test_delete_task import holds_copy
 from tests.support.redis_server import start_private_redis
 
 pytestmark = pytest.mark.asyncio
@@ -250,3 +252,48 @@ async def test_registrations_outlive_a_redis_outage_longer_than_their_ttl(server
     assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
     await running.stop(0.5)  # before its Redis goes
     await client.channel.close()
+
+
+async def test_a_parked_backoff_and_the_cache_channel_outlive_a_redis_restart(server_factory, restartable_redis):
+    """Two replicas; a task parked in a 4 s retry backoff, and a cached output both replicas hold a
+    copy of. Redis stops for 1.5 s and starts again: the task retries when due and completes, and
+    once both replicas follow the cache channel again, deleting the output's task drops the copy
+    the other replica holds."""
+    url = restartable_redis.url
+    replicas = [await server_factory(store=url), await server_factory(store=url)]
+    clients = [client_for(r) for r in replicas]
+    cached = step("s", "append", "{'text': 'kept'}", cache={"ttl": "600s"})
+    await create(clients[0], workflow("kept", cached))
+    retry = {"max_attempts": 2, "initial_backoff": "4s", "max_backoff": "4s", "jitter": 0.05}
+    await create(clients[0], workflow("patient", step("s", "flaky", "{'failures': 1}", retry=retry)))
+    stored_by = (await wait_done(clients[0], (await submit(clients[0], "kept")).task_id)).task_id
+    hit = await wait_done(clients[1], (await submit(clients[1], "kept")).task_id)
+    assert hit.steps[0].cached_from == stored_by and holds_copy(replicas[1], stored_by)
+    task = await submit(clients[0], "patient")
+    async with asyncio.timeout(10):
+        while (
+            await clients[0].tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
+        ).task.status != task_pb2.TASK_STATUS_WAITING:
+            await asyncio.sleep(0.05)
+
+    restartable_redis.stop()
+    await asyncio.sleep(1.5)
+    restartable_redis.start()
+
+    done = await wait_done(clients[0], task.task_id, timeout=30)
+    assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+    log = await events(clients[0], task.task_id)
+    retried = next(e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING).time.ToNanoseconds()
+    completed = next(e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED).time.ToNanoseconds()
+    assert completed - retried >= 3.7e9 and done.steps[0].attempts == 2
+    admin = redis.Redis.from_url(url)
+    async with asyncio.timeout(15):  # each replica subscribes again, after a pause of up to 5 s
+        while admin.pubsub_numsub("mcp:cache-removed")[0][1] < 2:  # the default prefix's channel
+            await asyncio.sleep(0.1)
+    admin.close()
+    assert (await clients[0].tasks.DeleteTask(task_pb2.DeleteTaskRequest(task_id=stored_by))).deleted
+    async with asyncio.timeout(5):
+        while holds_copy(replicas[1], stored_by):
+            await asyncio.sleep(0.05)
+    for client in clients:
+        await client.channel.close()

@@ -26,6 +26,7 @@ from google.rpc import status_pb2
 from mcp_sdk.proto import protocol_pb2, task_pb2
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import bounded, make_event, timestamp_of
+from mcp_server.engine.instants import rfc3339_of
 from mcp_server.engine.paused_runs import PausedRuns
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import LEAF_KINDS
@@ -294,8 +295,16 @@ class RunContext:
             state.start_time.CopyFrom(timestamp_of(step.started_ns))
         state.ClearField("error")
         self._dirty[path] = None
+        resumed_in_backoff: dict[str, Any] = {}
+        if state.HasField("retry_time"):  # it goes on waiting out a retry's backoff an earlier life began
+            due = state.retry_time.ToNanoseconds() / 1e9
+            resumed_in_backoff = {"attempt": state.failed_attempts, "data": {"retry_time": rfc3339_of(due)}}
         self.emit(
-            E.TASK_EVENT_TYPE_STEP_STARTED, step_path=path, protocol=protocol, message=f"{kind} {node_id} started"
+            E.TASK_EVENT_TYPE_STEP_STARTED,
+            step_path=path,
+            protocol=protocol,
+            message=f"{kind} {node_id} started",
+            **resumed_in_backoff,
         )
         self.flush_within(self.start_write_delay)
         return state

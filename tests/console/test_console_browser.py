@@ -199,6 +199,34 @@ async def test_a_step_s_calls_are_counted_across_retries_and_fallbacks_live_and_
     assert page.problems == []  # type: ignore[attr-defined]
 
 
+async def test_a_step_resumed_inside_its_backoff_still_says_when_its_retry_is_due(console, api, page):
+    """A parallel: `flaky` in a 6 s backoff beside a wait; the task parks. A signal resumes it with
+    the backoff still running: the step begins again in this life, and the page open all along
+    keeps saying which retry is due and when (the step's start used to clear it until a reload)."""
+    retry = {"max_attempts": 2, "initial_backoff": "6s", "max_backoff": "6s", "jitter": 0.05}
+    shaky = {"id": "s", "step": {"protocol": "flaky", "input": "{'failures': 1}", "retry": retry}}
+    root = {"id": "p", "parallel": {"children": [shaky, {"id": "w", "wait": {"signal": "go"}}]}}
+    await api.create_workflow({"workflow_id": "resumed-in-backoff", "root": root})
+    task = await api.submit("resumed-in-backoff")
+    await page.goto(f"{console.console.url}/tasks/{task.task_id}")
+    await expect(page.locator("#status")).to_have_text("WAITING", timeout=10_000)
+    note = page.locator('#steps tr[data-path="p/s"] .retry')
+    await expect(note).to_contain_text("retry 2 at ")
+    due = await note.locator("time").get_attribute("datetime")
+    await api.signal(task.task_id, "go")
+    # the step's second start (this life's), with the retry still to come
+    again = page.locator("#events tbody tr", has_text="STEP_STARTED").filter(has_text="p/s")
+    await expect(again).to_have_count(2, timeout=10_000)
+    # read at once, not waited for: the page redraws its rows when the task parks again, which
+    # would bring the note back from the step's record however the event was drawn
+    assert (await note.count(), await note.locator("time").get_attribute("datetime")) == (1, due)
+    assert "retry 2 at " in await note.inner_text()
+    await expect(page.locator('#steps tr[data-path="p/s"] .step-status')).to_have_text("retrying")
+    await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=20_000)
+    await expect(note).to_have_count(0)
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
 async def test_submit_from_the_workflow_page_and_a_bad_input_is_explained(console, api, page):
     await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
     await page.goto(f"{console.console.url}/workflows/echo")

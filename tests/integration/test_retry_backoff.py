@@ -179,3 +179,33 @@ async def test_a_plugin_asking_for_a_pause_of_millennia_gets_the_step_timeout(se
     done = await wait_done(client, task.task_id, timeout=15)
     assert done.status == S.TASK_STATUS_FAILED and "the step timeout of 3s ran out" in done.error.message
     await client.channel.close()
+
+
+async def test_a_step_resumed_inside_its_backoff_says_when_its_retry_is_due(server_factory, store_url):
+    """A parallel: one branch in a 4 s backoff, the other waiting for a signal; the task parks.
+    The signal resumes it with the backoff still running: the branch begins again in this life
+    (STEP_STARTED) and that event says which retry is due and when, as the first STEP_RETRYING
+    did, so a watcher that draws the step from its events does not lose the retry's time."""
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    retry = {"max_attempts": 2, "initial_backoff": "4s", "max_backoff": "4s", "jitter": 0.05}
+    branches = [step("s", "flaky", "{'failures': 1}", retry=retry), {"id": "w", "wait": {"signal": "go"}}]
+    await create(client, workflow("resumed-in-backoff", {"id": "p", "parallel": {"children": branches}}))
+    task = await submit(client, "resumed-in-backoff")
+    async with asyncio.timeout(10):
+        while await status_of(client, task.task_id) != S.TASK_STATUS_WAITING:
+            await asyncio.sleep(0.05)
+    await client.tasks.SignalTask(task_pb2.SignalTaskRequest(task_id=task.task_id, signal="go"))
+    done = await wait_done(client, task.task_id, timeout=15)
+    assert done.status == S.TASK_STATUS_COMPLETED, done
+    log = [e for e in await events(client, task.task_id) if e.step_path == "p/s"]
+    retried = next(e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING)
+    started = [e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_STARTED]
+    assert len(started) >= 2, [E.Name(e.type) for e in log]
+    first, again = started[0], started[1]
+    assert "retry_time" not in json_format.MessageToDict(first).get("data", {})  # its first life: no retry yet
+    assert again.sequence > retried.sequence and again.attempt == retried.attempt == 1
+    assert again.data["retry_time"] == retried.data["retry_time"]
+    completed = next(e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_COMPLETED)
+    assert completed.time.ToNanoseconds() - retried.time.ToNanoseconds() >= 3.8e9  # it waited out the rest
+    await client.channel.close()

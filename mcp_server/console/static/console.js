@@ -114,7 +114,7 @@ class RunTree {
       } else {
         line = this.start(event);
       }
-      this.mark(line, "running");
+      this.mark(line, event.data?.retry_time ? "retrying" : "running");  // resumed inside a retry's backoff
     } else if (line && event.type === "STEP_COMPLETED") {
       line.attempt = Math.max(line.attempt, event.attempt || 1);
       this.finish(line, event, "completed");
@@ -181,14 +181,14 @@ function setValue(pre, value, ref, taskId, path, field) {
   }
 }
 
-// A step waiting out a retry's backoff says which attempt is due and when; anything else the
-// step does next ends that wait.
+// A step waiting out a retry's backoff says which attempt is due and when (STEP_RETRYING, or
+// STEP_STARTED of a step resumed inside its backoff); anything else the step does next ends that wait.
 const RETRY_ENDS = new Set(["STEP_RETRYING", "STEP_STARTED", "FALLBACK_USED", "STEP_COMPLETED", "STEP_FAILED"]);
 
 function showRetry(row, event) {
   row.querySelector(".retry")?.remove();
   const due = event.data?.retry_time;
-  if (event.type !== "STEP_RETRYING" || !due) return;
+  if (!due || (event.type !== "STEP_RETRYING" && event.type !== "STEP_STARTED")) return;
   const note = el("span", "dim retry", `retry ${(event.attempt || 1) + 1} at `);
   const when = el("time", "", due);
   when.setAttribute("datetime", due);
@@ -338,7 +338,7 @@ function taskPage() {
       const event = JSON.parse(message.data);
       appendEvent(log, event);
       const line = tree.apply(event);
-      const status = STATUS_OF_EVENT[event.type];
+      const status = event.type === "STEP_STARTED" && event.data?.retry_time ? "retrying" : STATUS_OF_EVENT[event.type];
       if (event.step_path && status) {
         const row = stepRow(event.step_path, event.protocol);
         const badge = row.querySelector(".step-status");

@@ -48,6 +48,9 @@ class Limits:
     # submissions are refused (OWNER_QUEUE_FULL) while others' are still taken, so one tenant's
     # backlog cannot fill the queue for everyone; 0: no limit but max_queue_length
     max_queued_per_owner: int = 50_000
+    # and the bytes their submissions stored (each task's input, labels and ids, its large input
+    # beside it): 50,000 tasks of 1 MB would be 50 GB of one owner's in the store; 0: no limit
+    max_queued_bytes_per_owner: int = 1024 * 1024 * 1024
     max_watchers_per_task: int = 1000
     # signals a task may receive in all (taken or kept): a task's signal log is stored with it
     max_signals_per_task: int = 10_000
@@ -197,7 +200,7 @@ POSITIVE = frozenset(
 
 
 # Limits that may be 0: no submission rate limit; a replica that serves the API and runs no task;
-# no CEL cost budget; no cap on a task's signal bytes; no share of the queue per owner.
+# no CEL cost budget; no cap on a task's signal bytes; no share of the queue per owner (tasks, bytes).
 ZERO_ALLOWED_LIMITS = frozenset(
     {
         "submissions_per_second",
@@ -205,6 +208,7 @@ ZERO_ALLOWED_LIMITS = frozenset(
         "max_cel_cost",
         "max_signal_bytes_per_task",
         "max_queued_per_owner",
+        "max_queued_bytes_per_owner",
     }
 )
 

@@ -17,7 +17,7 @@ from mcp_server.engine.events import make_event, now
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import EventListener, Kept, QueueGroup, TaskQueue, TaskStore, WorkflowStore
+from mcp_server.engine.ports import EventListener, Kept, OwnerShare, QueueGroup, TaskQueue, TaskStore, WorkflowStore
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
 from mcp_server.ratelimit import RateLimiter
@@ -63,6 +63,7 @@ class Submission:
         self.listeners = listeners
         self.cancelling = cancelling
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
+        self.owner_share = OwnerShare(settings.limits.max_queued_per_owner, settings.limits.max_queued_bytes_per_owner)
 
     async def submit_task(
         self,
@@ -171,7 +172,7 @@ class Submission:
             kept,
             group,
             follow,
-            self.settings.limits.max_queued_per_owner,
+            self.owner_share,
         )
         if created:
             for listener in self.listeners:

@@ -11,7 +11,7 @@ from google.rpc import code_pb2
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.events import now
-from mcp_server.engine.ports import Kept, QueueGroup
+from mcp_server.engine.ports import NO_SHARE, Kept, OwnerShare, QueueGroup
 from mcp_server.errors import AlreadyExists, FieldViolation, InvalidArgument, ResourceExhausted
 
 ACTIVE = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
@@ -130,14 +130,51 @@ class QueueFull(ResourceExhausted):
 
 
 class OwnerQueueFull(ResourceExhausted):
-    """The submitting owner has its maximum number of tasks queued; raised by create_task."""
+    """The submitting owner holds its share of the queue; raised by create_task."""
 
     def __init__(self, owner: str, limit: int) -> None:
         super().__init__(
             f"{owner or 'this owner'} has {limit} tasks queued, the most one owner may have"
             " (MCP_LIMIT_MAX_QUEUED_PER_OWNER); retry when some have started",
             reason="OWNER_QUEUE_FULL",
+            metadata={"share": "tasks", "limit": str(limit)},
         )
+
+
+class OwnerBytesFull(OwnerQueueFull):
+    """The owner's queued tasks and this one would store more than its share of bytes."""
+
+    def __init__(self, owner: str, queued: int, size: int, limit: int) -> None:
+        ResourceExhausted.__init__(
+            self,
+            f"{owner or 'this owner'} has {queued} bytes of tasks queued; this task's {size} more would pass"
+            f" {limit}, the most one owner may have (MCP_LIMIT_MAX_QUEUED_BYTES_PER_OWNER); retry when some"
+            " have started",
+            reason="OWNER_QUEUE_FULL",
+            metadata={"share": "bytes", "limit": str(limit)},
+        )
+
+
+def owner_to_count(share: OwnerShare, length: int, size: int) -> bool:
+    """Whether the owner's queued tasks must be read to judge a task of `size` bytes against its
+    share, with `length` tasks queued in all: for the count, only once the whole queue holds that
+    many (until then no owner can); for bytes, once anything is queued or the task alone is more."""
+    return bool((share.tasks and length >= share.tasks) or (share.bytes and (length or size > share.bytes)))
+
+
+def check_owner_share(owner: str, share: OwnerShare, count: int, held: int, size: int) -> None:
+    """Raise OwnerQueueFull if `owner`, with `count` tasks of `held` bytes queued, may not queue one
+    more of `size` bytes: at most `share.tasks` tasks and `share.bytes` bytes (0: no limit)."""
+    if share.tasks and count >= share.tasks:
+        raise OwnerQueueFull(owner, share.tasks)
+    if share.bytes and held + size > share.bytes:
+        raise OwnerBytesFull(owner, held, size, share.bytes)
+
+
+def queued_bytes(fixed: bytes, values: Mapping[str, bytes] | None) -> int:
+    """What a task's submission stores, as an owner's share of the queue counts it: its fixed
+    part and the values its input put beside it (the Redis create scripts count the same)."""
+    return len(fixed) + sum(len(data) for data in (values or {}).values())
 
 
 class RequestIdReused(AlreadyExists):
@@ -178,7 +215,7 @@ class CreateTask:
         kept: Kept | None = None,
         group: QueueGroup | None = None,
         follow: bool = False,
-        max_per_owner: int = 0,
+        share: OwnerShare = NO_SHARE,
     ) -> tuple[task_pb2.Task, bool, int]:
         raise NotImplementedError
 
@@ -190,10 +227,10 @@ class CreateTask:
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
         group: QueueGroup | None = None,
-        max_per_owner: int = 0,
+        share: OwnerShare = NO_SHARE,
     ) -> tuple[task_pb2.Task, bool]:
         """Store a new PENDING task (see Store.create_task): create_leased with no holder."""
         stored, created, _ = await self.create_leased(
-            task, event, "", 0.0, max_queue, fingerprint, values, group=group, max_per_owner=max_per_owner
+            task, event, "", 0.0, max_queue, fingerprint, values, group=group, share=share
         )
         return stored, created

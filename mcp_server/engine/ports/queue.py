@@ -40,6 +40,20 @@ class QueueGroup:
 
 
 @dataclass(frozen=True)
+class OwnerShare:
+    """How much of the queue one owner (the principal that submitted) may hold: `tasks` queued,
+    and `bytes`, what their submissions stored (each task's fixed part and the values its input
+    put beside it); 0: no limit. Tasks started at once and tasks waiting for a signal or a timer
+    are not queued and do not count."""
+
+    tasks: int = 0
+    bytes: int = 0
+
+
+NO_SHARE = OwnerShare()
+
+
+@dataclass(frozen=True)
 class GroupMember:
     """An unfinished task of a concurrency key's group (see TaskQueue.group_members)."""
 
@@ -65,14 +79,14 @@ class TaskQueue(Protocol):
         fingerprint: str = "",
         values: Mapping[str, bytes] | None = None,
         group: QueueGroup | None = None,
-        max_per_owner: int = 0,
+        share: OwnerShare = NO_SHARE,
     ) -> tuple[task_pb2.Task, bool]:
         """Store `task` (its fixed part: everything but status and what changes while it runs)
         with its first event and the `values` its input refers to, and queue it. A task of the
         same owner with the same request_id is returned instead (created False) when its
         fingerprint matches; when it does not, RequestIdReused. QueueFull past `max_queue`,
-        OwnerQueueFull past `max_per_owner` tasks of its owner queued (both counts may be up to
-        QUEUE_LENGTH_CACHE_SECONDS old; 0: no limit)."""
+        OwnerQueueFull past its owner's `share` of the queue (every count may be up to
+        QUEUE_LENGTH_CACHE_SECONDS old, plus what this process queued since; 0: no limit)."""
         ...
 
     async def create_leased(
@@ -87,7 +101,7 @@ class TaskQueue(Protocol):
         kept: Kept | None = None,
         group: QueueGroup | None = None,
         follow: bool = False,
-        max_per_owner: int = 0,
+        share: OwnerShare = NO_SHARE,
     ) -> tuple[task_pb2.Task, bool, int]:
         """create_task for a task that `holder` starts at once: it is stored already leased
         (the lease token is returned; 0 when an existing task was returned) and never queued.

@@ -22,8 +22,11 @@ micros>:<task id>` are tasks queued before groups existed; they are claimed as t
     Q:n                     how many tasks are queued: hash priority -> count
     Q:o                     how many tasks of each owner are queued here: hash owner -> count
                             (tasks queued before it existed are not counted; a count never goes below 0)
+    Q:ob                    the bytes of those tasks (each task's `qb`, what its submission stored;
+                            tasks from before `qb` existed count 0); gone with the owner's count
 
-A task's header has `fg` (its group) and `cap` (the group's max_running, 0: none). A group's
+A task's header has `fg` (its group), `cap` (the group's max_running, 0: none) and `qb` (the bytes
+its submission stored: its fixed part and the values created with it, as state/common.queued_bytes). A group's
 tasks all live in one partition when it has a cap (the task ids are chosen so), which keeps
 the running count and the claim in one slot, atomic on a cluster as on one node.
 """
@@ -50,31 +53,39 @@ local function fair_activate(Q, group, pr)
   redis.call('ZADD', Q, -tonumber(pr), member)
   redis.call('HSET', Q .. ':a', slot, member)
 end
--- one task of `owner` more (1) or fewer (-1) queued in this partition
-local function fair_count_owner(Q, owner, by)
+-- one task of `owner` more (1) or fewer (-1) queued in this partition, and its bytes (`qb`)
+local function fair_count_owner(Q, owner, by, bytes)
   if not owner then return end
-  if redis.call('HINCRBY', Q .. ':o', owner, by) <= 0 then redis.call('HDEL', Q .. ':o', owner) end
+  if redis.call('HINCRBY', Q .. ':o', owner, by) <= 0 then
+    redis.call('HDEL', Q .. ':o', owner)
+    redis.call('HDEL', Q .. ':ob', owner)
+    return
+  end
+  bytes = tonumber(bytes or '0') or 0
+  if bytes > 0 and redis.call('HINCRBY', Q .. ':ob', owner, by * bytes) <= 0 then
+    redis.call('HDEL', Q .. ':ob', owner)
+  end
 end
 -- queue a task (its header at `head`) behind the others of its group
 local function fair_push(Q, head)
-  local f = redis.call('HMGET', head, 'qm', 'pr', 'fg', 'ow')
+  local f = redis.call('HMGET', head, 'qm', 'pr', 'fg', 'ow', 'qb')
   if not f[3] or f[3] == '' then
     redis.call('ZADD', Q, -tonumber(f[2]), f[1])
     return
   end
   if redis.call('ZADD', Q .. ':f:' .. f[3] .. '|' .. f[2], 0, f[1]) == 1 then
     redis.call('HINCRBY', Q .. ':n', f[2], 1)
-    fair_count_owner(Q, f[4], 1)
+    fair_count_owner(Q, f[4], 1, f[5])
   end
   fair_activate(Q, f[3], f[2])
 end
 -- take a task out of the queue; true if it was queued (its group's turn, if now empty, lapses at its claim)
 local function fair_remove(Q, head)
-  local f = redis.call('HMGET', head, 'qm', 'pr', 'fg', 'ow')
+  local f = redis.call('HMGET', head, 'qm', 'pr', 'fg', 'ow', 'qb')
   if not f[3] or f[3] == '' then return redis.call('ZREM', Q, f[1]) == 1 end
   if redis.call('ZREM', Q .. ':f:' .. f[3] .. '|' .. f[2], f[1]) == 1 then
     redis.call('HINCRBY', Q .. ':n', f[2], -1)
-    fair_count_owner(Q, f[4], -1)
+    fair_count_owner(Q, f[4], -1, f[5])
     return true
   end
   return false
@@ -148,7 +159,8 @@ local function fair_take(Q, member, n, prefix, leases)
     end
     redis.call('ZREM', fifo, first[1])
     redis.call('HINCRBY', Q .. ':n', pr, -1)
-    fair_count_owner(Q, redis.call('HGET', prefix .. task_id, 'ow'), -1)
+    local ow = redis.call('HMGET', prefix .. task_id, 'ow', 'qb')
+    fair_count_owner(Q, ow[1], -1, ow[2])
     table.insert(taken, task_id)
   end
   if redis.call('ZCARD', fifo) > 0 then fair_activate(Q, group, pr) end

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import GroupMember, Kept, QueueGroup
+from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup
 from mcp_server.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from mcp_server.state.common import (
     CreateTask,
@@ -18,6 +18,7 @@ from mcp_server.state.common import (
     live_part,
     mark_cancelled,
     now_seconds,
+    queued_bytes,
     request_task_id,
     rerun_dedupe_key,
 )
@@ -101,7 +102,7 @@ class RedisQueue(CreateTask):
         kept: Kept | None = None,
         group: QueueGroup | None = None,
         follow: bool = False,
-        max_per_owner: int = 0,
+        share: OwnerShare = NO_SHARE,
     ) -> tuple[task_pb2.Task, bool, int]:
         """A task with a request_id has an id derived from its owner and request_id, so the
         dedupe is the task's own key; without one, a second run of the script (a lost reply)
@@ -125,16 +126,18 @@ class RedisQueue(CreateTask):
             task.task_id = event.task_id = request_task_id(task.owner, task.request_id)
         partition = self.layout.partition_of(task.task_id)
         keys = self.layout.task(task.task_id)
+        fixed = fixed_part(task)
+        size = queued_bytes(fixed, values)  # the create scripts count the same (fair_lua's Q:ob)
         if not holder:
             try:
-                await self.room.check(task.owner, max_queue, max_per_owner)
+                await self.room.check(task.owner, max_queue, share, size)
             except ResourceExhausted:
                 # a client's retry of a submission that was stored is answered with its task
                 if not (task.request_id and await self.conn.do(self.conn.r.exists(keys.header))):
                     raise
         args: list[Any] = [
             task.task_id,
-            fixed_part(task),
+            fixed,
             live_part(task),
             task.status,
             task.priority,
@@ -185,7 +188,7 @@ class RedisQueue(CreateTask):
                 self.hub.followers.forget(keys.events)
             self.hub.written(keys.events, [event], writer=leased)
             if not leased:  # queued: counts against the limits before the next count
-                self.room.queued(task.owner)
+                self.room.queued(task.owner, size)
             return task, True, int(detail)
         if not task.request_id:  # our own earlier try: the lease (if any) was granted then
             return task, True, 1 if holder else 0

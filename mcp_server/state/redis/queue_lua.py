@@ -8,13 +8,15 @@ from mcp_server.state.redis.fair_lua import FAIR
 from mcp_server.state.redis.status_lua import MOVE_STATUS
 
 # The body both creates share: the header, the first event, queued or leased at once.
-# KEYS[1..5] and ARGV[1..11] as CREATE_TASK's; sets `micros` and `token`.
+# KEYS[1..5] and ARGV[1..14] as CREATE_TASK's, `qb` the bytes the submission stores (its fixed
+# part and its values: state/common.queued_bytes); sets `micros` and `token`.
 _STORE_TASK = """
 local now = redis.call('TIME')
 local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local member = string.format('%016d', micros) .. ':' .. ARGV[1]
 redis.call('HSET', KEYS[1], 'f', ARGV[2], 'v', ARGV[3], 'st', ARGV[4], 'tok', 0, 'seq', 1, 'pr', ARGV[5],
-           'ow', ARGV[6], 'wf', ARGV[7], 'ct', micros, 'fp', ARGV[8], 'qm', member, 'fg', ARGV[12], 'cap', ARGV[13])
+           'ow', ARGV[6], 'wf', ARGV[7], 'ct', micros, 'fp', ARGV[8], 'qm', member, 'fg', ARGV[12], 'cap', ARGV[13],
+           'qb', qb)
 redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[9])
 if tonumber(ARGV[13]) > 0 then redis.call('SADD', KEYS[3] .. ':m:' .. ARGV[12], ARGV[1]) end
 local token = 0
@@ -37,6 +39,8 @@ CREATE_TASK = (
     FAIR
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
+local qb = #ARGV[2]
+for i = 16, #ARGV, 2 do qb = qb + #ARGV[i] end
 """
     + _STORE_TASK
     + """
@@ -70,6 +74,8 @@ for j = digests_at, #ARGV do
   end
   origins[j] = origin
 end
+local qb = #ARGV[2]
+for i = values_at + 1, records_at - 1, 2 do qb = qb + #ARGV[i] end
 """
     + _STORE_TASK
     + """

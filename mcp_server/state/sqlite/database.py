@@ -95,6 +95,8 @@ ADDED_COLUMNS = {
     "rerun_of": "ALTER TABLE tasks ADD COLUMN rerun_of TEXT",
     "fair_group": "ALTER TABLE tasks ADD COLUMN fair_group TEXT NOT NULL DEFAULT ''",
     "fair_cap": "ALTER TABLE tasks ADD COLUMN fair_cap INTEGER NOT NULL DEFAULT 0",
+    # what a task's submission stored, counted against its owner's share of the queue (0 before)
+    "queued_bytes": "ALTER TABLE tasks ADD COLUMN queued_bytes INTEGER NOT NULL DEFAULT 0",
 }
 # The fair queue (see queue.py): each group with tasks queued at a priority has its turn there;
 # triggers give a group its turn whenever one of its tasks is queued, however that happens, and
@@ -104,7 +106,8 @@ CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_reruns ON tasks (rerun_of) WHERE rerun_of IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (fair_group, priority, seq) WHERE queued = 1;
 CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (fair_group, status) WHERE fair_cap > 0;
-CREATE INDEX IF NOT EXISTS tasks_queued_by_owner ON tasks (owner) WHERE queued = 1;
+DROP INDEX IF EXISTS tasks_queued_by_owner;
+CREATE INDEX IF NOT EXISTS tasks_queued_bytes_by_owner ON tasks (owner, queued_bytes) WHERE queued = 1;
 CREATE TABLE IF NOT EXISTS fair_turns (
   priority INTEGER NOT NULL, grp TEXT NOT NULL, turn INTEGER NOT NULL, blocked INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (priority, grp)) WITHOUT ROWID;

@@ -8,21 +8,23 @@ import time
 from collections.abc import Mapping, Sequence
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import GroupMember, Kept, QueueGroup
+from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup
 from mcp_server.errors import NotFound
 from mcp_server.state.common import (
     ACTIVE,
     MAX_OWNERS_COUNTED,
     QUEUE_LENGTH_CACHE_SECONDS,
     CreateTask,
-    OwnerQueueFull,
     QueueFull,
     RequestIdReused,
     assemble,
+    check_owner_share,
     fixed_part,
     live_part,
     mark_cancelled,
     now_seconds,
+    owner_to_count,
+    queued_bytes,
     request_task_id,
     rerun_dedupe_key,
 )
@@ -37,7 +39,7 @@ class SqliteQueue(CreateTask):
         # (when counted, queued tasks then plus those this store queued since); store thread only
         self._queue_count: tuple[float, int] = (0.0, 0)
         # the same per owner, for the owners counted while the queue was long enough to matter
-        self._owner_counts: dict[str, tuple[float, int]] = {}
+        self._owner_counts: dict[str, tuple[float, int, int]] = {}  # when counted, tasks, bytes
 
     async def create_leased(
         self,
@@ -51,12 +53,15 @@ class SqliteQueue(CreateTask):
         kept: Kept | None = None,
         group: QueueGroup | None = None,
         follow: bool = False,
-        max_per_owner: int = 0,
+        share: OwnerShare = NO_SHARE,
     ) -> tuple[task_pb2.Task, bool, int]:
         group = group or QueueGroup.of_owner(task.owner)
         dedupe = rerun_dedupe_key(task.request_id) if kept and task.request_id else task.request_id
         if task.request_id:  # the idempotency key: the task's own id, in its owner's namespace
             task.task_id = event.task_id = request_task_id(task.owner, dedupe)
+
+        fixed = fixed_part(task)
+        size = queued_bytes(fixed, values)
 
         def insert(db: sqlite3.Connection) -> tuple[task_pb2.Task, bool, int]:
             if task.request_id:
@@ -70,15 +75,15 @@ class SqliteQueue(CreateTask):
                         raise RequestIdReused(task.request_id, existing.task_id)
                     return existing, False, 0
             if not holder:
-                self._room_in_queue(db, task.owner, max_queue, max_per_owner)
+                self._room_in_queue(db, task.owner, max_queue, share, size)
             start = holder and not (group.max_running and running_in_group(db, group.name) >= group.max_running)
             leased = (0, holder, 1, now_seconds() + lease_seconds) if start else (1, None, 0, None)
             with db:
                 db.execute(
                     "INSERT INTO tasks (task_id, workflow_id, owner, status, priority,"
                     " request_id, request_fp, fixed, live, "
-                    "last_sequence, queued, lease_owner, lease_token, lease_expires, rerun_of, fair_group, fair_cap)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "last_sequence, queued, lease_owner, lease_token, lease_expires, rerun_of, fair_group, fair_cap,"
+                    " queued_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         task.task_id,
                         task.workflow_id,
@@ -87,13 +92,14 @@ class SqliteQueue(CreateTask):
                         task.priority,
                         dedupe or None,
                         fingerprint,
-                        fixed_part(task),
+                        fixed,
                         live_part(task),
                         task.last_sequence,
                         *leased,
                         kept.source_task_id if kept else None,
                         group.name,
                         group.max_running,
+                        size,
                     ),
                 )
                 if kept:
@@ -109,8 +115,8 @@ class SqliteQueue(CreateTask):
                 taken, count = self._queue_count
                 self._queue_count = (taken, count + 1)
                 if task.owner in self._owner_counts:
-                    taken, count = self._owner_counts[task.owner]
-                    self._owner_counts[task.owner] = (taken, count + 1)
+                    taken, count, held = self._owner_counts[task.owner]
+                    self._owner_counts[task.owner] = (taken, count + 1, held + size)
             return task, True, 1 if start else 0
 
         created = await self.db.run(insert)
@@ -122,26 +128,30 @@ class SqliteQueue(CreateTask):
             self.db.written(task.task_id, [event])
         return created
 
-    def _room_in_queue(self, db: sqlite3.Connection, owner: str, max_queue: int, max_per_owner: int) -> None:
-        """Raise QueueFull or OwnerQueueFull if a task of `owner` may not be queued now. An owner's
-        tasks are counted only while the whole queue holds at least `max_per_owner`."""
-        if not (max_queue or max_per_owner):
+    def _room_in_queue(self, db: sqlite3.Connection, owner: str, max_queue: int, share: OwnerShare, size: int) -> None:
+        """Raise QueueFull or OwnerQueueFull if a task of `owner` that stores `size` bytes may not
+        be queued now. An owner's tasks are counted only when its share could be reached
+        (see owner_to_count)."""
+        if not (max_queue or share.tasks or share.bytes):
             return
         queued = self._queued(db)
         if max_queue and queued >= max_queue:
             raise QueueFull(max_queue)
-        if max_per_owner and queued >= max_per_owner and self._owner_queued(db, owner) >= max_per_owner:
-            raise OwnerQueueFull(owner, max_per_owner)
+        if owner_to_count(share, queued, size):
+            check_owner_share(owner, share, *self._owner_queued(db, owner), size)
 
-    def _owner_queued(self, db: sqlite3.Connection, owner: str) -> int:
-        """`owner`'s queued tasks, counted as _queued counts them all (tasks_queued_by_owner)."""
-        taken, count = self._owner_counts.get(owner, (0.0, 0))
+    def _owner_queued(self, db: sqlite3.Connection, owner: str) -> tuple[int, int]:
+        """`owner`'s queued tasks and their bytes, counted as _queued counts them all
+        (tasks_queued_bytes_by_owner: the index holds both)."""
+        taken, count, held = self._owner_counts.get(owner, (0.0, 0, 0))
         if time.monotonic() - taken > QUEUE_LENGTH_CACHE_SECONDS:
-            count = int(db.execute("SELECT COUNT(*) FROM tasks WHERE owner=? AND queued=1", (owner,)).fetchone()[0])
+            count, held = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(queued_bytes), 0) FROM tasks WHERE owner=? AND queued=1", (owner,)
+            ).fetchone()
             if len(self._owner_counts) >= MAX_OWNERS_COUNTED:
                 self._owner_counts.clear()
-            self._owner_counts[owner] = (time.monotonic(), count)
-        return count
+            self._owner_counts[owner] = (time.monotonic(), int(count), int(held))
+        return count, held
 
     def _queued(self, db: sqlite3.Connection) -> int:
         """Queued tasks, counted at most every QUEUE_LENGTH_CACHE_SECONDS, plus what this store

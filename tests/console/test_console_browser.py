@@ -217,11 +217,14 @@ async def test_a_step_resumed_inside_its_backoff_still_says_when_its_retry_is_du
     # the step's second start (this life's), with the retry still to come
     again = page.locator("#events tbody tr", has_text="STEP_STARTED").filter(has_text="p/s")
     await expect(again).to_have_count(2, timeout=10_000)
-    # read at once, not waited for: the page redraws its rows when the task parks again, which
-    # would bring the note back from the step's record however the event was drawn
+    # read at once, not waited for: the page reloads itself after the signal, which would draw
+    # the note and the badge from the step's record however the event was drawn
+    badge = page.locator('#steps tr[data-path="p/s"] .step-status')
     assert (await note.count(), await note.locator("time").get_attribute("datetime")) == (1, due)
-    assert "retry 2 at " in await note.inner_text()
-    await expect(page.locator('#steps tr[data-path="p/s"] .step-status')).to_have_text("retrying")
+    assert "retry 2 at " in await note.inner_text() and await badge.inner_text() == "retrying"
+    await page.reload()  # and so does the page drawn from the step's record
+    await expect(note).to_contain_text("retry 2 at ")
+    await expect(badge).to_have_text("retrying")
     await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=20_000)
     await expect(note).to_have_count(0)
     assert page.problems == []  # type: ignore[attr-defined]
@@ -417,4 +420,28 @@ async def test_the_event_table_shows_the_latest_thousand_events_and_the_earlier_
     await expect(rows).to_have_count(last)
     assert await shown() == list(range(1, last + 1))
     await expect(note).to_have_count(0)
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+async def test_a_page_open_while_a_branch_runs_beside_a_wait_shows_the_task_parked(console, api, page):
+    """A call of 1.5 s beside a wait: the page, opened while the call runs, shows RUNNING and the
+    answer form; when the call ends the task parks (no event says so) and the page shows WAITING
+    without a reload (it showed RUNNING until one)."""
+    slow = {"id": "slow", "step": {"protocol": "sleep", "input": "{'ms': 1500}"}}
+    root = {"id": "p", "parallel": {"children": [slow, {"id": "w", "wait": {"signal": "go"}}]}}
+    await api.create_workflow({"workflow_id": "parks-later", "root": root})
+    task = await api.submit("parks-later")
+    async with asyncio.timeout(10):  # the page is drawn once the wait has begun, while the call runs
+        while "p/w" not in await all_step_paths(api, task.task_id):
+            await asyncio.sleep(0.05)
+    await page.goto(f"{console.console.url}/tasks/{task.task_id}")
+    await expect(page.locator("form.answer")).to_have_count(1)
+    assert await page.locator("#status").inner_text() == "RUNNING"
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    await expect(page.locator("#status")).to_have_text("WAITING", timeout=10_000)
+    assert navigations == []  # the header was asked for, the page not reloaded
+    assert (await api.get(task.task_id, steps=False)).status == task_pb2.TASK_STATUS_WAITING
+    await api.signal(task.task_id, "go")
+    await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=10_000)
     assert page.problems == []  # type: ignore[attr-defined]

@@ -267,6 +267,18 @@ async function showEarlier(body, button) {
   noteEarlier(body, problem);
 }
 
+// A task whose every branch waits parks a moment after the last one began to wait, and no event
+// says so: while a page shows it running with a step waiting for an answer, it asks, less and
+// less often, until the task's status changes.
+async function untilParked(taskId) {
+  for (let delay = 250; ; delay = Math.min(2 * delay, 5000)) {
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    const task = await fetchJson(`/tasks/${encodeURIComponent(taskId)}/task.json`).catch(() => null);
+    if (task && task.status !== "RUNNING") return refreshHeader(taskId);
+    if (document.getElementById("status").textContent !== "RUNNING") return;  // the stream said so first
+  }
+}
+
 async function refreshHeader(taskId) {
   const task = await fetchJson(`/tasks/${encodeURIComponent(taskId)}/task.json`);
   const status = document.getElementById("status");
@@ -325,6 +337,7 @@ function taskPage() {
   };
   // The first drawing (which loads Mermaid) comes before the event stream opens, so that no live
   // event waits behind it; events written meanwhile arrive in the stream's replay.
+  if (document.getElementById("status").textContent === "RUNNING" && document.querySelector("form.answer")) untilParked(taskId);
   const firstGraph = Promise.race([redrawGraph().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 3000))]);
   firstGraph.then(() => follow());
 

@@ -326,6 +326,33 @@ async def test_the_replica_s_own_purge_removes_tasks_past_their_retention_and_co
     await client.channel.close()
 
 
+async def test_a_replica_started_with_a_lower_retention_purges_tasks_that_ended_under_the_longer_one(
+    server_factory, store_url, tmp_path
+):
+    """A store full of week-old tasks: an operator lowers MCP_RETENTION_SECONDS and restarts; the
+    tasks that ended under the week go at the next purge, on both stores (on Redis their purge time
+    was fixed when they ended)."""
+    store = store_url if not store_url.startswith("sqlite") else f"sqlite:///{tmp_path}/kept.db"
+    running = await server_factory(store=store, retention_seconds=7 * 24 * 3600)
+    client = client_for(running)
+    await create(client, workflow("kept", step("s", "echo")))
+    done = [await wait_done(client, (await submit(client, "kept")).task_id) for _ in range(3)]
+    await client.channel.close()
+    await running.stop(0.5)
+    running = await server_factory(store=store, retention_seconds=0.5, lease_seconds=0.3)  # a purge a second
+    client = client_for(running)
+    async with asyncio.timeout(10):
+        for task in done:
+            while True:
+                try:
+                    await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.NOT_FOUND
+                    break
+                await asyncio.sleep(0.1)
+    await client.channel.close()
+
+
 async def test_a_deleted_task_s_cached_outputs_go_with_it(served):
     """The step cache holds what a task's steps produced (an LLM's answer about its input, say):
     deleting the task removes the outputs it stored, so no later task is served them; outputs

@@ -12,7 +12,8 @@ over the 16,384 slots, hence over a cluster's masters.
                      (round robin across groups within a priority), and beside it each group's
                      FIFO of tasks and its running tasks (see fair_lua.py)
     P{T}:l           leases: zset task_id -> expiry (ms)
-    P{T}:x           retention: zset task_id -> when a finished task is purged (ms)
+    P{T}:xe          finished tasks: zset task_id -> when it ended (ms); purged once the retention has passed
+    P{T}:x           retention of tasks that ended before xe existed: zset task_id -> when it is purged (ms)
     P{T}:c           cancel requests: zset task_id -> when it was asked (ms), until the task ends
     P{T}:d           due times: zset task_id -> when a WAITING task resumes without a signal (ms)
     P{T}:sg          signals not taken in by the replica holding the task: zset task_id -> when (ms)
@@ -123,6 +124,10 @@ class Layout:
 
     def expiry(self, partition: int) -> str:
         return f"{self.base(partition)}x"
+
+    def ends(self, partition: int) -> str:
+        """Finished tasks of this partition: zset task_id -> when it ended (ms)."""
+        return f"{self.base(partition)}xe"
 
     def cancels(self, partition: int) -> str:
         """Cancel requests for tasks of this partition: zset task_id -> when it was asked (ms)."""

@@ -374,7 +374,7 @@ class RedisQueue(CreateTask):
                         keys.header,
                         self.layout.queue(partition),
                         keys.events,
-                        self.layout.expiry(partition),
+                        self.layout.ends(partition),
                     ],
                     args=[
                         live_part(task),

@@ -170,7 +170,7 @@ return n
 )
 
 
-# KEYS: header, queue, events, retention
+# KEYS: header, queue, events, ends (finished tasks by end time)
 # ARGV: live, status, sequence, event, retention ms, backstop ms, index prefix, task_id,
 #       the sequence the caller read (compare-and-set), pending
 CANCEL_PENDING = (
@@ -184,7 +184,7 @@ redis.call('HSET', head, 'v', ARGV[1], 'st', ARGV[2], 'seq', ARGV[3])
 move_status(ARGV[7], ARGV[8], fields[1], ARGV[2], fields[2], fields[3], fields[4])
 redis.call('XADD', KEYS[3], '0-' .. ARGV[3], 'e', ARGV[4])
 local now = redis.call('TIME')
-redis.call('ZADD', KEYS[4], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5]), ARGV[8])
+redis.call('ZADD', KEYS[4], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), ARGV[8])
 expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
 return 1
 """

@@ -23,6 +23,7 @@ from mcp_server.state.common import (
 )
 from mcp_server.state.redis import tasks_lua as lua
 from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
+from mcp_server.state.redis.retention import RetentionKeeper
 from mcp_server.state.redis.streams import StreamHub
 
 
@@ -39,6 +40,7 @@ class RedisTasks:
         self._read_linked = conn.register(lua.READ_LINKED)
         self._read_steps = conn.register(lua.READ_STEPS)
         self._read_events = conn.register(lua.READ_EVENTS)
+        self.retention = RetentionKeeper(conn)
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
         """Read on every watch start and GetTask: through the lane when there is one."""
@@ -191,7 +193,7 @@ class RedisTasks:
             [
                 *keys.all,
                 self.layout.leases(partition),
-                self.layout.expiry(partition),
+                self.layout.ends(partition),
                 self.layout.cancels(partition),
                 keys.signals,
                 keys.waits,
@@ -241,13 +243,14 @@ class RedisTasks:
 
     async def purge_finished(self) -> int:
         """Delete the tasks whose retention ran out, with their index entries."""
+        self.retention.agree()
         now_ms = int(now_seconds() * 1000)
         replies = await self.conn.scripts(
             [
                 (
                     self._purge,
-                    [self.layout.expiry(p), self.layout.queue(p)],
-                    [now_ms, self.layout.task_prefix(p), self.layout.index_prefix(p)],
+                    [self.layout.expiry(p), self.layout.queue(p), self.layout.ends(p)],
+                    [now_ms, self.layout.task_prefix(p), self.layout.index_prefix(p), self.conn.retention_ms],
                 )
                 for p in range(self.layout.partitions)
             ]
@@ -258,7 +261,8 @@ class RedisTasks:
         partition = self.layout.partition_of(task_id)
         keys = self.layout.task(task_id)
         args = [self.layout.task_prefix(partition), self.layout.index_prefix(partition), task_id, *TERMINAL]
-        script_keys = [self.layout.expiry(partition), self.layout.queue(partition), keys.header]
+        layout = self.layout
+        script_keys = [layout.expiry(partition), layout.queue(partition), keys.header, layout.ends(partition)]
         done = int(await self.conn.write(self._delete, script_keys, args))
         if done == 1:
             self.hub.forget(keys.events, task_not_found(task_id))

@@ -7,8 +7,8 @@ from __future__ import annotations
 from mcp_server.state.redis.fair_lua import FAIR
 from mcp_server.state.redis.status_lua import MOVE_STATUS
 
-# KEYS: header, steps, order, events, values, leases, retention, cancel requests, signals, waits,
-#       due times, signals pending, queue
+# KEYS: header, steps, order, events, values, leases, ends (finished tasks by end time), cancel
+#       requests, signals, waits, due times, signals pending, queue
 # ARGV: token, live, status, terminal (0/1), retention ms, backstop ms, index prefix, task_id,
 #       waiting (0/1), due ms (0: none), #steps, then (index, path, record) triples, #values, then
 #       (digest, value) pairs, #waits, then (path, record or '' once it stopped) pairs, #signals
@@ -79,8 +79,7 @@ if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[6], ARGV[8])
   redis.call('ZREM', KEYS[8], ARGV[8])
   local now = redis.call('TIME')
-  local due = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[5])
-  redis.call('ZADD', KEYS[7], due, ARGV[8])
+  redis.call('ZADD', KEYS[7], tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000), ARGV[8])
   expire_task(head, tonumber(ARGV[5]) + tonumber(ARGV[6]))
 elseif ARGV[9] == '1' then
   -- parked: no lease; a timer (if any) resumes it, and so do signals or a cancel request that came
@@ -103,10 +102,11 @@ return 1
 
 # Removes one task with everything it holds: its index entries, its keys, its retention entry,
 # its id in its queue group's sets (pruned lazily otherwise); reruns that share its values get
-# their own copies of them. `retention` is its partition's retention zset, `prefix` the task key
-# prefix, `idx` the index prefix, `queue` the partition's queue (see fair_lua).
+# their own copies of them. `retention` and `ends` are its partition's retention zsets (see
+# layout.py), `prefix` the task key prefix, `idx` the index prefix, `queue` the partition's queue
+# (see fair_lua).
 _REMOVE_TASK = """
-local function remove_task(retention, prefix, idx, queue, task_id)
+local function remove_task(retention, ends, prefix, idx, queue, task_id)
   local head = prefix .. task_id
   local f = redis.call('HMGET', head, 'st', 'ow', 'wf', 'fg')
   if f[1] then
@@ -143,22 +143,30 @@ local function remove_task(retention, prefix, idx, queue, task_id)
   redis.call('UNLINK', head, head .. ':s', head .. ':o', head .. ':e', head .. ':v', head .. ':g', head .. ':w',
              head .. ':vl', head .. ':b', head .. ':r', head .. ':c')
   redis.call('ZREM', retention, task_id)
+  redis.call('ZREM', ends, task_id)
 end
 """
 
-# KEYS: retention, queue; ARGV: now ms, task key prefix, index prefix -> how many tasks were purged
+# KEYS: retention, queue, ends; ARGV: now ms, task key prefix, index prefix, retention ms -> how
+# many tasks were purged: those whose end is the retention ago (ends), and those whose purge time,
+# fixed when they ended (before ends existed), has come (retention)
 PURGE_FINISHED = (
     _REMOVE_TASK
     + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[4]), 'LIMIT', 0, 500)
+if #due < 500 then
+  for _, task_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500 - #due)) do
+    table.insert(due, task_id)
+  end
+end
 for _, task_id in ipairs(due) do
-  remove_task(KEYS[1], ARGV[2], ARGV[3], KEYS[2], task_id)
+  remove_task(KEYS[1], KEYS[3], ARGV[2], ARGV[3], KEYS[2], task_id)
 end
 return #due
 """
 )
 
-# KEYS: retention, queue, the task's header; ARGV: task key prefix, index prefix, task id, then
+# KEYS: retention, queue, the task's header, ends; ARGV: task key prefix, index prefix, task id, then
 # the finished statuses -> 1 (removed), 0 (no such task), -1 (not finished: nothing removed)
 DELETE_FINISHED = (
     _REMOVE_TASK
@@ -167,7 +175,7 @@ local status = redis.call('HGET', KEYS[3], 'st')
 if not status then return 0 end
 for i = 4, #ARGV do
   if status == ARGV[i] then
-    remove_task(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[3])
+    remove_task(KEYS[1], KEYS[4], ARGV[1], ARGV[2], KEYS[2], ARGV[3])
     return 1
   end
 end

@@ -216,3 +216,24 @@ async def test_an_sqlite_file_from_before_the_bytes_share_opens_and_counts_its_q
         for _ in range(2):
             assert (await api.submit("big", text="b" * BIG)).task.status == S.TASK_STATUS_PENDING
         assert refusal_share(await api.refused("big", text="b" * BIG))["share"] == "bytes"
+
+
+async def test_a_burst_through_one_replica_never_passes_a_share(server_factory, store_url, tmp_path):
+    """40 submissions at once from an empty queue: exactly the share is taken, in tasks (5) and in
+    bytes (two of 150 KB in 400 KB); the submissions under way count before they are stored."""
+    limits = Limits(max_tasks_in_flight=0, max_queued_per_owner=5, max_queued_bytes_per_owner=BYTES_SHARE)
+    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path), limits=limits)
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        api = Tenants(channel)
+        await api.create()
+
+        async def taken(name: str, text: str) -> int:
+            try:
+                await api.submit(name, text=text)
+            except grpc.aio.AioRpcError as err:
+                assert refusal_share(err)["share"] == ("tasks" if not text else "bytes")
+                return 0
+            return 1
+
+        assert sum(await asyncio.gather(*(taken("big", "") for _ in range(40)))) == 5
+        assert sum(await asyncio.gather(*(taken("small", "b" * BIG) for _ in range(40)))) == 2

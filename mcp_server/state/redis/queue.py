@@ -128,13 +128,54 @@ class RedisQueue(CreateTask):
         keys = self.layout.task(task.task_id)
         fixed = fixed_part(task)
         size = queued_bytes(fixed, values)  # the create scripts count the same (fair_lua's Q:ob)
+        pending = False
         if not holder:
             try:
-                await self.room.check(task.owner, max_queue, share, size)
+                pending = await self.room.check(task.owner, max_queue, share, size)
             except ResourceExhausted:
                 # a client's retry of a submission that was stored is answered with its task
                 if not (task.request_id and await self.conn.do(self.conn.r.exists(keys.header))):
                     raise
+        queued = False
+        try:
+            created, detail = await self._store(
+                task, fixed, event, holder, lease_seconds, fingerprint, values, kept, group
+            )
+            if created:
+                leased = bool(holder) and int(detail) > 0  # else queued (its group is full): any replica runs it
+                if follow and leased:
+                    self.hub.follow_new(keys.events, partition)
+                else:  # a log held of this id is an earlier task's (deleted or purged, then made again)
+                    self.hub.followers.forget(keys.events)
+                self.hub.written(keys.events, [event], writer=leased)
+                queued = not leased  # it counts against the limits before the next count
+                return task, True, int(detail)
+        finally:
+            self.room.stored(task.owner, size, pending, queued)
+        if not task.request_id:  # our own earlier try: the lease (if any) was granted then
+            return task, True, 1 if holder else 0
+        if detail.decode() != fingerprint:
+            raise RequestIdReused(task.request_id, task.task_id)
+        existing = await self.tasks.get_task(task.task_id)
+        if existing is None:
+            raise Unavailable(f"task {task.task_id} was purged while it was being read; submit again")
+        return existing, False, 0
+
+    async def _store(
+        self,
+        task: task_pb2.Task,
+        fixed: bytes,
+        event: task_pb2.TaskEvent,
+        holder: str,
+        lease_seconds: float,
+        fingerprint: str,
+        values: Mapping[str, bytes] | None,
+        kept: Kept | None,
+        group: QueueGroup,
+    ) -> tuple[int, Any]:
+        """Run the create script (a rerun's, with `kept`): (1, lease token) made, (0, fingerprint) found."""
+        partition = self.layout.partition_of(task.task_id)
+        keys = self.layout.task(task.task_id)
         args: list[Any] = [
             task.task_id,
             fixed,
@@ -180,24 +221,7 @@ class RedisQueue(CreateTask):
                     reason="TASK_NOT_FOUND",
                     metadata={"task_id": kept.source_task_id},
                 )
-        if created:
-            leased = bool(holder) and int(detail) > 0  # else queued (its group is full): any replica runs it
-            if follow and leased:
-                self.hub.follow_new(keys.events, partition)
-            else:  # a log held of this id is an earlier task's (deleted or purged, then made again)
-                self.hub.followers.forget(keys.events)
-            self.hub.written(keys.events, [event], writer=leased)
-            if not leased:  # queued: counts against the limits before the next count
-                self.room.queued(task.owner, size)
-            return task, True, int(detail)
-        if not task.request_id:  # our own earlier try: the lease (if any) was granted then
-            return task, True, 1 if holder else 0
-        if detail.decode() != fingerprint:
-            raise RequestIdReused(task.request_id, task.task_id)
-        existing = await self.tasks.get_task(task.task_id)
-        if existing is None:
-            raise Unavailable(f"task {task.task_id} was purged while it was being read; submit again")
-        return existing, False, 0
+        return created, detail
 
     async def _placed_id(self, task: task_pb2.Task, partition: int, dedupe: str) -> str:
         """An id in `partition`: at random, or from the request_id (`dedupe`), one per partition

@@ -62,6 +62,18 @@ class Tenants:
         return err.value
 
 
+async def run_elsewhere(server_factory, redis_url: str, auth: str, api: Tenants, tasks: list[task_pb2.Task]) -> None:
+    """Another replica (one that runs tasks) claims and runs `tasks` (of "big"), then stops claiming."""
+    runner = await server_factory(store=redis_url, auth_file=auth)
+    async with asyncio.timeout(30):
+        for task in tasks:
+            while (
+                await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), metadata=who("big"))
+            ).task.status != S.TASK_STATUS_COMPLETED:
+                await asyncio.sleep(0.05)
+    await runner.orchestrator.dispatcher.stop(0)
+
+
 async def test_an_owner_past_its_share_is_refused_and_others_are_still_taken(server_factory, store_url, tmp_path):
     # a replica that runs nothing (max_tasks_in_flight 0): every task stays queued
     limits = Limits(max_tasks_in_flight=0, max_queued_per_owner=SHARE, max_queue_length=100)
@@ -98,14 +110,7 @@ async def test_claimed_tasks_give_their_owner_places_back_across_replicas(server
         await api.create()
         first = [(await api.submit("big")).task for _ in range(SHARE)]
         assert error_reason(await api.refused("big")) == "OWNER_QUEUE_FULL"
-        runner = await server_factory(store=redis_url, auth_file=auth)  # a replica that runs tasks
-        async with asyncio.timeout(30):
-            for task in first:
-                while (
-                    await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), metadata=who("big"))
-                ).task.status != S.TASK_STATUS_COMPLETED:
-                    await asyncio.sleep(0.05)
-        await runner.orchestrator.dispatcher.stop(0)
+        await run_elsewhere(server_factory, redis_url, auth, api, first)
         # another owner fills the queue to the share, so that owners' counts are read again
         for _ in range(SHARE):
             assert (await api.submit("small")).task.status == S.TASK_STATUS_PENDING
@@ -175,14 +180,7 @@ async def test_claimed_tasks_give_their_owner_bytes_back_across_replicas(server_
         await api.create()
         first = [(await api.submit("big", text="b" * BIG)).task for _ in range(2)]
         assert refusal_share(await api.refused("big", text="b" * BIG))["share"] == "bytes"
-        runner = await server_factory(store=redis_url, auth_file=auth)  # a replica that runs tasks
-        async with asyncio.timeout(30):
-            for task in first:
-                while (
-                    await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), metadata=who("big"))
-                ).task.status != S.TASK_STATUS_COMPLETED:
-                    await asyncio.sleep(0.05)
-        await runner.orchestrator.dispatcher.stop(0)
+        await run_elsewhere(server_factory, redis_url, auth, api, first)
         await asyncio.sleep(0.2)
         # both were claimed: the owner has its whole share of bytes again, and not more
         for _ in range(2):

@@ -65,9 +65,11 @@ class RetentionKeeper:
         meta, ours = self.conn.layout.meta, self.conn.retention_ms
         try:
             stored = await self.conn.do(self.conn.r.hget(meta, RETENTION_FIELD))
-            if stored is None or int(stored) < ours:
+            # None: a new store, or one whose finished tasks all ended under this layout's replicas,
+            # the first of which records its retention (so there is nothing to lengthen)
+            if stored is not None and int(stored) < ours:
                 lengthened = await self._lengthen_ttls(ours + BACKSTOP_MS)
-                if lengthened and stored is not None:
+                if lengthened:
                     log.info(
                         "retention is %.0f s, the store was kept with %.0f s: the TTLs of %d finished tasks lengthened",
                         ours / 1000,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -209,7 +209,9 @@ async def serve(settings: Settings) -> None:
     stop = stop_requested()  # a signal during start-up stops the server as soon as it is up
     running = await start_server(settings)
     tune_collector(settings)  # the process's own objects, not in start_server: tests run many servers in one process
-    print(f"mCP orchestrator listening on {running.address} (store: {describe_store(settings.store_url)})", flush=True)
+    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    where = f"store: {describe_store(settings.store_url)}, event loop: {loop}"
+    print(f"mCP orchestrator listening on {running.address} ({where})", flush=True)
     if running.console is not None:
         print(f"mCP console on {running.console.url}", flush=True)
     await stop.wait()
@@ -224,6 +226,19 @@ def tune_collector(settings: Settings) -> None:
     if settings.gc_freeze:
         gc.collect()
         gc.freeze()
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the server runs on (Settings.event_loop): uvloop's when asked for and
+    installed (it is a dependency where it builds), else the standard library's."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logging.getLogger(__name__).warning("uvloop is not installed: the server runs on asyncio's event loop")
+            return None
+        return cast(Callable[[], asyncio.AbstractEventLoop], uvloop.new_event_loop)
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         runner = serve(settings)
     try:
-        asyncio.run(runner)
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as loop:
+            loop.run(runner)
     except (StartupError, McpError) as exc:  # a store it cannot open, an address it cannot take: one line
         raise SystemExit(f"mcp-server: cannot start: {exc}") from None

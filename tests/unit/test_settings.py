@@ -3,6 +3,7 @@ starts, naming the variable and why; what can is taken as given."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -42,6 +43,8 @@ def test_environment_and_flags_are_read_with_their_types():
         ({"MCP_CAPACITY_SLICE_UNITS": "0"}, "MCP_CAPACITY_SLICE_UNITS=0: must be above zero"),
         ({"MCP_PROTOCOL_CONCURRENCY": "render"}, "'render' must look like name=N"),
         ({"MCP_LIMIT_MAX_EVENT_BYTES": "1000"}, "MCP_LIMIT_MAX_EVENT_BYTES=1000: must be at least 65536"),
+        ({"MCP_EVENT_LOOP": "tokio"}, "MCP_EVENT_LOOP='tokio': must be one of uvloop, asyncio"),
+        ({"MCP_LIMIT_MAX_QUEUED_BYTES_PER_OWNER": "-1"}, "MCP_LIMIT_MAX_QUEUED_BYTES_PER_OWNER=-1: must not be"),
         (
             {"MCP_LIMIT_MAX_EVENT_BYTES": "3000000"},
             "MCP_LIMIT_MAX_EVENT_BYTES=3000000: must be at most half of MCP_LIMIT_MAX_MESSAGE_BYTES (4194304)",
@@ -55,7 +58,14 @@ def test_a_setting_that_cannot_be_used_is_named_with_the_reason(env, said):
 
 
 @pytest.mark.parametrize(
-    "name", ["MAX_CEL_COST", "MAX_SIGNAL_BYTES_PER_TASK", "MAX_QUEUED_PER_OWNER", "SUBMISSIONS_PER_SECOND"]
+    "name",
+    [
+        "MAX_CEL_COST",
+        "MAX_SIGNAL_BYTES_PER_TASK",
+        "MAX_QUEUED_PER_OWNER",
+        "MAX_QUEUED_BYTES_PER_OWNER",
+        "SUBMISSIONS_PER_SECOND",
+    ],
 )
 def test_a_limit_documented_as_off_at_zero_can_be_set_to_zero(name):
     # each says "0: no limit" (or no budget) in settings.py and the docs; the server must start so
@@ -79,3 +89,37 @@ def test_the_server_process_refuses_to_start_with_one_line_saying_why():
     )
     assert result.returncode != 0
     assert result.stderr.strip() == "mcp-server: cannot start: MCP_LEASE_SECONDS=-1.0: must be above zero"
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_server_process_runs_on_the_event_loop_it_is_given(loop):
+    """uvloop by default (installed with the server), asyncio's when asked; the line that says the
+    server listens names it, and no line of gRPC's about forks comes with the plugins it starts."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcp_server",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "sqlite://:memory:",
+            "--bundled-plugins",
+        ],
+        env={**os.environ, "MCP_EVENT_LOOP": loop},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        said = []
+        for line in server.stdout:
+            said.append(line)
+            if "listening on" in line:
+                break
+        assert f"event loop: {loop})" in said[-1], said
+        assert not any("fork" in line for line in said), said
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -297,3 +297,69 @@ async def test_a_parked_backoff_and_the_cache_channel_outlive_a_redis_restart(se
             await asyncio.sleep(0.05)
     for client in clients:
         await client.channel.close()
+
+
+async def test_an_owner_s_queued_bytes_and_the_finished_tasks_list_outlive_a_redis_restart(
+    server_factory, restartable_redis
+):
+    """The state this session's shares and retention keep in Redis (each task's bytes, an owner's
+    queued bytes, finished tasks by end time, the retention the store is kept with) is written by
+    the scripts beside what it counts, so a Redis kept on disk brings it back whole: after a
+    restart the owner's share is where it was, and a replica with a lower retention purges the task
+    that finished before."""
+    url = restartable_redis.url
+    limits = Limits(max_tasks_in_flight=0, max_queued_bytes_per_owner=400_000)
+    running = await server_factory(store=url, limits=limits, retention_seconds=3600)
+    client = client_for(running)
+    await create(client, workflow("big", step("s", "echo")))
+    big = {"text": "b" * 150_000}
+
+    async def refused() -> bool:
+        try:
+            await submit(client, "big", big)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            return True
+        return False
+
+    queued = [await submit(client, "big", big) for _ in range(2)]
+    assert await refused()
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=queued[0].task_id))  # finished, bytes back
+    keeper = running.orchestrator.store.tasks.retention
+    await running.orchestrator.store.tasks.purge_finished()
+    async with asyncio.timeout(10):
+        while keeper.agreeing:
+            await asyncio.sleep(0.01)
+    assert redis.Redis.from_url(url).hget("mcp:{meta}:layout", "retention_ms") == b"3600000"
+
+    restartable_redis.stop()
+    await asyncio.sleep(1)
+    restartable_redis.start()
+
+    async with asyncio.timeout(15):  # the first calls after the restart may find it still loading
+        while True:
+            try:
+                await asyncio.sleep(0.2)  # past the counts' 0.1 s cache
+                taken = not await refused()
+                break
+            except grpc.aio.AioRpcError:
+                continue
+    assert taken  # one task's bytes were given back before the restart, and still are
+    assert await refused()  # and the other two are counted: the share is where it was
+    await client.channel.close()
+    await running.stop(0.5)
+
+    purging = await server_factory(store=url, limits=limits, retention_seconds=0.5, lease_seconds=0.3)
+    client = client_for(purging)
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=queued[0].task_id))
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.NOT_FOUND
+                break
+            await asyncio.sleep(0.1)
+    assert (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=queued[1].task_id))).task.status == (
+        task_pb2.TASK_STATUS_PENDING
+    )
+    await client.channel.close()

@@ -58,6 +58,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check mcp_server protocol_plugins tests bench $(SDK)
 	$(VENV)/bin/mypy
 	node --check mcp_server/console/static/console.js
+	node --check bench/unary_plugin.js
 
 buf-lint: node
 	npx buf lint protos

@@ -410,12 +410,18 @@ async def main() -> None:
     parser.add_argument(
         "--variant", action="append", help='chains: also run the server with an environment, "NAME:VAR=VALUE,..."'
     )
+    parser.add_argument(
+        "--contract-plugin",
+        choices=["python", "node"],
+        default="python",
+        help="contract: the contract-only plugin's language (bench/unary_plugin.py or .js)",
+    )
     args = parser.parse_args()
     baseline = prepare(args.baseline) if args.baseline else None
     plugin = start_plugin()
     suites: dict[str, Callable[[Proc, bool], Awaitable[None]]] = {
         "chains": partial(bench_chains, baseline=baseline, variants=args.variant),
-        "contract": partial(bench_contract, baseline=baseline),
+        "contract": partial(bench_contract, baseline=baseline, plugin_in=args.contract_plugin),
         "calls": bench_calls,
         "steps": partial(bench_floors_and_orchestrated, baseline=baseline),
         "fanout": bench_fanout,

@@ -2,7 +2,9 @@
 alone see it (issue 30), against the thin orchestrator and, where they run here, the peers.
 
 The plugin is bench/unary_plugin.py: Describe and a unary Execute, as a Go or Node plugin would
-serve (no ExecuteMany), the same kind of server as the thin orchestrator's step server. A chain is
+serve (no ExecuteMany), the same kind of server as the thin orchestrator's step server;
+`--contract-plugin node` runs bench/unary_plugin.js instead, the same plugin in Node.js (a third of
+the Python one's CPU per call), so that less of the shared cores goes to the plugin. A chain is
 3 no-op steps; 64 in flight for throughput (over 8 connections), one at a time for the p50; CPU is
 counted in every process involved. Each path is how a client written from the protos reads a
 task's end: SubmitAndWatchTask, SubmitTask + the per-event WatchTask, RunTask. `--processes 2`
@@ -35,9 +37,14 @@ CONNECTIONS = 8
 PATHS = (("SubmitAndWatchTask", "submit-watch"), ("SubmitTask + WatchTask", "watch"), ("RunTask", "run"))
 
 
-async def bench_contract(_sdk_plugin: Proc, quick: bool, baseline: Path | None = None) -> None:
+PLUGINS = {"python": "bench.unary_plugin", "node": "bench/unary_plugin.js"}
+
+
+async def bench_contract(
+    _sdk_plugin: Proc, quick: bool, baseline: Path | None = None, plugin_in: str = "python"
+) -> None:
     samples, rounds, total = (40, 3, 192) if quick else (150, 3, 640)
-    plugin = start_plugin("bench.unary_plugin")
+    plugin = start_plugin(PLUGINS[plugin_in])
     here = {"client": os.getpid(), "plugin": plugin.process.pid, "redis": redis_pid(REDIS)}
     started: list[Proc] = [plugin]
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -82,8 +89,10 @@ async def bench_contract(_sdk_plugin: Proc, quick: bool, baseline: Path | None =
     rows = systems[0].rows(None) + systems[1].rows(None)
     for system in systems[2:]:
         rows += system.rows(systems[1])
-    table("3-step chain, a contract-only unary plugin, against the thin orchestrator and the peers", rows)
-    table("Fan-out of 100 x 100 ms calls to the contract-only plugin (redis store)", fan_rows)
+    table(
+        f"3-step chain, a contract-only unary plugin in {plugin_in}, against the thin orchestrator and the peers", rows
+    )
+    table(f"Fan-out of 100 x 100 ms calls to the contract-only plugin in {plugin_in} (redis store)", fan_rows)
 
 
 def _thin_on_both_cores(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from bench.baseline import import_paths
+from bench.baseline import ROOT, import_paths
 from mcp_sdk.proto import task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_server.plugin_host import READY_LINE
 
@@ -60,9 +61,15 @@ class Proc:
 
 def start_plugin(module: str = "protocol_plugins.testkit") -> Proc:
     """A plugin of the Python SDK (it serves ExecuteMany); `module` "bench.unary_plugin": one
-    written from the contract alone that serves unary Execute only."""
-    command = ["-m", module] if module == "bench.unary_plugin" else ["-m", "protocol_plugins.run", module]
-    process = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, text=True)
+    written from the contract alone that serves unary Execute only; "bench/unary_plugin.js": the
+    same in Node.js."""
+    if module.endswith(".js"):
+        command = [shutil.which("node") or "node", str(ROOT / module)]
+    elif module == "bench.unary_plugin":
+        command = [sys.executable, "-m", module]
+    else:
+        command = [sys.executable, "-m", "protocol_plugins.run", module]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith(READY_LINE), line

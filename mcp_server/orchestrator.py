@@ -104,6 +104,7 @@ class Orchestrator:
             self.watching,
             self.listeners,
             self.cancelling,
+            self.rate_limits,
         )
         self.reruns = Reruns(settings, store.tasks, self.plans, self.submission)
         self.firing = Firing(

@@ -3,8 +3,9 @@
 Every call is authenticated first (when a principals file is configured; see auth.py) and
 its principal made available to the servicers through `auth.current_principal`. An McpError
 becomes its status code with `google.rpc.Status` details: BadRequest field violations for
-bad input, ErrorInfo (reason, domain, metadata) always. Anything else is a bug: it is logged
-with its traceback and answered INTERNAL, never UNKNOWN.
+bad input, ErrorInfo (reason, domain, metadata) always, and RetryInfo when the error says when to
+try again (its metadata's `retry_after_seconds`: a rate limit). Anything else is a bug: it is
+logged with its traceback and answered INTERNAL, never UNKNOWN.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -32,6 +33,12 @@ def to_status(error: McpError) -> status_pb2.Status:
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
     status.details.append(info)
+    if (retry_after := error.metadata.get("retry_after_seconds")) is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, round(float(retry_after) * 1e9)))
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        status.details.append(retry)
     if error.violations:
         # The details travel in a trailer, and clients refuse trailers over 8 KB by default:
         # send the first violations, each cut to a readable length; the message counts the rest.

@@ -87,6 +87,7 @@ class Reruns:
         records = rerun_records(steps, kept, chosen, plan.root)
         task.step_count = len(records)
         group, task.concurrency_key = self._group(plan, source)
+        await self.submission.take_shared_rate(principal.name)
         return await self.submission.store(
             task,
             event,

@@ -17,9 +17,18 @@ from mcp_server.engine.events import make_event, now
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import EventListener, Kept, OwnerShare, QueueGroup, TaskQueue, TaskStore, WorkflowStore
+from mcp_server.engine.ports import (
+    EventListener,
+    Kept,
+    OwnerShare,
+    QueueGroup,
+    TaskQueue,
+    TaskStore,
+    UnitGate,
+    WorkflowStore,
+)
 from mcp_server.engine.values import ValueTooDeep, message_depth
-from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
+from mcp_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.service.access import require, visible_task
 from mcp_server.service.cancelling import Cancelling
@@ -36,6 +45,10 @@ from mcp_server.state.common import TERMINAL, assemble, fixed_part, request_task
 from mcp_server.task_views import TaskViews
 
 MAX_REQUEST_ID = 128
+# rate-limit keys every submission takes a unit of when an operator has put a limit on them
+# (docs/rate-limits.md): every principal's submissions together, and one principal's
+SUBMISSIONS_KEY = "submit"
+PRINCIPAL_SUBMISSIONS_PREFIX = "submit:"
 
 
 class Submission:
@@ -51,6 +64,7 @@ class Submission:
         watching: Watching,
         listeners: Sequence[EventListener],
         cancelling: Cancelling,
+        units: UnitGate,
     ) -> None:
         self.settings = settings
         self.workflows = workflows
@@ -62,6 +76,7 @@ class Submission:
         self.watching = watching
         self.listeners = listeners
         self.cancelling = cancelling
+        self.units = units
         self.rate_limiter = RateLimiter(settings.limits.submissions_per_second)
         self.owner_share = OwnerShare(settings.limits.max_queued_per_owner, settings.limits.max_queued_bytes_per_owner)
 
@@ -80,6 +95,8 @@ class Submission:
         if limited:
             self.rate_limiter.take(principal.name)
         plan, version, group, key = await self._admit(request, principal)
+        if limited:
+            await self.take_shared_rate(principal.name)
         task_id = request_task_id(principal.name, request.request_id) if request.request_id else uuid.uuid4().hex
         task = task_pb2.Task(
             task_id=task_id,
@@ -107,6 +124,28 @@ class Submission:
         )
         strategy = plan.concurrency.strategy if plan.concurrency else 0
         return await self.store(task, event, fingerprint, values, group=group, strategy=strategy, follow=follow)
+
+    async def take_shared_rate(self, principal: str) -> None:
+        """One unit of the submission rate limits an operator has put, shared by every replica:
+        `submit` (everyone's submissions) and `submit:<principal>`, both at once or neither. A
+        key without a limit costs nothing (no round trip). Raises ResourceExhausted RATE_LIMITED
+        with when to try again."""
+        keys = (SUBMISSIONS_KEY, PRINCIPAL_SUBMISSIONS_PREFIX + principal)
+        grant = await self.units.take_units([(key, 1) for key in keys])
+        if grant.granted:
+            return
+        if grant.too_large:
+            raise ResourceExhausted(
+                f"the rate limit {grant.key!r} grants less than one submission at a time (limit + burst < 1):"
+                " no submission can pass it",
+                reason="RATE_LIMITED",
+                metadata={"key": grant.key},
+            )
+        raise ResourceExhausted(
+            f"past the submission rate limit {grant.key!r}; retry in {grant.retry_after:.2f}s",
+            reason="RATE_LIMITED",
+            metadata={"key": grant.key, "retry_after_seconds": f"{grant.retry_after:.3f}"},
+        )
 
     async def check_submittable(self, request: task_pb2.SubmitTaskRequest, principal: Principal) -> None:
         """Raise what submit_task would raise for `request` from `principal`, without storing

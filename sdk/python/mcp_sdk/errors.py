@@ -1,7 +1,8 @@
 """The one error a client sees: what the server said, read from its `google.rpc.Status`.
 
 Every failed call raises McpError with the gRPC status code, the message, the ErrorInfo reason
-(`WORKFLOW_NOT_FOUND`, `REQUEST_ID_REUSED`, ...) and, for bad input, each field violation. A
+(`WORKFLOW_NOT_FOUND`, `REQUEST_ID_REUSED`, ...), for bad input each field violation, and for a
+rate limit when to try again (`retry_after`, seconds, from its RetryInfo). A
 task that ends badly raises one of its two subclasses from `Client.result`: TaskFailed (with
 the task's error code and message) or TaskCancelled.
 """
@@ -42,6 +43,7 @@ class McpError(Exception):
         domain: str = "",
         violations: tuple[FieldViolation, ...] = (),
         metadata: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -50,6 +52,7 @@ class McpError(Exception):
         self.domain = domain
         self.violations = tuple(violations)
         self.metadata = dict(metadata or {})
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         lines = [f"{self.code.name} ({self.reason}): {self.message}"]
@@ -58,9 +61,10 @@ class McpError(Exception):
 
     @classmethod
     def from_status(cls, status: status_pb2.Status) -> Self:
-        """The error a `google.rpc.Status` describes (its ErrorInfo and BadRequest details)."""
+        """The error a `google.rpc.Status` describes (its ErrorInfo, BadRequest and RetryInfo details)."""
         reason, domain, metadata = "", "", {}
         violations: list[FieldViolation] = []
+        retry_after: float | None = None
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()
@@ -70,8 +74,20 @@ class McpError(Exception):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToNanoseconds() / 1e9
         code = _CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
-        return cls(code, status.message, reason=reason, domain=domain, violations=tuple(violations), metadata=metadata)
+        return cls(
+            code,
+            status.message,
+            reason=reason,
+            domain=domain,
+            violations=tuple(violations),
+            metadata=metadata,
+            retry_after=retry_after,
+        )
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> Self:

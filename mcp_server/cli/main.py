@@ -335,7 +335,11 @@ def parser() -> argparse.ArgumentParser:
     limits = groups.add_parser("ratelimit", help="rate limits shared by every replica").add_subparsers(
         dest="command", required=True
     )
-    put = limits.add_parser("put", help="set a key's limit (protocol:NAME limits every call of that protocol)")
+    put = limits.add_parser(
+        "put",
+        help="set a key's limit (protocol:NAME: every call of that protocol; submit:PRINCIPAL: its submissions;"
+        " PREFIX*: a template, every key under it limited on its own)",
+    )
     put.add_argument("key")
     put.add_argument("--limit", type=float, required=True, help="units per period")
     put.add_argument("--period", default="1s", help="500ms, 1s, 1m, 1h (default 1s)")

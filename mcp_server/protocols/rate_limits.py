@@ -4,7 +4,8 @@ operators set the limits (PutRateLimit, ListRateLimits, DeleteRateLimit).
 The limits live in the store, shared by every replica (RateLimitStore). Each replica keeps the
 set of keys that have a limit, refreshed every second and at once on its own changes, so that
 a call asking only keys without a limit costs no round trip; a limit put on another replica
-takes effect here within that second.
+takes effect here within that second. A key with no limit of its own falls under the template
+with the longest prefix of it (`tenant:*` for `tenant:acme`), if any.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mcp_server.engine.compiler.fields import RATE_LIMIT_KEY
 from mcp_server.engine.ports import Grant, RateLimitSpec, RateLimitStore
 from mcp_server.errors import FieldViolation, InvalidArgument, McpError, NotFound
 
+TEMPLATE = "*"  # a key ending so is a template for every key starting with what comes before it
 MIN_PERIOD = 0.001
 MAX_PERIOD = 30 * 24 * 3600.0
 
@@ -37,28 +39,43 @@ class RateLimitGate:
         self.counted = counted  # told of each answer for a limited key (for metrics)
         self.refresh_seconds = refresh_seconds
         self.limited: frozenset[str] = frozenset()
+        self.templates: tuple[str, ...] = ()  # the prefixes of template keys, longest first
         self.waiters: Counter[str] = Counter()  # steps of this replica waiting, by key
         self.last: list[tuple[RateLimitSpec, float]] = []  # the limits as last read, with the room they had
 
     # ---- the engine's side ------------------------------------------------------------------
+    def limit_key(self, key: str) -> str | None:
+        if key in self.limited:
+            return key
+        for prefix in self.templates:
+            if key.startswith(prefix):
+                return prefix + TEMPLATE
+        return None
+
     async def take_units(self, asks: Sequence[tuple[str, float]]) -> Grant:
-        limited = [(key, units) for key, units in asks if key in self.limited]
+        limited = [(key, units, limit) for key, units in asks if (limit := self.limit_key(key)) is not None]
         if not limited:
             return Grant(True)
         grant = await self.store.take_units(limited)
-        for key, _ in limited:
-            self.counted(key, grant.granted or key != grant.key)
+        for key, _, limit in limited:  # metrics by limit: a template's keys (one per tenant) count as one
+            self.counted(limit, grant.granted or key != grant.key)
         return grant
 
     def waiting(self, key: str, change: int) -> None:
+        key = self.limit_key(key) or key
         self.waiters[key] += change
         if self.waiters[key] <= 0:
             del self.waiters[key]
 
     async def refresh(self) -> list[tuple[RateLimitSpec, float]]:
         found = self.last = await self.store.list_rate_limits()
-        self.limited = frozenset(spec.key for spec, _ in found)
+        self._know(frozenset(spec.key for spec, _ in found))
         return found
+
+    def _know(self, limited: frozenset[str]) -> None:
+        self.limited = limited
+        prefixes = (key[: -len(TEMPLATE)] for key in limited if key.endswith(TEMPLATE))
+        self.templates = tuple(sorted(prefixes, key=len, reverse=True))
 
     async def keep_fresh(self) -> None:
         """Refresh the set of limited keys forever (run as a background task)."""
@@ -71,7 +88,7 @@ class RateLimitGate:
     async def put(self, given: registry_pb2.RateLimit) -> registry_pb2.RateLimit:
         spec = checked(given)
         await self.store.put_rate_limit(spec)
-        self.limited = self.limited | {spec.key}
+        self._know(self.limited | {spec.key})
         return next(limit for limit in await self.list() if limit.key == spec.key)
 
     async def list(self) -> list[registry_pb2.RateLimit]:
@@ -82,7 +99,7 @@ class RateLimitGate:
             raise InvalidArgument("key is required", violations=[FieldViolation("key", "is required")])
         if not await self.store.delete_rate_limit(key):
             raise NotFound(f"no rate limit has key {key!r}", reason="RATE_LIMIT_NOT_FOUND", metadata={"key": key})
-        self.limited = self.limited - {key}
+        self._know(self.limited - {key})
 
 
 def checked(given: registry_pb2.RateLimit) -> RateLimitSpec:
@@ -91,6 +108,10 @@ def checked(given: registry_pb2.RateLimit) -> RateLimitSpec:
     if not RATE_LIMIT_KEY.match(given.key):
         problems.append(
             FieldViolation("rate_limit.key", "must be 1-256 characters, none a space or a control character")
+        )
+    elif TEMPLATE in given.key[:-1] or given.key == TEMPLATE:
+        problems.append(
+            FieldViolation("rate_limit.key", "a `*` may only end a key, after a prefix (a template: `tenant:*`)")
         )
     if not (math.isfinite(given.limit) and given.limit > 0):
         problems.append(FieldViolation("rate_limit.limit", "must be a number above 0"))

@@ -127,11 +127,14 @@ class Submission:
 
     async def take_shared_rate(self, principal: str) -> None:
         """One unit of the submission rate limits an operator has put, shared by every replica:
-        `submit` (everyone's submissions) and `submit:<principal>`, both at once or neither. A
-        key without a limit costs nothing (no round trip). Raises ResourceExhausted RATE_LIMITED
+        `submit` (everyone's submissions) and `submit:<principal>` (or the template `submit:*`:
+        each principal on its own), both at once or neither. A key without a limit costs no
+        round trip. Raises ResourceExhausted RATE_LIMITED
         with when to try again."""
-        keys = (SUBMISSIONS_KEY, PRINCIPAL_SUBMISSIONS_PREFIX + principal)
-        grant = await self.units.take_units([(key, 1) for key in keys])
+        mine = PRINCIPAL_SUBMISSIONS_PREFIX + principal
+        if self.units.limit_key(SUBMISSIONS_KEY) is None and self.units.limit_key(mine) is None:
+            return
+        grant = await self.units.take_units([(SUBMISSIONS_KEY, 1), (mine, 1)])
         if grant.granted:
             return
         if grant.too_large:

@@ -13,27 +13,27 @@ pytestmark = pytest.mark.asyncio
 
 
 async def test_a_key_without_a_limit_grants_anything(store):
-    assert (await store.rate_limits.take_units([("free", 1e9)])).granted
+    assert (await store.rate_limits.take_units([("free", 1e9, "free")])).granted
     assert await store.rate_limits.list_rate_limits() == []
 
 
 async def test_a_limit_grants_its_units_then_says_when_to_ask_again(store):
     await store.rate_limits.put_rate_limit(RateLimitSpec("five", 5, 1.0))
     for _ in range(5):
-        assert (await store.rate_limits.take_units([("five", 1)])).granted
-    refused = await store.rate_limits.take_units([("five", 1)])
+        assert (await store.rate_limits.take_units([("five", 1, "five")])).granted
+    refused = await store.rate_limits.take_units([("five", 1, "five")])
     assert not refused.granted and refused.key == "five" and 0 < refused.retry_after <= 1.0
     [(spec, room)] = await store.rate_limits.list_rate_limits()
     assert spec == RateLimitSpec("five", 5, 1.0) and room < 1
     await asyncio.sleep(refused.retry_after + 0.02)
-    assert (await store.rate_limits.take_units([("five", 1)])).granted
+    assert (await store.rate_limits.take_units([("five", 1, "five")])).granted
 
 
 async def test_several_keys_are_taken_all_or_none(store):
     await store.rate_limits.put_rate_limit(RateLimitSpec("a", 10, 60.0))
     await store.rate_limits.put_rate_limit(RateLimitSpec("b", 1, 60.0))
-    assert (await store.rate_limits.take_units([("a", 3), ("b", 1)])).granted
-    refused = await store.rate_limits.take_units([("a", 3), ("b", 1)])
+    assert (await store.rate_limits.take_units([("a", 3, "a"), ("b", 1, "b")])).granted
+    refused = await store.rate_limits.take_units([("a", 3, "a"), ("b", 1, "b")])
     assert not refused.granted and refused.key == "b" and refused.retry_after > 50
     rooms = {spec.key: room for spec, room in await store.rate_limits.list_rate_limits()}
     assert rooms["a"] == pytest.approx(7, abs=0.01)  # nothing of `a` was taken by the refused ask
@@ -41,9 +41,9 @@ async def test_several_keys_are_taken_all_or_none(store):
 
 async def test_an_ask_no_limit_can_grant_is_too_large(store):
     await store.rate_limits.put_rate_limit(RateLimitSpec("small", 2, 1.0, burst=1))
-    refused = await store.rate_limits.take_units([("small", 4)])
+    refused = await store.rate_limits.take_units([("small", 4, "small")])
     assert refused.too_large and refused.key == "small"
-    assert (await store.rate_limits.take_units([("small", 3)])).granted  # limit + burst at once
+    assert (await store.rate_limits.take_units([("small", 3, "small")])).granted  # limit + burst at once
 
 
 async def test_no_window_of_one_period_holds_more_than_limit_plus_burst(store):
@@ -51,7 +51,7 @@ async def test_no_window_of_one_period_holds_more_than_limit_plus_burst(store):
     granted: list[float] = []
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        answer = await store.rate_limits.take_units([("w", 1)])
+        answer = await store.rate_limits.take_units([("w", 1, "w")])
         if answer.granted:
             granted.append(time.monotonic())
         else:
@@ -63,8 +63,59 @@ async def test_no_window_of_one_period_holds_more_than_limit_plus_burst(store):
 
 async def test_a_deleted_limit_no_longer_limits(store):
     await store.rate_limits.put_rate_limit(RateLimitSpec("gone", 1, 60.0))
-    assert (await store.rate_limits.take_units([("gone", 1)])).granted
-    assert not (await store.rate_limits.take_units([("gone", 1)])).granted
+    assert (await store.rate_limits.take_units([("gone", 1, "gone")])).granted
+    assert not (await store.rate_limits.take_units([("gone", 1, "gone")])).granted
     assert await store.rate_limits.delete_rate_limit("gone")
     assert not await store.rate_limits.delete_rate_limit("gone")
-    assert (await store.rate_limits.take_units([("gone", 100)])).granted
+    assert (await store.rate_limits.take_units([("gone", 100, "gone")])).granted
+
+
+async def test_keys_under_a_template_are_limited_each_on_its_own(store):
+    await store.rate_limits.put_rate_limit(RateLimitSpec("tenant:*", 2, 60.0))
+    for tenant in ("acme", "zeta"):
+        for _ in range(2):
+            assert (await store.rate_limits.take_units([(f"tenant:{tenant}", 1, "tenant:*")])).granted
+        refused = await store.rate_limits.take_units([(f"tenant:{tenant}", 1, "tenant:*")])
+        assert not refused.granted and refused.key == f"tenant:{tenant}" and 50 < refused.retry_after <= 60
+    # the template lists alone, its own room untouched by its keys
+    [(spec, room)] = await store.rate_limits.list_rate_limits()
+    assert spec.key == "tenant:*" and room == pytest.approx(2)
+    # too large for the template is too large for each of its keys
+    assert (await store.rate_limits.take_units([("tenant:new", 3, "tenant:*")])).too_large
+
+
+async def test_own_and_templated_keys_are_taken_all_or_none(store):
+    await store.rate_limits.put_rate_limit(RateLimitSpec("model", 10, 60.0))
+    await store.rate_limits.put_rate_limit(RateLimitSpec("user:*", 1, 60.0))
+    asks = [("model", 3, "model"), ("user:ann", 1, "user:*")]
+    assert (await store.rate_limits.take_units(asks)).granted
+    refused = await store.rate_limits.take_units(asks)
+    assert not refused.granted and refused.key == "user:ann"
+    rooms = {spec.key: room for spec, room in await store.rate_limits.list_rate_limits()}
+    assert rooms["model"] == pytest.approx(7, abs=0.01)  # nothing of `model` was taken by the refused ask
+    assert (await store.rate_limits.take_units([("model", 3, "model"), ("user:bob", 1, "user:*")])).granted
+
+
+async def test_a_templated_key_is_forgotten_once_it_could_hold_nothing_back(store):
+    """Keys made from tenant or user ids come and go: the store keeps nothing of one that has
+    been quiet for its period (and whose GCRA has caught up), and it starts afresh after."""
+    await store.rate_limits.put_rate_limit(RateLimitSpec("id:*", 2, 0.2))
+    for _ in range(2):
+        assert (await store.rate_limits.take_units([("id:quiet", 1, "id:*")])).granted
+    assert not (await store.rate_limits.take_units([("id:quiet", 1, "id:*")])).granted
+    await asyncio.sleep(1.5)  # the period, the GCRA's catch-up and Redis's second of slack
+    if hasattr(store.rate_limits, "conn"):  # Redis: the key's hash and grants expired
+        layout = store.rate_limits.conn.layout
+        names = [layout.rate_state_prefix + "id:quiet", layout.rate_grants_prefix + "id:quiet"]
+        assert await store.rate_limits.conn.r.exists(*names) == 0
+    else:  # SQLite: dropped by the takes that forget now and then
+        for i in range(64):
+            assert (await store.rate_limits.take_units([(f"id:other{i}", 1, "id:*")])).granted
+
+        def left(db):
+            state = db.execute("SELECT COUNT(*) FROM rate_state WHERE key='id:quiet'").fetchone()[0]
+            return state + db.execute("SELECT COUNT(*) FROM rate_grants WHERE key='id:quiet'").fetchone()[0]
+
+        assert await store.rate_limits.db.run(left) == 0
+    for _ in range(2):
+        assert (await store.rate_limits.take_units([("id:quiet", 1, "id:*")])).granted

@@ -298,3 +298,37 @@ async def test_many_rate_limits_list_in_pages_that_fit(server_factory, store_url
         assert [r.key for r in await sdk.list_rate_limits()] == keys
     finally:
         await sdk.close()
+
+
+async def test_a_template_limits_each_key_under_it_on_its_own(served, testkit):
+    """`<prefix>*` gives every key under it the same limit, each counted apart (a limit per
+    tenant without naming the tenants); a key's own limit comes before the template's."""
+    _, client = served
+    prefix = f"tpl{uuid.uuid4().hex[:8]}:"
+    tags = [uuid.uuid4().hex for _ in range(3)]
+    await put_limit(client, prefix + "*", 3, 1.0)
+    await put_limit(client, prefix + tags[2], 100, 1.0)  # this tenant's own limit
+    uses = [{"key_expression": f"'{prefix}' + input.tag"}]
+    for i, tag in enumerate(tags):
+        await create(client, ticks_wf(f"tpl-ticks-{i}", tag, 6, uses))
+    tasks = [await submit(client, f"tpl-ticks-{i}", {"tag": tag}) for i, tag in enumerate(tags)]
+    done = await asyncio.gather(*(wait_done(client, t.task_id, timeout=30) for t in tasks))
+    assert all(t.status == S.TASK_STATUS_COMPLETED for t in done)
+    stats = (await plugin_stats(testkit))["ticks"]
+    for tag in tags[:2]:
+        assert len(stats[tag]) == 6 and most_in_a_window(stats[tag], 1.0) <= 3
+    assert most_in_a_window(stats[tags[0]] + stats[tags[1]], 1.0) > 3  # each tenant had its own 3
+    assert most_in_a_window(stats[tags[2]], 1.0) == 6  # its own limit, not the template's
+    waiting = [e for e in await events(client, done[0].task_id) if e.type == E.TASK_EVENT_TYPE_STEP_WAITING]
+    assert waiting and all(e.data.fields["rate_limit"].string_value == prefix + tags[0] for e in waiting)
+    listed = [r.key for r in (await client.registry.ListRateLimits(registry_pb2.ListRateLimitsRequest())).rate_limits]
+    assert prefix + "*" in listed and prefix + tags[0] not in listed
+
+
+async def test_a_star_may_only_end_a_key(served):
+    _, client = served
+    for key in ("*", "a*b", "**", "a**"):
+        bad = registry_pb2.RateLimit(key=key, limit=1, period=seconds(1))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.registry.PutRateLimit(registry_pb2.PutRateLimitRequest(rate_limit=bad))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "rate_limit.key" in violations(err.value)

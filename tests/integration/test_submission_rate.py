@@ -170,3 +170,16 @@ async def test_without_principals_the_anonymous_key_limits_every_submission(serv
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="rated"))
         assert rate_limited(McpError.from_rpc_error(err.value), "submit:", 60)
+
+
+async def test_the_submit_template_gives_each_principal_its_own_limit(server_factory, store_url, tmp_path):
+    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path))
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        api = Api(channel)
+        await api.create()
+        await api.put_limit("submit:*", 2, 60)
+        await api.put_limit("submit:bob", 3, 60)  # bob's own limit comes before the template
+        for name in ("alice", "alice", "bob", "bob", "bob"):
+            await api.submit(name)
+        assert rate_limited(await api.refused("alice"), "submit:alice", 60)
+        assert rate_limited(await api.refused("bob"), "submit:bob", 60)

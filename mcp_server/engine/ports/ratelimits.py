@@ -7,6 +7,12 @@ window (a log of the grants of the last period) and under a GCRA whose tolerance
 `limit + burst` go at once. Both checks and the grant are one atomic step in the store, for
 every key a call asks at once (all or nothing), so concurrent calls on any replica never
 overshoot.
+
+A limit whose key ends in `*` (`tenant:*`) is a template: every key that starts with what comes
+before the `*` and has no limit of its own is limited like it, each key on its own (`tenant:acme`
+and `tenant:zeta` each get the template's limit). Such a key's state is the store's to forget
+once it could no longer hold anything back (no grant within its last period, its GCRA caught up),
+so keys made from a tenant or user id leave nothing behind.
 """
 
 from __future__ import annotations
@@ -53,15 +59,20 @@ class RateLimitStore(Protocol):
         """Every limit, by key, with the units a call could take of it now."""
         ...
 
-    async def take_units(self, asks: Sequence[tuple[str, float]]) -> Grant:
-        """Grant every (key, units) ask at once, or none of them. A key with no limit grants
-        anything."""
+    async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:
+        """Grant every (key, units, limit key) ask at once, or none of them: `key`'s units under
+        the limit of `limit key` (the key itself, or the template it falls under). A limit key
+        with no limit grants anything. A refusal names the ask's `key`."""
         ...
 
 
 class UnitGate(Protocol):
     """What a run asks rate-limit units of (protocols/rate_limits.py): the store, behind a cache
     of which keys have a limit at all, so an unlimited call costs no round trip."""
+
+    def limit_key(self, key: str) -> str | None:
+        """The key whose limit applies to `key`: its own, a template's (`tenant:*`), or None."""
+        ...
 
     async def take_units(self, asks: Sequence[tuple[str, float]]) -> Grant: ...
 

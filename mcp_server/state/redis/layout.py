@@ -215,6 +215,12 @@ class Layout:
         return f"{self.prefix}{{rl}}:g:"
 
     @property
+    def rate_state_prefix(self) -> str:
+        """Prefix of the GCRA state of each key limited by a template (a hash that expires once
+        it could hold nothing back), in the same slot."""
+        return f"{self.prefix}{{rl}}:s:"
+
+    @property
     def fair_turns(self) -> str:
         """When each queue group was last granted a task, on any partition (ms): a hash, a hint
         the claim orders groups by (see queue.py)."""

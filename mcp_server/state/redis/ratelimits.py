@@ -19,6 +19,7 @@ class RedisRateLimits:
         self.conn = conn
         self.keys = conn.layout.rate_limits
         self.grants = conn.layout.rate_grants_prefix
+        self.states = conn.layout.rate_state_prefix
         self._take = conn.register(lua.TAKE_UNITS)
         self._list = conn.register(lua.LIST_LIMITS)
 
@@ -44,10 +45,10 @@ class RedisRateLimits:
             found.append((spec, float(reply[i + 2])))
         return sorted(found, key=lambda item: item[0].key)
 
-    async def take_units(self, asks: Sequence[tuple[str, float]]) -> Grant:
-        args: list[Any] = [self.grants]
-        for key, units in asks:
-            args += [key, repr(float(units))]
+    async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:
+        args: list[Any] = [self.grants, self.states]
+        for key, units, limit_key in asks:
+            args += [key, repr(float(units)), limit_key]
         reply = await self.conn.do(self.conn.script(self._take, list(self.keys), args))
         outcome = reply[0].decode()
         if outcome == "ok":

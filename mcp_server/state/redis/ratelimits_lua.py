@@ -35,21 +35,41 @@ local function window(key, grants, period, now)
 end
 """
 
-# ARGV: grants key prefix, then (key, units) pairs -> {'ok'} | {'wait', key, ms} | {'too_large', key}
+# ARGV: grants key prefix, templated-state key prefix, then (key, units, limit key) triples
+# -> {'ok'} | {'wait', key, ms} | {'too_large', key}. A key under its own limit keeps its GCRA
+# time and window sum in the shared hashes; a key under a template's, in a hash of its own that
+# expires, with its grants, once it could hold nothing back (its GCRA time and every grant past).
 TAKE_UNITS = (
     _COMMON
     + """
 local now = now_ms()
 local plan = {}
 local longest, who = 0, ''
-for i = 2, #ARGV, 2 do
-  local key, n = ARGV[i], tonumber(ARGV[i + 1])
-  local limit, period, burst = definition(key)
+for i = 3, #ARGV, 3 do
+  local key, n, limit_key = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local limit, period, burst = definition(limit_key)
   if limit then
     local capacity = limit + burst
     if n > capacity + 1e-9 then return {'too_large', key} end
     local grants = ARGV[1] .. key
-    local used = window(key, grants, period, now)
+    local templated = limit_key ~= key
+    local state = ARGV[2] .. key
+    local tat, used
+    if templated then
+      local s = redis.call('HMGET', state, 't', 'w')
+      tat, used = tonumber(s[1] or '0'), tonumber(s[2] or '0')
+      local old = redis.call('ZRANGEBYSCORE', grants, '-inf', now - period)
+      if #old > 0 then
+        for _, m in ipairs(old) do used = used - units_of(m) end
+        redis.call('ZREMRANGEBYSCORE', grants, '-inf', now - period)
+        if used < 1e-9 then used = 0 end
+        redis.call('HSET', state, 'w', used)
+        redis.call('PEXPIRE', state, math.ceil(math.max(tat - now, 0) + period) + 1000)
+      end
+    else
+      tat = tonumber(redis.call('HGET', KEYS[2], key) or '0')
+      used = window(key, grants, period, now)
+    end
     local wait = 0
     if used + n > capacity + 1e-9 then
       local needed, freed = used + n - capacity, 0
@@ -60,21 +80,29 @@ for i = 2, #ARGV, 2 do
       end
     end
     local interval = period / limit
-    local tat = math.max(tonumber(redis.call('HGET', KEYS[2], key) or '0'), now)
+    tat = math.max(tat, now)
     local gcra = tat + (n - capacity) * interval - now
     if gcra > wait then wait = gcra end
     if wait > 0.001 then
       if wait > longest then longest, who = wait, key end
     else
-      table.insert(plan, {key, n, tat + n * interval, grants, used})
+      table.insert(plan, {key, n, tat + n * interval, grants, used, templated, state, period})
     end
   end
 end
 if longest > 0 then return {'wait', who, tostring(longest)} end
 for _, p in ipairs(plan) do
-  redis.call('HSET', KEYS[2], p[1], tostring(p[3]))
-  redis.call('HSET', KEYS[3], p[1], tostring(p[5] + p[2]))
   redis.call('ZADD', p[4], now, redis.call('INCR', KEYS[4]) .. '|' .. p[2])
+  if p[6] then
+    local ttl = math.ceil(math.max(p[3] - now, 0) + p[8]) + 1000
+    redis.call('HSET', p[7], 't', tostring(p[3]), 'w', tostring(p[5] + p[2]))
+    redis.call('PEXPIRE', p[7], ttl)
+    redis.call('PEXPIRE', p[4], ttl)
+  else
+    redis.call('HSET', KEYS[2], p[1], tostring(p[3]))
+    redis.call('HSET', KEYS[3], p[1], tostring(p[5] + p[2]))
+    redis.call('PERSIST', p[4])  -- a key that had a template's limit until it got its own
+  end
 end
 return {'ok'}
 """

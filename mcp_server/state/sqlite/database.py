@@ -11,6 +11,7 @@ need), `steps` (a row per step record, keyed by task and index), `task_values` (
 by task and SHA-256), `value_links` (the large values a rerun shares with the task that holds
 them: task, SHA-256 -> that task), `events`, `workflows`, `protocol_instances`, `breakers`,
 `rate_limits` and `rate_grants` (each key's limit, and what it granted within the last period),
+`rate_state` (the state of each key limited by a template, until it could hold nothing back),
 `meta` (the layout).
 """
 
@@ -75,6 +76,9 @@ CREATE TABLE IF NOT EXISTS rate_limits (
   used REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rate_grants (key TEXT NOT NULL, at REAL NOT NULL, units REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_grants_by_key ON rate_grants (key, at);
+CREATE TABLE IF NOT EXISTS rate_state (
+  key TEXT PRIMARY KEY, tat REAL NOT NULL, used REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rate_state_by_expiry ON rate_state (expires);
 CREATE TABLE IF NOT EXISTS step_cache (
   key TEXT PRIMARY KEY, task_id TEXT NOT NULL, output BLOB NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS step_cache_by_task ON step_cache (task_id);

@@ -49,41 +49,65 @@ class SqliteRateLimits:
 
         return await self.db.run(read)
 
-    async def take_units(self, asks: Sequence[tuple[str, float]]) -> Grant:
+    async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:
         def take(db: sqlite3.Connection) -> Grant:
             now = now_seconds()
             granted = []
             with db:
-                for key, units in asks:
-                    row = db.execute(
-                        "SELECT lim, period, burst, tat, used FROM rate_limits WHERE key=?", (key,)
-                    ).fetchone()
-                    if row is None:
+                for key, units, limit_key in asks:
+                    row = db.execute("SELECT lim, period, burst, tat, used FROM rate_limits WHERE key=?", (limit_key,))
+                    found = row.fetchone()
+                    if found is None:
                         continue  # no limit: unlimited
-                    spec = RateLimitSpec(key, row[0], row[1], row[2])
+                    spec = RateLimitSpec(key, found[0], found[1], found[2])
                     if units > spec.capacity:
                         return Grant(False, key=key, too_large=True)
-                    used = float(row[4])
+                    templated = limit_key != key
+                    tat, used = _templated_state(db, key) if templated else (float(found[3]), float(found[4]))
                     self._takes += 1
                     # grants older than the window are forgotten when they may be in the way (and
                     # now and then, to keep the table small); until then `used` only overstates
                     if used + units > spec.capacity - EPSILON or self._takes % FORGET_EVERY == 0:
-                        used -= _forget(db, key, now - spec.period)
+                        used = max(0.0, used - _forget(db, key, now - spec.period))
                     # the grants of the window are read only when they may be in the way
                     grants = _grants(db, spec, now) if used + units > spec.capacity - EPSILON else []
-                    wait = wait_for(spec, row[3], grants, now, units)
+                    wait = wait_for(spec, tat, grants, now, units)
                     if wait > 0:
                         return Grant(False, wait, key)
-                    granted.append((spec, row[3], used, units))
-                for spec, tat, used, units in granted:
-                    db.execute(
-                        "UPDATE rate_limits SET tat=?, used=? WHERE key=?",
-                        (next_tat(spec, tat, now, units), used + units, spec.key),
-                    )
+                    granted.append((spec, tat, used, units, templated))
+                for spec, tat, used, units, templated in granted:
+                    after = next_tat(spec, tat, now, units)
+                    if templated:
+                        expires = now + max(after - now, 0.0) + spec.period
+                        db.execute(
+                            "INSERT OR REPLACE INTO rate_state VALUES (?,?,?,?)",
+                            (spec.key, after, used + units, expires),
+                        )
+                    else:
+                        db.execute("UPDATE rate_limits SET tat=?, used=? WHERE key=?", (after, used + units, spec.key))
                     db.execute("INSERT INTO rate_grants VALUES (?,?,?)", (spec.key, now, units))
+                if self._takes % FORGET_EVERY == 0:
+                    _forget_idle(db, now)
             return Grant(True)
 
         return await self.db.run(take)
+
+
+def _templated_state(db: sqlite3.Connection, key: str) -> tuple[float, float]:
+    """The GCRA time and window sum of a key under a template's limit (nothing kept: a fresh key)."""
+    found = db.execute("SELECT tat, used FROM rate_state WHERE key=?", (key,)).fetchone()
+    return (float(found[0]), float(found[1])) if found else (0.0, 0.0)
+
+
+def _forget_idle(db: sqlite3.Connection, now: float) -> None:
+    """Drop the state and grants of templated keys that could hold nothing back any more (no grant
+    within their period, their GCRA caught up): keys made from tenant or user ids come and go."""
+    db.execute(
+        "DELETE FROM rate_grants WHERE key IN (SELECT key FROM rate_state WHERE expires < ?)"
+        " AND key NOT IN (SELECT key FROM rate_limits)",
+        (now,),
+    )
+    db.execute("DELETE FROM rate_state WHERE expires < ?", (now,))
 
 
 def _forget(db: sqlite3.Connection, key: str, before: float) -> float:

@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 
+import grpc
 import pytest
 
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc
 from mcp_server.settings import SettingsError, settings_from
 
 
@@ -123,3 +125,38 @@ def test_the_server_process_runs_on_the_event_loop_it_is_given(loop):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_an_sdk_plugin_process_serves_on_the_event_loop_it_is_given(loop):
+    """Plugin.main reads MCP_EVENT_LOOP as the server does (uvloop by default, when installed),
+    says which loop it serves on, and answers on it."""
+    plugin = subprocess.Popen(
+        [sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.basics"],
+        env={**os.environ, "MCP_EVENT_LOOP": loop},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert plugin.stdout is not None and plugin.stderr is not None
+        address = plugin.stdout.readline().split()[1]
+        said = plugin.stderr.readline()
+        assert f"on {address} (event loop: {loop})" in said, said
+        with grpc.insecure_channel(address) as channel:
+            described = protocol_pb2_grpc.ProtocolServiceStub(channel).Describe(protocol_pb2.DescribeRequest())
+        assert described.protocols
+    finally:
+        plugin.terminate()
+        plugin.wait(timeout=30)
+
+
+def test_an_sdk_plugin_refuses_an_unknown_event_loop():
+    done = subprocess.run(
+        [sys.executable, "-m", "protocol_plugins.run", "protocol_plugins.basics"],
+        env={**os.environ, "MCP_EVENT_LOOP": "tokio"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "MCP_EVENT_LOOP must be one of uvloop, asyncio" in done.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -10,6 +12,7 @@ from google.protobuf import json_format
 
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
+from mcp_server.auth import hash_token
 from mcp_server.engine.values import struct_to_dict
 
 TERMINAL = {task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED}
@@ -98,3 +101,17 @@ async def until_plugin_called(
     async with asyncio.timeout(timeout):
         while not any(key.startswith(task_id) for key in (await plugin_stats(plugin, protocol))["calls"]):
             await asyncio.sleep(0.02)
+
+
+def principals_file(tmp_path: Path, roles: dict[str, list[str]]) -> str:
+    """A principals file naming each of `roles`' principals with its roles; its token is
+    `<name>-secret` (see `bearer`)."""
+    principals = [{"name": n, "token_sha256": hash_token(f"{n}-secret"), "roles": r} for n, r in roles.items()]
+    path = tmp_path / "principals.json"
+    path.write_text(json.dumps({"principals": principals}))
+    return str(path)
+
+
+def bearer(name: str) -> list[tuple[str, str]]:
+    """The call metadata of principal `name` of a `principals_file`."""
+    return [("authorization", f"Bearer {name}-secret")]

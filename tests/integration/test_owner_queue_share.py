@@ -7,35 +7,20 @@ back when one of the owner's tasks leaves the queue, whether cancelled or claime
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
-from pathlib import Path
 
 import grpc
 import pytest
 
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
-from mcp_server.auth import hash_token
 from mcp_server.settings import Limits
-from tests.helpers import error_reason, step, workflow
+from tests.helpers import bearer, error_reason, principals_file, step, workflow
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
-TOKENS = {"big": "big-secret", "small": "small-secret", "writer": "writer-secret"}
 SHARE = 3
-
-
-def principals_file(tmp_path: Path) -> str:
-    roles = {"big": [], "small": [], "writer": ["author"]}
-    principals = [{"name": n, "token_sha256": hash_token(TOKENS[n]), "roles": r} for n, r in roles.items()]
-    path = tmp_path / "principals.json"
-    path.write_text(json.dumps({"principals": principals}))
-    return str(path)
-
-
-def who(name: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {TOKENS[name]}")]
+ROLES = {"big": [], "small": [], "writer": ["author"]}
 
 
 class Tenants:
@@ -47,13 +32,13 @@ class Tenants:
 
     async def create(self) -> None:
         request = workflow_pb2.CreateWorkflowRequest(workflow=workflow("shared-queue", step("s", "echo")))
-        await self.workflows.CreateWorkflow(request, metadata=who("writer"))
+        await self.workflows.CreateWorkflow(request, metadata=bearer("writer"))
 
     async def submit(self, name: str, request_id: str = "", text: str = "") -> task_pb2.SubmitTaskResponse:
         request = task_pb2.SubmitTaskRequest(workflow_id="shared-queue", request_id=request_id)
         if text:
             request.input_data.update({"text": text})
-        response: task_pb2.SubmitTaskResponse = await self.tasks.SubmitTask(request, metadata=who(name))
+        response: task_pb2.SubmitTaskResponse = await self.tasks.SubmitTask(request, metadata=bearer(name))
         return response
 
     async def refused(self, name: str, text: str = "") -> grpc.aio.AioRpcError:
@@ -68,7 +53,7 @@ async def run_elsewhere(server_factory, redis_url: str, auth: str, api: Tenants,
     async with asyncio.timeout(30):
         for task in tasks:
             while (
-                await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), metadata=who("big"))
+                await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), metadata=bearer("big"))
             ).task.status != S.TASK_STATUS_COMPLETED:
                 await asyncio.sleep(0.05)
     await runner.orchestrator.dispatcher.stop(0)
@@ -77,7 +62,7 @@ async def run_elsewhere(server_factory, redis_url: str, auth: str, api: Tenants,
 async def test_an_owner_past_its_share_is_refused_and_others_are_still_taken(server_factory, store_url, tmp_path):
     # a replica that runs nothing (max_tasks_in_flight 0): every task stays queued
     limits = Limits(max_tasks_in_flight=0, max_queued_per_owner=SHARE, max_queue_length=100)
-    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path), limits=limits)
+    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path, ROLES), limits=limits)
     async with grpc.aio.insecure_channel(running.address) as channel:
         api = Tenants(channel)
         await api.create()
@@ -93,7 +78,7 @@ async def test_an_owner_past_its_share_is_refused_and_others_are_still_taken(ser
         # another owner is not held back by the first one's backlog
         assert (await api.submit("small")).task.status == S.TASK_STATUS_PENDING
         # a task that leaves the queue gives its owner's place back (counts are at most 0.1 s old)
-        await api.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=queued[0].task_id), metadata=who("big"))
+        await api.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=queued[0].task_id), metadata=bearer("big"))
         await asyncio.sleep(0.2)
         assert (await api.submit("big")).task.status == S.TASK_STATUS_PENDING
         assert error_reason(await api.refused("big")) == "OWNER_QUEUE_FULL"
@@ -102,7 +87,7 @@ async def test_an_owner_past_its_share_is_refused_and_others_are_still_taken(ser
 async def test_claimed_tasks_give_their_owner_places_back_across_replicas(server_factory, redis_url, tmp_path):
     """On Redis an owner's queued tasks are counted in the queue's scripts as they are queued,
     cancelled and claimed: here another replica claims and runs them."""
-    auth = principals_file(tmp_path)
+    auth = principals_file(tmp_path, ROLES)
     limits = Limits(max_tasks_in_flight=0, max_queued_per_owner=SHARE)
     front = await server_factory(store=redis_url, auth_file=auth, limits=limits)
     async with grpc.aio.insecure_channel(front.address) as channel:
@@ -140,7 +125,7 @@ async def test_an_owner_past_its_share_of_bytes_is_refused_and_others_are_still_
     a task larger than the whole share is refused even with nothing queued; a cancel gives the
     bytes back."""
     limits = Limits(max_tasks_in_flight=0, max_queued_bytes_per_owner=BYTES_SHARE)
-    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path), limits=limits)
+    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path, ROLES), limits=limits)
     async with grpc.aio.insecure_channel(running.address) as channel:
         api = Tenants(channel)
         await api.create()
@@ -163,7 +148,7 @@ async def test_an_owner_past_its_share_of_bytes_is_refused_and_others_are_still_
         # another owner is not held back
         assert (await api.submit("small", text="b" * BIG)).task.status == S.TASK_STATUS_PENDING
         # a task that leaves the queue gives its bytes back (counts are at most 0.1 s old)
-        await api.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=big[0].task_id), metadata=who("big"))
+        await api.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=big[0].task_id), metadata=bearer("big"))
         await asyncio.sleep(0.2)
         assert (await api.submit("big", text="b" * BIG)).task.status == S.TASK_STATUS_PENDING
         assert refusal_share(await api.refused("big", text="b" * BIG))["share"] == "bytes"
@@ -172,7 +157,7 @@ async def test_an_owner_past_its_share_of_bytes_is_refused_and_others_are_still_
 async def test_claimed_tasks_give_their_owner_bytes_back_across_replicas(server_factory, redis_url, tmp_path):
     """On Redis an owner's queued bytes are counted in the queue's scripts beside its count (each
     task's header says what it stored): here another replica claims and runs the tasks."""
-    auth = principals_file(tmp_path)
+    auth = principals_file(tmp_path, ROLES)
     limits = Limits(max_tasks_in_flight=0, max_queued_bytes_per_owner=BYTES_SHARE)
     front = await server_factory(store=redis_url, auth_file=auth, limits=limits)
     async with grpc.aio.insecure_channel(front.address) as channel:
@@ -192,7 +177,7 @@ async def test_an_sqlite_file_from_before_the_bytes_share_opens_and_counts_its_q
     server_factory, tmp_path
 ):
     store = f"sqlite:///{tmp_path}/old.db"
-    auth = principals_file(tmp_path)
+    auth = principals_file(tmp_path, ROLES)
     running = await server_factory(store=store, auth_file=auth, limits=Limits(max_tasks_in_flight=0))
     async with grpc.aio.insecure_channel(running.address) as channel:
         api = Tenants(channel)
@@ -208,7 +193,7 @@ async def test_an_sqlite_file_from_before_the_bytes_share_opens_and_counts_its_q
     async with grpc.aio.insecure_channel(running.address) as channel:
         api = Tenants(channel)
         for task in before:  # still queued, and readable
-            read = await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), metadata=who("big"))
+            read = await api.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), metadata=bearer("big"))
             assert read.task.status == S.TASK_STATUS_PENDING
         # the two from before count 0 bytes: two more fit, then the share is reached
         for _ in range(2):
@@ -220,7 +205,7 @@ async def test_a_burst_through_one_replica_never_passes_a_share(server_factory, 
     """40 submissions at once from an empty queue: exactly the share is taken, in tasks (5) and in
     bytes (two of 150 KB in 400 KB); the submissions under way count before they are stored."""
     limits = Limits(max_tasks_in_flight=0, max_queued_per_owner=5, max_queued_bytes_per_owner=BYTES_SHARE)
-    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path), limits=limits)
+    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path, ROLES), limits=limits)
     async with grpc.aio.insecure_channel(running.address) as channel:
         api = Tenants(channel)
         await api.create()

@@ -8,8 +8,6 @@ replicas on one Redis."""
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
 
 import grpc
 import pytest
@@ -17,24 +15,11 @@ from google.protobuf import duration_pb2
 
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
-from mcp_server.auth import hash_token
-from tests.helpers import step, workflow
+from tests.helpers import bearer, principals_file, step, workflow
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
-TOKENS = {"alice": "alice-secret", "bob": "bob-secret", "ops": "ops-secret"}
-
-
-def principals_file(tmp_path: Path) -> str:
-    roles = {"alice": ["author"], "bob": [], "ops": ["operator"]}
-    principals = [{"name": n, "token_sha256": hash_token(TOKENS[n]), "roles": r} for n, r in roles.items()]
-    path = tmp_path / "principals.json"
-    path.write_text(json.dumps({"principals": principals}))
-    return str(path)
-
-
-def who(name: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {TOKENS[name]}")]
+ROLES = {"alice": ["author"], "bob": [], "ops": ["operator"]}
 
 
 class Api:
@@ -47,32 +32,32 @@ class Api:
 
     async def create(self) -> None:
         request = workflow_pb2.CreateWorkflowRequest(workflow=workflow("rated", step("s", "echo")))
-        await self.workflows.CreateWorkflow(request, metadata=who("alice"))
+        await self.workflows.CreateWorkflow(request, metadata=bearer("alice"))
 
     async def put_limit(self, key: str, limit: float, period_seconds: int) -> None:
         limit_message = registry_pb2.RateLimit(
             key=key, limit=limit, period=duration_pb2.Duration(seconds=period_seconds)
         )
         await self.registry.PutRateLimit(
-            registry_pb2.PutRateLimitRequest(rate_limit=limit_message), metadata=who("ops")
+            registry_pb2.PutRateLimitRequest(rate_limit=limit_message), metadata=bearer("ops")
         )
 
     async def delete_limit(self, key: str) -> None:
-        await self.registry.DeleteRateLimit(registry_pb2.DeleteRateLimitRequest(key=key), metadata=who("ops"))
+        await self.registry.DeleteRateLimit(registry_pb2.DeleteRateLimitRequest(key=key), metadata=bearer("ops"))
 
     async def submit(self, name: str) -> task_pb2.Task:
         request = task_pb2.SubmitTaskRequest(workflow_id="rated")
-        return (await self.tasks.SubmitTask(request, metadata=who(name))).task
+        return (await self.tasks.SubmitTask(request, metadata=bearer(name))).task
 
     async def refused(self, name: str, how: str = "submit") -> McpError:
         request = task_pb2.SubmitTaskRequest(workflow_id="rated")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             if how == "submit":
-                await self.tasks.SubmitTask(request, metadata=who(name))
+                await self.tasks.SubmitTask(request, metadata=bearer(name))
             elif how == "run":
-                await self.tasks.RunTask(request, metadata=who(name))
+                await self.tasks.RunTask(request, metadata=bearer(name))
             else:
-                async for _ in self.tasks.SubmitAndWatchTask(request, metadata=who(name)):
+                async for _ in self.tasks.SubmitAndWatchTask(request, metadata=bearer(name)):
                     pass
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
         return McpError.from_rpc_error(err.value)
@@ -80,10 +65,22 @@ class Api:
     async def ended(self, task_id: str) -> task_pb2.Task:
         async with asyncio.timeout(30):
             while True:
-                task = (await self.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id), metadata=who("alice"))).task
+                task = (
+                    await self.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id), metadata=bearer("alice"))
+                ).task
                 if task.status == S.TASK_STATUS_COMPLETED:
                     return task
                 await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def api(server_factory, store_url, tmp_path):
+    """One server (either store) with the principals, and the workflow to submit."""
+    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path, ROLES))
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        made = Api(channel)
+        await made.create()
+        yield made
 
 
 def rate_limited(error: McpError, key: str, period: float) -> bool:
@@ -96,45 +93,35 @@ def rate_limited(error: McpError, key: str, period: float) -> bool:
     )
 
 
-async def test_a_principal_past_its_limit_is_refused_on_every_way_in_and_others_go_on(
-    server_factory, store_url, tmp_path
-):
-    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path))
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        api = Api(channel)
-        await api.create()
-        await api.put_limit("submit:alice", 2, 60)
-        first = await api.submit("alice")
-        await api.submit("alice")
-        for how in ("submit", "run", "submit-watch"):
-            assert rate_limited(await api.refused("alice", how), "submit:alice", 60)
-        # a rerun is a submission too
-        await api.ended(first.task_id)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await api.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=first.task_id), metadata=who("alice"))
-        assert rate_limited(McpError.from_rpc_error(err.value), "submit:alice", 60)
-        # another principal is not held back
-        for _ in range(3):
-            assert (await api.submit("bob")).task_id
-        # the limit gone, alice submits again (this replica learns of its own changes at once)
-        await api.delete_limit("submit:alice")
-        assert (await api.submit("alice")).task_id
+async def test_a_principal_past_its_limit_is_refused_on_every_way_in_and_others_go_on(api):
+    await api.put_limit("submit:alice", 2, 60)
+    first = await api.submit("alice")
+    await api.submit("alice")
+    for how in ("submit", "run", "submit-watch"):
+        assert rate_limited(await api.refused("alice", how), "submit:alice", 60)
+    # a rerun is a submission too
+    await api.ended(first.task_id)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=first.task_id), metadata=bearer("alice"))
+    assert rate_limited(McpError.from_rpc_error(err.value), "submit:alice", 60)
+    # another principal is not held back
+    for _ in range(3):
+        assert (await api.submit("bob")).task_id
+    # the limit gone, alice submits again (this replica learns of its own changes at once)
+    await api.delete_limit("submit:alice")
+    assert (await api.submit("alice")).task_id
 
 
-async def test_the_submit_key_limits_every_principal_together(server_factory, store_url, tmp_path):
-    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path))
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        api = Api(channel)
-        await api.create()
-        await api.put_limit("submit", 3, 60)
-        for name in ("alice", "bob", "alice"):
-            await api.submit(name)
-        assert rate_limited(await api.refused("bob"), "submit", 60)
-        assert rate_limited(await api.refused("alice"), "submit", 60)
+async def test_the_submit_key_limits_every_principal_together(api):
+    await api.put_limit("submit", 3, 60)
+    for name in ("alice", "bob", "alice"):
+        await api.submit(name)
+    assert rate_limited(await api.refused("bob"), "submit", 60)
+    assert rate_limited(await api.refused("alice"), "submit", 60)
 
 
 async def test_two_replicas_share_one_submission_limit_exactly(server_factory, redis_url, tmp_path):
-    auth = principals_file(tmp_path)
+    auth = principals_file(tmp_path, ROLES)
     replicas = [await server_factory(store=redis_url, auth_file=auth) for _ in range(2)]
     channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
     apis = [Api(c) for c in channels]
@@ -172,14 +159,10 @@ async def test_without_principals_the_anonymous_key_limits_every_submission(serv
         assert rate_limited(McpError.from_rpc_error(err.value), "submit:", 60)
 
 
-async def test_the_submit_template_gives_each_principal_its_own_limit(server_factory, store_url, tmp_path):
-    running = await server_factory(store=store_url, auth_file=principals_file(tmp_path))
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        api = Api(channel)
-        await api.create()
-        await api.put_limit("submit:*", 2, 60)
-        await api.put_limit("submit:bob", 3, 60)  # bob's own limit comes before the template
-        for name in ("alice", "alice", "bob", "bob", "bob"):
-            await api.submit(name)
-        assert rate_limited(await api.refused("alice"), "submit:alice", 60)
-        assert rate_limited(await api.refused("bob"), "submit:bob", 60)
+async def test_the_submit_template_gives_each_principal_its_own_limit(api):
+    await api.put_limit("submit:*", 2, 60)
+    await api.put_limit("submit:bob", 3, 60)  # bob's own limit comes before the template
+    for name in ("alice", "alice", "bob", "bob", "bob"):
+        await api.submit(name)
+    assert rate_limited(await api.refused("alice"), "submit:alice", 60)
+    assert rate_limited(await api.refused("bob"), "submit:bob", 60)

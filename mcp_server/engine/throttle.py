@@ -19,6 +19,7 @@ from mcp_server.engine.plan import RateLimitUsePlan
 from mcp_server.engine.ports import ProtocolCallError
 
 PROTOCOL_KEY = "protocol:"
+MAX_KEY_CHARS = 256  # as long as a limit's own key may be (registry.proto)
 # the longest one wait for units lasts before the call asks again: units that come only after
 # years (a huge ask under a huge burst) are waited for in bounded steps, with bounded timers
 MAX_PAUSE_SECONDS = 30 * 24 * 3600.0
@@ -41,6 +42,11 @@ def asks_of(
             found = evaluate(use.key_expression, ctx, value, scope, node_id, "rate limit key")
             if not isinstance(found, str) or not found:
                 raise NodeFailed("INVALID_ARGUMENT", f"node {node_id}: a rate limit key gave {found!r}, not a string")
+            if len(found) > MAX_KEY_CHARS:  # no limit is named so; a template's would keep it in the store
+                raise NodeFailed(
+                    "INVALID_ARGUMENT",
+                    f"node {node_id}: a rate limit key gave {len(found)} characters; at most {MAX_KEY_CHARS}",
+                )
             key = found
         units = 1.0
         if use.units is not None:

@@ -332,3 +332,15 @@ async def test_a_star_may_only_end_a_key(served):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.registry.PutRateLimit(registry_pb2.PutRateLimitRequest(rate_limit=bad))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "rate_limit.key" in violations(err.value)
+
+
+async def test_a_key_expression_longer_than_any_limit_key_fails_the_step(served):
+    """Under a template a computed key is kept in the store: one made from a long input fails
+    its step instead (no limit's own key is longer than 256 characters)."""
+    _, client = served
+    uses = [{"key_expression": "'tenant:' + input.tenant"}]
+    await create(client, workflow("long-key", {"id": "s", "step": {"protocol": "tick", "rate_limits": uses}}))
+    task = await wait_done(client, (await submit(client, "long-key", {"tenant": "x" * 300})).task_id)
+    assert task.status == S.TASK_STATUS_FAILED and "307 characters; at most 256" in task.error.message
+    fine = await wait_done(client, (await submit(client, "long-key", {"tenant": "x" * 249})).task_id)
+    assert fine.status == S.TASK_STATUS_COMPLETED

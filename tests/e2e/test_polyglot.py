@@ -11,8 +11,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
-from mcp_sdk.proto import registry_pb2, task_pb2
+from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from tests.helpers import create, events, result, run, step, workflow
 
 pytestmark = pytest.mark.asyncio
@@ -143,3 +144,29 @@ async def test_a_plugin_written_in_node_runs_a_step(server, client, node_plugin,
         assert node_plugin in streams.open_to()
     else:  # it answered UNIMPLEMENTED: called with Execute
         assert not streams.serves(node_plugin) and node_plugin not in streams.open_to()
+
+
+async def test_node_client_reads_why_and_when_it_was_refused(server_factory):
+    """A client written from the protos in another language reads the google.rpc.Status details:
+    the field a bad request got wrong, and a rate limit's reason, key and RetryInfo delay."""
+    running = await server_factory()
+    async with grpc.aio.insecure_channel(running.address) as channel:
+        await workflow_pb2_grpc.WorkflowServiceStub(channel).CreateWorkflow(
+            workflow_pb2.CreateWorkflowRequest(workflow=workflow("for-node-limited", step("a", "append")))
+        )
+        bad = await run_node_client(running.address, "", "{}", "--refused")
+        assert bad["grpc_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert bad["status"]["violations"] == ["workflow_id"] and bad["status"]["domain"] == "mcp.v1"
+        limit = registry_pb2.RateLimit(key="submit:", limit=1, period=duration_pb2.Duration(seconds=60))
+        await registry_pb2_grpc.ProtocolRegistryStub(channel).PutRateLimit(
+            registry_pb2.PutRateLimitRequest(rate_limit=limit)
+        )
+        await task_pb2_grpc.TaskServiceStub(channel).SubmitTask(
+            task_pb2.SubmitTaskRequest(workflow_id="for-node-limited")
+        )
+        limited = await run_node_client(running.address, "for-node-limited", "{}", "--refused")
+    assert limited["grpc_code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    said = limited["status"]
+    assert said["reason"] == "RATE_LIMITED" and said["metadata"]["key"] == "submit:"
+    assert 0 < said["retry_after_seconds"] <= 60
+    assert float(said["metadata"]["retry_after_seconds"]) == pytest.approx(said["retry_after_seconds"], abs=0.001)

@@ -1,12 +1,15 @@
 // A Node.js client of the mCP orchestrator: submit a task, watch it live, print a JSON summary.
-// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run | --follow] [--delete]
+// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run | --follow | --refused] [--delete]
 // With --run: one RunTask call (submit and wait), with a deadline, so the task id also comes at
 // once in the `mcp-task-id` response header. With --follow: one SubmitAndWatchTask stream (submit,
-// then every event to the end; the first message names the task).
+// then every event to the end; the first message names the task). With --refused: submit once,
+// expecting a refusal, and print what the server said in its google.rpc.Status details (the
+// ErrorInfo's reason and metadata, a RetryInfo's delay, a BadRequest's fields).
 'use strict';
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
 
 const PROTOS = path.resolve(__dirname, '../../../protos');
 const definition = protoLoader.loadSync(['mcp/v1/task.proto'], {
@@ -43,6 +46,38 @@ function fromStruct(s) {
   return out;
 }
 
+// google.rpc's Status and the details the server sends (googleapis' status.proto and
+// error_details.proto; Any and Duration have the same wire format as google.protobuf's).
+const rpc = protobuf.parse(`syntax = "proto3"; package rpc;
+  message Any { string type_url = 1; bytes value = 2; }
+  message Duration { int64 seconds = 1; int32 nanos = 2; }
+  message Status { int32 code = 1; string message = 2; repeated Any details = 3; }
+  message ErrorInfo { string reason = 1; string domain = 2; map<string, string> metadata = 3; }
+  message RetryInfo { Duration retry_delay = 1; }
+  message FieldViolation { string field = 1; string description = 2; }
+  message BadRequest { repeated FieldViolation field_violations = 1; }`, { keepCase: true }).root;
+
+// What a refused call's `grpc-status-details-bin` trailer says.
+function statusDetails(err) {
+  const [bin] = err.metadata ? err.metadata.get('grpc-status-details-bin') : [];
+  if (!bin) return null;
+  const status = rpc.lookupType('rpc.Status').decode(bin);
+  const said = { code: status.code, message: status.message };
+  for (const detail of status.details) {
+    const name = detail.type_url.split('/').pop();
+    if (name === 'google.rpc.ErrorInfo') {
+      const info = rpc.lookupType('rpc.ErrorInfo').decode(detail.value);
+      Object.assign(said, { reason: info.reason, domain: info.domain, metadata: info.metadata });
+    } else if (name === 'google.rpc.RetryInfo') {
+      const delay = rpc.lookupType('rpc.RetryInfo').decode(detail.value).retry_delay || {};
+      said.retry_after_seconds = Number(delay.seconds || 0) + (delay.nanos || 0) / 1e9;
+    } else if (name === 'google.rpc.BadRequest') {
+      said.violations = rpc.lookupType('rpc.BadRequest').decode(detail.value).field_violations.map((v) => v.field);
+    }
+  }
+  return said;
+}
+
 async function main() {
   const [address, workflowId, inputJson] = process.argv.slice(2);
   const tasks = new mcp.TaskService(address, grpc.credentials.createInsecure());
@@ -50,6 +85,13 @@ async function main() {
   const get = (req) => new Promise((resolve, reject) => tasks.GetTask(req, (err, res) => (err ? reject(err) : resolve(res))));
 
   const input = JSON.parse(inputJson || '{}');
+  if (process.argv.includes('--refused')) {
+    const refusal = await submit({ workflow_id: workflowId, input_data: toStruct(input) }).then(() => null, (err) => err);
+    console.log(JSON.stringify({ refused: refusal !== null, grpc_code: refusal && refusal.code,
+      status: refusal && statusDetails(refusal) }));
+    tasks.close();
+    return;
+  }
   if (process.argv.includes('--run')) {
     let headerTaskId = null;
     let statusAtHeader = null;

@@ -129,8 +129,7 @@ class Submission:
         """One unit of the submission rate limits an operator has put, shared by every replica:
         `submit` (everyone's submissions) and `submit:<principal>` (or the template `submit:*`:
         each principal on its own), both at once or neither. A key without a limit costs no
-        round trip. Raises ResourceExhausted RATE_LIMITED
-        with when to try again."""
+        round trip. Raises ResourceExhausted RATE_LIMITED, with when to try again."""
         mine = PRINCIPAL_SUBMISSIONS_PREFIX + principal
         if self.units.limit_key(SUBMISSIONS_KEY) is None and self.units.limit_key(mine) is None:
             return

@@ -166,3 +166,10 @@ async def test_the_submit_template_gives_each_principal_its_own_limit(api):
         await api.submit(name)
     assert rate_limited(await api.refused("alice"), "submit:alice", 60)
     assert rate_limited(await api.refused("bob"), "submit:bob", 60)
+
+
+async def test_a_limit_that_can_never_grant_one_submission_says_so(api):
+    await api.put_limit("submit:alice", 0.5, 60)  # limit + burst below one unit
+    refused = await api.refused("alice")
+    assert refused.reason == "RATE_LIMITED" and refused.metadata.get("key") == "submit:alice"
+    assert "grants less than one submission at a time" in refused.message and refused.retry_after is None

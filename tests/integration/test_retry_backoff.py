@@ -84,7 +84,7 @@ async def test_a_backoff_past_the_step_timeout_fails_the_step_when_its_timeout_r
     done = await wait_done(client, task.task_id, timeout=20)
     assert done.status == S.TASK_STATUS_FAILED and "the step timeout of 3s ran out" in done.error.message
     took = done.end_time.ToNanoseconds() - done.steps[0].start_time.ToNanoseconds()
-    assert 3e9 <= took < 10e9, took / 1e9
+    assert 3e9 - 5e6 <= took < 10e9, took / 1e9  # the loop's timers count in milliseconds: 5 ms of slack
     assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in await events(client, task.task_id))
     assert not done.steps[0].HasField("retry_time")
     await client.channel.close()

@@ -58,6 +58,7 @@ REQUIRED_ROLE = {
     "/mcp.v1.ProtocolRegistry/PutRateLimit": "operator",
     "/mcp.v1.ProtocolRegistry/DeleteRateLimit": "operator",
     "/mcp.v1.ProtocolRegistry/ListRateLimits": "operator",
+    "/mcp.v1.ProtocolRegistry/GetRateLimit": "operator",
 }
 
 

@@ -62,6 +62,11 @@ class RegistryServicer(registry_pb2_grpc.ProtocolRegistryServicer):
         limits, token = await self.orchestrator.protocols.list_rate_limits(request.page_size, request.page_token)
         return registry_pb2.ListRateLimitsResponse(rate_limits=limits, next_page_token=token)
 
+    async def GetRateLimit(
+        self, request: registry_pb2.GetRateLimitRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.RateLimit:
+        return await self.orchestrator.rate_limits.get(request.key)
+
     async def DeleteRateLimit(
         self, request: registry_pb2.DeleteRateLimitRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.DeleteRateLimitResponse:

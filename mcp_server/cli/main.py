@@ -179,6 +179,8 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         (out or _print_rate_limits)({"rate_limits": [render.to_json(put)]})
     elif cmd == ("ratelimit", "list"):
         (out or _print_rate_limits)({"rate_limits": [render.to_json(r) for r in await client.list_rate_limits()]})
+    elif cmd == ("ratelimit", "get"):
+        (out or _print_rate_limits)({"rate_limits": [render.to_json(await client.get_rate_limit(args.key))]})
     elif cmd == ("ratelimit", "delete"):
         await client.delete_rate_limit(args.key)
         (out or (lambda v: print(f"rate limit {args.key} deleted")))({})
@@ -201,7 +203,8 @@ def _print_rate_limits(value: dict[str, Any]) -> None:
     for limit in value["rate_limits"]:
         burst = f" + burst {limit['burst']:g}" if limit.get("burst") else ""
         rule = f"{limit['limit']:g} per {limit['period']}{burst}"
-        print(f"{limit['key']}\t{rule}\t{limit.get('available', 0):g} available now")
+        under = f" (under {limit['template']})" if limit.get("template") else ""
+        print(f"{limit['key']}\t{rule}{under}\t{limit.get('available', 0):g} available now")
 
 
 def parse_seconds(text: str) -> float:
@@ -345,6 +348,9 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("--period", default="1s", help="500ms, 1s, 1m, 1h (default 1s)")
     put.add_argument("--burst", type=float, default=0.0, help="units a window may hold above the limit")
     limits.add_parser("list", help="every limit, with what is available now")
+    limits.add_parser(
+        "get", help="the limit that applies to a key (its own or a template's), with what that key has now"
+    ).add_argument("key")
     limits.add_parser("delete").add_argument("key")
     schedules.add_parser(groups, parse_seconds)
     proto = groups.add_parser("protocol").add_subparsers(dest="command", required=True)

@@ -1,5 +1,5 @@
 """RateLimitGate: where runs take rate-limit units (the UnitGate of engine/ports), and where
-operators set the limits (PutRateLimit, ListRateLimits, DeleteRateLimit).
+operators set and read the limits (PutRateLimit, ListRateLimits, GetRateLimit, DeleteRateLimit).
 
 The limits live in the store, shared by every replica (RateLimitStore). Each replica keeps the
 set of keys that have a limit, refreshed every second and at once on its own changes, so that
@@ -93,6 +93,26 @@ class RateLimitGate:
 
     async def list(self) -> list[registry_pb2.RateLimit]:
         return [message_of(spec, room) for spec, room in await self.refresh()]
+
+    async def get(self, key: str) -> registry_pb2.RateLimit:
+        """The limit that applies to `key` (its own, else its template's, named in `template`) with
+        the units `key` has available now; NotFound when none applies."""
+        if not RATE_LIMIT_KEY.match(key):
+            raise InvalidArgument(
+                "the key is invalid",
+                violations=[FieldViolation("key", "must be 1-256 characters, none a space or a control character")],
+            )
+        await self.refresh()  # this replica's set may be up to a second behind a put elsewhere
+        limit_key = self.limit_key(key)
+        read = None if limit_key is None else await self.store.read_rate_limit(key, limit_key)
+        if read is None:
+            raise NotFound(
+                f"no rate limit applies to key {key!r}", reason="RATE_LIMIT_NOT_FOUND", metadata={"key": key}
+            )
+        message = message_of(*read)
+        if read[0].key != key:
+            message.key, message.template = key, read[0].key
+        return message
 
     async def delete(self, key: str) -> None:
         if not key:

@@ -31,3 +31,24 @@ async def test_a_key_falls_under_its_own_limit_then_the_longest_template(store):
     await store.rate_limits.delete_rate_limit("tenant:*")
     await gate.refresh()
     assert gate.limit_key("tenant:us:zeta") is None and gate.limit_key("tenant:eu:zeta") == "tenant:eu:*"
+
+
+async def test_a_key_s_own_room_is_read_under_its_own_limit_or_its_template_s(store):
+    """read_rate_limit: the limit that applies and what this one key has left, changing nothing."""
+    limits = store.rate_limits
+    await limits.put_rate_limit(RateLimitSpec("room:*", 3, 60.0, burst=1))
+    await limits.put_rate_limit(RateLimitSpec("room:own", 10, 60.0))
+    assert await limits.read_rate_limit("room:acme", "room:*") == (RateLimitSpec("room:*", 3, 60.0, 1), 4)
+    for _ in range(3):
+        assert (await limits.take_units([("room:acme", 1, "room:*")])).granted
+    assert (await limits.take_units([("room:own", 4, "room:own")])).granted
+    spec, room = await limits.read_rate_limit("room:acme", "room:*")
+    assert spec == RateLimitSpec("room:*", 3, 60.0, 1) and room == pytest.approx(1, abs=1e-3)
+    for _ in range(3):  # reading takes nothing
+        assert (await limits.read_rate_limit("room:acme", "room:*"))[1] == pytest.approx(1, abs=1e-3)
+    assert (await limits.read_rate_limit("room:zeta", "room:*"))[1] == 4  # another key: all of its own
+    assert (await limits.read_rate_limit("room:own", "room:own"))[1] == pytest.approx(6, abs=1e-3)
+    assert await limits.read_rate_limit("room:acme", "nothing:*") is None
+    assert (await limits.take_units([("room:acme", 1, "room:*")])).granted
+    assert not (await limits.take_units([("room:acme", 1, "room:*")])).granted
+    assert (await limits.read_rate_limit("room:acme", "room:*"))[1] == 0

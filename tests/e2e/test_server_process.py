@@ -199,6 +199,18 @@ def test_the_cli_puts_lists_and_deletes_rate_limits(server_process):
     assert listed[0]["key"] == "protocol:summarize" and listed[0]["limit"] == 2 and listed[0]["available"] == 3
     bad = mcp(address, "ratelimit", "put", "k", "--limit", "0")
     assert bad.returncode == 1 and "rate_limit.limit" in bad.stderr
+    template = mcp(address, "ratelimit", "put", "tenant:*", "--limit", "5", "--period", "1m")
+    assert template.returncode == 0, template
+    got = mcp(address, "ratelimit", "get", "tenant:acme")
+    assert got.returncode == 0 and "tenant:acme" in got.stdout and "(under tenant:*)" in got.stdout, got
+    assert "5 available now" in got.stdout
+    assert (
+        json.loads(mcp(address, "--json", "ratelimit", "get", "tenant:acme").stdout)["rate_limits"][0]["template"]
+        == "tenant:*"
+    )
+    none = mcp(address, "ratelimit", "get", "user:ann")
+    assert none.returncode == 1 and "NOT_FOUND" in none.stderr and "user:ann" in none.stderr
+    assert mcp(address, "ratelimit", "delete", "tenant:*").returncode == 0
     assert mcp(address, "ratelimit", "delete", "protocol:summarize").returncode == 0
     assert json.loads(mcp(address, "--json", "ratelimit", "list").stdout)["rate_limits"] == []
     again = mcp(address, "ratelimit", "delete", "protocol:summarize")

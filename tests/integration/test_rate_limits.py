@@ -344,3 +344,39 @@ async def test_a_key_expression_longer_than_any_limit_key_fails_the_step(served)
     assert task.status == S.TASK_STATUS_FAILED and "307 characters; at most 256" in task.error.message
     fine = await wait_done(client, (await submit(client, "long-key", {"tenant": "x" * 249})).task_id)
     assert fine.status == S.TASK_STATUS_COMPLETED
+
+
+async def test_get_rate_limit_reads_one_key_under_its_own_limit_or_its_template(served, testkit):
+    """GetRateLimit: how much one tenant has left under `tenant:*` (listings show the template only)."""
+    running, client = served
+    prefix = f"get{uuid.uuid4().hex[:8]}:"
+    await put_limit(client, prefix + "*", 3, 60.0)
+    await put_limit(client, prefix + "own", 100, 1.0)
+    uses = [{"key_expression": f"'{prefix}' + input.tag"}]
+    await create(client, ticks_wf("get-ticks", "acme", 2, uses))
+    done = await wait_done(client, (await submit(client, "get-ticks", {"tag": "acme"})).task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED
+
+    def get(key: str) -> Any:
+        return client.registry.GetRateLimit(registry_pb2.GetRateLimitRequest(key=key))
+
+    acme = await get(prefix + "acme")
+    assert (acme.key, acme.template, acme.limit, acme.period.seconds) == (prefix + "acme", prefix + "*", 3, 60)
+    assert acme.available == pytest.approx(1, abs=1e-3)  # two ticks took two of its three
+    assert (await get(prefix + "zeta")).available == 3  # a tenant that took nothing
+    template = await get(prefix + "*")
+    assert (template.key, template.template, template.available) == (prefix + "*", "", 3)
+    own = await get(prefix + "own")
+    assert (own.key, own.template, own.limit) == (prefix + "own", "", 100)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await get(f"none{uuid.uuid4().hex}")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_reason(err.value) == "RATE_LIMIT_NOT_FOUND"
+    for bad in ("", "a b", "x" * 257):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await get(bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "key" in violations(err.value)
+    sdk = SdkClient(running.address)
+    try:
+        assert (await sdk.get_rate_limit(prefix + "acme")).template == prefix + "*"
+    finally:
+        await sdk.close()

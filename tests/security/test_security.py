@@ -291,6 +291,7 @@ async def test_rate_limits_are_for_operators_and_admins(authed):
     for call, request in (
         (registry.PutRateLimit, put),
         (registry.ListRateLimits, registry_pb2.ListRateLimitsRequest()),
+        (registry.GetRateLimit, registry_pb2.GetRateLimitRequest(key="protocol:echo")),
         (registry.DeleteRateLimit, registry_pb2.DeleteRateLimitRequest(key="protocol:echo")),
     ):
         for who in ("alice", "writer"):
@@ -300,6 +301,8 @@ async def test_rate_limits_are_for_operators_and_admins(authed):
     assert (await registry.PutRateLimit(put, metadata=as_user("ops"))).key == "protocol:echo"
     listed = await registry.ListRateLimits(registry_pb2.ListRateLimitsRequest(), metadata=as_user("root"))
     assert [r.key for r in listed.rate_limits] == ["protocol:echo"]
+    got = await registry.GetRateLimit(registry_pb2.GetRateLimitRequest(key="protocol:echo"), metadata=as_user("ops"))
+    assert got.available == 5
     await registry.DeleteRateLimit(registry_pb2.DeleteRateLimitRequest(key="protocol:echo"), metadata=as_user("ops"))
 
 

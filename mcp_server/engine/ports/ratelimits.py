@@ -59,6 +59,11 @@ class RateLimitStore(Protocol):
         """Every limit, by key, with the units a call could take of it now."""
         ...
 
+    async def read_rate_limit(self, key: str, limit_key: str) -> tuple[RateLimitSpec, float] | None:
+        """The limit of `limit_key` (the key itself, or the template it falls under) and the units
+        `key` could take of it now; None when `limit_key` has no limit. Changes nothing."""
+        ...
+
     async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:
         """Grant every (key, units, limit key) ask at once, or none of them: `key`'s units under
         the limit of `limit key` (the key itself, or the template it falls under). A limit key

@@ -22,6 +22,7 @@ class RedisRateLimits:
         self.states = conn.layout.rate_state_prefix
         self._take = conn.register(lua.TAKE_UNITS)
         self._list = conn.register(lua.LIST_LIMITS)
+        self._read = conn.register(lua.READ_LIMIT)
 
     async def put_rate_limit(self, spec: RateLimitSpec) -> None:
         value = f"{spec.limit!r}|{spec.period * 1000!r}|{spec.burst!r}"
@@ -44,6 +45,14 @@ class RedisRateLimits:
             spec = RateLimitSpec(reply[i].decode(), limit, period_ms / 1000, burst)
             found.append((spec, float(reply[i + 2])))
         return sorted(found, key=lambda item: item[0].key)
+
+    async def read_rate_limit(self, key: str, limit_key: str) -> tuple[RateLimitSpec, float] | None:
+        args = [self.grants, self.states, key, limit_key]
+        reply = await self.conn.do(self.conn.script(self._read, list(self.keys), args))
+        if not reply:
+            return None
+        limit, period_ms, burst = (float(part) for part in reply[0].decode().split("|"))
+        return RateLimitSpec(limit_key, limit, period_ms / 1000, burst), float(reply[1])
 
     async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:
         args: list[Any] = [self.grants, self.states]

@@ -130,3 +130,30 @@ end
 return found
 """
 )
+
+# ARGV: grants key prefix, templated-state key prefix, key, limit key -> {definition, available}
+# of the limit key's limit for `key`, or {} when it has none; reads only (a grant older than the
+# window is left for the next take to drop, and not counted)
+READ_LIMIT = (
+    _COMMON
+    + """
+local now = now_ms()
+local key, limit_key = ARGV[3], ARGV[4]
+local limit, period, burst = definition(limit_key)
+if not limit then return {} end
+local tat
+if limit_key ~= key then
+  tat = tonumber(redis.call('HGET', ARGV[2] .. key, 't') or '0')
+else
+  tat = tonumber(redis.call('HGET', KEYS[2], key) or '0')
+end
+local used = 0
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', ARGV[1] .. key, '(' .. (now - period), '+inf')) do
+  used = used + units_of(m)
+end
+local capacity = limit + burst
+local by_gcra = capacity - (math.max(tat, now) - now) / (period / limit)
+local room = math.max(0, math.min(by_gcra, capacity - used))
+return {redis.call('HGET', KEYS[1], limit_key), tostring(room)}
+"""
+)

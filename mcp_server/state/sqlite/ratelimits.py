@@ -49,6 +49,20 @@ class SqliteRateLimits:
 
         return await self.db.run(read)
 
+    async def read_rate_limit(self, key: str, limit_key: str) -> tuple[RateLimitSpec, float] | None:
+        def read(db: sqlite3.Connection) -> tuple[RateLimitSpec, float] | None:
+            found = db.execute("SELECT lim, period, burst, tat FROM rate_limits WHERE key=?", (limit_key,)).fetchone()
+            if found is None:
+                return None
+            now = now_seconds()
+            tat = _templated_state(db, key)[0] if limit_key != key else float(found[3])
+            # the grants of `key` (a templated key's are kept under its own name)
+            grants = _grants(db, RateLimitSpec(key, found[0], found[1], found[2]), now)
+            spec = RateLimitSpec(limit_key, found[0], found[1], found[2])
+            return spec, available(spec, tat, grants, now)
+
+        return await self.db.run(read)
+
     async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:
         def take(db: sqlite3.Connection) -> Grant:
             now = now_seconds()

@@ -128,6 +128,15 @@ class Client(TaskMethods, ScheduleMethods):
             for limit in reply.rate_limits
         ]
 
+    async def get_rate_limit(self, key: str) -> registry_pb2.RateLimit:
+        """The limit that applies to `key`, its own or a template's (then named in `template`), with
+        the units `key` has available now (`tenant:acme` under `tenant:*`). McpError NOT_FOUND when
+        none applies."""
+        reply: registry_pb2.RateLimit = await self._call(
+            self.registry.GetRateLimit, registry_pb2.GetRateLimitRequest(key=key)
+        )
+        return reply
+
     async def delete_rate_limit(self, key: str) -> None:
         """Remove the rate limit of `key` (its calls go unlimited)."""
         await self._call(self.registry.DeleteRateLimit, registry_pb2.DeleteRateLimitRequest(key=key))

@@ -8,11 +8,13 @@ replicas on one Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from tests.helpers import bearer, principals_file, step, workflow
@@ -173,3 +175,44 @@ async def test_a_limit_that_can_never_grant_one_submission_says_so(api):
     refused = await api.refused("alice")
     assert refused.reason == "RATE_LIMITED" and refused.metadata.get("key") == "submit:alice"
     assert "grants less than one submission at a time" in refused.message and refused.retry_after is None
+
+
+async def test_the_sdk_waits_out_a_submission_limit_when_asked_and_submits_once(server_factory, store_url):
+    """`rate_limited_wait`: submit and rerun ask again when the refusal's retry time comes, with
+    the same request id (one task each); a retry time past the wait, or none at all, raises at
+    once. run() honours the retry time within its budget the same way."""
+    running = await server_factory(store=store_url)
+    ops = Client(running.address)
+    await ops.create_workflow(workflow("rated", step("s", "echo")))
+    await ops.put_rate_limit("submit:", 1, 1.0)
+    patient = Client(running.address, rate_limited_wait=5)
+    try:
+        await ops.submit("rated")
+        with pytest.raises(McpError) as err:
+            await ops.submit("rated")  # no wait asked: refused at once
+        assert rate_limited(err.value, "submit:", 1)
+        submitted = [await patient.submit("rated", request_id=f"r{i}") for i in range(3)]
+        assert len({t.task_id for t in submitted}) == 3
+        listed = (await ops.list_tasks(workflow_id="rated", page_size=100)).tasks
+        assert len(listed) == 4  # each submission once, however often it was asked
+        assert await patient.run("rated", {"x": 1}, timeout=20) == {"x": 1}
+        rerun = await patient.rerun(submitted[0].task_id)
+        assert rerun.rerun_of == submitted[0].task_id
+
+        await ops.put_rate_limit("submit:", 1, 30.0)  # the grants of the last 30 s count on: spent
+        began = time.monotonic()
+        with pytest.raises(McpError) as err:
+            await patient.submit("rated")  # the retry time (~30 s) is past the 5 s it may wait
+        assert rate_limited(err.value, "submit:", 30) and time.monotonic() - began < 5
+        impatient_run = Client(running.address, watch_give_up_after=5)
+        with pytest.raises(McpError) as err:
+            await impatient_run.run("rated", timeout=20)  # raised, not polled until the budget ends
+        assert rate_limited(err.value, "submit:", 30) and time.monotonic() - began < 5
+        await ops.put_rate_limit("submit:", 0.5, 60.0)  # can never grant one
+        with pytest.raises(McpError) as err:
+            await patient.run("rated", timeout=20)
+        assert err.value.reason == "RATE_LIMITED" and err.value.retry_after is None
+        await impatient_run.close()
+    finally:
+        await patient.close()
+        await ops.close()

@@ -142,17 +142,36 @@ class Backoff:
             self._failing_since = now
         return self.give_up_after is not None and now - self._failing_since > self.give_up_after
 
-    async def sleep(self) -> None:
+    def can_wait(self, seconds: float) -> bool:
+        """Whether waiting `seconds` more stays within the budget of time spent failing in a row."""
+        if self.give_up_after is None or self._failing_since is None:
+            return True
+        return time.monotonic() + seconds - self._failing_since <= self.give_up_after
+
+    async def sleep(self, retry_after: float | None = None) -> None:
+        """Wait before the next try: as long as the server said (`retry_after`, a refusal's
+        RetryInfo), else the next exponential step."""
+        if retry_after is not None:
+            await asyncio.sleep(spread(retry_after))
+            return
         delay = min(self.maximum, self.initial * 2**self._attempt)
         self._attempt += 1
         await asyncio.sleep(random.uniform(delay / 2, delay))
+
+
+def spread(retry_after: float) -> float:
+    """A server's retry time with a little added at random (up to a tenth, at most a second), so
+    that clients refused together do not all come back at the same instant."""
+    return retry_after + random.uniform(0, min(1.0, retry_after / 10))
 
 
 class Connection:
     """An async connection to one orchestrator; use it as an async context manager, or close() it.
 
     `timeout` bounds each unary call (seconds); `watch_give_up_after` is how long a watch keeps
-    reconnecting to a server that does not answer before it raises (None: forever)."""
+    reconnecting to a server that does not answer before it raises (None: forever);
+    `rate_limited_wait` is how long `submit` and `rerun` wait out refusals past a submission rate
+    limit (RESOURCE_EXHAUSTED with a retry time) before they raise (0: at once)."""
 
     def __init__(
         self,
@@ -162,11 +181,15 @@ class Connection:
         tls: Tls | bool | None = None,
         timeout: float = 30.0,
         watch_give_up_after: float | None = 300.0,
+        rate_limited_wait: float = 0.0,
         channel_options: list[tuple[str, Any]] | None = None,
     ) -> None:
+        if not rate_limited_wait >= 0:
+            raise ValueError("rate_limited_wait is 0 or more seconds")
         self.address = address
         self.timeout = timeout
         self.watch_give_up_after = watch_give_up_after
+        self.rate_limited_wait = rate_limited_wait
         self._metadata = bearer_metadata(token)
         self._owns_channel = True
         self.channel = open_channel(address, tls, channel_options)
@@ -203,6 +226,19 @@ class Connection:
             return await method(request, metadata=self._metadata, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise McpError.from_rpc_error(exc) from None
+
+    async def _submission(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
+        """A unary call that submits (its request id makes a repeat harmless), asked again while
+        the server refuses it with a retry time that ends within `rate_limited_wait`."""
+        until = time.monotonic() + self.rate_limited_wait
+        while True:
+            try:
+                return await self._call(method, request)
+            except McpError as exc:
+                wait = exc.retry_after
+                if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED or wait is None or time.monotonic() + wait > until:
+                    raise
+                await asyncio.sleep(min(spread(wait), max(until - time.monotonic(), wait)))
 
     async def _pages(self, method: Callable[..., Awaitable[Any]], request: Any) -> AsyncIterator[Any]:
         """Each response of a paged List call, following next_page_token to the end."""

@@ -35,6 +35,7 @@ class SyncClient:
         tls: Tls | bool | None = None,
         timeout: float = 30.0,
         watch_give_up_after: float | None = 300.0,
+        rate_limited_wait: float = 0.0,
         channel_options: list[tuple[str, Any]] | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
@@ -48,6 +49,7 @@ class SyncClient:
                 tls=tls,
                 timeout=timeout,
                 watch_give_up_after=watch_give_up_after,
+                rate_limited_wait=rate_limited_wait,
                 channel_options=channel_options,
             )
 

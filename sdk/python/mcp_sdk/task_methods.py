@@ -42,9 +42,10 @@ class TaskMethods(Connection):
         """Submit a task; returns it as stored (PENDING, or further along already).
 
         `request_id` makes the submission idempotent for this principal: the same id returns the
-        first task. When none is given one is generated, so that gRPC's retries never submit twice."""
+        first task. When none is given one is generated, so that gRPC's retries never submit twice.
+        A refusal past a submission rate limit is waited out for up to `rate_limited_wait`."""
         request = submit_request(workflow_id, input, request_id, priority, labels, version)
-        reply: task_pb2.SubmitTaskResponse = await self._call(self.tasks.SubmitTask, request)
+        reply: task_pb2.SubmitTaskResponse = await self._submission(self.tasks.SubmitTask, request)
         return reply.task
 
     async def get(self, task_id: str, *, steps: bool = True) -> task_pb2.Task:
@@ -133,7 +134,8 @@ class TaskMethods(Connection):
         the rerun on another version of the workflow (a fixed definition). An empty path reruns a
         failed or cancelled task from its first step that did not complete, a completed one from
         the start. `request_id` makes it idempotent (one is generated when none is given, so that
-        gRPC's retries start one rerun). Raises McpError: FAILED_PRECONDITION for a task not yet
+        gRPC's retries start one rerun; a refusal past a submission rate limit is waited out for up
+        to `rate_limited_wait`). Raises McpError: FAILED_PRECONDITION for a task not yet
         finished, INVALID_ARGUMENT for a path not in the task or a version that lacks a kept step
         (the violation names it), NOT_FOUND for a task this principal cannot see."""
         request = task_pb2.RerunTaskRequest(
@@ -144,7 +146,7 @@ class TaskMethods(Connection):
         )
         if not isinstance(input, _Unset):
             request.input.CopyFrom(python_to_value(input))
-        reply: task_pb2.SubmitTaskResponse = await self._call(self.tasks.RerunTask, request)
+        reply: task_pb2.SubmitTaskResponse = await self._submission(self.tasks.RerunTask, request)
         return reply.task
 
     async def read_value(
@@ -233,7 +235,8 @@ class TaskMethods(Connection):
         `task_id`) to the terminal one, each once, in one SubmitAndWatchTask stream (options as
         `submit`). A cut connection or a restarting server is waited out as `watch` does: once the
         task is known the watch goes on after the last event delivered, before that the same
-        request id is asked again, which streams the same task. On a server without
+        request id is asked again, which streams the same task (after a refusal past a submission
+        rate limit, when its retry time comes, as `run` does). On a server without
         SubmitAndWatchTask: `submit`, then `watch`."""
         request = submit_request(workflow_id, input, request_id, priority, labels, version)
         backoff = Backoff(give_up_after=self.watch_give_up_after)
@@ -241,6 +244,7 @@ class TaskMethods(Connection):
         task_id = ""
         while not task_id:
             call: Any = self.tasks.SubmitAndWatchTask(request, metadata=self._metadata)
+            retry_after: float | None = None
             try:
                 async for reply in call:
                     if reply.HasField("submitted"):
@@ -256,12 +260,11 @@ class TaskMethods(Connection):
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     task_id = (await self._call(self.tasks.SubmitTask, request)).task.task_id
                     break
-                if exc.code() not in RESUMABLE_CODES or backoff.exhausted():
-                    raise McpError.from_rpc_error(exc) from None
+                retry_after = _resumable(exc, backoff, task_id == "")
             finally:
                 call.cancel()
             if not task_id:
-                await backoff.sleep()
+                await backoff.sleep(retry_after)
         async for event in self.watch(task_id, after=cursor.last):
             yield event
 
@@ -297,8 +300,9 @@ class TaskMethods(Connection):
     ) -> JsonValue:
         """Submit a task and wait for its result, in one RunTask call (options as `submit`; raises
         as `result`). A cut connection or a restarting server is waited out as `watch` does, by
-        asking again with the same request id, which waits for the same task. On a server
-        without RunTask: `submit`, then `result`."""
+        asking again with the same request id, which waits for the same task; so is a refusal past
+        a submission rate limit, asked again when its retry time comes (raised at once when that
+        is past `watch_give_up_after`). On a server without RunTask: `submit`, then `result`."""
         request = submit_request(workflow_id, input, request_id, priority, labels, version)
         backoff = Backoff(give_up_after=self.watch_give_up_after)
         async with asyncio.timeout(timeout):
@@ -310,7 +314,21 @@ class TaskMethods(Connection):
                     if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                         submitted: task_pb2.SubmitTaskResponse = await self._call(self.tasks.SubmitTask, request)
                         return await self.result(submitted.task.task_id)
-                    if exc.code() not in RESUMABLE_CODES or backoff.exhausted():
-                        raise McpError.from_rpc_error(exc) from None
-                await backoff.sleep()
+                    retry_after = _resumable(exc, backoff, True)
+                await backoff.sleep(retry_after)
             return await self._outcome(reply.task)
+
+
+def _resumable(exc: grpc.aio.AioRpcError, backoff: Backoff, submitting: bool) -> float | None:
+    """How long to wait before asking again after `exc` (None: the backoff's next step); raises it
+    as McpError when it is a refusal, when failures have gone on past the budget, or when a
+    submission's refusal past a rate limit names a retry time beyond that budget, or none (a
+    limit that can never grant one submission)."""
+    if exc.code() not in RESUMABLE_CODES or backoff.exhausted():
+        raise McpError.from_rpc_error(exc) from None
+    if not (submitting and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED):
+        return None
+    refused = McpError.from_rpc_error(exc)
+    if refused.reason == "RATE_LIMITED" and (refused.retry_after is None or not backoff.can_wait(refused.retry_after)):
+        raise refused from None
+    return refused.retry_after

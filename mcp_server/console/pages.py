@@ -11,6 +11,7 @@ import grpc
 import yaml
 from aiohttp import web
 
+from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2
 from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_to_python
@@ -18,7 +19,7 @@ from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console.base import api, render
 from mcp_server.console.inbox import fields_of, payload_of, wait_nodes, waiting_forms
 from mcp_server.console.live import rate_limits_seen
-from mcp_server.console.present import TASK_STATUSES, protocol_view, step_view, task_view
+from mcp_server.console.present import TASK_STATUSES, protocol_view, rate_limit_view, step_view, task_view
 from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
 
 PAGE_SIZE = 50
@@ -279,14 +280,31 @@ def _number(text: str, name: str, low: int, high: int) -> int:
 async def protocols(request: web.Request) -> web.StreamResponse:
     client = api(request)
     entries = [protocol_view(p) for p in await client.list_protocols()]
+    rate_limits = await rate_limits_seen(client)
+    key = request.query.get("rate_key", "")
     return render(
         request,
         "protocols.html",
         {
             "protocols": sorted(entries, key=lambda p: (p["name"], p["address"])),
-            "rate_limits": await rate_limits_seen(client),
+            "rate_limits": rate_limits,
+            "rate_key": key,
+            "looked_up": await _look_up(client, key) if key and rate_limits is not None else None,
         },
     )
+
+
+async def _look_up(client: Client, key: str) -> dict[str, Any]:
+    """The limit one key falls under, with that key's room (`tenant:acme` under `tenant:*`), or why none."""
+    try:
+        return {"limit": rate_limit_view(await client.get_rate_limit(key)), "problem": ""}
+    except McpError as error:
+        if error.code == grpc.StatusCode.NOT_FOUND:
+            return {"limit": None, "problem": f"No rate limit applies to {key}: its calls are not limited."}
+        if error.code == grpc.StatusCode.INVALID_ARGUMENT:
+            why = error.violations[0].description if error.violations else error.message
+            return {"limit": None, "problem": f"{key[:80]!r} cannot be a rate-limit key: {why}."}
+        raise
 
 
 def _next_path(text: str) -> str:

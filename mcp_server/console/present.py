@@ -182,12 +182,16 @@ def protocol_view(entry: registry_pb2.RegisteredProtocol) -> dict[str, Any]:
 
 
 def rate_limit_view(limit: registry_pb2.RateLimit) -> dict[str, Any]:
-    """One rate limit: its rule and what a call could take now."""
+    """One rate limit: its rule and what a call could take now (and, for one key read by itself,
+    the template it falls under)."""
     period = limit.period.ToNanoseconds() / 1e9
-    return {
+    view = {
         "key": limit.key,
         "limit": f"{limit.limit:g}",
         "period": f"{period:g} s",
         "burst": f"{limit.burst:g}",
         "available": f"{limit.available:.2f}".rstrip("0").rstrip("."),
     }
+    if limit.template:
+        view["template"] = limit.template
+    return view

@@ -306,6 +306,28 @@ async def test_the_protocols_page_lists_the_rate_limits_to_those_who_may_see_the
                 ]
             else:
                 assert "Only operators and admins see the rate limits" in page and listed == []
+                looked = await (await browser.get(f"{url}/protocols", params={"rate_key": "protocol:echo"})).text()
+                assert 'id="rate-limit-found"' not in looked  # nor one key's
+    # one key looked up: the limit it falls under and its own room
+    await running.orchestrator.rate_limits.put(
+        registry_pb2.RateLimit(key="tenant:*", limit=60, period=duration_pb2.Duration(seconds=60), burst=5)
+    )
+    await running.orchestrator.rate_limits.take_units([("tenant:acme", 3)])
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        form = await (await browser.get(f"{url}/login")).text()
+        await browser.post(f"{url}/login", data={"token": "ops-secret", "csrf": csrf_of(form), "next": "/protocols"})
+        for key, said in (
+            ("tenant:acme", 'under the template <span class="mono">tenant:*</span>'),
+            ("protocol:echo", "its own limit"),
+            ("user:ann", "No rate limit applies to user:ann"),
+            ("a b", "cannot be a rate-limit key"),
+            ("<script>", "No rate limit applies to &lt;script&gt;"),
+        ):
+            page = await (await browser.get(f"{url}/protocols", params={"rate_key": key})).text()
+            found = page[page.index('id="rate-limit-found"') :]
+            assert said in " ".join(found.split()), (key, found[:400])
+        page = await (await browser.get(f"{url}/protocols", params={"rate_key": "tenant:acme"})).text()
+        assert '<span class="available">62</span> available now' in page  # 65 less the 3 taken
 
 
 async def test_the_event_stream_leaves_out_the_large_data_the_page_never_shows(console, api):

@@ -194,4 +194,6 @@ def rate_limit_view(limit: registry_pb2.RateLimit) -> dict[str, Any]:
     }
     if limit.template:
         view["template"] = limit.template
+    if limit.HasField("next_unit") and (wait := limit.next_unit.ToNanoseconds() / 1e9) > 0:
+        view["next_unit"] = f"{wait:.1f} s"
     return view

@@ -109,9 +109,11 @@ class RateLimitGate:
             raise NotFound(
                 f"no rate limit applies to key {key!r}", reason="RATE_LIMIT_NOT_FOUND", metadata={"key": key}
             )
-        message = message_of(*read)
-        if read[0].key != key:
-            message.key, message.template = key, read[0].key
+        message = message_of(read.spec, read.available)
+        if read.spec.key != key:
+            message.key, message.template = key, read.spec.key
+        if read.next_unit is not None:
+            message.next_unit.FromNanoseconds(round(read.next_unit * 1e9))
         return message
 
     async def delete(self, key: str) -> None:

@@ -327,7 +327,10 @@ async def test_the_protocols_page_lists_the_rate_limits_to_those_who_may_see_the
             found = page[page.index('id="rate-limit-found"') :]
             assert said in " ".join(found.split()), (key, found[:400])
         page = await (await browser.get(f"{url}/protocols", params={"rate_key": "tenant:acme"})).text()
-        assert '<span class="available">62</span> available now' in page  # 65 less the 3 taken
+        assert '<span class="available">62</span> available now.' in page  # 65 less the 3 taken
+        await running.orchestrator.rate_limits.take_units([("tenant:acme", 62)])
+        page = await (await browser.get(f"{url}/protocols", params={"rate_key": "tenant:acme"})).text()
+        assert '<span class="available">0</span> available now, the next unit in ' in page
 
 
 async def test_the_event_stream_leaves_out_the_large_data_the_page_never_shows(console, api):

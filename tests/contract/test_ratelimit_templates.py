@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_server.engine.ports import RateLimitSpec
+from mcp_server.engine.ports import KeyRoom, RateLimitSpec
 from mcp_server.protocols.rate_limits import RateLimitGate
 
 pytestmark = pytest.mark.asyncio
@@ -34,21 +34,29 @@ async def test_a_key_falls_under_its_own_limit_then_the_longest_template(store):
 
 
 async def test_a_key_s_own_room_is_read_under_its_own_limit_or_its_template_s(store):
-    """read_rate_limit: the limit that applies and what this one key has left, changing nothing."""
+    """read_rate_limit: the limit that applies, what this one key has left and when it may take
+    one more unit, changing nothing."""
     limits = store.rate_limits
     await limits.put_rate_limit(RateLimitSpec("room:*", 3, 60.0, burst=1))
     await limits.put_rate_limit(RateLimitSpec("room:own", 10, 60.0))
-    assert await limits.read_rate_limit("room:acme", "room:*") == (RateLimitSpec("room:*", 3, 60.0, 1), 4)
+    await limits.put_rate_limit(RateLimitSpec("room:tiny", 0.5, 60.0))
+    assert await limits.read_rate_limit("room:acme", "room:*") == KeyRoom(RateLimitSpec("room:*", 3, 60.0, 1), 4, 0)
     for _ in range(3):
         assert (await limits.take_units([("room:acme", 1, "room:*")])).granted
     assert (await limits.take_units([("room:own", 4, "room:own")])).granted
-    spec, room = await limits.read_rate_limit("room:acme", "room:*")
-    assert spec == RateLimitSpec("room:*", 3, 60.0, 1) and room == pytest.approx(1, abs=1e-3)
+    read = await limits.read_rate_limit("room:acme", "room:*")
+    assert read.spec == RateLimitSpec("room:*", 3, 60.0, 1) and read.available == pytest.approx(1, abs=1e-3)
+    assert read.next_unit == 0
     for _ in range(3):  # reading takes nothing
-        assert (await limits.read_rate_limit("room:acme", "room:*"))[1] == pytest.approx(1, abs=1e-3)
-    assert (await limits.read_rate_limit("room:zeta", "room:*"))[1] == 4  # another key: all of its own
-    assert (await limits.read_rate_limit("room:own", "room:own"))[1] == pytest.approx(6, abs=1e-3)
+        assert (await limits.read_rate_limit("room:acme", "room:*")).available == pytest.approx(1, abs=1e-3)
+    assert (await limits.read_rate_limit("room:zeta", "room:*")).available == 4  # another key: all of its own
+    own = await limits.read_rate_limit("room:own", "room:own")
+    assert own.available == pytest.approx(6, abs=1e-3) and own.next_unit == 0
     assert await limits.read_rate_limit("room:acme", "nothing:*") is None
     assert (await limits.take_units([("room:acme", 1, "room:*")])).granted
-    assert not (await limits.take_units([("room:acme", 1, "room:*")])).granted
-    assert (await limits.read_rate_limit("room:acme", "room:*"))[1] == 0
+    refused = await limits.take_units([("room:acme", 1, "room:*")])
+    spent = await limits.read_rate_limit("room:acme", "room:*")
+    assert spent.available == 0 and not refused.granted
+    # the window holds 4 of 4 until the first grant is a period old: as long as a take would say
+    assert spent.next_unit == pytest.approx(refused.retry_after, abs=0.5) and 58 < spent.next_unit <= 60
+    assert (await limits.read_rate_limit("room:tiny", "room:tiny")).next_unit is None  # never one unit

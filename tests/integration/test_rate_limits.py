@@ -354,6 +354,7 @@ async def test_get_rate_limit_reads_one_key_under_its_own_limit_or_its_template(
     await put_limit(client, prefix + "own", 100, 1.0)
     uses = [{"key_expression": f"'{prefix}' + input.tag"}]
     await create(client, ticks_wf("get-ticks", "acme", 2, uses))
+    await create(client, ticks_wf("get-ticks-1", "acme", 1, uses))
     done = await wait_done(client, (await submit(client, "get-ticks", {"tag": "acme"})).task_id)
     assert done.status == S.TASK_STATUS_COMPLETED
 
@@ -363,6 +364,11 @@ async def test_get_rate_limit_reads_one_key_under_its_own_limit_or_its_template(
     acme = await get(prefix + "acme")
     assert (acme.key, acme.template, acme.limit, acme.period.seconds) == (prefix + "acme", prefix + "*", 3, 60)
     assert acme.available == pytest.approx(1, abs=1e-3)  # two ticks took two of its three
+    assert acme.HasField("next_unit") and acme.next_unit.ToNanoseconds() == 0  # it may take one now
+    # the last of the three, then none left until a minute after the first tick
+    await wait_done(client, (await submit(client, "get-ticks-1", {"tag": "acme"})).task_id)
+    spent = await get(prefix + "acme")
+    assert spent.available == 0 and 40 < spent.next_unit.ToNanoseconds() / 1e9 <= 60, spent
     assert (await get(prefix + "zeta")).available == 3  # a tenant that took nothing
     template = await get(prefix + "*")
     assert (template.key, template.template, template.available) == (prefix + "*", "", 3)

@@ -46,6 +46,15 @@ class Grant:
     too_large: bool = False
 
 
+@dataclass(frozen=True)
+class KeyRoom:
+    """One key's room under the limit that applies to it (`spec`: the key's own, or its template's)."""
+
+    spec: RateLimitSpec
+    available: float  # the units one call could take now
+    next_unit: float | None  # seconds until one unit could be taken (0: now); None: never (limit + burst < 1)
+
+
 class RateLimitStore(Protocol):
     async def put_rate_limit(self, spec: RateLimitSpec) -> None:
         """Set or replace the limit of `spec.key` (what was granted within the last period counts on)."""
@@ -59,9 +68,9 @@ class RateLimitStore(Protocol):
         """Every limit, by key, with the units a call could take of it now."""
         ...
 
-    async def read_rate_limit(self, key: str, limit_key: str) -> tuple[RateLimitSpec, float] | None:
-        """The limit of `limit_key` (the key itself, or the template it falls under) and the units
-        `key` could take of it now; None when `limit_key` has no limit. Changes nothing."""
+    async def read_rate_limit(self, key: str, limit_key: str) -> KeyRoom | None:
+        """The limit of `limit_key` (the key itself, or the template it falls under) and `key`'s
+        room under it now; None when `limit_key` has no limit. Changes nothing."""
         ...
 
     async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:

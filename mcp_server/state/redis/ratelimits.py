@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mcp_server.engine.ports import Grant, RateLimitSpec
+from mcp_server.engine.ports import Grant, KeyRoom, RateLimitSpec
 from mcp_server.state.redis import ratelimits_lua as lua
 from mcp_server.state.redis.connection import RedisConnection
 
@@ -46,13 +46,15 @@ class RedisRateLimits:
             found.append((spec, float(reply[i + 2])))
         return sorted(found, key=lambda item: item[0].key)
 
-    async def read_rate_limit(self, key: str, limit_key: str) -> tuple[RateLimitSpec, float] | None:
+    async def read_rate_limit(self, key: str, limit_key: str) -> KeyRoom | None:
         args = [self.grants, self.states, key, limit_key]
         reply = await self.conn.do(self.conn.script(self._read, list(self.keys), args))
         if not reply:
             return None
         limit, period_ms, burst = (float(part) for part in reply[0].decode().split("|"))
-        return RateLimitSpec(limit_key, limit, period_ms / 1000, burst), float(reply[1])
+        next_unit = float(reply[2])
+        spec = RateLimitSpec(limit_key, limit, period_ms / 1000, burst)
+        return KeyRoom(spec, float(reply[1]), next_unit / 1000 if next_unit >= 0 else None)
 
     async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:
         args: list[Any] = [self.grants, self.states]

@@ -131,9 +131,9 @@ return found
 """
 )
 
-# ARGV: grants key prefix, templated-state key prefix, key, limit key -> {definition, available}
-# of the limit key's limit for `key`, or {} when it has none; reads only (a grant older than the
-# window is left for the next take to drop, and not counted)
+# ARGV: grants key prefix, templated-state key prefix, key, limit key -> {definition, available,
+# ms until one unit (-1: never)} of the limit key's limit for `key`, or {} when it has none; reads
+# only (a grant older than the window is left for the next take to drop, and not counted)
 READ_LIMIT = (
     _COMMON
     + """
@@ -147,13 +147,25 @@ if limit_key ~= key then
 else
   tat = tonumber(redis.call('HGET', KEYS[2], key) or '0')
 end
+local live = redis.call('ZRANGEBYSCORE', ARGV[1] .. key, '(' .. (now - period), '+inf', 'WITHSCORES')
 local used = 0
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', ARGV[1] .. key, '(' .. (now - period), '+inf')) do
-  used = used + units_of(m)
-end
+for j = 1, #live, 2 do used = used + units_of(live[j]) end
 local capacity = limit + burst
-local by_gcra = capacity - (math.max(tat, now) - now) / (period / limit)
+local interval = period / limit
+local by_gcra = capacity - (math.max(tat, now) - now) / interval
 local room = math.max(0, math.min(by_gcra, capacity - used))
-return {redis.call('HGET', KEYS[1], limit_key), tostring(room)}
+local next_unit = -1
+if capacity >= 1 - 1e-9 then  -- as TAKE_UNITS would answer an ask of one unit
+  local wait = 0
+  if used + 1 > capacity + 1e-9 then
+    local needed, freed = used + 1 - capacity, 0
+    for j = 1, #live, 2 do
+      freed = freed + units_of(live[j])
+      if freed >= needed - 1e-9 then wait = tonumber(live[j + 1]) + period - now break end
+    end
+  end
+  next_unit = math.max(wait, math.max(tat, now) + (1 - capacity) * interval - now, 0)
+end
+return {redis.call('HGET', KEYS[1], limit_key), tostring(room), tostring(next_unit)}
 """
 )

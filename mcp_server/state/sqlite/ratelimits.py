@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from mcp_server.engine.ports import Grant, RateLimitSpec
+from mcp_server.engine.ports import Grant, KeyRoom, RateLimitSpec
 from mcp_server.state.common import now_seconds
 from mcp_server.state.rate_math import EPSILON, available, next_tat, wait_for
 from mcp_server.state.sqlite.database import SqliteDatabase
@@ -49,8 +49,8 @@ class SqliteRateLimits:
 
         return await self.db.run(read)
 
-    async def read_rate_limit(self, key: str, limit_key: str) -> tuple[RateLimitSpec, float] | None:
-        def read(db: sqlite3.Connection) -> tuple[RateLimitSpec, float] | None:
+    async def read_rate_limit(self, key: str, limit_key: str) -> KeyRoom | None:
+        def read(db: sqlite3.Connection) -> KeyRoom | None:
             found = db.execute("SELECT lim, period, burst, tat FROM rate_limits WHERE key=?", (limit_key,)).fetchone()
             if found is None:
                 return None
@@ -59,7 +59,8 @@ class SqliteRateLimits:
             # the grants of `key` (a templated key's are kept under its own name)
             grants = _grants(db, RateLimitSpec(key, found[0], found[1], found[2]), now)
             spec = RateLimitSpec(limit_key, found[0], found[1], found[2])
-            return spec, available(spec, tat, grants, now)
+            next_unit = wait_for(spec, tat, grants, now, 1) if spec.capacity >= 1 - EPSILON else None
+            return KeyRoom(spec, available(spec, tat, grants, now), next_unit)
 
         return await self.db.run(read)
 

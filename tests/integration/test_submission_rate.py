@@ -17,6 +17,7 @@ from google.protobuf import duration_pb2
 from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
+from mcp_sdk.sync import SyncClient
 from tests.helpers import bearer, principals_file, step, workflow
 
 pytestmark = pytest.mark.asyncio
@@ -185,6 +186,12 @@ async def test_the_sdk_waits_out_a_submission_limit_when_asked_and_submits_once(
     ops = Client(running.address)
     await ops.create_workflow(workflow("rated", step("s", "echo")))
     await ops.put_rate_limit("submit:", 1, 1.0)
+
+    def read_blocking() -> float:  # the blocking client, off this loop (the server runs on it)
+        with SyncClient(running.address) as sync:
+            return sync.get_rate_limit("submit:").limit
+
+    assert await asyncio.to_thread(read_blocking) == 1
     patient = Client(running.address, rate_limited_wait=5)
     try:
         await ops.submit("rated")

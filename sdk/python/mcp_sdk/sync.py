@@ -223,6 +223,10 @@ class SyncClient:
     def list_rate_limits(self) -> list[registry_pb2.RateLimit]:
         return self._run(self._client.list_rate_limits())
 
+    def get_rate_limit(self, key: str) -> registry_pb2.RateLimit:
+        """See Client.get_rate_limit."""
+        return self._run(self._client.get_rate_limit(key))
+
     def delete_rate_limit(self, key: str) -> None:
         self._run(self._client.delete_rate_limit(key))
 

@@ -204,7 +204,8 @@ def _print_rate_limits(value: dict[str, Any]) -> None:
         burst = f" + burst {limit['burst']:g}" if limit.get("burst") else ""
         rule = f"{limit['limit']:g} per {limit['period']}{burst}"
         under = f" (under {limit['template']})" if limit.get("template") else ""
-        later = f", the next unit in {limit['next_unit']}" if limit.get("next_unit", "0s") != "0s" else ""
+        wait = float(limit.get("next_unit", "0s").rstrip("s"))
+        later = f", the next unit in {wait:.1f}s" if wait > 0 else ""
         print(f"{limit['key']}\t{rule}{under}\t{limit.get('available', 0):g} available now{later}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -208,6 +209,12 @@ def test_the_cli_puts_lists_and_deletes_rate_limits(server_process):
         json.loads(mcp(address, "--json", "ratelimit", "get", "tenant:acme").stdout)["rate_limits"][0]["template"]
         == "tenant:*"
     )
+    assert mcp(address, "ratelimit", "put", "submit:", "--limit", "1", "--period", "1m").returncode == 0
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "sequence.yaml")).returncode == 0
+    assert mcp(address, "task", "submit", "text-pipeline", "--input", '{"text": "One."}').returncode == 0
+    spent = mcp(address, "ratelimit", "get", "submit:")  # the one submission a minute is taken
+    assert re.search(r"0 available now, the next unit in (5\d|60)\.\ds$", spent.stdout.strip()), spent
+    assert mcp(address, "ratelimit", "delete", "submit:").returncode == 0
     none = mcp(address, "ratelimit", "get", "user:ann")
     assert none.returncode == 1 and "NOT_FOUND" in none.stderr and "user:ann" in none.stderr
     assert mcp(address, "ratelimit", "delete", "tenant:*").returncode == 0

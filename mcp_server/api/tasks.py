@@ -65,6 +65,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             current_principal.get(),
             request.view or task_pb2.TASK_VIEW_BASIC,
             request.owner,
+            dict(request.labels),
         )
         return task_pb2.ListTasksResponse(tasks=tasks, next_page_token=token, total_size=total)
 

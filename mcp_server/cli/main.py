@@ -124,6 +124,7 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
             version=args.version,
             priority=args.priority,
             request_id=args.request_id,
+            labels=dict(args.label),
         )
         if args.watch:
             if not args.json:
@@ -138,7 +139,9 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         out(render.to_json(task)) if out else render.task_summary(task)
     elif cmd == ("task", "list"):
         statuses = [f"TASK_STATUS_{s.upper()}" for s in args.status]
-        listed = await client.list_tasks(statuses=statuses, workflow_id=args.workflow or "", page_size=args.page_size)
+        listed = await client.list_tasks(
+            statuses=statuses, workflow_id=args.workflow or "", labels=dict(args.label), page_size=args.page_size
+        )
         out(render.to_json(listed)) if out else render.task_rows(list(listed.tasks))
     elif cmd == ("task", "cancel"):
         task = await client.cancel(args.id, args.reason or "")
@@ -207,6 +210,14 @@ def _print_rate_limits(value: dict[str, Any]) -> None:
         wait = float(limit.get("next_unit", "0s").rstrip("s"))
         later = f", the next unit in {wait:.1f}s" if wait > 0 else ""
         print(f"{limit['key']}\t{rule}{under}\t{limit.get('available', 0):g} available now{later}")
+
+
+def label(text: str) -> tuple[str, str]:
+    """A `KEY=VALUE` label (the value may hold `=`)."""
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE, not {text[:60]!r}")
+    return key, value
 
 
 def parse_seconds(text: str) -> float:
@@ -288,6 +299,7 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--input", help="JSON object, or @FILE")
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--request-id")
+    submit.add_argument("--label", action="append", default=[], type=label, metavar="KEY=VALUE", help="repeatable")
     submit.add_argument("--watch", action="store_true", help="follow the task to its end")
     submit.add_argument("--plain", action="store_true", help="with --watch: one line per event instead of a live tree")
     task.add_parser("get").add_argument("id")
@@ -299,6 +311,9 @@ def parser() -> argparse.ArgumentParser:
         choices=["pending", "running", "waiting", "completed", "failed", "cancelled"],
     )
     lst.add_argument("--workflow")
+    lst.add_argument(
+        "--label", action="append", default=[], type=label, metavar="KEY=VALUE", help="only tasks with it (repeatable)"
+    )
     lst.add_argument("--page-size", type=int, default=50)
     cancel = task.add_parser("cancel")
     cancel.add_argument("id")

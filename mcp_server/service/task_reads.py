@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
@@ -46,14 +46,15 @@ class TaskReads:
         principal: Principal = ANONYMOUS_ADMIN,
         view: int = task_pb2.TASK_VIEW_BASIC,
         owner: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> tuple[list[task_pb2.Task], str, int]:
         """Tasks newest first, as many as fit in one response; an admin may filter by owner,
-        anyone else sees only their own."""
+        anyone else sees only their own; with `labels`, only the tasks that carry all of them."""
         if not principal.is_admin:
             if owner and owner != principal.name:
                 return [], "", 0  # another principal's tasks do not exist for this caller
             owner = principal.name
-        where = TaskFilter(tuple(statuses), workflow_id, owner)
+        where = TaskFilter(tuple(statuses), workflow_id, owner, tuple(sorted((labels or {}).items())))
         page = await self.tasks.list_tasks(page_size(size, self.limits), page_token, where)
         shown = await self.views.many(page.tasks, with_steps=view == task_pb2.TASK_VIEW_FULL)
         more = page.more or len(shown) < len(page.tasks)

@@ -392,3 +392,27 @@ def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
     _, process = server_process
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0
+
+
+def test_the_cli_submits_with_labels_and_lists_by_them(server_process):
+    address, _ = server_process
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "sequence.yaml")).returncode == 0
+    text = json.dumps({"text": "One. Two."})
+    made = []
+    for order in ("B-7", "B-8"):
+        submitted = mcp(
+            address, "--json", "task", "submit", "text-pipeline", "--input", text, "--label", f"order={order}"
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        made.append(json.loads(submitted.stdout)["task"])
+    assert made[0]["labels"] == {"order": "B-7"}
+    found = json.loads(mcp(address, "--json", "task", "list", "--label", "order=B-7").stdout)
+    assert [t["task_id"] for t in found["tasks"]] == [made[0]["task_id"]] and found["total_size"] == "1"
+    shown = mcp(address, "task", "list", "--label", "order=B-8")
+    assert (
+        shown.returncode == 0 and made[1]["task_id"][:8] in shown.stdout and made[0]["task_id"][:8] not in shown.stdout
+    )
+    bad = mcp(address, "task", "list", "--label", "order")
+    assert bad.returncode == 2 and "a label is KEY=VALUE" in bad.stderr
+    refused = mcp(address, "task", "list", "--label", "a key=v")
+    assert refused.returncode == 1 and "labels" in refused.stderr, refused

@@ -253,7 +253,8 @@ async def test_nothing_of_a_removed_task_is_left_in_the_store_whatever_it_went_t
     server_factory, store_url, removal
 ):
     """Tasks of every shape (large values, a signal taken by a wait, cancelled while waiting,
-    failed, a rerun sharing values, a concurrency key, a cached output), deleted or purged at the
+    failed, a rerun sharing values, a concurrency key, a cached output, labels and their
+    indexes), deleted or purged at the
     end of their retention: no key, member, field, value or row of the store names them afterwards
     (scanned whole; the step cache too after DeleteTask, while the purge leaves it to its ttl).
     Before, a capped group's sets kept a finished task's id until the group was read."""
@@ -267,8 +268,9 @@ async def test_nothing_of_a_removed_task_is_left_in_the_store_whatever_it_went_t
     await create(client, keyed)
     await create(client, workflow("kept", step("s", "echo", cache={"ttl": "600s"})))
 
-    big = await wait_done(client, (await submit(client, "big", request_id="r-big")).task_id)
-    answered = await submit(client, "asks")
+    labels = {"order": "A-1", "env": "test"}
+    big = await wait_done(client, (await submit(client, "big", request_id="r-big", labels=labels)).task_id)
+    answered = await submit(client, "asks", labels={"order": "A-1"})
     stranded = await submit(client, "asks")
     for task in (answered, stranded):
         while (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.status != (

@@ -68,6 +68,10 @@ class TaskFilter:
     statuses: tuple[int, ...] = ()
     workflow_id: str = ""
     owner: str = ""
+    labels: tuple[tuple[str, str], ...] = ()  # (key, value), sorted: a task must carry every one
+
+    def labels_match(self, task: task_pb2.Task) -> bool:
+        return all(task.labels.get(key) == value for key, value in self.labels)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:sg          signals not taken in by the replica holding the task: zset task_id -> when (ms)
     P{T}:w           the wake-up stream of this replica set's watchers (see streams.py)
     P{T}:i:<index>   listing indexes: zset task_id -> create micros; <index> is `a` (all),
-                     `s:<status>`, `o:<owner>`, `os:<status>:<owner>`, `w:<workflow>`, `ws:<status>:<workflow>`
+                     `s:<status>`, `o:<owner>`, `os:<status>:<owner>`, `w:<workflow>`, `ws:<status>:<workflow>`,
+                     `l:<digest>` (a label `key=value`: see label_index)
     P{T}:t:<id>      the task's header hash: f (fixed part), v (live part), st, tok (fencing
-                     token), seq (last event written), pr, ow, wf, ct, fp, qm, by, cx, ro (rerun of)
+                     token), seq (last event written), pr, ow, wf, ct, fp, qm, by, cx, ro (rerun of),
+                     lb (the digests of its labels' indexes, space-separated)
     P{T}:t:<id>:s    step records: hash path -> serialized StepState
     P{T}:t:<id>:o    step order: hash index -> path
     P{T}:t:<id>:e    events: stream, entry id 0-<sequence>
@@ -42,6 +44,7 @@ over the 16,384 slots, hence over a cluster's masters.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -156,6 +159,12 @@ class Layout:
         if workflow is not None:
             return f"{base}ws:{status}:{workflow}" if status else f"{base}w:{workflow}"
         return f"{base}s:{status}" if status else f"{base}a"
+
+    def label_index(self, partition: int, key: str, value: str) -> str:
+        """The index of the tasks that carry label `key`=`value` (named by a digest: a label's
+        value may hold any character; a listing checks the labels of what it reads)."""
+        digest = hashlib.sha1(f"{key}\0{value}".encode()).hexdigest()[:24]
+        return f"{self.index_prefix(partition)}l:{digest}"
 
     def indexes_of(self, partition: int, status: int, owner: str, workflow: str) -> list[str]:
         """Every index a task of this status, owner and workflow belongs to."""

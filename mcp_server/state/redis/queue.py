@@ -200,13 +200,15 @@ class RedisQueue(CreateTask):
             self.layout.leases(partition),
             *self.layout.indexes_of(partition, task.status, task.owner, task.workflow_id),
         ]
+        labels = [self.layout.label_index(partition, key, value) for key, value in sorted(task.labels.items())]
         if kept is None:
             for digest, data in (values or {}).items():
                 args += [digest, data]
+            script_keys += labels
             created, detail = await self.conn.write(self._create, script_keys, args)
         else:
             source = self.layout.task(kept.source_task_id)
-            script_keys += [keys.steps, keys.order, keys.links, source.header, source.reruns]
+            script_keys += [keys.steps, keys.order, keys.links, source.header, source.reruns, *labels]
             args += [kept.source_task_id, len(values or {})]
             for digest, data in (values or {}).items():
                 args += [digest, data]

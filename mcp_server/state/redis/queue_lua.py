@@ -29,8 +29,18 @@ else  -- started at once by the replica that took the submission: leased, never 
   fair_hold(KEYS[3], KEYS[1], ARGV[1])
 end
 for i = 6, 11 do redis.call('ZADD', KEYS[i], micros, ARGV[1]) end
+-- the indexes of its labels, the keys from `first` on; their digests kept for its removal
+local function index_labels(first)
+  local digests = {}
+  for i = first, #KEYS do
+    redis.call('ZADD', KEYS[i], micros, ARGV[1])
+    digests[#digests + 1] = string.match(KEYS[i], 'l:(%x+)$')
+  end
+  if #digests > 0 then redis.call('HSET', KEYS[1], 'lb', table.concat(digests, ' ')) end
+end
 """
-# KEYS: header, events, queue, values, leases, the six indexes (see Layout.indexes_of)
+# KEYS: header, events, queue, values, leases, the six indexes (see Layout.indexes_of), then the
+#       indexes of its labels
 # ARGV: task_id, fixed, live, status, priority, owner, workflow, fingerprint, event,
 #       holder ('' to queue the task), lease expiry ms, group, its cap, task key prefix,
 #       then digest, value pairs
@@ -45,6 +55,7 @@ for i = 16, #ARGV, 2 do qb = qb + #ARGV[i] end
     + _STORE_TASK
     + """
 for i = 15, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
+index_labels(12)
 return {1, token}
 """
 )
@@ -52,7 +63,8 @@ return {1, token}
 # A rerun (see TaskQueue.create_leased): created as CREATE_TASK creates a task, with the step
 # records it keeps and links to the large values they refer to, each to the task that holds the
 # bytes (the source, or the task the source links to), which keeps them until it is purged.
-# KEYS: as CREATE_TASK's, then steps, order, value links, the source's header, the source's reruns
+# KEYS: as CREATE_TASK's up to the indexes, then steps, order, value links, the source's header, the
+#       source's reruns, then the indexes of its labels
 # ARGV: as CREATE_TASK's up to the task key prefix, then the source's id, #values,
 #       (digest, value) pairs, #records, (index, path, record) triples, then the digests to link
 # -> as CREATE_TASK's; {-1, what} when the source or one of its values is gone
@@ -93,6 +105,7 @@ end
 redis.call('ZADD', KEYS[16], micros, ARGV[1])
 local ttl = redis.call('PTTL', KEYS[15])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[16], ttl) end
+index_labels(17)
 return {1, token}
 """
 )

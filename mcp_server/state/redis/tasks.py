@@ -58,28 +58,24 @@ class RedisTasks:
         entries per index it needs, never every task. The token is the (creation time, task id)
         of the last task returned, so pages stay stable while tasks arrive or are purged."""
         cursor = _decode_cursor(page_token)
-        owner = where.owner or None
-        workflow = where.workflow_id if where.workflow_id and owner is None else None
-        also_workflow = where.workflow_id if owner is not None else ""  # no index has both: filter
-        keys = [
-            self.layout.index(p, s, owner, workflow)
-            for p in range(self.layout.partitions)
-            for s in where.statuses or (0,)
-        ]
+        keys, filtering = self._indexes_for(where)
         found: list[tuple[tuple[float, str], task_pb2.Task]] = []
         total = -1
         while len(found) <= page_size:
-            want = page_size + 1 - len(found) if not also_workflow else 4 * (page_size + 1)
+            want = page_size + 1 - len(found) if not filtering else 4 * (page_size + 1)
             entries, counted = await self._index_entries(keys, cursor, want, count=total < 0)
             total = counted if total < 0 else total
             if not entries:
                 break
             rows = await self._headers([task_id for _, task_id in entries])
-            for entry, (fixed, live, task_workflow) in zip(entries, rows):
+            for entry, (fixed, live, _) in zip(entries, rows):
                 cursor = entry
-                if fixed is None or (also_workflow and (task_workflow or b"").decode() != also_workflow):
-                    continue  # purged since it was indexed, or another workflow
-                found.append((entry, assemble(fixed, live)))
+                if fixed is None:
+                    continue  # purged since it was indexed
+                task = assemble(fixed, live)
+                if filtering and not _matches(task, where):
+                    continue  # what the index it was read from does not tell apart
+                found.append((entry, task))
                 if len(found) > page_size:
                     break
             if len(entries) < want:
@@ -89,8 +85,21 @@ class RedisTasks:
             [task for _, task in page],
             [_encode_cursor(entry) for entry, _ in page],
             len(found) > page_size,
-            0 if also_workflow else total,
+            0 if filtering else total,
         )
+
+    def _indexes_for(self, where: TaskFilter) -> tuple[list[str], bool]:
+        """The indexes a listing reads (every partition's), and whether what they hold must be
+        filtered further: no index has both an owner and a workflow, nor a label and anything else."""
+        partitions = range(self.layout.partitions)
+        if where.labels:
+            key, value = where.labels[0]
+            alone = len(where.labels) == 1 and not (where.statuses or where.owner or where.workflow_id)
+            return [self.layout.label_index(p, key, value) for p in partitions], not alone
+        owner = where.owner or None
+        workflow = where.workflow_id if where.workflow_id and owner is None else None
+        keys = [self.layout.index(p, s, owner, workflow) for p in partitions for s in where.statuses or (0,)]
+        return keys, bool(owner and where.workflow_id)
 
     async def _index_entries(
         self, keys: list[str], after: tuple[float, str] | None, want: int, count: bool
@@ -289,3 +298,12 @@ def _decode_cursor(token: str) -> tuple[float, str] | None:
             "page_token is not a token this server issued",
             violations=[FieldViolation("page_token", "pass next_page_token from the previous page, unchanged")],
         ) from None
+
+
+def _matches(task: task_pb2.Task, where: TaskFilter) -> bool:
+    return (
+        (not where.statuses or task.status in where.statuses)
+        and (not where.owner or task.owner == where.owner)
+        and (not where.workflow_id or task.workflow_id == where.workflow_id)
+        and where.labels_match(task)
+    )

@@ -108,10 +108,11 @@ return 1
 _REMOVE_TASK = """
 local function remove_task(retention, ends, prefix, idx, queue, task_id)
   local head = prefix .. task_id
-  local f = redis.call('HMGET', head, 'st', 'ow', 'wf', 'fg')
+  local f = redis.call('HMGET', head, 'st', 'ow', 'wf', 'fg', 'lb')
   if f[1] then
     local keys = {'a', 's:' .. f[1], 'o:' .. f[2], 'os:' .. f[1] .. ':' .. f[2], 'w:' .. f[3],
                   'ws:' .. f[1] .. ':' .. f[3]}
+    for digest in string.gmatch(f[5] or '', '%x+') do keys[#keys + 1] = 'l:' .. digest end
     for _, key in ipairs(keys) do
       redis.call('ZREM', idx .. key, task_id)
     end

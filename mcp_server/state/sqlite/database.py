@@ -112,6 +112,10 @@ CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (fair_group, priority, seq) WHERE
 CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (fair_group, status) WHERE fair_cap > 0;
 DROP INDEX IF EXISTS tasks_queued_by_owner;
 CREATE INDEX IF NOT EXISTS tasks_queued_bytes_by_owner ON tasks (owner, queued_bytes) WHERE queued = 1;
+CREATE TABLE IF NOT EXISTS task_labels (
+  key TEXT NOT NULL, value TEXT NOT NULL, seq INTEGER NOT NULL, task_id TEXT NOT NULL,
+  PRIMARY KEY (key, value, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS task_labels_by_task ON task_labels (task_id);
 CREATE TABLE IF NOT EXISTS fair_turns (
   priority INTEGER NOT NULL, grp TEXT NOT NULL, turn INTEGER NOT NULL, blocked INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (priority, grp)) WITHOUT ROWID;

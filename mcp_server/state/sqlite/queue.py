@@ -79,7 +79,7 @@ class SqliteQueue(CreateTask):
             start = holder and not (group.max_running and running_in_group(db, group.name) >= group.max_running)
             leased = (0, holder, 1, now_seconds() + lease_seconds) if start else (1, None, 0, None)
             with db:
-                db.execute(
+                inserted = db.execute(
                     "INSERT INTO tasks (task_id, workflow_id, owner, status, priority,"
                     " request_id, request_fp, fixed, live, "
                     "last_sequence, queued, lease_owner, lease_token, lease_expires, rerun_of, fair_group, fair_cap,"
@@ -102,6 +102,11 @@ class SqliteQueue(CreateTask):
                         size,
                     ),
                 )
+                if task.labels:  # the index ListTasks reads a label from
+                    db.executemany(
+                        "INSERT INTO task_labels VALUES (?,?,?,?)",
+                        [(key, value, inserted.lastrowid, task.task_id) for key, value in task.labels.items()],
+                    )
                 if kept:
                     _copy_kept(db, task.task_id, kept)
                 db.execute(

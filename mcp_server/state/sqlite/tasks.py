@@ -50,6 +50,9 @@ class SqliteTasks:
         if where.owner:
             conditions.append("owner=?")
             args.append(where.owner)
+        for key, value in where.labels:
+            conditions.append("seq IN (SELECT seq FROM task_labels WHERE key=? AND value=?)")
+            args += [key, value]
         filtered = " AND ".join(conditions) or "1"
 
         def select(db: sqlite3.Connection) -> tuple[list[Any], int]:
@@ -214,7 +217,7 @@ def _remove_tasks(db: sqlite3.Connection, gone: str, params: tuple[object, ...])
         params + params,
     )
     db.execute(f"DELETE FROM value_links WHERE origin IN ({gone})", params)
-    for table in ("events", "steps", "task_values", "value_links", "signals", "waits"):
+    for table in ("events", "steps", "task_values", "value_links", "signals", "waits", "task_labels"):
         db.execute(f"DELETE FROM {table} WHERE task_id IN ({gone})", params)
     return int(db.execute(f"DELETE FROM tasks WHERE task_id IN ({gone})", params).rowcount)
 

@@ -122,12 +122,17 @@ class SyncClient:
         *,
         statuses: Sequence[task_pb2.TaskStatus | str] = (),
         workflow_id: str = "",
+        labels: Mapping[str, str] | None = None,
         page_size: int = 100,
         page_token: str = "",
     ) -> task_pb2.ListTasksResponse:
         return self._run(
             self._client.list_tasks(
-                statuses=statuses, workflow_id=workflow_id, page_size=page_size, page_token=page_token
+                statuses=statuses,
+                workflow_id=workflow_id,
+                labels=labels,
+                page_size=page_size,
+                page_token=page_token,
             )
         )
 

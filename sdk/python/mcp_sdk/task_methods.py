@@ -69,12 +69,18 @@ class TaskMethods(Connection):
         *,
         statuses: Sequence[task_pb2.TaskStatus | str] = (),
         workflow_id: str = "",
+        labels: Mapping[str, str] | None = None,
         page_size: int = 100,
         page_token: str = "",
     ) -> task_pb2.ListTasksResponse:
-        """One page of tasks, newest first; pass `next_page_token` back for the next."""
+        """One page of tasks, newest first; pass `next_page_token` back for the next. `labels`:
+        only the tasks that carry every one of them."""
         request = task_pb2.ListTasksRequest(
-            statuses=list(statuses), workflow_id=workflow_id, page_size=page_size, page_token=page_token
+            statuses=list(statuses),
+            workflow_id=workflow_id,
+            labels=dict(labels or {}),
+            page_size=page_size,
+            page_token=page_token,
         )
         reply: task_pb2.ListTasksResponse = await self._call(self.tasks.ListTasks, request)
         return reply

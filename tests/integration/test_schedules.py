@@ -87,6 +87,8 @@ async def test_every_second_on_two_replicas_starts_one_task_per_fire_time_and_no
     fire_times = [t.labels["mcp/fire-time"] for t in found]
     assert len(found) >= 3 and len(set(fire_times)) == len(fire_times), fire_times
     assert all(t.labels["mcp/schedule"] == schedule.schedule_id for t in found)
+    by_label = task_pb2.ListTasksRequest(labels={"mcp/schedule": schedule.schedule_id}, page_size=100)
+    assert {t.task_id for t in (await clients[1].tasks.ListTasks(by_label)).tasks} == {t.task_id for t in found}
     latest = max(datetime.strptime(f, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() for f in fire_times)
     assert latest <= deleted_at
     # whole seconds: every fire time of the interval, none missing between the first and the last

@@ -36,20 +36,28 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 
 async def tasks(request: web.Request) -> web.StreamResponse:
-    """Newest first, filtered by status and workflow, a page at a time, with a count per status."""
+    """Newest first, filtered by status, workflow and one label, a page at a time, with a count per
+    status (not by label: a count would be a scan on Redis)."""
     statuses = [s.lower() for s in request.query.getall("status", []) if s]
     unknown = [s for s in statuses if s not in TASK_STATUSES]
     if unknown:
         raise web.HTTPBadRequest(text=f"unknown status {unknown[0]!r}: use one of {', '.join(TASK_STATUSES)}")
     workflow_id = request.query.get("workflow", "").strip()
+    label = request.query.get("label", "").strip()
+    key, equals, value = label.partition("=")
+    if label and not (key and equals):
+        raise web.HTTPBadRequest(text=f"a label filter is KEY=VALUE, not {label[:80]!r}")
+    labels = {key: value} if label else {}
     page_token = request.query.get("page", "")
     client = api(request)
     names = [f"TASK_STATUS_{s.upper()}" for s in statuses]
     listed, *counted = await asyncio.gather(
-        client.list_tasks(statuses=names, workflow_id=workflow_id, page_size=PAGE_SIZE, page_token=page_token),
+        client.list_tasks(
+            statuses=names, workflow_id=workflow_id, labels=labels, page_size=PAGE_SIZE, page_token=page_token
+        ),
         *(
             client.list_tasks(statuses=[f"TASK_STATUS_{s.upper()}"], workflow_id=workflow_id, page_size=1)
-            for s in TASK_STATUSES
+            for s in (() if label else TASK_STATUSES)  # by label, counting would be a scan: none shown
         ),
     )
     counts = {status: reply.total_size for status, reply in zip(TASK_STATUSES, counted)}
@@ -58,13 +66,14 @@ async def tasks(request: web.Request) -> web.StreamResponse:
         "tasks.html",
         {
             "tasks": [task_view(t) for t in listed.tasks],
-            "total": listed.total_size,
+            "total": len(listed.tasks) if label else listed.total_size,
             "next_page": listed.next_page_token,
             "first_page": not page_token,
             "counts": counts,
             "statuses": statuses,
             "all_statuses": TASK_STATUSES,
             "workflow_id": workflow_id,
+            "label": label,
         },
     )
 

@@ -404,3 +404,22 @@ async def test_a_step_s_row_says_which_fallback_answered_and_when_its_retry_is_d
         page = await (await browser.get(f"{console.console.url}/tasks/{fell_back.task_id}")).text()
         assert '<span class="dim fallback">via echo</span>' in page
     await api.cancel(waiting.task_id)
+
+
+async def test_the_tasks_page_finds_tasks_by_a_label_and_each_label_links_to_its_tasks(console, api):
+    await api.create_workflow({"workflow_id": "tagged", "root": {"id": "s", "step": {"protocol": "echo"}}})
+    ones = [await api.submit("tagged", {}, labels={"order": "A-1", "note": "<b>x</b>"}) for _ in range(2)]
+    other = await api.submit("tagged", {}, labels={"order": "B-2"})
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/tasks", params={"label": "order=A-1"})).text()
+        assert all(t.task_id in page for t in ones) and other.task_id not in page
+        assert 'data-label="order=A-1"' in page and "with the label" in page
+        assert '<span class="count" data-count="completed"></span>' in page  # no counts by label
+        assert 'href="/tasks?label=order%3DA-1"' in page  # each label finds its tasks
+        assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page  # shown as text
+        everything = await (await browser.get(f"{console.console.url}/tasks")).text()
+        assert all(t.task_id in everything for t in (*ones, other)) and 'data-label=""' in everything
+        bad = await browser.get(f"{console.console.url}/tasks", params={"label": "order"})
+        assert bad.status == 400 and "a label filter is KEY=VALUE" in await bad.text()
+        refused = await browser.get(f"{console.console.url}/tasks", params={"label": "a key=v"})
+        assert refused.status == 400 and "labels" in await refused.text()

@@ -53,6 +53,7 @@ function tasksPage() {
   const total = document.getElementById("total");
   const shown = Number(total.textContent);
   const checked = [...document.querySelectorAll('#filters input[name="status"]:checked')].map((box) => box.value);
+  if (table.dataset.label) return; // tasks found by a label: no live counts (each would be a scan)
   const stream = new EventSource(`/tasks/counts?workflow=${encodeURIComponent(table.dataset.workflow || "")}`);
   stream.addEventListener("counts", (message) => {
     const counts = JSON.parse(message.data);

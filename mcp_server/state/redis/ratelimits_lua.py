@@ -33,6 +33,20 @@ local function window(key, grants, period, now)
   end
   return used
 end
+-- ms until `n` units may be granted (0: now): room in the window (`live`, the grants of the last
+-- period as ZRANGE ... WITHSCORES gives them, oldest first, `used` their sum) and under the GCRA
+local function wait_for(live, used, n, limit, period, burst, tat, now)
+  local capacity = limit + burst
+  local wait = 0
+  if used + n > capacity + 1e-9 then
+    local needed, freed = used + n - capacity, 0
+    for j = 1, #live, 2 do
+      freed = freed + units_of(live[j])
+      if freed >= needed - 1e-9 then wait = tonumber(live[j + 1]) + period - now break end
+    end
+  end
+  return math.max(wait, math.max(tat, now) + (n - capacity) * period / limit - now, 0)
+end
 """
 
 # ARGV: grants key prefix, templated-state key prefix, then (key, units, limit key) triples
@@ -70,19 +84,11 @@ for i = 3, #ARGV, 3 do
       tat = tonumber(redis.call('HGET', KEYS[2], key) or '0')
       used = window(key, grants, period, now)
     end
-    local wait = 0
-    if used + n > capacity + 1e-9 then
-      local needed, freed = used + n - capacity, 0
-      local live = redis.call('ZRANGE', grants, 0, -1, 'WITHSCORES')
-      for j = 1, #live, 2 do
-        freed = freed + units_of(live[j])
-        if freed >= needed - 1e-9 then wait = tonumber(live[j + 1]) + period - now break end
-      end
-    end
+    local live = {}
+    if used + n > capacity + 1e-9 then live = redis.call('ZRANGE', grants, 0, -1, 'WITHSCORES') end
+    local wait = wait_for(live, used, n, limit, period, burst, tat, now)
     local interval = period / limit
     tat = math.max(tat, now)
-    local gcra = tat + (n - capacity) * interval - now
-    if gcra > wait then wait = gcra end
     if wait > 0.001 then
       if wait > longest then longest, who = wait, key end
     else
@@ -154,18 +160,8 @@ local capacity = limit + burst
 local interval = period / limit
 local by_gcra = capacity - (math.max(tat, now) - now) / interval
 local room = math.max(0, math.min(by_gcra, capacity - used))
-local next_unit = -1
-if capacity >= 1 - 1e-9 then  -- as TAKE_UNITS would answer an ask of one unit
-  local wait = 0
-  if used + 1 > capacity + 1e-9 then
-    local needed, freed = used + 1 - capacity, 0
-    for j = 1, #live, 2 do
-      freed = freed + units_of(live[j])
-      if freed >= needed - 1e-9 then wait = tonumber(live[j + 1]) + period - now break end
-    end
-  end
-  next_unit = math.max(wait, math.max(tat, now) + (1 - capacity) * interval - now, 0)
-end
+local next_unit = -1  -- never: the limit cannot grant one unit
+if capacity >= 1 - 1e-9 then next_unit = wait_for(live, used, 1, limit, period, burst, tat, now) end
 return {redis.call('HGET', KEYS[1], limit_key), tostring(room), tostring(next_unit)}
 """
 )

@@ -9,6 +9,7 @@ from typing import Any
 
 from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
+from mcp_server.cli.inputs import parse_label
 
 FINISHED = ("completed", "failed", "cancelled")
 
@@ -16,20 +17,31 @@ FINISHED = ("completed", "failed", "cancelled")
 def add_parser(tasks: Any) -> None:
     delete = tasks.add_parser(
         "delete",
-        help="delete finished tasks with everything stored of them: by id, or every one --status selects",
+        help="delete finished tasks with everything stored of them: by id, or every one --status selects"
+        " (and --workflow, --label)",
     )
     delete.add_argument("ids", nargs="*", metavar="ID")
     delete.add_argument(
         "--status", action="append", default=[], choices=FINISHED, help="every task that ended so (repeatable)"
     )
     delete.add_argument("--workflow", default="", help="with --status: only this workflow's tasks")
+    delete.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=parse_label,
+        metavar="KEY=VALUE",
+        help="with --status: only the tasks that carry it (repeatable)",
+    )
     delete.add_argument("--allow-missing", action="store_true", help="a task that does not exist is no error")
 
 
 async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], None] | None) -> int:
     """Delete what the arguments name; exit status 1 when a named task could not be deleted."""
     if bool(args.ids) == bool(args.status):
-        raise SystemExit("mcp task delete: give task ids, or --status (and --workflow) to select finished tasks")
+        raise SystemExit(
+            "mcp task delete: give task ids, or --status (and --workflow, --label) to select finished tasks"
+        )
     ids = list(args.ids) if args.ids else [task_id async for task_id in _selected(client, args)]
     deleted: list[str] = []
     missing: list[str] = []
@@ -60,12 +72,14 @@ async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], Non
 
 
 async def _selected(client: Client, args: argparse.Namespace) -> AsyncIterator[str]:
-    """Every task with one of the statuses (of the workflow), page by page; pages stay valid while
+    """Every task with one of the statuses (of the workflow, with the labels), page by page; pages stay valid while
     the tasks they listed are deleted."""
     statuses = [f"TASK_STATUS_{s.upper()}" for s in args.status]
     token = ""
     while True:
-        page = await client.list_tasks(statuses=statuses, workflow_id=args.workflow, page_size=500, page_token=token)
+        page = await client.list_tasks(
+            statuses=statuses, workflow_id=args.workflow, labels=dict(args.label), page_size=500, page_token=token
+        )
         for task in page.tasks:
             yield task.task_id
         token = page.next_page_token

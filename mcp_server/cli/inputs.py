@@ -1,7 +1,8 @@
-"""JSON values given on the command line: inline, or @FILE holding one."""
+"""Values given on the command line: JSON (inline, or @FILE holding one), labels."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -21,3 +22,11 @@ def parse_input(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SystemExit("--input must be a JSON object")
     return value
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """--label: `KEY=VALUE` (the value may hold `=`)."""
+    key, equals, value = text.partition("=")
+    if not key or not equals:
+        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE, not {text[:60]!r}")
+    return key, value

@@ -25,7 +25,7 @@ from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.cli import deleting, render, schedules
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
-from mcp_server.cli.inputs import parse_input, parse_json
+from mcp_server.cli.inputs import parse_input, parse_json, parse_label
 from mcp_server.cli.tree import RunTree
 from mcp_server.console.app import start_console
 from mcp_server.shutdown import stop_requested
@@ -212,14 +212,6 @@ def _print_rate_limits(value: dict[str, Any]) -> None:
         print(f"{limit['key']}\t{rule}{under}\t{limit.get('available', 0):g} available now{later}")
 
 
-def label(text: str) -> tuple[str, str]:
-    """A `KEY=VALUE` label (the value may hold `=`)."""
-    key, equals, value = text.partition("=")
-    if not key or not equals:
-        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE, not {text[:60]!r}")
-    return key, value
-
-
 def parse_seconds(text: str) -> float:
     """A duration: `1.5` or `1.5s`, `500ms`, `2m`, `1h`."""
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -299,7 +291,9 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--input", help="JSON object, or @FILE")
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--request-id")
-    submit.add_argument("--label", action="append", default=[], type=label, metavar="KEY=VALUE", help="repeatable")
+    submit.add_argument(
+        "--label", action="append", default=[], type=parse_label, metavar="KEY=VALUE", help="repeatable"
+    )
     submit.add_argument("--watch", action="store_true", help="follow the task to its end")
     submit.add_argument("--plain", action="store_true", help="with --watch: one line per event instead of a live tree")
     task.add_parser("get").add_argument("id")
@@ -312,7 +306,12 @@ def parser() -> argparse.ArgumentParser:
     )
     lst.add_argument("--workflow")
     lst.add_argument(
-        "--label", action="append", default=[], type=label, metavar="KEY=VALUE", help="only tasks with it (repeatable)"
+        "--label",
+        action="append",
+        default=[],
+        type=parse_label,
+        metavar="KEY=VALUE",
+        help="only tasks with it (repeatable)",
     )
     lst.add_argument("--page-size", type=int, default=50)
     cancel = task.add_parser("cancel")

@@ -416,3 +416,9 @@ def test_the_cli_submits_with_labels_and_lists_by_them(server_process):
     assert bad.returncode == 2 and "a label is KEY=VALUE" in bad.stderr
     refused = mcp(address, "task", "list", "--label", "a key=v")
     assert refused.returncode == 1 and "labels" in refused.stderr, refused
+    for task in made:
+        assert mcp(address, "task", "watch", task["task_id"], "--plain").returncode == 0
+    gone = mcp(address, "--json", "task", "delete", "--status", "completed", "--label", "order=B-7")
+    assert json.loads(gone.stdout)["deleted"] == [made[0]["task_id"]], gone
+    left = json.loads(mcp(address, "--json", "task", "list", "--label", "order=B-8").stdout)["tasks"]
+    assert [t["task_id"] for t in left] == [made[1]["task_id"]]

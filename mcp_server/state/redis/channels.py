@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from redis.exceptions import NoPermissionError, RedisError
 
 from mcp_server.engine.failure_notes import FailureNotes
-from mcp_server.state.redis.connection import RedisConnection
+from mcp_server.state.redis.connection import LEAKED_CONNECTION_ERRORS, RedisConnection, raised_by_the_connection
 from mcp_server.state.redis.opening import text
 
 PAUSE_SECONDS = 0.5
@@ -41,6 +41,10 @@ async def follow_channel(conn: RedisConnection, channel: str, meanwhile: str) ->
             log.warning("this Redis user may not subscribe to %s: %s", channel, meanwhile)
             return
         except (RedisError, OSError) as exc:
+            failures.failed(exc)
+        except LEAKED_CONNECTION_ERRORS as exc:
+            if not raised_by_the_connection(exc):
+                raise
             failures.failed(exc)
         finally:
             with contextlib.suppress(Exception):

@@ -83,11 +83,8 @@ class RedisConnection:
             raise Unavailable(f"redis store unreachable: {exc}") from exc
         except RedisClusterException as exc:
             raise Unavailable(f"redis cluster: {exc}") from exc
-        except (AttributeError, TypeError) as exc:
-            # redis-py 8.1 lets a write on a connection the peer just closed (a failover, a
-            # restart) escape as AttributeError or TypeError from the transport, not as a
-            # ConnectionError (redis/redis-py#4287, fixed after 8.1): treat those as one.
-            if not _raised_by_the_connection(exc):
+        except LEAKED_CONNECTION_ERRORS as exc:
+            if not raised_by_the_connection(exc):
                 raise
             raise Unavailable(
                 f"redis store unreachable: a connection closed under a command ({type(exc).__name__}: {exc})"
@@ -109,7 +106,7 @@ class RedisConnection:
         try:
             async with self.r.pipeline(transaction=transaction) as pipe:
                 yield pipe
-        except (RedisError, RedisClusterException, OSError, AttributeError, TypeError) as exc:
+        except (RedisError, RedisClusterException, OSError, *LEAKED_CONNECTION_ERRORS) as exc:
             await self.do(_raise(exc))
 
     def script(self, script: Any, keys: list[str], args: list[Any]) -> Awaitable[Any]:
@@ -188,7 +185,15 @@ async def _raise(error: Exception) -> Any:
     raise error
 
 
-def _raised_by_the_connection(error: BaseException) -> bool:
-    """Whether `error` was raised inside redis-py's or asyncio's connection code (not ours)."""
+# redis-py 8.1 lets a write on a connection the peer just closed (a failover, a restart) escape
+# from the transport as AttributeError or TypeError, not as a ConnectionError (redis/redis-py#4287,
+# fixed after 8.1); on uvloop the transport raises RuntimeError ("unable to perform operation on
+# <TCPTransport closed=True>; the handler is closed"). Raised inside the connection code, each is a
+# connection that failed.
+LEAKED_CONNECTION_ERRORS = (AttributeError, TypeError, RuntimeError)
+
+
+def raised_by_the_connection(error: BaseException) -> bool:
+    """Whether `error` was raised inside redis-py's, asyncio's or uvloop's connection code (not ours)."""
     frames = traceback.extract_tb(error.__traceback__)
-    return bool(frames) and any(part in frames[-1].filename for part in ("/redis/", "/asyncio/"))
+    return bool(frames) and any(part in frames[-1].filename for part in ("/redis/", "/asyncio/", "uvloop/"))

@@ -1,0 +1,51 @@
+"""The store on uvloop (the server's default event loop), against a real Redis: a connection
+closed under a command is the store being unreachable for that call (UNAVAILABLE, and the run
+waits), never an internal error. uvloop's transport raises RuntimeError where asyncio's raises
+nothing or ConnectionError, and redis-py 8.1 lets it through: a killed Redis Cluster master made a
+watcher's stream end INTERNAL."""
+
+from __future__ import annotations
+
+import pytest
+import uvloop
+
+from mcp_server.errors import Unavailable
+from mcp_server.state import open_store
+
+
+def test_a_connection_closed_under_a_command_is_unavailable_then_the_store_goes_on(redis_url):
+    async def scenario() -> None:
+        store = await open_store(redis_url)
+        try:
+            conn = store.connection
+            assert await conn.do(conn.r.ping())
+            pooled = conn.r.connection_pool._available_connections[0]
+            pooled._writer.transport.close()  # as a dying node's socket: redis-py has not noticed
+            with pytest.raises(Unavailable, match="a connection closed under a command"):
+                await conn.do(conn.r.ping())
+            assert await conn.do(conn.r.ping())  # a new connection
+            async with conn.pipeline() as pipe:  # a pipeline's opening and sending alike
+                pipe.ping()
+                conn.r.connection_pool._available_connections[0]._writer.transport.close()
+                with pytest.raises(Unavailable):
+                    await conn.do(pipe.execute())
+        finally:
+            await store.close()
+
+    uvloop.run(scenario())
+
+
+def test_a_runtime_error_of_the_server_s_own_code_is_not_taken_for_the_store_s(redis_url):
+    async def scenario() -> None:
+        store = await open_store(redis_url)
+
+        async def ours() -> None:
+            raise RuntimeError("a bug of ours")
+
+        try:
+            with pytest.raises(RuntimeError, match="a bug of ours"):
+                await store.connection.do(ours())
+        finally:
+            await store.close()
+
+    uvloop.run(scenario())

@@ -388,12 +388,6 @@ def test_the_console_is_served_by_the_server_and_by_mcp_console_apart(server_pro
         assert served.wait(timeout=20) == 0
 
 
-def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
-    _, process = server_process
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=20) == 0
-
-
 def test_the_cli_submits_with_labels_and_lists_by_them(server_process):
     address, _ = server_process
     assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "sequence.yaml")).returncode == 0
@@ -422,3 +416,9 @@ def test_the_cli_submits_with_labels_and_lists_by_them(server_process):
     assert json.loads(gone.stdout)["deleted"] == [made[0]["task_id"]], gone
     left = json.loads(mcp(address, "--json", "task", "list", "--label", "order=B-8").stdout)["tasks"]
     assert [t["task_id"] for t in left] == [made[1]["task_id"]]
+
+
+def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
+    _, process = server_process
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0

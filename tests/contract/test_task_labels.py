@@ -7,6 +7,7 @@ import pytest
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import Deletion, TaskFilter
+from mcp_server.state import open_store
 from tests.contract.conftest import claim_and_complete, ids, new_task
 
 pytestmark = pytest.mark.asyncio
@@ -75,3 +76,53 @@ async def test_many_tasks_of_other_labels_do_not_hide_the_few_of_one(store):
     page = await store.tasks.list_tasks(2, "", by(("customer", "rare")))
     rest = await store.tasks.list_tasks(2, page.after[-1], by(("customer", "rare")))
     assert ids(page) + ids(rest) == [t.task_id for t in reversed(rare)] and page.more and not rest.more
+
+
+async def test_tasks_stored_before_the_label_index_are_found_by_label_after_an_upgrade(any_store_url, tmp_path):
+    """A store written before labels were indexed: SQLite indexes them as it opens, Redis in a
+    pass started by a replica's first purge, once; a task deleted before stays gone."""
+    url = any_store_url if not any_store_url.startswith("sqlite") else f"sqlite:///{tmp_path}/old.db"
+    store = await open_store(url)
+    old = [await labelled(store, {"order": "old", "n": str(i)}) for i in range(3)]
+    bare = await labelled(store, {})
+    await claim_and_complete(store, old[0], 30)  # the oldest: claims go oldest first
+    assert await store.tasks.delete_finished(old[0].task_id) is Deletion.DELETED
+    await forget_the_label_index(store, url)
+    if not url.startswith("sqlite"):
+        assert ids(await store.tasks.list_tasks(10, "", by(("order", "old")))) == []  # as an earlier version left it
+    if url.startswith("sqlite"):
+        await store.close()
+        store = await open_store(url)  # this version opens it
+    else:
+        await store.tasks.purge_finished()  # a replica's first purge starts the pass
+        await store.tasks.labels.running
+    try:
+        found = await store.tasks.list_tasks(10, "", by(("order", "old")))
+        assert ids(found) == [old[2].task_id, old[1].task_id] and found.total == 2
+        assert ids(await store.tasks.list_tasks(10, "", by(("n", "1")))) == [old[1].task_id]
+        assert bare.task_id in ids(await store.tasks.list_tasks(10, "", TaskFilter()))
+        newer = await labelled(store, {"order": "old"})
+        assert ids(await store.tasks.list_tasks(10, "", by(("order", "old"))))[0] == newer.task_id
+        for task in (old[1], old[2]):  # what the pass wrote goes with the task
+            await claim_and_complete(store, task, 30)
+            assert await store.tasks.delete_finished(task.task_id) is Deletion.DELETED
+        assert ids(await store.tasks.list_tasks(10, "", by(("order", "old")))) == [newer.task_id]
+    finally:
+        await store.close()
+
+
+async def forget_the_label_index(store, url: str) -> None:
+    """Leave the store as a version without the label index would have: no index entries."""
+    if url.startswith("sqlite"):
+        await store.connection.run(lambda db: db.execute("DROP TABLE task_labels"))
+        return
+    conn = store.connection
+    layout = conn.layout
+    for partition in range(layout.partitions):
+        for raw in await conn.do(conn.r.zrange(layout.index(partition), 0, -1)):
+            header = layout.task(raw.decode()).header
+            await conn.do(conn.r.hdel(header, "lb"))
+    pattern = f"{layout.index_prefix(0).split('{')[0]}*i:l:*"
+    for node_keys in [k async for k in conn.r.scan_iter(match=pattern, count=1000)]:
+        await conn.do(conn.r.delete(node_keys))
+    await conn.do(conn.r.hdel(layout.meta, "labels_indexed"))

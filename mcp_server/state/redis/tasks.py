@@ -23,6 +23,7 @@ from mcp_server.state.common import (
 )
 from mcp_server.state.redis import tasks_lua as lua
 from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
+from mcp_server.state.redis.label_index import LabelIndexer
 from mcp_server.state.redis.retention import RetentionKeeper
 from mcp_server.state.redis.streams import StreamHub
 
@@ -41,6 +42,7 @@ class RedisTasks:
         self._read_steps = conn.register(lua.READ_STEPS)
         self._read_events = conn.register(lua.READ_EVENTS)
         self.retention = RetentionKeeper(conn)
+        self.labels = LabelIndexer(conn)
 
     async def get_task(self, task_id: str) -> task_pb2.Task | None:
         """Read on every watch start and GetTask: through the lane when there is one."""
@@ -253,6 +255,7 @@ class RedisTasks:
     async def purge_finished(self) -> int:
         """Delete the tasks whose retention ran out, with their index entries."""
         self.retention.agree()
+        self.labels.start()
         now_ms = int(now_seconds() * 1000)
         replies = await self.conn.scripts(
             [

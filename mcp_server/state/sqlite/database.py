@@ -249,7 +249,10 @@ def _connect(path: str) -> sqlite3.Connection:
             "UPDATE rate_limits SET used=(SELECT COALESCE(SUM(units), 0) FROM rate_grants g"
             " WHERE g.key=rate_limits.key)"
         )
+    had_labels = db.execute("SELECT 1 FROM sqlite_master WHERE name='task_labels'").fetchone() is not None
     db.executescript(ADDED_INDEXES)
+    if had_tasks and not had_labels:
+        _index_labels(db)
     with db:
         db.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (str(LAYOUT_VERSION),))
         # One process owns the file (file_lock.py), so a lease found at open belongs to a process that is gone:
@@ -260,3 +263,15 @@ def _connect(path: str) -> sqlite3.Connection:
             " WHERE queued = 1 GROUP BY priority, fair_group"
         )
     return db
+
+
+def _index_labels(db: sqlite3.Connection) -> None:
+    """Index the labels of the tasks stored before the label index existed (once, as it is made)."""
+    with db:
+        for seq, task_id, fixed in db.execute("SELECT seq, task_id, fixed FROM tasks"):
+            labels = task_pb2.Task.FromString(fixed).labels
+            if labels:
+                db.executemany(
+                    "INSERT OR IGNORE INTO task_labels VALUES (?,?,?,?)",
+                    [(key, value, seq, task_id) for key, value in labels.items()],
+                )

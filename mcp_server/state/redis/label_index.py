@@ -1,0 +1,105 @@
+"""The label index on Redis for the tasks stored before it existed.
+
+A task's labels are indexed as it is stored (queue_lua.CREATE_TASK: a zset per label and
+partition, and the digests in the header's `lb`). A store written by an earlier version holds
+tasks with labels and no index entries; the first replica of this version to purge indexes them,
+once per store, in the background (a pass over every partition's tasks, 200 at a time), and marks
+the store done in the layout's meta hash. Each task is indexed by a script that first checks it is
+still there and not indexed yet, so a task deleted or purged meanwhile leaves nothing behind, and
+replicas that run the pass together write the same entries once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.errors import Unavailable
+from mcp_server.state.redis.connection import RedisConnection
+
+log = logging.getLogger(__name__)
+LABELS_FIELD = "labels_indexed"  # in the layout's meta hash: every task stored before has its label index
+PAGE = 200
+
+# KEYS: the task's header, then the indexes of its labels; ARGV: its id, its create micros
+# -> 1 when indexed now, 0 when it is gone or indexed already
+INDEX_LABELS = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'lb') == 1 then return 0 end
+local digests = {}
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
+  digests[#digests + 1] = string.match(KEYS[i], 'l:(%x+)$')
+end
+redis.call('HSET', KEYS[1], 'lb', table.concat(digests, ' '))
+return 1
+"""
+
+
+class LabelIndexer:
+    """Indexes the labels of tasks stored before the label index, once per store (see the module)."""
+
+    def __init__(self, conn: RedisConnection) -> None:
+        self.conn = conn
+        self._index = conn.register(INDEX_LABELS)
+        self._done = False
+        self.running: asyncio.Task[None] | None = None
+        conn.on_close(self._stop)
+
+    def start(self) -> None:
+        """Start the pass unless it is done or under way (one that failed starts again)."""
+        if not self._done and (self.running is None or self.running.done()):
+            self.running = asyncio.get_running_loop().create_task(self._run(), name="label-index")
+
+    async def _run(self) -> None:
+        meta = self.conn.layout.meta
+        try:
+            if await self.conn.do(self.conn.r.hget(meta, LABELS_FIELD)) is None:
+                indexed = await self._index_all()
+                if indexed:
+                    log.info("the labels of %d tasks stored before the label index are indexed", indexed)
+                await self.conn.do(self.conn.r.hset(meta, LABELS_FIELD, 1))
+        except Unavailable as exc:  # unreachable, or full: the next purge starts it again
+            log.debug("indexing the labels of earlier tasks: %s", exc)
+            return
+        except Exception:  # a bug must not stop purges: they start it again
+            log.exception("indexing the labels of earlier tasks failed unexpectedly")
+            return
+        self._done = True
+
+    async def _index_all(self) -> int:
+        count = 0
+        for partition in range(self.conn.layout.partitions):
+            everything, cursor = self.conn.layout.index(partition), 0
+            while True:
+                cursor, entries = await self.conn.do(self.conn.r.zscan(everything, cursor, count=PAGE))
+                if entries:
+                    count += await self._index_page(partition, entries)
+                if not cursor:
+                    break
+        return count
+
+    async def _index_page(self, partition: int, entries: list[tuple[bytes, float]]) -> int:
+        layout = self.conn.layout
+        ids = [raw.decode() for raw, _ in entries]
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hmget(layout.task(task_id).header, "f", "lb")
+            headers = await self.conn.do(pipe.execute())
+        calls: list[tuple[Any, list[str], list[Any]]] = []
+        for task_id, (_, micros), (fixed, indexed) in zip(ids, entries, headers, strict=True):
+            if fixed is None or indexed is not None:
+                continue  # gone since the scan, or indexed as it was stored
+            labels = task_pb2.Task.FromString(fixed).labels
+            if labels:
+                keys = [layout.label_index(partition, key, value) for key, value in sorted(labels.items())]
+                calls.append((self._index, [layout.task(task_id).header, *keys], [task_id, int(micros)]))
+        return sum(int(done) for done in await self.conn.scripts(calls)) if calls else 0
+
+    async def _stop(self) -> None:
+        if self.running is not None and not self.running.done():
+            self.running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.running

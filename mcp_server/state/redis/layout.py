@@ -36,7 +36,8 @@ over the 16,384 slots, hence over a cluster's masters.
     P{T}:t:<id>:g    signals: hash n (how many), tk (how many taken in), <index> -> SignalTaskRequest,
                      s:<index> -> `<SIGNAL_RECEIVED sequence>|<step>`, r:<request_id> -> index
     P{T}:t:<id>:w    waiting steps: hash path -> `<signal>|<deadline ms>|<since ms>|<assigned index>`
-    P{wf}:...        workflows;  P{reg}:...  registry and breakers;  P{meta}:layout  the layout (with retention_ms, labels_indexed)
+    P{wf}:...        workflows;  P{reg}:...  registry and breakers
+    P{meta}:layout   the layout, with retention_ms and labels_indexed (retention.py, label_index.py)
     P{cap}:...       the capacity ledger of plugin instances: grants, waiters, capacities, use
     P{rl}:...        rate limits: definitions, GCRA state, window sums, each key's recent grants
     P{fair}:last     when each queue group was last granted a task (see fair_lua.py)

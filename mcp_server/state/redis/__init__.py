@@ -60,6 +60,7 @@ async def open_redis(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
     hub = StreamHub(conn)
     conn.on_close(hub.close)
     tasks = RedisTasks(conn, hub)
+    tasks.labels.start()  # the labels of tasks an earlier version stored (once per store; purges retry it)
     return Store(
         workflows=RedisWorkflows(conn),
         tasks=tasks,

@@ -2,11 +2,12 @@
 
 A task's labels are indexed as it is stored (queue_lua.CREATE_TASK: a zset per label and
 partition, and the digests in the header's `lb`). A store written by an earlier version holds
-tasks with labels and no index entries; the first replica of this version to purge indexes them,
-once per store, in the background (a pass over every partition's tasks, 200 at a time), and marks
-the store done in the layout's meta hash. Each task is indexed by a script that first checks it is
-still there and not indexed yet, so a task deleted or purged meanwhile leaves nothing behind, and
-replicas that run the pass together write the same entries once.
+tasks with labels and no index entries; a replica of this version indexes them as it opens the
+store (again at its purges, if that failed), once per store, in the background (a pass over every
+partition's tasks, 200 at a time), and marks the store done in the layout's meta hash. Each task
+is indexed by a script that first checks it is still there and not indexed yet, so a task deleted
+or purged meanwhile leaves nothing behind, and replicas that run the pass together write the same
+entries once.
 """
 
 from __future__ import annotations

@@ -12,14 +12,13 @@ entries once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.errors import Unavailable
 from mcp_server.state.redis.connection import RedisConnection
+from mcp_server.state.redis.store_pass import StorePass
 
 log = logging.getLogger(__name__)
 LABELS_FIELD = "labels_indexed"  # in the layout's meta hash: every task stored before has its label index
@@ -39,22 +38,16 @@ return 1
 """
 
 
-class LabelIndexer:
+class LabelIndexer(StorePass):
     """Indexes the labels of tasks stored before the label index, once per store (see the module)."""
 
+    name = "label-index"
+
     def __init__(self, conn: RedisConnection) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self._index = conn.register(INDEX_LABELS)
-        self._done = False
-        self.running: asyncio.Task[None] | None = None
-        conn.on_close(self._stop)
 
-    def start(self) -> None:
-        """Start the pass unless it is done or under way (one that failed starts again)."""
-        if not self._done and (self.running is None or self.running.done()):
-            self.running = asyncio.get_running_loop().create_task(self._run(), name="label-index")
-
-    async def _run(self) -> None:
+    async def run(self) -> bool:
         meta = self.conn.layout.meta
         try:
             if await self.conn.do(self.conn.r.hget(meta, LABELS_FIELD)) is None:
@@ -64,11 +57,11 @@ class LabelIndexer:
                 await self.conn.do(self.conn.r.hset(meta, LABELS_FIELD, 1))
         except Unavailable as exc:  # unreachable, or full: the next purge starts it again
             log.debug("indexing the labels of earlier tasks: %s", exc)
-            return
+            return False
         except Exception:  # a bug must not stop purges: they start it again
             log.exception("indexing the labels of earlier tasks failed unexpectedly")
-            return
-        self._done = True
+            return False
+        return True
 
     async def _index_all(self) -> int:
         count = 0
@@ -98,9 +91,3 @@ class LabelIndexer:
                 keys = [layout.label_index(partition, key, value) for key, value in sorted(labels.items())]
                 calls.append((self._index, [layout.task(task_id).header, *keys], [task_id, int(micros)]))
         return sum(int(done) for done in await self.conn.scripts(calls)) if calls else 0
-
-    async def _stop(self) -> None:
-        if self.running is not None and not self.running.done():
-            self.running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.running

@@ -9,13 +9,12 @@ lengthens those TTLs once, first, so that no data goes by a TTL set under the sh
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from mcp_server.errors import Unavailable
 from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
 from mcp_server.state.redis.status_lua import MOVE_STATUS
+from mcp_server.state.redis.store_pass import StorePass
 
 log = logging.getLogger(__name__)
 RETENTION_FIELD = "retention_ms"  # in the layout's meta hash: the retention the store is kept with
@@ -39,29 +38,27 @@ return page[1]
 )
 
 
-class RetentionKeeper:
+class RetentionKeeper(StorePass):
     """Records this replica's retention with the store, lengthening finished tasks' TTLs first
     when it is the longer one: once per replica, in the background, started by its first purge
     (a pass over many tasks must not hold the purge's caller, the lease upkeep)."""
 
+    name = "retention"
+
     def __init__(self, conn: RedisConnection) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self._lengthen = conn.register(LENGTHEN_TTLS)
-        self._agreed = False
-        self._pass: asyncio.Task[None] | None = None
-        conn.on_close(self._stop)
 
     @property
     def agreeing(self) -> bool:
         """Whether the pass is under way."""
-        return self._pass is not None and not self._pass.done()
+        return self.under_way
 
     def agree(self) -> None:
         """Start the pass unless it is done or under way (one that failed starts again)."""
-        if not self._agreed and (self._pass is None or self._pass.done()):
-            self._pass = asyncio.get_running_loop().create_task(self._agree(), name="retention")
+        self.start()
 
-    async def _agree(self) -> None:
+    async def run(self) -> bool:
         meta, ours = self.conn.layout.meta, self.conn.retention_ms
         try:
             stored = await self.conn.do(self.conn.r.hget(meta, RETENTION_FIELD))
@@ -80,17 +77,11 @@ class RetentionKeeper:
                 await self.conn.do(self.conn.r.hset(meta, RETENTION_FIELD, ours))
         except Unavailable as exc:  # unreachable, or full (it refuses the record): the next purge tries again
             log.debug("recording the retention: %s", exc)
-            return
+            return False
         except Exception:  # a bug must not stop purges: they try again
             log.exception("recording the retention failed unexpectedly")
-            return
-        self._agreed = True
-
-    async def _stop(self) -> None:
-        if self._pass is not None and not self._pass.done():
-            self._pass.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pass
+            return False
+        return True
 
     async def _lengthen_ttls(self, ttl_ms: int) -> int:
         """Every finished task's keys expire `ttl_ms` after it ended; how many tasks were set."""

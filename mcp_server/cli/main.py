@@ -23,7 +23,7 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_server.cli import deleting, render, schedules
+from mcp_server.cli import deleting, render, reruns, schedules
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.inputs import parse_input, parse_json, parse_label
 from mcp_server.cli.tree import RunTree
@@ -155,6 +155,9 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         sent = await client.signal(args.id, args.name, data, step_path=args.step or "", request_id=args.request_id)
         (out or _print_signal)(render.to_json(sent))
     elif cmd == ("task", "rerun"):
+        reruns.check(args)
+        if args.status:
+            return await reruns.run_bulk(client, args, out)
         options: dict[str, Any] = {"input": parse_json(args.input)} if args.input else {}
         task = await client.rerun(
             args.id, args.from_path or "", version=args.version, request_id=args.request_id, **options
@@ -324,8 +327,12 @@ def parser() -> argparse.ArgumentParser:
     sig.add_argument("--data", help="the payload: JSON, or @FILE")
     sig.add_argument("--step", help="only this step may take it (it must be waiting for it)")
     sig.add_argument("--request-id", help="idempotency key (default: a new one)")
-    again = task.add_parser("rerun", help="a new task from a finished one, keeping the steps before --from")
-    again.add_argument("id")
+    again = task.add_parser(
+        "rerun",
+        help="a new task from a finished one, keeping the steps before --from; or one each for every task"
+        " --status selects (and --workflow, --label)",
+    )
+    again.add_argument("id", nargs="?")
     again.add_argument(
         "--from",
         dest="from_path",
@@ -337,6 +344,7 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--request-id", help="idempotency key (default: a new one)")
     again.add_argument("--watch", action="store_true", help="follow the rerun to its end")
     again.add_argument("--plain", action="store_true", help="with --watch: one line per event instead of a live tree")
+    reruns.add_bulk_arguments(again)
     w = task.add_parser("watch")
     w.add_argument("id")
     w.add_argument("--after", type=int, default=0, help="replay events after this sequence number")

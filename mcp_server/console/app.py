@@ -22,7 +22,7 @@ from aiohttp import web
 
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.errors import McpError
-from mcp_server.console import live, pages
+from mcp_server.console import bulk, live, pages
 from mcp_server.console import schedules as schedule_pages
 from mcp_server.console.base import API, SECRET, SESSION, TEMPLATES, render, wants_json
 from mcp_server.console.session import CSRF_FIELD, CSRF_HEADER, SEED_COOKIE, session_of, set_cookie
@@ -136,6 +136,7 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_get("/", pages.home)
     app.router.add_get("/tasks", pages.tasks)
     app.router.add_get("/tasks/counts", live.counts)
+    app.router.add_post("/tasks/rerun", bulk.rerun_filtered)
     app.router.add_get("/tasks/{task_id}", pages.task)
     app.router.add_get("/tasks/{task_id}/events", live.task_events)
     app.router.add_get("/tasks/{task_id}/earlier.json", live.earlier_events)

@@ -16,6 +16,7 @@ from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2
 from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_to_python
 from mcp_server.cli.graph import to_mermaid, workflow_graph
+from mcp_server.console import bulk
 from mcp_server.console.base import api, render
 from mcp_server.console.inbox import fields_of, payload_of, wait_nodes, waiting_forms
 from mcp_server.console.live import rate_limits_seen
@@ -74,6 +75,9 @@ async def tasks(request: web.Request) -> web.StreamResponse:
             "all_statuses": TASK_STATUSES,
             "workflow_id": workflow_id,
             "label": label,
+            "bulk_offered": bulk.offered(statuses),
+            "bulk_batch": bulk.BATCH,
+            "bulk_done": bulk.outcome_notice(dict(request.query)),
         },
     )
 

@@ -423,3 +423,38 @@ async def test_the_tasks_page_finds_tasks_by_a_label_and_each_label_links_to_its
         assert bad.status == 400 and "a label filter is KEY=VALUE" in await bad.text()
         refused = await browser.get(f"{console.console.url}/tasks", params={"label": "a key=v"})
         assert refused.status == 400 and "labels" in await refused.text()
+
+
+async def test_rerun_these_takes_only_finished_statuses_a_label_and_a_whole_version(console, api):
+    await api.create_workflow({"workflow_id": "echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+    done = await api.submit("echo", {"a": 1})
+    await api.result(done.task_id, timeout=30)
+    url = f"{console.console.url}/tasks/rerun"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        token = csrf_of(await (await browser.get(f"{console.console.url}/tasks?status=completed")).text())
+        unasked = await browser.post(url, data={"status": "completed"}, allow_redirects=False)
+        assert unasked.status == 403
+        for form, said in (
+            ({"status": "running"}, "only finished statuses"),
+            ({}, "only finished statuses"),
+            ({"status": "completed", "label": "no-equals"}, "KEY=VALUE"),
+            ({"status": "completed", "version": "-1"}, "version"),
+            ({"status": "completed", "version": "9" * 30}, "version"),
+        ):
+            refused = await browser.post(url, data={**form, "csrf": token}, allow_redirects=False)
+            assert refused.status == 400 and said in await refused.text(), form
+        assert not (await api.get(done.task_id)).reruns  # nothing refused was rerun
+        once = await browser.post(
+            url, data={"status": "completed", "workflow": "echo", "csrf": token}, allow_redirects=False
+        )
+        assert once.status == 303 and "rerun=1&already=0&refused=0" in once.headers["Location"]
+        reruns = list((await api.get(done.task_id)).reruns)
+        assert len(reruns) == 1
+        await api.result(reruns[0], timeout=30)
+        again = await browser.post(
+            url, data={"status": "completed", "workflow": "echo", "csrf": token}, allow_redirects=False
+        )
+        # the rerun completed too, so it is selected now (once); the original was rerun already
+        assert again.status == 303 and "rerun=1&already=1&refused=0" in again.headers["Location"]
+        shown = await (await browser.get(f"{console.console.url}{again.headers['Location']}")).text()
+        assert "Rerun 1 task(s); 1 had been rerun already." in " ".join(shown.split())

@@ -4,11 +4,12 @@ back beside the form; a rerun's page links to its original and the original's to
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from playwright.async_api import expect
 
-from mcp_sdk import Client
+from mcp_sdk import Client, TaskFailed
 from tests.console.conftest import screenshot
 
 
@@ -52,3 +53,38 @@ async def test_a_person_reruns_a_task_from_a_step_with_an_edited_input(console, 
 
     await page.locator("#rerun-of a").click()
     await expect(page.locator("#reruns")).to_contain_text(rerun_id)
+
+
+def failing_middle(workflow_id: str, middle: str) -> dict[str, object]:
+    body = {"protocol": "fail", "input": "{'code': 'INVALID_ARGUMENT'}"} if middle == "fail" else {"protocol": middle}
+    children = [{"id": "s1", "step": {"protocol": "append"}}, {"id": "s2", "step": body}]
+    return {"workflow_id": workflow_id, "root": {"id": "root", "sequence": {"children": children}}}
+
+
+async def test_a_person_reruns_every_failed_task_a_filter_shows_once(console, api: Client, page):
+    await api.create_workflow(failing_middle("console-bulk", "fail"))
+    made = [await api.submit("console-bulk", {"text": ">"}, labels={"batch": "b"}) for _ in range(3)]
+    for task in made:
+        with contextlib.suppress(TaskFailed):
+            await api.result(task.task_id)
+    version = (await api.create_workflow(failing_middle("console-bulk", "append"))).version
+
+    await page.goto(f"{console.console.url}/tasks?status=failed&status=running")
+    await expect(page.locator("#bulk-rerun")).to_have_count(0)  # only for a filter on finished tasks
+    await page.goto(f"{console.console.url}/tasks?status=failed&label=batch%3Db")
+    form = page.locator("#bulk-rerun")
+    await form.locator('input[name="version"]').fill(str(version))
+    await form.get_by_role("button", name="Rerun these").click()
+    await expect(page.locator("#bulk-done")).to_contain_text(f"Rerun 3 task(s) on version {version}; 0 had been")
+    await screenshot(page, "bulk-rerun")
+    await expect(page.locator('#bulk-rerun input[name="version"]')).to_have_value(str(version))
+    async with page.expect_navigation():
+        await page.locator("#bulk-rerun").get_by_role("button", name="Rerun these").click()
+    await expect(page.locator("#bulk-done")).to_contain_text("Rerun 0 task(s)")
+    await expect(page.locator("#bulk-done")).to_contain_text("3 had been rerun already")
+
+    for task in made:
+        reruns = list((await api.get(task.task_id)).reruns)
+        assert len(reruns) == 1
+        assert await api.result(reruns[0]) == {"text": ">s1s2", "trail": ["root/s1", "root/s2"]}
+    assert not page.problems  # type: ignore[attr-defined]

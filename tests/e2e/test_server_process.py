@@ -247,6 +247,57 @@ def test_the_cli_reruns_a_task_from_a_step_with_an_edited_input(server_process):
     assert refused.returncode == 1 and "from_step_path" in refused.stderr
 
 
+def test_the_cli_reruns_every_failed_task_a_filter_selects_once(server_process, tmp_path):
+    address, _ = server_process
+    broken = """
+workflow_id: cli-bulk
+root:
+  id: root
+  sequence:
+    children:
+      - { id: a, step: { protocol: echo, input: "{'t': input.text}" } }
+      - { id: b, step: { protocol: echo, input: "{'n': input.count + 1}" } }
+"""
+    (tmp_path / "v1.yaml").write_text(broken)
+    (tmp_path / "v2.yaml").write_text(broken.replace("input.count + 1", "has(input.count) ? input.count + 1 : 0"))
+    assert mcp(address, "workflow", "apply", str(tmp_path / "v1.yaml")).returncode == 0
+    made = [
+        json.loads(
+            mcp(
+                address, "--json", "task", "submit", "cli-bulk", "--label", "batch=cli", "--input", '{"text": "x"}'
+            ).stdout
+        )["task"]["task_id"]
+        for _ in range(4)
+    ]
+    for task_id in made:
+        assert mcp(address, "task", "watch", task_id, "--plain").returncode == 2  # failed: no input.count
+    dry = json.loads(
+        mcp(address, "--json", "task", "rerun", "--status", "failed", "--label", "batch=cli", "--dry-run").stdout
+    )
+    assert sorted(dry["selected"]) == sorted(made)
+    assert mcp(address, "workflow", "apply", str(tmp_path / "v2.yaml")).returncode == 0
+    select = ("--status", "failed", "--label", "batch=cli", "--version", "2")
+
+    first = mcp(address, "task", "rerun", *select, "--limit", "3")
+    second = json.loads(mcp(address, "--json", "task", "rerun", *select).stdout)
+
+    assert first.returncode == 0 and "3 task(s) rerun, 0 rerun already, 0 refused" in first.stdout, first
+    assert len(second["rerun"]) == 1 and len(second["already"]) == 3 and second["refused"] == []
+    reruns = {pair["task_id"]: pair["rerun_id"] for pair in second["rerun"] + second["already"]}
+    assert sorted(reruns) == sorted(made)
+    for task_id, rerun_id in reruns.items():
+        assert mcp(address, "task", "watch", rerun_id, "--plain").returncode == 0
+        rerun = json.loads(mcp(address, "--json", "task", "get", rerun_id).stdout)
+        assert rerun["status"] == "TASK_STATUS_COMPLETED" and rerun["rerun_of"] == task_id
+        assert rerun["rerun_from_step_path"] == "root/b" and rerun["workflow_version"] == "2"
+    nowhere = mcp(address, "task", "rerun", "--status", "failed", "--label", "batch=cli", "--from", "root/z")
+    assert nowhere.returncode == 1 and "4 refused" in nowhere.stdout and "STEP_NOT_FOUND" in nowhere.stderr, nowhere
+    both = mcp(address, "task", "rerun", made[0], "--status", "failed")
+    assert both.returncode != 0 and "give a task id, or --status" in both.stderr
+    watching = mcp(address, "task", "rerun", "--status", "failed", "--watch")
+    assert watching.returncode != 0 and "no --watch" in watching.stderr
+
+
 TEST_DOUBLES = {"fail", "flaky", "silent_supervisor", "stats", "whoami", "nest", "sleep", "chaos", "chaos_stats"}
 
 

@@ -20,21 +20,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mcp_sdk.bulk_reruns import BulkReruns, RerunOutcome
 from mcp_sdk.connection import RESUMABLE_CODES, Backoff, Connection, Tls, bearer_metadata, open_channel
 from mcp_sdk.cursor import TERMINAL_EVENTS, TERMINAL_STATUSES, Cursor
 from mcp_sdk.definitions import submit_request, workflow_from
 from mcp_sdk.proto import registry_pb2, workflow_pb2
 from mcp_sdk.schedule_methods import ScheduleMethods
-from mcp_sdk.task_methods import TaskMethods
 
 __all__ = [
     "RESUMABLE_CODES",
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
     "Backoff",
+    "BulkReruns",
     "Client",
     "Connection",
     "Cursor",
+    "RerunOutcome",
     "Tls",
     "bearer_metadata",
     "open_channel",
@@ -43,12 +45,12 @@ __all__ = [
 ]
 
 
-class Client(TaskMethods, ScheduleMethods):
+class Client(BulkReruns, ScheduleMethods):
     """An async client of one orchestrator; use it as an async context manager, or close() it.
 
     `timeout` bounds each unary call (seconds); `watch_give_up_after` is how long a watch keeps
     reconnecting to a server that does not answer before it raises (None: forever). Task methods
-    come from TaskMethods (task_methods.py), schedule methods from ScheduleMethods
+    come from TaskMethods (task_methods.py) and BulkReruns (bulk_reruns.py), schedule methods from ScheduleMethods
     (schedule_methods.py), the connection from Connection (connection.py)."""
 
     async def create_workflow(

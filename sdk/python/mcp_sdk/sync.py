@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping, Sequen
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from mcp_sdk.bulk_reruns import RerunOutcome
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.proto import registry_pb2, schedule_pb2, task_pb2, workflow_pb2
 from mcp_sdk.task_methods import UNSET, _Unset
@@ -168,6 +169,34 @@ class SyncClient:
             self._client.rerun(task_id, from_step_path, input=input, version=version, request_id=request_id)
         )
 
+    def rerun_tasks(
+        self,
+        *,
+        statuses: Sequence[task_pb2.TaskStatus | str] = (task_pb2.TASK_STATUS_FAILED,),
+        workflow_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        from_step_path: str = "",
+        input: JsonValue | _Unset = UNSET,
+        version: int = 0,
+        limit: int = 0,
+        concurrency: int = 8,
+        page_size: int = 500,
+    ) -> Iterator[RerunOutcome]:
+        """See Client.rerun_tasks: what became of each selected task, as it happens."""
+        return self._iterate(
+            self._client.rerun_tasks(
+                statuses=statuses,
+                workflow_id=workflow_id,
+                labels=labels,
+                from_step_path=from_step_path,
+                input=input,
+                version=version,
+                limit=limit,
+                concurrency=concurrency,
+                page_size=page_size,
+            )
+        )
+
     def read_value(
         self,
         task_id: str,
@@ -188,8 +217,8 @@ class SyncClient:
         """The events of `Client.submit_and_watch`, as a plain iterator."""
         return self._iterate(self._client.submit_and_watch(workflow_id, input, **submit_options))
 
-    def _iterate(self, events: AsyncGenerator[task_pb2.TaskEvent, None]) -> Iterator[task_pb2.TaskEvent]:
-        async def next_event() -> task_pb2.TaskEvent:
+    def _iterate(self, events: AsyncGenerator[T, None]) -> Iterator[T]:
+        async def next_event() -> T:
             return await anext(events)
 
         try:

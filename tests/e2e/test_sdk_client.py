@@ -454,6 +454,19 @@ async def test_rerun_from_both_clients_keeps_what_came_before_and_takes_an_edite
             assert blocking.result(whole.task_id, timeout=30) == {"text": ">s1s2", "trail": ["root/s1", "root/s2"]}
             null_input = blocking.rerun(task.task_id, "root", input=None)  # None is JSON null, not "no input"
             assert null_input.rerun_input.WhichOneof("kind") == "null_value"
+            blocking.result(null_input.task_id, timeout=30)
+            selected = {
+                "statuses": ["TASK_STATUS_COMPLETED"],
+                "workflow_id": "two-appends",
+                "from_step_path": "root/s2",
+            }
+            outcomes = list(blocking.rerun_tasks(**selected, input={"text": "bulk:"}, limit=1))
+            assert [o.created for o in outcomes] == [True] and outcomes[0].rerun is not None
+            assert blocking.result(outcomes[0].rerun.task_id, timeout=30) == {"text": "bulk:s2", "trail": ["root/s2"]}
+            first = outcomes[0].task_id
+            again = {o.task_id: o for o in blocking.rerun_tasks(**selected, input={"text": "bulk:"})}
+            assert not again[first].created and again[first].rerun.task_id == outcomes[0].rerun.task_id  # once
+            assert sum(o.created for o in again.values()) == len(again) - 1  # the rest, and the new one, now
 
     await asyncio.to_thread(script)
 

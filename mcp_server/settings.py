@@ -105,6 +105,9 @@ class Settings:
     # a signal sent through another replica reaches the run holding its task by a Redis pub/sub
     # nudge at once; this poll is what catches a nudge that was lost (a dropped connection)
     signal_poll_seconds: float = 0.2
+    # a cancel request left through another replica reaches the replica running its task by a
+    # Redis pub/sub nudge at once; this poll is what catches a nudge that was lost
+    cancel_poll_seconds: float = 0.5
     default_step_timeout: float = 60.0
     default_task_timeout: float = 3600.0
     shutdown_grace: float = 10.0
@@ -187,6 +190,7 @@ POSITIVE = frozenset(
         "processes",
         "lease_seconds",
         "signal_poll_seconds",
+        "cancel_poll_seconds",
         "plugin_ttl_seconds",
         "default_step_timeout",
         "default_task_timeout",

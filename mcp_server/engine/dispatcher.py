@@ -84,6 +84,7 @@ class Dispatcher:
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._lease_loop(), name="leases"),
             asyncio.create_task(self._cancel_loop(), name="cancels"),
+            asyncio.create_task(self._cancel_nudge_loop(), name="cancel nudges"),
         ]
         if self.waits is not None:
             self._loops.append(asyncio.create_task(self._timer_loop(), name="timers"))
@@ -238,10 +239,11 @@ class Dispatcher:
             if was_full or not self._queue_empty:
                 self._wake.set()
 
-    async def _cancel_loop(self, interval: float = 0.5) -> None:
-        """Act on cancel requests that other replicas left for tasks running here."""
+    async def _cancel_loop(self) -> None:
+        """Act on cancel requests that other replicas left for tasks running here (those the
+        nudges told of are acted on already; a second cancel of a task changes nothing)."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.cancel_poll_seconds)
             raise_if_cancelled()
             if not self._running:
                 continue
@@ -254,6 +256,30 @@ class Dispatcher:
                 continue
             for task_id, reason in requests.items():
                 await self.cancel(task_id, reason)
+
+    async def _cancel_nudge_loop(self) -> None:
+        """Act at once on the cancel requests other replicas leave for tasks running here, as the
+        store tells of them (`_cancel_loop` finds what it does not tell)."""
+        acting: set[asyncio.Task[None]] = set()
+        while True:
+            try:
+                async for task_id in self.queue.cancel_nudges():
+                    if task_id in self._running:  # each in a task of its own: a cancel waits for the run's end
+                        act = asyncio.create_task(self._act_on_cancel_request(task_id), name=f"cancel {task_id}")
+                        acting.add(act)
+                        act.add_done_callback(acting.discard)
+                return  # a store that cannot tell other processes: the poll alone
+            except Exception:  # a bug must not stop nudges for good; the poll covers meanwhile
+                log.exception("following cancel nudges failed unexpectedly; trying again")
+                await asyncio.sleep(1)
+
+    async def _act_on_cancel_request(self, task_id: str) -> None:
+        try:
+            requests = await self.queue.cancel_requests([task_id])
+        except Unavailable:
+            return  # the poll finds it once the store answers
+        for requested, reason in requests.items():
+            await self.cancel(requested, reason)
 
     async def _timer_loop(self, interval: float = 0.25) -> None:
         """Queue the waiting tasks whose timers are due (any replica's; each once)."""

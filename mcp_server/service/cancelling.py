@@ -1,6 +1,6 @@
 """Cancelling a task: a queued one in the store, one running here at once, a waiting one by
 leasing it here and running it to its end, one running on another replica through a request it
-acts on within a second."""
+is told of at once (on Redis; else its poll finds it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import now
 from mcp_server.engine.ports import TaskQueue, TaskStore
-from mcp_server.errors import FailedPrecondition
+from mcp_server.errors import DeadlineExceeded, FailedPrecondition
 from mcp_server.service.access import visible_task
 from mcp_server.service.task_reads import TaskReads
 from mcp_server.state.common import TERMINAL
@@ -38,18 +38,29 @@ class Cancelling:
     async def cancel_task(self, task_id: str, reason: str, principal: Principal = ANONYMOUS_ADMIN) -> task_pb2.Task:
         """Cancel a pending, running or waiting task; cancelling a cancelled task again changes nothing."""
         why = reason or "cancelled by request"
-        async with asyncio.timeout(self.lease_seconds + 5):
-            while True:
-                task = await visible_task(self.tasks, task_id, principal)
-                if task.status == task_pb2.TASK_STATUS_CANCELLED:
-                    return await self.reads.get_task(task_id, principal)
-                if task.status in TERMINAL:
-                    raise FailedPrecondition(
-                        f"task {task_id} already finished as {task_pb2.TaskStatus.Name(task.status)}",
-                        reason="TASK_FINISHED",
-                    )
-                if await self._cancelled(task, why, principal):
-                    return await self.reads.get_task(task_id, principal)
+        waited = self.lease_seconds + 5
+        try:
+            async with asyncio.timeout(waited):
+                while True:
+                    task = await visible_task(self.tasks, task_id, principal)
+                    if task.status == task_pb2.TASK_STATUS_CANCELLED:
+                        return await self.reads.get_task(task_id, principal)
+                    if task.status in TERMINAL:
+                        raise FailedPrecondition(
+                            f"task {task_id} already finished as {task_pb2.TaskStatus.Name(task.status)}",
+                            reason="TASK_FINISHED",
+                        )
+                    if await self._cancelled(task, why, principal):
+                        return await self.reads.get_task(task_id, principal)
+        except TimeoutError:
+            # The request is stored: the replica running the task acts on it, or whichever takes
+            # the task over from it. A client may ask again (a second cancel changes nothing).
+            raise DeadlineExceeded(
+                f"task {task_id} is not cancelled yet: the request is stored, but the replica running it has not"
+                f" ended it within {waited:g} s; it ends CANCELLED when that replica (or one that takes the task"
+                " over) acts on it",
+                reason="CANCEL_PENDING",
+            ) from None
 
     async def cancel_soon(self, task_id: str, why: str) -> None:
         """Start cancelling a task without waiting for its end (a new task of its concurrency key
@@ -90,7 +101,7 @@ class Cancelling:
             run = self.dispatcher.adopt(*claimed, cancel_reason=why)
             await asyncio.wait([run])  # not `await run`: a caller that goes away must not cancel the run
             return True
-        # It runs on another replica: leave a request there; that replica acts within a second.
+        # It runs on another replica: leave a request there; that replica is told of it at once.
         await self.queue.request_cancel(task_id, why)
         while (latest := await visible_task(self.tasks, task_id, principal)).status not in TERMINAL:
             if latest.status == task_pb2.TASK_STATUS_WAITING:

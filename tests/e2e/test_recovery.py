@@ -383,3 +383,28 @@ async def test_cancel_on_one_replica_stops_a_task_running_on_another(plugins, te
         ).task
         assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED and "from afar" in cancelled.error.message
         assert (await plugin_stats(testkit))["cancelled"] == 1
+
+
+@pytest.mark.parametrize("redis", ["redis_url", "cluster_url"])
+async def test_a_cancel_through_another_replica_reaches_the_run_by_its_nudge(plugins, testkit, request, redis):
+    """The replica running a task hears of a cancel left through another one from the Redis
+    nudge (one node, and a cluster): its poll runs once a minute here, longer than CancelTask
+    waits for the task to end (the lease plus 5 s), so without the nudge each cancel would fail."""
+    store = request.getfixturevalue(redis)
+    env = {"MCP_LEASE_SECONDS": "1.5", "MCP_CANCEL_POLL_SECONDS": "60"}
+    async with replica_set(2, store, [plugins["testkit"].address], "n", **env) as (_, clients):
+        await create(clients[0], workflow("nudged", step("nap", "sleep", "{'ms': 20000}")))
+        before = (await plugin_stats(testkit))["cancelled"]
+        for round_ in range(3):  # a nudge after nudges: each reaches its run
+            task = await submit(clients[round_ % 2], "nudged")
+            started = None
+            async for event in clients[0].tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+                if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "nap":
+                    break
+                if event.type == E.TASK_EVENT_TYPE_STARTED:
+                    started = event.data.fields["replica"].string_value
+            assert started is not None
+            other = clients[1 - int(started[-1])]
+            reply = await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="nudged"))
+            assert reply.task.status == task_pb2.TASK_STATUS_CANCELLED and "nudged" in reply.task.error.message
+        assert (await plugin_stats(testkit))["cancelled"] == before + 3

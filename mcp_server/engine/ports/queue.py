@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -154,4 +154,11 @@ class TaskQueue(Protocol):
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
         """The cancel requests left for any of `task_ids`: reason by task id."""
+        ...
+
+    def cancel_nudges(self) -> AsyncIterator[str]:
+        """The ids of tasks a cancel request was just left for (through any replica), as they
+        come, for as long as it is iterated; reconnects by itself. It may miss some (a dropped
+        connection): `cancel_requests` is the record. A store with no way to tell another process
+        ends it at once (the replicas' poll of `cancel_requests` finds every request)."""
         ...

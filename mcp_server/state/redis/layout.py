@@ -187,6 +187,11 @@ class Layout:
         return f"{self.prefix}{{wf}}:wf:{workflow_id}"
 
     @property
+    def cancel_channel(self) -> str:
+        """The pub/sub channel that tells every replica of a cancel request for a task (not a key)."""
+        return f"{self.prefix}cancels"
+
+    @property
     def signal_channel(self) -> str:
         """The pub/sub channel that tells every replica of a task with a new signal (not a key)."""
         return f"{self.prefix}signals"

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
@@ -23,6 +23,7 @@ from mcp_server.state.common import (
     rerun_dedupe_key,
 )
 from mcp_server.state.redis import queue_lua as lua
+from mcp_server.state.redis.cancel_requests import CancelRequests
 from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
 from mcp_server.state.redis.queue_room import QueueRoom
 from mcp_server.state.redis.streams import StreamHub
@@ -70,7 +71,7 @@ def share_out(turns: list[tuple[int, bytes]], last: dict[str, float], count: int
     return shares
 
 
-class RedisQueue(CreateTask):
+class RedisQueue(CreateTask, CancelRequests):
     """TaskQueue on Redis."""
 
     def __init__(self, conn: RedisConnection, hub: StreamHub, tasks: RedisTasks) -> None:
@@ -420,28 +421,3 @@ class RedisQueue(CreateTask):
                 self.hub.written(keys.events, [numbered], writer=False)
                 return task
         return None
-
-    async def request_cancel(self, task_id: str, reason: str) -> None:
-        partition = self.layout.partition_of(task_id)
-        async with self.conn.pipeline(transaction=True) as pipe:
-            pipe.hset(self.layout.task(task_id).header, "cx", reason)
-            pipe.zadd(self.layout.cancels(partition), {task_id: int(now_seconds() * 1000)})
-            await self.conn.do(pipe.execute())
-
-    async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
-        """The cancel requests among `task_ids`. Reads each partition's pending requests (one
-        small read per partition, however many tasks run here), then the reasons of ours."""
-        if not task_ids:
-            return {}
-        async with self.conn.pipeline(transaction=False) as pipe:
-            for partition in range(self.layout.partitions):
-                pipe.zrange(self.layout.cancels(partition), 0, 999)
-            pending = {raw.decode() for reply in await self.conn.do(pipe.execute()) for raw in reply}
-        ours = [task_id for task_id in task_ids if task_id in pending]
-        if not ours:
-            return {}
-        async with self.conn.pipeline(transaction=False) as pipe:
-            for task_id in ours:
-                pipe.hget(self.layout.task(task_id).header, "cx")
-            reasons = await self.conn.do(pipe.execute())
-        return {task_id: reason.decode() for task_id, reason in zip(ours, reasons) if reason}

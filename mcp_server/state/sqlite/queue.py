@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup
@@ -314,6 +314,11 @@ class SqliteQueue(CreateTask):
             list(task_ids),
         )
         return {str(r[0]): str(r[1]) for r in rows}
+
+    async def cancel_nudges(self) -> AsyncIterator[str]:
+        """None on SQLite: the replicas of one file share a process, and their poll finds each request."""
+        return
+        yield  # an async generator that ends at once
 
 
 def running_in_group(db: sqlite3.Connection, group: str) -> int:

@@ -1,0 +1,57 @@
+"""Cancel requests on Redis, for a task that another replica runs: left on the task (its header's
+`cx` and the partition's `cancels` zset, which that replica reads every half second) and told to
+every replica at once on a pub/sub channel, so the one that runs it acts within milliseconds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from redis.exceptions import NoPermissionError
+
+from mcp_server.errors import Unavailable
+from mcp_server.state.common import now_seconds
+from mcp_server.state.redis.channels import follow_channel
+from mcp_server.state.redis.connection import RedisConnection
+from mcp_server.state.redis.layout import Layout
+
+
+class CancelRequests:
+    """The queue's cancel requests (RedisQueue has them)."""
+
+    conn: RedisConnection
+    layout: Layout
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        partition = self.layout.partition_of(task_id)
+        async with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(self.layout.task(task_id).header, "cx", reason)
+            pipe.zadd(self.layout.cancels(partition), {task_id: int(now_seconds() * 1000)})
+            await self.conn.do(pipe.execute())
+        try:  # after the request is stored: a replica told of it finds it
+            await self.conn.do(self.conn.r.publish(self.layout.cancel_channel, task_id))
+        except Unavailable as exc:
+            if not isinstance(exc.__cause__, NoPermissionError):  # an ACL without pub/sub: the poll finds it
+                raise
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """The cancel requests among `task_ids`. Reads each partition's pending requests (one
+        small read per partition, however many tasks run here), then the reasons of ours."""
+        if not task_ids:
+            return {}
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for partition in range(self.layout.partitions):
+                pipe.zrange(self.layout.cancels(partition), 0, 999)
+            pending = {raw.decode() for reply in await self.conn.do(pipe.execute()) for raw in reply}
+        ours = [task_id for task_id in task_ids if task_id in pending]
+        if not ours:
+            return {}
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for task_id in ours:
+                pipe.hget(self.layout.task(task_id).header, "cx")
+            reasons = await self.conn.do(pipe.execute())
+        return {task_id: reason.decode() for task_id, reason in zip(ours, reasons) if reason}
+
+    def cancel_nudges(self) -> AsyncIterator[str]:
+        """Task ids from the cancel channel, as `request_cancel` publishes them; what is lost to a
+        dropped connection the replicas' poll of `cancel_requests` finds."""
+        return follow_channel(self.conn, self.layout.cancel_channel, "cancels through other replicas wait for the poll")

@@ -1,0 +1,78 @@
+"""A cancel through a replica that does not run the task, on Redis: the request is stored and told
+to the running replica by a pub/sub nudge; where the Redis user may not publish, that replica's
+poll finds it; and where nobody acts on it in time, CancelTask says so (DEADLINE_EXCEEDED,
+CANCEL_PENDING) and the task still ends cancelled once its replica looks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+import redis
+
+from mcp_sdk.proto import task_pb2
+from tests.conftest import client_for
+from tests.helpers import create, error_reason, plugin_stats, step, submit, wait_done, workflow
+from tests.integration.test_waits import other_replica
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2.TaskStatus
+
+
+@contextlib.asynccontextmanager
+async def user_without_pubsub(redis_url: str) -> AsyncIterator[str]:
+    """A store URL for a Redis user that may run every command but pub/sub."""
+    user = f"nopub{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis.from_url(redis_url.split("?")[0])
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@pubsub"])
+    try:
+        scheme, rest = redis_url.split("://", 1)
+        yield f"{scheme}://{user}:pw@{rest}"
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
+
+
+async def running_on_one(server_factory: Any, options: dict[str, Any]) -> tuple[task_pb2.Task, Any, Any]:
+    """Two replicas; a task napping 20 s on one of them; (the task, its holder's client, the other's)."""
+    replicas = [await server_factory(**options), await server_factory(**options)]
+    clients = [client_for(r) for r in replicas]
+    await create(clients[0], workflow("napping", step("nap", "sleep", "{'ms': 20000}")))
+    task = await submit(clients[0], "napping")
+    other = await other_replica(clients, replicas, task.task_id)
+    holder = clients[1 - clients.index(other)]
+    async with asyncio.timeout(10):
+        while not (await holder.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps:
+            await asyncio.sleep(0.02)
+    return task, holder, other
+
+
+async def test_a_redis_user_that_may_not_publish_still_cancels_through_another_replica(
+    server_factory, redis_url, testkit
+):
+    async with user_without_pubsub(redis_url) as store:
+        before = (await plugin_stats(testkit))["cancelled"]
+        task, _, other = await running_on_one(server_factory, {"store": store, "cancel_poll_seconds": 0.2})
+        reply = await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="by the poll"))
+        assert reply.task.status == S.TASK_STATUS_CANCELLED and "by the poll" in reply.task.error.message
+        assert (await plugin_stats(testkit))["cancelled"] == before + 1
+
+
+async def test_a_cancel_nobody_acts_on_in_time_is_pending_and_still_happens(server_factory, redis_url):
+    """The holder looks every 8 s and hears no nudge (no pub/sub); CancelTask waits the lease plus
+    5 s (6.5 s here), then answers DEADLINE_EXCEEDED with CANCEL_PENDING, not an internal error;
+    the holder's next look ends the task CANCELLED with the request's reason."""
+    async with user_without_pubsub(redis_url) as store:
+        options = {"store": store, "cancel_poll_seconds": 8, "lease_seconds": 1.5}
+        task, holder, other = await running_on_one(server_factory, options)
+        with pytest.raises(grpc.aio.AioRpcError) as pending:
+            await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="in a while"))
+        assert pending.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert error_reason(pending.value) == "CANCEL_PENDING" and "the request is stored" in pending.value.details()
+        done = await wait_done(holder, task.task_id)
+        assert done.status == S.TASK_STATUS_CANCELLED and "in a while" in done.error.message

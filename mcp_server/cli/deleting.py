@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
-from mcp_server.cli.inputs import parse_label
-
-FINISHED = ("completed", "failed", "cancelled")
+from mcp_server.cli.selection import FINISHED, add_filter_arguments, selected_ids
 
 
 def add_parser(tasks: Any) -> None:
@@ -21,18 +19,7 @@ def add_parser(tasks: Any) -> None:
         " (and --workflow, --label)",
     )
     delete.add_argument("ids", nargs="*", metavar="ID")
-    delete.add_argument(
-        "--status", action="append", default=[], choices=FINISHED, help="every task that ended so (repeatable)"
-    )
-    delete.add_argument("--workflow", default="", help="with --status: only this workflow's tasks")
-    delete.add_argument(
-        "--label",
-        action="append",
-        default=[],
-        type=parse_label,
-        metavar="KEY=VALUE",
-        help="with --status: only the tasks that carry it (repeatable)",
-    )
+    add_filter_arguments(delete, FINISHED, "every task that ended so")
     delete.add_argument("--allow-missing", action="store_true", help="a task that does not exist is no error")
 
 
@@ -42,7 +29,7 @@ async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], Non
         raise SystemExit(
             "mcp task delete: give task ids, or --status (and --workflow, --label) to select finished tasks"
         )
-    ids = list(args.ids) if args.ids else [task_id async for task_id in _selected(client, args)]
+    ids = list(args.ids) if args.ids else [task_id async for task_id in selected_ids(client, args)]
     deleted: list[str] = []
     missing: list[str] = []
     refused: list[dict[str, str]] = []
@@ -69,19 +56,3 @@ async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], Non
         if not args.ids:
             print(f"{len(deleted)} task(s) deleted")
     return 1 if refused else 0
-
-
-async def _selected(client: Client, args: argparse.Namespace) -> AsyncIterator[str]:
-    """Every task with one of the statuses (of the workflow, with the labels), page by page; pages stay valid while
-    the tasks they listed are deleted."""
-    statuses = [f"TASK_STATUS_{s.upper()}" for s in args.status]
-    token = ""
-    while True:
-        page = await client.list_tasks(
-            statuses=statuses, workflow_id=args.workflow, labels=dict(args.label), page_size=500, page_token=token
-        )
-        for task in page.tasks:
-            yield task.task_id
-        token = page.next_page_token
-        if not token:
-            return

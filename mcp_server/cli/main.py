@@ -23,7 +23,7 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_server.cli import deleting, render, reruns, schedules
+from mcp_server.cli import cancelling, deleting, render, reruns, schedules
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.inputs import parse_input, parse_json, parse_label
 from mcp_server.cli.tree import RunTree
@@ -144,8 +144,7 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         )
         out(render.to_json(listed)) if out else render.task_rows(list(listed.tasks))
     elif cmd == ("task", "cancel"):
-        task = await client.cancel(args.id, args.reason or "")
-        out(render.to_json(task)) if out else render.task_summary(task)
+        return await cancelling.run(client, args, out)
     elif cmd == ("task", "delete"):
         return await deleting.run(client, args, out)
     elif cmd == ("task", "watch"):
@@ -317,9 +316,7 @@ def parser() -> argparse.ArgumentParser:
         help="only tasks with it (repeatable)",
     )
     lst.add_argument("--page-size", type=int, default=50)
-    cancel = task.add_parser("cancel")
-    cancel.add_argument("id")
-    cancel.add_argument("--reason")
+    cancelling.add_parser(task)
     deleting.add_parser(task)
     sig = task.add_parser("signal", help="send a signal to a task's wait node")
     sig.add_argument("id")

@@ -9,8 +9,8 @@ from typing import Any
 
 from mcp_sdk.client import Client
 from mcp_sdk.task_methods import UNSET
-from mcp_server.cli.deleting import FINISHED
-from mcp_server.cli.inputs import parse_json, parse_label
+from mcp_server.cli.inputs import parse_json
+from mcp_server.cli.selection import FINISHED, add_filter_arguments, dry_run, status_names
 
 # A refusal past a submission rate limit whose retry time is within this is waited out; a longer
 # one stops the pass (the same command later goes on where it stopped).
@@ -19,22 +19,7 @@ RATE_LIMITED_WAIT = 60.0
 
 def add_bulk_arguments(rerun: argparse.ArgumentParser) -> None:
     """The selection of `mcp task rerun` without an id (the step, input and version are the single rerun's)."""
-    rerun.add_argument(
-        "--status",
-        action="append",
-        default=[],
-        choices=FINISHED,
-        help="instead of an id: rerun every task that ended so, once (repeatable)",
-    )
-    rerun.add_argument("--workflow", default="", help="with --status: only this workflow's tasks")
-    rerun.add_argument(
-        "--label",
-        action="append",
-        default=[],
-        type=parse_label,
-        metavar="KEY=VALUE",
-        help="with --status: only the tasks that carry it (repeatable)",
-    )
+    add_filter_arguments(rerun, FINISHED, "rerun every task that ended so, once")
     rerun.add_argument("--limit", type=int, default=0, help="with --status: start at most this many reruns")
     rerun.add_argument("--dry-run", action="store_true", help="with --status: list what would be rerun, rerun nothing")
 
@@ -51,15 +36,14 @@ def check(args: argparse.Namespace) -> None:
 
 async def run_bulk(client: Client, args: argparse.Namespace, out: Callable[[Any], None] | None) -> int:
     """Rerun the selected tasks; exit status 1 when the server refused any of them."""
-    statuses = [f"TASK_STATUS_{s.upper()}" for s in args.status]
     if args.dry_run:
-        return await _dry_run(client, args, statuses, out)
+        return await dry_run(client, args, "rerun (unless a pass with the same request did already)", out)
     client.rate_limited_wait = max(client.rate_limited_wait, RATE_LIMITED_WAIT)
     rerun: list[dict[str, str]] = []
     already: list[dict[str, str]] = []
     refused: list[dict[str, str]] = []
     async for outcome in client.rerun_tasks(
-        statuses=statuses,
+        statuses=status_names(args),
         workflow_id=args.workflow,
         labels=dict(args.label),
         from_step_path=args.from_path or "",
@@ -87,26 +71,3 @@ async def run_bulk(client: Client, args: argparse.Namespace, out: Callable[[Any]
     else:
         print(f"{len(rerun)} task(s) rerun, {len(already)} rerun already, {len(refused)} refused")
     return 1 if refused else 0
-
-
-async def _dry_run(
-    client: Client, args: argparse.Namespace, statuses: list[str], out: Callable[[Any], None] | None
-) -> int:
-    selected: list[str] = []
-    token = ""
-    while not args.limit or len(selected) < args.limit:
-        page = await client.list_tasks(
-            statuses=statuses, workflow_id=args.workflow, labels=dict(args.label), page_size=500, page_token=token
-        )
-        selected += [task.task_id for task in page.tasks]
-        token = page.next_page_token
-        if not token:
-            break
-    selected = selected[: args.limit] if args.limit else selected
-    if out:
-        out({"selected": selected})
-    else:
-        for task_id in selected:
-            print(f"task {task_id} would be rerun (unless a pass with the same request did already)")
-        print(f"{len(selected)} task(s) selected")
-    return 0

@@ -298,6 +298,48 @@ root:
     assert watching.returncode != 0 and "no --watch" in watching.stderr
 
 
+def test_the_cli_cancels_every_unfinished_task_a_filter_selects(server_process):
+    address, _ = server_process
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "approval.yaml")).returncode == 0
+    draft = json.dumps({"topic": "tea", "points": ["mild"]})
+    made = [
+        json.loads(
+            mcp(address, "--json", "task", "submit", "approval", "--label", "run=away", "--input", draft).stdout
+        )["task"]["task_id"]
+        for _ in range(4)
+    ]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        waiting = json.loads(
+            mcp(address, "--json", "task", "list", "--status", "waiting", "--label", "run=away").stdout
+        )
+        if len(waiting.get("tasks", [])) == 4:
+            break
+        time.sleep(0.2)
+    dry = json.loads(
+        mcp(address, "--json", "task", "cancel", "--status", "waiting", "--label", "run=away", "--dry-run").stdout
+    )
+    assert sorted(dry["selected"]) == sorted(made)
+
+    first = mcp(address, "task", "cancel", "--status", "waiting", "--label", "run=away", "--limit", "1")
+    rest = json.loads(
+        mcp(
+            address, "--json", "task", "cancel", "--status", "waiting", "--status", "pending", "--label", "run=away"
+        ).stdout
+    )
+
+    assert first.returncode == 0 and "1 task(s) cancelled, 0 had finished, 0 refused" in first.stdout, first
+    assert len(rest["cancelled"]) == 3 and rest["finished"] == [] and rest["refused"] == []
+    for task_id in made:
+        task = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)
+        assert task["status"] == "TASK_STATUS_CANCELLED"
+        assert "cancelled with mcp task cancel --status" in task["error"]["message"]
+    finished = mcp(address, "task", "cancel", "--status", "completed")
+    assert finished.returncode != 0 and "invalid choice" in finished.stderr
+    both = mcp(address, "task", "cancel", made[0], "--status", "waiting")
+    assert both.returncode != 0 and "give a task id, or --status" in both.stderr
+
+
 TEST_DOUBLES = {"fail", "flaky", "silent_supervisor", "stats", "whoami", "nest", "sleep", "chaos", "chaos_stats"}
 
 

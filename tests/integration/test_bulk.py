@@ -1,7 +1,8 @@
-"""Rerunning every task a filter selects (`Client.rerun_tasks`), on both stores, against the
-testkit plugin process: each selected task is rerun once however often the pass is made, a
-rerun that fails again is rerun by the next pass, and a refusal about one task does not stop
-the others."""
+"""Rerunning or cancelling every task a filter selects (`Client.rerun_tasks`, `cancel_tasks`),
+on both stores, against the testkit plugin process: each selected task is rerun once however
+often the pass is made, a rerun that fails again is rerun by the next pass, and a refusal about
+one task does not stop the others; every unfinished task of a label is cancelled, the others
+left running."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import grpc
 import pytest
 
 from mcp_sdk import Client
-from mcp_sdk.bulk_reruns import RerunOutcome
+from mcp_sdk.bulk import RerunOutcome
 from mcp_sdk.proto import task_pb2
-from tests.helpers import step, workflow
+from tests.helpers import plugin_stats, step, workflow
 from tests.integration.test_reruns import calls_of, seq
 
 pytestmark = pytest.mark.asyncio
@@ -126,3 +127,47 @@ async def test_only_the_selected_statuses_and_workflow_are_rerun(api):
     assert sorted(o.task_id for o in of_picky) == sorted(failed)
     assert sorted(o.task_id for o in completed_ones) == sorted(completed)
     assert all(o.created and o.rerun is not None and o.rerun.rerun_from_step_path == "root" for o in completed_ones)
+
+
+async def test_every_unfinished_task_of_a_label_is_cancelled_and_the_rest_left(api, testkit):
+    napping = workflow("napping", seq("root", step("nap", "sleep", "{'ms': 20000}")))
+    await api.create_workflow(napping)
+    await api.create_workflow(workflow("waiting", seq("root", {"id": "w", "wait": {"signal": "go"}})))
+    runaway = [(await api.submit("napping", {}, labels={"batch": "runaway"})).task_id for _ in range(5)]
+    runaway += [(await api.submit("waiting", {}, labels={"batch": "runaway"})).task_id for _ in range(3)]
+    kept = [(await api.submit("napping", {}, labels={"batch": "kept"})).task_id for _ in range(2)]
+    finished = (await api.submit("waiting", {}, labels={"batch": "runaway"})).task_id
+    await api.signal(finished, "go", {"done": True})
+    await ended(api, [finished])
+    before = (await plugin_stats(testkit))["cancelled"]
+
+    first = await bulk_cancel(api, labels={"batch": "runaway"}, reason="runaway", limit=3, concurrency=2)
+    rest = await bulk_cancel(api, labels={"batch": "runaway"}, reason="runaway", page_size=2)
+    again = await bulk_cancel(api, labels={"batch": "runaway"})
+
+    assert len(first) == 3 and len(rest) == 5 and again == []  # none left unfinished, the finished one never selected
+    assert sorted(o.task_id for o in first + rest) == sorted(runaway)
+    assert all(o.task is not None and o.task.status == S.TASK_STATUS_CANCELLED for o in first + rest)
+    for task in await ended(api, runaway):
+        assert task.status == S.TASK_STATUS_CANCELLED and "runaway" in task.error.message
+    assert {t.status for t in await current(api, kept)} <= {S.TASK_STATUS_PENDING, S.TASK_STATUS_RUNNING}  # left
+    assert (await api.get(finished)).status == S.TASK_STATUS_COMPLETED
+    assert (await plugin_stats(testkit))["cancelled"] - before >= 1  # the naps in flight were cancelled on the plugin
+    await api.cancel(kept[0])
+    await api.cancel(kept[1])
+
+
+async def test_a_task_that_finished_before_its_cancel_is_reported_as_finished(api):
+    await api.create_workflow(workflow("quick", seq("root", step("s1", "append"))))
+    done = (await api.submit("quick", {"text": ""})).task_id
+    await ended(api, [done])
+    outcome = await api._cancel_once(done, "too late")  # what a pass meets when a task ends under it
+    assert outcome.finished and outcome.task is None and outcome.error is None
+
+
+async def bulk_cancel(api: Client, **options: Any) -> list[Any]:
+    return [outcome async for outcome in api.cancel_tasks(**options)]
+
+
+async def current(api: Client, task_ids: list[str]) -> list[task_pb2.Task]:
+    return [await api.get(task_id, steps=False) for task_id in task_ids]

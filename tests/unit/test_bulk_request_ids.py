@@ -3,7 +3,7 @@ request give the same id, anything else another."""
 
 from __future__ import annotations
 
-from mcp_sdk.bulk_reruns import bulk_request_id
+from mcp_sdk.bulk import bulk_request_id
 from mcp_sdk.task_methods import UNSET
 
 

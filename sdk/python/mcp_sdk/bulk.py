@@ -1,6 +1,8 @@
-"""Rerunning every finished task a filter selects, once each: after an outage of a provider, or
-once a fixed version of a workflow is applied, the tasks that failed are run again from where
-they failed without naming them one by one."""
+"""What a client does to every task a filter selects: rerun the finished ones once each (after an
+outage of a provider, or once a fixed version of a workflow is applied, the tasks that failed run
+again from where they failed), or cancel the unfinished ones (a runaway batch), without naming
+them one by one. Each pages through ListTasks and makes one call per task, as any client of the
+protos can."""
 
 from __future__ import annotations
 
@@ -52,8 +54,23 @@ def bulk_request_id(task_id: str, from_step_path: str, input: JsonValue | _Unset
     return f"rerun:{task_id}:{digest}"
 
 
-class BulkReruns(TaskMethods):
-    """`rerun_tasks`: RerunTask for every task a ListTasks filter selects."""
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What became of one selected task: cancelled (`task` as it is now: CANCELLED, or still
+    ending on its replica), finished meanwhile before the cancel reached it (`finished`), or the
+    server's refusal."""
+
+    task_id: str
+    task: task_pb2.Task | None = None
+    finished: bool = False
+    error: McpError | None = None
+
+
+UNFINISHED = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING)
+
+
+class BulkMethods(TaskMethods):
+    """`rerun_tasks` and `cancel_tasks`: RerunTask or CancelTask for every task a ListTasks filter selects."""
 
     async def rerun_tasks(
         self,
@@ -123,3 +140,51 @@ class BulkReruns(TaskMethods):
                 raise
             return RerunOutcome(task_id, error=error)
         return RerunOutcome(task_id, reply.task, reply.created)
+
+    async def cancel_tasks(
+        self,
+        *,
+        statuses: Sequence[task_pb2.TaskStatus | str] = UNFINISHED,
+        workflow_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        reason: str = "",
+        limit: int = 0,
+        concurrency: int = 8,
+        page_size: int = 500,
+    ) -> AsyncGenerator[CancelOutcome, None]:
+        """Cancel each task with one of `statuses` (pending, running or waiting, by default; of
+        `workflow_id`, carrying every one of `labels`), newest first, `concurrency` at a time, with
+        `reason`; yields what became of each. `limit` > 0 stops after that many. A task that
+        finished before its cancel reached it is yielded with `finished` (nothing changed); one
+        deleted meanwhile with its NOT_FOUND; any other McpError is raised. Cancelling is
+        idempotent, so the same call again (say after this process died halfway) cancels what is
+        left. Tasks submitted while it runs are not selected once the listing has passed them."""
+        done = 0
+        token = ""
+        while True:
+            page = await self.list_tasks(
+                statuses=statuses, workflow_id=workflow_id, labels=labels, page_size=page_size, page_token=token
+            )
+            selected = [task.task_id for task in page.tasks]
+            for first in range(0, len(selected), max(concurrency, 1)):
+                batch = selected[first : first + max(concurrency, 1)]
+                if limit:
+                    batch = batch[: limit - done]
+                if not batch:
+                    return
+                for outcome in await asyncio.gather(*(self._cancel_once(task_id, reason) for task_id in batch)):
+                    done += 1
+                    yield outcome
+            token = page.next_page_token
+            if not token or (limit and done >= limit):
+                return
+
+    async def _cancel_once(self, task_id: str, reason: str) -> CancelOutcome:
+        try:
+            return CancelOutcome(task_id, await self.cancel(task_id, reason))
+        except McpError as error:
+            if error.reason == "TASK_FINISHED":
+                return CancelOutcome(task_id, finished=True)
+            if error.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            return CancelOutcome(task_id, error=error)

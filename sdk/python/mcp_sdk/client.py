@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mcp_sdk.bulk_reruns import BulkReruns, RerunOutcome
+from mcp_sdk.bulk import BulkMethods, CancelOutcome, RerunOutcome
 from mcp_sdk.connection import RESUMABLE_CODES, Backoff, Connection, Tls, bearer_metadata, open_channel
 from mcp_sdk.cursor import TERMINAL_EVENTS, TERMINAL_STATUSES, Cursor
 from mcp_sdk.definitions import submit_request, workflow_from
@@ -32,7 +32,8 @@ __all__ = [
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
     "Backoff",
-    "BulkReruns",
+    "BulkMethods",
+    "CancelOutcome",
     "Client",
     "Connection",
     "Cursor",
@@ -45,12 +46,12 @@ __all__ = [
 ]
 
 
-class Client(BulkReruns, ScheduleMethods):
+class Client(BulkMethods, ScheduleMethods):
     """An async client of one orchestrator; use it as an async context manager, or close() it.
 
     `timeout` bounds each unary call (seconds); `watch_give_up_after` is how long a watch keeps
     reconnecting to a server that does not answer before it raises (None: forever). Task methods
-    come from TaskMethods (task_methods.py) and BulkReruns (bulk_reruns.py), schedule methods from ScheduleMethods
+    come from TaskMethods (task_methods.py) and BulkMethods (bulk.py), schedule methods from ScheduleMethods
     (schedule_methods.py), the connection from Connection (connection.py)."""
 
     async def create_workflow(

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Coroutine, Iterator, Mapping, Sequen
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from mcp_sdk.bulk_reruns import RerunOutcome
+from mcp_sdk.bulk import UNFINISHED, CancelOutcome, RerunOutcome
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.proto import registry_pb2, schedule_pb2, task_pb2, workflow_pb2
 from mcp_sdk.task_methods import UNSET, _Unset
@@ -191,6 +191,30 @@ class SyncClient:
                 from_step_path=from_step_path,
                 input=input,
                 version=version,
+                limit=limit,
+                concurrency=concurrency,
+                page_size=page_size,
+            )
+        )
+
+    def cancel_tasks(
+        self,
+        *,
+        statuses: Sequence[task_pb2.TaskStatus | str] = UNFINISHED,
+        workflow_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        reason: str = "",
+        limit: int = 0,
+        concurrency: int = 8,
+        page_size: int = 500,
+    ) -> Iterator[CancelOutcome]:
+        """See Client.cancel_tasks: what became of each selected task, as it happens."""
+        return self._iterate(
+            self._client.cancel_tasks(
+                statuses=statuses,
+                workflow_id=workflow_id,
+                labels=labels,
+                reason=reason,
                 limit=limit,
                 concurrency=concurrency,
                 page_size=page_size,

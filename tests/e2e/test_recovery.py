@@ -366,18 +366,22 @@ async def test_three_replicas_share_200_tasks_and_survive_losing_one(plugins, te
         assert starters == {"replica-0", "replica-1", "replica-2"}  # the work was spread over all three
 
 
+async def runner_of(client: Client, task_id: str) -> int:
+    """Which replica of a replica_set (its id's last digit) runs the task, once its step `nap` started."""
+    started = ""
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+        if event.type == E.TASK_EVENT_TYPE_STARTED:
+            started = event.data.fields["replica"].string_value
+        if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "nap":
+            return int(started[-1])
+    raise AssertionError(f"task {task_id} ended before its step nap started")
+
+
 async def test_cancel_on_one_replica_stops_a_task_running_on_another(plugins, testkit, redis_url):
     async with replica_set(2, redis_url, [plugins["testkit"].address], "r", MCP_LEASE_SECONDS="1.5") as (_, clients):
         await create(clients[0], workflow("long-haul", step("nap", "sleep", "{'ms': 20000}")))
         task = await submit(clients[0], "long-haul")
-        started = None
-        async for event in clients[0].tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-            if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "nap":
-                break
-            if event.type == E.TASK_EVENT_TYPE_STARTED:
-                started = event.data.fields["replica"].string_value
-        runner = int(started[-1])
-        other = clients[1 - runner]
+        other = clients[1 - await runner_of(clients[0], task.task_id)]
         cancelled = (
             await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="from afar"))
         ).task
@@ -397,14 +401,7 @@ async def test_a_cancel_through_another_replica_reaches_the_run_by_its_nudge(plu
         before = (await plugin_stats(testkit))["cancelled"]
         for round_ in range(3):  # a nudge after nudges: each reaches its run
             task = await submit(clients[round_ % 2], "nudged")
-            started = None
-            async for event in clients[0].tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-                if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == "nap":
-                    break
-                if event.type == E.TASK_EVENT_TYPE_STARTED:
-                    started = event.data.fields["replica"].string_value
-            assert started is not None
-            other = clients[1 - int(started[-1])]
+            other = clients[1 - await runner_of(clients[0], task.task_id)]
             reply = await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="nudged"))
             assert reply.task.status == task_pb2.TASK_STATUS_CANCELLED and "nudged" in reply.task.error.message
         assert (await plugin_stats(testkit))["cancelled"] == before + 3

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -18,6 +19,8 @@ from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2
 from mcp_sdk.task_methods import UNSET, TaskMethods, _Unset
 from mcp_sdk.values import JsonValue, python_to_value
+
+OutcomeT = TypeVar("OutcomeT")  # what became of one task
 
 # Refusals that concern one task (deleted meanwhile, a version that lacks one of its kept steps,
 # a path it does not have, not finished after all): the pass reports them and goes on. Any other
@@ -99,28 +102,17 @@ class BulkMethods(TaskMethods):
         Refusals about one task (a version that lacks one of its kept steps: INVALID_ARGUMENT;
         deleted meanwhile: NOT_FOUND) are yielded and the pass goes on; any other McpError (the
         server unreachable) is raised."""
-        created = 0
-        token = ""
-        while True:
-            page = await self.list_tasks(
-                statuses=statuses, workflow_id=workflow_id, labels=labels, page_size=page_size, page_token=token
-            )
-            selected = [task.task_id for task in page.tasks]
-            for first in range(0, len(selected), max(concurrency, 1)):
-                if limit and created >= limit:
-                    return
-                batch = selected[first : first + max(concurrency, 1)]
-                if limit:
-                    batch = batch[: limit - created]
-                outcomes = await asyncio.gather(
-                    *(self._rerun_once(task_id, from_step_path, input, version) for task_id in batch)
-                )
-                for outcome in outcomes:
-                    created += outcome.created
-                    yield outcome
-            token = page.next_page_token
-            if not token or (limit and created >= limit):
-                return
+        async for outcome in self._over_selected(
+            lambda task_id: self._rerun_once(task_id, from_step_path, input, version),
+            lambda outcome: outcome.created,
+            statuses,
+            workflow_id,
+            labels,
+            limit,
+            concurrency,
+            page_size,
+        ):
+            yield outcome
 
     async def _rerun_once(
         self, task_id: str, from_step_path: str, input: JsonValue | _Unset, version: int
@@ -159,25 +151,17 @@ class BulkMethods(TaskMethods):
         deleted meanwhile with its NOT_FOUND; any other McpError is raised. Cancelling is
         idempotent, so the same call again (say after this process died halfway) cancels what is
         left. Tasks submitted while it runs are not selected once the listing has passed them."""
-        done = 0
-        token = ""
-        while True:
-            page = await self.list_tasks(
-                statuses=statuses, workflow_id=workflow_id, labels=labels, page_size=page_size, page_token=token
-            )
-            selected = [task.task_id for task in page.tasks]
-            for first in range(0, len(selected), max(concurrency, 1)):
-                batch = selected[first : first + max(concurrency, 1)]
-                if limit:
-                    batch = batch[: limit - done]
-                if not batch:
-                    return
-                for outcome in await asyncio.gather(*(self._cancel_once(task_id, reason) for task_id in batch)):
-                    done += 1
-                    yield outcome
-            token = page.next_page_token
-            if not token or (limit and done >= limit):
-                return
+        async for outcome in self._over_selected(
+            lambda task_id: self._cancel_once(task_id, reason),
+            lambda _: True,
+            statuses,
+            workflow_id,
+            labels,
+            limit,
+            concurrency,
+            page_size,
+        ):
+            yield outcome
 
     async def _cancel_once(self, task_id: str, reason: str) -> CancelOutcome:
         try:
@@ -188,3 +172,37 @@ class BulkMethods(TaskMethods):
             if error.code != grpc.StatusCode.NOT_FOUND:
                 raise
             return CancelOutcome(task_id, error=error)
+
+    async def _over_selected(
+        self,
+        act: Callable[[str], Awaitable[OutcomeT]],
+        counted: Callable[[OutcomeT], bool],
+        statuses: Sequence[task_pb2.TaskStatus | str],
+        workflow_id: str,
+        labels: Mapping[str, str] | None,
+        limit: int,
+        concurrency: int,
+        page_size: int,
+    ) -> AsyncGenerator[OutcomeT, None]:
+        """`act` on each task the filter selects, newest first, `concurrency` at a time, yielding
+        each outcome; stops once `limit` (> 0) outcomes are `counted`."""
+        count = 0
+        token = ""
+        width = max(concurrency, 1)
+        while True:
+            page = await self.list_tasks(
+                statuses=statuses, workflow_id=workflow_id, labels=labels, page_size=page_size, page_token=token
+            )
+            selected = [task.task_id for task in page.tasks]
+            for first in range(0, len(selected), width):
+                batch = selected[first : first + width]
+                if limit:
+                    batch = batch[: limit - count]
+                if not batch:
+                    return
+                for outcome in await asyncio.gather(*(act(task_id) for task_id in batch)):
+                    count += counted(outcome)
+                    yield outcome
+            token = page.next_page_token
+            if not token or (limit and count >= limit):
+                return

@@ -137,6 +137,7 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_get("/tasks", pages.tasks)
     app.router.add_get("/tasks/counts", live.counts)
     app.router.add_post("/tasks/rerun", bulk.rerun_filtered)
+    app.router.add_post("/tasks/cancel", bulk.cancel_filtered)
     app.router.add_get("/tasks/{task_id}", pages.task)
     app.router.add_get("/tasks/{task_id}/events", live.task_events)
     app.router.add_get("/tasks/{task_id}/earlier.json", live.earlier_events)

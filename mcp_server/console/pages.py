@@ -75,9 +75,11 @@ async def tasks(request: web.Request) -> web.StreamResponse:
             "all_statuses": TASK_STATUSES,
             "workflow_id": workflow_id,
             "label": label,
-            "bulk_offered": bulk.offered(statuses),
+            "bulk_offered": bulk.offered(statuses, bulk.FINISHED),
+            "cancel_offered": bulk.offered(statuses, bulk.UNFINISHED),
             "bulk_batch": bulk.BATCH,
             "bulk_done": bulk.outcome_notice(dict(request.query)),
+            "cancel_done": bulk.cancel_notice(dict(request.query)),
         },
     )
 

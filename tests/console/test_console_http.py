@@ -435,8 +435,8 @@ async def test_rerun_these_takes_only_finished_statuses_a_label_and_a_whole_vers
         unasked = await browser.post(url, data={"status": "completed"}, allow_redirects=False)
         assert unasked.status == 403
         for form, said in (
-            ({"status": "running"}, "only finished statuses"),
-            ({}, "only finished statuses"),
+            ({"status": "running"}, "choose only the statuses completed, failed, cancelled"),
+            ({}, "choose only the statuses"),
             ({"status": "completed", "label": "no-equals"}, "KEY=VALUE"),
             ({"status": "completed", "version": "-1"}, "version"),
             ({"status": "completed", "version": "9" * 30}, "version"),
@@ -458,3 +458,34 @@ async def test_rerun_these_takes_only_finished_statuses_a_label_and_a_whole_vers
         assert again.status == 303 and "rerun=1&already=1&refused=0" in again.headers["Location"]
         shown = await (await browser.get(f"{console.console.url}{again.headers['Location']}")).text()
         assert "Rerun 1 task(s); 1 had been rerun already." in " ".join(shown.split())
+
+
+async def test_cancel_these_takes_only_unfinished_statuses_and_cancels_the_filtered_tasks(console, api):
+    waits = {"id": "root", "sequence": {"children": [{"id": "w", "wait": {"signal": "go"}}]}}
+    await api.create_workflow({"workflow_id": "held", "root": waits})
+    held = (await api.submit("held", labels={"k": "v"})).task_id
+    url = f"{console.console.url}/tasks/cancel"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        token = csrf_of(await (await browser.get(f"{console.console.url}/tasks?status=waiting")).text())
+        assert (await browser.post(url, data={"status": "waiting"}, allow_redirects=False)).status == 403
+        for form, said in (
+            ({"status": "completed"}, "choose only the statuses pending, running, waiting"),
+            ({"status": "nonsense"}, "choose only the statuses"),
+            ({"status": "waiting", "label": "k"}, "KEY=VALUE"),
+        ):
+            refused = await browser.post(url, data={**form, "csrf": token}, allow_redirects=False)
+            assert refused.status == 400 and said in await refused.text(), form
+        assert (await api.get(held, steps=False)).status != task_pb2.TASK_STATUS_CANCELLED
+        done = await browser.post(
+            url,
+            data=[
+                ("status", "pending"),
+                ("status", "running"),
+                ("status", "waiting"),
+                ("label", "k=v"),
+                ("csrf", token),
+            ],
+            allow_redirects=False,
+        )
+        assert done.status == 303 and "cancelled=1&finished=0&gone=0" in done.headers["Location"]
+        assert (await api.get(held, steps=False)).status == task_pb2.TASK_STATUS_CANCELLED

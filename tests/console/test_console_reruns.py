@@ -1,15 +1,17 @@
-"""Reruns in the console, in a real browser: every step of a finished task offers "rerun from
+"""Reruns and cancels in the console, in a real browser: every step of a finished task offers "rerun from
 here", which fills the rerun form with that step's input to edit; what the server refuses comes
 back beside the form; a rerun's page links to its original and the original's to its reruns."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
 from playwright.async_api import expect
 
 from mcp_sdk import Client, TaskFailed
+from mcp_sdk.proto import task_pb2
 from tests.console.conftest import screenshot
 
 
@@ -87,4 +89,36 @@ async def test_a_person_reruns_every_failed_task_a_filter_shows_once(console, ap
         reruns = list((await api.get(task.task_id)).reruns)
         assert len(reruns) == 1
         assert await api.result(reruns[0]) == {"text": ">s1s2", "trail": ["root/s1", "root/s2"]}
+    assert not page.problems  # type: ignore[attr-defined]
+
+
+async def test_a_person_cancels_every_waiting_task_a_filter_shows_after_saying_yes(console, api: Client, page):
+    waits = {"id": "root", "sequence": {"children": [{"id": "w", "wait": {"signal": "go"}}]}}
+    await api.create_workflow({"workflow_id": "console-cancel", "root": waits})
+    made = [(await api.submit("console-cancel", labels={"batch": "c"})).task_id for _ in range(3)]
+    other = (await api.submit("console-cancel", labels={"batch": "other"})).task_id
+    for task_id in [*made, other]:
+        for _ in range(200):
+            if (await api.get(task_id, steps=False)).status == task_pb2.TASK_STATUS_WAITING:
+                break
+            await asyncio.sleep(0.05)
+
+    await page.goto(f"{console.console.url}/tasks?status=completed")
+    await expect(page.locator("#bulk-cancel")).to_have_count(0)  # only for a filter on unfinished tasks
+    await page.goto(f"{console.console.url}/tasks?status=waiting&label=batch%3Dc")
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.dismiss()))
+    await page.locator("#bulk-cancel").get_by_role("button", name="Cancel these").click()
+    await page.wait_for_timeout(300)  # a dismissed question posts nothing
+    assert {(await api.get(t, steps=False)).status for t in made} == {task_pb2.TASK_STATUS_WAITING}
+
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.locator("#bulk-cancel").get_by_role("button", name="Cancel these").click()
+    await expect(page.locator("#cancel-done")).to_contain_text("Cancelled 3 task(s)")
+    await expect(page.locator("#task-table tbody")).to_contain_text("No tasks match.")
+    await screenshot(page, "bulk-cancel")
+    for task_id in made:
+        task = await api.get(task_id, steps=False)
+        assert task.status == task_pb2.TASK_STATUS_CANCELLED and "console" in task.error.message
+    assert (await api.get(other, steps=False)).status == task_pb2.TASK_STATUS_WAITING
+    await api.cancel(other)
     assert not page.problems  # type: ignore[attr-defined]

@@ -49,6 +49,9 @@ async function drawGraph(target, source) {
 
 // ---- /tasks ------------------------------------------------------------------------------
 function tasksPage() {
+  document.getElementById("bulk-cancel")?.addEventListener("submit", (event) => {
+    if (!window.confirm("Cancel every task this filter shows (up to 100 per click)? This cannot be undone.")) event.preventDefault();
+  });
   const table = document.getElementById("task-table");
   const total = document.getElementById("total");
   const shown = Number(total.textContent);

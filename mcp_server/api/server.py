@@ -125,12 +125,16 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = server_credentials(settings)
-    port = (
-        server.add_secure_port(settings.listen, credentials)
-        if credentials
-        else server.add_insecure_port(settings.listen)
-    )
+    try:
+        port = (
+            server.add_secure_port(settings.listen, credentials)
+            if credentials
+            else server.add_insecure_port(settings.listen)
+        )
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        port = 0
     if port == 0:
+        await store.close()
         raise StartupError(f"cannot listen on {settings.listen}: the address is in use or not this machine's")
     address = f"{settings.listen.rsplit(':', 1)[0]}:{port}"
     await server.start()

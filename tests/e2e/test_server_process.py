@@ -340,6 +340,22 @@ def test_the_cli_cancels_every_unfinished_task_a_filter_selects(server_process):
     assert both.returncode != 0 and "give a task id, or --status" in both.stderr
 
 
+def test_an_address_in_use_is_one_clear_line_not_a_traceback(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        refused = subprocess.run(
+            [sys.executable, "-m", "mcp_server", "--listen", address, "--store", f"sqlite:///{tmp_path}/s.db"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert refused.returncode == 1
+    assert f"mcp-server: cannot start: cannot listen on {address}: the address is in use" in refused.stderr
+    assert "Traceback" not in refused.stderr, refused.stderr
+
+
 TEST_DOUBLES = {"fail", "flaky", "silent_supervisor", "stats", "whoami", "nest", "sleep", "chaos", "chaos_stats"}
 
 

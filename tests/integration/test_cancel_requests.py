@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis
 
+from mcp_sdk import Client as SdkClient
 from mcp_sdk.proto import task_pb2
 from tests.conftest import client_for
 from tests.helpers import create, error_reason, plugin_stats, step, submit, wait_done, workflow
@@ -39,9 +40,12 @@ async def user_without_pubsub(redis_url: str) -> AsyncIterator[str]:
 
 
 async def running_on_one(server_factory: Any, options: dict[str, Any]) -> tuple[task_pb2.Task, Any, Any]:
-    """Two replicas; a task napping 20 s on one of them; (the task, its holder's client, the other's)."""
+    """Two replicas; a task napping 20 s on one of them; (the task, its holder's client, the other's;
+    each client's `address` is its replica's)."""
     replicas = [await server_factory(**options), await server_factory(**options)]
     clients = [client_for(r) for r in replicas]
+    for client, replica in zip(clients, replicas):
+        client.address = replica.address
     await create(clients[0], workflow("napping", step("nap", "sleep", "{'ms': 20000}")))
     task = await submit(clients[0], "napping")
     other = await other_replica(clients, replicas, task.task_id)
@@ -70,9 +74,15 @@ async def test_a_cancel_nobody_acts_on_in_time_is_pending_and_still_happens(serv
     async with user_without_pubsub(redis_url) as store:
         options = {"store": store, "cancel_poll_seconds": 8, "lease_seconds": 1.5}
         task, holder, other = await running_on_one(server_factory, options)
-        with pytest.raises(grpc.aio.AioRpcError) as pending:
-            await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="in a while"))
-        assert pending.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert error_reason(pending.value) == "CANCEL_PENDING" and "the request is stored" in pending.value.details()
+        async with SdkClient(other.address) as sdk:  # a bulk pass meets the same and goes on
+
+            async def bulk() -> list[Any]:
+                return [outcome async for outcome in sdk.cancel_tasks(workflow_id="napping", reason="in a while")]
+
+            cancelled = other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="in a while"))
+            raw, passed = await asyncio.gather(cancelled, bulk(), return_exceptions=True)
+        assert isinstance(raw, grpc.aio.AioRpcError) and raw.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert error_reason(raw) == "CANCEL_PENDING" and "the request is stored" in raw.details()
+        assert [(o.task_id, o.error.reason if o.error else None) for o in passed] == [(task.task_id, "CANCEL_PENDING")]
         done = await wait_done(holder, task.task_id)
         assert done.status == S.TASK_STATUS_CANCELLED and "in a while" in done.error.message

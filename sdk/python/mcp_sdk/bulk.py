@@ -59,9 +59,10 @@ def bulk_request_id(task_id: str, from_step_path: str, input: JsonValue | _Unset
 
 @dataclass(frozen=True)
 class CancelOutcome:
-    """What became of one selected task: cancelled (`task` as it is now: CANCELLED, or still
-    ending on its replica), finished meanwhile before the cancel reached it (`finished`), or the
-    server's refusal."""
+    """What became of one selected task: cancelled (`task`, as CancelTask answered it), finished
+    before the cancel reached it (`finished`), or what the server said instead (`error`: NOT_FOUND
+    for a task deleted meanwhile, DEADLINE_EXCEEDED `CANCEL_PENDING` for one whose replica has not
+    acted on the request yet: it ends CANCELLED when it does)."""
 
     task_id: str
     task: task_pb2.Task | None = None
@@ -148,7 +149,8 @@ class BulkMethods(TaskMethods):
         `workflow_id`, carrying every one of `labels`), newest first, `concurrency` at a time, with
         `reason`; yields what became of each. `limit` > 0 stops after that many. A task that
         finished before its cancel reached it is yielded with `finished` (nothing changed); one
-        deleted meanwhile with its NOT_FOUND; any other McpError is raised. Cancelling is
+        deleted meanwhile with its NOT_FOUND, one whose replica has not acted in time with its
+        CANCEL_PENDING (the request stands); any other McpError is raised. Cancelling is
         idempotent, so the same call again (say after this process died halfway) cancels what is
         left. Tasks submitted while it runs are not selected once the listing has passed them."""
         async for outcome in self._over_selected(
@@ -169,7 +171,7 @@ class BulkMethods(TaskMethods):
         except McpError as error:
             if error.reason == "TASK_FINISHED":
                 return CancelOutcome(task_id, finished=True)
-            if error.code != grpc.StatusCode.NOT_FOUND:
+            if error.code != grpc.StatusCode.NOT_FOUND and error.reason != "CANCEL_PENDING":
                 raise
             return CancelOutcome(task_id, error=error)
 

@@ -30,12 +30,7 @@ async def join_branches(
     have completed. Raise NodeFailed when the join can no longer be met."""
     if required <= 0:
         return {}
-    semaphore = asyncio.Semaphore(max(1, max_concurrency))
-
-    async def bounded(branch: Branch) -> NodeResult:
-        async with semaphore:
-            return await branch()
-
+    width = max(1, max_concurrency)
     tasks: dict[asyncio.Future[NodeResult], int] = {}
     pending: set[asyncio.Future[NodeResult]] = set()
     # Each branch reports its own end (asyncio.wait would re-arm a callback on every pending
@@ -43,14 +38,28 @@ async def join_branches(
     ended: asyncio.Queue[asyncio.Future[NodeResult]] = asyncio.Queue()
     results: dict[int, NodeResult] = {}
     failures: dict[int, NodeFailed] = {}
+    # A branch starts only when a slot is free (in index order), so a map of 10,000 items four at
+    # a time holds four tasks, not 10,000 waiting on a semaphore (whose cancel was quadratic).
+    upcoming = iter(enumerate(branches))
+    unstarted = len(branches)
+
+    def start_next() -> None:
+        nonlocal unstarted
+        following = next(upcoming, None)
+        if following is None:
+            return
+        index, branch = following
+        unstarted -= 1
+        task = asyncio.ensure_future(branch())
+        tasks[task] = index
+        pending.add(task)
+        task.add_done_callback(ended.put_nowait)
+
     try:
-        for index, branch in enumerate(branches):
-            if index and index % START_WAVE == 0:
+        for started in range(min(width, len(branches))):
+            if started and started % START_WAVE == 0:
                 await asyncio.sleep(0)  # the last wave's calls go out first
-            task = asyncio.ensure_future(bounded(branch))
-            tasks[task] = index
-            pending.add(task)
-            task.add_done_callback(ended.put_nowait)
+            start_next()
         while pending:
             future = await ended.get()
             pending.discard(future)
@@ -63,8 +72,9 @@ async def join_branches(
                 results[tasks[future]] = future.result()
             if len(results) >= required:
                 return results
-            if len(results) + len(pending) < required and (fail_fast or not pending):
+            if len(results) + len(pending) + unstarted < required and (fail_fast or not (pending or unstarted)):
                 break
+            start_next()  # the slot it held goes to the next branch
     finally:
         await _cancel_all(pending)
     first = failures[min(failures)]

@@ -102,3 +102,64 @@ async def test_a_run_does_not_park_between_waves_whose_first_branches_all_wait()
     result = await asyncio.wait_for(join, 5)  # the first step's end meets the join
     assert list(result) and min(result) >= waits
     assert not any(moment < started + 0.1 for moment in parked), "parked while steps were still running"
+
+
+async def test_a_bounded_fan_out_holds_only_its_running_branches_and_starts_them_in_order():
+    """A map of 2,000 items two at a time holds two tasks, not 2,000 waiting for a slot: the next
+    branch starts when one ends, in index order; cancelling the join cancels the two."""
+    started: list[int] = []
+    running: set[int] = set()
+    most = 0
+    tasks_seen = 0
+    release = asyncio.Event()
+
+    def branch(index: int):
+        async def run() -> NodeResult:
+            nonlocal most, tasks_seen
+            started.append(index)
+            running.add(index)
+            most = max(most, len(running))
+            tasks_seen = max(tasks_seen, len(asyncio.all_tasks()))
+            try:
+                if index == 1_500:
+                    await release.wait()  # holds its slot until cancelled
+                await asyncio.sleep(0)
+                return NodeResult(Payload.of_python(index))
+            finally:
+                running.discard(index)
+
+        return run
+
+    baseline = len(asyncio.all_tasks())
+    join = asyncio.ensure_future(
+        join_branches("m", [branch(i) for i in range(2_000)], required=2_000, fail_fast=True, max_concurrency=2)
+    )
+    while 1_501 not in started:
+        await asyncio.sleep(0)
+    join.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await join
+    assert started == list(range(started[-1] + 1))  # in index order, none skipped
+    assert most == 2 and tasks_seen <= baseline + 1 + 2  # the join and its two branches
+    assert not running  # the two running when it was cancelled were cancelled and awaited
+
+
+async def test_a_failed_branch_of_a_bounded_fan_out_without_fail_fast_still_lets_the_rest_run():
+    ran: list[int] = []
+
+    def branch(index: int):
+        async def run() -> NodeResult:
+            ran.append(index)
+            if index == 3:
+                raise NodeFailed("INTERNAL", "three fails")
+            return NodeResult(Payload.of_python(index))
+
+        return run
+
+    with pytest.raises(NodeFailed, match="1 of 10 branches failed"):
+        await join_branches("m", [branch(i) for i in range(10)], required=10, fail_fast=False, max_concurrency=2)
+    assert sorted(ran) == list(range(10))
+    ran.clear()
+    with pytest.raises(NodeFailed):
+        await join_branches("m", [branch(i) for i in range(10)], required=10, fail_fast=True, max_concurrency=2)
+    assert max(ran) < 6  # fail fast: the branches after the failure's slot were never started

@@ -261,17 +261,21 @@ class Dispatcher:
         """Act at once on the cancel requests other replicas leave for tasks running here, as the
         store tells of them (`_cancel_loop` finds what it does not tell)."""
         acting: set[asyncio.Task[None]] = set()
-        while True:
-            try:
-                async for task_id in self.queue.cancel_nudges():
-                    if task_id in self._running:  # each in a task of its own: a cancel waits for the run's end
-                        act = asyncio.create_task(self._act_on_cancel_request(task_id), name=f"cancel {task_id}")
-                        acting.add(act)
-                        act.add_done_callback(acting.discard)
-                return  # a store that cannot tell other processes: the poll alone
-            except Exception:  # a bug must not stop nudges for good; the poll covers meanwhile
-                log.exception("following cancel nudges failed unexpectedly; trying again")
-                await asyncio.sleep(1)
+        try:
+            while True:
+                try:
+                    async for task_id in self.queue.cancel_nudges():
+                        if task_id in self._running:  # each in a task of its own: a cancel waits for the run's end
+                            act = asyncio.create_task(self._act_on_cancel_request(task_id), name=f"cancel {task_id}")
+                            acting.add(act)
+                            act.add_done_callback(acting.discard)
+                    return  # a store that cannot tell other processes: the poll alone
+                except Exception:  # a bug must not stop nudges for good; the poll covers meanwhile
+                    log.exception("following cancel nudges failed unexpectedly; trying again")
+                    await asyncio.sleep(1)
+        finally:  # stopping: a cancel under way must not outlive the loops
+            for act in acting:
+                act.cancel()
 
     async def _act_on_cancel_request(self, task_id: str) -> None:
         try:

@@ -213,6 +213,7 @@ async def test_a_step_resumed_inside_its_backoff_still_says_when_its_retry_is_du
     note = page.locator('#steps tr[data-path="p/s"] .retry')
     await expect(note).to_contain_text("retry 2 at ")
     due = await note.locator("time").get_attribute("datetime")
+    reloaded = asyncio.ensure_future(page.wait_for_event("load", timeout=15_000))
     await api.signal(task.task_id, "go")
     # the step's second start (this life's), with the retry still to come
     again = page.locator("#events tbody tr", has_text="STEP_STARTED").filter(has_text="p/s")
@@ -222,6 +223,7 @@ async def test_a_step_resumed_inside_its_backoff_still_says_when_its_retry_is_du
     badge = page.locator('#steps tr[data-path="p/s"] .step-status')
     assert (await note.count(), await note.locator("time").get_attribute("datetime")) == (1, due)
     assert "retry 2 at " in await note.inner_text() and await badge.inner_text() == "retrying"
+    await reloaded  # the page's own reload first: one of ours racing it ends net::ERR_ABORTED
     await page.reload()  # and so does the page drawn from the step's record
     await expect(note).to_contain_text("retry 2 at ")
     await expect(badge).to_have_text("retrying")

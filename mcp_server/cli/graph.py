@@ -95,6 +95,11 @@ def _add(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[str],
         label = f"adaptive {node.id}" + (f" (router {adaptive.router})" if adaptive.router else "")
         graph.clusters.append((name, label, members))
         return bounds.get(initial, ([], []))[0], exits, members
+    if kind == "subworkflow" and node.subworkflow.definition.HasField("root"):
+        called = node.subworkflow
+        entry, exits, members = _add(graph, called.definition.root, f"{name}_")
+        graph.clusters.append((name, f"subworkflow {node.id}: {called.workflow_id} v{called.version}", members))
+        return entry, exits, members
     graph.nodes[name] = f"{node.id} (empty)"
     return [name], [name], [name]
 

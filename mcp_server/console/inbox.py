@@ -6,29 +6,14 @@ back beside the form's fields."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_sdk.values import JsonValue, strict_json, struct_to_dict, value_to_python
 from mcp_server.console.present import iso, json_text
+from mcp_server.workflow_tree import node_at
 
 SCALARS = {"boolean": "checkbox", "string": "text", "number": "number", "integer": "number"}
-
-
-def wait_nodes(node: workflow_pb2.Node) -> Iterator[workflow_pb2.Node]:
-    """Every wait node of a workflow's tree."""
-    kind = node.WhichOneof("kind")
-    if kind == "wait":
-        yield node
-    elif kind in ("sequence", "parallel", "supervise"):
-        for child in getattr(node, kind).children:
-            yield from wait_nodes(child)
-    elif kind == "map":
-        yield from wait_nodes(node.map.body)
-    elif kind == "adaptive":
-        for state in node.adaptive.states:
-            yield from wait_nodes(state.node)
 
 
 def fields_of(schema: dict[str, Any] | None) -> list[dict[str, Any]] | None:
@@ -62,12 +47,12 @@ def waiting_forms(
     steps: list[task_pb2.StepState], workflow: workflow_pb2.Workflow, answers: dict[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """A form for each step that waits for a signal now, with what was typed and refused last time."""
-    nodes = {node.id: node.wait for node in wait_nodes(workflow.root)}
     forms = []
     for step in steps:
         if step.status != task_pb2.STEP_STATUS_WAITING or step.kind != "wait" or step.wait.received_sequence:
             continue
-        wait = nodes.get(step.node_id)
+        node = node_at(workflow.root, step.path)
+        wait = node.wait if node is not None else None
         schema = struct_to_dict(wait.schema) if wait is not None and wait.HasField("schema") else None
         answer = answers.get(step.path, {})
         forms.append(

@@ -18,10 +18,11 @@ from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_t
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console import bulk
 from mcp_server.console.base import api, render
-from mcp_server.console.inbox import fields_of, payload_of, wait_nodes, waiting_forms
+from mcp_server.console.inbox import fields_of, payload_of, waiting_forms
 from mcp_server.console.live import rate_limits_seen
 from mcp_server.console.present import TASK_STATUSES, protocol_view, rate_limit_view, step_view, task_view
 from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
+from mcp_server.workflow_tree import node_at
 
 PAGE_SIZE = 50
 STEPS_SHOWN = 1000  # steps listed on a task's page; the rest are counted (ListTaskSteps pages them all)
@@ -164,9 +165,7 @@ async def answer(request: web.Request) -> web.StreamResponse:
     client = api(request)
     header = await client.get(task_id, steps=False)
     definition = await client.get_workflow(header.workflow_id, header.workflow_version)
-    node = next(
-        (n for n in wait_nodes(definition.root) if n.id == path.rsplit("/", 1)[-1].split("#")[0].split("[")[0]), None
-    )
+    node = node_at(definition.root, path)
     schema = struct_to_dict(node.wait.schema) if node is not None and node.wait.HasField("schema") else None
     typed = {name: value for name, value in posted.items() if name.startswith(("field.", "json"))}
     try:

@@ -20,6 +20,8 @@ from mcp_server.engine.plan import LEAF_KINDS, PlanNode
 from mcp_server.engine.values import ValueTooDeep
 from mcp_server.settings import Limits
 
+STEPS = "steps"  # the CEL variable of the completed nodes' outputs by id
+
 NodeRunner = Callable[[Any, str, Payload, RunContext, Mapping[str, Any]], Awaitable[NodeResult]]
 _RUNNERS: dict[str, NodeRunner] = {}
 
@@ -36,9 +38,10 @@ def runs(kind: str) -> Callable[[NodeRunner], NodeRunner]:
 
 async def execute(node: PlanNode, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
     """Run `node` at `path` with input `value`; raise NodeFailed if it fails."""
+    outputs = scope.get(STEPS, ctx.outputs_by_id)  # a subworkflow's nodes have a `steps` of their own
     done = ctx.finished(path)
     if done is not None:
-        ctx.outputs_by_id[node.id] = done.output
+        outputs[node.id] = done.output
         return done
     step_path_var.set(path)
     given = ctx.given_input(path)
@@ -52,7 +55,7 @@ async def execute(node: PlanNode, path: str, value: Payload, ctx: RunContext, sc
         getattr(node, "protocol", ""),
         lambda: _RUNNERS[node.kind](node, path, value, ctx, scope),
     )
-    ctx.outputs_by_id[node.id] = result.output
+    outputs[node.id] = result.output
     return result
 
 

@@ -170,7 +170,30 @@ class SleepPlan:
     kind: str = "sleep"
 
 
-PlanNode = StepPlan | SequencePlan | ParallelPlan | MapPlan | SupervisePlan | AdaptivePlan | WaitPlan | SleepPlan
+@dataclass(frozen=True)
+class SubworkflowPlan:
+    """Run another workflow version's root (`root`, compiled with that workflow's defaults) on
+    `input` (None: this node's input), its CEL seeing its own `input` and `steps`."""
+
+    id: str
+    workflow_id: str
+    version: int
+    input: Expression | None
+    root: PlanNode
+    kind: str = "subworkflow"
+
+
+PlanNode = (
+    StepPlan
+    | SequencePlan
+    | ParallelPlan
+    | MapPlan
+    | SupervisePlan
+    | AdaptivePlan
+    | WaitPlan
+    | SleepPlan
+    | SubworkflowPlan
+)
 # nodes that do work themselves (the others only arrange their children)
 LEAF_KINDS = frozenset({"step", "wait", "sleep"})
 

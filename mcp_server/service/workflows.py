@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf.message import DecodeError
+
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.plan import Plan
@@ -10,6 +12,7 @@ from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgumen
 from mcp_server.protocols.capacity import Resources, never_fits
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.service.access import fitting, page_size, require
+from mcp_server.service.subworkflows import pin_subworkflows
 from mcp_server.settings import Settings
 from mcp_server.state.common import encode_token
 from mcp_server.task_views import RESPONSE_MARGIN_BYTES
@@ -24,7 +27,9 @@ class Workflows:
         self.directory = directory
 
     async def validate_workflow(self, workflow: workflow_pb2.Workflow) -> Plan:
-        """Compile `workflow` against the registered protocols; raise InvalidArgument if bad."""
+        """Pin its subworkflows (in place) and compile `workflow` against the registered
+        protocols; raise InvalidArgument if bad."""
+        await pin_subworkflows(workflow, self.store, self.settings.limits)
         room = self.settings.limits.max_message_bytes - RESPONSE_MARGIN_BYTES
         if (size := workflow.ByteSize()) > room:  # GetWorkflow could not send it back
             raise InvalidArgument(
@@ -33,6 +38,7 @@ class Workflows:
                 violations=[FieldViolation("workflow", f"{size} bytes exceeds the limit of {room}")],
                 reason="WORKFLOW_TOO_LARGE",
             )
+        _check_nesting(workflow)
         await self.directory.refresh(force=True)
         plan = compile_workflow(
             workflow,
@@ -106,3 +112,19 @@ class Workflows:
                 metadata={"workflow_id": workflow_id},
             )
         return deleted
+
+
+def _check_nesting(workflow: workflow_pb2.Workflow) -> None:
+    """Refuse a workflow nested too deep for protobuf to read back (it stops at 100 levels of
+    messages, in every language): each level of nodes is two, a pinned subworkflow three."""
+    try:
+        workflow_pb2.GetWorkflowResponse.FromString(
+            workflow_pb2.GetWorkflowResponse(workflow=workflow).SerializeToString()
+        )
+    except DecodeError:
+        raise InvalidArgument(
+            "the workflow, its subworkflows included, nests messages too deep for protobuf to read back"
+            " (at most 100 levels)",
+            violations=[FieldViolation("workflow.root", "nested too deep to be read back; nest fewer nodes")],
+            reason="WORKFLOW_TOO_DEEP",
+        ) from None

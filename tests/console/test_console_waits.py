@@ -108,3 +108,30 @@ async def test_a_wait_without_a_schema_takes_json_and_a_stale_form_is_refused(co
     await page.locator("form.answer").get_by_role("button", name="Send go").click()
     await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=10_000)
     assert await api.result(task.task_id) == {"ok": [1, 2]}
+
+
+async def test_a_wait_inside_a_subworkflow_gets_its_own_schema_s_form(console, api, page):
+    """The enclosing workflow and the subworkflow each wait at a node called `review`: each form
+    is built from its own node (the console once looked a wait up by its id alone)."""
+    await api.create_workflow(approval("sub-approval"))
+    outer = {"id": "review", "wait": {"signal": "outer"}}
+    inner = {"id": "in", "subworkflow": {"workflow_id": "sub-approval"}}
+    both = {"workflow_id": "both-review", "root": {"id": "p", "parallel": {"children": [outer, inner]}}}
+    await api.create_workflow(both)
+    task = await api.submit("both-review", {})
+    await until_waiting(api, task.task_id)
+
+    await page.goto(f"{console.console.url}/tasks/{task.task_id}")
+    mine = page.locator('form.answer[data-wait="p/review"]')
+    theirs = page.locator('form.answer[data-wait="p/in/root/review"]')
+    await expect(mine.locator('textarea[name="json"]')).to_be_visible()  # no schema: JSON
+    await expect(mine.locator('input[name="field.approved"]')).to_have_count(0)
+    await theirs.locator('input[name="field.approved"]').check()
+    await theirs.locator('input[name="field.reviewer"]').fill("Ada")
+    await theirs.get_by_role("button", name="Send review").click()
+    await expect(page.locator('form.answer[data-wait="p/in/root/review"]')).to_have_count(0, timeout=10_000)
+    step = next(s for s in (await api.get(task.task_id)).steps if s.path == "p/in/root/review")
+    assert step.status == task_pb2.STEP_STATUS_COMPLETED
+    await page.goto(f"{console.console.url}/workflows/both-review")
+    await expect(page.locator("svg")).to_contain_text("subworkflow in: sub-approval v1")
+    assert not page.problems  # type: ignore[attr-defined]

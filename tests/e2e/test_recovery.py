@@ -13,7 +13,7 @@ import pytest
 from mcp_sdk.proto import task_pb2
 from tests.conftest import Client, client_for_address
 from tests.e2e.test_server_process import free_port
-from tests.helpers import create, plugin_stats, step, submit, wait_done, workflow
+from tests.helpers import create, plugin_stats, result, step, submit, wait_done, workflow
 from tests.support.processes import replica_set
 from tests.support.processes import start_orchestrator as start_process
 
@@ -102,6 +102,54 @@ async def test_killed_orchestrator_resumes_the_task_from_its_snapshot(plugins, t
         assert_no_finished_step_ran_twice(log, calls)
         final = await wait_done(client, task.task_id)
         assert final.status == task_pb2.TASK_STATUS_COMPLETED
+        await client.channel.close()
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_task_killed_inside_a_subworkflow_resumes_there_with_its_steps(
+    plugins, testkit, tmp_path, request, backend
+):
+    """The replica dies while a subworkflow's second step runs: the next one calls neither the step
+    before the subworkflow nor its first step again, and the subworkflow's CEL still sees `steps`
+    of its own (rebuilt from the snapshot) and its `input`."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    plugin = plugins["testkit"].address
+    first = start_orchestrator(address, store, plugin, "first")
+    client = connect(address)
+    inner = [
+        step("s1", "echo", "{'mark': input.tag}"),
+        step("s2", "sleep", "{'ms': 400}"),
+        step("s3", "echo", "{'first': steps.s1.mark, 'tag': input.tag}"),
+    ]
+    await create(client, workflow("inner", {"id": "steps", "sequence": {"children": inner}}))
+    outer = [
+        step("o1", "echo"),
+        {"id": "in", "subworkflow": {"workflow_id": "inner", "input": "{'tag': prev.tag + '!'}"}},
+    ]
+    await create(client, workflow("outer", {"id": "root", "sequence": {"children": outer}}))
+    task = await submit(client, "outer", {"tag": "t"})
+    seen = await kill_when_started(first, client, task.task_id, "root/in/steps/s2")
+
+    second = start_orchestrator(address, store, plugin, "second")
+    try:
+        client = connect(address)
+        after = task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=seen[-1].sequence)
+        log = seen + [e async for e in client.tasks.WatchTask(after)]
+        assert_gapless(log)
+        calls = (await plugin_stats(testkit))["calls"]
+        ran = {key.split("/", 1)[1]: n for key, n in calls.items() if key.startswith(task.task_id + "/")}
+        assert ran == {
+            "root/o1/echo": 1,
+            "root/in/steps/s1/echo": 1,
+            "root/in/steps/s2/sleep": 2,
+            "root/in/steps/s3/echo": 1,
+        }
+        final = await wait_done(client, task.task_id)
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED and result(final) == {"first": "t!", "tag": "t!"}
         await client.channel.close()
     finally:
         second.terminate()

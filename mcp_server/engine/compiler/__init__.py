@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.compiler import composites, steps, waits
+from mcp_server.engine.compiler import composites, steps, subworkflows, waits
 from mcp_server.engine.compiler.concurrency import compile_concurrency
-from mcp_server.engine.compiler.fields import bounded, duration, retry_policy
-from mcp_server.engine.compiler.scope import WORKFLOW_ID, Scope, compile_node
-from mcp_server.engine.plan import Plan, PlanNode, RetryPolicy
+from mcp_server.engine.compiler.fields import duration
+from mcp_server.engine.compiler.scope import WORKFLOW_ID, compile_node
+from mcp_server.engine.compiler.workflow_scope import workflow_scope
+from mcp_server.engine.plan import Plan, PlanNode
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
 
-NODE_KINDS = (composites, steps, waits)  # imported so that each registers its builders
+NODE_KINDS = (composites, steps, subworkflows, waits)  # imported so that each registers its builders
 
 
 def compile_workflow(
@@ -40,32 +41,7 @@ def compile_workflow(
         violations.add(
             "workflow.workflow_id", "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
-    wf_limits = workflow.limits
-    scope = Scope(
-        violations=violations,
-        limits=limits,
-        known_protocols=frozenset(known_protocols) if known_protocols is not None else None,
-        default_retry=retry_policy(workflow.defaults.retry, RetryPolicy(), "workflow.defaults.retry", violations)
-        if workflow.defaults.HasField("retry")
-        else RetryPolicy(),
-        default_step_timeout=duration(workflow.defaults, "step_timeout", "workflow.defaults.step_timeout", violations)
-        or default_step_timeout,
-        default_attempt_timeout=duration(
-            workflow.defaults, "attempt_timeout", "workflow.defaults.attempt_timeout", violations
-        ),
-        max_depth=bounded(wf_limits.max_depth, limits.max_workflow_depth, "workflow.limits.max_depth", violations),
-        max_nodes=bounded(wf_limits.max_nodes, limits.max_workflow_nodes, "workflow.limits.max_nodes", violations),
-        max_rounds=bounded(wf_limits.max_rounds, limits.max_rounds, "workflow.limits.max_rounds", violations),
-        max_transitions=bounded(
-            wf_limits.max_transitions, limits.max_transitions, "workflow.limits.max_transitions", violations
-        ),
-        max_map_items=bounded(
-            wf_limits.max_map_items, limits.max_map_items, "workflow.limits.max_map_items", violations
-        ),
-        max_concurrency=bounded(
-            wf_limits.max_concurrency, limits.max_concurrency, "workflow.limits.max_concurrency", violations
-        ),
-    )
+    scope = workflow_scope(workflow, "workflow", limits, violations, known_protocols, default_step_timeout)
     task_timeout = (
         duration(workflow.defaults, "task_timeout", "workflow.defaults.task_timeout", violations)
         or default_task_timeout

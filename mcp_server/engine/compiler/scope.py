@@ -30,6 +30,7 @@ class Scope:
     default_retry: RetryPolicy
     default_step_timeout: float | None
     default_attempt_timeout: float | None
+    server_step_timeout: float | None  # the server's default, for a subworkflow without its own
     max_depth: int
     max_nodes: int
     max_rounds: int
@@ -110,7 +111,7 @@ def compile_node(node: workflow_pb2.Node, path: str, scope: Scope, depth: int, d
     builder = BUILDERS.get(kind or "")
     if builder is None:
         scope.violations.add(
-            path, "a node must be one of step, sequence, parallel, map, supervise, adaptive, wait, sleep"
+            path, "a node must be one of step, sequence, parallel, map, supervise, adaptive, wait, sleep, subworkflow"
         )
         return None
     return builder(node_id, getattr(node, kind or ""), f"{path}.{kind}", scope, depth)

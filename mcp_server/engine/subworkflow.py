@@ -1,0 +1,28 @@
+"""Subworkflow nodes: another workflow's root, run here on this node's input (or on what its
+`input` gives), with CEL variables of its own: `input` is what it was given, `steps` its own
+nodes' outputs, as when that workflow runs as a task of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mcp_server.engine.context import NodeResult, RunContext
+from mcp_server.engine.executor import STEPS, child_path, evaluate, execute, runs
+from mcp_server.engine.payload import Payload
+from mcp_server.engine.plan import SubworkflowPlan
+from mcp_server.engine.values import as_object
+
+
+@runs("subworkflow")
+async def run_subworkflow(
+    node: SubworkflowPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]
+) -> NodeResult:
+    # an object, as a task's input is (anything else is wrapped as {"value": ...})
+    if node.input is None:
+        given = value.as_object()
+    else:
+        given = Payload.of_python(as_object(evaluate(node.input, ctx, value, scope, node.id, "input")))
+    own: dict[str, Any] = {"input": given, STEPS: {}}
+    result = await execute(node.root, child_path(path, node.root.id), given, ctx, own)
+    return NodeResult(result.output)

@@ -1,0 +1,56 @@
+"""Walking a workflow definition's tree of nodes: every node with its field path, or the node a
+step path names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mcp_sdk.proto import workflow_pb2
+from mcp_server.engine.compiler.scope import id_for
+
+
+def child_nodes(
+    node: workflow_pb2.Node, path: str, *, into_subworkflows: bool = True
+) -> Iterator[tuple[str, workflow_pb2.Node, str]]:
+    """The nodes directly under `node` (at field path `path`): each with its field path and the id
+    it runs under when it has none of its own (as the compiler gives it); with
+    `into_subworkflows`, a subworkflow's stored root too."""
+    kind = node.WhichOneof("kind")
+    if kind in ("sequence", "parallel", "supervise"):
+        for i, child in enumerate(getattr(node, kind).children):
+            yield f"{path}.{kind}.children[{i}]", child, id_for(child, i)
+    elif kind == "map" and node.map.HasField("body"):
+        yield f"{path}.map.body", node.map.body, id_for(node.map.body, 0)
+    elif kind == "adaptive":
+        for i, state in enumerate(node.adaptive.states):
+            if state.HasField("node"):
+                yield f"{path}.adaptive.states[{i}].node", state.node, state.name
+    elif kind == "subworkflow" and into_subworkflows and node.subworkflow.definition.HasField("root"):
+        yield f"{path}.subworkflow.definition.root", node.subworkflow.definition.root, "root"
+
+
+def all_nodes(
+    root: workflow_pb2.Node, path: str = "workflow.root", *, into_subworkflows: bool = True
+) -> Iterator[tuple[str, workflow_pb2.Node]]:
+    """`root` and every node under it, depth first, in definition order."""
+    stack = [(path, root)]
+    while stack:
+        at, node = stack.pop()
+        yield at, node
+        below = child_nodes(node, at, into_subworkflows=into_subworkflows)
+        stack.extend((child_path, child) for child_path, child, _ in reversed(list(below)))
+
+
+def node_at(root: workflow_pb2.Node, step_path: str) -> workflow_pb2.Node | None:
+    """The node that runs at `step_path` (`root/review#2/draft[3]`: rounds and items name the same
+    node), or None when the tree has no such node."""
+    names = [segment.split("#")[0].split("[")[0] for segment in step_path.split("/")]
+    if names[0] != (root.id or "root"):
+        return None
+    node = root
+    for name in names[1:]:
+        found = next((child for _, child, default in child_nodes(node, "") if (child.id or default) == name), None)
+        if found is None:
+            return None
+        node = found
+    return node

@@ -1,0 +1,65 @@
+"""Finding a definition's node from a step path (the console's forms for waits, inside a
+subworkflow too) and walking every node, as the compiler names them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from mcp_sdk.proto import workflow_pb2
+from mcp_server.cli.graph import to_mermaid, workflow_graph
+from mcp_server.workflow_tree import all_nodes, node_at
+
+
+def node(data: dict[str, Any]) -> workflow_pb2.Node:
+    return json_format.ParseDict(data, workflow_pb2.Node())
+
+
+# The subworkflow's own wait is called `ask`, as the enclosing workflow's is.
+CHILD = {"id": "inner", "sequence": {"children": [{"id": "ask", "wait": {"signal": "child"}}]}}
+STATE = {"name": "first", "node": {"step": {"protocol": "echo"}}, "terminal": True}
+DEFINITION = {"workflow_id": "c", "root": CHILD}
+TREE = node(
+    {
+        "id": "root",
+        "sequence": {
+            "children": [
+                {"id": "ask", "wait": {"signal": "parent"}},
+                {"step": {"protocol": "echo"}},
+                {"map": {"items": "input.xs", "body": {"supervise": {"supervisor": "judge", "children": [
+                    {"id": "draft", "step": {"protocol": "echo"}}]}}}},
+                {"id": "flow", "adaptive": {"states": [STATE]}},
+                {"id": "sub", "subworkflow": {"workflow_id": "c", "version": 3, "definition": DEFINITION}},
+            ]
+        },
+    }
+)  # fmt: skip
+
+
+def test_a_step_path_finds_its_node_through_rounds_items_states_and_subworkflows():
+    assert node_at(TREE, "root/ask").wait.signal == "parent"
+    assert node_at(TREE, "root/sub/inner/ask").wait.signal == "child"
+    assert node_at(TREE, "root/echo").step.protocol == "echo"  # a step without an id runs as its protocol
+    assert node_at(TREE, "root/map2/supervise0#2/draft#3").id == "draft"  # default ids, rounds
+    assert node_at(TREE, "root/map2[7]/supervise0").supervise.supervisor == "judge"
+    assert node_at(TREE, "root/flow/first#4").step.protocol == "echo"  # a state's node, by the state's name
+    assert node_at(TREE, "root/sub/inner/nothing") is None
+    assert node_at(TREE, "other/ask") is None
+
+
+def test_every_node_is_walked_in_order_into_subworkflows_or_not():
+    every = [path for path, _ in all_nodes(TREE)]
+    assert every[-3:] == [
+        "workflow.root.sequence.children[4]",
+        "workflow.root.sequence.children[4].subworkflow.definition.root",
+        "workflow.root.sequence.children[4].subworkflow.definition.root.sequence.children[0]",
+    ]
+    assert len(every) == 11 and len(list(all_nodes(TREE, into_subworkflows=False))) == 9
+
+
+def test_the_graph_draws_a_subworkflow_as_a_cluster_of_its_nodes():
+    graph = workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=TREE))
+    label = next(label for _, label, _ in graph.clusters if label.startswith("subworkflow"))
+    assert label == "subworkflow sub: c v3"
+    assert "subworkflow sub: c v3" in to_mermaid(graph)

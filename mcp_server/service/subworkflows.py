@@ -9,7 +9,7 @@ from itertools import islice
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler.scope import WORKFLOW_ID
 from mcp_server.engine.ports import WorkflowStore
-from mcp_server.errors import ViolationCollector
+from mcp_server.errors import FieldViolation, InvalidArgument, ViolationCollector
 from mcp_server.settings import Limits
 from mcp_server.workflow_tree import all_nodes
 
@@ -22,6 +22,7 @@ async def pin_subworkflows(workflow: workflow_pb2.Workflow, store: WorkflowStore
         return
     violations = ViolationCollector()
     stored: dict[tuple[str, int], workflow_pb2.Workflow | None] = {}
+    pinned = 0  # bytes of the definitions copied in
     nodes = all_nodes(workflow.root, into_subworkflows=False)
     for path, node in islice(nodes, limits.max_workflow_nodes + 1):
         if node.WhichOneof("kind") != "subworkflow":
@@ -45,6 +46,14 @@ async def pin_subworkflows(workflow: workflow_pb2.Workflow, store: WorkflowStore
             which = f"has no version {sub.version}" if sub.version else "is not stored"
             violations.add(f"{path}.subworkflow.workflow_id", f"workflow {sub.workflow_id!r} {which}")
             continue
+        pinned += found.ByteSize()
+        if pinned > limits.max_message_bytes:  # before copying more: a thousand copies of a large one
+            raise InvalidArgument(
+                f"the workflows it runs are {pinned} bytes or more, stored with it; at most"
+                f" {limits.max_message_bytes} are allowed (MCP_LIMIT_MAX_MESSAGE_BYTES)",
+                violations=[FieldViolation(f"{path}.subworkflow", "the subworkflows stored so far exceed the limit")],
+                reason="WORKFLOW_TOO_LARGE",
+            )
         sub.version = found.version
         sub.definition.CopyFrom(found)
     violations.raise_if_any(f"workflow {workflow.workflow_id!r} runs a workflow that is not stored")

@@ -115,14 +115,18 @@ EXAMPLE_INPUTS = {
     "supervise.yaml": ("supervised-draft", {"topic": "tea", "points": ["green tea is mild", "black tea is strong"]}),
     "write_loop.yaml": ("write-loop", {"topic": "tea", "points": ["it is really very good", "it is is cheap"]}),
     "adaptive.yaml": ("triage", {"text": "I am furious, the product is broken and awful."}),
+    "subworkflow.yaml": ("digest", {"text": "The launch went well. Sales grew.", "reviews": ["I love it", "Awful"]}),
 }
+# the workflows an example runs as subworkflows, applied before it
+REQUIRES = {"subworkflow.yaml": ("sequence.yaml", "map.yaml")}
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLE_INPUTS))
 def test_every_example_runs_to_completion(server_process, example):
     address, _ = server_process
     workflow_id, data = EXAMPLE_INPUTS[example]
-    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / example)).returncode == 0
+    for needed in (*REQUIRES.get(example, ()), example):
+        assert mcp(address, "workflow", "apply", str(ROOT / "examples" / needed)).returncode == 0
     out = mcp(address, "--json", "task", "submit", workflow_id, "--input", json.dumps(data), "--watch")
     assert out.returncode == 0, (workflow_id, out.stdout[-2000:], out.stderr)
     events = [json.loads(line) for line in out.stdout.splitlines()]

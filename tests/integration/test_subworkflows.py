@@ -243,3 +243,19 @@ async def test_a_chain_of_subworkflows_too_deep_to_read_back_is_refused(server_f
         "workflow.root": "nested too deep to be read back; nest fewer nodes"
     }
     await client.channel.close()
+
+
+async def test_many_copies_of_a_large_subworkflow_are_refused_before_they_are_made(server_factory):
+    """A workflow of 1 MB run by 40 nodes would be 40 MB of copies: refused at the second, made
+    only while they fit (the limit is 1.25 MB here)."""
+    running = await server_factory(store="sqlite://:memory:", limits=Limits(max_message_bytes=1024 * 1024 * 5 // 4))
+    client = client_for(running)
+    big = {"type": "object", "description": "x" * (1024 * 1024 - 4096)}
+    await create(client, workflow("big", {"id": "w", "wait": {"signal": "go", "schema": big}}))
+    many = seq("root", *(sub(f"s{i}", "big") for i in range(40)))
+    error = await refused(client, workflow("many", many))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == {
+        "workflow.root.sequence.children[1].subworkflow": "the subworkflows stored so far exceed the limit"
+    }
+    await client.channel.close()

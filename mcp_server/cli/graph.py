@@ -145,16 +145,43 @@ def mermaid_text(label: str) -> str:
 _MERMAID_ENTITIES = {'"': "#quot;", "<": "#lt;", ">": "#gt;", "&": "#amp;", "#": "#35;"}
 
 
+def _nesting(graph: Graph) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
+    """The clusters as a tree: the outermost ones, each one's clusters directly inside it, and
+    the nodes directly inside each (a cluster lists every node inside it, nested ones too).
+    Clusters are added inner first, so a cluster's parent is the first one after it holding
+    all its nodes (a subworkflow's box holds just what its root's box holds)."""
+    members = [(cid, set(nodes)) for cid, _, nodes in graph.clusters]
+    inner: dict[str, list[str]] = {cid: [] for cid, _ in members}
+    outermost = []
+    for i, (cid, nodes) in enumerate(members):
+        parent = next((pid for pid, held in members[i + 1 :] if nodes and nodes <= held), None)
+        (inner[parent] if parent is not None else outermost).append(cid)
+    held = dict(members)
+    own = {
+        cid: [n for n in listed if n in graph.nodes and not any(n in held[c] for c in inner[cid])]
+        for cid, _, listed in graph.clusters
+    }
+    return outermost, inner, own
+
+
 def to_mermaid(graph: Graph) -> str:
     lines = ["flowchart TD"]
     clustered = {m for _, _, members in graph.clusters for m in members}
     for node_id, label in graph.nodes.items():
         if node_id not in clustered:
             lines.append(f'  {node_id}["{mermaid_text(label)}"]')
-    for cluster_id, label, members in reversed(graph.clusters):
-        lines.append(f'  subgraph {cluster_id}["{mermaid_text(label)}"]')
-        lines += [f'    {m}["{mermaid_text(graph.nodes[m])}"]' for m in members if m in graph.nodes]
-        lines.append("  end")
+    outermost, inner, own = _nesting(graph)
+    labels = {cid: label for cid, label, _ in graph.clusters}
+
+    def cluster(cid: str, indent: str) -> None:
+        lines.append(f'{indent}subgraph {cid}["{mermaid_text(labels[cid])}"]')
+        lines.extend(f'{indent}  {m}["{mermaid_text(graph.nodes[m])}"]' for m in own[cid])
+        for child in inner[cid]:
+            cluster(child, indent + "  ")
+        lines.append(f"{indent}end")
+
+    for cid in reversed(outermost):
+        cluster(cid, "  ")
     for a, b, label, dashed in graph.edges:
         arrow = "-.->" if dashed else "-->"
         lines.append(f'  {a} {arrow}|"{mermaid_text(label)}"| {b}' if label else f"  {a} {arrow} {b}")
@@ -183,10 +210,18 @@ def to_dot(graph: Graph) -> str:
     for node_id, label in graph.nodes.items():
         if node_id not in clustered:
             lines.append(f'  {node_id} [label="{_dot_text(label)}"{_dot_fill(graph, node_id, colours)}];')
-    for cluster_id, label, members in graph.clusters:
-        lines.append(f'  subgraph cluster_{cluster_id} {{ label="{_dot_text(label)}";')
-        lines += [f'    {m} [label="{_dot_text(graph.nodes[m])}"];' for m in members if m in graph.nodes]
-        lines.append("  }")
+    outermost, inner, own = _nesting(graph)
+    labels = {cid: label for cid, label, _ in graph.clusters}
+
+    def cluster(cid: str, indent: str) -> None:
+        lines.append(f'{indent}subgraph cluster_{cid} {{ label="{_dot_text(labels[cid])}";')
+        lines.extend(f'{indent}  {m} [label="{_dot_text(graph.nodes[m])}"];' for m in own[cid])
+        for child in inner[cid]:
+            cluster(child, indent + "  ")
+        lines.append(f"{indent}}}")
+
+    for cid in outermost:
+        cluster(cid, "  ")
     for a, b, label, dashed in graph.edges:
         attrs = [f'label="{_dot_text(label)}"'] if label else []
         if dashed:

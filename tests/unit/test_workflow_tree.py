@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.cli.graph import to_mermaid, workflow_graph
+from mcp_server.cli.graph import to_dot, to_mermaid, workflow_graph
 from mcp_server.workflow_tree import all_nodes, node_at
 
 
@@ -63,3 +63,19 @@ def test_the_graph_draws_a_subworkflow_as_a_cluster_of_its_nodes():
     label = next(label for _, label, _ in graph.clusters if label.startswith("subworkflow"))
     assert label == "subworkflow sub: c v3"
     assert "subworkflow sub: c v3" in to_mermaid(graph)
+
+
+def test_nested_boxes_are_drawn_nested_each_node_in_its_innermost_box():
+    """Mermaid places a node in the last subgraph that names it: every box listed every node
+    inside it, so the outermost took them all and the inner boxes were drawn empty."""
+    graph = workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=TREE))
+    text = to_mermaid(graph)
+    lines = [line.strip() for line in text.splitlines()]
+    for node_id in graph.nodes:
+        assert sum(line.startswith(f"{node_id}[") for line in lines) == 1, node_id  # declared once
+    nested = text[text.index('subgraph n_root_sub["subworkflow sub: c v3"]') :]
+    assert nested.index('subgraph n_root_sub_inner["sequence inner"]') < nested.index("n_root_sub_inner_ask[")
+    assert nested.index("n_root_sub_inner_ask[") < nested.index("end")
+    dot = to_dot(graph)
+    assert dot.count("n_root_sub_inner_ask [label") == 1
+    assert dot.index("subgraph cluster_n_root_sub ") < dot.index("subgraph cluster_n_root_sub_inner ")

@@ -152,7 +152,7 @@ def _nesting(graph: Graph) -> tuple[list[str], dict[str, list[str]], dict[str, l
     all its nodes (a subworkflow's box holds just what its root's box holds)."""
     members = [(cid, set(nodes)) for cid, _, nodes in graph.clusters]
     inner: dict[str, list[str]] = {cid: [] for cid, _ in members}
-    outermost = []
+    outermost: list[str] = []
     for i, (cid, nodes) in enumerate(members):
         parent = next((pid for pid, held in members[i + 1 :] if nodes and nodes <= held), None)
         (inner[parent] if parent is not None else outermost).append(cid)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
-from mcp_sdk.proto import task_pb2
+from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_to_python
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console import bulk
@@ -22,7 +22,7 @@ from mcp_server.console.inbox import fields_of, payload_of, waiting_forms
 from mcp_server.console.live import rate_limits_seen
 from mcp_server.console.present import TASK_STATUSES, protocol_view, rate_limit_view, step_view, task_view
 from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
-from mcp_server.workflow_tree import node_at
+from mcp_server.workflow_tree import all_nodes, node_at
 
 PAGE_SIZE = 50
 STEPS_SHOWN = 1000  # steps listed on a task's page; the rest are counted (ListTaskSteps pages them all)
@@ -216,12 +216,14 @@ async def workflow(
     client = api(request)
     shown, latest = await asyncio.gather(client.get_workflow(workflow_id, version), client.get_workflow(workflow_id))
     definition = message_to_dict(shown)
+    runs = await _subworkflows_of(client, shown)
     return render(
         request,
         "workflow.html",
         {
             "workflow": {"workflow_id": shown.workflow_id, "version": shown.version, "description": shown.description},
             "versions": list(range(latest.version, 0, -1)),
+            "runs": runs,
             "yaml": yaml.safe_dump(definition, sort_keys=False, allow_unicode=True),
             "mermaid": to_mermaid(workflow_graph(shown)),
             "form": form or {"input": "{}", "priority": "0", "labels": "", "version": str(shown.version)},
@@ -230,6 +232,27 @@ async def workflow(
         },
         status=status,
     )
+
+
+async def _subworkflows_of(client: Client, shown: workflow_pb2.Workflow, most: int = 50) -> list[dict[str, Any]]:
+    """The workflows `shown` runs as subworkflows (not theirs), each with the version it pinned and
+    that workflow's latest now (0: deleted since), so a page says which have moved on."""
+    pinned = {
+        (n.subworkflow.workflow_id, n.subworkflow.version): None
+        for _, n in all_nodes(shown.root, into_subworkflows=False)
+        if n.WhichOneof("kind") == "subworkflow"
+    }
+    runs = list(pinned)[:most]
+    found = await asyncio.gather(*(client.get_workflow(w) for w, _ in runs), return_exceptions=True)
+    for reply in found:
+        if isinstance(reply, BaseException) and not (
+            isinstance(reply, McpError) and reply.reason == "WORKFLOW_NOT_FOUND"
+        ):
+            raise reply
+    return [
+        {"workflow_id": w, "version": v, "latest": r.version if isinstance(r, workflow_pb2.Workflow) else 0}
+        for (w, v), r in zip(runs, found, strict=True)
+    ]
 
 
 async def submit(request: web.Request) -> web.StreamResponse:

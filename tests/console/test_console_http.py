@@ -489,3 +489,23 @@ async def test_cancel_these_takes_only_unfinished_statuses_and_cancels_the_filte
         )
         assert done.status == 303 and "cancelled=1&finished=0&gone=0" in done.headers["Location"]
         assert (await api.get(held, steps=False)).status == task_pb2.TASK_STATUS_CANCELLED
+
+
+async def test_a_workflow_page_says_which_workflows_it_runs_and_which_have_moved_on(console, api):
+    for tag in ("v1", "v2"):
+        await api.create_workflow(
+            {"workflow_id": "part", "root": {"id": "p", "step": {"protocol": "echo", "input": f"{{'t': '{tag}'}}"}}}
+        )
+        await api.create_workflow({"workflow_id": "gone", "root": {"id": "g", "step": {"protocol": "echo"}}})
+    subs = [
+        {"id": "a", "subworkflow": {"workflow_id": "part", "version": 1}},
+        {"id": "b", "subworkflow": {"workflow_id": "gone"}},
+    ]
+    await api.create_workflow({"workflow_id": "whole", "root": {"id": "r", "sequence": {"children": subs}}})
+    await api.delete_workflow("gone")
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/workflows/whole")).text()
+    start = page.index(">", page.index('id="runs"')) + 1
+    runs = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page[start : page.index("</p>", start)])).strip()
+    assert runs == "Runs: part v1 (latest: v2) · gone v2 (deleted since)"
+    assert 'href="/workflows/part?version=1"' in page

@@ -23,7 +23,7 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_server.cli import cancelling, deleting, render, reruns, schedules
+from mcp_server.cli import cancelling, deleting, render, reruns, schedules, upgrading
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.inputs import parse_input, parse_json, parse_label
 from mcp_server.cli.tree import RunTree
@@ -117,6 +117,8 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         )(workflows)
     elif cmd == ("workflow", "delete"):
         (out or print)(render.to_json(await client.delete_workflow(args.id)))
+    elif cmd == ("workflow", "upgrade"):
+        return await upgrading.run(client, args, out)
     elif cmd == ("task", "submit"):
         task = await client.submit(
             args.workflow,
@@ -281,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("--version", type=int, default=0)
     wf.add_parser("list").add_argument("--page-size", type=int, default=100)
     wf.add_parser("delete").add_argument("id")
+    upgrading.add_parser(wf)
     wgraph = wf.add_parser("graph", help="the definition as a Mermaid or Graphviz DOT graph")
     wgraph.add_argument("id")
     wgraph.add_argument("--version", type=int, default=0)

@@ -10,8 +10,8 @@ from typing import Any
 
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_sdk.values import JsonValue, strict_json, struct_to_dict, value_to_python
+from mcp_sdk.workflow_tree import node_at
 from mcp_server.console.present import iso, json_text
-from mcp_server.workflow_tree import node_at
 
 SCALARS = {"boolean": "checkbox", "string": "text", "number": "number", "integer": "number"}
 

@@ -15,6 +15,7 @@ from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_to_python
+from mcp_sdk.workflow_tree import all_nodes, node_at
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console import bulk
 from mcp_server.console.base import api, render
@@ -22,7 +23,6 @@ from mcp_server.console.inbox import fields_of, payload_of, waiting_forms
 from mcp_server.console.live import rate_limits_seen
 from mcp_server.console.present import TASK_STATUSES, protocol_view, rate_limit_view, step_view, task_view
 from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
-from mcp_server.workflow_tree import all_nodes, node_at
 
 PAGE_SIZE = 50
 STEPS_SHOWN = 1000  # steps listed on a task's page; the rest are counted (ListTaskSteps pages them all)

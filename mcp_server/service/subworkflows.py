@@ -7,11 +7,11 @@ from __future__ import annotations
 from itertools import islice
 
 from mcp_sdk.proto import workflow_pb2
+from mcp_sdk.workflow_tree import all_nodes
 from mcp_server.engine.compiler.scope import WORKFLOW_ID
 from mcp_server.engine.ports import WorkflowStore
 from mcp_server.errors import FieldViolation, InvalidArgument, ViolationCollector
 from mcp_server.settings import Limits
-from mcp_server.workflow_tree import all_nodes
 
 
 async def pin_subworkflows(workflow: workflow_pb2.Workflow, store: WorkflowStore, limits: Limits) -> None:

@@ -360,6 +360,39 @@ def test_an_address_in_use_is_one_clear_line_not_a_traceback(tmp_path):
     assert "Traceback" not in refused.stderr, refused.stderr
 
 
+def test_the_cli_upgrades_the_workflows_that_run_an_older_subworkflow(server_process, tmp_path):
+    address, _ = server_process
+
+    def apply(text: str) -> None:
+        path = tmp_path / "w.yaml"
+        path.write_text(text)
+        applied = mcp(address, "workflow", "apply", str(path))
+        assert applied.returncode == 0, applied.stderr
+
+    apply("workflow_id: cli-part\nroot: {id: p, step: {protocol: echo, input: \"{'v': 1}\"}}\n")
+    apply("workflow_id: cli-whole\nroot: {id: w, subworkflow: {workflow_id: cli-part}}\n")
+    apply("workflow_id: cli-part\nroot: {id: p, step: {protocol: echo, input: \"{'v': 2}\"}}\n")
+
+    preview = mcp(address, "workflow", "upgrade", "cli-whole", "--dry-run")
+    assert preview.returncode == 0 and preview.stdout == "cli-whole v1: would run cli-part v1 -> v2\n", preview
+    done = mcp(address, "--json", "workflow", "upgrade", "--runs", "cli-part")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["upgrades"] == [
+        {
+            "workflow_id": "cli-whole",
+            "from_version": 1,
+            "to_version": 2,
+            "moves": [{"path": "workflow.root", "workflow_id": "cli-part", "from_version": 1, "to_version": 2}],
+            "error": None,
+        }
+    ]
+    again = mcp(address, "workflow", "upgrade", "cli-whole")
+    assert again.stdout == "every subworkflow runs the latest version already\n"
+    ran = mcp(address, "--json", "task", "submit", "cli-whole", "--watch")
+    task_id = json.loads(ran.stdout.splitlines()[0])["task_id"]
+    assert json.loads(mcp(address, "--json", "task", "get", task_id).stdout)["result"] == {"v": 2}
+
+
 TEST_DOUBLES = {"fail", "flaky", "silent_supervisor", "stats", "whoami", "nest", "sleep", "chaos", "chaos_stats"}
 
 

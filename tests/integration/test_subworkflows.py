@@ -11,6 +11,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
+from mcp_sdk import Client as SdkClient
+from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
@@ -259,3 +261,66 @@ async def test_many_copies_of_a_large_subworkflow_are_refused_before_they_are_ma
         "workflow.root.sequence.children[1].subworkflow": "the subworkflows stored so far exceed the limit"
     }
     await client.channel.close()
+
+
+def tagged(tag: str) -> Any:
+    return step("t", "echo", f"{{'tag': '{tag}'}}")
+
+
+async def test_an_upgrade_carries_a_fixed_workflow_through_every_level_that_runs_it(served):
+    """leaf v2 fixes leaf v1: mid (runs leaf) and app (runs mid, and other) get new versions
+    running it, in one call; other is left as it is; a second call finds nothing to do."""
+    running, client = served
+    sdk = SdkClient(running.address)
+    await create(client, workflow("leaf", tagged("broken")))
+    await create(client, workflow("other", tagged("other")))
+    await create(client, workflow("mid", seq("m", sub("l", "leaf"))))
+    await create(client, workflow("app", seq("a", sub("x", "other"), sub("y", "mid"))))
+    await create(client, workflow("leaf", tagged("fixed")))
+    await create(client, workflow("self", seq("s", sub("me", "leaf", version=1))))
+    await create(client, workflow("self", seq("s", sub("me", "self", version=1))))  # runs its own v1
+
+    preview = await sdk.upgrade_subworkflows(runs=["leaf"], dry_run=True)
+    assert [
+        (u.workflow_id, u.to_version, [(m.workflow_id, m.from_version, m.to_version) for m in u.moves]) for u in preview
+    ] == [
+        ("mid", 0, [("leaf", 1, 2)]),
+        ("app", 0, [("mid", 1, 2)]),
+    ]
+    assert (await get(client, "app")).version == 1  # a dry run stores nothing
+
+    done = await sdk.upgrade_subworkflows(runs=["leaf"])
+    assert [(u.workflow_id, u.from_version, u.to_version, u.error) for u in done] == [
+        ("mid", 1, 2, None),
+        ("app", 1, 2, None),
+    ]
+    app = await get(client, "app")
+    assert [c.subworkflow.version for c in app.root.sequence.children] == [1, 2]  # other kept at v1
+    task = await wait_done(client, (await submit(client, "app")).task_id)
+    assert result(task) == {"tag": "fixed"}
+    assert await sdk.upgrade_subworkflows() == [] and await sdk.upgrade_subworkflows(["app"]) == []
+    await sdk.close()
+
+
+async def test_an_upgrade_the_server_refuses_is_reported_and_the_rest_go_on(served):
+    running, client = served
+    sdk = SdkClient(running.address)
+    for name in ("kept", "gone"):
+        await create(client, workflow(name, tagged("v1")))
+    await create(client, workflow("stuck", seq("r", sub("a", "kept"), sub("b", "gone"))))
+    await create(client, workflow("fine", seq("r", sub("a", "kept"))))
+    await create(client, workflow("kept", tagged("v2")))
+    await client.workflows.DeleteWorkflow(workflow_pb2.DeleteWorkflowRequest(workflow_id="gone"))
+
+    upgrades = {u.workflow_id: u for u in await sdk.upgrade_subworkflows()}
+    assert upgrades["fine"].to_version == 2 and upgrades["fine"].error is None
+    stuck = upgrades["stuck"]
+    assert stuck.to_version == 0 and stuck.error is not None and stuck.error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.description) for v in stuck.error.violations] == [
+        ("workflow.root.sequence.children[1].subworkflow.workflow_id", "workflow 'gone' has no version 1")
+    ]
+    assert (await get(client, "stuck")).version == 1
+    with pytest.raises(McpError, match="nowhere") as caught:
+        await sdk.upgrade_subworkflows(["nowhere"])
+    assert caught.value.reason == "WORKFLOW_NOT_FOUND"
+    await sdk.close()

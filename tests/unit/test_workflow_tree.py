@@ -8,8 +8,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from mcp_sdk.proto import workflow_pb2
+from mcp_sdk.workflow_tree import all_nodes, node_at
 from mcp_server.cli.graph import to_dot, to_mermaid, workflow_graph
-from mcp_server.workflow_tree import all_nodes, node_at
 
 
 def node(data: dict[str, Any]) -> workflow_pb2.Node:

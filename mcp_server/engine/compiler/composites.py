@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mcp_sdk.proto import workflow_pb2
+from mcp_sdk.workflow_tree import default_node_id
 from mcp_server.engine.cel import IN_MAP_BODY, IN_SUPERVISED_CHILD, IN_TRANSITION
 from mcp_server.engine.compiler.fields import concurrency, expression, protocol, rounds
 from mcp_server.engine.compiler.scope import (
@@ -11,7 +12,6 @@ from mcp_server.engine.compiler.scope import (
     builds,
     compile_children,
     compile_node,
-    id_for,
     variables_in,
 )
 from mcp_server.engine.plan import (
@@ -62,7 +62,7 @@ def compile_map(node_id: str, mp: workflow_pb2.MapNode, path: str, scope: Scope,
         scope.violations.add(f"{path}.body", "a map node needs a body")
         return None
     with variables_in(scope, IN_MAP_BODY):
-        body = compile_node(mp.body, f"{path}.body", scope, depth + 1, default_id=id_for(mp.body, 0))
+        body = compile_node(mp.body, f"{path}.body", scope, depth + 1, default_id=default_node_id(mp.body, 0))
     if items is None or body is None:
         return None
     return MapPlan(

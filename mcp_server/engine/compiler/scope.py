@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_sdk.proto import workflow_pb2
+from mcp_sdk.workflow_tree import default_node_id
 from mcp_server.engine.cel import EVERYWHERE
 from mcp_server.engine.plan import PlanNode, RetryPolicy
 from mcp_server.errors import ViolationCollector
@@ -77,18 +78,12 @@ def compile_children(
     nodes: Iterable[workflow_pb2.Node], path: str, scope: Scope, depth: int, kind: str
 ) -> tuple[PlanNode, ...]:
     compiled = [
-        compile_node(child, f"{path}[{i}]", scope, depth + 1, default_id=id_for(child, i))
+        compile_node(child, f"{path}[{i}]", scope, depth + 1, default_id=default_node_id(child, i))
         for i, child in enumerate(nodes)
     ]
     if not compiled:
         scope.violations.add(path, f"a {kind} node needs at least one child")
     return tuple(c for c in compiled if c is not None)
-
-
-def id_for(node: workflow_pb2.Node, index: int) -> str:
-    if node.WhichOneof("kind") == "step" and node.step.protocol:
-        return node.step.protocol
-    return f"{node.WhichOneof('kind') or 'node'}{index}"
 
 
 def compile_node(node: workflow_pb2.Node, path: str, scope: Scope, depth: int, default_id: str) -> PlanNode | None:

@@ -17,15 +17,13 @@ none is given).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from mcp_sdk.bulk import BulkMethods, CancelOutcome, RerunOutcome
 from mcp_sdk.connection import RESUMABLE_CODES, Backoff, Connection, Tls, bearer_metadata, open_channel
 from mcp_sdk.cursor import TERMINAL_EVENTS, TERMINAL_STATUSES, Cursor
 from mcp_sdk.definitions import submit_request, workflow_from
-from mcp_sdk.proto import registry_pb2, workflow_pb2
+from mcp_sdk.proto import registry_pb2
 from mcp_sdk.schedule_methods import ScheduleMethods
+from mcp_sdk.workflow_methods import SubworkflowMove, Upgrade, WorkflowMethods
 
 __all__ = [
     "RESUMABLE_CODES",
@@ -38,7 +36,10 @@ __all__ = [
     "Connection",
     "Cursor",
     "RerunOutcome",
+    "SubworkflowMove",
     "Tls",
+    "Upgrade",
+    "WorkflowMethods",
     "bearer_metadata",
     "open_channel",
     "submit_request",
@@ -46,53 +47,14 @@ __all__ = [
 ]
 
 
-class Client(BulkMethods, ScheduleMethods):
+class Client(BulkMethods, ScheduleMethods, WorkflowMethods):
     """An async client of one orchestrator; use it as an async context manager, or close() it.
 
     `timeout` bounds each unary call (seconds); `watch_give_up_after` is how long a watch keeps
     reconnecting to a server that does not answer before it raises (None: forever). Task methods
     come from TaskMethods (task_methods.py) and BulkMethods (bulk.py), schedule methods from ScheduleMethods
-    (schedule_methods.py), the connection from Connection (connection.py)."""
-
-    async def create_workflow(
-        self, definition: workflow_pb2.Workflow | Mapping[str, Any] | str
-    ) -> workflow_pb2.Workflow:
-        """Store a workflow (a new version when its id exists); returns it with its version."""
-        request = workflow_pb2.CreateWorkflowRequest(workflow=workflow_from(definition))
-        reply: workflow_pb2.CreateWorkflowResponse = await self._call(self.workflows.CreateWorkflow, request)
-        return reply.workflow
-
-    async def validate_workflow(
-        self, definition: workflow_pb2.Workflow | Mapping[str, Any] | str
-    ) -> workflow_pb2.ValidateWorkflowResponse:
-        """Check a definition without storing it; an invalid one raises McpError with the violations."""
-        reply: workflow_pb2.ValidateWorkflowResponse = await self._call(
-            self.workflows.ValidateWorkflow, workflow_pb2.ValidateWorkflowRequest(workflow=workflow_from(definition))
-        )
-        return reply
-
-    async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow:
-        """A workflow's definition (version 0: the latest)."""
-        request = workflow_pb2.GetWorkflowRequest(workflow_id=workflow_id, version=version)
-        reply: workflow_pb2.GetWorkflowResponse = await self._call(self.workflows.GetWorkflow, request)
-        return reply.workflow
-
-    async def list_workflows(self) -> list[workflow_pb2.Workflow]:
-        """Every workflow's latest version, across all pages."""
-        return [
-            w
-            async for reply in self._pages(
-                self.workflows.ListWorkflows, workflow_pb2.ListWorkflowsRequest(page_size=1000)
-            )
-            for w in reply.workflows
-        ]
-
-    async def delete_workflow(self, workflow_id: str) -> workflow_pb2.DeleteWorkflowResponse:
-        """Delete every version of a workflow (tasks that run it keep their copy)."""
-        reply: workflow_pb2.DeleteWorkflowResponse = await self._call(
-            self.workflows.DeleteWorkflow, workflow_pb2.DeleteWorkflowRequest(workflow_id=workflow_id)
-        )
-        return reply
+    (schedule_methods.py), workflow methods from WorkflowMethods (workflow_methods.py), the connection
+    from Connection (connection.py)."""
 
     async def list_protocols(self) -> list[registry_pb2.RegisteredProtocol]:
         """Every registered protocol instance: address, health, breaker, capacity and what is in use."""

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from mcp_sdk.bulk import UNFINISHED, CancelOutcome, RerunOutcome
-from mcp_sdk.client import Client, Tls
+from mcp_sdk.client import Client, Tls, Upgrade
 from mcp_sdk.proto import registry_pb2, schedule_pb2, task_pb2, workflow_pb2
 from mcp_sdk.task_methods import UNSET, _Unset
 from mcp_sdk.values import JsonValue
@@ -92,6 +92,11 @@ class SyncClient:
 
     def delete_workflow(self, workflow_id: str) -> workflow_pb2.DeleteWorkflowResponse:
         return self._run(self._client.delete_workflow(workflow_id))
+
+    def upgrade_subworkflows(
+        self, workflow_ids: Sequence[str] = (), *, runs: Sequence[str] = (), dry_run: bool = False
+    ) -> list[Upgrade]:
+        return self._run(self._client.upgrade_subworkflows(workflow_ids, runs=runs, dry_run=dry_run))
 
     def submit(
         self,

@@ -1,12 +1,19 @@
 """Walking a workflow definition's tree of nodes: every node with its field path, or the node a
-step path names."""
+step path names, with the ids the server gives nodes that have none."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.compiler.scope import id_for
+
+
+def default_node_id(node: workflow_pb2.Node, index: int) -> str:
+    """The id a node without one runs under: a step's protocol, else its kind and its position
+    among its siblings (`parallel2`)."""
+    if node.WhichOneof("kind") == "step" and node.step.protocol:
+        return node.step.protocol
+    return f"{node.WhichOneof('kind') or 'node'}{index}"
 
 
 def child_nodes(
@@ -18,9 +25,9 @@ def child_nodes(
     kind = node.WhichOneof("kind")
     if kind in ("sequence", "parallel", "supervise"):
         for i, child in enumerate(getattr(node, kind).children):
-            yield f"{path}.{kind}.children[{i}]", child, id_for(child, i)
+            yield f"{path}.{kind}.children[{i}]", child, default_node_id(child, i)
     elif kind == "map" and node.map.HasField("body"):
-        yield f"{path}.map.body", node.map.body, id_for(node.map.body, 0)
+        yield f"{path}.map.body", node.map.body, default_node_id(node.map.body, 0)
     elif kind == "adaptive":
         for i, state in enumerate(node.adaptive.states):
             if state.HasField("node"):

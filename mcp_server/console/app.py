@@ -22,7 +22,7 @@ from aiohttp import web
 
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.errors import McpError
-from mcp_server.console import bulk, live, pages
+from mcp_server.console import bulk, live, pages, subworkflows
 from mcp_server.console import schedules as schedule_pages
 from mcp_server.console.base import API, SECRET, SESSION, TEMPLATES, render, wants_json
 from mcp_server.console.session import CSRF_FIELD, CSRF_HEADER, SEED_COOKIE, session_of, set_cookie
@@ -152,6 +152,7 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_get("/workflows", pages.workflows)
     app.router.add_get("/workflows/{workflow_id}", pages.workflow)
     app.router.add_post("/workflows/{workflow_id}/submit", pages.submit)
+    app.router.add_post("/workflows/{workflow_id}/upgrade", subworkflows.upgrade)
     app.router.add_get("/schedules", schedule_pages.schedules)
     app.router.add_post("/schedules/{schedule_id}/{action}", schedule_pages.act)
     app.router.add_get("/protocols", pages.protocols)

@@ -13,11 +13,11 @@ from aiohttp import web
 
 from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
-from mcp_sdk.proto import task_pb2, workflow_pb2
+from mcp_sdk.proto import task_pb2
 from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_to_python
-from mcp_sdk.workflow_tree import all_nodes, node_at
+from mcp_sdk.workflow_tree import node_at
 from mcp_server.cli.graph import to_mermaid, workflow_graph
-from mcp_server.console import bulk
+from mcp_server.console import bulk, subworkflows
 from mcp_server.console.base import api, render
 from mcp_server.console.inbox import fields_of, payload_of, waiting_forms
 from mcp_server.console.live import rate_limits_seen
@@ -216,7 +216,7 @@ async def workflow(
     client = api(request)
     shown, latest = await asyncio.gather(client.get_workflow(workflow_id, version), client.get_workflow(workflow_id))
     definition = message_to_dict(shown)
-    runs = await _subworkflows_of(client, shown)
+    runs = await subworkflows.pinned_by(client, shown)
     return render(
         request,
         "workflow.html",
@@ -224,6 +224,8 @@ async def workflow(
             "workflow": {"workflow_id": shown.workflow_id, "version": shown.version, "description": shown.description},
             "versions": list(range(latest.version, 0, -1)),
             "runs": runs,
+            "upgradable": shown.version == latest.version and any(r["latest"] > r["version"] for r in runs),
+            "upgrade": subworkflows.upgrade_notice(request.query),
             "yaml": yaml.safe_dump(definition, sort_keys=False, allow_unicode=True),
             "mermaid": to_mermaid(workflow_graph(shown)),
             "form": form or {"input": "{}", "priority": "0", "labels": "", "version": str(shown.version)},
@@ -232,27 +234,6 @@ async def workflow(
         },
         status=status,
     )
-
-
-async def _subworkflows_of(client: Client, shown: workflow_pb2.Workflow, most: int = 50) -> list[dict[str, Any]]:
-    """The workflows `shown` runs as subworkflows (not theirs), each with the version it pinned and
-    that workflow's latest now (0: deleted since), so a page says which have moved on."""
-    pinned = {
-        (n.subworkflow.workflow_id, n.subworkflow.version): None
-        for _, n in all_nodes(shown.root, into_subworkflows=False)
-        if n.WhichOneof("kind") == "subworkflow"
-    }
-    runs = list(pinned)[:most]
-    found = await asyncio.gather(*(client.get_workflow(w) for w, _ in runs), return_exceptions=True)
-    for reply in found:
-        if isinstance(reply, BaseException) and not (
-            isinstance(reply, McpError) and reply.reason == "WORKFLOW_NOT_FOUND"
-        ):
-            raise reply
-    return [
-        {"workflow_id": w, "version": v, "latest": r.version if isinstance(r, workflow_pb2.Workflow) else 0}
-        for (w, v), r in zip(runs, found, strict=True)
-    ]
 
 
 async def submit(request: web.Request) -> web.StreamResponse:

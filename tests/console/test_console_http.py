@@ -509,3 +509,34 @@ async def test_a_workflow_page_says_which_workflows_it_runs_and_which_have_moved
     runs = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page[start : page.index("</p>", start)])).strip()
     assert runs == "Runs: part v1 (latest: v2) · gone v2 (deleted since)"
     assert 'href="/workflows/part?version=1"' in page
+
+
+async def test_the_upgrade_button_stores_a_version_running_the_latest_or_says_why_not(console, api):
+    part = {"workflow_id": "piece", "root": {"id": "p", "step": {"protocol": "echo"}}}
+    await api.create_workflow(part)
+    await api.create_workflow({"workflow_id": "lost", "root": {"id": "l", "step": {"protocol": "echo"}}})
+    await api.create_workflow({"workflow_id": "uses", "root": {"id": "u", "subworkflow": {"workflow_id": "piece"}}})
+    both = [{"id": "a", "subworkflow": {"workflow_id": "piece"}}, {"id": "b", "subworkflow": {"workflow_id": "lost"}}]
+    await api.create_workflow({"workflow_id": "needs-lost", "root": {"id": "r", "sequence": {"children": both}}})
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await (await browser.get(f"{console.console.url}/workflows/uses")).text()
+        assert 'id="upgrade"' not in page  # nothing has moved on
+        await api.create_workflow(part)  # piece v2
+        await api.delete_workflow("lost")
+        page = await (await browser.get(f"{console.console.url}/workflows/uses")).text()
+        assert 'id="upgrade"' in page
+        clicked = await browser.post(f"{console.console.url}/workflows/uses/upgrade", data={"csrf": csrf_of(page)})
+        assert clicked.status == 200 and str(clicked.url).endswith("/workflows/uses?version=2&upgraded=1")
+        shown = await clicked.text()
+        assert "stored from v1: it runs the latest version of each workflow it runs" in shown
+        assert 'id="upgrade"' not in shown and "piece v2" in shown
+        assert (await api.get_workflow("uses")).root.subworkflow.version == 2
+
+        page = await (await browser.get(f"{console.console.url}/workflows/needs-lost")).text()
+        clicked = await browser.post(
+            f"{console.console.url}/workflows/needs-lost/upgrade", data={"csrf": csrf_of(page)}
+        )
+        assert "not upgraded: " in (refused := await clicked.text()) and "&#39;lost&#39; has no version 1" in refused
+        assert (await api.get_workflow("needs-lost")).version == 1
+        forged = await browser.post(f"{console.console.url}/workflows/uses/upgrade", data={"csrf": "0" * 64})
+        assert forged.status == 403

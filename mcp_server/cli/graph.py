@@ -8,6 +8,7 @@ status.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mcp_sdk.proto import task_pb2, workflow_pb2
@@ -164,24 +165,42 @@ def _nesting(graph: Graph) -> tuple[list[str], dict[str, list[str]], dict[str, l
     return outermost, inner, own
 
 
+def _cluster_lines(
+    graph: Graph,
+    opening: Callable[[str, str], str],
+    member: Callable[[str], str],
+    closing: str,
+) -> list[str]:
+    """The clusters, nested, each opened (`opening(id, label)`), with its own nodes (`member`)
+    and the clusters inside it, then closed."""
+    outermost, inner, own = _nesting(graph)
+    labels = {cid: label for cid, label, _ in graph.clusters}
+    lines: list[str] = []
+
+    def cluster(cid: str, indent: str) -> None:
+        lines.append(indent + opening(cid, labels[cid]))
+        lines.extend(f"{indent}  {member(node_id)}" for node_id in own[cid])
+        for child in inner[cid]:
+            cluster(child, indent + "  ")
+        lines.append(indent + closing)
+
+    for cid in outermost:
+        cluster(cid, "  ")
+    return lines
+
+
 def to_mermaid(graph: Graph) -> str:
     lines = ["flowchart TD"]
     clustered = {m for _, _, members in graph.clusters for m in members}
     for node_id, label in graph.nodes.items():
         if node_id not in clustered:
             lines.append(f'  {node_id}["{mermaid_text(label)}"]')
-    outermost, inner, own = _nesting(graph)
-    labels = {cid: label for cid, label, _ in graph.clusters}
-
-    def cluster(cid: str, indent: str) -> None:
-        lines.append(f'{indent}subgraph {cid}["{mermaid_text(labels[cid])}"]')
-        lines.extend(f'{indent}  {m}["{mermaid_text(graph.nodes[m])}"]' for m in own[cid])
-        for child in inner[cid]:
-            cluster(child, indent + "  ")
-        lines.append(f"{indent}end")
-
-    for cid in reversed(outermost):
-        cluster(cid, "  ")
+    lines += _cluster_lines(
+        graph,
+        lambda cid, label: f'subgraph {cid}["{mermaid_text(label)}"]',
+        lambda node_id: f'{node_id}["{mermaid_text(graph.nodes[node_id])}"]',
+        "end",
+    )
     for a, b, label, dashed in graph.edges:
         arrow = "-.->" if dashed else "-->"
         lines.append(f'  {a} {arrow}|"{mermaid_text(label)}"| {b}' if label else f"  {a} {arrow} {b}")
@@ -210,18 +229,12 @@ def to_dot(graph: Graph) -> str:
     for node_id, label in graph.nodes.items():
         if node_id not in clustered:
             lines.append(f'  {node_id} [label="{_dot_text(label)}"{_dot_fill(graph, node_id, colours)}];')
-    outermost, inner, own = _nesting(graph)
-    labels = {cid: label for cid, label, _ in graph.clusters}
-
-    def cluster(cid: str, indent: str) -> None:
-        lines.append(f'{indent}subgraph cluster_{cid} {{ label="{_dot_text(labels[cid])}";')
-        lines.extend(f'{indent}  {m} [label="{_dot_text(graph.nodes[m])}"];' for m in own[cid])
-        for child in inner[cid]:
-            cluster(child, indent + "  ")
-        lines.append(f"{indent}}}")
-
-    for cid in outermost:
-        cluster(cid, "  ")
+    lines += _cluster_lines(
+        graph,
+        lambda cid, label: f'subgraph cluster_{cid} {{ label="{_dot_text(label)}";',
+        lambda node_id: f'{node_id} [label="{_dot_text(graph.nodes[node_id])}"];',
+        "}",
+    )
     for a, b, label, dashed in graph.edges:
         attrs = [f'label="{_dot_text(label)}"'] if label else []
         if dashed:

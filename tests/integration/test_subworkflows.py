@@ -324,3 +324,18 @@ async def test_an_upgrade_the_server_refuses_is_reported_and_the_rest_go_on(serv
         await sdk.upgrade_subworkflows(["nowhere"])
     assert caught.value.reason == "WORKFLOW_NOT_FOUND"
     await sdk.close()
+
+
+async def test_a_next_state_directive_stays_inside_the_subworkflow(served):
+    """A state whose node is a subworkflow ending in a step that names `c` as the next state: the
+    enclosing state machine takes its own transition to `b` (the subworkflow is one node to it)."""
+    _, client = served
+    await create(client, workflow("router", step("r", "goto", "{'next': 'c'}")))
+    states = [
+        {"name": "a", "node": sub("inner", "router"), "transitions": [{"to": "b"}]},
+        {"name": "b", "terminal": True, "node": step("bee", "echo", "{'at': 'b'}")},
+        {"name": "c", "terminal": True, "node": step("sea", "echo", "{'at': 'c'}")},
+    ]
+    await create(client, workflow("machine", {"id": "m", "adaptive": {"states": states}}))
+    done = await wait_done(client, (await submit(client, "machine")).task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"at": "b"}

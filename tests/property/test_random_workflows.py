@@ -1,4 +1,5 @@
-"""Property: any well-formed definition either completes or fails with a clear error; none hangs."""
+"""Property: any well-formed definition (subworkflows included) either completes or fails with a
+clear error; none hangs."""
 
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ def composite(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[
                 "supervise": {"supervisor": "threshold_supervisor", "max_rounds": 2, "children": c},
             }
         ),
+        # run as a subworkflow: stored first under its own id (see `store_subworkflows`)
+        children.map(
+            lambda body: {"id": f"n{next(_ids)}", "subworkflow": {"workflow_id": f"sub-{next(_ids)}"}, "define": body}
+        ),
         st.tuples(children, children).map(
             lambda pair: {
                 "id": f"n{next(_ids)}",
@@ -77,11 +82,30 @@ def composite(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[
 definitions = st.recursive(leaf(), composite, max_leaves=8)
 
 
+async def store_subworkflows(client: Any, node: dict[str, Any]) -> None:
+    """Store the workflow each generated subworkflow node runs (innermost first), in place of its
+    `define`."""
+    below = [
+        *node.get("sequence", {}).get("children", []),
+        *node.get("parallel", {}).get("children", []),
+        *node.get("supervise", {}).get("children", []),
+        *([node["map"]["body"]] if "map" in node else []),
+        *(state["node"] for state in node.get("adaptive", {}).get("states", [])),
+    ]
+    for child in below:
+        await store_subworkflows(client, child)
+    if "define" in node:
+        body = node.pop("define")
+        await store_subworkflows(client, body)
+        await create(client, workflow(node["subworkflow"]["workflow_id"], body))
+
+
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(root=definitions)
 async def test_random_well_formed_workflows_complete_or_fail_clearly(client, root):
+    await store_subworkflows(client, root)
     wf = workflow(f"random-{uuid.uuid4().hex[:8]}", root)
     await create(client, wf)
     task = await submit(client, wf.workflow_id, {"n": 0})

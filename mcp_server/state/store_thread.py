@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from mcp_server.errors import Unavailable
+
 T = TypeVar("T")
 _Job = tuple[Callable[[], Any], asyncio.Future[Any]]
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
@@ -23,18 +25,25 @@ class StoreThread:
     def __init__(self, name: str) -> None:
         self._loop = asyncio.get_running_loop()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._stopping = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def run(self, work: Callable[[], T]) -> asyncio.Future[T]:
-        """Run `work` on the thread, after everything submitted before it."""
+        """Run `work` on the thread, after everything submitted before it; once the thread is
+        stopping, fail at once (UNAVAILABLE) rather than wait for a thread that has ended."""
         future: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((work, future))
+        if self._stopping:
+            future.set_exception(Unavailable("the store is closed"))
+        else:
+            self._jobs.put((work, future))
         return future
 
     async def stop(self) -> None:
-        """Finish what is queued, then end the thread."""
-        self._jobs.put(None)
+        """Finish what is queued, then end the thread (again: at once)."""
+        if not self._stopping:  # both are called on the loop's thread: no job slips in after the end
+            self._stopping = True
+            self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
 
     def _serve(self) -> None:

@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from mcp_server.errors import Unavailable
+from mcp_server.state.sqlite.database import SqliteDatabase
 from mcp_server.state.store_thread import StoreThread
 
 pytestmark = pytest.mark.asyncio
@@ -45,3 +47,24 @@ async def test_stopping_finishes_what_is_queued_and_a_cancelled_caller_does_not_
     gate.set()
     await worker.stop()
     assert await first is True and await last == "done" and abandoned.cancelled()
+
+
+async def test_work_after_the_stop_fails_at_once_and_a_second_stop_returns():
+    """Both waited for a thread that had ended: a second stop of a stopped server took 5 s (its
+    time limit), and a call after the stop would have waited forever."""
+    worker = StoreThread("test-store")
+    assert await worker.run(lambda: 1) == 1
+    await worker.stop()
+    async with asyncio.timeout(2):
+        await worker.stop()
+        with pytest.raises(Unavailable, match="the store is closed"):
+            await worker.run(lambda: 2)
+
+
+async def test_a_sqlite_store_closed_twice_closes_once(tmp_path):
+    database = await SqliteDatabase.open(str(tmp_path / "twice.db"))
+    await database.close()
+    async with asyncio.timeout(2):
+        await database.close()
+    again = await SqliteDatabase.open(str(tmp_path / "twice.db"))  # the file was let go
+    await again.close()

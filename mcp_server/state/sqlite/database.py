@@ -153,6 +153,7 @@ class SqliteDatabase:
         self.retention_seconds = retention_seconds
         self.followers = Followers()
         self.lock = lock  # this process's hold on the file (None in memory)
+        self.closed = False
 
     @classmethod
     async def open(cls, path: str, retention_seconds: float = 7 * 24 * 3600.0) -> SqliteDatabase:
@@ -205,6 +206,11 @@ class SqliteDatabase:
         await self.rows("SELECT 1")
 
     async def close(self) -> None:
+        """Close the connection, end its thread and let the file go; closing again does nothing
+        (it waited for the ended thread, 5 s per stop of a stopped server)."""
+        if self.closed:
+            return
+        self.closed = True
         await self.run(lambda db: db.close())
         await self.worker.stop()
         if self.lock is not None:

@@ -34,10 +34,20 @@ class CancelRequests:
                 raise
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
-        """The cancel requests among `task_ids`. Reads each partition's pending requests (one
-        small read per partition, however many tasks run here), then the reasons of ours."""
+        """The cancel requests among `task_ids`. For as many tasks as there are partitions or
+        fewer (a nudge asks of one), whether each is pending and its reason, in one round trip;
+        for more, each partition's pending requests (one small read per partition, however many
+        tasks run here), then the reasons of ours."""
         if not task_ids:
             return {}
+        if len(task_ids) <= self.layout.partitions:
+            async with self.conn.pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    pipe.zscore(self.layout.cancels(self.layout.partition_of(task_id)), task_id)
+                    pipe.hget(self.layout.task(task_id).header, "cx")
+                replies = await self.conn.do(pipe.execute())
+            pairs = zip(task_ids, replies[::2], replies[1::2], strict=True)
+            return {task_id: reason.decode() for task_id, pending, reason in pairs if pending is not None and reason}
         async with self.conn.pipeline(transaction=False) as pipe:
             for partition in range(self.layout.partitions):
                 pipe.zrange(self.layout.cancels(partition), 0, 999)

@@ -97,11 +97,18 @@ class WorkflowMethods(Connection):
         workflows it runs; a node that runs its own workflow's older version is left alone. A
         refusal (a workflow it runs deleted since, a protocol no longer registered) is reported
         in its Upgrade and the rest go on; `dry_run` stores nothing and says what would move."""
-        stored = {w.workflow_id: w for w in await self.list_workflows()}
-        missing = sorted(set(workflow_ids) - set(stored))
-        if missing:
-            await self.get_workflow(missing[0])  # raises NOT_FOUND, naming it
-        latest = {workflow_id: w.version for workflow_id, w in stored.items()}
+        if workflow_ids:  # these and the latest versions of what they run; not every workflow
+            stored = {w: await self.get_workflow(w) for w in dict.fromkeys(workflow_ids)}  # NOT_FOUND names it
+            latest = {workflow_id: w.version for workflow_id, w in stored.items()}
+            for child in sorted({c for w in stored.values() for c in _runs(w)} - set(stored)):
+                try:
+                    latest[child] = (await self.get_workflow(child)).version
+                except McpError as gone:
+                    if gone.reason != "WORKFLOW_NOT_FOUND":
+                        raise
+        else:
+            stored = {w.workflow_id: w for w in await self.list_workflows()}
+            latest = {workflow_id: w.version for workflow_id, w in stored.items()}
         wanted = set(runs)
         upgrades = []
         for workflow_id in upgrade_order(stored, set(workflow_ids) or set(stored)):

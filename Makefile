@@ -50,8 +50,11 @@ run: setup console-assets
 	$(PY) -m mcp_server --bundled-plugins --console-listen 127.0.0.1:8080 $(ARGS)
 
 ## test: lint, type-check, then the whole suite (starts a private Redis if none answers)
+# in TEST_PROCESSES processes (0: in this one), each given whole files: a file's module-scoped
+# server and its test order stay in one process
+TEST_PROCESSES ?= 2
 test: setup node console-assets browser lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check mcp_server protocol_plugins tests bench $(SDK)

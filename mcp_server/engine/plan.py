@@ -8,9 +8,12 @@ look at the workflow definition again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp_server.engine.cel import Expression
+
+if TYPE_CHECKING:
+    from mcp_server.engine.schemas import PayloadSchema
 
 DEFAULT_RETRYABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
 
@@ -180,6 +183,8 @@ class SubworkflowPlan:
     version: int
     input: Expression | None
     root: PlanNode
+    # that workflow's input_schema, which what this node gives it must satisfy
+    input_schema: PayloadSchema | None = None
     kind: str = "subworkflow"
 
 
@@ -227,6 +232,8 @@ class Plan:
     suspends: bool = False
     # Workflow.concurrency; None: tasks share the queue out per owner, with no cap
     concurrency: ConcurrencyPlan | None = None
+    # Workflow.input_schema, which a task's input_data must satisfy; None: any object
+    input_schema: PayloadSchema | None = None
 
     @property
     def signals(self) -> frozenset[str]:

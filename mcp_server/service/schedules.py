@@ -181,8 +181,13 @@ class Schedules:
         violations.raise_if_any(f"schedule {schedule.schedule_id!r} is invalid")
         try:
             await self.submission.check_submittable(schedule.action, owner)
-        except (InvalidArgument, NotFound) as exc:
-            raise _invalid("schedule.action", exc.message) from None
+        except (InvalidArgument, NotFound) as exc:  # its fields named from the schedule (an input a schema rejects)
+            fields = [FieldViolation(f"schedule.action.{v.field}", v.description) for v in exc.violations]
+            raise InvalidArgument(
+                f"schedule.action: {exc.message}",
+                violations=fields or [FieldViolation("schedule.action", exc.message)],
+                reason="BAD_SCHEDULE",
+            ) from None
         assert spec is not None
         return spec
 

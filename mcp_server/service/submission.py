@@ -3,6 +3,7 @@ and SubmitAndWatchTask, followed to their end."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -14,7 +15,7 @@ from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import make_event, now
-from mcp_server.engine.payload import Payload
+from mcp_server.engine.payload import Payload, struct_to_python
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import (
@@ -168,6 +169,8 @@ class Submission:
                 metadata={"workflow_id": request.workflow_id},
             )
         plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
+        if plan.input_schema is not None:
+            await check_input_schema(plan, struct_to_python(request.input_data), "input_data")
         group, key = queue_group(plan, request.input_data, request.labels, principal.name)
         return plan, version, group, key
 
@@ -283,3 +286,20 @@ def check_input(field: str, value: struct_pb2.Struct | struct_pb2.Value, limits:
     if depth > limits.max_value_depth:
         problem = str(ValueTooDeep(field, depth, limits.max_value_depth))
         raise InvalidArgument(problem, violations=[FieldViolation(field, problem)], reason="VALUE_TOO_DEEP")
+
+
+async def check_input_schema(plan: Plan, given: object, field: str) -> None:
+    """InvalidArgument INPUT_REJECTED, a violation per rejected part (`field.<path>`), when the
+    workflow's input_schema rejects `given` (a task's input as Python). Checked in a worker
+    thread: a check is bounded (engine/schemas.py) but can take a second, not the event loop's."""
+    if plan.input_schema is None:
+        return
+    problems = await asyncio.to_thread(plan.input_schema.problems, given, field)
+    if problems:
+        raise InvalidArgument(
+            f"{field} does not fit the input schema of workflow {plan.workflow_id!r} version {plan.version}:"
+            f" {problems[0][0]}: {problems[0][1]}",
+            violations=[FieldViolation(path, why) for path, why in problems],
+            reason="INPUT_REJECTED",
+            metadata={"workflow_id": plan.workflow_id, "workflow_version": str(plan.version)},
+        )

@@ -9,6 +9,8 @@ from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler.fields import bounded, duration, retry_policy
 from mcp_server.engine.compiler.scope import Scope
 from mcp_server.engine.plan import RetryPolicy
+from mcp_server.engine.schemas import PayloadSchema, SchemaInvalid, compile_schema
+from mcp_server.engine.values import struct_to_dict
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
 
@@ -47,3 +49,16 @@ def workflow_scope(
             wf_limits.max_concurrency, limits.max_concurrency, f"{path}.limits.max_concurrency", violations
         ),
     )
+
+
+def input_schema(workflow: workflow_pb2.Workflow, path: str, scope: Scope) -> PayloadSchema | None:
+    """`workflow.input_schema` compiled (None: unset), a schema that is not one reported at
+    `path.input_schema`. A new definition's patterns must run in linear time; a stored one being
+    loaded keeps what it was given (as a wait's schema, compiler/waits.py)."""
+    if not workflow.HasField("input_schema"):
+        return None
+    try:
+        return compile_schema(struct_to_dict(workflow.input_schema), linear_only=scope.known_protocols is not None)
+    except SchemaInvalid as exc:
+        scope.violations.add(f"{path}.input_schema", str(exc))
+        return None

@@ -1,0 +1,187 @@
+"""Workflow input schemas, on both stores, against the testkit plugin process: a task's input is
+checked when it is submitted (SubmitTask, RunTask, SubmitAndWatchTask, a schedule, a rerun under
+another version) and a subworkflow's when its node runs; what is refused stores nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+
+from mcp_sdk.proto import schedule_pb2, task_pb2
+from mcp_server.settings import Limits
+from tests.conftest import client_for
+from tests.helpers import create, error_reason, result, step, submit, violations, wait_done, workflow
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2.TaskStatus
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {
+        "text": {"type": "string", "minLength": 1, "description": "what to echo"},
+        "times": {"type": "integer", "minimum": 1, "maximum": 3},
+        "tone": {"enum": ["plain", "loud"]},
+    },
+    "additionalProperties": False,
+}
+
+
+def echoing(workflow_id: str, **extra: Any) -> Any:
+    return workflow(workflow_id, step("say", "echo"), input_schema=SCHEMA, **extra)
+
+
+@pytest.fixture
+async def served(server_factory, store_url):
+    running = await server_factory(store=store_url, limits=Limits(inline_value_bytes=256))
+    client = client_for(running)
+    yield client
+    await client.channel.close()
+
+
+async def refused(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def listed(client: Any, workflow_id: str) -> list[task_pb2.Task]:
+    reply = await client.tasks.ListTasks(task_pb2.ListTasksRequest(workflow_id=workflow_id, page_size=100))
+    return list(reply.tasks)
+
+
+async def test_input_the_schema_accepts_runs_and_what_it_rejects_is_refused_naming_each_field(served):
+    client = served
+    await create(client, echoing("greet"))
+    done = await wait_done(client, (await submit(client, "greet", {"text": "hi", "times": 2})).task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"text": "hi", "times": 2}
+
+    error = await refused(submit(client, "greet", {"text": "", "times": 9, "tone": "shouty", "extra": 1}))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error_reason(error) == "INPUT_REJECTED"
+    found = violations(error)
+    assert set(found) == {"input_data", "input_data.text", "input_data.times", "input_data.tone"}, found
+    assert "extra" in found["input_data"]  # additionalProperties
+    assert "9" in found["input_data.times"] and "shouty" in found["input_data.tone"]
+    assert (
+        "'text' is a required property"
+        in violations(await refused(submit(client, "greet", {"times": 1})))["input_data"]
+    )
+    assert "greet" in error.details() and "version 1" in error.details()
+    assert [t.status for t in await listed(client, "greet")] == [S.TASK_STATUS_COMPLETED]  # nothing stored
+
+
+async def test_run_task_and_submit_and_watch_refuse_the_same_and_a_mended_retry_reuses_the_request_id(served):
+    client = served
+    await create(client, echoing("strict"))
+    bad = task_pb2.SubmitTaskRequest(workflow_id="strict", request_id="one")
+    bad.input_data.update({"text": 5})
+    for call in (client.tasks.RunTask(bad), client.tasks.SubmitTask(bad)):
+        error = await refused(call)
+        assert error_reason(error) == "INPUT_REJECTED" and "input_data.text" in violations(error)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in client.tasks.SubmitAndWatchTask(bad):
+            pass
+    assert error_reason(caught.value) == "INPUT_REJECTED"
+    assert await listed(client, "strict") == []
+
+    good = task_pb2.SubmitTaskRequest(workflow_id="strict", request_id="one")
+    good.input_data.update({"text": "five"})
+    reply = await client.tasks.RunTask(good)  # the refused requests kept nothing under the id
+    assert reply.created and reply.task.status == S.TASK_STATUS_COMPLETED
+
+
+async def test_a_schema_that_is_not_one_or_whose_pattern_is_not_linear_is_refused_at_create(served):
+    client = served
+    for schema, expected in (
+        ({"type": "objekt"}, "not a JSON Schema"),
+        ({"type": "object", "properties": {"t": {"type": "string", "pattern": "^(a)\\1$"}}}, "linear time"),
+    ):
+        error = await refused(create(client, workflow("bad-schema", step("s", "echo"), input_schema=schema)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert expected in violations(error)["workflow.input_schema"]
+
+
+async def test_each_version_checks_its_own_schema(served):
+    client = served
+    await create(client, workflow("evolving", step("say", "echo")))  # v1: any object
+    await create(client, echoing("evolving"))  # v2
+    assert error_reason(await refused(submit(client, "evolving", {"free": "form"}))) == "INPUT_REJECTED"
+    old = await submit(client, "evolving", {"free": "form"}, workflow_version=1)
+    assert (await wait_done(client, old.task_id)).status == S.TASK_STATUS_COMPLETED
+
+
+async def test_a_rerun_under_a_version_whose_schema_rejects_the_input_is_refused(served):
+    client = served
+    await create(client, workflow("moving", step("say", "echo")))
+    small = await wait_done(client, (await submit(client, "moving", {"free": "form"})).task_id)
+    # above the server's inline limit (256 bytes here): the input is stored by reference and read back
+    large = await wait_done(client, (await submit(client, "moving", {"free": "x" * 2000})).task_id)
+    await create(client, echoing("moving"))  # v2 rejects both inputs
+
+    for source in (small, large):
+        again = task_pb2.RerunTaskRequest(task_id=source.task_id, workflow_version=2)
+        error = await refused(client.tasks.RerunTask(again))
+        assert error_reason(error) == "INPUT_REJECTED" and "input_data" in violations(error)
+        same = await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=source.task_id))  # its own version
+        assert (await wait_done(client, same.task.task_id)).status == S.TASK_STATUS_COMPLETED
+
+    fitting = await wait_done(client, (await submit(client, "moving", {"text": "ok"}, workflow_version=1)).task_id)
+    moved = await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=fitting.task_id, workflow_version=2))
+    assert (await wait_done(client, moved.task.task_id)).status == S.TASK_STATUS_COMPLETED
+
+
+async def test_a_schedule_whose_input_the_schema_rejects_is_refused_naming_the_field(served):
+    client = served
+    await create(client, echoing("nightly-echo"))
+    schedule = schedule_pb2.Schedule(
+        schedule_id="echo-every-hour",
+        spec=schedule_pb2.ScheduleSpec(every=[duration_pb2.Duration(seconds=3600)]),
+        action=task_pb2.SubmitTaskRequest(workflow_id="nightly-echo"),
+    )
+    schedule.action.input_data.update({"text": "hi", "times": 0})
+    error = await refused(client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule)))
+    assert error_reason(error) == "BAD_SCHEDULE"
+    assert "0" in violations(error)["schedule.action.input_data.times"]
+    schedule.action.input_data.update({"times": 1})
+    created = await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+    assert created.schedule_id == "echo-every-hour"
+
+
+async def test_a_subworkflow_given_input_its_schema_rejects_fails_naming_the_node_and_the_field(served):
+    client = served
+    await create(client, echoing("child-echo"))
+    inner = {"id": "inner", "subworkflow": {"workflow_id": "child-echo", "input": "{'text': input.t}"}}
+    parent = workflow("parent-echo", {"id": "root", "sequence": {"children": [inner]}})
+    await create(client, parent)
+    good = await wait_done(client, (await submit(client, "parent-echo", {"t": "fine"})).task_id)
+    assert good.status == S.TASK_STATUS_COMPLETED and result(good) == {"text": "fine"}
+
+    bad = await wait_done(client, (await submit(client, "parent-echo", {"t": 7})).task_id)
+    assert bad.status == S.TASK_STATUS_FAILED
+    assert bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "inner" in bad.error.message and "input.text" in bad.error.message and "child-echo" in bad.error.message
+    assert not any(s.path.endswith("/say") for s in bad.steps)  # the child's step never ran
+
+
+async def test_a_check_that_would_take_exponential_time_is_refused_within_its_step_bound(served):
+    """Two `anyOf` branches that both recurse (tests/security/test_schema_patterns.py): the check
+    stops after its step bound, in a worker thread, while the server answers other calls."""
+    client = served
+    branch = {"type": "object", "properties": {"a": {"$ref": "#"}}}
+    schema = {"anyOf": [{**branch, "required": ["a"]}, {**branch, "required": ["b"]}]}
+    await create(client, workflow("costly", step("s", "echo"), input_schema=schema))
+    deep: Any = 1
+    for _ in range(29):
+        deep = {"a": deep}
+    submitted = asyncio.ensure_future(submit(client, "costly", deep))
+    await asyncio.sleep(0.1)  # the check has begun
+    assert await asyncio.wait_for(listed(client, "costly"), 10) == [] and not submitted.done()
+    error = await refused(submitted)
+    assert error_reason(error) == "INPUT_REJECTED", error.details()
+    assert "takes more than 100,000 steps" in violations(error)["input_data"]
+    fine = await submit(client, "costly", {"a": {"a": {"b": 1}}})
+    assert (await wait_done(client, fine.task_id)).status == S.TASK_STATUS_COMPLETED

@@ -2,7 +2,8 @@
 and a form built from its wait node's JSON Schema (a checkbox for a boolean, a text or number
 field for a string or a number, a list for an enum, a JSON editor otherwise), and the signal a
 submitted form sends. The server checks the payload against the schema; what it refuses comes
-back beside the form's fields."""
+back beside the form's fields. A workflow's submit form is built from its input schema the same
+way."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def fields_of(schema: dict[str, Any] | None) -> list[dict[str, Any]] | None:
             }
         )
     return fields
+
+
+def input_schema_of(workflow: workflow_pb2.Workflow) -> dict[str, Any] | None:
+    """A workflow version's input schema, which its submit form is built from (None: unset)."""
+    return struct_to_dict(workflow.input_schema) if workflow.HasField("input_schema") else None
 
 
 def waiting_forms(

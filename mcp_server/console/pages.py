@@ -19,9 +19,9 @@ from mcp_sdk.workflow_tree import node_at
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console import bulk, subworkflows
 from mcp_server.console.base import api, render
-from mcp_server.console.inbox import fields_of, payload_of, waiting_forms
+from mcp_server.console.inbox import fields_of, input_schema_of, payload_of, waiting_forms
 from mcp_server.console.live import rate_limits_seen
-from mcp_server.console.present import TASK_STATUSES, protocol_view, rate_limit_view, step_view, task_view
+from mcp_server.console.present import TASK_STATUSES, json_text, protocol_view, rate_limit_view, step_view, task_view
 from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
 
 PAGE_SIZE = 50
@@ -217,6 +217,7 @@ async def workflow(
     shown, latest = await asyncio.gather(client.get_workflow(workflow_id, version), client.get_workflow(workflow_id))
     definition = message_to_dict(shown)
     runs = await subworkflows.pinned_by(client, shown)
+    schema = input_schema_of(shown)
     return render(
         request,
         "workflow.html",
@@ -229,6 +230,8 @@ async def workflow(
             "yaml": yaml.safe_dump(definition, sort_keys=False, allow_unicode=True),
             "mermaid": to_mermaid(workflow_graph(shown)),
             "form": form or {"input": "{}", "priority": "0", "labels": "", "version": str(shown.version)},
+            "fields": fields_of(schema),
+            "input_schema": json_text(schema) if schema else None,
             "problem": problem if isinstance(problem, str) else None,
             "error": problem if isinstance(problem, McpError) else None,
         },
@@ -239,19 +242,22 @@ async def workflow(
 async def submit(request: web.Request) -> web.StreamResponse:
     """Submit a task from the form; a bad form shows the workflow page again with what is wrong."""
     workflow_id = request.match_info["workflow_id"]
-    posted = await request.post()
-    form = {name: str(posted.get(name, "")) for name in ("input", "priority", "labels", "version")}
+    posted = {name: str(value) for name, value in (await request.post()).items()}
+    form = {name: posted.get(name, "") for name in ("input", "priority", "labels", "version")}
+    form.update({name: value for name, value in posted.items() if name.startswith("field.")})
+    client = api(request)
     try:
-        data = strict_json(form["input"] or "{}")
-        if not isinstance(data, dict):
-            raise ValueError('the input must be a JSON object, such as {"text": "hello"}')
         labels = dict(_label(line) for line in form["labels"].splitlines() if line.strip())
         priority = _number(form["priority"] or "0", "priority", *INT32)
         version = _number(form["version"] or "0", "version", 0, INT64_MAX)
+        fields = fields_of(input_schema_of(await client.get_workflow(workflow_id, version)))
+        data = payload_of(posted, fields) if fields is not None else strict_json(form["input"] or "{}")
+        if not isinstance(data, dict):
+            raise ValueError('the input must be a JSON object, such as {"text": "hello"}')
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         return await workflow(request, form, f"cannot submit: {exc}", status=400)
     try:
-        created = await api(request).submit(workflow_id, data, priority=priority, labels=labels, version=version)
+        created = await client.submit(workflow_id, data, priority=priority, labels=labels, version=version)
     except McpError as error:
         status = FORM_REFUSALS.get(error.code)
         if status is None:

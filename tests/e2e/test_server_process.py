@@ -136,6 +136,9 @@ def test_every_example_runs_to_completion(server_process, example):
 def test_the_cli_answers_a_waiting_task_and_lists_the_ones_that_wait(server_process):
     address, _ = server_process
     assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "approval.yaml")).returncode == 0
+    rejected = mcp(address, "task", "submit", "approval", "--input", '{"topic": 3, "points": []}')
+    assert rejected.returncode == 1 and "INPUT_REJECTED" in rejected.stderr, rejected.stderr
+    assert "input_data.topic" in rejected.stderr and "input_data.points" in rejected.stderr
     data = json.dumps({"topic": "tea", "points": ["green tea is mild"]})
     task_id = json.loads(mcp(address, "--json", "task", "submit", "approval", "--input", data).stdout)["task"][
         "task_id"

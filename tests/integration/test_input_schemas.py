@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from mcp_sdk.proto import schedule_pb2, task_pb2
 from mcp_server.settings import Limits
@@ -149,6 +149,12 @@ async def test_a_schedule_whose_input_the_schema_rejects_is_refused_naming_the_f
     schedule.action.input_data.update({"times": 1})
     created = await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
     assert created.schedule_id == "echo-every-hour"
+    schedule.action.input_data.update({"tone": "shouty"})
+    update = schedule_pb2.UpdateScheduleRequest(
+        schedule=schedule, update_mask=field_mask_pb2.FieldMask(paths=["action"])
+    )
+    error = await refused(client.schedules.UpdateSchedule(update))
+    assert "shouty" in violations(error)["schedule.action.input_data.tone"]
 
 
 async def test_a_subworkflow_given_input_its_schema_rejects_fails_naming_the_node_and_the_field(served):

@@ -183,8 +183,10 @@ class SubworkflowPlan:
     version: int
     input: Expression | None
     root: PlanNode
-    # that workflow's input_schema, which what this node gives it must satisfy
+    # that workflow's input_schema, which what this node gives it must satisfy, and its
+    # output_schema, which its result must
     input_schema: PayloadSchema | None = None
+    output_schema: PayloadSchema | None = None
     kind: str = "subworkflow"
 
 
@@ -234,6 +236,8 @@ class Plan:
     concurrency: ConcurrencyPlan | None = None
     # Workflow.input_schema, which a task's input_data must satisfy; None: any object
     input_schema: PayloadSchema | None = None
+    # Workflow.output_schema, which the task's result must satisfy; None: any value
+    output_schema: PayloadSchema | None = None
 
     @property
     def signals(self) -> frozenset[str]:

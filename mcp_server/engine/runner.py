@@ -29,6 +29,7 @@ from mcp_server.engine.paused_runs import PausedRuns
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.ports import EventListener, ProtocolCaller, StepCache, TaskStore, UnitGate, WaitStore
+from mcp_server.engine.schemas import rejection
 from mcp_server.engine.step_ends import code_number
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.errors import LeaseLost, Unavailable
@@ -158,6 +159,8 @@ class TaskRunner:
                 raise asyncio.CancelledError  # cancelled before it began (a waiting task, cancelled)
             async with asyncio.timeout_at(None if deadline is None else loop.time() + deadline - time.time()):
                 result = await execute(plan.root, plan.root.id, ctx.task_input, ctx, {})
+                if plan.output_schema is not None:
+                    await _check_result(plan, result.output)
             ctx.result = result.output
             self._finish(ctx, task_pb2.TASK_STATUS_COMPLETED, E.TASK_EVENT_TYPE_COMPLETED, "OK", "completed")
         except NodeFailed as exc:
@@ -240,6 +243,17 @@ class TaskRunner:
             task.error.CopyFrom(status_pb2.Status(code=code_number(code), message=message))
         data: dict[str, Any] = {"code": code}
         ctx.emit(event, message=message, data=data)
+
+
+async def _check_result(plan: Plan, output: Payload) -> None:
+    """Fail the task when its workflow's output_schema rejects its result (its steps are kept: a
+    rerun from one of them, on a version that mends it, goes on from there)."""
+    if rejected := await rejection(plan.output_schema, output.python(), "result"):
+        raise NodeFailed(
+            "INVALID_ARGUMENT",
+            f"the result does not fit the output schema of workflow {plan.workflow_id!r} version {plan.version}:"
+            f" {rejected}",
+        )
 
 
 def _deadline(task: task_pb2.Task, plan: Plan) -> float | None:

@@ -12,6 +12,7 @@ cannot run (lookaround, backreferences) is refused when the workflow is created.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import re
@@ -53,6 +54,16 @@ class PayloadSchema:
         finally:
             _steps_left.reset(token)
         return [(_field(root, list(error.absolute_path)), error.message[:300]) for error in errors[:MAX_PROBLEMS]]
+
+
+async def rejection(schema: PayloadSchema | None, value: Any, root: str) -> str:
+    """What `schema` rejects in `value`, as one line naming each part (`root.<path>: why`), ''
+    when it accepts it (or is None). Checked in a worker thread: a check is bounded
+    (MAX_CHECK_STEPS) but can take a second, which the event loop's other tasks should not wait."""
+    if schema is None:
+        return ""
+    problems = await asyncio.to_thread(schema.problems, value, root)
+    return "; ".join(f"{field}: {why}" for field, why in problems)
 
 
 def compile_schema(schema: dict[str, Any], linear_only: bool = True) -> PayloadSchema:

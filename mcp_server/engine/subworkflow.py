@@ -4,7 +4,6 @@ nodes' outputs, as when that workflow runs as a task of its own."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +11,7 @@ from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import STEPS, child_path, evaluate, execute, runs
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import SubworkflowPlan
+from mcp_server.engine.schemas import rejection
 from mcp_server.engine.values import as_object
 
 
@@ -24,15 +24,14 @@ async def run_subworkflow(
         given = value.as_object()
     else:
         given = Payload.of_python(as_object(evaluate(node.input, ctx, value, scope, node.id, "input")))
-    if node.input_schema is not None:  # checked off the loop: bounded, but it can take a second
-        problems = await asyncio.to_thread(node.input_schema.problems, given.python(), "input")
-        if problems:
-            rejected = "; ".join(f"{field}: {why}" for field, why in problems)
-            raise NodeFailed(
-                "INVALID_ARGUMENT",
-                f"node {node.id}: its input does not fit the input schema of workflow {node.workflow_id!r}"
-                f" version {node.version}: {rejected}",
-            )
+    if node.input_schema and (rejected := await rejection(node.input_schema, given.python(), "input")):
+        raise NodeFailed("INVALID_ARGUMENT", f"node {node.id}: its input does not fit {_schema_of(node)}: {rejected}")
     own: dict[str, Any] = {"input": given, STEPS: {}}
     result = await execute(node.root, child_path(path, node.root.id), given, ctx, own)
+    if node.output_schema and (rejected := await rejection(node.output_schema, result.output.python(), "result")):
+        raise NodeFailed("INVALID_ARGUMENT", f"node {node.id}: its result does not fit {_schema_of(node)}: {rejected}")
     return NodeResult(result.output)
+
+
+def _schema_of(node: SubworkflowPlan) -> str:
+    return f"the schema of workflow {node.workflow_id!r} version {node.version}"

@@ -15,7 +15,7 @@ from mcp_server.engine.compiler import composites, steps, subworkflows, waits
 from mcp_server.engine.compiler.concurrency import compile_concurrency
 from mcp_server.engine.compiler.fields import duration
 from mcp_server.engine.compiler.scope import WORKFLOW_ID, compile_node
-from mcp_server.engine.compiler.workflow_scope import input_schema, workflow_scope
+from mcp_server.engine.compiler.workflow_scope import declared_schema, workflow_scope
 from mcp_server.engine.plan import Plan, PlanNode
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
@@ -52,7 +52,8 @@ def compile_workflow(
     else:
         root = compile_node(workflow.root, "workflow.root", scope, depth=1, default_id="root")
     concurrency = compile_concurrency(workflow, limits, violations)
-    schema = input_schema(workflow, "workflow", scope)
+    input_schema = declared_schema(workflow, "input_schema", "workflow", scope)
+    output_schema = declared_schema(workflow, "output_schema", "workflow", scope)
     if scope.node_count > scope.max_nodes:
         violations.add("workflow.root", f"has {scope.node_count} nodes; the limit is {scope.max_nodes}")
     violations.raise_if_any(f"workflow {workflow.workflow_id!r} is invalid")
@@ -69,5 +70,6 @@ def compile_workflow(
         waits=dict(scope.waits),
         suspends=scope.suspends,
         concurrency=concurrency,
-        input_schema=schema,
+        input_schema=input_schema,
+        output_schema=output_schema,
     )

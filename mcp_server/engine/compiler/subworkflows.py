@@ -7,7 +7,7 @@ from __future__ import annotations
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler.fields import expression
 from mcp_server.engine.compiler.scope import Scope, builds, compile_node
-from mcp_server.engine.compiler.workflow_scope import input_schema, workflow_scope
+from mcp_server.engine.compiler.workflow_scope import declared_schema, workflow_scope
 from mcp_server.engine.plan import SubworkflowPlan
 
 
@@ -35,7 +35,8 @@ def compile_subworkflow(
     inner.max_nodes = scope.max_nodes
     inner.node_count = scope.node_count
     root = compile_node(definition.root, f"{path}.definition.root", inner, depth + 1, default_id="root")
-    schema = input_schema(definition, f"{path}.definition", inner)
+    input_schema = declared_schema(definition, "input_schema", f"{path}.definition", inner)
+    output_schema = declared_schema(definition, "output_schema", f"{path}.definition", inner)
     scope.node_count = inner.node_count
     scope.depth = max(scope.depth, inner.depth)
     scope.protocols |= inner.protocols
@@ -44,4 +45,4 @@ def compile_subworkflow(
     scope.suspends = scope.suspends or inner.suspends
     if root is None:
         return None
-    return SubworkflowPlan(node_id, sub.workflow_id, sub.version, given, root, schema)
+    return SubworkflowPlan(node_id, sub.workflow_id, sub.version, given, root, input_schema, output_schema)

@@ -51,14 +51,14 @@ def workflow_scope(
     )
 
 
-def input_schema(workflow: workflow_pb2.Workflow, path: str, scope: Scope) -> PayloadSchema | None:
-    """`workflow.input_schema` compiled (None: unset), a schema that is not one reported at
-    `path.input_schema`. A new definition's patterns must run in linear time; a stored one being
-    loaded keeps what it was given (as a wait's schema, compiler/waits.py)."""
-    if not workflow.HasField("input_schema"):
+def declared_schema(workflow: workflow_pb2.Workflow, field: str, path: str, scope: Scope) -> PayloadSchema | None:
+    """`workflow.<field>` (input_schema, output_schema) compiled (None: unset), a schema that is
+    not one reported at `path.<field>`. A new definition's patterns must run in linear time; a
+    stored one being loaded keeps what it was given (as a wait's schema, compiler/waits.py)."""
+    if not workflow.HasField(field):
         return None
     try:
-        return compile_schema(struct_to_dict(workflow.input_schema), linear_only=scope.known_protocols is not None)
+        return compile_schema(struct_to_dict(getattr(workflow, field)), linear_only=scope.known_protocols is not None)
     except SchemaInvalid as exc:
-        scope.violations.add(f"{path}.input_schema", str(exc))
+        scope.violations.add(f"{path}.{field}", str(exc))
         return None

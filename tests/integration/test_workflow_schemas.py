@@ -1,6 +1,7 @@
-"""Workflow input schemas, on both stores, against the testkit plugin process: a task's input is
-checked when it is submitted (SubmitTask, RunTask, SubmitAndWatchTask, a schedule, a rerun under
-another version) and a subworkflow's when its node runs; what is refused stores nothing."""
+"""Workflow input and output schemas, on both stores, against the testkit plugin process: a task's
+input is checked when it is submitted (SubmitTask, RunTask, SubmitAndWatchTask, a schedule, a rerun
+under another version) and a subworkflow's when its node runs, what is refused storing nothing; a
+result is checked when the run ends (a task's, a subworkflow's), what is rejected failing it."""
 
 from __future__ import annotations
 
@@ -191,3 +192,50 @@ async def test_a_check_that_would_take_exponential_time_is_refused_within_its_st
     assert "takes more than 100,000 steps" in violations(error)["input_data"]
     fine = await submit(client, "costly", {"a": {"a": {"b": 1}}})
     assert (await wait_done(client, fine.task_id)).status == S.TASK_STATUS_COMPLETED
+
+
+def clamping(workflow_id: str, clamp: str) -> Any:
+    """`a` passes the input on; `b` gives {'n': ...} through `clamp`; the result must be n <= 5."""
+    children = [step("a", "echo"), step("b", "echo", clamp)]
+    limit = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer", "maximum": 5}}}
+    return workflow(workflow_id, {"id": "root", "sequence": {"children": children}}, output_schema=limit)
+
+
+async def test_a_result_the_output_schema_rejects_fails_the_task_and_a_rerun_on_a_mended_version_completes(served):
+    client = served
+    await create(client, clamping("bounded", "{'n': prev.n}"))
+    fits = await wait_done(client, (await submit(client, "bounded", {"n": 3})).task_id)
+    assert fits.status == S.TASK_STATUS_COMPLETED and result(fits) == {"n": 3}
+
+    failed = await wait_done(client, (await submit(client, "bounded", {"n": 9})).task_id)
+    assert failed.status == S.TASK_STATUS_FAILED
+    assert failed.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "output schema of workflow 'bounded' version 1" in failed.error.message
+    assert "result.n: 9 is greater than the maximum of 5" in failed.error.message
+    assert not failed.HasField("result")
+    assert {s.path: s.status for s in failed.steps} == {
+        p: task_pb2.STEP_STATUS_COMPLETED for p in ("root", "root/a", "root/b")
+    }  # every step ran; the result is what was refused
+
+    await create(client, clamping("bounded", "{'n': prev.n > 5 ? 5 : prev.n}"))  # v2 mends step b
+    again = task_pb2.RerunTaskRequest(task_id=failed.task_id, from_step_path="root/b", workflow_version=2)
+    rerun = await wait_done(client, (await client.tasks.RerunTask(again)).task.task_id)
+    assert rerun.status == S.TASK_STATUS_COMPLETED and result(rerun) == {"n": 5}
+
+
+async def test_a_subworkflow_whose_result_its_schema_rejects_fails_its_node(served):
+    client = served
+    await create(client, clamping("inner-bounded", "{'n': prev.n}"))
+    node = {"id": "inner", "subworkflow": {"workflow_id": "inner-bounded"}}
+    await create(client, workflow("outer", {"id": "root", "sequence": {"children": [node, step("after", "echo")]}}))
+    done = await wait_done(client, (await submit(client, "outer", {"n": 7})).task_id)
+    assert done.status == S.TASK_STATUS_FAILED
+    assert "node inner: its result does not fit" in done.error.message and "result.n" in done.error.message
+    assert not any(s.path == "root/after" for s in done.steps)
+    ok = await wait_done(client, (await submit(client, "outer", {"n": 1})).task_id)
+    assert ok.status == S.TASK_STATUS_COMPLETED and result(ok) == {"n": 1}
+
+
+async def test_an_output_schema_that_is_not_one_is_refused_at_create(served):
+    error = await refused(create(served, workflow("bad-out", step("s", "echo"), output_schema={"type": 5})))
+    assert "not a JSON Schema" in violations(error)["workflow.output_schema"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections import OrderedDict
 
 from mcp_server.engine.compiler import compile_workflow
@@ -33,11 +35,14 @@ class PlanCache:
                 reason="WORKFLOW_NOT_FOUND",
                 metadata={"workflow_id": workflow_id},
             )
-        plan = compile_workflow(
-            workflow,
-            self.settings.limits,
-            default_step_timeout=self.settings.default_step_timeout,
-            default_task_timeout=self.settings.default_task_timeout,
+        plan = await asyncio.to_thread(  # off the event loop: a large workflow takes a while
+            functools.partial(
+                compile_workflow,
+                workflow,
+                self.settings.limits,
+                default_step_timeout=self.settings.default_step_timeout,
+                default_task_timeout=self.settings.default_task_timeout,
+            )
         )
         self._plans[key] = plan
         if len(self._plans) > self.capacity:

@@ -66,11 +66,15 @@ async def rejection(schema: PayloadSchema | None, value: Any, root: str) -> str:
     return "; ".join(f"{field}: {why}" for field, why in problems)
 
 
-def compile_schema(schema: dict[str, Any], linear_only: bool = True) -> PayloadSchema:
-    """Check that `schema` is a JSON Schema of the draft it names (2020-12 by default) whose
-    patterns RE2 can run (unless not `linear_only`: a schema stored before that was checked,
-    whose other patterns Python's `re` still matches), and compile it; raise SchemaInvalid with
-    the reason if it is not."""
+def compile_schema(schema: dict[str, Any], linear_only: bool = True, max_parts: int | None = None) -> PayloadSchema:
+    """Check that `schema` is a JSON Schema of the draft it names (2020-12 by default) of at most
+    `max_parts` objects and lists, whose patterns RE2 can run (unless not `linear_only`: a schema
+    stored before that was checked, whose other patterns Python's `re` still matches), and
+    compile it; raise SchemaInvalid with the reason if it is not."""
+    if max_parts is not None and _more_parts_than(schema, max_parts):
+        raise SchemaInvalid(
+            f"has more than {max_parts:,} objects and lists; the limit is {max_parts:,} (MCP_LIMIT_MAX_SCHEMA_PARTS)"
+        )
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         cls.check_schema(schema)
@@ -113,6 +117,23 @@ def _counting(cls: Any) -> Any:
 
     checks = {name: counted(fn) for name, fn in cls.VALIDATORS.items()}
     return validators.extend(cls, validators=checks)  # type: ignore[no-untyped-call]
+
+
+def _more_parts_than(schema: Any, most: int) -> bool:
+    """Whether `schema` holds more than `most` objects and lists (counted until it does)."""
+    left, pending = most, [schema]
+    while pending:
+        part = pending.pop()
+        if isinstance(part, dict):
+            pending.extend(part.values())
+        elif isinstance(part, list):
+            pending.extend(part)
+        else:
+            continue
+        left -= 1
+        if left < 0:
+            return True
+    return False
 
 
 def _patterns(schema: Any, where: str) -> list[tuple[str, str]]:

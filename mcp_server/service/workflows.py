@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+
 from google.protobuf.message import DecodeError
 
 from mcp_sdk.proto import workflow_pb2
@@ -40,12 +43,15 @@ class Workflows:
             )
         _check_nesting(workflow)
         await self.directory.refresh(force=True)
-        plan = compile_workflow(
-            workflow,
-            self.settings.limits,
-            known_protocols=self.directory.known_names(),
-            default_step_timeout=self.settings.default_step_timeout,
-            default_task_timeout=self.settings.default_task_timeout,
+        plan = await asyncio.to_thread(  # off the event loop: a large workflow (or schema) takes a while
+            functools.partial(
+                compile_workflow,
+                workflow,
+                self.settings.limits,
+                known_protocols=self.directory.known_names(),
+                default_step_timeout=self.settings.default_step_timeout,
+                default_task_timeout=self.settings.default_task_timeout,
+            )
         )
         self._check_capacity(plan)
         return plan

@@ -7,6 +7,7 @@ import re
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler.fields import MAX_DURATION_SECONDS, duration, expression
 from mcp_server.engine.compiler.scope import Scope, builds
+from mcp_server.engine.compiler.workflow_scope import schema_checks
 from mcp_server.engine.plan import SleepPlan, WaitPlan
 from mcp_server.engine.schemas import SchemaInvalid, compile_schema
 from mcp_server.engine.values import struct_to_dict
@@ -25,9 +26,7 @@ def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Sc
     schema = None
     if wait.HasField("schema"):
         try:
-            # a new definition (CreateWorkflow, ValidateWorkflow) is checked against the
-            # registered protocols; a stored one being loaded is not, and keeps what it was given
-            schema = compile_schema(struct_to_dict(wait.schema), linear_only=scope.known_protocols is not None)
+            schema = compile_schema(struct_to_dict(wait.schema), **schema_checks(scope))
         except SchemaInvalid as exc:
             scope.violations.add(f"{path}.schema", str(exc))
     plan = WaitPlan(

@@ -4,6 +4,7 @@ A workflow run on its own compiles in one; each subworkflow in one of its own.""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler.fields import bounded, duration, retry_policy
@@ -53,12 +54,19 @@ def workflow_scope(
 
 def declared_schema(workflow: workflow_pb2.Workflow, field: str, path: str, scope: Scope) -> PayloadSchema | None:
     """`workflow.<field>` (input_schema, output_schema) compiled (None: unset), a schema that is
-    not one reported at `path.<field>`. A new definition's patterns must run in linear time; a
-    stored one being loaded keeps what it was given (as a wait's schema, compiler/waits.py)."""
+    not one reported at `path.<field>` (see schema_checks)."""
     if not workflow.HasField(field):
         return None
     try:
-        return compile_schema(struct_to_dict(getattr(workflow, field)), linear_only=scope.known_protocols is not None)
+        return compile_schema(struct_to_dict(getattr(workflow, field)), **schema_checks(scope))
     except SchemaInvalid as exc:
         scope.violations.add(f"{path}.{field}", str(exc))
         return None
+
+
+def schema_checks(scope: Scope) -> dict[str, Any]:
+    """How compile_schema checks a schema of this workflow: a new definition (CreateWorkflow,
+    ValidateWorkflow, which know the registered protocols) is held to every check; a stored one
+    being loaded keeps what it was given."""
+    new = scope.known_protocols is not None
+    return {"linear_only": new, "max_parts": scope.limits.max_schema_parts if new else None}

@@ -49,6 +49,7 @@ from mcp_server.engine.records import (
     stored_refs,
     take_value,
 )
+from mcp_server.engine.restored_steps import TASK_SCOPE, outputs_by_scope
 from mcp_server.engine.step_ends import code_number, end_data
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.texts import clipped
@@ -97,6 +98,7 @@ class RunContext:
     lease_token: int
     task_input: Payload
     outputs_by_id: dict[str, Payload] = field(default_factory=dict)
+    restored_outputs: dict[str, dict[str, Payload]] = field(default_factory=dict)  # see restored_steps.py
     listeners: Sequence[EventListener] = ()
     limits: Limits = field(default_factory=Limits)
     result: Payload | None = None
@@ -139,6 +141,8 @@ class RunContext:
                 deadline_ms = state.wait.deadline.ToMilliseconds() if state.wait.HasField("deadline") else 0
                 since_ms = state.start_time.ToMilliseconds()
                 self.suspensions.dormant[state.path] = WaitRecord(state.wait.signal, deadline_ms, since_ms)
+        self.restored_outputs = outputs_by_scope((step.state, step.output) for step in self._steps.values())
+        self.outputs_by_id.update(self.restored_outputs.get(TASK_SCOPE, {}))
 
     # ---- events -------------------------------------------------------------------------
     def emit(self, type_: int, *, flush_soon: bool = False, **fields: Any) -> task_pb2.TaskEvent:

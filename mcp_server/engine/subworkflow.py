@@ -26,7 +26,7 @@ async def run_subworkflow(
         given = Payload.of_python(as_object(evaluate(node.input, ctx, value, scope, node.id, "input")))
     if node.input_schema and (rejected := await rejection(node.input_schema, given.python(), "input")):
         raise NodeFailed("INVALID_ARGUMENT", f"node {node.id}: its input does not fit {_schema_of(node)}: {rejected}")
-    own: dict[str, Any] = {"input": given, STEPS: {}}
+    own: dict[str, Any] = {"input": given, STEPS: dict(ctx.restored_outputs.get(path, {}))}
     result = await execute(node.root, child_path(path, node.root.id), given, ctx, own)
     if node.output_schema and (rejected := await rejection(node.output_schema, result.output.python(), "result")):
         raise NodeFailed("INVALID_ARGUMENT", f"node {node.id}: its result does not fit {_schema_of(node)}: {rejected}")

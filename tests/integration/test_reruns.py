@@ -20,6 +20,7 @@ from tests.helpers import (
     events,
     plugin_stats,
     result,
+    run,
     step,
     step_states,
     submit,
@@ -359,3 +360,16 @@ async def test_a_request_id_makes_one_rerun(served):
         await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=other.task_id, request_id="same"))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     await wait_done(client, first.task.task_id)
+
+
+async def test_a_step_after_a_kept_composite_reads_the_steps_inside_it(served):
+    """`steps.a` names a step inside a parallel that finished before the cut: a rerun keeps the
+    parallel without running it, and the step after it must still see what `a` gave."""
+    inner = {"id": "both", "parallel": {"children": [step("a", "echo", "{'text': 'from a'}"), step("b", "echo")]}}
+    after = step("c", "echo", "{'a': steps.a.text, 'both': size(steps.both)}")
+    _, client = served
+    original = await run(client, workflow("kept-inside", seq("root", inner, after)), {"x": 1})
+    assert original.status == task_pb2.TASK_STATUS_COMPLETED
+    again = await rerun(client, original.task_id, from_step_path="root/c")
+    assert again.status == task_pb2.TASK_STATUS_COMPLETED, again.error
+    assert result(again) == {"a": "from a", "both": 2}

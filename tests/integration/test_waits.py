@@ -557,3 +557,34 @@ async def test_a_redis_user_that_may_not_publish_still_signals_through_another_r
     finally:
         admin.acl_deluser(user)
         admin.close()
+
+
+async def test_a_parked_run_resumes_with_the_steps_inside_the_nodes_that_finished_before(server_factory, store_url):
+    """After a park the run is loaded again from its records and replays its tree; the parallel
+    (and the subworkflow's sequence) that finished before are not entered again, yet the prompt
+    and the steps after read `steps.a` inside them: found in the first life, found after."""
+    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)
+    client = client_for(running)
+    both = {"id": "both", "parallel": {"children": [step("a", "echo", "{'text': 'A'}"), step("b", "echo")]}}
+    inner = seq("inner", seq("prep", step("p", "echo", "{'text': 'P'}")), wait("ask", "go", prompt="steps.p.text"))
+    await create(client, workflow("inside-child", inner))
+    outer = seq(
+        "root",
+        both,
+        wait("w", "go", prompt="{'a': steps.a.text}"),
+        {"id": "child", "subworkflow": {"workflow_id": "inside-child"}},
+        step("c", "echo", "{'a': steps.a.text, 'asked': steps.child}"),
+    )
+    await create(client, workflow("inside", outer))
+    task = await submit(client, "inside", {})
+    for path in ("root/w", "root/child/inner/ask"):
+        await until_status(client, task.task_id, S.TASK_STATUS_WAITING)
+        async with asyncio.timeout(10):
+            while running.orchestrator.dispatcher.in_flight:  # parked: loaded again from its records
+                await asyncio.sleep(0.02)
+        assert (await signal(client, task.task_id, "go", {"ok": path})).step_path == path
+    done = await wait_done(client, task.task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED, done.error
+    assert result(done) == {"a": "A", "asked": {"ok": "root/child/inner/ask"}}
+    assert json_format.MessageToDict(step_states(done)["root/child/inner/ask"].input) == "P"
+    await client.channel.close()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from mcp_server.auth import Principal
+from mcp_server.engine.cancelling import cancel_until_stopped
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import EventListener, Store
@@ -43,6 +45,8 @@ from mcp_server.telemetry.metrics import Metrics, instrument_store
 from mcp_server.telemetry.sampling import GaugeSampler
 from mcp_server.telemetry.tracing import TaskTracer
 from mcp_server.tls import plugin_credentials
+
+log = logging.getLogger(__name__)
 
 
 class Orchestrator:
@@ -197,9 +201,8 @@ class Orchestrator:
 
     async def stop(self) -> None:
         await self.dispatcher.stop(self.settings.shutdown_grace)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        for task in await cancel_until_stopped(self._background, within=5):
+            log.error("the background task %s did not stop within 5 s of being cancelled", task.get_name())
         await self.upkeep.deregister_bundled()
         await self.admission.close()
         await self.channels.close()

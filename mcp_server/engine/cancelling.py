@@ -17,7 +17,10 @@ stop when cancelled (the dispatcher's loops, a task run between its nodes) calls
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import Any
+
+RECANCEL_SECONDS = 0.5  # long enough for a cancelled task's own clean-up, short beside a stop
 
 
 async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
@@ -35,3 +38,18 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def cancel_until_stopped(tasks: Collection[asyncio.Task[Any]], within: float) -> set[asyncio.Task[Any]]:
+    """Cancel `tasks` and wait until they have ended, cancelling again every RECANCEL_SECONDS
+    those that go on (a library swallowed the request, see above, and the task then awaited
+    something else, as a background loop's sleep); return those still running after `within`
+    seconds. A caller's own cancellation propagates."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    pending = {task for task in tasks if not task.done()}
+    while pending and (left := deadline - loop.time()) > 0:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_SECONDS, left))
+    return pending

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.cancelling import cancel_and_wait, raise_if_cancelled
+from mcp_server.engine.cancelling import cancel_and_wait, cancel_until_stopped, raise_if_cancelled
 from mcp_server.engine.failure_notes import FailureNotes
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import TaskQueue, TaskStore, WaitStore
@@ -155,9 +155,7 @@ class Dispatcher:
     async def stop(self, grace: float) -> None:
         """Stop claiming; give running tasks `grace` seconds, then leave the rest to be resumed."""
         self._started = False
-        for loop in self._loops:
-            loop.cancel()
-        _, stuck_loops = await asyncio.wait(self._loops, timeout=5) if self._loops else (set(), set())
+        stuck_loops = await cancel_until_stopped(self._loops, within=5)
         for loop in stuck_loops:
             frames = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in loop.get_stack(limit=5))
             log.error("the %s loop did not stop within 5 s of being cancelled (at %s)", loop.get_name(), frames)

@@ -4,6 +4,7 @@ bulkheads, admission, and a plugin process killed mid-call and restarted."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc
 import pytest
@@ -363,3 +364,15 @@ async def test_the_claim_loop_stops_even_when_a_store_call_swallows_its_cancella
     claim.cancel()
     finished, _ = await asyncio.wait([claim], timeout=3)
     assert claim in finished and claim.cancelled()
+
+
+@pytest.mark.parametrize("run", range(4))
+async def test_a_server_stopped_as_soon_as_it_started_stops_every_loop(server_factory, store_url, caplog, run):
+    """A cancellation redis-py swallowed while a loop's first store call connected (the signal
+    nudges' subscribe, the metrics sampler's reads) left that loop running: each stop waited 5 s
+    for it, or 11 s and then went on without the store closed."""
+    caplog.set_level(logging.ERROR)
+    running = await server_factory(store=store_url)
+    await running.stop()
+    stuck = [r.getMessage() for r in caplog.records if "did not stop" in r.getMessage()]
+    assert stuck == []

@@ -1,12 +1,14 @@
-"""cancel_and_wait: the task ends, however it ends; the waiter's own cancellation is kept."""
+"""cancel_and_wait: the task ends, however it ends; the waiter's own cancellation is kept.
+cancel_until_stopped: a loop that swallowed its cancellation is cancelled again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
-from mcp_server.engine.cancelling import cancel_and_wait, raise_if_cancelled
+from mcp_server.engine.cancelling import cancel_and_wait, cancel_until_stopped, raise_if_cancelled
 
 pytestmark = pytest.mark.asyncio
 
@@ -91,3 +93,39 @@ async def test_no_cancellation_no_raise_and_a_handled_one_is_forgotten():
     await asyncio.sleep(0)
     task.cancel()
     assert await task == "went on"
+
+
+async def swallows_once(turns: list[str]) -> None:
+    """A background loop whose store call swallowed its cancellation (as redis-py's can): it
+    sleeps on to its next round."""
+    swallowed = False
+    while True:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed = True
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            turns.append("swallowed")
+
+
+async def test_a_loop_that_swallowed_its_cancellation_is_cancelled_again_and_one_that_never_stops_is_returned():
+    turns: list[str] = []
+    loop = asyncio.create_task(swallows_once(turns))
+    await asyncio.sleep(0)
+    assert await cancel_until_stopped([loop], within=5) == set()
+    assert loop.cancelled() and turns == ["swallowed"]
+
+    released = asyncio.Event()
+
+    async def stops_only_when_released() -> None:
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(60)
+
+    stubborn = asyncio.create_task(stops_only_when_released())
+    await asyncio.sleep(0)
+    assert await cancel_until_stopped([stubborn], within=1.2) == {stubborn}
+    released.set()
+    assert await cancel_until_stopped([stubborn], within=5) == set()

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from redis.exceptions import NoPermissionError, RedisError
 
+from mcp_server.engine.cancelling import raise_if_cancelled
 from mcp_server.engine.failure_notes import FailureNotes
 from mcp_server.state.redis.connection import LEAKED_CONNECTION_ERRORS, RedisConnection, raised_by_the_connection
 from mcp_server.state.redis.opening import text
@@ -31,10 +32,14 @@ async def follow_channel(conn: RedisConnection, channel: str, meanwhile: str) ->
         pubsub = conn.r.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(channel)
+            # redis-py's subscribe can swallow a cancellation that lands while it connects: the
+            # loop then read on, and the server's stop waited 5 s for it (engine/cancelling.py)
+            raise_if_cancelled()
             pause = PAUSE_SECONDS
             failures.worked()
             while True:
                 message = await pubsub.get_message(timeout=READ_SECONDS)  # None: nothing yet
+                raise_if_cancelled()
                 if message is not None and message.get("type") == "message":
                     yield text(message["data"])
         except NoPermissionError:  # an ACL without pub/sub: asking again will not help

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.payload import Payload, length_delimited
+from mcp_server.engine.ports import TaskStore
+from mcp_server.errors import Unavailable
 
 SHARED_VALUE_BYTES = 1024
 
@@ -88,3 +90,18 @@ def take_value(state: task_pb2.StepState, name: str, values: dict[str, bytes]) -
     state.ClearField(name)
     state.ClearField(f"{name}_ref")
     return value_of(inline, ref, values)
+
+
+async def task_input(store: TaskStore, task: task_pb2.Task) -> Payload:
+    """A task's input: inline in the task, or in its value store when it is large."""
+    if not task.input_ref.sha256:
+        return Payload.of_struct(task.input_data)
+    return Payload.of_bytes(await stored_value(store, task, task.input_ref.sha256))
+
+
+async def stored_value(store: TaskStore, task: task_pb2.Task, digest: str) -> bytes:
+    """One of a task's stored values; Unavailable when the store does not have it."""
+    values = await store.read_values(task.task_id, [digest])
+    if digest not in values:
+        raise Unavailable(f"task {task.task_id}: its value {digest} is missing from the store")
+    return values[digest]

@@ -29,6 +29,7 @@ from mcp_server.engine.paused_runs import PausedRuns
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.ports import EventListener, ProtocolCaller, StepCache, TaskStore, UnitGate, WaitStore
+from mcp_server.engine.records import stored_value, task_input
 from mcp_server.engine.schemas import rejection
 from mcp_server.engine.step_ends import code_number
 from mcp_server.engine.suspensions import Suspensions
@@ -95,7 +96,7 @@ class TaskRunner:
             store=self.store,
             caller=self.caller,
             lease_token=lease_token,
-            task_input=await self._input(task),
+            task_input=await task_input(self.store, task),
             listeners=self.listeners,
             limits=self.limits,
             start_write_delay=self.start_write_delay,
@@ -216,23 +217,11 @@ class TaskRunner:
             except Unavailable as exc:  # the next poll says so again
                 log.warning("task %s: cannot read its signals now: %s", ctx.task.task_id, exc)
 
-    async def _input(self, task: task_pb2.Task) -> Payload:
-        """The task's input: inline in the task, or in its value store when it is large."""
-        if not task.input_ref.sha256:
-            return Payload.of_struct(task.input_data)
-        return Payload.of_bytes(await self._stored(task, task.input_ref.sha256))
-
     async def _rerun_input(self, task: task_pb2.Task) -> Payload | None:
         """A rerun's edited input for its first step (see RunContext.given_input), if it has one."""
         if task.rerun_input_ref.sha256:
-            return Payload.of_bytes(await self._stored(task, task.rerun_input_ref.sha256))
+            return Payload.of_bytes(await stored_value(self.store, task, task.rerun_input_ref.sha256))
         return Payload.of_value(task.rerun_input) if task.HasField("rerun_input") else None
-
-    async def _stored(self, task: task_pb2.Task, digest: str) -> bytes:
-        values = await self.store.read_values(task.task_id, [digest])
-        if digest not in values:
-            raise Unavailable(f"task {task.task_id}: its value {digest} is missing from the store")
-        return values[digest]
 
     @staticmethod
     def _finish(ctx: RunContext, status: int, event: int, code: str, message: str) -> None:

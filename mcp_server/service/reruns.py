@@ -11,13 +11,13 @@ from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import make_event, now
-from mcp_server.engine.payload import Payload, struct_to_python
+from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import Kept, QueueGroup, TaskStore
-from mcp_server.engine.records import stored_refs
+from mcp_server.engine.records import stored_refs, task_input
 from mcp_server.engine.reruns import Step, first_missing, first_unfinished, kept_steps, read_steps, rerun_records
-from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
+from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from mcp_server.service.access import require, visible_task
 from mcp_server.service.concurrency import queue_group
 from mcp_server.service.submission import Submission, check_input, check_input_schema
@@ -70,7 +70,7 @@ class Reruns:
                 metadata={"step_path": path},
             )
         if version != source.workflow_version and plan.input_schema is not None:
-            await check_input_schema(plan, await self._source_input(source), "input_data")
+            await check_input_schema(plan, (await task_input(self.tasks, source)).python(), "input_data")
         if request.HasField("input"):
             self._check_input_kind(request, steps)
         task, values = self._new_task(request, source, chosen, kept, version)
@@ -99,16 +99,6 @@ class Reruns:
             group=group,
             strategy=plan.concurrency.strategy if plan.concurrency else 0,
         )
-
-    async def _source_input(self, source: task_pb2.Task) -> object:
-        """The input the rerun runs on (its source's), as Python: inline, or read from the store."""
-        digest = source.input_ref.sha256
-        if not digest:
-            return struct_to_python(source.input_data)
-        found = await self.tasks.read_values(source.task_id, [digest])
-        if digest not in found:
-            raise Unavailable(f"task {source.task_id}: its input {digest} is missing from the store")
-        return Payload.of_bytes(found[digest]).python()
 
     @staticmethod
     def _group(plan: Plan, source: task_pb2.Task) -> tuple[QueueGroup, str]:

@@ -87,7 +87,42 @@ def compile_schema(schema: dict[str, Any], linear_only: bool = True, max_parts: 
         except ValueError as exc:
             raise SchemaInvalid(f"{exc} (at {where or '/'})") from None
     counted = _counted_classes.get(cls) or _counted_classes.setdefault(cls, _counting(cls))
-    return PayloadSchema(schema, counted(schema, format_checker=cls.FORMAT_CHECKER))
+    validator = counted(schema, format_checker=cls.FORMAT_CHECKER)
+    if linear_only:  # a new definition: a `$ref` that can never resolve would refuse every payload
+        _check_refs(validator, schema)
+    return PayloadSchema(schema, validator)
+
+
+# keywords whose values are data, not schemas: a "$ref" inside them is not a reference
+_DATA_KEYWORDS = frozenset({"const", "enum", "examples", "default"})
+
+
+def _check_refs(validator: Any, schema: Any) -> None:
+    """Raise SchemaInvalid naming a `$ref` that does not resolve within the schema (another
+    document, which the server does not fetch, or a pointer to nowhere). A schema with a nested
+    `$id` changes the base its refs resolve against: left to the check of each payload."""
+    refs: list[tuple[str, str]] = []
+    pending: list[tuple[Any, str]] = [(schema, "")]
+    while pending:
+        part, where = pending.pop()
+        if isinstance(part, dict):
+            if where and ("$id" in part or ("id" in part and isinstance(part["id"], str))):
+                return
+            for key, value in part.items():
+                if key == "$ref" and isinstance(value, str):
+                    refs.append((value, f"{where}/$ref"))
+                elif key not in _DATA_KEYWORDS:
+                    pending.append((value, f"{where}/{key}"))
+        elif isinstance(part, list):
+            pending.extend((item, f"{where}/{index}") for index, item in enumerate(part))
+    for ref, where in refs:
+        try:
+            validator._resolver.lookup(ref)
+        except Unresolvable:
+            raise SchemaInvalid(
+                f"the $ref {ref[:200]!r} does not resolve within the schema (at {where}); the server fetches"
+                " no other documents"
+            ) from None
 
 
 # Every keyword a check evaluates counts one step: a schema whose `anyOf` branches both recurse

@@ -100,10 +100,25 @@ async def test_a_schema_that_is_not_one_or_whose_pattern_is_not_linear_is_refuse
     for schema, expected in (
         ({"type": "objekt"}, "not a JSON Schema"),
         ({"type": "object", "properties": {"t": {"type": "string", "pattern": "^(a)\\1$"}}}, "linear time"),
+        # a $ref the server could never resolve would refuse every input: refused now, naming it
+        ({"$ref": "https://example.com/brief.json"}, "'https://example.com/brief.json' does not resolve"),
+        ({"properties": {"t": {"$ref": "#/$defs/missing"}}}, "at /properties/t/$ref"),
     ):
         error = await refused(create(client, workflow("bad-schema", step("s", "echo"), input_schema=schema)))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert expected in violations(error)["workflow.input_schema"]
+
+
+async def test_references_within_the_schema_and_refs_in_data_are_accepted(served):
+    schema = {
+        "$defs": {"word": {"type": "string", "minLength": 1}},
+        "type": "object",
+        "properties": {"text": {"$ref": "#/$defs/word"}, "kind": {"const": {"$ref": "not a reference"}}},
+    }
+    await create(served, workflow("refs", step("s", "echo"), input_schema=schema))
+    assert error_reason(await refused(submit(served, "refs", {"text": ""}))) == "INPUT_REJECTED"
+    done = await wait_done(served, (await submit(served, "refs", {"text": "ok"})).task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED
 
 
 async def test_each_version_checks_its_own_schema(served):

@@ -148,7 +148,8 @@ async def test_a_plugin_written_in_node_runs_a_step(server, client, node_plugin,
 
 async def test_node_client_reads_why_and_when_it_was_refused(server_factory):
     """A client written from the protos in another language reads the google.rpc.Status details:
-    the field a bad request got wrong, and a rate limit's reason, key and RetryInfo delay."""
+    the field a bad request got wrong (a missing workflow id, an input the workflow's schema
+    rejects), and a rate limit's reason, key and RetryInfo delay."""
     running = await server_factory()
     async with grpc.aio.insecure_channel(running.address) as channel:
         await workflow_pb2_grpc.WorkflowServiceStub(channel).CreateWorkflow(
@@ -157,6 +158,14 @@ async def test_node_client_reads_why_and_when_it_was_refused(server_factory):
         bad = await run_node_client(running.address, "", "{}", "--refused")
         assert bad["grpc_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert bad["status"]["violations"] == ["workflow_id"] and bad["status"]["domain"] == "mcp.v1"
+        typed = workflow("for-node-typed", step("a", "append"), input_schema={"required": ["text"]})
+        await workflow_pb2_grpc.WorkflowServiceStub(channel).CreateWorkflow(
+            workflow_pb2.CreateWorkflowRequest(workflow=typed)
+        )
+        rejected = await run_node_client(running.address, "for-node-typed", '{"txt": 1}', "--refused")
+        assert rejected["grpc_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert rejected["status"]["reason"] == "INPUT_REJECTED" and rejected["status"]["violations"] == ["input_data"]
+        assert rejected["status"]["metadata"] == {"workflow_id": "for-node-typed", "workflow_version": "1"}
         limit = registry_pb2.RateLimit(key="submit:", limit=1, period=duration_pb2.Duration(seconds=60))
         await registry_pb2_grpc.ProtocolRegistryStub(channel).PutRateLimit(
             registry_pb2.PutRateLimitRequest(rate_limit=limit)

@@ -116,12 +116,16 @@ def _print_schedule(s: dict[str, Any]) -> None:
     print(f"schedule {s['schedule_id']}: {state}{note}, runs {s.get('action', {}).get('workflow_id', '')}")
     print(f"  when: {_when(s)}; overlap {schedule_pb2.OverlapPolicy.Name(_overlap(s)).removeprefix('OVERLAP_POLICY_')}")
     counts = f"runs {info.get('runs', 0)}, skipped {info.get('skipped', 0)}, missed {info.get('missed', 0)}"
+    counts += f", refused {info['refused']}" if info.get("refused") else ""
     print(f"  {counts}")
     for fire in info.get("next_fire_times", []):
         print(f"  next: {fire}")
     for run in info.get("recent_runs", []):
         status = run.get("status", "TASK_STATUS_UNSPECIFIED").removeprefix("TASK_STATUS_").lower()
         status = "gone (deleted or purged)" if status == "unspecified" else status
+        if run.get("refusal"):
+            print(f"  ran:  {run['fire_time']}  (refused: {run['refusal']})")
+            continue
         print(
             f"  ran:  {run['fire_time']}  {run.get('task_id') or '(skipped)'}  {status if run.get('task_id') else ''}"
         )

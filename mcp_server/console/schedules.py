@@ -33,6 +33,7 @@ def schedule_view(s: schedule_pb2.Schedule) -> dict[str, Any]:
         "runs": s.info.runs,
         "skipped": s.info.skipped,
         "missed": s.info.missed,
+        "refused": s.info.refused,
         "next": [_time(t) for t in s.info.next_fire_times],
         "recent": [
             {
@@ -43,6 +44,7 @@ def schedule_view(s: schedule_pb2.Schedule) -> dict[str, Any]:
                 )
                 if r.task_id
                 else "",
+                "refusal": r.refusal,
             }
             for r in s.info.recent_runs
         ],

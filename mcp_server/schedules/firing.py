@@ -24,6 +24,7 @@ FIRE_TIME_LABEL = "mcp/fire-time"
 MAX_FIRES_AT_ONCE = 100_000
 # a schedule with a buffered fire time looks again this often whether the previous task ended
 BUFFER_RECHECK_MS = 500
+MAX_REFUSAL = 1000  # characters of a refusal kept with the fire time
 
 P = schedule_pb2.OverlapPolicy
 SubmitAs = Callable[[task_pb2.SubmitTaskRequest, str], Awaitable[tuple[task_pb2.Task, bool]]]
@@ -39,6 +40,7 @@ class Outcome:
     # of those, the new ones (a fire time dealt with before, here or elsewhere, has its task already)
     fresh: list[tuple[int, str]] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)  # (fire time ms, why)
     buffered_ms: int | None = None
 
 
@@ -108,6 +110,7 @@ class Firing:
             ScheduleProgress(
                 started=outcome.started,
                 skipped=outcome.skipped,
+                refused=outcome.refused,
                 missed=missed,
                 last_fire_ms=to_ms(due[-1]) if due else None,
                 buffered_ms=outcome.buffered_ms if outcome.buffered_ms is not None else None,
@@ -169,6 +172,7 @@ class Firing:
         except McpError as exc:
             log.warning("schedule %s: its fire time %s started no task: %s", record.schedule_id, rfc3339(fire), exc)
             self.observe("failed", 0.0)
+            outcome.refused.append((to_ms(fire), f"{exc.reason}: {exc.message}"[:MAX_REFUSAL]))
             return []
         lateness = (datetime.now(tz=fire.tzinfo) - fire).total_seconds()
         self.observe("started", max(0.0, lateness))

@@ -206,7 +206,7 @@ class Schedules:
     async def _view(self, record: ScheduleRecord) -> schedule_pb2.Schedule:
         schedule = schedule_pb2.Schedule.FromString(record.data)
         info = schedule.info
-        info.runs, info.skipped, info.missed = record.runs, record.skipped, record.missed
+        info.runs, info.skipped, info.missed, info.refused = record.runs, record.skipped, record.missed, record.refused
         if not schedule.paused:
             spec = self.firing.spec_of(record, schedule)
             now = datetime.now(UTC)
@@ -217,9 +217,12 @@ class Schedules:
         # the recent runs' tasks read together (one concurrent batch), not one after another
         found = await asyncio.gather(*(self.tasks.get_task(t) for _, t in record.recent if t))
         statuses = {task.task_id: task.status for task in found if task is not None}
+        refusals = dict(record.refusals)
         for fire_ms, task_id in record.recent:
             run = info.recent_runs.add(task_id=task_id, status=statuses.get(task_id, 0))
             run.fire_time.FromMilliseconds(fire_ms)
+            if not task_id:
+                run.refusal = refusals.get(fire_ms, "")
         return schedule
 
 

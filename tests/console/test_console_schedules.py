@@ -3,6 +3,7 @@ recent runs; pause, unpause, trigger and delete from its buttons (with the CSRF 
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import aiohttp
@@ -43,3 +44,21 @@ async def test_the_schedules_page_lists_and_acts_on_schedules(console, api):
         assert deleted.status == 303 and await api.list_schedules() == []
         missing = await browser.post(f"{base}/schedules/morning/delete", data={"csrf": token}, allow_redirects=False)
         assert missing.status == 404
+
+
+async def test_a_fire_time_the_server_refused_is_shown_with_why(console, api):
+    """The workflow's newer version declares an input the schedule's does not fit."""
+    await api.create_workflow({"workflow_id": "strict-echo", "root": {"id": "e", "step": {"protocol": "echo"}}})
+    await api.create_schedule("every-second", "strict-echo", {"a": 1}, every=[1.0])
+    strict = {"type": "object", "required": ["b"]}
+    await api.create_workflow(
+        {"workflow_id": "strict-echo", "root": {"id": "e", "step": {"protocol": "echo"}}, "input_schema": strict}
+    )
+    async with asyncio.timeout(10):
+        while (await api.get_schedule("every-second")).info.refused == 0:
+            await asyncio.sleep(0.1)
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/schedules")).text()
+    assert re.search(r'<span class="refused">\d+ refused</span>', page)
+    assert "refused: INPUT_REJECTED: input_data does not fit the input schema" in page
+    await api.delete_schedule("every-second")

@@ -148,6 +148,30 @@ async def test_skipped_fire_times_are_counted_and_shown(served):
     assert any(run.task_id and run.status == S.TASK_STATUS_RUNNING for run in got.info.recent_runs)
 
 
+async def test_fire_times_whose_task_is_refused_are_counted_and_say_why(served):
+    """A newer version of the workflow declares an input schema the schedule's input does not
+    fit: each fire time then starts no task, and says so (it was only logged)."""
+    _, client = served
+    workflow_id = await sleepy(client)
+    created = await client.schedules.CreateSchedule(
+        schedule_pb2.CreateScheduleRequest(schedule=a_schedule(workflow_id, every=[seconds(1)]))
+    )
+    strict = {"type": "object", "required": ["ms", "why"]}
+    await create(client, workflow(workflow_id, step("nap", "sleep", "{'ms': input.ms}"), input_schema=strict))
+    async with asyncio.timeout(10):
+        while True:
+            got = await client.schedules.GetSchedule(schedule_pb2.GetScheduleRequest(schedule_id=created.schedule_id))
+            if got.info.refused >= 2:
+                break
+            await asyncio.sleep(0.1)
+    refused = [run for run in got.info.recent_runs if run.refusal]
+    assert len(refused) >= 2 and all(not run.task_id for run in refused)
+    assert refused[0].refusal.startswith("INPUT_REJECTED: ") and "'why' is a required property" in refused[0].refusal
+    started = len(await tasks_of(client, workflow_id))
+    assert got.info.runs == started  # a refused fire time started nothing
+    await client.schedules.DeleteSchedule(schedule_pb2.DeleteScheduleRequest(schedule_id=created.schedule_id))
+
+
 async def test_pause_with_a_note_then_unpause(served):
     _, client = served
     workflow_id = await sleepy(client)

@@ -31,17 +31,20 @@ class ScheduleRecord:
     last_fire_ms: int = 0  # the latest fire time dealt with (0: none yet)
     buffered_ms: int = 0  # a fire time waiting for the previous task to end (BUFFER_ONE; 0: none)
     recent: Sequence[tuple[int, str]] = ()  # (fire time ms, task id or ""), newest first
+    refused: int = 0
+    refusals: Sequence[tuple[int, str]] = ()  # (fire time ms, why its task was refused), newest first
 
 
 @dataclass(frozen=True)
 class ScheduleProgress:
-    """What one firing did, written atomically: runs and skips appended to the recent list and
-    counted, `missed` added, and (when given) the latest fire time, the buffered one and the
+    """What one firing did, written atomically: runs, skips and refusals appended to the recent
+    list and counted, `missed` added, and (when given) the latest fire time, the buffered one and the
     next due time. `version` guards the due time: an update of the definition meanwhile has
     set its own."""
 
     started: Sequence[tuple[int, str]] = ()
     skipped: Sequence[int] = ()
+    refused: Sequence[tuple[int, str]] = ()  # (fire time ms, why), in the recent list as "" and counted
     missed: int = 0
     last_fire_ms: int | None = None
     buffered_ms: int | None = None

@@ -91,6 +91,7 @@ class RedisSchedules:
                 kept(progress.due_ms),
                 progress.version,
                 RECENT_RUNS,
+                json.dumps([[f, why] for f, why in progress.refused]),
             ],
         )
 
@@ -114,4 +115,6 @@ def _record(schedule_id: str, fields: dict[bytes, bytes]) -> ScheduleRecord:
         last_fire_ms=number(b"l"),
         buffered_ms=number(b"b"),
         recent=[(int(f), str(t)) for f, t in json.loads(fields.get(b"rr", b"[]"))],
+        refused=number(b"f"),
+        refusals=[(int(f), str(why)) for f, why in json.loads(fields.get(b"rf", b"[]"))],
     )

@@ -1,6 +1,7 @@
 """The Lua scripts of schedules on Redis (schedules.py). Every schedule key shares the slot
 {sch}: a schedule's hash `P{sch}:s:<id>` (d definition, v version, o owner, c created ms,
-r runs, k skipped, m missed, l last fire ms, b buffered fire ms, rr recent runs as JSON),
+r runs, k skipped, m missed, l last fire ms, b buffered fire ms, rr recent runs as JSON, f refused,
+rf refusals as JSON),
 `P{sch}:due` (zset id -> due ms), `P{sch}:ids` and `P{sch}:o:<owner>` (ids, lex order)."""
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ return found
 
 # KEYS: schedule, due; ARGV: id, started JSON [[fire, task], ...], skipped JSON [fire, ...], missed,
 #       last fire ms ('' to keep), buffered ms ('' to keep), due ms ('' to keep, -1: none), version,
-#       how many recent runs to keep
+#       how many recent runs to keep, refused JSON [[fire, why], ...]
 RECORD_PROGRESS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local started = cjson.decode(ARGV[2])
@@ -63,10 +64,21 @@ local skipped = cjson.decode(ARGV[3])
 local recent = cjson.decode(redis.call('HGET', KEYS[1], 'rr') or '[]')
 for _, run in ipairs(started) do table.insert(recent, run) end
 for _, fire in ipairs(skipped) do table.insert(recent, {fire, ''}) end
-table.sort(recent, function(a, b) return a[1] > b[1] end)
-local kept = {}
-for i = 1, math.min(#recent, tonumber(ARGV[9])) do kept[i] = recent[i] end
-redis.call('HSET', KEYS[1], 'rr', #kept > 0 and cjson.encode(kept) or '[]')
+local refused = cjson.decode(ARGV[10] or '[]')
+for _, refusal in ipairs(refused) do table.insert(recent, {refusal[1], ''}) end
+local function newest(list)
+  table.sort(list, function(a, b) return a[1] > b[1] end)
+  local kept = {}
+  for i = 1, math.min(#list, tonumber(ARGV[9])) do kept[i] = list[i] end
+  return #kept > 0 and cjson.encode(kept) or '[]'
+end
+redis.call('HSET', KEYS[1], 'rr', newest(recent))
+if #refused > 0 then
+  local refusals = cjson.decode(redis.call('HGET', KEYS[1], 'rf') or '[]')
+  for _, refusal in ipairs(refused) do table.insert(refusals, refusal) end
+  redis.call('HSET', KEYS[1], 'rf', newest(refusals))
+  redis.call('HINCRBY', KEYS[1], 'f', #refused)
+end
 redis.call('HINCRBY', KEYS[1], 'r', #started)
 redis.call('HINCRBY', KEYS[1], 'k', #skipped)
 redis.call('HINCRBY', KEYS[1], 'm', tonumber(ARGV[4]))

@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS schedules (
   schedule_id TEXT PRIMARY KEY, owner TEXT NOT NULL, data BLOB NOT NULL, version INTEGER NOT NULL,
   created_ms INTEGER NOT NULL, due_ms INTEGER, runs INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
   missed INTEGER NOT NULL DEFAULT 0, last_fire_ms INTEGER NOT NULL DEFAULT 0, buffered_ms INTEGER NOT NULL DEFAULT 0,
-  recent TEXT NOT NULL DEFAULT '[]');
+  recent TEXT NOT NULL DEFAULT '[]', refused INTEGER NOT NULL DEFAULT 0, refusals TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS schedules_due ON schedules (due_ms) WHERE due_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS schedules_by_owner ON schedules (owner, schedule_id);
 CREATE TABLE IF NOT EXISTS waits (
@@ -246,6 +246,9 @@ def _connect(path: str) -> sqlite3.Connection:
     for column, alter in ADDED_COLUMNS.items():
         if column not in columns:
             db.execute(alter)
+    if "refused" not in {row[1] for row in db.execute("PRAGMA table_info(schedules)")}:
+        db.execute("ALTER TABLE schedules ADD COLUMN refused INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE schedules ADD COLUMN refusals TEXT NOT NULL DEFAULT '[]'")
     if "held_bytes" not in {row[1] for row in db.execute("PRAGMA table_info(signals)")}:
         # the bytes of a task's signals through each one (its last says what the task holds)
         db.execute("ALTER TABLE signals ADD COLUMN held_bytes INTEGER NOT NULL DEFAULT 0")

@@ -10,7 +10,10 @@ from typing import Any
 from mcp_server.engine.ports.schedules import NEVER, RECENT_RUNS, ScheduleProgress, ScheduleRecord
 from mcp_server.state.sqlite.database import SqliteDatabase
 
-COLUMNS = "schedule_id, owner, data, version, created_ms, runs, skipped, missed, last_fire_ms, buffered_ms, recent"
+COLUMNS = (
+    "schedule_id, owner, data, version, created_ms, runs, skipped, missed, last_fire_ms, buffered_ms, recent,"
+    " refused, refusals"
+)
 
 
 class SqliteSchedules:
@@ -78,21 +81,31 @@ class SqliteSchedules:
 
     async def record_progress(self, schedule_id: str, progress: ScheduleProgress) -> None:
         def record(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT recent, version FROM schedules WHERE schedule_id=?", (schedule_id,)).fetchone()
+            row = db.execute(
+                "SELECT recent, version, refusals FROM schedules WHERE schedule_id=?", (schedule_id,)
+            ).fetchone()
             if row is None:
                 return
             recent = [tuple(entry) for entry in json.loads(row[0])]
-            entries = [*((f, t) for f, t in progress.started), *((f, "") for f in progress.skipped)]
+            entries = [
+                *((f, t) for f, t in progress.started),
+                *((f, "") for f in progress.skipped),
+                *((f, "") for f, _ in progress.refused),
+            ]
             recent = sorted([*entries, *recent], key=lambda e: -e[0])[:RECENT_RUNS]
+            refusals = [tuple(entry) for entry in json.loads(row[2])]
+            refusals = sorted([*progress.refused, *refusals], key=lambda e: -e[0])[:RECENT_RUNS]
             with db:
                 db.execute(
-                    "UPDATE schedules SET recent=?, runs=runs+?, skipped=skipped+?, missed=missed+?,"
-                    " last_fire_ms=COALESCE(?, last_fire_ms), buffered_ms=COALESCE(?, buffered_ms)"
+                    "UPDATE schedules SET recent=?, refusals=?, runs=runs+?, skipped=skipped+?, refused=refused+?,"
+                    " missed=missed+?, last_fire_ms=COALESCE(?, last_fire_ms), buffered_ms=COALESCE(?, buffered_ms)"
                     " WHERE schedule_id=?",
                     (
                         json.dumps(recent),
+                        json.dumps(refusals),
                         len(progress.started),
                         len(progress.skipped),
+                        len(progress.refused),
                         progress.missed,
                         progress.last_fire_ms,
                         progress.buffered_ms,
@@ -128,4 +141,6 @@ def _record(row: Any) -> ScheduleRecord:
         last_fire_ms=int(row[8]),
         buffered_ms=int(row[9]),
         recent=[(int(f), str(t)) for f, t in json.loads(str(row[10]))],
+        refused=int(row[11]),
+        refusals=[(int(f), str(why)) for f, why in json.loads(str(row[12]))],
     )

@@ -170,7 +170,14 @@ class Submission:
             )
         plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
         if plan.input_schema is not None:
-            await check_input_schema(plan, struct_to_python(request.input_data), "input_data")
+            try:
+                await check_input_schema(plan, struct_to_python(request.input_data), "input_data")
+            except InvalidArgument:
+                # a retry of a submission made before a stricter version: it gets its task, as any retry
+                if not request.request_id or not await self.tasks.get_task(
+                    request_task_id(principal.name, request.request_id)
+                ):
+                    raise
         group, key = queue_group(plan, request.input_data, request.labels, principal.name)
         return plan, version, group, key
 

@@ -121,6 +121,21 @@ async def test_references_within_the_schema_and_refs_in_data_are_accepted(served
     assert done.status == S.TASK_STATUS_COMPLETED
 
 
+async def test_a_retried_submission_made_before_a_stricter_version_gets_its_task(served):
+    """Idempotency by request_id holds across a new version whose schema the input no longer fits."""
+    client = served
+    await create(client, workflow("tightening", step("say", "echo")))
+    first = await submit(client, "tightening", {"free": "form"}, request_id="once")
+    await create(client, echoing("tightening"))
+    again = task_pb2.SubmitTaskRequest(workflow_id="tightening", request_id="once")
+    again.input_data.update({"free": "form"})
+    reply = await client.tasks.SubmitTask(again)
+    assert (reply.task.task_id, reply.created) == (first.task_id, False)
+    another = task_pb2.SubmitTaskRequest(workflow_id="tightening", request_id="twice")
+    another.input_data.update({"free": "form"})
+    assert error_reason(await refused(client.tasks.SubmitTask(another))) == "INPUT_REJECTED"
+
+
 async def test_each_version_checks_its_own_schema(served):
     client = served
     await create(client, workflow("evolving", step("say", "echo")))  # v1: any object

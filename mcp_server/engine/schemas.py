@@ -56,14 +56,18 @@ class PayloadSchema:
         return [(_field(root, list(error.absolute_path)), error.message[:300]) for error in errors[:MAX_PROBLEMS]]
 
 
+async def problems_off_loop(schema: PayloadSchema, value: Any, root: str) -> list[tuple[str, str]]:
+    """`schema.problems(value, root)` in a worker thread: a check is bounded (MAX_CHECK_STEPS) but
+    can take a second, which the event loop's other tasks should not wait."""
+    return await asyncio.to_thread(schema.problems, value, root)
+
+
 async def rejection(schema: PayloadSchema | None, value: Any, root: str) -> str:
     """What `schema` rejects in `value`, as one line naming each part (`root.<path>: why`), ''
-    when it accepts it (or is None). Checked in a worker thread: a check is bounded
-    (MAX_CHECK_STEPS) but can take a second, which the event loop's other tasks should not wait."""
+    when it accepts it (or is None); checked off the event loop."""
     if schema is None:
         return ""
-    problems = await asyncio.to_thread(schema.problems, value, root)
-    return "; ".join(f"{field}: {why}" for field, why in problems)
+    return "; ".join(f"{field}: {why}" for field, why in await problems_off_loop(schema, value, root))
 
 
 def compile_schema(schema: dict[str, Any], linear_only: bool = True, max_parts: int | None = None) -> PayloadSchema:

@@ -3,7 +3,6 @@ and SubmitAndWatchTask, followed to their end."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -28,6 +27,7 @@ from mcp_server.engine.ports import (
     UnitGate,
     WorkflowStore,
 )
+from mcp_server.engine.schemas import problems_off_loop
 from mcp_server.engine.values import ValueTooDeep, message_depth
 from mcp_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from mcp_server.ratelimit import RateLimiter
@@ -297,11 +297,10 @@ def check_input(field: str, value: struct_pb2.Struct | struct_pb2.Value, limits:
 
 async def check_input_schema(plan: Plan, given: object, field: str) -> None:
     """InvalidArgument INPUT_REJECTED, a violation per rejected part (`field.<path>`), when the
-    workflow's input_schema rejects `given` (a task's input as Python). Checked in a worker
-    thread: a check is bounded (engine/schemas.py) but can take a second, not the event loop's."""
+    workflow's input_schema rejects `given` (a task's input as Python); checked off the event loop."""
     if plan.input_schema is None:
         return
-    problems = await asyncio.to_thread(plan.input_schema.problems, given, field)
+    problems = await problems_off_loop(plan.input_schema, given, field)
     if problems:
         raise InvalidArgument(
             f"{field} does not fit the input schema of workflow {plan.workflow_id!r} version {plan.version}:"

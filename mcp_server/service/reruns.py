@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 
@@ -17,12 +16,16 @@ from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import Kept, QueueGroup, TaskStore
 from mcp_server.engine.records import stored_refs, task_input
 from mcp_server.engine.reruns import Step, first_missing, first_unfinished, kept_steps, read_steps, rerun_records
-from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mcp_server.service.access import require, visible_task
 from mcp_server.service.concurrency import queue_group
-from mcp_server.service.submission import Submission, check_input, check_input_schema
+from mcp_server.service.submission import Submission, check_input, check_input_schema, request_fingerprint
 from mcp_server.settings import Settings
 from mcp_server.state.common import TERMINAL
+
+# a rerun as Submission.store takes it: task, first event, fingerprint, values, what it keeps,
+# queue group, concurrency strategy
+Prepared = tuple[task_pb2.Task, task_pb2.TaskEvent, str, dict[str, bytes], Kept, QueueGroup, int]
 
 
 class Reruns:
@@ -47,6 +50,17 @@ class Reruns:
             check_input("input", request.input, self.settings.limits)
         self.submission.check_request_id(request.request_id)
         self.submission.rate_limiter.take(principal.name)
+        try:
+            prepared = await self._prepare(request, principal)
+        except (InvalidArgument, NotFound, FailedPrecondition):
+            if (earlier := await self.submission.retried(request, principal)) is not None:
+                return earlier, False
+            raise
+        await self.submission.take_shared_rate(principal.name)
+        return await self.submission.store(*prepared)
+
+    async def _prepare(self, request: task_pb2.RerunTaskRequest, principal: Principal) -> Prepared:
+        """The checks of a rerun, and what `Submission.store` is given to store it."""
         source = await visible_task(self.tasks, request.task_id, principal)
         if source.status not in TERMINAL:
             status = task_pb2.TaskStatus.Name(source.status).removeprefix("TASK_STATUS_")
@@ -83,22 +97,12 @@ class Reruns:
             f" {len(kept)} steps kept",
             data={"rerun_of": source.task_id, "from_step_path": chosen, "kept_steps": len(kept)},
         )
-        fingerprint = (
-            hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
-        )
         records = rerun_records(steps, kept, chosen, plan.root)
         task.step_count = len(records)
         group, task.concurrency_key = self._group(plan, source)
-        await self.submission.take_shared_rate(principal.name)
-        return await self.submission.store(
-            task,
-            event,
-            fingerprint,
-            values,
-            Kept(source.task_id, records, digests),
-            group=group,
-            strategy=plan.concurrency.strategy if plan.concurrency else 0,
-        )
+        kept_records = Kept(source.task_id, records, digests)
+        strategy = plan.concurrency.strategy if plan.concurrency else 0
+        return task, event, request_fingerprint(request), values, kept_records, group, strategy
 
     @staticmethod
     def _group(plan: Plan, source: task_pb2.Task) -> tuple[QueueGroup, str]:

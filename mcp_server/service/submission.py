@@ -29,7 +29,7 @@ from mcp_server.engine.ports import (
 )
 from mcp_server.engine.schemas import problems_off_loop
 from mcp_server.engine.values import ValueTooDeep, message_depth
-from mcp_server.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.service.access import require, visible_task
 from mcp_server.service.cancelling import Cancelling
@@ -42,7 +42,7 @@ from mcp_server.service.concurrency import (
 )
 from mcp_server.service.watching import Watching
 from mcp_server.settings import Limits, Settings
-from mcp_server.state.common import TERMINAL, assemble, fixed_part, request_task_id
+from mcp_server.state.common import TERMINAL, RequestIdReused, assemble, fixed_part, request_task_id
 from mcp_server.task_views import TaskViews
 
 MAX_REQUEST_ID = 128
@@ -95,7 +95,12 @@ class Submission:
         require("workflow_id", request.workflow_id)
         if limited:
             self.rate_limiter.take(principal.name)
-        plan, version, group, key = await self._admit(request, principal)
+        try:
+            plan, version, group, key = await self._admit(request, principal)
+        except (InvalidArgument, NotFound, FailedPrecondition):
+            if (earlier := await self.retried(request, principal)) is not None:
+                return earlier, False
+            raise
         if limited:
             await self.take_shared_rate(principal.name)
         task_id = request_task_id(principal.name, request.request_id) if request.request_id else uuid.uuid4().hex
@@ -120,9 +125,7 @@ class Submission:
             task.ClearField("input_data")
             task.input_ref.CopyFrom(task_pb2.ValueRef(size_bytes=given.size, sha256=given.sha256))
         event = make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED, message=f"queued with priority {task.priority}")
-        fingerprint = (
-            hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
-        )
+        fingerprint = request_fingerprint(request)
         strategy = plan.concurrency.strategy if plan.concurrency else 0
         return await self.store(task, event, fingerprint, values, group=group, strategy=strategy, follow=follow)
 
@@ -170,16 +173,27 @@ class Submission:
             )
         plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
         if plan.input_schema is not None:
-            try:
-                await check_input_schema(plan, struct_to_python(request.input_data), "input_data")
-            except InvalidArgument:
-                # a retry of a submission made before a stricter version: it gets its task, as any retry
-                if not request.request_id or not await self.tasks.get_task(
-                    request_task_id(principal.name, request.request_id)
-                ):
-                    raise
+            await check_input_schema(plan, struct_to_python(request.input_data), "input_data")
         group, key = queue_group(plan, request.input_data, request.labels, principal.name)
         return plan, version, group, key
+
+    async def retried(
+        self, request: task_pb2.SubmitTaskRequest | task_pb2.RerunTaskRequest, principal: Principal
+    ) -> task_pb2.Task | None:
+        """The task (BASIC) an earlier send of `request` made, for a retry (its reply was lost)
+        that a check refuses now although it passed then: the workflow or the version deleted
+        since, a stricter input schema, a lower limit, the rerun's source deleted. A retry gets
+        its task whatever changed, as when nothing did. The same request_id with another
+        request: RequestIdReused. Only a refused request with a request_id pays this read."""
+        if not request.request_id or len(request.request_id) > MAX_REQUEST_ID:
+            return None
+        rerun = isinstance(request, task_pb2.RerunTaskRequest)
+        found = await self.queue.task_of_request(principal.name, request.request_id, rerun)
+        if found is None:
+            return None
+        if found.fingerprint != request_fingerprint(request):
+            raise RequestIdReused(request.request_id, found.task.task_id)
+        return self.views.basic(found.task)
 
     def _check_request(self, request: task_pb2.SubmitTaskRequest) -> None:
         check_input("input_data", request.input_data, self.settings.limits)
@@ -278,6 +292,11 @@ class Submission:
         request id it used before, it is the task that request id made for this principal)."""
         task, created = await self.submit_task(request, principal, follow=True)
         return task, created, self.watching.follow(task.task_id, 0, principal, batched=True)
+
+
+def request_fingerprint(request: task_pb2.SubmitTaskRequest | task_pb2.RerunTaskRequest) -> str:
+    """What tells a retry of a request (the same request_id) from another request: "" without one."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest() if request.request_id else ""
 
 
 def check_input(field: str, value: struct_pb2.Struct | struct_pb2.Value, limits: Limits) -> None:

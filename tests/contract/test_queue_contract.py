@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.ports import QueueGroup
 from mcp_server.errors import LeaseLost
 from mcp_server.state.common import RequestIdReused
 from tests.contract.conftest import E, checkpoint, claim_and_complete, new_task
@@ -27,6 +28,22 @@ async def test_request_id_dedupes_task_creation(store):
     changed, changed_event = new_task(request_id="same")
     with pytest.raises(RequestIdReused):
         await store.queue.create_task(changed, changed_event, fingerprint="another request")
+
+
+async def test_a_task_is_found_by_the_request_that_made_it(store):
+    plain, event = new_task(request_id="mine", owner="ada")
+    made, _ = await store.queue.create_task(plain, event, fingerprint="fp-1")
+    keyed, keyed_event = new_task(request_id="placed", owner="ada")  # placed by its group on Redis
+    placed, _ = await store.queue.create_task(
+        keyed, keyed_event, fingerprint="fp-2", group=QueueGroup.of_key("wf", "k", 1)
+    )
+    found = await store.queue.task_of_request("ada", "mine")
+    assert (found.task.task_id, found.fingerprint, found.task.request_id) == (made.task_id, "fp-1", "mine")
+    found = await store.queue.task_of_request("ada", "placed")
+    assert (found.task.task_id, found.fingerprint) == (placed.task_id, "fp-2")
+    assert await store.queue.task_of_request("grace", "mine") is None  # in its owner's namespace only
+    assert await store.queue.task_of_request("ada", "mine", rerun=True) is None  # reruns' ids are apart
+    assert await store.queue.task_of_request("ada", "never") is None
 
 
 async def test_claims_come_in_priority_order_fifo_within_a_priority(store):

@@ -3,7 +3,15 @@ state lives, one small port per job (each backend implements every one: state/sq
 
 from mcp_server.engine.ports.cache import CachedOutput, StepCache
 from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult, ProtocolCaller, ProtocolCallError
-from mcp_server.engine.ports.queue import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup, TaskQueue
+from mcp_server.engine.ports.queue import (
+    NO_SHARE,
+    GroupMember,
+    Kept,
+    OwnerShare,
+    QueueGroup,
+    RequestedTask,
+    TaskQueue,
+)
 from mcp_server.engine.ports.ratelimits import Grant, KeyRoom, RateLimitSpec, RateLimitStore, UnitGate
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, CapacitySlice, RegistryStore
 from mcp_server.engine.ports.schedules import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore
@@ -44,6 +52,7 @@ __all__ = [
     "RateLimitSpec",
     "RateLimitStore",
     "RegistryStore",
+    "RequestedTask",
     "ScheduleProgress",
     "ScheduleRecord",
     "ScheduleStore",

@@ -67,6 +67,14 @@ class GroupMember:
         return self.leased and self.status in (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING)
 
 
+@dataclass(frozen=True)
+class RequestedTask:
+    """A task found by the request that made it, and that request's fingerprint."""
+
+    task: task_pb2.Task
+    fingerprint: str
+
+
 class TaskQueue(Protocol):
     """Pending tasks in priority order, round robin across groups within a priority (FIFO within
     a group), leases, cancel requests."""
@@ -112,6 +120,12 @@ class TaskQueue(Protocol):
         the owner's) is what the task is queued under; a group with max_running full gets the task
         queued, not leased (token 0). With `follow`, a task created and leased here has its log
         followed in this process from its first event (a watcher about to start reads nothing)."""
+        ...
+
+    async def task_of_request(self, owner: str, request_id: str, rerun: bool = False) -> RequestedTask | None:
+        """The task `owner` made with `request_id` (a rerun's, with `rerun`: their ids are kept
+        apart) and the fingerprint of the request that made it; None when none is stored. How a
+        retry refused by a check that did not hold when it was first sent finds its task."""
         ...
 
     async def claim_task(self, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup
+from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup, RequestedTask
 from mcp_server.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from mcp_server.state.common import (
     CreateTask,
@@ -245,6 +245,20 @@ class RedisQueue(CreateTask, CancelRequests):
             if exists:
                 raise RequestIdReused(task.request_id, other)
         return ids[partition]
+
+    async def task_of_request(self, owner: str, request_id: str, rerun: bool = False) -> RequestedTask | None:
+        """Every id the request can have made (its own; one per partition, for a placed task),
+        looked up in one round trip."""
+        dedupe = rerun_dedupe_key(request_id) if rerun else request_id
+        candidates = [request_task_id(owner, dedupe), *self._request_ids(owner, dedupe).values()]
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for candidate in candidates:
+                pipe.hget(self.layout.task(candidate).header, "fp")
+            found = await self.conn.do(pipe.execute())
+        for candidate, fingerprint in zip(candidates, found):
+            if fingerprint is not None and (task := await self.tasks.get_task(candidate)) is not None:
+                return RequestedTask(task, fingerprint.decode())
+        return None
 
     def _request_ids(self, owner: str, dedupe: str) -> dict[int, str]:
         """For each partition, the first of the ids derived from (owner, dedupe, 0, 1, ...) that lands there."""

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup
+from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup, RequestedTask
 from mcp_server.errors import NotFound
 from mcp_server.state.common import (
     ACTIVE,
@@ -132,6 +132,13 @@ class SqliteQueue(CreateTask):
                 self.db.followers.follow(task.task_id, 0)
             self.db.written(task.task_id, [event])
         return created
+
+    async def task_of_request(self, owner: str, request_id: str, rerun: bool = False) -> RequestedTask | None:
+        rows = await self.db.rows(
+            "SELECT fixed, live, request_fp FROM tasks WHERE owner=? AND request_id=?",
+            (owner, rerun_dedupe_key(request_id) if rerun else request_id),
+        )
+        return RequestedTask(assemble(rows[0][0], rows[0][1]), rows[0][2] or "") if rows else None
 
     def _room_in_queue(self, db: sqlite3.Connection, owner: str, max_queue: int, share: OwnerShare, size: int) -> None:
         """Raise QueueFull or OwnerQueueFull if a task of `owner` that stores `size` bytes may not

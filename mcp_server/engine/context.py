@@ -422,28 +422,6 @@ class RunContext:
         """When the node at `path` first began (Unix seconds), whichever life of the run began it."""
         return self._steps[path].started_ns / 1e9
 
-    def variables(self, prev: Payload, scope: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
-        """The CEL context (docs/cel.md), holding only the variables an expression names, so
-        that a long run's outputs are not converted for an expression that never reads them."""
-        found: dict[str, Any] = {}
-        if "input" in names:
-            found["input"] = self.task_input.python()
-        if "prev" in names:
-            found["prev"] = prev.python()
-        if "steps" in names:
-            found["steps"] = {node_id: output.python() for node_id, output in self.outputs_by_id.items()}
-        for name in names & scope.keys():
-            found[name] = _plain(scope[name])
-        return found
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Payload):
-        return value.python()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
 
 def _duration_ms(step: _Step, ended_ns: int) -> float:
     started_ns = step.started_ns or step.state.start_time.ToNanoseconds()  # the latter is slow: only after a restore

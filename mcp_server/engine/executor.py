@@ -111,7 +111,7 @@ def evaluate(
 ) -> Any:
     """Evaluate a node's expression against the run's variables (and `extra`); a runtime error
     fails the node with a message naming both."""
-    variables = ctx.variables(prev, scope, expression.names)
+    variables = cel_variables(ctx, prev, scope, expression.names)
     if extra:
         variables.update(
             {k: v.python() if isinstance(v, Payload) else v for k, v in extra.items() if k in expression.names}
@@ -120,6 +120,29 @@ def evaluate(
         return expression.evaluate(variables)
     except ExpressionError as exc:
         raise NodeFailed("INVALID_ARGUMENT", f"node {node_id}: {what} {exc}") from None
+
+
+def cel_variables(ctx: RunContext, prev: Payload, scope: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """The CEL context (docs/cel.md), holding only the variables an expression names, so that
+    a long run's outputs are not converted for an expression that never reads them."""
+    found: dict[str, Any] = {}
+    if "input" in names:
+        found["input"] = ctx.task_input.python()
+    if "prev" in names:
+        found["prev"] = prev.python()
+    if STEPS in names:
+        found[STEPS] = {node_id: output.python() for node_id, output in ctx.outputs_by_id.items()}
+    for name in names & scope.keys():
+        found[name] = _plain(scope[name])
+    return found
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Payload):
+        return value.python()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def output_problem(output: Payload, limits: Limits, what: str) -> tuple[str, str] | None:

@@ -21,7 +21,15 @@ from mcp_server.console import bulk, subworkflows
 from mcp_server.console.base import api, render
 from mcp_server.console.inbox import fields_of, input_schema_of, payload_of, waiting_forms
 from mcp_server.console.live import rate_limits_seen
-from mcp_server.console.present import TASK_STATUSES, json_text, protocol_view, rate_limit_view, step_view, task_view
+from mcp_server.console.present import (
+    TASK_STATUSES,
+    iso,
+    json_text,
+    protocol_view,
+    rate_limit_view,
+    step_view,
+    task_view,
+)
 from mcp_server.console.session import TOKEN_COOKIE, clear_cookie, set_cookie
 
 PAGE_SIZE = 50
@@ -214,7 +222,16 @@ async def workflow(
     workflow_id = request.match_info["workflow_id"]
     version = _whole_number(request.query.get("version", "0"), "version")
     client = api(request)
-    shown, latest = await asyncio.gather(client.get_workflow(workflow_id, version), client.get_workflow(workflow_id))
+    shown, latest = await asyncio.gather(
+        client.get_workflow(workflow_id, version), client.get_workflow(workflow_id), return_exceptions=True
+    )
+    if isinstance(shown, BaseException):
+        raise shown
+    if isinstance(latest, BaseException):
+        if not (isinstance(latest, McpError) and latest.code == grpc.StatusCode.NOT_FOUND):
+            raise latest
+        latest = shown  # every version deleted: this one is what some task ran
+    deleted = iso(shown.delete_time) if shown.HasField("delete_time") else ""
     definition = message_to_dict(shown)
     runs = await subworkflows.pinned_by(client, shown)
     schema = input_schema_of(shown)
@@ -223,9 +240,12 @@ async def workflow(
         "workflow.html",
         {
             "workflow": {"workflow_id": shown.workflow_id, "version": shown.version, "description": shown.description},
-            "versions": list(range(latest.version, 0, -1)),
+            "versions": list(range(max(latest.version, shown.version), 0, -1)),
+            "deleted": deleted,
             "runs": runs,
-            "upgradable": shown.version == latest.version and any(r["latest"] > r["version"] for r in runs),
+            "upgradable": not deleted
+            and shown.version == latest.version
+            and any(r["latest"] > r["version"] for r in runs),
             "upgrade": subworkflows.upgrade_notice(request.query),
             "yaml": yaml.safe_dump(definition, sort_keys=False, allow_unicode=True),
             "mermaid": to_mermaid(workflow_graph(shown)),

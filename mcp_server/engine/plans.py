@@ -28,7 +28,9 @@ class PlanCache:
         if plan is not None:
             self._plans.move_to_end(key)
             return plan
-        workflow = await self.store.get_workflow(workflow_id, version)
+        # a deleted version too: the tasks that ran it run to their end (a submission asks
+        # WorkflowStore.live_version first)
+        workflow = await self.store.get_workflow(workflow_id, version, deleted_too=True)
         if workflow is None:
             raise NotFound(
                 f"workflow {workflow_id!r} (version {version}) not found",

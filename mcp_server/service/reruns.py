@@ -74,6 +74,13 @@ class Reruns:
         chosen = self._chosen(request, source, steps)
         kept = kept_steps(steps, chosen) if any(s.path == chosen for s in steps) else []
         version = request.workflow_version or source.workflow_version
+        if not await self.submission.workflows.live_version(source.workflow_id, version):
+            raise NotFound(  # deleted: nothing new starts from it (its tasks still run)
+                f"workflow {source.workflow_id!r} (version {version}) not found",
+                reason="WORKFLOW_NOT_FOUND",
+                violations=[FieldViolation("workflow_version", "no such version (or it was deleted)")],
+                metadata={"workflow_id": source.workflow_id},
+            )
         plan = await self.plans.get(source.workflow_id, version)
         if version != source.workflow_version and (missing := first_missing(plan.root, kept)) is not None:
             path, why = missing

@@ -164,10 +164,11 @@ class Submission:
     ) -> tuple[Plan, int, QueueGroup, str]:
         """The checks of a submission: its plan and version, its queue group and concurrency key."""
         self._check_request(request)
-        version = request.workflow_version or await self.workflows.latest_workflow_version(request.workflow_id)
+        version = await self.workflows.live_version(request.workflow_id, request.workflow_version)
         if not version:
+            which = f"version {request.workflow_version}" if request.workflow_version else "any version"
             raise NotFound(
-                f"workflow {request.workflow_id!r} (any version) not found",
+                f"workflow {request.workflow_id!r} ({which}) not found",
                 reason="WORKFLOW_NOT_FOUND",
                 metadata={"workflow_id": request.workflow_id},
             )

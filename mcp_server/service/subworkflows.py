@@ -40,10 +40,12 @@ async def pin_subworkflows(workflow: workflow_pb2.Workflow, store: WorkflowStore
             continue
         key = (sub.workflow_id, sub.version)
         if key not in stored:
-            stored[key] = await store.get_workflow(*key)
+            stored[key] = await store.get_workflow(*key, deleted_too=True)
         found = stored[key]
-        if found is None:
+        if found is None or found.HasField("delete_time"):
             which = f"has no version {sub.version}" if sub.version else "is not stored"
+            if found is not None:
+                which = f"version {sub.version} was deleted"  # its tasks run on; nothing new refers to it
             violations.add(f"{path}.subworkflow.workflow_id", f"workflow {sub.workflow_id!r} {which}")
             continue
         pinned += found.ByteSize()

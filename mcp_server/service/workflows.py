@@ -92,7 +92,8 @@ class Workflows:
                 "version must not be negative",
                 violations=[FieldViolation("version", "must be 0 (latest) or a version number")],
             )
-        workflow = await self.store.get_workflow(workflow_id, version)
+        # a version asked for by number is answered deleted too: what the tasks that ran it ran
+        workflow = await self.store.get_workflow(workflow_id, version, deleted_too=bool(version))
         if workflow is None:
             which = f"version {version}" if version else "any version"
             raise NotFound(

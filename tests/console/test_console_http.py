@@ -536,7 +536,24 @@ async def test_the_upgrade_button_stores_a_version_running_the_latest_or_says_wh
         clicked = await browser.post(
             f"{console.console.url}/workflows/needs-lost/upgrade", data={"csrf": csrf_of(page)}
         )
-        assert "not upgraded: " in (refused := await clicked.text()) and "&#39;lost&#39; has no version 1" in refused
+        refused = await clicked.text()
+        assert "not upgraded: " in refused and "&#39;lost&#39; version 1 was deleted" in refused
         assert (await api.get_workflow("needs-lost")).version == 1
         forged = await browser.post(f"{console.console.url}/workflows/uses/upgrade", data={"csrf": "0" * 64})
         assert forged.status == 403
+
+
+async def test_a_deleted_version_s_page_says_so_and_offers_no_submit_and_its_tasks_still_show(console, api):
+    await api.create_workflow({"workflow_id": "old", "root": {"id": "o", "step": {"protocol": "echo"}}})
+    task = await api.submit("old", {"who": "ada"})
+    await api.delete_workflow("old")
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/workflows/old?version=1")).text()
+        assert 'id="deleted-notice"' in page and 'id="submit-form"' not in page
+        assert "no task starts from this version any more" in page
+        shown = await browser.get(f"{console.console.url}/tasks/{task.task_id}")
+        assert shown.status == 200 and 'href="/workflows/old?version=1"' in await shown.text()
+        await api.create_workflow({"workflow_id": "old", "root": {"id": "n", "step": {"protocol": "echo"}}})
+        page = await (await browser.get(f"{console.console.url}/workflows/old")).text()  # v2, not deleted
+        assert 'id="deleted-notice"' not in page and 'id="submit-form"' in page
+        assert 'href="/workflows/old?version=1"' in page  # the deleted one is still listed, for its tasks

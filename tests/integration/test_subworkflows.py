@@ -317,7 +317,7 @@ async def test_an_upgrade_the_server_refuses_is_reported_and_the_rest_go_on(serv
     stuck = upgrades["stuck"]
     assert stuck.to_version == 0 and stuck.error is not None and stuck.error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [(v.field, v.description) for v in stuck.error.violations] == [
-        ("workflow.root.sequence.children[1].subworkflow.workflow_id", "workflow 'gone' has no version 1")
+        ("workflow.root.sequence.children[1].subworkflow.workflow_id", "workflow 'gone' version 1 was deleted")
     ]
     assert (await get(client, "stuck")).version == 1
     with pytest.raises(McpError, match="nowhere") as caught:

@@ -186,6 +186,10 @@ class Layout:
     def workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}{{wf}}:wf:{workflow_id}"
 
+    def deleted_workflow(self, workflow_id: str) -> str:
+        """A workflow's deleted versions (see RedisWorkflows)."""
+        return f"{self.prefix}{{wf}}:wfd:{workflow_id}"
+
     @property
     def cancel_channel(self) -> str:
         """The pub/sub channel that tells every replica of a cancel request for a task (not a key)."""

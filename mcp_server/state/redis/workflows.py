@@ -13,17 +13,20 @@ from mcp_server.state.redis.connection import RedisConnection
 
 
 class RedisWorkflows:
-    """WorkflowStore on Redis."""
+    """WorkflowStore on Redis. A deleted version moves, marked with its delete_time, to the
+    workflow's hash of deleted versions (same slot), where the tasks that ran it still read it."""
 
     def __init__(self, conn: RedisConnection) -> None:
         self.conn = conn
         self.layout = conn.layout
         self._latest = conn.register(LATEST_WORKFLOW)
-        self._latest_version = conn.register(LATEST_VERSION)
+        self._live_version = conn.register(LIVE_VERSION)
+        self._delete = conn.register(DELETE_VERSIONS)
 
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         stored = workflow_pb2.Workflow()
         stored.CopyFrom(workflow)
+        stored.ClearField("delete_time")
         stored.version = int(
             await self.conn.do(self.conn.r.hincrby(self.layout.workflow_versions, workflow.workflow_id, 1))
         )
@@ -34,25 +37,26 @@ class RedisWorkflows:
             await self.conn.do(pipe.execute())
         return stored
 
-    async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow | None:
+    async def get_workflow(
+        self, workflow_id: str, version: int = 0, deleted_too: bool = False
+    ) -> workflow_pb2.Workflow | None:
         key = self.layout.workflow(workflow_id)
-        if version:
+        if version and deleted_too:
+            async with self.conn.pipeline(transaction=False) as pipe:
+                pipe.hget(key, str(version))
+                pipe.hget(self.layout.deleted_workflow(workflow_id), str(version))
+                live, deleted = await self.conn.do(pipe.execute())
+            data = live or deleted
+        elif version:
             data = await self.conn.do(self.conn.r.hget(key, str(version)))
         else:
             data = await self.conn.do(self._latest(keys=[key, self.layout.workflow_versions], args=[workflow_id]))
         return workflow_pb2.Workflow.FromString(data) if data else None
 
-    async def latest_workflow_version(self, workflow_id: str) -> int:
-        """Asked on every submit without a version: through the lane when there is one."""
-        return int(
-            await self.conn.do(
-                self.conn.script(
-                    self._latest_version,
-                    [self.layout.workflow(workflow_id), self.layout.workflow_versions],
-                    [workflow_id],
-                )
-            )
-        )
+    async def live_version(self, workflow_id: str, version: int = 0) -> int:
+        """Asked on every submit: through the lane when there is one."""
+        keys = [self.layout.workflow(workflow_id), self.layout.workflow_versions]
+        return int(await self.conn.do(self.conn.script(self._live_version, keys, [workflow_id, version])))
 
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
         after = decode_token(page_token)
@@ -70,12 +74,17 @@ class RedisWorkflows:
 
     async def delete_workflow(self, workflow_id: str) -> int:
         key = self.layout.workflow(workflow_id)
-        async with self.conn.pipeline(transaction=True) as pipe:
-            pipe.hlen(key)
-            pipe.delete(key)
-            pipe.zrem(self.layout.workflow_ids, workflow_id)
-            count, _, _ = await self.conn.do(pipe.execute())
-        return int(count)
+        versions = await self.conn.do(self.conn.r.hgetall(key))
+        if not versions:
+            return 0
+        deleted_at = now()
+        marked: list[bytes] = []
+        for version, data in versions.items():
+            workflow = workflow_pb2.Workflow.FromString(data)
+            workflow.delete_time.CopyFrom(deleted_at)
+            marked += [version, workflow.SerializeToString()]
+        keys = [key, self.layout.deleted_workflow(workflow_id), self.layout.workflow_ids]
+        return int(await self.conn.write(self._delete, keys, [workflow_id, *marked]))
 
 
 # KEYS: the workflow's versions hash, the latest-version hash; ARGV: workflow_id
@@ -85,9 +94,26 @@ if not version then return nil end
 return redis.call('HGET', KEYS[1], version)
 """
 
-# KEYS: the workflow's versions hash, the latest-version hash; ARGV: workflow_id -> the version, or 0
-LATEST_VERSION = """
-local version = redis.call('HGET', KEYS[2], ARGV[1])
+# KEYS: the workflow's versions hash, the latest-version hash; ARGV: workflow_id, version (0: the
+# latest) -> that version if it is there (not deleted), else 0
+LIVE_VERSION = """
+local version = ARGV[2]
+if version == '0' then version = redis.call('HGET', KEYS[2], ARGV[1]) end
 if version and redis.call('HEXISTS', KEYS[1], version) == 1 then return tonumber(version) end
 return 0
+"""
+
+# KEYS: the workflow's versions hash, its deleted versions' hash, the workflow ids; ARGV:
+# workflow_id, then (version, that version marked deleted) pairs -> how many this call deleted
+# (a version made since it read them stays; one deleted meanwhile is not counted twice)
+DELETE_VERSIONS = """
+local deleted = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    deleted = deleted + 1
+  end
+end
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[3], ARGV[1]) end
+return deleted
 """

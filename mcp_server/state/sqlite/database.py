@@ -35,7 +35,7 @@ PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS workflows (
-  workflow_id TEXT NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL,
+  workflow_id TEXT NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL, deleted_at REAL,
   PRIMARY KEY (workflow_id, version));
 CREATE TABLE IF NOT EXISTS tasks (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, workflow_id TEXT NOT NULL,
@@ -249,6 +249,9 @@ def _connect(path: str) -> sqlite3.Connection:
     if "refused" not in {row[1] for row in db.execute("PRAGMA table_info(schedules)")}:
         db.execute("ALTER TABLE schedules ADD COLUMN refused INTEGER NOT NULL DEFAULT 0")
         db.execute("ALTER TABLE schedules ADD COLUMN refusals TEXT NOT NULL DEFAULT '[]'")
+    if "deleted_at" not in {row[1] for row in db.execute("PRAGMA table_info(workflows)")}:
+        # when DeleteWorkflow retired a version (its tasks still run it); NULL: not deleted
+        db.execute("ALTER TABLE workflows ADD COLUMN deleted_at REAL")
     if "held_bytes" not in {row[1] for row in db.execute("PRAGMA table_info(signals)")}:
         # the bytes of a task's signals through each one (its last says what the task holds)
         db.execute("ALTER TABLE signals ADD COLUMN held_bytes INTEGER NOT NULL DEFAULT 0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.events import now
@@ -22,6 +23,7 @@ class SqliteWorkflows:
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         stored = workflow_pb2.Workflow()
         stored.CopyFrom(workflow)
+        stored.ClearField("delete_time")
         stored.create_time.CopyFrom(now())
 
         def insert(db: sqlite3.Connection) -> workflow_pb2.Workflow:
@@ -31,32 +33,51 @@ class SqliteWorkflows:
                 ).fetchone()
                 stored.version = int(row[0]) + 1
                 db.execute(
-                    "INSERT INTO workflows VALUES (?, ?, ?)",
+                    "INSERT INTO workflows (workflow_id, version, data) VALUES (?, ?, ?)",
                     (stored.workflow_id, stored.version, stored.SerializeToString()),
                 )
             return stored
 
         return await self.db.run(insert)
 
-    async def get_workflow(self, workflow_id: str, version: int = 0) -> workflow_pb2.Workflow | None:
+    async def get_workflow(
+        self, workflow_id: str, version: int = 0, deleted_too: bool = False
+    ) -> workflow_pb2.Workflow | None:
         args: tuple[object, ...]
         if version:
-            sql, args = "SELECT data FROM workflows WHERE workflow_id=? AND version=?", (workflow_id, version)
+            sql, args = (
+                "SELECT data, deleted_at FROM workflows WHERE workflow_id=? AND version=?",
+                (workflow_id, version),
+            )
         else:
-            sql, args = "SELECT data FROM workflows WHERE workflow_id=? ORDER BY version DESC LIMIT 1", (workflow_id,)
+            sql, args = (
+                "SELECT data, deleted_at FROM workflows WHERE workflow_id=? AND deleted_at IS NULL"
+                " ORDER BY version DESC LIMIT 1",
+                (workflow_id,),
+            )
         rows = await self.db.rows(sql, args)
-        return workflow_pb2.Workflow.FromString(rows[0][0]) if rows else None
+        if not rows or (rows[0][1] is not None and not deleted_too):
+            return None
+        workflow = workflow_pb2.Workflow.FromString(rows[0][0])
+        if rows[0][1] is not None:
+            workflow.delete_time.FromNanoseconds(int(rows[0][1] * 1e9))
+        return workflow
 
-    async def latest_workflow_version(self, workflow_id: str) -> int:
-        rows = await self.db.rows("SELECT COALESCE(MAX(version), 0) FROM workflows WHERE workflow_id=?", (workflow_id,))
-        return int(rows[0][0])
+    async def live_version(self, workflow_id: str, version: int = 0) -> int:
+        if version:
+            sql = "SELECT version FROM workflows WHERE workflow_id=? AND version=? AND deleted_at IS NULL"
+            rows = await self.db.rows(sql, (workflow_id, version))
+        else:
+            sql = "SELECT MAX(version) FROM workflows WHERE workflow_id=? AND deleted_at IS NULL"
+            rows = await self.db.rows(sql, (workflow_id,))
+        return int(rows[0][0] or 0) if rows else 0
 
     async def list_workflows(self, page_size: int, page_token: str) -> tuple[list[workflow_pb2.Workflow], str]:
         after = decode_token(page_token)
         rows = await self.db.rows(
             "SELECT w.data FROM workflows w JOIN (SELECT workflow_id, MAX(version) v FROM workflows "
-            "WHERE workflow_id > ? GROUP BY workflow_id) l ON w.workflow_id=l.workflow_id AND w.version=l.v "
-            "ORDER BY w.workflow_id LIMIT ?",
+            "WHERE workflow_id > ? AND deleted_at IS NULL GROUP BY workflow_id) l"
+            " ON w.workflow_id=l.workflow_id AND w.version=l.v ORDER BY w.workflow_id LIMIT ?",
             (after, page_size + 1),
         )
         workflows = [workflow_pb2.Workflow.FromString(r[0]) for r in rows[:page_size]]
@@ -64,4 +85,6 @@ class SqliteWorkflows:
         return workflows, token
 
     async def delete_workflow(self, workflow_id: str) -> int:
-        return await self.db.write("DELETE FROM workflows WHERE workflow_id=?", (workflow_id,))
+        return await self.db.write(
+            "UPDATE workflows SET deleted_at=? WHERE workflow_id=? AND deleted_at IS NULL", (time.time(), workflow_id)
+        )

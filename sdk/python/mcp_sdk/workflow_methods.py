@@ -80,7 +80,8 @@ class WorkflowMethods(Connection):
         ]
 
     async def delete_workflow(self, workflow_id: str) -> workflow_pb2.DeleteWorkflowResponse:
-        """Delete every version of a workflow (tasks that run it keep their copy)."""
+        """Delete every version of a workflow: nothing new starts from it, its tasks run to their
+        end (docs/workflows.md, "Deleting a workflow")."""
         reply: workflow_pb2.DeleteWorkflowResponse = await self._call(
             self.workflows.DeleteWorkflow, workflow_pb2.DeleteWorkflowRequest(workflow_id=workflow_id)
         )

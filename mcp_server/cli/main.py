@@ -127,6 +127,7 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
             priority=args.priority,
             request_id=args.request_id,
             labels=dict(args.label),
+            queue_timeout=None if args.queue_timeout is None else parse_seconds(args.queue_timeout),
         )
         if args.watch:
             if not args.json:
@@ -296,6 +297,9 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--input", help="JSON object, or @FILE")
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--request-id")
+    submit.add_argument(
+        "--queue-timeout", metavar="DURATION", help="a task not started within this (30s, 5m) ends CANCELLED"
+    )
     submit.add_argument(
         "--label", action="append", default=[], type=parse_label, metavar="KEY=VALUE", help="repeatable"
     )

@@ -78,6 +78,7 @@ def task_view(task: task_pb2.Task) -> dict[str, Any]:
         "request_id": task.request_id,
         "labels": dict(sorted(task.labels.items())),
         "created": iso(task.create_time),
+        "queue_deadline": iso(task.queue_deadline),
         "started": iso(task.start_time),
         "ended": iso(task.end_time),
         "duration_ms": millis_between(task.start_time, task.end_time),

@@ -21,6 +21,7 @@ from mcp_server.engine.cancelling import cancel_and_wait, cancel_until_stopped, 
 from mcp_server.engine.failure_notes import FailureNotes
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import TaskQueue, TaskStore, WaitStore
+from mcp_server.engine.queue_deadlines import expiry_event
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.errors import LeaseLost, McpError, Unavailable
 from mcp_server.settings import Settings
@@ -284,14 +285,18 @@ class Dispatcher:
             await self.cancel(requested, reason)
 
     async def _timer_loop(self, interval: float = 0.25) -> None:
-        """Queue the waiting tasks whose timers are due (any replica's; each once)."""
+        """Queue the waiting tasks whose timers are due (any replica's; each once), and cancel the
+        queued ones past their queue deadline."""
         assert self.waits is not None
         while True:
             await asyncio.sleep(interval)
             raise_if_cancelled()
             try:
-                if await self.waits.release_due():
+                released, expired = await self.waits.release_due()
+                if released:
                     self._wake.set()
+                for task_id in expired:  # queued past their queue deadline: they end, never started
+                    await self.queue.cancel_pending(task_id, expiry_event(task_id))
             except Unavailable:
                 continue
             except Exception:  # a bug must not stop timers for good

@@ -238,6 +238,8 @@ class Plan:
     input_schema: PayloadSchema | None = None
     # Workflow.output_schema, which the task's result must satisfy; None: any value
     output_schema: PayloadSchema | None = None
+    # defaults.queue_timeout: how long a task may wait to start (seconds); None: no limit
+    queue_timeout: float | None = None
 
     @property
     def signals(self) -> frozenset[str]:

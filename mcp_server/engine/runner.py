@@ -29,6 +29,7 @@ from mcp_server.engine.paused_runs import PausedRuns
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.ports import EventListener, ProtocolCaller, StepCache, TaskStore, UnitGate, WaitStore
+from mcp_server.engine.queue_deadlines import expired_unstarted
 from mcp_server.engine.records import stored_value, task_input
 from mcp_server.engine.schemas import rejection
 from mcp_server.engine.step_ends import code_number
@@ -109,7 +110,10 @@ class TaskRunner:
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.step_count:
             await ctx.restore()
-        self._start(ctx, lease_token)
+        if late := expired_unstarted(task, lease_token, time.time_ns()):
+            cancel_reason = {"reason": late}  # taken past its queue deadline: it ends, never started
+        else:
+            self._start(ctx, lease_token)
         follower = None
         if self.waits is not None:  # any run may park: on waits and sleeps, or on rate limits
             if plan.waits:

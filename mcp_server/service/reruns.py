@@ -95,6 +95,8 @@ class Reruns:
         if request.HasField("input"):
             self._check_input_kind(request, steps)
         task, values = self._new_task(request, source, chosen, kept, version)
+        if plan.queue_timeout is not None:  # a rerun waits to start as its workflow allows
+            task.queue_deadline.FromNanoseconds(task.create_time.ToNanoseconds() + int(plan.queue_timeout * 1e9))
         digests = sorted({d for step in kept for d in stored_refs(step.state)} | _input_digest(source))
         event = make_event(
             task.task_id,

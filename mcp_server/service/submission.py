@@ -7,10 +7,11 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
+from mcp_server.engine.compiler.fields import MAX_DURATION_SECONDS
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import make_event, now
@@ -118,6 +119,9 @@ class Submission:
             owner=principal.name,
             concurrency_key=key,
         )
+        waits_at_most = seconds_of(request.queue_timeout) if request.HasField("queue_timeout") else plan.queue_timeout
+        if waits_at_most is not None:
+            task.queue_deadline.FromNanoseconds(task.create_time.ToNanoseconds() + int(waits_at_most * 1e9))
         values = {}
         given = Payload.of_struct(request.input_data)
         if given.size > self.settings.limits.inline_value_bytes:  # stored once, beside the task, read by reference
@@ -199,6 +203,11 @@ class Submission:
     def _check_request(self, request: task_pb2.SubmitTaskRequest) -> None:
         check_input("input_data", request.input_data, self.settings.limits)
         self.check_request_id(request.request_id)
+        if request.HasField("queue_timeout") and not 0 < seconds_of(request.queue_timeout) <= MAX_DURATION_SECONDS:
+            raise InvalidArgument(
+                "queue_timeout must be positive and at most 7 days",
+                violations=[FieldViolation("queue_timeout", f"must be between 1 ns and {MAX_DURATION_SECONDS} s")],
+            )
 
     @staticmethod
     def check_request_id(request_id: str) -> None:
@@ -293,6 +302,10 @@ class Submission:
         request id it used before, it is the task that request id made for this principal)."""
         task, created = await self.submit_task(request, principal, follow=True)
         return task, created, self.watching.follow(task.task_id, 0, principal, batched=True)
+
+
+def seconds_of(duration: duration_pb2.Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
 
 
 def request_fingerprint(request: task_pb2.SubmitTaskRequest | task_pb2.RerunTaskRequest) -> str:

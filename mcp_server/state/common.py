@@ -171,6 +171,12 @@ def check_owner_share(owner: str, share: OwnerShare, count: int, held: int, size
         raise OwnerBytesFull(owner, held, size, share.bytes)
 
 
+def queue_deadline(task: task_pb2.Task) -> float | None:
+    """When a queued task that has not started ends instead (Unix seconds; see
+    Task.queue_deadline): its due time while it is queued. None: it waits as long as it takes."""
+    return task.queue_deadline.ToNanoseconds() / 1e9 if task.HasField("queue_deadline") else None
+
+
 def queued_bytes(fixed: bytes, values: Mapping[str, bytes] | None) -> int:
     """What a task's submission stores, as an owner's share of the queue counts it: its fixed
     part and the values its input put beside it (the Redis create scripts count the same)."""

@@ -557,3 +557,13 @@ async def test_a_deleted_version_s_page_says_so_and_offers_no_submit_and_its_tas
         page = await (await browser.get(f"{console.console.url}/workflows/old")).text()  # v2, not deleted
         assert 'id="deleted-notice"' not in page and 'id="submit-form"' in page
         assert 'href="/workflows/old?version=1"' in page  # the deleted one is still listed, for its tasks
+
+
+async def test_a_task_s_page_says_by_when_it_must_start(console, api):
+    await api.create_workflow({"workflow_id": "timely", "root": {"id": "t", "step": {"protocol": "echo"}}})
+    task = await api.submit("timely", {"who": "ada"}, queue_timeout=90)
+    assert task.queue_deadline.ToSeconds() - task.create_time.ToSeconds() in (89, 90, 91)
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/tasks/{task.task_id}")).text()
+    shown = page[page.index('id="queue-deadline">') :]
+    assert shown.startswith(f'id="queue-deadline">{task.queue_deadline.ToDatetime().isoformat()[:19]}')

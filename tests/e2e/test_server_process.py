@@ -567,6 +567,20 @@ def test_the_cli_submits_with_labels_and_lists_by_them(server_process):
     assert [t["task_id"] for t in left] == [made[1]["task_id"]]
 
 
+def test_the_cli_submits_with_a_queue_timeout(server_process):
+    address, _ = server_process
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "sequence.yaml")).returncode == 0
+    text = json.dumps({"text": "One. Two."})
+    submitted = mcp(address, "--json", "task", "submit", "text-pipeline", "--input", text, "--queue-timeout", "90s")
+    assert submitted.returncode == 0, submitted.stderr
+    task = json.loads(submitted.stdout)["task"]
+    assert "queue_deadline" in task and mcp(address, "task", "watch", task["task_id"], "--plain").returncode == 0
+    bad = mcp(address, "task", "submit", "text-pipeline", "--input", text, "--queue-timeout", "30d")
+    assert bad.returncode != 0 and "is not a duration" in bad.stderr
+    refused = mcp(address, "task", "submit", "text-pipeline", "--input", text, "--queue-timeout=-1s")
+    assert refused.returncode == 1 and "queue_timeout" in refused.stderr, refused
+
+
 def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
     _, process = server_process
     process.send_signal(signal.SIGTERM)

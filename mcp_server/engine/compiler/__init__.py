@@ -46,6 +46,7 @@ def compile_workflow(
         duration(workflow.defaults, "task_timeout", "workflow.defaults.task_timeout", violations)
         or default_task_timeout
     )
+    queue_timeout = duration(workflow.defaults, "queue_timeout", "workflow.defaults.queue_timeout", violations)
     root: PlanNode | None = None
     if not workflow.HasField("root"):
         violations.add("workflow.root", "a workflow needs a root node")
@@ -63,6 +64,7 @@ def compile_workflow(
         version=workflow.version,
         root=root,
         task_timeout=task_timeout,
+        queue_timeout=queue_timeout,
         node_count=scope.node_count,
         depth=scope.depth,
         protocols=frozenset(scope.protocols),

@@ -116,9 +116,10 @@ class WaitStore(Protocol):
         other processes' through `pending_signals`)."""
         ...
 
-    async def release_due(self) -> int:
+    async def release_due(self) -> tuple[int, list[str]]:
         """Queue every waiting task whose due time has come (each once, whichever replica asks);
-        return how many."""
+        return how many, and the queued tasks whose queue deadline has passed (Task.queue_deadline,
+        their due time while they are queued), for the caller to cancel (at most 1,000 a call)."""
         ...
 
     async def waiting_count(self) -> int:

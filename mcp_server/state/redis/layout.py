@@ -138,7 +138,8 @@ class Layout:
         return f"{self.base(partition)}c"
 
     def due(self, partition: int) -> str:
-        """When WAITING tasks of this partition resume without a signal: zset task_id -> ms."""
+        """When WAITING tasks of this partition resume without a signal, and when its queued tasks
+        with a queue deadline end unstarted: zset task_id -> ms."""
         return f"{self.base(partition)}d"
 
     def signals_pending(self, partition: int) -> str:

@@ -18,6 +18,7 @@ from mcp_server.state.common import (
     live_part,
     mark_cancelled,
     now_seconds,
+    queue_deadline,
     queued_bytes,
     request_task_id,
     rerun_dedupe_key,
@@ -192,6 +193,7 @@ class RedisQueue(CreateTask, CancelRequests):
             group.name,
             group.max_running,
             self.layout.task_prefix(partition),
+            "" if (deadline := queue_deadline(task)) is None else int(deadline * 1000),
         ]
         script_keys = [
             keys.header,

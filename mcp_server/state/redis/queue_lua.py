@@ -8,7 +8,7 @@ from mcp_server.state.redis.fair_lua import FAIR
 from mcp_server.state.redis.status_lua import MOVE_STATUS
 
 # The body both creates share: the header, the first event, queued or leased at once.
-# KEYS[1..5] and ARGV[1..14] as CREATE_TASK's, `qb` the bytes the submission stores (its fixed
+# KEYS[1..5] and ARGV[1..15] as CREATE_TASK's, `qb` the bytes the submission stores (its fixed
 # part and its values: state/common.queued_bytes); sets `micros` and `token`.
 _STORE_TASK = """
 local now = redis.call('TIME')
@@ -22,6 +22,9 @@ if tonumber(ARGV[13]) > 0 then redis.call('SADD', KEYS[3] .. ':m:' .. ARGV[12], 
 local token = 0
 if ARGV[10] == '' or fair_full(KEYS[3], KEYS[1], ARGV[14], KEYS[5]) then
   fair_push(KEYS[3], KEYS[1])
+  -- queued with a queue deadline: that is its due time (the partition's due times, Layout.due,
+  -- are its queue key with `d` for `q`); a claim takes it off, RELEASE_DUE hands it back past it
+  if ARGV[15] ~= '' then redis.call('ZADD', string.sub(KEYS[3], 1, -2) .. 'd', ARGV[15], ARGV[1]) end
 else  -- started at once by the replica that took the submission: leased, never queued
   token = 1
   redis.call('HSET', KEYS[1], 'tok', 1, 'by', ARGV[10])
@@ -43,18 +46,18 @@ end
 #       indexes of its labels
 # ARGV: task_id, fixed, live, status, priority, owner, workflow, fingerprint, event,
 #       holder ('' to queue the task), lease expiry ms, group, its cap, task key prefix,
-#       then digest, value pairs
+#       queue deadline ms ('' for none), then digest, value pairs
 # -> {1, token} created (token 0 when queued); {0, fingerprint} it exists already
 CREATE_TASK = (
     FAIR
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
 local qb = #ARGV[2]
-for i = 16, #ARGV, 2 do qb = qb + #ARGV[i] end
+for i = 17, #ARGV, 2 do qb = qb + #ARGV[i] end
 """
     + _STORE_TASK
     + """
-for i = 15, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
+for i = 16, #ARGV, 2 do redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1]) end
 index_labels(12)
 return {1, token}
 """
@@ -65,7 +68,7 @@ return {1, token}
 # bytes (the source, or the task the source links to), which keeps them until it is purged.
 # KEYS: as CREATE_TASK's up to the indexes, then steps, order, value links, the source's header, the
 #       source's reruns, then the indexes of its labels
-# ARGV: as CREATE_TASK's up to the task key prefix, then the source's id, #values,
+# ARGV: as CREATE_TASK's up to the queue deadline, then the source's id, #values,
 #       (digest, value) pairs, #records, (index, path, record) triples, then the digests to link
 # -> as CREATE_TASK's; {-1, what} when the source or one of its values is gone
 CREATE_RERUN = (
@@ -73,9 +76,9 @@ CREATE_RERUN = (
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'fp') or ''} end
 if redis.call('EXISTS', KEYS[15]) == 0 then return {-1, 'the task'} end
-local prefix, source = ARGV[14], ARGV[15]
-local values_at = 17
-local records_at = values_at + 2 * tonumber(ARGV[16]) + 1
+local prefix, source = ARGV[14], ARGV[16]
+local values_at = 18
+local records_at = values_at + 2 * tonumber(ARGV[17]) + 1
 local digests_at = records_at + 3 * tonumber(ARGV[records_at - 1])
 local origins = {}
 for j = digests_at, #ARGV do

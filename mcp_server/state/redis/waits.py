@@ -120,19 +120,19 @@ class RedisWaits:
         held task); what is lost to a dropped connection the replicas' poll finds."""
         return follow_channel(self.conn, self.layout.signal_channel, "signals through other replicas wait for the poll")
 
-    async def release_due(self) -> int:
+    async def release_due(self) -> tuple[int, list[str]]:
         now_ms = int(now_seconds() * 1000)
         replies = await self.conn.scripts(
             [
                 (
                     self._release_due,
                     [self.layout.due(p), self.layout.queue(p)],
-                    [now_ms, self.layout.task_prefix(p), WAITING],
+                    [now_ms, self.layout.task_prefix(p), WAITING, task_pb2.TASK_STATUS_PENDING],
                 )
                 for p in range(self.layout.partitions)
             ]
         )
-        return sum(int(n) for n in replies)
+        return sum(int(reply[0]) for reply in replies), [raw.decode() for reply in replies for raw in reply[1:]]
 
     async def waiting_count(self) -> int:
         async with self.conn.pipeline(transaction=False) as pipe:

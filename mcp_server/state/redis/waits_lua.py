@@ -68,20 +68,24 @@ return {'delivered', index}
 """
 )
 
-# KEYS: due times, queue; ARGV: now ms, task key prefix, waiting -> how many went to the queue
+# KEYS: due times, queue; ARGV: now ms, task key prefix, waiting, pending -> {how many went to the
+# queue, then the ids of queued tasks past their queue deadline} (each taken off the due times once)
 RELEASE_DUE = (
     FAIR
     + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-local n = 0
+local released = {0}
 for _, task_id in ipairs(due) do
   redis.call('ZREM', KEYS[1], task_id)
   local head = ARGV[2] .. task_id
-  if redis.call('HGET', head, 'st') == ARGV[3] then
+  local status = redis.call('HGET', head, 'st')
+  if status == ARGV[3] then
     fair_push(KEYS[2], head)
-    n = n + 1
+    released[1] = released[1] + 1
+  elseif status == ARGV[4] then
+    table.insert(released, task_id)
   end
 end
-return n
+return released
 """
 )

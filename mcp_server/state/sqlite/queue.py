@@ -24,6 +24,7 @@ from mcp_server.state.common import (
     mark_cancelled,
     now_seconds,
     owner_to_count,
+    queue_deadline,
     queued_bytes,
     request_task_id,
     rerun_dedupe_key,
@@ -83,7 +84,7 @@ class SqliteQueue(CreateTask):
                     "INSERT INTO tasks (task_id, workflow_id, owner, status, priority,"
                     " request_id, request_fp, fixed, live, "
                     "last_sequence, queued, lease_owner, lease_token, lease_expires, rerun_of, fair_group, fair_cap,"
-                    " queued_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " queued_bytes, due_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         task.task_id,
                         task.workflow_id,
@@ -100,6 +101,7 @@ class SqliteQueue(CreateTask):
                         group.name,
                         group.max_running,
                         size,
+                        None if start else queue_deadline(task),  # a queued task's due time: its deadline
                     ),
                 )
                 if task.labels:  # the index ListTasks reads a label from
@@ -295,7 +297,8 @@ class SqliteQueue(CreateTask):
             numbered = mark_cancelled(task, event)
             with db:
                 db.execute(
-                    "UPDATE tasks SET live=?, status=?, last_sequence=?, queued=0, finished_at=? WHERE task_id=?",
+                    "UPDATE tasks SET live=?, status=?, last_sequence=?, queued=0, finished_at=?, due_at=NULL"
+                    " WHERE task_id=?",
                     (live_part(task), task.status, task.last_sequence, now_seconds(), task_id),
                 )
                 db.execute(

@@ -122,11 +122,22 @@ class SqliteWaits:
         return
         yield  # an async generator that ends at once
 
-    async def release_due(self) -> int:
-        return await self.db.write(
-            "UPDATE tasks SET queued=1, due_at=NULL WHERE due_at IS NOT NULL AND due_at <= ? AND status=?",
-            (now_seconds(), WAITING),
-        )
+    async def release_due(self) -> tuple[int, list[str]]:
+        def release(db: sqlite3.Connection) -> tuple[int, list[str]]:
+            due = now_seconds()
+            with db:
+                queued = db.execute(
+                    "UPDATE tasks SET queued=1, due_at=NULL WHERE due_at IS NOT NULL AND due_at <= ? AND status=?",
+                    (due, WAITING),
+                ).rowcount
+            expired = db.execute(  # queued tasks past their queue deadline (cancelling them clears it)
+                "SELECT task_id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ? AND status=? AND queued=1"
+                " LIMIT 1000",
+                (due, task_pb2.TASK_STATUS_PENDING),
+            ).fetchall()
+            return int(queued), [str(row[0]) for row in expired]
+
+        return await self.db.run(release)
 
     async def waiting_count(self) -> int:
         rows = await self.db.rows("SELECT COUNT(*) FROM tasks WHERE status=?", (WAITING,))

@@ -22,6 +22,7 @@ def submit_request(
     priority: int,
     labels: Mapping[str, str] | None,
     version: int,
+    queue_timeout: float | None = None,
 ) -> task_pb2.SubmitTaskRequest:
     """A SubmitTaskRequest; a request id is generated when none is given (so that a retried
     submission is one task). An input nested too deeply raises McpError INVALID_ARGUMENT."""
@@ -34,7 +35,7 @@ def submit_request(
             reason="VALUE_TOO_DEEP",
             violations=(FieldViolation("input_data", str(exc)),),
         ) from None
-    return task_pb2.SubmitTaskRequest(
+    request = task_pb2.SubmitTaskRequest(
         workflow_id=workflow_id,
         workflow_version=version,
         input_data=input_data,
@@ -42,6 +43,9 @@ def submit_request(
         request_id=request_id or uuid.uuid4().hex,
         labels=dict(labels or {}),
     )
+    if queue_timeout is not None:
+        request.queue_timeout.FromNanoseconds(round(queue_timeout * 1e9))
+    return request
 
 
 def workflow_from(definition: workflow_pb2.Workflow | Mapping[str, Any] | str) -> workflow_pb2.Workflow:

@@ -107,10 +107,17 @@ class SyncClient:
         priority: int = 0,
         labels: Mapping[str, str] | None = None,
         version: int = 0,
+        queue_timeout: float | None = None,
     ) -> task_pb2.Task:
         return self._run(
             self._client.submit(
-                workflow_id, input, request_id=request_id, priority=priority, labels=labels, version=version
+                workflow_id,
+                input,
+                request_id=request_id,
+                priority=priority,
+                labels=labels,
+                version=version,
+                queue_timeout=queue_timeout,
             )
         )
 

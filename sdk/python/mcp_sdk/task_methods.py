@@ -38,13 +38,16 @@ class TaskMethods(Connection):
         priority: int = 0,
         labels: Mapping[str, str] | None = None,
         version: int = 0,
+        queue_timeout: float | None = None,
     ) -> task_pb2.Task:
         """Submit a task; returns it as stored (PENDING, or further along already).
 
         `request_id` makes the submission idempotent for this principal: the same id returns the
         first task. When none is given one is generated, so that gRPC's retries never submit twice.
+        `queue_timeout` (seconds): a task not started by then ends CANCELLED (`QUEUE_TIMEOUT:`) and
+        never runs; None: the workflow's `defaults.queue_timeout`, if any.
         A refusal past a submission rate limit is waited out for up to `rate_limited_wait`."""
-        request = submit_request(workflow_id, input, request_id, priority, labels, version)
+        request = submit_request(workflow_id, input, request_id, priority, labels, version, queue_timeout)
         reply: task_pb2.SubmitTaskResponse = await self._submission(self.tasks.SubmitTask, request)
         return reply.task
 
@@ -236,6 +239,7 @@ class TaskMethods(Connection):
         priority: int = 0,
         labels: Mapping[str, str] | None = None,
         version: int = 0,
+        queue_timeout: float | None = None,
     ) -> AsyncGenerator[task_pb2.TaskEvent, None]:
         """Submit a task and yield its events from the first (QUEUED, which names the task in
         `task_id`) to the terminal one, each once, in one SubmitAndWatchTask stream (options as
@@ -244,7 +248,7 @@ class TaskMethods(Connection):
         request id is asked again, which streams the same task (after a refusal past a submission
         rate limit, when its retry time comes, as `run` does). On a server without
         SubmitAndWatchTask: `submit`, then `watch`."""
-        request = submit_request(workflow_id, input, request_id, priority, labels, version)
+        request = submit_request(workflow_id, input, request_id, priority, labels, version, queue_timeout)
         backoff = Backoff(give_up_after=self.watch_give_up_after)
         cursor = Cursor(0, backoff)
         task_id = ""
@@ -303,13 +307,14 @@ class TaskMethods(Connection):
         priority: int = 0,
         labels: Mapping[str, str] | None = None,
         version: int = 0,
+        queue_timeout: float | None = None,
     ) -> JsonValue:
         """Submit a task and wait for its result, in one RunTask call (options as `submit`; raises
         as `result`). A cut connection or a restarting server is waited out as `watch` does, by
         asking again with the same request id, which waits for the same task; so is a refusal past
         a submission rate limit, asked again when its retry time comes (raised at once when that
         is past `watch_give_up_after`). On a server without RunTask: `submit`, then `result`."""
-        request = submit_request(workflow_id, input, request_id, priority, labels, version)
+        request = submit_request(workflow_id, input, request_id, priority, labels, version, queue_timeout)
         backoff = Backoff(give_up_after=self.watch_give_up_after)
         async with asyncio.timeout(timeout):
             while True:

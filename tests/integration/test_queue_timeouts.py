@@ -1,0 +1,176 @@
+"""Queue timeouts: a task that has not started by its queue deadline ends CANCELLED
+(`QUEUE_TIMEOUT:`) and never runs; one that started is never expired."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+
+from mcp_sdk.proto import schedule_pb2, task_pb2
+from mcp_server.engine.compiler import compile_workflow
+from mcp_server.engine.event_types import E
+from mcp_server.engine.events import make_event, now
+from mcp_server.engine.runner import TaskRunner
+from mcp_server.settings import Limits
+from mcp_server.state import open_store
+from tests.conftest import client_for
+from tests.helpers import create, error_reason, events, step, violations, wait_done, workflow
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2
+NAP = step("nap", "sleep", "{'ms': 1500}")
+
+
+@pytest.fixture
+async def one_slot(server_factory, store_url):
+    """A replica that runs one task at a time, busy with a 1.5 s nap: what comes next queues."""
+    client = client_for(await server_factory(store=store_url, limits=Limits(max_tasks_in_flight=1)))
+    await create(client, workflow("nap", NAP))
+    await create(client, workflow("quick", step("say", "echo")))
+    yield client
+    await client.channel.close()
+
+
+def request(workflow_id: str, queue_timeout: float | None = None, **fields: Any) -> task_pb2.SubmitTaskRequest:
+    sent = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, **fields)
+    sent.input_data.update({"who": "ada"})
+    if queue_timeout is not None:
+        sent.queue_timeout.FromNanoseconds(int(queue_timeout * 1e9))
+    return sent
+
+
+async def submitted(client: Any, sent: task_pb2.SubmitTaskRequest) -> task_pb2.Task:
+    return (await client.tasks.SubmitTask(sent)).task
+
+
+async def busy(client: Any) -> task_pb2.Task:
+    nap = await submitted(client, request("nap"))
+    async with asyncio.timeout(10):
+        while (
+            await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=nap.task_id))
+        ).task.status != S.TASK_STATUS_RUNNING:
+            await asyncio.sleep(0.01)
+    return nap
+
+
+async def test_a_queued_task_not_started_by_its_deadline_ends_cancelled_and_never_runs(one_slot):
+    client = one_slot
+    nap = await busy(client)
+    began = time.monotonic()
+    late = await submitted(client, request("quick", queue_timeout=0.3))
+    patient = await submitted(client, request("quick", queue_timeout=30))
+    assert late.queue_deadline.ToNanoseconds() - late.create_time.ToNanoseconds() == 300_000_000
+
+    ended = await wait_done(client, late.task_id)
+    assert time.monotonic() - began < 1.4  # by the sweep, while the nap still holds the slot
+    assert ended.status == S.TASK_STATUS_CANCELLED and ended.error.message.startswith("QUEUE_TIMEOUT:")
+    assert not ended.HasField("start_time") and ended.step_count == 0
+    assert [e.type for e in await events(client, late.task_id)] == [
+        S.TASK_EVENT_TYPE_QUEUED,
+        S.TASK_EVENT_TYPE_CANCELLED,
+    ]
+    assert (await wait_done(client, patient.task_id)).status == S.TASK_STATUS_COMPLETED
+    assert (await wait_done(client, nap.task_id)).status == S.TASK_STATUS_COMPLETED
+
+
+async def test_the_workflow_default_applies_and_a_request_overrides_it(one_slot):
+    client = one_slot
+    hasty = workflow("hasty", step("say", "echo"), defaults={"queue_timeout": "0.3s"})
+    await create(client, hasty)
+    await busy(client)
+    by_default = await submitted(client, request("hasty"))
+    overridden = await submitted(client, request("hasty", queue_timeout=30))
+    assert (await wait_done(client, by_default.task_id)).error.message.startswith("QUEUE_TIMEOUT:")
+    assert (await wait_done(client, overridden.task_id)).status == S.TASK_STATUS_COMPLETED
+
+
+async def test_a_task_that_started_is_never_expired(server_factory, store_url):
+    client = client_for(await server_factory(store=store_url))
+    await create(client, workflow("nap", NAP))
+    started = await submitted(client, request("nap", queue_timeout=0.2))  # room: it starts at once
+    done = await wait_done(client, started.task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED  # 1.5 s past a 0.2 s deadline
+    await client.channel.close()
+
+
+async def test_a_task_behind_its_concurrency_key_expires_too(server_factory, store_url):
+    client = client_for(await server_factory(store=store_url))
+    keyed = workflow("keyed", NAP, concurrency={"key": "input.who", "max_running": 1})
+    await create(client, keyed)
+    first = await submitted(client, request("keyed"))
+    behind = await submitted(client, request("keyed", queue_timeout=0.3))
+    assert (await wait_done(client, behind.task_id)).error.message.startswith("QUEUE_TIMEOUT:")
+    assert (await wait_done(client, first.task_id)).status == S.TASK_STATUS_COMPLETED
+    await client.channel.close()
+
+
+async def test_a_rerun_waits_as_its_workflow_allows(one_slot):
+    client = one_slot
+    await create(client, workflow("hasty", step("say", "echo"), defaults={"queue_timeout": "0.3s"}))
+    source = await wait_done(client, (await submitted(client, request("hasty"))).task_id)
+    await busy(client)
+    rerun = (await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=source.task_id))).task
+    assert rerun.HasField("queue_deadline")
+    assert (await wait_done(client, rerun.task_id)).error.message.startswith("QUEUE_TIMEOUT:")
+
+
+async def test_a_queue_timeout_out_of_range_is_refused_naming_the_field(server_factory, store_url):
+    client = client_for(await server_factory(store=store_url))
+    await create(client, workflow("quick", step("say", "echo")))
+    for seconds in (-1, 8 * 24 * 3600):
+        sent = request("quick")
+        sent.queue_timeout.CopyFrom(duration_pb2.Duration(seconds=seconds))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.tasks.SubmitTask(sent)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "queue_timeout" in violations(caught.value)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create(client, workflow("bad", step("say", "echo"), defaults={"queue_timeout": "-1s"}))
+    assert "workflow.defaults.queue_timeout" in violations(caught.value)
+    schedule = schedule_pb2.Schedule(schedule_id="late", action=request("quick"))
+    schedule.spec.every.add(seconds=60)
+    schedule.action.queue_timeout.CopyFrom(duration_pb2.Duration(seconds=-5))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+    assert error_reason(caught.value) and any("queue_timeout" in f for f in violations(caught.value))
+    await client.channel.close()
+
+
+class NeverCalled:
+    """A caller for a run that must call nothing."""
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a task past its queue deadline called a protocol")
+
+
+async def test_a_run_that_takes_a_task_past_its_deadline_ends_it_before_it_starts(store_url):
+    """The sweep's gap: a replica claims the task after its deadline, before any sweep came to it."""
+    store = await open_store(store_url)
+    try:
+        task = task_pb2.Task(
+            task_id=uuid.uuid4().hex,
+            workflow_id="quick",
+            workflow_version=1,
+            status=S.TASK_STATUS_PENDING,
+            create_time=now(),
+            last_sequence=1,
+        )
+        task.queue_deadline.FromNanoseconds(time.time_ns() + 50_000_000)
+        await store.queue.create_task(task, make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED))
+        await asyncio.sleep(0.1)
+        claimed, token = await store.queue.claim_task("here", 30)
+        plan = compile_workflow(workflow("quick", step("say", "echo")), Limits())
+        await TaskRunner(NeverCalled(), store.tasks).resume_from(claimed, plan, token)  # type: ignore[arg-type]
+
+        ended = await store.tasks.get_task(task.task_id)
+        assert ended.status == S.TASK_STATUS_CANCELLED and ended.error.message.startswith("QUEUE_TIMEOUT:")
+        assert not ended.HasField("start_time")
+        logged = [e.type for e in await store.tasks.read_events(task.task_id, 0)]
+        assert logged == [S.TASK_EVENT_TYPE_QUEUED, S.TASK_EVENT_TYPE_CANCELLED]
+    finally:
+        await store.close()

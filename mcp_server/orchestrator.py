@@ -95,7 +95,13 @@ class Orchestrator:
         self.step_cache = runner.step_cache
         self.deleting = Deleting(store.tasks, runner.step_cache, self.metrics.tasks_removed.labels("deleted").inc)
         self.cancelling = Cancelling(
-            store.queue, store.tasks, self.dispatcher, self.reads, settings.lease_seconds, settings.replica_id
+            store.queue,
+            store.tasks,
+            self.dispatcher,
+            self.reads,
+            settings.lease_seconds,
+            settings.replica_id,
+            self.listeners,
         )
         self.submission = Submission(
             settings,

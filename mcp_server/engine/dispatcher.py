@@ -21,7 +21,8 @@ from mcp_server.engine.cancelling import cancel_and_wait, cancel_until_stopped, 
 from mcp_server.engine.failure_notes import FailureNotes
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import TaskQueue, TaskStore, WaitStore
-from mcp_server.engine.queue_deadlines import expiry_event
+from mcp_server.engine.queue_deadlines import SWEPT
+from mcp_server.engine.queued_cancels import cancel_queued
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.errors import LeaseLost, McpError, Unavailable
 from mcp_server.settings import Settings
@@ -296,7 +297,7 @@ class Dispatcher:
                 if released:
                     self._wake.set()
                 for task_id in expired:  # queued past their queue deadline: they end, never started
-                    await self.queue.cancel_pending(task_id, expiry_event(task_id))
+                    await cancel_queued(self.queue, self.runner.listeners, task_id, SWEPT)
             except Unavailable:
                 continue
             except Exception:  # a bug must not stop timers for good

@@ -10,8 +10,6 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.event_types import E
-from mcp_server.engine.events import now
 from mcp_server.engine.instants import rfc3339_of
 
 QUEUE_TIMEOUT = "QUEUE_TIMEOUT"
@@ -31,11 +29,5 @@ def expiry_reason(deadline: timestamp_pb2.Timestamp) -> str:
     return f"{QUEUE_TIMEOUT}: not started by its queue deadline, {rfc3339_of(deadline.ToNanoseconds() / 1e9)}"
 
 
-def expiry_event(task_id: str) -> task_pb2.TaskEvent:
-    """The CANCELLED event of a queued task the due-time sweep found past its deadline."""
-    return task_pb2.TaskEvent(
-        task_id=task_id,
-        type=E.TASK_EVENT_TYPE_CANCELLED,
-        time=now(),
-        message=f"{QUEUE_TIMEOUT}: not started by its queue deadline",
-    )
+# the message of a task the due-time sweep ends (it reads no header: the deadline is not named)
+SWEPT = f"{QUEUE_TIMEOUT}: not started by its queue deadline"

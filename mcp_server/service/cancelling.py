@@ -5,13 +5,13 @@ is told of at once (on Redis; else its poll finds it)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.dispatcher import Dispatcher
-from mcp_server.engine.event_types import E
-from mcp_server.engine.events import now
-from mcp_server.engine.ports import TaskQueue, TaskStore
+from mcp_server.engine.ports import EventListener, TaskQueue, TaskStore
+from mcp_server.engine.queued_cancels import cancel_queued
 from mcp_server.errors import DeadlineExceeded, FailedPrecondition
 from mcp_server.service.access import visible_task
 from mcp_server.service.task_reads import TaskReads
@@ -27,8 +27,10 @@ class Cancelling:
         reads: TaskReads,
         lease_seconds: float,
         replica_id: str,
+        listeners: Sequence[EventListener] = (),
     ) -> None:
         self.replica_id = replica_id
+        self.listeners = listeners
         self.queue = queue
         self.tasks = tasks
         self.dispatcher = dispatcher
@@ -66,8 +68,7 @@ class Cancelling:
         """Start cancelling a task without waiting for its end (a new task of its concurrency key
         replaces it): a queued one at once, one running here at once, a waiting one by running it
         to its end here, one running elsewhere through a request that replica acts on."""
-        event = task_pb2.TaskEvent(task_id=task_id, type=E.TASK_EVENT_TYPE_CANCELLED, time=now(), message=why)
-        if await self.queue.cancel_pending(task_id, event) is not None or await self.dispatcher.cancel(task_id, why):
+        if await self.cancel_queued(task_id, why) is not None or await self.dispatcher.cancel(task_id, why):
             return
         task = await self.tasks.get_task(task_id)
         if task is None or task.status in TERMINAL:
@@ -81,15 +82,13 @@ class Cancelling:
 
     async def cancel_queued(self, task_id: str, why: str) -> task_pb2.Task | None:
         """Cancel a task still queued, at once; the task as it ended, or None if it left the queue."""
-        event = task_pb2.TaskEvent(task_id=task_id, type=E.TASK_EVENT_TYPE_CANCELLED, time=now(), message=why)
-        return await self.queue.cancel_pending(task_id, event)
+        return await cancel_queued(self.queue, self.listeners, task_id, why)
 
     async def _cancelled(self, task: task_pb2.Task, why: str, principal: Principal) -> bool:
         """Cancel the task as its state allows; True once it is cancelled (or will be, here), False
         when its state changed meanwhile (look again)."""
         task_id = task.task_id
-        event = task_pb2.TaskEvent(task_id=task_id, type=E.TASK_EVENT_TYPE_CANCELLED, time=now(), message=why)
-        if await self.queue.cancel_pending(task_id, event) is not None:
+        if await self.cancel_queued(task_id, why) is not None:
             return True
         if await self.dispatcher.cancel(task_id, why):
             return True

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.event_types import E
+from mcp_server.engine.queue_deadlines import QUEUE_TIMEOUT
 
 log = logging.getLogger(__name__)
 StoreT = TypeVar("StoreT")
@@ -190,6 +191,12 @@ class Metrics:
             ["key"],
             registry=r,
         )
+        self.queue_timeouts = Counter(
+            "mcp_queue_timeouts_total",
+            "Tasks that ended CANCELLED unstarted, past their queue deadline, by workflow",
+            ["workflow"],
+            registry=r,
+        )
         self.capacity_waiters = Gauge(
             "mcp_capacity_waiters", "Calls of this replica waiting for capacity, by protocol", ["protocol"], registry=r
         )
@@ -223,6 +230,8 @@ class Metrics:
                 self.reused_steps.inc(kept.number_value if kept is not None else 0)
         elif kind in TERMINAL:
             self._task_child(task.workflow_id, TERMINAL[kind]).inc()
+            if kind == E.TASK_EVENT_TYPE_CANCELLED and event.message.startswith(QUEUE_TIMEOUT):
+                self.queue_timeouts.labels(task.workflow_id).inc()
         elif kind == E.TASK_EVENT_TYPE_STEP_RETRYING:
             data = event.data.fields
             self.retries.labels(event.protocol, data["code"].string_value if "code" in data else "").inc()

@@ -20,7 +20,9 @@ from mcp_server.engine.runner import TaskRunner
 from mcp_server.settings import Limits
 from mcp_server.state import open_store
 from tests.conftest import client_for
+from tests.e2e.test_server_process import free_port
 from tests.helpers import create, error_reason, events, step, violations, wait_done, workflow
+from tests.integration.test_observability import scrape
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2
@@ -174,3 +176,20 @@ async def test_a_run_that_takes_a_task_past_its_deadline_ends_it_before_it_start
         assert logged == [S.TASK_EVENT_TYPE_QUEUED, S.TASK_EVENT_TYPE_CANCELLED]
     finally:
         await store.close()
+
+
+async def test_expired_and_cancelled_queued_tasks_are_counted(server_factory, store_url):
+    port = free_port()
+    running = await server_factory(store=store_url, limits=Limits(max_tasks_in_flight=1), metrics_port=port)
+    client = client_for(running)
+    await create(client, workflow("nap", NAP))
+    await create(client, workflow("quick", step("say", "echo")))
+    await busy(client)
+    expired = await submitted(client, request("quick", queue_timeout=0.2))
+    cancelled = await submitted(client, request("quick"))
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=cancelled.task_id, reason="not needed"))
+    await wait_done(client, expired.task_id)
+    samples = await asyncio.to_thread(scrape, port)
+    assert samples['mcp_queue_timeouts_total{workflow="quick"}'] == 1
+    assert samples['mcp_tasks_finished_total{status="cancelled",workflow="quick"}'] == 2
+    await client.channel.close()

@@ -44,6 +44,7 @@ from bench.harness import (
     throughput,
 )
 from bench.layout import bench_layout
+from bench.queue_timeouts import bench_queue_timeouts
 from bench.report import REDIS, RESULTS, table
 from bench.reruns import bench_reruns
 from bench.schedules import bench_schedules
@@ -402,7 +403,7 @@ async def main() -> None:
         "--only",
         action="append",
         help="chains, contract, calls, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster,"
-        " console, bursts, waits, reruns, fairness, schedules, cache",
+        " console, bursts, waits, reruns, fairness, schedules, cache, queue-timeouts",
     )
     parser.add_argument(
         "--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares"
@@ -439,6 +440,7 @@ async def main() -> None:
         "fairness": bench_fairness,
         "schedules": bench_schedules,
         "cache": bench_cache,
+        "queue-timeouts": bench_queue_timeouts,
     }
     try:
         for name, suite in suites.items():

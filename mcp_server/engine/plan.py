@@ -187,6 +187,7 @@ class SubworkflowPlan:
     # output_schema, which its result must
     input_schema: PayloadSchema | None = None
     output_schema: PayloadSchema | None = None
+    fill_input_defaults: bool = False  # that workflow's: its input gets input_schema's defaults
     kind: str = "subworkflow"
 
 
@@ -240,6 +241,8 @@ class Plan:
     output_schema: PayloadSchema | None = None
     # defaults.queue_timeout: how long a task may wait to start (seconds); None: no limit
     queue_timeout: float | None = None
+    # Workflow.fill_input_defaults: a task's input gets the defaults input_schema declares
+    fill_input_defaults: bool = False
 
     @property
     def signals(self) -> frozenset[str]:

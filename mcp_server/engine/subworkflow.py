@@ -11,6 +11,7 @@ from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import STEPS, child_path, evaluate, execute, runs
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import SubworkflowPlan
+from mcp_server.engine.schema_defaults import with_defaults
 from mcp_server.engine.schemas import rejection
 from mcp_server.engine.values import as_object
 
@@ -24,6 +25,9 @@ async def run_subworkflow(
         given = value.as_object()
     else:
         given = Payload.of_python(as_object(evaluate(node.input, ctx, value, scope, node.id, "input")))
+    if node.input_schema and node.fill_input_defaults:
+        filled = with_defaults(node.input_schema.source, given.python())
+        given = given if filled is given.python() else Payload.of_python(filled)
     if node.input_schema and (rejected := await rejection(node.input_schema, given.python(), "input")):
         raise NodeFailed("INVALID_ARGUMENT", f"node {node.id}: its input does not fit {_schema_of(node)}: {rejected}")
     own: dict[str, Any] = {"input": given, STEPS: dict(ctx.restored_outputs.get(path, {}))}

@@ -28,8 +28,9 @@ from mcp_server.engine.ports import (
     UnitGate,
     WorkflowStore,
 )
+from mcp_server.engine.schema_defaults import with_defaults
 from mcp_server.engine.schemas import problems_off_loop
-from mcp_server.engine.values import ValueTooDeep, message_depth
+from mcp_server.engine.values import ValueTooDeep, dict_to_struct, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.service.access import require, visible_task
@@ -97,7 +98,7 @@ class Submission:
         if limited:
             self.rate_limiter.take(principal.name)
         try:
-            plan, version, group, key = await self._admit(request, principal)
+            plan, version, group, key, input_data = await self._admit(request, principal)
         except (InvalidArgument, NotFound, FailedPrecondition):
             if (earlier := await self.retried(request, principal)) is not None:
                 return earlier, False
@@ -109,7 +110,7 @@ class Submission:
             task_id=task_id,
             workflow_id=plan.workflow_id,
             workflow_version=version,
-            input_data=request.input_data,
+            input_data=input_data,
             status=task_pb2.TASK_STATUS_PENDING,
             priority=request.priority,
             request_id=request.request_id,
@@ -123,7 +124,7 @@ class Submission:
         if waits_at_most is not None:
             task.queue_deadline.FromNanoseconds(task.create_time.ToNanoseconds() + int(waits_at_most * 1e9))
         values = {}
-        given = Payload.of_struct(request.input_data)
+        given = Payload.of_struct(input_data)
         if given.size > self.settings.limits.inline_value_bytes:  # stored once, beside the task, read by reference
             values[given.sha256] = given.serialized()
             task.ClearField("input_data")
@@ -165,8 +166,9 @@ class Submission:
 
     async def _admit(
         self, request: task_pb2.SubmitTaskRequest, principal: Principal
-    ) -> tuple[Plan, int, QueueGroup, str]:
-        """The checks of a submission: its plan and version, its queue group and concurrency key."""
+    ) -> tuple[Plan, int, QueueGroup, str, struct_pb2.Struct]:
+        """The checks of a submission: its plan and version, its queue group and concurrency key,
+        and its input (with the defaults its input schema declares, when its workflow fills them)."""
         self._check_request(request)
         version = await self.workflows.live_version(request.workflow_id, request.workflow_version)
         if not version:
@@ -177,10 +179,15 @@ class Submission:
                 metadata={"workflow_id": request.workflow_id},
             )
         plan = await self.plans.get(request.workflow_id, version)  # compiled once per version, then cached
+        input_data = request.input_data
         if plan.input_schema is not None:
-            await check_input_schema(plan, struct_to_python(request.input_data), "input_data")
-        group, key = queue_group(plan, request.input_data, request.labels, principal.name)
-        return plan, version, group, key
+            given = struct_to_python(input_data)
+            if plan.fill_input_defaults and (filled := with_defaults(plan.input_schema.source, given)) is not given:
+                given, input_data = filled, dict_to_struct(filled)
+                check_input("input_data", input_data, self.settings.limits)  # the defaults count too
+            await check_input_schema(plan, given, "input_data")
+        group, key = queue_group(plan, input_data, request.labels, principal.name)
+        return plan, version, group, key, input_data
 
     async def retried(
         self, request: task_pb2.SubmitTaskRequest | task_pb2.RerunTaskRequest, principal: Principal

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from mcp_sdk.proto import schedule_pb2, task_pb2
+from mcp_sdk.values import struct_to_dict
 from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.helpers import create, error_reason, result, step, submit, violations, wait_done, workflow
@@ -269,3 +270,53 @@ async def test_a_subworkflow_whose_result_its_schema_rejects_fails_its_node(serv
 async def test_an_output_schema_that_is_not_one_is_refused_at_create(served):
     error = await refused(create(served, workflow("bad-out", step("s", "echo"), output_schema={"type": 5})))
     assert "not a JSON Schema" in violations(error)["workflow.output_schema"]
+
+
+DEFAULTING: dict[str, Any] = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {
+        "text": {"type": "string"},
+        "times": {"type": "integer", "minimum": 1, "default": 2},
+        "style": {"type": "object", "default": {}, "properties": {"loud": {"type": "boolean", "default": False}}},
+    },
+}
+
+
+async def test_a_workflow_that_fills_defaults_stores_and_reads_its_input_with_them(served):
+    client = served
+    # CEL reads input.times and input.style.loud with no has(): the defaults are there
+    says = step("say", "echo", "{'text': input.text, 'times': input.times, 'loud': input.style.loud}")
+    await create(client, workflow("filled", says, input_schema=DEFAULTING, fill_input_defaults=True))
+    task = await wait_done(client, (await submit(client, "filled", {"text": "hi"}, request_id="fill-1")).task_id)
+    assert result(task) == {"text": "hi", "times": 2, "loud": False}
+    assert struct_to_dict(task.input_data) == {"text": "hi", "times": 2, "style": {"loud": False}}
+    again = await submit(client, "filled", {"text": "hi"}, request_id="fill-1")  # the request as sent is the retry
+    assert again.task_id == task.task_id
+    given = await wait_done(client, (await submit(client, "filled", {"text": "hi", "times": 3})).task_id)
+    assert result(given)["times"] == 3
+
+    await create(client, workflow("unfilled", says, input_schema=DEFAULTING))  # without the flag: as given
+    bare = await wait_done(client, (await submit(client, "unfilled", {"text": "hi"})).task_id)
+    assert bare.status == S.TASK_STATUS_FAILED and "times" in bare.error.message
+
+
+async def test_a_default_the_schema_rejects_is_refused_and_the_flag_needs_a_schema(served):
+    client = served
+    wrong = {"type": "object", "properties": {"times": {"type": "integer", "default": "two"}}}
+    await create(client, workflow("wrong", step("say", "echo"), input_schema=wrong, fill_input_defaults=True))
+    error = await refused(submit(client, "wrong", {}))
+    assert error_reason(error) == "INPUT_REJECTED" and "input_data.times" in violations(error)
+    error = await refused(create(client, workflow("flagged", step("say", "echo"), fill_input_defaults=True)))
+    assert "needs an input_schema" in violations(error)["workflow.fill_input_defaults"]
+
+
+async def test_a_subworkflow_that_fills_defaults_gets_them_from_its_parent_s_input(served):
+    client = served
+    inner = step("say", "echo", "{'times': input.times, 'loud': input.style.loud}")
+    await create(client, workflow("child", inner, input_schema=DEFAULTING, fill_input_defaults=True))
+    parent = {"id": "sub", "subworkflow": {"workflow_id": "child", "input": "{'text': input.text}"}}
+    await create(client, workflow("parent", parent))
+    task = await wait_done(client, (await submit(client, "parent", {"text": "hi"})).task_id)
+    assert task.status == S.TASK_STATUS_COMPLETED, task.error
+    assert result(task) == {"times": 2, "loud": False}

@@ -15,7 +15,7 @@ from mcp_server.engine.compiler import composites, steps, subworkflows, waits
 from mcp_server.engine.compiler.concurrency import compile_concurrency
 from mcp_server.engine.compiler.fields import duration
 from mcp_server.engine.compiler.scope import WORKFLOW_ID, compile_node
-from mcp_server.engine.compiler.workflow_scope import declared_schema, workflow_scope
+from mcp_server.engine.compiler.workflow_scope import declared_schema, defaults_filled, workflow_scope
 from mcp_server.engine.plan import Plan, PlanNode
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
@@ -55,6 +55,7 @@ def compile_workflow(
     concurrency = compile_concurrency(workflow, limits, violations)
     input_schema = declared_schema(workflow, "input_schema", "workflow", scope)
     output_schema = declared_schema(workflow, "output_schema", "workflow", scope)
+    fill_input_defaults = defaults_filled(workflow, input_schema, "workflow", scope)
     if scope.node_count > scope.max_nodes:
         violations.add("workflow.root", f"has {scope.node_count} nodes; the limit is {scope.max_nodes}")
     violations.raise_if_any(f"workflow {workflow.workflow_id!r} is invalid")
@@ -65,6 +66,7 @@ def compile_workflow(
         root=root,
         task_timeout=task_timeout,
         queue_timeout=queue_timeout,
+        fill_input_defaults=fill_input_defaults,
         node_count=scope.node_count,
         depth=scope.depth,
         protocols=frozenset(scope.protocols),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler.fields import expression
 from mcp_server.engine.compiler.scope import Scope, builds, compile_node
-from mcp_server.engine.compiler.workflow_scope import declared_schema, workflow_scope
+from mcp_server.engine.compiler.workflow_scope import declared_schema, defaults_filled, workflow_scope
 from mcp_server.engine.plan import SubworkflowPlan
 
 
@@ -45,4 +45,5 @@ def compile_subworkflow(
     scope.suspends = scope.suspends or inner.suspends
     if root is None:
         return None
-    return SubworkflowPlan(node_id, sub.workflow_id, sub.version, given, root, input_schema, output_schema)
+    fills = defaults_filled(definition, input_schema, f"{path}.definition", inner)
+    return SubworkflowPlan(node_id, sub.workflow_id, sub.version, given, root, input_schema, output_schema, fills)

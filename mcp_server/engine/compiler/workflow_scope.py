@@ -64,6 +64,15 @@ def declared_schema(workflow: workflow_pb2.Workflow, field: str, path: str, scop
         return None
 
 
+def defaults_filled(
+    workflow: workflow_pb2.Workflow, input_schema: PayloadSchema | None, path: str, scope: Scope
+) -> bool:
+    """`workflow.fill_input_defaults`, which needs an input_schema to take the defaults from."""
+    if workflow.fill_input_defaults and input_schema is None and not workflow.HasField("input_schema"):
+        scope.violations.add(f"{path}.fill_input_defaults", "needs an input_schema to take the defaults from")
+    return workflow.fill_input_defaults and input_schema is not None
+
+
 def schema_checks(scope: Scope) -> dict[str, Any]:
     """How compile_schema checks a schema of this workflow: a new definition (CreateWorkflow,
     ValidateWorkflow, which know the registered protocols) is held to every check; a stored one

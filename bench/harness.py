@@ -9,7 +9,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +76,13 @@ def start_plugin(module: str = "protocol_plugins.testkit") -> Proc:
     line = process.stdout.readline()
     assert line.startswith(READY_LINE), line
     return Proc(process, line.split()[1])
+
+
+def fresh_store(backend: str, redis_url: str) -> str:
+    """A store of its own for one bench: a new key prefix on `redis_url`, or a new SQLite file."""
+    if backend == "redis":
+        return f"{redis_url}?prefix=bench:{uuid.uuid4().hex[:8]}:"
+    return f"sqlite:///{tempfile.mkdtemp()}/bench.db"
 
 
 def start_orchestrator(

@@ -10,11 +10,9 @@ and how many the sweep ended per second once they were due.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
-import uuid
 
-from bench.harness import Orchestrated, Proc, Stat, start_orchestrator
+from bench.harness import Orchestrated, Proc, Stat, fresh_store, start_orchestrator
 from bench.report import REDIS, table
 from mcp_sdk.proto import task_pb2
 
@@ -25,11 +23,7 @@ async def bench_queue_timeouts(plugin: Proc, quick: bool) -> None:
     count = 1000 if quick else 5000
     rows: list[tuple[str, Stat | float | str, str]] = []
     for backend in ("redis", "sqlite"):
-        store = (
-            f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
-            if backend == "redis"
-            else f"sqlite:///{tempfile.mkdtemp()}/q.db"
-        )
+        store = fresh_store(backend, REDIS)
         orchestrator = start_orchestrator(store, [plugin.address], MCP_LIMIT_MAX_TASKS_IN_FLIGHT="1")
         client = Orchestrated(orchestrator.address)
         try:

@@ -12,12 +12,10 @@ no run overlaps a measured call.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
-import uuid
 from typing import Any
 
-from bench.harness import Orchestrated, Proc, Stat, chain, start_orchestrator
+from bench.harness import Orchestrated, Proc, Stat, chain, fresh_store, start_orchestrator
 from bench.report import REDIS, table
 from mcp_sdk.proto import task_pb2
 
@@ -28,11 +26,7 @@ LARGE = 70 * 1024
 async def bench_reruns(plugin: Proc, quick: bool) -> None:
     samples = 10 if quick else 30
     for backend in ("redis", "sqlite"):
-        store = (
-            f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
-            if backend == "redis"
-            else f"sqlite:///{tempfile.mkdtemp()}/r.db"
-        )
+        store = fresh_store(backend, REDIS)
         orchestrator = start_orchestrator(store, [plugin.address])
         client = Orchestrated(orchestrator.address)
         rows: list[tuple[str, Stat | float | str, str]] = []

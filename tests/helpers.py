@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import json_format
 
 from mcp_sdk.errors import McpError
@@ -74,6 +75,13 @@ def step_states(task: task_pb2.Task) -> dict[str, task_pb2.StepState]:
 def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The BadRequest field violations carried in an error's google.rpc.Status details."""
     return {v.field: v.description for v in McpError.from_rpc_error(error).violations}
+
+
+async def refused(call: Any) -> grpc.aio.AioRpcError:
+    """The error a call that must fail answered."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:

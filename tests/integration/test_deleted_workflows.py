@@ -13,7 +13,7 @@ import pytest
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
-from tests.helpers import create, error_reason, step, submit, wait_done, workflow
+from tests.helpers import create, error_reason, refused, step, submit, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2
@@ -32,12 +32,6 @@ async def until_status(client: Any, task_id: str, status: int) -> None:
     async with asyncio.timeout(10):
         while (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))).task.status != status:
             await asyncio.sleep(0.02)
-
-
-async def refused(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def delete(client: Any, workflow_id: str) -> int:

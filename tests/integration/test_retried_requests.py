@@ -11,7 +11,7 @@ import pytest
 
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from tests.conftest import client_for
-from tests.helpers import create, error_reason, step, wait_done, workflow
+from tests.helpers import create, error_reason, refused, step, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2
@@ -23,12 +23,6 @@ async def served(server_factory, store_url):
     client = client_for(running)
     yield client
     await client.channel.close()
-
-
-async def refused(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 def request(workflow_id: str, request_id: str, **data: Any) -> task_pb2.SubmitTaskRequest:

@@ -16,7 +16,7 @@ from mcp_sdk.proto import schedule_pb2, task_pb2
 from mcp_sdk.values import struct_to_dict
 from mcp_server.settings import Limits
 from tests.conftest import client_for
-from tests.helpers import create, error_reason, result, step, submit, violations, wait_done, workflow
+from tests.helpers import create, error_reason, refused, result, step, submit, violations, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
@@ -43,12 +43,6 @@ async def served(server_factory, store_url):
     client = client_for(running)
     yield client
     await client.channel.close()
-
-
-async def refused(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def listed(client: Any, workflow_id: str) -> list[task_pb2.Task]:

@@ -132,7 +132,7 @@ class SqliteWaits:
                 ).rowcount
             expired = db.execute(  # queued tasks past their queue deadline (cancelling them clears it)
                 "SELECT task_id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ? AND status=? AND queued=1"
-                " LIMIT 1000",
+                " ORDER BY due_at LIMIT 1000",
                 (due, task_pb2.TASK_STATUS_PENDING),
             ).fetchall()
             return int(queued), [str(row[0]) for row in expired]

@@ -74,6 +74,13 @@ async def test_node_client_deletes_the_finished_task(server, client):
     assert summary["after_delete"] == grpc.StatusCode.NOT_FOUND.value[0]
 
 
+async def test_node_client_sets_a_queue_timeout_and_reads_the_deadline(server, client):
+    await create(client, workflow("for-node-timely", step("a", "append")))
+    flags = ("--queue-timeout-ms", "1500")
+    summary = await run_node_client(server.address, "for-node-timely", json.dumps({"text": "t:"}), *flags)
+    assert summary["status"] == "TASK_STATUS_COMPLETED" and summary["queue_timeout_ms"] == 1500
+
+
 async def test_node_client_submits_and_follows_a_task_in_one_stream(server, client):
     await create(
         client,

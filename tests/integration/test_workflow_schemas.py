@@ -314,3 +314,23 @@ async def test_a_subworkflow_that_fills_defaults_gets_them_from_its_parent_s_inp
     task = await wait_done(client, (await submit(client, "parent", {"text": "hi"})).task_id)
     assert task.status == S.TASK_STATUS_COMPLETED, task.error
     assert result(task) == {"times": 2, "loud": False}
+
+
+async def test_defaults_that_make_an_input_too_large_or_too_deep_are_refused_as_such(server_factory, store_url):
+    running = await server_factory(store=store_url, limits=Limits(max_input_bytes=1000, max_value_depth=8))
+    client = client_for(running)
+    deep: Any = "bottom"
+    for _ in range(10):
+        deep = {"d": deep}
+    schema = {
+        "type": "object",
+        "properties": {"big": {"type": "string", "default": "x" * 2000}, "deep": {"type": "object", "default": deep}},
+    }
+    await create(client, workflow("padded", step("say", "echo"), input_schema=schema, fill_input_defaults=True))
+    error = await refused(submit(client, "padded", {"deep": {}}))  # the 2,000-byte default fills it past 1,000
+    assert error_reason(error) == "INPUT_TOO_LARGE" and "input_data" in violations(error)
+    error = await refused(submit(client, "padded", {"big": "small"}))  # the deep default nests it past 8
+    assert error_reason(error) == "VALUE_TOO_DEEP"
+    task = await wait_done(client, (await submit(client, "padded", {"big": "small", "deep": {}})).task_id)
+    assert task.status == S.TASK_STATUS_COMPLETED  # given both, nothing is filled in
+    await client.channel.close()

@@ -1,5 +1,6 @@
 // A Node.js client of the mCP orchestrator: submit a task, watch it live, print a JSON summary.
 // usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run | --follow | --refused] [--delete]
+//        [--queue-timeout-ms MS]
 // With --run: one RunTask call (submit and wait), with a deadline, so the task id also comes at
 // once in the `mcp-task-id` response header. With --follow: one SubmitAndWatchTask stream (submit,
 // then every event to the end; the first message names the task). With --refused: submit once,
@@ -112,6 +113,11 @@ async function main() {
     return;
   }
   const request = { workflow_id: workflowId, input_data: toStruct(input), request_id: `node-${Date.now()}` };
+  const waitsAtMost = process.argv.indexOf('--queue-timeout-ms');
+  if (waitsAtMost > 0) {  // a google.protobuf.Duration: not started within it, the task ends CANCELLED
+    const ms = Number(process.argv[waitsAtMost + 1]);
+    request.queue_timeout = { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
+  }
   const events = [];
   const seen = (event) => {
     events.push({ sequence: event.sequence, type: event.type, step_path: event.step_path });
@@ -139,6 +145,10 @@ async function main() {
   }
   const final = (await get({ task_id: task.task_id })).task;
   const summary = { task_id: task.task_id, status: final.status, result: fromValue(final.result), events };
+  if (final.queue_deadline) {  // a google.protobuf.Timestamp, as every time the server sends
+    const ms = (t) => Number(t.seconds) * 1000 + t.nanos / 1e6;
+    summary.queue_timeout_ms = Math.round(ms(final.queue_deadline) - ms(final.create_time));
+  }
   if (process.argv.includes('--delete')) {
     // the finished task goes, with everything stored of it: a read of it is NOT_FOUND afterwards
     const removed = await new Promise((resolve, reject) => tasks.DeleteTask({ task_id: task.task_id },

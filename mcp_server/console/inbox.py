@@ -7,6 +7,7 @@ way."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from mcp_sdk.proto import task_pb2, workflow_pb2
@@ -39,6 +40,8 @@ def fields_of(schema: dict[str, Any] | None) -> list[dict[str, Any]] | None:
                 "options": [str(o) for o in prop.get("enum", [])] if kind == "select" else [],
                 "integer": prop.get("type") == "integer",
                 "enum": prop.get("enum") if kind == "select" else None,
+                # what an empty field stands for when the workflow fills defaults (its JSON text)
+                "default": json.dumps(prop["default"], ensure_ascii=False)[:200] if "default" in prop else None,
             }
         )
     return fields

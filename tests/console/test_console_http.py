@@ -567,3 +567,24 @@ async def test_a_task_s_page_says_by_when_it_must_start(console, api):
         page = await (await browser.get(f"{console.console.url}/tasks/{task.task_id}")).text()
     shown = page[page.index('id="queue-deadline">') :]
     assert shown.startswith(f'id="queue-deadline">{task.queue_deadline.ToDatetime().isoformat()[:19]}')
+
+
+async def test_the_submit_form_says_what_an_empty_field_stands_for(console, api):
+    schema = {
+        "type": "object",
+        "required": ["topic"],
+        "properties": {
+            "topic": {"type": "string"},
+            "words": {"type": "integer", "default": 200},
+            "tone": {"enum": ["formal", "friendly"], "default": "friendly"},
+        },
+    }
+    root = {"id": "s", "step": {"protocol": "echo"}}
+    await api.create_workflow(
+        {"workflow_id": "defaulted", "input_schema": schema, "fill_input_defaults": True, "root": root}
+    )
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/workflows/defaulted")).text()
+    assert 'name="field.words" value="" placeholder="200"' in page
+    assert "default: <code>200</code>" in page and "default: <code>&#34;friendly&#34;</code>" in page
+    assert page.count('class="dim field-default"') == 2  # the topic has none

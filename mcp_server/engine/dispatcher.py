@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 # CLAIM_BATCH and doubles (up to CLAIM_BATCH_MAX) while claims come back full, so a burst (due
 # timers, a deep queue) is drained in few round trips, while a shallow queue is shared out among
 # replicas a few tasks at a time.
-EXPIRED_AT_ONCE = 32  # queued tasks past their deadline that the sweep cancels at once
 CLAIM_BATCH = 8
 CLAIM_BATCH_MAX = 128
+EXPIRED_AT_ONCE = 32  # queued tasks past their deadline that the sweep cancels at once
 
 
 @dataclass

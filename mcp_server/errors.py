@@ -142,3 +142,13 @@ class ViolationCollector:
             if len(self.violations) > 1:
                 detail += f" (and {len(self.violations) - 1} more)"
             raise InvalidArgument(detail, violations=self.violations)
+
+
+def bulk_actions_running(owner: str, max_running: int) -> ResourceExhausted:
+    """The answer to a StartBulkAction past the owner's number of running actions."""
+    return ResourceExhausted(
+        f"{owner or 'this principal'} has {max_running} bulk action(s) running, the most allowed at once"
+        " (MCP_BULK_MAX_RUNNING): wait for one to end, or abort one",
+        reason="BULK_ACTIONS_RUNNING",
+        metadata={"max_running": str(max_running)},
+    )

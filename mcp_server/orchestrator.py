@@ -13,6 +13,7 @@ import contextlib
 import logging
 
 from mcp_server.auth import Principal
+from mcp_server.bulk.worker import BulkWorker
 from mcp_server.engine.cancelling import cancel_until_stopped
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.plans import PlanCache
@@ -29,6 +30,7 @@ from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.protocols.upkeep import RegistryUpkeep, UpkeepSettings
 from mcp_server.schedules.firing import Firing
 from mcp_server.schedules.scheduler import Scheduler
+from mcp_server.service.bulk import BulkActions
 from mcp_server.service.cancelling import Cancelling
 from mcp_server.service.deleting import Deleting
 from mcp_server.service.protocols import Protocols
@@ -126,6 +128,16 @@ class Orchestrator:
         )
         self.schedules = Schedules(store.schedules, store.tasks, self.submission, self.firing)
         self.scheduler = Scheduler(store.schedules, self.firing, settings.lease_seconds)
+        self.bulk = BulkActions(settings, store.bulk_actions)
+        self.bulk_worker = BulkWorker(
+            store.bulk_actions,
+            store.tasks,
+            self.cancelling.cancel_soon,
+            self.reruns.rerun_task,
+            self.bulk.started,
+            settings.lease_seconds,
+            settings.retention_seconds,
+        )
         self.signalling = Signalling(
             settings,
             store.tasks,
@@ -194,6 +206,7 @@ class Orchestrator:
             self.admission.keep_leases(),
             self.rate_limits.keep_fresh(),
             self.scheduler.run_forever(),
+            self.bulk_worker.run_forever(),
             self.sampler.sample_forever(self.settings.metrics_sample_seconds),
         ):
             self._background.append(asyncio.create_task(work))

@@ -128,6 +128,8 @@ class Settings:
     # while no call waits for capacity, a replica asks the ledger for up to this many units of a
     # call's needs at once (a slice, one round trip) and serves its next calls from it; 1: a unit per ask
     capacity_slice_units: int = 8
+    # bulk actions (StartBulkAction) a principal may have running at once
+    bulk_max_running: int = 4
     # plain plugin calls travel over one ExecuteMany stream per plugin instance (plugins without
     # it are called with Execute); false: every call is an Execute call of its own
     plugin_call_streams: bool = True
@@ -205,6 +207,7 @@ POSITIVE = frozenset(
         "metrics_sample_seconds",
         "max_pending_calls",
         "capacity_slice_units",
+        "bulk_max_running",
     }
 )
 

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from mcp_sdk.proto import (
+    bulk_pb2_grpc,
     protocol_pb2,
     protocol_pb2_grpc,
     registry_pb2_grpc,
@@ -144,6 +145,10 @@ class Client:
     @property
     def schedules(self) -> schedule_pb2_grpc.ScheduleServiceStub:
         return schedule_pb2_grpc.ScheduleServiceStub(self.channel)
+
+    @property
+    def bulk_actions(self) -> bulk_pb2_grpc.BulkActionServiceStub:
+        return bulk_pb2_grpc.BulkActionServiceStub(self.channel)
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from grpc_reflection.v1alpha import reflection
 
 from mcp_sdk.client import Tls
 from mcp_sdk.proto import (
+    bulk_pb2,
+    bulk_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     schedule_pb2,
@@ -29,6 +31,7 @@ from mcp_sdk.proto import (
     workflow_pb2_grpc,
 )
 from mcp_sdk.serving import pending_call_options
+from mcp_server.api.bulk import BulkActionServicer
 from mcp_server.api.interceptor import EdgeInterceptor
 from mcp_server.api.registry import RegistryServicer
 from mcp_server.api.schedules import ScheduleServicer
@@ -53,6 +56,7 @@ SERVICES = (
     workflow_pb2.DESCRIPTOR.services_by_name["WorkflowService"].full_name,
     registry_pb2.DESCRIPTOR.services_by_name["ProtocolRegistry"].full_name,
     schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
+    bulk_pb2.DESCRIPTOR.services_by_name["BulkActionService"].full_name,
 )
 
 
@@ -121,6 +125,7 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
     workflow_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowServicer(orchestrator), server)
     registry_pb2_grpc.add_ProtocolRegistryServicer_to_server(RegistryServicer(orchestrator), server)
     schedule_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(orchestrator), server)
+    bulk_pb2_grpc.add_BulkActionServiceServicer_to_server(BulkActionServicer(orchestrator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -9,6 +9,7 @@ import grpc
 from mcp_sdk.proto import task_pb2, task_pb2_grpc
 from mcp_server.auth import current_principal
 from mcp_server.orchestrator import Orchestrator
+from mcp_server.service.access import micros
 
 TASK_ID_HEADER = "mcp-task-id"
 
@@ -66,6 +67,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             request.view or task_pb2.TASK_VIEW_BASIC,
             request.owner,
             dict(request.labels),
+            (micros(request, "created_after"), micros(request, "created_before")),
         )
         return task_pb2.ListTasksResponse(tasks=tasks, next_page_token=token, total_size=total)
 

@@ -25,7 +25,7 @@ def add_parser(groups: Any, parse_seconds: Callable[[str], float]) -> None:
     create.add_argument("--input", default="", help="the task input: a JSON object, or @FILE")
     create.add_argument("--cron", action="append", default=[], help="5 fields, or 6 with seconds first; repeatable")
     create.add_argument("--every", action="append", default=[], type=parse_seconds, help="10s, 5m, 1h; repeatable")
-    create.add_argument("--at", type=_moment, help="once, at an RFC 3339 time")
+    create.add_argument("--at", type=parse_moment, help="once, at an RFC 3339 time")
     create.add_argument("--tz", default="", help="IANA time zone of the cron expressions (default UTC)")
     create.add_argument("--overlap", choices=OVERLAPS, default="skip")
     create.add_argument("--catchup", type=parse_seconds, default=0.0, help="how late a missed fire may still run")
@@ -40,8 +40,8 @@ def add_parser(groups: Any, parse_seconds: Callable[[str], float]) -> None:
     schedules.add_parser("trigger", help="start the schedule's task now").add_argument("id")
     backfill = schedules.add_parser("backfill", help="start a task for every fire time in [--start, --end)")
     backfill.add_argument("id")
-    backfill.add_argument("--start", type=_moment, required=True)
-    backfill.add_argument("--end", type=_moment, required=True)
+    backfill.add_argument("--start", type=parse_moment, required=True)
+    backfill.add_argument("--end", type=parse_moment, required=True)
     backfill.add_argument("--overlap", choices=OVERLAPS, default="allow_all")
     schedules.add_parser("delete").add_argument("id")
 
@@ -82,7 +82,7 @@ async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], Non
     return 0
 
 
-def _moment(text: str) -> dt.datetime:
+def parse_moment(text: str) -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -48,6 +48,11 @@ def fitting(items: Sequence[M], limits: Limits, reserved: int = 0) -> list[M]:
     return shown
 
 
+def micros(message: Message, field: str) -> int:
+    """A Timestamp field of `message` in Unix microseconds; 0 when it is not set."""
+    return int(getattr(message, field).ToMicroseconds()) if message.HasField(field) else 0
+
+
 async def visible_task(tasks: TaskStore, task_id: str, principal: Principal) -> task_pb2.Task:
     """The task's header, if `principal` may see it: its owner, or an admin. Another principal's
     task answers NOT_FOUND, exactly like a task that does not exist."""

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
@@ -36,10 +36,14 @@ class Reruns:
         self.submission = submission
 
     async def rerun_task(
-        self, request: task_pb2.RerunTaskRequest, principal: Principal = ANONYMOUS_ADMIN
+        self,
+        request: task_pb2.RerunTaskRequest,
+        principal: Principal = ANONYMOUS_ADMIN,
+        labels: Mapping[str, str] | None = None,
     ) -> tuple[task_pb2.Task, bool]:
         """Store the rerun (see RerunTask in task.proto for what is kept, and what is refused)
-        and queue it, or start it here; return it (BASIC) and whether it is new."""
+        and queue it, or start it here; return it (BASIC) and whether it is new. `labels` are
+        added to the source's (a bulk action marks its reruns)."""
         require("task_id", request.task_id)
         if request.HasField("input"):
             if not request.from_step_path:
@@ -51,7 +55,7 @@ class Reruns:
         self.submission.check_request_id(request.request_id)
         self.submission.rate_limiter.take(principal.name)
         try:
-            prepared = await self._prepare(request, principal)
+            prepared = await self._prepare(request, principal, labels or {})
         except (InvalidArgument, NotFound, FailedPrecondition):
             if (earlier := await self.submission.retried(request, principal)) is not None:
                 return earlier, False
@@ -59,7 +63,9 @@ class Reruns:
         await self.submission.take_shared_rate(principal.name)
         return await self.submission.store(*prepared)
 
-    async def _prepare(self, request: task_pb2.RerunTaskRequest, principal: Principal) -> Prepared:
+    async def _prepare(
+        self, request: task_pb2.RerunTaskRequest, principal: Principal, labels: Mapping[str, str]
+    ) -> Prepared:
         """The checks of a rerun, and what `Submission.store` is given to store it."""
         source = await visible_task(self.tasks, request.task_id, principal)
         if source.status not in TERMINAL:
@@ -94,7 +100,7 @@ class Reruns:
             await check_input_schema(plan, (await task_input(self.tasks, source)).python(), "input_data")
         if request.HasField("input"):
             self._check_input_kind(request, steps)
-        task, values = self._new_task(request, source, chosen, kept, version)
+        task, values = self._new_task(request, source, chosen, kept, version, labels)
         if plan.queue_timeout is not None:  # a rerun waits to start as its workflow allows
             task.queue_deadline.FromNanoseconds(task.create_time.ToNanoseconds() + int(plan.queue_timeout * 1e9))
         digests = sorted({d for step in kept for d in stored_refs(step.state)} | _input_digest(source))
@@ -155,6 +161,7 @@ class Reruns:
         chosen: str,
         kept: Sequence[Step],
         version: int,
+        labels: Mapping[str, str],
     ) -> tuple[task_pb2.Task, dict[str, bytes]]:
         """The rerun's header (same owner, input, priority and labels as the source) and the
         large values it stores itself (an edited input above the inline limit)."""
@@ -165,7 +172,7 @@ class Reruns:
             status=task_pb2.TASK_STATUS_PENDING,
             priority=source.priority,
             request_id=request.request_id,
-            labels=dict(source.labels),
+            labels={**source.labels, **labels},
             create_time=now(),
             last_sequence=1,
             owner=source.owner,

@@ -47,14 +47,16 @@ class TaskReads:
         view: int = task_pb2.TASK_VIEW_BASIC,
         owner: str = "",
         labels: Mapping[str, str] | None = None,
+        created: tuple[int, int] = (0, 0),
     ) -> tuple[list[task_pb2.Task], str, int]:
         """Tasks newest first, as many as fit in one response; an admin may filter by owner,
-        anyone else sees only their own; with `labels`, only the tasks that carry all of them."""
+        anyone else sees only their own; with `labels`, only the tasks that carry all of them;
+        `created`: (at or after, before) in Unix microseconds, 0 for no bound."""
         if not principal.is_admin:
             if owner and owner != principal.name:
                 return [], "", 0  # another principal's tasks do not exist for this caller
             owner = principal.name
-        where = TaskFilter(tuple(statuses), workflow_id, owner, tuple(sorted((labels or {}).items())))
+        where = TaskFilter(tuple(statuses), workflow_id, owner, tuple(sorted((labels or {}).items())), *created)
         page = await self.tasks.list_tasks(page_size(size, self.limits), page_token, where)
         shown = await self.views.many(page.tasks, with_steps=view == task_pb2.TASK_VIEW_FULL)
         more = page.more or len(shown) < len(page.tasks)

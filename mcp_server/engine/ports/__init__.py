@@ -1,6 +1,7 @@
 """The interfaces the engine and the orchestrator are given: how to call a protocol, and where
 state lives, one small port per job (each backend implements every one: state/sqlite, state/redis)."""
 
+from mcp_server.engine.ports.bulk import BulkActionStore, BulkRecord
 from mcp_server.engine.ports.cache import CachedOutput, StepCache
 from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult, ProtocolCaller, ProtocolCallError
 from mcp_server.engine.ports.queue import (
@@ -31,6 +32,8 @@ from mcp_server.engine.ports.workflows import WorkflowStore
 __all__ = [
     "NEVER",
     "NO_SHARE",
+    "BulkActionStore",
+    "BulkRecord",
     "CachedOutput",
     "CallContext",
     "CallObserver",

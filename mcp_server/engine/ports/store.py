@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from mcp_server.engine.ports.bulk import BulkActionStore
 from mcp_server.engine.ports.cache import StepCache
 from mcp_server.engine.ports.queue import TaskQueue
 from mcp_server.engine.ports.ratelimits import RateLimitStore
@@ -38,6 +39,7 @@ class Store:
     waits: WaitStore
     rate_limits: RateLimitStore
     schedules: ScheduleStore
+    bulk_actions: BulkActionStore
     step_cache: StepCache
     connection: StoreConnection
 

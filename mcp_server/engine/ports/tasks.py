@@ -69,6 +69,8 @@ class TaskFilter:
     workflow_id: str = ""
     owner: str = ""
     labels: tuple[tuple[str, str], ...] = ()  # (key, value), sorted: a task must carry every one
+    created_after_us: int = 0  # created at or after this (Unix microseconds; 0: any time)
+    created_before_us: int = 0  # created before this (0: any time)
 
     def labels_match(self, task: task_pb2.Task) -> bool:
         return all(task.labels.get(key) == value for key, value in self.labels)

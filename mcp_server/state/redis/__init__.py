@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from mcp_server.engine.ports import Store
+from mcp_server.state.redis.bulk import RedisBulkActions
 from mcp_server.state.redis.cache import RedisStepCache
 from mcp_server.state.redis.capacity import RedisCapacity
 from mcp_server.state.redis.connection import RedisConnection
@@ -70,6 +71,7 @@ async def open_redis(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
         waits=RedisWaits(conn, hub),
         rate_limits=RedisRateLimits(conn),
         schedules=RedisSchedules(conn),
+        bulk_actions=RedisBulkActions(conn),
         step_cache=RedisStepCache(conn),
         connection=conn,
     )

@@ -65,7 +65,7 @@ class RedisTasks:
         total = -1
         while len(found) <= page_size:
             want = page_size + 1 - len(found) if not filtering else 4 * (page_size + 1)
-            entries, counted = await self._index_entries(keys, cursor, want, count=total < 0)
+            entries, counted = await self._index_entries(keys, cursor, want, total < 0, where)
             total = counted if total < 0 else total
             if not entries:
                 break
@@ -104,18 +104,25 @@ class RedisTasks:
         return keys, bool(owner and where.workflow_id)
 
     async def _index_entries(
-        self, keys: list[str], after: tuple[float, str] | None, want: int, count: bool
+        self, keys: list[str], after: tuple[float, str] | None, want: int, count: bool, where: TaskFilter
     ) -> tuple[list[tuple[float, str]], int]:
-        """The `want` newest entries of the union of `keys` strictly after `after`, and (if
-        asked) how many entries the keys hold in all."""
-        high = "+inf" if after is None else repr(after[0])
+        """The `want` newest entries of the union of `keys` strictly after `after` and created
+        within `where`'s times (an entry's score is its creation time in microseconds), and (if
+        asked) how many entries the keys hold within those times."""
+        top = f"({where.created_before_us}" if where.created_before_us else "+inf"
+        low = str(where.created_after_us) if where.created_after_us else "-inf"
+        below_cursor = after is not None and not (where.created_before_us and where.created_before_us <= after[0])
+        high = repr(after[0]) if after is not None and below_cursor else top
         ties = 16  # entries created in the same microsecond as the cursor, skipped below
         async with self.conn.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.zrevrangebyscore(key, high, "-inf", start=0, num=want + ties, withscores=True)
+                pipe.zrevrangebyscore(key, high, low, start=0, num=want + ties, withscores=True)
             if count:
                 for key in keys:
-                    pipe.zcard(key)
+                    if where.created_after_us or where.created_before_us:
+                        pipe.zcount(key, low, top)
+                    else:
+                        pipe.zcard(key)
             replies = await self.conn.do(pipe.execute())
         merged = {(score, raw.decode()) for reply in replies[: len(keys)] for raw, score in reply}
         if after is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mcp_server.engine.ports import Store
+from mcp_server.state.sqlite.bulk import SqliteBulkActions
 from mcp_server.state.sqlite.cache import SqliteStepCache
 from mcp_server.state.sqlite.capacity import SqliteCapacity
 from mcp_server.state.sqlite.database import SqliteDatabase
@@ -29,6 +30,7 @@ async def open_sqlite(path: str, retention_seconds: float = 7 * 24 * 3600.0) -> 
         waits=SqliteWaits(db),
         rate_limits=SqliteRateLimits(db),
         schedules=SqliteSchedules(db),
+        bulk_actions=SqliteBulkActions(db),
         step_cache=SqliteStepCache(db),
         connection=db,
     )

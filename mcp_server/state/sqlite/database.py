@@ -88,6 +88,14 @@ CREATE TABLE IF NOT EXISTS schedules (
   missed INTEGER NOT NULL DEFAULT 0, last_fire_ms INTEGER NOT NULL DEFAULT 0, buffered_ms INTEGER NOT NULL DEFAULT 0,
   recent TEXT NOT NULL DEFAULT '[]', refused INTEGER NOT NULL DEFAULT 0, refusals TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS schedules_due ON schedules (due_ms) WHERE due_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS bulk_actions (
+  action_id TEXT PRIMARY KEY, owner TEXT NOT NULL, data BLOB NOT NULL, cursor TEXT NOT NULL,
+  version INTEGER NOT NULL, running INTEGER NOT NULL, admin INTEGER NOT NULL, request_id TEXT NOT NULL,
+  due_ms INTEGER, ended_ms INTEGER);
+CREATE INDEX IF NOT EXISTS bulk_actions_due ON bulk_actions (due_ms) WHERE running = 1;
+CREATE INDEX IF NOT EXISTS bulk_actions_ended ON bulk_actions (ended_ms) WHERE running = 0;
+CREATE INDEX IF NOT EXISTS bulk_actions_by_owner ON bulk_actions (owner, running, action_id);
+CREATE UNIQUE INDEX IF NOT EXISTS bulk_actions_request ON bulk_actions (owner, request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS schedules_by_owner ON schedules (owner, schedule_id);
 CREATE TABLE IF NOT EXISTS waits (
   task_id TEXT NOT NULL, path TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (task_id, path)) WITHOUT ROWID;
@@ -101,6 +109,8 @@ ADDED_COLUMNS = {
     "fair_cap": "ALTER TABLE tasks ADD COLUMN fair_cap INTEGER NOT NULL DEFAULT 0",
     # what a task's submission stored, counted against its owner's share of the queue (0 before)
     "queued_bytes": "ALTER TABLE tasks ADD COLUMN queued_bytes INTEGER NOT NULL DEFAULT 0",
+    # the task's create_time in Unix microseconds, for ListTasks' time filters (filled in at open)
+    "created_us": "ALTER TABLE tasks ADD COLUMN created_us INTEGER NOT NULL DEFAULT 0",
 }
 # The fair queue (see queue.py): each group with tasks queued at a priority has its turn there;
 # triggers give a group its turn whenever one of its tasks is queued, however that happens, and
@@ -108,6 +118,7 @@ ADDED_COLUMNS = {
 ADDED_INDEXES = f"""
 CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at) WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_reruns ON tasks (rerun_of) WHERE rerun_of IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_us);
 CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (fair_group, priority, seq) WHERE queued = 1;
 CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (fair_group, status) WHERE fair_cap > 0;
 DROP INDEX IF EXISTS tasks_queued_by_owner;
@@ -246,6 +257,8 @@ def _connect(path: str) -> sqlite3.Connection:
     for column, alter in ADDED_COLUMNS.items():
         if column not in columns:
             db.execute(alter)
+    if had_tasks and "created_us" not in columns:
+        _fill_creation_times(db)
     if "refused" not in {row[1] for row in db.execute("PRAGMA table_info(schedules)")}:
         db.execute("ALTER TABLE schedules ADD COLUMN refused INTEGER NOT NULL DEFAULT 0")
         db.execute("ALTER TABLE schedules ADD COLUMN refusals TEXT NOT NULL DEFAULT '[]'")
@@ -275,6 +288,21 @@ def _connect(path: str) -> sqlite3.Connection:
             " WHERE queued = 1 GROUP BY priority, fair_group"
         )
     return db
+
+
+def _fill_creation_times(db: sqlite3.Connection) -> None:
+    """Copy each task's create_time into its row (once, as the column is added), a batch at a time."""
+    last = -1
+    while True:
+        rows = db.execute("SELECT seq, fixed FROM tasks WHERE seq > ? ORDER BY seq LIMIT 1000", (last,)).fetchall()
+        if not rows:
+            return
+        with db:
+            db.executemany(
+                "UPDATE tasks SET created_us=? WHERE seq=?",
+                [(task_pb2.Task.FromString(fixed).create_time.ToMicroseconds(), seq) for seq, fixed in rows],
+            )
+        last = rows[-1][0]
 
 
 def _index_labels(db: sqlite3.Connection) -> None:

@@ -84,7 +84,7 @@ class SqliteQueue(CreateTask):
                     "INSERT INTO tasks (task_id, workflow_id, owner, status, priority,"
                     " request_id, request_fp, fixed, live, "
                     "last_sequence, queued, lease_owner, lease_token, lease_expires, rerun_of, fair_group, fair_cap,"
-                    " queued_bytes, due_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " queued_bytes, due_at, created_us) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         task.task_id,
                         task.workflow_id,
@@ -102,6 +102,7 @@ class SqliteQueue(CreateTask):
                         group.max_running,
                         size,
                         None if start else queue_deadline(task),  # a queued task's due time: its deadline
+                        task.create_time.ToMicroseconds(),
                     ),
                 )
                 if task.labels:  # the index ListTasks reads a label from

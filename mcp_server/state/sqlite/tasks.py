@@ -53,6 +53,12 @@ class SqliteTasks:
         for key, value in where.labels:
             conditions.append("seq IN (SELECT seq FROM task_labels WHERE key=? AND value=?)")
             args += [key, value]
+        if where.created_after_us:
+            conditions.append("created_us>=?")
+            args.append(where.created_after_us)
+        if where.created_before_us:
+            conditions.append("created_us<?")
+            args.append(where.created_before_us)
         filtered = " AND ".join(conditions) or "1"
 
         def select(db: sqlite3.Connection) -> tuple[list[Any], int]:

@@ -18,6 +18,7 @@ none is given).
 from __future__ import annotations
 
 from mcp_sdk.bulk import BulkMethods, CancelOutcome, RerunOutcome
+from mcp_sdk.bulk_actions import BulkActionMethods, task_selection
 from mcp_sdk.connection import RESUMABLE_CODES, Backoff, Connection, Tls, bearer_metadata, open_channel
 from mcp_sdk.cursor import TERMINAL_EVENTS, TERMINAL_STATUSES, Cursor
 from mcp_sdk.definitions import submit_request, workflow_from
@@ -30,6 +31,7 @@ __all__ = [
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
     "Backoff",
+    "BulkActionMethods",
     "BulkMethods",
     "CancelOutcome",
     "Client",
@@ -43,16 +45,18 @@ __all__ = [
     "bearer_metadata",
     "open_channel",
     "submit_request",
+    "task_selection",
     "workflow_from",
 ]
 
 
-class Client(BulkMethods, ScheduleMethods, WorkflowMethods):
+class Client(BulkActionMethods, BulkMethods, ScheduleMethods, WorkflowMethods):
     """An async client of one orchestrator; use it as an async context manager, or close() it.
 
     `timeout` bounds each unary call (seconds); `watch_give_up_after` is how long a watch keeps
     reconnecting to a server that does not answer before it raises (None: forever). Task methods
-    come from TaskMethods (task_methods.py) and BulkMethods (bulk.py), schedule methods from ScheduleMethods
+    come from TaskMethods (task_methods.py), BulkMethods (bulk.py) and BulkActionMethods (bulk_actions.py),
+    schedule methods from ScheduleMethods
     (schedule_methods.py), workflow methods from WorkflowMethods (workflow_methods.py), the connection
     from Connection (connection.py)."""
 

@@ -18,7 +18,7 @@ from typing import Any, Self
 import grpc
 
 from mcp_sdk.errors import McpError
-from mcp_sdk.proto import registry_pb2_grpc, schedule_pb2_grpc, task_pb2_grpc, workflow_pb2_grpc
+from mcp_sdk.proto import bulk_pb2_grpc, registry_pb2_grpc, schedule_pb2_grpc, task_pb2_grpc, workflow_pb2_grpc
 
 # A watch that ends with one of these was cut off (server gone, restarting, overloaded), not refused.
 RESUMABLE_CODES = frozenset(
@@ -197,6 +197,7 @@ class Connection:
         self.workflows = workflow_pb2_grpc.WorkflowServiceStub(self.channel)
         self.registry = registry_pb2_grpc.ProtocolRegistryStub(self.channel)
         self.schedules = schedule_pb2_grpc.ScheduleServiceStub(self.channel)
+        self.bulk_actions = bulk_pb2_grpc.BulkActionServiceStub(self.channel)
 
     async def __aenter__(self) -> Self:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -10,6 +11,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 
 from mcp_sdk.connection import RESUMABLE_CODES, Backoff, Connection
 from mcp_sdk.cursor import TERMINAL_STATUSES, Cursor
@@ -24,6 +26,13 @@ class _Unset:
 
 
 UNSET = _Unset()
+
+
+def set_times(message: Message, **moments: dt.datetime | None) -> None:
+    """Set each Timestamp field of `message` named by a keyword to its aware datetime (None: unset)."""
+    for field, moment in moments.items():
+        if moment is not None:
+            getattr(message, field).FromDatetime(moment.astimezone(dt.UTC).replace(tzinfo=None))
 
 
 class TaskMethods(Connection):
@@ -75,9 +84,12 @@ class TaskMethods(Connection):
         labels: Mapping[str, str] | None = None,
         page_size: int = 100,
         page_token: str = "",
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
     ) -> task_pb2.ListTasksResponse:
         """One page of tasks, newest first; pass `next_page_token` back for the next. `labels`:
-        only the tasks that carry every one of them."""
+        only the tasks that carry every one of them; `created_after` / `created_before` (aware
+        datetimes): only the tasks created at or after, before."""
         request = task_pb2.ListTasksRequest(
             statuses=list(statuses),
             workflow_id=workflow_id,
@@ -85,6 +97,7 @@ class TaskMethods(Connection):
             page_size=page_size,
             page_token=page_token,
         )
+        set_times(request, created_after=created_after, created_before=created_before)
         reply: task_pb2.ListTasksResponse = await self._call(self.tasks.ListTasks, request)
         return reply
 

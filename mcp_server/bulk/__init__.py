@@ -1,0 +1,1 @@
+"""Bulk actions in the background: the worker every replica runs (worker.py)."""

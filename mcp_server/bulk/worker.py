@@ -1,0 +1,205 @@
+"""The bulk action worker every replica runs: it claims the running actions due (each under a
+lease, so one replica works on an action at a time and a dead replica's actions pass to another)
+and acts on their tasks a page at a time, recording after each page where it got to.
+
+Each task is acted on once however often a page is worked on (a crash between acting and
+recording): a cancel of a finished task does nothing, and a rerun's request_id is derived from
+the action and the task. A rerun refused for now (a rate limit, a full queue, the store away)
+is tried again when the refusal says, from that task on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from mcp_sdk.proto import bulk_pb2, task_pb2
+from mcp_server.auth import Principal
+from mcp_server.engine.ports import BulkActionStore, BulkRecord, TaskFilter, TaskStore
+from mcp_server.errors import McpError, ResourceExhausted, Unavailable
+from mcp_server.service.access import micros
+from mcp_server.state.common import TERMINAL, now_seconds
+
+log = logging.getLogger(__name__)
+
+BULK_LABEL = "mcp/bulk-action"
+PAGE = 100
+CLAIM_AT_ONCE = 4
+TICK_SECONDS = 0.5
+FAILURES_KEPT = 20
+PURGE_EVERY_SECONDS = 60.0
+RETRY_LATER_SECONDS = 1.0
+SKIPPED_REASONS = frozenset({"TASK_NOT_FOUND", "TASK_NOT_FINISHED"})
+
+K = bulk_pb2.BulkActionKind
+CancelSoon = Callable[[str, str], Awaitable[None]]
+Rerun = Callable[[task_pb2.RerunTaskRequest, Principal, Mapping[str, str]], Awaitable[tuple[task_pb2.Task, bool]]]
+
+
+class Outcome(Enum):
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    LATER = "later"  # refused for now: try this task again later
+
+
+@dataclass(frozen=True)
+class Acted:
+    outcome: Outcome
+    message: str = ""
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class Page:
+    """The next tasks of an action: their ids, the cursor after each, and whether more follow."""
+
+    task_ids: list[str]
+    cursors: list[str]
+    more: bool
+
+
+class BulkWorker:
+    def __init__(
+        self,
+        store: BulkActionStore,
+        tasks: TaskStore,
+        cancel_soon: CancelSoon,
+        rerun: Rerun,
+        started: asyncio.Event,
+        lease_seconds: float,
+        retention_seconds: float,
+    ) -> None:
+        self.store = store
+        self.tasks = tasks
+        self.cancel_soon = cancel_soon
+        self.rerun = rerun
+        self.started = started
+        self.lease_ms = int(lease_seconds * 1000)
+        self.retention_ms = int(retention_seconds * 1000)
+
+    async def run_forever(self) -> None:
+        purged_at = 0.0
+        while True:
+            claimed = 0
+            with contextlib.suppress(McpError):  # the store is away: try again next tick
+                claimed = await self.work_due()
+                if time.monotonic() - purged_at > PURGE_EVERY_SECONDS:
+                    await self.store.purge_bulk_actions(int(now_seconds() * 1000) - self.retention_ms, 100)
+                    purged_at = time.monotonic()
+            if claimed < CLAIM_AT_ONCE:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.started.wait(), TICK_SECONDS)
+                self.started.clear()
+
+    async def work_due(self) -> int:
+        """Claim the actions due now and work on each until it ends, waits or passes elsewhere; how many."""
+        records = await self.store.claim_bulk_actions(int(now_seconds() * 1000), self.lease_ms, CLAIM_AT_ONCE)
+        await asyncio.gather(*(self._work_logged(record) for record in records))
+        return len(records)
+
+    async def _work_logged(self, record: BulkRecord) -> None:
+        try:
+            await self.work(record)
+        except Exception:  # worked on again when its lease ends
+            log.exception(
+                "bulk action %s: a page failed; it is tried again within %d ms", record.action_id, self.lease_ms
+            )
+
+    async def work(self, record: BulkRecord | None) -> None:
+        """Act on the action's tasks a page at a time, recording each page, until it is done,
+        must wait (a refusal for now), or a write finds it aborted or claimed elsewhere."""
+        while record is not None and record.running:
+            action = bulk_pb2.BulkAction.FromString(record.data)
+            principal = Principal(record.owner, frozenset({"admin"}) if record.admin else frozenset())
+            page = await self._page(action, record)
+            cursor, later, more = record.cursor, 0.0, page.more and bool(page.task_ids)
+            for task_id, after in zip(page.task_ids, page.cursors):
+                if action.max_tasks and action.matched >= action.max_tasks:
+                    more = False
+                    break
+                acted = await self._act(action, task_id, principal)
+                if acted.outcome is Outcome.LATER:
+                    later = max(acted.retry_after, 0.05)
+                    break
+                _count(action, task_id, acted)
+                cursor = after
+            now = now_seconds()
+            action.update_time.FromNanoseconds(int(now * 1e9))
+            done = not later and (not more or bool(action.max_tasks and action.matched >= action.max_tasks))
+            if done:
+                action.state = bulk_pb2.BULK_ACTION_STATE_DONE
+                action.end_time.CopyFrom(action.update_time)
+            due_ms = int((now + later) * 1000) if later else int(now * 1000) + self.lease_ms
+            record = await self.store.save_bulk_action(
+                replace(record, data=action.SerializeToString(), cursor=cursor, running=not done), due_ms
+            )
+            if later:
+                return  # claimed again when the refusal said
+
+    async def _page(self, action: bulk_pb2.BulkAction, record: BulkRecord) -> Page:
+        selection = action.selection
+        if selection.task_ids:
+            start = int(record.cursor or 0)
+            ids = selection.task_ids[start : start + PAGE]
+            return Page(
+                list(ids),
+                [str(start + i + 1) for i in range(len(ids))],
+                start + PAGE < len(selection.task_ids),
+            )
+        where = TaskFilter(
+            tuple(selection.statuses),
+            selection.workflow_id,
+            selection.owner,
+            tuple(sorted(selection.labels.items())),
+            micros(selection, "created_after"),
+            micros(selection, "created_before"),
+        )
+        listed = await self.tasks.list_tasks(PAGE, record.cursor, where)
+        return Page([task.task_id for task in listed.tasks], listed.after, listed.more)
+
+    async def _act(self, action: bulk_pb2.BulkAction, task_id: str, principal: Principal) -> Acted:
+        try:
+            if action.kind == K.BULK_ACTION_KIND_CANCEL:
+                return await self._cancel(action, task_id, principal)
+            request = task_pb2.RerunTaskRequest(
+                task_id=task_id,
+                request_id=f"bulk:{action.action_id}:{task_id}",
+                workflow_version=action.workflow_version,
+            )
+            await self.rerun(request, principal, {BULK_LABEL: action.action_id})
+            return Acted(Outcome.SUCCEEDED)
+        except ResourceExhausted as refused:  # a rate limit, a full queue or store: for now
+            return Acted(
+                Outcome.LATER, retry_after=float(refused.metadata.get("retry_after_seconds", RETRY_LATER_SECONDS))
+            )
+        except Unavailable:
+            return Acted(Outcome.LATER, retry_after=RETRY_LATER_SECONDS)
+        except McpError as refused:
+            if refused.reason in SKIPPED_REASONS:
+                return Acted(Outcome.SKIPPED)
+            return Acted(Outcome.FAILED, refused.message)
+
+    async def _cancel(self, action: bulk_pb2.BulkAction, task_id: str, principal: Principal) -> Acted:
+        task = await self.tasks.get_task(task_id)
+        if task is None or not (principal.is_admin or task.owner == principal.name) or task.status in TERMINAL:
+            return Acted(Outcome.SKIPPED)
+        await self.cancel_soon(task_id, f"bulk action {action.action_id}: {action.reason or 'cancelled in bulk'}")
+        return Acted(Outcome.SUCCEEDED)
+
+
+def _count(action: bulk_pb2.BulkAction, task_id: str, acted: Acted) -> None:
+    action.matched += 1
+    if acted.outcome is Outcome.SUCCEEDED:
+        action.succeeded += 1
+    elif acted.outcome is Outcome.SKIPPED:
+        action.skipped += 1
+    else:
+        action.failed += 1
+        if len(action.failures) < FAILURES_KEPT:
+            action.failures.add(task_id=task_id, message=acted.message[:1000])

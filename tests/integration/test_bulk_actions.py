@@ -1,0 +1,291 @@
+"""Bulk actions on both stores, through the public contract: cancel or rerun every task a filter
+(or a list of ids) names, in the background; each task acted on once, even when two replicas work
+on one page; tasks made after the start (the action's own reruns among them) left alone; aborts,
+limits, refusals, and an action that goes on after its server stops."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+
+import grpc
+import pytest
+
+from mcp_sdk.proto import bulk_pb2, task_pb2
+from mcp_server.engine.ports import BulkRecord
+from mcp_server.settings import Limits
+from tests.conftest import client_for
+from tests.helpers import (
+    bearer,
+    create,
+    error_reason,
+    principals_file,
+    refused,
+    step,
+    submit,
+    violations,
+    wait_done,
+    workflow,
+)
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2.TaskStatus
+B = bulk_pb2
+CANCEL, RERUN = B.BULK_ACTION_KIND_CANCEL, B.BULK_ACTION_KIND_RERUN
+
+
+@pytest.fixture
+async def served(server_factory, store_url):
+    running = await server_factory(store=store_url, limits=Limits(max_tasks_in_flight=2))
+    client = client_for(running)
+    yield running, client
+    await client.channel.close()
+
+
+async def start(client, kind: int, **selection) -> B.BulkAction:
+    request = B.StartBulkActionRequest(kind=kind, selection=B.TaskSelection(**selection))
+    return await client.bulk_actions.StartBulkAction(request)
+
+
+async def ended(client, action_id: str, timeout: float = 30) -> B.BulkAction:
+    async with asyncio.timeout(timeout):
+        while True:
+            action = await client.bulk_actions.GetBulkAction(B.GetBulkActionRequest(action_id=action_id))
+            if action.state != B.BULK_ACTION_STATE_RUNNING:
+                return action
+            await asyncio.sleep(0.05)
+
+
+async def listed(client, **request) -> list[task_pb2.Task]:
+    found, token = [], ""
+    while True:
+        page = await client.tasks.ListTasks(task_pb2.ListTasksRequest(page_size=500, page_token=token, **request))
+        found += page.tasks
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+async def status_of(client, task_id: str) -> int:
+    return (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id))).task.status
+
+
+async def test_a_filter_cancels_every_unfinished_task_of_a_workflow_and_leaves_the_rest(served):
+    _, client = served
+    tag = uuid.uuid4().hex[:8]
+    await create(client, workflow(f"slow-{tag}", step("s", "sleep", "{'ms': 20000}")))
+    await create(client, workflow(f"other-{tag}", step("s", "sleep", "{'ms': 20000}")))
+    slow = [(await submit(client, f"slow-{tag}")).task_id for _ in range(25)]  # 2 run, 23 wait in the queue
+    other = (await submit(client, f"other-{tag}")).task_id
+    action = await start(
+        client, CANCEL, workflow_id=f"slow-{tag}", statuses=[S.TASK_STATUS_PENDING, S.TASK_STATUS_RUNNING]
+    )
+    assert action.state == B.BULK_ACTION_STATE_RUNNING and action.selection.HasField("created_before")
+    done = await ended(client, action.action_id)
+    assert (done.state, done.matched, done.succeeded, done.skipped, done.failed) == (
+        B.BULK_ACTION_STATE_DONE,
+        25,
+        25,
+        0,
+        0,
+    )
+    for task_id in slow:
+        task = await wait_done(client, task_id)
+        assert task.status == S.TASK_STATUS_CANCELLED and f"bulk action {action.action_id}" in task.error.message
+    assert await status_of(client, other) in (S.TASK_STATUS_PENDING, S.TASK_STATUS_RUNNING)
+    later = (await submit(client, f"slow-{tag}")).task_id  # after the action: not in it
+    await asyncio.sleep(0.3)
+    assert await status_of(client, later) != S.TASK_STATUS_CANCELLED
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=other))
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=later))
+
+
+async def test_failed_tasks_are_rerun_once_each_labelled_and_the_reruns_are_not_rerun(served):
+    _, client = served
+    tag = uuid.uuid4().hex[:8]
+    await create(client, workflow(f"failing-{tag}", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
+    await create(client, workflow(f"fine-{tag}", step("e", "echo")))
+    failed = [(await submit(client, f"failing-{tag}")).task_id for _ in range(12)]
+    fine = (await submit(client, f"fine-{tag}")).task_id
+    for task_id in [*failed, fine]:
+        await wait_done(client, task_id)
+    action = await start(client, RERUN, statuses=[S.TASK_STATUS_FAILED], labels={}, workflow_id=f"failing-{tag}")
+    done = await ended(client, action.action_id)
+    assert (done.matched, done.succeeded, done.failed) == (12, 12, 0)
+    reruns = await listed(client, labels={"mcp/bulk-action": action.action_id})
+    assert sorted(t.rerun_of for t in reruns) == sorted(failed)  # one each, none of `fine`, none of a rerun
+    assert len(await listed(client, workflow_id=f"failing-{tag}")) == 24
+    for task in reruns:
+        await wait_done(client, task.task_id)
+
+
+async def test_two_replicas_working_one_page_rerun_each_task_once(served, store_url):
+    running, client = served
+    tag = uuid.uuid4().hex[:8]
+    await create(client, workflow(f"twice-{tag}", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
+    failed = [(await submit(client, f"twice-{tag}")).task_id for _ in range(30)]
+    for task_id in failed:
+        await wait_done(client, task_id)
+    action = await start(client, RERUN, task_ids=failed)
+    store = running.orchestrator.store.bulk_actions
+    record = await store.get_bulk_action(action.action_id)
+    assert isinstance(record, BulkRecord)
+    worker = running.orchestrator.bulk_worker
+    # the server's own worker and two more holding the same version (one whose lease passed to the other)
+    await asyncio.gather(worker.work(record), worker.work(record))
+    done = await ended(client, action.action_id)
+    reruns = await listed(client, labels={"mcp/bulk-action": action.action_id})
+    assert sorted(t.rerun_of for t in reruns) == sorted(failed)
+    assert done.state == B.BULK_ACTION_STATE_DONE and done.matched == 30
+
+
+async def test_ids_are_acted_on_as_named_and_what_is_not_there_or_not_theirs_is_skipped(
+    server_factory, store_url, tmp_path
+):
+    auth = principals_file(tmp_path, {"ann": [], "bob": [], "root": ["admin"]})
+    running = await server_factory(store=store_url, auth_file=auth, limits=Limits(max_tasks_in_flight=1))
+    client = client_for(running)
+    tag = uuid.uuid4().hex[:8]
+    await create_as(client, workflow(f"nap-{tag}", step("s", "sleep", "{'ms': 20000}")))
+    ann = [await submit_as(client, f"nap-{tag}", "ann") for _ in range(3)]
+    bobs = await submit_as(client, f"nap-{tag}", "bob")
+    request = B.StartBulkActionRequest(
+        kind=CANCEL, selection=B.TaskSelection(task_ids=[*ann, bobs, "no-such-task", ann[0]]), reason="tidy"
+    )
+    action = await client.bulk_actions.StartBulkAction(request, metadata=bearer("ann"))
+    assert list(action.selection.task_ids) == [*ann, bobs, "no-such-task"]  # a repeat once
+    get = B.GetBulkActionRequest(action_id=action.action_id)
+    async with asyncio.timeout(30):
+        while (
+            done := await client.bulk_actions.GetBulkAction(get, metadata=bearer("ann"))
+        ).state == B.BULK_ACTION_STATE_RUNNING:
+            await asyncio.sleep(0.05)
+    assert (done.matched, done.succeeded, done.skipped) == (5, 3, 2)
+    error = await refused(client.bulk_actions.GetBulkAction(get, metadata=bearer("bob")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and error_reason(error) == "BULK_ACTION_NOT_FOUND"
+    assert [
+        a.action_id
+        for a in (
+            await client.bulk_actions.ListBulkActions(B.ListBulkActionsRequest(), metadata=bearer("bob"))
+        ).bulk_actions
+    ] == []
+    admin_list = await client.bulk_actions.ListBulkActions(B.ListBulkActionsRequest(), metadata=bearer("root"))
+    assert action.action_id in [a.action_id for a in admin_list.bulk_actions]
+    status = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=bobs), metadata=bearer("bob"))).task.status
+    assert status != S.TASK_STATUS_CANCELLED
+    mine = B.StartBulkActionRequest(
+        kind=CANCEL, selection=B.TaskSelection(owner="bob", statuses=[S.TASK_STATUS_PENDING])
+    )
+    error = await refused(client.bulk_actions.StartBulkAction(mine, metadata=bearer("ann")))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "selection.owner" in violations(error)
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=bobs), metadata=bearer("bob"))
+    await client.channel.close()
+
+
+async def create_as(client, wf) -> None:
+    from mcp_sdk.proto import workflow_pb2
+
+    await client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=wf), metadata=bearer("root"))
+
+
+async def submit_as(client, workflow_id: str, name: str) -> str:
+    request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id)
+    return (await client.tasks.SubmitTask(request, metadata=bearer(name))).task.task_id
+
+
+async def test_an_abort_stops_a_rate_limited_rerun_and_the_running_limit_refuses_more(server_factory, store_url):
+    running = await server_factory(store=store_url, limits=Limits(submissions_per_second=2), bulk_max_running=1)
+    client = client_for(running)
+    tag = uuid.uuid4().hex[:8]
+    await create(client, workflow(f"slowly-{tag}", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
+    failed = []
+    for _ in range(8):
+        failed.append((await submit(client, f"slowly-{tag}")).task_id)
+        await asyncio.sleep(0.5)  # within the submission rate
+    for task_id in failed:
+        await wait_done(client, task_id)
+    action = await start(client, RERUN, task_ids=failed)
+    again = await refused(start(client, CANCEL, task_ids=failed))
+    assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(again) == "BULK_ACTIONS_RUNNING"
+    await asyncio.sleep(1.2)
+    aborted = await client.bulk_actions.AbortBulkAction(
+        B.AbortBulkActionRequest(action_id=action.action_id, reason="enough")
+    )
+    assert (
+        aborted.state == B.BULK_ACTION_STATE_ABORTED
+        and aborted.abort_reason == "enough"
+        and aborted.HasField("end_time")
+    )
+    await asyncio.sleep(1.5)
+    after = await client.bulk_actions.GetBulkAction(B.GetBulkActionRequest(action_id=action.action_id))
+    reruns = await listed(client, labels={"mcp/bulk-action": action.action_id})
+    assert after.state == B.BULK_ACTION_STATE_ABORTED and 0 < len(reruns) < 8
+    assert len(reruns) <= after.succeeded + 1  # the one in hand when the abort came may have gone
+    await asyncio.sleep(1.0)
+    assert len(await listed(client, labels={"mcp/bulk-action": action.action_id})) == len(reruns)  # nothing more
+    second = await start(client, CANCEL, task_ids=failed)  # room again: the first ended
+    assert (await ended(client, second.action_id)).skipped == 8  # all finished: nothing to cancel
+    await client.channel.close()
+
+
+async def test_an_action_goes_on_after_its_server_stops(server_factory, store_url, tmp_path):
+    url = f"sqlite:///{tmp_path}/bulk.db" if store_url.startswith("sqlite") else store_url
+    first = await server_factory(store=url, limits=Limits(submissions_per_second=4))
+    client = client_for(first)
+    tag = uuid.uuid4().hex[:8]
+    await create(client, workflow(f"carry-{tag}", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
+    failed = []
+    for _ in range(10):
+        failed.append((await submit(client, f"carry-{tag}")).task_id)
+        await asyncio.sleep(0.25)
+    for task_id in failed:
+        await wait_done(client, task_id)
+    action = await start(client, RERUN, workflow_id=f"carry-{tag}", statuses=[S.TASK_STATUS_FAILED])
+    await asyncio.sleep(0.6)
+    await client.channel.close()
+    await first.stop(0.5)
+    second = await server_factory(store=url, limits=Limits(submissions_per_second=4))
+    client = client_for(second)
+    done = await ended(client, action.action_id, timeout=40)
+    reruns = await listed(client, labels={"mcp/bulk-action": action.action_id})
+    assert done.state == B.BULK_ACTION_STATE_DONE and sorted(t.rerun_of for t in reruns) == sorted(failed)
+    await client.channel.close()
+
+
+async def test_refusals_name_the_field(served):
+    _, client = served
+    cases = {
+        "kind": B.StartBulkActionRequest(selection=B.TaskSelection(task_ids=["a"])),
+        "selection": B.StartBulkActionRequest(kind=CANCEL, selection=B.TaskSelection(task_ids=["a"], workflow_id="w")),
+        "selection.task_ids[1]": B.StartBulkActionRequest(
+            kind=CANCEL, selection=B.TaskSelection(task_ids=["a", "b c"])
+        ),
+        "workflow_version": B.StartBulkActionRequest(
+            kind=CANCEL, workflow_version=2, selection=B.TaskSelection(task_ids=["a"])
+        ),
+    }
+    empty = B.StartBulkActionRequest(kind=CANCEL, selection=B.TaskSelection(labels={}))
+    empty.selection.SetInParent()
+    cases["selection "] = empty
+    backwards = B.StartBulkActionRequest(kind=RERUN, selection=B.TaskSelection(workflow_id="w"))
+    backwards.selection.created_after.FromDatetime(dt.datetime(2026, 1, 2))
+    backwards.selection.created_before.FromDatetime(dt.datetime(2026, 1, 1))
+    cases["selection.created_before"] = backwards
+    for field, request in cases.items():
+        error = await refused(client.bulk_actions.StartBulkAction(request))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert field.strip() in violations(error), (field, violations(error))
+    missing = await refused(client.bulk_actions.GetBulkAction(B.GetBulkActionRequest(action_id="ba-nope")))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    token = await refused(client.bulk_actions.ListBulkActions(B.ListBulkActionsRequest(page_token="not a token!")))
+    assert token.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_repeated_start_gets_the_same_action(served):
+    _, client = served
+    request = B.StartBulkActionRequest(kind=CANCEL, selection=B.TaskSelection(task_ids=["x1"]), request_id="once")
+    first = await client.bulk_actions.StartBulkAction(request)
+    second = await client.bulk_actions.StartBulkAction(request)
+    assert first.action_id == second.action_id
+    assert (await ended(client, first.action_id)).skipped == 1

@@ -137,6 +137,7 @@ class Orchestrator:
             self.bulk.started,
             settings.lease_seconds,
             settings.retention_seconds,
+            lambda kind, outcome: self.metrics.bulk_tasks.labels(kind, outcome).inc(),
         )
         self.signalling = Signalling(
             settings,

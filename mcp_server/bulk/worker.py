@@ -38,6 +38,7 @@ SKIPPED_REASONS = frozenset({"TASK_NOT_FOUND", "TASK_NOT_FINISHED"})
 
 K = bulk_pb2.BulkActionKind
 CancelSoon = Callable[[str, str], Awaitable[None]]
+Observe = Callable[[str, str], None]  # (kind: cancel or rerun, outcome: succeeded, skipped or failed)
 Rerun = Callable[[task_pb2.RerunTaskRequest, Principal, Mapping[str, str]], Awaitable[tuple[task_pb2.Task, bool]]]
 
 
@@ -74,6 +75,7 @@ class BulkWorker:
         started: asyncio.Event,
         lease_seconds: float,
         retention_seconds: float,
+        observe: Observe = lambda kind, outcome: None,
     ) -> None:
         self.store = store
         self.tasks = tasks
@@ -82,6 +84,7 @@ class BulkWorker:
         self.started = started
         self.lease_ms = int(lease_seconds * 1000)
         self.retention_ms = int(retention_seconds * 1000)
+        self.observe = observe
 
     async def run_forever(self) -> None:
         purged_at = 0.0
@@ -128,6 +131,7 @@ class BulkWorker:
                     later = max(acted.retry_after, 0.05)
                     break
                 _count(action, task_id, acted)
+                self.observe("cancel" if action.kind == K.BULK_ACTION_KIND_CANCEL else "rerun", acted.outcome.value)
                 cursor = after
             now = now_seconds()
             action.update_time.FromNanoseconds(int(now * 1e9))

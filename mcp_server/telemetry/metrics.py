@@ -157,6 +157,13 @@ class Metrics:
             ["protocol", "owner", "name"],
             registry=r,
         )
+        self.bulk_tasks = Counter(
+            "mcp_bulk_action_tasks_total",
+            "Tasks bulk actions worked on by this replica dealt with, by kind (cancel, rerun) and outcome"
+            " (succeeded, skipped, failed)",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.schedule_fires = Counter(
             "mcp_schedule_fires_total",
             "Fire times of schedules dealt with by this replica, by outcome"

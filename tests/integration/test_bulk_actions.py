@@ -115,6 +115,8 @@ async def test_failed_tasks_are_rerun_once_each_labelled_and_the_reruns_are_not_
     assert (done.matched, done.succeeded, done.failed) == (12, 12, 0)
     reruns = await listed(client, labels={"mcp/bulk-action": action.action_id})
     assert sorted(t.rerun_of for t in reruns) == sorted(failed)  # one each, none of `fine`, none of a rerun
+    metrics = served[0].orchestrator.metrics.registry
+    assert metrics.get_sample_value("mcp_bulk_action_tasks_total", {"kind": "rerun", "outcome": "succeeded"}) == 12
     assert len(await listed(client, workflow_id=f"failing-{tag}")) == 24
     for task in reruns:
         await wait_done(client, task.task_id)

@@ -50,7 +50,10 @@ async function drawGraph(target, source) {
 // ---- /tasks ------------------------------------------------------------------------------
 function tasksPage() {
   document.getElementById("bulk-cancel")?.addEventListener("submit", (event) => {
-    if (!window.confirm("Cancel every task this filter shows (up to 100 per click)? This cannot be undone.")) event.preventDefault();
+    const question = event.submitter?.id === "cancel-all"
+      ? "Cancel every task this filter selects, all of them, in the background? This cannot be undone."
+      : "Cancel every task this filter shows (up to 100 per click)? This cannot be undone.";
+    if (!window.confirm(question)) event.preventDefault();
   });
   const table = document.getElementById("task-table");
   const total = document.getElementById("total");

@@ -74,6 +74,15 @@ async def test_node_client_deletes_the_finished_task(server, client):
     assert summary["after_delete"] == grpc.StatusCode.NOT_FOUND.value[0]
 
 
+async def test_node_client_reruns_its_task_through_a_bulk_action(server, client):
+    await create(client, workflow("for-node-bulk", step("a", "append")))
+    summary = await run_node_client(server.address, "for-node-bulk", json.dumps({"text": "b:"}), "--bulk-rerun")
+    assert summary["status"] == "TASK_STATUS_COMPLETED"
+    bulk = summary["bulk"]
+    assert bulk["state"] == "BULK_ACTION_STATE_DONE" and (bulk["matched"], bulk["succeeded"]) == (1, 1)
+    assert bulk["reruns_of"] == [summary["task_id"]]
+
+
 async def test_node_client_sets_a_queue_timeout_and_reads_the_deadline(server, client):
     await create(client, workflow("for-node-timely", step("a", "append")))
     flags = ("--queue-timeout-ms", "1500")

@@ -1,5 +1,5 @@
 // A Node.js client of the mCP orchestrator: submit a task, watch it live, print a JSON summary.
-// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run | --follow | --refused] [--delete]
+// usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run | --follow | --refused] [--delete | --bulk-rerun]
 //        [--queue-timeout-ms MS]
 // With --run: one RunTask call (submit and wait), with a deadline, so the task id also comes at
 // once in the `mcp-task-id` response header. With --follow: one SubmitAndWatchTask stream (submit,
@@ -13,7 +13,7 @@ const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
 
 const PROTOS = path.resolve(__dirname, '../../../protos');
-const definition = protoLoader.loadSync(['mcp/v1/task.proto'], {
+const definition = protoLoader.loadSync(['mcp/v1/task.proto', 'mcp/v1/bulk.proto'], {
   includeDirs: [PROTOS], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
 });
 const mcp = grpc.loadPackageDefinition(definition).mcp.v1;
@@ -155,6 +155,21 @@ async function main() {
       (err, res) => (err ? reject(err) : resolve(res))));
     summary.deleted = removed.deleted;
     summary.after_delete = await get({ task_id: task.task_id }).then(() => 'found', (err) => err.code);
+  }
+  if (process.argv.includes('--bulk-rerun')) {
+    // a bulk action on the server: rerun the finished task in the background, then find its rerun by label
+    const bulk = new mcp.BulkActionService(address, grpc.credentials.createInsecure());
+    const call = (method, req) => new Promise((resolve, reject) => bulk[method](req, (err, res) => (err ? reject(err) : resolve(res))));
+    let action = await call('StartBulkAction', { kind: 'BULK_ACTION_KIND_RERUN', selection: { task_ids: [task.task_id] } });
+    while (action.state === 'BULK_ACTION_STATE_RUNNING') {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      action = await call('GetBulkAction', { action_id: action.action_id });
+    }
+    const listed = await new Promise((resolve, reject) => tasks.ListTasks({ labels: { 'mcp/bulk-action': action.action_id } },
+      (err, res) => (err ? reject(err) : resolve(res))));
+    summary.bulk = { state: action.state, matched: action.matched, succeeded: action.succeeded,
+      reruns_of: listed.tasks.map((t) => t.rerun_of) };
+    bulk.close();
   }
   console.log(JSON.stringify(summary));
   tasks.close();

@@ -12,6 +12,8 @@ import uuid
 import grpc
 import pytest
 
+from mcp_sdk.client import Client as SdkClient
+from mcp_sdk.client import task_selection
 from mcp_sdk.proto import bulk_pb2, task_pb2
 from mcp_server.engine.ports import BulkRecord
 from mcp_server.settings import Limits
@@ -291,3 +293,29 @@ async def test_a_repeated_start_gets_the_same_action(served):
     second = await client.bulk_actions.StartBulkAction(request)
     assert first.action_id == second.action_id
     assert (await ended(client, first.action_id)).skipped == 1
+
+
+async def test_the_sdk_starts_waits_for_and_lists_an_action_and_lists_tasks_by_creation_time(served):
+    running, client = served
+    tag = uuid.uuid4().hex[:8]
+    await create(client, workflow(f"sdk-{tag}", step("e", "echo")))
+    async with SdkClient(running.address) as sdk:
+        early = [(await sdk.submit(f"sdk-{tag}", {"n": i})).task_id for i in range(3)]
+        await asyncio.sleep(0.05)
+        middle = dt.datetime.now(dt.UTC)
+        await asyncio.sleep(0.05)
+        late = [(await sdk.submit(f"sdk-{tag}", {"n": i})).task_id for i in range(2)]
+        for task_id in [*early, *late]:
+            await sdk.result(task_id)
+        after = await sdk.list_tasks(workflow_id=f"sdk-{tag}", created_after=middle)
+        assert [t.task_id for t in after.tasks] == list(reversed(late)) and after.total_size == 2
+        before = await sdk.list_tasks(workflow_id=f"sdk-{tag}", created_before=middle)
+        assert [t.task_id for t in before.tasks] == list(reversed(early)) and before.total_size == 3
+        selection = task_selection(workflow_id=f"sdk-{tag}", created_after=middle)
+        action = await sdk.start_bulk_action("rerun", selection, request_id=f"sdk-{tag}")
+        done = await sdk.wait_bulk_action(action.action_id, timeout=30)
+        assert (done.state, done.succeeded) == (B.BULK_ACTION_STATE_DONE, 2)
+        assert done.selection.created_after == selection.created_after
+        assert action.action_id in [a.action_id for a in (await sdk.list_bulk_actions()).bulk_actions]
+        reruns = await sdk.list_tasks(labels={"mcp/bulk-action": action.action_id})
+        assert sorted(t.rerun_of for t in reruns.tasks) == sorted(late)

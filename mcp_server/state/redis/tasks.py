@@ -111,8 +111,9 @@ class RedisTasks:
         asked) how many entries the keys hold within those times."""
         top = f"({where.created_before_us}" if where.created_before_us else "+inf"
         low = str(where.created_after_us) if where.created_after_us else "-inf"
-        below_cursor = after is not None and not (where.created_before_us and where.created_before_us <= after[0])
-        high = repr(after[0]) if after is not None and below_cursor else top
+        high = top  # the read starts at the cursor or the upper bound, whichever is lower
+        if after is not None and not (where.created_before_us and where.created_before_us <= after[0]):
+            high = repr(after[0])
         ties = 16  # entries created in the same microsecond as the cursor, skipped below
         async with self.conn.pipeline(transaction=False) as pipe:
             for key in keys:

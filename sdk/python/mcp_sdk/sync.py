@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 
 from mcp_sdk.bulk import UNFINISHED, CancelOutcome, RerunOutcome
 from mcp_sdk.client import Client, Tls, Upgrade
-from mcp_sdk.proto import registry_pb2, schedule_pb2, task_pb2, workflow_pb2
+from mcp_sdk.proto import bulk_pb2, registry_pb2, schedule_pb2, task_pb2, workflow_pb2
 from mcp_sdk.task_methods import UNSET, _Unset
 from mcp_sdk.values import JsonValue
 
@@ -138,9 +138,13 @@ class SyncClient:
         labels: Mapping[str, str] | None = None,
         page_size: int = 100,
         page_token: str = "",
+        created_after: datetime.datetime | None = None,
+        created_before: datetime.datetime | None = None,
     ) -> task_pb2.ListTasksResponse:
         return self._run(
             self._client.list_tasks(
+                created_after=created_after,
+                created_before=created_before,
                 statuses=statuses,
                 workflow_id=workflow_id,
                 labels=labels,
@@ -328,3 +332,19 @@ class SyncClient:
         self, schedule_id: str, start: datetime.datetime, end: datetime.datetime, overlap: str = "allow_all"
     ) -> int:
         return self._run(self._client.backfill_schedule(schedule_id, start, end, overlap))
+
+    def start_bulk_action(self, kind: str, selection: bulk_pb2.TaskSelection, **options: Any) -> bulk_pb2.BulkAction:
+        """See Client.start_bulk_action (and task_selection for `selection`)."""
+        return self._run(self._client.start_bulk_action(kind, selection, **options))
+
+    def get_bulk_action(self, action_id: str) -> bulk_pb2.BulkAction:
+        return self._run(self._client.get_bulk_action(action_id))
+
+    def list_bulk_actions(self, page_size: int = 100, page_token: str = "") -> bulk_pb2.ListBulkActionsResponse:
+        return self._run(self._client.list_bulk_actions(page_size, page_token))
+
+    def abort_bulk_action(self, action_id: str, reason: str = "") -> bulk_pb2.BulkAction:
+        return self._run(self._client.abort_bulk_action(action_id, reason))
+
+    def wait_bulk_action(self, action_id: str, timeout: float | None = None) -> bulk_pb2.BulkAction:
+        return self._run(self._client.wait_bulk_action(action_id, timeout))

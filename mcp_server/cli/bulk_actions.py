@@ -17,15 +17,21 @@ from mcp_server.cli.schedules import parse_moment
 STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 
 
-def add_parser(groups: Any, parse_seconds: Callable[[str], float]) -> None:
-    bulk = groups.add_parser("bulk", help="cancel or rerun many tasks, on the server, in the background")
-    commands = bulk.add_subparsers(dest="command", required=True)
+def time_argument(parse_seconds: Callable[[str], float]) -> Callable[[str], dt.datetime]:
+    """The parser of --since and --until: an RFC 3339 time, or a duration (15m, 2h) before now."""
 
     def since(text: str) -> dt.datetime:
-        """An RFC 3339 time, or a duration (15m, 2h) before now."""
         if any(mark in text for mark in "-:T"):
             return parse_moment(text)
         return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_seconds(text))
+
+    return since
+
+
+def add_parser(groups: Any, parse_seconds: Callable[[str], float]) -> None:
+    bulk = groups.add_parser("bulk", help="cancel or rerun many tasks, on the server, in the background")
+    commands = bulk.add_subparsers(dest="command", required=True)
+    since = time_argument(parse_seconds)
 
     for kind, what in (("cancel", "cancel the unfinished ones"), ("rerun", "rerun the finished ones")):
         action = commands.add_parser(kind, help=f"{what} among the tasks named, or a filter selects")

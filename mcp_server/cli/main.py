@@ -145,7 +145,12 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
     elif cmd == ("task", "list"):
         statuses = [f"TASK_STATUS_{s.upper()}" for s in args.status]
         listed = await client.list_tasks(
-            statuses=statuses, workflow_id=args.workflow or "", labels=dict(args.label), page_size=args.page_size
+            statuses=statuses,
+            workflow_id=args.workflow or "",
+            labels=dict(args.label),
+            page_size=args.page_size,
+            created_after=args.since,
+            created_before=args.until,
         )
         out(render.to_json(listed)) if out else render.task_rows(list(listed.tasks))
     elif cmd == ("task", "cancel"):
@@ -325,6 +330,9 @@ def parser() -> argparse.ArgumentParser:
         help="only tasks with it (repeatable)",
     )
     lst.add_argument("--page-size", type=int, default=50)
+    created = bulk_actions.time_argument(parse_seconds)
+    lst.add_argument("--since", type=created, help="created at or after: RFC 3339, or a duration ago (15m)")
+    lst.add_argument("--until", type=created, help="created before: RFC 3339, or a duration ago")
     cancelling.add_parser(task)
     deleting.add_parser(task)
     sig = task.add_parser("signal", help="send a signal to a task's wait node")

@@ -107,6 +107,9 @@ async def test_a_killed_server_on_sqlite_reruns_each_task_once_after_its_restart
         assert shown["state"] == "BULK_ACTION_STATE_DONE" and int(shown["skipped"]) == 2  # finished, and gone
         listed = mcp(address, "bulk", "list")
         assert listed.returncode == 0 and action.action_id in listed.stdout and shown["action_id"] in listed.stdout
+        recent = json.loads(mcp(address, "--json", "task", "list", "--workflow", "fails", "--since", "1h").stdout)
+        older = json.loads(mcp(address, "--json", "task", "list", "--workflow", "fails", "--until", "1h").stdout)
+        assert len(recent["tasks"]) == 50 and "tasks" not in older  # every one made within the hour
         refused = mcp(address, "bulk", "rerun", "--since", "yesterday-ish")
         assert refused.returncode != 0 and "RFC 3339" in refused.stderr
     finally:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from mcp_sdk.proto import bulk_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.ports import BulkActionStore, BulkRecord
-from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from mcp_server.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mcp_server.service.access import micros, page_size
 from mcp_server.settings import Settings
 from mcp_server.state.common import now_seconds
@@ -21,6 +21,20 @@ K = bulk_pb2.BulkActionKind
 KINDS = (K.BULK_ACTION_KIND_CANCEL, K.BULK_ACTION_KIND_RERUN)
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SAVE_TRIES = 20
+# what an action's work changes, and its id and times: the rest is what its start asked for
+PROGRESS_FIELDS = (
+    "action_id",
+    "state",
+    "matched",
+    "succeeded",
+    "skipped",
+    "failed",
+    "failures",
+    "create_time",
+    "update_time",
+    "end_time",
+    "abort_reason",
+)
 
 
 def new_action_id() -> str:
@@ -71,7 +85,15 @@ class BulkActions:
         stored, created = await self.store.create_bulk_action(record, self.settings.bulk_max_running)
         if created:
             self.started.set()
-        return bulk_pb2.BulkAction.FromString(stored.data)
+        earlier = bulk_pb2.BulkAction.FromString(stored.data)
+        if not created and not same_request(earlier, action):
+            raise AlreadyExists(
+                f"request_id {request.request_id!r} was used before for a different bulk action"
+                f" ({earlier.action_id}): use a new one for a new action",
+                reason="REQUEST_ID_REUSED",
+                metadata={"request_id": request.request_id, "action_id": earlier.action_id},
+            )
+        return earlier
 
     async def get(self, action_id: str, principal: Principal = ANONYMOUS_ADMIN) -> bulk_pb2.BulkAction:
         return bulk_pb2.BulkAction.FromString((await self._visible(action_id, principal)).data)
@@ -115,6 +137,20 @@ class BulkActions:
         if record is None or not (principal.is_admin or record.owner == principal.name):
             raise action_not_found(action_id)
         return record
+
+
+def same_request(earlier: bulk_pb2.BulkAction, now: bulk_pb2.BulkAction) -> bool:
+    """Whether two starts asked for the same action (a created_before the server filled in, at
+    each one's start, aside)."""
+    pair = [bulk_pb2.BulkAction(), bulk_pb2.BulkAction()]
+    for copy, action in zip(pair, (earlier, now)):
+        copy.CopyFrom(action)
+        for progress in PROGRESS_FIELDS:
+            copy.ClearField(progress)
+    if not now.selection.task_ids and now.selection.created_before == now.create_time:
+        pair[0].selection.ClearField("created_before")
+        pair[1].selection.ClearField("created_before")
+    return pair[0] == pair[1]
 
 
 def checked_selection(request: bulk_pb2.StartBulkActionRequest, principal: Principal) -> bulk_pb2.TaskSelection:

@@ -293,6 +293,14 @@ async def test_a_repeated_start_gets_the_same_action(served):
     second = await client.bulk_actions.StartBulkAction(request)
     assert first.action_id == second.action_id
     assert (await ended(client, first.action_id)).skipped == 1
+    assert (await client.bulk_actions.StartBulkAction(request)).action_id == first.action_id  # after its end too
+    other = B.StartBulkActionRequest(kind=RERUN, selection=B.TaskSelection(task_ids=["x1"]), request_id="once")
+    error = await refused(client.bulk_actions.StartBulkAction(other))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS and error_reason(error) == "REQUEST_ID_REUSED"
+    by_filter = B.StartBulkActionRequest(kind=CANCEL, selection=B.TaskSelection(workflow_id="w"), request_id="filtered")
+    first = await client.bulk_actions.StartBulkAction(by_filter)
+    await asyncio.sleep(0.01)
+    assert (await client.bulk_actions.StartBulkAction(by_filter)).action_id == first.action_id  # its own start time
 
 
 async def test_the_sdk_starts_waits_for_and_lists_an_action_and_lists_tasks_by_creation_time(served):

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from bench.admission import bench_admission
 from bench.baseline import prepare
+from bench.bulk import bench_bulk
 from bench.bursts import bench_bursts
 from bench.call_cost import bench_calls
 from bench.capacity import bench_capacity
@@ -403,7 +404,7 @@ async def main() -> None:
         "--only",
         action="append",
         help="chains, contract, calls, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster,"
-        " console, bursts, waits, reruns, fairness, schedules, cache, queue-timeouts",
+        " console, bursts, waits, reruns, fairness, schedules, cache, queue-timeouts, bulk",
     )
     parser.add_argument(
         "--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares"
@@ -441,6 +442,7 @@ async def main() -> None:
         "schedules": bench_schedules,
         "cache": bench_cache,
         "queue-timeouts": bench_queue_timeouts,
+        "bulk": bench_bulk,
     }
     try:
         for name, suite in suites.items():

@@ -48,6 +48,25 @@ def fitting(items: Sequence[M], limits: Limits, reserved: int = 0) -> list[M]:
     return shown
 
 
+def status_violations(statuses: Sequence[int], field: str) -> list[FieldViolation]:
+    """One violation for each of `statuses` that is no task status (UNSPECIFIED, or a number the
+    contract does not define): a filter on it would match nothing on one store and everything on another."""
+    known = task_pb2.TaskStatus.values()
+    return [
+        FieldViolation(
+            f"{field}[{i}]", f"{status} is not a task status: use TASK_STATUS_PENDING ... TASK_STATUS_WAITING"
+        )
+        for i, status in enumerate(statuses)
+        if status == task_pb2.TASK_STATUS_UNSPECIFIED or status not in known
+    ]
+
+
+def check_statuses(statuses: Sequence[int], field: str) -> None:
+    """InvalidArgument naming each of `statuses` that is no task status."""
+    if wrong := status_violations(statuses, field):
+        raise InvalidArgument(f"{wrong[0].field}: {wrong[0].description}", violations=wrong)
+
+
 def micros(message: Message, field: str) -> int:
     """A Timestamp field of `message` in Unix microseconds; 0 when it is not set."""
     return int(getattr(message, field).ToMicroseconds()) if message.HasField(field) else 0

@@ -13,7 +13,7 @@ from mcp_sdk.proto import bulk_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.ports import BulkActionStore, BulkRecord
 from mcp_server.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from mcp_server.service.access import micros, page_size
+from mcp_server.service.access import micros, page_size, status_violations
 from mcp_server.settings import Settings
 from mcp_server.state.common import now_seconds
 
@@ -176,6 +176,7 @@ def checked_selection(request: bulk_pb2.StartBulkActionRequest, principal: Princ
         violations.append(
             FieldViolation("selection", "name the tasks: task_ids, or at least one filter field (statuses, ...)")
         )
+    violations += status_violations(given.statuses, "selection.statuses")
     for i, task_id in enumerate(given.task_ids):
         if not TASK_ID.fullmatch(task_id):
             violations.append(FieldViolation(f"selection.task_ids[{i}]", "must be 1-64 of A-Z a-z 0-9 _ -"))

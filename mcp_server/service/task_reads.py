@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.ports import TaskFilter, TaskStore
-from mcp_server.service.access import page_size, visible_task
+from mcp_server.service.access import check_statuses, page_size, visible_task
 from mcp_server.settings import Limits
 from mcp_server.state.common import TERMINAL
 from mcp_server.task_views import TaskViews, chunks, steps_start, steps_token
@@ -52,6 +52,7 @@ class TaskReads:
         """Tasks newest first, as many as fit in one response; an admin may filter by owner,
         anyone else sees only their own; with `labels`, only the tasks that carry all of them;
         `created`: (at or after, before) in Unix microseconds, 0 for no bound."""
+        check_statuses(statuses, "statuses")
         if not principal.is_admin:
             if owner and owner != principal.name:
                 return [], "", 0  # another principal's tasks do not exist for this caller

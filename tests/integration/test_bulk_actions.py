@@ -270,6 +270,10 @@ async def test_refusals_name_the_field(served):
             kind=CANCEL, workflow_version=2, selection=B.TaskSelection(task_ids=["a"])
         ),
     }
+    cases["selection.statuses[1]"] = B.StartBulkActionRequest(
+        kind=CANCEL, selection=B.TaskSelection(statuses=[S.TASK_STATUS_PENDING, S.TASK_STATUS_UNSPECIFIED])
+    )
+    cases["selection.statuses[0]"] = B.StartBulkActionRequest(kind=CANCEL, selection=B.TaskSelection(statuses=[99]))
     empty = B.StartBulkActionRequest(kind=CANCEL, selection=B.TaskSelection(labels={}))
     empty.selection.SetInParent()
     cases["selection "] = empty
@@ -328,3 +332,12 @@ async def test_the_sdk_starts_waits_for_and_lists_an_action_and_lists_tasks_by_c
         assert action.action_id in [a.action_id for a in (await sdk.list_bulk_actions()).bulk_actions]
         reruns = await sdk.list_tasks(labels={"mcp/bulk-action": action.action_id})
         assert sorted(t.rerun_of for t in reruns.tasks) == sorted(late)
+
+
+async def test_list_tasks_refuses_a_status_that_is_none_on_every_store(served):
+    """UNSPECIFIED matched every task on Redis (its index of all tasks) and none on SQLite."""
+    _, client = served
+    for statuses in ([S.TASK_STATUS_UNSPECIFIED], [S.TASK_STATUS_FAILED, 42]):
+        error = await refused(client.tasks.ListTasks(task_pb2.ListTasksRequest(statuses=statuses)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"statuses[{len(statuses) - 1}]" in violations(error)

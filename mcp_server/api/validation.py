@@ -219,10 +219,35 @@ def _types_holding_times(root: Descriptor) -> frozenset[str]:
     return frozenset(holding & edges.keys())
 
 
+@cache
+def _enum_fields(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
+    return tuple(field for field in descriptor.fields if field.enum_type is not None)
+
+
+def enum_violations(message: Message) -> list[FieldViolation]:
+    """Every enum field of the request itself holding a number its enum does not define (proto3
+    lets any number through; a newer client's value reaches an older server so): refused, where
+    it would otherwise be read as the default or as nothing."""
+    found = []
+    for field in _enum_fields(message.DESCRIPTOR):
+        assert field.enum_type is not None
+        defined = field.enum_type.values_by_number
+        value = getattr(message, field.name)
+        items = enumerate(value) if field.is_repeated else ((None, value),)
+        for i, number in items:
+            if number not in defined:
+                path = field.name if i is None else f"{field.name}[{i}]"
+                found.append(FieldViolation(path, f"{number} is not a value of {field.enum_type.name}"))
+    return found
+
+
 def validate_request(message: Message) -> None:
     """Raise InvalidArgument listing every field of `message` that breaks its declared rules,
-    and every Timestamp or Duration in it outside protobuf's ranges."""
+    every enum value of it its enum does not define, and every Timestamp or Duration in it
+    outside protobuf's ranges."""
     found = violations_of(message)
+    if _enum_fields(message.DESCRIPTOR):
+        found += enum_violations(message)
     if _time_paths(message.DESCRIPTOR):
         found += time_violations(message)
     if found:

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
+from mcp_sdk.proto import bulk_pb2, protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.auth import hash_token
 from mcp_server.plugin_host import start_plugin
 from mcp_server.settings import Limits
@@ -20,6 +20,7 @@ from tests.helpers import (
     create,
     error_reason,
     events,
+    refused,
     result,
     run,
     step,
@@ -389,3 +390,24 @@ async def test_a_supervisor_input_that_would_nest_past_the_limit_fails_clearly(c
     assert task.status == FAILED
     assert "the input of threshold_supervisor nests more than 32 levels deep" in task.error.message
     await read_back_everywhere(client, task.task_id)
+
+
+async def test_an_enum_number_the_contract_does_not_define_is_refused_naming_the_field(client):
+    """proto3 lets any number through an enum field; one the contract does not define was read as
+    the default (a view, a value field) instead of being refused."""
+    refusals = {
+        "view": client.tasks.GetTask(task_pb2.GetTaskRequest(task_id="t1", view=99)),
+        "statuses[1]": client.tasks.ListTasks(task_pb2.ListTasksRequest(statuses=[1, 77])),
+        "kind": client.bulk_actions.StartBulkAction(
+            bulk_pb2.StartBulkActionRequest(kind=9, selection=bulk_pb2.TaskSelection(task_ids=["t1"]))
+        ),
+    }
+    for field, call in refusals.items():
+        error = await refused(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert "is not a value of" in violations(error)[field], violations(error)
+    chunks = client.tasks.ReadValue(task_pb2.ReadValueRequest(task_id="t1", field=99))
+    with pytest.raises(grpc.aio.AioRpcError) as read:
+        async for _ in chunks:
+            pass
+    assert read.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "field" in violations(read.value)

@@ -134,6 +134,7 @@ class Orchestrator:
             store.tasks,
             self.cancelling.cancel_soon,
             self.reruns.rerun_task,
+            self.deleting.delete_task,
             self.bulk.started,
             settings.lease_seconds,
             settings.retention_seconds,

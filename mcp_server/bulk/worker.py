@@ -39,7 +39,8 @@ SKIPPED_REASONS = frozenset({"TASK_NOT_FOUND", "TASK_NOT_FINISHED"})
 
 K = bulk_pb2.BulkActionKind
 CancelSoon = Callable[[str, str], Awaitable[None]]
-Observe = Callable[[str, str], None]  # (kind: cancel or rerun, outcome: succeeded, skipped or failed)
+Observe = Callable[[str, str], None]  # (kind: cancel, rerun or delete; outcome: succeeded, skipped or failed)
+Delete = Callable[[str, Principal, bool], Awaitable[bool]]
 Rerun = Callable[[task_pb2.RerunTaskRequest, Principal, Mapping[str, str]], Awaitable[tuple[task_pb2.Task, bool]]]
 
 
@@ -73,6 +74,7 @@ class BulkWorker:
         tasks: TaskStore,
         cancel_soon: CancelSoon,
         rerun: Rerun,
+        delete: Delete,
         started: asyncio.Event,
         lease_seconds: float,
         retention_seconds: float,
@@ -82,6 +84,7 @@ class BulkWorker:
         self.tasks = tasks
         self.cancel_soon = cancel_soon
         self.rerun = rerun
+        self.delete = delete
         self.started = started
         self.lease_ms = int(lease_seconds * 1000)
         self.retention_ms = int(retention_seconds * 1000)
@@ -178,10 +181,14 @@ class BulkWorker:
         try:
             if action.kind == K.BULK_ACTION_KIND_CANCEL:
                 return await self._cancel(action, task_id, principal)
+            if action.kind == K.BULK_ACTION_KIND_DELETE:  # a task gone already: skipped
+                deleted = await self.delete(task_id, principal, True)
+                return Acted(Outcome.SUCCEEDED if deleted else Outcome.SKIPPED)
             request = task_pb2.RerunTaskRequest(
                 task_id=task_id,
                 request_id=f"bulk:{action.action_id}:{task_id}",
                 workflow_version=action.workflow_version,
+                from_step_path=action.from_step_path,
             )
             await self.rerun(request, principal, {BULK_LABEL: action.action_id})
             return Acted(Outcome.SUCCEEDED)
@@ -209,7 +216,7 @@ class BulkWorker:
 
 
 def _kind(action: bulk_pb2.BulkAction) -> str:
-    return "cancel" if action.kind == K.BULK_ACTION_KIND_CANCEL else "rerun"
+    return bulk_pb2.BulkActionKind.Name(action.kind).removeprefix("BULK_ACTION_KIND_").lower()
 
 
 def _count(action: bulk_pb2.BulkAction, task_id: str, acted: Acted) -> None:

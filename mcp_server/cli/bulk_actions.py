@@ -1,5 +1,6 @@
-"""`mcp bulk cancel|rerun|get|list|abort`: bulk actions the server carries out in the background
-(bulk.proto), as opposed to `mcp task cancel|rerun --status ...`, which this client makes call by call."""
+"""`mcp bulk cancel|rerun|delete|get|list|abort`: bulk actions the server carries out in the
+background (bulk.proto), as opposed to `mcp task cancel|rerun|delete --status ...`, which this client
+makes call by call."""
 
 from __future__ import annotations
 
@@ -29,11 +30,16 @@ def time_argument(parse_seconds: Callable[[str], float]) -> Callable[[str], dt.d
 
 
 def add_parser(groups: Any, parse_seconds: Callable[[str], float]) -> None:
-    bulk = groups.add_parser("bulk", help="cancel or rerun many tasks, on the server, in the background")
+    bulk = groups.add_parser("bulk", help="cancel, rerun or delete many tasks, on the server, in the background")
     commands = bulk.add_subparsers(dest="command", required=True)
     since = time_argument(parse_seconds)
 
-    for kind, what in (("cancel", "cancel the unfinished ones"), ("rerun", "rerun the finished ones")):
+    kinds = (
+        ("cancel", "cancel the unfinished ones"),
+        ("rerun", "rerun the finished ones"),
+        ("delete", "delete the finished ones, with everything stored of them"),
+    )
+    for kind, what in kinds:
         action = commands.add_parser(kind, help=f"{what} among the tasks named, or a filter selects")
         action.add_argument("ids", nargs="*", help="task ids (or give a filter)")
         action.add_argument("--status", action="append", default=[], choices=STATUSES, help="repeatable")
@@ -46,8 +52,9 @@ def add_parser(groups: Any, parse_seconds: Callable[[str], float]) -> None:
         action.add_argument("--wait", action="store_true", help="wait for the action to end, and show it")
         if kind == "cancel":
             action.add_argument("--reason", default="")
-        else:
+        if kind == "rerun":
             action.add_argument("--version", type=int, default=0, help="the workflow version the reruns run")
+            action.add_argument("--from", dest="from_step", default="", help="the step each runs again from")
     commands.add_parser("get").add_argument("id")
     commands.add_parser("list")
     abort = commands.add_parser("abort", help="stop a running action after the task at hand")
@@ -57,7 +64,7 @@ def add_parser(groups: Any, parse_seconds: Callable[[str], float]) -> None:
 
 async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], None] | None) -> int:
     show = out or _print_action
-    if args.command in ("cancel", "rerun"):
+    if args.command in ("cancel", "rerun", "delete"):
         selection = task_selection(
             args.ids,
             statuses=[f"TASK_STATUS_{s.upper()}" for s in args.status],
@@ -73,6 +80,7 @@ async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], Non
             reason=getattr(args, "reason", ""),
             workflow_version=getattr(args, "version", 0),
             max_tasks=args.max,
+            from_step_path=getattr(args, "from_step", ""),
         )
         if args.wait:
             action = await client.wait_bulk_action(action.action_id)
@@ -95,8 +103,11 @@ def _kind(action: dict[str, Any]) -> str:
     return str(action.get("kind", "")).removeprefix("BULK_ACTION_KIND_").lower()
 
 
+DONE = {"cancel": "cancelled", "rerun": "rerun", "delete": "deleted"}
+
+
 def _counts(action: dict[str, Any]) -> str:
-    done = "cancelled" if _kind(action) == "cancel" else "rerun"
+    done = DONE.get(_kind(action), "acted on")
     return (
         f"{action.get('matched', 0)} looked at: {action.get('succeeded', 0)} {done}, "
         f"{action.get('skipped', 0)} skipped, {action.get('failed', 0)} failed"

@@ -33,6 +33,7 @@ def action_view(action: bulk_pb2.BulkAction) -> dict[str, Any]:
         "action_id": action.action_id,
         "kind": bulk_pb2.BulkActionKind.Name(action.kind).removeprefix("BULK_ACTION_KIND_").lower(),
         "version": action.workflow_version,
+        "from_step": action.from_step_path,
         "state": bulk_pb2.BulkActionState.Name(action.state).removeprefix("BULK_ACTION_STATE_").lower(),
         "selection": ", ".join(chosen),
         "matched": action.matched,

@@ -18,7 +18,7 @@ from mcp_server.settings import Settings
 from mcp_server.state.common import now_seconds
 
 K = bulk_pb2.BulkActionKind
-KINDS = (K.BULK_ACTION_KIND_CANCEL, K.BULK_ACTION_KIND_RERUN)
+KINDS = (K.BULK_ACTION_KIND_CANCEL, K.BULK_ACTION_KIND_RERUN, K.BULK_ACTION_KIND_DELETE)
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SAVE_TRIES = 20
 # what an action's work changes, and its id and times: the rest is what its start asked for
@@ -70,6 +70,7 @@ class BulkActions:
             workflow_version=request.workflow_version,
             max_tasks=request.max_tasks,
             request_id=request.request_id,
+            from_step_path=request.from_step_path,
         )
         action.create_time.FromNanoseconds(int(now * 1e9))
         action.update_time.CopyFrom(action.create_time)
@@ -158,7 +159,7 @@ def checked_selection(request: bulk_pb2.StartBulkActionRequest, principal: Princ
     and a non-admin's filter limited to the principal's own tasks."""
     violations: list[FieldViolation] = []
     if request.kind not in KINDS:
-        violations.append(FieldViolation("kind", "must be BULK_ACTION_KIND_CANCEL or BULK_ACTION_KIND_RERUN"))
+        violations.append(FieldViolation("kind", "must be BULK_ACTION_KIND_CANCEL, _RERUN or _DELETE"))
     given = request.selection
     selection = bulk_pb2.TaskSelection()
     selection.CopyFrom(given)
@@ -187,6 +188,8 @@ def checked_selection(request: bulk_pb2.StartBulkActionRequest, principal: Princ
         violations.append(FieldViolation("selection.created_before", "must be after created_after"))
     if request.workflow_version and request.kind != K.BULK_ACTION_KIND_RERUN:
         violations.append(FieldViolation("workflow_version", "only a RERUN runs a workflow version"))
+    if request.from_step_path and request.kind != K.BULK_ACTION_KIND_RERUN:
+        violations.append(FieldViolation("from_step_path", "only a RERUN runs again from a step"))
     if violations:
         first = violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""

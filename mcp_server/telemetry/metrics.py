@@ -159,7 +159,7 @@ class Metrics:
         )
         self.bulk_tasks = Counter(
             "mcp_bulk_action_tasks_total",
-            "Tasks bulk actions worked on by this replica dealt with, by kind (cancel, rerun) and outcome"
+            "Tasks bulk actions worked on by this replica dealt with, by kind (cancel, rerun, delete) and outcome"
             " (succeeded, skipped, failed)",
             ["kind", "outcome"],
             registry=r,

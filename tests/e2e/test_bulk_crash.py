@@ -105,6 +105,8 @@ async def test_a_killed_server_on_sqlite_reruns_each_task_once_after_its_restart
         assert cancelled.returncode == 0, cancelled.stderr
         shown = json.loads(cancelled.stdout)
         assert shown["state"] == "BULK_ACTION_STATE_DONE" and int(shown["skipped"]) == 2  # finished, and gone
+        deleted = json.loads(mcp(address, "--json", "bulk", "delete", failed[1], "--wait").stdout)
+        assert deleted["kind"] == "BULK_ACTION_KIND_DELETE" and int(deleted["succeeded"]) == 1
         listed = mcp(address, "bulk", "list")
         assert listed.returncode == 0 and action.action_id in listed.stdout and shown["action_id"] in listed.stdout
         recent = json.loads(mcp(address, "--json", "task", "list", "--workflow", "fails", "--since", "1h").stdout)

@@ -35,7 +35,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
 B = bulk_pb2
-CANCEL, RERUN = B.BULK_ACTION_KIND_CANCEL, B.BULK_ACTION_KIND_RERUN
+CANCEL, RERUN, DELETE = B.BULK_ACTION_KIND_CANCEL, B.BULK_ACTION_KIND_RERUN, B.BULK_ACTION_KIND_DELETE
 
 
 @pytest.fixture
@@ -266,6 +266,9 @@ async def test_refusals_name_the_field(served):
         "selection.task_ids[1]": B.StartBulkActionRequest(
             kind=CANCEL, selection=B.TaskSelection(task_ids=["a", "b c"])
         ),
+        "from_step_path": B.StartBulkActionRequest(
+            kind=DELETE, from_step_path="root/s2", selection=B.TaskSelection(task_ids=["a"])
+        ),
         "workflow_version": B.StartBulkActionRequest(
             kind=CANCEL, workflow_version=2, selection=B.TaskSelection(task_ids=["a"])
         ),
@@ -341,3 +344,47 @@ async def test_list_tasks_refuses_a_status_that_is_none_on_every_store(served):
         error = await refused(client.tasks.ListTasks(task_pb2.ListTasksRequest(statuses=statuses)))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"statuses[{len(statuses) - 1}]" in violations(error)
+
+
+async def test_finished_tasks_are_deleted_with_what_they_hold_and_unfinished_ones_skipped(served):
+    _, client = served
+    tag = uuid.uuid4().hex[:8]
+    await create(client, workflow(f"done-{tag}", step("e", "echo")))
+    await create(client, workflow(f"nap-{tag}", step("s", "sleep", "{'ms': 20000}")))
+    finished = [(await submit(client, f"done-{tag}", labels={"t": tag})).task_id for _ in range(6)]
+    for task_id in finished:
+        await wait_done(client, task_id)
+    napping = (await submit(client, f"nap-{tag}", labels={"t": tag})).task_id
+    action = await start(client, DELETE, labels={"t": tag})
+    done = await ended(client, action.action_id)
+    assert (done.matched, done.succeeded, done.skipped) == (7, 6, 1)
+    for task_id in finished:
+        error = await refused(client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id)))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert await status_of(client, napping) in (S.TASK_STATUS_PENDING, S.TASK_STATUS_RUNNING)
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=napping))
+
+
+async def test_reruns_from_a_named_step_keep_what_came_before_it(served):
+    _, client = served
+    tag = uuid.uuid4().hex[:8]
+    steps = [step(f"s{i}", "append") for i in (1, 2, 3)]
+    await create(client, workflow(f"three-{tag}", {"id": "root", "sequence": {"children": steps}}))
+    made = [(await submit(client, f"three-{tag}", {"text": ">"})).task_id for _ in range(3)]
+    for task_id in made:
+        await wait_done(client, task_id)
+    request = B.StartBulkActionRequest(
+        kind=RERUN, from_step_path="root/s3", selection=B.TaskSelection(workflow_id=f"three-{tag}")
+    )
+    action = await client.bulk_actions.StartBulkAction(request)
+    assert action.from_step_path == "root/s3"
+    done = await ended(client, action.action_id)
+    assert (done.matched, done.succeeded) == (3, 3)
+    for rerun in await listed(client, labels={"mcp/bulk-action": action.action_id}):
+        finished = await wait_done(client, rerun.task_id)
+        assert finished.rerun_from_step_path == "root/s3" and finished.status == S.TASK_STATUS_COMPLETED
+    missing = B.StartBulkActionRequest(
+        kind=RERUN, from_step_path="root/nowhere", selection=B.TaskSelection(task_ids=made[:1])
+    )
+    failed = await ended(client, (await client.bulk_actions.StartBulkAction(missing)).action_id)
+    assert failed.failed == 1 and failed.failures[0].task_id == made[0] and "root/nowhere" in failed.failures[0].message

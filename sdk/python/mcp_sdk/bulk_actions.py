@@ -14,7 +14,11 @@ from mcp_sdk.connection import Connection
 from mcp_sdk.proto import bulk_pb2, task_pb2
 from mcp_sdk.task_methods import set_times
 
-KINDS = {"cancel": bulk_pb2.BULK_ACTION_KIND_CANCEL, "rerun": bulk_pb2.BULK_ACTION_KIND_RERUN}
+KINDS = {
+    "cancel": bulk_pb2.BULK_ACTION_KIND_CANCEL,
+    "rerun": bulk_pb2.BULK_ACTION_KIND_RERUN,
+    "delete": bulk_pb2.BULK_ACTION_KIND_DELETE,
+}
 
 
 def task_selection(
@@ -49,8 +53,10 @@ class BulkActionMethods(Connection):
         workflow_version: int = 0,
         max_tasks: int = 0,
         request_id: str | None = None,
+        from_step_path: str = "",
     ) -> bulk_pb2.BulkAction:
-        """Start cancelling ("cancel") or rerunning ("rerun") every task of `selection` (see
+        """Start cancelling ("cancel"), rerunning ("rerun", from `from_step_path` if given, on
+        `workflow_version` if given) or deleting ("delete") every task of `selection` (see
         task_selection) on the server; returns the action (RUNNING) at once. Safe to repeat: a
         request id is generated when none is given."""
         request = bulk_pb2.StartBulkActionRequest(
@@ -60,6 +66,7 @@ class BulkActionMethods(Connection):
             workflow_version=workflow_version,
             max_tasks=max_tasks,
             request_id=request_id or uuid.uuid4().hex,
+            from_step_path=from_step_path,
         )
         action: bulk_pb2.BulkAction = await self._call(self.bulk_actions.StartBulkAction, request)
         return action

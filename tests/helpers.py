@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import json_format
 
 from mcp_sdk.errors import McpError
-from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
+from mcp_sdk.proto import bulk_pb2, protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.auth import hash_token
 from mcp_server.engine.values import struct_to_dict
 
@@ -123,3 +123,29 @@ def principals_file(tmp_path: Path, roles: dict[str, list[str]]) -> str:
 def bearer(name: str) -> list[tuple[str, str]]:
     """The call metadata of principal `name` of a `principals_file`."""
     return [("authorization", f"Bearer {name}-secret")]
+
+
+async def failed_tasks(client: Any, workflow_id: str, count: int) -> list[str]:
+    """`count` ended tasks of a new one-step workflow `workflow_id` whose step fails; a submission
+    a rate limit refuses is sent again until it passes."""
+    await create(client, workflow(workflow_id, step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
+    made: list[str] = []
+    while len(made) < count:
+        try:
+            made.append((await submit(client, workflow_id)).task_id)
+        except grpc.aio.AioRpcError as refusal:
+            if refusal.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            await asyncio.sleep(0.05)
+    for task_id in made:
+        await wait_done(client, task_id)
+    return made
+
+
+async def bulk_action_ended(client: Any, action_id: str, timeout: float = 60) -> bulk_pb2.BulkAction:
+    """The bulk action once it is no longer RUNNING."""
+    request = bulk_pb2.GetBulkActionRequest(action_id=action_id)
+    async with asyncio.timeout(timeout):
+        while (action := await client.bulk_actions.GetBulkAction(request)).state == bulk_pb2.BULK_ACTION_STATE_RUNNING:
+            await asyncio.sleep(0.05)
+    return action

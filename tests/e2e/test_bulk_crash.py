@@ -15,7 +15,7 @@ import pytest
 from mcp_sdk.proto import bulk_pb2, task_pb2
 from tests.conftest import client_for_address
 from tests.e2e.test_server_process import free_port, mcp
-from tests.helpers import create, step, submit, wait_done, workflow
+from tests.helpers import bulk_action_ended, failed_tasks
 from tests.support.processes import replica_set, start_orchestrator
 
 pytestmark = pytest.mark.asyncio
@@ -23,35 +23,11 @@ TASKS = 120
 THROTTLE = {"MCP_LIMIT_SUBMISSIONS_PER_SECOND": "40", "MCP_LEASE_SECONDS": "1.5"}
 
 
-async def failed_tasks(client, workflow_id: str) -> list[str]:
-    await create(client, workflow(workflow_id, step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
-    made = []
-    for _ in range(TASKS):
-        while True:
-            try:
-                made.append((await submit(client, workflow_id)).task_id)
-                break
-            except Exception:  # the submission rate: wait it out
-                await asyncio.sleep(0.05)
-    for task_id in made:
-        await wait_done(client, task_id)
-    return made
-
-
 async def reruns_of(client, action_id: str) -> collections.Counter[str]:
     reply = await client.tasks.ListTasks(
         task_pb2.ListTasksRequest(labels={"mcp/bulk-action": action_id}, page_size=1000)
     )
     return collections.Counter(task.rerun_of for task in reply.tasks)
-
-
-async def finished(client, action_id: str, timeout: float = 60) -> bulk_pb2.BulkAction:
-    async with asyncio.timeout(timeout):
-        while True:
-            action = await client.bulk_actions.GetBulkAction(bulk_pb2.GetBulkActionRequest(action_id=action_id))
-            if action.state != bulk_pb2.BULK_ACTION_STATE_RUNNING:
-                return action
-            await asyncio.sleep(0.1)
 
 
 async def start_rerun(client, workflow_id: str) -> bulk_pb2.BulkAction:
@@ -64,7 +40,7 @@ async def test_every_replica_killed_halfway_and_a_fresh_one_reruns_each_task_onc
     workflow_id = f"fails-{uuid.uuid4().hex[:6]}"
     testkit = [plugins["testkit"].address]
     async with replica_set(2, redis_url, testkit, "bulk", **THROTTLE) as (replicas, clients):
-        failed = await failed_tasks(clients[0], workflow_id)
+        failed = await failed_tasks(clients[0], workflow_id, TASKS)
         action = await start_rerun(clients[1], workflow_id)
         async with asyncio.timeout(30):
             while sum((await reruns_of(clients[0], action.action_id)).values()) < TASKS // 3:
@@ -73,7 +49,7 @@ async def test_every_replica_killed_halfway_and_a_fresh_one_reruns_each_task_onc
             process.send_signal(signal.SIGKILL)
             process.wait()
     async with replica_set(1, redis_url, testkit, "fresh", **THROTTLE) as (_, (client,)):
-        done = await finished(client, action.action_id)
+        done = await bulk_action_ended(client, action.action_id)
         counted = await reruns_of(client, action.action_id)
     assert done.state == bulk_pb2.BULK_ACTION_STATE_DONE
     assert sorted(counted) == sorted(failed) and set(counted.values()) == {1}
@@ -86,7 +62,7 @@ async def test_a_killed_server_on_sqlite_reruns_each_task_once_after_its_restart
     process = start_orchestrator(address, store, testkit, "solo", **THROTTLE)
     client = client_for_address(address)
     try:
-        failed = await failed_tasks(client, "fails")
+        failed = await failed_tasks(client, "fails", TASKS)
         action = await start_rerun(client, "fails")
         async with asyncio.timeout(30):
             while sum((await reruns_of(client, action.action_id)).values()) < TASKS // 3:
@@ -96,7 +72,7 @@ async def test_a_killed_server_on_sqlite_reruns_each_task_once_after_its_restart
         await client.channel.close()
         process = start_orchestrator(address, store, testkit, "again", **THROTTLE)
         client = client_for_address(address)
-        done = await finished(client, action.action_id)
+        done = await bulk_action_ended(client, action.action_id)
         counted = await reruns_of(client, action.action_id)
         assert done.state == bulk_pb2.BULK_ACTION_STATE_DONE
         assert sorted(counted) == sorted(failed) and set(counted.values()) == {1}

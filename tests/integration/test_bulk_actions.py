@@ -21,8 +21,10 @@ from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.helpers import (
     bearer,
+    bulk_action_ended,
     create,
     error_reason,
+    failed_tasks,
     principals_file,
     refused,
     step,
@@ -52,12 +54,7 @@ async def start(client, kind: int, **selection) -> B.BulkAction:
 
 
 async def ended(client, action_id: str, timeout: float = 30) -> B.BulkAction:
-    async with asyncio.timeout(timeout):
-        while True:
-            action = await client.bulk_actions.GetBulkAction(B.GetBulkActionRequest(action_id=action_id))
-            if action.state != B.BULK_ACTION_STATE_RUNNING:
-                return action
-            await asyncio.sleep(0.05)
+    return await bulk_action_ended(client, action_id, timeout)
 
 
 async def listed(client, **request) -> list[task_pb2.Task]:
@@ -107,12 +104,10 @@ async def test_a_filter_cancels_every_unfinished_task_of_a_workflow_and_leaves_t
 async def test_failed_tasks_are_rerun_once_each_labelled_and_the_reruns_are_not_rerun(served):
     _, client = served
     tag = uuid.uuid4().hex[:8]
-    await create(client, workflow(f"failing-{tag}", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
+    failed = await failed_tasks(client, f"failing-{tag}", 12)
     await create(client, workflow(f"fine-{tag}", step("e", "echo")))
-    failed = [(await submit(client, f"failing-{tag}")).task_id for _ in range(12)]
     fine = (await submit(client, f"fine-{tag}")).task_id
-    for task_id in [*failed, fine]:
-        await wait_done(client, task_id)
+    await wait_done(client, fine)
     action = await start(client, RERUN, statuses=[S.TASK_STATUS_FAILED], labels={}, workflow_id=f"failing-{tag}")
     done = await ended(client, action.action_id)
     assert (done.matched, done.succeeded, done.failed) == (12, 12, 0)
@@ -128,10 +123,7 @@ async def test_failed_tasks_are_rerun_once_each_labelled_and_the_reruns_are_not_
 async def test_two_replicas_working_one_page_rerun_each_task_once(served, store_url):
     running, client = served
     tag = uuid.uuid4().hex[:8]
-    await create(client, workflow(f"twice-{tag}", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
-    failed = [(await submit(client, f"twice-{tag}")).task_id for _ in range(30)]
-    for task_id in failed:
-        await wait_done(client, task_id)
+    failed = await failed_tasks(client, f"twice-{tag}", 30)
     action = await start(client, RERUN, task_ids=failed)
     store = running.orchestrator.store.bulk_actions
     record = await store.get_bulk_action(action.action_id)
@@ -203,13 +195,7 @@ async def test_an_abort_stops_a_rate_limited_rerun_and_the_running_limit_refuses
     running = await server_factory(store=store_url, limits=Limits(submissions_per_second=2), bulk_max_running=1)
     client = client_for(running)
     tag = uuid.uuid4().hex[:8]
-    await create(client, workflow(f"slowly-{tag}", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
-    failed = []
-    for _ in range(8):
-        failed.append((await submit(client, f"slowly-{tag}")).task_id)
-        await asyncio.sleep(0.5)  # within the submission rate
-    for task_id in failed:
-        await wait_done(client, task_id)
+    failed = await failed_tasks(client, f"slowly-{tag}", 8)
     action = await start(client, RERUN, task_ids=failed)
     again = await refused(start(client, CANCEL, task_ids=failed))
     assert again.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(again) == "BULK_ACTIONS_RUNNING"
@@ -239,13 +225,7 @@ async def test_an_action_goes_on_after_its_server_stops(server_factory, store_ur
     first = await server_factory(store=url, limits=Limits(submissions_per_second=4))
     client = client_for(first)
     tag = uuid.uuid4().hex[:8]
-    await create(client, workflow(f"carry-{tag}", step("f", "fail", "{'code': 'INVALID_ARGUMENT'}")))
-    failed = []
-    for _ in range(10):
-        failed.append((await submit(client, f"carry-{tag}")).task_id)
-        await asyncio.sleep(0.25)
-    for task_id in failed:
-        await wait_done(client, task_id)
+    failed = await failed_tasks(client, f"carry-{tag}", 10)
     action = await start(client, RERUN, workflow_id=f"carry-{tag}", statuses=[S.TASK_STATUS_FAILED])
     await asyncio.sleep(0.6)
     await client.channel.close()

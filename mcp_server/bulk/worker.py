@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
+from functools import partial
 
 from mcp_sdk.proto import bulk_pb2, task_pb2
 from mcp_server.auth import Principal
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 BULK_LABEL = "mcp/bulk-action"
 PAGE = 100
 AT_ONCE = 8  # tasks of a page acted on together
-CLAIM_AT_ONCE = 4
+WORKING_AT_ONCE = 4  # actions a replica works on at once
 TICK_SECONDS = 0.5
 FAILURES_KEPT = 20
 PURGE_EVERY_SECONDS = 60.0
@@ -89,26 +90,45 @@ class BulkWorker:
         self.lease_ms = int(lease_seconds * 1000)
         self.retention_ms = int(retention_seconds * 1000)
         self.observe = observe
+        self._working: dict[str, asyncio.Task[None]] = {}  # by action id
 
     async def run_forever(self) -> None:
+        """Claim due actions while fewer than WORKING_AT_ONCE are worked on here, each worked on in
+        a task of its own (a long action does not hold up one started after it); purge ended ones."""
         purged_at = 0.0
-        while True:
-            claimed = 0
-            with contextlib.suppress(McpError):  # the store is away: try again next tick
-                claimed = await self.work_due()
-                if time.monotonic() - purged_at > PURGE_EVERY_SECONDS:
-                    await self.store.purge_bulk_actions(int(now_seconds() * 1000) - self.retention_ms, 100)
-                    purged_at = time.monotonic()
-            if claimed < CLAIM_AT_ONCE:
+        try:
+            while True:
+                with contextlib.suppress(McpError):  # the store is away: try again next tick
+                    await self.claim_due()
+                    if time.monotonic() - purged_at > PURGE_EVERY_SECONDS:
+                        await self.store.purge_bulk_actions(int(now_seconds() * 1000) - self.retention_ms, 100)
+                        purged_at = time.monotonic()
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that comes
+                # as the event is set, and the worker would not stop
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.started.wait(), TICK_SECONDS)
+                    async with asyncio.timeout(TICK_SECONDS):
+                        await self.started.wait()
                 self.started.clear()
+        finally:
+            for working in self._working.values():
+                working.cancel()
 
-    async def work_due(self) -> int:
-        """Claim the actions due now and work on each until it ends, waits or passes elsewhere; how many."""
-        records = await self.store.claim_bulk_actions(int(now_seconds() * 1000), self.lease_ms, CLAIM_AT_ONCE)
-        await asyncio.gather(*(self._work_logged(record) for record in records))
+    async def claim_due(self) -> int:
+        """Claim the actions due now, as many as there is room for here, and start working on
+        each; how many."""
+        room = WORKING_AT_ONCE - len(self._working)
+        if room <= 0:
+            return 0
+        records = await self.store.claim_bulk_actions(int(now_seconds() * 1000), self.lease_ms, room)
+        for record in records:
+            if record.action_id not in self._working:
+                working = asyncio.create_task(self._work_logged(record), name=f"bulk action {record.action_id}")
+                self._working[record.action_id] = working
+                working.add_done_callback(partial(self._worked, record.action_id))
         return len(records)
+
+    def _worked(self, action_id: str, _: asyncio.Task[None]) -> None:
+        self._working.pop(action_id, None)
 
     async def _work_logged(self, record: BulkRecord) -> None:
         try:

@@ -57,7 +57,7 @@ def add_parser(groups: Any, parse_seconds: Callable[[str], float]) -> None:
             action.add_argument("--from", dest="from_step", default="", help="the step each runs again from")
     commands.add_parser("get").add_argument("id")
     commands.add_parser("list")
-    abort = commands.add_parser("abort", help="stop a running action after the task at hand")
+    abort = commands.add_parser("abort", help="stop a running action after the tasks in hand")
     abort.add_argument("id")
     abort.add_argument("--reason", default="")
 

@@ -116,7 +116,7 @@ class BulkActions:
         return [bulk_pb2.BulkAction.FromString(r.data) for r in shown], token
 
     async def abort(self, action_id: str, reason: str, principal: Principal = ANONYMOUS_ADMIN) -> bulk_pb2.BulkAction:
-        """Mark the action ABORTED; the replica working on it stops after the task at hand (its
+        """Mark the action ABORTED; the replica working on it stops after the tasks in hand (its
         next write finds the version moved). An action that ended is returned as it is."""
         for _ in range(SAVE_TRIES):
             record = await self._visible(action_id, principal)

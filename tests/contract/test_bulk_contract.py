@@ -133,3 +133,11 @@ async def test_an_sqlite_file_from_before_creation_times_gets_them_when_it_opens
         assert [t.task_id for t in found.tasks] == [task.task_id]
     finally:
         await store.close()
+    with sqlite3.connect(path) as db:  # as an older server writes it, after a rolled back upgrade
+        db.execute("UPDATE tasks SET created_us=0")
+    store = await open_store(f"sqlite:///{path}")
+    try:
+        window = TaskFilter(created_after_us=created, created_before_us=created + 1)
+        assert [t.task_id for t in (await store.tasks.list_tasks(10, "", window)).tasks] == [task.task_id]
+    finally:
+        await store.close()

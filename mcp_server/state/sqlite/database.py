@@ -257,8 +257,6 @@ def _connect(path: str) -> sqlite3.Connection:
     for column, alter in ADDED_COLUMNS.items():
         if column not in columns:
             db.execute(alter)
-    if had_tasks and "created_us" not in columns:
-        _fill_creation_times(db)
     if "refused" not in {row[1] for row in db.execute("PRAGMA table_info(schedules)")}:
         db.execute("ALTER TABLE schedules ADD COLUMN refused INTEGER NOT NULL DEFAULT 0")
         db.execute("ALTER TABLE schedules ADD COLUMN refusals TEXT NOT NULL DEFAULT '[]'")
@@ -278,6 +276,8 @@ def _connect(path: str) -> sqlite3.Connection:
     db.executescript(ADDED_INDEXES)
     if had_tasks and not had_labels:
         _index_labels(db)
+    if had_tasks:
+        _fill_creation_times(db)
     with db:
         db.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (str(LAYOUT_VERSION),))
         # One process owns the file (file_lock.py), so a lease found at open belongs to a process that is gone:
@@ -291,10 +291,14 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _fill_creation_times(db: sqlite3.Connection) -> None:
-    """Copy each task's create_time into its row (once, as the column is added), a batch at a time."""
+    """Copy the create_time of each task whose row has none into it, a batch at a time: every task
+    of a file from before the column (once, as it is added), and any an older server stored since
+    (a rolling upgrade rolled back); found by the column's index, so a file without any costs a lookup."""
     last = -1
     while True:
-        rows = db.execute("SELECT seq, fixed FROM tasks WHERE seq > ? ORDER BY seq LIMIT 1000", (last,)).fetchall()
+        rows = db.execute(
+            "SELECT seq, fixed FROM tasks WHERE created_us=0 AND seq > ? ORDER BY seq LIMIT 1000", (last,)
+        ).fetchall()
         if not rows:
             return
         with db:

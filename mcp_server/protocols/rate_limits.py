@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2
 
 from mcp_sdk.proto import registry_pb2
 from mcp_server.engine.compiler.fields import RATE_LIMIT_KEY
-from mcp_server.engine.ports import Grant, RateLimitSpec, RateLimitStore
+from mcp_server.engine.ports import Grant, KeyRoom, RateLimitSpec, RateLimitStore
 from mcp_server.errors import FieldViolation, InvalidArgument, McpError, NotFound
 
 TEMPLATE = "*"  # a key ending so is a template for every key starting with what comes before it
@@ -102,9 +102,7 @@ class RateLimitGate:
                 "the key is invalid",
                 violations=[FieldViolation("key", "must be 1-256 characters, none a space or a control character")],
             )
-        await self.refresh()  # this replica's set may be up to a second behind a put elsewhere
-        limit_key = self.limit_key(key)
-        read = None if limit_key is None else await self.store.read_rate_limit(key, limit_key)
+        read = await self._read(key)
         if read is None:
             raise NotFound(
                 f"no rate limit applies to key {key!r}", reason="RATE_LIMIT_NOT_FOUND", metadata={"key": key}
@@ -115,6 +113,20 @@ class RateLimitGate:
         if read.next_unit is not None:
             message.next_unit.FromNanoseconds(round(read.next_unit * 1e9))
         return message
+
+    async def _read(self, key: str) -> KeyRoom | None:
+        """The key's own limit (one read), else its template's as this replica knows them (one
+        more); only when neither is found, every limit is read again (this replica's set may be up
+        to a second behind a put elsewhere) and the key looked up in it."""
+        read = await self.store.read_rate_limit(key, key)
+        template = self.limit_key(key)
+        if read is None and template is not None and template != key:
+            read = await self.store.read_rate_limit(key, template)
+        if read is None:
+            await self.refresh()
+            template = self.limit_key(key)
+            read = None if template is None else await self.store.read_rate_limit(key, template)
+        return read
 
     async def delete(self, key: str) -> None:
         if not key:

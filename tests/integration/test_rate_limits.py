@@ -16,7 +16,18 @@ from mcp_sdk.client import Client as SdkClient
 from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
-from tests.helpers import create, error_reason, events, plugin_stats, step, submit, violations, wait_done, workflow
+from tests.helpers import (
+    create,
+    error_reason,
+    events,
+    plugin_stats,
+    refused,
+    step,
+    submit,
+    violations,
+    wait_done,
+    workflow,
+)
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
@@ -386,3 +397,22 @@ async def test_get_rate_limit_reads_one_key_under_its_own_limit_or_its_template(
         assert (await sdk.get_rate_limit(prefix + "acme")).template == prefix + "*"
     finally:
         await sdk.close()
+
+
+async def test_get_rate_limit_answers_a_template_put_through_another_replica_at_once(server_factory, redis_url):
+    """GetRateLimit reads the key's own limit, then its template as this replica knows them, and
+    only on a miss every limit: a template another replica stored a moment ago is found all the same."""
+    first, second = await server_factory(store=redis_url), await server_factory(store=redis_url)
+    one, other = client_for(first), client_for(second)
+    prefix = f"far{uuid.uuid4().hex[:8]}:"
+    await put_limit(other, prefix + "*", 7, 60.0)
+    await put_limit(other, prefix + "own", 9, 60.0)
+    read = await one.registry.GetRateLimit(registry_pb2.GetRateLimitRequest(key=prefix + "acme"))
+    assert (read.template, read.limit) == (prefix + "*", 7)
+    own = await one.registry.GetRateLimit(registry_pb2.GetRateLimitRequest(key=prefix + "own"))
+    assert (own.template, own.limit) == ("", 9)
+    await other.registry.DeleteRateLimit(registry_pb2.DeleteRateLimitRequest(key=prefix + "*"))
+    error = await refused(one.registry.GetRateLimit(registry_pb2.GetRateLimitRequest(key=prefix + "acme")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND  # deleted elsewhere: not answered from what it knew
+    await one.channel.close()
+    await other.channel.close()

@@ -78,11 +78,19 @@ class RateLimitGate:
         self.templates = tuple(sorted(prefixes, key=len, reverse=True))
 
     async def keep_fresh(self) -> None:
-        """Refresh the set of limited keys forever (run as a background task)."""
+        """Refresh the set of limited keys forever (run as a background task): their keys alone,
+        not every limit with its room (that costs a read of every key's grants; the gauges take it
+        at their own pace, see sampled())."""
         while True:
             with contextlib.suppress(McpError):  # the store is down: the set in hand serves meanwhile
-                await self.refresh()
+                self._know(await self.store.rate_limit_keys())
             await asyncio.sleep(self.refresh_seconds)
+
+    async def sampled(self) -> list[tuple[RateLimitSpec, float]]:
+        """Every limit with its room now, for the gauges (the last look when the store is away)."""
+        with contextlib.suppress(McpError):
+            await self.refresh()
+        return self.last
 
     # ---- the operators' side ----------------------------------------------------------------
     async def put(self, given: registry_pb2.RateLimit) -> registry_pb2.RateLimit:

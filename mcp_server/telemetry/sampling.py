@@ -55,7 +55,7 @@ class GaugeSampler:
         for protocol, waiting in self.admission.waiting.items():
             metrics.capacity_waiters.labels(protocol).set(waiting)
         metrics.capacity_kept.set(self.admission.kept_count)
-        self._sample_rate_limits()
+        await self._sample_rate_limits()
         await self._sample_capacity()
         try:
             depth = await self.store.queue.queue_depth_by_priority()
@@ -66,12 +66,13 @@ class GaugeSampler:
         for priority, count in depth.items():
             metrics.queue_depth.labels(str(priority)).set(count)
 
-    def _sample_rate_limits(self) -> None:
-        """From the gate's last look at the limits (it looks every second)."""
+    async def _sample_rate_limits(self) -> None:
+        """Every limit's room now (one read of them all, at the sampling pace)."""
         metrics = self.metrics
+        limits = await self.rate_limits.sampled()
         for gauge in (metrics.rate_limit_available, metrics.rate_limit_limit, metrics.rate_limit_waiting):
             gauge.clear()
-        for spec, room in self.rate_limits.last:
+        for spec, room in limits:
             metrics.rate_limit_available.labels(spec.key).set(room)
             metrics.rate_limit_limit.labels(spec.key).set(spec.capacity)
         for key, waiting in self.rate_limits.waiters.items():

@@ -119,3 +119,16 @@ async def test_a_templated_key_is_forgotten_once_it_could_hold_nothing_back(stor
         assert await store.rate_limits.db.run(left) == 0
     for _ in range(2):
         assert (await store.rate_limits.take_units([("id:quiet", 1, "id:*")])).granted
+
+
+async def test_the_keys_of_every_limit_are_read_without_their_room(store):
+    prefix = f"keys{time.monotonic_ns()}:"
+    before = await store.rate_limits.rate_limit_keys()
+    for key in ("a", "b", "tier:*"):
+        await store.rate_limits.put_rate_limit(RateLimitSpec(prefix + key, 5, 1.0, 0))
+    await store.rate_limits.take_units([(prefix + "a", 2.0, prefix + "a")])
+    assert await store.rate_limits.rate_limit_keys() - before == {prefix + "a", prefix + "b", prefix + "tier:*"}
+    assert await store.rate_limits.delete_rate_limit(prefix + "b")
+    assert await store.rate_limits.rate_limit_keys() - before == {prefix + "a", prefix + "tier:*"}
+    listed = {spec.key for spec, _ in await store.rate_limits.list_rate_limits()}
+    assert await store.rate_limits.rate_limit_keys() == listed  # the same keys as the full listing

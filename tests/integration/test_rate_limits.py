@@ -416,3 +416,26 @@ async def test_get_rate_limit_answers_a_template_put_through_another_replica_at_
     assert error.code() == grpc.StatusCode.NOT_FOUND  # deleted elsewhere: not answered from what it knew
     await one.channel.close()
     await other.channel.close()
+
+
+async def test_the_gauges_show_each_limits_room_as_sampled_with_a_limit_put_elsewhere(server_factory, redis_url):
+    """The replicas learn which keys are limited from their keys alone every second; the gauges
+    read every limit's room when they are sampled, a limit put through another replica included."""
+    first, second = await server_factory(store=redis_url), await server_factory(store=redis_url)
+    one, other = client_for(first), client_for(second)
+    key = f"gauge{uuid.uuid4().hex[:8]}"
+    await put_limit(other, key, 4, 60.0)
+    await first.orchestrator.sampler.sample()
+    metrics = first.orchestrator.metrics.registry
+    assert metrics.get_sample_value("mcp_rate_limit_capacity", {"key": key}) == 4
+    assert metrics.get_sample_value("mcp_rate_limit_available", {"key": key}) == 4
+    await create(one, ticks_wf("gauge-ticks", "g", 3, [{"key": key}]))
+    async with asyncio.timeout(5):  # the first replica learns of the key within a second
+        while key not in first.orchestrator.rate_limits.limited:
+            await asyncio.sleep(0.05)
+    done = await wait_done(one, (await submit(one, "gauge-ticks")).task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED
+    await first.orchestrator.sampler.sample()
+    assert metrics.get_sample_value("mcp_rate_limit_available", {"key": key}) == pytest.approx(1, abs=1e-3)
+    await one.channel.close()
+    await other.channel.close()

@@ -68,6 +68,11 @@ class RateLimitStore(Protocol):
         """Every limit, by key, with the units a call could take of it now."""
         ...
 
+    async def rate_limit_keys(self) -> frozenset[str]:
+        """The key of every limit (templates too): what the engine needs to know which calls take
+        units, read without the room of each (which costs a read of every key's grants)."""
+        ...
+
     async def read_rate_limit(self, key: str, limit_key: str) -> KeyRoom | None:
         """The limit of `limit_key` (the key itself, or the template it falls under) and `key`'s
         room under it now; None when `limit_key` has no limit. Changes nothing."""

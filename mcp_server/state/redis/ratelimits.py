@@ -37,6 +37,9 @@ class RedisRateLimits:
             removed = await self.conn.do(pipe.execute())
         return bool(removed[0])
 
+    async def rate_limit_keys(self) -> frozenset[str]:
+        return frozenset(key.decode() for key in await self.conn.do(self.conn.r.hkeys(self.keys[0])))
+
     async def list_rate_limits(self) -> list[tuple[RateLimitSpec, float]]:
         reply = await self.conn.do(self.conn.script(self._list, list(self.keys), [self.grants]))
         found = []

@@ -36,6 +36,9 @@ class SqliteRateLimits:
 
         return await self.db.run(delete)
 
+    async def rate_limit_keys(self) -> frozenset[str]:
+        return frozenset(str(row[0]) for row in await self.db.rows("SELECT key FROM rate_limits"))
+
     async def list_rate_limits(self) -> list[tuple[RateLimitSpec, float]]:
         def read(db: sqlite3.Connection) -> list[tuple[RateLimitSpec, float]]:
             now = now_seconds()

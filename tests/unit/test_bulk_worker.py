@@ -5,19 +5,38 @@ works on (the action stays RUNNING, for any replica to take up when its lease en
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import pytest
 
 from mcp_sdk.proto import bulk_pb2, task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.bulk.worker import BulkWorker
+from mcp_server.engine.ports import Store
 from mcp_server.service.bulk import BulkActions
 from mcp_server.settings import Settings
 from mcp_server.state import open_store
 
 pytestmark = pytest.mark.asyncio
 B = bulk_pb2
+Rerun = Callable[[task_pb2.RerunTaskRequest, Principal, Mapping[str, str]], Awaitable[tuple[task_pb2.Task, bool]]]
+
+
+async def no_cancel(task_id: str, why: str) -> None:
+    raise AssertionError("no task here is cancelled")
+
+
+async def no_delete(task_id: str, principal: Principal, allow_missing: bool) -> bool:
+    return False
+
+
+def worker_on(store: Store, rerun: Rerun, lease_seconds: float) -> tuple[BulkActions, BulkWorker]:
+    """The service that starts actions and a worker on `store` whose reruns are `rerun`."""
+    actions = BulkActions(Settings(), store.bulk_actions)
+    worker = BulkWorker(
+        store.bulk_actions, store.tasks, no_cancel, rerun, no_delete, actions.started, lease_seconds, 3600.0
+    )
+    return actions, worker
 
 
 async def test_a_slow_action_does_not_hold_up_one_started_after_it() -> None:
@@ -32,16 +51,7 @@ async def test_a_slow_action_does_not_hold_up_one_started_after_it() -> None:
         reruns.append(request.task_id)
         return task_pb2.Task(), True
 
-    async def no_cancel(task_id: str, why: str) -> None:
-        raise AssertionError("no task here is unfinished")
-
-    async def no_delete(task_id: str, principal: Principal, allow_missing: bool) -> bool:
-        return False
-
-    actions = BulkActions(Settings(), store.bulk_actions)
-    worker = BulkWorker(
-        store.bulk_actions, store.tasks, no_cancel, slow_rerun, no_delete, actions.started, 15.0, 3600.0
-    )
+    actions, worker = worker_on(store, slow_rerun, lease_seconds=15.0)
     running = asyncio.create_task(worker.run_forever())
     try:
         slow = await actions.start(
@@ -84,16 +94,7 @@ async def test_stopping_the_worker_stops_its_actions_and_leaves_them_to_be_taken
             stopped.set()
         return task_pb2.Task(), True
 
-    async def no_cancel(task_id: str, why: str) -> None:
-        raise AssertionError("nothing is cancelled here")
-
-    async def no_delete(task_id: str, principal: Principal, allow_missing: bool) -> bool:
-        return False
-
-    actions = BulkActions(Settings(), store.bulk_actions)
-    worker = BulkWorker(
-        store.bulk_actions, store.tasks, no_cancel, stuck_rerun, no_delete, actions.started, 0.5, 3600.0
-    )
+    actions, worker = worker_on(store, stuck_rerun, lease_seconds=0.5)
     running = asyncio.create_task(worker.run_forever())
     action = await actions.start(
         B.StartBulkActionRequest(kind=B.BULK_ACTION_KIND_RERUN, selection=B.TaskSelection(task_ids=["a"])),

@@ -7,7 +7,16 @@ own call is `supervisor#n` / `router#n` under its node.
 
 from __future__ import annotations
 
-from mcp_server.engine.plan import AdaptivePlan, MapPlan, ParallelPlan, PlanNode, SequencePlan, StepPlan, SupervisePlan
+from mcp_server.engine.plan import (
+    AdaptivePlan,
+    MapPlan,
+    ParallelPlan,
+    PlanNode,
+    SequencePlan,
+    StepPlan,
+    SubworkflowPlan,
+    SupervisePlan,
+)
 
 
 def node_id_of(segment: str) -> str:
@@ -43,4 +52,6 @@ def _children(node: PlanNode) -> tuple[PlanNode, ...]:
         return (node.body,)
     if isinstance(node, AdaptivePlan):
         return tuple(state.node for state in node.states.values())
+    if isinstance(node, SubworkflowPlan):
+        return (node.root,)
     return ()

@@ -202,6 +202,24 @@ async def test_a_rerun_from_a_step_inside_the_subworkflow_keeps_what_came_before
     assert [p for p, s in states.items() if s.reused] == ["root/o1", "root/in/steps/s1"]
 
 
+async def test_a_rerun_on_a_new_version_keeps_steps_inside_a_subworkflow(served):
+    """The new version is checked for a node at each kept step's path, a subworkflow's inside too
+    (it was refused: "the workflow version has no node at this path")."""
+    _, client = served
+    failing = step("s2", "fail", "{'code': 'UNAVAILABLE'}", retry={"max_attempts": 1})
+    await create(client, workflow("inner", seq("steps", step("s1", "echo"), failing)))
+    outer = seq("root", sub("in", "inner"))
+    await create(client, workflow("outer", outer))
+    done = await wait_done(client, (await submit(client, "outer", {"topic": "tea"})).task_id)
+    assert done.status == S.TASK_STATUS_FAILED
+    await create(client, workflow("inner", seq("steps", step("s1", "echo"), step("s2", "echo"))))
+    version = (await create(client, workflow("outer", outer))).version  # pins the mended inner
+    reply = await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=done.task_id, workflow_version=version))
+    again = await wait_done(client, reply.task.task_id)
+    assert again.status == S.TASK_STATUS_COMPLETED and result(again) == {"topic": "tea"}
+    assert [p for p, s in step_states(again).items() if s.reused] == ["root/in/steps/s1"]
+
+
 async def test_a_map_runs_a_subworkflow_per_item_each_with_steps_of_its_own(served):
     _, client = served
     await create(

@@ -1,7 +1,8 @@
 """Graphs of workflows and of task runs, as Mermaid or Graphviz DOT.
 
 A workflow becomes nodes (steps, supervisors, states) and edges (sequence order, fan-out and
-join, supervisor review and retry, adaptive transitions with their CEL conditions), grouped
+join, supervisor review and retry, adaptive transitions with their CEL conditions, a recover
+node's way to its handler), grouped
 in clusters per composite node. A task becomes the tree of what actually ran, coloured by
 status.
 """
@@ -96,6 +97,13 @@ def _add(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[str],
         label = f"adaptive {node.id}" + (f" (router {adaptive.router})" if adaptive.router else "")
         graph.clusters.append((name, label, members))
         return bounds.get(initial, ([], []))[0], exits, members
+    if kind == "recover" and node.recover.HasField("body") and node.recover.HasField("handler"):
+        b_entry, b_exit, b_all = _add(graph, node.recover.body, f"{name}_")
+        h_entry, h_exit, h_all = _add(graph, node.recover.handler, f"{name}_")
+        on_error = "on " + ", ".join(node.recover.codes) if node.recover.codes else "on error"
+        graph.edges += [(a, b, on_error, True) for a in b_entry for b in h_entry]
+        graph.clusters.append((name, f"recover {node.id}", b_all + h_all))
+        return b_entry, b_exit + h_exit, b_all + h_all
     if kind == "subworkflow" and node.subworkflow.definition.HasField("root"):
         called = node.subworkflow
         entry, exits, members = _add(graph, called.definition.root, f"{name}_")

@@ -17,12 +17,13 @@ from mcp_server.engine.cel_cost import COMPREHENSION, CostModel, cost_model
 from mcp_server.engine.values import ValueTooDeep, nesting_depth, normalize, to_json_compatible
 from mcp_server.settings import Limits
 
-VARIABLES = ("input", "prev", "steps", "output", "children", "item", "index", "round", "feedback")
+VARIABLES = ("input", "prev", "steps", "output", "children", "item", "index", "round", "feedback", "error")
 # Where each variable has a value (docs/cel.md); the compiler admits a name only where it has one.
 EVERYWHERE = frozenset({"input", "prev", "steps"})
 IN_MAP_BODY = frozenset({"item", "index"})
 IN_SUPERVISED_CHILD = frozenset({"round", "feedback", "children"})
 IN_TRANSITION = frozenset({"output"})
+IN_HANDLER = frozenset({"error"})
 # The functions the evaluator has (the Rust binding's standard library, without the optional
 # Python extras); operators (`_+_`, `@in`, `!_`) are not names a user writes.
 FUNCTIONS = frozenset(

@@ -50,7 +50,7 @@ from mcp_server.engine.records import (
     take_value,
 )
 from mcp_server.engine.restored_steps import TASK_SCOPE, outputs_by_scope
-from mcp_server.engine.step_ends import code_number, end_data
+from mcp_server.engine.step_ends import code_name, code_number, end_data
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.texts import clipped
 from mcp_server.errors import LeaseLost
@@ -274,6 +274,27 @@ class RunContext:
             return None
         directive = step.state.directive if step.state.HasField("directive") else None
         return NodeResult(step.output, directive)
+
+    def failed_before(self, path: str) -> NodeFailed | None:
+        """How the node at `path` failed in an earlier life of this run (None: it did not)."""
+        step = self._steps.get(path)
+        if step is None or step.state.status != task_pb2.STEP_STATUS_FAILED:
+            return None
+        return NodeFailed(code_name(step.state.error.code), step.state.error.message)
+
+    def first_failed_step(self, within: str) -> str:
+        """The path of the first step at or inside `within` that failed (in step order), or `within`."""
+        inside = within + "/"
+        return next(
+            (
+                path
+                for path, step in self._steps.items()
+                if step.state.status == task_pb2.STEP_STATUS_FAILED
+                and step.state.kind in LEAF_KINDS
+                and (path == within or path.startswith(inside))
+            ),
+            within,
+        )
 
     async def begin(self, path: str, node_id: str, kind: str, protocol: str = "") -> task_pb2.StepState:
         await self.ready_for_next_node()

@@ -12,6 +12,7 @@ from mcp_server.engine.plan import (
     MapPlan,
     ParallelPlan,
     PlanNode,
+    RecoverPlan,
     SequencePlan,
     StepPlan,
     SubworkflowPlan,
@@ -52,6 +53,8 @@ def _children(node: PlanNode) -> tuple[PlanNode, ...]:
         return (node.body,)
     if isinstance(node, AdaptivePlan):
         return tuple(state.node for state in node.states.values())
+    if isinstance(node, RecoverPlan):
+        return (node.body, node.handler)
     if isinstance(node, SubworkflowPlan):
         return (node.root,)
     return ()

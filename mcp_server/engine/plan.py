@@ -191,6 +191,18 @@ class SubworkflowPlan:
     kind: str = "subworkflow"
 
 
+@dataclass(frozen=True)
+class RecoverPlan:
+    """Run `body`; when it fails with a code in `codes` (empty: any), run `handler` on the same
+    input instead, its CEL seeing `error`; the node's output is whichever of them completed."""
+
+    id: str
+    body: PlanNode
+    handler: PlanNode
+    codes: frozenset[str] = frozenset()
+    kind: str = "recover"
+
+
 PlanNode = (
     StepPlan
     | SequencePlan
@@ -201,6 +213,7 @@ PlanNode = (
     | WaitPlan
     | SleepPlan
     | SubworkflowPlan
+    | RecoverPlan
 )
 # nodes that do work themselves (the others only arrange their children)
 LEAF_KINDS = frozenset({"step", "wait", "sleep"})

@@ -18,7 +18,7 @@ from typing import Any
 from google.rpc import status_pb2
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine import adaptive, mapping, parallel, sequence, step, subworkflow, supervise, waiting
+from mcp_server.engine import adaptive, mapping, parallel, recover, sequence, step, subworkflow, supervise, waiting
 from mcp_server.engine.caching import NearCache
 from mcp_server.engine.context import NodeFailed, RunContext
 from mcp_server.engine.event_types import E
@@ -39,7 +39,7 @@ from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
 # imported so that each registers its runner
-NODE_KINDS = (adaptive, mapping, parallel, sequence, step, subworkflow, supervise, waiting)
+NODE_KINDS = (adaptive, mapping, parallel, recover, sequence, step, subworkflow, supervise, waiting)
 
 
 class TaskRunner:

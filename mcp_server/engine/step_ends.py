@@ -40,3 +40,11 @@ def code_number(code: str) -> int:
         return int(code_pb2.Code.Value(code))
     except ValueError:
         return int(code_pb2.UNKNOWN)
+
+
+def code_name(number: int) -> str:
+    """The status code name of a google.rpc.Code number; UNKNOWN for a number that is not one."""
+    try:
+        return str(code_pb2.Code.Name(number))
+    except ValueError:
+        return "UNKNOWN"

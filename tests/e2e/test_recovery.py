@@ -157,6 +157,38 @@ async def test_a_task_killed_inside_a_subworkflow_resumes_there_with_its_steps(
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_task_killed_in_a_recover_node_s_handler_goes_on_there(plugins, testkit, tmp_path, request, backend):
+    """The body failed and its failure was written; the replica dies while the handler runs: the
+    next one does not run the body again (its failure stands) and gives the handler the same error."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    plugin = plugins["testkit"].address
+    first = start_orchestrator(address, store, plugin, "first")
+    client = connect(address)
+    body = step("a", "fail", "{'code': 'UNAVAILABLE'}", retry={"max_attempts": 1})
+    handler = step("h", "sleep", "{'ms': 600, 'why': error.code, 'where': error.step_path}")
+    await create(client, workflow("rescued", {"id": "r", "recover": {"body": body, "handler": handler}}))
+    task = await submit(client, "rescued")
+    seen = await kill_when_started(first, client, task.task_id, "r/h", after=0.2)
+
+    second = start_orchestrator(address, store, plugin, "second")
+    try:
+        client = connect(address)
+        after = task_pb2.WatchTaskRequest(task_id=task.task_id, after_sequence=seen[-1].sequence)
+        assert_gapless(seen + [e async for e in client.tasks.WatchTask(after)])
+        calls = (await plugin_stats(testkit))["calls"]
+        ran = {key.split("/", 1)[1]: n for key, n in calls.items() if key.startswith(task.task_id + "/")}
+        assert ran == {"r/a/fail": 1, "r/h/sleep": 2}
+        final = await wait_done(client, task.task_id)
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED
+        assert result(final) == {"ms": 600, "why": "UNAVAILABLE", "where": "r/a", "slept_ms": 600}
+        await client.channel.close()
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_a_step_s_timeout_counts_from_its_first_start_across_a_kill_9(plugins, tmp_path, request, backend):
     """The step timeout is a budget for the whole step: a step in flight at a crash has what is left
     of it when it runs again (before, the budget began again, so a step could run for any number of

@@ -1,5 +1,5 @@
-"""Property: any well-formed definition (subworkflows included) either completes or fails with a
-clear error; none hangs."""
+"""Property: any well-formed definition (subworkflows and recover nodes included) either completes
+or fails with a clear error; none hangs."""
 
 from __future__ import annotations
 
@@ -76,6 +76,9 @@ def composite(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[
                 },
             }
         ),
+        st.tuples(children, children, st.sampled_from([[], ["UNAVAILABLE"], ["INVALID_ARGUMENT", "UNKNOWN"]])).map(
+            lambda t: {"id": f"n{next(_ids)}", "recover": {"body": t[0], "handler": t[1], "codes": t[2]}}
+        ),
     )
 
 
@@ -91,6 +94,7 @@ async def store_subworkflows(client: Any, node: dict[str, Any]) -> None:
         *node.get("supervise", {}).get("children", []),
         *([node["map"]["body"]] if "map" in node else []),
         *(state["node"] for state in node.get("adaptive", {}).get("states", [])),
+        *(node["recover"][part] for part in ("body", "handler") if "recover" in node),
     ]
     for child in below:
         await store_subworkflows(client, child)

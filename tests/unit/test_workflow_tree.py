@@ -79,3 +79,29 @@ def test_nested_boxes_are_drawn_nested_each_node_in_its_innermost_box():
     dot = to_dot(graph)
     assert dot.count("n_root_sub_inner_ask [label") == 1
     assert dot.index("subgraph cluster_n_root_sub ") < dot.index("subgraph cluster_n_root_sub_inner ")
+
+
+RECOVER = node(
+    {
+        "id": "r",
+        "recover": {
+            "body": {"id": "try", "step": {"protocol": "chat"}},
+            "handler": {"sequence": {"children": [{"id": "ask", "wait": {"signal": "help"}}]}},
+            "codes": ["UNAVAILABLE", "DEADLINE_EXCEEDED"],
+        },
+    }
+)
+
+
+def test_a_recover_node_s_body_and_handler_are_found_walked_and_drawn():
+    assert node_at(RECOVER, "r/try").step.protocol == "chat"
+    assert node_at(RECOVER, "r/sequence1/ask").wait.signal == "help"  # the handler's default id: its position
+    assert [path for path, _ in all_nodes(RECOVER)] == [
+        "workflow.root",
+        "workflow.root.recover.body",
+        "workflow.root.recover.handler",
+        "workflow.root.recover.handler.sequence.children[0]",
+    ]
+    text = to_mermaid(workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=RECOVER)))
+    assert 'subgraph n_r["recover r"]' in text
+    assert 'n_r_try -.->|"on UNAVAILABLE, DEADLINE_EXCEEDED"| n_r_sequence_ask' in text

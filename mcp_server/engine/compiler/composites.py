@@ -1,11 +1,11 @@
-"""Compiling the composite nodes: sequence, parallel, map, supervise and adaptive."""
+"""Compiling the composite nodes: sequence, parallel, map, supervise, adaptive and recover."""
 
 from __future__ import annotations
 
 from mcp_sdk.proto import workflow_pb2
 from mcp_sdk.workflow_tree import default_node_id
-from mcp_server.engine.cel import IN_MAP_BODY, IN_SUPERVISED_CHILD, IN_TRANSITION
-from mcp_server.engine.compiler.fields import concurrency, expression, protocol, rounds
+from mcp_server.engine.cel import IN_HANDLER, IN_MAP_BODY, IN_SUPERVISED_CHILD, IN_TRANSITION
+from mcp_server.engine.compiler.fields import GRPC_CODES, concurrency, expression, protocol, rounds
 from mcp_server.engine.compiler.scope import (
     NODE_ID,
     Scope,
@@ -18,6 +18,8 @@ from mcp_server.engine.plan import (
     AdaptivePlan,
     MapPlan,
     ParallelPlan,
+    PlanNode,
+    RecoverPlan,
     SequencePlan,
     StatePlan,
     SupervisePlan,
@@ -146,3 +148,26 @@ def compile_adaptive(
         retry=scope.default_retry,
         attempt_timeout=scope.default_attempt_timeout,
     )
+
+
+@builds("recover")
+def compile_recover(
+    node_id: str, rec: workflow_pb2.RecoverNode, path: str, scope: Scope, depth: int
+) -> RecoverPlan | None:
+    codes = frozenset(code.upper() for code in rec.codes)
+    for i, code in enumerate(rec.codes):
+        if code.upper() not in GRPC_CODES or code.upper() == "OK":
+            scope.violations.add(f"{path}.codes[{i}]", f"{code!r} is not the name of a gRPC error code")
+    parts: dict[str, PlanNode | None] = {}
+    for index, part in enumerate(("body", "handler")):
+        if not rec.HasField(part):
+            scope.violations.add(f"{path}.{part}", f"a recover node needs a {part}")
+            parts[part] = None
+            continue
+        child: workflow_pb2.Node = getattr(rec, part)
+        with variables_in(scope, IN_HANDLER if part == "handler" else frozenset()):
+            parts[part] = compile_node(child, f"{path}.{part}", scope, depth + 1, default_node_id(child, index))
+    body, handler = parts["body"], parts["handler"]
+    if body is None or handler is None:
+        return None
+    return RecoverPlan(node_id, body, handler, codes)

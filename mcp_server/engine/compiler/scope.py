@@ -106,7 +106,9 @@ def compile_node(node: workflow_pb2.Node, path: str, scope: Scope, depth: int, d
     builder = BUILDERS.get(kind or "")
     if builder is None:
         scope.violations.add(
-            path, "a node must be one of step, sequence, parallel, map, supervise, adaptive, wait, sleep, subworkflow"
+            path,
+            "a node must be one of step, sequence, parallel, map, supervise, adaptive, wait, sleep, subworkflow,"
+            " recover",
         )
         return None
     return builder(node_id, getattr(node, kind or ""), f"{path}.{kind}", scope, depth)

@@ -32,6 +32,11 @@ def child_nodes(
         for i, state in enumerate(node.adaptive.states):
             if state.HasField("node"):
                 yield f"{path}.adaptive.states[{i}].node", state.node, state.name
+    elif kind == "recover":
+        for i, part in enumerate(("body", "handler")):
+            if node.recover.HasField(part):
+                child = getattr(node.recover, part)
+                yield f"{path}.recover.{part}", child, default_node_id(child, i)
     elif kind == "subworkflow" and into_subworkflows and node.subworkflow.definition.HasField("root"):
         yield f"{path}.subworkflow.definition.root", node.subworkflow.definition.root, "root"
 

@@ -102,8 +102,9 @@ def _add(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[str],
         h_entry, h_exit, h_all = _add(graph, node.recover.handler, f"{name}_")
         on_error = "on " + ", ".join(node.recover.codes) if node.recover.codes else "on error"
         graph.edges += [(a, b, on_error, True) for a in b_entry for b in h_entry]
-        graph.clusters.append((name, f"recover {node.id}", b_all + h_all))
-        return b_entry, b_exit + h_exit, b_all + h_all
+        rethrow = " (then fails)" if node.recover.rethrow else ""
+        graph.clusters.append((name, f"recover {node.id}{rethrow}", b_all + h_all))
+        return b_entry, b_exit + ([] if node.recover.rethrow else h_exit), b_all + h_all
     if kind == "subworkflow" and node.subworkflow.definition.HasField("root"):
         called = node.subworkflow
         entry, exits, members = _add(graph, called.definition.root, f"{name}_")

@@ -200,6 +200,7 @@ class RecoverPlan:
     body: PlanNode
     handler: PlanNode
     codes: frozenset[str] = frozenset()
+    rethrow: bool = False  # after the handler, fail with the body's error all the same
     kind: str = "recover"
 
 

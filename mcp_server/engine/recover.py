@@ -1,5 +1,6 @@
 """Recover nodes: run the body; when it fails with a code the node recovers, run the handler on
-the same input instead, its CEL seeing `error`, and output what it gives.
+the same input instead, its CEL seeing `error`, and output what it gives (or, with `rethrow`,
+fail with the body's error once the handler is done: a cleanup that does not stand in).
 
 Only a failure is recovered: a cancel (the task's, or a branch no longer needed) and a timeout
 running out around the node pass through, as everywhere. A run resumed after the body failed
@@ -33,4 +34,7 @@ async def run_recover(
     if node.codes and failure.code not in node.codes:
         raise failure
     error = {"code": failure.code, "message": failure.message, "step_path": ctx.first_failed_step(body_path)}
-    return await execute(node.handler, child_path(path, node.handler.id), value, ctx, {**scope, ERROR: error})
+    handled = await execute(node.handler, child_path(path, node.handler.id), value, ctx, {**scope, ERROR: error})
+    if node.rethrow:
+        raise failure
+    return handled

@@ -104,6 +104,21 @@ async def test_a_handler_that_fails_fails_the_node_with_its_own_error(served):
     assert done.error.code == grpc.StatusCode.ABORTED.value[0] and "down for h" in done.error.message
 
 
+async def test_with_rethrow_the_handler_runs_and_the_node_fails_with_the_body_s_error(served, testkit):
+    _, client = served
+    cleanup = step("cleanup", "echo", "{'undo': input.topic, 'after': error.step_path}")
+    node = recover("r", failing("a", "RESOURCE_EXHAUSTED"), cleanup)
+    node["recover"]["rethrow"] = True
+    done = await run_one(client, "cleanup", seq("root", node, step("never", "echo")))
+    assert done.status == S.TASK_STATUS_FAILED
+    assert done.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and "down for a" in done.error.message
+    states = step_states(done)
+    assert states["root/r/cleanup"].status == task_pb2.STEP_STATUS_COMPLETED
+    assert states["root/r"].status == task_pb2.STEP_STATUS_FAILED and "root/never" not in states
+    calls = (await plugin_stats(testkit))["calls"]
+    assert calls[f"{done.task_id}/root/r/cleanup/echo"] == 1
+
+
 async def test_a_step_s_own_timeout_is_recovered_but_the_task_s_is_not(served, testkit):
     _, client = served
     slow = step("slow", "sleep", "{'ms': 3000}", timeout="0.3s", retry=ONCE)

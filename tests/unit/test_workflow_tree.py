@@ -105,3 +105,12 @@ def test_a_recover_node_s_body_and_handler_are_found_walked_and_drawn():
     text = to_mermaid(workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=RECOVER)))
     assert 'subgraph n_r["recover r"]' in text
     assert 'n_r_try -.->|"on UNAVAILABLE, DEADLINE_EXCEEDED"| n_r_sequence_ask' in text
+
+
+def test_a_recover_node_that_rethrows_leads_on_from_its_body_alone():
+    rethrows = workflow_pb2.Node()
+    rethrows.CopyFrom(RECOVER)
+    rethrows.recover.rethrow = True
+    text = to_mermaid(workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=rethrows)))
+    assert 'subgraph n_r["recover r (then fails)"]' in text
+    assert "n_r_try --> wf_result" in text and "n_r_sequence_ask --> wf_result" not in text

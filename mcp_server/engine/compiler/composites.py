@@ -170,4 +170,4 @@ def compile_recover(
     body, handler = parts["body"], parts["handler"]
     if body is None or handler is None:
         return None
-    return RecoverPlan(node_id, body, handler, codes)
+    return RecoverPlan(node_id, body, handler, codes, rec.rethrow)

@@ -85,6 +85,25 @@ async def sleep(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
         stats.in_flight -= 1
 
 
+@plugin.protocol(
+    "stall",
+    description="Streams `before` progress messages `every_ms` apart, then, on attempts up to `stalls`"
+    " (default 1), sends nothing for `stall_ms` before it answers (a model whose stream stops)",
+)
+async def stall(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("stall", ctx)
+    try:
+        for i in range(int(data.get("before", 3))):
+            await ctx.progress(0.0, f"token {i}")
+            await asyncio.sleep(float(data.get("every_ms", 50)) / 1000)
+        if ctx.attempt <= int(data.get("stalls", 1)):
+            await asyncio.sleep(float(data.get("stall_ms", 30000)) / 1000)
+        return {"attempt": ctx.attempt}
+    except asyncio.CancelledError:
+        stats.cancelled += 1
+        raise
+
+
 @plugin.protocol("spin", description="Computes for `ms` milliseconds in a plain (blocking) function")
 def spin(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     until = time.monotonic() + float(data.get("ms", 100)) / 1000

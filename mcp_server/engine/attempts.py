@@ -54,6 +54,7 @@ class Call:
     stream: bool = False
     # the rate-limit units each attempt takes first (empty: 1 unit of `protocol:<protocol>`)
     asks: tuple[tuple[str, float], ...] = ()
+    idle_timeout: float | None = None  # with `stream`: the longest the call may send nothing
 
 
 class StepObserver:
@@ -199,7 +200,13 @@ async def _attempt(call: Call, path: str, ctx: RunContext, observer: StepObserve
     )
     try:
         result = await ctx.caller.call(
-            call.protocol, call.input, context, timeout=call.attempt_timeout, stream=call.stream, observer=observer
+            call.protocol,
+            call.input,
+            context,
+            timeout=call.attempt_timeout,
+            stream=call.stream,
+            observer=observer,
+            idle_timeout=call.idle_timeout,
         )
     except ProtocolCallError as exc:
         if exc.usage and _usage_problem(exc.usage) is None:  # a failed attempt's usage counts too

@@ -71,6 +71,7 @@ class StepPlan:
     stream: bool = False
     rate_limits: tuple[RateLimitUsePlan, ...] = ()
     cache: CachePlan | None = None
+    idle_timeout: float | None = None  # with `stream`: the longest a call may send nothing
     kind: str = "step"
 
 

@@ -138,7 +138,7 @@ async def _run_candidates(
             if ctx.rate_limits is None
             else asks_of(node.rate_limits, protocol, input_data, value, ctx, scope, node.id)
         )
-        call = Call(protocol, input_data, node.retry, node.attempt_timeout, node.stream, asks)
+        call = Call(protocol, input_data, node.retry, node.attempt_timeout, node.stream, asks, node.idle_timeout)
         try:
             result = await call_with_retries(call, path, ctx, observer)
         except ProtocolCallError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import grpc
@@ -65,6 +65,7 @@ class GrpcProtocolCaller:
         timeout: float | None,
         stream: bool = False,
         observer: CallObserver | None = None,
+        idle_timeout: float | None = None,
     ) -> CallResult:
         instances = await self._instances(protocol)
         manifest = instances[0].manifest
@@ -81,10 +82,14 @@ class GrpcProtocolCaller:
             address, grant = await self._place(protocol, manifest, instances, context.priority, observer)
             bulkhead = self._bulkhead(protocol, self.concurrency_overrides.get(protocol, manifest.max_concurrency))
             if bulkhead is None:
-                result = await self._guarded(protocol, address, request, timeout, stream, observer, metadata)
+                result = await self._guarded(
+                    protocol, address, request, timeout, stream, observer, metadata, idle_timeout
+                )
             else:
                 async with bulkhead:
-                    result = await self._guarded(protocol, address, request, timeout, stream, observer, metadata)
+                    result = await self._guarded(
+                        protocol, address, request, timeout, stream, observer, metadata, idle_timeout
+                    )
         except BaseException as exc:
             if span is not None:
                 finish_call(span, exc)
@@ -161,6 +166,7 @@ class GrpcProtocolCaller:
         stream: bool,
         observer: CallObserver | None,
         metadata: Sequence[tuple[str, str]],
+        idle_timeout: float | None = None,
     ) -> CallResult:
         breaker = self.breakers.get(protocol)
         before = str(breaker.current_state)
@@ -169,7 +175,9 @@ class GrpcProtocolCaller:
                 # The common case: a success would change nothing in the breaker, so only a
                 # failure goes through it (it counts, or resets the count, exactly as below).
                 try:
-                    response = await self._invoke(address, request, timeout, observer if stream else None, metadata)
+                    response = await self._invoke(
+                        address, request, timeout, observer if stream else None, metadata, idle_timeout
+                    )
                 except ProtocolCallError as exc:
                     self._judge_failure(protocol, address, exc)
                     with breaker.calling():
@@ -177,7 +185,9 @@ class GrpcProtocolCaller:
             else:
                 with breaker.calling():
                     try:
-                        response = await self._invoke(address, request, timeout, observer if stream else None, metadata)
+                        response = await self._invoke(
+                            address, request, timeout, observer if stream else None, metadata, idle_timeout
+                        )
                     except ProtocolCallError as exc:
                         self._judge_failure(protocol, address, exc)
                         raise
@@ -221,6 +231,7 @@ class GrpcProtocolCaller:
         timeout: float | None,
         observer: CallObserver | None,
         metadata: Sequence[tuple[str, str]] = (),
+        idle_timeout: float | None = None,
     ) -> protocol_pb2.ExecuteResponse:
         stub = self.channels.stub(address)
         try:
@@ -236,7 +247,8 @@ class GrpcProtocolCaller:
                         "INTERNAL", f"the response of {address} is not a valid ExecuteResponse (it does not parse)"
                     )
                 return cast(protocol_pb2.ExecuteResponse, response)
-            async for message in stub.ExecuteStream(request, timeout=timeout, metadata=tuple(metadata) or None):
+            call = stub.ExecuteStream(request, timeout=timeout, metadata=tuple(metadata) or None)
+            async for message in _within(call, idle_timeout, address):
                 if message is None:
                     raise ProtocolCallError(
                         "INTERNAL", f"the stream of {address} sent a message that is not an ExecuteStreamResponse"
@@ -248,6 +260,28 @@ class GrpcProtocolCaller:
         except grpc.aio.AioRpcError as exc:
             raise _call_error(exc, address, timeout) from None
         raise ProtocolCallError("INTERNAL", f"the stream of {address} ended without a result")
+
+
+async def _within(call: Any, idle_timeout: float | None, address: str) -> AsyncIterator[Any]:
+    """The messages of a streaming call, each within `idle_timeout` of the one before (or of the
+    start); past it the call is cancelled (the plugin sees it) and fails DEADLINE_EXCEEDED."""
+    if idle_timeout is None:
+        async for message in call:
+            yield message
+        return
+    messages = call.__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                message = await anext(messages)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            call.cancel()
+            raise ProtocolCallError(
+                "DEADLINE_EXCEEDED", f"instance {address} sent nothing for {idle_timeout:g}s (the step's idle_timeout)"
+            ) from None
+        yield message
 
 
 def _call_error(exc: grpc.aio.AioRpcError, address: str, timeout: float | None) -> ProtocolCallError:

@@ -193,6 +193,21 @@ async def test_tokens_stream_as_progress_with_their_attempt_and_the_output_is_th
     assert all(e.data.fields["attempt"].number_value == 2 for e in second)
 
 
+async def test_a_model_stream_that_stalls_is_cut_by_the_idle_timeout_and_asked_again(client):
+    """The model sends two chunks and then nothing, the connection open: without an idle timeout
+    the step would wait for its attempt's deadline (or the HTTP client's, 10 minutes by default)."""
+    body = llm_step("chat", "stream-stall")
+    body["step"].update({"stream": True, "idle_timeout": "0.5s"})
+    task = await run(client, workflow("stalled", body), {"prompt": "Greet the stalled world"}, timeout=20)
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    assert task.result.struct_value.fields["text"].string_value == "Hello world"
+    log = [e async for e in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id))]
+    retry = next(e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING)
+    assert retry.data.fields["code"].string_value == "DEADLINE_EXCEEDED" and "idle_timeout" in retry.message
+    took = task.end_time.ToNanoseconds() - task.start_time.ToNanoseconds()
+    assert took < 10e9  # cut at the idle timeout, not at the stall's end
+
+
 async def test_the_llm_review_example_drafts_judges_waits_for_a_person_and_publishes(client):
     definition = yaml.safe_load((Path(__file__).parents[2] / "examples" / "llm_review.yaml").read_text())
     await client.workflows.CreateWorkflow(

@@ -376,3 +376,27 @@ async def test_a_server_stopped_as_soon_as_it_started_stops_every_loop(server_fa
     await running.stop()
     stuck = [r.getMessage() for r in caplog.records if "did not stop" in r.getMessage()]
     assert stuck == []
+
+
+async def test_a_stream_that_stalls_past_its_idle_timeout_is_cut_and_retried(client, testkit):
+    """The first attempt streams three messages and then nothing: with an idle timeout of 0.4 s it
+    is cancelled (the plugin sees it) and retried long before its 30 s stall or any deadline."""
+    node = step("talk", "stall", "{'before': 3, 'every_ms': 100}", stream=True, idle_timeout="0.4s", retry=FAST_RETRY)
+    task = await run(client, workflow("stalled", node), timeout=15)
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    assert step_states(task)["talk"].attempts == 2
+    log = await events(client, task.task_id)
+    retry = next(e for e in log if e.type == E.TASK_EVENT_TYPE_STEP_RETRYING)
+    assert retry.data.fields["code"].string_value == "DEADLINE_EXCEEDED"
+    assert "sent nothing for 0.4s (the step's idle_timeout)" in retry.message
+    progress = [e.attempt for e in log if e.type == E.TASK_EVENT_TYPE_PROGRESS]
+    assert progress == [1, 1, 1, 2, 2, 2]  # messages 100 ms apart are within the timeout
+    assert (await plugin_stats(testkit))["cancelled"] == 1  # the stalled call was ended at the plugin
+
+
+async def test_an_idle_timeout_needs_a_streamed_step(client):
+    node = step("talk", "echo", idle_timeout="1s")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await create(client, workflow("unary-idle", node))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "needs stream: true" in refused.value.details()

@@ -15,7 +15,8 @@
     judge-reject a verdict: reject
     route-to-b   a next state: b
     (any model, with "stream": true) SSE chunks of "Hello world", then usage; `stream-cut`
-                 breaks off mid-answer the first time a conversation is asked
+                 breaks off mid-answer the first time a conversation is asked; `stream-stall`
+                 sends nothing more after two chunks (for 60 s, the connection open) that time
 
 GET /requests lists the bodies it received (and POST /reset forgets them).
 """
@@ -108,7 +109,8 @@ def chunk(model: str, content: str | None, finish: str | None = None, usage: boo
 
 async def stream(request: web.Request, model: str, messages: list[dict[str, Any]]) -> web.StreamResponse:
     """SSE chunks 30 ms apart ("Hel", "lo ", "wor", "ld"), then the usage chunk; `stream-cut`
-    breaks off after two chunks the first time a conversation is asked."""
+    breaks off after two chunks the first time a conversation is asked, `stream-stall` goes
+    silent there."""
     key = json.dumps(messages, sort_keys=True)
     asked[key] += 1
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -118,6 +120,8 @@ async def stream(request: web.Request, model: str, messages: list[dict[str, Any]
             assert request.transport is not None
             request.transport.close()  # the connection drops mid-answer
             return response
+        if model == "stream-stall" and asked[key] == 1 and i == 2:
+            await asyncio.sleep(60)  # the model stops sending, the connection stays open
         await response.write(chunk(model, part))
         await asyncio.sleep(0.03)
     await response.write(chunk(model, None, "stop"))

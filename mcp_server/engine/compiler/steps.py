@@ -34,7 +34,16 @@ def compile_step(node_id: str, step: workflow_pb2.StepNode, path: str, scope: Sc
             _rate_limit_use(use, f"{path}.rate_limits[{i}]", scope) for i, use in enumerate(step.rate_limits)
         ),
         cache=_cache(step, f"{path}.cache", scope) if step.HasField("cache") else None,
+        idle_timeout=_idle_timeout(step, f"{path}.idle_timeout", scope),
     )
+
+
+def _idle_timeout(step: workflow_pb2.StepNode, path: str, scope: Scope) -> float | None:
+    if step.HasField("idle_timeout") and not step.stream:
+        scope.violations.add(
+            path, "needs stream: true (a unary call sends nothing before its result; bound it with attempt_timeout)"
+        )
+    return duration(step, "idle_timeout", path, scope.violations)
 
 
 def _cache(step: workflow_pb2.StepNode, path: str, scope: Scope) -> CachePlan:

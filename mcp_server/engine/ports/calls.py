@@ -94,4 +94,8 @@ class ProtocolCaller(Protocol):
         timeout: float | None,
         stream: bool = False,
         observer: CallObserver | None = None,
-    ) -> CallResult: ...
+        idle_timeout: float | None = None,
+    ) -> CallResult:
+        """`idle_timeout` (with `stream`): the longest the call may go without a message; past it
+        the call fails DEADLINE_EXCEEDED."""
+        ...

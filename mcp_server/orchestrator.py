@@ -33,6 +33,7 @@ from mcp_server.schedules.scheduler import Scheduler
 from mcp_server.service.bulk import BulkActions
 from mcp_server.service.cancelling import Cancelling
 from mcp_server.service.deleting import Deleting
+from mcp_server.service.events import Events
 from mcp_server.service.protocols import Protocols
 from mcp_server.service.reruns import Reruns
 from mcp_server.service.schedules import Schedules
@@ -119,6 +120,7 @@ class Orchestrator:
             self.rate_limits,
         )
         self.reruns = Reruns(settings, store.tasks, self.plans, self.submission)
+        self.events = Events(settings, store.workflows, self.plans, self.submission)
         self.firing = Firing(
             store.schedules,
             store.tasks,

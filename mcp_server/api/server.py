@@ -21,6 +21,8 @@ from mcp_sdk.client import Tls
 from mcp_sdk.proto import (
     bulk_pb2,
     bulk_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     schedule_pb2,
@@ -32,6 +34,7 @@ from mcp_sdk.proto import (
 )
 from mcp_sdk.serving import pending_call_options
 from mcp_server.api.bulk import BulkActionServicer
+from mcp_server.api.events import EventServicer
 from mcp_server.api.interceptor import EdgeInterceptor
 from mcp_server.api.registry import RegistryServicer
 from mcp_server.api.schedules import ScheduleServicer
@@ -57,6 +60,7 @@ SERVICES = (
     registry_pb2.DESCRIPTOR.services_by_name["ProtocolRegistry"].full_name,
     schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     bulk_pb2.DESCRIPTOR.services_by_name["BulkActionService"].full_name,
+    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
 )
 
 
@@ -126,6 +130,7 @@ async def start_server(settings: Settings, tracer: TaskTracer | None = None) -> 
     registry_pb2_grpc.add_ProtocolRegistryServicer_to_server(RegistryServicer(orchestrator), server)
     schedule_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(orchestrator), server)
     bulk_pb2_grpc.add_BulkActionServiceServicer_to_server(BulkActionServicer(orchestrator), server)
+    events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(orchestrator), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -23,7 +23,7 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_server.cli import bulk_actions, cancelling, deleting, render, reruns, schedules, upgrading
+from mcp_server.cli import bulk_actions, cancelling, deleting, events, render, reruns, schedules, upgrading
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.inputs import parse_input, parse_json, parse_label
 from mcp_server.cli.tree import RunTree
@@ -89,6 +89,8 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         return await schedules.run(client, args, out)
     if args.group == "bulk":
         return await bulk_actions.run(client, args, out)
+    if args.group == "event":
+        return await events.run(client, args, out)
     if cmd == ("workflow", "apply"):
         created = await client.create_workflow(load_workflow(args.file))
         (
@@ -392,6 +394,7 @@ def parser() -> argparse.ArgumentParser:
     limits.add_parser("delete").add_argument("key")
     schedules.add_parser(groups, parse_seconds)
     bulk_actions.add_parser(groups, parse_seconds)
+    events.add_parser(groups)
     proto = groups.add_parser("protocol").add_subparsers(dest="command", required=True)
     proto.add_parser("list")
     proto.add_parser("register").add_argument("address")

@@ -232,6 +232,16 @@ class ConcurrencyPlan:
 
 
 @dataclass(frozen=True)
+class TriggerPlan:
+    """Workflow.triggers[i] compiled: the event name, and CEL over `event` for whether a task
+    starts (None: always) and for its input (None: the event's data)."""
+
+    event: str
+    filter: Expression | None
+    input: Expression | None
+
+
+@dataclass(frozen=True)
 class Plan:
     """A compiled workflow version."""
 
@@ -258,6 +268,8 @@ class Plan:
     queue_timeout: float | None = None
     # Workflow.fill_input_defaults: a task's input gets the defaults input_schema declares
     fill_input_defaults: bool = False
+    # Workflow.triggers: the events that start a task of this version while it is the latest
+    triggers: tuple[TriggerPlan, ...] = ()
 
     @property
     def signals(self) -> frozenset[str]:

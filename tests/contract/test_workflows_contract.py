@@ -51,6 +51,31 @@ async def test_a_deleted_version_is_read_only_by_the_tasks_that_ran_it_and_numbe
     assert (await workflows.get_workflow("d", 2, deleted_too=True)).description == "2"
 
 
+async def test_an_event_s_subscribers_are_the_latest_live_versions_that_name_it(store):
+    workflows = store.workflows
+
+    def on(workflow_id: str, *events: str) -> workflow_pb2.Workflow:
+        return workflow_pb2.Workflow(
+            workflow_id=workflow_id, triggers=[workflow_pb2.EventTrigger(event=e) for e in events]
+        )
+
+    await workflows.create_workflow(on("b", "paid", "paid", "shipped"))  # a name twice: one entry
+    await workflows.create_workflow(on("a", "paid"))
+    await workflows.create_workflow(on("c", "shipped"))
+    assert await workflows.subscribers("paid") == [("a", 1), ("b", 1)]
+    assert await workflows.subscribers("shipped") == [("b", 1), ("c", 1)]
+    assert await workflows.subscribers("nothing") == []
+
+    await workflows.create_workflow(on("b", "shipped"))  # version 2 no longer takes `paid`
+    await workflows.create_workflow(on("a", "paid"))  # version 2 still does
+    assert await workflows.subscribers("paid") == [("a", 2)]
+    assert await workflows.subscribers("shipped") == [("b", 2), ("c", 1)]
+    await workflows.delete_workflow("c")
+    assert await workflows.subscribers("shipped") == [("b", 2)]
+    await workflows.create_workflow(on("c", "shipped"))  # made again after its delete
+    assert await workflows.subscribers("shipped") == [("b", 2), ("c", 2)]
+
+
 async def test_an_sqlite_file_from_before_deletions_were_kept_gets_their_column(tmp_path):
     path = tmp_path / "old.db"
     store = await open_store(f"sqlite:///{path}")

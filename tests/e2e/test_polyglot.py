@@ -83,6 +83,22 @@ async def test_node_client_reruns_its_task_through_a_bulk_action(server, client)
     assert bulk["reruns_of"] == [summary["task_id"]]
 
 
+async def test_node_client_publishes_an_event_that_starts_the_workflows_it_triggers(server, client):
+    trigger = {"event": "node.said", "input": "{'text': event.data.text}"}
+    await create(client, workflow("for-node-event", step("a", "append"), triggers=[trigger]))
+    picky = {"event": "node.said", "filter": "event.data.text == 'never'"}
+    await create(client, workflow("for-node-event-never", step("a", "append"), triggers=[picky]))
+    strict = {"type": "object", "required": ["missing"]}
+    strict_one = workflow("for-node-event-strict", step("a", "append"), triggers=[trigger], input_schema=strict)
+    await create(client, strict_one)
+    summary = await run_node_client(server.address, "node.said", json.dumps({"text": "ev:"}), "--publish")
+    assert summary["created"] == [True] and summary["created_again"] == [False] and summary["same_tasks"]
+    assert summary["refused"] == [["for-node-event-strict", grpc.StatusCode.INVALID_ARGUMENT.value[0]]]
+    [done] = summary["finished"]
+    assert done["workflow_id"] == "for-node-event" and done["status"] == "TASK_STATUS_COMPLETED"
+    assert done["result"]["text"] == "ev:a" and done["event_label"] == "node.said"
+
+
 async def test_node_client_sets_a_queue_timeout_and_reads_the_deadline(server, client):
     await create(client, workflow("for-node-timely", step("a", "append")))
     flags = ("--queue-timeout-ms", "1500")

@@ -1,11 +1,13 @@
 // A Node.js client of the mCP orchestrator: submit a task, watch it live, print a JSON summary.
 // usage: node client.js SERVER_ADDRESS WORKFLOW_ID [INPUT_JSON] [--run | --follow | --refused] [--delete | --bulk-rerun]
 //        [--queue-timeout-ms MS]
+//        node client.js SERVER_ADDRESS EVENT_NAME [DATA_JSON] --publish
 // With --run: one RunTask call (submit and wait), with a deadline, so the task id also comes at
 // once in the `mcp-task-id` response header. With --follow: one SubmitAndWatchTask stream (submit,
 // then every event to the end; the first message names the task). With --refused: submit once,
 // expecting a refusal, and print what the server said in its google.rpc.Status details (the
-// ErrorInfo's reason and metadata, a RetryInfo's delay, a BadRequest's fields).
+// ErrorInfo's reason and metadata, a RetryInfo's delay, a BadRequest's fields). With --publish:
+// publish an event (twice, with one request_id) and follow the tasks the workflows it triggers got.
 'use strict';
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
@@ -13,7 +15,7 @@ const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
 
 const PROTOS = path.resolve(__dirname, '../../../protos');
-const definition = protoLoader.loadSync(['mcp/v1/task.proto', 'mcp/v1/bulk.proto'], {
+const definition = protoLoader.loadSync(['mcp/v1/task.proto', 'mcp/v1/bulk.proto', 'mcp/v1/events.proto'], {
   includeDirs: [PROTOS], keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
 });
 const mcp = grpc.loadPackageDefinition(definition).mcp.v1;
@@ -86,6 +88,31 @@ async function main() {
   const get = (req) => new Promise((resolve, reject) => tasks.GetTask(req, (err, res) => (err ? reject(err) : resolve(res))));
 
   const input = JSON.parse(inputJson || '{}');
+  if (process.argv.includes('--publish')) {
+    // an event, not a task: every workflow whose trigger takes it gets one; sent again, the same ones
+    const events = new mcp.EventService(address, grpc.credentials.createInsecure());
+    const request = { name: workflowId, data: toStruct(input), request_id: `node-${Date.now()}` };
+    const publish = () => new Promise((resolve, reject) => events.PublishEvent(request, (err, res) => (err ? reject(err) : resolve(res))));
+    const first = await publish();
+    const again = await publish();
+    const finished = [];
+    for (const started of first.tasks) {
+      let task = (await get({ task_id: started.task_id })).task;
+      while (!['TASK_STATUS_COMPLETED', 'TASK_STATUS_FAILED', 'TASK_STATUS_CANCELLED'].includes(task.status)) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        task = (await get({ task_id: started.task_id })).task;
+      }
+      finished.push({ workflow_id: started.workflow_id, status: task.status, result: fromValue(task.result),
+        event_label: task.labels['mcp/event'] });
+    }
+    console.log(JSON.stringify({ event_id: first.event_id, created: first.tasks.map((t) => t.created),
+      created_again: again.tasks.map((t) => t.created),
+      same_tasks: JSON.stringify(first.tasks.map((t) => t.task_id)) === JSON.stringify(again.tasks.map((t) => t.task_id)),
+      refused: first.refused.map((r) => [r.workflow_id, r.status.code]), finished }));
+    events.close();
+    tasks.close();
+    return;
+  }
   if (process.argv.includes('--refused')) {
     const refusal = await submit({ workflow_id: workflowId, input_data: toStruct(input) }).then(() => null, (err) => err);
     console.log(JSON.stringify({ refused: refusal !== null, grpc_code: refusal && refusal.code,

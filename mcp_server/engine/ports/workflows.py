@@ -31,6 +31,11 @@ class WorkflowStore(Protocol):
         """The latest version of each workflow not deleted, by workflow_id, and the next page's token."""
         ...
 
+    async def subscribers(self, event: str) -> list[tuple[str, int]]:
+        """(workflow_id, version) of every workflow whose latest version not deleted has a trigger
+        on `event`, by workflow_id."""
+        ...
+
     async def delete_workflow(self, workflow_id: str) -> int:
         """Delete every version not deleted yet and return how many there were. They stay stored,
         marked deleted (see get_workflow); a later create of the id numbers on after them."""

@@ -187,6 +187,11 @@ class Layout:
     def workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}{{wf}}:wf:{workflow_id}"
 
+    def event_subscribers(self, event: str) -> str:
+        """The workflows whose version named `event` in its triggers: workflow_id -> that version
+        (see RedisWorkflows.subscribers)."""
+        return f"{self.prefix}{{wf}}:on:{event}"
+
     def deleted_workflow(self, workflow_id: str) -> str:
         """A workflow's deleted versions (see RedisWorkflows)."""
         return f"{self.prefix}{{wf}}:wfd:{workflow_id}"

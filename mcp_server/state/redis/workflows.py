@@ -3,6 +3,8 @@ the latest version of each, and the ids in order, all in the slot tagged {wf}.""
 
 from __future__ import annotations
 
+import asyncio
+
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.events import now
 from mcp_server.state.common import (
@@ -34,6 +36,8 @@ class RedisWorkflows:
         async with self.conn.pipeline(transaction=True) as pipe:
             pipe.hset(self.layout.workflow(stored.workflow_id), str(stored.version), stored.SerializeToString())
             pipe.zadd(self.layout.workflow_ids, {stored.workflow_id: 0})
+            for event in {trigger.event for trigger in stored.triggers}:
+                pipe.hset(self.layout.event_subscribers(event), stored.workflow_id, stored.version)
             await self.conn.do(pipe.execute())
         return stored
 
@@ -71,6 +75,19 @@ class RedisWorkflows:
                 workflows.append(workflow)
         token = encode_token(ids[page_size - 1].decode()) if len(ids) > page_size else ""
         return workflows, token
+
+    async def subscribers(self, event: str) -> list[tuple[str, int]]:
+        """The entries a version with a trigger on `event` wrote, kept where that version is still
+        the workflow's live latest (an entry of an older version, or of a deleted workflow, is left
+        in place and passed over: a later version re-writes it)."""
+        entries = await self.conn.do(self.conn.r.hgetall(self.layout.event_subscribers(event)))
+        named = sorted((raw.decode(), int(version)) for raw, version in entries.items())
+        live = await asyncio.gather(*(self.live_version(workflow_id) for workflow_id, _ in named))
+        return [
+            (workflow_id, version)
+            for (workflow_id, version), latest in zip(named, live, strict=True)
+            if latest == version
+        ]
 
     async def delete_workflow(self, workflow_id: str) -> int:
         key = self.layout.workflow(workflow_id)

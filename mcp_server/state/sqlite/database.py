@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS workflows (
   workflow_id TEXT NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL, deleted_at REAL,
   PRIMARY KEY (workflow_id, version));
+CREATE TABLE IF NOT EXISTS event_triggers (
+  event TEXT NOT NULL, workflow_id TEXT NOT NULL, version INTEGER NOT NULL,
+  PRIMARY KEY (event, workflow_id));
 CREATE TABLE IF NOT EXISTS tasks (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL UNIQUE, workflow_id TEXT NOT NULL,
   owner TEXT NOT NULL DEFAULT '', status INTEGER NOT NULL, priority INTEGER NOT NULL,

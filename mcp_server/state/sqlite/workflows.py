@@ -36,6 +36,10 @@ class SqliteWorkflows:
                     "INSERT INTO workflows (workflow_id, version, data) VALUES (?, ?, ?)",
                     (stored.workflow_id, stored.version, stored.SerializeToString()),
                 )
+                db.executemany(
+                    "INSERT OR REPLACE INTO event_triggers (event, workflow_id, version) VALUES (?, ?, ?)",
+                    [(event, stored.workflow_id, stored.version) for event in {t.event for t in stored.triggers}],
+                )
             return stored
 
         return await self.db.run(insert)
@@ -83,6 +87,15 @@ class SqliteWorkflows:
         workflows = [workflow_pb2.Workflow.FromString(r[0]) for r in rows[:page_size]]
         token = encode_token(workflows[-1].workflow_id) if len(rows) > page_size else ""
         return workflows, token
+
+    async def subscribers(self, event: str) -> list[tuple[str, int]]:
+        rows = await self.db.rows(
+            "SELECT t.workflow_id, t.version FROM event_triggers t WHERE t.event=? AND t.version = ("
+            "SELECT MAX(version) FROM workflows w WHERE w.workflow_id=t.workflow_id AND w.deleted_at IS NULL)"
+            " ORDER BY t.workflow_id",
+            (event,),
+        )
+        return [(str(row[0]), int(row[1])) for row in rows]
 
     async def delete_workflow(self, workflow_id: str) -> int:
         return await self.db.write(

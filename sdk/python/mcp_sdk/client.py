@@ -22,6 +22,7 @@ from mcp_sdk.bulk_actions import BulkActionMethods, task_selection
 from mcp_sdk.connection import RESUMABLE_CODES, Backoff, Connection, Tls, bearer_metadata, open_channel
 from mcp_sdk.cursor import TERMINAL_EVENTS, TERMINAL_STATUSES, Cursor
 from mcp_sdk.definitions import submit_request, workflow_from
+from mcp_sdk.events import EventMethods
 from mcp_sdk.proto import registry_pb2
 from mcp_sdk.schedule_methods import ScheduleMethods
 from mcp_sdk.workflow_methods import SubworkflowMove, Upgrade, WorkflowMethods
@@ -50,13 +51,13 @@ __all__ = [
 ]
 
 
-class Client(BulkActionMethods, BulkMethods, ScheduleMethods, WorkflowMethods):
+class Client(BulkActionMethods, BulkMethods, EventMethods, ScheduleMethods, WorkflowMethods):
     """An async client of one orchestrator; use it as an async context manager, or close() it.
 
     `timeout` bounds each unary call (seconds); `watch_give_up_after` is how long a watch keeps
     reconnecting to a server that does not answer before it raises (None: forever). Task methods
     come from TaskMethods (task_methods.py), BulkMethods (bulk.py) and BulkActionMethods (bulk_actions.py),
-    schedule methods from ScheduleMethods
+    publish_event from EventMethods (events.py), schedule methods from ScheduleMethods
     (schedule_methods.py), workflow methods from WorkflowMethods (workflow_methods.py), the connection
     from Connection (connection.py)."""
 

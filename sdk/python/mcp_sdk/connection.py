@@ -18,7 +18,14 @@ from typing import Any, Self
 import grpc
 
 from mcp_sdk.errors import McpError
-from mcp_sdk.proto import bulk_pb2_grpc, registry_pb2_grpc, schedule_pb2_grpc, task_pb2_grpc, workflow_pb2_grpc
+from mcp_sdk.proto import (
+    bulk_pb2_grpc,
+    events_pb2_grpc,
+    registry_pb2_grpc,
+    schedule_pb2_grpc,
+    task_pb2_grpc,
+    workflow_pb2_grpc,
+)
 
 # A watch that ends with one of these was cut off (server gone, restarting, overloaded), not refused.
 RESUMABLE_CODES = frozenset(
@@ -198,6 +205,7 @@ class Connection:
         self.registry = registry_pb2_grpc.ProtocolRegistryStub(self.channel)
         self.schedules = schedule_pb2_grpc.ScheduleServiceStub(self.channel)
         self.bulk_actions = bulk_pb2_grpc.BulkActionServiceStub(self.channel)
+        self.events = events_pb2_grpc.EventServiceStub(self.channel)
 
     async def __aenter__(self) -> Self:
         return self

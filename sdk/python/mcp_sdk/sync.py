@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 
 from mcp_sdk.bulk import UNFINISHED, CancelOutcome, RerunOutcome
 from mcp_sdk.client import Client, Tls, Upgrade
-from mcp_sdk.proto import bulk_pb2, registry_pb2, schedule_pb2, task_pb2, workflow_pb2
+from mcp_sdk.proto import bulk_pb2, events_pb2, registry_pb2, schedule_pb2, task_pb2, workflow_pb2
 from mcp_sdk.task_methods import UNSET, _Unset
 from mcp_sdk.values import JsonValue
 
@@ -332,6 +332,12 @@ class SyncClient:
         self, schedule_id: str, start: datetime.datetime, end: datetime.datetime, overlap: str = "allow_all"
     ) -> int:
         return self._run(self._client.backfill_schedule(schedule_id, start, end, overlap))
+
+    def publish_event(
+        self, name: str, data: Mapping[str, JsonValue] | None = None, **options: Any
+    ) -> events_pb2.PublishEventResponse:
+        """See Client.publish_event."""
+        return self._run(self._client.publish_event(name, data, **options))
 
     def start_bulk_action(self, kind: str, selection: bulk_pb2.TaskSelection, **options: Any) -> bulk_pb2.BulkAction:
         """See Client.start_bulk_action (and task_selection for `selection`)."""

@@ -1,0 +1,45 @@
+"""`mcp event publish NAME`: publish an event; every workflow whose trigger takes it gets a task
+(events.proto)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from mcp_sdk.client import Client
+from mcp_server.cli import render
+from mcp_server.cli.inputs import parse_input, parse_label
+
+
+def add_parser(groups: Any) -> None:
+    event = groups.add_parser("event", help="publish events that start the workflows whose triggers take them")
+    commands = event.add_subparsers(dest="command", required=True)
+    publish = commands.add_parser("publish", help="publish an event: a task of every workflow whose trigger takes it")
+    publish.add_argument("name")
+    publish.add_argument("--data", help="the event's data: a JSON object, or @FILE")
+    publish.add_argument("--request-id", default=None, help="the event's id: publishing it again starts nothing twice")
+    publish.add_argument("--label", action="append", default=[], type=parse_label, metavar="KEY=VALUE")
+    publish.add_argument("--priority", type=int, default=0)
+
+
+async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], None] | None) -> int:
+    reply = await client.publish_event(
+        args.name,
+        parse_input(args.data),
+        request_id=args.request_id,
+        labels=dict(args.label),
+        priority=args.priority,
+    )
+    shown = render.to_json(reply)
+    if out is not None:
+        out(shown)
+        return 0
+    started = shown.get("tasks", [])
+    print(f"event {shown['event_id']}: {len(started)} task(s) started")
+    for task in started:
+        again = "" if task.get("created") else " (started before)"
+        print(f"  {task['workflow_id']} v{task['workflow_version']}: task {task['task_id']}{again}")
+    for refusal in shown.get("refused", []):
+        print(f"  {refusal['workflow_id']}: refused: {refusal['status'].get('message', '')}")
+    return 0

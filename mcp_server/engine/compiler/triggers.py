@@ -1,0 +1,45 @@
+"""Compiling Workflow.triggers: the events that start a task of the workflow, each with a CEL
+filter and input over `event` (the published event: its name, data, labels and id)."""
+
+from __future__ import annotations
+
+import re
+
+from mcp_sdk.proto import workflow_pb2
+from mcp_server.engine.cel import Expression, ExpressionError, compile_expression
+from mcp_server.engine.plan import TriggerPlan
+from mcp_server.errors import ViolationCollector
+from mcp_server.settings import Limits
+
+EVENT_NAME = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
+EVENT_VARIABLES = frozenset({"event"})  # what a trigger's CEL may read: it runs when the event is published
+MAX_TRIGGERS = 16
+
+
+def compile_triggers(
+    workflow: workflow_pb2.Workflow, limits: Limits, violations: ViolationCollector
+) -> tuple[TriggerPlan, ...]:
+    if len(workflow.triggers) > MAX_TRIGGERS:
+        violations.add("workflow.triggers", f"has {len(workflow.triggers)} triggers; at most {MAX_TRIGGERS}")
+    compiled = []
+    for i, trigger in enumerate(workflow.triggers):
+        path = f"workflow.triggers[{i}]"
+        if not EVENT_NAME.match(trigger.event):
+            violations.add(f"{path}.event", "must be 1-128 letters, digits, '.', '_', ':', '/' or '-'")
+        given = _expression(trigger.filter, f"{path}.filter", limits, violations)
+        made = _expression(trigger.input, f"{path}.input", limits, violations)
+        compiled.append(TriggerPlan(trigger.event, given, made))
+    return tuple(compiled)
+
+
+def _expression(source: str, path: str, limits: Limits, violations: ViolationCollector) -> Expression | None:
+    if not source:
+        return None
+    if len(source) > limits.max_expression_length:
+        violations.add(path, f"is {len(source)} characters; the limit is {limits.max_expression_length}")
+        return None
+    try:
+        return compile_expression(source, limits, EVENT_VARIABLES)
+    except ExpressionError as exc:
+        violations.add(path, f"CEL does not compile: {exc}")
+        return None

@@ -1,0 +1,151 @@
+"""Publishing events (EventService in events.proto, docs/events.md): every workflow whose latest
+version has a trigger on the event's name, and whose filter holds, gets a task owned by the
+publisher, with the input its trigger makes of the event.
+
+A publish is a set of submissions, each with a request_id made from the event's id and the
+workflow, so a publish sent again gets the tasks the first one started and starts the rest. A
+refusal that may pass (UNAVAILABLE, RESOURCE_EXHAUSTED) fails the call once the others are
+started, as SubmitTask would, for the client to send it again; one that will not is answered."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.rpc import code_pb2, status_pb2
+
+from mcp_sdk.proto import events_pb2, task_pb2
+from mcp_server.auth import Principal
+from mcp_server.engine.cel import Expression, ExpressionError
+from mcp_server.engine.payload import struct_to_python
+from mcp_server.engine.plan import TriggerPlan
+from mcp_server.engine.plans import PlanCache
+from mcp_server.engine.ports import WorkflowStore
+from mcp_server.errors import McpError, NotFound, ResourceExhausted, Unavailable
+from mcp_server.service.submission import Submission, check_input
+from mcp_server.settings import Settings
+
+EVENT_LABEL = "mcp/event"  # on every task an event started: the event's name
+EVENT_ID_LABEL = "mcp/event-id"  # and its id
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A workflow whose trigger matched but whose task cannot start: for good (`later` False), or
+    for now (the error to answer the call with)."""
+
+    code: int
+    message: str
+    later: McpError | None = None
+
+
+class Events:
+    def __init__(self, settings: Settings, workflows: WorkflowStore, plans: PlanCache, submission: Submission) -> None:
+        self.limits = settings.limits
+        self.workflows = workflows
+        self.plans = plans
+        self.submission = submission
+
+    async def publish(
+        self, request: events_pb2.PublishEventRequest, principal: Principal
+    ) -> events_pb2.PublishEventResponse:
+        check_input("data", request.data, self.limits)
+        Submission.check_request_id(request.request_id)
+        event_id = request.request_id or uuid.uuid4().hex
+        event = {
+            "name": request.name,
+            "data": struct_to_python(request.data),
+            "labels": dict(request.labels),
+            "event_id": event_id,
+        }
+        reply = events_pb2.PublishEventResponse(event_id=event_id)
+        later: McpError | None = None
+        # one at a time, in workflow_id order: a publish sent again re-finds its tasks before it
+        # asks for room for the rest (concurrent retries would each hold a place meanwhile)
+        for workflow_id, version in await self.workflows.subscribers(request.name):
+            outcome, created = await self._start(workflow_id, version, event, request, principal)
+            if isinstance(outcome, task_pb2.Task):
+                reply.tasks.add(
+                    workflow_id=workflow_id, workflow_version=version, task_id=outcome.task_id, created=created
+                )
+            elif isinstance(outcome, _Refused) and outcome.later is None:
+                status = status_pb2.Status(code=outcome.code, message=outcome.message)
+                reply.refused.add(workflow_id=workflow_id, workflow_version=version, status=status)
+            elif isinstance(outcome, _Refused):
+                later = later or outcome.later
+        if later is not None:
+            raise later
+        return reply
+
+    async def _start(
+        self,
+        workflow_id: str,
+        version: int,
+        event: Mapping[str, Any],
+        request: events_pb2.PublishEventRequest,
+        principal: Principal,
+    ) -> tuple[task_pb2.Task | _Refused | None, bool]:
+        """The task this workflow's trigger starts (None: no trigger of it takes the event)."""
+        try:
+            plan = await self.plans.get(workflow_id, version)
+            trigger = _taking(plan.triggers, event)
+            if trigger is None:
+                return None, False
+            given = event["data"] if trigger.input is None else _evaluate(trigger.input, event, "input")
+            if not isinstance(given, dict):
+                raise _Invalid(f"the trigger's input is a {type(given).__name__}, not an object")
+            submit = task_pb2.SubmitTaskRequest(
+                workflow_id=workflow_id,
+                workflow_version=version,
+                priority=request.priority,
+                request_id=_request_id(event["event_id"], workflow_id),
+                labels={**request.labels, EVENT_LABEL: request.name, EVENT_ID_LABEL: event["event_id"]},
+            )
+            submit.input_data.update(given)
+            return await self.submission.submit_task(submit, principal)
+        except _Invalid as exc:
+            return _Refused(_INVALID_ARGUMENT, f"workflow {workflow_id!r}: {exc}"), False
+        except NotFound:
+            return None, False  # deleted since its subscription was read: it takes no event now
+        except (Unavailable, ResourceExhausted) as exc:
+            return _Refused(exc.code.value[0], exc.message, later=exc), False
+        except McpError as exc:
+            return _Refused(exc.code.value[0], exc.message), False
+
+
+class _Invalid(Exception):
+    """A trigger's CEL failed or made something that is not an input."""
+
+
+_INVALID_ARGUMENT = code_pb2.INVALID_ARGUMENT
+
+
+def _taking(triggers: tuple[TriggerPlan, ...], event: Mapping[str, Any]) -> TriggerPlan | None:
+    """The first trigger on the event's name whose filter holds (one task per workflow and event)."""
+    for trigger in triggers:
+        if trigger.event != event["name"]:
+            continue
+        if trigger.filter is None:
+            return trigger
+        holds = _evaluate(trigger.filter, event, "filter")
+        if not isinstance(holds, bool):
+            raise _Invalid(f"the trigger's filter `{trigger.filter.source}` gave a {type(holds).__name__}, not a bool")
+        if holds:
+            return trigger
+    return None
+
+
+def _evaluate(expression: Expression, event: Mapping[str, Any], what: str) -> Any:
+    try:
+        return expression.evaluate({"event": dict(event)})
+    except ExpressionError as exc:
+        raise _Invalid(f"the trigger's {what} {exc}") from None
+
+
+def _request_id(event_id: str, workflow_id: str) -> str:
+    """The request_id of the task `event_id` starts for `workflow_id`: the same on every publish of
+    the event, within the length a request_id may have."""
+    return "event:" + hashlib.sha256(f"{event_id}\n{workflow_id}".encode()).hexdigest()[:40]

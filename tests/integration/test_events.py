@@ -1,0 +1,177 @@
+"""Events start workflows, on both stores: every workflow whose latest version has a trigger on
+the event's name, and whose filter holds, gets a task with the input its trigger makes of the
+event; a publish sent again gets the same tasks; a refusal for good is answered per workflow, one
+for now fails the call after starting the rest; versions, deletes and owners are respected."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from mcp_sdk import Client as SdkClient
+from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2, workflow_pb2
+from mcp_server.settings import Limits
+from tests.conftest import client_for
+from tests.helpers import bearer, create, principals_file, result, step, violations, wait_done, workflow
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2.TaskStatus
+
+
+def subscribed(workflow_id: str, *triggers: dict[str, Any], **extra: Any):
+    return workflow(workflow_id, step("e", "echo"), triggers=list(triggers), **extra)
+
+
+def publish_request(name: str, data: dict[str, Any] | None = None, **fields: Any) -> events_pb2.PublishEventRequest:
+    request = events_pb2.PublishEventRequest(name=name, **fields)
+    if data:
+        request.data.update(data)
+    return request
+
+
+@pytest.fixture
+async def served(server_factory, store_url):
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    yield running, client, events_pb2_grpc.EventServiceStub(client.channel)
+    await client.channel.close()
+
+
+def by_workflow(reply: events_pb2.PublishEventResponse) -> dict[str, events_pb2.TriggeredTask]:
+    return {t.workflow_id: t for t in reply.tasks}
+
+
+async def test_an_event_starts_every_workflow_whose_trigger_takes_it(served):
+    _, client, events = served
+    await create(client, subscribed("receipt", {"event": "order.paid", "input": "{'order': event.data.id}"}))
+    await create(client, subscribed("big", {"event": "order.paid", "filter": "event.data.total > 100"}))
+    await create(client, subscribed("other", {"event": "order.refunded"}))
+    await create(client, workflow("none", step("e", "echo")))
+
+    reply = await events.PublishEvent(publish_request("order.paid", {"id": "o-1", "total": 250}, request_id="evt-1"))
+    assert reply.event_id == "evt-1" and not reply.refused
+    started = by_workflow(reply)
+    assert sorted(started) == ["big", "receipt"] and all(t.created for t in reply.tasks)
+    receipt = await wait_done(client, started["receipt"].task_id)
+    assert receipt.status == S.TASK_STATUS_COMPLETED and result(receipt) == {"order": "o-1"}
+    big = await wait_done(client, started["big"].task_id)
+    assert result(big) == {"id": "o-1", "total": 250}  # no input: the event's data
+    assert big.labels["mcp/event"] == "order.paid" and big.labels["mcp/event-id"] == "evt-1"
+
+    small = await events.PublishEvent(publish_request("order.paid", {"id": "o-2", "total": 5}))
+    assert list(by_workflow(small)) == ["receipt"] and len(small.event_id) == 32  # an id was made
+    nobody = await events.PublishEvent(publish_request("nothing.listens", {"x": 1}))
+    assert not nobody.tasks and not nobody.refused
+
+
+async def test_a_publish_sent_again_gets_the_tasks_it_started(served):
+    _, client, events = served
+    await create(client, subscribed("a", {"event": "tick"}))
+    await create(client, subscribed("b", {"event": "tick"}))
+    first = await events.PublishEvent(publish_request("tick", {"n": 1}, request_id="same", labels={"src": "test"}))
+    again = await events.PublishEvent(publish_request("tick", {"n": 1}, request_id="same", labels={"src": "test"}))
+    assert {t.workflow_id: t.task_id for t in first.tasks} == {t.workflow_id: t.task_id for t in again.tasks}
+    assert all(t.created for t in first.tasks) and not any(t.created for t in again.tasks)
+    listed = await client.tasks.ListTasks(task_pb2.ListTasksRequest(labels={"mcp/event-id": "same"}))
+    assert len(listed.tasks) == 2 and all(t.labels["src"] == "test" for t in listed.tasks)
+
+
+async def test_refusals_for_good_are_answered_per_workflow_and_the_rest_start(served):
+    _, client, events = served
+    schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}
+    await create(client, subscribed("strict", {"event": "e"}, input_schema=schema))
+    await create(client, subscribed("not-object", {"event": "e", "input": "event.data.n"}))
+    await create(client, subscribed("bad-filter", {"event": "e", "filter": "event.data.missing > 1"}))
+    await create(client, subscribed("fine", {"event": "e"}))
+    reply = await events.PublishEvent(publish_request("e", {"n": 3}))
+    assert list(by_workflow(reply)) == ["fine"]
+    refused = {r.workflow_id: r.status for r in reply.refused}
+    assert sorted(refused) == ["bad-filter", "not-object", "strict"]
+    assert all(status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] for status in refused.values())
+    assert "no such key" in refused["bad-filter"].message
+    assert "not an object" in refused["not-object"].message
+    assert "input_data" in refused["strict"].message
+
+
+async def test_only_the_latest_live_version_s_triggers_count(served):
+    _, client, events = served
+    await create(client, subscribed("w", {"event": "ping"}))
+    await create(client, workflow("w", step("e", "echo")))  # version 2 has no trigger
+    assert not (await events.PublishEvent(publish_request("ping"))).tasks
+    await create(client, subscribed("w", {"event": "ping", "filter": "true"}))  # version 3 has it again
+    reply = await events.PublishEvent(publish_request("ping"))
+    assert [(t.workflow_id, t.workflow_version) for t in reply.tasks] == [("w", 3)]
+    await client.workflows.DeleteWorkflow(workflow_pb2.DeleteWorkflowRequest(workflow_id="w"))
+    assert not (await events.PublishEvent(publish_request("ping"))).tasks
+
+
+async def test_a_refusal_for_now_fails_the_call_and_a_retry_starts_the_rest(server_factory, store_url):
+    running = await server_factory(store=store_url, limits=Limits(max_tasks_in_flight=0, max_queued_per_owner=2))
+    client = client_for(running)
+    events = events_pb2_grpc.EventServiceStub(client.channel)
+    for name in ("a", "b", "c"):
+        await create(client, subscribed(name, {"event": "burst"}))
+    with pytest.raises(grpc.aio.AioRpcError) as full:
+        await events.PublishEvent(publish_request("burst", request_id="r1"))
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    queued = (await client.tasks.ListTasks(task_pb2.ListTasksRequest(labels={"mcp/event-id": "r1"}))).tasks
+    assert len(queued) == 2
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=queued[0].task_id))
+    await asyncio.sleep(0.2)  # the queue's counts are cached for 0.1 s
+    reply = await events.PublishEvent(publish_request("burst", request_id="r1"))
+    assert sorted(t.workflow_id for t in reply.tasks) == ["a", "b", "c"]
+    assert sum(t.created for t in reply.tasks) == 1
+    await client.channel.close()
+
+
+async def test_bad_events_and_triggers_are_refused_naming_the_field(served):
+    _, client, events = served
+    with pytest.raises(grpc.aio.AioRpcError) as bad_name:
+        await events.PublishEvent(publish_request("has space"))
+    assert bad_name.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in violations(bad_name.value)
+    bad = subscribed(
+        "bad",
+        {"event": "ok", "filter": "input.x > 1"},
+        {"event": "not ok!", "input": "{'x': event.data"},
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await create(client, bad)
+    found = violations(refused.value)
+    assert "unknown variable 'input'" in found["workflow.triggers[0].filter"]
+    assert "workflow.triggers[1].event" in found and "CEL does not compile" in found["workflow.triggers[1].input"]
+
+
+async def test_each_publisher_owns_the_tasks_its_events_start(server_factory, tmp_path):
+    auth = principals_file(tmp_path, {"ada": [], "bob": [], "root": ["admin"]})
+    running = await server_factory(auth_file=auth)
+    client = client_for(running)
+    events = events_pb2_grpc.EventServiceStub(client.channel)
+    await client.workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=subscribed("mine", {"event": "hello"})), metadata=bearer("root")
+    )
+    reply = await events.PublishEvent(publish_request("hello", request_id="shared"), metadata=bearer("ada"))
+    again = await events.PublishEvent(publish_request("hello", request_id="shared"), metadata=bearer("bob"))
+    assert reply.tasks[0].task_id != again.tasks[0].task_id  # a request_id is the publisher's own
+    task = (
+        await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.tasks[0].task_id), metadata=bearer("ada"))
+    ).task
+    assert task.owner == "ada"
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=reply.tasks[0].task_id), metadata=bearer("bob"))
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    await client.channel.close()
+
+
+async def test_the_sdk_publishes_with_an_id_of_its_own_and_again_with_it(served):
+    running, client, _ = served
+    await create(client, subscribed("sdk-target", {"event": "sdk.hello", "input": "{'who': event.labels.src}"}))
+    async with SdkClient(running.address) as sdk:
+        reply = await sdk.publish_event("sdk.hello", {"n": 1}, labels={"src": "sdk"})
+        assert len(reply.event_id) == 32 and [t.workflow_id for t in reply.tasks] == ["sdk-target"]
+        again = await sdk.publish_event("sdk.hello", {"n": 1}, labels={"src": "sdk"}, request_id=reply.event_id)
+        assert [t.task_id for t in again.tasks] == [reply.tasks[0].task_id] and not again.tasks[0].created
+    done = await wait_done(client, reply.tasks[0].task_id)
+    assert result(done) == {"who": "sdk"}

@@ -132,6 +132,15 @@ async def test_bad_events_and_triggers_are_refused_naming_the_field(served):
     with pytest.raises(grpc.aio.AioRpcError) as bad_name:
         await events.PublishEvent(publish_request("has space"))
     assert bad_name.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in violations(bad_name.value)
+    deep: Any = "leaf"
+    for _ in range(40):  # lists: protobuf reads the request (100 levels of messages), deeper than a value may be
+        deep = [deep]
+    with pytest.raises(grpc.aio.AioRpcError) as too_deep:
+        await events.PublishEvent(publish_request("deep", {"v": deep}))
+    assert too_deep.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "data" in violations(too_deep.value)
+    with pytest.raises(grpc.aio.AioRpcError) as long_id:
+        await events.PublishEvent(publish_request("ok", request_id="x" * 129))
+    assert long_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in violations(long_id.value)
     bad = subscribed(
         "bad",
         {"event": "ok", "filter": "input.x > 1"},

@@ -120,7 +120,13 @@ class Orchestrator:
             self.rate_limits,
         )
         self.reruns = Reruns(settings, store.tasks, self.plans, self.submission)
-        self.events = Events(settings, store.workflows, self.plans, self.submission)
+        self.events = Events(
+            settings,
+            store.workflows,
+            self.plans,
+            self.submission,
+            lambda outcome: self.metrics.event_tasks.labels(outcome).inc(),
+        )
         self.firing = Firing(
             store.schedules,
             store.tasks,

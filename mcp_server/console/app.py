@@ -22,7 +22,7 @@ from aiohttp import web
 
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.errors import McpError
-from mcp_server.console import bulk, bulk_actions, live, pages, subworkflows
+from mcp_server.console import bulk, bulk_actions, events, live, pages, subworkflows
 from mcp_server.console import schedules as schedule_pages
 from mcp_server.console.base import API, SECRET, SESSION, TEMPLATES, render, wants_json
 from mcp_server.console.session import CSRF_FIELD, CSRF_HEADER, SEED_COOKIE, session_of, set_cookie
@@ -141,6 +141,7 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_post("/tasks/rerun-all", bulk_actions.rerun_all)
     app.router.add_post("/tasks/cancel-all", bulk_actions.cancel_all)
     app.router.add_get("/bulk", bulk_actions.bulk_actions)
+    app.router.add_post("/events/publish", events.publish)
     app.router.add_post("/bulk/{action_id}/abort", bulk_actions.abort)
     app.router.add_get("/tasks/{task_id}", pages.task)
     app.router.add_get("/tasks/{task_id}/events", live.task_events)

@@ -19,6 +19,7 @@ from mcp_sdk.workflow_tree import node_at
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console import bulk, subworkflows
 from mcp_server.console.base import api, render
+from mcp_server.console.events import triggers_of
 from mcp_server.console.inbox import fields_of, input_schema_of, payload_of, waiting_forms
 from mcp_server.console.live import rate_limits_seen
 from mcp_server.console.present import (
@@ -249,6 +250,7 @@ async def workflow(
             "upgrade": subworkflows.upgrade_notice(request.query),
             "yaml": yaml.safe_dump(definition, sort_keys=False, allow_unicode=True),
             "mermaid": to_mermaid(workflow_graph(shown)),
+            "triggers": triggers_of(shown) if not deleted and shown.version == latest.version else [],
             "form": form or {"input": "{}", "priority": "0", "labels": "", "version": str(shown.version)},
             "fields": fields_of(schema),
             "input_schema": json_text(schema) if schema else None,

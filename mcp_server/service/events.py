@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +43,19 @@ class _Refused:
 
 
 class Events:
-    def __init__(self, settings: Settings, workflows: WorkflowStore, plans: PlanCache, submission: Submission) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workflows: WorkflowStore,
+        plans: PlanCache,
+        submission: Submission,
+        observe: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
         self.limits = settings.limits
         self.workflows = workflows
         self.plans = plans
         self.submission = submission
+        self.observe = observe  # one call per workflow an event reached: started, existing, refused, later
 
     async def publish(
         self, request: events_pb2.PublishEventRequest, principal: Principal
@@ -71,11 +79,14 @@ class Events:
                 reply.tasks.add(
                     workflow_id=workflow_id, workflow_version=version, task_id=outcome.task_id, created=created
                 )
+                self.observe("started" if created else "existing")
             elif isinstance(outcome, _Refused) and outcome.later is None:
                 status = status_pb2.Status(code=outcome.code, message=outcome.message)
                 reply.refused.add(workflow_id=workflow_id, workflow_version=version, status=status)
+                self.observe("refused")
             elif isinstance(outcome, _Refused):
                 later = later or outcome.later
+                self.observe("later")
         if later is not None:
             raise later
         return reply

@@ -164,6 +164,13 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.event_tasks = Counter(
+            "mcp_event_tasks_total",
+            "Workflows published events reached through this replica, by outcome (started: a new task,"
+            " existing: the task of an earlier publish of the event, refused: for good, later: refused for now)",
+            ["outcome"],
+            registry=r,
+        )
         self.schedule_fires = Counter(
             "mcp_schedule_fires_total",
             "Fire times of schedules dealt with by this replica, by outcome"

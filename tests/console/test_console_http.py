@@ -588,3 +588,35 @@ async def test_the_submit_form_says_what_an_empty_field_stands_for(console, api)
     assert 'name="field.words" value="" placeholder="200"' in page
     assert "default: <code>200</code>" in page and "default: <code>&#34;friendly&#34;</code>" in page
     assert page.count('class="dim field-default"') == 2  # the topic has none
+
+
+async def test_a_workflow_s_triggers_are_shown_and_an_event_published_from_its_page(console, api):
+    trigger = {"event": "doc.landed", "filter": "event.data.size > 0", "input": "{'n': event.data.size}"}
+    await api.create_workflow(
+        {"workflow_id": "on-doc", "root": {"id": "e", "step": {"protocol": "echo"}}, "triggers": [trigger]}
+    )
+    schema = {"type": "object", "required": ["never"]}
+    await api.create_workflow(
+        {"workflow_id": "on-doc-strict", "root": {"id": "e", "step": {"protocol": "echo"}}, "triggers": [trigger],
+         "input_schema": schema}
+    )  # fmt: skip
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        page = await (await browser.get(f"{console.console.url}/workflows/on-doc")).text()
+        assert 'id="triggers"' in page and "event.data.size &gt; 0" in page and 'value="doc.landed"' in page
+        answer = await browser.post(
+            f"{console.console.url}/events/publish",
+            data={"name": "doc.landed", "data": '{"size": 3}', "csrf": csrf_of(page)},
+        )
+        shown = await answer.text()
+        assert answer.status == 200
+        task_id = re.search(r'href="/tasks/([0-9a-f]{32})"', shown).group(1)
+        assert (await api.result(task_id, timeout=30)) == {"n": 3}
+        assert 'id="refused"' in shown and "on-doc-strict" in shown  # refused for good: its schema
+        bad = await browser.post(
+            f"{console.console.url}/events/publish", data={"name": "doc.landed", "data": "[1]", "csrf": csrf_of(page)}
+        )
+        assert bad.status == 400 and "JSON object" in await bad.text()
+        unnamed = await browser.post(
+            f"{console.console.url}/events/publish", data={"name": "no spaces", "data": "{}", "csrf": csrf_of(page)}
+        )
+        assert unnamed.status == 400 and "cannot publish" in await unnamed.text()

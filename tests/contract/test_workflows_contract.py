@@ -74,6 +74,9 @@ async def test_an_event_s_subscribers_are_the_latest_live_versions_that_name_it(
     assert await workflows.subscribers("shipped") == [("b", 2)]
     await workflows.create_workflow(on("c", "shipped"))  # made again after its delete
     assert await workflows.subscribers("shipped") == [("b", 2), ("c", 2)]
+    await workflows.create_workflow(on("b", "paid"))  # version 3 takes `paid` again, after a read dropped it
+    assert await workflows.subscribers("paid") == [("a", 2), ("b", 3)]
+    assert await workflows.subscribers("shipped") == [("c", 2)]
 
 
 async def test_an_sqlite_file_from_before_deletions_were_kept_gets_their_column(tmp_path):

@@ -68,7 +68,7 @@ async def test_an_event_starts_every_workflow_whose_trigger_takes_it(served):
 
 
 async def test_a_publish_sent_again_gets_the_tasks_it_started(served):
-    _, client, events = served
+    running, client, events = served
     await create(client, subscribed("a", {"event": "tick"}))
     await create(client, subscribed("b", {"event": "tick"}))
     first = await events.PublishEvent(publish_request("tick", {"n": 1}, request_id="same", labels={"src": "test"}))
@@ -77,6 +77,8 @@ async def test_a_publish_sent_again_gets_the_tasks_it_started(served):
     assert all(t.created for t in first.tasks) and not any(t.created for t in again.tasks)
     listed = await client.tasks.ListTasks(task_pb2.ListTasksRequest(labels={"mcp/event-id": "same"}))
     assert len(listed.tasks) == 2 and all(t.labels["src"] == "test" for t in listed.tasks)
+    counted = running.orchestrator.metrics.event_tasks
+    assert (counted.labels("started")._value.get(), counted.labels("existing")._value.get()) == (2, 2)
 
 
 async def test_refusals_for_good_are_answered_per_workflow_and_the_rest_start(served):

@@ -24,6 +24,7 @@ class RedisWorkflows:
         self._latest = conn.register(LATEST_WORKFLOW)
         self._live_version = conn.register(LIVE_VERSION)
         self._delete = conn.register(DELETE_VERSIONS)
+        self._forget = conn.register(FORGET_SUBSCRIBER)
 
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         stored = workflow_pb2.Workflow()
@@ -78,16 +79,19 @@ class RedisWorkflows:
 
     async def subscribers(self, event: str) -> list[tuple[str, int]]:
         """The entries a version with a trigger on `event` wrote, kept where that version is still
-        the workflow's live latest (an entry of an older version, or of a deleted workflow, is left
-        in place and passed over: a later version re-writes it)."""
-        entries = await self.conn.do(self.conn.r.hgetall(self.layout.event_subscribers(event)))
+        the workflow's live latest. An entry of an older version (a newer one dropped the trigger)
+        or of a deleted workflow is removed, unless a create re-wrote it meanwhile."""
+        key = self.layout.event_subscribers(event)
+        entries = await self.conn.do(self.conn.r.hgetall(key))
         named = sorted((raw.decode(), int(version)) for raw, version in entries.items())
         live = await asyncio.gather(*(self.live_version(workflow_id) for workflow_id, _ in named))
-        return [
-            (workflow_id, version)
-            for (workflow_id, version), latest in zip(named, live, strict=True)
-            if latest == version
-        ]
+        found = []
+        for (workflow_id, version), latest in zip(named, live, strict=True):
+            if latest == version:
+                found.append((workflow_id, version))
+            else:
+                await self.conn.do(self.conn.script(self._forget, [key], [workflow_id, version]))
+        return found
 
     async def delete_workflow(self, workflow_id: str) -> int:
         key = self.layout.workflow(workflow_id)
@@ -133,4 +137,11 @@ for i = 2, #ARGV, 2 do
 end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[3], ARGV[1]) end
 return deleted
+"""
+
+# KEYS: an event's subscribers; ARGV: workflow_id, the version its entry had when read -> the entry
+# is removed only if it still names that version (a create since re-wrote it: it stays)
+FORGET_SUBSCRIBER = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
 """

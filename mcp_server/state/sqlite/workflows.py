@@ -36,8 +36,9 @@ class SqliteWorkflows:
                     "INSERT INTO workflows (workflow_id, version, data) VALUES (?, ?, ?)",
                     (stored.workflow_id, stored.version, stored.SerializeToString()),
                 )
+                db.execute("DELETE FROM event_triggers WHERE workflow_id=?", (stored.workflow_id,))
                 db.executemany(
-                    "INSERT OR REPLACE INTO event_triggers (event, workflow_id, version) VALUES (?, ?, ?)",
+                    "INSERT INTO event_triggers (event, workflow_id, version) VALUES (?, ?, ?)",
                     [(event, stored.workflow_id, stored.version) for event in {t.event for t in stored.triggers}],
                 )
             return stored
@@ -98,6 +99,13 @@ class SqliteWorkflows:
         return [(str(row[0]), int(row[1])) for row in rows]
 
     async def delete_workflow(self, workflow_id: str) -> int:
-        return await self.db.write(
-            "UPDATE workflows SET deleted_at=? WHERE workflow_id=? AND deleted_at IS NULL", (time.time(), workflow_id)
-        )
+        def delete(db: sqlite3.Connection) -> int:
+            with db:
+                marked = db.execute(
+                    "UPDATE workflows SET deleted_at=? WHERE workflow_id=? AND deleted_at IS NULL",
+                    (time.time(), workflow_id),
+                ).rowcount
+                db.execute("DELETE FROM event_triggers WHERE workflow_id=?", (workflow_id,))
+            return int(marked)
+
+        return await self.db.run(delete)

@@ -132,3 +132,15 @@ async def test_the_keys_of_every_limit_are_read_without_their_room(store):
     assert await store.rate_limits.rate_limit_keys() - before == {prefix + "a", prefix + "tier:*"}
     listed = {spec.key for spec, _ in await store.rate_limits.list_rate_limits()}
     assert await store.rate_limits.rate_limit_keys() == listed  # the same keys as the full listing
+
+
+async def test_many_limits_are_listed_each_once_with_their_room(store):
+    """More limits than one read of their room takes (Redis reads them a few hundred a script, so
+    that no script holds it long): every one is listed once, in key order, with its own room."""
+    for i in range(600):
+        await store.rate_limits.put_rate_limit(RateLimitSpec(f"k{i:03d}", 10, 60.0))
+    assert (await store.rate_limits.take_units([("k007", 4.0, "k007")])).granted
+    listed = await store.rate_limits.list_rate_limits()
+    assert [spec.key for spec, _ in listed] == [f"k{i:03d}" for i in range(600)]
+    rooms = {spec.key: room for spec, room in listed}
+    assert rooms["k007"] == pytest.approx(6, abs=0.01) and rooms["k008"] == pytest.approx(10, abs=0.01)

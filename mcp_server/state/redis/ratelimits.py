@@ -11,6 +11,8 @@ from mcp_server.engine.ports import Grant, KeyRoom, RateLimitSpec
 from mcp_server.state.redis import ratelimits_lua as lua
 from mcp_server.state.redis.connection import RedisConnection
 
+LIST_CHUNK = 250  # limits whose room one script reads
+
 
 class RedisRateLimits:
     """RateLimitStore on Redis."""
@@ -41,13 +43,23 @@ class RedisRateLimits:
         return frozenset(key.decode() for key in await self.conn.do(self.conn.r.hkeys(self.keys[0])))
 
     async def list_rate_limits(self) -> list[tuple[RateLimitSpec, float]]:
-        reply = await self.conn.do(self.conn.script(self._list, list(self.keys), [self.grants]))
+        """Every limit with its room, LIST_CHUNK keys a script: each script holds Redis for its
+        length, and one over every limit held it 34 ms among 5,000 (every replica's gauges, every
+        ListRateLimits)."""
         found = []
-        for i in range(0, len(reply), 3):
-            limit, period_ms, burst = (float(part) for part in reply[i + 1].decode().split("|"))
-            spec = RateLimitSpec(reply[i].decode(), limit, period_ms / 1000, burst)
-            found.append((spec, float(reply[i + 2])))
-        return sorted(found, key=lambda item: item[0].key)
+        cursor = 0
+        while True:
+            cursor, listed = await self.conn.do(self.conn.r.hscan(self.keys[0], cursor, count=LIST_CHUNK))
+            if listed:
+                reply = await self.conn.do(self.conn.script(self._list, list(self.keys), [self.grants, *listed]))
+                for i in range(0, len(reply), 3):
+                    limit, period_ms, burst = (float(part) for part in reply[i + 1].decode().split("|"))
+                    spec = RateLimitSpec(reply[i].decode(), limit, period_ms / 1000, burst)
+                    found.append((spec, float(reply[i + 2])))
+            if not cursor:
+                break
+        unique = {spec.key: (spec, room) for spec, room in found}  # HSCAN may name a key twice
+        return sorted(unique.values(), key=lambda item: item[0].key)
 
     async def read_rate_limit(self, key: str, limit_key: str) -> KeyRoom | None:
         args = [self.grants, self.states, key, limit_key]

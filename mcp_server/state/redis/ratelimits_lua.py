@@ -120,18 +120,19 @@ LIST_LIMITS = (
     + """
 local now = now_ms()
 local found = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local key = all[i]
+for i = 2, #ARGV do
+  local key = ARGV[i]
   local limit, period, burst = definition(key)
-  local capacity = limit + burst
-  local used = window(key, ARGV[1] .. key, period, now)
-  local tat = math.max(tonumber(redis.call('HGET', KEYS[2], key) or '0'), now)
-  local by_gcra = capacity - (tat - now) / (period / limit)
-  local room = math.max(0, math.min(by_gcra, capacity - used))
-  table.insert(found, key)
-  table.insert(found, all[i + 1])
-  table.insert(found, tostring(room))
+  if limit then  -- deleted since its key was listed: left out
+    local capacity = limit + burst
+    local used = window(key, ARGV[1] .. key, period, now)
+    local tat = math.max(tonumber(redis.call('HGET', KEYS[2], key) or '0'), now)
+    local by_gcra = capacity - (tat - now) / (period / limit)
+    local room = math.max(0, math.min(by_gcra, capacity - used))
+    table.insert(found, key)
+    table.insert(found, redis.call('HGET', KEYS[1], key))
+    table.insert(found, tostring(room))
+  end
 end
 return found
 """

@@ -441,7 +441,8 @@ class RunContext:
 
     def began_at(self, path: str) -> float:
         """When the node at `path` first began (Unix seconds), whichever life of the run began it."""
-        return self._steps[path].started_ns / 1e9
+        step = self._steps[path]
+        return (step.started_ns or step.state.start_time.ToNanoseconds()) / 1e9
 
 
 def _duration_ms(step: _Step, ended_ns: int) -> float:

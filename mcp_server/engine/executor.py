@@ -8,6 +8,7 @@ that every kind is registered before a task runs."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -47,16 +48,32 @@ async def execute(node: PlanNode, path: str, value: Payload, ctx: RunContext, sc
     given = ctx.given_input(path)
     if given is not None:
         value = given
-    result = await run_recorded(
-        ctx,
-        path,
-        node.id,
-        node.kind,
-        getattr(node, "protocol", ""),
-        lambda: _RUNNERS[node.kind](node, path, value, ctx, scope),
-    )
+
+    def body() -> Awaitable[NodeResult]:
+        return _RUNNERS[node.kind](node, path, value, ctx, scope)
+
+    timeout = getattr(node, "timeout", None) if node.kind not in LEAF_KINDS else None  # a leaf keeps its own
+    run = body if timeout is None else lambda: _within(timeout, node, path, ctx, body)
+    result = await run_recorded(ctx, path, node.id, node.kind, getattr(node, "protocol", ""), run)
     outputs[node.id] = result.output
     return result
+
+
+async def _within(
+    timeout: float, node: Any, path: str, ctx: RunContext, body: Callable[[], Awaitable[NodeResult]]
+) -> NodeResult:
+    """Run a composite node's `body` within its Node.timeout, counted from its first start (across
+    the run's lives); a task parked inside it is due again when it runs out."""
+    deadline = ctx.began_at(path) + timeout
+    ctx.suspensions.node_deadlines[path] = deadline
+    try:
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.time()):
+            return await body()
+    except TimeoutError:
+        raise NodeFailed("DEADLINE_EXCEEDED", f"{node.kind} {node.id}: its timeout of {timeout:g}s ran out") from None
+    finally:
+        if not ctx.suspensions.parking:  # a parked run keeps it, for when it is due again
+            del ctx.suspensions.node_deadlines[path]
 
 
 async def run_recorded(

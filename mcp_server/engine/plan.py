@@ -79,6 +79,7 @@ class StepPlan:
 class SequencePlan:
     id: str
     children: tuple[PlanNode, ...]
+    timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
     kind: str = "sequence"
 
 
@@ -90,6 +91,7 @@ class ParallelPlan:
     quorum: int
     fail_fast: bool
     max_concurrency: int
+    timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
     kind: str = "parallel"
 
     @property
@@ -110,6 +112,7 @@ class MapPlan:
     max_concurrency: int
     fail_fast: bool
     max_items: int
+    timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
     kind: str = "map"
 
 
@@ -121,6 +124,7 @@ class SupervisePlan:
     max_rounds: int
     retry: RetryPolicy
     attempt_timeout: float | None
+    timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
     kind: str = "supervise"
 
 
@@ -147,6 +151,7 @@ class AdaptivePlan:
     max_transitions: int
     retry: RetryPolicy
     attempt_timeout: float | None
+    timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
     kind: str = "adaptive"
 
 
@@ -189,6 +194,7 @@ class SubworkflowPlan:
     input_schema: PayloadSchema | None = None
     output_schema: PayloadSchema | None = None
     fill_input_defaults: bool = False  # that workflow's: its input gets input_schema's defaults
+    timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
     kind: str = "subworkflow"
 
 
@@ -202,6 +208,7 @@ class RecoverPlan:
     handler: PlanNode
     codes: frozenset[str] = frozenset()
     rethrow: bool = False  # after the handler, fail with the body's error all the same
+    timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
     kind: str = "recover"
 
 
@@ -219,6 +226,8 @@ PlanNode = (
 )
 # nodes that do work themselves (the others only arrange their children)
 LEAF_KINDS = frozenset({"step", "wait", "sleep"})
+# the nodes that arrange others, each of which may have a Node.timeout
+COMPOSITES = (SequencePlan, ParallelPlan, MapPlan, SupervisePlan, AdaptivePlan, SubworkflowPlan, RecoverPlan)
 
 
 @dataclass(frozen=True)

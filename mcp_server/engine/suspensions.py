@@ -67,6 +67,8 @@ class Suspensions:
         # waits an earlier life of the run left waiting, not reached again yet: path -> their record
         self.dormant: dict[str, WaitRecord] = {}
         self.live_leaves = 0
+        # the nodes under way with a Node.timeout: path -> when it runs out (Unix seconds)
+        self.node_deadlines: dict[str, float] = {}
         self.parking = False
         self.request_park: Callable[[], None] | None = None
         # what the next checkpoint writes
@@ -177,6 +179,7 @@ class Suspensions:
     def due(self, task_deadline: float | None) -> float | None:
         """When the parked task must resume without a signal (Unix seconds), if ever."""
         deadlines = [w.deadline for w in self.waiters.values() if w.deadline is not None]
+        deadlines += self.node_deadlines.values()
         if task_deadline is not None:
             deadlines.append(task_deadline)
         return min(deadlines) if deadlines else None
@@ -198,7 +201,9 @@ class Suspensions:
         if not waiting or len(waiting) < self.live_leaves:
             return False
         horizon = time.time() + self.park_horizon
-        return all(w.deadline is None or w.deadline > horizon for w in waiting)
+        return all(w.deadline is None or w.deadline > horizon for w in waiting) and all(
+            deadline > horizon for deadline in self.node_deadlines.values()
+        )
 
     def _changed(self) -> None:
         self._generation += 1

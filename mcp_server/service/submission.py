@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
-from mcp_server.engine.compiler.fields import MAX_DURATION_SECONDS
+from mcp_server.engine.compiler.durations import MAX_DURATION_SECONDS
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import make_event, now

@@ -189,6 +189,38 @@ async def test_a_task_killed_in_a_recover_node_s_handler_goes_on_there(plugins, 
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_node_s_timeout_counts_from_its_first_start_across_a_kill_9(
+    plugins, testkit, tmp_path, request, backend
+):
+    """A sequence with a 4 s timeout: its second step runs when its replica is killed; the next
+    replica runs that step again with what is left of the 4 s, not 4 s more, and never the third."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    plugin = plugins["testkit"].address
+    first = start_orchestrator(address, store, plugin, "first")
+    client = connect(address)
+    naps = [step("a", "sleep", "{'ms': 1000}"), step("b", "sleep", "{'ms': 3000}"), step("c", "echo")]
+    await create(client, workflow("bounded", {"id": "s", "timeout": "4s", "sequence": {"children": naps}}))
+    task = await submit(client, "bounded")
+    seen = await kill_when_started(first, client, task.task_id, "s/b", after=0.3)
+    began = next(e.time for e in seen if e.type == E.TASK_EVENT_TYPE_STEP_STARTED and e.step_path == "s")
+
+    second = start_orchestrator(address, store, plugin, "second")
+    try:
+        client = connect(address)
+        final = await wait_done(client, task.task_id)
+        assert final.status == task_pb2.TASK_STATUS_FAILED and "its timeout of 4s ran out" in final.error.message
+        took = (final.end_time.ToNanoseconds() - began.ToNanoseconds()) / 1e9
+        assert 4.0 - 0.005 <= took < 5.5, took  # ended by what was left of its budget
+        calls = (await plugin_stats(testkit))["calls"]
+        assert f"{task.task_id}/s/c/echo" not in calls
+        await client.channel.close()
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_a_step_s_timeout_counts_from_its_first_start_across_a_kill_9(plugins, tmp_path, request, backend):
     """The step timeout is a budget for the whole step: a step in flight at a crash has what is left
     of it when it runs again (before, the budget began again, so a step could run for any number of

@@ -41,6 +41,12 @@ def leaf() -> st.SearchStrategy[dict[str, Any]]:
 
 
 def composite(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """A composite node of any kind, sometimes with a timeout (short enough to cut some runs)."""
+    timeouts = st.sampled_from([None, None, "0.01s", "0.2s"])
+    return st.tuples(kinds(children), timeouts).map(lambda t: {**t[0], "timeout": t[1]} if t[1] else t[0])
+
+
+def kinds(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
     many = st.lists(children, min_size=1, max_size=3)
     return st.one_of(
         many.map(lambda c: {"id": f"n{next(_ids)}", "sequence": {"children": c}}),

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler import composites, steps, subworkflows, waits
 from mcp_server.engine.compiler.concurrency import compile_concurrency
-from mcp_server.engine.compiler.fields import duration
+from mcp_server.engine.compiler.durations import duration
 from mcp_server.engine.compiler.scope import WORKFLOW_ID, compile_node
 from mcp_server.engine.compiler.triggers import compile_triggers
 from mcp_server.engine.compiler.workflow_scope import declared_schema, defaults_filled, workflow_scope

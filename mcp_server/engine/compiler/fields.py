@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-from google.protobuf import duration_pb2
 from google.rpc import code_pb2
 
 from mcp_sdk.proto import workflow_pb2
@@ -31,8 +30,6 @@ NEVER_RETRYABLE = frozenset(
     }
 )
 
-MAX_DURATION_SECONDS = 7 * 24 * 3600
-
 MAX_BACKOFF_SECONDS = 3600
 
 MAX_ATTEMPTS = 100
@@ -46,20 +43,6 @@ def bounded(value: int, server_max: int, path: str, violations: ViolationCollect
         violations.add(path, f"{value} exceeds the server limit of {server_max}")
         return server_max
     return value or server_max
-
-
-def duration(message: object, name: str, path: str, violations: ViolationCollector) -> float | None:
-    if not message.HasField(name):  # type: ignore[attr-defined]
-        return None
-    value: duration_pb2.Duration = getattr(message, name)
-    seconds = value.seconds + value.nanos / 1e9
-    if seconds <= 0:
-        violations.add(path, "must be positive")
-        return None
-    if seconds > MAX_DURATION_SECONDS:
-        violations.add(path, f"must be at most {MAX_DURATION_SECONDS} seconds")
-        return None
-    return seconds
 
 
 def retry_policy(

@@ -4,6 +4,7 @@ the kind. The builder modules import this one, never the other way round."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,8 @@ from typing import Any
 from mcp_sdk.proto import workflow_pb2
 from mcp_sdk.workflow_tree import default_node_id
 from mcp_server.engine.cel import EVERYWHERE
-from mcp_server.engine.plan import PlanNode, RetryPolicy
+from mcp_server.engine.compiler.durations import duration
+from mcp_server.engine.plan import COMPOSITES, LEAF_KINDS, PlanNode, RetryPolicy
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
 
@@ -111,4 +113,11 @@ def compile_node(node: workflow_pb2.Node, path: str, scope: Scope, depth: int, d
             " recover",
         )
         return None
-    return builder(node_id, getattr(node, kind or ""), f"{path}.{kind}", scope, depth)
+    built = builder(node_id, getattr(node, kind or ""), f"{path}.{kind}", scope, depth)
+    timeout = duration(node, "timeout", f"{path}.timeout", scope.violations)
+    if timeout is not None and kind in LEAF_KINDS:
+        own = {"step": "step.timeout", "wait": "wait.timeout", "sleep": "sleep.duration"}[kind]
+        scope.violations.add(f"{path}.timeout", f"a {kind} node is bounded by its own {own}")
+    elif timeout is not None and isinstance(built, COMPOSITES):
+        built = dataclasses.replace(built, timeout=timeout)
+    return built

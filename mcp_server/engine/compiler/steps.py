@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.compiler.fields import RATE_LIMIT_KEY, duration, expression, protocol, retry_policy
+from mcp_server.engine.compiler.durations import duration
+from mcp_server.engine.compiler.fields import RATE_LIMIT_KEY, expression, protocol, retry_policy
 from mcp_server.engine.compiler.scope import Scope, builds
 from mcp_server.engine.plan import CachePlan, FallbackPlan, RateLimitUsePlan, StepPlan
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.compiler.fields import MAX_DURATION_SECONDS, duration, expression
+from mcp_server.engine.compiler.durations import MAX_DURATION_SECONDS, duration
+from mcp_server.engine.compiler.fields import expression
 from mcp_server.engine.compiler.scope import Scope, builds
 from mcp_server.engine.compiler.workflow_scope import schema_checks
 from mcp_server.engine.plan import SleepPlan, WaitPlan

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.compiler.fields import bounded, duration, retry_policy
+from mcp_server.engine.compiler.durations import duration
+from mcp_server.engine.compiler.fields import bounded, retry_policy
 from mcp_server.engine.compiler.scope import Scope
 from mcp_server.engine.plan import RetryPolicy
 from mcp_server.engine.schemas import PayloadSchema, SchemaInvalid, compile_schema

@@ -83,7 +83,24 @@ class Workflows:
 
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         await self.validate_workflow(workflow)
+        await self._check_subscribers(workflow)
         return await self.store.create_workflow(workflow)
+
+    async def _check_subscribers(self, workflow: workflow_pb2.Workflow) -> None:
+        """Refuse a trigger on an event name that already starts the most workflows one may."""
+        most = self.settings.limits.max_workflows_per_event
+        for i, trigger in enumerate(workflow.triggers):
+            others = [w for w, _ in await self.store.subscribers(trigger.event) if w != workflow.workflow_id]
+            if len(others) >= most:
+                problem = (
+                    f"{len(others)} workflows already start on event {trigger.event!r}, the most one event may"
+                    " start (MCP_LIMIT_MAX_WORKFLOWS_PER_EVENT)"
+                )
+                raise FailedPrecondition(
+                    problem,
+                    violations=[FieldViolation(f"workflow.triggers[{i}].event", problem)],
+                    reason="EVENT_SUBSCRIBERS_FULL",
+                )
 
     async def get_workflow(self, workflow_id: str, version: int) -> workflow_pb2.Workflow:
         require("workflow_id", workflow_id)

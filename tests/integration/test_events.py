@@ -15,7 +15,17 @@ from mcp_sdk import Client as SdkClient
 from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
-from tests.helpers import bearer, create, principals_file, result, step, violations, wait_done, workflow
+from tests.helpers import (
+    bearer,
+    create,
+    error_reason,
+    principals_file,
+    result,
+    step,
+    violations,
+    wait_done,
+    workflow,
+)
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
@@ -186,3 +196,21 @@ async def test_the_sdk_publishes_with_an_id_of_its_own_and_again_with_it(served)
         assert [t.task_id for t in again.tasks] == [reply.tasks[0].task_id] and not again.tasks[0].created
     done = await wait_done(client, reply.tasks[0].task_id)
     assert result(done) == {"who": "sdk"}
+
+
+async def test_an_event_starts_at_most_the_workflows_the_limit_allows(server_factory, store_url):
+    running = await server_factory(store=store_url, limits=Limits(max_workflows_per_event=2))
+    client = client_for(running)
+    await create(client, subscribed("one", {"event": "busy"}))
+    await create(client, subscribed("two", {"event": "busy"}))
+    with pytest.raises(grpc.aio.AioRpcError) as full:
+        await create(client, subscribed("three", {"event": "quiet"}, {"event": "busy"}))
+    assert full.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(full.value) == "EVENT_SUBSCRIBERS_FULL"
+    assert "MCP_LIMIT_MAX_WORKFLOWS_PER_EVENT" in violations(full.value)["workflow.triggers[1].event"]
+    await create(client, subscribed("two", {"event": "busy", "filter": "true"}))  # a new version of one of them
+    await client.workflows.DeleteWorkflow(workflow_pb2.DeleteWorkflowRequest(workflow_id="one"))
+    await create(client, subscribed("three", {"event": "busy"}))
+    reply = await events_pb2_grpc.EventServiceStub(client.channel).PublishEvent(publish_request("busy"))
+    assert [t.workflow_id for t in reply.tasks] == ["three", "two"]
+    await client.channel.close()

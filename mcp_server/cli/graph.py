@@ -34,7 +34,17 @@ def _safe(text: str) -> str:
 
 
 def _add(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[str], list[str], list[str]]:
-    """Add `node`; return its entry ids, exit ids and every node id it contains."""
+    """Add `node`; return its entry ids, exit ids and every node id it contains. A composite's
+    box says its timeout, when it has one."""
+    added = _add_kind(graph, node, prefix)
+    name = f"{prefix}{_clean(node.id or node.WhichOneof('kind') or '')}"
+    if node.HasField("timeout") and graph.clusters and graph.clusters[-1][0] == name:
+        seconds = node.timeout.seconds + node.timeout.nanos / 1e9
+        graph.clusters[-1] = (name, f"{graph.clusters[-1][1]} (timeout {seconds:g}s)", graph.clusters[-1][2])
+    return added
+
+
+def _add_kind(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[str], list[str], list[str]]:
     kind = node.WhichOneof("kind")
     name = f"{prefix}{_clean(node.id or kind or '')}"  # prefix: "n_" at the root, the parent's name below
     if kind == "step":

@@ -114,3 +114,11 @@ def test_a_recover_node_that_rethrows_leads_on_from_its_body_alone():
     text = to_mermaid(workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=rethrows)))
     assert 'subgraph n_r["recover r (then fails)"]' in text
     assert "n_r_try --> wf_result" in text and "n_r_sequence_ask --> wf_result" not in text
+
+
+def test_a_composite_with_a_timeout_says_so_on_its_box():
+    timed = workflow_pb2.Node()
+    timed.CopyFrom(RECOVER)
+    timed.timeout.FromSeconds(300)
+    text = to_mermaid(workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=timed)))
+    assert 'subgraph n_r["recover r (timeout 300s)"]' in text

@@ -21,6 +21,7 @@ import redis
 
 from mcp_sdk.proto import (
     bulk_pb2_grpc,
+    events_pb2_grpc,
     protocol_pb2,
     protocol_pb2_grpc,
     registry_pb2_grpc,
@@ -149,6 +150,10 @@ class Client:
     @property
     def bulk_actions(self) -> bulk_pb2_grpc.BulkActionServiceStub:
         return bulk_pb2_grpc.BulkActionServiceStub(self.channel)
+
+    @property
+    def events(self) -> events_pb2_grpc.EventServiceStub:
+        return events_pb2_grpc.EventServiceStub(self.channel)
 
 
 @pytest.fixture

@@ -1,0 +1,64 @@
+"""Events with real orchestrator processes: a server killed with kill -9 in the middle of a publish
+to 200 workflows, restarted on the same store, and the event published again with its id: every
+workflow has exactly one task of it (both stores), and the CLI publishes and shows what started."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+
+import grpc
+import pytest
+
+from mcp_sdk.proto import events_pb2, task_pb2
+from tests.conftest import client_for_address
+from tests.e2e.test_server_process import free_port, mcp
+from tests.helpers import create, step, workflow
+from tests.support.processes import start_orchestrator
+
+pytestmark = pytest.mark.asyncio
+WORKFLOWS = 200
+ENV = {"MCP_LIMIT_MAX_WORKFLOWS_PER_EVENT": str(WORKFLOWS)}
+
+
+async def tasks_of(client, event_id: str) -> collections.Counter[str]:
+    reply = await client.tasks.ListTasks(task_pb2.ListTasksRequest(labels={"mcp/event-id": event_id}, page_size=1000))
+    return collections.Counter(task.workflow_id for task in reply.tasks)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_publish_cut_by_kill_9_and_sent_again_starts_each_workflow_once(plugins, tmp_path, request, backend):
+    store = f"sqlite:///{tmp_path}/events.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    testkit = [plugins["testkit"].address]
+    process = start_orchestrator(address, store, testkit, "first", **ENV)
+    client = client_for_address(address)
+    try:
+        for i in range(WORKFLOWS):
+            await create(client, workflow(f"on-{i:03d}", step("e", "echo"), triggers=[{"event": "big.one"}]))
+        request_ = events_pb2.PublishEventRequest(name="big.one", request_id="cut-1")
+        publish = asyncio.ensure_future(client.events.PublishEvent(request_))
+        async with asyncio.timeout(30):
+            while sum((await tasks_of(client, "cut-1")).values()) < 10 and not publish.done():
+                await asyncio.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        first = await asyncio.gather(publish, return_exceptions=True)
+        cut = isinstance(first[0], grpc.aio.AioRpcError)
+        await client.channel.close()
+
+        process = start_orchestrator(address, store, testkit, "again", **ENV)
+        client = client_for_address(address)
+        before = sum((await tasks_of(client, "cut-1")).values())
+        again = await client.events.PublishEvent(request_)
+        counted = await tasks_of(client, "cut-1")
+        assert len(again.tasks) == WORKFLOWS and sum(t.created for t in again.tasks) == WORKFLOWS - before
+        assert len(counted) == WORKFLOWS and set(counted.values()) == {1}, (cut, before)
+        published = mcp(address, "event", "publish", "big.one", "--request-id", "cut-1")
+        assert published.returncode == 0 and f"{WORKFLOWS} task(s) started" in published.stdout
+        assert "(started before)" in published.stdout and "refused" not in published.stdout
+    finally:
+        await client.channel.close()
+        process.terminate()
+        process.wait(timeout=15)

@@ -127,6 +127,7 @@ class Orchestrator:
             self.submission,
             lambda outcome: self.metrics.event_tasks.labels(outcome).inc(),
         )
+        runner.publisher = self.events  # publish nodes publish through it
         self.firing = Firing(
             store.schedules,
             store.tasks,

@@ -50,6 +50,10 @@ def _add_kind(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[
     if kind == "step":
         graph.nodes[name] = f"{node.id or node.step.protocol}\\n[{node.step.protocol}]"
         return [name], [name], [name]
+    if kind in ("wait", "sleep", "publish"):
+        what = {"wait": f"wait for {node.wait.signal}", "sleep": "sleep", "publish": f"publish {node.publish.event}"}
+        graph.nodes[name] = f"{node.id or kind}\\n[{what[kind]}]"
+        return [name], [name], [name]
     members: list[str] = []
     if kind == "sequence":
         entry: list[str] = []

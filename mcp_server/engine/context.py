@@ -33,6 +33,7 @@ from mcp_server.engine.plan import LEAF_KINDS
 from mcp_server.engine.ports import (
     Checkpoint,
     EventListener,
+    EventPublisher,
     ProtocolCaller,
     SignalRecord,
     StepCache,
@@ -123,6 +124,7 @@ class RunContext:
     rerun_input: Payload | None = None  # a rerun's: what its rerun_from_step_path receives
     rate_limits: UnitGate | None = None  # where calls take rate-limit units (None: unlimited)
     step_cache: StepCache | None = None  # where cached steps' outputs are kept (None: no cache)
+    publisher: EventPublisher | None = None  # where publish nodes publish (None: they cannot)
     # how the steps with a cache fared (path -> "hit" or "miss", and the output's size), for their end event
     cache_outcomes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
@@ -284,17 +286,11 @@ class RunContext:
 
     def first_failed_step(self, within: str) -> str:
         """The path of the first step at or inside `within` that failed (in step order), or `within`."""
-        inside = within + "/"
-        return next(
-            (
-                path
-                for path, step in self._steps.items()
-                if step.state.status == task_pb2.STEP_STATUS_FAILED
-                and step.state.kind in LEAF_KINDS
-                and (path == within or path.startswith(inside))
-            ),
-            within,
-        )
+        for path, step in self._steps.items():
+            failed = step.state.status == task_pb2.STEP_STATUS_FAILED and step.state.kind in LEAF_KINDS
+            if failed and (path == within or path.startswith(within + "/")):
+                return path
+        return within
 
     async def begin(self, path: str, node_id: str, kind: str, protocol: str = "") -> task_pb2.StepState:
         await self.ready_for_next_node()

@@ -212,6 +212,16 @@ class RecoverPlan:
     kind: str = "recover"
 
 
+@dataclass(frozen=True)
+class PublishPlan:
+    """Publish event `event` with the object `data` gives (None: the node's input) as the task's owner."""
+
+    id: str
+    event: str
+    data: Expression | None
+    kind: str = "publish"
+
+
 PlanNode = (
     StepPlan
     | SequencePlan
@@ -223,9 +233,10 @@ PlanNode = (
     | SleepPlan
     | SubworkflowPlan
     | RecoverPlan
+    | PublishPlan
 )
 # nodes that do work themselves (the others only arrange their children)
-LEAF_KINDS = frozenset({"step", "wait", "sleep"})
+LEAF_KINDS = frozenset({"step", "wait", "sleep", "publish"})
 # the nodes that arrange others, each of which may have a Node.timeout
 COMPOSITES = (SequencePlan, ParallelPlan, MapPlan, SupervisePlan, AdaptivePlan, SubworkflowPlan, RecoverPlan)
 

@@ -18,7 +18,18 @@ from typing import Any
 from google.rpc import status_pb2
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine import adaptive, mapping, parallel, recover, sequence, step, subworkflow, supervise, waiting
+from mcp_server.engine import (
+    adaptive,
+    mapping,
+    parallel,
+    publish,
+    recover,
+    sequence,
+    step,
+    subworkflow,
+    supervise,
+    waiting,
+)
 from mcp_server.engine.caching import NearCache
 from mcp_server.engine.context import NodeFailed, RunContext
 from mcp_server.engine.event_types import E
@@ -28,7 +39,15 @@ from mcp_server.engine.logcontext import task_id_var
 from mcp_server.engine.paused_runs import PausedRuns
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan
-from mcp_server.engine.ports import EventListener, ProtocolCaller, StepCache, TaskStore, UnitGate, WaitStore
+from mcp_server.engine.ports import (
+    EventListener,
+    EventPublisher,
+    ProtocolCaller,
+    StepCache,
+    TaskStore,
+    UnitGate,
+    WaitStore,
+)
 from mcp_server.engine.queue_deadlines import expired_unstarted
 from mcp_server.engine.records import stored_value, task_input
 from mcp_server.engine.schemas import rejection
@@ -39,7 +58,7 @@ from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
 # imported so that each registers its runner
-NODE_KINDS = (adaptive, mapping, parallel, recover, sequence, step, subworkflow, supervise, waiting)
+NODE_KINDS = (adaptive, mapping, parallel, publish, recover, sequence, step, subworkflow, supervise, waiting)
 
 
 class TaskRunner:
@@ -67,6 +86,7 @@ class TaskRunner:
         self.park_horizon = park_horizon
         self.rate_limits = rate_limits
         self.step_cache = NearCache(step_cache) if step_cache is not None else None
+        self.publisher: EventPublisher | None = None  # set once the event service exists
         self.replica_id = replica_id
         self.listeners = tuple(listeners)
         self.paused_runs = PausedRuns()  # runs waiting out a store that refuses their writes
@@ -105,6 +125,7 @@ class TaskRunner:
             rerun_input=await self._rerun_input(task),
             rate_limits=self.rate_limits,
             step_cache=self.step_cache,
+            publisher=self.publisher,
             paused_runs=self.paused_runs,
         )
         task.ClearField("input_data")  # held once, by the run's input payload

@@ -23,7 +23,8 @@ from mcp_server.engine.cel import Expression, ExpressionError
 from mcp_server.engine.payload import struct_to_python
 from mcp_server.engine.plan import TriggerPlan
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import WorkflowStore
+from mcp_server.engine.ports import Published, WorkflowStore
+from mcp_server.engine.ports.events import HOPS_LABEL
 from mcp_server.errors import McpError, NotFound, ResourceExhausted, Unavailable
 from mcp_server.service.submission import Submission, check_input
 from mcp_server.settings import Settings
@@ -90,6 +91,20 @@ class Events:
         if later is not None:
             raise later
         return reply
+
+    async def publish_for(
+        self, name: str, data: Mapping[str, Any], request_id: str, owner: str, hops: int
+    ) -> Published:
+        """A publish node's publish (see engine/publish.py): as `owner`, the tasks it starts
+        labelled with the chain's length."""
+        request = events_pb2.PublishEventRequest(name=name, request_id=request_id, labels={HOPS_LABEL: str(hops)})
+        request.data.update(dict(data))
+        reply = await self.publish(request, Principal(owner, frozenset()))
+        return Published(
+            reply.event_id,
+            tuple((t.workflow_id, t.task_id) for t in reply.tasks),
+            tuple((r.workflow_id, r.status.message) for r in reply.refused),
+        )
 
     async def _start(
         self,

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from mcp_sdk import Client as SdkClient
 from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2, workflow_pb2
@@ -48,6 +49,11 @@ async def served(server_factory, store_url):
     client = client_for(running)
     yield running, client, events_pb2_grpc.EventServiceStub(client.channel)
     await client.channel.close()
+
+
+def step_output(task: task_pb2.Task, path: str) -> Any:
+    state = next(s for s in task.steps if s.path == path)
+    return json_format.MessageToDict(state.output)
 
 
 def by_workflow(reply: events_pb2.PublishEventResponse) -> dict[str, events_pb2.TriggeredTask]:
@@ -214,3 +220,46 @@ async def test_an_event_starts_at_most_the_workflows_the_limit_allows(server_fac
     reply = await events_pb2_grpc.EventServiceStub(client.channel).PublishEvent(publish_request("busy"))
     assert [t.workflow_id for t in reply.tasks] == ["three", "two"]
     await client.channel.close()
+
+
+async def test_a_publish_node_starts_the_workflows_its_event_triggers_once(served):
+    _, client, _ = served
+    await create(client, subscribed("downstream", {"event": "report.ready", "input": "{'got': event.data.id}"}))
+    announce = {"id": "tell", "publish": {"event": "report.ready", "data": "{'id': input.id}"}}
+    park = {"id": "hold", "wait": {"signal": "go"}}  # the task parks after publishing, then resumes
+    await create(client, workflow("upstream", {"id": "root", "sequence": {"children": [announce, park]}}))
+    task = (await client.tasks.SubmitTask(
+        task_pb2.SubmitTaskRequest(workflow_id="upstream", input_data={"id": "r-7"})
+    )).task  # fmt: skip
+    async with asyncio.timeout(10):
+        while (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.status != (
+            S.TASK_STATUS_WAITING
+        ):
+            await asyncio.sleep(0.02)
+    await client.tasks.SignalTask(task_pb2.SignalTaskRequest(task_id=task.task_id, signal="go"))
+    done = await wait_done(client, task.task_id)
+    told = step_output(done, "root/tell")
+    assert [t["workflow_id"] for t in told["tasks"]] == ["downstream"] and told["refused"] == []
+    started = await wait_done(client, told["tasks"][0]["task_id"])
+    assert result(started) == {"got": "r-7"} and started.owner == done.owner
+    assert started.labels["mcp/event-hops"] == "1" and started.labels["mcp/event-id"] == told["event_id"]
+    listed = await client.tasks.ListTasks(task_pb2.ListTasksRequest(labels={"mcp/event": "report.ready"}))
+    assert len(listed.tasks) == 1  # its resume after the park did not publish again
+
+
+async def test_a_workflow_that_publishes_the_event_it_starts_on_stops_after_16_links(served):
+    _, client, events = served
+    echo_back = {"id": "again", "publish": {"event": "loop"}}
+    await create(client, workflow("looping", echo_back, triggers=[{"event": "loop"}]))
+    await events.PublishEvent(publish_request("loop", {"n": 1}))
+    async with asyncio.timeout(30):
+        while True:
+            chain = (await client.tasks.ListTasks(task_pb2.ListTasksRequest(workflow_id="looping"))).tasks
+            if any(t.status == S.TASK_STATUS_FAILED for t in chain):
+                break
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # nothing more comes
+    chain = (await client.tasks.ListTasks(task_pb2.ListTasksRequest(workflow_id="looping"))).tasks
+    assert len(chain) == 17  # the one published from outside, then 16 links
+    [last] = [t for t in chain if t.status == S.TASK_STATUS_FAILED]
+    assert last.labels["mcp/event-hops"] == "16" and "a chain of 16 events" in last.error.message

@@ -122,3 +122,21 @@ def test_a_composite_with_a_timeout_says_so_on_its_box():
     timed.timeout.FromSeconds(300)
     text = to_mermaid(workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=timed)))
     assert 'subgraph n_r["recover r (timeout 300s)"]' in text
+
+
+def test_waits_sleeps_and_publishes_are_drawn_as_what_they_do():
+    root = node(
+        {
+            "id": "r",
+            "sequence": {
+                "children": [
+                    {"id": "ask", "wait": {"signal": "ok"}},
+                    {"id": "nap", "sleep": {"duration": "1s"}},
+                    {"id": "tell", "publish": {"event": "done.now"}},
+                ]
+            },
+        }
+    )
+    text = to_mermaid(workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=root)))
+    assert 'n_r_ask["ask\\n[wait for ok]"]' in text and 'n_r_nap["nap\\n[sleep]"]' in text
+    assert 'n_r_tell["tell\\n[publish done.now]"]' in text and "(empty)" not in text

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.compiler import composites, steps, subworkflows, waits
+from mcp_server.engine.compiler import composites, steps, subworkflows, triggers, waits
 from mcp_server.engine.compiler.concurrency import compile_concurrency
 from mcp_server.engine.compiler.durations import duration
 from mcp_server.engine.compiler.scope import WORKFLOW_ID, compile_node
@@ -21,7 +21,7 @@ from mcp_server.engine.plan import Plan, PlanNode
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
 
-NODE_KINDS = (composites, steps, subworkflows, waits)  # imported so that each registers its builders
+NODE_KINDS = (composites, steps, subworkflows, triggers, waits)  # imported so that each registers its builders
 
 
 def compile_workflow(
@@ -54,7 +54,7 @@ def compile_workflow(
     else:
         root = compile_node(workflow.root, "workflow.root", scope, depth=1, default_id="root")
     concurrency = compile_concurrency(workflow, limits, violations)
-    triggers = compile_triggers(workflow, limits, violations)
+    event_triggers = compile_triggers(workflow, limits, violations)
     input_schema = declared_schema(workflow, "input_schema", "workflow", scope)
     output_schema = declared_schema(workflow, "output_schema", "workflow", scope)
     fill_input_defaults = defaults_filled(workflow, input_schema, "workflow", scope)
@@ -78,5 +78,5 @@ def compile_workflow(
         concurrency=concurrency,
         input_schema=input_schema,
         output_schema=output_schema,
-        triggers=triggers,
+        triggers=event_triggers,
     )

@@ -19,6 +19,13 @@ from mcp_server.engine.plan import COMPOSITES, LEAF_KINDS, PlanNode, RetryPolicy
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
 
+# why a leaf takes no Node.timeout
+LEAF_TIMEOUTS = {
+    "step": "a step node is bounded by its own step.timeout",
+    "wait": "a wait node is bounded by its own wait.timeout",
+    "sleep": "a sleep node is bounded by its own sleep.duration",
+    "publish": "a publish node only submits tasks: it takes no timeout",
+}
 WORKFLOW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -110,14 +117,13 @@ def compile_node(node: workflow_pb2.Node, path: str, scope: Scope, depth: int, d
         scope.violations.add(
             path,
             "a node must be one of step, sequence, parallel, map, supervise, adaptive, wait, sleep, subworkflow,"
-            " recover",
+            " recover, publish",
         )
         return None
     built = builder(node_id, getattr(node, kind or ""), f"{path}.{kind}", scope, depth)
     timeout = duration(node, "timeout", f"{path}.timeout", scope.violations)
     if timeout is not None and kind in LEAF_KINDS:
-        own = {"step": "step.timeout", "wait": "wait.timeout", "sleep": "sleep.duration"}[kind]
-        scope.violations.add(f"{path}.timeout", f"a {kind} node is bounded by its own {own}")
+        scope.violations.add(f"{path}.timeout", LEAF_TIMEOUTS[kind])
     elif timeout is not None and isinstance(built, COMPOSITES):
         built = dataclasses.replace(built, timeout=timeout)
     return built

@@ -1,5 +1,6 @@
-"""Compiling Workflow.triggers: the events that start a task of the workflow, each with a CEL
-filter and input over `event` (the published event: its name, data, labels and id)."""
+"""Compiling Workflow.triggers (the events that start a task of the workflow, each with a CEL
+filter and input over `event`: the published event's name, data, labels and id) and the publish
+nodes that publish events."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import re
 
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.cel import Expression, ExpressionError, compile_expression
-from mcp_server.engine.plan import TriggerPlan
+from mcp_server.engine.compiler.fields import expression
+from mcp_server.engine.compiler.scope import Scope, builds
+from mcp_server.engine.plan import PublishPlan, TriggerPlan
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
 
@@ -30,6 +33,13 @@ def compile_triggers(
         made = _expression(trigger.input, f"{path}.input", limits, violations)
         compiled.append(TriggerPlan(trigger.event, given, made))
     return tuple(compiled)
+
+
+@builds("publish")
+def compile_publish(node_id: str, pub: workflow_pb2.PublishNode, path: str, scope: Scope, depth: int) -> PublishPlan:
+    if not EVENT_NAME.match(pub.event):
+        scope.violations.add(f"{path}.event", "must be 1-128 letters, digits, '.', '_', ':', '/' or '-'")
+    return PublishPlan(node_id, pub.event, expression(pub.data, f"{path}.data", scope))
 
 
 def _expression(source: str, path: str, limits: Limits, violations: ViolationCollector) -> Expression | None:

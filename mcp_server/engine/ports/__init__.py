@@ -4,6 +4,7 @@ state lives, one small port per job (each backend implements every one: state/sq
 from mcp_server.engine.ports.bulk import BulkActionStore, BulkRecord
 from mcp_server.engine.ports.cache import CachedOutput, StepCache
 from mcp_server.engine.ports.calls import CallContext, CallObserver, CallResult, ProtocolCaller, ProtocolCallError
+from mcp_server.engine.ports.events import EventPublisher, Published
 from mcp_server.engine.ports.queue import (
     NO_SHARE,
     GroupMember,
@@ -44,6 +45,7 @@ __all__ = [
     "Checkpoint",
     "Deletion",
     "EventListener",
+    "EventPublisher",
     "Grant",
     "GroupMember",
     "Kept",
@@ -51,6 +53,7 @@ __all__ = [
     "OwnerShare",
     "ProtocolCallError",
     "ProtocolCaller",
+    "Published",
     "QueueGroup",
     "RateLimitSpec",
     "RateLimitStore",

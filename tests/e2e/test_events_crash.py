@@ -14,7 +14,7 @@ import pytest
 from mcp_sdk.proto import events_pb2, task_pb2
 from tests.conftest import client_for_address
 from tests.e2e.test_server_process import free_port, mcp
-from tests.helpers import create, step, workflow
+from tests.helpers import create, step, wait_done, workflow
 from tests.support.processes import start_orchestrator
 
 pytestmark = pytest.mark.asyncio
@@ -58,6 +58,40 @@ async def test_a_publish_cut_by_kill_9_and_sent_again_starts_each_workflow_once(
         published = mcp(address, "event", "publish", "big.one", "--request-id", "cut-1")
         assert published.returncode == 0 and f"{WORKFLOWS} task(s) started" in published.stdout
         assert "(started before)" in published.stdout and "refused" not in published.stdout
+    finally:
+        await client.channel.close()
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_publish_node_cut_by_kill_9_publishes_once_when_its_task_resumes(plugins, tmp_path, request, backend):
+    store = f"sqlite:///{tmp_path}/events.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    testkit = [plugins["testkit"].address]
+    env = {**ENV, "MCP_LEASE_SECONDS": "1.5"}
+    process = start_orchestrator(address, store, testkit, "first", **env)
+    client = client_for_address(address)
+    try:
+        for i in range(WORKFLOWS):
+            await create(client, workflow(f"on-{i:03d}", step("e", "echo"), triggers=[{"event": "from.task"}]))
+        await create(client, workflow("announcer", {"id": "tell", "publish": {"event": "from.task"}}))
+        task = (await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="announcer"))).task
+        listed = task_pb2.ListTasksRequest(labels={"mcp/event": "from.task"}, page_size=1000)
+        async with asyncio.timeout(30):
+            while len((await client.tasks.ListTasks(listed)).tasks) < 10:
+                await asyncio.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        await client.channel.close()
+
+        process = start_orchestrator(address, store, testkit, "again", **env)
+        client = client_for_address(address)
+        done = await wait_done(client, task.task_id)
+        assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
+        counted = collections.Counter(t.workflow_id for t in (await client.tasks.ListTasks(listed)).tasks)
+        assert len(counted) == WORKFLOWS and set(counted.values()) == {1}
+        assert len(done.result.struct_value.fields["tasks"].list_value.values) == WORKFLOWS
     finally:
         await client.channel.close()
         process.terminate()

@@ -149,3 +149,14 @@ async def bulk_action_ended(client: Any, action_id: str, timeout: float = 60) ->
         while (action := await client.bulk_actions.GetBulkAction(request)).state == bulk_pb2.BULK_ACTION_STATE_RUNNING:
             await asyncio.sleep(0.05)
     return action
+
+
+async def parked(client: Any, task_id: str, running: Any = None, timeout: float = 10) -> None:
+    """Once the task is WAITING (and, given the server `running` it, once no run of it is in memory
+    there: parked, its next life to start from the store)."""
+    request = task_pb2.GetTaskRequest(task_id=task_id)
+    async with asyncio.timeout(timeout):
+        while (await client.tasks.GetTask(request)).task.status != task_pb2.TASK_STATUS_WAITING:
+            await asyncio.sleep(0.02)
+        while running is not None and running.orchestrator.dispatcher.in_flight:
+            await asyncio.sleep(0.02)

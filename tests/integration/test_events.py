@@ -20,6 +20,7 @@ from tests.helpers import (
     bearer,
     create,
     error_reason,
+    parked,
     principals_file,
     result,
     step,
@@ -231,11 +232,7 @@ async def test_a_publish_node_starts_the_workflows_its_event_triggers_once(serve
     task = (await client.tasks.SubmitTask(
         task_pb2.SubmitTaskRequest(workflow_id="upstream", input_data={"id": "r-7"})
     )).task  # fmt: skip
-    async with asyncio.timeout(10):
-        while (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.status != (
-            S.TASK_STATUS_WAITING
-        ):
-            await asyncio.sleep(0.02)
+    await parked(client, task.task_id)
     await client.tasks.SignalTask(task_pb2.SignalTaskRequest(task_id=task.task_id, signal="go"))
     done = await wait_done(client, task.task_id)
     told = step_output(done, "root/tell")

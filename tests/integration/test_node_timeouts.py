@@ -13,7 +13,18 @@ import pytest
 
 from mcp_sdk.proto import task_pb2
 from tests.conftest import client_for
-from tests.helpers import create, plugin_stats, result, step, step_states, submit, violations, wait_done, workflow
+from tests.helpers import (
+    create,
+    parked,
+    plugin_stats,
+    result,
+    step,
+    step_states,
+    submit,
+    violations,
+    wait_done,
+    workflow,
+)
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
@@ -67,13 +78,7 @@ async def test_a_task_parked_inside_a_timed_node_is_due_when_it_runs_out(served)
     waits = {"id": "s", "timeout": "2s", "sequence": {"children": [{"id": "ask", "wait": {"signal": "never"}}]}}
     await create(client, workflow("parked", waits))
     task = await submit(client, "parked")
-    async with asyncio.timeout(5):
-        while (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.status != (
-            S.TASK_STATUS_WAITING
-        ):
-            await asyncio.sleep(0.02)
-        while running.orchestrator.dispatcher.in_flight:
-            await asyncio.sleep(0.02)  # parked: nothing of it runs until it is due
+    await parked(client, task.task_id, running)  # nothing of it runs until it is due
     done = await wait_done(client, task.task_id)
     assert done.status == S.TASK_STATUS_FAILED and "its timeout of 2s ran out" in done.error.message
     states = step_states(done)

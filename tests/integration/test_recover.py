@@ -15,6 +15,7 @@ from mcp_sdk.proto import task_pb2
 from tests.conftest import client_for
 from tests.helpers import (
     create,
+    parked,
     plugin_stats,
     result,
     step,
@@ -173,13 +174,7 @@ async def test_a_run_parked_in_the_handler_resumes_there_without_running_the_bod
     )  # fmt: skip
     await create(client, workflow("park", recover("r", failing("a"), handler)))
     task = await submit(client, "park")
-    async with asyncio.timeout(10):
-        while (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.status != (
-            S.TASK_STATUS_WAITING
-        ):
-            await asyncio.sleep(0.02)
-        while running.orchestrator.dispatcher.in_flight:
-            await asyncio.sleep(0.02)  # parked: the run ended; its next life starts from the store
+    await parked(client, task.task_id, running)  # the run ended; its next life starts from the store
     signal = task_pb2.SignalTaskRequest(task_id=task.task_id, signal="approve")
     signal.payload.struct_value.update({"ok": True})
     reply = await client.tasks.SignalTask(signal)

@@ -77,8 +77,8 @@ class Limits:
     max_usage_names_per_task: int = 256
     # task submissions per principal per second (a token bucket with a burst of twice that); 0: no limit
     submissions_per_second: float = 0.0
-    # workflows whose triggers may take one event name: a publish starts their tasks one after
-    # another (~1.5 ms each), so a name taken by thousands would make every publish of it slow
+    # workflows whose triggers may take one event name: a publish starts a task of each (at once,
+    # but each is a submission), so a name taken by thousands would make every publish of it slow
     max_workflows_per_event: int = 100
 
 

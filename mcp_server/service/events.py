@@ -9,6 +9,7 @@ started, as SubmitTask would, for the client to send it again; one that will not
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping
@@ -72,10 +73,14 @@ class Events:
         }
         reply = events_pb2.PublishEventResponse(event_id=event_id)
         later: McpError | None = None
-        # one at a time, in workflow_id order: a publish sent again re-finds its tasks before it
-        # asks for room for the rest (concurrent retries would each hold a place meanwhile)
-        for workflow_id, version in await self.workflows.subscribers(request.name):
-            outcome, created = await self._start(workflow_id, version, event, request, principal)
+        subscribed = await self.workflows.subscribers(request.name)
+        outcomes = await asyncio.gather(*(self._start(w, v, event, request, principal) for w, v in subscribed))
+        for (workflow_id, version), (outcome, created) in zip(subscribed, outcomes, strict=True):
+            if isinstance(outcome, _Refused) and outcome.later is not None:
+                # asked again once, alone: a publish sent again re-finds its tasks at once, and on
+                # Redis each of those holds a place in the owner's share of the queue until it is
+                # found, so the new ones may have been refused for room that is there now
+                outcome, created = await self._start(workflow_id, version, event, request, principal)
             if isinstance(outcome, task_pb2.Task):
                 reply.tasks.add(
                     workflow_id=workflow_id, workflow_version=version, task_id=outcome.task_id, created=created

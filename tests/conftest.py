@@ -115,6 +115,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
+@pytest.fixture
+async def parking_server(
+    server_factory: Callable[..., Awaitable[RunningServer]], store_url: str
+) -> AsyncIterator[tuple[RunningServer, Client]]:
+    """A server on each store whose runs park after 0.1 s with every branch waiting, and a client."""
+    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)
+    client = client_for(running)
+    yield running, client
+    await client.channel.close()
+
+
 def make_settings(store_url: str, plugin_addresses: tuple[str, ...], **overrides: object) -> Settings:
     limits = overrides.pop("limits", Limits())
     fields: dict[str, object] = {"lease_seconds": 3.0, "shutdown_grace": 1.0, **overrides}

@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from tests.conftest import client_for
 from tests.helpers import (
     create,
     parked,
@@ -35,16 +34,8 @@ def nap(node_id: str, ms: int) -> dict[str, Any]:
     return step(node_id, "sleep", f"{{'ms': {ms}}}", retry=ONCE)
 
 
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)
-    client = client_for(running)
-    yield running, client
-    await client.channel.close()
-
-
-async def test_a_sequence_past_its_timeout_is_cut_and_fails(served, testkit):
-    _, client = served
+async def test_a_sequence_past_its_timeout_is_cut_and_fails(parking_server, testkit):
+    _, client = parking_server
     timed = {"id": "s", "timeout": "0.5s", "sequence": {"children": [nap("a", 300), nap("b", 3000), nap("c", 10)]}}
     await create(client, workflow("cut", timed))
     done = await wait_done(client, (await submit(client, "cut")).task_id)
@@ -61,8 +52,8 @@ async def test_a_sequence_past_its_timeout_is_cut_and_fails(served, testkit):
             await asyncio.sleep(0.05)
 
 
-async def test_a_recover_node_takes_over_a_subtree_that_ran_out_of_time(served):
-    _, client = served
+async def test_a_recover_node_takes_over_a_subtree_that_ran_out_of_time(parking_server):
+    _, client = parking_server
     research = {"id": "research", "timeout": "0.4s", "parallel": {"children": [nap("deep", 3000), nap("wide", 3000)]}}
     quick = step("quick", "echo", "{'answer': 'short', 'why': error.code, 'where': error.step_path}")
     await create(client, workflow("sla", {"id": "r", "recover": {"body": research, "handler": quick}}))
@@ -73,8 +64,8 @@ async def test_a_recover_node_takes_over_a_subtree_that_ran_out_of_time(served):
     assert states["r/research/deep"].status == states["r/research/wide"].status == task_pb2.STEP_STATUS_CANCELLED
 
 
-async def test_a_task_parked_inside_a_timed_node_is_due_when_it_runs_out(served):
-    running, client = served
+async def test_a_task_parked_inside_a_timed_node_is_due_when_it_runs_out(parking_server):
+    running, client = parking_server
     waits = {"id": "s", "timeout": "2s", "sequence": {"children": [{"id": "ask", "wait": {"signal": "never"}}]}}
     await create(client, workflow("parked", waits))
     task = await submit(client, "parked")
@@ -87,8 +78,8 @@ async def test_a_task_parked_inside_a_timed_node_is_due_when_it_runs_out(served)
     assert 2.0 <= took < 4.0  # resumed by its due time, not left waiting for a signal
 
 
-async def test_a_node_s_timeout_is_refused_where_the_node_has_its_own(served):
-    _, client = served
+async def test_a_node_s_timeout_is_refused_where_the_node_has_its_own(parking_server):
+    _, client = parking_server
     bad = {
         "id": "root",
         "sequence": {

@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from tests.conftest import client_for
 from tests.helpers import (
     create,
     parked,
@@ -46,28 +45,20 @@ def failing(node_id: str, code: str = "UNAVAILABLE") -> dict[str, Any]:
 ANSWER_WITH_ERROR = "{'why': error.code, 'said': error.message, 'where': error.step_path, 'topic': input.topic}"
 
 
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)
-    client = client_for(running)
-    yield running, client
-    await client.channel.close()
-
-
 async def run_one(client: Any, workflow_id: str, root: dict[str, Any], data: dict[str, Any] | None = None, **extra):
     await create(client, workflow(workflow_id, root, **extra))
     return await wait_done(client, (await submit(client, workflow_id, data or {"topic": "tea"})).task_id)
 
 
-async def test_a_body_that_completes_is_the_output_and_the_handler_never_runs(served):
-    _, client = served
+async def test_a_body_that_completes_is_the_output_and_the_handler_never_runs(parking_server):
+    _, client = parking_server
     done = await run_one(client, "fine", recover("r", step("a", "echo"), step("h", "echo", ANSWER_WITH_ERROR)))
     assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"topic": "tea"}
     assert list(step_states(done)) == ["r", "r/a"]
 
 
-async def test_a_failed_body_hands_its_input_and_its_error_to_the_handler(served, testkit):
-    _, client = served
+async def test_a_failed_body_hands_its_input_and_its_error_to_the_handler(parking_server, testkit):
+    _, client = parking_server
     body = seq("draft", step("outline", "echo"), failing("write"), step("polish", "echo"))
     done = await run_one(client, "degrade", recover("r", body, step("h", "echo", ANSWER_WITH_ERROR)))
 
@@ -84,8 +75,8 @@ async def test_a_failed_body_hands_its_input_and_its_error_to_the_handler(served
     assert calls[f"{done.task_id}/r/draft/write/fail"] == 1
 
 
-async def test_a_failure_whose_code_is_not_listed_fails_the_node_as_it_came(served):
-    _, client = served
+async def test_a_failure_whose_code_is_not_listed_fails_the_node_as_it_came(parking_server):
+    _, client = parking_server
     node = recover("r", failing("a", "INVALID_ARGUMENT"), step("h", "echo"), "UNAVAILABLE", "DEADLINE_EXCEEDED")
     done = await run_one(client, "picky", node)
     assert done.status == S.TASK_STATUS_FAILED
@@ -98,15 +89,15 @@ async def test_a_failure_whose_code_is_not_listed_fails_the_node_as_it_came(serv
     assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"c": "RESOURCE_EXHAUSTED"}
 
 
-async def test_a_handler_that_fails_fails_the_node_with_its_own_error(served):
-    _, client = served
+async def test_a_handler_that_fails_fails_the_node_with_its_own_error(parking_server):
+    _, client = parking_server
     done = await run_one(client, "worse", recover("r", failing("a"), failing("h", "ABORTED")))
     assert done.status == S.TASK_STATUS_FAILED
     assert done.error.code == grpc.StatusCode.ABORTED.value[0] and "down for h" in done.error.message
 
 
-async def test_with_rethrow_the_handler_runs_and_the_node_fails_with_the_body_s_error(served, testkit):
-    _, client = served
+async def test_with_rethrow_the_handler_runs_and_the_node_fails_with_the_body_s_error(parking_server, testkit):
+    _, client = parking_server
     cleanup = step("cleanup", "echo", "{'undo': input.topic, 'after': error.step_path}")
     node = recover("r", failing("a", "RESOURCE_EXHAUSTED"), cleanup)
     node["recover"]["rethrow"] = True
@@ -120,8 +111,8 @@ async def test_with_rethrow_the_handler_runs_and_the_node_fails_with_the_body_s_
     assert calls[f"{done.task_id}/root/r/cleanup/echo"] == 1
 
 
-async def test_a_step_s_own_timeout_is_recovered_but_the_task_s_is_not(served, testkit):
-    _, client = served
+async def test_a_step_s_own_timeout_is_recovered_but_the_task_s_is_not(parking_server, testkit):
+    _, client = parking_server
     slow = step("slow", "sleep", "{'ms': 3000}", timeout="0.3s", retry=ONCE)
     done = await run_one(client, "step-budget", recover("r", slow, step("h", "echo", "{'c': error.code}")))
     assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"c": "DEADLINE_EXCEEDED"}
@@ -134,8 +125,8 @@ async def test_a_step_s_own_timeout_is_recovered_but_the_task_s_is_not(served, t
     assert "r/h" not in step_states(done)
 
 
-async def test_a_cancelled_task_is_not_recovered(served, testkit):
-    _, client = served
+async def test_a_cancelled_task_is_not_recovered(parking_server, testkit):
+    _, client = parking_server
     node = recover("r", step("slow", "sleep", "{'ms': 5000}"), step("h", "echo"))
     await create(client, workflow("cancelled", node))
     task = await submit(client, "cancelled")
@@ -149,8 +140,8 @@ async def test_a_cancelled_task_is_not_recovered(served, testkit):
     assert "r/h" not in step_states(done)
 
 
-async def test_each_item_of_a_map_and_each_branch_recovers_on_its_own(served):
-    _, client = served
+async def test_each_item_of_a_map_and_each_branch_recovers_on_its_own(parking_server):
+    _, client = parking_server
     # item 2 divides by zero: a CEL runtime error fails that item's step, and only that item recovers
     each = recover("each", step("try", "echo", "{'v': item, 'inverse': 6 / (item - 2)}"),
                    step("h", "echo", "{'v': item, 'recovered': error.code}"))  # fmt: skip
@@ -166,8 +157,8 @@ async def test_each_item_of_a_map_and_each_branch_recovers_on_its_own(served):
     assert step_states(done)["p/m/each[1]/try"].status == task_pb2.STEP_STATUS_FAILED
 
 
-async def test_a_run_parked_in_the_handler_resumes_there_without_running_the_body_again(served, testkit):
-    running, client = served
+async def test_a_run_parked_in_the_handler_resumes_there_without_running_the_body_again(parking_server, testkit):
+    running, client = parking_server
     handler = seq(
         "ask", {"id": "approve", "wait": {"signal": "approve", "prompt": "{'failed': error.step_path}"}},
         step("after", "echo", "{'approved': prev.ok, 'why': error.code}"),
@@ -187,8 +178,8 @@ async def test_a_run_parked_in_the_handler_resumes_there_without_running_the_bod
     assert prompt.struct_value.fields["failed"].string_value == "r/a"
 
 
-async def test_a_rerun_goes_back_to_the_step_the_handler_stood_in_for(served, testkit):
-    _, client = served
+async def test_a_rerun_goes_back_to_the_step_the_handler_stood_in_for(parking_server, testkit):
+    _, client = parking_server
     body = seq("b", step("first", "echo", "{'t': input.topic}"), failing("second"))
     done = await run_one(client, "again", recover("r", body, step("h", "echo", "{'fallback': true}")))
     assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"fallback": True}
@@ -206,8 +197,8 @@ async def test_a_rerun_goes_back_to_the_step_the_handler_stood_in_for(served, te
     assert [p for p, s in states.items() if s.reused] == ["r/b/first"] and "r/h" not in states
 
 
-async def test_a_malformed_recover_node_is_refused_naming_each_field(served):
-    _, client = served
+async def test_a_malformed_recover_node_is_refused_naming_each_field(parking_server):
+    _, client = parking_server
     bad = {"id": "r", "recover": {"body": step("a", "echo", "{'x': error.code}"), "codes": ["NOPE", "OK"]}}
     after = step("z", "echo", "{'x': error}")
     with pytest.raises(grpc.aio.AioRpcError) as caught:

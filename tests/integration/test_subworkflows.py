@@ -43,14 +43,6 @@ async def refused(client: Any, wf: workflow_pb2.Workflow) -> grpc.aio.AioRpcErro
     return caught.value
 
 
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)
-    client = client_for(running)
-    yield running, client
-    await client.channel.close()
-
-
 # The child reads its own `input` and `steps`; it has a node `a` as the parent does.
 CHILD = seq(
     "croot",
@@ -59,8 +51,8 @@ CHILD = seq(
 )
 
 
-async def test_a_subworkflow_runs_inside_the_task_with_its_own_input_and_steps(served):
-    _, client = served
+async def test_a_subworkflow_runs_inside_the_task_with_its_own_input_and_steps(parking_server):
+    _, client = parking_server
     await create(client, workflow("child", CHILD))
     parent = seq(
         "root",
@@ -80,8 +72,8 @@ async def test_a_subworkflow_runs_inside_the_task_with_its_own_input_and_steps(s
     assert json_format.MessageToDict(states["root/inner/croot/c2"].output)["given"] == "xparent-a>"
 
 
-async def test_the_version_is_pinned_at_create_and_outlives_the_child_workflow(served):
-    _, client = served
+async def test_the_version_is_pinned_at_create_and_outlives_the_child_workflow(parking_server):
+    _, client = parking_server
     await create(client, workflow("tagger", step("t", "echo", "{'tag': 'v1'}")))
     parent = await create(client, workflow("pinned", seq("root", sub("s", "tagger"))))
     stored = (await get(client, "pinned")).root.sequence.children[0].subworkflow
@@ -102,8 +94,8 @@ async def test_the_version_is_pinned_at_create_and_outlives_the_child_workflow(s
     assert second.status == S.TASK_STATUS_COMPLETED and result(second) == {"tag": "v2"}
 
 
-async def test_a_definition_sent_by_the_client_is_replaced_by_the_stored_one(served):
-    _, client = served
+async def test_a_definition_sent_by_the_client_is_replaced_by_the_stored_one(parking_server):
+    _, client = parking_server
     await create(client, workflow("honest", step("h", "echo", "{'from': 'store'}")))
     wf = workflow("smuggler", sub("s", "honest"))
     wf.root.subworkflow.definition.CopyFrom(workflow("honest", step("h", "echo", "{'from': 'client'}")))
@@ -112,8 +104,8 @@ async def test_a_definition_sent_by_the_client_is_replaced_by_the_stored_one(ser
     assert result(done) == {"from": "store"}
 
 
-async def test_a_subworkflow_that_names_nothing_stored_is_refused_naming_the_field(served):
-    _, client = served
+async def test_a_subworkflow_that_names_nothing_stored_is_refused_naming_the_field(parking_server):
+    _, client = parking_server
     await create(client, workflow("exists", step("e", "echo")))
     bad = seq("root", sub("s1", "missing"), sub("s2", "exists", version=7), sub("s3", "not a name"))
     error = await refused(client, workflow("dangling", bad))
@@ -152,8 +144,8 @@ async def test_nodes_and_depth_count_across_the_subworkflow(server_factory):
     await client.channel.close()
 
 
-async def test_a_subworkflow_keeps_its_own_defaults(served, testkit):
-    _, client = served
+async def test_a_subworkflow_keeps_its_own_defaults(parking_server, testkit):
+    _, client = parking_server
     once = {"defaults": {"retry": {"max_attempts": 1}}}
     await create(client, workflow("strict", step("f", "flaky", "{'failures': 1}"), **once))
     await create(client, workflow("lenient", seq("root", sub("s", "strict"), step("g", "flaky", "{'failures': 1}"))))
@@ -167,8 +159,8 @@ async def test_a_subworkflow_keeps_its_own_defaults(served, testkit):
     assert step_states(done)["root/g"].attempts == 2  # the enclosing workflow's default (3 attempts)
 
 
-async def test_a_wait_inside_a_subworkflow_parks_the_task_and_its_signal_resumes_it(served):
-    running, client = served
+async def test_a_wait_inside_a_subworkflow_parks_the_task_and_its_signal_resumes_it(parking_server):
+    running, client = parking_server
     approval = seq("approve", {"id": "ask", "wait": {"signal": "approved"}}, step("ok", "echo", "{'by': input.who}"))
     await create(client, workflow("approval", approval))
     await create(client, workflow("review", seq("root", sub("gate", "approval", input="{'who': input.author}"))))
@@ -185,8 +177,8 @@ async def test_a_wait_inside_a_subworkflow_parks_the_task_and_its_signal_resumes
     assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"by": "ada"}
 
 
-async def test_a_rerun_from_a_step_inside_the_subworkflow_keeps_what_came_before(served, testkit):
-    _, client = served
+async def test_a_rerun_from_a_step_inside_the_subworkflow_keeps_what_came_before(parking_server, testkit):
+    _, client = parking_server
     three = seq("steps", step("s1", "append"), step("s2", "append"), step("s3", "append"))
     await create(client, workflow("three", three))
     await create(client, workflow("outer", seq("root", step("o1", "append"), sub("in", "three"))))
@@ -202,10 +194,10 @@ async def test_a_rerun_from_a_step_inside_the_subworkflow_keeps_what_came_before
     assert [p for p, s in states.items() if s.reused] == ["root/o1", "root/in/steps/s1"]
 
 
-async def test_a_rerun_on_a_new_version_keeps_steps_inside_a_subworkflow(served):
+async def test_a_rerun_on_a_new_version_keeps_steps_inside_a_subworkflow(parking_server):
     """The new version is checked for a node at each kept step's path, a subworkflow's inside too
     (it was refused: "the workflow version has no node at this path")."""
-    _, client = served
+    _, client = parking_server
     failing = step("s2", "fail", "{'code': 'UNAVAILABLE'}", retry={"max_attempts": 1})
     await create(client, workflow("inner", seq("steps", step("s1", "echo"), failing)))
     outer = seq("root", sub("in", "inner"))
@@ -220,8 +212,8 @@ async def test_a_rerun_on_a_new_version_keeps_steps_inside_a_subworkflow(served)
     assert [p for p, s in step_states(again).items() if s.reused] == ["root/in/steps/s1"]
 
 
-async def test_a_map_runs_a_subworkflow_per_item_each_with_steps_of_its_own(served):
-    _, client = served
+async def test_a_map_runs_a_subworkflow_per_item_each_with_steps_of_its_own(parking_server):
+    _, client = parking_server
     await create(
         client,
         workflow(
@@ -285,10 +277,10 @@ def tagged(tag: str) -> Any:
     return step("t", "echo", f"{{'tag': '{tag}'}}")
 
 
-async def test_an_upgrade_carries_a_fixed_workflow_through_every_level_that_runs_it(served):
+async def test_an_upgrade_carries_a_fixed_workflow_through_every_level_that_runs_it(parking_server):
     """leaf v2 fixes leaf v1: mid (runs leaf) and app (runs mid, and other) get new versions
     running it, in one call; other is left as it is; a second call finds nothing to do."""
-    running, client = served
+    running, client = parking_server
     sdk = SdkClient(running.address)
     await create(client, workflow("leaf", tagged("broken")))
     await create(client, workflow("other", tagged("other")))
@@ -320,8 +312,8 @@ async def test_an_upgrade_carries_a_fixed_workflow_through_every_level_that_runs
     await sdk.close()
 
 
-async def test_an_upgrade_the_server_refuses_is_reported_and_the_rest_go_on(served):
-    running, client = served
+async def test_an_upgrade_the_server_refuses_is_reported_and_the_rest_go_on(parking_server):
+    running, client = parking_server
     sdk = SdkClient(running.address)
     for name in ("kept", "gone"):
         await create(client, workflow(name, tagged("v1")))
@@ -344,10 +336,10 @@ async def test_an_upgrade_the_server_refuses_is_reported_and_the_rest_go_on(serv
     await sdk.close()
 
 
-async def test_a_next_state_directive_stays_inside_the_subworkflow(served):
+async def test_a_next_state_directive_stays_inside_the_subworkflow(parking_server):
     """A state whose node is a subworkflow ending in a step that names `c` as the next state: the
     enclosing state machine takes its own transition to `b` (the subworkflow is one node to it)."""
-    _, client = served
+    _, client = parking_server
     await create(client, workflow("router", step("r", "goto", "{'next': 'c'}")))
     states = [
         {"name": "a", "node": sub("inner", "router"), "transitions": [{"to": "b"}]},

@@ -33,6 +33,7 @@ from mcp_server.schedules.scheduler import Scheduler
 from mcp_server.service.bulk import BulkActions
 from mcp_server.service.cancelling import Cancelling
 from mcp_server.service.deleting import Deleting
+from mcp_server.service.event_waits import EventWaits
 from mcp_server.service.events import Events
 from mcp_server.service.protocols import Protocols
 from mcp_server.service.reruns import Reruns
@@ -120,11 +121,25 @@ class Orchestrator:
             self.rate_limits,
         )
         self.reruns = Reruns(settings, store.tasks, self.plans, self.submission)
+        self.signalling = Signalling(
+            settings,
+            store.tasks,
+            store.waits,
+            self.plans,
+            self.dispatcher,
+            lambda outcome: self.metrics.signals.labels(outcome).inc(),
+        )
         self.events = Events(
             settings,
             store.workflows,
             self.plans,
             self.submission,
+            EventWaits(
+                store.tasks,
+                store.waits,
+                self.signalling,
+                lambda outcome: self.metrics.event_waits.labels(outcome).inc(),
+            ),
             lambda outcome: self.metrics.event_tasks.labels(outcome).inc(),
         )
         runner.publisher = self.events  # publish nodes publish through it
@@ -148,14 +163,6 @@ class Orchestrator:
             settings.lease_seconds,
             settings.retention_seconds,
             lambda kind, outcome: self.metrics.bulk_tasks.labels(kind, outcome).inc(),
-        )
-        self.signalling = Signalling(
-            settings,
-            store.tasks,
-            store.waits,
-            self.plans,
-            self.dispatcher,
-            lambda outcome: self.metrics.signals.labels(outcome).inc(),
         )
         self.sampler = GaugeSampler(
             self.metrics,

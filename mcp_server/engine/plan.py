@@ -158,7 +158,9 @@ class AdaptivePlan:
 @dataclass(frozen=True)
 class WaitPlan:
     """Wait for signal `signal` (its payload is the output), at most `timeout` seconds (None: as
-    long as the task may run); then `on_timeout` gives the output, or the step fails."""
+    long as the task may run); then `on_timeout` gives the output, or the step fails. A wait for
+    an event (`event`) waits for the signal ports.event_signal(event), which only a publish of
+    that event with the key `key` gives makes (None: any key)."""
 
     id: str
     signal: str
@@ -166,6 +168,8 @@ class WaitPlan:
     on_timeout: Expression | None
     prompt: Expression | None
     schema: Any = None  # a compiled JSON Schema validator (engine/schemas.py), or None
+    event: str = ""
+    key: Expression | None = None
     kind: str = "wait"
 
 
@@ -214,11 +218,13 @@ class RecoverPlan:
 
 @dataclass(frozen=True)
 class PublishPlan:
-    """Publish event `event` with the object `data` gives (None: the node's input) as the task's owner."""
+    """Publish event `event` with the object `data` gives (None: the node's input) and the key
+    `key` gives (None: none) as the task's owner."""
 
     id: str
     event: str
     data: Expression | None
+    key: Expression | None = None
     kind: str = "publish"
 
 

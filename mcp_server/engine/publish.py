@@ -18,6 +18,7 @@ from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import PublishPlan
 from mcp_server.engine.ports.events import HOPS_LABEL, Published
 from mcp_server.engine.values import as_object
+from mcp_server.engine.waiting import event_key
 from mcp_server.errors import McpError
 
 MAX_HOPS = 16
@@ -35,6 +36,11 @@ async def run_publish(
         if node.data is None
         else as_object(evaluate(node.data, ctx, value, scope, node.id, "data"))
     )
+    key = (
+        ""
+        if node.key is None
+        else event_key(evaluate(node.key, ctx, value, scope, node.id, "key"), f"publish {node.id}")
+    )
     hops = _hops(ctx.task.labels.get(HOPS_LABEL, "0"))
     if hops >= MAX_HOPS:
         raise NodeFailed(
@@ -46,7 +52,7 @@ async def run_publish(
     ctx.record_input(path, Payload.of_python(data))
     try:
         published = await ctx.store_call(
-            lambda: publisher.publish_for(node.event, data, event_id, ctx.task.owner, hops + 1)
+            lambda: publisher.publish_for(node.event, data, event_id, ctx.task.owner, hops + 1, key)
         )
     except McpError as exc:
         raise NodeFailed(exc.code.name, f"publish {node.id}: event {node.event!r}: {exc.message}") from None
@@ -62,4 +68,5 @@ def _output(published: Published) -> dict[str, Any]:
         "event_id": published.event_id,
         "tasks": [{"workflow_id": w, "task_id": t} for w, t in published.started],
         "refused": [{"workflow_id": w, "message": m} for w, m in published.refused],
+        "woken": [{"task_id": t, "step_path": p} for t, p in published.woken],
     }

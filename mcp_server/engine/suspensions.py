@@ -50,11 +50,12 @@ class Waiter:
     signal: str  # "" for a sleep
     deadline: float | None  # Unix seconds
     since_ms: int
+    key: str | None = None  # a wait for an event: the key the event must carry ("": any)
     future: asyncio.Future[Signal] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def record(self) -> WaitRecord:
         """The stored form of this wait (no signal assigned yet)."""
-        return WaitRecord(self.signal, int(self.deadline * 1000) if self.deadline else 0, self.since_ms)
+        return WaitRecord(self.signal, int(self.deadline * 1000) if self.deadline else 0, self.since_ms, key=self.key)
 
 
 class Suspensions:
@@ -133,10 +134,10 @@ class Suspensions:
         return None
 
     # ---- waits ----------------------------------------------------------------------------
-    def wait(self, path: str, signal: str, deadline: float | None, since_ms: int) -> Waiter:
+    def wait(self, path: str, signal: str, deadline: float | None, since_ms: int, key: str | None = None) -> Waiter:
         """Register the wait at `path` (written with the next checkpoint) and return its waiter."""
         self.dormant.pop(path, None)
-        waiter = self.waiters[path] = Waiter(path, signal, deadline, since_ms)
+        waiter = self.waiters[path] = Waiter(path, signal, deadline, since_ms, key)
         self.waits_changed[path] = waiter.record()
         self._changed()
         return waiter

@@ -1,9 +1,11 @@
-"""Wait and sleep nodes: a branch that pauses for a signal or until a time.
+"""Wait and sleep nodes: a branch that pauses for a signal, an event or until a time.
 
 A wait takes a signal meant for it (one the task already has, or the next that comes), and its
-output is the signal's payload. Its deadline is fixed when it first waits and kept in its step
-record, so a resumed run waits for the same time; when it passes, `on_timeout` gives the output
-or the step fails DEADLINE_EXCEEDED. A sleep is a wait whose only way out is its time.
+output is the signal's payload. A wait for an event waits for a signal only a publish of that
+event sends (service/event_waits.py finds the waits by the key computed here). Its deadline is
+fixed when it first waits and kept in its step record, so a resumed run waits for the same time;
+when it passes, `on_timeout` gives the output or the step fails DEADLINE_EXCEEDED. A sleep is a
+wait whose only way out is its time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import SleepPlan, WaitPlan
 from mcp_server.engine.suspensions import Signal
 
+MAX_KEY_LENGTH = 256  # PublishEventRequest.key's
+
 
 @runs("wait")
 async def run_wait(node: WaitPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
@@ -35,12 +39,22 @@ async def run_wait(node: WaitPlan, path: str, value: Payload, ctx: RunContext, s
     signal = ctx.suspensions.signal_for(path, node.signal)
     if signal is None:
         deadline = _deadline_of(state) or (time.time() + node.timeout if node.timeout else None)
-        signal = await _suspend(ctx, path, node.signal, deadline, {"prompt": prompt.python() if prompt else None})
+        data: dict[str, Any] = {"prompt": prompt.python() if prompt else None}
+        key = None
+        if node.event:
+            key = (
+                ""
+                if node.key is None
+                else event_key(evaluate(node.key, ctx, value, scope, node.id, "key"), f"wait {node.id}")
+            )
+            data.update(event=node.event, key=key)
+        signal = await _suspend(ctx, path, node.signal, deadline, data, key)
         if signal is None:
             state = ctx.state(path)
             state.wait.timed_out = True
             if node.on_timeout is None:
-                raise NodeFailed("DEADLINE_EXCEEDED", f"wait {node.id}: no signal {node.signal!r} came in time")
+                what = f"event {node.event!r}" if node.event else f"signal {node.signal!r}"
+                raise NodeFailed("DEADLINE_EXCEEDED", f"wait {node.id}: no {what} came in time")
             output = evaluate(node.on_timeout, ctx, value, scope, node.id, "on_timeout")
             return NodeResult(Payload.of_python(output))
     else:
@@ -69,10 +83,11 @@ async def run_sleep(
 
 
 async def _suspend(
-    ctx: RunContext, path: str, signal: str, deadline: float | None, data: dict[str, Any]
+    ctx: RunContext, path: str, signal: str, deadline: float | None, data: dict[str, Any], key: str | None = None
 ) -> Signal | None:
     """Wait at `path` for a signal named `signal` until `deadline` (Unix seconds; None: no
-    deadline of its own); return the signal, or None when the deadline passed."""
+    deadline of its own); return the signal, or None when the deadline passed. `key`: a wait for
+    an event, the key the event must carry."""
     state = ctx.state(path)
     if state.status != task_pb2.STEP_STATUS_WAITING:  # first time: later lives wait on silently
         state.status = task_pb2.STEP_STATUS_WAITING
@@ -83,10 +98,10 @@ async def _suspend(
             E.TASK_EVENT_TYPE_STEP_SUSPENDED,
             step_path=path,
             flush_soon=True,
-            message=f"waiting for signal {signal!r}" if signal else f"sleeping until {rfc3339_of(deadline or 0)}",
+            message=_waiting_for(signal, deadline, data),
             data={"signal": signal, "deadline": rfc3339_of(deadline) if deadline else "", **data},
         )
-    waiter = ctx.suspensions.wait(path, signal, deadline, state.start_time.ToMilliseconds())
+    waiter = ctx.suspensions.wait(path, signal, deadline, state.start_time.ToMilliseconds(), key)
     taken: Signal | None = None
     loop = asyncio.get_running_loop()
     try:
@@ -103,6 +118,25 @@ async def _suspend(
         if not ctx.suspensions.parking:  # a parked run leaves the step waiting, for the next life
             ctx.state(path).status = task_pb2.STEP_STATUS_RUNNING
     return taken
+
+
+def _waiting_for(signal: str, deadline: float | None, data: dict[str, Any]) -> str:
+    """What a STEP_SUSPENDED event says the step waits for."""
+    if "event" in data:
+        keyed = f" with key {data['key']!r}" if data["key"] else ""
+        return f"waiting for event {data['event']!r}{keyed}"
+    return f"waiting for signal {signal!r}" if signal else f"sleeping until {rfc3339_of(deadline or 0)}"
+
+
+def event_key(value: Any, node: str) -> str:
+    """An event's key as the CEL of `node` (a wait's, a publish's) gave it: a string, or an
+    integer made one."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise NodeFailed("INVALID_ARGUMENT", f"{node}: `key` gave a {type(value).__name__}, not a string")
+    key = str(value)
+    if len(key) > MAX_KEY_LENGTH:
+        raise NodeFailed("INVALID_ARGUMENT", f"{node}: `key` gave {len(key)} characters; at most {MAX_KEY_LENGTH}")
+    return key
 
 
 def _deadline_of(state: task_pb2.StepState) -> float | None:

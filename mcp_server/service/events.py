@@ -1,6 +1,7 @@
 """Publishing events (EventService in events.proto, docs/events.md): every workflow whose latest
 version has a trigger on the event's name, and whose filter holds, gets a task owned by the
-publisher, with the input its trigger makes of the event.
+publisher, with the input its trigger makes of the event; and the waits for the event take it
+(service/event_waits.py).
 
 A publish is a set of submissions, each with a request_id made from the event's id and the
 workflow, so a publish sent again gets the tasks the first one started and starts the rest. A
@@ -27,6 +28,7 @@ from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import Published, WorkflowStore
 from mcp_server.engine.ports.events import HOPS_LABEL
 from mcp_server.errors import McpError, NotFound, ResourceExhausted, Unavailable
+from mcp_server.service.event_waits import EventWaits
 from mcp_server.service.submission import Submission, check_input
 from mcp_server.settings import Settings
 
@@ -51,12 +53,14 @@ class Events:
         workflows: WorkflowStore,
         plans: PlanCache,
         submission: Submission,
+        waits: EventWaits,
         observe: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         self.limits = settings.limits
         self.workflows = workflows
         self.plans = plans
         self.submission = submission
+        self.waits = waits
         self.observe = observe  # one call per workflow an event reached: started, existing, refused, later
 
     async def publish(
@@ -70,6 +74,7 @@ class Events:
             "data": struct_to_python(request.data),
             "labels": dict(request.labels),
             "event_id": event_id,
+            "key": request.key,
         }
         reply = events_pb2.PublishEventResponse(event_id=event_id)
         later: McpError | None = None
@@ -93,22 +98,31 @@ class Events:
             elif isinstance(outcome, _Refused):
                 later = later or outcome.later
                 self.observe("later")
+        reached = await self.waits.wake(request.name, request.key, request.data, event_id, principal)
+        for task_id, path, created in reached.woken:
+            reply.woken.add(task_id=task_id, step_path=path, created=created)
+        for task_id, path, status in reached.refused:
+            reply.refused_waits.add(task_id=task_id, step_path=path, status=status)
+        later = later or reached.later
         if later is not None:
             raise later
         return reply
 
     async def publish_for(
-        self, name: str, data: Mapping[str, Any], request_id: str, owner: str, hops: int
+        self, name: str, data: Mapping[str, Any], request_id: str, owner: str, hops: int, key: str = ""
     ) -> Published:
         """A publish node's publish (see engine/publish.py): as `owner`, the tasks it starts
         labelled with the chain's length."""
-        request = events_pb2.PublishEventRequest(name=name, request_id=request_id, labels={HOPS_LABEL: str(hops)})
+        request = events_pb2.PublishEventRequest(
+            name=name, request_id=request_id, labels={HOPS_LABEL: str(hops)}, key=key
+        )
         request.data.update(dict(data))
         reply = await self.publish(request, Principal(owner, frozenset()))
         return Published(
             reply.event_id,
             tuple((t.workflow_id, t.task_id) for t in reply.tasks),
             tuple((r.workflow_id, r.status.message) for r in reply.refused),
+            tuple((w.task_id, w.step_path) for w in reply.woken),
         )
 
     async def _start(

@@ -171,6 +171,14 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.event_waits = Counter(
+            "mcp_event_waits_total",
+            "Waits for events (WaitNode.event) published events reached through this replica, by outcome"
+            " (woken, existing: reached by an earlier publish of the event, refused: by the wait's schema,"
+            " later: the store away)",
+            ["outcome"],
+            registry=r,
+        )
         self.schedule_fires = Counter(
             "mcp_schedule_fires_total",
             "Fire times of schedules dealt with by this replica, by outcome"

@@ -22,8 +22,8 @@ class AnsweredAtOnce(Suspensions):
         super().__init__(park_horizon=60.0)
         self.signal = signal
 
-    def wait(self, path: str, signal: str, deadline: float | None, since_ms: int) -> Waiter:
-        waiter = super().wait(path, signal, deadline, since_ms)
+    def wait(self, path: str, signal: str, deadline: float | None, since_ms: int, key: str | None = None) -> Waiter:
+        waiter = super().wait(path, signal, deadline, since_ms, key)
         # scheduled before the wait's timeout handler: the future has its result when the
         # timeout cancels the waiting task, which then sees the cancellation, not the result
         asyncio.get_running_loop().call_soon(waiter.future.set_result, self.signal)

@@ -39,7 +39,9 @@ def compile_triggers(
 def compile_publish(node_id: str, pub: workflow_pb2.PublishNode, path: str, scope: Scope, depth: int) -> PublishPlan:
     if not EVENT_NAME.match(pub.event):
         scope.violations.add(f"{path}.event", "must be 1-128 letters, digits, '.', '_', ':', '/' or '-'")
-    return PublishPlan(node_id, pub.event, expression(pub.data, f"{path}.data", scope))
+    return PublishPlan(
+        node_id, pub.event, expression(pub.data, f"{path}.data", scope), expression(pub.key, f"{path}.key", scope)
+    )
 
 
 def _expression(source: str, path: str, limits: Limits, violations: ViolationCollector) -> Expression | None:

@@ -1,4 +1,4 @@
-"""Compiling the nodes that wait: a wait for a signal, and a sleep until a time."""
+"""Compiling the nodes that wait: a wait for a signal or an event, and a sleep until a time."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler.durations import MAX_DURATION_SECONDS, duration
 from mcp_server.engine.compiler.fields import expression
 from mcp_server.engine.compiler.scope import Scope, builds
+from mcp_server.engine.compiler.triggers import EVENT_NAME
 from mcp_server.engine.compiler.workflow_scope import schema_checks
 from mcp_server.engine.plan import SleepPlan, WaitPlan
+from mcp_server.engine.ports.waits import event_signal
 from mcp_server.engine.schemas import SchemaInvalid, compile_schema
 from mcp_server.engine.values import struct_to_dict
 
@@ -18,7 +20,14 @@ SIGNAL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 @builds("wait")
 def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Scope, depth: int) -> WaitPlan:
-    if not SIGNAL_NAME.match(wait.signal):
+    if wait.event:
+        if wait.signal:
+            scope.violations.add(f"{path}.signal", "a wait waits for a signal or for an event, not both")
+        if not EVENT_NAME.match(wait.event):
+            scope.violations.add(f"{path}.event", "an event name is 1-128 letters, digits, '.', '_', ':', '/' or '-'")
+    elif wait.key:
+        scope.violations.add(f"{path}.key", "is for a wait for an event: set `event`")
+    elif not SIGNAL_NAME.match(wait.signal):
         scope.violations.add(f"{path}.signal", "a signal name is 1-64 letters, digits, '.', '_' or '-'")
     zero = wait.timeout.seconds == 0 and wait.timeout.nanos == 0  # zero: as long as the task may run
     timeout = None if zero else duration(wait, "timeout", f"{path}.timeout", scope.violations)
@@ -32,11 +41,13 @@ def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Sc
             scope.violations.add(f"{path}.schema", str(exc))
     plan = WaitPlan(
         id=node_id,
-        signal=wait.signal,
+        signal=event_signal(wait.event) if wait.event else wait.signal,
         timeout=timeout,
         on_timeout=expression(wait.on_timeout, f"{path}.on_timeout", scope),
         prompt=expression(wait.prompt, f"{path}.prompt", scope),
         schema=schema,
+        event=wait.event,
+        key=expression(wait.key, f"{path}.key", scope),
     )
     scope.waits[node_id] = plan
     scope.suspends = True

@@ -12,17 +12,19 @@ HOPS_LABEL = "mcp/event-hops"  # on a task an event published by a task started:
 
 @dataclass(frozen=True)
 class Published:
-    """What a publish started: (workflow_id, task_id) per task, and (workflow_id, why) per refusal."""
+    """What a publish started: (workflow_id, task_id) per task, and (workflow_id, why) per refusal;
+    the waits it reached: (task_id, step path) per wait."""
 
     event_id: str
     started: tuple[tuple[str, str], ...]
     refused: tuple[tuple[str, str], ...]
+    woken: tuple[tuple[str, str], ...] = ()
 
 
 class EventPublisher(Protocol):
     async def publish_for(
-        self, name: str, data: Mapping[str, Any], request_id: str, owner: str, hops: int
+        self, name: str, data: Mapping[str, Any], request_id: str, owner: str, hops: int, key: str = ""
     ) -> Published:
-        """Publish event `name` as `owner` would (once per `request_id`); the tasks it starts carry
-        `hops` in HOPS_LABEL. Raises McpError as PublishEvent would answer."""
+        """Publish event `name` with `key` as `owner` would (once per `request_id`); the tasks it
+        starts carry `hops` in HOPS_LABEL. Raises McpError as PublishEvent would answer."""
         ...

@@ -15,25 +15,36 @@ from typing import Protocol
 
 from mcp_sdk.proto import task_pb2
 
+EVENT_SIGNAL_PREFIX = "event:"  # a colon is in no signal name SignalTask takes
+
+
+def event_signal(event: str) -> str:
+    """The signal a wait for event `event` waits for: only a publish of the event sends it."""
+    return EVENT_SIGNAL_PREFIX + event
+
 
 @dataclass(frozen=True)
 class WaitRecord:
     """A step that waits: for `signal` ("" for a sleep), until `deadline_ms` (Unix ms; 0: no
     deadline of its own), since `since_ms`; `assigned` is the SIGNAL_RECEIVED sequence of a
-    signal already on its way to it (0: none)."""
+    signal already on its way to it (0: none). A wait for an event has the `key` its event must
+    carry ("": any); the stores index such a wait by (signal, key) while nothing is assigned to it,
+    written with the record (`event_waiters`)."""
 
     signal: str
     deadline_ms: int
     since_ms: int
     assigned: int = 0
+    key: str | None = None
 
     def encode(self) -> str:
-        return f"{self.signal}|{self.deadline_ms}|{self.since_ms}|{self.assigned}"
+        head = f"{self.signal}|{self.deadline_ms}|{self.since_ms}|{self.assigned}"
+        return head if self.key is None else f"{head}|{self.key}"
 
     @classmethod
     def decode(cls, text: str) -> WaitRecord:
-        signal, deadline, since, assigned = text.rsplit("|", 3)
-        return cls(signal, int(deadline), int(since), int(assigned))
+        signal, deadline, since, assigned, *key = text.split("|", 4)
+        return cls(signal, int(deadline), int(since), int(assigned), key[0] if key else None)
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,16 @@ class WaitStore(Protocol):
         repeat is answered even then). If a replica holds the task (it runs), the signal waits
         there to be taken in; otherwise it is written with `delivery`, and a waiting task is
         queued to resume."""
+        ...
+
+    async def event_waiters(self, signal: str, key: str) -> list[tuple[str, str]]:
+        """The (task_id, step path) of every step that waits for `signal` with `key` and has no
+        signal on its way: written and removed with the wait records, so a task whose end left
+        one behind (a cancel, a purge) may be listed until `forget_event_waiter`."""
+        ...
+
+    async def forget_event_waiter(self, signal: str, key: str, task_id: str, path: str) -> None:
+        """Remove one entry `event_waiters` listed (its task is gone or has ended)."""
         ...
 
     async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:

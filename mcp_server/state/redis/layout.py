@@ -142,6 +142,11 @@ class Layout:
         with a queue deadline end unstarted: zset task_id -> ms."""
         return f"{self.base(partition)}d"
 
+    def event_waits(self, partition: int) -> str:
+        """The prefix of this partition's index of steps that wait for an event: a set per
+        (signal, key), `<prefix><signal>|<key>`, of `<task_id>|<path>` (see waits_lua.PUT_WAIT)."""
+        return f"{self.base(partition)}ew:"
+
     def signals_pending(self, partition: int) -> str:
         """Tasks of this partition holding signals their replica has not taken in: zset task_id -> ms."""
         return f"{self.base(partition)}sg"

@@ -192,6 +192,7 @@ class RedisTasks:
             checkpoint.task_id,
             int(waiting),
             checkpoint.due_ms if waiting else 0,
+            self.layout.event_waits(partition),
             len(checkpoint.steps),
         ]
         for step in checkpoint.steps:

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 from mcp_server.state.redis.fair_lua import FAIR
 from mcp_server.state.redis.status_lua import MOVE_STATUS
+from mcp_server.state.redis.waits_lua import PUT_WAIT
 
 # KEYS: header, steps, order, events, values, leases, ends (finished tasks by end time), cancel
 #       requests, signals, waits, due times, signals pending, queue
 # ARGV: token, live, status, terminal (0/1), retention ms, backstop ms, index prefix, task_id,
-#       waiting (0/1), due ms (0: none), #steps, then (index, path, record) triples, #values, then
+#       waiting (0/1), due ms (0: none), the prefix of the index of waits for events, #steps,
+#       then (index, path, record) triples, #values, then
 #       (digest, value) pairs, #waits, then (path, record or '' once it stopped) pairs, #signals
 #       taken in, then (index, '<sequence>|<step>') pairs, then (sequence, event) pairs
 CHECKPOINT = (
     MOVE_STATUS
     + FAIR
+    + PUT_WAIT
     + """
 local head = KEYS[1]
 if redis.call('HGET', head, 'tok') ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
@@ -30,8 +33,8 @@ if fields[1] ~= ARGV[3] and ARGV[3] ~= ST_PENDING and ARGV[3] ~= ST_RUNNING then
   end
   fair_release(KEYS[13], head)
 end
-local i = 12
-for _ = 1, tonumber(ARGV[11]) do
+local i = 13
+for _ = 1, tonumber(ARGV[12]) do
   redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   i = i + 3
@@ -45,11 +48,7 @@ end
 local waits = tonumber(ARGV[i])
 i = i + 1
 for _ = 1, waits do
-  if ARGV[i + 1] == '' then
-    redis.call('HDEL', KEYS[10], ARGV[i])
-  else
-    redis.call('HSET', KEYS[10], ARGV[i], ARGV[i + 1])
-  end
+  put_wait(KEYS[10], ARGV[11], ARGV[8], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
 local taken = tonumber(ARGV[i])

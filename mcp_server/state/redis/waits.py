@@ -90,6 +90,7 @@ class RedisWaits:
                     self.layout.signal_channel,
                     delivery.max_signals,
                     delivery.max_signal_bytes,
+                    self.layout.event_waits(partition),
                     *TERMINAL,
                 ],
             )
@@ -105,6 +106,29 @@ class RedisWaits:
             leased = (assemble(reply[2], reply[3]), int(reply[4])) if status == "leased" else None
             return SignalOutcome("delivered", record, leased)
         return SignalOutcome(status)
+
+    async def event_waiters(self, signal: str, key: str) -> list[tuple[str, str]]:
+        """Every partition's set for (signal, key), read a page of each at a time (SSCAN, the
+        partitions in one pipeline): a set of 100,000 waits is not one reply that holds Redis."""
+        cursors = {f"{self.layout.event_waits(p)}{signal}|{key}": 0 for p in range(self.layout.partitions)}
+        found = []
+        while cursors:
+            async with self.conn.pipeline(transaction=False) as pipe:
+                for index, cursor in cursors.items():
+                    pipe.sscan(index, cursor, count=500)
+                replies = await self.conn.do(pipe.execute())
+            for (index, _), (cursor, members) in zip(list(cursors.items()), replies, strict=True):
+                found += [(task_id, path) for task_id, _, path in (text(m).partition("|") for m in members)]
+                if int(cursor):
+                    cursors[index] = int(cursor)
+                else:
+                    del cursors[index]
+        return list(dict.fromkeys(found))  # a set rehashed between pages may list a member twice
+
+    async def forget_event_waiter(self, signal: str, key: str, task_id: str, path: str) -> None:
+        partition = self.layout.partition_of(task_id)
+        index = f"{self.layout.event_waits(partition)}{signal}|{key}"
+        await self.conn.do(self.conn.r.srem(index, f"{task_id}|{path}"))
 
     async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:
         if not task_ids:

@@ -5,17 +5,44 @@ from __future__ import annotations
 
 from mcp_server.state.redis.fair_lua import FAIR
 
+# put_wait(waits, prefix, task_id, path, record): write the wait at `path` ('' : it stopped
+# waiting) and keep the partition's index of waits for events (prefix: layout.event_waits) in
+# step: a wait whose record carries a key (a fifth part) and has nothing assigned is listed there
+PUT_WAIT = """
+local function event_wait_index(prefix, record)
+  local signal, assigned, key = string.match(record, '^([^|]*)|[^|]*|[^|]*|([^|]*)|(.*)$')
+  if signal == nil or assigned ~= '0' then return nil end
+  return prefix .. signal .. '|' .. key
+end
+local function put_wait(waits, prefix, task_id, path, record)
+  local old = redis.call('HGET', waits, path)
+  if old then
+    local index = event_wait_index(prefix, old)
+    if index then redis.call('SREM', index, task_id .. '|' .. path) end
+  end
+  if record == '' then
+    redis.call('HDEL', waits, path)
+    return
+  end
+  redis.call('HSET', waits, path, record)
+  local index = event_wait_index(prefix, record)
+  if index then redis.call('SADD', index, task_id .. '|' .. path) end
+end
+"""
+
 # KEYS: header, signals, events, queue, signals pending, waits, leases, due times
 # ARGV: task_id, request_id, the stored request, the sequence read (compare-and-set), the event's
 #       sequence, the event, the live part with it, the step it goes to, that step's new wait
 #       record (''), now ms, waiting, the holder to lease a waiting task to ('' to queue it), its
 #       lease expiry ms, the channel to nudge the holder on, the most signals the task may have
-#       and the most bytes of them (0: no limit), then the terminal statuses
+#       and the most bytes of them (0: no limit), the prefix of the index of waits for events,
+#       then the terminal statuses
 # -> {'duplicate', index, request, '<sequence>|<step>'} | {'finished'} | {'full'} | {'full of bytes'}
 #    | {'appended', index}
 #    | {'stale'} | {'delivered', index} | {'leased', index, fixed, live, token}
 SEND_SIGNAL = (
     FAIR
+    + PUT_WAIT
     + """
 if ARGV[2] ~= '' then
   local seen = redis.call('HGET', KEYS[2], 'r:' .. ARGV[2])
@@ -25,7 +52,7 @@ if ARGV[2] ~= '' then
 end
 local f = redis.call('HMGET', KEYS[1], 'st', 'seq')
 if not f[1] then return {'finished'} end
-for i = 17, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
+for i = 18, #ARGV do if f[1] == ARGV[i] then return {'finished'} end end
 local kept = redis.call('HMGET', KEYS[2], 'n', 'b')
 local count = tonumber(kept[1] or '0')
 if ARGV[15] ~= '0' and count >= tonumber(ARGV[15]) then return {'full'} end
@@ -49,7 +76,7 @@ end
 redis.call('HSET', KEYS[2], 'tk', index, 's:' .. index, ARGV[5] .. '|' .. ARGV[8])
 redis.call('XADD', KEYS[3], '0-' .. ARGV[5], 'e', ARGV[6])
 redis.call('HSET', KEYS[1], 'seq', ARGV[5], 'v', ARGV[7])
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[6], ARGV[8], ARGV[9]) end
+if ARGV[9] ~= '' then put_wait(KEYS[6], ARGV[17], ARGV[1], ARGV[8], ARGV[9]) end
 if f[1] == ARGV[11] then
   -- resumed where the signal came (leased there, never queued), unless its concurrency key is full
   if ARGV[12] ~= '' and not fair_full(KEYS[4], KEYS[1], string.sub(KEYS[1], 1, -#ARGV[1] - 1), KEYS[7]) then

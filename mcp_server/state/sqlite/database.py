@@ -102,6 +102,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS bulk_actions_request ON bulk_actions (owner, r
 CREATE INDEX IF NOT EXISTS schedules_by_owner ON schedules (owner, schedule_id);
 CREATE TABLE IF NOT EXISTS waits (
   task_id TEXT NOT NULL, path TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (task_id, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event_waits (
+  signal TEXT NOT NULL, key TEXT NOT NULL, task_id TEXT NOT NULL, path TEXT NOT NULL,
+  PRIMARY KEY (signal, key, task_id, path)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS event_waits_by_task ON event_waits (task_id);
 """
 PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
 # Columns added since state layout 2 was first written: a file without them gets them at open.

@@ -23,6 +23,7 @@ from mcp_server.state.common import (
     page_is_full,
 )
 from mcp_server.state.sqlite.database import SqliteDatabase
+from mcp_server.state.sqlite.waits import put_wait
 
 
 class SqliteTasks:
@@ -223,7 +224,7 @@ def _remove_tasks(db: sqlite3.Connection, gone: str, params: tuple[object, ...])
         params + params,
     )
     db.execute(f"DELETE FROM value_links WHERE origin IN ({gone})", params)
-    for table in ("events", "steps", "task_values", "value_links", "signals", "waits", "task_labels"):
+    for table in ("events", "steps", "task_values", "value_links", "signals", "waits", "event_waits", "task_labels"):
         db.execute(f"DELETE FROM {table} WHERE task_id IN ({gone})", params)
     return int(db.execute(f"DELETE FROM tasks WHERE task_id IN ({gone})", params).rowcount)
 
@@ -233,10 +234,7 @@ def _write_waits(db: sqlite3.Connection, checkpoint: Checkpoint, waiting: bool) 
     taken in, or a cancel request, is queued at once (they came while it was being parked)."""
     task_id = checkpoint.task_id
     for path, record in checkpoint.waits.items():
-        if record is None:
-            db.execute("DELETE FROM waits WHERE task_id=? AND path=?", (task_id, path))
-        else:
-            db.execute("INSERT OR REPLACE INTO waits VALUES (?,?,?)", (task_id, path, record.encode()))
+        put_wait(db, task_id, path, record)
     db.executemany(
         "UPDATE signals SET sequence=?, assigned=? WHERE task_id=? AND idx=?",
         [(sequence, assigned, task_id, index) for index, (sequence, assigned) in checkpoint.signals_taken.items()],

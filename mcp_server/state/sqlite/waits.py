@@ -16,6 +16,18 @@ from mcp_server.state.sqlite.queue import running_in_group
 WAITING = task_pb2.TASK_STATUS_WAITING
 
 
+def put_wait(db: sqlite3.Connection, task_id: str, path: str, record: WaitRecord | None) -> None:
+    """Write the wait at `path` (None: it stopped waiting), and its entry in the index of waits for
+    events (`event_waiters`): there while it waits for an event with nothing assigned to it."""
+    db.execute("DELETE FROM event_waits WHERE task_id=? AND path=?", (task_id, path))
+    if record is None:
+        db.execute("DELETE FROM waits WHERE task_id=? AND path=?", (task_id, path))
+        return
+    db.execute("INSERT OR REPLACE INTO waits VALUES (?,?,?)", (task_id, path, record.encode()))
+    if record.key is not None and not record.assigned:
+        db.execute("INSERT INTO event_waits VALUES (?,?,?,?)", (record.signal, record.key, task_id, path))
+
+
 class SqliteWaits:
     """WaitStore on SQLite."""
 
@@ -86,10 +98,7 @@ class SqliteWaits:
                     (delivery.live, event.sequence, WAITING, task_id),
                 )
                 if delivery.wait is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO waits VALUES (?,?,?)",
-                        (task_id, delivery.assigned, delivery.wait.encode()),
-                    )
+                    put_wait(db, task_id, delivery.assigned, delivery.wait)
                 leased = None
                 full = bool(head[6]) and running_in_group(db, head[5]) >= head[6]
                 if head[0] == WAITING and delivery.holder and not full:  # resumed here: leased, never queued
@@ -107,6 +116,20 @@ class SqliteWaits:
         outcome = await self.db.run(send)
         self.db.written(task_id, events)
         return outcome
+
+    async def event_waiters(self, signal: str, key: str) -> list[tuple[str, str]]:
+        rows = await self.db.rows("SELECT task_id, path FROM event_waits WHERE signal=? AND key=?", (signal, key))
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def forget_event_waiter(self, signal: str, key: str, task_id: str, path: str) -> None:
+        def forget(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "DELETE FROM event_waits WHERE signal=? AND key=? AND task_id=? AND path=?",
+                    (signal, key, task_id, path),
+                )
+
+        await self.db.run(forget)
 
     async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:
         if not task_ids:

@@ -1,0 +1,120 @@
+"""The waits a published event reaches (WaitNode.event; docs/events.md "Waiting for an event"):
+every step that waits for an event of its name with its key (or with no key), in a task the
+publisher may see, takes it as a signal that only a publish can send (ports.event_signal).
+
+The stores index such waits by (signal, key) in the same write as the wait itself, so the index
+lists a wait from the checkpoint that makes it wait to the one (or the signal) that ends it. A
+task that ends otherwise (a cancel, a purge) may leave its entry behind: the first publish that
+finds it there removes it. An event reaches a task once: its signal's request_id is made from
+the event's id alone, so a publish sent again is a repeat to every task it reached, whichever of
+their steps waits by then, and of a task's waits for it the one with the event's own key (else
+the first by path) takes it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from google.protobuf import struct_pb2
+from google.rpc import status_pb2
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.auth import Principal
+from mcp_server.engine.ports import TaskStore, WaitStore
+from mcp_server.engine.ports.waits import event_signal
+from mcp_server.errors import FailedPrecondition, McpError, NotFound, Unavailable
+from mcp_server.service.signalling import Signalling
+
+# tasks signalled at once by one publish
+WAKE_CONCURRENCY = 32
+
+
+@dataclass
+class Reached:
+    """What one publish did to the waits for its event: (task_id, step path, created) per wait
+    that took it, (task_id, step path, status) per wait whose schema (or a full signal log)
+    refused it, and the first refusal for now (the store away), for the call to fail with."""
+
+    woken: list[tuple[str, str, bool]] = field(default_factory=list)
+    refused: list[tuple[str, str, status_pb2.Status]] = field(default_factory=list)
+    later: McpError | None = None
+
+
+class EventWaits:
+    def __init__(
+        self,
+        tasks: TaskStore,
+        waits: WaitStore,
+        signalling: Signalling,
+        observe: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
+        self.tasks = tasks
+        self.waits = waits
+        self.signalling = signalling
+        self.observe = observe  # one call per wait the event reached: woken, existing, refused, later
+
+    async def wake(self, name: str, key: str, data: struct_pb2.Struct, event_id: str, principal: Principal) -> Reached:
+        """Give the event to the waits for it (see the module's docstring)."""
+        signal = event_signal(name)
+        keyed = await self.waits.event_waiters(signal, key)
+        any_key = await self.waits.event_waiters(signal, "") if key else []
+        paths: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for entries, its_key in ((keyed, key), (any_key, "")):
+            for task_id, path in sorted(entries, key=lambda entry: entry[1]):
+                paths[task_id].append((its_key, path))
+        payload = struct_pb2.Value()
+        payload.struct_value.CopyFrom(data)
+        request_id = "event:" + hashlib.sha256(event_id.encode()).hexdigest()[:40]
+        reached = Reached()
+        room = asyncio.Semaphore(WAKE_CONCURRENCY)
+
+        async def wake_task(task_id: str) -> None:
+            async with room:
+                await self._wake_task(task_id, signal, paths[task_id], payload, request_id, principal, reached)
+
+        await asyncio.gather(*(wake_task(task_id) for task_id in paths))
+        return reached
+
+    async def _wake_task(
+        self,
+        task_id: str,
+        signal: str,
+        candidates: list[tuple[str, str]],
+        payload: struct_pb2.Value,
+        request_id: str,
+        principal: Principal,
+        reached: Reached,
+    ) -> None:
+        """Signal the first of the task's waits that still waits; forget the entries that are stale."""
+        for key, path in candidates:
+            request = task_pb2.SignalTaskRequest(
+                task_id=task_id, signal=signal, payload=payload, request_id=request_id, step_path=path
+            )
+            try:
+                answer = await self.signalling.signal_task(request, principal)
+            except NotFound:
+                if await self.tasks.get_task(task_id) is None:  # gone; else another's task: left alone
+                    await self.waits.forget_event_waiter(signal, key, task_id, path)
+                return
+            except FailedPrecondition as exc:
+                if exc.reason not in ("TASK_FINISHED", "STEP_NOT_WAITING"):
+                    raise
+                await self.waits.forget_event_waiter(signal, key, task_id, path)
+                if exc.reason == "TASK_FINISHED":
+                    return
+                continue  # the next wait of the task, if any
+            except Unavailable as exc:
+                reached.later = reached.later or exc
+                self.observe("later")
+                return
+            except McpError as exc:  # the wait's schema, a full signal log: it waits on
+                status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+                reached.refused.append((task_id, path, status))
+                self.observe("refused")
+                return
+            reached.woken.append((task_id, answer.step_path or path, answer.created))
+            self.observe("woken" if answer.created else "existing")
+            return

@@ -1,0 +1,204 @@
+"""Waits for events, on both stores, with the task held in memory and parked: a published event
+reaches the waits for its name with its key (or no key) in the tasks its publisher may see, once
+per task however often it is published; a wait's schema refuses one and it waits on; a publish
+node wakes a wait in another task; what an index entry outlives (a cancel) is removed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2, workflow_pb2
+from tests.conftest import client_for
+from tests.helpers import bearer, create, parked, principals_file, result, step, submit, violations, wait_done, workflow
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2.TaskStatus
+
+
+def waiting_for(event: str, key: str = "", **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"event": event, **extra}
+    if key:
+        body["key"] = key
+    return {"id": "pay", "wait": body}
+
+
+def publish(name: str, data: dict[str, Any] | None = None, **fields: Any) -> events_pb2.PublishEventRequest:
+    request = events_pb2.PublishEventRequest(name=name, **fields)
+    if data:
+        request.data.update(data)
+    return request
+
+
+@pytest.fixture(params=["held", "parked"])
+async def served(request, server_factory, store_url):
+    """A server whose waiting runs stay in memory (a signal is taken in by the run), or park at
+    once (a signal is written to the stored task and resumes it)."""
+    running = await server_factory(store=store_url, wait_in_memory_seconds=60 if request.param == "held" else 0.1)
+    client = client_for(running)
+    yield running, client, events_pb2_grpc.EventServiceStub(client.channel), request.param == "parked"
+    await client.channel.close()
+
+
+async def waiting(client: Any, running: Any, task_id: str, parks: bool) -> None:
+    if parks:
+        await parked(client, task_id, running)
+        return
+    request = task_pb2.GetTaskRequest(task_id=task_id)
+    async with asyncio.timeout(10):  # its STEP_SUSPENDED written: the wait is in the store's index
+        while not any(s.status == task_pb2.STEP_STATUS_WAITING for s in (await client.tasks.GetTask(request)).task.steps):
+            await asyncio.sleep(0.02)
+
+
+async def test_an_event_reaches_the_wait_with_its_key_once(served):
+    running, client, events, parks = served
+    await create(client, workflow("order", waiting_for("payment.received", key="input.order_id")))
+    first = await submit(client, "order", {"order_id": "o-1"})
+    second = await submit(client, "order", {"order_id": "o-2"})
+    for task in (first, second):
+        await waiting(client, running, task.task_id, parks)
+
+    reply = await events.PublishEvent(publish("payment.received", {"amount": 12}, key="o-1", request_id="pay-1"))
+    assert [(w.task_id, w.step_path, w.created) for w in reply.woken] == [(first.task_id, "pay", True)]
+    done = await wait_done(client, first.task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"amount": 12}
+    suspended = next(e for e in (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=first.task_id))).task.steps)
+    assert suspended.path == "pay"
+
+    again = await events.PublishEvent(publish("payment.received", {"amount": 12}, key="o-1", request_id="pay-1"))
+    assert not [w for w in again.woken if w.created]  # sent again: nothing new reaches anyone
+    unkeyed = await events.PublishEvent(publish("payment.received", {"amount": 5}))
+    other = await events.PublishEvent(publish("payment.received", {"amount": 5}, key="o-3"))
+    assert not unkeyed.woken and not other.woken  # a keyed wait takes only its key
+    status = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=second.task_id))).task.status
+    assert status in (S.TASK_STATUS_RUNNING, S.TASK_STATUS_WAITING)
+
+    reply = await events.PublishEvent(publish("payment.received", {"amount": 7}, key="o-2"))
+    assert [w.task_id for w in reply.woken] == [second.task_id]
+    assert result(await wait_done(client, second.task_id)) == {"amount": 7}
+
+
+async def test_a_wait_without_a_key_takes_an_event_of_any_key_and_one_event_reaches_a_task_once(served):
+    running, client, events, parks = served
+    both = {"id": "root", "parallel": {"children": [
+        {"id": "a", "wait": {"event": "deploy.done"}},
+        {"id": "b", "wait": {"event": "deploy.done"}},
+    ]}}  # fmt: skip
+    await create(client, workflow("deploys", both))
+    task = await submit(client, "deploys")
+    await waiting(client, running, task.task_id, parks)
+    reply = await events.PublishEvent(publish("deploy.done", {"v": 1}, key="anything"))
+    assert [(w.task_id, w.step_path) for w in reply.woken] == [(task.task_id, "root/a")]  # the first by path
+    await waiting(client, running, task.task_id, parks)
+    reply = await events.PublishEvent(publish("deploy.done", {"v": 2}))
+    assert [(w.task_id, w.step_path) for w in reply.woken] == [(task.task_id, "root/b")]
+    done = await wait_done(client, task.task_id)
+    assert result(done) == {"a": {"v": 1}, "b": {"v": 2}}
+
+
+async def test_a_wait_s_schema_refuses_an_event_and_it_waits_on(served):
+    running, client, events, parks = served
+    schema = {"type": "object", "required": ["approved"], "properties": {"approved": {"type": "boolean"}}}
+    await create(client, workflow("review", waiting_for("review.done", key="input.doc", schema=schema)))
+    task = await submit(client, "review", {"doc": 42})  # an integer key is made a string
+    await waiting(client, running, task.task_id, parks)
+    reply = await events.PublishEvent(publish("review.done", {"approved": "yes"}, key="42"))
+    assert not reply.woken and [r.task_id for r in reply.refused_waits] == [task.task_id]
+    assert reply.refused_waits[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "approved" in reply.refused_waits[0].status.message
+    reply = await events.PublishEvent(publish("review.done", {"approved": True}, key="42"))
+    assert [w.task_id for w in reply.woken] == [task.task_id]
+    assert result(await wait_done(client, task.task_id)) == {"approved": True}
+
+
+async def test_a_wait_for_an_event_times_out_as_a_wait_for_a_signal_does(served):
+    _, client, events, _ = served
+    await create(client, workflow("late", waiting_for("never", timeout="0.3s", on_timeout="{'late': true}")))
+    task = await submit(client, "late")
+    done = await wait_done(client, task.task_id)
+    assert result(done) == {"late": True}
+    assert not (await events.PublishEvent(publish("never"))).woken  # its entry went with the wait
+
+
+async def test_a_publish_node_wakes_a_wait_in_another_task(served):
+    running, client, _, parks = served
+    await create(client, workflow("order", waiting_for("invoice.sent", key="input.id")))
+    await create(client, workflow("billing", {"id": "send", "publish": {"event": "invoice.sent", "key": "input.id"}}))
+    order = await submit(client, "order", {"id": "o-9"})
+    await waiting(client, running, order.task_id, parks)
+    billing = await wait_done(client, (await submit(client, "billing", {"id": "o-9"})).task_id)
+    assert result(billing)["woken"] == [{"task_id": order.task_id, "step_path": "pay"}]
+    assert result(await wait_done(client, order.task_id)) == {"id": "o-9"}
+
+
+async def test_a_cancelled_task_s_wait_is_forgotten_by_the_next_publish(served):
+    running, client, events, parks = served
+    await create(client, workflow("order", waiting_for("payment.received", key="input.order_id")))
+    task = await submit(client, "order", {"order_id": "o-5"})
+    await waiting(client, running, task.task_id, parks)
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))
+    await wait_done(client, task.task_id)
+    assert not (await events.PublishEvent(publish("payment.received", key="o-5"))).woken
+    store = running.orchestrator.store.waits
+    assert await store.event_waiters("event:payment.received", "o-5") == []
+
+
+async def test_only_tasks_the_publisher_may_see_take_its_event(server_factory, tmp_path):
+    auth = principals_file(tmp_path, {"ada": [], "bob": [], "root": ["admin"]})
+    running = await server_factory(auth_file=auth)
+    client = client_for(running)
+    events = events_pb2_grpc.EventServiceStub(client.channel)
+    await client.workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("order", waiting_for("paid", key="input.id"))),
+        metadata=bearer("root"),
+    )
+    submitted = await client.tasks.SubmitTask(
+        task_pb2.SubmitTaskRequest(workflow_id="order", input_data={"id": "x"}), metadata=bearer("ada")
+    )
+    task_id = submitted.task.task_id
+    await waiting_as(client, task_id, bearer("ada"))
+    assert not (await events.PublishEvent(publish("paid", key="x"), metadata=bearer("bob"))).woken
+    reply = await events.PublishEvent(publish("paid", {"by": "ada"}, key="x"), metadata=bearer("ada"))
+    assert [w.task_id for w in reply.woken] == [task_id]
+    await client.channel.close()
+
+
+async def waiting_as(client: Any, task_id: str, metadata: Any) -> None:
+    request = task_pb2.GetTaskRequest(task_id=task_id)
+    async with asyncio.timeout(10):
+        while not any(
+            s.status == task_pb2.STEP_STATUS_WAITING
+            for s in (await client.tasks.GetTask(request, metadata=metadata)).task.steps
+        ):
+            await asyncio.sleep(0.02)
+
+
+async def test_bad_waits_for_events_are_refused_naming_the_field(server_factory):
+    running = await server_factory()
+    client = client_for(running)
+    bad = {"id": "root", "sequence": {"children": [
+        {"id": "both", "wait": {"signal": "go", "event": "go"}},
+        {"id": "name", "wait": {"event": "has space"}},
+        {"id": "keyless", "wait": {"signal": "go", "key": "input.id"}},
+        {"id": "cel", "wait": {"event": "ok", "key": "input.("}},
+        {"id": "pub", "publish": {"event": "ok", "key": "nope.x"}},
+    ]}}  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await create(client, workflow("bad", bad))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(refused.value)
+    assert "not both" in found["workflow.root.sequence.children[0].wait.signal"]
+    assert "workflow.root.sequence.children[1].wait.event" in found
+    assert "set `event`" in found["workflow.root.sequence.children[2].wait.key"]
+    assert "CEL does not compile" in found["workflow.root.sequence.children[3].wait.key"]
+    assert "CEL does not compile" in found["workflow.root.sequence.children[4].publish.key"]
+    with pytest.raises(grpc.aio.AioRpcError) as long_key:
+        await events_pb2_grpc.EventServiceStub(client.channel).PublishEvent(publish("ok", key="k" * 257))
+    assert "key" in violations(long_key.value)
+    await create(client, workflow("badkey", waiting_for("ok", key="[1]")))
+    failed = await wait_done(client, (await submit(client, "badkey")).task_id)
+    assert failed.status == S.TASK_STATUS_FAILED and "`key` gave a list" in failed.error.message
+    await client.channel.close()

@@ -1,5 +1,5 @@
-"""`mcp event publish NAME`: publish an event; every workflow whose trigger takes it gets a task
-(events.proto)."""
+"""`mcp event publish NAME`: publish an event; every workflow whose trigger takes it gets a task,
+and every wait for it (with its key) takes it (events.proto)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def add_parser(groups: Any) -> None:
     publish.add_argument("--request-id", default=None, help="the event's id: publishing it again starts nothing twice")
     publish.add_argument("--label", action="append", default=[], type=parse_label, metavar="KEY=VALUE")
     publish.add_argument("--priority", type=int, default=0)
+    publish.add_argument(
+        "--key", default="", help="the waits for the event with this key take it (and those with none)"
+    )
 
 
 async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], None] | None) -> int:
@@ -30,6 +33,7 @@ async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], Non
         request_id=args.request_id,
         labels=dict(args.label),
         priority=args.priority,
+        key=args.key,
     )
     shown = render.to_json(reply)
     if out is not None:
@@ -42,4 +46,10 @@ async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], Non
         print(f"  {task['workflow_id']} v{task['workflow_version']}: task {task['task_id']}{again}")
     for refusal in shown.get("refused", []):
         print(f"  {refusal['workflow_id']}: refused: {refusal['status'].get('message', '')}")
+    for woken in shown.get("woken", []):
+        again = "" if woken.get("created") else " (reached before)"
+        print(f"  task {woken['task_id']}: step {woken['step_path']} took it{again}")
+    for refusal in shown.get("refused_waits", []):
+        why = refusal["status"].get("message", "")
+        print(f"  task {refusal['task_id']}: step {refusal['step_path']} refused it: {why}")
     return 0

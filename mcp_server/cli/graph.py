@@ -51,7 +51,7 @@ def _add_kind(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[
         graph.nodes[name] = f"{node.id or node.step.protocol}\\n[{node.step.protocol}]"
         return [name], [name], [name]
     if kind in ("wait", "sleep", "publish"):
-        what = {"wait": f"wait for {node.wait.signal}", "sleep": "sleep", "publish": f"publish {node.publish.event}"}
+        what = {"wait": f"wait for {_awaited(node.wait)}", "sleep": "sleep", "publish": f"publish {node.publish.event}"}
         graph.nodes[name] = f"{node.id or kind}\\n[{what[kind]}]"
         return [name], [name], [name]
     members: list[str] = []
@@ -270,3 +270,10 @@ def to_dot(graph: Graph) -> str:
 def _dot_fill(graph: Graph, node_id: str, colours: dict[str, str]) -> str:
     status = graph.styles.get(node_id)
     return f', style="rounded,filled", fillcolor={colours[status]}' if status else ""
+
+
+def _awaited(wait: workflow_pb2.WaitNode) -> str:
+    """What a wait node waits for, in words."""
+    if wait.event:
+        return f"event {wait.event}" + (f" by key {wait.key}" if wait.key else "")
+    return wait.signal

@@ -31,7 +31,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(text='data: must be a JSON object, such as {"text": "hello"}')
     try:
-        reply = await api(request).publish_event(name, data)
+        reply = await api(request).publish_event(name, data, key=posted.get("key", ""))
     except McpError as error:
         if error.code != grpc.StatusCode.INVALID_ARGUMENT:
             raise
@@ -40,5 +40,16 @@ async def publish(request: web.Request) -> web.StreamResponse:
         {"workflow_id": t.workflow_id, "version": t.workflow_version, "task_id": t.task_id} for t in reply.tasks
     ]
     refused = [{"workflow_id": r.workflow_id, "message": r.status.message} for r in reply.refused]
-    context = {"name": name, "event_id": reply.event_id, "started": started, "refused": refused}
+    woken = [{"task_id": w.task_id, "path": w.step_path} for w in reply.woken]
+    refused_waits = [
+        {"task_id": r.task_id, "path": r.step_path, "message": r.status.message} for r in reply.refused_waits
+    ]
+    context = {
+        "name": name,
+        "event_id": reply.event_id,
+        "started": started,
+        "refused": refused,
+        "woken": woken,
+        "refused_waits": refused_waits,
+    }
     return render(request, "published.html", context)

@@ -68,6 +68,9 @@ def waiting_forms(
             {
                 "path": step.path,
                 "signal": step.wait.signal,
+                # a wait for an event: only a publish of it (with the key) answers it
+                "event": step.wait.event,
+                "key": step.wait.key,
                 "deadline": iso(step.wait.deadline),
                 "prompt": json_text(value_to_python(step.input)) if step.HasField("input") else None,
                 "fields": fields_of(schema),

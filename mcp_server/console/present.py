@@ -119,7 +119,7 @@ def step_view(step: task_pb2.StepState) -> dict[str, Any]:
         "retry": (step.failed_attempts + 1, iso(step.retry_time)) if step.HasField("retry_time") else None,
         "reused": step.reused,
         "usage": ", ".join(f"{name} {amount:g}" for name, amount in sorted(step.usage.items())),
-        "waits_for": (step.wait.signal or "its time") if step.status == task_pb2.STEP_STATUS_WAITING else "",
+        "waits_for": waits_for(step.wait) if step.status == task_pb2.STEP_STATUS_WAITING else "",
         "deadline": iso(step.wait.deadline),
         "input": json_text(value_to_python(step.input)) if step.HasField("input") else None,
         "input_ref": ref_view(step.input_ref) if step.HasField("input_ref") else None,
@@ -198,3 +198,10 @@ def rate_limit_view(limit: registry_pb2.RateLimit) -> dict[str, Any]:
     if limit.HasField("next_unit") and (wait := limit.next_unit.ToNanoseconds() / 1e9) > 0:
         view["next_unit"] = f"{wait:.1f} s"
     return view
+
+
+def waits_for(wait: task_pb2.StepWait) -> str:
+    """What a waiting step waits for, in words."""
+    if wait.event:
+        return f"event {wait.event}" + (f" with key {wait.key}" if wait.key else "")
+    return wait.signal or "its time"

@@ -142,7 +142,8 @@ class RunContext:
             if state.status == task_pb2.STEP_STATUS_WAITING and state.wait.signal and not state.reused:
                 deadline_ms = state.wait.deadline.ToMilliseconds() if state.wait.HasField("deadline") else 0
                 since_ms = state.start_time.ToMilliseconds()
-                self.suspensions.dormant[state.path] = WaitRecord(state.wait.signal, deadline_ms, since_ms)
+                key = state.wait.key if state.wait.event else None
+                self.suspensions.dormant[state.path] = WaitRecord(state.wait.signal, deadline_ms, since_ms, key=key)
         self.restored_outputs = outputs_by_scope((step.state, step.output) for step in self._steps.values())
         self.outputs_by_id.update(self.restored_outputs.get(TASK_SCOPE, {}))
 

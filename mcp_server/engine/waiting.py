@@ -92,6 +92,8 @@ async def _suspend(
     if state.status != task_pb2.STEP_STATUS_WAITING:  # first time: later lives wait on silently
         state.status = task_pb2.STEP_STATUS_WAITING
         state.wait.signal = signal
+        if key is not None:
+            state.wait.event, state.wait.key = data["event"], key
         if deadline is not None:
             state.wait.deadline.CopyFrom(timestamp_of(int(deadline * 1e9)))
         ctx.emit(

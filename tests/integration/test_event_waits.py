@@ -13,7 +13,7 @@ import pytest
 
 from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2, workflow_pb2
 from tests.conftest import client_for
-from tests.helpers import bearer, create, parked, principals_file, result, step, submit, violations, wait_done, workflow
+from tests.helpers import bearer, create, parked, principals_file, result, submit, violations, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
@@ -49,7 +49,9 @@ async def waiting(client: Any, running: Any, task_id: str, parks: bool) -> None:
         return
     request = task_pb2.GetTaskRequest(task_id=task_id)
     async with asyncio.timeout(10):  # its STEP_SUSPENDED written: the wait is in the store's index
-        while not any(s.status == task_pb2.STEP_STATUS_WAITING for s in (await client.tasks.GetTask(request)).task.steps):
+        while not any(
+            s.status == task_pb2.STEP_STATUS_WAITING for s in (await client.tasks.GetTask(request)).task.steps
+        ):
             await asyncio.sleep(0.02)
 
 

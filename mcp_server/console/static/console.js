@@ -386,7 +386,7 @@ function taskPage() {
       // A step began to wait for a person, or took its signal, while the page was open: show (or
       // drop) its form. The task parks a moment after its last branch waits, so wait for that.
       const answerForm = event.step_path ? document.querySelector(`form.answer[data-wait="${CSS.escape(event.step_path)}"]`) : null;
-      if (event.sequence > liveAfter && ((event.type === "STEP_SUSPENDED" && event.data?.signal && !answerForm)
+      if (event.sequence > liveAfter && ((event.type === "STEP_SUSPENDED" && event.data?.signal && !event.data?.event && !answerForm)
           || (event.type === "SIGNAL_RECEIVED" && answerForm))) {
         setTimeout(() => window.location.reload(), 500);
       }

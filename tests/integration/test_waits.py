@@ -19,6 +19,7 @@ from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.helpers import (
     create,
+    parked,
     error_reason,
     events,
     result,
@@ -587,4 +588,27 @@ async def test_a_parked_run_resumes_with_the_steps_inside_the_nodes_that_finishe
     assert done.status == S.TASK_STATUS_COMPLETED, done.error
     assert result(done) == {"a": "A", "asked": {"ok": "root/child/inner/ask"}}
     assert json_format.MessageToDict(step_states(done)["root/child/inner/ask"].input) == "P"
+    await client.channel.close()
+
+
+async def test_a_waiting_task_a_signal_leased_to_a_replica_that_never_ran_it_resumes_when_the_lease_runs_out(
+    server_factory, store_url
+):
+    """A signal to a parked task leases it to the replica it reached, to resume there at once; a
+    replica that dies before its run starts leaves the task WAITING with a lease. When the lease
+    runs out the task goes back to the queue (it stayed WAITING forever, on both stores)."""
+    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1, lease_seconds=1.0)
+    client = client_for(running)
+    await create(client, workflow("leased", seq("root", wait("w", "go"), step("after", "echo"))))
+    task = await submit(client, "leased", {"x": 1})
+    await parked(client, task.task_id, running)
+    dispatcher = running.orchestrator.dispatcher
+    adopt = dispatcher.adopt
+    dispatcher.adopt = lambda *args, **kwargs: None  # leased here, and then this replica "dies" before running it
+    try:
+        await signal(client, task.task_id, "go", {"ok": True})
+    finally:
+        dispatcher.adopt = adopt
+    done = await wait_done(client, task.task_id, timeout=20)
+    assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"ok": True}
     await client.channel.close()

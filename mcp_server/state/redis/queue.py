@@ -367,7 +367,8 @@ class RedisQueue(CreateTask, CancelRequests):
                 (
                     self._release,
                     [self.layout.leases(p), self.layout.queue(p)],
-                    [now_ms, self.layout.task_prefix(p), PENDING, RUNNING],
+                    # WAITING too: a task a signal leased to its replica to resume there (waits_lua)
+                    [now_ms, self.layout.task_prefix(p), PENDING, RUNNING, WAITING],
                 )
                 for p in range(self.layout.partitions)
             ]

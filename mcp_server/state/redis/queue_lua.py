@@ -165,7 +165,8 @@ return lost
 """
 
 
-# KEYS: leases, queue; ARGV: now ms, task key prefix, pending, running -> how many went back to the queue
+# KEYS: leases, queue; ARGV: now ms, task key prefix, pending, running, waiting -> how many went back to
+# the queue
 RELEASE_EXPIRED = (
     FAIR
     + """
@@ -176,7 +177,7 @@ for _, task_id in ipairs(expired) do
   local head = ARGV[2] .. task_id
   local status = redis.call('HGET', head, 'st')
   if status then fair_release(KEYS[2], head) end
-  if status == ARGV[3] or status == ARGV[4] then
+  if status == ARGV[3] or status == ARGV[4] or status == ARGV[5] then
     fair_push(KEYS[2], head)
     n = n + 1
   end

@@ -272,9 +272,12 @@ class SqliteQueue(CreateTask):
         return await self.db.run(renew)
 
     async def release_expired_leases(self) -> int:
+        # WAITING too: a signal leases a waiting task to the replica it reached, to resume there
+        # without a trip through the queue (waits.py); that replica may die before its run starts
+        leased = (*ACTIVE, task_pb2.TASK_STATUS_WAITING)
         return await self.db.write(
             f"UPDATE tasks SET queued=1, lease_expires=NULL, lease_owner=NULL WHERE lease_expires IS NOT NULL "
-            f"AND lease_expires <= ? AND status IN ({','.join(str(s) for s in ACTIVE)})",
+            f"AND lease_expires <= ? AND status IN ({','.join(str(s) for s in leased)})",
             (now_seconds(),),
         )
 

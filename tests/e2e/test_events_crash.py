@@ -1,6 +1,7 @@
 """Events with real orchestrator processes: a server killed with kill -9 in the middle of a publish
-to 200 workflows, restarted on the same store, and the event published again with its id: every
-workflow has exactly one task of it (both stores), and the CLI publishes and shows what started."""
+to 200 workflows (or to 200 waits), restarted on the same store, and the event published again
+with its id: every workflow has exactly one task of it, every wait took it once (both stores),
+and the CLI publishes and shows what started."""
 
 from __future__ import annotations
 
@@ -92,6 +93,63 @@ async def test_a_publish_node_cut_by_kill_9_publishes_once_when_its_task_resumes
         counted = collections.Counter(t.workflow_id for t in (await client.tasks.ListTasks(listed)).tasks)
         assert len(counted) == WORKFLOWS and set(counted.values()) == {1}
         assert len(done.result.struct_value.fields["tasks"].list_value.values) == WORKFLOWS
+    finally:
+        await client.channel.close()
+        process.terminate()
+        process.wait(timeout=15)
+
+
+async def signals_received(client, task_id: str) -> int:
+    events = client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id))
+    return len([e async for e in events if e.type == task_pb2.TASK_EVENT_TYPE_SIGNAL_RECEIVED])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_publish_to_200_waits_cut_by_kill_9_and_sent_again_reaches_each_once(
+    plugins, tmp_path, request, backend
+):
+    """200 tasks wait (parked, after 2 s) for one event; the publish that reaches them is cut by
+    kill -9; a fresh server on the same store and the event sent again with its id: each task
+    took the event once (those it reached before the kill resume when their lease runs out),
+    and every one completes with it."""
+    store = f"sqlite:///{tmp_path}/events.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    address = f"127.0.0.1:{free_port()}"
+    testkit = [plugins["testkit"].address]
+    env = {**ENV, "MCP_LEASE_SECONDS": "1.5"}
+    process = start_orchestrator(address, store, testkit, "first", **env)
+    client = client_for_address(address)
+    try:
+        await create(client, workflow("held", {"id": "clear", "wait": {"event": "all.clear"}}))
+        tasks = [
+            (await client.tasks.SubmitTask(task_pb2.SubmitTaskRequest(workflow_id="held"))).task.task_id
+            for _ in range(WORKFLOWS)
+        ]
+        waiting = task_pb2.ListTasksRequest(workflow_id="held", statuses=[task_pb2.TASK_STATUS_WAITING], page_size=1000)
+        async with asyncio.timeout(60):
+            while len((await client.tasks.ListTasks(waiting)).tasks) < WORKFLOWS:
+                await asyncio.sleep(0.1)
+        request_ = events_pb2.PublishEventRequest(name="all.clear", request_id="cut-w")
+        request_.data.update({"go": True})
+        publish = asyncio.ensure_future(client.events.PublishEvent(request_))
+        async with asyncio.timeout(30):
+            while len((await client.tasks.ListTasks(waiting)).tasks) > WORKFLOWS - 10 and not publish.done():
+                await asyncio.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        await asyncio.gather(publish, return_exceptions=True)
+        await client.channel.close()
+
+        process = start_orchestrator(address, store, testkit, "again", **env)
+        client = client_for_address(address)
+        again = await client.events.PublishEvent(request_)
+        # the first publish reached some (cut), this one the rest: those still listed as waiting
+        assert 0 < len(again.woken) < WORKFLOWS - 10 and all(w.created for w in again.woken)
+        for task_id in tasks:
+            done = await wait_done(client, task_id)
+            assert done.status == task_pb2.TASK_STATUS_COMPLETED and done.result.struct_value.fields["go"].bool_value
+            assert await signals_received(client, task_id) == 1
+        published = mcp(address, "event", "publish", "all.clear", "--request-id", "cut-w")
+        assert published.returncode == 0 and "took it" not in published.stdout
     finally:
         await client.channel.close()
         process.terminate()

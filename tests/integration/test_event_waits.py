@@ -204,3 +204,28 @@ async def test_bad_waits_for_events_are_refused_naming_the_field(server_factory)
     failed = await wait_done(client, (await submit(client, "badkey")).task_id)
     assert failed.status == S.TASK_STATUS_FAILED and "`key` gave a list" in failed.error.message
     await client.channel.close()
+
+
+@pytest.mark.parametrize("redis", ["redis_url", "cluster_url"])
+async def test_events_reach_waits_in_every_partition_through_another_replica(server_factory, request, redis):
+    """Twelve tasks (their waits spread over the partitions, and over a cluster's masters) wait
+    on one replica, some parked and some held; each key published through the other reaches its
+    task alone."""
+    store = request.getfixturevalue(redis)
+    holder = await server_factory(store=store, wait_in_memory_seconds=60)
+    other = await server_factory(store=store, wait_in_memory_seconds=0.1)
+    clients = [client_for(holder), client_for(other)]
+    await create(clients[0], workflow("order", waiting_for("payment.received", key="input.order_id")))
+    tasks = {}
+    for n in range(12):
+        tasks[f"o-{n}"] = await submit(clients[n % 2], "order", {"order_id": f"o-{n}"})
+    for task in tasks.values():
+        await waiting(clients[0], None, task.task_id, parks=False)
+    events = events_pb2_grpc.EventServiceStub(clients[1].channel)
+    for key, task in tasks.items():
+        reply = await events.PublishEvent(publish("payment.received", {"paid": key}, key=key))
+        assert [w.task_id for w in reply.woken] == [task.task_id]
+    for key, task in tasks.items():
+        assert result(await wait_done(clients[0], task.task_id)) == {"paid": key}
+    for client in clients:
+        await client.channel.close()

@@ -19,9 +19,9 @@ from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.helpers import (
     create,
-    parked,
     error_reason,
     events,
+    parked,
     result,
     step,
     step_states,

@@ -16,6 +16,7 @@ from mcp_server.engine.events import make_event
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, TaskStore, WaitRecord, WaitStore
+from mcp_server.engine.ports.waits import EVENT_SIGNAL_PREFIX
 from mcp_server.engine.values import ValueTooDeep, message_depth, value_to_python
 from mcp_server.errors import (
     FailedPrecondition,
@@ -134,8 +135,9 @@ class Signalling:
         schemas = [wait.schema for wait in waits if wait.schema is not None]
         problems = await asyncio.to_thread(lambda: [p for schema in schemas for p in schema.problems(payload)])
         if problems:
+            what = _named(request.signal)
             raise InvalidArgument(
-                f"the payload does not fit the schema of signal {request.signal!r}: {problems[0][0]}: {problems[0][1]}",
+                f"the payload does not fit the schema of {what}: {problems[0][0]}: {problems[0][1]}",
                 violations=[FieldViolation(field, why) for field, why in problems],
                 reason="PAYLOAD_REJECTED",
             )
@@ -178,6 +180,13 @@ class Signalling:
                     return 0, ""
             await asyncio.sleep(0)
         return 0, ""
+
+
+def _named(signal: str) -> str:
+    """A signal as an error names it: a wait for an event's by the event."""
+    if signal.startswith(EVENT_SIGNAL_PREFIX):
+        return f"event {signal.removeprefix(EVENT_SIGNAL_PREFIX)!r}"
+    return f"signal {signal!r}"
 
 
 def _not_finished(header: task_pb2.Task) -> None:

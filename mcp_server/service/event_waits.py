@@ -59,12 +59,12 @@ class EventWaits:
     async def wake(self, name: str, key: str, data: struct_pb2.Struct, event_id: str, principal: Principal) -> Reached:
         """Give the event to the waits for it (see the module's docstring)."""
         signal = event_signal(name)
-        keyed = await self.waits.event_waiters(signal, key)
-        any_key = await self.waits.event_waiters(signal, "") if key else []
         paths: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for entries, its_key in ((keyed, key), (any_key, "")):
-            for task_id, path in sorted(entries, key=lambda entry: entry[1]):
-                paths[task_id].append((its_key, path))
+        # a task's waits for the event's own key first, then those for any key, each by path
+        for its_key, task_id, path in sorted(
+            await self.waits.event_waiters(signal, (key, "") if key else ("",)), key=lambda e: (not e[0], e[2])
+        ):
+            paths[task_id].append((its_key, path))
         payload = struct_pb2.Value()
         payload.struct_value.CopyFrom(data)
         request_id = "event:" + hashlib.sha256(event_id.encode()).hexdigest()[:40]

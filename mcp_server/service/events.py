@@ -77,6 +77,29 @@ class Events:
             "key": request.key,
         }
         reply = events_pb2.PublishEventResponse(event_id=event_id)
+        # the waits are looked up while the triggers' tasks start: a publish waits for the longer
+        later, reached = await asyncio.gather(
+            self._trigger(request, event, principal, reply),
+            self.waits.wake(request.name, request.key, request.data, event_id, principal),
+        )
+        for task_id, path, created in reached.woken:
+            reply.woken.add(task_id=task_id, step_path=path, created=created)
+        for task_id, path, status in reached.refused:
+            reply.refused_waits.add(task_id=task_id, step_path=path, status=status)
+        later = later or reached.later
+        if later is not None:
+            raise later
+        return reply
+
+    async def _trigger(
+        self,
+        request: events_pb2.PublishEventRequest,
+        event: Mapping[str, Any],
+        principal: Principal,
+        reply: events_pb2.PublishEventResponse,
+    ) -> McpError | None:
+        """Start the task of every workflow whose trigger takes the event, into `reply`; the first
+        refusal for now, if any."""
         later: McpError | None = None
         subscribed = await self.workflows.subscribers(request.name)
         outcomes = await asyncio.gather(*(self._start(w, v, event, request, principal) for w, v in subscribed))
@@ -98,15 +121,7 @@ class Events:
             elif isinstance(outcome, _Refused):
                 later = later or outcome.later
                 self.observe("later")
-        reached = await self.waits.wake(request.name, request.key, request.data, event_id, principal)
-        for task_id, path, created in reached.woken:
-            reply.woken.add(task_id=task_id, step_path=path, created=created)
-        for task_id, path, status in reached.refused:
-            reply.refused_waits.add(task_id=task_id, step_path=path, status=status)
-        later = later or reached.later
-        if later is not None:
-            raise later
-        return reply
+        return later
 
     async def publish_for(
         self, name: str, data: Mapping[str, Any], request_id: str, owner: str, hops: int, key: str = ""

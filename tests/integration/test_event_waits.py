@@ -145,7 +145,7 @@ async def test_a_cancelled_task_s_wait_is_forgotten_by_the_next_publish(served):
     await wait_done(client, task.task_id)
     assert not (await events.PublishEvent(publish("payment.received", key="o-5"))).woken
     store = running.orchestrator.store.waits
-    assert await store.event_waiters("event:payment.received", "o-5") == []
+    assert await store.event_waiters("event:payment.received", ("o-5", "")) == []
 
 
 async def test_only_tasks_the_publisher_may_see_take_its_event(server_factory, tmp_path):

@@ -115,10 +115,10 @@ class WaitStore(Protocol):
         queued to resume."""
         ...
 
-    async def event_waiters(self, signal: str, key: str) -> list[tuple[str, str]]:
-        """The (task_id, step path) of every step that waits for `signal` with `key` and has no
-        signal on its way: written and removed with the wait records, so a task whose end left
-        one behind (a cancel, a purge) may be listed until `forget_event_waiter`."""
+    async def event_waiters(self, signal: str, keys: Sequence[str]) -> list[tuple[str, str, str]]:
+        """The (key, task_id, step path) of every step that waits for `signal` with one of `keys`
+        and has no signal on its way: written and removed with the wait records, so a task whose
+        end left one behind (a cancel, a purge) may be listed until `forget_event_waiter`."""
         ...
 
     async def forget_event_waiter(self, signal: str, key: str, task_id: str, path: str) -> None:

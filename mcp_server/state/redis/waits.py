@@ -29,6 +29,7 @@ class RedisWaits:
         self.hub = hub
         self._send = conn.register(lua.SEND_SIGNAL)
         self._release_due = conn.register(lua.RELEASE_DUE)
+        self._scan_sets = conn.register(lua.SCAN_SETS)
 
     async def read_signals(self, task_id: str) -> list[SignalRecord]:
         fields = await self._hash(self.layout.task(task_id).signals)
@@ -107,23 +108,33 @@ class RedisWaits:
             return SignalOutcome("delivered", record, leased)
         return SignalOutcome(status)
 
-    async def event_waiters(self, signal: str, key: str) -> list[tuple[str, str]]:
-        """Every partition's set for (signal, key), read a page of each at a time (SSCAN, the
-        partitions in one pipeline): a set of 100,000 waits is not one reply that holds Redis."""
-        cursors = {f"{self.layout.event_waits(p)}{signal}|{key}": 0 for p in range(self.layout.partitions)}
+    async def event_waiters(self, signal: str, keys: Sequence[str]) -> list[tuple[str, str, str]]:
+        """Every partition's set for (signal, key) of each key, a page of each at a time (SSCAN),
+        all together: a publish with no wait for its event pays one round trip, and a set of
+        100,000 waits is not one reply that holds Redis."""
+        partitions = range(self.layout.partitions)
+        cursors = {(key, f"{self.layout.event_waits(p)}{signal}|{key}"): 0 for key in keys for p in partitions}
         found = []
         while cursors:
-            async with self.conn.pipeline(transaction=False) as pipe:
-                for index, cursor in cursors.items():
-                    pipe.sscan(index, cursor, count=500)
-                replies = await self.conn.do(pipe.execute())
-            for (index, _), (cursor, members) in zip(list(cursors.items()), replies, strict=True):
-                found += [(task_id, path) for task_id, _, path in (text(m).partition("|") for m in members)]
+            replies = await self._scan_pages({index: cursor for (_, index), cursor in cursors.items()})
+            for (key, index), (cursor, members) in zip(list(cursors), replies, strict=True):
+                found += [(key, task_id, path) for task_id, _, path in (text(m).partition("|") for m in members)]
                 if int(cursor):
-                    cursors[index] = int(cursor)
+                    cursors[(key, index)] = int(cursor)
                 else:
-                    del cursors[index]
+                    del cursors[(key, index)]
         return list(dict.fromkeys(found))  # a set rehashed between pages may list a member twice
+
+    async def _scan_pages(self, cursors: dict[str, int]) -> list[Any]:
+        """One SSCAN page of each set, from its cursor: in one script on a single node (the lane
+        when there is one), in a pipeline on a cluster (the sets are in the partitions' slots)."""
+        if not self.conn.cluster:
+            flat = await self.conn.do(self.conn.script(self._scan_sets, list(cursors), list(cursors.values())))
+            return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for index, cursor in cursors.items():
+                pipe.sscan(index, cursor, count=500)
+            return list(await self.conn.do(pipe.execute()))
 
     async def forget_event_waiter(self, signal: str, key: str, task_id: str, path: str) -> None:
         partition = self.layout.partition_of(task_id)

@@ -116,3 +116,16 @@ end
 return released
 """
 )
+
+
+# KEYS: sets (on one node: the partitions' sets of waits for one event and key); ARGV: a cursor for
+# each -> {cursor, members, cursor, members, ...}: one SSCAN page of each (read only)
+SCAN_SETS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local page = redis.call('SSCAN', key, ARGV[i], 'COUNT', 500)
+  out[#out + 1] = page[1]
+  out[#out + 1] = page[2]
+end
+return out
+"""

@@ -117,9 +117,12 @@ class SqliteWaits:
         self.db.written(task_id, events)
         return outcome
 
-    async def event_waiters(self, signal: str, key: str) -> list[tuple[str, str]]:
-        rows = await self.db.rows("SELECT task_id, path FROM event_waits WHERE signal=? AND key=?", (signal, key))
-        return [(str(r[0]), str(r[1])) for r in rows]
+    async def event_waiters(self, signal: str, keys: Sequence[str]) -> list[tuple[str, str, str]]:
+        rows = await self.db.rows(
+            f"SELECT key, task_id, path FROM event_waits WHERE signal=? AND key IN ({','.join('?' * len(keys))})",
+            (signal, *keys),
+        )
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     async def forget_event_waiter(self, signal: str, key: str, task_id: str, path: str) -> None:
         def forget(db: sqlite3.Connection) -> None:

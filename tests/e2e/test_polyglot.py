@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
-from tests.helpers import create, events, result, run, step, workflow
+from tests.helpers import create, events, result, run, step, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +97,23 @@ async def test_node_client_publishes_an_event_that_starts_the_workflows_it_trigg
     [done] = summary["finished"]
     assert done["workflow_id"] == "for-node-event" and done["status"] == "TASK_STATUS_COMPLETED"
     assert done["result"]["text"] == "ev:a" and done["event_label"] == "node.said"
+
+
+async def test_node_client_publishes_the_event_a_task_waits_for_by_key(server, client):
+    await create(client, workflow("for-node-wait", {"id": "paid", "wait": {"event": "node.paid", "key": "input.id"}}))
+    task = (await client.tasks.SubmitTask(
+        task_pb2.SubmitTaskRequest(workflow_id="for-node-wait", input_data={"id": "n-1"})
+    )).task  # fmt: skip
+    async with asyncio.timeout(10):
+        while not any(
+            s.status == task_pb2.STEP_STATUS_WAITING
+            for s in (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps
+        ):
+            await asyncio.sleep(0.05)
+    summary = await run_node_client(server.address, "node.paid", json.dumps({"amount": 3}), "--publish", "--key", "n-1")
+    assert summary["woken"] == [[task.task_id, "paid", True]] and summary["woken_again"] == []
+    done = await wait_done(client, task.task_id)
+    assert done.status == task_pb2.TASK_STATUS_COMPLETED and done.result.struct_value.fields["amount"].number_value == 3
 
 
 async def test_node_client_sets_a_queue_timeout_and_reads_the_deadline(server, client):

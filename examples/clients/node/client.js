@@ -7,7 +7,8 @@
 // then every event to the end; the first message names the task). With --refused: submit once,
 // expecting a refusal, and print what the server said in its google.rpc.Status details (the
 // ErrorInfo's reason and metadata, a RetryInfo's delay, a BadRequest's fields). With --publish:
-// publish an event (twice, with one request_id) and follow the tasks the workflows it triggers got.
+// publish an event (twice, with one request_id; with --key K, that key) and follow the tasks the
+// workflows it triggers got; the waits it reached are listed.
 'use strict';
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
@@ -91,7 +92,9 @@ async function main() {
   if (process.argv.includes('--publish')) {
     // an event, not a task: every workflow whose trigger takes it gets one; sent again, the same ones
     const events = new mcp.EventService(address, grpc.credentials.createInsecure());
-    const request = { name: workflowId, data: toStruct(input), request_id: `node-${Date.now()}` };
+    const keyAt = process.argv.indexOf('--key');
+    const key = keyAt > 0 ? process.argv[keyAt + 1] : '';
+    const request = { name: workflowId, data: toStruct(input), request_id: `node-${Date.now()}`, key };
     const publish = () => new Promise((resolve, reject) => events.PublishEvent(request, (err, res) => (err ? reject(err) : resolve(res))));
     const first = await publish();
     const again = await publish();
@@ -108,7 +111,9 @@ async function main() {
     console.log(JSON.stringify({ event_id: first.event_id, created: first.tasks.map((t) => t.created),
       created_again: again.tasks.map((t) => t.created),
       same_tasks: JSON.stringify(first.tasks.map((t) => t.task_id)) === JSON.stringify(again.tasks.map((t) => t.task_id)),
-      refused: first.refused.map((r) => [r.workflow_id, r.status.code]), finished }));
+      refused: first.refused.map((r) => [r.workflow_id, r.status.code]), finished,
+      woken: first.woken.map((w) => [w.task_id, w.step_path, w.created]),
+      woken_again: again.woken.filter((w) => w.created).map((w) => w.task_id) }));
     events.close();
     tasks.close();
     return;

@@ -137,7 +137,9 @@ class Orchestrator:
             EventWaits(
                 store.tasks,
                 store.waits,
+                store.kept_events,
                 self.signalling,
+                settings.limits.event_lookback_seconds,
                 lambda outcome: self.metrics.event_waits.labels(outcome).inc(),
             ),
             lambda outcome: self.metrics.event_tasks.labels(outcome).inc(),

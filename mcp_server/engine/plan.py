@@ -170,6 +170,7 @@ class WaitPlan:
     schema: Any = None  # a compiled JSON Schema validator (engine/schemas.py), or None
     event: str = ""
     key: Expression | None = None
+    lookback: float = 0.0  # seconds: an event published this long before the wait began is taken too
     kind: str = "wait"
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
@@ -25,6 +26,9 @@ from mcp_server.engine.instants import LATEST_SECONDS, rfc3339_of
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import SleepPlan, WaitPlan
 from mcp_server.engine.suspensions import Signal
+from mcp_server.errors import McpError
+
+log = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 256  # PublishEventRequest.key's
 
@@ -41,6 +45,7 @@ async def run_wait(node: WaitPlan, path: str, value: Payload, ctx: RunContext, s
         deadline = _deadline_of(state) or (time.time() + node.timeout if node.timeout else None)
         data: dict[str, Any] = {"prompt": prompt.python() if prompt else None}
         key = None
+        lookback = None
         if node.event:
             key = (
                 ""
@@ -48,7 +53,8 @@ async def run_wait(node: WaitPlan, path: str, value: Payload, ctx: RunContext, s
                 else event_key(evaluate(node.key, ctx, value, scope, node.id, "key"), f"wait {node.id}")
             )
             data.update(event=node.event, key=key)
-        signal = await _suspend(ctx, path, node.signal, deadline, data, key)
+            lookback = _lookback(node, path, key, ctx)
+        signal = await _suspend(ctx, path, node.signal, deadline, data, key, lookback)
         if signal is None:
             state = ctx.state(path)
             state.wait.timed_out = True
@@ -83,11 +89,18 @@ async def run_sleep(
 
 
 async def _suspend(
-    ctx: RunContext, path: str, signal: str, deadline: float | None, data: dict[str, Any], key: str | None = None
+    ctx: RunContext,
+    path: str,
+    signal: str,
+    deadline: float | None,
+    data: dict[str, Any],
+    key: str | None = None,
+    lookback: Callable[[], Awaitable[None]] | None = None,
 ) -> Signal | None:
     """Wait at `path` for a signal named `signal` until `deadline` (Unix seconds; None: no
     deadline of its own); return the signal, or None when the deadline passed. `key`: a wait for
-    an event, the key the event must carry."""
+    an event, the key the event must carry; `lookback`: what gives it a kept event, called once
+    the wait is written (and so found by a publish from then on), before the run may park."""
     state = ctx.state(path)
     if state.status != task_pb2.STEP_STATUS_WAITING:  # first time: later lives wait on silently
         state.status = task_pb2.STEP_STATUS_WAITING
@@ -104,6 +117,15 @@ async def _suspend(
             data={"signal": signal, "deadline": rfc3339_of(deadline) if deadline else "", **data},
         )
     waiter = ctx.suspensions.wait(path, signal, deadline, state.start_time.ToMilliseconds(), key)
+    if lookback is not None:
+        ctx.suspensions.leaf_started()  # not parked while it looks: what it finds is taken in here
+        try:
+            await ctx.checkpoint()
+            await ctx.store_call(lookback)
+        except McpError as exc:  # refused (a full signal log): it waits for what comes next
+            log.warning("task %s: %s: no event looked back for: %s", ctx.task.task_id, path, exc.message)
+        finally:
+            ctx.suspensions.leaf_ended()
     taken: Signal | None = None
     loop = asyncio.get_running_loop()
     try:
@@ -120,6 +142,16 @@ async def _suspend(
         if not ctx.suspensions.parking:  # a parked run leaves the step waiting, for the next life
             ctx.state(path).status = task_pb2.STEP_STATUS_RUNNING
     return taken
+
+
+def _lookback(node: WaitPlan, path: str, key: str, ctx: RunContext) -> Callable[[], Awaitable[None]] | None:
+    """What gives the wait an event published up to `node.lookback` before it began, if it has one."""
+    publisher = ctx.publisher
+    if not node.lookback or publisher is None:
+        return None
+    since_ms = ctx.state(path).start_time.ToMilliseconds() - int(node.lookback * 1000)
+    task = ctx.task
+    return lambda: publisher.deliver_kept(task.task_id, task.owner, path, node.event, key, since_ms)
 
 
 def _waiting_for(signal: str, deadline: float | None, data: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +25,15 @@ from google.rpc import status_pb2
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import Principal
 from mcp_server.engine.ports import TaskStore, WaitStore
+from mcp_server.engine.ports.kept_events import (
+    ANY_KEY_SLOT,
+    MAX_KEPT_EVENT_BYTES,
+    KeptEvent,
+    KeptEventStore,
+    key_slot,
+)
 from mcp_server.engine.ports.waits import event_signal
-from mcp_server.errors import FailedPrecondition, McpError, NotFound, Unavailable
+from mcp_server.errors import FailedPrecondition, InvalidArgument, McpError, NotFound, Unavailable
 from mcp_server.service.signalling import Signalling
 
 # tasks signalled at once by one publish
@@ -48,17 +56,27 @@ class EventWaits:
         self,
         tasks: TaskStore,
         waits: WaitStore,
+        kept: KeptEventStore,
         signalling: Signalling,
+        lookback_seconds: float = 0.0,
         observe: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         self.tasks = tasks
         self.waits = waits
+        self.kept = kept
+        self.lookback_seconds = lookback_seconds  # how long published events are kept (0: not kept)
         self.signalling = signalling
         self.observe = observe  # one call per wait the event reached: woken, existing, refused, later
 
     async def wake(self, name: str, key: str, data: struct_pb2.Struct, event_id: str, principal: Principal) -> Reached:
         """Give the event to the waits for it (see the module's docstring)."""
         signal = event_signal(name)
+        if self.lookback_seconds and data.ByteSize() <= MAX_KEPT_EVENT_BYTES:
+            # kept before the waits are read: a wait that begins meanwhile reads it (deliver_kept)
+            kept = KeptEvent(
+                event_id, principal.name, principal.is_admin, int(time.time() * 1000), data.SerializeToString()
+            )
+            await self.kept.keep(name, (key_slot(key), ANY_KEY_SLOT), kept, self.lookback_seconds)
         paths: dict[str, list[tuple[str, str]]] = defaultdict(list)
         # a task's waits for the event's own key first, then those for any key, each by path
         for its_key, task_id, path in sorted(
@@ -67,7 +85,7 @@ class EventWaits:
             paths[task_id].append((its_key, path))
         payload = struct_pb2.Value()
         payload.struct_value.CopyFrom(data)
-        request_id = "event:" + hashlib.sha256(event_id.encode()).hexdigest()[:40]
+        request_id = _request_id(event_id)
         reached = Reached()
         room = asyncio.Semaphore(WAKE_CONCURRENCY)
 
@@ -118,3 +136,37 @@ class EventWaits:
             reached.woken.append((task_id, answer.step_path or path, answer.created))
             self.observe("woken" if answer.created else "existing")
             return
+
+    async def deliver_kept(self, task_id: str, owner: str, path: str, name: str, key: str, since_ms: int) -> None:
+        """Give the wait at `path` (a lookback) the oldest kept event of `name` with `key` (""): any)
+        since `since_ms`, published by its task's owner or an admin, that its task has not taken
+        and its schema takes."""
+        seen = set()
+        for event in await self.kept.kept(name, key_slot(key) if key else ANY_KEY_SLOT, since_ms):
+            if event.event_id in seen or not (event.admin or event.publisher == owner):
+                continue
+            seen.add(event.event_id)
+            payload = struct_pb2.Value()
+            payload.struct_value.ParseFromString(event.data)
+            request = task_pb2.SignalTaskRequest(
+                task_id=task_id,
+                signal=event_signal(name),
+                payload=payload,
+                request_id=_request_id(event.event_id),
+                step_path=path,
+            )
+            try:
+                answer = await self.signalling.signal_task(request, Principal(owner, frozenset()))
+            except InvalidArgument:  # its schema refuses this one: the next may do
+                continue
+            except FailedPrecondition:  # the wait has its event already (a live publish), or ended
+                return
+            if answer.created:
+                self.observe("kept")
+                return
+            # created: false: the task took this event before (an earlier wait): the next may do
+
+
+def _request_id(event_id: str) -> str:
+    """The request id of the signal an event gives a task: the same for every wait of the task."""
+    return "event:" + hashlib.sha256(event_id.encode()).hexdigest()[:40]

@@ -91,6 +91,10 @@ class Events:
             raise later
         return reply
 
+    async def deliver_kept(self, task_id: str, owner: str, path: str, name: str, key: str, since_ms: int) -> None:
+        """A wait's lookback (see EventPublisher in engine/ports)."""
+        await self.waits.deliver_kept(task_id, owner, path, name, key, since_ms)
+
     async def _trigger(
         self,
         request: events_pb2.PublishEventRequest,

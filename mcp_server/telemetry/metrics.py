@@ -175,7 +175,7 @@ class Metrics:
             "mcp_event_waits_total",
             "Waits for events (WaitNode.event) published events reached through this replica, by outcome"
             " (woken, existing: reached by an earlier publish of the event, refused: by the wait's schema,"
-            " later: the store away)",
+            " later: the store away, kept: a wait's lookback took a kept event)",
             ["outcome"],
             registry=r,
         )

@@ -12,8 +12,20 @@ import grpc
 import pytest
 
 from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2, workflow_pb2
+from mcp_server.settings import Limits
 from tests.conftest import client_for
-from tests.helpers import bearer, create, parked, principals_file, result, submit, violations, wait_done, workflow
+from tests.helpers import (
+    bearer,
+    create,
+    parked,
+    principals_file,
+    result,
+    step,
+    submit,
+    violations,
+    wait_done,
+    workflow,
+)
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
@@ -229,3 +241,82 @@ async def test_events_reach_waits_in_every_partition_through_another_replica(ser
         assert result(await wait_done(clients[0], task.task_id)) == {"paid": key}
     for client in clients:
         await client.channel.close()
+
+
+@pytest.fixture
+async def keeping(server_factory, store_url):
+    """A server that keeps published events 60 s, for waits that look back."""
+    running = await server_factory(store=store_url, limits=Limits(event_lookback_seconds=60))
+    client = client_for(running)
+    yield running, client, events_pb2_grpc.EventServiceStub(client.channel)
+    await client.channel.close()
+
+
+def after_a_step(wait: dict[str, Any]) -> dict[str, Any]:
+    """A workflow whose wait begins only after a step of 0.3 s: an event can come first."""
+    return {"id": "root", "sequence": {"children": [step("work", "sleep", "{'ms': 300}"), wait]}}
+
+
+async def test_a_wait_with_a_lookback_takes_an_event_published_before_it_began(keeping):
+    _, client, events = keeping
+    schema = {"type": "object", "required": ["amount"]}
+    looking = waiting_for("paid", key="input.order_id", lookback="30s", schema=schema)
+    await create(client, workflow("early", after_a_step(looking)))
+    await create(client, workflow("strict", after_a_step(waiting_for("paid", key="input.order_id"))))
+    early = await submit(client, "early", {"order_id": "o-1"})
+    strict = await submit(client, "strict", {"order_id": "o-1"})
+    await events.PublishEvent(publish("paid", {"nope": 1}, key="o-1"))  # kept, but its schema refuses it
+    first = await events.PublishEvent(publish("paid", {"amount": 5}, key="o-1", request_id="pay-early"))
+    await events.PublishEvent(publish("paid", {"amount": 6}, key="o-1"))
+    assert not first.woken  # nobody waited yet
+    done = await wait_done(client, early.task_id)
+    assert result(done) == {"amount": 5}  # the oldest its schema takes
+    assert not [s for s in (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=strict.task_id))).task.steps
+                if s.status == task_pb2.STEP_STATUS_COMPLETED and s.path == "root/pay"]  # fmt: skip
+    again = await events.PublishEvent(publish("paid", {"amount": 5}, key="o-1", request_id="pay-early"))
+    assert [w.task_id for w in again.woken] == [strict.task_id]  # the task without lookback waits for new ones
+
+
+async def test_a_lookback_takes_only_events_of_its_key_within_its_time_and_by_its_owner(server_factory, tmp_path):
+    auth = principals_file(tmp_path, {"ada": [], "bob": [], "root": ["admin"]})
+    running = await server_factory(auth_file=auth, limits=Limits(event_lookback_seconds=60))
+    client = client_for(running)
+    events = events_pb2_grpc.EventServiceStub(client.channel)
+    short = waiting_for("paid", key="input.id", lookback="0.2s", timeout="2s", on_timeout="{'late': true}")
+    await client.workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(workflow=workflow("short", after_a_step(short))), metadata=bearer("root")
+    )
+    await events.PublishEvent(publish("paid", {"by": "bob"}, key="x"), metadata=bearer("bob"))  # not ada's
+    await events.PublishEvent(publish("paid", {"by": "ada", "key": "y"}, key="y"), metadata=bearer("ada"))
+    await events.PublishEvent(publish("paid", {"by": "ada"}, key="x"), metadata=bearer("ada"))  # 0.3 s early
+    submitted = await client.tasks.SubmitTask(
+        task_pb2.SubmitTaskRequest(workflow_id="short", input_data={"id": "x"}), metadata=bearer("ada")
+    )
+    task_id = submitted.task.task_id
+    done = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id), metadata=bearer("ada"))).task
+    async with asyncio.timeout(10):
+        while done.status != S.TASK_STATUS_COMPLETED:
+            await asyncio.sleep(0.05)
+            done = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task_id), metadata=bearer("ada"))).task
+    assert result(done) == {"late": True}  # bob's, another key's, and ada's before the lookback: none taken
+    await client.channel.close()
+
+
+async def test_a_wait_without_a_key_looks_back_at_events_of_any_key(keeping):
+    _, client, events = keeping
+    await create(client, workflow("any", after_a_step(waiting_for("deploy.done", lookback="30s"))))
+    task = await submit(client, "any")
+    await events.PublishEvent(publish("deploy.done", {"v": 3}, key="svc-a"))
+    assert result(await wait_done(client, task.task_id)) == {"v": 3}
+
+
+async def test_a_lookback_longer_than_the_server_keeps_events_is_refused(server_factory):
+    running = await server_factory()
+    client = client_for(running)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await create(client, workflow("long", waiting_for("paid", lookback="10s")))
+    assert "MCP_LIMIT_EVENT_LOOKBACK_SECONDS" in violations(refused.value)["workflow.root.wait.lookback"]
+    with pytest.raises(grpc.aio.AioRpcError) as no_event:
+        await create(client, workflow("sig", {"id": "w", "wait": {"signal": "go", "lookback": "10s"}}))
+    assert "set `event`" in violations(no_event.value)["workflow.root.wait.lookback"]
+    await client.channel.close()

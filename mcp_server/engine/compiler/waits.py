@@ -25,8 +25,9 @@ def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Sc
             scope.violations.add(f"{path}.signal", "a wait waits for a signal or for an event, not both")
         if not EVENT_NAME.match(wait.event):
             scope.violations.add(f"{path}.event", "an event name is 1-128 letters, digits, '.', '_', ':', '/' or '-'")
-    elif wait.key:
-        scope.violations.add(f"{path}.key", "is for a wait for an event: set `event`")
+    elif wait.key or wait.HasField("lookback"):
+        field = "key" if wait.key else "lookback"
+        scope.violations.add(f"{path}.{field}", "is for a wait for an event: set `event`")
     elif not SIGNAL_NAME.match(wait.signal):
         scope.violations.add(f"{path}.signal", "a signal name is 1-64 letters, digits, '.', '_' or '-'")
     zero = wait.timeout.seconds == 0 and wait.timeout.nanos == 0  # zero: as long as the task may run
@@ -39,6 +40,15 @@ def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Sc
             schema = compile_schema(struct_to_dict(wait.schema), **schema_checks(scope))
         except SchemaInvalid as exc:
             scope.violations.add(f"{path}.schema", str(exc))
+    lookback = 0.0
+    if wait.event and wait.HasField("lookback"):
+        lookback = duration(wait, "lookback", f"{path}.lookback", scope.violations) or 0.0
+        most = scope.limits.event_lookback_seconds
+        if lookback > most:
+            scope.violations.add(
+                f"{path}.lookback",
+                f"this server keeps published events {most:g}s (MCP_LIMIT_EVENT_LOOKBACK_SECONDS): at most that",
+            )
     plan = WaitPlan(
         id=node_id,
         signal=event_signal(wait.event) if wait.event else wait.signal,
@@ -48,6 +58,7 @@ def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Sc
         schema=schema,
         event=wait.event,
         key=expression(wait.key, f"{path}.key", scope),
+        lookback=lookback,
     )
     scope.waits[node_id] = plan
     scope.suspends = True

@@ -28,3 +28,9 @@ class EventPublisher(Protocol):
         """Publish event `name` with `key` as `owner` would (once per `request_id`); the tasks it
         starts carry `hops` in HOPS_LABEL. Raises McpError as PublishEvent would answer."""
         ...
+
+    async def deliver_kept(self, task_id: str, owner: str, path: str, name: str, key: str, since_ms: int) -> None:
+        """Give the wait at `path` of task `task_id` (owned by `owner`, held by this run) the first
+        event of `name` with `key` ("": any key) kept since `since_ms` that it may take, if any
+        (WaitNode.lookback). Raises McpError as SignalTask would answer."""
+        ...

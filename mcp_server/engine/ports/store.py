@@ -7,6 +7,7 @@ from typing import Protocol
 
 from mcp_server.engine.ports.bulk import BulkActionStore
 from mcp_server.engine.ports.cache import StepCache
+from mcp_server.engine.ports.kept_events import KeptEventStore
 from mcp_server.engine.ports.queue import TaskQueue
 from mcp_server.engine.ports.ratelimits import RateLimitStore
 from mcp_server.engine.ports.registry import CapacityLedger, RegistryStore
@@ -37,6 +38,7 @@ class Store:
     registry: RegistryStore
     capacity: CapacityLedger
     waits: WaitStore
+    kept_events: KeptEventStore
     rate_limits: RateLimitStore
     schedules: ScheduleStore
     bulk_actions: BulkActionStore

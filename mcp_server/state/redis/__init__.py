@@ -15,6 +15,7 @@ from mcp_server.state.redis.bulk import RedisBulkActions
 from mcp_server.state.redis.cache import RedisStepCache
 from mcp_server.state.redis.capacity import RedisCapacity
 from mcp_server.state.redis.connection import RedisConnection
+from mcp_server.state.redis.kept_events import RedisKeptEvents
 from mcp_server.state.redis.lane import RedisLane
 from mcp_server.state.redis.opening import agree_on_layout, connect_cluster, connect_node, eviction_warning
 from mcp_server.state.redis.queue import RedisQueue
@@ -69,6 +70,7 @@ async def open_redis(url: str, retention_seconds: float = 7 * 24 * 3600.0) -> St
         registry=RedisRegistry(conn),
         capacity=RedisCapacity(conn),
         waits=RedisWaits(conn, hub),
+        kept_events=RedisKeptEvents(conn),
         rate_limits=RedisRateLimits(conn),
         schedules=RedisSchedules(conn),
         bulk_actions=RedisBulkActions(conn),

@@ -7,6 +7,7 @@ from mcp_server.state.sqlite.bulk import SqliteBulkActions
 from mcp_server.state.sqlite.cache import SqliteStepCache
 from mcp_server.state.sqlite.capacity import SqliteCapacity
 from mcp_server.state.sqlite.database import SqliteDatabase
+from mcp_server.state.sqlite.kept_events import SqliteKeptEvents
 from mcp_server.state.sqlite.queue import SqliteQueue
 from mcp_server.state.sqlite.ratelimits import SqliteRateLimits
 from mcp_server.state.sqlite.registry import SqliteRegistry
@@ -28,6 +29,7 @@ async def open_sqlite(path: str, retention_seconds: float = 7 * 24 * 3600.0) -> 
         registry=SqliteRegistry(db),
         capacity=SqliteCapacity(),
         waits=SqliteWaits(db),
+        kept_events=SqliteKeptEvents(db),
         rate_limits=SqliteRateLimits(db),
         schedules=SqliteSchedules(db),
         bulk_actions=SqliteBulkActions(db),

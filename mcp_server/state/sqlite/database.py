@@ -106,6 +106,10 @@ CREATE TABLE IF NOT EXISTS event_waits (
   signal TEXT NOT NULL, key TEXT NOT NULL, task_id TEXT NOT NULL, path TEXT NOT NULL,
   PRIMARY KEY (signal, key, task_id, path)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS event_waits_by_task ON event_waits (task_id);
+CREATE TABLE IF NOT EXISTS kept_events (
+  name TEXT NOT NULL, slot TEXT NOT NULL, time_ms INTEGER NOT NULL, record BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS kept_events_by_slot ON kept_events (name, slot, time_ms);
+CREATE INDEX IF NOT EXISTS kept_events_by_time ON kept_events (time_ms);
 """
 PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
 # Columns added since state layout 2 was first written: a file without them gets them at open.

@@ -6,6 +6,7 @@ node wakes a wait in another task; what an index entry outlives (a cancel) is re
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import grpc
@@ -320,3 +321,28 @@ async def test_a_lookback_longer_than_the_server_keeps_events_is_refused(server_
         await create(client, workflow("sig", {"id": "w", "wait": {"signal": "go", "lookback": "10s"}}))
     assert "set `event`" in violations(no_event.value)["workflow.root.wait.lookback"]
     await client.channel.close()
+
+
+async def test_an_event_published_around_the_time_its_wait_begins_is_taken_once_whichever_comes_first(keeping):
+    """60 tasks, each a step of 0-40 ms then a wait with a lookback; each task's event published
+    0-40 ms after its submit, so some come before the wait and some after, some as it begins: every
+    task takes its own event, once."""
+    _, client, events = keeping
+    looking = waiting_for("race.paid", key="input.id", lookback="30s", timeout="20s")
+    race = {"id": "root", "sequence": {"children": [step("work", "sleep", "{'ms': input.ms}"), looking]}}
+    await create(client, workflow("race", race))
+    rng = random.Random(30)
+
+    async def one(n: int) -> str:
+        task = await submit(client, "race", {"id": f"r-{n}", "ms": rng.uniform(0, 40)})
+        await asyncio.sleep(rng.uniform(0, 0.04))
+        await events.PublishEvent(publish("race.paid", {"n": n}, key=f"r-{n}", request_id=f"race-{n}"))
+        return task.task_id
+
+    task_ids = await asyncio.gather(*(one(n) for n in range(60)))
+    for n, task_id in enumerate(task_ids):
+        done = await wait_done(client, task_id)
+        assert done.status == S.TASK_STATUS_COMPLETED and result(done) == {"n": n}, (n, done.error)
+        events_of = client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id))
+        taken = [e async for e in events_of if e.type == task_pb2.TASK_EVENT_TYPE_SIGNAL_RECEIVED]
+        assert len(taken) == 1

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import json_format
 
 from mcp_sdk.errors import McpError
-from mcp_sdk.proto import bulk_pb2, protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
+from mcp_sdk.proto import bulk_pb2, events_pb2, protocol_pb2, protocol_pb2_grpc, registry_pb2, task_pb2, workflow_pb2
 from mcp_server.auth import hash_token
 from mcp_server.engine.values import struct_to_dict
 
@@ -159,4 +159,23 @@ async def parked(client: Any, task_id: str, running: Any = None, timeout: float 
         while (await client.tasks.GetTask(request)).task.status != task_pb2.TASK_STATUS_WAITING:
             await asyncio.sleep(0.02)
         while running is not None and running.orchestrator.dispatcher.in_flight:
+            await asyncio.sleep(0.02)
+
+
+def publish_request(name: str, data: dict[str, Any] | None = None, **fields: Any) -> events_pb2.PublishEventRequest:
+    request = events_pb2.PublishEventRequest(name=name, **fields)
+    if data:
+        request.data.update(data)
+    return request
+
+
+async def step_waiting(client: Any, task_id: str, metadata: Any = None, timeout: float = 10) -> None:
+    """Once a step of the task waits: its STEP_SUSPENDED is written (a wait for an event is then
+    in the store's index, where a publish finds it)."""
+    request = task_pb2.GetTaskRequest(task_id=task_id)
+    async with asyncio.timeout(timeout):
+        while not any(
+            s.status == task_pb2.STEP_STATUS_WAITING
+            for s in (await client.tasks.GetTask(request, metadata=metadata)).task.steps
+        ):
             await asyncio.sleep(0.02)

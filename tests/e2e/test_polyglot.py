@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
-from tests.helpers import create, events, result, run, step, wait_done, workflow
+from tests.helpers import create, events, result, run, step, step_waiting, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,12 +104,7 @@ async def test_node_client_publishes_the_event_a_task_waits_for_by_key(server, c
     task = (await client.tasks.SubmitTask(
         task_pb2.SubmitTaskRequest(workflow_id="for-node-wait", input_data={"id": "n-1"})
     )).task  # fmt: skip
-    async with asyncio.timeout(10):
-        while not any(
-            s.status == task_pb2.STEP_STATUS_WAITING
-            for s in (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps
-        ):
-            await asyncio.sleep(0.05)
+    await step_waiting(client, task.task_id)
     summary = await run_node_client(server.address, "node.paid", json.dumps({"amount": 3}), "--publish", "--key", "n-1")
     assert summary["woken"] == [[task.task_id, "paid", True]] and summary["woken_again"] == []
     done = await wait_done(client, task.task_id)

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2, workflow_pb2
+from mcp_sdk.proto import events_pb2_grpc, task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.helpers import (
@@ -22,10 +22,14 @@ from tests.helpers import (
     principals_file,
     result,
     step,
+    step_waiting,
     submit,
     violations,
     wait_done,
     workflow,
+)
+from tests.helpers import (
+    publish_request as publish,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -39,13 +43,6 @@ def waiting_for(event: str, key: str = "", **extra: Any) -> dict[str, Any]:
     return {"id": "pay", "wait": body}
 
 
-def publish(name: str, data: dict[str, Any] | None = None, **fields: Any) -> events_pb2.PublishEventRequest:
-    request = events_pb2.PublishEventRequest(name=name, **fields)
-    if data:
-        request.data.update(data)
-    return request
-
-
 @pytest.fixture(params=["held", "parked"])
 async def served(request, server_factory, store_url):
     """A server whose waiting runs stay in memory (a signal is taken in by the run), or park at
@@ -57,15 +54,7 @@ async def served(request, server_factory, store_url):
 
 
 async def waiting(client: Any, running: Any, task_id: str, parks: bool) -> None:
-    if parks:
-        await parked(client, task_id, running)
-        return
-    request = task_pb2.GetTaskRequest(task_id=task_id)
-    async with asyncio.timeout(10):  # its STEP_SUSPENDED written: the wait is in the store's index
-        while not any(
-            s.status == task_pb2.STEP_STATUS_WAITING for s in (await client.tasks.GetTask(request)).task.steps
-        ):
-            await asyncio.sleep(0.02)
+    await (parked(client, task_id, running) if parks else step_waiting(client, task_id))
 
 
 async def test_an_event_reaches_the_wait_with_its_key_once(served):
@@ -174,21 +163,11 @@ async def test_only_tasks_the_publisher_may_see_take_its_event(server_factory, t
         task_pb2.SubmitTaskRequest(workflow_id="order", input_data={"id": "x"}), metadata=bearer("ada")
     )
     task_id = submitted.task.task_id
-    await waiting_as(client, task_id, bearer("ada"))
+    await step_waiting(client, task_id, bearer("ada"))
     assert not (await events.PublishEvent(publish("paid", key="x"), metadata=bearer("bob"))).woken
     reply = await events.PublishEvent(publish("paid", {"by": "ada"}, key="x"), metadata=bearer("ada"))
     assert [w.task_id for w in reply.woken] == [task_id]
     await client.channel.close()
-
-
-async def waiting_as(client: Any, task_id: str, metadata: Any) -> None:
-    request = task_pb2.GetTaskRequest(task_id=task_id)
-    async with asyncio.timeout(10):
-        while not any(
-            s.status == task_pb2.STEP_STATUS_WAITING
-            for s in (await client.tasks.GetTask(request, metadata=metadata)).task.steps
-        ):
-            await asyncio.sleep(0.02)
 
 
 async def test_bad_waits_for_events_are_refused_naming_the_field(server_factory):

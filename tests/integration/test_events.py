@@ -22,6 +22,7 @@ from tests.helpers import (
     error_reason,
     parked,
     principals_file,
+    publish_request,
     result,
     step,
     violations,
@@ -35,13 +36,6 @@ S = task_pb2.TaskStatus
 
 def subscribed(workflow_id: str, *triggers: dict[str, Any], **extra: Any):
     return workflow(workflow_id, step("e", "echo"), triggers=list(triggers), **extra)
-
-
-def publish_request(name: str, data: dict[str, Any] | None = None, **fields: Any) -> events_pb2.PublishEventRequest:
-    request = events_pb2.PublishEventRequest(name=name, **fields)
-    if data:
-        request.data.update(data)
-    return request
 
 
 @pytest.fixture

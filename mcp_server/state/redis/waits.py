@@ -130,6 +130,8 @@ class RedisWaits:
         when there is one), in a pipeline on a cluster (the sets are in the partitions' slots)."""
         if not self.conn.cluster:
             flat = await self.conn.do(self.conn.script(self._scan_sets, list(cursors), list(cursors.values())))
+            if not flat:  # none of them exists
+                return [(0, [])] * len(cursors)
             return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         async with self.conn.pipeline(transaction=False) as pipe:
             for index, cursor in cursors.items():

@@ -119,8 +119,10 @@ return released
 
 
 # KEYS: sets (on one node: the partitions' sets of waits for one event and key); ARGV: a cursor for
-# each -> {cursor, members, cursor, members, ...}: one SSCAN page of each (read only)
+# each -> {cursor, members, cursor, members, ...}: one SSCAN page of each, or {} when none of the
+# sets exists (what almost every publish finds: one command, not one per set) (read only)
 SCAN_SETS = """
+if redis.call('EXISTS', unpack(KEYS)) == 0 then return {} end
 local out = {}
 for i, key in ipairs(KEYS) do
   local page = redis.call('SSCAN', key, ARGV[i], 'COUNT', 500)

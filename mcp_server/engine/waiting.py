@@ -120,10 +120,11 @@ async def _suspend(
     if lookback is not None:
         ctx.suspensions.leaf_started()  # not parked while it looks: what it finds is taken in here
         try:
-            await ctx.checkpoint()
-            await ctx.store_call(lookback)
-        except McpError as exc:  # refused (a full signal log): it waits for what comes next
-            log.warning("task %s: %s: no event looked back for: %s", ctx.task.task_id, path, exc.message)
+            await ctx.checkpoint()  # a lease lost here ends the run, as anywhere
+            try:
+                await ctx.store_call(lookback)
+            except McpError as exc:  # refused (a full signal log): it waits for what comes next
+                log.warning("task %s: %s: no event looked back for: %s", ctx.task.task_id, path, exc.message)
         finally:
             ctx.suspensions.leaf_ended()
     taken: Signal | None = None

@@ -8,7 +8,11 @@ task that ends otherwise (a cancel, a purge) may leave its entry behind: the fir
 finds it there removes it. An event reaches a task once: its signal's request_id is made from
 the event's id alone, so a publish sent again is a repeat to every task it reached, whichever of
 their steps waits by then, and of a task's waits for it the one with the event's own key (else
-the first by path) takes it."""
+the first by path) takes it.
+
+With MCP_LIMIT_EVENT_LOOKBACK_SECONDS, a publish first keeps its event (KeptEventStore), and a wait
+with a `lookback`, once written, takes the oldest kept event it may (`deliver_kept`): each side
+writes before it reads the other's, so an event and a wait that meet in time always meet."""
 
 from __future__ import annotations
 
@@ -138,9 +142,9 @@ class EventWaits:
             return
 
     async def deliver_kept(self, task_id: str, owner: str, path: str, name: str, key: str, since_ms: int) -> None:
-        """Give the wait at `path` (a lookback) the oldest kept event of `name` with `key` (""): any)
-        since `since_ms`, published by its task's owner or an admin, that its task has not taken
-        and its schema takes."""
+        """Give the wait at `path` (a lookback) the oldest kept event of `name` with `key` ("": of
+        any key) since `since_ms`, published by its task's owner or an admin, that its task has
+        not taken and its schema takes."""
         seen = set()
         for event in await self.kept.kept(name, key_slot(key) if key else ANY_KEY_SLOT, since_ms):
             if event.event_id in seen or not (event.admin or event.publisher == owner):

@@ -192,6 +192,9 @@ async def test_bad_waits_for_events_are_refused_naming_the_field(server_factory)
     with pytest.raises(grpc.aio.AioRpcError) as long_key:
         await events_pb2_grpc.EventServiceStub(client.channel).PublishEvent(publish("ok", key="k" * 257))
     assert "key" in violations(long_key.value)
+    with pytest.raises(grpc.aio.AioRpcError) as by_signal:  # only a publish answers a wait for an event
+        await client.tasks.SignalTask(task_pb2.SignalTaskRequest(task_id="t", signal="event:ok"))
+    assert by_signal.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "signal" in violations(by_signal.value)
     await create(client, workflow("badkey", waiting_for("ok", key="[1]")))
     failed = await wait_done(client, (await submit(client, "badkey")).task_id)
     assert failed.status == S.TASK_STATUS_FAILED and "`key` gave a list" in failed.error.message

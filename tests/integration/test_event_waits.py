@@ -236,8 +236,8 @@ async def keeping(server_factory, store_url):
 
 
 def after_a_step(wait: dict[str, Any]) -> dict[str, Any]:
-    """A workflow whose wait begins only after a step of 0.3 s: an event can come first."""
-    return {"id": "root", "sequence": {"children": [step("work", "sleep", "{'ms': 300}"), wait]}}
+    """A workflow whose wait begins only after a step of 0.6 s: events published first come that early."""
+    return {"id": "root", "sequence": {"children": [step("work", "sleep", "{'ms': 600}"), wait]}}
 
 
 async def test_a_wait_with_a_lookback_takes_an_event_published_before_it_began(keeping):
@@ -271,7 +271,7 @@ async def test_a_lookback_takes_only_events_of_its_key_within_its_time_and_by_it
     )
     await events.PublishEvent(publish("paid", {"by": "bob"}, key="x"), metadata=bearer("bob"))  # not ada's
     await events.PublishEvent(publish("paid", {"by": "ada", "key": "y"}, key="y"), metadata=bearer("ada"))
-    await events.PublishEvent(publish("paid", {"by": "ada"}, key="x"), metadata=bearer("ada"))  # 0.3 s early
+    await events.PublishEvent(publish("paid", {"by": "ada"}, key="x"), metadata=bearer("ada"))  # 0.6 s early
     submitted = await client.tasks.SubmitTask(
         task_pb2.SubmitTaskRequest(workflow_id="short", input_data={"id": "x"}), metadata=bearer("ada")
     )

@@ -23,6 +23,13 @@ WORKFLOWS = 200
 ENV = {"MCP_LIMIT_MAX_WORKFLOWS_PER_EVENT": str(WORKFLOWS)}
 
 
+def where(plugins, tmp_path, request, backend: str, **env: str) -> tuple[str, str, list[str], dict[str, str]]:
+    """Where a test's server processes run, one after another: an address, the store (a file, or the
+    test Redis), the plugins, and their environment (ENV with `env`)."""
+    store = f"sqlite:///{tmp_path}/events.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    return f"127.0.0.1:{free_port()}", store, [plugins["testkit"].address], {**ENV, **env}
+
+
 async def tasks_of(client, event_id: str) -> collections.Counter[str]:
     reply = await client.tasks.ListTasks(task_pb2.ListTasksRequest(labels={"mcp/event-id": event_id}, page_size=1000))
     return collections.Counter(task.workflow_id for task in reply.tasks)
@@ -30,10 +37,8 @@ async def tasks_of(client, event_id: str) -> collections.Counter[str]:
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_a_publish_cut_by_kill_9_and_sent_again_starts_each_workflow_once(plugins, tmp_path, request, backend):
-    store = f"sqlite:///{tmp_path}/events.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
-    address = f"127.0.0.1:{free_port()}"
-    testkit = [plugins["testkit"].address]
-    process = start_orchestrator(address, store, testkit, "first", **ENV)
+    address, store, testkit, env = where(plugins, tmp_path, request, backend)
+    process = start_orchestrator(address, store, testkit, "first", **env)
     client = client_for_address(address)
     try:
         for i in range(WORKFLOWS):
@@ -49,7 +54,7 @@ async def test_a_publish_cut_by_kill_9_and_sent_again_starts_each_workflow_once(
         cut = isinstance(first[0], grpc.aio.AioRpcError)
         await client.channel.close()
 
-        process = start_orchestrator(address, store, testkit, "again", **ENV)
+        process = start_orchestrator(address, store, testkit, "again", **env)
         client = client_for_address(address)
         before = sum((await tasks_of(client, "cut-1")).values())
         again = await client.events.PublishEvent(request_)
@@ -67,10 +72,7 @@ async def test_a_publish_cut_by_kill_9_and_sent_again_starts_each_workflow_once(
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_a_publish_node_cut_by_kill_9_publishes_once_when_its_task_resumes(plugins, tmp_path, request, backend):
-    store = f"sqlite:///{tmp_path}/events.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
-    address = f"127.0.0.1:{free_port()}"
-    testkit = [plugins["testkit"].address]
-    env = {**ENV, "MCP_LEASE_SECONDS": "1.5"}
+    address, store, testkit, env = where(plugins, tmp_path, request, backend, MCP_LEASE_SECONDS="1.5")
     process = start_orchestrator(address, store, testkit, "first", **env)
     client = client_for_address(address)
     try:
@@ -112,10 +114,7 @@ async def test_a_publish_to_200_waits_cut_by_kill_9_and_sent_again_reaches_each_
     kill -9; a fresh server on the same store and the event sent again with its id: each task
     took the event once (those it reached before the kill resume when their lease runs out),
     and every one completes with it."""
-    store = f"sqlite:///{tmp_path}/events.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
-    address = f"127.0.0.1:{free_port()}"
-    testkit = [plugins["testkit"].address]
-    env = {**ENV, "MCP_LEASE_SECONDS": "1.5"}
+    address, store, testkit, env = where(plugins, tmp_path, request, backend, MCP_LEASE_SECONDS="1.5")
     process = start_orchestrator(address, store, testkit, "first", **env)
     client = client_for_address(address)
     try:

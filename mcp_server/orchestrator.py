@@ -139,7 +139,6 @@ class Orchestrator:
                 store.waits,
                 store.kept_events,
                 self.signalling,
-                settings.limits.event_lookback_seconds,
                 lambda outcome: self.metrics.event_waits.labels(outcome).inc(),
             ),
             lambda outcome: self.metrics.event_tasks.labels(outcome).inc(),

@@ -80,10 +80,10 @@ class Limits:
     # workflows whose triggers may take one event name: a publish starts a task of each (at once,
     # but each is a submission), so a name taken by thousands would make every publish of it slow
     max_workflows_per_event: int = 100
-    # how long published events are kept for the waits whose `lookback` takes one published before
-    # they began (the most a lookback may be); 0: none kept. Each kept event holds its data (events
-    # over MAX_KEPT_EVENT_BYTES are not kept), at most 100 per event name and key
-    event_lookback_seconds: float = 0.0
+    # the longest `lookback` a wait may have (0: none may). Only events of a name some workflow
+    # version waits for with a lookback are kept, for the longest such lookback: each holds its data
+    # (events over MAX_KEPT_EVENT_BYTES are not kept), at most 100 per event name and key
+    event_lookback_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)

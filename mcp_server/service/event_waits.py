@@ -10,9 +10,11 @@ the event's id alone, so a publish sent again is a repeat to every task it reach
 their steps waits by then, and of a task's waits for it the one with the event's own key (else
 the first by path) takes it.
 
-With MCP_LIMIT_EVENT_LOOKBACK_SECONDS, a publish first keeps its event (KeptEventStore), and a wait
-with a `lookback`, once written, takes the oldest kept event it may (`deliver_kept`): each side
-writes before it reads the other's, so an event and a wait that meet in time always meet."""
+A publish looks for waits only when some workflow version waits for its name (the workflow store
+records that as each version is created: WorkflowStore.event_interest). When one of those waits
+has a `lookback`, the publish first keeps its event (KeptEventStore) for the longest of them, and a
+wait with a `lookback`, once written, takes the oldest kept event it may (`deliver_kept`): each
+side writes before it reads the other's, so an event and a wait that meet in time always meet."""
 
 from __future__ import annotations
 
@@ -62,25 +64,32 @@ class EventWaits:
         waits: WaitStore,
         kept: KeptEventStore,
         signalling: Signalling,
-        lookback_seconds: float = 0.0,
         observe: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         self.tasks = tasks
         self.waits = waits
         self.kept = kept
-        self.lookback_seconds = lookback_seconds  # how long published events are kept (0: not kept)
         self.signalling = signalling
         self.observe = observe  # one call per wait the event reached: woken, existing, refused, later
 
-    async def wake(self, name: str, key: str, data: struct_pb2.Struct, event_id: str, principal: Principal) -> Reached:
-        """Give the event to the waits for it (see the module's docstring)."""
+    async def wake(
+        self,
+        name: str,
+        key: str,
+        data: struct_pb2.Struct,
+        event_id: str,
+        principal: Principal,
+        keep_seconds: float = 0.0,
+    ) -> Reached:
+        """Give the event to the waits for it (see the module's docstring), having kept it for
+        `keep_seconds` (0: not kept) for the waits that look back."""
         signal = event_signal(name)
-        if self.lookback_seconds and data.ByteSize() <= MAX_KEPT_EVENT_BYTES:
+        if keep_seconds and data.ByteSize() <= MAX_KEPT_EVENT_BYTES:
             # kept before the waits are read: a wait that begins meanwhile reads it (deliver_kept)
             kept = KeptEvent(
                 event_id, principal.name, principal.is_admin, int(time.time() * 1000), data.SerializeToString()
             )
-            await self.kept.keep(name, (key_slot(key), ANY_KEY_SLOT), kept, self.lookback_seconds)
+            await self.kept.keep(name, (key_slot(key), ANY_KEY_SLOT), kept, keep_seconds)
         paths: dict[str, list[tuple[str, str]]] = defaultdict(list)
         # a task's waits for the event's own key first, then those for any key, each by path
         for its_key, task_id, path in sorted(

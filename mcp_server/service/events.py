@@ -28,7 +28,7 @@ from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import Published, WorkflowStore
 from mcp_server.engine.ports.events import HOPS_LABEL
 from mcp_server.errors import McpError, NotFound, ResourceExhausted, Unavailable
-from mcp_server.service.event_waits import EventWaits
+from mcp_server.service.event_waits import EventWaits, Reached
 from mcp_server.service.submission import Submission, check_input
 from mcp_server.settings import Settings
 
@@ -77,10 +77,11 @@ class Events:
             "key": request.key,
         }
         reply = events_pb2.PublishEventResponse(event_id=event_id)
+        interest = await self.workflows.event_interest(request.name)
         # the waits are looked up while the triggers' tasks start: a publish waits for the longer
         later, reached = await asyncio.gather(
-            self._trigger(request, event, principal, reply),
-            self.waits.wake(request.name, request.key, request.data, event_id, principal),
+            self._trigger(interest.subscribers, request, event, principal, reply),
+            self._wake(interest.lookback, request, event_id, principal),
         )
         for task_id, path, created in reached.woken:
             reply.woken.add(task_id=task_id, step_path=path, created=created)
@@ -95,8 +96,19 @@ class Events:
         """A wait's lookback (see EventPublisher in engine/ports)."""
         await self.waits.deliver_kept(task_id, owner, path, name, key, since_ms)
 
+    async def _wake(
+        self, lookback: float | None, request: events_pb2.PublishEventRequest, event_id: str, principal: Principal
+    ) -> Reached:
+        """The waits for the event, when some workflow version waits for its name (`lookback` not
+        None); it is kept for the longest lookback among them, at most what the server allows."""
+        if lookback is None:
+            return Reached()
+        keep_seconds = min(lookback, self.limits.event_lookback_seconds)
+        return await self.waits.wake(request.name, request.key, request.data, event_id, principal, keep_seconds)
+
     async def _trigger(
         self,
+        subscribed: list[tuple[str, int]],
         request: events_pb2.PublishEventRequest,
         event: Mapping[str, Any],
         principal: Principal,
@@ -105,7 +117,6 @@ class Events:
         """Start the task of every workflow whose trigger takes the event, into `reply`; the first
         refusal for now, if any."""
         later: McpError | None = None
-        subscribed = await self.workflows.subscribers(request.name)
         outcomes = await asyncio.gather(*(self._start(w, v, event, request, principal) for w, v in subscribed))
         for (workflow_id, version), (outcome, created) in zip(subscribed, outcomes, strict=True):
             if isinstance(outcome, _Refused) and outcome.later is not None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from google.protobuf import duration_pb2
 
 from mcp_sdk.proto import workflow_pb2
+from mcp_server.engine.ports import EventInterest
 from mcp_server.state import open_store
 
 pytestmark = pytest.mark.asyncio
@@ -77,6 +79,73 @@ async def test_an_event_s_subscribers_are_the_latest_live_versions_that_name_it(
     await workflows.create_workflow(on("b", "paid"))  # version 3 takes `paid` again, after a read dropped it
     assert await workflows.subscribers("paid") == [("a", 2), ("b", 3)]
     assert await workflows.subscribers("shipped") == [("c", 2)]
+
+
+def waits_for(workflow_id: str, *waits: tuple[str, int], triggers: tuple[str, ...] = ()) -> workflow_pb2.Workflow:
+    """A workflow of a sequence of waits, each (event, lookback seconds), the last inside an inline
+    subworkflow's recover handler."""
+
+    def wait(event: str, lookback: int) -> workflow_pb2.Node:
+        node = workflow_pb2.Node(id=f"w{event}", wait=workflow_pb2.WaitNode(event=event))
+        if lookback:
+            node.wait.lookback.CopyFrom(duration_pb2.Duration(seconds=lookback))
+        return node
+
+    *first, last = [wait(event, lookback) for event, lookback in waits]
+    nested = workflow_pb2.Node(id="sub")
+    handler = nested.subworkflow.definition.root
+    handler.id = "r"
+    handler.recover.body.CopyFrom(workflow_pb2.Node(id="b", sleep=workflow_pb2.SleepNode()))
+    handler.recover.handler.CopyFrom(last)
+    workflow = workflow_pb2.Workflow(
+        workflow_id=workflow_id, triggers=[workflow_pb2.EventTrigger(event=e) for e in triggers]
+    )
+    workflow.root.id = "root"
+    workflow.root.sequence.children.extend([*first, nested])
+    return workflow
+
+
+async def test_an_event_s_interest_is_its_subscribers_and_the_longest_lookback_any_version_waits_with(store):
+    workflows = store.workflows
+    assert await workflows.event_interest("paid") == EventInterest([], None)
+    await workflows.create_workflow(waits_for("a", ("paid", 0), ("shipped", 30), ("deep", 5)))
+    assert (await workflows.event_interest("paid")).lookback == 0.0  # waited for, without a lookback
+    assert (await workflows.event_interest("shipped")).lookback == 30.0
+    assert (await workflows.event_interest("deep")).lookback == 5.0  # inside a subworkflow's recover handler
+    assert await workflows.event_interest("nothing") == EventInterest([], None)
+
+    await workflows.create_workflow(waits_for("a", ("paid", 10), ("shipped", 0)))
+    await workflows.create_workflow(waits_for("b", ("other", 0), triggers=("paid",)))
+    # the longest of every version: version 1's tasks may still wait with its lookback
+    assert await workflows.event_interest("paid") == EventInterest([("b", 1)], 10.0)
+    assert (await workflows.event_interest("shipped")).lookback == 30.0
+    await workflows.delete_workflow("a")
+    await workflows.delete_workflow("b")
+    assert await workflows.event_interest("paid") == EventInterest([], 10.0)  # deleted versions' tasks still run
+    assert (await workflows.event_interest("deep")).lookback == 5.0
+
+
+async def test_a_store_from_before_the_record_of_waited_events_records_every_stored_version(any_store_url, tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}" if any_store_url.startswith("sqlite") else any_store_url
+    store = await open_store(url)
+    await store.workflows.create_workflow(waits_for("a", ("paid", 20), ("shipped", 0)))
+    await store.workflows.create_workflow(waits_for("gone", ("deleted", 7)))
+    await store.workflows.delete_workflow("gone")
+    if url.startswith("sqlite"):  # as a server before the record left the file
+        await store.close()
+        with sqlite3.connect(tmp_path / "old.db") as db:
+            db.execute("DROP TABLE waited_events")
+        store = await open_store(url)
+    else:  # as a server before the record left the store
+        layout = store.workflows.layout
+        await store.workflows.conn.r.delete(layout.waited_events, layout.waited_events_recorded)
+    try:
+        assert (await store.workflows.event_interest("paid")).lookback == 20.0
+        assert (await store.workflows.event_interest("shipped")).lookback == 0.0
+        assert (await store.workflows.event_interest("deleted")).lookback == 7.0
+        assert (await store.workflows.event_interest("nothing")).lookback is None
+    finally:
+        await store.close()
 
 
 async def test_an_sqlite_file_from_before_deletions_were_kept_gets_their_column(tmp_path):

@@ -293,8 +293,8 @@ async def test_a_wait_without_a_key_looks_back_at_events_of_any_key(keeping):
     assert result(await wait_done(client, task.task_id)) == {"v": 3}
 
 
-async def test_a_lookback_longer_than_the_server_keeps_events_is_refused(server_factory):
-    running = await server_factory()
+async def test_a_lookback_longer_than_the_server_allows_is_refused(server_factory):
+    running = await server_factory(limits=Limits(event_lookback_seconds=5))
     client = client_for(running)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await create(client, workflow("long", waiting_for("paid", lookback="10s")))
@@ -328,3 +328,64 @@ async def test_an_event_published_around_the_time_its_wait_begins_is_taken_once_
         events_of = client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id))
         taken = [e async for e in events_of if e.type == task_pb2.TASK_EVENT_TYPE_SIGNAL_RECEIVED]
         assert len(taken) == 1
+
+
+async def test_by_default_a_lookback_works_and_only_events_some_workflow_looks_back_for_are_kept(
+    server_factory, store_url
+):
+    running = await server_factory(store=store_url)  # MCP_LIMIT_EVENT_LOOKBACK_SECONDS as shipped
+    client = client_for(running)
+    events = events_pb2_grpc.EventServiceStub(client.channel)
+    await events.PublishEvent(publish("unwatched", {"n": 1}, key="k"))  # no workflow waits for it yet
+    late = waiting_for("unwatched", key="input.id", lookback="60s", timeout="1s", on_timeout="{'late': true}")
+    await create(client, workflow("late", late))
+    await create(client, workflow("early", after_a_step(waiting_for("watched", key="input.id", lookback="60s"))))
+    late_task = await submit(client, "late", {"id": "k"})
+    early_task = await submit(client, "early", {"id": "k"})
+    await events.PublishEvent(publish("watched", {"n": 2}, key="k"))  # before its wait began: kept for it
+    assert result(await wait_done(client, early_task.task_id)) == {"n": 2}
+    assert result(await wait_done(client, late_task.task_id)) == {"late": True}  # not kept: nobody looked back
+    await client.channel.close()
+
+
+async def test_a_publish_looks_for_waits_only_when_some_version_waits_for_its_name(server_factory, store_url):
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    events = events_pb2_grpc.EventServiceStub(client.channel)
+    store = running.orchestrator.events.waits.waits
+    looked: list[str] = []
+    event_waiters = store.event_waiters
+
+    async def counted(signal: str, keys: Any) -> Any:
+        looked.append(signal)
+        return await event_waiters(signal, keys)
+
+    store.event_waiters = counted
+    await create(client, workflow("other", waiting_for("shipped")))
+    await events.PublishEvent(publish("paid", {}, key="o-1"))
+    assert looked == []
+    await create(client, workflow("pay", waiting_for("paid", key="input.id")))
+    await events.PublishEvent(publish("paid", {}, key="o-1"))
+    assert looked == ["event:paid"]
+    await client.workflows.DeleteWorkflow(workflow_pb2.DeleteWorkflowRequest(workflow_id="pay"))
+    await events.PublishEvent(publish("paid", {}, key="o-1"))  # its tasks may still wait
+    assert looked == ["event:paid", "event:paid"]
+    await client.channel.close()
+
+
+async def test_events_are_kept_for_the_longest_lookback_waited_with_at_most_what_the_server_allows(
+    server_factory, redis_url
+):
+    first = await server_factory(store=redis_url)
+    client = client_for(first)
+    await create(client, workflow("pay", waiting_for("paid", key="input.id", lookback="30s")))
+    await create(client, workflow("pay2", waiting_for("paid", lookback="20s")))
+    kept = first.orchestrator.store.kept_events
+    await events_pb2_grpc.EventServiceStub(client.channel).PublishEvent(publish("paid", {}, key="o-1"))
+    assert 25_000 < await kept.conn.r.pttl(kept._key("paid", "k:o-1")) <= 30_000
+    await client.channel.close()
+    lowered = await server_factory(store=redis_url, limits=Limits(event_lookback_seconds=5))
+    client = client_for(lowered)
+    await events_pb2_grpc.EventServiceStub(client.channel).PublishEvent(publish("paid", {}, key="o-2"))
+    assert 0 < await kept.conn.r.pttl(kept._key("paid", "k:o-2")) <= 5_000
+    await client.channel.close()

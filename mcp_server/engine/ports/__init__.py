@@ -28,7 +28,7 @@ from mcp_server.engine.ports.tasks import (
     TaskStore,
 )
 from mcp_server.engine.ports.waits import SignalDelivery, SignalOutcome, SignalRecord, WaitRecord, WaitStore
-from mcp_server.engine.ports.workflows import WorkflowStore
+from mcp_server.engine.ports.workflows import EventInterest, WorkflowStore, waited_events
 
 __all__ = [
     "NEVER",
@@ -44,6 +44,7 @@ __all__ = [
     "CapacitySlice",
     "Checkpoint",
     "Deletion",
+    "EventInterest",
     "EventListener",
     "EventPublisher",
     "Grant",
@@ -77,4 +78,5 @@ __all__ = [
     "WaitRecord",
     "WaitStore",
     "WorkflowStore",
+    "waited_events",
 ]

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from mcp_sdk.proto import workflow_pb2
+from mcp_sdk.workflow_tree import all_nodes
+
+
+@dataclass(frozen=True)
+class EventInterest:
+    """What an event of one name may reach when it is published: the workflows whose triggers
+    start a task on it (as `subscribers` gives them), and whether a task may wait for it: `lookback`
+    is None when no version of any workflow ever waited for the name, else the longest `lookback`
+    among those waits in seconds (0.0: none looks back)."""
+
+    subscribers: list[tuple[str, int]]
+    lookback: float | None
+
+
+def waited_events(workflow: workflow_pb2.Workflow) -> dict[str, float]:
+    """The events `workflow`'s waits take (inline subworkflows' included), each with the longest
+    lookback among its waits (seconds; 0.0: none looks back)."""
+    found: dict[str, float] = {}
+    for _, node in all_nodes(workflow.root):
+        if node.WhichOneof("kind") == "wait" and node.wait.event:
+            lookback = node.wait.lookback.ToNanoseconds() / 1e9 if node.wait.HasField("lookback") else 0.0
+            found[node.wait.event] = max(found.get(node.wait.event, 0.0), lookback)
+    return found
 
 
 class WorkflowStore(Protocol):
@@ -34,6 +58,13 @@ class WorkflowStore(Protocol):
     async def subscribers(self, event: str) -> list[tuple[str, int]]:
         """(workflow_id, version) of every workflow whose latest version not deleted has a trigger
         on `event`, by workflow_id."""
+        ...
+
+    async def event_interest(self, event: str) -> EventInterest:
+        """What a publish of `event` may reach (see EventInterest), in one read. A version records
+        the events its waits take as it is created, before any task can run it, and the record
+        stays when versions are deleted (their tasks still wait), so a publish that finds no
+        version waiting for its name may skip looking for waits."""
         ...
 
     async def delete_workflow(self, workflow_id: str) -> int:

@@ -197,6 +197,17 @@ class Layout:
         (see RedisWorkflows.subscribers)."""
         return f"{self.prefix}{{wf}}:on:{event}"
 
+    @property
+    def waited_events(self) -> str:
+        """The events some workflow version waits for: event -> the longest lookback of those
+        waits, in seconds (see RedisWorkflows.event_interest)."""
+        return f"{self.prefix}{{wf}}:waited"
+
+    @property
+    def waited_events_recorded(self) -> str:
+        """Set once `waited_events` holds every stored version's waits (a store from before it had none)."""
+        return f"{self.prefix}{{wf}}:waited:recorded"
+
     def deleted_workflow(self, workflow_id: str) -> str:
         """A workflow's deleted versions (see RedisWorkflows)."""
         return f"{self.prefix}{{wf}}:wfd:{workflow_id}"

@@ -7,6 +7,7 @@ import asyncio
 
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.events import now
+from mcp_server.engine.ports.workflows import EventInterest, waited_events
 from mcp_server.state.common import (
     decode_token,
     encode_token,
@@ -25,6 +26,8 @@ class RedisWorkflows:
         self._live_version = conn.register(LIVE_VERSION)
         self._delete = conn.register(DELETE_VERSIONS)
         self._forget = conn.register(FORGET_SUBSCRIBER)
+        self._record = conn.register(RECORD_WAITED)
+        self._recording = asyncio.Lock()
 
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         stored = workflow_pb2.Workflow()
@@ -34,6 +37,7 @@ class RedisWorkflows:
             await self.conn.do(self.conn.r.hincrby(self.layout.workflow_versions, workflow.workflow_id, 1))
         )
         stored.create_time.CopyFrom(now())
+        await self._record_waits([stored])  # before any task can run the version
         async with self.conn.pipeline(transaction=True) as pipe:
             pipe.hset(self.layout.workflow(stored.workflow_id), str(stored.version), stored.SerializeToString())
             pipe.zadd(self.layout.workflow_ids, {stored.workflow_id: 0})
@@ -78,11 +82,54 @@ class RedisWorkflows:
         return workflows, token
 
     async def subscribers(self, event: str) -> list[tuple[str, int]]:
-        """The entries a version with a trigger on `event` wrote, kept where that version is still
+        key = self.layout.event_subscribers(event)
+        return await self._live(key, await self.conn.do(self.conn.r.hgetall(key)))
+
+    async def event_interest(self, event: str) -> EventInterest:
+        key = self.layout.event_subscribers(event)
+        async with self.conn.pipeline(transaction=False) as pipe:
+            pipe.hgetall(key)
+            pipe.hget(self.layout.waited_events, event)
+            pipe.exists(self.layout.waited_events_recorded)
+            entries, lookback, recorded = await self.conn.do(pipe.execute())
+        if not recorded:
+            await self._record_every_version()
+            lookback = await self.conn.do(self.conn.r.hget(self.layout.waited_events, event))
+        return EventInterest(await self._live(key, entries), float(lookback) if lookback is not None else None)
+
+    async def _record_waits(self, workflows: list[workflow_pb2.Workflow]) -> None:
+        """Record the events these versions wait for, keeping the longest lookback of each."""
+        waited: dict[str, float] = {}
+        for workflow in workflows:
+            for event, lookback in waited_events(workflow).items():
+                waited[event] = max(waited.get(event, 0.0), lookback)
+        if waited:
+            args = [part for event, lookback in sorted(waited.items()) for part in (event, repr(lookback))]
+            await self.conn.write(self._record, [self.layout.waited_events], args)
+
+    async def _record_every_version(self) -> None:
+        """Record what every stored version waits for, deleted ones too, then mark it done: once per
+        store (one from before the record may hold tasks waiting for events). Replicas that do it
+        at once write the same; a create meanwhile records its own."""
+        async with self._recording:
+            if await self.conn.do(self.conn.r.exists(self.layout.waited_events_recorded)):
+                return
+            ids = [raw.decode() for raw in await self.conn.do(self.conn.r.hkeys(self.layout.workflow_versions))]
+            for start in range(0, len(ids), 100):
+                async with self.conn.pipeline(transaction=False) as pipe:
+                    for workflow_id in ids[start : start + 100]:
+                        pipe.hvals(self.layout.workflow(workflow_id))
+                        pipe.hvals(self.layout.deleted_workflow(workflow_id))
+                    found = await self.conn.do(pipe.execute())
+                await self._record_waits(
+                    [workflow_pb2.Workflow.FromString(data) for versions in found for data in versions]
+                )
+            await self.conn.do(self.conn.r.set(self.layout.waited_events_recorded, 1))
+
+    async def _live(self, key: str, entries: dict[bytes, bytes]) -> list[tuple[str, int]]:
+        """The entries a version with a trigger on the event wrote, kept where that version is still
         the workflow's live latest. An entry of an older version (a newer one dropped the trigger)
         or of a deleted workflow is removed, unless a create re-wrote it meanwhile."""
-        key = self.layout.event_subscribers(event)
-        entries = await self.conn.do(self.conn.r.hgetall(key))
         named = sorted((raw.decode(), int(version)) for raw, version in entries.items())
         live = await asyncio.gather(*(self.live_version(workflow_id) for workflow_id, _ in named))
         found = []
@@ -144,4 +191,13 @@ return deleted
 FORGET_SUBSCRIBER = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
+"""
+
+# KEYS: the waited events hash; ARGV: (event, lookback seconds) pairs -> each event's longest lookback kept
+RECORD_WAITED = """
+for i = 1, #ARGV, 2 do
+  local had = redis.call('HGET', KEYS[1], ARGV[i])
+  if not had or tonumber(had) < tonumber(ARGV[i + 1]) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
 """

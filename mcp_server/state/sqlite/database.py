@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mcp_sdk.proto import task_pb2
+from mcp_sdk.proto import task_pb2, workflow_pb2
+from mcp_server.engine.ports.workflows import waited_events
 from mcp_server.errors import StartupError, StoreFull, Unavailable
 from mcp_server.state.common import LAYOUT_MISMATCH, LAYOUT_VERSION
 from mcp_server.state.followers import Followers
@@ -110,6 +111,7 @@ CREATE TABLE IF NOT EXISTS kept_events (
   name TEXT NOT NULL, slot TEXT NOT NULL, time_ms INTEGER NOT NULL, record BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS kept_events_by_slot ON kept_events (name, slot, time_ms);
 CREATE INDEX IF NOT EXISTS kept_events_by_time ON kept_events (time_ms);
+CREATE TABLE IF NOT EXISTS waited_events (event TEXT PRIMARY KEY, lookback REAL NOT NULL) WITHOUT ROWID;
 """
 PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
 # Columns added since state layout 2 was first written: a file without them gets them at open.
@@ -263,7 +265,10 @@ def _connect(path: str) -> sqlite3.Connection:
             f"the SQLite store at {path} "
             + LAYOUT_MISMATCH.format(found=found[0] if found else 1, wanted=LAYOUT_VERSION)
         )
+    had_waited = db.execute("SELECT 1 FROM sqlite_master WHERE name='waited_events'").fetchone() is not None
     db.executescript(SCHEMA)
+    if not had_waited:
+        _record_waited_events(db)
     columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
     for column, alter in ADDED_COLUMNS.items():
         if column not in columns:
@@ -318,6 +323,24 @@ def _fill_creation_times(db: sqlite3.Connection) -> None:
                 [(task_pb2.Task.FromString(fixed).create_time.ToMicroseconds(), seq) for seq, fixed in rows],
             )
         last = rows[-1][0]
+
+
+def record_waited_events(db: sqlite3.Connection, workflow: workflow_pb2.Workflow) -> None:
+    """Record the events `workflow`'s waits take, keeping the longest lookback of each (see
+    WorkflowStore.event_interest); within the caller's transaction."""
+    db.executemany(
+        "INSERT INTO waited_events VALUES (?, ?) ON CONFLICT (event) DO UPDATE SET"
+        " lookback=MAX(lookback, excluded.lookback)",
+        list(waited_events(workflow).items()),
+    )
+
+
+def _record_waited_events(db: sqlite3.Connection) -> None:
+    """Record the events every stored version waits for (once, as the table is made: a file from
+    before it may hold tasks waiting for events)."""
+    with db:
+        for (data,) in db.execute("SELECT data FROM workflows").fetchall():
+            record_waited_events(db, workflow_pb2.Workflow.FromString(data))
 
 
 def _index_labels(db: sqlite3.Connection) -> None:

@@ -7,11 +7,12 @@ import time
 
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.events import now
+from mcp_server.engine.ports.workflows import EventInterest
 from mcp_server.state.common import (
     decode_token,
     encode_token,
 )
-from mcp_server.state.sqlite.database import SqliteDatabase
+from mcp_server.state.sqlite.database import SqliteDatabase, record_waited_events
 
 
 class SqliteWorkflows:
@@ -36,6 +37,7 @@ class SqliteWorkflows:
                     "INSERT INTO workflows (workflow_id, version, data) VALUES (?, ?, ?)",
                     (stored.workflow_id, stored.version, stored.SerializeToString()),
                 )
+                record_waited_events(db, stored)
                 db.execute("DELETE FROM event_triggers WHERE workflow_id=?", (stored.workflow_id,))
                 db.executemany(
                     "INSERT INTO event_triggers (event, workflow_id, version) VALUES (?, ?, ?)",
@@ -90,13 +92,14 @@ class SqliteWorkflows:
         return workflows, token
 
     async def subscribers(self, event: str) -> list[tuple[str, int]]:
-        rows = await self.db.rows(
-            "SELECT t.workflow_id, t.version FROM event_triggers t WHERE t.event=? AND t.version = ("
-            "SELECT MAX(version) FROM workflows w WHERE w.workflow_id=t.workflow_id AND w.deleted_at IS NULL)"
-            " ORDER BY t.workflow_id",
-            (event,),
-        )
-        return [(str(row[0]), int(row[1])) for row in rows]
+        return await self.db.run(lambda db: _subscribers(db, event))
+
+    async def event_interest(self, event: str) -> EventInterest:
+        def read(db: sqlite3.Connection) -> EventInterest:
+            waited = db.execute("SELECT lookback FROM waited_events WHERE event=?", (event,)).fetchone()
+            return EventInterest(_subscribers(db, event), float(waited[0]) if waited else None)
+
+        return await self.db.run(read)
 
     async def delete_workflow(self, workflow_id: str) -> int:
         def delete(db: sqlite3.Connection) -> int:
@@ -109,3 +112,13 @@ class SqliteWorkflows:
             return int(marked)
 
         return await self.db.run(delete)
+
+
+def _subscribers(db: sqlite3.Connection, event: str) -> list[tuple[str, int]]:
+    rows = db.execute(
+        "SELECT t.workflow_id, t.version FROM event_triggers t WHERE t.event=? AND t.version = ("
+        "SELECT MAX(version) FROM workflows w WHERE w.workflow_id=t.workflow_id AND w.deleted_at IS NULL)"
+        " ORDER BY t.workflow_id",
+        (event,),
+    ).fetchall()
+    return [(str(row[0]), int(row[1])) for row in rows]

@@ -72,24 +72,21 @@ class EventWaits:
         self.signalling = signalling
         self.observe = observe  # one call per wait the event reached: woken, existing, refused, later
 
-    async def wake(
-        self,
-        name: str,
-        key: str,
-        data: struct_pb2.Struct,
-        event_id: str,
-        principal: Principal,
-        keep_seconds: float = 0.0,
-    ) -> Reached:
-        """Give the event to the waits for it (see the module's docstring), having kept it for
-        `keep_seconds` (0: not kept) for the waits that look back."""
-        signal = event_signal(name)
-        if keep_seconds and data.ByteSize() <= MAX_KEPT_EVENT_BYTES:
-            # kept before the waits are read: a wait that begins meanwhile reads it (deliver_kept)
+    async def keep(
+        self, name: str, key: str, data: struct_pb2.Struct, event_id: str, principal: Principal, seconds: float
+    ) -> None:
+        """Keep the event `seconds` for the waits that look back (unless its data is too large to
+        keep); before `wake`, so that a wait that begins meanwhile reads it (deliver_kept). Keeping
+        it again, for longer, keeps it that long."""
+        if seconds > 0 and data.ByteSize() <= MAX_KEPT_EVENT_BYTES:
             kept = KeptEvent(
                 event_id, principal.name, principal.is_admin, int(time.time() * 1000), data.SerializeToString()
             )
-            await self.kept.keep(name, (key_slot(key), ANY_KEY_SLOT), kept, keep_seconds)
+            await self.kept.keep(name, (key_slot(key), ANY_KEY_SLOT), kept, seconds)
+
+    async def wake(self, name: str, key: str, data: struct_pb2.Struct, event_id: str, principal: Principal) -> Reached:
+        """Give the event to the waits for it (see the module's docstring)."""
+        signal = event_signal(name)
         paths: dict[str, list[tuple[str, str]]] = defaultdict(list)
         # a task's waits for the event's own key first, then those for any key, each by path
         for its_key, task_id, path in sorted(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from mcp_server.engine.cel import Expression, ExpressionError
 from mcp_server.engine.payload import struct_to_python
 from mcp_server.engine.plan import TriggerPlan
 from mcp_server.engine.plans import PlanCache
-from mcp_server.engine.ports import Published, WorkflowStore
+from mcp_server.engine.ports import EventInterest, Published, WorkflowStore
 from mcp_server.engine.ports.events import HOPS_LABEL
 from mcp_server.errors import McpError, NotFound, ResourceExhausted, Unavailable
 from mcp_server.service.event_waits import EventWaits, Reached
@@ -61,6 +61,9 @@ class Events:
         self.plans = plans
         self.submission = submission
         self.waits = waits
+        # the event names some workflow version waits for, with the longest lookback last read
+        # (bounded by the workflows stored: a name is here only once a version waits for it)
+        self._waited: dict[str, float] = {}
         self.observe = observe  # one call per workflow an event reached: started, existing, refused, later
 
     async def publish(
@@ -77,11 +80,15 @@ class Events:
             "key": request.key,
         }
         reply = events_pb2.PublishEventResponse(event_id=event_id)
-        interest = await self.workflows.event_interest(request.name)
-        # the waits are looked up while the triggers' tasks start: a publish waits for the longer
+        interest = asyncio.ensure_future(self._interest(request.name))
+        # a name some version waited for stays so: its waits are looked up at once, while the
+        # triggers' tasks start; a publish waits for the longer
+        known = self._waited.get(request.name)
+        if known is None:
+            known = (await interest).lookback
         later, reached = await asyncio.gather(
-            self._trigger(interest.subscribers, request, event, principal, reply),
-            self._wake(interest.lookback, request, event_id, principal),
+            self._trigger(interest, request, event, principal, reply),
+            self._wake(known, interest, request, event_id, principal),
         )
         for task_id, path, created in reached.woken:
             reply.woken.add(task_id=task_id, step_path=path, created=created)
@@ -96,19 +103,37 @@ class Events:
         """A wait's lookback (see EventPublisher in engine/ports)."""
         await self.waits.deliver_kept(task_id, owner, path, name, key, since_ms)
 
+    async def _interest(self, name: str) -> EventInterest:
+        interest = await self.workflows.event_interest(name)
+        if interest.lookback is not None:
+            self._waited[name] = max(interest.lookback, self._waited.get(name, 0.0))
+        return interest
+
     async def _wake(
-        self, lookback: float | None, request: events_pb2.PublishEventRequest, event_id: str, principal: Principal
+        self,
+        known: float | None,
+        interest: Awaitable[EventInterest],
+        request: events_pb2.PublishEventRequest,
+        event_id: str,
+        principal: Principal,
     ) -> Reached:
-        """The waits for the event, when some workflow version waits for its name (`lookback` not
-        None); it is kept for the longest lookback among them, at most what the server allows."""
-        if lookback is None:
+        """The waits for the event when some workflow version waits for its name (`known`: the
+        longest lookback among them as last read, None: none waits); the event is kept for that
+        lookback, at most what the server allows, and for longer if the read under way finds that
+        a version created since looks back further."""
+        if known is None:
             return Reached()
-        keep_seconds = min(lookback, self.limits.event_lookback_seconds)
-        return await self.waits.wake(request.name, request.key, request.data, event_id, principal, keep_seconds)
+        most = self.limits.event_lookback_seconds
+        name, key, data = request.name, request.key, request.data
+        await self.waits.keep(name, key, data, event_id, principal, min(known, most))
+        reached = await self.waits.wake(name, key, data, event_id, principal)
+        if (lookback := (await interest).lookback or 0.0) > known:
+            await self.waits.keep(name, key, data, event_id, principal, min(lookback, most))
+        return reached
 
     async def _trigger(
         self,
-        subscribed: list[tuple[str, int]],
+        interest: Awaitable[EventInterest],
         request: events_pb2.PublishEventRequest,
         event: Mapping[str, Any],
         principal: Principal,
@@ -117,6 +142,7 @@ class Events:
         """Start the task of every workflow whose trigger takes the event, into `reply`; the first
         refusal for now, if any."""
         later: McpError | None = None
+        subscribed = (await interest).subscribers
         outcomes = await asyncio.gather(*(self._start(w, v, event, request, principal) for w, v in subscribed))
         for (workflow_id, version), (outcome, created) in zip(subscribed, outcomes, strict=True):
             if isinstance(outcome, _Refused) and outcome.later is not None:

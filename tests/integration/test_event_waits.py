@@ -381,8 +381,13 @@ async def test_events_are_kept_for_the_longest_lookback_waited_with_at_most_what
     await create(client, workflow("pay", waiting_for("paid", key="input.id", lookback="30s")))
     await create(client, workflow("pay2", waiting_for("paid", lookback="20s")))
     kept = first.orchestrator.store.kept_events
-    await events_pb2_grpc.EventServiceStub(client.channel).PublishEvent(publish("paid", {}, key="o-1"))
+    events = events_pb2_grpc.EventServiceStub(client.channel)
+    await events.PublishEvent(publish("paid", {}, key="o-1"))
     assert 25_000 < await kept.conn.r.pttl(kept._key("paid", "k:o-1")) <= 30_000
+    # a version that looks back further, created after this replica learnt the name's lookback
+    await create(client, workflow("pay", waiting_for("paid", key="input.id", lookback="50s")))
+    await events.PublishEvent(publish("paid", {}, key="o-3"))
+    assert 45_000 < await kept.conn.r.pttl(kept._key("paid", "k:o-3")) <= 50_000
     await client.channel.close()
     lowered = await server_factory(store=redis_url, limits=Limits(event_lookback_seconds=5))
     client = client_for(lowered)

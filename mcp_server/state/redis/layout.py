@@ -194,18 +194,14 @@ class Layout:
 
     def event_subscribers(self, event: str) -> str:
         """The workflows whose version named `event` in its triggers: workflow_id -> that version
-        (see RedisWorkflows.subscribers)."""
+        (see RedisWorkflows.subscribers); and, when some version waits for the event, field `~waited`
+        -> the longest lookback of those waits (a field no workflow id can be)."""
         return f"{self.prefix}{{wf}}:on:{event}"
 
     @property
-    def waited_events(self) -> str:
-        """The events some workflow version waits for: event -> the longest lookback of those
-        waits, in seconds (see RedisWorkflows.event_interest)."""
-        return f"{self.prefix}{{wf}}:waited"
-
-    @property
     def waited_events_recorded(self) -> str:
-        """Set once `waited_events` holds every stored version's waits (a store from before it had none)."""
+        """Set once the event subscriber hashes record every stored version's waits (a store from
+        before that record had none; see RedisWorkflows.event_interest)."""
         return f"{self.prefix}{{wf}}:waited:recorded"
 
     def deleted_workflow(self, workflow_id: str) -> str:

@@ -28,6 +28,7 @@ class RedisWorkflows:
         self._forget = conn.register(FORGET_SUBSCRIBER)
         self._record = conn.register(RECORD_WAITED)
         self._recording = asyncio.Lock()
+        self._recorded = False  # seen set: it stays so (the record is only ever added to)
 
     async def create_workflow(self, workflow: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
         stored = workflow_pb2.Workflow()
@@ -82,19 +83,15 @@ class RedisWorkflows:
         return workflows, token
 
     async def subscribers(self, event: str) -> list[tuple[str, int]]:
-        key = self.layout.event_subscribers(event)
-        return await self._live(key, await self.conn.do(self.conn.r.hgetall(key)))
+        return (await self.event_interest(event)).subscribers
 
     async def event_interest(self, event: str) -> EventInterest:
-        key = self.layout.event_subscribers(event)
-        async with self.conn.pipeline(transaction=False) as pipe:
-            pipe.hgetall(key)
-            pipe.hget(self.layout.waited_events, event)
-            pipe.exists(self.layout.waited_events_recorded)
-            entries, lookback, recorded = await self.conn.do(pipe.execute())
-        if not recorded:
+        """One HGETALL once this process has seen the record made (see _record_every_version)."""
+        if not self._recorded:
             await self._record_every_version()
-            lookback = await self.conn.do(self.conn.r.hget(self.layout.waited_events, event))
+        key = self.layout.event_subscribers(event)
+        entries = await self.conn.do(self.conn.r.hgetall(key))
+        lookback = entries.pop(WAITED_FIELD, None)
         return EventInterest(await self._live(key, entries), float(lookback) if lookback is not None else None)
 
     async def _record_waits(self, workflows: list[workflow_pb2.Workflow]) -> None:
@@ -104,15 +101,17 @@ class RedisWorkflows:
             for event, lookback in waited_events(workflow).items():
                 waited[event] = max(waited.get(event, 0.0), lookback)
         if waited:
-            args = [part for event, lookback in sorted(waited.items()) for part in (event, repr(lookback))]
-            await self.conn.write(self._record, [self.layout.waited_events], args)
+            events = sorted(waited)
+            keys = [self.layout.event_subscribers(event) for event in events]
+            await self.conn.write(self._record, keys, [repr(waited[event]) for event in events])
 
     async def _record_every_version(self) -> None:
         """Record what every stored version waits for, deleted ones too, then mark it done: once per
         store (one from before the record may hold tasks waiting for events). Replicas that do it
         at once write the same; a create meanwhile records its own."""
         async with self._recording:
-            if await self.conn.do(self.conn.r.exists(self.layout.waited_events_recorded)):
+            if self._recorded or await self.conn.do(self.conn.r.exists(self.layout.waited_events_recorded)):
+                self._recorded = True
                 return
             ids = [raw.decode() for raw in await self.conn.do(self.conn.r.hkeys(self.layout.workflow_versions))]
             for start in range(0, len(ids), 100):
@@ -125,6 +124,7 @@ class RedisWorkflows:
                     [workflow_pb2.Workflow.FromString(data) for versions in found for data in versions]
                 )
             await self.conn.do(self.conn.r.set(self.layout.waited_events_recorded, 1))
+            self._recorded = True
 
     async def _live(self, key: str, entries: dict[bytes, bytes]) -> list[tuple[str, int]]:
         """The entries a version with a trigger on the event wrote, kept where that version is still
@@ -193,11 +193,13 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 """
 
-# KEYS: the waited events hash; ARGV: (event, lookback seconds) pairs -> each event's longest lookback kept
+WAITED_FIELD = b"~waited"
+# KEYS: the subscriber hashes of events waited for; ARGV: the lookback (seconds) of each -> each
+# hash's `~waited` holds the longest lookback it was given
 RECORD_WAITED = """
-for i = 1, #ARGV, 2 do
-  local had = redis.call('HGET', KEYS[1], ARGV[i])
-  if not had or tonumber(had) < tonumber(ARGV[i + 1]) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i, key in ipairs(KEYS) do
+  local had = redis.call('HGET', key, '~waited')
+  if not had or tonumber(had) < tonumber(ARGV[i]) then redis.call('HSET', key, '~waited', ARGV[i]) end
 end
 return 1
 """

@@ -275,5 +275,6 @@ def _dot_fill(graph: Graph, node_id: str, colours: dict[str, str]) -> str:
 def _awaited(wait: workflow_pb2.WaitNode) -> str:
     """What a wait node waits for, in words."""
     if wait.event:
-        return f"event {wait.event}" + (f" by key {wait.key}" if wait.key else "")
+        keyed = f" by key {wait.key}" if wait.key else ""
+        return f"event {wait.event}{keyed}" + (f" if {wait.condition}" if wait.condition else "")
     return wait.signal

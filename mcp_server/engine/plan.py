@@ -171,6 +171,7 @@ class WaitPlan:
     event: str = ""
     key: Expression | None = None
     lookback: float = 0.0  # seconds: an event published this long before the wait began is taken too
+    condition: Expression | None = None  # over `event` and `input`: an event it does not hold for passes by
     kind: str = "wait"
 
 

@@ -22,14 +22,16 @@ import asyncio
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import Principal
+from mcp_server.engine.payload import struct_to_python
 from mcp_server.engine.ports import TaskStore, WaitStore
 from mcp_server.engine.ports.kept_events import (
     ANY_KEY_SLOT,
@@ -73,20 +75,37 @@ class EventWaits:
         self.observe = observe  # one call per wait the event reached: woken, existing, refused, later
 
     async def keep(
-        self, name: str, key: str, data: struct_pb2.Struct, event_id: str, principal: Principal, seconds: float
+        self,
+        name: str,
+        key: str,
+        data: struct_pb2.Struct,
+        event_id: str,
+        principal: Principal,
+        seconds: float,
+        labels: Mapping[str, str],
     ) -> None:
         """Keep the event `seconds` for the waits that look back (unless its data is too large to
         keep); before `wake`, so that a wait that begins meanwhile reads it (deliver_kept). Keeping
         it again, for longer, keeps it that long."""
         if seconds > 0 and data.ByteSize() <= MAX_KEPT_EVENT_BYTES:
+            now_ms = int(time.time() * 1000)
             kept = KeptEvent(
-                event_id, principal.name, principal.is_admin, int(time.time() * 1000), data.SerializeToString()
+                event_id, principal.name, principal.is_admin, now_ms, data.SerializeToString(), key, dict(labels)
             )
             await self.kept.keep(name, (key_slot(key), ANY_KEY_SLOT), kept, seconds)
 
-    async def wake(self, name: str, key: str, data: struct_pb2.Struct, event_id: str, principal: Principal) -> Reached:
+    async def wake(
+        self,
+        name: str,
+        key: str,
+        data: struct_pb2.Struct,
+        event_id: str,
+        principal: Principal,
+        labels: Mapping[str, str] | None = None,
+    ) -> Reached:
         """Give the event to the waits for it (see the module's docstring)."""
         signal = event_signal(name)
+        event = _event(name, key, data, event_id, labels or {})
         paths: dict[str, list[tuple[str, str]]] = defaultdict(list)
         # a task's waits for the event's own key first, then those for any key, each by path
         for its_key, task_id, path in sorted(
@@ -101,7 +120,7 @@ class EventWaits:
 
         async def wake_task(task_id: str) -> None:
             async with room:
-                await self._wake_task(task_id, signal, paths[task_id], payload, request_id, principal, reached)
+                await self._wake_task(task_id, signal, paths[task_id], payload, request_id, principal, event, reached)
 
         await asyncio.gather(*(wake_task(task_id) for task_id in paths))
         return reached
@@ -114,20 +133,25 @@ class EventWaits:
         payload: struct_pb2.Value,
         request_id: str,
         principal: Principal,
+        event: dict[str, Any],
         reached: Reached,
     ) -> None:
-        """Signal the first of the task's waits that still waits; forget the entries that are stale."""
+        """Signal the first of the task's waits that still waits and whose condition holds; forget
+        the entries that are stale."""
         for key, path in candidates:
             request = task_pb2.SignalTaskRequest(
                 task_id=task_id, signal=signal, payload=payload, request_id=request_id, step_path=path
             )
             try:
-                answer = await self.signalling.signal_task(request, principal)
+                answer = await self.signalling.signal_task(request, principal, event)
             except NotFound:
                 if await self.tasks.get_task(task_id) is None:  # gone; else another's task: left alone
                     await self.waits.forget_event_waiter(signal, key, task_id, path)
                 return
             except FailedPrecondition as exc:
+                if exc.reason == "CONDITION_NOT_MET":
+                    self.observe("passed")
+                    continue  # the next wait of the task, if any
                 if exc.reason not in ("TASK_FINISHED", "STEP_NOT_WAITING"):
                     raise
                 await self.waits.forget_event_waiter(signal, key, task_id, path)
@@ -152,29 +176,37 @@ class EventWaits:
         any key) since `since_ms`, published by its task's owner or an admin, that its task has
         not taken and its schema takes."""
         seen = set()
-        for event in await self.kept.kept(name, key_slot(key) if key else ANY_KEY_SLOT, since_ms):
-            if event.event_id in seen or not (event.admin or event.publisher == owner):
+        for kept in await self.kept.kept(name, key_slot(key) if key else ANY_KEY_SLOT, since_ms):
+            if kept.event_id in seen or not (kept.admin or kept.publisher == owner):
                 continue
-            seen.add(event.event_id)
+            seen.add(kept.event_id)
             payload = struct_pb2.Value()
-            payload.struct_value.ParseFromString(event.data)
+            payload.struct_value.ParseFromString(kept.data)
             request = task_pb2.SignalTaskRequest(
                 task_id=task_id,
                 signal=event_signal(name),
                 payload=payload,
-                request_id=_request_id(event.event_id),
+                request_id=_request_id(kept.event_id),
                 step_path=path,
             )
+            event = _event(name, kept.key, payload.struct_value, kept.event_id, kept.labels)
             try:
-                answer = await self.signalling.signal_task(request, Principal(owner, frozenset()))
-            except InvalidArgument:  # its schema refuses this one: the next may do
+                answer = await self.signalling.signal_task(request, Principal(owner, frozenset()), event)
+            except InvalidArgument:  # its schema or its condition refuses this one: the next may do
                 continue
-            except FailedPrecondition:  # the wait has its event already (a live publish), or ended
-                return
+            except FailedPrecondition as exc:
+                if exc.reason == "CONDITION_NOT_MET":
+                    continue
+                return  # the wait has its event already (a live publish), or ended
             if answer.created:
                 self.observe("kept")
                 return
             # created: false: the task took this event before (an earlier wait): the next may do
+
+
+def _event(name: str, key: str, data: struct_pb2.Struct, event_id: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The event as a wait's condition reads it (`event`), as a trigger's CEL does, key included."""
+    return {"name": name, "key": key, "data": struct_to_python(data), "labels": dict(labels), "event_id": event_id}
 
 
 def _request_id(event_id: str) -> str:

@@ -124,11 +124,11 @@ class Events:
         if known is None:
             return Reached()
         most = self.limits.event_lookback_seconds
-        name, key, data = request.name, request.key, request.data
-        await self.waits.keep(name, key, data, event_id, principal, min(known, most))
-        reached = await self.waits.wake(name, key, data, event_id, principal)
+        name, key, data, labels = request.name, request.key, request.data, request.labels
+        await self.waits.keep(name, key, data, event_id, principal, min(known, most), labels)
+        reached = await self.waits.wake(name, key, data, event_id, principal, labels)
         if (lookback := (await interest).lookback or 0.0) > known:
-            await self.waits.keep(name, key, data, event_id, principal, min(lookback, most))
+            await self.waits.keep(name, key, data, event_id, principal, min(lookback, most), labels)
         return reached
 
     async def _trigger(

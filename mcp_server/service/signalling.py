@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
+from mcp_server.engine.cel import ExpressionError
 from mcp_server.engine.dispatcher import Dispatcher
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import make_event
@@ -17,6 +19,7 @@ from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import SignalDelivery, SignalOutcome, TaskStore, WaitRecord, WaitStore
 from mcp_server.engine.ports.waits import EVENT_SIGNAL_PREFIX
+from mcp_server.engine.records import task_input
 from mcp_server.engine.values import ValueTooDeep, message_depth, value_to_python
 from mcp_server.errors import (
     FailedPrecondition,
@@ -63,18 +66,25 @@ class Signalling:
         self.dispatcher = dispatcher
 
     async def signal_task(
-        self, request: task_pb2.SignalTaskRequest, principal: Principal = ANONYMOUS_ADMIN
+        self,
+        request: task_pb2.SignalTaskRequest,
+        principal: Principal = ANONYMOUS_ADMIN,
+        event: Mapping[str, Any] | None = None,
     ) -> task_pb2.SignalTaskResponse:
-        """Send the signal (see SignalTask in task.proto for what is refused, and why)."""
+        """Send the signal (see SignalTask in task.proto for what is refused, and why). `event`: the
+        published event a wait for events is given (what its `condition` reads); a condition that
+        does not hold raises FailedPrecondition CONDITION_NOT_MET, one that fails InvalidArgument."""
         try:
-            answer = await self._send(request, principal)
+            answer = await self._send(request, principal, event)
         except McpError as exc:
             self.counted(f"refused: {exc.reason}")
             raise
         self.counted("repeated" if not answer.created else "taken" if answer.step_path else "kept")
         return answer
 
-    async def _send(self, request: task_pb2.SignalTaskRequest, principal: Principal) -> task_pb2.SignalTaskResponse:
+    async def _send(
+        self, request: task_pb2.SignalTaskRequest, principal: Principal, event: Mapping[str, Any] | None
+    ) -> task_pb2.SignalTaskResponse:
         require("task_id", request.task_id)
         require("signal", request.signal)
         header = await visible_task(self.tasks, request.task_id, principal)
@@ -87,6 +97,8 @@ class Signalling:
         _not_finished(header)
         plan = await self.plans.get(header.workflow_id, header.workflow_version)
         await self._check(request, plan)
+        if event is not None:
+            await self._check_condition(request, plan, header, event)
         for _ in range(20):  # compare-and-set against the task's log: read again when it moved
             waits = await self.waits.read_waits(request.task_id)
             if request.step_path:
@@ -140,6 +152,29 @@ class Signalling:
                 f"the payload does not fit the schema of {what}: {problems[0][0]}: {problems[0][1]}",
                 violations=[FieldViolation(field, why) for field, why in problems],
                 reason="PAYLOAD_REJECTED",
+            )
+
+    async def _check_condition(
+        self, request: task_pb2.SignalTaskRequest, plan: Plan, header: task_pb2.Task, event: Mapping[str, Any]
+    ) -> None:
+        """Refuse the event to the wait at request.step_path when its `condition` does not hold."""
+        wait = plan.waits.get(_node_id(request.step_path)) if request.step_path else None
+        if wait is None or wait.condition is None:
+            return
+        given = (await task_input(self.tasks, header)).python()
+        try:
+            holds = wait.condition.evaluate({"event": dict(event), "input": given})
+        except ExpressionError as exc:
+            raise InvalidArgument(f"the wait's condition {exc}", reason="CONDITION_FAILED") from None
+        if not isinstance(holds, bool):
+            raise InvalidArgument(
+                f"the wait's condition `{wait.condition.source}` gave a {type(holds).__name__}, not a bool",
+                reason="CONDITION_FAILED",
+            )
+        if not holds:
+            raise FailedPrecondition(
+                f"the wait's condition `{wait.condition.source}` does not hold for this event",
+                reason="CONDITION_NOT_MET",
             )
 
     async def _answer(self, header: task_pb2.Task, outcome: SignalOutcome) -> task_pb2.SignalTaskResponse:

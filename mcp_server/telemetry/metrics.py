@@ -174,8 +174,9 @@ class Metrics:
         self.event_waits = Counter(
             "mcp_event_waits_total",
             "Waits for events (WaitNode.event) published events reached through this replica, by outcome"
-            " (woken, existing: reached by an earlier publish of the event, refused: by the wait's schema,"
-            " later: the store away, kept: a wait's lookback took a kept event)",
+            " (woken, existing: reached by an earlier publish of the event, refused: by the wait's schema"
+            " or condition, passed: its condition did not hold, later: the store away, kept: a wait's"
+            " lookback took a kept event)",
             ["outcome"],
             registry=r,
         )

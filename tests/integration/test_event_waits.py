@@ -394,3 +394,71 @@ async def test_events_are_kept_for_the_longest_lookback_waited_with_at_most_what
     await events_pb2_grpc.EventServiceStub(client.channel).PublishEvent(publish("paid", {}, key="o-2"))
     assert 0 < await kept.conn.r.pttl(kept._key("paid", "k:o-2")) <= 5_000
     await client.channel.close()
+
+
+async def test_a_wait_takes_only_an_event_its_condition_holds_for_and_others_pass_it_by(served):
+    running, client, events, parks = served
+    bid = waiting_for("bid", key="input.lot", condition="event.data.amount >= input.reserve && event.labels.m == 'eu'")
+    await create(client, workflow("auction", bid))
+    task = await submit(client, "auction", {"lot": "l-1", "reserve": 10})
+    await waiting(client, running, task.task_id, parks)
+    for data, market in (({"amount": 5}, "eu"), ({"amount": 50}, "us")):
+        reply = await events.PublishEvent(publish("bid", data, key="l-1", labels={"m": market}))
+        assert not reply.woken and not reply.refused_waits  # passed by: not taken, not refused
+    taken = await events.PublishEvent(publish("bid", {"amount": 12}, key="l-1", labels={"m": "eu"}))
+    assert [w.task_id for w in taken.woken] == [task.task_id]
+    assert result(await wait_done(client, task.task_id)) == {"amount": 12}
+
+
+async def test_a_condition_that_fails_refuses_the_event_and_the_wait_waits_on(served):
+    running, client, events, parks = served
+    await create(client, workflow("strict", waiting_for("bid", condition="event.data.amount > 1")))
+    task = await submit(client, "strict")
+    await waiting(client, running, task.task_id, parks)
+    reply = await events.PublishEvent(publish("bid", {"price": 3}))  # no `amount`: the condition errs
+    assert not reply.woken and [r.task_id for r in reply.refused_waits] == [task.task_id]
+    assert reply.refused_waits[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "amount" in reply.refused_waits[0].status.message
+    assert [w.task_id for w in (await events.PublishEvent(publish("bid", {"amount": 3}))).woken] == [task.task_id]
+    assert result(await wait_done(client, task.task_id)) == {"amount": 3}
+
+
+async def test_an_event_goes_to_the_task_s_wait_whose_condition_holds_not_the_first_by_path(served):
+    running, client, events, parks = served
+    both = {"id": "root", "parallel": {"children": [
+        {"id": "small", "wait": {"event": "bid", "condition": "event.data.amount < 10"}},
+        {"id": "large", "wait": {"event": "bid", "condition": "event.data.amount >= 10"}},
+    ]}}  # fmt: skip
+    await create(client, workflow("split", both))
+    task = await submit(client, "split")
+    await waiting(client, running, task.task_id, parks)
+    reply = await events.PublishEvent(publish("bid", {"amount": 20}))
+    assert [(w.task_id, w.step_path) for w in reply.woken] == [(task.task_id, "root/large")]
+    await waiting(client, running, task.task_id, parks)
+    reply = await events.PublishEvent(publish("bid", {"amount": 3}))
+    assert [(w.task_id, w.step_path) for w in reply.woken] == [(task.task_id, "root/small")]
+    assert result(await wait_done(client, task.task_id)) == {"small": {"amount": 3}, "large": {"amount": 20}}
+
+
+async def test_a_lookback_takes_the_oldest_kept_event_its_condition_holds_for(server_factory, store_url):
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    events = events_pb2_grpc.EventServiceStub(client.channel)
+    looking = waiting_for("bid", key="input.lot", lookback="60s", condition="event.data.amount >= input.reserve")
+    await create(client, workflow("early", after_a_step(looking)))
+    task = await submit(client, "early", {"lot": "l-9", "reserve": 10})
+    for amount in (4, 11, 15):  # all published before the wait begins
+        await events.PublishEvent(publish("bid", {"amount": amount}, key="l-9"))
+    assert result(await wait_done(client, task.task_id)) == {"amount": 11}
+    await client.channel.close()
+
+
+async def test_a_condition_is_for_a_wait_for_an_event_and_reads_only_the_event_and_the_input(server_factory):
+    client = client_for(await server_factory())
+    with pytest.raises(grpc.aio.AioRpcError) as no_event:
+        await create(client, workflow("sig", {"id": "w", "wait": {"signal": "go", "condition": "true"}}))
+    assert "set `event`" in violations(no_event.value)["workflow.root.wait.condition"]
+    with pytest.raises(grpc.aio.AioRpcError) as steps:
+        await create(client, workflow("st", {"id": "w", "wait": {"event": "e", "condition": "steps.x.ok"}}))
+    assert "steps" in violations(steps.value)["workflow.root.wait.condition"]
+    await client.channel.close()

@@ -54,3 +54,10 @@ def test_node_ids_are_never_mermaid_or_dot_keywords():
     dot = to_dot(workflow_graph(adaptive("node", ("edge", "digraph"))))
     assert re.search(r'label="[^"]*\\"', dot), "a quote inside a DOT label must be escaped"
     assert not re.search(r"^\s*(edge|digraph|graph|subgraph) \[|^\s*node \[label", dot, re.MULTILINE)
+
+
+def test_a_wait_for_an_event_says_its_key_and_its_condition():
+    wait = {"event": "bid", "key": "input.lot", "condition": "event.data.amount >= input.reserve"}
+    workflow = json_format.ParseDict({"workflow_id": "w", "root": {"id": "b", "wait": wait}}, workflow_pb2.Workflow())
+    text = to_dot(workflow_graph(workflow))
+    assert "[wait for event bid by key input.lot if event.data.amount >= input.reserve]" in text

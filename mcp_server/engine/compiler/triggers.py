@@ -29,8 +29,8 @@ def compile_triggers(
         path = f"workflow.triggers[{i}]"
         if not EVENT_NAME.match(trigger.event):
             violations.add(f"{path}.event", "must be 1-128 letters, digits, '.', '_', ':', '/' or '-'")
-        given = _expression(trigger.filter, f"{path}.filter", limits, violations)
-        made = _expression(trigger.input, f"{path}.input", limits, violations)
+        given = event_expression(trigger.filter, f"{path}.filter", limits, violations)
+        made = event_expression(trigger.input, f"{path}.input", limits, violations)
         compiled.append(TriggerPlan(trigger.event, given, made))
     return tuple(compiled)
 
@@ -44,14 +44,22 @@ def compile_publish(node_id: str, pub: workflow_pb2.PublishNode, path: str, scop
     )
 
 
-def _expression(source: str, path: str, limits: Limits, violations: ViolationCollector) -> Expression | None:
+def event_expression(
+    source: str,
+    path: str,
+    limits: Limits,
+    violations: ViolationCollector,
+    variables: frozenset[str] = EVENT_VARIABLES,
+) -> Expression | None:
+    """CEL evaluated when an event is published (a trigger's, a wait's condition): it reads only
+    `variables`, not the variables of a step's input."""
     if not source:
         return None
     if len(source) > limits.max_expression_length:
         violations.add(path, f"is {len(source)} characters; the limit is {limits.max_expression_length}")
         return None
     try:
-        return compile_expression(source, limits, EVENT_VARIABLES)
+        return compile_expression(source, limits, variables)
     except ExpressionError as exc:
         violations.add(path, f"CEL does not compile: {exc}")
         return None

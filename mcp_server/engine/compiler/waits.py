@@ -8,7 +8,7 @@ from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler.durations import MAX_DURATION_SECONDS, duration
 from mcp_server.engine.compiler.fields import expression
 from mcp_server.engine.compiler.scope import Scope, builds
-from mcp_server.engine.compiler.triggers import EVENT_NAME
+from mcp_server.engine.compiler.triggers import EVENT_NAME, event_expression
 from mcp_server.engine.compiler.workflow_scope import schema_checks
 from mcp_server.engine.plan import SleepPlan, WaitPlan
 from mcp_server.engine.ports.waits import event_signal
@@ -16,6 +16,7 @@ from mcp_server.engine.schemas import SchemaInvalid, compile_schema
 from mcp_server.engine.values import struct_to_dict
 
 SIGNAL_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CONDITION_VARIABLES = frozenset({"event", "input"})  # what a wait's condition reads, as an event reaches it
 
 
 @builds("wait")
@@ -25,8 +26,8 @@ def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Sc
             scope.violations.add(f"{path}.signal", "a wait waits for a signal or for an event, not both")
         if not EVENT_NAME.match(wait.event):
             scope.violations.add(f"{path}.event", "an event name is 1-128 letters, digits, '.', '_', ':', '/' or '-'")
-    elif wait.key or wait.HasField("lookback"):
-        field = "key" if wait.key else "lookback"
+    elif wait.key or wait.HasField("lookback") or wait.condition:
+        field = "key" if wait.key else "lookback" if wait.HasField("lookback") else "condition"
         scope.violations.add(f"{path}.{field}", "is for a wait for an event: set `event`")
     elif not SIGNAL_NAME.match(wait.signal):
         scope.violations.add(f"{path}.signal", "a signal name is 1-64 letters, digits, '.', '_' or '-'")
@@ -59,6 +60,9 @@ def compile_wait(node_id: str, wait: workflow_pb2.WaitNode, path: str, scope: Sc
         event=wait.event,
         key=expression(wait.key, f"{path}.key", scope),
         lookback=lookback,
+        condition=event_expression(
+            wait.condition, f"{path}.condition", scope.limits, scope.violations, CONDITION_VARIABLES
+        ),
     )
     scope.waits[node_id] = plan
     scope.suspends = True

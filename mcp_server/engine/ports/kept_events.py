@@ -5,8 +5,8 @@ name and its key ("k:" + key), and the name alone ("any"), for the waits that ta
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 # at most this many events are kept per name and slot (the newest)
@@ -26,23 +26,26 @@ ANY_KEY_SLOT = "any"
 @dataclass(frozen=True)
 class KeptEvent:
     """One published event as kept: its id, who published it (and whether as an admin), when
-    (Unix ms), and its data (a serialized google.protobuf.Struct)."""
+    (Unix ms), its data (a serialized google.protobuf.Struct), its key and its labels."""
 
     event_id: str
     publisher: str
     admin: bool
     time_ms: int
     data: bytes
+    key: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        head = json.dumps([self.event_id, self.publisher, self.admin, self.time_ms])  # one line: JSON escapes newlines
-        return head.encode() + b"\n" + self.data
+        head = [self.event_id, self.publisher, self.admin, self.time_ms, self.key, dict(self.labels)]
+        return json.dumps(head).encode() + b"\n" + self.data  # one line: JSON escapes newlines
 
     @classmethod
     def decode(cls, raw: bytes) -> KeptEvent:
         head, _, data = raw.partition(b"\n")
-        event_id, publisher, admin, time_ms = json.loads(head)
-        return cls(event_id, publisher, bool(admin), int(time_ms), data)
+        event_id, publisher, admin, time_ms, *rest = json.loads(head)  # kept before keys were: no key, no labels
+        key, labels = [*rest, "", {}][:2]
+        return cls(event_id, publisher, bool(admin), int(time_ms), data, str(key), dict(labels))
 
 
 class KeptEventStore(Protocol):

@@ -462,3 +462,25 @@ async def test_a_condition_is_for_a_wait_for_an_event_and_reads_only_the_event_a
         await create(client, workflow("st", {"id": "w", "wait": {"event": "e", "condition": "steps.x.ok"}}))
     assert "steps" in violations(steps.value)["workflow.root.wait.condition"]
     await client.channel.close()
+
+
+async def test_an_event_ends_a_running_branch_through_a_race_with_a_wait_for_it(served):
+    """docs/events.md "Cancel on an event": a parallel node that any branch ends, one branch the
+    work and the other a wait for the event that calls the work off."""
+    _, client, events, _ = served
+    race = {"id": "root", "parallel": {"join": "JOIN_POLICY_ANY", "children": [
+        step("work", "sleep", "{'ms': 30000}"),
+        {"id": "called_off", "wait": {"event": "order.cancelled", "key": "input.order_id", "lookback": "3600s"}},
+    ]}}  # fmt: skip
+    await create(client, workflow("fulfil", race))
+    task = await submit(client, "fulfil", {"order_id": "o-7"})
+    await step_waiting(client, task.task_id)
+    reply = await events.PublishEvent(publish("order.cancelled", {"by": "customer"}, key="o-7"))
+    assert [w.task_id for w in reply.woken] == [task.task_id]
+    early = await submit(client, "fulfil", {"order_id": "o-8"})
+    await events.PublishEvent(publish("order.cancelled", {"by": "shop"}, key="o-8"))  # as it is queued or starts
+    for task_id, by in ((task.task_id, "customer"), (early.task_id, "shop")):
+        done = await wait_done(client, task_id, timeout=10)
+        assert result(done) == {"called_off": {"by": by}}
+        work = next(s for s in done.steps if s.path == "root/work")
+        assert work.status == task_pb2.STEP_STATUS_CANCELLED

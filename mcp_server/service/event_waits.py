@@ -29,7 +29,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
-from mcp_sdk.proto import task_pb2
+from mcp_sdk.proto import events_pb2, task_pb2
 from mcp_server.auth import Principal
 from mcp_server.engine.payload import struct_to_python
 from mcp_server.engine.ports import TaskStore, WaitStore
@@ -75,37 +75,22 @@ class EventWaits:
         self.observe = observe  # one call per wait the event reached: woken, existing, refused, later
 
     async def keep(
-        self,
-        name: str,
-        key: str,
-        data: struct_pb2.Struct,
-        event_id: str,
-        principal: Principal,
-        seconds: float,
-        labels: Mapping[str, str],
+        self, request: events_pb2.PublishEventRequest, event_id: str, principal: Principal, seconds: float
     ) -> None:
         """Keep the event `seconds` for the waits that look back (unless its data is too large to
         keep); before `wake`, so that a wait that begins meanwhile reads it (deliver_kept). Keeping
         it again, for longer, keeps it that long."""
-        if seconds > 0 and data.ByteSize() <= MAX_KEPT_EVENT_BYTES:
+        if seconds > 0 and request.data.ByteSize() <= MAX_KEPT_EVENT_BYTES:
             now_ms = int(time.time() * 1000)
-            kept = KeptEvent(
-                event_id, principal.name, principal.is_admin, now_ms, data.SerializeToString(), key, dict(labels)
-            )
-            await self.kept.keep(name, (key_slot(key), ANY_KEY_SLOT), kept, seconds)
+            data, key = request.data.SerializeToString(), request.key
+            kept = KeptEvent(event_id, principal.name, principal.is_admin, now_ms, data, key, dict(request.labels))
+            await self.kept.keep(request.name, (key_slot(key), ANY_KEY_SLOT), kept, seconds)
 
-    async def wake(
-        self,
-        name: str,
-        key: str,
-        data: struct_pb2.Struct,
-        event_id: str,
-        principal: Principal,
-        labels: Mapping[str, str] | None = None,
-    ) -> Reached:
+    async def wake(self, request: events_pb2.PublishEventRequest, event_id: str, principal: Principal) -> Reached:
         """Give the event to the waits for it (see the module's docstring)."""
+        name, key, data = request.name, request.key, request.data
         signal = event_signal(name)
-        event = _event(name, key, data, event_id, labels or {})
+        event = _event(name, key, data, event_id, request.labels)
         paths: dict[str, list[tuple[str, str]]] = defaultdict(list)
         # a task's waits for the event's own key first, then those for any key, each by path
         for its_key, task_id, path in sorted(

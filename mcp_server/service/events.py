@@ -124,11 +124,10 @@ class Events:
         if known is None:
             return Reached()
         most = self.limits.event_lookback_seconds
-        name, key, data, labels = request.name, request.key, request.data, request.labels
-        await self.waits.keep(name, key, data, event_id, principal, min(known, most), labels)
-        reached = await self.waits.wake(name, key, data, event_id, principal, labels)
+        await self.waits.keep(request, event_id, principal, min(known, most))
+        reached = await self.waits.wake(request, event_id, principal)
         if (lookback := (await interest).lookback or 0.0) > known:
-            await self.waits.keep(name, key, data, event_id, principal, min(lookback, most), labels)
+            await self.waits.keep(request, event_id, principal, min(lookback, most))
         return reached
 
     async def _trigger(

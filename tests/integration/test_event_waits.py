@@ -228,8 +228,8 @@ async def test_events_reach_waits_in_every_partition_through_another_replica(ser
 
 @pytest.fixture
 async def keeping(server_factory, store_url):
-    """A server that keeps published events 60 s, for waits that look back."""
-    running = await server_factory(store=store_url, limits=Limits(event_lookback_seconds=60))
+    """A server as shipped (MCP_LIMIT_EVENT_LOOKBACK_SECONDS: an hour), on each store."""
+    running = await server_factory(store=store_url)
     client = client_for(running)
     yield running, client, events_pb2_grpc.EventServiceStub(client.channel)
     await client.channel.close()
@@ -330,12 +330,8 @@ async def test_an_event_published_around_the_time_its_wait_begins_is_taken_once_
         assert len(taken) == 1
 
 
-async def test_by_default_a_lookback_works_and_only_events_some_workflow_looks_back_for_are_kept(
-    server_factory, store_url
-):
-    running = await server_factory(store=store_url)  # MCP_LIMIT_EVENT_LOOKBACK_SECONDS as shipped
-    client = client_for(running)
-    events = events_pb2_grpc.EventServiceStub(client.channel)
+async def test_by_default_a_lookback_works_and_only_events_some_workflow_looks_back_for_are_kept(keeping):
+    _, client, events = keeping
     await events.PublishEvent(publish("unwatched", {"n": 1}, key="k"))  # no workflow waits for it yet
     late = waiting_for("unwatched", key="input.id", lookback="60s", timeout="1s", on_timeout="{'late': true}")
     await create(client, workflow("late", late))
@@ -345,13 +341,10 @@ async def test_by_default_a_lookback_works_and_only_events_some_workflow_looks_b
     await events.PublishEvent(publish("watched", {"n": 2}, key="k"))  # before its wait began: kept for it
     assert result(await wait_done(client, early_task.task_id)) == {"n": 2}
     assert result(await wait_done(client, late_task.task_id)) == {"late": True}  # not kept: nobody looked back
-    await client.channel.close()
 
 
-async def test_a_publish_looks_for_waits_only_when_some_version_waits_for_its_name(server_factory, store_url):
-    running = await server_factory(store=store_url)
-    client = client_for(running)
-    events = events_pb2_grpc.EventServiceStub(client.channel)
+async def test_a_publish_looks_for_waits_only_when_some_version_waits_for_its_name(keeping):
+    running, client, events = keeping
     store = running.orchestrator.events.waits.waits
     looked: list[str] = []
     event_waiters = store.event_waiters
@@ -370,7 +363,6 @@ async def test_a_publish_looks_for_waits_only_when_some_version_waits_for_its_na
     await client.workflows.DeleteWorkflow(workflow_pb2.DeleteWorkflowRequest(workflow_id="pay"))
     await events.PublishEvent(publish("paid", {}, key="o-1"))  # its tasks may still wait
     assert looked == ["event:paid", "event:paid"]
-    await client.channel.close()
 
 
 async def test_events_are_kept_for_the_longest_lookback_waited_with_at_most_what_the_server_allows(
@@ -440,17 +432,14 @@ async def test_an_event_goes_to_the_task_s_wait_whose_condition_holds_not_the_fi
     assert result(await wait_done(client, task.task_id)) == {"small": {"amount": 3}, "large": {"amount": 20}}
 
 
-async def test_a_lookback_takes_the_oldest_kept_event_its_condition_holds_for(server_factory, store_url):
-    running = await server_factory(store=store_url)
-    client = client_for(running)
-    events = events_pb2_grpc.EventServiceStub(client.channel)
+async def test_a_lookback_takes_the_oldest_kept_event_its_condition_holds_for(keeping):
+    _, client, events = keeping
     looking = waiting_for("bid", key="input.lot", lookback="60s", condition="event.data.amount >= input.reserve")
     await create(client, workflow("early", after_a_step(looking)))
     task = await submit(client, "early", {"lot": "l-9", "reserve": 10})
     for amount in (4, 11, 15):  # all published before the wait begins
         await events.PublishEvent(publish("bid", {"amount": amount}, key="l-9"))
     assert result(await wait_done(client, task.task_id)) == {"amount": 11}
-    await client.channel.close()
 
 
 async def test_a_condition_is_for_a_wait_for_an_event_and_reads_only_the_event_and_the_input(server_factory):

@@ -71,6 +71,7 @@ def waiting_forms(
                 # a wait for an event: only a publish of it (with the key) answers it
                 "event": step.wait.event,
                 "key": step.wait.key,
+                "condition": wait.condition if wait is not None else "",
                 "deadline": iso(step.wait.deadline),
                 "prompt": json_text(value_to_python(step.input)) if step.HasField("input") else None,
                 "fields": fields_of(schema),

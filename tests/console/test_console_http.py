@@ -591,7 +591,12 @@ async def test_the_submit_form_says_what_an_empty_field_stands_for(console, api)
 
 
 async def test_a_step_waiting_for_an_event_is_answered_by_publishing_it_from_the_task_page(console, api):
-    wait = {"event": "invoice.paid", "key": "input.invoice", "prompt": "'invoice ' + input.invoice"}
+    wait = {
+        "event": "invoice.paid",
+        "key": "input.invoice",
+        "prompt": "'invoice ' + input.invoice",
+        "condition": "event.data.amount > 0 && input.invoice != '<b>'",
+    }
     await api.create_workflow({"workflow_id": "invoice", "root": {"id": "paid", "wait": wait}})
     task_id = (await api.submit("invoice", {"invoice": "inv-7"})).task_id
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
@@ -602,12 +607,14 @@ async def test_a_step_waiting_for_an_event_is_answered_by_publishing_it_from_the
                 await asyncio.sleep(0.05)
         assert 'action="/events/publish"' in page and 'name="key" value="inv-7"' in page
         assert "for event invoice.paid with key inv-7" in page  # the step's row says what it waits for
+        assert "event.data.amount &gt; 0 &amp;&amp; input.invoice != &#39;&lt;b&gt;&#39;</span> holds" in page
         answer = await browser.post(
             f"{console.console.url}/events/publish",
             data={"name": "invoice.paid", "key": "inv-7", "data": '{"amount": 30}', "csrf": csrf_of(page)},
         )
         shown = await answer.text()
         assert answer.status == 200 and 'id="woken"' in shown and task_id in shown
+        assert "took it" in shown and "refused it" not in shown
     assert (await api.result(task_id, timeout=30)) == {"amount": 30}
 
 

@@ -210,13 +210,15 @@ async def test_events_reach_waits_in_every_partition_through_another_replica(ser
     holder = await server_factory(store=store, wait_in_memory_seconds=60)
     other = await server_factory(store=store, wait_in_memory_seconds=0.1)
     clients = [client_for(holder), client_for(other)]
+    events = events_pb2_grpc.EventServiceStub(clients[1].channel)
+    # the other replica has read that no workflow waits for the name before one does
+    assert not (await events.PublishEvent(publish("payment.received", {}, key="o-0"))).woken
     await create(clients[0], workflow("order", waiting_for("payment.received", key="input.order_id")))
     tasks = {}
     for n in range(12):
         tasks[f"o-{n}"] = await submit(clients[n % 2], "order", {"order_id": f"o-{n}"})
     for task in tasks.values():
         await waiting(clients[0], None, task.task_id, parks=False)
-    events = events_pb2_grpc.EventServiceStub(clients[1].channel)
     for key, task in tasks.items():
         reply = await events.PublishEvent(publish("payment.received", {"paid": key}, key=key))
         assert [w.task_id for w in reply.woken] == [task.task_id]

@@ -254,3 +254,30 @@ async def test_a_workflow_that_publishes_the_event_it_starts_on_stops_after_16_l
     assert len(chain) == 17  # the one published from outside, then 16 links
     [last] = [t for t in chain if t.status == S.TASK_STATUS_FAILED]
     assert last.labels["mcp/event-hops"] == "16" and "a chain of 16 events" in last.error.message
+
+
+@pytest.mark.parametrize("in_memory", [60, 0.1], ids=["held", "parked"])
+async def test_a_debounce_runs_once_with_the_last_event_after_the_events_stop(server_factory, store_url, in_memory):
+    """docs/events.md "Debounce": a trigger, a concurrency key that cancels what is in progress,
+    and a sleep first: each event's task replaces the one before, which still sleeps (in memory,
+    or parked)."""
+    client = client_for(await server_factory(store=store_url, wait_in_memory_seconds=in_memory))
+    events = events_pb2_grpc.EventServiceStub(client.channel)
+    root = {"id": "root", "sequence": {"children": [
+        {"id": "quiet", "sleep": {"duration": "1s"}},
+        step("summarize", "echo", "{'doc': input.doc, 'edit': input.edit}"),
+    ]}}  # fmt: skip
+    trigger = {"event": "doc.edited", "input": "{'doc': event.key, 'edit': event.data.n}"}
+    concurrency = {"key": "input.doc", "max_running": 1, "strategy": "CONCURRENCY_STRATEGY_CANCEL_IN_PROGRESS"}
+    await create(client, workflow("summary", root, triggers=[trigger], concurrency=concurrency))
+    started = []
+    for n in range(1, 5):  # four edits of one document, 0.1 s apart; one of another
+        started.append((await events.PublishEvent(publish_request("doc.edited", {"n": n}, key="d-1"))).tasks[0])
+        await asyncio.sleep(0.1)
+    other = (await events.PublishEvent(publish_request("doc.edited", {"n": 9}, key="d-2"))).tasks[0]
+    *replaced, last = [await wait_done(client, t.task_id) for t in started]
+    assert [t.status for t in replaced] == [S.TASK_STATUS_CANCELLED] * 3
+    assert all(t.error.message.startswith("CONCURRENCY_LIMIT: replaced by task") for t in replaced)
+    assert last.status == S.TASK_STATUS_COMPLETED and result(last) == {"doc": "d-1", "edit": 4}
+    assert result(await wait_done(client, other.task_id)) == {"doc": "d-2", "edit": 9}
+    await client.channel.close()

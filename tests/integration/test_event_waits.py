@@ -20,6 +20,7 @@ from tests.helpers import (
     create,
     parked,
     principals_file,
+    refused,
     result,
     step,
     step_waiting,
@@ -180,10 +181,9 @@ async def test_bad_waits_for_events_are_refused_naming_the_field(server_factory)
         {"id": "cel", "wait": {"event": "ok", "key": "input.("}},
         {"id": "pub", "publish": {"event": "ok", "key": "nope.x"}},
     ]}}  # fmt: skip
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await create(client, workflow("bad", bad))
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    found = violations(refused.value)
+    refusal = await refused(create(client, workflow("bad", bad)))
+    assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(refusal)
     assert "not both" in found["workflow.root.sequence.children[0].wait.signal"]
     assert "workflow.root.sequence.children[1].wait.event" in found
     assert "set `event`" in found["workflow.root.sequence.children[2].wait.key"]
@@ -296,14 +296,11 @@ async def test_a_wait_without_a_key_looks_back_at_events_of_any_key(keeping):
 
 
 async def test_a_lookback_longer_than_the_server_allows_is_refused(server_factory):
-    running = await server_factory(limits=Limits(event_lookback_seconds=5))
-    client = client_for(running)
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await create(client, workflow("long", waiting_for("paid", lookback="10s")))
-    assert "MCP_LIMIT_EVENT_LOOKBACK_SECONDS" in violations(refused.value)["workflow.root.wait.lookback"]
-    with pytest.raises(grpc.aio.AioRpcError) as no_event:
-        await create(client, workflow("sig", {"id": "w", "wait": {"signal": "go", "lookback": "10s"}}))
-    assert "set `event`" in violations(no_event.value)["workflow.root.wait.lookback"]
+    client = client_for(await server_factory(limits=Limits(event_lookback_seconds=5)))
+    long = await refused(create(client, workflow("long", waiting_for("paid", lookback="10s"))))
+    assert "MCP_LIMIT_EVENT_LOOKBACK_SECONDS" in violations(long)["workflow.root.wait.lookback"]
+    no_event = await refused(create(client, workflow("sig", {"id": "w", "wait": {"signal": "go", "lookback": "10s"}})))
+    assert "set `event`" in violations(no_event)["workflow.root.wait.lookback"]
     await client.channel.close()
 
 
@@ -446,12 +443,14 @@ async def test_a_lookback_takes_the_oldest_kept_event_its_condition_holds_for(ke
 
 async def test_a_condition_is_for_a_wait_for_an_event_and_reads_only_the_event_and_the_input(server_factory):
     client = client_for(await server_factory())
-    with pytest.raises(grpc.aio.AioRpcError) as no_event:
-        await create(client, workflow("sig", {"id": "w", "wait": {"signal": "go", "condition": "true"}}))
-    assert "set `event`" in violations(no_event.value)["workflow.root.wait.condition"]
-    with pytest.raises(grpc.aio.AioRpcError) as steps:
-        await create(client, workflow("st", {"id": "w", "wait": {"event": "e", "condition": "steps.x.ok"}}))
-    assert "steps" in violations(steps.value)["workflow.root.wait.condition"]
+    no_event = await refused(
+        create(client, workflow("sig", {"id": "w", "wait": {"signal": "go", "condition": "true"}}))
+    )
+    assert "set `event`" in violations(no_event)["workflow.root.wait.condition"]
+    steps = await refused(
+        create(client, workflow("st", {"id": "w", "wait": {"event": "e", "condition": "steps.x.ok"}}))
+    )
+    assert "steps" in violations(steps)["workflow.root.wait.condition"]
     await client.channel.close()
 
 

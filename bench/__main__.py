@@ -32,6 +32,7 @@ from bench.chains import bench_chains, fanout_floor
 from bench.cluster import bench_cluster
 from bench.console import bench_console
 from bench.contract import bench_contract
+from bench.events import bench_events
 from bench.fairness import bench_fairness
 from bench.harness import (
     Orchestrated,
@@ -404,7 +405,7 @@ async def main() -> None:
         "--only",
         action="append",
         help="chains, contract, calls, steps, fanout, streaming, replicas, scale, layout, capacity, admission, cluster,"
-        " console, bursts, waits, reruns, fairness, schedules, cache, queue-timeouts, bulk",
+        " console, bursts, waits, events, reruns, fairness, schedules, cache, queue-timeouts, bulk",
     )
     parser.add_argument(
         "--baseline", help="also run this commit's server (e.g. HEAD~5) in the same run, where a suite compares"
@@ -437,6 +438,7 @@ async def main() -> None:
         "console": bench_console,
         "bursts": bench_bursts,
         "waits": bench_waits,
+        "events": bench_events,
         "reruns": bench_reruns,
         "fairness": bench_fairness,
         "schedules": bench_schedules,

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mcp_sdk.proto import task_pb2
+from mcp_sdk.usage import subtree_usage
 from mcp_sdk.values import message_to_dict
 from mcp_server.engine.values import normalize
 
@@ -79,16 +80,11 @@ def task_summary(task: task_pb2.Task) -> None:
         table.add_column("attempts", justify="right")
         table.add_column("usage", overflow="fold")
         table.add_column("output", no_wrap=True, overflow="ellipsis", max_width=50)
+        below = subtree_usage(task.steps)
         for step in task.steps:
             output = json.dumps(value_json(step.output)) if step.HasField("output") else step.error.message
-            table.add_row(
-                step.path,
-                step.protocol,
-                step_status(step),
-                str(step.attempts),
-                usage_text(step.usage),
-                output[:80],
-            )
+            used = usage_text(step.usage) or (f"in all: {usage_text(below[step.path])}" if step.path in below else "")
+            table.add_row(step.path, step.protocol, step_status(step), str(step.attempts), used, output[:80])
         console.print(table)
     if task.HasField("result"):
         console.print("result:", json.dumps(value_json(task.result), indent=2))

@@ -14,6 +14,7 @@ from aiohttp import web
 from mcp_sdk.client import Client
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2
+from mcp_sdk.usage import subtree_usage
 from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_to_python
 from mcp_sdk.workflow_tree import node_at
 from mcp_server.cli.graph import to_mermaid, workflow_graph
@@ -117,12 +118,13 @@ async def task(
     if any(s.status == task_pb2.STEP_STATUS_WAITING for s in steps):
         definition = await client.get_workflow(header.workflow_id, header.workflow_version)
         forms = waiting_forms(steps, definition, answers or {})
+    below = subtree_usage(steps)
     return render(
         request,
         "task.html",
         {
             "task": task_view(header),
-            "steps": [step_view(s) for s in steps],
+            "steps": [step_view(s, below.get(s.path)) for s in steps],
             "more_steps": max(0, header.step_count - len(steps)),
             "forms": forms,
             "rerun": rerun_typed or rerun_form(request.query.get("rerun", ""), steps, header.workflow_version),

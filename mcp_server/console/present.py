@@ -4,6 +4,7 @@ enum prefixes, times as ISO text, durations in milliseconds, values as indented 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -102,8 +103,9 @@ def task_view(task: task_pb2.Task) -> dict[str, Any]:
     }
 
 
-def step_view(step: task_pb2.StepState) -> dict[str, Any]:
-    """One step state: status, attempts, time, and its input, output and error (or references to them)."""
+def step_view(step: task_pb2.StepState, below: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """One step state: status, attempts, time, and its input, output and error (or references to
+    them); `below`: what the steps under a composite node used in all (mcp_sdk.usage)."""
     return {
         "path": step.path,
         "node_id": step.node_id,
@@ -119,6 +121,7 @@ def step_view(step: task_pb2.StepState) -> dict[str, Any]:
         "retry": (step.failed_attempts + 1, iso(step.retry_time)) if step.HasField("retry_time") else None,
         "reused": step.reused,
         "usage": ", ".join(f"{name} {amount:g}" for name, amount in sorted(step.usage.items())),
+        "usage_below": ", ".join(f"{name} {amount:g}" for name, amount in sorted((below or {}).items())),
         "waits_for": waits_for(step.wait) if step.status == task_pb2.STEP_STATUS_WAITING else "",
         "deadline": iso(step.wait.deadline),
         "input": json_text(value_to_python(step.input)) if step.HasField("input") else None,

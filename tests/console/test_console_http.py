@@ -648,3 +648,16 @@ async def test_a_workflow_s_triggers_are_shown_and_an_event_published_from_its_p
             f"{console.console.url}/events/publish", data={"name": "no spaces", "data": "{}", "csrf": csrf_of(page)}
         )
         assert unnamed.status == 400 and "cannot publish" in await unnamed.text()
+
+
+async def test_a_composite_node_s_row_says_what_the_steps_under_it_used_in_all(console, api):
+    used = "{'n': 1, 'usage': {'cost': 0.25, 'prompt_tokens': 10}}"
+    metered = [{"id": f"m{i}", "step": {"protocol": "metered", "input": used}} for i in range(3)]
+    root = {"id": "root", "sequence": {"children": [{"id": "p", "parallel": {"children": metered[:2]}}, metered[2]]}}
+    await api.create_workflow({"workflow_id": "priced", "root": root})
+    task_id = (await api.submit("priced", {})).task_id
+    await api.result(task_id, timeout=30)
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/tasks/{task_id}")).text()
+    below = re.findall(r'class="dim mono subtree-usage"[^>]*>in all: ([^<]*)<', page)
+    assert below == ["cost 0.75, prompt_tokens 30", "cost 0.5, prompt_tokens 20"]  # root, then root/p

@@ -6,6 +6,7 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.cli import render
 from mcp_server.cli.render import step_status
 from mcp_server.cli.tree import RunTree
 
@@ -57,3 +58,16 @@ def test_a_step_s_status_says_which_fallback_answered_and_when_its_retry_is_due(
     waiting.retry_time.FromSeconds(1000 + 3600 + 61)
     assert step_status(waiting) == "RUNNING (retry 3 at 01:17:41Z)"
     assert step_status(task_pb2.StepState(status=task_pb2.STEP_STATUS_COMPLETED, reused=True)) == "COMPLETED (reused)"
+
+
+def test_a_composite_step_s_row_says_what_the_steps_under_it_used_in_all(monkeypatch):
+    wide = Console(width=240, record=True, highlight=False)
+    monkeypatch.setattr(render, "console", wide)
+    task = task_pb2.Task(task_id="t1", workflow_id="w", status=task_pb2.TASK_STATUS_COMPLETED, usage={"cost": 0.75})
+    task.steps.add(path="root", kind="sequence")
+    task.steps.add(path="root/a", kind="step", protocol="chat", usage={"cost": 0.25})
+    task.steps.add(path="root/b", kind="step", protocol="chat", usage={"cost": 0.5})
+    render.task_summary(task)
+    rows = {line.split()[1]: line for line in wide.export_text().splitlines() if line.startswith("│ root")}
+    assert "in all: cost 0.75" in rows["root"]
+    assert "cost 0.25" in rows["root/a"] and "in all" not in rows["root/a"]

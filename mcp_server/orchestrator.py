@@ -140,6 +140,7 @@ class Orchestrator:
                 store.kept_events,
                 self.signalling,
                 lambda outcome: self.metrics.event_waits.labels(outcome).inc(),
+                settings.limits.max_kept_keys_per_event,
             ),
             lambda outcome: self.metrics.event_tasks.labels(outcome).inc(),
         )

@@ -84,6 +84,9 @@ class Limits:
     # version waits for with a lookback are kept, for the longest such lookback: each holds its data
     # (events over MAX_KEPT_EVENT_BYTES are not kept), at most 100 per event name and key
     event_lookback_seconds: float = 3600.0
+    # kept events of one name keep at most this many keys (those published to least recently are
+    # dropped first), so a lookback over a name with endless keys is bounded: keys x 100 events
+    max_kept_keys_per_event: int = 1000
 
 
 @dataclass(frozen=True)

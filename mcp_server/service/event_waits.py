@@ -67,10 +67,12 @@ class EventWaits:
         kept: KeptEventStore,
         signalling: Signalling,
         observe: Callable[[str], None] = lambda outcome: None,
+        max_kept_keys: int = 1000,
     ) -> None:
         self.tasks = tasks
         self.waits = waits
         self.kept = kept
+        self.max_kept_keys = max_kept_keys  # per event name (MCP_LIMIT_MAX_KEPT_KEYS_PER_EVENT)
         self.signalling = signalling
         self.observe = observe  # one call per wait the event reached: woken, existing, refused, later
 
@@ -84,7 +86,7 @@ class EventWaits:
             now_ms = int(time.time() * 1000)
             data, key = request.data.SerializeToString(), request.key
             kept = KeptEvent(event_id, principal.name, principal.is_admin, now_ms, data, key, dict(request.labels))
-            await self.kept.keep(request.name, (key_slot(key), ANY_KEY_SLOT), kept, seconds)
+            await self.kept.keep(request.name, (key_slot(key), ANY_KEY_SLOT), kept, seconds, self.max_kept_keys)
 
     async def wake(self, request: events_pb2.PublishEventRequest, event_id: str, principal: Principal) -> Reached:
         """Give the event to the waits for it (see the module's docstring)."""

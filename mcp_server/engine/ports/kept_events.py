@@ -15,12 +15,16 @@ KEPT_PER_SLOT = 100
 MAX_KEPT_EVENT_BYTES = 64 * 1024
 
 
+KEY_SLOT_PREFIX = "k:"
+
+
 def key_slot(key: str) -> str:
     """The slot of the events with `key`."""
-    return "k:" + key
+    return KEY_SLOT_PREFIX + key
 
 
 ANY_KEY_SLOT = "any"
+KEYS_SLOT = "~keys"  # where a store that needs it lists a name's key slots (not a slot of events)
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,11 @@ class KeptEvent:
 
 
 class KeptEventStore(Protocol):
-    async def keep(self, name: str, slots: Sequence[str], event: KeptEvent, keep_seconds: float) -> None:
-        """Keep `event` of `name` under each slot for `keep_seconds`, at most KEPT_PER_SLOT per slot."""
+    async def keep(self, name: str, slots: Sequence[str], event: KeptEvent, keep_seconds: float, max_keys: int) -> None:
+        """Keep `event` of `name` under each slot for `keep_seconds`, at most KEPT_PER_SLOT per
+        slot. A slot goes with its newest event's time; of a name's key slots ("k:..."), at most
+        `max_keys` are kept, those kept into least recently dropped first (best effort: a key
+        kept into again as it is dropped may lose the event)."""
         ...
 
     async def kept(self, name: str, slot: str, since_ms: int) -> list[KeptEvent]:

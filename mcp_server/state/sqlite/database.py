@@ -112,8 +112,14 @@ CREATE TABLE IF NOT EXISTS kept_events (
 CREATE INDEX IF NOT EXISTS kept_events_by_slot ON kept_events (name, slot, time_ms);
 CREATE INDEX IF NOT EXISTS kept_events_by_time ON kept_events (time_ms);
 CREATE TABLE IF NOT EXISTS waited_events (event TEXT PRIMARY KEY, lookback REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kept_slots (
+  name TEXT NOT NULL, slot TEXT NOT NULL, last_ms INTEGER NOT NULL, gone_ms INTEGER NOT NULL,
+  PRIMARY KEY (name, slot)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kept_slots_by_name ON kept_slots (name, last_ms);
+CREATE INDEX IF NOT EXISTS kept_slots_gone ON kept_slots (gone_ms);
 """
 PENDING, RUNNING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING
+LONGEST_LOOKBACK_MS = 7 * 86400 * 1000  # a wait's lookback is a duration, at most 7 days
 # Columns added since state layout 2 was first written: a file without them gets them at open.
 ADDED_COLUMNS = {
     "due_at": "ALTER TABLE tasks ADD COLUMN due_at REAL",
@@ -266,9 +272,17 @@ def _connect(path: str) -> sqlite3.Connection:
             + LAYOUT_MISMATCH.format(found=found[0] if found else 1, wanted=LAYOUT_VERSION)
         )
     had_waited = db.execute("SELECT 1 FROM sqlite_master WHERE name='waited_events'").fetchone() is not None
+    had_slots = db.execute("SELECT 1 FROM sqlite_master WHERE name='kept_slots'").fetchone() is not None
     db.executescript(SCHEMA)
     if not had_waited:
         _record_waited_events(db)
+    if not had_slots:  # events kept before the slots were listed go within the longest lookback there is
+        with db:
+            db.execute(
+                "INSERT OR IGNORE INTO kept_slots SELECT name, slot, MAX(time_ms), MAX(time_ms) + ?"
+                " FROM kept_events GROUP BY name, slot",
+                (LONGEST_LOOKBACK_MS,),
+            )
     columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
     for column, alter in ADDED_COLUMNS.items():
         if column not in columns:

@@ -110,7 +110,6 @@ CREATE INDEX IF NOT EXISTS event_waits_by_task ON event_waits (task_id);
 CREATE TABLE IF NOT EXISTS kept_events (
   name TEXT NOT NULL, slot TEXT NOT NULL, time_ms INTEGER NOT NULL, record BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS kept_events_by_slot ON kept_events (name, slot, time_ms);
-CREATE INDEX IF NOT EXISTS kept_events_by_time ON kept_events (time_ms);
 CREATE TABLE IF NOT EXISTS waited_events (event TEXT PRIMARY KEY, lookback REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kept_slots (
   name TEXT NOT NULL, slot TEXT NOT NULL, last_ms INTEGER NOT NULL, gone_ms INTEGER NOT NULL,
@@ -141,6 +140,7 @@ CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_us);
 CREATE INDEX IF NOT EXISTS tasks_fair ON tasks (fair_group, priority, seq) WHERE queued = 1;
 CREATE INDEX IF NOT EXISTS tasks_by_group ON tasks (fair_group, status) WHERE fair_cap > 0;
 DROP INDEX IF EXISTS tasks_queued_by_owner;
+DROP INDEX IF EXISTS kept_events_by_time;
 CREATE INDEX IF NOT EXISTS tasks_queued_bytes_by_owner ON tasks (owner, queued_bytes) WHERE queued = 1;
 CREATE TABLE IF NOT EXISTS task_labels (
   key TEXT NOT NULL, value TEXT NOT NULL, seq INTEGER NOT NULL, task_id TEXT NOT NULL,

@@ -126,6 +126,17 @@ async def parking_server(
     await client.channel.close()
 
 
+@pytest.fixture
+async def events_server(
+    server_factory: Callable[..., Awaitable[RunningServer]], store_url: str
+) -> AsyncIterator[tuple[RunningServer, Client, events_pb2_grpc.EventServiceStub]]:
+    """A server as shipped on each store, a client, and the client's EventService stub."""
+    running = await server_factory(store=store_url)
+    client = client_for(running)
+    yield running, client, client.events
+    await client.channel.close()
+
+
 def make_settings(store_url: str, plugin_addresses: tuple[str, ...], **overrides: object) -> Settings:
     limits = overrides.pop("limits", Limits())
     fields: dict[str, object] = {"lease_seconds": 3.0, "shutdown_grace": 1.0, **overrides}

@@ -228,22 +228,13 @@ async def test_events_reach_waits_in_every_partition_through_another_replica(ser
         await client.channel.close()
 
 
-@pytest.fixture
-async def keeping(server_factory, store_url):
-    """A server as shipped (MCP_LIMIT_EVENT_LOOKBACK_SECONDS: an hour), on each store."""
-    running = await server_factory(store=store_url)
-    client = client_for(running)
-    yield running, client, events_pb2_grpc.EventServiceStub(client.channel)
-    await client.channel.close()
-
-
 def after_a_step(wait: dict[str, Any]) -> dict[str, Any]:
     """A workflow whose wait begins only after a step of 0.6 s: events published first come that early."""
     return {"id": "root", "sequence": {"children": [step("work", "sleep", "{'ms': 600}"), wait]}}
 
 
-async def test_a_wait_with_a_lookback_takes_an_event_published_before_it_began(keeping):
-    _, client, events = keeping
+async def test_a_wait_with_a_lookback_takes_an_event_published_before_it_began(events_server):
+    _, client, events = events_server
     schema = {"type": "object", "required": ["amount"]}
     looking = waiting_for("paid", key="input.order_id", lookback="30s", schema=schema)
     await create(client, workflow("early", after_a_step(looking)))
@@ -287,8 +278,8 @@ async def test_a_lookback_takes_only_events_of_its_key_within_its_time_and_by_it
     await client.channel.close()
 
 
-async def test_a_wait_without_a_key_looks_back_at_events_of_any_key(keeping):
-    _, client, events = keeping
+async def test_a_wait_without_a_key_looks_back_at_events_of_any_key(events_server):
+    _, client, events = events_server
     await create(client, workflow("any", after_a_step(waiting_for("deploy.done", lookback="30s"))))
     task = await submit(client, "any")
     await events.PublishEvent(publish("deploy.done", {"v": 3}, key="svc-a"))
@@ -304,11 +295,11 @@ async def test_a_lookback_longer_than_the_server_allows_is_refused(server_factor
     await client.channel.close()
 
 
-async def test_an_event_published_around_the_time_its_wait_begins_is_taken_once_whichever_comes_first(keeping):
+async def test_an_event_published_around_the_time_its_wait_begins_is_taken_once_whichever_comes_first(events_server):
     """60 tasks, each a step of 0-40 ms then a wait with a lookback; each task's event published
     0-40 ms after its submit, so some come before the wait and some after, some as it begins: every
     task takes its own event, once."""
-    _, client, events = keeping
+    _, client, events = events_server
     looking = waiting_for("race.paid", key="input.id", lookback="30s", timeout="20s")
     race = {"id": "root", "sequence": {"children": [step("work", "sleep", "{'ms': input.ms}"), looking]}}
     await create(client, workflow("race", race))
@@ -329,8 +320,8 @@ async def test_an_event_published_around_the_time_its_wait_begins_is_taken_once_
         assert len(taken) == 1
 
 
-async def test_by_default_a_lookback_works_and_only_events_some_workflow_looks_back_for_are_kept(keeping):
-    _, client, events = keeping
+async def test_by_default_a_lookback_works_and_only_events_some_workflow_looks_back_for_are_kept(events_server):
+    _, client, events = events_server
     await events.PublishEvent(publish("unwatched", {"n": 1}, key="k"))  # no workflow waits for it yet
     late = waiting_for("unwatched", key="input.id", lookback="60s", timeout="1s", on_timeout="{'late': true}")
     await create(client, workflow("late", late))
@@ -342,8 +333,8 @@ async def test_by_default_a_lookback_works_and_only_events_some_workflow_looks_b
     assert result(await wait_done(client, late_task.task_id)) == {"late": True}  # not kept: nobody looked back
 
 
-async def test_a_publish_looks_for_waits_only_when_some_version_waits_for_its_name(keeping):
-    running, client, events = keeping
+async def test_a_publish_looks_for_waits_only_when_some_version_waits_for_its_name(events_server):
+    running, client, events = events_server
     store = running.orchestrator.events.waits.waits
     looked: list[str] = []
     event_waiters = store.event_waiters
@@ -431,8 +422,8 @@ async def test_an_event_goes_to_the_task_s_wait_whose_condition_holds_not_the_fi
     assert result(await wait_done(client, task.task_id)) == {"small": {"amount": 3}, "large": {"amount": 20}}
 
 
-async def test_a_lookback_takes_the_oldest_kept_event_its_condition_holds_for(keeping):
-    _, client, events = keeping
+async def test_a_lookback_takes_the_oldest_kept_event_its_condition_holds_for(events_server):
+    _, client, events = events_server
     looking = waiting_for("bid", key="input.lot", lookback="60s", condition="event.data.amount >= input.reserve")
     await create(client, workflow("early", after_a_step(looking)))
     task = await submit(client, "early", {"lot": "l-9", "reserve": 10})

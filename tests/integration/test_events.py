@@ -38,14 +38,6 @@ def subscribed(workflow_id: str, *triggers: dict[str, Any], **extra: Any):
     return workflow(workflow_id, step("e", "echo"), triggers=list(triggers), **extra)
 
 
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url)
-    client = client_for(running)
-    yield running, client, events_pb2_grpc.EventServiceStub(client.channel)
-    await client.channel.close()
-
-
 def step_output(task: task_pb2.Task, path: str) -> Any:
     state = next(s for s in task.steps if s.path == path)
     return json_format.MessageToDict(state.output)
@@ -55,8 +47,8 @@ def by_workflow(reply: events_pb2.PublishEventResponse) -> dict[str, events_pb2.
     return {t.workflow_id: t for t in reply.tasks}
 
 
-async def test_an_event_starts_every_workflow_whose_trigger_takes_it(served):
-    _, client, events = served
+async def test_an_event_starts_every_workflow_whose_trigger_takes_it(events_server):
+    _, client, events = events_server
     await create(client, subscribed("receipt", {"event": "order.paid", "input": "{'order': event.data.id}"}))
     await create(client, subscribed("big", {"event": "order.paid", "filter": "event.data.total > 100"}))
     await create(client, subscribed("other", {"event": "order.refunded"}))
@@ -78,8 +70,8 @@ async def test_an_event_starts_every_workflow_whose_trigger_takes_it(served):
     assert not nobody.tasks and not nobody.refused
 
 
-async def test_a_publish_sent_again_gets_the_tasks_it_started(served):
-    running, client, events = served
+async def test_a_publish_sent_again_gets_the_tasks_it_started(events_server):
+    running, client, events = events_server
     await create(client, subscribed("a", {"event": "tick"}))
     await create(client, subscribed("b", {"event": "tick"}))
     first = await events.PublishEvent(publish_request("tick", {"n": 1}, request_id="same", labels={"src": "test"}))
@@ -92,8 +84,8 @@ async def test_a_publish_sent_again_gets_the_tasks_it_started(served):
     assert (counted.labels("started")._value.get(), counted.labels("existing")._value.get()) == (2, 2)
 
 
-async def test_refusals_for_good_are_answered_per_workflow_and_the_rest_start(served):
-    _, client, events = served
+async def test_refusals_for_good_are_answered_per_workflow_and_the_rest_start(events_server):
+    _, client, events = events_server
     schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}
     await create(client, subscribed("strict", {"event": "e"}, input_schema=schema))
     await create(client, subscribed("not-object", {"event": "e", "input": "event.data.n"}))
@@ -109,8 +101,8 @@ async def test_refusals_for_good_are_answered_per_workflow_and_the_rest_start(se
     assert "input_data" in refused["strict"].message
 
 
-async def test_only_the_latest_live_version_s_triggers_count(served):
-    _, client, events = served
+async def test_only_the_latest_live_version_s_triggers_count(events_server):
+    _, client, events = events_server
     await create(client, subscribed("w", {"event": "ping"}))
     await create(client, workflow("w", step("e", "echo")))  # version 2 has no trigger
     assert not (await events.PublishEvent(publish_request("ping"))).tasks
@@ -140,8 +132,8 @@ async def test_a_refusal_for_now_fails_the_call_and_a_retry_starts_the_rest(serv
     await client.channel.close()
 
 
-async def test_bad_events_and_triggers_are_refused_naming_the_field(served):
-    _, client, events = served
+async def test_bad_events_and_triggers_are_refused_naming_the_field(events_server):
+    _, client, events = events_server
     with pytest.raises(grpc.aio.AioRpcError) as bad_name:
         await events.PublishEvent(publish_request("has space"))
     assert bad_name.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in violations(bad_name.value)
@@ -187,8 +179,8 @@ async def test_each_publisher_owns_the_tasks_its_events_start(server_factory, tm
     await client.channel.close()
 
 
-async def test_the_sdk_publishes_with_an_id_of_its_own_and_again_with_it(served):
-    running, client, _ = served
+async def test_the_sdk_publishes_with_an_id_of_its_own_and_again_with_it(events_server):
+    running, client, _ = events_server
     await create(client, subscribed("sdk-target", {"event": "sdk.hello", "input": "{'who': event.labels.src}"}))
     async with SdkClient(running.address) as sdk:
         reply = await sdk.publish_event("sdk.hello", {"n": 1}, labels={"src": "sdk"})
@@ -217,8 +209,8 @@ async def test_an_event_starts_at_most_the_workflows_the_limit_allows(server_fac
     await client.channel.close()
 
 
-async def test_a_publish_node_starts_the_workflows_its_event_triggers_once(served):
-    _, client, _ = served
+async def test_a_publish_node_starts_the_workflows_its_event_triggers_once(events_server):
+    _, client, _ = events_server
     await create(client, subscribed("downstream", {"event": "report.ready", "input": "{'got': event.data.id}"}))
     announce = {"id": "tell", "publish": {"event": "report.ready", "data": "{'id': input.id}"}}
     park = {"id": "hold", "wait": {"signal": "go"}}  # the task parks after publishing, then resumes
@@ -238,8 +230,8 @@ async def test_a_publish_node_starts_the_workflows_its_event_triggers_once(serve
     assert len(listed.tasks) == 1  # its resume after the park did not publish again
 
 
-async def test_a_workflow_that_publishes_the_event_it_starts_on_stops_after_16_links(served):
-    _, client, events = served
+async def test_a_workflow_that_publishes_the_event_it_starts_on_stops_after_16_links(events_server):
+    _, client, events = events_server
     echo_back = {"id": "again", "publish": {"event": "loop"}}
     await create(client, workflow("looping", echo_back, triggers=[{"event": "loop"}]))
     await events.PublishEvent(publish_request("loop", {"n": 1}))

@@ -12,11 +12,10 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
 
-from bench.harness import Orchestrated, Proc, Stat, percentile, start_orchestrator
+from bench.harness import Orchestrated, Proc, Stat, fresh_store, percentile, start_orchestrator
 from bench.report import REDIS, table
 from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2
 
@@ -28,11 +27,7 @@ def _waiting_for(workflow_id: str, event: str, **wait: str) -> dict[str, object]
 async def bench_events(plugin: Proc, quick: bool) -> None:
     rounds, publishes = (3, 150) if quick else (5, 400)
     for backend in ("redis", "sqlite"):
-        store = (
-            f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
-            if backend == "redis"
-            else f"sqlite:///{tempfile.mkdtemp()}/e.db"
-        )
+        store = fresh_store(backend, REDIS)
         orchestrator = start_orchestrator(store, [plugin.address], MCP_WAIT_IN_MEMORY_SECONDS="0.1")
         client = Orchestrated(orchestrator.address)
         events = events_pb2_grpc.EventServiceStub(client.channel)

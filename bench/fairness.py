@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
 from typing import Any
 
-from bench.harness import Orchestrated, Proc, Stat, chain, start_orchestrator, throughput
+from bench.harness import Orchestrated, Proc, Stat, chain, fresh_store, start_orchestrator, throughput
 from bench.report import REDIS, table
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2
 from mcp_server.engine.events import make_event, now
@@ -32,7 +31,7 @@ STEPS = 10
 async def bench_fairness(plugin: Proc, quick: bool) -> None:
     rounds, tasks = (2, 200) if quick else (3, 600)
     for backend in ("redis", "sqlite"):
-        store = _store_url(backend)
+        store = fresh_store(backend, REDIS)
         orchestrator = start_orchestrator(store, [plugin.address])
         client = Orchestrated(orchestrator.address)
         try:
@@ -45,14 +44,8 @@ async def bench_fairness(plugin: Proc, quick: bool) -> None:
     for backend in ("redis", "sqlite"):
         table(
             f"Fair queue ({backend} store): time per grant, tasks over 1,000 concurrency keys",
-            await _deep_queue(_store_url(backend), depths),
+            await _deep_queue(fresh_store(backend, REDIS), depths),
         )
-
-
-def _store_url(backend: str) -> str:
-    if backend == "redis":
-        return f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
-    return f"sqlite:///{tempfile.mkdtemp()}/f.db"
 
 
 async def _overheads(client: Orchestrated, rounds: int, tasks: int) -> list[tuple[str, Stat | float | str, str]]:

@@ -15,7 +15,7 @@ from typing import Any
 import redis as redis_sync
 from google.protobuf import struct_pb2
 
-from bench.harness import Orchestrated, Proc, Stat, chain, free_port, percentile, start_orchestrator
+from bench.harness import Orchestrated, Proc, Stat, chain, free_port, fresh_store, percentile, start_orchestrator
 from bench.report import table
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.events import make_event, now
@@ -114,11 +114,7 @@ async def _per_step_costs(plugin: Proc, url: str, label: str, code: Path | None,
 async def _long_and_large(plugin: Proc, url: str, quick: bool) -> None:
     rows: list[tuple[str, Stat | float | str, str]] = []
     for backend in ("redis", "sqlite"):
-        store = (
-            f"{url}?prefix=bench:long{uuid.uuid4().hex[:6]}:"
-            if backend == "redis"
-            else f"sqlite:///{tempfile.mkdtemp()}/long.db"
-        )
+        store = fresh_store(backend, url)
         orchestrator = start_orchestrator(store, [plugin.address], MCP_LIMIT_MAX_WORKFLOW_NODES="2000")
         client = Orchestrated(orchestrator.address)
         try:

@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from bench.harness import CpuMeter, Orchestrated, Proc, Stat, chain, percentile, start_orchestrator
+from bench.harness import CpuMeter, Orchestrated, Proc, Stat, chain, fresh_store, percentile, start_orchestrator
 from bench.report import REDIS, table
 from mcp_sdk.proto import task_pb2
 
@@ -67,11 +66,7 @@ TIMER = {
 
 async def bench_waits(plugin: Proc, quick: bool) -> None:
     for backend in ("redis", "sqlite"):
-        store = (
-            f"{REDIS}?prefix=bench:{uuid.uuid4().hex[:8]}:"
-            if backend == "redis"
-            else f"sqlite:///{tempfile.mkdtemp()}/w.db"
-        )
+        store = fresh_store(backend, REDIS)
         orchestrator = start_orchestrator(store, [plugin.address])
         client = Orchestrated(orchestrator.address)
         try:

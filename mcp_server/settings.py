@@ -87,6 +87,9 @@ class Limits:
     # kept events of one name keep at most this many keys (those published to least recently are
     # dropped first), so a lookback over a name with endless keys is bounded: keys x 100 events
     max_kept_keys_per_event: int = 1000
+    # how long a cancelled task's clean-up (recover nodes with on_cancel) may run, from its cancel:
+    # past it the handlers still running are cancelled and the task ends CANCELLED all the same
+    cancel_cleanup_seconds: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -253,7 +253,7 @@ class RunContext:
         """The header fields that change while the task runs, serialized."""
         task = self.task
         live = task_pb2.Task(status=task.status, last_sequence=task.last_sequence, step_count=len(self._steps))
-        for name in ("start_time", "end_time", "error"):
+        for name in ("start_time", "end_time", "error", "cancel_request"):
             if task.HasField(name):
                 getattr(live, name).CopyFrom(getattr(task, name))
         if task.usage:
@@ -264,11 +264,9 @@ class RunContext:
         return data
 
     # ---- step states --------------------------------------------------------------------
-    def given_input(self, path: str) -> Payload | None:
-        """What the node at `path` receives instead of what came before: a rerun's edited input."""
-        if self.rerun_input is not None and path == self.task.rerun_from_step_path:
-            return self.rerun_input
-        return None
+    def began(self, path: str) -> bool:
+        """Whether the node at `path` began (in this life of the run or an earlier one)."""
+        return path in self._steps
 
     def finished(self, path: str) -> NodeResult | None:
         """The result of a node that completed before (in an earlier life of this run)."""
@@ -285,10 +283,10 @@ class RunContext:
             return None
         return NodeFailed(code_name(step.state.error.code), step.state.error.message)
 
-    def first_failed_step(self, within: str) -> str:
-        """The path of the first step at or inside `within` that failed (in step order), or `within`."""
+    def first_failed_step(self, within: str, status: int = task_pb2.STEP_STATUS_FAILED) -> str:
+        """The path of the first step at or inside `within` that ended with `status` (in step order), or `within`."""
         for path, step in self._steps.items():
-            failed = step.state.status == task_pb2.STEP_STATUS_FAILED and step.state.kind in LEAF_KINDS
+            failed = step.state.status == status and step.state.kind in LEAF_KINDS
             if failed and (path == within or path.startswith(within + "/")):
                 return path
         return within

@@ -151,6 +151,9 @@ class Dispatcher:
         if running.ending.is_set():
             await asyncio.wait([running.task])  # not `await`: a caller that goes away must not cancel it
             return False
+        if running.cancel.get("cleaning_up"):  # cancelled already, and cleaning up: a second cancel waits for it
+            await asyncio.wait([running.task])
+            return True
         running.cancel["reason"] = reason
         await cancel_and_wait(running.task)
         return True

@@ -14,6 +14,7 @@ from typing import Any
 
 from mcp_server.engine.cancelling import raise_if_cancelled
 from mcp_server.engine.cel import Expression, ExpressionError
+from mcp_server.engine.cleanup_replay import replaying
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.logcontext import step_path_var
 from mcp_server.engine.payload import Payload
@@ -45,14 +46,15 @@ async def execute(node: PlanNode, path: str, value: Payload, ctx: RunContext, sc
         outputs[node.id] = done.output
         return done
     step_path_var.set(path)
-    given = ctx.given_input(path)
+    given = given_input(ctx, path)
     if given is not None:
         value = given
 
     def body() -> Awaitable[NodeResult]:
         return _RUNNERS[node.kind](node, path, value, ctx, scope)
 
-    timeout = getattr(node, "timeout", None) if node.kind not in LEAF_KINDS else None  # a leaf keeps its own
+    # a leaf keeps its own timeout; a clean-up's walk has its own bound (cleanup_replay.py)
+    timeout = getattr(node, "timeout", None) if node.kind not in LEAF_KINDS and replaying() is None else None
     run = body if timeout is None else lambda: _within(timeout, node, path, ctx, body)
     result = await run_recorded(ctx, path, node.id, node.kind, getattr(node, "protocol", ""), run)
     outputs[node.id] = result.output
@@ -83,6 +85,10 @@ async def run_recorded(
     way that is (completed, failed, cancelled, timed out), so no state is left RUNNING."""
     raise_if_cancelled()  # asked to stop while a store call swallowed it: start no more nodes
     leaf = kind in LEAF_KINDS
+    if replaying() is not None:  # a cancelled task's clean-up: it records nothing, and starts no leaf
+        if leaf or not ctx.began(path):
+            raise NodeFailed("CANCELLED", f"{kind} {node_id}: the task was cancelled")
+        return await body()
     if leaf:
         ctx.suspensions.leaf_started()
     try:
@@ -172,6 +178,13 @@ def output_problem(output: Payload, limits: Limits, what: str) -> tuple[str, str
             f"{what} is {output.size} bytes; a value may hold at most {limits.max_value_bytes} "
             "(MCP_LIMIT_MAX_VALUE_BYTES)"
         )
+    return None
+
+
+def given_input(ctx: RunContext, path: str) -> Payload | None:
+    """What the node at `path` receives instead of what came before: a rerun's edited input."""
+    if ctx.rerun_input is not None and path == ctx.task.rerun_from_step_path:
+        return ctx.rerun_input
     return None
 
 

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from mcp_server.engine.cleanup_replay import replaying
 from mcp_server.engine.context import NodeFailed, NodeResult
 
 Branch = Callable[[], Awaitable[NodeResult]]
@@ -30,6 +31,7 @@ async def join_branches(
     have completed. Raise NodeFailed when the join can no longer be met."""
     if required <= 0:
         return {}
+    fail_fast = fail_fast and replaying() is None  # a clean-up walks every branch to its end
     width = max(1, max_concurrency)
     tasks: dict[asyncio.Future[NodeResult], int] = {}
     pending: set[asyncio.Future[NodeResult]] = set()

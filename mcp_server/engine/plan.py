@@ -214,6 +214,7 @@ class RecoverPlan:
     handler: PlanNode
     codes: frozenset[str] = frozenset()
     rethrow: bool = False  # after the handler, fail with the body's error all the same
+    on_cancel: bool = False  # the handler is also the clean-up when the task is cancelled
     timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
     kind: str = "recover"
 
@@ -286,6 +287,8 @@ class Plan:
     waits: dict[str, WaitPlan] = field(default_factory=dict)
     # whether any node waits (a wait or a sleep): only then can a run park
     suspends: bool = False
+    # whether a recover node has on_cancel: only then does a cancelled run clean up
+    cleans_up_on_cancel: bool = False
     # Workflow.concurrency; None: tasks share the queue out per owner, with no cap
     concurrency: ConcurrencyPlan | None = None
     # Workflow.input_schema, which a task's input_data must satisfy; None: any object

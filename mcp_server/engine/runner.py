@@ -31,6 +31,7 @@ from mcp_server.engine import (
     waiting,
 )
 from mcp_server.engine.caching import NearCache
+from mcp_server.engine.cancel_cleanup import clean_up
 from mcp_server.engine.context import NodeFailed, RunContext
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import now
@@ -129,6 +130,9 @@ class TaskRunner:
             paused_runs=self.paused_runs,
         )
         task.ClearField("input_data")  # held once, by the run's input payload
+        if task.HasField("cancel_request"):  # a clean-up an earlier life began: finish it, never the body
+            cancel_reason = {} if cancel_reason is None else cancel_reason
+            cancel_reason.setdefault("reason", task.cancel_request.reason)
         if task.step_count:
             await ctx.restore()
         if late := expired_unstarted(task, lease_token, time.time_ns()):
@@ -201,8 +205,11 @@ class TaskRunner:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()  # handled: the CANCELLED or WAITING state is written below
-            if reason is not None:
+            if cancel_reason is not None and reason is not None:
                 ctx.abandon_unfinished("CANCELLED", f"the task was cancelled: {reason}")
+                if plan.cleans_up_on_cancel:
+                    cancel_reason["cleaning_up"] = "yes"  # a second cancel waits for it (Dispatcher.cancel)
+                    reason = await clean_up(ctx, plan, reason, self.limits.cancel_cleanup_seconds)
                 self._finish(ctx, task_pb2.TASK_STATUS_CANCELLED, E.TASK_EVENT_TYPE_CANCELLED, "CANCELLED", reason)
             else:
                 due = ctx.suspensions.due(deadline)
@@ -243,7 +250,7 @@ class TaskRunner:
                 log.warning("task %s: cannot read its signals now: %s", ctx.task.task_id, exc)
 
     async def _rerun_input(self, task: task_pb2.Task) -> Payload | None:
-        """A rerun's edited input for its first step (see RunContext.given_input), if it has one."""
+        """A rerun's edited input for its first step (see executor.given_input), if it has one."""
         if task.rerun_input_ref.sha256:
             return Payload.of_bytes(await stored_value(self.store, task, task.rerun_input_ref.sha256))
         return Payload.of_value(task.rerun_input) if task.HasField("rerun_input") else None

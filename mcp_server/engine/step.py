@@ -20,7 +20,7 @@ from mcp_server.engine.caching import cache_key, cached_output, keep_output
 from mcp_server.engine.cel import Expression
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.event_types import E
-from mcp_server.engine.executor import evaluate, run_recorded, runs
+from mcp_server.engine.executor import evaluate, given_input, run_recorded, runs
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import StepPlan
 from mcp_server.engine.ports import ProtocolCallError
@@ -30,7 +30,7 @@ from mcp_server.engine.values import as_object
 
 @runs("step")
 async def run_step(node: StepPlan, path: str, value: Payload, ctx: RunContext, scope: Mapping[str, Any]) -> NodeResult:
-    if ctx.given_input(path) is not None:  # a rerun's edited input: what the protocol receives, as given
+    if given_input(ctx, path) is not None:  # a rerun's edited input: what the protocol receives, as given
         primary_input = value.as_object()
     else:
         primary_input = _input(node.input, value, ctx, scope, node.id, "input")

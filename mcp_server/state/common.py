@@ -97,7 +97,7 @@ def fixed_part(task: task_pb2.Task) -> bytes:
 def live_part(task: task_pb2.Task) -> bytes:
     """The header fields that change while a task runs (the engine writes them, see RunContext)."""
     live = task_pb2.Task(status=task.status, last_sequence=task.last_sequence, step_count=task.step_count)
-    for name in ("start_time", "end_time", "error", "result", "result_ref"):
+    for name in ("start_time", "end_time", "error", "result", "result_ref", "cancel_request"):
         if task.HasField(name):
             getattr(live, name).CopyFrom(getattr(task, name))
     return live.SerializeToString()

@@ -75,6 +75,7 @@ def compile_workflow(
         protocol_uses=tuple(scope.uses),
         waits=dict(scope.waits),
         suspends=scope.suspends,
+        cleans_up_on_cancel=scope.cleans_up_on_cancel,
         concurrency=concurrency,
         input_schema=input_schema,
         output_schema=output_schema,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_sdk.workflow_tree import default_node_id
+from mcp_sdk.workflow_tree import all_nodes, default_node_id
 from mcp_server.engine.cel import IN_HANDLER, IN_MAP_BODY, IN_SUPERVISED_CHILD, IN_TRANSITION
 from mcp_server.engine.compiler.fields import GRPC_CODES, concurrency, expression, protocol, rounds
 from mcp_server.engine.compiler.scope import (
@@ -168,6 +168,21 @@ def compile_recover(
         with variables_in(scope, IN_HANDLER if part == "handler" else frozenset()):
             parts[part] = compile_node(child, f"{path}.{part}", scope, depth + 1, default_node_id(child, index))
     body, handler = parts["body"], parts["handler"]
+    if rec.on_cancel:
+        scope.cleans_up_on_cancel = True
+        _refuse_suspending_clean_up(rec, path, scope)
     if body is None or handler is None:
         return None
-    return RecoverPlan(node_id, body, handler, codes, rec.rethrow)
+    return RecoverPlan(node_id, body, handler, codes, rec.rethrow, rec.on_cancel)
+
+
+def _refuse_suspending_clean_up(rec: workflow_pb2.RecoverNode, path: str, scope: Scope) -> None:
+    """A handler that cleans up after a cancel may not wait or sleep: a cancelled task does not park."""
+    if not rec.HasField("handler"):
+        return
+    for at, node in all_nodes(rec.handler, f"{path}.handler"):
+        kind = node.WhichOneof("kind")
+        if kind in ("wait", "sleep"):
+            scope.violations.add(
+                at, f"a {kind} node cannot be in an on_cancel handler: a cancelled task does not park to clean up"
+            )

@@ -55,6 +55,7 @@ class Scope:
     uses: list[tuple[str, str]] = field(default_factory=list)
     waits: dict[str, Any] = field(default_factory=dict)  # wait plans by node id
     suspends: bool = False  # a wait or a sleep was compiled
+    cleans_up_on_cancel: bool = False  # a recover node with on_cancel was compiled
 
 
 Builder = Callable[[str, Any, str, Scope, int], PlanNode | None]

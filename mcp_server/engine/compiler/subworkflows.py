@@ -43,6 +43,7 @@ def compile_subworkflow(
     scope.uses += inner.uses
     scope.waits.update({f"{node_id}/{key}": wait for key, wait in inner.waits.items()})
     scope.suspends = scope.suspends or inner.suspends
+    scope.cleans_up_on_cancel = scope.cleans_up_on_cancel or inner.cleans_up_on_cancel
     if root is None:
         return None
     fills = defaults_filled(definition, input_schema, f"{path}.definition", inner)

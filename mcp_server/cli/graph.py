@@ -115,6 +115,7 @@ def _add_kind(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[
         b_entry, b_exit, b_all = _add(graph, node.recover.body, f"{name}_")
         h_entry, h_exit, h_all = _add(graph, node.recover.handler, f"{name}_")
         on_error = "on " + ", ".join(node.recover.codes) if node.recover.codes else "on error"
+        on_error += " or cancel" if node.recover.on_cancel else ""
         graph.edges += [(a, b, on_error, True) for a in b_entry for b in h_entry]
         rethrow = " (then fails)" if node.recover.rethrow else ""
         graph.clusters.append((name, f"recover {node.id}{rethrow}", b_all + h_all))

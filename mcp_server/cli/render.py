@@ -24,6 +24,7 @@ EVENT_STYLE = {
     "FAILED": "bold red",
     "STEP_FAILED": "red",
     "CANCELLED": "yellow",
+    "CLEANING_UP": "yellow",
     "STEP_RETRYING": "yellow",
     "FALLBACK_USED": "magenta",
     "TRANSITION_TAKEN": "cyan",
@@ -70,6 +71,10 @@ def task_summary(task: task_pb2.Task) -> None:
         console.print(f"concurrency key {task.concurrency_key}")
     if task.rerun_of:
         console.print(f"a rerun of {task.rerun_of} from {task.rerun_from_step_path}")
+    if task.HasField("cancel_request"):
+        doing = "cleaned up" if task.status == task_pb2.TASK_STATUS_CANCELLED else "cleaning up, then it ends CANCELLED"
+        when = task.cancel_request.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        console.print(f"cancelled at {when} UTC ({escape(task.cancel_request.reason)}): {doing}")
     if task.usage:
         console.print("usage: " + usage_text(task.usage))
     if task.steps:

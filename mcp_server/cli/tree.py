@@ -58,6 +58,11 @@ class RunTree:
             target = self.lines.get(event.step_path)
             if target is not None:
                 target.note = event.message
+        elif event.type == E.TASK_EVENT_TYPE_CLEANING_UP:  # what ran is cancelled; the handlers start next
+            self.outcome = f"cleaning up: {event.message}"
+            for pending in self.lines.values():
+                if pending.status in ("running", "retrying", "waiting"):
+                    pending.status = "cancelled"
         elif event.type in (E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED):
             self.outcome = f"{E.Name(event.type).removeprefix('TASK_EVENT_TYPE_')}: {event.message}"
             for pending in self.lines.values():

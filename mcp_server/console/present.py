@@ -96,6 +96,9 @@ def task_view(task: task_pb2.Task) -> dict[str, Any]:
         "terminal": task.status
         in (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED),
         "rerun_of": task.rerun_of,
+        "cancel_request": {"reason": task.cancel_request.reason, "time": iso(task.cancel_request.time)}
+        if task.HasField("cancel_request")
+        else None,
         "concurrency_key": task.concurrency_key,
         "usage": ", ".join(f"{name} {amount:g}" for name, amount in sorted(task.usage.items())),
         "rerun_from_step_path": task.rerun_from_step_path,

@@ -661,3 +661,29 @@ async def test_a_composite_node_s_row_says_what_the_steps_under_it_used_in_all(c
         page = await (await browser.get(f"{console.console.url}/tasks/{task_id}")).text()
     below = re.findall(r'class="dim mono subtree-usage"[^>]*>in all: ([^<]*)<', page)
     assert below == ["cost 0.75, prompt_tokens 30", "cost 0.5, prompt_tokens 20"]  # root, then root/p
+
+
+async def test_a_task_s_page_says_it_was_cancelled_and_cleaned_up(console, api):
+    root = {
+        "id": "r",
+        "recover": {
+            "on_cancel": True,
+            "body": {"id": "slow", "step": {"protocol": "sleep", "input": "{'ms': 10000}"}},
+            "handler": {"id": "undo", "step": {"protocol": "echo"}},
+        },
+    }
+    await api.create_workflow({"workflow_id": "undoable", "root": root})
+    task = await api.submit("undoable", {})
+    async for event in api.watch(task.task_id):
+        if event.step_path == "r/slow":
+            break
+    cancelled = await api.cancel(task.task_id, "<b>stop</b>")
+    assert cancelled.status == task_pb2.TASK_STATUS_CANCELLED
+    async with aiohttp.ClientSession() as browser:
+        page = await (await browser.get(f"{console.console.url}/tasks/{task.task_id}")).text()
+        graph = await (await browser.get(f"{console.console.url}/workflows/undoable")).text()
+    shown = page[page.index('id="cancel-request">') :]
+    shown = shown[: shown.index("</dd>")]
+    assert cancelled.cancel_request.time.ToDatetime().isoformat()[:19] in shown
+    assert "(&lt;b&gt;stop&lt;/b&gt;): cleaned up" in shown
+    assert "or cancel" in graph

@@ -71,3 +71,29 @@ def test_a_composite_step_s_row_says_what_the_steps_under_it_used_in_all(monkeyp
     rows = {line.split()[1]: line for line in wide.export_text().splitlines() if line.startswith("│ root")}
     assert "in all: cost 0.75" in rows["root"]
     assert "cost 0.25" in rows["root/a"] and "in all" not in rows["root/a"]
+
+
+def test_a_task_that_cleans_up_after_a_cancel_says_so_in_its_tree_and_its_summary(monkeypatch):
+    tree = RunTree("t1")
+    for e in [
+        event(1, E.TASK_EVENT_TYPE_STEP_STARTED, "r", ms=0),
+        event(2, E.TASK_EVENT_TYPE_STEP_STARTED, "r/charge", "payments", ms=1),
+        event(3, E.TASK_EVENT_TYPE_CLEANING_UP, message="cancelled (stop): running the clean-up", ms=5),
+        event(4, E.TASK_EVENT_TYPE_STEP_STARTED, "r/refund", "payments", ms=6),
+    ]:
+        tree.apply(e)
+    console = Console(record=True, width=120)
+    console.print(tree.render())
+    text = console.export_text()
+    assert "cleaning up: cancelled (stop)" in text
+    assert tree.lines["r/charge"].status == "cancelled" and tree.lines["r/refund"].status == "running"
+
+    wide = Console(width=200, record=True, highlight=False)
+    monkeypatch.setattr(render, "console", wide)
+    task = task_pb2.Task(task_id="t1", workflow_id="w", status=task_pb2.TASK_STATUS_RUNNING)
+    task.cancel_request.reason = "the customer [cancelled]"
+    task.cancel_request.time.FromSeconds(86400)
+    render.task_summary(task)
+    assert "cancelled at 1970-01-02 00:00:00 UTC (the customer [cancelled]): cleaning up, then it ends CANCELLED" in (
+        wide.export_text()
+    )

@@ -116,6 +116,14 @@ def test_a_recover_node_that_rethrows_leads_on_from_its_body_alone():
     assert "n_r_try --> wf_result" in text and "n_r_sequence_ask --> wf_result" not in text
 
 
+def test_a_recover_node_that_cleans_up_on_a_cancel_says_so_on_its_edge():
+    cleans_up = workflow_pb2.Node()
+    cleans_up.CopyFrom(RECOVER)
+    cleans_up.recover.on_cancel = True
+    text = to_mermaid(workflow_graph(workflow_pb2.Workflow(workflow_id="w", root=cleans_up)))
+    assert 'n_r_try -.->|"on UNAVAILABLE, DEADLINE_EXCEEDED or cancel"| n_r_sequence_ask' in text
+
+
 def test_a_composite_with_a_timeout_says_so_on_its_box():
     timed = workflow_pb2.Node()
     timed.CopyFrom(RECOVER)

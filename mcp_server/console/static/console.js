@@ -140,9 +140,9 @@ class RunTree {
       line.parts.note.textContent = event.message;
     } else if (line && (event.type === "TRANSITION_TAKEN" || event.type === "SUPERVISOR_DECISION")) {
       line.parts.note.textContent = event.message;
-    } else if (event.type === "CANCELLED") {
+    } else if (event.type === "CANCELLED" || event.type === "CLEANING_UP") {  // the clean-up's handlers start after it
       for (const open of this.lines.values()) {
-        if (open.item.classList.contains("running") || open.item.classList.contains("retrying")) this.mark(open, "cancelled");
+        if (["running", "retrying", "waiting"].some((s) => open.item.classList.contains(s))) this.mark(open, "cancelled");
       }
     }
     if (line) line.parts.attempt.textContent = line.attempt > 1 ? `attempt ${line.attempt}` : "";

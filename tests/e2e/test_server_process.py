@@ -585,3 +585,29 @@ def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
     _, process = server_process
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0
+
+
+def test_the_cli_cancels_a_booking_and_its_clean_up_releases_the_room(server_process):
+    address, _ = server_process
+    assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "saga.yaml")).returncode == 0
+    submitted = mcp(address, "--json", "task", "submit", "booking", "--input", '{"room": "204"}')
+    task_id = json.loads(submitted.stdout)["task"]["task_id"]
+    deadline = time.monotonic() + 20
+    while task_id not in mcp(address, "--json", "task", "list", "--status", "waiting").stdout:
+        assert time.monotonic() < deadline, "the booking never waited for its confirmation"
+        time.sleep(0.1)
+    cancelled = mcp(address, "task", "cancel", task_id, "--reason", "the customer left")
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    shown = mcp(address, "task", "get", task_id)
+    assert "CANCELLED" in shown.stdout and "(the customer left): cleaned up" in shown.stdout, shown.stdout
+    task = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)
+    assert task["status"] == "TASK_STATUS_CANCELLED" and task["error"]["message"] == "the customer left"
+    steps = {s["path"]: s for s in task["steps"]}
+    assert steps["booking/release"]["output"] == {
+        "released": "204",
+        "why": "CANCELLED",
+        "said": "the customer left",
+        "at": "booking/book/confirm",
+    }
+    assert steps["booking/book/confirm"]["status"] == "STEP_STATUS_CANCELLED"
+    assert "booking/book/charge" not in steps

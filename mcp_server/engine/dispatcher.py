@@ -245,21 +245,32 @@ class Dispatcher:
 
     async def _cancel_loop(self) -> None:
         """Act on cancel requests that other replicas left for tasks running here (those the
-        nudges told of are acted on already; a second cancel of a task changes nothing)."""
-        while True:
-            await asyncio.sleep(self.settings.cancel_poll_seconds)
-            raise_if_cancelled()
-            if not self._running:
-                continue
-            try:
-                requests = await self.queue.cancel_requests(list(self._running))
-            except Unavailable:
-                continue
-            except Exception:  # a bug must not stop cancels for good
-                log.exception("reading cancel requests failed unexpectedly; trying again")
-                continue
-            for task_id, reason in requests.items():
-                await self.cancel(task_id, reason)
+        nudges told of are acted on already; a second cancel of a task changes nothing). Each in a
+        task of its own: a cancel waits for the run's end, which a clean-up may put off for minutes."""
+        acting: set[asyncio.Task[bool]] = set()
+        try:
+            while True:
+                await asyncio.sleep(self.settings.cancel_poll_seconds)
+                raise_if_cancelled()
+                if not self._running:
+                    continue
+                try:
+                    requests = await self.queue.cancel_requests(list(self._running))
+                except Unavailable:
+                    continue
+                except Exception:  # a bug must not stop cancels for good
+                    log.exception("reading cancel requests failed unexpectedly; trying again")
+                    continue
+                for task_id, reason in requests.items():
+                    running = self._running.get(task_id)
+                    if running is None or running.cancel.get("reason"):
+                        continue  # ended meanwhile, or being cancelled already
+                    act = asyncio.create_task(self.cancel(task_id, reason), name=f"cancel {task_id}")
+                    acting.add(act)
+                    act.add_done_callback(acting.discard)
+        finally:  # stopping: a cancel under way must not outlive the loops
+            for act in acting:
+                act.cancel()
 
     async def _cancel_nudge_loop(self) -> None:
         """Act at once on the cancel requests other replicas leave for tasks running here, as the

@@ -26,6 +26,8 @@ from tests.helpers import (
     wait_done,
     workflow,
 )
+from tests.integration.test_cancel_requests import user_without_pubsub
+from tests.integration.test_waits import other_replica
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
@@ -240,3 +242,49 @@ def result_of(state: task_pb2.StepState) -> Any:
     from google.protobuf import json_format
 
     return json_format.MessageToDict(state.output)
+
+
+async def test_a_cancel_through_another_replica_waits_for_the_clean_up_on_the_one_running_it(
+    server_factory, redis_url, testkit
+):
+    replicas = [await server_factory(store=redis_url), await server_factory(store=redis_url)]
+    clients = [client_for(r) for r in replicas]
+    node = on_cancel("r", step("slow", "sleep", SLOW), step("undo", "sleep", "{'ms': 400}"))
+    await create(clients[0], workflow("elsewhere", node))
+    task = await submit(clients[0], "elsewhere")
+    other = await other_replica(clients, replicas, task.task_id)
+    await started(other, task.task_id, "r/slow")
+    done = await cancel(other, task.task_id, "from the other replica")
+    assert done.status == S.TASK_STATUS_CANCELLED and done.error.message == "from the other replica"
+    undo = step_states(done)["r/undo"]
+    assert undo.status == task_pb2.STEP_STATUS_COMPLETED
+    assert undo.end_time.ToNanoseconds() - undo.start_time.ToNanoseconds() >= 400_000_000
+    calls = (await plugin_stats(testkit))["calls"]
+    assert calls[f"{task.task_id}/r/undo/sleep"] == 1
+    for client in clients:
+        await client.channel.close()
+
+
+async def test_a_clean_up_does_not_hold_up_the_cancels_a_replica_finds_by_polling(server_factory, redis_url):
+    """Where the store cannot tell a replica of a cancel (a Redis user without pub/sub), its poll
+    finds the requests: one task's clean-up must not hold up the cancel of another found meanwhile."""
+    async with user_without_pubsub(redis_url) as store:
+        holder = await server_factory(store=store, cancel_poll_seconds=0.1)
+        api_only = await server_factory(store=store, limits=Limits(max_tasks_in_flight=0))
+        client, own = client_for(api_only), client_for(holder)
+        undo = on_cancel("r", step("slow", "sleep", SLOW), step("undo", "sleep", "{'ms': 2000}"))
+        await create(client, workflow("slow-undo", undo))
+        await create(client, workflow("napping", step("nap", "sleep", SLOW)))
+        cleaning = await submit(client, "slow-undo")
+        napping = await submit(client, "napping")
+        await started(own, cleaning.task_id, "r/slow")
+        await started(own, napping.task_id, "nap")
+        first = asyncio.ensure_future(cancel(client, cleaning.task_id, "first"))
+        await started_cleaning_up(own, cleaning.task_id)
+        second = await cancel(client, napping.task_id, "second")
+        assert second.status == S.TASK_STATUS_CANCELLED
+        first_done = await first
+        assert first_done.status == S.TASK_STATUS_CANCELLED
+        assert second.end_time.ToNanoseconds() < first_done.end_time.ToNanoseconds()  # not after the clean-up
+        for each in (client, own):
+            await each.channel.close()

@@ -102,7 +102,9 @@ class TaskMethods(Connection):
         return reply
 
     async def cancel(self, task_id: str, reason: str = "") -> task_pb2.Task:
-        """Cancel a task; cancelling one that has ended changes nothing and returns it."""
+        """Cancel a task; cancelling one that has ended changes nothing and returns it. A task whose
+        workflow cleans up on a cancel (a recover node with `on_cancel`) runs that clean-up first:
+        the call answers once the task has ended CANCELLED (`task.cancel_request` says when)."""
         reply: task_pb2.CancelTaskResponse = await self._call(
             self.tasks.CancelTask, task_pb2.CancelTaskRequest(task_id=task_id, reason=reason)
         )

@@ -581,12 +581,6 @@ def test_the_cli_submits_with_a_queue_timeout(server_process):
     assert refused.returncode == 1 and "queue_timeout" in refused.stderr, refused
 
 
-def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
-    _, process = server_process
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=20) == 0
-
-
 def test_the_cli_cancels_a_booking_and_its_clean_up_releases_the_room(server_process):
     address, _ = server_process
     assert mcp(address, "workflow", "apply", str(ROOT / "examples" / "saga.yaml")).returncode == 0
@@ -611,3 +605,9 @@ def test_the_cli_cancels_a_booking_and_its_clean_up_releases_the_room(server_pro
     }
     assert steps["booking/book/confirm"]["status"] == "STEP_STATUS_CANCELLED"
     assert "booking/book/charge" not in steps
+
+
+def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
+    _, process = server_process
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0

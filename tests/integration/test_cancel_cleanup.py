@@ -288,3 +288,35 @@ async def test_a_clean_up_does_not_hold_up_the_cancels_a_replica_finds_by_pollin
         assert second.end_time.ToNanoseconds() < first_done.end_time.ToNanoseconds()  # not after the clean-up
         for each in (client, own):
             await each.channel.close()
+
+
+async def test_map_items_adaptive_visits_and_subworkflows_clean_up_where_they_had_begun(parking_server, testkit):
+    _, client = parking_server
+    item = on_cancel("each", step("work", "sleep", "{'ms': 10000 * (item + 1)}"), step("undo", "echo", "{'i': item}"))
+    mapped = {"id": "m", "map": {"items": "[0, 1, 2, 3, 4]", "body": item, "max_concurrency": 2}}
+    await create(client, workflow("child", on_cancel("c", step("inside", "sleep", SLOW), step("undo", "echo"))))
+    states = [
+        {"name": "first", "node": step("warm", "echo"), "transitions": [{"to": "second"}]},
+        {
+            "name": "second",
+            "terminal": True,
+            "node": on_cancel("deep", step("hold", "sleep", SLOW), step("let-go", "echo")),
+        },
+    ]
+    called = {"id": "sub", "subworkflow": {"workflow_id": "child", "version": "1"}}
+    adaptive = {"id": "a", "adaptive": {"states": states}}
+    root = {"id": "p", "parallel": {"children": [mapped, adaptive, called]}}
+    await create(client, workflow("everywhere", root))
+    task = await submit(client, "everywhere")
+    await started(client, task.task_id, "p/m/each[0]/work", "p/m/each[1]/work", "p/a/deep/hold", "p/sub/c/inside")
+    done = await cancel(client, task.task_id, "stop everything")
+
+    assert done.status == S.TASK_STATUS_CANCELLED and done.error.message == "stop everything"
+    states_of = step_states(done)
+    undone = sorted(p for p, s in states_of.items() if s.status == task_pb2.STEP_STATUS_COMPLETED and "undo" in p)
+    assert undone == ["p/m/each[0]/undo", "p/m/each[1]/undo", "p/sub/c/undo"]  # items 2-4 had not begun
+    assert result_of(states_of["p/m/each[1]/undo"]) == {"i": 1}
+    assert states_of["p/a/deep/let-go"].status == task_pb2.STEP_STATUS_COMPLETED
+    calls = (await plugin_stats(testkit))["calls"]
+    assert calls[f"{task.task_id}/p/a/warm/echo"] == 1  # the walk took the transition again, not the step
+    assert not [p for p in states_of if p.startswith("p/m/each[2]")]

@@ -224,6 +224,8 @@ class Dispatcher:
 
     async def _run(self, task: task_pb2.Task, running: _Running) -> None:
         try:
+            if task.status == task_pb2.TASK_STATUS_RUNNING and not running.cancel:
+                await self._cancel_left_for(task.task_id, running)
             plan = await self.plans.get(task.workflow_id, task.workflow_version)
             running.waits = bool(plan.waits)
             running.final_live = await self.runner.resume_from(
@@ -242,6 +244,14 @@ class Dispatcher:
             # second) finds what other replicas queue meanwhile, as it does on an idle replica.
             if was_full or not self._queue_empty:
                 self._wake.set()
+
+    async def _cancel_left_for(self, task_id: str, running: _Running) -> None:
+        """A run taken over from a replica that stopped acts on a cancel left for that replica
+        before anything of it runs again (its step in flight would be called again first, and a
+        clean-up would undo a charge it had just made again)."""
+        with contextlib.suppress(Unavailable):  # the poll finds it once the store answers
+            if reason := (await self.queue.cancel_requests([task_id])).get(task_id):
+                running.cancel["reason"] = reason
 
     async def _cancel_loop(self) -> None:
         """Act on cancel requests that other replicas left for tasks running here (those the

@@ -320,3 +320,28 @@ async def test_map_items_adaptive_visits_and_subworkflows_clean_up_where_they_ha
     calls = (await plugin_stats(testkit))["calls"]
     assert calls[f"{task.task_id}/p/a/warm/echo"] == 1  # the walk took the transition again, not the step
     assert not [p for p in states_of if p.startswith("p/m/each[2]")]
+
+
+async def test_a_task_taken_over_with_a_cancel_left_for_it_cleans_up_without_running_its_body_again(
+    server_factory, redis_url, testkit
+):
+    """A replica stops with the task RUNNING; a cancel is left for it; the replica that takes the
+    task over acts on the cancel before anything runs again: the step in flight (a charge, say) is
+    not called a second time, only the clean-up runs."""
+    first = await server_factory(store=redis_url, lease_seconds=1.0)
+    api_only = await server_factory(store=redis_url, limits=Limits(max_tasks_in_flight=0))
+    client, api = client_for(first), client_for(api_only)
+    await create(client, workflow("charged", on_cancel("r", step("charge", "sleep", SLOW), step("refund", "echo"))))
+    task = await submit(client, "charged")
+    await started(client, task.task_id, "r/charge")
+    await first.stop(0.05)  # shut down without ending the task: it stays RUNNING under a lease that runs out
+    cancelling = asyncio.ensure_future(cancel(api, task.task_id, "left for whoever takes it"))
+    await asyncio.sleep(0.3)  # the request is stored
+    await server_factory(store=redis_url, lease_seconds=1.0)
+    done = await cancelling
+    assert done.status == S.TASK_STATUS_CANCELLED and done.error.message == "left for whoever takes it"
+    assert step_states(done)["r/refund"].status == task_pb2.STEP_STATUS_COMPLETED
+    calls = (await plugin_stats(testkit))["calls"]
+    assert calls[f"{task.task_id}/r/charge/sleep"] == 1 and calls[f"{task.task_id}/r/refund/echo"] == 1
+    for each in (client, api):
+        await each.channel.close()

@@ -72,7 +72,8 @@ def task_summary(task: task_pb2.Task) -> None:
     if task.rerun_of:
         console.print(f"a rerun of {task.rerun_of} from {task.rerun_from_step_path}")
     if task.HasField("cancel_request"):
-        doing = "cleaned up" if task.status == task_pb2.TASK_STATUS_CANCELLED else "cleaning up, then it ends CANCELLED"
+        outcome = task.cancel_request.outcome.replace("_", " ")
+        doing = f"cleaned up ({outcome})" if outcome else "cleaning up, then it ends CANCELLED"
         when = task.cancel_request.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
         console.print(f"cancelled at {when} UTC ({escape(task.cancel_request.reason)}): {doing}")
     if task.usage:

@@ -96,7 +96,11 @@ def task_view(task: task_pb2.Task) -> dict[str, Any]:
         "terminal": task.status
         in (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED),
         "rerun_of": task.rerun_of,
-        "cancel_request": {"reason": task.cancel_request.reason, "time": iso(task.cancel_request.time)}
+        "cancel_request": {
+            "reason": task.cancel_request.reason,
+            "time": iso(task.cancel_request.time),
+            "outcome": task.cancel_request.outcome.replace("_", " "),
+        }
         if task.HasField("cancel_request")
         else None,
         "concurrency_key": task.concurrency_key,

@@ -25,9 +25,10 @@ from mcp_server.errors import LeaseLost, Unavailable
 log = logging.getLogger(__name__)
 
 
-async def clean_up(ctx: RunContext, plan: Plan, reason: str, limit: float) -> str:
+async def clean_up(ctx: RunContext, plan: Plan, reason: str, limit: float) -> tuple[str, str]:
     """Run the handlers the cancel asks for, at most `limit` seconds after the clean-up first
-    began; return the message the task ends CANCELLED with."""
+    began; return the message the task ends CANCELLED with, and how the clean-up went: `done`,
+    `failed`, `cut_short`, or empty when no handler ran."""
     request = ctx.task.cancel_request if ctx.task.HasField("cancel_request") else None
     walk = CleanUp(request.reason if request else reason, request.time.ToNanoseconds() if request else time.time_ns())
     ctx.suspensions.request_park = None  # a cancelled task does not park
@@ -40,16 +41,16 @@ async def clean_up(ctx: RunContext, plan: Plan, reason: str, limit: float) -> st
         pass  # the walk ends so: the nodes the cancel stopped fail CANCELLED, once cleaned up
     except TimeoutError:
         ctx.abandon_unfinished("CANCELLED", f"the clean-up ran out of its {limit:g}s (cancel_cleanup_seconds)")
-        return f"{walk.reason}; its clean-up was cut short after {limit:g}s"
+        return f"{walk.reason}; its clean-up was cut short after {limit:g}s", "cut_short"
     except (LeaseLost, Unavailable):
         raise  # another replica took the task over, or the store is away: it is finished from the last write
     except Exception as exc:  # a bug must not leave the task RUNNING: it ends CANCELLED all the same
         log.exception("task %s: its clean-up failed unexpectedly", ctx.task.task_id)
         ctx.abandon_unfinished("CANCELLED", f"internal error in the clean-up: {type(exc).__name__}")
-        return f"{walk.reason}; its clean-up failed: internal error: {type(exc).__name__}: {exc}"
+        return f"{walk.reason}; its clean-up failed: internal error: {type(exc).__name__}: {exc}", "failed"
     if walk.failed:
-        return f"{walk.reason}; its clean-up failed: {walk.failed[0]}"
-    return walk.reason
+        return f"{walk.reason}; its clean-up failed: {walk.failed[0]}", "failed"
+    return walk.reason, "done" if ctx.task.HasField("cancel_request") else ""
 
 
 def say_cleaning_up(ctx: RunContext, walk: CleanUp) -> None:

@@ -209,7 +209,9 @@ class TaskRunner:
                 ctx.abandon_unfinished("CANCELLED", f"the task was cancelled: {reason}")
                 if plan.cleans_up_on_cancel:
                     cancel_reason["cleaning_up"] = "yes"  # a second cancel waits for it (Dispatcher.cancel)
-                    reason = await clean_up(ctx, plan, reason, self.limits.cancel_cleanup_seconds)
+                    reason, cleaned = await clean_up(ctx, plan, reason, self.limits.cancel_cleanup_seconds)
+                    if cleaned:  # the CANCELLED event says how its clean-up went
+                        ctx.task.cancel_request.outcome = cleaned
                 self._finish(ctx, task_pb2.TASK_STATUS_CANCELLED, E.TASK_EVENT_TYPE_CANCELLED, "CANCELLED", reason)
             else:
                 due = ctx.suspensions.due(deadline)

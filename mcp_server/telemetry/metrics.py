@@ -220,6 +220,12 @@ class Metrics:
             ["workflow"],
             registry=r,
         )
+        self.clean_ups = Counter(
+            "mcp_task_clean_ups_total",
+            "Cancelled tasks that ran the handlers of recover nodes with on_cancel, by workflow and outcome",
+            ["workflow", "outcome"],
+            registry=r,
+        )
         self.capacity_waiters = Gauge(
             "mcp_capacity_waiters", "Calls of this replica waiting for capacity, by protocol", ["protocol"], registry=r
         )
@@ -255,6 +261,8 @@ class Metrics:
             self._task_child(task.workflow_id, TERMINAL[kind]).inc()
             if kind == E.TASK_EVENT_TYPE_CANCELLED and event.message.startswith(QUEUE_TIMEOUT):
                 self.queue_timeouts.labels(task.workflow_id).inc()
+            elif kind == E.TASK_EVENT_TYPE_CANCELLED and task.cancel_request.outcome:
+                self.clean_ups.labels(task.workflow_id, task.cancel_request.outcome).inc()
         elif kind == E.TASK_EVENT_TYPE_STEP_RETRYING:
             data = event.data.fields
             self.retries.labels(event.protocol, data["code"].string_value if "code" in data else "").inc()

@@ -685,5 +685,5 @@ async def test_a_task_s_page_says_it_was_cancelled_and_cleaned_up(console, api):
     shown = page[page.index('id="cancel-request">') :]
     shown = shown[: shown.index("</dd>")]
     assert cancelled.cancel_request.time.ToDatetime().isoformat()[:19] in shown
-    assert "(&lt;b&gt;stop&lt;/b&gt;): cleaned up" in shown
+    assert "(&lt;b&gt;stop&lt;/b&gt;): cleaned up (done)" in shown
     assert "or cancel" in graph

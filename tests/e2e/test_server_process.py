@@ -593,7 +593,7 @@ def test_the_cli_cancels_a_booking_and_its_clean_up_releases_the_room(server_pro
     cancelled = mcp(address, "task", "cancel", task_id, "--reason", "the customer left")
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     shown = mcp(address, "task", "get", task_id)
-    assert "CANCELLED" in shown.stdout and "(the customer left): cleaned up" in shown.stdout, shown.stdout
+    assert "CANCELLED" in shown.stdout and "(the customer left): cleaned up (done)" in shown.stdout, shown.stdout
     task = json.loads(mcp(address, "--json", "task", "get", task_id).stdout)
     assert task["status"] == "TASK_STATUS_CANCELLED" and task["error"]["message"] == "the customer left"
     steps = {s["path"]: s for s in task["steps"]}

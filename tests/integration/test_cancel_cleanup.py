@@ -61,7 +61,7 @@ async def cancel(client: Any, task_id: str, reason: str = "changed their mind") 
 
 
 async def test_a_cancel_runs_the_handler_of_the_node_it_stopped_then_the_task_ends_cancelled(parking_server, testkit):
-    _, client = parking_server
+    running, client = parking_server
     saga = seq("saga", step("charge", "sleep", SLOW), step("ship", "echo"))
     root = seq(
         "root", step("reserve", "echo"), on_cancel("r", saga, step("refund", "echo", REFUND)), step("after", "echo")
@@ -76,6 +76,9 @@ async def test_a_cancel_runs_the_handler_of_the_node_it_stopped_then_the_task_en
     assert done.status == S.TASK_STATUS_CANCELLED
     assert done.error.code == grpc.StatusCode.CANCELLED.value[0] and done.error.message == "changed their mind"
     assert done.cancel_request.reason == "changed their mind" and done.cancel_request.HasField("time")
+    assert done.cancel_request.outcome == "done"
+    counted = running.orchestrator.metrics.registry.get_sample_value
+    assert counted("mcp_task_clean_ups_total", {"workflow": "order", "outcome": "done"}) == 1
     states = step_states(done)
     refund = states["root/r/refund"]
     assert refund.status == task_pb2.STEP_STATUS_COMPLETED
@@ -168,6 +171,7 @@ async def test_a_handler_that_fails_leaves_the_task_cancelled_saying_so(parking_
     done = await cancel(client, task.task_id, "stop")
     assert done.status == S.TASK_STATUS_CANCELLED
     assert done.error.message.startswith("stop; its clean-up failed: r/undo:")
+    assert done.cancel_request.outcome == "failed"
     assert "refunds are down" in done.error.message
     assert step_states(done)["r/undo"].status == task_pb2.STEP_STATUS_FAILED
 
@@ -181,6 +185,9 @@ async def test_a_clean_up_past_its_limit_is_cut_short(server_factory, store_url)
     done = await cancel(client, task.task_id, "stop")
     assert done.status == S.TASK_STATUS_CANCELLED
     assert done.error.message == "stop; its clean-up was cut short after 0.5s"
+    assert done.cancel_request.outcome == "cut_short"
+    counted = running.orchestrator.metrics.registry.get_sample_value
+    assert counted("mcp_task_clean_ups_total", {"workflow": "long", "outcome": "cut_short"}) == 1
     assert step_states(done)["r/undo"].status == task_pb2.STEP_STATUS_CANCELLED
     await client.channel.close()
 

@@ -210,7 +210,7 @@ class TaskRunner:
                 if plan.cleans_up_on_cancel:
                     cancel_reason["cleaning_up"] = "yes"  # a second cancel waits for it (Dispatcher.cancel)
                     reason, cleaned = await clean_up(ctx, plan, reason, self.limits.cancel_cleanup_seconds)
-                    if cleaned:  # the CANCELLED event says how its clean-up went
+                    if cleaned:  # kept with the task (and counted by the metrics as it ends)
                         ctx.task.cancel_request.outcome = cleaned
                 self._finish(ctx, task_pb2.TASK_STATUS_CANCELLED, E.TASK_EVENT_TYPE_CANCELLED, "CANCELLED", reason)
             else:

@@ -27,6 +27,7 @@ from tests.helpers import (
     workflow,
 )
 from tests.integration.test_cancel_requests import user_without_pubsub
+from tests.integration.test_recover import seq
 from tests.integration.test_waits import other_replica
 
 pytestmark = pytest.mark.asyncio
@@ -38,10 +39,6 @@ REFUND = "{'why': error.code, 'said': error.message, 'where': error.step_path, '
 
 def on_cancel(node_id: str, body: dict[str, Any], handler: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"id": node_id, "recover": {"body": body, "handler": handler, "on_cancel": True, **extra}}
-
-
-def seq(node_id: str, *children: dict[str, Any]) -> dict[str, Any]:
-    return {"id": node_id, "sequence": {"children": list(children)}}
 
 
 async def started(client: Any, task_id: str, *paths: str) -> None:
@@ -233,6 +230,16 @@ async def test_a_handler_that_waits_or_sleeps_is_refused(parking_server):
     found = violations(caught.value)
     assert "cannot be in an on_cancel handler" in found["workflow.root.recover.handler.sequence.children[0]"]
     assert "a sleep node" in found["workflow.root.recover.handler.sequence.children[1]"]
+    # nor through a subworkflow it calls
+    await create(client, workflow("asks", {"id": "ask", "wait": {"signal": "ok"}}))
+    called = {"id": "call", "subworkflow": {"workflow_id": "asks", "version": "1"}}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await create(client, workflow("refused-too", on_cancel("r", step("a", "echo"), called)))
+    found = violations(caught.value)
+    assert (
+        "a wait node cannot be in an on_cancel handler"
+        in found["workflow.root.recover.handler.subworkflow.definition.root"]
+    )
     # without on_cancel the same handler may wait (docs/workflows.md: a wait for a person)
     plain = {"id": "r", "recover": {"body": step("a", "echo"), "handler": handler}}
     assert (await create(client, workflow("allowed", plain))).version == 1

@@ -31,6 +31,7 @@ from mcp_server.protocols.upkeep import RegistryUpkeep, UpkeepSettings
 from mcp_server.schedules.firing import Firing
 from mcp_server.schedules.scheduler import Scheduler
 from mcp_server.service.bulk import BulkActions
+from mcp_server.service.cancel_on import CallingOff
 from mcp_server.service.cancelling import Cancelling
 from mcp_server.service.deleting import Deleting
 from mcp_server.service.event_waits import EventWaits
@@ -142,6 +143,7 @@ class Orchestrator:
                 lambda outcome: self.metrics.event_waits.labels(outcome).inc(),
                 settings.limits.max_kept_keys_per_event,
             ),
+            CallingOff(store.tasks, self.plans, self.cancelling),
             lambda outcome: self.metrics.event_tasks.labels(outcome).inc(),
         )
         runner.publisher = self.events  # publish nodes publish through it

@@ -51,5 +51,6 @@ async def publish(request: web.Request) -> web.StreamResponse:
         "refused": refused,
         "woken": woken,
         "refused_waits": refused_waits,
+        "cancelled": list(reply.cancelled),
     }
     return render(request, "published.html", context)

@@ -141,10 +141,11 @@ class Dispatcher:
         running.task.add_done_callback(settle)
         return ended
 
-    async def cancel(self, task_id: str, reason: str) -> bool:
-        """Cancel a task running here: its plugin calls are cancelled and it ends CANCELLED.
-        Returns False when the task does not run on this replica, or its run had ended or parked
-        already (then its last write lands first: look at the task again)."""
+    async def cancel(self, task_id: str, reason: str, wait: bool = True) -> bool:
+        """Cancel a task running here: its plugin calls are cancelled and it ends CANCELLED (after
+        its clean-up, if it has one), waited for unless not `wait`. Returns False when the task
+        does not run on this replica, or its run had ended or parked already (then its last write
+        lands first: look at the task again)."""
         running = self._running.get(task_id)
         if running is None:
             return False
@@ -152,10 +153,14 @@ class Dispatcher:
             await asyncio.wait([running.task])  # not `await`: a caller that goes away must not cancel it
             return False
         if running.cancel.get("cleaning_up"):  # cancelled already, and cleaning up: a second cancel waits for it
-            await asyncio.wait([running.task])
+            if wait:
+                await asyncio.wait([running.task])
             return True
         running.cancel["reason"] = reason
-        await cancel_and_wait(running.task)
+        if wait:
+            await cancel_and_wait(running.task)
+        else:
+            running.task.cancel()
         return True
 
     async def stop(self, grace: float) -> None:

@@ -271,6 +271,16 @@ class TriggerPlan:
 
 
 @dataclass(frozen=True)
+class CancelOnPlan:
+    """Workflow.cancel_on[i] compiled: the event name, CEL over `input` for the key an event must
+    carry (None: any key), and CEL over `event` and `input` for whether it cancels (None: always)."""
+
+    event: str
+    key: Expression | None
+    condition: Expression | None
+
+
+@dataclass(frozen=True)
 class Plan:
     """A compiled workflow version."""
 
@@ -301,6 +311,8 @@ class Plan:
     fill_input_defaults: bool = False
     # Workflow.triggers: the events that start a task of this version while it is the latest
     triggers: tuple[TriggerPlan, ...] = ()
+    # Workflow.cancel_on: the events that cancel a task of this version
+    cancel_on: tuple[CancelOnPlan, ...] = ()
 
     @property
     def signals(self) -> frozenset[str]:

@@ -68,7 +68,7 @@ class Cancelling:
         """Start cancelling a task without waiting for its end (a new task of its concurrency key
         replaces it): a queued one at once, one running here at once, a waiting one by running it
         to its end here, one running elsewhere through a request that replica acts on."""
-        if await self.cancel_queued(task_id, why) is not None or await self.dispatcher.cancel(task_id, why):
+        if await self.cancel_queued(task_id, why) is not None or await self.dispatcher.cancel(task_id, why, wait=False):
             return
         task = await self.tasks.get_task(task_id)
         if task is None or task.status in TERMINAL:

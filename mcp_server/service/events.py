@@ -28,6 +28,7 @@ from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import EventInterest, Published, WorkflowStore
 from mcp_server.engine.ports.events import HOPS_LABEL
 from mcp_server.errors import McpError, NotFound, ResourceExhausted, Unavailable
+from mcp_server.service.cancel_on import CallingOff
 from mcp_server.service.event_waits import EventWaits, Reached
 from mcp_server.service.submission import Submission, check_input
 from mcp_server.settings import Settings
@@ -54,6 +55,7 @@ class Events:
         plans: PlanCache,
         submission: Submission,
         waits: EventWaits,
+        calling_off: CallingOff,
         observe: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         self.limits = settings.limits
@@ -61,6 +63,7 @@ class Events:
         self.plans = plans
         self.submission = submission
         self.waits = waits
+        self.calling_off = calling_off
         # the event names some workflow version waits for, with the longest lookback last read
         # (bounded by the workflows stored: a name is here only once a version waits for it)
         self._waited: dict[str, float] = {}
@@ -86,10 +89,12 @@ class Events:
         known = self._waited.get(request.name)
         if known is None:
             known = (await interest).lookback
-        later, reached = await asyncio.gather(
+        later, reached, cancelled = await asyncio.gather(
             self._trigger(interest, request, event, principal, reply),
             self._wake(known, interest, request, event_id, principal),
+            self._call_off(known, interest, request, event_id, principal),
         )
+        reply.cancelled.extend(cancelled)
         for task_id, path, created in reached.woken:
             reply.woken.add(task_id=task_id, step_path=path, created=created)
         for task_id, path, status in reached.refused:
@@ -129,6 +134,20 @@ class Events:
         if (lookback := (await interest).lookback or 0.0) > known:
             await self.waits.keep(request, event_id, principal, min(lookback, most))
         return reached
+
+    async def _call_off(
+        self,
+        known: float | None,
+        interest: Awaitable[EventInterest],
+        request: events_pb2.PublishEventRequest,
+        event_id: str,
+        principal: Principal,
+    ) -> list[str]:
+        """The tasks the event cancels (Workflow.cancel_on), looked for where some version waits
+        for its name or is called off by it (the same record)."""
+        if known is None and (await interest).lookback is None:
+            return []
+        return await self.calling_off.call_off(request, event_id, principal)
 
     async def _trigger(
         self,

@@ -34,6 +34,7 @@ from mcp_server.engine.values import ValueTooDeep, dict_to_struct, message_depth
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from mcp_server.ratelimit import RateLimiter
 from mcp_server.service.access import require, visible_task
+from mcp_server.service.cancel_on import cancel_on_labels
 from mcp_server.service.cancelling import Cancelling
 from mcp_server.service.concurrency import (
     CANCEL_IN_PROGRESS,
@@ -98,7 +99,7 @@ class Submission:
         if limited:
             self.rate_limiter.take(principal.name)
         try:
-            plan, version, group, key, input_data = await self._admit(request, principal)
+            plan, version, group, key, input_data, labels = await self._admit(request, principal)
         except (InvalidArgument, NotFound, FailedPrecondition):
             if (earlier := await self.retried(request, principal)) is not None:
                 return earlier, False
@@ -114,7 +115,7 @@ class Submission:
             status=task_pb2.TASK_STATUS_PENDING,
             priority=request.priority,
             request_id=request.request_id,
-            labels=dict(request.labels),
+            labels=labels,
             create_time=now(),
             last_sequence=1,
             owner=principal.name,
@@ -166,9 +167,10 @@ class Submission:
 
     async def _admit(
         self, request: task_pb2.SubmitTaskRequest, principal: Principal
-    ) -> tuple[Plan, int, QueueGroup, str, struct_pb2.Struct]:
+    ) -> tuple[Plan, int, QueueGroup, str, struct_pb2.Struct, dict[str, str]]:
         """The checks of a submission: its plan and version, its queue group and concurrency key,
-        and its input (with the defaults its input schema declares, when its workflow fills them)."""
+        its input (with the defaults its input schema declares, when its workflow fills them), and
+        its labels (with those its workflow's cancel_on puts on it)."""
         self._check_request(request)
         version = await self.workflows.live_version(request.workflow_id, request.workflow_version)
         if not version:
@@ -187,7 +189,10 @@ class Submission:
                 check_input("input_data", input_data, self.settings.limits)  # the defaults count too
             await check_input_schema(plan, given, "input_data")
         group, key = queue_group(plan, input_data, request.labels, principal.name)
-        return plan, version, group, key, input_data
+        labels = dict(request.labels)
+        if plan.cancel_on:
+            labels.update(cancel_on_labels(plan, input_data))
+        return plan, version, group, key, input_data, labels
 
     async def retried(
         self, request: task_pb2.SubmitTaskRequest | task_pb2.RerunTaskRequest, principal: Principal

@@ -15,7 +15,7 @@ from mcp_server.engine.compiler import composites, steps, subworkflows, triggers
 from mcp_server.engine.compiler.concurrency import compile_concurrency
 from mcp_server.engine.compiler.durations import duration
 from mcp_server.engine.compiler.scope import WORKFLOW_ID, compile_node
-from mcp_server.engine.compiler.triggers import compile_triggers
+from mcp_server.engine.compiler.triggers import compile_cancel_on, compile_triggers
 from mcp_server.engine.compiler.workflow_scope import declared_schema, defaults_filled, workflow_scope
 from mcp_server.engine.plan import Plan, PlanNode
 from mcp_server.errors import ViolationCollector
@@ -55,6 +55,7 @@ def compile_workflow(
         root = compile_node(workflow.root, "workflow.root", scope, depth=1, default_id="root")
     concurrency = compile_concurrency(workflow, limits, violations)
     event_triggers = compile_triggers(workflow, limits, violations)
+    cancel_on = compile_cancel_on(workflow, limits, violations)
     input_schema = declared_schema(workflow, "input_schema", "workflow", scope)
     output_schema = declared_schema(workflow, "output_schema", "workflow", scope)
     fill_input_defaults = defaults_filled(workflow, input_schema, "workflow", scope)
@@ -80,4 +81,5 @@ def compile_workflow(
         input_schema=input_schema,
         output_schema=output_schema,
         triggers=event_triggers,
+        cancel_on=cancel_on,
     )

@@ -22,8 +22,9 @@ class EventInterest:
 
 def waited_events(workflow: workflow_pb2.Workflow) -> dict[str, float]:
     """The events `workflow`'s waits take (inline subworkflows' included), each with the longest
-    lookback among its waits (seconds; 0.0: none looks back)."""
-    found: dict[str, float] = {}
+    lookback among its waits (seconds; 0.0: none looks back), and those that cancel its tasks
+    (Workflow.cancel_on: 0.0), for which a publish looks as it looks for waits."""
+    found: dict[str, float] = {cancel.event: 0.0 for cancel in workflow.cancel_on}
     for _, node in all_nodes(workflow.root):
         if node.WhichOneof("kind") == "wait" and node.wait.event:
             lookback = node.wait.lookback.ToNanoseconds() / 1e9 if node.wait.HasField("lookback") else 0.0

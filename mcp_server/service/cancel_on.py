@@ -1,0 +1,138 @@
+"""Tasks an event calls off (Workflow.cancel_on, Inngest's cancelOn).
+
+As a task is submitted, the key each of its workflow's cancel_on gives over its input is put on
+it as a label (`mcp/cancel-on/<the event's digest>` = the key; `mcp/cancel-on-any/<digest>` when
+any key will do), so the store's label index finds it. A publish of an event some workflow version
+waits for or is called off by (the record of waited events, engine/ports/workflows.py) looks up the
+tasks not yet ended that carry its name and key, keeps those the publisher may see and whose
+version's condition holds, and starts cancelling each (CancelTask's path without waiting for the
+end: a task that cleans up runs its clean-up first). A publish sent again finds them cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from mcp_sdk.proto import events_pb2, task_pb2
+from mcp_server.auth import Principal
+from mcp_server.engine.cel import ExpressionError
+from mcp_server.engine.payload import struct_to_python
+from mcp_server.engine.plan import CancelOnPlan, Plan
+from mcp_server.engine.plans import PlanCache
+from mcp_server.engine.ports import TaskFilter, TaskStore
+from mcp_server.engine.records import task_input
+from mcp_server.engine.waiting import MAX_KEY_LENGTH
+from mcp_server.errors import FieldViolation, InvalidArgument, McpError
+from mcp_server.service.cancelling import Cancelling
+
+log = logging.getLogger(__name__)
+
+KEYED_LABEL = "mcp/cancel-on/"  # + the event name's digest: the key an event must carry
+ANY_KEY_LABEL = "mcp/cancel-on-any/"  # + the digest: an event of any key
+ANY_KEY = "yes"
+IN_FLIGHT = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING)
+PAGE = 200
+AT_ONCE = 32  # cancels started together
+REASON = "CANCEL_ON"  # the reason's prefix
+
+
+def cancel_on_labels(plan: Plan, input_data: struct_pb2.Struct) -> dict[str, str]:
+    """The labels a task of `plan` with this input carries for its cancel_on; InvalidArgument
+    (BAD_CANCEL_ON_KEY) when a key does not evaluate to a string or integer of at most 256 characters."""
+    labels: dict[str, str] = {}
+    variables: dict[str, Any] | None = None
+    for i, cancel in enumerate(plan.cancel_on):
+        if cancel.key is None:
+            labels[ANY_KEY_LABEL + _digest(cancel.event)] = ANY_KEY
+            continue
+        variables = variables or {"input": struct_to_python(input_data)}
+        try:
+            key = cancel.key.evaluate(variables)
+        except ExpressionError as exc:
+            raise _bad_key(i, f"does not evaluate on this input: {exc}") from None
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise _bad_key(i, f"gave a {type(key).__name__}, not a string")
+        if len(str(key)) > MAX_KEY_LENGTH:
+            raise _bad_key(i, f"gave {len(str(key))} characters; at most {MAX_KEY_LENGTH}")
+        labels[KEYED_LABEL + _digest(cancel.event)] = str(key)
+    return labels
+
+
+class CallingOff:
+    """The cancels a publish starts (see the module's docstring)."""
+
+    def __init__(self, tasks: TaskStore, plans: PlanCache, cancelling: Cancelling) -> None:
+        self.tasks = tasks
+        self.plans = plans
+        self.cancelling = cancelling
+
+    async def call_off(self, request: events_pb2.PublishEventRequest, event_id: str, principal: Principal) -> list[str]:
+        """Start cancelling the tasks the event calls off; their ids."""
+        digest = _digest(request.name)
+        found = await asyncio.gather(
+            self._in_flight((KEYED_LABEL + digest, request.key)), self._in_flight((ANY_KEY_LABEL + digest, ANY_KEY))
+        )
+        event = {
+            "name": request.name,
+            "key": request.key,
+            "data": struct_to_python(request.data),
+            "labels": dict(request.labels),
+            "event_id": event_id,
+        }
+        why = f"{REASON}: event {request.name!r} ({event_id})"
+        chosen = [task for tasks in found for task in tasks if principal.is_admin or task.owner == principal.name]
+        cancelled: list[str] = []
+        for start in range(0, len(chosen), AT_ONCE):
+            batch = chosen[start : start + AT_ONCE]
+            outcomes = await asyncio.gather(*(self._call_off(task, request.name, event, why) for task in batch))
+            cancelled += [task.task_id for task, done in zip(batch, outcomes, strict=True) if done]
+        return cancelled
+
+    async def _in_flight(self, label: tuple[str, str]) -> list[task_pb2.Task]:
+        where = TaskFilter(statuses=IN_FLIGHT, labels=(label,))
+        tasks: list[task_pb2.Task] = []
+        token = ""
+        while True:
+            page = await self.tasks.list_tasks(PAGE, token, where)
+            tasks += page.tasks
+            if not page.more or not page.after:
+                return tasks
+            token = page.after[-1]
+
+    async def _call_off(self, task: task_pb2.Task, name: str, event: Mapping[str, Any], why: str) -> bool:
+        plan = await self.plans.get(task.workflow_id, task.workflow_version)
+        cancel = next((c for c in plan.cancel_on if c.event == name), None)
+        if cancel is None or not await self._holds(cancel, task, event):
+            return False
+        try:
+            await self.cancelling.cancel_soon(task.task_id, why)
+        except McpError as exc:  # the store away: a publish sent again calls it off
+            log.warning("task %s: not called off by event %r now: %s", task.task_id, name, exc.message)
+            return False
+        return True
+
+    async def _holds(self, cancel: CancelOnPlan, task: task_pb2.Task, event: Mapping[str, Any]) -> bool:
+        if cancel.condition is None:
+            return True
+        variables = {"event": event, "input": (await task_input(self.tasks, task)).python()}
+        try:
+            holds = cancel.condition.evaluate(variables)
+        except ExpressionError as exc:
+            log.warning("task %s: the cancel_on condition of event %r failed: %s", task.task_id, event["name"], exc)
+            return False
+        return holds is True
+
+
+def _digest(event: str) -> str:
+    return hashlib.sha256(event.encode()).hexdigest()[:24]
+
+
+def _bad_key(index: int, problem: str) -> InvalidArgument:
+    message = f"the workflow's cancel_on[{index}].key {problem}"
+    return InvalidArgument(message, violations=[FieldViolation("input_data", message)], reason="BAD_CANCEL_ON_KEY")

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 KEYED_LABEL = "mcp/cancel-on/"  # + the event name's digest: the key an event must carry
 ANY_KEY_LABEL = "mcp/cancel-on-any/"  # + the digest: an event of any key
 ANY_KEY = "yes"
+CANCEL_ON_LABELS = (KEYED_LABEL, ANY_KEY_LABEL)
 IN_FLIGHT = (task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING)
 PAGE = 200
 AT_ONCE = 32  # cancels started together

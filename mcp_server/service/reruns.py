@@ -18,6 +18,7 @@ from mcp_server.engine.records import stored_refs, task_input
 from mcp_server.engine.reruns import Step, first_missing, first_unfinished, kept_steps, read_steps, rerun_records
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mcp_server.service.access import require, visible_task
+from mcp_server.service.cancel_on import CANCEL_ON_LABELS, cancel_on_labels
 from mcp_server.service.concurrency import queue_group
 from mcp_server.service.submission import Submission, check_input, check_input_schema, request_fingerprint
 from mcp_server.settings import Settings
@@ -101,6 +102,7 @@ class Reruns:
         if request.HasField("input"):
             self._check_input_kind(request, steps)
         task, values = self._new_task(request, source, chosen, kept, version, labels)
+        await self._label_cancel_on(task, plan, source)
         if plan.queue_timeout is not None:  # a rerun waits to start as its workflow allows
             task.queue_deadline.FromNanoseconds(task.create_time.ToNanoseconds() + int(plan.queue_timeout * 1e9))
         digests = sorted({d for step in kept for d in stored_refs(step.state)} | _input_digest(source))
@@ -127,6 +129,13 @@ class Reruns:
             key = source.concurrency_key or source.owner
             return QueueGroup.of_key(plan.workflow_id, key, plan.concurrency.max_running), key
         return queue_group(plan, source.input_data, source.labels, source.owner)
+
+    async def _label_cancel_on(self, task: task_pb2.Task, plan: Plan, source: task_pb2.Task) -> None:
+        """The rerun's cancel_on labels are those of the version it runs, over its source's input."""
+        for label in [label for label in task.labels if label.startswith(CANCEL_ON_LABELS)]:
+            del task.labels[label]
+        if plan.cancel_on:
+            task.labels.update(cancel_on_labels(plan, (await task_input(self.tasks, source)).struct()))
 
     @staticmethod
     def _chosen(request: task_pb2.RerunTaskRequest, source: task_pb2.Task, steps: Sequence[Step]) -> str:

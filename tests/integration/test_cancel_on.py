@@ -171,3 +171,19 @@ async def test_bad_cancel_ons_and_keys_are_refused_naming_the_field(events_serve
 def labels_of(task: task_pb2.Task) -> dict[str, str]:
     """The task's cancel_on labels, by their prefix."""
     return {key[: key.rindex("/") + 1]: value for key, value in task.labels.items() if key.startswith("mcp/cancel")}
+
+
+async def test_a_rerun_is_called_off_by_the_cancel_on_of_the_version_it_runs(events_server):
+    _running, client, events = events_server
+    await create(client, workflow("quick", step("s", "echo")))
+    done = await wait_done(client, (await submit(client, "quick", {"order": "o-7"})).task_id)
+    slow = step("s", "sleep", SLOW)
+    version = (await create(client, workflow("quick", slow, cancel_on=CALLED_OFF))).version
+    rerun = await client.tasks.RerunTask(
+        task_pb2.RerunTaskRequest(task_id=done.task_id, workflow_version=version, from_step_path="s")
+    )
+    assert labels_of(rerun.task) == {"mcp/cancel-on/": "o-7"}
+    await started(client, rerun.task.task_id, "s")
+    reply = await events.PublishEvent(publish("order.cancelled", key="o-7"))
+    assert list(reply.cancelled) == [rerun.task.task_id]
+    assert (await wait_done(client, rerun.task.task_id)).status == S.TASK_STATUS_CANCELLED

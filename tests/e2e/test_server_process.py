@@ -606,6 +606,15 @@ def test_the_cli_cancels_a_booking_and_its_clean_up_releases_the_room(server_pro
     assert steps["booking/book/confirm"]["status"] == "STEP_STATUS_CANCELLED"
     assert "booking/book/charge" not in steps
 
+    submitted = mcp(address, "--json", "task", "submit", "booking", "--input", '{"room": "305"}')
+    other = json.loads(submitted.stdout)["task"]["task_id"]
+    published = mcp(address, "event", "publish", "booking.cancelled", "--key", "305")
+    assert published.returncode == 0 and f"task {other}: cancelled" in published.stdout, published.stdout
+    assert mcp(address, "task", "watch", other, "--plain").returncode == 2  # it ended, not COMPLETED
+    task = json.loads(mcp(address, "--json", "task", "get", other).stdout)
+    assert task["status"] == "TASK_STATUS_CANCELLED" and task["error"]["message"].startswith("CANCEL_ON: event")
+    assert {s["path"]: s for s in task["steps"]}["booking/release"]["output"]["released"] == "305"
+
 
 def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
     _, process = server_process

@@ -4,6 +4,8 @@
   its record of waits (one store read) and is done. Every other row is a ratio to this one.
 - A name a workflow waits for, with no task waiting now: that read, and a look at the waits index.
 - A name a workflow waits for with a `lookback`: the event is kept first, then the look.
+- A name a workflow's `cancel_on` names, with no task in flight: the look, and one at the label
+  index for the tasks it would call off.
 - A publish that reaches one parked wait (each task waits for its own key): the look, and the
   signal that resumes the task on the publishing replica.
 - A publish that reaches 100 parked waits for a name without a key: each task resumed in turn.
@@ -36,9 +38,17 @@ async def bench_events(plugin: Proc, quick: bool) -> None:
             await client.create(_waiting_for("looked", "looked", key="input.id", lookback="60s"))
             await client.create(_waiting_for("reached", "reached", key="input.id"))
             await client.create(_waiting_for("broadcast", "broadcast"))
-            stats = {name: Stat() for name in ("nothing", "waited", "looked", "reached", "broadcast")}
+            await client.create(
+                {
+                    "workflow_id": "calling-off",
+                    "root": {"id": "s", "step": {"protocol": "echo"}},
+                    "cancel_on": [{"event": "calledoff", "key": "input.id"}],
+                }
+            )
+            names = ("nothing", "waited", "looked", "calledoff", "reached", "broadcast")
+            stats = {name: Stat() for name in names}
             for _ in range(rounds):
-                for name in ("nothing", "waited", "looked"):
+                for name in ("nothing", "waited", "looked", "calledoff"):
                     stats[name].runs.append(await _publish_p50(events, name, publishes))
                 stats["reached"].runs.append(await _reach_one_each(client, events, publishes // 3))
                 stats["broadcast"].runs.append(await _reach_many(client, events, 100))
@@ -52,6 +62,11 @@ async def bench_events(plugin: Proc, quick: bool) -> None:
                 ("a name no workflow waits for: p50 ms", stats["nothing"], "1.00x"),
                 ("a name a workflow waits for, none waiting: p50 ms", stats["waited"], _ratio(stats["waited"], floor)),
                 ("the same with a lookback (the event kept): p50 ms", stats["looked"], _ratio(stats["looked"], floor)),
+                (
+                    "a name a workflow's cancel_on names, none in flight: p50 ms",
+                    stats["calledoff"],
+                    _ratio(stats["calledoff"], floor),
+                ),
                 ("reaching one parked wait by its key: p50 ms", stats["reached"], _ratio(stats["reached"], floor)),
                 ("reaching 100 parked waits of no key: ms", stats["broadcast"], _ratio(stats["broadcast"], floor)),
             ],

@@ -2,8 +2,8 @@
 
 As a task is submitted, the key each of its workflow's cancel_on gives over its input is put on
 it as a label (`mcp/cancel-on/<the event's digest>` = the key; `mcp/cancel-on-any/<digest>` when
-any key will do), so the store's label index finds it. A publish of an event some workflow version
-waits for or is called off by (the record of waited events, engine/ports/workflows.py) looks up the
+any key will do), so the store's label index finds it. A publish of an event some version's
+cancel_on names (recorded as versions are created: EventInterest.cancels) looks up the
 tasks not yet ended that carry its name and key, keeps those the publisher may see and whose
 version's condition holds, and starts cancelling each (CancelTask's path without waiting for the
 end: a task that cleans up runs its clean-up first). A publish sent again finds them cancelled.

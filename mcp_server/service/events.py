@@ -92,7 +92,7 @@ class Events:
         later, reached, cancelled = await asyncio.gather(
             self._trigger(interest, request, event, principal, reply),
             self._wake(known, interest, request, event_id, principal),
-            self._call_off(known, interest, request, event_id, principal),
+            self._call_off(interest, request, event_id, principal),
         )
         reply.cancelled.extend(cancelled)
         for task_id, path, created in reached.woken:
@@ -137,15 +137,13 @@ class Events:
 
     async def _call_off(
         self,
-        known: float | None,
         interest: Awaitable[EventInterest],
         request: events_pb2.PublishEventRequest,
         event_id: str,
         principal: Principal,
     ) -> list[str]:
-        """The tasks the event cancels (Workflow.cancel_on), looked for where some version waits
-        for its name or is called off by it (the same record)."""
-        if known is None and (await interest).lookback is None:
+        """The tasks the event cancels, looked for when some version's cancel_on names it."""
+        if not (await interest).cancels:
             return []
         return await self.calling_off.call_off(request, event_id, principal)
 

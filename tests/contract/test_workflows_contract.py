@@ -125,6 +125,23 @@ async def test_an_event_s_interest_is_its_subscribers_and_the_longest_lookback_a
     assert (await workflows.event_interest("deep")).lookback == 5.0
 
 
+async def test_an_event_s_interest_says_whether_some_version_s_cancel_on_names_it(store):
+    workflows = store.workflows
+    plain = waits_for("c", ("paid", 0))
+    await workflows.create_workflow(plain)
+    assert not (await workflows.event_interest("order.cancelled")).cancels
+    called_off = waits_for("c", ("paid", 0), triggers=("order.placed",))
+    called_off.cancel_on.add(event="order.cancelled", key="input.id")
+    await workflows.create_workflow(called_off)
+    await workflows.create_workflow(plain)  # a later version without it: version 2's tasks may still run
+    interest = await workflows.event_interest("order.cancelled")
+    assert interest.cancels and interest.lookback is None and interest.subscribers == []
+    await workflows.delete_workflow("c")
+    assert (await workflows.event_interest("order.cancelled")).cancels  # deleted versions' tasks still run
+    assert not (await workflows.event_interest("paid")).cancels
+    assert (await workflows.event_interest("order.placed")).subscribers == []  # deleted: no trigger
+
+
 async def test_a_store_from_before_the_record_of_waited_events_records_every_stored_version(any_store_url, tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}" if any_store_url.startswith("sqlite") else any_store_url
     store = await open_store(url)

@@ -14,17 +14,18 @@ class EventInterest:
     """What an event of one name may reach when it is published: the workflows whose triggers
     start a task on it (as `subscribers` gives them), and whether a task may wait for it: `lookback`
     is None when no version of any workflow ever waited for the name, else the longest `lookback`
-    among those waits in seconds (0.0: none looks back)."""
+    among those waits in seconds (0.0: none looks back); `cancels` whether some version's
+    cancel_on names it. Versions record both as they are created, and the record is never lowered."""
 
     subscribers: list[tuple[str, int]]
     lookback: float | None
+    cancels: bool = False  # some version's cancel_on names the event (its tasks may be called off)
 
 
 def waited_events(workflow: workflow_pb2.Workflow) -> dict[str, float]:
     """The events `workflow`'s waits take (inline subworkflows' included), each with the longest
-    lookback among its waits (seconds; 0.0: none looks back), and those that cancel its tasks
-    (Workflow.cancel_on: 0.0), for which a publish looks as it looks for waits."""
-    found: dict[str, float] = {cancel.event: 0.0 for cancel in workflow.cancel_on}
+    lookback among its waits (seconds; 0.0: none looks back)."""
+    found: dict[str, float] = {}
     for _, node in all_nodes(workflow.root):
         if node.WhichOneof("kind") == "wait" and node.wait.event:
             lookback = node.wait.lookback.ToNanoseconds() / 1e9 if node.wait.HasField("lookback") else 0.0

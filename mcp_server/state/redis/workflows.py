@@ -27,6 +27,7 @@ class RedisWorkflows:
         self._delete = conn.register(DELETE_VERSIONS)
         self._forget = conn.register(FORGET_SUBSCRIBER)
         self._record = conn.register(RECORD_WAITED)
+        self._record_cancels = conn.register(RECORD_CANCELS)
         self._recording = asyncio.Lock()
         self._recorded = False  # seen set: it stays so (the record is only ever added to)
 
@@ -92,11 +93,17 @@ class RedisWorkflows:
         key = self.layout.event_subscribers(event)
         entries = await self.conn.do(self.conn.r.hgetall(key))
         lookback = entries.pop(WAITED_FIELD, None)
-        return EventInterest(await self._live(key, entries), float(lookback) if lookback is not None else None)
+        cancels = entries.pop(CANCELS_FIELD, None) is not None
+        return EventInterest(await self._live(key, entries), float(lookback) if lookback is not None else None, cancels)
 
     async def _record_waits(self, workflows: list[workflow_pb2.Workflow]) -> None:
-        """Record the events these versions wait for, keeping the longest lookback of each."""
+        """Record the events these versions wait for, keeping the longest lookback of each, and
+        those their cancel_on names (no version from before cancel_on names one)."""
         waited: dict[str, float] = {}
+        cancelling = sorted({cancel.event for workflow in workflows for cancel in workflow.cancel_on})
+        if cancelling:
+            keys = [self.layout.event_subscribers(event) for event in cancelling]
+            await self.conn.write(self._record_cancels, keys, [])
         for workflow in workflows:
             for event, lookback in waited_events(workflow).items():
                 waited[event] = max(waited.get(event, 0.0), lookback)
@@ -193,6 +200,12 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 """
 
+CANCELS_FIELD = b"~cancels"
+# KEYS: the subscriber hashes of events some version's cancel_on names -> each has `~cancels`
+RECORD_CANCELS = """
+for _, key in ipairs(KEYS) do redis.call('HSET', key, '~cancels', 1) end
+return 1
+"""
 WAITED_FIELD = b"~waited"
 # KEYS: the subscriber hashes of events waited for; ARGV: the lookback (seconds) of each -> each
 # hash's `~waited` holds the longest lookback it was given

@@ -111,6 +111,7 @@ CREATE TABLE IF NOT EXISTS kept_events (
   name TEXT NOT NULL, slot TEXT NOT NULL, time_ms INTEGER NOT NULL, record BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS kept_events_by_slot ON kept_events (name, slot, time_ms);
 CREATE TABLE IF NOT EXISTS waited_events (event TEXT PRIMARY KEY, lookback REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cancelling_events (event TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS kept_slots (
   name TEXT NOT NULL, slot TEXT NOT NULL, last_ms INTEGER NOT NULL, gone_ms INTEGER NOT NULL,
   PRIMARY KEY (name, slot)) WITHOUT ROWID;
@@ -346,6 +347,9 @@ def record_waited_events(db: sqlite3.Connection, workflow: workflow_pb2.Workflow
         "INSERT INTO waited_events VALUES (?, ?) ON CONFLICT (event) DO UPDATE SET"
         " lookback=MAX(lookback, excluded.lookback)",
         list(waited_events(workflow).items()),
+    )
+    db.executemany(  # and those its cancel_on names (no version from before cancel_on names one)
+        "INSERT OR IGNORE INTO cancelling_events VALUES (?)", [(cancel.event,) for cancel in workflow.cancel_on]
     )
 
 

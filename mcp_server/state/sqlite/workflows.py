@@ -97,7 +97,8 @@ class SqliteWorkflows:
     async def event_interest(self, event: str) -> EventInterest:
         def read(db: sqlite3.Connection) -> EventInterest:
             waited = db.execute("SELECT lookback FROM waited_events WHERE event=?", (event,)).fetchone()
-            return EventInterest(_subscribers(db, event), float(waited[0]) if waited else None)
+            cancels = db.execute("SELECT 1 FROM cancelling_events WHERE event=?", (event,)).fetchone() is not None
+            return EventInterest(_subscribers(db, event), float(waited[0]) if waited else None, cancels)
 
         return await self.db.run(read)
 

@@ -153,9 +153,7 @@ async def test_a_store_from_before_the_record_of_waited_events_records_every_sto
             db.execute("DROP TABLE waited_events")
     else:  # as a server before the record left the store
         layout, redis = store.workflows.layout, store.workflows.conn.r
-        await redis.delete(layout.waited_events_recorded)
-        for event in ("paid", "shipped", "deleted"):
-            await redis.hdel(layout.event_subscribers(event), "~waited")
+        await redis.delete(layout.waited_events_recorded, layout.waited_events)
     await store.close()
     store = await open_store(url)  # a replica of this build
     try:
@@ -179,5 +177,28 @@ async def test_an_sqlite_file_from_before_deletions_were_kept_gets_their_column(
         assert await store.workflows.live_version("w") == 1
         assert await store.workflows.delete_workflow("w") == 1
         assert (await store.workflows.get_workflow("w", 1, deleted_too=True)).HasField("delete_time")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("node", ["redis_url", "cluster_url"])
+async def test_lookbacks_a_build_kept_among_an_event_s_subscribers_are_recorded_apart_again(request, node):
+    """The build of 2026-12-03 kept each event's longest lookback as a field of the event's
+    subscriber hash, where a replica of an earlier build, publishing it, took the field for a
+    workflow's and dropped it. This build records lookbacks (and cancel_on names) apart, records
+    every version again on a store that build left, and takes the old field for no workflow."""
+    store = await open_store(request.getfixturevalue(node))
+    workflows, layout, redis = store.workflows, store.workflows.layout, store.workflows.conn.r
+    await workflows.create_workflow(waits_for("a", ("paid", 20)))
+    await workflows.create_workflow(waits_for("b", ("other", 0), triggers=("paid",)))
+    await redis.delete(layout.waited_events_recorded, layout.waited_events)  # as that build left it
+    await redis.hset(layout.event_subscribers("paid"), "~waited", "20.0")
+    await redis.set(f"{layout.prefix}{{wf}}:waited:recorded", 1)
+    await store.close()
+    store = await open_store(request.getfixturevalue(node))
+    try:
+        assert await store.workflows.event_interest("paid") == EventInterest([("b", 1)], 20.0)
+        await store.workflows.conn.r.hdel(layout.event_subscribers("paid"), "~waited")  # what an old replica does
+        assert await store.workflows.event_interest("paid") == EventInterest([("b", 1)], 20.0)
     finally:
         await store.close()

@@ -194,15 +194,27 @@ class Layout:
 
     def event_subscribers(self, event: str) -> str:
         """The workflows whose version named `event` in its triggers: workflow_id -> that version
-        (see RedisWorkflows.subscribers); and, when some version waits for the event, field `~waited`
-        -> the longest lookback of those waits (a field no workflow id can be)."""
+        (see RedisWorkflows.subscribers). Nothing else: a replica of an earlier build takes every
+        field for a workflow's and drops those whose workflow is gone."""
         return f"{self.prefix}{{wf}}:on:{event}"
 
     @property
+    def waited_events(self) -> str:
+        """The events some version waits for -> the longest lookback of those waits (a hash)."""
+        return f"{self.prefix}{{wf}}:waited"
+
+    @property
+    def cancelling_events(self) -> str:
+        """The event names some version's cancel_on names (a set). Apart from the subscriber
+        hashes: a replica from before cancel_on would take a field there for a workflow's and drop it."""
+        return f"{self.prefix}{{wf}}:cancelling"
+
+    @property
     def waited_events_recorded(self) -> str:
-        """Set once the event subscriber hashes record every stored version's waits (a store from
-        before that record had none; see RedisWorkflows.event_interest)."""
-        return f"{self.prefix}{{wf}}:waited:recorded"
+        """Set once `waited_events` records every stored version's waits (a store from before it had
+        none, or kept them where a replica of an earlier build dropped them; see
+        RedisWorkflows.event_interest)."""
+        return f"{self.prefix}{{wf}}:waited:apart"
 
     def deleted_workflow(self, workflow_id: str) -> str:
         """A workflow's deleted versions (see RedisWorkflows)."""

@@ -27,7 +27,7 @@ class RedisWorkflows:
         self._delete = conn.register(DELETE_VERSIONS)
         self._forget = conn.register(FORGET_SUBSCRIBER)
         self._record = conn.register(RECORD_WAITED)
-        self._record_cancels = conn.register(RECORD_CANCELS)
+        self._interest = conn.register(READ_INTEREST)
         self._recording = asyncio.Lock()
         self._recorded = False  # seen set: it stays so (the record is only ever added to)
 
@@ -87,14 +87,16 @@ class RedisWorkflows:
         return (await self.event_interest(event)).subscribers
 
     async def event_interest(self, event: str) -> EventInterest:
-        """One HGETALL once this process has seen the record made (see _record_every_version)."""
+        """One round trip once this process has seen the record made (see _record_every_version)."""
         if not self._recorded:
             await self._record_every_version()
         key = self.layout.event_subscribers(event)
-        entries = await self.conn.do(self.conn.r.hgetall(key))
-        lookback = entries.pop(WAITED_FIELD, None)
-        cancels = entries.pop(CANCELS_FIELD, None) is not None
-        return EventInterest(await self._live(key, entries), float(lookback) if lookback is not None else None, cancels)
+        keys = [key, self.layout.waited_events, self.layout.cancelling_events]
+        flat, lookback, cancels = await self.conn.do(self.conn.script(self._interest, keys, [event]))
+        entries = dict(zip(flat[::2], flat[1::2], strict=True))
+        entries.pop(LEGACY_WAITED_FIELD, None)  # a build of 2026-12-03 kept the lookback here: not a workflow
+        waited = float(lookback) if lookback is not None else None
+        return EventInterest(await self._live(key, entries), waited, bool(cancels))
 
     async def _record_waits(self, workflows: list[workflow_pb2.Workflow]) -> None:
         """Record the events these versions wait for, keeping the longest lookback of each, and
@@ -102,15 +104,13 @@ class RedisWorkflows:
         waited: dict[str, float] = {}
         cancelling = sorted({cancel.event for workflow in workflows for cancel in workflow.cancel_on})
         if cancelling:
-            keys = [self.layout.event_subscribers(event) for event in cancelling]
-            await self.conn.write(self._record_cancels, keys, [])
+            await self.conn.do(self.conn.r.sadd(self.layout.cancelling_events, *cancelling))
         for workflow in workflows:
             for event, lookback in waited_events(workflow).items():
                 waited[event] = max(waited.get(event, 0.0), lookback)
         if waited:
-            events = sorted(waited)
-            keys = [self.layout.event_subscribers(event) for event in events]
-            await self.conn.write(self._record, keys, [repr(waited[event]) for event in events])
+            pairs = [part for event in sorted(waited) for part in (event, repr(waited[event]))]
+            await self.conn.write(self._record, [self.layout.waited_events], pairs)
 
     async def _record_every_version(self) -> None:
         """Record what every stored version waits for, deleted ones too, then mark it done: once per
@@ -200,19 +200,19 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 """
 
-CANCELS_FIELD = b"~cancels"
-# KEYS: the subscriber hashes of events some version's cancel_on names -> each has `~cancels`
-RECORD_CANCELS = """
-for _, key in ipairs(KEYS) do redis.call('HSET', key, '~cancels', 1) end
-return 1
+# KEYS: the event's subscriber hash, the hash of waited events, the set of cancel_on names; ARGV:
+# the event -> {the subscriber hash's fields and values, its lookback or nil, 1 when a cancel_on
+# names it}: one round trip, as an HGETALL alone was
+READ_INTEREST = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGET', KEYS[2], ARGV[1]), redis.call('SISMEMBER', KEYS[3], ARGV[1])}
 """
-WAITED_FIELD = b"~waited"
-# KEYS: the subscriber hashes of events waited for; ARGV: the lookback (seconds) of each -> each
-# hash's `~waited` holds the longest lookback it was given
+LEGACY_WAITED_FIELD = b"~waited"
+# KEYS: the hash of waited events; ARGV: event, lookback (seconds), event, ... -> each keeps the
+# longest lookback it was given
 RECORD_WAITED = """
-for i, key in ipairs(KEYS) do
-  local had = redis.call('HGET', key, '~waited')
-  if not had or tonumber(had) < tonumber(ARGV[i]) then redis.call('HSET', key, '~waited', ARGV[i]) end
+for i = 1, #ARGV, 2 do
+  local had = redis.call('HGET', KEYS[1], ARGV[i])
+  if not had or tonumber(had) < tonumber(ARGV[i + 1]) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 return 1
 """

@@ -55,5 +55,5 @@ async def run(client: Client, args: argparse.Namespace, out: Callable[[Any], Non
     for task_id in shown.get("cancelled", []):
         print(f"  task {task_id}: cancelled (its workflow's cancel_on)")
     if not any(shown.get(part) for part in ("tasks", "refused", "woken", "refused_waits", "cancelled")):
-        print("  no workflow starts on it, and no step that waits for it, nor task it cancels, took it")
+        print("  no workflow starts on it, and no step that waits for it now took it")
     return 0

@@ -76,9 +76,10 @@ class CallingOff:
     async def call_off(self, request: events_pb2.PublishEventRequest, event_id: str, principal: Principal) -> list[str]:
         """Start cancelling the tasks the event calls off; their ids."""
         digest = _digest(request.name)
-        found = await asyncio.gather(
-            self._in_flight((KEYED_LABEL + digest, request.key)), self._in_flight((ANY_KEY_LABEL + digest, ANY_KEY))
-        )
+        labels = [(KEYED_LABEL + digest, request.key), (ANY_KEY_LABEL + digest, ANY_KEY)]
+        if not await self.tasks.labelled(labels):  # no task ever had them: the usual publish
+            return []
+        found = await asyncio.gather(*(self._in_flight(label) for label in labels))
         event = {
             "name": request.name,
             "key": request.key,

@@ -68,6 +68,18 @@ async def test_tasks_are_listed_by_their_labels_with_every_other_filter(store):
     assert ids(await store.tasks.list_tasks(10, "", by(("order", "A")))) == [anns.task_id, dev.task_id]
 
 
+async def test_whether_any_task_carries_a_label_is_one_look_and_forgets_deleted_tasks(store):
+    assert not await store.tasks.labelled([("order", "A")])
+    task = await labelled(store, {"order": "A", "note": ODD})
+    assert await store.tasks.labelled([("order", "A")])
+    assert await store.tasks.labelled([("order", "Z"), ("note", ODD)])  # any one of them
+    assert not await store.tasks.labelled([("order", "a"), ("order", "B")])
+    await claim_and_complete(store, task, 30)
+    assert await store.tasks.labelled([("order", "A")])  # ended tasks keep their labels
+    assert await store.tasks.delete_finished(task.task_id) is Deletion.DELETED
+    assert not await store.tasks.labelled([("order", "A"), ("note", ODD)])
+
+
 async def test_many_tasks_of_other_labels_do_not_hide_the_few_of_one(store):
     """A rare label among many others is read from its own index: its page is full and whole."""
     rare = [await labelled(store, {"customer": "rare"}) for _ in range(3)]

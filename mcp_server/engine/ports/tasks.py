@@ -102,6 +102,11 @@ class TaskStore(Protocol):
         """The first `limit` tasks created as reruns of `task_id` (see TaskQueue.create_leased), oldest first."""
         ...
 
+    async def labelled(self, labels: Sequence[tuple[str, str]]) -> bool:
+        """Whether some stored task (ended or not) carries one of `labels` (key, value): one cheap
+        look at the label index before a listing by them."""
+        ...
+
     async def read_steps(self, task_id: str, start: int, limit: int) -> list[StepRecord]:
         """Step records with index >= start, in index order, at most `limit`."""
         ...

@@ -152,6 +152,16 @@ class RedisTasks:
                 break
         return records
 
+    async def labelled(self, labels: Sequence[tuple[str, str]]) -> bool:
+        """One EXISTS over every partition's index of each label (on a cluster, one per slot, together)."""
+        keys = [self.layout.label_index(p, key, value) for key, value in labels for p in range(self.layout.partitions)]
+        if not self.conn.cluster:
+            return bool(await self.conn.do(self.conn.r.exists(*keys)))
+        async with self.conn.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+            return any(await self.conn.do(pipe.execute()))
+
     async def reruns_of(self, task_id: str, limit: int) -> list[str]:
         found = await self.conn.do(self.conn.r.zrange(self.layout.task(task_id).reruns, 0, limit - 1))
         return [t.decode() for t in found]

@@ -83,6 +83,16 @@ class SqliteTasks:
         )
         return [StepRecord(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
+    async def labelled(self, labels: Sequence[tuple[str, str]]) -> bool:
+        def look(db: sqlite3.Connection) -> bool:
+            found = (
+                db.execute("SELECT 1 FROM task_labels WHERE key=? AND value=? LIMIT 1", pair).fetchone()
+                for pair in labels
+            )
+            return any(row is not None for row in found)
+
+        return await self.db.run(look)
+
     async def reruns_of(self, task_id: str, limit: int) -> list[str]:
         rows = await self.db.rows("SELECT task_id FROM tasks WHERE rerun_of=? ORDER BY seq LIMIT ?", (task_id, limit))
         return [str(r[0]) for r in rows]

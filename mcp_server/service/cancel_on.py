@@ -22,12 +22,13 @@ from google.protobuf import struct_pb2
 from mcp_sdk.proto import events_pb2, task_pb2
 from mcp_server.auth import Principal
 from mcp_server.engine.cel import ExpressionError
+from mcp_server.engine.context import NodeFailed
 from mcp_server.engine.payload import struct_to_python
 from mcp_server.engine.plan import CancelOnPlan, Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import TaskFilter, TaskStore
 from mcp_server.engine.records import task_input
-from mcp_server.engine.waiting import MAX_KEY_LENGTH
+from mcp_server.engine.waiting import event_key
 from mcp_server.errors import FieldViolation, InvalidArgument, McpError
 from mcp_server.service.cancelling import Cancelling
 
@@ -53,15 +54,13 @@ def cancel_on_labels(plan: Plan, input_data: struct_pb2.Struct) -> dict[str, str
             labels[ANY_KEY_LABEL + _digest(cancel.event)] = ANY_KEY
             continue
         variables = variables or {"input": struct_to_python(input_data)}
+        which = f"the workflow's cancel_on[{i}]"
         try:
-            key = cancel.key.evaluate(variables)
+            labels[KEYED_LABEL + _digest(cancel.event)] = event_key(cancel.key.evaluate(variables), which)
         except ExpressionError as exc:
-            raise _bad_key(i, f"does not evaluate on this input: {exc}") from None
-        if isinstance(key, bool) or not isinstance(key, (str, int)):
-            raise _bad_key(i, f"gave a {type(key).__name__}, not a string")
-        if len(str(key)) > MAX_KEY_LENGTH:
-            raise _bad_key(i, f"gave {len(str(key))} characters; at most {MAX_KEY_LENGTH}")
-        labels[KEYED_LABEL + _digest(cancel.event)] = str(key)
+            raise _bad_key(f"{which}: `key` does not evaluate on this input: {exc}") from None
+        except NodeFailed as failed:  # as a wait's or a publish node's key: a string or an integer
+            raise _bad_key(failed.message) from None
     return labels
 
 
@@ -135,6 +134,5 @@ def _digest(event: str) -> str:
     return hashlib.sha256(event.encode()).hexdigest()[:24]
 
 
-def _bad_key(index: int, problem: str) -> InvalidArgument:
-    message = f"the workflow's cancel_on[{index}].key {problem}"
+def _bad_key(message: str) -> InvalidArgument:
     return InvalidArgument(message, violations=[FieldViolation("input_data", message)], reason="BAD_CANCEL_ON_KEY")

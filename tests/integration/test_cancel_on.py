@@ -162,7 +162,7 @@ async def test_bad_cancel_ons_and_keys_are_refused_naming_the_field(events_serve
         await submit(client, "keyed", {"order": {"nested": True}})
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(caught.value) == "BAD_CANCEL_ON_KEY"
-    assert "cancel_on[0].key gave a dict" in violations(caught.value)["input_data"]
+    assert "cancel_on[0]: `key` gave a dict, not a string" in violations(caught.value)["input_data"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await submit(client, "keyed", {})
     assert "does not evaluate" in violations(caught.value)["input_data"]

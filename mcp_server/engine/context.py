@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from google.rpc import status_pb2
 
 from mcp_sdk.proto import protocol_pb2, task_pb2
+from mcp_server.engine.cleanup_replay import replaying
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import bounded, make_event, timestamp_of
 from mcp_server.engine.instants import rfc3339_of
@@ -150,6 +151,8 @@ class RunContext:
     # ---- events -------------------------------------------------------------------------
     def emit(self, type_: int, *, flush_soon: bool = False, **fields: Any) -> task_pb2.TaskEvent:
         """Record an event; it is written with the next checkpoint (or soon, if asked)."""
+        if replaying() is not None:  # a clean-up's walk tells nothing again of what it replays
+            return make_event(self.task.task_id, self.task.last_sequence, type_, **fields)
         self.task.last_sequence += 1
         event = make_event(self.task.task_id, self.task.last_sequence, type_, **fields)
         event = bounded(event, self.limits.max_event_bytes)

@@ -333,6 +333,8 @@ async def test_map_items_adaptive_visits_and_subworkflows_clean_up_where_they_ha
     assert states_of["p/a/deep/let-go"].status == task_pb2.STEP_STATUS_COMPLETED
     calls = (await plugin_stats(testkit))["calls"]
     assert calls[f"{task.task_id}/p/a/warm/echo"] == 1  # the walk took the transition again, not the step
+    taken = [e for e in await events(client, task.task_id) if e.type == E.TASK_EVENT_TYPE_TRANSITION_TAKEN]
+    assert len(taken) == 1  # and did not say so again
     assert not [p for p in states_of if p.startswith("p/m/each[2]")]
 
 

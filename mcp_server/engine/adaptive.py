@@ -47,15 +47,17 @@ async def run_adaptive(
                 "RESOURCE_EXHAUSTED",
                 f"adaptive {node.id}: exceeded max_transitions={node.max_transitions} (last: {state.name} -> {target})",
             )
-        ctx.emit(
-            E.TASK_EVENT_TYPE_TRANSITION_TAKEN,
-            step_path=path,
-            attempt=transitions,
-            flush_soon=True,
-            message=f"{state.name} -> {target} ({reason})",
-            data={"from": state.name, "to": target, "reason": reason},
-        )
-        state = node.states[target]
+        following = node.states[target]
+        if not ctx.began(child_path(path, following.node.id, visits[target] + 1)):  # else told by an earlier life
+            ctx.emit(
+                E.TASK_EVENT_TYPE_TRANSITION_TAKEN,
+                step_path=path,
+                attempt=transitions,
+                flush_soon=True,
+                message=f"{state.name} -> {target} ({reason})",
+                data={"from": state.name, "to": target, "reason": reason},
+            )
+        state = following
         current = result.output
 
 

@@ -40,23 +40,25 @@ async def run_supervise(
     to_run = list(node.children)
     for round_number in range(1, node.max_rounds + 1):
         await _run_children(to_run, path, value, round_number, feedback, outputs, ctx, scope)
+        told = ctx.finished(child_path(path, "supervisor", round_number)) is not None  # by an earlier life
         decision = await _ask_supervisor(node, path, value, round_number, outputs, history, ctx)
         verdict = VERDICTS.get(decision.verdict, "none")
-        ctx.emit(
-            E.TASK_EVENT_TYPE_SUPERVISOR_DECISION,
-            step_path=path,
-            protocol=node.supervisor,
-            attempt=round_number,
-            message=f"round {round_number}: {verdict}"
-            + (f" ({decision.reason or decision.feedback})" if decision.reason or decision.feedback else ""),
-            data={
-                "verdict": verdict,
-                "round": round_number,
-                "retry_children": list(decision.retry_children),
-                "feedback": decision.feedback,
-                "reason": decision.reason,
-            },
-        )
+        if not told:
+            ctx.emit(
+                E.TASK_EVENT_TYPE_SUPERVISOR_DECISION,
+                step_path=path,
+                protocol=node.supervisor,
+                attempt=round_number,
+                message=f"round {round_number}: {verdict}"
+                + (f" ({decision.reason or decision.feedback})" if decision.reason or decision.feedback else ""),
+                data={
+                    "verdict": verdict,
+                    "round": round_number,
+                    "retry_children": list(decision.retry_children),
+                    "feedback": decision.feedback,
+                    "reason": decision.reason,
+                },
+            )
         if verdict == "accept":
             return NodeResult(
                 Payload.of_struct(decision.output) if decision.HasField("output") else Payload.object_of(outputs)

@@ -36,7 +36,6 @@ from mcp_server.engine.ports import (
     EventListener,
     EventPublisher,
     ProtocolCaller,
-    SignalRecord,
     StepCache,
     StepRecord,
     TaskStore,
@@ -405,24 +404,6 @@ class RunContext:
             and step.state.wait.received_sequence
             and not step.state.reused  # kept by a rerun: it took a signal of the task it reruns
         }
-
-    def take_in_signals(self, records: Sequence[SignalRecord]) -> None:
-        """New signals of the task, in order: each gets its SIGNAL_RECEIVED event and goes to its
-        step (or is kept); written with the next checkpoint, soon."""
-        for record in records:
-            signal = self.suspensions.take_in(record, self.task.last_sequence + 1)  # the event's sequence
-            self.emit(
-                E.TASK_EVENT_TYPE_SIGNAL_RECEIVED,
-                step_path=signal.assigned,
-                flush_soon=True,
-                message=f"signal {record.request.signal!r} received",
-                data={
-                    "signal": signal.name,
-                    "request_id": signal.request_id,
-                    "step_path": signal.assigned,
-                    "index": record.index,
-                },
-            )
 
     def abandon_unfinished(self, code: str, message: str) -> None:
         """Mark every step still running, waiting or not begun as cancelled (a cancelled task's last write)."""

@@ -44,6 +44,7 @@ from mcp_server.engine.ports import (
     EventListener,
     EventPublisher,
     ProtocolCaller,
+    SignalRecord,
     StepCache,
     TaskStore,
     UnitGate,
@@ -239,7 +240,7 @@ class TaskRunner:
         records = await self.waits.read_signals(ctx.task.task_id)
         if ctx.suspensions.parking:  # left for the next life: the write that parks sees them and queues the task
             return
-        ctx.take_in_signals(ctx.suspensions.known(records, ctx.consumed_signals()))
+        _announce_signals(ctx, ctx.suspensions.known(records, ctx.consumed_signals()))
 
     async def _follow_signals(self, ctx: RunContext, arrived: asyncio.Event) -> None:
         """Take in new signals whenever the dispatcher says some came (run as a task)."""
@@ -285,3 +286,22 @@ def _deadline(task: task_pb2.Task, plan: Plan) -> float | None:
     if plan.task_timeout is None:
         return None
     return task.start_time.ToNanoseconds() / 1e9 + plan.task_timeout
+
+
+def _announce_signals(ctx: RunContext, records: Sequence[SignalRecord]) -> None:
+    """New signals of the task, in order: each gets its SIGNAL_RECEIVED event and goes to its
+    step (or is kept); written with the next checkpoint, soon."""
+    for record in records:
+        signal = ctx.suspensions.take_in(record, ctx.task.last_sequence + 1)  # the event's sequence
+        ctx.emit(
+            E.TASK_EVENT_TYPE_SIGNAL_RECEIVED,
+            step_path=signal.assigned,
+            flush_soon=True,
+            message=f"signal {record.request.signal!r} received",
+            data={
+                "signal": signal.name,
+                "request_id": signal.request_id,
+                "step_path": signal.assigned,
+                "index": record.index,
+            },
+        )

@@ -28,6 +28,21 @@ def node_id_of(segment: str) -> str:
 def kind_and_protocol(root: PlanNode, path: str) -> tuple[str, str] | None:
     """What the node at `path` is in the plan under `root`: its kind and (for a call) its
     protocol; None when the plan has no such node."""
+    found = _find(root, path)
+    if found is None or isinstance(found, tuple):
+        return found
+    return found.kind, found.protocol if isinstance(found, StepPlan) else ""
+
+
+def node_at(root: PlanNode, path: str) -> PlanNode | None:
+    """The node of the plan under `root` that `path` names; None when there is none (or the
+    path names a supervisor's or a router's own call, which is no node of the plan)."""
+    found = _find(root, path)
+    return None if isinstance(found, tuple) else found
+
+
+def _find(root: PlanNode, path: str) -> PlanNode | tuple[str, str] | None:
+    """The node at `path`, or (kind, protocol) of a supervisor's or a router's call."""
     segments = path.split("/")
     if node_id_of(segments[0]) != root.id:
         return None
@@ -43,7 +58,7 @@ def kind_and_protocol(root: PlanNode, path: str) -> tuple[str, str] | None:
         if found is None:
             return None
         node = found
-    return node.kind, node.protocol if isinstance(node, StepPlan) else ""
+    return node
 
 
 def _children(node: PlanNode) -> tuple[PlanNode, ...]:

@@ -4,6 +4,13 @@ A rerun keeps, without calling anything, every step that completed in the task i
 started before the chosen step (in step order, the order of ListTaskSteps) and is neither the
 chosen step, inside it, nor around it; a kept composite keeps everything inside it too, since
 its output stands for all of it. Everything else runs afresh.
+
+Recover nodes bend that in two ways (`recover_cuts`). What completed in the body of a node that
+cleans up (`rethrow` or `on_cancel`) whose handler began was undone by it (a room released, a
+charge refunded): a rerun keeps nothing of such a node on its own, so it runs again from its start
+(its handler too, should the body fail again). And
+a rerun from inside a handler whose body failed keeps the body as it ended, so that the handler
+runs again on the same error without the body running again.
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.paths import kind_and_protocol
-from mcp_server.engine.plan import LEAF_KINDS, PlanNode
+from mcp_server.engine.paths import kind_and_protocol, node_at
+from mcp_server.engine.plan import LEAF_KINDS, PlanNode, RecoverPlan
 from mcp_server.engine.ports import StepRecord
 
 COMPLETED = task_pb2.STEP_STATUS_COMPLETED
+FAILED = task_pb2.STEP_STATUS_FAILED
+PENDING = task_pb2.STEP_STATUS_PENDING
 # StepState.reused = true (field 16, varint), appended: a parser merges it into the record as stored
 REUSED_FLAG = b"\x80\x01\x01"
 
@@ -55,8 +64,10 @@ def is_within(path: str, outer: str) -> bool:
     return path == outer or path.startswith(outer + "/")
 
 
-def kept_steps(steps: Sequence[Step], chosen: str) -> list[Step]:
-    """The steps a rerun from `chosen` keeps, in step order."""
+def kept_steps(steps: Sequence[Step], chosen: str, root: PlanNode | None = None) -> list[Step]:
+    """The steps a rerun from `chosen` keeps, in step order; `root`, the plan the task ran, says
+    which recover nodes clean up (see `recover_cuts`)."""
+    undone, carried = recover_cuts(steps, chosen, root) if root is not None else (set(), set())
     index = next(i for i, s in enumerate(steps) if s.path == chosen)
     around, inside = _ancestors(chosen), chosen + "/"
     composites: set[str] = set()  # kept composites: all inside them is kept too
@@ -68,11 +79,42 @@ def kept_steps(steps: Sequence[Step], chosen: str) -> list[Step]:
         elif position >= index:
             if not composites:
                 break  # after the chosen step only what is inside a kept composite is kept
-        elif path not in around and not path.startswith(inside) and step.state.status == COMPLETED:
+        elif _within_any(path, carried):
+            kept.append(step)  # as it ended, failed or not
+        elif (
+            path not in around
+            and not path.startswith(inside)
+            and step.state.status == COMPLETED
+            and not _within_any(path, undone)
+        ):
             kept.append(step)
             if step.state.kind not in LEAF_KINDS:
                 composites.add(path)
     return kept
+
+
+def recover_cuts(steps: Sequence[Step], chosen: str, root: PlanNode) -> tuple[set[str], set[str]]:
+    """The parts of recover nodes a rerun from `chosen` treats apart: (undone) the nodes that
+    clean up (`rethrow` or `on_cancel`) whose handler began, of which nothing is kept on its own;
+    (carried) the failed body of the node whose handler holds `chosen`, kept as it ended."""
+    status = {s.path: s.state.status for s in steps}
+    undone: set[str] = set()
+    carried: set[str] = set()
+    for step in steps:
+        if step.state.kind != "recover" or not isinstance(node := node_at(root, step.path), RecoverPlan):
+            continue
+        body, handler = f"{step.path}/{node.body.id}", f"{step.path}/{node.handler.id}"
+        if status.get(handler, PENDING) == PENDING:
+            continue
+        if is_within(chosen, handler) and status.get(body) == FAILED:
+            carried.add(body)
+        elif node.rethrow or node.on_cancel:
+            undone.add(step.path)
+    return undone, carried
+
+
+def _within_any(path: str, outers: set[str]) -> bool:
+    return any(is_within(path, outer) for outer in outers)
 
 
 def _ancestors(path: str) -> set[str]:

@@ -79,7 +79,6 @@ class Reruns:
             )
         steps = read_steps(await self.tasks.read_steps(source.task_id, 0, source.step_count))
         chosen = self._chosen(request, source, steps)
-        kept = kept_steps(steps, chosen) if any(s.path == chosen for s in steps) else []
         version = request.workflow_version or source.workflow_version
         if not await self.submission.workflows.live_version(source.workflow_id, version):
             raise NotFound(  # deleted: nothing new starts from it (its tasks still run)
@@ -89,6 +88,12 @@ class Reruns:
                 metadata={"workflow_id": source.workflow_id},
             )
         plan = await self.plans.get(source.workflow_id, version)
+        ran = (
+            plan
+            if version == source.workflow_version
+            else await self.plans.get(source.workflow_id, source.workflow_version)
+        )
+        kept = kept_steps(steps, chosen, ran.root) if any(s.path == chosen for s in steps) else []
         if version != source.workflow_version and (missing := first_missing(plan.root, kept)) is not None:
             path, why = missing
             raise InvalidArgument(

@@ -111,3 +111,67 @@ def test_a_version_must_have_every_kept_step_with_its_kind_and_protocol():
     )
     path, why = first_missing(swapped.root, kept) or ("", "")
     assert path == "root/prep" and "'stamp'" in why
+
+
+def recover(node_id: str, body: dict, handler: dict, **extra: object) -> dict:
+    return {"id": node_id, "recover": {"body": body, "handler": handler, **extra}}
+
+
+def seq(node_id: str, *children: dict) -> dict:
+    return {"id": node_id, "sequence": {"children": list(children)}}
+
+
+def test_what_a_clean_up_undid_is_kept_only_inside_a_kept_composite():
+    inner = recover("in", seq("ib", step("i1", "echo"), step("i2", "fail")), step("iu", "echo"), rethrow=True)
+    outer = recover("out", seq("ob", step("o1", "echo"), inner), step("ou", "echo"), on_cancel=True)
+    fallback = recover("fb", seq("fbb", step("f1", "echo"), step("f2", "fail")), step("fh", "echo"))
+    root = {"id": "root", "parallel": {"children": [outer, fallback, seq("b", step("b1", "fail"))]}}
+    plan = compile_workflow(workflow("w", root), Limits())
+    ran = steps(
+        ("root", FAILED, "parallel", ""),
+        ("root/out", FAILED, "recover", ""),
+        ("root/fb", DONE, "recover", ""),
+        ("root/b", FAILED, "sequence", ""),
+        ("root/out/ob", FAILED, "sequence", ""),
+        ("root/fb/fbb", FAILED, "sequence", ""),
+        ("root/out/ob/o1", DONE, "step", "echo"),
+        ("root/fb/fbb/f1", DONE, "step", "echo"),
+        ("root/out/ob/in", FAILED, "recover", ""),
+        ("root/fb/fbb/f2", FAILED, "step", "fail"),
+        ("root/fb/fh", DONE, "step", "echo"),
+        ("root/out/ob/in/ib", FAILED, "sequence", ""),
+        ("root/out/ob/in/ib/i1", DONE, "step", "echo"),
+        ("root/out/ob/in/ib/i2", FAILED, "step", "fail"),
+        ("root/out/ob/in/iu", DONE, "step", "echo"),
+        ("root/out/ou", DONE, "step", "echo"),
+        ("root/b/b1", FAILED, "step", "fail"),
+    )
+    # both clean-ups ran: nothing of either body on its own; the fallback stood in, whole
+    assert paths(kept_steps(ran, "root/b/b1", plan.root)) == [
+        "root/fb",
+        "root/fb/fbb",
+        "root/fb/fbb/f1",
+        "root/fb/fbb/f2",
+        "root/fb/fh",
+    ]
+    assert paths(kept_steps(ran, "root/out/ob/in/ib/i2", plan.root)) == [
+        "root/fb",
+        "root/fb/fbb",
+        "root/fb/fbb/f1",
+        "root/fb/fbb/f2",
+        "root/fb/fh",
+    ]
+    assert "root/out/ob/o1" in paths(kept_steps(ran, "root/b/b1"))  # without the plan: the old rule
+    # from inside the outer handler: its body as it ended, then the handler again
+    assert paths(kept_steps(ran, "root/out/ou", plan.root))[:9] == [
+        "root/fb",
+        "root/out/ob",
+        "root/fb/fbb",
+        "root/out/ob/o1",
+        "root/fb/fbb/f1",
+        "root/out/ob/in",
+        "root/fb/fbb/f2",
+        "root/fb/fh",
+        "root/out/ob/in/ib",
+    ]
+    assert {"root/out/ob/in/ib/i2", "root/out/ob/in/iu"} <= set(paths(kept_steps(ran, "root/out/ou", plan.root)))

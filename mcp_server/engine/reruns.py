@@ -97,17 +97,19 @@ def recover_cuts(steps: Sequence[Step], chosen: str, root: PlanNode) -> tuple[se
     """The parts of recover nodes a rerun from `chosen` treats apart: (undone) the nodes that
     clean up (`rethrow` or `on_cancel`) whose handler began, of which nothing is kept on its own;
     (carried) the failed body of the node whose handler holds `chosen`, kept as it ended."""
-    status = {s.path: s.state.status for s in steps}
+    by_path = {s.path: s for s in steps}
     undone: set[str] = set()
     carried: set[str] = set()
     for step in steps:
-        if step.state.kind != "recover" or not isinstance(node := node_at(root, step.path), RecoverPlan):
+        if b"recover" not in step.record.data or step.state.kind != "recover":  # parse only what may be one
             continue
-        body, handler = f"{step.path}/{node.body.id}", f"{step.path}/{node.handler.id}"
-        if status.get(handler, PENDING) == PENDING:
+        if not isinstance(node := node_at(root, step.path), RecoverPlan):
             continue
-        if is_within(chosen, handler) and status.get(body) == FAILED:
-            carried.add(body)
+        body, handler = by_path.get(f"{step.path}/{node.body.id}"), by_path.get(f"{step.path}/{node.handler.id}")
+        if handler is None or handler.state.status == PENDING:
+            continue
+        if is_within(chosen, handler.path) and body is not None and body.state.status == FAILED:
+            carried.add(body.path)
         elif node.rethrow or node.on_cancel:
             undone.add(step.path)
     return undone, carried

@@ -16,6 +16,7 @@ runs again on the same error without the body running again.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.paths import kind_and_protocol, node_at
@@ -24,6 +25,7 @@ from mcp_server.engine.ports import StepRecord
 
 COMPLETED = task_pb2.STEP_STATUS_COMPLETED
 FAILED = task_pb2.STEP_STATUS_FAILED
+CANCELLED = task_pb2.STEP_STATUS_CANCELLED
 PENDING = task_pb2.STEP_STATUS_PENDING
 # StepState.reused = true (field 16, varint), appended: a parser merges it into the record as stored
 REUSED_FLAG = b"\x80\x01\x01"
@@ -64,10 +66,18 @@ def is_within(path: str, outer: str) -> bool:
     return path == outer or path.startswith(outer + "/")
 
 
-def kept_steps(steps: Sequence[Step], chosen: str, root: PlanNode | None = None) -> list[Step]:
-    """The steps a rerun from `chosen` keeps, in step order; `root`, the plan the task ran, says
-    which recover nodes clean up (see `recover_cuts`)."""
-    undone, carried = recover_cuts(steps, chosen, root) if root is not None else (set(), set())
+@dataclass
+class RecoverCuts:
+    """The parts of recover nodes a rerun from a step treats apart (`recover_cuts`)."""
+
+    undone: set[str] = field(default_factory=set)  # nodes whose clean-up ran: nothing kept on its own
+    carried: set[str] = field(default_factory=set)  # failed bodies kept as they ended
+    in_clean_up: str = ""  # the handler holding the chosen step, when it ran for a cancel
+
+
+def kept_steps(steps: Sequence[Step], chosen: str, cuts: RecoverCuts | None = None) -> list[Step]:
+    """The steps a rerun from `chosen` keeps, in step order, with the recover nodes' `cuts`."""
+    undone, carried = (cuts.undone, cuts.carried) if cuts is not None else (set(), set())
     index = next(i for i, s in enumerate(steps) if s.path == chosen)
     around, inside = _ancestors(chosen), chosen + "/"
     composites: set[str] = set()  # kept composites: all inside them is kept too
@@ -93,13 +103,13 @@ def kept_steps(steps: Sequence[Step], chosen: str, root: PlanNode | None = None)
     return kept
 
 
-def recover_cuts(steps: Sequence[Step], chosen: str, root: PlanNode) -> tuple[set[str], set[str]]:
-    """The parts of recover nodes a rerun from `chosen` treats apart: (undone) the nodes that
-    clean up (`rethrow` or `on_cancel`) whose handler began, of which nothing is kept on its own;
-    (carried) the failed body of the node whose handler holds `chosen`, kept as it ended."""
+def recover_cuts(steps: Sequence[Step], chosen: str, root: PlanNode) -> RecoverCuts:
+    """How the recover nodes of the plan under `root` (the one the task ran) bend a rerun from
+    `chosen`: the nodes that clean up (`rethrow` or `on_cancel`) whose handler began are undone;
+    the failed body of the node whose handler holds `chosen` is carried; a handler holding
+    `chosen` that ran for a cancel (its body was cancelled) is named."""
     by_path = {s.path: s for s in steps}
-    undone: set[str] = set()
-    carried: set[str] = set()
+    cuts = RecoverCuts()
     for step in steps:
         if b"recover" not in step.record.data or step.state.kind != "recover":  # parse only what may be one
             continue
@@ -109,10 +119,13 @@ def recover_cuts(steps: Sequence[Step], chosen: str, root: PlanNode) -> tuple[se
         if handler is None or handler.state.status == PENDING:
             continue
         if is_within(chosen, handler.path) and body is not None and body.state.status == FAILED:
-            carried.add(body.path)
-        elif node.rethrow or node.on_cancel:
-            undone.add(step.path)
-    return undone, carried
+            cuts.carried.add(body.path)
+            continue
+        if is_within(chosen, handler.path) and body is not None and body.state.status == CANCELLED:
+            cuts.in_clean_up = handler.path
+        if node.rethrow or node.on_cancel:
+            cuts.undone.add(step.path)
+    return cuts
 
 
 def _within_any(path: str, outers: set[str]) -> bool:

@@ -15,7 +15,15 @@ from mcp_server.engine.plan import Plan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import Kept, QueueGroup, TaskStore
 from mcp_server.engine.records import stored_refs, task_input
-from mcp_server.engine.reruns import Step, first_missing, first_unfinished, kept_steps, read_steps, rerun_records
+from mcp_server.engine.reruns import (
+    Step,
+    first_missing,
+    first_unfinished,
+    kept_steps,
+    read_steps,
+    recover_cuts,
+    rerun_records,
+)
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mcp_server.service.access import require, visible_task
 from mcp_server.service.cancel_on import CANCEL_ON_LABELS, cancel_on_labels
@@ -93,7 +101,7 @@ class Reruns:
             if version == source.workflow_version
             else await self.plans.get(source.workflow_id, source.workflow_version)
         )
-        kept = kept_steps(steps, chosen, ran.root) if any(s.path == chosen for s in steps) else []
+        kept = self._kept(steps, chosen, ran) if any(s.path == chosen for s in steps) else []
         if version != source.workflow_version and (missing := first_missing(plan.root, kept)) is not None:
             path, why = missing
             raise InvalidArgument(
@@ -125,6 +133,22 @@ class Reruns:
         kept_records = Kept(source.task_id, records, digests)
         strategy = plan.concurrency.strategy if plan.concurrency else 0
         return task, event, request_fingerprint(request), values, kept_records, group, strategy
+
+    @staticmethod
+    def _kept(steps: Sequence[Step], chosen: str, ran: Plan) -> list[Step]:
+        """What a rerun from `chosen` keeps; refused from inside the clean-up of a cancel, which
+        a rerun cannot run again on its own (its task was cancelled, the rerun is not)."""
+        cuts = recover_cuts(steps, chosen, ran.root)
+        if cuts.in_clean_up:
+            node = cuts.in_clean_up.rsplit("/", 1)[0]
+            raise FailedPrecondition(
+                f"step {chosen} is in {cuts.in_clean_up}, which ran as the clean-up of a cancel;"
+                f" a rerun runs it only as part of {node} again: rerun from {node}",
+                reason="RERUN_FROM_CLEAN_UP",
+                violations=[FieldViolation("from_step_path", f"is inside the clean-up of a cancel; rerun from {node}")],
+                metadata={"step_path": node},
+            )
+        return kept_steps(steps, chosen, cuts)
 
     @staticmethod
     def _group(plan: Plan, source: task_pb2.Task) -> tuple[QueueGroup, str]:

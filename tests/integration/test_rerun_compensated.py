@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
-from tests.helpers import create, step, step_states, submit, wait_done, workflow
+from tests.helpers import create, error_reason, refused, step, step_states, submit, violations, wait_done, workflow
 from tests.integration.test_cancel_cleanup import cancel, started
 from tests.integration.test_recover import seq
 from tests.integration.test_reruns import calls_of, output, rerun
@@ -63,6 +64,14 @@ async def test_a_redrive_after_a_cancel_cleaned_up_holds_the_room_again(parking_
     states = step_states(again)
     assert states["root/first"].reused and not states["root/r/saga/hold"].reused
     assert "root/r/release" not in states
+
+    refused = await rerun_refused(client, cancelled.task_id, from_step_path="root/r/release")
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(refused) == "RERUN_FROM_CLEAN_UP"
+    assert violations(refused) == {"from_step_path": "is inside the clean-up of a cancel; rerun from root/r"}
+
+
+async def rerun_refused(client: Any, task_id: str, **fields: Any) -> grpc.aio.AioRpcError:
+    return await refused(client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=task_id, **fields)))
 
 
 async def test_a_redrive_after_a_rethrowing_handler_runs_the_body_from_its_start(served, testkit):

@@ -11,6 +11,7 @@ from mcp_server.engine.reruns import (
     first_unfinished,
     kept_steps,
     read_steps,
+    recover_cuts,
     rerun_records,
 )
 from mcp_server.settings import Limits
@@ -147,14 +148,14 @@ def test_what_a_clean_up_undid_is_kept_only_inside_a_kept_composite():
         ("root/b/b1", FAILED, "step", "fail"),
     )
     # both clean-ups ran: nothing of either body on its own; the fallback stood in, whole
-    assert paths(kept_steps(ran, "root/b/b1", plan.root)) == [
+    assert paths(kept_steps(ran, "root/b/b1", recover_cuts(ran, "root/b/b1", plan.root))) == [
         "root/fb",
         "root/fb/fbb",
         "root/fb/fbb/f1",
         "root/fb/fbb/f2",
         "root/fb/fh",
     ]
-    assert paths(kept_steps(ran, "root/out/ob/in/ib/i2", plan.root)) == [
+    assert paths(kept_steps(ran, "root/out/ob/in/ib/i2", recover_cuts(ran, "root/out/ob/in/ib/i2", plan.root))) == [
         "root/fb",
         "root/fb/fbb",
         "root/fb/fbb/f1",
@@ -163,7 +164,7 @@ def test_what_a_clean_up_undid_is_kept_only_inside_a_kept_composite():
     ]
     assert "root/out/ob/o1" in paths(kept_steps(ran, "root/b/b1"))  # without the plan: the old rule
     # from inside the outer handler: its body as it ended, then the handler again
-    assert paths(kept_steps(ran, "root/out/ou", plan.root))[:9] == [
+    assert paths(kept_steps(ran, "root/out/ou", recover_cuts(ran, "root/out/ou", plan.root)))[:9] == [
         "root/fb",
         "root/out/ob",
         "root/fb/fbb",
@@ -174,4 +175,6 @@ def test_what_a_clean_up_undid_is_kept_only_inside_a_kept_composite():
         "root/fb/fh",
         "root/out/ob/in/ib",
     ]
-    assert {"root/out/ob/in/ib/i2", "root/out/ob/in/iu"} <= set(paths(kept_steps(ran, "root/out/ou", plan.root)))
+    assert {"root/out/ob/in/ib/i2", "root/out/ob/in/iu"} <= set(
+        paths(kept_steps(ran, "root/out/ou", recover_cuts(ran, "root/out/ou", plan.root)))
+    )

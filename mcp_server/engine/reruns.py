@@ -9,8 +9,8 @@ Recover nodes bend that in two ways (`recover_cuts`). What completed in the body
 cleans up (`rethrow` or `on_cancel`) whose handler began was undone by it (a room released, a
 charge refunded): a rerun keeps nothing of such a node on its own, so it runs again from its start
 (its handler too, should the body fail again). And
-a rerun from inside a handler whose body failed keeps the body as it ended, so that the handler
-runs again on the same error without the body running again.
+a rerun from inside a handler whose body failed (or was cancelled: a cancel's clean-up) keeps the
+body as it ended, so that the handler runs again on the same error without the body running again.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class RecoverCuts:
 
     undone: set[str] = field(default_factory=set)  # nodes whose clean-up ran: nothing kept on its own
     carried: set[str] = field(default_factory=set)  # failed bodies kept as they ended
-    in_clean_up: str = ""  # the handler holding the chosen step, when it ran for a cancel
+    in_clean_up: str = ""  # the handler holding the chosen step, when it ran for a cancel: the rerun cleans up
 
 
 def kept_steps(steps: Sequence[Step], chosen: str, cuts: RecoverCuts | None = None) -> list[Step]:
@@ -106,8 +106,8 @@ def kept_steps(steps: Sequence[Step], chosen: str, cuts: RecoverCuts | None = No
 def recover_cuts(steps: Sequence[Step], chosen: str, root: PlanNode) -> RecoverCuts:
     """How the recover nodes of the plan under `root` (the one the task ran) bend a rerun from
     `chosen`: the nodes that clean up (`rethrow` or `on_cancel`) whose handler began are undone;
-    the failed body of the node whose handler holds `chosen` is carried; a handler holding
-    `chosen` that ran for a cancel (its body was cancelled) is named."""
+    the failed or cancelled body of the node whose handler holds `chosen` is carried, and when it
+    was cancelled that handler is named: it ran as a cancel's clean-up, which the rerun runs again."""
     by_path = {s.path: s for s in steps}
     cuts = RecoverCuts()
     for step in steps:
@@ -118,12 +118,11 @@ def recover_cuts(steps: Sequence[Step], chosen: str, root: PlanNode) -> RecoverC
         body, handler = by_path.get(f"{step.path}/{node.body.id}"), by_path.get(f"{step.path}/{node.handler.id}")
         if handler is None or handler.state.status == PENDING:
             continue
-        if is_within(chosen, handler.path) and body is not None and body.state.status == FAILED:
+        if is_within(chosen, handler.path) and body is not None and body.state.status in (FAILED, CANCELLED):
             cuts.carried.add(body.path)
-            continue
-        if is_within(chosen, handler.path) and body is not None and body.state.status == CANCELLED:
-            cuts.in_clean_up = handler.path
-        if node.rethrow or node.on_cancel:
+            if body.state.status == CANCELLED:
+                cuts.in_clean_up = handler.path
+        elif node.rethrow or node.on_cancel:
             cuts.undone.add(step.path)
     return cuts
 

@@ -10,8 +10,9 @@ from mcp_sdk.proto import task_pb2
 from mcp_server.auth import ANONYMOUS_ADMIN, Principal
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import make_event, now
+from mcp_server.engine.paths import node_at
 from mcp_server.engine.payload import Payload
-from mcp_server.engine.plan import Plan
+from mcp_server.engine.plan import Plan, RecoverPlan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import Kept, QueueGroup, TaskStore
 from mcp_server.engine.records import stored_refs, task_input
@@ -101,7 +102,10 @@ class Reruns:
             if version == source.workflow_version
             else await self.plans.get(source.workflow_id, source.workflow_version)
         )
-        kept = self._kept(steps, chosen, ran) if any(s.path == chosen for s in steps) else []
+        cuts = recover_cuts(steps, chosen, ran.root) if any(s.path == chosen for s in steps) else None
+        if cuts is not None and cuts.in_clean_up:
+            _check_clean_up(cuts.in_clean_up, plan, version)
+        kept = kept_steps(steps, chosen, cuts) if cuts is not None else []
         if version != source.workflow_version and (missing := first_missing(plan.root, kept)) is not None:
             path, why = missing
             raise InvalidArgument(
@@ -115,6 +119,11 @@ class Reruns:
         if request.HasField("input"):
             self._check_input_kind(request, steps)
         task, values = self._new_task(request, source, chosen, kept, version, labels)
+        again = ""
+        if cuts is not None and cuts.in_clean_up:  # cancelled from the start: it runs the clean-up again
+            task.cancel_request.reason = source.cancel_request.reason or source.error.message
+            task.cancel_request.time.CopyFrom(task.create_time)
+            again = f"; it runs the clean-up of the cancel ({task.cancel_request.reason}) again"
         await self._label_cancel_on(task, plan, source)
         if plan.queue_timeout is not None:  # a rerun waits to start as its workflow allows
             task.queue_deadline.FromNanoseconds(task.create_time.ToNanoseconds() + int(plan.queue_timeout * 1e9))
@@ -124,7 +133,7 @@ class Reruns:
             1,
             E.TASK_EVENT_TYPE_QUEUED,
             message=f"queued with priority {task.priority}: a rerun of {source.task_id} from {chosen},"
-            f" {len(kept)} steps kept",
+            f" {len(kept)} steps kept{again}",
             data={"rerun_of": source.task_id, "from_step_path": chosen, "kept_steps": len(kept)},
         )
         records = rerun_records(steps, kept, chosen, plan.root)
@@ -133,22 +142,6 @@ class Reruns:
         kept_records = Kept(source.task_id, records, digests)
         strategy = plan.concurrency.strategy if plan.concurrency else 0
         return task, event, request_fingerprint(request), values, kept_records, group, strategy
-
-    @staticmethod
-    def _kept(steps: Sequence[Step], chosen: str, ran: Plan) -> list[Step]:
-        """What a rerun from `chosen` keeps; refused from inside the clean-up of a cancel, which
-        a rerun cannot run again on its own (its task was cancelled, the rerun is not)."""
-        cuts = recover_cuts(steps, chosen, ran.root)
-        if cuts.in_clean_up:
-            node = cuts.in_clean_up.rsplit("/", 1)[0]
-            raise FailedPrecondition(
-                f"step {chosen} is in {cuts.in_clean_up}, which ran as the clean-up of a cancel;"
-                f" a rerun runs it only as part of {node} again: rerun from {node}",
-                reason="RERUN_FROM_CLEAN_UP",
-                violations=[FieldViolation("from_step_path", f"is inside the clean-up of a cancel; rerun from {node}")],
-                metadata={"step_path": node},
-            )
-        return kept_steps(steps, chosen, cuts)
 
     @staticmethod
     def _group(plan: Plan, source: task_pb2.Task) -> tuple[QueueGroup, str]:
@@ -234,6 +227,22 @@ class Reruns:
             else:
                 task.rerun_input.CopyFrom(request.input)
         return task, values
+
+
+def _check_clean_up(handler: str, plan: Plan, version: int) -> None:
+    """A rerun from inside the clean-up of a cancel runs it again: the version it runs must clean
+    up at that recover node too."""
+    node_path = handler.rsplit("/", 1)[0]
+    node = node_at(plan.root, node_path)
+    if not isinstance(node, RecoverPlan) or not node.on_cancel or f"{node_path}/{node.handler.id}" != handler:
+        raise FailedPrecondition(
+            f"step {handler} ran as the clean-up of a cancel, which a rerun runs again; version {version}"
+            f" of workflow {plan.workflow_id!r} does not clean up there (no recover node {node_path} with"
+            " on_cancel and that handler)",
+            reason="RERUN_FROM_CLEAN_UP",
+            violations=[FieldViolation("workflow_version", f"does not clean up at {node_path}")],
+            metadata={"step_path": node_path},
+        )
 
 
 def _input_digest(source: task_pb2.Task) -> set[str]:

@@ -1,7 +1,8 @@
 """Reruns through recover nodes, on both stores, against the testkit plugin process: what a
 clean-up undid (a node with `on_cancel` or `rethrow` whose handler ran) is not kept, so its body
 runs again from its start; a fallback's body is kept as before; a rerun from inside a handler
-whose body failed runs the handler again on the same error, and not the body."""
+whose body failed runs the handler again on the same error, and not the body; one from inside the
+clean-up of a cancel runs that clean-up again and ends CANCELLED."""
 
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ def recover(node_id: str, body: dict[str, Any], handler: dict[str, Any], **extra
     return {"id": node_id, "recover": {"body": body, "handler": handler, **extra}}
 
 
-def booking(confirm: dict[str, Any], **extra: Any) -> Any:
+def booking(confirm: dict[str, Any], handler: dict[str, Any] | None = None, **extra: Any) -> Any:
     saga = seq("saga", step("hold", "echo"), confirm, step("charge", "echo"))
-    return workflow("booking", seq("root", step("first", "echo"), recover("r", saga, step("release", "echo"), **extra)))
+    undo = handler or step("release", "echo", "{'room': input.room, 'why': error.code}")
+    return workflow("booking", seq("root", step("first", "echo"), recover("r", saga, undo, **extra)))
 
 
 async def test_a_redrive_after_a_cancel_cleaned_up_holds_the_room_again(parking_server, testkit):
@@ -65,9 +67,36 @@ async def test_a_redrive_after_a_cancel_cleaned_up_holds_the_room_again(parking_
     assert states["root/first"].reused and not states["root/r/saga/hold"].reused
     assert "root/r/release" not in states
 
-    refused = await rerun_refused(client, cancelled.task_id, from_step_path="root/r/release")
-    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(refused) == "RERUN_FROM_CLEAN_UP"
-    assert violations(refused) == {"from_step_path": "is inside the clean-up of a cancel; rerun from root/r"}
+
+async def test_a_rerun_from_inside_a_failed_clean_up_runs_that_clean_up_again_and_ends_cancelled(
+    parking_server, testkit
+):
+    _, client = parking_server
+    await create(
+        client, booking(step("confirm", "sleep", SLOW), on_cancel=True, handler=step("release", "fail", REFUSE))
+    )
+    task = await submit(client, "booking", {"room": "204"})
+    await started(client, task.task_id, "root/r/saga/confirm")
+    await cancel(client, task.task_id, "the customer left")
+    cancelled = await wait_done(client, task.task_id)
+    assert cancelled.cancel_request.outcome == "failed"  # the room is still held
+
+    await create(client, booking(step("confirm", "sleep", SLOW)))  # version 2 cleans up nowhere
+    wrong = await rerun_refused(client, cancelled.task_id, from_step_path="root/r/release", workflow_version=2)
+    assert wrong.code() == grpc.StatusCode.FAILED_PRECONDITION and error_reason(wrong) == "RERUN_FROM_CLEAN_UP"
+    assert violations(wrong) == {"workflow_version": "does not clean up at root/r"}
+
+    await create(client, booking(step("confirm", "sleep", SLOW), on_cancel=True))  # version 3: release mended
+    again = await rerun(client, cancelled.task_id, from_step_path="root/r/release", workflow_version=3)
+
+    assert again.status == S.TASK_STATUS_CANCELLED and again.error.message == "the customer left"
+    assert again.cancel_request.reason == "the customer left" and again.cancel_request.outcome == "done"
+    assert await calls_of(testkit, again.task_id) == {"root/r/release": 1}  # neither held again nor confirmed
+    states = step_states(again)
+    assert states["root/r/saga/hold"].reused and states["root/r/saga/confirm"].reused
+    assert states["root/r/saga/confirm"].status == task_pb2.STEP_STATUS_CANCELLED
+    assert states["root/r/release"].status == DONE and not states["root/r/release"].reused
+    assert output(states["root/r/release"])["room"] == "204"
 
 
 async def rerun_refused(client: Any, task_id: str, **fields: Any) -> grpc.aio.AioRpcError:

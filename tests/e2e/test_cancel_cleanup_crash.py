@@ -87,3 +87,50 @@ async def test_a_replica_killed_during_a_clean_up_leaves_it_to_the_next_to_finis
         await client.channel.close()
         fresh.terminate()
         fresh.wait(timeout=15)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_rerun_of_a_clean_up_survives_kill_9_and_never_runs_the_body(
+    plugins, testkit, tmp_path, request, backend
+):
+    """A rerun from inside a finished clean-up (docs/reruns.md) runs that clean-up again: its
+    replica killed while the handler runs, the next finishes it, the body never called."""
+    store = f"sqlite:///{tmp_path}/mcp.db" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    plugin = plugins["testkit"].address
+    address = f"127.0.0.1:{free_port()}"
+    doomed = start_orchestrator(address, store, [plugin], f"doomed-rerun-{backend}", **LEASE)
+    client = client_for_address(address)
+    try:
+        await create(client, saga())
+        task_id = (await submit(client, "saga-crash")).task_id
+        await until_started(client, task_id, "r/b/slow")
+        await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task_id, reason="refund it"))
+        rerun = await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=task_id, from_step_path="r/undo/second"))
+        rerun_id = rerun.task.task_id
+        await until_started(client, rerun_id, "r/undo/second")
+        await asyncio.sleep(0.5)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    finally:
+        await client.channel.close()
+
+    address = f"127.0.0.1:{free_port()}"
+    fresh = start_orchestrator(address, store, [plugin], f"fresh-rerun-{backend}", **LEASE)
+    client = client_for_address(address)
+    try:
+        done = await wait_done(client, rerun_id, timeout=40)
+        assert done.status == task_pb2.TASK_STATUS_CANCELLED and done.error.message == "refund it"
+        assert done.cancel_request.outcome == "done"
+        states = step_states(done)
+        assert states["r/undo/first"].reused and states["r/b/book"].reused
+        assert states["r/undo/third"].status == task_pb2.STEP_STATUS_COMPLETED
+        calls = (await plugin_stats(testkit))["calls"]
+        assert calls[f"{rerun_id}/r/undo/second/sleep"] == 2  # in flight at the kill: called again
+        assert calls[f"{rerun_id}/r/undo/third/echo"] == 1
+        assert not {
+            key for key in calls if key.startswith(f"{rerun_id}/r/b/") or key.startswith(f"{rerun_id}/r/undo/first")
+        }
+    finally:
+        await client.channel.close()
+        fresh.terminate()
+        fresh.wait(timeout=15)

@@ -157,10 +157,13 @@ class TaskMethods(Connection):
         `from_step_path`) is what that step receives instead of what came before; `version` runs
         the rerun on another version of the workflow (a fixed definition). An empty path reruns a
         failed or cancelled task from its first step that did not complete, a completed one from
-        the start. `request_id` makes it idempotent (one is generated when none is given, so that
-        gRPC's retries start one rerun; a refusal past a submission rate limit is waited out for up
-        to `rate_limited_wait`). Raises McpError: FAILED_PRECONDITION for a task not yet
-        finished, INVALID_ARGUMENT for a path not in the task or a version that lacks a kept step
+        the start. Through recover nodes (docs/reruns.md): what a clean-up undid is not kept, a
+        path inside a handler runs that handler again on the same error, and inside the clean-up
+        of a cancel the rerun runs that clean-up again and ends CANCELLED. `request_id` makes it
+        idempotent (one is generated when none is given, so that gRPC's retries start one rerun; a
+        refusal past a submission rate limit is waited out for up to `rate_limited_wait`). Raises
+        McpError: FAILED_PRECONDITION for a task not yet finished (or a clean-up's path on a
+        version that does not clean up there), INVALID_ARGUMENT for a path not in the task or a version that lacks a kept step
         (the violation names it), NOT_FOUND for a task this principal cannot see."""
         request = task_pb2.RerunTaskRequest(
             task_id=task_id,

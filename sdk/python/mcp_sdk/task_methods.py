@@ -163,8 +163,9 @@ class TaskMethods(Connection):
         idempotent (one is generated when none is given, so that gRPC's retries start one rerun; a
         refusal past a submission rate limit is waited out for up to `rate_limited_wait`). Raises
         McpError: FAILED_PRECONDITION for a task not yet finished (or a clean-up's path on a
-        version that does not clean up there), INVALID_ARGUMENT for a path not in the task or a version that lacks a kept step
-        (the violation names it), NOT_FOUND for a task this principal cannot see."""
+        version that does not clean up there), INVALID_ARGUMENT for a path not in the task or a
+        version that lacks a kept step (the violation names it), NOT_FOUND for a task this
+        principal cannot see."""
         request = task_pb2.RerunTaskRequest(
             task_id=task_id,
             from_step_path=from_step_path,

@@ -76,6 +76,10 @@ def task_summary(task: task_pb2.Task) -> None:
         doing = f"cleaned up ({outcome})" if outcome else "cleaning up, then it ends CANCELLED"
         when = task.cancel_request.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
         console.print(f"cancelled at {when} UTC ({escape(task.cancel_request.reason)}): {doing}")
+        failed = [s.path for s in task.steps if s.status == task_pb2.STEP_STATUS_FAILED and s.kind == "step"]
+        if task.cancel_request.outcome == "failed" and failed:  # a handler's step: they run after the bodies
+            again = f"to run the clean-up again: mcp task rerun {task.task_id} --from {escape(failed[-1])}"
+            console.print(again, soft_wrap=True)  # one line, to copy
     if task.usage:
         console.print("usage: " + usage_text(task.usage))
     if task.steps:

@@ -616,6 +616,41 @@ def test_the_cli_cancels_a_booking_and_its_clean_up_releases_the_room(server_pro
     assert {s["path"]: s for s in task["steps"]}["booking/release"]["output"]["released"] == "305"
 
 
+def test_the_cli_says_how_to_run_a_failed_clean_up_again_and_that_rerun_runs_only_it(server_process, tmp_path):
+    address, _ = server_process
+    saga = (ROOT / "examples" / "saga.yaml").read_text().replace("workflow_id: booking", "workflow_id: stay")
+    broken = tmp_path / "broken.yaml"  # its release fails: summarize wants a text
+    broken.write_text(
+        saga.replace('cancel_on:\n  - { event: booking.cancelled, key: "input.room" }\n', "").replace(
+            "protocol: echo\n        input: \"{'released'", "protocol: summarize\n        input: \"{'released'"
+        )
+    )
+    assert mcp(address, "workflow", "apply", str(broken)).returncode == 0
+    submitted = mcp(address, "--json", "task", "submit", "stay", "--input", '{"room": "12"}')
+    task_id = json.loads(submitted.stdout)["task"]["task_id"]
+    deadline = time.monotonic() + 20
+    while task_id not in mcp(address, "--json", "task", "list", "--status", "waiting").stdout:
+        assert time.monotonic() < deadline, "the stay never waited for its confirmation"
+        time.sleep(0.1)
+    assert mcp(address, "task", "cancel", task_id, "--reason", "no show").returncode == 0
+    shown = mcp(address, "task", "get", task_id).stdout
+    assert "(no show): cleaned up (failed)" in shown, shown
+    hint = f"to run the clean-up again: mcp task rerun {task_id} --from booking/release"
+    assert hint in shown, shown
+
+    mended = tmp_path / "mended.yaml"
+    mended.write_text(saga.replace('cancel_on:\n  - { event: booking.cancelled, key: "input.room" }\n', ""))
+    assert mcp(address, "workflow", "apply", str(mended)).returncode == 0
+    rerun = mcp(address, "--json", "task", "rerun", task_id, "--from", "booking/release", "--version", "2")
+    assert rerun.returncode == 0, rerun.stderr
+    again = json.loads(rerun.stdout)["task"]["task_id"]
+    assert mcp(address, "task", "watch", again, "--plain").returncode == 2  # it ends CANCELLED, as its original
+    task = json.loads(mcp(address, "--json", "task", "get", again).stdout)
+    assert task["status"] == "TASK_STATUS_CANCELLED" and task["cancel_request"]["outcome"] == "done"
+    steps = {s["path"]: s for s in task["steps"]}
+    assert steps["booking/release"]["output"]["released"] == "12" and steps["booking/book/hold"]["reused"]
+
+
 def test_sigterm_stops_the_server_and_its_plugins_cleanly(server_process):
     _, process = server_process
     process.send_signal(signal.SIGTERM)

@@ -108,12 +108,13 @@ def recover_cuts(steps: Sequence[Step], chosen: str, root: PlanNode) -> RecoverC
     `chosen`: the nodes that clean up (`rethrow` or `on_cancel`) whose handler began are undone;
     the failed or cancelled body of the node whose handler holds `chosen` is carried, and when it
     was cancelled that handler is named: it ran as a cancel's clean-up, which the rerun runs again."""
-    by_path = {s.path: s for s in steps}
     cuts = RecoverCuts()
-    for step in steps:
-        if b"recover" not in step.record.data or step.state.kind != "recover":  # parse only what may be one
-            continue
-        if not isinstance(node := node_at(root, step.path), RecoverPlan):
+    candidates = [s for s in steps if b"recover" in s.record.data]  # parse only what may be one
+    if not candidates:
+        return cuts
+    by_path = {s.path: s for s in steps}
+    for step in candidates:
+        if step.state.kind != "recover" or not isinstance(node := node_at(root, step.path), RecoverPlan):
             continue
         body, handler = by_path.get(f"{step.path}/{node.body.id}"), by_path.get(f"{step.path}/{node.handler.id}")
         if handler is None or handler.state.status == PENDING:

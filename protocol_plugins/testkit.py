@@ -53,6 +53,22 @@ async def echo(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return data
 
 
+@plugin.protocol(
+    "scripted_model",
+    description="A model for agent nodes: round n answers with the calls `script[n-1]` lists (the script is"
+    " in the first message), then, past the script, with the text `done` and every tool answer it was given",
+)
+async def scripted_model(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    stats.record("scripted_model", ctx)
+    messages = data.get("messages") or [{}]
+    script = messages[0].get("script") or []
+    rounds_done = sum(1 for m in messages if m.get("role") == "assistant")
+    answers = [m.get("content") for m in messages if m.get("role") == "tool"]
+    if rounds_done < len(script):
+        return {"text": "", "tool_calls": script[rounds_done], "tools_seen": [t["name"] for t in data.get("tools", [])]}
+    return {"text": "done", "answers": answers, "rounds": rounds_done + 1}
+
+
 @plugin.protocol("gpu_echo", gpus=1, description="Returns its input; needs one GPU (for admission with --capacity)")
 async def gpu_echo(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
     stats.record("gpu_echo", ctx)

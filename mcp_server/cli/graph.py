@@ -120,6 +120,16 @@ def _add_kind(graph: Graph, node: workflow_pb2.Node, prefix: str) -> tuple[list[
         rethrow = " (then fails)" if node.recover.rethrow else ""
         graph.clusters.append((name, f"recover {node.id}{rethrow}", b_all + h_all))
         return b_entry, b_exit + ([] if node.recover.rethrow else h_exit), b_all + h_all
+    if kind == "agent" and node.agent.HasField("model"):
+        m_entry, m_exit, members = _add(graph, node.agent.model, f"{name}_")
+        for tool in node.agent.tools:
+            t_entry, t_exit, t_all = _add(graph, tool.node, f"{name}_")
+            members += t_all
+            graph.edges += [(a, b, f"calls {tool.name}", True) for a in m_exit for b in t_entry]
+            graph.edges += [(a, b, "answer", True) for a in t_exit for b in m_entry]
+        rounds = node.agent.max_rounds or 10
+        graph.clusters.append((name, f"agent {node.id} (at most {rounds} rounds)", members))
+        return m_entry, m_exit, members
     if kind == "subworkflow" and node.subworkflow.definition.HasField("root"):
         called = node.subworkflow
         entry, exits, members = _add(graph, called.definition.root, f"{name}_")

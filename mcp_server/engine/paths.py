@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mcp_server.engine.plan import (
     AdaptivePlan,
+    AgentPlan,
     MapPlan,
     ParallelPlan,
     PlanNode,
@@ -72,4 +73,6 @@ def _children(node: PlanNode) -> tuple[PlanNode, ...]:
         return (node.body, node.handler)
     if isinstance(node, SubworkflowPlan):
         return (node.root,)
+    if isinstance(node, AgentPlan):
+        return (node.model, *(tool.node for tool in node.tools))
     return ()

@@ -231,6 +231,32 @@ class PublishPlan:
     kind: str = "publish"
 
 
+@dataclass(frozen=True)
+class AgentToolPlan:
+    """AgentNode.tools[i] compiled: what the model is told, the schema its arguments must fit,
+    and the node that runs a call."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # the JSON schema, as the model is given it
+    schema: PayloadSchema | None  # the same, compiled (None: any object)
+    node: PlanNode
+
+
+@dataclass(frozen=True)
+class AgentPlan:
+    """Ask `model` with the conversation and the tools; run the calls it makes; again, until it
+    makes none (at most `max_rounds` times). See engine/agent.py."""
+
+    id: str
+    model: PlanNode
+    messages: Expression
+    tools: tuple[AgentToolPlan, ...]
+    max_rounds: int
+    timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
+    kind: str = "agent"
+
+
 PlanNode = (
     StepPlan
     | SequencePlan
@@ -243,11 +269,21 @@ PlanNode = (
     | SubworkflowPlan
     | RecoverPlan
     | PublishPlan
+    | AgentPlan
 )
 # nodes that do work themselves (the others only arrange their children)
 LEAF_KINDS = frozenset({"step", "wait", "sleep", "publish"})
 # the nodes that arrange others, each of which may have a Node.timeout
-COMPOSITES = (SequencePlan, ParallelPlan, MapPlan, SupervisePlan, AdaptivePlan, SubworkflowPlan, RecoverPlan)
+COMPOSITES = (
+    SequencePlan,
+    ParallelPlan,
+    MapPlan,
+    SupervisePlan,
+    AdaptivePlan,
+    SubworkflowPlan,
+    RecoverPlan,
+    AgentPlan,
+)
 
 
 @dataclass(frozen=True)

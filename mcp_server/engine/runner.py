@@ -20,6 +20,7 @@ from google.rpc import status_pb2
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine import (
     adaptive,
+    agent,
     mapping,
     parallel,
     publish,
@@ -60,7 +61,7 @@ from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
 # imported so that each registers its runner
-NODE_KINDS = (adaptive, mapping, parallel, publish, recover, sequence, step, subworkflow, supervise, waiting)
+NODE_KINDS = (adaptive, agent, mapping, parallel, publish, recover, sequence, step, subworkflow, supervise, waiting)
 
 
 class TaskRunner:

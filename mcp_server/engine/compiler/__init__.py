@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mcp_sdk.proto import workflow_pb2
-from mcp_server.engine.compiler import composites, steps, subworkflows, triggers, waits
+from mcp_server.engine.compiler import agents, composites, steps, subworkflows, triggers, waits
 from mcp_server.engine.compiler.concurrency import compile_concurrency
 from mcp_server.engine.compiler.durations import duration
 from mcp_server.engine.compiler.scope import WORKFLOW_ID, compile_node
@@ -21,7 +21,7 @@ from mcp_server.engine.plan import Plan, PlanNode
 from mcp_server.errors import ViolationCollector
 from mcp_server.settings import Limits
 
-NODE_KINDS = (composites, steps, subworkflows, triggers, waits)  # imported so that each registers its builders
+NODE_KINDS = (agents, composites, steps, subworkflows, triggers, waits)  # imported so that each registers its builders
 
 
 def compile_workflow(

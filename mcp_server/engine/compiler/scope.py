@@ -118,7 +118,7 @@ def compile_node(node: workflow_pb2.Node, path: str, scope: Scope, depth: int, d
         scope.violations.add(
             path,
             "a node must be one of step, sequence, parallel, map, supervise, adaptive, wait, sleep, subworkflow,"
-            " recover, publish",
+            " recover, publish, agent",
         )
         return None
     built = builder(node_id, getattr(node, kind or ""), f"{path}.{kind}", scope, depth)

@@ -37,6 +37,12 @@ def child_nodes(
             if node.recover.HasField(part):
                 child = getattr(node.recover, part)
                 yield f"{path}.recover.{part}", child, default_node_id(child, i)
+    elif kind == "agent":
+        if node.agent.HasField("model"):
+            yield f"{path}.agent.model", node.agent.model, default_node_id(node.agent.model, 0)
+        for i, tool in enumerate(node.agent.tools):
+            if tool.HasField("node"):
+                yield f"{path}.agent.tools[{i}].node", tool.node, default_node_id(tool.node, i + 1)
     elif kind == "subworkflow" and into_subworkflows and node.subworkflow.definition.HasField("root"):
         yield f"{path}.subworkflow.definition.root", node.subworkflow.definition.root, "root"
 

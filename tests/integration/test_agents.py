@@ -1,0 +1,208 @@
+"""Agent nodes, on both stores, against the testkit plugin process: a model (testkit's
+scripted_model) asked in rounds with the conversation and the tools; each call it makes runs its
+tool's node, side by side, as a recorded step; a call of an unknown tool or with arguments the
+tool's schema refuses runs nothing and the model is told why; max_rounds bounds the rounds; a
+failing tool fails the agent unless a recover node answers for it; a rerun from a tool call keeps
+the rounds before it; a bad definition is refused naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from mcp_sdk.proto import task_pb2, workflow_pb2
+from mcp_server.settings import Limits
+from tests.conftest import client_for
+from tests.helpers import create, refused, run, step, step_states, submit, violations, wait_done, workflow
+from tests.integration.test_reruns import calls_of, rerun
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2.TaskStatus
+TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+
+def call(call_id: str, name: str, **arguments: Any) -> dict[str, Any]:
+    return {"id": call_id, "name": name, "arguments": arguments}
+
+
+def agent(
+    script: list[list[dict[str, Any]]], tools: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """An agent whose model follows `script` (round n makes the calls script[n-1])."""
+    messages = "[{'role': 'user', 'content': input.question, 'script': " + json.dumps(script) + "}]"
+    return {
+        "id": "helper",
+        "agent": {
+            "model": step("think", "scripted_model"),
+            "messages": messages,
+            "tools": tools if tools is not None else [lookup(), shout()],
+            **extra,
+        },
+    }
+
+
+def lookup() -> dict[str, Any]:
+    return {"name": "lookup", "description": "Finds a text", "parameters": TEXT, "node": step("find", "append")}
+
+
+def shout() -> dict[str, Any]:
+    return {"name": "shout", "description": "Says it louder", "node": step("loud", "echo", "{'said': prev.text + '!'}")}
+
+
+@pytest.fixture
+async def served(server_factory, store_url):
+    running = await server_factory(store=store_url, limits=Limits())
+    client = client_for(running)
+    yield running, client
+    await client.channel.close()
+
+
+async def test_each_round_runs_the_calls_the_model_made_and_the_last_answers(served, testkit):
+    _, client = served
+    script = [[call("c1", "lookup", text="a"), call("c2", "lookup", text="b")], [call("c3", "shout", text="hey")]]
+    done = await run(client, workflow("agent", agent(script)), {"question": "what?"})
+
+    assert done.status == S.TASK_STATUS_COMPLETED, done.error
+    result = json_format.MessageToDict(done.result)
+    assert result["text"] == "done" and result["rounds"] == 3
+    assert [json.loads(answer) for answer in result["answers"]] == [
+        {"text": "afind", "trail": ["helper/find"]},
+        {"text": "bfind#2", "trail": ["helper/find#2"]},
+        {"said": "hey!"},
+    ]
+    states = step_states(done)
+    assert [p for p in states if p.startswith("helper/")] == [
+        "helper/think",
+        "helper/find",
+        "helper/find#2",
+        "helper/think#2",
+        "helper/loud",
+        "helper/think#3",
+    ]
+    asked = json_format.MessageToDict(states["helper/think#2"].input)
+    assert [m["role"] for m in asked["messages"]] == ["user", "assistant", "tool", "tool"]
+    assert asked["messages"][1]["tool_calls"][1] == {
+        "id": "c2",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": '{"text": "b"}'},
+    }
+    assert asked["messages"][3]["tool_call_id"] == "c2" and asked["messages"][3]["name"] == "lookup"
+    assert asked["tools"][0] == {"name": "lookup", "description": "Finds a text", "parameters": TEXT}
+    assert json_format.MessageToDict(states["helper/find#2"].input) == {"text": "b"}
+
+
+async def test_an_unknown_tool_or_arguments_the_schema_refuses_run_nothing_and_the_model_is_told(served, testkit):
+    _, client = served
+    script = [
+        [
+            call("c1", "search", text="a"),
+            call("c2", "lookup", text=3),
+            {"id": "c3", "name": "lookup", "arguments": "not json"},
+        ]
+    ]
+    done = await run(client, workflow("told", agent(script)), {"question": "?"})
+
+    assert done.status == S.TASK_STATUS_COMPLETED, done.error
+    answers = [json.loads(a)["error"] for a in json_format.MessageToDict(done.result)["answers"]]
+    assert answers[0] == "there is no tool named 'search'; the tools are: lookup, shout"
+    assert answers[1].startswith("the arguments do not fit the tool's parameters: arguments.text:")
+    assert answers[2] == "the arguments must be a JSON object"
+    assert not [p for p in step_states(done) if p.startswith("helper/find")]  # nothing ran
+
+
+async def test_max_rounds_bounds_the_rounds(served):
+    _, client = served
+    script = [[call(f"c{n}", "shout", text="x")] for n in range(3)]
+    done = await run(client, workflow("bounded", agent(script, max_rounds=2)), {"question": "?"})
+
+    assert done.status == S.TASK_STATUS_FAILED
+    assert done.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert done.error.message.endswith("agent helper: the model still called tools after 2 rounds (its max_rounds)")
+
+
+async def test_a_failing_tool_fails_the_agent_unless_a_recover_node_answers_for_it(served):
+    _, client = served
+    failing = {"name": "lookup", "node": step("find", "fail", "{'code': 'NOT_FOUND'}")}
+    done = await run(client, workflow("fails", agent([[call("c1", "lookup")]], [failing])), {"question": "?"})
+    assert done.status == S.TASK_STATUS_FAILED and "NOT_FOUND" in done.error.message
+
+    answered = {
+        "name": "lookup",
+        "node": {
+            "id": "guarded",
+            "recover": {
+                "body": step("find", "fail", "{'code': 'NOT_FOUND'}"),
+                "handler": step("sorry", "echo", "{'error': error.code}"),
+            },
+        },
+    }
+    done = await run(client, workflow("answers", agent([[call("c1", "lookup")]], [answered])), {"question": "?"})
+    assert done.status == S.TASK_STATUS_COMPLETED, done.error
+    assert [json.loads(a) for a in json_format.MessageToDict(done.result)["answers"]] == [{"error": "NOT_FOUND"}]
+
+
+async def test_a_rerun_from_a_tool_call_keeps_the_rounds_before_it(served, testkit):
+    _, client = served
+    script = [[call("c1", "lookup", text="a")], [call("c2", "lookup", text="b")], [call("c3", "shout", text="c")]]
+    original = await run(client, workflow("again", agent(script)), {"question": "?"})
+    assert original.status == S.TASK_STATUS_COMPLETED, original.error
+
+    again = await rerun(client, original.task_id, from_step_path="helper/find#2")
+
+    assert again.status == S.TASK_STATUS_COMPLETED and again.result == original.result
+    assert await calls_of(testkit, again.task_id) == {
+        "helper/find#2": 1,
+        "helper/think#3": 1,
+        "helper/loud": 1,
+        "helper/think#4": 1,
+    }
+    states = step_states(again)
+    assert states["helper/think"].reused and states["helper/find"].reused and states["helper/think#2"].reused
+
+
+async def test_a_bad_agent_is_refused_naming_each_field(served):
+    _, client = served
+    bad = {
+        "id": "helper",
+        "agent": {
+            "tools": [
+                {"name": "look up", "node": step("a", "echo")},
+                {"name": "x", "parameters": {"type": "string"}, "node": step("b", "echo")},
+                {"name": "x", "node": step("c", "echo")},
+                {"name": "y", "description": "d" * 1025},
+            ],
+            "max_rounds": 11,
+        },
+    }
+    error = await refused(
+        client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow("bad", bad)))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == {
+        "workflow.root.agent.model": "an agent node needs a model: the node asked each round",
+        "workflow.root.agent.messages": "is required: CEL giving the conversation to start with",
+        "workflow.root.agent.tools[0].name": "must be 1-64 letters, digits, '_' or '-' (what a model calls it by)",
+        "workflow.root.agent.tools[1].parameters": "must describe an object: a call's arguments are one",
+        "workflow.root.agent.tools[2].name": "duplicate tool name 'x'",
+        "workflow.root.agent.tools[3].description": "is 1025 characters; at most 1024",
+        "workflow.root.agent.tools[3].node": "a tool needs a node: what runs a call",
+        "workflow.root.agent.max_rounds": "must be between 1 and 10 (0 means 10)",
+    }
+
+
+async def test_the_calls_of_one_round_run_side_by_side(served, testkit):
+    _, client = served
+    slow = {"name": "nap", "node": step("nap", "sleep", "{'ms': 600}")}
+    script = [[call(f"c{i}", "nap") for i in range(4)]]
+    await create(client, workflow("naps", agent(script, [slow])))
+    task = await submit(client, "naps", {"question": "?"})
+    done = await wait_done(client, task.task_id)
+    assert done.status == S.TASK_STATUS_COMPLETED, done.error
+    naps = [state for path, state in step_states(done).items() if path.startswith("helper/nap")]
+    assert len(naps) == 4
+    last_start = max(state.start_time.ToNanoseconds() for state in naps)
+    assert last_start < min(state.end_time.ToNanoseconds() for state in naps)  # all four began before any ended

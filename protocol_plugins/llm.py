@@ -3,10 +3,11 @@ Ollama, LM Studio, a LiteLLM proxy, OpenAI), set by MCP_LLM_BASE_URL, MCP_LLM_AP
 MCP_LLM_MODEL. The engine is the only retry layer: the client's own retries are off, and each
 provider error is mapped once to the status the engine retries by (llm_errors.py).
 
-- `chat`: {messages | prompt, system, model, temperature, max_tokens, stop, seed} ->
-  {text, model, finish_reason, usage}; on a step with `stream: true` the tokens go out as they
-  come (PROGRESS events with `delta` and `attempt`, at most every 50 ms), the output is the
-  whole text once
+- `chat`: {messages | prompt, system, model, temperature, max_tokens, stop, seed, tools,
+  tool_choice} -> {text, model, finish_reason, usage} and, when the model calls tools, `tool_calls`
+  ({id, name, arguments}) and `message` (its turn, to send back): the model of an agent node; on
+  a step with `stream: true` the tokens go out as they come (PROGRESS events with `delta` and
+  `attempt`, at most every 50 ms), the output is the whole text once
 - `structured`: the same with a JSON `schema` -> the parsed object; the server is asked for
   that JSON schema, the answer is validated (jsonschema, its patterns matched by RE2 in linear
   time, as the engine's wait schemas are) and, when it does not fit, asked again with the
@@ -59,7 +60,7 @@ def client() -> openai.AsyncOpenAI:
 
 
 def messages_of(data: dict[str, Any]) -> list[dict[str, Any]]:
-    messages = list(data.get("messages") or [])
+    messages = [_sendable(m) for m in data.get("messages") or []]
     if not messages:
         prompt = data.get("prompt")
         if not isinstance(prompt, str) or not prompt:
@@ -70,6 +71,63 @@ def messages_of(data: dict[str, Any]) -> list[dict[str, Any]]:
     if data.get("feedback"):  # a supervisor sent the step back: its feedback is the next turn
         messages = [*messages, {"role": "user", "content": f"Revise your answer. Feedback: {data['feedback']}"}]
     return messages
+
+
+def _sendable(message: Any) -> Any:
+    """A message as OpenAI's API takes it: an agent's tool answers carry the tool's `name` too,
+    which its `tool` role does not have."""
+    if isinstance(message, dict) and message.get("role") == "tool":
+        return {k: v for k, v in message.items() if k in ("role", "content", "tool_call_id")}
+    return message
+
+
+def tools_of(data: dict[str, Any]) -> dict[str, Any]:
+    """`tools` ({name, description, parameters}, as an agent node gives them) and `tool_choice`
+    in OpenAI's form; {} without tools."""
+    tools = data.get("tools") or []
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("name") for t in tools):
+        raise ValueError("`tools` must be a list of {name, description, parameters}")
+    if not tools:
+        return {}
+    functions = [
+        {
+            "type": "function",
+            "function": {
+                "name": str(t["name"]),
+                "description": str(t.get("description", "")),
+                "parameters": t.get("parameters") or {"type": "object"},
+            },
+        }
+        for t in tools
+    ]
+    options: dict[str, Any] = {"tools": functions}
+    if data.get("tool_choice") is not None:
+        options["tool_choice"] = data["tool_choice"]
+    return options
+
+
+def answer_of(text: str, model: str, finish: str, calls: list[dict[str, Any]], ctx: Context) -> dict[str, Any]:
+    """The chat output: the text and, when the model called tools, the calls (arguments parsed
+    where they are JSON) and its turn as it must be sent back."""
+    answer: dict[str, Any] = {"text": text, "model": model, "finish_reason": finish, "usage": dict(ctx.usage)}
+    if calls:
+        answer["tool_calls"] = [{"id": c["id"], "name": c["name"], "arguments": _parsed(c["arguments"])} for c in calls]
+        answer["message"] = {
+            "role": "assistant",
+            "content": text or None,
+            "tool_calls": [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in calls
+            ],
+        }
+    return answer
+
+
+def _parsed(arguments: str) -> Any:
+    try:
+        return json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return arguments  # the agent tells the model they are not an object
 
 
 def options_of(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -102,16 +160,17 @@ async def complete(messages: list[dict[str, Any]], options: dict[str, Any], ctx:
     "chat", type=T.PROTOCOL_TYPE_GENERATION, description="A chat completion: {text, model, finish_reason, usage}"
 )
 async def chat(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    options = {**options_of(data, ctx), **tools_of(data)}
     if ctx.streaming:
-        return await stream_chat(messages_of(data), options_of(data, ctx), ctx)
-    response = await complete(messages_of(data), options_of(data, ctx), ctx)
+        return await stream_chat(messages_of(data), options, ctx)
+    response = await complete(messages_of(data), options, ctx)
     choice = response.choices[0]
-    return {
-        "text": choice.message.content or "",
-        "model": response.model,
-        "finish_reason": choice.finish_reason or "",
-        "usage": dict(ctx.usage),
-    }
+    calls = [
+        {"id": c.id, "name": c.function.name, "arguments": c.function.arguments or ""}
+        for c in choice.message.tool_calls or []
+        if getattr(c, "function", None) is not None
+    ]
+    return answer_of(choice.message.content or "", response.model, choice.finish_reason or "", calls, ctx)
 
 
 async def stream_chat(messages: list[dict[str, Any]], options: dict[str, Any], ctx: Context) -> dict[str, Any]:
@@ -119,6 +178,7 @@ async def stream_chat(messages: list[dict[str, Any]], options: dict[str, Any], c
     every COALESCE_SECONDS, each with its attempt), the output is the whole text once."""
     parts: list[str] = []
     pending: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}  # the tool calls, put together from their deltas by index
     finish, model = "", ""
     sent = time.monotonic()
     try:
@@ -139,6 +199,12 @@ async def stream_chat(messages: list[dict[str, Any]], options: dict[str, Any], c
                 if choice.delta.content:
                     parts.append(choice.delta.content)
                     pending.append(choice.delta.content)
+                for delta in choice.delta.tool_calls or []:
+                    call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = delta.id or call["id"]
+                    if delta.function is not None:
+                        call["name"] += delta.function.name or ""
+                        call["arguments"] += delta.function.arguments or ""
                 finish = choice.finish_reason or finish
             if pending and time.monotonic() - sent >= COALESCE_SECONDS:
                 await ctx.progress(0.0, "", {"delta": "".join(pending), "attempt": ctx.attempt})
@@ -149,7 +215,7 @@ async def stream_chat(messages: list[dict[str, Any]], options: dict[str, Any], c
         raise ProtocolError(S.UNAVAILABLE, f"the model's stream broke off: {exc}") from None
     if pending:
         await ctx.progress(0.0, "", {"delta": "".join(pending), "attempt": ctx.attempt})
-    return {"text": "".join(parts), "model": model, "finish_reason": finish, "usage": dict(ctx.usage)}
+    return answer_of("".join(parts), model, finish, [calls[i] for i in sorted(calls)], ctx)
 
 
 @plugin.protocol(

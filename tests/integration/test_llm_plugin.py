@@ -230,3 +230,36 @@ async def test_the_llm_review_example_drafts_judges_waits_for_a_person_and_publi
     assert "root/review/draft#2" in steps  # the judge sent the draft back once
     assert steps["root/publish"].status == task_pb2.STEP_STATUS_COMPLETED
     assert done.usage["prompt_tokens"] > 0
+
+
+async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_conversation(client):
+    """The llm plugin's chat tells the model of the agent's tools in OpenAI's form, gives back the
+    calls it makes, and sends the tool's answer in the next round (the fake server quotes it)."""
+    weather = {
+        "name": "weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "node": {"id": "forecast", "step": {"protocol": "echo", "input": "{'sky': 'sunny in ' + prev.city}"}},
+    }
+    model = {
+        "id": "think",
+        "step": {
+            "protocol": "chat",
+            "input": "{'messages': prev.messages, 'tools': prev.tools, 'model': 'tools-weather'}",
+        },
+    }
+    helper = {
+        "id": "helper",
+        "agent": {"model": model, "messages": "[{'role': 'user', 'content': input.prompt}]", "tools": [weather]},
+    }
+    task = await run(client, workflow("weather-agent", helper), {"prompt": "What is the weather in Paris?"})
+
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    assert task.result.struct_value.fields["text"].string_value == 'In Paris: {"sky": "sunny in Paris"}'
+    assert dict(task.usage) == {"prompt_tokens": 22, "completion_tokens": 14}  # both rounds
+    states = step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task)
+    first = json_format.MessageToDict(states["helper/think"].output)
+    assert first["tool_calls"] == [{"id": "call_w1", "name": "weather", "arguments": {"city": "Paris"}}]
+    assert json_format.MessageToDict(states["helper/forecast"].output) == {"sky": "sunny in Paris"}
+    second = json_format.MessageToDict(states["helper/think#2"].input)["messages"]
+    assert [m["role"] for m in second] == ["user", "assistant", "tool"]

@@ -14,6 +14,8 @@
     judge-once   a verdict: retry (round 1, with feedback), then accept
     judge-reject a verdict: reject
     route-to-b   a next state: b
+    tools-weather  a call of the `weather` tool for Paris (when the request offers tools and the
+                 conversation holds no tool answer yet), then a text quoting that answer
     (any model, with "stream": true) SSE chunks of "Hello world", then usage; `stream-cut`
                  breaks off mid-answer the first time a conversation is asked; `stream-stall`
                  sends nothing more after two chunks (for 60 s, the connection open) that time
@@ -88,6 +90,18 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response(completion(model, json.dumps({"verdict": "reject", "feedback": "off topic"})))
     if model == "route-to-b":
         return web.json_response(completion(model, json.dumps({"next_state": "b", "because": "it asks for b"})))
+    if model == "tools-weather":
+        answers = [m for m in messages if m.get("role") == "tool"]
+        if body.get("tools") and not answers:
+            call = {
+                "id": "call_w1",
+                "type": "function",
+                "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+            }
+            reply = completion(model, "", finish="tool_calls")
+            reply["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+            return web.json_response(reply)
+        return web.json_response(completion(model, f"In Paris: {answers[-1]['content'] if answers else 'no idea'}"))
     if model == "400":
         return error(400, "this model does not take that request")
     return error(404, f"no model {model!r}")

@@ -4,6 +4,7 @@ to the engine, and provider errors mapped once to what the engine retries."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -263,3 +264,18 @@ async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_convers
     assert json_format.MessageToDict(states["helper/forecast"].output) == {"sky": "sunny in Paris"}
     second = json_format.MessageToDict(states["helper/think#2"].input)["messages"]
     assert [m["role"] for m in second] == ["user", "assistant", "tool"]
+
+
+async def test_the_agent_example_runs_and_tells_the_model_of_a_tool_it_does_not_have(client):
+    """examples/llm_agent.yaml, with the fake server's model, which calls `weather`: the agent
+    answers that call with the tools it has, and the model's next round answers."""
+    definition = yaml.safe_load((Path(__file__).parents[2] / "examples" / "llm_agent.yaml").read_text())
+    wf = json_format.ParseDict(definition, workflow_pb2.Workflow())
+    data = {"question": "Who?", "text": "Ada Lovelace worked in London.", "model": "tools-weather"}
+    task = await run(client, wf, data)
+
+    assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
+    text = task.result.struct_value.fields["text"].string_value
+    assert text == "In Paris: " + json.dumps(
+        {"error": "there is no tool named 'weather'; the tools are: entities, summary, ask_person"}
+    )

@@ -4,7 +4,9 @@ out of Mermaid or DOT, and node ids that are never a keyword of either."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import yaml
 from google.protobuf import json_format
 
 from mcp_sdk.proto import workflow_pb2
@@ -61,3 +63,14 @@ def test_a_wait_for_an_event_says_its_key_and_its_condition():
     workflow = json_format.ParseDict({"workflow_id": "w", "root": {"id": "b", "wait": wait}}, workflow_pb2.Workflow())
     text = to_dot(workflow_graph(workflow))
     assert "[wait for event bid by key input.lot if event.data.amount >= input.reserve]" in text
+
+
+def test_an_agent_draws_its_model_and_an_edge_to_each_tool_and_back():
+    definition = yaml.safe_load((Path(__file__).parents[2] / "examples" / "llm_agent.yaml").read_text())
+    graph = workflow_graph(json_format.ParseDict(definition, workflow_pb2.Workflow()))
+    calls = sorted(label for _, _, label, _ in graph.edges if label.startswith("calls "))
+    assert calls == ["calls ask_person", "calls entities", "calls summary"]
+    assert sum(1 for _, _, label, _ in graph.edges if label == "answer") == 3
+    assert any(label == "agent helper (at most 6 rounds)" for _, label, _ in graph.clusters)
+    assert "think\\n[chat]" in graph.nodes.values()
+    assert '|"calls entities"|' in to_mermaid(graph) and 'label="calls summary"' in to_dot(graph)

@@ -67,7 +67,10 @@ async def test_an_agent_resumes_after_kill_9_without_asking_its_model_again(
         done = await wait_done(client, task_id, timeout=40)
         assert done.status == task_pb2.TASK_STATUS_COMPLETED, done.error
         result = json_format.MessageToDict(done.result)
-        assert result["rounds"] == 2 and [json.loads(a) for a in result["answers"]] == [{"quick": True}, {"ms": 4000, "slept_ms": 4000}]
+        assert result["rounds"] == 2 and [json.loads(a) for a in result["answers"]] == [
+            {"quick": True},
+            {"ms": 4000, "slept_ms": 4000},
+        ]
         calls = (await plugin_stats(testkit))["calls"]
         assert calls[f"{task_id}/helper/think/scripted_model"] == 1  # not asked again
         assert calls[f"{task_id}/helper/quick/echo"] == 1

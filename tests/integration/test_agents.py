@@ -18,6 +18,7 @@ from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.helpers import create, refused, run, step, step_states, submit, violations, wait_done, workflow
+from tests.integration.test_cancel_cleanup import started
 from tests.integration.test_reruns import calls_of, rerun
 
 pytestmark = pytest.mark.asyncio
@@ -206,3 +207,26 @@ async def test_the_calls_of_one_round_run_side_by_side(served, testkit):
     assert len(naps) == 4
     last_start = max(state.start_time.ToNanoseconds() for state in naps)
     assert last_start < min(state.end_time.ToNanoseconds() for state in naps)  # all four began before any ended
+
+
+async def test_a_cancelled_agent_is_walked_by_the_clean_up_of_the_recover_node_around_it(parking_server, testkit):
+    _, client = parking_server
+    slow = {"name": "nap", "node": step("nap", "sleep", "{'ms': 10000}")}
+    script = [[call("c1", "shout", text="x")], [call("c2", "nap")]]
+    guarded = {
+        "id": "r",
+        "recover": {"body": agent(script, [shout(), slow]), "handler": step("undo", "echo"), "on_cancel": True},
+    }
+    await create(client, workflow("undoable", guarded))
+    task = await submit(client, "undoable", {"question": "?"})
+    await started(client, task.task_id, "r/helper/nap")
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="stop"))
+    done = await wait_done(client, task.task_id)
+
+    assert done.status == S.TASK_STATUS_CANCELLED and done.cancel_request.outcome == "done"
+    states = step_states(done)
+    assert states["r/undo"].status == task_pb2.STEP_STATUS_COMPLETED
+    assert states["r/helper/nap"].status == task_pb2.STEP_STATUS_CANCELLED
+    assert states["r/helper/think#2"].status == task_pb2.STEP_STATUS_COMPLETED  # replayed, not asked again
+    assert "r/helper/think#3" not in states
+    assert (await calls_of(testkit, task.task_id))["r/helper/think"] == 1

@@ -233,9 +233,11 @@ async def test_the_llm_review_example_drafts_judges_waits_for_a_person_and_publi
     assert done.usage["prompt_tokens"] > 0
 
 
-async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_conversation(client):
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_conversation(client, streamed):
     """The llm plugin's chat tells the model of the agent's tools in OpenAI's form, gives back the
-    calls it makes, and sends the tool's answer in the next round (the fake server quotes it)."""
+    calls it makes (put together from the stream's pieces when it streams), and sends the tool's
+    answer in the next round (the fake server quotes it; streamed, it says hello)."""
     weather = {
         "name": "weather",
         "description": "The weather in a city",
@@ -247,6 +249,7 @@ async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_convers
         "step": {
             "protocol": "chat",
             "input": "{'messages': prev.messages, 'tools': prev.tools, 'model': 'tools-weather'}",
+            "stream": streamed,
         },
     }
     helper = {
@@ -256,8 +259,10 @@ async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_convers
     task = await run(client, workflow("weather-agent", helper), {"prompt": "What is the weather in Paris?"})
 
     assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
-    assert task.result.struct_value.fields["text"].string_value == 'In Paris: {"sky": "sunny in Paris"}'
-    assert dict(task.usage) == {"prompt_tokens": 22, "completion_tokens": 14}  # both rounds
+    said = "Hello world" if streamed else 'In Paris: {"sky": "sunny in Paris"}'
+    assert task.result.struct_value.fields["text"].string_value == said
+    both = {"prompt_tokens": 18, "completion_tokens": 8} if streamed else {"prompt_tokens": 22, "completion_tokens": 14}
+    assert dict(task.usage) == both  # both rounds
     states = step_states((await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task)
     first = json_format.MessageToDict(states["helper/think"].output)
     assert first["tool_calls"] == [{"id": "call_w1", "name": "weather", "arguments": {"city": "Paris"}}]

@@ -15,7 +15,8 @@
     judge-reject a verdict: reject
     route-to-b   a next state: b
     tools-weather  a call of the `weather` tool for Paris (when the request offers tools and the
-                 conversation holds no tool answer yet), then a text quoting that answer
+                 conversation holds no tool answer yet; streamed in pieces when asked to stream),
+                 then a text quoting that answer
     (any model, with "stream": true) SSE chunks of "Hello world", then usage; `stream-cut`
                  breaks off mid-answer the first time a conversation is asked; `stream-stall`
                  sends nothing more after two chunks (for 60 s, the connection open) that time
@@ -59,6 +60,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     model = body.get("model", "")
     messages = body.get("messages", [])
     answered = any(m.get("role") == "assistant" for m in messages)
+    if (
+        body.get("stream")
+        and model == "tools-weather"
+        and body.get("tools")
+        and not any(m.get("role") == "tool" for m in messages)
+    ):
+        return await stream_call(request, model)
     if body.get("stream"):
         return await stream(request, model, messages)
     if model == "ok":
@@ -92,6 +100,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response(completion(model, json.dumps({"next_state": "b", "because": "it asks for b"})))
     if model == "tools-weather":
         answers = [m for m in messages if m.get("role") == "tool"]
+        if any(set(m) - {"role", "content", "tool_call_id"} for m in answers):  # as strict servers are
+            return error(400, "a tool message has a field its role does not take")
         if body.get("tools") and not answers:
             call = {
                 "id": "call_w1",
@@ -139,6 +149,32 @@ async def stream(request: web.Request, model: str, messages: list[dict[str, Any]
         await response.write(chunk(model, part))
         await asyncio.sleep(0.03)
     await response.write(chunk(model, None, "stop"))
+    await response.write(chunk(model, None, usage=True))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def stream_call(request: web.Request, model: str) -> web.StreamResponse:
+    """A call of the `weather` tool, streamed as OpenAI streams one: its id and name first, then
+    its arguments in pieces."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    pieces = [
+        {"index": 0, "id": "call_w1", "type": "function", "function": {"name": "weather", "arguments": ""}},
+        {"index": 0, "function": {"arguments": '{"city": '}},
+        {"index": 0, "function": {"arguments": '"Paris"}'}},
+    ]
+    for piece in pieces:
+        data = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}],
+        }
+        await response.write(f"data: {json.dumps(data)}\n\n".encode())
+    await response.write(chunk(model, None, "tool_calls"))
     await response.write(chunk(model, None, usage=True))
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()

@@ -14,12 +14,12 @@ from google.protobuf import json_format
 
 from mcp_sdk.proto import task_pb2
 from tests.conftest import client_for_address
+from tests.e2e.test_cancel_cleanup_crash import until_started
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, plugin_stats, step, step_states, submit, wait_done, workflow
 from tests.support.processes import start_orchestrator
 
 pytestmark = pytest.mark.asyncio
-E = task_pb2.TaskEventType
 LEASE = {"MCP_LEASE_SECONDS": "1.5"}
 
 
@@ -32,13 +32,6 @@ def helper() -> task_pb2.Task:
     ]
     agent = {"model": step("think", "scripted_model"), "messages": messages, "tools": tools}
     return workflow("agent-crash", {"id": "helper", "agent": agent})
-
-
-async def until_started(client, task_id: str, path: str) -> None:
-    async with asyncio.timeout(20):
-        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
-            if event.type == E.TASK_EVENT_TYPE_STEP_STARTED and event.step_path == path:
-                return
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])

@@ -50,6 +50,7 @@ async def run_agent(
     tools = [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in node.tools]
     calls_so_far: dict[str, int] = {}  # the calls of each tool in the rounds before: the k of its next path
     for round_ in range(1, node.max_rounds + 1):
+        _within_budget(node, path, ctx)
         asked = Payload.of_python({"messages": messages, "tools": tools})
         answer = await execute(node.model, child_path(path, node.model.id, round_), asked, ctx, scope)
         said = answer.output.python()
@@ -62,6 +63,19 @@ async def run_agent(
         "RESOURCE_EXHAUSTED",
         f"agent {node.id}: the model still called tools after {node.max_rounds} rounds (its max_rounds)",
     )
+
+
+def _within_budget(node: AgentPlan, path: str, ctx: RunContext) -> None:
+    """Fail the node, rather than ask the model again, once what its steps used reaches a cap."""
+    if not node.budget:
+        return
+    used = ctx.usage_within(path)
+    for name, cap in node.budget:
+        if used.get(name, 0.0) >= cap:
+            raise NodeFailed(
+                "RESOURCE_EXHAUSTED",
+                f"agent {node.id}: its steps used {used[name]:g} {name} of its budget of {cap:g}",
+            )
 
 
 async def _run_calls(

@@ -16,6 +16,7 @@ pauses there until the pending writes go through.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -341,6 +342,14 @@ class RunContext:
                     used[name] += amount
                 else:
                     used[USAGE_NAMES_LEFT_OUT] += 1
+
+    def usage_within(self, path: str) -> dict[str, float]:
+        """What the steps at and inside `path` used, summed by usage name (any life of the run)."""
+        inside, used = path + "/", collections.Counter[str]()
+        for at, step in self._steps.items():
+            if step.state.usage and (at == path or at.startswith(inside)):
+                used.update(step.state.usage)
+        return dict(used)
 
     def record_input(self, path: str, value: Payload) -> None:
         """What a step's protocol is about to receive (written with the step's start)."""

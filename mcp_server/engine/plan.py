@@ -253,6 +253,7 @@ class AgentPlan:
     messages: Expression
     tools: tuple[AgentToolPlan, ...]
     max_rounds: int
+    budget: tuple[tuple[str, float], ...] = ()  # (usage name, cap): past one, no more rounds
     timeout: float | None = None  # Node.timeout: the longest it may run, from its first start
     kind: str = "agent"
 

@@ -230,3 +230,30 @@ async def test_a_cancelled_agent_is_walked_by_the_clean_up_of_the_recover_node_a
     assert states["r/helper/think#2"].status == task_pb2.STEP_STATUS_COMPLETED  # replayed, not asked again
     assert "r/helper/think#3" not in states
     assert (await calls_of(testkit, task.task_id))["r/helper/think"] == 1
+
+
+async def test_a_budget_stops_the_agent_before_it_asks_its_model_again(served, testkit):
+    _, client = served
+    spend = {"name": "spend", "node": step("spend", "metered", "{'usage': {'cost_usd': 0.3}}")}
+    script = [[call(f"c{n}", "spend")] for n in range(5)]
+    done = await run(client, workflow("budgeted", agent(script, [spend], budget={"cost_usd": 0.5})), {"question": "?"})
+
+    assert done.status == S.TASK_STATUS_FAILED
+    assert done.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert done.error.message.endswith("agent helper: its steps used 0.6 cost_usd of its budget of 0.5")
+    assert await calls_of(testkit, done.task_id) == {
+        "helper/think": 1,
+        "helper/spend": 1,
+        "helper/think#2": 1,
+        "helper/spend#2": 1,
+    }
+    assert dict(done.usage) == {"cost_usd": pytest.approx(0.6)}
+
+    bad = agent(script, [spend], budget={"cost_usd": -1, "tokens\n": 5})
+    error = await refused(
+        client.workflows.CreateWorkflow(workflow_pb2.CreateWorkflowRequest(workflow=workflow("b", bad)))
+    )
+    assert violations(error) == {
+        "workflow.root.agent.budget['cost_usd']": "must be a number above 0",
+        "workflow.root.agent.budget['tokens\\n']": "a usage name is 1-128 characters, none a control character",
+    }

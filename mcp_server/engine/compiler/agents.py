@@ -3,10 +3,12 @@ tools it may call (each a node, with the JSON schema of its arguments)."""
 
 from __future__ import annotations
 
+import math
 import re
 
 from mcp_sdk.proto import workflow_pb2
 from mcp_sdk.workflow_tree import default_node_id
+from mcp_server.engine.attempts import USAGE_NAME
 from mcp_server.engine.compiler.fields import expression, rounds
 from mcp_server.engine.compiler.scope import Scope, builds, compile_node
 from mcp_server.engine.compiler.workflow_scope import schema_checks
@@ -18,6 +20,7 @@ TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what model APIs take as a fu
 MAX_TOOLS = 64
 MAX_DESCRIPTION = 1024
 DEFAULT_ROUNDS = 10
+MAX_BUDGET_NAMES = 16
 
 
 @builds("agent")
@@ -40,9 +43,21 @@ def compile_agent(node_id: str, agent: workflow_pb2.AgentNode, path: str, scope:
     most = rounds(
         agent.max_rounds, scope.max_rounds, f"{path}.max_rounds", scope, min(DEFAULT_ROUNDS, scope.max_rounds)
     )
+    budget = _budget(agent, f"{path}.budget", scope)
     if model is None or messages is None or any(tool is None for tool in tools):
         return None
-    return AgentPlan(node_id, model, messages, tuple(t for t in tools if t is not None), most)
+    return AgentPlan(node_id, model, messages, tuple(t for t in tools if t is not None), most, budget)
+
+
+def _budget(agent: workflow_pb2.AgentNode, path: str, scope: Scope) -> tuple[tuple[str, float], ...]:
+    if len(agent.budget) > MAX_BUDGET_NAMES:
+        scope.violations.add(path, f"{len(agent.budget)} usage names; at most {MAX_BUDGET_NAMES}")
+    for name, cap in agent.budget.items():
+        if not USAGE_NAME.fullmatch(name):
+            scope.violations.add(f"{path}[{name[:80]!r}]", "a usage name is 1-128 characters, none a control character")
+        if not (math.isfinite(cap) and cap > 0):
+            scope.violations.add(f"{path}[{name[:80]!r}]", "must be a number above 0")
+    return tuple(sorted(agent.budget.items()))
 
 
 def _tool(tool: workflow_pb2.AgentTool, path: str, scope: Scope, depth: int, index: int) -> AgentToolPlan | None:

@@ -1,4 +1,4 @@
-"""Property: any well-formed definition (subworkflows and recover nodes included) either completes
+"""Property: any well-formed definition (subworkflows, recover and agent nodes included) either completes
 or fails with a clear error; none hangs."""
 
 from __future__ import annotations
@@ -85,7 +85,19 @@ def kinds(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict
         st.tuples(children, children, st.sampled_from([[], ["UNAVAILABLE"], ["INVALID_ARGUMENT", "UNKNOWN"]])).map(
             lambda t: {"id": f"n{next(_ids)}", "recover": {"body": t[0], "handler": t[1], "codes": t[2]}}
         ),
+        st.tuples(children, children).map(agent),
     )
+
+
+AGENT_SCRIPT = "[[{'id': 'a', 'name': 't0'}, {'id': 'b', 'name': 't1'}], [{'id': 'c', 'name': 't0'}]]"
+
+
+def agent(tools: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+    """An agent whose model (testkit's scripted_model) calls both tools, then the first again."""
+    model = {"id": f"n{next(_ids)}", "step": {"protocol": "scripted_model"}}
+    messages = "[{'role': 'user', 'content': 'go', 'script': " + AGENT_SCRIPT + "}]"
+    named = [{"name": f"t{i}", "node": node} for i, node in enumerate(tools)]
+    return {"id": f"n{next(_ids)}", "agent": {"model": model, "messages": messages, "tools": named}}
 
 
 definitions = st.recursive(leaf(), composite, max_leaves=8)
@@ -101,6 +113,7 @@ async def store_subworkflows(client: Any, node: dict[str, Any]) -> None:
         *([node["map"]["body"]] if "map" in node else []),
         *(state["node"] for state in node.get("adaptive", {}).get("states", [])),
         *(node["recover"][part] for part in ("body", "handler") if "recover" in node),
+        *(tool["node"] for tool in node.get("agent", {}).get("tools", [])),
     ]
     for child in below:
         await store_subworkflows(client, child)

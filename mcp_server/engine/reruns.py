@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.paths import kind_and_protocol, node_at
-from mcp_server.engine.plan import LEAF_KINDS, PlanNode, RecoverPlan
+from mcp_server.engine.plan import LEAF_KINDS, AgentPlan, PlanNode, RecoverPlan
 from mcp_server.engine.ports import StepRecord
 
 COMPLETED = task_pb2.STEP_STATUS_COMPLETED
@@ -151,6 +152,29 @@ def first_missing(root: PlanNode, kept: Sequence[Step]) -> tuple[str, str] | Non
         if protocol != state.protocol:
             return state.path, f"it calls {protocol!r} in the workflow version, {state.protocol!r} in the task"
     return None
+
+
+def first_changed_agent(ran: PlanNode, runs: PlanNode, kept: Sequence[Step]) -> tuple[str, str] | None:
+    """The first agent node holding a kept step whose tools (names, parameters) differ between the
+    plan the task ran under `ran` and the one the rerun runs under `runs`: (its path, why); None
+    when none does. Which path a call runs at follows from which earlier calls ran, and that from
+    the tools: with other tools a kept call could stand for another."""
+    seen: set[str] = set()
+    for step in kept:
+        parts = step.path.split("/")
+        for depth in range(1, len(parts)):
+            outer = "/".join(parts[:depth])
+            if outer in seen:
+                continue
+            seen.add(outer)
+            before = node_at(ran, outer)
+            if isinstance(before, AgentPlan) and _tools(before) != _tools(node_at(runs, outer)):
+                return outer, "its tools (names or parameters) differ, so its kept calls could stand for others"
+    return None
+
+
+def _tools(node: PlanNode | None) -> list[tuple[str, Any]]:
+    return [(t.name, t.parameters) for t in node.tools] if isinstance(node, AgentPlan) else []
 
 
 def rerun_records(steps: Sequence[Step], kept: Sequence[Step], chosen: str, root: PlanNode) -> list[StepRecord]:

@@ -18,6 +18,7 @@ from mcp_server.engine.ports import Kept, QueueGroup, TaskStore
 from mcp_server.engine.records import stored_refs, task_input
 from mcp_server.engine.reruns import (
     Step,
+    first_changed_agent,
     first_missing,
     first_unfinished,
     kept_steps,
@@ -106,7 +107,10 @@ class Reruns:
         if cuts is not None and cuts.in_clean_up:
             _check_clean_up(cuts.in_clean_up, plan, version)
         kept = kept_steps(steps, chosen, cuts) if cuts is not None else []
-        if version != source.workflow_version and (missing := first_missing(plan.root, kept)) is not None:
+        if version != source.workflow_version and (
+            (missing := first_missing(plan.root, kept)) is not None
+            or (missing := first_changed_agent(ran.root, plan.root, kept)) is not None
+        ):
             path, why = missing
             raise InvalidArgument(
                 f"workflow {source.workflow_id!r} version {version} cannot keep step {path}: {why}",

@@ -257,3 +257,25 @@ async def test_a_budget_stops_the_agent_before_it_asks_its_model_again(served, t
         "workflow.root.agent.budget['cost_usd']": "must be a number above 0",
         "workflow.root.agent.budget['tokens\\n']": "a usage name is 1-128 characters, none a control character",
     }
+
+
+async def test_a_rerun_on_a_version_whose_agent_has_other_tools_is_refused(served, testkit):
+    _, client = served
+    script = [[call("c1", "lookup", text="a")], [call("c2", "shout", text="b")]]
+    original = await run(client, workflow("versions", agent(script)), {"question": "?"})
+    assert original.status == S.TASK_STATUS_COMPLETED, original.error
+    stricter = {**shout(), "parameters": TEXT}
+    await create(client, workflow("versions", agent(script, [lookup(), stricter])))  # version 2
+
+    error = await refused(
+        client.tasks.RerunTask(
+            task_pb2.RerunTaskRequest(task_id=original.task_id, from_step_path="helper/loud", workflow_version=2)
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    why = "its tools (names or parameters) differ, so its kept calls could stand for others"
+    assert violations(error) == {"workflow_version": f"step helper: {why}"}
+    mended = {**lookup(), "node": step("find", "append", "{'text': prev.text, 'suffix': '?'}")}
+    await create(client, workflow("versions", agent(script, [mended, shout()])))  # version 3: same tools
+    again = await rerun(client, original.task_id, from_step_path="helper/loud", workflow_version=3)
+    assert again.status == S.TASK_STATUS_COMPLETED, again.error

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mcp_server.engine.cleanup_replay import replaying
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import child_path, evaluate, execute, runs
 from mcp_server.engine.payload import Payload
@@ -86,27 +87,54 @@ async def _run_calls(
     ctx: RunContext,
     scope: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
-    """Run one round's calls side by side; their answers, in call order, as tool messages. The
-    first call (in order) whose node failed fails the agent, once every call has ended."""
+    """Run one round's calls side by side; their answers, in call order, as tool messages. A call
+    whose node fails fails the agent, and the round's other calls are cancelled."""
     by_name = {tool.name: tool for tool in node.tools}
-    runs_: list[asyncio.Future[Any]] = []
-    for call in calls:
+    # every refusal before any call starts: nothing may await between a call's start and the
+    # gather that cancels it with the agent
+    refusals = [await _refusal(call, by_name.get(call.name), node) for call in calls]
+    pending: list[asyncio.Future[Any]] = []
+    for call, refusal in zip(calls, refusals, strict=True):
         tool = by_name.get(call.name)
-        refusal = await _refusal(call, tool, node)
         if tool is None or refusal:
-            runs_.append(_done({"error": refusal}))
+            pending.append(_done({"error": refusal}))
             continue
         calls_so_far[tool.name] = calls_so_far.get(tool.name, 0) + 1
         at = child_path(path, tool.node.id, calls_so_far[tool.name])
-        runs_.append(asyncio.ensure_future(_run_tool(tool, at, call.arguments, ctx, scope)))
-    results = await asyncio.gather(*runs_, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+        pending.append(asyncio.ensure_future(_run_tool(tool, at, call.arguments, ctx, scope)))
+    results = await (_every_end(pending) if replaying() is not None else _until_one_fails(pending))
     return [
         {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": json.dumps(result, ensure_ascii=False)}
         for call, result in zip(calls, results, strict=True)
     ]
+
+
+async def _until_one_fails(pending: Sequence[asyncio.Future[Any]]) -> list[Any]:
+    """The calls' results; once one fails, the others are cancelled and the first failure (in call
+    order) is raised. Cancelled itself (the task, a park), it cancels them all."""
+    try:
+        await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for call in pending:
+            call.cancel()
+        raise
+    errors = [call.exception() for call in pending if call.done() and not call.cancelled()]
+    if first := next((error for error in errors if error is not None), None):
+        for call in pending:
+            call.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)  # each records its cancel
+        raise first
+    return [call.result() for call in pending]
+
+
+async def _every_end(pending: Sequence[asyncio.Future[Any]]) -> list[Any]:
+    """A clean-up's walk: every call replayed to its end (a call's own clean-up is not cut short
+    by another's cancel), then the first failure raised."""
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 async def _run_tool(tool: AgentToolPlan, at: str, arguments: Any, ctx: RunContext, scope: Mapping[str, Any]) -> Any:

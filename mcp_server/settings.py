@@ -27,6 +27,10 @@ class Limits:
     # responses and read with ReadValue; one above max_value_bytes fails its step
     inline_value_bytes: int = 64 * 1024
     max_value_bytes: int = 16 * 1024 * 1024
+    # a stored value of this size or more is stored in chunks, so that values that share most of
+    # their bytes (a conversation that grows by a turn) share storage (engine/value_chunks.py);
+    # 0: every value whole (for a rolling upgrade from a server older than chunks), else >= 64 KiB
+    chunked_value_bytes: int = 64 * 1024
     max_workflow_nodes: int = 500
     # the objects and lists one JSON Schema may hold (a wait's, a workflow's input or output
     # schema): checking that it is one takes about 0.4 ms of CPU per part, on every replica
@@ -226,7 +230,8 @@ POSITIVE = frozenset(
 
 
 # Limits that may be 0: no submission rate limit; a replica that serves the API and runs no task;
-# no CEL cost budget; no cap on a task's signal bytes; no share of the queue per owner (tasks, bytes).
+# no CEL cost budget; no cap on a task's signal bytes; no share of the queue per owner (tasks, bytes);
+# every value stored whole.
 ZERO_ALLOWED_LIMITS = frozenset(
     {
         "submissions_per_second",
@@ -236,6 +241,7 @@ ZERO_ALLOWED_LIMITS = frozenset(
         "max_queued_per_owner",
         "max_queued_bytes_per_owner",
         "event_lookback_seconds",
+        "chunked_value_bytes",
     }
 )
 
@@ -273,6 +279,7 @@ def _process_count(key: str, value: str) -> int:
 
 
 MIN_EVENT_BYTES = 64 * 1024
+MIN_CHUNKED_VALUE_BYTES = 64 * 1024
 
 
 def problems(settings: Settings) -> list[str]:
@@ -295,6 +302,11 @@ def problems(settings: Settings) -> list[str]:
         found.append(
             f"{_ENV_PREFIX}LIMIT_MAX_EVENT_BYTES={settings.limits.max_event_bytes}: must be at least {MIN_EVENT_BYTES}"
             " (an event's clipped message and the names of the fields it left out)"
+        )
+    if 0 < settings.limits.chunked_value_bytes < MIN_CHUNKED_VALUE_BYTES:
+        found.append(
+            f"{_ENV_PREFIX}LIMIT_CHUNKED_VALUE_BYTES={settings.limits.chunked_value_bytes}: must be 0 (values"
+            f" whole) or at least {MIN_CHUNKED_VALUE_BYTES}"
         )
     if settings.limits.max_event_bytes * 2 > settings.limits.max_message_bytes:
         found.append(

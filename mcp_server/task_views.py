@@ -19,6 +19,7 @@ from google.protobuf import struct_pb2
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import TaskStore
 from mcp_server.engine.texts import MAX_MESSAGE_CHARS, clipped
+from mcp_server.engine.value_chunks import read_whole
 from mcp_server.errors import FieldViolation, InvalidArgument, NotFound
 from mcp_server.settings import Limits
 
@@ -115,7 +116,7 @@ class TaskViews:
                     ref.field = field
         if not wanted:
             return
-        values = await self.store.read_values(task_id, list(wanted))
+        values = await read_whole(self.store, task_id, wanted)
         for digest, holders in wanted.items():
             data = values.get(digest)
             if data is None:
@@ -176,7 +177,7 @@ class TaskViews:
         )
 
     async def _stored(self, task_id: str, digest: str) -> bytes:
-        found = await self.store.read_values(task_id, [digest])
+        found = await read_whole(self.store, task_id, [digest])
         if digest not in found:
             raise NotFound(
                 f"value {digest} of task {task_id} is gone (the task was purged)",

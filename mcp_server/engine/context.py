@@ -55,6 +55,7 @@ from mcp_server.engine.restored_steps import TASK_SCOPE, outputs_by_scope
 from mcp_server.engine.step_ends import code_name, code_number, end_data
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.texts import clipped
+from mcp_server.engine.value_chunks import read_whole
 from mcp_server.errors import LeaseLost
 from mcp_server.settings import Limits
 
@@ -129,12 +130,15 @@ class RunContext:
     # how the steps with a cache fared (path -> "hit" or "miss", and the output's size), for their end event
     cache_outcomes: dict[str, tuple[str, int]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._values.chunked_from = self.limits.chunked_value_bytes
+
     async def restore(self) -> None:
         """Load the step records and values an earlier life of this run wrote."""
         records = await self.store.read_steps(self.task.task_id, 0, self.task.step_count)
         states = [(r.index, task_pb2.StepState.FromString(r.data)) for r in records]
         digests = sorted({d for _, state in states for d in stored_refs(state)})
-        values = await self.store.read_values(self.task.task_id, digests) if digests else {}
+        values = await read_whole(self.store, self.task.task_id, digests, self._values.stored) if digests else {}
         self._values.stored.update(values)
         for index, state in states:
             self._steps[state.path] = _Step(

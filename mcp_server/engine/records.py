@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.payload import Payload, length_delimited
 from mcp_server.engine.ports import TaskStore
+from mcp_server.engine.value_chunks import manifest, read_whole, split
 from mcp_server.errors import Unavailable
 
 SHARED_VALUE_BYTES = 1024
@@ -29,6 +30,7 @@ class ValueSink:
 
     stored: set[str] = field(default_factory=set)
     unsent: dict[str, bytes] = field(default_factory=dict)
+    chunked_from: int = 0  # values of this size or more are stored in chunks (value_chunks.py); 0: never
 
     def encode(
         self, payload: Payload, inline_field: int, ref_field: int, inline_below: int = SHARED_VALUE_BYTES
@@ -37,8 +39,17 @@ class ValueSink:
         if payload.size < inline_below:
             return length_delimited(inline_field, payload.serialized())
         digest = payload.sha256
-        if digest not in self.stored:
-            self.unsent.setdefault(digest, payload.serialized())
+        if digest in self.stored or digest in self.unsent:
+            pass
+        elif payload.size >= self.chunked_from > 0:
+            listed = []
+            for chunk_digest, chunk in split(payload.serialized()):
+                listed.append(chunk_digest)
+                if chunk_digest not in self.stored:
+                    self.unsent.setdefault(chunk_digest, chunk)
+            self.unsent[digest] = manifest(listed)
+        else:
+            self.unsent[digest] = payload.serialized()
         return length_delimited(
             ref_field, task_pb2.ValueRef(size_bytes=payload.size, sha256=digest).SerializeToString()
         )
@@ -101,7 +112,7 @@ async def task_input(store: TaskStore, task: task_pb2.Task) -> Payload:
 
 async def stored_value(store: TaskStore, task: task_pb2.Task, digest: str) -> bytes:
     """One of a task's stored values; Unavailable when the store does not have it."""
-    values = await store.read_values(task.task_id, [digest])
+    values = await read_whole(store, task.task_id, [digest])
     if digest not in values:
         raise Unavailable(f"task {task.task_id}: its value {digest} is missing from the store")
     return values[digest]

@@ -15,7 +15,7 @@ from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import Plan, RecoverPlan
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import Kept, QueueGroup, TaskStore
-from mcp_server.engine.records import stored_refs, task_input
+from mcp_server.engine.records import task_input
 from mcp_server.engine.reruns import (
     Step,
     first_changed_agent,
@@ -26,6 +26,7 @@ from mcp_server.engine.reruns import (
     recover_cuts,
     rerun_records,
 )
+from mcp_server.engine.value_chunks import with_chunks
 from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from mcp_server.service.access import require, visible_task
 from mcp_server.service.cancel_on import CANCEL_ON_LABELS, cancel_on_labels
@@ -131,7 +132,8 @@ class Reruns:
         await self._label_cancel_on(task, plan, source)
         if plan.queue_timeout is not None:  # a rerun waits to start as its workflow allows
             task.queue_deadline.FromNanoseconds(task.create_time.ToNanoseconds() + int(plan.queue_timeout * 1e9))
-        digests = sorted({d for step in kept for d in stored_refs(step.state)} | _input_digest(source))
+        refs = [ref for step in kept for ref in (step.state.input_ref, step.state.output_ref)]
+        digests = sorted(await with_chunks(self.tasks, source.task_id, refs) | _input_digest(source))
         event = make_event(
             task.task_id,
             1,

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.settings import Limits
@@ -24,6 +24,7 @@ from tests.integration.test_reruns import calls_of, rerun
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
+INPUT = task_pb2.VALUE_FIELD_INPUT
 TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
 
 
@@ -298,3 +299,39 @@ async def test_a_failing_call_cancels_the_other_calls_of_its_round(served, testk
     states = step_states(done)
     assert states["helper/nap"].status == task_pb2.STEP_STATUS_CANCELLED
     assert states["helper/find"].status == task_pb2.STEP_STATUS_FAILED
+
+
+async def read_value(client, task_id: str, step_path: str, field: int) -> Any:
+    request = task_pb2.ReadValueRequest(task_id=task_id, step_path=step_path, field=field)
+    data = b"".join([chunk.data async for chunk in client.tasks.ReadValue(request)])
+    return json_format.MessageToDict(struct_pb2.Value.FromString(data))
+
+
+async def test_a_long_conversation_is_stored_in_chunks_and_reads_back_whole_after_its_source_is_deleted(
+    served, testkit
+):
+    _, client = served
+    script = [[call(f"c{n}", "fetch", bytes=100_000, tag=f"file{n}")] for n in range(1, 6)]
+    tools = [{"name": "fetch", "description": "Reads a file", "node": step("read", "sized")}]
+    original = await run(client, workflow("long-talk", agent(script, tools)), {"question": "?"})
+    assert original.status == S.TASK_STATUS_COMPLETED, original.error
+    answered = await read_value(client, original.task_id, "", task_pb2.VALUE_FIELD_OUTPUT)  # 500 KB: by reference
+    assert [json.loads(a)["tag"] for a in answered["answers"]] == [f"file{n}" for n in range(1, 6)]
+    asked = {n: await read_value(client, original.task_id, f"helper/think#{n}", INPUT) for n in (3, 6)}
+    assert [m["role"] for m in asked[6]["messages"]] == ["user"] + ["assistant", "tool"] * 5
+    tool_answers = [json.loads(m["content"]) for m in asked[6]["messages"] if m["role"] == "tool"]
+    assert [a["tag"] for a in tool_answers] == [f"file{n}" for n in range(1, 6)]
+    assert all(len(a["data"]) > 99_000 for a in tool_answers)
+
+    again = await rerun(client, original.task_id, from_step_path="helper/read#4")
+    assert again.status == S.TASK_STATUS_COMPLETED, again.error
+    assert await calls_of(testkit, again.task_id) == {
+        "helper/read#4": 1,
+        "helper/think#5": 1,
+        "helper/read#5": 1,
+        "helper/think#6": 1,
+    }
+    await client.tasks.DeleteTask(task_pb2.DeleteTaskRequest(task_id=original.task_id))
+    assert await read_value(client, again.task_id, "helper/think#3", INPUT) == asked[3]  # kept, from the deleted
+    assert await read_value(client, again.task_id, "helper/think#6", INPUT) == asked[6]
+    assert await read_value(client, again.task_id, "", task_pb2.VALUE_FIELD_OUTPUT) == answered

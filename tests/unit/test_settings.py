@@ -45,6 +45,7 @@ def test_environment_and_flags_are_read_with_their_types():
         ({"MCP_CAPACITY_SLICE_UNITS": "0"}, "MCP_CAPACITY_SLICE_UNITS=0: must be above zero"),
         ({"MCP_PROTOCOL_CONCURRENCY": "render"}, "'render' must look like name=N"),
         ({"MCP_LIMIT_MAX_EVENT_BYTES": "1000"}, "MCP_LIMIT_MAX_EVENT_BYTES=1000: must be at least 65536"),
+        ({"MCP_LIMIT_CHUNKED_VALUE_BYTES": "4096"}, "MCP_LIMIT_CHUNKED_VALUE_BYTES=4096: must be 0 (values whole)"),
         ({"MCP_EVENT_LOOP": "tokio"}, "MCP_EVENT_LOOP='tokio': must be one of uvloop, asyncio"),
         ({"MCP_LIMIT_MAX_QUEUED_BYTES_PER_OWNER": "-1"}, "MCP_LIMIT_MAX_QUEUED_BYTES_PER_OWNER=-1: must not be"),
         (
@@ -67,6 +68,7 @@ def test_a_setting_that_cannot_be_used_is_named_with_the_reason(env, said):
         "MAX_QUEUED_PER_OWNER",
         "MAX_QUEUED_BYTES_PER_OWNER",
         "SUBMISSIONS_PER_SECOND",
+        "CHUNKED_VALUE_BYTES",
     ],
 )
 def test_a_limit_documented_as_off_at_zero_can_be_set_to_zero(name):

@@ -1,0 +1,83 @@
+"""Large values in chunks (engine/value_chunks.py): a chunked value is stored as chunks and a
+manifest and reads back whole; a conversation that grows by a turn a round sends and stores only
+its new bytes (and a chunk or two around them), not the whole conversation again; a value whose
+chunks are not all there reads as missing, never as other bytes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from mcp_server.engine.payload import Payload
+from mcp_server.engine.records import STEP_INPUT, STEP_INPUT_REF, ValueSink
+from mcp_server.engine.value_chunks import CHUNK_BYTES, FIRST_CHUNK_BYTES, chunk_digests, read_whole, split
+from mcp_server.state import open_store
+from tests.contract.conftest import checkpoint, new_task
+
+TOOLS = [{"name": "lookup", "description": "Finds a text", "parameters": {"type": "object"}}]
+
+
+def conversation(rounds: int, answer_bytes: int) -> Payload:
+    """What an agent's model is asked at round `rounds`: the question, then per round its call and
+    the tool's answer (`answer_bytes` of text), then the tools."""
+    messages: list[dict[str, object]] = [{"role": "user", "content": "what is in the files?"}]
+    for n in range(1, rounds):
+        messages.append({"role": "assistant", "tool_calls": [{"id": f"c{n}", "name": "lookup"}]})
+        messages.append({"role": "tool", "tool_call_id": f"c{n}", "content": f"{n}:" + "x" * answer_bytes})
+    return Payload.of_python({"messages": messages, "tools": TOOLS})
+
+
+def test_chunks_put_together_are_the_value():
+    data = conversation(8, 50_000).serialized()
+    chunks = list(split(data))
+    assert b"".join(chunk for _, chunk in chunks) == data
+    assert len(chunks[0][1]) == FIRST_CHUNK_BYTES and all(len(c) <= CHUNK_BYTES for _, c in chunks)
+    assert all(digest == hashlib.sha256(chunk).hexdigest() for digest, chunk in chunks)
+    assert chunk_digests(data) is None  # a serialized value is never taken for a manifest
+
+
+def test_a_growing_conversation_stores_its_new_bytes_only():
+    chunked, whole = ValueSink(chunked_from=64 * 1024), ValueSink()
+    sent_chunked = sent_whole = 0
+    for rounds in range(1, 21):
+        value = conversation(rounds, 50_000)
+        for sink in (chunked, whole):
+            sink.encode(value, STEP_INPUT, STEP_INPUT_REF)
+        taken_chunked, taken_whole = chunked.take(), whole.take()
+        chunked.written(taken_chunked)
+        whole.written(taken_whole)
+        sent_chunked += sum(map(len, taken_chunked.values()))
+        sent_whole += sum(map(len, taken_whole.values()))
+        if rounds > 2:  # a turn of ~50 KB, the chunk the old end was in, the first chunk and the manifest
+            assert sum(map(len, taken_chunked.values())) < 50_000 + 2 * CHUNK_BYTES + FIRST_CHUNK_BYTES + 1024
+    assert sent_whole > 9_000_000  # 20 rounds: 0.05 + 0.1 + ... + 0.95 MB
+    assert sent_chunked < sent_whole / 6
+
+
+@pytest.mark.asyncio
+async def test_a_chunked_value_reads_back_whole_or_not_at_all():
+    store = await open_store("sqlite://:memory:")
+    try:
+        task, event = new_task()
+        await store.queue.create_task(task, event)
+        claimed, token = await store.queue.claim_task("me", 30)
+        sink = ValueSink(chunked_from=64 * 1024)
+        big, small = conversation(6, 40_000), Payload.of_python({"text": "y" * 5000})
+        for value in (big, small):
+            sink.encode(value, STEP_INPUT, STEP_INPUT_REF)
+        values = sink.take()
+        listed = chunk_digests(values[big.sha256])
+        assert listed is not None and len(listed) == len(list(split(big.serialized())))
+        assert chunk_digests(values[small.sha256]) is None  # below the size: whole
+        seen: set[str] = set()
+        without_one = {d: v for d, v in values.items() if d != listed[3]}
+        await store.tasks.save_checkpoint(checkpoint(claimed, token, 2, [], [], without_one))
+        found = await read_whole(store.tasks, task.task_id, [big.sha256, small.sha256], seen)
+        assert found == {small.sha256: small.serialized()}  # a chunk is missing: the value is too
+        await store.tasks.save_checkpoint(checkpoint(claimed, token, 2, [], [], {listed[3]: values[listed[3]]}))
+        found = await read_whole(store.tasks, task.task_id, [big.sha256, small.sha256], seen)
+        assert found == {big.sha256: big.serialized(), small.sha256: small.serialized()}
+        assert seen == set(listed)
+    finally:
+        await store.close()

@@ -104,7 +104,7 @@ async def _run_calls(
         pending.append(asyncio.ensure_future(_run_tool(tool, at, call.arguments, ctx, scope)))
     results = await (_every_end(pending) if replaying() is not None else _until_one_fails(pending))
     return [
-        {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": json.dumps(result, ensure_ascii=False)}
+        {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": _json(result)}
         for call, result in zip(calls, results, strict=True)
     ]
 
@@ -198,8 +198,14 @@ def _assistant_turn(said: dict[str, Any], calls: Sequence[ToolCall]) -> Any:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+                "function": {"name": call.name, "arguments": _json(call.arguments)},
             }
             for call in calls
         ],
     }
+
+
+def _json(value: Any) -> str:
+    """`value` as the conversation's text, the same in every life of the run: an object read back
+    from the store has its keys in another order than the plugin's answer had."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -46,6 +46,7 @@ from mcp_server.engine.ports import (
 from mcp_server.engine.records import (
     TASK_RESULT,
     TASK_RESULT_REF,
+    StoredValue,
     ValueSink,
     step_record,
     stored_refs,
@@ -88,7 +89,7 @@ class _Step:
 
     index: int
     state: task_pb2.StepState
-    input: Payload | None = None
+    input: Payload | StoredValue | None = None  # once written, only its size and digest if shared
     output: Payload | None = None
     started_ns: int = 0  # when this life of the run started it (0: an earlier life did)
 
@@ -242,6 +243,8 @@ class RunContext:
                 raise
             self.written_live = live
             self._values.written(values)
+            for path in paths:
+                self._steps[path].input = self._values.release(self._steps[path].input)
             self._store_down = False
 
     def _refused(self) -> None:

@@ -24,6 +24,16 @@ STEP_OUTPUT, STEP_INPUT, STEP_OUTPUT_REF, STEP_INPUT_REF = 6, 13, 14, 15
 TASK_INPUT_REF, TASK_RESULT, TASK_RESULT_REF = 17, 6, 18
 
 
+@dataclass(frozen=True)
+class StoredValue:
+    """A value the store holds, kept in memory as its size and digest only: a written step's
+    input, which nothing reads again while the run goes on (an agent's rounds each hold the whole
+    conversation)."""
+
+    size: int
+    sha256: str
+
+
 @dataclass
 class ValueSink:
     """The task's content-addressed values: which the store holds, which the next write adds."""
@@ -33,9 +43,13 @@ class ValueSink:
     chunked_from: int = 0  # values of this size or more are stored in chunks (value_chunks.py); 0: never
 
     def encode(
-        self, payload: Payload, inline_field: int, ref_field: int, inline_below: int = SHARED_VALUE_BYTES
+        self, payload: Payload | StoredValue, inline_field: int, ref_field: int, inline_below: int = SHARED_VALUE_BYTES
     ) -> bytes:
         """The record bytes that hold `payload`: inline, or as a reference to a shared copy."""
+        if isinstance(payload, StoredValue):
+            return length_delimited(
+                ref_field, task_pb2.ValueRef(size_bytes=payload.size, sha256=payload.sha256).SerializeToString()
+            )
         if payload.size < inline_below:
             return length_delimited(inline_field, payload.serialized())
         digest = payload.sha256
@@ -54,6 +68,12 @@ class ValueSink:
             ref_field, task_pb2.ValueRef(size_bytes=payload.size, sha256=digest).SerializeToString()
         )
 
+    def release(self, payload: Payload | StoredValue | None) -> Payload | StoredValue | None:
+        """What of `payload` a record needs once it is stored: its size and digest if it is shared."""
+        if isinstance(payload, Payload) and payload.size >= SHARED_VALUE_BYTES and payload.sha256 in self.stored:
+            return StoredValue(payload.size, payload.sha256)
+        return payload
+
     def take(self) -> dict[str, bytes]:
         """The values to send with the next write (they count as stored once it succeeds)."""
         values, self.unsent = self.unsent, {}
@@ -68,7 +88,7 @@ class ValueSink:
 
 
 def step_record(
-    state: task_pb2.StepState, input_value: Payload | None, output: Payload | None, sink: ValueSink
+    state: task_pb2.StepState, input_value: Payload | StoredValue | None, output: Payload | None, sink: ValueSink
 ) -> bytes:
     """A StepState (without input or output) plus its values, serialized for the store."""
     data = state.SerializeToString()

@@ -1,7 +1,8 @@
 """Large values in chunks (engine/value_chunks.py): a chunked value is stored as chunks and a
 manifest and reads back whole; a conversation that grows by a turn a round sends and stores only
 its new bytes (and a chunk or two around them), not the whole conversation again; a value whose
-chunks are not all there reads as missing, never as other bytes."""
+chunks are not all there reads as missing, never as other bytes; a written step's input is kept
+in memory as its size and digest only."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import hashlib
 
 import pytest
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.engine.payload import Payload
-from mcp_server.engine.records import STEP_INPUT, STEP_INPUT_REF, ValueSink
+from mcp_server.engine.records import STEP_INPUT, STEP_INPUT_REF, StoredValue, ValueSink, step_record
 from mcp_server.engine.value_chunks import CHUNK_BYTES, FIRST_CHUNK_BYTES, chunk_digests, read_whole, split
 from mcp_server.state import open_store
 from tests.contract.conftest import checkpoint, new_task
@@ -81,3 +83,16 @@ async def test_a_chunked_value_reads_back_whole_or_not_at_all():
         assert seen == set(listed)
     finally:
         await store.close()
+
+
+def test_a_written_input_is_kept_as_its_size_and_digest_and_recorded_the_same():
+    sink = ValueSink(chunked_from=64 * 1024)
+    state = task_pb2.StepState(path="helper/think#3", kind="step")
+    big, small = conversation(4, 30_000), Payload.of_python({"text": "short"})
+    assert sink.release(big) is big  # not stored yet: the bytes must still be sent
+    first = step_record(state, big, small, sink)
+    sink.written(sink.take())
+    kept = sink.release(big)
+    assert kept == StoredValue(big.size, big.sha256)
+    assert step_record(state, kept, small, sink) == first  # a rewrite of the record (its end) is the same
+    assert sink.release(small) is small and sink.take() == {}  # inline: kept as it is

@@ -23,7 +23,17 @@ from rich.live import Live
 from mcp_sdk.client import Client, Tls, workflow_from
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_server.cli import bulk_actions, cancelling, deleting, events, render, reruns, schedules, upgrading
+from mcp_server.cli import (
+    bulk_actions,
+    cancelling,
+    conversations,
+    deleting,
+    events,
+    render,
+    reruns,
+    schedules,
+    upgrading,
+)
 from mcp_server.cli.graph import task_graph, to_dot, to_mermaid, workflow_graph
 from mcp_server.cli.inputs import parse_input, parse_json, parse_label
 from mcp_server.cli.tree import RunTree
@@ -159,6 +169,8 @@ async def _command(client: Client, args: argparse.Namespace) -> int:
         return await cancelling.run(client, args, out)
     elif cmd == ("task", "delete"):
         return await deleting.run(client, args, out)
+    elif cmd == ("task", "conversation"):
+        return await conversations.run(client, args, out)
     elif cmd == ("task", "watch"):
         return await watch(client, args.id, args.after, args.json, args.plain)
     elif cmd == ("task", "signal"):
@@ -337,6 +349,7 @@ def parser() -> argparse.ArgumentParser:
     lst.add_argument("--until", type=created, help="created before: RFC 3339, or a duration ago")
     cancelling.add_parser(task)
     deleting.add_parser(task)
+    conversations.add_parser(task)
     sig = task.add_parser("signal", help="send a signal to a task's wait node")
     sig.add_argument("id")
     sig.add_argument("name", help="the signal's name")

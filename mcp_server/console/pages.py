@@ -12,6 +12,7 @@ import yaml
 from aiohttp import web
 
 from mcp_sdk.client import Client
+from mcp_sdk.conversations import conversations
 from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2
 from mcp_sdk.usage import subtree_usage
@@ -25,6 +26,7 @@ from mcp_server.console.inbox import fields_of, input_schema_of, payload_of, wai
 from mcp_server.console.live import rate_limits_seen
 from mcp_server.console.present import (
     TASK_STATUSES,
+    conversation_view,
     iso,
     json_text,
     protocol_view,
@@ -114,10 +116,12 @@ async def task(
             steps.append(step)
             if len(steps) >= STEPS_SHOWN:
                 break
-    forms = []
-    if any(s.status == task_pb2.STEP_STATUS_WAITING for s in steps):
+    forms, talks = [], []
+    waiting = any(s.status == task_pb2.STEP_STATUS_WAITING for s in steps)
+    if waiting or any(s.kind == "agent" for s in steps):
         definition = await client.get_workflow(header.workflow_id, header.workflow_version)
-        forms = waiting_forms(steps, definition, answers or {})
+        forms = waiting_forms(steps, definition, answers or {}) if waiting else []
+        talks = [conversation_view(c) for c in await conversations(client, task_id, steps, definition.root)]
     below = subtree_usage(steps)
     return render(
         request,
@@ -127,6 +131,7 @@ async def task(
             "steps": [step_view(s, below.get(s.path)) for s in steps],
             "more_steps": max(0, header.step_count - len(steps)),
             "forms": forms,
+            "conversations": talks,
             "rerun": rerun_typed or rerun_form(request.query.get("rerun", ""), steps, header.workflow_version),
         },
         status=status,

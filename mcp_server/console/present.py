@@ -9,6 +9,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from mcp_sdk.conversations import Conversation, transcript
 from mcp_sdk.proto import protocol_pb2, registry_pb2, task_pb2
 from mcp_sdk.values import struct_to_dict, value_to_python
 
@@ -20,6 +21,7 @@ PREVIEW_CHARS = 20_000
 # data field left out (named in the event's "left_out" list)
 PAGE_MESSAGE_CHARS = 4096
 PAGE_DATA_FIELD_BYTES = 1024
+SHOWN_TURN_CHARS = 4000  # of one turn of an agent's conversation
 TASK_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 
 
@@ -215,3 +217,8 @@ def waits_for(wait: task_pb2.StepWait) -> str:
     if wait.event:
         return f"event {wait.event}" + (f" with key {wait.key}" if wait.key else "")
     return wait.signal or "its time"
+
+
+def conversation_view(conversation: Conversation) -> dict[str, Any]:
+    """An agent's conversation as the task page shows it: turn by turn, each cut at 4,000 characters."""
+    return {**conversation.to_json(), "lines": transcript(conversation, SHOWN_TURN_CHARS)}

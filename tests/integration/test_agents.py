@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from typing import Any
 
 import grpc
@@ -335,3 +337,47 @@ async def test_a_long_conversation_is_stored_in_chunks_and_reads_back_whole_afte
     assert await read_value(client, again.task_id, "helper/think#3", INPUT) == asked[3]  # kept, from the deleted
     assert await read_value(client, again.task_id, "helper/think#6", INPUT) == asked[6]
     assert await read_value(client, again.task_id, "", task_pb2.VALUE_FIELD_OUTPUT) == answered
+
+
+async def cli(address: str, *args: str) -> tuple[int, str, str]:
+    """`mcp --server ADDRESS ARGS...` as a process: its exit status, output and errors."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mcp_server.cli.main",
+        "--server",
+        address,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_the_cli_prints_what_the_model_was_last_asked_turn_by_turn_and_its_answer(served, testkit):
+    running, client = served
+    script = [[call("c1", "lookup", text="a"), call("c2", "shout", text="hey")]]
+    done = await run(client, workflow("talkative", agent(script)), {"question": "what is it? " + "q" * 3000})
+    assert done.status == S.TASK_STATUS_COMPLETED, done.error
+
+    code, out, _ = await cli(running.address, "task", "conversation", done.task_id)
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert code == 0 and lines == [
+        "agent helper COMPLETED, 2 round(s); what helper/think#2 was asked, and its answer",
+        "user: what is it? " + "q" * 1988 + "... (1012 more characters)",
+        'assistant calls: lookup {"text": "a"} [c1]',
+        'assistant calls: shout {"text": "hey"} [c2]',
+        'tool lookup [c1]: {"text": "afind", "trail": ["helper/find"]}',
+        'tool shout [c2]: {"said": "hey!"}',
+        "answer: done",
+    ]
+    code, out, _ = await cli(running.address, "task", "conversation", done.task_id, "--full")
+    assert code == 0 and "what is it? " + "q" * 3000 + "\n" in out
+    code, out, _ = await cli(running.address, "--json", "task", "conversation", done.task_id)
+    (talk,) = json.loads(out)["conversations"]
+    assert [m["role"] for m in talk["messages"]] == ["user", "assistant", "tool", "tool"]
+    assert talk["answer"]["text"] == "done" and talk["rounds"] == 2 and talk["round_path"] == "helper/think#2"
+    code, _, err = await cli(running.address, "task", "conversation", done.task_id, "--agent", "elsewhere")
+    assert code == 1 and "has no agent at elsewhere" in err

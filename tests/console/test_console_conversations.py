@@ -1,0 +1,58 @@
+"""An agent's conversation on the task page, in a real browser: what its model was last asked, turn
+by turn (the question, the calls it made, each tool's answer), then its answer; a tool's answer
+that holds markup shows as text; a long turn is cut, with how much more there is."""
+
+from __future__ import annotations
+
+import json
+
+from playwright.async_api import expect
+
+from mcp_sdk.proto import task_pb2
+from tests.console.conftest import screenshot
+
+
+def talkative(workflow_id: str) -> dict[str, object]:
+    script = [
+        [{"id": "c1", "name": "lookup", "arguments": {"text": "<b>tea</b>"}}],
+        [{"id": "c2", "name": "shout", "arguments": {}}],
+    ]
+    messages = "[{'role': 'user', 'content': input.question, 'script': " + json.dumps(script) + "}]"
+    tools = [
+        {"name": "lookup", "description": "Finds a text", "node": {"id": "find", "step": {"protocol": "append"}}},
+        {"name": "shout", "node": {"id": "loud", "step": {"protocol": "echo", "input": "{'said': 'LOUD'}"}}},
+    ]
+    model = {"id": "think", "step": {"protocol": "scripted_model"}}
+    return {
+        "workflow_id": workflow_id,
+        "root": {"id": "helper", "agent": {"model": model, "messages": messages, "tools": tools}},
+    }
+
+
+async def test_the_task_page_shows_an_agents_conversation_turn_by_turn(console, api, page):
+    await api.create_workflow(talkative("console-agent"))
+    task = await api.submit("console-agent", {"question": "What is in the pot? " + "p" * 5000})
+    assert (await api.result(task.task_id, timeout=10))["text"] == "done"
+    await page.goto(f"{console.console.url}/tasks/{task.task_id}")
+
+    talk = page.locator('#conversations .conversation[data-agent="helper"]')
+    await expect(talk.locator("h3")).to_contain_text("3 round(s): what helper/think#3 was asked, and its answer")
+    turns = talk.locator("li.turn")
+    whos = [" ".join(w.split()) for w in await turns.locator(".who").all_inner_texts()]
+    assert whos == [
+        "user",
+        "assistant calls",
+        "tool lookup [c1]",
+        "assistant calls",
+        "tool shout [c2]",
+        "answer",
+    ]
+    texts = await turns.locator("pre").all_inner_texts()
+    assert texts[0].startswith("What is in the pot? ppp") and texts[0].endswith("... (1020 more characters)")
+    assert texts[1] == 'lookup {"text": "<b>tea</b>"} [c1]'  # as text, not markup
+    assert json.loads(texts[2]) == {"text": "<b>tea</b>find", "trail": ["helper/find"]}
+    assert texts[3] == "shout {} [c2]" and texts[4] == '{"said": "LOUD"}' and texts[5] == "done"
+    await expect(talk.locator("b")).to_have_count(0)
+    await screenshot(page, "agent-conversation")
+    assert (await api.get(task.task_id, steps=False)).status == task_pb2.TASK_STATUS_COMPLETED
+    assert not page.problems  # type: ignore[attr-defined]

@@ -4,10 +4,12 @@ to the engine, and provider errors mapped once to what the engine retries."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,19 +33,29 @@ SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def llm_plugin() -> Iterator[str]:
+def fake_llm() -> Iterator[str]:
+    """The scripted OpenAI-compatible server's base URL (GET /requests: the bodies it received)."""
     server = subprocess.Popen([sys.executable, "-m", "tests.support.fake_llm"], stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None
     port = server.stdout.readline().split()[1]
-    plugin, address = spawn_llm_plugin(f"http://127.0.0.1:{port}/v1")
+    yield f"http://127.0.0.1:{port}"
+    stop(server)
+
+
+@pytest.fixture(scope="module")
+def llm_plugin(fake_llm: str) -> Iterator[str]:
+    plugin, address = spawn_llm_plugin(f"{fake_llm}/v1")
     yield address
-    for process in (plugin, server):
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # one stuck in a computation SIGTERM cannot reach
-            process.kill()
-            process.wait(timeout=10)
+    stop(plugin)
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # one stuck in a computation SIGTERM cannot reach
+        process.kill()
+        process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -234,10 +246,11 @@ async def test_the_llm_review_example_drafts_judges_waits_for_a_person_and_publi
 
 
 @pytest.mark.parametrize("streamed", [False, True])
-async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_conversation(client, streamed):
+async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_conversation(client, streamed, fake_llm):
     """The llm plugin's chat tells the model of the agent's tools in OpenAI's form, gives back the
     calls it makes (put together from the stream's pieces when it streams), and sends the tool's
-    answer in the next round (the fake server quotes it; streamed, it says hello)."""
+    answer in the next round (the fake server quotes it; streamed, it says hello). The model step's
+    input forces a call in the first round only (docs/workflows.md: tool_choice by round)."""
     weather = {
         "name": "weather",
         "description": "The weather in a city",
@@ -248,7 +261,8 @@ async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_convers
         "id": "think",
         "step": {
             "protocol": "chat",
-            "input": "{'messages': prev.messages, 'tools': prev.tools, 'model': 'tools-weather'}",
+            "input": "{'messages': prev.messages, 'tools': prev.tools, 'model': 'tools-weather', 'tool_choice':"
+            " prev.messages.exists(m, m.role == 'assistant') ? 'auto' : 'required'}",
             "stream": streamed,
         },
     }
@@ -256,7 +270,11 @@ async def test_chat_is_the_model_of_an_agent_whose_tool_answers_join_the_convers
         "id": "helper",
         "agent": {"model": model, "messages": "[{'role': 'user', 'content': input.prompt}]", "tools": [weather]},
     }
+    await asyncio.to_thread(urllib.request.urlopen, urllib.request.Request(f"{fake_llm}/reset", method="POST"))
     task = await run(client, workflow("weather-agent", helper), {"prompt": "What is the weather in Paris?"})
+    with await asyncio.to_thread(urllib.request.urlopen, f"{fake_llm}/requests") as answer:
+        asked = [body for body in json.load(answer) if body.get("model") == "tools-weather"]
+    assert [body["tool_choice"] for body in asked] == ["required", "auto"]
 
     assert task.status == task_pb2.TASK_STATUS_COMPLETED, task.error
     said = "Hello world" if streamed else 'In Paris: {"sky": "sunny in Paris"}'

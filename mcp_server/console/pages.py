@@ -25,6 +25,8 @@ from mcp_server.console.events import triggers_of
 from mcp_server.console.inbox import fields_of, input_schema_of, payload_of, waiting_forms
 from mcp_server.console.live import rate_limits_seen
 from mcp_server.console.present import (
+    SHOWN_AGENTS,
+    SHOWN_VALUE_BYTES,
     TASK_STATUSES,
     conversation_view,
     iso,
@@ -121,7 +123,10 @@ async def task(
     if waiting or any(s.kind == "agent" for s in steps):
         definition = await client.get_workflow(header.workflow_id, header.workflow_version)
         forms = waiting_forms(steps, definition, answers or {}) if waiting else []
-        talks = [conversation_view(c) for c in await conversations(client, task_id, steps, definition.root)]
+        found = await conversations(
+            client, task_id, steps, definition.root, max_agents=SHOWN_AGENTS, max_bytes=SHOWN_VALUE_BYTES
+        )
+        talks = [conversation_view(c) for c in found]
     below = subtree_usage(steps)
     return render(
         request,
@@ -132,6 +137,7 @@ async def task(
             "more_steps": max(0, header.step_count - len(steps)),
             "forms": forms,
             "conversations": talks,
+            "more_agents": max(0, sum(s.kind == "agent" for s in steps) - SHOWN_AGENTS),
             "rerun": rerun_typed or rerun_form(request.query.get("rerun", ""), steps, header.workflow_version),
         },
         status=status,

@@ -21,7 +21,14 @@ PREVIEW_CHARS = 20_000
 # data field left out (named in the event's "left_out" list)
 PAGE_MESSAGE_CHARS = 4096
 PAGE_DATA_FIELD_BYTES = 1024
-SHOWN_TURN_CHARS = 4000  # of one turn of an agent's conversation
+# An agent's conversation on a task page: each turn cut at SHOWN_TURN_CHARS, at most
+# SHOWN_TURN_LINES lines (the first ones and the latest), SHOWN_AGENTS agents, and what a round was
+# asked read only up to SHOWN_VALUE_BYTES (a conversation may be 16 MB, a task hold a map of agents)
+SHOWN_TURN_CHARS = 4000
+SHOWN_TURN_LINES = 300
+SHOWN_FIRST_LINES = 20
+SHOWN_AGENTS = 20
+SHOWN_VALUE_BYTES = 1024 * 1024
 TASK_STATUSES = ("pending", "running", "waiting", "completed", "failed", "cancelled")
 
 
@@ -220,5 +227,11 @@ def waits_for(wait: task_pb2.StepWait) -> str:
 
 
 def conversation_view(conversation: Conversation) -> dict[str, Any]:
-    """An agent's conversation as the task page shows it: turn by turn, each cut at 4,000 characters."""
-    return {**conversation.to_json(), "lines": transcript(conversation, SHOWN_TURN_CHARS)}
+    """An agent's conversation as the task page shows it: turn by turn, each cut at 4,000 characters,
+    its first lines and its latest past SHOWN_TURN_LINES."""
+    lines = transcript(conversation, SHOWN_TURN_CHARS)
+    if len(lines) > SHOWN_TURN_LINES:
+        hidden = len(lines) - SHOWN_TURN_LINES
+        note = ("...", f"{hidden} lines not shown here (mcp task conversation TASK_ID shows them all)")
+        lines = [*lines[:SHOWN_FIRST_LINES], note, *lines[SHOWN_FIRST_LINES + hidden :]]
+    return {**conversation.to_json(), "lines": lines}

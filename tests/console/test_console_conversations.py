@@ -56,3 +56,31 @@ async def test_the_task_page_shows_an_agents_conversation_turn_by_turn(console, 
     await screenshot(page, "agent-conversation")
     assert (await api.get(task.task_id, steps=False)).status == task_pb2.TASK_STATUS_COMPLETED
     assert not page.problems  # type: ignore[attr-defined]
+
+
+async def test_a_page_reads_a_bounded_part_of_many_or_large_conversations(console, api, page):
+    """A map of 22 agents shows 20 conversations and says how many more there are; a round asked
+    with more than 1 MB says so, and how to read it, instead of reading it into the page."""
+    script = [[{"id": "c1", "name": "fetch", "arguments": {"bytes": 1_200_000, "tag": "big"}}]]
+    big_first = "prev == 0 ? " + json.dumps(script) + " : []"  # the first agent's answer is 1.2 MB
+    messages = "[{'role': 'user', 'content': 'item ' + string(prev), 'script': " + big_first + "}]"
+    tools = [{"name": "fetch", "node": {"id": "read", "step": {"protocol": "sized"}}}]
+    agent = {"model": {"id": "think", "step": {"protocol": "scripted_model"}}, "messages": messages, "tools": tools}
+    body = {"id": "helper", "agent": agent}
+    mapped = {"id": "all", "map": {"items": "input.items", "body": body}}
+    await api.create_workflow({"workflow_id": "many-agents", "root": mapped})
+    task = await api.submit("many-agents", {"items": list(range(22))})
+    await api.result(task.task_id, timeout=60)
+
+    await page.goto(f"{console.console.url}/tasks/{task.task_id}")
+    talks = page.locator("#conversations .conversation")
+    await expect(talks).to_have_count(20)
+    await expect(page.locator("#conversations")).to_contain_text("2 more agents are not shown here")
+    first = talks.first
+    unread = f"mcp task conversation {task.task_id} --agent all/helper[0]"
+    await expect(first.locator(".unread")).to_contain_text(unread)
+    await expect(first.locator("li.turn .who")).to_have_count(0)  # what round 2 was asked is 1.2 MB: not read
+    second = talks.nth(1)
+    await expect(second.locator(".unread")).to_have_count(0)
+    await expect(second.locator("li.turn .who")).to_have_text(["user", "answer"])
+    assert not page.problems  # type: ignore[attr-defined]

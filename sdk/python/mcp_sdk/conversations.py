@@ -32,6 +32,7 @@ class Conversation:
     round_path: str  # the latest round's step path ("" before the first)
     messages: list[Any]  # what that round asked the model
     answer: Any  # what the model answered in it (None while it has not)
+    unread_bytes: int = 0  # the size of what was not read, being above the `max_bytes` asked for
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +42,7 @@ class Conversation:
             "round_path": self.round_path,
             "messages": self.messages,
             "answer": self.answer,
+            "unread_bytes": self.unread_bytes,
         }
 
 
@@ -66,22 +68,35 @@ def latest_rounds(
 
 
 async def conversations(
-    client: Client, task_id: str, steps: Sequence[task_pb2.StepState], root: workflow_pb2.Node, agent_path: str = ""
+    client: Client,
+    task_id: str,
+    steps: Sequence[task_pb2.StepState],
+    root: workflow_pb2.Node,
+    agent_path: str = "",
+    *,
+    max_agents: int | None = None,
+    max_bytes: int | None = None,
 ) -> list[Conversation]:
-    """The conversations of the task's agents (only the one at `agent_path`, if given)."""
-    found = []
+    """The conversations of the task's agents (only the one at `agent_path`, if given; the first
+    `max_agents`), a round's input or output above `max_bytes` left unread (its size kept)."""
+    found: list[Conversation] = []
     for agent, latest, rounds in latest_rounds(steps, root):
         if agent_path and agent.path != agent_path:
             continue
+        if max_agents is not None and len(found) >= max_agents:
+            break
         messages: list[Any] = []
         answer: Any = None
+        unread = 0
         if latest is not None:
-            asked = await _value(client, task_id, latest, "input")
-            messages = list(asked.get("messages") or []) if isinstance(asked, dict) else []
+            asked, unread = await _value(client, task_id, latest, "input", max_bytes)
+            listed = asked.get("messages") if isinstance(asked, dict) else None
+            messages = list(listed) if isinstance(listed, list) else []
             if latest.status == task_pb2.STEP_STATUS_COMPLETED:
-                answer = await _value(client, task_id, latest, "output")
+                answer, unread_answer = await _value(client, task_id, latest, "output", max_bytes)
+                unread += unread_answer
         status = task_pb2.StepStatus.Name(agent.status).removeprefix("STEP_STATUS_")
-        found.append(Conversation(agent.path, status, rounds, latest.path if latest else "", messages, answer))
+        found.append(Conversation(agent.path, status, rounds, latest.path if latest else "", messages, answer, unread))
     return found
 
 
@@ -135,14 +150,20 @@ def _round_of(path: str, prefix: str) -> int:
     return int(number) if number.isdigit() else 0
 
 
-async def _value(client: Client, task_id: str, step: task_pb2.StepState, name: str) -> Any:
-    """A step's input or output: inline in its state, or read by reference."""
+async def _value(
+    client: Client, task_id: str, step: task_pb2.StepState, name: str, max_bytes: int | None
+) -> tuple[Any, int]:
+    """A step's input or output (inline in its state, or read by reference), and 0; or None and
+    its size when it is above `max_bytes`."""
     if step.HasField(name):
-        return value_to_python(getattr(step, name))
-    if getattr(step, f"{name}_ref").sha256:
-        field = task_pb2.VALUE_FIELD_INPUT if name == "input" else task_pb2.VALUE_FIELD_OUTPUT
-        return await client.read_value(task_id, step.path, field)
-    return None
+        return value_to_python(getattr(step, name)), 0
+    ref = getattr(step, f"{name}_ref")
+    if not ref.sha256:
+        return None, 0
+    if max_bytes is not None and ref.size_bytes > max_bytes:
+        return None, ref.size_bytes
+    field = task_pb2.VALUE_FIELD_INPUT if name == "input" else task_pb2.VALUE_FIELD_OUTPUT
+    return await client.read_value(task_id, step.path, field), 0
 
 
 def _text(value: Any) -> str:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from mcp_sdk.client import Client, Tls
 from mcp_sdk.errors import McpError
-from mcp_server.console import bulk, bulk_actions, events, live, pages, subworkflows
+from mcp_server.console import bulk, bulk_actions, conversations, events, live, pages, subworkflows
 from mcp_server.console import schedules as schedule_pages
 from mcp_server.console.base import API, SECRET, SESSION, TEMPLATES, render, wants_json
 from mcp_server.console.session import CSRF_FIELD, CSRF_HEADER, SEED_COOKIE, session_of, set_cookie
@@ -148,6 +148,7 @@ def create_app(client: Client, secret: bytes | None = None) -> web.Application:
     app.router.add_get("/tasks/{task_id}/earlier.json", live.earlier_events)
     app.router.add_get("/tasks/{task_id}/task.json", live.task_json)
     app.router.add_get("/tasks/{task_id}/step.json", live.step_values)
+    app.router.add_get("/tasks/{task_id}/conversations", conversations.conversations_fragment)
     app.router.add_get("/tasks/{task_id}/value", live.whole_value)
     app.router.add_get("/tasks/{task_id}/graph.mmd", live.task_graph_text)
     app.router.add_post("/tasks/{task_id}/cancel", pages.cancel)

@@ -12,23 +12,20 @@ import yaml
 from aiohttp import web
 
 from mcp_sdk.client import Client
-from mcp_sdk.conversations import conversations
 from mcp_sdk.errors import McpError
-from mcp_sdk.proto import task_pb2
+from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_sdk.usage import subtree_usage
 from mcp_sdk.values import message_to_dict, strict_json, struct_to_dict, value_to_python
 from mcp_sdk.workflow_tree import node_at
 from mcp_server.cli.graph import to_mermaid, workflow_graph
 from mcp_server.console import bulk, subworkflows
 from mcp_server.console.base import api, render
+from mcp_server.console.conversations import conversations_context
 from mcp_server.console.events import triggers_of
 from mcp_server.console.inbox import fields_of, input_schema_of, payload_of, waiting_forms
 from mcp_server.console.live import rate_limits_seen
 from mcp_server.console.present import (
-    SHOWN_AGENTS,
-    SHOWN_VALUE_BYTES,
     TASK_STATUSES,
-    conversation_view,
     iso,
     json_text,
     protocol_view,
@@ -118,15 +115,8 @@ async def task(
             steps.append(step)
             if len(steps) >= STEPS_SHOWN:
                 break
-    forms, talks = [], []
-    waiting = any(s.status == task_pb2.STEP_STATUS_WAITING for s in steps)
-    if waiting or any(s.kind == "agent" for s in steps):
-        definition = await client.get_workflow(header.workflow_id, header.workflow_version)
-        forms = waiting_forms(steps, definition, answers or {}) if waiting else []
-        found = await conversations(
-            client, task_id, steps, definition.root, max_agents=SHOWN_AGENTS, max_bytes=SHOWN_VALUE_BYTES
-        )
-        talks = [conversation_view(c) for c in found]
+    definition = await _definition_of(client, header)
+    forms = waiting_forms(steps, definition, answers or {})
     below = subtree_usage(steps)
     return render(
         request,
@@ -136,12 +126,21 @@ async def task(
             "steps": [step_view(s, below.get(s.path)) for s in steps],
             "more_steps": max(0, header.step_count - len(steps)),
             "forms": forms,
-            "conversations": talks,
-            "more_agents": max(0, sum(s.kind == "agent" for s in steps) - SHOWN_AGENTS),
+            **await conversations_context(client, task_id, steps, definition),
             "rerun": rerun_typed or rerun_form(request.query.get("rerun", ""), steps, header.workflow_version),
         },
         status=status,
     )
+
+
+async def _definition_of(client: Client, task: task_pb2.Task) -> workflow_pb2.Workflow:
+    """The version the task runs (an empty one should it be gone: the page shows the task still)."""
+    try:
+        return await client.get_workflow(task.workflow_id, task.workflow_version)
+    except McpError as error:
+        if error.code != grpc.StatusCode.NOT_FOUND:
+            raise
+        return workflow_pb2.Workflow()
 
 
 def rerun_form(path: str, steps: list[task_pb2.StepState], version: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ that holds markup shows as text; a long turn is cut, with how much more there is
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from playwright.async_api import expect
@@ -83,4 +84,27 @@ async def test_a_page_reads_a_bounded_part_of_many_or_large_conversations(consol
     second = talks.nth(1)
     await expect(second.locator(".unread")).to_have_count(0)
     await expect(second.locator("li.turn .who")).to_have_text(["user", "answer"])
+    assert not page.problems  # type: ignore[attr-defined]
+
+
+async def test_a_running_agents_conversation_follows_its_rounds_without_a_reload(console, api, page):
+    script = [[{"id": "c1", "name": "nap", "arguments": {"ms": 1500}}]]
+    messages = "[{'role': 'user', 'content': 'Take a nap', 'script': " + json.dumps(script) + "}]"
+    tools = [{"name": "nap", "node": {"id": "nap", "step": {"protocol": "sleep"}}}]
+    agent = {"model": {"id": "think", "step": {"protocol": "scripted_model"}}, "messages": messages, "tools": tools}
+    await api.create_workflow({"workflow_id": "napping-agent", "root": {"id": "helper", "agent": agent}})
+    task = await api.submit("napping-agent", {})
+    async with asyncio.timeout(10):
+        while not any(s.path == "helper/nap" for s in (await api.get(task.task_id)).steps):
+            await asyncio.sleep(0.05)
+
+    await page.goto(f"{console.console.url}/tasks/{task.task_id}")
+    talk = page.locator('#conversations .conversation[data-agent="helper"]')
+    await expect(talk.locator("h3")).to_contain_text("1 round(s)")
+    await expect(talk.locator("li.turn pre")).to_have_text(["Take a nap", 'nap {"ms": 1500} [c1]'])
+    await expect(page.locator("#status")).to_have_text("COMPLETED", timeout=10_000)
+    await expect(talk.locator("h3")).to_contain_text("2 round(s): what helper/think#2 was asked")
+    await expect(talk.locator("li.turn .who")).to_have_text(
+        ["user", "assistant calls", "tool nap [c1]", "answer"], timeout=5_000
+    )
     assert not page.problems  # type: ignore[attr-defined]

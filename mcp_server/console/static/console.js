@@ -342,6 +342,20 @@ function taskPage() {
   const scheduleGraph = (delay) => {
     if (graphDue === null) graphDue = setTimeout(() => whenIdle(redrawGraph), delay);
   };
+  // Agents' conversations are drawn again (from the server, escaped there) a second after a step
+  // ends, at most once a second, and at the task's end.
+  const talks = document.getElementById("conversations");
+  let talksDue = null;
+  const redrawTalks = async () => {
+    talksDue = null;
+    const response = await fetch(talks.dataset.source, { credentials: "same-origin" });
+    if (!response.ok) return;
+    talks.innerHTML = await response.text();
+    talks.hidden = !talks.querySelector(".conversation");
+  };
+  const scheduleTalks = (delay) => {
+    if (talks && talksDue === null) talksDue = setTimeout(redrawTalks, delay);
+  };
   // The first drawing (which loads Mermaid) comes before the event stream opens, so that no live
   // event waits behind it; events written meanwhile arrive in the stream's replay.
   if (document.getElementById("status").textContent === "RUNNING" && document.querySelector("form.answer")) untilParked(taskId);
@@ -371,6 +385,7 @@ function taskPage() {
         if (event.type === "STEP_FAILED") row.querySelector("p.error").textContent = event.message;
         if (event.type === "STEP_COMPLETED" && event.sequence > liveAfter) refreshStep(taskId, event.step_path, row);
         if (event.type === "STEP_STARTED" || event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") scheduleGraph(5000);
+        if ((event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") && event.sequence > liveAfter) scheduleTalks(1000);
       }
       if ((event.type === "STEP_RETRYING" || event.type === "FALLBACK_USED") && event.step_path && event.sequence > liveAfter) {
         const attempts = stepRow(event.step_path, event.protocol).querySelector(".attempts");
@@ -408,6 +423,10 @@ function taskPage() {
         clearTimeout(graphDue);
         graphDue = null;
         whenIdle(redrawGraph);
+        if (talks) {
+          clearTimeout(talksDue);
+          redrawTalks();
+        }
       }
     });
     stream.addEventListener("end", () => stream.close());

@@ -49,7 +49,7 @@ from mcp_server.engine.records import (
     StoredValue,
     ValueSink,
     step_record,
-    stored_refs,
+    take_input,
     take_value,
 )
 from mcp_server.engine.restored_steps import TASK_SCOPE, outputs_by_scope
@@ -138,13 +138,11 @@ class RunContext:
         """Load the step records and values an earlier life of this run wrote."""
         records = await self.store.read_steps(self.task.task_id, 0, self.task.step_count)
         states = [(r.index, task_pb2.StepState.FromString(r.data)) for r in records]
-        digests = sorted({d for _, state in states for d in stored_refs(state)})
+        digests = sorted({state.output_ref.sha256 for _, state in states if state.output_ref.sha256})
         values = await read_whole(self.store, self.task.task_id, digests, self._values.stored) if digests else {}
         self._values.stored.update(values)
         for index, state in states:
-            self._steps[state.path] = _Step(
-                index, state, take_value(state, "input", values), take_value(state, "output", values)
-            )
+            self._steps[state.path] = _Step(index, state, take_input(state), take_value(state, "output", values))
             if state.status == task_pb2.STEP_STATUS_WAITING and state.wait.signal and not state.reused:
                 deadline_ms = state.wait.deadline.ToMilliseconds() if state.wait.HasField("deadline") else 0
                 since_ms = state.start_time.ToMilliseconds()

@@ -53,20 +53,23 @@ class ValueSink:
         if payload.size < inline_below:
             return length_delimited(inline_field, payload.serialized())
         digest = payload.sha256
-        if digest in self.stored or digest in self.unsent:
-            pass
-        elif payload.size >= self.chunked_from > 0:
-            listed = []
-            for chunk_digest, chunk in split(payload.serialized()):
-                listed.append(chunk_digest)
-                if chunk_digest not in self.stored:
-                    self.unsent.setdefault(chunk_digest, chunk)
-            self.unsent[digest] = manifest(listed)
-        else:
-            self.unsent[digest] = payload.serialized()
+        if digest not in self.stored and digest not in self.unsent:
+            self._add(payload, digest)
         return length_delimited(
             ref_field, task_pb2.ValueRef(size_bytes=payload.size, sha256=digest).SerializeToString()
         )
+
+    def _add(self, payload: Payload, digest: str) -> None:
+        """Send `payload` with the next write: whole, or as the chunks the store lacks and its manifest."""
+        if payload.size < self.chunked_from or self.chunked_from <= 0:
+            self.unsent[digest] = payload.serialized()
+            return
+        listed = []
+        for chunk_digest, chunk in split(payload.serialized()):
+            listed.append(chunk_digest)
+            if chunk_digest not in self.stored:
+                self.unsent.setdefault(chunk_digest, chunk)
+        self.unsent[digest] = manifest(listed)
 
     def release(self, payload: Payload | StoredValue | None) -> Payload | StoredValue | None:
         """What of `payload` a record needs once it is stored: its size and digest if it is shared."""
@@ -107,9 +110,17 @@ def value_of(inline: Payload | None, ref: task_pb2.ValueRef | None, values: dict
     return inline
 
 
-def stored_refs(state: task_pb2.StepState) -> list[str]:
-    """The digests a stored step record refers to."""
-    return [ref.sha256 for ref in (state.input_ref, state.output_ref) if ref.sha256]
+def take_input(state: task_pb2.StepState) -> Payload | StoredValue | None:
+    """Move a stored step's input out of its record: inline, or its size and digest (a run that
+    resumes reads no step's input: only a record written again needs it, as a reference)."""
+    value: Payload | StoredValue | None = None
+    if state.HasField("input"):
+        value = Payload.of_bytes(state.input.SerializeToString(deterministic=True))
+    elif state.input_ref.sha256:
+        value = StoredValue(state.input_ref.size_bytes, state.input_ref.sha256)
+    state.ClearField("input")
+    state.ClearField("input_ref")
+    return value
 
 
 def take_value(state: task_pb2.StepState, name: str, values: dict[str, bytes]) -> Payload | None:

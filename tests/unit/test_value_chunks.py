@@ -2,7 +2,7 @@
 manifest and reads back whole; a conversation that grows by a turn a round sends and stores only
 its new bytes (and a chunk or two around them), not the whole conversation again; a value whose
 chunks are not all there reads as missing, never as other bytes; a written step's input is kept
-in memory as its size and digest only."""
+in memory as its size and digest only, and a resumed run reads no step's input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import hashlib
 import pytest
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.context import RunContext
 from mcp_server.engine.payload import Payload
+from mcp_server.engine.ports import StepRecord
 from mcp_server.engine.records import STEP_INPUT, STEP_INPUT_REF, StoredValue, ValueSink, step_record
 from mcp_server.engine.value_chunks import CHUNK_BYTES, FIRST_CHUNK_BYTES, chunk_digests, read_whole, split
 from mcp_server.state import open_store
@@ -96,3 +98,43 @@ def test_a_written_input_is_kept_as_its_size_and_digest_and_recorded_the_same():
     assert kept == StoredValue(big.size, big.sha256)
     assert step_record(state, kept, small, sink) == first  # a rewrite of the record (its end) is the same
     assert sink.release(small) is small and sink.take() == {}  # inline: kept as it is
+
+
+class ReadsSeen:
+    """The real store, noting which values a caller reads."""
+
+    def __init__(self, store):
+        self.store, self.read = store, []
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    async def read_values(self, task_id, digests):
+        self.read.extend(digests)
+        return await self.store.read_values(task_id, digests)
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_run_reads_its_steps_outputs_and_not_their_inputs():
+    store = await open_store("sqlite://:memory:")
+    try:
+        task, event = new_task()
+        await store.queue.create_task(task, event)
+        claimed, token = await store.queue.claim_task("me", 30)
+        sink = ValueSink(chunked_from=64 * 1024)
+        asked, said = conversation(5, 30_000), Payload.of_python({"text": "y" * 5000})
+        state = task_pb2.StepState(path="helper/think#5", kind="step", status=task_pb2.STEP_STATUS_COMPLETED)
+        record = step_record(state, asked, said, sink)
+        await store.tasks.save_checkpoint(
+            checkpoint(claimed, token, 2, [], [StepRecord(0, state.path, record)], sink.take())
+        )
+        claimed.step_count = 1
+        spy = ReadsSeen(store.tasks)
+        run = RunContext(task=claimed, store=spy, caller=None, lease_token=token, task_input=Payload.of_python({}))
+        await run.restore()
+        assert spy.read == [said.sha256]  # not the 120 KB conversation the model was asked
+        assert run._steps[state.path].input == StoredValue(asked.size, asked.sha256)
+        assert run._steps[state.path].output.python() == {"text": "y" * 5000}
+        assert run._record(state.path) == record  # written again, it refers to the same input
+    finally:
+        await store.close()

@@ -1,5 +1,6 @@
 """Agents' conversations on a task's page: drawn with the page, and sent again as the agents go on
-(`/tasks/{id}/conversations`, which the page's script asks for after a step of the task ends)."""
+(`/tasks/{id}/conversations`, which the page's script asks for after a step inside an agent ends,
+or any step while the page shows fewer agents than it may)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mcp_sdk.workflow_tree import all_nodes
 from mcp_server.console.base import api, render
 from mcp_server.console.present import SHOWN_AGENTS, SHOWN_VALUE_BYTES, conversation_view
 
-STEPS_READ = 5000  # of a task's steps, to find its agents' latest rounds
+STEPS_READ = 1000  # of a task's steps, to find its agents' latest rounds: as many as its page lists
 
 
 async def conversations_context(
@@ -23,7 +24,7 @@ async def conversations_context(
 ) -> dict[str, Any]:
     """What the conversations' part of a task page shows (bounded: present.py)."""
     if not any(node.WhichOneof("kind") == "agent" for _, node in all_nodes(definition.root)):
-        return {"has_agents": False, "conversations": [], "more_agents": 0}
+        return {"has_agents": False, "conversations": [], "more_agents": 0, "max_agents": SHOWN_AGENTS}
     found = await conversations(
         client, task_id, steps, definition.root, max_agents=SHOWN_AGENTS, max_bytes=SHOWN_VALUE_BYTES
     )
@@ -31,6 +32,7 @@ async def conversations_context(
         "has_agents": True,
         "conversations": [conversation_view(c) for c in found],
         "more_agents": max(0, sum(s.kind == "agent" for s in steps) - SHOWN_AGENTS),
+        "max_agents": SHOWN_AGENTS,
     }
 
 

@@ -343,8 +343,13 @@ function taskPage() {
     if (graphDue === null) graphDue = setTimeout(() => whenIdle(redrawGraph), delay);
   };
   // Agents' conversations are drawn again (from the server, escaped there) a second after a step
-  // ends, at most once a second, and at the task's end.
+  // inside a shown agent ends (or any step, while fewer agents are shown than may be), at most once
+  // a second, and at the task's end.
   const talks = document.getElementById("conversations");
+  const concernsTalks = (path) => {
+    const shown = [...talks.querySelectorAll(".conversation")];
+    return shown.length < Number(talks.dataset.maxAgents) || shown.some((c) => path.startsWith(`${c.dataset.agent}/`));
+  };
   let talksDue = null;
   const redrawTalks = async () => {
     talksDue = null;
@@ -385,7 +390,7 @@ function taskPage() {
         if (event.type === "STEP_FAILED") row.querySelector("p.error").textContent = event.message;
         if (event.type === "STEP_COMPLETED" && event.sequence > liveAfter) refreshStep(taskId, event.step_path, row);
         if (event.type === "STEP_STARTED" || event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") scheduleGraph(5000);
-        if ((event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") && event.sequence > liveAfter) scheduleTalks(1000);
+        if ((event.type === "STEP_COMPLETED" || event.type === "STEP_FAILED") && event.sequence > liveAfter && talks && concernsTalks(event.step_path)) scheduleTalks(1000);
       }
       if ((event.type === "STEP_RETRYING" || event.type === "FALLBACK_USED") && event.step_path && event.sequence > liveAfter) {
         const attempts = stepRow(event.step_path, event.protocol).querySelector(".attempts");

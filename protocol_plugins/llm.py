@@ -13,6 +13,8 @@ provider error is mapped once to the status the engine retries by (llm_errors.py
   time, as the engine's wait schemas are) and, when it does not fit, asked again with the
   validation errors, at most `repairs` times (default 2); an answer cut at max_tokens
   is its own error (OUT_OF_RANGE), never retried blindly.
+- `embed`: {input (a text or a list of texts), model, dimensions} -> {embeddings, dimensions,
+  model, usage}: one vector per text, in order.
 - `judge` (a supervisor): the model judges a supervise node's children against `criteria` and
   accepts, retries them with feedback, or rejects.
 - `route` (a router): the model picks an adaptive node's next state.
@@ -284,6 +286,43 @@ VERDICT_SCHEMA = compile_schema(
         "required": ["verdict", "feedback"],
     }
 )
+
+
+MAX_EMBED_TEXTS = 2048  # what OpenAI's embeddings endpoint takes in one request
+
+
+@plugin.protocol(
+    "embed",
+    type=T.PROTOCOL_TYPE_TRANSFORM,
+    description="Embeddings of `input` (a text or a list of texts): {embeddings (one per text, in order), dimensions,"
+    " model, usage}",
+)
+async def embed(data: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    given = data.get("input")
+    texts = [given] if isinstance(given, str) else given
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError("`input` must be a text, or a list of texts, none of them empty")
+    if len(texts) > MAX_EMBED_TEXTS:
+        raise ValueError(f"`input` holds {len(texts)} texts; one call embeds at most {MAX_EMBED_TEXTS}")
+    options: dict[str, Any] = {k: v for k, v in options_of(data, ctx).items() if k in ("model", "timeout")}
+    if data.get("dimensions") is not None:
+        options["dimensions"] = int(data["dimensions"])
+    try:
+        response = await client().embeddings.create(input=texts, encoding_format="float", **options)
+    except openai.OpenAIError as exc:
+        raise provider_error(exc) from None
+    if response.usage is not None:
+        ctx.report_usage(prompt_tokens=response.usage.prompt_tokens or 0)
+    vectors = [item.embedding for item in sorted(response.data, key=lambda item: item.index)]
+    if len(vectors) != len(texts):
+        answered = f"the model server answered {len(vectors)} embeddings for {len(texts)} texts"
+        raise ProtocolError(S.UNAVAILABLE, answered)
+    return {
+        "embeddings": vectors,
+        "dimensions": len(vectors[0]),
+        "model": response.model,
+        "usage": dict(ctx.usage),
+    }
 
 
 @plugin.protocol(

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from google.protobuf import json_format
@@ -302,3 +303,38 @@ async def test_the_agent_example_runs_and_tells_the_model_of_a_tool_it_does_not_
     assert text == "In Paris: " + json.dumps(
         {"error": "there is no tool named 'weather'; the tools are: entities, summary, ask_person"}
     )
+
+
+async def test_embed_gives_one_vector_per_text_in_order_and_a_cached_step_asks_once(client, fake_llm):
+    """The fake server answers the vectors out of order, as it may; the plugin puts them back. A
+    cache on the step (a RAG pipeline embedding the same passages again) asks the server once."""
+    embed = {
+        "id": "vectors",
+        "step": {"protocol": "embed", "input": "{'input': input.texts, 'model': 'emb'}", "cache": {"ttl": "60s"}},
+    }
+    texts = ["tea", "a banana", "eee"]
+    await asyncio.to_thread(urllib.request.urlopen, urllib.request.Request(f"{fake_llm}/reset", method="POST"))
+    first = await run(client, workflow("embedder", embed), {"texts": texts})
+    again = await run(client, workflow("embedder", embed), {"texts": texts})
+
+    assert first.status == again.status == task_pb2.TASK_STATUS_COMPLETED, first.error
+    out = json_format.MessageToDict(first.result)
+    assert out["embeddings"] == [[3, 1, 1, 23], [8, 4, 0, 59], [3, 0, 3, 12]] and out["dimensions"] == 4
+    assert out["model"] == "emb" and dict(first.usage) == {"prompt_tokens": 4}
+    assert json_format.MessageToDict(again.result) == out and not dict(again.usage)  # from the cache
+    with await asyncio.to_thread(urllib.request.urlopen, f"{fake_llm}/requests") as answer:
+        assert [body["input"] for body in json.load(answer)] == [texts]
+
+
+async def test_embed_refuses_what_it_cannot_embed(client):
+    cases = {
+        "no input": "{'model': 'emb'}",
+        "an empty text": "{'input': ['fine', ''], 'model': 'emb'}",
+        "a number": "{'input': [1, 2], 'model': 'emb'}",
+        "a model that does not embed": "{'input': 'x', 'model': '400'}",
+    }
+    for name, given in cases.items():
+        wf = workflow(f"embed-{len(given)}", {"id": "vectors", "step": {"protocol": "embed", "input": given}})
+        task = await run(client, wf, {})
+        assert task.status == task_pb2.TASK_STATUS_FAILED, name
+        assert task.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], (name, task.error)

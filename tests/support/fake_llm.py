@@ -181,6 +181,29 @@ async def stream_call(request: web.Request, model: str) -> web.StreamResponse:
     return response
 
 
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    """Four numbers per text, from its length and letters (the same text, the same vector), as
+    OpenAI answers; model "400" refuses."""
+    body = await request.json()
+    received.append(body)
+    model = body.get("model", "")
+    if model == "400":
+        return error(400, "this model does not embed")
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": [float(len(t)), float(t.count("a")), float(t.count("e")), float(sum(map(ord, t)) % 97)],
+        }
+        for i, t in reversed(list(enumerate(texts)))  # out of order: the client must put them back
+    ]
+    words = sum(len(t.split()) for t in texts)
+    return web.json_response(
+        {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": words, "total_tokens": words}}
+    )
+
+
 async def requests(request: web.Request) -> web.StreamResponse:
     return web.json_response(received)
 
@@ -194,6 +217,7 @@ async def reset(request: web.Request) -> web.StreamResponse:
 async def main() -> None:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/requests", requests)
     app.router.add_post("/reset", reset)
     runner = web.AppRunner(app)

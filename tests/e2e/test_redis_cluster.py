@@ -21,6 +21,7 @@ from tests.conftest import Client, client_for_address
 from tests.e2e.test_recovery import assert_gapless, assert_no_finished_step_ran_twice
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, plugin_stats, step, submit, workflow
+from tests.integration.test_agents import long_conversation_reads_back
 from tests.support.processes import replica_set
 from tests.support.redis_cluster import LocalCluster, start_cluster
 
@@ -201,3 +202,12 @@ async def test_a_cluster_with_a_slot_not_served_is_not_serving_and_answers_unava
             failures += 1
     assert failures > 0
     await client.channel.close()
+
+
+async def test_a_long_conversation_in_chunks_reads_back_on_the_cluster(server_factory, testkit, cluster_url):
+    running = await server_factory(store=cluster_url)
+    client = client_for_address(running.address)
+    try:
+        await long_conversation_reads_back(client, testkit)
+    finally:
+        await client.channel.close()

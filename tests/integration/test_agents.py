@@ -312,7 +312,13 @@ async def read_value(client, task_id: str, step_path: str, field: int) -> Any:
 async def test_a_long_conversation_is_stored_in_chunks_and_reads_back_whole_after_its_source_is_deleted(
     served, testkit
 ):
-    _, client = served
+    await long_conversation_reads_back(served[1], testkit)
+
+
+async def long_conversation_reads_back(client, testkit) -> None:
+    """An agent asked five times with a conversation that grows by 100 KB a round: each round's
+    input reads back whole, a rerun keeps the rounds before its call, and its source's deletion
+    leaves the rerun's kept values readable (their chunks copied to it)."""
     script = [[call(f"c{n}", "fetch", bytes=100_000, tag=f"file{n}")] for n in range(1, 6)]
     tools = [{"name": "fetch", "description": "Reads a file", "node": step("read", "sized")}]
     original = await run(client, workflow("long-talk", agent(script, tools)), {"question": "?"})

@@ -9,6 +9,7 @@ with ReadValue.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,26 +79,33 @@ async def conversations(
     max_bytes: int | None = None,
 ) -> list[Conversation]:
     """The conversations of the task's agents (only the one at `agent_path`, if given; the first
-    `max_agents`), a round's input or output above `max_bytes` left unread (its size kept)."""
-    found: list[Conversation] = []
-    for agent, latest, rounds in latest_rounds(steps, root):
-        if agent_path and agent.path != agent_path:
-            continue
-        if max_agents is not None and len(found) >= max_agents:
-            break
-        messages: list[Any] = []
-        answer: Any = None
-        unread = 0
-        if latest is not None:
-            asked, unread = await _value(client, task_id, latest, "input", max_bytes)
-            listed = asked.get("messages") if isinstance(asked, dict) else None
-            messages = list(listed) if isinstance(listed, list) else []
-            if latest.status == task_pb2.STEP_STATUS_COMPLETED:
-                answer, unread_answer = await _value(client, task_id, latest, "output", max_bytes)
-                unread += unread_answer
-        status = task_pb2.StepStatus.Name(agent.status).removeprefix("STEP_STATUS_")
-        found.append(Conversation(agent.path, status, rounds, latest.path if latest else "", messages, answer, unread))
-    return found
+    `max_agents`), a round's input or output above `max_bytes` left unread (its size kept); their
+    values are read side by side."""
+    chosen = [found for found in latest_rounds(steps, root) if not agent_path or found[0].path == agent_path]
+    agents = chosen[:max_agents] if max_agents is not None else chosen
+    return list(await asyncio.gather(*(_conversation(client, task_id, *found, max_bytes) for found in agents)))
+
+
+async def _conversation(
+    client: Client,
+    task_id: str,
+    agent: task_pb2.StepState,
+    latest: task_pb2.StepState | None,
+    rounds: int,
+    max_bytes: int | None,
+) -> Conversation:
+    messages: list[Any] = []
+    answer: Any = None
+    unread = 0
+    if latest is not None:
+        asked, unread = await _value(client, task_id, latest, "input", max_bytes)
+        listed = asked.get("messages") if isinstance(asked, dict) else None
+        messages = list(listed) if isinstance(listed, list) else []
+        if latest.status == task_pb2.STEP_STATUS_COMPLETED:
+            answer, unread_answer = await _value(client, task_id, latest, "output", max_bytes)
+            unread += unread_answer
+    status = task_pb2.StepStatus.Name(agent.status).removeprefix("STEP_STATUS_")
+    return Conversation(agent.path, status, rounds, latest.path if latest else "", messages, answer, unread)
 
 
 def transcript(conversation: Conversation, limit: int | None = None) -> list[tuple[str, str]]:

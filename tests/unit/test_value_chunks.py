@@ -59,32 +59,37 @@ def test_a_growing_conversation_stores_its_new_bytes_only():
     assert sent_chunked < sent_whole / 6
 
 
-@pytest.mark.asyncio
-async def test_a_chunked_value_reads_back_whole_or_not_at_all():
+@pytest.fixture
+async def running():
+    """An embedded store holding one task, claimed: (store, the task, its lease token)."""
     store = await open_store("sqlite://:memory:")
-    try:
-        task, event = new_task()
-        await store.queue.create_task(task, event)
-        claimed, token = await store.queue.claim_task("me", 30)
-        sink = ValueSink(chunked_from=64 * 1024)
-        big, small = conversation(6, 40_000), Payload.of_python({"text": "y" * 5000})
-        for value in (big, small):
-            sink.encode(value, STEP_INPUT, STEP_INPUT_REF)
-        values = sink.take()
-        listed = chunk_digests(values[big.sha256])
-        assert listed is not None and len(listed) == len(list(split(big.serialized())))
-        assert chunk_digests(values[small.sha256]) is None  # below the size: whole
-        seen: set[str] = set()
-        without_one = {d: v for d, v in values.items() if d != listed[3]}
-        await store.tasks.save_checkpoint(checkpoint(claimed, token, 2, [], [], without_one))
-        found = await read_whole(store.tasks, task.task_id, [big.sha256, small.sha256], seen)
-        assert found == {small.sha256: small.serialized()}  # a chunk is missing: the value is too
-        await store.tasks.save_checkpoint(checkpoint(claimed, token, 2, [], [], {listed[3]: values[listed[3]]}))
-        found = await read_whole(store.tasks, task.task_id, [big.sha256, small.sha256], seen)
-        assert found == {big.sha256: big.serialized(), small.sha256: small.serialized()}
-        assert seen == set(listed)
-    finally:
-        await store.close()
+    task, event = new_task()
+    await store.queue.create_task(task, event)
+    claimed, token = await store.queue.claim_task("me", 30)
+    yield store, claimed, token
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_chunked_value_reads_back_whole_or_not_at_all(running):
+    store, claimed, token = running
+    sink = ValueSink(chunked_from=64 * 1024)
+    big, small = conversation(6, 40_000), Payload.of_python({"text": "y" * 5000})
+    for value in (big, small):
+        sink.encode(value, STEP_INPUT, STEP_INPUT_REF)
+    values = sink.take()
+    listed = chunk_digests(values[big.sha256])
+    assert listed is not None and len(listed) == len(list(split(big.serialized())))
+    assert chunk_digests(values[small.sha256]) is None  # below the size: whole
+    seen: set[str] = set()
+    without_one = {d: v for d, v in values.items() if d != listed[3]}
+    await store.tasks.save_checkpoint(checkpoint(claimed, token, 2, [], [], without_one))
+    found = await read_whole(store.tasks, claimed.task_id, [big.sha256, small.sha256], seen)
+    assert found == {small.sha256: small.serialized()}  # a chunk is missing: the value is too
+    await store.tasks.save_checkpoint(checkpoint(claimed, token, 2, [], [], {listed[3]: values[listed[3]]}))
+    found = await read_whole(store.tasks, claimed.task_id, [big.sha256, small.sha256], seen)
+    assert found == {big.sha256: big.serialized(), small.sha256: small.serialized()}
+    assert seen == set(listed)
 
 
 def test_a_written_input_is_kept_as_its_size_and_digest_and_recorded_the_same():
@@ -115,26 +120,20 @@ class ReadsSeen:
 
 
 @pytest.mark.asyncio
-async def test_a_resumed_run_reads_its_steps_outputs_and_not_their_inputs():
-    store = await open_store("sqlite://:memory:")
-    try:
-        task, event = new_task()
-        await store.queue.create_task(task, event)
-        claimed, token = await store.queue.claim_task("me", 30)
-        sink = ValueSink(chunked_from=64 * 1024)
-        asked, said = conversation(5, 30_000), Payload.of_python({"text": "y" * 5000})
-        state = task_pb2.StepState(path="helper/think#5", kind="step", status=task_pb2.STEP_STATUS_COMPLETED)
-        record = step_record(state, asked, said, sink)
-        await store.tasks.save_checkpoint(
-            checkpoint(claimed, token, 2, [], [StepRecord(0, state.path, record)], sink.take())
-        )
-        claimed.step_count = 1
-        spy = ReadsSeen(store.tasks)
-        run = RunContext(task=claimed, store=spy, caller=None, lease_token=token, task_input=Payload.of_python({}))
-        await run.restore()
-        assert spy.read == [said.sha256]  # not the 120 KB conversation the model was asked
-        assert run._steps[state.path].input == StoredValue(asked.size, asked.sha256)
-        assert run._steps[state.path].output.python() == {"text": "y" * 5000}
-        assert run._record(state.path) == record  # written again, it refers to the same input
-    finally:
-        await store.close()
+async def test_a_resumed_run_reads_its_steps_outputs_and_not_their_inputs(running):
+    store, claimed, token = running
+    sink = ValueSink(chunked_from=64 * 1024)
+    asked, said = conversation(5, 30_000), Payload.of_python({"text": "y" * 5000})
+    state = task_pb2.StepState(path="helper/think#5", kind="step", status=task_pb2.STEP_STATUS_COMPLETED)
+    record = step_record(state, asked, said, sink)
+    await store.tasks.save_checkpoint(
+        checkpoint(claimed, token, 2, [], [StepRecord(0, state.path, record)], sink.take())
+    )
+    claimed.step_count = 1
+    spy = ReadsSeen(store.tasks)
+    run = RunContext(task=claimed, store=spy, caller=None, lease_token=token, task_input=Payload.of_python({}))
+    await run.restore()
+    assert spy.read == [said.sha256]  # not the 120 KB conversation the model was asked
+    assert run._steps[state.path].input == StoredValue(asked.size, asked.sha256)
+    assert run._steps[state.path].output.python() == {"text": "y" * 5000}
+    assert run._record(state.path) == record  # written again, it refers to the same input

@@ -18,8 +18,6 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from mcp_sdk.proto import task_pb2, workflow_pb2
-from mcp_server.settings import Limits
-from tests.conftest import client_for
 from tests.helpers import create, refused, run, step, step_states, submit, violations, wait_done, workflow
 from tests.integration.test_cancel_cleanup import started
 from tests.integration.test_reruns import calls_of, rerun
@@ -56,14 +54,6 @@ def lookup() -> dict[str, Any]:
 
 def shout() -> dict[str, Any]:
     return {"name": "shout", "description": "Says it louder", "node": step("loud", "echo", "{'said': prev.text + '!'}")}
-
-
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url, limits=Limits())
-    client = client_for(running)
-    yield running, client
-    await client.channel.close()
 
 
 async def test_each_round_runs_the_calls_the_model_made_and_the_last_answers(served, testkit):

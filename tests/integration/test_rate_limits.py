@@ -60,14 +60,6 @@ def most_in_a_window(times: list[float], period: float) -> int:
     return max(sum(1 for t in times if start <= t < start + period - ARRIVAL_JITTER) for start in times)
 
 
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url)
-    client = client_for(running)
-    yield running, client
-    await client.channel.close()
-
-
 async def test_fifteen_calls_under_five_a_second_never_pass_the_limit_and_wait_visibly(served, testkit):
     _, client = served
     tag = uuid.uuid4().hex

@@ -12,8 +12,6 @@ import grpc
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.settings import Limits
-from tests.conftest import client_for
 from tests.helpers import create, error_reason, refused, step, step_states, submit, violations, wait_done, workflow
 from tests.integration.test_cancel_cleanup import cancel, started
 from tests.integration.test_recover import seq
@@ -25,14 +23,6 @@ DONE = task_pb2.STEP_STATUS_COMPLETED
 FAILED = task_pb2.STEP_STATUS_FAILED
 SLOW = "{'ms': 10000}"
 REFUSE = "{'code': 'INVALID_ARGUMENT'}"
-
-
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url, limits=Limits())
-    client = client_for(running)
-    yield running, client
-    await client.channel.close()
 
 
 def recover(node_id: str, body: dict[str, Any], handler: dict[str, Any], **extra: Any) -> dict[str, Any]:

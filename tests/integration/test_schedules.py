@@ -61,14 +61,6 @@ async def sleepy(client: Any, name: str | None = None) -> str:
     return workflow_id
 
 
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url)
-    client = client_for(running)
-    yield running, client
-    await client.channel.close()
-
-
 async def test_every_second_on_two_replicas_starts_one_task_per_fire_time_and_none_after_delete(
     server_factory, redis_url
 ):

@@ -7,19 +7,11 @@ from __future__ import annotations
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from tests.conftest import Client, client_for
+from tests.conftest import Client
 from tests.helpers import create, run, step, step_states, workflow
 
 pytestmark = pytest.mark.asyncio
 USED = "{'prompt_tokens': 10, 'completion_tokens': 5, 'cost': 0.25}"
-
-
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url)
-    client = client_for(running)
-    yield running, client
-    await client.channel.close()
 
 
 async def full(client: Client, task_id: str) -> task_pb2.Task:

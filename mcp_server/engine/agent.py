@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mcp_server.engine.cancelling import cancel_all
 from mcp_server.engine.cleanup_replay import replaying
 from mcp_server.engine.context import NodeFailed, NodeResult, RunContext
 from mcp_server.engine.executor import child_path, evaluate, execute, runs
@@ -111,18 +112,16 @@ async def _run_calls(
 
 async def _until_one_fails(pending: Sequence[asyncio.Future[Any]]) -> list[Any]:
     """The calls' results; once one fails, the others are cancelled and the first failure (in call
-    order) is raised. Cancelled itself (the task, a park), it cancels them all."""
+    order) is raised. Cancelled itself (the task, a park, a timeout around it), it cancels them
+    all and waits until each has recorded its cancel, so none is left running in the record."""
     try:
         await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
     except BaseException:
-        for call in pending:
-            call.cancel()
+        await cancel_all(pending)
         raise
     errors = [call.exception() for call in pending if call.done() and not call.cancelled()]
     if first := next((error for error in errors if error is not None), None):
-        for call in pending:
-            call.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)  # each records its cancel
+        await cancel_all(pending)
         raise first
     return [call.result() for call in pending]
 

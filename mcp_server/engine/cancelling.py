@@ -31,6 +31,15 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
         await asyncio.wait([task])  # raises nothing of the task's; a cancellation of the caller propagates
 
 
+async def cancel_all(futures: Collection[asyncio.Future[Any]]) -> None:
+    """Cancel `futures` and wait until each has ended (and so recorded how it ended: a node
+    cancelled records its cancel as it unwinds, which must come before its owner's end)."""
+    for future in futures:
+        future.cancel()
+    if futures:
+        await asyncio.gather(*futures, return_exceptions=True)
+
+
 def raise_if_cancelled() -> None:
     """Raise CancelledError if this task was asked to stop and something it awaited swallowed
     the request (see above); a task that handles a cancellation and goes on must call

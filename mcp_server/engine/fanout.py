@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
+from mcp_server.engine.cancelling import cancel_all
 from mcp_server.engine.cleanup_replay import replaying
 from mcp_server.engine.context import NodeFailed, NodeResult
 
@@ -78,17 +78,10 @@ async def join_branches(
                 break
             start_next()  # the slot it held goes to the next branch
     finally:
-        await _cancel_all(pending)
+        await cancel_all(pending)
     first = failures[min(failures)]
     raise NodeFailed(
         first.code,
         f"{owner}: {len(failures)} of {len(branches)} branches failed,"
         f" {required} needed to complete; first: {first.message}",
     )
-
-
-async def _cancel_all(pending: set[asyncio.Future[Any]]) -> None:
-    for future in pending:
-        future.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)

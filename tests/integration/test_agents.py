@@ -377,3 +377,18 @@ async def test_the_cli_prints_what_the_model_was_last_asked_turn_by_turn_and_its
     assert talk["answer"]["text"] == "done" and talk["rounds"] == 2 and talk["round_path"] == "helper/think#2"
     code, _, err = await cli(running.address, "task", "conversation", done.task_id, "--agent", "elsewhere")
     assert code == 1 and "has no agent at elsewhere" in err
+
+
+async def test_a_timeout_around_an_agent_leaves_none_of_its_calls_running(served, testkit):
+    _, client = served
+    tools = [{"name": "nap", "node": step("nap", "sleep", "{'ms': 20000}")}, shout()]
+    script = [[call("c1", "nap"), call("c2", "shout", text="x")]]
+    bounded = {"id": "outer", "sequence": {"children": [agent(script, tools)]}, "timeout": "0.5s"}
+    done = await run(client, workflow("cut-short", bounded), {"question": "?"})
+
+    assert done.status == S.TASK_STATUS_FAILED and done.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    states = step_states(done)
+    assert states["outer/helper/nap"].status == task_pb2.STEP_STATUS_CANCELLED  # recorded before the task ended
+    assert states["outer/helper/loud"].status == task_pb2.STEP_STATUS_COMPLETED
+    assert states["outer/helper"].status == task_pb2.STEP_STATUS_CANCELLED
+    assert not [path for path, state in states.items() if state.status == task_pb2.STEP_STATUS_RUNNING]

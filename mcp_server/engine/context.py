@@ -91,7 +91,7 @@ class _Step:
     state: task_pb2.StepState
     input: Payload | StoredValue | None = None  # once written, only its size and digest if shared
     output: Payload | None = None
-    started_ns: int = 0  # when this life of the run started it (0: an earlier life did)
+    started_ns: int = 0  # when it began, once this life of the run has begun or resumed it (else 0)
 
 
 @dataclass
@@ -312,6 +312,7 @@ class RunContext:
         ):
             # An earlier life of the run began it: a wait waits on, a composite goes on, both from
             # when they began (a leaf in progress then is run again: it starts anew)
+            step.started_ns = step.started_ns or state.start_time.ToNanoseconds()
             return state
         if state.status == task_pb2.STEP_STATUS_RUNNING and state.HasField("start_time"):
             # a leaf an earlier life began runs again, and counts from when it first began: its
@@ -419,11 +420,15 @@ class RunContext:
             and not step.state.reused  # kept by a rerun: it took a signal of the task it reruns
         }
 
-    def abandon_unfinished(self, code: str, message: str) -> None:
-        """Mark every step still running, waiting or not begun as cancelled (a cancelled task's last write)."""
+    def abandon_unfinished(self, code: str, message: str, *, earlier_lives_only: bool = False) -> None:
+        """Mark every step still running, waiting or not begun as cancelled (a cancelled task's last
+        write); `earlier_lives_only`: those an earlier life of the run left so and this life did
+        not come back to (a task that ended otherwise: a timeout ran out first, a branch failed)."""
         for path, step in self._steps.items():
-            if step.state.status in UNFINISHED:
+            if step.state.status in UNFINISHED and not (earlier_lives_only and step.started_ns):
                 self.fail(path, code, message, cancelled=True)
+        if earlier_lives_only:
+            return
         for path in list(self.suspensions.waiters):
             self.suspensions.ended(path, None)
 

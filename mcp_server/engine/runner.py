@@ -62,6 +62,7 @@ from mcp_server.settings import Limits
 log = logging.getLogger(__name__)
 # imported so that each registers its runner
 NODE_KINDS = (adaptive, agent, mapping, parallel, publish, recover, sequence, step, subworkflow, supervise, waiting)
+_NOT_COME_BACK_TO = "the task ended before its run, resumed after a restart, came back to this step"
 
 
 class TaskRunner:
@@ -262,6 +263,8 @@ class TaskRunner:
     @staticmethod
     def _finish(ctx: RunContext, status: int, event: int, code: str, message: str) -> None:
         task = ctx.task
+        if status != task_pb2.TASK_STATUS_CANCELLED:  # a cancel marks every unfinished step itself
+            ctx.abandon_unfinished("CANCELLED", _NOT_COME_BACK_TO, earlier_lives_only=True)
         task.status = status  # type: ignore[assignment]
         task.end_time.CopyFrom(now())
         if code != "OK":

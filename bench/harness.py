@@ -91,10 +91,12 @@ def start_orchestrator(
     replica: str = "bench",
     code: Path | None = None,
     wrapper: Sequence[str] = (),
+    log_to: str | None = None,
     **env: str,
 ) -> Proc:
     """Run an orchestrator process; `code` runs another checkout of the server (a baseline),
-    `wrapper` is a command it runs under (valgrind, say)."""
+    `wrapper` is a command it runs under (valgrind, say). Its output goes to a pipe read until it
+    listens, or to the file `log_to` (a long soak: a pipe nobody reads would fill and stall it)."""
     address = f"127.0.0.1:{free_port()}"
     args = [*wrapper, sys.executable, "-m", "mcp_server", "--listen", address, "--store", store]
     args += ["--replica-id", replica]
@@ -105,6 +107,13 @@ def start_orchestrator(
         environment["PYTHONPATH"] = os.pathsep.join(
             p for p in (environment.get("PYTHONPATH", ""), *import_paths(code)) if p
         )
+    if log_to is not None:
+        with open(log_to, "a") as log:
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, text=True, env=environment, cwd=code)
+        while "listening on" not in Path(log_to).read_text(errors="replace"):
+            assert process.poll() is None, f"orchestrator did not start: see {log_to}"
+            time.sleep(0.05)
+        return Proc(process, address)
     process = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=code
     )

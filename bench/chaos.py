@@ -1,0 +1,323 @@
+"""`python -m bench.chaos [--seconds 120] [--store redis|sqlite] [--replicas 2] [--seed N]`: a soak
+of random workflows under kill -9.
+
+The workflows are the property tests' (tests/property/test_random_workflows.py: every node kind,
+nested, subworkflows, recover nodes that clean up, agents, timeouts, failing and flaky steps). A
+steady load of them runs on `--replicas` orchestrator processes sharing one store, some cancelled
+at random moments, while a replica is killed -9 every 0.5-3 s and started again. Submissions go to
+a random live replica and are retried on another with the same request id when it dies.
+
+Once the kills stop, every task must end, and then for each: no step left running or without an
+end time, no internal error, no step called more often than its recorded attempts plus, for each time
+its task was resumed, the attempts a killed life may have made before writing them (calls are
+at-least-once: docs/plugins.md), and a cancelled
+task's clean-up with an outcome. Prints what it saw and each task that broke one of these, with
+its workflow written to a file to replay; exits 1 if any did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+
+from bench.harness import Orchestrated, Proc, free_port, start_orchestrator, start_plugin
+from bench.report import table
+from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
+from mcp_server.engine.values import struct_to_dict
+from tests.support.random_workflows import definitions, store_subworkflows
+from tests.support.redis_server import start_redis_server
+
+LEASE_SECONDS = "1.5"  # a killed replica's tasks are taken over within 1.5 s
+TERMINAL = {task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED}
+MAX_ATTEMPTS = 2  # of every step tests/property/test_random_workflows.py generates
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+
+
+def generated(count: int, seed: int, sleep_ms: int) -> list[dict[str, Any]]:
+    """`count` random workflow roots, the same for the same seed, their sleeping steps sleeping
+    `sleep_ms` (so that more kills land while a task runs)."""
+    found: list[dict[str, Any]] = []
+
+    @hypothesis_seed(seed)
+    @settings(
+        max_examples=count,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(definitions)
+    def collect(root: dict[str, Any]) -> None:
+        found.append(root)
+
+    collect()
+    for root in found:
+        _slow_down(root, sleep_ms)
+    return found
+
+
+def _slow_down(node: Any, sleep_ms: int) -> None:
+    if isinstance(node, dict):
+        step = node.get("step")
+        if isinstance(step, dict) and step.get("protocol") == "sleep":
+            step["input"] = f"{{'ms': {sleep_ms}}}"
+        for value in node.values():
+            _slow_down(value, sleep_ms)
+    elif isinstance(node, list):
+        for value in node:
+            _slow_down(value, sleep_ms)
+
+
+@dataclass
+class Replicas:
+    """The orchestrator processes and a client of each; a killed one is None until restarted."""
+
+    store: str
+    plugin: str
+    procs: list[Proc | None] = field(default_factory=list)
+    clients: list[Orchestrated | None] = field(default_factory=list)
+    kills: int = 0
+    starts: int = 0
+    logs: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="chaos-logs-"))
+    dead: list[Orchestrated] = field(default_factory=list)  # closed at the end: calls may be in flight on them
+
+    async def start(self, index: int) -> None:
+        def start() -> Proc:
+            return start_orchestrator(
+                self.store, [self.plugin], f"chaos{index}", log_to=self.log_to(index), MCP_LEASE_SECONDS=LEASE_SECONDS
+            )
+
+        proc = await asyncio.to_thread(start)
+        self.procs[index], self.clients[index] = proc, Orchestrated(proc.address)
+
+    def log_to(self, index: int) -> str:
+        """A log file per life of a replica, in this soak's directory of logs."""
+        self.starts += 1
+        return str(Path(self.logs) / f"replica-{index}-life-{self.starts}.log")
+
+    async def kill(self, index: int) -> None:
+        proc, client = self.procs[index], self.clients[index]
+        self.procs[index] = self.clients[index] = None
+        if proc is not None:
+            proc.process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.process.wait)
+            self.kills += 1
+        if client is not None:
+            self.dead.append(client)
+
+    def any_client(self) -> Orchestrated:
+        live = [client for client in self.clients if client is not None]
+        return random.choice(live)
+
+    async def close(self) -> None:
+        for client in [*self.clients, *self.dead]:
+            if client is not None:
+                await client.close()
+
+    async def call(self, method: str, request: Any, timeout: float = 60) -> Any:
+        """`method` of TaskService on a live replica, again on another while they die."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await getattr(self.any_client().tasks, method)(request, timeout=10)
+            except (grpc.aio.AioRpcError, IndexError) as error:
+                if isinstance(error, grpc.aio.AioRpcError) and error.code() not in RETRYABLE:
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+
+@dataclass
+class Soak:
+    replicas: Replicas
+    roots: dict[str, dict[str, Any]]
+    tasks: dict[str, str] = field(default_factory=dict)  # task id: workflow id
+    cancels: int = 0
+    refused_cancels: int = 0
+
+    async def one(self, workflow_id: str) -> None:
+        request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, request_id=uuid.uuid4().hex)
+        request.input_data.update({"n": 0})
+        task = (await self.replicas.call("SubmitTask", request)).task
+        self.tasks[task.task_id] = workflow_id
+        if random.random() < 0.15:
+            await asyncio.sleep(random.choice([0.0, 0.005, 0.02, 0.1]))
+            self.cancels += 1
+            try:
+                await self.replicas.call("CancelTask", task_pb2.CancelTaskRequest(task_id=task.task_id, reason="chaos"))
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.FAILED_PRECONDITION:  # it had ended
+                    raise
+                self.refused_cancels += 1
+        await self.ended(task.task_id, timeout=300)
+
+    async def ended(self, task_id: str, timeout: float) -> task_pb2.Task:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            request = task_pb2.GetTaskRequest(task_id=task_id, view=task_pb2.TASK_VIEW_BASIC)
+            task: task_pb2.Task = (await self.replicas.call("GetTask", request)).task
+            if task.status in TERMINAL:
+                return task
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"task {task_id} did not end within {timeout} s")
+
+    async def load(self, until: float, in_flight: int) -> None:
+        async def worker() -> None:
+            while time.monotonic() < until:
+                await self.one(random.choice(list(self.roots)))
+
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+    async def killer(self, until: float) -> None:
+        while time.monotonic() < until:
+            await asyncio.sleep(random.uniform(0.5, 3))
+            index = random.randrange(len(self.replicas.procs))
+            await self.replicas.kill(index)
+            await asyncio.sleep(random.uniform(0, 1))
+            await self.replicas.start(index)
+
+
+def problems(task: task_pb2.Task, calls: dict[str, int], resumes: int) -> list[str]:
+    """What breaks the soak's invariants in one finished task."""
+    found = []
+    if "internal error" in task.error.message:
+        found.append(f"internal error: {task.error.message}")
+    cleaned_up = task.status == task_pb2.TASK_STATUS_CANCELLED and task.HasField("cancel_request")
+    if cleaned_up and task.cancel_request.outcome not in ("done", "failed", "cut_short"):
+        found.append(f"clean-up without an outcome: {task.cancel_request}")
+    for state in task.steps:
+        if state.status == task_pb2.STEP_STATUS_RUNNING:
+            found.append(f"step {state.path} left running")
+        elif not state.HasField("end_time"):
+            found.append(f"step {state.path} has no end time")
+        if state.protocol:
+            made = calls.get(f"{task.task_id}/{state.path}/{state.protocol}", 0)
+            # a life that was killed may have made every attempt its retry policy allows before
+            # writing any of them (the generator's steps make at most MAX_ATTEMPTS)
+            if made > state.attempts + resumes * MAX_ATTEMPTS:
+                found.append(f"step {state.path}: {made} calls, {state.attempts} attempts, {resumes} resumes")
+    return found
+
+
+async def resumes_of(replicas: Replicas, task_id: str) -> int:
+    client = replicas.any_client()
+    count = 0
+    async for message in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task_id)):
+        count += sum(1 for event in message.events if event.type == task_pb2.TASK_EVENT_TYPE_RESUMED)
+        if any(event.type in (12, 13, 14) for event in message.events):  # COMPLETED, FAILED, CANCELLED
+            break
+    return count
+
+
+async def soak(args: argparse.Namespace) -> int:
+    random.seed(args.seed)
+    plugin = start_plugin()
+    redis_process = None
+    if args.store == "redis":
+        port = free_port()
+        redis_process = start_redis_server(
+            port, tempfile.mkdtemp(prefix="chaos-redis-"), "--appendonly", "yes", "--appendfsync", "always"
+        )
+        store = f"redis://127.0.0.1:{port}/0"
+    else:
+        store = f"sqlite:///{tempfile.mkdtemp(prefix='chaos-')}/mcp.db"
+    replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas)
+    for index in range(args.replicas):
+        await replicas.start(index)
+    try:
+        roots: dict[str, dict[str, Any]] = {}
+        client = replicas.any_client()
+
+        async def create(workflow_id: str, root: dict[str, Any]) -> None:
+            await client.create({"workflow_id": workflow_id, "root": root})
+
+        for root in generated(args.workflows, args.seed, args.sleep_ms):
+            await store_subworkflows(create, root)
+            workflow_id = f"chaos-{len(roots)}"
+            roots[workflow_id] = root
+            await create(workflow_id, root)
+        run = Soak(replicas, roots)
+        until = time.monotonic() + args.seconds
+        started = time.monotonic()
+        await asyncio.gather(run.load(until, args.in_flight), run.killer(until))
+        soaked = time.monotonic() - started
+        return await report(run, args, soaked)
+    finally:
+        await replicas.close()
+        for proc in replicas.procs:
+            if proc is not None:
+                proc.stop()
+        plugin.stop()
+        if redis_process is not None:
+            redis_process.kill()
+
+
+async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
+    async with grpc.aio.insecure_channel(run.replicas.plugin) as channel:
+        stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
+        calls = struct_to_dict((await stub.Execute(protocol_pb2.ExecuteRequest(protocol="stats"))).output)["calls"]
+    statuses: collections.Counter[str] = collections.Counter()
+    broken: dict[str, list[str]] = {}
+    resumed = 0
+    for task_id, workflow_id in run.tasks.items():
+        task = (await run.replicas.call("GetTask", task_pb2.GetTaskRequest(task_id=task_id))).task
+        statuses[task_pb2.TaskStatus.Name(task.status)] += 1
+        resumes = await resumes_of(run.replicas, task_id)
+        resumed += resumes > 0
+        if found := problems(task, calls, resumes):
+            found.insert(0, f"{task_pb2.TaskStatus.Name(task.status)} {task.error.message!r}, resumed {resumes} times")
+            found.extend(
+                f"  {s.path} {task_pb2.StepStatus.Name(s.status)} attempts {s.attempts} {s.error.message!r}"
+                for s in task.steps
+            )
+            broken[task_id] = found
+            path = Path(tempfile.gettempdir()) / f"chaos-{task_id}.json"
+            path.write_text(json.dumps(run.roots[workflow_id], indent=1))
+            found.append(f"workflow: {path}")
+    rows: list[tuple[str, float | str, str]] = [
+        ("seconds under kills", round(soaked, 1), f"{args.replicas} replicas on {args.store}"),
+        ("replicas killed -9", run.replicas.kills, f"their logs: {run.replicas.logs}"),
+        ("tasks", len(run.tasks), f"{len(run.roots)} random workflows, {args.in_flight} at a time"),
+        *((f"  {status}", count, "") for status, count in sorted(statuses.items())),
+        ("tasks resumed by another life", resumed, ""),
+        ("cancels asked", run.cancels, f"{run.refused_cancels} came after the task had ended"),
+        ("tasks that broke an invariant", len(broken), ""),
+    ]
+    table("chaos: random workflows under kill -9", rows)
+    for task_id, found in broken.items():
+        print(f"\n  task {task_id}:")
+        for line in found:
+            print(f"    {line}")
+    return 1 if broken else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--workflows", type=int, default=60)
+    parser.add_argument("--in-flight", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sleep-ms", type=int, default=300, help="what the workflows' sleeping steps sleep")
+    sys.exit(asyncio.run(soak(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,18 +1,20 @@
-"""`python -m bench.chaos [--seconds 120] [--store redis|sqlite] [--replicas 2] [--seed N]`: a soak
-of random workflows under kill -9.
+"""`python -m bench.chaos [--seconds 120] [--store redis|sqlite] [--replicas 2] [--kill-redis]
+[--seed N]`: a soak of random workflows under kill -9.
 
-The workflows are the property tests' (tests/property/test_random_workflows.py: every node kind,
-nested, subworkflows, recover nodes that clean up, agents, timeouts, failing and flaky steps). A
-steady load of them runs on `--replicas` orchestrator processes sharing one store, some cancelled
-at random moments, while a replica is killed -9 every 0.5-3 s and started again. Submissions go to
-a random live replica and are retried on another with the same request id when it dies.
+The workflows are the property tests' (tests/support/random_workflows.py: every node kind, nested,
+subworkflows, recover nodes that clean up, agents, waits for a signal, durable sleeps, timeouts,
+failing and flaky steps). A steady load of them runs on `--replicas` orchestrator processes
+sharing one store, some signalled and some cancelled at random moments, while a replica is killed
+-9 every 0.5-3 s and started again (with `--kill-redis`, a quarter of the kills are of Redis,
+restarted from its AOF after up to 2 s). Every call goes to a random live replica and is retried
+on another with the same request id when it dies.
 
 Once the kills stop, every task must end, and then for each: no step left running or without an
-end time, no internal error, no step called more often than its recorded attempts plus, for each time
-its task was resumed, the attempts a killed life may have made before writing them (calls are
-at-least-once: docs/plugins.md), and a cancelled
-task's clean-up with an outcome. Prints what it saw and each task that broke one of these, with
-its workflow written to a file to replay; exits 1 if any did.
+end time, no internal error, no signal taken by two steps or received twice, no step called more
+often than its recorded attempts plus, for each time its task was resumed, the attempts a killed
+life may have made before writing them (calls are at-least-once: docs/plugins.md), and a
+cancelled task's clean-up with an outcome. Prints what it saw and each task that broke one of
+these, with its workflow written to a file to replay; exits 1 if any did.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import collections
 import json
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +42,7 @@ from bench.harness import Orchestrated, Proc, free_port, start_orchestrator, sta
 from bench.report import table
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 from mcp_server.engine.values import struct_to_dict
-from tests.support.random_workflows import definitions, store_subworkflows
+from tests.support.random_workflows import SIGNAL, definitions, store_subworkflows, waits_inside
 from tests.support.redis_server import start_redis_server
 
 LEASE_SECONDS = "1.5"  # a killed replica's tasks are taken over within 1.5 s
@@ -144,18 +147,59 @@ class Replicas:
 
 
 @dataclass
+class OwnRedis:
+    """The soak's own Redis (AOF, fsync always), which `--kill-redis` kills -9 and restarts."""
+
+    port: int = field(default_factory=free_port)
+    directory: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="chaos-redis-"))
+    process: subprocess.Popen[bytes] | None = None
+    kills: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        options = ("--appendonly", "yes", "--appendfsync", "always")
+        self.process = await asyncio.to_thread(start_redis_server, self.port, self.directory, *options)
+
+    async def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+            self.kills += 1
+
+
+@dataclass
+class History:
+    """What one task's event log says: how often it was resumed, and which signals (by request
+    id) were received, as often as each was."""
+
+    resumes: int = 0
+    received: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+@dataclass
 class Soak:
     replicas: Replicas
     roots: dict[str, dict[str, Any]]
+    redis: OwnRedis | None = None  # killed too, when given
     tasks: dict[str, str] = field(default_factory=dict)  # task id: workflow id
     cancels: int = 0
     refused_cancels: int = 0
+    # the request ids of the signals each task accepted (a retry on another replica reuses its id)
+    signals: collections.defaultdict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
+    refused_signals: collections.Counter[str] = field(default_factory=collections.Counter)
 
     async def one(self, workflow_id: str) -> None:
         request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, request_id=uuid.uuid4().hex)
         request.input_data.update({"n": 0})
         task = (await self.replicas.call("SubmitTask", request)).task
         self.tasks[task.task_id] = workflow_id
+        if waits_inside(self.roots[workflow_id], ("wait",)) and random.random() < 0.6:
+            for _ in range(random.randint(1, 3)):
+                await asyncio.sleep(random.uniform(0, 0.3))
+                await self.signal(task.task_id)
         if random.random() < 0.15:
             await asyncio.sleep(random.choice([0.0, 0.005, 0.02, 0.1]))
             self.cancels += 1
@@ -166,6 +210,20 @@ class Soak:
                     raise
                 self.refused_cancels += 1
         await self.ended(task.task_id, timeout=300)
+
+    async def signal(self, task_id: str) -> None:
+        request = task_pb2.SignalTaskRequest(task_id=task_id, signal=SIGNAL, request_id=uuid.uuid4().hex)
+        request.payload.struct_value.update({"approved": True})
+        try:
+            await self.replicas.call("SignalTask", request)
+        except grpc.aio.AioRpcError as error:
+            # a task that had ended (FAILED_PRECONDITION), a name only its subworkflows declare
+            # (INVALID_ARGUMENT: they are stored apart, out of `roots`)
+            if error.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                raise
+            self.refused_signals[error.code().name] += 1
+            return
+        self.signals[task_id].add(request.request_id)
 
     async def ended(self, task_id: str, timeout: float) -> task_pb2.Task:
         deadline = time.monotonic() + timeout
@@ -187,13 +245,18 @@ class Soak:
     async def killer(self, until: float) -> None:
         while time.monotonic() < until:
             await asyncio.sleep(random.uniform(0.5, 3))
+            if self.redis is not None and random.random() < 0.25:
+                await self.redis.kill()
+                await asyncio.sleep(random.uniform(0.2, 2))
+                await self.redis.start()
+                continue
             index = random.randrange(len(self.replicas.procs))
             await self.replicas.kill(index)
             await asyncio.sleep(random.uniform(0, 1))
             await self.replicas.start(index)
 
 
-def problems(task: task_pb2.Task, calls: dict[str, int], resumes: int) -> list[str]:
+def problems(task: task_pb2.Task, calls: dict[str, int], history: History, sent: set[str]) -> list[str]:
     """What breaks the soak's invariants in one finished task."""
     found = []
     if "internal error" in task.error.message:
@@ -201,6 +264,7 @@ def problems(task: task_pb2.Task, calls: dict[str, int], resumes: int) -> list[s
     cleaned_up = task.status == task_pb2.TASK_STATUS_CANCELLED and task.HasField("cancel_request")
     if cleaned_up and task.cancel_request.outcome not in ("done", "failed", "cut_short"):
         found.append(f"clean-up without an outcome: {task.cancel_request}")
+    taken: collections.Counter[str] = collections.Counter()
     for state in task.steps:
         if state.status == task_pb2.STEP_STATUS_RUNNING:
             found.append(f"step {state.path} left running")
@@ -210,31 +274,38 @@ def problems(task: task_pb2.Task, calls: dict[str, int], resumes: int) -> list[s
             made = calls.get(f"{task.task_id}/{state.path}/{state.protocol}", 0)
             # a life that was killed may have made every attempt its retry policy allows before
             # writing any of them (the generator's steps make at most MAX_ATTEMPTS)
-            if made > state.attempts + resumes * MAX_ATTEMPTS:
-                found.append(f"step {state.path}: {made} calls, {state.attempts} attempts, {resumes} resumes")
+            if made > state.attempts + history.resumes * MAX_ATTEMPTS:
+                found.append(f"step {state.path}: {made} calls, {state.attempts} attempts, {history.resumes} resumes")
+        if state.status == task_pb2.STEP_STATUS_COMPLETED and state.wait.received_sequence:
+            taken[state.wait.request_id] += 1
+    # exactly once (docs/waits.md): a signal reaches one step, and is received once
+    found += [f"signal {request_id} taken by {n} steps" for request_id, n in taken.items() if n > 1]
+    found += [f"signal {request_id} received {n} times" for request_id, n in history.received.items() if n > 1]
+    found += [f"signal {request_id} taken, never sent" for request_id in set(taken) - sent]
     return found
 
 
-async def resumes_of(replicas: Replicas, task_id: str) -> int:
-    client = replicas.any_client()
-    count = 0
-    async for message in client.tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task_id)):
-        count += sum(1 for event in message.events if event.type == task_pb2.TASK_EVENT_TYPE_RESUMED)
+async def history_of(replicas: Replicas, task_id: str) -> History:
+    history = History()
+    async for message in replicas.any_client().tasks.WatchTaskEvents(task_pb2.WatchTaskRequest(task_id=task_id)):
+        for event in message.events:
+            if event.type == task_pb2.TASK_EVENT_TYPE_RESUMED:
+                history.resumes += 1
+            elif event.type == task_pb2.TASK_EVENT_TYPE_SIGNAL_RECEIVED:
+                history.received[event.data["request_id"]] += 1
         if any(event.type in (12, 13, 14) for event in message.events):  # COMPLETED, FAILED, CANCELLED
             break
-    return count
+    return history
 
 
 async def soak(args: argparse.Namespace) -> int:
     random.seed(args.seed)
     plugin = start_plugin()
-    redis_process = None
+    redis = None
     if args.store == "redis":
-        port = free_port()
-        redis_process = start_redis_server(
-            port, tempfile.mkdtemp(prefix="chaos-redis-"), "--appendonly", "yes", "--appendfsync", "always"
-        )
-        store = f"redis://127.0.0.1:{port}/0"
+        redis = OwnRedis()
+        await redis.start()
+        store = redis.url
     else:
         store = f"sqlite:///{tempfile.mkdtemp(prefix='chaos-')}/mcp.db"
     replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas)
@@ -252,7 +323,7 @@ async def soak(args: argparse.Namespace) -> int:
             workflow_id = f"chaos-{len(roots)}"
             roots[workflow_id] = root
             await create(workflow_id, root)
-        run = Soak(replicas, roots)
+        run = Soak(replicas, roots, redis if args.kill_redis else None)
         until = time.monotonic() + args.seconds
         started = time.monotonic()
         await asyncio.gather(run.load(until, args.in_flight), run.killer(until))
@@ -264,8 +335,8 @@ async def soak(args: argparse.Namespace) -> int:
             if proc is not None:
                 proc.stop()
         plugin.stop()
-        if redis_process is not None:
-            redis_process.kill()
+        if redis is not None:
+            await redis.kill()
 
 
 async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
@@ -274,14 +345,19 @@ async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
         calls = struct_to_dict((await stub.Execute(protocol_pb2.ExecuteRequest(protocol="stats"))).output)["calls"]
     statuses: collections.Counter[str] = collections.Counter()
     broken: dict[str, list[str]] = {}
-    resumed = 0
+    resumed = signals_taken = 0
     for task_id, workflow_id in run.tasks.items():
         task = (await run.replicas.call("GetTask", task_pb2.GetTaskRequest(task_id=task_id))).task
         statuses[task_pb2.TaskStatus.Name(task.status)] += 1
-        resumes = await resumes_of(run.replicas, task_id)
-        resumed += resumes > 0
-        if found := problems(task, calls, resumes):
-            found.insert(0, f"{task_pb2.TaskStatus.Name(task.status)} {task.error.message!r}, resumed {resumes} times")
+        history = await history_of(run.replicas, task_id)
+        resumed += history.resumes > 0
+        signals_taken += sum(
+            1 for s in task.steps if s.wait.received_sequence and s.status == task_pb2.STEP_STATUS_COMPLETED
+        )
+        if found := problems(task, calls, history, run.signals[task_id]):
+            found.insert(
+                0, f"{task_pb2.TaskStatus.Name(task.status)} {task.error.message!r}, resumed {history.resumes} times"
+            )
             found.extend(
                 f"  {s.path} {task_pb2.StepStatus.Name(s.status)} attempts {s.attempts} {s.error.message!r}"
                 for s in task.steps
@@ -293,10 +369,13 @@ async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
     rows: list[tuple[str, float | str, str]] = [
         ("seconds under kills", round(soaked, 1), f"{args.replicas} replicas on {args.store}"),
         ("replicas killed -9", run.replicas.kills, f"their logs: {run.replicas.logs}"),
+        ("Redis killed -9", run.redis.kills if run.redis else 0, "and restarted from its AOF"),
         ("tasks", len(run.tasks), f"{len(run.roots)} random workflows, {args.in_flight} at a time"),
         *((f"  {status}", count, "") for status, count in sorted(statuses.items())),
         ("tasks resumed by another life", resumed, ""),
         ("cancels asked", run.cancels, f"{run.refused_cancels} came after the task had ended"),
+        ("signals accepted", sum(map(len, run.signals.values())), f"refused: {dict(run.refused_signals)}"),
+        ("signals taken by a wait step", signals_taken, "each exactly once"),
         ("tasks that broke an invariant", len(broken), ""),
     ]
     table("chaos: random workflows under kill -9", rows)
@@ -315,6 +394,7 @@ def main() -> None:
     parser.add_argument("--workflows", type=int, default=60)
     parser.add_argument("--in-flight", type=int, default=24)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kill-redis", action="store_true", help="kill -9 the soak's Redis too, now and then")
     parser.add_argument("--sleep-ms", type=int, default=300, help="what the workflows' sleeping steps sleep")
     sys.exit(asyncio.run(soak(parser.parse_args())))
 

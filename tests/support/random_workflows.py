@@ -1,6 +1,7 @@
 """Random well-formed workflow definitions (Hypothesis strategies), for the property tests and the
 chaos soak (bench/chaos.py): every node kind, nested up to 8 leaves, with retries, timeouts short
-enough to cut some runs, failing, flaky and sleeping steps, CEL runtime errors, recover nodes that
+enough to cut some runs, failing, flaky and sleeping steps, waits for a signal and durable sleeps,
+CEL runtime errors, recover nodes that
 clean up on a cancel or not, agents that call their tools, and subworkflows (stored first, see
 `store_subworkflows`). Leaves are the testkit plugin's protocols."""
 
@@ -26,6 +27,14 @@ LEAVES = [
 ]
 
 
+SIGNAL = "go"  # the signal every generated wait waits for
+WAITS: list[dict[str, Any]] = [
+    # a person's answer, or none within 0.3 s (the task goes on either way)
+    {"wait": {"signal": SIGNAL, "timeout": "0.3s", "on_timeout": "{'timed_out': true}"}},
+    {"sleep": {"duration": "0.02s"}},  # a durable timer
+]
+
+
 def leaf() -> st.SearchStrategy[dict[str, Any]]:
     def build(choice: tuple[str, str]) -> dict[str, Any]:
         protocol, expr = choice
@@ -34,7 +43,9 @@ def leaf() -> st.SearchStrategy[dict[str, Any]]:
             body["input"] = expr
         return {"id": f"n{next(_ids)}", "step": body}
 
-    return st.sampled_from(LEAVES).map(build)
+    steps = st.sampled_from(LEAVES).map(build)
+    waits = st.sampled_from(WAITS).map(lambda wait: {"id": f"n{next(_ids)}", **wait})
+    return st.one_of(steps, steps, steps, waits)
 
 
 def composite(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
@@ -84,11 +95,20 @@ def kinds(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict
         ).map(
             lambda t: {
                 "id": f"n{next(_ids)}",
-                "recover": {"body": t[0], "handler": t[1], "codes": t[2], "on_cancel": t[3]},
+                # a cancelled task does not park to clean up: a handler that waits cannot run on a cancel
+                "recover": {"body": t[0], "handler": t[1], "codes": t[2], "on_cancel": t[3] and not waits_inside(t[1])},
             }
         ),
         st.tuples(children, children).map(agent),
     )
+
+
+def waits_inside(node: Any, kinds: tuple[str, ...] = ("wait", "sleep")) -> bool:
+    """Whether a node of `kinds` (waits and sleeps) is anywhere in `node`, the definitions of its
+    subworkflows (until stored) too."""
+    if isinstance(node, dict):
+        return any(kind in node for kind in kinds) or any(waits_inside(value, kinds) for value in node.values())
+    return isinstance(node, list) and any(waits_inside(value, kinds) for value in node)
 
 
 AGENT_SCRIPT = "[[{'id': 'a', 'name': 't0'}, {'id': 'b', 'name': 't1'}], [{'id': 'c', 'name': 't0'}]]"

@@ -4,17 +4,18 @@
 The workflows are the property tests' (tests/support/random_workflows.py: every node kind, nested,
 subworkflows, recover nodes that clean up, agents, waits for a signal, durable sleeps, timeouts,
 failing and flaky steps). A steady load of them runs on `--replicas` orchestrator processes
-sharing one store, some signalled and some cancelled at random moments, while a replica is killed
+sharing one store, some signalled and some cancelled at random moments, some rerun once ended, while a replica is killed
 -9 every 0.5-3 s and started again (with `--kill-redis`, a quarter of the kills are of Redis,
 restarted from its AOF after up to 2 s). Every call goes to a random live replica and is retried
 on another with the same request id when it dies.
 
 Once the kills stop, every task must end, and then for each: no step left running or without an
-end time, no internal error, no signal taken by two steps or received twice, no step called more
-often than its recorded attempts plus, for each time its task was resumed, the attempts a killed
-life may have made before writing them (calls are at-least-once: docs/plugins.md), and a
-cancelled task's clean-up with an outcome. Prints what it saw and each task that broke one of
-these, with its workflow written to a file to replay; exits 1 if any did.
+end time, no internal error, no signal taken by two steps or received twice, no step a rerun kept
+called again, no step called more often than its recorded attempts plus, for each time its task
+was resumed, the attempts a killed life may have made before writing them (calls are
+at-least-once: docs/plugins.md), and a cancelled task's clean-up with an outcome. Prints what it
+saw and each task that broke one of these, with its workflow written to a file to replay; exits 1
+if any did.
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ class Soak:
     # the request ids of the signals each task accepted (a retry on another replica reuses its id)
     signals: collections.defaultdict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     refused_signals: collections.Counter[str] = field(default_factory=collections.Counter)
+    reruns: int = 0
+    refused_reruns: collections.Counter[str] = field(default_factory=collections.Counter)
 
     async def one(self, workflow_id: str) -> None:
         request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, request_id=uuid.uuid4().hex)
@@ -209,7 +212,26 @@ class Soak:
                 if error.code() != grpc.StatusCode.FAILED_PRECONDITION:  # it had ended
                     raise
                 self.refused_cancels += 1
-        await self.ended(task.task_id, timeout=300)
+        ended = await self.ended(task.task_id, timeout=300)
+        if ended.status != task_pb2.TASK_STATUS_COMPLETED and random.random() < 0.2:
+            await self.rerun(task.task_id, workflow_id)
+
+    async def rerun(self, task_id: str, workflow_id: str) -> None:
+        """Rerun a task that did not complete: a redrive, or from one of its steps at random."""
+        steps = (await self.replicas.call("GetTask", task_pb2.GetTaskRequest(task_id=task_id))).task.steps
+        request = task_pb2.RerunTaskRequest(task_id=task_id, request_id=uuid.uuid4().hex)
+        if steps and random.random() < 0.5:
+            request.from_step_path = random.choice(steps).path
+        try:
+            rerun = (await self.replicas.call("RerunTask", request)).task
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                raise
+            self.refused_reruns[error.code().name] += 1  # from inside a clean-up, say (docs/reruns.md)
+            return
+        self.tasks[rerun.task_id] = workflow_id
+        self.reruns += 1
+        await self.ended(rerun.task_id, timeout=300)
 
     async def signal(self, task_id: str) -> None:
         request = task_pb2.SignalTaskRequest(task_id=task_id, signal=SIGNAL, request_id=uuid.uuid4().hex)
@@ -224,6 +246,11 @@ class Soak:
             self.refused_signals[error.code().name] += 1
             return
         self.signals[task_id].add(request.request_id)
+
+    async def finished(self, task_id: str) -> tuple[task_pb2.Task, History]:
+        """A finished task, with its steps, and what its event log says."""
+        task = (await self.replicas.call("GetTask", task_pb2.GetTaskRequest(task_id=task_id))).task
+        return task, await history_of(self.replicas, task_id)
 
     async def ended(self, task_id: str, timeout: float) -> task_pb2.Task:
         deadline = time.monotonic() + timeout
@@ -276,8 +303,10 @@ def problems(task: task_pb2.Task, calls: dict[str, int], history: History, sent:
             # writing any of them (the generator's steps make at most MAX_ATTEMPTS)
             if made > state.attempts + history.resumes * MAX_ATTEMPTS:
                 found.append(f"step {state.path}: {made} calls, {state.attempts} attempts, {history.resumes} resumes")
-        if state.status == task_pb2.STEP_STATUS_COMPLETED and state.wait.received_sequence:
-            taken[state.wait.request_id] += 1
+            if state.reused and made:
+                found.append(f"step {state.path}: kept by the rerun, yet called {made} times")
+        if state.status == task_pb2.STEP_STATUS_COMPLETED and state.wait.received_sequence and not state.reused:
+            taken[state.wait.request_id] += 1  # (a rerun's kept wait shows the signal its source took)
     # exactly once (docs/waits.md): a signal reaches one step, and is received once
     found += [f"signal {request_id} taken by {n} steps" for request_id, n in taken.items() if n > 1]
     found += [f"signal {request_id} received {n} times" for request_id, n in history.received.items() if n > 1]
@@ -346,10 +375,13 @@ async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
     statuses: collections.Counter[str] = collections.Counter()
     broken: dict[str, list[str]] = {}
     resumed = signals_taken = 0
-    for task_id, workflow_id in run.tasks.items():
-        task = (await run.replicas.call("GetTask", task_pb2.GetTaskRequest(task_id=task_id))).task
+    checked = list(run.tasks.items())
+    read = []
+    for start in range(0, len(checked), 100):  # read side by side, 100 tasks at a time
+        batch = checked[start : start + 100]
+        read += await asyncio.gather(*(run.finished(task_id) for task_id, _ in batch))
+    for (task_id, workflow_id), (task, history) in zip(checked, read, strict=True):
         statuses[task_pb2.TaskStatus.Name(task.status)] += 1
-        history = await history_of(run.replicas, task_id)
         resumed += history.resumes > 0
         signals_taken += sum(
             1 for s in task.steps if s.wait.received_sequence and s.status == task_pb2.STEP_STATUS_COMPLETED
@@ -374,6 +406,7 @@ async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
         *((f"  {status}", count, "") for status, count in sorted(statuses.items())),
         ("tasks resumed by another life", resumed, ""),
         ("cancels asked", run.cancels, f"{run.refused_cancels} came after the task had ended"),
+        ("reruns", run.reruns, f"refused: {dict(run.refused_reruns)}"),
         ("signals accepted", sum(map(len, run.signals.values())), f"refused: {dict(run.refused_signals)}"),
         ("signals taken by a wait step", signals_taken, "each exactly once"),
         ("tasks that broke an invariant", len(broken), ""),
@@ -396,7 +429,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kill-redis", action="store_true", help="kill -9 the soak's Redis too, now and then")
     parser.add_argument("--sleep-ms", type=int, default=300, help="what the workflows' sleeping steps sleep")
-    sys.exit(asyncio.run(soak(parser.parse_args())))
+    args = parser.parse_args()
+    if args.store == "sqlite" and args.replicas != 1:
+        parser.error("the embedded store serves one process: --store sqlite takes --replicas 1")
+    sys.exit(asyncio.run(soak(args)))
 
 
 if __name__ == "__main__":

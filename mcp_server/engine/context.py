@@ -420,17 +420,19 @@ class RunContext:
             and not step.state.reused  # kept by a rerun: it took a signal of the task it reruns
         }
 
-    def abandon_unfinished(self, code: str, message: str, *, earlier_lives_only: bool = False) -> None:
-        """Mark every step still running, waiting or not begun as cancelled (a cancelled task's last
-        write); `earlier_lives_only`: those an earlier life of the run left so and this life did
-        not come back to (a task that ended otherwise: a timeout ran out first, a branch failed)."""
+    def abandon_unfinished(
+        self, code: str, message: str, *, earlier_lives_only: bool = False, within: str = ""
+    ) -> None:
+        """Mark every step still running, waiting or not begun (inside `within`, if given) as
+        cancelled: a cancelled task's last write; `earlier_lives_only`: those an earlier life of the
+        run left so and this life did not come back to (a timeout ran out meanwhile, a branch failed)."""
         for path, step in self._steps.items():
-            if step.state.status in UNFINISHED and not (earlier_lives_only and step.started_ns):
+            inside = not within or path.startswith(within + "/")
+            if inside and step.state.status in UNFINISHED and not (earlier_lives_only and step.started_ns):
                 self.fail(path, code, message, cancelled=True)
-        if earlier_lives_only:
-            return
-        for path in list(self.suspensions.waiters):
-            self.suspensions.ended(path, None)
+        if not earlier_lives_only:
+            for path in list(self.suspensions.waiters):
+                self.suspensions.ended(path, None)
 
     def state(self, path: str) -> task_pb2.StepState:
         """The state of the node at `path`, to change (the change is written with the next checkpoint)."""

@@ -67,12 +67,18 @@ async def _within(
     """Run a composite node's `body` within its Node.timeout, counted from its first start (across
     the run's lives); a task parked inside it is due again when it runs out."""
     deadline = ctx.began_at(path) + timeout
+    ran_out = f"{node.kind} {node.id}: its timeout of {timeout:g}s ran out"
+    if time.time() >= deadline:  # while no replica ran the task: nothing inside it is called again
+        ctx.abandon_unfinished(
+            "CANCELLED", f"{ran_out} while no replica ran the task", earlier_lives_only=True, within=path
+        )
+        raise NodeFailed("DEADLINE_EXCEEDED", ran_out)
     ctx.suspensions.node_deadlines[path] = deadline
     try:
         async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.time()):
             return await body()
     except TimeoutError:
-        raise NodeFailed("DEADLINE_EXCEEDED", f"{node.kind} {node.id}: its timeout of {timeout:g}s ran out") from None
+        raise NodeFailed("DEADLINE_EXCEEDED", ran_out) from None
     finally:
         if not ctx.suspensions.parking:  # a parked run keeps it, for when it is due again
             del ctx.suspensions.node_deadlines[path]

@@ -190,6 +190,8 @@ class TaskRunner:
         try:
             if (cancel_reason or {}).get("reason"):
                 raise asyncio.CancelledError  # cancelled before it began (a waiting task, cancelled)
+            if deadline is not None and time.time() >= deadline:
+                raise TimeoutError  # it ran out while no replica ran the task: nothing is called again
             async with asyncio.timeout_at(None if deadline is None else loop.time() + deadline - time.time()):
                 result = await execute(plan.root, plan.root.id, ctx.task_input, ctx, {})
                 if plan.output_schema is not None:

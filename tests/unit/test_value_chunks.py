@@ -16,8 +16,7 @@ from mcp_server.engine.payload import Payload
 from mcp_server.engine.ports import StepRecord
 from mcp_server.engine.records import STEP_INPUT, STEP_INPUT_REF, StoredValue, ValueSink, step_record
 from mcp_server.engine.value_chunks import CHUNK_BYTES, FIRST_CHUNK_BYTES, chunk_digests, read_whole, split
-from mcp_server.state import open_store
-from tests.contract.conftest import checkpoint, new_task
+from tests.contract.conftest import checkpoint
 
 TOOLS = [{"name": "lookup", "description": "Finds a text", "parameters": {"type": "object"}}]
 
@@ -57,17 +56,6 @@ def test_a_growing_conversation_stores_its_new_bytes_only():
             assert sum(map(len, taken_chunked.values())) < 50_000 + 2 * CHUNK_BYTES + FIRST_CHUNK_BYTES + 1024
     assert sent_whole > 9_000_000  # 20 rounds: 0.05 + 0.1 + ... + 0.95 MB
     assert sent_chunked < sent_whole / 6
-
-
-@pytest.fixture
-async def running():
-    """An embedded store holding one task, claimed: (store, the task, its lease token)."""
-    store = await open_store("sqlite://:memory:")
-    task, event = new_task()
-    await store.queue.create_task(task, event)
-    claimed, token = await store.queue.claim_task("me", 30)
-    yield store, claimed, token
-    await store.close()
 
 
 @pytest.mark.asyncio

@@ -1,5 +1,5 @@
-"""`python -m bench.chaos [--seconds 120] [--store redis|sqlite] [--replicas 2] [--kill-redis]
-[--seed N]`: a soak of random workflows under kill -9.
+"""`python -m bench.chaos [--seconds 120] [--store redis|sqlite] [--replicas 2] [--processes 1]
+[--kill-redis] [--seed N]`: a soak of random workflows under kill -9.
 
 The workflows are the property tests' (tests/support/random_workflows.py: every node kind, nested,
 subworkflows, recover nodes that clean up, agents, waits for a signal, durable sleeps, timeouts,
@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
+import os
 import random
 import signal
 import subprocess
@@ -95,6 +97,7 @@ class Replicas:
     plugin: str
     procs: list[Proc | None] = field(default_factory=list)
     clients: list[Orchestrated | None] = field(default_factory=list)
+    processes: int = 1  # server processes per replica (--processes)
     kills: int = 0
     starts: int = 0
     logs: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="chaos-logs-"))
@@ -103,7 +106,12 @@ class Replicas:
     async def start(self, index: int) -> None:
         def start() -> Proc:
             return start_orchestrator(
-                self.store, [self.plugin], f"chaos{index}", log_to=self.log_to(index), MCP_LEASE_SECONDS=LEASE_SECONDS
+                self.store,
+                [self.plugin],
+                f"chaos{index}",
+                log_to=self.log_to(index),
+                MCP_LEASE_SECONDS=LEASE_SECONDS,
+                MCP_PROCESSES=str(self.processes),
             )
 
         proc = await asyncio.to_thread(start)
@@ -118,7 +126,9 @@ class Replicas:
         proc, client = self.procs[index], self.clients[index]
         self.procs[index] = self.clients[index] = None
         if proc is not None:
-            proc.process.send_signal(signal.SIGKILL)
+            for pid in proc.pids().values():  # with --processes N, its children too, all at once
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             await asyncio.to_thread(proc.process.wait)
             self.kills += 1
         if client is not None:
@@ -333,14 +343,18 @@ async def soak(args: argparse.Namespace) -> int:
     redis = None
     if args.store == "redis":
         redis = OwnRedis()
-        await redis.start()
+        try:
+            await redis.start()
+        except BaseException:
+            plugin.stop()
+            raise
         store = redis.url
     else:
         store = f"sqlite:///{tempfile.mkdtemp(prefix='chaos-')}/mcp.db"
-    replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas)
-    for index in range(args.replicas):
-        await replicas.start(index)
+    replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas, args.processes)
     try:
+        for index in range(args.replicas):
+            await replicas.start(index)
         roots: dict[str, dict[str, Any]] = {}
         client = replicas.any_client()
 
@@ -401,7 +415,7 @@ async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
     rows: list[tuple[str, float | str, str]] = [
         ("seconds under kills", round(soaked, 1), f"{args.replicas} replicas on {args.store}"),
         ("replicas killed -9", run.replicas.kills, f"their logs: {run.replicas.logs}"),
-        ("Redis killed -9", run.redis.kills if run.redis else 0, "and restarted from its AOF"),
+        *([("Redis killed -9", run.redis.kills, "and restarted from its AOF")] if run.redis else []),
         ("tasks", len(run.tasks), f"{len(run.roots)} random workflows, {args.in_flight} at a time"),
         *((f"  {status}", count, "") for status, count in sorted(statuses.items())),
         ("tasks resumed by another life", resumed, ""),
@@ -427,11 +441,12 @@ def main() -> None:
     parser.add_argument("--workflows", type=int, default=60)
     parser.add_argument("--in-flight", type=int, default=24)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1, help="server processes per replica (MCP_PROCESSES)")
     parser.add_argument("--kill-redis", action="store_true", help="kill -9 the soak's Redis too, now and then")
     parser.add_argument("--sleep-ms", type=int, default=300, help="what the workflows' sleeping steps sleep")
     args = parser.parse_args()
-    if args.store == "sqlite" and args.replicas != 1:
-        parser.error("the embedded store serves one process: --store sqlite takes --replicas 1")
+    if args.store == "sqlite" and args.replicas * args.processes != 1:
+        parser.error("the embedded store serves one process: --store sqlite takes --replicas 1 --processes 1")
     sys.exit(asyncio.run(soak(args)))
 
 

@@ -2,12 +2,13 @@
 [--kill-redis] [--seed N]`: a soak of random workflows under kill -9.
 
 The workflows are the property tests' (tests/support/random_workflows.py: every node kind, nested,
-subworkflows, recover nodes that clean up, agents, waits for a signal, durable sleeps, timeouts,
-failing and flaky steps). A steady load of them runs on `--replicas` orchestrator processes
-sharing one store, some signalled and some cancelled at random moments, some rerun once ended, while a replica is killed
--9 every 0.5-3 s and started again (with `--kill-redis`, a quarter of the kills are of Redis,
-restarted from its AOF after up to 2 s). Every call goes to a random live replica and is retried
-on another with the same request id when it dies.
+subworkflows, recover nodes that clean up, agents, waits for a signal or an event, publishes of
+that event, durable sleeps, timeouts, failing and flaky steps). A steady load of them runs on
+`--replicas` orchestrator processes sharing one store, some signalled and some cancelled at
+random moments, some rerun once ended, while a replica is killed -9 every 0.5-3 s and started
+again (with `--kill-redis`, a quarter of the kills are of Redis, restarted from its AOF after up
+to 2 s). Every call goes to a random live replica and is retried on another with the same request
+id when it dies.
 
 Once the kills stop, every task must end, and then for each: no step left running or without an
 end time, no internal error, no signal taken by two steps or received twice, no step a rerun kept
@@ -45,7 +46,7 @@ from bench.harness import Orchestrated, Proc, free_port, start_orchestrator, sta
 from bench.report import table
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 from mcp_server.engine.values import struct_to_dict
-from tests.support.random_workflows import SIGNAL, definitions, store_subworkflows, waits_inside
+from tests.support.random_workflows import SIGNAL, definitions, store_subworkflows, waits_for_signal
 from tests.support.redis_server import start_redis_server
 
 LEASE_SECONDS = "1.5"  # a killed replica's tasks are taken over within 1.5 s
@@ -209,7 +210,7 @@ class Soak:
         request.input_data.update({"n": 0})
         task = (await self.replicas.call("SubmitTask", request)).task
         self.tasks[task.task_id] = workflow_id
-        if waits_inside(self.roots[workflow_id], ("wait",)) and random.random() < 0.6:
+        if waits_for_signal(self.roots[workflow_id]) and random.random() < 0.6:
             for _ in range(random.randint(1, 3)):
                 await asyncio.sleep(random.uniform(0, 0.3))
                 await self.signal(task.task_id)
@@ -302,6 +303,7 @@ def problems(task: task_pb2.Task, calls: dict[str, int], history: History, sent:
     if cleaned_up and task.cancel_request.outcome not in ("done", "failed", "cut_short"):
         found.append(f"clean-up without an outcome: {task.cancel_request}")
     taken: collections.Counter[str] = collections.Counter()
+    signalled: set[str] = set()
     for state in task.steps:
         if state.status == task_pb2.STEP_STATUS_RUNNING:
             found.append(f"step {state.path} left running")
@@ -317,10 +319,12 @@ def problems(task: task_pb2.Task, calls: dict[str, int], history: History, sent:
                 found.append(f"step {state.path}: kept by the rerun, yet called {made} times")
         if state.status == task_pb2.STEP_STATUS_COMPLETED and state.wait.received_sequence and not state.reused:
             taken[state.wait.request_id] += 1  # (a rerun's kept wait shows the signal its source took)
+            if not state.wait.event:  # an event's signal has a request id made from the event's id
+                signalled.add(state.wait.request_id)
     # exactly once (docs/waits.md): a signal reaches one step, and is received once
     found += [f"signal {request_id} taken by {n} steps" for request_id, n in taken.items() if n > 1]
     found += [f"signal {request_id} received {n} times" for request_id, n in history.received.items() if n > 1]
-    found += [f"signal {request_id} taken, never sent" for request_id in set(taken) - sent]
+    found += [f"signal {request_id} taken, never sent" for request_id in signalled - sent]
     return found
 
 
@@ -422,7 +426,7 @@ async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
         ("cancels asked", run.cancels, f"{run.refused_cancels} came after the task had ended"),
         ("reruns", run.reruns, f"refused: {dict(run.refused_reruns)}"),
         ("signals accepted", sum(map(len, run.signals.values())), f"refused: {dict(run.refused_signals)}"),
-        ("signals taken by a wait step", signals_taken, "each exactly once"),
+        ("signals and events taken by a wait step", signals_taken, "each exactly once"),
         ("tasks that broke an invariant", len(broken), ""),
     ]
     table("chaos: random workflows under kill -9", rows)

@@ -1,6 +1,7 @@
 """Random well-formed workflow definitions (Hypothesis strategies), for the property tests and the
 chaos soak (bench/chaos.py): every node kind, nested up to 8 leaves, with retries, timeouts short
-enough to cut some runs, failing, flaky and sleeping steps, waits for a signal and durable sleeps,
+enough to cut some runs, failing, flaky and sleeping steps, waits for a signal or an event,
+publishes of that event, durable sleeps,
 CEL runtime errors, recover nodes that
 clean up on a cancel or not, agents that call their tools, and subworkflows (stored first, see
 `store_subworkflows`). Leaves are the testkit plugin's protocols."""
@@ -28,10 +29,14 @@ LEAVES = [
 
 
 SIGNAL = "go"  # the signal every generated wait waits for
+EVENT = "chaos.ping"  # what generated publish nodes publish and event waits wait for, across tasks
 WAITS: list[dict[str, Any]] = [
     # a person's answer, or none within 0.3 s (the task goes on either way)
     {"wait": {"signal": SIGNAL, "timeout": "0.3s", "on_timeout": "{'timed_out': true}"}},
     {"sleep": {"duration": "0.02s"}},  # a durable timer
+    # an event another task (or this one) publishes, or none within 0.3 s
+    {"wait": {"event": EVENT, "timeout": "0.3s", "on_timeout": "{'timed_out': true}"}},
+    {"publish": {"event": EVENT, "data": "{'n': 1}"}},
 ]
 
 
@@ -103,12 +108,20 @@ def kinds(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict
     )
 
 
-def waits_inside(node: Any, kinds: tuple[str, ...] = ("wait", "sleep")) -> bool:
-    """Whether a node of `kinds` (waits and sleeps) is anywhere in `node`, the definitions of its
-    subworkflows (until stored) too."""
+def waits_inside(node: Any) -> bool:
+    """Whether a wait or a sleep is anywhere in `node`, the definitions of its subworkflows (until
+    stored) too."""
     if isinstance(node, dict):
-        return any(kind in node for kind in kinds) or any(waits_inside(value, kinds) for value in node.values())
-    return isinstance(node, list) and any(waits_inside(value, kinds) for value in node)
+        return "wait" in node or "sleep" in node or any(waits_inside(value) for value in node.values())
+    return isinstance(node, list) and any(waits_inside(value) for value in node)
+
+
+def waits_for_signal(node: Any) -> bool:
+    """Whether a wait for SIGNAL (not for an event) is anywhere in `node`."""
+    if isinstance(node, dict):
+        wait = node.get("wait")
+        return (isinstance(wait, dict) and "signal" in wait) or any(waits_for_signal(v) for v in node.values())
+    return isinstance(node, list) and any(waits_for_signal(value) for value in node)
 
 
 AGENT_SCRIPT = "[[{'id': 'a', 'name': 't0'}, {'id': 'b', 'name': 't1'}], [{'id': 'c', 'name': 't0'}]]"

@@ -224,7 +224,7 @@ async def test_a_node_s_timeout_counts_from_its_first_start_across_a_kill_9(
 async def test_steps_a_resumed_run_never_comes_back_to_are_not_left_running(
     plugins, testkit, tmp_path, request, backend
 ):
-    """A map with a 1 s timeout, two items at a time, whose third item ran when its replica was
+    """A map with a 2 s timeout, two items at a time, whose third item ran when its replica was
     killed: the next replica takes the task over after the timeout ran out, so the map fails at
     once, calling nothing inside it again. That item is recorded cancelled, not left running in
     the finished task (the chaos soak, bench/chaos.py, found it left running when the map
@@ -236,21 +236,21 @@ async def test_steps_a_resumed_run_never_comes_back_to_are_not_left_running(
     client = connect(address)
     nap = step("nap", "sleep", "{'ms': item == 3 ? 5000 : 50}")
     items = {"items": "[1, 2, 3]", "body": nap, "max_concurrency": 2}
-    await create(client, workflow("orphans", {"id": "p", "timeout": "1s", "map": items}))
+    await create(client, workflow("orphans", {"id": "p", "timeout": "2s", "map": items}))
     task = await submit(client, "orphans")
     await kill_when_started(first, client, task.task_id, "p/nap[2]", after=0.3)
-    await asyncio.sleep(1.0)  # the timeout runs out while no replica runs the task
+    await asyncio.sleep(2.0)  # the timeout runs out while no replica runs the task
 
     second = start_orchestrator(address, store, plugin, "second")
     try:
         client = connect(address)
         final = await wait_done(client, task.task_id)
-        assert final.status == task_pb2.TASK_STATUS_FAILED and "its timeout of 1s ran out" in final.error.message
+        assert final.status == task_pb2.TASK_STATUS_FAILED and "its timeout of 2s ran out" in final.error.message
         states = {state.path: state for state in final.steps}
         assert states["p/nap[0]"].status == states["p/nap[1]"].status == task_pb2.STEP_STATUS_COMPLETED
         third = states["p/nap[2]"]
         assert third.status == task_pb2.STEP_STATUS_CANCELLED and third.HasField("end_time"), third
-        assert third.error.message == "map p: its timeout of 1s ran out while no replica ran the task"
+        assert third.error.message == "map p: its timeout of 2s ran out while no replica ran the task"
         assert (await plugin_stats(testkit))["calls"][f"{task.task_id}/p/nap[2]/sleep"] == 1
         await client.channel.close()
     finally:

@@ -51,6 +51,11 @@ from tests.support.redis_server import start_redis_server
 
 LEASE_SECONDS = "1.5"  # a killed replica's tasks are taken over within 1.5 s
 TERMINAL = {task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED}
+TERMINAL_EVENTS = {
+    task_pb2.TASK_EVENT_TYPE_COMPLETED,
+    task_pb2.TASK_EVENT_TYPE_FAILED,
+    task_pb2.TASK_EVENT_TYPE_CANCELLED,
+}
 MAX_ATTEMPTS = 2  # of every step tests/property/test_random_workflows.py generates
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
@@ -336,7 +341,7 @@ async def history_of(replicas: Replicas, task_id: str) -> History:
                 history.resumes += 1
             elif event.type == task_pb2.TASK_EVENT_TYPE_SIGNAL_RECEIVED:
                 history.received[event.data["request_id"]] += 1
-        if any(event.type in (12, 13, 14) for event in message.events):  # COMPLETED, FAILED, CANCELLED
+        if any(event.type in TERMINAL_EVENTS for event in message.events):
             break
     return history
 

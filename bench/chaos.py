@@ -149,12 +149,15 @@ class Replicas:
             if client is not None:
                 await client.close()
 
-    async def call(self, method: str, request: Any, timeout: float = 60) -> Any:
-        """`method` of TaskService on a live replica, again on another while they die."""
+    async def call(self, method: str, request: Any, timeout: float = 60, service: Any = None) -> Any:
+        """`method` of TaskService (or of `service`, a stub class) on a live replica, again on
+        another while they die."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return await getattr(self.any_client().tasks, method)(request, timeout=10)
+                client = self.any_client()
+                stub = client.tasks if service is None else service(client.channel)
+                return await getattr(stub, method)(request, timeout=10)
             except (grpc.aio.AioRpcError, IndexError) as error:
                 if isinstance(error, grpc.aio.AioRpcError) and error.code() not in RETRYABLE:
                     raise

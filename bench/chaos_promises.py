@@ -1,0 +1,443 @@
+"""`python -m bench.chaos_promises [--seconds 90] [--store redis|sqlite] [--replicas 2]
+[--kill-redis] [--seed N]`: the once-only promises of schedules, triggers, concurrency keys, rate
+limits and the step cache, under kill -9.
+
+`bench.chaos` searches random workflows for records a killed replica leaves wrong; this soak
+holds the features around the workflows to what their docs promise, on the same kill loop (a
+replica, or with `--kill-redis` Redis too, killed -9 every 0.5-3 s and started again; every call
+to a live replica, retried on another with the same request id):
+
+- **schedules** (docs/schedules.md): two schedules fire every second (overlap ALLOW_ALL, a
+  catch-up window of an hour) and are backfilled over what they already fired, now and then.
+  Each fire time has exactly one task, and none between the first and the last is missing;
+- **triggers** (docs/events.md): events are published to two workflows that trigger on them,
+  some published again with the same id. Each event has exactly one task in each workflow;
+- **concurrency keys** (docs/fairness.md): tasks of a key capped at 2 (QUEUE) and at 1
+  (CANCEL_IN_PROGRESS) call a plugin that counts its calls in flight per key. Never more than
+  the cap at once;
+- **rate limits** (docs/rate-limits.md): every call of `tick` takes a unit of a limit of 20 per
+  2 s. The plugin never sees more than 20 calls within any 1.5 s (a window a little shorter
+  than the period, as a call reaches the plugin a moment after its grant), nor more than the
+  limit allows over the soak;
+- **the step cache** (docs/usage-and-cache.md): a cached `whoami` step keyed by one of a few
+  values. Its output is always that of the task it says it came from.
+
+Every task must end, and end completed unless a promise says otherwise (CANCEL_IN_PROGRESS
+replaces tasks). Prints what it saw and every broken promise; exits 1 if any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from bench.chaos import OwnRedis, Replicas, Soak
+from bench.harness import start_plugin
+from bench.report import table
+from mcp_sdk.proto import (
+    events_pb2,
+    events_pb2_grpc,
+    protocol_pb2,
+    protocol_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
+    task_pb2,
+)
+from mcp_server.engine.values import as_object, struct_to_dict, value_to_python
+
+EVENT = "chaos.order"
+KEYS = ["a", "b", "c"]
+QUEUE_CAP, REPLACE_CAP = 2, 1
+LIMIT, PERIOD, WINDOW = 20, 2.0, 1.5  # units per period; the plugin-side window checked
+SCHEDULES = ["every-second-1", "every-second-2"]
+SUBMITTERS = 3  # of each kind of request
+
+
+def workflows() -> list[dict[str, Any]]:
+    """The soak's workflows, one per promise (two for triggers)."""
+
+    def keyed(prefix: str, ms: int) -> dict[str, Any]:
+        return {"protocol": "keyed", "input": f"{{'key': '{prefix}:' + input.k, 'ms': {ms}}}"}
+
+    return [
+        {
+            "workflow_id": "promise-queue",
+            "concurrency": {"key": "input.k", "max_running": QUEUE_CAP, "strategy": "CONCURRENCY_STRATEGY_QUEUE"},
+            "root": {
+                "id": "root",
+                "sequence": {
+                    "children": [{"id": "one", "step": keyed("q", 80)}, {"id": "two", "step": keyed("q", 80)}]
+                },
+            },
+        },
+        {
+            "workflow_id": "promise-replace",
+            "concurrency": {
+                "key": "input.k",
+                "max_running": REPLACE_CAP,
+                "strategy": "CONCURRENCY_STRATEGY_CANCEL_IN_PROGRESS",
+            },
+            "root": {"id": "hold", "step": keyed("r", 200)},
+        },
+        {
+            "workflow_id": "promise-limited",
+            "root": {"id": "tick", "step": {"protocol": "tick", "input": "{'tag': 'rl'}"}},
+        },
+        {
+            "workflow_id": "promise-cached",
+            "root": {"id": "who", "step": {"protocol": "whoami", "cache": {"key": "input.k", "ttl": "3600s"}}},
+        },
+        *(
+            {
+                "workflow_id": f"promise-triggered-{name}",
+                "triggers": [{"event": EVENT, "input": "{'id': event.data.id}"}],
+                "root": {"id": "echo", "step": {"protocol": "echo"}},
+            }
+            for name in ("a", "b")
+        ),
+        {"workflow_id": "promise-scheduled", "root": {"id": "echo", "step": {"protocol": "echo"}}},
+    ]
+
+
+@dataclass
+class PromiseSoak:
+    """The load, and what it asked for: the tasks by workflow, the events published."""
+
+    replicas: Replicas
+    tasks: dict[str, str] = field(default_factory=dict)  # task id: workflow id
+    events: list[str] = field(default_factory=list)
+    republished: int = 0
+    backfills: int = 0
+    scheduled_from: float = 0.0
+    # per key of promise-replace, each submission's start and answer (monotonic) and its task
+    replacing: collections.defaultdict[str, list[tuple[float, float, str]]] = field(
+        default_factory=lambda: collections.defaultdict(list)
+    )
+    slowest: float = 0.0  # seconds, the longest a request took, retries on other replicas included
+
+    async def submit(self, workflow_id: str, data: dict[str, Any]) -> None:
+        request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, request_id=uuid.uuid4().hex)
+        request.input_data.update(data)
+        began = time.monotonic()
+        task = (await self.replicas.call("SubmitTask", request)).task
+        self.tasks[task.task_id] = workflow_id
+        if workflow_id == "promise-replace":
+            self.replacing[data["k"]].append((began, time.monotonic(), task.task_id))
+
+    async def publish(self) -> None:
+        again = self.events and random.random() < 0.2  # as a publisher whose answer was lost would
+        event_id = random.choice(self.events) if again else uuid.uuid4().hex
+        request = events_pb2.PublishEventRequest(name=EVENT, request_id=event_id)
+        request.data.update({"id": event_id})
+        answer = await self.replicas.call("PublishEvent", request, service=events_pb2_grpc.EventServiceStub)
+        for task in answer.tasks:
+            self.tasks[task.task_id] = task.workflow_id
+        if again:
+            self.republished += 1
+        else:
+            self.events.append(event_id)
+
+    async def backfill(self) -> None:
+        """Fire times a schedule already fired, again: none may start a second task."""
+        start, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+        start.FromMilliseconds(int(self.scheduled_from * 1000))
+        end.FromMilliseconds(int((time.time() - 1) * 1000))
+        request = schedule_pb2.BackfillScheduleRequest(
+            schedule_id=random.choice(SCHEDULES), start_time=start, end_time=end
+        )
+        await self.replicas.call("BackfillSchedule", request, service=schedule_pb2_grpc.ScheduleServiceStub)
+        self.backfills += 1
+
+    async def load(self, until: float) -> None:
+        """Each kind of request at its own steady rate (per second), from a few submitters each:
+        near what the capped keys and the rate limit can serve, so that they are pressed and the
+        backlog stays bounded."""
+        kinds: list[tuple[float, Callable[[], Awaitable[None]]]] = [
+            (20, lambda: self.submit("promise-queue", {"k": random.choice(KEYS)})),
+            (8, lambda: self.submit("promise-replace", {"k": random.choice(KEYS)})),
+            (LIMIT / PERIOD * 1.2, lambda: self.submit("promise-limited", {})),
+            (20, lambda: self.submit("promise-cached", {"k": random.choice(KEYS)})),
+            (20, self.publish),
+            (0.2, self.backfill),
+        ]
+
+        async def submitter(rate: float, request: Callable[[], Awaitable[None]]) -> None:
+            while time.monotonic() < until:
+                await asyncio.sleep(random.expovariate(rate / SUBMITTERS))
+                began = time.monotonic()
+                await request()
+                self.slowest = max(self.slowest, time.monotonic() - began)
+
+        await asyncio.gather(*(submitter(rate, request) for rate, request in kinds for _ in range(SUBMITTERS)))
+
+
+async def set_up(replicas: Replicas) -> float:
+    """The workflows, the rate limit and the schedules; the time the schedules were created."""
+    client = replicas.any_client()
+    for definition in workflows():
+        await client.create(definition)
+    limit = registry_pb2.RateLimit(key="protocol:tick", limit=LIMIT, period=duration_pb2.Duration(seconds=int(PERIOD)))
+    await replicas.call(
+        "PutRateLimit",
+        registry_pb2.PutRateLimitRequest(rate_limit=limit),
+        service=registry_pb2_grpc.ProtocolRegistryStub,
+    )
+    created = time.time()
+    for schedule_id in SCHEDULES:
+        schedule = schedule_pb2.Schedule(
+            schedule_id=schedule_id,
+            spec=schedule_pb2.ScheduleSpec(every=[duration_pb2.Duration(seconds=1)]),
+            action=task_pb2.SubmitTaskRequest(workflow_id="promise-scheduled"),
+            overlap=schedule_pb2.OVERLAP_POLICY_ALLOW_ALL,
+            catchup_window=duration_pb2.Duration(seconds=3600),
+        )
+        request = schedule_pb2.CreateScheduleRequest(schedule=schedule)
+        await replicas.call("CreateSchedule", request, service=schedule_pb2_grpc.ScheduleServiceStub)
+    await asyncio.sleep(1.2)  # every replica knows of the limit within a second
+    return created
+
+
+async def pause_schedules(replicas: Replicas) -> float:
+    """Pause every schedule; the time they stopped firing."""
+    for schedule_id in SCHEDULES:
+        request = schedule_pb2.UpdateScheduleRequest(
+            schedule=schedule_pb2.Schedule(schedule_id=schedule_id, paused=True)
+        )
+        request.update_mask.paths.append("paused")
+        await replicas.call("UpdateSchedule", request, service=schedule_pb2_grpc.ScheduleServiceStub)
+    return time.time()
+
+
+async def labelled(replicas: Replicas, labels: dict[str, str]) -> list[task_pb2.Task]:
+    """Every task with these labels, page after page."""
+    found: list[task_pb2.Task] = []
+    token = ""
+    while True:
+        request = task_pb2.ListTasksRequest(page_size=1000, page_token=token, labels=labels)
+        page = await replicas.call("ListTasks", request)
+        found += page.tasks
+        if not (token := page.next_page_token):
+            return found
+
+
+async def schedule_problems(replicas: Replicas, created: float, paused: float) -> tuple[int, list[str]]:
+    """Exactly one task per fire time of each schedule, none missing from the first to the
+    last; the number of fire times seen."""
+    found, fired = [], 0
+    for schedule_id in SCHEDULES:
+        tasks = await labelled(replicas, {"mcp/schedule": schedule_id})
+        by_time = collections.Counter(task.labels["mcp/fire-time"] for task in tasks)
+        found += [f"schedule {schedule_id}: fire time {at} has {n} tasks" for at, n in by_time.items() if n > 1]
+        seconds = sorted(timestamp_of(at) for at in by_time)
+        fired += len(seconds)
+        if not seconds:
+            found.append(f"schedule {schedule_id}: no task at all")
+            continue
+        missing = sorted(set(range(seconds[0], seconds[-1] + 1)) - set(seconds))
+        if missing:
+            found.append(f"schedule {schedule_id}: fire times {missing[:10]} have no task ({len(missing)} missing)")
+        if seconds[0] > created + 3:
+            found.append(f"schedule {schedule_id}: first fire {seconds[0] - created:.1f} s after its creation")
+        if seconds[-1] < paused - 5:
+            found.append(f"schedule {schedule_id}: last fire {paused - seconds[-1]:.1f} s before it was paused")
+    return fired, found
+
+
+def timestamp_of(rfc3339: str) -> int:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromJsonString(rfc3339)
+    return stamp.seconds
+
+
+async def trigger_problems(replicas: Replicas, events: list[str]) -> list[str]:
+    """Each event published has exactly one task in each workflow that triggers on it."""
+    found = []
+    for start in range(0, len(events), 50):
+        batch = events[start : start + 50]
+        listed = await asyncio.gather(*(labelled(replicas, {"mcp/event-id": event_id}) for event_id in batch))
+        for event_id, tasks in zip(batch, listed, strict=True):
+            by_workflow = collections.Counter(task.workflow_id for task in tasks)
+            for name in ("promise-triggered-a", "promise-triggered-b"):
+                if by_workflow[name] != 1:
+                    found.append(f"event {event_id}: {by_workflow[name]} tasks of {name}")
+    return found
+
+
+def most_within(ticks: list[float], window: float) -> int:
+    """The most of these times within any `window` seconds."""
+    ticks = sorted(ticks)
+    most = first = 0
+    for last, at in enumerate(ticks):
+        while at - ticks[first] >= window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def limit_problems(ticks: list[float], seconds: float) -> list[str]:
+    """No more than the limit (there is no burst) in any window a little shorter than the period,
+    nor over the whole soak more than the limit allows."""
+    found = []
+    if (most := most_within(ticks, WINDOW)) > LIMIT:
+        found.append(f"rate limit: {most} calls within {WINDOW} s, the limit is {LIMIT} per {PERIOD} s")
+    allowed = LIMIT * (seconds / PERIOD + 1)
+    if len(ticks) > allowed:
+        found.append(f"rate limit: {len(ticks)} calls in {seconds:.1f} s, at most {allowed:.0f} allowed")
+    return found
+
+
+def latest(submissions: list[tuple[float, float, str]]) -> str | None:
+    """The task submitted last, when its submission began after every other one was answered:
+    the one CANCEL_IN_PROGRESS lets win."""
+    ordered = sorted(submissions)
+    if not ordered:
+        return None
+    *others, (began, _, task_id) = ordered
+    return task_id if all(answered < began for _, answered, _ in others) else None
+
+
+def task_problems(task: task_pb2.Task, workflow_id: str, outputs: dict[tuple[str, str], Any]) -> list[str]:
+    """An unfinished or failed task, a replaced task without its reason, a cached output that is
+    not its source's."""
+    name = f"task {task.task_id} of {workflow_id}"
+    if task.status == task_pb2.TASK_STATUS_COMPLETED:
+        found = []
+    elif workflow_id == "promise-replace" and task.status == task_pb2.TASK_STATUS_CANCELLED:
+        replaced = task.error.message.startswith("CONCURRENCY_LIMIT:")
+        found = [] if replaced else [f"{name}: cancelled, not by its key: {task.error.message!r}"]
+    else:
+        found = [f"{name}: {task_pb2.TaskStatus.Name(task.status)} {task.error.message!r}"]
+    for state in task.steps:
+        if state.status == task_pb2.STEP_STATUS_RUNNING:
+            found.append(f"{name}: step {state.path} left running")
+        if workflow_id == "promise-cached" and state.status == task_pb2.STEP_STATUS_COMPLETED:
+            output = as_object(value_to_python(state.output))
+            made_by = output.get("task_id")
+            source = state.cached_from if state.cached else task.task_id
+            if made_by != source:
+                found.append(f"{name}: output made by {made_by}, said to come from {source}")
+            outputs[(task.task_id, state.path)] = output
+    return found
+
+
+async def soak(args: argparse.Namespace) -> int:
+    random.seed(args.seed)
+    plugin = start_plugin()
+    redis = None
+    if args.store == "redis":
+        redis = OwnRedis()
+        await redis.start()
+        store = redis.url
+    else:
+        store = f"sqlite:///{tempfile.mkdtemp(prefix='chaos-promises-')}/mcp.db"
+    replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas)
+    try:
+        for index in range(args.replicas):
+            await replicas.start(index)
+        created = await set_up(replicas)
+        run = PromiseSoak(replicas, scheduled_from=created)
+        killing = Soak(replicas, {}, redis if args.kill_redis else None)
+        started = time.monotonic()
+        until = started + args.seconds
+        await asyncio.gather(run.load(until), killing.killer(until))
+        soaked = time.monotonic() - started
+        paused = await pause_schedules(replicas)
+        return await report(run, killing, args, soaked, created, paused)
+    finally:
+        await replicas.close()
+        for proc in replicas.procs:
+            if proc is not None:
+                proc.stop()
+        plugin.stop()
+        if redis is not None:
+            await redis.kill()
+
+
+async def report(
+    run: PromiseSoak, killing: Soak, args: argparse.Namespace, soaked: float, created: float, paused: float
+) -> int:
+    replicas = run.replicas
+    await asyncio.sleep(3)  # the fire times due at the pause have started their tasks
+    fired, broken = await schedule_problems(replicas, created, paused)
+    for schedule_id in SCHEDULES:
+        for task in await labelled(replicas, {"mcp/schedule": schedule_id}):
+            run.tasks[task.task_id] = "promise-scheduled"
+    broken += await trigger_problems(replicas, run.events)
+    # the last task of each key of promise-replace completes (the latest wins), when it was last
+    winners = {task_id for submissions in run.replacing.values() if (task_id := latest(submissions))}
+    statuses: collections.Counter[str] = collections.Counter()
+    outputs: dict[tuple[str, str], Any] = {}
+    checked = list(run.tasks.items())
+    for start in range(0, len(checked), 100):
+        batch = checked[start : start + 100]
+        ended = await asyncio.gather(*(killing.ended(task_id, timeout=120) for task_id, _ in batch))
+        full = await asyncio.gather(
+            *(replicas.call("GetTask", task_pb2.GetTaskRequest(task_id=task.task_id)) for task in ended)
+        )
+        for (task_id, workflow_id), answer in zip(batch, full, strict=True):
+            statuses[f"{workflow_id} {task_pb2.TaskStatus.Name(answer.task.status)}"] += 1
+            broken += task_problems(answer.task, workflow_id, outputs)
+            if answer.task.status == task_pb2.TASK_STATUS_COMPLETED:
+                winners.discard(task_id)
+    broken += [f"task {task_id}, the last of its key (CANCEL_IN_PROGRESS), did not complete" for task_id in winners]
+    async with grpc.aio.insecure_channel(replicas.plugin) as channel:
+        stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
+        stats = struct_to_dict((await stub.Execute(protocol_pb2.ExecuteRequest(protocol="stats"))).output)
+    most = stats["keyed_max"]
+    for key in KEYS:
+        for prefix, cap in (("q", QUEUE_CAP), ("r", REPLACE_CAP)):
+            if most.get(f"{prefix}:{key}", 0) > cap:
+                broken.append(f"concurrency key {key!r} of cap {cap}: {most[f'{prefix}:{key}']} calls at once")
+    ticks = stats["ticks"].get("rl", [])
+    broken += limit_problems(ticks, time.time() - created)
+    cached = sum(1 for (task_id, _), output in outputs.items() if output.get("task_id") != task_id)
+    rows: list[tuple[str, float | str, str]] = [
+        ("seconds under kills", round(soaked, 1), f"{args.replicas} replicas on {args.store}"),
+        ("replicas killed -9", replicas.kills, f"their logs: {replicas.logs}"),
+        *([("Redis killed -9", killing.redis.kills, "and restarted from its AOF")] if killing.redis else []),
+        ("tasks", len(run.tasks), ""),
+        *((f"  {name}", count, "") for name, count in sorted(statuses.items())),
+        ("slowest request, s", round(run.slowest, 2), "retried while replicas die"),
+        ("schedule fire times", fired, f"{len(SCHEDULES)} schedules every 1 s; {run.backfills} backfills over them"),
+        ("events published", len(run.events), f"and {run.republished} again with the same id"),
+        ("most calls at once per key", max(most.values(), default=0), f"caps {QUEUE_CAP} and {REPLACE_CAP}"),
+        ("rate-limited calls", len(ticks), f"limit {LIMIT} per {PERIOD:.0f} s"),
+        (f"  most within {WINDOW} s", most_within(ticks, WINDOW), f"at most {LIMIT}"),
+        ("cache hits", cached, f"of {len(outputs)} cached steps"),
+        ("broken promises", len(broken), ""),
+    ]
+    table("chaos: once-only promises under kill -9", rows)
+    for line in broken[:200]:
+        print(f"  {line}")
+    return 1 if broken else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos_promises", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=90)
+    parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kill-redis", action="store_true", help="kill -9 the soak's Redis too, now and then")
+    args = parser.parse_args()
+    if args.store == "sqlite" and args.replicas != 1:
+        parser.error("the embedded store serves one process: --store sqlite takes --replicas 1")
+    sys.exit(asyncio.run(soak(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -44,7 +44,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from bench.chaos import OwnRedis, Replicas, Soak
-from bench.harness import start_plugin
+from bench.harness import percentile, start_plugin
 from bench.report import table
 from mcp_sdk.proto import (
     events_pb2,
@@ -381,6 +381,7 @@ async def report(
     winners = {task_id for submissions in run.replacing.values() if (task_id := latest(submissions))}
     statuses: collections.Counter[str] = collections.Counter()
     outputs: dict[tuple[str, str], Any] = {}
+    waits: list[float] = []  # seconds from submission to end of each rate-limited task
     checked = list(run.tasks.items())
     for start in range(0, len(checked), 100):
         batch = checked[start : start + 100]
@@ -390,6 +391,10 @@ async def report(
         )
         for (task_id, workflow_id), answer in zip(batch, full, strict=True):
             statuses[f"{workflow_id} {task_pb2.TaskStatus.Name(answer.task.status)}"] += 1
+            if workflow_id == "promise-limited":
+                waits.append(
+                    answer.task.end_time.ToMilliseconds() / 1000 - answer.task.create_time.ToMilliseconds() / 1000
+                )
             broken += task_problems(answer.task, workflow_id, outputs)
             if answer.task.status == task_pb2.TASK_STATUS_COMPLETED:
                 winners.discard(task_id)
@@ -417,6 +422,8 @@ async def report(
         ("most calls at once per key", max(most.values(), default=0), f"caps {QUEUE_CAP} and {REPLACE_CAP}"),
         ("rate-limited calls", len(ticks), f"limit {LIMIT} per {PERIOD:.0f} s"),
         (f"  most within {WINDOW} s", most_within(ticks, WINDOW), f"at most {LIMIT}"),
+        ("  submission to end, s: p50", round(percentile(waits, 0.5), 2) if waits else "-", "behind the backlog"),
+        ("  p99 / max", f"{percentile(waits, 0.99):.2f} / {max(waits):.2f}" if waits else "-", ""),
         ("cache hits", cached, f"of {len(outputs)} cached steps"),
         ("broken promises", len(broken), ""),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -144,3 +145,63 @@ async def test_many_limits_are_listed_each_once_with_their_room(store):
     assert [spec.key for spec, _ in listed] == [f"k{i:03d}" for i in range(600)]
     rooms = {spec.key: room for spec, room in listed}
     assert rooms["k007"] == pytest.approx(6, abs=0.01) and rooms["k008"] == pytest.approx(10, abs=0.01)
+
+
+async def test_calls_waiting_for_a_key_are_told_their_turns_one_after_another(store):
+    """Refused calls wait in line: each is told when its own turn comes, after the turns of
+    those ahead of it (not all the same moment, to come back together and race)."""
+    await store.rate_limits.put_rate_limit(RateLimitSpec("line", 1, 0.1))  # one unit every 100 ms
+    assert (await store.rate_limits.take_units([("line", 1, "line")], "early")).granted
+    turns = []
+    for name in ("a", "b", "c", "d"):
+        refused = await store.rate_limits.take_units([("line", 1, "line")], name)
+        assert not refused.granted and refused.key == "line"
+        turns.append(refused.retry_after)
+    # a's turn in about 100 ms, b's a unit later, and so on (less what passed between the asks)
+    for earlier, later in itertools.pairwise(turns):
+        assert later - earlier == pytest.approx(0.1, abs=0.03)
+    # b, come early at a's turn, finds the unit kept for a; a takes it; then b at its own turn
+    await asyncio.sleep(turns[0] + 0.01)
+    assert not (await store.rate_limits.take_units([("line", 1, "line")], "b")).granted
+    assert (await store.rate_limits.take_units([("line", 1, "line")], "a")).granted
+    late = await store.rate_limits.take_units([("line", 1, "line")], "latecomer")
+    assert not late.granted and late.retry_after > 0.25  # behind b, c and d
+    await asyncio.sleep(0.12)
+    assert (await store.rate_limits.take_units([("line", 1, "line")], "b")).granted
+
+
+async def test_an_ask_without_a_name_does_not_wait_in_line(store):
+    await store.rate_limits.put_rate_limit(RateLimitSpec("plain", 10, 1.0))
+    for _ in range(10):
+        assert (await store.rate_limits.take_units([("plain", 1, "plain")])).granted
+    first = await store.rate_limits.take_units([("plain", 1, "plain")])
+    second = await store.rate_limits.take_units([("plain", 1, "plain")])
+    assert second.retry_after == pytest.approx(first.retry_after, abs=0.03)
+
+
+async def test_a_waiter_that_misses_its_turn_loses_its_place(store, monkeypatch):
+    monkeypatch.setattr("mcp_server.state.rate_queue.WAITER_GRACE_SECONDS", 0.1)
+    monkeypatch.setattr("mcp_server.state.redis.ratelimits.WAITER_GRACE_SECONDS", 0.1)
+    await store.rate_limits.put_rate_limit(RateLimitSpec("gone", 1, 0.2))  # one unit every 200 ms
+    assert (await store.rate_limits.take_units([("gone", 1, "gone")], "early")).granted
+    assert not (await store.rate_limits.take_units([("gone", 1, "gone")], "vanished")).granted
+    refused = await store.rate_limits.take_units([("gone", 1, "gone")], "patient")
+    assert refused.retry_after == pytest.approx(0.4, abs=0.05)  # behind `vanished`
+    # `vanished` does not come for its unit at its turn (200 ms): 100 ms later it has lost its
+    # place, and at its own turn `patient` is not held back by it
+    await asyncio.sleep(refused.retry_after + 0.01)
+    assert (await store.rate_limits.take_units([("gone", 1, "gone")], "patient")).granted
+    back = await store.rate_limits.take_units([("gone", 1, "gone")], "vanished")
+    assert not back.granted and back.retry_after <= 0.2 + 0.01  # at the end of an empty line
+
+
+async def test_a_call_waits_in_the_line_of_each_key_that_refused_it(store):
+    await store.rate_limits.put_rate_limit(RateLimitSpec("wide", 100, 1.0))
+    await store.rate_limits.put_rate_limit(RateLimitSpec("narrow", 1, 60.0))
+    assert (await store.rate_limits.take_units([("wide", 1, "wide"), ("narrow", 1, "narrow")], "first")).granted
+    refused = await store.rate_limits.take_units([("wide", 1, "wide"), ("narrow", 1, "narrow")], "second")
+    assert refused.key == "narrow" and refused.retry_after > 50
+    # `wide` did not refuse it: nothing of `wide` is kept for it
+    rooms = {spec.key: room for spec, room in await store.rate_limits.list_rate_limits()}
+    assert rooms["wide"] == pytest.approx(99, abs=0.1)
+    assert (await store.rate_limits.take_units([("wide", 99, "wide")], "other")).granted

@@ -431,3 +431,51 @@ async def test_the_gauges_show_each_limits_room_as_sampled_with_a_limit_put_else
     assert metrics.get_sample_value("mcp_rate_limit_available", {"key": key}) == pytest.approx(1, abs=1e-3)
     await one.channel.close()
     await other.channel.close()
+
+
+async def until_waiting_or_done(client: Any, task_id: str) -> None:
+    """Follow the task until its step waits for units or has been called."""
+    ends = (E.TASK_EVENT_TYPE_STEP_WAITING, E.TASK_EVENT_TYPE_STEP_COMPLETED)
+    async with asyncio.timeout(20):
+        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+            if event.type in ends:
+                return
+
+
+async def test_calls_waiting_for_units_on_two_replicas_go_in_the_order_they_came_each_asking_about_once(
+    server_factory, redis_url, testkit
+):
+    """A key with a backlog serves its waiting calls first come, first served, whichever replica
+    runs them: each is told its own turn, instead of every waiter coming back at the next unit
+    and one of them, at random, getting it (a step could lose that race until its timeout)."""
+    from tests.e2e.test_server_process import free_port
+    from tests.integration.test_observability import scrape
+
+    ports = [free_port(), free_port()]
+    replicas = [await server_factory(store=redis_url, metrics_port=port) for port in ports]
+    clients = [client_for(r) for r in replicas]
+    tag = uuid.uuid4().hex
+    await put_limit(clients[0], f"line:{tag}", 1, 0.15)  # a call every 150 ms, never two at once
+    uses = [{"key": f"line:{tag}"}]
+    await create(clients[0], workflow("in-line", step("t", "tick", "{'tag': input.tag}", rate_limits=uses)))
+    await asyncio.sleep(1.2)  # the other replica learns the key has a limit within a second
+    tasks = []
+    for i in range(12):
+        client = clients[i % 2]
+        task = await submit(client, "in-line", {"tag": f"{tag}-{i}"})
+        await until_waiting_or_done(client, task.task_id)  # in line before the next one comes
+        tasks.append(task)
+    done = await asyncio.gather(*(wait_done(clients[i % 2], t.task_id) for i, t in enumerate(tasks)))
+    assert all(t.status == S.TASK_STATUS_COMPLETED for t in done)
+    ticks = (await plugin_stats(testkit))["ticks"]
+    assert sorted(range(12), key=lambda i: ticks[f"{tag}-{i}"][0]) == list(range(12))
+    scraped = [await asyncio.to_thread(scrape, port) for port in ports]
+    waited = sum(
+        value
+        for samples in scraped
+        for name, value in samples.items()
+        if name.startswith("mcp_rate_limit_answers_total") and f'key="line:{tag}"' in name and "waited" in name
+    )
+    assert waited <= 2 * 12  # about once each (a race of every waiter at every unit: 66)
+    for client in clients:
+        await client.channel.close()

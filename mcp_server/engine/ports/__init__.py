@@ -14,7 +14,14 @@ from mcp_server.engine.ports.queue import (
     RequestedTask,
     TaskQueue,
 )
-from mcp_server.engine.ports.ratelimits import Grant, KeyRoom, RateLimitSpec, RateLimitStore, UnitGate
+from mcp_server.engine.ports.ratelimits import (
+    WAITER_GRACE_SECONDS,
+    Grant,
+    KeyRoom,
+    RateLimitSpec,
+    RateLimitStore,
+    UnitGate,
+)
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, CapacitySlice, RegistryStore
 from mcp_server.engine.ports.schedules import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore
 from mcp_server.engine.ports.store import Store, StoreConnection
@@ -33,6 +40,7 @@ from mcp_server.engine.ports.workflows import EventInterest, WorkflowStore, wait
 __all__ = [
     "NEVER",
     "NO_SHARE",
+    "WAITER_GRACE_SECONDS",
     "BulkActionStore",
     "BulkRecord",
     "CachedOutput",

@@ -264,6 +264,12 @@ class Layout:
         return f"{self.prefix}{{rl}}:g:"
 
     @property
+    def rate_lines_prefix(self) -> str:
+        """Prefix of the structures of each key's line of waiting calls (ratelimits_lua.py), in
+        the same slot."""
+        return f"{self.prefix}{{rl}}:l:"
+
+    @property
     def rate_state_prefix(self) -> str:
         """Prefix of the GCRA state of each key limited by a template (a hash that expires once
         it could hold nothing back), in the same slot."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mcp_server.engine.ports import Grant, KeyRoom, RateLimitSpec
+from mcp_server.engine.ports import WAITER_GRACE_SECONDS, Grant, KeyRoom, RateLimitSpec
 from mcp_server.state.redis import ratelimits_lua as lua
 from mcp_server.state.redis.connection import RedisConnection
 
@@ -22,6 +22,7 @@ class RedisRateLimits:
         self.keys = conn.layout.rate_limits
         self.grants = conn.layout.rate_grants_prefix
         self.states = conn.layout.rate_state_prefix
+        self.lines = conn.layout.rate_lines_prefix
         self._take = conn.register(lua.TAKE_UNITS)
         self._list = conn.register(lua.LIST_LIMITS)
         self._read = conn.register(lua.READ_LIMIT)
@@ -36,6 +37,7 @@ class RedisRateLimits:
             pipe.hdel(self.keys[1], key)
             pipe.hdel(self.keys[2], key)
             pipe.delete(self.grants + key)
+            pipe.delete(*(f"{self.lines}{part}:{key}" for part in "osu"))
             removed = await self.conn.do(pipe.execute())
         return bool(removed[0])
 
@@ -71,8 +73,8 @@ class RedisRateLimits:
         spec = RateLimitSpec(limit_key, limit, period_ms / 1000, burst)
         return KeyRoom(spec, float(reply[1]), next_unit / 1000 if next_unit >= 0 else None)
 
-    async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:
-        args: list[Any] = [self.grants, self.states]
+    async def take_units(self, asks: Sequence[tuple[str, float, str]], waiter: str = "") -> Grant:
+        args: list[Any] = [self.grants, self.states, self.lines, waiter, repr(WAITER_GRACE_SECONDS * 1000)]
         for key, units, limit_key in asks:
             args += [key, repr(float(units)), limit_key]
         reply = await self.conn.do(self.conn.script(self._take, list(self.keys), args))

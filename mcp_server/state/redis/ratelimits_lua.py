@@ -49,17 +49,57 @@ local function wait_for(live, used, n, limit, period, burst, tat, now)
 end
 """
 
-# ARGV: grants key prefix, templated-state key prefix, then (key, units, limit key) triples
-# -> {'ok'} | {'wait', key, ms} | {'too_large', key}. A key under its own limit keeps its GCRA
-# time and window sum in the shared hashes; a key under a template's, in a hash of its own that
-# expires, with its grants, once it could hold nothing back (its GCRA time and every grant past).
+# ARGV: grants key prefix, templated-state key prefix, line key prefix, waiter ('' for none),
+# grace ms, then (key, units, limit key) triples -> {'ok'} | {'wait', key, ms} | {'too_large', key}.
+# A key under its own limit keeps its GCRA time and window sum in the shared hashes; a key under a
+# template's, in a hash of its own that expires, with its grants, once it could hold nothing back
+# (its GCRA time and every grant past). A key's line (engine/ports/ratelimits.py, take_units) is
+# three structures under the line prefix: `o:<key>` (zset waiter -> first ask), `s:<key>` (zset
+# waiter -> its turn plus the grace, when it is dropped), `u:<key>` (hash waiter -> units).
 TAKE_UNITS = (
     _COMMON
     + """
+local LINE_READ = 256
 local now = now_ms()
 local plan = {}
 local longest, who = 0, ''
-for i = 3, #ARGV, 3 do
+local waiter, grace = ARGV[4], tonumber(ARGV[5])
+-- the units the live waiters ahead of `waiter` wait for (all of the line's when it is not in it),
+-- read for the first LINE_READ of them (those further back are counted at the asker's units)
+local function ahead(key, n)
+  local line, stale, units = ARGV[3] .. 'o:' .. key, ARGV[3] .. 's:' .. key, ARGV[3] .. 'u:' .. key
+  local gone = redis.call('ZRANGEBYSCORE', stale, '-inf', now, 'LIMIT', 0, 1000)
+  if #gone > 0 then
+    redis.call('ZREM', line, unpack(gone))
+    redis.call('ZREM', stale, unpack(gone))
+    redis.call('HDEL', units, unpack(gone))
+  end
+  local count
+  local mine = redis.call('ZRANK', line, waiter)
+  if mine then count = mine else count = redis.call('ZCARD', line) end
+  if count == 0 then return 0 end
+  local names = redis.call('ZRANGE', line, 0, math.min(count, LINE_READ) - 1)
+  local total = 0
+  for _, u in ipairs(redis.call('HMGET', units, unpack(names))) do total = total + (tonumber(u) or n) end
+  return total + math.max(count - LINE_READ, 0) * n
+end
+-- (a line nobody asks of any more expires once every place in it would have been dropped)
+local function wait_in_line(key, n, turn)
+  local line, stale, units = ARGV[3] .. 'o:' .. key, ARGV[3] .. 's:' .. key, ARGV[3] .. 'u:' .. key
+  redis.call('ZADD', line, 'NX', now, waiter)
+  redis.call('ZADD', stale, turn + grace, waiter)
+  redis.call('HSET', units, waiter, n)
+  local keep = math.ceil(math.min(turn + grace - now, 2592000000)) + 1000  -- at most 30 days
+  for _, k in ipairs({line, stale, units}) do
+    if redis.call('PTTL', k) < keep then redis.call('PEXPIRE', k, keep) end
+  end
+end
+local function leave_line(key)
+  redis.call('ZREM', ARGV[3] .. 'o:' .. key, waiter)
+  redis.call('ZREM', ARGV[3] .. 's:' .. key, waiter)
+  redis.call('HDEL', ARGV[3] .. 'u:' .. key, waiter)
+end
+for i = 6, #ARGV, 3 do
   local key, n, limit_key = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local limit, period, burst = definition(limit_key)
   if limit then
@@ -84,12 +124,16 @@ for i = 3, #ARGV, 3 do
       tat = tonumber(redis.call('HGET', KEYS[2], key) or '0')
       used = window(key, grants, period, now)
     end
+    -- room is left for the units of the calls waiting ahead of this one
+    local needed = n
+    if waiter ~= '' then needed = n + ahead(key, n) end
     local live = {}
-    if used + n > capacity + 1e-9 then live = redis.call('ZRANGE', grants, 0, -1, 'WITHSCORES') end
-    local wait = wait_for(live, used, n, limit, period, burst, tat, now)
+    if used + needed > capacity + 1e-9 then live = redis.call('ZRANGE', grants, 0, -1, 'WITHSCORES') end
+    local wait = wait_for(live, used, needed, limit, period, burst, tat, now)
     local interval = period / limit
     tat = math.max(tat, now)
     if wait > 0.001 then
+      if waiter ~= '' then wait_in_line(key, n, now + wait) end
       if wait > longest then longest, who = wait, key end
     else
       table.insert(plan, {key, n, tat + n * interval, grants, used, templated, state, period})
@@ -98,6 +142,7 @@ for i = 3, #ARGV, 3 do
 end
 if longest > 0 then return {'wait', who, tostring(longest)} end
 for _, p in ipairs(plan) do
+  if waiter ~= '' then leave_line(p[1]) end
   redis.call('ZADD', p[4], now, redis.call('INCR', KEYS[4]) .. '|' .. p[2])
   if p[6] then
     local ttl = math.ceil(math.max(p[3] - now, 0) + p[8]) + 1000

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from mcp_server.engine.ports import Grant, KeyRoom, RateLimitSpec
 from mcp_server.state.common import now_seconds
 from mcp_server.state.rate_math import EPSILON, available, next_tat, wait_for
+from mcp_server.state.rate_queue import WaiterLines
 from mcp_server.state.sqlite.database import SqliteDatabase
 
 FORGET_EVERY = 64
@@ -20,6 +21,10 @@ class SqliteRateLimits:
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
         self._takes = 0  # on the store's thread only
+        # the calls waiting for units, in line by key (on the store's thread only): one process
+        # owns the file, so the line lives in its memory, and after a restart forms again as the
+        # waiting calls ask
+        self.lines = WaiterLines()
 
     async def put_rate_limit(self, spec: RateLimitSpec) -> None:
         await self.db.write(
@@ -67,10 +72,11 @@ class SqliteRateLimits:
 
         return await self.db.run(read)
 
-    async def take_units(self, asks: Sequence[tuple[str, float, str]]) -> Grant:
+    async def take_units(self, asks: Sequence[tuple[str, float, str]], waiter: str = "") -> Grant:
         def take(db: sqlite3.Connection) -> Grant:
             now = now_seconds()
             granted = []
+            longest, who = 0.0, ""
             with db:
                 for key, units, limit_key in asks:
                     row = db.execute("SELECT lim, period, burst, tat, used FROM rate_limits WHERE key=?", (limit_key,))
@@ -83,17 +89,27 @@ class SqliteRateLimits:
                     templated = limit_key != key
                     tat, used = _templated_state(db, key) if templated else (float(found[3]), float(found[4]))
                     self._takes += 1
+                    # room is left for the units of the calls waiting ahead of this one
+                    needed = units + (self.lines.ahead(key, waiter, now) if waiter else 0.0)
                     # grants older than the window are forgotten when they may be in the way (and
                     # now and then, to keep the table small); until then `used` only overstates
-                    if used + units > spec.capacity - EPSILON or self._takes % FORGET_EVERY == 0:
+                    if used + needed > spec.capacity - EPSILON or self._takes % FORGET_EVERY == 0:
                         used = max(0.0, used - _forget(db, key, now - spec.period))
                     # the grants of the window are read only when they may be in the way
-                    grants = _grants(db, spec, now) if used + units > spec.capacity - EPSILON else []
-                    wait = wait_for(spec, tat, grants, now, units)
+                    grants = _grants(db, spec, now) if used + needed > spec.capacity - EPSILON else []
+                    wait = wait_for(spec, tat, grants, now, needed)
                     if wait > 0:
-                        return Grant(False, wait, key)
+                        if waiter:
+                            self.lines.wait(key, waiter, units, now + wait)
+                        if wait > longest:
+                            longest, who = wait, key
+                        continue
                     granted.append((spec, tat, used, units, templated))
+                if longest > 0:
+                    return Grant(False, longest, who)
                 for spec, tat, used, units, templated in granted:
+                    if waiter:
+                        self.lines.leave(spec.key, waiter)
                     after = next_tat(spec, tat, now, units)
                     if templated:
                         expires = now + max(after - now, 0.0) + spec.period

@@ -1,0 +1,55 @@
+"""The line of calls waiting for a key's units, for a store that keeps it in Python (SQLite, one
+process); the Redis store keeps the same in Lua (redis/ratelimits_lua.py). See take_units in
+engine/ports/ratelimits.py: first come, first served, each waiter dropped once it misses its
+turn by WAITER_GRACE_SECONDS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mcp_server.engine.ports import WAITER_GRACE_SECONDS
+
+
+@dataclass
+class _Place:
+    units: float
+    stale_at: float  # its turn plus the grace: dropped after that
+
+
+class WaiterLines:
+    """Per key, the waiters in the order they first asked (a dict keeps insertion order)."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, dict[str, _Place]] = {}
+
+    def ahead(self, key: str, waiter: str, now: float) -> float:
+        """The units the live waiters ahead of `waiter` wait for (all of the line's, when it is
+        not in it); drops those that missed their turn."""
+        line = self._lines.get(key)
+        if not line:
+            return 0.0
+        for gone in [name for name, place in line.items() if place.stale_at < now]:
+            del line[gone]
+        total = 0.0
+        for name, place in line.items():
+            if name == waiter:
+                break
+            total += place.units
+        if not line:
+            del self._lines[key]
+        return total
+
+    def wait(self, key: str, waiter: str, units: float, turn: float) -> None:
+        """`waiter` waits for `units` of `key` until `turn` (Unix seconds), keeping its place if it
+        has one."""
+        line = self._lines.setdefault(key, {})
+        place = line.get(waiter)
+        if place is None:
+            line[waiter] = _Place(units, turn + WAITER_GRACE_SECONDS)
+        else:
+            place.units, place.stale_at = units, turn + WAITER_GRACE_SECONDS
+
+    def leave(self, key: str, waiter: str) -> None:
+        line = self._lines.get(key)
+        if line is not None and line.pop(waiter, None) is not None and not line:
+            del self._lines[key]

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,24 +350,48 @@ async def history_of(replicas: Replicas, task_id: str) -> History:
     return history
 
 
-async def soak(args: argparse.Namespace) -> int:
-    random.seed(args.seed)
+@contextlib.asynccontextmanager
+async def kill_loop(args: argparse.Namespace, processes: int = 1) -> AsyncIterator[tuple[Replicas, OwnRedis | None]]:
+    """The testkit plugin, the store `args` name (the soak's own Redis, or a new SQLite file) and
+    `args.replicas` orchestrator processes on it, started; all stopped on the way out. The Redis
+    given back is the one to kill too (None without `--kill-redis`)."""
     plugin = start_plugin()
     redis = None
-    if args.store == "redis":
-        redis = OwnRedis()
-        try:
-            await redis.start()
-        except BaseException:
-            plugin.stop()
-            raise
-        store = redis.url
-    else:
-        store = f"sqlite:///{tempfile.mkdtemp(prefix='chaos-')}/mcp.db"
-    replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas, args.processes)
+    replicas = None
     try:
+        if args.store == "redis":
+            redis = OwnRedis()
+            await redis.start()
+            store = redis.url
+        else:
+            store = f"sqlite:///{tempfile.mkdtemp(prefix='chaos-')}/mcp.db"
+        replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas, processes)
         for index in range(args.replicas):
             await replicas.start(index)
+        yield replicas, redis if args.kill_redis else None
+    finally:
+        if replicas is not None:
+            await replicas.close()
+            for proc in replicas.procs:
+                if proc is not None:
+                    proc.stop()
+        plugin.stop()
+        if redis is not None:
+            await redis.kill()
+
+
+def kill_loop_arguments(parser: argparse.ArgumentParser, seconds: float) -> None:
+    """The arguments every soak on the kill loop takes."""
+    parser.add_argument("--seconds", type=float, default=seconds)
+    parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kill-redis", action="store_true", help="kill -9 the soak's Redis too, now and then")
+
+
+async def soak(args: argparse.Namespace) -> int:
+    random.seed(args.seed)
+    async with kill_loop(args, args.processes) as (replicas, redis):
         roots: dict[str, dict[str, Any]] = {}
         client = replicas.any_client()
 
@@ -378,20 +403,12 @@ async def soak(args: argparse.Namespace) -> int:
             workflow_id = f"chaos-{len(roots)}"
             roots[workflow_id] = root
             await create(workflow_id, root)
-        run = Soak(replicas, roots, redis if args.kill_redis else None)
+        run = Soak(replicas, roots, redis)
         until = time.monotonic() + args.seconds
         started = time.monotonic()
         await asyncio.gather(run.load(until, args.in_flight), run.killer(until))
         soaked = time.monotonic() - started
         return await report(run, args, soaked)
-    finally:
-        await replicas.close()
-        for proc in replicas.procs:
-            if proc is not None:
-                proc.stop()
-        plugin.stop()
-        if redis is not None:
-            await redis.kill()
 
 
 async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
@@ -447,14 +464,10 @@ async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=120)
-    parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
-    parser.add_argument("--replicas", type=int, default=2)
+    kill_loop_arguments(parser, seconds=120)
     parser.add_argument("--workflows", type=int, default=60)
     parser.add_argument("--in-flight", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--processes", type=int, default=1, help="server processes per replica (MCP_PROCESSES)")
-    parser.add_argument("--kill-redis", action="store_true", help="kill -9 the soak's Redis too, now and then")
     parser.add_argument("--sleep-ms", type=int, default=300, help="what the workflows' sleeping steps sleep")
     args = parser.parse_args()
     if args.store == "sqlite" and args.replicas * args.processes != 1:

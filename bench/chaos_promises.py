@@ -33,7 +33,6 @@ import asyncio
 import collections
 import random
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,8 +42,8 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from bench.chaos import OwnRedis, Replicas, Soak
-from bench.harness import percentile, start_plugin
+from bench.chaos import Replicas, Soak, kill_loop, kill_loop_arguments
+from bench.harness import percentile
 from bench.report import table
 from mcp_sdk.proto import (
     events_pb2,
@@ -336,35 +335,16 @@ def task_problems(task: task_pb2.Task, workflow_id: str, outputs: dict[tuple[str
 
 async def soak(args: argparse.Namespace) -> int:
     random.seed(args.seed)
-    plugin = start_plugin()
-    redis = None
-    if args.store == "redis":
-        redis = OwnRedis()
-        await redis.start()
-        store = redis.url
-    else:
-        store = f"sqlite:///{tempfile.mkdtemp(prefix='chaos-promises-')}/mcp.db"
-    replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas)
-    try:
-        for index in range(args.replicas):
-            await replicas.start(index)
+    async with kill_loop(args) as (replicas, redis):
         created = await set_up(replicas)
         run = PromiseSoak(replicas, scheduled_from=created)
-        killing = Soak(replicas, {}, redis if args.kill_redis else None)
+        killing = Soak(replicas, {}, redis)
         started = time.monotonic()
         until = started + args.seconds
         await asyncio.gather(run.load(until), killing.killer(until))
         soaked = time.monotonic() - started
         paused = await pause_schedules(replicas)
         return await report(run, killing, args, soaked, created, paused)
-    finally:
-        await replicas.close()
-        for proc in replicas.procs:
-            if proc is not None:
-                proc.stop()
-        plugin.stop()
-        if redis is not None:
-            await redis.kill()
 
 
 async def report(
@@ -435,11 +415,7 @@ async def report(
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos_promises", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=90)
-    parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
-    parser.add_argument("--replicas", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--kill-redis", action="store_true", help="kill -9 the soak's Redis too, now and then")
+    kill_loop_arguments(parser, seconds=90)
     args = parser.parse_args()
     if args.store == "sqlite" and args.replicas != 1:
         parser.error("the embedded store serves one process: --store sqlite takes --replicas 1")

@@ -235,7 +235,9 @@ def _print_rate_limits(value: dict[str, Any]) -> None:
         under = f" (under {limit['template']})" if limit.get("template") else ""
         wait = float(limit.get("next_unit", "0s").rstrip("s"))
         later = f", the next unit in {wait:.1f}s" if wait > 0 else ""
-        print(f"{limit['key']}\t{rule}{under}\t{limit.get('available', 0):g} available now{later}")
+        waiting = int(limit.get("waiting", 0))
+        line = f", {waiting} call{'s' if waiting != 1 else ''} waiting in line" if waiting else ""
+        print(f"{limit['key']}\t{rule}{under}\t{limit.get('available', 0):g} available now{later}{line}")
 
 
 def parse_seconds(text: str) -> float:

@@ -216,6 +216,8 @@ def rate_limit_view(limit: registry_pb2.RateLimit) -> dict[str, Any]:
         view["template"] = limit.template
     if limit.HasField("next_unit") and (wait := limit.next_unit.ToNanoseconds() / 1e9) > 0:
         view["next_unit"] = f"{wait:.1f} s"
+    if limit.waiting:
+        view["waiting"] = str(limit.waiting)
     return view
 
 

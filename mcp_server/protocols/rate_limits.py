@@ -120,6 +120,7 @@ class RateLimitGate:
             message.key, message.template = key, read.spec.key
         if read.next_unit is not None:
             message.next_unit.FromNanoseconds(round(read.next_unit * 1e9))
+        message.waiting = read.waiting
         return message
 
     async def _read(self, key: str) -> KeyRoom | None:

@@ -39,6 +39,10 @@ class WaiterLines:
             del self._lines[key]
         return total
 
+    def waiting(self, key: str, now: float) -> int:
+        """How many are in `key`'s line and not past their grace."""
+        return sum(1 for place in self._lines.get(key, {}).values() if place.stale_at >= now)
+
     def wait(self, key: str, waiter: str, units: float, turn: float) -> None:
         """`waiter` waits for `units` of `key` until `turn` (Unix seconds), keeping its place if it
         has one."""

@@ -331,6 +331,10 @@ async def test_the_protocols_page_lists_the_rate_limits_to_those_who_may_see_the
         await running.orchestrator.rate_limits.take_units([("tenant:acme", 62)])
         page = await (await browser.get(f"{url}/protocols", params={"rate_key": "tenant:acme"})).text()
         assert '<span class="available">0</span> available now, the next unit in ' in page
+        assert "waiting in line" not in page
+        await running.orchestrator.rate_limits.take_units([("tenant:acme", 1)], "task/step/protocol")
+        page = await (await browser.get(f"{url}/protocols", params={"rate_key": "tenant:acme"})).text()
+        assert '<span class="waiting">1</span> waiting in line.' in page
 
 
 async def test_the_event_stream_leaves_out_the_large_data_the_page_never_shows(console, api):

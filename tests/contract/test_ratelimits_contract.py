@@ -205,3 +205,13 @@ async def test_a_call_waits_in_the_line_of_each_key_that_refused_it(store):
     rooms = {spec.key: room for spec, room in await store.rate_limits.list_rate_limits()}
     assert rooms["wide"] == pytest.approx(99, abs=0.1)
     assert (await store.rate_limits.take_units([("wide", 99, "wide")], "other")).granted
+
+
+async def test_a_keys_line_is_read_with_its_room(store):
+    await store.rate_limits.put_rate_limit(RateLimitSpec("busy", 1, 60.0))
+    assert (await store.rate_limits.take_units([("busy", 1, "busy")], "first")).granted
+    for name in ("second", "third", "second"):  # asking again keeps one place
+        assert not (await store.rate_limits.take_units([("busy", 1, "busy")], name)).granted
+    assert not (await store.rate_limits.take_units([("busy", 1, "busy")])).granted  # a submission: not in line
+    read = await store.rate_limits.read_rate_limit("busy", "busy")
+    assert read is not None and read.waiting == 2 and read.available == 0

@@ -56,6 +56,23 @@ def mcp(address: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_the_cli_shows_the_calls_waiting_in_line_for_a_key(server_process, tmp_path):
+    address, _ = server_process
+    assert mcp(address, "ratelimit", "put", "line:cli", "--limit", "1", "--period", "10s").returncode == 0
+    spec = tmp_path / "in-line.yaml"
+    spec.write_text(
+        "workflow_id: in-line\nroot:\n  id: s\n  step:\n    protocol: summarize\n"
+        "    input: \"{'text': 'One. Two.'}\"\n    rate_limits: [{key: 'line:cli'}]\n"
+    )
+    assert mcp(address, "workflow", "apply", str(spec)).returncode == 0
+    submitted = [json.loads(mcp(address, "--json", "task", "submit", "in-line").stdout)["task"] for _ in range(2)]
+    got = mcp(address, "ratelimit", "get", "line:cli")  # the first took the unit; the second waits 10 s
+    assert got.returncode == 0 and got.stdout.strip().endswith("1 call waiting in line"), got
+    assert json.loads(mcp(address, "--json", "ratelimit", "get", "line:cli").stdout)["rate_limits"][0]["waiting"] == "1"
+    assert mcp(address, "task", "cancel", submitted[1]["task_id"]).returncode == 0
+    assert mcp(address, "ratelimit", "delete", "line:cli").returncode == 0
+
+
 def test_cli_applies_every_example_and_runs_the_showcase(server_process):
     address, _ = server_process
     for example in sorted((ROOT / "examples").glob("*.yaml")):

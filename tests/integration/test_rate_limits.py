@@ -479,3 +479,19 @@ async def test_calls_waiting_for_units_on_two_replicas_go_in_the_order_they_came
     assert waited <= 2 * 12  # about once each (a race of every waiter at every unit: 66)
     for client in clients:
         await client.channel.close()
+
+
+async def test_get_rate_limit_counts_the_calls_waiting_in_line(served):
+    _, client = served
+    tag = uuid.uuid4().hex
+    await put_limit(client, f"busy:{tag}", 1, 60.0)
+    uses = [{"key": f"busy:{tag}"}]
+    await create(client, workflow("busy", step("s", "echo", rate_limits=uses)))
+    assert (await wait_done(client, (await submit(client, "busy")).task_id)).status == S.TASK_STATUS_COMPLETED
+    waiting = [await submit(client, "busy") for _ in range(3)]
+    for task in waiting:
+        await until_waiting_or_done(client, task.task_id)
+    read = await client.registry.GetRateLimit(registry_pb2.GetRateLimitRequest(key=f"busy:{tag}"))
+    assert read.waiting == 3 and read.available == 0
+    for task in waiting:
+        await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))

@@ -56,6 +56,7 @@ class KeyRoom:
     spec: RateLimitSpec
     available: float  # the units one call could take now
     next_unit: float | None  # seconds until one unit could be taken (0: now); None: never (limit + burst < 1)
+    waiting: int = 0  # calls in `key`'s line now (see RateLimitStore.take_units)
 
 
 class RateLimitStore(Protocol):

@@ -64,14 +64,14 @@ class RedisRateLimits:
         return sorted(unique.values(), key=lambda item: item[0].key)
 
     async def read_rate_limit(self, key: str, limit_key: str) -> KeyRoom | None:
-        args = [self.grants, self.states, key, limit_key]
+        args = [self.grants, self.states, key, limit_key, self.lines]
         reply = await self.conn.do(self.conn.script(self._read, list(self.keys), args))
         if not reply:
             return None
         limit, period_ms, burst = (float(part) for part in reply[0].decode().split("|"))
         next_unit = float(reply[2])
         spec = RateLimitSpec(limit_key, limit, period_ms / 1000, burst)
-        return KeyRoom(spec, float(reply[1]), next_unit / 1000 if next_unit >= 0 else None)
+        return KeyRoom(spec, float(reply[1]), next_unit / 1000 if next_unit >= 0 else None, int(reply[3]))
 
     async def take_units(self, asks: Sequence[tuple[str, float, str]], waiter: str = "") -> Grant:
         args: list[Any] = [self.grants, self.states, self.lines, waiter, repr(WAITER_GRACE_SECONDS * 1000)]

@@ -183,9 +183,10 @@ return found
 """
 )
 
-# ARGV: grants key prefix, templated-state key prefix, key, limit key -> {definition, available,
-# ms until one unit (-1: never)} of the limit key's limit for `key`, or {} when it has none; reads
-# only (a grant older than the window is left for the next take to drop, and not counted)
+# ARGV: grants key prefix, templated-state key prefix, key, limit key, line key prefix ->
+# {definition, available, ms until one unit (-1: never), calls in line} of the limit key's limit
+# for `key`, or {} when it has none; reads only (a grant older than the window is left for the
+# next take to drop, and not counted, as is a waiter past its grace)
 READ_LIMIT = (
     _COMMON
     + """
@@ -208,6 +209,7 @@ local by_gcra = capacity - (math.max(tat, now) - now) / interval
 local room = math.max(0, math.min(by_gcra, capacity - used))
 local next_unit = -1  -- never: the limit cannot grant one unit
 if capacity >= 1 - 1e-9 then next_unit = wait_for(live, used, 1, limit, period, burst, tat, now) end
-return {redis.call('HGET', KEYS[1], limit_key), tostring(room), tostring(next_unit)}
+local waiting = redis.call('ZCOUNT', ARGV[5] .. 's:' .. key, '(' .. now, '+inf')
+return {redis.call('HGET', KEYS[1], limit_key), tostring(room), tostring(next_unit), waiting}
 """
 )

@@ -68,7 +68,7 @@ class SqliteRateLimits:
             grants = _grants(db, RateLimitSpec(key, found[0], found[1], found[2]), now)
             spec = RateLimitSpec(limit_key, found[0], found[1], found[2])
             next_unit = wait_for(spec, tat, grants, now, 1) if spec.capacity >= 1 - EPSILON else None
-            return KeyRoom(spec, available(spec, tat, grants, now), next_unit)
+            return KeyRoom(spec, available(spec, tat, grants, now), next_unit, self.lines.waiting(key, now))
 
         return await self.db.run(read)
 

@@ -9,16 +9,19 @@ to a live replica, retried on another with the same request id):
 
 - **schedules** (docs/schedules.md): two schedules fire every second (overlap ALLOW_ALL, a
   catch-up window of an hour) and are backfilled over what they already fired, now and then.
-  Each fire time has exactly one task, and none between the first and the last is missing;
+  Each fire time has exactly one task, and none between the first and the last is missing. Two
+  more fire every second a task that takes 1.5 s, one skipping and one buffering a fire while
+  the last task is unfinished: no task of theirs begins before the one before it ended;
 - **triggers** (docs/events.md): events are published to two workflows that trigger on them,
   some published again with the same id. Each event has exactly one task in each workflow;
 - **concurrency keys** (docs/fairness.md): tasks of a key capped at 2 (QUEUE) and at 1
   (CANCEL_IN_PROGRESS) call a plugin that counts its calls in flight per key. Never more than
   the cap at once;
-- **rate limits** (docs/rate-limits.md): every call of `tick` takes a unit of a limit of 20 per
-  2 s. The plugin never sees more than 20 calls within any 1.5 s (a window a little shorter
-  than the period, as a call reaches the plugin a moment after its grant), nor more than the
-  limit allows over the soak;
+- **rate limits** (docs/rate-limits.md): calls take a unit of a limit of 20 per 2 s, others of
+  a template's 10 per 2 s for each of two tenants, each pressed by a backlog. The plugin never
+  sees more than the limit within any 1.5 s (a window a little shorter than the period, as a
+  call reaches the plugin a moment after its grant), nor more than the limit allows over the
+  soak;
 - **the step cache** (docs/usage-and-cache.md): a cached `whoami` step keyed by one of a few
   values. Its output is always that of the task it says it came from.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import random
 import sys
 import time
@@ -42,7 +46,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from bench.chaos import Replicas, Soak, kill_loop, kill_loop_arguments
+from bench.chaos import TERMINAL, Replicas, Soak, kill_loop, kill_loop_arguments
 from bench.harness import percentile
 from bench.report import table
 from mcp_sdk.proto import (
@@ -63,6 +67,9 @@ KEYS = ["a", "b", "c"]
 QUEUE_CAP, REPLACE_CAP = 2, 1
 LIMIT, PERIOD, WINDOW = 20, 2.0, 1.5  # units per period; the plugin-side window checked
 SCHEDULES = ["every-second-1", "every-second-2"]
+# schedules whose tasks run longer than their interval: never two unfinished at once
+OVERLAPPING = {"skip-1": schedule_pb2.OVERLAP_POLICY_SKIP, "buffer-1": schedule_pb2.OVERLAP_POLICY_BUFFER_ONE}
+TENANTS, TENANT_LIMIT = ["x", "y"], 10  # `tenant:*`: each tenant's own 10 units per period
 SUBMITTERS = 3  # of each kind of request
 
 
@@ -94,7 +101,10 @@ def workflows() -> list[dict[str, Any]]:
         },
         {
             "workflow_id": "promise-limited",
-            "root": {"id": "tick", "step": {"protocol": "tick", "input": "{'tag': 'rl'}"}},
+            "root": {
+                "id": "tick",
+                "step": {"protocol": "tick", "input": "{'tag': 'rl'}", "rate_limits": [{"key": "provider:rl"}]},
+            },
         },
         {
             "workflow_id": "promise-cached",
@@ -109,6 +119,18 @@ def workflows() -> list[dict[str, Any]]:
             for name in ("a", "b")
         ),
         {"workflow_id": "promise-scheduled", "root": {"id": "echo", "step": {"protocol": "echo"}}},
+        {"workflow_id": "promise-slow", "root": {"id": "nap", "step": {"protocol": "sleep", "input": "{'ms': 1500}"}}},
+        {
+            "workflow_id": "promise-tenant",
+            "root": {
+                "id": "tick",
+                "step": {
+                    "protocol": "tick",
+                    "input": "{'tag': 'tenant:' + input.t}",
+                    "rate_limits": [{"key_expression": "'tenant:' + input.t"}],
+                },
+            },
+        },
     ]
 
 
@@ -169,6 +191,7 @@ class PromiseSoak:
             (20, lambda: self.submit("promise-queue", {"k": random.choice(KEYS)})),
             (8, lambda: self.submit("promise-replace", {"k": random.choice(KEYS)})),
             (LIMIT / PERIOD * 1.2, lambda: self.submit("promise-limited", {})),
+            (TENANT_LIMIT / PERIOD * 2.4, lambda: self.submit("promise-tenant", {"t": random.choice(TENANTS)})),
             (20, lambda: self.submit("promise-cached", {"k": random.choice(KEYS)})),
             (20, self.publish),
             (0.2, self.backfill),
@@ -189,19 +212,22 @@ async def set_up(replicas: Replicas) -> float:
     client = replicas.any_client()
     for definition in workflows():
         await client.create(definition)
-    limit = registry_pb2.RateLimit(key="protocol:tick", limit=LIMIT, period=duration_pb2.Duration(seconds=int(PERIOD)))
-    await replicas.call(
-        "PutRateLimit",
-        registry_pb2.PutRateLimitRequest(rate_limit=limit),
-        service=registry_pb2_grpc.ProtocolRegistryStub,
-    )
+    period = duration_pb2.Duration(seconds=int(PERIOD))
+    for key, limit in (("provider:rl", LIMIT), ("tenant:*", TENANT_LIMIT)):
+        await replicas.call(
+            "PutRateLimit",
+            registry_pb2.PutRateLimitRequest(rate_limit=registry_pb2.RateLimit(key=key, limit=limit, period=period)),
+            service=registry_pb2_grpc.ProtocolRegistryStub,
+        )
     created = time.time()
-    for schedule_id in SCHEDULES:
+    plans = [(schedule_id, schedule_pb2.OVERLAP_POLICY_ALLOW_ALL, "promise-scheduled") for schedule_id in SCHEDULES]
+    plans += [(schedule_id, overlap, "promise-slow") for schedule_id, overlap in OVERLAPPING.items()]
+    for schedule_id, overlap, workflow_id in plans:
         schedule = schedule_pb2.Schedule(
             schedule_id=schedule_id,
             spec=schedule_pb2.ScheduleSpec(every=[duration_pb2.Duration(seconds=1)]),
-            action=task_pb2.SubmitTaskRequest(workflow_id="promise-scheduled"),
-            overlap=schedule_pb2.OVERLAP_POLICY_ALLOW_ALL,
+            action=task_pb2.SubmitTaskRequest(workflow_id=workflow_id),
+            overlap=overlap,
             catchup_window=duration_pb2.Duration(seconds=3600),
         )
         request = schedule_pb2.CreateScheduleRequest(schedule=schedule)
@@ -212,7 +238,7 @@ async def set_up(replicas: Replicas) -> float:
 
 async def pause_schedules(replicas: Replicas) -> float:
     """Pause every schedule; the time they stopped firing."""
-    for schedule_id in SCHEDULES:
+    for schedule_id in [*SCHEDULES, *OVERLAPPING]:
         request = schedule_pb2.UpdateScheduleRequest(
             schedule=schedule_pb2.Schedule(schedule_id=schedule_id, paused=True)
         )
@@ -256,6 +282,28 @@ async def schedule_problems(replicas: Replicas, created: float, paused: float) -
     return fired, found
 
 
+async def overlap_problems(replicas: Replicas) -> tuple[list[task_pb2.Task], list[str]]:
+    """A schedule that skips or buffers never has two tasks unfinished at once: each task is
+    created after the one before it ended. Their tasks, and what broke."""
+    found, every = [], []
+    for schedule_id, overlap in OVERLAPPING.items():
+        listed = [
+            (await replicas.call("GetTask", task_pb2.GetTaskRequest(task_id=task.task_id))).task
+            for task in await labelled(replicas, {"mcp/schedule": schedule_id})
+        ]
+        every += listed
+        policy = schedule_pb2.OverlapPolicy.Name(overlap)
+        if len(listed) < 3:
+            found.append(f"schedule {schedule_id} ({policy}): {len(listed)} tasks")
+        ordered = sorted(listed, key=lambda task: task.create_time.ToNanoseconds())
+        for before, after in itertools.pairwise(ordered):
+            if before.status not in TERMINAL or after.create_time.ToNanoseconds() < before.end_time.ToNanoseconds():
+                found.append(
+                    f"schedule {schedule_id} ({policy}): task {after.task_id} began before {before.task_id} ended"
+                )
+    return every, found
+
+
 def timestamp_of(rfc3339: str) -> int:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromJsonString(rfc3339)
@@ -287,15 +335,15 @@ def most_within(ticks: list[float], window: float) -> int:
     return most
 
 
-def limit_problems(ticks: list[float], seconds: float) -> list[str]:
+def limit_problems(ticks: list[float], seconds: float, key: str, limit: int) -> list[str]:
     """No more than the limit (there is no burst) in any window a little shorter than the period,
     nor over the whole soak more than the limit allows."""
     found = []
-    if (most := most_within(ticks, WINDOW)) > LIMIT:
-        found.append(f"rate limit: {most} calls within {WINDOW} s, the limit is {LIMIT} per {PERIOD} s")
-    allowed = LIMIT * (seconds / PERIOD + 1)
+    if (most := most_within(ticks, WINDOW)) > limit:
+        found.append(f"rate limit {key}: {most} calls within {WINDOW} s, the limit is {limit} per {PERIOD} s")
+    allowed = limit * (seconds / PERIOD + 1)
     if len(ticks) > allowed:
-        found.append(f"rate limit: {len(ticks)} calls in {seconds:.1f} s, at most {allowed:.0f} allowed")
+        found.append(f"rate limit {key}: {len(ticks)} calls in {seconds:.1f} s, at most {allowed:.0f} allowed")
     return found
 
 
@@ -353,6 +401,14 @@ async def report(
     replicas = run.replicas
     await asyncio.sleep(3)  # the fire times due at the pause have started their tasks
     fired, broken = await schedule_problems(replicas, created, paused)
+    for _ in range(20):  # the slow schedules' last tasks end within 1.5 s of their start
+        slow, overlapping = await overlap_problems(replicas)
+        if all(task.status in TERMINAL for task in slow):
+            break
+        await asyncio.sleep(0.5)
+    broken += overlapping
+    for task in slow:
+        run.tasks[task.task_id] = "promise-slow"
     for schedule_id in SCHEDULES:
         for task in await labelled(replicas, {"mcp/schedule": schedule_id}):
             run.tasks[task.task_id] = "promise-scheduled"
@@ -388,7 +444,10 @@ async def report(
             if most.get(f"{prefix}:{key}", 0) > cap:
                 broken.append(f"concurrency key {key!r} of cap {cap}: {most[f'{prefix}:{key}']} calls at once")
     ticks = stats["ticks"].get("rl", [])
-    broken += limit_problems(ticks, time.time() - created)
+    broken += limit_problems(ticks, time.time() - created, "provider:rl", LIMIT)
+    by_tenant = {f"tenant:{t}": stats["ticks"].get(f"tenant:{t}", []) for t in TENANTS}
+    for key, times in by_tenant.items():
+        broken += limit_problems(times, time.time() - created, key, TENANT_LIMIT)
     cached = sum(1 for (task_id, _), output in outputs.items() if output.get("task_id") != task_id)
     rows: list[tuple[str, float | str, str]] = [
         ("seconds under kills", round(soaked, 1), f"{args.replicas} replicas on {args.store}"),
@@ -398,10 +457,15 @@ async def report(
         *((f"  {name}", count, "") for name, count in sorted(statuses.items())),
         ("slowest request, s", round(run.slowest, 2), "retried while replicas die"),
         ("schedule fire times", fired, f"{len(SCHEDULES)} schedules every 1 s; {run.backfills} backfills over them"),
+        ("slow schedules' tasks (skip, buffer one)", len(slow), "never two unfinished at once"),
         ("events published", len(run.events), f"and {run.republished} again with the same id"),
         ("most calls at once per key", max(most.values(), default=0), f"caps {QUEUE_CAP} and {REPLACE_CAP}"),
         ("rate-limited calls", len(ticks), f"limit {LIMIT} per {PERIOD:.0f} s"),
         (f"  most within {WINDOW} s", most_within(ticks, WINDOW), f"at most {LIMIT}"),
+        *(
+            (f"  {key}: calls, most within {WINDOW} s", f"{len(times)}, {most_within(times, WINDOW)}", "each")
+            for key, times in by_tenant.items()
+        ),
         ("  submission to end, s: p50", round(percentile(waits, 0.5), 2) if waits else "-", "behind the backlog"),
         ("  p99 / max", f"{percentile(waits, 0.99):.2f} / {max(waits):.2f}" if waits else "-", ""),
         ("cache hits", cached, f"of {len(outputs)} cached steps"),

@@ -1,6 +1,6 @@
-"""Property: any well-formed definition (subworkflows, recover and agent nodes included) either completes
-or fails with a clear error; none hangs. Cancelled at any moment, it ends, and no step of it is left
-running in its record."""
+"""Property, on both stores (tests/property/conftest.py): any well-formed definition (subworkflows,
+recover and agent nodes included) either completes or fails with a clear error; none hangs.
+Cancelled at any moment, it ends, and no step of it is left running in its record."""
 
 from __future__ import annotations
 

@@ -86,7 +86,8 @@ async def take_units(
     announced = ""
     waiter = f"{ctx.task.task_id}/{path}/{protocol}"  # its place in each key's line, in every life of the run
     while True:
-        grant = await ctx.store_call(lambda: gate.take_units(asks, waiter))  # waits out a store outage
+        # waits out a store outage
+        grant = await ctx.store_call(lambda: gate.take_units(asks, waiter, ctx.task.priority))
         if grant.granted:
             if step is not None and step.waiting_for:  # it waited (in this life or the one that parked)
                 ctx.state(path).ClearField("wait")

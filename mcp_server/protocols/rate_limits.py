@@ -52,11 +52,11 @@ class RateLimitGate:
                 return prefix + TEMPLATE
         return None
 
-    async def take_units(self, asks: Sequence[tuple[str, float]], waiter: str = "") -> Grant:
+    async def take_units(self, asks: Sequence[tuple[str, float]], waiter: str = "", priority: int = 0) -> Grant:
         limited = [(key, units, limit) for key, units in asks if (limit := self.limit_key(key)) is not None]
         if not limited:
             return Grant(True)
-        grant = await self.store.take_units(limited, waiter)
+        grant = await self.store.take_units(limited, waiter, priority)
         for key, _, limit in limited:  # metrics by limit: a template's keys (one per tenant) count as one
             self.counted(limit, grant.granted or key != grant.key)
         return grant

@@ -215,3 +215,20 @@ async def test_a_keys_line_is_read_with_its_room(store):
     assert not (await store.rate_limits.take_units([("busy", 1, "busy")])).granted  # a submission: not in line
     read = await store.rate_limits.read_rate_limit("busy", "busy")
     assert read is not None and read.waiting == 2 and read.available == 0
+
+
+async def test_a_call_of_higher_priority_waits_ahead_of_those_that_came_first(store):
+    await store.rate_limits.put_rate_limit(RateLimitSpec("prio", 1, 0.1))  # one unit every 100 ms
+    assert (await store.rate_limits.take_units([("prio", 1, "prio")], "early")).granted
+    low = await store.rate_limits.take_units([("prio", 1, "prio")], "low", 0)
+    assert (await store.rate_limits.take_units([("prio", 1, "prio")], "later", 0)).retry_after > low.retry_after
+    high = await store.rate_limits.take_units([("prio", 1, "prio")], "high", 5)
+    assert high.retry_after == pytest.approx(low.retry_after, abs=0.03)  # the first turn is now its
+    again = await store.rate_limits.take_units([("prio", 1, "prio")], "low", 0)  # asking again: behind `high`
+    assert again.retry_after == pytest.approx(high.retry_after + 0.1, abs=0.03)
+    await asyncio.sleep(high.retry_after + 0.01)
+    assert not (await store.rate_limits.take_units([("prio", 1, "prio")], "low", 0)).granted
+    assert (await store.rate_limits.take_units([("prio", 1, "prio")], "high", 5)).granted
+    # a newcomer of the lowest priority stands behind every one of them
+    last = await store.rate_limits.take_units([("prio", 1, "prio")], "lowest", -3)
+    assert last.retry_after > 0.15

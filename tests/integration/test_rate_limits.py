@@ -495,3 +495,21 @@ async def test_get_rate_limit_counts_the_calls_waiting_in_line(served):
     assert read.waiting == 3 and read.available == 0
     for task in waiting:
         await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))
+
+
+async def test_a_task_of_higher_priority_takes_the_next_units_before_those_waiting_longer(served, testkit):
+    _, client = served
+    tag = uuid.uuid4().hex
+    await put_limit(client, f"prio:{tag}", 1, 1.0)  # a call a second, never two at once
+    uses = [{"key": f"prio:{tag}"}]
+    await create(client, workflow("by-priority", step("t", "tick", "{'tag': input.tag}", rate_limits=uses)))
+    tasks = []
+    for name, priority in (("first", 0), ("low", 0), ("lower", 0), ("urgent", 9)):
+        task = await submit(client, "by-priority", {"tag": f"{tag}-{name}"}, priority=priority)
+        await until_waiting_or_done(client, task.task_id)
+        tasks.append(task)
+    done = await asyncio.gather(*(wait_done(client, t.task_id) for t in tasks))
+    assert all(t.status == S.TASK_STATUS_COMPLETED for t in done)
+    ticks = (await plugin_stats(testkit))["ticks"]
+    names = sorted(("first", "low", "lower", "urgent"), key=lambda name: ticks[f"{tag}-{name}"][0])
+    assert names == ["first", "urgent", "low", "lower"]

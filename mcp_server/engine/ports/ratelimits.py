@@ -82,16 +82,17 @@ class RateLimitStore(Protocol):
         room under it now; None when `limit_key` has no limit. Changes nothing."""
         ...
 
-    async def take_units(self, asks: Sequence[tuple[str, float, str]], waiter: str = "") -> Grant:
+    async def take_units(self, asks: Sequence[tuple[str, float, str]], waiter: str = "", priority: int = 0) -> Grant:
         """Grant every (key, units, limit key) ask at once, or none of them: `key`'s units under
         the limit of `limit key` (the key itself, or the template it falls under). A limit key
         with no limit grants anything. A refusal names the ask's `key`.
 
         `waiter` (a call's stable name, the same each time it asks) puts a refused call in line:
-        each key keeps the calls it refused in the order they first asked, a grant leaves room
-        for the units of those ahead of the asker, and a refusal says when the asker's turn
-        comes (after theirs), so the calls waiting for a key are served first come, first
-        served, each asking about once. A call that misses its turn by WAITER_GRACE_SECONDS
+        each key keeps the calls it refused by `priority` (higher first, as the queue serves
+        tasks), then in the order they first asked; a grant leaves room for the units of those
+        ahead of the asker, and a refusal says when the asker's turn comes (after theirs), so
+        the calls waiting for a key are served first come, first served within a priority,
+        each asking about once. A call that misses its turn by WAITER_GRACE_SECONDS
         (gone: cancelled, its replica killed) is dropped from the line, and asks at its end when
         it comes back. Without `waiter` an ask neither waits in line nor leaves room for it."""
         ...
@@ -105,7 +106,7 @@ class UnitGate(Protocol):
         """The key whose limit applies to `key`: its own, a template's (`tenant:*`), or None."""
         ...
 
-    async def take_units(self, asks: Sequence[tuple[str, float]], waiter: str = "") -> Grant: ...
+    async def take_units(self, asks: Sequence[tuple[str, float]], waiter: str = "", priority: int = 0) -> Grant: ...
 
     def waiting(self, key: str, change: int) -> None:
         """A step of this replica starts (+1) or stops (-1) waiting for units of `key`."""

@@ -73,8 +73,9 @@ class RedisRateLimits:
         spec = RateLimitSpec(limit_key, limit, period_ms / 1000, burst)
         return KeyRoom(spec, float(reply[1]), next_unit / 1000 if next_unit >= 0 else None, int(reply[3]))
 
-    async def take_units(self, asks: Sequence[tuple[str, float, str]], waiter: str = "") -> Grant:
-        args: list[Any] = [self.grants, self.states, self.lines, waiter, repr(WAITER_GRACE_SECONDS * 1000)]
+    async def take_units(self, asks: Sequence[tuple[str, float, str]], waiter: str = "", priority: int = 0) -> Grant:
+        grace = repr(WAITER_GRACE_SECONDS * 1000)
+        args: list[Any] = [self.grants, self.states, self.lines, waiter, grace, str(priority)]
         for key, units, limit_key in asks:
             args += [key, repr(float(units)), limit_key]
         reply = await self.conn.do(self.conn.script(self._take, list(self.keys), args))

@@ -50,12 +50,14 @@ end
 """
 
 # ARGV: grants key prefix, templated-state key prefix, line key prefix, waiter ('' for none),
-# grace ms, then (key, units, limit key) triples -> {'ok'} | {'wait', key, ms} | {'too_large', key}.
-# A key under its own limit keeps its GCRA time and window sum in the shared hashes; a key under a
-# template's, in a hash of its own that expires, with its grants, once it could hold nothing back
-# (its GCRA time and every grant past). A key's line (engine/ports/ratelimits.py, take_units) is
-# three structures under the line prefix: `o:<key>` (zset waiter -> first ask), `s:<key>` (zset
-# waiter -> its turn plus the grace, when it is dropped), `u:<key>` (hash waiter -> units).
+# grace ms, priority, then (key, units, limit key) triples -> {'ok'} | {'wait', key, ms} |
+# {'too_large', key}. A key under its own limit keeps its GCRA time and window sum in the shared
+# hashes; a key under a template's, in a hash of its own that expires, with its grants, once it
+# could hold nothing back (its GCRA time and every grant past). A key's line (take_units in
+# engine/ports/ratelimits.py) is three structures under the line prefix: `o:<key>`, a zset of
+# score 0 whose members `<2^31 - 1 - priority, 10 digits><first ask ms, 15 digits>|<waiter>` sort
+# it by priority, then first ask; `u:<key>`, a hash waiter -> `<units>|<its member>`; `s:<key>`, a
+# zset waiter -> its turn plus the grace, when it is dropped.
 TAKE_UNITS = (
     _COMMON
     + """
@@ -63,43 +65,71 @@ local LINE_READ = 256
 local now = now_ms()
 local plan = {}
 local longest, who = 0, ''
-local waiter, grace = ARGV[4], tonumber(ARGV[5])
--- the units the live waiters ahead of `waiter` wait for (all of the line's when it is not in it),
--- read for the first LINE_READ of them (those further back are counted at the asker's units)
+local waiter, grace, priority = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local function place_of(units, name)  -- units, member of a waiter in line (nil when it is not)
+  local entry = redis.call('HGET', units, name)
+  if not entry then return nil end
+  local n, member = string.match(entry, '^([^|]+)|(.+)$')
+  return tonumber(n), member
+end
+-- the units the live waiters ahead of `waiter` wait for (when it is not in line, of those it
+-- would stand behind), read for the first LINE_READ of them (those further back are counted at
+-- the asker's units)
 local function ahead(key, n)
   local line, stale, units = ARGV[3] .. 'o:' .. key, ARGV[3] .. 's:' .. key, ARGV[3] .. 'u:' .. key
   local gone = redis.call('ZRANGEBYSCORE', stale, '-inf', now, 'LIMIT', 0, 1000)
+  for _, name in ipairs(gone) do
+    local _, member = place_of(units, name)
+    if member then redis.call('ZREM', line, member) end
+  end
   if #gone > 0 then
-    redis.call('ZREM', line, unpack(gone))
     redis.call('ZREM', stale, unpack(gone))
     redis.call('HDEL', units, unpack(gone))
   end
   local count
-  local mine = redis.call('ZRANK', line, waiter)
-  if mine then count = mine else count = redis.call('ZCARD', line) end
+  local _, mine = place_of(units, waiter)
+  if mine then
+    count = redis.call('ZRANK', line, mine)
+  else  -- behind those of its priority that asked first, in this same ms too
+    local first = string.format('%010.0f%015.0f', 2147483647 - priority, math.floor(now))
+    count = redis.call('ZLEXCOUNT', line, '-', '(' .. first .. '|\\255')
+  end
   if count == 0 then return 0 end
-  local names = redis.call('ZRANGE', line, 0, math.min(count, LINE_READ) - 1)
+  local names = {}
+  for i, member in ipairs(redis.call('ZRANGE', line, 0, math.min(count, LINE_READ) - 1)) do
+    names[i] = string.match(member, '|(.+)$')
+  end
   local total = 0
-  for _, u in ipairs(redis.call('HMGET', units, unpack(names))) do total = total + (tonumber(u) or n) end
+  for _, entry in ipairs(redis.call('HMGET', units, unpack(names))) do
+    total = total + (tonumber(entry and string.match(entry, '^([^|]+)|') or nil) or n)
+  end
   return total + math.max(count - LINE_READ, 0) * n
 end
 -- (a line nobody asks of any more expires once every place in it would have been dropped)
 local function wait_in_line(key, n, turn)
   local line, stale, units = ARGV[3] .. 'o:' .. key, ARGV[3] .. 's:' .. key, ARGV[3] .. 'u:' .. key
-  redis.call('ZADD', line, 'NX', now, waiter)
+  local _, member = place_of(units, waiter)
+  if not member then
+    member = string.format('%010.0f%015.0f', 2147483647 - priority, math.floor(now)) .. '|' .. waiter
+    redis.call('ZADD', line, 0, member)
+  end
+  redis.call('HSET', units, waiter, n .. '|' .. member)
   redis.call('ZADD', stale, turn + grace, waiter)
-  redis.call('HSET', units, waiter, n)
   local keep = math.ceil(math.min(turn + grace - now, 2592000000)) + 1000  -- at most 30 days
   for _, k in ipairs({line, stale, units}) do
     if redis.call('PTTL', k) < keep then redis.call('PEXPIRE', k, keep) end
   end
 end
 local function leave_line(key)
-  redis.call('ZREM', ARGV[3] .. 'o:' .. key, waiter)
-  redis.call('ZREM', ARGV[3] .. 's:' .. key, waiter)
-  redis.call('HDEL', ARGV[3] .. 'u:' .. key, waiter)
+  local units = ARGV[3] .. 'u:' .. key
+  local _, member = place_of(units, waiter)
+  if member then
+    redis.call('ZREM', ARGV[3] .. 'o:' .. key, member)
+    redis.call('ZREM', ARGV[3] .. 's:' .. key, waiter)
+    redis.call('HDEL', units, waiter)
+  end
 end
-for i = 6, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   local key, n, limit_key = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local limit, period, burst = definition(limit_key)
   if limit then

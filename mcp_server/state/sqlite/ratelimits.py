@@ -72,7 +72,7 @@ class SqliteRateLimits:
 
         return await self.db.run(read)
 
-    async def take_units(self, asks: Sequence[tuple[str, float, str]], waiter: str = "") -> Grant:
+    async def take_units(self, asks: Sequence[tuple[str, float, str]], waiter: str = "", priority: int = 0) -> Grant:
         def take(db: sqlite3.Connection) -> Grant:
             now = now_seconds()
             granted = []
@@ -90,7 +90,7 @@ class SqliteRateLimits:
                     tat, used = _templated_state(db, key) if templated else (float(found[3]), float(found[4]))
                     self._takes += 1
                     # room is left for the units of the calls waiting ahead of this one
-                    needed = units + (self.lines.ahead(key, waiter, now) if waiter else 0.0)
+                    needed = units + (self.lines.ahead(key, waiter, priority, now) if waiter else 0.0)
                     # grants older than the window are forgotten when they may be in the way (and
                     # now and then, to keep the table small); until then `used` only overstates
                     if used + needed > spec.capacity - EPSILON or self._takes % FORGET_EVERY == 0:
@@ -100,7 +100,7 @@ class SqliteRateLimits:
                     wait = wait_for(spec, tat, grants, now, needed)
                     if wait > 0:
                         if waiter:
-                            self.lines.wait(key, waiter, units, now + wait)
+                            self.lines.wait(key, waiter, units, priority, now, now + wait)
                         if wait > longest:
                             longest, who = wait, key
                         continue

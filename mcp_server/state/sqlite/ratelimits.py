@@ -90,7 +90,7 @@ class SqliteRateLimits:
                     tat, used = _templated_state(db, key) if templated else (float(found[3]), float(found[4]))
                     self._takes += 1
                     # room is left for the units of the calls waiting ahead of this one
-                    needed = units + (self.lines.ahead(key, waiter, priority, now) if waiter else 0.0)
+                    needed = units + (self.lines.ahead(key, waiter, units, priority, now) if waiter else 0.0)
                     # grants older than the window are forgotten when they may be in the way (and
                     # now and then, to keep the table small); until then `used` only overstates
                     if used + needed > spec.capacity - EPSILON or self._takes % FORGET_EVERY == 0:

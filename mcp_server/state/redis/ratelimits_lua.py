@@ -55,9 +55,10 @@ end
 # hashes; a key under a template's, in a hash of its own that expires, with its grants, once it
 # could hold nothing back (its GCRA time and every grant past). A key's line (take_units in
 # engine/ports/ratelimits.py) is three structures under the line prefix: `o:<key>`, a zset of
-# score 0 whose members `<2^31 - 1 - priority, 10 digits><first ask ms, 15 digits>|<waiter>` sort
-# it by priority, then first ask; `u:<key>`, a hash waiter -> `<units>|<its member>`; `s:<key>`, a
-# zset waiter -> its turn plus the grace, when it is dropped.
+# score 0 whose members `<2^31 - 1 - priority, 10 digits><first ask ms, 15 digits><arrival (the
+# grant counter), 15 digits>|<waiter>` sort it by priority, then first ask, then arrival within a
+# ms; `u:<key>`, a hash waiter -> `<units>|<its member>`; `s:<key>`, a zset waiter -> its turn
+# plus the grace, when it is dropped.
 TAKE_UNITS = (
     _COMMON
     + """
@@ -92,7 +93,7 @@ local function ahead(key, n)
     count = redis.call('ZRANK', line, mine)
   else  -- behind those of its priority that asked first, in this same ms too
     local first = string.format('%010.0f%015.0f', 2147483647 - priority, math.floor(now))
-    count = redis.call('ZLEXCOUNT', line, '-', '(' .. first .. '|\\255')
+    count = redis.call('ZLEXCOUNT', line, '-', '(' .. first .. '\\255')
   end
   if count == 0 then return 0 end
   local names = {}
@@ -110,7 +111,8 @@ local function wait_in_line(key, n, turn)
   local line, stale, units = ARGV[3] .. 'o:' .. key, ARGV[3] .. 's:' .. key, ARGV[3] .. 'u:' .. key
   local _, member = place_of(units, waiter)
   if not member then
-    member = string.format('%010.0f%015.0f', 2147483647 - priority, math.floor(now)) .. '|' .. waiter
+    local arrival = redis.call('INCR', KEYS[4])  -- orders those of one priority and one ms
+    member = string.format('%010.0f%015.0f%015.0f', 2147483647 - priority, math.floor(now), arrival) .. '|' .. waiter
     redis.call('ZADD', line, 0, member)
   end
   redis.call('HSET', units, waiter, n .. '|' .. member)

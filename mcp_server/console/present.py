@@ -225,6 +225,8 @@ def waits_for(wait: task_pb2.StepWait) -> str:
     """What a waiting step waits for, in words."""
     if wait.event:
         return f"event {wait.event}" + (f" with key {wait.key}" if wait.key else "")
+    if wait.rate_limit_keys:
+        return "units of rate limit " + ", ".join(wait.rate_limit_keys)
     return wait.signal or "its time"
 
 

@@ -53,7 +53,7 @@ from mcp_server.engine.records import (
     take_value,
 )
 from mcp_server.engine.restored_steps import TASK_SCOPE, outputs_by_scope
-from mcp_server.engine.step_ends import code_name, code_number, end_data
+from mcp_server.engine.step_ends import code_name, code_number, duration_ms, end_data
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.texts import clipped
 from mcp_server.engine.value_chunks import read_whole
@@ -380,7 +380,7 @@ class RunContext:
             message=f"{state.kind} {state.node_id} completed",
             flush_soon=True,
             data={
-                "duration_ms": _duration_ms(step, ended_ns),
+                "duration_ms": duration_ms(step.started_ns, step.state, ended_ns),
                 "kind": state.kind,
                 **end_data(state, ended_ns, self.cache_outcomes.pop(path, None)),
             },
@@ -395,6 +395,8 @@ class RunContext:
         ended_ns = time.time_ns()
         state.end_time.CopyFrom(timestamp_of(ended_ns))
         self._dirty[path] = None
+        if state.wait.rate_limit_keys and self.rate_limits is not None:  # it waits in no line any more
+            self.rate_limits.give_up([(key, 0.0) for key in state.wait.rate_limit_keys], f"{self.task.task_id}/{path}")
         if not cancelled:
             self.emit(
                 E.TASK_EVENT_TYPE_STEP_FAILED,
@@ -404,7 +406,7 @@ class RunContext:
                 message=message,
                 data={
                     "code": code,
-                    "duration_ms": _duration_ms(step, ended_ns),
+                    "duration_ms": duration_ms(step.started_ns, step.state, ended_ns),
                     "kind": state.kind,
                     **end_data(state, ended_ns, None),
                 },
@@ -443,8 +445,3 @@ class RunContext:
         """When the node at `path` first began (Unix seconds), whichever life of the run began it."""
         step = self._steps[path]
         return (step.started_ns or step.state.start_time.ToNanoseconds()) / 1e9
-
-
-def _duration_ms(step: _Step, ended_ns: int) -> float:
-    started_ns = step.started_ns or step.state.start_time.ToNanoseconds()  # the latter is slow: only after a restore
-    return round((ended_ns - started_ns) / 1e6, 3)

@@ -10,6 +10,12 @@ from google.rpc import code_pb2
 from mcp_sdk.proto import task_pb2
 
 
+def duration_ms(started_ns: int, state: task_pb2.StepState, ended_ns: int) -> float:
+    """How long the step ran, from when this life of the run began it (`started_ns`), else from
+    the start an earlier life recorded (slower to read: only after a restore)."""
+    return round((ended_ns - (started_ns or state.start_time.ToNanoseconds())) / 1e6, 3)
+
+
 def end_data(state: task_pb2.StepState, ended_ns: int, cache: tuple[str, int] | None) -> dict[str, Any]:
     """The extra data of the end event of the step in `state` (empty for most steps)."""
     return {**_timer(state, ended_ns), **_usage(state), **_cached(cache)}

@@ -84,7 +84,9 @@ async def take_units(
     if gate is None:
         return
     announced = ""
-    waiter = f"{ctx.task.task_id}/{path}/{protocol}"  # its place in each key's line, in every life of the run
+    waiter = (
+        f"{ctx.task.task_id}/{path}"  # its place in each key's line, in every life of the run (see RunContext.fail)
+    )
     while True:
         # waits out a store outage
         grant = await ctx.store_call(lambda: gate.take_units(asks, waiter, ctx.task.priority))
@@ -117,6 +119,7 @@ async def take_units(
         if deadline is not None:
             ctx.state(path).wait.deadline.CopyFrom(timestamp_of(int(deadline * 1e9)))
             resume = min(resume, deadline)
+        ctx.state(path).wait.rate_limit_keys[:] = [key for key, _ in asks if gate.limit_key(key) is not None]
         gate.waiting(grant.key, +1)
         try:
             await ctx.suspensions.pause(path, resume)

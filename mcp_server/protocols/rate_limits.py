@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from mcp_sdk.proto import registry_pb2
 from mcp_server.engine.compiler.fields import RATE_LIMIT_KEY
 from mcp_server.engine.ports import Grant, KeyRoom, RateLimitSpec, RateLimitStore
 from mcp_server.errors import FieldViolation, InvalidArgument, McpError, NotFound
+
+logger = logging.getLogger(__name__)
 
 TEMPLATE = "*"  # a key ending so is a template for every key starting with what comes before it
 MIN_PERIOD = 0.001
@@ -41,6 +44,7 @@ class RateLimitGate:
         self.limited: frozenset[str] = frozenset()
         self.templates: tuple[str, ...] = ()  # the prefixes of template keys, longest first
         self.waiters: Counter[str] = Counter()  # steps of this replica waiting, by key
+        self._leaving: set[asyncio.Future[None]] = set()  # calls that gave up, leaving their lines
         self.last: list[tuple[RateLimitSpec, float]] = []  # the limits as last read, with the room they had
 
     # ---- the engine's side ------------------------------------------------------------------
@@ -60,6 +64,19 @@ class RateLimitGate:
         for key, _, limit in limited:  # metrics by limit: a template's keys (one per tenant) count as one
             self.counted(limit, grant.granted or key != grant.key)
         return grant
+
+    def give_up(self, asks: Sequence[tuple[str, float]], waiter: str) -> None:
+        keys = [key for key, _ in asks if self.limit_key(key) is not None]
+        if keys:
+            leaving = asyncio.ensure_future(self._leave(keys, waiter))
+            self._leaving.add(leaving)
+            leaving.add_done_callback(self._leaving.discard)
+
+    async def _leave(self, keys: list[str], waiter: str) -> None:
+        try:
+            await self.store.leave_lines(keys, waiter)
+        except Exception:  # the store away: the places age out as if the waiter had gone
+            logger.debug("could not take %s out of the lines of %s", waiter, keys, exc_info=True)
 
     def waiting(self, key: str, change: int) -> None:
         key = self.limit_key(key) or key

@@ -232,3 +232,17 @@ async def test_a_call_of_higher_priority_waits_ahead_of_those_that_came_first(st
     # a newcomer of the lowest priority stands behind every one of them
     last = await store.rate_limits.take_units([("prio", 1, "prio")], "lowest", -3)
     assert last.retry_after > 0.15
+
+
+async def test_a_waiter_that_gives_up_leaves_the_line_at_once(store):
+    await store.rate_limits.put_rate_limit(RateLimitSpec("leave", 1, 0.2))  # one unit every 200 ms
+    await store.rate_limits.put_rate_limit(RateLimitSpec("other", 1, 0.2))
+    assert (await store.rate_limits.take_units([("leave", 1, "leave")], "early")).granted
+    assert not (await store.rate_limits.take_units([("leave", 1, "leave")], "cancelled")).granted
+    behind = await store.rate_limits.take_units([("leave", 1, "leave")], "behind")
+    assert behind.retry_after == pytest.approx(0.4, abs=0.05)
+    await store.rate_limits.leave_lines(["leave", "other", "never-limited"], "cancelled")
+    read = await store.rate_limits.read_rate_limit("leave", "leave")
+    assert read is not None and read.waiting == 1
+    again = await store.rate_limits.take_units([("leave", 1, "leave")], "behind")
+    assert again.retry_after <= 0.2 + 0.01  # first in line now

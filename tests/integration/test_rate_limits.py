@@ -14,6 +14,7 @@ from google.protobuf import duration_pb2
 
 from mcp_sdk.client import Client as SdkClient
 from mcp_sdk.proto import registry_pb2, task_pb2, workflow_pb2
+from mcp_server.console.present import waits_for
 from mcp_server.settings import Limits
 from tests.conftest import client_for
 from tests.helpers import (
@@ -513,3 +514,37 @@ async def test_a_task_of_higher_priority_takes_the_next_units_before_those_waiti
     ticks = (await plugin_stats(testkit))["ticks"]
     names = sorted(("first", "low", "lower", "urgent"), key=lambda name: ticks[f"{tag}-{name}"][0])
     assert names == ["first", "urgent", "low", "lower"]
+
+
+async def test_a_cancelled_task_leaves_the_line_and_a_parked_one_keeps_its_place(server_factory, store_url):
+    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)  # waits of over 0.1 s park
+    client = client_for(running)
+    tag = uuid.uuid4().hex
+    await put_limit(client, f"hold:{tag}", 1, 60.0)
+    await create(client, workflow("held", step("s", "echo", rate_limits=[{"key": f"hold:{tag}"}])))
+    assert (await wait_done(client, (await submit(client, "held")).task_id)).status == S.TASK_STATUS_COMPLETED
+    waiting = [await submit(client, "held") for _ in range(3)]
+    for task in waiting:
+        await until_waiting_or_done(client, task.task_id)
+
+    async def in_line() -> int:
+        read = await client.registry.GetRateLimit(registry_pb2.GetRateLimitRequest(key=f"hold:{tag}"))
+        return read.waiting
+
+    async with asyncio.timeout(10):  # parked, each keeps its place
+        while (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=waiting[-1].task_id))).task.status != (
+            S.TASK_STATUS_WAITING
+        ):
+            await asyncio.sleep(0.05)
+    assert await in_line() == 3
+    [parked] = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=waiting[0].task_id))).task.steps
+    assert list(parked.wait.rate_limit_keys) == [f"hold:{tag}"]
+    assert waits_for(parked.wait) == f"units of rate limit hold:{tag}"  # as the console says it
+    for task in waiting[:2]:
+        await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id))
+        assert (await wait_done(client, task.task_id)).status == S.TASK_STATUS_CANCELLED
+    async with asyncio.timeout(10):
+        while await in_line() != 1:
+            await asyncio.sleep(0.05)
+    await client.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=waiting[2].task_id))
+    await client.channel.close()

@@ -97,6 +97,11 @@ class RateLimitStore(Protocol):
         it comes back. Without `waiter` an ask neither waits in line nor leaves room for it."""
         ...
 
+    async def leave_lines(self, keys: Sequence[str], waiter: str) -> None:
+        """Take `waiter` out of each key's line: it waits no more (cancelled, timed out, its
+        branch failed), so those behind it, and those who come after, do not wait for it."""
+        ...
+
 
 class UnitGate(Protocol):
     """What a run asks rate-limit units of (protocols/rate_limits.py): the store, behind a cache
@@ -110,4 +115,9 @@ class UnitGate(Protocol):
 
     def waiting(self, key: str, change: int) -> None:
         """A step of this replica starts (+1) or stops (-1) waiting for units of `key`."""
+        ...
+
+    def give_up(self, asks: Sequence[tuple[str, float]], waiter: str) -> None:
+        """The call named `waiter` waits no more for `asks`: out of their keys' lines, in the
+        background (should the store be away, its places age out as if it had gone)."""
         ...

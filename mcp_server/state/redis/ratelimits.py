@@ -24,6 +24,7 @@ class RedisRateLimits:
         self.states = conn.layout.rate_state_prefix
         self.lines = conn.layout.rate_lines_prefix
         self._take = conn.register(lua.TAKE_UNITS)
+        self._leave = conn.register(lua.LEAVE_LINES)
         self._list = conn.register(lua.LIST_LIMITS)
         self._read = conn.register(lua.READ_LIMIT)
 
@@ -85,3 +86,6 @@ class RedisRateLimits:
         if outcome == "too_large":
             return Grant(False, key=reply[1].decode(), too_large=True)
         return Grant(False, float(reply[2]) / 1000, reply[1].decode())
+
+    async def leave_lines(self, keys: Sequence[str], waiter: str) -> None:
+        await self.conn.do(self.conn.script(self._leave, list(self.keys), [self.lines, waiter, *keys]))

@@ -49,6 +49,24 @@ local function wait_for(live, used, n, limit, period, burst, tat, now)
 end
 """
 
+_LINES = """
+local function place_of(units, name)  -- units, member of a waiter in line (nil when it is not)
+  local entry = redis.call('HGET', units, name)
+  if not entry then return nil end
+  local n, member = string.match(entry, '^([^|]+)|(.+)$')
+  return tonumber(n), member
+end
+local function leave_line(prefix, key, name)
+  local units = prefix .. 'u:' .. key
+  local _, member = place_of(units, name)
+  if member then
+    redis.call('ZREM', prefix .. 'o:' .. key, member)
+    redis.call('ZREM', prefix .. 's:' .. key, name)
+    redis.call('HDEL', units, name)
+  end
+end
+"""
+
 # ARGV: grants key prefix, templated-state key prefix, line key prefix, waiter ('' for none),
 # grace ms, priority, then (key, units, limit key) triples -> {'ok'} | {'wait', key, ms} |
 # {'too_large', key}. A key under its own limit keeps its GCRA time and window sum in the shared
@@ -61,18 +79,13 @@ end
 # plus the grace, when it is dropped.
 TAKE_UNITS = (
     _COMMON
+    + _LINES
     + """
 local LINE_READ = 256
 local now = now_ms()
 local plan = {}
 local longest, who = 0, ''
 local waiter, grace, priority = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local function place_of(units, name)  -- units, member of a waiter in line (nil when it is not)
-  local entry = redis.call('HGET', units, name)
-  if not entry then return nil end
-  local n, member = string.match(entry, '^([^|]+)|(.+)$')
-  return tonumber(n), member
-end
 -- the units the live waiters ahead of `waiter` wait for (when it is not in line, of those it
 -- would stand behind), read for the first LINE_READ of them (those further back are counted at
 -- the asker's units)
@@ -122,15 +135,6 @@ local function wait_in_line(key, n, turn)
     if redis.call('PTTL', k) < keep then redis.call('PEXPIRE', k, keep) end
   end
 end
-local function leave_line(key)
-  local units = ARGV[3] .. 'u:' .. key
-  local _, member = place_of(units, waiter)
-  if member then
-    redis.call('ZREM', ARGV[3] .. 'o:' .. key, member)
-    redis.call('ZREM', ARGV[3] .. 's:' .. key, waiter)
-    redis.call('HDEL', units, waiter)
-  end
-end
 for i = 7, #ARGV, 3 do
   local key, n, limit_key = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local limit, period, burst = definition(limit_key)
@@ -174,7 +178,7 @@ for i = 7, #ARGV, 3 do
 end
 if longest > 0 then return {'wait', who, tostring(longest)} end
 for _, p in ipairs(plan) do
-  if waiter ~= '' then leave_line(p[1]) end
+  if waiter ~= '' then leave_line(ARGV[3], p[1], waiter) end
   redis.call('ZADD', p[4], now, redis.call('INCR', KEYS[4]) .. '|' .. p[2])
   if p[6] then
     local ttl = math.ceil(math.max(p[3] - now, 0) + p[8]) + 1000
@@ -188,6 +192,16 @@ for _, p in ipairs(plan) do
   end
 end
 return {'ok'}
+"""
+)
+
+# ARGV: line key prefix, waiter, then keys: the waiter waits no more (cancelled, timed out), out
+# of the line of each key
+LEAVE_LINES = (
+    _LINES
+    + """
+for i = 3, #ARGV do leave_line(ARGV[1], ARGV[i], ARGV[2]) end
+return 0
 """
 )
 

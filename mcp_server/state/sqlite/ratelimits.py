@@ -126,6 +126,13 @@ class SqliteRateLimits:
 
         return await self.db.run(take)
 
+    async def leave_lines(self, keys: Sequence[str], waiter: str) -> None:
+        def leave(_: sqlite3.Connection) -> None:
+            for key in keys:
+                self.lines.leave(key, waiter)
+
+        await self.db.run(leave)
+
 
 def _templated_state(db: sqlite3.Connection, key: str) -> tuple[float, float]:
     """The GCRA time and window sum of a key under a template's limit (nothing kept: a fresh key)."""

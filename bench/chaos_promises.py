@@ -141,6 +141,10 @@ class PromiseSoak:
     replicas: Replicas
     tasks: dict[str, str] = field(default_factory=dict)  # task id: workflow id
     events: list[str] = field(default_factory=list)
+    # the tasks each publish of an event answered, by (event, workflow): one each, however often sent
+    answered: collections.defaultdict[tuple[str, str], set[str]] = field(
+        default_factory=lambda: collections.defaultdict(set)
+    )
     republished: int = 0
     backfills: int = 0
     scheduled_from: float = 0.0
@@ -160,13 +164,14 @@ class PromiseSoak:
             self.replacing[data["k"]].append((began, time.monotonic(), task.task_id))
 
     async def publish(self) -> None:
-        again = self.events and random.random() < 0.2  # as a publisher whose answer was lost would
+        again = bool(self.events) and random.random() < 0.2  # as a publisher whose answer was lost would
         event_id = random.choice(self.events) if again else uuid.uuid4().hex
         request = events_pb2.PublishEventRequest(name=EVENT, request_id=event_id)
         request.data.update({"id": event_id})
         answer = await self.replicas.call("PublishEvent", request, service=events_pb2_grpc.EventServiceStub)
         for task in answer.tasks:
             self.tasks[task.task_id] = task.workflow_id
+            self.answered[(event_id, task.workflow_id)].add(task.task_id)
         if again:
             self.republished += 1
         else:
@@ -413,6 +418,11 @@ async def report(
         for task in await labelled(replicas, {"mcp/schedule": schedule_id}):
             run.tasks[task.task_id] = "promise-scheduled"
     broken += await trigger_problems(replicas, run.events)
+    broken += [
+        f"event {event_id}: publishes of it answered {len(ids)} tasks of {workflow_id}: {sorted(ids)}"
+        for (event_id, workflow_id), ids in run.answered.items()
+        if len(ids) > 1 or event_id not in run.events
+    ]
     # the last task of each key of promise-replace completes (the latest wins), when it was last
     winners = {task_id for submissions in run.replacing.values() if (task_id := latest(submissions))}
     statuses: collections.Counter[str] = collections.Counter()

@@ -42,6 +42,7 @@ from mcp_server.engine.ports import (
     TaskStore,
     UnitGate,
     WaitRecord,
+    waiter_name,
 )
 from mcp_server.engine.records import (
     TASK_RESULT,
@@ -396,7 +397,7 @@ class RunContext:
         state.end_time.CopyFrom(timestamp_of(ended_ns))
         self._dirty[path] = None
         if state.wait.rate_limit_keys and self.rate_limits is not None:  # it waits in no line any more
-            self.rate_limits.give_up([(key, 0.0) for key in state.wait.rate_limit_keys], f"{self.task.task_id}/{path}")
+            self.rate_limits.give_up(state.wait.rate_limit_keys, waiter_name(self.task.task_id, path))
         if not cancelled:
             self.emit(
                 E.TASK_EVENT_TYPE_STEP_FAILED,

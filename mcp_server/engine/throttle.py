@@ -16,7 +16,7 @@ from mcp_server.engine.executor import evaluate
 from mcp_server.engine.instants import rfc3339_of
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import RateLimitUsePlan
-from mcp_server.engine.ports import ProtocolCallError
+from mcp_server.engine.ports import ProtocolCallError, waiter_name
 
 PROTOCOL_KEY = "protocol:"
 MAX_KEY_CHARS = 256  # as long as a limit's own key may be (registry.proto)
@@ -84,9 +84,7 @@ async def take_units(
     if gate is None:
         return
     announced = ""
-    waiter = (
-        f"{ctx.task.task_id}/{path}"  # its place in each key's line, in every life of the run (see RunContext.fail)
-    )
+    waiter = waiter_name(ctx.task.task_id, path)  # its place in each key's line (left in RunContext.fail)
     while True:
         # waits out a store outage
         grant = await ctx.store_call(lambda: gate.take_units(asks, waiter, ctx.task.priority))

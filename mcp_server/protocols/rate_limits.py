@@ -65,10 +65,10 @@ class RateLimitGate:
             self.counted(limit, grant.granted or key != grant.key)
         return grant
 
-    def give_up(self, asks: Sequence[tuple[str, float]], waiter: str) -> None:
-        keys = [key for key, _ in asks if self.limit_key(key) is not None]
-        if keys:
-            leaving = asyncio.ensure_future(self._leave(keys, waiter))
+    def give_up(self, keys: Sequence[str], waiter: str) -> None:
+        limited = [key for key in keys if self.limit_key(key) is not None]
+        if limited:
+            leaving = asyncio.ensure_future(self._leave(limited, waiter))
             self._leaving.add(leaving)
             leaving.add_done_callback(self._leaving.discard)
 

@@ -21,6 +21,7 @@ from mcp_server.engine.ports.ratelimits import (
     RateLimitSpec,
     RateLimitStore,
     UnitGate,
+    waiter_name,
 )
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, CapacitySlice, RegistryStore
 from mcp_server.engine.ports.schedules import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore
@@ -87,4 +88,5 @@ __all__ = [
     "WaitStore",
     "WorkflowStore",
     "waited_events",
+    "waiter_name",
 ]

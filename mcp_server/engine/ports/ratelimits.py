@@ -25,6 +25,12 @@ from typing import Protocol
 WAITER_GRACE_SECONDS = 5.0
 
 
+def waiter_name(task_id: str, path: str) -> str:
+    """The name a step's calls wait in line under, the same in every life of the run (a step
+    asks for one call at a time: its attempts and fallbacks follow one another)."""
+    return f"{task_id}/{path}"
+
+
 @dataclass(frozen=True)
 class RateLimitSpec:
     key: str
@@ -92,9 +98,10 @@ class RateLimitStore(Protocol):
         tasks), then in the order they first asked; a grant leaves room for the units of those
         ahead of the asker, and a refusal says when the asker's turn comes (after theirs), so
         the calls waiting for a key are served first come, first served within a priority,
-        each asking about once. A call that misses its turn by WAITER_GRACE_SECONDS
-        (gone: cancelled, its replica killed) is dropped from the line, and asks at its end when
-        it comes back. Without `waiter` an ask neither waits in line nor leaves room for it."""
+        each asking about once. A call whose step ends meanwhile leaves through leave_lines; one
+        that misses its turn by WAITER_GRACE_SECONDS (its replica killed and nobody resumed it
+        in time) is dropped, and asks at the line's end when it comes back. Without `waiter` an
+        ask neither waits in line nor leaves room for it."""
         ...
 
     async def leave_lines(self, keys: Sequence[str], waiter: str) -> None:
@@ -117,7 +124,7 @@ class UnitGate(Protocol):
         """A step of this replica starts (+1) or stops (-1) waiting for units of `key`."""
         ...
 
-    def give_up(self, asks: Sequence[tuple[str, float]], waiter: str) -> None:
-        """The call named `waiter` waits no more for `asks`: out of their keys' lines, in the
-        background (should the store be away, its places age out as if it had gone)."""
+    def give_up(self, keys: Sequence[str], waiter: str) -> None:
+        """The call named `waiter` waits no more for `keys`: out of their lines, in the background
+        (should the store be away, its places age out as if it had gone)."""
         ...

@@ -121,6 +121,15 @@ class LeaseLost(McpError):
     reason = "LEASE_LOST"
 
 
+class CancelRequested(McpError):
+    """A run's last write would have completed its task after a cancel request for it was
+    stored: the store wrote nothing, and the run ends CANCELLED instead (`message`: the
+    request's reason)."""
+
+    code = StatusCode.ABORTED
+    reason = "CANCEL_REQUESTED"
+
+
 class StartupError(RuntimeError):
     """The server cannot start (a store it cannot open, an address it cannot listen on); the
     message says why in one line, which is all `mcp-server` prints."""

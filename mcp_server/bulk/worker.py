@@ -39,7 +39,7 @@ RETRY_LATER_SECONDS = 1.0
 SKIPPED_REASONS = frozenset({"TASK_NOT_FOUND", "TASK_NOT_FINISHED"})
 
 K = bulk_pb2.BulkActionKind
-CancelSoon = Callable[[str, str], Awaitable[None]]
+CancelSoon = Callable[[str, str], Awaitable[object]]
 Observe = Callable[[str, str], None]  # (kind: cancel, rerun or delete; outcome: succeeded, skipped or failed)
 Delete = Callable[[str, Principal, bool], Awaitable[bool]]
 Rerun = Callable[[task_pb2.RerunTaskRequest, Principal, Mapping[str, str]], Awaitable[tuple[task_pb2.Task, bool]]]

@@ -24,11 +24,13 @@ from typing import Any, TypeVar
 
 from google.rpc import status_pb2
 
-from mcp_sdk.proto import protocol_pb2, task_pb2
+from mcp_sdk.proto import task_pb2
 from mcp_server.engine.cleanup_replay import replaying
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import bounded, make_event, timestamp_of
 from mcp_server.engine.instants import rfc3339_of
+from mcp_server.engine.node_results import NodeFailed as NodeFailed
+from mcp_server.engine.node_results import NodeResult as NodeResult
 from mcp_server.engine.paused_runs import PausedRuns
 from mcp_server.engine.payload import Payload
 from mcp_server.engine.plan import LEAF_KINDS
@@ -56,32 +58,13 @@ from mcp_server.engine.records import (
 from mcp_server.engine.restored_steps import TASK_SCOPE, outputs_by_scope
 from mcp_server.engine.step_ends import code_name, code_number, duration_ms, end_data
 from mcp_server.engine.suspensions import Suspensions
-from mcp_server.engine.texts import clipped
 from mcp_server.engine.value_chunks import read_whole
-from mcp_server.errors import LeaseLost
+from mcp_server.errors import CancelRequested, LeaseLost
 from mcp_server.settings import Limits
 
 T = TypeVar("T")
 USAGE_NAMES_LEFT_OUT = "usage_names_left_out"  # in a task's usage: names past the limit, counted
 UNFINISHED = (task_pb2.STEP_STATUS_RUNNING, task_pb2.STEP_STATUS_WAITING, task_pb2.STEP_STATUS_PENDING)
-
-
-@dataclass(frozen=True)
-class NodeResult:
-    """What a node produced: its output value and, from a step, the protocol's directive."""
-
-    output: Payload
-    directive: protocol_pb2.Directive | None = None
-
-
-class NodeFailed(Exception):
-    """A node failed; `code` is a gRPC status code name, the message names the node."""
-
-    def __init__(self, code: str, message: str) -> None:
-        message = clipped(message)
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -198,6 +181,17 @@ class RunContext:
                 await self.checkpoint()
         except LeaseLost as exc:
             self._lease_lost = exc  # raised where the run next starts a node
+        except CancelRequested:
+            pass  # its completion, refused: the run's last write ends it CANCELLED (TaskRunner)
+
+    def retract_completion(self) -> None:
+        """Take back the COMPLETED end the store refused (CancelRequested), before the run ends
+        the task CANCELLED instead: its event, never written, and its result."""
+        if self._pending and self._pending[-1].type == E.TASK_EVENT_TYPE_COMPLETED:
+            self._pending.pop()
+            self.task.last_sequence -= 1
+        self.result = None
+        self.task.ClearField("end_time")
 
     async def ready_for_next_node(self) -> None:
         """Raise LeaseLost if another replica took the task; wait while the store is down."""
@@ -236,9 +230,11 @@ class RunContext:
                 await self.paused_runs.call(
                     self.task.task_id, lambda: self.store.save_checkpoint(checkpoint), self._refused
                 )
-            except BaseException:
+            except BaseException as exc:
                 self._values.rejected(values)
                 self.suspensions.restore_changes(taken, waits)
+                if isinstance(exc, CancelRequested):  # written again, as the run ends CANCELLED instead
+                    self._pending[:0], self._dirty = events, dict.fromkeys(paths) | self._dirty
                 raise
             self.written_live = live
             self._values.written(values)

@@ -152,7 +152,7 @@ class Dispatcher:
         if running.ending.is_set():
             await asyncio.wait([running.task])  # not `await`: a caller that goes away must not cancel it
             return False
-        if running.cancel.get("cleaning_up"):  # cancelled already, and cleaning up: a second cancel waits for it
+        if running.cancel.get("reason"):  # being cancelled already: a second cancel waits for the first
             if wait:
                 await asyncio.wait([running.task])
             return True

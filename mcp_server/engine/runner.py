@@ -56,7 +56,7 @@ from mcp_server.engine.records import stored_value, task_input
 from mcp_server.engine.schemas import rejection
 from mcp_server.engine.step_ends import code_number
 from mcp_server.engine.suspensions import Suspensions
-from mcp_server.errors import LeaseLost, Unavailable
+from mcp_server.errors import CancelRequested, LeaseLost, Unavailable
 from mcp_server.settings import Limits
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,29 @@ class TaskRunner:
                 follower.cancel()
         if ending is not None:
             ending.set()
-        await ctx.checkpoint()
+        try:
+            await ctx.checkpoint()
+        except CancelRequested as first:
+            await self._cancelled_after_all(ctx, plan, first.message)
         return ctx.written_live
+
+    async def _cancelled_after_all(self, ctx: RunContext, plan: Plan, reason: str) -> None:
+        """The store refused the run's completion: a cancel request was stored first (one a
+        replica that was away, or a nudge that was lost, left the run to end meanwhile). What the
+        store holds is what was asked: the task ends CANCELLED, after its clean-up if it has one."""
+        ctx.retract_completion()
+        await self._end_cancelled(ctx, plan, reason, {})
+        await ctx.checkpoint()
+
+    async def _end_cancelled(self, ctx: RunContext, plan: Plan, reason: str, marks: dict[str, str]) -> None:
+        """End the task CANCELLED, after its clean-up if it has one (`marks` tells the dispatcher
+        that one is under way, so that a second cancel waits for it)."""
+        if plan.cleans_up_on_cancel:
+            marks["cleaning_up"] = "yes"
+            reason, cleaned = await clean_up(ctx, plan, reason, self.limits.cancel_cleanup_seconds)
+            if cleaned:  # kept with the task (and counted by the metrics as it ends)
+                ctx.task.cancel_request.outcome = cleaned
+        self._finish(ctx, task_pb2.TASK_STATUS_CANCELLED, E.TASK_EVENT_TYPE_CANCELLED, "CANCELLED", reason)
 
     def _start(self, ctx: RunContext, lease_token: int) -> None:
         task = ctx.task
@@ -212,12 +233,7 @@ class TaskRunner:
                 current.uncancel()  # handled: the CANCELLED or WAITING state is written below
             if cancel_reason is not None and reason is not None:
                 ctx.abandon_unfinished("CANCELLED", f"the task was cancelled: {reason}")
-                if plan.cleans_up_on_cancel:
-                    cancel_reason["cleaning_up"] = "yes"  # a second cancel waits for it (Dispatcher.cancel)
-                    reason, cleaned = await clean_up(ctx, plan, reason, self.limits.cancel_cleanup_seconds)
-                    if cleaned:  # kept with the task (and counted by the metrics as it ends)
-                        ctx.task.cancel_request.outcome = cleaned
-                self._finish(ctx, task_pb2.TASK_STATUS_CANCELLED, E.TASK_EVENT_TYPE_CANCELLED, "CANCELLED", reason)
+                await self._end_cancelled(ctx, plan, reason, cancel_reason)
             else:
                 due = ctx.suspensions.due(deadline)
                 ctx.task.status = task_pb2.TASK_STATUS_WAITING

@@ -28,7 +28,7 @@ MAX_REFUSAL = 1000  # characters of a refusal kept with the fire time
 
 P = schedule_pb2.OverlapPolicy
 SubmitAs = Callable[[task_pb2.SubmitTaskRequest, str], Awaitable[tuple[task_pb2.Task, bool]]]
-CancelSoon = Callable[[str, str], Awaitable[None]]
+CancelSoon = Callable[[str, str], Awaitable[object]]
 Observe = Callable[[str, float], None]  # (outcome, lateness seconds or 0)
 
 

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -29,7 +30,7 @@ from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import TaskFilter, TaskStore
 from mcp_server.engine.records import task_input
 from mcp_server.engine.waiting import event_key
-from mcp_server.errors import FieldViolation, InvalidArgument, McpError
+from mcp_server.errors import FieldViolation, InvalidArgument, McpError, ResourceExhausted, Unavailable
 from mcp_server.service.cancelling import Cancelling
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,15 @@ def cancel_on_labels(plan: Plan, input_data: struct_pb2.Struct) -> dict[str, str
     return labels
 
 
+@dataclass
+class CalledOff:
+    """What a publish called off: the tasks it started cancelling, and the first it could not
+    start cancelling for now (the store away), for which the publish fails, to be sent again."""
+
+    cancelled: list[str] = field(default_factory=list)
+    later: McpError | None = None
+
+
 class CallingOff:
     """The cancels a publish starts (see the module's docstring)."""
 
@@ -72,12 +82,12 @@ class CallingOff:
         self.plans = plans
         self.cancelling = cancelling
 
-    async def call_off(self, request: events_pb2.PublishEventRequest, event_id: str, principal: Principal) -> list[str]:
-        """Start cancelling the tasks the event calls off; their ids."""
+    async def call_off(self, request: events_pb2.PublishEventRequest, event_id: str, principal: Principal) -> CalledOff:
+        """Start cancelling the tasks the event calls off."""
         digest = _digest(request.name)
         labels = [(KEYED_LABEL + digest, request.key), (ANY_KEY_LABEL + digest, ANY_KEY)]
         if not await self.tasks.labelled(labels):  # no task ever had them: the usual publish
-            return []
+            return CalledOff()
         found = await asyncio.gather(*(self._in_flight(label) for label in labels))
         event = {
             "name": request.name,
@@ -88,12 +98,16 @@ class CallingOff:
         }
         why = f"{REASON}: event {request.name!r} ({event_id})"
         chosen = [task for tasks in found for task in tasks if principal.is_admin or task.owner == principal.name]
-        cancelled: list[str] = []
+        off = CalledOff()
         for start in range(0, len(chosen), AT_ONCE):
             batch = chosen[start : start + AT_ONCE]
             outcomes = await asyncio.gather(*(self._call_off(task, request.name, event, why) for task in batch))
-            cancelled += [task.task_id for task, done in zip(batch, outcomes, strict=True) if done]
-        return cancelled
+            for task, outcome in zip(batch, outcomes, strict=True):
+                if outcome is True:
+                    off.cancelled.append(task.task_id)
+                elif isinstance(outcome, McpError):
+                    off.later = off.later or outcome
+        return off
 
     async def _in_flight(self, label: tuple[str, str]) -> list[task_pb2.Task]:
         where = TaskFilter(statuses=IN_FLIGHT, labels=(label,))
@@ -106,17 +120,18 @@ class CallingOff:
                 return tasks
             token = page.after[-1]
 
-    async def _call_off(self, task: task_pb2.Task, name: str, event: Mapping[str, Any], why: str) -> bool:
+    async def _call_off(self, task: task_pb2.Task, name: str, event: Mapping[str, Any], why: str) -> bool | McpError:
+        """True once the task is being cancelled, False when the event does not call it off, the
+        error when it could not be called off now."""
         plan = await self.plans.get(task.workflow_id, task.workflow_version)
         cancel = next((c for c in plan.cancel_on if c.event == name), None)
         if cancel is None or not await self._holds(cancel, task, event):
             return False
         try:
-            await self.cancelling.cancel_soon(task.task_id, why)
-        except McpError as exc:  # the store away: a publish sent again calls it off
+            return await self.cancelling.cancel_soon(task.task_id, why)
+        except McpError as exc:  # the store away or full: the publish fails, and sent again calls it off
             log.warning("task %s: not called off by event %r now: %s", task.task_id, name, exc.message)
-            return False
-        return True
+            return exc if isinstance(exc, Unavailable | ResourceExhausted) else False
 
     async def _holds(self, cancel: CancelOnPlan, task: task_pb2.Task, event: Mapping[str, Any]) -> bool:
         if cancel.condition is None:

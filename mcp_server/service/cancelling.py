@@ -64,21 +64,25 @@ class Cancelling:
                 reason="CANCEL_PENDING",
             ) from None
 
-    async def cancel_soon(self, task_id: str, why: str) -> None:
+    async def cancel_soon(self, task_id: str, why: str) -> bool:
         """Start cancelling a task without waiting for its end (a new task of its concurrency key
         replaces it): a queued one at once, one running here at once, a waiting one by running it
-        to its end here, one running elsewhere through a request that replica acts on."""
-        if await self.cancel_queued(task_id, why) is not None or await self.dispatcher.cancel(task_id, why, wait=False):
-            return
+        to its end here, one running elsewhere through a request that replica acts on. Unless it
+        was queued, the request is stored first: a replica that takes the run over, should this
+        one die before the end is written, acts on it before anything of the run goes on. False
+        when the task had ended (or its run had written its end) before the request was stored."""
+        if await self.cancel_queued(task_id, why) is not None:
+            return True
+        if not await self.queue.request_cancel(task_id, why):
+            return False
+        if await self.dispatcher.cancel(task_id, why, wait=False):
+            return True
         task = await self.tasks.get_task(task_id)
-        if task is None or task.status in TERMINAL:
-            return
-        if task.status == task_pb2.TASK_STATUS_WAITING:
+        if task is not None and task.status == task_pb2.TASK_STATUS_WAITING:
             claimed = await self.queue.claim_waiting(task_id, self.replica_id, self.lease_seconds)
             if claimed is not None:
                 self.dispatcher.adopt(*claimed, cancel_reason=why)
-                return
-        await self.queue.request_cancel(task_id, why)
+        return True
 
     async def cancel_queued(self, task_id: str, why: str) -> task_pb2.Task | None:
         """Cancel a task still queued, at once; the task as it ended, or None if it left the queue."""

@@ -28,7 +28,7 @@ from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import EventInterest, Published, WorkflowStore
 from mcp_server.engine.ports.events import HOPS_LABEL
 from mcp_server.errors import McpError, NotFound, ResourceExhausted, Unavailable
-from mcp_server.service.cancel_on import CallingOff
+from mcp_server.service.cancel_on import CalledOff, CallingOff
 from mcp_server.service.event_waits import EventWaits, Reached
 from mcp_server.service.submission import Submission, check_input
 from mcp_server.settings import Settings
@@ -89,17 +89,17 @@ class Events:
         known = self._waited.get(request.name)
         if known is None:
             known = (await interest).lookback
-        later, reached, cancelled = await asyncio.gather(
+        later, reached, off = await asyncio.gather(
             self._trigger(interest, request, event, principal, reply),
             self._wake(known, interest, request, event_id, principal),
             self._call_off(interest, request, event_id, principal),
         )
-        reply.cancelled.extend(cancelled)
+        reply.cancelled.extend(off.cancelled)
         for task_id, path, created in reached.woken:
             reply.woken.add(task_id=task_id, step_path=path, created=created)
         for task_id, path, status in reached.refused:
             reply.refused_waits.add(task_id=task_id, step_path=path, status=status)
-        later = later or reached.later
+        later = later or reached.later or off.later
         if later is not None:
             raise later
         return reply
@@ -141,10 +141,10 @@ class Events:
         request: events_pb2.PublishEventRequest,
         event_id: str,
         principal: Principal,
-    ) -> list[str]:
+    ) -> CalledOff:
         """The tasks the event cancels, looked for when some version's cancel_on names it."""
         if not (await interest).cancels:
-            return []
+            return CalledOff()
         return await self.calling_off.call_off(request, event_id, principal)
 
     async def _trigger(

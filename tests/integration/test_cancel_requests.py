@@ -39,14 +39,16 @@ async def user_without_pubsub(redis_url: str) -> AsyncIterator[str]:
         admin.close()
 
 
-async def running_on_one(server_factory: Any, options: dict[str, Any]) -> tuple[task_pb2.Task, Any, Any]:
-    """Two replicas; a task napping 20 s on one of them; (the task, its holder's client, the other's;
+async def running_on_one(
+    server_factory: Any, options: dict[str, Any], ms: int = 20000
+) -> tuple[task_pb2.Task, Any, Any]:
+    """Two replicas; a task napping `ms` on one of them; (the task, its holder's client, the other's;
     each client's `address` is its replica's)."""
     replicas = [await server_factory(**options), await server_factory(**options)]
     clients = [client_for(r) for r in replicas]
     for client, replica in zip(clients, replicas):
         client.address = replica.address
-    await create(clients[0], workflow("napping", step("nap", "sleep", "{'ms': 20000}")))
+    await create(clients[0], workflow("napping", step("nap", "sleep", f"{{'ms': {ms}}}")))
     task = await submit(clients[0], "napping")
     other = await other_replica(clients, replicas, task.task_id)
     holder = clients[1 - clients.index(other)]
@@ -86,3 +88,44 @@ async def test_a_cancel_nobody_acts_on_in_time_is_pending_and_still_happens(serv
         assert [(o.task_id, o.error.reason if o.error else None) for o in passed] == [(task.task_id, "CANCEL_PENDING")]
         done = await wait_done(holder, task.task_id)
         assert done.status == S.TASK_STATUS_CANCELLED and "in a while" in done.error.message
+
+
+async def test_a_run_that_ends_after_a_request_it_did_not_hear_of_ends_cancelled(server_factory, redis_url):
+    """The holder hears no nudge and looks every 30 s; its step ends 2 s after the request was
+    stored. The store refuses the completion, and the run ends the task CANCELLED with the
+    request's reason instead: what CancelTask answered OK for is what happens. The step completed;
+    there is no COMPLETED event, no result, and the events are numbered without a gap."""
+    async with user_without_pubsub(redis_url) as store:
+        task, holder, other = await running_on_one(server_factory, {"store": store, "cancel_poll_seconds": 30}, 2000)
+        reply = await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="not wanted"))
+        assert reply.task.status == S.TASK_STATUS_CANCELLED and reply.task.error.message == "not wanted"
+        done = (await holder.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
+        assert [s.status for s in done.steps] == [task_pb2.STEP_STATUS_COMPLETED]
+        assert not done.HasField("result") and not done.HasField("result_ref")
+        events = [e async for e in holder.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id))]
+        kinds = [task_pb2.TaskEventType.Name(e.type) for e in events]
+        assert "TASK_EVENT_TYPE_COMPLETED" not in kinds and kinds[-1] == "TASK_EVENT_TYPE_CANCELLED"
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_refused_completion_of_a_task_that_cleans_up_ends_it_cancelled_with_nothing_to_undo(
+    server_factory, redis_url
+):
+    """The same with a recover node that cleans up on a cancel: its body had completed when the
+    cancel came, so the cancel stopped nothing and no handler runs (docs/workflows.md); the task
+    ends CANCELLED all the same."""
+    async with user_without_pubsub(redis_url) as store:
+        replicas = [await server_factory(store=store, cancel_poll_seconds=30) for _ in range(2)]
+        clients = [client_for(r) for r in replicas]
+        body, handler = step("nap", "sleep", "{'ms': 2000}"), step("undo", "echo")
+        root = {"id": "r", "recover": {"body": body, "handler": handler, "on_cancel": True}}
+        await create(clients[0], workflow("undoable", root))
+        task = await submit(clients[0], "undoable")
+        other = await other_replica(clients, replicas, task.task_id)
+        async with asyncio.timeout(10):
+            while not (await other.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps:
+                await asyncio.sleep(0.02)
+        reply = await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="not wanted"))
+        assert reply.task.status == S.TASK_STATUS_CANCELLED and reply.task.error.message == "not wanted"
+        states = {s.path: s.status for s in reply.task.steps}
+        assert states["r/nap"] == task_pb2.STEP_STATUS_COMPLETED and "r/undo" not in states

@@ -162,8 +162,9 @@ class TaskQueue(Protocol):
         None when it is not queued (it runs, or it ended)."""
         ...
 
-    async def request_cancel(self, task_id: str, reason: str) -> None:
-        """Leave a cancel request for the replica that runs the task."""
+    async def request_cancel(self, task_id: str, reason: str) -> bool:
+        """Leave a cancel request for the replica that runs the task; False (and nothing left)
+        when the task has ended, or is gone."""
         ...
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:

@@ -5,11 +5,12 @@ every replica at once on a pub/sub channel, so the one that runs it acts within 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from redis.exceptions import NoPermissionError
 
 from mcp_server.errors import Unavailable
-from mcp_server.state.common import now_seconds
+from mcp_server.state.common import TERMINAL, now_seconds
 from mcp_server.state.redis.channels import follow_channel
 from mcp_server.state.redis.connection import RedisConnection
 from mcp_server.state.redis.layout import Layout
@@ -20,18 +21,19 @@ class CancelRequests:
 
     conn: RedisConnection
     layout: Layout
+    _request_cancel: Any  # the registered REQUEST_CANCEL script
 
-    async def request_cancel(self, task_id: str, reason: str) -> None:
-        partition = self.layout.partition_of(task_id)
-        async with self.conn.pipeline(transaction=True) as pipe:
-            pipe.hset(self.layout.task(task_id).header, "cx", reason)
-            pipe.zadd(self.layout.cancels(partition), {task_id: int(now_seconds() * 1000)})
-            await self.conn.do(pipe.execute())
+    async def request_cancel(self, task_id: str, reason: str) -> bool:
+        keys = [self.layout.task(task_id).header, self.layout.cancels(self.layout.partition_of(task_id))]
+        args = [task_id, reason, int(now_seconds() * 1000), *TERMINAL]
+        if not await self.conn.do(self.conn.script(self._request_cancel, keys, args)):
+            return False  # it has ended: nothing to act on
         try:  # after the request is stored: a replica told of it finds it
             await self.conn.do(self.conn.r.publish(self.layout.cancel_channel, task_id))
         except Unavailable as exc:
             if not isinstance(exc.__cause__, NoPermissionError):  # an ACL without pub/sub: the poll finds it
                 raise
+        return True
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
         """The cancel requests among `task_ids`. For as many tasks as there are partitions or

@@ -32,12 +32,13 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mcp_server.errors import LeaseLost, StoreFull, Unavailable
+from mcp_server.errors import CancelRequested, LeaseLost, StoreFull, Unavailable
 from mcp_server.state.redis.lane import RedisLane
 from mcp_server.state.redis.layout import Layout
 
 # how long a write waits for its replicas (wait_replicas) before it is retried
 WAIT_TIMEOUT_MS = 2000
+CANCEL_REQUESTED = "CANCEL_REQUESTED "  # a checkpoint refused: the error reply's prefix, then the reason
 # finished tasks' keys also carry a TTL this much past the retention, in case no replica purges them
 BACKSTOP_MS = 3600 * 1000
 
@@ -92,6 +93,8 @@ class RedisConnection:
         except ResponseError as exc:
             if "LEASE_LOST" in str(exc):
                 raise LeaseLost("lease is no longer held") from exc
+            if str(exc).startswith(CANCEL_REQUESTED):
+                raise CancelRequested(str(exc).removeprefix(CANCEL_REQUESTED)) from exc
             # at maxmemory with noeviction (the policy a store needs); the lane's replies are plain
             if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
                 raise StoreFull(REDIS_FULL) from exc

@@ -90,6 +90,7 @@ class RedisQueue(CreateTask, CancelRequests):
         self._depth = conn.register(lua.QUEUE_DEPTH)
         self._members = conn.register(lua.GROUP_MEMBERS)
         self._note_turns = conn.register(lua.NOTE_TURNS)
+        self._request_cancel = conn.register(lua.REQUEST_CANCEL)
         self.room = QueueRoom(conn, self.queue_length)
 
     async def create_leased(

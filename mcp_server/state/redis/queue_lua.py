@@ -285,3 +285,15 @@ if redis.call('HLEN', KEYS[1]) > 10000 then
 end
 return 1
 """
+
+
+# KEYS: the task's header, the partition's cancels; ARGV: task id, reason, now (ms), the terminal
+# statuses -> 1 when the request is left, 0 when the task has ended or is gone (a request left
+# then would stay in the cancels zset for good: a task's end removes its entry, and none would come)
+REQUEST_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'st')
+if not st or st == ARGV[4] or st == ARGV[5] or st == ARGV[6] then return 0 end
+redis.call('HSET', KEYS[1], 'cx', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"""

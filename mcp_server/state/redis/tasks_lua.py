@@ -4,6 +4,7 @@ running it again."""
 
 from __future__ import annotations
 
+from mcp_sdk.proto import task_pb2
 from mcp_server.state.redis.fair_lua import FAIR
 from mcp_server.state.redis.status_lua import MOVE_STATUS
 from mcp_server.state.redis.waits_lua import PUT_WAIT
@@ -22,6 +23,11 @@ CHECKPOINT = (
     + """
 local head = KEYS[1]
 if redis.call('HGET', head, 'tok') ~= ARGV[1] then return redis.error_reply('LEASE_LOST') end
+if ARGV[3] == '%COMPLETED%' then
+  -- a cancel request stored before the run's end: the run ends CANCELLED instead (nothing written)
+  local cancel = redis.call('HGET', head, 'cx')
+  if cancel then return redis.error_reply('CANCEL_REQUESTED ' .. cancel) end
+end
 local fields = redis.call('HMGET', head, 'st', 'ow', 'wf', 'ct', 'seq')
 redis.call('HSET', head, 'v', ARGV[2], 'st', ARGV[3])
 move_status(ARGV[7], ARGV[8], fields[1], ARGV[3], fields[2], fields[3], fields[4])
@@ -96,7 +102,7 @@ elseif ARGV[9] == '1' then
 end
 return 1
 """
-)
+).replace("%COMPLETED%", str(task_pb2.TASK_STATUS_COMPLETED))
 
 
 # Removes one task with everything it holds: its index entries, its keys, its retention entry,

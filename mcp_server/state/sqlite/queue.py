@@ -14,6 +14,7 @@ from mcp_server.state.common import (
     ACTIVE,
     MAX_OWNERS_COUNTED,
     QUEUE_LENGTH_CACHE_SECONDS,
+    TERMINAL,
     CreateTask,
     QueueFull,
     RequestIdReused,
@@ -316,8 +317,13 @@ class SqliteQueue(CreateTask):
         self.db.written(task_id, events)
         return cancelled
 
-    async def request_cancel(self, task_id: str, reason: str) -> None:
-        await self.db.write("UPDATE tasks SET cancel_reason=? WHERE task_id=?", (reason, task_id))
+    async def request_cancel(self, task_id: str, reason: str) -> bool:
+        return bool(
+            await self.db.write(
+                "UPDATE tasks SET cancel_reason=? WHERE task_id=? AND status NOT IN (?, ?, ?)",
+                (reason, task_id, *TERMINAL),
+            )
+        )
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> dict[str, str]:
         if not task_ids:

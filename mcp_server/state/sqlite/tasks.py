@@ -11,7 +11,7 @@ from typing import Any
 
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.ports import Checkpoint, Deletion, StepRecord, TaskFilter, TaskPage
-from mcp_server.errors import LeaseLost, task_not_found
+from mcp_server.errors import CancelRequested, LeaseLost, task_not_found
 from mcp_server.state.common import (
     EVENTS_PAGE,
     EVENTS_PAGE_BYTES,
@@ -140,6 +140,8 @@ class SqliteTasks:
                 )
                 if updated.rowcount != 1:
                     raise LeaseLost(f"task {checkpoint.task_id}: lease {checkpoint.lease_token} is no longer held")
+                if checkpoint.status == task_pb2.TASK_STATUS_COMPLETED and (cancel := _cancel_reason(db, checkpoint)):
+                    raise CancelRequested(cancel)  # rolled back: the run ends CANCELLED instead
                 db.executemany(
                     "INSERT OR REPLACE INTO steps VALUES (?,?,?,?)",
                     [(checkpoint.task_id, s.index, s.path, s.data) for s in checkpoint.steps],
@@ -255,3 +257,9 @@ def _write_waits(db: sqlite3.Connection, checkpoint: Checkpoint, waiting: bool) 
             "(SELECT 1 FROM signals WHERE task_id=? AND sequence=0))",
             (task_id, task_id),
         )
+
+
+def _cancel_reason(db: sqlite3.Connection, checkpoint: Checkpoint) -> str | None:
+    """The reason of a cancel request stored for the checkpoint's task, if any."""
+    row = db.execute("SELECT cancel_reason FROM tasks WHERE task_id=?", (checkpoint.task_id,)).fetchone()
+    return None if row is None or row[0] is None else str(row[0])

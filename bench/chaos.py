@@ -45,6 +45,7 @@ from hypothesis import seed as hypothesis_seed
 
 from bench.harness import Orchestrated, Proc, free_port, start_orchestrator, start_plugin
 from bench.report import table
+from mcp_sdk.errors import McpError
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 from mcp_server.engine.values import struct_to_dict
 from tests.support.random_workflows import SIGNAL, definitions, store_subworkflows, waits_for_signal
@@ -152,19 +153,23 @@ class Replicas:
 
     async def call(self, method: str, request: Any, timeout: float = 60, service: Any = None) -> Any:
         """`method` of TaskService (or of `service`, a stub class) on a live replica, again on
-        another while they die."""
+        another while they die, and again after the time a rate limit's refusal names."""
         deadline = time.monotonic() + timeout
         while True:
+            pause = 0.1
             try:
                 client = self.any_client()
                 stub = client.tasks if service is None else service(client.channel)
                 return await getattr(stub, method)(request, timeout=10)
             except (grpc.aio.AioRpcError, IndexError) as error:
                 if isinstance(error, grpc.aio.AioRpcError) and error.code() not in RETRYABLE:
+                    retry_after = McpError.from_rpc_error(error).retry_after
+                    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or retry_after is None:
+                        raise
+                    pause = retry_after + random.uniform(0, 0.05)
+                if time.monotonic() + pause > deadline:
                     raise
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(pause)
 
 
 @dataclass

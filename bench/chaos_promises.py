@@ -1,6 +1,6 @@
 """`python -m bench.chaos_promises [--seconds 90] [--store redis|sqlite] [--replicas 2]
 [--kill-redis] [--seed N]`: the once-only promises of schedules, triggers, concurrency keys, rate
-limits and the step cache, under kill -9.
+limits, the step cache and what calls work off, under kill -9.
 
 `bench.chaos` searches random workflows for records a killed replica leaves wrong; this soak
 holds the features around the workflows to what their docs promise, on the same kill loop (a
@@ -23,7 +23,9 @@ to a live replica, retried on another with the same request id):
   call reaches the plugin a moment after its grant), nor more than the limit allows over the
   soak;
 - **the step cache** (docs/usage-and-cache.md): a cached `whoami` step keyed by one of a few
-  values. Its output is always that of the task it says it came from.
+  values. Its output is always that of the task it says it came from;
+- **what calls work off** (bench/chaos_call_offs.py): a debounce, `cancel_on`, queue timeouts,
+  and the submission limit every submission and publish passes.
 
 Every task must end, and end completed unless a promise says otherwise (CANCEL_IN_PROGRESS
 replaces tasks). Prints what it saw and every broken promise; exits 1 if any.
@@ -46,6 +48,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from bench import chaos_call_offs
 from bench.chaos import TERMINAL, Replicas, Soak, kill_loop, kill_loop_arguments
 from bench.harness import percentile
 from bench.report import table
@@ -71,6 +74,9 @@ SCHEDULES = ["every-second-1", "every-second-2"]
 OVERLAPPING = {"skip-1": schedule_pb2.OVERLAP_POLICY_SKIP, "buffer-1": schedule_pb2.OVERLAP_POLICY_BUFFER_ONE}
 TENANTS, TENANT_LIMIT = ["x", "y"], 10  # `tenant:*`: each tenant's own 10 units per period
 SUBMITTERS = 3  # of each kind of request
+# workflows whose tasks may end CANCELLED, and the reason that allows it
+CANCEL_REASONS = {"promise-replace": "CONCURRENCY_LIMIT:", **chaos_call_offs.CANCEL_REASONS}
+UNLIMITED = {"promise-scheduled", "promise-slow"}  # a schedule's fires pass no submission limit
 
 
 def workflows() -> list[dict[str, Any]]:
@@ -131,6 +137,7 @@ def workflows() -> list[dict[str, Any]]:
                 },
             },
         },
+        *chaos_call_offs.workflows(),
     ]
 
 
@@ -153,6 +160,10 @@ class PromiseSoak:
         default_factory=lambda: collections.defaultdict(list)
     )
     slowest: float = 0.0  # seconds, the longest a request took, retries on other replicas included
+    call_offs: chaos_call_offs.CallOffs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.call_offs = chaos_call_offs.CallOffs(self.replicas, self.tasks)
 
     async def submit(self, workflow_id: str, data: dict[str, Any]) -> None:
         request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, request_id=uuid.uuid4().hex)
@@ -195,11 +206,12 @@ class PromiseSoak:
         kinds: list[tuple[float, Callable[[], Awaitable[None]]]] = [
             (20, lambda: self.submit("promise-queue", {"k": random.choice(KEYS)})),
             (8, lambda: self.submit("promise-replace", {"k": random.choice(KEYS)})),
-            (LIMIT / PERIOD * 1.2, lambda: self.submit("promise-limited", {})),
-            (TENANT_LIMIT / PERIOD * 2.4, lambda: self.submit("promise-tenant", {"t": random.choice(TENANTS)})),
+            (LIMIT / PERIOD * 1.6, lambda: self.submit("promise-limited", {})),
+            (TENANT_LIMIT / PERIOD * 3.2, lambda: self.submit("promise-tenant", {"t": random.choice(TENANTS)})),
             (20, lambda: self.submit("promise-cached", {"k": random.choice(KEYS)})),
             (20, self.publish),
             (0.2, self.backfill),
+            *self.call_offs.kinds(),
         ]
 
         async def submitter(rate: float, request: Callable[[], Awaitable[None]]) -> None:
@@ -218,7 +230,7 @@ async def set_up(replicas: Replicas) -> float:
     for definition in workflows():
         await client.create(definition)
     period = duration_pb2.Duration(seconds=int(PERIOD))
-    for key, limit in (("provider:rl", LIMIT), ("tenant:*", TENANT_LIMIT)):
+    for key, limit in (("provider:rl", LIMIT), ("tenant:*", TENANT_LIMIT), ("submit", chaos_call_offs.SUBMIT_LIMIT)):
         await replicas.call(
             "PutRateLimit",
             registry_pb2.PutRateLimitRequest(rate_limit=registry_pb2.RateLimit(key=key, limit=limit, period=period)),
@@ -315,7 +327,7 @@ def timestamp_of(rfc3339: str) -> int:
     return stamp.seconds
 
 
-async def trigger_problems(replicas: Replicas, events: list[str]) -> list[str]:
+async def trigger_problems(replicas: Replicas, events: list[str], workflow_ids: tuple[str, ...]) -> list[str]:
     """Each event published has exactly one task in each workflow that triggers on it."""
     found = []
     for start in range(0, len(events), 50):
@@ -323,7 +335,7 @@ async def trigger_problems(replicas: Replicas, events: list[str]) -> list[str]:
         listed = await asyncio.gather(*(labelled(replicas, {"mcp/event-id": event_id}) for event_id in batch))
         for event_id, tasks in zip(batch, listed, strict=True):
             by_workflow = collections.Counter(task.workflow_id for task in tasks)
-            for name in ("promise-triggered-a", "promise-triggered-b"):
+            for name in workflow_ids:
                 if by_workflow[name] != 1:
                     found.append(f"event {event_id}: {by_workflow[name]} tasks of {name}")
     return found
@@ -368,9 +380,8 @@ def task_problems(task: task_pb2.Task, workflow_id: str, outputs: dict[tuple[str
     name = f"task {task.task_id} of {workflow_id}"
     if task.status == task_pb2.TASK_STATUS_COMPLETED:
         found = []
-    elif workflow_id == "promise-replace" and task.status == task_pb2.TASK_STATUS_CANCELLED:
-        replaced = task.error.message.startswith("CONCURRENCY_LIMIT:")
-        found = [] if replaced else [f"{name}: cancelled, not by its key: {task.error.message!r}"]
+    elif task.status == task_pb2.TASK_STATUS_CANCELLED and (why := CANCEL_REASONS.get(workflow_id)):
+        found = [] if task.error.message.startswith(why) else [f"{name}: cancelled {task.error.message!r}"]
     else:
         found = [f"{name}: {task_pb2.TaskStatus.Name(task.status)} {task.error.message!r}"]
     for state in task.steps:
@@ -417,7 +428,8 @@ async def report(
     for schedule_id in SCHEDULES:
         for task in await labelled(replicas, {"mcp/schedule": schedule_id}):
             run.tasks[task.task_id] = "promise-scheduled"
-    broken += await trigger_problems(replicas, run.events)
+    broken += await trigger_problems(replicas, run.events, ("promise-triggered-a", "promise-triggered-b"))
+    broken += await trigger_problems(replicas, run.call_offs.edit_events, ("promise-debounced",))
     broken += [
         f"event {event_id}: publishes of it answered {len(ids)} tasks of {workflow_id}: {sorted(ids)}"
         for (event_id, workflow_id), ids in run.answered.items()
@@ -428,6 +440,7 @@ async def report(
     statuses: collections.Counter[str] = collections.Counter()
     outputs: dict[tuple[str, str], Any] = {}
     waits: list[float] = []  # seconds from submission to end of each rate-limited task
+    every: dict[str, task_pb2.Task] = {}  # each task as it ended
     checked = list(run.tasks.items())
     for start in range(0, len(checked), 100):
         batch = checked[start : start + 100]
@@ -436,6 +449,7 @@ async def report(
             *(replicas.call("GetTask", task_pb2.GetTaskRequest(task_id=task.task_id)) for task in ended)
         )
         for (task_id, workflow_id), answer in zip(batch, full, strict=True):
+            every[task_id] = answer.task
             statuses[f"{workflow_id} {task_pb2.TaskStatus.Name(answer.task.status)}"] += 1
             if workflow_id == "promise-limited":
                 waits.append(
@@ -449,10 +463,18 @@ async def report(
         stub = protocol_pb2_grpc.ProtocolServiceStub(channel)
         stats = struct_to_dict((await stub.Execute(protocol_pb2.ExecuteRequest(protocol="stats"))).output)
     most = stats["keyed_max"]
-    for key in KEYS:
-        for prefix, cap in (("q", QUEUE_CAP), ("r", REPLACE_CAP)):
-            if most.get(f"{prefix}:{key}", 0) > cap:
-                broken.append(f"concurrency key {key!r} of cap {cap}: {most[f'{prefix}:{key}']} calls at once")
+    capped = [(f"{prefix}:{key}", cap) for key in KEYS for prefix, cap in (("q", QUEUE_CAP), ("r", REPLACE_CAP))]
+    capped += [(f"d:{doc}", 1) for doc in chaos_call_offs.DOCS] + [("e:one", 1)]
+    broken += [
+        f"concurrency key {key!r} of cap {cap}: {most[key]} at once" for key, cap in capped if most.get(key, 0) > cap
+    ]
+    offs = run.call_offs
+    broken += chaos_call_offs.debounce_problems(offs, every, latest)
+    broken += chaos_call_offs.cancel_on_problems(offs, every, stats["ticks"])
+    broken += chaos_call_offs.expiry_problems(offs, every, stats["ticks"])
+    made = [task.create_time.ToNanoseconds() / 1e9 for task in every.values() if task.workflow_id not in UNLIMITED]
+    broken += limit_problems(made, time.time() - created, "submit", chaos_call_offs.SUBMIT_LIMIT)
+    lags = chaos_call_offs.expiry_lags(offs, every)
     ticks = stats["ticks"].get("rl", [])
     broken += limit_problems(ticks, time.time() - created, "provider:rl", LIMIT)
     by_tenant = {f"tenant:{t}": stats["ticks"].get(f"tenant:{t}", []) for t in TENANTS}
@@ -479,12 +501,45 @@ async def report(
         ("  submission to end, s: p50", round(percentile(waits, 0.5), 2) if waits else "-", "behind the backlog"),
         ("  p99 / max", f"{percentile(waits, 0.99):.2f} / {max(waits):.2f}" if waits else "-", ""),
         ("cache hits", cached, f"of {len(outputs)} cached steps"),
+        *offs_rows(offs, every, lags),
+        ("tasks submitted or published", len(made), f"limit {chaos_call_offs.SUBMIT_LIMIT} per {PERIOD:.0f} s"),
+        (f"  most within {WINDOW} s", most_within(made, WINDOW), f"at most {chaos_call_offs.SUBMIT_LIMIT}"),
         ("broken promises", len(broken), ""),
     ]
     table("chaos: once-only promises under kill -9", rows)
     for line in broken[:200]:
         print(f"  {line}")
+    for task_id, since in list(offs.stories.items())[:5]:
+        print(f"  task {task_id}, its events:")
+        print("\n".join(await chaos_call_offs.story(replicas, task_id, since)))
     return 1 if broken else 0
+
+
+def offs_rows(
+    offs: chaos_call_offs.CallOffs, every: dict[str, task_pb2.Task], lags: list[float]
+) -> list[tuple[str, float | str, str]]:
+    """The report's rows of the call-off promises."""
+
+    def ended(workflow_id: str, status: int) -> int:
+        return sum(1 for task in every.values() if task.workflow_id == workflow_id and task.status == status)
+
+    completed, cancelled = task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_CANCELLED
+    calls_off = [order for order in offs.orders.values() if order.cancel_began is not None]
+    return [
+        ("edits (debounced)", len(offs.edit_events), f"{ended('promise-debounced', completed)} tasks completed"),
+        (
+            "orders called off",
+            f"{len(calls_off)} of {len(offs.orders)}",
+            f"{sum(len(o.listed) for o in calls_off)} listed",
+        ),
+        (
+            "  tasks completed",
+            ended("promise-cancellable", completed),
+            f"{ended('promise-cancellable', cancelled)} cancelled",
+        ),
+        ("tasks with a queue timeout", len(offs.expiring), f"{len(lags)} expired unstarted"),
+        ("  deadline to end, s: p50 / max", f"{percentile(lags, 0.5):.2f} / {max(lags):.2f}" if lags else "-", ""),
+    ]
 
 
 def main() -> None:

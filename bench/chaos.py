@@ -171,6 +171,17 @@ class Replicas:
                     raise
                 await asyncio.sleep(pause)
 
+    async def labelled(self, labels: dict[str, str]) -> list[task_pb2.Task]:
+        """Every task with these labels, page after page."""
+        found: list[task_pb2.Task] = []
+        token = ""
+        while True:
+            request = task_pb2.ListTasksRequest(page_size=1000, page_token=token, labels=labels)
+            page = await self.call("ListTasks", request)
+            found += page.tasks
+            if not (token := page.next_page_token):
+                return found
+
 
 @dataclass
 class OwnRedis:

@@ -25,7 +25,8 @@ to a live replica, retried on another with the same request id):
 - **the step cache** (docs/usage-and-cache.md): a cached `whoami` step keyed by one of a few
   values. Its output is always that of the task it says it came from;
 - **what calls work off** (bench/chaos_call_offs.py): a debounce, `cancel_on`, queue timeouts,
-  and the submission limit every submission and publish passes.
+  and the submission limit every submission and publish passes;
+- **bulk actions** (bench/chaos_bulk.py): reruns and cancels of rounds of tasks, each task once.
 
 Every task must end, and end completed unless a promise says otherwise (CANCEL_IN_PROGRESS
 replaces tasks). Prints what it saw and every broken promise; exits 1 if any.
@@ -48,7 +49,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from bench import chaos_call_offs
+from bench import chaos_bulk, chaos_call_offs
 from bench.chaos import TERMINAL, Replicas, Soak, kill_loop, kill_loop_arguments
 from bench.harness import percentile
 from bench.report import table
@@ -75,7 +76,11 @@ OVERLAPPING = {"skip-1": schedule_pb2.OVERLAP_POLICY_SKIP, "buffer-1": schedule_
 TENANTS, TENANT_LIMIT = ["x", "y"], 10  # `tenant:*`: each tenant's own 10 units per period
 SUBMITTERS = 3  # of each kind of request
 # workflows whose tasks may end CANCELLED, and the reason that allows it
-CANCEL_REASONS = {"promise-replace": "CONCURRENCY_LIMIT:", **chaos_call_offs.CANCEL_REASONS}
+CANCEL_REASONS = {
+    "promise-replace": "CONCURRENCY_LIMIT:",
+    chaos_bulk.NAPPING: "bulk action ",
+    **chaos_call_offs.CANCEL_REASONS,
+}
 UNLIMITED = {"promise-scheduled", "promise-slow"}  # a schedule's fires pass no submission limit
 
 
@@ -138,6 +143,7 @@ def workflows() -> list[dict[str, Any]]:
             },
         },
         *chaos_call_offs.workflows(),
+        *chaos_bulk.workflows(),
     ]
 
 
@@ -161,9 +167,11 @@ class PromiseSoak:
     )
     slowest: float = 0.0  # seconds, the longest a request took, retries on other replicas included
     call_offs: chaos_call_offs.CallOffs = field(init=False)
+    bulk: chaos_bulk.Bulk = field(init=False)
 
     def __post_init__(self) -> None:
         self.call_offs = chaos_call_offs.CallOffs(self.replicas, self.tasks)
+        self.bulk = chaos_bulk.Bulk(self.replicas, self.tasks)
 
     async def submit(self, workflow_id: str, data: dict[str, Any]) -> None:
         request = task_pb2.SubmitTaskRequest(workflow_id=workflow_id, request_id=uuid.uuid4().hex)
@@ -221,7 +229,8 @@ class PromiseSoak:
                 await request()
                 self.slowest = max(self.slowest, time.monotonic() - began)
 
-        await asyncio.gather(*(submitter(rate, request) for rate, request in kinds for _ in range(SUBMITTERS)))
+        submitters = (submitter(rate, request) for rate, request in kinds for _ in range(SUBMITTERS))
+        await asyncio.gather(*submitters, self.bulk.load(until))
 
 
 async def set_up(replicas: Replicas) -> float:
@@ -264,24 +273,12 @@ async def pause_schedules(replicas: Replicas) -> float:
     return time.time()
 
 
-async def labelled(replicas: Replicas, labels: dict[str, str]) -> list[task_pb2.Task]:
-    """Every task with these labels, page after page."""
-    found: list[task_pb2.Task] = []
-    token = ""
-    while True:
-        request = task_pb2.ListTasksRequest(page_size=1000, page_token=token, labels=labels)
-        page = await replicas.call("ListTasks", request)
-        found += page.tasks
-        if not (token := page.next_page_token):
-            return found
-
-
 async def schedule_problems(replicas: Replicas, created: float, paused: float) -> tuple[int, list[str]]:
     """Exactly one task per fire time of each schedule, none missing from the first to the
     last; the number of fire times seen."""
     found, fired = [], 0
     for schedule_id in SCHEDULES:
-        tasks = await labelled(replicas, {"mcp/schedule": schedule_id})
+        tasks = await replicas.labelled({"mcp/schedule": schedule_id})
         by_time = collections.Counter(task.labels["mcp/fire-time"] for task in tasks)
         found += [f"schedule {schedule_id}: fire time {at} has {n} tasks" for at, n in by_time.items() if n > 1]
         seconds = sorted(timestamp_of(at) for at in by_time)
@@ -306,7 +303,7 @@ async def overlap_problems(replicas: Replicas) -> tuple[list[task_pb2.Task], lis
     for schedule_id, overlap in OVERLAPPING.items():
         listed = [
             (await replicas.call("GetTask", task_pb2.GetTaskRequest(task_id=task.task_id))).task
-            for task in await labelled(replicas, {"mcp/schedule": schedule_id})
+            for task in await replicas.labelled({"mcp/schedule": schedule_id})
         ]
         every += listed
         policy = schedule_pb2.OverlapPolicy.Name(overlap)
@@ -332,7 +329,7 @@ async def trigger_problems(replicas: Replicas, events: list[str], workflow_ids: 
     found = []
     for start in range(0, len(events), 50):
         batch = events[start : start + 50]
-        listed = await asyncio.gather(*(labelled(replicas, {"mcp/event-id": event_id}) for event_id in batch))
+        listed = await asyncio.gather(*(replicas.labelled({"mcp/event-id": event_id}) for event_id in batch))
         for event_id, tasks in zip(batch, listed, strict=True):
             by_workflow = collections.Counter(task.workflow_id for task in tasks)
             for name in workflow_ids:
@@ -378,7 +375,9 @@ def task_problems(task: task_pb2.Task, workflow_id: str, outputs: dict[tuple[str
     """An unfinished or failed task, a replaced task without its reason, a cached output that is
     not its source's."""
     name = f"task {task.task_id} of {workflow_id}"
-    if task.status == task_pb2.TASK_STATUS_COMPLETED:
+    if task.status == task_pb2.TASK_STATUS_COMPLETED or (
+        task.status == task_pb2.TASK_STATUS_FAILED and workflow_id == chaos_bulk.FAILING
+    ):
         found = []
     elif task.status == task_pb2.TASK_STATUS_CANCELLED and (why := CANCEL_REASONS.get(workflow_id)):
         found = [] if task.error.message.startswith(why) else [f"{name}: cancelled {task.error.message!r}"]
@@ -426,7 +425,7 @@ async def report(
     for task in slow:
         run.tasks[task.task_id] = "promise-slow"
     for schedule_id in SCHEDULES:
-        for task in await labelled(replicas, {"mcp/schedule": schedule_id}):
+        for task in await replicas.labelled({"mcp/schedule": schedule_id}):
             run.tasks[task.task_id] = "promise-scheduled"
     broken += await trigger_problems(replicas, run.events, ("promise-triggered-a", "promise-triggered-b"))
     broken += await trigger_problems(replicas, run.call_offs.edit_events, ("promise-debounced",))
@@ -475,6 +474,7 @@ async def report(
     made = [task.create_time.ToNanoseconds() / 1e9 for task in every.values() if task.workflow_id not in UNLIMITED]
     broken += limit_problems(made, time.time() - created, "submit", chaos_call_offs.SUBMIT_LIMIT)
     lags = chaos_call_offs.expiry_lags(offs, every)
+    broken += await chaos_bulk.bulk_problems(run.bulk)
     ticks = stats["ticks"].get("rl", [])
     broken += limit_problems(ticks, time.time() - created, "provider:rl", LIMIT)
     by_tenant = {f"tenant:{t}": stats["ticks"].get(f"tenant:{t}", []) for t in TENANTS}
@@ -502,6 +502,7 @@ async def report(
         ("  p99 / max", f"{percentile(waits, 0.99):.2f} / {max(waits):.2f}" if waits else "-", ""),
         ("cache hits", cached, f"of {len(outputs)} cached steps"),
         *offs_rows(offs, every, lags),
+        ("bulk actions", len(run.bulk.rounds), f"reruns and cancels of {chaos_bulk.ROUND} tasks each"),
         ("tasks submitted or published", len(made), f"limit {chaos_call_offs.SUBMIT_LIMIT} per {PERIOD:.0f} s"),
         (f"  most within {WINDOW} s", most_within(made, WINDOW), f"at most {chaos_call_offs.SUBMIT_LIMIT}"),
         ("broken promises", len(broken), ""),

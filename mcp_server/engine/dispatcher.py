@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 8
 CLAIM_BATCH_MAX = 128
 EXPIRED_AT_ONCE = 32  # queued tasks past their deadline that the sweep cancels at once
+# a task claimed in these had run before: a cancel may have been left for it meanwhile
+RESUMED = (task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING)
 
 
 @dataclass
@@ -229,7 +231,7 @@ class Dispatcher:
 
     async def _run(self, task: task_pb2.Task, running: _Running) -> None:
         try:
-            if task.status == task_pb2.TASK_STATUS_RUNNING and not running.cancel:
+            if task.status in RESUMED and not running.cancel:
                 await self._cancel_left_for(task.task_id, running)
             plan = await self.plans.get(task.workflow_id, task.workflow_version)
             running.waits = bool(plan.waits)
@@ -251,9 +253,10 @@ class Dispatcher:
                 self._wake.set()
 
     async def _cancel_left_for(self, task_id: str, running: _Running) -> None:
-        """A run taken over from a replica that stopped acts on a cancel left for that replica
-        before anything of it runs again (its step in flight would be called again first, and a
-        clean-up would undo a charge it had just made again)."""
+        """A run taken over from a replica that stopped, or a parked one resumed, acts on a cancel
+        left for it before anything of it runs again (its step in flight would be called again
+        first, a clean-up would undo a charge it had just made again, and a parked task the
+        request put back in the queue would only park again)."""
         with contextlib.suppress(Unavailable):  # the poll finds it once the store answers
             if reason := (await self.queue.cancel_requests([task_id])).get(task_id):
                 running.cancel["reason"] = reason

@@ -1,7 +1,9 @@
 """A cancel through a replica that does not run the task, on Redis: the request is stored and told
 to the running replica by a pub/sub nudge; where the Redis user may not publish, that replica's
 poll finds it; and where nobody acts on it in time, CancelTask says so (DEADLINE_EXCEEDED,
-CANCEL_PENDING) and the task still ends cancelled once its replica looks."""
+CANCEL_PENDING) and the task still ends cancelled once its replica looks. A run that ends after a
+request it did not hear of ends CANCELLED (the store refuses its completion), and a parked task
+resumed with a request left for it acts on it first (both stores)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import redis
 from mcp_sdk import Client as SdkClient
 from mcp_sdk.proto import task_pb2
 from tests.conftest import client_for
-from tests.helpers import create, error_reason, plugin_stats, step, submit, wait_done, workflow
+from tests.helpers import create, error_reason, parked, plugin_stats, step, submit, wait_done, workflow
+from tests.integration.test_recover import seq
 from tests.integration.test_waits import other_replica
 
 pytestmark = pytest.mark.asyncio
@@ -129,3 +132,21 @@ async def test_a_refused_completion_of_a_task_that_cleans_up_ends_it_cancelled_w
         assert reply.task.status == S.TASK_STATUS_CANCELLED and reply.task.error.message == "not wanted"
         states = {s.path: s.status for s in reply.task.steps}
         assert states["r/nap"] == task_pb2.STEP_STATUS_COMPLETED and "r/undo" not in states
+
+
+async def test_a_parked_task_resumed_with_a_cancel_left_for_it_ends_before_its_next_step(parking_server):
+    """A request left for a parked task that no replica acted on (none runs it: no poll finds it,
+    and a nudge goes to the replica running a task) waits for the task's timer. The run that
+    resumes it acts on the request before anything else: the step after the nap never runs, and
+    the task ends CANCELLED with the request's reason (both stores)."""
+    running, client = parking_server
+    await create(
+        client, workflow("napper", seq("root", {"id": "nap", "sleep": {"duration": "1.5s"}}, step("after", "echo")))
+    )
+    task = await submit(client, "napper")
+    await parked(client, task.task_id, running)
+    assert await running.orchestrator.store.queue.request_cancel(task.task_id, "left for it") is True
+    done = await wait_done(client, task.task_id)
+    assert done.status == S.TASK_STATUS_CANCELLED and done.error.message == "left for it"
+    after = {s.path: s for s in done.steps}.get("root/after")
+    assert after is None or after.status != task_pb2.STEP_STATUS_COMPLETED

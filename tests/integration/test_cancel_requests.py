@@ -18,9 +18,19 @@ import pytest
 import redis
 
 from mcp_sdk import Client as SdkClient
-from mcp_sdk.proto import task_pb2
+from mcp_sdk.proto import events_pb2_grpc, task_pb2
 from tests.conftest import client_for
-from tests.helpers import create, error_reason, parked, plugin_stats, step, submit, wait_done, workflow
+from tests.helpers import (
+    create,
+    error_reason,
+    parked,
+    plugin_stats,
+    publish_request,
+    step,
+    submit,
+    wait_done,
+    workflow,
+)
 from tests.integration.test_recover import seq
 from tests.integration.test_waits import other_replica
 
@@ -29,17 +39,25 @@ S = task_pb2.TaskStatus
 
 
 @contextlib.asynccontextmanager
-async def user_without_pubsub(redis_url: str) -> AsyncIterator[str]:
-    """A store URL for a Redis user that may run every command but pub/sub."""
-    user = f"nopub{uuid.uuid4().hex[:8]}"
+async def user_without(redis_url: str, commands: str) -> AsyncIterator[str]:
+    """A store URL for a Redis user that may run every command but `commands` (a command or an
+    ACL category such as `@pubsub`; in scripts too)."""
+    user = f"no{commands.strip('@')}{uuid.uuid4().hex[:8]}"
     admin = redis.Redis.from_url(redis_url.split("?")[0])
-    admin.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@pubsub"])
+    admin.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", f"-{commands}"]
+    )
     try:
         scheme, rest = redis_url.split("://", 1)
         yield f"{scheme}://{user}:pw@{rest}"
     finally:
         admin.acl_deluser(user)
         admin.close()
+
+
+def user_without_pubsub(redis_url: str) -> contextlib.AbstractAsyncContextManager[str]:
+    """A store URL for a Redis user that may run every command but pub/sub."""
+    return user_without(redis_url, "@pubsub")
 
 
 async def running_on_one(
@@ -150,3 +168,34 @@ async def test_a_parked_task_resumed_with_a_cancel_left_for_it_ends_before_its_n
     assert done.status == S.TASK_STATUS_CANCELLED and done.error.message == "left for it"
     after = {s.path: s for s in done.steps}.get("root/after")
     assert after is None or after.status != task_pb2.STEP_STATUS_COMPLETED
+
+
+async def test_a_call_off_the_store_does_not_take_fails_the_publish_and_goes_through_sent_again(
+    server_factory, redis_url
+):
+    """A publish that calls off a task another replica runs, through a replica whose store refuses
+    the request (here a Redis user that may not ZADD): the publish answers UNAVAILABLE rather than an
+    OK the task would never honour, and the task runs on; sent again with its id through a replica
+    the store serves, it lists the task, which ends CANCELLED by the event."""
+    holder = await server_factory(store=redis_url)
+    client = client_for(holder)
+    called_off = [{"event": "order.cancelled", "key": "input.order"}]
+    await create(client, workflow("order", step("nap", "sleep", "{'ms': 30000}"), cancel_on=called_off))
+    order = f"o-{uuid.uuid4().hex[:8]}"
+    task = await submit(client, "order", {"order": order})
+    async with asyncio.timeout(10):
+        while not (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps:
+            await asyncio.sleep(0.02)
+    request = publish_request("order.cancelled", {}, key=order, request_id=f"cancel-{order}")
+    async with user_without(redis_url, "zadd") as store:
+        refused = client_for(await server_factory(store=store))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await events_pb2_grpc.EventServiceStub(refused.channel).PublishEvent(request)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    seen = (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task
+    assert seen.status == S.TASK_STATUS_RUNNING
+
+    reply = await events_pb2_grpc.EventServiceStub(client.channel).PublishEvent(request)
+    assert list(reply.cancelled) == [task.task_id]
+    done = await wait_done(client, task.task_id)
+    assert done.status == S.TASK_STATUS_CANCELLED and done.error.message.startswith("CANCEL_ON: event")

@@ -71,6 +71,7 @@ class Orchestrator:
         self.rate_limits = RateLimitGate(
             store.rate_limits,
             lambda key, granted: self.metrics.rate_limit_answers.labels(key, "granted" if granted else "waited").inc(),
+            resume_soon=store.waits.resume_soon,
         )
         runner = TaskRunner(
             self.caller,
@@ -227,6 +228,7 @@ class Orchestrator:
             self.breakers.sync_forever(),
             self.admission.keep_leases(),
             self.rate_limits.keep_fresh(),
+            self.rate_limits.follow_changes(),
             self.scheduler.run_forever(),
             self.bulk_worker.run_forever(),
             self.sampler.sample_forever(self.settings.metrics_sample_seconds),

@@ -162,12 +162,20 @@ class Suspensions:
         run again, asks anew."""
         waiter = self.waiters[path] = Waiter(path, "", until, int(time.time() * 1000))
         self._changed()
-        try:
-            await asyncio.sleep(max(0.0, until - time.time()))
+        try:  # until then, or until nudged (see `nudge`)
+            await asyncio.wait([waiter.future], timeout=max(0.0, until - time.time()))
         finally:
             if not self.parking and self.waiters.get(path) is waiter:
                 del self.waiters[path]
                 self._changed()
+
+    def nudge(self, path: str) -> None:
+        """End the pause of the leaf at `path` now, if it pauses (what it waits for may have
+        come sooner: it asks again)."""
+        waiter = self.waiters.get(path)
+        if waiter is not None and not waiter.signal and not waiter.future.done():
+            waiter.future.cancel()  # done: the pause ends (a pause's future carries no signal)
+            self._changed()
 
     def leaf_started(self) -> None:
         self.live_leaves += 1

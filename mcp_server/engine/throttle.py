@@ -118,8 +118,5 @@ async def take_units(
             ctx.state(path).wait.deadline.CopyFrom(timestamp_of(int(deadline * 1e9)))
             resume = min(resume, deadline)
         ctx.state(path).wait.rate_limit_keys[:] = [key for key, _ in asks if gate.limit_key(key) is not None]
-        gate.waiting(grant.key, +1)
-        try:
+        with gate.waiting(grant.key, lambda: ctx.suspensions.nudge(path)):
             await ctx.suspensions.pause(path, resume)
-        finally:
-            gate.waiting(grant.key, -1)

@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from google.protobuf import duration_pb2
 
@@ -37,13 +37,16 @@ class RateLimitGate:
         store: RateLimitStore,
         counted: Callable[[str, bool], None] = lambda key, granted: None,
         refresh_seconds: float = 1.0,
+        resume_soon: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.counted = counted  # told of each answer for a limited key (for metrics)
         self.refresh_seconds = refresh_seconds
+        self.resume_soon = resume_soon  # makes parked tasks due now (WaitStore.resume_soon)
         self.limited: frozenset[str] = frozenset()
         self.templates: tuple[str, ...] = ()  # the prefixes of template keys, longest first
-        self.waiters: Counter[str] = Counter()  # steps of this replica waiting, by key
+        self.waiters: Counter[str] = Counter()  # steps of this replica waiting, by limit key
+        self._wakes: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)  # how to wake each
         self._leaving: set[asyncio.Future[None]] = set()  # calls that gave up, leaving their lines
         self.last: list[tuple[RateLimitSpec, float]] = []  # the limits as last read, with the room they had
 
@@ -78,11 +81,46 @@ class RateLimitGate:
         except Exception:  # the store away: the places age out as if the waiter had gone
             logger.debug("could not take %s out of the lines of %s", waiter, keys, exc_info=True)
 
-    def waiting(self, key: str, change: int) -> None:
-        key = self.limit_key(key) or key
-        self.waiters[key] += change
-        if self.waiters[key] <= 0:
-            del self.waiters[key]
+    @contextlib.contextmanager
+    def waiting(self, key: str, wake: Callable[[], None]) -> Iterator[None]:
+        limit = self.limit_key(key) or key
+        self.waiters[limit] += 1
+        self._wakes[limit].add(wake)
+        try:
+            yield
+        finally:
+            self.waiters[limit] -= 1
+            self._wakes[limit].discard(wake)
+            if self.waiters[limit] <= 0:
+                del self.waiters[limit], self._wakes[limit]
+
+    def wake(self, limit_key: str) -> None:
+        """Wake this replica's steps that wait for units of `limit_key`'s limit: it changed, and
+        they ask again now rather than at the turn the old limit gave them."""
+        for wake in list(self._wakes.get(limit_key, ())):
+            wake()
+
+    async def follow_changes(self) -> None:
+        """Wake the waiting steps of the limits other replicas change, as the store tells of them
+        (run as a background task)."""
+        while True:
+            try:
+                async for limit_key in self.store.limit_changes():
+                    self.wake(limit_key)
+                return  # a store no other process shares
+            except Exception:  # a bug must not stop the wakes for good: the steps ask at their turn meanwhile
+                logger.exception("following rate-limit changes failed unexpectedly; trying again")
+                await asyncio.sleep(1)
+
+    async def _changed(self, limit_key: str, waiting: list[str] | None = None) -> None:
+        """A limit was put or deleted here: the calls waiting for it, on every replica and parked
+        or not, ask again now (`waiting`: the tasks in its line, read before a delete took it)."""
+        self.wake(limit_key)
+        with contextlib.suppress(McpError):  # the store away: they ask at their turn
+            await self.store.announce_change(limit_key)
+            waiting = await self.store.waiting_tasks(limit_key) if waiting is None else waiting
+            if self.resume_soon is not None and waiting:
+                await self.resume_soon(waiting)
 
     async def refresh(self) -> list[tuple[RateLimitSpec, float]]:
         found = self.last = await self.store.list_rate_limits()
@@ -114,6 +152,7 @@ class RateLimitGate:
         spec = checked(given)
         await self.store.put_rate_limit(spec)
         self._know(self.limited | {spec.key})
+        await self._changed(spec.key)
         return next(limit for limit in await self.list() if limit.key == spec.key)
 
     async def list(self) -> list[registry_pb2.RateLimit]:
@@ -157,9 +196,13 @@ class RateLimitGate:
     async def delete(self, key: str) -> None:
         if not key:
             raise InvalidArgument("key is required", violations=[FieldViolation("key", "is required")])
+        waiting: list[str] = []
+        with contextlib.suppress(McpError):  # read before the line goes with the limit
+            waiting = await self.store.waiting_tasks(key)
         if not await self.store.delete_rate_limit(key):
             raise NotFound(f"no rate limit has key {key!r}", reason="RATE_LIMIT_NOT_FOUND", metadata={"key": key})
         self._know(self.limited - {key})
+        await self._changed(key, waiting)
 
 
 def checked(given: registry_pb2.RateLimit) -> RateLimitSpec:

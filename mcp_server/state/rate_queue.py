@@ -87,6 +87,17 @@ class WaiterLines:
             place.units, place.stale_at = units, stale_at
         heapq.heappush(line.expiries, (stale_at, waiter))
 
+    def waiters_under(self, limit_key: str, most: int) -> list[str]:
+        """The waiters in the line of `limit_key`, or of every key under it when it is a
+        template (`tenant:*`), at most `most`."""
+        if limit_key.endswith("*"):
+            prefix = limit_key[:-1]
+            keys = [key for key in self._lines if key.startswith(prefix)]
+        else:
+            keys = [limit_key] if limit_key in self._lines else []
+        found = [waiter for key in keys for _, waiter in self._lines[key].ordered]
+        return found[:most]
+
     def leave(self, key: str, waiter: str) -> None:
         line = self._lines.get(key)
         if line is not None and waiter in line.places:

@@ -246,3 +246,24 @@ async def test_a_waiter_that_gives_up_leaves_the_line_at_once(store):
     assert read is not None and read.waiting == 1
     again = await store.rate_limits.take_units([("leave", 1, "leave")], "behind")
     assert again.retry_after <= 0.2 + 0.01  # first in line now
+
+
+async def test_a_limit_put_over_another_counts_what_was_granted_at_the_new_pace(store):
+    """Raised from 1 a minute to 10 a second, the unit granted under the old limit holds the next
+    one back a tenth of a second, not a minute (and counts in the new window: 9 more now); lowered
+    again to 1 a minute, the units granted under the fast one hold the next back nine minutes at
+    the slow pace, not one."""
+    limits = store.rate_limits
+    await limits.put_rate_limit(RateLimitSpec("paced", 1, 60.0))
+    assert (await limits.take_units([("paced", 1, "paced")])).granted
+    assert (await limits.take_units([("paced", 1, "paced")])).retry_after > 50
+
+    await limits.put_rate_limit(RateLimitSpec("paced", 10, 1.0))
+    await asyncio.sleep(0.15)
+    for _ in range(9):
+        assert (await limits.take_units([("paced", 1, "paced")])).granted
+    assert not (await limits.take_units([("paced", 1, "paced")])).granted
+
+    await limits.put_rate_limit(RateLimitSpec("paced", 1, 60.0))
+    refused = await limits.take_units([("paced", 1, "paced")])
+    assert not refused.granted and refused.retry_after > 8 * 60

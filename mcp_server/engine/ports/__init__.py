@@ -15,6 +15,7 @@ from mcp_server.engine.ports.queue import (
     TaskQueue,
 )
 from mcp_server.engine.ports.ratelimits import (
+    MAX_WOKEN,
     WAITER_GRACE_SECONDS,
     Grant,
     KeyRoom,
@@ -22,6 +23,7 @@ from mcp_server.engine.ports.ratelimits import (
     RateLimitStore,
     UnitGate,
     waiter_name,
+    waiter_task,
 )
 from mcp_server.engine.ports.registry import CapacityLedger, CapacityRequest, CapacitySlice, RegistryStore
 from mcp_server.engine.ports.schedules import NEVER, ScheduleProgress, ScheduleRecord, ScheduleStore
@@ -39,6 +41,7 @@ from mcp_server.engine.ports.waits import SignalDelivery, SignalOutcome, SignalR
 from mcp_server.engine.ports.workflows import EventInterest, WorkflowStore, waited_events
 
 __all__ = [
+    "MAX_WOKEN",
     "NEVER",
     "NO_SHARE",
     "WAITER_GRACE_SECONDS",
@@ -89,4 +92,5 @@ __all__ = [
     "WorkflowStore",
     "waited_events",
     "waiter_name",
+    "waiter_task",
 ]

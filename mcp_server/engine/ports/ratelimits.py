@@ -17,12 +17,19 @@ so keys made from a tenant or user id leave nothing behind.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 # how long after its turn a waiting call keeps its place in a key's line (see take_units)
 WAITER_GRACE_SECONDS = 5.0
+MAX_WOKEN = 10_000  # parked tasks a change of a limit makes due at once (the rest ask at their turn)
+
+
+def waiter_task(waiter: str) -> str:
+    """The task of a waiter's name (see waiter_name)."""
+    return waiter.split("/", 1)[0]
 
 
 def waiter_name(task_id: str, path: str) -> str:
@@ -109,6 +116,21 @@ class RateLimitStore(Protocol):
         branch failed), so those behind it, and those who come after, do not wait for it."""
         ...
 
+    async def waiting_tasks(self, limit_key: str) -> list[str]:
+        """The tasks whose calls wait in the line of `limit_key` (a template's: of every key under
+        it, where the store can find them), each once, at most MAX_WOKEN."""
+        ...
+
+    async def announce_change(self, limit_key: str) -> None:
+        """Tell every replica that the limit of `limit_key` changed (put or deleted)."""
+        ...
+
+    def limit_changes(self) -> AsyncIterator[str]:
+        """The limit keys other replicas announce changed, as they come, for as long as it is
+        iterated (it may miss some: a dropped connection). A store no other process shares ends it
+        at once."""
+        ...
+
 
 class UnitGate(Protocol):
     """What a run asks rate-limit units of (protocols/rate_limits.py): the store, behind a cache
@@ -120,8 +142,9 @@ class UnitGate(Protocol):
 
     async def take_units(self, asks: Sequence[tuple[str, float]], waiter: str = "", priority: int = 0) -> Grant: ...
 
-    def waiting(self, key: str, change: int) -> None:
-        """A step of this replica starts (+1) or stops (-1) waiting for units of `key`."""
+    def waiting(self, key: str, wake: Callable[[], None]) -> AbstractContextManager[None]:
+        """A step of this replica waits for units of `key` while in the context; `wake` ends its
+        wait early (the limit changed: it asks again)."""
         ...
 
     def give_up(self, keys: Sequence[str], waiter: str) -> None:

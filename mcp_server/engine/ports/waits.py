@@ -146,3 +146,8 @@ class WaitStore(Protocol):
     async def waiting_count(self) -> int:
         """How many tasks are WAITING now."""
         ...
+
+    async def resume_soon(self, task_ids: Sequence[str]) -> None:
+        """Make those of `task_ids` that are parked (WAITING) with a later due time due now: the
+        next `release_due` queues them (what one waits for came sooner than its timer said)."""
+        ...

@@ -226,6 +226,11 @@ class Layout:
         return f"{self.prefix}cancels"
 
     @property
+    def rate_limit_channel(self) -> str:
+        """The pub/sub channel that tells every replica of a rate limit put or deleted (not a key)."""
+        return f"{self.prefix}ratelimits"
+
+    @property
     def signal_channel(self) -> str:
         """The pub/sub channel that tells every replica of a task with a new signal (not a key)."""
         return f"{self.prefix}signals"

@@ -4,11 +4,15 @@ every replica."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from mcp_server.engine.ports import WAITER_GRACE_SECONDS, Grant, KeyRoom, RateLimitSpec
+from redis.exceptions import NoPermissionError
+
+from mcp_server.engine.ports import MAX_WOKEN, WAITER_GRACE_SECONDS, Grant, KeyRoom, RateLimitSpec, waiter_task
+from mcp_server.errors import Unavailable
 from mcp_server.state.redis import ratelimits_lua as lua
+from mcp_server.state.redis.channels import follow_channel
 from mcp_server.state.redis.connection import RedisConnection
 
 LIST_CHUNK = 250  # limits whose room one script reads
@@ -23,14 +27,16 @@ class RedisRateLimits:
         self.grants = conn.layout.rate_grants_prefix
         self.states = conn.layout.rate_state_prefix
         self.lines = conn.layout.rate_lines_prefix
+        self.channel = conn.layout.rate_limit_channel
         self._take = conn.register(lua.TAKE_UNITS)
         self._leave = conn.register(lua.LEAVE_LINES)
         self._list = conn.register(lua.LIST_LIMITS)
         self._read = conn.register(lua.READ_LIMIT)
+        self._put = conn.register(lua.PUT_LIMIT)
 
     async def put_rate_limit(self, spec: RateLimitSpec) -> None:
         value = f"{spec.limit!r}|{spec.period * 1000!r}|{spec.burst!r}"
-        await self.conn.do(self.conn.r.hset(self.keys[0], spec.key, value))
+        await self.conn.do(self.conn.script(self._put, list(self.keys), [spec.key, value]))
 
     async def delete_rate_limit(self, key: str) -> bool:
         async with self.conn.pipeline(transaction=True) as pipe:
@@ -89,3 +95,26 @@ class RedisRateLimits:
 
     async def leave_lines(self, keys: Sequence[str], waiter: str) -> None:
         await self.conn.do(self.conn.script(self._leave, list(self.keys), [self.lines, waiter, *keys]))
+
+    async def waiting_tasks(self, limit_key: str) -> list[str]:
+        """The line of a key of its own (a template's keys are not looked for: their lines are
+        found only by scanning the keyspace)."""
+        if limit_key.endswith("*"):
+            return []
+        members = await self.conn.do(self.conn.r.zrange(f"{self.lines}o:{limit_key}", 0, MAX_WOKEN - 1))
+        # each member is `<order>|<waiter>` (ratelimits_lua.py)
+        return list(dict.fromkeys(waiter_task(member.decode().split("|", 1)[1]) for member in members))
+
+    async def announce_change(self, limit_key: str) -> None:
+        try:
+            await self.conn.do(self.conn.r.publish(self.channel, limit_key))
+        except Unavailable as exc:
+            if not isinstance(
+                exc.__cause__, NoPermissionError
+            ):  # an ACL without pub/sub: the others' waiters ask at their turn
+                raise
+
+    def limit_changes(self) -> AsyncIterator[str]:
+        return follow_channel(
+            self.conn, self.channel, "waiting calls ask at their turn after a limit changes elsewhere"
+        )

@@ -259,3 +259,26 @@ local waiting = redis.call('ZCOUNT', ARGV[5] .. 's:' .. key, '(' .. now, '+inf')
 return {redis.call('HGET', KEYS[1], limit_key), tostring(room), tostring(next_unit), waiting}
 """
 )
+
+
+# KEYS as above; ARGV: key, its definition (`limit|period ms|burst`) -> 1. A limit put over one
+# the key had: what was granted under the old one counts under the new one, so its GCRA time, when
+# ahead of now, is as far ahead as those units take at the new pace (raised: waiting calls go
+# sooner; lowered: later).
+PUT_LIMIT = (
+    _COMMON
+    + """
+local limit, period = definition(ARGV[1])
+if limit then
+  local now = now_ms()
+  local tat = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+  if tat > now then
+    local new_limit, new_period = string.match(ARGV[2], '^([^|]+)|([^|]+)|')
+    local scale = (tonumber(new_period) / tonumber(new_limit)) / (period / limit)
+    redis.call('HSET', KEYS[2], ARGV[1], now + (tat - now) * scale)
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+)

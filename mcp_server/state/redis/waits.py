@@ -29,6 +29,7 @@ class RedisWaits:
         self.hub = hub
         self._send = conn.register(lua.SEND_SIGNAL)
         self._release_due = conn.register(lua.RELEASE_DUE)
+        self._resume_soon = conn.register(lua.RESUME_SOON)
         self._scan_sets = conn.register(lua.SCAN_SETS)
 
     async def read_signals(self, task_id: str) -> list[SignalRecord]:
@@ -170,6 +171,18 @@ class RedisWaits:
             ]
         )
         return sum(int(reply[0]) for reply in replies), [raw.decode() for reply in replies for raw in reply[1:]]
+
+    async def resume_soon(self, task_ids: Sequence[str]) -> None:
+        by_partition: dict[int, list[str]] = {}
+        for task_id in task_ids:
+            by_partition.setdefault(self.layout.partition_of(task_id), []).append(task_id)
+        now_ms = int(now_seconds() * 1000)
+        calls = [
+            (self._resume_soon, [self.layout.due(p)], [now_ms, self.layout.task_prefix(p), WAITING, *ids])
+            for p, ids in by_partition.items()
+        ]
+        if calls:
+            await self.conn.scripts(calls)
 
     async def waiting_count(self) -> int:
         async with self.conn.pipeline(transaction=False) as pipe:

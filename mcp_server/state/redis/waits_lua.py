@@ -118,6 +118,21 @@ return released
 )
 
 
+# KEYS: the partition's due times; ARGV: now (ms), the task key prefix, WAITING, then task ids
+# -> how many were made due now (those parked with a later due time)
+RESUME_SOON = """
+local made = 0
+for i = 4, #ARGV do
+  local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if due and tonumber(due) > tonumber(ARGV[1]) and redis.call('HGET', ARGV[2] .. ARGV[i], 'st') == ARGV[3] then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    made = made + 1
+  end
+end
+return made
+"""
+
+
 # KEYS: sets (on one node: the partitions' sets of waits for one event and key); ARGV: a cursor for
 # each -> {cursor, members, cursor, members, ...}: one SSCAN page of each, or {} when none of the
 # sets exists (what almost every publish finds: one command, not one per set) (read only)

@@ -4,9 +4,9 @@ file, so a take is one transaction on the store's thread."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
-from mcp_server.engine.ports import Grant, KeyRoom, RateLimitSpec
+from mcp_server.engine.ports import MAX_WOKEN, Grant, KeyRoom, RateLimitSpec, waiter_task
 from mcp_server.state.common import now_seconds
 from mcp_server.state.rate_math import EPSILON, available, next_tat, wait_for
 from mcp_server.state.rate_queue import WaiterLines
@@ -27,11 +27,25 @@ class SqliteRateLimits:
         self.lines = WaiterLines()
 
     async def put_rate_limit(self, spec: RateLimitSpec) -> None:
-        await self.db.write(
-            "INSERT INTO rate_limits (key, lim, period, burst) VALUES (?,?,?,?)"
-            " ON CONFLICT (key) DO UPDATE SET lim=excluded.lim, period=excluded.period, burst=excluded.burst",
-            (spec.key, spec.limit, spec.period, spec.burst),
-        )
+        """Over a limit the key had, what was granted under the old one counts under the new one
+        (its GCRA time, when ahead of now, rescaled to the new pace; see PUT_LIMIT on Redis)."""
+
+        def put(db: sqlite3.Connection) -> None:
+            with db:
+                old = db.execute("SELECT lim, period, tat FROM rate_limits WHERE key=?", (spec.key,)).fetchone()
+                db.execute(
+                    "INSERT INTO rate_limits (key, lim, period, burst) VALUES (?,?,?,?)"
+                    " ON CONFLICT (key) DO UPDATE SET lim=excluded.lim, period=excluded.period, burst=excluded.burst",
+                    (spec.key, spec.limit, spec.period, spec.burst),
+                )
+                now = now_seconds()
+                if old is not None and old[2] is not None and float(old[2]) > now:
+                    scale = (spec.period / spec.limit) / (float(old[1]) / float(old[0]))
+                    db.execute(
+                        "UPDATE rate_limits SET tat=? WHERE key=?", (now + (float(old[2]) - now) * scale, spec.key)
+                    )
+
+        await self.db.run(put)
 
     async def delete_rate_limit(self, key: str) -> bool:
         def delete(db: sqlite3.Connection) -> bool:
@@ -132,6 +146,18 @@ class SqliteRateLimits:
                 self.lines.leave(key, waiter)
 
         await self.db.run(leave)
+
+    async def waiting_tasks(self, limit_key: str) -> list[str]:
+        waiters = await self.db.run(lambda _: self.lines.waiters_under(limit_key, MAX_WOKEN))
+        return list(dict.fromkeys(waiter_task(waiter) for waiter in waiters))
+
+    async def announce_change(self, limit_key: str) -> None:
+        """Nothing to tell: one process owns the file, and its gate wakes its own waiters."""
+
+    async def limit_changes(self) -> AsyncIterator[str]:
+        """None: one process owns the file."""
+        return
+        yield  # an async generator that ends at once
 
 
 def _templated_state(db: sqlite3.Connection, key: str) -> tuple[float, float]:

@@ -169,6 +169,16 @@ class SqliteWaits:
         rows = await self.db.rows("SELECT COUNT(*) FROM tasks WHERE status=?", (WAITING,))
         return int(rows[0][0])
 
+    async def resume_soon(self, task_ids: Sequence[str]) -> None:
+        due = now_seconds()
+        for start in range(0, len(task_ids), 500):
+            batch = list(task_ids[start : start + 500])
+            await self.db.write(
+                f"UPDATE tasks SET due_at=? WHERE task_id IN ({','.join('?' * len(batch))})"
+                " AND status=? AND due_at > ?",
+                (due, *batch, WAITING, due),
+            )
+
 
 def _signal(row: Any) -> SignalRecord:
     """A row (idx, data, sequence, assigned) of the signals table."""

@@ -1,0 +1,71 @@
+"""A rate limit put or deleted while calls wait for it applies to them at once, on both stores:
+a call told to come back in 30 s under the old limit goes as soon as the new one lets it, whether
+its task waits in memory or is parked, and whichever replica the change goes through (on Redis,
+every replica hears of it)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from mcp_sdk.proto import registry_pb2, task_pb2
+from tests.conftest import client_for
+from tests.helpers import create, parked, submit, wait_done, workflow
+from tests.integration.test_rate_limits import put_limit, until_waiting_or_done
+from tests.integration.test_waits import other_replica
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2.TaskStatus
+OLD_TURN = 30.0  # seconds: one unit per this, under the limit the calls first wait for
+
+
+async def second_waiting(client: Any, running: Any = None) -> tuple[str, str]:
+    """A limit of one call per 30 s, used up; a second task whose call waits for it (parked once
+    `running`, its server, has let it go). Its key and the second task's id."""
+    key = f"quota:{uuid.uuid4().hex[:10]}"
+    await put_limit(client, key, 1, OLD_TURN)
+    step = {"protocol": "tick", "input": f"{{'tag': '{key}'}}", "rate_limits": [{"key": key}]}
+    await create(client, workflow(f"limited-{key[6:]}", {"id": "call", "step": step}))
+    first = await wait_done(client, (await submit(client, f"limited-{key[6:]}")).task_id)
+    assert first.status == S.TASK_STATUS_COMPLETED
+    second = await submit(client, f"limited-{key[6:]}")
+    await until_waiting_or_done(client, second.task_id)
+    if running is not None:
+        await parked(client, second.task_id, running)
+    return key, second.task_id
+
+
+@pytest.mark.parametrize("parks", [False, True], ids=["in-memory", "parked"])
+async def test_a_limit_raised_while_a_call_waits_lets_it_go_at_once(server_factory, store_url, parks):
+    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1 if parks else 120)
+    client = client_for(running)
+    key, waiting = await second_waiting(client, running if parks else None)
+
+    await put_limit(client, key, 100, 1)
+    done = await wait_done(client, waiting, timeout=OLD_TURN / 3)  # not at the old turn, 30 s on
+    assert done.status == S.TASK_STATUS_COMPLETED
+
+
+async def test_a_limit_deleted_while_a_parked_call_waits_lets_it_go_at_once(server_factory, store_url):
+    running = await server_factory(store=store_url, wait_in_memory_seconds=0.1)
+    client = client_for(running)
+    key, waiting = await second_waiting(client, running)
+
+    await client.registry.DeleteRateLimit(registry_pb2.DeleteRateLimitRequest(key=key))
+    done = await wait_done(client, waiting, timeout=OLD_TURN / 3)
+    assert done.status == S.TASK_STATUS_COMPLETED
+
+
+async def test_a_limit_raised_through_another_replica_wakes_the_calls_waiting_on_this_one(server_factory, redis_url):
+    """On Redis, the replica the put goes through tells every other replica: the call waiting in
+    memory on the first goes at once."""
+    replicas = [await server_factory(store=redis_url, wait_in_memory_seconds=120) for _ in range(2)]
+    clients = [client_for(replica) for replica in replicas]
+    key, waiting = await second_waiting(clients[0])
+    other = await other_replica(clients, replicas, waiting)
+
+    await put_limit(other, key, 100, 1)
+    done = await wait_done(clients[0], waiting, timeout=OLD_TURN / 3)
+    assert done.status == S.TASK_STATUS_COMPLETED

@@ -38,7 +38,7 @@ from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2
 EDIT, CANCEL = "chaos.edit", "chaos.cancel"
 DOCS = ["d1", "d2", "d3", "d4"]
 QUEUE_TIMEOUT_SECONDS = 1.0
-SUBMIT_LIMIT = 180  # per PERIOD of bench.chaos_promises: tasks created through submissions and publishes
+SUBMIT_LIMIT = 200  # per PERIOD of bench.chaos_promises: tasks created through submissions and publishes
 GRACE = 0.5  # seconds a call already on its way when a task is called off may still reach the plugin
 # workflows whose tasks may end CANCELLED, and the reason that allows it
 CANCEL_REASONS = {

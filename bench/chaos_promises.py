@@ -17,8 +17,9 @@ to a live replica, retried on another with the same request id):
 - **concurrency keys** (docs/fairness.md): tasks of a key capped at 2 (QUEUE) and at 1
   (CANCEL_IN_PROGRESS) call a plugin that counts its calls in flight per key. Never more than
   the cap at once;
-- **rate limits** (docs/rate-limits.md): calls take a unit of a limit of 20 per 2 s, others of
-  a template's 10 per 2 s for each of two tenants, each pressed by a backlog. The plugin never
+- **rate limits** (docs/rate-limits.md): calls take a unit of a limit of 20 per 2 s (put again,
+  as it is, now and then: its waiting calls wake and ask again), others of a template's 10 per 2 s
+  for each of two tenants, each pressed by a backlog. The plugin never
   sees more than the limit within any 1.5 s (a window a little shorter than the period, as a
   call reaches the plugin a moment after its grant), nor more than the limit allows over the
   soak;
@@ -160,6 +161,7 @@ class PromiseSoak:
     )
     republished: int = 0
     backfills: int = 0
+    puts: int = 0  # of the plain rate limit, again, while calls wait for it
     scheduled_from: float = 0.0
     # per key of promise-replace, each submission's start and answer (monotonic) and its task
     replacing: collections.defaultdict[str, list[tuple[float, float, str]]] = field(
@@ -196,6 +198,16 @@ class PromiseSoak:
         else:
             self.events.append(event_id)
 
+    async def put_again(self) -> None:
+        """The plain limit put again as it is: every call waiting for it wakes and asks again
+        (docs/rate-limits.md), and its window must hold all the same."""
+        limit = registry_pb2.RateLimit(
+            key="provider:rl", limit=LIMIT, period=duration_pb2.Duration(seconds=int(PERIOD))
+        )
+        request = registry_pb2.PutRateLimitRequest(rate_limit=limit)
+        await self.replicas.call("PutRateLimit", request, service=registry_pb2_grpc.ProtocolRegistryStub)
+        self.puts += 1
+
     async def backfill(self) -> None:
         """Fire times a schedule already fired, again: none may start a second task."""
         start, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
@@ -219,6 +231,7 @@ class PromiseSoak:
             (20, lambda: self.submit("promise-cached", {"k": random.choice(KEYS)})),
             (20, self.publish),
             (0.2, self.backfill),
+            (0.3, self.put_again),
             *self.call_offs.kinds(),
         ]
 
@@ -492,7 +505,7 @@ async def report(
         ("slow schedules' tasks (skip, buffer one)", len(slow), "never two unfinished at once"),
         ("events published", len(run.events), f"and {run.republished} again with the same id"),
         ("most calls at once per key", max(most.values(), default=0), f"caps {QUEUE_CAP} and {REPLACE_CAP}"),
-        ("rate-limited calls", len(ticks), f"limit {LIMIT} per {PERIOD:.0f} s"),
+        ("rate-limited calls", len(ticks), f"limit {LIMIT} per {PERIOD:.0f} s, put again {run.puts} times"),
         (f"  most within {WINDOW} s", most_within(ticks, WINDOW), f"at most {LIMIT}"),
         *(
             (f"  {key}: calls, most within {WINDOW} s", f"{len(times)}, {most_within(times, WINDOW)}", "each")

@@ -5,7 +5,9 @@ The limits live in the store, shared by every replica (RateLimitStore). Each rep
 set of keys that have a limit, refreshed every second and at once on its own changes, so that
 a call asking only keys without a limit costs no round trip; a limit put on another replica
 takes effect here within that second. A key with no limit of its own falls under the template
-with the longest prefix of it (`tenant:*` for `tenant:acme`), if any.
+with the longest prefix of it (`tenant:*` for `tenant:acme`), if any. A limit put or deleted
+wakes the calls waiting for it, here, on the other replicas (through the store) and parked, so
+they ask again under the new limit at once.
 """
 
 from __future__ import annotations

@@ -21,27 +21,33 @@ S = task_pb2.TaskStatus
 OLD_TURN = 30.0  # seconds: one unit per this, under the limit the calls first wait for
 
 
-async def second_waiting(client: Any, running: Any = None) -> tuple[str, str]:
-    """A limit of one call per 30 s, used up; a second task whose call waits for it (parked once
-    `running`, its server, has let it go). Its key and the second task's id."""
-    key = f"quota:{uuid.uuid4().hex[:10]}"
-    await put_limit(client, key, 1, OLD_TURN)
+async def second_waiting(client: Any, running: Any = None, template: bool = False) -> tuple[str, str]:
+    """A limit of one call per 30 s (a template's, for each tenant, when `template`), used up; a
+    second task whose call waits for it (parked once `running`, its server, has let it go). The
+    limit's key and the second task's id."""
+    name = uuid.uuid4().hex[:10]
+    limit_key = f"quota-{name}:*" if template else f"quota:{name}"
+    key = f"quota-{name}:acme" if template else limit_key
+    await put_limit(client, limit_key, 1, OLD_TURN)
     step = {"protocol": "tick", "input": f"{{'tag': '{key}'}}", "rate_limits": [{"key": key}]}
-    await create(client, workflow(f"limited-{key[6:]}", {"id": "call", "step": step}))
-    first = await wait_done(client, (await submit(client, f"limited-{key[6:]}")).task_id)
+    await create(client, workflow(f"limited-{name}", {"id": "call", "step": step}))
+    first = await wait_done(client, (await submit(client, f"limited-{name}")).task_id)
     assert first.status == S.TASK_STATUS_COMPLETED
-    second = await submit(client, f"limited-{key[6:]}")
+    second = await submit(client, f"limited-{name}")
     await until_waiting_or_done(client, second.task_id)
     if running is not None:
         await parked(client, second.task_id, running)
-    return key, second.task_id
+    return limit_key, second.task_id
 
 
-@pytest.mark.parametrize("parks", [False, True], ids=["in-memory", "parked"])
-async def test_a_limit_raised_while_a_call_waits_lets_it_go_at_once(server_factory, store_url, parks):
+@pytest.mark.parametrize(
+    "parks,template", [(False, False), (True, False), (True, True)], ids=["in-memory", "parked", "parked-template"]
+)
+async def test_a_limit_raised_while_a_call_waits_lets_it_go_at_once(server_factory, store_url, parks, template):
+    """`parked-template`: the call's key falls under a template (`quota-...:*`), raised as a whole."""
     running = await server_factory(store=store_url, wait_in_memory_seconds=0.1 if parks else 120)
     client = client_for(running)
-    key, waiting = await second_waiting(client, running if parks else None)
+    key, waiting = await second_waiting(client, running if parks else None, template)
 
     await put_limit(client, key, 100, 1)
     done = await wait_done(client, waiting, timeout=OLD_TURN / 3)  # not at the old turn, 30 s on

@@ -15,7 +15,8 @@ from mcp_server.state.redis import ratelimits_lua as lua
 from mcp_server.state.redis.channels import follow_channel
 from mcp_server.state.redis.connection import RedisConnection
 
-LIST_CHUNK = 250  # limits whose room one script reads
+LIST_CHUNK = 250  # limits whose room one script reads (and lines one pipeline reads)
+TEMPLATE = "*"  # a key ending so is a template (see protocols/rate_limits.py)
 
 
 class RedisRateLimits:
@@ -35,8 +36,12 @@ class RedisRateLimits:
         self._put = conn.register(lua.PUT_LIMIT)
 
     async def put_rate_limit(self, spec: RateLimitSpec) -> None:
+        """Over a limit the key had, what was granted counts at the new pace (PUT_LIMIT): a
+        template's own keys too, those with calls waiting in line (the others keep the old pace
+        for what they were granted: nothing lists them)."""
         value = f"{spec.limit!r}|{spec.period * 1000!r}|{spec.burst!r}"
-        await self.conn.do(self.conn.script(self._put, list(self.keys), [spec.key, value]))
+        under = await self._keys_with_lines(spec.key[: -len(TEMPLATE)]) if spec.key.endswith(TEMPLATE) else []
+        await self.conn.do(self.conn.script(self._put, list(self.keys), [spec.key, value, self.states, *under]))
 
     async def delete_rate_limit(self, key: str) -> bool:
         async with self.conn.pipeline(transaction=True) as pipe:
@@ -45,6 +50,7 @@ class RedisRateLimits:
             pipe.hdel(self.keys[2], key)
             pipe.delete(self.grants + key)
             pipe.delete(*(f"{self.lines}{part}:{key}" for part in "osu"))
+            pipe.srem(self.lines + "keys", key)
             removed = await self.conn.do(pipe.execute())
         return bool(removed[0])
 
@@ -97,13 +103,27 @@ class RedisRateLimits:
         await self.conn.do(self.conn.script(self._leave, list(self.keys), [self.lines, waiter, *keys]))
 
     async def waiting_tasks(self, limit_key: str) -> list[str]:
-        """The line of a key of its own (a template's keys are not looked for: their lines are
-        found only by scanning the keyspace)."""
-        if limit_key.endswith("*"):
-            return []
-        members = await self.conn.do(self.conn.r.zrange(f"{self.lines}o:{limit_key}", 0, MAX_WOKEN - 1))
-        # each member is `<order>|<waiter>` (ratelimits_lua.py)
-        return list(dict.fromkeys(waiter_task(member.decode().split("|", 1)[1]) for member in members))
+        keys = await self._keys_with_lines(limit_key[: -len(TEMPLATE)]) if limit_key.endswith(TEMPLATE) else [limit_key]
+        tasks: dict[str, None] = {}
+        for start in range(0, len(keys), LIST_CHUNK):
+            chunk = keys[start : start + LIST_CHUNK]
+            async with self.conn.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.zrange(f"{self.lines}o:{key}", 0, MAX_WOKEN - 1)
+                lines = await self.conn.do(pipe.execute())
+            gone = [key for key, members in zip(chunk, lines, strict=True) if not members]
+            if gone:  # lines that expired unused, or emptied by their waiters' grace running out
+                await self.conn.do(self.conn.r.srem(self.lines + "keys", *gone))
+            for members in lines:  # each member is `<order>|<waiter>` (ratelimits_lua.py)
+                tasks.update((waiter_task(member.decode().split("|", 1)[1]), None) for member in members)
+            if len(tasks) >= MAX_WOKEN:
+                break
+        return list(tasks)[:MAX_WOKEN]
+
+    async def _keys_with_lines(self, prefix: str) -> list[str]:
+        """The keys starting with `prefix` that have (or had, if it expired unused) a line."""
+        members = await self.conn.do(self.conn.r.smembers(self.lines + "keys"))
+        return sorted(key for raw in members if (key := raw.decode()).startswith(prefix))
 
     async def announce_change(self, limit_key: str) -> None:
         try:

@@ -63,6 +63,7 @@ local function leave_line(prefix, key, name)
     redis.call('ZREM', prefix .. 'o:' .. key, member)
     redis.call('ZREM', prefix .. 's:' .. key, name)
     redis.call('HDEL', units, name)
+    if redis.call('EXISTS', prefix .. 'o:' .. key) == 0 then redis.call('SREM', prefix .. 'keys', key) end
   end
 end
 """
@@ -76,7 +77,8 @@ end
 # score 0 whose members `<2^31 - 1 - priority, 10 digits><first ask ms, 15 digits><arrival (the
 # grant counter), 15 digits>|<waiter>` sort it by priority, then first ask, then arrival within a
 # ms; `u:<key>`, a hash waiter -> `<units>|<its member>`; `s:<key>`, a zset waiter -> its turn
-# plus the grace, when it is dropped.
+# plus the grace, when it is dropped. `keys` is the set of keys that have a line (a line that
+# expired unused leaves its key there until a reader of the set drops it).
 TAKE_UNITS = (
     _COMMON
     + _LINES
@@ -127,6 +129,7 @@ local function wait_in_line(key, n, turn)
     local arrival = redis.call('INCR', KEYS[4])  -- orders those of one priority and one ms
     member = string.format('%010.0f%015.0f%015.0f', 2147483647 - priority, math.floor(now), arrival) .. '|' .. waiter
     redis.call('ZADD', line, 0, member)
+    redis.call('SADD', ARGV[3] .. 'keys', key)  -- the keys with a line (a template's change finds them)
   end
   redis.call('HSET', units, waiter, n .. '|' .. member)
   redis.call('ZADD', stale, turn + grace, waiter)
@@ -261,7 +264,8 @@ return {redis.call('HGET', KEYS[1], limit_key), tostring(room), tostring(next_un
 )
 
 
-# KEYS as above; ARGV: key, its definition (`limit|period ms|burst`) -> 1. A limit put over one
+# KEYS as above; ARGV: key, its definition (`limit|period ms|burst`), the templated-state key
+# prefix, then (for a template) keys under it whose state to rescale -> 1. A limit put over one
 # the key had: what was granted under the old one counts under the new one, so its GCRA time, when
 # ahead of now, is as far ahead as those units take at the new pace (raised: waiting calls go
 # sooner; lowered: later).
@@ -271,11 +275,14 @@ PUT_LIMIT = (
 local limit, period = definition(ARGV[1])
 if limit then
   local now = now_ms()
+  local new_limit, new_period = string.match(ARGV[2], '^([^|]+)|([^|]+)|')
+  local scale = (tonumber(new_period) / tonumber(new_limit)) / (period / limit)
   local tat = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-  if tat > now then
-    local new_limit, new_period = string.match(ARGV[2], '^([^|]+)|([^|]+)|')
-    local scale = (tonumber(new_period) / tonumber(new_limit)) / (period / limit)
-    redis.call('HSET', KEYS[2], ARGV[1], now + (tat - now) * scale)
+  if tat > now then redis.call('HSET', KEYS[2], ARGV[1], now + (tat - now) * scale) end
+  for i = 4, #ARGV do  -- a template's keys named: each keeps its own GCRA time in its state hash
+    local state = ARGV[3] .. ARGV[i]
+    tat = tonumber(redis.call('HGET', state, 't') or '0')
+    if tat > now then redis.call('HSET', state, 't', tostring(now + (tat - now) * scale)) end
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])

@@ -28,7 +28,8 @@ class SqliteRateLimits:
 
     async def put_rate_limit(self, spec: RateLimitSpec) -> None:
         """Over a limit the key had, what was granted under the old one counts under the new one
-        (its GCRA time, when ahead of now, rescaled to the new pace; see PUT_LIMIT on Redis)."""
+        (its GCRA time, when ahead of now, rescaled to the new pace, and for a template those of
+        the keys under it; see PUT_LIMIT on Redis)."""
 
         def put(db: sqlite3.Connection) -> None:
             with db:
@@ -38,11 +39,19 @@ class SqliteRateLimits:
                     " ON CONFLICT (key) DO UPDATE SET lim=excluded.lim, period=excluded.period, burst=excluded.burst",
                     (spec.key, spec.limit, spec.period, spec.burst),
                 )
+                if old is None:
+                    return
                 now = now_seconds()
-                if old is not None and old[2] is not None and float(old[2]) > now:
-                    scale = (spec.period / spec.limit) / (float(old[1]) / float(old[0]))
+                scale = (spec.period / spec.limit) / (float(old[1]) / float(old[0]))
+                if float(old[2]) > now:
                     db.execute(
                         "UPDATE rate_limits SET tat=? WHERE key=?", (now + (float(old[2]) - now) * scale, spec.key)
+                    )
+                if spec.key.endswith("*"):  # a template: the keys under it keep their own GCRA times
+                    prefix = spec.key[:-1]
+                    db.execute(
+                        "UPDATE rate_state SET tat = ? + (tat - ?) * ? WHERE substr(key, 1, ?) = ? AND tat > ?",
+                        (now, now, scale, len(prefix), prefix, now),
                     )
 
         await self.db.run(put)

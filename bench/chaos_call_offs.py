@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+import grpc
 
 from bench.chaos import Replicas
 from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2
@@ -275,8 +278,9 @@ async def story(replicas: Replicas, task_id: str, since: float) -> list[str]:
     promise's report shows of how it came to be."""
     client = replicas.any_client()
     lines = []
-    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id), timeout=10):
-        at = event.time.ToNanoseconds() / 1e9 - since
-        kind = task_pb2.TaskEventType.Name(event.type).removeprefix("TASK_EVENT_TYPE_")
-        lines.append(f"    {at:+.3f} s {kind} {event.step_path} {event.message}")
+    with contextlib.suppress(grpc.aio.AioRpcError):  # an unfinished task's: what came within 5 s
+        async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id), timeout=5):
+            at = event.time.ToNanoseconds() / 1e9 - since
+            kind = task_pb2.TaskEventType.Name(event.type).removeprefix("TASK_EVENT_TYPE_")
+            lines.append(f"    {at:+.3f} s {kind} {event.step_path} {event.message}")
     return lines

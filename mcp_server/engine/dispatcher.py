@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,7 +42,6 @@ RESUMED = (task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING)
 @dataclass
 class _Running:
     lease_token: int
-    lease_until: float  # monotonic: when its lease runs out if not renewed (counted from before the ask)
     task: asyncio.Task[None] = field(init=False)
     cancel: dict[str, str] = field(default_factory=dict)
     final_live: bytes | None = None  # set when the run has ended and written its end
@@ -226,7 +224,7 @@ class Dispatcher:
                 self._start(task, token)
 
     def _start(self, task: task_pb2.Task, token: int) -> _Running:
-        running = _Running(token, time.monotonic() + self.settings.lease_seconds)
+        running = _Running(token)
         running.task = asyncio.create_task(self._run(task, running), name=f"task {task.task_id}")
         self._running[task.task_id] = running
         return running
@@ -391,12 +389,9 @@ class Dispatcher:
                     if purged and self.on_purged is not None:
                         self.on_purged(purged)
                 held = dict(self._running)
-                asked = time.monotonic()
                 lost = await self.queue.renew_leases(
                     {t: r.lease_token for t, r in held.items()}, self.settings.lease_seconds
                 )
-                for running in held.values():
-                    running.lease_until = asked + self.settings.lease_seconds
                 for task_id in lost:
                     if self._running.get(task_id) is held[task_id]:
                         log.warning("task %s: lease lost, stopping it here", task_id)
@@ -406,16 +401,5 @@ class Dispatcher:
                 self._lease_failures.worked()
             except Unavailable as exc:
                 self._lease_failures.failed(exc)
-                self._stop_unrenewed(before=time.monotonic() + interval)
             except Exception:  # a bug must not stop lease upkeep for good
                 log.exception("lease upkeep failed unexpectedly; trying again")
-
-    def _stop_unrenewed(self, before: float) -> None:
-        """Stop the runs whose leases run out `before` then, the store unable to renew them: once
-        they have, another replica may take a run over and call its step again, and this
-        replica's call still in flight must not run beside that one (a concurrency key's cap
-        counts at the plugin too). The run goes on from its last write wherever it resumes."""
-        for task_id, running in list(self._running.items()):
-            if running.lease_until <= before and not running.task.done():
-                log.warning("task %s: its lease runs out before the store can renew it: stopping it here", task_id)
-                running.task.cancel()

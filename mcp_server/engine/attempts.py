@@ -165,7 +165,8 @@ def _announce_retry(
     ctx: RunContext, path: str, call: Call, attempt: int, error: BaseException | None, pause: float
 ) -> float:
     """A STEP_RETRYING event for the protocol's failed `attempt`; when the retry is due (Unix seconds)."""
-    due = time.time() + max(0.0, pause)
+    # to the nanosecond, as the step's record keeps it (_back_off): every rendering of it agrees
+    due = int((time.time() + max(0.0, pause)) * 1e9) / 1e9
     ctx.emit(
         E.TASK_EVENT_TYPE_STEP_RETRYING,
         step_path=path,

@@ -170,10 +170,14 @@ class RunContext:
         if self._pending or self._dirty:
             self.flush_soon()
 
-    def cancel_delayed_flush(self) -> None:
+    def cancel_delayed_flush(self, abandoned: bool = False) -> None:
+        """`abandoned`: the run stops here, and a write under way in the background stops too
+        (its next owner goes on from the last write that landed)."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if abandoned and self._background is not None:
+            self._background.cancel()
 
     async def _flush_in_background(self) -> None:
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +43,8 @@ RESUMED = (task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING)
 @dataclass
 class _Running:
     lease_token: int
+    lease_until: float  # monotonic: when its lease runs out unless renewed (counted from before the ask)
+    stopped: bool = False  # stopped here, its lease about to run out unrenewed
     task: asyncio.Task[None] = field(init=False)
     cancel: dict[str, str] = field(default_factory=dict)
     final_live: bytes | None = None  # set when the run has ended and written its end
@@ -88,6 +91,7 @@ class Dispatcher:
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
             asyncio.create_task(self._lease_loop(), name="leases"),
+            asyncio.create_task(self._lease_watch_loop(), name="lease watch"),
             asyncio.create_task(self._cancel_loop(), name="cancels"),
             asyncio.create_task(self._cancel_nudge_loop(), name="cancel nudges"),
         ]
@@ -115,7 +119,7 @@ class Dispatcher:
         run ends CANCELLED at once (whatever the in-flight limit: it is brief)."""
         snapshot = task_pb2.Task()
         snapshot.CopyFrom(task)  # the run changes its copy; the caller keeps its own
-        running = self._start(snapshot, lease_token)
+        running = self._start(snapshot, lease_token, time.monotonic())
         if cancel_reason:
             running.cancel["reason"] = cancel_reason  # the run sees it as it starts
         return running.task
@@ -194,6 +198,7 @@ class Dispatcher:
             claimed: list[tuple[task_pb2.Task, int]] = []
             room = self.settings.limits.max_tasks_in_flight - len(self._running)
             if room > 0:
+                asked = time.monotonic()
                 try:
                     claimed = await self.queue.claim_tasks(
                         self.settings.replica_id, self.settings.lease_seconds, min(room, batch)
@@ -221,10 +226,10 @@ class Dispatcher:
                     # Our own lease ran out (the store was unreachable) and we claimed the task again:
                     # the old run is fenced out already; stop it before the new one starts.
                     await cancel_and_wait(stale.task)
-                self._start(task, token)
+                self._start(task, token, asked)
 
-    def _start(self, task: task_pb2.Task, token: int) -> _Running:
-        running = _Running(token)
+    def _start(self, task: task_pb2.Task, token: int, leased_at: float) -> _Running:
+        running = _Running(token, leased_at + self.settings.lease_seconds)
         running.task = asyncio.create_task(self._run(task, running), name=f"task {task.task_id}")
         self._running[task.task_id] = running
         return running
@@ -389,9 +394,12 @@ class Dispatcher:
                     if purged and self.on_purged is not None:
                         self.on_purged(purged)
                 held = dict(self._running)
+                asked = time.monotonic()
                 lost = await self.queue.renew_leases(
                     {t: r.lease_token for t, r in held.items()}, self.settings.lease_seconds
                 )
+                for running in held.values():
+                    running.lease_until = asked + self.settings.lease_seconds
                 for task_id in lost:
                     if self._running.get(task_id) is held[task_id]:
                         log.warning("task %s: lease lost, stopping it here", task_id)
@@ -403,3 +411,21 @@ class Dispatcher:
                 self._lease_failures.failed(exc)
             except Exception:  # a bug must not stop lease upkeep for good
                 log.exception("lease upkeep failed unexpectedly; trying again")
+
+    async def _lease_watch_loop(self) -> None:
+        """Stop the runs whose leases the store has not renewed for two thirds of a lease (it is
+        away, or too slow to answer): once a lease has run out, another replica may take the run
+        over and call its step again, and this replica's call still in flight must not go on
+        beside that one (a concurrency key's cap counts at the plugin). A run stopped here goes on
+        from its last write wherever it is claimed next. The watch does not wait for the renewal
+        to fail: a store that does not answer at all fails nothing."""
+        margin = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(margin / 2)
+            raise_if_cancelled()
+            before = time.monotonic() + margin
+            for task_id, running in list(self._running.items()):
+                if running.lease_until <= before and not running.stopped:
+                    running.stopped = True
+                    log.warning("task %s: the store has not renewed its lease in time: stopping it here", task_id)
+                    running.task.cancel()

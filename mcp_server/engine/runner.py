@@ -155,11 +155,13 @@ class TaskRunner:
                 ctx.suspensions.request_park = park
             if signals is not None and plan.waits:
                 follower = asyncio.get_running_loop().create_task(self._follow_signals(ctx, signals))
+        abandoned = True  # until the run ends or parks here: it stops (lease lost or running out, the server stopping)
         try:
             await self._run(ctx, plan, cancel_reason)
+            abandoned = False
         finally:
             ctx.suspensions.request_park = None  # nothing waits any more: the last write must not be cancelled
-            ctx.cancel_delayed_flush()
+            ctx.cancel_delayed_flush(abandoned)
             if follower is not None:
                 follower.cancel()
         if ending is not None:

@@ -76,6 +76,23 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(s
     await store.tasks.save_checkpoint(checkpoint(taken, new_token, task_pb2.TASK_STATUS_RUNNING, []))
 
 
+async def test_an_expired_lease_fences_its_holder_out_as_it_is_released_not_at_the_next_claim(store):
+    """A holder cut off from the store while its lease ran out must not write once the lease went
+    back to the queue: nobody has claimed the task yet, but the next claimer resumes from what the
+    store holds then, and a late write would change it under that claimer's feet."""
+    task, event = new_task()
+    await store.queue.create_task(task, event)
+    _, token = await store.queue.claim_task("replica-a", 0.2)
+    await asyncio.sleep(0.3)
+    assert await store.queue.release_expired_leases() == 1
+    with pytest.raises(LeaseLost):
+        await store.tasks.save_checkpoint(checkpoint(task, token, task_pb2.TASK_STATUS_RUNNING, []))
+    assert await store.queue.renew_leases({task.task_id: token}, 30) == [task.task_id]
+    taken, new_token = await store.queue.claim_task("replica-b", 30)
+    assert taken.task_id == task.task_id and new_token > token + 1
+    await store.tasks.save_checkpoint(checkpoint(taken, new_token, task_pb2.TASK_STATUS_RUNNING, []))
+
+
 async def test_finished_tasks_hold_no_lease(store):
     task, event = new_task()
     await store.queue.create_task(task, event)

@@ -10,7 +10,8 @@ import contextlib
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to `target`; `drop()` closes every open connection and
     `freeze()` stops forwarding on them without closing anything (a network path that silently
-    died); new connections are served as before either way."""
+    died); new connections are served as before either way, unless `cut()` refuses them too
+    until `mend()` (the target gone for this client alone)."""
 
     def __init__(self, target: str) -> None:
         self.target_host, port = target.rsplit(":", 1)
@@ -18,6 +19,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._frozen: set[asyncio.StreamWriter] = set()
+        self._cut = False
         self.connections = 0
 
     @property
@@ -46,6 +48,14 @@ class TcpProxy:
                 writer.close()
         return len(writers)
 
+    def cut(self) -> int:
+        """Close every connection and refuse new ones until `mend()`; returns how many were closed."""
+        self._cut = True
+        return self.drop()
+
+    def mend(self) -> None:
+        self._cut = False
+
     def freeze(self) -> int:
         """Stop forwarding on every open connection, leaving the sockets open; returns how many."""
         self._frozen |= self._writers
@@ -54,6 +64,9 @@ class TcpProxy:
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self._cut:
+            client_writer.transport.abort()
+            return
         try:
             server_reader, server_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:

@@ -167,6 +167,8 @@ return lost
 
 # KEYS: leases, queue; ARGV: now ms, task key prefix, pending, running, waiting -> how many went back to
 # the queue
+# The token changes as the lease is released: a write its holder (cut off from the store while
+# it ran out) sends after that is refused, though no replica has claimed the task yet.
 RELEASE_EXPIRED = (
     FAIR
     + """
@@ -176,7 +178,10 @@ for _, task_id in ipairs(expired) do
   redis.call('ZREM', KEYS[1], task_id)
   local head = ARGV[2] .. task_id
   local status = redis.call('HGET', head, 'st')
-  if status then fair_release(KEYS[2], head) end
+  if status then
+    fair_release(KEYS[2], head)
+    redis.call('HINCRBY', head, 'tok', 1)  -- fences its holder out now, not at the next claim
+  end
   if status == ARGV[3] or status == ARGV[4] or status == ARGV[5] then
     fair_push(KEYS[2], head)
     n = n + 1

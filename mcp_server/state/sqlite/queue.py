@@ -277,7 +277,9 @@ class SqliteQueue(CreateTask):
         # without a trip through the queue (waits.py); that replica may die before its run starts
         leased = (*ACTIVE, task_pb2.TASK_STATUS_WAITING)
         return await self.db.write(
-            f"UPDATE tasks SET queued=1, lease_expires=NULL, lease_owner=NULL WHERE lease_expires IS NOT NULL "
+            # the token changes as the lease is released: its holder's later writes are refused
+            f"UPDATE tasks SET queued=1, lease_expires=NULL, lease_owner=NULL, lease_token=lease_token+1"
+            f" WHERE lease_expires IS NOT NULL "
             f"AND lease_expires <= ? AND status IN ({','.join(str(s) for s in leased)})",
             (now_seconds(),),
         )

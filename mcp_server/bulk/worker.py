@@ -4,7 +4,10 @@ and acts on their tasks a page at a time, recording after each page where it got
 
 Each task is acted on once however often a page is worked on (a crash between acting and
 recording): a cancel of a finished task does nothing, and a rerun's request_id is derived from
-the action and the task. A rerun refused for now (a rate limit, a full queue, the store away)
+the action and the task. A page of a filtered selection is recorded before its tasks are acted
+on, and a page worked on again is that one, not a new listing: acting changes what a filter
+matches (a cancelled task is no longer RUNNING, a deleted one is gone), and the counts would
+miss the tasks the lost page had acted on. A rerun refused for now (a rate limit, a full queue, the store away)
 is tried again when the refusal says, from that task on.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -61,11 +65,24 @@ class Acted:
 
 @dataclass(frozen=True)
 class Page:
-    """The next tasks of an action: their ids, the cursor after each, and whether more follow."""
+    """The next tasks of an action, whether more follow, and where the work goes on from: `start`
+    is the index of the first in a list of task ids, else the listing's page token after the page
+    (its tasks are then kept in the cursor until they are all acted on). `listed`: read from a
+    listing now, not yet recorded."""
 
     task_ids: list[str]
-    cursors: list[str]
     more: bool
+    start: int | None = None
+    after: str = ""
+    listed: bool = False
+
+    def cursor_after(self, acted: int) -> str:
+        """The cursor to record once the first `acted` tasks of the page are acted on."""
+        if self.start is not None:
+            return str(self.start + acted)
+        if acted >= len(self.task_ids):
+            return self.after
+        return json.dumps({"ids": self.task_ids[acted:], "after": self.after, "more": self.more})
 
 
 class BulkWorker:
@@ -145,24 +162,31 @@ class BulkWorker:
             action = bulk_pb2.BulkAction.FromString(record.data)
             principal = Principal(record.owner, frozenset({"admin"}) if record.admin else frozenset())
             page = await self._page(action, record)
-            cursor, later, more = record.cursor, 0.0, page.more and bool(page.task_ids)
-            pending = list(zip(page.task_ids, page.cursors))
+            if page.listed and page.task_ids:  # recorded before anything of it is acted on
+                record = await self.store.save_bulk_action(
+                    replace(record, cursor=page.cursor_after(0)), int(now_seconds() * 1000) + self.lease_ms
+                )
+                if record is None or not record.running:
+                    return
+            later, more, done_here = 0.0, page.more and bool(page.task_ids), 0
+            pending = page.task_ids
             if action.max_tasks:
                 pending = pending[: max(action.max_tasks - action.matched, 0)]
             # AT_ONCE tasks at a time; counted in order up to the first refused for now, from
             # which the work goes on later (those after it acted on again then: once each still)
             for start in range(0, len(pending), AT_ONCE):
                 chunk = pending[start : start + AT_ONCE]
-                results = await asyncio.gather(*(self._act(action, task_id, principal) for task_id, _ in chunk))
-                for (task_id, after), acted in zip(chunk, results):
+                results = await asyncio.gather(*(self._act(action, task_id, principal) for task_id in chunk))
+                for task_id, acted in zip(chunk, results):
                     if acted.outcome is Outcome.LATER:
                         later = max(acted.retry_after, 0.05)
                         break
                     _count(action, task_id, acted)
                     self.observe(_kind(action), acted.outcome.value)
-                    cursor = after
+                    done_here += 1
                 if later:
                     break
+            cursor = page.cursor_after(done_here) if page.task_ids else record.cursor
             now = now_seconds()
             action.update_time.FromNanoseconds(int(now * 1e9))
             done = not later and (not more or bool(action.max_tasks and action.matched >= action.max_tasks))
@@ -180,12 +204,10 @@ class BulkWorker:
         selection = action.selection
         if selection.task_ids:
             start = int(record.cursor or 0)
-            ids = selection.task_ids[start : start + PAGE]
-            return Page(
-                list(ids),
-                [str(start + i + 1) for i in range(len(ids))],
-                start + PAGE < len(selection.task_ids),
-            )
+            return Page(list(selection.task_ids[start : start + PAGE]), start + PAGE < len(selection.task_ids), start)
+        if record.cursor.startswith("{"):  # a page recorded before it was acted on: its tasks left
+            kept = json.loads(record.cursor)
+            return Page(list(kept["ids"]), bool(kept["more"]), after=str(kept["after"]))
         where = TaskFilter(
             tuple(selection.statuses),
             selection.workflow_id,
@@ -195,7 +217,8 @@ class BulkWorker:
             micros(selection, "created_before"),
         )
         listed = await self.tasks.list_tasks(PAGE, record.cursor, where)
-        return Page([task.task_id for task in listed.tasks], listed.after, listed.more)
+        after = listed.after[-1] if listed.after else record.cursor
+        return Page([task.task_id for task in listed.tasks], listed.more, after=after, listed=True)
 
     async def _act(self, action: bulk_pb2.BulkAction, task_id: str, principal: Principal) -> Acted:
         try:

@@ -49,7 +49,7 @@ from mcp_server.engine.ports import (
 from mcp_server.engine.records import (
     TASK_RESULT,
     TASK_RESULT_REF,
-    StoredValue,
+    RunStep,
     ValueSink,
     step_record,
     take_input,
@@ -65,17 +65,8 @@ from mcp_server.settings import Limits
 T = TypeVar("T")
 USAGE_NAMES_LEFT_OUT = "usage_names_left_out"  # in a task's usage: names past the limit, counted
 UNFINISHED = (task_pb2.STEP_STATUS_RUNNING, task_pb2.STEP_STATUS_WAITING, task_pb2.STEP_STATUS_PENDING)
-
-
-@dataclass
-class _Step:
-    """One node execution: its state (without values) and its values."""
-
-    index: int
-    state: task_pb2.StepState
-    input: Payload | StoredValue | None = None  # once written, only its size and digest if shared
-    output: Payload | None = None
-    started_ns: int = 0  # when it began, once this life of the run has begun or resumed it (else 0)
+# told to the listeners (metrics, traces) once written: the store may refuse an end (lease lost, a cancel first)
+TASK_ENDS = frozenset({E.TASK_EVENT_TYPE_COMPLETED, E.TASK_EVENT_TYPE_FAILED, E.TASK_EVENT_TYPE_CANCELLED})
 
 
 @dataclass
@@ -90,9 +81,10 @@ class RunContext:
     listeners: Sequence[EventListener] = ()
     limits: Limits = field(default_factory=Limits)
     result: Payload | None = None
-    _steps: dict[str, _Step] = field(default_factory=dict)
+    _steps: dict[str, RunStep] = field(default_factory=dict)
     _dirty: dict[str, None] = field(default_factory=dict)  # an ordered set of paths
     _pending: list[task_pb2.TaskEvent] = field(default_factory=list)
+    _untold: list[task_pb2.TaskEvent] = field(default_factory=list)  # ends not yet written (TASK_ENDS)
     _values: ValueSink = field(default_factory=ValueSink)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _background: asyncio.Task[None] | None = None
@@ -126,7 +118,7 @@ class RunContext:
         values = await read_whole(self.store, self.task.task_id, digests, self._values.stored) if digests else {}
         self._values.stored.update(values)
         for index, state in states:
-            self._steps[state.path] = _Step(index, state, take_input(state), take_value(state, "output", values))
+            self._steps[state.path] = RunStep(index, state, take_input(state), take_value(state, "output", values))
             if state.status == task_pb2.STEP_STATUS_WAITING and state.wait.signal and not state.reused:
                 deadline_ms = state.wait.deadline.ToMilliseconds() if state.wait.HasField("deadline") else 0
                 since_ms = state.start_time.ToMilliseconds()
@@ -144,6 +136,9 @@ class RunContext:
         event = make_event(self.task.task_id, self.task.last_sequence, type_, **fields)
         event = bounded(event, self.limits.max_event_bytes)
         self._pending.append(event)
+        if type_ in TASK_ENDS:
+            self._untold.append(event)
+            return event
         for listener in self.listeners:
             listener(self.task, event)
         if flush_soon:
@@ -193,6 +188,7 @@ class RunContext:
         the task CANCELLED instead: its event, never written, and its result."""
         if self._pending and self._pending[-1].type == E.TASK_EVENT_TYPE_COMPLETED:
             self._pending.pop()
+            self._untold = [event for event in self._untold if event.type != E.TASK_EVENT_TYPE_COMPLETED]
             self.task.last_sequence -= 1
         self.result = None
         self.task.ClearField("end_time")
@@ -213,6 +209,7 @@ class RunContext:
                 return
             self.header_changed = False
             events, self._pending = self._pending, []
+            ends, self._untold = self._untold, []
             paths, self._dirty = list(self._dirty), {}
             steps = [StepRecord(self._steps[p].index, p, self._record(p)) for p in paths]
             live = self._live()
@@ -237,9 +234,13 @@ class RunContext:
             except BaseException as exc:
                 self._values.rejected(values)
                 self.suspensions.restore_changes(taken, waits)
+                self._untold[:0] = ends
                 if isinstance(exc, CancelRequested):  # written again, as the run ends CANCELLED instead
                     self._pending[:0], self._dirty = events, dict.fromkeys(paths) | self._dirty
                 raise
+            for end in ends:
+                for listener in self.listeners:
+                    listener(self.task, end)
             self.written_live = live
             self._values.written(values)
             for path in paths:
@@ -304,7 +305,7 @@ class RunContext:
         await self.ready_for_next_node()
         step = self._steps.get(path)
         if step is None:
-            step = self._steps[path] = _Step(
+            step = self._steps[path] = RunStep(
                 len(self._steps), task_pb2.StepState(path=path, node_id=node_id, kind=kind, protocol=protocol)
             )
         state = step.state

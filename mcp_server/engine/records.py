@@ -147,3 +147,14 @@ async def stored_value(store: TaskStore, task: task_pb2.Task, digest: str) -> by
     if digest not in values:
         raise Unavailable(f"task {task.task_id}: its value {digest} is missing from the store")
     return values[digest]
+
+
+@dataclass
+class RunStep:
+    """One node execution as a run holds it: its state (without values) and its values."""
+
+    index: int
+    state: task_pb2.StepState
+    input: Payload | StoredValue | None = None  # once written, only its size and digest if shared
+    output: Payload | None = None
+    started_ns: int = 0  # when it began, once this life of the run has begun or resumed it (else 0)

@@ -65,11 +65,11 @@ async def running_on_one(
     server_factory: Any, options: dict[str, Any], ms: int = 20000
 ) -> tuple[task_pb2.Task, Any, Any]:
     """Two replicas; a task napping `ms` on one of them; (the task, its holder's client, the other's;
-    each client's `address` is its replica's)."""
+    each client's `address` and `server` are its replica's)."""
     replicas = [await server_factory(**options), await server_factory(**options)]
     clients = [client_for(r) for r in replicas]
     for client, replica in zip(clients, replicas):
-        client.address = replica.address
+        client.address, client.server = replica.address, replica
     await create(clients[0], workflow("napping", step("nap", "sleep", f"{{'ms': {ms}}}")))
     task = await submit(clients[0], "napping")
     other = await other_replica(clients, replicas, task.task_id)
@@ -116,7 +116,8 @@ async def test_a_run_that_ends_after_a_request_it_did_not_hear_of_ends_cancelled
     """The holder hears no nudge and looks every 30 s; its step ends 2 s after the request was
     stored. The store refuses the completion, and the run ends the task CANCELLED with the
     request's reason instead: what CancelTask answered OK for is what happens. The step completed;
-    there is no COMPLETED event, no result, and the events are numbered without a gap."""
+    there is no COMPLETED event, no result, and the events are numbered without a gap; the
+    holder's metrics count the task cancelled, not completed too."""
     async with user_without_pubsub(redis_url) as store:
         task, holder, other = await running_on_one(server_factory, {"store": store, "cancel_poll_seconds": 30}, 2000)
         reply = await other.tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="not wanted"))
@@ -128,6 +129,9 @@ async def test_a_run_that_ends_after_a_request_it_did_not_hear_of_ends_cancelled
         kinds = [task_pb2.TaskEventType.Name(e.type) for e in events]
         assert "TASK_EVENT_TYPE_COMPLETED" not in kinds and kinds[-1] == "TASK_EVENT_TYPE_CANCELLED"
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        finished = holder.server.orchestrator.metrics.registry.get_sample_value
+        assert finished("mcp_tasks_finished_total", {"workflow": "napping", "status": "cancelled"}) == 1
+        assert finished("mcp_tasks_finished_total", {"workflow": "napping", "status": "completed"}) is None
 
 
 async def test_a_refused_completion_of_a_task_that_cleans_up_ends_it_cancelled_with_nothing_to_undo(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.context import USAGE_NAMES_LEFT_OUT, RunContext, _Step
+from mcp_server.engine.context import USAGE_NAMES_LEFT_OUT, RunContext
 from mcp_server.engine.payload import Payload
+from mcp_server.engine.records import RunStep
 from mcp_server.settings import Limits
 
 
@@ -21,7 +22,7 @@ def context(most: int) -> RunContext:
         limits=Limits(max_usage_names_per_task=most),
     )
     for index, path in enumerate(("root/a", "root/b")):
-        ctx._steps[path] = _Step(index, task_pb2.StepState(path=path))
+        ctx._steps[path] = RunStep(index, task_pb2.StepState(path=path))
     return ctx
 
 

@@ -267,3 +267,18 @@ async def test_a_limit_put_over_another_counts_what_was_granted_at_the_new_pace(
     await limits.put_rate_limit(RateLimitSpec("paced", 1, 60.0))
     refused = await limits.take_units([("paced", 1, "paced")])
     assert not refused.granted and refused.retry_after > 8 * 60
+
+
+async def test_a_template_put_again_rescales_what_each_of_its_keys_was_granted_waiting_or_not(store):
+    """Two keys under a template of 1 a minute each take a unit; nobody waits. Raised to 10 a
+    second, the next call of either goes within a tenth of a second, not a minute on: the store
+    knows the template's keys that were granted ahead without a call in line to name them."""
+    limits = store.rate_limits
+    await limits.put_rate_limit(RateLimitSpec("tenant:*", 1, 60.0))
+    for key in ("tenant:a", "tenant:b"):
+        assert (await limits.take_units([(key, 1, "tenant:*")])).granted
+        assert (await limits.take_units([(key, 1, "tenant:*")])).retry_after > 50
+    await limits.put_rate_limit(RateLimitSpec("tenant:*", 10, 1.0))
+    await asyncio.sleep(0.15)
+    for key in ("tenant:a", "tenant:b"):
+        assert (await limits.take_units([(key, 1, "tenant:*")])).granted

@@ -37,11 +37,15 @@ class RedisRateLimits:
 
     async def put_rate_limit(self, spec: RateLimitSpec) -> None:
         """Over a limit the key had, what was granted counts at the new pace (PUT_LIMIT): a
-        template's own keys too, those with calls waiting in line (the others keep the old pace
-        for what they were granted: nothing lists them)."""
+        template's own keys too, each that was granted more than it could take now (the grant
+        script keeps them in a zset per template)."""
         value = f"{spec.limit!r}|{spec.period * 1000!r}|{spec.burst!r}"
-        under = await self._keys_with_lines(spec.key[: -len(TEMPLATE)]) if spec.key.endswith(TEMPLATE) else []
-        await self.conn.do(self.conn.script(self._put, list(self.keys), [spec.key, value, self.states, *under]))
+        ahead = self._ahead(spec.key) if spec.key.endswith(TEMPLATE) else ""
+        await self.conn.do(self.conn.script(self._put, list(self.keys), [spec.key, value, self.states, ahead]))
+
+    def _ahead(self, template: str) -> str:
+        """The zset of the template's keys whose GCRA time is ahead of now (ratelimits_lua.py)."""
+        return f"{self.lines}ahead:{template}"
 
     async def delete_rate_limit(self, key: str) -> bool:
         async with self.conn.pipeline(transaction=True) as pipe:
@@ -49,7 +53,7 @@ class RedisRateLimits:
             pipe.hdel(self.keys[1], key)
             pipe.hdel(self.keys[2], key)
             pipe.delete(self.grants + key)
-            pipe.delete(*(f"{self.lines}{part}:{key}" for part in "osu"))
+            pipe.delete(*(f"{self.lines}{part}:{key}" for part in "osu"), self._ahead(key))
             pipe.srem(self.lines + "keys", key)
             removed = await self.conn.do(pipe.execute())
         return bool(removed[0])

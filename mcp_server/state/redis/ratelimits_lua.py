@@ -78,7 +78,9 @@ end
 # grant counter), 15 digits>|<waiter>` sort it by priority, then first ask, then arrival within a
 # ms; `u:<key>`, a hash waiter -> `<units>|<its member>`; `s:<key>`, a zset waiter -> its turn
 # plus the grace, when it is dropped. `keys` is the set of keys that have a line (a line that
-# expired unused leaves its key there until a reader of the set drops it).
+# expired unused leaves its key there until a reader of the set drops it). `ahead:<template>`,
+# under the line prefix, is a zset of the template's keys whose GCRA time is ahead of now, scored
+# by it, so that a change of the template rescales what each of them was granted (PUT_LIMIT).
 TAKE_UNITS = (
     _COMMON
     + _LINES
@@ -175,7 +177,7 @@ for i = 7, #ARGV, 3 do
       if waiter ~= '' then wait_in_line(key, n, now + wait) end
       if wait > longest then longest, who = wait, key end
     else
-      table.insert(plan, {key, n, tat + n * interval, grants, used, templated, state, period})
+      table.insert(plan, {key, n, tat + n * interval, grants, used, templated, state, period, limit_key})
     end
   end
 end
@@ -188,6 +190,10 @@ for _, p in ipairs(plan) do
     redis.call('HSET', p[7], 't', tostring(p[3]), 'w', tostring(p[5] + p[2]))
     redis.call('PEXPIRE', p[7], ttl)
     redis.call('PEXPIRE', p[4], ttl)
+    local ahead_of = ARGV[3] .. 'ahead:' .. p[9]
+    redis.call('ZREMRANGEBYSCORE', ahead_of, '-inf', now)  -- those back at now need no rescale
+    redis.call('ZADD', ahead_of, p[3], p[1])
+    if redis.call('PTTL', ahead_of) < ttl then redis.call('PEXPIRE', ahead_of, ttl) end
   else
     redis.call('HSET', KEYS[2], p[1], tostring(p[3]))
     redis.call('HSET', KEYS[3], p[1], tostring(p[5] + p[2]))
@@ -265,7 +271,7 @@ return {redis.call('HGET', KEYS[1], limit_key), tostring(room), tostring(next_un
 
 
 # KEYS as above; ARGV: key, its definition (`limit|period ms|burst`), the templated-state key
-# prefix, then (for a template) keys under it whose state to rescale -> 1. A limit put over one
+# prefix, the zset of a template's keys ahead ('' for a plain key) -> 1. A limit put over one
 # the key had: what was granted under the old one counts under the new one, so its GCRA time, when
 # ahead of now, is as far ahead as those units take at the new pace (raised: waiting calls go
 # sooner; lowered: later).
@@ -279,10 +285,17 @@ if limit then
   local scale = (tonumber(new_period) / tonumber(new_limit)) / (period / limit)
   local tat = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
   if tat > now then redis.call('HSET', KEYS[2], ARGV[1], now + (tat - now) * scale) end
-  for i = 4, #ARGV do  -- a template's keys named: each keeps its own GCRA time in its state hash
-    local state = ARGV[3] .. ARGV[i]
-    tat = tonumber(redis.call('HGET', state, 't') or '0')
-    if tat > now then redis.call('HSET', state, 't', tostring(now + (tat - now) * scale)) end
+  if ARGV[4] ~= '' then  -- a template: each of its keys ahead keeps its GCRA time in its state hash
+    redis.call('ZREMRANGEBYSCORE', ARGV[4], '-inf', now)
+    for _, key in ipairs(redis.call('ZRANGE', ARGV[4], 0, -1)) do
+      local state = ARGV[3] .. key
+      tat = tonumber(redis.call('HGET', state, 't') or '0')
+      if tat > now then
+        local rescaled = now + (tat - now) * scale
+        redis.call('HSET', state, 't', tostring(rescaled))
+        redis.call('ZADD', ARGV[4], rescaled, key)
+      end
+    end
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])

@@ -7,7 +7,10 @@ a call asking only keys without a limit costs no round trip; a limit put on anot
 takes effect here within that second. A key with no limit of its own falls under the template
 with the longest prefix of it (`tenant:*` for `tenant:acme`), if any. A limit put or deleted
 wakes the calls waiting for it, here, on the other replicas (through the store) and parked, so
-they ask again under the new limit at once.
+they ask again under the new limit at once. A call that gives up its place in a line (its task
+cancelled, its step timed out) wakes those waiting in memory for the same limit, here and on the
+other replicas, at most once every LINE_WAKE_SECONDS: they stood behind it, and their turns come
+sooner without it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 TEMPLATE = "*"  # a key ending so is a template for every key starting with what comes before it
 MIN_PERIOD = 0.001
 MAX_PERIOD = 30 * 24 * 3600.0
+LINE_WAKE_SECONDS = 0.2  # the waiters of a limit whose line a call left are woken at most this often
 
 
 class RateLimitGate:
@@ -50,6 +54,7 @@ class RateLimitGate:
         self.waiters: Counter[str] = Counter()  # steps of this replica waiting, by limit key
         self._wakes: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)  # how to wake each
         self._leaving: set[asyncio.Future[None]] = set()  # calls that gave up, leaving their lines
+        self._line_wakes: set[str] = set()  # limits whose waiters are about to be woken (a call left)
         self.last: list[tuple[RateLimitSpec, float]] = []  # the limits as last read, with the room they had
 
     # ---- the engine's side ------------------------------------------------------------------
@@ -82,6 +87,25 @@ class RateLimitGate:
             await self.store.leave_lines(keys, waiter)
         except Exception:  # the store away: the places age out as if the waiter had gone
             logger.debug("could not take %s out of the lines of %s", waiter, keys, exc_info=True)
+            return
+        for limit in {self.limit_key(key) or key for key in keys}:
+            if limit not in self._line_wakes:  # a burst of leavers (a bulk cancel) wakes each waiter once
+                self._line_wakes.add(limit)
+                asyncio.get_running_loop().call_later(LINE_WAKE_SECONDS, self._wake_behind, limit)
+
+    def _wake_behind(self, limit: str) -> None:
+        """Wake the calls waiting in memory for `limit`, here and on the other replicas: a call in
+        its line left, and they ask again for a sooner turn. (Parked ones keep theirs: making
+        every parked task of a long line due at each leave would cost more than it gives.)"""
+        self._line_wakes.discard(limit)
+        self.wake(limit)
+        announcing = asyncio.ensure_future(self._announce(limit))
+        self._leaving.add(announcing)
+        announcing.add_done_callback(self._leaving.discard)
+
+    async def _announce(self, limit: str) -> None:
+        with contextlib.suppress(McpError):  # the store away: the others' waiters ask at their turn
+            await self.store.announce_change(limit)
 
     @contextlib.contextmanager
     def waiting(self, key: str, wake: Callable[[], None]) -> Iterator[None]:

@@ -75,3 +75,36 @@ async def test_a_limit_raised_through_another_replica_wakes_the_calls_waiting_on
     await put_limit(other, key, 100, 1)
     done = await wait_done(clients[0], waiting, timeout=OLD_TURN / 3)
     assert done.status == S.TASK_STATUS_COMPLETED
+
+
+@pytest.mark.parametrize(
+    "store,replicas", [("sqlite", 1), ("redis", 1), ("redis", 2)], ids=["sqlite", "redis", "redis-other-replica"]
+)
+async def test_calls_that_leave_the_line_let_those_behind_them_go_sooner(server_factory, request, store, replicas):
+    """A limit of 1 call per 4 s, used; three calls wait in line (their turns 4, 8 and 12 s on) and
+    a fourth behind them (16 s on). The three tasks are cancelled: the call behind them asks again
+    and goes at the next unit, within seconds, not at the turn it was told. With two replicas
+    (Redis), the call behind waits on the other one, which hears of the leaves through the store."""
+    store_url = "sqlite://:memory:" if store == "sqlite" else request.getfixturevalue("redis_url")
+    servers = [await server_factory(store=store_url, wait_in_memory_seconds=120) for _ in range(replicas)]
+    clients = [client_for(server) for server in servers]
+    key = f"quota:{uuid.uuid4().hex[:10]}"
+    await put_limit(clients[0], key, 1, 4)
+    step = {"protocol": "tick", "input": f"{{'tag': '{key}'}}", "rate_limits": [{"key": key}]}
+    await create(clients[0], workflow("in-line", {"id": "call", "step": step}))
+    used = await wait_done(clients[0], (await submit(clients[0], "in-line")).task_id)
+    assert used.status == S.TASK_STATUS_COMPLETED
+    ahead = []
+    for _ in range(3):
+        ahead.append(await submit(clients[0], "in-line"))
+        await until_waiting_or_done(clients[0], ahead[-1].task_id)
+    behind = await submit(clients[-1], "in-line")  # each runs on the replica it was submitted through
+    await until_waiting_or_done(clients[0], behind.task_id)
+    if replicas == 2:
+        assert await other_replica(clients, servers, ahead[0].task_id) is clients[1]
+        assert await other_replica(clients, servers, behind.task_id) is clients[0]
+
+    for task in ahead:
+        await clients[0].tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="not wanted"))
+    done = await wait_done(clients[0], behind.task_id, timeout=9)  # not at its turn, about 14 s from here
+    assert done.status == S.TASK_STATUS_COMPLETED

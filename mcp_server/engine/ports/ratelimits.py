@@ -122,7 +122,8 @@ class RateLimitStore(Protocol):
         ...
 
     async def announce_change(self, limit_key: str) -> None:
-        """Tell every replica that the limit of `limit_key` changed (put or deleted)."""
+        """Tell every replica that the limit of `limit_key` changed (put or deleted), or that a
+        call left a line of it: their calls waiting for it ask again."""
         ...
 
     def limit_changes(self) -> AsyncIterator[str]:

@@ -1,5 +1,5 @@
 """`python -m bench.chaos [--seconds 120] [--store redis|sqlite] [--replicas 2] [--processes 1]
-[--kill-redis] [--seed N]`: a soak of random workflows under kill -9.
+[--kill-redis] [--partition] [--seed N]`: a soak of random workflows under kill -9.
 
 The workflows are the property tests' (tests/support/random_workflows.py: every node kind, nested,
 subworkflows, recover nodes that clean up, agents, waits for a signal or an event, publishes of
@@ -7,8 +7,10 @@ that event, durable sleeps, timeouts, failing and flaky steps). A steady load of
 `--replicas` orchestrator processes sharing one store, some signalled and some cancelled at
 random moments, some rerun once ended, while a replica is killed -9 every 0.5-3 s and started
 again (with `--kill-redis`, a quarter of the kills are of Redis, restarted from its AOF after up
-to 2 s). Every call goes to a random live replica and is retried on another with the same request
-id when it dies.
+to 2 s; with `--partition`, each replica reaches Redis through a TCP proxy of its own, and now
+and then one is cut off for 0.5-4 s, past its leases, refused at once or silently, while the
+others take its runs over). Every call goes to a random live replica and is retried on another
+with the same request id when it dies.
 
 Once the kills stop, every task must end, and then for each: no step left running or without an
 end time, no internal error, no signal taken by two steps or received twice, no step a rerun kept
@@ -50,6 +52,7 @@ from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 from mcp_server.engine.values import struct_to_dict
 from tests.support.random_workflows import SIGNAL, definitions, store_subworkflows, waits_for_signal
 from tests.support.redis_server import start_redis_server
+from tests.support.tcp_proxy import TcpProxy
 
 LEASE_SECONDS = "1.5"  # a killed replica's tasks are taken over within 1.5 s
 TERMINAL = {task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED}
@@ -110,11 +113,29 @@ class Replicas:
     starts: int = 0
     logs: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="chaos-logs-"))
     dead: list[Orchestrated] = field(default_factory=list)  # closed at the end: calls may be in flight on them
+    # with --partition: each replica reaches Redis through a proxy of its own, which the killer cuts
+    proxies: list[TcpProxy] = field(default_factory=list)
+    partitions: int = 0
+
+    def store_of(self, index: int) -> str:
+        if not self.proxies:
+            return self.store
+        scheme, rest = self.store.split("://", 1)
+        return f"{scheme}://{self.proxies[index].address}/{rest.split('/', 1)[1]}"
+
+    async def partition(self) -> None:
+        """Cut one replica off from Redis for 0.5-4 s, past its leases (1.5 s): refused at once, or
+        silently (nothing answered); the others take its runs over meanwhile."""
+        proxy = random.choice(self.proxies)
+        proxy.cut() if random.random() < 0.5 else proxy.blackhole()
+        self.partitions += 1
+        await asyncio.sleep(random.uniform(0.5, 4))
+        proxy.mend()
 
     async def start(self, index: int) -> None:
         def start() -> Proc:
             return start_orchestrator(
-                self.store,
+                self.store_of(index),
                 [self.plugin],
                 f"chaos{index}",
                 log_to=self.log_to(index),
@@ -313,6 +334,9 @@ class Soak:
                 await asyncio.sleep(random.uniform(0.2, 2))
                 await self.redis.start()
                 continue
+            if self.replicas.proxies and random.random() < 0.3:
+                await self.replicas.partition()
+                continue
             index = random.randrange(len(self.replicas.procs))
             await self.replicas.kill(index)
             await asyncio.sleep(random.uniform(0, 1))
@@ -382,6 +406,9 @@ async def kill_loop(args: argparse.Namespace, processes: int = 1) -> AsyncIterat
         else:
             store = f"sqlite:///{tempfile.mkdtemp(prefix='chaos-')}/mcp.db"
         replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas, processes)
+        if args.partition and redis is not None:
+            host_port = redis.url.split("://", 1)[1].split("/", 1)[0]
+            replicas.proxies = [await TcpProxy(host_port).start() for _ in range(args.replicas)]
         for index in range(args.replicas):
             await replicas.start(index)
         yield replicas, redis if args.kill_redis else None
@@ -391,6 +418,8 @@ async def kill_loop(args: argparse.Namespace, processes: int = 1) -> AsyncIterat
             for proc in replicas.procs:
                 if proc is not None:
                     proc.stop()
+            for proxy in replicas.proxies:
+                await proxy.stop()
         plugin.stop()
         if redis is not None:
             await redis.kill()
@@ -403,6 +432,9 @@ def kill_loop_arguments(parser: argparse.ArgumentParser, seconds: float) -> None
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kill-redis", action="store_true", help="kill -9 the soak's Redis too, now and then")
+    parser.add_argument(
+        "--partition", action="store_true", help="cut a replica off from Redis now and then (Redis only)"
+    )
 
 
 async def soak(args: argparse.Namespace) -> int:
@@ -461,6 +493,11 @@ async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
         ("seconds under kills", round(soaked, 1), f"{args.replicas} replicas on {args.store}"),
         ("replicas killed -9", run.replicas.kills, f"their logs: {run.replicas.logs}"),
         *([("Redis killed -9", run.redis.kills, "and restarted from its AOF")] if run.redis else []),
+        *(
+            [("replicas cut off from Redis", run.replicas.partitions, "0.5-4 s each, refused or silent")]
+            if run.replicas.proxies
+            else []
+        ),
         ("tasks", len(run.tasks), f"{len(run.roots)} random workflows, {args.in_flight} at a time"),
         *((f"  {status}", count, "") for status, count in sorted(statuses.items())),
         ("tasks resumed by another life", resumed, ""),

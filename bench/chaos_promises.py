@@ -1,6 +1,7 @@
 """`python -m bench.chaos_promises [--seconds 90] [--store redis|sqlite] [--replicas 2]
-[--kill-redis] [--seed N]`: the once-only promises of schedules, triggers, concurrency keys, rate
-limits, the step cache and what calls work off, under kill -9.
+[--kill-redis] [--partition] [--seed N]`: the once-only promises of schedules, triggers,
+concurrency keys, rate limits, the step cache and what calls work off, under kill -9 (and with
+`--partition`, a replica cut off from Redis now and then while the others go on).
 
 `bench.chaos` searches random workflows for records a killed replica leaves wrong; this soak
 holds the features around the workflows to what their docs promise, on the same kill loop (a
@@ -499,6 +500,11 @@ async def report(
         ("seconds under kills", round(soaked, 1), f"{args.replicas} replicas on {args.store}"),
         ("replicas killed -9", replicas.kills, f"their logs: {replicas.logs}"),
         *([("Redis killed -9", killing.redis.kills, "and restarted from its AOF")] if killing.redis else []),
+        *(
+            [("replicas cut off from Redis", killing.replicas.partitions, "0.5-4 s each, refused or silent")]
+            if killing.replicas.proxies
+            else []
+        ),
         ("tasks", len(run.tasks), ""),
         *((f"  {name}", count, "") for name, count in sorted(statuses.items())),
         ("slowest request, s", round(run.slowest, 2), "retried while replicas die"),

@@ -7,8 +7,8 @@ recording): a cancel of a finished task does nothing, and a rerun's request_id i
 the action and the task. A page of a filtered selection is recorded before its tasks are acted
 on, and a page worked on again is that one, not a new listing: acting changes what a filter
 matches (a cancelled task is no longer RUNNING, a deleted one is gone), and the counts would
-miss the tasks the lost page had acted on. A rerun refused for now (a rate limit, a full queue, the store away)
-is tried again when the refusal says, from that task on.
+miss the tasks the lost page had acted on. A rerun refused for now (a rate limit, a full queue,
+the store away) is tried again when the refusal says, from that task on.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Dispatcher: takes tasks from the store's priority queue and runs them, within limits.
 
-It claims a task with a lease, keeps renewing the lease while the task runs, and takes over
-tasks whose lease ran out (their replica died). At most `max_tasks_in_flight` tasks run at
-once on this replica; the rest wait in the queue in priority order. A task that parked (every
+It claims a task with a lease, keeps renewing the lease while the task runs (and stops the run
+when the store has not renewed it in time: another replica may take it over once it runs out),
+and takes over tasks whose lease ran out (their replica died). At most `max_tasks_in_flight`
+tasks run at once on this replica; the rest wait in the queue in priority order. A task that parked (every
 branch waits) is not running: it goes back to the queue when a signal comes or its timer is
 due (every replica looks for due timers every quarter second), and a run here that waits for
 signals in some branches is told when its task has new ones.
@@ -389,10 +390,6 @@ class Dispatcher:
             raise_if_cancelled()
             rounds += 1
             try:
-                if rounds % 10 == 0:
-                    purged = await self.tasks.purge_finished()
-                    if purged and self.on_purged is not None:
-                        self.on_purged(purged)
                 held = dict(self._running)
                 asked = time.monotonic()
                 lost = await self.queue.renew_leases(
@@ -406,6 +403,10 @@ class Dispatcher:
                         held[task_id].task.cancel()
                 if await self.queue.release_expired_leases():
                     self._wake.set()
+                if rounds % 10 == 0:  # after the renewal: a long purge must not hold it up
+                    purged = await self.tasks.purge_finished()
+                    if purged and self.on_purged is not None:
+                        self.on_purged(purged)
                 self._lease_failures.worked()
             except Unavailable as exc:
                 self._lease_failures.failed(exc)

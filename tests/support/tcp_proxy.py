@@ -11,7 +11,8 @@ class TcpProxy:
     """Forwards 127.0.0.1:<port> to `target`; `drop()` closes every open connection and
     `freeze()` stops forwarding on them without closing anything (a network path that silently
     died); new connections are served as before either way, unless `cut()` refuses them too
-    until `mend()` (the target gone for this client alone)."""
+    until `mend()` (the target gone for this client alone), or `blackhole()` freezes them too
+    (the path silently dead for this client alone: nothing refused, nothing answered)."""
 
     def __init__(self, target: str) -> None:
         self.target_host, port = target.rsplit(":", 1)
@@ -20,6 +21,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._frozen: set[asyncio.StreamWriter] = set()
         self._cut = False
+        self._blackholed = False
         self.connections = 0
 
     @property
@@ -54,7 +56,14 @@ class TcpProxy:
         return self.drop()
 
     def mend(self) -> None:
-        self._cut = False
+        """Serve new connections again (those frozen stay so, as a dead path's would, until their
+        client gives up on them)."""
+        self._cut = self._blackholed = False
+
+    def blackhole(self) -> int:
+        """Freeze every open connection and every new one until `mend()`; returns how many were open."""
+        self._blackholed = True
+        return self.freeze()
 
     def freeze(self) -> int:
         """Stop forwarding on every open connection, leaving the sockets open; returns how many."""
@@ -66,6 +75,14 @@ class TcpProxy:
         self.connections += 1
         if self._cut:
             client_writer.transport.abort()
+            return
+        if self._blackholed:  # taken, then nothing: what the client sends is swallowed
+            self._frozen.add(client_writer)
+            with contextlib.suppress(ConnectionError, OSError):
+                while await client_reader.read(65536):
+                    pass
+            self._frozen.discard(client_writer)
+            client_writer.close()
             return
         try:
             server_reader, server_writer = await asyncio.open_connection(self.target_host, self.target_port)
@@ -86,5 +103,6 @@ class TcpProxy:
             pass
         finally:
             self._writers.discard(writer)
+            self._frozen.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()

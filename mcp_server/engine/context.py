@@ -138,9 +138,9 @@ class RunContext:
         self._pending.append(event)
         if type_ in TASK_ENDS:
             self._untold.append(event)
-            return event
-        for listener in self.listeners:
-            listener(self.task, event)
+        else:
+            for listener in self.listeners:
+                listener(self.task, event)
         if flush_soon:
             self.flush_soon()
         return event

@@ -93,6 +93,7 @@ class Orchestrator:
             settings,
             store.waits,
             on_purged=self.metrics.tasks_removed.labels("retention").inc,
+            on_stopped=lambda reason: self.metrics.runs_stopped.labels(reason).inc(),
         )
         self.workflows = Workflows(settings, store.workflows, self.directory)
         self.protocols = Protocols(self.directory, settings.limits, self.rate_limits)

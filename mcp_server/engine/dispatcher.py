@@ -66,9 +66,11 @@ class Dispatcher:
         settings: Settings,
         waits: WaitStore | None = None,
         on_purged: Callable[[int], object] | None = None,
+        on_stopped: Callable[[str], object] = lambda reason: None,
     ) -> None:
         self.queue = queue
         self.on_purged = on_purged  # told how many finished tasks each purge removed
+        self.on_stopped = on_stopped  # told of each run stopped for its lease: lease_lost or lease_unrenewed
         self.tasks = tasks
         self.waits = waits
         self.runner = runner
@@ -401,6 +403,7 @@ class Dispatcher:
                     if self._running.get(task_id) is held[task_id]:
                         log.warning("task %s: lease lost, stopping it here", task_id)
                         held[task_id].task.cancel()
+                        self.on_stopped("lease_lost")
                 if await self.queue.release_expired_leases():
                     self._wake.set()
                 if rounds % 10 == 0:  # after the renewal: a long purge must not hold it up
@@ -430,3 +433,4 @@ class Dispatcher:
                     running.stopped = True
                     log.warning("task %s: the store has not renewed its lease in time: stopping it here", task_id)
                     running.task.cancel()
+                    self.on_stopped("lease_unrenewed")

@@ -133,6 +133,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.runs_stopped = Counter(
+            "mcp_runs_stopped_total",
+            "Runs this replica stopped for their lease, by reason: lease_lost (another replica holds the task)"
+            " or lease_unrenewed (the store did not renew it in time: this replica is cut off, or the store slow)",
+            ["reason"],
+            registry=r,
+        )
         self.reruns = Counter(
             "mcp_reruns_total", "Tasks started as reruns of finished tasks, by workflow", ["workflow"], registry=r
         )

@@ -235,6 +235,8 @@ async def test_a_replica_cut_off_from_redis_stops_its_runs_before_their_leases_r
         done = await wait_done(other, task.task_id, timeout=20)
         assert done.status == S.TASK_STATUS_COMPLETED
         assert (await plugin_stats(testkit))["keyed_max"][key] == 1
+        stopped = cut_off.orchestrator.metrics.registry.get_sample_value
+        assert stopped("mcp_runs_stopped_total", {"reason": "lease_unrenewed"}) >= 1  # what an operator sees
     finally:
         proxy.mend()
         await proxy.stop()

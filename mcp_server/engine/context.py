@@ -6,11 +6,10 @@ the last one: the task's live header, the step records that changed, the events 
 written and the large values not yet stored (see records.py), so the cost of a step does not
 grow with the steps before it.
 
-Writes are behind, not in the way: a node's completion starts a background checkpoint that
-runs while the next plugin call is under way, and whatever happened meanwhile (the next
-step's start) rides along in the same write, so a sequence costs one store round trip per
-step. A run notices a lost lease at the next node it starts, and while the store is down it
-pauses there until the pending writes go through.
+Writes are behind, not in the way (write_behind.py says when they happen): a node's completion
+starts a background checkpoint that runs while the next plugin call is under way, so a sequence
+costs one store round trip per step. A run notices a lost lease at the next node it starts, and
+while the store is down (or silent) it pauses there until the pending writes go through.
 """
 
 from __future__ import annotations
@@ -59,7 +58,8 @@ from mcp_server.engine.restored_steps import TASK_SCOPE, outputs_by_scope
 from mcp_server.engine.step_ends import code_name, code_number, duration_ms, end_data
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.value_chunks import read_whole
-from mcp_server.errors import CancelRequested, LeaseLost
+from mcp_server.engine.write_behind import WriteBehind
+from mcp_server.errors import CancelRequested
 from mcp_server.settings import Limits
 
 T = TypeVar("T")
@@ -87,14 +87,10 @@ class RunContext:
     _untold: list[task_pb2.TaskEvent] = field(default_factory=list)  # ends not yet written (TASK_ENDS)
     _values: ValueSink = field(default_factory=ValueSink)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _background: asyncio.Task[None] | None = None
-    _lease_lost: LeaseLost | None = None
-    _store_down: bool = False
     paused_runs: PausedRuns = field(default_factory=PausedRuns)  # the replica's, shared by its runs
     # a start (of the task or a step) is written with the next write, or on its own this long
     # after: a step that ends sooner carries its start with its end (one write, not two)
     start_write_delay: float = 0.0
-    _flush_timer: asyncio.TimerHandle | None = None
     written_live: bytes = b""  # the live header part of the latest checkpoint written
     # the run's waits and signals (see suspensions.py); with status WAITING, when it is due (Unix ms)
     suspensions: Suspensions = field(default_factory=lambda: Suspensions(park_horizon=2.0))
@@ -109,6 +105,7 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self._values.chunked_from = self.limits.chunked_value_bytes
+        self._writes = WriteBehind(self.checkpoint, lambda: bool(self._pending or self._dirty))
 
     async def restore(self) -> None:
         """Load the step records and values an earlier life of this run wrote."""
@@ -146,42 +143,16 @@ class RunContext:
         return event
 
     def flush_soon(self) -> None:
-        """Start writing pending changes in the background, unless a write is under way already
-        (it picks them up when it is done)."""
-        self.cancel_delayed_flush()
-        if self._background is None or self._background.done():
-            self._background = asyncio.get_running_loop().create_task(self._flush_in_background())
+        """Start writing pending changes in the background (WriteBehind.soon)."""
+        self._writes.soon()
 
     def flush_within(self, delay: float) -> None:
-        """Have pending changes written within `delay` seconds: by the next write, if one comes
-        sooner, else on their own."""
-        if delay <= 0:
-            self.flush_soon()
-        elif self._flush_timer is None:
-            self._flush_timer = asyncio.get_running_loop().call_later(delay, self._flush_due)
-
-    def _flush_due(self) -> None:
-        self._flush_timer = None
-        if self._pending or self._dirty:
-            self.flush_soon()
+        """Have pending changes written within `delay` seconds (WriteBehind.within)."""
+        self._writes.within(delay)
 
     def cancel_delayed_flush(self, abandoned: bool = False) -> None:
-        """`abandoned`: the run stops here, and a write under way in the background stops too
-        (its next owner goes on from the last write that landed)."""
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        if abandoned and self._background is not None:
-            self._background.cancel()
-
-    async def _flush_in_background(self) -> None:
-        try:
-            while self._pending or self._dirty:
-                await self.checkpoint()
-        except LeaseLost as exc:
-            self._lease_lost = exc  # raised where the run next starts a node
-        except CancelRequested:
-            pass  # its completion, refused: the run's last write ends it CANCELLED (TaskRunner)
+        """Drop a write waiting for its delay (`abandoned`: and stop one under way)."""
+        self._writes.cancel_delayed(abandoned)
 
     def retract_completion(self) -> None:
         """Take back the COMPLETED end the store refused (CancelRequested), before the run ends
@@ -194,13 +165,8 @@ class RunContext:
         self.task.ClearField("end_time")
 
     async def ready_for_next_node(self) -> None:
-        """Raise LeaseLost if another replica took the task; wait while the store is down."""
-        if self._lease_lost is not None:
-            raise self._lease_lost
-        if self._store_down and self._background is not None:
-            await asyncio.shield(self._background)
-            if self._lease_lost is not None:
-                raise self._lease_lost
+        """Raise LeaseLost if another replica took the task; wait while the store is down or silent."""
+        await self._writes.ready()
 
     async def checkpoint(self) -> None:
         """Write what changed, atomically; wait out store outages."""
@@ -245,10 +211,10 @@ class RunContext:
             self._values.written(values)
             for path in paths:
                 self._steps[path].input = self._values.release(self._steps[path].input)
-            self._store_down = False
+            self._writes.store_down = False
 
     def _refused(self) -> None:
-        self._store_down = True  # the run waits for this write before it starts another node
+        self._writes.store_down = True  # the run waits for this write before it starts another node
 
     async def store_call(self, make: Callable[[], Awaitable[T]]) -> T:
         """A store call a step makes (its cache, rate-limit units): asked again while the store

@@ -33,7 +33,6 @@ from tests.helpers import (
 )
 from tests.integration.test_recover import seq
 from tests.integration.test_waits import other_replica
-from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
@@ -204,39 +203,3 @@ async def test_a_call_off_the_store_does_not_take_fails_the_publish_and_goes_thr
     assert list(reply.cancelled) == [task.task_id]
     done = await wait_done(client, task.task_id)
     assert done.status == S.TASK_STATUS_CANCELLED and done.error.message.startswith("CANCEL_ON: event")
-
-
-@pytest.mark.parametrize("how", ["cut", "freeze"])
-async def test_a_replica_cut_off_from_redis_stops_its_runs_before_their_leases_run_out(
-    server_factory, redis_url, testkit, how
-):
-    """A replica whose path to Redis is cut (refused at once) or silently dead (its renewals never
-    answered, never failed) cannot renew its leases. Before they run out (the store then lets
-    another replica take the task over and call its step again) it stops its runs, their plugin
-    calls with them: the task's step is never called twice at once, and the task completes on the
-    other replica."""
-    base, query = redis_url.split("?", 1)
-    scheme, rest = base.split("://", 1)
-    host_port, database = rest.split("/", 1)
-    proxy = await TcpProxy(host_port).start()
-    try:
-        options = {"lease_seconds": 1.5}
-        cut_off = await server_factory(store=f"{scheme}://{proxy.address}/{database}?{query}", **options)
-        client = client_for(cut_off)
-        key = f"once:{uuid.uuid4().hex[:8]}"
-        await create(client, workflow("held", step("hold", "keyed", f"{{'key': '{key}', 'ms': 3000}}")))
-        task = await submit(client, "held")
-        async with asyncio.timeout(10):  # its call is under way on the replica about to be cut off
-            while not (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps:
-                await asyncio.sleep(0.02)
-        other = client_for(await server_factory(store=redis_url, **options))
-
-        getattr(proxy, how)()
-        done = await wait_done(other, task.task_id, timeout=20)
-        assert done.status == S.TASK_STATUS_COMPLETED
-        assert (await plugin_stats(testkit))["keyed_max"][key] == 1
-        stopped = cut_off.orchestrator.metrics.registry.get_sample_value
-        assert stopped("mcp_runs_stopped_total", {"reason": "lease_unrenewed"}) >= 1  # what an operator sees
-    finally:
-        proxy.mend()
-        await proxy.stop()

@@ -1,0 +1,94 @@
+"""A replica cut off from Redis while the others go on: it stops its runs before their leases run
+out (their calls with them), so a step is never called on two replicas at once, and while its
+writes go unanswered it does not run on ahead of what is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mcp_sdk.proto import task_pb2
+from tests.conftest import client_for
+from tests.helpers import create, plugin_stats, step, submit, wait_done, workflow
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.asyncio
+S = task_pb2.TaskStatus
+
+
+@pytest.fixture
+async def proxied(redis_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A TCP proxy to the test Redis, and a store URL through it."""
+    base, query = redis_url.split("?", 1)
+    scheme, rest = base.split("://", 1)
+    host_port, database = rest.split("/", 1)
+    proxy = await TcpProxy(host_port).start()
+    try:
+        yield proxy, f"{scheme}://{proxy.address}/{database}?{query}"
+    finally:
+        proxy.mend()
+        await proxy.stop()
+
+
+@pytest.mark.parametrize("how", ["cut", "freeze"])
+async def test_a_replica_cut_off_from_redis_stops_its_runs_before_their_leases_run_out(
+    server_factory, redis_url, testkit, proxied, how
+):
+    """A replica whose path to Redis is cut (refused at once) or silently dead (its renewals never
+    answered, never failed) cannot renew its leases. Before they run out (the store then lets
+    another replica take the task over and call its step again) it stops its runs, their plugin
+    calls with them: the task's step is never called twice at once, and the task completes on the
+    other replica."""
+    proxy, through_proxy = proxied
+    options = {"lease_seconds": 1.5}
+    cut_off = await server_factory(store=through_proxy, **options)
+    client = client_for(cut_off)
+    key = f"once:{uuid.uuid4().hex[:8]}"
+    await create(client, workflow("held", step("hold", "keyed", f"{{'key': '{key}', 'ms': 3000}}")))
+    task = await submit(client, "held")
+    async with asyncio.timeout(10):  # its call is under way on the replica about to be cut off
+        while not (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps:
+            await asyncio.sleep(0.02)
+    other = client_for(await server_factory(store=redis_url, **options))
+
+    getattr(proxy, how)()
+    done = await wait_done(other, task.task_id, timeout=20)
+    assert done.status == S.TASK_STATUS_COMPLETED
+    assert (await plugin_stats(testkit))["keyed_max"][key] == 1
+    stopped = cut_off.orchestrator.metrics.registry.get_sample_value
+    assert stopped("mcp_runs_stopped_total", {"reason": "lease_unrenewed"}) >= 1  # what an operator sees
+
+
+async def test_a_replica_whose_writes_go_unanswered_does_not_run_on_ahead_of_them(
+    server_factory, redis_url, testkit, proxied
+):
+    """Its path to Redis silently dead, a replica's checkpoint hangs: nothing refuses it until the
+    socket times out (5 s). The run goes on to its next step only while the write under way is
+    younger than a second: every step it runs past the last write that landed is called again by
+    the replica that takes the task over, and a sequence of 100 ms steps would otherwise run some
+    50 of them in those 5 s."""
+    proxy, through_proxy = proxied
+    options = {"lease_seconds": 9.0}  # the lease watch stops the run 6 s on: after the socket's timeout
+    cut_off = client_for(await server_factory(store=through_proxy, **options))
+    other = client_for(await server_factory(store=redis_url, **options))
+    steps = [step(f"s{i}", "sleep", "{'ms': 100}") for i in range(60)]
+    name = f"steady-{uuid.uuid4().hex[:8]}"
+    await create(cut_off, workflow(name, {"id": "seq", "sequence": {"children": steps}}))
+    task = await submit(cut_off, name)
+
+    async def calls() -> dict[str, int]:
+        return {k: n for k, n in (await plugin_stats(testkit))["calls"].items() if k.startswith(task.task_id)}
+
+    async with asyncio.timeout(20):
+        while len(await calls()) < 5:
+            await asyncio.sleep(0.05)
+    proxy.blackhole()
+    done = await wait_done(other, task.task_id, timeout=60)
+    assert done.status == S.TASK_STATUS_COMPLETED
+    called = await calls()
+    assert len(called) == 60
+    called_again = sum(n - 1 for n in called.values())
+    assert 1 <= called_again <= 20, called_again  # the ~10 of the last second (before: ~50)

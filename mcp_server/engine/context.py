@@ -164,9 +164,10 @@ class RunContext:
         self.result = None
         self.task.ClearField("end_time")
 
-    async def ready_for_next_node(self) -> None:
-        """Raise LeaseLost if another replica took the task; wait while the store is down or silent."""
-        await self._writes.ready()
+    def ready_for_next_node(self) -> Awaitable[None]:
+        """Raise LeaseLost if another replica took the task; wait while the store is down or silent
+        (WriteBehind.ready, handed on as is: this runs before every node)."""
+        return self._writes.ready()
 
     async def checkpoint(self) -> None:
         """Write what changed, atomically; wait out store outages."""

@@ -134,7 +134,8 @@ class Firing:
         unfinished: list[str] = []
         if policy != P.OVERLAP_POLICY_ALLOW_ALL:
             # one at a time under the other policies: only the latest task can be unfinished
-            latest = next((task_id for _, task_id in record.recent if task_id), "")
+            # (the recent list alone loses the task once it outlasts as many skipped fires as it holds)
+            latest = record.latest_task or next((task_id for _, task_id in record.recent if task_id), "")
             unfinished = await self._unfinished([latest] if latest else [])
         if buffered_ms and not unfinished:  # the buffered fire time's turn has come
             unfinished = await self._start(record, schedule, from_ms(buffered_ms), outcome)

@@ -41,10 +41,31 @@ async def test_an_sqlite_file_from_before_refusals_gets_their_columns(tmp_path):
     with sqlite3.connect(path) as db:  # as a server before this one left it
         db.execute("ALTER TABLE schedules DROP COLUMN refusals")
         db.execute("ALTER TABLE schedules DROP COLUMN refused")
+        db.execute("ALTER TABLE schedules DROP COLUMN latest_run")
     store = await open_store(f"sqlite:///{path}")
     try:
         await store.schedules.record_progress("kept", ScheduleProgress(refused=[(5_000, "NOT_FOUND: gone")]))
         record = await store.schedules.get_schedule("kept")
         assert record is not None and record.refused == 1 and list(record.refusals) == [(5_000, "NOT_FOUND: gone")]
+        await store.schedules.record_progress("kept", ScheduleProgress(started=[(6_000, "task-a")]))
+        assert (await store.schedules.get_schedule("kept")).latest_task == "task-a"  # type: ignore[union-attr]
     finally:
         await store.close()
+
+
+async def test_the_last_task_started_is_kept_however_many_skips_follow_it(store):
+    """The overlap policies ask whether the last task a schedule started has ended: a task that
+    outlasts more skipped fire times than the recent list holds must still be that task (before,
+    it fell out of the list, and the next fire started a second task beside it)."""
+    schedule_id = f"s-{uuid.uuid4().hex[:8]}"
+    assert await store.schedules.create_schedule(schedule_id, "ann", b"definition", 1_000, NEVER)
+    await store.schedules.record_progress(schedule_id, ScheduleProgress(started=[(10_000, "task-a")]))
+    for fire in range(11_000, 11_000 + 1_000 * (RECENT_RUNS + 2), 1_000):
+        await store.schedules.record_progress(schedule_id, ScheduleProgress(skipped=[fire]))
+    record = await store.schedules.get_schedule(schedule_id)
+    assert record is not None and all(not task for _, task in record.recent)  # pushed out by the skips
+    assert record.latest_task == "task-a"
+    await store.schedules.record_progress(schedule_id, ScheduleProgress(started=[(5_000, "backfilled")]))
+    await store.schedules.record_progress(schedule_id, ScheduleProgress(started=[(40_000, "task-b")]))
+    record = await store.schedules.get_schedule(schedule_id)
+    assert record is not None and record.latest_task == "task-b"  # the newest fire time's, not the newest write's

@@ -127,6 +127,22 @@ async def test_skip_never_runs_two_at_once(served):
         assert later.create_time.ToNanoseconds() >= done.end_time.ToNanoseconds()
 
 
+async def test_skip_holds_for_a_task_that_outlasts_more_fire_times_than_the_recent_runs_show(served):
+    """A task of 12.5 s on a schedule every second: its skipped fire times push it out of the ten
+    recent runs, and SKIP still sees it unfinished (before, the eleventh skip started a second
+    task beside it)."""
+    _, client = served
+    workflow_id = await sleepy(client)
+    schedule = a_schedule(workflow_id, every=[seconds(1)], overlap=P.OVERLAP_POLICY_SKIP)
+    schedule.action.input_data.update({"ms": 12500})
+    created = await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+    await asyncio.sleep(12)
+    got = await client.schedules.GetSchedule(schedule_pb2.GetScheduleRequest(schedule_id=created.schedule_id))
+    await client.schedules.DeleteSchedule(schedule_pb2.DeleteScheduleRequest(schedule_id=created.schedule_id))
+    assert got.info.skipped >= 10 and all(not run.task_id for run in got.info.recent_runs)
+    assert len(await tasks_of(client, workflow_id)) == 1
+
+
 async def test_skipped_fire_times_are_counted_and_shown(served):
     _, client = served
     workflow_id = await sleepy(client)

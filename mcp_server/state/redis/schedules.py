@@ -117,4 +117,5 @@ def _record(schedule_id: str, fields: dict[bytes, bytes]) -> ScheduleRecord:
         recent=[(int(f), str(t)) for f, t in json.loads(fields.get(b"rr", b"[]"))],
         refused=number(b"f"),
         refusals=[(int(f), str(why)) for f, why in json.loads(fields.get(b"rf", b"[]"))],
+        latest_task=str(json.loads(fields.get(b"lt", b'[0, ""]'))[1]),
     )

@@ -1,6 +1,7 @@
 """The Lua scripts of schedules on Redis (schedules.py). Every schedule key shares the slot
 {sch}: a schedule's hash `P{sch}:s:<id>` (d definition, v version, o owner, c created ms,
-r runs, k skipped, m missed, l last fire ms, b buffered fire ms, rr recent runs as JSON, f refused,
+r runs, k skipped, m missed, l last fire ms, b buffered fire ms, rr recent runs as JSON, lt the newest
+run that started a task as JSON [fire, task] (kept however many skips push it out of rr), f refused,
 rf refusals as JSON),
 `P{sch}:due` (zset id -> due ms), `P{sch}:ids` and `P{sch}:o:<owner>` (ids, lex order)."""
 
@@ -73,6 +74,13 @@ local function newest(list)
   return #kept > 0 and cjson.encode(kept) or '[]'
 end
 redis.call('HSET', KEYS[1], 'rr', newest(recent))
+if #started > 0 then  -- the newest run that started a task, whatever the recent list drops
+  local latest = cjson.decode(redis.call('HGET', KEYS[1], 'lt') or '[0, ""]')
+  for _, run in ipairs(started) do
+    if run[1] >= latest[1] then latest = run end
+  end
+  redis.call('HSET', KEYS[1], 'lt', cjson.encode(latest))
+end
 if #refused > 0 then
   local refusals = cjson.decode(redis.call('HGET', KEYS[1], 'rf') or '[]')
   for _, refusal in ipairs(refused) do table.insert(refusals, refusal) end

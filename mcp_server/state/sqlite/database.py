@@ -90,7 +90,8 @@ CREATE TABLE IF NOT EXISTS schedules (
   schedule_id TEXT PRIMARY KEY, owner TEXT NOT NULL, data BLOB NOT NULL, version INTEGER NOT NULL,
   created_ms INTEGER NOT NULL, due_ms INTEGER, runs INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
   missed INTEGER NOT NULL DEFAULT 0, last_fire_ms INTEGER NOT NULL DEFAULT 0, buffered_ms INTEGER NOT NULL DEFAULT 0,
-  recent TEXT NOT NULL DEFAULT '[]', refused INTEGER NOT NULL DEFAULT 0, refusals TEXT NOT NULL DEFAULT '[]');
+  recent TEXT NOT NULL DEFAULT '[]', refused INTEGER NOT NULL DEFAULT 0, refusals TEXT NOT NULL DEFAULT '[]',
+  latest_run TEXT NOT NULL DEFAULT '[0, ""]');
 CREATE INDEX IF NOT EXISTS schedules_due ON schedules (due_ms) WHERE due_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS bulk_actions (
   action_id TEXT PRIMARY KEY, owner TEXT NOT NULL, data BLOB NOT NULL, cursor TEXT NOT NULL,
@@ -291,6 +292,9 @@ def _connect(path: str) -> sqlite3.Connection:
     if "refused" not in {row[1] for row in db.execute("PRAGMA table_info(schedules)")}:
         db.execute("ALTER TABLE schedules ADD COLUMN refused INTEGER NOT NULL DEFAULT 0")
         db.execute("ALTER TABLE schedules ADD COLUMN refusals TEXT NOT NULL DEFAULT '[]'")
+    if "latest_run" not in {row[1] for row in db.execute("PRAGMA table_info(schedules)")}:
+        # the newest run that started a task, [fire ms, task id], kept however many skips follow it
+        db.execute("""ALTER TABLE schedules ADD COLUMN latest_run TEXT NOT NULL DEFAULT '[0, ""]'""")
     if "deleted_at" not in {row[1] for row in db.execute("PRAGMA table_info(workflows)")}:
         # when DeleteWorkflow retired a version (its tasks still run it); NULL: not deleted
         db.execute("ALTER TABLE workflows ADD COLUMN deleted_at REAL")

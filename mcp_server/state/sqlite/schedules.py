@@ -12,7 +12,7 @@ from mcp_server.state.sqlite.database import SqliteDatabase
 
 COLUMNS = (
     "schedule_id, owner, data, version, created_ms, runs, skipped, missed, last_fire_ms, buffered_ms, recent,"
-    " refused, refusals"
+    " refused, refusals, latest_run"
 )
 
 
@@ -82,7 +82,7 @@ class SqliteSchedules:
     async def record_progress(self, schedule_id: str, progress: ScheduleProgress) -> None:
         def record(db: sqlite3.Connection) -> None:
             row = db.execute(
-                "SELECT recent, version, refusals FROM schedules WHERE schedule_id=?", (schedule_id,)
+                "SELECT recent, version, refusals, latest_run FROM schedules WHERE schedule_id=?", (schedule_id,)
             ).fetchone()
             if row is None:
                 return
@@ -93,15 +93,18 @@ class SqliteSchedules:
                 *((f, "") for f, _ in progress.refused),
             ]
             recent = sorted([*entries, *recent], key=lambda e: -e[0])[:RECENT_RUNS]
+            latest = max([*progress.started, tuple(json.loads(row[3]))], key=lambda run: run[0])  # ties: the new
             refusals = [tuple(entry) for entry in json.loads(row[2])]
             refusals = sorted([*progress.refused, *refusals], key=lambda e: -e[0])[:RECENT_RUNS]
             with db:
                 db.execute(
-                    "UPDATE schedules SET recent=?, refusals=?, runs=runs+?, skipped=skipped+?, refused=refused+?,"
+                    "UPDATE schedules SET recent=?, latest_run=?, refusals=?, runs=runs+?, skipped=skipped+?,"
+                    " refused=refused+?,"
                     " missed=missed+?, last_fire_ms=COALESCE(?, last_fire_ms), buffered_ms=COALESCE(?, buffered_ms)"
                     " WHERE schedule_id=?",
                     (
                         json.dumps(recent),
+                        json.dumps(list(latest)),
                         json.dumps(refusals),
                         len(progress.started),
                         len(progress.skipped),
@@ -143,4 +146,5 @@ def _record(row: Any) -> ScheduleRecord:
         recent=[(int(f), str(t)) for f, t in json.loads(str(row[10]))],
         refused=int(row[11]),
         refusals=[(int(f), str(why)) for f, why in json.loads(str(row[12]))],
+        latest_task=str(json.loads(str(row[13]))[1]),
     )

@@ -134,8 +134,10 @@ class Firing:
         unfinished: list[str] = []
         if policy != P.OVERLAP_POLICY_ALLOW_ALL:
             # one at a time under the other policies: only the latest task can be unfinished
-            # (the recent list alone loses the task once it outlasts as many skipped fires as it holds)
-            latest = record.latest_task or next((task_id for _, task_id in record.recent if task_id), "")
+            # the newer of the two: the recent list alone loses the task once it outlasts as many
+            # skipped fires as it holds, and a replica of an earlier release records only the list
+            listed = next(((fire, task_id) for fire, task_id in record.recent if task_id), (0, ""))
+            latest = max(record.latest_run, listed)[1]
             unfinished = await self._unfinished([latest] if latest else [])
         if buffered_ms and not unfinished:  # the buffered fire time's turn has come
             unfinished = await self._start(record, schedule, from_ms(buffered_ms), outcome)

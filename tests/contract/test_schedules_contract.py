@@ -48,7 +48,7 @@ async def test_an_sqlite_file_from_before_refusals_gets_their_columns(tmp_path):
         record = await store.schedules.get_schedule("kept")
         assert record is not None and record.refused == 1 and list(record.refusals) == [(5_000, "NOT_FOUND: gone")]
         await store.schedules.record_progress("kept", ScheduleProgress(started=[(6_000, "task-a")]))
-        assert (await store.schedules.get_schedule("kept")).latest_task == "task-a"  # type: ignore[union-attr]
+        assert (await store.schedules.get_schedule("kept")).latest_run == (6_000, "task-a")  # type: ignore[union-attr]
     finally:
         await store.close()
 
@@ -64,8 +64,8 @@ async def test_the_last_task_started_is_kept_however_many_skips_follow_it(store)
         await store.schedules.record_progress(schedule_id, ScheduleProgress(skipped=[fire]))
     record = await store.schedules.get_schedule(schedule_id)
     assert record is not None and all(not task for _, task in record.recent)  # pushed out by the skips
-    assert record.latest_task == "task-a"
+    assert record.latest_run == (10_000, "task-a")
     await store.schedules.record_progress(schedule_id, ScheduleProgress(started=[(5_000, "backfilled")]))
     await store.schedules.record_progress(schedule_id, ScheduleProgress(started=[(40_000, "task-b")]))
     record = await store.schedules.get_schedule(schedule_id)
-    assert record is not None and record.latest_task == "task-b"  # the newest fire time's, not the newest write's
+    assert record is not None and record.latest_run == (40_000, "task-b")  # the newest fire time's, not write's

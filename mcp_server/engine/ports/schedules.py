@@ -33,9 +33,9 @@ class ScheduleRecord:
     recent: Sequence[tuple[int, str]] = ()  # (fire time ms, task id or ""), newest first
     refused: int = 0
     refusals: Sequence[tuple[int, str]] = ()  # (fire time ms, why its task was refused), newest first
-    # the task of the newest fire time that started one, kept however many skips push it out of
-    # `recent` (the overlap policies' "last task"; "" when none, or recorded by an earlier release)
-    latest_task: str = ""
+    # (fire time ms, task id) of the newest fire time that started a task, kept however many skips
+    # push it out of `recent` (the overlap policies' "last task"; (0, "") when none yet)
+    latest_run: tuple[int, str] = (0, "")
 
 
 @dataclass(frozen=True)

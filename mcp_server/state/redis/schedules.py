@@ -117,5 +117,9 @@ def _record(schedule_id: str, fields: dict[bytes, bytes]) -> ScheduleRecord:
         recent=[(int(f), str(t)) for f, t in json.loads(fields.get(b"rr", b"[]"))],
         refused=number(b"f"),
         refusals=[(int(f), str(why)) for f, why in json.loads(fields.get(b"rf", b"[]"))],
-        latest_task=str(json.loads(fields.get(b"lt", b'[0, ""]'))[1]),
+        latest_run=_run(json.loads(fields.get(b"lt", b'[0, ""]'))),
     )
+
+
+def _run(entry: list[Any]) -> tuple[int, str]:
+    return int(entry[0]), str(entry[1])

@@ -146,5 +146,5 @@ def _record(row: Any) -> ScheduleRecord:
         recent=[(int(f), str(t)) for f, t in json.loads(str(row[10]))],
         refused=int(row[11]),
         refusals=[(int(f), str(why)) for f, why in json.loads(str(row[12]))],
-        latest_task=str(json.loads(str(row[13]))[1]),
+        latest_run=(int(json.loads(str(row[13]))[0]), str(json.loads(str(row[13]))[1])),
     )

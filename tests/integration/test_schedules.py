@@ -111,12 +111,17 @@ async def test_run_at_fires_once_within_a_second(served):
     assert got.info.recent_runs[0].task_id == found[0].task_id
 
 
-async def test_skip_never_runs_two_at_once(served):
-    _, client = served
+async def skipping_every_second(client: Any, task_ms: int) -> tuple[str, schedule_pb2.Schedule]:
+    """A SKIP schedule every second of a task that sleeps `task_ms`: its workflow and the schedule."""
     workflow_id = await sleepy(client)
     schedule = a_schedule(workflow_id, every=[seconds(1)], overlap=P.OVERLAP_POLICY_SKIP)
-    schedule.action.input_data.update({"ms": 2300})
-    created = await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+    schedule.action.input_data.update({"ms": task_ms})
+    return workflow_id, await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+
+
+async def test_skip_never_runs_two_at_once(served):
+    _, client = served
+    workflow_id, created = await skipping_every_second(client, 2300)
     await asyncio.sleep(6.5)
     await client.schedules.DeleteSchedule(schedule_pb2.DeleteScheduleRequest(schedule_id=created.schedule_id))
     found = sorted(await tasks_of(client, workflow_id), key=lambda t: t.create_time.ToNanoseconds())
@@ -132,10 +137,7 @@ async def test_skip_holds_for_a_task_that_outlasts_more_fire_times_than_the_rece
     recent runs, and SKIP still sees it unfinished (before, the eleventh skip started a second
     task beside it)."""
     _, client = served
-    workflow_id = await sleepy(client)
-    schedule = a_schedule(workflow_id, every=[seconds(1)], overlap=P.OVERLAP_POLICY_SKIP)
-    schedule.action.input_data.update({"ms": 12500})
-    created = await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+    workflow_id, created = await skipping_every_second(client, 12500)
     await asyncio.sleep(12)
     got = await client.schedules.GetSchedule(schedule_pb2.GetScheduleRequest(schedule_id=created.schedule_id))
     await client.schedules.DeleteSchedule(schedule_pb2.DeleteScheduleRequest(schedule_id=created.schedule_id))
@@ -145,10 +147,7 @@ async def test_skip_holds_for_a_task_that_outlasts_more_fire_times_than_the_rece
 
 async def test_skipped_fire_times_are_counted_and_shown(served):
     _, client = served
-    workflow_id = await sleepy(client)
-    schedule = a_schedule(workflow_id, every=[seconds(1)], overlap=P.OVERLAP_POLICY_SKIP)
-    schedule.action.input_data.update({"ms": 4500})
-    created = await client.schedules.CreateSchedule(schedule_pb2.CreateScheduleRequest(schedule=schedule))
+    _, created = await skipping_every_second(client, 4500)
     await asyncio.sleep(3.6)
     got = await client.schedules.GetSchedule(schedule_pb2.GetScheduleRequest(schedule_id=created.schedule_id))
     assert got.info.runs >= 1 and got.info.skipped >= 1

@@ -1,8 +1,8 @@
 """Dispatcher: takes tasks from the store's priority queue and runs them, within limits.
 
-It claims a task with a lease, keeps renewing the lease while the task runs (and stops the run
-when the store has not renewed it in time: another replica may take it over once it runs out),
-and takes over tasks whose lease ran out (their replica died). At most `max_tasks_in_flight`
+It claims a task with a lease, which engine/leases.py keeps while the task runs (and stops the
+run when the store has not renewed it in time), and takes over tasks whose lease ran out (their
+replica died). At most `max_tasks_in_flight`
 tasks run at once on this replica; the rest wait in the queue in priority order. A task that parked (every
 branch waits) is not running: it goes back to the queue when a signal comes or its timer is
 due (every replica looks for due timers every quarter second), and a run here that waits for
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from mcp_sdk.proto import task_pb2
 from mcp_server.engine.cancelling import cancel_and_wait, cancel_until_stopped, raise_if_cancelled
 from mcp_server.engine.failure_notes import FailureNotes
+from mcp_server.engine.leases import LeaseKeeper
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import TaskQueue, TaskStore, WaitStore
 from mcp_server.engine.queue_deadlines import SWEPT
@@ -70,7 +71,6 @@ class Dispatcher:
     ) -> None:
         self.queue = queue
         self.on_purged = on_purged  # told how many finished tasks each purge removed
-        self.on_stopped = on_stopped  # told of each run stopped for its lease: lease_lost or lease_unrenewed
         self.tasks = tasks
         self.waits = waits
         self.runner = runner
@@ -83,7 +83,8 @@ class Dispatcher:
         self._started = False
         self._queue_empty = False
         self._claim_failures = FailureNotes(log, "claiming tasks")
-        self._lease_failures = FailureNotes(log, "lease upkeep")
+        self._upkeep_failures = FailureNotes(log, "taking over expired leases")
+        self._leases = LeaseKeeper(queue, self._running, settings.lease_seconds, on_stopped)
 
     @property
     def in_flight(self) -> int:
@@ -93,8 +94,9 @@ class Dispatcher:
         self._started = True
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="claim"),
-            asyncio.create_task(self._lease_loop(), name="leases"),
-            asyncio.create_task(self._lease_watch_loop(), name="lease watch"),
+            asyncio.create_task(self._leases.renew_loop(), name="leases"),
+            asyncio.create_task(self._leases.watch_loop(), name="lease watch"),
+            asyncio.create_task(self._upkeep_loop(), name="takeovers"),
             asyncio.create_task(self._cancel_loop(), name="cancels"),
             asyncio.create_task(self._cancel_nudge_loop(), name="cancel nudges"),
         ]
@@ -190,7 +192,8 @@ class Dispatcher:
                 log.error("%d task runs did not stop within 5 s of being cancelled", len(stuck))
         # Expire the leases now so that a restart or another replica resumes those tasks at once.
         with contextlib.suppress(McpError):
-            await self.queue.renew_leases({task_id: running.lease_token for task_id, running in leftovers}, 0)
+            async for _ in self.queue.renew_leases({task_id: r.lease_token for task_id, r in leftovers}, 0):
+                pass
 
     async def _claim_loop(self) -> None:
         with contextlib.suppress(Unavailable):
@@ -223,6 +226,8 @@ class Dispatcher:
                     async with asyncio.timeout(0.25):  # not wait_for: see engine/cancelling.py
                         await self._wake.wait()
                 continue
+            if self._leases.slow(asked):
+                claimed, asked = await self._leases.renew_first(claimed)
             for task, token in claimed:
                 stale = self._running.get(task.task_id)
                 if stale is not None:
@@ -384,53 +389,23 @@ class Dispatcher:
             for task_id in pending:
                 self.signalled(task_id)
 
-    async def _lease_loop(self) -> None:
-        interval = self.settings.lease_seconds / 3
+    async def _upkeep_loop(self) -> None:
+        """Every third of a lease, queue again the tasks whose leases ran out (their replica died
+        or was cut off); every tenth time, purge finished tasks past their retention."""
         rounds = 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.settings.lease_seconds / 3)
             raise_if_cancelled()
             rounds += 1
             try:
-                held = dict(self._running)
-                asked = time.monotonic()
-                lost = await self.queue.renew_leases(
-                    {t: r.lease_token for t, r in held.items()}, self.settings.lease_seconds
-                )
-                for running in held.values():
-                    running.lease_until = asked + self.settings.lease_seconds
-                for task_id in lost:
-                    if self._running.get(task_id) is held[task_id]:
-                        log.warning("task %s: lease lost, stopping it here", task_id)
-                        held[task_id].task.cancel()
-                        self.on_stopped("lease_lost")
                 if await self.queue.release_expired_leases():
                     self._wake.set()
-                if rounds % 10 == 0:  # after the renewal: a long purge must not hold it up
+                if rounds % 10 == 0:
                     purged = await self.tasks.purge_finished()
                     if purged and self.on_purged is not None:
                         self.on_purged(purged)
-                self._lease_failures.worked()
+                self._upkeep_failures.worked()
             except Unavailable as exc:
-                self._lease_failures.failed(exc)
-            except Exception:  # a bug must not stop lease upkeep for good
-                log.exception("lease upkeep failed unexpectedly; trying again")
-
-    async def _lease_watch_loop(self) -> None:
-        """Stop the runs whose leases the store has not renewed for two thirds of a lease (it is
-        away, or too slow to answer): once a lease has run out, another replica may take the run
-        over and call its step again, and this replica's call still in flight must not go on
-        beside that one (a concurrency key's cap counts at the plugin). A run stopped here goes on
-        from its last write wherever it is claimed next. The watch does not wait for the renewal
-        to fail: a store that does not answer at all fails nothing."""
-        margin = self.settings.lease_seconds / 3
-        while True:
-            await asyncio.sleep(margin / 2)
-            raise_if_cancelled()
-            before = time.monotonic() + margin
-            for task_id, running in list(self._running.items()):
-                if running.lease_until <= before and not running.stopped:
-                    running.stopped = True
-                    log.warning("task %s: the store has not renewed its lease in time: stopping it here", task_id)
-                    running.task.cancel()
-                    self.on_stopped("lease_unrenewed")
+                self._upkeep_failures.failed(exc)
+            except Exception:  # a bug must not stop takeovers for good
+                log.exception("taking over expired leases failed unexpectedly; trying again")

@@ -64,7 +64,7 @@ def assert_no_finished_step_ran_twice(log: list[task_pb2.TaskEvent], calls: dict
     for event in completed:
         key = f"{event.task_id}/{event.step_path}/{event.protocol}"
         limit = 1 if resumed_at is None or event.sequence < resumed_at else 2
-        assert 1 <= calls[key] <= limit, (key, calls[key], resumed_at)
+        assert 1 <= calls[key] <= limit, (key, calls[key], resumed_at, [(e.sequence, e.message) for e in log])
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])

@@ -6,6 +6,7 @@ finished step run again, and watchers that follow their tasks through both."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -17,7 +18,11 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.errors import Unavailable
+from mcp_server.state import open_store
+from mcp_server.state.redis.layout import Layout
 from tests.conftest import Client, client_for_address
+from tests.contract.conftest import new_task
 from tests.e2e.test_recovery import assert_gapless, assert_no_finished_step_ran_twice
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, plugin_stats, step, submit, workflow
@@ -27,6 +32,7 @@ from tests.support.redis_cluster import LocalCluster, start_cluster
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
+LAYOUT = Layout("failover:")
 CHAIN = workflow(
     "chain", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 150}") for i in range(1, 5)]}}
 )
@@ -58,6 +64,15 @@ async def follow(client: Client, task_id: str) -> list[task_pb2.TaskEvent]:
             assert err.code() == grpc.StatusCode.UNAVAILABLE, err
             await asyncio.sleep(0.3)
     raise AssertionError(f"task {task_id} did not end")
+
+
+def served_by(node: redis.Redis, key: str) -> bool:
+    """Whether the slot of `key` is this node's (else it answers MOVED)."""
+    try:
+        node.exists(key)
+        return True
+    except redis.exceptions.MovedError:
+        return False
 
 
 def keys_per_master(cluster: LocalCluster, prefix: str) -> dict[int, int]:
@@ -109,6 +124,34 @@ async def test_a_killed_orchestrator_s_tasks_finish_elsewhere_on_the_cluster(plu
         assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for log in logs for e in log), "the killed replica ran nothing"
 
 
+async def test_a_master_away_holds_up_only_the_leases_of_the_tasks_it_served(own_cluster):
+    """A renewal answers master by master: the leases of the masters that answer are renewed
+    (and said so) before the one away fails its own, or answers once its replica takes over."""
+    store = await open_store(f"{own_cluster.url}?prefix=renew:")
+    try:
+        for _ in range(48):
+            await store.queue.create_task(*new_task())
+        leases = {}
+        while (claim := await store.queue.claim_task("replica-a", 60)) is not None:
+            leases[claim[0].task_id] = claim[1]
+        victim = own_cluster.masters()[0]
+        served = redis.Redis(port=victim)
+        on_victim = {t for t in leases if served_by(served, Layout("renew:").task(t).header)}
+        served.close()
+        assert len(leases) == 48 and 0 < len(on_victim) < 48
+        async for _ in store.queue.renew_leases(leases, 60):
+            pass  # as a replica does: its scripts are loaded on every master before one goes away
+        own_cluster.kill(victim)
+        answered: list[str] = []
+        with contextlib.suppress(Unavailable):
+            async for reply in store.queue.renew_leases(leases, 60):
+                assert not reply.lost
+                answered += reply.renewed
+        assert set(answered[: 48 - len(on_victim)]) == set(leases) - on_victim, answered
+    finally:
+        await store.close()
+
+
 async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins, testkit, own_cluster):
     store = f"{own_cluster.url}?prefix=failover:&wait_replicas=1"
     async with replica_set(2, store, [plugins["testkit"].address], "failover", MCP_LEASE_SECONDS="1.5") as (_, clients):
@@ -119,6 +162,9 @@ async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins,
         ]  # all on one surviving orchestrator
         await asyncio.sleep(0.5)
         victim = own_cluster.masters()[0]
+        served = redis.Redis(port=victim)
+        on_victim = {t.task_id for t in tasks if served_by(served, LAYOUT.task(t.task_id).header)}
+        served.close()
         own_cluster.kill(victim)
         await asyncio.to_thread(
             own_cluster.wait_failover, victim
@@ -131,6 +177,8 @@ async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins,
         for log in logs:
             assert_gapless(log)
             assert_no_finished_step_ran_twice(log, calls)
+        resumed = {log[0].task_id for log in logs if any(e.type == E.TASK_EVENT_TYPE_RESUMED for e in log)}
+        assert on_victim and not resumed - on_victim, "a master away held up the leases of tasks it did not serve"
         async with asyncio.timeout(20):  # a replica was promoted; the dead node came back as its replica
             while victim in own_cluster.masters() or len(own_cluster.masters()) != 3:
                 await asyncio.sleep(0.2)

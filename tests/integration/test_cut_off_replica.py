@@ -92,3 +92,50 @@ async def test_a_replica_whose_writes_go_unanswered_does_not_run_on_ahead_of_the
     assert len(called) == 60
     called_again = sum(n - 1 for n in called.values())
     assert 1 <= called_again <= 20, called_again  # the ~10 of the last second (before: ~50)
+
+
+async def test_a_replica_whose_store_answers_late_keeps_its_leases(server_factory, testkit, proxied):
+    """Every reply from Redis 0.3 s late, a fifth of the 1.5 s lease (a 3 s stall at the default
+    15 s): a claim then takes more than a sixth of a lease, a renewal a fifth. No run is stopped for
+    its lease all the same: renewals go out a third of a lease apart from ask to ask, not a third
+    after the last reply came back, and runs claimed slowly have their leases renewed at once."""
+    proxy, through_proxy = proxied
+    replica = await server_factory(store=through_proxy, lease_seconds=1.5)
+    client = client_for(replica)
+    await create(client, workflow("held-late", step("hold", "sleep", "{'ms': 2500}")))
+    proxy.reply_delay = 0.3
+    tasks = [await submit(client, "held-late") for _ in range(3)]
+    for task in tasks:
+        assert (await wait_done(client, task.task_id, timeout=30)).status == S.TASK_STATUS_COMPLETED
+    calls = (await plugin_stats(testkit))["calls"]
+    assert [sum(n for key, n in calls.items() if key.startswith(t.task_id)) for t in tasks] == [1, 1, 1]
+    stopped = replica.orchestrator.metrics.registry.get_sample_value
+    assert not stopped("mcp_runs_stopped_total", {"reason": "lease_unrenewed"})
+
+
+async def test_runs_whose_claim_came_back_late_are_renewed_before_they_start(server_factory, testkit, monkeypatch):
+    """A claim that comes back late (1.2 s, most of the 1.5 s lease counted from before it was
+    asked: a store just back from an outage) would start runs the watch stops at once, after their
+    first call, and again at every claim. Their leases are renewed first: the task runs once."""
+    replica = await server_factory(lease_seconds=1.5, wait_in_memory_seconds=0.1)
+    client = client_for(replica)
+    queue = replica.orchestrator.dispatcher.queue
+    claim = queue.claim_tasks
+
+    async def claim_late(*args: object) -> object:
+        claimed = await claim(*args)
+        if claimed:
+            await asyncio.sleep(1.2)
+        return claimed
+
+    monkeypatch.setattr(queue, "claim_tasks", claim_late)
+    # parked first, so that its timer puts it back in the queue (a task submitted runs where it came)
+    nap = {"id": "nap", "sleep": {"duration": "0.3s"}}
+    hold = step("hold", "sleep", "{'ms': 1000}")
+    await create(client, workflow("claimed-late", {"id": "root", "sequence": {"children": [nap, hold]}}))
+    task = await submit(client, "claimed-late")
+    assert (await wait_done(client, task.task_id, timeout=20)).status == S.TASK_STATUS_COMPLETED
+    calls = (await plugin_stats(testkit))["calls"]
+    assert sum(n for key, n in calls.items() if key.startswith(task.task_id)) == 1
+    stopped = replica.orchestrator.metrics.registry.get_sample_value
+    assert not stopped("mcp_runs_stopped_total", {"reason": "lease_unrenewed"})

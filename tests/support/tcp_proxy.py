@@ -12,7 +12,9 @@ class TcpProxy:
     `freeze()` stops forwarding on them without closing anything (a network path that silently
     died); new connections are served as before either way, unless `cut()` refuses them too
     until `mend()` (the target gone for this client alone), or `blackhole()` freezes them too
-    (the path silently dead for this client alone: nothing refused, nothing answered)."""
+    (the path silently dead for this client alone: nothing refused, nothing answered); with
+    `reply_delay` set, what the target sends reaches the client that many seconds late (a slow
+    path, or a slow store), in order."""
 
     def __init__(self, target: str) -> None:
         self.target_host, port = target.rsplit(":", 1)
@@ -23,6 +25,7 @@ class TcpProxy:
         self._cut = False
         self._blackholed = False
         self.connections = 0
+        self.reply_delay = 0.0
 
     @property
     def address(self) -> str:
@@ -90,19 +93,42 @@ class TcpProxy:
             client_writer.close()
             return
         self._writers |= {client_writer, server_writer}
-        await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer))
+        await asyncio.gather(
+            self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer, delayed=True)
+        )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delayed: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        late: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        sender = asyncio.create_task(self._send_late(late, writer)) if delayed else None
         try:
             while data := await reader.read(65536):
                 if writer in self._frozen:
                     continue  # swallowed: nothing arrives, nothing is closed
+                if sender is not None:  # always in line: a delay set or cleared meanwhile keeps the order
+                    late.put_nowait((loop.time() + self.reply_delay, data))
+                    continue
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
+            if sender is not None:  # what is in line goes out first
+                late.put_nowait(None)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await sender
             self._writers.discard(writer)
             self._frozen.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def _send_late(self, late: asyncio.Queue[tuple[float, bytes] | None], writer: asyncio.StreamWriter) -> None:
+        """Send each chunk at its time, in the order it came, until the end (None)."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ConnectionError, OSError):
+            while (chunk := await late.get()) is not None:
+                due, data = chunk
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if writer not in self._frozen:
+                    writer.write(data)
+                    await writer.drain()

@@ -22,6 +22,15 @@ class Kept:
 
 
 @dataclass(frozen=True)
+class LeaseReply:
+    """One part of the store's answer to a renewal of leases: those it renewed, and those it
+    found lost (another replica holds them now, or the task ended)."""
+
+    renewed: Sequence[str]
+    lost: Sequence[str]
+
+
+@dataclass(frozen=True)
 class QueueGroup:
     """What a task is queued under. Within a priority the queue is served round robin across
     groups (an owner's, or a workflow's concurrency key value), and at most `max_running` tasks
@@ -145,8 +154,11 @@ class TaskQueue(Protocol):
         """The unfinished tasks of a concurrency key's group (a `k:` group), in no order."""
         ...
 
-    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
-        """Renew the leases {task_id: token} in one call; return the task ids whose lease is lost."""
+    def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> AsyncIterator[LeaseReply]:
+        """Renew the leases {task_id: token} in one call, yielding each part of the store's answer
+        as it comes (a store of one part answers once). A part that does not answer raises
+        Unavailable once the others have answered: on a cluster, a master that is away holds up
+        the leases of its own tasks only."""
         ...
 
     async def release_expired_leases(self) -> int:

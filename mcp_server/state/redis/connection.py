@@ -159,10 +159,55 @@ class RedisConnection:
         on a cluster (redis-py routes each by its keys; scripts do not go into its pipelines)."""
         if self.cluster:
             return list(await self.do(asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in calls))))
-        async with self.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
-            return list(await self.do(pipe.execute()))
+        # EVALSHA, not redis-py's Script on a pipeline: that asks SCRIPT EXISTS first, a second round
+        # trip every time. A script the node lost (a restart) is loaded, and the calls it refused sent again.
+        replies: list[Any] = [None] * len(calls)
+        unsent = list(range(len(calls)))
+        for attempt in range(2):
+            if attempt:
+                for script in {calls[i][0].sha: calls[i][0] for i in unsent}.values():
+                    await self.do(self.r.script_load(script.script))
+            async with self.pipeline(transaction=False) as pipe:
+                for i in unsent:
+                    script, keys, args = calls[i]
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                for i, reply in zip(unsent, await self.do(pipe.execute(raise_on_error=False)), strict=True):
+                    replies[i] = reply
+            unsent = [i for i in unsent if isinstance(replies[i], NoScriptError)]
+            if not unsent:
+                break
+        for reply in replies:
+            if isinstance(reply, Exception):
+                await self.do(_raise(reply))
+        return replies
+
+    async def scripts_as_answered(
+        self, calls: Sequence[tuple[Any, list[str], list[Any]]]
+    ) -> AsyncIterator[tuple[int, Any]]:
+        """Run one script per partition like `scripts`, yielding (index, reply) as they answer: on a
+        cluster, a node that is away holds up only its own partitions' replies, and the first
+        failure is raised once every other call has answered."""
+        if not self.cluster:
+            for index, reply in enumerate(await self.scripts(calls)):
+                yield index, reply
+            return
+
+        async def one(index: int, script: Any, keys: list[str], args: list[Any]) -> tuple[int, Any]:
+            return index, await self.do(script(keys=keys, args=args))
+
+        pending = [asyncio.ensure_future(one(index, *call)) for index, call in enumerate(calls)]
+        failure: Unavailable | None = None
+        try:
+            for answer in asyncio.as_completed(pending):
+                try:
+                    yield await answer
+                except Unavailable as exc:
+                    failure = failure or exc
+        finally:
+            for call in pending:
+                call.cancel()
+        if failure is not None:
+            raise failure
 
     async def ping(self) -> None:
         """On a cluster, also that every slot is served (a node can answer while a slot has none)."""

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup, RequestedTask
+from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, LeaseReply, OwnerShare, QueueGroup, RequestedTask
 from mcp_server.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from mcp_server.state.common import (
     CreateTask,
@@ -340,26 +340,22 @@ class RedisQueue(CreateTask, CancelRequests):
             replies = await self.conn.do(pipe.execute())
         return {p: [(member, score) for member, score in reply] for p, reply in enumerate(replies) if reply}
 
-    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
-        """Renew every lease, one script per partition, all in one round trip; return the
-        tasks whose lease is no longer held."""
+    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> AsyncIterator[LeaseReply]:
+        """Renew every lease, one script per partition, all in one round trip (on a cluster, each
+        master's partitions answer as they come)."""
         if not leases:
-            return []
+            return
         expiry = int((now_seconds() + lease_seconds) * 1000)
         by_partition: dict[int, list[Any]] = {}
         for task_id, token in leases.items():
             by_partition.setdefault(self.layout.partition_of(task_id), []).extend([task_id, token])
-        replies = await self.conn.scripts(
-            [
-                (
-                    self._renew,
-                    [self.layout.leases(partition)],
-                    [expiry, self.layout.task_prefix(partition), *pairs],
-                )
-                for partition, pairs in by_partition.items()
-            ]
-        )
-        return [t.decode() for lost in replies for t in lost]
+        parts = list(by_partition.items())
+        calls = [
+            (self._renew, [self.layout.leases(p)], [expiry, self.layout.task_prefix(p), *pairs]) for p, pairs in parts
+        ]
+        async for index, reply in self.conn.scripts_as_answered(calls):
+            lost = {t.decode() for t in reply}
+            yield LeaseReply([t for t in parts[index][1][::2] if t not in lost], sorted(lost))
 
     async def release_expired_leases(self) -> int:
         now_ms = int(now_seconds() * 1000)

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from mcp_sdk.proto import task_pb2
-from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, OwnerShare, QueueGroup, RequestedTask
+from mcp_server.engine.ports import NO_SHARE, GroupMember, Kept, LeaseReply, OwnerShare, QueueGroup, RequestedTask
 from mcp_server.errors import NotFound
 from mcp_server.state.common import (
     ACTIVE,
@@ -252,13 +252,14 @@ class SqliteQueue(CreateTask):
 
         return await self.db.run(claim)
 
-    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> list[str]:
+    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> AsyncIterator[LeaseReply]:
         if not leases:
-            return []
+            return
         expires = now_seconds() + lease_seconds
 
-        def renew(db: sqlite3.Connection) -> list[str]:
-            lost = []
+        def renew(db: sqlite3.Connection) -> LeaseReply:
+            renewed: list[str] = []
+            lost: list[str] = []
             with db:
                 for task_id, token in leases.items():
                     cursor = db.execute(
@@ -266,11 +267,10 @@ class SqliteQueue(CreateTask):
                         " AND lease_token=? AND lease_expires IS NOT NULL",
                         (expires, task_id, token),
                     )
-                    if cursor.rowcount != 1:
-                        lost.append(task_id)
-            return lost
+                    (renewed if cursor.rowcount == 1 else lost).append(task_id)
+            return LeaseReply(renewed, lost)
 
-        return await self.db.run(renew)
+        yield await self.db.run(renew)
 
     async def release_expired_leases(self) -> int:
         # WAITING too: a signal leases a waiting task to the replica it reached, to resume there

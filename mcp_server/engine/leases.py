@@ -1,0 +1,116 @@
+"""The leases of the runs on one replica: renewed every third of a lease (from ask to ask, however
+long one takes), renewed before they start when their claim took long, and their runs stopped
+when the store has not renewed them in time.
+
+Once a lease has run out, another replica may take the run over and call its step again; this
+replica's call still in flight must not go on beside that one (a concurrency key's cap counts at
+the plugin). So a lease counts from before it was asked for, and the watch stops a run two thirds
+of a lease after the last renewal that came back, whatever the renewal is doing: a store that does
+not answer at all fails nothing. A run stopped here goes on from its last write wherever it is
+claimed next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from mcp_sdk.proto import task_pb2
+from mcp_server.engine.cancelling import raise_if_cancelled
+from mcp_server.engine.failure_notes import FailureNotes
+from mcp_server.engine.ports import TaskQueue
+from mcp_server.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class LeasedRun(Protocol):
+    """What the keeper needs of a run: its lease, when it runs out (monotonic, counted from before
+    it was asked for), and the run to stop."""
+
+    lease_token: int
+    lease_until: float
+    stopped: bool  # stopped here, its lease about to run out unrenewed
+    task: asyncio.Task[None]
+
+
+class LeaseKeeper:
+    """Keeps the leases of `runs` (the dispatcher's, by task id) for `lease_seconds` at a time;
+    `on_stopped` hears of each run stopped for its lease (`lease_lost`, `lease_unrenewed`)."""
+
+    def __init__(
+        self,
+        queue: TaskQueue,
+        runs: Mapping[str, LeasedRun],
+        lease_seconds: float,
+        on_stopped: Callable[[str], object],
+    ) -> None:
+        self.queue = queue
+        self.runs = runs
+        self.lease_seconds = lease_seconds
+        self.on_stopped = on_stopped
+        self._failures = FailureNotes(log, "lease upkeep")
+
+    def slow(self, asked: float) -> bool:
+        """Whether a claim asked at `asked` took so long that its leases may run out before the
+        next renewal comes back: more than a sixth of a lease."""
+        return time.monotonic() - asked > self.lease_seconds / 6
+
+    async def renew_first(
+        self, claimed: Sequence[tuple[task_pb2.Task, int]]
+    ) -> tuple[list[tuple[task_pb2.Task, int]], float]:
+        """Renew the leases of a slow claim before its runs start (else a run could make its first
+        call and be stopped by the watch at once, over and over on a slow store): the claims the
+        renewal kept, and when it was asked. Those it did not keep are left to run out."""
+        asked = time.monotonic()
+        kept: set[str] = set()
+        with contextlib.suppress(Unavailable):
+            async for reply in self.queue.renew_leases({t.task_id: token for t, token in claimed}, self.lease_seconds):
+                kept.update(reply.renewed)
+        return [(task, token) for task, token in claimed if task.task_id in kept], asked
+
+    async def renew_loop(self) -> None:
+        """Renew every lease held here, a third of a lease apart from ask to ask; stop the runs
+        whose leases another replica holds now."""
+        interval = self.lease_seconds / 3
+        asked = time.monotonic()
+        while True:
+            await asyncio.sleep(max(0.0, asked + interval - time.monotonic()))
+            raise_if_cancelled()
+            held = dict(self.runs)
+            asked = time.monotonic()
+            try:
+                async for reply in self.queue.renew_leases(
+                    {t: r.lease_token for t, r in held.items()}, self.lease_seconds
+                ):
+                    for task_id in reply.renewed:
+                        held[task_id].lease_until = asked + self.lease_seconds
+                    for task_id in reply.lost:
+                        if self.runs.get(task_id) is held[task_id]:
+                            log.warning("task %s: lease lost, stopping it here", task_id)
+                            held[task_id].task.cancel()
+                            self.on_stopped("lease_lost")
+                self._failures.worked()
+            except Unavailable as exc:
+                self._failures.failed(exc)
+            except Exception:  # a bug must not stop lease upkeep for good
+                log.exception("lease upkeep failed unexpectedly; trying again")
+
+    async def watch_loop(self) -> None:
+        """Stop the runs whose leases the store has not renewed for two thirds of a lease (it is
+        away, or too slow to answer)."""
+        margin = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(margin / 2)
+            raise_if_cancelled()
+            before = time.monotonic() + margin
+            for task_id, run in list(self.runs.items()):
+                if run.lease_until <= before and not run.stopped:
+                    run.stopped = True
+                    log.warning("task %s: the store has not renewed its lease in time: stopping it here", task_id)
+                    run.task.cancel()
+                    self.on_stopped("lease_unrenewed")

@@ -9,8 +9,8 @@ with the longest prefix of it (`tenant:*` for `tenant:acme`), if any. A limit pu
 wakes the calls waiting for it, here, on the other replicas (through the store) and parked, so
 they ask again under the new limit at once. A call that gives up its place in a line (its task
 cancelled, its step timed out) wakes those waiting in memory for the same limit, here and on the
-other replicas, at most once every LINE_WAKE_SECONDS: they stood behind it, and their turns come
-sooner without it.
+other replicas, at most once every LINE_WAKE_SECONDS, and makes the parked ones at the front of
+its line due: they stood behind it, and their turns come sooner without it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ TEMPLATE = "*"  # a key ending so is a template for every key starting with what
 MIN_PERIOD = 0.001
 MAX_PERIOD = 30 * 24 * 3600.0
 LINE_WAKE_SECONDS = 0.2  # the waiters of a limit whose line a call left are woken at most this often
+LEAVE_RESUMES = 32  # the calls at the front of a line a call left that are made due if parked
 
 
 class RateLimitGate:
@@ -54,7 +55,7 @@ class RateLimitGate:
         self.waiters: Counter[str] = Counter()  # steps of this replica waiting, by limit key
         self._wakes: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)  # how to wake each
         self._leaving: set[asyncio.Future[None]] = set()  # calls that gave up, leaving their lines
-        self._line_wakes: set[str] = set()  # limits whose waiters are about to be woken (a call left)
+        self._line_wakes: dict[str, set[str]] = {}  # limits whose waiters are about to be woken: the keys left
         self.last: list[tuple[RateLimitSpec, float]] = []  # the limits as last read, with the room they had
 
     # ---- the engine's side ------------------------------------------------------------------
@@ -88,24 +89,32 @@ class RateLimitGate:
         except Exception:  # the store away: the places age out as if the waiter had gone
             logger.debug("could not take %s out of the lines of %s", waiter, keys, exc_info=True)
             return
-        for limit in {self.limit_key(key) or key for key in keys}:
+        for key in keys:
+            limit = self.limit_key(key) or key
             if limit not in self._line_wakes:  # a burst of leavers (a bulk cancel) wakes each waiter once
-                self._line_wakes.add(limit)
+                self._line_wakes[limit] = set()
                 asyncio.get_running_loop().call_later(LINE_WAKE_SECONDS, self._wake_behind, limit)
+            self._line_wakes[limit].add(key)
 
     def _wake_behind(self, limit: str) -> None:
         """Wake the calls waiting in memory for `limit`, here and on the other replicas: a call in
-        its line left, and they ask again for a sooner turn. (Parked ones keep theirs: making
-        every parked task of a long line due at each leave would cost more than it gives.)"""
-        self._line_wakes.discard(limit)
+        its line left, and they ask again for a sooner turn; so do the first LEAVE_RESUMES calls of
+        each line left that are parked (deeper in a long line, parked calls keep the turn they were
+        told: making every parked task of a long line due at each leave would cost more than it
+        gives, while those in front are the ones a leave brings nearest)."""
+        keys = self._line_wakes.pop(limit, set())
         self.wake(limit)
-        announcing = asyncio.ensure_future(self._announce(limit))
+        announcing = asyncio.ensure_future(self._after_leave(limit, keys))
         self._leaving.add(announcing)
         announcing.add_done_callback(self._leaving.discard)
 
-    async def _announce(self, limit: str) -> None:
+    async def _after_leave(self, limit: str, keys: set[str]) -> None:
         with contextlib.suppress(McpError):  # the store away: the others' waiters ask at their turn
             await self.store.announce_change(limit)
+            if self.resume_soon is not None:
+                for key in sorted(keys)[:LEAVE_RESUMES]:  # a bulk cancel over many tenants' keys: bounded
+                    if front := await self.store.waiting_tasks(key, LEAVE_RESUMES):
+                        await self.resume_soon(front)
 
     @contextlib.contextmanager
     def waiting(self, key: str, wake: Callable[[], None]) -> Iterator[None]:

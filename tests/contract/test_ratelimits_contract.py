@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mcp_server.engine.ports import RateLimitSpec
+from mcp_server.engine.ports import RateLimitSpec, waiter_name
 
 pytestmark = pytest.mark.asyncio
 
@@ -282,3 +282,14 @@ async def test_a_template_put_again_rescales_what_each_of_its_keys_was_granted_w
     await asyncio.sleep(0.15)
     for key in ("tenant:a", "tenant:b"):
         assert (await limits.take_units([(key, 1, "tenant:*")])).granted
+
+
+async def test_the_tasks_waiting_in_a_line_come_front_first_as_many_as_asked(store):
+    """What a leave reads to make the parked calls at the front of a line due: higher priority
+    first, then first come first."""
+    await store.rate_limits.put_rate_limit(RateLimitSpec("line", 1, 60))
+    assert (await store.rate_limits.take_units([("line", 1, "line")])).granted
+    for task, priority in [("t-early", 0), ("t-late", 0), ("t-urgent", 5)]:
+        assert not (await store.rate_limits.take_units([("line", 1, "line")], waiter_name(task, "s"), priority)).granted
+    assert await store.rate_limits.waiting_tasks("line", 2) == ["t-urgent", "t-early"]
+    assert await store.rate_limits.waiting_tasks("line") == ["t-urgent", "t-early", "t-late"]

@@ -5,6 +5,7 @@ every replica hears of it)."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import Any
 
@@ -78,15 +79,22 @@ async def test_a_limit_raised_through_another_replica_wakes_the_calls_waiting_on
 
 
 @pytest.mark.parametrize(
-    "store,replicas", [("sqlite", 1), ("redis", 1), ("redis", 2)], ids=["sqlite", "redis", "redis-other-replica"]
+    "store,replicas,parks",
+    [("sqlite", 1, False), ("redis", 1, False), ("redis", 2, False), ("sqlite", 1, True), ("redis", 2, True)],
+    ids=["sqlite", "redis", "redis-other-replica", "sqlite-parked", "redis-parked"],
 )
-async def test_calls_that_leave_the_line_let_those_behind_them_go_sooner(server_factory, request, store, replicas):
+async def test_calls_that_leave_the_line_let_those_behind_them_go_sooner(
+    server_factory, request, store, replicas, parks
+):
     """A limit of 1 call per 4 s, used; three calls wait in line (their turns 4, 8 and 12 s on) and
     a fourth behind them (16 s on). The three tasks are cancelled: the call behind them asks again
     and goes at the next unit, within seconds, not at the turn it was told. With two replicas
-    (Redis), the call behind waits on the other one, which hears of the leaves through the store."""
+    (Redis), the call behind waits on the other one, which hears of the leaves through the store.
+    Parked (the waits longer than MCP_WAIT_IN_MEMORY_SECONDS), the call behind is made due by the
+    leaves (before, it slept to its turn)."""
     store_url = "sqlite://:memory:" if store == "sqlite" else request.getfixturevalue("redis_url")
-    servers = [await server_factory(store=store_url, wait_in_memory_seconds=120) for _ in range(replicas)]
+    in_memory = 0.1 if parks else 120
+    servers = [await server_factory(store=store_url, wait_in_memory_seconds=in_memory) for _ in range(replicas)]
     clients = [client_for(server) for server in servers]
     key = f"quota:{uuid.uuid4().hex[:10]}"
     await put_limit(clients[0], key, 1, 4)
@@ -100,7 +108,10 @@ async def test_calls_that_leave_the_line_let_those_behind_them_go_sooner(server_
         await until_waiting_or_done(clients[0], ahead[-1].task_id)
     behind = await submit(clients[-1], "in-line")  # each runs on the replica it was submitted through
     await until_waiting_or_done(clients[0], behind.task_id)
-    if replicas == 2:
+    if parks:
+        for task, server in itertools.product([*ahead, behind], servers):
+            await parked(clients[0], task.task_id, server)
+    elif replicas == 2:
         assert await other_replica(clients, servers, ahead[0].task_id) is clients[1]
         assert await other_replica(clients, servers, behind.task_id) is clients[0]
 

@@ -116,9 +116,9 @@ class RateLimitStore(Protocol):
         branch failed), so those behind it, and those who come after, do not wait for it."""
         ...
 
-    async def waiting_tasks(self, limit_key: str) -> list[str]:
+    async def waiting_tasks(self, limit_key: str, at_most: int = MAX_WOKEN) -> list[str]:
         """The tasks whose calls wait in the line of `limit_key` (a template's: of every key under
-        it, where the store can find them), each once, at most MAX_WOKEN."""
+        it, where the store can find them), each once, at most `at_most`, the front of a line first."""
         ...
 
     async def announce_change(self, limit_key: str) -> None:

@@ -106,23 +106,23 @@ class RedisRateLimits:
     async def leave_lines(self, keys: Sequence[str], waiter: str) -> None:
         await self.conn.do(self.conn.script(self._leave, list(self.keys), [self.lines, waiter, *keys]))
 
-    async def waiting_tasks(self, limit_key: str) -> list[str]:
+    async def waiting_tasks(self, limit_key: str, at_most: int = MAX_WOKEN) -> list[str]:
         keys = await self._keys_with_lines(limit_key[: -len(TEMPLATE)]) if limit_key.endswith(TEMPLATE) else [limit_key]
         tasks: dict[str, None] = {}
         for start in range(0, len(keys), LIST_CHUNK):
             chunk = keys[start : start + LIST_CHUNK]
             async with self.conn.pipeline(transaction=False) as pipe:
                 for key in chunk:
-                    pipe.zrange(f"{self.lines}o:{key}", 0, MAX_WOKEN - 1)
+                    pipe.zrange(f"{self.lines}o:{key}", 0, at_most - 1)
                 lines = await self.conn.do(pipe.execute())
             gone = [key for key, members in zip(chunk, lines, strict=True) if not members]
             if gone:  # lines that expired unused, or emptied by their waiters' grace running out
                 await self.conn.do(self.conn.r.srem(self.lines + "keys", *gone))
             for members in lines:  # each member is `<order>|<waiter>` (ratelimits_lua.py)
                 tasks.update((waiter_task(member.decode().split("|", 1)[1]), None) for member in members)
-            if len(tasks) >= MAX_WOKEN:
+            if len(tasks) >= at_most:
                 break
-        return list(tasks)[:MAX_WOKEN]
+        return list(tasks)[:at_most]
 
     async def _keys_with_lines(self, prefix: str) -> list[str]:
         """The keys starting with `prefix` that have (or had, if it expired unused) a line."""

@@ -156,8 +156,8 @@ class SqliteRateLimits:
 
         await self.db.run(leave)
 
-    async def waiting_tasks(self, limit_key: str) -> list[str]:
-        waiters = await self.db.run(lambda _: self.lines.waiters_under(limit_key, MAX_WOKEN))
+    async def waiting_tasks(self, limit_key: str, at_most: int = MAX_WOKEN) -> list[str]:
+        waiters = await self.db.run(lambda _: self.lines.waiters_under(limit_key, at_most))
         return list(dict.fromkeys(waiter_task(waiter) for waiter in waiters))
 
     async def announce_change(self, limit_key: str) -> None:

@@ -124,9 +124,10 @@ async def test_a_killed_orchestrator_s_tasks_finish_elsewhere_on_the_cluster(plu
         assert any(e.type == E.TASK_EVENT_TYPE_RESUMED for log in logs for e in log), "the killed replica ran nothing"
 
 
-async def test_a_master_away_holds_up_only_the_leases_of_the_tasks_it_served(own_cluster):
+async def test_a_master_away_holds_up_only_the_leases_and_claims_of_the_tasks_it_served(own_cluster):
     """A renewal answers master by master: the leases of the masters that answer are renewed
-    (and said so) before the one away fails its own, or answers once its replica takes over."""
+    (and said so) before the one away fails its own, or answers once its replica takes over. A
+    claim meanwhile takes the queued tasks of the masters that answer."""
     store = await open_store(f"{own_cluster.url}?prefix=renew:")
     try:
         for _ in range(48):
@@ -134,20 +135,31 @@ async def test_a_master_away_holds_up_only_the_leases_of_the_tasks_it_served(own
         leases = {}
         while (claim := await store.queue.claim_task("replica-a", 60)) is not None:
             leases[claim[0].task_id] = claim[1]
+        made = [new_task() for _ in range(16)]
+        for task, event in made:
+            await store.queue.create_task(task, event)
+        queued = [task for task, _ in made]
         victim = own_cluster.masters()[0]
         served = redis.Redis(port=victim)
-        on_victim = {t for t in leases if served_by(served, Layout("renew:").task(t).header)}
+        on_victim = {
+            t for t in [*leases, *(t.task_id for t in queued)] if served_by(served, Layout("renew:").task(t).header)
+        }
         served.close()
-        assert len(leases) == 48 and 0 < len(on_victim) < 48
+        assert len(leases) == 48 and 0 < len(on_victim & set(leases)) < 48
         async for _ in store.queue.renew_leases(leases, 60):
             pass  # as a replica does: its scripts are loaded on every master before one goes away
-        own_cluster.kill(victim)
         answered: list[str] = []
-        with contextlib.suppress(Unavailable):
-            async for reply in store.queue.renew_leases(leases, 60):
-                assert not reply.lost
-                answered += reply.renewed
-        assert set(answered[: 48 - len(on_victim)]) == set(leases) - on_victim, answered
+
+        async def renew() -> None:
+            with contextlib.suppress(Unavailable):
+                async for reply in store.queue.renew_leases(leases, 60):
+                    assert not reply.lost
+                    answered.extend(reply.renewed)
+
+        own_cluster.kill(victim)
+        _, claimed = await asyncio.gather(renew(), store.queue.claim_tasks("replica-a", 60, 100))
+        assert set(answered[: 48 - len(on_victim & set(leases))]) == set(leases) - on_victim, answered
+        assert {t.task_id for t in queued} - on_victim <= {task.task_id for task, _ in claimed}
     finally:
         await store.close()
 

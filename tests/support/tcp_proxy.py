@@ -110,13 +110,14 @@ class TcpProxy:
                     continue
                 writer.write(data)
                 await writer.drain()
+            if sender is not None:  # the end: what is in line goes out first
+                late.put_nowait(None)
+                await sender
         except (ConnectionError, OSError):
             pass
         finally:
-            if sender is not None:  # what is in line goes out first
-                late.put_nowait(None)
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await sender
+            if sender is not None:
+                sender.cancel()
             self._writers.discard(writer)
             self._frozen.discard(writer)
             with contextlib.suppress(Exception):

@@ -181,6 +181,17 @@ class RedisConnection:
                 await self.do(_raise(reply))
         return replies
 
+    async def each_answered(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
+        """Await calls to several nodes of a cluster together: a call whose node does not answer
+        gives None, unless none answers (the store is away: its error is raised)."""
+        replies = await asyncio.gather(*(self.do(call) for call in calls), return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, Unavailable):
+                raise reply
+        if replies and all(isinstance(reply, Unavailable) for reply in replies):
+            raise replies[0]
+        return [None if isinstance(reply, Unavailable) else reply for reply in replies]
+
     async def scripts_as_answered(
         self, calls: Sequence[tuple[Any, list[str], list[Any]]]
     ) -> AsyncIterator[tuple[int, Any]]:

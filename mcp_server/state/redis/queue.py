@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -291,8 +292,9 @@ class RedisQueue(CreateTask, CancelRequests):
         groups = sorted({group_of(member) for _, member in turns})
         last: dict[str, float] = {}
         if len(groups) > 1:
-            granted = await self.conn.do(self.conn.r.hmget(self.layout.fair_turns, groups))
-            last = {g: float(t) for g, t in zip(groups, granted) if t is not None}
+            with contextlib.suppress(Unavailable):  # a hint: while its master is away, groups go in name order
+                granted = await self.conn.do(self.conn.r.hmget(self.layout.fair_turns, groups))
+                last = {g: float(t) for g, t in zip(groups, granted) if t is not None}
         shares = share_out(turns, last, count)
         by_partition: dict[int, list[Any]] = {}
         for (partition, member), n in shares.items():
@@ -310,12 +312,15 @@ class RedisQueue(CreateTask, CancelRequests):
         calls.append(
             (self._note_turns, [self.layout.fair_turns], [FORGET_TURNS_MS, *(x for kv in noted.items() for x in kv)])
         )
-        replies = await self.conn.scripts(calls)
-        return [
-            (assemble(reply[i], reply[i + 1]), int(reply[i + 2]))
-            for reply in replies[: len(by_partition)]
-            for i in range(0, len(reply), 3)
-        ]
+        claimed: list[tuple[task_pb2.Task, int]] = []
+        try:
+            async for index, reply in self.conn.scripts_as_answered(calls):
+                if index < len(by_partition):
+                    claimed += [(assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
+        except Unavailable:
+            if not claimed:  # else those claimed are run, not left to wait out their leases
+                raise
+        return claimed
 
     async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
         partition = self.layout.partition_of(task_id)
@@ -333,11 +338,18 @@ class RedisQueue(CreateTask, CancelRequests):
         return (assemble(reply[0], reply[1]), int(reply[2])) if reply else None
 
     async def _queue_heads(self) -> dict[int, list[tuple[bytes, float]]]:
-        """Each non-empty partition's first HEAD_TURNS turns: (member, -priority)."""
-        async with self.conn.pipeline(transaction=False) as pipe:
-            for partition in range(self.layout.partitions):
-                pipe.zrange(self.layout.queue(partition), 0, HEAD_TURNS - 1, withscores=True)
-            replies = await self.conn.do(pipe.execute())
+        """Each non-empty partition's first HEAD_TURNS turns: (member, -priority); on a cluster,
+        of the partitions whose masters answer (one away holds up only its own tasks)."""
+        queues = [self.layout.queue(p) for p in range(self.layout.partitions)]
+        if self.conn.cluster:
+            replies = await self.conn.each_answered(
+                [self.conn.r.zrange(q, 0, HEAD_TURNS - 1, withscores=True) for q in queues]
+            )
+        else:
+            async with self.conn.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.zrange(queue, 0, HEAD_TURNS - 1, withscores=True)
+                replies = await self.conn.do(pipe.execute())
         return {p: [(member, score) for member, score in reply] for p, reply in enumerate(replies) if reply}
 
     async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> AsyncIterator[LeaseReply]:

@@ -2,8 +2,8 @@
 
 It claims a task with a lease, which engine/leases.py keeps while the task runs (and stops the
 run when the store has not renewed it in time), and takes over tasks whose lease ran out (their
-replica died). At most `max_tasks_in_flight`
-tasks run at once on this replica; the rest wait in the queue in priority order. A task that parked (every
+replica died). At most `max_tasks_in_flight` tasks run at once on this replica; the rest wait in
+the queue in priority order. A task that parked (every
 branch waits) is not running: it goes back to the queue when a signal comes or its timer is
 due (every replica looks for due timers every quarter second), and a run here that waits for
 signals in some branches is told when its task has new ones.

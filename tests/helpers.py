@@ -23,6 +23,11 @@ def workflow(workflow_id: str, root: dict[str, Any], **extra: Any) -> workflow_p
     return json_format.ParseDict({"workflow_id": workflow_id, "root": root, **extra}, workflow_pb2.Workflow())
 
 
+def seq(node_id: str, *children: dict[str, Any]) -> dict[str, Any]:
+    """A sequence node of `children`."""
+    return {"id": node_id, "sequence": {"children": list(children)}}
+
+
 def step(node_id: str, protocol: str, input_expr: str = "", **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"protocol": protocol, **extra}
     if input_expr:

@@ -15,8 +15,8 @@ import pytest
 from mcp_sdk import Client
 from mcp_sdk.bulk import RerunOutcome
 from mcp_sdk.proto import task_pb2
-from tests.helpers import plugin_stats, step, workflow
-from tests.integration.test_reruns import calls_of, seq
+from tests.helpers import plugin_stats, seq, step, workflow
+from tests.integration.test_reruns import calls_of
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus

@@ -19,6 +19,7 @@ from tests.helpers import (
     events,
     parked,
     plugin_stats,
+    seq,
     step,
     step_states,
     submit,
@@ -27,7 +28,6 @@ from tests.helpers import (
     workflow,
 )
 from tests.integration.test_cancel_requests import user_without_pubsub
-from tests.integration.test_recover import seq
 from tests.integration.test_waits import other_replica
 
 pytestmark = pytest.mark.asyncio

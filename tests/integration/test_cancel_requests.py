@@ -26,12 +26,12 @@ from tests.helpers import (
     parked,
     plugin_stats,
     publish_request,
+    seq,
     step,
     submit,
     wait_done,
     workflow,
 )
-from tests.integration.test_recover import seq
 from tests.integration.test_waits import other_replica
 
 pytestmark = pytest.mark.asyncio

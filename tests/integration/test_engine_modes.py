@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from tests.helpers import events, plugin_stats, result, run, step, step_states, workflow
+from tests.helpers import events, plugin_stats, result, run, seq, step, step_states, workflow
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
@@ -16,10 +16,6 @@ COMPLETED, FAILED = task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED
 
 def par(node_id: str, *children: dict, **options: object) -> dict:
     return {"id": node_id, "parallel": {"children": list(children), **options}}
-
-
-def seq(node_id: str, *children: dict) -> dict:
-    return {"id": node_id, "sequence": {"children": list(children)}}
 
 
 async def test_step_input_expression_builds_the_input_from_cel(client):

@@ -17,6 +17,7 @@ from tests.helpers import (
     parked,
     plugin_stats,
     result,
+    seq,
     step,
     step_states,
     submit,
@@ -32,10 +33,6 @@ ONCE = {"max_attempts": 1}
 
 def recover(node_id: str, body: dict[str, Any], handler: dict[str, Any], *codes: str) -> dict[str, Any]:
     return {"id": node_id, "recover": {"body": body, "handler": handler, "codes": list(codes)}}
-
-
-def seq(node_id: str, *children: dict[str, Any]) -> dict[str, Any]:
-    return {"id": node_id, "sequence": {"children": list(children)}}
 
 
 def failing(node_id: str, code: str = "UNAVAILABLE") -> dict[str, Any]:

@@ -12,9 +12,8 @@ import grpc
 import pytest
 
 from mcp_sdk.proto import task_pb2
-from tests.helpers import create, error_reason, refused, step, step_states, submit, violations, wait_done, workflow
+from tests.helpers import create, error_reason, refused, seq, step, step_states, submit, violations, wait_done, workflow
 from tests.integration.test_cancel_cleanup import cancel, started
-from tests.integration.test_recover import seq
 from tests.integration.test_reruns import calls_of, output, rerun
 
 pytestmark = pytest.mark.asyncio

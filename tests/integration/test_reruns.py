@@ -21,6 +21,7 @@ from tests.helpers import (
     plugin_stats,
     result,
     run,
+    seq,
     step,
     step_states,
     submit,
@@ -33,10 +34,6 @@ pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
 S = task_pb2.TaskStatus
 INLINE = 1024  # values above this are stored apart, and a rerun shares them by reference
-
-
-def seq(node_id: str, *children: dict[str, Any]) -> dict[str, Any]:
-    return {"id": node_id, "sequence": {"children": list(children)}}
 
 
 def value(data: Any) -> struct_pb2.Value:

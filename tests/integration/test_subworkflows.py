@@ -16,14 +16,10 @@ from mcp_sdk.errors import McpError
 from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.settings import Limits
 from tests.conftest import client_for
-from tests.helpers import create, result, step, step_states, submit, violations, wait_done, workflow
+from tests.helpers import create, result, seq, step, step_states, submit, violations, wait_done, workflow
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
-
-
-def seq(node_id: str, *children: dict[str, Any]) -> dict[str, Any]:
-    return {"id": node_id, "sequence": {"children": list(children)}}
 
 
 def sub(node_id: str, workflow_id: str, version: int = 0, **options: Any) -> dict[str, Any]:

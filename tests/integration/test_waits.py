@@ -23,6 +23,7 @@ from tests.helpers import (
     events,
     parked,
     result,
+    seq,
     step,
     step_states,
     submit,
@@ -35,10 +36,6 @@ pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
 S = task_pb2.TaskStatus
 APPROVAL_SCHEMA = {"type": "object", "required": ["approved"], "properties": {"approved": {"type": "boolean"}}}
-
-
-def seq(node_id: str, *children: dict[str, Any]) -> dict[str, Any]:
-    return {"id": node_id, "sequence": {"children": list(children)}}
 
 
 def wait(node_id: str, signal: str, **options: Any) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import pytest
 
 from mcp_sdk.proto import task_pb2
 from tests.conftest import client_for
-from tests.helpers import create, step, workflow
-from tests.integration.test_waits import seq, signal, wait
+from tests.helpers import create, seq, step, workflow
+from tests.integration.test_waits import signal, wait
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType

@@ -15,7 +15,7 @@ from mcp_server.engine.reruns import (
     rerun_records,
 )
 from mcp_server.settings import Limits
-from tests.helpers import step, workflow
+from tests.helpers import seq, step, workflow
 
 DONE, FAILED, CANCELLED = task_pb2.STEP_STATUS_COMPLETED, task_pb2.STEP_STATUS_FAILED, task_pb2.STEP_STATUS_CANCELLED
 
@@ -116,10 +116,6 @@ def test_a_version_must_have_every_kept_step_with_its_kind_and_protocol():
 
 def recover(node_id: str, body: dict, handler: dict, **extra: object) -> dict:
     return {"id": node_id, "recover": {"body": body, "handler": handler, **extra}}
-
-
-def seq(node_id: str, *children: dict) -> dict:
-    return {"id": node_id, "sequence": {"children": list(children)}}
 
 
 def test_what_a_clean_up_undid_is_kept_only_inside_a_kept_composite():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import time
 from collections.abc import Mapping
 
@@ -240,3 +241,9 @@ class CreateTask:
             task, event, "", 0.0, max_queue, fingerprint, values, group=group, share=share
         )
         return stored, created
+
+
+def stored_run(text: str | bytes) -> tuple[int, str]:
+    """A schedule's newest run that started a task, as both stores keep it: JSON [fire ms, task id]."""
+    fire, task_id = json.loads(text)
+    return int(fire), str(task_id)

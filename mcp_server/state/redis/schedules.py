@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from mcp_server.engine.ports.schedules import RECENT_RUNS, ScheduleProgress, ScheduleRecord
+from mcp_server.state.common import stored_run
 from mcp_server.state.redis import schedules_lua as lua
 from mcp_server.state.redis.connection import RedisConnection
 
@@ -117,9 +118,5 @@ def _record(schedule_id: str, fields: dict[bytes, bytes]) -> ScheduleRecord:
         recent=[(int(f), str(t)) for f, t in json.loads(fields.get(b"rr", b"[]"))],
         refused=number(b"f"),
         refusals=[(int(f), str(why)) for f, why in json.loads(fields.get(b"rf", b"[]"))],
-        latest_run=_run(json.loads(fields.get(b"lt", b'[0, ""]'))),
+        latest_run=stored_run(fields.get(b"lt", b'[0, ""]')),
     )
-
-
-def _run(entry: list[Any]) -> tuple[int, str]:
-    return int(entry[0]), str(entry[1])

@@ -8,6 +8,7 @@ import sqlite3
 from typing import Any
 
 from mcp_server.engine.ports.schedules import NEVER, RECENT_RUNS, ScheduleProgress, ScheduleRecord
+from mcp_server.state.common import stored_run
 from mcp_server.state.sqlite.database import SqliteDatabase
 
 COLUMNS = (
@@ -99,8 +100,8 @@ class SqliteSchedules:
             with db:
                 db.execute(
                     "UPDATE schedules SET recent=?, latest_run=?, refusals=?, runs=runs+?, skipped=skipped+?,"
-                    " refused=refused+?,"
-                    " missed=missed+?, last_fire_ms=COALESCE(?, last_fire_ms), buffered_ms=COALESCE(?, buffered_ms)"
+                    " refused=refused+?, missed=missed+?, last_fire_ms=COALESCE(?, last_fire_ms),"
+                    " buffered_ms=COALESCE(?, buffered_ms)"
                     " WHERE schedule_id=?",
                     (
                         json.dumps(recent),
@@ -146,5 +147,5 @@ def _record(row: Any) -> ScheduleRecord:
         recent=[(int(f), str(t)) for f, t in json.loads(str(row[10]))],
         refused=int(row[11]),
         refusals=[(int(f), str(why)) for f, why in json.loads(str(row[12]))],
-        latest_run=(int(json.loads(str(row[13]))[0]), str(json.loads(str(row[13]))[1])),
+        latest_run=stored_run(str(row[13])),
     )

@@ -1,6 +1,6 @@
 """The leases of the runs on one replica: renewed every third of a lease (from ask to ask, however
-long one takes), renewed before they start when their claim took long, and their runs stopped
-when the store has not renewed them in time.
+long one takes, and whether or not the last has come back), renewed before they start when their
+claim took long, and their runs stopped when the store has not renewed them in time.
 
 Once a lease has run out, another replica may take the run over and call its step again; this
 replica's call still in flight must not go on beside that one (a concurrency key's cap counts at
@@ -68,37 +68,60 @@ class LeaseKeeper:
         renewal kept, and when it was asked. Those it did not keep are left to run out."""
         asked = time.monotonic()
         kept: set[str] = set()
-        with contextlib.suppress(Unavailable):
-            async for reply in self.queue.renew_leases({t.task_id: token for t, token in claimed}, self.lease_seconds):
-                kept.update(reply.renewed)
+        with contextlib.suppress(Unavailable, TimeoutError):
+            async with asyncio.timeout(2 * self.lease_seconds / 3):  # later, it would save no run (see _renew)
+                async for reply in self.queue.renew_leases(
+                    {t.task_id: token for t, token in claimed}, self.lease_seconds
+                ):
+                    kept.update(reply.renewed)
         return [(task, token) for task, token in claimed if task.task_id in kept], asked
 
     async def renew_loop(self) -> None:
-        """Renew every lease held here, a third of a lease apart from ask to ask; stop the runs
-        whose leases another replica holds now."""
+        """Renew every lease held here, a third of a lease apart from ask to ask, whether or not
+        the last ask has come back (a master that went silent answers only at its socket timeout,
+        and must not hold up the others' leases until then); stop the runs whose leases another
+        replica holds now."""
         interval = self.lease_seconds / 3
+        rounds: set[asyncio.Task[None]] = set()
         asked = time.monotonic()
-        while True:
-            await asyncio.sleep(max(0.0, asked + interval - time.monotonic()))
-            raise_if_cancelled()
-            held = dict(self.runs)
-            asked = time.monotonic()
-            try:
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, asked + interval - time.monotonic()))
+                raise_if_cancelled()
+                asked = time.monotonic()
+                renewal = asyncio.create_task(self._renew(dict(self.runs), asked), name="lease renewal")
+                rounds.add(renewal)
+                renewal.add_done_callback(rounds.discard)
+        finally:
+            for renewal in rounds:
+                renewal.cancel()
+
+    async def _renew(self, held: dict[str, LeasedRun], asked: float) -> None:
+        """One round: the leases of `held`, asked at `asked`. Two thirds of a lease after its ask
+        an answer saves no run (the watch has stopped those it did not renew), so the round ends
+        there, and the one after it asks again."""
+        try:
+            async with asyncio.timeout(2 * self.lease_seconds / 3):
                 async for reply in self.queue.renew_leases(
                     {t: r.lease_token for t, r in held.items()}, self.lease_seconds
                 ):
                     for task_id in reply.renewed:
-                        held[task_id].lease_until = asked + self.lease_seconds
+                        run = held[task_id]
+                        run.lease_until = max(run.lease_until, asked + self.lease_seconds)
                     for task_id in reply.lost:
                         if self.runs.get(task_id) is held[task_id]:
                             log.warning("task %s: lease lost, stopping it here", task_id)
                             held[task_id].task.cancel()
                             self.on_stopped("lease_lost")
-                self._failures.worked()
-            except Unavailable as exc:
-                self._failures.failed(exc)
-            except Exception:  # a bug must not stop lease upkeep for good
-                log.exception("lease upkeep failed unexpectedly; trying again")
+            self._failures.worked()
+        except TimeoutError:
+            self._failures.failed(
+                Unavailable(f"the store did not answer a renewal within {2 * self.lease_seconds / 3:.1f} s")
+            )
+        except Unavailable as exc:
+            self._failures.failed(exc)
+        except Exception:  # a bug must not stop lease upkeep for good
+            log.exception("lease upkeep failed unexpectedly; trying again")
 
     async def watch_loop(self) -> None:
         """Stop the runs whose leases the store has not renewed for two thirds of a lease (it is

@@ -10,6 +10,8 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -18,6 +20,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.engine.leases import LeaseKeeper
 from mcp_server.errors import Unavailable
 from mcp_server.state import open_store
 from mcp_server.state.redis.layout import Layout
@@ -35,6 +38,10 @@ E = task_pb2.TaskEventType
 LAYOUT = Layout("failover:")
 CHAIN = workflow(
     "chain", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 150}") for i in range(1, 5)]}}
+)
+# runs that go on through a master's whole time away (the node timeout, then the failover)
+LONG_CHAIN = workflow(
+    "chain", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 500}") for i in range(1, 21)]}}
 )
 
 
@@ -164,10 +171,71 @@ async def test_a_master_away_holds_up_only_the_leases_and_claims_of_the_tasks_it
         await store.close()
 
 
-async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins, testkit, own_cluster):
+@dataclass
+class HeldRun:
+    """A run as the lease keeper sees it (the dispatcher's runs are these, with a step runner)."""
+
+    lease_token: int
+    lease_until: float
+    task: asyncio.Task[None]
+    stopped: bool = False
+
+
+async def test_a_silent_master_holds_up_only_the_leases_and_claims_of_the_tasks_it_served(own_cluster):
+    """A master gone silent (SIGSTOP: a frozen host answers nothing and refuses nothing until the
+    5 s socket timeout, then once more on the retry): a claim takes the others' queued tasks without
+    waiting for it, and the lease keeper renews the others' leases at its cadence meanwhile (before,
+    its next renewal waited for the silent master, 10 s, and every run here was stopped)."""
+    store = await open_store(f"{own_cluster.url}?prefix=silent:")
+    victim = own_cluster.masters()[0]
+    loops: list[asyncio.Task[None]] = []
+    try:
+        runs: dict[str, HeldRun] = {}
+        for _ in range(48):
+            await store.queue.create_task(*new_task())
+        while (claim := await store.queue.claim_task("replica-a", 9)) is not None:
+            runs[claim[0].task_id] = HeldRun(claim[1], time.monotonic() + 9, asyncio.create_task(asyncio.sleep(60)))
+        made = [new_task() for _ in range(16)]
+        for task, event in made:
+            await store.queue.create_task(task, event)
+        served = redis.Redis(port=victim)
+        on_victim = {
+            t for t in [*runs, *(t.task_id for t, _ in made)] if served_by(served, Layout("silent:").task(t).header)
+        }
+        served.close()
+        assert 0 < len(on_victim & set(runs)) < 48
+        async for _ in store.queue.renew_leases({t: r.lease_token for t, r in runs.items()}, 9):
+            pass  # as a replica does: its scripts are loaded on every master before one goes away
+        stopped: list[str] = []
+        keeper = LeaseKeeper(store.queue, runs, 9.0, stopped.append)
+        loops = [asyncio.create_task(keeper.renew_loop()), asyncio.create_task(keeper.watch_loop())]
+
+        own_cluster.hang(victim)
+        hung_at = time.monotonic()
+        async with asyncio.timeout(3):  # not the silent master's 5 s
+            claimed = await store.queue.claim_tasks("replica-a", 60, 100)
+        assert {t.task_id for t, _ in made} - on_victim <= {task.task_id for task, _ in claimed}
+        await asyncio.sleep(12)  # two socket timeouts; the failover (node timeout 2 s) meanwhile
+        healthy = {t: r for t, r in runs.items() if t not in on_victim}
+        assert not [t for t, r in healthy.items() if r.stopped or r.task.cancelled()], stopped
+        assert all(r.lease_until > hung_at + 12 for r in healthy.values())  # renewed the last 3 s
+    finally:
+        for loop in loops:
+            loop.cancel()
+        own_cluster.wake(victim)
+        await store.close()
+
+
+@pytest.mark.parametrize("away", ["killed", "hung"])
+async def test_a_redis_master_away_fails_over_and_every_task_finishes(plugins, testkit, own_cluster, away):
+    """Killed (its connections refused) or hung (SIGSTOP: a host gone silent, nothing answers and
+    nothing is refused until the socket timeout), a master away stops only its own tasks' runs."""
     store = f"{own_cluster.url}?prefix=failover:&wait_replicas=1"
-    async with replica_set(2, store, [plugins["testkit"].address], "failover", MCP_LEASE_SECONDS="1.5") as (_, clients):
-        await create(clients[0], CHAIN)
+    # Between the cluster agreeing the master failed (the node timeout) and its replica's promotion,
+    # every node refuses commands (cluster-require-full-coverage, on by default): for about a second
+    # here no lease can be renewed anywhere, so leases must outlast that (a watch at 2/3 of 6 s)
+    async with replica_set(2, store, [plugins["testkit"].address], "failover", MCP_LEASE_SECONDS="6") as (_, clients):
+        await create(clients[0], LONG_CHAIN)
         tasks = await asyncio.gather(*(submit(clients[i % 2], "chain") for i in range(24)))
         watchers = [
             asyncio.create_task(follow(clients[0], t.task_id)) for t in tasks
@@ -177,13 +245,13 @@ async def test_a_killed_redis_master_fails_over_and_every_task_finishes(plugins,
         served = redis.Redis(port=victim)
         on_victim = {t.task_id for t in tasks if served_by(served, LAYOUT.task(t.task_id).header)}
         served.close()
-        own_cluster.kill(victim)
+        own_cluster.kill(victim) if away == "killed" else own_cluster.hang(victim)
         await asyncio.to_thread(
             own_cluster.wait_failover, victim
         )  # its replica takes over after the node timeout (2 s)
         # The promoted replica has no replica of its own, so with wait_replicas=1 its partitions
         # cannot acknowledge writes (they pause) until the dead node comes back, as its replica.
-        own_cluster.start_node(victim)
+        own_cluster.start_node(victim) if away == "killed" else own_cluster.wake(victim)
         logs = await asyncio.wait_for(asyncio.gather(*watchers), 120)
         calls = (await plugin_stats(testkit))["calls"]
         for log in logs:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -65,6 +66,7 @@ class LocalCluster:
     ports: list[int]
     directory: str
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    hung: set[int] = field(default_factory=set)  # stopped with SIGSTOP: not asked anything until woken
 
     @property
     def url(self) -> str:
@@ -86,12 +88,14 @@ class LocalCluster:
             str(NODE_TIMEOUT_MS),
         )
 
+    def answering(self) -> list[int]:
+        """The ports of the nodes running and not hung."""
+        return [p for p, process in self.processes.items() if process.poll() is None and p not in self.hung]
+
     def masters(self) -> list[int]:
         """The ports of the nodes that are masters now (and serve slots)."""
         found = []
-        for port, process in self.processes.items():
-            if process.poll() is not None:
-                continue
+        for port in self.answering():
             client = redis.Redis(port=port, socket_timeout=2)
             try:
                 if client.info("replication")["role"] == "master":
@@ -107,15 +111,14 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = []
-            for port, process in self.processes.items():
-                if process.poll() is None:
-                    client = redis.Redis(port=port, socket_timeout=2)
-                    try:
-                        states.append(client.cluster("info")["cluster_state"] == "ok")
-                    except redis.RedisError:
-                        states.append(False)
-                    finally:
-                        client.close()
+            for port in self.answering():
+                client = redis.Redis(port=port, socket_timeout=2)
+                try:
+                    states.append(client.cluster("info")["cluster_state"] == "ok")
+                except redis.RedisError:
+                    states.append(False)
+                finally:
+                    client.close()
             if states and all(states):
                 return
             time.sleep(0.1)
@@ -124,7 +127,7 @@ class LocalCluster:
     def wait_failover(self, dead: int, timeout: float = 30.0) -> None:
         """Until another node serves the slots `dead` served (its replica was promoted)."""
         deadline = time.monotonic() + timeout
-        live = [p for p, process in self.processes.items() if p != dead and process.poll() is None]
+        live = [p for p in self.answering() if p != dead]
         while time.monotonic() < deadline:
             client = redis.Redis(port=live[0], socket_timeout=2)
             try:
@@ -143,9 +146,20 @@ class LocalCluster:
         self.processes[port].kill()
         self.processes[port].wait(timeout=10)
 
+    def hang(self, port: int) -> None:
+        """Stop a node without closing anything (SIGSTOP): its host gone silent, as a frozen VM or
+        a cut network leaves it; connections to it neither answer nor are refused."""
+        self.processes[port].send_signal(signal.SIGSTOP)
+        self.hung.add(port)
+
+    def wake(self, port: int) -> None:
+        self.processes[port].send_signal(signal.SIGCONT)
+        self.hung.discard(port)
+
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:
+                process.send_signal(signal.SIGCONT)  # a hung node hears SIGTERM only once woken
                 process.terminate()
         for process in self.processes.values():
             try:

@@ -181,14 +181,34 @@ class RedisConnection:
                 await self.do(_raise(reply))
         return replies
 
-    async def each_answered(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
+    async def each_answered(self, calls: Sequence[Awaitable[Any]], grace: float | None = None) -> list[Any]:
         """Await calls to several nodes of a cluster together: a call whose node does not answer
-        gives None, unless none answers (the store is away: its error is raised)."""
-        replies = await asyncio.gather(*(self.do(call) for call in calls), return_exceptions=True)
+        gives None, unless none answers (the store is away: its error is raised). With `grace`, a
+        call still out that long after another has answered gives None too (its node went silent:
+        a frozen host answers nothing, and refuses nothing, until the socket timeout)."""
+        if not calls:
+            return []
+        pending = [asyncio.ensure_future(self.do(call)) for call in calls]
+        try:
+            if grace is None:
+                await asyncio.wait(pending)
+            else:
+                waiting = set(pending)
+                while waiting and not any(c.done() and c.exception() is None for c in pending):
+                    _, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if waiting:
+                    await asyncio.wait(waiting, timeout=grace)
+        finally:
+            for call in pending:
+                call.cancel()
+        silent = Unavailable(f"a node gave no answer within {grace} s of the others")
+        replies = [
+            (call.exception() or call.result()) if call.done() and not call.cancelled() else silent for call in pending
+        ]
         for reply in replies:
             if isinstance(reply, BaseException) and not isinstance(reply, Unavailable):
                 raise reply
-        if replies and all(isinstance(reply, Unavailable) for reply in replies):
+        if all(isinstance(reply, Unavailable) for reply in replies):
             raise replies[0]
         return [None if isinstance(reply, Unavailable) else reply for reply in replies]
 

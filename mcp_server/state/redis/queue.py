@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -27,50 +28,16 @@ from mcp_server.state.common import (
 from mcp_server.state.redis import queue_lua as lua
 from mcp_server.state.redis.cancel_requests import CancelRequests
 from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
+from mcp_server.state.redis.fair_turns import FORGET_TURNS_MS, HEAD_TURNS, group_of, share_out
 from mcp_server.state.redis.queue_room import QueueRoom
 from mcp_server.state.redis.streams import StreamHub
 from mcp_server.state.redis.tasks import RedisTasks
 
 PENDING, RUNNING, WAITING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING
-# how many turns of each partition a claim looks at: a group that waits behind others' turns in
-# one partition is seen, and goes first, when it was granted less recently than they were
-HEAD_TURNS = 4
-# a group's last grant is forgotten this long after it (a group not seen for so long goes first anyway)
-FORGET_TURNS_MS = 3_600_000
 TERMINAL_STATUSES = (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED)
-
-
-def group_of(member: bytes) -> str:
-    """The group a turn in the queue belongs to ('' for a task queued before groups)."""
-    text = member.decode()
-    if text[34:36] != "g:":
-        return ""
-    return text[36:].rsplit("|", 1)[0]
-
-
-def share_out(turns: list[tuple[int, bytes]], last: dict[str, float], count: int) -> dict[tuple[int, bytes], int]:
-    """How many tasks to take from each turn: one per group in turn, the group granted least
-    recently first (then the one whose turn waited longest), each group's share over its turns
-    (on several partitions) oldest first task first."""
-    by_group: dict[str, list[tuple[bytes, tuple[int, bytes]]]] = {}
-    for turn in turns:
-        group = group_of(turn[1])
-        by_group.setdefault(group, []).append((turn[1][17:33] if group else turn[1][:16], turn))
-    order = sorted(by_group, key=lambda g: (last.get(g, 0.0), min(t[1][:16] for _, t in by_group[g])))
-    own_turns = {g: [t for _, t in sorted(by_group[g])] for g in order}
-    shares: dict[tuple[int, bytes], int] = {}
-    given = 0
-    rounds = 0
-    while given < count:
-        for group in order:
-            own = own_turns[group]
-            turn = own[rounds % len(own)]
-            shares[turn] = shares.get(turn, 0) + 1
-            given += 1
-            if given == count:
-                break
-        rounds += 1
-    return shares
+# how long a claim waits for a master that has not answered once another has: one gone silent (a
+# frozen host, a cut network) answers nothing, and refuses nothing, until the socket timeout (5 s)
+SILENT_MASTER_GRACE = 1.0
 
 
 class RedisQueue(CreateTask, CancelRequests):
@@ -292,8 +259,9 @@ class RedisQueue(CreateTask, CancelRequests):
         groups = sorted({group_of(member) for _, member in turns})
         last: dict[str, float] = {}
         if len(groups) > 1:
-            with contextlib.suppress(Unavailable):  # a hint: while its master is away, groups go in name order
-                granted = await self.conn.do(self.conn.r.hmget(self.layout.fair_turns, groups))
+            with contextlib.suppress(Unavailable, TimeoutError):  # a hint: while its master is away, name order
+                async with asyncio.timeout(SILENT_MASTER_GRACE):
+                    granted = await self.conn.do(self.conn.r.hmget(self.layout.fair_turns, groups))
                 last = {g: float(t) for g, t in zip(groups, granted) if t is not None}
         shares = share_out(turns, last, count)
         by_partition: dict[int, list[Any]] = {}
@@ -313,10 +281,19 @@ class RedisQueue(CreateTask, CancelRequests):
             (self._note_turns, [self.layout.fair_turns], [FORGET_TURNS_MS, *(x for kv in noted.items() for x in kv)])
         )
         claimed: list[tuple[task_pb2.Task, int]] = []
+        answered = 0
         try:
-            async for index, reply in self.conn.scripts_as_answered(calls):
-                if index < len(by_partition):
-                    claimed += [(assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
+            # the grants noted are a hint: once every claim is in, waited for only so long (their master may be away)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None) as hint:
+                    async for index, reply in self.conn.scripts_as_answered(calls):
+                        if index < len(by_partition):
+                            claimed += [
+                                (assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)
+                            ]
+                            answered += 1
+                            if answered == len(by_partition):
+                                hint.reschedule(asyncio.get_running_loop().time() + SILENT_MASTER_GRACE)
         except Unavailable:
             if not claimed:  # else those claimed are run, not left to wait out their leases
                 raise
@@ -343,7 +320,7 @@ class RedisQueue(CreateTask, CancelRequests):
         queues = [self.layout.queue(p) for p in range(self.layout.partitions)]
         if self.conn.cluster:
             replies = await self.conn.each_answered(
-                [self.conn.r.zrange(q, 0, HEAD_TURNS - 1, withscores=True) for q in queues]
+                [self.conn.r.zrange(q, 0, HEAD_TURNS - 1, withscores=True) for q in queues], grace=SILENT_MASTER_GRACE
             )
         else:
             async with self.conn.pipeline(transaction=False) as pipe:

@@ -1,4 +1,4 @@
-"""`python -m bench.chaos [--seconds 120] [--store redis|sqlite] [--replicas 2] [--processes 1]
+"""`python -m bench.chaos [--seconds 120] [--store redis|sqlite|cluster] [--replicas 2] [--processes 1]
 [--kill-redis] [--partition] [--seed N]`: a soak of random workflows under kill -9.
 
 The workflows are the property tests' (tests/support/random_workflows.py: every node kind, nested,
@@ -7,9 +7,11 @@ that event, durable sleeps, timeouts, failing and flaky steps). A steady load of
 `--replicas` orchestrator processes sharing one store, some signalled and some cancelled at
 random moments, some rerun once ended, while a replica is killed -9 every 0.5-3 s and started
 again (with `--kill-redis`, a quarter of the kills are of Redis, restarted from its AOF after up
-to 2 s; with `--partition`, each replica reaches Redis through a TCP proxy of its own, and now
-and then one is cut off for 0.5-4 s, past its leases, refused at once or silently, while the
-others take its runs over). Every call goes to a random live replica and is retried on another
+to 2 s; on `--store cluster`, a six-node Redis Cluster with `wait_replicas=1`, they are of a
+master, killed -9 or hung with SIGSTOP, brought back once its replica took over; with
+`--partition`, each replica reaches Redis through a TCP proxy of its own, and now and then one is
+cut off for 0.5-4 s, past its leases, refused at once or silently, while the others take its runs
+over). Every call goes to a random live replica and is retried on another
 with the same request id when it dies.
 
 Once the kills stop, every task must end, and then for each: no step left running or without an
@@ -51,6 +53,7 @@ from mcp_sdk.errors import McpError
 from mcp_sdk.proto import protocol_pb2, protocol_pb2_grpc, task_pb2
 from mcp_server.engine.values import struct_to_dict
 from tests.support.random_workflows import SIGNAL, definitions, store_subworkflows, waits_for_signal
+from tests.support.redis_cluster import LocalCluster, start_cluster
 from tests.support.redis_server import start_redis_server
 from tests.support.tcp_proxy import TcpProxy
 
@@ -229,6 +232,47 @@ class OwnRedis:
 
 
 @dataclass
+class OwnCluster:
+    """The soak's own Redis Cluster (three masters, three replicas, AOF), on which `--kill-redis`
+    stops a master now and then, killed -9 or hung (SIGSTOP: a frozen host that answers nothing
+    and refuses nothing), and brings it back as its replica's replica once the replica took over."""
+
+    cluster: LocalCluster | None = None
+    kills: int = 0
+    hangs: int = 0
+    _away: tuple[int, bool] | None = None  # the master away, and whether it was hung
+
+    @property
+    def url(self) -> str:
+        assert self.cluster is not None
+        return f"{self.cluster.url}?wait_replicas=1"  # an acknowledged step survives its master
+
+    async def start(self) -> None:
+        if self.cluster is None:
+            self.cluster = await asyncio.to_thread(start_cluster)
+            return
+        if self._away is not None:
+            port, hung = self._away
+            self._away = None
+            self.cluster.wake(port) if hung else await asyncio.to_thread(self.cluster.start_node, port)
+            await asyncio.to_thread(self.cluster.wait_in_sync)
+
+    async def kill(self) -> None:
+        assert self.cluster is not None
+        port = random.choice(self.cluster.masters())
+        hung = random.random() < 0.5
+        self.cluster.hang(port) if hung else self.cluster.kill(port)
+        self.hangs += hung
+        self.kills += not hung
+        self._away = (port, hung)
+        await asyncio.to_thread(self.cluster.wait_failover, port)
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+
+
+@dataclass
 class History:
     """What one task's event log says: how often it was resumed, and which signals (by request
     id) were received, as often as each was."""
@@ -241,7 +285,7 @@ class History:
 class Soak:
     replicas: Replicas
     roots: dict[str, dict[str, Any]]
-    redis: OwnRedis | None = None  # killed too, when given
+    redis: OwnRedis | OwnCluster | None = None  # killed too, when given
     tasks: dict[str, str] = field(default_factory=dict)  # task id: workflow id
     cancels: int = 0
     refused_cancels: int = 0
@@ -391,16 +435,18 @@ async def history_of(replicas: Replicas, task_id: str) -> History:
 
 
 @contextlib.asynccontextmanager
-async def kill_loop(args: argparse.Namespace, processes: int = 1) -> AsyncIterator[tuple[Replicas, OwnRedis | None]]:
+async def kill_loop(
+    args: argparse.Namespace, processes: int = 1
+) -> AsyncIterator[tuple[Replicas, OwnRedis | OwnCluster | None]]:
     """The testkit plugin, the store `args` name (the soak's own Redis, or a new SQLite file) and
     `args.replicas` orchestrator processes on it, started; all stopped on the way out. The Redis
     given back is the one to kill too (None without `--kill-redis`)."""
     plugin = start_plugin()
-    redis = None
+    redis: OwnRedis | OwnCluster | None = None
     replicas = None
     try:
-        if args.store == "redis":
-            redis = OwnRedis()
+        if args.store in ("redis", "cluster"):
+            redis = OwnRedis() if args.store == "redis" else OwnCluster()
             await redis.start()
             store = redis.url
         else:
@@ -421,17 +467,33 @@ async def kill_loop(args: argparse.Namespace, processes: int = 1) -> AsyncIterat
             for proxy in replicas.proxies:
                 await proxy.stop()
         plugin.stop()
-        if redis is not None:
+        if isinstance(redis, OwnCluster):
+            redis.stop()
+        elif redis is not None:
             await redis.kill()
+
+
+def redis_rows(redis: OwnRedis | OwnCluster | None) -> list[tuple[str, float | str, str]]:
+    """What the soak did to Redis, for its report."""
+    if isinstance(redis, OwnCluster):
+        return [
+            ("Redis masters killed -9", redis.kills, "each back as its replica's replica once promoted"),
+            ("Redis masters hung (SIGSTOP)", redis.hangs, "woken once their replica took over"),
+        ]
+    return [("Redis killed -9", redis.kills, "and restarted from its AOF")] if redis else []
 
 
 def kill_loop_arguments(parser: argparse.ArgumentParser, seconds: float) -> None:
     """The arguments every soak on the kill loop takes."""
     parser.add_argument("--seconds", type=float, default=seconds)
-    parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
+    parser.add_argument("--store", choices=["redis", "sqlite", "cluster"], default="redis")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--kill-redis", action="store_true", help="kill -9 the soak's Redis too, now and then")
+    parser.add_argument(
+        "--kill-redis",
+        action="store_true",
+        help="kill -9 the soak's Redis too, now and then (a cluster's masters: killed -9 or hung)",
+    )
     parser.add_argument(
         "--partition", action="store_true", help="cut a replica off from Redis now and then (Redis only)"
     )
@@ -492,7 +554,7 @@ async def report(run: Soak, args: argparse.Namespace, soaked: float) -> int:
     rows: list[tuple[str, float | str, str]] = [
         ("seconds under kills", round(soaked, 1), f"{args.replicas} replicas on {args.store}"),
         ("replicas killed -9", run.replicas.kills, f"their logs: {run.replicas.logs}"),
-        *([("Redis killed -9", run.redis.kills, "and restarted from its AOF")] if run.redis else []),
+        *redis_rows(run.redis),
         *(
             [("replicas cut off from Redis", run.replicas.partitions, "0.5-4 s each, refused or silent")]
             if run.replicas.proxies
@@ -525,6 +587,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.store == "sqlite" and args.replicas * args.processes != 1:
         parser.error("the embedded store serves one process: --store sqlite takes --replicas 1 --processes 1")
+    if args.store == "cluster" and args.partition:
+        parser.error("--partition cuts a path to one Redis; a cluster's clients reach every node on its own")
     sys.exit(asyncio.run(soak(args)))
 
 

@@ -1,4 +1,4 @@
-"""`python -m bench.chaos_promises [--seconds 90] [--store redis|sqlite] [--replicas 2]
+"""`python -m bench.chaos_promises [--seconds 90] [--store redis|sqlite|cluster] [--replicas 2]
 [--kill-redis] [--partition] [--seed N]`: the once-only promises of schedules, triggers,
 concurrency keys, rate limits, the step cache and what calls work off, under kill -9 (and with
 `--partition`, a replica cut off from Redis now and then while the others go on).
@@ -52,7 +52,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from bench import chaos_bulk, chaos_call_offs
-from bench.chaos import TERMINAL, Replicas, Soak, kill_loop, kill_loop_arguments
+from bench.chaos import TERMINAL, Replicas, Soak, kill_loop, kill_loop_arguments, redis_rows
 from bench.harness import percentile
 from bench.report import table
 from mcp_sdk.proto import (
@@ -499,7 +499,7 @@ async def report(
     rows: list[tuple[str, float | str, str]] = [
         ("seconds under kills", round(soaked, 1), f"{args.replicas} replicas on {args.store}"),
         ("replicas killed -9", replicas.kills, f"their logs: {replicas.logs}"),
-        *([("Redis killed -9", killing.redis.kills, "and restarted from its AOF")] if killing.redis else []),
+        *redis_rows(killing.redis),
         *(
             [("replicas cut off from Redis", killing.replicas.partitions, "0.5-4 s each, refused or silent")]
             if killing.replicas.proxies
@@ -583,6 +583,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.store == "sqlite" and args.replicas != 1:
         parser.error("the embedded store serves one process: --store sqlite takes --replicas 1")
+    if args.store == "cluster" and args.partition:
+        parser.error("--partition cuts a path to one Redis; a cluster's clients reach every node on its own")
     sys.exit(asyncio.run(soak(args)))
 
 

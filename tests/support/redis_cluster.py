@@ -124,6 +124,18 @@ class LocalCluster:
             time.sleep(0.1)
         raise RuntimeError("the redis cluster did not become ok")
 
+    def wait_in_sync(self, timeout: float = 30.0) -> None:
+        """Until the cluster is ok and each of its three masters has a replica in sync (replicas
+        attach asynchronously, and a node brought back resyncs with its new master)."""
+        self.wait_ok(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            masters = self.masters()
+            if len(masters) == 3 and all(_replicas(port) >= 1 for port in masters):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the redis cluster's replicas did not attach")
+
     def wait_failover(self, dead: int, timeout: float = 30.0) -> None:
         """Until another node serves the slots `dead` served (its replica was promoted)."""
         deadline = time.monotonic() + timeout
@@ -199,14 +211,8 @@ def _start_cluster_once() -> LocalCluster:
             capture_output=True,
             timeout=60,
         )
-        cluster.wait_ok()
-        # replicas attach asynchronously: wait until every master has its replica, in sync
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if all(_replicas(port) >= 1 for port in cluster.masters()) and len(cluster.masters()) == 3:
-                return cluster
-            time.sleep(0.1)
-        raise RuntimeError("the redis cluster's replicas did not attach")
+        cluster.wait_in_sync()
+        return cluster
     except BaseException:
         cluster.stop()
         raise

@@ -16,6 +16,8 @@ from mcp_sdk.proto import schedule_pb2, task_pb2
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.event_types import E
 from mcp_server.engine.events import make_event, now
+from mcp_server.engine.queue_deadlines import SWEPT
+from mcp_server.engine.queued_cancels import cancel_queued
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.settings import Limits
 from mcp_server.state import open_store
@@ -174,6 +176,35 @@ async def test_a_run_that_takes_a_task_past_its_deadline_ends_it_before_it_start
         assert not ended.HasField("start_time")
         logged = [e.type for e in await store.tasks.read_events(task.task_id, 0)]
         assert logged == [S.TASK_EVENT_TYPE_QUEUED, S.TASK_EVENT_TYPE_CANCELLED]
+    finally:
+        await store.close()
+
+
+async def test_the_sweep_hands_an_expired_task_out_again_until_it_is_cancelled(store_url):
+    """A sweep's answer can be lost (a connection dropped under it; on a cluster, another master
+    failing its part of the call) or its cancel refused (the store away a moment): that task is
+    not ended, so a later sweep hands it out again; once cancelled, no sweep does."""
+    store = await open_store(store_url)
+    try:
+        task = task_pb2.Task(
+            task_id=uuid.uuid4().hex,
+            workflow_id="quick",
+            workflow_version=1,
+            status=S.TASK_STATUS_PENDING,
+            create_time=now(),
+            last_sequence=1,
+        )
+        task.queue_deadline.FromNanoseconds(time.time_ns() + 50_000_000)
+        await store.queue.create_task(task, make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED))
+        await asyncio.sleep(0.1)
+        assert (await store.waits.release_due())[1] == [task.task_id]  # and nobody cancels it
+        async with asyncio.timeout(10):
+            while task.task_id not in (await store.waits.release_due())[1]:
+                await asyncio.sleep(0.25)
+        assert await cancel_queued(store.queue, [], task.task_id, SWEPT) is not None
+        await asyncio.sleep(2.5)  # past the time a handed-out task comes due again
+        assert task.task_id not in (await store.waits.release_due())[1]
+        assert (await store.tasks.get_task(task.task_id)).status == S.TASK_STATUS_CANCELLED
     finally:
         await store.close()
 

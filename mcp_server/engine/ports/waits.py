@@ -140,7 +140,9 @@ class WaitStore(Protocol):
     async def release_due(self) -> tuple[int, list[str]]:
         """Queue every waiting task whose due time has come (each once, whichever replica asks);
         return how many, and the queued tasks whose queue deadline has passed (Task.queue_deadline,
-        their due time while they are queued), for the caller to cancel (at most 1,000 a call)."""
+        their due time while they are queued), for the caller to cancel (at most 1,000 a call).
+        Such a task is handed out again by a later call until it is cancelled or started: the
+        answer of this one may be lost, or the cancel refused."""
         ...
 
     async def waiting_count(self) -> int:

@@ -18,6 +18,9 @@ from mcp_server.state.redis.opening import text
 from mcp_server.state.redis.streams import StreamHub
 
 WAITING = task_pb2.TASK_STATUS_WAITING
+# a queued task past its deadline that a sweep handed out comes due again this long after, unless
+# its cancel went through (see RELEASE_DUE): a sweep's cancels take milliseconds
+EXPIRED_RETAKE_MS = 2000
 
 
 class RedisWaits:
@@ -165,7 +168,7 @@ class RedisWaits:
                 (
                     self._release_due,
                     [self.layout.due(p), self.layout.queue(p)],
-                    [now_ms, self.layout.task_prefix(p), WAITING, task_pb2.TASK_STATUS_PENDING],
+                    [now_ms, self.layout.task_prefix(p), WAITING, task_pb2.TASK_STATUS_PENDING, EXPIRED_RETAKE_MS],
                 )
                 for p in range(self.layout.partitions)
             ]

@@ -95,22 +95,28 @@ return {'delivered', index}
 """
 )
 
-# KEYS: due times, queue; ARGV: now ms, task key prefix, waiting, pending -> {how many went to the
-# queue, then the ids of queued tasks past their queue deadline} (each taken off the due times once)
+# KEYS: due times, queue; ARGV: now ms, task key prefix, waiting, pending, retake ms -> {how many
+# went to the queue, then the ids of queued tasks past their queue deadline}. Those stay in the due
+# times, `retake ms` on: their sweep's answer may be lost, or its cancel refused, and a task no
+# sweep cancels would wait in the queue past its deadline until a claim came to it. Once cancelled
+# (or started), the next look takes it off.
 RELEASE_DUE = (
     FAIR
     + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
 local released = {0}
 for _, task_id in ipairs(due) do
-  redis.call('ZREM', KEYS[1], task_id)
   local head = ARGV[2] .. task_id
   local status = redis.call('HGET', head, 'st')
   if status == ARGV[3] then
+    redis.call('ZREM', KEYS[1], task_id)
     fair_push(KEYS[2], head)
     released[1] = released[1] + 1
   elseif status == ARGV[4] then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[5]), task_id)
     table.insert(released, task_id)
+  else
+    redis.call('ZREM', KEYS[1], task_id)
   end
 end
 return released

@@ -66,6 +66,7 @@ class LocalCluster:
     ports: list[int]
     directory: str
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    node_timeout_ms: int = NODE_TIMEOUT_MS
     hung: set[int] = field(default_factory=set)  # stopped with SIGSTOP: not asked anything until woken
 
     @property
@@ -85,7 +86,7 @@ class LocalCluster:
             "--cluster-config-file",
             "nodes.conf",
             "--cluster-node-timeout",
-            str(NODE_TIMEOUT_MS),
+            str(self.node_timeout_ms),
         )
 
     def answering(self) -> list[int]:
@@ -181,19 +182,20 @@ class LocalCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_cluster(attempts: int = 3) -> LocalCluster:
+def start_cluster(attempts: int = 3, node_timeout_ms: int = NODE_TIMEOUT_MS) -> LocalCluster:
     """A cluster of six nodes that is ok, its replicas in sync; tries other ports if a node cannot
     start (a port taken meanwhile, by another test session's cluster)."""
     for _ in range(attempts - 1):
         try:
-            return _start_cluster_once()
+            return _start_cluster_once(node_timeout_ms)
         except RuntimeError:
             pass
-    return _start_cluster_once()
+    return _start_cluster_once(node_timeout_ms)
 
 
-def _start_cluster_once() -> LocalCluster:
-    cluster = LocalCluster(_free_low_ports(6), tempfile.mkdtemp(prefix="mcp-test-cluster-"))
+def _start_cluster_once(node_timeout_ms: int) -> LocalCluster:
+    directory = tempfile.mkdtemp(prefix="mcp-test-cluster-")
+    cluster = LocalCluster(_free_low_ports(6), directory, node_timeout_ms=node_timeout_ms)
     try:
         for port in cluster.ports:
             cluster.start_node(port)

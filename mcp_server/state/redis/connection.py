@@ -41,6 +41,10 @@ WAIT_TIMEOUT_MS = 2000
 CANCEL_REQUESTED = "CANCEL_REQUESTED "  # a checkpoint refused: the error reply's prefix, then the reason
 # finished tasks' keys also carry a TTL this much past the retention, in case no replica purges them
 BACKSTOP_MS = 3600 * 1000
+# how long a call to every master waits for one that has not answered once another has: a master
+# gone silent (a frozen host, a cut network) answers nothing, and refuses nothing, until the socket
+# timeout (5 s, then again on redis-py's retry)
+SILENT_MASTER_GRACE = 1.0
 
 
 REDIS_FULL = (
@@ -180,6 +184,14 @@ class RedisConnection:
             if isinstance(reply, Exception):
                 await self.do(_raise(reply))
         return replies
+
+    async def scripts_answered(self, calls: Sequence[tuple[Any, list[str], list[Any]]], grace: float) -> list[Any]:
+        """Run one script per partition like `scripts`; on a cluster, a partition whose master does
+        not answer (or not within `grace` of another) gives None, unless none answers. For sweeps
+        whose work is done by the scripts that ran, whatever the others did."""
+        if not self.cluster:
+            return await self.scripts(calls)
+        return await self.each_answered([script(keys=keys, args=args) for script, keys, args in calls], grace)
 
     async def each_answered(self, calls: Sequence[Awaitable[Any]], grace: float | None = None) -> list[Any]:
         """Await calls to several nodes of a cluster together: a call whose node does not answer

@@ -27,7 +27,7 @@ from mcp_server.state.common import (
 )
 from mcp_server.state.redis import queue_lua as lua
 from mcp_server.state.redis.cancel_requests import CancelRequests
-from mcp_server.state.redis.connection import BACKSTOP_MS, RedisConnection
+from mcp_server.state.redis.connection import BACKSTOP_MS, SILENT_MASTER_GRACE, RedisConnection
 from mcp_server.state.redis.fair_turns import FORGET_TURNS_MS, HEAD_TURNS, group_of, share_out
 from mcp_server.state.redis.queue_room import QueueRoom
 from mcp_server.state.redis.streams import StreamHub
@@ -35,9 +35,6 @@ from mcp_server.state.redis.tasks import RedisTasks
 
 PENDING, RUNNING, WAITING = task_pb2.TASK_STATUS_PENDING, task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING
 TERMINAL_STATUSES = (task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED)
-# how long a claim waits for a master that has not answered once another has: one gone silent (a
-# frozen host, a cut network) answers nothing, and refuses nothing, until the socket timeout (5 s)
-SILENT_MASTER_GRACE = 1.0
 
 
 class RedisQueue(CreateTask, CancelRequests):
@@ -251,18 +248,21 @@ class RedisQueue(CreateTask, CancelRequests):
         was last granted a task anywhere (the hint in P{fair}:last), and shared out one task per
         group in that order; then every partition concerned is claimed from in one round trip,
         and the groups' last grants noted in the same trip."""
-        heads = await self._queue_heads()
+        heads, silent = await self._queue_heads()
         if not heads:
             return []
         best = min(score for entries in heads.values() for _, score in entries)
         turns = [(p, member) for p, entries in heads.items() for member, score in entries if score == best]
         groups = sorted({group_of(member) for _, member in turns})
         last: dict[str, float] = {}
-        if len(groups) > 1:
-            with contextlib.suppress(Unavailable, TimeoutError):  # a hint: while its master is away, name order
+        hint_away = self.conn.cluster and self.conn.r.get_node_from_key(self.layout.fair_turns).name in silent
+        if len(groups) > 1 and not hint_away:
+            try:  # a hint: while its master is away, groups go in name order, and their grants go unnoted
                 async with asyncio.timeout(SILENT_MASTER_GRACE):
                     granted = await self.conn.do(self.conn.r.hmget(self.layout.fair_turns, groups))
                 last = {g: float(t) for g, t in zip(groups, granted) if t is not None}
+            except (Unavailable, TimeoutError):
+                hint_away = True
         shares = share_out(turns, last, count)
         by_partition: dict[int, list[Any]] = {}
         for (partition, member), n in shares.items():
@@ -277,9 +277,14 @@ class RedisQueue(CreateTask, CancelRequests):
             for p, pairs in by_partition.items()
         ]
         noted = {group_of(member): int(now_seconds() * 1000) for _, member in shares}
-        calls.append(
-            (self._note_turns, [self.layout.fair_turns], [FORGET_TURNS_MS, *(x for kv in noted.items() for x in kv)])
-        )
+        if not hint_away:
+            calls.append(
+                (
+                    self._note_turns,
+                    [self.layout.fair_turns],
+                    [FORGET_TURNS_MS, *(x for kv in noted.items() for x in kv)],
+                )
+            )
         claimed: list[tuple[task_pb2.Task, int]] = []
         answered = 0
         try:
@@ -314,20 +319,23 @@ class RedisQueue(CreateTask, CancelRequests):
         )
         return (assemble(reply[0], reply[1]), int(reply[2])) if reply else None
 
-    async def _queue_heads(self) -> dict[int, list[tuple[bytes, float]]]:
+    async def _queue_heads(self) -> tuple[dict[int, list[tuple[bytes, float]]], set[str]]:
         """Each non-empty partition's first HEAD_TURNS turns: (member, -priority); on a cluster,
-        of the partitions whose masters answer (one away holds up only its own tasks)."""
+        of the partitions whose masters answer (one away holds up only its own tasks), with the
+        names of the masters that did not."""
         queues = [self.layout.queue(p) for p in range(self.layout.partitions)]
+        silent: set[str] = set()
         if self.conn.cluster:
             replies = await self.conn.each_answered(
                 [self.conn.r.zrange(q, 0, HEAD_TURNS - 1, withscores=True) for q in queues], grace=SILENT_MASTER_GRACE
             )
+            silent = {self.conn.r.get_node_from_key(q).name for q, reply in zip(queues, replies) if reply is None}
         else:
             async with self.conn.pipeline(transaction=False) as pipe:
                 for queue in queues:
                     pipe.zrange(queue, 0, HEAD_TURNS - 1, withscores=True)
                 replies = await self.conn.do(pipe.execute())
-        return {p: [(member, score) for member, score in reply] for p, reply in enumerate(replies) if reply}
+        return {p: [(member, score) for member, score in reply] for p, reply in enumerate(replies) if reply}, silent
 
     async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> AsyncIterator[LeaseReply]:
         """Renew every lease, one script per partition, all in one round trip (on a cluster, each
@@ -348,7 +356,7 @@ class RedisQueue(CreateTask, CancelRequests):
 
     async def release_expired_leases(self) -> int:
         now_ms = int(now_seconds() * 1000)
-        replies = await self.conn.scripts(
+        replies = await self.conn.scripts_answered(
             [
                 (
                     self._release,
@@ -357,9 +365,10 @@ class RedisQueue(CreateTask, CancelRequests):
                     [now_ms, self.layout.task_prefix(p), PENDING, RUNNING, WAITING],
                 )
                 for p in range(self.layout.partitions)
-            ]
+            ],
+            grace=SILENT_MASTER_GRACE,  # a master away: its expired leases wait for it
         )
-        return sum(int(n) for n in replies)
+        return sum(int(n) for n in replies if n is not None)
 
     async def queue_depth_by_priority(self) -> dict[int, int]:
         """Queued tasks per priority: each partition's counts, plus tasks queued before groups."""

@@ -13,7 +13,7 @@ from mcp_server.engine.ports import SignalDelivery, SignalOutcome, SignalRecord,
 from mcp_server.state.common import TERMINAL, assemble, now_seconds
 from mcp_server.state.redis import waits_lua as lua
 from mcp_server.state.redis.channels import follow_channel
-from mcp_server.state.redis.connection import RedisConnection
+from mcp_server.state.redis.connection import SILENT_MASTER_GRACE, RedisConnection
 from mcp_server.state.redis.opening import text
 from mcp_server.state.redis.streams import StreamHub
 
@@ -163,7 +163,7 @@ class RedisWaits:
 
     async def release_due(self) -> tuple[int, list[str]]:
         now_ms = int(now_seconds() * 1000)
-        replies = await self.conn.scripts(
+        replies = await self.conn.scripts_answered(
             [
                 (
                     self._release_due,
@@ -171,9 +171,11 @@ class RedisWaits:
                     [now_ms, self.layout.task_prefix(p), WAITING, task_pb2.TASK_STATUS_PENDING, EXPIRED_RETAKE_MS],
                 )
                 for p in range(self.layout.partitions)
-            ]
+            ],
+            grace=SILENT_MASTER_GRACE,
         )
-        return sum(int(reply[0]) for reply in replies), [raw.decode() for reply in replies for raw in reply[1:]]
+        answered = [reply for reply in replies if reply is not None]  # a master away: its timers wait for it
+        return sum(int(reply[0]) for reply in answered), [raw.decode() for reply in answered for raw in reply[1:]]
 
     async def resume_soon(self, task_ids: Sequence[str]) -> None:
         by_partition: dict[int, list[str]] = {}

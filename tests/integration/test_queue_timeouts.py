@@ -152,21 +152,27 @@ class NeverCalled:
         raise AssertionError("a task past its queue deadline called a protocol")
 
 
+async def queued_past_its_deadline(store: Any) -> task_pb2.Task:
+    """A task of workflow "quick" put in the store's queue directly, its queue deadline passed."""
+    task = task_pb2.Task(
+        task_id=uuid.uuid4().hex,
+        workflow_id="quick",
+        workflow_version=1,
+        status=S.TASK_STATUS_PENDING,
+        create_time=now(),
+        last_sequence=1,
+    )
+    task.queue_deadline.FromNanoseconds(time.time_ns() + 50_000_000)
+    await store.queue.create_task(task, make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED))
+    await asyncio.sleep(0.1)
+    return task
+
+
 async def test_a_run_that_takes_a_task_past_its_deadline_ends_it_before_it_starts(store_url):
     """The sweep's gap: a replica claims the task after its deadline, before any sweep came to it."""
     store = await open_store(store_url)
     try:
-        task = task_pb2.Task(
-            task_id=uuid.uuid4().hex,
-            workflow_id="quick",
-            workflow_version=1,
-            status=S.TASK_STATUS_PENDING,
-            create_time=now(),
-            last_sequence=1,
-        )
-        task.queue_deadline.FromNanoseconds(time.time_ns() + 50_000_000)
-        await store.queue.create_task(task, make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED))
-        await asyncio.sleep(0.1)
+        task = await queued_past_its_deadline(store)
         claimed, token = await store.queue.claim_task("here", 30)
         plan = compile_workflow(workflow("quick", step("say", "echo")), Limits())
         await TaskRunner(NeverCalled(), store.tasks).resume_from(claimed, plan, token)  # type: ignore[arg-type]
@@ -186,17 +192,7 @@ async def test_the_sweep_hands_an_expired_task_out_again_until_it_is_cancelled(s
     not ended, so a later sweep hands it out again; once cancelled, no sweep does."""
     store = await open_store(store_url)
     try:
-        task = task_pb2.Task(
-            task_id=uuid.uuid4().hex,
-            workflow_id="quick",
-            workflow_version=1,
-            status=S.TASK_STATUS_PENDING,
-            create_time=now(),
-            last_sequence=1,
-        )
-        task.queue_deadline.FromNanoseconds(time.time_ns() + 50_000_000)
-        await store.queue.create_task(task, make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED))
-        await asyncio.sleep(0.1)
+        task = await queued_past_its_deadline(store)
         assert (await store.waits.release_due())[1] == [task.task_id]  # and nobody cancels it
         async with asyncio.timeout(10):
             while task.task_id not in (await store.waits.release_due())[1]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -255,14 +254,12 @@ class RedisQueue(CreateTask, CancelRequests):
         turns = [(p, member) for p, entries in heads.items() for member, score in entries if score == best]
         groups = sorted({group_of(member) for _, member in turns})
         last: dict[str, float] = {}
+        # a hint: while its master is away (silent in the heads read), groups go in name order, unnoted
         hint_away = self.conn.cluster and self.conn.r.get_node_from_key(self.layout.fair_turns).name in silent
         if len(groups) > 1 and not hint_away:
-            try:  # a hint: while its master is away, groups go in name order, and their grants go unnoted
-                async with asyncio.timeout(SILENT_MASTER_GRACE):
-                    granted = await self.conn.do(self.conn.r.hmget(self.layout.fair_turns, groups))
+            with contextlib.suppress(Unavailable):
+                granted = await self.conn.do(self.conn.r.hmget(self.layout.fair_turns, groups))
                 last = {g: float(t) for g, t in zip(groups, granted) if t is not None}
-            except (Unavailable, TimeoutError):
-                hint_away = True
         shares = share_out(turns, last, count)
         by_partition: dict[int, list[Any]] = {}
         for (partition, member), n in shares.items():
@@ -286,19 +283,10 @@ class RedisQueue(CreateTask, CancelRequests):
                 )
             )
         claimed: list[tuple[task_pb2.Task, int]] = []
-        answered = 0
         try:
-            # the grants noted are a hint: once every claim is in, waited for only so long (their master may be away)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(None) as hint:
-                    async for index, reply in self.conn.scripts_as_answered(calls):
-                        if index < len(by_partition):
-                            claimed += [
-                                (assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)
-                            ]
-                            answered += 1
-                            if answered == len(by_partition):
-                                hint.reschedule(asyncio.get_running_loop().time() + SILENT_MASTER_GRACE)
+            async for index, reply in self.conn.scripts_as_answered(calls):
+                if index < len(by_partition):
+                    claimed += [(assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
         except Unavailable:
             if not claimed:  # else those claimed are run, not left to wait out their leases
                 raise

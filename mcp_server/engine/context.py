@@ -59,7 +59,7 @@ from mcp_server.engine.step_ends import code_name, code_number, duration_ms, end
 from mcp_server.engine.suspensions import Suspensions
 from mcp_server.engine.value_chunks import read_whole
 from mcp_server.engine.write_behind import WriteBehind
-from mcp_server.errors import CancelRequested
+from mcp_server.errors import CancelRequested, LeaseLost
 from mcp_server.settings import Limits
 
 T = TypeVar("T")
@@ -102,6 +102,8 @@ class RunContext:
     publisher: EventPublisher | None = None  # where publish nodes publish (None: they cannot)
     # how the steps with a cache fared (path -> "hit" or "miss", and the output's size), for their end event
     cache_outcomes: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # whether the run's lease went unrenewed so long that it must stop (asked before each node)
+    lease_stale: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
         self._values.chunked_from = self.limits.chunked_value_bytes
@@ -165,8 +167,11 @@ class RunContext:
         self.task.ClearField("end_time")
 
     def ready_for_next_node(self) -> Awaitable[None]:
-        """Raise LeaseLost if another replica took the task; wait while the store is down or silent
-        (WriteBehind.ready, handed on as is: this runs before every node)."""
+        """Raise LeaseLost if another replica took the task, or may take it now (its lease went
+        unrenewed too long); wait while the store is down or silent (WriteBehind.ready, handed on
+        as is: this runs before every node)."""
+        if self.lease_stale():
+            raise LeaseLost("its lease went unrenewed too long: the run stops here")
         return self._writes.ready()
 
     async def checkpoint(self) -> None:

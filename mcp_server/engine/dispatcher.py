@@ -249,7 +249,13 @@ class Dispatcher:
             plan = await self.plans.get(task.workflow_id, task.workflow_version)
             running.waits = bool(plan.waits)
             running.final_live = await self.runner.resume_from(
-                task, plan, running.lease_token, running.cancel, running.signals, running.ending
+                task,
+                plan,
+                running.lease_token,
+                running.cancel,
+                running.signals,
+                running.ending,
+                lambda: self._leases.stale(task.task_id, running),
             )
         except LeaseLost:
             pass

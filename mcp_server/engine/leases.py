@@ -6,8 +6,9 @@ Once a lease has run out, another replica may take the run over and call its ste
 replica's call still in flight must not go on beside that one (a concurrency key's cap counts at
 the plugin). So a lease counts from before it was asked for, and the watch stops a run two thirds
 of a lease after the last renewal that came back, whatever the renewal is doing: a store that does
-not answer at all fails nothing. A run stopped here goes on from its last write wherever it is
-claimed next.
+not answer at all fails nothing. A run asks the same before each node (`stale`), for a replica
+woken from a pause, where its next call may come before the watch's turn. A run stopped here goes
+on from its last write wherever it is claimed next.
 """
 
 from __future__ import annotations
@@ -123,17 +124,26 @@ class LeaseKeeper:
         except Exception:  # a bug must not stop lease upkeep for good
             log.exception("lease upkeep failed unexpectedly; trying again")
 
+    def stale(self, task_id: str, run: LeasedRun) -> bool:
+        """Whether `run` must stop now: its lease has gone unrenewed for two thirds of a lease (from
+        then on another replica may take it over). Asked by the watch, and by the run itself before
+        each node: a replica that wakes from a pause (a frozen VM, SIGSTOP) may come to a run's next
+        call before the watch's turn, and that call would go on beside the new owner's."""
+        if run.stopped:
+            return True
+        if run.lease_until > time.monotonic() + self.lease_seconds / 3:
+            return False
+        run.stopped = True
+        log.warning("task %s: the store has not renewed its lease in time: stopping it here", task_id)
+        self.on_stopped("lease_unrenewed")
+        return True
+
     async def watch_loop(self) -> None:
         """Stop the runs whose leases the store has not renewed for two thirds of a lease (it is
         away, or too slow to answer)."""
-        margin = self.lease_seconds / 3
         while True:
-            await asyncio.sleep(margin / 2)
+            await asyncio.sleep(self.lease_seconds / 6)
             raise_if_cancelled()
-            before = time.monotonic() + margin
             for task_id, run in list(self.runs.items()):
-                if run.lease_until <= before and not run.stopped:
-                    run.stopped = True
-                    log.warning("task %s: the store has not renewed its lease in time: stopping it here", task_id)
+                if not run.stopped and self.stale(task_id, run):
                     run.task.cancel()
-                    self.on_stopped("lease_unrenewed")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.rpc import status_pb2
@@ -103,6 +103,7 @@ class TaskRunner:
         cancel_reason: dict[str, str] | None = None,
         signals: asyncio.Event | None = None,
         ending: asyncio.Event | None = None,
+        lease_stale: Callable[[], bool] | None = None,
     ) -> bytes:
         """Run the task in `snapshot` until it ends or parks; return the live part of its header as
         last written (see state.common.live_part).
@@ -111,8 +112,9 @@ class TaskRunner:
         CANCELLED; cancelling it without one (server shutdown) leaves it RUNNING for another
         replica or a restart to resume. `signals` is set when the task has new signals to take
         in. `ending` is set once the run has ended or parked and only its last write remains (a
-        cancel then lets that write land rather than interrupt it). Raises LeaseLost if another
-        replica took it over.
+        cancel then lets that write land rather than interrupt it). `lease_stale` says, before
+        each node, whether the lease went unrenewed so long that the run must stop. Raises
+        LeaseLost if another replica took it over, or may (`lease_stale`).
         """
         task = snapshot
         task_id_var.set(task.task_id)
@@ -132,6 +134,8 @@ class TaskRunner:
             publisher=self.publisher,
             paused_runs=self.paused_runs,
         )
+        if lease_stale is not None:
+            ctx.lease_stale = lease_stale
         task.ClearField("input_data")  # held once, by the run's input payload
         if task.HasField("cancel_request"):  # a clean-up an earlier life began: finish it, never the body
             cancel_reason = {} if cancel_reason is None else cancel_reason

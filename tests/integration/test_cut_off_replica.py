@@ -5,13 +5,16 @@ writes go unanswered it does not run on ahead of what is stored."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from mcp_sdk.proto import task_pb2
+from mcp_server.errors import LeaseLost
 from tests.conftest import client_for
+from tests.contract.conftest import new_task
 from tests.helpers import create, plugin_stats, step, submit, wait_done, workflow
 from tests.support.tcp_proxy import TcpProxy
 
@@ -87,6 +90,28 @@ async def test_a_renewal_stuck_on_a_dead_connection_stops_no_run_when_the_next_o
     assert list(calls.values()) == [1], calls
     stopped = replica.orchestrator.metrics.registry.get_sample_value
     assert stopped("mcp_runs_stopped_total", {"reason": "lease_unrenewed"}) is None
+
+
+async def test_a_run_whose_lease_went_unrenewed_starts_no_further_node(server_factory, store_url, testkit):
+    """A replica that wakes from a pause (a frozen VM, SIGSTOP) past its leases may come to a
+    run's next node before its lease watch's turn. The run asks before each node whether its lease
+    went unrenewed too long and stops there: the step under way when it went stale was called,
+    the next one never is (another replica may be calling it by then)."""
+    server = await server_factory(store=store_url)
+    name = f"three-{uuid.uuid4().hex[:8]}"
+    naps = [step(f"s{i}", "sleep", "{'ms': 300}") for i in range(1, 4)]
+    await create(client_for(server), workflow(name, {"id": "seq", "sequence": {"children": naps}}))
+    orchestrator = server.orchestrator
+    task, event = new_task(name)
+    task, _, token = await orchestrator.store.queue.create_leased(task, event, "paused-replica", 60)
+    plan = await orchestrator.plans.get(name, 1)
+    went_stale = time.monotonic() + 0.15  # while s1 sleeps: its replica paused then, say
+    with pytest.raises(LeaseLost):
+        await orchestrator.dispatcher.runner.resume_from(
+            task, plan, token, lease_stale=lambda: time.monotonic() > went_stale
+        )
+    calls = {k: n for k, n in (await plugin_stats(testkit))["calls"].items() if k.startswith(task.task_id)}
+    assert calls == {f"{task.task_id}/seq/s1/sleep": 1}, calls
 
 
 async def test_a_replica_whose_writes_go_unanswered_does_not_run_on_ahead_of_them(

@@ -16,7 +16,8 @@ queue timeouts, and the submission limit every submission passes.
 - **queue timeouts** (docs/fairness.md "Queue timeouts"): tasks behind a concurrency key capped
   at 1, each allowed a second in the queue, more than the key serves. A task ended QUEUE_TIMEOUT
   never ran (the plugin never saw its first call, it has no start, no step ran); no task makes its
-  first call later than a moment after its deadline; each ends;
+  first call later than a moment after its deadline, unless a replica that leased it in time
+  stopped (killed, or its lease unrenewed) and another took it over, which runs on; each ends;
 - **the submission limit** (docs/rate-limits.md "Submissions"): every submission and every task
   a publish starts takes a unit of `submit`, a little less than the soak asks for; the
   submitters wait the time a refusal names and send again with the same request id. No more
@@ -248,8 +249,23 @@ def cancel_on_problems(run: CallOffs, ended: dict[str, task_pb2.Task], ticks: di
     return found
 
 
-def expiry_problems(run: CallOffs, ended: dict[str, task_pb2.Task], ticks: dict[str, list[float]]) -> list[str]:
-    """See the module's docstring, queue timeouts."""
+def late_first_calls(run: CallOffs, ended: dict[str, task_pb2.Task], ticks: dict[str, list[float]]) -> list[str]:
+    """The expiring tasks whose first call came later than a moment after their queue deadline."""
+    return [
+        task_id
+        for task_id in run.expiring
+        if not ended_by(task := ended[task_id], "QUEUE_TIMEOUT:")
+        and min(ticks.get(f"qt:{value_id(task)}", [0.0])) > task.queue_deadline.ToNanoseconds() / 1e9 + GRACE
+    ]
+
+
+def expiry_problems(
+    run: CallOffs, ended: dict[str, task_pb2.Task], ticks: dict[str, list[float]], taken_over: set[str]
+) -> list[str]:
+    """See the module's docstring, queue timeouts. `taken_over`: the tasks whose first run was a
+    takeover (RESUMED): a replica had leased them before their deadline and stopped, and the
+    takeover runs on whatever the time (queue_deadlines.expired_unstarted: that replica may have
+    begun a call)."""
     found = []
     for task_id in run.expiring:
         task, name = ended[task_id], f"task {task_id} of promise-expiring"
@@ -259,7 +275,7 @@ def expiry_problems(run: CallOffs, ended: dict[str, task_pb2.Task], ticks: dict[
             ran = [state.path for state in task.steps if state.status != task_pb2.STEP_STATUS_PENDING]
             if first_call or task.HasField("start_time") or ran:
                 found.append(f"{name}: ended QUEUE_TIMEOUT, yet it ran (call at {first_call}, steps {ran})")
-        elif first_call > deadline + GRACE:
+        elif first_call > deadline + GRACE and task_id not in taken_over:
             found.append(f"{name}: first call {first_call - deadline:.2f} s after its queue deadline")
     return found
 

@@ -52,7 +52,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from bench import chaos_bulk, chaos_call_offs
-from bench.chaos import TERMINAL, Replicas, Soak, kill_loop, kill_loop_arguments, redis_rows
+from bench.chaos import TERMINAL, TERMINAL_EVENTS, Replicas, Soak, kill_loop, kill_loop_arguments, redis_rows
 from bench.harness import percentile
 from bench.report import table
 from mcp_sdk.proto import (
@@ -485,7 +485,10 @@ async def report(
     offs = run.call_offs
     broken += chaos_call_offs.debounce_problems(offs, every, latest)
     broken += chaos_call_offs.cancel_on_problems(offs, every, stats["ticks"])
-    broken += chaos_call_offs.expiry_problems(offs, every, stats["ticks"])
+    late = chaos_call_offs.late_first_calls(offs, every, stats["ticks"])
+    first_runs = await asyncio.gather(*(first_run_was_a_takeover(replicas, task_id) for task_id in late))
+    taken_over = {task_id for task_id, takeover in zip(late, first_runs, strict=True) if takeover}
+    broken += chaos_call_offs.expiry_problems(offs, every, stats["ticks"], taken_over)
     made = [task.create_time.ToNanoseconds() / 1e9 for task in every.values() if task.workflow_id not in UNLIMITED]
     broken += limit_problems(made, time.time() - created, "submit", chaos_call_offs.SUBMIT_LIMIT)
     lags = chaos_call_offs.expiry_lags(offs, every)
@@ -525,7 +528,7 @@ async def report(
         ("  submission to end, s: p50", round(percentile(waits, 0.5), 2) if waits else "-", "behind the backlog"),
         ("  p99 / max", f"{percentile(waits, 0.99):.2f} / {max(waits):.2f}" if waits else "-", ""),
         ("cache hits", cached, f"of {len(outputs)} cached steps"),
-        *offs_rows(offs, every, lags),
+        *offs_rows(offs, every, lags, len(taken_over)),
         ("bulk actions", len(run.bulk.rounds), f"reruns and cancels of {chaos_bulk.ROUND} tasks each"),
         ("tasks submitted or published", len(made), f"limit {chaos_call_offs.SUBMIT_LIMIT} per {PERIOD:.0f} s"),
         (f"  most within {WINDOW} s", most_within(made, WINDOW), f"at most {chaos_call_offs.SUBMIT_LIMIT}"),
@@ -551,7 +554,7 @@ async def settled(killing: Soak, task_id: str) -> task_pb2.Task:
 
 
 def offs_rows(
-    offs: chaos_call_offs.CallOffs, every: dict[str, task_pb2.Task], lags: list[float]
+    offs: chaos_call_offs.CallOffs, every: dict[str, task_pb2.Task], lags: list[float], taken_over: int
 ) -> list[tuple[str, float | str, str]]:
     """The report's rows of the call-off promises."""
 
@@ -574,7 +577,21 @@ def offs_rows(
         ),
         ("tasks with a queue timeout", len(offs.expiring), f"{len(lags)} expired unstarted"),
         ("  deadline to end, s: p50 / max", f"{percentile(lags, 0.5):.2f} / {max(lags):.2f}" if lags else "-", ""),
+        ("  first call past the deadline, taken over", taken_over, "leased in time by a replica that stopped"),
     ]
+
+
+async def first_run_was_a_takeover(replicas: Replicas, task_id: str) -> bool:
+    """Whether the task's first run that wrote anything was a takeover (RESUMED, not STARTED): a
+    replica had leased it before and stopped without a word."""
+    request = task_pb2.WatchTaskRequest(task_id=task_id)
+    async for message in replicas.any_client().tasks.WatchTaskEvents(request):
+        for event in message.events:
+            if event.type in (task_pb2.TASK_EVENT_TYPE_STARTED, task_pb2.TASK_EVENT_TYPE_RESUMED):
+                return bool(event.type == task_pb2.TASK_EVENT_TYPE_RESUMED)
+            if event.type in TERMINAL_EVENTS:
+                return False
+    return False
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import grpc
@@ -14,14 +13,13 @@ from google.protobuf import duration_pb2
 
 from mcp_sdk.proto import schedule_pb2, task_pb2
 from mcp_server.engine.compiler import compile_workflow
-from mcp_server.engine.event_types import E
-from mcp_server.engine.events import make_event, now
 from mcp_server.engine.queue_deadlines import SWEPT
 from mcp_server.engine.queued_cancels import cancel_queued
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.settings import Limits
 from mcp_server.state import open_store
 from tests.conftest import client_for
+from tests.contract.conftest import new_task
 from tests.e2e.test_server_process import free_port
 from tests.helpers import create, error_reason, events, step, violations, wait_done, workflow
 from tests.integration.test_observability import scrape
@@ -154,16 +152,9 @@ class NeverCalled:
 
 async def queued_past_its_deadline(store: Any) -> task_pb2.Task:
     """A task of workflow "quick" put in the store's queue directly, its queue deadline passed."""
-    task = task_pb2.Task(
-        task_id=uuid.uuid4().hex,
-        workflow_id="quick",
-        workflow_version=1,
-        status=S.TASK_STATUS_PENDING,
-        create_time=now(),
-        last_sequence=1,
-    )
+    task, queued = new_task("quick")
     task.queue_deadline.FromNanoseconds(time.time_ns() + 50_000_000)
-    await store.queue.create_task(task, make_event(task.task_id, 1, E.TASK_EVENT_TYPE_QUEUED))
+    await store.queue.create_task(task, queued)
     await asyncio.sleep(0.1)
     return task
 

@@ -1,6 +1,7 @@
 """The leases of the runs on one replica: renewed every third of a lease (from ask to ask, however
-long one takes, and whether or not the last has come back), renewed before they start when their
-claim took long, and their runs stopped when the store has not renewed them in time.
+long one takes, and whether or not the last has come back; an ask unanswered for a sixth of a lease
+is asked again on fresh connections), renewed before they start when their claim took long, and
+their runs stopped when the store has not renewed them in time.
 
 Once a lease has run out, another replica may take the run over and call its step again; this
 replica's call still in flight must not go on beside that one (a concurrency key's cap counts at
@@ -98,22 +99,25 @@ class LeaseKeeper:
                 renewal.cancel()
 
     async def _renew(self, held: dict[str, LeasedRun], asked: float) -> None:
-        """One round: the leases of `held`, asked at `asked`. Two thirds of a lease after its ask
-        an answer saves no run (the watch has stopped those it did not renew), so the round ends
-        there, and the one after it asks again."""
+        """One round: the leases of `held`, asked at `asked`. An ask with no answer a sixth of a
+        lease on may have gone out on a connection that went silent (its peer gone, nothing
+        refused, until the socket timeout): the round asks again beside it on fresh connections,
+        and the first to answer counts (a renewal is idempotent). Two thirds of a lease after its
+        ask an answer saves no run (the watch has stopped those it did not renew), so the round
+        ends there, and the one after it asks again."""
+        lost: set[str] = set()
+        asks = {asyncio.create_task(self._ask(held, asked, lost, fresh=False))}
         try:
             async with asyncio.timeout(2 * self.lease_seconds / 3):
-                async for reply in self.queue.renew_leases(
-                    {t: r.lease_token for t, r in held.items()}, self.lease_seconds
-                ):
-                    for task_id in reply.renewed:
-                        run = held[task_id]
-                        run.lease_until = max(run.lease_until, asked + self.lease_seconds)
-                    for task_id in reply.lost:
-                        if self.runs.get(task_id) is held[task_id]:
-                            log.warning("task %s: lease lost, stopping it here", task_id)
-                            held[task_id].task.cancel()
-                            self.on_stopped("lease_lost")
+                if not (await asyncio.wait(asks, timeout=self.lease_seconds / 6))[0]:
+                    asks.add(asyncio.create_task(self._ask(held, asked, lost, fresh=True)))
+                while True:
+                    done, _ = await asyncio.wait(asks, return_when=asyncio.FIRST_COMPLETED)
+                    if any(ask.exception() is None for ask in done):
+                        break
+                    asks -= done
+                    if not asks:
+                        raise next(iter(done)).exception()  # type: ignore[misc]
             self._failures.worked()
         except TimeoutError:
             self._failures.failed(
@@ -123,6 +127,24 @@ class LeaseKeeper:
             self._failures.failed(exc)
         except Exception:  # a bug must not stop lease upkeep for good
             log.exception("lease upkeep failed unexpectedly; trying again")
+        finally:
+            for ask in asks:
+                ask.cancel()
+
+    async def _ask(self, held: dict[str, LeasedRun], asked: float, lost: set[str], fresh: bool) -> None:
+        """One ask of a round (`lost`: the runs the round has stopped, by either of its asks)."""
+        async for reply in self.queue.renew_leases(
+            {t: r.lease_token for t, r in held.items()}, self.lease_seconds, fresh=fresh
+        ):
+            for task_id in reply.renewed:
+                run = held[task_id]
+                run.lease_until = max(run.lease_until, asked + self.lease_seconds)
+            for task_id in reply.lost:
+                if task_id not in lost and self.runs.get(task_id) is held[task_id]:
+                    lost.add(task_id)
+                    log.warning("task %s: lease lost, stopping it here", task_id)
+                    held[task_id].task.cancel()
+                    self.on_stopped("lease_lost")
 
     def stale(self, task_id: str, run: LeasedRun) -> bool:
         """Whether `run` must stop now: its lease has gone unrenewed for two thirds of a lease (from

@@ -69,21 +69,26 @@ async def test_a_renewal_stuck_on_a_dead_connection_stops_no_run_when_the_next_o
     server_factory, redis_url, testkit, proxied
 ):
     """The connections open to Redis go silent (their peer gone, the path there alive: new ones
-    answer). The renewal under way on one waits for the socket timeout (5 s), past what the lease
-    watch allows (1 s here); the next renewal goes out a third of a lease after it all the same, on
-    a new connection, and renews the lease: the run is not stopped and its step is called once."""
+    answer), several of them idle in the pool, while a step's call is under way. A renewal that
+    goes out on one waits for the socket timeout (5 s), past what the lease watch allows (1 s
+    here); a sixth of a lease on, its round asks again beside it on fresh connections and renews
+    the lease: the run is not stopped and its step is called once. (With one ask per round, the
+    next round, a third of a lease on, came too late: the watch stopped the run, and the other
+    replica called the step again.)"""
     proxy, through_proxy = proxied
     replica = await server_factory(store=through_proxy, lease_seconds=1.5)
     client = client_for(replica)
     key = f"once:{uuid.uuid4().hex[:8]}"
-    await create(client, workflow("held", step("hold", "keyed", f"{{'key': '{key}', 'ms': 3000}}")))
+    await create(client, workflow("held", step("hold", "keyed", f"{{'key': '{key}', 'ms': 4000}}")))
+    pool = replica.orchestrator.store.connection.r
+    await asyncio.gather(*(pool.ping() for _ in range(16)))  # idle connections, about to go silent too
     task = await submit(client, "held")
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(10):  # its call has begun: the freeze comes early in it
         while not (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps:
             await asyncio.sleep(0.02)
-    other = client_for(await server_factory(store=redis_url, lease_seconds=1.5))
 
-    assert proxy.freeze() >= 1
+    assert proxy.freeze() >= 16
+    other = client_for(await server_factory(store=redis_url, lease_seconds=1.5))  # to take over a stopped run
     done = await wait_done(other, task.task_id, timeout=30)
     assert done.status == S.TASK_STATUS_COMPLETED
     calls = {k: n for k, n in (await plugin_stats(testkit))["calls"].items() if k.startswith(task.task_id)}

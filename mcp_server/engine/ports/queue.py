@@ -154,11 +154,16 @@ class TaskQueue(Protocol):
         """The unfinished tasks of a concurrency key's group (a `k:` group), in no order."""
         ...
 
-    def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> AsyncIterator[LeaseReply]:
+    def renew_leases(
+        self, leases: Mapping[str, int], lease_seconds: float, fresh: bool = False
+    ) -> AsyncIterator[LeaseReply]:
         """Renew the leases {task_id: token} in one call, yielding each part of the store's answer
         as it comes (a store of one part answers once). A part that does not answer raises
         Unavailable once the others have answered: on a cluster, a master that is away holds up
-        the leases of its own tasks only."""
+        the leases of its own tasks only. `fresh`: the ask hedges one that has not answered, so it
+        goes out on a connection opened for it (those idle beside a dead one may be dead too); a
+        store without connections (SQLite) ignores it, and so does a Redis Cluster (its client
+        keeps the nodes' pools)."""
         ...
 
     async def release_expired_leases(self) -> int:

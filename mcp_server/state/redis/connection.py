@@ -264,6 +264,24 @@ class RedisConnection:
                 f"redis cluster state is {info.get('cluster_state')}: {assigned} of 16384 slots are served"
             )
 
+    @contextlib.asynccontextmanager
+    async def fresh(self) -> AsyncIterator[RedisConnection]:
+        """This store on a connection opened for the caller alone and closed after it: a hedge for
+        a call that may have gone out on a connection gone silent (its peer gone, nothing refused
+        until the socket timeout), which those idle in the pool may have too. On a cluster, the
+        shared client (its nodes' pools are its own)."""
+        if self.cluster:
+            yield self
+            return
+        pool = self.r.connection_pool
+        client = aioredis.Redis.from_pool(
+            aioredis.ConnectionPool(connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs)
+        )
+        try:
+            yield RedisConnection(client, self.layout, wait_replicas=self.wait_replicas)
+        finally:
+            await client.aclose()
+
     async def close(self) -> None:
         for closer in self._closers:
             await closer()

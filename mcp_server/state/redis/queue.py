@@ -325,9 +325,11 @@ class RedisQueue(CreateTask, CancelRequests):
                 replies = await self.conn.do(pipe.execute())
         return {p: [(member, score) for member, score in reply] for p, reply in enumerate(replies) if reply}, silent
 
-    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> AsyncIterator[LeaseReply]:
+    async def renew_leases(
+        self, leases: Mapping[str, int], lease_seconds: float, fresh: bool = False
+    ) -> AsyncIterator[LeaseReply]:
         """Renew every lease, one script per partition, all in one round trip (on a cluster, each
-        master's partitions answer as they come)."""
+        master's partitions answer as they come); `fresh`, on a connection of its own."""
         if not leases:
             return
         expiry = int((now_seconds() + lease_seconds) * 1000)
@@ -338,9 +340,10 @@ class RedisQueue(CreateTask, CancelRequests):
         calls = [
             (self._renew, [self.layout.leases(p)], [expiry, self.layout.task_prefix(p), *pairs]) for p, pairs in parts
         ]
-        async for index, reply in self.conn.scripts_as_answered(calls):
-            lost = {t.decode() for t in reply}
-            yield LeaseReply([t for t in parts[index][1][::2] if t not in lost], sorted(lost))
+        async with self.conn.fresh() if fresh else contextlib.nullcontext(self.conn) as conn:
+            async for index, reply in conn.scripts_as_answered(calls):
+                lost = {t.decode() for t in reply}
+                yield LeaseReply([t for t in parts[index][1][::2] if t not in lost], sorted(lost))
 
     async def release_expired_leases(self) -> int:
         now_ms = int(now_seconds() * 1000)

@@ -252,7 +252,9 @@ class SqliteQueue(CreateTask):
 
         return await self.db.run(claim)
 
-    async def renew_leases(self, leases: Mapping[str, int], lease_seconds: float) -> AsyncIterator[LeaseReply]:
+    async def renew_leases(
+        self, leases: Mapping[str, int], lease_seconds: float, fresh: bool = False
+    ) -> AsyncIterator[LeaseReply]:
         if not leases:
             return
         expires = now_seconds() + lease_seconds

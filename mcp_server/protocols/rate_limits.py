@@ -4,8 +4,9 @@ operators set and read the limits (PutRateLimit, ListRateLimits, GetRateLimit, D
 The limits live in the store, shared by every replica (RateLimitStore). Each replica keeps the
 set of keys that have a limit, refreshed every second and at once on its own changes, so that
 a call asking only keys without a limit costs no round trip; a limit put on another replica
-takes effect here within that second. A key with no limit of its own falls under the template
-with the longest prefix of it (`tenant:*` for `tenant:acme`), if any. A limit put or deleted
+takes effect here as its announcement arrives (through the store), else within that second. A
+key with no limit of its own falls under the template with the longest prefix of it (`tenant:*`
+for `tenant:acme`), if any. A limit put or deleted
 wakes the calls waiting for it, here, on the other replicas (through the store) and parked, so
 they ask again under the new limit at once. A call that gives up its place in a line (its task
 cancelled, its step timed out) wakes those waiting in memory for the same limit, here and on the
@@ -137,10 +138,14 @@ class RateLimitGate:
 
     async def follow_changes(self) -> None:
         """Wake the waiting steps of the limits other replicas change, as the store tells of them
-        (run as a background task)."""
+        (run as a background task). A key heard of that has no limit here was put through another
+        replica: it is limited here at once, not at the next refresh (were it a delete, its calls
+        ask the store, which grants anything, until the refresh)."""
         while True:
             try:
                 async for limit_key in self.store.limit_changes():
+                    if limit_key not in self.limited:
+                        self._know(self.limited | {limit_key})
                     self.wake(limit_key)
                 return  # a store no other process shares
             except Exception:  # a bug must not stop the wakes for good: the steps ask at their turn meanwhile

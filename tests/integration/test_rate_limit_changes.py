@@ -5,15 +5,19 @@ every replica hears of it)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import pytest
+from google.protobuf import duration_pb2
 
 from mcp_sdk.proto import registry_pb2, task_pb2
+from mcp_server.protocols.rate_limits import RateLimitGate
+from mcp_server.state import open_store
 from tests.conftest import client_for
 from tests.helpers import create, parked, submit, wait_done, workflow
-from tests.integration.test_rate_limits import put_limit, until_waiting_or_done
+from tests.integration.test_rate_limits import limit_known, put_limit, until_waiting_or_done
 from tests.integration.test_waits import other_replica
 
 pytestmark = pytest.mark.asyncio
@@ -97,6 +101,7 @@ async def test_calls_that_leave_the_line_let_those_behind_them_go_sooner(
     clients = [client_for(server) for server in servers]
     key = f"quota:{uuid.uuid4().hex[:10]}"
     await put_limit(clients[0], key, 1, 6)
+    await limit_known(servers, key)
     step = {"protocol": "tick", "input": f"{{'tag': '{key}'}}", "rate_limits": [{"key": key}]}
     await create(clients[0], workflow("in-line", {"id": "call", "step": step}))
     used = await wait_done(clients[0], (await submit(clients[0], "in-line")).task_id)
@@ -118,3 +123,25 @@ async def test_calls_that_leave_the_line_let_those_behind_them_go_sooner(
         await clients[0].tasks.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="not wanted"))
     done = await wait_done(clients[0], behind.task_id, timeout=12)  # not at its turn, about 20 s from here
     assert done.status == S.TASK_STATUS_COMPLETED
+
+
+async def test_a_limit_put_through_another_replica_applies_here_as_its_announcement_comes(redis_url):
+    """A replica learns that a key has a limit from the announcement of its put through another
+    one, not only at its next refresh of the keys (a second on): its calls take units at once.
+    Here the replica never refreshes: the announcement alone must tell it."""
+    stores = [await open_store(redis_url) for _ in range(2)]
+    here, there = RateLimitGate(stores[0].rate_limits), RateLimitGate(stores[1].rate_limits)
+    following = asyncio.create_task(here.follow_changes())
+    try:
+        key = f"heard:{uuid.uuid4().hex[:10]}"
+        limit = registry_pb2.RateLimit(key=key, limit=1, period=duration_pb2.Duration(seconds=60))
+        async with asyncio.timeout(10):
+            while here.limit_key(key) is None:
+                await there.put(limit)  # again until heard: the first may come before the subscription
+                await asyncio.sleep(0.2)
+        assert (await here.take_units([(key, 1)])).granted
+        assert not (await here.take_units([(key, 1)])).granted  # the limit's one unit, taken through here
+    finally:
+        following.cancel()
+        for store in stores:
+            await store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -49,6 +50,14 @@ def seconds(value: float) -> duration_pb2.Duration:
 async def put_limit(client: Any, key: str, limit: float, period: float, burst: float = 0) -> registry_pb2.RateLimit:
     rate_limit = registry_pb2.RateLimit(key=key, limit=limit, period=seconds(period), burst=burst)
     return await client.registry.PutRateLimit(registry_pb2.PutRateLimitRequest(rate_limit=rate_limit))
+
+
+async def limit_known(replicas: Sequence[Any], key: str) -> None:
+    """Once every replica knows `key` has a limit: each learns it of a put through another
+    within a second (docs/rate-limits.md), and until then runs its calls unlimited."""
+    async with asyncio.timeout(10):
+        while any(key not in replica.orchestrator.rate_limits.limited for replica in replicas):
+            await asyncio.sleep(0.02)
 
 
 def ticks_wf(workflow_id: str, tag: str, count: int, uses: list[dict[str, Any]] | None = None) -> workflow_pb2.Workflow:
@@ -241,7 +250,7 @@ async def test_two_replicas_share_one_limit(server_factory, redis_url, testkit):
         },
     )
     await create(clients[0], wf)
-    await asyncio.sleep(1.2)  # the other replica learns the key has a limit within a second
+    await limit_known(replicas, f"shared:{tag}")
     tasks = [await submit(clients[i % 2], "shared") for i in range(12)]
     done = await asyncio.gather(*(wait_done(clients[i % 2], t.task_id, timeout=30) for i, t in enumerate(tasks)))
     assert all(t.status == S.TASK_STATUS_COMPLETED for t in done)
@@ -423,9 +432,7 @@ async def test_the_gauges_show_each_limits_room_as_sampled_with_a_limit_put_else
     assert metrics.get_sample_value("mcp_rate_limit_capacity", {"key": key}) == 4
     assert metrics.get_sample_value("mcp_rate_limit_available", {"key": key}) == 4
     await create(one, ticks_wf("gauge-ticks", "g", 3, [{"key": key}]))
-    async with asyncio.timeout(5):  # the first replica learns of the key within a second
-        while key not in first.orchestrator.rate_limits.limited:
-            await asyncio.sleep(0.05)
+    await limit_known([first], key)
     done = await wait_done(one, (await submit(one, "gauge-ticks")).task_id)
     assert done.status == S.TASK_STATUS_COMPLETED
     await first.orchestrator.sampler.sample()
@@ -459,7 +466,7 @@ async def test_calls_waiting_for_units_on_two_replicas_go_in_the_order_they_came
     await put_limit(clients[0], f"line:{tag}", 1, 0.15)  # a call every 150 ms, never two at once
     uses = [{"key": f"line:{tag}"}]
     await create(clients[0], workflow("in-line", step("t", "tick", "{'tag': input.tag}", rate_limits=uses)))
-    await asyncio.sleep(1.2)  # the other replica learns the key has a limit within a second
+    await limit_known(replicas, f"line:{tag}")
     tasks = []
     for i in range(12):
         client = clients[i % 2]

@@ -19,6 +19,7 @@ from mcp_sdk.errors import McpError
 from mcp_sdk.proto import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc, workflow_pb2, workflow_pb2_grpc
 from mcp_sdk.sync import SyncClient
 from tests.helpers import bearer, principals_file, step, workflow
+from tests.integration.test_rate_limits import limit_known
 
 pytestmark = pytest.mark.asyncio
 S = task_pb2.TaskStatus
@@ -130,7 +131,7 @@ async def test_two_replicas_share_one_submission_limit_exactly(server_factory, r
     apis = [Api(c) for c in channels]
     await apis[0].create()
     await apis[0].put_limit("submit:alice", 5, 60)
-    await asyncio.sleep(1.2)  # the other replica learns the key has a limit within a second
+    await limit_known(replicas, "submit:alice")
 
     async def attempt(i: int) -> bool:
         try:

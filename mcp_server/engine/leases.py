@@ -1,6 +1,6 @@
 """The leases of the runs on one replica: renewed every third of a lease (from ask to ask, however
 long one takes, and whether or not the last has come back; an ask unanswered for a sixth of a lease
-is asked again on fresh connections), renewed before they start when their claim took long, and
+is asked again on a connection of its own), renewed before they start when their claim took long, and
 their runs stopped when the store has not renewed them in time.
 
 Once a lease has run out, another replica may take the run over and call its step again; this
@@ -101,7 +101,7 @@ class LeaseKeeper:
     async def _renew(self, held: dict[str, LeasedRun], asked: float) -> None:
         """One round: the leases of `held`, asked at `asked`. An ask with no answer a sixth of a
         lease on may have gone out on a connection that went silent (its peer gone, nothing
-        refused, until the socket timeout): the round asks again beside it on fresh connections,
+        refused, until the socket timeout): the round asks again beside it on a connection of its own,
         and the first to answer counts (a renewal is idempotent). Two thirds of a lease after its
         ask an answer saves no run (the watch has stopped those it did not renew), so the round
         ends there, and the one after it asks again."""

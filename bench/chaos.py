@@ -57,7 +57,7 @@ from tests.support.redis_cluster import LocalCluster, start_cluster
 from tests.support.redis_server import start_redis_server
 from tests.support.tcp_proxy import TcpProxy
 
-LEASE_SECONDS = "1.5"  # a killed replica's tasks are taken over within 1.5 s
+LEASE_SECONDS = 1.5  # by default: a killed replica's tasks are taken over within 1.5 s
 TERMINAL = {task_pb2.TASK_STATUS_COMPLETED, task_pb2.TASK_STATUS_FAILED, task_pb2.TASK_STATUS_CANCELLED}
 TERMINAL_EVENTS = {
     task_pb2.TASK_EVENT_TYPE_COMPLETED,
@@ -112,6 +112,7 @@ class Replicas:
     procs: list[Proc | None] = field(default_factory=list)
     clients: list[Orchestrated | None] = field(default_factory=list)
     processes: int = 1  # server processes per replica (--processes)
+    lease_seconds: float = LEASE_SECONDS  # MCP_LEASE_SECONDS of every replica (--lease-seconds)
     kills: int = 0
     starts: int = 0
     logs: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="chaos-logs-"))
@@ -127,12 +128,13 @@ class Replicas:
         return f"{scheme}://{self.proxies[index].address}/{rest.split('/', 1)[1]}"
 
     async def partition(self) -> None:
-        """Cut one replica off from Redis for 0.5-4 s, past its leases (1.5 s): refused at once, or
-        silently (nothing answered); the others take its runs over meanwhile."""
+        """Cut one replica off from Redis for a third of a lease to 2.7 leases (0.5-4 s at the
+        default 1.5 s), often past its leases: refused at once, or silently (nothing answered);
+        the others take its runs over meanwhile."""
         proxy = random.choice(self.proxies)
         proxy.cut() if random.random() < 0.5 else proxy.blackhole()
         self.partitions += 1
-        await asyncio.sleep(random.uniform(0.5, 4))
+        await asyncio.sleep(random.uniform(0.5, 4) * self.lease_seconds / LEASE_SECONDS)
         proxy.mend()
 
     async def start(self, index: int) -> None:
@@ -142,7 +144,7 @@ class Replicas:
                 [self.plugin],
                 f"chaos{index}",
                 log_to=self.log_to(index),
-                MCP_LEASE_SECONDS=LEASE_SECONDS,
+                MCP_LEASE_SECONDS=str(self.lease_seconds),
                 MCP_PROCESSES=str(self.processes),
             )
 
@@ -452,6 +454,7 @@ async def kill_loop(
         else:
             store = f"sqlite:///{tempfile.mkdtemp(prefix='chaos-')}/mcp.db"
         replicas = Replicas(store, plugin.address, [None] * args.replicas, [None] * args.replicas, processes)
+        replicas.lease_seconds = args.lease_seconds
         if args.partition and redis is not None:
             host_port = redis.url.split("://", 1)[1].split("/", 1)[0]
             replicas.proxies = [await TcpProxy(host_port).start() for _ in range(args.replicas)]
@@ -496,6 +499,13 @@ def kill_loop_arguments(parser: argparse.ArgumentParser, seconds: float) -> None
     )
     parser.add_argument(
         "--partition", action="store_true", help="cut a replica off from Redis now and then (Redis only)"
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=LEASE_SECONDS,
+        help="every replica's MCP_LEASE_SECONDS (a killed replica's runs are taken over that much later; "
+        "on a cluster, the docs ask for 15)",
     )
 
 

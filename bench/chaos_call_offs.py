@@ -37,7 +37,7 @@ from typing import Any
 
 import grpc
 
-from bench.chaos import LEASE_SECONDS, Replicas
+from bench.chaos import Replicas
 from mcp_sdk.proto import events_pb2, events_pb2_grpc, task_pb2
 
 EDIT, CANCEL = "chaos.edit", "chaos.cancel"
@@ -45,9 +45,6 @@ DOCS = ["d1", "d2", "d3", "d4"]
 QUEUE_TIMEOUT_SECONDS = 1.0
 SUBMIT_LIMIT = 200  # per PERIOD of bench.chaos_promises: tasks created through submissions and publishes
 GRACE = 0.5  # seconds a call already on its way when a task is called off may still reach the plugin
-# with --partition: a replica cut off from Redis hears of no call-off, and runs on until its lease
-# watch stops it, two thirds of a lease after its last renewal (docs/operations.md)
-CUT_OFF_GRACE = GRACE + 2 / 3 * float(LEASE_SECONDS)
 # workflows whose tasks may end CANCELLED, and the reason that allows it
 CANCEL_REASONS = {
     "promise-debounced": "CONCURRENCY_LIMIT:",
@@ -243,7 +240,9 @@ def cancel_on_problems(run: CallOffs, ended: dict[str, task_pb2.Task], ticks: di
                 late = ended_at - order.cancel_answered
                 found.append(f"{name}: completed {late:.2f} s after its call-off was answered")
             last_call = max(ticks.get(f"co:{value_id(task)}", [0.0]))
-            grace = CUT_OFF_GRACE if run.replicas.proxies else GRACE
+            # with --partition: a replica cut off from Redis hears of no call-off, and runs on until
+            # its lease watch stops it, two thirds of a lease after its last renewal (docs/operations.md)
+            grace = GRACE + 2 / 3 * run.replicas.lease_seconds if run.replicas.proxies else GRACE
             if answered < order.cancel_began and last_call > order.cancel_answered + grace:
                 found.append(f"{name}: made its last call {last_call - order.cancel_answered:.2f} s after its call-off")
     return found

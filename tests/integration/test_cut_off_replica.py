@@ -55,9 +55,9 @@ async def test_a_replica_cut_off_from_redis_stops_its_runs_before_their_leases_r
     async with asyncio.timeout(10):  # its call is under way on the replica about to be cut off
         while not (await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id))).task.steps:
             await asyncio.sleep(0.02)
-    other = client_for(await server_factory(store=redis_url, **options))
 
-    getattr(proxy, how)()
+    getattr(proxy, how)()  # early in the call (a replica started first would take its share of the work)
+    other = client_for(await server_factory(store=redis_url, **options))
     done = await wait_done(other, task.task_id, timeout=20)
     assert done.status == S.TASK_STATUS_COMPLETED
     assert (await plugin_stats(testkit))["keyed_max"][key] == 1

@@ -53,8 +53,9 @@ async def put_limit(client: Any, key: str, limit: float, period: float, burst: f
 
 
 async def limit_known(replicas: Sequence[Any], key: str) -> None:
-    """Once every replica knows `key` has a limit: each learns it of a put through another
-    within a second (docs/rate-limits.md), and until then runs its calls unlimited."""
+    """Once every replica knows `key` has a limit: each learns of a put through another as its
+    announcement comes, else within a second (docs/rate-limits.md), and runs its calls unlimited
+    until then."""
     async with asyncio.timeout(10):
         while any(key not in replica.orchestrator.rate_limits.limited for replica in replicas):
             await asyncio.sleep(0.02)

@@ -25,7 +25,7 @@ from mcp_server.engine.leases import LeaseKeeper
 from mcp_server.engine.plans import PlanCache
 from mcp_server.engine.ports import TaskQueue, TaskStore, WaitStore
 from mcp_server.engine.queue_deadlines import SWEPT
-from mcp_server.engine.queued_cancels import cancel_queued
+from mcp_server.engine.queued_cancels import cancel_expired
 from mcp_server.engine.runner import TaskRunner
 from mcp_server.errors import LeaseLost, McpError, Unavailable
 from mcp_server.settings import Settings
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 # replicas a few tasks at a time.
 CLAIM_BATCH = 8
 CLAIM_BATCH_MAX = 128
-EXPIRED_AT_ONCE = 32  # queued tasks past their deadline that the sweep cancels at once
 # a task claimed in these had run before: a cancel may have been left for it meanwhile
 RESUMED = (task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_WAITING)
 
@@ -348,15 +347,8 @@ class Dispatcher:
                 released, expired = await self.waits.release_due()
                 if released:
                     self._wake.set()
-                # queued past their queue deadline: they end, never started (some at a time: a
-                # burst of them ends in a fraction of the time one by one takes)
-                for first in range(0, len(expired), EXPIRED_AT_ONCE):
-                    await asyncio.gather(
-                        *(
-                            cancel_queued(self.queue, self.runner.listeners, task_id, SWEPT)
-                            for task_id in expired[first : first + EXPIRED_AT_ONCE]
-                        )
-                    )
+                # queued past their queue deadline: they end, never started
+                await cancel_expired(self.queue, self.runner.listeners, expired, SWEPT)
             except Unavailable:
                 continue
             except Exception:  # a bug must not stop timers for good

@@ -14,8 +14,9 @@ from google.protobuf import duration_pb2
 from mcp_sdk.proto import schedule_pb2, task_pb2
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.queue_deadlines import SWEPT
-from mcp_server.engine.queued_cancels import cancel_queued
+from mcp_server.engine.queued_cancels import AT_ONCE, cancel_expired, cancel_queued
 from mcp_server.engine.runner import TaskRunner
+from mcp_server.errors import Unavailable
 from mcp_server.settings import Limits
 from mcp_server.state import open_store
 from tests.conftest import client_for
@@ -192,6 +193,49 @@ async def test_the_sweep_hands_an_expired_task_out_again_until_it_is_cancelled(s
         await asyncio.sleep(2.5)  # past the time a handed-out task comes due again
         assert task.task_id not in (await store.waits.release_due())[1]
         assert (await store.tasks.get_task(task.task_id)).status == S.TASK_STATUS_CANCELLED
+    finally:
+        await store.close()
+
+
+class RefusingSome:
+    """The store's queue, refusing the cancels of two tasks: one as a store away a moment, one as
+    a bug would."""
+
+    def __init__(self, queue: Any, away: str, broken: str) -> None:
+        self.queue, self.away, self.broken = queue, away, broken
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
+
+    async def cancel_pending(self, task_id: str, event: task_pb2.TaskEvent) -> task_pb2.Task | None:
+        if task_id == self.away:
+            raise Unavailable("the store is away a moment")
+        if task_id == self.broken:
+            raise RuntimeError("a bug")
+        return await self.queue.cancel_pending(task_id, event)
+
+
+async def test_a_cancel_that_fails_keeps_no_other_expired_task_queued(store_url):
+    """A sweep cancels its expired tasks some at a time: one whose cancel fails (the store away, a
+    bug) is left for a later sweep, and every other one, in its batch and in the batches after
+    it, ends now."""
+    store = await open_store(store_url)
+    try:
+        tasks = []
+        for _ in range(2 * AT_ONCE + 3):
+            task, queued = new_task("quick")
+            task.queue_deadline.FromNanoseconds(time.time_ns() + 50_000_000)
+            await store.queue.create_task(task, queued)
+            tasks.append(task.task_id)
+        await asyncio.sleep(0.1)
+        away, broken = tasks[1], tasks[2]
+
+        missed = await cancel_expired(RefusingSome(store.queue, away, broken), [], tasks, SWEPT)
+
+        assert missed == [away, broken]
+        for task_id in tasks:
+            status = (await store.tasks.get_task(task_id)).status
+            assert status == (S.TASK_STATUS_PENDING if task_id in missed else S.TASK_STATUS_CANCELLED), task_id
     finally:
         await store.close()
 

@@ -32,10 +32,12 @@ from tests.helpers import create, plugin_stats, step, submit, workflow
 from tests.integration.test_agents import long_conversation_reads_back
 from tests.support.processes import replica_set
 from tests.support.redis_cluster import LocalCluster, start_cluster
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.asyncio
 E = task_pb2.TaskEventType
 LAYOUT = Layout("failover:")
+LAYOUT_OF_STUCK = Layout("stuck:")
 CHAIN = workflow(
     "chain", {"id": "root", "sequence": {"children": [step(f"s{i}", "sleep", "{'ms': 150}") for i in range(1, 5)]}}
 )
@@ -255,6 +257,68 @@ async def test_a_silent_master_holds_up_only_the_leases_and_claims_of_the_tasks_
             loop.cancel()
         slow_to_fail_over.wake(victim)
         await store.close()
+
+
+async def put_behind_a_proxy(cluster: LocalCluster, port: int) -> TcpProxy:
+    """Have the master on `port` announce a proxy in front of it, and the cluster tell clients so
+    (a cluster redirects its clients to the addresses its nodes announce); its bus stays direct."""
+    proxy = await TcpProxy(f"127.0.0.1:{port}").start()
+    announced = int(proxy.address.rsplit(":", 1)[1])
+    node = redis.Redis(port=port)
+    node.config_set("cluster-announce-bus-port", port + 10000)
+    node.config_set("cluster-announce-port", announced)
+    node.close()
+    deadline = time.monotonic() + 20
+    for other in cluster.answering():
+        client = redis.Redis(port=other)
+        while announced not in {int(owner[1]) for _, _, owner, *_ in client.execute_command("CLUSTER SLOTS")}:  # type: ignore[no-untyped-call]
+            assert time.monotonic() < deadline, "the cluster did not learn of the proxy"
+            await asyncio.sleep(0.05)
+        client.close()
+    return proxy
+
+
+async def test_a_renewal_stuck_on_a_dead_connection_to_a_master_goes_through_on_one_of_its_own(own_cluster):
+    """The connections open to one master go silent (their peer gone, the path there alive: new
+    ones answer), many of them idle in its pool. A renewal that goes out on one waits for the
+    socket timeout (5 s), past what the lease watch allows (1 s here); a sixth of a lease on, its
+    round asks again on a connection of its own to each master, and every lease is renewed: no run
+    is stopped. (Asked again on the shared client, the ask took another silent connection from
+    the pool, and the runs that master served were stopped.)"""
+    victim = own_cluster.masters()[0]
+    proxy = await put_behind_a_proxy(own_cluster, victim)
+    store = await open_store(f"{own_cluster.url}?prefix=stuck:")
+    loops: list[asyncio.Task[None]] = []
+    try:
+        runs: dict[str, HeldRun] = {}
+        for _ in range(24):
+            await store.queue.create_task(*new_task())
+        while (claim := await store.queue.claim_task("replica-a", 1.5)) is not None:
+            runs[claim[0].task_id] = HeldRun(claim[1], time.monotonic() + 1.5, asyncio.create_task(asyncio.sleep(60)))
+        announced = int(proxy.address.rsplit(":", 1)[1])
+        node = store.connection.r.get_node(host="127.0.0.1", port=announced)
+        behind = [t for t in runs if store.connection.r.get_node_from_key(LAYOUT_OF_STUCK.task(t).header) is node]
+        assert 0 < len(behind) < len(runs)  # some of the runs on the master behind the proxy
+        stopped: list[str] = []
+        keeper = LeaseKeeper(store.queue, runs, 1.5, stopped.append)
+        loops = [asyncio.create_task(keeper.renew_loop()), asyncio.create_task(keeper.watch_loop())]
+        # connections left idle in its pool, about to go silent too
+        await asyncio.gather(*(store.connection.r.ping(target_nodes=node) for _ in range(16)))
+        await asyncio.sleep(0.6)  # a round or so of renewals as usual
+
+        assert proxy.freeze() >= 16
+        frozen_at = time.monotonic()
+        await asyncio.sleep(4)  # within the socket timeout: the asks on silent connections still wait
+
+        assert not stopped and not [t for t, r in runs.items() if r.stopped or r.task.cancelled()]
+        assert all(r.lease_until > frozen_at + 1.5 for r in runs.values())  # renewed since the freeze
+    finally:
+        for loop in loops:
+            loop.cancel()
+        for run in runs.values():
+            run.task.cancel()
+        await store.close()
+        await proxy.stop()
 
 
 @pytest.mark.parametrize("away", ["killed", "hung"])

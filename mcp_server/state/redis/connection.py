@@ -71,6 +71,8 @@ class RedisConnection:
         self.layout = layout
         self.retention_ms = max(1, int(retention_seconds * 1000))
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        # on a connection of its own (see `fresh`), on a cluster: a client per node, opened when first asked
+        self._own_nodes: dict[str, aioredis.Redis] | None = None
 
     def register(self, script: str) -> Any:
         """A Lua script, sent by its SHA (and loaded when the server does not know it)."""
@@ -236,7 +238,9 @@ class RedisConnection:
             return
 
         async def one(index: int, script: Any, keys: list[str], args: list[Any]) -> tuple[int, Any]:
-            return index, await self.do(script(keys=keys, args=args))
+            if self._own_nodes is None:
+                return index, await self.do(script(keys=keys, args=args))
+            return index, await self.do(script(keys=keys, args=args, client=self._own_node(keys[0])))
 
         pending = [asyncio.ensure_future(one(index, *call)) for index, call in enumerate(calls)]
         failure: Unavailable | None = None
@@ -268,19 +272,33 @@ class RedisConnection:
     async def fresh(self) -> AsyncIterator[RedisConnection]:
         """This store on a connection opened for the caller alone and closed after it: a hedge for
         a call that may have gone out on a connection gone silent (its peer gone, nothing refused
-        until the socket timeout), which those idle in the pool may have too. On a cluster, the
-        shared client (its nodes' pools are its own)."""
+        until the socket timeout), which those idle in the pool may have too. On a cluster, one
+        such connection per master asked, for `scripts_as_answered` (what a hedge sends); the
+        slots are routed as the shared client knows them, and a slot that moved meanwhile fails
+        its call, which the shared client's ask follows."""
         if self.cluster:
-            yield self
+            own = RedisConnection(self.r, self.layout, wait_replicas=self.wait_replicas)
+            own._own_nodes = {}
+            try:
+                yield own
+            finally:
+                for client in own._own_nodes.values():
+                    await client.aclose()
             return
         pool = self.r.connection_pool
-        client = aioredis.Redis.from_pool(
-            aioredis.ConnectionPool(connection_class=pool.connection_class, max_connections=1, **pool.connection_kwargs)
-        )
+        client = _one_off(pool.connection_class, pool.connection_kwargs)
         try:
             yield RedisConnection(client, self.layout, wait_replicas=self.wait_replicas)
         finally:
             await client.aclose()
+
+    def _own_node(self, key: str) -> aioredis.Redis:
+        """The client of this connection's own for the master of `key`'s slot."""
+        assert self._own_nodes is not None
+        node = self.r.get_node_from_key(key)
+        if node.name not in self._own_nodes:
+            self._own_nodes[node.name] = _one_off(node.connection_class, node.connection_kwargs)
+        return self._own_nodes[node.name]
 
     async def close(self) -> None:
         for closer in self._closers:
@@ -292,6 +310,16 @@ class RedisConnection:
 
 async def _raise(error: Exception) -> Any:
     raise error
+
+
+def _one_off(connection_class: Any, connection_kwargs: dict[str, Any]) -> aioredis.Redis:
+    """A client of one connection (concurrent calls take turns on it), made as a pool's or a
+    cluster node's connections are (TLS, credentials)."""
+    return aioredis.Redis.from_pool(
+        aioredis.BlockingConnectionPool(
+            connection_class=connection_class, max_connections=1, timeout=None, **connection_kwargs
+        )
+    )
 
 
 # redis-py 8.1 lets a write on a connection the peer just closed (a failover, a restart) escape

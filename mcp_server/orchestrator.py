@@ -232,6 +232,7 @@ class Orchestrator:
             self.rate_limits.follow_changes(),
             self.scheduler.run_forever(),
             self.bulk_worker.run_forever(),
+            self.workflows.purge_deleted_forever(self.settings.lease_seconds * 10 / 3),  # as finished tasks
             self.sampler.sample_forever(self.settings.metrics_sample_seconds),
         ):
             self._background.append(asyncio.create_task(work))

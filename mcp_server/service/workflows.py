@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 
 from google.protobuf.message import DecodeError
 
@@ -11,7 +12,7 @@ from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.compiler import compile_workflow
 from mcp_server.engine.plan import Plan
 from mcp_server.engine.ports import WorkflowStore
-from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from mcp_server.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from mcp_server.protocols.capacity import Resources, never_fits
 from mcp_server.protocols.registry import ProtocolDirectory
 from mcp_server.service.access import fitting, page_size, require
@@ -19,6 +20,9 @@ from mcp_server.service.subworkflows import pin_subworkflows
 from mcp_server.settings import Settings
 from mcp_server.state.common import encode_token
 from mcp_server.task_views import RESPONSE_MARGIN_BYTES
+
+log = logging.getLogger(__name__)
+PURGED_AT_ONCE = 100  # deleted workflows purged per store call
 
 
 class Workflows:
@@ -136,6 +140,21 @@ class Workflows:
                 metadata={"workflow_id": workflow_id},
             )
         return deleted
+
+    async def purge_deleted_forever(self, every: float) -> None:
+        """Every `every` seconds, remove for good the deleted versions of workflows deleted longer
+        ago than the retention of which no task remains (run as a background task; any replica)."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                while purged := await self.store.purge_deleted(PURGED_AT_ONCE):
+                    log.info("purged the deleted versions of %d workflows: %s", len(purged), ", ".join(purged))
+                    if len(purged) < PURGED_AT_ONCE:
+                        break
+            except Unavailable:
+                pass  # the store is away: the next round purges them
+            except Exception:  # a bug must not stop the purge for good
+                log.exception("purging deleted workflows failed unexpectedly; trying again")
 
 
 def _check_nesting(workflow: workflow_pb2.Workflow) -> None:

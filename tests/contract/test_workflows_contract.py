@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
 from google.protobuf import duration_pb2
 
-from mcp_sdk.proto import workflow_pb2
+from mcp_sdk.proto import task_pb2, workflow_pb2
 from mcp_server.engine.ports import EventInterest
 from mcp_server.state import open_store
+from tests.contract.conftest import make_event, new_task
 
 pytestmark = pytest.mark.asyncio
 
@@ -171,6 +173,7 @@ async def test_an_sqlite_file_from_before_deletions_were_kept_gets_their_column(
     await store.workflows.create_workflow(workflow_pb2.Workflow(workflow_id="w", description="1"))
     await store.close()
     with sqlite3.connect(path) as db:  # as a server before this one left it
+        db.execute("DROP INDEX workflows_deleted")
         db.execute("ALTER TABLE workflows DROP COLUMN deleted_at")
     store = await open_store(f"sqlite:///{path}")
     try:
@@ -200,5 +203,67 @@ async def test_lookbacks_a_build_kept_among_an_event_s_subscribers_are_recorded_
         assert await store.workflows.event_interest("paid") == EventInterest([("b", 1)], 20.0)
         await store.workflows.conn.r.hdel(layout.event_subscribers("paid"), "~waited")  # what an old replica does
         assert await store.workflows.event_interest("paid") == EventInterest([("b", 1)], 20.0)
+    finally:
+        await store.close()
+
+
+async def test_a_deleted_workflow_goes_for_good_past_the_retention_once_no_task_of_it_remains(any_store_url):
+    """Deleted versions are kept while any task of their workflow remains (the tasks that ran them
+    are read back with them) and for the retention after the delete; then a purge removes them,
+    and their numbers stay taken."""
+    store = await open_store(any_store_url, retention_seconds=0.3)
+    workflows = store.workflows
+    try:
+        for workflow_id in ("gone", "held", "again"):
+            for description in ("1", "2"):
+                await workflows.create_workflow(workflow_pb2.Workflow(workflow_id=workflow_id, description=description))
+        task, event = new_task("held")
+        await store.queue.create_task(task, event)  # a task of it, still queued
+        for workflow_id in ("gone", "held", "again"):
+            assert await workflows.delete_workflow(workflow_id) == 2
+        assert await workflows.purge_deleted(10) == []  # deleted within the retention
+        await asyncio.sleep(0.5)
+        await workflows.create_workflow(workflow_pb2.Workflow(workflow_id="again", description="3"))
+
+        assert sorted(await workflows.purge_deleted(10)) == ["again", "gone"]
+
+        for workflow_id in ("gone", "again"):
+            assert await workflows.get_workflow(workflow_id, 1, deleted_too=True) is None
+            assert await workflows.get_workflow(workflow_id, 2, deleted_too=True) is None
+        assert (await workflows.get_workflow("held", 2, deleted_too=True)).description == "2"
+        assert (await workflows.get_workflow("again")).version == 3  # a live version stays
+        assert [w.workflow_id for w in (await workflows.list_workflows(10, ""))[0]] == ["again"]
+        assert (await workflows.create_workflow(workflow_pb2.Workflow(workflow_id="gone"))).version == 3
+        assert await workflows.purge_deleted(10) == []  # nothing twice
+
+        cancelled = make_event(task.task_id, 2, task_pb2.TASK_EVENT_TYPE_CANCELLED)
+        assert await store.queue.cancel_pending(task.task_id, cancelled) is not None
+        await asyncio.sleep(0.5)
+        assert await workflows.purge_deleted(10) == []  # its task, finished, is kept for the retention
+        await store.tasks.purge_finished()
+        assert await workflows.purge_deleted(10) == ["held"]
+        assert await workflows.get_workflow("held", 1, deleted_too=True) is None
+    finally:
+        await store.close()
+
+
+async def test_a_purge_takes_at_most_what_it_is_asked_and_leaves_a_workflow_deleted_again_since(any_store_url):
+    store = await open_store(any_store_url, retention_seconds=0.3)
+    workflows = store.workflows
+    try:
+        for workflow_id in ("a", "b", "c"):
+            await workflows.create_workflow(workflow_pb2.Workflow(workflow_id=workflow_id))
+            await workflows.delete_workflow(workflow_id)
+        await asyncio.sleep(0.5)
+        await workflows.create_workflow(workflow_pb2.Workflow(workflow_id="c"))
+        await workflows.delete_workflow("c")  # deleted again: its retention counts from now
+
+        first = await workflows.purge_deleted(1)
+        assert len(first) == 1 and first[0] in ("a", "b")
+        assert sorted(first + await workflows.purge_deleted(5)) == ["a", "b"]
+        assert (await workflows.get_workflow("c", 1, deleted_too=True)) is not None
+        await asyncio.sleep(0.5)
+        assert await workflows.purge_deleted(5) == ["c"]
+        assert await workflows.get_workflow("c", 2, deleted_too=True) is None
     finally:
         await store.close()

@@ -120,3 +120,33 @@ async def test_nothing_new_starts_from_a_deleted_workflow_and_its_versions_read_
     rerun = await client.tasks.RerunTask(task_pb2.RerunTaskRequest(task_id=ran.task_id, workflow_version=2))
     assert (rerun.created, rerun.task.workflow_version) == (True, 2)
     assert (await wait_done(client, rerun.task.task_id)).status == S.TASK_STATUS_COMPLETED
+
+
+async def test_a_deleted_workflow_is_purged_once_its_tasks_are_and_its_numbers_stay_taken(server_factory, store_url):
+    """A waiting task keeps its deleted workflow's versions readable; once it has finished and
+    been purged (past the retention), the server purges the versions too, on its own: GetWorkflow
+    of them answers NOT_FOUND, and a new create of the id numbers on after them."""
+    server = await server_factory(store=store_url, lease_seconds=1.5, retention_seconds=0.5)  # purges every 5 s
+    client = client_for(server)
+    await create(client, workflow("retiring", WAITS))
+    waiting = await submit(client, "retiring", {"who": "ada"})
+    await until_status(client, waiting.task_id, S.TASK_STATUS_WAITING)
+    assert await delete(client, "retiring") == 1
+    await asyncio.sleep(6)  # a purge round past the retention: its task still waits
+    version = workflow_pb2.GetWorkflowRequest(workflow_id="retiring", version=1)
+    assert (await client.workflows.GetWorkflow(version)).workflow.HasField("delete_time")
+
+    await client.tasks.SignalTask(task_pb2.SignalTaskRequest(task_id=waiting.task_id, signal="go"))
+    assert (await wait_done(client, waiting.task_id)).status == S.TASK_STATUS_COMPLETED
+    async with asyncio.timeout(20):  # the task's purge, then the workflow's
+        while True:
+            try:
+                await client.workflows.GetWorkflow(version)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND and error_reason(exc) == "WORKFLOW_NOT_FOUND"
+                break
+            await asyncio.sleep(0.2)
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await client.tasks.GetTask(task_pb2.GetTaskRequest(task_id=waiting.task_id))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (await create(client, workflow("retiring", WAITS))).version == 2

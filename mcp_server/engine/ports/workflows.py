@@ -71,5 +71,12 @@ class WorkflowStore(Protocol):
 
     async def delete_workflow(self, workflow_id: str) -> int:
         """Delete every version not deleted yet and return how many there were. They stay stored,
-        marked deleted (see get_workflow); a later create of the id numbers on after them."""
+        marked deleted (see get_workflow), until `purge_deleted`; a later create of the id numbers
+        on after them."""
+        ...
+
+    async def purge_deleted(self, at_most: int) -> list[str]:
+        """Remove for good the deleted versions of the workflows last deleted longer ago than the
+        store's retention (as finished tasks are) of which no task remains, of `at_most` such
+        workflows at most; their ids. Their version numbers stay taken."""
         ...

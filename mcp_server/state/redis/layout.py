@@ -221,6 +221,11 @@ class Layout:
         return f"{self.prefix}{{wf}}:wfd:{workflow_id}"
 
     @property
+    def deleted_workflows(self) -> str:
+        """The ids of workflows with deleted versions, scored by when they were last deleted (ms)."""
+        return f"{self.prefix}{{wf}}:wfdel"
+
+    @property
     def cancel_channel(self) -> str:
         """The pub/sub channel that tells every replica of a cancel request for a task (not a key)."""
         return f"{self.prefix}cancels"

@@ -4,6 +4,7 @@ the latest version of each, and the ids in order, all in the slot tagged {wf}.""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from mcp_sdk.proto import workflow_pb2
 from mcp_server.engine.events import now
@@ -11,13 +12,15 @@ from mcp_server.engine.ports.workflows import EventInterest, waited_events
 from mcp_server.state.common import (
     decode_token,
     encode_token,
+    now_seconds,
 )
 from mcp_server.state.redis.connection import RedisConnection
 
 
 class RedisWorkflows:
     """WorkflowStore on Redis. A deleted version moves, marked with its delete_time, to the
-    workflow's hash of deleted versions (same slot), where the tasks that ran it still read it."""
+    workflow's hash of deleted versions (same slot), where the tasks that ran it still read it
+    until a purge removes the hash; the version counter stays."""
 
     def __init__(self, conn: RedisConnection) -> None:
         self.conn = conn
@@ -28,6 +31,8 @@ class RedisWorkflows:
         self._forget = conn.register(FORGET_SUBSCRIBER)
         self._record = conn.register(RECORD_WAITED)
         self._interest = conn.register(READ_INTEREST)
+        self._any_tasks = conn.register(ANY_TASKS)
+        self._purge = conn.register(PURGE_DELETED)
         self._recording = asyncio.Lock()
         self._recorded = False  # seen set: it stays so (the record is only ever added to)
 
@@ -158,8 +163,40 @@ class RedisWorkflows:
             workflow = workflow_pb2.Workflow.FromString(data)
             workflow.delete_time.CopyFrom(deleted_at)
             marked += [version, workflow.SerializeToString()]
-        keys = [key, self.layout.deleted_workflow(workflow_id), self.layout.workflow_ids]
-        return int(await self.conn.write(self._delete, keys, [workflow_id, *marked]))
+        keys = [key, self.layout.deleted_workflow(workflow_id), self.layout.workflow_ids, self.layout.deleted_workflows]
+        deleted_ms = deleted_at.ToMilliseconds()
+        return int(await self.conn.write(self._delete, keys, [workflow_id, deleted_ms, *marked]))
+
+    async def purge_deleted(self, at_most: int) -> list[str]:
+        """The deleted workflows are read a page at a time, oldest delete first, to the cutoff;
+        whether a task of each remains is one script per partition for the page (its index of the
+        workflow's tasks); the purge checks again that each was not deleted since."""
+        cutoff = int(now_seconds() * 1000) - self.conn.retention_ms
+        purged: list[str] = []
+        offset = 0
+        while len(purged) < at_most:
+            page = [
+                workflow_id.decode()
+                for workflow_id in await self.conn.do(
+                    self.conn.r.zrangebyscore(self.layout.deleted_workflows, "-inf", cutoff, start=offset, num=PAGE)
+                )
+            ]
+            if not page:
+                break
+            calls: list[tuple[Any, list[str], list[Any]]] = [
+                (self._any_tasks, [self.layout.index(p, 0, workflow=w) for w in page], [])
+                for p in range(self.layout.partitions)
+            ]
+            busy = {page[i] for reply in await self.conn.scripts(calls) for i, flag in enumerate(reply) if flag}
+            gone = [w for w in page if w not in busy][: at_most - len(purged)]
+            if gone:
+                keys = [self.layout.deleted_workflows, *(self.layout.deleted_workflow(w) for w in gone)]
+                await self.conn.write(self._purge, keys, [cutoff, *gone])
+                purged += gone
+            offset += len(page) - len(gone)  # those purged left the set
+            if len(page) < PAGE:
+                break
+        return purged
 
 
 # KEYS: the workflow's versions hash, the latest-version hash; ARGV: workflow_id
@@ -178,19 +215,45 @@ if version and redis.call('HEXISTS', KEYS[1], version) == 1 then return tonumber
 return 0
 """
 
-# KEYS: the workflow's versions hash, its deleted versions' hash, the workflow ids; ARGV:
-# workflow_id, then (version, that version marked deleted) pairs -> how many this call deleted
-# (a version made since it read them stays; one deleted meanwhile is not counted twice)
+PAGE = 100  # deleted workflows looked at per round trip by a purge
+
+# KEYS: the workflow's versions hash, its deleted versions' hash, the workflow ids, the deleted
+# workflows; ARGV: workflow_id, when (ms), then (version, that version marked deleted) pairs -> how
+# many this call deleted (a version made since it read them stays; one deleted meanwhile is not
+# counted twice)
 DELETE_VERSIONS = """
 local deleted = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
     deleted = deleted + 1
   end
 end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[3], ARGV[1]) end
+if deleted > 0 then redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1]) end
 return deleted
+"""
+
+# KEYS: indexes of tasks (one partition's) -> for each, 1 if it holds any task, else 0
+ANY_TASKS = """
+local found = {}
+for i, key in ipairs(KEYS) do found[i] = redis.call('EXISTS', key) end
+return found
+"""
+
+# KEYS: the deleted workflows, then each one's deleted versions' hash; ARGV: the cutoff (ms), then
+# the workflow ids -> how many were purged (one deleted again since the read is left)
+PURGE_DELETED = """
+local purged = 0
+for i = 2, #ARGV do
+  local at = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if at and tonumber(at) <= tonumber(ARGV[1]) then
+    redis.call('DEL', KEYS[i])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    purged = purged + 1
+  end
+end
+return purged
 """
 
 # KEYS: an event's subscribers; ARGV: workflow_id, the version its entry had when read -> the entry

@@ -298,6 +298,8 @@ def _connect(path: str) -> sqlite3.Connection:
     if "deleted_at" not in {row[1] for row in db.execute("PRAGMA table_info(workflows)")}:
         # when DeleteWorkflow retired a version (its tasks still run it); NULL: not deleted
         db.execute("ALTER TABLE workflows ADD COLUMN deleted_at REAL")
+    # the deleted versions a purge looks at (see SqliteWorkflows.purge_deleted)
+    db.execute("CREATE INDEX IF NOT EXISTS workflows_deleted ON workflows (deleted_at) WHERE deleted_at IS NOT NULL")
     if "held_bytes" not in {row[1] for row in db.execute("PRAGMA table_info(signals)")}:
         # the bytes of a task's signals through each one (its last says what the task holds)
         db.execute("ALTER TABLE signals ADD COLUMN held_bytes INTEGER NOT NULL DEFAULT 0")

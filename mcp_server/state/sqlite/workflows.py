@@ -63,8 +63,8 @@ class SqliteWorkflows:
                 (workflow_id,),
             )
         rows = await self.db.rows(sql, args)
-        if not rows or (rows[0][1] is not None and not deleted_too):
-            return None
+        if not rows or (rows[0][1] is not None and not deleted_too) or not rows[0][0]:
+            return None  # none, deleted, or purged (its row kept, emptied, as the id's last number)
         workflow = workflow_pb2.Workflow.FromString(rows[0][0])
         if rows[0][1] is not None:
             workflow.delete_time.FromNanoseconds(int(rows[0][1] * 1e9))
@@ -113,6 +113,35 @@ class SqliteWorkflows:
             return int(marked)
 
         return await self.db.run(delete)
+
+    async def purge_deleted(self, at_most: int) -> list[str]:
+        """A workflow's deleted versions go once its last delete is past the retention, but for
+        the row of its highest version, which stays emptied when deleted: the next create numbers
+        on after it."""
+        cutoff = time.time() - self.db.retention_seconds
+
+        def purge(db: sqlite3.Connection) -> list[str]:
+            with db:
+                found = db.execute(
+                    "SELECT w.workflow_id FROM workflows w WHERE w.deleted_at IS NOT NULL AND length(w.data) > 0"
+                    " GROUP BY w.workflow_id HAVING MAX(w.deleted_at) < ?"
+                    " AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = w.workflow_id) LIMIT ?",
+                    (cutoff, at_most),
+                ).fetchall()
+                for (workflow_id,) in found:
+                    last = db.execute("SELECT MAX(version) FROM workflows WHERE workflow_id=?", (workflow_id,))
+                    (highest,) = last.fetchone()
+                    db.execute(
+                        "DELETE FROM workflows WHERE workflow_id=? AND deleted_at IS NOT NULL AND version < ?",
+                        (workflow_id, highest),
+                    )
+                    db.execute(
+                        "UPDATE workflows SET data=x'' WHERE workflow_id=? AND deleted_at IS NOT NULL AND version = ?",
+                        (workflow_id, highest),
+                    )
+            return [str(row[0]) for row in found]
+
+        return await self.db.run(purge)
 
 
 def _subscribers(db: sqlite3.Connection, event: str) -> list[tuple[str, int]]:

@@ -209,8 +209,8 @@ async def test_a_silent_master_holds_up_only_the_leases_and_claims_of_the_tasks_
             await store.queue.create_task(*new_task())
         while (claim := await store.queue.claim_task("replica-a", 15)) is not None:
             runs[claim[0].task_id] = HeldRun(claim[1], time.monotonic() + 15, asyncio.create_task(asyncio.sleep(60)))
-        # as a replica does: its scripts are loaded on every master before one goes away (redis-py
-        # loads a script a node lacks on every master: one silent then holds that up)
+        # as a replica does: its scripts are loaded on every master before one goes away (one that
+        # lacks a script loads it alone: see the test after this one)
         await store.waits.release_due()
         await store.queue.release_expired_leases()
         dropped = [new_task() for _ in range(16)]  # leased by a replica that died: taken over
@@ -319,6 +319,38 @@ async def test_a_renewal_stuck_on_a_dead_connection_to_a_master_goes_through_on_
             run.task.cancel()
         await store.close()
         await proxy.stop()
+
+
+async def test_a_script_a_master_lacks_is_loaded_there_alone_while_another_master_is_silent(slow_to_fail_over):
+    """A replica that starts, or a promoted replica, has no scripts loaded: redis-py loads a script
+    a node lacks on every master, so one master gone silent (SIGSTOP) held up every first call of a
+    script to the others for two socket timeouts. A script is now loaded on the master that lacked
+    it alone: claims and renewals on the masters that answer go through at once."""
+    store = await open_store(f"{slow_to_fail_over.url}?prefix=load:")
+    victim = slow_to_fail_over.masters()[0]
+    try:
+        made = [new_task() for _ in range(48)]
+        for task, event in made:
+            await store.queue.create_task(task, event)
+        served = redis.Redis(port=victim)
+        on_victim = {t.task_id for t, _ in made if served_by(served, Layout("load:").task(t.task_id).header)}
+        served.close()
+        assert 0 < len(on_victim) < 48
+        for port in slow_to_fail_over.answering():  # as a store's nodes are before a replica's first call
+            node = redis.Redis(port=port)
+            node.script_flush()
+            node.close()
+        slow_to_fail_over.hang(victim)
+
+        async with asyncio.timeout(3):  # not the silent master's 5 s, twice
+            claimed = await store.queue.claim_tasks("replica-a", 60, 100)
+            leases = {task.task_id: token for task, token in claimed}
+            renewed = [t async for reply in store.queue.renew_leases(leases, 60) for t in reply.renewed]
+        assert set(leases) == {t.task_id for t, _ in made} - on_victim
+        assert sorted(renewed) == sorted(leases)
+    finally:
+        slow_to_fail_over.wake(victim)
+        await store.close()
 
 
 @pytest.mark.parametrize("away", ["killed", "hung"])

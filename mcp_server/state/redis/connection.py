@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import PipelineCommand, RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AskError,
     MovedError,
@@ -75,7 +76,10 @@ class RedisConnection:
         self._own_nodes: dict[str, aioredis.Redis] | None = None
 
     def register(self, script: str) -> Any:
-        """A Lua script, sent by its SHA (and loaded when the server does not know it)."""
+        """A Lua script, sent by its SHA (and loaded when the server does not know it: on a
+        cluster, on that master alone)."""
+        if self.cluster:
+            return ClusterScript(self.r, script)
         return self.r.register_script(script)
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
@@ -139,6 +143,9 @@ class RedisConnection:
                 ]
                 await self.do(node.execute_pipeline(commands))
                 result, acked = commands[0].result, commands[1].result
+                if isinstance(result, NoScriptError):
+                    await self.do(script.load_on(node))
+                    continue
             else:
                 async with self.pipeline(transaction=False) as pipe:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -310,6 +317,26 @@ class RedisConnection:
 
 async def _raise(error: Exception) -> Any:
     raise error
+
+
+class ClusterScript(AsyncScript):
+    """A script on a cluster that a master lacking it (a replica just promoted, a node restarted)
+    loads alone: redis-py loads it on every master, where one gone silent holds the call up until
+    its socket timeout, twice."""
+
+    async def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        client = self.registered_client if client is None else client
+        if not isinstance(client, RedisCluster) or not keys:
+            return await super().__call__(keys, args, client)
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *(args or []))
+        except NoScriptError:
+            await self.load_on(client.get_node_from_key(keys[0]))
+            return await client.evalsha(self.sha, len(keys), *keys, *(args or []))
+
+    async def load_on(self, node: Any) -> None:
+        """Load this script on one master of the cluster."""
+        await cast(RedisCluster, self.registered_client).execute_command("SCRIPT LOAD", self.script, target_nodes=node)
 
 
 def _one_off(connection_class: Any, connection_kwargs: dict[str, Any]) -> aioredis.Redis:

@@ -353,6 +353,48 @@ async def test_a_script_a_master_lacks_is_loaded_there_alone_while_another_maste
         await store.close()
 
 
+async def test_a_master_gone_silent_between_a_claim_s_reads_holds_up_only_its_own_part(slow_to_fail_over):
+    """A claim reads the heads of every master's queues, then claims from those with tasks. A
+    master that goes silent between the two (SIGSTOP) is waited for a moment, not two socket
+    timeouts: the tasks claimed on the others are handed out at once (before, the whole claim
+    waited, their leases running out meanwhile)."""
+    store = await open_store(f"{slow_to_fail_over.url}?prefix=between:")
+    victim = slow_to_fail_over.masters()[0]
+    try:
+        made = [new_task() for _ in range(48)]
+        for task, event in made:
+            await store.queue.create_task(task, event)
+        served = redis.Redis(port=victim)
+        on_victim = {t.task_id for t, _ in made if served_by(served, Layout("between:").task(t.task_id).header)}
+        served.close()
+        assert 0 < len(on_victim) < 48
+        for port in slow_to_fail_over.masters():  # as a replica's are by its first claims
+            node = redis.Redis(port=port)
+            node.script_load(store.queue._claim.script)
+            node.close()
+        read_heads = store.queue._queue_heads
+
+        async def heads_then_silence() -> Any:
+            heads = await read_heads()
+            slow_to_fail_over.hang(victim)
+            return heads
+
+        store.queue._queue_heads = heads_then_silence  # the seam between the two reads
+        async with asyncio.timeout(3):  # not the silent master's 5 s, twice
+            claimed = {task.task_id for task, _ in await store.queue.claim_tasks("replica-a", 60, 100)}
+        healthy = {t.task_id for t, _ in made} - on_victim
+        assert claimed and claimed <= healthy
+        store.queue._queue_heads = read_heads
+        while claimed != healthy:  # a claim shares its count out over the partitions: the rest next
+            async with asyncio.timeout(3):
+                more = {task.task_id for task, _ in await store.queue.claim_tasks("replica-a", 60, 100)}
+            assert more and more <= healthy - claimed
+            claimed |= more
+    finally:
+        slow_to_fail_over.wake(victim)
+        await store.close()
+
+
 @pytest.mark.parametrize("away", ["killed", "hung"])
 async def test_a_redis_master_away_fails_over_and_every_task_finishes(plugins, testkit, own_cluster, away):
     """Killed (its connections refused) or hung (SIGSTOP: a host gone silent, nothing answers and

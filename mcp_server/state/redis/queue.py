@@ -261,6 +261,8 @@ class RedisQueue(CreateTask, CancelRequests):
                 granted = await self.conn.do(self.conn.r.hmget(self.layout.fair_turns, groups))
                 last = {g: float(t) for g, t in zip(groups, granted) if t is not None}
         shares = share_out(turns, last, count)
+        if not shares:
+            return []
         by_partition: dict[int, list[Any]] = {}
         for (partition, member), n in shares.items():
             by_partition.setdefault(partition, []).extend([member, n])
@@ -282,15 +284,17 @@ class RedisQueue(CreateTask, CancelRequests):
                     [FORGET_TURNS_MS, *(x for kv in noted.items() for x in kv)],
                 )
             )
-        claimed: list[tuple[task_pb2.Task, int]] = []
-        try:
-            async for index, reply in self.conn.scripts_as_answered(calls):
-                if index < len(by_partition):
-                    claimed += [(assemble(reply[i], reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
-        except Unavailable:
-            if not claimed:  # else those claimed are run, not left to wait out their leases
-                raise
-        return claimed
+        # a master gone silent since the heads read is waited for a moment, not its socket timeout:
+        # what it may claim meanwhile waits out its lease (those claimed elsewhere run now)
+        replies = (await self.conn.scripts_answered(calls, grace=SILENT_MASTER_GRACE))[: len(by_partition)]
+        if all(reply is None for reply in replies):
+            raise Unavailable("no master answered a claim")
+        return [
+            (assemble(reply[i], reply[i + 1]), int(reply[i + 2]))
+            for reply in replies
+            if reply is not None
+            for i in range(0, len(reply), 3)
+        ]
 
     async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
         partition = self.layout.partition_of(task_id)

@@ -202,6 +202,15 @@ class RedisConnection:
             return await self.scripts(calls)
         return await self.each_answered([script(keys=keys, args=args) for script, keys, args in calls], grace)
 
+    async def writes_answered(self, calls: Sequence[tuple[Any, list[str], list[Any]]], grace: float) -> list[Any]:
+        """Run one write script per partition like `scripts_answered`; with `wait_replicas`, each
+        counts as answered once that many replicas have it (a claim its master acknowledged and
+        then lost in a failover would run a task the new master still has queued)."""
+        if not self.wait_replicas:
+            return await self.scripts_answered(calls, grace)
+        writes = [self.write(script, keys, args) for script, keys, args in calls]
+        return await self.each_answered(writes, grace if self.cluster else None)
+
     async def each_answered(self, calls: Sequence[Awaitable[Any]], grace: float | None = None) -> list[Any]:
         """Await calls to several nodes of a cluster together: a call whose node does not answer
         gives None, unless none answers (the store is away: its error is raised). With `grace`, a

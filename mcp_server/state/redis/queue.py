@@ -286,7 +286,7 @@ class RedisQueue(CreateTask, CancelRequests):
             )
         # a master gone silent since the heads read is waited for a moment, not its socket timeout:
         # what it may claim meanwhile waits out its lease (those claimed elsewhere run now)
-        replies = (await self.conn.scripts_answered(calls, grace=SILENT_MASTER_GRACE))[: len(by_partition)]
+        replies = (await self.conn.writes_answered(calls, grace=SILENT_MASTER_GRACE))[: len(by_partition)]
         if all(reply is None for reply in replies):
             raise Unavailable("no master answered a claim")
         return [
@@ -298,16 +298,15 @@ class RedisQueue(CreateTask, CancelRequests):
 
     async def claim_waiting(self, task_id: str, owner: str, lease_seconds: float) -> tuple[task_pb2.Task, int] | None:
         partition = self.layout.partition_of(task_id)
-        reply = await self.conn.do(
-            self._claim_waiting(
-                keys=[
-                    self.layout.task(task_id).header,
-                    self.layout.leases(partition),
-                    self.layout.queue(partition),
-                    self.layout.due(partition),
-                ],
-                args=[task_id, owner, int((now_seconds() + lease_seconds) * 1000), WAITING],
-            )
+        reply = await self.conn.write(
+            self._claim_waiting,
+            [
+                self.layout.task(task_id).header,
+                self.layout.leases(partition),
+                self.layout.queue(partition),
+                self.layout.due(partition),
+            ],
+            [task_id, owner, int((now_seconds() + lease_seconds) * 1000), WAITING],
         )
         return (assemble(reply[0], reply[1]), int(reply[2])) if reply else None
 

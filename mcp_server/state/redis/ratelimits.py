@@ -95,7 +95,7 @@ class RedisRateLimits:
         args: list[Any] = [self.grants, self.states, self.lines, waiter, grace, str(priority)]
         for key, units, limit_key in asks:
             args += [key, repr(float(units)), limit_key]
-        reply = await self.conn.write(self._take, list(self.keys), args)  # with wait_replicas: not lost in a failover
+        reply = await self.conn.do(self.conn.script(self._take, list(self.keys), args))
         outcome = reply[0].decode()
         if outcome == "ok":
             return Grant(True)

@@ -321,6 +321,35 @@ async def test_a_renewal_stuck_on_a_dead_connection_to_a_master_goes_through_on_
         await proxy.stop()
 
 
+async def queue_around(store: Any, prefix: str, victim: int) -> tuple[set[str], set[str]]:
+    """48 tasks queued: the ids of those the other masters serve, and of those `victim` serves."""
+    made = [new_task() for _ in range(48)]
+    for task, event in made:
+        await store.queue.create_task(task, event)
+    served = redis.Redis(port=victim)
+    on_victim = {t.task_id for t, _ in made if served_by(served, Layout(prefix).task(t.task_id).header)}
+    served.close()
+    assert 0 < len(on_victim) < 48
+    return {t.task_id for t, _ in made} - on_victim, on_victim
+
+
+async def claim_every(store: Any, wanted: set[str]) -> dict[str, int]:
+    """Claim until every task of `wanted` is, none but those, each claim within 3 s (not a silent
+    master's 5 s, twice); a claim shares its count out over the partitions, so one may leave
+    some for the next. The leases claimed."""
+    leases: dict[str, int] = {}
+    for _ in range(5):
+        async with asyncio.timeout(3):
+            with contextlib.suppress(Unavailable):  # no master answered: only the victim's were left
+                for task, token in await store.queue.claim_tasks("replica-a", 60, 100):
+                    assert task.task_id in wanted and task.task_id not in leases
+                    leases[task.task_id] = token
+        if set(leases) == wanted:
+            break
+    assert set(leases) == wanted
+    return leases
+
+
 async def test_a_script_a_master_lacks_is_loaded_there_alone_while_another_master_is_silent(slow_to_fail_over):
     """A replica that starts, or a promoted replica, has no scripts loaded: redis-py loads a script
     a node lacks on every master, so one master gone silent (SIGSTOP) held up every first call of a
@@ -329,24 +358,16 @@ async def test_a_script_a_master_lacks_is_loaded_there_alone_while_another_maste
     store = await open_store(f"{slow_to_fail_over.url}?prefix=load:")
     victim = slow_to_fail_over.masters()[0]
     try:
-        made = [new_task() for _ in range(48)]
-        for task, event in made:
-            await store.queue.create_task(task, event)
-        served = redis.Redis(port=victim)
-        on_victim = {t.task_id for t, _ in made if served_by(served, Layout("load:").task(t.task_id).header)}
-        served.close()
-        assert 0 < len(on_victim) < 48
+        healthy, _ = await queue_around(store, "load:", victim)
         for port in slow_to_fail_over.answering():  # as a store's nodes are before a replica's first call
             node = redis.Redis(port=port)
             node.script_flush()
             node.close()
         slow_to_fail_over.hang(victim)
 
-        async with asyncio.timeout(3):  # not the silent master's 5 s, twice
-            claimed = await store.queue.claim_tasks("replica-a", 60, 100)
-            leases = {task.task_id: token for task, token in claimed}
+        leases = await claim_every(store, healthy)
+        async with asyncio.timeout(3):
             renewed = [t async for reply in store.queue.renew_leases(leases, 60) for t in reply.renewed]
-        assert set(leases) == {t.task_id for t, _ in made} - on_victim
         assert sorted(renewed) == sorted(leases)
     finally:
         slow_to_fail_over.wake(victim)
@@ -361,13 +382,7 @@ async def test_a_master_gone_silent_between_a_claim_s_reads_holds_up_only_its_ow
     store = await open_store(f"{slow_to_fail_over.url}?prefix=between:")
     victim = slow_to_fail_over.masters()[0]
     try:
-        made = [new_task() for _ in range(48)]
-        for task, event in made:
-            await store.queue.create_task(task, event)
-        served = redis.Redis(port=victim)
-        on_victim = {t.task_id for t, _ in made if served_by(served, Layout("between:").task(t.task_id).header)}
-        served.close()
-        assert 0 < len(on_victim) < 48
+        healthy, _ = await queue_around(store, "between:", victim)
         for port in slow_to_fail_over.masters():  # as a replica's are by its first claims
             node = redis.Redis(port=port)
             node.script_load(store.queue._claim.script)
@@ -380,16 +395,7 @@ async def test_a_master_gone_silent_between_a_claim_s_reads_holds_up_only_its_ow
             return heads
 
         store.queue._queue_heads = heads_then_silence  # the seam between the two reads
-        async with asyncio.timeout(3):  # not the silent master's 5 s, twice
-            claimed = {task.task_id for task, _ in await store.queue.claim_tasks("replica-a", 60, 100)}
-        healthy = {t.task_id for t, _ in made} - on_victim
-        assert claimed and claimed <= healthy
-        store.queue._queue_heads = read_heads
-        while claimed != healthy:  # a claim shares its count out over the partitions: the rest next
-            async with asyncio.timeout(3):
-                more = {task.task_id for task, _ in await store.queue.claim_tasks("replica-a", 60, 100)}
-            assert more and more <= healthy - claimed
-            claimed |= more
+        await claim_every(store, healthy)
     finally:
         slow_to_fail_over.wake(victim)
         await store.close()
@@ -403,21 +409,12 @@ async def test_with_wait_replicas_a_claim_no_replica_has_hands_out_no_task(own_c
     store = await open_store(f"{own_cluster.url}?prefix=acked:&wait_replicas=1")
     victim = own_cluster.masters()[0]
     try:
-        made = [new_task() for _ in range(48)]
-        for task, event in made:
-            await store.queue.create_task(task, event)
+        healthy, _ = await queue_around(store, "acked:", victim)
         served = redis.Redis(port=victim)
-        on_victim = {t.task_id for t, _ in made if served_by(served, Layout("acked:").task(t.task_id).header)}
-        replica = int(served.info("replication")["slave0"]["port"])
+        own_cluster.kill(int(served.info("replication")["slave0"]["port"]))
         served.close()
-        assert 0 < len(on_victim) < 48
-        own_cluster.kill(replica)
 
-        claimed: set[str] = set()
-        for _ in range(4):  # a claim shares its count out over the partitions
-            with contextlib.suppress(Unavailable):  # when only the victim's are left: none answered
-                claimed |= {task.task_id for task, _ in await store.queue.claim_tasks("replica-a", 60, 100)}
-        assert claimed == {t.task_id for t, _ in made} - on_victim
+        await claim_every(store, healthy)
     finally:
         await store.close()
 

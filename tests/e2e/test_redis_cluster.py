@@ -401,6 +401,36 @@ async def test_a_master_gone_silent_between_a_claim_s_reads_holds_up_only_its_ow
         await store.close()
 
 
+async def test_a_silent_master_holds_up_only_the_cancel_requests_of_its_own_tasks(slow_to_fail_over):
+    """A replica reads the cancel requests (and the pending signals) of the tasks it runs every
+    half second, or every `signal_poll_seconds`. On a cluster,
+    a master gone silent (SIGSTOP) answered that read only at its socket timeout, twice, and the
+    requests of every other master waited with it (a call-off reached its run ~16 s late in the
+    cluster soak); each master is now read on its own, and waited for a moment at most."""
+    store = await open_store(f"{slow_to_fail_over.url}?prefix=cancels:")
+    victim = slow_to_fail_over.masters()[0]
+    try:
+        healthy, on_victim = await queue_around(store, "cancels:", victim)
+        for task_id in healthy | on_victim:
+            assert await store.queue.request_cancel(task_id, "called off")
+        one, other = next(iter(healthy)), next(iter(on_victim))
+        await store.queue.cancel_requests([one, other])  # as a replica's polls do before one goes silent
+        slow_to_fail_over.hang(victim)
+
+        async with asyncio.timeout(2.5):  # not the silent master's 5 s, twice (a second of grace for it)
+            every = await store.queue.cancel_requests(sorted(healthy | on_victim))  # each partition's list
+        async with asyncio.timeout(2.5):
+            few = await store.queue.cancel_requests([one, other])  # each task's own entry
+        async with asyncio.timeout(2.5):
+            signalled = await store.waits.pending_signals(sorted(healthy))  # read the same way
+        assert every == {task_id: "called off" for task_id in healthy}
+        assert few == {one: "called off"}
+        assert signalled == set()
+    finally:
+        slow_to_fail_over.wake(victim)
+        await store.close()
+
+
 async def test_with_wait_replicas_a_claim_no_replica_has_hands_out_no_task(own_cluster):
     """With `wait_replicas=1` a claim counts once a replica has it, as a create and a checkpoint
     do: one its master acknowledged and then lost in a failover would run a task the new master

@@ -12,7 +12,7 @@ from redis.exceptions import NoPermissionError
 from mcp_server.errors import Unavailable
 from mcp_server.state.common import TERMINAL, now_seconds
 from mcp_server.state.redis.channels import follow_channel
-from mcp_server.state.redis.connection import RedisConnection
+from mcp_server.state.redis.connection import SILENT_MASTER_GRACE, RedisConnection
 from mcp_server.state.redis.layout import Layout
 
 
@@ -42,6 +42,8 @@ class CancelRequests:
         tasks run here), then the reasons of ours."""
         if not task_ids:
             return {}
+        if self.conn.cluster:
+            return await self._cancel_requests_by_master(task_ids)
         if len(task_ids) <= self.layout.partitions:
             async with self.conn.pipeline(transaction=False) as pipe:
                 for task_id in task_ids:
@@ -61,6 +63,25 @@ class CancelRequests:
             for task_id in ours:
                 pipe.hget(self.layout.task(task_id).header, "cx")
             reasons = await self.conn.do(pipe.execute())
+        return {task_id: reason.decode() for task_id, reason in zip(ours, reasons) if reason}
+
+    async def _cancel_requests_by_master(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """On a cluster, each partition's pending requests on their own, then the reasons of ours:
+        a master gone silent (a frozen host answers nothing until the socket timeout, twice) holds
+        up only its own tasks' requests, a moment at most (a pipeline waited for every node)."""
+        if len(task_ids) <= self.layout.partitions:
+            reads = [self.conn.r.zscore(self.layout.cancels(self.layout.partition_of(t)), t) for t in task_ids]
+            scores = await self.conn.each_answered(reads, grace=SILENT_MASTER_GRACE)
+            ours = [task_id for task_id, score in zip(task_ids, scores) if score is not None]
+        else:
+            reads = [self.conn.r.zrange(self.layout.cancels(p), 0, 999) for p in range(self.layout.partitions)]
+            replies = await self.conn.each_answered(reads, grace=SILENT_MASTER_GRACE)
+            pending = {raw.decode() for reply in replies if reply for raw in reply}
+            ours = [task_id for task_id in task_ids if task_id in pending]
+        if not ours:
+            return {}
+        reads = [self.conn.r.hget(self.layout.task(task_id).header, "cx") for task_id in ours]
+        reasons = await self.conn.each_answered(reads, grace=SILENT_MASTER_GRACE)
         return {task_id: reason.decode() for task_id, reason in zip(ours, reasons) if reason}
 
     def cancel_nudges(self) -> AsyncIterator[str]:

@@ -150,11 +150,15 @@ class RedisWaits:
     async def pending_signals(self, task_ids: Sequence[str]) -> set[str]:
         if not task_ids:
             return set()
-        async with self.conn.pipeline(transaction=False) as pipe:
-            for partition in range(self.layout.partitions):
-                pipe.zrange(self.layout.signals_pending(partition), 0, 999)
-            pending = {text(raw) for reply in await self.conn.do(pipe.execute()) for raw in reply}
-        return pending & set(task_ids)
+        if self.conn.cluster:  # each master on its own: a silent one holds up only its own tasks' signals
+            reads = [self.conn.r.zrange(self.layout.signals_pending(p), 0, 999) for p in range(self.layout.partitions)]
+            replies = await self.conn.each_answered(reads, grace=SILENT_MASTER_GRACE)
+        else:
+            async with self.conn.pipeline(transaction=False) as pipe:
+                for partition in range(self.layout.partitions):
+                    pipe.zrange(self.layout.signals_pending(partition), 0, 999)
+                replies = await self.conn.do(pipe.execute())
+        return {text(raw) for reply in replies if reply for raw in reply} & set(task_ids)
 
     def signal_nudges(self) -> AsyncIterator[str]:
         """Task ids from the signal channel (SEND_SIGNAL publishes one when it appends a signal to a
